@@ -1,0 +1,592 @@
+//! Strict decoding with a typed reason for every failure.
+//!
+//! A decoder never panics and never guesses: a missing required field, a number where a string
+//! belongs, money with a third decimal place or a timestamp in seconds instead of milliseconds
+//! are all refused with an [`ErrorKind`] (for counting and routing) and a message that tells the
+//! sender what to fix. Unknown *fields* are ignored, so newer firmware can add readings without
+//! breaking older platforms; unknown event *types* are refused.
+//!
+//! In an envelope each event is decoded on its own, so one bad event does not take its
+//! neighbours down with it.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::event::{DoorStatus, ErrorCode, ErrorEvent, Event, EventKind, Heartbeat, Restock, Sale};
+use crate::registry::{
+    Lease, LeaseStatus, Location, LocationType, Machine, MachineStatus, RegistryRecord, Slot,
+};
+use crate::units::{Cents, MachineId, Micro, Milli, Rounding, Timestamp, parse_decimal};
+
+/// Why a record was refused, coarse enough to count and route on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ErrorKind {
+    /// Not JSON at all, or truncated.
+    Syntax,
+    /// JSON, but a field is missing or has the wrong type.
+    Schema,
+    /// An event `type` this protocol does not know.
+    UnknownType,
+    /// A timestamp that is not RFC 3339 / epoch milliseconds, or is out of range.
+    Timestamp,
+    /// A number that is not a valid decimal for its field (money with sub-cent digits, …).
+    Number,
+    /// A malformed machine id.
+    MachineId,
+    /// The machine id of an event disagrees with its envelope (or topic).
+    MachineMismatch,
+    /// Larger than the configured limit.
+    TooLarge,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Syntax => "syntax",
+            ErrorKind::Schema => "schema",
+            ErrorKind::UnknownType => "unknown_type",
+            ErrorKind::Timestamp => "timestamp",
+            ErrorKind::Number => "number",
+            ErrorKind::MachineId => "machine_id",
+            ErrorKind::MachineMismatch => "machine_mismatch",
+            ErrorKind::TooLarge => "too_large",
+        }
+    }
+}
+
+/// A refused record: what kind of problem, and a message for whoever sent it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct DecodeError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl DecodeError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        DecodeError { kind, message: message.into() }
+    }
+
+    fn json(e: serde_json::Error) -> Self {
+        let kind = match e.classify() {
+            serde_json::error::Category::Data => ErrorKind::Schema,
+            _ => ErrorKind::Syntax,
+        };
+        DecodeError::new(kind, e.to_string())
+    }
+
+    fn in_event(self, index: usize) -> Self {
+        DecodeError { kind: self.kind, message: format!("event {index}: {}", self.message) }
+    }
+}
+
+/// Timestamps before 2000-01-01 or after 2100-01-01 are refused: they are almost always seconds
+/// sent where milliseconds belong, or an unset clock.
+const EARLIEST_MS: i64 = 946_684_800_000;
+const LATEST_MS: i64 = 4_102_444_800_000;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawEnvelope<'a> {
+    #[serde(borrow)]
+    machine_id: Cow<'a, str>,
+    #[serde(borrow)]
+    events: Vec<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawEvent<'a> {
+    #[serde(borrow, default)]
+    machine_id: Option<Cow<'a, str>>,
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    timestamp: &'a RawValue,
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawHeartbeat<'a> {
+    #[serde(borrow, default)]
+    temperature: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    door_status: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    payment_module_status: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    network_signal: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    motor_current: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawSale<'a> {
+    slot_number: u32,
+    #[serde(borrow)]
+    product_id: Cow<'a, str>,
+    #[serde(borrow)]
+    amount: &'a RawValue,
+    #[serde(default)]
+    quantity: Option<u32>,
+    #[serde(borrow, default)]
+    payment_method: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    transaction_id: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawRestock<'a> {
+    slot_number: u32,
+    quantity: u32,
+    #[serde(borrow, default)]
+    product_id: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawError<'a> {
+    #[serde(borrow)]
+    code: Cow<'a, str>,
+    #[serde(borrow, default)]
+    message: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawDoor<'a> {
+    #[serde(borrow)]
+    status: Cow<'a, str>,
+}
+
+/// Decodes one JSON Lines record: either a single event carrying its own `machineId`, or a whole
+/// envelope on one line. Returns one result per event.
+pub fn decode_line(bytes: &[u8]) -> Vec<Result<Event, DecodeError>> {
+    let trimmed = trim_ascii(bytes);
+    // An envelope has an `events` array; cheap to check before a full parse.
+    if memfind(trimmed, b"\"events\"") {
+        return match decode_envelope(trimmed) {
+            Ok(events) => events,
+            Err(e) => vec![Err(e)],
+        };
+    }
+    vec![decode_event(trimmed, None)]
+}
+
+/// Decodes an envelope `{"machineId": …, "events": […]}`. The outer `Err` means the envelope as a
+/// whole is unusable; otherwise each event has its own result.
+pub fn decode_envelope(bytes: &[u8]) -> Result<Vec<Result<Event, DecodeError>>, DecodeError> {
+    let raw: RawEnvelope = serde_json::from_slice(bytes).map_err(DecodeError::json)?;
+    let machine_id = MachineId::parse(&raw.machine_id)
+        .map_err(|m| DecodeError::new(ErrorKind::MachineId, m))?;
+    Ok(raw
+        .events
+        .iter()
+        .enumerate()
+        .map(|(i, ev)| decode_event(ev.get().as_bytes(), Some(&machine_id)).map_err(|e| e.in_event(i)))
+        .collect())
+}
+
+/// Decodes one event. With `envelope_machine` the event may omit `machineId`, and if it names
+/// one it must be the envelope's.
+pub fn decode_event(bytes: &[u8], envelope_machine: Option<&MachineId>) -> Result<Event, DecodeError> {
+    let raw: RawEvent = serde_json::from_slice(bytes).map_err(DecodeError::json)?;
+    let machine_id = match (raw.machine_id.as_deref(), envelope_machine) {
+        (Some(id), Some(env)) if id != env.as_str() => {
+            return Err(DecodeError::new(
+                ErrorKind::MachineMismatch,
+                format!("event names machine {id:?} inside the envelope of {:?}", env.as_str()),
+            ));
+        }
+        (_, Some(env)) => env.clone(),
+        (Some(id), None) => {
+            MachineId::parse(id).map_err(|m| DecodeError::new(ErrorKind::MachineId, m))?
+        }
+        (None, None) => return Err(DecodeError::new(ErrorKind::Schema, "missing field `machineId`")),
+    };
+    let timestamp = timestamp(raw.timestamp)?;
+    let payload = raw.payload.map(|p| p.get()).unwrap_or("{}");
+    let kind = match raw.kind.as_ref() {
+        "heartbeat" => EventKind::Heartbeat(heartbeat(payload)?),
+        "sale" => EventKind::Sale(sale(payload)?),
+        "restock" => {
+            let r: RawRestock = payload_json(payload)?;
+            EventKind::Restock(Restock {
+                slot_number: r.slot_number,
+                quantity: r.quantity,
+                product_id: r.product_id.map(Cow::into_owned),
+            })
+        }
+        "error" => {
+            let e: RawError = payload_json(payload)?;
+            EventKind::Error(ErrorEvent {
+                code: ErrorCode::parse(&e.code),
+                message: e.message.map(Cow::into_owned).unwrap_or_default(),
+            })
+        }
+        "door" => {
+            let d: RawDoor = payload_json(payload)?;
+            EventKind::Door(door(&d.status)?)
+        }
+        other => {
+            return Err(DecodeError::new(
+                ErrorKind::UnknownType,
+                format!("unknown event type {other:?}; expected heartbeat, sale, restock, error or door"),
+            ));
+        }
+    };
+    Ok(Event { machine_id, timestamp, seq: raw.seq, kind })
+}
+
+fn payload_json<'a, T: Deserialize<'a>>(payload: &'a str) -> Result<T, DecodeError> {
+    serde_json::from_str(payload).map_err(|e| {
+        let mut err = DecodeError::json(e);
+        err.message = format!("payload: {}", err.message);
+        err
+    })
+}
+
+fn heartbeat(payload: &str) -> Result<Heartbeat, DecodeError> {
+    let h: RawHeartbeat = payload_json(payload)?;
+    let reading = |field: &str, raw: Option<&RawValue>| -> Result<Option<Milli>, DecodeError> {
+        raw.filter(|r| r.get() != "null")
+            .map(|r| decimal_text(field, r).and_then(|t| Milli::parse(t).map_err(|m| number(field, m))))
+            .transpose()
+    };
+    Ok(Heartbeat {
+        temperature: reading("temperature", h.temperature)?,
+        door_status: h.door_status.as_deref().map(door).transpose()?,
+        payment_module_status: h.payment_module_status.map(Cow::into_owned),
+        network_signal: reading("networkSignal", h.network_signal)?,
+        motor_current: reading("motorCurrent", h.motor_current)?,
+    })
+}
+
+fn sale(payload: &str) -> Result<Sale, DecodeError> {
+    let s: RawSale = payload_json(payload)?;
+    let amount = decimal_text("amount", s.amount)
+        .and_then(|t| Cents::parse(t).map_err(|m| number("amount", m)))?;
+    if amount.0 < 0 {
+        return Err(number("amount", format!("{amount} is negative")));
+    }
+    if s.transaction_id.is_empty() {
+        return Err(DecodeError::new(ErrorKind::Schema, "payload: transactionId is empty"));
+    }
+    let quantity = s.quantity.unwrap_or(1);
+    if quantity == 0 {
+        return Err(number("quantity", "0 units vended".to_owned()));
+    }
+    Ok(Sale {
+        slot_number: s.slot_number,
+        product_id: s.product_id.into_owned(),
+        amount,
+        quantity,
+        payment_method: s.payment_method.map(Cow::into_owned).unwrap_or_else(|| "unknown".into()),
+        transaction_id: s.transaction_id.into_owned(),
+    })
+}
+
+fn door(status: &str) -> Result<DoorStatus, DecodeError> {
+    match status {
+        "open" | "OPEN" => Ok(DoorStatus::Open),
+        "closed" | "CLOSED" => Ok(DoorStatus::Closed),
+        other => Err(DecodeError::new(
+            ErrorKind::Schema,
+            format!("door status {other:?}; expected \"open\" or \"closed\""),
+        )),
+    }
+}
+
+fn number(field: &str, message: String) -> DecodeError {
+    DecodeError::new(ErrorKind::Number, format!("payload: {field}: {message}"))
+}
+
+/// The decimal text of a JSON number, or of a JSON string holding a decimal.
+fn decimal_text<'a>(field: &str, raw: &'a RawValue) -> Result<&'a str, DecodeError> {
+    let text = raw.get();
+    let unquoted = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(text);
+    if unquoted.contains('\\') {
+        return Err(number(field, format!("{text} is not a decimal number")));
+    }
+    Ok(unquoted)
+}
+
+fn timestamp(raw: &RawValue) -> Result<Timestamp, DecodeError> {
+    let text = raw.get();
+    let bad = |m: String| DecodeError::new(ErrorKind::Timestamp, m);
+    let ts = if let Some(s) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        Timestamp::parse_rfc3339(s).map_err(bad)?
+    } else {
+        let ms = parse_decimal(text, 0, Rounding::Exact)
+            .map_err(|_| bad(format!("timestamp {text} is neither RFC 3339 text nor integer epoch milliseconds")))?;
+        Timestamp(ms)
+    };
+    if ts.0 < EARLIEST_MS || ts.0 >= LATEST_MS {
+        return Err(bad(format!(
+            "timestamp {text} is outside 2000–2100; epoch seconds where milliseconds belong?"
+        )));
+    }
+    Ok(ts)
+}
+
+fn trim_ascii(b: &[u8]) -> &[u8] {
+    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
+    let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    &b[start..end]
+}
+
+fn memfind(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Registry records.
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawLocation {
+    location_id: String,
+    client_id: String,
+    #[serde(default)]
+    address: String,
+    lat: Box<RawValue>,
+    lng: Box<RawValue>,
+    #[serde(default)]
+    location_type: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawMachine {
+    machine_id: String,
+    #[serde(default)]
+    serial_number: String,
+    #[serde(default)]
+    model: String,
+    #[serde(default)]
+    location_id: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    firmware_version: Option<String>,
+    #[serde(default)]
+    slots: Vec<RawSlot>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawSlot {
+    slot_number: u32,
+    product_id: String,
+    max_capacity: u32,
+    price: Box<RawValue>,
+    #[serde(default)]
+    low_stock_threshold: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawLease {
+    lease_id: String,
+    client_id: String,
+    machine_id: String,
+    start: String,
+    end: String,
+    monthly_rate: Box<RawValue>,
+    revenue_share_percent: Box<RawValue>,
+    #[serde(default)]
+    status: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawRegistry<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+}
+
+/// Decodes one registry record (a line of a registry JSON Lines file).
+pub fn decode_registry(bytes: &[u8]) -> Result<RegistryRecord, DecodeError> {
+    let head: RawRegistry = serde_json::from_slice(bytes).map_err(DecodeError::json)?;
+    let machine_id = |s: &str| MachineId::parse(s).map_err(|m| DecodeError::new(ErrorKind::MachineId, m));
+    let dec = |field: &str, raw: &RawValue, scale: u32, rounding: Rounding| {
+        decimal_text(field, raw)
+            .and_then(|t| parse_decimal(t, scale, rounding).map_err(|m| number(field, m)))
+    };
+    match head.kind.as_ref() {
+        "location" => {
+            let l: RawLocation = serde_json::from_slice(bytes).map_err(DecodeError::json)?;
+            let lat = dec("lat", &l.lat, 6, Rounding::HalfAwayFromZero)?;
+            let lng = dec("lng", &l.lng, 6, Rounding::HalfAwayFromZero)?;
+            Ok(RegistryRecord::Location(Location {
+                location_id: l.location_id,
+                client_id: l.client_id,
+                address: l.address,
+                lat: Micro(lat),
+                lng: Micro(lng),
+                location_type: LocationType::parse(l.location_type.as_deref().unwrap_or("other")),
+            }))
+        }
+        "machine" => {
+            let m: RawMachine = serde_json::from_slice(bytes).map_err(DecodeError::json)?;
+            let status = match m.status.as_deref().unwrap_or("active") {
+                "active" => MachineStatus::Active,
+                "maintenance" => MachineStatus::Maintenance,
+                "offline" => MachineStatus::Offline,
+                other => {
+                    return Err(DecodeError::new(
+                        ErrorKind::Schema,
+                        format!("machine status {other:?}; expected active, maintenance or offline"),
+                    ));
+                }
+            };
+            let mut slots = Vec::with_capacity(m.slots.len());
+            for s in m.slots {
+                slots.push(Slot {
+                    slot_number: s.slot_number,
+                    product_id: s.product_id,
+                    max_capacity: s.max_capacity,
+                    price: Cents(dec("price", &s.price, 2, Rounding::Exact)?),
+                    low_stock_threshold: s.low_stock_threshold,
+                });
+            }
+            Ok(RegistryRecord::Machine(Machine {
+                machine_id: machine_id(&m.machine_id)?,
+                serial_number: m.serial_number,
+                model: m.model,
+                location_id: m.location_id,
+                status,
+                firmware_version: m.firmware_version,
+                slots,
+            }))
+        }
+        "lease" => {
+            let l: RawLease = serde_json::from_slice(bytes).map_err(DecodeError::json)?;
+            let ts = |s: &str| Timestamp::parse_text(s).map_err(|m| DecodeError::new(ErrorKind::Timestamp, m));
+            let status = l.status.as_deref().unwrap_or("DRAFT");
+            Ok(RegistryRecord::Lease(Lease {
+                lease_id: l.lease_id,
+                client_id: l.client_id,
+                machine_id: machine_id(&l.machine_id)?,
+                start: ts(&l.start)?,
+                end: ts(&l.end)?,
+                monthly_rate: Cents(dec("monthlyRate", &l.monthly_rate, 2, Rounding::Exact)?),
+                revenue_share_basis_points: dec(
+                    "revenueSharePercent",
+                    &l.revenue_share_percent,
+                    2,
+                    Rounding::Exact,
+                )?,
+                status: LeaseStatus::parse(status).ok_or_else(|| {
+                    DecodeError::new(ErrorKind::Schema, format!("lease status {status:?} is unknown"))
+                })?,
+            }))
+        }
+        other => Err(DecodeError::new(
+            ErrorKind::UnknownType,
+            format!("unknown registry record type {other:?}; expected location, machine or lease"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Envelope;
+
+    fn ok(line: &str) -> Event {
+        match decode_line(line.as_bytes()).pop() {
+            Some(Ok(e)) => e,
+            other => panic!("expected one event from {line}, got {other:?}"),
+        }
+    }
+
+    fn err(line: &str) -> DecodeError {
+        match decode_line(line.as_bytes()).pop() {
+            Some(Err(e)) => e,
+            other => panic!("expected an error from {line}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn product_envelope_decodes_exactly() {
+        let body = r#"{"machineId":"mach_xyz789","events":[{"type":"sale","timestamp":"2024-01-15T10:28:15Z","seq":41,
+            "payload":{"slotNumber":1,"productId":"prod_cola","amount":2.50,"paymentMethod":"contactless",
+            "transactionId":"txn_local_12345"}}]}"#;
+        let events = decode_envelope(body.as_bytes()).expect("envelope");
+        let event = events[0].clone().expect("event");
+        assert_eq!(event.machine_id.as_str(), "mach_xyz789");
+        assert_eq!(event.seq, Some(41));
+        assert_eq!(event.timestamp, Timestamp(1_705_314_495_000));
+        let EventKind::Sale(sale) = event.kind else { panic!("not a sale") };
+        assert_eq!(sale.amount, Cents(250));
+        assert_eq!(sale.quantity, 1);
+        assert_eq!(sale.transaction_id, "txn_local_12345");
+    }
+
+    #[test]
+    fn bench_workload_lines_decode() {
+        let hb = ok(r#"{"machineId":"m00001","type":"heartbeat","timestamp":1699999800000,"payload":{"temperature":4.2,"doorStatus":"closed"}}"#);
+        let EventKind::Heartbeat(h) = hb.kind else { panic!() };
+        assert_eq!(h.temperature, Some(Milli(4200)));
+        assert_eq!(h.door_status, Some(DoorStatus::Closed));
+        let sale = ok(r#"{"machineId":"m00001","type":"sale","timestamp":1699999800000,"payload":{"slotNumber":3,"productId":"p03","amount":2.75,"paymentMethod":"card","transactionId":"00ab"}}"#);
+        let EventKind::Sale(s) = sale.kind else { panic!() };
+        assert_eq!(s.amount, Cents(275));
+    }
+
+    #[test]
+    fn encoding_round_trips() {
+        let line = r#"{"machineId":"m1","type":"heartbeat","timestamp":1699999800000,"seq":7,"payload":{"temperature":-1.5,"doorStatus":"open","networkSignal":-80,"motorCurrent":0.9}}"#;
+        let event = ok(line);
+        assert_eq!(ok(&event.to_json_line()), event);
+        let sale = ok(r#"{"machineId":"m1","type":"sale","timestamp":1699999800000,"payload":{"slotNumber":3,"productId":"p","amount":"10.05","quantity":2,"transactionId":"t"}}"#);
+        assert_eq!(ok(&sale.to_json_line()), sale);
+        let env = Envelope { machine_id: event.machine_id.clone(), events: vec![event.clone(), sale] };
+        let back: Vec<Event> = decode_line(env.to_json().as_bytes()).into_iter().flatten().collect();
+        assert_eq!(back, env.events);
+    }
+
+    #[test]
+    fn each_bad_input_has_its_reason() {
+        assert_eq!(err("{not json").kind, ErrorKind::Syntax);
+        assert_eq!(err(r#"{"machineId":"m1","type":"sale","timestamp":1699999800000,"payload":{"slotNumber":"one"}}"#).kind, ErrorKind::Schema);
+        assert_eq!(err(r#"{"machineId":"m1","type":"teleport","timestamp":1699999800000}"#).kind, ErrorKind::UnknownType);
+        assert_eq!(err(r#"{"machineId":"m1","type":"heartbeat","timestamp":1699999800}"#).kind, ErrorKind::Timestamp);
+        assert_eq!(err(r#"{"machineId":"m1","type":"heartbeat","timestamp":"noon"}"#).kind, ErrorKind::Timestamp);
+        assert_eq!(err(r#"{"machineId":"m1","type":"sale","timestamp":1699999800000,"payload":{"slotNumber":1,"productId":"p","amount":2.505,"transactionId":"t"}}"#).kind, ErrorKind::Number);
+        assert_eq!(err(r#"{"machineId":"m1","type":"sale","timestamp":1699999800000,"payload":{"slotNumber":1,"productId":"p","amount":-1,"transactionId":"t"}}"#).kind, ErrorKind::Number);
+        assert_eq!(err(r#"{"machineId":"m/1","type":"heartbeat","timestamp":1699999800000}"#).kind, ErrorKind::MachineId);
+        assert_eq!(err(r#"{"type":"heartbeat","timestamp":1699999800000}"#).kind, ErrorKind::Schema);
+        let mismatch = r#"{"machineId":"a","events":[{"machineId":"b","type":"heartbeat","timestamp":1699999800000}]}"#;
+        assert_eq!(err(mismatch).kind, ErrorKind::MachineMismatch);
+    }
+
+    #[test]
+    fn one_bad_event_does_not_spoil_its_envelope() {
+        let body = r#"{"machineId":"m1","events":[{"type":"heartbeat","timestamp":1699999800000},{"type":"sale","timestamp":1699999800000,"payload":{}}]}"#;
+        let results = decode_line(body.as_bytes());
+        assert!(results[0].is_ok());
+        let e = results[1].clone().expect_err("second event is bad");
+        assert!(e.message.starts_with("event 1: "), "{e}");
+    }
+
+    #[test]
+    fn registry_records_decode() {
+        let m = decode_registry(br#"{"type":"machine","machineId":"m1","serialNumber":"S","model":"X","locationId":"l1","slots":[{"slotNumber":101,"productId":"cola","maxCapacity":10,"price":2.50}]}"#).expect("machine");
+        let RegistryRecord::Machine(m) = m else { panic!() };
+        assert_eq!(m.slots[0].price, Cents(250));
+        assert_eq!(m.status, MachineStatus::Active);
+        let l = decode_registry(br#"{"type":"lease","leaseId":"L","clientId":"c","machineId":"m1","start":"2024-01-01","end":"2024-12-31","monthlyRate":300,"revenueSharePercent":12.5,"status":"ACTIVE"}"#).expect("lease");
+        let RegistryRecord::Lease(l) = l else { panic!() };
+        assert_eq!(l.revenue_share_basis_points, 1250);
+        assert!(decode_registry(br#"{"type":"spaceship"}"#).is_err());
+    }
+}

@@ -1,0 +1,228 @@
+//! Telemetry events and the envelope a machine sends.
+//!
+//! On the wire (JSON, camelCase):
+//! ```json
+//! {"machineId":"mach_xyz789","events":[{"type":"sale","timestamp":"2024-01-15T10:28:15Z","seq":41,
+//!  "payload":{"slotNumber":1,"productId":"prod_cola","amount":2.50,"paymentMethod":"contactless",
+//!  "transactionId":"txn_local_12345"}}]}
+//! ```
+//! or, in JSON Lines, one event per line carrying its own `machineId`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::units::{Cents, MachineId, Milli, Timestamp};
+
+/// One telemetry event of one machine, decoded.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Event {
+    pub machine_id: MachineId,
+    /// The machine's own clock: event time.
+    pub timestamp: Timestamp,
+    /// The machine's per-event sequence number, when its firmware numbers events.
+    pub seq: Option<u64>,
+    pub kind: EventKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum EventKind {
+    Heartbeat(Heartbeat),
+    Sale(Sale),
+    Restock(Restock),
+    Error(ErrorEvent),
+    Door(DoorStatus),
+}
+
+impl EventKind {
+    /// The `type` string on the wire.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            EventKind::Heartbeat(_) => "heartbeat",
+            EventKind::Sale(_) => "sale",
+            EventKind::Restock(_) => "restock",
+            EventKind::Error(_) => "error",
+            EventKind::Door(_) => "door",
+        }
+    }
+}
+
+/// Periodic sensor readings (every 30 s). Every field is optional: a bare heartbeat still proves
+/// the machine is alive.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Cabinet temperature in m°C.
+    pub temperature: Option<Milli>,
+    pub door_status: Option<DoorStatus>,
+    /// `ok`, `error`, `offline`, … as the payment module reports it.
+    pub payment_module_status: Option<String>,
+    /// Signal strength in m-dBm (`-75` dBm is `Milli(-75000)`).
+    pub network_signal: Option<Milli>,
+    /// Vend motor current in mA.
+    pub motor_current: Option<Milli>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum DoorStatus {
+    Open,
+    Closed,
+}
+
+impl DoorStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DoorStatus::Open => "open",
+            DoorStatus::Closed => "closed",
+        }
+    }
+}
+
+/// One line of a transaction. A cart has several lines (different slots) under one
+/// `transaction_id`; a line's identity is `(machine_id, transaction_id, slot_number)`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Sale {
+    /// The machine's own selection / coil code (e.g. 1–30 or 101–148), not an index.
+    pub slot_number: u32,
+    pub product_id: String,
+    /// Line total.
+    pub amount: Cents,
+    /// Units vended by this line (default 1).
+    pub quantity: u32,
+    pub payment_method: String,
+    pub transaction_id: String,
+}
+
+impl Sale {
+    /// Whether the payment went through the card reader (for its error rate).
+    pub fn is_card(&self) -> bool {
+        matches!(
+            self.payment_method.as_str(),
+            "card" | "contactless" | "credit" | "debit" | "mobile"
+        )
+    }
+}
+
+/// Units loaded into a slot by a restock visit.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Restock {
+    pub slot_number: u32,
+    pub quantity: u32,
+    pub product_id: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ErrorEvent {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// Fault codes the firmware reports. Codes this version does not know are kept verbatim.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ErrorCode {
+    CardReadFailure,
+    DispenseFailure,
+    MotorJam,
+    CoolingFailure,
+    Other(String),
+}
+
+impl ErrorCode {
+    pub fn parse(code: &str) -> ErrorCode {
+        match code {
+            "CARD_READ_FAILURE" | "CARD_READER_ERROR" | "PAYMENT_ERROR" => ErrorCode::CardReadFailure,
+            "DISPENSE_FAILURE" => ErrorCode::DispenseFailure,
+            "MOTOR_JAM" | "JAM" => ErrorCode::MotorJam,
+            "COOLING_FAILURE" => ErrorCode::CoolingFailure,
+            other => ErrorCode::Other(other.to_owned()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            ErrorCode::CardReadFailure => "CARD_READ_FAILURE",
+            ErrorCode::DispenseFailure => "DISPENSE_FAILURE",
+            ErrorCode::MotorJam => "MOTOR_JAM",
+            ErrorCode::CoolingFailure => "COOLING_FAILURE",
+            ErrorCode::Other(s) => s,
+        }
+    }
+}
+
+/// What a machine sends in one message: its id and a batch of events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    pub machine_id: MachineId,
+    pub events: Vec<Event>,
+}
+
+impl Event {
+    /// The event's wire form, as one JSON object with its `machineId` (a JSON Lines line).
+    pub fn to_json_line(&self) -> String {
+        let mut obj = self.body_json();
+        if let serde_json::Value::Object(map) = &mut obj {
+            map.insert("machineId".into(), self.machine_id.as_str().into());
+        }
+        obj.to_string()
+    }
+
+    /// The event's wire form inside an envelope (no `machineId`).
+    pub fn body_json(&self) -> serde_json::Value {
+        use serde_json::{Map, Value, json};
+        let decimal = |m: Milli| -> Value {
+            serde_json::from_str(&m.to_string()).unwrap_or(Value::Null)
+        };
+        let payload = match &self.kind {
+            EventKind::Heartbeat(h) => {
+                let mut p = Map::new();
+                if let Some(t) = h.temperature {
+                    p.insert("temperature".into(), decimal(t));
+                }
+                if let Some(d) = h.door_status {
+                    p.insert("doorStatus".into(), d.as_str().into());
+                }
+                if let Some(s) = &h.payment_module_status {
+                    p.insert("paymentModuleStatus".into(), s.as_str().into());
+                }
+                if let Some(s) = h.network_signal {
+                    p.insert("networkSignal".into(), decimal(s));
+                }
+                if let Some(c) = h.motor_current {
+                    p.insert("motorCurrent".into(), decimal(c));
+                }
+                Value::Object(p)
+            }
+            EventKind::Sale(s) => json!({
+                "slotNumber": s.slot_number,
+                "productId": s.product_id,
+                "amount": serde_json::from_str::<Value>(&s.amount.to_string()).unwrap_or(Value::Null),
+                "quantity": s.quantity,
+                "paymentMethod": s.payment_method,
+                "transactionId": s.transaction_id,
+            }),
+            EventKind::Restock(r) => {
+                let mut p = json!({"slotNumber": r.slot_number, "quantity": r.quantity});
+                if let (Some(id), Value::Object(map)) = (&r.product_id, &mut p) {
+                    map.insert("productId".into(), id.as_str().into());
+                }
+                p
+            }
+            EventKind::Error(e) => json!({"code": e.code.as_str(), "message": e.message}),
+            EventKind::Door(d) => json!({"status": d.as_str()}),
+        };
+        let mut obj = json!({
+            "type": self.kind.type_name(),
+            "timestamp": self.timestamp.0,
+            "payload": payload,
+        });
+        if let (Some(seq), Value::Object(map)) = (self.seq, &mut obj) {
+            map.insert("seq".into(), seq.into());
+        }
+        obj
+    }
+}
+
+impl Envelope {
+    /// The envelope's wire form.
+    pub fn to_json(&self) -> String {
+        let events: Vec<serde_json::Value> = self.events.iter().map(Event::body_json).collect();
+        serde_json::json!({"machineId": self.machine_id.as_str(), "events": events}).to_string()
+    }
+}

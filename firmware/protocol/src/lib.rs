@@ -1,0 +1,25 @@
+//! vendflow's wire protocol, defined once.
+//!
+//! Everything a machine sends and everything the platform knows about the fleet (the registry) is
+//! described here, together with the strict decoders that turn bytes into typed values. The firmware
+//! encodes with these types and the platform decodes with them; no other crate declares an event
+//! struct or parses payload JSON.
+//!
+//! # Layout
+//! - [`units`]: ids, money (integer cents), time (UTC epoch milliseconds) and exact decimals.
+//! - [`event`]: telemetry events (heartbeat, sale, restock, error, door) and their envelope.
+//! - [`registry`]: machines with their planogram, locations and leases, as registry records.
+//! - [`decode`]: strict decoding of the envelope, of JSON Lines and of registry files, with a typed
+//!   reason for every failure.
+
+pub mod decode;
+pub mod event;
+pub mod registry;
+pub mod units;
+
+pub use decode::{DecodeError, ErrorKind};
+pub use event::{
+    DoorStatus, Envelope, ErrorCode, ErrorEvent, Event, EventKind, Heartbeat, Restock, Sale,
+};
+pub use registry::{Lease, LeaseStatus, Location, LocationType, Machine, MachineStatus, RegistryRecord, Slot};
+pub use units::{Cents, MachineId, Micro, Milli, Timestamp};

@@ -1,0 +1,136 @@
+//! What the platform knows about the fleet: locations, machines with their planogram, leases.
+//!
+//! Registry changes are records like telemetry events: they enter the dataflows as a collection,
+//! so every view sees the registry as of the same time as the telemetry. For now they are loaded
+//! from a JSON Lines fixture, one record a line:
+//! ```json
+//! {"type":"location","locationId":"loc_1","clientId":"acme","address":"1 Main St","lat":40.7,"lng":-74.0,"locationType":"office"}
+//! {"type":"machine","machineId":"m1","serialNumber":"SN1","model":"VX-30","locationId":"loc_1","status":"active","firmwareVersion":"2.1.0","slots":[{"slotNumber":1,"productId":"cola","maxCapacity":10,"price":2.50}]}
+//! {"type":"lease","leaseId":"l1","clientId":"acme","machineId":"m1","start":"2024-01-01","end":"2024-12-31","monthlyRate":300,"revenueSharePercent":10,"status":"ACTIVE"}
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::units::{Cents, MachineId, Micro, Timestamp};
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum RegistryRecord {
+    Location(Location),
+    Machine(Machine),
+    Lease(Lease),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Location {
+    pub location_id: String,
+    pub client_id: String,
+    pub address: String,
+    pub lat: Micro,
+    pub lng: Micro,
+    pub location_type: LocationType,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum LocationType {
+    Office,
+    Hospital,
+    Airport,
+    Gym,
+    Other,
+}
+
+impl LocationType {
+    pub fn parse(s: &str) -> LocationType {
+        match s {
+            "office" => LocationType::Office,
+            "hospital" => LocationType::Hospital,
+            "airport" => LocationType::Airport,
+            "gym" => LocationType::Gym,
+            _ => LocationType::Other,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LocationType::Office => "office",
+            LocationType::Hospital => "hospital",
+            LocationType::Airport => "airport",
+            LocationType::Gym => "gym",
+            LocationType::Other => "other",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Machine {
+    pub machine_id: MachineId,
+    pub serial_number: String,
+    pub model: String,
+    pub location_id: Option<String>,
+    pub status: MachineStatus,
+    pub firmware_version: Option<String>,
+    pub slots: Vec<Slot>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum MachineStatus {
+    Active,
+    Maintenance,
+    Offline,
+}
+
+impl MachineStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MachineStatus::Active => "active",
+            MachineStatus::Maintenance => "maintenance",
+            MachineStatus::Offline => "offline",
+        }
+    }
+}
+
+/// One slot of a machine's planogram.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Slot {
+    pub slot_number: u32,
+    pub product_id: String,
+    pub max_capacity: u32,
+    pub price: Cents,
+    /// Units at or below which the slot is low on stock (default: 20 % of capacity).
+    pub low_stock_threshold: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Lease {
+    pub lease_id: String,
+    pub client_id: String,
+    pub machine_id: MachineId,
+    pub start: Timestamp,
+    pub end: Timestamp,
+    pub monthly_rate: Cents,
+    /// Percent of the machine's revenue owed, in hundredths of a percent (10 % is 1000).
+    pub revenue_share_basis_points: i64,
+    pub status: LeaseStatus,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum LeaseStatus {
+    Draft,
+    Active,
+    Renewed,
+    Expired,
+    Terminated,
+}
+
+impl LeaseStatus {
+    pub fn parse(s: &str) -> Option<LeaseStatus> {
+        Some(match s {
+            "DRAFT" => LeaseStatus::Draft,
+            "ACTIVE" => LeaseStatus::Active,
+            "RENEWED" => LeaseStatus::Renewed,
+            "EXPIRED" => LeaseStatus::Expired,
+            "TERMINATED" => LeaseStatus::Terminated,
+            _ => return None,
+        })
+    }
+}
