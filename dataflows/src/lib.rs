@@ -1,1 +1,48 @@
+//! vendflow's incremental views and the consistent view store.
+//!
+//! Telemetry and registry records go in through an [`Engine`]'s feeders; timely and
+//! differential-dataflow maintain every view incrementally on ingestion time; the [`ViewStore`]
+//! publishes all views together once the dataflow's frontier has passed a time. Other crates read
+//! results only through the store (snapshots as Arrow batches, or subscriptions).
+//!
+//! # Layout
+//! - [`config`]: horizons and thresholds, with the product's defaults.
+//! - [`engine`]: timely workers, feeders (the input side) and shutdown.
+//! - [`view_store`]: consistent snapshots and subscriptions (the output side).
+//! - [`views`] / [`row`]: the catalog of views, their columns and Arrow schema.
+//! - `dataflow`: wires the views below into one dataflow.
+//! - [`sales`]: exactly-once sale lines (dedup with a horizon).
+//! - [`revenue`]: revenue per machine / location / fleet per day, top machines, slot sales.
+//! - [`inventory`]: units per slot, low-stock and sold-out flags.
+//! - [`anomaly_windows`]: 5-minute sensor windows per machine, classified.
+//! - [`liveness`]: last heartbeat and status per machine.
+//! - [`stockout`]: hours until each slot is empty, machines to restock.
+//! - [`health`]: a score per machine with its reasons.
+//! - [`errors`]: refused records, their counts, and too-late events.
+//! - `operators`: the temporal filter and the keyed in-time-order operator.
 
+pub mod anomaly_windows;
+pub mod config;
+mod dataflow;
+pub mod engine;
+pub mod errors;
+pub mod health;
+pub mod inventory;
+pub mod liveness;
+mod operators;
+pub mod revenue;
+pub mod row;
+pub mod sales;
+pub mod stockout;
+#[cfg(test)]
+mod testing;
+pub mod view_store;
+pub mod views;
+
+pub use config::Config;
+pub use engine::{Batch, Engine, EngineError, Feeder, Feeders};
+pub use errors::ErrorRecord;
+pub use operators::Time;
+pub use row::{Row, Value};
+pub use view_store::{Change, Snapshot, StoreError, Subscription, SubscriptionEnd, ViewStore};
+pub use views::{CATALOG, ViewDef};

@@ -66,7 +66,10 @@ pub struct DecodeError {
 
 impl DecodeError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        DecodeError { kind, message: message.into() }
+        DecodeError {
+            kind,
+            message: message.into(),
+        }
     }
 
     fn json(e: serde_json::Error) -> Self {
@@ -78,7 +81,10 @@ impl DecodeError {
     }
 
     fn in_event(self, index: usize) -> Self {
-        DecodeError { kind: self.kind, message: format!("event {index}: {}", self.message) }
+        DecodeError {
+            kind: self.kind,
+            message: format!("event {index}: {}", self.message),
+        }
     }
 }
 
@@ -185,32 +191,45 @@ pub fn decode_line(bytes: &[u8]) -> Vec<Result<Event, DecodeError>> {
 /// whole is unusable; otherwise each event has its own result.
 pub fn decode_envelope(bytes: &[u8]) -> Result<Vec<Result<Event, DecodeError>>, DecodeError> {
     let raw: RawEnvelope = serde_json::from_slice(bytes).map_err(DecodeError::json)?;
-    let machine_id = MachineId::parse(&raw.machine_id)
-        .map_err(|m| DecodeError::new(ErrorKind::MachineId, m))?;
+    let machine_id =
+        MachineId::parse(&raw.machine_id).map_err(|m| DecodeError::new(ErrorKind::MachineId, m))?;
     Ok(raw
         .events
         .iter()
         .enumerate()
-        .map(|(i, ev)| decode_event(ev.get().as_bytes(), Some(&machine_id)).map_err(|e| e.in_event(i)))
+        .map(|(i, ev)| {
+            decode_event(ev.get().as_bytes(), Some(&machine_id)).map_err(|e| e.in_event(i))
+        })
         .collect())
 }
 
 /// Decodes one event. With `envelope_machine` the event may omit `machineId`, and if it names
 /// one it must be the envelope's.
-pub fn decode_event(bytes: &[u8], envelope_machine: Option<&MachineId>) -> Result<Event, DecodeError> {
+pub fn decode_event(
+    bytes: &[u8],
+    envelope_machine: Option<&MachineId>,
+) -> Result<Event, DecodeError> {
     let raw: RawEvent = serde_json::from_slice(bytes).map_err(DecodeError::json)?;
     let machine_id = match (raw.machine_id.as_deref(), envelope_machine) {
         (Some(id), Some(env)) if id != env.as_str() => {
             return Err(DecodeError::new(
                 ErrorKind::MachineMismatch,
-                format!("event names machine {id:?} inside the envelope of {:?}", env.as_str()),
+                format!(
+                    "event names machine {id:?} inside the envelope of {:?}",
+                    env.as_str()
+                ),
             ));
         }
         (_, Some(env)) => env.clone(),
         (Some(id), None) => {
             MachineId::parse(id).map_err(|m| DecodeError::new(ErrorKind::MachineId, m))?
         }
-        (None, None) => return Err(DecodeError::new(ErrorKind::Schema, "missing field `machineId`")),
+        (None, None) => {
+            return Err(DecodeError::new(
+                ErrorKind::Schema,
+                "missing field `machineId`",
+            ));
+        }
     };
     let timestamp = timestamp(raw.timestamp)?;
     let payload = raw.payload.map(|p| p.get()).unwrap_or("{}");
@@ -239,11 +258,18 @@ pub fn decode_event(bytes: &[u8], envelope_machine: Option<&MachineId>) -> Resul
         other => {
             return Err(DecodeError::new(
                 ErrorKind::UnknownType,
-                format!("unknown event type {other:?}; expected heartbeat, sale, restock, error or door"),
+                format!(
+                    "unknown event type {other:?}; expected heartbeat, sale, restock, error or door"
+                ),
             ));
         }
     };
-    Ok(Event { machine_id, timestamp, seq: raw.seq, kind })
+    Ok(Event {
+        machine_id,
+        timestamp,
+        seq: raw.seq,
+        kind,
+    })
 }
 
 fn payload_json<'a, T: Deserialize<'a>>(payload: &'a str) -> Result<T, DecodeError> {
@@ -258,7 +284,9 @@ fn heartbeat(payload: &str) -> Result<Heartbeat, DecodeError> {
     let h: RawHeartbeat = payload_json(payload)?;
     let reading = |field: &str, raw: Option<&RawValue>| -> Result<Option<Milli>, DecodeError> {
         raw.filter(|r| r.get() != "null")
-            .map(|r| decimal_text(field, r).and_then(|t| Milli::parse(t).map_err(|m| number(field, m))))
+            .map(|r| {
+                decimal_text(field, r).and_then(|t| Milli::parse(t).map_err(|m| number(field, m)))
+            })
             .transpose()
     };
     Ok(Heartbeat {
@@ -278,7 +306,10 @@ fn sale(payload: &str) -> Result<Sale, DecodeError> {
         return Err(number("amount", format!("{amount} is negative")));
     }
     if s.transaction_id.is_empty() {
-        return Err(DecodeError::new(ErrorKind::Schema, "payload: transactionId is empty"));
+        return Err(DecodeError::new(
+            ErrorKind::Schema,
+            "payload: transactionId is empty",
+        ));
     }
     let quantity = s.quantity.unwrap_or(1);
     if quantity == 0 {
@@ -289,7 +320,10 @@ fn sale(payload: &str) -> Result<Sale, DecodeError> {
         product_id: s.product_id.into_owned(),
         amount,
         quantity,
-        payment_method: s.payment_method.map(Cow::into_owned).unwrap_or_else(|| "unknown".into()),
+        payment_method: s
+            .payment_method
+            .map(Cow::into_owned)
+            .unwrap_or_else(|| "unknown".into()),
         transaction_id: s.transaction_id.into_owned(),
     })
 }
@@ -312,7 +346,10 @@ fn number(field: &str, message: String) -> DecodeError {
 /// The decimal text of a JSON number, or of a JSON string holding a decimal.
 fn decimal_text<'a>(field: &str, raw: &'a RawValue) -> Result<&'a str, DecodeError> {
     let text = raw.get();
-    let unquoted = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(text);
+    let unquoted = text
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .unwrap_or(text);
     if unquoted.contains('\\') {
         return Err(number(field, format!("{text} is not a decimal number")));
     }
@@ -325,8 +362,11 @@ fn timestamp(raw: &RawValue) -> Result<Timestamp, DecodeError> {
     let ts = if let Some(s) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
         Timestamp::parse_rfc3339(s).map_err(bad)?
     } else {
-        let ms = parse_decimal(text, 0, Rounding::Exact)
-            .map_err(|_| bad(format!("timestamp {text} is neither RFC 3339 text nor integer epoch milliseconds")))?;
+        let ms = parse_decimal(text, 0, Rounding::Exact).map_err(|_| {
+            bad(format!(
+                "timestamp {text} is neither RFC 3339 text nor integer epoch milliseconds"
+            ))
+        })?;
         Timestamp(ms)
     };
     if ts.0 < EARLIEST_MS || ts.0 >= LATEST_MS {
@@ -338,8 +378,14 @@ fn timestamp(raw: &RawValue) -> Result<Timestamp, DecodeError> {
 }
 
 fn trim_ascii(b: &[u8]) -> &[u8] {
-    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
-    let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
     &b[start..end]
 }
 
@@ -415,7 +461,8 @@ struct RawRegistry<'a> {
 /// Decodes one registry record (a line of a registry JSON Lines file).
 pub fn decode_registry(bytes: &[u8]) -> Result<RegistryRecord, DecodeError> {
     let head: RawRegistry = serde_json::from_slice(bytes).map_err(DecodeError::json)?;
-    let machine_id = |s: &str| MachineId::parse(s).map_err(|m| DecodeError::new(ErrorKind::MachineId, m));
+    let machine_id =
+        |s: &str| MachineId::parse(s).map_err(|m| DecodeError::new(ErrorKind::MachineId, m));
     let dec = |field: &str, raw: &RawValue, scale: u32, rounding: Rounding| {
         decimal_text(field, raw)
             .and_then(|t| parse_decimal(t, scale, rounding).map_err(|m| number(field, m)))
@@ -443,7 +490,9 @@ pub fn decode_registry(bytes: &[u8]) -> Result<RegistryRecord, DecodeError> {
                 other => {
                     return Err(DecodeError::new(
                         ErrorKind::Schema,
-                        format!("machine status {other:?}; expected active, maintenance or offline"),
+                        format!(
+                            "machine status {other:?}; expected active, maintenance or offline"
+                        ),
                     ));
                 }
             };
@@ -469,7 +518,9 @@ pub fn decode_registry(bytes: &[u8]) -> Result<RegistryRecord, DecodeError> {
         }
         "lease" => {
             let l: RawLease = serde_json::from_slice(bytes).map_err(DecodeError::json)?;
-            let ts = |s: &str| Timestamp::parse_text(s).map_err(|m| DecodeError::new(ErrorKind::Timestamp, m));
+            let ts = |s: &str| {
+                Timestamp::parse_text(s).map_err(|m| DecodeError::new(ErrorKind::Timestamp, m))
+            };
             let status = l.status.as_deref().unwrap_or("DRAFT");
             Ok(RegistryRecord::Lease(Lease {
                 lease_id: l.lease_id,
@@ -485,7 +536,10 @@ pub fn decode_registry(bytes: &[u8]) -> Result<RegistryRecord, DecodeError> {
                     Rounding::Exact,
                 )?,
                 status: LeaseStatus::parse(status).ok_or_else(|| {
-                    DecodeError::new(ErrorKind::Schema, format!("lease status {status:?} is unknown"))
+                    DecodeError::new(
+                        ErrorKind::Schema,
+                        format!("lease status {status:?} is unknown"),
+                    )
                 })?,
             }))
         }
@@ -525,7 +579,9 @@ mod tests {
         assert_eq!(event.machine_id.as_str(), "mach_xyz789");
         assert_eq!(event.seq, Some(41));
         assert_eq!(event.timestamp, Timestamp(1_705_314_495_000));
-        let EventKind::Sale(sale) = event.kind else { panic!("not a sale") };
+        let EventKind::Sale(sale) = event.kind else {
+            panic!("not a sale")
+        };
         assert_eq!(sale.amount, Cents(250));
         assert_eq!(sale.quantity, 1);
         assert_eq!(sale.transaction_id, "txn_local_12345");
@@ -533,12 +589,20 @@ mod tests {
 
     #[test]
     fn bench_workload_lines_decode() {
-        let hb = ok(r#"{"machineId":"m00001","type":"heartbeat","timestamp":1699999800000,"payload":{"temperature":4.2,"doorStatus":"closed"}}"#);
-        let EventKind::Heartbeat(h) = hb.kind else { panic!() };
+        let hb = ok(
+            r#"{"machineId":"m00001","type":"heartbeat","timestamp":1699999800000,"payload":{"temperature":4.2,"doorStatus":"closed"}}"#,
+        );
+        let EventKind::Heartbeat(h) = hb.kind else {
+            panic!()
+        };
         assert_eq!(h.temperature, Some(Milli(4200)));
         assert_eq!(h.door_status, Some(DoorStatus::Closed));
-        let sale = ok(r#"{"machineId":"m00001","type":"sale","timestamp":1699999800000,"payload":{"slotNumber":3,"productId":"p03","amount":2.75,"paymentMethod":"card","transactionId":"00ab"}}"#);
-        let EventKind::Sale(s) = sale.kind else { panic!() };
+        let sale = ok(
+            r#"{"machineId":"m00001","type":"sale","timestamp":1699999800000,"payload":{"slotNumber":3,"productId":"p03","amount":2.75,"paymentMethod":"card","transactionId":"00ab"}}"#,
+        );
+        let EventKind::Sale(s) = sale.kind else {
+            panic!()
+        };
         assert_eq!(s.amount, Cents(275));
     }
 
@@ -547,10 +611,18 @@ mod tests {
         let line = r#"{"machineId":"m1","type":"heartbeat","timestamp":1699999800000,"seq":7,"payload":{"temperature":-1.5,"doorStatus":"open","networkSignal":-80,"motorCurrent":0.9}}"#;
         let event = ok(line);
         assert_eq!(ok(&event.to_json_line()), event);
-        let sale = ok(r#"{"machineId":"m1","type":"sale","timestamp":1699999800000,"payload":{"slotNumber":3,"productId":"p","amount":"10.05","quantity":2,"transactionId":"t"}}"#);
+        let sale = ok(
+            r#"{"machineId":"m1","type":"sale","timestamp":1699999800000,"payload":{"slotNumber":3,"productId":"p","amount":"10.05","quantity":2,"transactionId":"t"}}"#,
+        );
         assert_eq!(ok(&sale.to_json_line()), sale);
-        let env = Envelope { machine_id: event.machine_id.clone(), events: vec![event.clone(), sale] };
-        let back: Vec<Event> = decode_line(env.to_json().as_bytes()).into_iter().flatten().collect();
+        let env = Envelope {
+            machine_id: event.machine_id.clone(),
+            events: vec![event.clone(), sale],
+        };
+        let back: Vec<Event> = decode_line(env.to_json().as_bytes())
+            .into_iter()
+            .flatten()
+            .collect();
         assert_eq!(back, env.events);
     }
 
@@ -558,13 +630,28 @@ mod tests {
     fn each_bad_input_has_its_reason() {
         assert_eq!(err("{not json").kind, ErrorKind::Syntax);
         assert_eq!(err(r#"{"machineId":"m1","type":"sale","timestamp":1699999800000,"payload":{"slotNumber":"one"}}"#).kind, ErrorKind::Schema);
-        assert_eq!(err(r#"{"machineId":"m1","type":"teleport","timestamp":1699999800000}"#).kind, ErrorKind::UnknownType);
-        assert_eq!(err(r#"{"machineId":"m1","type":"heartbeat","timestamp":1699999800}"#).kind, ErrorKind::Timestamp);
-        assert_eq!(err(r#"{"machineId":"m1","type":"heartbeat","timestamp":"noon"}"#).kind, ErrorKind::Timestamp);
+        assert_eq!(
+            err(r#"{"machineId":"m1","type":"teleport","timestamp":1699999800000}"#).kind,
+            ErrorKind::UnknownType
+        );
+        assert_eq!(
+            err(r#"{"machineId":"m1","type":"heartbeat","timestamp":1699999800}"#).kind,
+            ErrorKind::Timestamp
+        );
+        assert_eq!(
+            err(r#"{"machineId":"m1","type":"heartbeat","timestamp":"noon"}"#).kind,
+            ErrorKind::Timestamp
+        );
         assert_eq!(err(r#"{"machineId":"m1","type":"sale","timestamp":1699999800000,"payload":{"slotNumber":1,"productId":"p","amount":2.505,"transactionId":"t"}}"#).kind, ErrorKind::Number);
         assert_eq!(err(r#"{"machineId":"m1","type":"sale","timestamp":1699999800000,"payload":{"slotNumber":1,"productId":"p","amount":-1,"transactionId":"t"}}"#).kind, ErrorKind::Number);
-        assert_eq!(err(r#"{"machineId":"m/1","type":"heartbeat","timestamp":1699999800000}"#).kind, ErrorKind::MachineId);
-        assert_eq!(err(r#"{"type":"heartbeat","timestamp":1699999800000}"#).kind, ErrorKind::Schema);
+        assert_eq!(
+            err(r#"{"machineId":"m/1","type":"heartbeat","timestamp":1699999800000}"#).kind,
+            ErrorKind::MachineId
+        );
+        assert_eq!(
+            err(r#"{"type":"heartbeat","timestamp":1699999800000}"#).kind,
+            ErrorKind::Schema
+        );
         let mismatch = r#"{"machineId":"a","events":[{"machineId":"b","type":"heartbeat","timestamp":1699999800000}]}"#;
         assert_eq!(err(mismatch).kind, ErrorKind::MachineMismatch);
     }
@@ -581,11 +668,15 @@ mod tests {
     #[test]
     fn registry_records_decode() {
         let m = decode_registry(br#"{"type":"machine","machineId":"m1","serialNumber":"S","model":"X","locationId":"l1","slots":[{"slotNumber":101,"productId":"cola","maxCapacity":10,"price":2.50}]}"#).expect("machine");
-        let RegistryRecord::Machine(m) = m else { panic!() };
+        let RegistryRecord::Machine(m) = m else {
+            panic!()
+        };
         assert_eq!(m.slots[0].price, Cents(250));
         assert_eq!(m.status, MachineStatus::Active);
         let l = decode_registry(br#"{"type":"lease","leaseId":"L","clientId":"c","machineId":"m1","start":"2024-01-01","end":"2024-12-31","monthlyRate":300,"revenueSharePercent":12.5,"status":"ACTIVE"}"#).expect("lease");
-        let RegistryRecord::Lease(l) = l else { panic!() };
+        let RegistryRecord::Lease(l) = l else {
+            panic!()
+        };
         assert_eq!(l.revenue_share_basis_points, 1250);
         assert!(decode_registry(br#"{"type":"spaceship"}"#).is_err());
     }

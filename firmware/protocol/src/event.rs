@@ -127,7 +127,9 @@ pub enum ErrorCode {
 impl ErrorCode {
     pub fn parse(code: &str) -> ErrorCode {
         match code {
-            "CARD_READ_FAILURE" | "CARD_READER_ERROR" | "PAYMENT_ERROR" => ErrorCode::CardReadFailure,
+            "CARD_READ_FAILURE" | "CARD_READER_ERROR" | "PAYMENT_ERROR" => {
+                ErrorCode::CardReadFailure
+            }
             "DISPENSE_FAILURE" => ErrorCode::DispenseFailure,
             "MOTOR_JAM" | "JAM" => ErrorCode::MotorJam,
             "COOLING_FAILURE" => ErrorCode::CoolingFailure,
@@ -166,9 +168,8 @@ impl Event {
     /// The event's wire form inside an envelope (no `machineId`).
     pub fn body_json(&self) -> serde_json::Value {
         use serde_json::{Map, Value, json};
-        let decimal = |m: Milli| -> Value {
-            serde_json::from_str(&m.to_string()).unwrap_or(Value::Null)
-        };
+        let decimal =
+            |m: Milli| -> Value { serde_json::from_str(&m.to_string()).unwrap_or(Value::Null) };
         let payload = match &self.kind {
             EventKind::Heartbeat(h) => {
                 let mut p = Map::new();

@@ -21,5 +21,7 @@ pub use decode::{DecodeError, ErrorKind};
 pub use event::{
     DoorStatus, Envelope, ErrorCode, ErrorEvent, Event, EventKind, Heartbeat, Restock, Sale,
 };
-pub use registry::{Lease, LeaseStatus, Location, LocationType, Machine, MachineStatus, RegistryRecord, Slot};
+pub use registry::{
+    Lease, LeaseStatus, Location, LocationType, Machine, MachineStatus, RegistryRecord, Slot,
+};
 pub use units::{Cents, MachineId, Micro, Milli, Timestamp};

@@ -20,13 +20,18 @@ impl MachineId {
     /// Checks and wraps an id.
     pub fn parse(s: &str) -> Result<Self, String> {
         if s.is_empty() || s.len() > 64 {
-            return Err(format!("machine id must be 1 to 64 characters, got {}", s.len()));
+            return Err(format!(
+                "machine id must be 1 to 64 characters, got {}",
+                s.len()
+            ));
         }
         if let Some(c) = s
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')))
         {
-            return Err(format!("machine id contains {c:?}; allowed are letters, digits and _ - . :"));
+            return Err(format!(
+                "machine id contains {c:?}; allowed are letters, digits and _ - . :"
+            ));
         }
         Ok(MachineId(s.to_owned()))
     }
@@ -249,7 +254,9 @@ pub fn parse_decimal(text: &str, scale: u32, rounding: Rounding) -> Result<i64, 
     for _ in kept.len()..scale {
         value = value.checked_mul(10).ok_or_else(overflow)?;
     }
-    if rounding == Rounding::HalfAwayFromZero && extra.as_bytes().first().is_some_and(|&b| b >= b'5') {
+    if rounding == Rounding::HalfAwayFromZero
+        && extra.as_bytes().first().is_some_and(|&b| b >= b'5')
+    {
         value = value.checked_add(1).ok_or_else(overflow)?;
     }
     Ok(if negative { -value } else { value })
@@ -294,7 +301,10 @@ mod tests {
         assert_eq!(t.weekday(), 0, "2024-01-15 was a Monday");
         assert_eq!(t.hour(), 10);
         assert_eq!(format_day(t.day()), "2024-01-15");
-        assert_eq!(Timestamp::parse_text("2024-01-15"), Ok(Timestamp(1_705_276_800_000)));
+        assert_eq!(
+            Timestamp::parse_text("2024-01-15"),
+            Ok(Timestamp(1_705_276_800_000))
+        );
         assert!(Timestamp::parse_rfc3339("yesterday").is_err());
     }
 

@@ -1,0 +1,48 @@
+//! Engine and view settings, with the defaults from the product design.
+
+use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR, MS_PER_MINUTE};
+
+/// How the dataflows are run and how long each piece of state is kept.
+///
+/// Every horizon is in milliseconds of *event* time, compared with the ingestion frontier: state
+/// older than its horizon is retracted, so memory stays flat on an endless stream.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Timely worker threads.
+    pub workers: usize,
+    /// Sale lines are deduplicated for this long (longer than the machines' 24 h offline buffer).
+    pub dedup_horizon_ms: i64,
+    /// Width of the anomaly windows.
+    pub window_ms: i64,
+    /// How long a closed anomaly window can still be corrected by a late event, and is kept.
+    pub window_retention_ms: i64,
+    /// How many days of per-day revenue are kept live (older days live in the Parquet history).
+    pub revenue_retention_days: i64,
+    /// A machine without a heartbeat for this long is offline.
+    pub offline_after_ms: i64,
+    /// Default low-stock threshold, percent of capacity, for slots that set none.
+    pub low_stock_percent: u32,
+    /// Trailing days of sales the stockout forecast learns demand from.
+    pub demand_days: i64,
+    /// A machine needs restocking when a slot will run out within this many hours.
+    pub restock_within_hours: f64,
+    /// How long individual error records stay in the `errors` view (counts are kept forever).
+    pub error_retention_ms: i64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            workers: 2,
+            dedup_horizon_ms: 48 * MS_PER_HOUR,
+            window_ms: 5 * MS_PER_MINUTE,
+            window_retention_ms: 48 * MS_PER_HOUR,
+            revenue_retention_days: 35,
+            offline_after_ms: 120_000,
+            low_stock_percent: 20,
+            demand_days: 28,
+            restock_within_hours: 48.0,
+            error_retention_ms: MS_PER_DAY,
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Wires every view into one timely dataflow, so they all advance at one timestamp.
+//!
+//! ```text
+//! events ─▶ sales (dedup) ─▶ accepted ─┬▶ revenue ──────────────────────────────┐
+//!    │                                 ├▶ inventory ─▶ stockout ─┐               │
+//!    ├────────────────────────────────┬┴▶ anomaly_windows ───────┼▶ health       ├▶ rows ─▶ store
+//!    └▶ liveness ◀── registry ────────┘                          │               │
+//! errors ─▶ errors / error_counts;  late records of every view ─▶ too_late ──────┘
+//! ```
+
+use differential_dataflow::VecCollection;
+use vendflow_protocol::{Event, MachineId, RegistryRecord, Timestamp};
+
+use crate::config::Config;
+use crate::errors::ErrorRecord;
+use crate::operators::Time;
+use crate::row::Row;
+use crate::views::CATALOG;
+use crate::{anomaly_windows, errors, health, inventory, liveness, revenue, sales, stockout};
+
+/// The dataflow's inputs.
+pub(crate) struct Inputs<'s> {
+    pub events: VecCollection<'s, Time, Event>,
+    pub registry: VecCollection<'s, Time, RegistryRecord>,
+    pub errors: VecCollection<'s, Time, ErrorRecord>,
+    /// One row: the start of the current ingestion hour.
+    pub clock: VecCollection<'s, Time, Timestamp>,
+}
+
+/// Builds every view; returns their rows in [`CATALOG`] order.
+pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollection<'s, Time, Row>> {
+    let Inputs {
+        events,
+        registry,
+        errors,
+        clock,
+    } = inputs;
+
+    let machine_location = registry.clone().flat_map(|r| match r {
+        RegistryRecord::Machine(m) => m.location_id.map(|l| (m.machine_id, l)),
+        _ => None,
+    });
+    let plan_config = config.clone();
+    let plans = registry
+        .clone()
+        .flat_map(move |r| inventory::planogram(&r, &plan_config));
+
+    let sales = sales::render(events.clone(), config);
+    let revenue = revenue::render(sales.accepted.clone(), machine_location, config);
+    let levels = inventory::render(events.clone(), sales.accepted.clone(), plans);
+    let windows = anomaly_windows::render(events.clone(), sales.accepted.clone(), config);
+    let liveness = liveness::render(events.clone(), registry, config);
+    let stockout = stockout::render(events, sales.accepted, levels.clone(), clock, config);
+    let facts = health::facts(
+        windows.windows.clone(),
+        liveness.clone(),
+        levels.clone(),
+        stockout.restock_needed.clone().map(|(m, _, _)| m),
+    );
+    let health = health::render(facts);
+
+    let too_late = sales
+        .too_late
+        .map(|_| "sales".to_owned())
+        .concat(revenue.too_late.map(|_| "revenue".to_owned()))
+        .concat(windows.too_late.map(|_| "anomaly_windows".to_owned()));
+    let errors = errors::render(errors, too_late, config);
+
+    let duplicates = {
+        use differential_dataflow::operators::CountTotal;
+        sales.duplicates.count_total()
+    };
+
+    let views: Vec<(&'static str, VecCollection<'s, Time, Row>)> = vec![
+        (
+            "revenue_machine_daily",
+            revenue.machine_daily.map(revenue::machine_daily_row),
+        ),
+        (
+            "revenue_location_daily",
+            revenue.location_daily.map(revenue::location_daily_row),
+        ),
+        (
+            "revenue_fleet_today",
+            revenue.fleet_today.map(revenue::fleet_today_row),
+        ),
+        (
+            "top_machines_today",
+            revenue.top_today.map(revenue::top_row),
+        ),
+        (
+            "slot_sales",
+            revenue.slot_sales.map(revenue::slot_sales_row),
+        ),
+        (
+            "sale_duplicates",
+            duplicates.map(|(m, n): (MachineId, isize)| sales::duplicates_row((m, n))),
+        ),
+        ("inventory", levels.map(inventory::row)),
+        ("anomaly_windows", windows.windows.map(anomaly_windows::row)),
+        ("liveness", liveness.map(liveness::row)),
+        ("stockout_forecast", stockout.forecasts.map(stockout::row)),
+        (
+            "restock_needed",
+            stockout.restock_needed.map(stockout::restock_row),
+        ),
+        ("health", health.map(health::row)),
+        ("errors", errors.recent.map(errors::row)),
+        ("error_counts", errors.counts.map(errors::count_row)),
+        ("too_late", errors.too_late.map(errors::too_late_row)),
+    ];
+    let mut by_name: std::collections::HashMap<&str, VecCollection<'s, Time, Row>> =
+        views.into_iter().collect();
+    CATALOG
+        .iter()
+        .map(|def| {
+            by_name
+                .remove(def.name)
+                .unwrap_or_else(|| panic!("view {} is in the catalog but not built", def.name))
+        })
+        .collect()
+}

@@ -1,0 +1,341 @@
+//! Runs the dataflow on timely worker threads and feeds it.
+//!
+//! Who owns what: [`Engine::start`] spawns the timely workers (their own threads, beside any
+//! async runtime) and the view store's thread. Sources get one [`Feeder`] per worker and push
+//! batches tagged with an ingestion time; each worker owns a bounded channel, so a source that
+//! outruns the dataflow blocks instead of growing memory. Time only moves forward: a batch tagged
+//! with an older time than its feeder already sent is ingested at the feeder's time.
+//!
+//! Every worker must see time advance, or the frontier (and every view) stands still: a source
+//! either sends to all feeders or calls [`Feeders::advance_all`]. Worker 0 also maintains the
+//! `clock` input (the current ingestion hour) from the times it sees.
+//!
+//! Shutdown: [`Engine::shutdown`] raises a stop flag; each worker closes its inputs, drains and
+//! exits; then the store thread sees the captures close and ends. The store keeps the last
+//! published state and stays readable.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use differential_dataflow::input::{Input, InputSession};
+use timely::dataflow::operators::capture::Capture;
+use vendflow_protocol::units::MS_PER_HOUR;
+use vendflow_protocol::{Event, RegistryRecord, Timestamp};
+
+use crate::config::Config;
+use crate::dataflow::{Inputs, build};
+use crate::errors::ErrorRecord;
+use crate::operators::Time;
+use crate::view_store::{self, ViewPusher, ViewStore};
+
+/// Batches waiting per worker before a feeder blocks.
+const CHANNEL_DEPTH: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot start the dataflow workers: {0}")]
+    Start(String),
+    #[error("a dataflow worker failed: {0}")]
+    Worker(String),
+    #[error("the engine has stopped; the batch was not ingested")]
+    Stopped,
+}
+
+/// What a source hands the engine for one ingestion time.
+#[derive(Clone, Debug, Default)]
+pub struct Batch {
+    pub events: Vec<Event>,
+    pub errors: Vec<ErrorRecord>,
+    /// Registry changes: `+1` adds a record, `-1` retracts it.
+    pub registry: Vec<(RegistryRecord, isize)>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.errors.is_empty() && self.registry.is_empty()
+    }
+}
+
+enum Command {
+    Batch(Time, Batch),
+    Advance(Time),
+}
+
+/// A source's handle to one worker's input.
+pub struct Feeder {
+    tx: SyncSender<Command>,
+    time: Time,
+}
+
+impl Feeder {
+    /// Ingests `batch` at `time` (or at the feeder's current time, if that is later).
+    pub fn send(&mut self, time: Time, batch: Batch) -> Result<(), EngineError> {
+        self.time = self.time.max(time);
+        self.tx
+            .send(Command::Batch(self.time, batch))
+            .map_err(|_| EngineError::Stopped)
+    }
+
+    /// Moves this worker's input time forward without data.
+    pub fn advance(&mut self, time: Time) -> Result<(), EngineError> {
+        if time > self.time {
+            self.time = time;
+            self.tx
+                .send(Command::Advance(time))
+                .map_err(|_| EngineError::Stopped)?;
+        }
+        Ok(())
+    }
+
+    pub fn time(&self) -> Time {
+        self.time
+    }
+}
+
+/// One feeder per worker.
+pub struct Feeders {
+    feeders: Vec<Feeder>,
+    next: usize,
+}
+
+impl Feeders {
+    /// Sends to the workers in turn.
+    pub fn send(&mut self, time: Time, batch: Batch) -> Result<(), EngineError> {
+        let i = self.next % self.feeders.len();
+        self.next = self.next.wrapping_add(1);
+        self.feeders[i].send(time, batch)
+    }
+
+    /// Moves every worker's input to `time`.
+    pub fn advance_all(&mut self, time: Time) -> Result<(), EngineError> {
+        self.feeders.iter_mut().try_for_each(|f| f.advance(time))
+    }
+
+    /// The feeders, for sources that run a thread per worker.
+    pub fn into_vec(self) -> Vec<Feeder> {
+        self.feeders
+    }
+
+    pub fn len(&self) -> usize {
+        self.feeders.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.feeders.is_empty()
+    }
+}
+
+/// A running dataflow and its view store.
+pub struct Engine {
+    store: ViewStore,
+    feeders: Option<Feeders>,
+    stop: Arc<AtomicBool>,
+    workers: Option<timely_communication::WorkerGuards<()>>,
+    store_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Engine {
+    pub fn start(config: Config) -> Result<Engine, EngineError> {
+        let workers = config.workers.max(1);
+        let (store, capture_tx, store_thread) = view_store::start(workers);
+        let mut senders = Vec::with_capacity(workers);
+        let mut receivers = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            let (tx, rx) = std::sync::mpsc::sync_channel(CHANNEL_DEPTH);
+            senders.push(Feeder { tx, time: 0 });
+            receivers.push(Some(rx));
+        }
+        let receivers = Arc::new(Mutex::new(receivers));
+        let capture_tx = Arc::new(Mutex::new(capture_tx));
+        let stop = Arc::new(AtomicBool::new(false));
+        let worker_stop = stop.clone();
+        let guards = timely::execute(timely::Config::process(workers), move |worker| {
+            let index = worker.index();
+            let rx = receivers.lock().ok().and_then(|mut r| r[index].take());
+            let tx = capture_tx.lock().map(|t| t.clone()).ok();
+            let (Some(rx), Some(tx)) = (rx, tx) else {
+                tracing::error!(worker = index, "worker started without its channels");
+                return;
+            };
+            run_worker(worker, rx, tx, &config, &worker_stop);
+        })
+        .map_err(EngineError::Start)?;
+        Ok(Engine {
+            store,
+            feeders: Some(Feeders {
+                feeders: senders,
+                next: 0,
+            }),
+            stop,
+            workers: Some(guards),
+            store_thread: Some(store_thread),
+        })
+    }
+
+    pub fn store(&self) -> ViewStore {
+        self.store.clone()
+    }
+
+    /// The feeders, once: whoever takes them is the engine's source.
+    pub fn feeders(&mut self) -> Option<Feeders> {
+        self.feeders.take()
+    }
+
+    /// Stops the workers and the store thread; the store stays readable.
+    pub fn shutdown(mut self) -> Result<(), EngineError> {
+        self.stop_and_join()
+    }
+
+    fn stop_and_join(&mut self) -> Result<(), EngineError> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.feeders = None;
+        let mut result = Ok(());
+        if let Some(guards) = self.workers.take() {
+            for r in guards.join() {
+                if let Err(e) = r {
+                    result = Err(EngineError::Worker(e));
+                }
+            }
+        }
+        if let Some(t) = self.store_thread.take()
+            && t.join().is_err()
+        {
+            result = Err(EngineError::Worker("the view store thread panicked".into()));
+        }
+        result
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop_and_join() {
+            tracing::error!(error = %e, "engine shut down with an error");
+        }
+    }
+}
+
+struct WorkerInputs {
+    events: InputSession<Time, Event, isize>,
+    registry: InputSession<Time, RegistryRecord, isize>,
+    errors: InputSession<Time, ErrorRecord, isize>,
+    clock: InputSession<Time, Timestamp, isize>,
+    /// Worker 0 owns the clock row; `None` elsewhere.
+    hour: Option<Option<i64>>,
+}
+
+impl WorkerInputs {
+    fn advance(&mut self, time: Time) {
+        if time <= *self.events.time() {
+            return;
+        }
+        self.events.advance_to(time);
+        self.registry.advance_to(time);
+        self.errors.advance_to(time);
+        self.clock.advance_to(time);
+        if let Some(hour) = &mut self.hour {
+            let now = time as i64 - (time as i64).rem_euclid(MS_PER_HOUR);
+            if *hour != Some(now) {
+                if let Some(old) = hour.replace(now) {
+                    self.clock.remove(Timestamp(old));
+                }
+                self.clock.insert(Timestamp(now));
+            }
+        }
+    }
+
+    fn apply(&mut self, command: Command) {
+        match command {
+            Command::Advance(t) => self.advance(t),
+            Command::Batch(t, batch) => {
+                self.advance(t);
+                for e in batch.events {
+                    self.events.insert(e);
+                }
+                for e in batch.errors {
+                    self.errors.insert(e);
+                }
+                for (r, d) in batch.registry {
+                    self.registry.update(r, d);
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        self.events.flush();
+        self.registry.flush();
+        self.errors.flush();
+        self.clock.flush();
+    }
+}
+
+fn run_worker(
+    worker: &mut timely::worker::Worker,
+    rx: Receiver<Command>,
+    tx: std::sync::mpsc::Sender<view_store::Captured>,
+    config: &Config,
+    stop: &AtomicBool,
+) {
+    let index = worker.index();
+    let mut inputs = worker.dataflow::<Time, _, _>(|scope| {
+        let (events, events_c) = scope.new_collection::<Event, isize>();
+        let (registry, registry_c) = scope.new_collection::<RegistryRecord, isize>();
+        let (errors, errors_c) = scope.new_collection::<ErrorRecord, isize>();
+        let (clock, clock_c) = scope.new_collection::<Timestamp, isize>();
+        let views = build(
+            Inputs {
+                events: events_c,
+                registry: registry_c,
+                errors: errors_c,
+                clock: clock_c,
+            },
+            config,
+        );
+        for (view, rows) in views.into_iter().enumerate() {
+            rows.inner.capture_into(ViewPusher {
+                view,
+                tx: tx.clone(),
+            });
+        }
+        WorkerInputs {
+            events,
+            registry,
+            errors,
+            clock,
+            hour: (index == 0).then_some(None),
+        }
+    });
+    drop(tx);
+    loop {
+        let mut applied = 0;
+        let mut disconnected = false;
+        // Take what is waiting, but not so much that the dataflow never gets to run.
+        while applied < 16 {
+            match rx.try_recv() {
+                Ok(command) => {
+                    inputs.apply(command);
+                    applied += 1;
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    disconnected = true;
+                    break;
+                }
+            }
+        }
+        if disconnected || stop.load(Ordering::SeqCst) {
+            break;
+        }
+        if applied > 0 {
+            inputs.flush();
+            worker.step();
+        } else {
+            worker.step_or_park(Some(Duration::from_millis(1)));
+        }
+    }
+    // Closing the inputs lets the dataflow complete; the store ignores the final retractions.
+    drop(inputs);
+    while worker.step_or_park(Some(Duration::from_millis(1))) {}
+}

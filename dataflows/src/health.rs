@@ -1,0 +1,267 @@
+//! `health`: a 0–100 score per machine, with the reasons that lowered it.
+//!
+//! ```sql
+//! SELECT machine_id,
+//!        100 - 40 * (status = 'offline')
+//!            - sum(per measure of the latest window: 10 if warning, 25 if critical)
+//!            - least(20, 5 * sold_out_slots) - least(10, 2 * low_stock_slots) AS score,
+//!        reasons
+//! FROM liveness LEFT JOIN latest_window LEFT JOIN inventory ... GROUP BY machine_id
+//! ```
+//! Grades: `good` from 80, `degraded` from 50, else `poor`. The reasons are the alerts an
+//! operator sees ("temperature critical", "offline", "2 slots sold out", …). Every input is
+//! already bounded (latest window within retention, one liveness row, one level per slot), so
+//! this view adds no state of its own beyond one group per machine.
+
+use differential_dataflow::VecCollection;
+use serde::{Deserialize, Serialize};
+use vendflow_protocol::{MachineId, Timestamp};
+
+use crate::anomaly_windows::{Level, Window};
+use crate::inventory;
+use crate::liveness::{Liveness, Status};
+use crate::operators::Time;
+use crate::row::{ColumnType::*, Row, Value, col};
+use crate::views::ViewDef;
+
+pub const HEALTH: ViewDef = ViewDef {
+    name: "health",
+    description: "health score per machine (0-100), grade and the reasons that lowered it",
+    columns: &[
+        col("machine_id", Text),
+        col("score", Int),
+        col("grade", Text),
+        col("alerts", Int),
+        col("reasons", Text),
+    ],
+};
+
+const MEASURES: [&str; 5] = ["temperature", "door", "card reader", "motor", "network"];
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Fact {
+    Status(Status),
+    Window(Timestamp, [Level; 5]),
+    SoldOut,
+    LowStock,
+    RestockSoon,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Health {
+    pub machine_id: MachineId,
+    pub score: i64,
+    pub alerts: i64,
+    pub reasons: Vec<String>,
+}
+
+impl Health {
+    pub fn grade(&self) -> &'static str {
+        match self.score {
+            80.. => "good",
+            50.. => "degraded",
+            _ => "poor",
+        }
+    }
+}
+
+/// The scoring rule, shared with the oracle: facts with their multiplicities.
+pub fn score(machine_id: MachineId, facts: &[(Fact, i64)]) -> Health {
+    let mut score = 100i64;
+    let mut reasons = Vec::new();
+    let mut alerts = 0;
+    let count = |f: &Fact| {
+        facts
+            .iter()
+            .filter(|(x, _)| x == f)
+            .map(|(_, c)| *c)
+            .sum::<i64>()
+    };
+    for (fact, c) in facts {
+        if *c <= 0 {
+            continue;
+        }
+        match fact {
+            Fact::Status(Status::Offline) => {
+                score -= 40;
+                alerts += 1;
+                reasons.push("offline".to_owned());
+            }
+            Fact::Status(Status::Maintenance) => reasons.push("in maintenance".to_owned()),
+            _ => {}
+        }
+    }
+    let latest = facts
+        .iter()
+        .filter(|(_, c)| *c > 0)
+        .filter_map(|(f, _)| match f {
+            Fact::Window(start, levels) => Some((*start, *levels)),
+            _ => None,
+        })
+        .max();
+    if let Some((_, levels)) = latest {
+        for (name, level) in MEASURES.iter().zip(levels) {
+            match level {
+                Level::Normal => {}
+                Level::Warning => {
+                    score -= 10;
+                    alerts += 1;
+                    reasons.push(format!("{name} warning"));
+                }
+                Level::Critical => {
+                    score -= 25;
+                    alerts += 1;
+                    reasons.push(format!("{name} critical"));
+                }
+            }
+        }
+    }
+    let sold_out = count(&Fact::SoldOut);
+    if sold_out > 0 {
+        score -= (5 * sold_out).min(20);
+        alerts += 1;
+        reasons.push(format!("{sold_out} slot(s) sold out"));
+    }
+    let low = count(&Fact::LowStock);
+    if low > 0 {
+        score -= (2 * low).min(10);
+        reasons.push(format!("{low} slot(s) low on stock"));
+    }
+    if count(&Fact::RestockSoon) > 0 {
+        reasons.push("needs restock within 48 h".to_owned());
+    }
+    Health {
+        machine_id,
+        score: score.clamp(0, 100),
+        alerts,
+        reasons,
+    }
+}
+
+pub fn facts<'s>(
+    windows: VecCollection<'s, Time, Window>,
+    liveness: VecCollection<'s, Time, Liveness>,
+    levels: VecCollection<'s, Time, inventory::Level>,
+    restock: VecCollection<'s, Time, MachineId>,
+) -> VecCollection<'s, Time, (MachineId, Fact)> {
+    let windows = windows.map(|w| {
+        let levels = w.levels();
+        (w.machine_id, Fact::Window(w.start, levels))
+    });
+    let status = liveness.map(|l| (l.machine_id, Fact::Status(l.status)));
+    let stock = levels.flat_map(|l| {
+        let fact = if l.sold_out() {
+            Some(Fact::SoldOut)
+        } else if l.low_stock() {
+            Some(Fact::LowStock)
+        } else {
+            None
+        };
+        fact.map(|f| (l.machine_id, f))
+    });
+    let restock = restock.map(|m| (m, Fact::RestockSoon));
+    windows.concat(status).concat(stock).concat(restock)
+}
+
+pub fn render<'s>(
+    facts: VecCollection<'s, Time, (MachineId, Fact)>,
+) -> VecCollection<'s, Time, Health> {
+    facts
+        .reduce_named("Health: score", |m, input, output| {
+            let facts: Vec<(Fact, i64)> = input
+                .iter()
+                .map(|(f, c)| ((*f).clone(), *c as i64))
+                .collect();
+            output.push((score(m.clone(), &facts), 1isize));
+        })
+        .map(|(_m, h)| h)
+}
+
+pub fn row(h: Health) -> Row {
+    vec![
+        Value::text(h.machine_id.as_str()),
+        Value::Int(h.score),
+        Value::text(h.grade()),
+        Value::Int(h.alerts),
+        Value::Text(h.reasons.join("; ")),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::testing::{self, Scenario};
+
+    #[test]
+    fn health_matches_batch_oracle_on_random_streams() {
+        for seed in 0..6 {
+            let scenario = Scenario::random(seed);
+            let views = testing::run(&scenario);
+            let mut facts: BTreeMap<MachineId, BTreeMap<Fact, i64>> = BTreeMap::new();
+            let mut add =
+                |m: MachineId, f: Fact| *facts.entry(m).or_default().entry(f).or_default() += 1;
+            for w in crate::anomaly_windows::oracle(&scenario) {
+                let levels = w.levels();
+                add(w.machine_id, Fact::Window(w.start, levels));
+            }
+            for l in crate::liveness::oracle(&scenario) {
+                add(l.machine_id, Fact::Status(l.status));
+            }
+            for l in crate::inventory::oracle(&scenario) {
+                if l.sold_out() {
+                    add(l.machine_id, Fact::SoldOut);
+                } else if l.low_stock() {
+                    add(l.machine_id, Fact::LowStock);
+                }
+            }
+            for row in testing::rows(&views, "restock_needed") {
+                if let Value::Text(m) = &row[0] {
+                    add(testing::machine(m), Fact::RestockSoon);
+                }
+            }
+            let expected = facts
+                .into_iter()
+                .map(|(m, f)| row(score(m, &f.into_iter().collect::<Vec<_>>())))
+                .collect();
+            testing::assert_view(&views, "health", expected, seed);
+        }
+    }
+
+    #[test]
+    fn reasons_explain_the_score() {
+        let m = testing::machine("m1");
+        let h = score(
+            m,
+            &[
+                (Fact::Status(Status::Offline), 1),
+                (
+                    Fact::Window(
+                        Timestamp(0),
+                        [
+                            Level::Critical,
+                            Level::Normal,
+                            Level::Normal,
+                            Level::Warning,
+                            Level::Normal,
+                        ],
+                    ),
+                    1,
+                ),
+                (Fact::SoldOut, 2),
+            ],
+        );
+        assert_eq!(h.score, 100 - 40 - 25 - 10 - 10);
+        assert_eq!(
+            h.reasons,
+            vec![
+                "offline",
+                "temperature critical",
+                "motor warning",
+                "2 slot(s) sold out"
+            ]
+        );
+        assert_eq!(h.grade(), "poor");
+    }
+}

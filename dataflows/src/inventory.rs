@@ -1,0 +1,219 @@
+//! `inventory`: units in each slot, with low-stock and sold-out flags.
+//!
+//! ```sql
+//! SELECT machine_id, slot_number, plan.product_id, plan.max_capacity AS capacity,
+//!        coalesce(plan.max_capacity, 0) + sum(restocked) - sum(sold) AS units,
+//!        units <= low_stock_threshold AS low_stock, units <= 0 AS sold_out
+//! FROM planogram FULL JOIN restocks FULL JOIN accepted_sale_lines USING (machine_id, slot_number)
+//! ```
+//! Registering a machine fills each slot of its planogram to capacity; a restock adds the units
+//! loaded; an accepted sale line takes its quantity. A slot nobody planned (no registry, or a slot
+//! code outside the planogram) still shows, with unknown capacity and no flags, so revenue and
+//! stock history replay without a registry. The level lives in the diff field, so state is one
+//! record per slot; an explicit event count in the diff keeps a slot at 0 units visible.
+
+use differential_dataflow::VecCollection;
+use differential_dataflow::operators::CountTotal;
+use vendflow_protocol::{Event, EventKind, MachineId, RegistryRecord};
+
+use crate::config::Config;
+use crate::operators::Time;
+use crate::row::{ColumnType::*, Row, Value, col, null};
+use crate::sales::SaleLine;
+use crate::views::ViewDef;
+
+pub const INVENTORY: ViewDef = ViewDef {
+    name: "inventory",
+    description: "units per machine slot, with low-stock and sold-out flags",
+    columns: &[
+        col("machine_id", Text),
+        col("slot_number", Int),
+        null("product_id", Text),
+        null("capacity", Int),
+        col("units", Int),
+        null("low_stock_threshold", Int),
+        col("low_stock", Bool),
+        col("sold_out", Bool),
+    ],
+};
+
+/// A planned slot: what the registry says it holds.
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct Plan {
+    pub product_id: String,
+    pub capacity: u32,
+    pub low_stock_threshold: u32,
+}
+
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct Level {
+    pub machine_id: MachineId,
+    pub slot_number: u32,
+    pub plan: Option<Plan>,
+    pub units: i64,
+}
+
+impl Level {
+    pub fn low_stock(&self) -> bool {
+        self.plan
+            .as_ref()
+            .is_some_and(|p| self.units <= i64::from(p.low_stock_threshold))
+    }
+
+    pub fn sold_out(&self) -> bool {
+        self.plan.is_some() && self.units <= 0
+    }
+}
+
+pub fn planogram(record: &RegistryRecord, config: &Config) -> Vec<((MachineId, u32), Plan)> {
+    match record {
+        RegistryRecord::Machine(m) => m
+            .slots
+            .iter()
+            .map(|s| {
+                let threshold = s
+                    .low_stock_threshold
+                    .unwrap_or(s.max_capacity * config.low_stock_percent / 100);
+                let plan = Plan {
+                    product_id: s.product_id.clone(),
+                    capacity: s.max_capacity,
+                    low_stock_threshold: threshold,
+                };
+                ((m.machine_id.clone(), s.slot_number), plan)
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+pub fn render<'s>(
+    events: VecCollection<'s, Time, Event>,
+    accepted: VecCollection<'s, Time, SaleLine>,
+    plans: VecCollection<'s, Time, ((MachineId, u32), Plan)>,
+) -> VecCollection<'s, Time, Level> {
+    // (units, events): the event count keeps an empty slot from vanishing.
+    let fills = plans
+        .clone()
+        .explode(|(k, p)| Some((k, (p.capacity as isize, 1isize))));
+    let restocks = events.explode(|e| match &e.kind {
+        EventKind::Restock(r) => Some((
+            (e.machine_id.clone(), r.slot_number),
+            (r.quantity as isize, 1isize),
+        )),
+        _ => None,
+    });
+    let sold = accepted.explode(|l| {
+        Some((
+            (l.machine_id, l.slot_number),
+            (-(l.quantity as isize), 1isize),
+        ))
+    });
+    let levels = fills
+        .concat(restocks)
+        .concat(sold)
+        .count_total()
+        .map(|(k, (units, _events))| (k, units as i64));
+
+    let planned = levels
+        .clone()
+        .join_map(plans.clone(), |(m, s), units, plan| Level {
+            machine_id: m.clone(),
+            slot_number: *s,
+            plan: Some(plan.clone()),
+            units: *units,
+        });
+    let unplanned = levels
+        .antijoin(plans.map(|(k, _)| k).distinct())
+        .map(|((m, s), units)| Level {
+            machine_id: m,
+            slot_number: s,
+            plan: None,
+            units,
+        });
+    planned.concat(unplanned)
+}
+
+pub fn row(l: Level) -> Row {
+    vec![
+        Value::text(l.machine_id.as_str()),
+        Value::Int(i64::from(l.slot_number)),
+        Value::opt(l.plan.as_ref(), |p| Value::text(&p.product_id)),
+        Value::opt(l.plan.as_ref(), |p| Value::Int(i64::from(p.capacity))),
+        Value::Int(l.units),
+        Value::opt(l.plan.as_ref(), |p| {
+            Value::Int(i64::from(p.low_stock_threshold))
+        }),
+        Value::Bool(l.low_stock()),
+        Value::Bool(l.sold_out()),
+    ]
+}
+
+/// Batch definition of the levels, for oracle tests.
+#[cfg(test)]
+pub(crate) fn oracle(scenario: &crate::testing::Scenario) -> Vec<Level> {
+    use std::collections::BTreeMap;
+    let config = &scenario.config;
+    let mut plans: BTreeMap<(MachineId, u32), Plan> = BTreeMap::new();
+    for r in &scenario.registry {
+        plans.extend(planogram(r, config));
+    }
+    let mut units: BTreeMap<(MachineId, u32), i64> = BTreeMap::new();
+    for (k, p) in &plans {
+        *units.entry(k.clone()).or_default() += i64::from(p.capacity);
+    }
+    for (_, e) in &scenario.deliveries {
+        if let EventKind::Restock(r) = &e.kind {
+            *units
+                .entry((e.machine_id.clone(), r.slot_number))
+                .or_default() += i64::from(r.quantity);
+        }
+    }
+    for (_, l) in crate::sales::oracle(&scenario.deliveries, config).0 {
+        *units
+            .entry((l.machine_id.clone(), l.slot_number))
+            .or_default() -= i64::from(l.quantity);
+    }
+    units
+        .into_iter()
+        .map(|((m, s), u)| Level {
+            plan: plans.get(&(m.clone(), s)).cloned(),
+            machine_id: m,
+            slot_number: s,
+            units: u,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{self, Scenario};
+
+    #[test]
+    fn inventory_matches_batch_oracle_on_random_streams() {
+        for seed in 0..6 {
+            let scenario = Scenario::random(seed);
+            let views = testing::run(&scenario);
+            let expected = oracle(&scenario).into_iter().map(row).collect();
+            testing::assert_view(&views, "inventory", expected, seed);
+        }
+    }
+
+    #[test]
+    fn a_slot_sold_to_zero_stays_visible_as_sold_out() {
+        let mut scenario = Scenario::empty();
+        scenario.register_machine("m1", "loc1", &[(1, 2)]);
+        let t = testing::BASE;
+        scenario.deliver(t, testing::sale("m1", t, 1, 100, "a"));
+        scenario.deliver(t + 1, testing::sale("m1", t + 1, 1, 100, "b"));
+        let views = testing::run(&scenario);
+        let rows = testing::rows(&views, "inventory");
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0][4], Value::Int(0));
+        assert_eq!(rows[0][7], Value::Bool(true), "sold out");
+    }
+}

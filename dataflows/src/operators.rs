@@ -1,0 +1,177 @@
+//! Operators shared by the dataflows, as extension traits with readable operator names.
+//!
+//! - [`Temporal::retain_between`]: the temporal-filter pattern. A record is emitted at
+//!   `max(now, from)` and its retraction is scheduled at `until`, both in ingestion time; this is
+//!   how windows, dedup keys and day totals get a horizon without any timer or polling. A record
+//!   whose `until` has already passed when it arrives is *too late*: it is returned separately so
+//!   that it can be counted, never silently dropped.
+//! - [`Keyed::keyed_in_time_order`]: a stateful operator that sees each key's updates in ingestion
+//!   time order, for the two places where a differential `reduce` would retract what it must not
+//!   (first-seen dedup, latest value per key).
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+
+use differential_dataflow::difference::Abelian;
+use differential_dataflow::{AsCollection, Data, ExchangeData, VecCollection};
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::core::Map;
+use timely::dataflow::operators::generic::Operator;
+
+/// Ingestion time: epoch milliseconds of the source's clock.
+pub type Time = u64;
+
+/// A stable hash for routing keys to workers.
+pub fn hash_of<K: Hash + ?Sized>(key: &K) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    h.finish()
+}
+
+/// Converts an event-time instant (ms, may be negative in theory) into ingestion time.
+pub fn as_time(ms: i64) -> Time {
+    u64::try_from(ms).unwrap_or(0)
+}
+
+pub trait Temporal<'s, D: Data, R: Abelian + Data> {
+    /// Keeps each record only while ingestion time is in `[from, until)` as given by `window`.
+    /// Returns the kept collection and the records that arrived after their `until`.
+    fn retain_between(
+        self,
+        window: impl Fn(&D) -> (Time, Time) + Clone + 'static,
+    ) -> (VecCollection<'s, Time, D, R>, VecCollection<'s, Time, D, R>);
+}
+
+impl<'s, D: Data, R: Abelian + Data> Temporal<'s, D, R> for VecCollection<'s, Time, D, R> {
+    fn retain_between(
+        self,
+        window: impl Fn(&D) -> (Time, Time) + Clone + 'static,
+    ) -> (VecCollection<'s, Time, D, R>, VecCollection<'s, Time, D, R>) {
+        let late = window.clone();
+        let too_late = self
+            .clone()
+            .inner
+            .flat_map::<Vec<(D, Time, R)>, _, _>(move |(d, t, r)| {
+                let (_, until) = late(&d);
+                (until <= t).then_some((d, t, r))
+            })
+            .as_collection();
+        let kept = self
+            .inner
+            .flat_map::<Vec<(D, Time, R)>, _, _>(move |(d, t, r)| {
+                let (from, until) = window(&d);
+                let start = t.max(from);
+                let mut retraction = r.clone();
+                retraction.negate();
+                (start < until)
+                    .then(|| [(d.clone(), start, r), (d, until, retraction)])
+                    .into_iter()
+                    .flatten()
+            })
+            .as_collection();
+        (kept, too_late)
+    }
+}
+
+/// Updates of one time, waiting for the frontier, with the capability to answer at that time.
+type Pending<D> = (Capability<Time>, Vec<(D, isize)>);
+
+/// What `keyed_in_time_order` hands the logic for each input record.
+pub struct Emit<'a, O> {
+    time: Time,
+    out: &'a mut Vec<(O, Time, isize)>,
+}
+
+impl<O> Emit<'_, O> {
+    /// Emits `record` with `diff` at the current ingestion time.
+    pub fn give(&mut self, record: O, diff: isize) {
+        self.out.push((record, self.time, diff));
+    }
+
+    pub fn time(&self) -> Time {
+        self.time
+    }
+}
+
+pub trait Keyed<'s, D: ExchangeData> {
+    /// Routes records by `key` and presents them to `logic` in ingestion-time order (records of
+    /// the same time in their `Ord` order, so the result does not depend on arrival order within
+    /// a time), with per-worker `state`. After each completed time, `expire` is called with the new
+    /// frontier so that state past its horizon can be dropped.
+    fn keyed_in_time_order<S, O, K>(
+        self,
+        name: &str,
+        key: K,
+        state: S,
+        logic: impl FnMut(&mut S, D, isize, &mut Emit<'_, O>) + 'static,
+        expire: impl FnMut(&mut S, Time) + 'static,
+    ) -> VecCollection<'s, Time, O, isize>
+    where
+        S: 'static,
+        O: Data,
+        K: Fn(&D) -> u64 + 'static;
+}
+
+impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
+    fn keyed_in_time_order<S, O, K>(
+        self,
+        name: &str,
+        key: K,
+        mut state: S,
+        mut logic: impl FnMut(&mut S, D, isize, &mut Emit<'_, O>) + 'static,
+        mut expire: impl FnMut(&mut S, Time) + 'static,
+    ) -> VecCollection<'s, Time, O, isize>
+    where
+        S: 'static,
+        O: Data,
+        K: Fn(&D) -> u64 + 'static,
+    {
+        let pact = Exchange::new(move |(d, _t, _r): &(D, Time, isize)| key(d));
+        self.inner
+            .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<(O, Time, isize)>>, _, _, _>(
+                pact,
+                name,
+                move |_cap, _info| {
+                    // Updates wait here, by their own time, until the frontier passes that time;
+                    // each entry holds a capability so the output can still be sent at that time.
+                    let mut pending: BTreeMap<Time, Pending<D>> = BTreeMap::new();
+                    let mut out: Vec<(O, Time, isize)> = Vec::new();
+                    let mut last_frontier: Option<Time> = None;
+                    move |(input, frontier), output| {
+                        input.for_each_stamp(|cap, data| {
+                            for container in data {
+                                for (d, t, r) in container.drain(..) {
+                                    let entry = pending.entry(t).or_insert_with(|| {
+                                        (cap.delayed(&t, output.output_index()), Vec::new())
+                                    });
+                                    entry.1.push((d, r));
+                                }
+                            }
+                        });
+                        let frontier = frontier.frontier();
+                        while let Some(entry) = pending.first_entry() {
+                            if frontier.less_equal(entry.key()) {
+                                break;
+                            }
+                            let (time, (cap, mut records)) = entry.remove_entry();
+                            records.sort();
+                            let mut emit = Emit { time, out: &mut out };
+                            for (d, r) in records {
+                                logic(&mut state, d, r, &mut emit);
+                            }
+                            if !out.is_empty() {
+                                output.session(&cap).give_iterator(out.drain(..));
+                            }
+                        }
+                        let now = frontier.first().copied().unwrap_or(Time::MAX);
+                        if last_frontier != Some(now) {
+                            last_frontier = Some(now);
+                            expire(&mut state, now);
+                        }
+                    }
+                },
+            )
+            .as_collection()
+    }
+}

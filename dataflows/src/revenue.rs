@@ -1,0 +1,339 @@
+//! `revenue`: money from accepted (deduplicated) sale lines, on event time.
+//!
+//! ```sql
+//! -- revenue_machine_daily: kept for `revenue_retention_days` after the day ends
+//! SELECT machine_id, day(timestamp) AS day, sum(amount) AS revenue, sum(quantity) AS units, count(*) AS lines
+//! FROM accepted_sale_lines GROUP BY 1, 2
+//! -- revenue_location_daily: the same by the machine's registered location ('unassigned' if none)
+//! -- revenue_fleet_today: the fleet's total for the day the ingestion clock is in
+//! -- top_machines_today: the 10 machines with most revenue today (ties by machine id)
+//! -- slot_sales: per (machine, slot), all time
+//! SELECT machine_id, slot_number, sum(quantity) AS units, count(*) AS lines, sum(amount) AS revenue
+//! FROM accepted_sale_lines GROUP BY 1, 2
+//! ```
+//! A late sale (delivered hours later from an offline machine) adds to the day it happened on:
+//! the old total is retracted and the corrected one published. Totals are kept in the diff field
+//! (`explode` + `count_total`), so state is one record per (machine, day), not per sale.
+
+use differential_dataflow::VecCollection;
+use differential_dataflow::operators::CountTotal;
+use vendflow_protocol::units::MS_PER_DAY;
+use vendflow_protocol::{Cents, MachineId};
+
+use crate::config::Config;
+use crate::operators::{Temporal, Time, as_time, hash_of};
+use crate::row::{ColumnType::*, Row, Value, col};
+use crate::sales::SaleLine;
+use crate::views::ViewDef;
+
+pub const UNASSIGNED: &str = "unassigned";
+
+/// Accumulated money, units and line count: a diff, summed by differential.
+pub type Totals = (isize, isize, isize);
+
+pub const MACHINE_DAILY: ViewDef = ViewDef {
+    name: "revenue_machine_daily",
+    description: "revenue per machine per event-time day (UTC)",
+    columns: &[
+        col("machine_id", Text),
+        col("day", Date),
+        col("revenue", Money),
+        col("units", Int),
+        col("lines", Int),
+    ],
+};
+pub const LOCATION_DAILY: ViewDef = ViewDef {
+    name: "revenue_location_daily",
+    description: "revenue per location per event-time day (UTC)",
+    columns: &[
+        col("location_id", Text),
+        col("day", Date),
+        col("revenue", Money),
+        col("units", Int),
+        col("lines", Int),
+    ],
+};
+pub const FLEET_TODAY: ViewDef = ViewDef {
+    name: "revenue_fleet_today",
+    description: "the whole fleet's revenue for the current day",
+    columns: &[
+        col("day", Date),
+        col("revenue", Money),
+        col("units", Int),
+        col("lines", Int),
+    ],
+};
+pub const TOP_MACHINES_TODAY: ViewDef = ViewDef {
+    name: "top_machines_today",
+    description: "the 10 machines with the most revenue today",
+    columns: &[
+        col("rank", Int),
+        col("machine_id", Text),
+        col("revenue", Money),
+    ],
+};
+pub const SLOT_SALES: ViewDef = ViewDef {
+    name: "slot_sales",
+    description: "units, lines and revenue per machine and slot, all time",
+    columns: &[
+        col("machine_id", Text),
+        col("slot_number", Int),
+        col("units", Int),
+        col("lines", Int),
+        col("revenue", Money),
+    ],
+};
+
+pub struct Revenue<'s> {
+    pub machine_daily: VecCollection<'s, Time, ((MachineId, i64), Totals)>,
+    pub location_daily: VecCollection<'s, Time, ((String, i64), Totals)>,
+    pub fleet_today: VecCollection<'s, Time, (i64, Totals)>,
+    pub top_today: VecCollection<'s, Time, (usize, MachineId, Cents)>,
+    pub slot_sales: VecCollection<'s, Time, ((MachineId, u32), Totals)>,
+    /// Lines whose day had already left the live window when they arrived.
+    pub too_late: VecCollection<'s, Time, SaleLine>,
+}
+
+pub fn totals(line: &SaleLine) -> Totals {
+    (line.amount.0 as isize, line.quantity as isize, 1)
+}
+
+const TOP: usize = 10;
+
+pub fn render<'s>(
+    accepted: VecCollection<'s, Time, SaleLine>,
+    machine_location: VecCollection<'s, Time, (MachineId, String)>,
+    config: &Config,
+) -> Revenue<'s> {
+    let retention = config.revenue_retention_days * MS_PER_DAY;
+    let slot_sales = accepted
+        .clone()
+        .explode(|l| Some(((l.machine_id.clone(), l.slot_number), totals(&l))))
+        .count_total();
+
+    let (live, too_late) = accepted.retain_between(move |l: &SaleLine| {
+        let day_end = (l.timestamp.day() + 1) * MS_PER_DAY;
+        (0, as_time(day_end + retention))
+    });
+    let machine_daily = live
+        .explode(|l| Some(((l.machine_id.clone(), l.timestamp.day()), totals(&l))))
+        .count_total();
+
+    let by_machine = machine_daily.clone().map(|((m, day), t)| (m, (day, t)));
+    let located = by_machine
+        .clone()
+        .join_map(machine_location.clone(), |_m, (day, t), loc| {
+            ((loc.clone(), *day), *t)
+        });
+    let unlocated = by_machine
+        .antijoin(machine_location.map(|(m, _)| m).distinct())
+        .map(|(_m, (day, t))| ((UNASSIGNED.to_owned(), day), t));
+    let location_daily = located
+        .concat(unlocated)
+        .explode(|(k, t)| Some((k, t)))
+        .count_total();
+
+    let fleet_today = machine_daily
+        .clone()
+        .explode(|((_m, day), t)| Some((day, t)))
+        .count_total()
+        .retain_between(|(day, _)| (as_time(day * MS_PER_DAY), as_time((day + 1) * MS_PER_DAY)))
+        .0;
+
+    // Top machines today in two rounds, so that no single reduce re-sorts the whole fleet on
+    // every change: first the top 10 of each of 16 groups, then the top 10 of those.
+    let today = machine_daily
+        .clone()
+        .retain_between(|((_m, day), _)| {
+            (as_time(day * MS_PER_DAY), as_time((day + 1) * MS_PER_DAY))
+        })
+        .0
+        .map(|((m, _day), (cents, _, _))| (-(cents as i64), m));
+    let top_today = today
+        .map(|(neg, m)| (hash_of(&m) % 16, (neg, m)))
+        .reduce_named("Revenue: top per group", |_g, input, output| {
+            for ((neg, m), _) in input.iter().filter(|(_, c)| *c > 0).take(TOP) {
+                output.push(((*neg, (*m).clone()), 1isize));
+            }
+        })
+        .map(|(_g, v)| ((), v))
+        .reduce_named("Revenue: top of fleet", |_k, input, output| {
+            for (rank, ((neg, m), _)) in input.iter().filter(|(_, c)| *c > 0).take(TOP).enumerate()
+            {
+                output.push(((rank + 1, m.clone(), Cents(-neg)), 1isize));
+            }
+        })
+        .map(|((), row)| row);
+
+    Revenue {
+        machine_daily,
+        location_daily,
+        fleet_today,
+        top_today,
+        slot_sales,
+        too_late,
+    }
+}
+
+fn totals_cells(t: Totals) -> [Value; 3] {
+    [
+        Value::Money(Cents(t.0 as i64)),
+        Value::Int(t.1 as i64),
+        Value::Int(t.2 as i64),
+    ]
+}
+
+pub fn machine_daily_row(((m, day), t): ((MachineId, i64), Totals)) -> Row {
+    let mut row = vec![Value::text(m.as_str()), Value::Date(day)];
+    row.extend(totals_cells(t));
+    row
+}
+
+pub fn location_daily_row(((loc, day), t): ((String, i64), Totals)) -> Row {
+    let mut row = vec![Value::Text(loc), Value::Date(day)];
+    row.extend(totals_cells(t));
+    row
+}
+
+pub fn fleet_today_row((day, t): (i64, Totals)) -> Row {
+    let mut row = vec![Value::Date(day)];
+    row.extend(totals_cells(t));
+    row
+}
+
+pub fn top_row((rank, m, cents): (usize, MachineId, Cents)) -> Row {
+    vec![
+        Value::Int(rank as i64),
+        Value::text(m.as_str()),
+        Value::Money(cents),
+    ]
+}
+
+pub fn slot_sales_row(((m, slot), t): ((MachineId, u32), Totals)) -> Row {
+    vec![
+        Value::text(m.as_str()),
+        Value::Int(i64::from(slot)),
+        Value::Int(t.1 as i64),
+        Value::Int(t.2 as i64),
+        Value::Money(Cents(t.0 as i64)),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::testing::{self, Scenario};
+
+    fn add(into: &mut Totals, t: Totals) {
+        into.0 += t.0;
+        into.1 += t.1;
+        into.2 += t.2;
+    }
+
+    #[test]
+    fn revenue_views_match_batch_oracle_on_random_streams() {
+        for seed in 0..6 {
+            let scenario = Scenario::random(seed);
+            let config = &scenario.config;
+            let now = scenario.now();
+            let views = testing::run(&scenario);
+            let (accepted, _, _) = crate::sales::oracle(&scenario.deliveries, config);
+            let retention = config.revenue_retention_days * MS_PER_DAY;
+            let locations = scenario.machine_locations();
+
+            let mut machine_daily: BTreeMap<(MachineId, i64), Totals> = BTreeMap::new();
+            let mut slots: BTreeMap<(MachineId, u32), Totals> = BTreeMap::new();
+            for (t, l) in &accepted {
+                add(
+                    slots
+                        .entry((l.machine_id.clone(), l.slot_number))
+                        .or_default(),
+                    totals(l),
+                );
+                let until = as_time((l.timestamp.day() + 1) * MS_PER_DAY + retention);
+                if until > now && until > *t {
+                    add(
+                        machine_daily
+                            .entry((l.machine_id.clone(), l.timestamp.day()))
+                            .or_default(),
+                        totals(l),
+                    );
+                }
+            }
+            let mut location_daily: BTreeMap<(String, i64), Totals> = BTreeMap::new();
+            let mut fleet: BTreeMap<i64, Totals> = BTreeMap::new();
+            let today = (now as i64).div_euclid(MS_PER_DAY);
+            for ((m, day), t) in &machine_daily {
+                let loc = locations
+                    .get(m)
+                    .cloned()
+                    .unwrap_or_else(|| UNASSIGNED.to_owned());
+                add(location_daily.entry((loc, *day)).or_default(), *t);
+                if *day == today {
+                    add(fleet.entry(*day).or_default(), *t);
+                }
+            }
+            let mut ranking: Vec<(i64, MachineId)> = machine_daily
+                .iter()
+                .filter(|((_, day), _)| *day == today)
+                .map(|((m, _), t)| (-(t.0 as i64), m.clone()))
+                .collect();
+            ranking.sort();
+            let top: Vec<Row> = ranking
+                .into_iter()
+                .take(TOP)
+                .enumerate()
+                .map(|(i, (neg, m))| top_row((i + 1, m, Cents(-neg))))
+                .collect();
+
+            testing::assert_view(
+                &views,
+                "revenue_machine_daily",
+                machine_daily.into_iter().map(machine_daily_row).collect(),
+                seed,
+            );
+            testing::assert_view(
+                &views,
+                "revenue_location_daily",
+                location_daily.into_iter().map(location_daily_row).collect(),
+                seed,
+            );
+            testing::assert_view(
+                &views,
+                "revenue_fleet_today",
+                fleet.into_iter().map(fleet_today_row).collect(),
+                seed,
+            );
+            testing::assert_view(&views, "top_machines_today", top, seed);
+            testing::assert_view(
+                &views,
+                "slot_sales",
+                slots.into_iter().map(slot_sales_row).collect(),
+                seed,
+            );
+        }
+    }
+
+    #[test]
+    fn late_sale_updates_its_own_day_revenue() {
+        let mut scenario = Scenario::empty();
+        let day0 = testing::BASE;
+        let day1 = day0 + MS_PER_DAY;
+        scenario.deliver(day0 + 1_000, testing::sale("m1", day0 + 1_000, 1, 200, "a"));
+        scenario.deliver(day1 + 5_000, testing::sale("m1", day1 + 5_000, 1, 300, "b"));
+        // Buffered while offline: happened on day 0, arrives on day 1.
+        scenario.deliver(day1 + 9_000, testing::sale("m1", day0 + 7_000, 2, 450, "c"));
+        let views = testing::run(&scenario);
+        let rows = testing::rows(&views, "revenue_machine_daily");
+        let d0 = day0.div_euclid(MS_PER_DAY);
+        assert_eq!(rows[0][1], Value::Date(d0));
+        assert_eq!(rows[0][2], Value::Money(Cents(650)));
+        assert_eq!(rows[1][2], Value::Money(Cents(300)));
+        assert_eq!(
+            testing::rows(&views, "revenue_fleet_today")[0][1],
+            Value::Money(Cents(300))
+        );
+    }
+}

@@ -1,0 +1,304 @@
+//! `stockout`: when each slot will run empty, and which machines need a restock visit.
+//!
+//! ```sql
+//! -- demand per slot and day of week over the trailing `demand_days` (28) days
+//! WITH demand AS (SELECT machine_id, slot_number, dow(timestamp) AS dow, sum(quantity) AS units
+//!                 FROM accepted_sale_lines WHERE day(timestamp) > today - 28 GROUP BY 1, 2, 3),
+//!      observed AS (SELECT machine_id, count(DISTINCT day(timestamp)) AS days
+//!                 FROM events WHERE day(timestamp) > today - 28 GROUP BY 1)
+//! SELECT machine_id, slot_number, units, sum(demand.units) / observed.days AS daily_demand,
+//!        hours_to_empty(units, 7 * demand.units[dow] / observed.days, now()) AS hours_to_empty
+//! FROM inventory JOIN demand JOIN observed   -- planned slots that sold in the window
+//! -- restock_needed: machines with a slot empty within `restock_within_hours` (48)
+//! ```
+//! The forecast walks forward hour by hour from the current ingestion hour, draining each hour
+//! at that weekday's rate (a day-of-week profile), up to 14 days. "Now" is a one-row clock
+//! collection the source advances each hour, so forecasts refresh as time passes without events.
+
+use differential_dataflow::VecCollection;
+use differential_dataflow::operators::CountTotal;
+use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR};
+use vendflow_protocol::{Event, MachineId, Timestamp};
+
+use crate::config::Config;
+use crate::inventory::Level;
+use crate::operators::{Temporal, Time, as_time};
+use crate::row::{ColumnType::*, OrdF64, Row, Value, col, null};
+use crate::sales::SaleLine;
+use crate::views::ViewDef;
+
+pub const STOCKOUT: ViewDef = ViewDef {
+    name: "stockout_forecast",
+    description: "per planned slot that sells: units left, daily demand and hours until empty",
+    columns: &[
+        col("machine_id", Text),
+        col("slot_number", Int),
+        col("units", Int),
+        col("daily_demand", Float),
+        null("hours_to_empty", Float),
+        col("needs_restock", Bool),
+    ],
+};
+
+pub const RESTOCK_NEEDED: ViewDef = ViewDef {
+    name: "restock_needed",
+    description: "machines with a slot forecast to run empty within 48 hours",
+    columns: &[
+        col("machine_id", Text),
+        col("slots", Int),
+        col("hours_to_first_empty", Float),
+    ],
+};
+
+/// The longest forecast, in hours; beyond it a slot counts as not running out.
+const HORIZON_HOURS: usize = 14 * 24;
+
+/// Units per day, by weekday, learnt from `units_by_dow` over `days_observed` days.
+pub fn daily_rates(units_by_dow: &[i64; 7], days_observed: i64) -> [f64; 7] {
+    let days = days_observed.max(1) as f64;
+    units_by_dow.map(|u| u as f64 * 7.0 / days)
+}
+
+/// Hours from `now` until `units` are sold at the given weekday rates, if within 14 days.
+pub fn hours_to_empty(units: i64, rates: &[f64; 7], now: Timestamp) -> Option<f64> {
+    if units <= 0 {
+        return Some(0.0);
+    }
+    let mut remaining = units as f64;
+    let mut t = Timestamp(now.0 - now.0.rem_euclid(MS_PER_HOUR));
+    for hour in 0..HORIZON_HOURS {
+        let per_hour = rates[usize::from(t.weekday())] / 24.0;
+        if per_hour >= remaining {
+            return Some(hour as f64 + remaining / per_hour);
+        }
+        remaining -= per_hour;
+        t = Timestamp(t.0 + MS_PER_HOUR);
+    }
+    None
+}
+
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct Forecast {
+    pub machine_id: MachineId,
+    pub slot_number: u32,
+    pub units: i64,
+    pub daily_demand: OrdF64,
+    pub hours_to_empty: Option<OrdF64>,
+    pub needs_restock: bool,
+}
+
+pub fn forecast(
+    machine_id: MachineId,
+    slot_number: u32,
+    units: i64,
+    by_dow: &[i64; 7],
+    days: i64,
+    now: Timestamp,
+    config: &Config,
+) -> Forecast {
+    let rates = daily_rates(by_dow, days);
+    let hours = hours_to_empty(units, &rates, now);
+    Forecast {
+        machine_id,
+        slot_number,
+        units,
+        daily_demand: OrdF64(rates.iter().sum::<f64>() / 7.0),
+        hours_to_empty: hours.map(OrdF64),
+        needs_restock: hours.is_some_and(|h| h <= config.restock_within_hours),
+    }
+}
+
+pub struct Stockout<'s> {
+    pub forecasts: VecCollection<'s, Time, Forecast>,
+    /// Per machine: slots running out soon and the hours until the first is empty.
+    pub restock_needed: VecCollection<'s, Time, (MachineId, usize, OrdF64)>,
+}
+
+pub fn render<'s>(
+    events: VecCollection<'s, Time, Event>,
+    accepted: VecCollection<'s, Time, SaleLine>,
+    levels: VecCollection<'s, Time, Level>,
+    now: VecCollection<'s, Time, Timestamp>,
+    config: &Config,
+) -> Stockout<'s> {
+    let window = config.demand_days * MS_PER_DAY;
+    let demand = accepted
+        .retain_between(move |l: &SaleLine| (0, as_time(l.timestamp.day() * MS_PER_DAY + window)))
+        .0
+        .explode(|l| {
+            Some((
+                (l.machine_id, l.slot_number, l.timestamp.weekday()),
+                l.quantity as isize,
+            ))
+        })
+        .count_total()
+        .map(|((m, s, dow), units)| ((m, s), (dow, units as i64)))
+        .reduce_named("Stockout: weekday profile", |_k, input, output| {
+            let mut by_dow = [0i64; 7];
+            for ((dow, units), count) in input {
+                if *count > 0 {
+                    by_dow[usize::from(*dow) % 7] += units;
+                }
+            }
+            output.push((by_dow, 1isize));
+        });
+    let days_observed = events
+        .map(|e| (e.machine_id, e.timestamp.day()))
+        .retain_between(move |(_, day): &(MachineId, i64)| (0, as_time(day * MS_PER_DAY + window)))
+        .0
+        .distinct()
+        .map(|(m, _)| m)
+        .count_total();
+    let planned_units = levels.flat_map(|l| {
+        l.plan
+            .is_some()
+            .then_some(((l.machine_id, l.slot_number), l.units))
+    });
+    let config = config.clone();
+    let forecasts = demand
+        .join_map(planned_units, |(m, s), by_dow, units| {
+            (m.clone(), (*s, *by_dow, *units))
+        })
+        .join_map(days_observed, |m, (s, by_dow, units), days| {
+            ((), (m.clone(), *s, *by_dow, *units, *days as i64))
+        })
+        .join_map(
+            now.map(|t| ((), t)),
+            move |(), (m, s, by_dow, units, days), now| {
+                forecast(m.clone(), *s, *units, by_dow, *days, *now, &config)
+            },
+        );
+    let restock_needed = forecasts
+        .clone()
+        .flat_map(|f| match (f.needs_restock, f.hours_to_empty) {
+            (true, Some(h)) => Some((f.machine_id, h)),
+            _ => None,
+        })
+        .reduce_named("Stockout: machines to restock", |_m, input, output| {
+            let slots: isize = input.iter().map(|(_, c)| *c).sum();
+            let first = input
+                .iter()
+                .find(|(_, c)| *c > 0)
+                .map_or(OrdF64(0.0), |(h, _)| **h);
+            output.push(((slots.max(0) as usize, first), 1isize));
+        })
+        .map(|(m, (slots, first))| (m, slots, first));
+    Stockout {
+        forecasts,
+        restock_needed,
+    }
+}
+
+pub fn row(f: Forecast) -> Row {
+    vec![
+        Value::text(f.machine_id.as_str()),
+        Value::Int(i64::from(f.slot_number)),
+        Value::Int(f.units),
+        Value::Float(f.daily_demand),
+        Value::opt(f.hours_to_empty, Value::Float),
+        Value::Bool(f.needs_restock),
+    ]
+}
+
+pub fn restock_row((m, slots, first): (MachineId, usize, OrdF64)) -> Row {
+    vec![
+        Value::text(m.as_str()),
+        Value::Int(slots as i64),
+        Value::Float(first),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+    use crate::testing::{self, Scenario};
+
+    #[test]
+    fn stockout_matches_batch_oracle_on_random_streams() {
+        for seed in 0..6 {
+            let scenario = Scenario::random(seed);
+            let config = &scenario.config;
+            let now = scenario.now();
+            let window = config.demand_days * MS_PER_DAY;
+            let views = testing::run(&scenario);
+
+            let mut demand: BTreeMap<(MachineId, u32), [i64; 7]> = BTreeMap::new();
+            for (t, l) in crate::sales::oracle(&scenario.deliveries, config).0 {
+                let until = as_time(l.timestamp.day() * MS_PER_DAY + window);
+                if until > now && until > t {
+                    demand
+                        .entry((l.machine_id.clone(), l.slot_number))
+                        .or_default()[usize::from(l.timestamp.weekday())] += i64::from(l.quantity);
+                }
+            }
+            let mut days: BTreeMap<MachineId, BTreeSet<i64>> = BTreeMap::new();
+            for (t, e) in &scenario.deliveries {
+                let until = as_time(e.timestamp.day() * MS_PER_DAY + window);
+                if until > now && until > *t {
+                    days.entry(e.machine_id.clone())
+                        .or_default()
+                        .insert(e.timestamp.day());
+                }
+            }
+            let clock = Timestamp(now as i64 - (now as i64).rem_euclid(MS_PER_HOUR));
+            let mut forecasts = Vec::new();
+            for level in crate::inventory::oracle(&scenario) {
+                let key = (level.machine_id.clone(), level.slot_number);
+                if let (Some(_), Some(by_dow), Some(d)) =
+                    (&level.plan, demand.get(&key), days.get(&level.machine_id))
+                {
+                    forecasts.push(forecast(
+                        level.machine_id,
+                        level.slot_number,
+                        level.units,
+                        by_dow,
+                        d.len() as i64,
+                        clock,
+                        config,
+                    ));
+                }
+            }
+            let mut restock: BTreeMap<MachineId, (usize, OrdF64)> = BTreeMap::new();
+            for f in forecasts.iter().filter(|f| f.needs_restock) {
+                let h = f.hours_to_empty.unwrap_or(OrdF64(0.0));
+                let e = restock.entry(f.machine_id.clone()).or_insert((0, h));
+                e.0 += 1;
+                e.1 = e.1.min(h);
+            }
+            testing::assert_view(
+                &views,
+                "stockout_forecast",
+                forecasts.into_iter().map(row).collect(),
+                seed,
+            );
+            testing::assert_view(
+                &views,
+                "restock_needed",
+                restock
+                    .into_iter()
+                    .map(|(m, (n, h))| restock_row((m, n, h)))
+                    .collect(),
+                seed,
+            );
+        }
+    }
+
+    #[test]
+    fn forecast_follows_the_weekday_profile() {
+        // Sells 24 a day on Mondays only; Monday 00:00 with 12 left: empty at noon.
+        let monday = Timestamp::parse_rfc3339("2024-01-15T00:00:00Z").unwrap_or_default();
+        let mut by_dow = [0; 7];
+        by_dow[0] = 24;
+        let rates = daily_rates(&by_dow, 7);
+        assert_eq!(hours_to_empty(12, &rates, monday), Some(12.0));
+        // On Tuesday nothing sells until next Monday.
+        let tuesday = Timestamp(monday.0 + MS_PER_DAY);
+        assert_eq!(hours_to_empty(12, &rates, tuesday), Some(6.0 * 24.0 + 12.0));
+        assert_eq!(hours_to_empty(12, &[0.0; 7], monday), None);
+        assert_eq!(hours_to_empty(0, &rates, monday), Some(0.0));
+    }
+}

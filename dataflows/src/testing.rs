@@ -1,0 +1,370 @@
+//! Test support: seeded random scenarios, a runner, and view assertions for the oracle tests.
+//!
+//! A scenario is what a source would do: registry records, then deliveries `(ingestion time,
+//! event)` in ingestion order. Random scenarios mix in what the real fleet does to us: events
+//! out of order by seconds, machines offline for hours whose buffered events arrive late (some
+//! beyond a view's horizon), and re-delivered duplicates. Horizons are shortened so that a few
+//! days of events exercise every expiry.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR};
+use vendflow_protocol::{
+    Cents, DoorStatus, ErrorCode, ErrorEvent, Event, EventKind, Heartbeat, Machine, MachineId,
+    MachineStatus, Milli, RegistryRecord, Restock, Sale, Slot, Timestamp,
+};
+
+use crate::config::Config;
+use crate::engine::{Batch, Engine};
+use crate::errors::ErrorRecord;
+use crate::operators::{Time, as_time};
+use crate::row::Row;
+use crate::view_store::Snapshot;
+
+/// Monday 2024-01-15 00:00 UTC.
+pub const BASE: i64 = 1_705_276_800_000;
+
+pub fn machine(id: &str) -> MachineId {
+    MachineId::parse(id).unwrap_or_else(|e| panic!("{e}"))
+}
+
+pub fn sale(m: &str, ts: i64, slot: u32, cents: i64, txn: &str) -> Event {
+    Event {
+        machine_id: machine(m),
+        timestamp: Timestamp(ts),
+        seq: None,
+        kind: EventKind::Sale(Sale {
+            slot_number: slot,
+            product_id: format!("p{slot}"),
+            amount: Cents(cents),
+            quantity: 1,
+            payment_method: "card".into(),
+            transaction_id: txn.into(),
+        }),
+    }
+}
+
+pub fn heartbeat(m: &str, ts: i64, temperature: i64) -> Event {
+    Event {
+        machine_id: machine(m),
+        timestamp: Timestamp(ts),
+        seq: None,
+        kind: EventKind::Heartbeat(Heartbeat {
+            temperature: Some(Milli(temperature)),
+            ..Heartbeat::default()
+        }),
+    }
+}
+
+pub struct Scenario {
+    pub config: Config,
+    pub registry: Vec<RegistryRecord>,
+    pub deliveries: Vec<(Time, Event)>,
+    pub errors: Vec<(Time, ErrorRecord)>,
+}
+
+impl Scenario {
+    pub fn empty() -> Scenario {
+        Scenario {
+            config: Config::default(),
+            registry: Vec::new(),
+            deliveries: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    pub fn deliver(&mut self, at: i64, event: Event) {
+        self.deliveries.push((as_time(at), event));
+    }
+
+    pub fn register_machine(&mut self, id: &str, location: &str, slots: &[(u32, u32)]) {
+        self.registry.push(RegistryRecord::Machine(Machine {
+            machine_id: machine(id),
+            serial_number: format!("SN-{id}"),
+            model: "VX-30".into(),
+            location_id: Some(location.into()),
+            status: MachineStatus::Active,
+            firmware_version: None,
+            slots: slots
+                .iter()
+                .map(|&(slot_number, max_capacity)| Slot {
+                    slot_number,
+                    product_id: format!("p{slot_number}"),
+                    max_capacity,
+                    price: Cents(150),
+                    low_stock_threshold: None,
+                })
+                .collect(),
+        }));
+    }
+
+    /// The last ingestion time; views are read as of it.
+    pub fn now(&self) -> Time {
+        let d = self.deliveries.iter().map(|(t, _)| *t);
+        d.chain(self.errors.iter().map(|(t, _)| *t))
+            .max()
+            .unwrap_or(0)
+    }
+
+    pub fn machine_locations(&self) -> HashMap<MachineId, String> {
+        self.registry
+            .iter()
+            .filter_map(|r| match r {
+                RegistryRecord::Machine(m) => {
+                    m.location_id.clone().map(|l| (m.machine_id.clone(), l))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// About 2.5 days of a six-machine fleet, with late, out-of-order and duplicate deliveries.
+    pub fn random(seed: u64) -> Scenario {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut s = Scenario::empty();
+        s.config = Config {
+            workers: 2,
+            dedup_horizon_ms: 6 * MS_PER_HOUR,
+            window_retention_ms: 2 * MS_PER_HOUR,
+            revenue_retention_days: 1,
+            demand_days: 2,
+            error_retention_ms: MS_PER_HOUR,
+            ..Config::default()
+        };
+        for (i, loc) in ["loc-a", "loc-a", "loc-b"].iter().enumerate() {
+            s.register_machine(&format!("m{i}"), loc, &[(1, 6), (2, 8), (3, 10), (4, 12)]);
+        }
+        // m3: registered, no location, in maintenance; m4, m5: never registered.
+        s.registry.push(RegistryRecord::Machine(Machine {
+            machine_id: machine("m3"),
+            serial_number: "SN-m3".into(),
+            model: "VX-10".into(),
+            location_id: None,
+            status: MachineStatus::Maintenance,
+            firmware_version: None,
+            slots: vec![Slot {
+                slot_number: 101,
+                product_id: "water".into(),
+                max_capacity: 5,
+                price: Cents(100),
+                low_stock_threshold: Some(2),
+            }],
+        }));
+
+        let mut planned: Vec<(i64, Event)> = Vec::new();
+        let mut ts = BASE + rng.random_range(0..MS_PER_HOUR);
+        let end = BASE + 5 * MS_PER_DAY / 2;
+        while ts < end {
+            ts += rng.random_range(0..8 * 60_000);
+            let m = format!("m{}", rng.random_range(0..6));
+            let slot = if m == "m3" {
+                101
+            } else {
+                rng.random_range(1..=5)
+            };
+            let roll = rng.random_range(0..100);
+            let kind = if roll < 50 {
+                EventKind::Heartbeat(Heartbeat {
+                    temperature: rng
+                        .random_bool(0.9)
+                        .then(|| Milli(rng.random_range(2..20) * 500)),
+                    door_status: Some(if rng.random_bool(0.1) {
+                        DoorStatus::Open
+                    } else {
+                        DoorStatus::Closed
+                    }),
+                    payment_module_status: None,
+                    network_signal: rng
+                        .random_bool(0.7)
+                        .then(|| Milli(-1000 * rng.random_range(55..98))),
+                    motor_current: rng
+                        .random_bool(0.5)
+                        .then(|| Milli(100 * rng.random_range(4..21))),
+                })
+            } else if roll < 80 {
+                EventKind::Sale(Sale {
+                    slot_number: slot,
+                    product_id: format!("p{slot}"),
+                    amount: Cents(25 * rng.random_range(1..17)),
+                    quantity: rng.random_range(1..=2),
+                    payment_method: if rng.random_bool(0.7) { "card" } else { "cash" }.into(),
+                    // A small id space per machine makes carts (several slots, one id).
+                    transaction_id: format!("t{}", rng.random_range(0..400)),
+                })
+            } else if roll < 85 {
+                EventKind::Restock(Restock {
+                    slot_number: slot,
+                    quantity: rng.random_range(1..8),
+                    product_id: None,
+                })
+            } else if roll < 95 {
+                let code = match rng.random_range(0..3) {
+                    0 => ErrorCode::CardReadFailure,
+                    1 => ErrorCode::MotorJam,
+                    _ => ErrorCode::Other("E42".into()),
+                };
+                EventKind::Error(ErrorEvent {
+                    code,
+                    message: "fault".into(),
+                })
+            } else {
+                EventKind::Door(if rng.random_bool(0.7) {
+                    DoorStatus::Open
+                } else {
+                    DoorStatus::Closed
+                })
+            };
+            let event = Event {
+                machine_id: machine(&m),
+                timestamp: Timestamp(ts),
+                seq: None,
+                kind,
+            };
+            // When it reaches us: usually at once (give or take a few seconds of reordering),
+            // sometimes hours later from an offline buffer, sometimes twice.
+            let delay = if rng.random_bool(0.08) {
+                rng.random_range(MS_PER_HOUR..9 * MS_PER_HOUR)
+            } else {
+                rng.random_range(0..30_000)
+            };
+            // Late deliveries land before the scenario ends, so its last hours hold live windows.
+            let last = end + MS_PER_HOUR / 2;
+            planned.push(((ts + delay).min(last), event.clone()));
+            if matches!(event.kind, EventKind::Sale(_)) && rng.random_bool(0.15) {
+                planned.push((
+                    (ts + rng.random_range(0..10 * MS_PER_HOUR)).min(last),
+                    event,
+                ));
+            }
+            if rng.random_bool(0.01) {
+                let raw = b"{\"machineId\":\"m1\",\"type\":\"sale\"";
+                let err = vendflow_protocol::decode::decode_line(raw)
+                    .pop()
+                    .and_then(Result::err);
+                if let Some(err) = err {
+                    planned.push((ts, heartbeat("m0", ts, 4_000)));
+                    s.errors.push((
+                        as_time(ts),
+                        ErrorRecord::new(Timestamp(ts), "random:1", &err, raw),
+                    ));
+                }
+            }
+        }
+        planned.sort_by_key(|(at, _)| *at);
+        // Ingestion time is the largest delivery clock seen so far, in whole seconds: the clock
+        // a replay of this delivery order would have.
+        let mut clock = 0i64;
+        for (at, event) in planned {
+            clock = clock.max(at);
+            let t = clock + (1000 - clock.rem_euclid(1000)) % 1000;
+            s.deliveries.push((as_time(t), event));
+        }
+        s
+    }
+}
+
+/// Runs a scenario through a real engine and returns the views as of its last ingestion time.
+pub fn run(scenario: &Scenario) -> Snapshot {
+    let mut engine = Engine::start(scenario.config.clone()).unwrap_or_else(|e| panic!("{e}"));
+    let store = engine.store();
+    let mut feeders = engine.feeders().unwrap_or_else(|| panic!("feeders taken"));
+    let send = |f: &mut crate::engine::Feeders, t: Time, b: Batch| {
+        f.send(t, b).unwrap_or_else(|e| panic!("{e}"))
+    };
+    send(
+        &mut feeders,
+        0,
+        Batch {
+            registry: scenario.registry.iter().map(|r| (r.clone(), 1)).collect(),
+            ..Batch::default()
+        },
+    );
+    let mut deliveries = scenario.deliveries.clone();
+    deliveries.sort_by_key(|(t, _)| *t);
+    let mut errors = scenario.errors.clone();
+    errors.sort_by_key(|(t, _)| *t);
+    let mut errors = errors.into_iter().peekable();
+    for (t, event) in deliveries {
+        let mut batch = Batch {
+            events: vec![event],
+            ..Batch::default()
+        };
+        while errors.peek().is_some_and(|(et, _)| *et <= t) {
+            if let Some((_, e)) = errors.next() {
+                batch.errors.push(e);
+            }
+        }
+        send(&mut feeders, t, batch);
+        feeders.advance_all(t).unwrap_or_else(|e| panic!("{e}"));
+    }
+    for (t, e) in errors {
+        send(
+            &mut feeders,
+            t,
+            Batch {
+                errors: vec![e],
+                ..Batch::default()
+            },
+        );
+        feeders.advance_all(t).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let end = scenario.now() + 1;
+    feeders.advance_all(end).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        store.wait_for(end, Duration::from_secs(60)),
+        "views did not reach {end}"
+    );
+    let snapshot = store.snapshot();
+    assert_eq!(
+        snapshot.frontier, end,
+        "the store must stop at the last input time"
+    );
+    drop(feeders);
+    engine.shutdown().unwrap_or_else(|e| panic!("{e}"));
+    snapshot
+}
+
+pub fn rows(snapshot: &Snapshot, view: &str) -> Vec<Row> {
+    snapshot
+        .rows(view)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .to_vec()
+}
+
+/// Asserts a view equals the expected rows (as a multiset), showing where they differ.
+pub fn assert_view(snapshot: &Snapshot, view: &str, mut expected: Vec<Row>, seed: u64) {
+    expected.sort();
+    // Views that a random scenario always fills must not pass by both being empty.
+    if seed > 0
+        && !matches!(
+            view,
+            "revenue_fleet_today" | "top_machines_today" | "restock_needed" | "sale_duplicates"
+        )
+    {
+        assert!(
+            !expected.is_empty(),
+            "view {view} (seed {seed}): the oracle expects no rows; the scenario tests nothing"
+        );
+    }
+    let got = rows(snapshot, view);
+    if got != expected {
+        let missing: Vec<&Row> = expected
+            .iter()
+            .filter(|r| !got.contains(r))
+            .take(5)
+            .collect();
+        let extra: Vec<&Row> = got
+            .iter()
+            .filter(|r| !expected.contains(r))
+            .take(5)
+            .collect();
+        panic!(
+            "view {view} (seed {seed}) differs from the oracle: {} rows, expected {}\n  missing: {missing:?}\n  unexpected: {extra:?}",
+            got.len(),
+            expected.len()
+        );
+    }
+}

@@ -1,0 +1,434 @@
+//! The view store: every view's current rows, published together at one timestamp.
+//!
+//! Each worker captures each view's updates into one channel. A single store thread owns the
+//! channel: it tracks, per view, the frontier the workers report, and holds updates back until
+//! *every* view's frontier has passed their time. Only then are they applied, all views at once,
+//! under one write lock, and the store's `frontier` moves. So a reader never sees view A at time
+//! `t` and view B at `t' ≠ t`: a [`Snapshot`] is taken under one read lock, and a subscription
+//! receives each view's changes tagged with the frontier they were published at.
+//!
+//! Lifecycle: the thread ends when every worker has dropped its captures (engine shut down);
+//! the store stays readable afterwards. Subscribers get bounded channels: one that falls
+//! `SUBSCRIBER_BUFFER` changes behind is cut off with [`SubscriptionEnd::Lagged`] rather than
+//! growing the store's memory.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use arrow_array::RecordBatch;
+use arrow_schema::ArrowError;
+use timely::dataflow::operators::capture::{Event, EventPusher};
+use timely::progress::frontier::MutableAntichain;
+
+use crate::operators::Time;
+use crate::row::{Row, to_batch};
+use crate::views::{CATALOG, ViewDef, find};
+
+/// Changes buffered per subscriber before it is cut off.
+pub const SUBSCRIBER_BUFFER: usize = 1024;
+
+/// Updates of one view, as they come out of a worker.
+pub(crate) type Updates = Vec<(Row, Time, isize)>;
+
+/// What a worker's capture sends the store.
+pub(crate) struct Captured {
+    view: usize,
+    event: Event<Time, Updates>,
+}
+
+/// Capture adapter: tags a worker's events for one view.
+pub(crate) struct ViewPusher {
+    pub(crate) view: usize,
+    pub(crate) tx: Sender<Captured>,
+}
+
+impl EventPusher<Time, Updates> for ViewPusher {
+    fn push(&mut self, event: Event<Time, Updates>) {
+        // The store going away first only happens at shutdown; nothing to deliver then.
+        let _ = self.tx.send(Captured {
+            view: self.view,
+            event,
+        });
+    }
+}
+
+/// One published change of one view.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Change {
+    /// The store frontier this change was published at: it includes all ingestion times below.
+    pub frontier: Time,
+    pub inserted: Vec<Row>,
+    pub deleted: Vec<Row>,
+}
+
+/// Why a subscription stopped.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SubscriptionEnd {
+    #[error(
+        "subscriber fell {SUBSCRIBER_BUFFER} changes behind and was cut off; subscribe again for a fresh snapshot"
+    )]
+    Lagged,
+    #[error("the engine has stopped")]
+    Closed,
+}
+
+/// A view's snapshot followed by its changes.
+pub struct Subscription {
+    rx: Receiver<Change>,
+    lagged: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Subscription {
+    /// The next change, waiting at most `timeout`; `Ok(None)` on timeout.
+    pub fn next_timeout(&self, timeout: Duration) -> Result<Option<Change>, SubscriptionEnd> {
+        match self.rx.recv_timeout(timeout) {
+            Ok(c) => Ok(Some(c)),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Ok(None),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(self.end()),
+        }
+    }
+
+    fn end(&self) -> SubscriptionEnd {
+        if self.lagged.load(std::sync::atomic::Ordering::SeqCst) {
+            SubscriptionEnd::Lagged
+        } else {
+            SubscriptionEnd::Closed
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no view named {0:?}; views are: {1}")]
+    UnknownView(String, String),
+    #[error("building the arrow batch of {view} failed: {source}")]
+    Arrow {
+        view: &'static str,
+        source: ArrowError,
+    },
+}
+
+fn unknown(name: &str) -> StoreError {
+    StoreError::UnknownView(
+        name.to_owned(),
+        CATALOG
+            .iter()
+            .map(|v| v.name)
+            .collect::<Vec<_>>()
+            .join(", "),
+    )
+}
+
+struct Subscriber {
+    view: usize,
+    tx: SyncSender<Change>,
+    lagged: Arc<std::sync::atomic::AtomicBool>,
+}
+
+struct State {
+    /// All ingestion times below this are applied to every view.
+    frontier: Time,
+    /// True once the workers are gone and no more changes will come.
+    closed: bool,
+    rows: Vec<HashMap<Row, i64>>,
+    subscribers: Vec<Subscriber>,
+    progress: Vec<Sender<(Time, Instant)>>,
+}
+
+/// Consistent snapshot of every view, as of one frontier.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub frontier: Time,
+    views: Vec<(&'static ViewDef, Vec<Row>)>,
+}
+
+impl Snapshot {
+    /// A view's rows, sorted (a row appears as often as its multiplicity).
+    pub fn rows(&self, name: &str) -> Result<&[Row], StoreError> {
+        let (i, _) = find(name).ok_or_else(|| unknown(name))?;
+        Ok(&self.views[i].1)
+    }
+
+    pub fn batch(&self, name: &str) -> Result<RecordBatch, StoreError> {
+        let (i, def) = find(name).ok_or_else(|| unknown(name))?;
+        to_batch(def.columns, &self.views[i].1).map_err(|source| StoreError::Arrow {
+            view: def.name,
+            source,
+        })
+    }
+
+    /// Every view as an Arrow batch, in catalog order.
+    pub fn batches(&self) -> Result<Vec<(&'static ViewDef, RecordBatch)>, StoreError> {
+        self.views
+            .iter()
+            .map(|(def, rows)| {
+                to_batch(def.columns, rows)
+                    .map(|b| (*def, b))
+                    .map_err(|source| StoreError::Arrow {
+                        view: def.name,
+                        source,
+                    })
+            })
+            .collect()
+    }
+}
+
+/// Shared handle to the published views. Cheap to clone.
+#[derive(Clone)]
+pub struct ViewStore {
+    state: Arc<(RwLock<State>, Mutex<()>, Condvar)>,
+}
+
+fn sorted_rows(map: &HashMap<Row, i64>) -> Vec<Row> {
+    let mut rows: Vec<Row> = Vec::with_capacity(map.len());
+    for (row, n) in map {
+        for _ in 0..(*n).max(0) {
+            rows.push(row.clone());
+        }
+    }
+    rows.sort();
+    rows
+}
+
+impl ViewStore {
+    fn new() -> Self {
+        let state = State {
+            frontier: 0,
+            closed: false,
+            rows: CATALOG.iter().map(|_| HashMap::new()).collect(),
+            subscribers: Vec::new(),
+            progress: Vec::new(),
+        };
+        ViewStore {
+            state: Arc::new((RwLock::new(state), Mutex::new(()), Condvar::new())),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state
+            .0
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state
+            .0
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The published frontier: every ingestion time below it is reflected in every view.
+    pub fn frontier(&self) -> Time {
+        self.read().frontier
+    }
+
+    /// Every view as of the same frontier.
+    pub fn snapshot(&self) -> Snapshot {
+        let state = self.read();
+        Snapshot {
+            frontier: state.frontier,
+            views: CATALOG
+                .iter()
+                .zip(&state.rows)
+                .map(|(def, rows)| (def, sorted_rows(rows)))
+                .collect(),
+        }
+    }
+
+    /// Subscribes to a view: the first change holds the current rows, then one change per publication.
+    pub fn subscribe(&self, name: &str) -> Result<Subscription, StoreError> {
+        let (view, _) = find(name).ok_or_else(|| unknown(name))?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(SUBSCRIBER_BUFFER);
+        let lagged = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut state = self.write();
+        let first = Change {
+            frontier: state.frontier,
+            inserted: sorted_rows(&state.rows[view]),
+            deleted: Vec::new(),
+        };
+        // The channel is new and empty: the snapshot always fits.
+        let _ = tx.try_send(first);
+        if !state.closed {
+            state.subscribers.push(Subscriber {
+                view,
+                tx,
+                lagged: lagged.clone(),
+            });
+        }
+        Ok(Subscription { rx, lagged })
+    }
+
+    /// A channel that receives `(frontier, when)` at each publication (for freshness measurements).
+    pub fn progress(&self) -> Receiver<(Time, Instant)> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.write().progress.push(tx);
+        rx
+    }
+
+    /// Waits until the frontier reaches `time` (or the store closes); false on timeout.
+    pub fn wait_for(&self, time: Time, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let (_, lock, cvar) = &*self.state;
+        let mut guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            {
+                let state = self.read();
+                if state.frontier >= time || state.closed {
+                    return state.frontier >= time;
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            guard = cvar
+                .wait_timeout(guard, (deadline - now).min(Duration::from_millis(50)))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    fn notify(&self) {
+        let (_, lock, cvar) = &*self.state;
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        cvar.notify_all();
+    }
+}
+
+/// Starts the store thread; returns the store and the sender the workers' captures use.
+pub(crate) fn start(workers: usize) -> (ViewStore, Sender<Captured>, std::thread::JoinHandle<()>) {
+    let store = ViewStore::new();
+    let (tx, rx) = std::sync::mpsc::channel::<Captured>();
+    let thread_store = store.clone();
+    let handle = std::thread::Builder::new()
+        .name("vendflow-view-store".into())
+        .spawn(move || run(thread_store, rx, workers))
+        .unwrap_or_else(|e| panic!("cannot start the view store thread: {e}"));
+    (store, tx, handle)
+}
+
+/// The store thread: collect, wait for the frontier, publish.
+fn run(store: ViewStore, rx: Receiver<Captured>, workers: usize) {
+    let views = CATALOG.len();
+    // Each worker's capture holds an initial capability at time 0 that it drops on its first
+    // progress report, so every view starts with `workers` counts at 0.
+    let mut frontiers: Vec<MutableAntichain<Time>> = (0..views)
+        .map(|_| {
+            let mut f = MutableAntichain::new();
+            f.update_iter([(0, workers as i64)]);
+            f
+        })
+        .collect();
+    let mut pending: Vec<BTreeMap<Time, Vec<(Row, isize)>>> =
+        (0..views).map(|_| BTreeMap::new()).collect();
+    let mut published: Time = 0;
+    loop {
+        let first = match rx.recv() {
+            Ok(c) => c,
+            Err(_) => break,
+        };
+        let mut take = |c: Captured| match c.event {
+            Event::Progress(updates) => {
+                frontiers[c.view].update_iter(updates);
+            }
+            Event::Messages(_stamp, updates) => {
+                for (row, t, d) in updates {
+                    pending[c.view].entry(t).or_default().push((row, d));
+                }
+            }
+        };
+        take(first);
+        while let Ok(c) = rx.try_recv() {
+            take(c);
+        }
+        let frontier = frontiers
+            .iter()
+            .map(|f| f.frontier().first().copied().unwrap_or(Time::MAX))
+            .min()
+            .unwrap_or(Time::MAX);
+        // An empty frontier means the inputs were closed: every scheduled retraction would now
+        // fire at once. That is shutdown, not news; the store keeps the last real state.
+        if frontier > published && frontier != Time::MAX {
+            publish(&store, &mut pending, frontier);
+            published = frontier;
+        }
+    }
+    let mut state = store.write();
+    state.closed = true;
+    state.subscribers.clear();
+    drop(state);
+    store.notify();
+}
+
+fn publish(store: &ViewStore, pending: &mut [BTreeMap<Time, Vec<(Row, isize)>>], frontier: Time) {
+    let mut state = store.write();
+    let mut changes: Vec<(usize, Change)> = Vec::new();
+    for (view, queue) in pending.iter_mut().enumerate() {
+        let mut net: HashMap<Row, i64> = HashMap::new();
+        while let Some(entry) = queue.first_entry() {
+            if *entry.key() >= frontier {
+                break;
+            }
+            for (row, d) in entry.remove() {
+                *net.entry(row).or_default() += d as i64;
+            }
+        }
+        let rows = &mut state.rows[view];
+        let mut change = Change {
+            frontier,
+            inserted: Vec::new(),
+            deleted: Vec::new(),
+        };
+        for (row, d) in net {
+            if d == 0 {
+                continue;
+            }
+            let count = rows.entry(row.clone()).or_default();
+            *count += d;
+            if *count == 0 {
+                rows.remove(&row);
+            }
+            let target = if d > 0 {
+                &mut change.inserted
+            } else {
+                &mut change.deleted
+            };
+            for _ in 0..d.unsigned_abs() {
+                target.push(row.clone());
+            }
+        }
+        if !change.inserted.is_empty() || !change.deleted.is_empty() {
+            change.inserted.sort();
+            change.deleted.sort();
+            changes.push((view, change));
+        }
+    }
+    state.frontier = frontier;
+    state.subscribers.retain(|s| {
+        for (view, change) in &changes {
+            if *view != s.view {
+                continue;
+            }
+            match s.tx.try_send(change.clone()) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => {
+                    s.lagged.store(true, std::sync::atomic::Ordering::SeqCst);
+                    tracing::warn!(
+                        view = CATALOG[s.view].name,
+                        "subscriber cut off: too far behind"
+                    );
+                    return false;
+                }
+                Err(TrySendError::Disconnected(_)) => return false,
+            }
+        }
+        true
+    });
+    let now = Instant::now();
+    state.progress.retain(|p| p.send((frontier, now)).is_ok());
+    drop(state);
+    store.notify();
+}
