@@ -63,7 +63,8 @@ enum Command {
     Advance(Time),
 }
 
-/// A source's handle to one worker's input.
+/// A source's handle to one worker's input. A clone shares the worker's channel.
+#[derive(Clone)]
 pub struct Feeder {
     tx: SyncSender<Command>,
     time: Time,
@@ -111,6 +112,12 @@ impl Feeders {
     /// Moves every worker's input to `time`.
     pub fn advance_all(&mut self, time: Time) -> Result<(), EngineError> {
         self.feeders.iter_mut().try_for_each(|f| f.advance(time))
+    }
+
+    /// Sends to the worker that owns `key`, so one machine's events stay on one worker.
+    pub fn send_keyed(&mut self, key: u64, time: Time, batch: Batch) -> Result<(), EngineError> {
+        let i = (key % self.feeders.len() as u64) as usize;
+        self.feeders[i].send(time, batch)
     }
 
     /// The feeders, for sources that run a thread per worker.
@@ -308,25 +315,21 @@ fn run_worker(
         }
     });
     drop(tx);
-    loop {
+    // Sources come and go (a replay drops its feeders when the file ends, and its last advance
+    // must still be published): only the engine's stop flag ends a worker.
+    let mut disconnected = false;
+    while !stop.load(Ordering::SeqCst) {
         let mut applied = 0;
-        let mut disconnected = false;
         // Take what is waiting, but not so much that the dataflow never gets to run.
-        while applied < 16 {
+        while applied < 16 && !disconnected {
             match rx.try_recv() {
                 Ok(command) => {
                     inputs.apply(command);
                     applied += 1;
                 }
                 Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
-                    disconnected = true;
-                    break;
-                }
+                Err(TryRecvError::Disconnected) => disconnected = true,
             }
-        }
-        if disconnected || stop.load(Ordering::SeqCst) {
-            break;
         }
         if applied > 0 {
             inputs.flush();

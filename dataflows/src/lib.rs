@@ -19,6 +19,7 @@
 //! - [`stockout`]: hours until each slot is empty, machines to restock.
 //! - [`health`]: a score per machine with its reasons.
 //! - [`errors`]: refused records, their counts, and too-late events.
+//! - [`summary`]: the fleet's headline numbers from one snapshot.
 //! - `operators`: the temporal filter and the keyed in-time-order operator.
 
 pub mod anomaly_windows;
@@ -34,6 +35,7 @@ pub mod revenue;
 pub mod row;
 pub mod sales;
 pub mod stockout;
+pub mod summary;
 #[cfg(test)]
 mod testing;
 pub mod view_store;
@@ -44,5 +46,6 @@ pub use engine::{Batch, Engine, EngineError, Feeder, Feeders};
 pub use errors::ErrorRecord;
 pub use operators::Time;
 pub use row::{Row, Value};
+pub use summary::FleetSummary;
 pub use view_store::{Change, Snapshot, StoreError, Subscription, SubscriptionEnd, ViewStore};
 pub use views::{CATALOG, ViewDef};

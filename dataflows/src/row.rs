@@ -17,6 +17,9 @@ use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde::{Deserialize, Serialize};
 use vendflow_protocol::{Cents, Milli, Timestamp};
 
+/// The timezone of every timestamp column: an offset, so that readers need no tz database.
+pub const UTC: &str = "+00:00";
+
 /// A float that can live in a differential collection (ordered by `total_cmp`).
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct OrdF64(pub f64);
@@ -108,7 +111,7 @@ impl ColumnType {
             ColumnType::Text => DataType::Utf8,
             ColumnType::Money => DataType::Decimal128(18, 2),
             ColumnType::Reading => DataType::Decimal128(18, 3),
-            ColumnType::Time => DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            ColumnType::Time => DataType::Timestamp(TimeUnit::Millisecond, Some(UTC.into())),
             ColumnType::Date => DataType::Date32,
         }
     }
@@ -221,7 +224,7 @@ pub fn to_batch<'a>(
                 Arc::new(b.finish())
             }
             ColumnType::Time => {
-                let mut b = TimestampMillisecondBuilder::new().with_timezone("UTC");
+                let mut b = TimestampMillisecondBuilder::new().with_timezone(UTC);
                 for v in cells {
                     match v {
                         Value::Time(x) => b.append_value(x.0),

@@ -679,5 +679,13 @@ mod tests {
         };
         assert_eq!(l.revenue_share_basis_points, 1250);
         assert!(decode_registry(br#"{"type":"spaceship"}"#).is_err());
+        for line in [
+            r#"{"type":"location","locationId":"l1","clientId":"c","address":"1 Main St","lat":40.712776,"lng":-74.005974,"locationType":"airport"}"#,
+            r#"{"type":"machine","machineId":"m1","serialNumber":"S","model":"X","locationId":"l1","status":"maintenance","slots":[{"slotNumber":101,"productId":"cola","maxCapacity":10,"price":2.5,"lowStockThreshold":3}]}"#,
+            r#"{"type":"lease","leaseId":"L","clientId":"c","machineId":"m1","start":"2024-01-01","end":"2024-12-31","monthlyRate":300,"revenueSharePercent":12.5,"status":"ACTIVE"}"#,
+        ] {
+            let record = decode_registry(line.as_bytes()).expect(line);
+            assert_eq!(decode_registry(record.to_json_line().as_bytes()).as_ref(), Ok(&record), "{line}");
+        }
     }
 }

@@ -134,3 +134,51 @@ impl LeaseStatus {
         })
     }
 }
+
+impl RegistryRecord {
+    /// The record's wire form: one line of a registry JSON Lines file.
+    pub fn to_json_line(&self) -> String {
+        use serde_json::{Value, json};
+        let decimal = |text: String| serde_json::from_str::<Value>(&text).unwrap_or(Value::Null);
+        let value = match self {
+            RegistryRecord::Location(l) => json!({
+                "type": "location", "locationId": l.location_id, "clientId": l.client_id,
+                "address": l.address, "lat": decimal(crate::units::trim_decimal(l.lat.0, 6)),
+                "lng": decimal(crate::units::trim_decimal(l.lng.0, 6)), "locationType": l.location_type.as_str(),
+            }),
+            RegistryRecord::Machine(m) => json!({
+                "type": "machine", "machineId": m.machine_id.as_str(), "serialNumber": m.serial_number,
+                "model": m.model, "locationId": m.location_id, "status": m.status.as_str(),
+                "firmwareVersion": m.firmware_version,
+                "slots": m.slots.iter().map(|s| {
+                    let mut slot = json!({"slotNumber": s.slot_number, "productId": s.product_id,
+                        "maxCapacity": s.max_capacity, "price": decimal(s.price.to_string())});
+                    if let (Some(t), Value::Object(map)) = (s.low_stock_threshold, &mut slot) {
+                        map.insert("lowStockThreshold".into(), t.into());
+                    }
+                    slot
+                }).collect::<Vec<_>>(),
+            }),
+            RegistryRecord::Lease(l) => json!({
+                "type": "lease", "leaseId": l.lease_id, "clientId": l.client_id,
+                "machineId": l.machine_id.as_str(), "start": l.start.to_rfc3339(), "end": l.end.to_rfc3339(),
+                "monthlyRate": decimal(l.monthly_rate.to_string()),
+                "revenueSharePercent": decimal(crate::units::trim_decimal(l.revenue_share_basis_points, 2)),
+                "status": l.status.as_str(),
+            }),
+        };
+        value.to_string()
+    }
+}
+
+impl LeaseStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaseStatus::Draft => "DRAFT",
+            LeaseStatus::Active => "ACTIVE",
+            LeaseStatus::Renewed => "RENEWED",
+            LeaseStatus::Expired => "EXPIRED",
+            LeaseStatus::Terminated => "TERMINATED",
+        }
+    }
+}

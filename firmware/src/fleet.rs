@@ -1,0 +1,524 @@
+//! A simulated fleet: registry plus machines that sell, heat up, jam and lose their network.
+//!
+//! Determinism: every machine draws from its own RNG (seeded from the fleet seed and its index)
+//! and lives on its own schedule of next heartbeat / next sale / next hourly check, so the events
+//! are the same however the caller slices time into [`Fleet::advance`] calls.
+//!
+//! Behaviour, per machine:
+//! - a heartbeat every 30 s (temperature, door, payment module, network signal, motor current);
+//! - sales as a Poisson process shaped by location type, hour of day and day of week; 10 % of
+//!   transactions are two-line carts; a sold-out slot does not sell;
+//! - hourly, during the day, a restock visit when slots run low: door open, restock lines, door
+//!   closed;
+//! - faults with an onset: a cooling failure ramps the temperature up ~2.5 °C an hour, a failing
+//!   card reader refuses more and more cards, a wearing motor draws more current and jams, and a
+//!   network outage silences heartbeats while sales are buffered (at most 50, as the firmware
+//!   does) and delivered hours late when the network returns — sometimes twice.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR};
+use vendflow_protocol::{
+    Cents, DoorStatus, Envelope, ErrorCode, ErrorEvent, Event, EventKind, Heartbeat, Lease,
+    LeaseStatus, Location, LocationType, Machine, MachineId, MachineStatus, Micro, Milli,
+    RegistryRecord, Restock, Sale, Slot, Timestamp,
+};
+
+const HEARTBEAT_MS: i64 = 30_000;
+/// Sales a machine buffers while offline before it stops selling (terminal floor limit policy).
+const OFFLINE_SALES: usize = 50;
+const PRODUCTS: &[(&str, i64)] = &[
+    ("cola", 250), ("diet_cola", 250), ("water", 150), ("sparkling_water", 175), ("iced_tea", 225),
+    ("energy_drink", 325), ("orange_juice", 275), ("coffee", 300), ("chips", 175), ("pretzels", 150),
+    ("candy_bar", 125), ("granola_bar", 200), ("trail_mix", 225), ("cookies", 175), ("gum", 100),
+    ("protein_bar", 300), ("crackers", 150), ("popcorn", 175), ("chocolate", 200), ("mints", 100),
+];
+
+/// A fault a machine can develop.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Fault {
+    /// Temperature climbs from the onset.
+    CoolingFailure,
+    /// Card reads fail more and more often.
+    CardReaderDegradation,
+    /// Motor current rises and vends jam.
+    MotorWear,
+    /// No network for this many hours; sales are buffered and delivered late.
+    NetworkOutage { hours: u32 },
+    /// The restock crew skips this machine, so its slots sell out.
+    SkippedByCrew,
+}
+
+#[derive(Clone, Debug)]
+pub struct FleetConfig {
+    pub machines: usize,
+    pub seed: u64,
+    /// Simulated start time.
+    pub start: Timestamp,
+    /// Slots per machine (numbered from 1).
+    pub slots: u32,
+    /// Scale for the random fault rates (0 = no random faults).
+    pub fault_rate: f64,
+    /// Faults placed on purpose: (machine index, fault, onset after start in ms).
+    pub scripted: Vec<(usize, Fault, i64)>,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            machines: 1000,
+            seed: 7,
+            start: Timestamp(1_705_305_600_000), // Monday 2024-01-15 08:00 UTC
+            slots: 30,
+            fault_rate: 1.0,
+            scripted: Vec::new(),
+        }
+    }
+}
+
+struct SimSlot {
+    number: u32,
+    product: &'static str,
+    price: Cents,
+    capacity: u32,
+    stock: u32,
+    popularity: f64,
+}
+
+struct SimMachine {
+    id: MachineId,
+    location_type: LocationType,
+    rng: ChaCha8Rng,
+    slots: Vec<SimSlot>,
+    seq: u64,
+    txn: u64,
+    next_heartbeat: i64,
+    next_sale: i64,
+    next_hourly: i64,
+    faults: Vec<(Fault, i64)>,
+    temperature: i64,
+    /// Events produced while the network is down, delivered when it returns.
+    buffer: Vec<Event>,
+    buffered_sales: usize,
+    /// Events ready to go out on the next delivery.
+    outbox: Vec<Event>,
+    /// A copy of a flushed buffer to deliver again, and when (re-delivery after reconnect).
+    redelivery: Option<(i64, Vec<Event>)>,
+}
+
+/// Peak transactions per hour of any location type (for thinning the Poisson process).
+const MAX_RATE: f64 = 6.0;
+
+fn sales_rate(kind: LocationType, t: Timestamp) -> f64 {
+    let hour = t.hour();
+    let weekend = t.weekday() >= 5;
+    match kind {
+        LocationType::Office if weekend => 0.2,
+        LocationType::Office if (7..19).contains(&hour) => 4.0,
+        LocationType::Office => 0.3,
+        LocationType::Hospital if (6..22).contains(&hour) => 3.0,
+        LocationType::Hospital => 1.0,
+        LocationType::Airport if (5..23).contains(&hour) => 6.0,
+        LocationType::Airport => 1.0,
+        LocationType::Gym => {
+            let busy = (6..10).contains(&hour) || (16..21).contains(&hour);
+            let base = if busy { 5.0 } else { 1.0 };
+            if weekend { base * 0.7 } else { base }
+        }
+        LocationType::Other => 2.0,
+    }
+}
+
+/// A simulated fleet and its clock.
+pub struct Fleet {
+    now: Timestamp,
+    machines: Vec<SimMachine>,
+    registry: Vec<RegistryRecord>,
+}
+
+impl Fleet {
+    pub fn new(config: &FleetConfig) -> Fleet {
+        let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+        let start = config.start.0;
+        let mut registry = Vec::new();
+        let locations = config.machines.div_ceil(3).max(1);
+        let mut location_types = Vec::with_capacity(locations);
+        for l in 0..locations {
+            let kind = match rng.random_range(0..100) {
+                0..40 => LocationType::Office,
+                40..60 => LocationType::Hospital,
+                60..75 => LocationType::Airport,
+                _ => LocationType::Gym,
+            };
+            location_types.push(kind);
+            registry.push(RegistryRecord::Location(Location {
+                location_id: format!("loc_{l:04}"),
+                client_id: format!("client_{:02}", l % 20),
+                address: format!("{} Market St, Springfield", 100 + l),
+                lat: Micro(40_700_000 + rng.random_range(-200_000..200_000)),
+                lng: Micro(-74_000_000 + rng.random_range(-200_000..200_000)),
+                location_type: kind,
+            }));
+        }
+        let mut machines = Vec::with_capacity(config.machines);
+        for i in 0..config.machines {
+            let id = MachineId::parse(&format!("mach_{i:05}")).unwrap_or_else(|e| unreachable!("{e}"));
+            let mut mrng = ChaCha8Rng::seed_from_u64(config.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let location = i / 3;
+            let slots: Vec<SimSlot> = (1..=config.slots)
+                .map(|n| {
+                    let (product, price) = PRODUCTS[mrng.random_range(0..PRODUCTS.len())];
+                    let capacity = mrng.random_range(8..=15);
+                    SimSlot { number: n, product, price: Cents(price), capacity, stock: capacity, popularity: mrng.random_range(0.2..1.0) }
+                })
+                .collect();
+            registry.push(RegistryRecord::Machine(Machine {
+                machine_id: id.clone(),
+                serial_number: format!("VX{:08}", 10_000_000 + i),
+                model: "VX-30".into(),
+                location_id: Some(format!("loc_{location:04}")),
+                status: MachineStatus::Active,
+                firmware_version: Some("2.4.1".into()),
+                slots: slots
+                    .iter()
+                    .map(|s| Slot { slot_number: s.number, product_id: s.product.into(), max_capacity: s.capacity, price: s.price, low_stock_threshold: None })
+                    .collect(),
+            }));
+            registry.push(RegistryRecord::Lease(Lease {
+                lease_id: format!("lease_{i:05}"),
+                client_id: format!("client_{:02}", location % 20),
+                machine_id: id.clone(),
+                start: Timestamp(start - 60 * MS_PER_DAY),
+                end: Timestamp(start + 305 * MS_PER_DAY),
+                monthly_rate: Cents(mrng.random_range(250..=400) * 100),
+                revenue_share_basis_points: mrng.random_range(5..=15) * 100,
+                status: LeaseStatus::Active,
+            }));
+            let mut faults = Vec::new();
+            let onset = |r: &mut ChaCha8Rng| r.random_range(0..MS_PER_DAY);
+            let rate = config.fault_rate;
+            if mrng.random_bool((0.03 * rate).clamp(0.0, 1.0)) {
+                faults.push((Fault::CoolingFailure, start + onset(&mut mrng)));
+            }
+            if mrng.random_bool((0.04 * rate).clamp(0.0, 1.0)) {
+                faults.push((Fault::CardReaderDegradation, start + onset(&mut mrng)));
+            }
+            if mrng.random_bool((0.03 * rate).clamp(0.0, 1.0)) {
+                faults.push((Fault::MotorWear, start + onset(&mut mrng)));
+            }
+            if mrng.random_bool((0.06 * rate).clamp(0.0, 1.0)) {
+                let hours = mrng.random_range(1..=8);
+                faults.push((Fault::NetworkOutage { hours }, start + onset(&mut mrng)));
+            }
+            for (m, fault, after) in &config.scripted {
+                if *m == i {
+                    faults.push((*fault, start + after));
+                }
+            }
+            let first_sale = start + exp_ms(&mut mrng, MAX_RATE);
+            machines.push(SimMachine {
+                id,
+                location_type: location_types[location.min(locations - 1)],
+                temperature: mrng.random_range(3_000..4_500),
+                next_heartbeat: start + mrng.random_range(0..HEARTBEAT_MS),
+                next_sale: first_sale,
+                next_hourly: start + mrng.random_range(0..MS_PER_HOUR),
+                rng: mrng,
+                slots,
+                seq: 0,
+                txn: 0,
+                faults,
+                buffer: Vec::new(),
+                buffered_sales: 0,
+                outbox: Vec::new(),
+                redelivery: None,
+            });
+        }
+        Fleet { now: config.start, machines, registry }
+    }
+
+    /// The fleet's registry: locations, machines with planograms, leases.
+    pub fn registry(&self) -> &[RegistryRecord] {
+        &self.registry
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.now
+    }
+
+    /// Runs the fleet up to `to` and returns what the machines delivered meanwhile, one
+    /// envelope per machine that sent anything, in machine order.
+    pub fn advance(&mut self, to: Timestamp) -> Vec<Envelope> {
+        let mut out = Vec::new();
+        if to <= self.now {
+            return out;
+        }
+        for m in &mut self.machines {
+            m.run_until(to.0);
+            if !m.outbox.is_empty() {
+                let mut events = std::mem::take(&mut m.outbox);
+                events.sort_by_key(|e| e.timestamp);
+                out.push(Envelope { machine_id: m.id.clone(), events });
+            }
+        }
+        self.now = to;
+        out
+    }
+}
+
+fn exp_ms(rng: &mut ChaCha8Rng, per_hour: f64) -> i64 {
+    let u: f64 = rng.random_range(f64::EPSILON..1.0);
+    ((-u.ln() / per_hour) * MS_PER_HOUR as f64) as i64 + 1
+}
+
+impl SimMachine {
+    fn fault_since(&self, t: i64, kind: fn(&Fault) -> bool) -> Option<i64> {
+        self.faults.iter().filter(|(f, onset)| kind(f) && *onset <= t).map(|(_, onset)| t - onset).max()
+    }
+
+    fn offline(&self, t: i64) -> bool {
+        self.faults.iter().any(|(f, onset)| match f {
+            Fault::NetworkOutage { hours } => *onset <= t && t < onset + i64::from(*hours) * MS_PER_HOUR,
+            _ => false,
+        })
+    }
+
+    fn run_until(&mut self, to: i64) {
+        loop {
+            let next = self.next_heartbeat.min(self.next_sale).min(self.next_hourly);
+            if let Some((at, _)) = &self.redelivery {
+                if *at <= to.min(next) {
+                    if let Some((_, events)) = self.redelivery.take() {
+                        self.outbox.extend(events);
+                    }
+                    continue;
+                }
+            }
+            if next > to {
+                return;
+            }
+            if next == self.next_heartbeat {
+                self.heartbeat(next);
+                self.next_heartbeat += HEARTBEAT_MS + self.rng.random_range(-500..=500);
+            } else if next == self.next_sale {
+                if self.rng.random_bool((sales_rate(self.location_type, Timestamp(next)) / MAX_RATE).min(1.0)) {
+                    self.sell(next);
+                }
+                self.next_sale += exp_ms(&mut self.rng, MAX_RATE);
+            } else {
+                self.hourly(next);
+                self.next_hourly += MS_PER_HOUR;
+            }
+        }
+    }
+
+    fn emit(&mut self, t: i64, kind: EventKind) {
+        self.seq += 1;
+        let event = Event { machine_id: self.id.clone(), timestamp: Timestamp(t), seq: Some(self.seq), kind };
+        if self.offline(t) {
+            self.buffer.push(event);
+        } else {
+            if !self.buffer.is_empty() {
+                // The network is back: flush what was buffered; sometimes the acknowledgement is
+                // lost and the firmware sends the same batch again a little later.
+                let flushed = std::mem::take(&mut self.buffer);
+                self.buffered_sales = 0;
+                if self.rng.random_bool(0.3) {
+                    self.redelivery = Some((t + 30_000, flushed.clone()));
+                }
+                self.outbox.extend(flushed);
+            }
+            self.outbox.push(event);
+        }
+    }
+
+    fn heartbeat(&mut self, t: i64) {
+        let drift = self.rng.random_range(-150..=150);
+        self.temperature = (self.temperature + drift).clamp(2_800, 4_800);
+        let mut temperature = self.temperature;
+        if let Some(since) = self.fault_since(t, |f| matches!(f, Fault::CoolingFailure)) {
+            temperature += (since * 2_500 / MS_PER_HOUR).min(10_000);
+        }
+        let mut motor = 600 + self.rng.random_range(0..400);
+        if let Some(since) = self.fault_since(t, |f| matches!(f, Fault::MotorWear)) {
+            motor += (since * 200 / MS_PER_HOUR).min(1_500);
+        }
+        let card_failing = self.fault_since(t, |f| matches!(f, Fault::CardReaderDegradation)).is_some();
+        let signal = -1_000 * self.rng.random_range(55..72);
+        if self.offline(t) {
+            // No network, no heartbeat: liveness must notice the silence.
+            return;
+        }
+        self.emit(
+            t,
+            EventKind::Heartbeat(Heartbeat {
+                temperature: Some(Milli(temperature - temperature % 100)),
+                door_status: Some(DoorStatus::Closed),
+                payment_module_status: Some(if card_failing { "degraded" } else { "ok" }.into()),
+                network_signal: Some(Milli(signal)),
+                motor_current: Some(Milli(motor - motor % 10)),
+            }),
+        );
+    }
+
+    fn pick_slot(&mut self) -> Option<usize> {
+        let total: f64 = self.slots.iter().filter(|s| s.stock > 0).map(|s| s.popularity).sum();
+        if total <= 0.0 {
+            return None;
+        }
+        let mut x = self.rng.random_range(0.0..total);
+        for (i, s) in self.slots.iter().enumerate() {
+            if s.stock == 0 {
+                continue;
+            }
+            if x < s.popularity {
+                return Some(i);
+            }
+            x -= s.popularity;
+        }
+        None
+    }
+
+    fn sell(&mut self, t: i64) {
+        if self.offline(t) && self.buffered_sales >= OFFLINE_SALES {
+            return;
+        }
+        let method = match self.rng.random_range(0..100) {
+            0..60 => "card",
+            60..85 => "contactless",
+            _ => "cash",
+        };
+        if method != "cash" {
+            let failure = self
+                .fault_since(t, |f| matches!(f, Fault::CardReaderDegradation))
+                .map_or(0.002, |since| (0.05 + since as f64 / MS_PER_HOUR as f64 * 0.05).min(0.6));
+            if self.rng.random_bool(failure) {
+                self.emit(t, EventKind::Error(ErrorEvent { code: ErrorCode::CardReadFailure, message: "card read failed".into() }));
+                return;
+            }
+        }
+        if let Some(since) = self.fault_since(t, |f| matches!(f, Fault::MotorWear)) {
+            if self.rng.random_bool((since as f64 / MS_PER_HOUR as f64 * 0.03).min(0.4)) {
+                self.emit(t, EventKind::Error(ErrorEvent { code: ErrorCode::MotorJam, message: "spiral jammed".into() }));
+                return;
+            }
+        }
+        self.txn += 1;
+        let txn = format!("txn_{}_{}", self.id, self.txn);
+        let lines = if self.rng.random_bool(0.1) { 2 } else { 1 };
+        let mut used = Vec::new();
+        for _ in 0..lines {
+            let Some(i) = self.pick_slot() else { break };
+            if used.contains(&i) {
+                continue;
+            }
+            used.push(i);
+            let quantity = if self.slots[i].stock >= 2 && self.rng.random_bool(0.05) { 2 } else { 1 };
+            let slot = &mut self.slots[i];
+            slot.stock -= quantity;
+            let sale = Sale {
+                slot_number: slot.number,
+                product_id: slot.product.into(),
+                amount: Cents(slot.price.0 * i64::from(quantity)),
+                quantity,
+                payment_method: method.into(),
+                transaction_id: txn.clone(),
+            };
+            if self.offline(t) {
+                self.buffered_sales += 1;
+            }
+            self.emit(t, EventKind::Sale(sale));
+        }
+    }
+
+    fn hourly(&mut self, t: i64) {
+        let hour = Timestamp(t).hour();
+        if !(8..17).contains(&hour) || self.fault_since(t, |f| matches!(f, Fault::SkippedByCrew)).is_some() {
+            return;
+        }
+        let low = self.slots.iter().filter(|s| s.stock * 4 <= s.capacity).count();
+        if low * 5 < self.slots.len() || !self.rng.random_bool(0.5) {
+            return;
+        }
+        self.emit(t, EventKind::Door(DoorStatus::Open));
+        for i in 0..self.slots.len() {
+            let s = &mut self.slots[i];
+            if s.stock < s.capacity {
+                let quantity = s.capacity - s.stock;
+                s.stock = s.capacity;
+                let number = s.number;
+                let product = s.product;
+                self.emit(t + 60_000, EventKind::Restock(Restock { slot_number: number, quantity, product_id: Some(product.into()) }));
+            }
+        }
+        self.emit(t + 20 * 60_000, EventKind::Door(DoorStatus::Closed));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(config: &FleetConfig, hours: i64, step_ms: i64) -> Vec<Envelope> {
+        let mut fleet = Fleet::new(config);
+        let mut out = Vec::new();
+        let mut t = config.start.0;
+        while t < config.start.0 + hours * MS_PER_HOUR {
+            t += step_ms;
+            out.extend(fleet.advance(Timestamp(t)));
+        }
+        out
+    }
+
+    fn events(envelopes: &[Envelope]) -> Vec<Event> {
+        let mut all: Vec<Event> = envelopes.iter().flat_map(|e| e.events.clone()).collect();
+        all.sort();
+        all
+    }
+
+    #[test]
+    fn same_seed_same_events_however_time_is_sliced() {
+        let config = FleetConfig { machines: 20, ..FleetConfig::default() };
+        assert_eq!(events(&run(&config, 6, 1_000)), events(&run(&config, 6, 3_600_000)));
+    }
+
+    #[test]
+    fn an_outage_delivers_buffered_sales_late_and_sometimes_twice() {
+        let config = FleetConfig {
+            machines: 3,
+            fault_rate: 0.0,
+            scripted: vec![(1, Fault::NetworkOutage { hours: 3 }, MS_PER_HOUR)],
+            ..FleetConfig::default()
+        };
+        let mut fleet = Fleet::new(&config);
+        let start = config.start.0;
+        let mut late = 0;
+        for minute in 1..=(6 * 60) {
+            let now = start + minute * 60_000;
+            for env in fleet.advance(Timestamp(now)) {
+                for e in &env.events {
+                    assert!(e.timestamp.0 <= now, "nothing is delivered before it happens");
+                    if now - e.timestamp.0 > MS_PER_HOUR {
+                        assert_eq!(env.machine_id.as_str(), "mach_00001");
+                        late += 1;
+                    }
+                }
+            }
+        }
+        assert!(late > 0, "the offline machine's sales arrive hours late");
+    }
+
+    #[test]
+    fn cooling_failure_heats_the_cabinet() {
+        let config = FleetConfig { machines: 1, fault_rate: 0.0, scripted: vec![(0, Fault::CoolingFailure, 0)], ..FleetConfig::default() };
+        let all = events(&run(&config, 4, 60_000));
+        let hottest = all
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::Heartbeat(h) => h.temperature,
+                _ => None,
+            })
+            .max();
+        assert!(hottest.is_some_and(|t| t.0 > 8_000), "{hottest:?}");
+    }
+}

@@ -1,0 +1,259 @@
+//! JSON Lines files: recorded telemetry to replay, and registry fixtures.
+//!
+//! Replay runs one reader thread per engine worker. Every thread reads the whole file but decodes
+//! only its share, in blocks of [`BLOCK_LINES`] lines dealt round-robin, so decoding runs in
+//! parallel without a shared queue. Each thread's ingestion clock is the largest event timestamp
+//! it has seen (rounded up to `tick_ms`), so a replay of a day gives the same views as living
+//! through it, and the result does not depend on thread scheduling. When every thread is done,
+//! all advance to one common end time, the frontier the caller waits for.
+//!
+//! A line that does not decode becomes an [`ErrorRecord`] with its file and line number; an
+//! envelope line yields one record per event.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+
+use vendflow_dataflows::{Batch, ErrorRecord, Feeder, Feeders, Time};
+use vendflow_protocol::decode::{decode_line, decode_registry};
+use vendflow_protocol::{DecodeError, Event, RegistryRecord, Timestamp};
+
+use crate::IngestError;
+
+/// Lines per block dealt to one reader thread.
+pub const BLOCK_LINES: u64 = 1024;
+/// Events per batch sent to the engine.
+const BATCH_EVENTS: usize = 2048;
+
+/// Called with each batch's ingestion time as it is sent (freshness measurements).
+pub type SentHook = Arc<dyn Fn(Time) + Send + Sync>;
+
+#[derive(Clone)]
+pub struct ReplayOptions {
+    /// Granularity of the ingestion clock.
+    pub tick_ms: u64,
+    /// Replay the file this many times, each copy `repeat_shift_ms` later in event time and with
+    /// its transaction ids suffixed `#k` (so copies are new sales, not re-deliveries).
+    pub repeat: u32,
+    pub repeat_shift_ms: i64,
+    pub on_sent: Option<SentHook>,
+}
+
+impl Default for ReplayOptions {
+    fn default() -> Self {
+        ReplayOptions { tick_ms: 1000, repeat: 1, repeat_shift_ms: 0, on_sent: None }
+    }
+}
+
+/// What a replay read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplayStats {
+    pub lines: u64,
+    pub events: u64,
+    pub errors: u64,
+    /// The frontier to wait for: every event is ingested before it.
+    pub end: Time,
+}
+
+/// Replays `path` into the engine. `progress` counts bytes read (of `repeat × file size`).
+pub fn replay(
+    path: &Path,
+    feeders: Feeders,
+    options: &ReplayOptions,
+    progress: Arc<AtomicU64>,
+) -> Result<ReplayStats, IngestError> {
+    let feeders = feeders.into_vec();
+    let threads = feeders.len();
+    let barrier = Arc::new(Barrier::new(threads));
+    let end = Arc::new(AtomicU64::new(0));
+    let handles: Vec<_> = feeders
+        .into_iter()
+        .enumerate()
+        .map(|(i, feeder)| {
+            let path = path.to_owned();
+            let options = options.clone();
+            let progress = (i == 0).then(|| progress.clone());
+            let (barrier, end) = (barrier.clone(), end.clone());
+            std::thread::Builder::new()
+                .name(format!("vendflow-replay-{i}"))
+                .spawn(move || {
+                    let mut reader = Reader { share: i as u64, of: threads as u64, feeder, options, stats: ReplayStats::default(), clock: 0, batch: Batch::default() };
+                    let result = reader.read(&path, progress.as_deref());
+                    // Even a failed reader takes part in the final advance, so the others finish.
+                    end.fetch_max(reader.clock, Ordering::SeqCst);
+                    barrier.wait();
+                    let last = end.load(Ordering::SeqCst) + 1;
+                    result?;
+                    reader.feeder.advance(last)?;
+                    reader.stats.end = last;
+                    Ok::<_, IngestError>(reader.stats)
+                })
+                .map_err(|e| IngestError::Thread(e.to_string()))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut total = ReplayStats::default();
+    for h in handles {
+        let stats = h.join().map_err(|_| IngestError::Thread("a replay reader panicked".into()))??;
+        total.lines += stats.lines;
+        total.events += stats.events;
+        total.errors += stats.errors;
+        total.end = total.end.max(stats.end);
+    }
+    Ok(total)
+}
+
+struct Reader {
+    share: u64,
+    of: u64,
+    feeder: Feeder,
+    options: ReplayOptions,
+    stats: ReplayStats,
+    clock: Time,
+    batch: Batch,
+}
+
+impl Reader {
+    fn read(&mut self, path: &Path, progress: Option<&AtomicU64>) -> Result<(), IngestError> {
+        let io = |source| IngestError::Io { path: path.display().to_string(), source };
+        let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+        for copy in 0..self.options.repeat.max(1) {
+            let mut reader = BufReader::with_capacity(1 << 20, File::open(path).map_err(io)?);
+            let mut line = Vec::with_capacity(512);
+            let mut number: u64 = 0;
+            loop {
+                line.clear();
+                let n = reader.read_until(b'\n', &mut line).map_err(io)?;
+                if n == 0 {
+                    break;
+                }
+                number += 1;
+                if let Some(p) = progress {
+                    p.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                if ((number - 1) / BLOCK_LINES) % self.of != self.share || line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                self.stats.lines += 1;
+                for result in decode_line(&line) {
+                    match result {
+                        Ok(mut event) => {
+                            if copy > 0 {
+                                shift(&mut event, copy, self.options.repeat_shift_ms);
+                            }
+                            let tick = self.options.tick_ms.max(1);
+                            let ts = u64::try_from(event.timestamp.0).unwrap_or(0);
+                            self.clock = self.clock.max(ts.div_ceil(tick) * tick);
+                            self.stats.events += 1;
+                            self.batch.events.push(event);
+                        }
+                        Err(error) => self.refuse(&name, number, &error, &line),
+                    }
+                }
+                if self.batch.events.len() + self.batch.errors.len() >= BATCH_EVENTS {
+                    self.flush()?;
+                }
+            }
+        }
+        self.flush()
+    }
+
+    fn refuse(&mut self, name: &str, line_number: u64, error: &DecodeError, raw: &[u8]) {
+        self.stats.errors += 1;
+        tracing::warn!(file = name, line = line_number, kind = error.kind.as_str(), error = %error, "refused a record");
+        let at = Timestamp(i64::try_from(self.clock).unwrap_or(i64::MAX));
+        let raw = raw.strip_suffix(b"\n").unwrap_or(raw);
+        self.batch.errors.push(ErrorRecord::new(at, format!("replay:{name}:{line_number}"), error, raw));
+    }
+
+    fn flush(&mut self) -> Result<(), IngestError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.feeder.send(self.clock, batch)?;
+        if let Some(hook) = &self.options.on_sent {
+            hook(self.feeder.time());
+        }
+        Ok(())
+    }
+}
+
+fn shift(event: &mut Event, copy: u32, shift_ms: i64) {
+    event.timestamp = Timestamp(event.timestamp.0 + i64::from(copy) * shift_ms);
+    if let vendflow_protocol::EventKind::Sale(sale) = &mut event.kind {
+        sale.transaction_id = format!("{}#{copy}", sale.transaction_id);
+    }
+}
+
+/// Reads a registry fixture (JSON Lines of registry records). Bad lines come back as error
+/// records, so a typo in one machine does not hide the others.
+pub fn load_registry(path: &Path) -> Result<(Vec<RegistryRecord>, Vec<ErrorRecord>), IngestError> {
+    let io = |source| IngestError::Io { path: path.display().to_string(), source };
+    let reader = BufReader::new(File::open(path).map_err(io)?);
+    let name = path.display().to_string();
+    let (mut records, mut errors) = (Vec::new(), Vec::new());
+    for (i, line) in reader.split(b'\n').enumerate() {
+        let line = line.map_err(io)?;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match decode_registry(&line) {
+            Ok(r) => records.push(r),
+            Err(e) => {
+                tracing::warn!(file = %name, line = i + 1, error = %e, "refused a registry record");
+                errors.push(ErrorRecord::new(Timestamp(0), format!("registry:{name}:{}", i + 1), &e, &line));
+            }
+        }
+    }
+    Ok((records, errors))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::time::Duration;
+
+    use vendflow_dataflows::{Config, Engine, Value};
+
+    use super::*;
+
+    #[test]
+    fn replay_ingests_good_lines_and_keeps_bad_ones_as_errors() {
+        let mut file = tempfile::NamedTempFile::new().unwrap_or_else(|e| panic!("{e}"));
+        let mut text = String::new();
+        for i in 0..3000 {
+            text.push_str(&format!(
+                "{{\"machineId\":\"m{}\",\"type\":\"sale\",\"timestamp\":{},\"payload\":{{\"slotNumber\":1,\"productId\":\"p\",\"amount\":1.25,\"transactionId\":\"t{i}\"}}}}\n",
+                i % 7,
+                1_700_000_000_000i64 + i * 1000
+            ));
+            if i == 1500 {
+                text.push_str("{\"machineId\":\"m1\",\"type\":\"sale\"\n");
+            }
+        }
+        file.write_all(text.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        let mut engine = Engine::start(Config::default()).unwrap_or_else(|e| panic!("{e}"));
+        let store = engine.store();
+        let feeders = engine.feeders().unwrap_or_else(|| panic!("feeders"));
+        let progress = Arc::new(AtomicU64::new(0));
+        let stats = replay(file.path(), feeders, &ReplayOptions::default(), progress.clone()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((stats.events, stats.errors), (3000, 1));
+        assert_eq!(progress.load(Ordering::SeqCst), text.len() as u64);
+        assert!(store.wait_for(stats.end, Duration::from_secs(60)));
+        let snapshot = store.snapshot();
+        let lines: i64 = snapshot
+            .rows("slot_sales")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .iter()
+            .map(|r| match r[3] { Value::Int(n) => n, _ => 0 })
+            .sum();
+        assert_eq!(lines, 3000);
+        let errors = snapshot.rows("errors").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(errors.len(), 1);
+        let source = &errors[0][1];
+        assert!(matches!(source, Value::Text(s) if s.ends_with(":1502")), "{source:?}");
+        engine.shutdown().unwrap_or_else(|e| panic!("{e}"));
+    }
+}

@@ -1,0 +1,23 @@
+//! vendflow's sources: where events come from and how they enter the engine.
+//!
+//! A source reads bytes, decodes them with the protocol crate, splits the results into events and
+//! error records (nothing is dropped), picks the ingestion time from its own clock, and hands
+//! batches to the engine's feeders.
+//!
+//! # Layout
+//! - [`file`]: JSON Lines files (replay of recorded telemetry) and registry fixture files.
+//! - [`sim`]: the simulated fleet of `vendflow-firmware`, on an accelerated clock.
+
+pub mod file;
+pub mod sim;
+
+/// Why a source stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("the engine stopped before the source finished")]
+    EngineStopped(#[from] vendflow_dataflows::EngineError),
+    #[error("a reader thread failed: {0}")]
+    Thread(String),
+}
