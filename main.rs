@@ -16,6 +16,11 @@ use vendflow_ingest::sim::{self, Pace};
 use vendflow_protocol::Timestamp;
 use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR};
 
+// Timely workers allocate and free many small records across threads; glibc's allocator spends a
+// fifth of the time consolidating its arenas on the replay benchmark, mimalloc does not.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "vendflow",
@@ -96,35 +101,76 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     if cli.workers == 0 {
         bail!("--workers must be at least 1");
     }
-    let config = Config { workers: cli.workers, ..Config::default() };
+    let config = Config {
+        workers: cli.workers,
+        ..Config::default()
+    };
     match cli.command {
-        Command::Demo { machines, speed, seed, every, duration } => demo(config, machines, speed, seed, every, duration),
-        Command::Replay { file, out, registry, tick_ms, repeat, repeat_shift_hours } => {
-            let options = ReplayOptions { tick_ms, repeat, repeat_shift_ms: repeat_shift_hours * MS_PER_HOUR, on_sent: None };
+        Command::Demo {
+            machines,
+            speed,
+            seed,
+            every,
+            duration,
+        } => demo(config, machines, speed, seed, every, duration),
+        Command::Replay {
+            file,
+            out,
+            registry,
+            tick_ms,
+            repeat,
+            repeat_shift_hours,
+        } => {
+            let options = ReplayOptions {
+                tick_ms,
+                repeat,
+                repeat_shift_ms: repeat_shift_hours * MS_PER_HOUR,
+                on_sent: None,
+            };
             replay_file(config, &file, &out, registry.as_deref(), &options)
         }
-        Command::Simulate { out, machines, hours, seed, scenario } => simulate(&out, machines, hours, seed, scenario.as_deref()),
+        Command::Simulate {
+            out,
+            machines,
+            hours,
+            seed,
+            scenario,
+        } => simulate(&out, machines, hours, seed, scenario.as_deref()),
     }
 }
 
-fn demo(config: Config, machines: usize, speed: f64, seed: u64, every: f64, duration: Option<f64>) -> anyhow::Result<()> {
+fn demo(
+    config: Config,
+    machines: usize,
+    speed: f64,
+    seed: u64,
+    every: f64,
+    duration: Option<f64>,
+) -> anyhow::Result<()> {
     if machines == 0 || speed <= 0.0 {
         bail!("--machines and --speed must be positive");
     }
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
-    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("cannot install the Ctrl-C handler")?;
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+        .context("cannot install the Ctrl-C handler")?;
     let mut engine = Engine::start(config)?;
     let store = engine.store();
     let mut feeders = engine.feeders().context("engine feeders already taken")?;
-    let mut fleet = Fleet::new(&FleetConfig { machines, seed, ..FleetConfig::default() });
+    let mut fleet = Fleet::new(&FleetConfig {
+        machines,
+        seed,
+        ..FleetConfig::default()
+    });
     println!(
         "vendflow demo: {machines} simulated machines at {speed}x from {} (Ctrl-C to stop)",
         fleet.now()
@@ -132,7 +178,10 @@ fn demo(config: Config, machines: usize, speed: f64, seed: u64, every: f64, dura
     sim::register(&fleet, &mut feeders)?;
     let started = Instant::now();
     let mut last_print = Instant::now();
-    let pace = Pace { speed, ..Pace::default() };
+    let pace = Pace {
+        speed,
+        ..Pace::default()
+    };
     sim::run(&mut fleet, &mut feeders, &pace, &stop, |now| {
         if duration.is_some_and(|d| started.elapsed().as_secs_f64() >= d) {
             stop.store(true, Ordering::SeqCst);
@@ -160,16 +209,28 @@ fn replay_file(
     registry: Option<&std::path::Path>,
     options: &ReplayOptions,
 ) -> anyhow::Result<()> {
-    let size = std::fs::metadata(file).with_context(|| format!("cannot read {}", file.display()))?.len();
+    let size = std::fs::metadata(file)
+        .with_context(|| format!("cannot read {}", file.display()))?
+        .len();
     let mut engine = Engine::start(config)?;
     let store = engine.store();
     let mut feeders = engine.feeders().context("engine feeders already taken")?;
     if let Some(path) = registry {
         let (records, errors) = load_registry(path)?;
         if !errors.is_empty() {
-            eprintln!("warning: {} registry lines refused (see the errors view)", errors.len());
+            eprintln!(
+                "warning: {} registry lines refused (see the errors view)",
+                errors.len()
+            );
         }
-        feeders.send(0, Batch { registry: records.into_iter().map(|r| (r, 1)).collect(), errors, ..Batch::default() })?;
+        feeders.send(
+            0,
+            Batch {
+                registry: records.into_iter().map(|r| (r, 1)).collect(),
+                errors,
+                ..Batch::default()
+            },
+        )?;
     }
     let bar = ProgressBar::new(size * u64::from(options.repeat.max(1)));
     bar.set_style(
@@ -213,9 +274,19 @@ fn replay_file(
     Ok(())
 }
 
-fn simulate(out: &std::path::Path, machines: usize, hours: i64, seed: u64, scenario: Option<&str>) -> anyhow::Result<()> {
+fn simulate(
+    out: &std::path::Path,
+    machines: usize,
+    hours: i64,
+    seed: u64,
+    scenario: Option<&str>,
+) -> anyhow::Result<()> {
     let config = match scenario {
-        None => FleetConfig { machines, seed, ..FleetConfig::default() },
+        None => FleetConfig {
+            machines,
+            seed,
+            ..FleetConfig::default()
+        },
         Some("golden") => FleetConfig {
             machines: 5,
             seed,
@@ -235,7 +306,11 @@ fn simulate(out: &std::path::Path, machines: usize, hours: i64, seed: u64, scena
     }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let mut fleet = Fleet::new(&config);
-    let registry: String = fleet.registry().iter().map(|r| r.to_json_line() + "\n").collect();
+    let registry: String = fleet
+        .registry()
+        .iter()
+        .map(|r| r.to_json_line() + "\n")
+        .collect();
     std::fs::write(out.join("registry.jsonl"), registry)?;
     let mut events = String::new();
     let mut count = 0;

@@ -63,6 +63,15 @@ enum Command {
     Advance(Time),
 }
 
+impl Command {
+    fn records(&self) -> usize {
+        match self {
+            Command::Batch(_, b) => b.events.len() + b.errors.len() + b.registry.len(),
+            Command::Advance(_) => 0,
+        }
+    }
+}
+
 /// A source's handle to one worker's input. A clone shares the worker's channel.
 #[derive(Clone)]
 pub struct Feeder {
@@ -278,15 +287,32 @@ impl WorkerInputs {
     }
 }
 
+/// How far a worker lets input run ahead of its views: ingestion times, and records in them.
+const MAX_OUTSTANDING_TIMES: usize = 64;
+const MAX_OUTSTANDING_RECORDS: usize = 32_768;
+
+/// Drops the times the views have passed; true if what remains is too much.
+fn too_far_ahead(
+    probe: &timely::dataflow::operators::probe::Handle<Time>,
+    outstanding: &mut Vec<(Time, usize)>,
+) -> bool {
+    outstanding.retain(|(t, _)| probe.less_equal(t));
+    outstanding.len() >= MAX_OUTSTANDING_TIMES
+        || outstanding.iter().map(|(_, n)| n).sum::<usize>() >= MAX_OUTSTANDING_RECORDS
+}
+
 fn run_worker(
     worker: &mut timely::worker::Worker,
     rx: Receiver<Command>,
-    tx: std::sync::mpsc::Sender<view_store::Captured>,
+    tx: std::sync::mpsc::SyncSender<view_store::Captured>,
     config: &Config,
     stop: &AtomicBool,
 ) {
     let index = worker.index();
-    let mut inputs = worker.dataflow::<Time, _, _>(|scope| {
+    let profile = std::env::var_os("VENDFLOW_PROFILE")
+        .is_some()
+        .then(|| profile::register(worker));
+    let (mut inputs, probe) = worker.dataflow::<Time, _, _>(|scope| {
         let (events, events_c) = scope.new_collection::<Event, isize>();
         let (registry, registry_c) = scope.new_collection::<RegistryRecord, isize>();
         let (errors, errors_c) = scope.new_collection::<ErrorRecord, isize>();
@@ -300,32 +326,43 @@ fn run_worker(
             },
             config,
         );
+        let probe = timely::dataflow::operators::probe::Handle::new();
         for (view, rows) in views.into_iter().enumerate() {
-            rows.inner.capture_into(ViewPusher {
+            rows.probe_with(&probe).inner.capture_into(ViewPusher {
                 view,
                 tx: tx.clone(),
             });
         }
-        WorkerInputs {
+        let inputs = WorkerInputs {
             events,
             registry,
             errors,
             clock,
             hour: (index == 0).then_some(None),
-        }
+        };
+        (inputs, probe)
     });
     drop(tx);
     // Sources come and go (a replay drops its feeders when the file ends, and its last advance
     // must still be published): only the engine's stop flag ends a worker.
     let mut disconnected = false;
+    let mut outstanding: Vec<(Time, usize)> = Vec::new();
     while !stop.load(Ordering::SeqCst) {
         let mut applied = 0;
-        // Take what is waiting, but not so much that the dataflow never gets to run.
-        while applied < 16 && !disconnected {
+        // Flow control: take new input only while the views are at most a few ingestion times
+        // behind it, so a fast source waits in its bounded channel instead of piling records up
+        // inside the dataflow's queues.
+        while applied < 16 && !disconnected && !too_far_ahead(&probe, &mut outstanding) {
             match rx.try_recv() {
                 Ok(command) => {
+                    let records = command.records();
                     inputs.apply(command);
                     applied += 1;
+                    let now = *inputs.events.time();
+                    match outstanding.last_mut() {
+                        Some((t, n)) if *t == now => *n += records,
+                        _ => outstanding.push((now, records)),
+                    }
                 }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => disconnected = true,
@@ -338,7 +375,76 @@ fn run_worker(
             worker.step_or_park(Some(Duration::from_millis(1)));
         }
     }
+    if let Some(profile) = profile {
+        profile::report(index, &profile);
+    }
     // Closing the inputs lets the dataflow complete; the store ignores the final retractions.
     drop(inputs);
     while worker.step_or_park(Some(Duration::from_millis(1))) {}
+}
+
+/// `VENDFLOW_PROFILE=1`: time spent in each operator, from timely's own scheduling log, printed
+/// per worker at shutdown (most expensive first).
+mod profile {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::rc::Rc;
+    use std::time::Duration;
+
+    use timely::logging::{StartStop, TimelyEvent, TimelyEventBuilder};
+
+    #[derive(Default)]
+    pub struct Profile {
+        names: HashMap<usize, String>,
+        started: HashMap<usize, Duration>,
+        spent: HashMap<usize, (Duration, u64)>,
+    }
+
+    pub fn register(worker: &mut timely::worker::Worker) -> Rc<RefCell<Profile>> {
+        let profile = Rc::new(RefCell::new(Profile::default()));
+        let sink = profile.clone();
+        if let Some(mut registry) = worker.log_register() {
+            registry.insert::<TimelyEventBuilder, _>("timely", move |_time, data| {
+                let Some(data) = data else { return };
+                let mut p = sink.borrow_mut();
+                for (at, event) in data.iter() {
+                    match event {
+                        TimelyEvent::Operates(o) => {
+                            p.names.insert(o.id, o.name.clone());
+                        }
+                        TimelyEvent::Schedule(s) => match s.start_stop {
+                            StartStop::Start => {
+                                p.started.insert(s.id, *at);
+                            }
+                            StartStop::Stop => {
+                                if let Some(start) = p.started.remove(&s.id) {
+                                    let e = p.spent.entry(s.id).or_default();
+                                    e.0 += at.saturating_sub(start);
+                                    e.1 += 1;
+                                }
+                            }
+                        },
+                        _ => {}
+                    }
+                }
+            });
+        }
+        profile
+    }
+
+    pub fn report(worker: usize, profile: &Rc<RefCell<Profile>>) {
+        let p = profile.borrow();
+        let mut rows: Vec<_> = p
+            .spent
+            .iter()
+            .map(|(id, (d, n))| (*d, *n, p.names.get(id).cloned().unwrap_or_default(), *id))
+            .collect();
+        rows.sort_by(|a, b| b.0.cmp(&a.0));
+        for (d, n, name, id) in rows.into_iter().take(25) {
+            eprintln!(
+                "worker {worker} {:>9.1} ms {n:>7} runs  {name} ({id})",
+                d.as_secs_f64() * 1000.0
+            );
+        }
+    }
 }

@@ -11,14 +11,12 @@
 //! is published together with its own retraction from the online set, scheduled
 //! `offline_after_ms` later (temporal filter). State is one latest heartbeat per machine.
 
-use std::collections::HashMap;
-
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 use vendflow_protocol::{Event, EventKind, MachineId, MachineStatus, RegistryRecord, Timestamp};
 
 use crate::config::Config;
-use crate::operators::{Keyed, Temporal, Time, as_time, hash_of};
+use crate::operators::{FastMap, Keyed, Temporal, Time, as_time, hash_of};
 use crate::row::{ColumnType::*, Row, Value, col, null};
 use crate::views::ViewDef;
 
@@ -88,7 +86,7 @@ pub fn render<'s>(
         .keyed_in_time_order(
             "Liveness: latest heartbeat",
             |(m, _): &(MachineId, Timestamp)| hash_of(m),
-            HashMap::<MachineId, Timestamp>::new(),
+            FastMap::<MachineId, Timestamp>::default(),
             |latest, (m, ts), diff, out| {
                 if diff <= 0 {
                     return;

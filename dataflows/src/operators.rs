@@ -10,7 +10,7 @@
 //!   (first-seen dedup, latest value per key).
 
 use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
+use std::hash::Hash;
 
 use differential_dataflow::difference::Abelian;
 use differential_dataflow::{AsCollection, Data, ExchangeData, VecCollection};
@@ -24,10 +24,14 @@ pub type Time = u64;
 
 /// A stable hash for routing keys to workers.
 pub fn hash_of<K: Hash + ?Sized>(key: &K) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut h);
-    h.finish()
+    use std::hash::BuildHasher;
+    foldhash::quality::FixedState::with_seed(0x76656e64).hash_one(key)
 }
+
+/// A fast hash map for operator state (foldhash, not SipHash: keys are not attacker-chosen).
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// A fast hash set for operator state.
+pub type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 /// Converts an event-time instant (ms, may be negative in theory) into ingestion time.
 pub fn as_time(ms: i64) -> Time {
@@ -69,8 +73,73 @@ impl<'s, D: Data, R: Abelian + Data> Temporal<'s, D, R> for VecCollection<'s, Ti
                     .into_iter()
                     .flatten()
             })
-            .as_collection();
+            .as_collection()
+            .hold_future();
         (kept, too_late)
+    }
+}
+
+pub trait HoldFuture<'s, D: Data, R: Data> {
+    /// Passes updates at their message's time straight through and holds updates scheduled for
+    /// later (a temporal filter's retractions) until the input frontier reaches their time.
+    ///
+    /// Without this, every future retraction would sit in the next arrangement's batcher, which
+    /// re-examines all pending updates each time it seals a batch: with a 48 h horizon that is
+    /// every event of the last two days, at every tick. Here they wait in a map keyed by time, and
+    /// one capability at the earliest held time keeps downstream from passing it.
+    fn hold_future(self) -> VecCollection<'s, Time, D, R>;
+}
+
+impl<'s, D: Data, R: Data> HoldFuture<'s, D, R> for VecCollection<'s, Time, D, R> {
+    fn hold_future(self) -> VecCollection<'s, Time, D, R> {
+        self.inner
+            .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<(D, Time, R)>>, _, _, _>(
+                timely::dataflow::channels::pact::Pipeline,
+                "Temporal: hold future",
+                |_cap, _info| {
+                    let mut held: BTreeMap<Time, Vec<(D, Time, R)>> = BTreeMap::new();
+                    // A capability at (or before) the earliest held time, while anything is held.
+                    let mut hold: Option<Capability<Time>> = None;
+                    move |(input, frontier), output| {
+                        input.for_each_stamp(|cap, data| {
+                            let Some(now) = cap.least().copied() else { return };
+                            let mut current = Vec::new();
+                            for container in data {
+                                for (d, t, r) in container.drain(..) {
+                                    if t <= now {
+                                        current.push((d, t, r));
+                                        continue;
+                                    }
+                                    if hold.as_ref().is_none_or(|h| *h.time() > t) {
+                                        hold = Some(cap.delayed(&t, output.output_index()));
+                                    }
+                                    held.entry(t).or_default().push((d, t, r));
+                                }
+                            }
+                            if !current.is_empty() {
+                                if let Some(c) = cap.retain_least(output.output_index()) {
+                                    output.session(&c).give_iterator(current.into_iter());
+                                }
+                            }
+                        });
+                        let reached = frontier.frontier().first().copied().unwrap_or(Time::MAX);
+                        let Some(h) = hold.as_mut() else { return };
+                        while let Some(entry) = held.first_entry() {
+                            if *entry.key() > reached {
+                                break;
+                            }
+                            let (time, updates) = entry.remove_entry();
+                            let at = h.delayed(&time);
+                            output.session(&at).give_iterator(updates.into_iter());
+                        }
+                        match held.keys().next() {
+                            Some(next) => h.downgrade(next),
+                            None => hold = None,
+                        }
+                    }
+                },
+            )
+            .as_collection()
     }
 }
 

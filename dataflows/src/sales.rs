@@ -16,15 +16,15 @@
 //! would retract the line it had produced, and the revenue built on it with it. Here the dedup
 //! state expires on its own while the accepted line, once emitted, stays emitted.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::hash::Hash;
 
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
-use vendflow_protocol::{Cents, Event, EventKind, MachineId, Timestamp};
+use vendflow_protocol::{Cents, Event, EventKind, MachineId, Text, Timestamp};
 
 use crate::config::Config;
-use crate::operators::{Keyed, Time, as_time, hash_of};
+use crate::operators::{FastSet, Keyed, Time, as_time, hash_of};
 use crate::row::{ColumnType::*, Row, Value, col};
 use crate::views::ViewDef;
 
@@ -34,11 +34,11 @@ pub struct SaleLine {
     pub machine_id: MachineId,
     pub timestamp: Timestamp,
     pub slot_number: u32,
-    pub product_id: String,
+    pub product_id: Text,
     pub amount: Cents,
     pub quantity: u32,
     pub card: bool,
-    pub transaction_id: String,
+    pub transaction_id: Text,
 }
 
 impl SaleLine {
@@ -98,7 +98,7 @@ fn fingerprint(line: &SaleLine) -> Fingerprint {
 /// Dedup state of one worker: the live fingerprints, and when each expires.
 #[derive(Default)]
 struct Seen {
-    live: HashSet<Fingerprint>,
+    live: FastSet<Fingerprint>,
     expiries: BTreeMap<Time, Vec<Fingerprint>>,
 }
 
@@ -178,7 +178,7 @@ pub(crate) fn oracle(
         .filter_map(|(t, e)| SaleLine::from_event(e).map(|l| (*t, l)))
         .collect();
     sorted.sort();
-    let mut live: std::collections::HashMap<(MachineId, String, u32), Time> = Default::default();
+    let mut live: std::collections::HashMap<(MachineId, Text, u32), Time> = Default::default();
     let (mut accepted, mut dups, mut late) = (vec![], vec![], vec![]);
     for (t, line) in sorted {
         let expires = as_time(line.timestamp.0 + config.dedup_horizon_ms);

@@ -44,7 +44,10 @@ impl FleetSummary {
             summary.alerts += int(&row[3]);
             summary.poor_health += usize::from(row[2] == Value::text("poor"));
         }
-        summary.revenue_today = s.rows("revenue_fleet_today")?.first().map(|r| r[1].render());
+        summary.revenue_today = s
+            .rows("revenue_fleet_today")?
+            .first()
+            .map(|r| r[1].render());
         for row in s.rows("inventory")? {
             summary.low_stock_slots += usize::from(row[6] == Value::Bool(true));
             summary.sold_out_slots += usize::from(row[7] == Value::Bool(true));

@@ -38,7 +38,7 @@ pub fn sale(m: &str, ts: i64, slot: u32, cents: i64, txn: &str) -> Event {
         seq: None,
         kind: EventKind::Sale(Sale {
             slot_number: slot,
-            product_id: format!("p{slot}"),
+            product_id: format!("p{slot}").into(),
             amount: Cents(cents),
             quantity: 1,
             payment_method: "card".into(),
@@ -187,12 +187,12 @@ impl Scenario {
             } else if roll < 80 {
                 EventKind::Sale(Sale {
                     slot_number: slot,
-                    product_id: format!("p{slot}"),
+                    product_id: format!("p{slot}").into(),
                     amount: Cents(25 * rng.random_range(1..17)),
                     quantity: rng.random_range(1..=2),
                     payment_method: if rng.random_bool(0.7) { "card" } else { "cash" }.into(),
                     // A small id space per machine makes carts (several slots, one id).
-                    transaction_id: format!("t{}", rng.random_range(0..400)),
+                    transaction_id: format!("t{}", rng.random_range(0..400)).into(),
                 })
             } else if roll < 85 {
                 EventKind::Restock(Restock {

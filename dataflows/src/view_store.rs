@@ -12,7 +12,8 @@
 //! `SUBSCRIBER_BUFFER` changes behind is cut off with [`SubscriptionEnd::Lagged`] rather than
 //! growing the store's memory.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::collections::hash_map::Entry;
 use std::sync::mpsc::{Receiver, Sender, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -22,7 +23,7 @@ use arrow_schema::ArrowError;
 use timely::dataflow::operators::capture::{Event, EventPusher};
 use timely::progress::frontier::MutableAntichain;
 
-use crate::operators::Time;
+use crate::operators::{FastMap, Time};
 use crate::row::{Row, to_batch};
 use crate::views::{CATALOG, ViewDef, find};
 
@@ -41,7 +42,7 @@ pub(crate) struct Captured {
 /// Capture adapter: tags a worker's events for one view.
 pub(crate) struct ViewPusher {
     pub(crate) view: usize,
-    pub(crate) tx: Sender<Captured>,
+    pub(crate) tx: SyncSender<Captured>,
 }
 
 impl EventPusher<Time, Updates> for ViewPusher {
@@ -132,7 +133,7 @@ struct State {
     frontier: Time,
     /// True once the workers are gone and no more changes will come.
     closed: bool,
-    rows: Vec<HashMap<Row, i64>>,
+    rows: Vec<FastMap<Row, i64>>,
     subscribers: Vec<Subscriber>,
     progress: Vec<Sender<(Time, Instant)>>,
 }
@@ -181,7 +182,7 @@ pub struct ViewStore {
     state: Arc<(RwLock<State>, Mutex<()>, Condvar)>,
 }
 
-fn sorted_rows(map: &HashMap<Row, i64>) -> Vec<Row> {
+fn sorted_rows(map: &FastMap<Row, i64>) -> Vec<Row> {
     let mut rows: Vec<Row> = Vec::with_capacity(map.len());
     for (row, n) in map {
         for _ in 0..(*n).max(0) {
@@ -197,7 +198,7 @@ impl ViewStore {
         let state = State {
             frontier: 0,
             closed: false,
-            rows: CATALOG.iter().map(|_| HashMap::new()).collect(),
+            rows: CATALOG.iter().map(|_| FastMap::default()).collect(),
             subscribers: Vec::new(),
             progress: Vec::new(),
         };
@@ -299,9 +300,14 @@ impl ViewStore {
 }
 
 /// Starts the store thread; returns the store and the sender the workers' captures use.
-pub(crate) fn start(workers: usize) -> (ViewStore, Sender<Captured>, std::thread::JoinHandle<()>) {
+/// Captured messages in flight to the store; a worker that gets this far ahead waits for it.
+const CAPTURE_DEPTH: usize = 4096;
+
+pub(crate) fn start(
+    workers: usize,
+) -> (ViewStore, SyncSender<Captured>, std::thread::JoinHandle<()>) {
     let store = ViewStore::new();
-    let (tx, rx) = std::sync::mpsc::channel::<Captured>();
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Captured>(CAPTURE_DEPTH);
     let thread_store = store.clone();
     let handle = std::thread::Builder::new()
         .name("vendflow-view-store".into())
@@ -366,31 +372,45 @@ fn run(store: ViewStore, rx: Receiver<Captured>, workers: usize) {
 fn publish(store: &ViewStore, pending: &mut [BTreeMap<Time, Vec<(Row, isize)>>], frontier: Time) {
     let mut state = store.write();
     let mut changes: Vec<(usize, Change)> = Vec::new();
+    let mut watched = vec![false; pending.len()];
+    for s in &state.subscribers {
+        watched[s.view] = true;
+    }
     for (view, queue) in pending.iter_mut().enumerate() {
-        let mut net: HashMap<Row, i64> = HashMap::new();
+        let rows = &mut state.rows[view];
+        // Views nobody subscribes to take their updates straight into the rows; for the others
+        // the net change of this publication is collected too.
+        let mut net: FastMap<Row, i64> = FastMap::default();
         while let Some(entry) = queue.first_entry() {
             if *entry.key() >= frontier {
                 break;
             }
             for (row, d) in entry.remove() {
-                *net.entry(row).or_default() += d as i64;
+                if watched[view] {
+                    *net.entry(row.clone()).or_default() += d as i64;
+                }
+                match rows.entry(row) {
+                    Entry::Occupied(mut o) => {
+                        *o.get_mut() += d as i64;
+                        if *o.get() == 0 {
+                            o.remove();
+                        }
+                    }
+                    Entry::Vacant(v) => {
+                        v.insert(d as i64);
+                    }
+                }
             }
         }
-        let rows = &mut state.rows[view];
+        if !watched[view] {
+            continue;
+        }
         let mut change = Change {
             frontier,
             inserted: Vec::new(),
             deleted: Vec::new(),
         };
         for (row, d) in net {
-            if d == 0 {
-                continue;
-            }
-            let count = rows.entry(row.clone()).or_default();
-            *count += d;
-            if *count == 0 {
-                rows.remove(&row);
-            }
             let target = if d > 0 {
                 &mut change.inserted
             } else {
@@ -431,4 +451,121 @@ fn publish(store: &ViewStore, pending: &mut [BTreeMap<Time, Vec<(Row, isize)>>],
     state.progress.retain(|p| p.send((frontier, now)).is_ok());
     drop(state);
     store.notify();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use vendflow_protocol::Cents;
+
+    use crate::engine::{Batch, Engine};
+    use crate::row::Value;
+    use crate::testing;
+
+    #[test]
+    fn subscription_gets_the_snapshot_then_timestamped_changes() {
+        let mut engine = Engine::start(crate::Config::default()).unwrap_or_else(|e| panic!("{e}"));
+        let store = engine.store();
+        let mut feeders = engine.feeders().unwrap_or_else(|| panic!("feeders"));
+        let t = testing::BASE as u64;
+        let sale = |txn: &str, cents| testing::sale("m1", t as i64, 1, cents, txn);
+        feeders
+            .send(
+                t,
+                Batch {
+                    events: vec![sale("a", 100)],
+                    ..Batch::default()
+                },
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        feeders.advance_all(t + 1).unwrap_or_else(|e| panic!("{e}"));
+        assert!(store.wait_for(t + 1, Duration::from_secs(30)));
+
+        let sub = store
+            .subscribe("revenue_machine_daily")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let first = sub
+            .next_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("no snapshot"));
+        assert_eq!(first.frontier, t + 1);
+        assert_eq!(first.inserted.len(), 1);
+        assert_eq!(first.inserted[0][2], Value::Money(Cents(100)));
+
+        feeders
+            .send(
+                t + 5,
+                Batch {
+                    events: vec![sale("b", 250)],
+                    ..Batch::default()
+                },
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        feeders.advance_all(t + 6).unwrap_or_else(|e| panic!("{e}"));
+        let change = loop {
+            let c = sub
+                .next_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("{e}"))
+                .unwrap_or_else(|| panic!("no change"));
+            if !c.inserted.is_empty() {
+                break c;
+            }
+        };
+        assert!(
+            change.frontier > t + 5,
+            "published once the frontier passed the sale's time"
+        );
+        assert_eq!(change.deleted.len(), 1, "the old total is retracted");
+        assert_eq!(change.deleted[0][2], Value::Money(Cents(100)));
+        assert_eq!(change.inserted[0][2], Value::Money(Cents(350)));
+        assert!(store.subscribe("no_such_view").is_err());
+        drop(feeders);
+        engine.shutdown().unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            sub.next_timeout(Duration::from_secs(5)),
+            Err(super::SubscriptionEnd::Closed)
+        ));
+    }
+
+    #[test]
+    fn a_subscriber_that_never_reads_is_cut_off_not_buffered() {
+        let mut engine = Engine::start(crate::Config::default()).unwrap_or_else(|e| panic!("{e}"));
+        let store = engine.store();
+        let mut feeders = engine.feeders().unwrap_or_else(|| panic!("feeders"));
+        let sub = store
+            .subscribe("liveness")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let t = testing::BASE as u64;
+        let n = super::SUBSCRIBER_BUFFER as u64 + 10;
+        for i in 0..n {
+            let hb = testing::heartbeat("m1", (t + i * 1000) as i64, 4_000);
+            feeders
+                .send(
+                    t + i * 1000,
+                    Batch {
+                        events: vec![hb],
+                        ..Batch::default()
+                    },
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+            feeders
+                .advance_all(t + i * 1000 + 1)
+                .unwrap_or_else(|e| panic!("{e}"));
+            // One publication per heartbeat: each is a change the subscriber does not read.
+            assert!(store.wait_for(t + i * 1000 + 1, Duration::from_secs(30)));
+        }
+        let mut received = 0;
+        let end = loop {
+            match sub.next_timeout(Duration::from_secs(5)) {
+                Ok(Some(_)) => received += 1,
+                Ok(None) => panic!("the subscription neither delivered nor ended"),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(end, super::SubscriptionEnd::Lagged);
+        assert!(received <= super::SUBSCRIBER_BUFFER, "{received}");
+        drop(feeders);
+        engine.shutdown().unwrap_or_else(|e| panic!("{e}"));
+    }
 }

@@ -28,10 +28,26 @@ const HEARTBEAT_MS: i64 = 30_000;
 /// Sales a machine buffers while offline before it stops selling (terminal floor limit policy).
 const OFFLINE_SALES: usize = 50;
 const PRODUCTS: &[(&str, i64)] = &[
-    ("cola", 250), ("diet_cola", 250), ("water", 150), ("sparkling_water", 175), ("iced_tea", 225),
-    ("energy_drink", 325), ("orange_juice", 275), ("coffee", 300), ("chips", 175), ("pretzels", 150),
-    ("candy_bar", 125), ("granola_bar", 200), ("trail_mix", 225), ("cookies", 175), ("gum", 100),
-    ("protein_bar", 300), ("crackers", 150), ("popcorn", 175), ("chocolate", 200), ("mints", 100),
+    ("cola", 250),
+    ("diet_cola", 250),
+    ("water", 150),
+    ("sparkling_water", 175),
+    ("iced_tea", 225),
+    ("energy_drink", 325),
+    ("orange_juice", 275),
+    ("coffee", 300),
+    ("chips", 175),
+    ("pretzels", 150),
+    ("candy_bar", 125),
+    ("granola_bar", 200),
+    ("trail_mix", 225),
+    ("cookies", 175),
+    ("gum", 100),
+    ("protein_bar", 300),
+    ("crackers", 150),
+    ("popcorn", 175),
+    ("chocolate", 200),
+    ("mints", 100),
 ];
 
 /// A fault a machine can develop.
@@ -162,14 +178,24 @@ impl Fleet {
         }
         let mut machines = Vec::with_capacity(config.machines);
         for i in 0..config.machines {
-            let id = MachineId::parse(&format!("mach_{i:05}")).unwrap_or_else(|e| unreachable!("{e}"));
-            let mut mrng = ChaCha8Rng::seed_from_u64(config.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let id =
+                MachineId::parse(&format!("mach_{i:05}")).unwrap_or_else(|e| unreachable!("{e}"));
+            let mut mrng = ChaCha8Rng::seed_from_u64(
+                config.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            );
             let location = i / 3;
             let slots: Vec<SimSlot> = (1..=config.slots)
                 .map(|n| {
                     let (product, price) = PRODUCTS[mrng.random_range(0..PRODUCTS.len())];
                     let capacity = mrng.random_range(8..=15);
-                    SimSlot { number: n, product, price: Cents(price), capacity, stock: capacity, popularity: mrng.random_range(0.2..1.0) }
+                    SimSlot {
+                        number: n,
+                        product,
+                        price: Cents(price),
+                        capacity,
+                        stock: capacity,
+                        popularity: mrng.random_range(0.2..1.0),
+                    }
                 })
                 .collect();
             registry.push(RegistryRecord::Machine(Machine {
@@ -181,7 +207,13 @@ impl Fleet {
                 firmware_version: Some("2.4.1".into()),
                 slots: slots
                     .iter()
-                    .map(|s| Slot { slot_number: s.number, product_id: s.product.into(), max_capacity: s.capacity, price: s.price, low_stock_threshold: None })
+                    .map(|s| Slot {
+                        slot_number: s.number,
+                        product_id: s.product.into(),
+                        max_capacity: s.capacity,
+                        price: s.price,
+                        low_stock_threshold: None,
+                    })
                     .collect(),
             }));
             registry.push(RegistryRecord::Lease(Lease {
@@ -234,7 +266,11 @@ impl Fleet {
                 redelivery: None,
             });
         }
-        Fleet { now: config.start, machines, registry }
+        Fleet {
+            now: config.start,
+            machines,
+            registry,
+        }
     }
 
     /// The fleet's registry: locations, machines with planograms, leases.
@@ -258,7 +294,10 @@ impl Fleet {
             if !m.outbox.is_empty() {
                 let mut events = std::mem::take(&mut m.outbox);
                 events.sort_by_key(|e| e.timestamp);
-                out.push(Envelope { machine_id: m.id.clone(), events });
+                out.push(Envelope {
+                    machine_id: m.id.clone(),
+                    events,
+                });
             }
         }
         self.now = to;
@@ -273,19 +312,28 @@ fn exp_ms(rng: &mut ChaCha8Rng, per_hour: f64) -> i64 {
 
 impl SimMachine {
     fn fault_since(&self, t: i64, kind: fn(&Fault) -> bool) -> Option<i64> {
-        self.faults.iter().filter(|(f, onset)| kind(f) && *onset <= t).map(|(_, onset)| t - onset).max()
+        self.faults
+            .iter()
+            .filter(|(f, onset)| kind(f) && *onset <= t)
+            .map(|(_, onset)| t - onset)
+            .max()
     }
 
     fn offline(&self, t: i64) -> bool {
         self.faults.iter().any(|(f, onset)| match f {
-            Fault::NetworkOutage { hours } => *onset <= t && t < onset + i64::from(*hours) * MS_PER_HOUR,
+            Fault::NetworkOutage { hours } => {
+                *onset <= t && t < onset + i64::from(*hours) * MS_PER_HOUR
+            }
             _ => false,
         })
     }
 
     fn run_until(&mut self, to: i64) {
         loop {
-            let next = self.next_heartbeat.min(self.next_sale).min(self.next_hourly);
+            let next = self
+                .next_heartbeat
+                .min(self.next_sale)
+                .min(self.next_hourly);
             if let Some((at, _)) = &self.redelivery {
                 if *at <= to.min(next) {
                     if let Some((_, events)) = self.redelivery.take() {
@@ -301,7 +349,9 @@ impl SimMachine {
                 self.heartbeat(next);
                 self.next_heartbeat += HEARTBEAT_MS + self.rng.random_range(-500..=500);
             } else if next == self.next_sale {
-                if self.rng.random_bool((sales_rate(self.location_type, Timestamp(next)) / MAX_RATE).min(1.0)) {
+                if self.rng.random_bool(
+                    (sales_rate(self.location_type, Timestamp(next)) / MAX_RATE).min(1.0),
+                ) {
                     self.sell(next);
                 }
                 self.next_sale += exp_ms(&mut self.rng, MAX_RATE);
@@ -314,7 +364,12 @@ impl SimMachine {
 
     fn emit(&mut self, t: i64, kind: EventKind) {
         self.seq += 1;
-        let event = Event { machine_id: self.id.clone(), timestamp: Timestamp(t), seq: Some(self.seq), kind };
+        let event = Event {
+            machine_id: self.id.clone(),
+            timestamp: Timestamp(t),
+            seq: Some(self.seq),
+            kind,
+        };
         if self.offline(t) {
             self.buffer.push(event);
         } else {
@@ -343,7 +398,9 @@ impl SimMachine {
         if let Some(since) = self.fault_since(t, |f| matches!(f, Fault::MotorWear)) {
             motor += (since * 200 / MS_PER_HOUR).min(1_500);
         }
-        let card_failing = self.fault_since(t, |f| matches!(f, Fault::CardReaderDegradation)).is_some();
+        let card_failing = self
+            .fault_since(t, |f| matches!(f, Fault::CardReaderDegradation))
+            .is_some();
         let signal = -1_000 * self.rng.random_range(55..72);
         if self.offline(t) {
             // No network, no heartbeat: liveness must notice the silence.
@@ -362,7 +419,12 @@ impl SimMachine {
     }
 
     fn pick_slot(&mut self) -> Option<usize> {
-        let total: f64 = self.slots.iter().filter(|s| s.stock > 0).map(|s| s.popularity).sum();
+        let total: f64 = self
+            .slots
+            .iter()
+            .filter(|s| s.stock > 0)
+            .map(|s| s.popularity)
+            .sum();
         if total <= 0.0 {
             return None;
         }
@@ -391,15 +453,32 @@ impl SimMachine {
         if method != "cash" {
             let failure = self
                 .fault_since(t, |f| matches!(f, Fault::CardReaderDegradation))
-                .map_or(0.002, |since| (0.05 + since as f64 / MS_PER_HOUR as f64 * 0.05).min(0.6));
+                .map_or(0.002, |since| {
+                    (0.05 + since as f64 / MS_PER_HOUR as f64 * 0.05).min(0.6)
+                });
             if self.rng.random_bool(failure) {
-                self.emit(t, EventKind::Error(ErrorEvent { code: ErrorCode::CardReadFailure, message: "card read failed".into() }));
+                self.emit(
+                    t,
+                    EventKind::Error(ErrorEvent {
+                        code: ErrorCode::CardReadFailure,
+                        message: "card read failed".into(),
+                    }),
+                );
                 return;
             }
         }
         if let Some(since) = self.fault_since(t, |f| matches!(f, Fault::MotorWear)) {
-            if self.rng.random_bool((since as f64 / MS_PER_HOUR as f64 * 0.03).min(0.4)) {
-                self.emit(t, EventKind::Error(ErrorEvent { code: ErrorCode::MotorJam, message: "spiral jammed".into() }));
+            if self
+                .rng
+                .random_bool((since as f64 / MS_PER_HOUR as f64 * 0.03).min(0.4))
+            {
+                self.emit(
+                    t,
+                    EventKind::Error(ErrorEvent {
+                        code: ErrorCode::MotorJam,
+                        message: "spiral jammed".into(),
+                    }),
+                );
                 return;
             }
         }
@@ -413,7 +492,11 @@ impl SimMachine {
                 continue;
             }
             used.push(i);
-            let quantity = if self.slots[i].stock >= 2 && self.rng.random_bool(0.05) { 2 } else { 1 };
+            let quantity = if self.slots[i].stock >= 2 && self.rng.random_bool(0.05) {
+                2
+            } else {
+                1
+            };
             let slot = &mut self.slots[i];
             slot.stock -= quantity;
             let sale = Sale {
@@ -422,7 +505,7 @@ impl SimMachine {
                 amount: Cents(slot.price.0 * i64::from(quantity)),
                 quantity,
                 payment_method: method.into(),
-                transaction_id: txn.clone(),
+                transaction_id: txn.as_str().into(),
             };
             if self.offline(t) {
                 self.buffered_sales += 1;
@@ -433,10 +516,18 @@ impl SimMachine {
 
     fn hourly(&mut self, t: i64) {
         let hour = Timestamp(t).hour();
-        if !(8..17).contains(&hour) || self.fault_since(t, |f| matches!(f, Fault::SkippedByCrew)).is_some() {
+        if !(8..17).contains(&hour)
+            || self
+                .fault_since(t, |f| matches!(f, Fault::SkippedByCrew))
+                .is_some()
+        {
             return;
         }
-        let low = self.slots.iter().filter(|s| s.stock * 4 <= s.capacity).count();
+        let low = self
+            .slots
+            .iter()
+            .filter(|s| s.stock * 4 <= s.capacity)
+            .count();
         if low * 5 < self.slots.len() || !self.rng.random_bool(0.5) {
             return;
         }
@@ -448,7 +539,14 @@ impl SimMachine {
                 s.stock = s.capacity;
                 let number = s.number;
                 let product = s.product;
-                self.emit(t + 60_000, EventKind::Restock(Restock { slot_number: number, quantity, product_id: Some(product.into()) }));
+                self.emit(
+                    t + 60_000,
+                    EventKind::Restock(Restock {
+                        slot_number: number,
+                        quantity,
+                        product_id: Some(product.into()),
+                    }),
+                );
             }
         }
         self.emit(t + 20 * 60_000, EventKind::Door(DoorStatus::Closed));
@@ -478,8 +576,14 @@ mod tests {
 
     #[test]
     fn same_seed_same_events_however_time_is_sliced() {
-        let config = FleetConfig { machines: 20, ..FleetConfig::default() };
-        assert_eq!(events(&run(&config, 6, 1_000)), events(&run(&config, 6, 3_600_000)));
+        let config = FleetConfig {
+            machines: 20,
+            ..FleetConfig::default()
+        };
+        assert_eq!(
+            events(&run(&config, 6, 1_000)),
+            events(&run(&config, 6, 3_600_000))
+        );
     }
 
     #[test]
@@ -497,7 +601,10 @@ mod tests {
             let now = start + minute * 60_000;
             for env in fleet.advance(Timestamp(now)) {
                 for e in &env.events {
-                    assert!(e.timestamp.0 <= now, "nothing is delivered before it happens");
+                    assert!(
+                        e.timestamp.0 <= now,
+                        "nothing is delivered before it happens"
+                    );
                     if now - e.timestamp.0 > MS_PER_HOUR {
                         assert_eq!(env.machine_id.as_str(), "mach_00001");
                         late += 1;
@@ -510,7 +617,12 @@ mod tests {
 
     #[test]
     fn cooling_failure_heats_the_cabinet() {
-        let config = FleetConfig { machines: 1, fault_rate: 0.0, scripted: vec![(0, Fault::CoolingFailure, 0)], ..FleetConfig::default() };
+        let config = FleetConfig {
+            machines: 1,
+            fault_rate: 0.0,
+            scripted: vec![(0, Fault::CoolingFailure, 0)],
+            ..FleetConfig::default()
+        };
         let all = events(&run(&config, 4, 60_000));
         let hottest = all
             .iter()

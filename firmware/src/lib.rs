@@ -9,4 +9,4 @@
 
 pub mod fleet;
 
-pub use fleet::{Fleet, FleetConfig, Fault};
+pub use fleet::{Fault, Fleet, FleetConfig};

@@ -15,7 +15,10 @@ pub mod sim;
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error("cannot read {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("the engine stopped before the source finished")]
     EngineStopped(#[from] vendflow_dataflows::EngineError),
     #[error("a reader thread failed: {0}")]

@@ -27,23 +27,34 @@ pub fn write_snapshot(snapshot: &Snapshot, dir: &Path) -> Result<Vec<Written>, S
         move |source| SinkError::Io { path, source }
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let batches = snapshot
-        .batches()
-        .map_err(|e| SinkError::Encode { view: "snapshot".into(), message: e.to_string() })?;
+    let batches = snapshot.batches().map_err(|e| SinkError::Encode {
+        view: "snapshot".into(),
+        message: e.to_string(),
+    })?;
     let mut written = Vec::with_capacity(batches.len());
     for (def, batch) in batches {
         let path = dir.join(format!("{}.csv", def.name));
         let tmp = dir.join(format!(".{}.csv.tmp", def.name));
         let file = File::create(&tmp).map_err(io(&tmp))?;
-        let mut writer = arrow_csv::WriterBuilder::new().with_header(true).build(BufWriter::new(file));
-        writer
-            .write(&batch)
-            .map_err(|e| SinkError::Encode { view: def.name.into(), message: e.to_string() })?;
+        let mut writer = arrow_csv::WriterBuilder::new()
+            .with_header(true)
+            .build(BufWriter::new(file));
+        writer.write(&batch).map_err(|e| SinkError::Encode {
+            view: def.name.into(),
+            message: e.to_string(),
+        })?;
         let inner = writer.into_inner();
-        let file = inner.into_inner().map_err(|e| SinkError::Io { path: tmp.display().to_string(), source: e.into_error() })?;
+        let file = inner.into_inner().map_err(|e| SinkError::Io {
+            path: tmp.display().to_string(),
+            source: e.into_error(),
+        })?;
         file.sync_all().map_err(io(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(io(&path))?;
-        written.push(Written { view: def.name, path, rows: batch.num_rows() });
+        written.push(Written {
+            view: def.name,
+            path,
+            rows: batch.num_rows(),
+        });
     }
     Ok(written)
 }

@@ -8,7 +8,10 @@ pub mod csv;
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("cannot write {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot encode view {view}: {message}")]
     Encode { view: String, message: String },
 }

@@ -18,7 +18,7 @@ use crate::event::{DoorStatus, ErrorCode, ErrorEvent, Event, EventKind, Heartbea
 use crate::registry::{
     Lease, LeaseStatus, Location, LocationType, Machine, MachineStatus, RegistryRecord, Slot,
 };
-use crate::units::{Cents, MachineId, Micro, Milli, Rounding, Timestamp, parse_decimal};
+use crate::units::{Cents, MachineId, Micro, Milli, Rounding, Text, Timestamp, parse_decimal};
 
 /// Why a record was refused, coarse enough to count and route on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -317,14 +317,11 @@ fn sale(payload: &str) -> Result<Sale, DecodeError> {
     }
     Ok(Sale {
         slot_number: s.slot_number,
-        product_id: s.product_id.into_owned(),
+        product_id: Text::from(s.product_id.as_ref()),
         amount,
         quantity,
-        payment_method: s
-            .payment_method
-            .map(Cow::into_owned)
-            .unwrap_or_else(|| "unknown".into()),
-        transaction_id: s.transaction_id.into_owned(),
+        payment_method: Text::from(s.payment_method.as_deref().unwrap_or("unknown")),
+        transaction_id: Text::from(s.transaction_id.as_ref()),
     })
 }
 
@@ -685,7 +682,11 @@ mod tests {
             r#"{"type":"lease","leaseId":"L","clientId":"c","machineId":"m1","start":"2024-01-01","end":"2024-12-31","monthlyRate":300,"revenueSharePercent":12.5,"status":"ACTIVE"}"#,
         ] {
             let record = decode_registry(line.as_bytes()).expect(line);
-            assert_eq!(decode_registry(record.to_json_line().as_bytes()).as_ref(), Ok(&record), "{line}");
+            assert_eq!(
+                decode_registry(record.to_json_line().as_bytes()).as_ref(),
+                Ok(&record),
+                "{line}"
+            );
         }
     }
 }

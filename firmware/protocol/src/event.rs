@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::units::{Cents, MachineId, Milli, Timestamp};
+use crate::units::{Cents, MachineId, Milli, Text, Timestamp};
 
 /// One telemetry event of one machine, decoded.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -81,13 +81,13 @@ impl DoorStatus {
 pub struct Sale {
     /// The machine's own selection / coil code (e.g. 1–30 or 101–148), not an index.
     pub slot_number: u32,
-    pub product_id: String,
+    pub product_id: Text,
     /// Line total.
     pub amount: Cents,
     /// Units vended by this line (default 1).
     pub quantity: u32,
-    pub payment_method: String,
-    pub transaction_id: String,
+    pub payment_method: Text,
+    pub transaction_id: Text,
 }
 
 impl Sale {

@@ -24,4 +24,4 @@ pub use event::{
 pub use registry::{
     Lease, LeaseStatus, Location, LocationType, Machine, MachineStatus, RegistryRecord, Slot,
 };
-pub use units::{Cents, MachineId, Micro, Milli, Timestamp};
+pub use units::{Cents, MachineId, Micro, Milli, Text, Timestamp};

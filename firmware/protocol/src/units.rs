@@ -12,9 +12,13 @@ use serde::{Deserialize, Serialize};
 ///
 /// Ids are 1 to 64 characters of ASCII letters, digits and `_ - . :`, so they are safe in MQTT
 /// topics, Kafka keys, file names and SQL literals.
+/// Short text kept inline (up to 24 bytes) instead of on the heap: ids and codes are cloned into
+/// many dataflow records, and a clone must not cost an allocation.
+pub type Text = compact_str::CompactString;
+
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct MachineId(String);
+pub struct MachineId(Text);
 
 impl MachineId {
     /// Checks and wraps an id.
@@ -33,7 +37,7 @@ impl MachineId {
                 "machine id contains {c:?}; allowed are letters, digits and _ - . :"
             ));
         }
-        Ok(MachineId(s.to_owned()))
+        Ok(MachineId(Text::from(s)))
     }
 
     pub fn as_str(&self) -> &str {

@@ -25,7 +25,7 @@ use crate::IngestError;
 /// Lines per block dealt to one reader thread.
 pub const BLOCK_LINES: u64 = 1024;
 /// Events per batch sent to the engine.
-const BATCH_EVENTS: usize = 2048;
+const BATCH_EVENTS: usize = 8192;
 
 /// Called with each batch's ingestion time as it is sent (freshness measurements).
 pub type SentHook = Arc<dyn Fn(Time) + Send + Sync>;
@@ -43,7 +43,12 @@ pub struct ReplayOptions {
 
 impl Default for ReplayOptions {
     fn default() -> Self {
-        ReplayOptions { tick_ms: 1000, repeat: 1, repeat_shift_ms: 0, on_sent: None }
+        ReplayOptions {
+            tick_ms: 1000,
+            repeat: 1,
+            repeat_shift_ms: 0,
+            on_sent: None,
+        }
     }
 }
 
@@ -79,7 +84,15 @@ pub fn replay(
             std::thread::Builder::new()
                 .name(format!("vendflow-replay-{i}"))
                 .spawn(move || {
-                    let mut reader = Reader { share: i as u64, of: threads as u64, feeder, options, stats: ReplayStats::default(), clock: 0, batch: Batch::default() };
+                    let mut reader = Reader {
+                        share: i as u64,
+                        of: threads as u64,
+                        feeder,
+                        options,
+                        stats: ReplayStats::default(),
+                        clock: 0,
+                        batch: Batch::default(),
+                    };
                     let result = reader.read(&path, progress.as_deref());
                     // Even a failed reader takes part in the final advance, so the others finish.
                     end.fetch_max(reader.clock, Ordering::SeqCst);
@@ -95,7 +108,9 @@ pub fn replay(
         .collect::<Result<_, _>>()?;
     let mut total = ReplayStats::default();
     for h in handles {
-        let stats = h.join().map_err(|_| IngestError::Thread("a replay reader panicked".into()))??;
+        let stats = h
+            .join()
+            .map_err(|_| IngestError::Thread("a replay reader panicked".into()))??;
         total.lines += stats.lines;
         total.events += stats.events;
         total.errors += stats.errors;
@@ -116,8 +131,14 @@ struct Reader {
 
 impl Reader {
     fn read(&mut self, path: &Path, progress: Option<&AtomicU64>) -> Result<(), IngestError> {
-        let io = |source| IngestError::Io { path: path.display().to_string(), source };
-        let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let io = |source| IngestError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let name = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
         for copy in 0..self.options.repeat.max(1) {
             let mut reader = BufReader::with_capacity(1 << 20, File::open(path).map_err(io)?);
             let mut line = Vec::with_capacity(512);
@@ -132,7 +153,9 @@ impl Reader {
                 if let Some(p) = progress {
                     p.fetch_add(n as u64, Ordering::Relaxed);
                 }
-                if ((number - 1) / BLOCK_LINES) % self.of != self.share || line.iter().all(u8::is_ascii_whitespace) {
+                if ((number - 1) / BLOCK_LINES) % self.of != self.share
+                    || line.iter().all(u8::is_ascii_whitespace)
+                {
                     continue;
                 }
                 self.stats.lines += 1;
@@ -164,7 +187,12 @@ impl Reader {
         tracing::warn!(file = name, line = line_number, kind = error.kind.as_str(), error = %error, "refused a record");
         let at = Timestamp(i64::try_from(self.clock).unwrap_or(i64::MAX));
         let raw = raw.strip_suffix(b"\n").unwrap_or(raw);
-        self.batch.errors.push(ErrorRecord::new(at, format!("replay:{name}:{line_number}"), error, raw));
+        self.batch.errors.push(ErrorRecord::new(
+            at,
+            format!("replay:{name}:{line_number}"),
+            error,
+            raw,
+        ));
     }
 
     fn flush(&mut self) -> Result<(), IngestError> {
@@ -183,14 +211,17 @@ impl Reader {
 fn shift(event: &mut Event, copy: u32, shift_ms: i64) {
     event.timestamp = Timestamp(event.timestamp.0 + i64::from(copy) * shift_ms);
     if let vendflow_protocol::EventKind::Sale(sale) = &mut event.kind {
-        sale.transaction_id = format!("{}#{copy}", sale.transaction_id);
+        sale.transaction_id = format!("{}#{copy}", sale.transaction_id).into();
     }
 }
 
 /// Reads a registry fixture (JSON Lines of registry records). Bad lines come back as error
 /// records, so a typo in one machine does not hide the others.
 pub fn load_registry(path: &Path) -> Result<(Vec<RegistryRecord>, Vec<ErrorRecord>), IngestError> {
-    let io = |source| IngestError::Io { path: path.display().to_string(), source };
+    let io = |source| IngestError::Io {
+        path: path.display().to_string(),
+        source,
+    };
     let reader = BufReader::new(File::open(path).map_err(io)?);
     let name = path.display().to_string();
     let (mut records, mut errors) = (Vec::new(), Vec::new());
@@ -203,7 +234,12 @@ pub fn load_registry(path: &Path) -> Result<(Vec<RegistryRecord>, Vec<ErrorRecor
             Ok(r) => records.push(r),
             Err(e) => {
                 tracing::warn!(file = %name, line = i + 1, error = %e, "refused a registry record");
-                errors.push(ErrorRecord::new(Timestamp(0), format!("registry:{name}:{}", i + 1), &e, &line));
+                errors.push(ErrorRecord::new(
+                    Timestamp(0),
+                    format!("registry:{name}:{}", i + 1),
+                    &e,
+                    &line,
+                ));
             }
         }
     }
@@ -233,12 +269,19 @@ mod tests {
                 text.push_str("{\"machineId\":\"m1\",\"type\":\"sale\"\n");
             }
         }
-        file.write_all(text.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        file.write_all(text.as_bytes())
+            .unwrap_or_else(|e| panic!("{e}"));
         let mut engine = Engine::start(Config::default()).unwrap_or_else(|e| panic!("{e}"));
         let store = engine.store();
         let feeders = engine.feeders().unwrap_or_else(|| panic!("feeders"));
         let progress = Arc::new(AtomicU64::new(0));
-        let stats = replay(file.path(), feeders, &ReplayOptions::default(), progress.clone()).unwrap_or_else(|e| panic!("{e}"));
+        let stats = replay(
+            file.path(),
+            feeders,
+            &ReplayOptions::default(),
+            progress.clone(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((stats.events, stats.errors), (3000, 1));
         assert_eq!(progress.load(Ordering::SeqCst), text.len() as u64);
         assert!(store.wait_for(stats.end, Duration::from_secs(60)));
@@ -247,13 +290,19 @@ mod tests {
             .rows("slot_sales")
             .unwrap_or_else(|e| panic!("{e}"))
             .iter()
-            .map(|r| match r[3] { Value::Int(n) => n, _ => 0 })
+            .map(|r| match r[3] {
+                Value::Int(n) => n,
+                _ => 0,
+            })
             .sum();
         assert_eq!(lines, 3000);
         let errors = snapshot.rows("errors").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(errors.len(), 1);
         let source = &errors[0][1];
-        assert!(matches!(source, Value::Text(s) if s.ends_with(":1502")), "{source:?}");
+        assert!(
+            matches!(source, Value::Text(s) if s.ends_with(":1502")),
+            "{source:?}"
+        );
         engine.shutdown().unwrap_or_else(|e| panic!("{e}"));
     }
 }

@@ -25,7 +25,10 @@ pub struct Pace {
 
 impl Default for Pace {
     fn default() -> Self {
-        Pace { speed: 60.0, step: Duration::from_millis(100) }
+        Pace {
+            speed: 60.0,
+            step: Duration::from_millis(100),
+        }
     }
 }
 
@@ -40,7 +43,13 @@ fn hash(s: &str) -> u64 {
 pub fn register(fleet: &Fleet, feeders: &mut Feeders) -> Result<(), IngestError> {
     let start = fleet.now().0.max(0) as Time;
     let registry = fleet.registry().iter().map(|r| (r.clone(), 1)).collect();
-    feeders.send(start, Batch { registry, ..Batch::default() })?;
+    feeders.send(
+        start,
+        Batch {
+            registry,
+            ..Batch::default()
+        },
+    )?;
     feeders.advance_all(start)?;
     Ok(())
 }
@@ -70,7 +79,14 @@ pub fn step(fleet: &mut Fleet, feeders: &mut Feeders, to: Timestamp) -> Result<(
     let time = to.0.max(0) as Time;
     for envelope in fleet.advance(to) {
         let key = hash(envelope.machine_id.as_str());
-        feeders.send_keyed(key, time, Batch { events: envelope.events, ..Batch::default() })?;
+        feeders.send_keyed(
+            key,
+            time,
+            Batch {
+                events: envelope.events,
+                ..Batch::default()
+            },
+        )?;
     }
     feeders.advance_all(time)?;
     Ok(())

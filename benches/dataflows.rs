@@ -1,0 +1,125 @@
+//! Criterion benchmarks, one per dataflow: each builds only that dataflow on one worker and
+//! pushes one hour of a 500-machine simulated fleet through it (decoding excluded).
+//!
+//! `cargo bench -p vendflow-benches --bench dataflows`
+
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use differential_dataflow::VecCollection;
+use differential_dataflow::input::Input;
+use timely::dataflow::operators::probe::Handle;
+use vendflow_dataflows::{Config, anomaly_windows, inventory, liveness, revenue, sales};
+use vendflow_protocol::{Event, RegistryRecord};
+
+type Build = for<'s> fn(
+    VecCollection<'s, u64, Event>,
+    VecCollection<'s, u64, RegistryRecord>,
+    &Config,
+) -> Handle<u64>;
+
+fn run(registry: &[RegistryRecord], events: &[(u64, Event)], build: Build) {
+    let (registry, events) = (registry.to_vec(), events.to_vec());
+    timely::execute_directly(move |worker| {
+        let config = Config::default();
+        let (mut ev, mut reg, probe) = worker.dataflow::<u64, _, _>(|scope| {
+            let (ev, events) = scope.new_collection::<Event, isize>();
+            let (reg, registry) = scope.new_collection::<RegistryRecord, isize>();
+            (ev, reg, build(events, registry, &config))
+        });
+        for r in &registry {
+            reg.insert(r.clone());
+        }
+        for (t, e) in &events {
+            if *t > *ev.time() {
+                ev.advance_to(*t);
+                reg.advance_to(*t);
+                ev.flush();
+                reg.flush();
+                worker.step();
+            }
+            ev.insert(e.clone());
+        }
+        let end = ev.time() + 1;
+        ev.advance_to(end);
+        reg.advance_to(end);
+        ev.flush();
+        reg.flush();
+        worker.step_while(|| probe.less_than(&end));
+    });
+}
+
+fn sales_dedup<'s>(
+    e: VecCollection<'s, u64, Event>,
+    _r: VecCollection<'s, u64, RegistryRecord>,
+    c: &Config,
+) -> Handle<u64> {
+    sales::render(e, c).accepted.probe().0
+}
+
+fn revenue_views<'s>(
+    e: VecCollection<'s, u64, Event>,
+    r: VecCollection<'s, u64, RegistryRecord>,
+    c: &Config,
+) -> Handle<u64> {
+    let loc = r.flat_map(|r| match r {
+        RegistryRecord::Machine(m) => m.location_id.map(|l| (m.machine_id, l)),
+        _ => None,
+    });
+    let v = revenue::render(sales::render(e, c).accepted, loc, c);
+    v.location_daily.probe_with(&Handle::new());
+    v.machine_daily.probe().0
+}
+
+fn inventory_levels<'s>(
+    e: VecCollection<'s, u64, Event>,
+    r: VecCollection<'s, u64, RegistryRecord>,
+    c: &Config,
+) -> Handle<u64> {
+    let cc = c.clone();
+    let plans = r.flat_map(move |r| inventory::planogram(&r, &cc));
+    inventory::render(e.clone(), sales::render(e, c).accepted, plans)
+        .probe()
+        .0
+}
+
+fn windows<'s>(
+    e: VecCollection<'s, u64, Event>,
+    _r: VecCollection<'s, u64, RegistryRecord>,
+    c: &Config,
+) -> Handle<u64> {
+    anomaly_windows::render(e.clone(), sales::render(e, c).accepted, c)
+        .windows
+        .probe()
+        .0
+}
+
+fn liveness_view<'s>(
+    e: VecCollection<'s, u64, Event>,
+    r: VecCollection<'s, u64, RegistryRecord>,
+    c: &Config,
+) -> Handle<u64> {
+    liveness::render(e, r, c).probe().0
+}
+
+fn benches(c: &mut Criterion) {
+    let (registry, events) = vendflow_benches::fleet_stream(500, 1);
+    let mut group = c.benchmark_group(format!("dataflow/{}_events", events.len()));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
+    let all: [(&str, Build); 5] = [
+        ("sales_dedup", sales_dedup),
+        ("revenue", revenue_views),
+        ("inventory", inventory_levels),
+        ("anomaly_windows", windows),
+        ("liveness", liveness_view),
+    ];
+    for (name, build) in all {
+        group.bench_function(name, |b| b.iter(|| run(&registry, &events, build)));
+    }
+    group.finish();
+}
+
+criterion_group!(dataflow_benches, benches);
+criterion_main!(dataflow_benches);

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The whole test suite, from a clean clone: installs what the tests need, builds, runs every test.
+#
+# - Python with duckdb and pyarrow (a venv under ~/.cache/vendflow) for the DuckDB cross-checks;
+# - the vendflow binary (the end-to-end tests run the real thing);
+# - then every crate's tests with cargo-nextest (or cargo test where nextest is missing).
+#
+# CARGO_TARGET_DIR defaults to ~/.cache/vendflow/target so repeated runs reuse compiled dependencies.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/vendflow/target}"
+venv="${VENDFLOW_VENV:-$HOME/.cache/vendflow/venv}"
+if ! "$venv/bin/python" -c 'import duckdb, pyarrow' 2>/dev/null; then
+  echo "== installing duckdb and pyarrow into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check duckdb pyarrow
+fi
+export VENDFLOW_PYTHON="$venv/bin/python"
+
+echo "== building"
+cargo build --workspace --bins --tests --locked
+
+echo "== testing"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+else
+  cargo test --workspace --locked --no-fail-fast
+fi
