@@ -182,7 +182,7 @@ fn demo(
         speed,
         ..Pace::default()
     };
-    sim::run(&mut fleet, &mut feeders, &pace, &stop, |now| {
+    sim::run(&mut fleet, &mut feeders, &pace, &stop, |_now| {
         if duration.is_some_and(|d| started.elapsed().as_secs_f64() >= d) {
             stop.store(true, Ordering::SeqCst);
         }
@@ -193,7 +193,6 @@ fn demo(
                 Ok(summary) => println!("[{}] {summary}", Timestamp(snapshot.frontier as i64)),
                 Err(e) => tracing::error!(error = %e, "cannot summarize the fleet"),
             }
-            let _ = now;
         }
     })?;
     drop(feeders);

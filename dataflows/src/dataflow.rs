@@ -9,7 +9,8 @@
 //! ```
 
 use differential_dataflow::VecCollection;
-use vendflow_protocol::{Event, MachineId, RegistryRecord, Timestamp};
+use differential_dataflow::operators::CountTotal;
+use vendflow_protocol::{Event, RegistryRecord, Timestamp};
 
 use crate::config::Config;
 use crate::errors::ErrorRecord;
@@ -66,10 +67,7 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
         .concat(windows.too_late.map(|_| "anomaly_windows".to_owned()));
     let errors = errors::render(errors, too_late, config);
 
-    let duplicates = {
-        use differential_dataflow::operators::CountTotal;
-        sales.duplicates.count_total()
-    };
+    let duplicates = sales.duplicates.count_total();
 
     let views: Vec<(&'static str, VecCollection<'s, Time, Row>)> = vec![
         (
@@ -92,10 +90,7 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
             "slot_sales",
             revenue.slot_sales.map(revenue::slot_sales_row),
         ),
-        (
-            "sale_duplicates",
-            duplicates.map(|(m, n): (MachineId, isize)| sales::duplicates_row((m, n))),
-        ),
+        ("sale_duplicates", duplicates.map(sales::duplicates_row)),
         ("inventory", levels.map(inventory::row)),
         ("anomaly_windows", windows.windows.map(anomaly_windows::row)),
         ("liveness", liveness.map(liveness::row)),

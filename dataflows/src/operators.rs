@@ -12,7 +12,8 @@
 use std::collections::BTreeMap;
 use std::hash::Hash;
 
-use differential_dataflow::difference::Abelian;
+use differential_dataflow::consolidation::consolidate_updates;
+use differential_dataflow::difference::{Abelian, Semigroup};
 use differential_dataflow::{AsCollection, Data, ExchangeData, VecCollection};
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Capability;
@@ -79,7 +80,7 @@ impl<'s, D: Data, R: Abelian + Data> Temporal<'s, D, R> for VecCollection<'s, Ti
     }
 }
 
-pub trait HoldFuture<'s, D: Data, R: Data> {
+pub trait HoldFuture<'s, D: Data, R: Semigroup + Data> {
     /// Passes updates at their message's time straight through and holds updates scheduled for
     /// later (a temporal filter's retractions) until the input frontier reaches their time.
     ///
@@ -90,14 +91,17 @@ pub trait HoldFuture<'s, D: Data, R: Data> {
     fn hold_future(self) -> VecCollection<'s, Time, D, R>;
 }
 
-impl<'s, D: Data, R: Data> HoldFuture<'s, D, R> for VecCollection<'s, Time, D, R> {
+impl<'s, D: Data, R: Semigroup + Data> HoldFuture<'s, D, R> for VecCollection<'s, Time, D, R> {
     fn hold_future(self) -> VecCollection<'s, Time, D, R> {
         self.inner
             .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<(D, Time, R)>>, _, _, _>(
                 timely::dataflow::channels::pact::Pipeline,
                 "Temporal: hold future",
                 |_cap, _info| {
-                    let mut held: BTreeMap<Time, Vec<(D, Time, R)>> = BTreeMap::new();
+                    // Per time: the updates, and their count after the last consolidation. Updates
+                    // for the same record and time are merged as they pile up, so what is held
+                    // grows with distinct records (machine-days, windows), not with events.
+                    let mut held: BTreeMap<Time, (Vec<(D, Time, R)>, usize)> = BTreeMap::new();
                     // A capability at (or before) the earliest held time, while anything is held.
                     let mut hold: Option<Capability<Time>> = None;
                     move |(input, frontier), output| {
@@ -113,7 +117,12 @@ impl<'s, D: Data, R: Data> HoldFuture<'s, D, R> for VecCollection<'s, Time, D, R
                                     if hold.as_ref().is_none_or(|h| *h.time() > t) {
                                         hold = Some(cap.delayed(&t, output.output_index()));
                                     }
-                                    held.entry(t).or_default().push((d, t, r));
+                                    let (updates, consolidated) = held.entry(t).or_default();
+                                    updates.push((d, t, r));
+                                    if updates.len() >= 2 * (*consolidated).max(512) {
+                                        consolidate_updates(updates);
+                                        *consolidated = updates.len();
+                                    }
                                 }
                             }
                             if !current.is_empty() {
@@ -128,7 +137,7 @@ impl<'s, D: Data, R: Data> HoldFuture<'s, D, R> for VecCollection<'s, Time, D, R
                             if *entry.key() > reached {
                                 break;
                             }
-                            let (time, updates) = entry.remove_entry();
+                            let (time, (updates, _)) = entry.remove_entry();
                             let at = h.delayed(&time);
                             output.session(&at).give_iterator(updates.into_iter());
                         }

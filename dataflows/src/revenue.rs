@@ -15,8 +15,9 @@
 //! the old total is retracted and the corrected one published. Totals are kept in the diff field
 //! (`explode` + `count_total`), so state is one record per (machine, day), not per sale.
 
-use differential_dataflow::VecCollection;
 use differential_dataflow::operators::CountTotal;
+use differential_dataflow::{AsCollection, VecCollection};
+use timely::dataflow::operators::core::Map;
 use vendflow_protocol::units::MS_PER_DAY;
 use vendflow_protocol::{Cents, MachineId};
 
@@ -90,8 +91,8 @@ pub struct Revenue<'s> {
     pub fleet_today: VecCollection<'s, Time, (i64, Totals)>,
     pub top_today: VecCollection<'s, Time, (usize, MachineId, Cents)>,
     pub slot_sales: VecCollection<'s, Time, ((MachineId, u32), Totals)>,
-    /// Lines whose day had already left the live window when they arrived.
-    pub too_late: VecCollection<'s, Time, SaleLine>,
+    /// Lines (counted per machine-day) whose day had already left the live window on arrival.
+    pub too_late: VecCollection<'s, Time, (MachineId, i64)>,
 }
 
 pub fn totals(line: &SaleLine) -> Totals {
@@ -111,13 +112,18 @@ pub fn render<'s>(
         .explode(|l| Some(((l.machine_id.clone(), l.slot_number), totals(&l))))
         .count_total();
 
-    let (live, too_late) = accepted.retain_between(move |l: &SaleLine| {
-        let day_end = (l.timestamp.day() + 1) * MS_PER_DAY;
-        (0, as_time(day_end + retention))
-    });
-    let machine_daily = live
+    // Explode to (machine, day) totals before the temporal filter: the retractions it schedules
+    // then merge per machine-day instead of one per sale line.
+    let (live, late) = accepted
         .explode(|l| Some(((l.machine_id.clone(), l.timestamp.day()), totals(&l))))
-        .count_total();
+        .retain_between(move |(_, day): &(MachineId, i64)| {
+            (0, as_time((day + 1) * MS_PER_DAY + retention))
+        });
+    let machine_daily = live.count_total();
+    let too_late = late
+        .inner
+        .map::<Vec<_>, _, _>(|(k, t, totals): ((MachineId, i64), Time, Totals)| (k, t, totals.2))
+        .as_collection();
 
     let by_machine = machine_daily.clone().map(|((m, day), t)| (m, (day, t)));
     let located = by_machine

@@ -125,14 +125,17 @@ pub fn render<'s>(
 ) -> Stockout<'s> {
     let window = config.demand_days * MS_PER_DAY;
     let demand = accepted
-        .retain_between(move |l: &SaleLine| (0, as_time(l.timestamp.day() * MS_PER_DAY + window)))
-        .0
         .explode(|l| {
             Some((
-                (l.machine_id, l.slot_number, l.timestamp.weekday()),
+                (l.machine_id, l.slot_number, l.timestamp.day()),
                 l.quantity as isize,
             ))
         })
+        .retain_between(move |(_, _, day): &(MachineId, u32, i64)| {
+            (0, as_time(day * MS_PER_DAY + window))
+        })
+        .0
+        .map(|(m, s, day)| (m, s, Timestamp(day * MS_PER_DAY).weekday()))
         .count_total()
         .map(|((m, s, dow), units)| ((m, s), (dow, units as i64)))
         .reduce_named("Stockout: weekday profile", |_k, input, output| {
