@@ -79,6 +79,9 @@ enum Command {
         /// Hours between copies with --repeat.
         #[arg(long, default_value_t = 24, hide = true)]
         repeat_shift_hours: i64,
+        /// Pace the replay at this many events per second (default: as fast as possible).
+        #[arg(long)]
+        rate: Option<f64>,
     },
     /// Write a simulated fleet's registry and events as JSON Lines (fixtures, workloads).
     Simulate {
@@ -129,12 +132,14 @@ fn main() -> anyhow::Result<()> {
             tick_ms,
             repeat,
             repeat_shift_hours,
+            rate,
         } => {
             let options = ReplayOptions {
                 tick_ms,
                 repeat,
                 repeat_shift_ms: repeat_shift_hours * MS_PER_HOUR,
                 on_sent: None,
+                rate,
             };
             replay_file(config, &file, &out, registry.as_deref(), &options)
         }

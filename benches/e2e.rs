@@ -7,7 +7,11 @@
 //! cargo bench -p vendflow-benches --bench e2e                      # 1 M events
 //! cargo bench -p vendflow-benches --bench e2e -- --repeat 10       # 10 copies, a day apart
 //! cargo bench -p vendflow-benches --bench e2e -- --events 200000 --workers 1
+//! cargo bench -p vendflow-benches --bench e2e -- --events 200000 --rate 2000   # freshness at fleet rate
 //! ```
+//! Freshness is only meaningful with `--rate`: replaying flat out, batches queue in front of the
+//! dataflow and freshness measures the queue. At the target fleet's rate (50 K machines: about
+//! 1,700 heartbeats/s plus sales) use `--rate 2000`.
 //! The workload is generated once by `../shared/bench/gen_workload.py` into
 //! `target/bench-data/` (needs `python3`). Each copy of `--repeat` is shifted one day later in
 //! event time with fresh transaction ids, so the same 50 K machines keep going for ten days and
@@ -32,6 +36,7 @@ struct Args {
     events: u64,
     repeat: u32,
     workers: usize,
+    rate: Option<f64>,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -39,6 +44,7 @@ fn args() -> anyhow::Result<Args> {
         events: 1_000_000,
         repeat: 1,
         workers: 2,
+        rate: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -47,6 +53,7 @@ fn args() -> anyhow::Result<Args> {
             "--events" => a.events = value("--events")?.parse()?,
             "--repeat" => a.repeat = value("--repeat")?.parse()?,
             "--workers" => a.workers = value("--workers")?.parse()?,
+            "--rate" => a.rate = Some(value("--rate")?.parse()?),
             // cargo bench passes --bench; criterion-style filters are not ours.
             _ => {}
         }
@@ -93,6 +100,7 @@ fn main() -> anyhow::Result<()> {
     let options = ReplayOptions {
         repeat: args.repeat,
         repeat_shift_ms: 86_400_000,
+        rate: args.rate,
         on_sent: Some(Arc::new(move |t| {
             if let Ok(mut m) = hook_sent.lock() {
                 m.entry(t).or_insert_with(Instant::now);

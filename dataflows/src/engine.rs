@@ -31,7 +31,7 @@ use crate::operators::Time;
 use crate::view_store::{self, ViewPusher, ViewStore};
 
 /// Batches waiting per worker before a feeder blocks.
-const CHANNEL_DEPTH: usize = 64;
+const CHANNEL_DEPTH: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {

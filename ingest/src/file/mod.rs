@@ -39,6 +39,8 @@ pub struct ReplayOptions {
     pub repeat: u32,
     pub repeat_shift_ms: i64,
     pub on_sent: Option<SentHook>,
+    /// Pace the replay at this many events per second in all (default: as fast as possible).
+    pub rate: Option<f64>,
 }
 
 impl Default for ReplayOptions {
@@ -48,6 +50,7 @@ impl Default for ReplayOptions {
             repeat: 1,
             repeat_shift_ms: 0,
             on_sent: None,
+            rate: None,
         }
     }
 }
@@ -92,6 +95,8 @@ pub fn replay(
                         stats: ReplayStats::default(),
                         clock: 0,
                         batch: Batch::default(),
+                        started: std::time::Instant::now(),
+                        sent: 0,
                     };
                     let result = reader.read(&path, progress.as_deref());
                     // Even a failed reader takes part in the final advance, so the others finish.
@@ -127,6 +132,9 @@ struct Reader {
     stats: ReplayStats,
     clock: Time,
     batch: Batch,
+    started: std::time::Instant,
+    /// Events sent so far (for pacing).
+    sent: u64,
 }
 
 impl Reader {
@@ -174,12 +182,20 @@ impl Reader {
                         Err(error) => self.refuse(&name, number, &error, &line),
                     }
                 }
-                if self.batch.events.len() + self.batch.errors.len() >= BATCH_EVENTS {
+                if self.batch.events.len() + self.batch.errors.len() >= self.batch_limit() {
                     self.flush()?;
                 }
             }
         }
         self.flush()
+    }
+
+    /// Records per batch: large when replaying flat out; when paced, about 20 batches a second.
+    fn batch_limit(&self) -> usize {
+        match self.options.rate {
+            Some(rate) => ((rate / self.of as f64 / 20.0) as usize).clamp(1, BATCH_EVENTS),
+            None => BATCH_EVENTS,
+        }
     }
 
     fn refuse(&mut self, name: &str, line_number: u64, error: &DecodeError, raw: &[u8]) {
@@ -200,6 +216,13 @@ impl Reader {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.batch);
+        self.sent += batch.events.len() as u64;
+        if let Some(rate) = self.options.rate.filter(|r| *r > 0.0) {
+            let due = std::time::Duration::from_secs_f64(self.sent as f64 * self.of as f64 / rate);
+            if let Some(wait) = due.checked_sub(self.started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
         self.feeder.send(self.clock, batch)?;
         if let Some(hook) = &self.options.on_sent {
             hook(self.feeder.time());
