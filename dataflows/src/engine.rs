@@ -439,7 +439,7 @@ mod profile {
             .iter()
             .map(|(id, (d, n))| (*d, *n, p.names.get(id).cloned().unwrap_or_default(), *id))
             .collect();
-        rows.sort_by(|a, b| b.0.cmp(&a.0));
+        rows.sort_by_key(|r| std::cmp::Reverse(r.0));
         for (d, n, name, id) in rows.into_iter().take(25) {
             eprintln!(
                 "worker {worker} {:>9.1} ms {n:>7} runs  {name} ({id})",

@@ -80,6 +80,9 @@ impl<'s, D: Data, R: Abelian + Data> Temporal<'s, D, R> for VecCollection<'s, Ti
     }
 }
 
+/// Updates held for one future time, and their count after the last consolidation.
+type Held<D, R> = (Vec<(D, Time, R)>, usize);
+
 pub trait HoldFuture<'s, D: Data, R: Semigroup + Data> {
     /// Passes updates at their message's time straight through and holds updates scheduled for
     /// later (a temporal filter's retractions) until the input frontier reaches their time.
@@ -101,7 +104,7 @@ impl<'s, D: Data, R: Semigroup + Data> HoldFuture<'s, D, R> for VecCollection<'s
                     // Per time: the updates, and their count after the last consolidation. Updates
                     // for the same record and time are merged as they pile up, so what is held
                     // grows with distinct records (machine-days, windows), not with events.
-                    let mut held: BTreeMap<Time, (Vec<(D, Time, R)>, usize)> = BTreeMap::new();
+                    let mut held: BTreeMap<Time, Held<D, R>> = BTreeMap::new();
                     // A capability at (or before) the earliest held time, while anything is held.
                     let mut hold: Option<Capability<Time>> = None;
                     move |(input, frontier), output| {
@@ -125,11 +128,10 @@ impl<'s, D: Data, R: Semigroup + Data> HoldFuture<'s, D, R> for VecCollection<'s
                                     }
                                 }
                             }
-                            if !current.is_empty() {
-                                if let Some(c) = cap.retain_least(output.output_index()) {
+                            if !current.is_empty()
+                                && let Some(c) = cap.retain_least(output.output_index()) {
                                     output.session(&c).give_iterator(current.into_iter());
                                 }
-                            }
                         });
                         let reached = frontier.frontier().first().copied().unwrap_or(Time::MAX);
                         let Some(h) = hold.as_mut() else { return };

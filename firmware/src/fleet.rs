@@ -334,13 +334,13 @@ impl SimMachine {
                 .next_heartbeat
                 .min(self.next_sale)
                 .min(self.next_hourly);
-            if let Some((at, _)) = &self.redelivery {
-                if *at <= to.min(next) {
-                    if let Some((_, events)) = self.redelivery.take() {
-                        self.outbox.extend(events);
-                    }
-                    continue;
+            if let Some((at, _)) = &self.redelivery
+                && *at <= to.min(next)
+            {
+                if let Some((_, events)) = self.redelivery.take() {
+                    self.outbox.extend(events);
                 }
+                continue;
             }
             if next > to {
                 return;
@@ -467,20 +467,19 @@ impl SimMachine {
                 return;
             }
         }
-        if let Some(since) = self.fault_since(t, |f| matches!(f, Fault::MotorWear)) {
-            if self
+        if let Some(since) = self.fault_since(t, |f| matches!(f, Fault::MotorWear))
+            && self
                 .rng
                 .random_bool((since as f64 / MS_PER_HOUR as f64 * 0.03).min(0.4))
-            {
-                self.emit(
-                    t,
-                    EventKind::Error(ErrorEvent {
-                        code: ErrorCode::MotorJam,
-                        message: "spiral jammed".into(),
-                    }),
-                );
-                return;
-            }
+        {
+            self.emit(
+                t,
+                EventKind::Error(ErrorEvent {
+                    code: ErrorCode::MotorJam,
+                    message: "spiral jammed".into(),
+                }),
+            );
+            return;
         }
         self.txn += 1;
         let txn = format!("txn_{}_{}", self.id, self.txn);
