@@ -116,19 +116,19 @@ pub fn render<'s>(
 pub fn row(e: ErrorRecord) -> Row {
     vec![
         Value::Time(e.received_at),
-        Value::Text(e.source),
-        Value::Text(e.kind),
-        Value::Text(e.message),
-        Value::Text(e.raw),
+        Value::text(e.source),
+        Value::text(e.kind),
+        Value::text(e.message),
+        Value::text(e.raw),
     ]
 }
 
 pub fn count_row(((source, kind), n): ((String, String), isize)) -> Row {
-    vec![Value::Text(source), Value::Text(kind), Value::Int(n as i64)]
+    vec![Value::text(source), Value::text(kind), Value::Int(n as i64)]
 }
 
 pub fn too_late_row((view, n): (String, isize)) -> Row {
-    vec![Value::Text(view), Value::Int(n as i64)]
+    vec![Value::text(view), Value::Int(n as i64)]
 }
 
 #[cfg(test)]

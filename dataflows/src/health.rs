@@ -183,7 +183,7 @@ pub fn row(h: Health) -> Row {
         Value::Int(h.score),
         Value::text(h.grade()),
         Value::Int(h.alerts),
-        Value::Text(h.reasons.join("; ")),
+        Value::text(h.reasons.join("; ")),
     ]
 }
 

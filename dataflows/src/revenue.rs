@@ -196,7 +196,7 @@ pub fn machine_daily_row(((m, day), t): ((MachineId, i64), Totals)) -> Row {
 }
 
 pub fn location_daily_row(((loc, day), t): ((String, i64), Totals)) -> Row {
-    let mut row = vec![Value::Text(loc), Value::Date(day)];
+    let mut row = vec![Value::text(loc), Value::Date(day)];
     row.extend(totals_cells(t));
     row
 }

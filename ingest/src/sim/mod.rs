@@ -62,12 +62,26 @@ pub fn run(
     stop: &AtomicBool,
     mut tick: impl FnMut(Timestamp),
 ) -> Result<(), IngestError> {
+    // The simulated clock follows the wall clock × speed, but never jumps more than two steps'
+    // worth at once: if feeding falls behind (a slow machine, a debug build), the simulation
+    // slows down instead of delivering minutes of heartbeats in one burst, which would make
+    // every machine look silent (offline) until the burst lands.
+    let max_step = (pace.step.as_secs_f64() * 1000.0 * pace.speed * 2.0) as i64;
+    let mut behind_reported = false;
     let wall_start = Instant::now();
     let sim_start = fleet.now().0;
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(pace.step);
         let elapsed = wall_start.elapsed().as_secs_f64() * 1000.0;
-        let to = Timestamp(sim_start + (elapsed * pace.speed) as i64);
+        let target = sim_start + (elapsed * pace.speed) as i64;
+        let to = Timestamp(target.min(fleet.now().0 + max_step.max(1)));
+        if to.0 < target && !behind_reported {
+            behind_reported = true;
+            tracing::warn!(
+                speed = pace.speed,
+                "the simulation cannot keep up with its speed; simulated time runs slower"
+            );
+        }
         step(fleet, feeders, to)?;
         tick(to);
     }
@@ -75,9 +89,27 @@ pub fn run(
 }
 
 /// Advances the fleet to `to` and feeds what it delivered.
+///
+/// Each envelope is ingested at its own latest event time (never later than `to`), in time
+/// order, as a replay would: a view at any frontier then holds everything delivered before it,
+/// whatever the step size.
 pub fn step(fleet: &mut Fleet, feeders: &mut Feeders, to: Timestamp) -> Result<(), IngestError> {
-    let time = to.0.max(0) as Time;
-    for envelope in fleet.advance(to) {
+    let end = to.0.max(0) as Time;
+    let mut envelopes: Vec<(Time, _)> = fleet
+        .advance(to)
+        .into_iter()
+        .map(|env| {
+            let latest = env
+                .events
+                .iter()
+                .map(|e| e.timestamp.0)
+                .max()
+                .unwrap_or(to.0);
+            ((latest.max(0) as Time).min(end), env)
+        })
+        .collect();
+    envelopes.sort_by_key(|(time, _)| *time);
+    for (time, envelope) in envelopes {
         let key = hash(envelope.machine_id.as_str());
         feeders.send_keyed(
             key,
@@ -88,6 +120,6 @@ pub fn step(fleet: &mut Fleet, feeders: &mut Feeders, to: Timestamp) -> Result<(
             },
         )?;
     }
-    feeders.advance_all(time)?;
+    feeders.advance_all(end)?;
     Ok(())
 }
