@@ -19,14 +19,13 @@
 //! distinct readings with counts, so a window's state grows with the number of *distinct*
 //! readings, not with the number of heartbeats.
 
+use differential_dataflow::VecCollection;
 use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semigroup};
-use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
-use timely::dataflow::operators::core::Map;
 use vendflow_protocol::{DoorStatus, ErrorCode, Event, EventKind, MachineId, Milli, Timestamp};
 
 use crate::config::Config;
-use crate::operators::{Temporal, Time, as_time};
+use crate::operators::{Temporal, Time, as_time, count_records};
 use crate::row::{ColumnType::*, OrdF64, Row, Value, col, null};
 use crate::sales::SaleLine;
 use crate::views::ViewDef;
@@ -366,12 +365,7 @@ pub fn render<'s>(
         )
         .map(|(_k, w)| w);
     // Count late probes by record, not by their measures.
-    let too_late = too_late
-        .inner
-        .map::<Vec<_>, _, _>(|(k, t, agg): ((WindowKey, Probe), Time, Agg)| {
-            (k, t, agg.records as isize)
-        })
-        .as_collection();
+    let too_late = count_records(too_late, |agg: &Agg| agg.records as isize);
     Windows { windows, too_late }
 }
 
@@ -438,10 +432,9 @@ mod tests {
     #[test]
     fn windows_match_batch_oracle_on_random_streams() {
         for seed in 0..6 {
-            let scenario = Scenario::random(seed);
-            let views = testing::run(&scenario);
-            let expected = oracle(&scenario).into_iter().map(row).collect();
-            testing::assert_view(&views, "anomaly_windows", expected, seed);
+            let (scenario, views) = testing::random_run(seed);
+            let expected = oracle(scenario).into_iter().map(row).collect();
+            testing::assert_view(views, "anomaly_windows", expected, seed);
         }
     }
 

@@ -182,10 +182,9 @@ mod tests {
     fn too_late_counts_match_the_oracle_horizons() {
         let mut saw_late = false;
         for seed in 0..6 {
-            let scenario = Scenario::random(seed);
-            let views = testing::run(&scenario);
+            let (scenario, views) = testing::random_run(seed);
             let (_, _, late) = crate::sales::oracle(&scenario.deliveries, &scenario.config);
-            let got = testing::rows(&views, "too_late");
+            let got = testing::rows(views, "too_late");
             let dedup = got
                 .iter()
                 .find(|r| r[0] == Value::text("sales"))

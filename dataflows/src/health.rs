@@ -192,31 +192,30 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::testing::{self, Scenario};
+    use crate::testing::{self};
 
     #[test]
     fn health_matches_batch_oracle_on_random_streams() {
         for seed in 0..6 {
-            let scenario = Scenario::random(seed);
-            let views = testing::run(&scenario);
+            let (scenario, views) = testing::random_run(seed);
             let mut facts: BTreeMap<MachineId, BTreeMap<Fact, i64>> = BTreeMap::new();
             let mut add =
                 |m: MachineId, f: Fact| *facts.entry(m).or_default().entry(f).or_default() += 1;
-            for w in crate::anomaly_windows::oracle(&scenario) {
+            for w in crate::anomaly_windows::oracle(scenario) {
                 let levels = w.levels();
                 add(w.machine_id, Fact::Window(w.start, levels));
             }
-            for l in crate::liveness::oracle(&scenario) {
+            for l in crate::liveness::oracle(scenario) {
                 add(l.machine_id, Fact::Status(l.status));
             }
-            for l in crate::inventory::oracle(&scenario) {
+            for l in crate::inventory::oracle(scenario) {
                 if l.sold_out() {
                     add(l.machine_id, Fact::SoldOut);
                 } else if l.low_stock() {
                     add(l.machine_id, Fact::LowStock);
                 }
             }
-            for row in testing::rows(&views, "restock_needed") {
+            for row in testing::rows(views, "restock_needed") {
                 if let Value::Text(m) = &row[0] {
                     add(testing::machine(m), Fact::RestockSoon);
                 }
@@ -225,7 +224,7 @@ mod tests {
                 .into_iter()
                 .map(|(m, f)| row(score(m, &f.into_iter().collect::<Vec<_>>())))
                 .collect();
-            testing::assert_view(&views, "health", expected, seed);
+            testing::assert_view(views, "health", expected, seed);
         }
     }
 

@@ -196,10 +196,9 @@ mod tests {
     #[test]
     fn inventory_matches_batch_oracle_on_random_streams() {
         for seed in 0..6 {
-            let scenario = Scenario::random(seed);
-            let views = testing::run(&scenario);
-            let expected = oracle(&scenario).into_iter().map(row).collect();
-            testing::assert_view(&views, "inventory", expected, seed);
+            let (scenario, views) = testing::random_run(seed);
+            let expected = oracle(scenario).into_iter().map(row).collect();
+            testing::assert_view(views, "inventory", expected, seed);
         }
     }
 

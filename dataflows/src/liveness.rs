@@ -191,12 +191,11 @@ mod tests {
     #[test]
     fn liveness_matches_batch_oracle_on_random_streams() {
         for seed in 0..6 {
-            let scenario = Scenario::random(seed);
-            let views = testing::run(&scenario);
+            let (scenario, views) = testing::random_run(seed);
             testing::assert_view(
-                &views,
+                views,
                 "liveness",
-                oracle(&scenario).into_iter().map(row).collect(),
+                oracle(scenario).into_iter().map(row).collect(),
                 seed,
             );
         }

@@ -80,6 +80,17 @@ impl<'s, D: Data, R: Abelian + Data> Temporal<'s, D, R> for VecCollection<'s, Ti
     }
 }
 
+/// Turns a collection whose diffs are aggregates into one counting records, with `count`
+/// saying how many records an aggregate diff stands for (late records are counted, not summed).
+pub fn count_records<'s, D: Data, R: Data>(
+    c: VecCollection<'s, Time, D, R>,
+    count: impl Fn(&R) -> isize + 'static,
+) -> VecCollection<'s, Time, D, isize> {
+    c.inner
+        .map::<Vec<_>, _, _>(move |(d, t, r): (D, Time, R)| (d, t, count(&r)))
+        .as_collection()
+}
+
 /// Updates held for one future time, and their count after the last consolidation.
 type Held<D, R> = (Vec<(D, Time, R)>, usize);
 

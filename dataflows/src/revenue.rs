@@ -15,14 +15,13 @@
 //! the old total is retracted and the corrected one published. Totals are kept in the diff field
 //! (`explode` + `count_total`), so state is one record per (machine, day), not per sale.
 
+use differential_dataflow::VecCollection;
 use differential_dataflow::operators::CountTotal;
-use differential_dataflow::{AsCollection, VecCollection};
-use timely::dataflow::operators::core::Map;
 use vendflow_protocol::units::MS_PER_DAY;
 use vendflow_protocol::{Cents, MachineId};
 
 use crate::config::Config;
-use crate::operators::{Temporal, Time, as_time, hash_of};
+use crate::operators::{Temporal, Time, as_time, count_records, hash_of};
 use crate::row::{ColumnType::*, Row, Value, col};
 use crate::sales::SaleLine;
 use crate::views::ViewDef;
@@ -120,10 +119,7 @@ pub fn render<'s>(
             (0, as_time((day + 1) * MS_PER_DAY + retention))
         });
     let machine_daily = live.count_total();
-    let too_late = late
-        .inner
-        .map::<Vec<_>, _, _>(|(k, t, totals): ((MachineId, i64), Time, Totals)| (k, t, totals.2))
-        .as_collection();
+    let too_late = count_records(late, |totals: &Totals| totals.2);
 
     let by_machine = machine_daily.clone().map(|((m, day), t)| (m, (day, t)));
     let located = by_machine
@@ -241,10 +237,9 @@ mod tests {
     #[test]
     fn revenue_views_match_batch_oracle_on_random_streams() {
         for seed in 0..6 {
-            let scenario = Scenario::random(seed);
+            let (scenario, views) = testing::random_run(seed);
             let config = &scenario.config;
             let now = scenario.now();
-            let views = testing::run(&scenario);
             let (accepted, _, _) = crate::sales::oracle(&scenario.deliveries, config);
             let retention = config.revenue_retention_days * MS_PER_DAY;
             let locations = scenario.machine_locations();
@@ -295,26 +290,26 @@ mod tests {
                 .collect();
 
             testing::assert_view(
-                &views,
+                views,
                 "revenue_machine_daily",
                 machine_daily.into_iter().map(machine_daily_row).collect(),
                 seed,
             );
             testing::assert_view(
-                &views,
+                views,
                 "revenue_location_daily",
                 location_daily.into_iter().map(location_daily_row).collect(),
                 seed,
             );
             testing::assert_view(
-                &views,
+                views,
                 "revenue_fleet_today",
                 fleet.into_iter().map(fleet_today_row).collect(),
                 seed,
             );
-            testing::assert_view(&views, "top_machines_today", top, seed);
+            testing::assert_view(views, "top_machines_today", top, seed);
             testing::assert_view(
-                &views,
+                views,
                 "slot_sales",
                 slots.into_iter().map(slot_sales_row).collect(),
                 seed,

@@ -207,8 +207,7 @@ mod tests {
     #[test]
     fn dedup_matches_first_delivery_oracle_on_random_streams() {
         for seed in 0..6 {
-            let scenario = Scenario::random(seed);
-            let views = testing::run(&scenario);
+            let (scenario, views) = testing::random_run(seed);
             let (accepted, dups, _) = oracle(&scenario.deliveries, &scenario.config);
             assert!(
                 !dups.is_empty() && accepted.len() > 100,
@@ -219,7 +218,7 @@ mod tests {
                 *expected.entry(m).or_default() += 1;
             }
             let expected: Vec<Row> = expected.into_iter().map(duplicates_row).collect();
-            testing::assert_view(&views, "sale_duplicates", expected, seed);
+            testing::assert_view(views, "sale_duplicates", expected, seed);
         }
     }
 

@@ -218,16 +218,15 @@ mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
     use super::*;
-    use crate::testing::{self, Scenario};
+    use crate::testing::{self};
 
     #[test]
     fn stockout_matches_batch_oracle_on_random_streams() {
         for seed in 0..6 {
-            let scenario = Scenario::random(seed);
+            let (scenario, views) = testing::random_run(seed);
             let config = &scenario.config;
             let now = scenario.now();
             let window = config.demand_days * MS_PER_DAY;
-            let views = testing::run(&scenario);
 
             let mut demand: BTreeMap<(MachineId, u32), [i64; 7]> = BTreeMap::new();
             for (t, l) in crate::sales::oracle(&scenario.deliveries, config).0 {
@@ -249,7 +248,7 @@ mod tests {
             }
             let clock = Timestamp(now as i64 - (now as i64).rem_euclid(MS_PER_HOUR));
             let mut forecasts = Vec::new();
-            for level in crate::inventory::oracle(&scenario) {
+            for level in crate::inventory::oracle(scenario) {
                 let key = (level.machine_id.clone(), level.slot_number);
                 if let (Some(_), Some(by_dow), Some(d)) =
                     (&level.plan, demand.get(&key), days.get(&level.machine_id))
@@ -273,13 +272,13 @@ mod tests {
                 e.1 = e.1.min(h);
             }
             testing::assert_view(
-                &views,
+                views,
                 "stockout_forecast",
                 forecasts.into_iter().map(row).collect(),
                 seed,
             );
             testing::assert_view(
-                &views,
+                views,
                 "restock_needed",
                 restock
                     .into_iter()

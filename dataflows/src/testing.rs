@@ -327,6 +327,21 @@ pub fn run(scenario: &Scenario) -> Snapshot {
     snapshot
 }
 
+/// The random scenario of `seed` and its views, run once per test process: every oracle test
+/// checks its own views against the same runs instead of starting an engine of its own.
+pub fn random_run(seed: u64) -> &'static (Scenario, Snapshot) {
+    static RUNS: [std::sync::OnceLock<(Scenario, Snapshot)>; 6] =
+        [const { std::sync::OnceLock::new() }; 6];
+    let cell = RUNS
+        .get(seed as usize)
+        .unwrap_or_else(|| panic!("random runs exist for seeds 0..6, not {seed}"));
+    cell.get_or_init(|| {
+        let scenario = Scenario::random(seed);
+        let views = run(&scenario);
+        (scenario, views)
+    })
+}
+
 pub fn rows(snapshot: &Snapshot, view: &str) -> Vec<Row> {
     snapshot
         .rows(view)
