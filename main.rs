@@ -18,6 +18,7 @@ use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR};
 
 // Timely workers allocate and free many small records across threads; glibc's allocator spends a
 // fifth of the time consolidating its arenas on the replay benchmark, mimalloc does not.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

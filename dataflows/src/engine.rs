@@ -391,6 +391,7 @@ mod profile {
     use std::rc::Rc;
     use std::time::Duration;
 
+    use differential_dataflow::logging::{DifferentialEvent, DifferentialEventBuilder};
     use timely::logging::{StartStop, TimelyEvent, TimelyEventBuilder};
 
     #[derive(Default)]
@@ -398,6 +399,20 @@ mod profile {
         names: HashMap<usize, String>,
         started: HashMap<usize, Duration>,
         spent: HashMap<usize, (Duration, u64)>,
+        /// Per arranging operator: updates held in its trace (now, peak) and its batcher's
+        /// buffered capacity in bytes (now, peak).
+        traces: HashMap<usize, Held>,
+    }
+
+    #[derive(Default)]
+    struct Held {
+        updates: (isize, isize),
+        batcher_bytes: (isize, isize),
+    }
+
+    fn bump((now, peak): &mut (isize, isize), by: isize) {
+        *now += by;
+        *peak = (*peak).max(*now);
     }
 
     pub fn register(worker: &mut timely::worker::Worker) -> Rc<RefCell<Profile>> {
@@ -429,6 +444,45 @@ mod profile {
                 }
             });
         }
+        let sink = profile.clone();
+        if let Some(mut registry) = worker.log_register() {
+            registry.insert::<DifferentialEventBuilder, _>(
+                "differential/arrange",
+                move |_time, data| {
+                    let Some(data) = data else { return };
+                    let mut p = sink.borrow_mut();
+                    for (_, event) in data.iter() {
+                        match event {
+                            DifferentialEvent::Batch(b) => {
+                                bump(
+                                    &mut p.traces.entry(b.operator).or_default().updates,
+                                    b.length as isize,
+                                );
+                            }
+                            DifferentialEvent::Merge(m) => {
+                                if let Some(done) = m.complete {
+                                    let by = done as isize - (m.length1 + m.length2) as isize;
+                                    bump(&mut p.traces.entry(m.operator).or_default().updates, by);
+                                }
+                            }
+                            DifferentialEvent::Drop(d) => {
+                                bump(
+                                    &mut p.traces.entry(d.operator).or_default().updates,
+                                    -(d.length as isize),
+                                );
+                            }
+                            DifferentialEvent::Batcher(b) => {
+                                bump(
+                                    &mut p.traces.entry(b.operator).or_default().batcher_bytes,
+                                    b.capacity_diff,
+                                );
+                            }
+                            _ => {}
+                        }
+                    }
+                },
+            );
+        }
         profile
     }
 
@@ -444,6 +498,18 @@ mod profile {
             eprintln!(
                 "worker {worker} {:>9.1} ms {n:>7} runs  {name} ({id})",
                 d.as_secs_f64() * 1000.0
+            );
+        }
+        let mut held: Vec<_> = p.traces.iter().collect();
+        held.sort_by_key(|(_, h)| std::cmp::Reverse(h.updates.1));
+        for (id, h) in held.into_iter().take(30) {
+            eprintln!(
+                "worker {worker} trace {:>9} updates (peak {:>9}), batcher {:>7} KiB (peak {:>7} KiB)  {} ({id})",
+                h.updates.0,
+                h.updates.1,
+                h.batcher_bytes.0 / 1024,
+                h.batcher_bytes.1 / 1024,
+                p.names.get(id).map_or("", String::as_str),
             );
         }
     }
