@@ -15,17 +15,17 @@
 //!
 //! A late event corrects its own window (the old row is retracted, the new one published) for
 //! `window_retention_ms` after the window closed; then the window is retracted and later events
-//! for it are counted as too late. Additive measures ride in the diff; extremes are kept as
-//! distinct readings with counts, so a window's state grows with the number of *distinct*
-//! readings, not with the number of heartbeats.
+//! for it are counted as too late. Every measure is a fold (sum, count, max, min) and events are
+//! only ever added, so a window's whole state is one aggregate, however many events it saw.
+
+use std::collections::BTreeMap;
 
 use differential_dataflow::VecCollection;
-use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semigroup};
 use serde::{Deserialize, Serialize};
 use vendflow_protocol::{DoorStatus, ErrorCode, Event, EventKind, MachineId, Milli, Timestamp};
 
 use crate::config::Config;
-use crate::operators::{Temporal, Time, as_time, count_records};
+use crate::operators::{FastMap, Keyed, Temporal, Time, as_time, hash_of};
 use crate::row::{ColumnType::*, OrdF64, Row, Value, col, null};
 use crate::sales::SaleLine;
 use crate::views::ViewDef;
@@ -115,22 +115,12 @@ pub fn classify_network(min: Option<Milli>) -> Level {
     }
 }
 
-/// One distinct reading kept per window, for the extremes.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum Probe {
-    Count,
-    Temperature(Milli),
-    MotorCurrent(Milli),
-    NetworkSignal(Milli),
-}
-
-/// The additive part of a window, carried in the diff field.
+/// The measures of one event, or of a whole window: every one of them folds with [`Agg::add`]
+/// (sums, counts, extremes), so a window is one `Agg` however many events it has seen.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
 pub struct Agg {
-    /// How many probe records this is (keeps every record non-zero while it exists).
-    pub records: i64,
     pub heartbeats: i64,
     pub temperature_sum: i64,
     pub temperature_readings: i64,
@@ -138,25 +128,13 @@ pub struct Agg {
     pub card_attempts: i64,
     pub card_errors: i64,
     pub motor_faults: i64,
+    pub max_temperature: Option<Milli>,
+    pub max_motor_current: Option<Milli>,
+    pub min_network_signal: Option<Milli>,
 }
 
 impl Agg {
-    fn one() -> Agg {
-        Agg {
-            records: 1,
-            ..Agg::default()
-        }
-    }
-}
-
-impl IsZero for Agg {
-    fn is_zero(&self) -> bool {
-        *self == Agg::default()
-    }
-}
-impl Semigroup for Agg {
-    fn plus_equals(&mut self, o: &Self) {
-        self.records += o.records;
+    pub fn add(&mut self, o: &Agg) {
         self.heartbeats += o.heartbeats;
         self.temperature_sum += o.temperature_sum;
         self.temperature_readings += o.temperature_readings;
@@ -164,54 +142,32 @@ impl Semigroup for Agg {
         self.card_attempts += o.card_attempts;
         self.card_errors += o.card_errors;
         self.motor_faults += o.motor_faults;
-    }
-}
-impl Monoid for Agg {
-    fn zero() -> Self {
-        Agg::default()
-    }
-}
-impl Abelian for Agg {
-    fn negate(&mut self) {
-        *self = self.multiply(&-1);
-    }
-}
-impl Multiply<isize> for Agg {
-    type Output = Agg;
-    fn multiply(self, rhs: &isize) -> Agg {
-        let k = *rhs as i64;
-        Agg {
-            records: self.records * k,
-            heartbeats: self.heartbeats * k,
-            temperature_sum: self.temperature_sum * k,
-            temperature_readings: self.temperature_readings * k,
-            door_opens: self.door_opens * k,
-            card_attempts: self.card_attempts * k,
-            card_errors: self.card_errors * k,
-            motor_faults: self.motor_faults * k,
-        }
+        self.max_temperature = self.max_temperature.max(o.max_temperature);
+        self.max_motor_current = self.max_motor_current.max(o.max_motor_current);
+        self.min_network_signal = match (self.min_network_signal, o.min_network_signal) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
     }
 }
 
-/// A finished window.
+/// A window: its key and everything folded into it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Window {
     pub machine_id: MachineId,
     pub start: Timestamp,
     pub totals: Agg,
-    pub max_temperature: Option<Milli>,
-    pub max_motor_current: Option<Milli>,
-    pub min_network_signal: Option<Milli>,
 }
 
 impl Window {
     pub fn levels(&self) -> [Level; 5] {
+        let t = &self.totals;
         [
-            classify_temperature(self.max_temperature),
-            classify_door(self.totals.door_opens),
-            classify_card(self.totals.card_attempts, self.totals.card_errors),
-            classify_motor(self.max_motor_current, self.totals.motor_faults),
-            classify_network(self.min_network_signal),
+            classify_temperature(t.max_temperature),
+            classify_door(t.door_opens),
+            classify_card(t.card_attempts, t.card_errors),
+            classify_motor(t.max_motor_current, t.motor_faults),
+            classify_network(t.min_network_signal),
         ]
     }
 
@@ -224,124 +180,110 @@ impl Window {
         (t.temperature_readings > 0)
             .then(|| t.temperature_sum as f64 / t.temperature_readings as f64 / 1000.0)
     }
-
-    /// Folds one window's probes (each with its accumulated diff) into a window.
-    pub fn from_probes<'a>(
-        machine_id: MachineId,
-        start: Timestamp,
-        probes: impl Iterator<Item = (&'a Probe, Agg)>,
-    ) -> Window {
-        let mut w = Window {
-            machine_id,
-            start,
-            totals: Agg::default(),
-            max_temperature: None,
-            max_motor_current: None,
-            min_network_signal: None,
-        };
-        for (probe, agg) in probes {
-            w.totals.plus_equals(&agg);
-            if agg.records <= 0 {
-                continue;
-            }
-            match *probe {
-                Probe::Count => {}
-                Probe::Temperature(t) => w.max_temperature = w.max_temperature.max(Some(t)),
-                Probe::MotorCurrent(c) => w.max_motor_current = w.max_motor_current.max(Some(c)),
-                Probe::NetworkSignal(s) => {
-                    w.min_network_signal = Some(w.min_network_signal.map_or(s, |m| m.min(s)))
-                }
-            }
-        }
-        w
-    }
 }
 
 pub type WindowKey = (MachineId, Timestamp);
 
-/// The probes one event contributes to its window.
-pub fn probes(event: &Event, width: i64) -> Vec<(WindowKey, Probe, Agg)> {
+/// What one event contributes to its window, if anything.
+pub fn contribution(event: &Event, width: i64) -> Option<(WindowKey, Agg)> {
+    let agg = match &event.kind {
+        EventKind::Heartbeat(h) => Agg {
+            heartbeats: 1,
+            door_opens: i64::from(h.door_status == Some(DoorStatus::Open)),
+            temperature_sum: h.temperature.map_or(0, |t| t.0),
+            temperature_readings: i64::from(h.temperature.is_some()),
+            max_temperature: h.temperature,
+            max_motor_current: h.motor_current,
+            min_network_signal: h.network_signal,
+            ..Agg::default()
+        },
+        EventKind::Door(DoorStatus::Open) => Agg {
+            door_opens: 1,
+            ..Agg::default()
+        },
+        EventKind::Error(e) => match e.code {
+            ErrorCode::CardReadFailure => Agg {
+                card_attempts: 1,
+                card_errors: 1,
+                ..Agg::default()
+            },
+            ErrorCode::MotorJam | ErrorCode::DispenseFailure => Agg {
+                motor_faults: 1,
+                ..Agg::default()
+            },
+            _ => Agg::default(),
+        },
+        _ => return None,
+    };
     let key = (
         event.machine_id.clone(),
         event.timestamp.window_start(width),
     );
-    let mut out = Vec::new();
-    match &event.kind {
-        EventKind::Heartbeat(h) => {
-            let mut agg = Agg {
-                heartbeats: 1,
-                ..Agg::one()
-            };
-            if h.door_status == Some(DoorStatus::Open) {
-                agg.door_opens = 1;
-            }
-            match h.temperature {
-                Some(t) => {
-                    agg.temperature_sum = t.0;
-                    agg.temperature_readings = 1;
-                    out.push((key.clone(), Probe::Temperature(t), agg));
-                }
-                None => out.push((key.clone(), Probe::Count, agg)),
-            }
-            if let Some(c) = h.motor_current {
-                out.push((key.clone(), Probe::MotorCurrent(c), Agg::one()));
-            }
-            if let Some(s) = h.network_signal {
-                out.push((key, Probe::NetworkSignal(s), Agg::one()));
-            }
-        }
-        EventKind::Door(DoorStatus::Open) => out.push((
-            key,
-            Probe::Count,
-            Agg {
-                door_opens: 1,
-                ..Agg::one()
-            },
-        )),
-        EventKind::Error(e) => match e.code {
-            ErrorCode::CardReadFailure => out.push((
-                key,
-                Probe::Count,
-                Agg {
-                    card_attempts: 1,
-                    card_errors: 1,
-                    ..Agg::one()
-                },
-            )),
-            ErrorCode::MotorJam | ErrorCode::DispenseFailure => out.push((
-                key,
-                Probe::Count,
-                Agg {
-                    motor_faults: 1,
-                    ..Agg::one()
-                },
-            )),
-            _ => out.push((key, Probe::Count, Agg::one())),
-        },
-        _ => {}
-    }
-    out
+    Some((key, agg))
 }
 
-fn card_probe(line: &SaleLine, width: i64) -> Option<(WindowKey, Probe, Agg)> {
+/// A card sale (deduplicated) is one card-reader attempt in its window.
+fn card_contribution(line: &SaleLine, width: i64) -> Option<(WindowKey, Agg)> {
     line.card.then(|| {
         let key = (line.machine_id.clone(), line.timestamp.window_start(width));
-        (
-            key,
-            Probe::Count,
-            Agg {
-                card_attempts: 1,
-                ..Agg::one()
-            },
-        )
+        let agg = Agg {
+            card_attempts: 1,
+            ..Agg::default()
+        };
+        (key, agg)
     })
 }
 
 pub struct Windows<'s> {
     pub windows: VecCollection<'s, Time, Window>,
-    pub too_late: VecCollection<'s, Time, (WindowKey, Probe)>,
+    /// Per machine, the levels of its latest window (by event time) still within retention.
+    pub latest: VecCollection<'s, Time, (MachineId, Timestamp, [Level; 5])>,
+    /// Machines whose events came after their window's retention ended, one per event.
+    pub too_late: VecCollection<'s, Time, MachineId>,
 }
 
+/// What the windows operator emits.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum Out {
+    Window(Window),
+    Latest(MachineId, Timestamp, [Level; 5]),
+    TooLate(MachineId),
+}
+
+/// Per worker: each live window's aggregate, each machine's latest window as last emitted, and
+/// when windows leave retention.
+#[derive(Default)]
+struct State {
+    windows: FastMap<WindowKey, Agg>,
+    latest: FastMap<MachineId, (Timestamp, [Level; 5])>,
+    expiries: BTreeMap<Time, Vec<WindowKey>>,
+}
+
+impl State {
+    fn expire(&mut self, frontier: Time, until: impl Fn(Timestamp) -> Time) {
+        while let Some(entry) = self.expiries.first_entry() {
+            if *entry.key() > frontier {
+                break;
+            }
+            for key in entry.remove() {
+                self.windows.remove(&key);
+                if self
+                    .latest
+                    .get(&key.0)
+                    .is_some_and(|(s, _)| until(*s) <= frontier)
+                {
+                    self.latest.remove(&key.0);
+                }
+            }
+        }
+    }
+}
+
+/// Windows are folded in one keyed operator rather than a differential `reduce`: every measure
+/// is an insert-only fold (events are never retracted, only whole windows expire), so one
+/// aggregate per window is the whole state, where a `reduce` would keep every distinct reading.
+/// Each time a window changes its old row is retracted and the new one inserted; the window and
+/// its machine's "latest" row are retracted when retention ends (temporal filter on the output).
 pub fn render<'s>(
     events: VecCollection<'s, Time, Event>,
     accepted: VecCollection<'s, Time, SaleLine>,
@@ -349,45 +291,123 @@ pub fn render<'s>(
 ) -> Windows<'s> {
     let width = config.window_ms;
     let retention = config.window_retention_ms;
-    let probes = events
-        .explode(move |e| probes(&e, width).into_iter().map(|(k, p, a)| ((k, p), a)))
-        .concat(accepted.explode(move |l| card_probe(&l, width).map(|(k, p, a)| ((k, p), a))));
-    let (live, too_late) = probes.retain_between(move |((_, start), _): &(WindowKey, Probe)| {
-        (0, as_time(start.0 + width + retention))
+    let until = move |start: Timestamp| as_time(start.0 + width + retention);
+    let contributions = events
+        .flat_map(move |e| contribution(&e, width))
+        .concat(accepted.flat_map(move |l| card_contribution(&l, width)));
+    let out = contributions.keyed_times_in_order(
+        "Windows: fold",
+        |((m, _), _): &(WindowKey, Agg)| hash_of(m),
+        State::default(),
+        move |state, records, out| {
+            let now = out.time();
+            // Each touched window's aggregate before this time, to retract it once.
+            let mut before: Vec<(WindowKey, Option<Agg>)> = Vec::new();
+            for ((key, agg), diff) in records.drain(..) {
+                if diff <= 0 {
+                    tracing::error!(machine_id = %key.0, diff, "window input retracted; ignored");
+                    continue;
+                }
+                let expires = until(key.1);
+                if expires <= now {
+                    out.give(Out::TooLate(key.0), diff);
+                    continue;
+                }
+                let entry = state.windows.entry(key.clone());
+                if before.last().is_none_or(|(k, _)| *k != key) {
+                    let old = match &entry {
+                        std::collections::hash_map::Entry::Occupied(o) => Some(*o.get()),
+                        std::collections::hash_map::Entry::Vacant(_) => None,
+                    };
+                    if old.is_none() {
+                        state.expiries.entry(expires).or_default().push(key.clone());
+                    }
+                    before.push((key, old));
+                }
+                let window = entry.or_default();
+                for _ in 0..diff {
+                    window.add(&agg);
+                }
+            }
+            // Records are sorted, so a machine's windows are together and in start order.
+            for (i, ((machine_id, start), old)) in before.iter().enumerate() {
+                let new = state.windows[&(machine_id.clone(), *start)];
+                if let Some(old) = old {
+                    out.give(Out::Window(window(machine_id, *start, *old)), -1);
+                }
+                let new = window(machine_id, *start, new);
+                let last_of_machine = before.get(i + 1).is_none_or(|((m, _), _)| m != machine_id);
+                if last_of_machine {
+                    let latest = (new.start, new.levels());
+                    let previous = state.latest.get(machine_id).copied();
+                    if previous.is_none_or(|p| p.0 <= latest.0 && p != latest) {
+                        if let Some((s, l)) = previous {
+                            out.give(Out::Latest(machine_id.clone(), s, l), -1);
+                        }
+                        out.give(Out::Latest(machine_id.clone(), latest.0, latest.1), 1);
+                        state.latest.insert(machine_id.clone(), latest);
+                    }
+                }
+                out.give(Out::Window(new), 1);
+            }
+        },
+        move |state, frontier| state.expire(frontier, until),
+    );
+    let windows = out
+        .clone()
+        .flat_map(|o| match o {
+            Out::Window(w) => Some(w),
+            _ => None,
+        })
+        .retain_between(move |w: &Window| (0, until(w.start)))
+        .0;
+    let latest = out
+        .clone()
+        .flat_map(|o| match o {
+            Out::Latest(m, s, l) => Some((m, s, l)),
+            _ => None,
+        })
+        .retain_between(move |(_, s, _): &(MachineId, Timestamp, [Level; 5])| (0, until(*s)))
+        .0;
+    let too_late = out.flat_map(|o| match o {
+        Out::TooLate(m) => Some(m),
+        _ => None,
     });
-    let windows = live
-        .reduce_named(
-            "Windows: reduce",
-            |(m, start): &WindowKey, input, output| {
-                let w = Window::from_probes(m.clone(), *start, input.iter().map(|(p, a)| (*p, *a)));
-                output.push((w, 1isize));
-            },
-        )
-        .map(|(_k, w)| w);
-    // Count late probes by record, not by their measures.
-    let too_late = count_records(too_late, |agg: &Agg| agg.records as isize);
-    Windows { windows, too_late }
+    Windows {
+        windows,
+        latest,
+        too_late,
+    }
+}
+
+fn window(machine_id: &MachineId, start: Timestamp, totals: Agg) -> Window {
+    Window {
+        machine_id: machine_id.clone(),
+        start,
+        totals,
+    }
 }
 
 pub fn row(w: Window) -> Row {
     let levels = w.levels();
     let t = w.totals;
-    let mut row = vec![
+    let mut row = Vec::with_capacity(WINDOWS.columns.len());
+    row.extend([
         Value::text(w.machine_id.as_str()),
         Value::Time(w.start),
         Value::Int(t.heartbeats),
-        Value::opt(w.max_temperature, Value::Reading),
+        Value::opt(t.max_temperature, Value::Reading),
         Value::opt(w.avg_temperature(), |f| Value::Float(OrdF64(f))),
         Value::Int(t.door_opens),
         Value::Int(t.card_attempts),
         Value::Int(t.card_errors),
         Value::Int(t.motor_faults),
-        Value::opt(w.max_motor_current, Value::Reading),
-        Value::opt(w.min_network_signal, Value::Reading),
-    ];
+        Value::opt(t.max_motor_current, Value::Reading),
+        Value::opt(t.min_network_signal, Value::Reading),
+    ]);
     row.extend(levels.iter().map(|l| Value::text(l.as_str())));
     row.push(Value::text(w.status().as_str()));
-    row
+    row.into()
 }
 
 /// Batch definition of the windows, for oracle tests and the golden scenario.
@@ -401,25 +421,27 @@ pub(crate) fn oracle(scenario: &crate::testing::Scenario) -> Vec<Window> {
         let until = as_time(start.0 + width + config.window_retention_ms);
         until > t && until > now
     };
-    let mut per_window: BTreeMap<WindowKey, Vec<(Probe, Agg)>> = BTreeMap::new();
+    let mut per_window: BTreeMap<WindowKey, Agg> = BTreeMap::new();
     for (t, e) in &scenario.deliveries {
-        for (k, p, a) in probes(e, width) {
-            if alive(*t, k.1) {
-                per_window.entry(k).or_default().push((p, a));
-            }
+        if let Some((k, a)) = contribution(e, width)
+            && alive(*t, k.1)
+        {
+            per_window.entry(k).or_default().add(&a);
         }
     }
     for (t, l) in crate::sales::oracle(&scenario.deliveries, config).0 {
-        if let Some((k, p, a)) = card_probe(&l, width)
+        if let Some((k, a)) = card_contribution(&l, width)
             && alive(t, k.1)
         {
-            per_window.entry(k).or_default().push((p, a));
+            per_window.entry(k).or_default().add(&a);
         }
     }
     per_window
         .into_iter()
-        .map(|((m, start), probes)| {
-            Window::from_probes(m, start, probes.iter().map(|(p, a)| (p, *a)))
+        .map(|((machine_id, start), totals)| Window {
+            machine_id,
+            start,
+            totals,
         })
         .collect()
 }

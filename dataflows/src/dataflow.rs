@@ -53,7 +53,7 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
     let liveness = liveness::render(events.clone(), registry, config);
     let stockout = stockout::render(events, sales.accepted, levels.clone(), clock, config);
     let facts = health::facts(
-        windows.windows.clone(),
+        windows.latest,
         liveness.clone(),
         levels.clone(),
         stockout.restock_needed.clone().map(|(m, _, _)| m),

@@ -121,14 +121,15 @@ pub fn row(e: ErrorRecord) -> Row {
         Value::text(e.message),
         Value::text(e.raw),
     ]
+    .into()
 }
 
 pub fn count_row(((source, kind), n): ((String, String), isize)) -> Row {
-    vec![Value::text(source), Value::text(kind), Value::Int(n as i64)]
+    vec![Value::text(source), Value::text(kind), Value::Int(n as i64)].into()
 }
 
 pub fn too_late_row((view, n): (String, isize)) -> Row {
-    vec![Value::text(view), Value::Int(n as i64)]
+    vec![Value::text(view), Value::Int(n as i64)].into()
 }
 
 #[cfg(test)]
@@ -168,12 +169,12 @@ mod tests {
         assert_eq!(
             counts,
             vec![
-                vec![Value::text("test"), Value::text("syntax"), Value::Int(1)],
-                vec![
+                Row::from([Value::text("test"), Value::text("syntax"), Value::Int(1)]),
+                Row::from([
                     Value::text("test"),
                     Value::text("unknown_type"),
                     Value::Int(1)
-                ],
+                ]),
             ]
         );
     }

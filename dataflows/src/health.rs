@@ -17,7 +17,7 @@ use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 use vendflow_protocol::{MachineId, Timestamp};
 
-use crate::anomaly_windows::{Level, Window};
+use crate::anomaly_windows::Level;
 use crate::inventory;
 use crate::liveness::{Liveness, Status};
 use crate::operators::Time;
@@ -139,15 +139,12 @@ pub fn score(machine_id: MachineId, facts: &[(Fact, i64)]) -> Health {
 }
 
 pub fn facts<'s>(
-    windows: VecCollection<'s, Time, Window>,
+    latest_window: VecCollection<'s, Time, (MachineId, Timestamp, [Level; 5])>,
     liveness: VecCollection<'s, Time, Liveness>,
     levels: VecCollection<'s, Time, inventory::Level>,
     restock: VecCollection<'s, Time, MachineId>,
 ) -> VecCollection<'s, Time, (MachineId, Fact)> {
-    let windows = windows.map(|w| {
-        let levels = w.levels();
-        (w.machine_id, Fact::Window(w.start, levels))
-    });
+    let windows = latest_window.map(|(m, start, levels)| (m, Fact::Window(start, levels)));
     let status = liveness.map(|l| (l.machine_id, Fact::Status(l.status)));
     let stock = levels.flat_map(|l| {
         let fact = if l.sold_out() {
@@ -185,6 +182,7 @@ pub fn row(h: Health) -> Row {
         Value::Int(h.alerts),
         Value::text(h.reasons.join("; ")),
     ]
+    .into()
 }
 
 #[cfg(test)]

@@ -150,6 +150,7 @@ pub fn row(l: Level) -> Row {
         Value::Bool(l.low_stock()),
         Value::Bool(l.sold_out()),
     ]
+    .into()
 }
 
 /// Batch definition of the levels, for oracle tests.

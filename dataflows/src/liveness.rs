@@ -149,6 +149,7 @@ pub fn row(l: Liveness) -> Row {
         Value::text(l.status.as_str()),
         Value::Bool(l.registered),
     ]
+    .into()
 }
 
 #[cfg(test)]

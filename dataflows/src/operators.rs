@@ -195,7 +195,36 @@ pub trait Keyed<'s, D: ExchangeData> {
         name: &str,
         key: K,
         state: S,
-        logic: impl FnMut(&mut S, D, isize, &mut Emit<'_, O>) + 'static,
+        mut logic: impl FnMut(&mut S, D, isize, &mut Emit<'_, O>) + 'static,
+        expire: impl FnMut(&mut S, Time) + 'static,
+    ) -> VecCollection<'s, Time, O, isize>
+    where
+        Self: Sized,
+        S: 'static,
+        O: Data,
+        K: Fn(&D) -> u64 + 'static,
+    {
+        self.keyed_times_in_order(
+            name,
+            key,
+            state,
+            move |state, records, emit| {
+                for (d, r) in records.drain(..) {
+                    logic(state, d, r, emit);
+                }
+            },
+            expire,
+        )
+    }
+
+    /// Like [`Keyed::keyed_in_time_order`], but `logic` gets all records of one time at once
+    /// (sorted), so it can emit one change per key and time instead of one per record.
+    fn keyed_times_in_order<S, O, K>(
+        self,
+        name: &str,
+        key: K,
+        state: S,
+        logic: impl FnMut(&mut S, &mut Vec<(D, isize)>, &mut Emit<'_, O>) + 'static,
         expire: impl FnMut(&mut S, Time) + 'static,
     ) -> VecCollection<'s, Time, O, isize>
     where
@@ -205,12 +234,12 @@ pub trait Keyed<'s, D: ExchangeData> {
 }
 
 impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
-    fn keyed_in_time_order<S, O, K>(
+    fn keyed_times_in_order<S, O, K>(
         self,
         name: &str,
         key: K,
         mut state: S,
-        mut logic: impl FnMut(&mut S, D, isize, &mut Emit<'_, O>) + 'static,
+        mut logic: impl FnMut(&mut S, &mut Vec<(D, isize)>, &mut Emit<'_, O>) + 'static,
         mut expire: impl FnMut(&mut S, Time) + 'static,
     ) -> VecCollection<'s, Time, O, isize>
     where
@@ -248,9 +277,7 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
                             let (time, (cap, mut records)) = entry.remove_entry();
                             records.sort();
                             let mut emit = Emit { time, out: &mut out };
-                            for (d, r) in records {
-                                logic(&mut state, d, r, &mut emit);
-                            }
+                            logic(&mut state, &mut records, &mut emit);
                             if !out.is_empty() {
                                 output.session(&cap).give_iterator(out.drain(..));
                             }

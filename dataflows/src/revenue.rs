@@ -188,19 +188,19 @@ fn totals_cells(t: Totals) -> [Value; 3] {
 pub fn machine_daily_row(((m, day), t): ((MachineId, i64), Totals)) -> Row {
     let mut row = vec![Value::text(m.as_str()), Value::Date(day)];
     row.extend(totals_cells(t));
-    row
+    row.into()
 }
 
 pub fn location_daily_row(((loc, day), t): ((String, i64), Totals)) -> Row {
     let mut row = vec![Value::text(loc), Value::Date(day)];
     row.extend(totals_cells(t));
-    row
+    row.into()
 }
 
 pub fn fleet_today_row((day, t): (i64, Totals)) -> Row {
     let mut row = vec![Value::Date(day)];
     row.extend(totals_cells(t));
-    row
+    row.into()
 }
 
 pub fn top_row((rank, m, cents): (usize, MachineId, Cents)) -> Row {
@@ -209,6 +209,7 @@ pub fn top_row((rank, m, cents): (usize, MachineId, Cents)) -> Row {
         Value::text(m.as_str()),
         Value::Money(cents),
     ]
+    .into()
 }
 
 pub fn slot_sales_row(((m, slot), t): ((MachineId, u32), Totals)) -> Row {
@@ -219,6 +220,7 @@ pub fn slot_sales_row(((m, slot), t): ((MachineId, u32), Totals)) -> Row {
         Value::Int(t.2 as i64),
         Value::Money(Cents(t.0 as i64)),
     ]
+    .into()
 }
 
 #[cfg(test)]

@@ -88,7 +88,7 @@ impl Value {
 }
 
 /// A published row of a view.
-pub type Row = Vec<Value>;
+pub type Row = std::sync::Arc<[Value]>;
 
 /// The logical type of a view column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -163,7 +163,7 @@ pub fn render<'s>(events: VecCollection<'s, Time, Event>, config: &Config) -> Sa
 }
 
 pub fn duplicates_row((machine, count): (MachineId, isize)) -> Row {
-    vec![Value::text(machine.as_str()), Value::Int(count as i64)]
+    vec![Value::text(machine.as_str()), Value::Int(count as i64)].into()
 }
 
 /// The batch definition of dedup, for oracle tests: deliveries in ingestion-time order (ties in

@@ -203,6 +203,7 @@ pub fn row(f: Forecast) -> Row {
         Value::opt(f.hours_to_empty, Value::Float),
         Value::Bool(f.needs_restock),
     ]
+    .into()
 }
 
 pub fn restock_row((m, slots, first): (MachineId, usize, OrdF64)) -> Row {
@@ -211,6 +212,7 @@ pub fn restock_row((m, slots, first): (MachineId, usize, OrdF64)) -> Row {
         Value::Int(slots as i64),
         Value::Float(first),
     ]
+    .into()
 }
 
 #[cfg(test)]
