@@ -16,6 +16,7 @@
 //! collection the source advances each hour, so forecasts refresh as time passes without events.
 
 use differential_dataflow::VecCollection;
+use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semigroup};
 use differential_dataflow::operators::CountTotal;
 use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR};
 use vendflow_protocol::{Event, MachineId, Timestamp};
@@ -110,6 +111,62 @@ pub fn forecast(
     }
 }
 
+/// Units sold per weekday (Monday first), carried as a diff so that differential sums a slot's
+/// sales into its profile without keeping a record per weekday or day.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+pub struct ByWeekday(pub [i64; 7]);
+
+impl ByWeekday {
+    fn units(weekday: u8, units: u32) -> ByWeekday {
+        let mut w = ByWeekday::default();
+        w.0[usize::from(weekday) % 7] = i64::from(units);
+        w
+    }
+}
+
+impl IsZero for ByWeekday {
+    fn is_zero(&self) -> bool {
+        self.0 == [0; 7]
+    }
+}
+impl Semigroup for ByWeekday {
+    fn plus_equals(&mut self, o: &Self) {
+        for (a, b) in self.0.iter_mut().zip(o.0) {
+            *a += b;
+        }
+    }
+}
+impl Monoid for ByWeekday {
+    fn zero() -> Self {
+        ByWeekday::default()
+    }
+}
+impl Abelian for ByWeekday {
+    fn negate(&mut self) {
+        for a in &mut self.0 {
+            *a = -*a;
+        }
+    }
+}
+impl Multiply<isize> for ByWeekday {
+    type Output = ByWeekday;
+    fn multiply(self, rhs: &isize) -> ByWeekday {
+        ByWeekday(self.0.map(|a| a * *rhs as i64))
+    }
+}
+
 pub struct Stockout<'s> {
     pub forecasts: VecCollection<'s, Time, Forecast>,
     /// Per machine: slots running out soon and the hours until the first is empty.
@@ -124,29 +181,22 @@ pub fn render<'s>(
     config: &Config,
 ) -> Stockout<'s> {
     let window = config.demand_days * MS_PER_DAY;
+    // Each sale line counts its units on its weekday; the temporal filter retracts a day's units
+    // when the day leaves the trailing window, so the per-slot sum *is* the weekday profile.
     let demand = accepted
         .explode(|l| {
+            let day = l.timestamp.day();
             Some((
-                (l.machine_id, l.slot_number, l.timestamp.day()),
-                l.quantity as isize,
+                (l.machine_id, l.slot_number, day),
+                ByWeekday::units(Timestamp(day * MS_PER_DAY).weekday(), l.quantity),
             ))
         })
         .retain_between(move |(_, _, day): &(MachineId, u32, i64)| {
             (0, as_time(day * MS_PER_DAY + window))
         })
         .0
-        .map(|(m, s, day)| (m, s, Timestamp(day * MS_PER_DAY).weekday()))
-        .count_total()
-        .map(|((m, s, dow), units)| ((m, s), (dow, units as i64)))
-        .reduce_named("Stockout: weekday profile", |_k, input, output| {
-            let mut by_dow = [0i64; 7];
-            for ((dow, units), count) in input {
-                if *count > 0 {
-                    by_dow[usize::from(*dow) % 7] += units;
-                }
-            }
-            output.push((by_dow, 1isize));
-        });
+        .map(|(m, s, _day)| (m, s))
+        .count_total();
     let days_observed = events
         .map(|e| (e.machine_id, e.timestamp.day()))
         .retain_between(move |(_, day): &(MachineId, i64)| (0, as_time(day * MS_PER_DAY + window)))
@@ -162,7 +212,7 @@ pub fn render<'s>(
     let config = config.clone();
     let forecasts = demand
         .join_map(planned_units, |(m, s), by_dow, units| {
-            (m.clone(), (*s, *by_dow, *units))
+            (m.clone(), (*s, by_dow.0, *units))
         })
         .join_map(days_observed, |m, (s, by_dow, units), days| {
             ((), (m.clone(), *s, *by_dow, *units, *days as i64))
