@@ -91,6 +91,45 @@ pub fn count_records<'s, D: Data, R: Data>(
         .as_collection()
 }
 
+/// Keys that each stay until their own expiry time: the state of a keyed operator with a horizon
+/// (dedup fingerprints, first sightings).
+pub struct ExpiringSet<K> {
+    live: FastSet<K>,
+    expiries: BTreeMap<Time, Vec<K>>,
+}
+
+impl<K> Default for ExpiringSet<K> {
+    fn default() -> Self {
+        ExpiringSet {
+            live: FastSet::default(),
+            expiries: BTreeMap::new(),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone> ExpiringSet<K> {
+    /// Adds `key` until `expires`; false if it is already there.
+    pub fn insert(&mut self, key: K, expires: Time) -> bool {
+        let new = self.live.insert(key.clone());
+        if new {
+            self.expiries.entry(expires).or_default().push(key);
+        }
+        new
+    }
+
+    /// Drops every key whose expiry is at or before `now`.
+    pub fn expire(&mut self, now: Time) {
+        while let Some(entry) = self.expiries.first_entry() {
+            if *entry.key() > now {
+                break;
+            }
+            for key in entry.remove() {
+                self.live.remove(&key);
+            }
+        }
+    }
+}
+
 /// Updates held for one future time, and their count after the last consolidation.
 type Held<D, R> = (Vec<(D, Time, R)>, usize);
 

@@ -16,7 +16,6 @@
 //! would retract the line it had produced, and the revenue built on it with it. Here the dedup
 //! state expires on its own while the accepted line, once emitted, stays emitted.
 
-use std::collections::BTreeMap;
 use std::hash::Hash;
 
 use differential_dataflow::VecCollection;
@@ -24,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use vendflow_protocol::{Cents, Event, EventKind, MachineId, Text, Timestamp};
 
 use crate::config::Config;
-use crate::operators::{FastSet, Keyed, Time, as_time, hash_of};
+use crate::operators::{ExpiringSet, Keyed, Time, as_time, hash_of};
 use crate::row::{ColumnType::*, Row, Value, col};
 use crate::views::ViewDef;
 
@@ -95,26 +94,6 @@ fn fingerprint(line: &SaleLine) -> Fingerprint {
     (hash_of(&line.key()), hash_of(&(line.key(), 0x5eed_u32)))
 }
 
-/// Dedup state of one worker: the live fingerprints, and when each expires.
-#[derive(Default)]
-struct Seen {
-    live: FastSet<Fingerprint>,
-    expiries: BTreeMap<Time, Vec<Fingerprint>>,
-}
-
-impl Seen {
-    fn expire(&mut self, now: Time) {
-        while let Some(entry) = self.expiries.first_entry() {
-            if *entry.key() > now {
-                break;
-            }
-            for fp in entry.remove() {
-                self.live.remove(&fp);
-            }
-        }
-    }
-}
-
 pub fn render<'s>(events: VecCollection<'s, Time, Event>, config: &Config) -> Sales<'s> {
     let horizon = config.dedup_horizon_ms;
     let verdicts = events
@@ -122,7 +101,7 @@ pub fn render<'s>(events: VecCollection<'s, Time, Event>, config: &Config) -> Sa
         .keyed_in_time_order(
             "Sales: dedup",
             |line: &SaleLine| hash_of(&line.key()),
-            Seen::default(),
+            ExpiringSet::<Fingerprint>::default(),
             move |seen, line, diff, out| {
                 // Deliveries only ever add; a negative diff would be a bug upstream.
                 if diff <= 0 {
@@ -136,15 +115,14 @@ pub fn render<'s>(events: VecCollection<'s, Time, Event>, config: &Config) -> Sa
                     let fp = fingerprint(&line);
                     if expires <= out.time() {
                         out.give(Verdict::TooLate(line.machine_id.clone()), 1);
-                    } else if seen.live.insert(fp) {
-                        seen.expiries.entry(expires).or_default().push(fp);
+                    } else if seen.insert(fp, expires) {
                         out.give(Verdict::Accepted(line.clone()), 1);
                     } else {
                         out.give(Verdict::Duplicate(line.machine_id.clone()), 1);
                     }
                 }
             },
-            Seen::expire,
+            ExpiringSet::expire,
         );
     Sales {
         accepted: verdicts.clone().flat_map(|v| match v {
@@ -201,6 +179,8 @@ pub(crate) fn oracle(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::testing::{self, Scenario};
 

@@ -23,7 +23,7 @@ use vendflow_protocol::{Event, MachineId, Timestamp};
 
 use crate::config::Config;
 use crate::inventory::Level;
-use crate::operators::{Temporal, Time, as_time};
+use crate::operators::{ExpiringSet, Keyed, Temporal, Time, as_time, hash_of};
 use crate::row::{ColumnType::*, OrdF64, Row, Value, col, null};
 use crate::sales::SaleLine;
 use crate::views::ViewDef;
@@ -197,11 +197,24 @@ pub fn render<'s>(
         .0
         .map(|(m, s, _day)| (m, s))
         .count_total();
+    // Distinct days with events per machine: each (machine, day) is passed on at its first
+    // sighting and retracted when the day leaves the window.
     let days_observed = events
         .map(|e| (e.machine_id, e.timestamp.day()))
+        .keyed_in_time_order(
+            "Stockout: days observed",
+            |(m, _): &(MachineId, i64)| hash_of(m),
+            ExpiringSet::default(),
+            move |seen, (m, day), diff, out| {
+                let expires = as_time(day * MS_PER_DAY + window);
+                if diff > 0 && expires > out.time() && seen.insert((m.clone(), day), expires) {
+                    out.give((m, day), 1);
+                }
+            },
+            ExpiringSet::expire,
+        )
         .retain_between(move |(_, day): &(MachineId, i64)| (0, as_time(day * MS_PER_DAY + window)))
         .0
-        .distinct()
         .map(|(m, _)| m)
         .count_total();
     let planned_units = levels.flat_map(|l| {
