@@ -44,7 +44,7 @@ pub mod views;
 pub use config::Config;
 pub use engine::{Batch, Engine, EngineError, Feeder, Feeders};
 pub use errors::ErrorRecord;
-pub use operators::Time;
+pub use operators::{ExpiringSet, Time};
 pub use row::{Row, Value};
 pub use summary::FleetSummary;
 pub use view_store::{Change, Snapshot, StoreError, Subscription, SubscriptionEnd, ViewStore};

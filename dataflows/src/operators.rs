@@ -119,11 +119,17 @@ impl<K: Hash + Eq + Clone> ExpiringSet<K> {
 
     /// Drops every key whose expiry is at or before `now`.
     pub fn expire(&mut self, now: Time) {
+        self.expire_with(now, |_| {});
+    }
+
+    /// Like [`ExpiringSet::expire`], telling `gone` each key it drops.
+    pub fn expire_with(&mut self, now: Time, mut gone: impl FnMut(&K)) {
         while let Some(entry) = self.expiries.first_entry() {
             if *entry.key() > now {
                 break;
             }
             for key in entry.remove() {
+                gone(&key);
                 self.live.remove(&key);
             }
         }

@@ -129,9 +129,9 @@ pub fn forecast(
 pub struct ByWeekday(pub [i64; 7]);
 
 impl ByWeekday {
-    fn units(weekday: u8, units: u32) -> ByWeekday {
+    fn unit(weekday: u8) -> ByWeekday {
         let mut w = ByWeekday::default();
-        w.0[usize::from(weekday) % 7] = i64::from(units);
+        w.0[usize::from(weekday) % 7] = 1;
         w
     }
 }
@@ -185,17 +185,23 @@ pub fn render<'s>(
     // when the day leaves the trailing window, so the per-slot sum *is* the weekday profile.
     let demand = accepted
         .explode(|l| {
-            let day = l.timestamp.day();
             Some((
-                (l.machine_id, l.slot_number, day),
-                ByWeekday::units(Timestamp(day * MS_PER_DAY).weekday(), l.quantity),
+                (l.machine_id, l.slot_number, l.timestamp.day()),
+                l.quantity as isize,
             ))
         })
         .retain_between(move |(_, _, day): &(MachineId, u32, i64)| {
             (0, as_time(day * MS_PER_DAY + window))
         })
         .0
-        .map(|(m, s, _day)| (m, s))
+        // Converted to weekday units only after the filter: what it holds for later is a count
+        // per slot and day, not a seven-wide array.
+        .explode(|(m, s, day)| {
+            Some((
+                (m, s),
+                ByWeekday::unit(Timestamp(day * MS_PER_DAY).weekday()),
+            ))
+        })
         .count_total();
     // Distinct days with events per machine: each (machine, day) is passed on at its first
     // sighting and retracted when the day leaves the window.
