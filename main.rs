@@ -8,10 +8,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use std::io::Write;
 use tracing_subscriber::EnvFilter;
 use vendflow_dataflows::{Batch, Config, Engine, FleetSummary};
+use vendflow_firmware::mqtt as mqtt_sim;
 use vendflow_firmware::{Fault, Fleet, FleetConfig};
+use vendflow_ingest::auth::{Credentials, Verifier};
+use vendflow_ingest::bridge::{self, BridgeConfig, BridgeStats};
 use vendflow_ingest::file::{ReplayOptions, load_registry, replay};
+use vendflow_ingest::kafka::TELEMETRY_TOPIC;
+use vendflow_ingest::kafka::source::{self as kafka_source, SourceConfig, SourceStats};
 use vendflow_ingest::sim::{self, Pace};
 use vendflow_protocol::Timestamp;
 use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR};
@@ -84,6 +90,93 @@ enum Command {
         #[arg(long)]
         rate: Option<f64>,
     },
+    /// Bridge machine telemetry from MQTT into Kafka, acknowledging to MQTT only once Kafka has it.
+    ///
+    /// Subscribes `machines/+/telemetry` (QoS 1, persistent session) and produces each envelope to
+    /// `machine-telemetry` keyed by machine id; refused envelopes (wrong machine for the topic, bad
+    /// or missing signature, stale, replayed) go to `telemetry-rejected` with the reason.
+    Bridge {
+        /// MQTT broker, HOST:PORT.
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        mqtt: String,
+        /// Kafka bootstrap servers, HOST:PORT[,HOST:PORT…].
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        kafka: String,
+        /// MQTT client id; keep it stable: the broker keeps unacknowledged messages under it.
+        #[arg(long, default_value = "vendflow-bridge")]
+        client_id: String,
+        /// MQTT username (password from VENDFLOW_MQTT_PASSWORD).
+        #[arg(long)]
+        mqtt_user: Option<String>,
+        /// Device credentials (JSON Lines of machineId + secretSha256), see `vendflow device register`.
+        #[arg(long, required_unless_present = "insecure_no_auth")]
+        credentials: Option<PathBuf>,
+        /// Accept unsigned envelopes (trusted test networks only).
+        #[arg(long)]
+        insecure_no_auth: bool,
+        /// Largest accepted difference between an envelope's sentAt and this clock, in seconds.
+        #[arg(long, default_value_t = 900)]
+        max_skew_secs: i64,
+        /// Partitions of `machine-telemetry` if the bridge creates it.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        /// Messages waiting for Kafka before the bridge stops reading MQTT.
+        #[arg(long, default_value_t = 10_000)]
+        max_inflight: usize,
+    },
+    /// Run the dataflows on the Kafka log (`machine-telemetry`, `fleet-commands`) until Ctrl-C.
+    ///
+    /// Reads every partition from the beginning: on restart the views are rebuilt from the log.
+    Run {
+        /// Kafka bootstrap servers.
+        #[arg(long)]
+        kafka: String,
+        /// Write every view as CSV (and status.json) into this directory at each summary.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+        /// Seconds between summaries.
+        #[arg(long, default_value_t = 2.0)]
+        every: f64,
+        /// Partitions of `machine-telemetry` if it has to be created.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        /// Granularity of the ingestion clock in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        tick_ms: u64,
+    },
+    /// Simulated machines publishing signed telemetry over MQTT (load and end-to-end tests).
+    Publish {
+        /// MQTT broker, HOST:PORT.
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        mqtt: String,
+        #[arg(long, default_value_t = 20)]
+        machines: usize,
+        /// Simulated hours to publish, ending now.
+        #[arg(long, default_value_t = 6)]
+        hours: i64,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Simulated seconds per wall-clock second (default: as fast as the broker takes it).
+        #[arg(long)]
+        speed: Option<f64>,
+        /// Write the fleet's credentials file (secret hashes) here, for the bridge.
+        #[arg(long)]
+        credentials_out: Option<PathBuf>,
+        /// Write the fleet's registry records here.
+        #[arg(long)]
+        registry_out: Option<PathBuf>,
+        /// Record every published event here as JSON Lines (what an oracle should count).
+        #[arg(long)]
+        record: Option<PathBuf>,
+        /// Only write --credentials-out / --registry-out, publish nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Device credentials.
+    Device {
+        #[command(subcommand)]
+        command: DeviceCommand,
+    },
     /// Write a simulated fleet's registry and events as JSON Lines (fixtures, workloads).
     Simulate {
         /// Output directory: `registry.jsonl` and `events.jsonl` (in delivery order).
@@ -100,6 +193,17 @@ enum Command {
         /// machine the restock crew skips (2), no random faults.
         #[arg(long)]
         scenario: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeviceCommand {
+    /// Issue a secret for a machine: prints it once and stores only its hash in --credentials.
+    Register {
+        machine_id: String,
+        /// Credentials file (created if missing).
+        #[arg(long)]
+        credentials: PathBuf,
     },
 }
 
@@ -151,7 +255,286 @@ fn main() -> anyhow::Result<()> {
             seed,
             scenario,
         } => simulate(&out, machines, hours, seed, scenario.as_deref()),
+        Command::Bridge {
+            mqtt,
+            kafka,
+            client_id,
+            mqtt_user,
+            credentials,
+            insecure_no_auth,
+            max_skew_secs,
+            partitions,
+            max_inflight,
+        } => {
+            let (mqtt_host, mqtt_port) = host_port(&mqtt)?;
+            let credentials = match (credentials, insecure_no_auth) {
+                (Some(path), _) => {
+                    let creds = Credentials::load(&path)?;
+                    eprintln!(
+                        "bridge: {} machine credential(s) from {}",
+                        creds.len(),
+                        path.display()
+                    );
+                    Some(creds)
+                }
+                (None, _) => {
+                    eprintln!(
+                        "bridge: WARNING --insecure-no-auth: envelopes are not authenticated"
+                    );
+                    None
+                }
+            };
+            let mqtt_credentials = mqtt_user.map(|u| {
+                (
+                    u,
+                    std::env::var("VENDFLOW_MQTT_PASSWORD").unwrap_or_default(),
+                )
+            });
+            let config = BridgeConfig {
+                mqtt_host,
+                mqtt_port,
+                client_id,
+                mqtt_credentials,
+                kafka,
+                partitions,
+                max_inflight: max_inflight.max(1),
+            };
+            let stop = stop_flag()?;
+            let stats = Arc::new(BridgeStats::default());
+            eprintln!(
+                "bridge: mqtt {}:{} ({}) -> kafka {} ({}); Ctrl-C to stop",
+                config.mqtt_host,
+                config.mqtt_port,
+                bridge::TELEMETRY_FILTER,
+                config.kafka,
+                TELEMETRY_TOPIC
+            );
+            bridge::run(
+                &config,
+                Verifier::new(credentials, max_skew_secs.saturating_mul(1000)),
+                stats.clone(),
+                &stop,
+            )?;
+            eprintln!("bridge stopped: {}", stats.line());
+            Ok(())
+        }
+        Command::Run {
+            kafka,
+            out,
+            every,
+            partitions,
+            tick_ms,
+        } => run_kafka(config, &kafka, out.as_deref(), every, partitions, tick_ms),
+        Command::Publish {
+            mqtt,
+            machines,
+            hours,
+            seed,
+            speed,
+            credentials_out,
+            registry_out,
+            record,
+            dry_run,
+        } => publish(PublishArgs {
+            mqtt,
+            machines,
+            hours,
+            seed,
+            speed,
+            credentials_out,
+            registry_out,
+            record,
+            dry_run,
+        }),
+        Command::Device {
+            command:
+                DeviceCommand::Register {
+                    machine_id,
+                    credentials,
+                },
+        } => {
+            vendflow_protocol::MachineId::parse(&machine_id)
+                .map_err(|e| anyhow::anyhow!("machine id {machine_id:?}: {e}"))?;
+            let secret = Credentials::register(&credentials, &machine_id)?;
+            eprintln!(
+                "registered {machine_id}; its secret (shown once, stored only as a hash in {}):",
+                credentials.display()
+            );
+            println!("{secret}");
+            Ok(())
+        }
     }
+}
+
+fn host_port(address: &str) -> anyhow::Result<(String, u16)> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .with_context(|| format!("{address:?} is not HOST:PORT"))?;
+    let port = port
+        .parse()
+        .with_context(|| format!("{address:?}: port {port:?} is not a number"))?;
+    Ok((host.to_owned(), port))
+}
+
+/// A flag raised by Ctrl-C or SIGTERM.
+fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+        .context("cannot install the Ctrl-C handler")?;
+    Ok(stop)
+}
+
+fn run_kafka(
+    config: Config,
+    brokers: &str,
+    out: Option<&std::path::Path>,
+    every: f64,
+    partitions: i32,
+    tick_ms: u64,
+) -> anyhow::Result<()> {
+    let stop = stop_flag()?;
+    let mut engine = Engine::start(config)?;
+    let store = engine.store();
+    let feeders = engine.feeders().context("engine feeders already taken")?;
+    let stats = Arc::new(SourceStats::default());
+    let handles = kafka_source::start(
+        &SourceConfig {
+            brokers: brokers.to_owned(),
+            partitions,
+            tick_ms,
+        },
+        feeders,
+        stats.clone(),
+        stop.clone(),
+    )?;
+    eprintln!("run: consuming {TELEMETRY_TOPIC} and fleet-commands from {brokers}; Ctrl-C to stop");
+    let every = Duration::from_secs_f64(every.max(0.1));
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(every);
+        let snapshot = store.snapshot();
+        let summary = FleetSummary::from_snapshot(&snapshot)?;
+        println!(
+            "[{}] {summary} | consumed {} messages, {} events, {} refused | {}",
+            Timestamp(snapshot.frontier as i64),
+            stats.messages.load(Ordering::Relaxed),
+            stats.events.load(Ordering::Relaxed),
+            stats.errors.load(Ordering::Relaxed),
+            stats.positions_line()
+        );
+        if let Some(dir) = out {
+            vendflow_sinks::csv::write_snapshot(&snapshot, dir)?;
+            let status = serde_json::json!({
+                "frontier": snapshot.frontier,
+                "messages": stats.messages.load(Ordering::Relaxed),
+                "events": stats.events.load(Ordering::Relaxed),
+                "errors": stats.errors.load(Ordering::Relaxed),
+                "positions": stats.positions_line(),
+            });
+            let tmp = dir.join("status.json.tmp");
+            std::fs::write(&tmp, status.to_string())?;
+            std::fs::rename(&tmp, dir.join("status.json"))?;
+        }
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    engine.shutdown()?;
+    eprintln!("run stopped.");
+    Ok(())
+}
+
+struct PublishArgs {
+    mqtt: String,
+    machines: usize,
+    hours: i64,
+    seed: u64,
+    speed: Option<f64>,
+    credentials_out: Option<PathBuf>,
+    registry_out: Option<PathBuf>,
+    record: Option<PathBuf>,
+    dry_run: bool,
+}
+
+fn publish(args: PublishArgs) -> anyhow::Result<()> {
+    if args.machines == 0 || args.hours <= 0 {
+        bail!("--machines and --hours must be positive");
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    // The simulated span ends now, on a whole minute, so event times are what a live fleet sends.
+    let end = now - now.rem_euclid(60_000);
+    let mut fleet = Fleet::new(&FleetConfig {
+        machines: args.machines,
+        seed: args.seed,
+        start: Timestamp(end - args.hours * MS_PER_HOUR),
+        ..FleetConfig::default()
+    });
+    if let Some(path) = &args.credentials_out {
+        let mut creds = Credentials::default();
+        for (machine, hash) in mqtt_sim::simulated_credentials(&fleet, args.seed) {
+            creds.insert(&machine, hash);
+        }
+        creds.save(path)?;
+    }
+    if let Some(path) = &args.registry_out {
+        let registry: String = fleet
+            .registry()
+            .iter()
+            .map(|r| r.to_json_line() + "\n")
+            .collect();
+        std::fs::write(path, registry)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if args.dry_run {
+        return Ok(());
+    }
+    let (host, port) = host_port(&args.mqtt)?;
+    let stop = stop_flag()?;
+    let client_id = format!("vendflow-publisher-{}", std::process::id());
+    let mut publisher = mqtt_sim::Publisher::connect(&host, port, &client_id, args.seed);
+    let mut record = match &args.record {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        )),
+        None => None,
+    };
+    let mut events = 0u64;
+    let mut write_error = None;
+    let started = Instant::now();
+    mqtt_sim::run(
+        &mut fleet,
+        &mut publisher,
+        Timestamp(end),
+        args.speed,
+        &stop,
+        |envelope| {
+            events += envelope.events.len() as u64;
+            if let Some(w) = record.as_mut() {
+                for e in &envelope.events {
+                    if let Err(err) = writeln!(w, "{}", e.to_json_line()) {
+                        write_error.get_or_insert(err);
+                    }
+                }
+            }
+        },
+    )?;
+    if let Some(e) = write_error {
+        bail!("cannot record the published events: {e}");
+    }
+    if let Some(mut w) = record {
+        w.flush()?;
+    }
+    let envelopes = publisher.finish(Duration::from_secs(120))?;
+    println!(
+        "published {envelopes} envelopes ({events} events) of {} machines in {:.1}s, all acknowledged by {}",
+        args.machines,
+        started.elapsed().as_secs_f64(),
+        args.mqtt
+    );
+    Ok(())
 }
 
 fn demo(

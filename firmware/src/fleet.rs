@@ -282,6 +282,11 @@ impl Fleet {
         self.now
     }
 
+    /// The simulated machines' ids, in fleet order.
+    pub fn machine_ids(&self) -> impl Iterator<Item = &str> {
+        self.machines.iter().map(|m| m.id.as_str())
+    }
+
     /// Runs the fleet up to `to` and returns what the machines delivered meanwhile, one
     /// envelope per machine that sent anything, in machine order.
     pub fn advance(&mut self, to: Timestamp) -> Vec<Envelope> {

@@ -7,8 +7,14 @@
 //! # Layout
 //! - [`file`]: JSON Lines files (replay of recorded telemetry) and registry fixture files.
 //! - [`sim`]: the simulated fleet of `vendflow-firmware`, on an accelerated clock.
+//! - [`auth`]: device credentials file, signature and replay checks (bridge and HTTPS).
+//! - [`bridge`]: MQTT → Kafka, acknowledged to MQTT only once Kafka has the message.
+//! - [`kafka`]: topics, client settings, and the Kafka source of the dataflows.
 
+pub mod auth;
+pub mod bridge;
 pub mod file;
+pub mod kafka;
 pub mod sim;
 
 /// Why a source stopped.

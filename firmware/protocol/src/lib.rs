@@ -9,9 +9,11 @@
 //! - [`units`]: ids, money (integer cents), time (UTC epoch milliseconds) and exact decimals.
 //! - [`event`]: telemetry events (heartbeat, sale, restock, error, door) and their envelope.
 //! - [`registry`]: machines with their planogram, locations and leases, as registry records.
+//! - [`auth`]: device credentials: envelope signatures (HMAC-SHA256) and token hashes.
 //! - [`decode`]: strict decoding of the envelope, of JSON Lines and of registry files, with a typed
 //!   reason for every failure.
 
+pub mod auth;
 pub mod decode;
 pub mod event;
 pub mod registry;

@@ -1,0 +1,183 @@
+//! Simulated machines publishing over real MQTT, as the fleet does in production.
+//!
+//! Each envelope is signed with its machine's key (`vendflow_protocol::auth`) and published with
+//! QoS 1 to `machines/{id}/telemetry`. Simulated machines get deterministic secrets derived from
+//! the seed, so the platform side can be given their hashes ([`simulated_credentials`]) without
+//! any secret being written down.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rumqttc::{Client, Event, MqttOptions, Outgoing, Packet, QoS};
+use vendflow_protocol::auth::{SecretHash, sign_envelope};
+use vendflow_protocol::{Envelope, Timestamp};
+
+use crate::fleet::Fleet;
+
+/// A simulated machine's secret: derived from the seed, never stored.
+pub fn simulated_secret(seed: u64, machine_id: &str) -> String {
+    SecretHash::of(&format!("vendflow-simulated-secret/{seed}/{machine_id}")).to_hex()
+}
+
+/// The platform's view of the simulated fleet's credentials: (machine id, secret hash).
+pub fn simulated_credentials(fleet: &Fleet, seed: u64) -> Vec<(String, SecretHash)> {
+    fleet
+        .machine_ids()
+        .map(|m| (m.to_owned(), SecretHash::of(&simulated_secret(seed, m))))
+        .collect()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("mqtt {0}: {1}")]
+    Mqtt(String, String),
+    #[error("{outstanding} message(s) still unacknowledged by the broker after {waited:?}")]
+    Unacknowledged { outstanding: u64, waited: Duration },
+}
+
+pub struct Publisher {
+    client: Client,
+    seed: u64,
+    keys: std::collections::HashMap<String, SecretHash>,
+    published: u64,
+    acked: Arc<AtomicU64>,
+    driver: Option<std::thread::JoinHandle<()>>,
+    done: Arc<AtomicBool>,
+    nonce: u64,
+    address: String,
+}
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Publisher {
+    /// Connects as `client_id` to `host:port`.
+    pub fn connect(host: &str, port: u16, client_id: &str, seed: u64) -> Publisher {
+        let mut options = MqttOptions::new(client_id, host, port);
+        options
+            .set_keep_alive(Duration::from_secs(15))
+            .set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut connection) = Client::new(options, 256);
+        let acked = Arc::new(AtomicU64::new(0));
+        let done = Arc::new(AtomicBool::new(false));
+        let address = format!("{host}:{port}");
+        let driver = {
+            let (acked, done, address) = (acked.clone(), done.clone(), address.clone());
+            std::thread::spawn(move || {
+                let mut backoff = Duration::from_millis(100);
+                while !done.load(Ordering::SeqCst) {
+                    match connection.recv_timeout(Duration::from_millis(100)) {
+                        Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => {
+                            acked.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) => break,
+                        Ok(Ok(_)) => backoff = Duration::from_millis(100),
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "mqtt {address} unavailable; retrying in {} ms", backoff.as_millis());
+                            std::thread::sleep(backoff);
+                            backoff = (backoff * 2).min(Duration::from_secs(2));
+                        }
+                        Err(rumqttc::RecvTimeoutError::Timeout) => {}
+                        Err(rumqttc::RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+            })
+        };
+        Publisher {
+            client,
+            seed,
+            keys: std::collections::HashMap::new(),
+            published: 0,
+            acked,
+            driver: Some(driver),
+            done,
+            nonce: 0,
+            address,
+        }
+    }
+
+    /// Signs and publishes one envelope (blocks while the client's queue is full).
+    pub fn publish(&mut self, envelope: &Envelope) -> Result<(), PublishError> {
+        let machine = envelope.machine_id.as_str();
+        let seed = self.seed;
+        let key = *self
+            .keys
+            .entry(machine.to_owned())
+            .or_insert_with(|| SecretHash::of(&simulated_secret(seed, machine)));
+        self.nonce += 1;
+        let nonce = format!("{:x}-{:x}", wall_ms(), self.nonce);
+        let body = sign_envelope(envelope, &key, wall_ms(), &nonce);
+        self.client
+            .publish(
+                format!("machines/{machine}/telemetry"),
+                QoS::AtLeastOnce,
+                false,
+                body,
+            )
+            .map_err(|e| PublishError::Mqtt(self.address.clone(), e.to_string()))?;
+        self.published += 1;
+        Ok(())
+    }
+
+    pub fn published(&self) -> u64 {
+        self.published
+    }
+
+    pub fn acknowledged(&self) -> u64 {
+        self.acked.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the broker acknowledged everything published, then disconnects.
+    pub fn finish(mut self, timeout: Duration) -> Result<u64, PublishError> {
+        let started = Instant::now();
+        while self.acknowledged() < self.published && started.elapsed() < timeout {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let outstanding = self.published.saturating_sub(self.acknowledged());
+        let _ = self.client.disconnect();
+        self.done.store(true, Ordering::SeqCst);
+        if let Some(d) = self.driver.take() {
+            let _ = d.join();
+        }
+        if outstanding > 0 {
+            return Err(PublishError::Unacknowledged {
+                outstanding,
+                waited: started.elapsed(),
+            });
+        }
+        Ok(self.published)
+    }
+}
+
+/// Runs `fleet` up to `end`, publishing every envelope; `on_envelope` sees each one first (to
+/// record what was sent). `pace`: simulated ms per wall ms (None: as fast as the broker takes it).
+pub fn run(
+    fleet: &mut Fleet,
+    publisher: &mut Publisher,
+    end: Timestamp,
+    pace: Option<f64>,
+    stop: &AtomicBool,
+    mut on_envelope: impl FnMut(&Envelope),
+) -> Result<(), PublishError> {
+    let started = Instant::now();
+    let sim_start = fleet.now().0;
+    let mut t = sim_start;
+    while t < end.0 && !stop.load(Ordering::SeqCst) {
+        t = (t + 10_000).min(end.0);
+        if let Some(speed) = pace {
+            let due = Duration::from_secs_f64((t - sim_start) as f64 / speed / 1000.0);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        for envelope in fleet.advance(Timestamp(t)) {
+            on_envelope(&envelope);
+            publisher.publish(&envelope)?;
+        }
+    }
+    Ok(())
+}

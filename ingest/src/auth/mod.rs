@@ -1,0 +1,357 @@
+//! Device credentials on the receiving side: the credentials file, signature checks and replay
+//! refusal, shared by the MQTT bridge and the HTTPS endpoint.
+//!
+//! The credentials file has one JSON object per line, `{"machineId":"m00001","secretSha256":"…"}`:
+//! only the hash of each machine's secret (see `vendflow_protocol::auth`). `vendflow device
+//! register` issues a secret and appends its line.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use vendflow_dataflows::ExpiringSet;
+use vendflow_protocol::auth::{AuthError, SecretHash, Signed, verify_envelope};
+
+/// Default tolerance between a machine's `sentAt` and the receiver's clock.
+pub const DEFAULT_MAX_SKEW_MS: i64 = 15 * 60 * 1000;
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CredentialLine {
+    machine_id: String,
+    secret_sha256: String,
+}
+
+/// The machines' secret hashes.
+#[derive(Clone, Default, Debug)]
+pub struct Credentials {
+    hashes: HashMap<String, SecretHash>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("cannot read or write {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {message}")]
+    Line {
+        path: String,
+        line: usize,
+        message: String,
+    },
+    #[error("machine {0:?} already has credentials; revoke them first")]
+    Exists(String),
+    #[error("the operating system's random source failed: {0}")]
+    Random(String),
+}
+
+impl Credentials {
+    pub fn load(path: &Path) -> Result<Credentials, CredentialsError> {
+        let text = std::fs::read_to_string(path).map_err(|source| CredentialsError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mut creds = Credentials::default();
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let bad = |message: String| CredentialsError::Line {
+                path: path.display().to_string(),
+                line: i + 1,
+                message,
+            };
+            let parsed: CredentialLine =
+                serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+            let hash =
+                SecretHash::from_hex(&parsed.secret_sha256).map_err(|e| bad(e.to_string()))?;
+            creds.hashes.insert(parsed.machine_id, hash);
+        }
+        Ok(creds)
+    }
+
+    pub fn insert(&mut self, machine_id: &str, hash: SecretHash) {
+        self.hashes.insert(machine_id.to_owned(), hash);
+    }
+
+    pub fn get(&self, machine_id: &str) -> Option<SecretHash> {
+        self.hashes.get(machine_id).copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.hashes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hashes.is_empty()
+    }
+
+    /// Writes every machine's line to `path` (replacing it), via a temporary file.
+    pub fn save(&self, path: &Path) -> Result<(), CredentialsError> {
+        let io = |source| CredentialsError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut ids: Vec<&String> = self.hashes.keys().collect();
+        ids.sort();
+        let tmp = path.with_extension("tmp");
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
+        for id in ids {
+            let line = CredentialLine {
+                machine_id: id.clone(),
+                secret_sha256: self.hashes[id].to_hex(),
+            };
+            let text = serde_json::to_string(&line).map_err(|e| io(e.into()))?;
+            writeln!(file, "{text}").map_err(io)?;
+        }
+        file.flush().map_err(io)?;
+        drop(file);
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+
+    /// Issues a new random secret for `machine_id`, appending its hash to the file at `path`
+    /// (created if missing). Returns the secret: it is shown once and stored nowhere.
+    pub fn register(path: &Path, machine_id: &str) -> Result<String, CredentialsError> {
+        let mut creds = if path.exists() {
+            Credentials::load(path)?
+        } else {
+            Credentials::default()
+        };
+        if creds.get(machine_id).is_some() {
+            return Err(CredentialsError::Exists(machine_id.to_owned()));
+        }
+        let secret = new_secret()?;
+        creds.insert(machine_id, SecretHash::of(&secret));
+        creds.save(path)?;
+        Ok(secret)
+    }
+}
+
+/// 32 random bytes from the OS, as hex.
+pub fn new_secret() -> Result<String, CredentialsError> {
+    use rand::TryRngCore;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut bytes)
+        .map_err(|e| CredentialsError::Random(e.to_string()))?;
+    Ok(hex::encode(bytes))
+}
+
+/// Why an envelope was refused at the door.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("topic {0:?} is not machines/<id>/telemetry")]
+    Topic(String),
+    #[error("envelope names machine {claimed:?} but arrived for machine {topic:?}")]
+    MachineMismatch { topic: String, claimed: String },
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(
+        "sentAt {sent_at} is {skew_ms} ms away from the receiver's clock (limit {limit_ms} ms)"
+    )]
+    Stale {
+        sent_at: i64,
+        skew_ms: i64,
+        limit_ms: i64,
+    },
+    #[error("nonce {nonce:?} of machine {machine:?} was already used with different content")]
+    Replay { machine: String, nonce: String },
+}
+
+impl Refusal {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::Topic(_) => "topic",
+            Refusal::MachineMismatch { .. } => "machine_mismatch",
+            Refusal::Auth(a) => a.code(),
+            Refusal::Stale { .. } => "stale",
+            Refusal::Replay { .. } => "replay",
+        }
+    }
+}
+
+/// What to do with an envelope that passed the checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// New: forward it, then [`Verifier::forwarded`] once it is durable.
+    Forward(Option<Signed>),
+    /// The same bytes were already forwarded (a redelivery): acknowledge, do not forward again.
+    AlreadyForwarded,
+}
+
+/// Checks envelopes: machine id, signature, freshness, nonce reuse.
+pub struct Verifier {
+    credentials: Option<Credentials>,
+    max_skew_ms: i64,
+    /// (machine, nonce) → digest of the forwarded bytes, while within the skew window.
+    seen: HashMap<(String, String), [u8; 32]>,
+    expiry: ExpiringSet<(String, String)>,
+}
+
+impl Verifier {
+    /// `credentials: None` turns signature checks off (only for trusted networks and tests of
+    /// other parts; the CLI says so loudly).
+    pub fn new(credentials: Option<Credentials>, max_skew_ms: i64) -> Verifier {
+        Verifier {
+            credentials,
+            max_skew_ms,
+            seen: HashMap::new(),
+            expiry: ExpiringSet::default(),
+        }
+    }
+
+    pub fn checks_signatures(&self) -> bool {
+        self.credentials.is_some()
+    }
+
+    /// Checks an envelope that arrived for `machine` (from the topic or a header) at `now_ms`.
+    pub fn check(
+        &mut self,
+        machine: &str,
+        bytes: &[u8],
+        now_ms: i64,
+    ) -> Result<Admission, Refusal> {
+        let claimed = vendflow_protocol::auth::claimed_machine(bytes)?;
+        if claimed != machine {
+            return Err(Refusal::MachineMismatch {
+                topic: machine.to_owned(),
+                claimed,
+            });
+        }
+        let Some(creds) = &self.credentials else {
+            return Ok(Admission::Forward(None));
+        };
+        let signed = verify_envelope(bytes, |m| creds.get(m))?;
+        let skew_ms = (now_ms - signed.sent_at).abs();
+        if skew_ms > self.max_skew_ms {
+            return Err(Refusal::Stale {
+                sent_at: signed.sent_at,
+                skew_ms,
+                limit_ms: self.max_skew_ms,
+            });
+        }
+        self.expire(now_ms);
+        let key = (machine.to_owned(), signed.nonce.clone());
+        match self.seen.get(&key) {
+            Some(digest) if *digest == digest_of(bytes) => Ok(Admission::AlreadyForwarded),
+            Some(_) => Err(Refusal::Replay {
+                machine: key.0,
+                nonce: key.1,
+            }),
+            None => Ok(Admission::Forward(Some(signed))),
+        }
+    }
+
+    /// Records a forwarded envelope's nonce, so a redelivery is recognised and a replay refused.
+    pub fn forwarded(&mut self, signed: &Signed, bytes: &[u8]) {
+        let key = (signed.machine_id.as_str().to_owned(), signed.nonce.clone());
+        let until = signed.sent_at.saturating_add(self.max_skew_ms).max(0) as u64;
+        if self.expiry.insert(key.clone(), until) {
+            self.seen.insert(key, digest_of(bytes));
+        }
+    }
+
+    fn expire(&mut self, now_ms: i64) {
+        let seen = &mut self.seen;
+        self.expiry.expire_with(now_ms.max(0) as u64, |key| {
+            seen.remove(key);
+        });
+    }
+}
+
+fn digest_of(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
+/// The machine id in a `machines/<id>/<leaf>` topic.
+pub fn machine_of_topic<'a>(topic: &'a str, leaf: &str) -> Result<&'a str, Refusal> {
+    let mut parts = topic.split('/');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some("machines"), Some(id), Some(l), None) if l == leaf && !id.is_empty() => Ok(id),
+        _ => Err(Refusal::Topic(topic.to_owned())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use vendflow_protocol::auth::sign_envelope;
+    use vendflow_protocol::{Envelope, MachineId};
+
+    use super::*;
+
+    fn signed(machine: &str, secret: &str, sent_at: i64, nonce: &str) -> String {
+        let env = Envelope {
+            machine_id: MachineId::parse(machine).unwrap_or_else(|e| panic!("{e}")),
+            events: vec![],
+        };
+        sign_envelope(&env, &SecretHash::of(secret), sent_at, nonce)
+    }
+
+    fn verifier() -> Verifier {
+        let mut creds = Credentials::default();
+        creds.insert("m1", SecretHash::of("a"));
+        creds.insert("m2", SecretHash::of("b"));
+        Verifier::new(Some(creds), 60_000)
+    }
+
+    #[test]
+    fn a_machine_cannot_publish_as_another() {
+        let mut v = verifier();
+        // m1's envelope, signed with m1's key, on m2's topic.
+        let m1 = signed("m1", "a", 1_000, "n");
+        assert!(matches!(
+            v.check("m2", m1.as_bytes(), 1_000),
+            Err(Refusal::MachineMismatch { .. })
+        ));
+        // Claims m2 but signed with m1's key.
+        let forged = signed("m2", "a", 1_000, "n");
+        assert_eq!(
+            v.check("m2", forged.as_bytes(), 1_000)
+                .map_err(|r| r.code()),
+            Err("bad_signature")
+        );
+        assert!(matches!(
+            v.check("m1", m1.as_bytes(), 1_000),
+            Ok(Admission::Forward(Some(_)))
+        ));
+    }
+
+    #[test]
+    fn redelivery_is_recognised_replay_and_stale_are_refused() {
+        let mut v = verifier();
+        let first = signed("m1", "a", 1_000, "n1");
+        let Ok(Admission::Forward(Some(s))) = v.check("m1", first.as_bytes(), 2_000) else {
+            panic!("fresh envelope refused");
+        };
+        v.forwarded(&s, first.as_bytes());
+        assert_eq!(
+            v.check("m1", first.as_bytes(), 3_000),
+            Ok(Admission::AlreadyForwarded)
+        );
+        let reused = first.replace("\"events\":[]", "\"events\":[ ]");
+        assert!(v.check("m1", reused.as_bytes(), 3_000).is_err());
+        assert_eq!(
+            v.check("m1", first.as_bytes(), 100_000)
+                .map_err(|r| r.code()),
+            Err("stale")
+        );
+        // Past the window the nonce is forgotten (and the envelope is stale anyway).
+        v.expire(1_000_000);
+        assert!(v.seen.is_empty());
+    }
+
+    #[test]
+    fn topics_name_the_machine() {
+        assert_eq!(
+            machine_of_topic("machines/m1/telemetry", "telemetry"),
+            Ok("m1")
+        );
+        assert!(machine_of_topic("machines//telemetry", "telemetry").is_err());
+        assert!(machine_of_topic("machines/m1/acks", "telemetry").is_err());
+        assert!(machine_of_topic("machines/m1/telemetry/x", "telemetry").is_err());
+    }
+}

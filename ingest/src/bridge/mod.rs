@@ -1,0 +1,383 @@
+//! The MQTT → Kafka bridge (`vendflow bridge`).
+//!
+//! Subscribes `machines/+/telemetry` with QoS 1 on a persistent session (stable client id, no
+//! clean start, manual acknowledgements) and produces each envelope to `machine-telemetry`,
+//! keyed by machine id, with an idempotent producer. A message is acknowledged to the MQTT broker
+//! only after Kafka acknowledged it, and acknowledgements go out in the order messages came in;
+//! so a bridge killed at any moment leaves every unacknowledged message with the broker, which
+//! delivers it again to the next bridge on the same session. Redelivery is harmless: the
+//! dataflows deduplicate sale lines.
+//!
+//! Before forwarding, the bridge checks that the envelope's machine is the topic's and verifies
+//! its signature, freshness and nonce ([`crate::auth::Verifier`]). A refused envelope goes to
+//! `telemetry-rejected` with the reason (and is then acknowledged): never silently away.
+//!
+//! Backpressure: at most `max_inflight` messages wait for Kafka; beyond that the bridge stops
+//! reading from MQTT and the broker holds them. Kafka unavailable means librdkafka retries
+//! (idempotently, without a delivery timeout) while the inflight bound holds memory flat.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientContext;
+use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rumqttc::{Client, ConnectionError, Event, MqttOptions, Packet, Publish, QoS};
+use vendflow_protocol::auth::Signed;
+
+use crate::auth::{Admission, Refusal, Verifier, machine_of_topic};
+use crate::kafka::{KafkaError, REJECTED_TOPIC, TELEMETRY_TOPIC, client_config, ensure_topics};
+
+/// The MQTT subscription.
+pub const TELEMETRY_FILTER: &str = "machines/+/telemetry";
+
+#[derive(Clone, Debug)]
+pub struct BridgeConfig {
+    pub mqtt_host: String,
+    pub mqtt_port: u16,
+    /// Stable across restarts: the broker keeps the session (and unacknowledged messages) by it.
+    pub client_id: String,
+    pub mqtt_credentials: Option<(String, String)>,
+    pub kafka: String,
+    /// Partitions of `machine-telemetry` when the bridge creates it.
+    pub partitions: i32,
+    pub max_inflight: usize,
+}
+
+/// Counters, readable while the bridge runs.
+#[derive(Default, Debug)]
+pub struct BridgeStats {
+    pub received: AtomicU64,
+    pub forwarded: AtomicU64,
+    pub rejected: AtomicU64,
+    /// Redeliveries of envelopes already in Kafka: acknowledged, not produced again.
+    pub redelivered: AtomicU64,
+    pub kafka_retries: AtomicU64,
+    pub mqtt_reconnects: AtomicU64,
+    /// Messages produced but not yet acknowledged by Kafka (the bridge's lag).
+    pub inflight: AtomicU64,
+}
+
+impl BridgeStats {
+    pub fn line(&self) -> String {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            "received {} forwarded {} rejected {} redelivered {} inflight {} kafka_retries {} mqtt_reconnects {}",
+            g(&self.received),
+            g(&self.forwarded),
+            g(&self.rejected),
+            g(&self.redelivered),
+            g(&self.inflight),
+            g(&self.kafka_retries),
+            g(&self.mqtt_reconnects)
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    #[error("kafka producer: {0}")]
+    Producer(RdError),
+}
+
+/// One MQTT message on its way: acknowledged once Kafka has it and everything before it.
+struct Pending {
+    seq: u64,
+    publish: Publish,
+    done: bool,
+    /// For the verifier once durable.
+    signed: Option<Signed>,
+}
+
+/// A produce to (re)try.
+struct Outgoing {
+    seq: u64,
+    topic: &'static str,
+    key: String,
+    payload: Vec<u8>,
+}
+
+struct Shared {
+    pending: VecDeque<Pending>,
+    retry: Vec<Outgoing>,
+    verifier: Verifier,
+    next_seq: u64,
+}
+
+struct Ctx {
+    shared: Arc<Mutex<Shared>>,
+    client: Client,
+    stats: Arc<BridgeStats>,
+}
+
+impl ClientContext for Ctx {}
+
+impl ProducerContext for Ctx {
+    type DeliveryOpaque = Box<Outgoing>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, out: Box<Outgoing>) {
+        let mut shared = match self.shared.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Err((e, _)) = result {
+            // Without a delivery timeout this is a permanent error (e.g. authorisation): keep
+            // the message unacknowledged and try again, loudly.
+            tracing::error!(error = %e, topic = out.topic, "kafka refused a message; will retry");
+            self.stats.kafka_retries.fetch_add(1, Ordering::Relaxed);
+            shared.retry.push(*out);
+            return;
+        }
+        let Shared {
+            pending, verifier, ..
+        } = &mut *shared;
+        if let Some(p) = pending.iter_mut().find(|p| p.seq == out.seq) {
+            p.done = true;
+            if let Some(signed) = p.signed.take() {
+                verifier.forwarded(&signed, &out.payload);
+            }
+        }
+        if out.topic == TELEMETRY_TOPIC {
+            self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+        }
+        while pending.front().is_some_and(|p| p.done) {
+            if let Some(p) = pending.pop_front() {
+                // A failed ack (connection gone) only means the broker redelivers it.
+                if let Err(e) = self.client.try_ack(&p.publish) {
+                    tracing::debug!(error = %e, "mqtt ack not sent; the broker will redeliver");
+                }
+            }
+        }
+        self.stats
+            .inflight
+            .store(pending.len() as u64, Ordering::Relaxed);
+    }
+}
+
+fn rejection(topic: &str, refusal: &Refusal, payload: &[u8], now_ms: i64) -> Vec<u8> {
+    serde_json::json!({
+        "receivedAt": now_ms,
+        "mqttTopic": topic,
+        "code": refusal.code(),
+        "reason": refusal.to_string(),
+        "payload": String::from_utf8_lossy(payload),
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Runs the bridge until `stop`.
+pub fn run(
+    config: &BridgeConfig,
+    verifier: Verifier,
+    stats: Arc<BridgeStats>,
+    stop: &AtomicBool,
+) -> Result<(), BridgeError> {
+    ensure_topics(
+        &config.kafka,
+        &[(TELEMETRY_TOPIC, config.partitions), (REJECTED_TOPIC, 1)],
+    )?;
+
+    let mut options = MqttOptions::new(&config.client_id, &config.mqtt_host, config.mqtt_port);
+    options
+        .set_keep_alive(Duration::from_secs(15))
+        .set_clean_session(false)
+        .set_manual_acks(true)
+        .set_max_packet_size(1 << 20, 1 << 20);
+    if let Some((user, pass)) = &config.mqtt_credentials {
+        options.set_credentials(user, pass);
+    }
+    let (client, mut connection) = Client::new(options, 1024);
+
+    let shared = Arc::new(Mutex::new(Shared {
+        pending: VecDeque::new(),
+        retry: Vec::new(),
+        verifier,
+        next_seq: 0,
+    }));
+    let producer: ThreadedProducer<Ctx> = client_config(&config.kafka)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        // No delivery timeout: a message leaves the bridge only into Kafka.
+        .set("message.timeout.ms", "0")
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "100000")
+        .create_with_context(Ctx {
+            shared: shared.clone(),
+            client: client.clone(),
+            stats: stats.clone(),
+        })
+        .map_err(BridgeError::Producer)?;
+
+    let send = |out: Outgoing| -> Result<(), Outgoing> {
+        let record = BaseRecord::with_opaque_to(out.topic, Box::new(out)).timestamp(now_ms());
+        // The record borrows from the box it carries; build key and payload from it.
+        let (key, payload) = {
+            let o = &record.delivery_opaque;
+            (o.key.clone(), o.payload.clone())
+        };
+        let record = record.key(&key).payload(&payload);
+        producer.send(record).map_err(|(e, record)| {
+            if !matches!(e, RdError::MessageProduction(RDKafkaErrorCode::QueueFull)) {
+                tracing::warn!(error = %e, "kafka produce failed; will retry");
+            }
+            *record.delivery_opaque
+        })
+    };
+
+    let mut last_status = Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    while !stop.load(Ordering::SeqCst) {
+        // Retries first, in sequence order, so Kafka sees a machine's envelopes in order.
+        let mut retries = {
+            let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::take(&mut s.retry)
+        };
+        retries.sort_by_key(|o| o.seq);
+        let mut still = Vec::new();
+        for out in retries {
+            if let Err(out) = send(out) {
+                still.push(out);
+            }
+        }
+        if !still.is_empty() {
+            shared
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retry
+                .extend(still);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let inflight = shared.lock().map_or(0, |s| s.pending.len());
+        if inflight >= config.max_inflight {
+            // Let Kafka catch up; the broker keeps the rest.
+            std::thread::sleep(Duration::from_millis(10));
+            producer.poll(Duration::ZERO);
+        }
+        if last_status.elapsed() >= Duration::from_secs(10) {
+            last_status = Instant::now();
+            tracing::info!("bridge: {}", stats.line());
+        }
+        let event = match connection.recv_timeout(Duration::from_millis(100)) {
+            Ok(Ok(event)) => {
+                backoff = Duration::from_millis(100);
+                event
+            }
+            Ok(Err(e)) => {
+                report_connection_error(&e, config, backoff);
+                stats.mqtt_reconnects.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+            Err(rumqttc::RecvTimeoutError::Timeout) => continue,
+            Err(rumqttc::RecvTimeoutError::Disconnected) => break,
+        };
+        match event {
+            Event::Incoming(Packet::ConnAck(ack)) => {
+                tracing::info!(
+                    session_present = ack.session_present,
+                    "connected to mqtt {}:{}",
+                    config.mqtt_host,
+                    config.mqtt_port
+                );
+                if let Err(e) = client.try_subscribe(TELEMETRY_FILTER, QoS::AtLeastOnce) {
+                    tracing::error!(error = %e, "cannot subscribe {TELEMETRY_FILTER}");
+                }
+            }
+            Event::Incoming(Packet::Publish(publish)) => {
+                stats.received.fetch_add(1, Ordering::Relaxed);
+                let mut out = {
+                    let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+                    admit(&mut s, &stats, publish)
+                };
+                while let Some(o) = out.take() {
+                    if let Err(o) = send(o) {
+                        // Queue full: wait for deliveries, then try the same message again.
+                        producer.poll(Duration::from_millis(10));
+                        out = Some(o);
+                    }
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    tracing::info!("bridge stopping: {}", stats.line());
+    // Give Kafka a moment for what is in flight; anything not acknowledged stays with the broker.
+    let _ = producer.flush(Duration::from_secs(5));
+    Ok(())
+}
+
+fn report_connection_error(e: &ConnectionError, config: &BridgeConfig, backoff: Duration) {
+    tracing::warn!(
+        error = %e,
+        "mqtt {}:{} unavailable; retrying in {} ms",
+        config.mqtt_host,
+        config.mqtt_port,
+        backoff.as_millis()
+    );
+}
+
+/// Checks one message and queues it; returns what to produce.
+fn admit(s: &mut Shared, stats: &BridgeStats, publish: Publish) -> Option<Outgoing> {
+    let now = now_ms();
+    let seq = s.next_seq;
+    s.next_seq += 1;
+    let verdict = machine_of_topic(&publish.topic, "telemetry").and_then(|machine| {
+        s.verifier
+            .check(machine, &publish.payload, now)
+            .map(|a| (machine.to_owned(), a))
+    });
+    let (out, signed) = match verdict {
+        Ok((machine, Admission::Forward(signed))) => (
+            Some(Outgoing {
+                seq,
+                topic: TELEMETRY_TOPIC,
+                key: machine,
+                payload: publish.payload.to_vec(),
+            }),
+            signed,
+        ),
+        Ok((_, Admission::AlreadyForwarded)) => {
+            stats.redelivered.fetch_add(1, Ordering::Relaxed);
+            (None, None)
+        }
+        Err(refusal) => {
+            stats.rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(topic = %publish.topic, code = refusal.code(), "refused: {refusal}");
+            let key = publish.topic.split('/').nth(1).unwrap_or("").to_owned();
+            (
+                Some(Outgoing {
+                    seq,
+                    topic: REJECTED_TOPIC,
+                    key,
+                    payload: rejection(&publish.topic, &refusal, &publish.payload, now),
+                }),
+                None,
+            )
+        }
+    };
+    s.pending.push_back(Pending {
+        seq,
+        publish,
+        done: out.is_none(),
+        signed,
+    });
+    stats
+        .inflight
+        .store(s.pending.len() as u64, Ordering::Relaxed);
+    out
+}

@@ -1,0 +1,257 @@
+//! The Kafka source: `machine-telemetry` (and `fleet-commands`) into the dataflows.
+//!
+//! One consumer per timely worker, each assigned its share of the partitions (partition `p` goes
+//! to worker `p % workers`), reading from the beginning of the log: the log is the record, so a
+//! restarted engine rebuilds every view from it and reaches the same answer — redelivered
+//! envelopes are deduplicated by the dataflows, nothing is counted twice. Offsets are not
+//! committed to a group; the engine's own position per partition is in [`SourceStats`].
+//!
+//! Ingestion time is the Kafka message timestamp (the bridge stamps its wall clock), so a
+//! rebuild replays the same ingestion times; once a consumer has caught up and sees nothing new,
+//! its worker advances with the wall clock so that time-driven views (liveness, "today") move.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+use vendflow_dataflows::{Batch, ErrorRecord, Feeder, Feeders, Time};
+use vendflow_protocol::Timestamp;
+use vendflow_protocol::decode::{decode_line, decode_registry};
+
+use super::{KafkaError, TELEMETRY_TOPIC, client_config, ensure_topics};
+
+/// Registry changes (machines, locations, leases), one JSON record per message.
+pub const FLEET_COMMANDS_TOPIC: &str = "fleet-commands";
+
+#[derive(Clone, Debug)]
+pub struct SourceConfig {
+    pub brokers: String,
+    /// Partitions of `machine-telemetry` if the source has to create it.
+    pub partitions: i32,
+    /// Granularity of the ingestion clock.
+    pub tick_ms: u64,
+}
+
+/// What the source has consumed: per (topic, partition), the next offset to read.
+#[derive(Default, Debug)]
+pub struct SourceStats {
+    pub messages: AtomicU64,
+    pub events: AtomicU64,
+    pub errors: AtomicU64,
+    pub positions: Mutex<BTreeMap<(String, i32), i64>>,
+}
+
+impl SourceStats {
+    /// Offsets consumed so far, as `topic/partition=next` pairs.
+    pub fn positions_line(&self) -> String {
+        let p = self.positions.lock().unwrap_or_else(|e| e.into_inner());
+        p.iter()
+            .map(|((t, part), o)| format!("{t}/{part}={o}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// The next offset of `topic`/`partition` (0 if nothing consumed).
+    pub fn position(&self, topic: &str, partition: i32) -> i64 {
+        let p = self.positions.lock().unwrap_or_else(|e| e.into_inner());
+        p.get(&(topic.to_owned(), partition)).copied().unwrap_or(0)
+    }
+}
+
+fn partitions_of(consumer: &BaseConsumer, topic: &str) -> Result<i32, rdkafka::error::KafkaError> {
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map_or(0, |t| t.partitions().len() as i32))
+}
+
+/// Starts one consumer thread per worker; they run until `stop`.
+pub fn start(
+    config: &SourceConfig,
+    feeders: Feeders,
+    stats: Arc<SourceStats>,
+    stop: Arc<AtomicBool>,
+) -> Result<Vec<JoinHandle<()>>, KafkaError> {
+    let brokers = config.brokers.clone();
+    let client = |brokers: &str| -> Result<BaseConsumer, KafkaError> {
+        client_config(brokers)
+            .set("group.id", "vendflow-engine")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .create()
+            .map_err(|source| KafkaError::Client {
+                brokers: brokers.to_owned(),
+                source,
+            })
+    };
+    ensure_topics(
+        &brokers,
+        &[
+            (TELEMETRY_TOPIC, config.partitions),
+            (FLEET_COMMANDS_TOPIC, 1),
+        ],
+    )?;
+    let probe = client(&brokers)?;
+    let telemetry_partitions =
+        partitions_of(&probe, TELEMETRY_TOPIC).map_err(|source| KafkaError::Client {
+            brokers: brokers.clone(),
+            source,
+        })?;
+    drop(probe);
+    let feeders = feeders.into_vec();
+    let workers = feeders.len() as i32;
+    tracing::info!(
+        "kafka source: {telemetry_partitions} partition(s) of {TELEMETRY_TOPIC} over {workers} worker(s), from the beginning"
+    );
+    let mut handles = Vec::new();
+    for (index, feeder) in feeders.into_iter().enumerate() {
+        let consumer = client(&brokers)?;
+        let mut assignment = TopicPartitionList::new();
+        for p in (0..telemetry_partitions).filter(|p| p % workers == index as i32) {
+            assignment
+                .add_partition_offset(TELEMETRY_TOPIC, p, Offset::Beginning)
+                .map_err(|source| KafkaError::Client {
+                    brokers: brokers.clone(),
+                    source,
+                })?;
+        }
+        if index == 0 {
+            assignment
+                .add_partition_offset(FLEET_COMMANDS_TOPIC, 0, Offset::Beginning)
+                .map_err(|source| KafkaError::Client {
+                    brokers: brokers.clone(),
+                    source,
+                })?;
+        }
+        consumer
+            .assign(&assignment)
+            .map_err(|source| KafkaError::Client {
+                brokers: brokers.clone(),
+                source,
+            })?;
+        let stats = stats.clone();
+        let stop = stop.clone();
+        let tick = config.tick_ms.max(1);
+        let handle = std::thread::Builder::new()
+            .name(format!("vendflow-kafka-{index}"))
+            .spawn(move || {
+                if let Err(e) = consume(&consumer, feeder, tick, &stats, &stop) {
+                    tracing::error!("kafka consumer {index} stopped: {e}");
+                }
+            })
+            .map_err(|e| KafkaError::Client {
+                brokers: brokers.clone(),
+                source: rdkafka::error::KafkaError::Subscription(e.to_string()),
+            })?;
+        handles.push(handle);
+    }
+    Ok(handles)
+}
+
+fn wall_ms() -> Time {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Time)
+}
+
+fn consume(
+    consumer: &BaseConsumer,
+    mut feeder: Feeder,
+    tick: Time,
+    stats: &SourceStats,
+    stop: &AtomicBool,
+) -> Result<(), vendflow_dataflows::EngineError> {
+    let mut clock: Time = 0;
+    let mut batch = Batch::default();
+    let mut idle_polls = 0u32;
+    while !stop.load(Ordering::SeqCst) {
+        match consumer.poll(Duration::from_millis(50)) {
+            Some(Ok(message)) => {
+                idle_polls = 0;
+                let ts = message
+                    .timestamp()
+                    .to_millis()
+                    .and_then(|t| u64::try_from(t).ok())
+                    .unwrap_or_else(wall_ms);
+                let at = ts.div_ceil(tick) * tick;
+                if at > clock && !batch.is_empty() {
+                    feeder.send(clock, std::mem::take(&mut batch))?;
+                }
+                clock = clock.max(at);
+                let topic = message.topic().to_owned();
+                let partition = message.partition();
+                let source = format!("kafka:{topic}/{partition}@{}", message.offset());
+                let payload = message.payload().unwrap_or(&[]);
+                stats.messages.fetch_add(1, Ordering::Relaxed);
+                let received_at = Timestamp(i64::try_from(clock).unwrap_or(i64::MAX));
+                if topic == FLEET_COMMANDS_TOPIC {
+                    match decode_registry(payload) {
+                        Ok(record) => batch.registry.push((record, 1)),
+                        Err(e) => {
+                            stats.errors.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(%source, error = %e, "refused a registry record");
+                            batch.errors.push(ErrorRecord::new(
+                                received_at,
+                                source.clone(),
+                                &e,
+                                payload,
+                            ));
+                        }
+                    }
+                } else {
+                    for result in decode_line(payload) {
+                        match result {
+                            Ok(event) => {
+                                stats.events.fetch_add(1, Ordering::Relaxed);
+                                batch.events.push(event);
+                            }
+                            Err(e) => {
+                                stats.errors.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(%source, error = %e, "refused a record");
+                                batch.errors.push(ErrorRecord::new(
+                                    received_at,
+                                    source.clone(),
+                                    &e,
+                                    payload,
+                                ));
+                            }
+                        }
+                    }
+                }
+                if let Ok(mut p) = stats.positions.lock() {
+                    p.insert((topic, partition), message.offset() + 1);
+                }
+                if batch.events.len() >= 8192 {
+                    feeder.send(clock, std::mem::take(&mut batch))?;
+                }
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "kafka consumer error; retrying");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            None => {
+                idle_polls += 1;
+                if !batch.is_empty() {
+                    feeder.send(clock, std::mem::take(&mut batch))?;
+                }
+                // Caught up: let time pass with the wall clock (a second behind, so messages
+                // the bridge stamped just now still land at their own time).
+                if idle_polls >= 4 {
+                    let now = wall_ms().saturating_sub(1000) / tick * tick;
+                    if now > clock {
+                        clock = now;
+                    }
+                }
+                feeder.advance(clock + 1)?;
+            }
+        }
+    }
+    Ok(())
+}
