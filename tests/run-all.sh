@@ -2,6 +2,8 @@
 # The whole test suite, from a clean clone: installs what the tests need, builds, runs every test.
 #
 # - Python with duckdb and pyarrow (a venv under ~/.cache/vendflow) for the DuckDB cross-checks;
+# - Mosquitto (Debian) and tansu, a Kafka-protocol broker (cargo install, cached in ~/.cargo/bin:
+#   only a fresh machine pays its ~10-minute build), for the broker tests;
 # - the vendflow binary (the end-to-end tests run the real thing);
 # - then every crate's tests with cargo-nextest (or cargo test where nextest is missing).
 #
@@ -17,6 +19,18 @@ if ! "$venv/bin/python" -c 'import duckdb, pyarrow' 2>/dev/null; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check duckdb pyarrow
 fi
 export VENDFLOW_PYTHON="$venv/bin/python"
+
+if ! command -v mosquitto >/dev/null || ! command -v mosquitto_pub >/dev/null; then
+  echo "== installing mosquitto"
+  sudo_=""; [ "$(id -u)" = 0 ] || sudo_="sudo"
+  $sudo_ apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
+fi
+# The broker tests start their own mosquitto on a free port; the packaged service is not needed.
+if ! command -v tansu >/dev/null && [ ! -x "$HOME/.cargo/bin/tansu" ]; then
+  echo "== installing tansu (Kafka-protocol broker; about 10 minutes, once per machine)"
+  cargo install --locked tansu --features dynostore
+fi
 
 echo "== building"
 cargo build --workspace --bins --tests --locked

@@ -153,3 +153,166 @@ pub fn fixed(text: &str, scale: u32) -> anyhow::Result<i64> {
     }
     Ok(if neg { -value } else { value })
 }
+
+/// Whether this run is CI (`CI=true`): then a missing tool is a failure, not a skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// Finds an external program; `None` means skip (outside CI only).
+pub fn require_program(name: &str, candidates: &[PathBuf]) -> anyhow::Result<Option<PathBuf>> {
+    let found = candidates.iter().find(|p| p.exists()).cloned().or_else(|| {
+        Command::new("which")
+            .arg(name)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+    });
+    match found {
+        Some(p) => Ok(Some(p)),
+        None if in_ci() => bail!("{name} is not installed; tests/run-all.sh installs it"),
+        None => {
+            eprintln!("skipping: {name} is not installed (tests/run-all.sh installs it)");
+            Ok(None)
+        }
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Waits until something accepts connections on `port`.
+pub fn wait_for_port(port: u16, timeout: std::time::Duration) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    while started.elapsed() < timeout {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    bail!("nothing listens on 127.0.0.1:{port} after {timeout:?}")
+}
+
+/// A background process, killed (SIGKILL) when dropped; its output goes to `log`.
+pub struct Daemon {
+    pub name: String,
+    pub child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `program` with `RUST_LOG=info` (vendflow's own processes).
+    pub fn spawn(name: &str, program: &Path, args: &[&str], log: &Path) -> anyhow::Result<Daemon> {
+        Daemon::spawn_with(name, program, args, log, "info")
+    }
+
+    pub fn spawn_with(
+        name: &str,
+        program: &Path,
+        args: &[&str],
+        log: &Path,
+        rust_log: &str,
+    ) -> anyhow::Result<Daemon> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        let child = Command::new(program)
+            .args(args)
+            .env("RUST_BACKTRACE", "0")
+            .env("RUST_LOG", rust_log)
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("cannot start {}", program.display()))?;
+        Ok(Daemon {
+            name: name.to_owned(),
+            child,
+            log: log.to_owned(),
+        })
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub fn terminate(&mut self) -> anyhow::Result<()> {
+        Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// Its log so far (for failure messages).
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Mosquitto on a free port, with persistence in `dir` (a restart keeps sessions and queues).
+pub fn start_mosquitto(program: &Path, dir: &Path, port: u16) -> anyhow::Result<Daemon> {
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            // `user root`: mosquitto started as root otherwise drops to user `mosquitto`, which
+            // cannot write its persistence file into the test's private directory.
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+             persistence_location {}/\nmax_inflight_messages 200\nmax_queued_messages 0\n{}",
+            dir.display(),
+            if is_root() { "user root\n" } else { "" }
+        ),
+    )?;
+    let conf_text = conf.display().to_string();
+    let daemon = Daemon::spawn(
+        "mosquitto",
+        program,
+        &["-c", &conf_text],
+        &dir.join("mosquitto.log"),
+    )?;
+    wait_for_port(port, std::time::Duration::from_secs(10))?;
+    Ok(daemon)
+}
+
+/// tansu (a Kafka-protocol broker) on a free port, storing in memory.
+pub fn start_tansu(program: &Path, dir: &Path, port: u16) -> anyhow::Result<Daemon> {
+    let url = format!("tcp://127.0.0.1:{port}");
+    let daemon = Daemon::spawn_with(
+        "tansu",
+        program,
+        &[
+            "broker",
+            "--storage-engine",
+            "memory://tansu/",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ],
+        &dir.join("tansu.log"),
+        "warn",
+    )?;
+    wait_for_port(port, std::time::Duration::from_secs(20))?;
+    Ok(daemon)
+}

@@ -295,6 +295,11 @@ pub fn run(
                     tracing::error!(error = %e, "cannot subscribe {TELEMETRY_FILTER}");
                 }
             }
+            Event::Incoming(Packet::SubAck(ack)) => {
+                // From here on the broker keeps telemetry for this session even while the
+                // bridge is away; before the first subscription it has nowhere to keep it.
+                tracing::info!(return_codes = ?ack.return_codes, "subscribed {TELEMETRY_FILTER}");
+            }
             Event::Incoming(Packet::Publish(publish)) => {
                 stats.received.fetch_add(1, Ordering::Relaxed);
                 let mut out = {

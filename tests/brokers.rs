@@ -1,0 +1,348 @@
+//! The production path on real brokers: simulated machines → Mosquitto → `vendflow bridge` →
+//! tansu (Kafka protocol) → `vendflow run`. Faults, each followed by an exactly-once check of
+//! revenue against a naive oracle over everything the machines sent:
+//! 1. `kill -9` of the bridge in the middle of the stream, then a restart on the same session;
+//! 2. the bridge down while machines keep publishing, Mosquitto restarted meanwhile (its
+//!    persistence keeps the bridge's queued messages), then the bridge back;
+//! 3. `kill -9` of the engine, then a restart that rebuilds every view from the Kafka log.
+//!
+//! Plus: a forged envelope (one machine publishing as another) is refused, and inventory equals
+//! a batch replay of everything sent. Needs `mosquitto`, `mosquitto_pub` and `tansu`
+//! (tests/run-all.sh installs them); under `CI=true` a missing one fails the test.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use vendflow_tests::{
+    Daemon, Table, fixed, free_port, require_program, start_mosquitto, start_tansu, vendflow,
+    vendflow_bin,
+};
+
+type Revenue = BTreeMap<(String, String), (i64, i64, i64)>;
+
+/// Revenue per (machine, day) over distinct sale lines (machine, transaction, slot), first
+/// delivery wins: the definition, computed the obvious way.
+fn oracle(files: &[&Path]) -> anyhow::Result<Revenue> {
+    let mut seen = HashSet::new();
+    let mut revenue = Revenue::new();
+    for file in files {
+        for line in std::fs::read_to_string(file)?.lines() {
+            let v: serde_json::Value = serde_json::from_str(line)?;
+            if v["type"] != "sale" {
+                continue;
+            }
+            let machine = v["machineId"].as_str().context("machineId")?.to_owned();
+            let p = &v["payload"];
+            let txn = p["transactionId"]
+                .as_str()
+                .context("transactionId")?
+                .to_owned();
+            let slot = p["slotNumber"].as_i64().context("slotNumber")?;
+            if !seen.insert((machine.clone(), txn, slot)) {
+                continue;
+            }
+            let ts = v["timestamp"].as_i64().context("timestamp")?;
+            let day = chrono::DateTime::from_timestamp_millis(ts)
+                .context("timestamp")?
+                .format("%Y-%m-%d")
+                .to_string();
+            let cents = fixed(&p["amount"].to_string(), 2)?;
+            let units = p["quantity"].as_i64().unwrap_or(1);
+            let e = revenue.entry((machine, day)).or_default();
+            e.0 += cents;
+            e.1 += units;
+            e.2 += 1;
+        }
+    }
+    Ok(revenue)
+}
+
+fn engine_revenue(out: &Path) -> anyhow::Result<Revenue> {
+    let table = Table::read(&out.join("revenue_machine_daily.csv"))?;
+    let mut revenue = Revenue::new();
+    for r in table.records() {
+        revenue.insert(
+            (r["machine_id"].to_owned(), r["day"].to_owned()),
+            (
+                fixed(r["revenue"], 2)?,
+                r["units"].parse()?,
+                r["lines"].parse()?,
+            ),
+        );
+    }
+    Ok(revenue)
+}
+
+/// Waits until the engine's revenue equals `expected`; on timeout, fails with the difference.
+fn wait_for_revenue(
+    out: &Path,
+    expected: &Revenue,
+    engine: &Daemon,
+    what: &str,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut last = Revenue::new();
+    while started.elapsed() < Duration::from_secs(120) {
+        if let Ok(got) = engine_revenue(out) {
+            if &got == expected {
+                eprintln!(
+                    "{what}: revenue matches the oracle after {:.1}s",
+                    started.elapsed().as_secs_f64()
+                );
+                return Ok(());
+            }
+            last = got;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let missing: Vec<_> = expected
+        .iter()
+        .filter(|(k, v)| last.get(*k) != Some(*v))
+        .take(5)
+        .collect();
+    let extra: Vec<_> = last
+        .iter()
+        .filter(|(k, v)| expected.get(*k) != Some(*v))
+        .take(5)
+        .collect();
+    bail!(
+        "{what}: revenue never matched the oracle ({} vs {} machine-days)\nexpected but not so: {missing:?}\nengine has instead: {extra:?}\nengine log tail:\n{}",
+        expected.len(),
+        last.len(),
+        tail(&engine.output())
+    )
+}
+
+fn wait_for_log(daemon: &Daemon, needle: &str, timeout: Duration) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if daemon.output().contains(needle) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!(
+        "{} never logged {needle:?}:\n{}",
+        daemon.name,
+        tail(&daemon.output())
+    )
+}
+
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+fn publish(
+    mqtt: &str,
+    hours: &str,
+    speed: Option<&str>,
+    record: &Path,
+) -> anyhow::Result<std::process::Child> {
+    let mut args = vec![
+        "publish".to_owned(),
+        "--mqtt".into(),
+        mqtt.into(),
+        "--machines".into(),
+        "20".into(),
+        "--hours".into(),
+        hours.into(),
+        "--seed".into(),
+        "11".into(),
+        "--record".into(),
+        record.display().to_string(),
+    ];
+    if let Some(s) = speed {
+        args.extend(["--speed".into(), s.into()]);
+    }
+    Ok(Command::new(vendflow_bin()?)
+        .args(&args)
+        .env("RUST_BACKTRACE", "0")
+        .spawn()?)
+}
+
+fn sorted_rows(path: &Path) -> anyhow::Result<Vec<Vec<String>>> {
+    let mut rows = Table::read(path)?.rows;
+    rows.sort();
+    Ok(rows)
+}
+
+#[test]
+fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts()
+-> anyhow::Result<()> {
+    let home = PathBuf::from(std::env::var("HOME").unwrap_or_default());
+    let Some(mosquitto_bin) =
+        require_program("mosquitto", &[PathBuf::from("/usr/sbin/mosquitto")])?
+    else {
+        return Ok(());
+    };
+    let Some(mosquitto_pub) = require_program("mosquitto_pub", &[])? else {
+        return Ok(());
+    };
+    let Some(tansu_bin) = require_program("tansu", &[home.join(".cargo/bin/tansu")])? else {
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    // VENDFLOW_KEEP=1 keeps the brokers' and processes' logs and the views for a post-mortem.
+    let dir = if std::env::var_os("VENDFLOW_KEEP").is_some() {
+        let kept = dir.keep();
+        eprintln!("keeping {}", kept.display());
+        kept
+    } else {
+        dir.path().to_owned()
+    };
+    let d = dir.as_path();
+    let (mqtt_port, kafka_port) = (free_port()?, free_port()?);
+    let mqtt = format!("127.0.0.1:{mqtt_port}");
+    let kafka = format!("127.0.0.1:{kafka_port}");
+    let mut mosquitto = start_mosquitto(&mosquitto_bin, d, mqtt_port)?;
+    let _tansu = start_tansu(&tansu_bin, d, kafka_port)?;
+
+    let creds = d.join("credentials.jsonl");
+    let creds_text = creds.display().to_string();
+    vendflow(&[
+        "publish",
+        "--mqtt",
+        &mqtt,
+        "--machines",
+        "20",
+        "--seed",
+        "11",
+        "--credentials-out",
+        &creds_text,
+        "--dry-run",
+    ])?;
+    let bin = vendflow_bin()?;
+    let bridge_args = [
+        "bridge",
+        "--mqtt",
+        &mqtt,
+        "--kafka",
+        &kafka,
+        "--credentials",
+        &creds_text,
+        "--partitions",
+        "3",
+    ];
+    let mut bridge = Daemon::spawn("bridge", &bin, &bridge_args, &d.join("bridge-1.log"))?;
+    // The broker keeps telemetry for the bridge's session only once it has subscribed.
+    wait_for_log(&bridge, "subscribed", Duration::from_secs(30))?;
+    let out1 = d.join("views-1");
+    let out1_text = out1.display().to_string();
+    let mut engine = Daemon::spawn(
+        "engine",
+        &bin,
+        &[
+            "run",
+            "--kafka",
+            &kafka,
+            "--out",
+            &out1_text,
+            "--every",
+            "0.5",
+            "--partitions",
+            "3",
+        ],
+        &d.join("engine-1.log"),
+    )?;
+
+    // 1. kill -9 the bridge mid-stream (12 simulated hours over about 6 s), restart it.
+    let sent1 = d.join("sent-1.jsonl");
+    let mut publisher = publish(&mqtt, "12", Some("7200"), &sent1)?;
+    std::thread::sleep(Duration::from_millis(2500));
+    bridge.kill();
+    std::thread::sleep(Duration::from_millis(500));
+    bridge = Daemon::spawn("bridge", &bin, &bridge_args, &d.join("bridge-2.log"))?;
+    if !publisher.wait()?.success() {
+        bail!("the publisher failed");
+    }
+    wait_for_revenue(&out1, &oracle(&[&sent1])?, &engine, "bridge killed")?;
+
+    // A machine publishing as another is refused (and the views do not move).
+    let status = Command::new(&mosquitto_pub)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &mqtt_port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            "machines/mach_00001/telemetry",
+            "-m",
+            r#"{"machineId":"mach_00002","sentAt":1,"nonce":"x","events":[],"signature":"00"}"#,
+        ])
+        .status()?;
+    if !status.success() {
+        bail!("mosquitto_pub failed");
+    }
+
+    // 2. Bridge down, machines keep publishing, Mosquitto restarts, bridge back.
+    bridge.kill();
+    let sent2 = d.join("sent-2.jsonl");
+    if !publish(&mqtt, "2", None, &sent2)?.wait()?.success() {
+        bail!("the publisher failed");
+    }
+    mosquitto.terminate()?;
+    mosquitto = start_mosquitto(&mosquitto_bin, d, mqtt_port)?;
+    bridge = Daemon::spawn("bridge", &bin, &bridge_args, &d.join("bridge-3.log"))?;
+    let expected = oracle(&[&sent1, &sent2])?;
+    wait_for_revenue(&out1, &expected, &engine, "mosquitto restarted")?;
+
+    // 3. kill -9 the engine; a new one rebuilds everything from the log.
+    engine.kill();
+    let out2 = d.join("views-2");
+    let out2_text = out2.display().to_string();
+    engine = Daemon::spawn(
+        "engine",
+        &bin,
+        &[
+            "run",
+            "--kafka",
+            &kafka,
+            "--out",
+            &out2_text,
+            "--every",
+            "0.5",
+            "--partitions",
+            "3",
+        ],
+        &d.join("engine-2.log"),
+    )?;
+    wait_for_revenue(&out2, &expected, &engine, "engine rebuilt")?;
+
+    // Inventory equals a batch replay of everything the machines sent.
+    let all = d.join("sent-all.jsonl");
+    std::fs::write(
+        &all,
+        std::fs::read_to_string(&sent1)? + &std::fs::read_to_string(&sent2)?,
+    )?;
+    let replayed = d.join("replayed");
+    vendflow(&[
+        "replay",
+        &all.display().to_string(),
+        "--out",
+        &replayed.display().to_string(),
+    ])?;
+    assert_eq!(
+        sorted_rows(&out2.join("inventory.csv"))?,
+        sorted_rows(&replayed.join("inventory.csv"))?,
+        "live inventory differs from the replay"
+    );
+
+    // The forged envelope was refused by the bridge that saw it, with the reason.
+    let logs: String = (1..=3)
+        .map(|i| std::fs::read_to_string(d.join(format!("bridge-{i}.log"))).unwrap_or_default())
+        .collect();
+    assert!(
+        logs.contains("machine_mismatch"),
+        "the forged envelope was not refused as machine_mismatch:\n{}",
+        tail(&logs)
+    );
+    drop(bridge);
+    drop(mosquitto);
+    Ok(())
+}
