@@ -18,7 +18,8 @@ use vendflow_ingest::bridge::{self, BridgeConfig, BridgeStats};
 use vendflow_ingest::file::{ReplayOptions, load_registry, replay};
 use vendflow_ingest::kafka::TELEMETRY_TOPIC;
 use vendflow_ingest::kafka::source::{self as kafka_source, SourceConfig, SourceStats};
-use vendflow_ingest::sim::{self, Pace};
+use vendflow_ingest::mqtt::MqttSourceStats;
+use vendflow_ingest::sim;
 use vendflow_protocol::Timestamp;
 use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR};
 
@@ -66,6 +67,9 @@ enum Command {
         /// Stop after this many wall-clock seconds (default: run until Ctrl-C).
         #[arg(long)]
         duration: Option<f64>,
+        /// Port of the embedded MQTT broker on 127.0.0.1 (0: any free port).
+        #[arg(long, default_value_t = 0)]
+        mqtt_port: u16,
     },
     /// Replay a JSON Lines telemetry file through the dataflows and write every final view as CSV.
     Replay {
@@ -210,7 +214,8 @@ enum DeviceCommand {
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("warn,rumqttd=off")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -229,7 +234,8 @@ fn main() -> anyhow::Result<()> {
             seed,
             every,
             duration,
-        } => demo(config, machines, speed, seed, every, duration),
+            mqtt_port,
+        } => demo(config, machines, speed, seed, every, duration, mqtt_port),
         Command::Replay {
             file,
             out,
@@ -520,6 +526,7 @@ fn publish(args: PublishArgs) -> anyhow::Result<()> {
                 }
             }
         },
+        |_| {},
     )?;
     if let Some(e) = write_error {
         bail!("cannot record the published events: {e}");
@@ -544,14 +551,12 @@ fn demo(
     seed: u64,
     every: f64,
     duration: Option<f64>,
+    mqtt_port: u16,
 ) -> anyhow::Result<()> {
     if machines == 0 || speed <= 0.0 {
         bail!("--machines and --speed must be positive");
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
-        .context("cannot install the Ctrl-C handler")?;
+    let stop = stop_flag()?;
     let mut engine = Engine::start(config)?;
     let store = engine.store();
     let mut feeders = engine.feeders().context("engine feeders already taken")?;
@@ -560,33 +565,91 @@ fn demo(
         seed,
         ..FleetConfig::default()
     });
+
+    // The production path from the broker on: a real MQTT broker (in-process), the simulated
+    // machines publishing signed envelopes to it, and the MQTT source verifying and feeding them.
+    let port = match mqtt_port {
+        0 => std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port(),
+        p => p,
+    };
+    let listen: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    vendflow_ingest::mqtt::start_embedded_broker(listen)
+        .with_context(|| format!("cannot start the embedded MQTT broker on {listen}"))?;
+    let mut credentials = Credentials::default();
+    for (machine, hash) in mqtt_sim::simulated_credentials(&fleet, seed) {
+        credentials.insert(&machine, hash);
+    }
     println!(
-        "vendflow demo: {machines} simulated machines at {speed}x from {} (Ctrl-C to stop)",
+        "vendflow demo: {machines} simulated machines at {speed}x from {}, publishing to the embedded MQTT broker on {listen} (Ctrl-C to stop)",
         fleet.now()
     );
     sim::register(&fleet, &mut feeders)?;
+    // The simulated clock is the ingestion clock.
+    let sim_clock = Arc::new(AtomicU64::new(fleet.now().0.max(0) as u64));
+    let source_stats = Arc::new(MqttSourceStats::default());
+    let source = {
+        let (clock, stats, stop) = (sim_clock.clone(), source_stats.clone(), stop.clone());
+        let verifier = Verifier::new(
+            Some(credentials),
+            vendflow_ingest::auth::DEFAULT_MAX_SKEW_MS,
+        );
+        std::thread::Builder::new()
+            .name("vendflow-mqtt-source".into())
+            .spawn(move || {
+                vendflow_ingest::mqtt::run(
+                    "127.0.0.1",
+                    port,
+                    "vendflow-demo-source",
+                    verifier,
+                    feeders,
+                    &|| clock.load(Ordering::SeqCst),
+                    &stats,
+                    &stop,
+                )
+            })?
+    };
+    let mut publisher =
+        mqtt_sim::Publisher::connect("127.0.0.1", port, "vendflow-demo-fleet", seed);
     let started = Instant::now();
     let mut last_print = Instant::now();
-    let pace = Pace {
-        speed,
-        ..Pace::default()
-    };
-    sim::run(&mut fleet, &mut feeders, &pace, &stop, |_now| {
-        if duration.is_some_and(|d| started.elapsed().as_secs_f64() >= d) {
-            stop.store(true, Ordering::SeqCst);
-        }
-        if last_print.elapsed().as_secs_f64() >= every {
-            last_print = Instant::now();
-            let snapshot = store.snapshot();
-            match FleetSummary::from_snapshot(&snapshot) {
-                Ok(summary) => println!("[{}] {summary}", Timestamp(snapshot.frontier as i64)),
-                Err(e) => tracing::error!(error = %e, "cannot summarize the fleet"),
+    let end = Timestamp(i64::MAX / 2);
+    let result = mqtt_sim::run(
+        &mut fleet,
+        &mut publisher,
+        end,
+        Some(speed),
+        &stop,
+        |_| {},
+        |now| {
+            sim_clock.store(now.0.max(0) as u64, Ordering::SeqCst);
+            if duration.is_some_and(|d| started.elapsed().as_secs_f64() >= d) {
+                stop.store(true, Ordering::SeqCst);
             }
-        }
-    })?;
-    drop(feeders);
+            if last_print.elapsed().as_secs_f64() >= every {
+                last_print = Instant::now();
+                let snapshot = store.snapshot();
+                match FleetSummary::from_snapshot(&snapshot) {
+                    Ok(summary) => println!("[{}] {summary}", Timestamp(snapshot.frontier as i64)),
+                    Err(e) => tracing::error!(error = %e, "cannot summarize the fleet"),
+                }
+            }
+        },
+    );
+    stop.store(true, Ordering::SeqCst);
+    let _ = publisher.finish(Duration::from_secs(2));
+    result?;
+    source
+        .join()
+        .map_err(|_| anyhow::anyhow!("the MQTT source panicked"))??;
     engine.shutdown()?;
-    println!("stopped.");
+    println!(
+        "stopped: {} envelopes received over MQTT, {} events, {} refused.",
+        source_stats.messages.load(Ordering::Relaxed),
+        source_stats.events.load(Ordering::Relaxed),
+        source_stats.refused.load(Ordering::Relaxed)
+    );
     Ok(())
 }
 

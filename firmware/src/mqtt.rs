@@ -154,7 +154,8 @@ impl Publisher {
 }
 
 /// Runs `fleet` up to `end`, publishing every envelope; `on_envelope` sees each one first (to
-/// record what was sent). `pace`: simulated ms per wall ms (None: as fast as the broker takes it).
+/// record what was sent), `on_step` the simulated time after each 10-second step.
+/// `pace`: simulated ms per wall ms (None: as fast as the broker takes it).
 pub fn run(
     fleet: &mut Fleet,
     publisher: &mut Publisher,
@@ -162,6 +163,7 @@ pub fn run(
     pace: Option<f64>,
     stop: &AtomicBool,
     mut on_envelope: impl FnMut(&Envelope),
+    mut on_step: impl FnMut(Timestamp),
 ) -> Result<(), PublishError> {
     let started = Instant::now();
     let sim_start = fleet.now().0;
@@ -178,6 +180,7 @@ pub fn run(
             on_envelope(&envelope);
             publisher.publish(&envelope)?;
         }
+        on_step(Timestamp(t));
     }
     Ok(())
 }

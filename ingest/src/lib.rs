@@ -6,15 +6,17 @@
 //!
 //! # Layout
 //! - [`file`]: JSON Lines files (replay of recorded telemetry) and registry fixture files.
-//! - [`sim`]: the simulated fleet of `vendflow-firmware`, on an accelerated clock.
+//! - [`sim`]: the simulated fleet's registry.
 //! - [`auth`]: device credentials file, signature and replay checks (bridge and HTTPS).
 //! - [`bridge`]: MQTT → Kafka, acknowledged to MQTT only once Kafka has the message.
 //! - [`kafka`]: topics, client settings, and the Kafka source of the dataflows.
+//! - [`mqtt`]: the MQTT source (embedded mode, no Kafka) and the embedded broker of the demo.
 
 pub mod auth;
 pub mod bridge;
 pub mod file;
 pub mod kafka;
+pub mod mqtt;
 pub mod sim;
 
 /// Why a source stopped.

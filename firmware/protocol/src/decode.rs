@@ -39,6 +39,8 @@ pub enum ErrorKind {
     MachineMismatch,
     /// Larger than the configured limit.
     TooLarge,
+    /// Not signed, badly signed, stale or replayed (device credentials).
+    Unauthenticated,
 }
 
 impl ErrorKind {
@@ -52,6 +54,7 @@ impl ErrorKind {
             ErrorKind::MachineId => "machine_id",
             ErrorKind::MachineMismatch => "machine_mismatch",
             ErrorKind::TooLarge => "too_large",
+            ErrorKind::Unauthenticated => "unauthenticated",
         }
     }
 }

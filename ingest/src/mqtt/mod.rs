@@ -1,0 +1,221 @@
+//! The MQTT source (embedded mode: no Kafka): `machines/+/telemetry` straight into the dataflows.
+//!
+//! Same checks as the bridge ([`crate::auth::Verifier`]), same decoding as the Kafka source; a
+//! message is acknowledged to the broker only once its events are in the engine's input. A
+//! refused envelope becomes an error record (`errors` view) with the reason.
+//! [`start_embedded_broker`] runs an in-process broker (rumqttd) for `vendflow demo`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use vendflow_dataflows::{Batch, ErrorRecord, Feeders, Time};
+use vendflow_protocol::decode::decode_envelope;
+use vendflow_protocol::{DecodeError, ErrorKind, Timestamp};
+
+use crate::auth::{Admission, Refusal, Verifier, machine_of_topic};
+use crate::bridge::TELEMETRY_FILTER;
+
+/// Starts an MQTT broker on `listen` in a thread of its own (it blocks); returns once it accepts
+/// connections.
+pub fn start_embedded_broker(listen: SocketAddr) -> Result<(), std::io::Error> {
+    let connections = rumqttd::ConnectionSettings {
+        connection_timeout_ms: 60_000,
+        max_payload_size: 1 << 20,
+        max_inflight_count: 500,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    let server = rumqttd::ServerSettings {
+        name: "v4-1".into(),
+        listen,
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections,
+    };
+    let config = rumqttd::Config {
+        id: 0,
+        router: rumqttd::RouterConfig {
+            max_connections: 10_010,
+            max_outgoing_packet_count: 500,
+            max_segment_size: 100 << 20,
+            max_segment_count: 10,
+            ..rumqttd::RouterConfig::default()
+        },
+        v4: Some(HashMap::from([("v4-1".to_owned(), server)])),
+        ..rumqttd::Config::default()
+    };
+    std::thread::Builder::new()
+        .name("vendflow-mqtt-broker".into())
+        .spawn(move || {
+            let mut broker = rumqttd::Broker::new(config);
+            if let Err(e) = broker.start() {
+                tracing::error!(error = %e, "embedded mqtt broker stopped");
+            }
+        })?;
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(listen).is_err() {
+        if started.elapsed() > Duration::from_secs(10) {
+            return Err(std::io::Error::other(format!(
+                "the embedded mqtt broker does not listen on {listen}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+#[derive(Default, Debug)]
+pub struct MqttSourceStats {
+    pub messages: AtomicU64,
+    pub events: AtomicU64,
+    pub refused: AtomicU64,
+}
+
+fn refusal_kind(r: &Refusal) -> ErrorKind {
+    match r {
+        Refusal::Topic(_) => ErrorKind::MachineId,
+        Refusal::MachineMismatch { .. } => ErrorKind::MachineMismatch,
+        Refusal::Auth(vendflow_protocol::auth::AuthError::Malformed(_)) => ErrorKind::Syntax,
+        _ => ErrorKind::Unauthenticated,
+    }
+}
+
+/// Runs the source until `stop`. `clock` is the source's clock (wall clock live, the simulated
+/// clock in the demo): an envelope is ingested at its latest event time, but never later than
+/// the clock, and an idle source advances with the clock.
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    host: &str,
+    port: u16,
+    client_id: &str,
+    mut verifier: Verifier,
+    mut feeders: Feeders,
+    clock: &dyn Fn() -> Time,
+    stats: &MqttSourceStats,
+    stop: &AtomicBool,
+) -> Result<(), vendflow_dataflows::EngineError> {
+    let mut options = MqttOptions::new(client_id, host, port);
+    options
+        .set_keep_alive(Duration::from_secs(15))
+        .set_manual_acks(true)
+        .set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut connection) = Client::new(options, 1024);
+    let mut time: Time = 0;
+    let mut backoff = Duration::from_millis(100);
+    while !stop.load(Ordering::SeqCst) {
+        let event = match connection.recv_timeout(Duration::from_millis(50)) {
+            Ok(Ok(e)) => {
+                backoff = Duration::from_millis(100);
+                e
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "mqtt {host}:{port} unavailable; retrying in {} ms", backoff.as_millis());
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+            Err(rumqttc::RecvTimeoutError::Timeout) => {
+                let now = clock();
+                if now > time {
+                    time = now;
+                    feeders.advance_all(time)?;
+                }
+                continue;
+            }
+            Err(rumqttc::RecvTimeoutError::Disconnected) => break,
+        };
+        match event {
+            Event::Incoming(Packet::ConnAck(_)) => {
+                if let Err(e) = client.try_subscribe(TELEMETRY_FILTER, QoS::AtLeastOnce) {
+                    tracing::error!(error = %e, "cannot subscribe {TELEMETRY_FILTER}");
+                }
+            }
+            Event::Incoming(Packet::Publish(publish)) => {
+                stats.messages.fetch_add(1, Ordering::Relaxed);
+                let now = clock();
+                let wall = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64);
+                let verdict = machine_of_topic(&publish.topic, "telemetry")
+                    .and_then(|m| verifier.check(m, &publish.payload, wall).map(|a| (m, a)));
+                let mut batch = Batch::default();
+                let mut key = 0;
+                match verdict {
+                    Ok((machine, admission)) => {
+                        key = machine_key(machine);
+                        if let Admission::Forward(signed) = admission {
+                            match decode_envelope(&publish.payload) {
+                                Ok(results) => {
+                                    for r in results {
+                                        match r {
+                                            Ok(e) => {
+                                                let ts = u64::try_from(e.timestamp.0).unwrap_or(0);
+                                                time = time.max(ts.min(now));
+                                                batch.events.push(e);
+                                            }
+                                            Err(e) => batch.errors.push(error_record(
+                                                time,
+                                                &publish.topic,
+                                                &e,
+                                                &publish.payload,
+                                            )),
+                                        }
+                                    }
+                                }
+                                Err(e) => batch.errors.push(error_record(
+                                    time,
+                                    &publish.topic,
+                                    &e,
+                                    &publish.payload,
+                                )),
+                            }
+                            if let Some(s) = signed {
+                                verifier.forwarded(&s, &publish.payload);
+                            }
+                        }
+                    }
+                    Err(refusal) => {
+                        stats.refused.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(topic = %publish.topic, code = refusal.code(), "refused: {refusal}");
+                        let e = DecodeError::new(refusal_kind(&refusal), refusal.to_string());
+                        batch
+                            .errors
+                            .push(error_record(time, &publish.topic, &e, &publish.payload));
+                    }
+                }
+                stats
+                    .events
+                    .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
+                if !batch.is_empty() {
+                    feeders.send_keyed(key, time, batch)?;
+                }
+                // In the engine's input now: acknowledge.
+                if let Err(e) = client.try_ack(&publish) {
+                    tracing::debug!(error = %e, "mqtt ack not sent; the broker will redeliver");
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Spreads machines over workers (any stable hash will do; the dataflow re-partitions anyway).
+fn machine_key(machine: &str) -> u64 {
+    machine.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+fn error_record(time: Time, topic: &str, e: &DecodeError, raw: &[u8]) -> ErrorRecord {
+    ErrorRecord::new(
+        Timestamp(i64::try_from(time).unwrap_or(i64::MAX)),
+        format!("mqtt:{topic}"),
+        e,
+        raw,
+    )
+}
