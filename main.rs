@@ -127,6 +127,9 @@ enum Command {
         /// Messages waiting for Kafka before the bridge stops reading MQTT.
         #[arg(long, default_value_t = 10_000)]
         max_inflight: usize,
+        /// Also accept telemetry over HTTP (`POST /api/telemetry`) on this address, e.g. 127.0.0.1:8080.
+        #[arg(long)]
+        http: Option<std::net::SocketAddr>,
     },
     /// Run the dataflows on the Kafka log (`machine-telemetry`, `fleet-commands`) until Ctrl-C.
     ///
@@ -271,6 +274,7 @@ fn main() -> anyhow::Result<()> {
             max_skew_secs,
             partitions,
             max_inflight,
+            http,
         } => {
             let (mqtt_host, mqtt_port) = host_port(&mqtt)?;
             let credentials = match (credentials, insecure_no_auth) {
@@ -304,6 +308,7 @@ fn main() -> anyhow::Result<()> {
                 kafka,
                 partitions,
                 max_inflight: max_inflight.max(1),
+                http,
             };
             let stop = stop_flag()?;
             let stats = Arc::new(BridgeStats::default());

@@ -164,6 +164,97 @@ fn publish(
         .spawn()?)
 }
 
+/// POSTs `body` to the bridge's telemetry endpoint; returns (status, response body).
+fn post(
+    curl: &Path,
+    http: &str,
+    machine: &str,
+    token: &str,
+    body: &Path,
+) -> anyhow::Result<(u16, String)> {
+    let out = Command::new(curl)
+        .args([
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            &format!("X-Machine-Id: {machine}"),
+            "-H",
+            &format!("X-Machine-Token: {token}"),
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &format!("@{}", body.display()),
+            &format!("http://{http}/api/telemetry"),
+        ])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').context("curl printed no status")?;
+    Ok((code.trim().parse()?, body.to_owned()))
+}
+
+fn http_checks(curl: &Path, http: &str, dir: &Path, record: &Path) -> anyhow::Result<()> {
+    use vendflow_protocol::auth::{SecretHash, sign_envelope};
+    use vendflow_protocol::{Cents, Envelope, Event, EventKind, MachineId, Sale, Timestamp};
+    let secret = vendflow_firmware::mqtt::simulated_secret(11, "mach_00003");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    let machine_id = MachineId::parse("mach_00003").map_err(anyhow::Error::msg)?;
+    let sale = Event {
+        machine_id: machine_id.clone(),
+        timestamp: Timestamp(now - 60_000),
+        seq: None,
+        kind: EventKind::Sale(Sale {
+            slot_number: 1,
+            product_id: "cola".into(),
+            amount: Cents(325),
+            quantity: 1,
+            payment_method: "card".into(),
+            transaction_id: "txn_over_http_1".into(),
+        }),
+    };
+    std::fs::write(record, sale.to_json_line() + "\n")?;
+    let envelope = Envelope {
+        machine_id,
+        events: vec![sale],
+    };
+    let key = SecretHash::of(&secret);
+    let good = dir.join("http-good.json");
+    std::fs::write(&good, sign_envelope(&envelope, &key, now, "http-1"))?;
+    let (status, body) = post(curl, http, "mach_00003", &secret, &good)?;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"ack\":true"), "{body}");
+
+    let (status, body) = post(curl, http, "mach_00003", "not-the-secret", &good)?;
+    assert_eq!(status, 401, "wrong token: {body}");
+    assert!(
+        body.contains("\"success\":false") && body.contains("requestId"),
+        "{body}"
+    );
+
+    let other = vendflow_firmware::mqtt::simulated_secret(11, "mach_00004");
+    let (status, body) = post(curl, http, "mach_00004", &other, &good)?;
+    assert_eq!(
+        status, 403,
+        "machine 4 sending machine 3's envelope: {body}"
+    );
+    assert!(body.contains("MACHINE_MISMATCH"), "{body}");
+
+    let malformed = dir.join("http-malformed.json");
+    std::fs::write(&malformed, "{\"machineId\": \"mach_00003\", \"events\": [")?;
+    let (status, body) = post(curl, http, "mach_00003", &secret, &malformed)?;
+    assert_eq!(status, 400, "malformed JSON: {body}");
+    assert!(body.contains("not JSON"), "{body}");
+
+    let huge = dir.join("http-huge.json");
+    std::fs::write(&huge, vec![b' '; 300 * 1024])?;
+    let (status, body) = post(curl, http, "mach_00003", &secret, &huge)?;
+    assert_eq!(status, 413, "oversized body: {body}");
+    assert!(body.contains("PAYLOAD_TOO_LARGE"), "{body}");
+    Ok(())
+}
+
 fn sorted_rows(path: &Path) -> anyhow::Result<Vec<Vec<String>>> {
     let mut rows = Table::read(path)?.rows;
     rows.sort();
@@ -180,6 +271,9 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
         return Ok(());
     };
     let Some(mosquitto_pub) = require_program("mosquitto_pub", &[])? else {
+        return Ok(());
+    };
+    let Some(curl) = require_program("curl", &[])? else {
         return Ok(());
     };
     let Some(tansu_bin) = require_program("tansu", &[home.join(".cargo/bin/tansu")])? else {
@@ -216,6 +310,8 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
         "--dry-run",
     ])?;
     let bin = vendflow_bin()?;
+    let http_port = free_port()?;
+    let http = format!("127.0.0.1:{http_port}");
     let bridge_args = [
         "bridge",
         "--mqtt",
@@ -226,6 +322,8 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
         &creds_text,
         "--partitions",
         "3",
+        "--http",
+        &http,
     ];
     let mut bridge = Daemon::spawn("bridge", &bin, &bridge_args, &d.join("bridge-1.log"))?;
     // The broker keeps telemetry for the bridge's session only once it has subscribed.
@@ -261,6 +359,16 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
     }
     wait_for_revenue(&out1, &oracle(&[&sent1])?, &engine, "bridge killed")?;
 
+    // Telemetry over HTTP lands in the same log; every refusal has its status and reason.
+    let sent_http = d.join("sent-http.jsonl");
+    http_checks(&curl, &http, d, &sent_http)?;
+    wait_for_revenue(
+        &out1,
+        &oracle(&[&sent1, &sent_http])?,
+        &engine,
+        "http telemetry",
+    )?;
+
     // A machine publishing as another is refused (and the views do not move).
     let status = Command::new(&mosquitto_pub)
         .args([
@@ -289,7 +397,7 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
     mosquitto.terminate()?;
     mosquitto = start_mosquitto(&mosquitto_bin, d, mqtt_port)?;
     bridge = Daemon::spawn("bridge", &bin, &bridge_args, &d.join("bridge-3.log"))?;
-    let expected = oracle(&[&sent1, &sent2])?;
+    let expected = oracle(&[&sent1, &sent_http, &sent2])?;
     wait_for_revenue(&out1, &expected, &engine, "mosquitto restarted")?;
 
     // 3. kill -9 the engine; a new one rebuilds everything from the log.
@@ -318,7 +426,9 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
     let all = d.join("sent-all.jsonl");
     std::fs::write(
         &all,
-        std::fs::read_to_string(&sent1)? + &std::fs::read_to_string(&sent2)?,
+        std::fs::read_to_string(&sent1)?
+            + &std::fs::read_to_string(&sent_http)?
+            + &std::fs::read_to_string(&sent2)?,
     )?;
     let replayed = d.join("replayed");
     vendflow(&[

@@ -203,6 +203,16 @@ impl Verifier {
         }
     }
 
+    /// Whether `token` is `machine`'s secret (always true without credentials).
+    pub fn token_matches(&self, machine: &str, token: Option<&str>) -> bool {
+        match &self.credentials {
+            None => true,
+            Some(creds) => token
+                .zip(creds.get(machine))
+                .is_some_and(|(token, hash)| hash.matches(token)),
+        }
+    }
+
     pub fn checks_signatures(&self) -> bool {
         self.credentials.is_some()
     }

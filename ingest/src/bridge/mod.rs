@@ -44,6 +44,8 @@ pub struct BridgeConfig {
     /// Partitions of `machine-telemetry` when the bridge creates it.
     pub partitions: i32,
     pub max_inflight: usize,
+    /// Also accept `POST /api/telemetry` here (see [`crate::http`]).
+    pub http: Option<std::net::SocketAddr>,
 }
 
 /// Counters, readable while the bridge runs.
@@ -82,6 +84,8 @@ pub enum BridgeError {
     Kafka(#[from] KafkaError),
     #[error("kafka producer: {0}")]
     Producer(RdError),
+    #[error("http on {0}: {1}")]
+    Http(std::net::SocketAddr, std::io::Error),
 }
 
 /// One MQTT message on its way: acknowledged once Kafka has it and everything before it.
@@ -104,7 +108,7 @@ struct Outgoing {
 struct Shared {
     pending: VecDeque<Pending>,
     retry: Vec<Outgoing>,
-    verifier: Verifier,
+    verifier: Arc<Mutex<Verifier>>,
     next_seq: u64,
 }
 
@@ -138,7 +142,10 @@ impl ProducerContext for Ctx {
         if let Some(p) = pending.iter_mut().find(|p| p.seq == out.seq) {
             p.done = true;
             if let Some(signed) = p.signed.take() {
-                verifier.forwarded(&signed, &out.payload);
+                verifier
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .forwarded(&signed, &out.payload);
             }
         }
         if out.topic == TELEMETRY_TOPIC {
@@ -199,12 +206,16 @@ pub fn run(
     }
     let (client, mut connection) = Client::new(options, 1024);
 
+    let verifier = Arc::new(Mutex::new(verifier));
     let shared = Arc::new(Mutex::new(Shared {
         pending: VecDeque::new(),
         retry: Vec::new(),
-        verifier,
+        verifier: verifier.clone(),
         next_seq: 0,
     }));
+    if let Some(addr) = config.http {
+        serve_http(addr, &config.kafka, verifier)?;
+    }
     let producer: ThreadedProducer<Ctx> = client_config(&config.kafka)
         .set("enable.idempotence", "true")
         .set("acks", "all")
@@ -326,6 +337,59 @@ pub fn run(
     Ok(())
 }
 
+/// Serves `POST /api/telemetry` on `addr` from a thread of its own, into the same topics.
+fn serve_http(
+    addr: std::net::SocketAddr,
+    kafka: &str,
+    verifier: Arc<Mutex<Verifier>>,
+) -> Result<(), BridgeError> {
+    let producer: rdkafka::producer::FutureProducer = client_config(kafka)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .create()
+        .map_err(BridgeError::Producer)?;
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| BridgeError::Http(addr, e))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| BridgeError::Http(addr, e))?;
+    let state = Arc::new(crate::http::Telemetry {
+        verifier,
+        producer,
+        requests: AtomicU64::new(0),
+    });
+    std::thread::Builder::new()
+        .name("vendflow-http".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the http runtime");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot serve http");
+                        return;
+                    }
+                };
+                let app = crate::http::router(state, crate::http::DEFAULT_BODY_LIMIT);
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "http server stopped");
+                }
+            });
+        })
+        .map_err(|e| BridgeError::Http(addr, e))?;
+    tracing::info!("telemetry over http: POST http://{addr}/api/telemetry");
+    Ok(())
+}
+
 fn report_connection_error(e: &ConnectionError, config: &BridgeConfig, backoff: Duration) {
     tracing::warn!(
         error = %e,
@@ -343,6 +407,8 @@ fn admit(s: &mut Shared, stats: &BridgeStats, publish: Publish) -> Option<Outgoi
     s.next_seq += 1;
     let verdict = machine_of_topic(&publish.topic, "telemetry").and_then(|machine| {
         s.verifier
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .check(machine, &publish.payload, now)
             .map(|a| (machine.to_owned(), a))
     });
