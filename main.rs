@@ -152,33 +152,7 @@ enum Command {
         tick_ms: u64,
     },
     /// Simulated machines publishing signed telemetry over MQTT (load and end-to-end tests).
-    Publish {
-        /// MQTT broker, HOST:PORT.
-        #[arg(long, default_value = "127.0.0.1:1883")]
-        mqtt: String,
-        #[arg(long, default_value_t = 20)]
-        machines: usize,
-        /// Simulated hours to publish, ending now.
-        #[arg(long, default_value_t = 6)]
-        hours: i64,
-        #[arg(long, default_value_t = 7)]
-        seed: u64,
-        /// Simulated seconds per wall-clock second (default: as fast as the broker takes it).
-        #[arg(long)]
-        speed: Option<f64>,
-        /// Write the fleet's credentials file (secret hashes) here, for the bridge.
-        #[arg(long)]
-        credentials_out: Option<PathBuf>,
-        /// Write the fleet's registry records here.
-        #[arg(long)]
-        registry_out: Option<PathBuf>,
-        /// Record every published event here as JSON Lines (what an oracle should count).
-        #[arg(long)]
-        record: Option<PathBuf>,
-        /// Only write --credentials-out / --registry-out, publish nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
+    Publish(PublishArgs),
     /// Device credentials.
     Device {
         #[command(subcommand)]
@@ -336,27 +310,7 @@ fn main() -> anyhow::Result<()> {
             partitions,
             tick_ms,
         } => run_kafka(config, &kafka, out.as_deref(), every, partitions, tick_ms),
-        Command::Publish {
-            mqtt,
-            machines,
-            hours,
-            seed,
-            speed,
-            credentials_out,
-            registry_out,
-            record,
-            dry_run,
-        } => publish(PublishArgs {
-            mqtt,
-            machines,
-            hours,
-            seed,
-            speed,
-            credentials_out,
-            registry_out,
-            record,
-            dry_run,
-        }),
+        Command::Publish(args) => publish(args),
         Command::Device {
             command:
                 DeviceCommand::Register {
@@ -455,15 +409,32 @@ fn run_kafka(
     Ok(())
 }
 
+#[derive(clap::Args)]
 struct PublishArgs {
+    /// MQTT broker, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:1883")]
     mqtt: String,
+    #[arg(long, default_value_t = 20)]
     machines: usize,
+    /// Simulated hours to publish, ending now.
+    #[arg(long, default_value_t = 6)]
     hours: i64,
+    #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// Simulated seconds per wall-clock second (default: as fast as the broker takes it).
+    #[arg(long)]
     speed: Option<f64>,
+    /// Write the fleet's credentials file (secret hashes) here, for the bridge.
+    #[arg(long)]
     credentials_out: Option<PathBuf>,
+    /// Write the fleet's registry records here.
+    #[arg(long)]
     registry_out: Option<PathBuf>,
+    /// Record every published event here as JSON Lines (what an oracle should count).
+    #[arg(long)]
     record: Option<PathBuf>,
+    /// Only write --credentials-out / --registry-out, publish nothing.
+    #[arg(long)]
     dry_run: bool,
 }
 

@@ -164,6 +164,27 @@ fn publish(
         .spawn()?)
 }
 
+/// `vendflow run` on `kafka`, writing its views into `out` twice a second.
+fn start_engine(bin: &Path, kafka: &str, out: &Path, log: &Path) -> anyhow::Result<Daemon> {
+    let out = out.display().to_string();
+    Daemon::spawn(
+        "engine",
+        bin,
+        &[
+            "run",
+            "--kafka",
+            kafka,
+            "--out",
+            &out,
+            "--every",
+            "0.5",
+            "--partitions",
+            "3",
+        ],
+        log,
+    )
+}
+
 /// POSTs `body` to the bridge's telemetry endpoint; returns (status, response body).
 fn post(
     curl: &Path,
@@ -329,23 +350,7 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
     // The broker keeps telemetry for the bridge's session only once it has subscribed.
     wait_for_log(&bridge, "subscribed", Duration::from_secs(30))?;
     let out1 = d.join("views-1");
-    let out1_text = out1.display().to_string();
-    let mut engine = Daemon::spawn(
-        "engine",
-        &bin,
-        &[
-            "run",
-            "--kafka",
-            &kafka,
-            "--out",
-            &out1_text,
-            "--every",
-            "0.5",
-            "--partitions",
-            "3",
-        ],
-        &d.join("engine-1.log"),
-    )?;
+    let mut engine = start_engine(&bin, &kafka, &out1, &d.join("engine-1.log"))?;
 
     // 1. kill -9 the bridge mid-stream (12 simulated hours over about 6 s), restart it.
     let sent1 = d.join("sent-1.jsonl");
@@ -403,23 +408,7 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
     // 3. kill -9 the engine; a new one rebuilds everything from the log.
     engine.kill();
     let out2 = d.join("views-2");
-    let out2_text = out2.display().to_string();
-    engine = Daemon::spawn(
-        "engine",
-        &bin,
-        &[
-            "run",
-            "--kafka",
-            &kafka,
-            "--out",
-            &out2_text,
-            "--every",
-            "0.5",
-            "--partitions",
-            "3",
-        ],
-        &d.join("engine-2.log"),
-    )?;
+    engine = start_engine(&bin, &kafka, &out2, &d.join("engine-2.log"))?;
     wait_for_revenue(&out2, &expected, &engine, "engine rebuilt")?;
 
     // Inventory equals a batch replay of everything the machines sent.
