@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use vendflow_protocol::{DoorStatus, ErrorCode, Event, EventKind, MachineId, Milli, Timestamp};
 
 use crate::config::Config;
-use crate::operators::{FastMap, Keyed, Temporal, Time, as_time, hash_of};
+use crate::operators::{Emit, FastMap, Keyed, Time, as_time, hash_of};
 use crate::row::{ColumnType::*, OrdF64, Row, Value, col, null};
 use crate::sales::SaleLine;
 use crate::views::ViewDef;
@@ -260,19 +260,23 @@ struct State {
 }
 
 impl State {
-    fn expire(&mut self, frontier: Time, until: impl Fn(Timestamp) -> Time) {
+    /// Retracts, at `now`, every window whose retention ends by then, and the "latest" row of a
+    /// machine whose last window that was.
+    fn expire(&mut self, now: Time, out: &mut Emit<'_, Out>) {
         while let Some(entry) = self.expiries.first_entry() {
-            if *entry.key() > frontier {
+            if *entry.key() > now {
                 break;
             }
             for key in entry.remove() {
-                self.windows.remove(&key);
-                if self
-                    .latest
-                    .get(&key.0)
-                    .is_some_and(|(s, _)| until(*s) <= frontier)
+                let Some(totals) = self.windows.remove(&key) else {
+                    continue;
+                };
+                out.give(Out::Window(window(&key.0, key.1, totals)), -1);
+                if let Some((start, levels)) = self.latest.get(&key.0).copied()
+                    && start == key.1
                 {
                     self.latest.remove(&key.0);
+                    out.give(Out::Latest(key.0.clone(), start, levels), -1);
                 }
             }
         }
@@ -282,8 +286,9 @@ impl State {
 /// Windows are folded in one keyed operator rather than a differential `reduce`: every measure
 /// is an insert-only fold (events are never retracted, only whole windows expire), so one
 /// aggregate per window is the whole state, where a `reduce` would keep every distinct reading.
-/// Each time a window changes its old row is retracted and the new one inserted; the window and
-/// its machine's "latest" row are retracted when retention ends (temporal filter on the output).
+/// Each time a window changes its old row is retracted and the new one inserted. When retention
+/// ends the operator wakes at exactly that time and retracts the window (and its machine's
+/// "latest" row) from its own state: no copy of the output waits for its expiry elsewhere.
 pub fn render<'s>(
     events: VecCollection<'s, Time, Event>,
     accepted: VecCollection<'s, Time, SaleLine>,
@@ -301,6 +306,7 @@ pub fn render<'s>(
         State::default(),
         move |state, records, out| {
             let now = out.time();
+            state.expire(now, out);
             // Each touched window's aggregate before this time, to retract it once.
             let mut before: Vec<(WindowKey, Option<Agg>)> = Vec::new();
             for ((key, agg), diff) in records.drain(..) {
@@ -321,6 +327,7 @@ pub fn render<'s>(
                     };
                     if old.is_none() {
                         state.expiries.entry(expires).or_default().push(key.clone());
+                        out.wake_at(expires);
                     }
                     before.push((key, old));
                 }
@@ -351,24 +358,16 @@ pub fn render<'s>(
                 out.give(Out::Window(new), 1);
             }
         },
-        move |state, frontier| state.expire(frontier, until),
+        |_, _| {},
     );
-    let windows = out
-        .clone()
-        .flat_map(|o| match o {
-            Out::Window(w) => Some(w),
-            _ => None,
-        })
-        .retain_between(move |w: &Window| (0, until(w.start)))
-        .0;
-    let latest = out
-        .clone()
-        .flat_map(|o| match o {
-            Out::Latest(m, s, l) => Some((m, s, l)),
-            _ => None,
-        })
-        .retain_between(move |(_, s, _): &(MachineId, Timestamp, [Level; 5])| (0, until(*s)))
-        .0;
+    let windows = out.clone().flat_map(|o| match o {
+        Out::Window(w) => Some(w),
+        _ => None,
+    });
+    let latest = out.clone().flat_map(|o| match o {
+        Out::Latest(m, s, l) => Some((m, s, l)),
+        _ => None,
+    });
     let too_late = out.flat_map(|o| match o {
         Out::TooLate(m) => Some(m),
         _ => None,

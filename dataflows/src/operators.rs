@@ -217,12 +217,21 @@ type Pending<D> = (Capability<Time>, Vec<(D, isize)>);
 pub struct Emit<'a, O> {
     time: Time,
     out: &'a mut Vec<(O, Time, isize)>,
+    wake: &'a mut Vec<Time>,
 }
 
 impl<O> Emit<'_, O> {
     /// Emits `record` with `diff` at the current ingestion time.
     pub fn give(&mut self, record: O, diff: isize) {
         self.out.push((record, self.time, diff));
+    }
+
+    /// Asks for the logic to run at `time` (later than now) even if no record comes then, so
+    /// that it can retract what expires at that time, at that time.
+    pub fn wake_at(&mut self, time: Time) {
+        if time > self.time {
+            self.wake.push(time);
+        }
     }
 
     pub fn time(&self) -> Time {
@@ -263,7 +272,8 @@ pub trait Keyed<'s, D: ExchangeData> {
     }
 
     /// Like [`Keyed::keyed_in_time_order`], but `logic` gets all records of one time at once
-    /// (sorted), so it can emit one change per key and time instead of one per record.
+    /// (sorted), so it can emit one change per key and time instead of one per record; and it
+    /// can ask to run again at a later time ([`Emit::wake_at`]) to retract what expires then.
     fn keyed_times_in_order<S, O, K>(
         self,
         name: &str,
@@ -302,6 +312,7 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
                     // each entry holds a capability so the output can still be sent at that time.
                     let mut pending: BTreeMap<Time, Pending<D>> = BTreeMap::new();
                     let mut out: Vec<(O, Time, isize)> = Vec::new();
+                    let mut wake: Vec<Time> = Vec::new();
                     let mut last_frontier: Option<Time> = None;
                     move |(input, frontier), output| {
                         input.for_each_stamp(|cap, data| {
@@ -321,10 +332,18 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
                             }
                             let (time, (cap, mut records)) = entry.remove_entry();
                             records.sort();
-                            let mut emit = Emit { time, out: &mut out };
+                            let mut emit = Emit {
+                                time,
+                                out: &mut out,
+                                wake: &mut wake,
+                            };
                             logic(&mut state, &mut records, &mut emit);
                             if !out.is_empty() {
                                 output.session(&cap).give_iterator(out.drain(..));
+                            }
+                            // Wake-ups are pending times without records, holding a capability.
+                            for t in wake.drain(..) {
+                                pending.entry(t).or_insert_with(|| (cap.delayed(&t), Vec::new()));
                             }
                         }
                         let now = frontier.first().copied().unwrap_or(Time::MAX);
