@@ -6,7 +6,7 @@
 //!    persistence keeps the bridge's queued messages), then the bridge back;
 //! 3. `kill -9` of the engine, then a restart that rebuilds every view from the Kafka log.
 //!
-//! Plus: a forged envelope (one machine publishing as another) is refused, and inventory equals
+//! Plus: the bridge started before Kafka waits for it; a forged envelope (one machine publishing as another) is refused, and inventory equals
 //! a batch replay of everything sent. Needs `mosquitto`, `mosquitto_pub` and `tansu`
 //! (tests/run-all.sh installs them); under `CI=true` a missing one fails the test.
 
@@ -314,7 +314,6 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
     let mqtt = format!("127.0.0.1:{mqtt_port}");
     let kafka = format!("127.0.0.1:{kafka_port}");
     let mut mosquitto = start_mosquitto(&mosquitto_bin, d, mqtt_port)?;
-    let _tansu = start_tansu(&tansu_bin, d, kafka_port)?;
 
     let creds = d.join("credentials.jsonl");
     let creds_text = creds.display().to_string();
@@ -346,7 +345,10 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
         "--http",
         &http,
     ];
+    // The bridge starts before Kafka is up: it must wait and retry, not give up.
     let mut bridge = Daemon::spawn("bridge", &bin, &bridge_args, &d.join("bridge-1.log"))?;
+    wait_for_log(&bridge, "unavailable", Duration::from_secs(30))?;
+    let _tansu = start_tansu(&tansu_bin, d, kafka_port)?;
     // The broker keeps telemetry for the bridge's session only once it has subscribed.
     wait_for_log(&bridge, "subscribed", Duration::from_secs(30))?;
     let out1 = d.join("views-1");

@@ -28,7 +28,9 @@ use rumqttc::{Client, ConnectionError, Event, MqttOptions, Packet, Publish, QoS}
 use vendflow_protocol::auth::Signed;
 
 use crate::auth::{Admission, Refusal, Verifier, machine_of_topic};
-use crate::kafka::{KafkaError, REJECTED_TOPIC, TELEMETRY_TOPIC, client_config, ensure_topics};
+use crate::kafka::{
+    KafkaError, REJECTED_TOPIC, TELEMETRY_TOPIC, client_config, ensure_topics_retrying,
+};
 
 /// The MQTT subscription.
 pub const TELEMETRY_FILTER: &str = "machines/+/telemetry";
@@ -190,10 +192,10 @@ pub fn run(
     stats: Arc<BridgeStats>,
     stop: &AtomicBool,
 ) -> Result<(), BridgeError> {
-    ensure_topics(
-        &config.kafka,
-        &[(TELEMETRY_TOPIC, config.partitions), (REJECTED_TOPIC, 1)],
-    )?;
+    let topics = [(TELEMETRY_TOPIC, config.partitions), (REJECTED_TOPIC, 1)];
+    if !ensure_topics_retrying(&config.kafka, &topics, stop) {
+        return Ok(());
+    }
 
     let mut options = MqttOptions::new(&config.client_id, &config.mqtt_host, config.mqtt_port);
     options

@@ -55,7 +55,9 @@ pub fn ensure_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<(), KafkaE
         .iter()
         .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
         .collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let options = AdminOptions::new()
+        .request_timeout(Some(Duration::from_secs(5)))
+        .operation_timeout(Some(Duration::from_secs(5)));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -83,4 +85,31 @@ pub fn ensure_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<(), KafkaE
         }
     }
     Ok(())
+}
+
+/// [`ensure_topics`], retried with backoff (100 ms doubling to 5 s) while Kafka is unreachable,
+/// until `stop`. Returns false if stopped first.
+pub fn ensure_topics_retrying(
+    brokers: &str,
+    topics: &[(&str, i32)],
+    stop: &std::sync::atomic::AtomicBool,
+) -> bool {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match ensure_topics(brokers, topics) {
+            Ok(()) => return true,
+            Err(e) => tracing::warn!(
+                "kafka {brokers} unavailable ({e}); retrying in {} ms",
+                backoff.as_millis()
+            ),
+        }
+        let until = std::time::Instant::now() + backoff;
+        while std::time::Instant::now() < until {
+            if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
 }

@@ -23,7 +23,7 @@ use vendflow_dataflows::{Batch, ErrorRecord, Feeder, Feeders, Time};
 use vendflow_protocol::Timestamp;
 use vendflow_protocol::decode::{decode_line, decode_registry};
 
-use super::{KafkaError, TELEMETRY_TOPIC, client_config, ensure_topics};
+use super::{KafkaError, TELEMETRY_TOPIC, client_config, ensure_topics_retrying};
 
 /// Registry changes (machines, locations, leases), one JSON record per message.
 pub const FLEET_COMMANDS_TOPIC: &str = "fleet-commands";
@@ -91,13 +91,13 @@ pub fn start(
                 source,
             })
     };
-    ensure_topics(
-        &brokers,
-        &[
-            (TELEMETRY_TOPIC, config.partitions),
-            (FLEET_COMMANDS_TOPIC, 1),
-        ],
-    )?;
+    let topics = [
+        (TELEMETRY_TOPIC, config.partitions),
+        (FLEET_COMMANDS_TOPIC, 1),
+    ];
+    if !ensure_topics_retrying(&brokers, &topics, &stop) {
+        return Ok(Vec::new());
+    }
     let probe = client(&brokers)?;
     let telemetry_partitions =
         partitions_of(&probe, TELEMETRY_TOPIC).map_err(|source| KafkaError::Client {
