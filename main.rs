@@ -442,9 +442,7 @@ fn publish(args: PublishArgs) -> anyhow::Result<()> {
     if args.machines == 0 || args.hours <= 0 {
         bail!("--machines and --hours must be positive");
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_millis() as i64;
+    let now = Timestamp::now().0;
     // The simulated span ends now, on a whole minute, so event times are what a live fleet sends.
     let end = now - now.rem_euclid(60_000);
     let mut fleet = Fleet::new(&FleetConfig {

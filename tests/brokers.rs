@@ -218,9 +218,7 @@ fn http_checks(curl: &Path, http: &str, dir: &Path, record: &Path) -> anyhow::Re
     use vendflow_protocol::auth::{SecretHash, sign_envelope};
     use vendflow_protocol::{Cents, Envelope, Event, EventKind, MachineId, Sale, Timestamp};
     let secret = vendflow_firmware::mqtt::simulated_secret(11, "mach_00003");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_millis() as i64;
+    let now = Timestamp::now().0;
     let machine_id = MachineId::parse("mach_00003").map_err(anyhow::Error::msg)?;
     let sale = Event {
         machine_id: machine_id.clone(),

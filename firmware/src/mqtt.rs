@@ -48,12 +48,6 @@ pub struct Publisher {
     address: String,
 }
 
-fn wall_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 impl Publisher {
     /// Connects as `client_id` to `host:port`.
     pub fn connect(host: &str, port: u16, client_id: &str, seed: u64) -> Publisher {
@@ -109,8 +103,8 @@ impl Publisher {
             .entry(machine.to_owned())
             .or_insert_with(|| SecretHash::of(&simulated_secret(seed, machine)));
         self.nonce += 1;
-        let nonce = format!("{:x}-{:x}", wall_ms(), self.nonce);
-        let body = sign_envelope(envelope, &key, wall_ms(), &nonce);
+        let nonce = format!("{:x}-{:x}", Timestamp::now().0, self.nonce);
+        let body = sign_envelope(envelope, &key, Timestamp::now().0, &nonce);
         self.client
             .publish(
                 format!("machines/{machine}/telemetry"),

@@ -63,6 +63,15 @@ pub const MS_PER_HOUR: i64 = 3_600_000;
 pub const MS_PER_DAY: i64 = 86_400_000;
 
 impl Timestamp {
+    /// The wall clock (0 if the system clock is before 1970).
+    pub fn now() -> Self {
+        Timestamp(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+        )
+    }
+
     /// Parses RFC 3339 (`2024-01-15T10:28:15Z`, `…+01:00`, fractional seconds allowed).
     pub fn parse_rfc3339(s: &str) -> Result<Self, String> {
         chrono::DateTime::parse_from_rfc3339(s)

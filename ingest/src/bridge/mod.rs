@@ -25,6 +25,7 @@ use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rumqttc::{Client, ConnectionError, Event, MqttOptions, Packet, Publish, QoS};
+use vendflow_protocol::Timestamp;
 use vendflow_protocol::auth::Signed;
 
 use crate::auth::{Admission, Refusal, Verifier, machine_of_topic};
@@ -179,12 +180,6 @@ fn rejection(topic: &str, refusal: &Refusal, payload: &[u8], now_ms: i64) -> Vec
     .into_bytes()
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// Runs the bridge until `stop`.
 pub fn run(
     config: &BridgeConfig,
@@ -233,7 +228,8 @@ pub fn run(
         .map_err(BridgeError::Producer)?;
 
     let send = |out: Outgoing| -> Result<(), Outgoing> {
-        let record = BaseRecord::with_opaque_to(out.topic, Box::new(out)).timestamp(now_ms());
+        let record =
+            BaseRecord::with_opaque_to(out.topic, Box::new(out)).timestamp(Timestamp::now().0);
         // The record borrows from the box it carries; build key and payload from it.
         let (key, payload) = {
             let o = &record.delivery_opaque;
@@ -404,7 +400,7 @@ fn report_connection_error(e: &ConnectionError, config: &BridgeConfig, backoff: 
 
 /// Checks one message and queues it; returns what to produce.
 fn admit(s: &mut Shared, stats: &BridgeStats, publish: Publish) -> Option<Outgoing> {
-    let now = now_ms();
+    let now = Timestamp::now().0;
     let seq = s.next_seq;
     s.next_seq += 1;
     let verdict = machine_of_topic(&publish.topic, "telemetry").and_then(|machine| {

@@ -23,6 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
+use vendflow_protocol::Timestamp;
 
 use crate::auth::{Admission, Refusal, Verifier};
 use crate::kafka::{REJECTED_TOPIC, TELEMETRY_TOPIC};
@@ -37,12 +38,6 @@ pub struct Telemetry {
     pub requests: AtomicU64,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// The one error shape of the API.
 pub fn error(
     status: StatusCode,
@@ -53,10 +48,10 @@ pub fn error(
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let request_id = format!(
         "req_{:x}_{}",
-        now_ms(),
+        Timestamp::now().0,
         NEXT.fetch_add(1, Ordering::Relaxed)
     );
-    let timestamp = chrono::DateTime::from_timestamp_millis(now_ms())
+    let timestamp = chrono::DateTime::from_timestamp_millis(Timestamp::now().0)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default();
     (
@@ -152,7 +147,7 @@ async fn telemetry(
     }
     let verdict = {
         let mut v = state.verifier.lock().unwrap_or_else(|p| p.into_inner());
-        v.check(&machine, &body, now_ms())
+        v.check(&machine, &body, Timestamp::now().0)
     };
     match verdict {
         Ok(Admission::AlreadyForwarded) => {
@@ -162,7 +157,7 @@ async fn telemetry(
             let record = FutureRecord::to(TELEMETRY_TOPIC)
                 .key(machine.as_str())
                 .payload(body.as_ref())
-                .timestamp(now_ms());
+                .timestamp(Timestamp::now().0);
             match state.producer.send(record, Duration::from_secs(10)).await {
                 Ok(_) => {
                     if let Some(s) = signed {
@@ -186,7 +181,7 @@ async fn telemetry(
         Err(refusal) => {
             tracing::warn!(machine_id = %machine, code = refusal.code(), "http telemetry refused: {refusal}");
             let rejected = json!({
-                "receivedAt": now_ms(), "httpMachineId": machine, "code": refusal.code(),
+                "receivedAt": Timestamp::now().0, "httpMachineId": machine, "code": refusal.code(),
                 "reason": refusal.to_string(), "payload": String::from_utf8_lossy(&body),
             })
             .to_string();

@@ -20,8 +20,8 @@ use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use vendflow_dataflows::{Batch, ErrorRecord, Feeder, Feeders, Time};
-use vendflow_protocol::Timestamp;
 use vendflow_protocol::decode::{decode_line, decode_registry};
+use vendflow_protocol::{DecodeError, Timestamp};
 
 use super::{KafkaError, TELEMETRY_TOPIC, client_config, ensure_topics_retrying};
 
@@ -155,12 +155,6 @@ pub fn start(
     Ok(handles)
 }
 
-fn wall_ms() -> Time {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as Time)
-}
-
 fn consume(
     consumer: &BaseConsumer,
     mut feeder: Feeder,
@@ -179,7 +173,7 @@ fn consume(
                     .timestamp()
                     .to_millis()
                     .and_then(|t| u64::try_from(t).ok())
-                    .unwrap_or_else(wall_ms);
+                    .unwrap_or_else(|| Timestamp::now().0.max(0) as Time);
                 let at = ts.div_ceil(tick) * tick;
                 if at > clock && !batch.is_empty() {
                     feeder.send(clock, std::mem::take(&mut batch))?;
@@ -191,19 +185,17 @@ fn consume(
                 let payload = message.payload().unwrap_or(&[]);
                 stats.messages.fetch_add(1, Ordering::Relaxed);
                 let received_at = Timestamp(i64::try_from(clock).unwrap_or(i64::MAX));
+                let mut refuse = |e: &DecodeError| {
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%source, error = %e, "refused a record");
+                    batch
+                        .errors
+                        .push(ErrorRecord::new(received_at, source.clone(), e, payload));
+                };
                 if topic == FLEET_COMMANDS_TOPIC {
                     match decode_registry(payload) {
                         Ok(record) => batch.registry.push((record, 1)),
-                        Err(e) => {
-                            stats.errors.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(%source, error = %e, "refused a registry record");
-                            batch.errors.push(ErrorRecord::new(
-                                received_at,
-                                source.clone(),
-                                &e,
-                                payload,
-                            ));
-                        }
+                        Err(e) => refuse(&e),
                     }
                 } else {
                     for result in decode_line(payload) {
@@ -212,16 +204,7 @@ fn consume(
                                 stats.events.fetch_add(1, Ordering::Relaxed);
                                 batch.events.push(event);
                             }
-                            Err(e) => {
-                                stats.errors.fetch_add(1, Ordering::Relaxed);
-                                tracing::warn!(%source, error = %e, "refused a record");
-                                batch.errors.push(ErrorRecord::new(
-                                    received_at,
-                                    source.clone(),
-                                    &e,
-                                    payload,
-                                ));
-                            }
+                            Err(e) => refuse(&e),
                         }
                     }
                 }
@@ -244,7 +227,8 @@ fn consume(
                 // Caught up: let time pass with the wall clock (a second behind, so messages
                 // the bridge stamped just now still land at their own time).
                 if idle_polls >= 4 {
-                    let now = wall_ms().saturating_sub(1000) / tick * tick;
+                    let now =
+                        (Timestamp::now().0.max(0) as Time).saturating_sub(1000) / tick * tick;
                     if now > clock {
                         clock = now;
                     }

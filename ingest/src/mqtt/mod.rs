@@ -137,9 +137,7 @@ pub fn run(
             Event::Incoming(Packet::Publish(publish)) => {
                 stats.messages.fetch_add(1, Ordering::Relaxed);
                 let now = clock();
-                let wall = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as i64);
+                let wall = Timestamp::now().0;
                 let verdict = machine_of_topic(&publish.topic, "telemetry")
                     .and_then(|m| verifier.check(m, &publish.payload, wall).map(|a| (m, a)));
                 let mut batch = Batch::default();
