@@ -108,11 +108,23 @@ fn wait_for_revenue(
         .filter(|(k, v)| expected.get(*k) != Some(*v))
         .take(5)
         .collect();
+    // What the bridges refused or complained about, to tell a refusal from a loss.
+    let bridges: String = (1..=3)
+        .filter_map(|i| std::fs::read_to_string(out.parent()?.join(format!("bridge-{i}.log"))).ok())
+        .flat_map(|log| {
+            log.lines()
+                .filter(|l| l.contains("refused") || l.contains("WARN") || l.contains("ERROR"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
     bail!(
-        "{what}: revenue never matched the oracle ({} vs {} machine-days)\nexpected but not so: {missing:?}\nengine has instead: {extra:?}\nengine log tail:\n{}",
+        "{what}: revenue never matched the oracle ({} vs {} machine-days)\nexpected but not so: {missing:?}\nengine has instead: {extra:?}\nengine log tail:\n{}\nbridge warnings:\n{}",
         expected.len(),
         last.len(),
-        tail(&engine.output())
+        tail(&engine.output()),
+        tail(&bridges)
     )
 }
 
