@@ -6,9 +6,15 @@
 //!    persistence keeps the bridge's queued messages), then the bridge back;
 //! 3. `kill -9` of the engine, then a restart that rebuilds every view from the Kafka log.
 //!
-//! Plus: the bridge started before Kafka waits for it; a forged envelope (one machine publishing as another) is refused, and inventory equals
-//! a batch replay of everything sent. Needs `mosquitto`, `mosquitto_pub` and `tansu`
-//! (tests/run-all.sh installs them); under `CI=true` a missing one fails the test.
+//! Plus: the bridge started before Kafka waits for it; a forged envelope (one machine publishing
+//! as another) is refused; inventory equals a batch replay of everything sent; and every message
+//! a bridge took was acknowledged to Mosquitto (nothing left in its inflight window). Needs
+//! `mosquitto`, `mosquitto_pub` and `tansu` (tests/run-all.sh installs them); under `CI=true` a
+//! missing one fails the test.
+//!
+//! Post-mortem: `VENDFLOW_KEEP=1` keeps the logs and views; `VENDFLOW_HOLD=600` keeps the brokers
+//! up for 600 s after a mismatch, so the log can be read with
+//! `cargo run -p vendflow-ingest --example dump_topic -- <kafka> machine-telemetry 3`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -81,6 +87,7 @@ fn wait_for_revenue(
     out: &Path,
     expected: &Revenue,
     engine: &Daemon,
+    kafka: &str,
     what: &str,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -119,6 +126,13 @@ fn wait_for_revenue(
         })
         .collect::<Vec<_>>()
         .join("\n");
+    if let Some(secs) = std::env::var("VENDFLOW_HOLD")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        eprintln!("{what}: mismatch; holding the brokers for {secs} s (kafka {kafka})");
+        std::thread::sleep(Duration::from_secs(secs));
+    }
     bail!(
         "{what}: revenue never matched the oracle ({} vs {} machine-days)\nexpected but not so: {missing:?}\nengine has instead: {extra:?}\nengine log tail:\n{}\nbridge warnings:\n{}",
         expected.len(),
@@ -173,7 +187,23 @@ fn publish(
     Ok(Command::new(vendflow_bin()?)
         .args(&args)
         .env("RUST_BACKTRACE", "0")
+        .stdout(std::process::Stdio::piped())
         .spawn()?)
+}
+
+/// Waits for a publisher; returns how many envelopes the broker acknowledged.
+fn finish(publisher: std::process::Child) -> anyhow::Result<u64> {
+    let out = publisher.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprint!("{text}");
+    if !out.status.success() {
+        bail!("the publisher failed");
+    }
+    text.split_once("published ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .context("the publisher did not say how many envelopes it published")?
+        .parse()
+        .context("envelope count")
 }
 
 /// `vendflow run` on `kafka`, writing its views into `out` twice a second.
@@ -366,15 +396,13 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
 
     // 1. kill -9 the bridge mid-stream (12 simulated hours over about 6 s), restart it.
     let sent1 = d.join("sent-1.jsonl");
-    let mut publisher = publish(&mqtt, "12", Some("7200"), &sent1)?;
+    let publisher = publish(&mqtt, "12", Some("7200"), &sent1)?;
     std::thread::sleep(Duration::from_millis(2500));
     bridge.kill();
     std::thread::sleep(Duration::from_millis(500));
     bridge = Daemon::spawn("bridge", &bin, &bridge_args, &d.join("bridge-2.log"))?;
-    if !publisher.wait()?.success() {
-        bail!("the publisher failed");
-    }
-    wait_for_revenue(&out1, &oracle(&[&sent1])?, &engine, "bridge killed")?;
+    finish(publisher)?;
+    wait_for_revenue(&out1, &oracle(&[&sent1])?, &engine, &kafka, "bridge killed")?;
 
     // Telemetry over HTTP lands in the same log; every refusal has its status and reason.
     let sent_http = d.join("sent-http.jsonl");
@@ -383,6 +411,7 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
         &out1,
         &oracle(&[&sent1, &sent_http])?,
         &engine,
+        &kafka,
         "http telemetry",
     )?;
 
@@ -405,23 +434,25 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
         bail!("mosquitto_pub failed");
     }
 
+    // Refused, and (once the refusal is in Kafka) acknowledged.
+    wait_for_log(&bridge, "machine_mismatch", Duration::from_secs(30))?;
+    std::thread::sleep(Duration::from_secs(1));
+
     // 2. Bridge down, machines keep publishing, Mosquitto restarts, bridge back.
     bridge.kill();
     let sent2 = d.join("sent-2.jsonl");
-    if !publish(&mqtt, "2", None, &sent2)?.wait()?.success() {
-        bail!("the publisher failed");
-    }
+    let published2 = finish(publish(&mqtt, "2", None, &sent2)?)?;
     mosquitto.terminate()?;
     mosquitto = start_mosquitto(&mosquitto_bin, d, mqtt_port)?;
     bridge = Daemon::spawn("bridge", &bin, &bridge_args, &d.join("bridge-3.log"))?;
     let expected = oracle(&[&sent1, &sent_http, &sent2])?;
-    wait_for_revenue(&out1, &expected, &engine, "mosquitto restarted")?;
+    wait_for_revenue(&out1, &expected, &engine, &kafka, "mosquitto restarted")?;
 
     // 3. kill -9 the engine; a new one rebuilds everything from the log.
     engine.kill();
     let out2 = d.join("views-2");
     engine = start_engine(&bin, &kafka, &out2, &d.join("engine-2.log"))?;
-    wait_for_revenue(&out2, &expected, &engine, "engine rebuilt")?;
+    wait_for_revenue(&out2, &expected, &engine, &kafka, "engine rebuilt")?;
 
     // Inventory equals a batch replay of everything the machines sent.
     let all = d.join("sent-all.jsonl");
@@ -453,7 +484,21 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
         "the forged envelope was not refused as machine_mismatch:\n{}",
         tail(&logs)
     );
-    drop(bridge);
+    // Every message the bridges took was acknowledged to Mosquitto: the last bridge received
+    // what was published while no bridge ran, and not one message more. (A dropped PUBACK
+    // leaves its message in the broker's inflight window until the next reconnect, and enough
+    // of them stall the subscription.)
+    bridge.terminate()?;
+    let log = std::fs::read_to_string(d.join("bridge-3.log"))?;
+    let received: u64 = log
+        .split_once("bridge stopping: received ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .with_context(|| format!("bridge-3 did not report its counters:\n{}", tail(&log)))?
+        .parse()?;
+    assert_eq!(
+        received, published2,
+        "the restarted bridge received {received} messages for {published2} published while it was down"
+    );
     drop(mosquitto);
     Ok(())
 }

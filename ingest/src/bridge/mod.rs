@@ -94,6 +94,8 @@ pub enum BridgeError {
 /// One MQTT message on its way: acknowledged once Kafka has it and everything before it.
 struct Pending {
     seq: u64,
+    /// The MQTT connection it came on: an acknowledgement only means something there.
+    connection: u64,
     publish: Publish,
     done: bool,
     /// For the verifier once durable.
@@ -110,14 +112,21 @@ struct Outgoing {
 
 struct Shared {
     pending: VecDeque<Pending>,
+    /// Durable in Kafka, in arrival order, waiting for the MQTT client to take the PUBACK.
+    /// Only the thread that drives the MQTT event loop sends them (see [`send_acks`]): an
+    /// acknowledgement dropped because the client's request channel was full would leave the
+    /// message in the broker's inflight window until the next reconnect, and enough of them
+    /// stall the whole subscription.
+    acks: VecDeque<Publish>,
     retry: Vec<Outgoing>,
     verifier: Arc<Mutex<Verifier>>,
     next_seq: u64,
+    /// Counts MQTT connections; see [`Pending::connection`].
+    connection: u64,
 }
 
 struct Ctx {
     shared: Arc<Mutex<Shared>>,
-    client: Client,
     stats: Arc<BridgeStats>,
 }
 
@@ -154,17 +163,24 @@ impl ProducerContext for Ctx {
         if out.topic == TELEMETRY_TOPIC {
             self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
         }
-        while pending.front().is_some_and(|p| p.done) {
-            if let Some(p) = pending.pop_front() {
-                // A failed ack (connection gone) only means the broker redelivers it.
-                if let Err(e) = self.client.try_ack(&p.publish) {
-                    tracing::debug!(error = %e, "mqtt ack not sent; the broker will redeliver");
+        shared.release();
+        self.stats
+            .inflight
+            .store(shared.pending.len() as u64, Ordering::Relaxed);
+    }
+}
+
+impl Shared {
+    /// Moves the done messages at the front of `pending` to `acks`.
+    fn release(&mut self) {
+        while self.pending.front().is_some_and(|p| p.done) {
+            if let Some(p) = self.pending.pop_front() {
+                // From an earlier connection: the broker redelivers it on this one instead.
+                if p.connection == self.connection {
+                    self.acks.push_back(p.publish);
                 }
             }
         }
-        self.stats
-            .inflight
-            .store(pending.len() as u64, Ordering::Relaxed);
     }
 }
 
@@ -206,9 +222,11 @@ pub fn run(
     let verifier = Arc::new(Mutex::new(verifier));
     let shared = Arc::new(Mutex::new(Shared {
         pending: VecDeque::new(),
+        acks: VecDeque::new(),
         retry: Vec::new(),
         verifier: verifier.clone(),
         next_seq: 0,
+        connection: 0,
     }));
     if let Some(addr) = config.http {
         serve_http(addr, &config.kafka, verifier)?;
@@ -222,7 +240,6 @@ pub fn run(
         .set("queue.buffering.max.messages", "100000")
         .create_with_context(Ctx {
             shared: shared.clone(),
-            client: client.clone(),
             stats: stats.clone(),
         })
         .map_err(BridgeError::Producer)?;
@@ -273,6 +290,7 @@ pub fn run(
             std::thread::sleep(Duration::from_millis(10));
             producer.poll(Duration::ZERO);
         }
+        send_acks(&shared, &client);
         if last_status.elapsed() >= Duration::from_secs(10) {
             last_status = Instant::now();
             tracing::info!("bridge: {}", stats.line());
@@ -294,6 +312,13 @@ pub fn run(
         };
         match event {
             Event::Incoming(Packet::ConnAck(ack)) => {
+                // Packet ids of the previous connection mean nothing now; what was not
+                // acknowledged there comes again.
+                {
+                    let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+                    s.connection += 1;
+                    s.acks.clear();
+                }
                 tracing::info!(
                     session_present = ack.session_present,
                     "connected to mqtt {}:{}",
@@ -333,6 +358,20 @@ pub fn run(
     // Give Kafka a moment for what is in flight; anything not acknowledged stays with the broker.
     let _ = producer.flush(Duration::from_secs(5));
     Ok(())
+}
+
+/// Hands the MQTT client the acknowledgements that are due, in order, as many as its request
+/// channel takes; the rest wait for the next turn of the event loop (never dropped).
+fn send_acks(shared: &Mutex<Shared>, client: &Client) {
+    let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+    // Redeliveries of what is already in Kafka are done as soon as they are admitted.
+    s.release();
+    while let Some(publish) = s.acks.front() {
+        if client.try_ack(publish).is_err() {
+            break;
+        }
+        s.acks.pop_front();
+    }
 }
 
 /// Serves `POST /api/telemetry` on `addr` from a thread of its own, into the same topics.
@@ -441,6 +480,7 @@ fn admit(s: &mut Shared, stats: &BridgeStats, publish: Publish) -> Option<Outgoi
     };
     s.pending.push_back(Pending {
         seq,
+        connection: s.connection,
         publish,
         done: out.is_none(),
         signed,
