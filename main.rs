@@ -127,6 +127,10 @@ enum Command {
         /// Messages waiting for Kafka before the bridge stops reading MQTT.
         #[arg(long, default_value_t = 10_000)]
         max_inflight: usize,
+        /// Largest MQTT payload forwarded, in KiB; larger ones go to `telemetry-rejected`
+        /// as `too_large` (the same limit as `POST /api/telemetry`).
+        #[arg(long, default_value_t = 256)]
+        max_payload_kib: usize,
         /// Also accept telemetry over HTTP (`POST /api/telemetry`) on this address, e.g. 127.0.0.1:8080.
         #[arg(long)]
         http: Option<std::net::SocketAddr>,
@@ -248,6 +252,7 @@ fn main() -> anyhow::Result<()> {
             max_skew_secs,
             partitions,
             max_inflight,
+            max_payload_kib,
             http,
         } => {
             let (mqtt_host, mqtt_port) = host_port(&mqtt)?;
@@ -282,6 +287,7 @@ fn main() -> anyhow::Result<()> {
                 kafka,
                 partitions,
                 max_inflight: max_inflight.max(1),
+                max_payload: max_payload_kib.saturating_mul(1024),
                 http,
             };
             let stop = stop_flag()?;

@@ -322,6 +322,143 @@ fn sorted_rows(path: &Path) -> anyhow::Result<Vec<Vec<String>>> {
     Ok(rows)
 }
 
+/// Publishes `payload` (or the file `@path`) on `topic` with QoS 1 through `mosquitto_pub`.
+fn mqtt_pub(program: &Path, port: u16, topic: &str, payload: &str) -> anyhow::Result<()> {
+    let port = port.to_string();
+    let mut command = Command::new(program);
+    command.args(["-h", "127.0.0.1", "-p", &port, "-q", "1", "-t", topic]);
+    match payload.strip_prefix('@') {
+        Some(file) => command.args(["-f", file]),
+        None => command.args(["-m", payload]),
+    };
+    if !command.status()?.success() {
+        bail!("mosquitto_pub on {topic} failed");
+    }
+    Ok(())
+}
+
+/// Publishes one of each kind of bad input and waits until the engine's `errors` view holds
+/// every one, with where it came in and why.
+fn bad_input(
+    mosquitto_pub: &Path,
+    port: u16,
+    dir: &Path,
+    out: &Path,
+    engine: &Daemon,
+) -> anyhow::Result<()> {
+    use vendflow_protocol::auth::{SecretHash, sign_raw};
+    let now = vendflow_protocol::Timestamp::now().0;
+    let key =
+        |machine: &str| SecretHash::of(&vendflow_firmware::mqtt::simulated_secret(11, machine));
+    let topic = |machine: &str| format!("machines/{machine}/telemetry");
+    let heartbeat = format!(r#"[{{"type":"heartbeat","timestamp":{now},"payload":{{}}}}]"#);
+    let wrong_types = format!(
+        r#"[{{"type":"sale","timestamp":{now},"payload":{{"slotNumber":"one","amount":"lots","transactionId":7}}}}]"#
+    );
+    let big = dir.join("oversized.json");
+    std::fs::write(&big, vec![b' '; 300 * 1024])?;
+    let fresh = sign_raw(
+        "mach_00005",
+        &heartbeat,
+        &key("mach_00005"),
+        now,
+        "bad-input-5",
+    );
+    let cases: Vec<(String, String, &str)> = vec![
+        // A machine publishing as another.
+        (
+            topic("mach_00001"),
+            r#"{"machineId":"mach_00002","sentAt":1,"nonce":"x","events":[],"signature":"00"}"#
+                .into(),
+            "machine_mismatch",
+        ),
+        (
+            topic("mach_00001"),
+            r#"{"machineId": "mach_00001", "events": ["#.into(),
+            "malformed",
+        ),
+        (
+            topic("mach_99999"),
+            sign_raw("mach_99999", &heartbeat, &key("mach_99999"), now, "n-1"),
+            "unknown_machine",
+        ),
+        (
+            topic("mach_00003"),
+            sign_raw("mach_00003", &heartbeat, &key("mach_00004"), now, "n-2"),
+            "bad_signature",
+        ),
+        // Captured two hours ago and played back.
+        (
+            topic("mach_00004"),
+            sign_raw(
+                "mach_00004",
+                &heartbeat,
+                &key("mach_00004"),
+                now - 2 * 3_600_000,
+                "n-3",
+            ),
+            "stale",
+        ),
+        (
+            topic("mach_00006"),
+            format!("@{}", big.display()),
+            "too_large",
+        ),
+        // Signed correctly, so the bridge forwards it; the engine refuses the sale's fields.
+        (
+            topic("mach_00002"),
+            sign_raw("mach_00002", &wrong_types, &key("mach_00002"), now, "n-4"),
+            "schema",
+        ),
+        // Forwarded once, then the same bytes again: a replay, refused.
+        (topic("mach_00005"), fresh.clone(), ""),
+        (topic("mach_00005"), fresh, "duplicate"),
+    ];
+    for (topic, payload, _) in &cases {
+        mqtt_pub(mosquitto_pub, port, topic, payload)?;
+        // One at a time, so the replay comes after its original was forwarded.
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let expected: Vec<(String, &str)> = cases
+        .iter()
+        .filter(|(_, _, kind)| !kind.is_empty())
+        .map(|(topic, _, kind)| {
+            let source = if *kind == "schema" {
+                "kafka:machine-telemetry/".to_owned()
+            } else {
+                format!("mqtt:{topic}")
+            };
+            (source, *kind)
+        })
+        .collect();
+    let started = Instant::now();
+    let mut missing = expected.clone();
+    while started.elapsed() < Duration::from_secs(60) {
+        if let Ok(table) = Table::read(&out.join("errors.csv")) {
+            let records = table.records();
+            missing = expected
+                .iter()
+                .filter(|(source, kind)| {
+                    !records.iter().any(|r| {
+                        r["source"].starts_with(source.as_str())
+                            && r["kind"] == *kind
+                            && !r["message"].is_empty()
+                    })
+                })
+                .cloned()
+                .collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    bail!(
+        "bad input not in the engine's errors view: {missing:?}\nengine log:\n{}",
+        tail(&engine.output())
+    )
+}
+
 #[test]
 fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts()
 -> anyhow::Result<()> {
@@ -415,27 +552,10 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
         "http telemetry",
     )?;
 
-    // A machine publishing as another is refused (and the views do not move).
-    let status = Command::new(&mosquitto_pub)
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &mqtt_port.to_string(),
-            "-q",
-            "1",
-            "-t",
-            "machines/mach_00001/telemetry",
-            "-m",
-            r#"{"machineId":"mach_00002","sentAt":1,"nonce":"x","events":[],"signature":"00"}"#,
-        ])
-        .status()?;
-    if !status.success() {
-        bail!("mosquitto_pub failed");
-    }
-
-    // Refused, and (once the refusal is in Kafka) acknowledged.
-    wait_for_log(&bridge, "machine_mismatch", Duration::from_secs(30))?;
+    // Bad input through the real broker: each refused with its reason and counted as an error
+    // record of the engine; nothing else moves (the revenue checks below include none of it).
+    bad_input(&mosquitto_pub, mqtt_port, d, &out1, &engine)?;
+    // Refused, and (once the refusals are in Kafka) acknowledged: checked at the end.
     std::thread::sleep(Duration::from_secs(1));
 
     // 2. Bridge down, machines keep publishing, Mosquitto restarts, bridge back.

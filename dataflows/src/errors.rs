@@ -78,12 +78,18 @@ impl ErrorRecord {
         }
     }
 
-    /// The source without its position (`replay:file.jsonl:17` → `replay:file.jsonl`).
+    /// The source without its position (`replay:file.jsonl:17` → `replay:file.jsonl`,
+    /// `kafka:machine-telemetry/0@812` → `kafka:machine-telemetry/0`).
     pub fn source_name(&self) -> &str {
-        match self.source.rsplit_once(':') {
-            Some((name, pos)) if pos.bytes().all(|b| b.is_ascii_digit()) => name,
-            _ => &self.source,
+        for separator in [':', '@'] {
+            if let Some((name, pos)) = self.source.rsplit_once(separator)
+                && !pos.is_empty()
+                && pos.bytes().all(|b| b.is_ascii_digit())
+            {
+                return name;
+            }
         }
+        &self.source
     }
 }
 
@@ -135,6 +141,26 @@ pub fn too_late_row((view, n): (String, isize)) -> Row {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_group_a_source_without_its_position() {
+        let e = |source: &str| ErrorRecord {
+            received_at: Timestamp(0),
+            source: source.into(),
+            kind: "syntax".into(),
+            message: String::new(),
+            raw: String::new(),
+        };
+        assert_eq!(e("replay:a.jsonl:17").source_name(), "replay:a.jsonl");
+        assert_eq!(
+            e("kafka:machine-telemetry/0@812").source_name(),
+            "kafka:machine-telemetry/0"
+        );
+        assert_eq!(
+            e("mqtt:machines/mach_00001/telemetry").source_name(),
+            "mqtt:machines/mach_00001/telemetry"
+        );
+    }
     use crate::testing::{self, Scenario};
     use vendflow_protocol::decode::decode_line;
 

@@ -136,9 +136,20 @@ pub fn sign_envelope(envelope: &Envelope, key: &SecretHash, sent_at: i64, nonce:
         .map(crate::Event::body_json)
         .collect();
     let events = serde_json::Value::Array(events).to_string();
-    let machine_id = envelope.machine_id.as_str();
+    sign_raw(envelope.machine_id.as_str(), &events, key, sent_at, nonce)
+}
+
+/// Signs an envelope whose `events` array is given as JSON text, exactly as it will be sent
+/// (the signature covers these bytes; any JSON, even events this protocol would refuse).
+pub fn sign_raw(
+    machine_id: &str,
+    events: &str,
+    key: &SecretHash,
+    sent_at: i64,
+    nonce: &str,
+) -> String {
     let signature = hex::encode(
-        mac(key, machine_id, sent_at, nonce, &events)
+        mac(key, machine_id, sent_at, nonce, events)
             .finalize()
             .into_bytes(),
     );

@@ -159,6 +159,13 @@ pub enum Refusal {
     },
     #[error("nonce {nonce:?} of machine {machine:?} was already used with different content")]
     Replay { machine: String, nonce: String },
+    #[error(
+        "envelope {nonce:?} of machine {machine:?} was already forwarded (a retransmission or a \
+         replay); not forwarded again"
+    )]
+    Duplicate { machine: String, nonce: String },
+    #[error("payload of {bytes} bytes is over the limit of {limit} bytes; send smaller batches")]
+    TooLarge { bytes: usize, limit: usize },
 }
 
 impl Refusal {
@@ -169,6 +176,8 @@ impl Refusal {
             Refusal::Auth(a) => a.code(),
             Refusal::Stale { .. } => "stale",
             Refusal::Replay { .. } => "replay",
+            Refusal::Duplicate { .. } => "duplicate",
+            Refusal::TooLarge { .. } => "too_large",
         }
     }
 }
@@ -179,7 +188,7 @@ pub enum Admission {
     /// New: forward it, then [`Verifier::forwarded`] once it is durable.
     Forward(Option<Signed>),
     /// The same bytes were already forwarded (a redelivery): acknowledge, do not forward again.
-    AlreadyForwarded,
+    AlreadyForwarded { nonce: String },
 }
 
 /// Checks envelopes: machine id, signature, freshness, nonce reuse.
@@ -246,7 +255,9 @@ impl Verifier {
         self.expire(now_ms);
         let key = (machine.to_owned(), signed.nonce.clone());
         match self.seen.get(&key) {
-            Some(digest) if *digest == digest_of(bytes) => Ok(Admission::AlreadyForwarded),
+            Some(digest) if *digest == digest_of(bytes) => {
+                Ok(Admission::AlreadyForwarded { nonce: key.1 })
+            }
             Some(_) => Err(Refusal::Replay {
                 machine: key.0,
                 nonce: key.1,
@@ -340,7 +351,7 @@ mod tests {
         v.forwarded(&s, first.as_bytes());
         assert_eq!(
             v.check("m1", first.as_bytes(), 3_000),
-            Ok(Admission::AlreadyForwarded)
+            Ok(Admission::AlreadyForwarded { nonce: "n1".into() })
         );
         let reused = first.replace("\"events\":[]", "\"events\":[ ]");
         assert!(v.check("m1", reused.as_bytes(), 3_000).is_err());

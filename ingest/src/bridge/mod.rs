@@ -30,11 +30,14 @@ use vendflow_protocol::auth::Signed;
 
 use crate::auth::{Admission, Refusal, Verifier, machine_of_topic};
 use crate::kafka::{
-    KafkaError, REJECTED_TOPIC, TELEMETRY_TOPIC, client_config, ensure_topics_retrying,
+    KafkaError, REJECTED_TOPIC, Rejection, TELEMETRY_TOPIC, client_config, ensure_topics_retrying,
 };
 
 /// The MQTT subscription.
 pub const TELEMETRY_FILTER: &str = "machines/+/telemetry";
+
+/// The largest packet MQTT can carry (its remaining-length field tops out at 256 MiB).
+const MQTT_MAX_PACKET: usize = 268_435_455;
 
 #[derive(Clone, Debug)]
 pub struct BridgeConfig {
@@ -47,6 +50,8 @@ pub struct BridgeConfig {
     /// Partitions of `machine-telemetry` when the bridge creates it.
     pub partitions: i32,
     pub max_inflight: usize,
+    /// Larger MQTT payloads are refused (`too_large`), not forwarded.
+    pub max_payload: usize,
     /// Also accept `POST /api/telemetry` here (see [`crate::http`]).
     pub http: Option<std::net::SocketAddr>,
 }
@@ -185,15 +190,9 @@ impl Shared {
 }
 
 fn rejection(topic: &str, refusal: &Refusal, payload: &[u8], now_ms: i64) -> Vec<u8> {
-    serde_json::json!({
-        "receivedAt": now_ms,
-        "mqttTopic": topic,
-        "code": refusal.code(),
-        "reason": refusal.to_string(),
-        "payload": String::from_utf8_lossy(payload),
-    })
-    .to_string()
-    .into_bytes()
+    let mut r = Rejection::new(now_ms, refusal.code(), refusal.to_string(), payload);
+    r.mqtt_topic = Some(topic.to_owned());
+    r.to_bytes()
 }
 
 /// Runs the bridge until `stop`.
@@ -213,7 +212,9 @@ pub fn run(
         .set_keep_alive(Duration::from_secs(15))
         .set_clean_session(false)
         .set_manual_acks(true)
-        .set_max_packet_size(1 << 20, 1 << 20);
+        // Take any packet MQTT allows and refuse oversized payloads ourselves: a packet over the
+        // client's limit would drop the connection, and the broker would redeliver it forever.
+        .set_max_packet_size(MQTT_MAX_PACKET, 1 << 20);
     if let Some((user, pass)) = &config.mqtt_credentials {
         options.set_credentials(user, pass);
     }
@@ -338,7 +339,7 @@ pub fn run(
                 stats.received.fetch_add(1, Ordering::Relaxed);
                 let mut out = {
                     let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
-                    admit(&mut s, &stats, publish)
+                    admit(&mut s, &stats, publish, config.max_payload)
                 };
                 while let Some(o) = out.take() {
                     if let Err(o) = send(o) {
@@ -438,16 +439,38 @@ fn report_connection_error(e: &ConnectionError, config: &BridgeConfig, backoff: 
 }
 
 /// Checks one message and queues it; returns what to produce.
-fn admit(s: &mut Shared, stats: &BridgeStats, publish: Publish) -> Option<Outgoing> {
+fn admit(
+    s: &mut Shared,
+    stats: &BridgeStats,
+    publish: Publish,
+    max_payload: usize,
+) -> Option<Outgoing> {
     let now = Timestamp::now().0;
     let seq = s.next_seq;
     s.next_seq += 1;
     let verdict = machine_of_topic(&publish.topic, "telemetry").and_then(|machine| {
-        s.verifier
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .check(machine, &publish.payload, now)
-            .map(|a| (machine.to_owned(), a))
+        if publish.payload.len() > max_payload {
+            return Err(Refusal::TooLarge {
+                bytes: publish.payload.len(),
+                limit: max_payload,
+            });
+        }
+        let admission = s.verifier.lock().unwrap_or_else(|e| e.into_inner()).check(
+            machine,
+            &publish.payload,
+            now,
+        )?;
+        // The same bytes again: the broker redelivering after a reconnect says so (DUP); a
+        // fresh copy is a machine retransmitting or someone replaying, and is reported.
+        if let Admission::AlreadyForwarded { nonce } = &admission
+            && !publish.dup
+        {
+            return Err(Refusal::Duplicate {
+                machine: machine.to_owned(),
+                nonce: nonce.clone(),
+            });
+        }
+        Ok((machine.to_owned(), admission))
     });
     let (out, signed) = match verdict {
         Ok((machine, Admission::Forward(signed))) => (
@@ -459,7 +482,7 @@ fn admit(s: &mut Shared, stats: &BridgeStats, publish: Publish) -> Option<Outgoi
             }),
             signed,
         ),
-        Ok((_, Admission::AlreadyForwarded)) => {
+        Ok((_, Admission::AlreadyForwarded { .. })) => {
             stats.redelivered.fetch_add(1, Ordering::Relaxed);
             (None, None)
         }

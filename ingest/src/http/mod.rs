@@ -26,7 +26,7 @@ use serde_json::json;
 use vendflow_protocol::Timestamp;
 
 use crate::auth::{Admission, Refusal, Verifier};
-use crate::kafka::{REJECTED_TOPIC, TELEMETRY_TOPIC};
+use crate::kafka::{REJECTED_TOPIC, Rejection, TELEMETRY_TOPIC};
 
 /// Largest accepted envelope.
 pub const DEFAULT_BODY_LIMIT: usize = 256 * 1024;
@@ -150,7 +150,7 @@ async fn telemetry(
         v.check(&machine, &body, Timestamp::now().0)
     };
     match verdict {
-        Ok(Admission::AlreadyForwarded) => {
+        Ok(Admission::AlreadyForwarded { .. }) => {
             axum::Json(json!({"ack": true, "commands": [], "duplicate": true})).into_response()
         }
         Ok(Admission::Forward(signed)) => {
@@ -180,14 +180,17 @@ async fn telemetry(
         }
         Err(refusal) => {
             tracing::warn!(machine_id = %machine, code = refusal.code(), "http telemetry refused: {refusal}");
-            let rejected = json!({
-                "receivedAt": Timestamp::now().0, "httpMachineId": machine, "code": refusal.code(),
-                "reason": refusal.to_string(), "payload": String::from_utf8_lossy(&body),
-            })
-            .to_string();
+            let mut rejected = Rejection::new(
+                Timestamp::now().0,
+                refusal.code(),
+                refusal.to_string(),
+                &body,
+            );
+            rejected.http_machine_id = Some(machine.clone());
+            let rejected = rejected.to_bytes();
             let record = FutureRecord::to(REJECTED_TOPIC)
                 .key(machine.as_str())
-                .payload(rejected.as_str());
+                .payload(&rejected);
             if let Err((e, _)) = state.producer.send(record, Duration::from_secs(10)).await {
                 tracing::error!(error = %e, "cannot record a refused envelope in {REJECTED_TOPIC}");
             }

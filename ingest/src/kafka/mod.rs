@@ -12,8 +12,61 @@ use rdkafka::error::RDKafkaErrorCode;
 
 /// Envelopes as machines sent them, keyed by machine id.
 pub const TELEMETRY_TOPIC: &str = "machine-telemetry";
-/// Envelopes the bridge refused, with the reason.
+/// Envelopes the bridge refused, with the reason (one [`Rejection`] per message).
 pub const REJECTED_TOPIC: &str = "telemetry-rejected";
+
+/// How much of a refused payload a [`Rejection`] keeps.
+pub const REJECTED_PAYLOAD_LIMIT: usize = 16 * 1024;
+
+/// A record of `telemetry-rejected`: what was refused, where it came from, and why.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rejection {
+    /// The receiver's clock, epoch ms.
+    pub received_at: i64,
+    /// Set when it came over MQTT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt_topic: Option<String>,
+    /// Set when it came over HTTP (the `X-Machine-Id` header).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_machine_id: Option<String>,
+    /// Machine-readable: `machine_mismatch`, `bad_signature`, `too_large`, …
+    pub code: String,
+    pub reason: String,
+    /// The payload as received (lossy UTF-8), cut at [`REJECTED_PAYLOAD_LIMIT`] bytes.
+    pub payload: String,
+    /// The payload's full length.
+    #[serde(default)]
+    pub payload_bytes: usize,
+}
+
+impl Rejection {
+    pub fn new(received_at: i64, code: &str, reason: String, payload: &[u8]) -> Rejection {
+        let kept = &payload[..payload.len().min(REJECTED_PAYLOAD_LIMIT)];
+        Rejection {
+            received_at,
+            mqtt_topic: None,
+            http_machine_id: None,
+            code: code.to_owned(),
+            reason,
+            payload: String::from_utf8_lossy(kept).into_owned(),
+            payload_bytes: payload.len(),
+        }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Where it came from, as the engine's error records name sources.
+    pub fn source(&self) -> String {
+        match (&self.mqtt_topic, &self.http_machine_id) {
+            (Some(topic), _) => format!("mqtt:{topic}"),
+            (None, Some(machine)) => format!("http:{machine}"),
+            (None, None) => "bridge".to_owned(),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaError {

@@ -1,4 +1,6 @@
-//! The Kafka source: `machine-telemetry` (and `fleet-commands`) into the dataflows.
+//! The Kafka source: `machine-telemetry` (and `fleet-commands`) into the dataflows, and the
+//! bridge's refusals (`telemetry-rejected`) into the error records, so every refused envelope is
+//! counted in the `errors` / `error_counts` views next to the ones the engine itself refused.
 //!
 //! One consumer per timely worker, each assigned its share of the partitions (partition `p` goes
 //! to worker `p % workers`), reading from the beginning of the log: the log is the record, so a
@@ -23,7 +25,9 @@ use vendflow_dataflows::{Batch, ErrorRecord, Feeder, Feeders, Time};
 use vendflow_protocol::decode::{decode_line, decode_registry};
 use vendflow_protocol::{DecodeError, Timestamp};
 
-use super::{KafkaError, TELEMETRY_TOPIC, client_config, ensure_topics_retrying};
+use super::{
+    KafkaError, REJECTED_TOPIC, Rejection, TELEMETRY_TOPIC, client_config, ensure_topics_retrying,
+};
 
 /// Registry changes (machines, locations, leases), one JSON record per message.
 pub const FLEET_COMMANDS_TOPIC: &str = "fleet-commands";
@@ -94,6 +98,7 @@ pub fn start(
     let topics = [
         (TELEMETRY_TOPIC, config.partitions),
         (FLEET_COMMANDS_TOPIC, 1),
+        (REJECTED_TOPIC, 1),
     ];
     if !ensure_topics_retrying(&brokers, &topics, &stop) {
         return Ok(Vec::new());
@@ -123,12 +128,14 @@ pub fn start(
                 })?;
         }
         if index == 0 {
-            assignment
-                .add_partition_offset(FLEET_COMMANDS_TOPIC, 0, Offset::Beginning)
-                .map_err(|source| KafkaError::Client {
-                    brokers: brokers.clone(),
-                    source,
-                })?;
+            for topic in [FLEET_COMMANDS_TOPIC, REJECTED_TOPIC] {
+                assignment
+                    .add_partition_offset(topic, 0, Offset::Beginning)
+                    .map_err(|source| KafkaError::Client {
+                        brokers: brokers.clone(),
+                        source,
+                    })?;
+            }
         }
         consumer
             .assign(&assignment)
@@ -197,6 +204,10 @@ fn consume(
                         Ok(record) => batch.registry.push((record, 1)),
                         Err(e) => refuse(&e),
                     }
+                } else if topic == REJECTED_TOPIC {
+                    batch
+                        .errors
+                        .push(rejection_record(payload, received_at, &source));
                 } else {
                     for result in decode_line(payload) {
                         match result {
@@ -238,4 +249,58 @@ fn consume(
         }
     }
     Ok(())
+}
+
+/// A `telemetry-rejected` record as an error record: its source is where the envelope came in
+/// (`mqtt:machines/<id>/telemetry`, `http:<id>`), its kind the bridge's code.
+fn rejection_record(payload: &[u8], received_at: Timestamp, source: &str) -> ErrorRecord {
+    match serde_json::from_slice::<Rejection>(payload) {
+        Ok(r) => ErrorRecord {
+            received_at: Timestamp(r.received_at),
+            source: r.source(),
+            kind: r.code,
+            message: r.reason,
+            raw: r.payload,
+        },
+        Err(e) => ErrorRecord::new(
+            received_at,
+            source,
+            &DecodeError::new(
+                vendflow_protocol::ErrorKind::Syntax,
+                format!("not a telemetry-rejected record: {e}"),
+            ),
+            payload,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rejection_becomes_an_error_record_named_by_where_it_came_in() {
+        let mut r = Rejection::new(1_000, "bad_signature", "bad signature".into(), b"{}");
+        r.mqtt_topic = Some("machines/mach_00001/telemetry".into());
+        let e = rejection_record(&r.to_bytes(), Timestamp(5), "kafka:telemetry-rejected/0@0");
+        assert_eq!(
+            (e.received_at, e.source.as_str(), e.kind.as_str()),
+            (
+                Timestamp(1_000),
+                "mqtt:machines/mach_00001/telemetry",
+                "bad_signature"
+            )
+        );
+        let mut r = Rejection::new(1_000, "too_large", "big".into(), &[b'x'; 20_000]);
+        r.http_machine_id = Some("mach_00002".into());
+        let e = rejection_record(&r.to_bytes(), Timestamp(5), "k");
+        assert_eq!(e.source, "http:mach_00002");
+        assert!(e.raw.len() < 20_000, "the payload is cut");
+
+        let e = rejection_record(b"not json", Timestamp(5), "kafka:telemetry-rejected/0@7");
+        assert_eq!(
+            (e.source.as_str(), e.kind.as_str()),
+            ("kafka:telemetry-rejected/0@7", "syntax")
+        );
+    }
 }
