@@ -28,6 +28,9 @@ pub struct Config {
     pub restock_within_hours: f64,
     /// How long individual error records stay in the `errors` view (counts are kept forever).
     pub error_retention_ms: i64,
+    /// How long a command (by its `issuedAt`) and an acknowledgement (by its timestamp) are kept
+    /// in the `commands` view.
+    pub command_retention_ms: i64,
 }
 
 impl Default for Config {
@@ -43,6 +46,7 @@ impl Default for Config {
             demand_days: 28,
             restock_within_hours: 48.0,
             error_retention_ms: MS_PER_DAY,
+            command_retention_ms: 7 * MS_PER_DAY,
         }
     }
 }

@@ -5,25 +5,29 @@
 //!    │                                 ├▶ inventory ─▶ stockout ─┐               │
 //!    ├────────────────────────────────┬┴▶ anomaly_windows ───────┼▶ health       ├▶ rows ─▶ store
 //!    └▶ liveness ◀── registry ────────┘                          │               │
-//! errors ─▶ errors / error_counts;  late records of every view ─▶ too_late ──────┘
+//! errors ─▶ errors / error_counts;  late records of every view ─▶ too_late ──────┤
+//! commands + command_ack events ─▶ commands ─────────────────────────────────────┘
 //! ```
 
 use differential_dataflow::VecCollection;
 use differential_dataflow::operators::CountTotal;
-use vendflow_protocol::{Event, RegistryRecord, Timestamp};
+use vendflow_protocol::{Command, Event, RegistryRecord, Timestamp};
 
 use crate::config::Config;
 use crate::errors::ErrorRecord;
 use crate::operators::Time;
 use crate::row::Row;
 use crate::views::CATALOG;
-use crate::{anomaly_windows, errors, health, inventory, liveness, revenue, sales, stockout};
+use crate::{
+    anomaly_windows, commands, errors, health, inventory, liveness, revenue, sales, stockout,
+};
 
 /// The dataflow's inputs.
 pub(crate) struct Inputs<'s> {
     pub events: VecCollection<'s, Time, Event>,
     pub registry: VecCollection<'s, Time, RegistryRecord>,
     pub errors: VecCollection<'s, Time, ErrorRecord>,
+    pub commands: VecCollection<'s, Time, Command>,
     /// One row: the start of the current ingestion hour.
     pub clock: VecCollection<'s, Time, Timestamp>,
 }
@@ -34,6 +38,7 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
         events,
         registry,
         errors,
+        commands,
         clock,
     } = inputs;
 
@@ -46,6 +51,7 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
         .clone()
         .flat_map(move |r| inventory::planogram(&r, &plan_config));
 
+    let commands = commands::render(commands, events.clone(), config);
     let sales = sales::render(events.clone(), config);
     let revenue = revenue::render(sales.accepted.clone(), machine_location, config);
     let levels = inventory::render(events.clone(), sales.accepted.clone(), plans);
@@ -64,7 +70,8 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
         .too_late
         .map(|_| "sales".to_owned())
         .concat(revenue.too_late.map(|_| "revenue".to_owned()))
-        .concat(windows.too_late.map(|_| "anomaly_windows".to_owned()));
+        .concat(windows.too_late.map(|_| "anomaly_windows".to_owned()))
+        .concat(commands.too_late.map(|_| "commands".to_owned()));
     let errors = errors::render(errors, too_late, config);
 
     let duplicates = sales.duplicates.count_total();
@@ -103,6 +110,7 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
         ("errors", errors.recent.map(errors::row)),
         ("error_counts", errors.counts.map(errors::count_row)),
         ("too_late", errors.too_late.map(errors::too_late_row)),
+        ("commands", commands.status.map(commands::row)),
     ];
     let mut by_name: std::collections::HashMap<&str, VecCollection<'s, Time, Row>> =
         views.into_iter().collect();

@@ -22,7 +22,7 @@ use std::time::Duration;
 use differential_dataflow::input::{Input, InputSession};
 use timely::dataflow::operators::capture::Capture;
 use vendflow_protocol::units::MS_PER_HOUR;
-use vendflow_protocol::{Event, RegistryRecord, Timestamp};
+use vendflow_protocol::{Command as MachineCommand, Event, RegistryRecord, Timestamp};
 
 use crate::config::Config;
 use crate::dataflow::{Inputs, build};
@@ -50,11 +50,16 @@ pub struct Batch {
     pub errors: Vec<ErrorRecord>,
     /// Registry changes: `+1` adds a record, `-1` retracts it.
     pub registry: Vec<(RegistryRecord, isize)>,
+    /// Commands sent to machines (`machine-commands`).
+    pub commands: Vec<MachineCommand>,
 }
 
 impl Batch {
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.errors.is_empty() && self.registry.is_empty()
+        self.events.is_empty()
+            && self.errors.is_empty()
+            && self.registry.is_empty()
+            && self.commands.is_empty()
     }
 }
 
@@ -66,7 +71,9 @@ enum Command {
 impl Command {
     fn records(&self) -> usize {
         match self {
-            Command::Batch(_, b) => b.events.len() + b.errors.len() + b.registry.len(),
+            Command::Batch(_, b) => {
+                b.events.len() + b.errors.len() + b.registry.len() + b.commands.len()
+            }
             Command::Advance(_) => 0,
         }
     }
@@ -236,6 +243,7 @@ struct WorkerInputs {
     events: InputSession<Time, Event, isize>,
     registry: InputSession<Time, RegistryRecord, isize>,
     errors: InputSession<Time, ErrorRecord, isize>,
+    commands: InputSession<Time, MachineCommand, isize>,
     clock: InputSession<Time, Timestamp, isize>,
     /// Worker 0 owns the clock row; `None` elsewhere.
     hour: Option<Option<i64>>,
@@ -249,6 +257,7 @@ impl WorkerInputs {
         self.events.advance_to(time);
         self.registry.advance_to(time);
         self.errors.advance_to(time);
+        self.commands.advance_to(time);
         self.clock.advance_to(time);
         if let Some(hour) = &mut self.hour {
             let now = time as i64 - (time as i64).rem_euclid(MS_PER_HOUR);
@@ -275,6 +284,9 @@ impl WorkerInputs {
                 for (r, d) in batch.registry {
                     self.registry.update(r, d);
                 }
+                for c in batch.commands {
+                    self.commands.insert(c);
+                }
             }
         }
     }
@@ -283,6 +295,7 @@ impl WorkerInputs {
         self.events.flush();
         self.registry.flush();
         self.errors.flush();
+        self.commands.flush();
         self.clock.flush();
     }
 }
@@ -316,12 +329,14 @@ fn run_worker(
         let (events, events_c) = scope.new_collection::<Event, isize>();
         let (registry, registry_c) = scope.new_collection::<RegistryRecord, isize>();
         let (errors, errors_c) = scope.new_collection::<ErrorRecord, isize>();
+        let (commands, commands_c) = scope.new_collection::<MachineCommand, isize>();
         let (clock, clock_c) = scope.new_collection::<Timestamp, isize>();
         let views = build(
             Inputs {
                 events: events_c,
                 registry: registry_c,
                 errors: errors_c,
+                commands: commands_c,
                 clock: clock_c,
             },
             config,
@@ -337,6 +352,7 @@ fn run_worker(
             events,
             registry,
             errors,
+            commands,
             clock,
             hour: (index == 0).then_some(None),
         };

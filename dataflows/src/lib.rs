@@ -23,6 +23,7 @@
 //! - `operators`: the temporal filter and the keyed in-time-order operator.
 
 pub mod anomaly_windows;
+pub mod commands;
 pub mod config;
 mod dataflow;
 pub mod engine;

@@ -13,8 +13,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR};
 use vendflow_protocol::{
-    Cents, DoorStatus, ErrorCode, ErrorEvent, Event, EventKind, Heartbeat, Machine, MachineId,
-    MachineStatus, Milli, RegistryRecord, Restock, Sale, Slot, Timestamp,
+    Cents, Command, DoorStatus, ErrorCode, ErrorEvent, Event, EventKind, Heartbeat, Machine,
+    MachineId, MachineStatus, Milli, RegistryRecord, Restock, Sale, Slot, Timestamp,
 };
 
 use crate::config::Config;
@@ -64,6 +64,8 @@ pub struct Scenario {
     pub registry: Vec<RegistryRecord>,
     pub deliveries: Vec<(Time, Event)>,
     pub errors: Vec<(Time, ErrorRecord)>,
+    /// Commands to machines, by the time they reach the engine.
+    pub commands: Vec<(Time, Command)>,
 }
 
 impl Scenario {
@@ -73,6 +75,7 @@ impl Scenario {
             registry: Vec::new(),
             deliveries: Vec::new(),
             errors: Vec::new(),
+            commands: Vec::new(),
         }
     }
 
@@ -105,6 +108,7 @@ impl Scenario {
     pub fn now(&self) -> Time {
         let d = self.deliveries.iter().map(|(t, _)| *t);
         d.chain(self.errors.iter().map(|(t, _)| *t))
+            .chain(self.commands.iter().map(|(t, _)| *t))
             .max()
             .unwrap_or(0)
     }
@@ -298,6 +302,17 @@ pub fn run(scenario: &Scenario) -> Snapshot {
             }
         }
         send(&mut feeders, t, batch);
+        feeders.advance_all(t).unwrap_or_else(|e| panic!("{e}"));
+    }
+    for (t, c) in scenario.commands.iter().cloned() {
+        send(
+            &mut feeders,
+            t,
+            Batch {
+                commands: vec![c],
+                ..Batch::default()
+            },
+        );
         feeders.advance_all(t).unwrap_or_else(|e| panic!("{e}"));
     }
     for (t, e) in errors {

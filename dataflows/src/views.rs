@@ -33,6 +33,7 @@ pub const CATALOG: &[ViewDef] = &[
     crate::errors::ERRORS,
     crate::errors::ERROR_COUNTS,
     crate::errors::TOO_LATE,
+    crate::commands::COMMANDS,
 ];
 
 /// Looks a view up by name.

@@ -14,6 +14,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::command::{AckStatus, CommandAck};
 use crate::event::{DoorStatus, ErrorCode, ErrorEvent, Event, EventKind, Heartbeat, Restock, Sale};
 use crate::registry::{
     Lease, LeaseStatus, Location, LocationType, Machine, MachineStatus, RegistryRecord, Slot,
@@ -75,7 +76,7 @@ impl DecodeError {
         }
     }
 
-    fn json(e: serde_json::Error) -> Self {
+    pub(crate) fn json(e: serde_json::Error) -> Self {
         let kind = match e.classify() {
             serde_json::error::Category::Data => ErrorKind::Schema,
             _ => ErrorKind::Syntax,
@@ -171,6 +172,17 @@ struct RawError<'a> {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
+struct RawAck<'a> {
+    #[serde(borrow)]
+    command_id: Cow<'a, str>,
+    #[serde(borrow)]
+    status: Cow<'a, str>,
+    #[serde(borrow, default)]
+    reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct RawDoor<'a> {
     #[serde(borrow)]
     status: Cow<'a, str>,
@@ -258,11 +270,34 @@ pub fn decode_event(
             let d: RawDoor = payload_json(payload)?;
             EventKind::Door(door(&d.status)?)
         }
+        "command_ack" => {
+            let a: RawAck = payload_json(payload)?;
+            let status = AckStatus::parse(&a.status).ok_or_else(|| {
+                DecodeError::new(
+                    ErrorKind::Schema,
+                    format!(
+                        "payload: command_ack status {:?}; expected applied or rejected",
+                        a.status
+                    ),
+                )
+            })?;
+            if a.command_id.is_empty() {
+                return Err(DecodeError::new(
+                    ErrorKind::Schema,
+                    "payload: commandId is empty",
+                ));
+            }
+            EventKind::CommandAck(CommandAck {
+                command_id: a.command_id.into_owned(),
+                status,
+                reason: a.reason.map(Cow::into_owned),
+            })
+        }
         other => {
             return Err(DecodeError::new(
                 ErrorKind::UnknownType,
                 format!(
-                    "unknown event type {other:?}; expected heartbeat, sale, restock, error or door"
+                    "unknown event type {other:?}; expected heartbeat, sale, restock, error, door or command_ack"
                 ),
             ));
         }

@@ -10,6 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::command::CommandAck;
 use crate::units::{Cents, MachineId, Milli, Text, Timestamp};
 
 /// One telemetry event of one machine, decoded.
@@ -30,6 +31,8 @@ pub enum EventKind {
     Restock(Restock),
     Error(ErrorEvent),
     Door(DoorStatus),
+    /// The machine's answer to a command (see [`crate::command`]).
+    CommandAck(CommandAck),
 }
 
 impl EventKind {
@@ -41,6 +44,7 @@ impl EventKind {
             EventKind::Restock(_) => "restock",
             EventKind::Error(_) => "error",
             EventKind::Door(_) => "door",
+            EventKind::CommandAck(_) => "command_ack",
         }
     }
 }
@@ -207,6 +211,13 @@ impl Event {
             }
             EventKind::Error(e) => json!({"code": e.code.as_str(), "message": e.message}),
             EventKind::Door(d) => json!({"status": d.as_str()}),
+            EventKind::CommandAck(a) => {
+                let mut p = json!({"commandId": a.command_id, "status": a.status.as_str()});
+                if let (Some(reason), Value::Object(map)) = (&a.reason, &mut p) {
+                    map.insert("reason".into(), reason.as_str().into());
+                }
+                p
+            }
         };
         let mut obj = json!({
             "type": self.kind.type_name(),

@@ -9,16 +9,19 @@
 //! - [`units`]: ids, money (integer cents), time (UTC epoch milliseconds) and exact decimals.
 //! - [`event`]: telemetry events (heartbeat, sale, restock, error, door) and their envelope.
 //! - [`registry`]: machines with their planogram, locations and leases, as registry records.
+//! - [`command`]: commands to machines and their acknowledgements.
 //! - [`auth`]: device credentials: envelope signatures (HMAC-SHA256) and token hashes.
 //! - [`decode`]: strict decoding of the envelope, of JSON Lines and of registry files, with a typed
 //!   reason for every failure.
 
 pub mod auth;
+pub mod command;
 pub mod decode;
 pub mod event;
 pub mod registry;
 pub mod units;
 
+pub use command::{AckStatus, Action, Command, CommandAck};
 pub use decode::{DecodeError, ErrorKind};
 pub use event::{
     DoorStatus, Envelope, ErrorCode, ErrorEvent, Event, EventKind, Heartbeat, Restock, Sale,
