@@ -135,7 +135,8 @@ enum Command {
         #[arg(long)]
         http: Option<std::net::SocketAddr>,
     },
-    /// Run the dataflows on the Kafka log (`machine-telemetry`, `fleet-commands`) until Ctrl-C.
+    /// Run the dataflows on the Kafka log (`machine-telemetry`, `fleet-commands`,
+    /// `machine-commands`, `telemetry-rejected`) until Ctrl-C.
     ///
     /// Reads every partition from the beginning: on restart the views are rebuilt from the log.
     Run {
@@ -157,6 +158,29 @@ enum Command {
     },
     /// Simulated machines publishing signed telemetry over MQTT (load and end-to-end tests).
     Publish(PublishArgs),
+    /// Send a command to a machine: produced to Kafka `machine-commands`; the bridge delivers it
+    /// on MQTT `machines/{id}/commands` (and offers it to machines polling over HTTP), and the
+    /// engine's `commands` view shows it pending until the machine answers.
+    #[command(name = "command")]
+    Send {
+        /// Kafka bootstrap servers.
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        kafka: String,
+        /// The machine, e.g. mach_00042.
+        #[arg(long)]
+        machine: String,
+        /// UPDATE_PRICE (needs --slot and --price) or REBOOT.
+        #[arg(long = "type", value_name = "TYPE")]
+        kind: String,
+        #[arg(long)]
+        slot: Option<u32>,
+        /// New price, e.g. 2.75.
+        #[arg(long)]
+        price: Option<String>,
+        /// Command id (default: a new unique one).
+        #[arg(long)]
+        id: Option<String>,
+    },
     /// Device credentials.
     Device {
         #[command(subcommand)]
@@ -317,6 +341,14 @@ fn main() -> anyhow::Result<()> {
             tick_ms,
         } => run_kafka(config, &kafka, out.as_deref(), every, partitions, tick_ms),
         Command::Publish(args) => publish(args),
+        Command::Send {
+            kafka,
+            machine,
+            kind,
+            slot,
+            price,
+            id,
+        } => send_command(&kafka, &machine, &kind, slot, price.as_deref(), id),
         Command::Device {
             command:
                 DeviceCommand::Register {
@@ -335,6 +367,44 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn send_command(
+    kafka: &str,
+    machine: &str,
+    kind: &str,
+    slot: Option<u32>,
+    price: Option<&str>,
+    id: Option<String>,
+) -> anyhow::Result<()> {
+    let now = Timestamp::now().0;
+    let command_id = id.unwrap_or_else(|| {
+        format!(
+            "cmd_{now:x}_{:x}",
+            std::process::id() ^ (now as u32).rotate_left(7)
+        )
+    });
+    // Built as wire JSON and decoded, so the CLI accepts exactly what the bridge and engine do.
+    let mut wire = serde_json::json!({
+        "commandId": command_id, "machineId": machine, "issuedAt": now, "type": kind,
+    });
+    if let Some(map) = wire.as_object_mut() {
+        if let Some(slot) = slot {
+            map.insert("slotNumber".into(), slot.into());
+        }
+        if let Some(price) = price {
+            let price: serde_json::Value = serde_json::from_str(price)
+                .map_err(|_| anyhow::anyhow!("--price {price:?} is not a number"))?;
+            map.insert("newPrice".into(), price);
+        }
+    }
+    let command = vendflow_protocol::command::decode_command(wire.to_string().as_bytes())
+        .map_err(|e| anyhow::anyhow!("not a valid command: {e}"))?;
+    let (partition, offset) = vendflow_ingest::kafka::send_command(kafka, &command)
+        .with_context(|| format!("sending the command to {kafka}"))?;
+    eprintln!("sent to machine-commands/{partition}@{offset}");
+    println!("{}", command.to_json());
+    Ok(())
 }
 
 fn host_port(address: &str) -> anyhow::Result<(String, u16)> {
@@ -442,6 +512,10 @@ struct PublishArgs {
     /// Only write --credentials-out / --registry-out, publish nothing.
     #[arg(long)]
     dry_run: bool,
+    /// After the stream, stay connected this many seconds answering commands
+    /// (`machines/+/commands`; they are answered during the stream too).
+    #[arg(long, default_value_t = 0)]
+    linger: u64,
 }
 
 fn publish(args: PublishArgs) -> anyhow::Result<()> {
@@ -513,6 +587,16 @@ fn publish(args: PublishArgs) -> anyhow::Result<()> {
     }
     if let Some(mut w) = record {
         w.flush()?;
+    }
+    if args.linger > 0 {
+        eprintln!("publish: answering commands for {} s", args.linger);
+        let answered = mqtt_sim::serve_commands(
+            &mut fleet,
+            &mut publisher,
+            Duration::from_secs(args.linger),
+            &stop,
+        )?;
+        eprintln!("publish: answered {answered} command(s)");
     }
     let envelopes = publisher.finish(Duration::from_secs(120))?;
     println!(

@@ -459,6 +459,211 @@ fn bad_input(
     )
 }
 
+/// The `commands` view's (status, reason) of `command_id`, if it is there.
+fn command_status(out: &Path, command_id: &str) -> Option<(String, String)> {
+    let table = Table::read(&out.join("commands.csv")).ok()?;
+    table
+        .records()
+        .iter()
+        .find(|r| r["command_id"] == command_id)
+        .map(|r| (r["status"].to_owned(), r["reason"].to_owned()))
+}
+
+fn wait_for_command(
+    out: &Path,
+    command_id: &str,
+    status: &str,
+    engine: &Daemon,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(60) {
+        if command_status(out, command_id).is_some_and(|(s, _)| s == status) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    bail!(
+        "command {command_id} never became {status:?} (it is {:?})\nengine log:\n{}",
+        command_status(out, command_id),
+        tail(&engine.output())
+    )
+}
+
+/// Commands back to machines: over MQTT to the simulated machines, which answer on
+/// `machines/{id}/acks`, and to a machine polling over HTTP, which gets its pending commands in
+/// the answer to its telemetry and acknowledges in its next envelope. Returns the publisher's
+/// record of what it sent meanwhile.
+#[allow(clippy::too_many_arguments)]
+fn command_checks(
+    curl: &Path,
+    http: &str,
+    mqtt: &str,
+    kafka: &str,
+    dir: &Path,
+    out: &Path,
+    engine: &Daemon,
+) -> anyhow::Result<PathBuf> {
+    use vendflow_protocol::auth::{SecretHash, sign_envelope};
+    use vendflow_protocol::{AckStatus, CommandAck, Envelope, Event, EventKind, MachineId};
+
+    // A machine on HTTP: the command waits for it, and comes with the answer to its telemetry.
+    vendflow(&[
+        "command",
+        "--kafka",
+        kafka,
+        "--machine",
+        "mach_00003",
+        "--type",
+        "REBOOT",
+        "--id",
+        "cmd-http-1",
+    ])?;
+    let secret = vendflow_firmware::mqtt::simulated_secret(11, "mach_00003");
+    let key = SecretHash::of(&secret);
+    let machine = MachineId::parse("mach_00003").map_err(anyhow::Error::msg)?;
+    let envelope = |kind: EventKind, nonce: &str| -> anyhow::Result<PathBuf> {
+        let now = vendflow_protocol::Timestamp::now();
+        let body = sign_envelope(
+            &Envelope {
+                machine_id: machine.clone(),
+                events: vec![Event {
+                    machine_id: machine.clone(),
+                    timestamp: now,
+                    seq: None,
+                    kind,
+                }],
+            },
+            &key,
+            now.0,
+            nonce,
+        );
+        let path = dir.join(format!("{nonce}.json"));
+        std::fs::write(&path, body)?;
+        Ok(path)
+    };
+    let started = Instant::now();
+    let mut polls = 0;
+    loop {
+        polls += 1;
+        let heartbeat = envelope(
+            EventKind::Heartbeat(Default::default()),
+            &format!("poll-{polls}"),
+        )?;
+        let (status, body) = post(curl, http, "mach_00003", &secret, &heartbeat)?;
+        assert_eq!(status, 200, "{body}");
+        if body.contains("cmd-http-1") {
+            assert!(body.contains("\"type\":\"REBOOT\""), "{body}");
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("the HTTP machine was never offered its command: {body}");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    wait_for_command(out, "cmd-http-1", "pending", engine)?;
+    let ack = envelope(
+        EventKind::CommandAck(CommandAck {
+            command_id: "cmd-http-1".into(),
+            status: AckStatus::Applied,
+            reason: None,
+        }),
+        "ack-1",
+    )?;
+    let (status, body) = post(curl, http, "mach_00003", &secret, &ack)?;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("\"commands\":[]"),
+        "an answered command is no longer offered: {body}"
+    );
+    wait_for_command(out, "cmd-http-1", "applied", engine)?;
+
+    // Machines on MQTT: simulated ones, answering while they publish and a while after.
+    let record = dir.join("sent-commands.jsonl");
+    let publisher = Command::new(vendflow_bin()?)
+        .args([
+            "publish",
+            "--mqtt",
+            mqtt,
+            "--machines",
+            "20",
+            "--hours",
+            "1",
+            "--speed",
+            "3600",
+            "--seed",
+            "11",
+            "--linger",
+            "10",
+            "--record",
+        ])
+        .arg(&record)
+        .env("RUST_BACKTRACE", "0")
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    // Connected and subscribed well within this.
+    std::thread::sleep(Duration::from_millis(1500));
+    vendflow(&[
+        "command",
+        "--kafka",
+        kafka,
+        "--machine",
+        "mach_00001",
+        "--type",
+        "UPDATE_PRICE",
+        "--slot",
+        "1",
+        "--price",
+        "2.75",
+        "--id",
+        "cmd-mqtt-1",
+    ])?;
+    vendflow(&[
+        "command",
+        "--kafka",
+        kafka,
+        "--machine",
+        "mach_00002",
+        "--type",
+        "UPDATE_PRICE",
+        "--slot",
+        "99",
+        "--price",
+        "1.00",
+        "--id",
+        "cmd-mqtt-2",
+    ])?;
+    wait_for_command(out, "cmd-mqtt-1", "applied", engine)?;
+    wait_for_command(out, "cmd-mqtt-2", "rejected", engine)?;
+    let (_, reason) = command_status(out, "cmd-mqtt-2").unwrap_or_default();
+    assert!(
+        reason.contains("no slot 99"),
+        "rejected without its reason: {reason:?}"
+    );
+    // A command that is not one is refused by the CLI with the reason, before it is sent.
+    let bad = Command::new(vendflow_bin()?)
+        .args([
+            "command",
+            "--kafka",
+            kafka,
+            "--machine",
+            "mach_00001",
+            "--type",
+            "UPDATE_PRICE",
+            "--slot",
+            "1",
+        ])
+        .env("RUST_BACKTRACE", "0")
+        .output()?;
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("UPDATE_PRICE needs newPrice"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    finish(publisher)?;
+    Ok(record)
+}
+
 #[test]
 fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts()
 -> anyhow::Result<()> {
@@ -558,6 +763,9 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
     // Refused, and (once the refusals are in Kafka) acknowledged: checked at the end.
     std::thread::sleep(Duration::from_secs(1));
 
+    // Commands back to machines, and their acknowledgements as a view.
+    let sent_commands = command_checks(&curl, &http, &mqtt, &kafka, d, &out1, &engine)?;
+
     // 2. Bridge down, machines keep publishing, Mosquitto restarts, bridge back.
     bridge.kill();
     let sent2 = d.join("sent-2.jsonl");
@@ -565,7 +773,7 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
     mosquitto.terminate()?;
     mosquitto = start_mosquitto(&mosquitto_bin, d, mqtt_port)?;
     bridge = Daemon::spawn("bridge", &bin, &bridge_args, &d.join("bridge-3.log"))?;
-    let expected = oracle(&[&sent1, &sent_http, &sent2])?;
+    let expected = oracle(&[&sent1, &sent_http, &sent_commands, &sent2])?;
     wait_for_revenue(&out1, &expected, &engine, &kafka, "mosquitto restarted")?;
 
     // 3. kill -9 the engine; a new one rebuilds everything from the log.
@@ -580,6 +788,7 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
         &all,
         std::fs::read_to_string(&sent1)?
             + &std::fs::read_to_string(&sent_http)?
+            + &std::fs::read_to_string(&sent_commands)?
             + &std::fs::read_to_string(&sent2)?,
     )?;
     let replayed = d.join("replayed");

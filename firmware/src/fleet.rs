@@ -287,6 +287,31 @@ impl Fleet {
         self.machines.iter().map(|m| m.id.as_str())
     }
 
+    /// Carries out a command on its machine, as the firmware would: a new price applies to the
+    /// next sale of that slot. `Err` is the reason to reject it with.
+    pub fn apply(&mut self, command: &vendflow_protocol::Command) -> Result<(), String> {
+        let machine = self
+            .machines
+            .iter_mut()
+            .find(|m| m.id == command.machine_id)
+            .ok_or_else(|| format!("machine {} is not in this fleet", command.machine_id))?;
+        match &command.action {
+            vendflow_protocol::Action::UpdatePrice {
+                slot_number,
+                new_price,
+            } => {
+                let slot = machine
+                    .slots
+                    .iter_mut()
+                    .find(|s| s.number == *slot_number)
+                    .ok_or_else(|| format!("no slot {slot_number} on this machine"))?;
+                slot.price = *new_price;
+                Ok(())
+            }
+            vendflow_protocol::Action::Reboot => Ok(()),
+        }
+    }
+
     /// Runs the fleet up to `to` and returns what the machines delivered meanwhile, one
     /// envelope per machine that sent anything, in machine order.
     pub fn advance(&mut self, to: Timestamp) -> Vec<Envelope> {

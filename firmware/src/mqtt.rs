@@ -4,6 +4,10 @@
 //! QoS 1 to `machines/{id}/telemetry`. Simulated machines get deterministic secrets derived from
 //! the seed, so the platform side can be given their hashes ([`simulated_credentials`]) without
 //! any secret being written down.
+//!
+//! Commands come back on `machines/+/commands` (QoS 1): [`run`] and [`serve_commands`] carry each
+//! one out on the simulated machine ([`Fleet::apply`]) and answer with a signed `command_ack`
+//! envelope on `machines/{id}/acks`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{Client, Event, MqttOptions, Outgoing, Packet, QoS};
 use vendflow_protocol::auth::{SecretHash, sign_envelope};
-use vendflow_protocol::{Envelope, Timestamp};
+use vendflow_protocol::command::decode_command;
+use vendflow_protocol::{AckStatus, Command, CommandAck, Envelope, EventKind, Timestamp};
 
 use crate::fleet::Fleet;
 
@@ -46,7 +51,11 @@ pub struct Publisher {
     done: Arc<AtomicBool>,
     nonce: u64,
     address: String,
+    commands: std::sync::mpsc::Receiver<Command>,
 }
+
+/// Where commands for machines arrive.
+pub const COMMANDS_FILTER: &str = "machines/+/commands";
 
 impl Publisher {
     /// Connects as `client_id` to `host:port`.
@@ -59,14 +68,32 @@ impl Publisher {
         let acked = Arc::new(AtomicU64::new(0));
         let done = Arc::new(AtomicBool::new(false));
         let address = format!("{host}:{port}");
+        let (commands_tx, commands) = std::sync::mpsc::channel();
         let driver = {
             let (acked, done, address) = (acked.clone(), done.clone(), address.clone());
+            let client = client.clone();
             std::thread::spawn(move || {
                 let mut backoff = Duration::from_millis(100);
                 while !done.load(Ordering::SeqCst) {
                     match connection.recv_timeout(Duration::from_millis(100)) {
                         Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => {
                             acked.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
+                            if let Err(e) = client.try_subscribe(COMMANDS_FILTER, QoS::AtLeastOnce)
+                            {
+                                tracing::warn!(error = %e, "cannot subscribe {COMMANDS_FILTER}");
+                            }
+                        }
+                        Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                            match decode_command(&p.payload) {
+                                Ok(c) => {
+                                    let _ = commands_tx.send(c);
+                                }
+                                Err(e) => {
+                                    tracing::warn!(topic = %p.topic, error = %e, "ignored a malformed command")
+                                }
+                            }
                         }
                         Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) => break,
                         Ok(Ok(_)) => backoff = Duration::from_millis(100),
@@ -91,11 +118,49 @@ impl Publisher {
             done,
             nonce: 0,
             address,
+            commands,
         }
+    }
+
+    /// Commands received since the last call.
+    pub fn take_commands(&self) -> Vec<Command> {
+        self.commands.try_iter().collect()
+    }
+
+    /// Answers `command` on `machines/{id}/acks` with a signed `command_ack` made at `at` (the
+    /// machine's clock): applied, or rejected with the reason.
+    pub fn acknowledge(
+        &mut self,
+        command: &Command,
+        outcome: Result<(), String>,
+        at: Timestamp,
+    ) -> Result<(), PublishError> {
+        let (status, reason) = match outcome {
+            Ok(()) => (AckStatus::Applied, None),
+            Err(reason) => (AckStatus::Rejected, Some(reason)),
+        };
+        let envelope = Envelope {
+            machine_id: command.machine_id.clone(),
+            events: vec![vendflow_protocol::Event {
+                machine_id: command.machine_id.clone(),
+                timestamp: at,
+                seq: None,
+                kind: EventKind::CommandAck(CommandAck {
+                    command_id: command.command_id.clone(),
+                    status,
+                    reason,
+                }),
+            }],
+        };
+        self.send(&envelope, "acks")
     }
 
     /// Signs and publishes one envelope (blocks while the client's queue is full).
     pub fn publish(&mut self, envelope: &Envelope) -> Result<(), PublishError> {
+        self.send(envelope, "telemetry")
+    }
+
+    fn send(&mut self, envelope: &Envelope, leaf: &str) -> Result<(), PublishError> {
         let machine = envelope.machine_id.as_str();
         let seed = self.seed;
         let key = *self
@@ -107,7 +172,7 @@ impl Publisher {
         let body = sign_envelope(envelope, &key, Timestamp::now().0, &nonce);
         self.client
             .publish(
-                format!("machines/{machine}/telemetry"),
+                format!("machines/{machine}/{leaf}"),
                 QoS::AtLeastOnce,
                 false,
                 body,
@@ -174,7 +239,49 @@ pub fn run(
             on_envelope(&envelope);
             publisher.publish(&envelope)?;
         }
+        let now = fleet.now();
+        answer_commands(fleet, publisher, now)?;
         on_step(Timestamp(t));
     }
     Ok(())
+}
+
+/// Carries out and answers the commands that arrived, for the machines of this fleet (others
+/// belong to another simulator on the same broker).
+/// `at`: the machines' clock (simulated during the stream, the wall clock after it).
+fn answer_commands(
+    fleet: &mut Fleet,
+    publisher: &mut Publisher,
+    at: Timestamp,
+) -> Result<usize, PublishError> {
+    let mut answered = 0;
+    for command in publisher.take_commands() {
+        if !fleet
+            .machine_ids()
+            .any(|m| m == command.machine_id.as_str())
+        {
+            continue;
+        }
+        let outcome = fleet.apply(&command);
+        tracing::info!(command = %command.command_id, machine = %command.machine_id, ?outcome, "command");
+        publisher.acknowledge(&command, outcome, at)?;
+        answered += 1;
+    }
+    Ok(answered)
+}
+
+/// Keeps answering commands for `duration` (after the stream), until `stop`.
+pub fn serve_commands(
+    fleet: &mut Fleet,
+    publisher: &mut Publisher,
+    duration: Duration,
+    stop: &AtomicBool,
+) -> Result<usize, PublishError> {
+    let started = Instant::now();
+    let mut answered = 0;
+    while started.elapsed() < duration && !stop.load(Ordering::SeqCst) {
+        answered += answer_commands(fleet, publisher, Timestamp::now())?;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(answered)
 }

@@ -16,6 +16,10 @@
 //! reading from MQTT and the broker holds them. Kafka unavailable means librdkafka retries
 //! (idempotently, without a delivery timeout) while the inflight bound holds memory flat.
 
+mod commands;
+
+pub use commands::{Downlink, PendingCommands, answered_commands};
+
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,11 +34,14 @@ use vendflow_protocol::auth::Signed;
 
 use crate::auth::{Admission, Refusal, Verifier, machine_of_topic};
 use crate::kafka::{
-    KafkaError, REJECTED_TOPIC, Rejection, TELEMETRY_TOPIC, client_config, ensure_topics_retrying,
+    COMMANDS_TOPIC, KafkaError, REJECTED_TOPIC, Rejection, TELEMETRY_TOPIC, client_config,
+    ensure_topics_retrying,
 };
 
-/// The MQTT subscription.
+/// The MQTT subscriptions: telemetry, and machines' answers to commands (the same signed
+/// envelopes, carrying `command_ack` events), both forwarded to `machine-telemetry`.
 pub const TELEMETRY_FILTER: &str = "machines/+/telemetry";
+pub const ACKS_FILTER: &str = "machines/+/acks";
 
 /// The largest packet MQTT can carry (its remaining-length field tops out at 256 MiB).
 const MQTT_MAX_PACKET: usize = 268_435_455;
@@ -68,20 +75,26 @@ pub struct BridgeStats {
     pub mqtt_reconnects: AtomicU64,
     /// Messages produced but not yet acknowledged by Kafka (the bridge's lag).
     pub inflight: AtomicU64,
+    /// Commands handed to MQTT (`machines/{id}/commands`).
+    pub commands_sent: AtomicU64,
+    /// Records of `machine-commands` that are not valid commands.
+    pub commands_refused: AtomicU64,
 }
 
 impl BridgeStats {
     pub fn line(&self) -> String {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "received {} forwarded {} rejected {} redelivered {} inflight {} kafka_retries {} mqtt_reconnects {}",
+            "received {} forwarded {} rejected {} redelivered {} inflight {} kafka_retries {} mqtt_reconnects {} commands_sent {} commands_refused {}",
             g(&self.received),
             g(&self.forwarded),
             g(&self.rejected),
             g(&self.redelivered),
             g(&self.inflight),
             g(&self.kafka_retries),
-            g(&self.mqtt_reconnects)
+            g(&self.mqtt_reconnects),
+            g(&self.commands_sent),
+            g(&self.commands_refused)
         )
     }
 }
@@ -202,10 +215,16 @@ pub fn run(
     stats: Arc<BridgeStats>,
     stop: &AtomicBool,
 ) -> Result<(), BridgeError> {
-    let topics = [(TELEMETRY_TOPIC, config.partitions), (REJECTED_TOPIC, 1)];
+    let topics = [
+        (TELEMETRY_TOPIC, config.partitions),
+        (REJECTED_TOPIC, 1),
+        (COMMANDS_TOPIC, 1),
+    ];
     if !ensure_topics_retrying(&config.kafka, &topics, stop) {
         return Ok(());
     }
+    let mut downlink = Downlink::new(&config.kafka)?;
+    let pending_commands = Arc::new(PendingCommands::default());
 
     let mut options = MqttOptions::new(&config.client_id, &config.mqtt_host, config.mqtt_port);
     options
@@ -230,7 +249,7 @@ pub fn run(
         connection: 0,
     }));
     if let Some(addr) = config.http {
-        serve_http(addr, &config.kafka, verifier)?;
+        serve_http(addr, &config.kafka, verifier, pending_commands.clone())?;
     }
     let producer: ThreadedProducer<Ctx> = client_config(&config.kafka)
         .set("enable.idempotence", "true")
@@ -292,6 +311,7 @@ pub fn run(
             producer.poll(Duration::ZERO);
         }
         send_acks(&shared, &client);
+        downlink.pump(&client, &pending_commands, &stats);
         if last_status.elapsed() >= Duration::from_secs(10) {
             last_status = Instant::now();
             tracing::info!("bridge: {}", stats.line());
@@ -326,20 +346,29 @@ pub fn run(
                     config.mqtt_host,
                     config.mqtt_port
                 );
-                if let Err(e) = client.try_subscribe(TELEMETRY_FILTER, QoS::AtLeastOnce) {
-                    tracing::error!(error = %e, "cannot subscribe {TELEMETRY_FILTER}");
+                for filter in [TELEMETRY_FILTER, ACKS_FILTER] {
+                    if let Err(e) = client.try_subscribe(filter, QoS::AtLeastOnce) {
+                        tracing::error!(error = %e, "cannot subscribe {filter}");
+                    }
                 }
             }
             Event::Incoming(Packet::SubAck(ack)) => {
                 // From here on the broker keeps telemetry for this session even while the
                 // bridge is away; before the first subscription it has nowhere to keep it.
-                tracing::info!(return_codes = ?ack.return_codes, "subscribed {TELEMETRY_FILTER}");
+                tracing::info!(return_codes = ?ack.return_codes, "subscribed");
             }
+            Event::Incoming(Packet::PubAck(_)) => downlink.acknowledged(),
             Event::Incoming(Packet::Publish(publish)) => {
                 stats.received.fetch_add(1, Ordering::Relaxed);
                 let mut out = {
                     let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
-                    admit(&mut s, &stats, publish, config.max_payload)
+                    admit(
+                        &mut s,
+                        &stats,
+                        publish,
+                        config.max_payload,
+                        &pending_commands,
+                    )
                 };
                 while let Some(o) = out.take() {
                     if let Err(o) = send(o) {
@@ -380,6 +409,7 @@ fn serve_http(
     addr: std::net::SocketAddr,
     kafka: &str,
     verifier: Arc<Mutex<Verifier>>,
+    pending_commands: Arc<PendingCommands>,
 ) -> Result<(), BridgeError> {
     let producer: rdkafka::producer::FutureProducer = client_config(kafka)
         .set("enable.idempotence", "true")
@@ -394,6 +424,7 @@ fn serve_http(
         verifier,
         producer,
         requests: AtomicU64::new(0),
+        pending_commands,
     });
     std::thread::Builder::new()
         .name("vendflow-http".into())
@@ -444,44 +475,50 @@ fn admit(
     stats: &BridgeStats,
     publish: Publish,
     max_payload: usize,
+    pending_commands: &PendingCommands,
 ) -> Option<Outgoing> {
     let now = Timestamp::now().0;
     let seq = s.next_seq;
     s.next_seq += 1;
-    let verdict = machine_of_topic(&publish.topic, "telemetry").and_then(|machine| {
-        if publish.payload.len() > max_payload {
-            return Err(Refusal::TooLarge {
-                bytes: publish.payload.len(),
-                limit: max_payload,
-            });
-        }
-        let admission = s.verifier.lock().unwrap_or_else(|e| e.into_inner()).check(
-            machine,
-            &publish.payload,
-            now,
-        )?;
-        // The same bytes again: the broker redelivering after a reconnect says so (DUP); a
-        // fresh copy is a machine retransmitting or someone replaying, and is reported.
-        if let Admission::AlreadyForwarded { nonce } = &admission
-            && !publish.dup
-        {
-            return Err(Refusal::Duplicate {
-                machine: machine.to_owned(),
-                nonce: nonce.clone(),
-            });
-        }
-        Ok((machine.to_owned(), admission))
-    });
+    let verdict = machine_of_topic(&publish.topic, "telemetry")
+        .or_else(|_| machine_of_topic(&publish.topic, "acks"))
+        .and_then(|machine| {
+            if publish.payload.len() > max_payload {
+                return Err(Refusal::TooLarge {
+                    bytes: publish.payload.len(),
+                    limit: max_payload,
+                });
+            }
+            let admission = s.verifier.lock().unwrap_or_else(|e| e.into_inner()).check(
+                machine,
+                &publish.payload,
+                now,
+            )?;
+            // The same bytes again: the broker redelivering after a reconnect says so (DUP); a
+            // fresh copy is a machine retransmitting or someone replaying, and is reported.
+            if let Admission::AlreadyForwarded { nonce } = &admission
+                && !publish.dup
+            {
+                return Err(Refusal::Duplicate {
+                    machine: machine.to_owned(),
+                    nonce: nonce.clone(),
+                });
+            }
+            Ok((machine.to_owned(), admission))
+        });
     let (out, signed) = match verdict {
-        Ok((machine, Admission::Forward(signed))) => (
-            Some(Outgoing {
-                seq,
-                topic: TELEMETRY_TOPIC,
-                key: machine,
-                payload: publish.payload.to_vec(),
-            }),
-            signed,
-        ),
+        Ok((machine, Admission::Forward(signed))) => {
+            pending_commands.answered(&machine, &publish.payload);
+            (
+                Some(Outgoing {
+                    seq,
+                    topic: TELEMETRY_TOPIC,
+                    key: machine,
+                    payload: publish.payload.to_vec(),
+                }),
+                signed,
+            )
+        }
         Ok((_, Admission::AlreadyForwarded { .. })) => {
             stats.redelivered.fetch_add(1, Ordering::Relaxed);
             (None, None)

@@ -36,6 +36,8 @@ pub struct Telemetry {
     pub verifier: Arc<Mutex<Verifier>>,
     pub producer: FutureProducer,
     pub requests: AtomicU64,
+    /// Commands the machines have not answered yet, offered in each answer.
+    pub pending_commands: Arc<crate::bridge::PendingCommands>,
 }
 
 /// The one error shape of the API.
@@ -151,7 +153,11 @@ async fn telemetry(
     };
     match verdict {
         Ok(Admission::AlreadyForwarded { .. }) => {
-            axum::Json(json!({"ack": true, "commands": [], "duplicate": true})).into_response()
+            let commands = state
+                .pending_commands
+                .for_machine(&machine, Timestamp::now().0);
+            axum::Json(json!({"ack": true, "commands": commands, "duplicate": true}))
+                .into_response()
         }
         Ok(Admission::Forward(signed)) => {
             let record = FutureRecord::to(TELEMETRY_TOPIC)
@@ -167,8 +173,11 @@ async fn telemetry(
                             .unwrap_or_else(|p| p.into_inner())
                             .forwarded(&s, &body);
                     }
-                    // Commands back to machines are not implemented yet: nothing is pending.
-                    axum::Json(json!({"ack": true, "commands": []})).into_response()
+                    state.pending_commands.answered(&machine, &body);
+                    let commands = state
+                        .pending_commands
+                        .for_machine(&machine, Timestamp::now().0);
+                    axum::Json(json!({"ack": true, "commands": commands})).into_response()
                 }
                 Err((e, _)) => error(
                     StatusCode::SERVICE_UNAVAILABLE,

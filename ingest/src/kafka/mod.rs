@@ -12,6 +12,8 @@ use rdkafka::error::RDKafkaErrorCode;
 
 /// Envelopes as machines sent them, keyed by machine id.
 pub const TELEMETRY_TOPIC: &str = "machine-telemetry";
+/// Commands to machines, keyed by machine id (one [`vendflow_protocol::Command`] per message).
+pub const COMMANDS_TOPIC: &str = "machine-commands";
 /// Envelopes the bridge refused, with the reason (one [`Rejection`] per message).
 pub const REJECTED_TOPIC: &str = "telemetry-rejected";
 
@@ -75,6 +77,8 @@ pub enum KafkaError {
         brokers: String,
         source: rdkafka::error::KafkaError,
     },
+    #[error("cannot start the kafka client's runtime: {0}")]
+    Runtime(std::io::Error),
     #[error("creating topic {topic} on {brokers}: {message}")]
     CreateTopic {
         brokers: String,
@@ -93,6 +97,37 @@ pub fn client_config(brokers: &str) -> ClientConfig {
         .set("reconnect.backoff.ms", "100")
         .set("reconnect.backoff.max.ms", "5000");
     config
+}
+
+/// Produces `command` to `machine-commands` (keyed by machine id, created if missing) and
+/// waits until Kafka has it; returns its (partition, offset).
+pub fn send_command(
+    brokers: &str,
+    command: &vendflow_protocol::Command,
+) -> Result<(i32, i64), KafkaError> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let client_error = |source| KafkaError::Client {
+        brokers: brokers.to_owned(),
+        source,
+    };
+    ensure_topics(brokers, &[(COMMANDS_TOPIC, 1)])?;
+    let producer: FutureProducer = client_config(brokers)
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "15000")
+        .create()
+        .map_err(client_error)?;
+    let payload = command.to_json();
+    let record = FutureRecord::to(COMMANDS_TOPIC)
+        .key(command.machine_id.as_str())
+        .payload(&payload);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(KafkaError::Runtime)?;
+    runtime
+        .block_on(producer.send(record, Duration::from_secs(15)))
+        .map(|delivery| (delivery.partition, delivery.offset))
+        .map_err(|(e, _)| client_error(e))
 }
 
 /// Creates `topics` (name, partitions) unless they exist.

@@ -1,4 +1,5 @@
-//! The Kafka source: `machine-telemetry` (and `fleet-commands`) into the dataflows, and the
+//! The Kafka source: `machine-telemetry` (and `fleet-commands`, `machine-commands`) into the
+//! dataflows, and the
 //! bridge's refusals (`telemetry-rejected`) into the error records, so every refused envelope is
 //! counted in the `errors` / `error_counts` views next to the ones the engine itself refused.
 //!
@@ -22,11 +23,13 @@ use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use vendflow_dataflows::{Batch, ErrorRecord, Feeder, Feeders, Time};
+use vendflow_protocol::command::decode_command;
 use vendflow_protocol::decode::{decode_line, decode_registry};
 use vendflow_protocol::{DecodeError, Timestamp};
 
 use super::{
-    KafkaError, REJECTED_TOPIC, Rejection, TELEMETRY_TOPIC, client_config, ensure_topics_retrying,
+    COMMANDS_TOPIC, KafkaError, REJECTED_TOPIC, Rejection, TELEMETRY_TOPIC, client_config,
+    ensure_topics_retrying,
 };
 
 /// Registry changes (machines, locations, leases), one JSON record per message.
@@ -99,6 +102,7 @@ pub fn start(
         (TELEMETRY_TOPIC, config.partitions),
         (FLEET_COMMANDS_TOPIC, 1),
         (REJECTED_TOPIC, 1),
+        (COMMANDS_TOPIC, 1),
     ];
     if !ensure_topics_retrying(&brokers, &topics, &stop) {
         return Ok(Vec::new());
@@ -128,7 +132,7 @@ pub fn start(
                 })?;
         }
         if index == 0 {
-            for topic in [FLEET_COMMANDS_TOPIC, REJECTED_TOPIC] {
+            for topic in [FLEET_COMMANDS_TOPIC, REJECTED_TOPIC, COMMANDS_TOPIC] {
                 assignment
                     .add_partition_offset(topic, 0, Offset::Beginning)
                     .map_err(|source| KafkaError::Client {
@@ -202,6 +206,11 @@ fn consume(
                 if topic == FLEET_COMMANDS_TOPIC {
                     match decode_registry(payload) {
                         Ok(record) => batch.registry.push((record, 1)),
+                        Err(e) => refuse(&e),
+                    }
+                } else if topic == COMMANDS_TOPIC {
+                    match decode_command(payload) {
+                        Ok(command) => batch.commands.push(command),
                         Err(e) => refuse(&e),
                     }
                 } else if topic == REJECTED_TOPIC {

@@ -1,0 +1,242 @@
+//! Commands back to machines: Kafka `machine-commands` → MQTT `machines/{id}/commands` (QoS 1).
+//!
+//! The bridge reads the topic from its consumer group's committed offset and commits an offset
+//! only once the MQTT broker has acknowledged every command before it, so a bridge killed at any
+//! moment sends each command at least once (machines apply a command id once and answer it
+//! again when it comes again). Commands not yet answered are also kept per machine, bounded,
+//! for the machines that poll over HTTP: `POST /api/telemetry` returns them.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use rumqttc::{Client, QoS};
+use vendflow_protocol::command::decode_command;
+use vendflow_protocol::decode::decode_envelope;
+use vendflow_protocol::{Command, EventKind};
+
+use super::BridgeStats;
+use crate::kafka::{COMMANDS_TOPIC, KafkaError, client_config};
+
+/// Unanswered commands kept per machine for HTTP; older ones are dropped (and logged).
+const PENDING_PER_MACHINE: usize = 64;
+/// A pending command older than this (by `issuedAt`) is no longer offered.
+const PENDING_FOR_MS: i64 = 7 * 24 * 3_600_000;
+
+/// Commands sent and not yet answered, per machine.
+#[derive(Default)]
+pub struct PendingCommands {
+    by_machine: Mutex<HashMap<String, VecDeque<Command>>>,
+}
+
+impl PendingCommands {
+    pub fn add(&self, command: Command) {
+        let mut map = self.by_machine.lock().unwrap_or_else(|p| p.into_inner());
+        let queue = map
+            .entry(command.machine_id.as_str().to_owned())
+            .or_default();
+        if queue.iter().any(|c| c.command_id == command.command_id) {
+            return;
+        }
+        queue.push_back(command);
+        if queue.len() > PENDING_PER_MACHINE
+            && let Some(dropped) = queue.pop_front()
+        {
+            tracing::warn!(
+                machine = %dropped.machine_id,
+                command = %dropped.command_id,
+                "more than {PENDING_PER_MACHINE} unanswered commands; no longer offering the oldest"
+            );
+        }
+    }
+
+    /// Forgets the commands `machine` answered in `envelope` (if it answers any).
+    pub fn answered(&self, machine: &str, envelope: &[u8]) {
+        let ids = answered_commands(envelope);
+        if ids.is_empty() {
+            return;
+        }
+        let mut map = self.by_machine.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(queue) = map.get_mut(machine) {
+            queue.retain(|c| !ids.contains(&c.command_id));
+            if queue.is_empty() {
+                map.remove(machine);
+            }
+        }
+    }
+
+    /// What `machine` has not answered yet, as wire JSON, oldest first.
+    pub fn for_machine(&self, machine: &str, now_ms: i64) -> Vec<serde_json::Value> {
+        let map = self.by_machine.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(machine)
+            .into_iter()
+            .flatten()
+            .filter(|c| now_ms < c.issued_at.0.saturating_add(PENDING_FOR_MS))
+            .filter_map(|c| serde_json::from_str(&c.to_json()).ok())
+            .collect()
+    }
+}
+
+/// The command ids a (verified) envelope answers with `command_ack` events.
+pub fn answered_commands(envelope: &[u8]) -> Vec<String> {
+    if !envelope.windows(11).any(|w| w == b"command_ack") {
+        return Vec::new();
+    }
+    let Ok(events) = decode_envelope(envelope) else {
+        return Vec::new();
+    };
+    events
+        .into_iter()
+        .filter_map(|e| match e.ok()?.kind {
+            EventKind::CommandAck(a) => Some(a.command_id),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Reads `machine-commands` and hands each command to the MQTT client.
+pub struct Downlink {
+    consumer: BaseConsumer,
+    /// Read, not yet taken by the MQTT client: (offset, command or `None` if refused).
+    outbox: VecDeque<(i64, Option<Command>)>,
+    /// Handed to the MQTT client, not yet acknowledged by the broker.
+    unacknowledged: u64,
+    /// The last offset handed over (or refused).
+    handled: Option<i64>,
+    committed: Option<i64>,
+}
+
+impl Downlink {
+    pub fn new(brokers: &str) -> Result<Downlink, KafkaError> {
+        let client_error = |source| KafkaError::Client {
+            brokers: brokers.to_owned(),
+            source,
+        };
+        let consumer: BaseConsumer = client_config(brokers)
+            .set("group.id", "vendflow-bridge-commands")
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .map_err(client_error)?;
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(COMMANDS_TOPIC, 0, Offset::Stored)
+            .map_err(client_error)?;
+        consumer.assign(&assignment).map_err(client_error)?;
+        Ok(Downlink {
+            consumer,
+            outbox: VecDeque::new(),
+            unacknowledged: 0,
+            handled: None,
+            committed: None,
+        })
+    }
+
+    /// Reads what is new, hands the MQTT client what it takes, commits what the broker has.
+    pub fn pump(&mut self, client: &Client, pending: &PendingCommands, stats: &BridgeStats) {
+        while self.outbox.len() < 1024 {
+            match self.consumer.poll(Duration::ZERO) {
+                Some(Ok(message)) => {
+                    let offset = message.offset();
+                    match decode_command(message.payload().unwrap_or(&[])) {
+                        Ok(command) => {
+                            pending.add(command.clone());
+                            self.outbox.push_back((offset, Some(command)));
+                        }
+                        Err(e) => {
+                            stats.commands_refused.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(offset, error = %e, "refused a command in {COMMANDS_TOPIC}");
+                            self.outbox.push_back((offset, None));
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "reading {COMMANDS_TOPIC}");
+                    break;
+                }
+                None => break,
+            }
+        }
+        while let Some((offset, command)) = self.outbox.front() {
+            if let Some(c) = command {
+                let topic = format!("machines/{}/commands", c.machine_id);
+                if client
+                    .try_publish(topic, QoS::AtLeastOnce, false, c.to_json())
+                    .is_err()
+                {
+                    break; // the client's queue is full: next turn
+                }
+                self.unacknowledged += 1;
+                stats.commands_sent.fetch_add(1, Ordering::Relaxed);
+            }
+            self.handled = Some(*offset);
+            self.outbox.pop_front();
+        }
+        if self.outbox.is_empty()
+            && self.unacknowledged == 0
+            && let Some(handled) = self.handled
+            && self.committed < Some(handled)
+        {
+            let mut offsets = TopicPartitionList::new();
+            if offsets
+                .add_partition_offset(COMMANDS_TOPIC, 0, Offset::Offset(handled + 1))
+                .is_ok()
+            {
+                match self.consumer.commit(&offsets, CommitMode::Async) {
+                    Ok(()) => self.committed = Some(handled),
+                    Err(e) => tracing::warn!(error = %e, "committing {COMMANDS_TOPIC}"),
+                }
+            }
+        }
+    }
+
+    /// The broker acknowledged a command.
+    pub fn acknowledged(&mut self) {
+        self.unacknowledged = self.unacknowledged.saturating_sub(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vendflow_protocol::{Action, MachineId, Timestamp};
+
+    fn command(machine: &str, id: &str) -> Command {
+        Command {
+            command_id: id.into(),
+            machine_id: MachineId::parse(machine).unwrap_or_else(|e| panic!("{e}")),
+            issued_at: Timestamp(1_000),
+            action: Action::Reboot,
+        }
+    }
+
+    #[test]
+    fn pending_commands_are_offered_until_answered() {
+        let pending = PendingCommands::default();
+        pending.add(command("mach_00001", "c1"));
+        pending.add(command("mach_00001", "c1"));
+        pending.add(command("mach_00001", "c2"));
+        assert_eq!(pending.for_machine("mach_00001", 2_000).len(), 2);
+        assert!(pending.for_machine("mach_00002", 2_000).is_empty());
+        let ack = br#"{"machineId":"mach_00001","events":[{"type":"command_ack","timestamp":1700000000000,"payload":{"commandId":"c1","status":"applied"}}]}"#;
+        pending.answered("mach_00001", ack);
+        let left = pending.for_machine("mach_00001", 2_000);
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0]["commandId"], "c2");
+        assert!(
+            pending
+                .for_machine("mach_00001", PENDING_FOR_MS + 1_000)
+                .is_empty()
+        );
+        for i in 0..100 {
+            pending.add(command("mach_00003", &format!("x{i}")));
+        }
+        assert_eq!(
+            pending.for_machine("mach_00003", 2_000).len(),
+            PENDING_PER_MACHINE
+        );
+    }
+}
