@@ -817,17 +817,33 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
     // what was published while no bridge ran, and not one message more. (A dropped PUBACK
     // leaves its message in the broker's inflight window until the next reconnect, and enough
     // of them stall the subscription.)
-    bridge.terminate()?;
-    let log = std::fs::read_to_string(d.join("bridge-3.log"))?;
-    let received: u64 = log
-        .split_once("bridge stopping: received ")
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        .with_context(|| format!("bridge-3 did not report its counters:\n{}", tail(&log)))?
-        .parse()?;
+    // Read from the bridge's own counters (`GET /metrics`, Prometheus text).
+    let metrics = Command::new(&curl)
+        .args(["-s", &format!("http://{http}/metrics")])
+        .output()?;
+    let metrics = String::from_utf8_lossy(&metrics.stdout).into_owned();
+    let metric = |name: &str| -> anyhow::Result<u64> {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("vendflow_bridge_{name} ")))
+            .with_context(|| format!("no {name} in /metrics:\n{metrics}"))?
+            .trim()
+            .parse()
+            .context(name.to_owned())
+    };
     assert_eq!(
-        received, published2,
-        "the restarted bridge received {received} messages for {published2} published while it was down"
+        metric("received_total")?,
+        published2,
+        "the restarted bridge received more (or less) than was published while it was down"
     );
+    assert_eq!(metric("forwarded_total")?, published2);
+    assert_eq!(metric("inflight")?, 0, "nothing waits for Kafka");
+    assert_eq!(
+        metric("acks_waiting")?,
+        0,
+        "no acknowledgement waits for MQTT"
+    );
+    bridge.terminate()?;
     drop(mosquitto);
     Ok(())
 }

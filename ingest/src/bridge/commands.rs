@@ -171,6 +171,9 @@ impl Downlink {
                 }
                 self.unacknowledged += 1;
                 stats.commands_sent.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .commands_unacknowledged
+                    .store(self.unacknowledged, Ordering::Relaxed);
             }
             self.handled = Some(*offset);
             self.outbox.pop_front();
@@ -194,8 +197,11 @@ impl Downlink {
     }
 
     /// The broker acknowledged a command.
-    pub fn acknowledged(&mut self) {
+    pub fn acknowledged(&mut self, stats: &BridgeStats) {
         self.unacknowledged = self.unacknowledged.saturating_sub(1);
+        stats
+            .commands_unacknowledged
+            .store(self.unacknowledged, Ordering::Relaxed);
     }
 }
 

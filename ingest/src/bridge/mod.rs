@@ -79,9 +79,93 @@ pub struct BridgeStats {
     pub commands_sent: AtomicU64,
     /// Records of `machine-commands` that are not valid commands.
     pub commands_refused: AtomicU64,
+    /// Commands handed to MQTT that the broker has not acknowledged yet.
+    pub commands_unacknowledged: AtomicU64,
+    /// Messages in Kafka whose MQTT acknowledgement waits for the client.
+    pub acks_waiting: AtomicU64,
 }
 
 impl BridgeStats {
+    /// The counters in Prometheus' text format (`GET /metrics`).
+    pub fn prometheus(&self) -> String {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let metrics: [(&str, &str, &str, u64); 11] = [
+            (
+                "received_total",
+                "counter",
+                "MQTT messages received",
+                g(&self.received),
+            ),
+            (
+                "forwarded_total",
+                "counter",
+                "envelopes Kafka acknowledged in machine-telemetry",
+                g(&self.forwarded),
+            ),
+            (
+                "rejected_total",
+                "counter",
+                "envelopes refused (to telemetry-rejected)",
+                g(&self.rejected),
+            ),
+            (
+                "redelivered_total",
+                "counter",
+                "broker redeliveries of envelopes already in Kafka",
+                g(&self.redelivered),
+            ),
+            (
+                "kafka_retries_total",
+                "counter",
+                "produce attempts Kafka refused and the bridge retried",
+                g(&self.kafka_retries),
+            ),
+            (
+                "mqtt_reconnects_total",
+                "counter",
+                "MQTT connection losses",
+                g(&self.mqtt_reconnects),
+            ),
+            (
+                "commands_sent_total",
+                "counter",
+                "commands published on machines/{id}/commands",
+                g(&self.commands_sent),
+            ),
+            (
+                "commands_refused_total",
+                "counter",
+                "machine-commands records that are not valid commands",
+                g(&self.commands_refused),
+            ),
+            (
+                "inflight",
+                "gauge",
+                "messages waiting for Kafka (the bridge's lag)",
+                g(&self.inflight),
+            ),
+            (
+                "acks_waiting",
+                "gauge",
+                "messages in Kafka whose MQTT acknowledgement is not sent yet",
+                g(&self.acks_waiting),
+            ),
+            (
+                "commands_unacknowledged",
+                "gauge",
+                "commands the MQTT broker has not acknowledged yet",
+                g(&self.commands_unacknowledged),
+            ),
+        ];
+        let mut out = String::new();
+        for (name, kind, help, value) in metrics {
+            out.push_str(&format!(
+                "# HELP vendflow_bridge_{name} {help}\n# TYPE vendflow_bridge_{name} {kind}\nvendflow_bridge_{name} {value}\n"
+            ));
+        }
+        out
+    }
+
     pub fn line(&self) -> String {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
@@ -249,7 +333,13 @@ pub fn run(
         connection: 0,
     }));
     if let Some(addr) = config.http {
-        serve_http(addr, &config.kafka, verifier, pending_commands.clone())?;
+        serve_http(
+            addr,
+            &config.kafka,
+            verifier,
+            pending_commands.clone(),
+            stats.clone(),
+        )?;
     }
     let producer: ThreadedProducer<Ctx> = client_config(&config.kafka)
         .set("enable.idempotence", "true")
@@ -310,7 +400,7 @@ pub fn run(
             std::thread::sleep(Duration::from_millis(10));
             producer.poll(Duration::ZERO);
         }
-        send_acks(&shared, &client);
+        send_acks(&shared, &client, &stats);
         downlink.pump(&client, &pending_commands, &stats);
         if last_status.elapsed() >= Duration::from_secs(10) {
             last_status = Instant::now();
@@ -357,7 +447,7 @@ pub fn run(
                 // bridge is away; before the first subscription it has nowhere to keep it.
                 tracing::info!(return_codes = ?ack.return_codes, "subscribed");
             }
-            Event::Incoming(Packet::PubAck(_)) => downlink.acknowledged(),
+            Event::Incoming(Packet::PubAck(_)) => downlink.acknowledged(&stats),
             Event::Incoming(Packet::Publish(publish)) => {
                 stats.received.fetch_add(1, Ordering::Relaxed);
                 let mut out = {
@@ -392,7 +482,7 @@ pub fn run(
 
 /// Hands the MQTT client the acknowledgements that are due, in order, as many as its request
 /// channel takes; the rest wait for the next turn of the event loop (never dropped).
-fn send_acks(shared: &Mutex<Shared>, client: &Client) {
+fn send_acks(shared: &Mutex<Shared>, client: &Client, stats: &BridgeStats) {
     let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
     // Redeliveries of what is already in Kafka are done as soon as they are admitted.
     s.release();
@@ -402,6 +492,9 @@ fn send_acks(shared: &Mutex<Shared>, client: &Client) {
         }
         s.acks.pop_front();
     }
+    stats
+        .acks_waiting
+        .store(s.acks.len() as u64, Ordering::Relaxed);
 }
 
 /// Serves `POST /api/telemetry` on `addr` from a thread of its own, into the same topics.
@@ -410,6 +503,7 @@ fn serve_http(
     kafka: &str,
     verifier: Arc<Mutex<Verifier>>,
     pending_commands: Arc<PendingCommands>,
+    stats: Arc<BridgeStats>,
 ) -> Result<(), BridgeError> {
     let producer: rdkafka::producer::FutureProducer = client_config(kafka)
         .set("enable.idempotence", "true")
@@ -425,6 +519,7 @@ fn serve_http(
         producer,
         requests: AtomicU64::new(0),
         pending_commands,
+        stats,
     });
     std::thread::Builder::new()
         .name("vendflow-http".into())

@@ -38,6 +38,8 @@ pub struct Telemetry {
     pub requests: AtomicU64,
     /// Commands the machines have not answered yet, offered in each answer.
     pub pending_commands: Arc<crate::bridge::PendingCommands>,
+    /// The bridge's counters, served at `GET /metrics`.
+    pub stats: Arc<crate::bridge::BridgeStats>,
 }
 
 /// The one error shape of the API.
@@ -70,8 +72,20 @@ pub fn error(
 pub fn router(state: Arc<Telemetry>, body_limit: usize) -> Router {
     Router::new()
         .route("/api/telemetry", post(telemetry))
+        .route("/metrics", axum::routing::get(metrics))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
+}
+
+async fn metrics(State(state): State<Arc<Telemetry>>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.stats.prometheus(),
+    )
+        .into_response()
 }
 
 fn refusal_status(r: &Refusal) -> StatusCode {
