@@ -407,6 +407,19 @@ fn send_command(
     Ok(())
 }
 
+fn parse_outage(text: &str) -> Result<(usize, u32), String> {
+    let (machine, hours) = text
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?} is not MACHINE_INDEX:HOURS, e.g. 7:5"))?;
+    let machine = machine
+        .parse()
+        .map_err(|_| format!("{machine:?} is not a machine index"))?;
+    let hours = hours
+        .parse()
+        .map_err(|_| format!("{hours:?} is not a number of hours"))?;
+    Ok((machine, hours))
+}
+
 fn host_port(address: &str) -> anyhow::Result<(String, u16)> {
     let (host, port) = address
         .rsplit_once(':')
@@ -512,6 +525,10 @@ struct PublishArgs {
     /// Only write --credentials-out / --registry-out, publish nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Take machine N (0-based) off the network for H hours, one hour into the stream:
+    /// `N:H`. It buffers its sales and flushes them when the network returns.
+    #[arg(long, value_parser = parse_outage)]
+    outage: Vec<(usize, u32)>,
     /// After the stream, stay connected this many seconds answering commands
     /// (`machines/+/commands`; they are answered during the stream too).
     #[arg(long, default_value_t = 0)]
@@ -525,10 +542,21 @@ fn publish(args: PublishArgs) -> anyhow::Result<()> {
     let now = Timestamp::now().0;
     // The simulated span ends now, on a whole minute, so event times are what a live fleet sends.
     let end = now - now.rem_euclid(60_000);
+    if let Some((machine, hours)) = args.outage.iter().find(|(m, _)| *m >= args.machines) {
+        bail!(
+            "--outage {machine}:{hours}: there are only {} machines",
+            args.machines
+        );
+    }
     let mut fleet = Fleet::new(&FleetConfig {
         machines: args.machines,
         seed: args.seed,
         start: Timestamp(end - args.hours * MS_PER_HOUR),
+        scripted: args
+            .outage
+            .iter()
+            .map(|&(m, hours)| (m, Fault::NetworkOutage { hours }, MS_PER_HOUR))
+            .collect(),
         ..FleetConfig::default()
     });
     if let Some(path) = &args.credentials_out {
