@@ -17,7 +17,7 @@ use vendflow_ingest::auth::{Credentials, Verifier};
 use vendflow_ingest::bridge::{self, BridgeConfig, BridgeStats};
 use vendflow_ingest::file::{ReplayOptions, load_registry, replay};
 use vendflow_ingest::kafka::TELEMETRY_TOPIC;
-use vendflow_ingest::kafka::source::{self as kafka_source, SourceConfig, SourceStats};
+use vendflow_ingest::kafka::source::{self as kafka_source, Freshness, SourceConfig, SourceStats};
 use vendflow_ingest::mqtt::MqttSourceStats;
 use vendflow_ingest::sim;
 use vendflow_protocol::Timestamp;
@@ -146,6 +146,10 @@ enum Command {
         /// Write every view as CSV (and status.json) into this directory at each summary.
         #[arg(long, short)]
         out: Option<PathBuf>,
+        /// Write only the status (frontier, lagMs, consumed offsets) as JSON to this file at
+        /// each summary.
+        #[arg(long)]
+        status: Option<PathBuf>,
         /// Seconds between summaries.
         #[arg(long, default_value_t = 2.0)]
         every: f64,
@@ -336,10 +340,19 @@ fn main() -> anyhow::Result<()> {
         Command::Run {
             kafka,
             out,
+            status,
             every,
             partitions,
             tick_ms,
-        } => run_kafka(config, &kafka, out.as_deref(), every, partitions, tick_ms),
+        } => run_kafka(
+            config,
+            &kafka,
+            out.as_deref(),
+            status.as_deref(),
+            every,
+            partitions,
+            tick_ms,
+        ),
         Command::Publish(args) => publish(args),
         Command::Send {
             kafka,
@@ -443,6 +456,7 @@ fn run_kafka(
     config: Config,
     brokers: &str,
     out: Option<&std::path::Path>,
+    status_file: Option<&std::path::Path>,
     every: f64,
     partitions: i32,
     tick_ms: u64,
@@ -464,30 +478,55 @@ fn run_kafka(
     )?;
     eprintln!("run: consuming {TELEMETRY_TOPIC} and fleet-commands from {brokers}; Ctrl-C to stop");
     let every = Duration::from_secs_f64(every.max(0.1));
+    let mut freshness = Freshness::default();
     while !stop.load(Ordering::SeqCst) {
-        std::thread::sleep(every);
+        // Between summaries, watch the published frontier pass sampled messages.
+        let slept = Instant::now();
+        while slept.elapsed() < every && !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(10));
+            freshness.observe(&stats, store.frontier(), Timestamp::now().0);
+        }
         let snapshot = store.snapshot();
         let summary = FleetSummary::from_snapshot(&snapshot)?;
+        let fresh = freshness.percentiles();
         println!(
-            "[{}] {summary} | consumed {} messages, {} events, {} refused | {}",
+            "[{}] {summary} | consumed {} messages, {} events, {} refused | {}{}",
             Timestamp(snapshot.frontier as i64),
             stats.messages.load(Ordering::Relaxed),
             stats.events.load(Ordering::Relaxed),
             stats.errors.load(Ordering::Relaxed),
-            stats.positions_line()
+            stats.positions_line(),
+            fresh.map_or(String::new(), |(p50, p99, _)| format!(
+                " | freshness p50 {p50} ms p99 {p99} ms"
+            ))
         );
+        let mut status_files: Vec<PathBuf> = status_file.map(Into::into).into_iter().collect();
         if let Some(dir) = out {
             vendflow_sinks::csv::write_snapshot(&snapshot, dir)?;
+            status_files.push(dir.join("status.json"));
+        }
+        if !status_files.is_empty() {
+            // Freshness: how far the published views are behind the wall clock. Ingestion time
+            // is the bridge's clock when it produced each envelope, so this is the time from
+            // the bridge to a view (plus at most one --every).
+            let lag_ms = Timestamp::now().0 - snapshot.frontier as i64;
             let status = serde_json::json!({
                 "frontier": snapshot.frontier,
+                "lagMs": lag_ms,
+                // Bridge stamp → every view, over the latest sampled messages.
+                "freshnessP50Ms": fresh.map(|f| f.0),
+                "freshnessP99Ms": fresh.map(|f| f.1),
+                "freshnessSamples": fresh.map_or(0, |f| f.2),
                 "messages": stats.messages.load(Ordering::Relaxed),
                 "events": stats.events.load(Ordering::Relaxed),
                 "errors": stats.errors.load(Ordering::Relaxed),
                 "positions": stats.positions_line(),
             });
-            let tmp = dir.join("status.json.tmp");
-            std::fs::write(&tmp, status.to_string())?;
-            std::fs::rename(&tmp, dir.join("status.json"))?;
+            for path in status_files {
+                let tmp = path.with_extension("json.tmp");
+                std::fs::write(&tmp, status.to_string())?;
+                std::fs::rename(&tmp, &path)?;
+            }
         }
     }
     for h in handles {
@@ -505,9 +544,9 @@ struct PublishArgs {
     mqtt: String,
     #[arg(long, default_value_t = 20)]
     machines: usize,
-    /// Simulated hours to publish, ending now.
-    #[arg(long, default_value_t = 6)]
-    hours: i64,
+    /// Simulated hours to publish, ending now (fractions too: 0.05 is 3 minutes).
+    #[arg(long, default_value_t = 6.0)]
+    hours: f64,
     #[arg(long, default_value_t = 7)]
     seed: u64,
     /// Simulated seconds per wall-clock second (default: as fast as the broker takes it).
@@ -536,7 +575,7 @@ struct PublishArgs {
 }
 
 fn publish(args: PublishArgs) -> anyhow::Result<()> {
-    if args.machines == 0 || args.hours <= 0 {
+    if args.machines == 0 || args.hours.is_nan() || args.hours <= 0.0 {
         bail!("--machines and --hours must be positive");
     }
     let now = Timestamp::now().0;
@@ -551,7 +590,7 @@ fn publish(args: PublishArgs) -> anyhow::Result<()> {
     let mut fleet = Fleet::new(&FleetConfig {
         machines: args.machines,
         seed: args.seed,
-        start: Timestamp(end - args.hours * MS_PER_HOUR),
+        start: Timestamp(end - (args.hours * MS_PER_HOUR as f64) as i64),
         scripted: args
             .outage
             .iter()

@@ -227,8 +227,13 @@ pub fn run(
     let started = Instant::now();
     let sim_start = fleet.now().0;
     let mut t = sim_start;
+    // Paced near real time, machines publish in steps of at most a second of wall clock, as a
+    // fleet spread over the second would; unpaced, in 10 s steps of simulated time.
+    let step = pace.map_or(10_000, |speed| {
+        ((speed * 1000.0) as i64).clamp(1_000, 10_000)
+    });
     while t < end.0 && !stop.load(Ordering::SeqCst) {
-        t = (t + 10_000).min(end.0);
+        t = (t + step).min(end.0);
         if let Some(speed) = pace {
             let due = Duration::from_secs_f64((t - sim_start) as f64 / speed / 1000.0);
             if let Some(wait) = due.checked_sub(started.elapsed()) {

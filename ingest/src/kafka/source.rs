@@ -51,6 +51,53 @@ pub struct SourceStats {
     pub events: AtomicU64,
     pub errors: AtomicU64,
     pub positions: Mutex<BTreeMap<(String, i32), i64>>,
+    /// A sample of consumed messages' ingestion times (at most one per consumer every 100 ms),
+    /// for measuring freshness: see [`Freshness`].
+    /// (the ingestion time it lands at, the bridge's stamp).
+    pub samples: Mutex<std::collections::VecDeque<(u64, i64)>>,
+}
+
+/// End-to-end freshness: for sampled messages, the wall-clock time from the bridge stamping a
+/// message (its ingestion time) until every view reflects it, over the last minute.
+#[derive(Default, Debug)]
+pub struct Freshness {
+    /// (measured at, ms), oldest first.
+    recent: std::collections::VecDeque<(i64, i64)>,
+}
+
+impl Freshness {
+    const WINDOW_MS: i64 = 60_000;
+
+    /// Measures the samples the views have passed at `frontier`, at wall-clock `now_ms`.
+    pub fn observe(&mut self, stats: &SourceStats, frontier: u64, now_ms: i64) {
+        let mut samples = stats.samples.lock().unwrap_or_else(|e| e.into_inner());
+        samples.retain(|&(at, stamped)| {
+            if at < frontier {
+                self.recent.push_back((now_ms, now_ms - stamped));
+                false
+            } else {
+                true
+            }
+        });
+        while self
+            .recent
+            .front()
+            .is_some_and(|(at, _)| *at < now_ms - Self::WINDOW_MS)
+        {
+            self.recent.pop_front();
+        }
+    }
+
+    /// (p50, p99, samples) of the latest measurements.
+    pub fn percentiles(&self) -> Option<(i64, i64, usize)> {
+        let mut sorted: Vec<i64> = self.recent.iter().map(|(_, ms)| *ms).collect();
+        if sorted.is_empty() {
+            return None;
+        }
+        sorted.sort_unstable();
+        let at = |p: f64| sorted[((sorted.len() - 1) as f64 * p).round() as usize];
+        Some((at(0.5), at(0.99), sorted.len()))
+    }
 }
 
 impl SourceStats {
@@ -92,6 +139,9 @@ pub fn start(
             .set("group.id", "vendflow-engine")
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
+            // A broker that holds a fetch open for its full wait (tansu does) would add up to
+            // this much to every view's freshness; librdkafka's default is 500 ms.
+            .set("fetch.wait.max.ms", "50")
             .create()
             .map_err(|source| KafkaError::Client {
                 brokers: brokers.to_owned(),
@@ -176,6 +226,7 @@ fn consume(
     let mut clock: Time = 0;
     let mut batch = Batch::default();
     let mut idle_polls = 0u32;
+    let mut last_sample = std::time::Instant::now();
     while !stop.load(Ordering::SeqCst) {
         match consumer.poll(Duration::from_millis(50)) {
             Some(Ok(message)) => {
@@ -190,6 +241,14 @@ fn consume(
                     feeder.send(clock, std::mem::take(&mut batch))?;
                 }
                 clock = clock.max(at);
+                if last_sample.elapsed() >= Duration::from_millis(100) {
+                    last_sample = std::time::Instant::now();
+                    if let Ok(mut s) = stats.samples.lock()
+                        && s.len() < 10_000
+                    {
+                        s.push_back((clock, ts as i64));
+                    }
+                }
                 let topic = message.topic().to_owned();
                 let partition = message.partition();
                 let source = format!("kafka:{topic}/{partition}@{}", message.offset());
@@ -286,6 +345,26 @@ fn rejection_record(payload: &[u8], received_at: Timestamp, source: &str) -> Err
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn freshness_counts_a_message_once_the_views_pass_its_time() {
+        let stats = SourceStats::default();
+        let mut f = Freshness::default();
+        stats
+            .samples
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend([(1_000, 900), (2_000, 1_950)]);
+        f.observe(&stats, 1_000, 1_100);
+        assert_eq!(f.percentiles(), None, "frontier 1000 has not passed time 1000");
+        f.observe(&stats, 1_001, 1_200);
+        assert_eq!(f.percentiles(), Some((300, 300, 1)));
+        f.observe(&stats, 5_000, 2_150);
+        assert_eq!(f.percentiles(), Some((300, 300, 2)));
+        // A minute later the old measurements have left the window.
+        f.observe(&stats, 5_000, 70_000);
+        assert_eq!(f.percentiles(), None);
+    }
 
     #[test]
     fn a_rejection_becomes_an_error_record_named_by_where_it_came_in() {
