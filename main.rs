@@ -190,6 +190,11 @@ enum Command {
         #[command(subcommand)]
         command: DeviceCommand,
     },
+    /// The fleet registry (locations, machines with their planogram, leases) on Kafka.
+    Registry {
+        #[command(subcommand)]
+        command: RegistryCommand,
+    },
     /// Write a simulated fleet's registry and events as JSON Lines (fixtures, workloads).
     Simulate {
         /// Output directory: `registry.jsonl` and `events.jsonl` (in delivery order).
@@ -206,6 +211,19 @@ enum Command {
         /// machine the restock crew skips (2), no random faults.
         #[arg(long)]
         scenario: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RegistryCommand {
+    /// Produce a registry file (JSON Lines of location / machine / lease records, as
+    /// `publish --registry-out` writes) to `fleet-commands`, where the engine reads it. Every
+    /// line is checked first; a file with an invalid line is refused whole, nothing sent.
+    Load {
+        file: PathBuf,
+        /// Kafka bootstrap servers.
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        kafka: String,
     },
 }
 
@@ -354,6 +372,16 @@ fn main() -> anyhow::Result<()> {
             tick_ms,
         ),
         Command::Publish(args) => publish(args),
+        Command::Registry {
+            command: RegistryCommand::Load { file, kafka },
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let sent = vendflow_ingest::kafka::load_registry(&kafka, &text)
+                .with_context(|| format!("loading {}", file.display()))?;
+            eprintln!("sent {sent} registry record(s) to fleet-commands on {kafka}");
+            Ok(())
+        }
         Command::Send {
             kafka,
             machine,

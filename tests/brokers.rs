@@ -684,6 +684,34 @@ fn flushed_late(record: &Path, machine: &str) -> anyhow::Result<usize> {
     Ok(late)
 }
 
+/// Waits until the engine knows `machines` registered machines (from `fleet-commands`) and
+/// puts revenue at their locations.
+fn wait_for_registry(out: &Path, machines: usize, engine: &Daemon) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut registered = 0;
+    while started.elapsed() < Duration::from_secs(60) {
+        registered = Table::read(&out.join("liveness.csv"))
+            .map(|t| {
+                t.records()
+                    .iter()
+                    .filter(|r| r["registered"] == "true")
+                    .count()
+            })
+            .unwrap_or(0);
+        let located = Table::read(&out.join("revenue_location_daily.csv"))
+            .map(|t| !t.rows.is_empty())
+            .unwrap_or(false);
+        if registered == machines && located {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    bail!(
+        "the registry from fleet-commands never showed: {registered} of {machines} machines registered\n{}",
+        tail(&engine.output())
+    )
+}
+
 #[test]
 fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts()
 -> anyhow::Result<()> {
@@ -719,6 +747,7 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
 
     let creds = d.join("credentials.jsonl");
     let creds_text = creds.display().to_string();
+    let registry_text = d.join("registry.jsonl").display().to_string();
     vendflow(&[
         "publish",
         "--mqtt",
@@ -729,6 +758,8 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
         "11",
         "--credentials-out",
         &creds_text,
+        "--registry-out",
+        &registry_text,
         "--dry-run",
     ])?;
     let bin = vendflow_bin()?;
@@ -755,6 +786,8 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
     wait_for_log(&bridge, "subscribed", Duration::from_secs(30))?;
     let out1 = d.join("views-1");
     let mut engine = start_engine(&bin, &kafka, &out1, &d.join("engine-1.log"))?;
+    // The fleet's registry (locations, machines, leases) through fleet-commands.
+    vendflow(&["registry", "load", &registry_text, "--kafka", &kafka])?;
 
     // 1. kill -9 the bridge mid-stream (12 simulated hours over about 6 s), restart it.
     let sent1 = d.join("sent-1.jsonl");
@@ -767,6 +800,7 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
     wait_for_revenue(&out1, &oracle(&[&sent1])?, &engine, &kafka, "bridge killed")?;
     // Among it, machine 7's sales from five hours offline, flushed when its network came back:
     // they count in the days they were made (the oracle above is by event-time day).
+    wait_for_registry(&out1, 20, &engine)?;
     let flushed = flushed_late(&sent1, "mach_00007")?;
     assert!(
         flushed > 0,
@@ -808,6 +842,7 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
     let out2 = d.join("views-2");
     engine = start_engine(&bin, &kafka, &out2, &d.join("engine-2.log"))?;
     wait_for_revenue(&out2, &expected, &engine, &kafka, "engine rebuilt")?;
+    wait_for_registry(&out2, 20, &engine)?;
 
     // Inventory equals a batch replay of everything the machines sent.
     let all = d.join("sent-all.jsonl");
@@ -821,6 +856,8 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
     let replayed = d.join("replayed");
     vendflow(&[
         "replay",
+        "--registry",
+        &registry_text,
         &all.display().to_string(),
         "--out",
         &replayed.display().to_string(),

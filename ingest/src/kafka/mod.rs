@@ -99,6 +99,96 @@ pub fn client_config(brokers: &str) -> ClientConfig {
     config
 }
 
+/// Produces registry records (one JSON object per line of `text`, each checked first) to
+/// `fleet-commands`, keyed by the id of what they describe; returns how many. A file with any
+/// invalid line is refused as a whole, with every line's reason, before anything is sent.
+pub fn load_registry(brokers: &str, text: &str) -> Result<usize, RegistryLoadError> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use vendflow_protocol::RegistryRecord;
+    use vendflow_protocol::decode::decode_registry;
+    let mut records = Vec::new();
+    let mut problems = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match decode_registry(line.as_bytes()) {
+            Ok(r) => {
+                let key = match &r {
+                    RegistryRecord::Location(l) => l.location_id.clone(),
+                    RegistryRecord::Machine(m) => m.machine_id.as_str().to_owned(),
+                    RegistryRecord::Lease(l) => l.lease_id.clone(),
+                };
+                records.push((key, line));
+            }
+            Err(e) => problems.push(format!("line {}: {e}", i + 1)),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(RegistryLoadError::Invalid(problems.join("\n")));
+    }
+    ensure_topics(brokers, &[(source::FLEET_COMMANDS_TOPIC, 1)])?;
+    let client_error = |source| KafkaError::Client {
+        brokers: brokers.to_owned(),
+        source,
+    };
+    let producer: FutureProducer = client_config(brokers)
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "15000")
+        .create()
+        .map_err(client_error)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(KafkaError::Runtime)?;
+    // All in flight at once; every delivery is awaited, so a failure is reported, not lost.
+    runtime.block_on(async {
+        let mut deliveries = Vec::new();
+        for (key, line) in &records {
+            let mut record = FutureRecord::to(source::FLEET_COMMANDS_TOPIC)
+                .key(key.as_str())
+                .payload(*line);
+            loop {
+                match producer.send_result(record) {
+                    Ok(delivery) => {
+                        deliveries.push(delivery);
+                        break;
+                    }
+                    Err((e, r)) => {
+                        if !matches!(
+                            e,
+                            rdkafka::error::KafkaError::MessageProduction(
+                                rdkafka::types::RDKafkaErrorCode::QueueFull
+                            )
+                        ) {
+                            return Err(client_error(e));
+                        }
+                        record = r;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+        }
+        for delivery in deliveries {
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(client_error(e)),
+                Err(_) => return Err(client_error(rdkafka::error::KafkaError::Canceled)),
+            }
+        }
+        Ok(())
+    })?;
+    Ok(records.len())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryLoadError {
+    #[error("nothing was sent; invalid registry records:\n{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+}
+
 /// Produces `command` to `machine-commands` (keyed by machine id, created if missing) and
 /// waits until Kafka has it; returns its (partition, offset).
 pub fn send_command(

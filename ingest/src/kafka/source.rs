@@ -356,7 +356,11 @@ mod tests {
             .unwrap_or_else(|e| e.into_inner())
             .extend([(1_000, 900), (2_000, 1_950)]);
         f.observe(&stats, 1_000, 1_100);
-        assert_eq!(f.percentiles(), None, "frontier 1000 has not passed time 1000");
+        assert_eq!(
+            f.percentiles(),
+            None,
+            "frontier 1000 has not passed time 1000"
+        );
         f.observe(&stats, 1_001, 1_200);
         assert_eq!(f.percentiles(), Some((300, 300, 1)));
         f.observe(&stats, 5_000, 2_150);
