@@ -583,6 +583,7 @@ fn command_checks(
 
     // Machines on MQTT: simulated ones, answering while they publish and a while after.
     let record = dir.join("sent-commands.jsonl");
+    let log = dir.join("publish-commands.log");
     let publisher = Command::new(vendflow_bin()?)
         .args([
             "publish",
@@ -602,10 +603,18 @@ fn command_checks(
         ])
         .arg(&record)
         .env("RUST_BACKTRACE", "0")
+        .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log)?)
         .spawn()?;
-    // Connected and subscribed well within this.
-    std::thread::sleep(Duration::from_millis(1500));
+    // The simulated machines have a clean session: commands count from their subscription.
+    let started = Instant::now();
+    while !std::fs::read_to_string(&log)?.contains("subscribed machines/+/commands") {
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("the simulated machines never subscribed to their commands");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     vendflow(&[
         "command",
         "--kafka",

@@ -85,6 +85,9 @@ impl Publisher {
                                 tracing::warn!(error = %e, "cannot subscribe {COMMANDS_FILTER}");
                             }
                         }
+                        Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => {
+                            tracing::info!("subscribed {COMMANDS_FILTER}");
+                        }
                         Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
                             match decode_command(&p.payload) {
                                 Ok(c) => {

@@ -107,6 +107,8 @@ pub struct Downlink {
     /// The last offset handed over (or refused).
     handled: Option<i64>,
     committed: Option<i64>,
+    /// When reading the topic last failed loudly (at most one warning every 10 s).
+    warned: Option<std::time::Instant>,
 }
 
 impl Downlink {
@@ -132,6 +134,7 @@ impl Downlink {
             unacknowledged: 0,
             handled: None,
             committed: None,
+            warned: None,
         })
     }
 
@@ -154,7 +157,13 @@ impl Downlink {
                     }
                 }
                 Some(Err(e)) => {
-                    tracing::warn!(error = %e, "reading {COMMANDS_TOPIC}");
+                    if self
+                        .warned
+                        .is_none_or(|at| at.elapsed() >= Duration::from_secs(10))
+                    {
+                        self.warned = Some(std::time::Instant::now());
+                        tracing::warn!(error = %e, "reading {COMMANDS_TOPIC}; retrying");
+                    }
                     break;
                 }
                 None => break,
