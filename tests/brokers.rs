@@ -615,36 +615,25 @@ fn command_checks(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    vendflow(&[
-        "command",
-        "--kafka",
-        kafka,
-        "--machine",
-        "mach_00001",
-        "--type",
-        "UPDATE_PRICE",
-        "--slot",
-        "1",
-        "--price",
-        "2.75",
-        "--id",
-        "cmd-mqtt-1",
-    ])?;
-    vendflow(&[
-        "command",
-        "--kafka",
-        kafka,
-        "--machine",
-        "mach_00002",
-        "--type",
-        "UPDATE_PRICE",
-        "--slot",
-        "99",
-        "--price",
-        "1.00",
-        "--id",
-        "cmd-mqtt-2",
-    ])?;
+    let update_price = |machine: &str, slot: &str, price: &str, id: &str| {
+        vendflow(&[
+            "command",
+            "--kafka",
+            kafka,
+            "--machine",
+            machine,
+            "--type",
+            "UPDATE_PRICE",
+            "--slot",
+            slot,
+            "--price",
+            price,
+            "--id",
+            id,
+        ])
+    };
+    update_price("mach_00001", "1", "2.75", "cmd-mqtt-1")?;
+    update_price("mach_00002", "99", "1.00", "cmd-mqtt-2")?;
     wait_for_command(out, "cmd-mqtt-1", "applied", engine)?;
     wait_for_command(out, "cmd-mqtt-2", "rejected", engine)?;
     let (_, reason) = command_status(out, "cmd-mqtt-2").unwrap_or_default();
