@@ -134,6 +134,12 @@ enum Command {
         /// Also accept telemetry over HTTP (`POST /api/telemetry`) on this address, e.g. 127.0.0.1:8080.
         #[arg(long)]
         http: Option<std::net::SocketAddr>,
+        /// Serve --http over TLS (HTTPS) with this certificate chain (PEM).
+        #[arg(long, requires_all = ["http", "tls_key"])]
+        tls_cert: Option<PathBuf>,
+        /// The private key of --tls-cert (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Run the dataflows on the Kafka log (`machine-telemetry`, `fleet-commands`,
     /// `machine-commands`, `telemetry-rejected`) until Ctrl-C.
@@ -300,6 +306,8 @@ fn main() -> anyhow::Result<()> {
             max_inflight,
             max_payload_kib,
             http,
+            tls_cert,
+            tls_key,
         } => {
             let (mqtt_host, mqtt_port) = host_port(&mqtt)?;
             let credentials = match (credentials, insecure_no_auth) {
@@ -334,6 +342,7 @@ fn main() -> anyhow::Result<()> {
                 partitions,
                 max_inflight: max_inflight.max(1),
                 max_payload: max_payload_kib.saturating_mul(1024),
+                tls: tls_cert.zip(tls_key),
                 http,
             };
             let stop = stop_flag()?;

@@ -231,15 +231,55 @@ fn start_engine(bin: &Path, kafka: &str, out: &Path, log: &Path) -> anyhow::Resu
     )
 }
 
+/// `curl` trusting the test's own certificate authority (the bridge serves HTTPS).
+struct Curl {
+    program: PathBuf,
+    cacert: PathBuf,
+}
+
+impl Curl {
+    fn command(&self) -> Command {
+        let mut c = Command::new(&self.program);
+        c.arg("--cacert").arg(&self.cacert);
+        c
+    }
+}
+
+/// A self-signed certificate for 127.0.0.1, made with `openssl`: (certificate, key).
+fn self_signed(openssl: &Path, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let (cert, key) = (dir.join("tls-cert.pem"), dir.join("tls-key.pem"));
+    let status = Command::new(openssl)
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!("openssl could not make a certificate");
+    }
+    Ok((cert, key))
+}
+
 /// POSTs `body` to the bridge's telemetry endpoint; returns (status, response body).
 fn post(
-    curl: &Path,
+    curl: &Curl,
     http: &str,
     machine: &str,
     token: &str,
     body: &Path,
 ) -> anyhow::Result<(u16, String)> {
-    let out = Command::new(curl)
+    let out = curl
+        .command()
         .args([
             "-s",
             "-w",
@@ -252,7 +292,7 @@ fn post(
             "Content-Type: application/json",
             "--data-binary",
             &format!("@{}", body.display()),
-            &format!("http://{http}/api/telemetry"),
+            &format!("https://{http}/api/telemetry"),
         ])
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -260,7 +300,7 @@ fn post(
     Ok((code.trim().parse()?, body.to_owned()))
 }
 
-fn http_checks(curl: &Path, http: &str, dir: &Path, record: &Path) -> anyhow::Result<()> {
+fn http_checks(curl: &Curl, http: &str, dir: &Path, record: &Path) -> anyhow::Result<()> {
     use vendflow_protocol::auth::{SecretHash, sign_envelope};
     use vendflow_protocol::{Cents, Envelope, Event, EventKind, MachineId, Sale, Timestamp};
     let secret = vendflow_firmware::mqtt::simulated_secret(11, "mach_00003");
@@ -499,7 +539,7 @@ fn wait_for_command(
 /// record of what it sent meanwhile.
 #[allow(clippy::too_many_arguments)]
 fn command_checks(
-    curl: &Path,
+    curl: &Curl,
     http: &str,
     mqtt: &str,
     kafka: &str,
@@ -725,6 +765,9 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
     let Some(curl) = require_program("curl", &[])? else {
         return Ok(());
     };
+    let Some(openssl) = require_program("openssl", &[])? else {
+        return Ok(());
+    };
     let Some(tansu_bin) = require_program("tansu", &[home.join(".cargo/bin/tansu")])? else {
         return Ok(());
     };
@@ -763,6 +806,13 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
     let bin = vendflow_bin()?;
     let http_port = free_port()?;
     let http = format!("127.0.0.1:{http_port}");
+    // Telemetry over HTTPS, with a certificate of the test's own.
+    let (cert, key) = self_signed(&openssl, d)?;
+    let curl = Curl {
+        program: curl,
+        cacert: cert.clone(),
+    };
+    let (cert_text, key_text) = (cert.display().to_string(), key.display().to_string());
     let bridge_args = [
         "bridge",
         "--mqtt",
@@ -775,6 +825,10 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
         "3",
         "--http",
         &http,
+        "--tls-cert",
+        &cert_text,
+        "--tls-key",
+        &key_text,
     ];
     // The bridge starts before Kafka is up: it must wait and retry, not give up.
     let mut bridge = Daemon::spawn("bridge", &bin, &bridge_args, &d.join("bridge-1.log"))?;
@@ -880,8 +934,9 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
     // leaves its message in the broker's inflight window until the next reconnect, and enough
     // of them stall the subscription.)
     // Read from the bridge's own counters (`GET /metrics`, Prometheus text).
-    let metrics = Command::new(&curl)
-        .args(["-s", &format!("http://{http}/metrics")])
+    let metrics = curl
+        .command()
+        .args(["-s", &format!("https://{http}/metrics")])
         .output()?;
     let metrics = String::from_utf8_lossy(&metrics.stdout).into_owned();
     let metric = |name: &str| -> anyhow::Result<u64> {

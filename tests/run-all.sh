@@ -20,11 +20,12 @@ if ! "$venv/bin/python" -c 'import duckdb, pyarrow' 2>/dev/null; then
 fi
 export VENDFLOW_PYTHON="$venv/bin/python"
 
-if ! command -v mosquitto >/dev/null || ! command -v mosquitto_pub >/dev/null; then
-  echo "== installing mosquitto"
+if ! command -v mosquitto >/dev/null || ! command -v mosquitto_pub >/dev/null \
+  || ! command -v curl >/dev/null || ! command -v openssl >/dev/null; then
+  echo "== installing mosquitto, curl, openssl"
   sudo_=""; [ "$(id -u)" = 0 ] || sudo_="sudo"
   $sudo_ apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq mosquitto mosquitto-clients curl openssl >/dev/null
 fi
 # The broker tests start their own mosquitto on a free port; the packaged service is not needed.
 if ! command -v tansu >/dev/null && [ ! -x "$HOME/.cargo/bin/tansu" ]; then

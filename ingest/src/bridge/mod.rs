@@ -61,6 +61,8 @@ pub struct BridgeConfig {
     pub max_payload: usize,
     /// Also accept `POST /api/telemetry` here (see [`crate::http`]).
     pub http: Option<std::net::SocketAddr>,
+    /// Serve `http` over TLS with this certificate chain and private key (PEM files).
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// Counters, readable while the bridge runs.
@@ -191,6 +193,12 @@ pub enum BridgeError {
     Producer(RdError),
     #[error("http on {0}: {1}")]
     Http(std::net::SocketAddr, std::io::Error),
+    #[error("tls certificate {cert} / key {key}: {error}")]
+    Tls {
+        cert: String,
+        key: String,
+        error: std::io::Error,
+    },
 }
 
 /// One MQTT message on its way: acknowledged once Kafka has it and everything before it.
@@ -299,6 +307,20 @@ pub fn run(
     stats: Arc<BridgeStats>,
     stop: &AtomicBool,
 ) -> Result<(), BridgeError> {
+    let verifier = Arc::new(Mutex::new(verifier));
+    let pending_commands = Arc::new(PendingCommands::default());
+    // HTTP first: a bad certificate is a start-up error, and while Kafka is away machines on
+    // HTTP are told so (503) rather than left without an answer.
+    if let Some(addr) = config.http {
+        serve_http(
+            addr,
+            config.tls.as_ref(),
+            &config.kafka,
+            verifier.clone(),
+            pending_commands.clone(),
+            stats.clone(),
+        )?;
+    }
     let topics = [
         (TELEMETRY_TOPIC, config.partitions),
         (REJECTED_TOPIC, 1),
@@ -308,7 +330,6 @@ pub fn run(
         return Ok(());
     }
     let mut downlink = Downlink::new(&config.kafka)?;
-    let pending_commands = Arc::new(PendingCommands::default());
 
     let mut options = MqttOptions::new(&config.client_id, &config.mqtt_host, config.mqtt_port);
     options
@@ -323,7 +344,6 @@ pub fn run(
     }
     let (client, mut connection) = Client::new(options, 1024);
 
-    let verifier = Arc::new(Mutex::new(verifier));
     let shared = Arc::new(Mutex::new(Shared {
         pending: VecDeque::new(),
         acks: VecDeque::new(),
@@ -332,15 +352,6 @@ pub fn run(
         next_seq: 0,
         connection: 0,
     }));
-    if let Some(addr) = config.http {
-        serve_http(
-            addr,
-            &config.kafka,
-            verifier,
-            pending_commands.clone(),
-            stats.clone(),
-        )?;
-    }
     let producer: ThreadedProducer<Ctx> = client_config(&config.kafka)
         .set("enable.idempotence", "true")
         .set("acks", "all")
@@ -500,6 +511,7 @@ fn send_acks(shared: &Mutex<Shared>, client: &Client, stats: &BridgeStats) {
 /// Serves `POST /api/telemetry` on `addr` from a thread of its own, into the same topics.
 fn serve_http(
     addr: std::net::SocketAddr,
+    tls: Option<&(std::path::PathBuf, std::path::PathBuf)>,
     kafka: &str,
     verifier: Arc<Mutex<Verifier>>,
     pending_commands: Arc<PendingCommands>,
@@ -521,21 +533,45 @@ fn serve_http(
         pending_commands,
         stats,
     });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| BridgeError::Http(addr, e))?;
+    // Certificate problems are start-up errors, not something to find out on the first request.
+    let tls = match tls {
+        Some((cert, key)) => {
+            // ring, the one provider built in; installing twice is harmless.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let config = runtime
+                .block_on(axum_server::tls_rustls::RustlsConfig::from_pem_file(
+                    cert, key,
+                ))
+                .map_err(|error| BridgeError::Tls {
+                    cert: cert.display().to_string(),
+                    key: key.display().to_string(),
+                    error,
+                })?;
+            Some(config)
+        }
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     std::thread::Builder::new()
         .name("vendflow-http".into())
         .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot start the http runtime");
+            runtime.block_on(async move {
+                let app = crate::http::router(state, crate::http::DEFAULT_BODY_LIMIT);
+                if let Some(config) = tls {
+                    let served = match axum_server::from_tcp_rustls(listener, config) {
+                        Ok(server) => server.serve(app.into_make_service()).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = served {
+                        tracing::error!(error = %e, "https server stopped");
+                    }
                     return;
                 }
-            };
-            runtime.block_on(async move {
                 let listener = match tokio::net::TcpListener::from_std(listener) {
                     Ok(l) => l,
                     Err(e) => {
@@ -543,14 +579,13 @@ fn serve_http(
                         return;
                     }
                 };
-                let app = crate::http::router(state, crate::http::DEFAULT_BODY_LIMIT);
                 if let Err(e) = axum::serve(listener, app).await {
                     tracing::error!(error = %e, "http server stopped");
                 }
             });
         })
         .map_err(|e| BridgeError::Http(addr, e))?;
-    tracing::info!("telemetry over http: POST http://{addr}/api/telemetry");
+    tracing::info!("telemetry over {scheme}: POST {scheme}://{addr}/api/telemetry");
     Ok(())
 }
 
