@@ -12,9 +12,11 @@
 //! its signature, freshness and nonce ([`crate::auth::Verifier`]). A refused envelope goes to
 //! `telemetry-rejected` with the reason (and is then acknowledged): never silently away.
 //!
-//! Backpressure: at most `max_inflight` messages wait for Kafka; beyond that the bridge stops
-//! reading from MQTT and the broker holds them. Kafka unavailable means librdkafka retries
-//! (idempotently, without a delivery timeout) while the inflight bound holds memory flat.
+//! Backpressure: the broker bounds what the bridge holds. Mosquitto sends a session at most
+//! `max_inflight_messages` unacknowledged messages and queues the rest, and the bridge
+//! acknowledges only what Kafka has; so with Kafka away the bridge holds that many and waits
+//! while librdkafka retries (idempotently, without a delivery timeout). Above `max_inflight`
+//! messages waiting for Kafka the bridge also slows its reading.
 
 mod commands;
 
