@@ -533,6 +533,67 @@ fn wait_for_command(
     )
 }
 
+/// A signed envelope of one event of `machine` (a simulated machine of seed 11), in a file.
+fn http_envelope(
+    dir: &Path,
+    machine: &str,
+    kind: vendflow_protocol::EventKind,
+    nonce: &str,
+) -> anyhow::Result<PathBuf> {
+    use vendflow_protocol::auth::{SecretHash, sign_envelope};
+    use vendflow_protocol::{Envelope, Event, MachineId};
+    let key = SecretHash::of(&vendflow_firmware::mqtt::simulated_secret(11, machine));
+    let machine = MachineId::parse(machine).map_err(anyhow::Error::msg)?;
+    let now = vendflow_protocol::Timestamp::now();
+    let body = sign_envelope(
+        &Envelope {
+            machine_id: machine.clone(),
+            events: vec![Event {
+                machine_id: machine,
+                timestamp: now,
+                seq: None,
+                kind,
+            }],
+        },
+        &key,
+        now.0,
+        nonce,
+    );
+    let path = dir.join(format!("{nonce}.json"));
+    std::fs::write(&path, body)?;
+    Ok(path)
+}
+
+/// Sends heartbeats over HTTPS as `machine` until the answer offers `command_id`; returns it.
+fn wait_offered(
+    curl: &Curl,
+    http: &str,
+    dir: &Path,
+    machine: &str,
+    command_id: &str,
+) -> anyhow::Result<String> {
+    let secret = vendflow_firmware::mqtt::simulated_secret(11, machine);
+    let started = Instant::now();
+    loop {
+        let nonce = format!("poll-{machine}-{}", vendflow_protocol::Timestamp::now().0);
+        let heartbeat = http_envelope(
+            dir,
+            machine,
+            vendflow_protocol::EventKind::Heartbeat(Default::default()),
+            &nonce,
+        )?;
+        let (status, body) = post(curl, http, machine, &secret, &heartbeat)?;
+        assert_eq!(status, 200, "{body}");
+        if body.contains(command_id) {
+            return Ok(body);
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("{machine} on HTTP was never offered {command_id}: {body}");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 /// Commands back to machines: over MQTT to the simulated machines, which answer on
 /// `machines/{id}/acks`, and to a machine polling over HTTP, which gets its pending commands in
 /// the answer to its telemetry and acknowledges in its next envelope. Returns the publisher's
@@ -547,8 +608,7 @@ fn command_checks(
     out: &Path,
     engine: &Daemon,
 ) -> anyhow::Result<PathBuf> {
-    use vendflow_protocol::auth::{SecretHash, sign_envelope};
-    use vendflow_protocol::{AckStatus, CommandAck, Envelope, Event, EventKind, MachineId};
+    use vendflow_protocol::{AckStatus, CommandAck, EventKind};
 
     // A machine on HTTP: the command waits for it, and comes with the answer to its telemetry.
     vendflow(&[
@@ -563,49 +623,12 @@ fn command_checks(
         "cmd-http-1",
     ])?;
     let secret = vendflow_firmware::mqtt::simulated_secret(11, "mach_00003");
-    let key = SecretHash::of(&secret);
-    let machine = MachineId::parse("mach_00003").map_err(anyhow::Error::msg)?;
-    let envelope = |kind: EventKind, nonce: &str| -> anyhow::Result<PathBuf> {
-        let now = vendflow_protocol::Timestamp::now();
-        let body = sign_envelope(
-            &Envelope {
-                machine_id: machine.clone(),
-                events: vec![Event {
-                    machine_id: machine.clone(),
-                    timestamp: now,
-                    seq: None,
-                    kind,
-                }],
-            },
-            &key,
-            now.0,
-            nonce,
-        );
-        let path = dir.join(format!("{nonce}.json"));
-        std::fs::write(&path, body)?;
-        Ok(path)
-    };
-    let started = Instant::now();
-    let mut polls = 0;
-    loop {
-        polls += 1;
-        let heartbeat = envelope(
-            EventKind::Heartbeat(Default::default()),
-            &format!("poll-{polls}"),
-        )?;
-        let (status, body) = post(curl, http, "mach_00003", &secret, &heartbeat)?;
-        assert_eq!(status, 200, "{body}");
-        if body.contains("cmd-http-1") {
-            assert!(body.contains("\"type\":\"REBOOT\""), "{body}");
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(30) {
-            bail!("the HTTP machine was never offered its command: {body}");
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    let body = wait_offered(curl, http, dir, "mach_00003", "cmd-http-1")?;
+    assert!(body.contains("\"type\":\"REBOOT\""), "{body}");
     wait_for_command(out, "cmd-http-1", "pending", engine)?;
-    let ack = envelope(
+    let ack = http_envelope(
+        dir,
+        "mach_00003",
         EventKind::CommandAck(CommandAck {
             command_id: "cmd-http-1".into(),
             status: AckStatus::Applied,
@@ -879,6 +902,21 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
     // Commands back to machines, and their acknowledgements as a view.
     let sent_commands = command_checks(&curl, &http, &mqtt, &kafka, d, &out1, &engine)?;
 
+    // A command for a machine on HTTP, delivered by this bridge: the next one must offer it too.
+    vendflow(&[
+        "command",
+        "--kafka",
+        &kafka,
+        "--machine",
+        "mach_00004",
+        "--type",
+        "REBOOT",
+        "--id",
+        "cmd-http-2",
+    ])?;
+    wait_offered(&curl, &http, d, "mach_00004", "cmd-http-2")?;
+    std::thread::sleep(Duration::from_secs(1)); // its delivery to MQTT committed
+
     // 2. Bridge down, machines keep publishing, Mosquitto restarts, bridge back.
     bridge.kill();
     let sent2 = d.join("sent-2.jsonl");
@@ -887,6 +925,8 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
     mosquitto = start_mosquitto(&mosquitto_bin, d, mqtt_port)?;
     bridge = Daemon::spawn("bridge", &bin, &bridge_args, &d.join("bridge-3.log"))?;
     let expected = oracle(&[&sent1, &sent_http, &sent_commands, &sent2])?;
+    wait_offered(&curl, &http, d, "mach_00004", "cmd-http-2")
+        .context("a restarted bridge no longer offers a pending command over HTTP")?;
     wait_for_revenue(&out1, &expected, &engine, &kafka, "mosquitto restarted")?;
 
     // 3. kill -9 the engine; a new one rebuilds everything from the log.

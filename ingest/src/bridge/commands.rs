@@ -1,10 +1,13 @@
 //! Commands back to machines: Kafka `machine-commands` → MQTT `machines/{id}/commands` (QoS 1).
 //!
-//! The bridge reads the topic from its consumer group's committed offset and commits an offset
-//! only once the MQTT broker has acknowledged every command before it, so a bridge killed at any
-//! moment sends each command at least once (machines apply a command id once and answer it
-//! again when it comes again). Commands not yet answered are also kept per machine, bounded,
-//! for the machines that poll over HTTP: `POST /api/telemetry` returns them.
+//! The bridge publishes the commands from its consumer group's committed offset on, and commits
+//! an offset only once the MQTT broker has acknowledged every command before it, so a bridge
+//! killed at any moment sends each command at least once (machines apply a command id once and
+//! answer it again when it comes again). It reads the topic from the beginning, though: every
+//! command of the last [`PENDING_FOR_MS`] is also kept per machine, bounded, for the machines
+//! that poll over HTTP (`POST /api/telemetry` returns them until the machine answers), so a
+//! restarted bridge still offers them; a machine that had answered before the restart answers
+//! again and the command is no longer offered.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -16,7 +19,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use rumqttc::{Client, QoS};
 use vendflow_protocol::command::decode_command;
 use vendflow_protocol::decode::decode_envelope;
-use vendflow_protocol::{Command, EventKind};
+use vendflow_protocol::{Command, EventKind, Timestamp};
 
 use super::BridgeStats;
 use crate::kafka::{COMMANDS_TOPIC, KafkaError, client_config};
@@ -109,6 +112,8 @@ pub struct Downlink {
     committed: Option<i64>,
     /// When reading the topic last failed loudly (at most one warning every 10 s).
     warned: Option<std::time::Instant>,
+    /// Below this offset, commands were delivered by an earlier bridge: offered over HTTP only.
+    resume_at: i64,
 }
 
 impl Downlink {
@@ -123,9 +128,28 @@ impl Downlink {
             .set("auto.offset.reset", "earliest")
             .create()
             .map_err(client_error)?;
+        let mut partition = TopicPartitionList::new();
+        partition
+            .add_partition_offset(COMMANDS_TOPIC, 0, Offset::Invalid)
+            .map_err(client_error)?;
+        // Where the previous bridge stopped delivering; nothing committed (or a broker that
+        // cannot say): deliver everything again, at least once.
+        let resume_at = match consumer.committed_offsets(partition, Duration::from_secs(10)) {
+            Ok(committed) => committed
+                .find_partition(COMMANDS_TOPIC, 0)
+                .and_then(|p| match p.offset() {
+                    Offset::Offset(n) => Some(n),
+                    _ => None,
+                })
+                .unwrap_or(0),
+            Err(e) => {
+                tracing::warn!(error = %e, "no committed offset for {COMMANDS_TOPIC}; delivering every command again");
+                0
+            }
+        };
         let mut assignment = TopicPartitionList::new();
         assignment
-            .add_partition_offset(COMMANDS_TOPIC, 0, Offset::Stored)
+            .add_partition_offset(COMMANDS_TOPIC, 0, Offset::Beginning)
             .map_err(client_error)?;
         consumer.assign(&assignment).map_err(client_error)?;
         Ok(Downlink {
@@ -135,6 +159,7 @@ impl Downlink {
             handled: None,
             committed: None,
             warned: None,
+            resume_at,
         })
     }
 
@@ -146,14 +171,21 @@ impl Downlink {
                     let offset = message.offset();
                     match decode_command(message.payload().unwrap_or(&[])) {
                         Ok(command) => {
-                            pending.add(command.clone());
-                            self.outbox.push_back((offset, Some(command)));
+                            let fresh = Timestamp::now().0
+                                < command.issued_at.0.saturating_add(PENDING_FOR_MS);
+                            if fresh {
+                                pending.add(command.clone());
+                            }
+                            if offset >= self.resume_at {
+                                self.outbox.push_back((offset, Some(command)));
+                            }
                         }
-                        Err(e) => {
+                        Err(e) if offset >= self.resume_at => {
                             stats.commands_refused.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(offset, error = %e, "refused a command in {COMMANDS_TOPIC}");
                             self.outbox.push_back((offset, None));
                         }
+                        Err(_) => {} // refused (and counted) by an earlier bridge
                     }
                 }
                 Some(Err(e)) => {
