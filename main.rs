@@ -51,26 +51,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a simulated fleet through the dataflows and print a fleet summary until Ctrl-C.
-    Demo {
-        /// Simulated machines.
-        #[arg(long, default_value_t = 1000)]
-        machines: usize,
-        /// Simulated seconds per wall-clock second.
-        #[arg(long, default_value_t = 60.0)]
-        speed: f64,
-        /// Seed of the simulation (same seed, same fleet, same events).
-        #[arg(long, default_value_t = 7)]
-        seed: u64,
-        /// Seconds between summaries.
-        #[arg(long, default_value_t = 2.0)]
-        every: f64,
-        /// Stop after this many wall-clock seconds (default: run until Ctrl-C).
-        #[arg(long)]
-        duration: Option<f64>,
-        /// Port of the embedded MQTT broker on 127.0.0.1 (0: any free port).
-        #[arg(long, default_value_t = 0)]
-        mqtt_port: u16,
-    },
+    Demo(DemoArgs),
     /// Replay a JSON Lines telemetry file through the dataflows and write every final view as CSV.
     Replay {
         /// Events, one per line (or an envelope per line), as recorded or generated.
@@ -220,6 +201,32 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Simulated machines.
+    #[arg(long, default_value_t = 1000)]
+    machines: usize,
+    /// Simulated seconds per wall-clock second.
+    #[arg(long, default_value_t = 60.0)]
+    speed: f64,
+    /// Seed of the simulation (same seed, same fleet, same events).
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Seconds between summaries.
+    #[arg(long, default_value_t = 2.0)]
+    every: f64,
+    /// Stop after this many wall-clock seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Port of the embedded MQTT broker on 127.0.0.1 (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    mqtt_port: u16,
+    /// Also accept telemetry over HTTP (`POST /api/telemetry`, the simulated machines'
+    /// credentials) on this address, straight into the dataflows through the embedded broker.
+    #[arg(long)]
+    http: Option<std::net::SocketAddr>,
+}
+
 #[derive(Subcommand)]
 enum RegistryCommand {
     /// Produce a registry file (JSON Lines of location / machine / lease records, as
@@ -261,14 +268,7 @@ fn main() -> anyhow::Result<()> {
         ..Config::default()
     };
     match cli.command {
-        Command::Demo {
-            machines,
-            speed,
-            seed,
-            every,
-            duration,
-            mqtt_port,
-        } => demo(config, machines, speed, seed, every, duration, mqtt_port),
+        Command::Demo(args) => demo(config, args),
         Command::Replay {
             file,
             out,
@@ -712,15 +712,16 @@ fn publish(args: PublishArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn demo(
-    config: Config,
-    machines: usize,
-    speed: f64,
-    seed: u64,
-    every: f64,
-    duration: Option<f64>,
-    mqtt_port: u16,
-) -> anyhow::Result<()> {
+fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
+    let DemoArgs {
+        machines,
+        speed,
+        seed,
+        every,
+        duration,
+        mqtt_port,
+        http,
+    } = args;
     if machines == 0 || speed <= 0.0 {
         bail!("--machines and --speed must be positive");
     }
@@ -753,6 +754,17 @@ fn demo(
         "vendflow demo: {machines} simulated machines at {speed}x from {}, publishing to the embedded MQTT broker on {listen} (Ctrl-C to stop)",
         fleet.now()
     );
+    if let Some(addr) = http {
+        vendflow_ingest::http::spawn_into_broker(
+            addr,
+            port,
+            Verifier::new(
+                Some(credentials.clone()),
+                vendflow_ingest::auth::DEFAULT_MAX_SKEW_MS,
+            ),
+        )?;
+        println!("vendflow demo: telemetry over HTTP on http://{addr}/api/telemetry");
+    }
     sim::register(&fleet, &mut feeders)?;
     // The simulated clock is the ingestion clock.
     let sim_clock = Arc::new(AtomicU64::new(fleet.now().0.max(0) as u64));

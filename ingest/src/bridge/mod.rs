@@ -193,14 +193,8 @@ pub enum BridgeError {
     Kafka(#[from] KafkaError),
     #[error("kafka producer: {0}")]
     Producer(RdError),
-    #[error("http on {0}: {1}")]
-    Http(std::net::SocketAddr, std::io::Error),
-    #[error("tls certificate {cert} / key {key}: {error}")]
-    Tls {
-        cert: String,
-        key: String,
-        error: std::io::Error,
-    },
+    #[error(transparent)]
+    Http(#[from] crate::http::ServeError),
 }
 
 /// One MQTT message on its way: acknowledged once Kafka has it and everything before it.
@@ -524,70 +518,14 @@ fn serve_http(
         .set("acks", "all")
         .create()
         .map_err(BridgeError::Producer)?;
-    let listener = std::net::TcpListener::bind(addr).map_err(|e| BridgeError::Http(addr, e))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| BridgeError::Http(addr, e))?;
-    let state = Arc::new(crate::http::Telemetry {
+    let state = crate::http::Telemetry {
         verifier,
-        producer,
+        sink: crate::http::Sink::Kafka(producer),
         requests: AtomicU64::new(0),
         pending_commands,
         stats,
-    });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| BridgeError::Http(addr, e))?;
-    // Certificate problems are start-up errors, not something to find out on the first request.
-    let tls = match tls {
-        Some((cert, key)) => {
-            // ring, the one provider built in; installing twice is harmless.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            let config = runtime
-                .block_on(axum_server::tls_rustls::RustlsConfig::from_pem_file(
-                    cert, key,
-                ))
-                .map_err(|error| BridgeError::Tls {
-                    cert: cert.display().to_string(),
-                    key: key.display().to_string(),
-                    error,
-                })?;
-            Some(config)
-        }
-        None => None,
     };
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    std::thread::Builder::new()
-        .name("vendflow-http".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                let app = crate::http::router(state, crate::http::DEFAULT_BODY_LIMIT);
-                if let Some(config) = tls {
-                    let served = match axum_server::from_tcp_rustls(listener, config) {
-                        Ok(server) => server.serve(app.into_make_service()).await,
-                        Err(e) => Err(e),
-                    };
-                    if let Err(e) = served {
-                        tracing::error!(error = %e, "https server stopped");
-                    }
-                    return;
-                }
-                let listener = match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot serve http");
-                        return;
-                    }
-                };
-                if let Err(e) = axum::serve(listener, app).await {
-                    tracing::error!(error = %e, "http server stopped");
-                }
-            });
-        })
-        .map_err(|e| BridgeError::Http(addr, e))?;
-    tracing::info!("telemetry over {scheme}: POST {scheme}://{addr}/api/telemetry");
+    crate::http::spawn(addr, tls, state, None)?;
     Ok(())
 }
 

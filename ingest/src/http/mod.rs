@@ -28,13 +28,172 @@ use vendflow_protocol::Timestamp;
 use crate::auth::{Admission, Refusal, Verifier};
 use crate::kafka::{REJECTED_TOPIC, Rejection, TELEMETRY_TOPIC};
 
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("http on {0}: {1}")]
+    Bind(std::net::SocketAddr, std::io::Error),
+    #[error("tls certificate {cert} / key {key}: {error}")]
+    Tls {
+        cert: String,
+        key: String,
+        error: std::io::Error,
+    },
+}
+
+/// Serves [`router`] on `addr` (HTTPS with `tls` = (certificate, key) PEM files) from a thread
+/// and runtime of its own; `driver` is an MQTT event loop the [`Sink::Broker`] client needs
+/// polled. Errors are start-up errors: the address, the certificate.
+pub fn spawn(
+    addr: std::net::SocketAddr,
+    tls: Option<&(std::path::PathBuf, std::path::PathBuf)>,
+    state: Telemetry,
+    driver: Option<rumqttc::EventLoop>,
+) -> Result<(), ServeError> {
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| ServeError::Bind(addr, e))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| ServeError::Bind(addr, e))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| ServeError::Bind(addr, e))?;
+    let tls = match tls {
+        Some((cert, key)) => {
+            // ring, the one provider built in; installing twice is harmless.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let config = runtime
+                .block_on(axum_server::tls_rustls::RustlsConfig::from_pem_file(
+                    cert, key,
+                ))
+                .map_err(|error| ServeError::Tls {
+                    cert: cert.display().to_string(),
+                    key: key.display().to_string(),
+                    error,
+                })?;
+            Some(config)
+        }
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let state = Arc::new(state);
+    std::thread::Builder::new()
+        .name("vendflow-http".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                if let Some(mut eventloop) = driver {
+                    tokio::spawn(async move {
+                        loop {
+                            if let Err(e) = eventloop.poll().await {
+                                tracing::warn!(error = %e, "http → mqtt: broker unavailable; retrying");
+                                tokio::time::sleep(Duration::from_millis(500)).await;
+                            }
+                        }
+                    });
+                }
+                let app = router(state, DEFAULT_BODY_LIMIT);
+                if let Some(config) = tls {
+                    let served = match axum_server::from_tcp_rustls(listener, config) {
+                        Ok(server) => server.serve(app.into_make_service()).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = served {
+                        tracing::error!(error = %e, "https server stopped");
+                    }
+                    return;
+                }
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot serve http");
+                        return;
+                    }
+                };
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "http server stopped");
+                }
+            });
+        })
+        .map_err(|e| ServeError::Bind(addr, e))?;
+    tracing::info!("telemetry over {scheme}: POST {scheme}://{addr}/api/telemetry");
+    Ok(())
+}
+
+/// Machines on HTTP in the embedded mode: verified like over MQTT, then published to the MQTT
+/// broker on 127.0.0.1:`broker_port`, from which the MQTT source takes them like any machine's.
+pub fn spawn_into_broker(
+    addr: std::net::SocketAddr,
+    broker_port: u16,
+    verifier: Verifier,
+) -> Result<(), ServeError> {
+    let mut options = rumqttc::MqttOptions::new("vendflow-http", "127.0.0.1", broker_port);
+    options.set_max_packet_size(DEFAULT_BODY_LIMIT * 2, DEFAULT_BODY_LIMIT * 2);
+    let (client, eventloop) = rumqttc::AsyncClient::new(options, 1024);
+    let state = Telemetry {
+        verifier: Arc::new(Mutex::new(verifier)),
+        sink: Sink::Broker(client),
+        requests: AtomicU64::new(0),
+        pending_commands: Default::default(),
+        stats: Default::default(),
+    };
+    spawn(addr, None, state, Some(eventloop))
+}
+
 /// Largest accepted envelope.
 pub const DEFAULT_BODY_LIMIT: usize = 256 * 1024;
+
+/// Where accepted envelopes go.
+pub enum Sink {
+    /// `machine-telemetry` (refusals to `telemetry-rejected`): the production path.
+    Kafka(FutureProducer),
+    /// The embedded MQTT broker's `machines/{id}/telemetry`, which the MQTT source feeds
+    /// straight into the dataflows (`vendflow demo --http`); refusals are answered and logged.
+    Broker(rumqttc::AsyncClient),
+}
+
+impl Sink {
+    async fn telemetry(&self, machine: &str, body: &Bytes) -> Result<(), String> {
+        match self {
+            Sink::Kafka(producer) => {
+                let record = FutureRecord::to(TELEMETRY_TOPIC)
+                    .key(machine)
+                    .payload(body.as_ref())
+                    .timestamp(Timestamp::now().0);
+                producer
+                    .send(record, Duration::from_secs(10))
+                    .await
+                    .map(|_| ())
+                    .map_err(|(e, _)| e.to_string())
+            }
+            Sink::Broker(client) => client
+                .publish(
+                    format!("machines/{machine}/telemetry"),
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    body.to_vec(),
+                )
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    async fn rejected(&self, machine: &str, rejection: &[u8]) {
+        if let Sink::Kafka(producer) = self {
+            let record = FutureRecord::to(REJECTED_TOPIC)
+                .key(machine)
+                .payload(rejection);
+            if let Err((e, _)) = producer.send(record, Duration::from_secs(10)).await {
+                tracing::error!(error = %e, "cannot record a refused envelope in {REJECTED_TOPIC}");
+            }
+        }
+    }
+}
 
 /// Shared by the handlers.
 pub struct Telemetry {
     pub verifier: Arc<Mutex<Verifier>>,
-    pub producer: FutureProducer,
+    /// Where accepted envelopes go.
+    pub sink: Sink,
     pub requests: AtomicU64,
     /// Commands the machines have not answered yet, offered in each answer.
     pub pending_commands: Arc<crate::bridge::PendingCommands>,
@@ -173,34 +332,28 @@ async fn telemetry(
             axum::Json(json!({"ack": true, "commands": commands, "duplicate": true}))
                 .into_response()
         }
-        Ok(Admission::Forward(signed)) => {
-            let record = FutureRecord::to(TELEMETRY_TOPIC)
-                .key(machine.as_str())
-                .payload(body.as_ref())
-                .timestamp(Timestamp::now().0);
-            match state.producer.send(record, Duration::from_secs(10)).await {
-                Ok(_) => {
-                    if let Some(s) = signed {
-                        state
-                            .verifier
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .forwarded(&s, &body);
-                    }
-                    state.pending_commands.answered(&machine, &body);
-                    let commands = state
-                        .pending_commands
-                        .for_machine(&machine, Timestamp::now().0);
-                    axum::Json(json!({"ack": true, "commands": commands})).into_response()
+        Ok(Admission::Forward(signed)) => match state.sink.telemetry(&machine, &body).await {
+            Ok(()) => {
+                if let Some(s) = signed {
+                    state
+                        .verifier
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .forwarded(&s, &body);
                 }
-                Err((e, _)) => error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "UNAVAILABLE",
-                    "the telemetry log is unavailable; keep the envelope and retry",
-                    json!({"kafka": e.to_string()}),
-                ),
+                state.pending_commands.answered(&machine, &body);
+                let commands = state
+                    .pending_commands
+                    .for_machine(&machine, Timestamp::now().0);
+                axum::Json(json!({"ack": true, "commands": commands})).into_response()
             }
-        }
+            Err(e) => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                "the telemetry log is unavailable; keep the envelope and retry",
+                json!({"cause": e}),
+            ),
+        },
         Err(refusal) => {
             tracing::warn!(machine_id = %machine, code = refusal.code(), "http telemetry refused: {refusal}");
             let mut rejected = Rejection::new(
@@ -210,13 +363,7 @@ async fn telemetry(
                 &body,
             );
             rejected.http_machine_id = Some(machine.clone());
-            let rejected = rejected.to_bytes();
-            let record = FutureRecord::to(REJECTED_TOPIC)
-                .key(machine.as_str())
-                .payload(&rejected);
-            if let Err((e, _)) = state.producer.send(record, Duration::from_secs(10)).await {
-                tracing::error!(error = %e, "cannot record a refused envelope in {REJECTED_TOPIC}");
-            }
+            state.sink.rejected(&machine, &rejected.to_bytes()).await;
             error(
                 refusal_status(&refusal),
                 &refusal.code().to_uppercase(),
