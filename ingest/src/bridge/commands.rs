@@ -118,10 +118,7 @@ pub struct Downlink {
 
 impl Downlink {
     pub fn new(brokers: &str) -> Result<Downlink, KafkaError> {
-        let client_error = |source| KafkaError::Client {
-            brokers: brokers.to_owned(),
-            source,
-        };
+        let client_error = KafkaError::client(brokers);
         let consumer: BaseConsumer = client_config(brokers)
             .set("group.id", "vendflow-bridge-commands")
             .set("enable.auto.commit", "false")

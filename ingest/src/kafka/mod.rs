@@ -87,6 +87,16 @@ pub enum KafkaError {
     },
 }
 
+impl KafkaError {
+    /// Wraps an rdkafka error of a client of `brokers` (for `map_err`).
+    pub fn client(brokers: &str) -> impl Fn(rdkafka::error::KafkaError) -> KafkaError + Copy + '_ {
+        move |source| KafkaError::Client {
+            brokers: brokers.to_owned(),
+            source,
+        }
+    }
+}
+
 /// Settings every vendflow Kafka client shares.
 pub fn client_config(brokers: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
@@ -103,7 +113,6 @@ pub fn client_config(brokers: &str) -> ClientConfig {
 /// `fleet-commands`, keyed by the id of what they describe; returns how many. A file with any
 /// invalid line is refused as a whole, with every line's reason, before anything is sent.
 pub fn load_registry(brokers: &str, text: &str) -> Result<usize, RegistryLoadError> {
-    use rdkafka::producer::{FutureProducer, FutureRecord};
     use vendflow_protocol::RegistryRecord;
     use vendflow_protocol::decode::decode_registry;
     let mut records = Vec::new();
@@ -128,56 +137,7 @@ pub fn load_registry(brokers: &str, text: &str) -> Result<usize, RegistryLoadErr
         return Err(RegistryLoadError::Invalid(problems.join("\n")));
     }
     ensure_topics(brokers, &[(source::FLEET_COMMANDS_TOPIC, 1)])?;
-    let client_error = |source| KafkaError::Client {
-        brokers: brokers.to_owned(),
-        source,
-    };
-    let producer: FutureProducer = client_config(brokers)
-        .set("enable.idempotence", "true")
-        .set("message.timeout.ms", "15000")
-        .create()
-        .map_err(client_error)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(KafkaError::Runtime)?;
-    // All in flight at once; every delivery is awaited, so a failure is reported, not lost.
-    runtime.block_on(async {
-        let mut deliveries = Vec::new();
-        for (key, line) in &records {
-            let mut record = FutureRecord::to(source::FLEET_COMMANDS_TOPIC)
-                .key(key.as_str())
-                .payload(*line);
-            loop {
-                match producer.send_result(record) {
-                    Ok(delivery) => {
-                        deliveries.push(delivery);
-                        break;
-                    }
-                    Err((e, r)) => {
-                        if !matches!(
-                            e,
-                            rdkafka::error::KafkaError::MessageProduction(
-                                rdkafka::types::RDKafkaErrorCode::QueueFull
-                            )
-                        ) {
-                            return Err(client_error(e));
-                        }
-                        record = r;
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                }
-            }
-        }
-        for delivery in deliveries {
-            match delivery.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(client_error(e)),
-                Err(_) => return Err(client_error(rdkafka::error::KafkaError::Canceled)),
-            }
-        }
-        Ok(())
-    })?;
+    produce_all(brokers, source::FLEET_COMMANDS_TOPIC, &records)?;
     Ok(records.len())
 }
 
@@ -195,40 +155,71 @@ pub fn send_command(
     brokers: &str,
     command: &vendflow_protocol::Command,
 ) -> Result<(i32, i64), KafkaError> {
-    use rdkafka::producer::{FutureProducer, FutureRecord};
-    let client_error = |source| KafkaError::Client {
-        brokers: brokers.to_owned(),
-        source,
-    };
     ensure_topics(brokers, &[(COMMANDS_TOPIC, 1)])?;
+    let payload = command.to_json();
+    let delivered = produce_all(
+        brokers,
+        COMMANDS_TOPIC,
+        &[(command.machine_id.as_str().to_owned(), payload.as_str())],
+    )?;
+    Ok(delivered.first().copied().unwrap_or((0, -1)))
+}
+
+/// Produces `records` (key, payload) to `topic` with an idempotent producer, all in flight at
+/// once, and waits for every delivery: a failure is reported, never lost. Returns each record's
+/// (partition, offset).
+fn produce_all(
+    brokers: &str,
+    topic: &str,
+    records: &[(String, &str)],
+) -> Result<Vec<(i32, i64)>, KafkaError> {
+    use rdkafka::error::KafkaError as RdError;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::types::RDKafkaErrorCode;
     let producer: FutureProducer = client_config(brokers)
         .set("enable.idempotence", "true")
         .set("message.timeout.ms", "15000")
         .create()
-        .map_err(client_error)?;
-    let payload = command.to_json();
-    let record = FutureRecord::to(COMMANDS_TOPIC)
-        .key(command.machine_id.as_str())
-        .payload(&payload);
+        .map_err(KafkaError::client(brokers))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(KafkaError::Runtime)?;
-    runtime
-        .block_on(producer.send(record, Duration::from_secs(15)))
-        .map(|delivery| (delivery.partition, delivery.offset))
-        .map_err(|(e, _)| client_error(e))
+    runtime.block_on(async {
+        let mut deliveries = Vec::new();
+        for (key, payload) in records {
+            let mut record = FutureRecord::to(topic).key(key.as_str()).payload(*payload);
+            loop {
+                match producer.send_result(record) {
+                    Ok(delivery) => {
+                        deliveries.push(delivery);
+                        break;
+                    }
+                    Err((RdError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        record = r;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    Err((e, _)) => return Err(KafkaError::client(brokers)(e)),
+                }
+            }
+        }
+        let mut delivered = Vec::new();
+        for delivery in deliveries {
+            match delivery.await {
+                Ok(Ok(d)) => delivered.push((d.partition, d.offset)),
+                Ok(Err((e, _))) => return Err(KafkaError::client(brokers)(e)),
+                Err(_) => return Err(KafkaError::client(brokers)(RdError::Canceled)),
+            }
+        }
+        Ok(delivered)
+    })
 }
 
 /// Creates `topics` (name, partitions) unless they exist.
 pub fn ensure_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<(), KafkaError> {
-    let admin: AdminClient<DefaultClientContext> =
-        client_config(brokers)
-            .create()
-            .map_err(|source| KafkaError::Client {
-                brokers: brokers.to_owned(),
-                source,
-            })?;
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers)
+        .create()
+        .map_err(KafkaError::client(brokers))?;
     let new: Vec<NewTopic> = topics
         .iter()
         .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
@@ -246,10 +237,7 @@ pub fn ensure_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<(), KafkaE
         })?;
     let results = runtime
         .block_on(admin.create_topics(&new, &options))
-        .map_err(|source| KafkaError::Client {
-            brokers: brokers.to_owned(),
-            source,
-        })?;
+        .map_err(KafkaError::client(brokers))?;
     for result in results {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}

@@ -139,14 +139,11 @@ pub fn start(
             .set("group.id", "vendflow-engine")
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
-            // A broker that holds a fetch open for its full wait (tansu does) would add up to
-            // this much to every view's freshness; librdkafka's default is 500 ms.
+            // A broker may hold a fetch open for its whole wait, which then adds to every
+            // view's freshness; librdkafka's default is 500 ms.
             .set("fetch.wait.max.ms", "50")
             .create()
-            .map_err(|source| KafkaError::Client {
-                brokers: brokers.to_owned(),
-                source,
-            })
+            .map_err(KafkaError::client(brokers))
     };
     let topics = [
         (TELEMETRY_TOPIC, config.partitions),
@@ -159,10 +156,7 @@ pub fn start(
     }
     let probe = client(&brokers)?;
     let telemetry_partitions =
-        partitions_of(&probe, TELEMETRY_TOPIC).map_err(|source| KafkaError::Client {
-            brokers: brokers.clone(),
-            source,
-        })?;
+        partitions_of(&probe, TELEMETRY_TOPIC).map_err(KafkaError::client(&brokers))?;
     drop(probe);
     let feeders = feeders.into_vec();
     let workers = feeders.len() as i32;
@@ -176,27 +170,18 @@ pub fn start(
         for p in (0..telemetry_partitions).filter(|p| p % workers == index as i32) {
             assignment
                 .add_partition_offset(TELEMETRY_TOPIC, p, Offset::Beginning)
-                .map_err(|source| KafkaError::Client {
-                    brokers: brokers.clone(),
-                    source,
-                })?;
+                .map_err(KafkaError::client(&brokers))?;
         }
         if index == 0 {
             for topic in [FLEET_COMMANDS_TOPIC, REJECTED_TOPIC, COMMANDS_TOPIC] {
                 assignment
                     .add_partition_offset(topic, 0, Offset::Beginning)
-                    .map_err(|source| KafkaError::Client {
-                        brokers: brokers.clone(),
-                        source,
-                    })?;
+                    .map_err(KafkaError::client(&brokers))?;
             }
         }
         consumer
             .assign(&assignment)
-            .map_err(|source| KafkaError::Client {
-                brokers: brokers.clone(),
-                source,
-            })?;
+            .map_err(KafkaError::client(&brokers))?;
         let stats = stats.clone();
         let stop = stop.clone();
         let tick = config.tick_ms.max(1);
