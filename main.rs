@@ -126,27 +126,7 @@ enum Command {
     /// `machine-commands`, `telemetry-rejected`) until Ctrl-C.
     ///
     /// Reads every partition from the beginning: on restart the views are rebuilt from the log.
-    Run {
-        /// Kafka bootstrap servers.
-        #[arg(long)]
-        kafka: String,
-        /// Write every view as CSV (and status.json) into this directory at each summary.
-        #[arg(long, short)]
-        out: Option<PathBuf>,
-        /// Write only the status (frontier, lagMs, consumed offsets) as JSON to this file at
-        /// each summary.
-        #[arg(long)]
-        status: Option<PathBuf>,
-        /// Seconds between summaries.
-        #[arg(long, default_value_t = 2.0)]
-        every: f64,
-        /// Partitions of `machine-telemetry` if it has to be created.
-        #[arg(long, default_value_t = 4)]
-        partitions: i32,
-        /// Granularity of the ingestion clock in milliseconds.
-        #[arg(long, default_value_t = 1000)]
-        tick_ms: u64,
-    },
+    Run(RunArgs),
     /// Simulated machines publishing signed telemetry over MQTT (load and end-to-end tests).
     Publish(PublishArgs),
     /// Send a command to a machine: produced to Kafka `machine-commands`; the bridge delivers it
@@ -199,6 +179,33 @@ enum Command {
         #[arg(long)]
         scenario: Option<String>,
     },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long)]
+    kafka: String,
+    /// Write every view as CSV (and status.json) into this directory at each summary.
+    #[arg(long, short)]
+    out: Option<PathBuf>,
+    /// Write only the status (frontier, lagMs, consumed offsets) as JSON to this file at
+    /// each summary.
+    #[arg(long)]
+    status: Option<PathBuf>,
+    /// Serve the views over HTTP on this address: `GET /views`, `/views/<name>`, and live
+    /// changes as Server-Sent Events at `/views/<name>/subscribe`.
+    #[arg(long)]
+    http: Option<std::net::SocketAddr>,
+    /// Seconds between summaries.
+    #[arg(long, default_value_t = 2.0)]
+    every: f64,
+    /// Partitions of `machine-telemetry` if it has to be created.
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    /// Granularity of the ingestion clock in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    tick_ms: u64,
 }
 
 #[derive(clap::Args)]
@@ -364,22 +371,7 @@ fn main() -> anyhow::Result<()> {
             eprintln!("bridge stopped: {}", stats.line());
             Ok(())
         }
-        Command::Run {
-            kafka,
-            out,
-            status,
-            every,
-            partitions,
-            tick_ms,
-        } => run_kafka(
-            config,
-            &kafka,
-            out.as_deref(),
-            status.as_deref(),
-            every,
-            partitions,
-            tick_ms,
-        ),
+        Command::Run(args) => run_kafka(config, args),
         Command::Publish(args) => publish(args),
         Command::Registry {
             command: RegistryCommand::Load { file, kafka },
@@ -489,18 +481,24 @@ fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
-fn run_kafka(
-    config: Config,
-    brokers: &str,
-    out: Option<&std::path::Path>,
-    status_file: Option<&std::path::Path>,
-    every: f64,
-    partitions: i32,
-    tick_ms: u64,
-) -> anyhow::Result<()> {
+fn run_kafka(config: Config, args: RunArgs) -> anyhow::Result<()> {
+    let RunArgs {
+        kafka,
+        out,
+        status,
+        http,
+        every,
+        partitions,
+        tick_ms,
+    } = args;
+    let (brokers, out, status_file) = (kafka.as_str(), out.as_deref(), status.as_deref());
     let stop = stop_flag()?;
     let mut engine = Engine::start(config)?;
     let store = engine.store();
+    if let Some(addr) = http {
+        vendflow_ingest::http::serve(addr, None, vendflow_queries::router(store.clone()), None)?;
+        eprintln!("run: views on http://{addr}/views (live: /views/<name>/subscribe)");
+    }
     let feeders = engine.feeders().context("engine feeders already taken")?;
     let stats = Arc::new(SourceStats::default());
     let handles = kafka_source::start(
@@ -762,8 +760,11 @@ fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
                 Some(credentials.clone()),
                 vendflow_ingest::auth::DEFAULT_MAX_SKEW_MS,
             ),
+            vendflow_queries::router(store.clone()),
         )?;
-        println!("vendflow demo: telemetry over HTTP on http://{addr}/api/telemetry");
+        println!(
+            "vendflow demo: telemetry over HTTP on http://{addr}/api/telemetry; views on http://{addr}/views, live: http://{addr}/views/<name>/subscribe"
+        );
     }
     sim::register(&fleet, &mut feeders)?;
     // The simulated clock is the ingestion clock.

@@ -67,7 +67,8 @@ fn replay_of_a_missing_file_says_so() {
     );
 }
 
-/// `demo --http`: machines on HTTP go through the embedded broker into the same dataflows.
+/// `demo --http`: machines on HTTP go through the embedded broker into the same dataflows, and
+/// the views are served on the same port.
 /// A valid envelope is acknowledged; one whose sale has fields of the wrong type is accepted by
 /// HTTP (its signature is fine) and refused by the dataflows' decoder, which the demo's final
 /// count shows; a wrong token gets 401.
@@ -130,6 +131,35 @@ fn demo_takes_telemetry_over_http_into_the_dataflows() -> anyhow::Result<()> {
     assert_eq!(code, "200", "{body}");
     let (code, body) = post(&good, "not-the-secret")?;
     assert_eq!(code, "401", "{body}");
+
+    // The views on the same port: a snapshot as JSON, and live changes as Server-Sent Events.
+    let get = |path: &str, seconds: &str| -> anyhow::Result<String> {
+        let out = Command::new(&curl)
+            .args([
+                "-s",
+                "-N",
+                "--max-time",
+                seconds,
+                &format!("http://{addr}{path}"),
+            ])
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let liveness: serde_json::Value = serde_json::from_str(&get("/views/liveness", "5")?)?;
+    let rows = liveness["rows"].as_array().cloned().unwrap_or_default();
+    assert_eq!(rows.len(), 5, "one liveness row per machine: {liveness}");
+    assert!(
+        rows.iter()
+            .all(|r| r["machine_id"].is_string() && r["status"].is_string())
+    );
+    let stream = get("/views/liveness/subscribe", "3")?;
+    let snapshot = stream.find("event: snapshot");
+    let change = stream.find("event: change");
+    assert!(
+        snapshot.is_some() && change.is_some() && snapshot < change,
+        "a snapshot first, then changes as the machines report: {stream}"
+    );
+    assert!(get("/views/nope", "5")?.contains("no view named"));
     let out = demo.wait_with_output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     // The fleet summary counts the dataflows' error records: exactly that one.

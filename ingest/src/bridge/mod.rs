@@ -525,7 +525,7 @@ fn serve_http(
         pending_commands,
         stats,
     };
-    crate::http::spawn(addr, tls, state, None)?;
+    crate::http::spawn(addr, tls, state, None, axum::Router::new())?;
     Ok(())
 }
 

@@ -40,13 +40,25 @@ pub enum ServeError {
     },
 }
 
-/// Serves [`router`] on `addr` (HTTPS with `tls` = (certificate, key) PEM files) from a thread
-/// and runtime of its own; `driver` is an MQTT event loop the [`Sink::Broker`] client needs
-/// polled. Errors are start-up errors: the address, the certificate.
+/// Serves [`router`] over `state`, plus `extra` routes, on `addr`; see [`serve`].
 pub fn spawn(
     addr: std::net::SocketAddr,
     tls: Option<&(std::path::PathBuf, std::path::PathBuf)>,
     state: Telemetry,
+    driver: Option<rumqttc::EventLoop>,
+    extra: Router,
+) -> Result<(), ServeError> {
+    let app = router(Arc::new(state), DEFAULT_BODY_LIMIT).merge(extra);
+    serve(addr, tls, app, driver)
+}
+
+/// Serves `app` on `addr` (HTTPS with `tls` = (certificate, key) PEM files) from a thread and
+/// runtime of its own; `driver` is an MQTT event loop a [`Sink::Broker`] client needs polled.
+/// Errors are start-up errors: the address, the certificate.
+pub fn serve(
+    addr: std::net::SocketAddr,
+    tls: Option<&(std::path::PathBuf, std::path::PathBuf)>,
+    app: Router,
     driver: Option<rumqttc::EventLoop>,
 ) -> Result<(), ServeError> {
     let listener = std::net::TcpListener::bind(addr).map_err(|e| ServeError::Bind(addr, e))?;
@@ -76,7 +88,6 @@ pub fn spawn(
         None => None,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let state = Arc::new(state);
     std::thread::Builder::new()
         .name("vendflow-http".into())
         .spawn(move || {
@@ -91,7 +102,6 @@ pub fn spawn(
                         }
                     });
                 }
-                let app = router(state, DEFAULT_BODY_LIMIT);
                 if let Some(config) = tls {
                     let served = match axum_server::from_tcp_rustls(listener, config) {
                         Ok(server) => server.serve(app.into_make_service()).await,
@@ -115,7 +125,7 @@ pub fn spawn(
             });
         })
         .map_err(|e| ServeError::Bind(addr, e))?;
-    tracing::info!("telemetry over {scheme}: POST {scheme}://{addr}/api/telemetry");
+    tracing::info!("serving {scheme}://{addr}");
     Ok(())
 }
 
@@ -125,6 +135,7 @@ pub fn spawn_into_broker(
     addr: std::net::SocketAddr,
     broker_port: u16,
     verifier: Verifier,
+    extra: Router,
 ) -> Result<(), ServeError> {
     let mut options = rumqttc::MqttOptions::new("vendflow-http", "127.0.0.1", broker_port);
     options.set_max_packet_size(DEFAULT_BODY_LIMIT * 2, DEFAULT_BODY_LIMIT * 2);
@@ -136,7 +147,7 @@ pub fn spawn_into_broker(
         pending_commands: Default::default(),
         stats: Default::default(),
     };
-    spawn(addr, None, state, Some(eventloop))
+    spawn(addr, None, state, Some(eventloop), extra)
 }
 
 /// Largest accepted envelope.

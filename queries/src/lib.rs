@@ -1,0 +1,193 @@
+//! Reading the views over HTTP: what the dashboard and scripts use.
+//!
+//! - `GET /views`: the catalog (name, description, columns).
+//! - `GET /views/{name}`: the view's rows as of the store's frontier, as JSON objects.
+//! - `GET /views/{name}/subscribe`: Server-Sent Events. First an event `snapshot`
+//!   (`{"time", "inserted"}` with every current row), then one `change` per publication
+//!   (`{"time", "inserted", "deleted"}`), all at the store's consistent frontiers. A client that
+//!   falls [`vendflow_dataflows::view_store::SUBSCRIBER_BUFFER`] changes behind gets an `error`
+//!   event saying so and the stream ends: memory does not grow for a slow reader.
+//!
+//! Values: money and readings as decimal strings (`"2.75"`, exact, never a binary float),
+//! instants as RFC 3339 (UTC), days as `YYYY-MM-DD`.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Map, Value as Json, json};
+use vendflow_dataflows::row::ColumnType;
+use vendflow_dataflows::views::find;
+use vendflow_dataflows::{CATALOG, Row, Value, ViewDef, ViewStore};
+
+/// The views API over `store`.
+pub fn router(store: ViewStore) -> Router {
+    Router::new()
+        .route("/views", get(catalog))
+        .route("/views/{name}", get(snapshot))
+        .route("/views/{name}/subscribe", get(subscribe))
+        .with_state(store)
+}
+
+/// One cell as JSON.
+pub fn cell(value: &Value) -> Json {
+    match value {
+        Value::Null => Json::Null,
+        Value::Bool(b) => Json::Bool(*b),
+        Value::Int(i) => Json::from(*i),
+        Value::Float(f) => serde_json::Number::from_f64(f.0).map_or(Json::Null, Json::Number),
+        Value::Text(t) => Json::String(t.as_str().to_owned()),
+        Value::Money(c) => Json::String(c.to_string()),
+        Value::Reading(m) => Json::String(m.to_string()),
+        Value::Time(t) => Json::String(t.to_string()),
+        Value::Date(days) => Json::String(
+            vendflow_protocol::Timestamp(days.saturating_mul(86_400_000))
+                .to_string()
+                .chars()
+                .take(10)
+                .collect(),
+        ),
+    }
+}
+
+/// A row as a JSON object named by `view`'s columns.
+pub fn row_json(view: &ViewDef, row: &Row) -> Json {
+    let mut object = Map::new();
+    for (column, value) in view.columns.iter().zip(row.iter()) {
+        object.insert(column.name.to_owned(), cell(value));
+    }
+    Json::Object(object)
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    (
+        status,
+        axum::Json(json!({"error": {"message": message}, "success": false})),
+    )
+        .into_response()
+}
+
+fn type_name(ty: ColumnType) -> &'static str {
+    match ty {
+        ColumnType::Bool => "boolean",
+        ColumnType::Int => "integer",
+        ColumnType::Float => "float",
+        ColumnType::Text => "text",
+        ColumnType::Money => "money",
+        ColumnType::Reading => "reading",
+        ColumnType::Time => "timestamp",
+        ColumnType::Date => "date",
+    }
+}
+
+async fn catalog() -> Response {
+    let views: Vec<Json> = CATALOG
+        .iter()
+        .map(|v| {
+            let columns: Vec<Json> = v
+                .columns
+                .iter()
+                .map(|c| json!({"name": c.name, "type": type_name(c.ty), "nullable": c.nullable}))
+                .collect();
+            json!({"name": v.name, "description": v.description, "columns": columns})
+        })
+        .collect();
+    axum::Json(json!({ "views": views })).into_response()
+}
+
+async fn snapshot(State(store): State<ViewStore>, Path(name): Path<String>) -> Response {
+    let Some((_, view)) = find(&name) else {
+        return error(StatusCode::NOT_FOUND, format!("no view named {name:?}"));
+    };
+    let snapshot = store.snapshot();
+    match snapshot.rows(&name) {
+        Ok(rows) => {
+            let rows: Vec<Json> = rows.iter().map(|r| row_json(view, r)).collect();
+            axum::Json(json!({"time": snapshot.frontier, "rows": rows})).into_response()
+        }
+        Err(e) => error(StatusCode::NOT_FOUND, e.to_string()),
+    }
+}
+
+async fn subscribe(State(store): State<ViewStore>, Path(name): Path<String>) -> Response {
+    let Some((_, view)) = find(&name) else {
+        return error(StatusCode::NOT_FOUND, format!("no view named {name:?}"));
+    };
+    let subscription = match store.subscribe(&name) {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::NOT_FOUND, e.to_string()),
+    };
+    // The store's subscription is a blocking channel: a blocking task relays it into a small
+    // async one. A client that does not read fills that, the relay stops taking changes, and
+    // the store cuts the subscription off at its own bound.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(16);
+    tokio::task::spawn_blocking(move || {
+        let mut first = true;
+        loop {
+            let event = match subscription.next_timeout(Duration::from_secs(1)) {
+                Ok(None) => {
+                    if tx.is_closed() {
+                        return; // the client went away
+                    }
+                    continue;
+                }
+                Ok(Some(change)) => {
+                    let rows = |rows: &[Row]| -> Vec<Json> {
+                        rows.iter().map(|r| row_json(view, r)).collect()
+                    };
+                    let (kind, data) = if first {
+                        first = false;
+                        (
+                            "snapshot",
+                            json!({"time": change.frontier, "inserted": rows(&change.inserted)}),
+                        )
+                    } else {
+                        (
+                            "change",
+                            json!({"time": change.frontier, "inserted": rows(&change.inserted),
+                                   "deleted": rows(&change.deleted)}),
+                        )
+                    };
+                    Event::default().event(kind).data(data.to_string())
+                }
+                Err(end) => {
+                    let _ = tx.blocking_send(Ok(Event::default()
+                        .event("error")
+                        .data(json!({"error": end.to_string()}).to_string())));
+                    return;
+                }
+            };
+            if tx.blocking_send(Ok(event)).is_err() {
+                return;
+            }
+        }
+    });
+    Sse::new(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vendflow_protocol::{Cents, Milli, Timestamp};
+
+    #[test]
+    fn cells_keep_exact_decimals_and_readable_times() {
+        assert_eq!(cell(&Value::Money(Cents(275))), json!("2.75"));
+        assert_eq!(cell(&Value::Money(Cents(-5))), json!("-0.05"));
+        assert_eq!(cell(&Value::Reading(Milli(4_500))), json!("4.5"));
+        assert_eq!(
+            cell(&Value::Time(Timestamp(1_705_305_600_000))),
+            json!("2024-01-15T08:00:00.000Z")
+        );
+        assert_eq!(cell(&Value::Date(19_737)), json!("2024-01-15"));
+        assert_eq!(cell(&Value::Null), Json::Null);
+        assert_eq!(cell(&Value::Int(3)), json!(3));
+    }
+}
