@@ -145,9 +145,16 @@ fn demo_takes_telemetry_over_http_into_the_dataflows() -> anyhow::Result<()> {
             .output()?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     };
-    let liveness: serde_json::Value = serde_json::from_str(&get("/views/liveness", "5")?)?;
-    let rows = liveness["rows"].as_array().cloned().unwrap_or_default();
-    assert_eq!(rows.len(), 5, "one liveness row per machine: {liveness}");
+    let started = std::time::Instant::now();
+    let rows = loop {
+        let liveness: serde_json::Value = serde_json::from_str(&get("/views/liveness", "5")?)?;
+        let rows = liveness["rows"].as_array().cloned().unwrap_or_default();
+        if rows.len() == 5 || started.elapsed() > std::time::Duration::from_secs(5) {
+            break rows;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(rows.len(), 5, "one liveness row per machine: {rows:?}");
     assert!(
         rows.iter()
             .all(|r| r["machine_id"].is_string() && r["status"].is_string())
@@ -160,6 +167,39 @@ fn demo_takes_telemetry_over_http_into_the_dataflows() -> anyhow::Result<()> {
         "a snapshot first, then changes as the machines report: {stream}"
     );
     assert!(get("/views/nope", "5")?.contains("no view named"));
+
+    // SQL over one snapshot of every view; read-only.
+    let sql = |query: &str, accept: &str| -> anyhow::Result<(String, String)> {
+        let out = Command::new(&curl)
+            .args([
+                "-s",
+                "-w",
+                "\n%{http_code}",
+                "-H",
+                &format!("Accept: {accept}"),
+            ])
+            .args(["--data-binary", query, &format!("http://{addr}/sql")])
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
+        Ok((code.trim().to_owned(), body.to_owned()))
+    };
+    let (code, body) = sql("SELECT count(*) AS n FROM liveness", "application/json")?;
+    assert_eq!(code, "200", "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body)?;
+    assert_eq!(answer["rows"][0]["n"], 5, "{body}");
+    let (code, body) = sql(
+        "SELECT l.machine_id, count(*) AS slots FROM liveness l \
+         JOIN inventory i ON i.machine_id = l.machine_id GROUP BY l.machine_id ORDER BY 1",
+        "text/csv",
+    )?;
+    assert_eq!(code, "200", "{body}");
+    assert!(body.starts_with("machine_id,slots\nmach_00000,"), "{body}");
+    let (code, body) = sql("DROP TABLE liveness", "application/json")?;
+    assert_eq!(code, "403", "{body}");
+    assert!(body.contains("read-only"), "{body}");
+    let (code, body) = sql("SELECT nope FROM liveness", "application/json")?;
+    assert_eq!(code, "400", "{body}");
     let out = demo.wait_with_output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     // The fleet summary counts the dataflows' error records: exactly that one.

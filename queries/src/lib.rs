@@ -1,5 +1,6 @@
-//! Reading the views over HTTP: what the dashboard and scripts use.
+//! Reading the views over HTTP: what the dashboard, analysts and scripts use.
 //!
+//! - `POST /sql`: a read-only SQL query over one snapshot of every view (see [`sql`]).
 //! - `GET /views`: the catalog (name, description, columns).
 //! - `GET /views/{name}`: the view's rows as of the store's frontier, as JSON objects.
 //! - `GET /views/{name}/subscribe`: Server-Sent Events. First an event `snapshot`
@@ -10,6 +11,8 @@
 //!
 //! Values: money and readings as decimal strings (`"2.75"`, exact, never a binary float),
 //! instants as RFC 3339 (UTC), days as `YYYY-MM-DD`.
+
+pub mod sql;
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -31,6 +34,7 @@ pub fn router(store: ViewStore) -> Router {
         .route("/views", get(catalog))
         .route("/views/{name}", get(snapshot))
         .route("/views/{name}/subscribe", get(subscribe))
+        .route("/sql", axum::routing::post(sql_endpoint))
         .with_state(store)
 }
 
@@ -170,6 +174,53 @@ async fn subscribe(State(store): State<ViewStore>, Path(name): Path<String>) -> 
     Sse::new(tokio_stream::wrappers::ReceiverStream::new(rx))
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+/// `POST /sql`: the body is one SQL query (or `{"sql": "…"}`). The answer is JSON
+/// (`{"time", "columns", "rows": [{column: value}]}`) unless `Accept` asks for `text/csv` or
+/// Arrow IPC (`application/vnd.apache.arrow.stream`). Refusals: 403 (not read-only), 400 (not
+/// valid SQL, unknown table or column), 408 (over the time limit).
+async fn sql_endpoint(
+    State(store): State<ViewStore>,
+    headers: axum::http::HeaderMap,
+    body: String,
+) -> Response {
+    let text = if body.trim_start().starts_with('{') {
+        match serde_json::from_str::<Json>(&body) {
+            Ok(v) => v["sql"].as_str().unwrap_or_default().to_owned(),
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("the body is not JSON: {e}"),
+                );
+            }
+        }
+    } else {
+        body
+    };
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_owned();
+    let answer = match sql::query(&store, &text, sql::Limits::default()).await {
+        Ok(a) => a,
+        Err(e) => {
+            let status = match e {
+                sql::QueryError::Refused(_) => StatusCode::FORBIDDEN,
+                sql::QueryError::Invalid(_) => StatusCode::BAD_REQUEST,
+                sql::QueryError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+                sql::QueryError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            return error(status, e.to_string());
+        }
+    };
+    match sql::encode(&answer, &accept) {
+        Ok((content_type, bytes)) => {
+            ([(axum::http::header::CONTENT_TYPE, content_type)], bytes).into_response()
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 #[cfg(test)]
