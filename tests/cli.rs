@@ -67,6 +67,23 @@ fn replay_of_a_missing_file_says_so() {
     );
 }
 
+/// `curl -s` with `args`, POSTing `body` to `url`: (HTTP status, response body).
+fn curl_post(
+    curl: &std::path::Path,
+    args: &[&str],
+    body: &str,
+    url: &str,
+) -> anyhow::Result<(String, String)> {
+    let out = Command::new(curl)
+        .args(["-s", "-w", "\n%{http_code}"])
+        .args(args)
+        .args(["--data-binary", body, url])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    Ok((code.trim().to_owned(), body.to_owned()))
+}
+
 /// `demo --http`: machines on HTTP go through the embedded broker into the same dataflows, and
 /// the views are served on the same port.
 /// A valid envelope is acknowledged; one whose sale has fields of the wrong type is accepted by
@@ -98,25 +115,15 @@ fn demo_takes_telemetry_over_http_into_the_dataflows() -> anyhow::Result<()> {
     let secret = vendflow_firmware::mqtt::simulated_secret(7, "mach_00001");
     let key = vendflow_protocol::auth::SecretHash::of(&secret);
     let now = vendflow_protocol::Timestamp::now().0;
-    let post = |body: &str, token: &str| -> anyhow::Result<(String, String)> {
-        let out = Command::new(&curl)
-            .args([
-                "-s",
-                "-w",
-                "\n%{http_code}",
-                "-H",
-                "X-Machine-Id: mach_00001",
-            ])
-            .args(["-H", &format!("X-Machine-Token: {token}")])
-            .args([
-                "--data-binary",
-                body,
-                &format!("http://{addr}/api/telemetry"),
-            ])
-            .output()?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
-        Ok((code.trim().to_owned(), body.to_owned()))
+    let url = format!("http://{addr}/api/telemetry");
+    let post = |body: &str, token: &str| {
+        let token = format!("X-Machine-Token: {token}");
+        curl_post(
+            &curl,
+            &["-H", "X-Machine-Id: mach_00001", "-H", &token],
+            body,
+            &url,
+        )
     };
     let heartbeat = format!(r#"[{{"type":"heartbeat","timestamp":{now},"payload":{{}}}}]"#);
     let good = sign_raw("mach_00001", &heartbeat, &key, now, "demo-http-1");
@@ -169,20 +176,10 @@ fn demo_takes_telemetry_over_http_into_the_dataflows() -> anyhow::Result<()> {
     assert!(get("/views/nope", "5")?.contains("no view named"));
 
     // SQL over one snapshot of every view; read-only.
-    let sql = |query: &str, accept: &str| -> anyhow::Result<(String, String)> {
-        let out = Command::new(&curl)
-            .args([
-                "-s",
-                "-w",
-                "\n%{http_code}",
-                "-H",
-                &format!("Accept: {accept}"),
-            ])
-            .args(["--data-binary", query, &format!("http://{addr}/sql")])
-            .output()?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
-        Ok((code.trim().to_owned(), body.to_owned()))
+    let sql_url = format!("http://{addr}/sql");
+    let sql = |query: &str, accept: &str| {
+        let accept = format!("Accept: {accept}");
+        curl_post(&curl, &["-H", &accept], query, &sql_url)
     };
     let (code, body) = sql("SELECT count(*) AS n FROM liveness", "application/json")?;
     assert_eq!(code, "200", "{body}");
@@ -205,8 +202,7 @@ fn demo_takes_telemetry_over_http_into_the_dataflows() -> anyhow::Result<()> {
     // The fleet summary counts the dataflows' error records: exactly that one.
     let last = text
         .lines()
-        .filter(|l| l.contains(" active / "))
-        .last()
+        .rfind(|l| l.contains(" active / "))
         .unwrap_or_default();
     assert!(
         last.ends_with("| refused 1"),
