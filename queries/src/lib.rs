@@ -38,24 +38,15 @@ pub fn router(store: ViewStore) -> Router {
         .with_state(store)
 }
 
-/// One cell as JSON.
+/// One cell as JSON: nulls, booleans and numbers as themselves; everything else (text,
+/// money, readings, instants, days) as its display text ([`Value::render`]).
 pub fn cell(value: &Value) -> Json {
     match value {
         Value::Null => Json::Null,
         Value::Bool(b) => Json::Bool(*b),
         Value::Int(i) => Json::from(*i),
         Value::Float(f) => serde_json::Number::from_f64(f.0).map_or(Json::Null, Json::Number),
-        Value::Text(t) => Json::String(t.as_str().to_owned()),
-        Value::Money(c) => Json::String(c.to_string()),
-        Value::Reading(m) => Json::String(m.to_string()),
-        Value::Time(t) => Json::String(t.to_string()),
-        Value::Date(days) => Json::String(
-            vendflow_protocol::Timestamp(days.saturating_mul(86_400_000))
-                .to_string()
-                .chars()
-                .take(10)
-                .collect(),
-        ),
+        other => Json::String(other.render()),
     }
 }
 
