@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 use tracing_subscriber::EnvFilter;
+use vendflow_dataflows::ErrorRecord;
 use vendflow_dataflows::{Batch, Config, Engine, FleetSummary};
 use vendflow_firmware::mqtt as mqtt_sim;
 use vendflow_firmware::{Fault, Fleet, FleetConfig};
@@ -20,8 +21,11 @@ use vendflow_ingest::kafka::TELEMETRY_TOPIC;
 use vendflow_ingest::kafka::source::{self as kafka_source, Freshness, SourceConfig, SourceStats};
 use vendflow_ingest::mqtt::MqttSourceStats;
 use vendflow_ingest::sim;
-use vendflow_protocol::Timestamp;
+use vendflow_ingest::{Position, Tap};
 use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR};
+use vendflow_protocol::{Event, Timestamp};
+use vendflow_queries::sql::{Limits, Sql};
+use vendflow_sinks::archive::{Archive, ArchiveConfig};
 
 // Timely workers allocate and free many small records across threads; glibc's allocator spends a
 // fifth of the time consolidating its arenas on the replay benchmark, mimalloc does not.
@@ -162,6 +166,22 @@ enum Command {
         #[command(subcommand)]
         command: RegistryCommand,
     },
+    /// Copy days of the Parquet archive for the data team: raw events, rejected records and the
+    /// per-day history tables, same layout, with `manifest.json` (every file, its rows and size).
+    Export {
+        /// The archive (`--archive` of `run` or `demo`).
+        #[arg(long)]
+        archive: PathBuf,
+        /// First day, `YYYY-MM-DD` (UTC).
+        #[arg(long)]
+        from: String,
+        /// Last day, included.
+        #[arg(long)]
+        to: String,
+        /// Where the copy goes (created).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Write a simulated fleet's registry and events as JSON Lines (fixtures, workloads).
     Simulate {
         /// Output directory: `registry.jsonl` and `events.jsonl` (in delivery order).
@@ -193,10 +213,15 @@ struct RunArgs {
     /// each summary.
     #[arg(long)]
     status: Option<PathBuf>,
-    /// Serve the views over HTTP on this address: `GET /views`, `/views/<name>`, and live
-    /// changes as Server-Sent Events at `/views/<name>/subscribe`.
+    /// Serve the views over HTTP on this address: `GET /views`, `/views/<name>`, live changes
+    /// as Server-Sent Events at `/views/<name>/subscribe`, and SQL at `POST /sql`.
     #[arg(long)]
     http: Option<std::net::SocketAddr>,
+    /// Serve SQL over the Postgres wire protocol on this address (`psql -h HOST -p PORT`).
+    #[arg(long)]
+    pg: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    archive: ArchiveArgs,
     /// Seconds between summaries.
     #[arg(long, default_value_t = 2.0)]
     every: f64,
@@ -228,10 +253,131 @@ struct DemoArgs {
     /// Port of the embedded MQTT broker on 127.0.0.1 (0: any free port).
     #[arg(long, default_value_t = 0)]
     mqtt_port: u16,
-    /// Also accept telemetry over HTTP (`POST /api/telemetry`, the simulated machines'
-    /// credentials) on this address, straight into the dataflows through the embedded broker.
+    /// HTTP address: the views, live subscriptions and `POST /sql`, and telemetry over HTTP
+    /// (`POST /api/telemetry`, the simulated machines' credentials) into the embedded broker.
+    /// If the port is taken, any free port is used and printed.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http: std::net::SocketAddr,
+    /// Postgres wire protocol address for SQL (`psql`); any free port if taken.
+    #[arg(long, default_value = "127.0.0.1:5433")]
+    pg: std::net::SocketAddr,
+    #[command(flatten)]
+    archive: ArchiveArgs,
+}
+
+#[derive(clap::Args)]
+struct ArchiveArgs {
+    /// Write the Parquet archive into this directory: raw events and rejected records by event
+    /// date and hour, snapshots of every view, and the closed days of the revenue and window
+    /// views; SQL then also has `events`, `rejected` and `<view>_history` (the demo defaults to
+    /// a new temporary directory).
     #[arg(long)]
-    http: Option<std::net::SocketAddr>,
+    archive: Option<PathBuf>,
+    /// Seconds between archive flushes (each writes one file per hour partition it touches).
+    #[arg(long, default_value_t = 10.0)]
+    archive_flush_secs: f64,
+    /// Seconds between snapshots of the views into the archive (and history updates).
+    #[arg(long, default_value_t = 60.0)]
+    archive_snapshot_secs: f64,
+    /// Compact an hour partition once it holds this many files.
+    #[arg(long, default_value_t = 16)]
+    archive_compact_files: usize,
+    /// Days of raw events and rejected records kept.
+    #[arg(long, default_value_t = 90)]
+    raw_retention_days: i64,
+    /// Days of per-day history kept.
+    #[arg(long, default_value_t = 730)]
+    history_retention_days: i64,
+}
+
+impl ArchiveArgs {
+    fn open(&self, root: Option<PathBuf>, config: &Config) -> anyhow::Result<Option<Archive>> {
+        let Some(root) = root.or_else(|| self.archive.clone()) else {
+            return Ok(None);
+        };
+        let archive = Archive::open(ArchiveConfig {
+            flush_every: Duration::from_secs_f64(self.archive_flush_secs.max(0.05)),
+            compact_min_files: self.archive_compact_files,
+            raw_retention_days: self.raw_retention_days,
+            history_retention_days: self.history_retention_days,
+            ..ArchiveConfig::new(&root, config)
+        })
+        .with_context(|| format!("cannot open the archive at {}", root.display()))?;
+        Ok(Some(archive))
+    }
+}
+
+/// The source tap that hands every record to the archive.
+fn archive_tap(archive: &Archive) -> Tap {
+    let tap = archive.tap();
+    Arc::new(
+        move |at: Position<'_>, events: &[Event], errors: &[ErrorRecord]| {
+            if let Err(e) = tap.record(
+                at.stream,
+                at.offset,
+                at.received_at,
+                events.to_vec(),
+                errors.to_vec(),
+            ) {
+                tracing::error!(stream = at.stream, offset = at.offset, error = %e, "archive: record not handed over");
+            }
+        },
+    )
+}
+
+/// `addr`, or any free port on its host when `addr` is taken (told on stderr).
+fn free_or_any(addr: std::net::SocketAddr) -> anyhow::Result<std::net::SocketAddr> {
+    match std::net::TcpListener::bind(addr) {
+        Ok(listener) => Ok(listener.local_addr()?),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            let any = std::net::TcpListener::bind((addr.ip(), 0))?.local_addr()?;
+            eprintln!("{addr} is in use; using {any} instead");
+            Ok(any)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot listen on {addr}")),
+    }
+}
+
+fn export(
+    archive: &std::path::Path,
+    from: &str,
+    to: &str,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    let day = |text: &str| {
+        Timestamp::parse_date(text)
+            .map(Timestamp::day)
+            .map_err(|e| anyhow::anyhow!("{text:?} is not a date (YYYY-MM-DD): {e}"))
+    };
+    let (from_day, to_day) = (day(from)?, day(to)?);
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let manifest =
+        vendflow_sinks::export::export(archive, from_day, to_day, out, &mut |p| match p {
+            vendflow_sinks::export::Progress::Total(n) => bar.set_length(n),
+            vendflow_sinks::export::Progress::Copied(n) => bar.inc(n),
+        })?;
+    bar.finish_and_clear();
+    let rows: Vec<String> = manifest
+        .rows()
+        .iter()
+        .map(|(table, rows)| format!("{table} {rows}"))
+        .collect();
+    eprintln!(
+        "exported {from}..={to}: {} files, {} bytes into {} ({}); manifest: {}",
+        manifest.files.len(),
+        manifest.bytes(),
+        out.display(),
+        if rows.is_empty() {
+            "no rows".to_owned()
+        } else {
+            rows.join(", ")
+        },
+        out.join("manifest.json").display()
+    );
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -372,6 +518,12 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => run_kafka(config, args),
+        Command::Export {
+            archive,
+            from,
+            to,
+            out,
+        } => export(&archive, &from, &to, &out),
         Command::Publish(args) => publish(args),
         Command::Registry {
             command: RegistryCommand::Load { file, kafka },
@@ -487,17 +639,45 @@ fn run_kafka(config: Config, args: RunArgs) -> anyhow::Result<()> {
         out,
         status,
         http,
+        pg,
+        archive,
         every,
         partitions,
         tick_ms,
     } = args;
     let (brokers, out, status_file) = (kafka.as_str(), out.as_deref(), status.as_deref());
     let stop = stop_flag()?;
+    let archive_args = archive;
+    let archive = archive_args.open(None, &config)?;
     let mut engine = Engine::start(config)?;
     let store = engine.store();
+    let sql = Sql::open(
+        store.clone(),
+        archive.as_ref().map(Archive::root),
+        Limits::default(),
+    )?;
     if let Some(addr) = http {
-        vendflow_ingest::http::serve(addr, None, vendflow_queries::router(store.clone()), None)?;
-        eprintln!("run: views on http://{addr}/views (live: /views/<name>/subscribe)");
+        vendflow_ingest::http::serve(
+            addr,
+            None,
+            vendflow_queries::router(store.clone(), sql.clone()),
+            None,
+        )?;
+        eprintln!(
+            "run: views on http://{addr}/views (live: /views/<name>/subscribe), SQL at POST http://{addr}/sql"
+        );
+    }
+    if let Some(addr) = pg {
+        let bound = vendflow_queries::pg::spawn(addr, sql.clone())
+            .with_context(|| format!("cannot serve the Postgres protocol on {addr}"))?;
+        eprintln!(
+            "run: SQL over the Postgres protocol: psql -h {} -p {} -U vendflow",
+            bound.ip(),
+            bound.port()
+        );
+    }
+    if let Some(a) = &archive {
+        eprintln!("run: archiving to {}", a.root().display());
     }
     let feeders = engine.feeders().context("engine feeders already taken")?;
     let stats = Arc::new(SourceStats::default());
@@ -509,11 +689,14 @@ fn run_kafka(config: Config, args: RunArgs) -> anyhow::Result<()> {
         },
         feeders,
         stats.clone(),
+        archive.as_ref().map(archive_tap),
         stop.clone(),
     )?;
     eprintln!("run: consuming {TELEMETRY_TOPIC} and fleet-commands from {brokers}; Ctrl-C to stop");
     let every = Duration::from_secs_f64(every.max(0.1));
     let mut freshness = Freshness::default();
+    let snapshot_every = Duration::from_secs_f64(archive_args.archive_snapshot_secs.max(0.1));
+    let mut last_archived = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         // Between summaries, watch the published frontier pass sampled messages.
         let slept = Instant::now();
@@ -523,6 +706,12 @@ fn run_kafka(config: Config, args: RunArgs) -> anyhow::Result<()> {
         }
         let snapshot = store.snapshot();
         let summary = FleetSummary::from_snapshot(&snapshot)?;
+        if let Some(a) = &archive
+            && last_archived.elapsed() >= snapshot_every
+        {
+            last_archived = Instant::now();
+            a.tap().views(snapshot.clone(), stats.positions_line());
+        }
         let fresh = freshness.percentiles();
         println!(
             "[{}] {summary} | consumed {} messages, {} events, {} refused | {}{}",
@@ -556,6 +745,10 @@ fn run_kafka(config: Config, args: RunArgs) -> anyhow::Result<()> {
                 "events": stats.events.load(Ordering::Relaxed),
                 "errors": stats.errors.load(Ordering::Relaxed),
                 "positions": stats.positions_line(),
+                "archive": archive.as_ref().map(|a| a.stats().line()),
+                "archived": archive.as_ref().map(|a| {
+                    a.stats().committed.lock().map(|c| c.clone()).unwrap_or_default()
+                }),
             });
             for path in status_files {
                 let tmp = path.with_extension("json.tmp");
@@ -566,6 +759,10 @@ fn run_kafka(config: Config, args: RunArgs) -> anyhow::Result<()> {
     }
     for h in handles {
         let _ = h.join();
+    }
+    if let Some(a) = archive {
+        let stats = a.close()?;
+        eprintln!("archive: {}", stats.line());
     }
     engine.shutdown()?;
     eprintln!("run stopped.");
@@ -719,13 +916,26 @@ fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
         duration,
         mqtt_port,
         http,
+        pg,
+        archive,
     } = args;
     if machines == 0 || speed <= 0.0 {
         bail!("--machines and --speed must be positive");
     }
     let stop = stop_flag()?;
+    let archive_args = archive;
+    let default_root = std::env::temp_dir().join(format!("vendflow-demo-{}", std::process::id()));
+    let archive = archive_args.open(
+        Some(archive_args.archive.clone().unwrap_or(default_root)),
+        &config,
+    )?;
     let mut engine = Engine::start(config)?;
     let store = engine.store();
+    let sql = Sql::open(
+        store.clone(),
+        archive.as_ref().map(Archive::root),
+        Limits::default(),
+    )?;
     let mut feeders = engine.feeders().context("engine feeders already taken")?;
     let mut fleet = Fleet::new(&FleetConfig {
         machines,
@@ -752,20 +962,34 @@ fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
         "vendflow demo: {machines} simulated machines at {speed}x from {}, publishing to the embedded MQTT broker on {listen} (Ctrl-C to stop)",
         fleet.now()
     );
-    if let Some(addr) = http {
-        vendflow_ingest::http::spawn_into_broker(
-            addr,
-            port,
-            Verifier::new(
-                Some(credentials.clone()),
-                vendflow_ingest::auth::DEFAULT_MAX_SKEW_MS,
-            ),
-            vendflow_queries::router(store.clone()),
-        )?;
+    let addr = free_or_any(http)?;
+    vendflow_ingest::http::spawn_into_broker(
+        addr,
+        port,
+        Verifier::new(
+            Some(credentials.clone()),
+            vendflow_ingest::auth::DEFAULT_MAX_SKEW_MS,
+        ),
+        vendflow_queries::router(store.clone(), sql.clone()),
+    )?;
+    let pg = vendflow_queries::pg::spawn(free_or_any(pg)?, sql.clone())
+        .context("cannot serve the Postgres protocol")?;
+    println!(
+        "vendflow demo: views on http://{addr}/views, live: http://{addr}/views/<name>/subscribe, SQL: POST http://{addr}/sql; telemetry over HTTP on http://{addr}/api/telemetry"
+    );
+    println!(
+        "vendflow demo: SQL for psql and BI tools: psql -h {} -p {} -U vendflow -c 'SELECT * FROM revenue_by_location_day'",
+        pg.ip(),
+        pg.port()
+    );
+    if let Some(a) = &archive {
         println!(
-            "vendflow demo: telemetry over HTTP on http://{addr}/api/telemetry; views on http://{addr}/views, live: http://{addr}/views/<name>/subscribe"
+            "vendflow demo: Parquet archive in {} (export: vendflow export --archive {} --from DAY --to DAY --out DIR)",
+            a.root().display(),
+            a.root().display()
         );
     }
+    let tap = archive.as_ref().map(archive_tap);
     sim::register(&fleet, &mut feeders)?;
     // The simulated clock is the ingestion clock.
     let sim_clock = Arc::new(AtomicU64::new(fleet.now().0.max(0) as u64));
@@ -787,6 +1011,7 @@ fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
                     feeders,
                     &|| clock.load(Ordering::SeqCst),
                     &stats,
+                    tap.as_ref(),
                     &stop,
                 )
             })?
@@ -795,6 +1020,8 @@ fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
         mqtt_sim::Publisher::connect("127.0.0.1", port, "vendflow-demo-fleet", seed);
     let started = Instant::now();
     let mut last_print = Instant::now();
+    let mut last_archived = Instant::now();
+    let snapshot_every = Duration::from_secs_f64(archive_args.archive_snapshot_secs.max(0.1));
     let end = Timestamp(i64::MAX / 2);
     let result = mqtt_sim::run(
         &mut fleet,
@@ -807,6 +1034,12 @@ fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
             sim_clock.store(now.0.max(0) as u64, Ordering::SeqCst);
             if duration.is_some_and(|d| started.elapsed().as_secs_f64() >= d) {
                 stop.store(true, Ordering::SeqCst);
+            }
+            if let Some(a) = &archive
+                && last_archived.elapsed() >= snapshot_every
+            {
+                last_archived = Instant::now();
+                a.tap().views(store.snapshot(), String::new());
             }
             if last_print.elapsed().as_secs_f64() >= every {
                 last_print = Instant::now();
@@ -824,6 +1057,11 @@ fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
     source
         .join()
         .map_err(|_| anyhow::anyhow!("the MQTT source panicked"))??;
+    if let Some(a) = archive {
+        let root = a.root().to_path_buf();
+        let stats = a.close()?;
+        println!("archive {}: {}", root.display(), stats.line());
+    }
     engine.shutdown()?;
     println!(
         "stopped: {} envelopes received over MQTT, {} events, {} refused.",

@@ -4,7 +4,10 @@
 //! 1. `kill -9` of the bridge in the middle of the stream, then a restart on the same session;
 //! 2. the bridge down while machines keep publishing, Mosquitto restarted meanwhile (its
 //!    persistence keeps the bridge's queued messages), then the bridge back;
-//! 3. `kill -9` of the engine, then a restart that rebuilds every view from the Kafka log.
+//! 3. `kill -9` of the engine while it archives a stream, then a restart that rebuilds every
+//!    view from the Kafka log and completes the Parquet archive: no row twice, none missing
+//!    (DuckDB over `vendflow export` equals vendflow's SQL), no temporary file visible; `psql`
+//!    queries live views, a join and the archive, and is refused a DROP.
 //!
 //! Plus: the bridge started before Kafka waits for it; a forged envelope (one machine publishing
 //! as another) is refused; inventory equals a batch replay of everything sent; and every message
@@ -211,8 +214,23 @@ fn finish(publisher: std::process::Child) -> anyhow::Result<u64> {
 }
 
 /// `vendflow run` on `kafka`, writing its views into `out` twice a second.
-fn start_engine(bin: &Path, kafka: &str, out: &Path, log: &Path) -> anyhow::Result<Daemon> {
+/// Where an engine serves: its Parquet archive, HTTP and Postgres-protocol addresses.
+struct Serving {
+    archive: PathBuf,
+    http: String,
+    pg_port: u16,
+}
+
+fn start_engine(
+    bin: &Path,
+    kafka: &str,
+    out: &Path,
+    serving: &Serving,
+    log: &Path,
+) -> anyhow::Result<Daemon> {
     let out = out.display().to_string();
+    let archive = serving.archive.display().to_string();
+    let pg = format!("127.0.0.1:{}", serving.pg_port);
     Daemon::spawn(
         "engine",
         bin,
@@ -226,9 +244,192 @@ fn start_engine(bin: &Path, kafka: &str, out: &Path, log: &Path) -> anyhow::Resu
             "0.5",
             "--partitions",
             "3",
+            "--archive",
+            &archive,
+            "--archive-flush-secs",
+            "0.3",
+            "--archive-snapshot-secs",
+            "1",
+            "--archive-compact-files",
+            "6",
+            "--http",
+            &serving.http,
+            "--pg",
+            &pg,
         ],
         log,
     )
+}
+
+/// Waits until the archive has committed every telemetry message the engine consumed.
+fn wait_archived(out: &Path, engine: &Daemon) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut last = String::new();
+    while started.elapsed() < Duration::from_secs(60) {
+        if let Ok(text) = std::fs::read_to_string(out.join("status.json")) {
+            let status: serde_json::Value = serde_json::from_str(&text)?;
+            let positions = status["positions"].as_str().unwrap_or_default();
+            let telemetry: Vec<(String, i64)> = positions
+                .split_whitespace()
+                .filter_map(|p| {
+                    let (stream, next) = p.split_once('=')?;
+                    stream
+                        .starts_with("machine-telemetry/")
+                        .then(|| Some((stream.replace('/', "."), next.parse().ok()?)))?
+                })
+                .collect();
+            let archived = &status["archived"];
+            if !telemetry.is_empty()
+                && telemetry
+                    .iter()
+                    .all(|(s, next)| archived[s].as_i64() == Some(*next))
+            {
+                return Ok(());
+            }
+            last = text;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    bail!(
+        "the archive never caught up with the engine: {last}\n{}",
+        tail(&engine.output())
+    )
+}
+
+/// `POST /sql` answered as CSV.
+fn sql_csv(curl: &Path, http: &str, sql: &str, to: &Path) -> anyhow::Result<()> {
+    let out = Command::new(curl)
+        .args(["-s", "-f", "-H", "Accept: text/csv", "--data-binary", sql])
+        .arg(format!("http://{http}/sql"))
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "POST /sql {sql:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::fs::write(to, &out.stdout)?;
+    Ok(())
+}
+
+/// `psql -c SQL` against the engine: (success, stdout, stderr).
+fn psql(program: &Path, port: u16, sql: &str) -> anyhow::Result<(bool, String, String)> {
+    let out = Command::new(program)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "vendflow"])
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// The analysts' side against a running engine: psql (a live view, a join of two views, the
+/// Parquet archive, a refused DROP), then DuckDB over `vendflow export` equal to vendflow's SQL.
+fn analyst_checks(
+    psql_bin: &Path,
+    curl: &Path,
+    python: &Path,
+    serving: &Serving,
+    d: &Path,
+) -> anyhow::Result<()> {
+    let port = serving.pg_port;
+    let (ok, out, err) = psql(psql_bin, port, "SELECT count(*) FROM inventory")?;
+    assert!(ok, "psql SELECT on a live view failed: {err}");
+    assert!(
+        out.parse::<i64>()? > 0,
+        "inventory is empty over psql: {out}"
+    );
+    let (ok, out, err) = psql(
+        psql_bin,
+        port,
+        "SELECT count(*) FROM revenue_machine_daily r JOIN liveness l ON l.machine_id = r.machine_id",
+    )?;
+    assert!(ok, "psql join of two views failed: {err}");
+    assert!(out.parse::<i64>()? > 0, "the join is empty: {out}");
+    let (ok, out, err) = psql(
+        psql_bin,
+        port,
+        "SELECT count(*) FROM events WHERE type = 'sale' AND date >= DATE '2000-01-01'",
+    )?;
+    assert!(ok, "psql over the Parquet archive failed: {err}");
+    assert!(out.parse::<i64>()? > 0, "no sales in the archive: {out}");
+    let (ok, _, err) = psql(
+        psql_bin,
+        port,
+        "SELECT count(*) FROM revenue_by_location_day",
+    )?;
+    assert!(ok, "the ready view failed: {err}");
+    let (ok, _, err) = psql(psql_bin, port, "DROP TABLE inventory")?;
+    assert!(
+        !ok && err.contains("read-only"),
+        "DROP was not refused: {err}"
+    );
+    let (ok, _, err) = psql(psql_bin, port, "COPY inventory TO '/tmp/inventory.csv'")?;
+    assert!(
+        !ok && err.contains("read-only"),
+        "COPY was not refused: {err}"
+    );
+
+    // The data team's copy, checked by DuckDB against vendflow's own answers.
+    let export = d.join("export");
+    let archive = serving.archive.display().to_string();
+    vendflow(&[
+        "export",
+        "--archive",
+        &archive,
+        "--from",
+        "2000-01-01",
+        "--to",
+        "2100-01-01",
+        "--out",
+        &export.display().to_string(),
+    ])?;
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(export.join("manifest.json"))?)?;
+    assert!(
+        manifest["rows"]["events"].as_u64().unwrap_or(0) > 0,
+        "the manifest counts no events: {manifest}"
+    );
+    let (revenue, windows) = (d.join("sql-revenue.csv"), d.join("sql-windows.csv"));
+    sql_csv(
+        curl,
+        &serving.http,
+        "SELECT machine_id, CAST(day AS VARCHAR) AS day, revenue FROM revenue_by_machine_day",
+        &revenue,
+    )?;
+    sql_csv(
+        curl,
+        &serving.http,
+        "SELECT machine_id, CAST(window_start AS BIGINT) AS window_ms, max_temperature FROM anomaly_windows",
+        &windows,
+    )?;
+    let script = vendflow_tests::root().join("tests/archive_check.py");
+    let out = vendflow_tests::run_python(python, &[&script, &export, &revenue, &windows])?;
+    eprint!("{}", String::from_utf8_lossy(&out.stdout));
+    Ok(())
+}
+
+/// Nothing half-written is visible in the archive.
+fn assert_no_temporaries(archive: &Path) -> anyhow::Result<()> {
+    let mut stack = vec![archive.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                assert!(
+                    path.extension().is_none_or(|e| e != "tmp"),
+                    "a temporary file is left in the archive: {}",
+                    path.display()
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `curl` trusting the test's own certificate authority (the bridge serves HTTPS).
@@ -794,6 +995,12 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
     let Some(tansu_bin) = require_program("tansu", &[home.join(".cargo/bin/tansu")])? else {
         return Ok(());
     };
+    let Some(psql_bin) = require_program("psql", &[])? else {
+        return Ok(());
+    };
+    let Some(python) = vendflow_tests::python_with_duckdb()? else {
+        return Ok(());
+    };
     let dir = tempfile::tempdir()?;
     // VENDFLOW_KEEP=1 keeps the brokers' and processes' logs and the views for a post-mortem.
     let dir = if std::env::var_os("VENDFLOW_KEEP").is_some() {
@@ -860,7 +1067,12 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
     // The broker keeps telemetry for the bridge's session only once it has subscribed.
     wait_for_log(&bridge, "subscribed", Duration::from_secs(30))?;
     let out1 = d.join("views-1");
-    let mut engine = start_engine(&bin, &kafka, &out1, &d.join("engine-1.log"))?;
+    let serving = Serving {
+        archive: d.join("archive"),
+        http: format!("127.0.0.1:{}", free_port()?),
+        pg_port: free_port()?,
+    };
+    let mut engine = start_engine(&bin, &kafka, &out1, &serving, &d.join("engine-1.log"))?;
     // The fleet's registry (locations, machines, leases) through fleet-commands.
     vendflow(&["registry", "load", &registry_text, "--kafka", &kafka])?;
 
@@ -929,12 +1141,21 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
         .context("a restarted bridge no longer offers a pending command over HTTP")?;
     wait_for_revenue(&out1, &expected, &engine, &kafka, "mosquitto restarted")?;
 
-    // 3. kill -9 the engine; a new one rebuilds everything from the log.
+    // 3. kill -9 the engine while a stream flows and it writes Parquet; a new one rebuilds every
+    // view from the log and completes the archive, writing no row twice and skipping none.
+    let sent3 = d.join("sent-3.jsonl");
+    let publisher = publish(&mqtt, "3", Some("3600"), None, &sent3)?;
+    std::thread::sleep(Duration::from_millis(1500));
     engine.kill();
+    finish(publisher)?;
     let out2 = d.join("views-2");
-    engine = start_engine(&bin, &kafka, &out2, &d.join("engine-2.log"))?;
+    engine = start_engine(&bin, &kafka, &out2, &serving, &d.join("engine-2.log"))?;
+    let expected = oracle(&[&sent1, &sent_http, &sent_commands, &sent2, &sent3])?;
     wait_for_revenue(&out2, &expected, &engine, &kafka, "engine rebuilt")?;
     wait_for_registry(&out2, 20, &engine)?;
+    wait_archived(&out2, &engine)?;
+    assert_no_temporaries(&serving.archive)?;
+    analyst_checks(&psql_bin, &curl.program, &python, &serving, d)?;
 
     // Inventory equals a batch replay of everything the machines sent.
     let all = d.join("sent-all.jsonl");
@@ -943,7 +1164,8 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
         std::fs::read_to_string(&sent1)?
             + &std::fs::read_to_string(&sent_http)?
             + &std::fs::read_to_string(&sent_commands)?
-            + &std::fs::read_to_string(&sent2)?,
+            + &std::fs::read_to_string(&sent2)?
+            + &std::fs::read_to_string(&sent3)?,
     )?;
     let replayed = d.join("replayed");
     vendflow(&[

@@ -2,7 +2,7 @@
 # The whole test suite, from a clean clone: installs what the tests need, builds, runs every test.
 #
 # - Python with duckdb and pyarrow (a venv under ~/.cache/vendflow) for the DuckDB cross-checks;
-# - Mosquitto (Debian) and tansu, a Kafka-protocol broker (cargo install, cached in ~/.cargo/bin:
+# - Mosquitto, curl, openssl and psql (Debian's postgresql-client), and tansu, a Kafka-protocol broker (cargo install, cached in ~/.cargo/bin:
 #   only a fresh machine pays its ~10-minute build), for the broker tests;
 # - the vendflow binary (the end-to-end tests run the real thing);
 # - then every crate's tests with cargo-nextest (or cargo test where nextest is missing).
@@ -21,11 +21,11 @@ fi
 export VENDFLOW_PYTHON="$venv/bin/python"
 
 if ! command -v mosquitto >/dev/null || ! command -v mosquitto_pub >/dev/null \
-  || ! command -v curl >/dev/null || ! command -v openssl >/dev/null; then
-  echo "== installing mosquitto, curl, openssl"
+  || ! command -v curl >/dev/null || ! command -v openssl >/dev/null || ! command -v psql >/dev/null; then
+  echo "== installing mosquitto, curl, openssl, postgresql-client (psql)"
   sudo_=""; [ "$(id -u)" = 0 ] || sudo_="sudo"
   $sudo_ apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq mosquitto mosquitto-clients curl openssl >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq mosquitto mosquitto-clients curl openssl postgresql-client >/dev/null
 fi
 # The broker tests start their own mosquitto on a free port; the packaged service is not needed.
 if ! command -v tansu >/dev/null && [ ! -x "$HOME/.cargo/bin/tansu" ]; then

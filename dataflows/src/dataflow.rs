@@ -6,7 +6,8 @@
 //!    ├────────────────────────────────┬┴▶ anomaly_windows ───────┼▶ health       ├▶ rows ─▶ store
 //!    └▶ liveness ◀── registry ────────┘                          │               │
 //! errors ─▶ errors / error_counts;  late records of every view ─▶ too_late ──────┤
-//! commands + command_ack events ─▶ commands ─────────────────────────────────────┘
+//! commands + command_ack events ─▶ commands ─────────────────────────────────────┤
+//! registry leases ─▶ leases ──────────────────────────────────────────────────────┘
 //! ```
 
 use differential_dataflow::VecCollection;
@@ -19,7 +20,8 @@ use crate::operators::Time;
 use crate::row::Row;
 use crate::views::CATALOG;
 use crate::{
-    anomaly_windows, commands, errors, health, inventory, liveness, revenue, sales, stockout,
+    anomaly_windows, commands, errors, health, inventory, leases, liveness, revenue, sales,
+    stockout,
 };
 
 /// The dataflow's inputs.
@@ -56,6 +58,7 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
     let revenue = revenue::render(sales.accepted.clone(), machine_location, config);
     let levels = inventory::render(events.clone(), sales.accepted.clone(), plans);
     let windows = anomaly_windows::render(events.clone(), sales.accepted.clone(), config);
+    let leases = leases::render(registry.clone());
     let liveness = liveness::render(events.clone(), registry, config);
     let stockout = stockout::render(events, sales.accepted, levels.clone(), clock, config);
     let facts = health::facts(
@@ -111,6 +114,7 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
         ("error_counts", errors.counts.map(errors::count_row)),
         ("too_late", errors.too_late.map(errors::too_late_row)),
         ("commands", commands.status.map(commands::row)),
+        ("leases", leases.map(leases::row)),
     ];
     let mut by_name: std::collections::HashMap<&str, VecCollection<'s, Time, Row>> =
         views.into_iter().collect();

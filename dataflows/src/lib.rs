@@ -18,6 +18,7 @@
 //! - [`liveness`]: last heartbeat and status per machine.
 //! - [`stockout`]: hours until each slot is empty, machines to restock.
 //! - [`health`]: a score per machine with its reasons.
+//! - [`leases`]: the registry's leases (revenue shares are SQL over this and revenue).
 //! - [`errors`]: refused records, their counts, and too-late events.
 //! - [`summary`]: the fleet's headline numbers from one snapshot.
 //! - `operators`: the temporal filter and the keyed in-time-order operator.
@@ -30,6 +31,7 @@ pub mod engine;
 pub mod errors;
 pub mod health;
 pub mod inventory;
+pub mod leases;
 pub mod liveness;
 mod operators;
 pub mod revenue;

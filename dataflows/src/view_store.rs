@@ -239,6 +239,33 @@ impl ViewStore {
         }
     }
 
+    /// The views `names` (the others left empty) as of the same frontier, unsorted: what a
+    /// query reads, without copying or sorting the views it does not touch.
+    pub fn snapshot_of(&self, names: &[&str]) -> Snapshot {
+        let state = self.read();
+        Snapshot {
+            frontier: state.frontier,
+            views: CATALOG
+                .iter()
+                .zip(&state.rows)
+                .map(|(def, rows)| {
+                    let rows = if names.contains(&def.name) {
+                        let mut out = Vec::with_capacity(rows.len());
+                        for (row, n) in rows {
+                            for _ in 0..(*n).max(0) {
+                                out.push(row.clone());
+                            }
+                        }
+                        out
+                    } else {
+                        Vec::new()
+                    };
+                    (def, rows)
+                })
+                .collect(),
+        }
+    }
+
     /// Subscribes to a view: the first change holds the current rows, then one change per publication.
     pub fn subscribe(&self, name: &str) -> Result<Subscription, StoreError> {
         let (view, _) = find(name).ok_or_else(|| unknown(name))?;

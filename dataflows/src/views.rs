@@ -34,6 +34,7 @@ pub const CATALOG: &[ViewDef] = &[
     crate::errors::ERROR_COUNTS,
     crate::errors::TOO_LATE,
     crate::commands::COMMANDS,
+    crate::leases::LEASES,
 ];
 
 /// Looks a view up by name.

@@ -21,6 +21,24 @@ pub mod kafka;
 pub mod mqtt;
 pub mod sim;
 
+/// Where a record was read: its stream (a Kafka topic partition, one run of an MQTT source) and
+/// its position in it, with the ingestion time it was given.
+#[derive(Clone, Copy, Debug)]
+pub struct Position<'a> {
+    pub stream: &'a str,
+    pub offset: i64,
+    pub received_at: vendflow_protocol::Timestamp,
+}
+
+/// Sees every record a source reads, with its position, the events it carried and what was
+/// refused in it: how the Parquet archive receives raw events exactly once per position. Called
+/// on the source's thread, in order per stream; it may block (backpressure).
+pub type Tap = std::sync::Arc<
+    dyn Fn(Position<'_>, &[vendflow_protocol::Event], &[vendflow_dataflows::ErrorRecord])
+        + Send
+        + Sync,
+>;
+
 /// Why a source stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {

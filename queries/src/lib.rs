@@ -1,5 +1,11 @@
-//! Reading the views over HTTP: what the dashboard, analysts and scripts use.
+//! Reading the views and the archive: what the dashboard, analysts and scripts use.
 //!
+//! # Layout
+//! - [`sql`]: the DataFusion engine: live views, archive tables, ready views, read-only rules.
+//! - [`pg`]: the Postgres wire protocol over the same engine (`psql`, BI tools).
+//! - this file: the HTTP routes.
+//!
+//! # HTTP
 //! - `POST /sql`: a read-only SQL query over one snapshot of every view (see [`sql`]).
 //! - `GET /views`: the catalog (name, description, columns).
 //! - `GET /views/{name}`: the view's rows as of the store's frontier, as JSON objects.
@@ -8,17 +14,22 @@
 //!   (`{"time", "inserted", "deleted"}`), all at the store's consistent frontiers. A client that
 //!   falls [`vendflow_dataflows::view_store::SUBSCRIBER_BUFFER`] changes behind gets an `error`
 //!   event saying so and the stream ends: memory does not grow for a slow reader.
+//!   `?where=<SQL condition on the view's columns>` (e.g. `where=units <= 2 AND machine_id =
+//!   'mach_00001'`) keeps only matching rows, in the snapshot and in every change.
 //!
 //! Values: money and readings as decimal strings (`"2.75"`, exact, never a binary float),
 //! instants as RFC 3339 (UTC), days as `YYYY-MM-DD`.
 
+mod filter;
+pub mod pg;
 pub mod sql;
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -28,14 +39,20 @@ use vendflow_dataflows::row::ColumnType;
 use vendflow_dataflows::views::find;
 use vendflow_dataflows::{CATALOG, Row, Value, ViewDef, ViewStore};
 
-/// The views API over `store`.
-pub fn router(store: ViewStore) -> Router {
+#[derive(Clone)]
+struct AppState {
+    store: ViewStore,
+    sql: Arc<sql::Sql>,
+}
+
+/// The views API over `store`, with SQL through `sql`.
+pub fn router(store: ViewStore, sql: Arc<sql::Sql>) -> Router {
     Router::new()
         .route("/views", get(catalog))
         .route("/views/{name}", get(snapshot))
         .route("/views/{name}/subscribe", get(subscribe))
         .route("/sql", axum::routing::post(sql_endpoint))
-        .with_state(store)
+        .with_state(AppState { store, sql })
 }
 
 /// One cell as JSON: nulls, booleans and numbers as themselves; everything else (text,
@@ -95,7 +112,10 @@ async fn catalog() -> Response {
     axum::Json(json!({ "views": views })).into_response()
 }
 
-async fn snapshot(State(store): State<ViewStore>, Path(name): Path<String>) -> Response {
+async fn snapshot(
+    State(AppState { store, .. }): State<AppState>,
+    Path(name): Path<String>,
+) -> Response {
     let Some((_, view)) = find(&name) else {
         return error(StatusCode::NOT_FOUND, format!("no view named {name:?}"));
     };
@@ -109,9 +129,28 @@ async fn snapshot(State(store): State<ViewStore>, Path(name): Path<String>) -> R
     }
 }
 
-async fn subscribe(State(store): State<ViewStore>, Path(name): Path<String>) -> Response {
+#[derive(serde::Deserialize)]
+struct SubscribeParams {
+    #[serde(rename = "where")]
+    condition: Option<String>,
+}
+
+async fn subscribe(
+    State(AppState { store, .. }): State<AppState>,
+    Path(name): Path<String>,
+    Query(params): Query<SubscribeParams>,
+) -> Response {
     let Some((_, view)) = find(&name) else {
         return error(StatusCode::NOT_FOUND, format!("no view named {name:?}"));
+    };
+    let filter = match params
+        .condition
+        .as_deref()
+        .map(|c| filter::Filter::new(view, c))
+    {
+        None => None,
+        Some(Ok(f)) => Some(f),
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, e),
     };
     let subscription = match store.subscribe(&name) {
         Ok(s) => s,
@@ -133,7 +172,14 @@ async fn subscribe(State(store): State<ViewStore>, Path(name): Path<String>) -> 
                 }
                 Ok(Some(change)) => {
                     let rows = |rows: &[Row]| -> Vec<Json> {
-                        rows.iter().map(|r| row_json(view, r)).collect()
+                        match &filter {
+                            Some(f) => f
+                                .keep(rows)
+                                .into_iter()
+                                .map(|r| row_json(view, r))
+                                .collect(),
+                            None => rows.iter().map(|r| row_json(view, r)).collect(),
+                        }
                     };
                     let (kind, data) = if first {
                         first = false;
@@ -172,7 +218,7 @@ async fn subscribe(State(store): State<ViewStore>, Path(name): Path<String>) -> 
 /// Arrow IPC (`application/vnd.apache.arrow.stream`). Refusals: 403 (not read-only), 400 (not
 /// valid SQL, unknown table or column), 408 (over the time limit).
 async fn sql_endpoint(
-    State(store): State<ViewStore>,
+    State(AppState { sql, .. }): State<AppState>,
     headers: axum::http::HeaderMap,
     body: String,
 ) -> Response {
@@ -194,7 +240,7 @@ async fn sql_endpoint(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_owned();
-    let answer = match sql::query(&store, &text, sql::Limits::default()).await {
+    let answer = match sql.query(&text).await {
         Ok(a) => a,
         Err(e) => {
             let status = match e {

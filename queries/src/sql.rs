@@ -1,28 +1,56 @@
-//! SQL over the live views, with DataFusion.
+//! SQL over the live views and the Parquet archive, with DataFusion.
 //!
-//! Each query runs over one snapshot of the view store: every view is a table of that snapshot
-//! (an in-memory `TableProvider`), so a query joining two views sees one frontier. Read-only:
-//! DDL (`CREATE`, `DROP`, `CREATE EXTERNAL TABLE`), DML (`INSERT`, `COPY`) and statements (`SET`,
-//! transactions) are refused before planning; no table reads files. Each query has a time limit
-//! and a memory limit, and runs on its own runtime threads apart from the dataflows.
+//! One [`Sql`] serves HTTP (`POST /sql`) and the Postgres wire protocol. Its tables:
+//! - every live view, as a `TableProvider` reading the view store. All the views one query reads
+//!   come from **one snapshot** (one frontier): the snapshot is chosen per query, keyed by the
+//!   query's start instant, so a join of two views never mixes two timestamps;
+//! - with an archive: `events` and `rejected` (Hive-partitioned by `date` and `hour`, so
+//!   `WHERE date = DATE '2024-03-09'` reads only that day's files), and `<view>_history` for each
+//!   per-day history table (partitioned by `date`);
+//! - ready views for analysts: `revenue_by_machine_day` and `revenue_by_location_day` (the live
+//!   days from the views, older days from the history), and `lease_revenue_share_monthly`.
+//!
+//! Read-only: anything but a query (DDL, DML, `COPY`, `CREATE EXTERNAL TABLE`, `SET`) is refused
+//! before it is planned, and no function or table reads arbitrary files. Each query has a time
+//! limit; at most [`Limits::concurrent`] run at once, sharing one memory pool of
+//! `concurrent × memory_bytes` that spills or fails a query rather than grow; DataFusion runs on
+//! the async runtime's threads, apart from the dataflow's workers.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arrow_array::RecordBatch;
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::Session;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::datasource::{MemTable, TableProvider, TableType};
+use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::prelude::{SessionConfig, SessionContext};
-use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
+use datafusion::sql::sqlparser::ast::Statement;
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
-use vendflow_dataflows::ViewStore;
+use tokio::sync::Semaphore;
+use vendflow_dataflows::{CATALOG, Snapshot, ViewDef, ViewStore};
 
 /// Per-query limits.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub timeout: Duration,
     pub memory_bytes: usize,
+    /// Queries running at once; more wait (within their time limit).
+    pub concurrent: usize,
 }
 
 impl Default for Limits {
@@ -30,6 +58,7 @@ impl Default for Limits {
         Limits {
             timeout: Duration::from_secs(30),
             memory_bytes: 256 << 20,
+            concurrent: 4,
         }
     }
 }
@@ -46,70 +75,411 @@ pub enum QueryError {
     Failed(String),
 }
 
+const READ_ONLY: &str = "vendflow SQL is read-only: only SELECT (and WITH … SELECT, VALUES, EXPLAIN) queries are allowed; DDL, DML, COPY, CREATE EXTERNAL TABLE and SET are refused";
+
 /// The answer: the frontier the views were read at, and the result.
 pub struct Answer {
     pub time: u64,
     pub batches: Vec<RecordBatch>,
-    pub schema: arrow_schema::SchemaRef,
+    pub schema: SchemaRef,
 }
 
-/// Runs `sql` over one snapshot of `store`.
-pub async fn query(store: &ViewStore, sql: &str, limits: Limits) -> Result<Answer, QueryError> {
-    // One statement, and only a query: refused with a reason before anything is planned.
-    let statements = Parser::parse_sql(&GenericDialect {}, sql)
-        .map_err(|e| QueryError::Invalid(format!("not valid SQL: {e}")))?;
-    match statements.as_slice() {
-        [datafusion::sql::sqlparser::ast::Statement::Query(_)] => {}
-        [] => return Err(QueryError::Invalid("no statement".into())),
-        [_] => {
-            return Err(QueryError::Refused(
-                "read-only: only SELECT (and WITH … SELECT) queries are allowed; DDL, DML, COPY and SET are refused".into(),
-            ));
+/// Snapshots of the view store chosen for running queries, by query start instant.
+struct Snapshots {
+    store: ViewStore,
+    recent: Mutex<VecDeque<(i64, Arc<Snapshot>)>>,
+}
+
+impl Snapshots {
+    /// Queries planned elsewhere (the Postgres extended protocol) take a full snapshot on their
+    /// first scan; a few are kept so that their other scans find it.
+    const KEPT: usize = 8;
+
+    fn get(&self, start: Option<i64>) -> Arc<Snapshot> {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(start) = start
+            && let Some((_, s)) = recent.iter().find(|(k, _)| *k == start)
+        {
+            return s.clone();
         }
-        _ => return Err(QueryError::Invalid("one statement per query".into())),
+        let names: Vec<&str> = CATALOG.iter().map(|d| d.name).collect();
+        let snapshot = Arc::new(self.store.snapshot_of(&names));
+        if let Some(start) = start {
+            recent.push_back((start, snapshot.clone()));
+            while recent.len() > Self::KEPT {
+                recent.pop_front();
+            }
+        }
+        snapshot
     }
-    let snapshot = store.snapshot();
-    let runtime = RuntimeEnvBuilder::new()
-        .with_memory_pool(Arc::new(FairSpillPool::new(limits.memory_bytes)))
-        .build_arc()
-        .map_err(|e| QueryError::Failed(e.to_string()))?;
-    let ctx = SessionContext::new_with_config_rt(SessionConfig::new(), runtime);
-    let batches = snapshot
-        .batches()
-        .map_err(|e| QueryError::Failed(e.to_string()))?;
-    for (def, batch) in batches {
-        ctx.register_batch(def.name, batch)
-            .map_err(|e| QueryError::Failed(e.to_string()))?;
+
+    fn put(&self, start: i64, snapshot: Arc<Snapshot>) {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.push_back((start, snapshot));
+        while recent.len() > Self::KEPT {
+            recent.pop_front();
+        }
     }
-    let options = SQLOptions::new()
-        .with_allow_ddl(false)
-        .with_allow_dml(false)
-        .with_allow_statements(false);
-    let run = async {
-        let frame = ctx
-            .sql_with_options(sql, options)
+
+    fn forget(&self, start: i64) {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.retain(|(k, _)| *k != start);
+    }
+}
+
+fn start_of(props: &datafusion::logical_expr::execution_props::ExecutionProps) -> Option<i64> {
+    props
+        .query_execution_start_time
+        .and_then(|t| t.timestamp_nanos_opt())
+}
+
+/// A live view as a table: each scan reads the snapshot of the query it belongs to.
+#[derive(Debug)]
+struct LiveTable {
+    def: &'static ViewDef,
+    schema: SchemaRef,
+    snapshots: Arc<Snapshots>,
+}
+
+impl std::fmt::Debug for Snapshots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Snapshots")
+    }
+}
+
+#[async_trait]
+impl TableProvider for LiveTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let snapshot = self.snapshots.get(start_of(state.execution_props()));
+        let batch = snapshot
+            .batch(self.def.name)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let table = MemTable::try_new(self.schema.clone(), vec![vec![batch]])?;
+        table.scan(state, projection, filters, limit).await
+    }
+}
+
+/// The SQL engine: one DataFusion context with every table, shared by all endpoints.
+pub struct Sql {
+    ctx: SessionContext,
+    snapshots: Arc<Snapshots>,
+    limits: Limits,
+    permits: Semaphore,
+    archived: bool,
+}
+
+fn failed(e: impl std::fmt::Display) -> QueryError {
+    QueryError::Failed(e.to_string())
+}
+
+impl Sql {
+    /// The engine over `store`, and over the Parquet archive at `archive` when given.
+    pub async fn new(
+        store: ViewStore,
+        archive: Option<&Path>,
+        limits: Limits,
+    ) -> Result<Sql, QueryError> {
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(FairSpillPool::new(
+                limits.memory_bytes * limits.concurrent.max(1),
+            )))
+            .build_arc()
+            .map_err(failed)?;
+        let config = SessionConfig::new()
+            .with_target_partitions(2)
+            .with_information_schema(true);
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let snapshots = Arc::new(Snapshots {
+            store,
+            recent: Mutex::new(VecDeque::new()),
+        });
+        for def in CATALOG {
+            let table = LiveTable {
+                def,
+                schema: def.schema(),
+                snapshots: snapshots.clone(),
+            };
+            ctx.register_table(def.name, Arc::new(table))
+                .map_err(failed)?;
+        }
+        let archived = match archive {
+            Some(root) => {
+                register_archive(&ctx, root).await?;
+                true
+            }
+            None => false,
+        };
+        for (name, sql) in ready_views(archived) {
+            ctx.sql(&format!("CREATE VIEW {name} AS {sql}"))
+                .await
+                .map_err(|e| QueryError::Failed(format!("view {name}: {e}")))?;
+        }
+        Ok(Sql {
+            ctx,
+            snapshots,
+            limits,
+            permits: Semaphore::new(limits.concurrent.max(1)),
+            archived,
+        })
+    }
+
+    /// [`Sql::new`] for callers outside a runtime: nothing in it waits on I/O.
+    pub fn open(
+        store: ViewStore,
+        archive: Option<&Path>,
+        limits: Limits,
+    ) -> Result<Arc<Sql>, QueryError> {
+        futures::executor::block_on(Sql::new(store, archive, limits)).map(Arc::new)
+    }
+
+    /// The shared context (the Postgres endpoint plans extended-protocol queries on it).
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Whether the archive's tables are available.
+    pub fn archived(&self) -> bool {
+        self.archived
+    }
+
+    /// Runs one read-only query.
+    pub async fn query(&self, sql: &str) -> Result<Answer, QueryError> {
+        check_read_only(sql)?;
+        let run = async {
+            let _permit = self.permits.acquire().await.map_err(failed)?;
+            let state = self.ctx.state();
+            let start = start_of(state.execution_props()).unwrap_or_default();
+            let plan = state
+                .create_logical_plan(sql)
+                .await
+                .map_err(|e| QueryError::Invalid(e.to_string()))?;
+            SQLOptions::new()
+                .with_allow_ddl(false)
+                .with_allow_dml(false)
+                .with_allow_statements(false)
+                .verify_plan(&plan)
+                .map_err(|_| QueryError::Refused(READ_ONLY.into()))?;
+            // Snapshot just the views the query reads (all of them if it reads a ready view).
+            let snapshot = Arc::new(
+                self.snapshots.store.snapshot_of(
+                    &live_tables(&plan)
+                        .iter()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>(),
+                ),
+            );
+            self.snapshots.put(start, snapshot.clone());
+            let frame = DataFrame::new(state, plan);
+            let schema = Arc::new(frame.schema().as_arrow().clone());
+            let result = frame.collect().await.map_err(failed);
+            self.snapshots.forget(start);
+            Ok::<_, QueryError>(Answer {
+                time: snapshot.frontier,
+                batches: result?,
+                schema,
+            })
+        };
+        tokio::time::timeout(self.limits.timeout, run)
             .await
-            .map_err(|e| QueryError::Invalid(e.to_string()))?;
-        let schema = Arc::new(frame.schema().as_arrow().clone());
-        let batches = frame
-            .collect()
-            .await
-            .map_err(|e| QueryError::Failed(e.to_string()))?;
-        Ok::<_, QueryError>((schema, batches))
+            .map_err(|_| QueryError::Timeout(self.limits.timeout))?
+    }
+}
+
+/// The live views a plan reads; every view if it reads a view defined in SQL.
+fn live_tables(plan: &LogicalPlan) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut everything = false;
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            let name = scan.table_name.table();
+            if CATALOG.iter().any(|d| d.name == name) {
+                names.push(name.to_owned());
+            } else if ready_views(true).iter().any(|(v, _)| *v == name) {
+                everything = true;
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    if everything {
+        return CATALOG.iter().map(|d| d.name.to_owned()).collect();
+    }
+    names
+}
+
+/// Refuses anything but one query, with a reason, before anything is planned.
+pub fn check_read_only(sql: &str) -> Result<(), QueryError> {
+    let statements = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+        Ok(s) => s,
+        Err(e) => {
+            // DataFusion's own statements (CREATE EXTERNAL TABLE, COPY … TO) are not in the
+            // Postgres dialect: refuse them by their first word rather than call them invalid.
+            let first = sql
+                .trim_start()
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            if matches!(
+                first.as_str(),
+                "create"
+                    | "drop"
+                    | "insert"
+                    | "update"
+                    | "delete"
+                    | "copy"
+                    | "alter"
+                    | "truncate"
+                    | "set"
+                    | "grant"
+                    | "revoke"
+                    | "merge"
+                    | "load"
+                    | "attach"
+            ) {
+                return Err(QueryError::Refused(READ_ONLY.into()));
+            }
+            return Err(QueryError::Invalid(format!("not valid SQL: {e}")));
+        }
     };
-    let (schema, batches) = tokio::time::timeout(limits.timeout, run)
-        .await
-        .map_err(|_| QueryError::Timeout(limits.timeout))??;
-    Ok(Answer {
-        time: snapshot.frontier,
-        batches,
-        schema,
-    })
+    match statements.as_slice() {
+        [Statement::Query(_)] => Ok(()),
+        [Statement::Explain { statement, .. }] if matches!(**statement, Statement::Query(_)) => {
+            Ok(())
+        }
+        [] => Err(QueryError::Invalid("no statement".into())),
+        [_] => Err(QueryError::Refused(READ_ONLY.into())),
+        _ => Err(QueryError::Invalid("one statement per query".into())),
+    }
+}
+
+fn listing(
+    root: &Path,
+    dir: &str,
+    schema: SchemaRef,
+    partitions: Vec<(String, DataType)>,
+) -> Result<Option<ListingTable>, QueryError> {
+    let path = root.join(dir);
+    if !path.is_dir() {
+        return Ok(None);
+    }
+    let path = std::path::absolute(&path).map_err(failed)?;
+    let url = ListingTableUrl::parse(format!("{}/", path.display())).map_err(failed)?;
+    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+        .with_file_extension(".parquet")
+        .with_table_partition_cols(partitions);
+    let config = ListingTableConfig::new(url)
+        .with_listing_options(options)
+        .with_schema(schema);
+    ListingTable::try_new(config).map(Some).map_err(failed)
+}
+
+async fn register_archive(ctx: &SessionContext, root: &Path) -> Result<(), QueryError> {
+    let hourly = || {
+        vec![
+            ("date".to_owned(), DataType::Date32),
+            ("hour".to_owned(), DataType::Int32),
+        ]
+    };
+    let tables = [
+        (
+            "events",
+            "events",
+            vendflow_sinks::rows::EVENT_SCHEMA.clone(),
+        ),
+        (
+            "rejected",
+            "rejected",
+            vendflow_sinks::rows::REJECTED_SCHEMA.clone(),
+        ),
+    ];
+    for (name, dir, schema) in tables {
+        if let Some(table) = listing(root, dir, schema, hourly())? {
+            ctx.register_table(name, Arc::new(table)).map_err(failed)?;
+        }
+    }
+    for table in vendflow_sinks::archive::history_views() {
+        let Some((_, def)) = vendflow_dataflows::views::find(table) else {
+            continue;
+        };
+        let dir = format!("history/{table}");
+        let daily = vec![("date".to_owned(), DataType::Date32)];
+        if let Some(listing) = listing(root, &dir, def.schema(), daily)? {
+            ctx.register_table(format!("{table}_history"), Arc::new(listing))
+                .map_err(failed)?;
+        }
+    }
+    Ok(())
+}
+
+/// The analysts' ready views: `(name, SELECT …)`.
+fn ready_views(archived: bool) -> Vec<(&'static str, String)> {
+    // Live days from the views; with an archive, older days from the history.
+    let with_history = |view: &str, key: &str| {
+        let live = format!("SELECT {key}, day, revenue, units, lines FROM {view}");
+        if archived {
+            format!(
+                "{live} UNION ALL SELECT {key}, day, revenue, units, lines FROM {view}_history \
+                 WHERE day NOT IN (SELECT DISTINCT day FROM {view})"
+            )
+        } else {
+            live
+        }
+    };
+    vec![
+        (
+            "revenue_by_machine_day",
+            with_history("revenue_machine_daily", "machine_id"),
+        ),
+        (
+            "revenue_by_location_day",
+            with_history("revenue_location_daily", "location_id"),
+        ),
+        (
+            // What each lease owes per month: the monthly rate plus its share of the machine's
+            // revenue on the days of the month the lease covers.
+            "lease_revenue_share_monthly",
+            "SELECT l.lease_id, l.client_id, l.machine_id, \
+                    CAST(date_trunc('month', CAST(r.day AS TIMESTAMP)) AS DATE) AS month, \
+                    SUM(r.revenue) AS machine_revenue, \
+                    l.revenue_share_percent, \
+                    CAST(SUM(r.revenue) * CAST(l.revenue_share_percent AS DECIMAL(9, 4)) / 100 AS DECIMAL(18, 2)) AS revenue_share, \
+                    l.monthly_rate, \
+                    CAST(l.monthly_rate + SUM(r.revenue) * CAST(l.revenue_share_percent AS DECIMAL(9, 4)) / 100 AS DECIMAL(18, 2)) AS amount_due \
+             FROM leases l JOIN revenue_by_machine_day r \
+               ON r.machine_id = l.machine_id AND r.day >= l.start_date AND r.day <= l.end_date \
+             GROUP BY l.lease_id, l.client_id, l.machine_id, \
+                      CAST(date_trunc('month', CAST(r.day AS TIMESTAMP)) AS DATE), \
+                      l.revenue_share_percent, l.monthly_rate"
+                .to_owned(),
+        ),
+    ]
+}
+
+/// The schema `encode` gives an empty answer.
+pub fn empty_schema() -> SchemaRef {
+    Arc::new(Schema::new(Vec::<Field>::new()))
 }
 
 /// Encodes an answer for an `Accept` header: (content type, bytes).
 pub fn encode(answer: &Answer, accept: &str) -> Result<(&'static str, Vec<u8>), QueryError> {
-    let failed = |e: arrow_schema::ArrowError| QueryError::Failed(e.to_string());
     if accept.contains("text/csv") {
         let mut out = Vec::new();
         {
@@ -160,4 +530,42 @@ pub fn encode(answer: &Answer, accept: &str) -> Result<(&'static str, Vec<u8>), 
     out.extend_from_slice(&rows);
     out.push(b'}');
     Ok(("application/json", out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_queries_pass_the_read_only_check() {
+        for ok in [
+            "SELECT 1",
+            "with a as (select 1) select * from a",
+            "EXPLAIN SELECT * FROM inventory",
+        ] {
+            assert!(check_read_only(ok).is_ok(), "{ok}");
+        }
+        for refused in [
+            "DROP TABLE inventory",
+            "CREATE TABLE t (a int)",
+            "INSERT INTO inventory VALUES (1)",
+            "COPY inventory TO '/tmp/x.csv'",
+            "CREATE EXTERNAL TABLE x STORED AS PARQUET LOCATION '/etc'",
+            "SET datafusion.execution.target_partitions = 8",
+            "DELETE FROM inventory",
+        ] {
+            assert!(
+                matches!(check_read_only(refused), Err(QueryError::Refused(_))),
+                "{refused}"
+            );
+        }
+        assert!(matches!(
+            check_read_only("SELECT 1; SELECT 2"),
+            Err(QueryError::Invalid(_))
+        ));
+        assert!(matches!(
+            check_read_only("SELEC 1"),
+            Err(QueryError::Invalid(_))
+        ));
+    }
 }

@@ -123,6 +123,15 @@ impl ArchiveConfig {
     }
 }
 
+/// The views archived by day (their history tables are `<view>_history` in SQL).
+pub fn history_views() -> Vec<&'static str> {
+    ArchiveConfig::new("", &Config::default())
+        .history
+        .iter()
+        .map(|t| t.view)
+        .collect()
+}
+
 /// What the archive has done, for logs and `/metrics`.
 #[derive(Debug, Default)]
 pub struct ArchiveStats {
@@ -240,7 +249,17 @@ impl Archive {
     /// Recovers the archive at `config.root` (finishing or undoing what a crash interrupted) and
     /// starts its writer thread.
     pub fn open(config: ArchiveConfig) -> Result<Archive, SinkError> {
-        std::fs::create_dir_all(&config.root).map_err(io(&config.root))?;
+        // Every table's directory exists from the start, so readers can list an empty table.
+        let mut dirs = vec![config.root.join("events"), config.root.join("rejected")];
+        dirs.extend(
+            config
+                .history
+                .iter()
+                .map(|t| config.root.join("history").join(t.view)),
+        );
+        for dir in &dirs {
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
+        }
         let committed = recover(&config.root)?;
         let stats = Arc::new(ArchiveStats::default());
         *stats.committed.lock().unwrap_or_else(|e| e.into_inner()) = committed.clone();

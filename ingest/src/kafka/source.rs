@@ -9,6 +9,9 @@
 //! envelopes are deduplicated by the dataflows, nothing is counted twice. Offsets are not
 //! committed to a group; the engine's own position per partition is in [`SourceStats`].
 //!
+//! A [`Tap`] sees every consumed message with its topic, partition and offset: the Parquet
+//! archive skips what it already holds, so reading from the beginning never archives twice.
+//!
 //! Ingestion time is the Kafka message timestamp (the bridge stamps its wall clock), so a
 //! rebuild replays the same ingestion times; once a consumer has caught up and sees nothing new,
 //! its worker advances with the wall clock so that time-driven views (liveness, "today") move.
@@ -26,6 +29,8 @@ use vendflow_dataflows::{Batch, ErrorRecord, Feeder, Feeders, Time};
 use vendflow_protocol::command::decode_command;
 use vendflow_protocol::decode::{decode_line, decode_registry};
 use vendflow_protocol::{DecodeError, Timestamp};
+
+use crate::{Position, Tap};
 
 use super::{
     COMMANDS_TOPIC, KafkaError, REJECTED_TOPIC, Rejection, TELEMETRY_TOPIC, client_config,
@@ -131,6 +136,7 @@ pub fn start(
     config: &SourceConfig,
     feeders: Feeders,
     stats: Arc<SourceStats>,
+    tap: Option<Tap>,
     stop: Arc<AtomicBool>,
 ) -> Result<Vec<JoinHandle<()>>, KafkaError> {
     let brokers = config.brokers.clone();
@@ -184,11 +190,12 @@ pub fn start(
             .map_err(KafkaError::client(&brokers))?;
         let stats = stats.clone();
         let stop = stop.clone();
+        let tap = tap.clone();
         let tick = config.tick_ms.max(1);
         let handle = std::thread::Builder::new()
             .name(format!("vendflow-kafka-{index}"))
             .spawn(move || {
-                if let Err(e) = consume(&consumer, feeder, tick, &stats, &stop) {
+                if let Err(e) = consume(&consumer, feeder, tick, &stats, tap.as_ref(), &stop) {
                     tracing::error!("kafka consumer {index} stopped: {e}");
                 }
             })
@@ -206,6 +213,7 @@ fn consume(
     mut feeder: Feeder,
     tick: Time,
     stats: &SourceStats,
+    tap: Option<&Tap>,
     stop: &AtomicBool,
 ) -> Result<(), vendflow_dataflows::EngineError> {
     let mut clock: Time = 0;
@@ -240,6 +248,7 @@ fn consume(
                 let payload = message.payload().unwrap_or(&[]);
                 stats.messages.fetch_add(1, Ordering::Relaxed);
                 let received_at = Timestamp(i64::try_from(clock).unwrap_or(i64::MAX));
+                let (events_from, errors_from) = (batch.events.len(), batch.errors.len());
                 let mut refuse = |e: &DecodeError| {
                     stats.errors.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%source, error = %e, "refused a record");
@@ -271,6 +280,18 @@ fn consume(
                             Err(e) => refuse(&e),
                         }
                     }
+                }
+                if let Some(tap) = tap {
+                    let position = Position {
+                        stream: &format!("{topic}/{partition}"),
+                        offset: message.offset(),
+                        received_at,
+                    };
+                    tap(
+                        position,
+                        &batch.events[events_from..],
+                        &batch.errors[errors_from..],
+                    );
                 }
                 if let Ok(mut p) = stats.positions.lock() {
                     p.insert((topic, partition), message.offset() + 1);

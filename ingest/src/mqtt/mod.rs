@@ -17,6 +17,7 @@ use vendflow_protocol::{DecodeError, ErrorKind, Timestamp};
 
 use crate::auth::{Admission, Refusal, Verifier, machine_of_topic};
 use crate::bridge::TELEMETRY_FILTER;
+use crate::{Position, Tap};
 
 /// Starts an MQTT broker on `listen` in a thread of its own (it blocks); returns once it accepts
 /// connections.
@@ -86,7 +87,7 @@ fn refusal_kind(r: &Refusal) -> ErrorKind {
 
 /// Runs the source until `stop`. `clock` is the source's clock (wall clock live, the simulated
 /// clock in the demo): an envelope is ingested at its latest event time, but never later than
-/// the clock, and an idle source advances with the clock.
+/// the clock, and an idle source advances with the clock. `tap` sees every message as decoded.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     host: &str,
@@ -96,8 +97,13 @@ pub fn run(
     mut feeders: Feeders,
     clock: &dyn Fn() -> Time,
     stats: &MqttSourceStats,
+    tap: Option<&Tap>,
     stop: &AtomicBool,
 ) -> Result<(), vendflow_dataflows::EngineError> {
+    // MQTT has no replayable positions: each run of the source is its own stream, numbered from 0
+    // in the order messages arrive.
+    let stream = format!("mqtt-{client_id}-{}", Timestamp::now().0);
+    let mut offset = 0i64;
     let mut options = MqttOptions::new(client_id, host, port);
     options
         .set_keep_alive(Duration::from_secs(15))
@@ -188,6 +194,15 @@ pub fn run(
                 stats
                     .events
                     .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
+                if let Some(tap) = tap {
+                    let position = Position {
+                        stream: &stream,
+                        offset,
+                        received_at: Timestamp(i64::try_from(time).unwrap_or(i64::MAX)),
+                    };
+                    tap(position, &batch.events, &batch.errors);
+                }
+                offset += 1;
                 if !batch.is_empty() {
                     feeders.send_keyed(key, time, batch)?;
                 }

@@ -1,0 +1,130 @@
+//! `leases`: the leases in the registry, one row per lease record.
+//!
+//! ```sql
+//! SELECT DISTINCT lease_id, client_id, machine_id, start_date, end_date, monthly_rate,
+//!        revenue_share_basis_points / 100.0 AS revenue_share_percent, status
+//! FROM registry WHERE type = 'lease'
+//! ```
+//! A record sent twice is one lease; a change of a lease is a retraction of its old record and
+//! the new record (the registry input carries both). Revenue shares by month are computed in SQL
+//! from this view and the revenue views (`lease_revenue_share_monthly`).
+
+use differential_dataflow::VecCollection;
+use differential_dataflow::operators::ThresholdTotal;
+use vendflow_protocol::{Lease, LeaseStatus, RegistryRecord};
+
+use crate::operators::Time;
+use crate::row::{ColumnType::*, Row, Value, col};
+use crate::views::ViewDef;
+
+pub const LEASES: ViewDef = ViewDef {
+    name: "leases",
+    description: "leases in the registry: machine, client, term, monthly rate and revenue share",
+    columns: &[
+        col("lease_id", Text),
+        col("client_id", Text),
+        col("machine_id", Text),
+        col("start_date", Date),
+        col("end_date", Date),
+        col("monthly_rate", Money),
+        col("revenue_share_percent", Float),
+        col("status", Text),
+    ],
+};
+
+pub fn render<'s>(
+    registry: VecCollection<'s, Time, RegistryRecord>,
+) -> VecCollection<'s, Time, Lease> {
+    registry
+        .flat_map(|r| match r {
+            RegistryRecord::Lease(l) => Some(l),
+            _ => None,
+        })
+        .distinct_total()
+}
+
+pub fn status_name(status: LeaseStatus) -> &'static str {
+    match status {
+        LeaseStatus::Draft => "DRAFT",
+        LeaseStatus::Active => "ACTIVE",
+        LeaseStatus::Renewed => "RENEWED",
+        LeaseStatus::Expired => "EXPIRED",
+        LeaseStatus::Terminated => "TERMINATED",
+    }
+}
+
+pub fn row(l: Lease) -> Row {
+    vec![
+        Value::text(&l.lease_id),
+        Value::text(&l.client_id),
+        Value::text(l.machine_id.as_str()),
+        Value::Date(l.start.day()),
+        Value::Date(l.end.day()),
+        Value::Money(l.monthly_rate),
+        Value::Float(crate::row::OrdF64(
+            l.revenue_share_basis_points as f64 / 100.0,
+        )),
+        Value::text(status_name(l.status)),
+    ]
+    .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+    use vendflow_protocol::units::MS_PER_DAY;
+    use vendflow_protocol::{Cents, Timestamp};
+
+    use super::*;
+    use crate::testing::{self, BASE, Scenario, machine};
+
+    /// Leases over a few machines, some sent twice, mixed with machine records.
+    fn scenario(seed: u64) -> Scenario {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut s = Scenario::empty();
+        s.register_machine("m1", "loc1", &[(1, 10)]);
+        for i in 0..rng.random_range(5..20) {
+            let start = BASE + rng.random_range(0..300) * MS_PER_DAY;
+            let lease = Lease {
+                lease_id: format!("lease{}", rng.random_range(0..8)),
+                client_id: format!("client{i}"),
+                machine_id: machine(&format!("m{}", rng.random_range(1..4))),
+                start: Timestamp(start),
+                end: Timestamp(start + rng.random_range(90..800) * MS_PER_DAY),
+                monthly_rate: Cents(rng.random_range(100..90_000)),
+                revenue_share_basis_points: rng.random_range(0..3_000),
+                status: [
+                    LeaseStatus::Draft,
+                    LeaseStatus::Active,
+                    LeaseStatus::Expired,
+                ][rng.random_range(0..3)],
+            };
+            if rng.random_bool(0.3) {
+                s.registry.push(RegistryRecord::Lease(lease.clone()));
+            }
+            s.registry.push(RegistryRecord::Lease(lease));
+        }
+        s.deliver(BASE, testing::heartbeat("m1", BASE, 4_000));
+        s
+    }
+
+    #[test]
+    fn leases_equal_the_distinct_lease_records() {
+        for seed in 0..4 {
+            let s = scenario(seed);
+            let oracle: BTreeSet<Row> = s
+                .registry
+                .iter()
+                .filter_map(|r| match r {
+                    RegistryRecord::Lease(l) => Some(row(l.clone())),
+                    _ => None,
+                })
+                .collect();
+            let snapshot = testing::run(&s);
+            testing::assert_view(&snapshot, "leases", oracle.into_iter().collect(), seed);
+        }
+    }
+}
