@@ -15,6 +15,8 @@ fn help_lists_the_commands() {
 
 #[test]
 fn demo_prints_a_live_fleet_summary_and_stops() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let archive = dir.path().join("archive");
     let out = vendflow(&[
         "demo",
         "--machines",
@@ -25,9 +27,19 @@ fn demo_prints_a_live_fleet_summary_and_stops() {
         "4",
         "--every",
         "1",
+        "--archive",
+        &archive.display().to_string(),
     ])
     .unwrap_or_else(|e| panic!("{e:#}"));
     let text = String::from_utf8_lossy(&out.stdout);
+    // How to connect, and the archive it wrote (flushed at the end).
+    assert!(text.contains("psql -h 127.0.0.1 -p "), "{text}");
+    assert!(text.contains("POST http://127.0.0.1:"), "{text}");
+    let events = archive.join("events");
+    let written = std::fs::read_dir(&events)
+        .map(|d| d.count())
+        .unwrap_or_default();
+    assert!(written > 0, "no event partitions in {}:\n{text}", events.display());
     let summaries: Vec<&str> = text.lines().filter(|l| l.contains(" active / ")).collect();
     assert!(
         summaries.len() >= 2,
