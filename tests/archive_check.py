@@ -26,7 +26,7 @@ if list(export.rglob("*.tmp")):
     sys.exit("temporary files were exported")
 
 table = ds.dataset(str(events), format="parquet", partitioning="hive").to_table()
-keys = ["stream", "offset", "machine_id", "type", "event_time", "seq", "transaction_id", "slot_number"]
+keys = ["stream", "\"offset\"", "machine_id", "type", "event_time", "seq", "transaction_id", "slot_number"]
 con = duckdb.connect()
 con.register("t", table)
 dups = con.execute(
@@ -42,11 +42,11 @@ revenue = con.execute(
     WITH lines AS (
       SELECT machine_id, transaction_id, slot_number,
              arg_min(amount, stream || ':' || lpad(CAST("offset" AS VARCHAR), 20, '0')) AS amount,
-             arg_min(event_time, stream || ':' || lpad(CAST("offset" AS VARCHAR), 20, '0')) AS at
+             arg_min(event_time, stream || ':' || lpad(CAST("offset" AS VARCHAR), 20, '0')) AS made_at
       FROM read_parquet('{glob}', hive_partitioning = true)
       WHERE type = 'sale'
       GROUP BY machine_id, transaction_id, slot_number)
-    SELECT machine_id, strftime(CAST(at AT TIME ZONE 'UTC' AS DATE), '%Y-%m-%d') AS day, sum(amount)
+    SELECT machine_id, strftime(DATE '1970-01-01' + CAST(epoch_ms(made_at) // 86400000 AS INTEGER), '%Y-%m-%d') AS day, sum(amount)
     FROM lines GROUP BY 1, 2 ORDER BY 1, 2
     """
 ).fetchall()

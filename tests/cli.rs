@@ -39,7 +39,11 @@ fn demo_prints_a_live_fleet_summary_and_stops() {
     let written = std::fs::read_dir(&events)
         .map(|d| d.count())
         .unwrap_or_default();
-    assert!(written > 0, "no event partitions in {}:\n{text}", events.display());
+    assert!(
+        written > 0,
+        "no event partitions in {}:\n{text}",
+        events.display()
+    );
     let summaries: Vec<&str> = text.lines().filter(|l| l.contains(" active / ")).collect();
     assert!(
         summaries.len() >= 2,
