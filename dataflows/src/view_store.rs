@@ -182,13 +182,19 @@ pub struct ViewStore {
     state: Arc<(RwLock<State>, Mutex<()>, Condvar)>,
 }
 
-fn sorted_rows(map: &FastMap<Row, i64>) -> Vec<Row> {
+/// Each row as often as its multiplicity, in no order.
+fn rows_of(map: &FastMap<Row, i64>) -> Vec<Row> {
     let mut rows: Vec<Row> = Vec::with_capacity(map.len());
     for (row, n) in map {
         for _ in 0..(*n).max(0) {
             rows.push(row.clone());
         }
     }
+    rows
+}
+
+fn sorted_rows(map: &FastMap<Row, i64>) -> Vec<Row> {
+    let mut rows = rows_of(map);
     rows.sort();
     rows
 }
@@ -250,13 +256,7 @@ impl ViewStore {
                 .zip(&state.rows)
                 .map(|(def, rows)| {
                     let rows = if names.contains(&def.name) {
-                        let mut out = Vec::with_capacity(rows.len());
-                        for (row, n) in rows {
-                            for _ in 0..(*n).max(0) {
-                                out.push(row.clone());
-                            }
-                        }
-                        out
+                        rows_of(rows)
                     } else {
                         Vec::new()
                     };
