@@ -234,34 +234,30 @@ impl ViewStore {
 
     /// Every view as of the same frontier.
     pub fn snapshot(&self) -> Snapshot {
-        let state = self.read();
-        Snapshot {
-            frontier: state.frontier,
-            views: CATALOG
-                .iter()
-                .zip(&state.rows)
-                .map(|(def, rows)| (def, sorted_rows(rows)))
-                .collect(),
-        }
+        self.snapshot_with(|_, rows| sorted_rows(rows))
     }
 
     /// The views `names` (the others left empty) as of the same frontier, unsorted: what a
     /// query reads, without copying or sorting the views it does not touch.
     pub fn snapshot_of(&self, names: &[&str]) -> Snapshot {
+        self.snapshot_with(|def, rows| {
+            if names.contains(&def.name) {
+                rows_of(rows)
+            } else {
+                Vec::new()
+            }
+        })
+    }
+
+    /// One read of the store: each view's rows as `copy` takes them, at one frontier.
+    fn snapshot_with(&self, copy: impl Fn(&ViewDef, &FastMap<Row, i64>) -> Vec<Row>) -> Snapshot {
         let state = self.read();
         Snapshot {
             frontier: state.frontier,
             views: CATALOG
                 .iter()
                 .zip(&state.rows)
-                .map(|(def, rows)| {
-                    let rows = if names.contains(&def.name) {
-                        rows_of(rows)
-                    } else {
-                        Vec::new()
-                    };
-                    (def, rows)
-                })
+                .map(|(def, rows)| (def, copy(def, rows)))
                 .collect(),
         }
     }
