@@ -12,6 +12,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/vendflow/target}"
+# Incremental caches only pay off while editing; on CI they double the target dir's size.
+if [ "${CI:-}" = true ]; then
+  export CARGO_INCREMENTAL=0
+  rm -rf "$CARGO_TARGET_DIR/debug/incremental"
+fi
+# A full disk makes rustc fail halfway with an LLVM I/O error: say so plainly up front.
+mkdir -p "$CARGO_TARGET_DIR"
+free_gib=$(( $(df -Pk "$CARGO_TARGET_DIR" | awk 'NR==2 {print $4}') / 1024 / 1024 ))
+if [ "$free_gib" -lt 8 ]; then
+  echo "== only ${free_gib} GiB free under $CARGO_TARGET_DIR; a cold build and test run needs about 15 GiB" >&2
+fi
 venv="${VENDFLOW_VENV:-$HOME/.cache/vendflow/venv}"
 if ! "$venv/bin/python" -c 'import duckdb, pyarrow' 2>/dev/null; then
   echo "== installing duckdb and pyarrow into $venv"

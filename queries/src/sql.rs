@@ -332,7 +332,6 @@ pub fn check_read_only(sql: &str) -> Result<(), QueryError> {
             // DataFusion's own statements (CREATE EXTERNAL TABLE, COPY … TO) are not in the
             // Postgres dialect: refuse them by their first word rather than call them invalid.
             let first = sql
-                .trim_start()
                 .split_whitespace()
                 .next()
                 .unwrap_or_default()

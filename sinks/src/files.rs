@@ -107,8 +107,11 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), SinkError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
+/// A Parquet file's key-value metadata, in file order.
+pub type KeyValues = Vec<(String, String)>;
+
 /// Reads a whole Parquet file: its batches and its key-value metadata.
-pub fn read_parquet(path: &Path) -> Result<(Vec<RecordBatch>, Vec<(String, String)>), SinkError> {
+pub fn read_parquet(path: &Path) -> Result<(Vec<RecordBatch>, KeyValues), SinkError> {
     let file = File::open(path).map_err(io(path))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(encode(path))?;
     let metadata = key_values(builder.metadata().file_metadata().key_value_metadata());
@@ -123,7 +126,7 @@ pub fn read_parquet(path: &Path) -> Result<(Vec<RecordBatch>, Vec<(String, Strin
 }
 
 /// A Parquet file's key-value metadata and row count, without reading its rows.
-pub fn read_metadata(path: &Path) -> Result<(u64, Vec<(String, String)>), SinkError> {
+pub fn read_metadata(path: &Path) -> Result<(u64, KeyValues), SinkError> {
     let file = File::open(path).map_err(io(path))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(encode(path))?;
     let meta = builder.metadata().file_metadata();
