@@ -24,6 +24,8 @@ use vendflow_ingest::sim;
 use vendflow_ingest::{Position, Tap};
 use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR};
 use vendflow_protocol::{Event, Timestamp};
+use vendflow_queries::api::fleet::Fleet as Registry;
+use vendflow_queries::auth::{Role, Tenant, Tokens};
 use vendflow_queries::sql::{Limits, Sql};
 use vendflow_sinks::archive::{Archive, ArchiveConfig};
 
@@ -156,6 +158,11 @@ enum Command {
         #[arg(long)]
         id: Option<String>,
     },
+    /// Access tokens for the REST API, the views, SQL and the dashboard.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Device credentials.
     Device {
         #[command(subcommand)]
@@ -220,6 +227,17 @@ struct RunArgs {
     /// Serve SQL over the Postgres wire protocol on this address (`psql -h HOST -p PORT`).
     #[arg(long)]
     pg: Option<std::net::SocketAddr>,
+    /// Tokens file (`vendflow token create`): every HTTP request but /health, /metrics and
+    /// /api/openapi.json needs one of its tokens.
+    #[arg(long, required_unless_present = "insecure_open_api")]
+    tokens: Option<PathBuf>,
+    /// Serve HTTP without access control (trusted networks and tests only).
+    #[arg(long)]
+    insecure_open_api: bool,
+    /// Machine credentials file: `POST /api/machines` stores each new machine's secret hash
+    /// here (the file the bridge's --credentials reads).
+    #[arg(long)]
+    credentials: Option<PathBuf>,
     #[command(flatten)]
     archive: ArchiveArgs,
     /// Seconds between summaries.
@@ -394,6 +412,27 @@ enum RegistryCommand {
 }
 
 #[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token: prints it once; the tokens file keeps only its hash, role and tenant.
+    /// A server reading that file (`run --tokens`) accepts the token at once.
+    Create {
+        /// admin (machines, locations, leases), operator (maintenance), viewer (read only).
+        #[arg(long, value_parser = ["admin", "operator", "viewer"])]
+        role: String,
+        /// The client whose machines, leases and rows the token sees, or `*` for the whole
+        /// fleet (the platform's staff).
+        #[arg(long)]
+        tenant: String,
+        /// The tokens file (created if missing).
+        #[arg(long, default_value = "vendflow-tokens.jsonl")]
+        tokens: PathBuf,
+        /// What the token is for (kept in the file).
+        #[arg(long)]
+        note: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum DeviceCommand {
     /// Issue a secret for a machine: prints it once and stores only its hash in --credentials.
     Register {
@@ -543,6 +582,27 @@ fn main() -> anyhow::Result<()> {
             price,
             id,
         } => send_command(&kafka, &machine, &kind, slot, price.as_deref(), id),
+        Command::Token {
+            command:
+                TokenCommand::Create {
+                    role,
+                    tenant,
+                    tokens,
+                    note,
+                },
+        } => {
+            let role = Role::parse(&role).context("role")?;
+            let tenant = Tenant::parse(&tenant)?;
+            let token = Tokens::open(&tokens)?.issue(role, tenant.clone(), note.as_deref())?;
+            eprintln!(
+                "created a {} token for tenant {} in {} (shown once):",
+                role.as_str(),
+                tenant.as_str(),
+                tokens.display()
+            );
+            println!("{token}");
+            Ok(())
+        }
         Command::Device {
             command:
                 DeviceCommand::Register {
@@ -624,6 +684,27 @@ fn host_port(address: &str) -> anyhow::Result<(String, u16)> {
     Ok((host.to_owned(), port))
 }
 
+/// Moves leases along their lifecycle (renewal notices, renewals, expiry) once a second, on
+/// the views' clock, until `stop`.
+fn spawn_lease_sweeper(
+    registry: Arc<Registry>,
+    store: vendflow_dataflows::ViewStore,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("vendflow-leases".into())
+        .spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_secs(1));
+                let now = vendflow_queries::api::frontier_or_now(&store);
+                if let Err(e) = vendflow_queries::api::sweep_leases(&registry, now) {
+                    tracing::warn!(error = %e, "lease lifecycle not advanced");
+                }
+            }
+        })?;
+    Ok(())
+}
+
 /// A flag raised by Ctrl-C or SIGTERM.
 fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
@@ -640,6 +721,9 @@ fn run_kafka(config: Config, args: RunArgs) -> anyhow::Result<()> {
         status,
         http,
         pg,
+        tokens,
+        insecure_open_api,
+        credentials,
         archive,
         every,
         partitions,
@@ -656,17 +740,41 @@ fn run_kafka(config: Config, args: RunArgs) -> anyhow::Result<()> {
         archive.as_ref().map(Archive::root),
         Limits::default(),
     )?;
+    // The REST API's registry: filled from `fleet-commands` by the source; its own changes go
+    // to `fleet-commands` (the engine reads them back from there, like any registry record).
+    let registry = {
+        let brokers = brokers.to_owned();
+        Arc::new(Registry::new(Arc::new(move |changes| {
+            let text: String = changes
+                .iter()
+                .filter(|(_, diff)| *diff > 0)
+                .map(|(r, _)| r.to_json_line() + "\n")
+                .collect();
+            vendflow_ingest::kafka::load_registry(&brokers, &text)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })))
+    };
     if let Some(addr) = http {
-        vendflow_ingest::http::serve(
-            addr,
-            None,
-            vendflow_queries::router(store.clone(), sql.clone()),
-            None,
-        )?;
+        let mut state =
+            vendflow_queries::ApiState::new(store.clone(), sql.clone(), registry.clone());
+        match (&tokens, insecure_open_api) {
+            (Some(path), _) => state = state.with_tokens(Arc::new(Tokens::open(path)?)),
+            (None, _) => eprintln!(
+                "run: WARNING: --insecure-open-api: anyone who reaches {addr} can read and change the fleet"
+            ),
+        }
+        if let Some(path) = credentials.clone() {
+            state = state.with_secrets(Arc::new(move |machine: &str| {
+                Credentials::register(&path, machine).map_err(|e| e.to_string())
+            }));
+        }
+        vendflow_ingest::http::serve(addr, None, vendflow_queries::app(state), None)?;
         eprintln!(
-            "run: views on http://{addr}/views (live: /views/<name>/subscribe), SQL at POST http://{addr}/sql"
+            "run: REST API on http://{addr}/api (see /api/openapi.json), views on http://{addr}/views, SQL at POST http://{addr}/sql"
         );
     }
+    spawn_lease_sweeper(registry.clone(), store.clone(), stop.clone())?;
     if let Some(addr) = pg {
         let bound = vendflow_queries::pg::spawn(addr, sql.clone())
             .with_context(|| format!("cannot serve the Postgres protocol on {addr}"))?;
@@ -686,6 +794,10 @@ fn run_kafka(config: Config, args: RunArgs) -> anyhow::Result<()> {
             brokers: brokers.to_owned(),
             partitions,
             tick_ms,
+            registry_observer: Some({
+                let registry = registry.clone();
+                Arc::new(move |record| registry.observe(record))
+            }),
         },
         feeders,
         stats.clone(),
@@ -958,24 +1070,73 @@ fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
     for (machine, hash) in mqtt_sim::simulated_credentials(&fleet, seed) {
         credentials.insert(&machine, hash);
     }
+    // Shared with the REST API: a machine registered there can publish at once.
+    let credentials = Arc::new(std::sync::RwLock::new(credentials));
     println!(
         "vendflow demo: {machines} simulated machines at {speed}x from {}, publishing to the embedded MQTT broker on {listen} (Ctrl-C to stop)",
         fleet.now()
     );
     let addr = free_or_any(http)?;
+    // The REST API's registry starts as the simulated fleet's; its changes go straight to the
+    // engine (there is no Kafka in the demo) through a clone of worker 0's input.
+    let registry = {
+        let feeder = std::sync::Mutex::new(feeders.feeder(0));
+        Arc::new(Registry::new(Arc::new(move |changes| {
+            let mut feeder = feeder.lock().unwrap_or_else(|e| e.into_inner());
+            let at = feeder.time();
+            feeder
+                .send(
+                    at,
+                    Batch {
+                        registry: changes,
+                        ..Batch::default()
+                    },
+                )
+                .map_err(|e| e.to_string())
+        })))
+    };
+    for record in fleet.registry() {
+        registry.observe(record);
+    }
+    let token_dir = archive
+        .as_ref()
+        .map(|a| a.root().to_path_buf())
+        .unwrap_or_else(std::env::temp_dir);
+    let tokens = Arc::new(Tokens::open(&token_dir.join("tokens.jsonl"))?);
+    let admin_token = tokens.issue(Role::Admin, Tenant::All, Some("vendflow demo"))?;
+    let state = vendflow_queries::ApiState::new(store.clone(), sql.clone(), registry.clone())
+        .with_tokens(tokens)
+        .with_secrets({
+            let credentials = credentials.clone();
+            Arc::new(move |machine: &str| {
+                let secret = vendflow_ingest::auth::new_secret().map_err(|e| e.to_string())?;
+                credentials
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(machine, vendflow_protocol::auth::SecretHash::of(&secret));
+                Ok(secret)
+            })
+        });
+    spawn_lease_sweeper(registry.clone(), store.clone(), stop.clone())?;
     vendflow_ingest::http::spawn_into_broker(
         addr,
         port,
-        Verifier::new(
+        Verifier::shared(
             Some(credentials.clone()),
             vendflow_ingest::auth::DEFAULT_MAX_SKEW_MS,
         ),
-        vendflow_queries::router(store.clone(), sql.clone()),
+        vendflow_queries::app(state),
     )?;
     let pg = vendflow_queries::pg::spawn(free_or_any(pg)?, sql.clone())
         .context("cannot serve the Postgres protocol")?;
     println!(
         "vendflow demo: views on http://{addr}/views, live: http://{addr}/views/<name>/subscribe, SQL: POST http://{addr}/sql; telemetry over HTTP on http://{addr}/api/telemetry"
+    );
+    println!(
+        "vendflow demo: REST API on http://{addr}/api (documented at http://{addr}/api/openapi.json); admin token (tenant *): {admin_token}"
+    );
+    println!(
+        "vendflow demo: try: curl -H 'Authorization: Bearer {admin_token}' http://{addr}/api/dashboard/fleet"
     );
     println!(
         "vendflow demo: SQL for psql and BI tools: psql -h {} -p {} -U vendflow -c 'SELECT * FROM revenue_by_location_day'",
@@ -996,7 +1157,7 @@ fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
     let source_stats = Arc::new(MqttSourceStats::default());
     let source = {
         let (clock, stats, stop) = (sim_clock.clone(), source_stats.clone(), stop.clone());
-        let verifier = Verifier::new(
+        let verifier = Verifier::shared(
             Some(credentials),
             vendflow_ingest::auth::DEFAULT_MAX_SKEW_MS,
         );

@@ -231,6 +231,7 @@ fn main() -> anyhow::Result<()> {
         &bin,
         &[
             "run",
+            "--insecure-open-api",
             "--kafka",
             &kafka,
             "--status",

@@ -236,6 +236,7 @@ fn start_engine(
         bin,
         &[
             "run",
+            "--insecure-open-api",
             "--kafka",
             kafka,
             "--out",

@@ -1,5 +1,6 @@
 //! The command line as a user meets it: help, the demo, and clear errors.
 
+use anyhow::Context;
 use std::process::Command;
 
 use vendflow_tests::{vendflow, vendflow_bin};
@@ -127,6 +128,28 @@ fn demo_takes_telemetry_over_http_into_the_dataflows() -> anyhow::Result<()> {
         .env("RUST_BACKTRACE", "0")
         .stdout(std::process::Stdio::piped())
         .spawn()?;
+    // The demo prints an admin token for the API; read its output as it comes.
+    let mut demo = demo;
+    let stdout = demo.stdout.take().context("demo stdout")?;
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut printed = Vec::new();
+    let token = loop {
+        let line = lines_rx.recv_timeout(std::time::Duration::from_secs(20))?;
+        printed.push(line.clone());
+        if let Some((_, t)) = line.split_once("admin token (tenant *): ") {
+            break t.trim().to_owned();
+        }
+    };
+    let bearer = format!("Authorization: Bearer {token}");
     vendflow_tests::wait_for_port(port, std::time::Duration::from_secs(10))?;
     let secret = vendflow_firmware::mqtt::simulated_secret(7, "mach_00001");
     let key = vendflow_protocol::auth::SecretHash::of(&secret);
@@ -161,6 +184,8 @@ fn demo_takes_telemetry_over_http_into_the_dataflows() -> anyhow::Result<()> {
             .args([
                 "-s",
                 "-N",
+                "-H",
+                &bearer,
                 "--max-time",
                 seconds,
                 &format!("http://{addr}{path}"),
@@ -189,13 +214,27 @@ fn demo_takes_telemetry_over_http_into_the_dataflows() -> anyhow::Result<()> {
         snapshot.is_some() && change.is_some() && snapshot < change,
         "a snapshot first, then changes as the machines report: {stream}"
     );
-    assert!(get("/views/nope", "5")?.contains("no view named"));
+    assert!(get("/views/nope", "5")?.contains("not_found"));
+    // Without a token nothing is served but health, metrics and the API's description.
+    let out = Command::new(&curl)
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://{addr}/views"),
+        ])
+        .output()?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
+    let fleet: serde_json::Value = serde_json::from_str(&get("/api/dashboard/fleet", "5")?)?;
+    assert_eq!(fleet["totals"]["total"], 5, "{fleet}");
 
     // SQL over one snapshot of every view; read-only.
     let sql_url = format!("http://{addr}/sql");
     let sql = |query: &str, accept: &str| {
         let accept = format!("Accept: {accept}");
-        curl_post(&curl, &["-H", &accept], query, &sql_url)
+        curl_post(&curl, &["-H", &accept, "-H", &bearer], query, &sql_url)
     };
     let (code, body) = sql("SELECT count(*) AS n FROM liveness", "application/json")?;
     assert_eq!(code, "200", "{body}");
@@ -213,8 +252,10 @@ fn demo_takes_telemetry_over_http_into_the_dataflows() -> anyhow::Result<()> {
     assert!(body.contains("read-only"), "{body}");
     let (code, body) = sql("SELECT nope FROM liveness", "application/json")?;
     assert_eq!(code, "400", "{body}");
-    let out = demo.wait_with_output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    demo.wait()?;
+    let _ = reader.join();
+    printed.extend(lines_rx.try_iter());
+    let text = printed.join("\n");
     // The fleet summary counts the dataflows' error records: exactly that one.
     let last = text
         .lines()

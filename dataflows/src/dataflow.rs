@@ -59,6 +59,7 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
     let levels = inventory::render(events.clone(), sales.accepted.clone(), plans);
     let windows = anomaly_windows::render(events.clone(), sales.accepted.clone(), config);
     let leases = leases::render(registry.clone());
+    let lease_events = leases::render_events(registry.clone());
     let liveness = liveness::render(events.clone(), registry, config);
     let stockout = stockout::render(events, sales.accepted, levels.clone(), clock, config);
     let facts = health::facts(
@@ -115,6 +116,7 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
         ("too_late", errors.too_late.map(errors::too_late_row)),
         ("commands", commands.status.map(commands::row)),
         ("leases", leases.map(leases::row)),
+        ("lease_events", lease_events.map(leases::event_row)),
     ];
     let mut by_name: std::collections::HashMap<&str, VecCollection<'s, Time, Row>> =
         views.into_iter().collect();

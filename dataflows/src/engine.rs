@@ -136,6 +136,12 @@ impl Feeders {
         self.feeders[i].send(time, batch)
     }
 
+    /// A clone of worker `i`'s feeder (modulo the workers), for a second source of records
+    /// (the REST API's registry changes).
+    pub fn feeder(&self, i: usize) -> Feeder {
+        self.feeders[i % self.feeders.len()].clone()
+    }
+
     /// The feeders, for sources that run a thread per worker.
     pub fn into_vec(self) -> Vec<Feeder> {
         self.feeders

@@ -1,9 +1,12 @@
-//! `leases`: the leases in the registry, one row per lease record.
+//! `leases`: the leases in the registry, one row per lease record; `lease_events`: their
+//! lifecycle (created, activated, renewal notice, renewed, expired, terminated).
 //!
 //! ```sql
 //! SELECT DISTINCT lease_id, client_id, machine_id, start_date, end_date, monthly_rate,
-//!        revenue_share_basis_points / 100.0 AS revenue_share_percent, status
-//! FROM registry WHERE type = 'lease'
+//!        revenue_share_basis_points / 100.0 AS revenue_share_percent, status, auto_renew
+//! FROM registry WHERE type = 'lease';
+//! SELECT DISTINCT lease_id, client_id, machine_id, at, event, note
+//! FROM registry WHERE type = 'lease_event'
 //! ```
 //! A record sent twice is one lease; a change of a lease is a retraction of its old record and
 //! the new record (the registry input carries both). Revenue shares by month are computed in SQL
@@ -11,10 +14,10 @@
 
 use differential_dataflow::VecCollection;
 use differential_dataflow::operators::ThresholdTotal;
-use vendflow_protocol::{Lease, LeaseStatus, RegistryRecord};
+use vendflow_protocol::{Lease, LeaseEvent, LeaseStatus, RegistryRecord};
 
 use crate::operators::Time;
-use crate::row::{ColumnType::*, Row, Value, col};
+use crate::row::{ColumnType::*, Row, Value, col, null};
 use crate::views::ViewDef;
 
 pub const LEASES: ViewDef = ViewDef {
@@ -29,8 +32,45 @@ pub const LEASES: ViewDef = ViewDef {
         col("monthly_rate", Money),
         col("revenue_share_percent", Float),
         col("status", Text),
+        col("auto_renew", Bool),
     ],
 };
+
+pub const LEASE_EVENTS: ViewDef = ViewDef {
+    name: "lease_events",
+    description: "each lease's lifecycle: created, activated, renewal notice, renewed, expired, terminated",
+    columns: &[
+        col("lease_id", Text),
+        col("client_id", Text),
+        col("machine_id", Text),
+        col("at", Time),
+        col("event", Text),
+        null("note", Text),
+    ],
+};
+
+pub fn render_events<'s>(
+    registry: VecCollection<'s, Time, RegistryRecord>,
+) -> VecCollection<'s, Time, LeaseEvent> {
+    registry
+        .flat_map(|r| match r {
+            RegistryRecord::LeaseEvent(e) => Some(e),
+            _ => None,
+        })
+        .distinct_total()
+}
+
+pub fn event_row(e: LeaseEvent) -> Row {
+    vec![
+        Value::text(&e.lease_id),
+        Value::text(&e.client_id),
+        Value::text(e.machine_id.as_str()),
+        Value::Time(e.at),
+        Value::text(e.kind.as_str()),
+        e.note.as_deref().map_or(Value::Null, Value::text),
+    ]
+    .into()
+}
 
 pub fn render<'s>(
     registry: VecCollection<'s, Time, RegistryRecord>,
@@ -65,6 +105,7 @@ pub fn row(l: Lease) -> Row {
             l.revenue_share_basis_points as f64 / 100.0,
         )),
         Value::text(status_name(l.status)),
+        Value::Bool(l.auto_renew),
     ]
     .into()
 }
@@ -76,7 +117,7 @@ mod tests {
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
     use vendflow_protocol::units::MS_PER_DAY;
-    use vendflow_protocol::{Cents, Timestamp};
+    use vendflow_protocol::{Cents, LeaseEventKind, Timestamp};
 
     use super::*;
     use crate::testing::{self, BASE, Scenario, machine};
@@ -96,6 +137,7 @@ mod tests {
                 end: Timestamp(start + rng.random_range(90..800) * MS_PER_DAY),
                 monthly_rate: Cents(rng.random_range(100..90_000)),
                 revenue_share_basis_points: rng.random_range(0..3_000),
+                auto_renew: rng.random_bool(0.5),
                 status: [
                     LeaseStatus::Draft,
                     LeaseStatus::Active,
@@ -106,6 +148,20 @@ mod tests {
                 s.registry.push(RegistryRecord::Lease(lease.clone()));
             }
             s.registry.push(RegistryRecord::Lease(lease));
+        }
+        for _ in 0..rng.random_range(0..12) {
+            let event = LeaseEvent {
+                lease_id: format!("lease{}", rng.random_range(0..4)),
+                client_id: "client1".into(),
+                machine_id: machine("m1"),
+                at: Timestamp(BASE + rng.random_range(0..5) * MS_PER_DAY),
+                kind: LeaseEventKind::ALL[rng.random_range(0..LeaseEventKind::ALL.len())],
+                note: rng.random_bool(0.3).then(|| "next term".to_owned()),
+            };
+            if rng.random_bool(0.3) {
+                s.registry.push(RegistryRecord::LeaseEvent(event.clone()));
+            }
+            s.registry.push(RegistryRecord::LeaseEvent(event));
         }
         s.deliver(BASE, testing::heartbeat("m1", BASE, 4_000));
         s
@@ -123,8 +179,22 @@ mod tests {
                     _ => None,
                 })
                 .collect();
+            let events: BTreeSet<Row> = s
+                .registry
+                .iter()
+                .filter_map(|r| match r {
+                    RegistryRecord::LeaseEvent(e) => Some(event_row(e.clone())),
+                    _ => None,
+                })
+                .collect();
             let snapshot = testing::run(&s);
             testing::assert_view(&snapshot, "leases", oracle.into_iter().collect(), seed);
+            testing::assert_view(
+                &snapshot,
+                "lease_events",
+                events.into_iter().collect(),
+                seed,
+            );
         }
     }
 }

@@ -91,6 +91,7 @@ impl Scenario {
             location_id: Some(location.into()),
             status: MachineStatus::Active,
             firmware_version: None,
+            registered_at: None,
             slots: slots
                 .iter()
                 .map(|&(slot_number, max_capacity)| Slot {
@@ -149,6 +150,7 @@ impl Scenario {
             location_id: None,
             status: MachineStatus::Maintenance,
             firmware_version: None,
+            registered_at: None,
             slots: vec![Slot {
                 slot_number: 101,
                 product_id: "water".into(),

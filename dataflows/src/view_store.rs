@@ -160,6 +160,13 @@ impl Snapshot {
         })
     }
 
+    /// Keeps only the rows `keep` accepts (a tenant's share of the fleet).
+    pub fn retain(&mut self, keep: impl Fn(&ViewDef, &Row) -> bool) {
+        for (def, rows) in &mut self.views {
+            rows.retain(|r| keep(def, r));
+        }
+    }
+
     /// Every view as an Arrow batch, in catalog order.
     pub fn batches(&self) -> Result<Vec<(&'static ViewDef, RecordBatch)>, StoreError> {
         self.views

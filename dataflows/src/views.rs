@@ -35,6 +35,7 @@ pub const CATALOG: &[ViewDef] = &[
     crate::errors::TOO_LATE,
     crate::commands::COMMANDS,
     crate::leases::LEASES,
+    crate::leases::LEASE_EVENTS,
 ];
 
 /// Looks a view up by name.

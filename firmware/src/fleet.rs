@@ -152,6 +152,9 @@ pub struct Fleet {
     registry: Vec<RegistryRecord>,
 }
 
+/// The operations regions the simulated locations are spread over.
+pub const REGIONS: [&str; 4] = ["north", "south", "east", "west"];
+
 impl Fleet {
     pub fn new(config: &FleetConfig) -> Fleet {
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
@@ -174,6 +177,7 @@ impl Fleet {
                 lat: Micro(40_700_000 + rng.random_range(-200_000..200_000)),
                 lng: Micro(-74_000_000 + rng.random_range(-200_000..200_000)),
                 location_type: kind,
+                region: Some(REGIONS[l % REGIONS.len()].to_owned()),
             }));
         }
         let mut machines = Vec::with_capacity(config.machines);
@@ -215,6 +219,7 @@ impl Fleet {
                         low_stock_threshold: None,
                     })
                     .collect(),
+                registered_at: Some(Timestamp(start - 61 * MS_PER_DAY)),
             }));
             registry.push(RegistryRecord::Lease(Lease {
                 lease_id: format!("lease_{i:05}"),
@@ -225,6 +230,7 @@ impl Fleet {
                 monthly_rate: Cents(mrng.random_range(250..=400) * 100),
                 revenue_share_basis_points: mrng.random_range(5..=15) * 100,
                 status: LeaseStatus::Active,
+                auto_renew: i % 2 == 0,
             }));
             let mut faults = Vec::new();
             let onset = |r: &mut ChaCha8Rng| r.random_range(0..MS_PER_DAY);

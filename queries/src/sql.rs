@@ -77,6 +77,73 @@ pub enum QueryError {
 
 const READ_ONLY: &str = "vendflow SQL is read-only: only SELECT (and WITH … SELECT, VALUES, EXPLAIN) queries are allowed; DDL, DML, COPY, CREATE EXTERNAL TABLE and SET are refused";
 
+/// Whose rows a query sees.
+#[derive(Clone)]
+pub enum Scope {
+    /// The whole fleet.
+    All,
+    /// One client's locations and machines, and the rows about them.
+    Tenant(TenantScope),
+}
+
+#[derive(Clone)]
+pub struct TenantScope {
+    pub client: String,
+    pub owners: Arc<dyn Owners>,
+}
+
+/// Whether a machine or a location belongs to a client (the registry knows).
+pub trait Owners: Send + Sync {
+    fn machine_of(&self, machine_id: &str, client: &str) -> bool;
+    fn location_of(&self, location_id: &str, client: &str) -> bool;
+}
+
+/// What a view's rows are about, by the first of these columns it has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owner {
+    Machine(usize),
+    Location(usize),
+    Client(usize),
+}
+
+pub fn owner_column(def: &ViewDef) -> Option<Owner> {
+    let at = |name: &str| def.columns.iter().position(|c| c.name == name);
+    at("machine_id")
+        .map(Owner::Machine)
+        .or_else(|| at("location_id").map(Owner::Location))
+        .or_else(|| at("client_id").map(Owner::Client))
+}
+
+impl Scope {
+    /// Whether the scope may read `def` at all: a tenant only reads views about machines,
+    /// locations or clients (fleet-wide totals would tell it about others).
+    pub fn sees_view(&self, def: &ViewDef) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Tenant(_) => owner_column(def).is_some(),
+        }
+    }
+
+    /// Whether the scope sees `row` of `def`.
+    pub fn keeps(&self, def: &ViewDef, row: &vendflow_dataflows::Row) -> bool {
+        let Scope::Tenant(t) = self else {
+            return true;
+        };
+        let text = |i: usize| match row.get(i) {
+            Some(vendflow_dataflows::Value::Text(s)) => Some(s.as_str()),
+            _ => None,
+        };
+        match owner_column(def) {
+            None => false,
+            Some(Owner::Machine(i)) => text(i).is_some_and(|m| t.owners.machine_of(m, &t.client)),
+            Some(Owner::Location(i)) => text(i).is_some_and(|l| t.owners.location_of(l, &t.client)),
+            Some(Owner::Client(i)) => text(i) == Some(t.client.as_str()),
+        }
+    }
+}
+
+const TENANT_TABLES: &str = "tokens scoped to one client read the live views about machines, locations and leases (the archive's tables and fleet-wide views need a token of tenant *)";
+
 /// The answer: the frontier the views were read at, and the result.
 pub struct Answer {
     pub time: u64,
@@ -180,6 +247,7 @@ pub struct Sql {
     limits: Limits,
     permits: Semaphore,
     archived: bool,
+    latency: Latency,
 }
 
 fn failed(e: impl std::fmt::Display) -> QueryError {
@@ -234,6 +302,7 @@ impl Sql {
             limits,
             permits: Semaphore::new(limits.concurrent.max(1)),
             archived,
+            latency: Latency::default(),
         })
     }
 
@@ -260,9 +329,15 @@ impl Sql {
         self.archived
     }
 
-    /// Runs one read-only query.
+    /// Runs one read-only query over the whole fleet.
     pub async fn query(&self, sql: &str) -> Result<Answer, QueryError> {
+        self.query_in(&Scope::All, sql).await
+    }
+
+    /// Runs one read-only query over `scope`'s rows.
+    pub async fn query_in(&self, scope: &Scope, sql: &str) -> Result<Answer, QueryError> {
         check_read_only(sql)?;
+        let started = std::time::Instant::now();
         let run = async {
             let _permit = self.permits.acquire().await.map_err(failed)?;
             let state = self.ctx.state();
@@ -277,15 +352,24 @@ impl Sql {
                 .with_allow_statements(false)
                 .verify_plan(&plan)
                 .map_err(|_| QueryError::Refused(READ_ONLY.into()))?;
+            if let Scope::Tenant(_) = scope
+                && let Some(table) = archive_tables(&plan).first()
+            {
+                return Err(QueryError::Refused(format!(
+                    "table {table}: {TENANT_TABLES}"
+                )));
+            }
             // Snapshot just the views the query reads (all of them if it reads a ready view).
-            let snapshot = Arc::new(
-                self.snapshots.store.snapshot_of(
-                    &live_tables(&plan)
-                        .iter()
-                        .map(String::as_str)
-                        .collect::<Vec<_>>(),
-                ),
+            let mut snapshot = self.snapshots.store.snapshot_of(
+                &live_tables(&plan)
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>(),
             );
+            if let Scope::Tenant(_) = scope {
+                snapshot.retain(|def, row| scope.keeps(def, row));
+            }
+            let snapshot = Arc::new(snapshot);
             self.snapshots.put(start, snapshot.clone());
             let frame = DataFrame::new(state, plan);
             let schema = Arc::new(frame.schema().as_arrow().clone());
@@ -297,10 +381,93 @@ impl Sql {
                 schema,
             })
         };
-        tokio::time::timeout(self.limits.timeout, run)
+        let result = tokio::time::timeout(self.limits.timeout, run)
             .await
-            .map_err(|_| QueryError::Timeout(self.limits.timeout))?
+            .map_err(|_| QueryError::Timeout(self.limits.timeout))
+            .and_then(|r| r);
+        self.latency.record(started.elapsed(), result.is_ok());
+        result
     }
+
+    /// Query latencies so far (for `/metrics`).
+    pub fn latency(&self) -> &Latency {
+        &self.latency
+    }
+}
+
+/// A histogram of query latencies, in Prometheus' shape (cumulative buckets, sum, count).
+#[derive(Default)]
+pub struct Latency {
+    buckets: [std::sync::atomic::AtomicU64; Latency::BOUNDS_MS.len()],
+    sum_us: std::sync::atomic::AtomicU64,
+    count: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
+}
+
+impl Latency {
+    pub const BOUNDS_MS: [u64; 10] = [1, 2, 5, 10, 25, 50, 100, 250, 1000, 5000];
+
+    fn record(&self, took: Duration, ok: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let ms = took.as_secs_f64() * 1e3;
+        for (bound, bucket) in Self::BOUNDS_MS.iter().zip(&self.buckets) {
+            if ms <= *bound as f64 {
+                bucket.fetch_add(1, Relaxed);
+            }
+        }
+        self.sum_us
+            .fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Relaxed);
+        self.count.fetch_add(1, Relaxed);
+        if !ok {
+            self.failed.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// The histogram as Prometheus text.
+    pub fn prometheus(&self) -> String {
+        use std::fmt::Write;
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut out = String::from(
+            "# HELP vendflow_query_duration_seconds SQL query latency (HTTP and Postgres protocol).\n\
+             # TYPE vendflow_query_duration_seconds histogram\n",
+        );
+        for (bound, bucket) in Self::BOUNDS_MS.iter().zip(&self.buckets) {
+            let _ = writeln!(
+                out,
+                "vendflow_query_duration_seconds_bucket{{le=\"{}\"}} {}",
+                *bound as f64 / 1e3,
+                bucket.load(Relaxed)
+            );
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(
+            out,
+            "vendflow_query_duration_seconds_bucket{{le=\"+Inf\"}} {count}\n\
+             vendflow_query_duration_seconds_sum {}\n\
+             vendflow_query_duration_seconds_count {count}\n\
+             # HELP vendflow_queries_failed_total SQL queries refused, invalid, timed out or failed.\n\
+             # TYPE vendflow_queries_failed_total counter\n\
+             vendflow_queries_failed_total {}",
+            self.sum_us.load(Relaxed) as f64 / 1e6,
+            self.failed.load(Relaxed)
+        );
+        out
+    }
+}
+
+/// The archive's tables a plan reads (raw events, rejected records, history).
+fn archive_tables(plan: &LogicalPlan) -> Vec<String> {
+    let mut names = Vec::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            let name = scan.table_name.table();
+            if name == "events" || name == "rejected" || name.ends_with("_history") {
+                names.push(name.to_owned());
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    names
 }
 
 /// The live views a plan reads; every view if it reads a view defined in SQL.

@@ -17,7 +17,8 @@ use serde_json::value::RawValue;
 use crate::command::{AckStatus, CommandAck};
 use crate::event::{DoorStatus, ErrorCode, ErrorEvent, Event, EventKind, Heartbeat, Restock, Sale};
 use crate::registry::{
-    Lease, LeaseStatus, Location, LocationType, Machine, MachineStatus, RegistryRecord, Slot,
+    Lease, LeaseEvent, LeaseEventKind, LeaseStatus, Location, LocationType, Machine, MachineStatus,
+    RegistryRecord, Slot,
 };
 use crate::units::{Cents, MachineId, Micro, Milli, Rounding, Text, Timestamp, parse_decimal};
 
@@ -442,6 +443,8 @@ struct RawLocation {
     lng: Box<RawValue>,
     #[serde(default)]
     location_type: Option<String>,
+    #[serde(default)]
+    region: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -460,6 +463,8 @@ struct RawMachine {
     firmware_version: Option<String>,
     #[serde(default)]
     slots: Vec<RawSlot>,
+    #[serde(default)]
+    registered_at: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -485,6 +490,20 @@ struct RawLease {
     revenue_share_percent: Box<RawValue>,
     #[serde(default)]
     status: Option<String>,
+    #[serde(default)]
+    auto_renew: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawLeaseEvent {
+    lease_id: String,
+    client_id: String,
+    machine_id: String,
+    at: String,
+    event: String,
+    #[serde(default)]
+    note: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -502,6 +521,10 @@ pub fn decode_registry(bytes: &[u8]) -> Result<RegistryRecord, DecodeError> {
         decimal_text(field, raw)
             .and_then(|t| parse_decimal(t, scale, rounding).map_err(|m| number(field, m)))
     };
+    let ts = |field: &str, s: &str| {
+        Timestamp::parse_text(s)
+            .map_err(|m| DecodeError::new(ErrorKind::Timestamp, format!("{field}: {m}")))
+    };
     match head.kind.as_ref() {
         "location" => {
             let l: RawLocation = serde_json::from_slice(bytes).map_err(DecodeError::json)?;
@@ -514,23 +537,18 @@ pub fn decode_registry(bytes: &[u8]) -> Result<RegistryRecord, DecodeError> {
                 lat: Micro(lat),
                 lng: Micro(lng),
                 location_type: LocationType::parse(l.location_type.as_deref().unwrap_or("other")),
+                region: l.region,
             }))
         }
         "machine" => {
             let m: RawMachine = serde_json::from_slice(bytes).map_err(DecodeError::json)?;
-            let status = match m.status.as_deref().unwrap_or("active") {
-                "active" => MachineStatus::Active,
-                "maintenance" => MachineStatus::Maintenance,
-                "offline" => MachineStatus::Offline,
-                other => {
-                    return Err(DecodeError::new(
-                        ErrorKind::Schema,
-                        format!(
-                            "machine status {other:?}; expected active, maintenance or offline"
-                        ),
-                    ));
-                }
-            };
+            let status = m.status.as_deref().unwrap_or("active");
+            let status = MachineStatus::parse(status).ok_or_else(|| {
+                DecodeError::new(
+                    ErrorKind::Schema,
+                    format!("machine status {status:?}; expected active, maintenance or offline"),
+                )
+            })?;
             let mut slots = Vec::with_capacity(m.slots.len());
             for s in m.slots {
                 slots.push(Slot {
@@ -549,20 +567,22 @@ pub fn decode_registry(bytes: &[u8]) -> Result<RegistryRecord, DecodeError> {
                 status,
                 firmware_version: m.firmware_version,
                 slots,
+                registered_at: m
+                    .registered_at
+                    .as_deref()
+                    .map(|t| ts("registeredAt", t))
+                    .transpose()?,
             }))
         }
         "lease" => {
             let l: RawLease = serde_json::from_slice(bytes).map_err(DecodeError::json)?;
-            let ts = |s: &str| {
-                Timestamp::parse_text(s).map_err(|m| DecodeError::new(ErrorKind::Timestamp, m))
-            };
             let status = l.status.as_deref().unwrap_or("DRAFT");
             Ok(RegistryRecord::Lease(Lease {
                 lease_id: l.lease_id,
                 client_id: l.client_id,
                 machine_id: machine_id(&l.machine_id)?,
-                start: ts(&l.start)?,
-                end: ts(&l.end)?,
+                start: ts("start", &l.start)?,
+                end: ts("end", &l.end)?,
                 monthly_rate: Cents(dec("monthlyRate", &l.monthly_rate, 2, Rounding::Exact)?),
                 revenue_share_basis_points: dec(
                     "revenueSharePercent",
@@ -576,11 +596,30 @@ pub fn decode_registry(bytes: &[u8]) -> Result<RegistryRecord, DecodeError> {
                         format!("lease status {status:?} is unknown"),
                     )
                 })?,
+                auto_renew: l.auto_renew,
+            }))
+        }
+        "lease_event" => {
+            let e: RawLeaseEvent = serde_json::from_slice(bytes).map_err(DecodeError::json)?;
+            Ok(RegistryRecord::LeaseEvent(LeaseEvent {
+                kind: LeaseEventKind::parse(&e.event).ok_or_else(|| {
+                    DecodeError::new(
+                        ErrorKind::Schema,
+                        format!("lease event {:?} is unknown", e.event),
+                    )
+                })?,
+                lease_id: e.lease_id,
+                client_id: e.client_id,
+                machine_id: machine_id(&e.machine_id)?,
+                at: ts("at", &e.at)?,
+                note: e.note,
             }))
         }
         other => Err(DecodeError::new(
             ErrorKind::UnknownType,
-            format!("unknown registry record type {other:?}; expected location, machine or lease"),
+            format!(
+                "unknown registry record type {other:?}; expected location, machine, lease or lease_event"
+            ),
         )),
     }
 }
@@ -714,10 +753,17 @@ mod tests {
         };
         assert_eq!(l.revenue_share_basis_points, 1250);
         assert!(decode_registry(br#"{"type":"spaceship"}"#).is_err());
+        assert!(
+            decode_registry(br#"{"type":"lease_event","leaseId":"L","clientId":"c","machineId":"m1","at":"2024-01-01","event":"EXPLODED"}"#)
+                .is_err()
+        );
         for line in [
             r#"{"type":"location","locationId":"l1","clientId":"c","address":"1 Main St","lat":40.712776,"lng":-74.005974,"locationType":"airport"}"#,
             r#"{"type":"machine","machineId":"m1","serialNumber":"S","model":"X","locationId":"l1","status":"maintenance","slots":[{"slotNumber":101,"productId":"cola","maxCapacity":10,"price":2.5,"lowStockThreshold":3}]}"#,
-            r#"{"type":"lease","leaseId":"L","clientId":"c","machineId":"m1","start":"2024-01-01","end":"2024-12-31","monthlyRate":300,"revenueSharePercent":12.5,"status":"ACTIVE"}"#,
+            r#"{"type":"lease","leaseId":"L","clientId":"c","machineId":"m1","start":"2024-01-01","end":"2024-12-31","monthlyRate":300,"revenueSharePercent":12.5,"status":"ACTIVE","autoRenew":true}"#,
+            r#"{"type":"location","locationId":"l2","clientId":"c","address":"","lat":1,"lng":2,"region":"north"}"#,
+            r#"{"type":"machine","machineId":"m2","registeredAt":"2024-01-01T10:00:00Z","slots":[]}"#,
+            r#"{"type":"lease_event","leaseId":"L","clientId":"c","machineId":"m1","at":"2024-01-01T00:00:00Z","event":"RENEWED","note":"next term L-2"}"#,
         ] {
             let record = decode_registry(line.as_bytes()).expect(line);
             assert_eq!(

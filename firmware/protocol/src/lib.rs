@@ -27,6 +27,7 @@ pub use event::{
     DoorStatus, Envelope, ErrorCode, ErrorEvent, Event, EventKind, Heartbeat, Restock, Sale,
 };
 pub use registry::{
-    Lease, LeaseStatus, Location, LocationType, Machine, MachineStatus, RegistryRecord, Slot,
+    Lease, LeaseEvent, LeaseEventKind, LeaseStatus, Location, LocationType, Machine, MachineStatus,
+    RegistryRecord, Slot,
 };
 pub use units::{Cents, MachineId, Micro, Milli, Text, Timestamp};

@@ -6,8 +6,12 @@
 //! ```json
 //! {"type":"location","locationId":"loc_1","clientId":"acme","address":"1 Main St","lat":40.7,"lng":-74.0,"locationType":"office"}
 //! {"type":"machine","machineId":"m1","serialNumber":"SN1","model":"VX-30","locationId":"loc_1","status":"active","firmwareVersion":"2.1.0","slots":[{"slotNumber":1,"productId":"cola","maxCapacity":10,"price":2.50}]}
-//! {"type":"lease","leaseId":"l1","clientId":"acme","machineId":"m1","start":"2024-01-01","end":"2024-12-31","monthlyRate":300,"revenueSharePercent":10,"status":"ACTIVE"}
+//! {"type":"lease","leaseId":"l1","clientId":"acme","machineId":"m1","start":"2024-01-01","end":"2024-12-31","monthlyRate":300,"revenueSharePercent":10,"status":"ACTIVE","autoRenew":true}
+//! {"type":"lease_event","leaseId":"l1","clientId":"acme","machineId":"m1","at":"2024-01-01T00:00:00Z","event":"ACTIVATED"}
 //! ```
+//! A record is identified by its [`RegistryRecord::key`]; a later record with the same key
+//! replaces the earlier one (an upsert), which is how a machine's status or a lease's lifecycle
+//! changes. Lease events are never replaced: each has a key of its own.
 
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +22,7 @@ pub enum RegistryRecord {
     Location(Location),
     Machine(Machine),
     Lease(Lease),
+    LeaseEvent(LeaseEvent),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -28,6 +33,8 @@ pub struct Location {
     pub lat: Micro,
     pub lng: Micro,
     pub location_type: LocationType,
+    /// The operations region the location belongs to (dashboards filter by it).
+    pub region: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -70,6 +77,8 @@ pub struct Machine {
     pub status: MachineStatus,
     pub firmware_version: Option<String>,
     pub slots: Vec<Slot>,
+    /// When the platform registered the machine (absent for records loaded from older files).
+    pub registered_at: Option<Timestamp>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -80,6 +89,15 @@ pub enum MachineStatus {
 }
 
 impl MachineStatus {
+    pub fn parse(s: &str) -> Option<MachineStatus> {
+        Some(match s {
+            "active" => MachineStatus::Active,
+            "maintenance" => MachineStatus::Maintenance,
+            "offline" => MachineStatus::Offline,
+            _ => return None,
+        })
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             MachineStatus::Active => "active",
@@ -111,6 +129,56 @@ pub struct Lease {
     /// Percent of the machine's revenue owed, in hundredths of a percent (10 % is 1000).
     pub revenue_share_basis_points: i64,
     pub status: LeaseStatus,
+    /// Whether a new term of the same length starts when this one ends.
+    pub auto_renew: bool,
+}
+
+/// Something that happened in a lease's life: the record kept of each lifecycle step.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct LeaseEvent {
+    pub lease_id: String,
+    pub client_id: String,
+    pub machine_id: MachineId,
+    pub at: Timestamp,
+    pub kind: LeaseEventKind,
+    /// A detail: the next term's lease id on renewal, a termination's reason.
+    pub note: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum LeaseEventKind {
+    Created,
+    Activated,
+    RenewalNotice,
+    Renewed,
+    Expired,
+    Terminated,
+}
+
+impl LeaseEventKind {
+    pub const ALL: [LeaseEventKind; 6] = [
+        LeaseEventKind::Created,
+        LeaseEventKind::Activated,
+        LeaseEventKind::RenewalNotice,
+        LeaseEventKind::Renewed,
+        LeaseEventKind::Expired,
+        LeaseEventKind::Terminated,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaseEventKind::Created => "CREATED",
+            LeaseEventKind::Activated => "ACTIVATED",
+            LeaseEventKind::RenewalNotice => "RENEWAL_NOTICE",
+            LeaseEventKind::Renewed => "RENEWED",
+            LeaseEventKind::Expired => "EXPIRED",
+            LeaseEventKind::Terminated => "TERMINATED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<LeaseEventKind> {
+        LeaseEventKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -136,6 +204,18 @@ impl LeaseStatus {
 }
 
 impl RegistryRecord {
+    /// What the record describes: a later record with the same key replaces this one.
+    pub fn key(&self) -> String {
+        match self {
+            RegistryRecord::Location(l) => format!("location/{}", l.location_id),
+            RegistryRecord::Machine(m) => format!("machine/{}", m.machine_id.as_str()),
+            RegistryRecord::Lease(l) => format!("lease/{}", l.lease_id),
+            RegistryRecord::LeaseEvent(e) => {
+                format!("lease_event/{}/{}/{}", e.lease_id, e.at.0, e.kind.as_str())
+            }
+        }
+    }
+
     /// The record's wire form: one line of a registry JSON Lines file.
     pub fn to_json_line(&self) -> String {
         use serde_json::{Value, json};
@@ -145,11 +225,13 @@ impl RegistryRecord {
                 "type": "location", "locationId": l.location_id, "clientId": l.client_id,
                 "address": l.address, "lat": decimal(crate::units::trim_decimal(l.lat.0, 6)),
                 "lng": decimal(crate::units::trim_decimal(l.lng.0, 6)), "locationType": l.location_type.as_str(),
+                "region": l.region,
             }),
             RegistryRecord::Machine(m) => json!({
                 "type": "machine", "machineId": m.machine_id.as_str(), "serialNumber": m.serial_number,
                 "model": m.model, "locationId": m.location_id, "status": m.status.as_str(),
                 "firmwareVersion": m.firmware_version,
+                "registeredAt": m.registered_at.map(|t| t.to_rfc3339()),
                 "slots": m.slots.iter().map(|s| {
                     let mut slot = json!({"slotNumber": s.slot_number, "productId": s.product_id,
                         "maxCapacity": s.max_capacity, "price": decimal(s.price.to_string())});
@@ -164,7 +246,12 @@ impl RegistryRecord {
                 "machineId": l.machine_id.as_str(), "start": l.start.to_rfc3339(), "end": l.end.to_rfc3339(),
                 "monthlyRate": decimal(l.monthly_rate.to_string()),
                 "revenueSharePercent": decimal(crate::units::trim_decimal(l.revenue_share_basis_points, 2)),
-                "status": l.status.as_str(),
+                "status": l.status.as_str(), "autoRenew": l.auto_renew,
+            }),
+            RegistryRecord::LeaseEvent(e) => json!({
+                "type": "lease_event", "leaseId": e.lease_id, "clientId": e.client_id,
+                "machineId": e.machine_id.as_str(), "at": e.at.to_rfc3339(),
+                "event": e.kind.as_str(), "note": e.note,
             }),
         };
         value.to_string()

@@ -191,9 +191,13 @@ pub enum Admission {
     AlreadyForwarded { nonce: String },
 }
 
+/// Credentials shared between verifiers and whatever registers machines while they run (the
+/// REST API): a machine registered now is accepted at once.
+pub type SharedCredentials = std::sync::Arc<std::sync::RwLock<Credentials>>;
+
 /// Checks envelopes: machine id, signature, freshness, nonce reuse.
 pub struct Verifier {
-    credentials: Option<Credentials>,
+    credentials: Option<SharedCredentials>,
     max_skew_ms: i64,
     /// (machine, nonce) → digest of the forwarded bytes, while within the skew window.
     seen: HashMap<(String, String), [u8; 32]>,
@@ -204,6 +208,14 @@ impl Verifier {
     /// `credentials: None` turns signature checks off (only for trusted networks and tests of
     /// other parts; the CLI says so loudly).
     pub fn new(credentials: Option<Credentials>, max_skew_ms: i64) -> Verifier {
+        Verifier::shared(
+            credentials.map(|c| std::sync::Arc::new(std::sync::RwLock::new(c))),
+            max_skew_ms,
+        )
+    }
+
+    /// A verifier over credentials that may grow while it runs.
+    pub fn shared(credentials: Option<SharedCredentials>, max_skew_ms: i64) -> Verifier {
         Verifier {
             credentials,
             max_skew_ms,
@@ -217,7 +229,7 @@ impl Verifier {
         match &self.credentials {
             None => true,
             Some(creds) => token
-                .zip(creds.get(machine))
+                .zip(creds.read().unwrap_or_else(|e| e.into_inner()).get(machine))
                 .is_some_and(|(token, hash)| hash.matches(token)),
         }
     }
@@ -243,7 +255,10 @@ impl Verifier {
         let Some(creds) = &self.credentials else {
             return Ok(Admission::Forward(None));
         };
-        let signed = verify_envelope(bytes, |m| creds.get(m))?;
+        let signed = {
+            let creds = creds.read().unwrap_or_else(|e| e.into_inner());
+            verify_envelope(bytes, |m| creds.get(m))?
+        };
         let skew_ms = (now_ms - signed.sent_at).abs();
         if skew_ms > self.max_skew_ms {
             return Err(Refusal::Stale {

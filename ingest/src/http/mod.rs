@@ -147,7 +147,9 @@ pub fn spawn_into_broker(
         pending_commands: Default::default(),
         stats: Default::default(),
     };
-    spawn(addr, None, state, Some(eventloop), extra)
+    // `extra` (the REST API) serves `/metrics` itself: only the telemetry route is added.
+    let app = telemetry_router(Arc::new(state), DEFAULT_BODY_LIMIT).merge(extra);
+    serve(addr, None, app, Some(eventloop))
 }
 
 /// Largest accepted envelope.
@@ -243,6 +245,14 @@ pub fn router(state: Arc<Telemetry>, body_limit: usize) -> Router {
     Router::new()
         .route("/api/telemetry", post(telemetry))
         .route("/metrics", axum::routing::get(metrics))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+/// [`router`] without `/metrics`, for merging into a server that has its own.
+pub fn telemetry_router(state: Arc<Telemetry>, body_limit: usize) -> Router {
+    Router::new()
+        .route("/api/telemetry", post(telemetry))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }

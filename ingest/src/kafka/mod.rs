@@ -110,10 +110,10 @@ pub fn client_config(brokers: &str) -> ClientConfig {
 }
 
 /// Produces registry records (one JSON object per line of `text`, each checked first) to
-/// `fleet-commands`, keyed by the id of what they describe; returns how many. A file with any
+/// `fleet-commands`, keyed by what they describe ([`vendflow_protocol::RegistryRecord::key`]: a later record with the
+/// same key replaces the earlier one); returns how many. A file with any
 /// invalid line is refused as a whole, with every line's reason, before anything is sent.
 pub fn load_registry(brokers: &str, text: &str) -> Result<usize, RegistryLoadError> {
-    use vendflow_protocol::RegistryRecord;
     use vendflow_protocol::decode::decode_registry;
     let mut records = Vec::new();
     let mut problems = Vec::new();
@@ -123,12 +123,7 @@ pub fn load_registry(brokers: &str, text: &str) -> Result<usize, RegistryLoadErr
         }
         match decode_registry(line.as_bytes()) {
             Ok(r) => {
-                let key = match &r {
-                    RegistryRecord::Location(l) => l.location_id.clone(),
-                    RegistryRecord::Machine(m) => m.machine_id.as_str().to_owned(),
-                    RegistryRecord::Lease(l) => l.lease_id.clone(),
-                };
-                records.push((key, line));
+                records.push((r.key(), line));
             }
             Err(e) => problems.push(format!("line {}: {e}", i + 1)),
         }

@@ -16,7 +16,7 @@
 //! rebuild replays the same ingestion times; once a consumer has caught up and sees nothing new,
 //! its worker advances with the wall clock so that time-driven views (liveness, "today") move.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -28,7 +28,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use vendflow_dataflows::{Batch, ErrorRecord, Feeder, Feeders, Time};
 use vendflow_protocol::command::decode_command;
 use vendflow_protocol::decode::{decode_line, decode_registry};
-use vendflow_protocol::{DecodeError, Timestamp};
+use vendflow_protocol::{DecodeError, RegistryRecord, Timestamp};
 
 use crate::{Position, Tap};
 
@@ -40,13 +40,18 @@ use super::{
 /// Registry changes (machines, locations, leases), one JSON record per message.
 pub const FLEET_COMMANDS_TOPIC: &str = "fleet-commands";
 
-#[derive(Clone, Debug)]
+/// Told of every registry record read from `fleet-commands` (the REST API keeps its copy of the
+/// registry current with it).
+pub type RegistryObserver = Arc<dyn Fn(&RegistryRecord) + Send + Sync>;
+
+#[derive(Clone)]
 pub struct SourceConfig {
     pub brokers: String,
     /// Partitions of `machine-telemetry` if the source has to create it.
     pub partitions: i32,
     /// Granularity of the ingestion clock.
     pub tick_ms: u64,
+    pub registry_observer: Option<RegistryObserver>,
 }
 
 /// What the source has consumed: per (topic, partition), the next offset to read.
@@ -192,10 +197,15 @@ pub fn start(
         let stop = stop.clone();
         let tap = tap.clone();
         let tick = config.tick_ms.max(1);
+        let observer = config.registry_observer.clone();
         let handle = std::thread::Builder::new()
             .name(format!("vendflow-kafka-{index}"))
             .spawn(move || {
-                if let Err(e) = consume(&consumer, feeder, tick, &stats, tap.as_ref(), &stop) {
+                let sinks = Sinks {
+                    tap: tap.as_ref(),
+                    observer: observer.as_ref(),
+                };
+                if let Err(e) = consume(&consumer, feeder, tick, &stats, sinks, &stop) {
                     tracing::error!("kafka consumer {index} stopped: {e}");
                 }
             })
@@ -208,14 +218,23 @@ pub fn start(
     Ok(handles)
 }
 
+/// Where a consumer hands what it read besides the engine.
+struct Sinks<'a> {
+    tap: Option<&'a Tap>,
+    observer: Option<&'a RegistryObserver>,
+}
+
 fn consume(
     consumer: &BaseConsumer,
     mut feeder: Feeder,
     tick: Time,
     stats: &SourceStats,
-    tap: Option<&Tap>,
+    Sinks { tap, observer }: Sinks,
     stop: &AtomicBool,
 ) -> Result<(), vendflow_dataflows::EngineError> {
+    // `fleet-commands` is an upsert log: a record replaces the one with the same key, so the
+    // engine gets the old record's retraction with the new one (only this consumer reads it).
+    let mut registry: HashMap<String, RegistryRecord> = HashMap::new();
     let mut clock: Time = 0;
     let mut batch = Batch::default();
     let mut idle_polls = 0u32;
@@ -258,7 +277,19 @@ fn consume(
                 };
                 if topic == FLEET_COMMANDS_TOPIC {
                     match decode_registry(payload) {
-                        Ok(record) => batch.registry.push((record, 1)),
+                        Ok(record) => {
+                            if let Some(observe) = observer {
+                                observe(&record);
+                            }
+                            match registry.insert(record.key(), record.clone()) {
+                                Some(old) if old == record => {}
+                                Some(old) => {
+                                    batch.registry.push((old, -1));
+                                    batch.registry.push((record, 1));
+                                }
+                                None => batch.registry.push((record, 1)),
+                            }
+                        }
                         Err(e) => refuse(&e),
                     }
                 } else if topic == COMMANDS_TOPIC {

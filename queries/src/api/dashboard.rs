@@ -1,0 +1,348 @@
+//! The operations dashboard's data: a fleet summary, and a live stream of what changes.
+
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value as Json, json};
+use tokio::sync::mpsc::Sender;
+use vendflow_dataflows::{Change, Row, Subscription, Value};
+use vendflow_protocol::Cents;
+use vendflow_protocol::units::MS_PER_DAY;
+
+use super::fleet::Fleet;
+use super::machines::{alerts_of, live_status};
+use super::{ApiError, ApiQuery, ApiState, Auth};
+use crate::auth::Principal;
+use crate::cell;
+
+#[derive(Deserialize, Clone)]
+pub(super) struct Region {
+    region: Option<String>,
+}
+
+/// The machines `who` sees (in `region`, if given), with their client.
+fn machines_in_scope(
+    fleet: &Fleet,
+    who: &Principal,
+    region: Option<&str>,
+) -> HashMap<String, Option<String>> {
+    let registry = fleet.read();
+    registry
+        .machines
+        .keys()
+        .filter_map(|id| {
+            let location = registry.machines[id]
+                .location_id
+                .as_ref()
+                .and_then(|l| registry.locations.get(l));
+            let client = location.map(|l| l.client_id.clone());
+            let sees = match &who.tenant {
+                crate::auth::Tenant::All => true,
+                crate::auth::Tenant::Client(c) => client.as_deref() == Some(c.as_str()),
+            };
+            let in_region =
+                region.is_none_or(|r| location.and_then(|l| l.region.as_deref()) == Some(r));
+            (sees && in_region).then(|| (id.clone(), client))
+        })
+        .collect()
+}
+
+fn text(row: &Row, i: usize) -> &str {
+    match row.get(i) {
+        Some(Value::Text(t)) => t.as_str(),
+        _ => "",
+    }
+}
+
+fn money(row: &Row, i: usize) -> i64 {
+    match row.get(i) {
+        Some(Value::Money(c)) => c.0,
+        _ => 0,
+    }
+}
+
+fn day_of(row: &Row, i: usize) -> Option<i64> {
+    match row.get(i) {
+        Some(Value::Date(d)) => Some(*d),
+        _ => None,
+    }
+}
+
+/// `GET /api/dashboard/fleet?region=`: status totals, alerts, today's revenue, low stock,
+/// machines to restock and the top sellers, over the caller's machines, at one frontier.
+pub(super) async fn fleet(
+    State(state): State<ApiState>,
+    auth: Auth,
+    ApiQuery(Region { region }): ApiQuery<Region>,
+) -> Result<Response, ApiError> {
+    let machines = machines_in_scope(&state.fleet, &auth.0, region.as_deref());
+    let snapshot = state.store.snapshot_of(&[
+        "liveness",
+        "health",
+        "inventory",
+        "revenue_machine_daily",
+        "restock_needed",
+    ]);
+    let today = i64::try_from(snapshot.frontier).unwrap_or(0) / MS_PER_DAY;
+    let rows = |view: &str| snapshot.rows(view).unwrap_or_default();
+    let liveness: HashMap<&str, &Row> = rows("liveness").iter().map(|r| (text(r, 0), r)).collect();
+    let mut totals: HashMap<&str, usize> = HashMap::new();
+    {
+        let registry = state.fleet.read();
+        for id in machines.keys() {
+            let registered = registry.machines[id].status;
+            let live = liveness.get(id.as_str()).map(|r| text(r, 2));
+            *totals.entry(live_status(registered, live)).or_default() += 1;
+        }
+    }
+    let mut alert_count = 0;
+    let mut alerting = 0;
+    for r in rows("health") {
+        if machines.contains_key(text(r, 0)) {
+            let n = alerts_of(Some(r)).len();
+            alert_count += n;
+            alerting += usize::from(n > 0);
+        }
+    }
+    let mut low: HashMap<&str, (usize, usize)> = HashMap::new();
+    for r in rows("inventory") {
+        if machines.contains_key(text(r, 0)) {
+            let entry = low.entry(text(r, 0)).or_default();
+            entry.0 += usize::from(matches!(r.get(6), Some(Value::Bool(true))));
+            entry.1 += usize::from(matches!(r.get(7), Some(Value::Bool(true))));
+        }
+    }
+    let mut low: Vec<(&str, usize, usize)> = low
+        .into_iter()
+        .filter(|(_, (l, _))| *l > 0)
+        .map(|(m, (l, s))| (m, l, s))
+        .collect();
+    low.sort_by(|a, b| (b.2, b.1, a.0).cmp(&(a.2, a.1, b.0)));
+    let mut revenue: Vec<(&str, i64)> = rows("revenue_machine_daily")
+        .iter()
+        .filter(|r| day_of(r, 1) == Some(today) && machines.contains_key(text(r, 0)))
+        .map(|r| (text(r, 0), money(r, 2)))
+        .collect();
+    let today_revenue: i64 = revenue.iter().map(|(_, c)| c).sum();
+    revenue.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let restock: Vec<Json> = rows("restock_needed")
+        .iter()
+        .filter(|r| machines.contains_key(text(r, 0)))
+        .take(20)
+        .map(|r| json!({"machineId": text(r, 0), "slots": cell(&r[1]), "hoursToFirstEmpty": cell(&r[2])}))
+        .collect();
+    let count = |s: &str| totals.get(s).copied().unwrap_or(0);
+    Ok(axum::Json(json!({
+        "region": region,
+        "time": snapshot.frontier,
+        "day": vendflow_dataflows::Value::Date(today).render(),
+        "totals": {
+            "total": machines.len(), "active": count("active"),
+            "maintenance": count("maintenance"), "offline": count("offline"),
+        },
+        "alertCount": alert_count,
+        "machinesWithAlerts": alerting,
+        "todayRevenue": Cents(today_revenue).to_string(),
+        "lowStockMachines": low.len(),
+        "lowStock": low.iter().take(20).map(|(m, l, s)| json!({"machineId": m, "lowSlots": l, "soldOutSlots": s})).collect::<Vec<_>>(),
+        "needsRestock": restock,
+        "topPerforming": revenue.iter().take(5).map(|(m, c)| json!({"machineId": m, "revenue": Cents(*c).to_string()})).collect::<Vec<_>>(),
+    }))
+    .into_response())
+}
+
+/// What the stream's relay for one view turns a change into.
+type Translate =
+    Box<dyn FnMut(&Change, &HashMap<String, Option<String>>) -> Vec<(&'static str, Json)> + Send>;
+
+/// Machines whose status changed: `status` events.
+fn statuses() -> Translate {
+    Box::new(|change, machines| {
+        let before: HashMap<&str, &str> = change
+            .deleted
+            .iter()
+            .map(|r| (text(r, 0), text(r, 2)))
+            .collect();
+        change
+            .inserted
+            .iter()
+            .filter(|r| machines.contains_key(text(r, 0)))
+            .filter(|r| before.get(text(r, 0)) != Some(&text(r, 2)))
+            .map(|r| {
+                (
+                    "status",
+                    json!({"machineId": text(r, 0), "status": text(r, 2),
+                           "previous": before.get(text(r, 0)), "lastHeartbeat": cell(&r[1]),
+                           "time": change.frontier}),
+                )
+            })
+            .collect()
+    })
+}
+
+/// Alerts a machine did not have before: `alert` events.
+fn alerts() -> Translate {
+    Box::new(|change, machines| {
+        let before: HashMap<&str, HashSet<String>> = change
+            .deleted
+            .iter()
+            .map(|r| (text(r, 0), alerts_of(Some(r)).into_iter().collect()))
+            .collect();
+        change
+            .inserted
+            .iter()
+            .filter(|r| machines.contains_key(text(r, 0)))
+            .filter_map(|r| {
+                let now = alerts_of(Some(r));
+                let new: Vec<&String> = now
+                    .iter()
+                    .filter(|a| !before.get(text(r, 0)).is_some_and(|b| b.contains(*a)))
+                    .collect();
+                (!new.is_empty()).then(|| {
+                    (
+                        "alert",
+                        json!({"machineId": text(r, 0), "new": new, "alerts": now,
+                               "score": cell(&r[1]), "grade": cell(&r[2]), "time": change.frontier}),
+                    )
+                })
+            })
+            .collect()
+    })
+}
+
+/// Sales as they land: `revenue` events with the machine's day and the scope's today total.
+fn revenue() -> Translate {
+    // (machine, day) → revenue, seeded by the first change (the snapshot).
+    let mut known: HashMap<(String, i64), i64> = HashMap::new();
+    Box::new(move |change, machines| {
+        let today = i64::try_from(change.frontier).unwrap_or(0) / MS_PER_DAY;
+        let mut out = Vec::new();
+        let mut moved: HashMap<(String, i64), i64> = HashMap::new();
+        for r in &change.deleted {
+            if let Some(day) = day_of(r, 1) {
+                known.remove(&(text(r, 0).to_owned(), day));
+            }
+        }
+        for r in &change.inserted {
+            if let Some(day) = day_of(r, 1) {
+                let key = (text(r, 0).to_owned(), day);
+                moved.insert(key.clone(), money(r, 2));
+                known.insert(key, money(r, 2));
+            }
+        }
+        let total: i64 = known
+            .iter()
+            .filter(|((m, d), _)| *d == today && machines.contains_key(m))
+            .map(|(_, c)| c)
+            .sum();
+        for ((machine, day), cents) in moved {
+            if machines.contains_key(&machine) {
+                out.push((
+                    "revenue",
+                    json!({"machineId": machine, "day": Value::Date(day).render(),
+                           "revenue": Cents(cents).to_string(), "todayRevenue": Cents(total).to_string(),
+                           "time": change.frontier}),
+                ));
+            }
+        }
+        out
+    })
+}
+
+/// Relays `subscription` through `translate` into `tx` until the client goes away.
+fn relay(
+    subscription: Subscription,
+    mut translate: Translate,
+    scope: impl Fn() -> Arc<HashMap<String, Option<String>>>,
+    tx: Sender<Result<Event, Infallible>>,
+) {
+    let mut first = true;
+    loop {
+        match subscription.next_timeout(Duration::from_secs(1)) {
+            Ok(None) if tx.is_closed() => return,
+            Ok(None) => {}
+            Ok(Some(change)) => {
+                let machines = scope();
+                let events = translate(&change, &machines);
+                // The first change is the snapshot: it seeds the relay, the summary the page
+                // loaded shows it.
+                if std::mem::take(&mut first) {
+                    continue;
+                }
+                for (kind, data) in events {
+                    let event = Event::default().event(kind).data(data.to_string());
+                    if tx.blocking_send(Ok(event)).is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(end) => {
+                let _ = tx.blocking_send(Ok(Event::default()
+                    .event("error")
+                    .data(json!({"error": end.to_string()}).to_string())));
+                return;
+            }
+        }
+    }
+}
+
+/// `GET /api/dashboard/stream?region=`: Server-Sent Events `status` (a machine's status
+/// changed), `alert` (a machine has new alerts), `revenue` (a machine's day revenue moved,
+/// with the caller's total for today), only about the caller's machines.
+pub(super) async fn stream(
+    State(state): State<ApiState>,
+    auth: Auth,
+    ApiQuery(Region { region }): ApiQuery<Region>,
+) -> Result<Response, ApiError> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(64);
+    let relays: [(&str, Translate); 3] = [
+        ("liveness", statuses()),
+        ("health", alerts()),
+        ("revenue_machine_daily", revenue()),
+    ];
+    let fleet = state.fleet.clone();
+    let who = Arc::new(auth.0);
+    // The machines in scope, looked up again at most every few seconds (new registrations).
+    let cache = Arc::new(std::sync::Mutex::new((
+        std::time::Instant::now(),
+        Arc::new(machines_in_scope(&fleet, &who, region.as_deref())),
+    )));
+    for (view, translate) in relays {
+        let subscription = state
+            .store
+            .subscribe(view)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let (fleet, who, region, cache) =
+            (fleet.clone(), who.clone(), region.clone(), cache.clone());
+        let scope = move || {
+            let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
+            if c.0.elapsed() > Duration::from_secs(5) {
+                *c = (
+                    std::time::Instant::now(),
+                    Arc::new(machines_in_scope(&fleet, &who, region.as_deref())),
+                );
+            }
+            c.1.clone()
+        };
+        let tx = tx.clone();
+        tokio::task::spawn_blocking(move || relay(subscription, translate, scope, tx));
+    }
+    drop(tx);
+    let hello = Event::default().event("hello").data(
+        json!({"subscribed": ["status", "alert", "revenue"], "time": state.store.frontier()})
+            .to_string(),
+    );
+    let stream = tokio_stream::StreamExt::chain(
+        tokio_stream::once(Ok::<_, Infallible>(hello)),
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+    );
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}

@@ -1,0 +1,205 @@
+//! The registry as the REST API keeps it: locations, machines, leases and lease events by key.
+//!
+//! The API validates a change against this copy, then publishes it as registry records (the
+//! old record's retraction and the new record) into the dataflows: straight to the engine in
+//! the embedded demo, through `fleet-commands` with Kafka. Records that arrive from elsewhere
+//! (a `vendflow registry load`, another API instance, this one's own writes read back from
+//! Kafka) are [`Fleet::observe`]d, so the copy follows the log of record. All writes go
+//! through one lock, so two requests cannot both pass a check that only one may pass (two
+//! leases overlapping on one machine).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use vendflow_protocol::{Lease, LeaseEvent, Location, Machine, RegistryRecord};
+
+use crate::sql::Owners;
+
+/// Hands registry changes (`+1` a new record, `-1` the one it replaces) to the dataflows.
+pub type Publish = Arc<dyn Fn(Vec<(RegistryRecord, isize)>) -> Result<(), String> + Send + Sync>;
+
+#[derive(Default)]
+pub struct Registry {
+    pub locations: BTreeMap<String, Location>,
+    pub machines: BTreeMap<String, Machine>,
+    pub leases: BTreeMap<String, Lease>,
+    /// Per lease, its events in time order.
+    pub lease_events: HashMap<String, Vec<LeaseEvent>>,
+    /// Serial number → machine id (serial numbers are unique).
+    pub serials: HashMap<String, String>,
+}
+
+impl Registry {
+    /// The record currently stored under `record`'s key.
+    fn current(&self, record: &RegistryRecord) -> Option<RegistryRecord> {
+        match record {
+            RegistryRecord::Location(l) => self
+                .locations
+                .get(&l.location_id)
+                .cloned()
+                .map(RegistryRecord::Location),
+            RegistryRecord::Machine(m) => self
+                .machines
+                .get(m.machine_id.as_str())
+                .cloned()
+                .map(RegistryRecord::Machine),
+            RegistryRecord::Lease(l) => self
+                .leases
+                .get(&l.lease_id)
+                .cloned()
+                .map(RegistryRecord::Lease),
+            RegistryRecord::LeaseEvent(e) => self
+                .lease_events
+                .get(&e.lease_id)
+                .and_then(|events| events.iter().find(|x| *x == e))
+                .cloned()
+                .map(RegistryRecord::LeaseEvent),
+        }
+    }
+
+    fn store(&mut self, record: RegistryRecord) {
+        match record {
+            RegistryRecord::Location(l) => {
+                self.locations.insert(l.location_id.clone(), l);
+            }
+            RegistryRecord::Machine(m) => {
+                if let Some(old) = self.machines.get(m.machine_id.as_str()) {
+                    self.serials.remove(&old.serial_number);
+                }
+                if !m.serial_number.is_empty() {
+                    self.serials
+                        .insert(m.serial_number.clone(), m.machine_id.as_str().to_owned());
+                }
+                self.machines.insert(m.machine_id.as_str().to_owned(), m);
+            }
+            RegistryRecord::Lease(l) => {
+                self.leases.insert(l.lease_id.clone(), l);
+            }
+            RegistryRecord::LeaseEvent(e) => {
+                let events = self.lease_events.entry(e.lease_id.clone()).or_default();
+                if !events.contains(&e) {
+                    events.push(e);
+                    events.sort_by_key(|e| (e.at, e.kind));
+                }
+            }
+        }
+    }
+
+    /// The client a machine belongs to: its location's.
+    pub fn machine_client(&self, machine_id: &str) -> Option<&str> {
+        let location = self.machines.get(machine_id)?.location_id.as_deref()?;
+        self.locations.get(location).map(|l| l.client_id.as_str())
+    }
+}
+
+/// The registry behind a lock, and where its changes go.
+pub struct Fleet {
+    registry: RwLock<Registry>,
+    publish: Publish,
+}
+
+impl Fleet {
+    pub fn new(publish: Publish) -> Fleet {
+        Fleet {
+            registry: RwLock::new(Registry::default()),
+            publish,
+        }
+    }
+
+    /// A fleet whose changes go nowhere but this copy (tests of the API alone).
+    pub fn detached() -> Fleet {
+        Fleet::new(Arc::new(|_| Ok(())))
+    }
+
+    pub fn read(&self) -> RwLockReadGuard<'_, Registry> {
+        self.registry.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The registry for a change: hold it across the check and [`Fleet::commit`].
+    pub fn write(&self) -> RwLockWriteGuard<'_, Registry> {
+        self.registry.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes in a record read from the log (an upsert; the same record again changes nothing).
+    pub fn observe(&self, record: &RegistryRecord) {
+        self.write().store(record.clone());
+    }
+
+    /// Publishes `records` (each replacing the record with its key) and stores them. Nothing
+    /// is stored if publishing fails.
+    pub fn commit(
+        &self,
+        registry: &mut Registry,
+        records: Vec<RegistryRecord>,
+    ) -> Result<(), String> {
+        let mut changes = Vec::with_capacity(records.len() * 2);
+        for record in &records {
+            match registry.current(record) {
+                Some(old) if old == *record => continue,
+                Some(old) => changes.push((old, -1)),
+                None => {}
+            }
+            changes.push((record.clone(), 1));
+        }
+        if changes.is_empty() {
+            return Ok(());
+        }
+        (self.publish)(changes)?;
+        for record in records {
+            registry.store(record);
+        }
+        Ok(())
+    }
+}
+
+impl Owners for Fleet {
+    fn machine_of(&self, machine_id: &str, client: &str) -> bool {
+        self.read().machine_client(machine_id) == Some(client)
+    }
+
+    fn location_of(&self, location_id: &str, client: &str) -> bool {
+        self.read()
+            .locations
+            .get(location_id)
+            .is_some_and(|l| l.client_id == client)
+    }
+}
+
+/// One client's machines and locations, copied out of the registry: filtering many rows then
+/// takes no lock per row.
+pub struct ClientAssets {
+    pub client: String,
+    pub machines: HashSet<String>,
+    pub locations: HashSet<String>,
+}
+
+impl ClientAssets {
+    pub fn of(fleet: &Fleet, client: &str) -> ClientAssets {
+        let r = fleet.read();
+        ClientAssets {
+            client: client.to_owned(),
+            machines: r
+                .machines
+                .keys()
+                .filter(|m| r.machine_client(m) == Some(client))
+                .cloned()
+                .collect(),
+            locations: r
+                .locations
+                .values()
+                .filter(|l| l.client_id == client)
+                .map(|l| l.location_id.clone())
+                .collect(),
+        }
+    }
+}
+
+impl Owners for ClientAssets {
+    fn machine_of(&self, machine_id: &str, client: &str) -> bool {
+        client == self.client && self.machines.contains(machine_id)
+    }
+
+    fn location_of(&self, location_id: &str, client: &str) -> bool {
+        client == self.client && self.locations.contains(location_id)
+    }
+}

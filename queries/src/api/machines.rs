@@ -1,0 +1,654 @@
+//! Machines and locations: register, read (registry + live views), list, maintenance.
+
+use std::collections::{BTreeSet, HashMap};
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Value as Json, json};
+use vendflow_dataflows::{Row, Snapshot, Value};
+use vendflow_protocol::units::Micro;
+use vendflow_protocol::{
+    Cents, Location, LocationType, Machine, MachineId, MachineStatus, RegistryRecord, Slot,
+};
+
+use super::{ApiError, ApiJson, ApiQuery, ApiState, Auth, Page};
+use crate::auth::{Role, Tenant};
+use crate::cell;
+
+/// The views a machine's page reads, at one frontier.
+pub(super) const MACHINE_VIEWS: [&str; 4] = ["liveness", "inventory", "anomaly_windows", "health"];
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct NewMachine {
+    machine_id: Option<String>,
+    serial_number: Option<String>,
+    model: Option<String>,
+    location_id: Option<String>,
+    firmware_version: Option<String>,
+    #[serde(default)]
+    slots: Vec<NewSlot>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct NewSlot {
+    slot_number: u32,
+    product_id: String,
+    max_capacity: u32,
+    price: Box<RawValue>,
+    low_stock_threshold: Option<u32>,
+}
+
+/// Collects field problems, to refuse a request once with all of them.
+#[derive(Default)]
+pub(super) struct Problems(Vec<Json>);
+
+impl Problems {
+    pub(super) fn add(&mut self, field: &str, message: impl Into<String>) {
+        self.0
+            .push(json!({"field": field, "message": message.into()}));
+    }
+
+    pub(super) fn check(self) -> Result<(), ApiError> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        let first = self.0[0]["message"].as_str().unwrap_or_default().to_owned();
+        let message = if self.0.len() == 1 {
+            first
+        } else {
+            format!("{first} (and {} more problems)", self.0.len() - 1)
+        };
+        Err(ApiError::invalid(message).with_details(Json::Array(self.0)))
+    }
+}
+
+/// An exact price from a JSON number: `2.50`, at most two decimals, positive.
+pub(super) fn price(raw: &RawValue) -> Result<Cents, String> {
+    let text = raw.get();
+    if text.starts_with('"') {
+        return Err("must be a JSON number like 2.50, not a string".into());
+    }
+    let cents = Cents::parse(text)?;
+    if cents.0 <= 0 {
+        return Err(format!("must be positive, got {cents}"));
+    }
+    Ok(cents)
+}
+
+fn new_id(prefix: &str) -> Result<String, ApiError> {
+    use rand::TryRngCore;
+    let mut bytes = [0u8; 5];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut bytes)
+        .map_err(|e| ApiError::internal(format!("random source: {e}")))?;
+    Ok(format!("{prefix}_{}", hex::encode(bytes)))
+}
+
+/// `POST /api/machines` (admin): validates, registers, issues the machine's secret.
+pub(super) async fn register(
+    State(state): State<ApiState>,
+    auth: Auth,
+    ApiJson(body): ApiJson<NewMachine>,
+) -> Result<Response, ApiError> {
+    auth.require(Role::Admin, "registering a machine")?;
+    let mut problems = Problems::default();
+    let text = |field: &str, v: &Option<String>, problems: &mut Problems| -> String {
+        match v.as_deref().map(str::trim) {
+            Some(s) if !s.is_empty() && s.len() <= 128 => s.to_owned(),
+            _ => {
+                problems.add(field, format!("{field} is required (1 to 128 characters)"));
+                String::new()
+            }
+        }
+    };
+    let serial = text("serialNumber", &body.serial_number, &mut problems);
+    let model = text("model", &body.model, &mut problems);
+    let location = text("locationId", &body.location_id, &mut problems);
+    let machine_id = match &body.machine_id {
+        Some(id) => match MachineId::parse(id) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                problems.add("machineId", e);
+                None
+            }
+        },
+        None => None,
+    };
+    if body.slots.is_empty() {
+        problems.add("slots", "a machine needs at least one slot");
+    }
+    let mut numbers = BTreeSet::new();
+    let mut slots = Vec::with_capacity(body.slots.len());
+    for (i, s) in body.slots.iter().enumerate() {
+        let field = |name: &str| format!("slots[{i}].{name}");
+        if !numbers.insert(s.slot_number) {
+            problems.add(
+                &field("slotNumber"),
+                format!("slot {} appears twice", s.slot_number),
+            );
+        }
+        if s.product_id.trim().is_empty() {
+            problems.add(&field("productId"), "productId is required");
+        }
+        if !(1..=1000).contains(&s.max_capacity) {
+            problems.add(
+                &field("maxCapacity"),
+                format!("maxCapacity must be 1 to 1000, got {}", s.max_capacity),
+            );
+        }
+        if s.low_stock_threshold.is_some_and(|t| t >= s.max_capacity) {
+            problems.add(
+                &field("lowStockThreshold"),
+                "lowStockThreshold must be below maxCapacity",
+            );
+        }
+        match price(&s.price) {
+            Ok(price) => slots.push(Slot {
+                slot_number: s.slot_number,
+                product_id: s.product_id.trim().to_owned(),
+                max_capacity: s.max_capacity,
+                price,
+                low_stock_threshold: s.low_stock_threshold,
+            }),
+            Err(e) => problems.add(&field("price"), format!("price {e}")),
+        }
+    }
+    problems.check()?;
+
+    let fleet = state.fleet.clone();
+    let mut registry = fleet.write();
+    let Some(loc) = registry.locations.get(&location) else {
+        return Err(ApiError::not_found("location", &location)
+            .with_details(json!([{"field": "locationId", "message": "register the location first (POST /api/locations)"}])));
+    };
+    if !auth.sees(Some(&loc.client_id)) {
+        return Err(ApiError::not_found("location", &location));
+    }
+    if let Some(other) = registry.serials.get(&serial) {
+        return Err(ApiError::conflict(format!(
+            "serial number {serial} is already machine {other}"
+        )));
+    }
+    let machine_id = match machine_id {
+        Some(id) if registry.machines.contains_key(id.as_str()) => {
+            return Err(ApiError::conflict(format!(
+                "machine {} is already registered",
+                id.as_str()
+            )));
+        }
+        Some(id) => id,
+        None => MachineId::parse(&new_id("mach")?).map_err(ApiError::internal)?,
+    };
+    let secret = match &state.secrets {
+        Some(issue) => issue(machine_id.as_str()).map_err(|e| {
+            ApiError::internal(format!("cannot store the machine's credentials: {e}"))
+        })?,
+        None => {
+            return Err(ApiError::unavailable(
+                "this server has no machine credentials store (run with --credentials)",
+            ));
+        }
+    };
+    let registered_at = state.now();
+    let machine = Machine {
+        machine_id: machine_id.clone(),
+        serial_number: serial,
+        model,
+        location_id: Some(location),
+        status: MachineStatus::Active,
+        firmware_version: body.firmware_version.clone(),
+        slots,
+        registered_at: Some(registered_at),
+    };
+    fleet
+        .commit(&mut registry, vec![RegistryRecord::Machine(machine)])
+        .map_err(ApiError::unavailable)?;
+    tracing::info!(machine_id = %machine_id.as_str(), token = %auth.0.token_id, "machine registered");
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({
+            "machineId": machine_id.as_str(),
+            "status": "active",
+            "registeredAt": registered_at.to_rfc3339(),
+            "machineSecret": secret,
+        })),
+    )
+        .into_response())
+}
+
+fn text_of(row: &Row, i: usize) -> Option<&str> {
+    match row.get(i) {
+        Some(Value::Text(t)) => Some(t.as_str()),
+        _ => None,
+    }
+}
+
+/// Rows of `view` about `machine` (column 0 is `machine_id` in every machine view).
+fn rows_for<'a>(snapshot: &'a Snapshot, view: &str, machine: &str) -> Vec<&'a Row> {
+    snapshot
+        .rows(view)
+        .map(|rows| {
+            rows.iter()
+                .filter(|r| text_of(r, 0) == Some(machine))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn location_json(l: &Location) -> Json {
+    json!({
+        "locationId": l.location_id, "clientId": l.client_id, "address": l.address,
+        "lat": micro(l.lat), "lng": micro(l.lng), "type": l.location_type.as_str(),
+        "region": l.region,
+    })
+}
+
+fn micro(m: Micro) -> f64 {
+    m.0 as f64 / 1e6
+}
+
+/// The status an operator sees: maintenance as registered, else the live one.
+pub(super) fn live_status(registered: MachineStatus, liveness: Option<&str>) -> &str {
+    match (registered, liveness) {
+        (MachineStatus::Maintenance, _) => "maintenance",
+        (_, Some(s)) => s,
+        (_, None) => "offline",
+    }
+}
+
+/// The alerts of a `health` row: its reasons, one per alert.
+pub(super) fn alerts_of(health: Option<&Row>) -> Vec<String> {
+    health
+        .and_then(|r| text_of(r, 4))
+        .map(|reasons| {
+            reasons
+                .split(", ")
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A machine's page: registry, liveness, latest temperature, inventory, alerts.
+pub(super) fn machine_json(
+    machine: &Machine,
+    location: Option<&Location>,
+    snapshot: &Snapshot,
+) -> Json {
+    let id = machine.machine_id.as_str();
+    let liveness = rows_for(snapshot, "liveness", id).into_iter().next();
+    let health = rows_for(snapshot, "health", id).into_iter().next();
+    let windows = rows_for(snapshot, "anomaly_windows", id);
+    // The latest window (by its start) that had a reading.
+    let latest = windows
+        .iter()
+        .filter(|w| !matches!(w.get(3), Some(Value::Null) | None))
+        .max_by_key(|w| match w.get(1) {
+            Some(Value::Time(t)) => t.0,
+            _ => i64::MIN,
+        });
+    let prices: HashMap<u32, Cents> = machine
+        .slots
+        .iter()
+        .map(|s| (s.slot_number, s.price))
+        .collect();
+    let mut slots = rows_for(snapshot, "inventory", id);
+    slots.sort_by_key(|r| match r.get(1) {
+        Some(Value::Int(n)) => *n,
+        _ => i64::MAX,
+    });
+    let inventory: Vec<Json> = slots
+        .into_iter()
+        .map(|r| {
+            let slot = match r.get(1) {
+                Some(Value::Int(n)) => *n,
+                _ => -1,
+            };
+            let price = u32::try_from(slot)
+                .ok()
+                .and_then(|s| prices.get(&s))
+                .map(|p| Json::String(p.to_string()));
+            json!({
+                "slotNumber": slot, "productId": cell(&r[2]), "units": cell(&r[4]),
+                "capacity": cell(&r[3]), "lowStockThreshold": cell(&r[5]),
+                "lowStock": cell(&r[6]), "soldOut": cell(&r[7]), "price": price,
+            })
+        })
+        .collect();
+    let alerts = alerts_of(health);
+    json!({
+        "machineId": id,
+        "serialNumber": machine.serial_number,
+        "model": machine.model,
+        "firmwareVersion": machine.firmware_version,
+        "registeredAt": machine.registered_at.map(|t| t.to_rfc3339()),
+        "status": live_status(machine.status, liveness.and_then(|r| text_of(r, 2))),
+        "registeredStatus": machine.status.as_str(),
+        "lastHeartbeat": liveness.map_or(Json::Null, |r| cell(&r[1])),
+        "temperature": latest.map_or(Json::Null, |w| cell(&w[3])),
+        "temperatureAt": latest.map_or(Json::Null, |w| cell(&w[1])),
+        "location": location.map_or(Json::Null, location_json),
+        "inventory": inventory,
+        "health": health.map_or(Json::Null, |h| json!({"score": cell(&h[1]), "grade": cell(&h[2])})),
+        "alertCount": alerts.len(),
+        "alerts": alerts,
+        "time": snapshot.frontier,
+    })
+}
+
+/// `GET /api/machines/{id}`: another tenant's machine is as missing as an unknown one.
+pub(super) async fn detail(
+    State(state): State<ApiState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let (machine, location) = {
+        let registry = state.fleet.read();
+        let machine = registry
+            .machines
+            .get(&id)
+            .filter(|_| auth.sees(registry.machine_client(&id)))
+            .cloned()
+            .ok_or_else(|| ApiError::not_found("machine", &id))?;
+        let location = machine
+            .location_id
+            .as_ref()
+            .and_then(|l| registry.locations.get(l))
+            .cloned();
+        (machine, location)
+    };
+    let snapshot = state.store.snapshot_of(&MACHINE_VIEWS);
+    Ok(axum::Json(machine_json(&machine, location.as_ref(), &snapshot)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct MachinePatch {
+    status: Option<String>,
+    firmware_version: Option<String>,
+}
+
+/// `PATCH /api/machines/{id}` (operator): maintenance on and off; the firmware version.
+pub(super) async fn update(
+    State(state): State<ApiState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    ApiJson(patch): ApiJson<MachinePatch>,
+) -> Result<Response, ApiError> {
+    auth.require(Role::Operator, "changing a machine")?;
+    let status = match patch.status.as_deref() {
+        None => None,
+        Some(s @ ("active" | "maintenance")) => MachineStatus::parse(s),
+        Some("offline") => {
+            return Err(ApiError::invalid(
+                "offline is not set by hand: a machine is offline when its heartbeats stop",
+            )
+            .with_details(
+                json!([{"field": "status", "message": "expected active or maintenance"}]),
+            ));
+        }
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "status {other:?}; expected active or maintenance"
+            ))
+            .with_details(
+                json!([{"field": "status", "message": "expected active or maintenance"}]),
+            ));
+        }
+    };
+    if status.is_none() && patch.firmware_version.is_none() {
+        return Err(ApiError::invalid(
+            "nothing to change: send status and/or firmwareVersion",
+        ));
+    }
+    let fleet = state.fleet.clone();
+    let mut registry = fleet.write();
+    let mut machine = registry
+        .machines
+        .get(&id)
+        .filter(|_| auth.sees(registry.machine_client(&id)))
+        .cloned()
+        .ok_or_else(|| ApiError::not_found("machine", &id))?;
+    if let Some(s) = status {
+        machine.status = s;
+    }
+    if let Some(v) = patch.firmware_version {
+        machine.firmware_version = Some(v);
+    }
+    let location = machine
+        .location_id
+        .as_ref()
+        .and_then(|l| registry.locations.get(l))
+        .cloned();
+    fleet
+        .commit(
+            &mut registry,
+            vec![RegistryRecord::Machine(machine.clone())],
+        )
+        .map_err(ApiError::unavailable)?;
+    drop(registry);
+    tracing::info!(machine_id = %id, status = machine.status.as_str(), token = %auth.0.token_id, "machine changed");
+    let snapshot = state.store.snapshot_of(&MACHINE_VIEWS);
+    let mut body = machine_json(&machine, location.as_ref(), &snapshot);
+    // The views catch up with the change a moment later; the answer shows it already.
+    if machine.status == MachineStatus::Maintenance {
+        body["status"] = json!("maintenance");
+    }
+    Ok(axum::Json(body).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct ListParams {
+    status: Option<String>,
+    location_id: Option<String>,
+    region: Option<String>,
+    client_id: Option<String>,
+    page: Option<usize>,
+    page_size: Option<usize>,
+}
+
+/// `GET /api/machines?status=&locationId=&region=&clientId=&page=&pageSize=`.
+pub(super) async fn list(
+    State(state): State<ApiState>,
+    auth: Auth,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Response, ApiError> {
+    let (page, size, offset) = Page {
+        page: params.page,
+        page_size: params.page_size,
+    }
+    .resolve()?;
+    if let Some(s) = &params.status
+        && !matches!(s.as_str(), "active" | "maintenance" | "offline")
+    {
+        return Err(ApiError::invalid(format!(
+            "status {s:?}; expected active, maintenance or offline"
+        )));
+    }
+    let snapshot = state.store.snapshot_of(&["liveness", "health"]);
+    let by_machine = |view: &str| -> HashMap<&str, &Row> {
+        snapshot
+            .rows(view)
+            .map(|rows| {
+                rows.iter()
+                    .filter_map(|r| text_of(r, 0).map(|m| (m, r)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (liveness, health) = (by_machine("liveness"), by_machine("health"));
+    let registry = state.fleet.read();
+    let mut items = Vec::new();
+    let mut total = 0usize;
+    for (id, m) in &registry.machines {
+        let location = m
+            .location_id
+            .as_ref()
+            .and_then(|l| registry.locations.get(l));
+        let client = location.map(|l| l.client_id.as_str());
+        if !auth.sees(client)
+            || params
+                .client_id
+                .as_ref()
+                .is_some_and(|c| Some(c.as_str()) != client)
+            || params
+                .location_id
+                .as_ref()
+                .is_some_and(|l| m.location_id.as_ref() != Some(l))
+            || params
+                .region
+                .as_ref()
+                .is_some_and(|r| location.and_then(|l| l.region.as_ref()) != Some(r))
+        {
+            continue;
+        }
+        let live = liveness.get(id.as_str());
+        let status = live_status(m.status, live.and_then(|r| text_of(r, 2)));
+        if params.status.as_deref().is_some_and(|s| s != status) {
+            continue;
+        }
+        total += 1;
+        if total <= offset || items.len() >= size {
+            continue;
+        }
+        let alerts = alerts_of(health.get(id.as_str()).copied());
+        items.push(json!({
+            "machineId": id, "serialNumber": m.serial_number, "model": m.model,
+            "locationId": m.location_id, "clientId": client,
+            "region": location.and_then(|l| l.region.clone()), "status": status,
+            "lastHeartbeat": live.map_or(Json::Null, |r| cell(&r[1])),
+            "alertCount": alerts.len(),
+        }));
+    }
+    Ok(axum::Json(json!({
+        "items": items, "page": page, "pageSize": size, "total": total, "time": snapshot.frontier,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct NewLocation {
+    location_id: Option<String>,
+    client_id: Option<String>,
+    address: Option<String>,
+    lat: Option<Box<RawValue>>,
+    lng: Option<Box<RawValue>>,
+    #[serde(rename = "type")]
+    location_type: Option<String>,
+    region: Option<String>,
+}
+
+fn coordinate(raw: Option<&RawValue>, limit: i64, field: &str, problems: &mut Problems) -> Micro {
+    let parsed = raw
+        .ok_or_else(|| format!("{field} is required"))
+        .and_then(|r| {
+            vendflow_protocol::units::parse_decimal(
+                r.get(),
+                6,
+                vendflow_protocol::units::Rounding::HalfAwayFromZero,
+            )
+        });
+    match parsed {
+        Ok(v) if v.abs() <= limit * 1_000_000 => Micro(v),
+        Ok(_) => {
+            problems.add(field, format!("{field} must be within ±{limit}"));
+            Micro(0)
+        }
+        Err(e) => {
+            problems.add(field, format!("{field}: {e}"));
+            Micro(0)
+        }
+    }
+}
+
+/// `POST /api/locations` (admin): a client's site; machines are registered at one.
+pub(super) async fn add_location(
+    State(state): State<ApiState>,
+    auth: Auth,
+    ApiJson(body): ApiJson<NewLocation>,
+) -> Result<Response, ApiError> {
+    auth.require(Role::Admin, "adding a location")?;
+    let mut problems = Problems::default();
+    let client = match (&auth.0.tenant, body.client_id.as_deref().map(str::trim)) {
+        (Tenant::Client(own), None) => own.clone(),
+        (_, Some(c)) if !c.is_empty() => c.to_owned(),
+        _ => {
+            problems.add("clientId", "clientId is required");
+            String::new()
+        }
+    };
+    if !client.is_empty() && !auth.sees(Some(&client)) {
+        return Err(ApiError::forbidden(format!(
+            "this token is scoped to client {}; it cannot add locations for {client}",
+            auth.0.tenant.as_str()
+        )));
+    }
+    let address = body.address.as_deref().map(str::trim).unwrap_or_default();
+    if address.is_empty() {
+        problems.add("address", "address is required");
+    }
+    let lat = coordinate(body.lat.as_deref(), 90, "lat", &mut problems);
+    let lng = coordinate(body.lng.as_deref(), 180, "lng", &mut problems);
+    let kind = match body.location_type.as_deref() {
+        None => LocationType::Other,
+        Some(t @ ("office" | "hospital" | "airport" | "gym" | "other")) => LocationType::parse(t),
+        Some(other) => {
+            problems.add(
+                "type",
+                format!("type {other:?}; expected office, hospital, airport, gym or other"),
+            );
+            LocationType::Other
+        }
+    };
+    if let Some(id) = &body.location_id
+        && (id.is_empty() || id.len() > 64)
+    {
+        problems.add("locationId", "locationId must be 1 to 64 characters");
+    }
+    problems.check()?;
+    let fleet = state.fleet.clone();
+    let mut registry = fleet.write();
+    let location_id = match body.location_id {
+        Some(id) if registry.locations.contains_key(&id) => {
+            return Err(ApiError::conflict(format!("location {id} already exists")));
+        }
+        Some(id) => id,
+        None => new_id("loc")?,
+    };
+    let location = Location {
+        location_id: location_id.clone(),
+        client_id: client,
+        address: address.to_owned(),
+        lat,
+        lng,
+        location_type: kind,
+        region: body.region.filter(|r| !r.trim().is_empty()),
+    };
+    fleet
+        .commit(
+            &mut registry,
+            vec![RegistryRecord::Location(location.clone())],
+        )
+        .map_err(ApiError::unavailable)?;
+    Ok((StatusCode::CREATED, axum::Json(location_json(&location))).into_response())
+}
+
+/// `GET /api/locations`: the caller's locations.
+pub(super) async fn locations(State(state): State<ApiState>, auth: Auth) -> Response {
+    let registry = state.fleet.read();
+    let items: Vec<Json> = registry
+        .locations
+        .values()
+        .filter(|l| auth.sees(Some(&l.client_id)))
+        .map(location_json)
+        .collect();
+    axum::Json(json!({ "items": items, "total": items.len() })).into_response()
+}

@@ -1,0 +1,197 @@
+//! The views, their live subscriptions and SQL, each seen through the caller's tenant.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value as Json, json};
+use vendflow_dataflows::views::find;
+use vendflow_dataflows::{CATALOG, Row, ViewDef};
+
+use super::{ApiError, ApiQuery, ApiState, Auth};
+use crate::sql::{QueryError, Scope};
+use crate::{filter, row_json, type_name};
+
+pub(super) async fn catalog(State(state): State<ApiState>, auth: Auth) -> Response {
+    let scope = state.scope(&auth.0);
+    let views: Vec<Json> = CATALOG
+        .iter()
+        .filter(|v| scope.sees_view(v))
+        .map(|v| {
+            let columns: Vec<Json> = v
+                .columns
+                .iter()
+                .map(|c| json!({"name": c.name, "type": type_name(c.ty), "nullable": c.nullable}))
+                .collect();
+            json!({"name": v.name, "description": v.description, "columns": columns})
+        })
+        .collect();
+    axum::Json(json!({ "views": views })).into_response()
+}
+
+/// The view named `name`, if the scope may read it.
+fn visible(scope: &Scope, name: &str) -> Result<&'static ViewDef, ApiError> {
+    let Some((_, view)) = find(name) else {
+        return Err(ApiError::not_found("view", name));
+    };
+    if !scope.sees_view(view) {
+        return Err(ApiError::forbidden(format!(
+            "view {name} spans the whole fleet: it needs a token of tenant *"
+        )));
+    }
+    Ok(view)
+}
+
+pub(super) async fn snapshot(
+    State(state): State<ApiState>,
+    auth: Auth,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let scope = state.scope(&auth.0);
+    let view = visible(&scope, &name)?;
+    let snapshot = state.store.snapshot_of(&[view.name]);
+    let rows = snapshot
+        .rows(&name)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let rows: Vec<Json> = rows
+        .iter()
+        .filter(|r| scope.keeps(view, r))
+        .map(|r| row_json(view, r))
+        .collect();
+    Ok(axum::Json(json!({"time": snapshot.frontier, "rows": rows})).into_response())
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct SubscribeParams {
+    #[serde(rename = "where")]
+    condition: Option<String>,
+}
+
+pub(super) async fn subscribe(
+    State(state): State<ApiState>,
+    auth: Auth,
+    Path(name): Path<String>,
+    ApiQuery(params): ApiQuery<SubscribeParams>,
+) -> Result<Response, ApiError> {
+    let scope = state.scope(&auth.0);
+    let view = visible(&scope, &name)?;
+    let filter = params
+        .condition
+        .as_deref()
+        .map(|c| filter::Filter::new(view, c))
+        .transpose()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_filter", e))?;
+    let subscription = state
+        .store
+        .subscribe(&name)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    // The store's subscription is a blocking channel: a blocking task relays it into a small
+    // async one. A client that does not read fills that, the relay stops taking changes, and
+    // the store cuts the subscription off at its own bound. The tenant's machines are looked
+    // up again for every change, so a machine registered meanwhile shows up.
+    let fleet = state.fleet.clone();
+    let principal = auth.0.clone();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(16);
+    let scoped = move || ApiState::scope_of(&fleet, &principal);
+    tokio::task::spawn_blocking(move || {
+        let mut first = true;
+        loop {
+            let event = match subscription.next_timeout(Duration::from_secs(1)) {
+                Ok(None) => {
+                    if tx.is_closed() {
+                        return; // the client went away
+                    }
+                    continue;
+                }
+                Ok(Some(change)) => {
+                    let scope = scoped();
+                    let rows = |rows: &[Row]| -> Vec<Json> {
+                        let kept: Vec<&Row> = match &filter {
+                            Some(f) => f.keep(rows),
+                            None => rows.iter().collect(),
+                        };
+                        kept.into_iter()
+                            .filter(|r| scope.keeps(view, r))
+                            .map(|r| row_json(view, r))
+                            .collect()
+                    };
+                    let (kind, data) = if first {
+                        first = false;
+                        (
+                            "snapshot",
+                            json!({"time": change.frontier, "inserted": rows(&change.inserted)}),
+                        )
+                    } else {
+                        let (inserted, deleted) = (rows(&change.inserted), rows(&change.deleted));
+                        if inserted.is_empty() && deleted.is_empty() {
+                            continue; // nothing of this tenant's changed
+                        }
+                        (
+                            "change",
+                            json!({"time": change.frontier, "inserted": inserted, "deleted": deleted}),
+                        )
+                    };
+                    Event::default().event(kind).data(data.to_string())
+                }
+                Err(end) => {
+                    let _ = tx.blocking_send(Ok(Event::default()
+                        .event("error")
+                        .data(json!({"error": end.to_string()}).to_string())));
+                    return;
+                }
+            };
+            if tx.blocking_send(Ok(event)).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(Sse::new(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// `POST /sql`: the body is one SQL query (or `{"sql": "…"}`). The answer is JSON
+/// (`{"time", "columns", "rows": [{column: value}]}`) unless `Accept` asks for `text/csv` or
+/// Arrow IPC (`application/vnd.apache.arrow.stream`). Refusals: 403 (not read-only, or a table
+/// outside the tenant's), 400 (not valid SQL, unknown table or column), 408 (over the time
+/// limit).
+pub(super) async fn sql(
+    State(state): State<ApiState>,
+    auth: Auth,
+    headers: axum::http::HeaderMap,
+    body: String,
+) -> Result<Response, ApiError> {
+    let text = if body.trim_start().starts_with('{') {
+        let v: Json = serde_json::from_str(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("the body is not JSON: {e}"),
+            )
+        })?;
+        v["sql"].as_str().unwrap_or_default().to_owned()
+    } else {
+        body
+    };
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_owned();
+    let scope = state.scope(&auth.0);
+    let answer = state.sql.query_in(&scope, &text).await.map_err(|e| {
+        let (status, code) = match e {
+            QueryError::Refused(_) => (StatusCode::FORBIDDEN, "refused"),
+            QueryError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_sql"),
+            QueryError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "timeout"),
+            QueryError::Failed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "query_failed"),
+        };
+        ApiError::new(status, code, e.to_string())
+    })?;
+    let (content_type, bytes) =
+        crate::sql::encode(&answer, &accept).map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(([(axum::http::header::CONTENT_TYPE, content_type)], bytes).into_response())
+}

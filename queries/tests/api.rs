@@ -1,0 +1,882 @@
+//! The REST API against a real engine, through the router (no port): every route, each
+//! validation error, each role and tenant refusal, the lease lifecycle on the views' clock, and
+//! invoices from the revenue views.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value as Json, json};
+use tower::ServiceExt;
+use vendflow_dataflows::{Batch, Config, Engine, Feeders};
+use vendflow_protocol::decode::decode_line;
+use vendflow_protocol::units::MS_PER_DAY;
+use vendflow_protocol::{Event, Timestamp};
+use vendflow_queries::api::fleet::Fleet;
+use vendflow_queries::auth::{Role, Tenant, Tokens};
+use vendflow_queries::sql::{Limits, Sql};
+use vendflow_queries::{ApiState, app};
+
+/// 2024-03-01T00:00:00Z.
+const T0: i64 = 1_709_251_200_000;
+
+struct Harness {
+    engine: Option<Engine>,
+    feeders: Feeders,
+    /// The ingestion time the inputs are at.
+    now: u64,
+    state: ApiState,
+    clock: Arc<AtomicI64>,
+    admin: String,
+    operator: String,
+    viewer: String,
+    acme_admin: String,
+    acme_viewer: String,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(e) = self.engine.take() {
+            let _ = e.shutdown();
+        }
+    }
+}
+
+fn event(line: &str) -> Event {
+    match decode_line(line.as_bytes()).pop() {
+        Some(Ok(e)) => e,
+        other => panic!("{line}: {other:?}"),
+    }
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let mut engine = Engine::start(Config::default()).unwrap_or_else(|e| panic!("{e}"));
+        let store = engine.store();
+        let feeders = engine.feeders().unwrap_or_else(|| panic!("feeders taken"));
+        let publisher = Mutex::new(feeders.feeder(0));
+        let fleet = Arc::new(Fleet::new(Arc::new(move |changes| {
+            let mut f = publisher.lock().unwrap_or_else(|e| e.into_inner());
+            let at = f.time();
+            f.send(
+                at,
+                Batch {
+                    registry: changes,
+                    ..Batch::default()
+                },
+            )
+            .map_err(|e| e.to_string())
+        })));
+        let sql =
+            Sql::open(store.clone(), None, Limits::default()).unwrap_or_else(|e| panic!("{e}"));
+        let tokens = Arc::new(Tokens::in_memory());
+        let issue = |role, tenant: &str| {
+            tokens
+                .issue(
+                    role,
+                    Tenant::parse(tenant).unwrap_or_else(|e| panic!("{e}")),
+                    None,
+                )
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let (admin, operator, viewer) = (
+            issue(Role::Admin, "*"),
+            issue(Role::Operator, "*"),
+            issue(Role::Viewer, "*"),
+        );
+        let (acme_admin, acme_viewer) = (issue(Role::Admin, "acme"), issue(Role::Viewer, "acme"));
+        let clock = Arc::new(AtomicI64::new(T0));
+        let c = clock.clone();
+        let state = ApiState::new(store, sql, fleet)
+            .with_tokens(tokens)
+            .with_clock(Arc::new(move || Timestamp(c.load(Ordering::SeqCst))))
+            .with_secrets(Arc::new(|m: &str| Ok(format!("secret-of-{m}"))));
+        Harness {
+            engine: Some(engine),
+            feeders,
+            now: 0,
+            state,
+            clock,
+            admin,
+            operator,
+            viewer,
+            acme_admin,
+            acme_viewer,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<Json>,
+    ) -> (StatusCode, Json) {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let body = match body {
+            Some(b) => {
+                req = req.header("content-type", "application/json");
+                Body::from(b.to_string())
+            }
+            None => Body::empty(),
+        };
+        let response = app(self.state.clone())
+            .oneshot(req.body(body).unwrap_or_else(|e| panic!("{e}")))
+            .await
+            .unwrap_or_else(|e| match e {});
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .to_bytes();
+        let json = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Json::String(String::from_utf8_lossy(&bytes).into_owned()));
+        (status, json)
+    }
+
+    async fn get(&self, uri: &str, token: &str) -> (StatusCode, Json) {
+        self.call(Method::GET, uri, Some(token), None).await
+    }
+
+    async fn post(&self, uri: &str, token: &str, body: Json) -> (StatusCode, Json) {
+        self.call(Method::POST, uri, Some(token), Some(body)).await
+    }
+
+    /// Ingests events at ingestion time `at` and waits until the views reflect them.
+    fn ingest(&mut self, at: i64, events: Vec<Event>) {
+        let at = u64::try_from(at).unwrap_or(0).max(self.now);
+        self.feeders
+            .send(
+                at,
+                Batch {
+                    events,
+                    ..Batch::default()
+                },
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        self.settle(at + 1);
+    }
+
+    fn settle(&mut self, to: u64) {
+        let to = to.max(self.now + 1);
+        self.now = to;
+        self.feeders
+            .advance_all(to)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            self.state.store.wait_for(to, Duration::from_secs(20)),
+            "views did not reach {to}"
+        );
+    }
+
+    /// A location of `client` and a machine there with two slots; returns the machine id.
+    async fn machine(&self, client: &str, location: &str, serial: &str) -> String {
+        let (s, b) = self
+            .post(
+                "/api/locations",
+                &self.admin,
+                json!({"locationId": location, "clientId": client, "address": "1 Main St", "lat": 40.7, "lng": -74.0, "type": "office", "region": "north"}),
+            )
+            .await;
+        assert!(
+            s == StatusCode::CREATED || s == StatusCode::CONFLICT,
+            "{s} {b}"
+        );
+        let (s, b) = self
+            .post("/api/machines", &self.admin, new_machine(serial, location))
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+        b["machineId"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+fn new_machine(serial: &str, location: &str) -> Json {
+    json!({
+        "serialNumber": serial, "model": "VX-30", "locationId": location,
+        "slots": [
+            {"slotNumber": 1, "productId": "cola", "maxCapacity": 10, "price": 2.50},
+            {"slotNumber": 2, "productId": "chips", "maxCapacity": 8, "price": 1.75},
+        ],
+    })
+}
+
+fn error_code(body: &Json) -> &str {
+    assert_eq!(body["success"], json!(false), "{body}");
+    assert!(body["error"]["requestId"].is_string(), "{body}");
+    assert!(body["error"]["timestamp"].is_string(), "{body}");
+    body["error"]["code"].as_str().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn machine_registration_validates_every_field_and_refuses_conflicts() {
+    let h = Harness::new();
+    let (s, b) = h.post("/api/machines", &h.admin, json!({})).await;
+    assert_eq!(
+        (s, error_code(&b)),
+        (StatusCode::BAD_REQUEST, "validation_failed")
+    );
+    let fields: Vec<&str> = b["error"]["details"]
+        .as_array()
+        .map(|d| d.iter().filter_map(|p| p["field"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        fields,
+        ["serialNumber", "model", "locationId", "slots"],
+        "{b}"
+    );
+
+    let mut bad = new_machine("SN-1", "loc-1");
+    bad["slots"][1]["price"] = json!(1.755);
+    bad["slots"][0]["maxCapacity"] = json!(0);
+    bad["slots"][1]["slotNumber"] = json!(1);
+    let (s, b) = h.post("/api/machines", &h.admin, bad).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    let details = b["error"]["details"].to_string();
+    for field in [
+        "slots[0].maxCapacity",
+        "slots[1].slotNumber",
+        "slots[1].price",
+    ] {
+        assert!(details.contains(field), "{field} missing in {details}");
+    }
+    let (s, b) = h
+        .post(
+            "/api/machines",
+            &h.admin,
+            json!({"serialNumber": "x", "color": "red"}),
+        )
+        .await;
+    assert_eq!(
+        (s, error_code(&b)),
+        (StatusCode::BAD_REQUEST, "invalid_json"),
+        "{b}"
+    );
+    let (s, b) = h
+        .post("/api/machines", &h.admin, new_machine("SN-1", "nowhere"))
+        .await;
+    assert_eq!(
+        (s, error_code(&b)),
+        (StatusCode::NOT_FOUND, "not_found"),
+        "{b}"
+    );
+
+    let id = h.machine("acme", "loc-1", "SN-1").await;
+    assert!(id.starts_with("mach_"), "{id}");
+    let (s, b) = h
+        .post("/api/machines", &h.admin, new_machine("SN-1", "loc-1"))
+        .await;
+    assert_eq!(
+        (s, error_code(&b)),
+        (StatusCode::CONFLICT, "conflict"),
+        "{b}"
+    );
+    let mut same_id = new_machine("SN-2", "loc-1");
+    same_id["machineId"] = json!(id);
+    let (s, b) = h.post("/api/machines", &h.admin, same_id).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+
+    // Too large, not JSON, no JSON content type.
+    let huge = json!({"serialNumber": "x".repeat(300_000)});
+    let (s, b) = h.post("/api/machines", &h.admin, huge).await;
+    assert_eq!(
+        (s, error_code(&b)),
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+    );
+    let req = Request::post("/api/machines")
+        .header("authorization", format!("Bearer {}", h.admin))
+        .header("content-type", "application/json")
+        .body(Body::from("{not json"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let r = app(h.state.clone())
+        .oneshot(req)
+        .await
+        .unwrap_or_else(|e| match e {});
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let req = Request::post("/api/machines")
+        .header("authorization", format!("Bearer {}", h.admin))
+        .body(Body::from("{}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let r = app(h.state.clone())
+        .oneshot(req)
+        .await
+        .unwrap_or_else(|e| match e {});
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    // The registered machine is in the views: registered, not yet heard from.
+    let (s, b) = h.get(&format!("/api/machines/{id}"), &h.viewer).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["location"]["clientId"], "acme");
+    assert_eq!(b["status"], "offline", "{b}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn machines_show_live_state_and_maintenance_is_for_operators() {
+    let mut h = Harness::new();
+    let id = h.machine("acme", "loc-1", "SN-1").await;
+    h.ingest(
+        T0,
+        vec![
+            event(&format!(r#"{{"machineId":"{id}","type":"heartbeat","timestamp":{T0},"payload":{{"temperature":9.5,"doorStatus":"closed"}}}}"#)),
+            event(&format!(r#"{{"machineId":"{id}","type":"sale","timestamp":{T0},"payload":{{"slotNumber":1,"productId":"cola","amount":2.50,"paymentMethod":"card","transactionId":"t1"}}}}"#)),
+        ],
+    );
+    let (s, b) = h.get(&format!("/api/machines/{id}"), &h.viewer).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["status"], "active", "{b}");
+    assert_eq!(b["temperature"], "9.5", "{b}");
+    assert!(
+        b["alerts"].to_string().contains("temperature critical"),
+        "{b}"
+    );
+    let slot1 = &b["inventory"][0];
+    assert_eq!(
+        (slot1["slotNumber"].as_i64(), slot1["units"].as_i64()),
+        (Some(1), Some(9)),
+        "{b}"
+    );
+    assert_eq!(slot1["price"], "2.50");
+
+    let uri = format!("/api/machines/{id}");
+    let (s, b) = h
+        .call(
+            Method::PATCH,
+            &uri,
+            Some(&h.viewer),
+            Some(json!({"status": "maintenance"})),
+        )
+        .await;
+    assert_eq!(
+        (s, error_code(&b)),
+        (StatusCode::FORBIDDEN, "forbidden"),
+        "{b}"
+    );
+    let (s, b) = h
+        .call(
+            Method::PATCH,
+            &uri,
+            Some(&h.operator),
+            Some(json!({"status": "offline"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    let (s, b) = h
+        .call(
+            Method::PATCH,
+            &uri,
+            Some(&h.operator),
+            Some(json!({"status": "broken"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    let (s, b) = h
+        .call(Method::PATCH, &uri, Some(&h.operator), Some(json!({})))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    let (s, b) = h
+        .call(
+            Method::PATCH,
+            "/api/machines/nope",
+            Some(&h.operator),
+            Some(json!({"status": "maintenance"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
+    let (s, b) = h
+        .call(
+            Method::PATCH,
+            &uri,
+            Some(&h.operator),
+            Some(json!({"status": "maintenance"})),
+        )
+        .await;
+    assert_eq!(
+        (s, b["status"].as_str()),
+        (StatusCode::OK, Some("maintenance")),
+        "{b}"
+    );
+    // The change went into the dataflows: the liveness view says so too.
+    h.settle(u64::try_from(T0).unwrap_or(0) + 10);
+    let (_, b) = h.get(&format!("/views/liveness"), &h.viewer).await;
+    assert!(b["rows"].to_string().contains("maintenance"), "{b}");
+    let (_, b) = h.get("/api/machines?status=maintenance", &h.viewer).await;
+    assert_eq!(b["total"], 1, "{b}");
+
+    // Lists: filters, pagination, refusals.
+    for n in 2..=4 {
+        h.machine("acme", "loc-1", &format!("SN-{n}")).await;
+    }
+    let (_, b) = h.get("/api/machines?page=2&pageSize=3", &h.viewer).await;
+    assert_eq!(
+        (b["total"].as_u64(), b["items"].as_array().map(Vec::len)),
+        (Some(4), Some(1)),
+        "{b}"
+    );
+    let (_, b) = h.get("/api/machines?region=south", &h.viewer).await;
+    assert_eq!(b["total"], 0, "{b}");
+    for bad in [
+        "/api/machines?pageSize=501",
+        "/api/machines?page=0",
+        "/api/machines?status=on",
+        "/api/machines?page=x",
+    ] {
+        let (s, b) = h.get(bad, &h.viewer).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {b}");
+        error_code(&b);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_roles_and_tenants_are_enforced_everywhere() {
+    let mut h = Harness::new();
+    let acme = h.machine("acme", "loc-a", "SN-A").await;
+    let globex = h.machine("globex", "loc-g", "SN-G").await;
+    h.ingest(
+        T0,
+        [&acme, &globex]
+            .iter()
+            .map(|m| event(&format!(r#"{{"machineId":"{m}","type":"heartbeat","timestamp":{T0},"payload":{{"temperature":4.0}}}}"#)))
+            .collect(),
+    );
+    // No token, a wrong one.
+    let (s, b) = h.call(Method::GET, "/api/machines", None, None).await;
+    assert_eq!(
+        (s, error_code(&b)),
+        (StatusCode::UNAUTHORIZED, "unauthenticated")
+    );
+    let (s, b) = h.get("/api/machines", "vf_00000000_nope").await;
+    assert_eq!(
+        (s, error_code(&b)),
+        (StatusCode::UNAUTHORIZED, "invalid_token")
+    );
+    // Open routes need none.
+    for open in ["/health", "/metrics", "/api/openapi.json"] {
+        let (s, _) = h.call(Method::GET, open, None, None).await;
+        assert_eq!(s, StatusCode::OK, "{open}");
+    }
+    // A viewer cannot write anything.
+    let (s, _) = h
+        .post("/api/machines", &h.viewer, new_machine("SN-V", "loc-a"))
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = h
+        .post(
+            "/api/locations",
+            &h.acme_viewer,
+            json!({"address": "x", "lat": 1, "lng": 1}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = h.post("/api/leases", &h.viewer, json!({})).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    // Another tenant's machine is as missing as an unknown one; lists hold only one's own.
+    let (s, b) = h
+        .get(&format!("/api/machines/{globex}"), &h.acme_viewer)
+        .await;
+    assert_eq!((s, error_code(&b)), (StatusCode::NOT_FOUND, "not_found"));
+    let (_, b) = h.get("/api/machines", &h.acme_viewer).await;
+    assert_eq!(b["total"], 1, "{b}");
+    assert_eq!(b["items"][0]["machineId"], json!(acme));
+    let (_, b) = h.get("/api/locations", &h.acme_viewer).await;
+    assert_eq!(b["total"], 1, "{b}");
+    // An acme admin cannot register at globex's location, nor add locations for globex.
+    let (s, _) = h
+        .post("/api/machines", &h.acme_admin, new_machine("SN-X", "loc-g"))
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = h
+        .post(
+            "/api/locations",
+            &h.acme_admin,
+            json!({"clientId": "globex", "address": "x", "lat": 1, "lng": 1}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    // Views and SQL: only acme's rows; fleet-wide views and the archive are refused.
+    let (_, b) = h.get("/views/liveness", &h.acme_viewer).await;
+    assert_eq!(b["rows"].as_array().map(Vec::len), Some(1), "{b}");
+    let (s, _) = h.get("/views/revenue_fleet_today", &h.acme_viewer).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, b) = h
+        .call(
+            Method::POST,
+            "/sql",
+            Some(&h.acme_viewer),
+            Some(json!({"sql": "SELECT machine_id FROM liveness ORDER BY 1"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["rows"], json!([{"machine_id": acme}]), "{b}");
+    let (_, b) = h
+        .call(
+            Method::POST,
+            "/sql",
+            Some(&h.viewer),
+            Some(json!({"sql": "SELECT count(*) AS n FROM liveness"})),
+        )
+        .await;
+    assert_eq!(b["rows"][0]["n"], 2, "{b}");
+    let (s, _) = h
+        .call(
+            Method::POST,
+            "/sql",
+            Some(&h.acme_viewer),
+            Some(json!({"sql": "SELECT * FROM revenue_fleet_today"})),
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::OK,
+        "fleet-wide views read as empty for a tenant"
+    );
+    let (_, b) = h
+        .call(
+            Method::POST,
+            "/sql",
+            Some(&h.acme_viewer),
+            Some(json!({"sql": "SELECT count(*) AS n FROM revenue_fleet_today"})),
+        )
+        .await;
+    assert_eq!(b["rows"][0]["n"], 0, "{b}");
+    let (_, b) = h.get("/api/dashboard/fleet", &h.acme_viewer).await;
+    assert_eq!(b["totals"]["total"], 1, "{b}");
+    let (_, b) = h.get("/api/whoami", &h.acme_viewer).await;
+    assert_eq!(
+        (b["role"].as_str(), b["tenant"].as_str()),
+        (Some("viewer"), Some("acme"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_validate_move_through_their_lifecycle_and_invoice_from_revenue() {
+    let mut h = Harness::new();
+    let m = h.machine("acme", "loc-1", "SN-1").await;
+    let other = h.machine("globex", "loc-2", "SN-2").await;
+    let lease = |start: &str, end: &str| json!({"machineId": m, "start": start, "end": end, "monthlyRate": 300, "revenueSharePercent": 12.5, "autoRenew": true});
+    for (body, field) in [
+        (lease("2024-03-01", "2024-03-01"), "end"),
+        (lease("2024-03-01", "2024-05-31"), "end"),
+        (
+            json!({"machineId": m, "start": "03/01/2024", "end": "2024-09-01", "monthlyRate": 300, "revenueSharePercent": 10}),
+            "start",
+        ),
+        (
+            json!({"machineId": m, "start": "2024-03-01", "end": "2024-09-01", "monthlyRate": -1, "revenueSharePercent": 10}),
+            "monthlyRate",
+        ),
+        (
+            json!({"machineId": m, "start": "2024-03-01", "end": "2024-09-01", "monthlyRate": 300, "revenueSharePercent": 101}),
+            "revenueSharePercent",
+        ),
+    ] {
+        let (s, b) = h.post("/api/leases", &h.admin, body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+        assert!(
+            b["error"]["details"].to_string().contains(field),
+            "{field}: {b}"
+        );
+    }
+    let (s, b) = h.post("/api/leases", &h.admin, json!({"machineId": "ghost", "start": "2024-03-01", "end": "2024-09-01", "monthlyRate": 1, "revenueSharePercent": 1})).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
+    let mut wrong_client = lease("2024-03-01", "2024-09-01");
+    wrong_client["clientId"] = json!("globex");
+    let (s, b) = h.post("/api/leases", &h.admin, wrong_client).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    let (s, _) = h.post("/api/leases", &h.acme_admin, json!({"machineId": other, "start": "2024-03-01", "end": "2024-09-01", "monthlyRate": 1, "revenueSharePercent": 1})).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "another tenant's machine");
+
+    // 2024-03-01 .. 2024-06-01: three months, auto-renew.
+    let (s, b) = h
+        .post(
+            "/api/leases",
+            &h.acme_admin,
+            lease("2024-03-01", "2024-06-01"),
+        )
+        .await;
+    assert_eq!(
+        (s, b["status"].as_str()),
+        (StatusCode::CREATED, Some("DRAFT")),
+        "{b}"
+    );
+    let id = b["leaseId"].as_str().unwrap_or_default().to_owned();
+    let (s, _) = h
+        .post(&format!("/api/leases/{id}/renew"), &h.admin, json!({}))
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "a draft cannot be renewed");
+    let (s, _) = h
+        .post(
+            &format!("/api/leases/{id}/activate"),
+            &h.acme_viewer,
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, b) = h
+        .post(
+            &format!("/api/leases/{id}/activate"),
+            &h.acme_admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (s, b["status"].as_str()),
+        (StatusCode::OK, Some("ACTIVE")),
+        "{b}"
+    );
+    // Overlapping a lease that is active is refused, at signing and at activation.
+    let (s, b) = h
+        .post("/api/leases", &h.admin, lease("2024-05-01", "2024-09-01"))
+        .await;
+    assert_eq!(
+        (s, error_code(&b)),
+        (StatusCode::CONFLICT, "conflict"),
+        "{b}"
+    );
+    let (s, b) = h
+        .post("/api/leases", &h.admin, lease("2025-01-01", "2025-06-01"))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let later = b["leaseId"].as_str().unwrap_or_default().to_owned();
+
+    // Revenue in March: two sales and a duplicate delivery; one in April.
+    let sale = |txn: &str, ts: i64, amount: &str| {
+        event(&format!(
+            r#"{{"machineId":"{m}","type":"sale","timestamp":{ts},"payload":{{"slotNumber":1,"productId":"cola","amount":{amount},"paymentMethod":"card","transactionId":"{txn}"}}}}"#
+        ))
+    };
+    let march = T0 + 10 * MS_PER_DAY;
+    h.ingest(
+        march,
+        vec![
+            sale("a", march, "10.00"),
+            sale("b", march, "5.55"),
+            sale("a", march, "10.00"),
+        ],
+    );
+    let april = T0 + 40 * MS_PER_DAY;
+    h.ingest(april, vec![sale("c", april, "2.50")]);
+    let (s, b) = h
+        .get(
+            &format!("/api/leases/{id}/invoices?month=2024-03"),
+            &h.acme_viewer,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    // 300 + 15.55 × 12.5 % = 300 + 1.94375 → 301.94 (half up to the cent).
+    assert_eq!(
+        (
+            b["machineRevenue"].as_str(),
+            b["revenueShare"].as_str(),
+            b["total"].as_str()
+        ),
+        (Some("15.55"), Some("1.94"), Some("301.94")),
+        "{b}"
+    );
+    let (_, b) = h
+        .get(
+            &format!("/api/leases/{id}/invoices?month=2024-04"),
+            &h.acme_viewer,
+        )
+        .await;
+    assert_eq!(b["total"].as_str(), Some("300.31"), "{b}");
+    for bad in ["", "?month=2024-13", "?month=2023-12"] {
+        let (s, b) = h
+            .get(&format!("/api/leases/{id}/invoices{bad}"), &h.acme_viewer)
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {b}");
+    }
+    let (s, _) = h
+        .get(
+            &format!("/api/leases/{id}/invoices?month=2024-03"),
+            &h.viewer,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "the platform's viewer sees every client");
+
+    // 30 days before the end: the renewal notice; at the end: renewed into a next term.
+    h.clock.store(T0 + 63 * MS_PER_DAY, Ordering::SeqCst);
+    let (_, b) = h.get(&format!("/api/leases/{id}"), &h.acme_viewer).await;
+    let events: Vec<&str> = b["events"]
+        .as_array()
+        .map(|e| e.iter().filter_map(|e| e["event"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(events, ["CREATED", "ACTIVATED", "RENEWAL_NOTICE"], "{b}");
+    h.clock.store(T0 + 93 * MS_PER_DAY, Ordering::SeqCst);
+    let (_, b) = h.get(&format!("/api/leases/{id}"), &h.acme_viewer).await;
+    assert_eq!(b["status"], "RENEWED", "{b}");
+    let next = format!("{id}-t2");
+    let (_, b) = h.get(&format!("/api/leases/{next}"), &h.acme_viewer).await;
+    assert_eq!(
+        (b["status"].as_str(), b["start"].as_str(), b["end"].as_str()),
+        (Some("ACTIVE"), Some("2024-06-01"), Some("2024-09-01")),
+        "{b}"
+    );
+    // The lifecycle is in the dataflows: the lease_events view has it.
+    h.settle(u64::try_from(april).unwrap_or(0) + 10);
+    let (_, b) = h.call(Method::POST, "/sql", Some(&h.acme_viewer), Some(json!({"sql": format!("SELECT event FROM lease_events WHERE lease_id = '{id}' ORDER BY event")}))).await;
+    assert_eq!(
+        b["rows"],
+        json!([{"event": "ACTIVATED"}, {"event": "CREATED"}, {"event": "RENEWAL_NOTICE"}, {"event": "RENEWED"}]),
+        "{b}"
+    );
+    // Terminate the next term; a terminated lease cannot be terminated again.
+    let (s, b) = h
+        .post(
+            &format!("/api/leases/{next}/terminate"),
+            &h.acme_admin,
+            json!({"reason": "client moved"}),
+        )
+        .await;
+    assert_eq!(
+        (s, b["status"].as_str()),
+        (StatusCode::OK, Some("TERMINATED")),
+        "{b}"
+    );
+    let (s, _) = h
+        .post(
+            &format!("/api/leases/{next}/terminate"),
+            &h.acme_admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    // The later draft never activated: it expires at its end.
+    h.clock.store(T0 + 500 * MS_PER_DAY, Ordering::SeqCst);
+    let (_, b) = h
+        .get(&format!("/api/leases?status=EXPIRED"), &h.acme_viewer)
+        .await;
+    assert!(b["items"].to_string().contains(&later), "{b}");
+    let (_, b) = h.get("/api/leases", &h.acme_viewer).await;
+    assert_eq!(b["total"], 3, "{b}");
+    let (s, _) = h.get("/api/leases?status=GONE", &h.acme_viewer).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_is_in_the_openapi_document_and_answers() {
+    let h = Harness::new();
+    let m = h.machine("acme", "loc-1", "SN-1").await;
+    let doc = vendflow_queries::api::openapi();
+    assert_eq!(doc["openapi"], "3.0.3");
+    let paths = doc["paths"].as_object().cloned().unwrap_or_default();
+    // Every route the router declares is documented...
+    let source = include_str!("../src/api/mod.rs");
+    let declared: Vec<&str> = source
+        .split(".route(")
+        .skip(1)
+        .filter_map(|r| r.trim_start().strip_prefix('"')?.split('"').next())
+        .collect();
+    assert!(declared.len() >= 19, "{declared:?}");
+    for route in &declared {
+        assert!(
+            paths.contains_key(*route),
+            "{route} is not in the OpenAPI document"
+        );
+    }
+    // ...and every documented operation answers (not the fallback, not 405).
+    for (path, ops) in &paths {
+        assert!(
+            declared.contains(&path.as_str()),
+            "{path} is documented but not routed"
+        );
+        for method in ops
+            .as_object()
+            .map(|o| o.keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
+            let uri = path
+                .replace("{id}", if path.contains("leases") { "nope" } else { &m })
+                .replace("{name}", "liveness");
+            if uri.ends_with("subscribe") || uri.ends_with("stream") {
+                continue; // streams never end; tested elsewhere
+            }
+            let method = Method::from_bytes(method.to_uppercase().as_bytes())
+                .unwrap_or_else(|e| panic!("{e}"));
+            let (s, b) = h
+                .call(method.clone(), &uri, Some(&h.admin), Some(json!({})))
+                .await;
+            assert_ne!(s, StatusCode::METHOD_NOT_ALLOWED, "{method} {uri}");
+            assert!(b["error"]["code"] != "no_route", "{method} {uri}: {b}");
+        }
+    }
+    let (s, b) = h.get("/api/nothing", &h.admin).await;
+    assert_eq!((s, error_code(&b)), (StatusCode::NOT_FOUND, "no_route"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_sums_the_fleet_and_streams_alerts_and_sales_live() {
+    let mut h = Harness::new();
+    let m = h.machine("acme", "loc-1", "SN-1").await;
+    h.ingest(T0, vec![event(&format!(r#"{{"machineId":"{m}","type":"heartbeat","timestamp":{T0},"payload":{{"temperature":4.0}}}}"#))]);
+    let req = Request::get(format!(
+        "/api/dashboard/stream?access_token={}",
+        h.acme_viewer
+    ))
+    .body(Body::empty())
+    .unwrap_or_else(|e| panic!("{e}"));
+    let response = app(h.state.clone())
+        .oneshot(req)
+        .await
+        .unwrap_or_else(|e| match e {});
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    // Overheating, then a sale.
+    let t1 = T0 + 60_000;
+    h.ingest(t1, vec![
+        event(&format!(r#"{{"machineId":"{m}","type":"heartbeat","timestamp":{t1},"payload":{{"temperature":11.0}}}}"#)),
+        event(&format!(r#"{{"machineId":"{m}","type":"sale","timestamp":{t1},"payload":{{"slotNumber":1,"productId":"cola","amount":2.50,"paymentMethod":"card","transactionId":"z"}}}}"#)),
+    ]);
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !(seen.contains("event: alert") && seen.contains("event: revenue")) {
+        let frame = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .unwrap_or_else(|_| panic!("no alert and revenue events; got {seen}"));
+        if let Some(Ok(f)) = frame
+            && let Ok(data) = f.into_data()
+        {
+            seen.push_str(&String::from_utf8_lossy(&data));
+        }
+    }
+    assert!(seen.contains("temperature critical"), "{seen}");
+    assert!(seen.contains(r#""todayRevenue":"2.50""#), "{seen}");
+    let (s, b) = h.get("/api/dashboard/fleet", &h.acme_viewer).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(
+        (b["totals"]["active"].as_u64(), b["todayRevenue"].as_str()),
+        (Some(1), Some("2.50")),
+        "{b}"
+    );
+    assert!(b["alertCount"].as_u64() >= Some(1), "{b}");
+    assert_eq!(b["topPerforming"][0]["machineId"], json!(m), "{b}");
+    let (_, b) = h
+        .get("/api/dashboard/fleet?region=south", &h.acme_viewer)
+        .await;
+    assert_eq!(b["totals"]["total"], 0, "{b}");
+    let (s, b) = h.call(Method::GET, "/health", None, None).await;
+    assert_eq!(
+        (
+            s,
+            b["devices"]["online"].as_u64(),
+            b["devices"]["total"].as_u64()
+        ),
+        (StatusCode::OK, Some(1), Some(1)),
+        "{b}"
+    );
+    let (_, text) = h.call(Method::GET, "/metrics", None, None).await;
+    let text = text.as_str().unwrap_or_default().to_owned();
+    for metric in [
+        "vendflow_view_freshness_seconds{view=\"inventory\"}",
+        "vendflow_query_duration_seconds_count",
+        "vendflow_devices{status=\"active\"} 1",
+    ] {
+        assert!(text.contains(metric), "{metric} missing:\n{text}");
+    }
+}
