@@ -404,7 +404,7 @@ async fn machines_show_live_state_and_maintenance_is_for_operators() {
     );
     // The change went into the dataflows: the liveness view says so too.
     h.settle(u64::try_from(T0).unwrap_or(0) + 10);
-    let (_, b) = h.get(&format!("/views/liveness"), &h.viewer).await;
+    let (_, b) = h.get("/views/liveness", &h.viewer).await;
     assert!(b["rows"].to_string().contains("maintenance"), "{b}");
     let (_, b) = h.get("/api/machines?status=maintenance", &h.viewer).await;
     assert_eq!(b["total"], 1, "{b}");
@@ -749,9 +749,7 @@ async fn leases_validate_move_through_their_lifecycle_and_invoice_from_revenue()
     assert_eq!(s, StatusCode::CONFLICT);
     // The later draft never activated: it expires at its end.
     h.clock.store(T0 + 500 * MS_PER_DAY, Ordering::SeqCst);
-    let (_, b) = h
-        .get(&format!("/api/leases?status=EXPIRED"), &h.acme_viewer)
-        .await;
+    let (_, b) = h.get("/api/leases?status=EXPIRED", &h.acme_viewer).await;
     assert!(b["items"].to_string().contains(&later), "{b}");
     let (_, b) = h.get("/api/leases", &h.acme_viewer).await;
     assert_eq!(b["total"], 3, "{b}");
