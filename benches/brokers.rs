@@ -12,11 +12,12 @@
 //!  --machines 50000 --seconds 120]`. Needs `mosquitto` and `tansu` (tests/run-all.sh installs
 //! them) and `cargo build --release --bins`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use vendflow_benches::release_bin;
 use vendflow_tests::{Daemon, free_port, require_program, start_mosquitto, start_tansu};
 
 struct Args {
@@ -46,21 +47,6 @@ fn args() -> anyhow::Result<Args> {
         }
     }
     Ok(a)
-}
-
-fn release_bin() -> anyhow::Result<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let bin = target.join("release/vendflow");
-    if !bin.exists() {
-        bail!(
-            "{} is missing: run `cargo build --release --bins`",
-            bin.display()
-        );
-    }
-    Ok(bin)
 }
 
 fn metric(http: &str, name: &str) -> anyhow::Result<u64> {

@@ -1,5 +1,7 @@
 //! Shared pieces of the benchmarks: a realistic event stream and process measurements.
 
+use std::path::{Path, PathBuf};
+
 use vendflow_firmware::{Fleet, FleetConfig};
 use vendflow_protocol::{Event, RegistryRecord, Timestamp};
 
@@ -37,4 +39,20 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     }
     let i = ((sorted.len() - 1) as f64 * q).round() as usize;
     sorted[i.min(sorted.len() - 1)]
+}
+
+/// The release `vendflow` binary the process benchmarks run, or how to build it.
+pub fn release_bin() -> anyhow::Result<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let bin = target.join("release/vendflow");
+    if !bin.exists() {
+        anyhow::bail!(
+            "{} is missing: run `cargo build --release --bins`",
+            bin.display()
+        );
+    }
+    Ok(bin)
 }

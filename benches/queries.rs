@@ -19,12 +19,12 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use vendflow_benches::quantile;
+use vendflow_benches::{quantile, release_bin};
 use vendflow_dataflows::{Config, Engine};
 use vendflow_protocol::decode::decode_line;
 use vendflow_protocol::{Event, Timestamp};
@@ -68,21 +68,6 @@ fn args() -> anyhow::Result<Args> {
         }
     }
     Ok(a)
-}
-
-fn release_bin() -> anyhow::Result<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let bin = target.join("release/vendflow");
-    if !bin.exists() {
-        bail!(
-            "{} is missing: run `cargo build --release --bins`",
-            bin.display()
-        );
-    }
-    Ok(bin)
 }
 
 /// One `POST /sql` on a new connection; returns the status line's code and the body.

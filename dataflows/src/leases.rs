@@ -14,7 +14,7 @@
 
 use differential_dataflow::VecCollection;
 use differential_dataflow::operators::ThresholdTotal;
-use vendflow_protocol::{Lease, LeaseEvent, LeaseStatus, RegistryRecord};
+use vendflow_protocol::{Lease, LeaseEvent, RegistryRecord};
 
 use crate::operators::Time;
 use crate::row::{ColumnType::*, Row, Value, col, null};
@@ -83,16 +83,6 @@ pub fn render<'s>(
         .distinct_total()
 }
 
-pub fn status_name(status: LeaseStatus) -> &'static str {
-    match status {
-        LeaseStatus::Draft => "DRAFT",
-        LeaseStatus::Active => "ACTIVE",
-        LeaseStatus::Renewed => "RENEWED",
-        LeaseStatus::Expired => "EXPIRED",
-        LeaseStatus::Terminated => "TERMINATED",
-    }
-}
-
 pub fn row(l: Lease) -> Row {
     vec![
         Value::text(&l.lease_id),
@@ -104,7 +94,7 @@ pub fn row(l: Lease) -> Row {
         Value::Float(crate::row::OrdF64(
             l.revenue_share_basis_points as f64 / 100.0,
         )),
-        Value::text(status_name(l.status)),
+        Value::text(l.status.as_str()),
         Value::Bool(l.auto_renew),
     ]
     .into()
@@ -117,7 +107,7 @@ mod tests {
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
     use vendflow_protocol::units::MS_PER_DAY;
-    use vendflow_protocol::{Cents, LeaseEventKind, Timestamp};
+    use vendflow_protocol::{Cents, LeaseEventKind, LeaseStatus, Timestamp};
 
     use super::*;
     use crate::testing::{self, BASE, Scenario, machine};
