@@ -90,6 +90,10 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
             revenue.location_daily.map(revenue::location_daily_row),
         ),
         (
+            "revenue_location_hourly",
+            revenue.location_hourly.map(revenue::location_hourly_row),
+        ),
+        (
             "revenue_fleet_today",
             revenue.fleet_today.map(revenue::fleet_today_row),
         ),

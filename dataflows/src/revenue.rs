@@ -5,6 +5,7 @@
 //! SELECT machine_id, day(timestamp) AS day, sum(amount) AS revenue, sum(quantity) AS units, count(*) AS lines
 //! FROM accepted_sale_lines GROUP BY 1, 2
 //! -- revenue_location_daily: the same by the machine's registered location ('unassigned' if none)
+//! -- revenue_location_hourly: the same by location and event-time hour, for today's hours only
 //! -- revenue_fleet_today: the fleet's total for the day the ingestion clock is in
 //! -- top_machines_today: the 10 machines with most revenue today (ties by machine id)
 //! -- slot_sales: per (machine, slot), all time
@@ -17,8 +18,8 @@
 
 use differential_dataflow::VecCollection;
 use differential_dataflow::operators::CountTotal;
-use vendflow_protocol::units::MS_PER_DAY;
-use vendflow_protocol::{Cents, MachineId};
+use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR};
+use vendflow_protocol::{Cents, MachineId, Timestamp};
 
 use crate::config::Config;
 use crate::operators::{Temporal, Time, as_time, count_records, hash_of};
@@ -48,6 +49,17 @@ pub const LOCATION_DAILY: ViewDef = ViewDef {
     columns: &[
         col("location_id", Text),
         col("day", Date),
+        col("revenue", Money),
+        col("units", Int),
+        col("lines", Int),
+    ],
+};
+pub const LOCATION_HOURLY: ViewDef = ViewDef {
+    name: "revenue_location_hourly",
+    description: "today's revenue per location per event-time hour (UTC); an hour leaves when its day ends",
+    columns: &[
+        col("location_id", Text),
+        col("hour", Time),
         col("revenue", Money),
         col("units", Int),
         col("lines", Int),
@@ -87,6 +99,8 @@ pub const SLOT_SALES: ViewDef = ViewDef {
 pub struct Revenue<'s> {
     pub machine_daily: VecCollection<'s, Time, ((MachineId, i64), Totals)>,
     pub location_daily: VecCollection<'s, Time, ((String, i64), Totals)>,
+    /// Keyed by (location, hour start in ms), today's hours only.
+    pub location_hourly: VecCollection<'s, Time, ((String, i64), Totals)>,
     pub fleet_today: VecCollection<'s, Time, (i64, Totals)>,
     pub top_today: VecCollection<'s, Time, (usize, MachineId, Cents)>,
     pub slot_sales: VecCollection<'s, Time, ((MachineId, u32), Totals)>,
@@ -114,6 +128,7 @@ pub fn render<'s>(
     // Explode to (machine, day) totals before the temporal filter: the retractions it schedules
     // then merge per machine-day instead of one per sale line.
     let (live, late) = accepted
+        .clone()
         .explode(|l| Some(((l.machine_id.clone(), l.timestamp.day()), totals(&l))))
         .retain_between(move |(_, day): &(MachineId, i64)| {
             (0, as_time((day + 1) * MS_PER_DAY + retention))
@@ -121,31 +136,22 @@ pub fn render<'s>(
     let machine_daily = live.count_total();
     let too_late = count_records(late, |totals: &Totals| totals.2);
 
-    // Machine-days arranged once by machine, for both the located and the unlocated part (a join
-    // and an antijoin would each arrange them: at 35 days of retention, the largest state here).
-    let by_machine = machine_daily
-        .clone()
-        .map(|((m, day), t)| (m, (day, t)))
-        .arrange_by_key();
-    let located = by_machine.clone().join_core(
-        machine_location.clone().arrange_by_key(),
-        |_m, (day, t), loc| Some(((loc.clone(), *day), *t)),
-    );
-    let with_location = by_machine.clone().join_core(
-        machine_location
-            .map(|(m, _)| m)
-            .distinct()
-            .arrange_by_self(),
-        |m, v, ()| Some((m.clone(), *v)),
-    );
-    let unlocated = by_machine
-        .as_collection(|m, v| (m.clone(), *v))
-        .concat(with_location.negate())
-        .map(|(_m, (day, t))| ((UNASSIGNED.to_owned(), day), t));
-    let location_daily = located
-        .concat(unlocated)
-        .explode(|(k, t)| Some((k, t)))
+    let location_daily = by_location(machine_daily.clone(), machine_location.clone());
+
+    // Today's hours only: per machine first (one retraction per machine-hour at midnight, not
+    // one per line), then per location.
+    let machine_hourly = accepted
+        .explode(|l| {
+            let hour = l.timestamp.0.div_euclid(MS_PER_HOUR) * MS_PER_HOUR;
+            Some(((l.machine_id.clone(), hour), totals(&l)))
+        })
+        .retain_between(|(_, hour): &(MachineId, i64)| {
+            let day = hour.div_euclid(MS_PER_DAY);
+            (as_time(day * MS_PER_DAY), as_time((day + 1) * MS_PER_DAY))
+        })
+        .0
         .count_total();
+    let location_hourly = by_location(machine_hourly, machine_location);
 
     let fleet_today = machine_daily
         .clone()
@@ -182,11 +188,43 @@ pub fn render<'s>(
     Revenue {
         machine_daily,
         location_daily,
+        location_hourly,
         fleet_today,
         top_today,
         slot_sales,
         too_late,
     }
+}
+
+/// Re-keys per-machine totals by the machine's location (`UNASSIGNED` for a machine without
+/// one) and sums them. The machine side is arranged once by machine, for both the located and
+/// the unlocated part (a join and an antijoin would each arrange it).
+fn by_location<'s>(
+    by_machine: VecCollection<'s, Time, ((MachineId, i64), Totals)>,
+    machine_location: VecCollection<'s, Time, (MachineId, String)>,
+) -> VecCollection<'s, Time, ((String, i64), Totals)> {
+    let by_machine = by_machine
+        .map(|((m, key), t)| (m, (key, t)))
+        .arrange_by_key();
+    let located = by_machine.clone().join_core(
+        machine_location.clone().arrange_by_key(),
+        |_m, (key, t), loc| Some(((loc.clone(), *key), *t)),
+    );
+    let with_location = by_machine.clone().join_core(
+        machine_location
+            .map(|(m, _)| m)
+            .distinct()
+            .arrange_by_self(),
+        |m, v, ()| Some((m.clone(), *v)),
+    );
+    let unlocated = by_machine
+        .as_collection(|m, v| (m.clone(), *v))
+        .concat(with_location.negate())
+        .map(|(_m, (key, t))| ((UNASSIGNED.to_owned(), key), t));
+    located
+        .concat(unlocated)
+        .explode(|(k, t)| Some((k, t)))
+        .count_total()
 }
 
 fn totals_cells(t: Totals) -> [Value; 3] {
@@ -205,6 +243,12 @@ pub fn machine_daily_row(((m, day), t): ((MachineId, i64), Totals)) -> Row {
 
 pub fn location_daily_row(((loc, day), t): ((String, i64), Totals)) -> Row {
     let mut row = vec![Value::text(loc), Value::Date(day)];
+    row.extend(totals_cells(t));
+    row.into()
+}
+
+pub fn location_hourly_row(((loc, hour), t): ((String, i64), Totals)) -> Row {
+    let mut row = vec![Value::text(loc), Value::Time(Timestamp(hour))];
     row.extend(totals_cells(t));
     row.into()
 }
@@ -250,6 +294,7 @@ mod tests {
 
     #[test]
     fn revenue_views_match_batch_oracle_on_random_streams() {
+        let mut hours_seen = 0;
         for seed in 0..6 {
             let (scenario, views) = testing::random_run(seed);
             let config = &scenario.config;
@@ -277,15 +322,32 @@ mod tests {
                     );
                 }
             }
-            let mut location_daily: BTreeMap<(String, i64), Totals> = BTreeMap::new();
-            let mut fleet: BTreeMap<i64, Totals> = BTreeMap::new();
             let today = (now as i64).div_euclid(MS_PER_DAY);
-            for ((m, day), t) in &machine_daily {
-                let loc = locations
+            let location_of = |m: &MachineId| {
+                locations
                     .get(m)
                     .cloned()
-                    .unwrap_or_else(|| UNASSIGNED.to_owned());
-                add(location_daily.entry((loc, *day)).or_default(), *t);
+                    .unwrap_or_else(|| UNASSIGNED.to_owned())
+            };
+            let mut location_hourly: BTreeMap<(String, i64), Totals> = BTreeMap::new();
+            for (_, l) in &accepted {
+                if l.timestamp.day() == today {
+                    let hour = l.timestamp.0 - l.timestamp.0.rem_euclid(MS_PER_HOUR);
+                    add(
+                        location_hourly
+                            .entry((location_of(&l.machine_id), hour))
+                            .or_default(),
+                        totals(l),
+                    );
+                }
+            }
+            let mut location_daily: BTreeMap<(String, i64), Totals> = BTreeMap::new();
+            let mut fleet: BTreeMap<i64, Totals> = BTreeMap::new();
+            for ((m, day), t) in &machine_daily {
+                add(
+                    location_daily.entry((location_of(m), *day)).or_default(),
+                    *t,
+                );
                 if *day == today {
                     add(fleet.entry(*day).or_default(), *t);
                 }
@@ -315,6 +377,16 @@ mod tests {
                 location_daily.into_iter().map(location_daily_row).collect(),
                 seed,
             );
+            hours_seen += location_hourly.len();
+            testing::assert_view(
+                views,
+                "revenue_location_hourly",
+                location_hourly
+                    .into_iter()
+                    .map(location_hourly_row)
+                    .collect(),
+                seed,
+            );
             testing::assert_view(
                 views,
                 "revenue_fleet_today",
@@ -329,6 +401,10 @@ mod tests {
                 seed,
             );
         }
+        assert!(
+            hours_seen > 0,
+            "the random streams never sold anything today"
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ impl ViewDef {
 pub const CATALOG: &[ViewDef] = &[
     crate::revenue::MACHINE_DAILY,
     crate::revenue::LOCATION_DAILY,
+    crate::revenue::LOCATION_HOURLY,
     crate::revenue::FLEET_TODAY,
     crate::revenue::TOP_MACHINES_TODAY,
     crate::revenue::SLOT_SALES,
