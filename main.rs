@@ -1135,6 +1135,7 @@ fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
     println!(
         "vendflow demo: REST API on http://{addr}/api (documented at http://{addr}/api/openapi.json); admin token (tenant *): {admin_token}"
     );
+    println!("vendflow demo: dashboard: http://{addr}/#token={admin_token}");
     println!(
         "vendflow demo: try: curl -H 'Authorization: Bearer {admin_token}' http://{addr}/api/dashboard/fleet"
     );

@@ -84,23 +84,6 @@ fn replay_of_a_missing_file_says_so() {
     );
 }
 
-/// `curl -s` with `args`, POSTing `body` to `url`: (HTTP status, response body).
-fn curl_post(
-    curl: &std::path::Path,
-    args: &[&str],
-    body: &str,
-    url: &str,
-) -> anyhow::Result<(String, String)> {
-    let out = Command::new(curl)
-        .args(["-s", "-w", "\n%{http_code}"])
-        .args(args)
-        .args(["--data-binary", body, url])
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
-    Ok((code.trim().to_owned(), body.to_owned()))
-}
-
 /// `demo --http`: machines on HTTP go through the embedded broker into the same dataflows, and
 /// the views are served on the same port.
 /// A valid envelope is acknowledged; one whose sale has fields of the wrong type is accepted by
@@ -157,7 +140,7 @@ fn demo_takes_telemetry_over_http_into_the_dataflows() -> anyhow::Result<()> {
     let url = format!("http://{addr}/api/telemetry");
     let post = |body: &str, token: &str| {
         let token = format!("X-Machine-Token: {token}");
-        curl_post(
+        vendflow_tests::curl_post(
             &curl,
             &["-H", "X-Machine-Id: mach_00001", "-H", &token],
             body,
@@ -234,7 +217,7 @@ fn demo_takes_telemetry_over_http_into_the_dataflows() -> anyhow::Result<()> {
     let sql_url = format!("http://{addr}/sql");
     let sql = |query: &str, accept: &str| {
         let accept = format!("Accept: {accept}");
-        curl_post(&curl, &["-H", &accept, "-H", &bearer], query, &sql_url)
+        vendflow_tests::curl_post(&curl, &["-H", &accept, "-H", &bearer], query, &sql_url)
     };
     let (code, body) = sql("SELECT count(*) AS n FROM liveness", "application/json")?;
     assert_eq!(code, "200", "{body}");

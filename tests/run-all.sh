@@ -4,6 +4,8 @@
 # - Python with duckdb and pyarrow (a venv under ~/.cache/vendflow) for the DuckDB cross-checks;
 # - Mosquitto, curl, openssl and psql (Debian's postgresql-client), and tansu, a Kafka-protocol broker (cargo install, cached in ~/.cargo/bin:
 #   only a fresh machine pays its ~10-minute build), for the broker tests;
+# - Debian's Chromium and, from npm, playwright-core (tests/browser) for the dashboard's browser
+#   test, and the dashboard's own build (queries/web: its committed dist/ is what the binary embeds);
 # - the vendflow binary (the end-to-end tests run the real thing);
 # - then every crate's tests with cargo-nextest (or cargo test where nextest is missing).
 #
@@ -44,10 +46,27 @@ if ! command -v tansu >/dev/null && [ ! -x "$HOME/.cargo/bin/tansu" ]; then
   cargo install --locked tansu --features dynostore
 fi
 
+if ! command -v chromium >/dev/null || ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  echo "== installing chromium, nodejs and npm (the dashboard's browser test)"
+  sudo_=""; [ "$(id -u)" = 0 ] || sudo_="sudo"
+  $sudo_ apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq chromium nodejs npm >/dev/null
+fi
+echo "== npm ci: tests/browser (playwright-core drives Debian's chromium; no browser download)"
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+# The binary embeds queries/web/dist as committed; rebuild it from the sources and say so if the
+# commit forgot to.
+echo "== building the dashboard (queries/web)"
+(cd queries/web && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build >/dev/null)
+if ! git diff --quiet -- queries/web/dist 2>/dev/null; then
+  echo "== WARNING: queries/web/dist differs from its sources' build: commit the rebuilt dist/" >&2
+fi
+
 echo "== building"
 cargo build --workspace --bins --tests --locked
 
-echo "== testing"
+export VENDFLOW_ARTIFACTS="${VENDFLOW_ARTIFACTS:-$PWD/artifacts}"
+echo "== testing (the dashboard test keeps its screenshots in $VENDFLOW_ARTIFACTS/dashboard)"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
 else

@@ -186,6 +186,31 @@ fn is_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
+/// `curl -s` with `args`, POSTing `body` to `url`: (HTTP status, response body).
+pub fn curl_post(
+    curl: &Path,
+    args: &[&str],
+    body: &str,
+    url: &str,
+) -> anyhow::Result<(String, String)> {
+    let out = Command::new(curl)
+        .args(["-s", "-w", "\n%{http_code}"])
+        .args(args)
+        .args(["--data-binary", body, url])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    Ok((code.trim().to_owned(), body.to_owned()))
+}
+
+/// Where tests leave files for people to look at (screenshots): `$VENDFLOW_ARTIFACTS`, or
+/// `artifacts/` in the checkout.
+pub fn artifacts() -> PathBuf {
+    std::env::var_os("VENDFLOW_ARTIFACTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("artifacts"))
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;

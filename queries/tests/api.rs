@@ -35,6 +35,7 @@ struct Harness {
     viewer: String,
     acme_admin: String,
     acme_viewer: String,
+    globex_viewer: String,
 }
 
 impl Drop for Harness {
@@ -88,6 +89,7 @@ impl Harness {
             issue(Role::Viewer, "*"),
         );
         let (acme_admin, acme_viewer) = (issue(Role::Admin, "acme"), issue(Role::Viewer, "acme"));
+        let globex_viewer = issue(Role::Viewer, "globex");
         let clock = Arc::new(AtomicI64::new(T0));
         let c = clock.clone();
         let state = ApiState::new(store, sql, fleet)
@@ -105,6 +107,7 @@ impl Harness {
             viewer,
             acme_admin,
             acme_viewer,
+            globex_viewer,
         }
     }
 
@@ -858,6 +861,24 @@ async fn dashboard_sums_the_fleet_and_streams_alerts_and_sales_live() {
         .get("/api/dashboard/fleet?region=south", &h.acme_viewer)
         .await;
     assert_eq!(b["totals"]["total"], 0, "{b}");
+    // The map: the machine at its location's coordinates, live status and alert count; the
+    // alerting machines listed; nothing of acme's for another tenant.
+    let (s, b) = h.get("/api/dashboard/map", &h.acme_viewer).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let row = &b["machines"][0];
+    assert_eq!(
+        (&row[0], &row[2], &row[3], &row[4]),
+        (&json!(m), &json!(40.7), &json!(-74.0), &json!("active")),
+        "{b}"
+    );
+    assert!(row[5].as_u64() >= Some(1), "{b}");
+    assert_eq!(b["alerts"][0]["machineId"], json!(m), "{b}");
+    let (_, b) = h.get("/api/dashboard/map", &h.globex_viewer).await;
+    assert_eq!(b["machines"], json!([]), "{b}");
+    let (_, b) = h.get("/api/dashboard/map?region=south", &h.admin).await;
+    assert_eq!(b["machines"], json!([]), "{b}");
+    let (s, _) = h.call(Method::GET, "/api/dashboard/map", None, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
     let (s, b) = h.call(Method::GET, "/health", None, None).await;
     assert_eq!(
         (
@@ -877,4 +898,59 @@ async fn dashboard_sums_the_fleet_and_streams_alerts_and_sales_live() {
     ] {
         assert!(text.contains(metric), "{metric} missing:\n{text}");
     }
+}
+
+/// The dashboard page and every file of its build are served, without a token (they hold no
+/// data), with their content types.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_page_and_assets_are_embedded_and_served() {
+    let h = Harness::new();
+    let dist = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("web/dist");
+    let mut built: Vec<String> = Vec::new();
+    for dir in [dist.clone(), dist.join("assets")] {
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
+            if path.is_file() {
+                let rel = path.strip_prefix(&dist).unwrap_or(&path);
+                built.push(format!("/{}", rel.display()).replace("/index.html", "/"));
+            }
+        }
+    }
+    built.sort();
+    let mut embedded: Vec<String> = vendflow_queries::api::web::FILES
+        .iter()
+        .map(|(p, _, _)| (*p).to_owned())
+        .collect();
+    embedded.sort();
+    assert_eq!(
+        built, embedded,
+        "every built file is embedded, and only those"
+    );
+    for (path, content_type, bytes) in vendflow_queries::api::web::FILES {
+        let response = app(h.state.clone())
+            .oneshot(
+                Request::get(*path)
+                    .body(Body::empty())
+                    .unwrap_or_else(|e| panic!("{e}")),
+            )
+            .await
+            .unwrap_or_else(|e| match e {});
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        assert_eq!(
+            response.headers()["content-type"].to_str().ok(),
+            Some(*content_type),
+            "{path}"
+        );
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .to_bytes();
+        assert_eq!(body.len(), bytes.len(), "{path}");
+    }
+    let page = String::from_utf8_lossy(vendflow_queries::api::web::FILES[0].2);
+    assert!(page.contains("/assets/app.js") && page.contains("/assets/index.css"));
+    let (s, b) = h.call(Method::GET, "/assets/nope.js", None, None).await;
+    assert_eq!((s, error_code(&b)), (StatusCode::NOT_FOUND, "no_route"));
 }

@@ -157,6 +157,70 @@ pub(super) async fn fleet(
     .into_response())
 }
 
+/// `GET /api/dashboard/map?region=`: every machine of the caller's with its location's
+/// coordinates and live status, as compact rows `[machineId, locationId, lat, lng, status,
+/// alertCount]` (50,000 machines are a few MB), and the machines with alerts, worst first.
+pub(super) async fn map(
+    State(state): State<ApiState>,
+    auth: Auth,
+    ApiQuery(Region { region }): ApiQuery<Region>,
+) -> Result<Response, ApiError> {
+    let machines = machines_in_scope(&state.fleet, &auth.0, region.as_deref());
+    let snapshot = state.store.snapshot_of(&["liveness", "health"]);
+    let by_machine = |view: &str| -> HashMap<&str, &Row> {
+        snapshot
+            .rows(view)
+            .map(|rows| rows.iter().map(|r| (text(r, 0), r)).collect())
+            .unwrap_or_default()
+    };
+    let (liveness, health) = (by_machine("liveness"), by_machine("health"));
+    let registry = state.fleet.read();
+    let mut ids: Vec<&String> = machines.keys().collect();
+    ids.sort();
+    let mut rows = Vec::with_capacity(ids.len());
+    let mut alerting = Vec::new();
+    for id in ids {
+        let machine = &registry.machines[id];
+        let location = machine
+            .location_id
+            .as_ref()
+            .and_then(|l| registry.locations.get(l));
+        let status = live_status(
+            machine.status,
+            liveness.get(id.as_str()).map(|r| text(r, 2)),
+        );
+        let row = health.get(id.as_str()).copied();
+        let alerts = alerts_of(row);
+        let coordinate = |micro: i64| Json::from(micro as f64 / 1e6);
+        rows.push(json!([
+            id,
+            machine.location_id,
+            location.map_or(Json::Null, |l| coordinate(l.lat.0)),
+            location.map_or(Json::Null, |l| coordinate(l.lng.0)),
+            status,
+            alerts.len(),
+        ]));
+        if let Some(r) = row.filter(|_| !alerts.is_empty()) {
+            alerting.push((
+                match r.get(1) {
+                    Some(Value::Int(score)) => *score,
+                    _ => i64::MAX,
+                },
+                json!({"machineId": id, "alerts": alerts, "score": cell(&r[1]), "grade": cell(&r[2])}),
+            ));
+        }
+    }
+    // Lowest health score first: the worst machines lead the feed.
+    alerting.sort_by_key(|(score, _)| *score);
+    Ok(axum::Json(json!({
+        "time": snapshot.frontier,
+        "columns": ["machineId", "locationId", "lat", "lng", "status", "alertCount"],
+        "machines": rows,
+        "alerts": alerting.into_iter().take(100).map(|(_, a)| a).collect::<Vec<_>>(),
+    }))
+    .into_response())
+}
+
 /// What the stream's relay for one view turns a change into.
 type Translate =
     Box<dyn FnMut(&Change, &HashMap<String, Option<String>>) -> Vec<(&'static str, Json)> + Send>;

@@ -19,6 +19,7 @@ mod leases;
 mod machines;
 mod ops;
 mod views;
+pub mod web;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -147,6 +148,7 @@ pub fn app(state: ApiState) -> Router {
         .route("/api/leases/{id}/terminate", post(leases::terminate))
         .route("/api/leases/{id}/invoices", get(leases::invoice))
         .route("/api/dashboard/fleet", get(dashboard::fleet))
+        .route("/api/dashboard/map", get(dashboard::map))
         .route("/api/dashboard/stream", get(dashboard::stream))
         .route("/api/whoami", get(whoami))
         .route("/health", get(ops::health))
@@ -156,6 +158,7 @@ pub fn app(state: ApiState) -> Router {
         .route("/views/{name}", get(views::snapshot))
         .route("/views/{name}/subscribe", get(views::subscribe))
         .route("/sql", post(views::sql))
+        .merge(web::routes())
         .fallback(no_route)
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
