@@ -212,6 +212,21 @@ fn demo_takes_telemetry_over_http_into_the_dataflows() -> anyhow::Result<()> {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
     let fleet: serde_json::Value = serde_json::from_str(&get("/api/dashboard/fleet", "5")?)?;
     assert_eq!(fleet["totals"]["total"], 5, "{fleet}");
+    // The OpenAPI document it serves passes an independent validator (openapi-spec-validator).
+    if let Some(python) = vendflow_tests::python_with(&["openapi_spec_validator"])? {
+        let doc = tempfile::NamedTempFile::new()?;
+        std::fs::write(doc.path(), get("/api/openapi.json", "5")?)?;
+        let out = Command::new(python)
+            .args(["-m", "openapi_spec_validator"])
+            .arg(doc.path())
+            .output()?;
+        assert!(
+            out.status.success(),
+            "the OpenAPI document is not valid:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 
     // SQL over one snapshot of every view; read-only.
     let sql_url = format!("http://{addr}/sql");
@@ -239,13 +254,15 @@ fn demo_takes_telemetry_over_http_into_the_dataflows() -> anyhow::Result<()> {
     let _ = reader.join();
     printed.extend(lines_rx.try_iter());
     let text = printed.join("\n");
-    // The fleet summary counts the dataflows' error records: exactly that one.
-    let last = text
+    // The fleet summary counts the dataflows' error records: exactly that one (the summaries
+    // show the views as they were each second, so look at all of them).
+    let refused: Vec<&str> = text
         .lines()
-        .rfind(|l| l.contains(" active / "))
-        .unwrap_or_default();
+        .filter(|l| l.contains(" active / "))
+        .filter_map(|l| l.rsplit_once("| refused ").map(|(_, n)| n))
+        .collect();
     assert!(
-        last.ends_with("| refused 1"),
+        refused.contains(&"1") && refused.iter().all(|n| *n == "0" || *n == "1"),
         "the envelope with a malformed sale reached the dataflows' decoder: {text}"
     );
     Ok(())

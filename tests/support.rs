@@ -64,19 +64,27 @@ pub fn vendflow(args: &[&str]) -> anyhow::Result<Output> {
 
 /// A Python with `duckdb` and `pyarrow`. Outside CI, `None` means "skip"; under `CI=true` it is an error.
 pub fn python_with_duckdb() -> anyhow::Result<Option<PathBuf>> {
+    python_with(&["duckdb", "pyarrow"])
+}
+
+/// A Python (`$VENDFLOW_PYTHON`, or `python3`) that can import `modules`. Outside CI, `None`
+/// means "skip"; under `CI=true` it is an error.
+pub fn python_with(modules: &[&str]) -> anyhow::Result<Option<PathBuf>> {
     let python = std::env::var("VENDFLOW_PYTHON").unwrap_or_else(|_| "python3".into());
+    let import = format!("import {}", modules.join(", "));
     let ok = Command::new(&python)
-        .args(["-c", "import duckdb, pyarrow"])
+        .args(["-c", &import])
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
     if ok {
         return Ok(Some(PathBuf::from(python)));
     }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        bail!("{python} cannot import duckdb and pyarrow; tests/run-all.sh installs them");
+    let names = modules.join(", ");
+    if in_ci() {
+        bail!("{python} cannot import {names}; tests/run-all.sh installs them");
     }
-    eprintln!("skipping: {python} has no duckdb/pyarrow (run tests/run-all.sh to install them)");
+    eprintln!("skipping: {python} has no {names} (run tests/run-all.sh to install them)");
     Ok(None)
 }
 

@@ -430,7 +430,14 @@ fn reason(code: u16) -> &'static str {
 
 fn schemas() -> Json {
     let s = |t: &str| json!({"type": t});
-    let obj = |props: Json, required: &[&str]| json!({"type": "object", "properties": props, "required": required});
+    // OpenAPI 3.0 wants `required` absent rather than empty.
+    let obj = |props: Json, required: &[&str]| {
+        if required.is_empty() {
+            json!({"type": "object", "properties": props})
+        } else {
+            json!({"type": "object", "properties": props, "required": required})
+        }
+    };
     let money = json!({"type": "string", "description": "exact decimal, e.g. 2.50"});
     json!({
         "Error": obj(json!({
