@@ -755,12 +755,26 @@ fn run_kafka(config: Config, args: RunArgs) -> anyhow::Result<()> {
                 .map_err(|e| e.to_string())
         })))
     };
+    let _ = insecure_open_api; // clap makes it the alternative to --tokens
+    let tokens = tokens
+        .map(|path| Tokens::open(&path).map(Arc::new))
+        .transpose()?;
+    // The Postgres endpoint takes the same tokens (as passwords), scoped the same way.
+    let pg_access = tokens.clone().map(|tokens| {
+        let registry = registry.clone();
+        vendflow_queries::pg::Access {
+            tokens,
+            scope: Arc::new(move |who: &vendflow_queries::auth::Principal| {
+                vendflow_queries::ApiState::scope_of(&registry, who)
+            }),
+        }
+    });
     if let Some(addr) = http {
         let mut state =
             vendflow_queries::ApiState::new(store.clone(), sql.clone(), registry.clone());
-        match (&tokens, insecure_open_api) {
-            (Some(path), _) => state = state.with_tokens(Arc::new(Tokens::open(path)?)),
-            (None, _) => eprintln!(
+        match &tokens {
+            Some(tokens) => state = state.with_tokens(tokens.clone()),
+            None => eprintln!(
                 "run: WARNING: --insecure-open-api: anyone who reaches {addr} can read and change the fleet"
             ),
         }
@@ -776,10 +790,15 @@ fn run_kafka(config: Config, args: RunArgs) -> anyhow::Result<()> {
     }
     spawn_lease_sweeper(registry.clone(), store.clone(), stop.clone())?;
     if let Some(addr) = pg {
-        let bound = vendflow_queries::pg::spawn(addr, sql.clone())
+        if pg_access.is_none() {
+            eprintln!(
+                "run: WARNING: --insecure-open-api: anyone who reaches {addr} can query every view"
+            );
+        }
+        let bound = vendflow_queries::pg::spawn(addr, sql.clone(), pg_access)
             .with_context(|| format!("cannot serve the Postgres protocol on {addr}"))?;
         eprintln!(
-            "run: SQL over the Postgres protocol: psql -h {} -p {} -U vendflow",
+            "run: SQL over the Postgres protocol: PGPASSWORD=<token> psql -h {} -p {} -U vendflow",
             bound.ip(),
             bound.port()
         );
@@ -1105,7 +1124,7 @@ fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
     let tokens = Arc::new(Tokens::open(&token_dir.join("tokens.jsonl"))?);
     let admin_token = tokens.issue(Role::Admin, Tenant::All, Some("vendflow demo"))?;
     let state = vendflow_queries::ApiState::new(store.clone(), sql.clone(), registry.clone())
-        .with_tokens(tokens)
+        .with_tokens(tokens.clone())
         .with_secrets({
             let credentials = credentials.clone();
             Arc::new(move |machine: &str| {
@@ -1127,7 +1146,16 @@ fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
         ),
         vendflow_queries::app(state),
     )?;
-    let pg = vendflow_queries::pg::spawn(free_or_any(pg)?, sql.clone())
+    let pg_access = vendflow_queries::pg::Access {
+        tokens: tokens.clone(),
+        scope: {
+            let registry = registry.clone();
+            Arc::new(move |who: &vendflow_queries::auth::Principal| {
+                vendflow_queries::ApiState::scope_of(&registry, who)
+            })
+        },
+    };
+    let pg = vendflow_queries::pg::spawn(free_or_any(pg)?, sql.clone(), Some(pg_access))
         .context("cannot serve the Postgres protocol")?;
     println!(
         "vendflow demo: views on http://{addr}/views, live: http://{addr}/views/<name>/subscribe, SQL: POST http://{addr}/sql; telemetry over HTTP on http://{addr}/api/telemetry"
@@ -1140,7 +1168,7 @@ fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
         "vendflow demo: try: curl -H 'Authorization: Bearer {admin_token}' http://{addr}/api/dashboard/fleet"
     );
     println!(
-        "vendflow demo: SQL for psql and BI tools: psql -h {} -p {} -U vendflow -c 'SELECT * FROM revenue_by_location_day'",
+        "vendflow demo: SQL for psql and BI tools (a token is the password): PGPASSWORD={admin_token} psql -h {} -p {} -U vendflow -c 'SELECT * FROM revenue_by_location_day'",
         pg.ip(),
         pg.port()
     );

@@ -70,13 +70,13 @@ fn args() -> anyhow::Result<Args> {
     Ok(a)
 }
 
-/// One `POST /sql` on a new connection; returns the status line's code and the body.
-fn post_sql(addr: &str, sql: &str) -> anyhow::Result<(u16, String)> {
+/// One `POST /sql` with `token` on a new connection; returns the status line's code and the body.
+fn post_sql(addr: &str, token: &str, sql: &str) -> anyhow::Result<(u16, String)> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     write!(
         stream,
-        "POST /sql HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{sql}",
+        "POST /sql HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nAccept: application/json\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{sql}",
         sql.len()
     )?;
     let mut response = String::new();
@@ -131,6 +131,15 @@ fn live(bin: &Path, a: &Args) -> anyhow::Result<()> {
     )?;
     wait_for_port(http_port, Duration::from_secs(120))?;
     wait_for_port(pg_port, Duration::from_secs(30))?;
+    // The admin token the demo printed: HTTP bearer and psql password.
+    let token = demo
+        .output()
+        .lines()
+        .find_map(|l| {
+            l.split_once("admin token (tenant *): ")
+                .map(|(_, t)| t.trim().to_owned())
+        })
+        .context("the demo printed no admin token")?;
     println!(
         "live views: {} machines streaming in real time; warming up {} s",
         a.machines, a.warmup_secs
@@ -138,6 +147,7 @@ fn live(bin: &Path, a: &Args) -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_secs(a.warmup_secs));
     let (_, body) = post_sql(
         &http,
+        &token,
         "SELECT count(*) AS n, min(machine_id) AS m FROM liveness WHERE last_heartbeat IS NOT NULL",
     )?;
     let rows: serde_json::Value = serde_json::from_str(&body).context("count answer")?;
@@ -147,7 +157,7 @@ fn live(bin: &Path, a: &Args) -> anyhow::Result<()> {
         .context("no machine has reported")?
         .to_owned();
     println!("  machines reporting: {}", first["n"]);
-    let (_, body) = post_sql(&http, "SELECT count(*) AS n FROM inventory")?;
+    let (_, body) = post_sql(&http, &token, "SELECT count(*) AS n FROM inventory")?;
     println!("  inventory rows: {}", body.trim());
 
     let queries = [
@@ -177,7 +187,7 @@ fn live(bin: &Path, a: &Args) -> anyhow::Result<()> {
         let mut ms = Vec::with_capacity(a.runs);
         for _ in 0..a.runs {
             let t = Instant::now();
-            let (code, body) = post_sql(&http, sql)?;
+            let (code, body) = post_sql(&http, &token, sql)?;
             if code != 200 {
                 bail!("{label}: HTTP {code}: {body}");
             }
@@ -206,6 +216,7 @@ fn live(bin: &Path, a: &Args) -> anyhow::Result<()> {
                 "vendflow",
                 "vendflow",
             ])
+            .env("PGPASSWORD", &token)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -267,3 +267,148 @@ fn demo_takes_telemetry_over_http_into_the_dataflows() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The demo's Postgres endpoint takes a token as the password and scopes by its tenant: the
+/// admin token sees the fleet, a wrong password is refused with a clear message, a tenant's
+/// token sees its client's rows only (and no archive), and prepared statements (the extended
+/// protocol, which `psycopg` uses for parameters) are for tenant `*` only.
+#[test]
+fn demo_postgres_endpoint_takes_tokens_as_passwords() -> anyhow::Result<()> {
+    let Some(psql) = vendflow_tests::require_program("psql", &[])? else {
+        return Ok(());
+    };
+    let Some(python) = vendflow_tests::python_with(&["psycopg"])? else {
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let archive = dir.path().join("archive");
+    let (http, pg) = (vendflow_tests::free_port()?, vendflow_tests::free_port()?);
+    let demo = vendflow_tests::Daemon::spawn(
+        "demo",
+        &vendflow_bin()?,
+        &[
+            "demo",
+            "--machines",
+            "20",
+            "--speed",
+            "60",
+            "--duration",
+            "60",
+            "--http",
+            &format!("127.0.0.1:{http}"),
+            "--pg",
+            &format!("127.0.0.1:{pg}"),
+            "--archive",
+            &archive.display().to_string(),
+        ],
+        &dir.path().join("demo.log"),
+    )?;
+    let started = std::time::Instant::now();
+    let admin = loop {
+        if let Some(t) = demo.output().lines().find_map(|l| {
+            l.split_once("admin token (tenant *): ")
+                .map(|(_, t)| t.trim().to_owned())
+        }) {
+            break t;
+        }
+        anyhow::ensure!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "no token printed:\n{}",
+            demo.output()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    vendflow_tests::wait_for_port(pg, std::time::Duration::from_secs(10))?;
+    let query = |password: &str, sql: &str| -> anyhow::Result<(bool, String, String)> {
+        let out = Command::new(&psql)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &pg.to_string(),
+                "-U",
+                "analyst",
+                "-Atc",
+                sql,
+            ])
+            .env("PGPASSWORD", password)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .output()?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    };
+    // The admin token: the whole fleet, once every machine has reported.
+    let mut seen = String::new();
+    for _ in 0..100 {
+        let (ok, out, err) = query(&admin, "SELECT count(*) FROM liveness")?;
+        assert!(ok, "{err}");
+        seen = out;
+        if seen == "20" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(seen, "20");
+    let (ok, _, err) = query("vf_00000000_nope", "SELECT 1")?;
+    assert!(!ok);
+    assert!(
+        err.contains("password authentication failed") && err.contains("vendflow token"),
+        "{err}"
+    );
+    // A tenant's token, made while the demo runs (the token file is reread).
+    let (_, clients, err) = query(&admin, "SELECT DISTINCT client_id FROM leases ORDER BY 1")?;
+    let client = clients.lines().next().context("no leases")?.to_owned();
+    assert!(
+        clients.lines().count() > 1,
+        "several clients: {clients} {err}"
+    );
+    let out = vendflow(&[
+        "token",
+        "create",
+        "--role",
+        "viewer",
+        "--tenant",
+        &client,
+        "--tokens",
+        &archive.join("tokens.jsonl").display().to_string(),
+    ])?;
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let tenant = printed
+        .split_whitespace()
+        .find(|w| w.starts_with("vf_"))
+        .with_context(|| format!("no token in {printed}"))?
+        .to_owned();
+    let (ok, out, err) = query(&tenant, "SELECT DISTINCT client_id FROM leases")?;
+    assert!(ok, "{err}");
+    assert_eq!(out, client);
+    let (ok, _, err) = query(&tenant, "SELECT count(*) FROM events")?;
+    assert!(!ok && err.contains("tenant *"), "{err}");
+    // Parameters go through the extended protocol: fine for tenant *, refused for a tenant.
+    let script = dir.path().join("extended.py");
+    std::fs::write(
+        &script,
+        format!(
+            "import sys, psycopg\n\
+             with psycopg.connect(host='127.0.0.1', port={pg}, user='analyst', password=sys.argv[1], dbname='vendflow') as c:\n\
+             \x20   print(c.execute('SELECT count(*) FROM liveness WHERE machine_id <> %s', ('none',)).fetchone()[0])\n"
+        ),
+    )?;
+    let run = |token: &str| Command::new(&python).arg(&script).arg(token).output();
+    let out = run(&admin)?;
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "20",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&tenant)?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("prepared statements"),
+        "{err}"
+    );
+    drop(demo);
+    Ok(())
+}

@@ -2,7 +2,7 @@
 # The whole test suite, from a clean clone: installs what the tests need, builds, runs every test.
 #
 # - Python with duckdb and pyarrow (a venv under ~/.cache/vendflow) for the DuckDB cross-checks,
-#   and openapi-spec-validator for the API's OpenAPI document;
+#   openapi-spec-validator for the API's OpenAPI document, psycopg for the Postgres endpoint's extended protocol;
 # - Mosquitto, curl, openssl and psql (Debian's postgresql-client), and tansu, a Kafka-protocol broker (cargo install, cached in ~/.cargo/bin:
 #   only a fresh machine pays its ~10-minute build), for the broker tests;
 # - Debian's Chromium and, from npm, playwright-core (tests/browser) for the dashboard's browser
@@ -27,10 +27,10 @@ if [ "$free_gib" -lt 8 ]; then
   echo "== only ${free_gib} GiB free under $CARGO_TARGET_DIR; a cold build and test run needs about 15 GiB" >&2
 fi
 venv="${VENDFLOW_VENV:-$HOME/.cache/vendflow/venv}"
-if ! "$venv/bin/python" -c 'import duckdb, pyarrow, openapi_spec_validator' 2>/dev/null; then
-  echo "== installing duckdb, pyarrow and openapi-spec-validator into $venv"
+if ! "$venv/bin/python" -c 'import duckdb, pyarrow, openapi_spec_validator, psycopg' 2>/dev/null; then
+  echo "== installing duckdb, pyarrow, openapi-spec-validator and psycopg into $venv"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check duckdb pyarrow openapi-spec-validator
+  "$venv/bin/pip" install --quiet --disable-pip-version-check duckdb pyarrow openapi-spec-validator "psycopg[binary]"
 fi
 export VENDFLOW_PYTHON="$venv/bin/python"
 

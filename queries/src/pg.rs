@@ -13,7 +13,15 @@
 //! - anything else (DDL, DML, `COPY`, `CREATE EXTERNAL TABLE`) is refused with SQLSTATE 25006
 //!   (read-only transaction) and a message saying why.
 //!
-//! No authentication yet: listen on loopback (the default) until access control lands.
+//!
+//! **Access control**: with tokens (the REST API's), a client logs in with a token as its
+//! password (cleartext password authentication: use TLS or loopback, as with any Postgres
+//! password; `PGPASSWORD=vf_… psql -U anything`). The token's tenant scopes every query exactly as
+//! `POST /sql` does (rows of the tenant's machines, locations and leases only; no archive tables).
+//! The extended protocol (prepared statements) is planned by `datafusion-postgres` on the shared
+//! context, outside that filter, so it is open to tenant `*` only; a tenant's client gets a clear
+//! refusal and can use simple queries (`psql`, and drivers' "simple" mode). Without tokens
+//! (`run --insecure-open-api`) anyone who reaches the port reads everything.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,15 +37,37 @@ use datafusion_postgres::hooks::cursor::CursorStatementHook;
 use datafusion_postgres::hooks::set_show::SetShowHook;
 use datafusion_postgres::hooks::transactions::TransactionStatementHook;
 use datafusion_postgres::{DfSessionService, QueryHook};
-use pgwire::api::auth::noop::NoopStartupHandler;
+use std::fmt::Debug;
+
+use futures::sink::{Sink, SinkExt};
+use pgwire::api::auth::{
+    DefaultServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
+    save_startup_parameters_to_metadata,
+};
 use pgwire::api::portal::Format;
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::Response;
 use pgwire::api::{ClientInfo, PgWireServerHandlers};
+use pgwire::api::{PgWireConnectionState, PidSecretKeyGenerator, RandomPidSecretKeyGenerator};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::startup::Authentication;
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use tokio::net::TcpListener;
 
-use crate::sql::{QueryError, Sql, check_read_only};
+use crate::auth::{Principal, Tenant, Tokens};
+use crate::sql::{QueryError, Scope, Sql, check_read_only};
+
+/// Who may connect, and what each caller's queries may see.
+#[derive(Clone)]
+pub struct Access {
+    pub tokens: Arc<Tokens>,
+    /// The scope of a caller (the REST API's: `ApiState::scope_of`), looked up per query so
+    /// a new registration is seen at once.
+    pub scope: Arc<dyn Fn(&Principal) -> Scope + Send + Sync>,
+}
+
+/// The client metadata key holding the authenticated tenant (removed from what a client sends).
+const TENANT: &str = "vendflow.tenant";
 
 fn refusal(code: &str, message: String) -> PgWireError {
     PgWireError::UserError(Box::new(ErrorInfo::new(
@@ -75,6 +105,40 @@ fn session_statement(statement: &Statement) -> bool {
 
 struct ReadOnly {
     sql: Arc<Sql>,
+    access: Option<Access>,
+}
+
+impl ReadOnly {
+    /// The scope of the session's authenticated tenant (everything without access control).
+    fn scope(&self, client: &(dyn ClientInfo + Send + Sync)) -> PgWireResult<Scope> {
+        let Some(access) = &self.access else {
+            return Ok(Scope::All);
+        };
+        let tenant = client
+            .metadata()
+            .get(TENANT)
+            .and_then(|t| Tenant::parse(t).ok())
+            .ok_or_else(|| refusal("28000", "not authenticated".to_owned()))?;
+        let who = Principal {
+            token_id: String::new(),
+            role: crate::auth::Role::Viewer,
+            tenant,
+        };
+        Ok((access.scope)(&who))
+    }
+
+    /// Extended-protocol statements run outside the tenant filter: tenant `*` only.
+    fn extended_allowed(&self, client: &(dyn ClientInfo + Send + Sync)) -> PgWireResult<()> {
+        match self.scope(client)? {
+            Scope::All => Ok(()),
+            Scope::Tenant(_) => Err(refusal(
+                "0A000",
+                "prepared statements (the extended protocol) are not available to a tenant's \
+                 token; send simple queries (psql does; JDBC: preferQueryMode=simple)"
+                    .to_owned(),
+            )),
+        }
+    }
 }
 
 #[async_trait]
@@ -92,7 +156,11 @@ impl QueryHook for ReadOnly {
         if let Err(e) = check_read_only(&text) {
             return Some(Err(pg_error(e)));
         }
-        let answer = match self.sql.query(&text).await {
+        let scope = match self.scope(&*client) {
+            Ok(s) => s,
+            Err(e) => return Some(Err(e)),
+        };
+        let answer = match self.sql.query_in(&scope, &text).await {
             Ok(a) => a,
             Err(e) => return Some(Err(pg_error(e))),
         };
@@ -117,8 +185,11 @@ impl QueryHook for ReadOnly {
         &self,
         statement: &Statement,
         _ctx: &SessionContext,
-        _client: &(dyn ClientInfo + Send + Sync),
+        client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
+        if let Err(e) = self.extended_allowed(client) {
+            return Some(Err(e));
+        }
         if session_statement(statement) {
             return None;
         }
@@ -136,6 +207,9 @@ impl QueryHook for ReadOnly {
         _ctx: &SessionContext,
         client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
+        if let Err(e) = self.extended_allowed(&*client) {
+            return Some(Err(e));
+        }
         if session_statement(statement) {
             return None;
         }
@@ -154,9 +228,74 @@ impl QueryHook for ReadOnly {
     }
 }
 
-struct Startup;
+/// Startup: without tokens, straight in; with them, a cleartext password that must be a valid
+/// token, whose tenant the session keeps.
+struct Startup {
+    tokens: Option<Arc<Tokens>>,
+    pids: RandomPidSecretKeyGenerator,
+    parameters: DefaultServerParameterProvider,
+}
 
-impl NoopStartupHandler for Startup {}
+#[async_trait]
+impl StartupHandler for Startup {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match message {
+            PgWireFrontendMessage::Startup(ref startup) => {
+                protocol_negotiation(client, startup).await?;
+                save_startup_parameters_to_metadata(client, startup);
+                // Only authentication sets the tenant, never a startup parameter.
+                client.metadata_mut().remove(TENANT);
+                if self.tokens.is_some() {
+                    client.set_state(PgWireConnectionState::AuthenticationInProgress);
+                    client
+                        .send(PgWireBackendMessage::Authentication(
+                            Authentication::CleartextPassword,
+                        ))
+                        .await?;
+                } else {
+                    let (pid, key) = self.pids.generate(client);
+                    client.set_pid_and_secret_key(pid, key);
+                    finish_authentication(client, &self.parameters).await?;
+                }
+            }
+            PgWireFrontendMessage::PasswordMessageFamily(password) => {
+                let Some(tokens) = &self.tokens else {
+                    return Ok(());
+                };
+                let password = password.into_password()?;
+                let user = client.metadata().get("user").cloned().unwrap_or_default();
+                let Some(who) = tokens.verify(&password.password) else {
+                    tracing::info!(%user, "pgwire: refused a login (not a valid token)");
+                    return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                        "FATAL".to_owned(),
+                        "28P01".to_owned(),
+                        format!(
+                            "password authentication failed for user \"{user}\": the password \
+                             must be a vendflow token (vendflow token create)"
+                        ),
+                    ))));
+                };
+                client
+                    .metadata_mut()
+                    .insert(TENANT.to_owned(), who.tenant.as_str().to_owned());
+                let (pid, key) = self.pids.generate(client);
+                client.set_pid_and_secret_key(pid, key);
+                finish_authentication(client, &self.parameters).await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
 
 struct Handlers {
     service: Arc<DfSessionService>,
@@ -177,18 +316,26 @@ impl PgWireServerHandlers for Handlers {
     }
 }
 
-/// Serves `sql` over the Postgres protocol on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, sql: Arc<Sql>) {
+/// Serves `sql` over the Postgres protocol on `listener` until the task is dropped; with
+/// `access`, only to holders of a token, each within its tenant.
+pub async fn serve(listener: TcpListener, sql: Arc<Sql>, access: Option<Access>) {
     let ctx = Arc::new(sql.context().clone());
     let hooks: Vec<Arc<dyn QueryHook>> = vec![
-        Arc::new(ReadOnly { sql: sql.clone() }),
+        Arc::new(ReadOnly {
+            sql: sql.clone(),
+            access: access.clone(),
+        }),
         Arc::new(CursorStatementHook),
         Arc::new(SetShowHook),
         Arc::new(TransactionStatementHook),
     ];
     let handlers = Arc::new(Handlers {
         service: Arc::new(DfSessionService::new_with_hooks(ctx, hooks)),
-        startup: Arc::new(Startup),
+        startup: Arc::new(Startup {
+            tokens: access.map(|a| a.tokens),
+            pids: RandomPidSecretKeyGenerator::default(),
+            parameters: DefaultServerParameterProvider::default(),
+        }),
     });
     loop {
         match listener.accept().await {
@@ -210,7 +357,11 @@ pub async fn serve(listener: TcpListener, sql: Arc<Sql>) {
 
 /// Binds `addr` and serves on it from a thread with its own runtime (two workers, so queries
 /// over the wire cannot take more than two cores); returns the bound address (port 0 picks one).
-pub fn spawn(addr: SocketAddr, sql: Arc<Sql>) -> std::io::Result<SocketAddr> {
+pub fn spawn(
+    addr: SocketAddr,
+    sql: Arc<Sql>,
+    access: Option<Access>,
+) -> std::io::Result<SocketAddr> {
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
@@ -224,7 +375,7 @@ pub fn spawn(addr: SocketAddr, sql: Arc<Sql>) -> std::io::Result<SocketAddr> {
         .spawn(move || {
             runtime.block_on(async move {
                 match TcpListener::from_std(listener) {
-                    Ok(listener) => serve(listener, sql).await,
+                    Ok(listener) => serve(listener, sql, access).await,
                     Err(e) => tracing::error!(error = %e, "pgwire: cannot listen"),
                 }
             });
