@@ -705,6 +705,68 @@ fn spawn_lease_sweeper(
     Ok(())
 }
 
+/// `pipeline`, with the archive's counters when there is one, for `/health` and `/metrics`.
+fn pipeline_health(
+    pipeline: vendflow_queries::api::Pipeline,
+    archive: Option<&Archive>,
+) -> Arc<dyn vendflow_queries::api::Health> {
+    let pipeline = match archive {
+        Some(a) => {
+            let stats = a.stats();
+            pipeline.with_archive(Box::new(move || vendflow_queries::api::ArchiveCounters {
+                files: stats.files_written.load(Ordering::Relaxed),
+                events: stats.events_written.load(Ordering::Relaxed),
+                errors: stats.errors.load(Ordering::Relaxed),
+            }))
+        }
+        None => pipeline,
+    };
+    Arc::new(pipeline)
+}
+
+/// Measures the Kafka source's lag every 5 s in the background (it asks the brokers, which may
+/// take seconds; `/health` and `/metrics` read the latest measurement).
+fn spawn_lag_probe(
+    brokers: &str,
+    stats: Arc<SourceStats>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<Arc<std::sync::Mutex<Option<vendflow_queries::api::LagReading>>>> {
+    let latest = Arc::new(std::sync::Mutex::new(None));
+    let (brokers, out) = (brokers.to_owned(), latest.clone());
+    std::thread::Builder::new()
+        .name("vendflow-lag-probe".into())
+        .spawn(move || {
+            let probe = vendflow_ingest::kafka::source::LagProbe::new(&brokers);
+            while !stop.load(Ordering::SeqCst) {
+                let result = match &probe {
+                    Ok(p) => p
+                        .measure(&stats, Duration::from_secs(2))
+                        .map(|parts| {
+                            parts
+                                .into_iter()
+                                .map(|p| (p.topic, p.partition, p.position, p.end))
+                                .collect()
+                        })
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Err(e) = &result {
+                    tracing::warn!(error = %e, "kafka lag not measured");
+                }
+                *out.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(vendflow_queries::api::LagReading {
+                        taken: Instant::now(),
+                        result,
+                    });
+                let slept = Instant::now();
+                while slept.elapsed() < Duration::from_secs(5) && !stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        })?;
+    Ok(latest)
+}
+
 /// A flag raised by Ctrl-C or SIGTERM.
 fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
@@ -769,9 +831,28 @@ fn run_kafka(config: Config, args: RunArgs) -> anyhow::Result<()> {
             }),
         }
     });
+    let stats = Arc::new(SourceStats::default());
     if let Some(addr) = http {
+        let lag = spawn_lag_probe(brokers, stats.clone(), stop.clone())?;
+        let counters = stats.clone();
+        let health = pipeline_health(
+            vendflow_queries::api::Pipeline::new(
+                "kafka",
+                brokers,
+                Box::new(move || vendflow_queries::api::SourceCounters {
+                    messages: counters.messages.load(Ordering::Relaxed),
+                    events: counters.events.load(Ordering::Relaxed),
+                    refused: counters.errors.load(Ordering::Relaxed),
+                }),
+            )
+            .with_lag(Box::new(move || {
+                lag.lock().unwrap_or_else(|e| e.into_inner()).clone()
+            })),
+            archive.as_ref(),
+        );
         let mut state =
-            vendflow_queries::ApiState::new(store.clone(), sql.clone(), registry.clone());
+            vendflow_queries::ApiState::new(store.clone(), sql.clone(), registry.clone())
+                .with_health(health);
         match &tokens {
             Some(tokens) => state = state.with_tokens(tokens.clone()),
             None => eprintln!(
@@ -807,7 +888,6 @@ fn run_kafka(config: Config, args: RunArgs) -> anyhow::Result<()> {
         eprintln!("run: archiving to {}", a.root().display());
     }
     let feeders = engine.feeders().context("engine feeders already taken")?;
-    let stats = Arc::new(SourceStats::default());
     let handles = kafka_source::start(
         &SourceConfig {
             brokers: brokers.to_owned(),
@@ -1123,7 +1203,24 @@ fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
         .unwrap_or_else(std::env::temp_dir);
     let tokens = Arc::new(Tokens::open(&token_dir.join("tokens.jsonl"))?);
     let admin_token = tokens.issue(Role::Admin, Tenant::All, Some("vendflow demo"))?;
+    let source_stats = Arc::new(MqttSourceStats::default());
+    let health = {
+        let stats = source_stats.clone();
+        pipeline_health(
+            vendflow_queries::api::Pipeline::new(
+                "mqtt",
+                format!("embedded broker 127.0.0.1:{port}"),
+                Box::new(move || vendflow_queries::api::SourceCounters {
+                    messages: stats.messages.load(Ordering::Relaxed),
+                    events: stats.events.load(Ordering::Relaxed),
+                    refused: stats.refused.load(Ordering::Relaxed),
+                }),
+            ),
+            archive.as_ref(),
+        )
+    };
     let state = vendflow_queries::ApiState::new(store.clone(), sql.clone(), registry.clone())
+        .with_health(health)
         .with_tokens(tokens.clone())
         .with_secrets({
             let credentials = credentials.clone();
@@ -1183,7 +1280,6 @@ fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
     sim::register(&fleet, &mut feeders)?;
     // The simulated clock is the ingestion clock.
     let sim_clock = Arc::new(AtomicU64::new(fleet.now().0.max(0) as u64));
-    let source_stats = Arc::new(MqttSourceStats::default());
     let source = {
         let (clock, stats, stop) = (sim_clock.clone(), source_stats.clone(), stop.clone());
         let verifier = Verifier::shared(

@@ -374,6 +374,48 @@ fn analyst_checks(
         "COPY was not refused: {err}"
     );
 
+    // The operators' view of the same engine: every part healthy, Kafka lag per partition.
+    let get = |path: &str| -> anyhow::Result<String> {
+        let out = Command::new(curl)
+            .args([
+                "-s",
+                "--max-time",
+                "10",
+                &format!("http://{}{path}", serving.http),
+            ])
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let started = Instant::now();
+    let health: serde_json::Value = loop {
+        let h: serde_json::Value = serde_json::from_str(&get("/health")?)?;
+        if h["components"]["kafka"]["lag"].is_number()
+            || started.elapsed() > Duration::from_secs(20)
+        {
+            break h;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!(health["components"]["kafka"]["status"], "ok", "{health}");
+    assert_eq!(health["components"]["archive"]["status"], "ok", "{health}");
+    let telemetry_partitions = health["components"]["kafka"]["partitions"]
+        .as_array()
+        .map_or(0, |ps| {
+            ps.iter()
+                .filter(|p| p["topic"] == "machine-telemetry")
+                .count()
+        });
+    assert_eq!(telemetry_partitions, 3, "{health}");
+    let metrics = get("/metrics")?;
+    for metric in [
+        "vendflow_source_messages_total{source=\"kafka\"}",
+        "vendflow_source_lag_messages{source=\"kafka\",topic=\"machine-telemetry\",partition=\"2\"}",
+        "vendflow_archive_files_written_total",
+    ] {
+        assert!(metrics.contains(metric), "{metric} missing:\n{metrics}");
+    }
+
     // The data team's copy, checked by DuckDB against vendflow's own answers.
     let export = d.join("export");
     let archive = serving.archive.display().to_string();

@@ -433,3 +433,83 @@ mod tests {
         );
     }
 }
+
+/// One partition's consumer lag: how far the engine's position is behind the log's end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionLag {
+    pub topic: String,
+    pub partition: i32,
+    /// The next offset the engine reads.
+    pub position: i64,
+    /// The log's end (high watermark): the offset the next produced message gets.
+    pub end: i64,
+}
+
+impl PartitionLag {
+    /// Messages in the log the engine has not read yet.
+    pub fn lag(&self) -> i64 {
+        (self.end - self.position).max(0)
+    }
+}
+
+/// Measures the source's lag on every partition of the topics it reads, with its own
+/// metadata-only client (it joins no group, so it never moves a partition between consumers).
+pub struct LagProbe {
+    consumer: BaseConsumer,
+    brokers: String,
+}
+
+impl LagProbe {
+    pub fn new(brokers: &str) -> Result<LagProbe, KafkaError> {
+        let consumer = client_config(brokers)
+            .set("group.id", "vendflow-lag-probe")
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(KafkaError::client(brokers))?;
+        Ok(LagProbe {
+            consumer,
+            brokers: brokers.to_owned(),
+        })
+    }
+
+    /// Each partition of `machine-telemetry`, `fleet-commands`, `telemetry-rejected` and
+    /// `machine-commands` against `stats` (blocks for at most `timeout` per broker request).
+    pub fn measure(
+        &self,
+        stats: &SourceStats,
+        timeout: Duration,
+    ) -> Result<Vec<PartitionLag>, KafkaError> {
+        let client = KafkaError::client(&self.brokers);
+        let mut out = Vec::new();
+        for topic in [
+            TELEMETRY_TOPIC,
+            FLEET_COMMANDS_TOPIC,
+            REJECTED_TOPIC,
+            COMMANDS_TOPIC,
+        ] {
+            let metadata = self
+                .consumer
+                .fetch_metadata(Some(topic), timeout)
+                .map_err(client)?;
+            let partitions = metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic)
+                .map_or(0, |t| t.partitions().len() as i32);
+            for partition in 0..partitions {
+                let (low, high) = self
+                    .consumer
+                    .fetch_watermarks(topic, partition, timeout)
+                    .map_err(client)?;
+                out.push(PartitionLag {
+                    topic: topic.to_owned(),
+                    partition,
+                    // Nothing read yet: the engine starts at the log's first retained offset.
+                    position: stats.position(topic, partition).max(low),
+                    end: high,
+                });
+            }
+        }
+        Ok(out)
+    }
+}

@@ -40,7 +40,7 @@ use crate::sql::{Scope, Sql, TenantScope};
 use fleet::{ClientAssets, Fleet};
 
 pub use leases::sweep as sweep_leases;
-pub use ops::{Health, openapi};
+pub use ops::{ArchiveCounters, Health, LagReading, Pipeline, SourceCounters, openapi};
 
 /// Issues a machine's secret (storing only its hash where the machines' verifier reads it).
 pub type SecretIssuer = Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
