@@ -313,18 +313,9 @@ fn sql_csv(curl: &Path, http: &str, sql: &str, to: &Path) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// `psql -c SQL` against the engine: (success, stdout, stderr).
+/// `psql -c SQL` against the engine (`run --insecure-open-api`: no password).
 fn psql(program: &Path, port: u16, sql: &str) -> anyhow::Result<(bool, String, String)> {
-    let out = Command::new(program)
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "vendflow"])
-        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
-        .env("PGCONNECT_TIMEOUT", "10")
-        .output()?;
-    Ok((
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
+    vendflow_tests::psql(program, port, None, sql)
 }
 
 /// The analysts' side against a running engine: psql (a live view, a join of two views, the

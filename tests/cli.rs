@@ -319,27 +319,7 @@ fn demo_postgres_endpoint_takes_tokens_as_passwords() -> anyhow::Result<()> {
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
     vendflow_tests::wait_for_port(pg, std::time::Duration::from_secs(10))?;
-    let query = |password: &str, sql: &str| -> anyhow::Result<(bool, String, String)> {
-        let out = Command::new(&psql)
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &pg.to_string(),
-                "-U",
-                "analyst",
-                "-Atc",
-                sql,
-            ])
-            .env("PGPASSWORD", password)
-            .env("PGCONNECT_TIMEOUT", "10")
-            .output()?;
-        Ok((
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        ))
-    };
+    let query = |password: &str, sql: &str| vendflow_tests::psql(&psql, pg, Some(password), sql);
     // The admin token: the whole fleet, once every machine has reported.
     let mut seen = String::new();
     for _ in 0..100 {

@@ -211,6 +211,30 @@ pub fn curl_post(
     Ok((code.trim().to_owned(), body.to_owned()))
 }
 
+/// `psql -c SQL` on 127.0.0.1:`port` (with `password`, a token, if given): (success, stdout,
+/// stderr).
+pub fn psql(
+    program: &Path,
+    port: u16,
+    password: Option<&str>,
+    sql: &str,
+) -> anyhow::Result<(bool, String, String)> {
+    let mut command = Command::new(program);
+    command
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "vendflow"])
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env("PGCONNECT_TIMEOUT", "10");
+    if let Some(p) = password {
+        command.env("PGPASSWORD", p);
+    }
+    let out = command.output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
 /// Where tests leave files for people to look at (screenshots): `$VENDFLOW_ARTIFACTS`, or
 /// `artifacts/` in the checkout.
 pub fn artifacts() -> PathBuf {

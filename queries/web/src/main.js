@@ -350,6 +350,18 @@ const refreshMachine = coalesce(() => (shownMachine ? loadMachine(shownMachine) 
 
 let stream = null;
 
+// A machine's status or alerts changed: recolour its marker now, re-read the rest soon.
+function machineChanged(machineId, change) {
+  const m = markers.get(machineId);
+  if (m) {
+    Object.assign(m, change);
+    m.marker.setStyle(markerStyle(m.status, m.alerts));
+  }
+  refreshSummary();
+  refreshMap();
+  if (machineId === shownMachine) refreshMachine();
+}
+
 function connect() {
   if (stream) stream.close();
   const params = new URLSearchParams();
@@ -368,28 +380,14 @@ function connect() {
   };
   stream.addEventListener("status", (e) => {
     const s = JSON.parse(e.data);
-    const m = markers.get(s.machineId);
-    if (m) {
-      m.status = s.status;
-      m.marker.setStyle(markerStyle(m.status, m.alerts));
-    }
-    refreshSummary();
-    refreshMap();
-    if (s.machineId === shownMachine) refreshMachine();
+    machineChanged(s.machineId, { status: s.status });
   });
   stream.addEventListener("alert", (e) => {
     const a = JSON.parse(e.data);
     $("alerts-feed").querySelector(".none")?.remove();
     $("alerts-feed").prepend(feedItem(a.machineId, a.new.join(", "), a.time));
     while ($("alerts-feed").children.length > 50) $("alerts-feed").lastChild.remove();
-    const m = markers.get(a.machineId);
-    if (m) {
-      m.alerts = a.alerts.length;
-      m.marker.setStyle(markerStyle(m.status, m.alerts));
-    }
-    refreshSummary();
-    refreshMap();
-    if (a.machineId === shownMachine) refreshMachine();
+    machineChanged(a.machineId, { alerts: a.alerts.length });
   });
   stream.addEventListener("revenue", (e) => {
     const r = JSON.parse(e.data);
