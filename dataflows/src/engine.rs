@@ -310,14 +310,19 @@ impl WorkerInputs {
 const MAX_OUTSTANDING_TIMES: usize = 64;
 const MAX_OUTSTANDING_RECORDS: usize = 32_768;
 
-/// Drops the times the views have passed; true if what remains is too much.
+/// Drops the times the views have passed; true if what remains is too much. Records at the
+/// input's current time `now` do not count: the views cannot pass that time before the input
+/// moves on, and only a later command moves it (a registry of 50,000 machines arrives as one
+/// batch at one time; holding back the command after it would wait for ever).
 fn too_far_ahead(
     probe: &timely::dataflow::operators::probe::Handle<Time>,
     outstanding: &mut Vec<(Time, usize)>,
+    now: Time,
 ) -> bool {
     outstanding.retain(|(t, _)| probe.less_equal(t));
-    outstanding.len() >= MAX_OUTSTANDING_TIMES
-        || outstanding.iter().map(|(_, n)| n).sum::<usize>() >= MAX_OUTSTANDING_RECORDS
+    let behind = outstanding.iter().filter(|(t, _)| *t < now);
+    behind.clone().count() >= MAX_OUTSTANDING_TIMES
+        || behind.map(|(_, n)| n).sum::<usize>() >= MAX_OUTSTANDING_RECORDS
 }
 
 fn run_worker(
@@ -374,7 +379,10 @@ fn run_worker(
         // Flow control: take new input only while the views are at most a few ingestion times
         // behind it, so a fast source waits in its bounded channel instead of piling records up
         // inside the dataflow's queues.
-        while applied < 16 && !disconnected && !too_far_ahead(&probe, &mut outstanding) {
+        while applied < 16
+            && !disconnected
+            && !too_far_ahead(&probe, &mut outstanding, *inputs.events.time())
+        {
             match rx.try_recv() {
                 Ok(command) => {
                     let records = command.records();
@@ -534,5 +542,61 @@ mod profile {
                 p.names.get(id).map_or("", String::as_str),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use vendflow_protocol::RegistryRecord;
+    use vendflow_protocol::registry::{Location, LocationType};
+    use vendflow_protocol::units::Micro;
+
+    use super::*;
+
+    /// A batch larger than the flow-control limit, all at one time (a big fleet's registry at
+    /// start-up), must not stop the worker from taking the command that moves time on.
+    #[test]
+    fn one_batch_over_the_flow_control_limit_still_lets_time_move() {
+        let mut engine = Engine::start(Config::default()).unwrap_or_else(|e| panic!("{e}"));
+        let store = engine.store();
+        let mut feeders = engine.feeders().unwrap_or_else(|| panic!("feeders"));
+        let registry: Vec<(RegistryRecord, isize)> = (0..MAX_OUTSTANDING_RECORDS + 10)
+            .map(|i| {
+                let location = Location {
+                    location_id: format!("loc-{i}"),
+                    client_id: "c".into(),
+                    address: "a".into(),
+                    lat: Micro(0),
+                    lng: Micro(0),
+                    location_type: LocationType::Office,
+                    region: None,
+                };
+                (RegistryRecord::Location(location), 1)
+            })
+            .collect();
+        let t0: Time = 1_700_000_000_000;
+        feeders
+            .feeder(0)
+            .send(
+                t0,
+                Batch {
+                    registry,
+                    ..Batch::default()
+                },
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        feeders
+            .advance_all(t0 + 1)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let started = std::time::Instant::now();
+        while store.frontier() <= t0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the views never passed the big batch's time"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(feeders);
+        engine.shutdown().unwrap_or_else(|e| panic!("{e}"));
     }
 }

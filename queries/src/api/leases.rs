@@ -9,6 +9,8 @@
 //! describe (the end, the notice date), not the instant the sweep noticed, so two instances
 //! sweeping the same registry write the same records.
 
+use std::collections::HashMap;
+
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -77,14 +79,25 @@ fn overlaps(a: &Lease, start: Timestamp, end: Timestamp) -> bool {
     a.start < end && start < a.end
 }
 
-/// The active lease of `machine` that overlaps `[start, end)`, other than `except`.
+/// The active lease of `lease`'s machine that overlaps `[start, end)`, other than `lease`.
 fn active_overlap<'a>(
     registry: &'a Registry,
     lease: &Lease,
     start: Timestamp,
     end: Timestamp,
 ) -> Option<&'a Lease> {
-    registry.leases.values().find(|other| {
+    overlap_among(registry.leases.values(), lease, start, end)
+}
+
+/// [`active_overlap`] among `candidates` (a sweep passes the machine's leases from an index:
+/// scanning every lease for every lease is quadratic at fleet scale).
+fn overlap_among<'a>(
+    candidates: impl IntoIterator<Item = &'a Lease>,
+    lease: &Lease,
+    start: Timestamp,
+    end: Timestamp,
+) -> Option<&'a Lease> {
+    candidates.into_iter().find(|other| {
         other.lease_id != lease.lease_id
             && other.machine_id == lease.machine_id
             && other.status == LeaseStatus::Active
@@ -109,6 +122,15 @@ pub fn sweep(fleet: &Fleet, now: Timestamp) -> Result<usize, String> {
     // A renewed term may itself be over already (a clock that jumped): go round until still.
     for _ in 0..64 {
         let mut records = Vec::new();
+        let mut by_machine: HashMap<&str, Vec<&Lease>> = HashMap::new();
+        for lease in registry.leases.values() {
+            if lease.status == LeaseStatus::Active {
+                by_machine
+                    .entry(lease.machine_id.as_str())
+                    .or_default()
+                    .push(lease);
+            }
+        }
         for lease in registry.leases.values() {
             let events = registry.lease_events.get(&lease.lease_id);
             let has = |kind| events.is_some_and(|e| e.iter().any(|e| e.kind == kind));
@@ -117,7 +139,12 @@ pub fn sweep(fleet: &Fleet, now: Timestamp) -> Result<usize, String> {
                     let next_id = next_term_id(&lease.lease_id);
                     let term = lease.end.0 - lease.start.0;
                     let next_end = Timestamp(lease.end.0.saturating_add(term));
-                    let blocked = active_overlap(&registry, lease, lease.end, next_end)
+                    let candidates = by_machine
+                        .get(lease.machine_id.as_str())
+                        .into_iter()
+                        .flatten()
+                        .copied();
+                    let blocked = overlap_among(candidates, lease, lease.end, next_end)
                         .filter(|o| o.lease_id != next_id);
                     let mut ended = lease.clone();
                     if lease.auto_renew && blocked.is_none() {
