@@ -48,7 +48,7 @@ pub use config::Config;
 pub use engine::{Batch, Engine, EngineError, Feeder, Feeders};
 pub use errors::ErrorRecord;
 pub use operators::{ExpiringSet, Time};
-pub use row::{Row, Value};
+pub use row::{ColumnType, Row, Value};
 pub use summary::FleetSummary;
 pub use view_store::{Change, Snapshot, StoreError, Subscription, SubscriptionEnd, ViewStore};
 pub use views::{CATALOG, ViewDef};

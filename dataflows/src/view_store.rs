@@ -160,6 +160,26 @@ impl Snapshot {
         })
     }
 
+    /// A view's rows that `keep` accepts, as an Arrow batch (a query's equality filters on a
+    /// key: converting a whole 1.5 M-row view to find one machine's rows is the slow part).
+    pub fn batch_where(
+        &self,
+        name: &str,
+        keep: impl Fn(&Row) -> bool,
+    ) -> Result<RecordBatch, StoreError> {
+        let (i, def) = find(name).ok_or_else(|| unknown(name))?;
+        let rows: Vec<Row> = self.views[i]
+            .1
+            .iter()
+            .filter(|r| keep(r))
+            .cloned()
+            .collect();
+        to_batch(def.columns, &rows).map_err(|source| StoreError::Arrow {
+            view: def.name,
+            source,
+        })
+    }
+
     /// Keeps only the rows `keep` accepts (a tenant's share of the fleet).
     pub fn retain(&mut self, keep: impl Fn(&ViewDef, &Row) -> bool) {
         for (def, rows) in &mut self.views {

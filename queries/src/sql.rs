@@ -25,6 +25,7 @@ use arrow_array::RecordBatch;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::Session;
+use datafusion::common::ScalarValue;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
@@ -35,14 +36,16 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::logical_expr::{
+    BinaryExpr, Expr, LogicalPlan, Operator, TableProviderFilterPushDown,
+};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::ast::Statement;
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use tokio::sync::Semaphore;
-use vendflow_dataflows::{CATALOG, Snapshot, ViewDef, ViewStore};
+use vendflow_dataflows::{CATALOG, ColumnType, Snapshot, Value, ViewDef, ViewStore};
 
 /// Per-query limits.
 #[derive(Clone, Copy, Debug)]
@@ -224,6 +227,19 @@ impl TableProvider for LiveTable {
         TableType::Base
     }
 
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
+        Ok(filters
+            .iter()
+            .map(|f| match text_equality(self.def, f) {
+                Some(_) => TableProviderFilterPushDown::Inexact,
+                None => TableProviderFilterPushDown::Unsupported,
+            })
+            .collect())
+    }
+
     async fn scan(
         &self,
         state: &dyn Session,
@@ -232,12 +248,49 @@ impl TableProvider for LiveTable {
         limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
         let snapshot = self.snapshots.get(start_of(state.execution_props()));
-        let batch = snapshot
-            .batch(self.def.name)
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        // Equalities on text columns select rows before they become Arrow (DataFusion applies
+        // every filter again: they are pushed down as inexact).
+        let wanted: Vec<(usize, String)> = filters
+            .iter()
+            .filter_map(|f| text_equality(self.def, f))
+            .collect();
+        let batch = if wanted.is_empty() {
+            snapshot.batch(self.def.name)
+        } else {
+            snapshot.batch_where(self.def.name, |row| {
+                wanted
+                    .iter()
+                    .all(|(i, v)| matches!(row.get(*i), Some(Value::Text(t)) if t.as_str() == v))
+            })
+        }
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
         let table = MemTable::try_new(self.schema.clone(), vec![vec![batch]])?;
         table.scan(state, projection, filters, limit).await
     }
+}
+
+/// `column = 'text'` (either way round) on a text column of `def`: (column index, text).
+fn text_equality(def: &ViewDef, filter: &Expr) -> Option<(usize, String)> {
+    let Expr::BinaryExpr(BinaryExpr {
+        left,
+        op: Operator::Eq,
+        right,
+    }) = filter
+    else {
+        return None;
+    };
+    let (column, literal) = match (left.as_ref(), right.as_ref()) {
+        (Expr::Column(c), Expr::Literal(v, _)) | (Expr::Literal(v, _), Expr::Column(c)) => (c, v),
+        _ => return None,
+    };
+    let text = match literal {
+        ScalarValue::Utf8(Some(t))
+        | ScalarValue::Utf8View(Some(t))
+        | ScalarValue::LargeUtf8(Some(t)) => t,
+        _ => return None,
+    };
+    let index = def.columns.iter().position(|c| c.name == column.name)?;
+    matches!(def.columns[index].ty, ColumnType::Text).then(|| (index, text.clone()))
 }
 
 /// The SQL engine: one DataFusion context with every table, shared by all endpoints.

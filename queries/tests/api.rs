@@ -954,3 +954,61 @@ async fn dashboard_page_and_assets_are_embedded_and_served() {
     let (s, b) = h.call(Method::GET, "/assets/nope.js", None, None).await;
     assert_eq!((s, error_code(&b)), (StatusCode::NOT_FOUND, "no_route"));
 }
+
+/// Equalities on text columns are pushed into the live tables' scans (rows are picked before they
+/// become Arrow); the answers must not change: either way round, on a join, none, and an `OR`
+/// (not pushed down).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_equalities_pushed_into_live_scans_keep_the_answers() {
+    let mut h = Harness::new();
+    let a = h.machine("acme", "loc-1", "SN-A").await;
+    let b = h.machine("acme", "loc-1", "SN-B").await;
+    h.ingest(
+        T0,
+        vec![
+            event(&format!(r#"{{"machineId":"{a}","type":"heartbeat","timestamp":{T0},"payload":{{"temperature":4.0}}}}"#)),
+            event(&format!(r#"{{"machineId":"{b}","type":"heartbeat","timestamp":{T0},"payload":{{"temperature":4.0}}}}"#)),
+        ],
+    );
+    let rows = |b: &Json| -> Vec<String> {
+        let mut out: Vec<String> = b["rows"]
+            .as_array()
+            .map(|rs| {
+                rs.iter()
+                    .map(|r| format!("{}/{}", r["machine_id"], r["slot_number"]))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    };
+    let sql = |text: String| {
+        let h = &h;
+        async move {
+            let (s, b) = h.post("/sql", &h.admin, json!({"sql": text})).await;
+            assert_eq!(s, StatusCode::OK, "{b}");
+            b
+        }
+    };
+    let all = rows(&sql("SELECT machine_id, slot_number FROM inventory".into()).await);
+    let of_a: Vec<String> = all.iter().filter(|r| r.contains(&a)).cloned().collect();
+    assert!(!of_a.is_empty() && of_a.len() < all.len(), "{all:?}");
+    for text in [
+        format!("SELECT machine_id, slot_number FROM inventory WHERE machine_id = '{a}'"),
+        format!("SELECT machine_id, slot_number FROM inventory WHERE '{a}' = machine_id"),
+        format!(
+            "SELECT i.machine_id, i.slot_number FROM inventory i JOIN liveness l \
+             ON l.machine_id = i.machine_id WHERE l.machine_id = '{a}'"
+        ),
+    ] {
+        assert_eq!(rows(&sql(text.clone()).await), of_a, "{text}");
+    }
+    let none =
+        sql("SELECT machine_id, slot_number FROM inventory WHERE machine_id = 'nope'".into()).await;
+    assert!(rows(&none).is_empty());
+    let either = sql(format!(
+        "SELECT machine_id, slot_number FROM inventory WHERE machine_id = '{a}' OR machine_id = '{b}'"
+    ))
+    .await;
+    assert_eq!(rows(&either), all);
+}
