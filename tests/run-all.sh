@@ -58,7 +58,9 @@ echo "== npm ci: tests/browser (playwright-core drives Debian's chromium; no bro
 # The binary embeds queries/web/dist as committed; rebuild it from the sources and say so if the
 # commit forgot to.
 echo "== building the dashboard (queries/web)"
-(cd queries/web && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build >/dev/null)
+# (`npm install --no-save`, not `npm ci`: a lockfile written where registry addresses are omitted
+# lacks rollup's optional per-platform packages, which `npm ci` then calls out of sync.)
+(cd queries/web && npm install --no-audit --no-fund --no-save --loglevel=error && npm run --silent build >/dev/null)
 if ! git diff --quiet -- queries/web/dist 2>/dev/null; then
   echo "== WARNING: queries/web/dist differs from its sources' build: commit the rebuilt dist/" >&2
 fi
