@@ -24,7 +24,7 @@ use timely::dataflow::operators::capture::{Event, EventPusher};
 use timely::progress::frontier::MutableAntichain;
 
 use crate::operators::{FastMap, Time};
-use crate::row::{Row, to_batch};
+use crate::row::{Row, Value, to_batch};
 use crate::views::{CATALOG, ViewDef, find};
 
 /// Changes buffered per subscriber before it is cut off.
@@ -273,6 +273,25 @@ impl ViewStore {
             } else {
                 Vec::new()
             }
+        })
+    }
+
+    /// The rows of the views `names` whose first column is the text `key` (one machine's rows,
+    /// for its page), as of the same frontier: scanned in place, only those rows copied.
+    pub fn snapshot_of_key(&self, names: &[&str], key: &str) -> Snapshot {
+        self.snapshot_with(|def, rows| {
+            if !names.contains(&def.name) {
+                return Vec::new();
+            }
+            let mut out = Vec::new();
+            for (row, n) in rows {
+                if matches!(row.first(), Some(Value::Text(t)) if t.as_str() == key) {
+                    for _ in 0..(*n).max(0) {
+                        out.push(row.clone());
+                    }
+                }
+            }
+            out
         })
     }
 

@@ -19,6 +19,7 @@ use crate::auth::{Role, Tenant};
 use crate::cell;
 
 /// The views a machine's page reads, at one frontier.
+/// The views a machine's page reads; each has the machine id as its first column.
 pub(super) const MACHINE_VIEWS: [&str; 4] = ["liveness", "inventory", "anomaly_windows", "health"];
 
 #[derive(Deserialize)]
@@ -363,7 +364,9 @@ pub(super) async fn detail(
             .cloned();
         (machine, location)
     };
-    let snapshot = state.store.snapshot_of(&MACHINE_VIEWS);
+    let snapshot = state
+        .store
+        .snapshot_of_key(&MACHINE_VIEWS, machine.machine_id.as_str());
     Ok(axum::Json(machine_json(&machine, location.as_ref(), &snapshot)).into_response())
 }
 
@@ -434,7 +437,9 @@ pub(super) async fn update(
         .map_err(ApiError::unavailable)?;
     drop(registry);
     tracing::info!(machine_id = %id, status = machine.status.as_str(), token = %auth.0.token_id, "machine changed");
-    let snapshot = state.store.snapshot_of(&MACHINE_VIEWS);
+    let snapshot = state
+        .store
+        .snapshot_of_key(&MACHINE_VIEWS, machine.machine_id.as_str());
     let mut body = machine_json(&machine, location.as_ref(), &snapshot);
     // The views catch up with the change a moment later; the answer shows it already.
     if machine.status == MachineStatus::Maintenance {
