@@ -822,14 +822,9 @@ fn run_kafka(config: Config, args: RunArgs) -> anyhow::Result<()> {
         .map(|path| Tokens::open(&path).map(Arc::new))
         .transpose()?;
     // The Postgres endpoint takes the same tokens (as passwords), scoped the same way.
-    let pg_access = tokens.clone().map(|tokens| {
-        let registry = registry.clone();
-        vendflow_queries::pg::Access {
-            tokens,
-            scope: Arc::new(move |who: &vendflow_queries::auth::Principal| {
-                vendflow_queries::ApiState::scope_of(&registry, who)
-            }),
-        }
+    let pg_access = tokens.clone().map(|tokens| vendflow_queries::pg::Access {
+        tokens,
+        fleet: registry.clone(),
     });
     let stats = Arc::new(SourceStats::default());
     if let Some(addr) = http {
@@ -1245,12 +1240,7 @@ fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
     )?;
     let pg_access = vendflow_queries::pg::Access {
         tokens: tokens.clone(),
-        scope: {
-            let registry = registry.clone();
-            Arc::new(move |who: &vendflow_queries::auth::Principal| {
-                vendflow_queries::ApiState::scope_of(&registry, who)
-            })
-        },
+        fleet: registry.clone(),
     };
     let pg = vendflow_queries::pg::spawn(free_or_any(pg)?, sql.clone(), Some(pg_access))
         .context("cannot serve the Postgres protocol")?;

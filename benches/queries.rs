@@ -132,14 +132,7 @@ fn live(bin: &Path, a: &Args) -> anyhow::Result<()> {
     wait_for_port(http_port, Duration::from_secs(120))?;
     wait_for_port(pg_port, Duration::from_secs(30))?;
     // The admin token the demo printed: HTTP bearer and psql password.
-    let token = demo
-        .output()
-        .lines()
-        .find_map(|l| {
-            l.split_once("admin token (tenant *): ")
-                .map(|(_, t)| t.trim().to_owned())
-        })
-        .context("the demo printed no admin token")?;
+    let token = demo.wait_for_line("admin token (tenant *): ", Duration::from_secs(10))?;
     println!(
         "live views: {} machines streaming in real time; warming up {} s",
         a.machines, a.warmup_secs

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use vendflow_tests::{
-    Daemon, Table, fixed, free_port, require_program, start_mosquitto, start_tansu, vendflow,
+    Daemon, Table, fixed, free_port, require_program, start_mosquitto, start_tansu, tail, vendflow,
     vendflow_bin,
 };
 
@@ -146,23 +146,7 @@ fn wait_for_revenue(
 }
 
 fn wait_for_log(daemon: &Daemon, needle: &str, timeout: Duration) -> anyhow::Result<()> {
-    let started = Instant::now();
-    while started.elapsed() < timeout {
-        if daemon.output().contains(needle) {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!(
-        "{} never logged {needle:?}:\n{}",
-        daemon.name,
-        tail(&daemon.output())
-    )
-}
-
-fn tail(text: &str) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(15)..].join("\n")
+    daemon.wait_for_line(needle, timeout).map(|_| ())
 }
 
 fn publish(

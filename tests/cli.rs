@@ -303,21 +303,10 @@ fn demo_postgres_endpoint_takes_tokens_as_passwords() -> anyhow::Result<()> {
         ],
         &dir.path().join("demo.log"),
     )?;
-    let started = std::time::Instant::now();
-    let admin = loop {
-        if let Some(t) = demo.output().lines().find_map(|l| {
-            l.split_once("admin token (tenant *): ")
-                .map(|(_, t)| t.trim().to_owned())
-        }) {
-            break t;
-        }
-        anyhow::ensure!(
-            started.elapsed() < std::time::Duration::from_secs(30),
-            "no token printed:\n{}",
-            demo.output()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    let admin = demo.wait_for_line(
+        "admin token (tenant *): ",
+        std::time::Duration::from_secs(30),
+    )?;
     vendflow_tests::wait_for_port(pg, std::time::Duration::from_secs(10))?;
     let query = |password: &str, sql: &str| vendflow_tests::psql(&psql, pg, Some(password), sql);
     // The admin token: the whole fleet, once every machine has reported.

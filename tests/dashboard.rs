@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use vendflow_protocol::auth::{SecretHash, sign_raw};
@@ -51,21 +51,6 @@ impl Drop for Driver {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Waits for the demo's log to print its dashboard URL.
-fn dashboard_url(demo: &Daemon) -> anyhow::Result<String> {
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(30) {
-        if let Some(url) = demo.output().lines().find_map(|l| {
-            l.split_once("dashboard: ")
-                .map(|(_, u)| u.trim().to_owned())
-        }) {
-            return Ok(url);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("the demo printed no dashboard URL:\n{}", demo.output())
 }
 
 /// What a simulated machine sends over HTTP: `events` signed with its secret.
@@ -161,7 +146,7 @@ fn dashboard_shows_the_fleet_and_follows_alerts_and_sales_live() -> anyhow::Resu
         ],
         &shots.join("demo.log"),
     )?;
-    let url = dashboard_url(&demo)?;
+    let url = demo.wait_for_line("dashboard: ", Duration::from_secs(30))?;
     let token = url.split_once("#token=").map(|(_, t)| t).unwrap_or("");
     let machines = Machine {
         curl: &curl,

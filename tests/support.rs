@@ -261,6 +261,12 @@ pub fn wait_for_port(port: u16, timeout: std::time::Duration) -> anyhow::Result<
     bail!("nothing listens on 127.0.0.1:{port} after {timeout:?}")
 }
 
+/// The last 15 lines of a log, for failure messages.
+pub fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
 /// A background process, killed (SIGKILL) when dropped; its output goes to `log`.
 pub struct Daemon {
     pub name: String,
@@ -313,6 +319,32 @@ impl Daemon {
             .status()?;
         self.child.wait()?;
         Ok(())
+    }
+
+    /// Waits until a line of its log contains `marker`; answers the rest of that line.
+    pub fn wait_for_line(
+        &self,
+        marker: &str,
+        timeout: std::time::Duration,
+    ) -> anyhow::Result<String> {
+        let started = std::time::Instant::now();
+        loop {
+            let log = self.output();
+            if let Some(rest) = log
+                .lines()
+                .find_map(|l| l.split_once(marker).map(|(_, rest)| rest.trim().to_owned()))
+            {
+                return Ok(rest);
+            }
+            if started.elapsed() > timeout {
+                bail!(
+                    "{} never logged {marker:?}; its last lines:\n{}",
+                    self.name,
+                    tail(&log)
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 
     /// Its log so far (for failure messages).

@@ -154,10 +154,7 @@ impl Snapshot {
 
     pub fn batch(&self, name: &str) -> Result<RecordBatch, StoreError> {
         let (i, def) = find(name).ok_or_else(|| unknown(name))?;
-        to_batch(def.columns, &self.views[i].1).map_err(|source| StoreError::Arrow {
-            view: def.name,
-            source,
-        })
+        batch_of(def, &self.views[i].1)
     }
 
     /// A view's rows that `keep` accepts, as an Arrow batch (a query's equality filters on a
@@ -174,10 +171,7 @@ impl Snapshot {
             .filter(|r| keep(r))
             .cloned()
             .collect();
-        to_batch(def.columns, &rows).map_err(|source| StoreError::Arrow {
-            view: def.name,
-            source,
-        })
+        batch_of(def, &rows)
     }
 
     /// Keeps only the rows `keep` accepts (a tenant's share of the fleet).
@@ -191,16 +185,16 @@ impl Snapshot {
     pub fn batches(&self) -> Result<Vec<(&'static ViewDef, RecordBatch)>, StoreError> {
         self.views
             .iter()
-            .map(|(def, rows)| {
-                to_batch(def.columns, rows)
-                    .map(|b| (*def, b))
-                    .map_err(|source| StoreError::Arrow {
-                        view: def.name,
-                        source,
-                    })
-            })
+            .map(|(def, rows)| batch_of(def, rows).map(|b| (*def, b)))
             .collect()
     }
+}
+
+fn batch_of(def: &'static ViewDef, rows: &[Row]) -> Result<RecordBatch, StoreError> {
+    to_batch(def.columns, rows).map_err(|source| StoreError::Arrow {
+        view: def.name,
+        source,
+    })
 }
 
 /// Shared handle to the published views. Cheap to clone.
@@ -212,12 +206,19 @@ pub struct ViewStore {
 /// Each row as often as its multiplicity, in no order.
 fn rows_of(map: &FastMap<Row, i64>) -> Vec<Row> {
     let mut rows: Vec<Row> = Vec::with_capacity(map.len());
-    for (row, n) in map {
-        for _ in 0..(*n).max(0) {
-            rows.push(row.clone());
-        }
-    }
+    rows.extend(rows_where(map, |_| true));
     rows
+}
+
+/// The rows `keep` accepts, each as often as its multiplicity, in no order.
+fn rows_where<'a>(
+    map: &'a FastMap<Row, i64>,
+    keep: impl Fn(&Row) -> bool + 'a,
+) -> impl Iterator<Item = Row> + 'a {
+    map.iter()
+        .filter(move |(row, _)| keep(row))
+        .flat_map(|(row, n)| std::iter::repeat_n(row, usize::try_from(*n).unwrap_or(0)))
+        .cloned()
 }
 
 fn sorted_rows(map: &FastMap<Row, i64>) -> Vec<Row> {
@@ -283,15 +284,11 @@ impl ViewStore {
             if !names.contains(&def.name) {
                 return Vec::new();
             }
-            let mut out = Vec::new();
-            for (row, n) in rows {
-                if matches!(row.first(), Some(Value::Text(t)) if t.as_str() == key) {
-                    for _ in 0..(*n).max(0) {
-                        out.push(row.clone());
-                    }
-                }
-            }
-            out
+            rows_where(
+                rows,
+                |row| matches!(row.first(), Some(Value::Text(t)) if t.as_str() == key),
+            )
+            .collect()
         })
     }
 

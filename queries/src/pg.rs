@@ -54,16 +54,18 @@ use pgwire::messages::startup::Authentication;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use tokio::net::TcpListener;
 
-use crate::auth::{Principal, Tenant, Tokens};
+use crate::ApiState;
+use crate::api::fleet::Fleet;
+use crate::auth::{Tenant, Tokens};
 use crate::sql::{QueryError, Scope, Sql, check_read_only};
 
 /// Who may connect, and what each caller's queries may see.
 #[derive(Clone)]
 pub struct Access {
     pub tokens: Arc<Tokens>,
-    /// The scope of a caller (the REST API's: `ApiState::scope_of`), looked up per query so
-    /// a new registration is seen at once.
-    pub scope: Arc<dyn Fn(&Principal) -> Scope + Send + Sync>,
+    /// The REST API's registry: a tenant's scope is looked up in it per query, so a new
+    /// registration is seen at once.
+    pub fleet: Arc<Fleet>,
 }
 
 /// The client metadata key holding the authenticated tenant (removed from what a client sends).
@@ -119,12 +121,7 @@ impl ReadOnly {
             .get(TENANT)
             .and_then(|t| Tenant::parse(t).ok())
             .ok_or_else(|| refusal("28000", "not authenticated".to_owned()))?;
-        let who = Principal {
-            token_id: String::new(),
-            role: crate::auth::Role::Viewer,
-            tenant,
-        };
-        Ok((access.scope)(&who))
+        Ok(ApiState::scope_of(&access.fleet, &tenant))
     }
 
     /// Extended-protocol statements run outside the tenant filter: tenant `*` only.

@@ -16,7 +16,7 @@ use vendflow_protocol::Cents;
 use vendflow_protocol::units::MS_PER_DAY;
 
 use super::fleet::Fleet;
-use super::machines::{alerts_of, live_status};
+use super::machines::{alerts_of, by_machine, live_status};
 use super::{ApiError, ApiQuery, ApiState, Auth};
 use crate::auth::Principal;
 use crate::cell;
@@ -91,7 +91,7 @@ pub(super) async fn fleet(
     ]);
     let today = i64::try_from(snapshot.frontier).unwrap_or(0) / MS_PER_DAY;
     let rows = |view: &str| snapshot.rows(view).unwrap_or_default();
-    let liveness: HashMap<&str, &Row> = rows("liveness").iter().map(|r| (text(r, 0), r)).collect();
+    let liveness = by_machine(&snapshot, "liveness");
     let mut totals: HashMap<&str, usize> = HashMap::new();
     {
         let registry = state.fleet.read();
@@ -167,13 +167,10 @@ pub(super) async fn map(
 ) -> Result<Response, ApiError> {
     let machines = machines_in_scope(&state.fleet, &auth.0, region.as_deref());
     let snapshot = state.store.snapshot_of(&["liveness", "health"]);
-    let by_machine = |view: &str| -> HashMap<&str, &Row> {
-        snapshot
-            .rows(view)
-            .map(|rows| rows.iter().map(|r| (text(r, 0), r)).collect())
-            .unwrap_or_default()
-    };
-    let (liveness, health) = (by_machine("liveness"), by_machine("health"));
+    let (liveness, health) = (
+        by_machine(&snapshot, "liveness"),
+        by_machine(&snapshot, "health"),
+    );
     let registry = state.fleet.read();
     let mut ids: Vec<&String> = machines.keys().collect();
     ids.sort();

@@ -229,6 +229,18 @@ fn text_of(row: &Row, i: usize) -> Option<&str> {
     }
 }
 
+/// The rows of a view with one row per machine (`liveness`, `health`), by machine id.
+pub(super) fn by_machine<'a>(snapshot: &'a Snapshot, view: &str) -> HashMap<&'a str, &'a Row> {
+    snapshot
+        .rows(view)
+        .map(|rows| {
+            rows.iter()
+                .filter_map(|r| text_of(r, 0).map(|m| (m, r)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Rows of `view` about `machine` (column 0 is `machine_id` in every machine view).
 fn rows_for<'a>(snapshot: &'a Snapshot, view: &str, machine: &str) -> Vec<&'a Row> {
     snapshot
@@ -478,17 +490,10 @@ pub(super) async fn list(
         )));
     }
     let snapshot = state.store.snapshot_of(&["liveness", "health"]);
-    let by_machine = |view: &str| -> HashMap<&str, &Row> {
-        snapshot
-            .rows(view)
-            .map(|rows| {
-                rows.iter()
-                    .filter_map(|r| text_of(r, 0).map(|m| (m, r)))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let (liveness, health) = (by_machine("liveness"), by_machine("health"));
+    let (liveness, health) = (
+        by_machine(&snapshot, "liveness"),
+        by_machine(&snapshot, "health"),
+    );
     let registry = state.fleet.read();
     let mut items = Vec::new();
     let mut total = 0usize;

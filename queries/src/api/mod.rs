@@ -103,12 +103,12 @@ impl ApiState {
 
     /// The SQL scope of `who`.
     pub fn scope(&self, who: &Principal) -> Scope {
-        ApiState::scope_of(&self.fleet, who)
+        ApiState::scope_of(&self.fleet, &who.tenant)
     }
 
-    /// The scope of `who` as the registry stands now.
-    pub fn scope_of(fleet: &Fleet, who: &Principal) -> Scope {
-        match &who.tenant {
+    /// The scope of `tenant` as the registry stands now.
+    pub fn scope_of(fleet: &Fleet, tenant: &Tenant) -> Scope {
+        match tenant {
             Tenant::All => Scope::All,
             Tenant::Client(c) => Scope::Tenant(TenantScope {
                 client: c.clone(),

@@ -72,6 +72,11 @@ pub struct Pipeline {
     archive_seen: std::sync::Mutex<(u64, Option<std::time::Instant>)>,
 }
 
+/// Messages of one partition the engine has not read yet.
+fn lag_of((_, _, position, end): &(String, i32, i64, i64)) -> i64 {
+    (end - position).max(0)
+}
+
 /// How old a lag reading may be before the brokers count as unreachable.
 const LAG_STALE: std::time::Duration = std::time::Duration::from_secs(30);
 const ARCHIVE_FAILING_FOR: std::time::Duration = std::time::Duration::from_secs(300);
@@ -125,15 +130,10 @@ impl Pipeline {
                             ))
                         }
                         Ok(parts) => {
-                            out["lag"] = json!(
-                                parts
-                                    .iter()
-                                    .map(|(_, _, at, end)| (end - at).max(0))
-                                    .sum::<i64>()
-                            );
+                            out["lag"] = json!(parts.iter().map(lag_of).sum::<i64>());
                             out["partitions"] = parts
                                 .iter()
-                                .map(|(topic, partition, at, end)| json!({"topic": topic, "partition": partition, "position": at, "end": end, "lag": (end - at).max(0)}))
+                                .map(|p @ (topic, partition, at, end)| json!({"topic": topic, "partition": partition, "position": at, "end": end, "lag": lag_of(p)}))
                                 .collect();
                         }
                     }
@@ -206,11 +206,11 @@ impl Health for Pipeline {
                 "# HELP vendflow_source_lag_messages Messages in the log the engine has not read yet, per partition.\n\
                  # TYPE vendflow_source_lag_messages gauge\n",
             );
-            for (topic, partition, at, end) in &parts {
+            for p @ (topic, partition, _, _) in &parts {
                 let _ = writeln!(
                     out,
                     "vendflow_source_lag_messages{{source=\"{source}\",topic=\"{topic}\",partition=\"{partition}\"}} {}",
-                    (end - at).max(0)
+                    lag_of(p)
                 );
             }
         }

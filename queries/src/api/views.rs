@@ -95,7 +95,7 @@ pub(super) async fn subscribe(
     let fleet = state.fleet.clone();
     let principal = auth.0.clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(16);
-    let scoped = move || ApiState::scope_of(&fleet, &principal);
+    let scoped = move || ApiState::scope_of(&fleet, &principal.tenant);
     tokio::task::spawn_blocking(move || {
         let mut first = true;
         loop {
