@@ -270,8 +270,12 @@ fn demo_takes_telemetry_over_http_into_the_dataflows() -> anyhow::Result<()> {
 
 /// The demo's Postgres endpoint takes a token as the password and scopes by its tenant: the
 /// admin token sees the fleet, a wrong password is refused with a clear message, a tenant's
-/// token sees its client's rows only (and no archive), and prepared statements (the extended
-/// protocol, which `psycopg` uses for parameters) are for tenant `*` only.
+/// token sees its client's rows only (and no archive). Every path goes through the one SQL gate,
+/// each hole found in issue 12 replayed as it was found: a cursor answers a tenant's rows only,
+/// `SELECT … INTO` is refused on every path (so no tenant writes a table another reads), a
+/// session's `SET` of the engine's settings is refused and breaks nothing for anyone, answers
+/// are bounded in size, and prepared statements (the extended protocol, which `psycopg` uses
+/// for parameters and server-side cursors) are scoped and timed like simple queries.
 #[test]
 fn demo_postgres_endpoint_takes_tokens_as_passwords() -> anyhow::Result<()> {
     let Some(psql) = vendflow_tests::require_program("psql", &[])? else {
@@ -355,29 +359,103 @@ fn demo_postgres_endpoint_takes_tokens_as_passwords() -> anyhow::Result<()> {
     assert_eq!(out, client);
     let (ok, _, err) = query(&tenant, "SELECT count(*) FROM events")?;
     assert!(!ok && err.contains("tenant *"), "{err}");
-    // Parameters go through the extended protocol: fine for tenant *, refused for a tenant.
+    let scoped = |sql: &str| -> anyhow::Result<String> {
+        let (ok, out, err) = query(&tenant, sql)?;
+        assert!(ok, "{sql}: {err}");
+        Ok(out)
+    };
+    let own = scoped("SELECT count(DISTINCT machine_id) FROM liveness")?;
+    let own_n: usize = own.parse()?;
+    assert!(own_n > 0 && own_n < 20, "the tenant's machines: {own}");
+    // Hole 1: a cursor answered the whole fleet (200 of 200 in the issue). Now the tenant's.
+    assert_eq!(
+        scoped(
+            "BEGIN; DECLARE c CURSOR FOR SELECT count(DISTINCT machine_id) FROM liveness; FETCH ALL FROM c"
+        )?,
+        own
+    );
+    // Hole 2: SELECT … INTO through a cursor wrote a table every token could read.
+    let curl = vendflow_tests::require_program("curl", &[])?.context("curl")?;
+    let (ok, _, err) = query(
+        &tenant,
+        "DECLARE d CURSOR FOR SELECT * INTO leak FROM inventory; CLOSE d",
+    )?;
+    assert!(!ok && err.contains("read-only"), "{err}");
+    let (ok, _, err) = query(&tenant, "SELECT * INTO leak FROM inventory")?;
+    assert!(!ok && err.contains("read-only"), "{err}");
+    let sql_url = format!("http://127.0.0.1:{http}/sql");
+    let bearer = |token: &str| format!("Authorization: Bearer {token}");
+    let (status, body) = vendflow_tests::curl_post(
+        &curl,
+        &["-H", &bearer(&admin)],
+        "SELECT count(*) FROM leak",
+        &sql_url,
+    )?;
+    assert_eq!(status, "400", "no table leak: {body}");
+    assert!(body.contains("leak"), "{body}");
+    // Hole 3: SET of the engine's own settings broke SQL for every user.
+    let (ok, _, err) = query(
+        &tenant,
+        "SET \"datafusion\".catalog.default_schema = 'nope'",
+    )?;
+    assert!(!ok && err.contains("configuration parameter"), "{err}");
+    let (ok, _, err) = query(&tenant, "SET datafusion.execution.time_zone = '+05:00'")?;
+    assert!(!ok, "{err}");
+    let (ok, out, err) = query(&admin, "SELECT count(*) FROM liveness")?;
+    assert!(ok && out == "20", "{out} {err}");
+    let (status, body) = vendflow_tests::curl_post(
+        &curl,
+        &["-H", &bearer(&admin)],
+        "SELECT count(*) AS n FROM liveness",
+        &sql_url,
+    )?;
+    assert!(
+        status == "200" && body.contains("\"n\":20"),
+        "{status} {body}"
+    );
+    // A session's own settings are its own.
+    assert_eq!(
+        scoped("SET application_name = 'report'; SHOW application_name")?,
+        "report"
+    );
+    // Answers are bounded.
+    let (ok, _, err) = query(&tenant, "SELECT * FROM range(100000000000)")?;
+    assert!(!ok && err.contains("larger than"), "{err}");
+    // The extended protocol (parameters, server-side cursors): scoped like simple queries, and
+    // timed over every row it produces.
     let script = dir.path().join("extended.py");
     std::fs::write(
         &script,
         format!(
             "import sys, psycopg\n\
-             with psycopg.connect(host='127.0.0.1', port={pg}, user='analyst', password=sys.argv[1], dbname='vendflow') as c:\n\
-             \x20   print(c.execute('SELECT count(*) FROM liveness WHERE machine_id <> %s', ('none',)).fetchone()[0])\n"
+             with psycopg.connect(host='127.0.0.1', port={pg}, user='analyst', password=sys.argv[1], dbname='vendflow', autocommit=True) as c:\n\
+             \x20   print(c.execute('SELECT count(*) FROM liveness WHERE machine_id <> %s', ('none',)).fetchone()[0])\n\
+             \x20   with c.transaction():\n\
+             \x20       with c.cursor(name='named') as cur:\n\
+             \x20           cur.execute('SELECT count(DISTINCT machine_id) FROM liveness WHERE machine_id <> %s', ('none',))\n\
+             \x20           print(cur.fetchone()[0])\n\
+             \x20   c.execute('SET statement_timeout = 500')\n\
+             \x20   try:\n\
+             \x20       c.execute('SELECT sum(value) FROM range(%s)', (100000000000,))\n\
+             \x20       print('no timeout')\n\
+             \x20   except psycopg.errors.QueryCanceled as e:\n\
+             \x20       print('canceled')\n"
         ),
     )?;
-    let run = |token: &str| Command::new(&python).arg(&script).arg(token).output();
-    let out = run(&admin)?;
-    assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "20",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = run(&tenant)?;
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("prepared statements"),
-        "{err}"
-    );
+    let run = |token: &str| -> anyhow::Result<Vec<String>> {
+        let out = Command::new(&python).arg(&script).arg(token).output()?;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect())
+    };
+    assert_eq!(run(&admin)?, ["20", "20", "canceled"]);
+    assert_eq!(run(&tenant)?, [own.as_str(), own.as_str(), "canceled"]);
     drop(demo);
     Ok(())
 }

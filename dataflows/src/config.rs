@@ -31,6 +31,9 @@ pub struct Config {
     /// How long a command (by its `issuedAt`) and an acknowledgement (by its timestamp) are kept
     /// in the `commands` view.
     pub command_retention_ms: i64,
+    /// An event dated more than this after the ingestion time is refused (a machine's clock
+    /// cannot keep state alive into the future).
+    pub max_ahead_ms: i64,
 }
 
 impl Default for Config {
@@ -47,6 +50,7 @@ impl Default for Config {
             restock_within_hours: 48.0,
             error_retention_ms: MS_PER_DAY,
             command_retention_ms: 7 * MS_PER_DAY,
+            max_ahead_ms: 5 * MS_PER_MINUTE,
         }
     }
 }

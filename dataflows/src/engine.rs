@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use differential_dataflow::input::{Input, InputSession};
 use timely::dataflow::operators::capture::Capture;
+use vendflow_protocol::decode::{DecodeError, ErrorKind};
 use vendflow_protocol::units::MS_PER_HOUR;
 use vendflow_protocol::{Command as MachineCommand, Event, RegistryRecord, Timestamp};
 
@@ -84,12 +85,33 @@ impl Command {
 pub struct Feeder {
     tx: SyncSender<Command>,
     time: Time,
+    /// How far ahead of the ingestion time an event may be dated ([`Config::max_ahead_ms`]).
+    max_ahead_ms: i64,
 }
 
 impl Feeder {
     /// Ingests `batch` at `time` (or at the feeder's current time, if that is later).
-    pub fn send(&mut self, time: Time, batch: Batch) -> Result<(), EngineError> {
+    ///
+    /// Every source feeds through here, so this is where a machine's clock is bounded: an event
+    /// dated more than [`Config::max_ahead_ms`] after the ingestion time would keep a machine
+    /// "active", and pin its windows and dedup state, until that date. It becomes an error
+    /// record (kind `timestamp`, in the `errors` view and its counts) instead.
+    pub fn send(&mut self, time: Time, mut batch: Batch) -> Result<(), EngineError> {
         self.time = self.time.max(time);
+        let now = i64::try_from(self.time).unwrap_or(i64::MAX);
+        let limit = now.saturating_add(self.max_ahead_ms);
+        if batch.events.iter().any(|e| e.timestamp.0 > limit) {
+            let (ahead, kept): (Vec<Event>, Vec<Event>) = std::mem::take(&mut batch.events)
+                .into_iter()
+                .partition(|e| e.timestamp.0 > limit);
+            batch.events = kept;
+            for event in ahead {
+                tracing::warn!(machine_id = %event.machine_id, timestamp = %event.timestamp, "refused an event dated in the future");
+                batch
+                    .errors
+                    .push(future_dated(&event, now, self.max_ahead_ms));
+            }
+        }
         self.tx
             .send(Command::Batch(self.time, batch))
             .map_err(|_| EngineError::Stopped)
@@ -109,6 +131,26 @@ impl Feeder {
     pub fn time(&self) -> Time {
         self.time
     }
+}
+
+/// The error record of an event dated more than `max_ahead_ms` after the ingestion time `now`.
+fn future_dated(event: &Event, now: i64, max_ahead_ms: i64) -> ErrorRecord {
+    let error = DecodeError::new(
+        ErrorKind::Timestamp,
+        format!(
+            "event time {} is {} s ahead of the ingestion clock {} (at most {} s are accepted): set the machine's clock",
+            event.timestamp,
+            (event.timestamp.0 - now) / 1000,
+            Timestamp(now),
+            max_ahead_ms / 1000
+        ),
+    );
+    ErrorRecord::new(
+        Timestamp(now),
+        format!("machine:{}", event.machine_id),
+        &error,
+        event.to_json_line().as_bytes(),
+    )
 }
 
 /// One feeder per worker.
@@ -173,7 +215,11 @@ impl Engine {
         let mut receivers = Vec::with_capacity(workers);
         for _ in 0..workers {
             let (tx, rx) = std::sync::mpsc::sync_channel(CHANNEL_DEPTH);
-            senders.push(Feeder { tx, time: 0 });
+            senders.push(Feeder {
+                tx,
+                time: 0,
+                max_ahead_ms: config.max_ahead_ms,
+            });
             receivers.push(Some(rx));
         }
         let receivers = Arc::new(Mutex::new(receivers));
@@ -598,5 +644,76 @@ mod tests {
         }
         drop(feeders);
         engine.shutdown().unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+#[cfg(test)]
+mod future_tests {
+    use vendflow_protocol::decode::decode_line;
+
+    use super::*;
+
+    /// A signed heartbeat dated 2099 kept a machine "active" until 2100. An event dated more
+    /// than a few minutes after the ingestion clock is refused with its reason instead; one
+    /// within the tolerance is kept.
+    #[test]
+    fn an_event_dated_in_the_future_is_refused_with_its_reason() {
+        let mut engine = Engine::start(Config::default()).unwrap_or_else(|e| panic!("{e}"));
+        let store = engine.store();
+        let mut feeders = engine.feeders().unwrap_or_else(|| panic!("feeders"));
+        let t0: i64 = 1_700_000_000_000;
+        let heartbeat = |machine: &str, at: i64| {
+            let line = format!(
+                r#"{{"machineId":"{machine}","type":"heartbeat","timestamp":{at},"payload":{{"temperature":4.0}}}}"#
+            );
+            match decode_line(line.as_bytes()).pop() {
+                Some(Ok(e)) => e,
+                other => panic!("{other:?}"),
+            }
+        };
+        let events = vec![
+            heartbeat("m-now", t0),
+            heartbeat("m-skewed", t0 + 60_000),
+            heartbeat("m-2099", 4_070_908_800_000),
+        ];
+        let t = t0 as Time;
+        feeders
+            .send(
+                t,
+                Batch {
+                    events,
+                    ..Batch::default()
+                },
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        feeders.advance_all(t + 1).unwrap_or_else(|e| panic!("{e}"));
+        assert!(store.wait_for(t + 1, Duration::from_secs(30)));
+        let snapshot = store.snapshot();
+        let text = |view: &str| -> Vec<String> {
+            snapshot
+                .rows(view)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .iter()
+                .map(|r| format!("{r:?}"))
+                .collect()
+        };
+        let liveness = text("liveness");
+        assert!(liveness.iter().any(|r| r.contains("m-now")), "{liveness:?}");
+        assert!(
+            liveness.iter().any(|r| r.contains("m-skewed")),
+            "{liveness:?}"
+        );
+        assert!(
+            !liveness.iter().any(|r| r.contains("m-2099")),
+            "{liveness:?}"
+        );
+        let errors = text("errors");
+        assert!(
+            errors
+                .iter()
+                .any(|r| r.contains("m-2099") && r.contains("ahead of the ingestion clock")),
+            "{errors:?}"
+        );
+        let _ = engine.shutdown();
     }
 }

@@ -5,6 +5,7 @@
 //! - [`api`]: the HTTP routes: the REST API (machines, locations, leases, invoices, dashboard),
 //!   health and metrics, the views, their subscriptions and SQL.
 //! - [`auth`]: bearer tokens with a role and a tenant.
+//! - [`gate`]: the one gate every SQL statement of every protocol passes (parsed once).
 //! - [`sql`]: the DataFusion engine: live views, archive tables, ready views, read-only rules,
 //!   tenant scopes.
 //! - [`pg`]: the Postgres wire protocol over the same engine (`psql`, BI tools).
@@ -28,6 +29,7 @@
 pub mod api;
 pub mod auth;
 mod filter;
+pub mod gate;
 pub mod pg;
 pub mod sql;
 

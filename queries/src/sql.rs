@@ -10,13 +10,22 @@
 //! - ready views for analysts: `revenue_by_machine_day` and `revenue_by_location_day` (the live
 //!   days from the views, older days from the history), and `lease_revenue_share_monthly`.
 //!
-//! Read-only: anything but a query (DDL, DML, `COPY`, `CREATE EXTERNAL TABLE`, `SET`) is refused
-//! before it is planned, and no function or table reads arbitrary files. Each query has a time
-//! limit; at most [`Limits::concurrent`] run at once, sharing one memory pool of
-//! `concurrent × memory_bytes` that spills or fails a query rather than grow; DataFusion runs on
-//! the async runtime's threads, apart from the dataflow's workers.
+//! Every statement is admitted by [`crate::gate`] first (read-only queries only, parsed once), and
+//! every query of every protocol executes through one function, [`Sql::run`], which applies:
+//! - the caller's tenant scope, **failing closed**: a live view reads only the snapshot that
+//!   `run` attached to that query's session state (already filtered to the tenant's rows); a scan
+//!   without one is an error, never an unfiltered read;
+//! - the archive rule (a tenant's token reads no archive table);
+//! - a time limit over planning *and* producing every row; a result-size bound
+//!   ([`Limits::max_result_bytes`]); a memory pool of [`Limits::memory_bytes`] per query that
+//!   spills or fails rather than grow;
+//! - at most [`Limits::concurrent`] queries at once, and at most [`Limits::per_caller`] of them
+//!   from one token, so one token cannot take every slot.
+//!
+//! No function or table reads arbitrary files, and nothing a caller sends changes the shared
+//! context. DataFusion runs on the async runtime's threads, apart from the dataflow's workers.
 
-use std::collections::VecDeque;
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,24 +45,32 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::{
     BinaryExpr, Expr, LogicalPlan, Operator, TableProviderFilterPushDown,
 };
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::Statement;
-use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
-use datafusion::sql::sqlparser::parser::Parser;
-use tokio::sync::Semaphore;
+use futures::StreamExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use vendflow_dataflows::{CATALOG, ColumnType, Snapshot, Value, ViewDef, ViewStore};
+
+use crate::gate::{self, Admitted};
 
 /// Per-query limits.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub timeout: Duration,
+    /// The memory pool of one query (operators spill or fail past it).
     pub memory_bytes: usize,
     /// Queries running at once; more wait (within their time limit).
     pub concurrent: usize,
+    /// Queries one caller (one token) may run at once; one more is refused as busy.
+    pub per_caller: usize,
+    /// The largest answer, in Arrow bytes; a larger one is stopped with a message.
+    pub max_result_bytes: usize,
 }
 
 impl Default for Limits {
@@ -62,6 +79,25 @@ impl Default for Limits {
             timeout: Duration::from_secs(30),
             memory_bytes: 256 << 20,
             concurrent: 4,
+            per_caller: 2,
+            max_result_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Who runs a query: the key its fairness is counted by (the token's id) and what it may see.
+#[derive(Clone)]
+pub struct Caller {
+    pub key: String,
+    pub scope: Scope,
+}
+
+impl Caller {
+    /// The whole fleet, for in-process callers and servers without access control.
+    pub fn platform() -> Caller {
+        Caller {
+            key: "-".into(),
+            scope: Scope::All,
         }
     }
 }
@@ -74,11 +110,17 @@ pub enum QueryError {
     Invalid(String),
     #[error("the query ran longer than {0:?} and was stopped")]
     Timeout(Duration),
+    /// Too many queries at once (retry shortly).
+    #[error("{0}")]
+    Busy(String),
+    #[error("the answer is larger than {} MiB and was stopped: add a LIMIT, filter or aggregate", .0 >> 20)]
+    TooLarge(usize),
     #[error("{0}")]
     Failed(String),
 }
 
 const READ_ONLY: &str = "vendflow SQL is read-only: only SELECT (and WITH … SELECT, VALUES, EXPLAIN) queries are allowed; DDL, DML, COPY, CREATE EXTERNAL TABLE and SET are refused";
+const QUERIES_ONLY: &str = "POST /sql takes one query (SELECT, WITH … SELECT, VALUES or EXPLAIN); cursors and session settings are for Postgres sessions";
 
 /// Whose rows a query sees.
 #[derive(Clone)]
@@ -154,67 +196,17 @@ pub struct Answer {
     pub schema: SchemaRef,
 }
 
-/// Snapshots of the view store chosen for running queries, by query start instant.
-struct Snapshots {
-    store: ViewStore,
-    recent: Mutex<VecDeque<(i64, Arc<Snapshot>)>>,
-}
+/// The snapshot one query reads, attached to its session state by [`Sql::run`]; already
+/// filtered to the caller's scope.
+#[derive(Debug)]
+struct QuerySnapshot(Arc<Snapshot>);
 
-impl Snapshots {
-    /// Queries planned elsewhere (the Postgres extended protocol) take a full snapshot on their
-    /// first scan; a few are kept so that their other scans find it.
-    const KEPT: usize = 8;
-
-    fn get(&self, start: Option<i64>) -> Arc<Snapshot> {
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(start) = start
-            && let Some((_, s)) = recent.iter().find(|(k, _)| *k == start)
-        {
-            return s.clone();
-        }
-        let names: Vec<&str> = CATALOG.iter().map(|d| d.name).collect();
-        let snapshot = Arc::new(self.store.snapshot_of(&names));
-        if let Some(start) = start {
-            recent.push_back((start, snapshot.clone()));
-            while recent.len() > Self::KEPT {
-                recent.pop_front();
-            }
-        }
-        snapshot
-    }
-
-    fn put(&self, start: i64, snapshot: Arc<Snapshot>) {
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        recent.push_back((start, snapshot));
-        while recent.len() > Self::KEPT {
-            recent.pop_front();
-        }
-    }
-
-    fn forget(&self, start: i64) {
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        recent.retain(|(k, _)| *k != start);
-    }
-}
-
-fn start_of(props: &datafusion::logical_expr::execution_props::ExecutionProps) -> Option<i64> {
-    props
-        .query_execution_start_time
-        .and_then(|t| t.timestamp_nanos_opt())
-}
-
-/// A live view as a table: each scan reads the snapshot of the query it belongs to.
+/// A live view as a table: each scan reads the snapshot of the query it belongs to, and only
+/// that: a scan in a state with no snapshot attached fails (scoping fails closed).
 #[derive(Debug)]
 struct LiveTable {
     def: &'static ViewDef,
     schema: SchemaRef,
-    snapshots: Arc<Snapshots>,
-}
-
-impl std::fmt::Debug for Snapshots {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Snapshots")
-    }
 }
 
 #[async_trait]
@@ -247,7 +239,17 @@ impl TableProvider for LiveTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        let snapshot = self.snapshots.get(start_of(state.execution_props()));
+        let Some(QuerySnapshot(snapshot)) = state
+            .config()
+            .get_extension::<QuerySnapshot>()
+            .as_deref()
+            .map(|q| QuerySnapshot(q.0.clone()))
+        else {
+            return Err(DataFusionError::Internal(format!(
+                "live view {} scanned outside a query's snapshot",
+                self.def.name
+            )));
+        };
         // Equalities on text columns select rows before they become Arrow (DataFusion applies
         // every filter again: they are pushed down as inexact).
         let wanted: Vec<(usize, String)> = filters
@@ -293,12 +295,15 @@ fn text_equality(def: &ViewDef, filter: &Expr) -> Option<(usize, String)> {
     matches!(def.columns[index].ty, ColumnType::Text).then(|| (index, text.clone()))
 }
 
-/// The SQL engine: one DataFusion context with every table, shared by all endpoints.
+/// The SQL engine: one DataFusion context with every table, shared by all endpoints. Nothing a
+/// caller sends changes it: queries run on a per-query copy of its state.
 pub struct Sql {
     ctx: SessionContext,
-    snapshots: Arc<Snapshots>,
+    store: ViewStore,
     limits: Limits,
     permits: Semaphore,
+    /// Each caller's own slots (by token id), so one token cannot take every permit.
+    callers: Mutex<HashMap<String, Arc<Semaphore>>>,
     archived: bool,
     latency: Latency,
 }
@@ -314,25 +319,14 @@ impl Sql {
         archive: Option<&Path>,
         limits: Limits,
     ) -> Result<Sql, QueryError> {
-        let runtime = RuntimeEnvBuilder::new()
-            .with_memory_pool(Arc::new(FairSpillPool::new(
-                limits.memory_bytes * limits.concurrent.max(1),
-            )))
-            .build_arc()
-            .map_err(failed)?;
         let config = SessionConfig::new()
             .with_target_partitions(2)
             .with_information_schema(true);
-        let ctx = SessionContext::new_with_config_rt(config, runtime);
-        let snapshots = Arc::new(Snapshots {
-            store,
-            recent: Mutex::new(VecDeque::new()),
-        });
+        let ctx = SessionContext::new_with_config(config);
         for def in CATALOG {
             let table = LiveTable {
                 def,
                 schema: def.schema(),
-                snapshots: snapshots.clone(),
             };
             ctx.register_table(def.name, Arc::new(table))
                 .map_err(failed)?;
@@ -351,9 +345,10 @@ impl Sql {
         }
         Ok(Sql {
             ctx,
-            snapshots,
+            store,
             limits,
             permits: Semaphore::new(limits.concurrent.max(1)),
+            callers: Mutex::new(HashMap::new()),
             archived,
             latency: Latency::default(),
         })
@@ -368,11 +363,6 @@ impl Sql {
         futures::executor::block_on(Sql::new(store, archive, limits)).map(Arc::new)
     }
 
-    /// The shared context (the Postgres endpoint plans extended-protocol queries on it).
-    pub fn context(&self) -> &SessionContext {
-        &self.ctx
-    }
-
     pub fn limits(&self) -> Limits {
         self.limits
     }
@@ -384,62 +374,163 @@ impl Sql {
 
     /// Runs one read-only query over the whole fleet.
     pub async fn query(&self, sql: &str) -> Result<Answer, QueryError> {
-        self.query_in(&Scope::All, sql).await
+        self.query_in(&Caller::platform(), sql).await
     }
 
-    /// Runs one read-only query over `scope`'s rows.
-    pub async fn query_in(&self, scope: &Scope, sql: &str) -> Result<Answer, QueryError> {
-        check_read_only(sql)?;
+    /// Runs the one query of `sql` (as `POST /sql` does) for `caller`.
+    pub async fn query_in(&self, caller: &Caller, sql: &str) -> Result<Answer, QueryError> {
         let started = std::time::Instant::now();
-        let run = async {
-            let _permit = self.permits.acquire().await.map_err(failed)?;
-            let state = self.ctx.state();
-            let start = start_of(state.execution_props()).unwrap_or_default();
-            let plan = state
-                .create_logical_plan(sql)
-                .await
-                .map_err(|e| QueryError::Invalid(e.to_string()))?;
-            SQLOptions::new()
-                .with_allow_ddl(false)
-                .with_allow_dml(false)
-                .with_allow_statements(false)
-                .verify_plan(&plan)
-                .map_err(|_| QueryError::Refused(READ_ONLY.into()))?;
-            if let Scope::Tenant(_) = scope
-                && let Some(table) = archive_tables(&plan).first()
-            {
-                return Err(QueryError::Refused(format!(
-                    "table {table}: {TENANT_TABLES}"
-                )));
-            }
-            // Snapshot just the views the query reads (all of them if it reads a ready view).
-            let mut snapshot = self.snapshots.store.snapshot_of(
-                &live_tables(&plan)
-                    .iter()
-                    .map(String::as_str)
-                    .collect::<Vec<_>>(),
-            );
-            if let Scope::Tenant(_) = scope {
-                snapshot.retain(|def, row| scope.keeps(def, row));
-            }
-            let snapshot = Arc::new(snapshot);
-            self.snapshots.put(start, snapshot.clone());
-            let frame = DataFrame::new(state, plan);
-            let schema = Arc::new(frame.schema().as_arrow().clone());
-            let result = frame.collect().await.map_err(failed);
-            self.snapshots.forget(start);
-            Ok::<_, QueryError>(Answer {
-                time: snapshot.frontier,
-                batches: result?,
-                schema,
-            })
+        let result = match gate::admit(sql) {
+            Ok(admitted) => match <[Admitted; 1]>::try_from(admitted) {
+                Ok([Admitted::Query(statement)]) => {
+                    return self.run_statement(caller, &statement, None).await;
+                }
+                Ok(_) => Err(QueryError::Refused(QUERIES_ONLY.into())),
+                Err(v) if v.is_empty() => Err(QueryError::Invalid("no statement".into())),
+                Err(_) => Err(QueryError::Invalid("one statement per query".into())),
+            },
+            Err(e) => Err(e),
         };
-        let result = tokio::time::timeout(self.limits.timeout, run)
+        self.latency.record(started.elapsed(), result.is_ok());
+        result
+    }
+
+    /// Plans an admitted query on the shared context without running it (prepared statements
+    /// are described before they run). Planning reads no rows.
+    pub async fn plan(&self, statement: &Statement) -> Result<LogicalPlan, QueryError> {
+        self.ctx
+            .state()
+            .statement_to_plan(DFStatement::Statement(Box::new(statement.clone())))
             .await
-            .map_err(|_| QueryError::Timeout(self.limits.timeout))
+            .map_err(|e| QueryError::Invalid(e.to_string()))
+    }
+
+    /// Plans and runs an admitted query for `caller`, within `timeout` when shorter than the
+    /// engine's limit.
+    pub async fn run_statement(
+        &self,
+        caller: &Caller,
+        statement: &Statement,
+        timeout: Option<Duration>,
+    ) -> Result<Answer, QueryError> {
+        let started = std::time::Instant::now();
+        let limit = self.timeout(timeout);
+        let result = tokio::time::timeout(limit, async {
+            let plan = self.plan(statement).await?;
+            self.execute(caller, plan).await
+        })
+        .await
+        .map_err(|_| QueryError::Timeout(limit))
+        .and_then(|r| r);
+        self.latency.record(started.elapsed(), result.is_ok());
+        result
+    }
+
+    /// Runs a plan made by [`Sql::plan`] (its parameters bound) for `caller`: the one place
+    /// every query of every protocol executes.
+    pub async fn run(
+        &self,
+        caller: &Caller,
+        plan: LogicalPlan,
+        timeout: Option<Duration>,
+    ) -> Result<Answer, QueryError> {
+        let started = std::time::Instant::now();
+        let limit = self.timeout(timeout);
+        let result = tokio::time::timeout(limit, self.execute(caller, plan))
+            .await
+            .map_err(|_| QueryError::Timeout(limit))
             .and_then(|r| r);
         self.latency.record(started.elapsed(), result.is_ok());
         result
+    }
+
+    fn timeout(&self, session: Option<Duration>) -> Duration {
+        match session {
+            Some(t) if !t.is_zero() => t.min(self.limits.timeout),
+            _ => self.limits.timeout,
+        }
+    }
+
+    /// The caller's own slot (refused when it already runs its share), then a shared one
+    /// (waited for, within the time limit).
+    async fn slots(
+        &self,
+        caller: &Caller,
+    ) -> Result<(OwnedSemaphorePermit, tokio::sync::SemaphorePermit<'_>), QueryError> {
+        let per_caller = self.limits.per_caller.max(1);
+        let mine = {
+            let mut callers = self.callers.lock().unwrap_or_else(|e| e.into_inner());
+            if callers.len() > 1024 {
+                callers.retain(|_, s| s.available_permits() < per_caller);
+            }
+            callers
+                .entry(caller.key.clone())
+                .or_insert_with(|| Arc::new(Semaphore::new(per_caller)))
+                .clone()
+        };
+        let mine = mine.try_acquire_owned().map_err(|_| {
+            QueryError::Busy(format!(
+                "this token already runs {per_caller} queries at once; retry when one has finished"
+            ))
+        })?;
+        let shared = self.permits.acquire().await.map_err(failed)?;
+        Ok((mine, shared))
+    }
+
+    async fn execute(&self, caller: &Caller, plan: LogicalPlan) -> Result<Answer, QueryError> {
+        let _slots = self.slots(caller).await?;
+        SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false)
+            .verify_plan(&plan)
+            .map_err(|_| QueryError::Refused(READ_ONLY.into()))?;
+        if let Scope::Tenant(_) = caller.scope
+            && let Some(table) = archive_tables(&plan).first()
+        {
+            return Err(QueryError::Refused(format!(
+                "table {table}: {TENANT_TABLES}"
+            )));
+        }
+        // Snapshot just the views the query reads (all of them if it reads a ready view),
+        // filtered to the caller's rows before anything can scan it.
+        let mut snapshot = self.store.snapshot_of(
+            &live_tables(&plan)
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        );
+        if let Scope::Tenant(_) = caller.scope {
+            snapshot.retain(|def, row| caller.scope.keeps(def, row));
+        }
+        let time = snapshot.frontier;
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(FairSpillPool::new(self.limits.memory_bytes)))
+            .build_arc()
+            .map_err(failed)?;
+        let mut state = SessionStateBuilder::new_from_existing(self.ctx.state())
+            .with_runtime_env(runtime)
+            .build();
+        state
+            .config_mut()
+            .set_extension(Arc::new(QuerySnapshot(Arc::new(snapshot))));
+        let frame = DataFrame::new(state, plan);
+        let schema = Arc::new(frame.schema().as_arrow().clone());
+        let mut stream = frame.execute_stream().await.map_err(failed)?;
+        let (mut batches, mut bytes) = (Vec::new(), 0usize);
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(failed)?;
+            bytes = bytes.saturating_add(batch.get_array_memory_size());
+            if bytes > self.limits.max_result_bytes {
+                return Err(QueryError::TooLarge(self.limits.max_result_bytes));
+            }
+            batches.push(batch);
+        }
+        Ok(Answer {
+            time,
+            batches,
+            schema,
+        })
     }
 
     /// Query latencies so far (for `/metrics`).
@@ -542,51 +633,6 @@ fn live_tables(plan: &LogicalPlan) -> Vec<String> {
         return CATALOG.iter().map(|d| d.name.to_owned()).collect();
     }
     names
-}
-
-/// Refuses anything but one query, with a reason, before anything is planned.
-pub fn check_read_only(sql: &str) -> Result<(), QueryError> {
-    let statements = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
-        Ok(s) => s,
-        Err(e) => {
-            // DataFusion's own statements (CREATE EXTERNAL TABLE, COPY … TO) are not in the
-            // Postgres dialect: refuse them by their first word rather than call them invalid.
-            let first = sql
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_ascii_lowercase();
-            if matches!(
-                first.as_str(),
-                "create"
-                    | "drop"
-                    | "insert"
-                    | "update"
-                    | "delete"
-                    | "copy"
-                    | "alter"
-                    | "truncate"
-                    | "set"
-                    | "grant"
-                    | "revoke"
-                    | "merge"
-                    | "load"
-                    | "attach"
-            ) {
-                return Err(QueryError::Refused(READ_ONLY.into()));
-            }
-            return Err(QueryError::Invalid(format!("not valid SQL: {e}")));
-        }
-    };
-    match statements.as_slice() {
-        [Statement::Query(_)] => Ok(()),
-        [Statement::Explain { statement, .. }] if matches!(**statement, Statement::Query(_)) => {
-            Ok(())
-        }
-        [] => Err(QueryError::Invalid("no statement".into())),
-        [_] => Err(QueryError::Refused(READ_ONLY.into())),
-        _ => Err(QueryError::Invalid("one statement per query".into())),
-    }
 }
 
 fn listing(
@@ -754,37 +800,80 @@ pub fn encode(answer: &Answer, accept: &str) -> Result<(&'static str, Vec<u8>), 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vendflow_dataflows::{Config, Engine};
 
-    #[test]
-    fn only_queries_pass_the_read_only_check() {
-        for ok in [
-            "SELECT 1",
-            "with a as (select 1) select * from a",
-            "EXPLAIN SELECT * FROM inventory",
-        ] {
-            assert!(check_read_only(ok).is_ok(), "{ok}");
-        }
-        for refused in [
-            "DROP TABLE inventory",
-            "CREATE TABLE t (a int)",
-            "INSERT INTO inventory VALUES (1)",
-            "COPY inventory TO '/tmp/x.csv'",
-            "CREATE EXTERNAL TABLE x STORED AS PARQUET LOCATION '/etc'",
-            "SET datafusion.execution.target_partitions = 8",
-            "DELETE FROM inventory",
-        ] {
-            assert!(
-                matches!(check_read_only(refused), Err(QueryError::Refused(_))),
-                "{refused}"
-            );
-        }
-        assert!(matches!(
-            check_read_only("SELECT 1; SELECT 2"),
-            Err(QueryError::Invalid(_))
-        ));
-        assert!(matches!(
-            check_read_only("SELEC 1"),
-            Err(QueryError::Invalid(_))
-        ));
+    /// A live view read by anything but [`Sql::run`] (the shared context itself, as a protocol
+    /// library executing on it would) fails: it never reads unscoped rows.
+    #[tokio::test]
+    async fn a_scan_outside_a_query_fails_closed() {
+        let engine = Engine::start(Config::default()).unwrap_or_else(|e| panic!("{e}"));
+        let sql = Sql::new(engine.store(), None, Limits::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let direct = match sql.ctx.sql("SELECT count(*) FROM liveness").await {
+            Ok(frame) => frame.collect().await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        let err = direct.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("outside a query's snapshot"), "{err}");
+        // Through the one path it answers.
+        let answer = sql
+            .query("SELECT count(*) AS n FROM liveness")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            answer.batches.iter().map(|b| b.num_rows()).sum::<usize>(),
+            1
+        );
+        let _ = engine.shutdown();
+    }
+
+    /// An answer over the size bound is stopped, and one token cannot take every slot.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn results_are_bounded_and_one_caller_cannot_take_every_slot() {
+        let engine = Engine::start(Config::default()).unwrap_or_else(|e| panic!("{e}"));
+        let limits = Limits {
+            timeout: Duration::from_secs(20),
+            per_caller: 1,
+            concurrent: 2,
+            max_result_bytes: 1 << 20,
+            ..Limits::default()
+        };
+        let sql = Arc::new(
+            Sql::new(engine.store(), None, limits)
+                .await
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let huge = sql.query("SELECT * FROM range(100000000000)").await;
+        assert!(
+            matches!(huge, Err(QueryError::TooLarge(_))),
+            "{:?}",
+            huge.err()
+        );
+        let greedy = Caller {
+            key: "greedy".into(),
+            scope: Scope::All,
+        };
+        let slow = {
+            let (sql, greedy) = (sql.clone(), greedy.clone());
+            tokio::spawn(async move {
+                sql.query_in(&greedy, "SELECT sum(value) FROM range(100000000000)")
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let again = sql.query_in(&greedy, "SELECT 1").await;
+        assert!(
+            matches!(again, Err(QueryError::Busy(_))),
+            "{:?}",
+            again.err()
+        );
+        let other = Caller {
+            key: "other".into(),
+            scope: Scope::All,
+        };
+        assert!(sql.query_in(&other, "SELECT 1").await.is_ok());
+        slow.abort();
+        let _ = engine.shutdown();
     }
 }

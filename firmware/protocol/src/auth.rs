@@ -90,6 +90,10 @@ impl AuthError {
     }
 }
 
+/// The longest nonce an envelope may carry (the receiver keeps each while its envelope is
+/// fresh, so their length is memory an outsider controls).
+pub const MAX_NONCE_LEN: usize = 64;
+
 /// What a valid signature vouches for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Signed {
@@ -184,6 +188,12 @@ pub fn verify_envelope(
     else {
         return Err(AuthError::Unsigned);
     };
+    if nonce.len() > MAX_NONCE_LEN {
+        return Err(AuthError::Malformed(format!(
+            "nonce is {} bytes long; at most {MAX_NONCE_LEN}",
+            nonce.len()
+        )));
+    }
     let machine_id = MachineId::parse(&raw.machine_id).map_err(AuthError::Malformed)?;
     let key = lookup(machine_id.as_str())
         .ok_or_else(|| AuthError::UnknownMachine(machine_id.as_str().to_owned()))?;

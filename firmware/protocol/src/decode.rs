@@ -22,6 +22,12 @@ use crate::registry::{
 };
 use crate::units::{Cents, MachineId, Micro, Milli, Rounding, Text, Timestamp, parse_decimal};
 
+/// The largest amount one sale line may carry: far above any vending price or cart, and small
+/// enough that no sum of lines can overflow the views' 64-bit cents.
+pub const MAX_SALE_LINE: Cents = Cents(100_000);
+/// The most units one sale line may vend.
+pub const MAX_SALE_QUANTITY: u32 = 100;
+
 /// Why a record was refused, coarse enough to count and route on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ErrorKind {
@@ -344,6 +350,12 @@ fn sale(payload: &str) -> Result<Sale, DecodeError> {
     if amount.0 < 0 {
         return Err(number("amount", format!("{amount} is negative")));
     }
+    if amount > MAX_SALE_LINE {
+        return Err(number(
+            "amount",
+            format!("{amount} is more than one sale line can be ({MAX_SALE_LINE})"),
+        ));
+    }
     if s.transaction_id.is_empty() {
         return Err(DecodeError::new(
             ErrorKind::Schema,
@@ -353,6 +365,12 @@ fn sale(payload: &str) -> Result<Sale, DecodeError> {
     let quantity = s.quantity.unwrap_or(1);
     if quantity == 0 {
         return Err(number("quantity", "0 units vended".to_owned()));
+    }
+    if quantity > MAX_SALE_QUANTITY {
+        return Err(number(
+            "quantity",
+            format!("{quantity} units in one line; at most {MAX_SALE_QUANTITY}"),
+        ));
     }
     Ok(Sale {
         slot_number: s.slot_number,
@@ -718,6 +736,11 @@ mod tests {
         );
         assert_eq!(err(r#"{"machineId":"m1","type":"sale","timestamp":1699999800000,"payload":{"slotNumber":1,"productId":"p","amount":2.505,"transactionId":"t"}}"#).kind, ErrorKind::Number);
         assert_eq!(err(r#"{"machineId":"m1","type":"sale","timestamp":1699999800000,"payload":{"slotNumber":1,"productId":"p","amount":-1,"transactionId":"t"}}"#).kind, ErrorKind::Number);
+        // Implausible lines: a machine cannot book a fortune or a truckload in one line.
+        assert_eq!(err(r#"{"machineId":"m1","type":"sale","timestamp":1699999800000,"payload":{"slotNumber":1,"productId":"p","amount":92233720368547758.07,"transactionId":"t"}}"#).kind, ErrorKind::Number);
+        assert_eq!(err(r#"{"machineId":"m1","type":"sale","timestamp":1699999800000,"payload":{"slotNumber":1,"productId":"p","amount":1000.01,"transactionId":"t"}}"#).kind, ErrorKind::Number);
+        assert_eq!(err(r#"{"machineId":"m1","type":"sale","timestamp":1699999800000,"payload":{"slotNumber":1,"productId":"p","amount":2.5,"quantity":101,"transactionId":"t"}}"#).kind, ErrorKind::Number);
+        assert!(ok(r#"{"machineId":"m1","type":"sale","timestamp":1699999800000,"payload":{"slotNumber":1,"productId":"p","amount":1000.00,"quantity":100,"transactionId":"t"}}"#).machine_id.as_str() == "m1");
         assert_eq!(
             err(r#"{"machineId":"m/1","type":"heartbeat","timestamp":1699999800000}"#).kind,
             ErrorKind::MachineId

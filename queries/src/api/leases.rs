@@ -667,7 +667,13 @@ pub(super) async fn invoice(
     let bp = i128::from(lease.revenue_share_basis_points);
     let share = (i128::from(revenue.0) * bp + 5_000).div_euclid(10_000);
     let share = Cents(i64::try_from(share).map_err(|_| ApiError::internal("share overflows"))?);
-    let total = Cents(lease.monthly_rate.0 + share.0);
+    let total = Cents(
+        lease
+            .monthly_rate
+            .0
+            .checked_add(share.0)
+            .ok_or_else(|| ApiError::internal("the amount due overflows"))?,
+    );
     Ok(axum::Json(json!({
         "leaseId": lease.lease_id, "clientId": lease.client_id,
         "machineId": lease.machine_id.as_str(), "month": text,

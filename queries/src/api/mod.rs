@@ -194,6 +194,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub details: Json,
+    /// `Retry-After` (seconds), for 429 and 503.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -203,7 +205,13 @@ impl ApiError {
             code,
             message: message.into(),
             details: Json::Null,
+            retry_after: None,
         }
+    }
+
+    pub fn with_retry_after(mut self, seconds: u64) -> ApiError {
+        self.retry_after = Some(seconds);
+        self
     }
 
     pub fn with_details(mut self, details: Json) -> ApiError {
@@ -260,12 +268,18 @@ impl IntoResponse for ApiError {
             },
             "success": false,
         });
-        (
+        let mut response = (
             self.status,
             [("x-request-id", request_id)],
             axum::Json(body),
         )
-            .into_response()
+            .into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 
@@ -397,7 +411,30 @@ impl Page {
                 Self::MAX
             )));
         }
-        Ok((page, size, (page - 1) * size))
+        // A page far past any list (`?page=18446744073709551615`) overflowed the offset.
+        let offset = (page - 1).checked_mul(size).ok_or_else(|| {
+            ApiError::invalid(format!("page {page} is past any list at pageSize {size}"))
+        })?;
+        Ok((page, size, offset))
+    }
+}
+
+#[cfg(test)]
+mod page_tests {
+    use super::Page;
+
+    #[test]
+    fn a_huge_page_is_refused_not_overflowed() {
+        let huge = Page {
+            page: Some(usize::MAX),
+            page_size: Some(500),
+        };
+        assert!(huge.resolve().is_err());
+        let ok = Page {
+            page: Some(3),
+            page_size: Some(10),
+        };
+        assert_eq!(ok.resolve().ok(), Some((3, 10, 20)));
     }
 }
 

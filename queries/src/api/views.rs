@@ -12,7 +12,7 @@ use vendflow_dataflows::views::find;
 use vendflow_dataflows::{CATALOG, Row, ViewDef};
 
 use super::{ApiError, ApiQuery, ApiState, Auth};
-use crate::sql::{QueryError, Scope};
+use crate::sql::{Caller, QueryError, Scope};
 use crate::{filter, row_json, type_name};
 
 pub(super) async fn catalog(State(state): State<ApiState>, auth: Auth) -> Response {
@@ -181,12 +181,20 @@ pub(super) async fn sql(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_owned();
-    let scope = state.scope(&auth.0);
-    let answer = state.sql.query_in(&scope, &text).await.map_err(|e| {
+    let caller = Caller {
+        key: auth.0.token_id.clone(),
+        scope: state.scope(&auth.0),
+    };
+    let answer = state.sql.query_in(&caller, &text).await.map_err(|e| {
         let (status, code) = match e {
             QueryError::Refused(_) => (StatusCode::FORBIDDEN, "refused"),
             QueryError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_sql"),
             QueryError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "timeout"),
+            QueryError::TooLarge(_) => (StatusCode::BAD_REQUEST, "result_too_large"),
+            QueryError::Busy(_) => {
+                return ApiError::new(StatusCode::TOO_MANY_REQUESTS, "busy", e.to_string())
+                    .with_retry_after(1);
+            }
             QueryError::Failed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "query_failed"),
         };
         ApiError::new(status, code, e.to_string())
