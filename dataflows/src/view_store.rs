@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::collections::hash_map::Entry;
-use std::sync::mpsc::{Receiver, Sender, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, Sender, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -76,18 +76,54 @@ pub enum SubscriptionEnd {
 }
 
 /// A view's snapshot followed by its changes.
+///
+/// Async ([`Subscription::next`]): a server holds no thread per subscriber. The snapshot is
+/// copied under the store's read lock and sorted outside any lock; changes the snapshot already
+/// holds (published between registering and copying) are skipped by their frontier.
 pub struct Subscription {
-    rx: Receiver<Change>,
+    /// The snapshot, handed out first.
+    first: Option<Change>,
+    /// Changes published at or below this frontier are in the snapshot.
+    since: Time,
+    rx: futures::channel::mpsc::Receiver<Arc<Change>>,
     lagged: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Subscription {
-    /// The next change, waiting at most `timeout`; `Ok(None)` on timeout.
-    pub fn next_timeout(&self, timeout: Duration) -> Result<Option<Change>, SubscriptionEnd> {
-        match self.rx.recv_timeout(timeout) {
-            Ok(c) => Ok(Some(c)),
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Ok(None),
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(self.end()),
+    /// The next change: the snapshot first, then one per publication.
+    pub async fn next(&mut self) -> Result<Arc<Change>, SubscriptionEnd> {
+        use futures::StreamExt;
+        if let Some(first) = self.first.take() {
+            return Ok(Arc::new(first));
+        }
+        loop {
+            match self.rx.next().await {
+                Some(c) if c.frontier <= self.since => continue,
+                Some(c) => return Ok(c),
+                None => return Err(self.end()),
+            }
+        }
+    }
+
+    /// The next change, waiting at most `timeout` (blocking the calling thread: for tests and
+    /// threads of their own); `Ok(None)` on timeout.
+    pub fn next_timeout(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Option<Arc<Change>>, SubscriptionEnd> {
+        if let Some(first) = self.first.take() {
+            return Ok(Some(Arc::new(first)));
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            use futures::channel::mpsc::TryRecvError;
+            match self.rx.try_recv() {
+                Ok(c) if c.frontier <= self.since => continue,
+                Ok(c) => return Ok(Some(c)),
+                Err(TryRecvError::Closed) => return Err(self.end()),
+                Err(TryRecvError::Empty) if Instant::now() >= deadline => return Ok(None),
+                Err(TryRecvError::Empty) => std::thread::sleep(Duration::from_millis(5)),
+            }
         }
     }
 
@@ -124,7 +160,7 @@ fn unknown(name: &str) -> StoreError {
 
 struct Subscriber {
     view: usize,
-    tx: SyncSender<Change>,
+    tx: futures::channel::mpsc::Sender<Arc<Change>>,
     lagged: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -308,24 +344,34 @@ impl ViewStore {
     /// Subscribes to a view: the first change holds the current rows, then one change per publication.
     pub fn subscribe(&self, name: &str) -> Result<Subscription, StoreError> {
         let (view, _) = find(name).ok_or_else(|| unknown(name))?;
-        let (tx, rx) = std::sync::mpsc::sync_channel(SUBSCRIBER_BUFFER);
+        let (tx, rx) = futures::channel::mpsc::channel(SUBSCRIBER_BUFFER);
         let lagged = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut state = self.write();
-        let first = Change {
-            frontier: state.frontier,
-            inserted: sorted_rows(&state.rows[view]),
-            deleted: Vec::new(),
-        };
-        // The channel is new and empty: the snapshot always fits.
-        let _ = tx.try_send(first);
-        if !state.closed {
-            state.subscribers.push(Subscriber {
-                view,
-                tx,
-                lagged: lagged.clone(),
-            });
+        {
+            // The write lock only to register: publications go on while the snapshot is taken.
+            let mut state = self.write();
+            if !state.closed {
+                state.subscribers.push(Subscriber {
+                    view,
+                    tx,
+                    lagged: lagged.clone(),
+                });
+            }
         }
-        Ok(Subscription { rx, lagged })
+        let (frontier, mut inserted) = {
+            let state = self.read();
+            (state.frontier, rows_of(&state.rows[view]))
+        };
+        inserted.sort();
+        Ok(Subscription {
+            first: Some(Change {
+                frontier,
+                inserted,
+                deleted: Vec::new(),
+            }),
+            since: frontier,
+            rx,
+            lagged,
+        })
     }
 
     /// A channel that receives `(frontier, when)` at each publication (for freshness measurements).
@@ -493,14 +539,18 @@ fn publish(store: &ViewStore, pending: &mut [BTreeMap<Time, Vec<(Row, isize)>>],
         }
     }
     state.frontier = frontier;
-    state.subscribers.retain(|s| {
+    let changes: Vec<(usize, Arc<Change>)> = changes
+        .into_iter()
+        .map(|(view, change)| (view, Arc::new(change)))
+        .collect();
+    state.subscribers.retain_mut(|s| {
         for (view, change) in &changes {
             if *view != s.view {
                 continue;
             }
             match s.tx.try_send(change.clone()) {
                 Ok(()) => {}
-                Err(TrySendError::Full(_)) => {
+                Err(e) if e.is_full() => {
                     s.lagged.store(true, std::sync::atomic::Ordering::SeqCst);
                     tracing::warn!(
                         view = CATALOG[s.view].name,
@@ -508,7 +558,7 @@ fn publish(store: &ViewStore, pending: &mut [BTreeMap<Time, Vec<(Row, isize)>>],
                     );
                     return false;
                 }
-                Err(TrySendError::Disconnected(_)) => return false,
+                Err(_) => return false,
             }
         }
         true
@@ -548,7 +598,7 @@ mod tests {
         feeders.advance_all(t + 1).unwrap_or_else(|e| panic!("{e}"));
         assert!(store.wait_for(t + 1, Duration::from_secs(30)));
 
-        let sub = store
+        let mut sub = store
             .subscribe("revenue_machine_daily")
             .unwrap_or_else(|e| panic!("{e}"));
         let first = sub
@@ -599,7 +649,7 @@ mod tests {
         let mut engine = Engine::start(crate::Config::default()).unwrap_or_else(|e| panic!("{e}"));
         let store = engine.store();
         let mut feeders = engine.feeders().unwrap_or_else(|| panic!("feeders"));
-        let sub = store
+        let mut sub = store
             .subscribe("liveness")
             .unwrap_or_else(|e| panic!("{e}"));
         let t = testing::BASE as u64;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use arrow_array::{Array, BooleanArray};
 use datafusion::common::DFSchema;
+use datafusion::common::tree_node::TreeNode;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::SessionContext;
 use vendflow_dataflows::row::to_batch;
@@ -18,14 +19,35 @@ pub struct Filter {
     predicate: Arc<dyn PhysicalExpr>,
 }
 
+/// The longest condition text, and the most expression nodes, a subscription may filter by: it
+/// is evaluated over every change for as long as the subscription lives.
+pub const MAX_CONDITION_BYTES: usize = 1024;
+pub const MAX_CONDITION_NODES: usize = 64;
+
 impl Filter {
     pub fn new(view: &'static ViewDef, condition: &str) -> Result<Filter, String> {
+        if condition.len() > MAX_CONDITION_BYTES {
+            return Err(format!(
+                "the condition is {} bytes; at most {MAX_CONDITION_BYTES}",
+                condition.len()
+            ));
+        }
         let why = |e: datafusion::error::DataFusionError| {
             format!("cannot filter {} by {condition:?}: {e}", view.name)
         };
         let schema = DFSchema::try_from(view.schema().as_ref().clone()).map_err(why)?;
         let ctx = SessionContext::new();
         let expr = ctx.parse_sql_expr(condition, &schema).map_err(why)?;
+        let mut nodes = 0usize;
+        let _ = expr.apply(|_| {
+            nodes += 1;
+            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        });
+        if nodes > MAX_CONDITION_NODES {
+            return Err(format!(
+                "the condition has {nodes} terms; at most {MAX_CONDITION_NODES}"
+            ));
+        }
         let predicate = ctx.create_physical_expr(expr, &schema).map_err(why)?;
         Ok(Filter { view, predicate })
     }
@@ -101,5 +123,10 @@ mod tests {
         assert_eq!(f.keep(&rows), vec![&rows[0]]);
         assert!(Filter::new(view, "no_such_column > 1").is_err());
         assert!(Filter::new(view, "machine_id = ").is_err());
+        // Bounded cost: a long or deeply built condition is refused up front.
+        let many = vec!["units > 1"; 40].join(" OR ");
+        assert!(Filter::new(view, &many).is_err_and(|e| e.contains("terms")));
+        let long = format!("machine_id = '{}'", "x".repeat(MAX_CONDITION_BYTES));
+        assert!(Filter::new(view, &long).is_err_and(|e| e.contains("bytes")));
     }
 }

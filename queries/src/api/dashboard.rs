@@ -317,18 +317,22 @@ fn revenue() -> Translate {
 }
 
 /// Relays `subscription` through `translate` into `tx` until the client goes away.
-fn relay(
-    subscription: Subscription,
+/// Relays one view's changes as dashboard events until the client goes away (async: no thread
+/// is held per subscriber).
+async fn relay(
+    mut subscription: Subscription,
     mut translate: Translate,
     scope: impl Fn() -> Arc<HashMap<String, Option<String>>>,
     tx: Sender<Result<Event, Infallible>>,
 ) {
     let mut first = true;
     loop {
-        match subscription.next_timeout(Duration::from_secs(1)) {
-            Ok(None) if tx.is_closed() => return,
-            Ok(None) => {}
-            Ok(Some(change)) => {
+        let change = tokio::select! {
+            change = subscription.next() => change,
+            () = tx.closed() => return,
+        };
+        match change {
+            Ok(change) => {
                 let machines = scope();
                 let events = translate(&change, &machines);
                 // The first change is the snapshot: it seeds the relay, the summary the page
@@ -338,15 +342,17 @@ fn relay(
                 }
                 for (kind, data) in events {
                     let event = Event::default().event(kind).data(data.to_string());
-                    if tx.blocking_send(Ok(event)).is_err() {
+                    if tx.send(Ok(event)).await.is_err() {
                         return;
                     }
                 }
             }
             Err(end) => {
-                let _ = tx.blocking_send(Ok(Event::default()
-                    .event("error")
-                    .data(json!({"error": end.to_string()}).to_string())));
+                let _ = tx
+                    .send(Ok(Event::default()
+                        .event("error")
+                        .data(json!({"error": end.to_string()}).to_string())))
+                    .await;
                 return;
             }
         }
@@ -361,6 +367,7 @@ pub(super) async fn stream(
     auth: Auth,
     ApiQuery(Region { region }): ApiQuery<Region>,
 ) -> Result<Response, ApiError> {
+    let slot = state.streams.admit(&auth.0.token_id)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(64);
     let relays: [(&str, Translate); 3] = [
         ("liveness", statuses()),
@@ -391,8 +398,11 @@ pub(super) async fn stream(
             }
             c.1.clone()
         };
-        let tx = tx.clone();
-        tokio::task::spawn_blocking(move || relay(subscription, translate, scope, tx));
+        let (tx, slot) = (tx.clone(), slot.clone());
+        tokio::spawn(async move {
+            relay(subscription, translate, scope, tx).await;
+            drop(slot);
+        });
     }
     drop(tx);
     let hello = Event::default().event("hello").data(

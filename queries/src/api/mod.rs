@@ -7,6 +7,8 @@
 //! - `dashboard`: the fleet summary and the live stream (SSE).
 //! - `ops`: `/health`, `/metrics`, `/api/openapi.json`.
 //! - `views`: the views, their subscriptions and SQL, scoped to the caller's tenant.
+//! - [`limits`]: live streams per token and overall, and requests per token (429 past them).
+//! - [`web`]: the embedded dashboard, and the security headers of every response.
 //!
 //! Every request but `/health`, `/metrics` and the OpenAPI document needs a bearer token
 //! (`Authorization: Bearer vf_…`, or `?access_token=` where a browser cannot set headers, as
@@ -16,6 +18,7 @@
 mod dashboard;
 pub mod fleet;
 mod leases;
+pub mod limits;
 mod machines;
 mod ops;
 mod views;
@@ -59,6 +62,10 @@ pub struct ApiState {
     pub clock: Clock,
     pub secrets: Option<SecretIssuer>,
     pub health: Arc<dyn Health>,
+    /// Open live streams, by token.
+    pub streams: Arc<limits::Streams>,
+    /// Requests per token.
+    pub rate: Arc<limits::Rate>,
 }
 
 impl ApiState {
@@ -74,7 +81,15 @@ impl ApiState {
             clock: Arc::new(move || frontier_or_now(&clock_store)),
             secrets: None,
             health: Arc::new(ops::EngineOnly),
+            streams: Arc::new(limits::Streams::default()),
+            rate: Arc::new(limits::Rate::default()),
         }
+    }
+
+    pub fn with_limits(mut self, streams: limits::Streams, rate: limits::Rate) -> ApiState {
+        self.streams = Arc::new(streams);
+        self.rate = Arc::new(rate);
+        self
     }
 
     pub fn with_tokens(mut self, tokens: Arc<Tokens>) -> ApiState {
@@ -160,6 +175,7 @@ pub fn app(state: ApiState) -> Router {
         .route("/sql", post(views::sql))
         .merge(web::routes())
         .fallback(no_route)
+        .layer(axum::middleware::map_response(web::security_headers))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
@@ -353,13 +369,15 @@ impl FromRequestParts<ApiState> for Auth {
                 "send a token: Authorization: Bearer vf_… (create one with `vendflow token create`)",
             ));
         };
-        tokens.verify(&token).map(Auth).ok_or_else(|| {
+        let who = tokens.verify(&token).ok_or_else(|| {
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_token",
                 "the token is unknown or malformed",
             )
-        })
+        })?;
+        state.rate.check(&who.token_id)?;
+        Ok(Auth(who))
     }
 }
 

@@ -1,7 +1,6 @@
 //! The views, their live subscriptions and SQL, each seen through the caller's tenant.
 
 use std::convert::Infallible;
-use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -84,29 +83,29 @@ pub(super) async fn subscribe(
         .map(|c| filter::Filter::new(view, c))
         .transpose()
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_filter", e))?;
-    let subscription = state
+    let slot = state.streams.admit(&auth.0.token_id)?;
+    let mut subscription = state
         .store
         .subscribe(&name)
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    // The store's subscription is a blocking channel: a blocking task relays it into a small
-    // async one. A client that does not read fills that, the relay stops taking changes, and
+    // An async task relays the store's subscription into a small channel (no thread is held per
+    // subscriber). A client that does not read fills that, the relay stops taking changes, and
     // the store cuts the subscription off at its own bound. The tenant's machines are looked
     // up again for every change, so a machine registered meanwhile shows up.
     let fleet = state.fleet.clone();
     let principal = auth.0.clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(16);
     let scoped = move || ApiState::scope_of(&fleet, &principal.tenant);
-    tokio::task::spawn_blocking(move || {
+    tokio::spawn(async move {
+        let _slot = slot;
         let mut first = true;
         loop {
-            let event = match subscription.next_timeout(Duration::from_secs(1)) {
-                Ok(None) => {
-                    if tx.is_closed() {
-                        return; // the client went away
-                    }
-                    continue;
-                }
-                Ok(Some(change)) => {
+            let change = tokio::select! {
+                change = subscription.next() => change,
+                () = tx.closed() => return, // the client went away
+            };
+            let event = match change {
+                Ok(change) => {
                     let scope = scoped();
                     let rows = |rows: &[Row]| -> Vec<Json> {
                         let kept: Vec<&Row> = match &filter {
@@ -137,13 +136,15 @@ pub(super) async fn subscribe(
                     Event::default().event(kind).data(data.to_string())
                 }
                 Err(end) => {
-                    let _ = tx.blocking_send(Ok(Event::default()
-                        .event("error")
-                        .data(json!({"error": end.to_string()}).to_string())));
+                    let _ = tx
+                        .send(Ok(Event::default()
+                            .event("error")
+                            .data(json!({"error": end.to_string()}).to_string())))
+                        .await;
                     return;
                 }
             };
-            if tx.blocking_send(Ok(event)).is_err() {
+            if tx.send(Ok(event)).await.is_err() {
                 return;
             }
         }
