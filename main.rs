@@ -99,9 +99,15 @@ enum Command {
         /// MQTT username (password from VENDFLOW_MQTT_PASSWORD).
         #[arg(long)]
         mqtt_user: Option<String>,
-        /// Device credentials (JSON Lines of machineId + secretSha256), see `vendflow device register`.
+        /// Device credentials (JSON Lines of machineId + publicKey), see `vendflow device
+        /// register`. Lines of the first scheme (machineId + secretSha256) are read too, and
+        /// replaced by the machine's public key when its firmware enrols one.
         #[arg(long, required_unless_present = "insecure_no_auth")]
         credentials: Option<PathBuf>,
+        /// Refuse machines that still sign with the first scheme's shared-key HMAC (once the
+        /// fleet has migrated to Ed25519; until then a leaked hash file could sign for them).
+        #[arg(long)]
+        refuse_legacy_credentials: bool,
         /// Accept unsigned envelopes (trusted test networks only).
         #[arg(long)]
         insecure_no_auth: bool,
@@ -227,6 +233,13 @@ struct RunArgs {
     /// Serve SQL over the Postgres wire protocol on this address (`psql -h HOST -p PORT`).
     #[arg(long)]
     pg: Option<std::net::SocketAddr>,
+    /// Serve --http as HTTPS and --pg with TLS (for `sslmode=require`) with this certificate
+    /// chain (PEM). Tokens then never cross the network in clear.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Tokens file (`vendflow token create`): every HTTP request but /health, /metrics and
     /// /api/openapi.json needs one of its tokens.
     #[arg(long, required_unless_present = "insecure_open_api")]
@@ -234,7 +247,7 @@ struct RunArgs {
     /// Serve HTTP without access control (trusted networks and tests only).
     #[arg(long)]
     insecure_open_api: bool,
-    /// Machine credentials file: `POST /api/machines` stores each new machine's secret hash
+    /// Machine credentials file: `POST /api/machines` stores each new machine's public key
     /// here (the file the bridge's --credentials reads).
     #[arg(long)]
     credentials: Option<PathBuf>,
@@ -434,7 +447,8 @@ enum TokenCommand {
 
 #[derive(Subcommand)]
 enum DeviceCommand {
-    /// Issue a secret for a machine: prints it once and stores only its hash in --credentials.
+    /// Issue a secret for a machine: prints it once and stores only its Ed25519 public key
+    /// (derived from the secret) in --credentials.
     Register {
         machine_id: String,
         /// Credentials file (created if missing).
@@ -493,6 +507,7 @@ fn main() -> anyhow::Result<()> {
             mqtt_user,
             credentials,
             insecure_no_auth,
+            refuse_legacy_credentials,
             max_skew_secs,
             partitions,
             max_inflight,
@@ -506,9 +521,15 @@ fn main() -> anyhow::Result<()> {
                 (Some(path), _) => {
                     let creds = Credentials::load(&path)?;
                     eprintln!(
-                        "bridge: {} machine credential(s) from {}",
+                        "bridge: {} machine credential(s) from {} ({} still on the legacy shared-key scheme{})",
                         creds.len(),
-                        path.display()
+                        path.display(),
+                        creds.legacy(),
+                        if refuse_legacy_credentials {
+                            ", refused"
+                        } else {
+                            ", accepted until they enrol an Ed25519 key"
+                        }
                     );
                     Some(creds)
                 }
@@ -547,12 +568,13 @@ fn main() -> anyhow::Result<()> {
                 config.kafka,
                 TELEMETRY_TOPIC
             );
-            bridge::run(
-                &config,
-                Verifier::new(credentials, max_skew_secs.saturating_mul(1000)),
-                stats.clone(),
-                &stop,
-            )?;
+            let verifier = Verifier::new(credentials, max_skew_secs.saturating_mul(1000));
+            let verifier = if refuse_legacy_credentials {
+                verifier.refuse_legacy()
+            } else {
+                verifier
+            };
+            bridge::run(&config, verifier, stats.clone(), &stop)?;
             eprintln!("bridge stopped: {}", stats.line());
             Ok(())
         }
@@ -783,6 +805,8 @@ fn run_kafka(config: Config, args: RunArgs) -> anyhow::Result<()> {
         status,
         http,
         pg,
+        tls_cert,
+        tls_key,
         tokens,
         insecure_open_api,
         credentials,
@@ -791,6 +815,7 @@ fn run_kafka(config: Config, args: RunArgs) -> anyhow::Result<()> {
         partitions,
         tick_ms,
     } = args;
+    let tls = tls_cert.zip(tls_key);
     let (brokers, out, status_file) = (kafka.as_str(), out.as_deref(), status.as_deref());
     let stop = stop_flag()?;
     let archive_args = archive;
@@ -859,9 +884,10 @@ fn run_kafka(config: Config, args: RunArgs) -> anyhow::Result<()> {
                 Credentials::register(&path, machine).map_err(|e| e.to_string())
             }));
         }
-        vendflow_ingest::http::serve(addr, None, vendflow_queries::app(state), None)?;
+        vendflow_ingest::http::serve(addr, tls.as_ref(), vendflow_queries::app(state), None)?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         eprintln!(
-            "run: REST API on http://{addr}/api (see /api/openapi.json), views on http://{addr}/views, SQL at POST http://{addr}/sql"
+            "run: REST API on {scheme}://{addr}/api (see /api/openapi.json), views on {scheme}://{addr}/views, SQL at POST {scheme}://{addr}/sql"
         );
     }
     spawn_lease_sweeper(registry.clone(), store.clone(), stop.clone())?;
@@ -871,7 +897,11 @@ fn run_kafka(config: Config, args: RunArgs) -> anyhow::Result<()> {
                 "run: WARNING: --insecure-open-api: anyone who reaches {addr} can query every view"
             );
         }
-        let bound = vendflow_queries::pg::spawn(addr, sql.clone(), pg_access)
+        let pg_tls = tls
+            .as_ref()
+            .map(|(cert, key)| vendflow_queries::pg::tls(cert, key))
+            .transpose()?;
+        let bound = vendflow_queries::pg::spawn(addr, sql.clone(), pg_access, pg_tls)
             .with_context(|| format!("cannot serve the Postgres protocol on {addr}"))?;
         eprintln!(
             "run: SQL over the Postgres protocol: PGPASSWORD=<token> psql -h {} -p {} -U vendflow",
@@ -990,7 +1020,7 @@ struct PublishArgs {
     /// Simulated seconds per wall-clock second (default: as fast as the broker takes it).
     #[arg(long)]
     speed: Option<f64>,
-    /// Write the fleet's credentials file (secret hashes) here, for the bridge.
+    /// Write the fleet's credentials file (public keys) here, for the bridge.
     #[arg(long)]
     credentials_out: Option<PathBuf>,
     /// Write the fleet's registry records here.
@@ -1224,7 +1254,12 @@ fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
                 credentials
                     .write()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(machine, vendflow_protocol::auth::SecretHash::of(&secret));
+                    .insert(
+                        machine,
+                        vendflow_protocol::auth::StoredKey::PublicKey(
+                            vendflow_protocol::auth::PublicKey::of_secret(&secret),
+                        ),
+                    );
                 Ok(secret)
             })
         });
@@ -1242,7 +1277,7 @@ fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
         tokens: tokens.clone(),
         fleet: registry.clone(),
     };
-    let pg = vendflow_queries::pg::spawn(free_or_any(pg)?, sql.clone(), Some(pg_access))
+    let pg = vendflow_queries::pg::spawn(free_or_any(pg)?, sql.clone(), Some(pg_access), None)
         .context("cannot serve the Postgres protocol")?;
     println!(
         "vendflow demo: views on http://{addr}/views, live: http://{addr}/views/<name>/subscribe, SQL: POST http://{addr}/sql; telemetry over HTTP on http://{addr}/api/telemetry"

@@ -520,7 +520,7 @@ fn post(
 }
 
 fn http_checks(curl: &Curl, http: &str, dir: &Path, record: &Path) -> anyhow::Result<()> {
-    use vendflow_protocol::auth::{SecretHash, sign_envelope};
+    use vendflow_protocol::auth::{MachineKey, sign_envelope};
     use vendflow_protocol::{Cents, Envelope, Event, EventKind, MachineId, Sale, Timestamp};
     let secret = vendflow_firmware::mqtt::simulated_secret(11, "mach_00003");
     let now = Timestamp::now().0;
@@ -543,7 +543,7 @@ fn http_checks(curl: &Curl, http: &str, dir: &Path, record: &Path) -> anyhow::Re
         machine_id,
         events: vec![sale],
     };
-    let key = SecretHash::of(&secret);
+    let key = MachineKey::from_secret(&secret);
     let good = dir.join("http-good.json");
     std::fs::write(&good, sign_envelope(&envelope, &key, now, "http-1"))?;
     let (status, body) = post(curl, http, "mach_00003", &secret, &good)?;
@@ -609,10 +609,11 @@ fn bad_input(
     out: &Path,
     engine: &Daemon,
 ) -> anyhow::Result<()> {
-    use vendflow_protocol::auth::{SecretHash, sign_raw};
+    use vendflow_protocol::auth::{MachineKey, sign_raw};
     let now = vendflow_protocol::Timestamp::now().0;
-    let key =
-        |machine: &str| SecretHash::of(&vendflow_firmware::mqtt::simulated_secret(11, machine));
+    let key = |machine: &str| {
+        MachineKey::from_secret(&vendflow_firmware::mqtt::simulated_secret(11, machine))
+    };
     let topic = |machine: &str| format!("machines/{machine}/telemetry");
     let heartbeat = format!(r#"[{{"type":"heartbeat","timestamp":{now},"payload":{{}}}}]"#);
     let wrong_types = format!(
@@ -759,9 +760,9 @@ fn http_envelope(
     kind: vendflow_protocol::EventKind,
     nonce: &str,
 ) -> anyhow::Result<PathBuf> {
-    use vendflow_protocol::auth::{SecretHash, sign_envelope};
+    use vendflow_protocol::auth::{MachineKey, sign_envelope};
     use vendflow_protocol::{Envelope, Event, MachineId};
-    let key = SecretHash::of(&vendflow_firmware::mqtt::simulated_secret(11, machine));
+    let key = MachineKey::from_secret(&vendflow_firmware::mqtt::simulated_secret(11, machine));
     let machine = MachineId::parse(machine).map_err(anyhow::Error::msg)?;
     let now = vendflow_protocol::Timestamp::now();
     let body = sign_envelope(

@@ -135,7 +135,7 @@ fn demo_takes_telemetry_over_http_into_the_dataflows() -> anyhow::Result<()> {
     let bearer = format!("Authorization: Bearer {token}");
     vendflow_tests::wait_for_port(port, std::time::Duration::from_secs(10))?;
     let secret = vendflow_firmware::mqtt::simulated_secret(7, "mach_00001");
-    let key = vendflow_protocol::auth::SecretHash::of(&secret);
+    let key = vendflow_protocol::auth::MachineKey::from_secret(&secret);
     let now = vendflow_protocol::Timestamp::now().0;
     let url = format!("http://{addr}/api/telemetry");
     let post = |body: &str, token: &str| {

@@ -11,7 +11,7 @@ use std::sync::mpsc::{Receiver, channel};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use vendflow_protocol::auth::{SecretHash, sign_raw};
+use vendflow_protocol::auth::{MachineKey, sign_raw};
 use vendflow_tests::{Daemon, artifacts, curl_post, free_port, in_ci, require_program, root};
 
 /// The Node driver, killed when dropped.
@@ -76,7 +76,7 @@ impl Machine<'_> {
         let signed = sign_raw(
             machine,
             events,
-            &SecretHash::of(&secret),
+            &MachineKey::from_secret(&secret),
             vendflow_protocol::Timestamp::now().0,
             nonce,
         );

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rumqttc::{Client, Event, MqttOptions, Outgoing, Packet, QoS};
-use vendflow_protocol::auth::{SecretHash, sign_envelope};
+use vendflow_protocol::auth::{MachineKey, PublicKey, SecretHash, StoredKey, sign_envelope};
 use vendflow_protocol::command::decode_command;
 use vendflow_protocol::{AckStatus, Command, CommandAck, Envelope, EventKind, Timestamp};
 
@@ -25,11 +25,14 @@ pub fn simulated_secret(seed: u64, machine_id: &str) -> String {
     SecretHash::of(&format!("vendflow-simulated-secret/{seed}/{machine_id}")).to_hex()
 }
 
-/// The platform's view of the simulated fleet's credentials: (machine id, secret hash).
-pub fn simulated_credentials(fleet: &Fleet, seed: u64) -> Vec<(String, SecretHash)> {
+/// The platform's view of the simulated fleet's credentials: (machine id, public key).
+pub fn simulated_credentials(fleet: &Fleet, seed: u64) -> Vec<(String, StoredKey)> {
     fleet
         .machine_ids()
-        .map(|m| (m.to_owned(), SecretHash::of(&simulated_secret(seed, m))))
+        .map(|m| {
+            let key = PublicKey::of_secret(&simulated_secret(seed, m));
+            (m.to_owned(), StoredKey::PublicKey(key))
+        })
         .collect()
 }
 
@@ -44,7 +47,7 @@ pub enum PublishError {
 pub struct Publisher {
     client: Client,
     seed: u64,
-    keys: std::collections::HashMap<String, SecretHash>,
+    keys: std::collections::HashMap<String, MachineKey>,
     published: u64,
     acked: Arc<AtomicU64>,
     driver: Option<std::thread::JoinHandle<()>>,
@@ -166,13 +169,13 @@ impl Publisher {
     fn send(&mut self, envelope: &Envelope, leaf: &str) -> Result<(), PublishError> {
         let machine = envelope.machine_id.as_str();
         let seed = self.seed;
-        let key = *self
-            .keys
-            .entry(machine.to_owned())
-            .or_insert_with(|| SecretHash::of(&simulated_secret(seed, machine)));
         self.nonce += 1;
         let nonce = format!("{:x}-{:x}", Timestamp::now().0, self.nonce);
-        let body = sign_envelope(envelope, &key, Timestamp::now().0, &nonce);
+        let key = self
+            .keys
+            .entry(machine.to_owned())
+            .or_insert_with(|| MachineKey::from_secret(&simulated_secret(seed, machine)));
+        let body = sign_envelope(envelope, key, Timestamp::now().0, &nonce);
         self.client
             .publish(
                 format!("machines/{machine}/{leaf}"),

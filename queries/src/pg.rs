@@ -29,6 +29,7 @@
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -55,6 +56,7 @@ use pgwire::api::{PgWireConnectionState, PidSecretKeyGenerator, RandomPidSecretK
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::startup::Authentication;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use pgwire::tokio::TlsAcceptor;
 use pgwire::types::format::FormatOptions;
 use tokio::net::TcpListener;
 
@@ -633,9 +635,47 @@ impl PgWireServerHandlers for Handlers {
     }
 }
 
+/// TLS for the Postgres endpoint from PEM files (the certificate chain, and its private key):
+/// clients ask for it with `sslmode=require` (or `verify-full` with the CA), and the token they
+/// send as their password then travels encrypted.
+pub fn tls(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
+    use pgwire::tokio::tokio_rustls::rustls;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |path: &Path, e: &dyn std::fmt::Display| TlsError(format!("{}: {e}", path.display()));
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| bad(cert, &e))?;
+    if certs.is_empty() {
+        return Err(TlsError(format!(
+            "{}: no certificate in it",
+            cert.display()
+        )));
+    }
+    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, &e))?;
+    // ring, the one provider built in; installing twice is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, private)
+        .map_err(|e| bad(cert, &e))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A certificate or key that cannot serve TLS.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot serve TLS: {0}")]
+pub struct TlsError(String);
+
 /// Serves `sql` over the Postgres protocol on `listener` until the task is dropped; with
-/// `access`, only to holders of a token, each within its tenant.
-pub async fn serve(listener: TcpListener, sql: Arc<Sql>, access: Option<Access>) {
+/// `access`, only to holders of a token, each within its tenant; with `tls`, encrypted for
+/// clients that ask (`sslmode=require`).
+pub async fn serve(
+    listener: TcpListener,
+    sql: Arc<Sql>,
+    access: Option<Access>,
+    tls: Option<TlsAcceptor>,
+) {
     let handlers = Arc::new(Handlers {
         gatekeeper: Arc::new(Gatekeeper {
             parser: Arc::new(GateParser { sql: sql.clone() }),
@@ -652,10 +692,10 @@ pub async fn serve(listener: TcpListener, sql: Arc<Sql>, access: Option<Access>)
     loop {
         match listener.accept().await {
             Ok((socket, peer)) => {
-                let handlers = handlers.clone();
+                let (handlers, tls) = (handlers.clone(), tls.clone());
                 tokio::spawn(async move {
                     if let Err(e) =
-                        pgwire::tokio::process_socket(socket, None, handlers.clone()).await
+                        pgwire::tokio::process_socket(socket, tls, handlers.clone()).await
                     {
                         tracing::debug!(%peer, error = %e, "pgwire connection ended");
                     }
@@ -676,6 +716,7 @@ pub fn spawn(
     addr: SocketAddr,
     sql: Arc<Sql>,
     access: Option<Access>,
+    tls: Option<TlsAcceptor>,
 ) -> std::io::Result<SocketAddr> {
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
@@ -690,7 +731,7 @@ pub fn spawn(
         .spawn(move || {
             runtime.block_on(async move {
                 match TcpListener::from_std(listener) {
-                    Ok(listener) => serve(listener, sql, access).await,
+                    Ok(listener) => serve(listener, sql, access, tls).await,
                     Err(e) => tracing::error!(error = %e, "pgwire: cannot listen"),
                 }
             });

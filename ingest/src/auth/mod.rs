@@ -1,17 +1,23 @@
 //! Device credentials on the receiving side: the credentials file, signature checks and replay
 //! refusal, shared by the MQTT bridge and the HTTPS endpoint.
 //!
-//! The credentials file has one JSON object per line, `{"machineId":"m00001","secretSha256":"…"}`:
-//! only the hash of each machine's secret (see `vendflow_protocol::auth`). `vendflow device
-//! register` issues a secret and appends its line.
+//! The credentials file has one JSON object per line, `{"machineId":"m00001","publicKey":"…"}`:
+//! only each machine's Ed25519 public key, derived from its secret (see
+//! `vendflow_protocol::auth`), so the file signs nothing. `vendflow device register` issues a
+//! secret and writes its line. Lines of the first scheme, `{"machineId","secretSha256"}`, are
+//! still read: such a machine is accepted on its old HMAC while legacy credentials are allowed,
+//! and its line is replaced by its public key (the file rewritten) as soon as its firmware
+//! enrols one.
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use vendflow_dataflows::ExpiringSet;
-use vendflow_protocol::auth::{AuthError, SecretHash, Signed, verify_envelope};
+use vendflow_protocol::auth::{
+    AuthError, PublicKey, SecretHash, Signed, StoredKey, verify_envelope,
+};
 
 /// Default tolerance between a machine's `sentAt` and the receiver's clock.
 pub const DEFAULT_MAX_SKEW_MS: i64 = 15 * 60 * 1000;
@@ -20,13 +26,25 @@ pub const DEFAULT_MAX_SKEW_MS: i64 = 15 * 60 * 1000;
 #[serde(rename_all = "camelCase")]
 struct CredentialLine {
     machine_id: String,
-    secret_sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    public_key: Option<String>,
+    /// The first scheme's line (not yet migrated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    secret_sha256: Option<String>,
 }
 
-/// The machines' secret hashes.
-#[derive(Clone, Default, Debug)]
+/// The machines' public keys (and the first scheme's hashes, until each machine enrols).
+#[derive(Clone, Default)]
 pub struct Credentials {
-    hashes: HashMap<String, SecretHash>,
+    keys: HashMap<String, StoredKey>,
+    /// The file they were loaded from: an enrolment rewrites it.
+    path: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({} machines)", self.keys.len())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,27 +84,54 @@ impl Credentials {
             };
             let parsed: CredentialLine =
                 serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
-            let hash =
-                SecretHash::from_hex(&parsed.secret_sha256).map_err(|e| bad(e.to_string()))?;
-            creds.hashes.insert(parsed.machine_id, hash);
+            let key = match (&parsed.public_key, &parsed.secret_sha256) {
+                (Some(k), _) => {
+                    StoredKey::PublicKey(PublicKey::from_hex(k).map_err(|e| bad(e.to_string()))?)
+                }
+                (None, Some(h)) => {
+                    StoredKey::Legacy(SecretHash::from_hex(h).map_err(|e| bad(e.to_string()))?)
+                }
+                (None, None) => return Err(bad("neither publicKey nor secretSha256".into())),
+            };
+            creds.keys.insert(parsed.machine_id, key);
         }
+        creds.path = Some(path.to_owned());
         Ok(creds)
     }
 
-    pub fn insert(&mut self, machine_id: &str, hash: SecretHash) {
-        self.hashes.insert(machine_id.to_owned(), hash);
+    pub fn insert(&mut self, machine_id: &str, key: StoredKey) {
+        self.keys.insert(machine_id.to_owned(), key);
     }
 
-    pub fn get(&self, machine_id: &str) -> Option<SecretHash> {
-        self.hashes.get(machine_id).copied()
+    pub fn get(&self, machine_id: &str) -> Option<StoredKey> {
+        self.keys.get(machine_id).copied()
     }
 
     pub fn len(&self) -> usize {
-        self.hashes.len()
+        self.keys.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.hashes.is_empty()
+        self.keys.is_empty()
+    }
+
+    /// Machines still on the first scheme's hash (to migrate).
+    pub fn legacy(&self) -> usize {
+        self.keys
+            .values()
+            .filter(|k| matches!(k, StoredKey::Legacy(_)))
+            .count()
+    }
+
+    /// A legacy machine proved `key` is its own: store it instead of the hash, and rewrite the
+    /// file this came from (if any), so the hash is gone from disk too.
+    pub fn enrol(&mut self, machine_id: &str, key: PublicKey) -> Result<(), CredentialsError> {
+        self.keys
+            .insert(machine_id.to_owned(), StoredKey::PublicKey(key));
+        match self.path.clone() {
+            Some(path) => self.save(&path),
+            None => Ok(()),
+        }
     }
 
     /// Writes every machine's line to `path` (replacing it), via a temporary file.
@@ -95,14 +140,22 @@ impl Credentials {
             path: path.display().to_string(),
             source,
         };
-        let mut ids: Vec<&String> = self.hashes.keys().collect();
+        let mut ids: Vec<&String> = self.keys.keys().collect();
         ids.sort();
         let tmp = path.with_extension("tmp");
         let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
         for id in ids {
-            let line = CredentialLine {
-                machine_id: id.clone(),
-                secret_sha256: self.hashes[id].to_hex(),
+            let line = match self.keys[id] {
+                StoredKey::PublicKey(k) => CredentialLine {
+                    machine_id: id.clone(),
+                    public_key: Some(k.to_hex()),
+                    secret_sha256: None,
+                },
+                StoredKey::Legacy(h) => CredentialLine {
+                    machine_id: id.clone(),
+                    public_key: None,
+                    secret_sha256: Some(h.to_hex()),
+                },
             };
             let text = serde_json::to_string(&line).map_err(|e| io(e.into()))?;
             writeln!(file, "{text}").map_err(io)?;
@@ -112,7 +165,7 @@ impl Credentials {
         std::fs::rename(&tmp, path).map_err(io)
     }
 
-    /// Issues a new random secret for `machine_id`, appending its hash to the file at `path`
+    /// Issues a new random secret for `machine_id`, adding its public key to the file at `path`
     /// (created if missing). Returns the secret: it is shown once and stored nowhere.
     pub fn register(path: &Path, machine_id: &str) -> Result<String, CredentialsError> {
         let mut creds = if path.exists() {
@@ -124,7 +177,10 @@ impl Credentials {
             return Err(CredentialsError::Exists(machine_id.to_owned()));
         }
         let secret = new_secret()?;
-        creds.insert(machine_id, SecretHash::of(&secret));
+        creds.insert(
+            machine_id,
+            StoredKey::PublicKey(PublicKey::of_secret(&secret)),
+        );
         creds.save(path)?;
         Ok(secret)
     }
@@ -166,6 +222,10 @@ pub enum Refusal {
     Duplicate { machine: String, nonce: String },
     #[error("payload of {bytes} bytes is over the limit of {limit} bytes; send smaller batches")]
     TooLarge { bytes: usize, limit: usize },
+    #[error(
+        "machine {0:?} signs with a legacy shared-key HMAC, which this receiver no longer accepts; update its firmware to Ed25519"
+    )]
+    Legacy(String),
 }
 
 impl Refusal {
@@ -178,6 +238,7 @@ impl Refusal {
             Refusal::Replay { .. } => "replay",
             Refusal::Duplicate { .. } => "duplicate",
             Refusal::TooLarge { .. } => "too_large",
+            Refusal::Legacy(_) => "legacy_credentials",
         }
     }
 }
@@ -199,6 +260,8 @@ pub type SharedCredentials = std::sync::Arc<std::sync::RwLock<Credentials>>;
 pub struct Verifier {
     credentials: Option<SharedCredentials>,
     max_skew_ms: i64,
+    /// Whether machines still on the first scheme's HMAC are accepted (the migration window).
+    allow_legacy: bool,
     /// (machine, nonce) → digest of the forwarded bytes, while within the skew window.
     seen: HashMap<(String, String), [u8; 32]>,
     expiry: ExpiringSet<(String, String)>,
@@ -219,9 +282,17 @@ impl Verifier {
         Verifier {
             credentials,
             max_skew_ms,
+            allow_legacy: true,
             seen: HashMap::new(),
             expiry: ExpiringSet::default(),
         }
+    }
+
+    /// Refuses machines that still sign with the first scheme's HMAC (once the fleet has
+    /// migrated: from then on a leaked hash file signs nothing).
+    pub fn refuse_legacy(mut self) -> Verifier {
+        self.allow_legacy = false;
+        self
     }
 
     /// Whether `token` is `machine`'s secret (always true without credentials).
@@ -230,7 +301,7 @@ impl Verifier {
             None => true,
             Some(creds) => token
                 .zip(creds.read().unwrap_or_else(|e| e.into_inner()).get(machine))
-                .is_some_and(|(token, hash)| hash.matches(token)),
+                .is_some_and(|(token, key)| key.matches(token)),
         }
     }
 
@@ -259,6 +330,20 @@ impl Verifier {
             let creds = creds.read().unwrap_or_else(|e| e.into_inner());
             verify_envelope(bytes, |m| creds.get(m))?
         };
+        if signed.legacy && !self.allow_legacy {
+            return Err(Refusal::Legacy(machine.to_owned()));
+        }
+        if let Some(key) = signed.enrolled {
+            let mut creds = creds.write().unwrap_or_else(|e| e.into_inner());
+            match creds.enrol(machine, key) {
+                Ok(()) => {
+                    tracing::info!(machine_id = %machine, "machine enrolled its public key; its legacy secret hash is gone")
+                }
+                Err(e) => {
+                    tracing::error!(machine_id = %machine, error = %e, "enrolled a public key but cannot rewrite the credentials file")
+                }
+            }
+        }
         let skew_ms = (now_ms - signed.sent_at).abs();
         if skew_ms > self.max_skew_ms {
             return Err(Refusal::Stale {
@@ -314,7 +399,7 @@ pub fn machine_of_topic<'a>(topic: &'a str, leaf: &str) -> Result<&'a str, Refus
 
 #[cfg(test)]
 mod tests {
-    use vendflow_protocol::auth::sign_envelope;
+    use vendflow_protocol::auth::{MachineKey, sign_envelope, sign_raw_legacy};
     use vendflow_protocol::{Envelope, MachineId};
 
     use super::*;
@@ -324,14 +409,67 @@ mod tests {
             machine_id: MachineId::parse(machine).unwrap_or_else(|e| panic!("{e}")),
             events: vec![],
         };
-        sign_envelope(&env, &SecretHash::of(secret), sent_at, nonce)
+        sign_envelope(&env, &MachineKey::from_secret(secret), sent_at, nonce)
     }
 
     fn verifier() -> Verifier {
         let mut creds = Credentials::default();
-        creds.insert("m1", SecretHash::of("a"));
-        creds.insert("m2", SecretHash::of("b"));
+        creds.insert("m1", StoredKey::PublicKey(PublicKey::of_secret("a")));
+        creds.insert("m2", StoredKey::PublicKey(PublicKey::of_secret("b")));
         Verifier::new(Some(creds), 60_000)
+    }
+
+    /// A file of the first scheme: its machine is accepted on the old HMAC (or refused, once
+    /// legacy credentials are turned off), and new firmware enrols its public key, which
+    /// replaces the hash in the file itself.
+    #[test]
+    fn a_legacy_credentials_file_migrates_to_public_keys() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("credentials.jsonl");
+        let hash = SecretHash::of("old");
+        std::fs::write(
+            &path,
+            format!(
+                "{{\"machineId\":\"m1\",\"secretSha256\":\"{}\"}}\n",
+                hash.to_hex()
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let creds = Credentials::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(creds.legacy(), 1);
+        let shared = std::sync::Arc::new(std::sync::RwLock::new(creds));
+        let old = sign_raw_legacy("m1", "[]", &hash, 1_000, "a");
+        let mut strict = Verifier::shared(Some(shared.clone()), 60_000).refuse_legacy();
+        assert_eq!(
+            strict
+                .check("m1", old.as_bytes(), 1_000)
+                .map_err(|r| r.code()),
+            Err("legacy_credentials")
+        );
+        let mut v = Verifier::shared(Some(shared.clone()), 60_000);
+        assert!(matches!(
+            v.check("m1", old.as_bytes(), 1_000),
+            Ok(Admission::Forward(Some(_)))
+        ));
+        let new = signed("m1", "old", 1_000, "b");
+        assert!(matches!(
+            v.check("m1", new.as_bytes(), 1_000),
+            Ok(Admission::Forward(Some(_)))
+        ));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            text.contains(&PublicKey::of_secret("old").to_hex()) && !text.contains(&hash.to_hex()),
+            "the file holds the public key, not the hash: {text}"
+        );
+        // From now on the old HMAC is refused for this machine.
+        let again = sign_raw_legacy("m1", "[]", &hash, 1_000, "c");
+        assert_eq!(
+            v.check("m1", again.as_bytes(), 1_000).map_err(|r| r.code()),
+            Err("bad_signature")
+        );
+        let reloaded = Credentials::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(reloaded.legacy(), 0);
+        assert!(reloaded.get("m1").is_some_and(|k| k.matches("old")));
     }
 
     #[test]
