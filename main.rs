@@ -233,13 +233,8 @@ struct RunArgs {
     /// Serve SQL over the Postgres wire protocol on this address (`psql -h HOST -p PORT`).
     #[arg(long)]
     pg: Option<std::net::SocketAddr>,
-    /// Serve --http as HTTPS and --pg with TLS (for `sslmode=require`) with this certificate
-    /// chain (PEM). Tokens then never cross the network in clear.
-    #[arg(long, requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// The private key of --tls-cert (PEM).
-    #[arg(long, requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Tokens file (`vendflow token create`): every HTTP request but /health, /metrics and
     /// /api/openapi.json needs one of its tokens.
     #[arg(long, required_unless_present = "insecure_open_api")]
@@ -293,7 +288,38 @@ struct DemoArgs {
     #[arg(long, default_value = "127.0.0.1:5433")]
     pg: std::net::SocketAddr,
     #[command(flatten)]
+    tls: TlsArgs,
+    #[command(flatten)]
     archive: ArchiveArgs,
+}
+
+#[derive(clap::Args)]
+struct TlsArgs {
+    /// Serve --http as HTTPS and --pg with TLS with this certificate chain (PEM). Logins over
+    /// the Postgres protocol then need TLS (`sslmode=require`; psql's default `prefer` uses it),
+    /// so tokens never cross the network in clear.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// (certificate, key) when given, and the Postgres endpoint's acceptor for them.
+    fn open(
+        self,
+    ) -> anyhow::Result<(
+        Option<(PathBuf, PathBuf)>,
+        Option<vendflow_queries::pg::TlsAcceptor>,
+    )> {
+        let pair = self.tls_cert.zip(self.tls_key);
+        let acceptor = pair
+            .as_ref()
+            .map(|(cert, key)| vendflow_queries::pg::tls(cert, key))
+            .transpose()?;
+        Ok((pair, acceptor))
+    }
 }
 
 #[derive(clap::Args)]
@@ -805,8 +831,7 @@ fn run_kafka(config: Config, args: RunArgs) -> anyhow::Result<()> {
         status,
         http,
         pg,
-        tls_cert,
-        tls_key,
+        tls,
         tokens,
         insecure_open_api,
         credentials,
@@ -815,7 +840,7 @@ fn run_kafka(config: Config, args: RunArgs) -> anyhow::Result<()> {
         partitions,
         tick_ms,
     } = args;
-    let tls = tls_cert.zip(tls_key);
+    let (tls, pg_tls) = tls.open()?;
     let (brokers, out, status_file) = (kafka.as_str(), out.as_deref(), status.as_deref());
     let stop = stop_flag()?;
     let archive_args = archive;
@@ -897,10 +922,6 @@ fn run_kafka(config: Config, args: RunArgs) -> anyhow::Result<()> {
                 "run: WARNING: --insecure-open-api: anyone who reaches {addr} can query every view"
             );
         }
-        let pg_tls = tls
-            .as_ref()
-            .map(|(cert, key)| vendflow_queries::pg::tls(cert, key))
-            .transpose()?;
         let bound = vendflow_queries::pg::spawn(addr, sql.clone(), pg_access, pg_tls)
             .with_context(|| format!("cannot serve the Postgres protocol on {addr}"))?;
         eprintln!(
@@ -1153,8 +1174,11 @@ fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
         mqtt_port,
         http,
         pg,
+        tls,
         archive,
     } = args;
+    let (tls, pg_tls) = tls.open()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     if machines == 0 || speed <= 0.0 {
         bail!("--machines and --speed must be positive");
     }
@@ -1266,6 +1290,7 @@ fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
     spawn_lease_sweeper(registry.clone(), store.clone(), stop.clone())?;
     vendflow_ingest::http::spawn_into_broker(
         addr,
+        tls.as_ref(),
         port,
         Verifier::shared(
             Some(credentials.clone()),
@@ -1277,17 +1302,17 @@ fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
         tokens: tokens.clone(),
         fleet: registry.clone(),
     };
-    let pg = vendflow_queries::pg::spawn(free_or_any(pg)?, sql.clone(), Some(pg_access), None)
+    let pg = vendflow_queries::pg::spawn(free_or_any(pg)?, sql.clone(), Some(pg_access), pg_tls)
         .context("cannot serve the Postgres protocol")?;
     println!(
-        "vendflow demo: views on http://{addr}/views, live: http://{addr}/views/<name>/subscribe, SQL: POST http://{addr}/sql; telemetry over HTTP on http://{addr}/api/telemetry"
+        "vendflow demo: views on {scheme}://{addr}/views, live: {scheme}://{addr}/views/<name>/subscribe, SQL: POST {scheme}://{addr}/sql; telemetry over HTTP on {scheme}://{addr}/api/telemetry"
     );
     println!(
-        "vendflow demo: REST API on http://{addr}/api (documented at http://{addr}/api/openapi.json); admin token (tenant *): {admin_token}"
+        "vendflow demo: REST API on {scheme}://{addr}/api (documented at {scheme}://{addr}/api/openapi.json); admin token (tenant *): {admin_token}"
     );
-    println!("vendflow demo: dashboard: http://{addr}/#token={admin_token}");
+    println!("vendflow demo: dashboard: {scheme}://{addr}/#token={admin_token}");
     println!(
-        "vendflow demo: try: curl -H 'Authorization: Bearer {admin_token}' http://{addr}/api/dashboard/fleet"
+        "vendflow demo: try: curl -H 'Authorization: Bearer {admin_token}' {scheme}://{addr}/api/dashboard/fleet"
     );
     println!(
         "vendflow demo: SQL for psql and BI tools (a token is the password): PGPASSWORD={admin_token} psql -h {} -p {} -U vendflow -c 'SELECT * FROM revenue_by_location_day'",

@@ -464,31 +464,6 @@ impl Curl {
     }
 }
 
-/// A self-signed certificate for 127.0.0.1, made with `openssl`: (certificate, key).
-fn self_signed(openssl: &Path, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
-    let (cert, key) = (dir.join("tls-cert.pem"), dir.join("tls-key.pem"));
-    let status = Command::new(openssl)
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .args([
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(std::process::Stdio::null())
-        .status()?;
-    if !status.success() {
-        bail!("openssl could not make a certificate");
-    }
-    Ok((cert, key))
-}
-
 /// POSTs `body` to the bridge's telemetry endpoint; returns (status, response body).
 fn post(
     curl: &Curl,
@@ -1056,7 +1031,7 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
     let http_port = free_port()?;
     let http = format!("127.0.0.1:{http_port}");
     // Telemetry over HTTPS, with a certificate of the test's own.
-    let (cert, key) = self_signed(&openssl, d)?;
+    let (cert, key) = vendflow_tests::self_signed(&openssl, d)?;
     let curl = Curl {
         program: curl,
         cacert: cert.clone(),

@@ -287,6 +287,10 @@ fn demo_postgres_endpoint_takes_tokens_as_passwords() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let archive = dir.path().join("archive");
     let (http, pg) = (vendflow_tests::free_port()?, vendflow_tests::free_port()?);
+    // TLS on both endpoints: psql and psycopg use it by default (sslmode=prefer), curl checks
+    // the certificate.
+    let openssl = vendflow_tests::require_program("openssl", &[])?.context("openssl")?;
+    let (cert, key) = vendflow_tests::self_signed(&openssl, dir.path())?;
     let demo = vendflow_tests::Daemon::spawn(
         "demo",
         &vendflow_bin()?,
@@ -304,6 +308,10 @@ fn demo_postgres_endpoint_takes_tokens_as_passwords() -> anyhow::Result<()> {
             &format!("127.0.0.1:{pg}"),
             "--archive",
             &archive.display().to_string(),
+            "--tls-cert",
+            &cert.display().to_string(),
+            "--tls-key",
+            &key.display().to_string(),
         ],
         &dir.path().join("demo.log"),
     )?;
@@ -325,6 +333,18 @@ fn demo_postgres_endpoint_takes_tokens_as_passwords() -> anyhow::Result<()> {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     assert_eq!(seen, "20");
+    // Encrypted, and a token is never taken over a cleartext connection.
+    let (ok, out, err) = query(&admin, "\\conninfo")?;
+    assert!(ok && out.contains("SSL connection"), "{out} {err}");
+    let plain = Command::new(&psql)
+        .args(["-X", "-At", "-c", "SELECT 1"])
+        .arg(format!(
+            "host=127.0.0.1 port={pg} user=vendflow sslmode=disable connect_timeout=10"
+        ))
+        .env("PGPASSWORD", &admin)
+        .output()?;
+    let err = String::from_utf8_lossy(&plain.stderr);
+    assert!(!plain.status.success() && err.contains("TLS only"), "{err}");
     let (ok, _, err) = query("vf_00000000_nope", "SELECT 1")?;
     assert!(!ok);
     assert!(
@@ -383,11 +403,12 @@ fn demo_postgres_endpoint_takes_tokens_as_passwords() -> anyhow::Result<()> {
     assert!(!ok && err.contains("read-only"), "{err}");
     let (ok, _, err) = query(&tenant, "SELECT * INTO leak FROM inventory")?;
     assert!(!ok && err.contains("read-only"), "{err}");
-    let sql_url = format!("http://127.0.0.1:{http}/sql");
+    let sql_url = format!("https://127.0.0.1:{http}/sql");
+    let cacert = cert.display().to_string();
     let bearer = |token: &str| format!("Authorization: Bearer {token}");
     let (status, body) = vendflow_tests::curl_post(
         &curl,
-        &["-H", &bearer(&admin)],
+        &["--cacert", &cacert, "-H", &bearer(&admin)],
         "SELECT count(*) FROM leak",
         &sql_url,
     )?;
@@ -405,13 +426,32 @@ fn demo_postgres_endpoint_takes_tokens_as_passwords() -> anyhow::Result<()> {
     assert!(ok && out == "20", "{out} {err}");
     let (status, body) = vendflow_tests::curl_post(
         &curl,
-        &["-H", &bearer(&admin)],
+        &["--cacert", &cacert, "-H", &bearer(&admin)],
         "SELECT count(*) AS n FROM liveness",
         &sql_url,
     )?;
     assert!(
         status == "200" && body.contains("\"n\":20"),
         "{status} {body}"
+    );
+    // The API answers over HTTPS only, with the security headers.
+    let (status, _) = vendflow_tests::curl_post(
+        &curl,
+        &["-H", &bearer(&admin)],
+        "SELECT 1",
+        &format!("http://127.0.0.1:{http}/sql"),
+    )?;
+    assert_ne!(status, "200", "plain HTTP on the HTTPS port");
+    let headers = Command::new(&curl)
+        .args(["-s", "-D", "-", "-o", "/dev/null", "--cacert", &cacert])
+        .arg(format!("https://127.0.0.1:{http}/"))
+        .output()?;
+    let headers = String::from_utf8_lossy(&headers.stdout).to_ascii_lowercase();
+    assert!(
+        headers.contains("content-security-policy: default-src 'self'")
+            && headers.contains("x-content-type-options: nosniff")
+            && headers.contains("x-frame-options: deny"),
+        "{headers}"
     );
     // A session's own settings are its own.
     assert_eq!(

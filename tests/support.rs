@@ -405,3 +405,28 @@ pub fn start_tansu(program: &Path, dir: &Path, port: u16) -> anyhow::Result<Daem
     wait_for_port(port, std::time::Duration::from_secs(20))?;
     Ok(daemon)
 }
+
+/// A self-signed certificate for 127.0.0.1, made with `openssl`: (certificate, key).
+pub fn self_signed(openssl: &Path, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let (cert, key) = (dir.join("tls-cert.pem"), dir.join("tls-key.pem"));
+    let status = Command::new(openssl)
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!("openssl could not make a certificate");
+    }
+    Ok((cert, key))
+}

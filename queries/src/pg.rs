@@ -56,7 +56,7 @@ use pgwire::api::{PgWireConnectionState, PidSecretKeyGenerator, RandomPidSecretK
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::startup::Authentication;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
-use pgwire::tokio::TlsAcceptor;
+pub use pgwire::tokio::TlsAcceptor;
 use pgwire::types::format::FormatOptions;
 use tokio::net::TcpListener;
 
@@ -548,6 +548,8 @@ impl ExtendedQueryHandler for Gatekeeper {
 /// token, whose tenant the session keeps.
 struct Startup {
     tokens: Option<Arc<Tokens>>,
+    /// With TLS configured, a token is only taken over an encrypted connection.
+    require_tls: bool,
     pids: RandomPidSecretKeyGenerator,
     parameters: DefaultServerParameterProvider,
 }
@@ -573,6 +575,13 @@ impl StartupHandler for Startup {
                 client
                     .metadata_mut()
                     .retain(|k, _| !k.starts_with("vendflow."));
+                if self.tokens.is_some() && self.require_tls && !client.is_secure() {
+                    return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                        "FATAL".to_owned(),
+                        "28000".to_owned(),
+                        "this server takes tokens over TLS only: connect with sslmode=require (psql's default, prefer, does)".to_owned(),
+                    ))));
+                }
                 if self.tokens.is_some() {
                     client.set_state(PgWireConnectionState::AuthenticationInProgress);
                     client
@@ -685,6 +694,7 @@ pub async fn serve(
         }),
         startup: Arc::new(Startup {
             tokens: access.map(|a| a.tokens),
+            require_tls: tls.is_some(),
             pids: RandomPidSecretKeyGenerator::default(),
             parameters: DefaultServerParameterProvider::default(),
         }),

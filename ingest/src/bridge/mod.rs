@@ -524,6 +524,7 @@ fn serve_http(
         requests: AtomicU64::new(0),
         pending_commands,
         stats,
+        rate: crate::http::MachineRate::default(),
     };
     crate::http::spawn(addr, tls, state, None, axum::Router::new())?;
     Ok(())

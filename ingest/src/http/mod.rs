@@ -133,6 +133,7 @@ pub fn serve(
 /// broker on 127.0.0.1:`broker_port`, from which the MQTT source takes them like any machine's.
 pub fn spawn_into_broker(
     addr: std::net::SocketAddr,
+    tls: Option<&(std::path::PathBuf, std::path::PathBuf)>,
     broker_port: u16,
     verifier: Verifier,
     extra: Router,
@@ -146,10 +147,11 @@ pub fn spawn_into_broker(
         requests: AtomicU64::new(0),
         pending_commands: Default::default(),
         stats: Default::default(),
+        rate: MachineRate::default(),
     };
     // `extra` (the REST API) serves `/metrics` itself: only the telemetry route is added.
     let app = telemetry_router(Arc::new(state), DEFAULT_BODY_LIMIT).merge(extra);
-    serve(addr, None, app, Some(eventloop))
+    serve(addr, tls, app, Some(eventloop))
 }
 
 /// Largest accepted envelope.
@@ -212,6 +214,53 @@ pub struct Telemetry {
     pub pending_commands: Arc<crate::bridge::PendingCommands>,
     /// The bridge's counters, served at `GET /metrics`.
     pub stats: Arc<crate::bridge::BridgeStats>,
+    /// Requests per machine.
+    pub rate: MachineRate,
+}
+
+/// Requests per machine on `POST /api/telemetry` (GCRA, from `governor`): a machine reports
+/// every half minute and flushes a backlog after an outage, so [`MachineRate::PER_SECOND`] with
+/// bursts of [`MachineRate::BURST`] leaves it room, and one machine (or a stolen token) cannot
+/// flood the endpoint.
+pub struct MachineRate {
+    limiter: governor::DefaultKeyedRateLimiter<String>,
+}
+
+impl Default for MachineRate {
+    fn default() -> Self {
+        MachineRate::new(MachineRate::PER_SECOND, MachineRate::BURST)
+    }
+}
+
+impl MachineRate {
+    pub const PER_SECOND: u32 = 20;
+    pub const BURST: u32 = 120;
+
+    pub fn new(per_second: u32, burst: u32) -> MachineRate {
+        use std::num::NonZeroU32;
+        let quota =
+            governor::Quota::per_second(NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN))
+                .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
+        MachineRate {
+            limiter: governor::RateLimiter::keyed(quota),
+        }
+    }
+
+    /// `Err(seconds to wait)` when `machine` is over its rate.
+    fn check(&self, machine: &str) -> Result<(), u64> {
+        use governor::clock::{Clock, DefaultClock};
+        if self.limiter.len() > 100_000 {
+            self.limiter.retain_recent();
+        }
+        self.limiter
+            .check_key(&machine.to_owned())
+            .map_err(|not_until| {
+                not_until
+                    .wait_time_from(DefaultClock::default().now())
+                    .as_secs()
+                    .max(1)
+            })
+    }
 }
 
 /// The one error shape of the API.
@@ -333,6 +382,18 @@ async fn telemetry(
             );
         }
     }
+    if let Err(wait) = state.rate.check(&machine) {
+        let mut response = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "RATE_LIMITED",
+            &format!("too many requests from this machine; retry in {wait} s"),
+            json!({"machineId": machine, "retryAfterSeconds": wait}),
+        );
+        response
+            .headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, wait.into());
+        return response;
+    }
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
         return error(
             StatusCode::BAD_REQUEST,
@@ -392,5 +453,18 @@ async fn telemetry(
                 json!({"machineId": machine}),
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MachineRate;
+
+    #[test]
+    fn a_machine_over_its_rate_waits_and_others_do_not() {
+        let rate = MachineRate::new(1, 2);
+        assert!(rate.check("m1").is_ok() && rate.check("m1").is_ok());
+        assert!(rate.check("m1").is_err_and(|wait| wait >= 1));
+        assert!(rate.check("m2").is_ok());
     }
 }
