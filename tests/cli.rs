@@ -275,7 +275,7 @@ fn demo_takes_telemetry_over_http_into_the_dataflows() -> anyhow::Result<()> {
 /// `SELECT … INTO` is refused on every path (so no tenant writes a table another reads), a
 /// session's `SET` of the engine's settings is refused and breaks nothing for anyone, answers
 /// are bounded in size, and prepared statements (the extended protocol, which `psycopg` uses
-/// for parameters and server-side cursors) are scoped and timed like simple queries.
+/// for parameters and prepared statements) are scoped and timed like simple queries.
 #[test]
 fn demo_postgres_endpoint_takes_tokens_as_passwords() -> anyhow::Result<()> {
     let Some(psql) = vendflow_tests::require_program("psql", &[])? else {
@@ -461,8 +461,8 @@ fn demo_postgres_endpoint_takes_tokens_as_passwords() -> anyhow::Result<()> {
     // Answers are bounded.
     let (ok, _, err) = query(&tenant, "SELECT * FROM range(100000000000)")?;
     assert!(!ok && err.contains("larger than"), "{err}");
-    // The extended protocol (parameters, server-side cursors): scoped like simple queries, and
-    // timed over every row it produces.
+    // The extended protocol (parameters, a named prepared statement): scoped like simple
+    // queries, and timed over every row it produces.
     let script = dir.path().join("extended.py");
     std::fs::write(
         &script,
@@ -470,10 +470,7 @@ fn demo_postgres_endpoint_takes_tokens_as_passwords() -> anyhow::Result<()> {
             "import sys, psycopg\n\
              with psycopg.connect(host='127.0.0.1', port={pg}, user='analyst', password=sys.argv[1], dbname='vendflow', autocommit=True) as c:\n\
              \x20   print(c.execute('SELECT count(*) FROM liveness WHERE machine_id <> %s', ('none',)).fetchone()[0])\n\
-             \x20   with c.transaction():\n\
-             \x20       with c.cursor(name='named') as cur:\n\
-             \x20           cur.execute('SELECT count(DISTINCT machine_id) FROM liveness WHERE machine_id <> %s', ('none',))\n\
-             \x20           print(cur.fetchone()[0])\n\
+             \x20   print(c.execute('SELECT count(DISTINCT machine_id) FROM liveness WHERE machine_id <> %s', ('none',), prepare=True).fetchone()[0])\n\
              \x20   c.execute('SET statement_timeout = 500')\n\
              \x20   try:\n\
              \x20       c.execute('SELECT sum(value) FROM range(%s)', (100000000000,))\n\
