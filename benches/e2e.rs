@@ -12,7 +12,7 @@
 //! Freshness is only meaningful with `--rate`: replaying flat out, batches queue in front of the
 //! dataflow and freshness measures the queue. At the target fleet's rate (50 K machines: about
 //! 1,700 heartbeats/s plus sales) use `--rate 2000`.
-//! The workload is generated once by `../shared/bench/gen_workload.py` into
+//! The workload is generated once by `benches/workload/gen_workload.py` into
 //! `target/bench-data/` (needs `python3`). Each copy of `--repeat` is shifted one day later in
 //! event time with fresh transaction ids, so the same 50 K machines keep going for ten days and
 //! every horizon gets to expire: peak RSS shows whether state is bounded.
@@ -69,7 +69,7 @@ fn workload(events: u64) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(&dir)?;
     let path = dir.join(format!("workload-{events}.jsonl"));
     if !path.exists() {
-        let script = root.join("../shared/bench/gen_workload.py");
+        let script = root.join("benches/workload/gen_workload.py");
         eprintln!("generating {} with {}", path.display(), script.display());
         let status = Command::new("python3")
             .arg(&script)

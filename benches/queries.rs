@@ -250,7 +250,7 @@ const DAY: &str = "2023-11-14";
 /// A sale kept for re-delivery: machine, slot, cents, transaction id.
 type Sale = (u64, u64, u64, u64);
 
-/// The benchmark workload's mix (`shared/bench/gen_workload.py`: 80 % heartbeats, 20 % sales,
+/// The benchmark workload's mix (`benches/workload/gen_workload.py`: 80 % heartbeats, 20 % sales,
 /// 1 % of sales re-delivered later) spread over one day of event time, as JSON Lines.
 fn day_line(i: usize, n: usize, rng: &mut u64, recent: &mut Vec<Sale>) -> String {
     let mut next = || {

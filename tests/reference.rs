@@ -1,6 +1,6 @@
 //! `vendflow replay` on the shared benchmark workload equals DuckDB's batch answer, row for row:
 //! revenue per machine over distinct transactions, sales per (machine, slot), and the maximum
-//! temperature per machine and 5-minute window (`../shared/bench/reference.py`).
+//! temperature per machine and 5-minute window (`benches/workload/reference.py`).
 //!
 //! The workload here is 60,000 events (seconds to run); `VENDFLOW_REFERENCE_EVENTS=1000000`
 //! runs the full size.
@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 
 use anyhow::Context;
-use vendflow_tests::{Table, fixed, python_with_duckdb, run_python, shared, vendflow};
+use vendflow_tests::{Table, fixed, python_with_duckdb, run_python, vendflow, workload_scripts};
 
 fn diff<K: Ord + Debug, V: PartialEq + Debug>(
     what: &str,
@@ -59,7 +59,7 @@ fn compare() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let workload = dir.path().join("workload.jsonl");
     let (reference, ours) = (dir.path().join("reference"), dir.path().join("ours"));
-    let bench = shared().join("bench");
+    let bench = workload_scripts();
     run_python(
         &python,
         &[&bench.join("gen_workload.py"), events.as_ref(), &workload],

@@ -19,9 +19,10 @@ pub fn root() -> PathBuf {
         .unwrap_or_default()
 }
 
-/// `../shared` beside the checkout (the benchmark workload scripts live there).
-pub fn shared() -> PathBuf {
-    root().join("..").join("shared")
+/// The benchmark workload's generator and DuckDB reference (`benches/workload/`, kept in the
+/// repository so no test reads files outside it).
+pub fn workload_scripts() -> PathBuf {
+    root().join("benches").join("workload")
 }
 
 /// The `vendflow` binary of this build.

@@ -344,7 +344,9 @@ impl ViewStore {
     /// Subscribes to a view: the first change holds the current rows, then one change per publication.
     pub fn subscribe(&self, name: &str) -> Result<Subscription, StoreError> {
         let (view, _) = find(name).ok_or_else(|| unknown(name))?;
-        let (tx, rx) = futures::channel::mpsc::channel(SUBSCRIBER_BUFFER);
+        // A futures channel holds its buffer plus one message per sender, and the snapshot is
+        // held aside: SUBSCRIBER_BUFFER in all.
+        let (tx, rx) = futures::channel::mpsc::channel(SUBSCRIBER_BUFFER.saturating_sub(2));
         let lagged = Arc::new(std::sync::atomic::AtomicBool::new(false));
         {
             // The write lock only to register: publications go on while the snapshot is taken.
