@@ -305,14 +305,15 @@ struct TlsArgs {
     tls_key: Option<PathBuf>,
 }
 
+/// (certificate, key) PEM files, and the Postgres endpoint's acceptor for them.
+type Tls = (
+    Option<(PathBuf, PathBuf)>,
+    Option<vendflow_queries::pg::TlsAcceptor>,
+);
+
 impl TlsArgs {
     /// (certificate, key) when given, and the Postgres endpoint's acceptor for them.
-    fn open(
-        self,
-    ) -> anyhow::Result<(
-        Option<(PathBuf, PathBuf)>,
-        Option<vendflow_queries::pg::TlsAcceptor>,
-    )> {
+    fn open(self) -> anyhow::Result<Tls> {
         let pair = self.tls_cert.zip(self.tls_key);
         let acceptor = pair
             .as_ref()
