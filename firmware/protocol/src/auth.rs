@@ -44,6 +44,19 @@ type HmacSha256 = Hmac<Sha256>;
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct SecretHash(pub [u8; 32]);
 
+/// 64 hex digits as 32 bytes; `what` names the field in the error.
+fn hex32(text: &str, what: &str) -> Result<[u8; 32], AuthError> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(text, &mut out)
+        .map_err(|e| AuthError::Malformed(format!("{what} is not 64 hex digits: {e}")))?;
+    Ok(out)
+}
+
+/// Equality of two 32-byte values in constant time.
+fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// A machine's signing key, derived from its secret (the machine side; never stored by the
 /// platform).
 #[derive(Clone)]
@@ -93,9 +106,7 @@ impl PublicKey {
     }
 
     pub fn from_hex(text: &str) -> Result<PublicKey, AuthError> {
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(text, &mut out)
-            .map_err(|e| AuthError::Malformed(format!("public key is not 64 hex digits: {e}")))?;
+        let out = hex32(text, "public key")?;
         VerifyingKey::from_bytes(&out)
             .map_err(|_| AuthError::Malformed("public key is not an Ed25519 point".into()))?;
         Ok(PublicKey(out))
@@ -103,12 +114,7 @@ impl PublicKey {
 
     /// Whether `token` (a presented secret) is the secret of this key, compared in constant time.
     pub fn matches(&self, token: &str) -> bool {
-        PublicKey::of_secret(token)
-            .0
-            .iter()
-            .zip(self.0)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+        same(&PublicKey::of_secret(token).0, &self.0)
     }
 
     fn verify(&self, message: &[u8], signature: &[u8; 64]) -> bool {
@@ -145,20 +151,12 @@ impl SecretHash {
     }
 
     pub fn from_hex(text: &str) -> Result<SecretHash, AuthError> {
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(text, &mut out)
-            .map_err(|e| AuthError::Malformed(format!("secret hash is not 64 hex digits: {e}")))?;
-        Ok(SecretHash(out))
+        hex32(text, "secret hash").map(SecretHash)
     }
 
     /// Constant-time check of a presented token (the secret) against this hash.
     pub fn matches(&self, token: &str) -> bool {
-        let presented = SecretHash::of(token).0;
-        presented
-            .iter()
-            .zip(self.0)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+        same(&SecretHash::of(token).0, &self.0)
     }
 }
 
