@@ -234,7 +234,7 @@ struct RunArgs {
     #[arg(long)]
     pg: Option<std::net::SocketAddr>,
     #[command(flatten)]
-    tls: TlsArgs,
+    serve: ServeArgs,
     /// Tokens file (`vendflow token create`): every HTTP request but /health, /metrics and
     /// /api/openapi.json needs one of its tokens.
     #[arg(long, required_unless_present = "insecure_open_api")]
@@ -288,13 +288,13 @@ struct DemoArgs {
     #[arg(long, default_value = "127.0.0.1:5433")]
     pg: std::net::SocketAddr,
     #[command(flatten)]
-    tls: TlsArgs,
+    serve: ServeArgs,
     #[command(flatten)]
     archive: ArchiveArgs,
 }
 
 #[derive(clap::Args)]
-struct TlsArgs {
+struct ServeArgs {
     /// Serve --http as HTTPS and --pg with TLS with this certificate chain (PEM). Logins over
     /// the Postgres protocol then need TLS (`sslmode=require`; psql's default `prefer` uses it),
     /// so tokens never cross the network in clear.
@@ -303,6 +303,10 @@ struct TlsArgs {
     /// The private key of --tls-cert (PEM).
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Requests per second one token may make to the HTTP API (bursts of twice as many); past
+    /// it, 429 with Retry-After.
+    #[arg(long, default_value_t = vendflow_queries::api::limits::Rate::PER_SECOND)]
+    api_rate: u32,
 }
 
 /// (certificate, key) PEM files, and the Postgres endpoint's acceptor for them.
@@ -311,15 +315,29 @@ type Tls = (
     Option<vendflow_queries::pg::TlsAcceptor>,
 );
 
-impl TlsArgs {
+impl ServeArgs {
     /// (certificate, key) when given, and the Postgres endpoint's acceptor for them.
-    fn open(self) -> anyhow::Result<Tls> {
-        let pair = self.tls_cert.zip(self.tls_key);
+    fn tls(&self) -> anyhow::Result<Tls> {
+        let pair = self.tls_cert.clone().zip(self.tls_key.clone());
         let acceptor = pair
             .as_ref()
             .map(|(cert, key)| vendflow_queries::pg::tls(cert, key))
             .transpose()?;
         Ok((pair, acceptor))
+    }
+
+    /// The API's limits: live streams as by default, requests per token as given.
+    fn limits(
+        &self,
+    ) -> (
+        vendflow_queries::api::limits::Streams,
+        vendflow_queries::api::limits::Rate,
+    ) {
+        let rate = self.api_rate.max(1);
+        (
+            vendflow_queries::api::limits::Streams::default(),
+            vendflow_queries::api::limits::Rate::new(rate, rate.saturating_mul(2)),
+        )
     }
 }
 
@@ -832,7 +850,7 @@ fn run_kafka(config: Config, args: RunArgs) -> anyhow::Result<()> {
         status,
         http,
         pg,
-        tls,
+        serve,
         tokens,
         insecure_open_api,
         credentials,
@@ -841,7 +859,8 @@ fn run_kafka(config: Config, args: RunArgs) -> anyhow::Result<()> {
         partitions,
         tick_ms,
     } = args;
-    let (tls, pg_tls) = tls.open()?;
+    let (tls, pg_tls) = serve.tls()?;
+    let (streams, rate) = serve.limits();
     let (brokers, out, status_file) = (kafka.as_str(), out.as_deref(), status.as_deref());
     let stop = stop_flag()?;
     let archive_args = archive;
@@ -898,7 +917,8 @@ fn run_kafka(config: Config, args: RunArgs) -> anyhow::Result<()> {
         );
         let mut state =
             vendflow_queries::ApiState::new(store.clone(), sql.clone(), registry.clone())
-                .with_health(health);
+                .with_health(health)
+                .with_limits(streams, rate);
         match &tokens {
             Some(tokens) => state = state.with_tokens(tokens.clone()),
             None => eprintln!(
@@ -1175,10 +1195,11 @@ fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
         mqtt_port,
         http,
         pg,
-        tls,
+        serve,
         archive,
     } = args;
-    let (tls, pg_tls) = tls.open()?;
+    let (tls, pg_tls) = serve.tls()?;
+    let (streams, rate) = serve.limits();
     let scheme = if tls.is_some() { "https" } else { "http" };
     if machines == 0 || speed <= 0.0 {
         bail!("--machines and --speed must be positive");
@@ -1271,6 +1292,7 @@ fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
     };
     let state = vendflow_queries::ApiState::new(store.clone(), sql.clone(), registry.clone())
         .with_health(health)
+        .with_limits(streams, rate)
         .with_tokens(tokens.clone())
         .with_secrets({
             let credentials = credentials.clone();
