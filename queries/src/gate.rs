@@ -24,7 +24,8 @@ use datafusion::sql::sqlparser::parser::Parser;
 
 use crate::sql::QueryError;
 
-const READ_ONLY: &str = "vendflow SQL is read-only: only queries (SELECT, WITH … SELECT, VALUES, EXPLAIN), cursors over them and session settings are allowed; DDL, DML, SELECT … INTO, COPY and CREATE EXTERNAL TABLE are refused";
+/// The refusal of anything that is not read-only, wherever it is caught.
+pub(crate) const READ_ONLY: &str = "vendflow SQL is read-only: only queries (SELECT, WITH … SELECT, VALUES, EXPLAIN), cursors over them and session settings are allowed; DDL, DML, SELECT … INTO, COPY and CREATE EXTERNAL TABLE are refused";
 
 /// The longest SQL text the gate parses (a longer one is refused unread).
 pub const MAX_SQL_BYTES: usize = 256 << 10;

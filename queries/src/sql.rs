@@ -119,7 +119,6 @@ pub enum QueryError {
     Failed(String),
 }
 
-const READ_ONLY: &str = "vendflow SQL is read-only: only SELECT (and WITH … SELECT, VALUES, EXPLAIN) queries are allowed; DDL, DML, COPY, CREATE EXTERNAL TABLE and SET are refused";
 const QUERIES_ONLY: &str = "POST /sql takes one query (SELECT, WITH … SELECT, VALUES or EXPLAIN); cursors and session settings are for Postgres sessions";
 
 /// Whose rows a query sees.
@@ -413,17 +412,11 @@ impl Sql {
         statement: &Statement,
         timeout: Option<Duration>,
     ) -> Result<Answer, QueryError> {
-        let started = std::time::Instant::now();
-        let limit = self.timeout(timeout);
-        let result = tokio::time::timeout(limit, async {
+        self.timed(timeout, async {
             let plan = self.plan(statement).await?;
             self.execute(caller, plan).await
         })
         .await
-        .map_err(|_| QueryError::Timeout(limit))
-        .and_then(|r| r);
-        self.latency.record(started.elapsed(), result.is_ok());
-        result
     }
 
     /// Runs a plan made by [`Sql::plan`] (its parameters bound) for `caller`: the one place
@@ -434,9 +427,18 @@ impl Sql {
         plan: LogicalPlan,
         timeout: Option<Duration>,
     ) -> Result<Answer, QueryError> {
+        self.timed(timeout, self.execute(caller, plan)).await
+    }
+
+    /// `work` within the time limit (the session's, when shorter), its latency recorded.
+    async fn timed(
+        &self,
+        timeout: Option<Duration>,
+        work: impl std::future::Future<Output = Result<Answer, QueryError>>,
+    ) -> Result<Answer, QueryError> {
         let started = std::time::Instant::now();
         let limit = self.timeout(timeout);
-        let result = tokio::time::timeout(limit, self.execute(caller, plan))
+        let result = tokio::time::timeout(limit, work)
             .await
             .map_err(|_| QueryError::Timeout(limit))
             .and_then(|r| r);
@@ -484,7 +486,7 @@ impl Sql {
             .with_allow_dml(false)
             .with_allow_statements(false)
             .verify_plan(&plan)
-            .map_err(|_| QueryError::Refused(READ_ONLY.into()))?;
+            .map_err(|_| QueryError::Refused(gate::READ_ONLY.into()))?;
         if let Scope::Tenant(_) = caller.scope
             && let Some(table) = archive_tables(&plan).first()
         {
