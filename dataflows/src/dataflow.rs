@@ -62,9 +62,17 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
     let lease_events = leases::render_events(registry.clone());
     let liveness = liveness::render(events.clone(), registry, config);
     let stockout = stockout::render(events, sales.accepted, levels.clone(), clock, config);
+    let status = liveness.clone().flat_map(|o| match o {
+        liveness::Out::Status(m, s) => Some((m, s)),
+        liveness::Out::Row(_) => None,
+    });
+    let liveness = liveness.flat_map(|o| match o {
+        liveness::Out::Row(l) => Some(l),
+        liveness::Out::Status(..) => None,
+    });
     let facts = health::facts(
         windows.latest,
-        liveness.clone(),
+        status,
         levels.clone(),
         stockout.restock_needed.clone().map(|(m, _, _)| m),
     );

@@ -18,9 +18,10 @@ use serde::{Deserialize, Serialize};
 use vendflow_protocol::{MachineId, Timestamp};
 
 use crate::anomaly_windows::Level;
+use crate::fold::KeyedFold;
 use crate::inventory;
-use crate::liveness::{Liveness, Status};
-use crate::operators::Time;
+use crate::liveness::Status;
+use crate::operators::{Time, hash_of};
 use crate::row::{ColumnType::*, Row, Value, col};
 use crate::views::ViewDef;
 
@@ -140,12 +141,12 @@ pub fn score(machine_id: MachineId, facts: &[(Fact, i64)]) -> Health {
 
 pub fn facts<'s>(
     latest_window: VecCollection<'s, Time, (MachineId, Timestamp, [Level; 5])>,
-    liveness: VecCollection<'s, Time, Liveness>,
+    status: VecCollection<'s, Time, (MachineId, Status)>,
     levels: VecCollection<'s, Time, inventory::Level>,
     restock: VecCollection<'s, Time, MachineId>,
 ) -> VecCollection<'s, Time, (MachineId, Fact)> {
     let windows = latest_window.map(|(m, start, levels)| (m, Fact::Window(start, levels)));
-    let status = liveness.map(|l| (l.machine_id, Fact::Status(l.status)));
+    let status = status.map(|(m, s)| (m, Fact::Status(s)));
     let stock = levels.flat_map(|l| {
         let fact = if l.sold_out() {
             Some(Fact::SoldOut)
@@ -160,18 +161,32 @@ pub fn facts<'s>(
     windows.concat(status).concat(stock).concat(restock)
 }
 
+/// Each machine's facts (a sorted multiset), scored in ingestion-time order: a change that does
+/// not move the score or the reasons publishes nothing.
 pub fn render<'s>(
     facts: VecCollection<'s, Time, (MachineId, Fact)>,
 ) -> VecCollection<'s, Time, Health> {
-    facts
-        .reduce_named("Health: score", |m, input, output| {
-            let facts: Vec<(Fact, i64)> = input
-                .iter()
-                .map(|(f, c)| ((*f).clone(), *c as i64))
-                .collect();
-            output.push((score(m.clone(), &facts), 1isize));
-        })
-        .map(|(_m, h)| h)
+    facts.fold_by_key(
+        "Health",
+        hash_of::<MachineId>,
+        |_m, state: &mut Vec<(Fact, i64)>, fact, diff, _ctx| match state
+            .binary_search_by(|(f, _)| f.cmp(&fact))
+        {
+            Ok(i) => {
+                state[i].1 += diff as i64;
+                if state[i].1 == 0 {
+                    state.remove(i);
+                }
+            }
+            Err(i) => state.insert(i, (fact, diff as i64)),
+        },
+        |_, _, _| {},
+        |m, state, out| {
+            if !state.is_empty() {
+                out.push(score(m.clone(), state));
+            }
+        },
+    )
 }
 
 pub fn row(h: Health) -> Row {

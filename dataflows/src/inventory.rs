@@ -13,11 +13,11 @@
 //! record per slot; an explicit event count in the diff keeps a slot at 0 units visible.
 
 use differential_dataflow::VecCollection;
-use differential_dataflow::operators::CountTotal;
 use vendflow_protocol::{Event, EventKind, MachineId, RegistryRecord};
 
 use crate::config::Config;
-use crate::operators::Time;
+use crate::fold::KeyedFold;
+use crate::operators::{Time, hash_of};
 use crate::row::{ColumnType::*, Row, Value, col, null};
 use crate::sales::SaleLine;
 use crate::views::ViewDef;
@@ -90,51 +90,86 @@ pub fn planogram(record: &RegistryRecord, config: &Config) -> Vec<((MachineId, u
     }
 }
 
+/// What changes a slot: its plan (from the registry, retractable) or a change of units.
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+enum Change {
+    Plan(Plan),
+    Units(i64),
+}
+
+/// One slot: units and the number of changes that made them (so that a slot at 0 units stays
+/// visible), and its plans (a multiset: the registry can retract and replace one).
+#[derive(Default, PartialEq)]
+struct Slot {
+    units: i64,
+    changes: i64,
+    plans: Vec<(Plan, isize)>,
+}
+
+/// Slot levels folded per slot: a fill to capacity when the slot is planned, a restock's units,
+/// an accepted sale line's quantity; published with the slot's plan (one row per plan, as a
+/// join would), or without one if the slot is not planned.
 pub fn render<'s>(
     events: VecCollection<'s, Time, Event>,
     accepted: VecCollection<'s, Time, SaleLine>,
     plans: VecCollection<'s, Time, ((MachineId, u32), Plan)>,
 ) -> VecCollection<'s, Time, Level> {
-    // (units, events): the event count keeps an empty slot from vanishing.
-    let fills = plans
-        .clone()
-        .explode(|(k, p)| Some((k, (p.capacity as isize, 1isize))));
-    let restocks = events.explode(|e| match &e.kind {
+    let plans = plans.map(|(k, p)| (k, Change::Plan(p)));
+    let restocks = events.flat_map(|e| match &e.kind {
         EventKind::Restock(r) => Some((
             (e.machine_id.clone(), r.slot_number),
-            (r.quantity as isize, 1isize),
+            Change::Units(i64::from(r.quantity)),
         )),
         _ => None,
     });
-    let sold = accepted.explode(|l| {
-        Some((
+    let sold = accepted.map(|l| {
+        (
             (l.machine_id, l.slot_number),
-            (-(l.quantity as isize), 1isize),
-        ))
+            Change::Units(-i64::from(l.quantity)),
+        )
     });
-    let levels = fills
-        .concat(restocks)
-        .concat(sold)
-        .count_total()
-        .map(|(k, (units, _events))| (k, units as i64));
-
-    let planned = levels
-        .clone()
-        .join_map(plans.clone(), |(m, s), units, plan| Level {
-            machine_id: m.clone(),
-            slot_number: *s,
-            plan: Some(plan.clone()),
-            units: *units,
-        });
-    let unplanned = levels
-        .antijoin(plans.map(|(k, _)| k).distinct())
-        .map(|((m, s), units)| Level {
-            machine_id: m,
-            slot_number: s,
-            plan: None,
-            units,
-        });
-    planned.concat(unplanned)
+    plans.concat(restocks).concat(sold).fold_by_key_lean(
+        "Inventory",
+        |k: &(MachineId, u32)| hash_of(&k.0),
+        |_k, slot: &mut Slot, change, diff, _ctx| match change {
+            Change::Units(u) => {
+                slot.units += u * diff as i64;
+                slot.changes += diff as i64;
+            }
+            Change::Plan(p) => {
+                slot.units += i64::from(p.capacity) * diff as i64;
+                slot.changes += diff as i64;
+                match slot.plans.iter_mut().find(|(x, _)| *x == p) {
+                    Some((_, c)) => *c += diff,
+                    None => slot.plans.push((p, diff)),
+                }
+                slot.plans.retain(|(_, c)| *c != 0);
+            }
+        },
+        |_, _, _| {},
+        |(m, s), slot, out| {
+            if slot.units == 0 && slot.changes == 0 {
+                return;
+            }
+            let level = |plan| Level {
+                machine_id: m.clone(),
+                slot_number: *s,
+                plan,
+                units: slot.units,
+            };
+            let planned: Vec<&(Plan, isize)> = slot.plans.iter().filter(|(_, c)| *c > 0).collect();
+            if planned.is_empty() {
+                out.push(level(None));
+            }
+            for (plan, count) in planned {
+                for _ in 0..*count {
+                    out.push(level(Some(plan.clone())));
+                }
+            }
+        },
+    )
 }
 
 pub fn row(l: Level) -> Row {

@@ -22,6 +22,7 @@
 //! - [`errors`]: refused records, their counts, and too-late events.
 //! - [`summary`]: the fleet's headline numbers from one snapshot.
 //! - `operators`: the temporal filter and the keyed in-time-order operator.
+//! - `fold`: per-key state folded in time order with timers (most views are built on it).
 
 pub mod anomaly_windows;
 pub mod commands;
@@ -29,6 +30,7 @@ pub mod config;
 mod dataflow;
 pub mod engine;
 pub mod errors;
+mod fold;
 pub mod health;
 pub mod inventory;
 pub mod leases;

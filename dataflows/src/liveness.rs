@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 use vendflow_protocol::{Event, EventKind, MachineId, MachineStatus, RegistryRecord, Timestamp};
 
 use crate::config::Config;
-use crate::operators::{FastMap, Keyed, Temporal, Time, as_time, hash_of};
+use crate::fold::KeyedFold;
+use crate::operators::{Time, as_time, hash_of};
 use crate::row::{ColumnType::*, Row, Value, col, null};
 use crate::views::ViewDef;
 
@@ -59,8 +60,7 @@ pub struct Liveness {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum Fact {
     Registered(MachineStatus),
-    LastHeartbeat(Timestamp),
-    Online,
+    Heartbeat(Timestamp),
 }
 
 /// The status rule, shared with the oracle.
@@ -73,73 +73,97 @@ pub fn status(registered: Option<MachineStatus>, online: bool) -> Status {
     }
 }
 
+/// One machine: its registry statuses (a multiset: the registry can retract), its latest
+/// heartbeat, whether that heartbeat is recent, and the one timer it has pending.
+#[derive(Default, PartialEq)]
+struct State {
+    registered: Vec<(MachineStatus, isize)>,
+    last: Option<Timestamp>,
+    online: bool,
+    timer: Option<Time>,
+}
+
+/// What the liveness operator publishes: the view's row, and the status alone (for health,
+/// which must not hear about every heartbeat, only about status changes).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Out {
+    Row(Liveness),
+    Status(MachineId, Status),
+}
+
+/// Liveness per machine, folded in ingestion-time order. A heartbeat moves the machine's last
+/// heartbeat (and its row); the machine goes offline when ingestion time reaches
+/// `last + offline_after`, by a timer the machine holds at most one of.
 pub fn render<'s>(
     events: VecCollection<'s, Time, Event>,
     registry: VecCollection<'s, Time, RegistryRecord>,
     config: &Config,
-) -> VecCollection<'s, Time, Liveness> {
+) -> VecCollection<'s, Time, Out> {
     let offline_after = config.offline_after_ms;
-    let latest = events
-        .flat_map(|e| {
-            matches!(e.kind, EventKind::Heartbeat(_)).then_some((e.machine_id, e.timestamp))
-        })
-        .keyed_in_time_order(
-            "Liveness: latest heartbeat",
-            |(m, _): &(MachineId, Timestamp)| hash_of(m),
-            FastMap::<MachineId, Timestamp>::default(),
-            |latest, (m, ts), diff, out| {
-                if diff <= 0 {
-                    return;
-                }
-                match latest.get(&m) {
-                    Some(old) if *old >= ts => {}
-                    old => {
-                        if let Some(old) = old {
-                            out.give((m.clone(), *old), -1);
-                        }
-                        latest.insert(m.clone(), ts);
-                        out.give((m, ts), 1);
-                    }
-                }
-            },
-            |_, _| {},
-        );
-    let online = latest
-        .clone()
-        .retain_between(move |(_, ts): &(MachineId, Timestamp)| (0, as_time(ts.0 + offline_after)))
-        .0
-        .map(|(m, _)| (m, Fact::Online));
+    let deadline = move |last: Timestamp| as_time(last.0.saturating_add(offline_after));
+    let heartbeats = events.flat_map(|e| {
+        matches!(e.kind, EventKind::Heartbeat(_))
+            .then_some((e.machine_id, Fact::Heartbeat(e.timestamp)))
+    });
     let registered = registry.flat_map(|r| match r {
         RegistryRecord::Machine(m) => Some((m.machine_id, Fact::Registered(m.status))),
         _ => None,
     });
-    latest
-        .map(|(m, ts)| (m, Fact::LastHeartbeat(ts)))
-        .concat(online)
-        .concat(registered)
-        .reduce_named("Liveness: reduce", |m, facts, output| {
-            let mut reg = None;
-            let mut last = None;
-            let mut online = false;
-            for (fact, count) in facts {
-                if *count <= 0 {
-                    continue;
+    heartbeats.concat(registered).fold_by_key(
+        "Liveness",
+        hash_of::<MachineId>,
+        move |_m, state: &mut State, fact, diff, ctx| match fact {
+            Fact::Registered(s) => {
+                match state.registered.iter_mut().find(|(x, _)| *x == s) {
+                    Some((_, c)) => *c += diff,
+                    None => state.registered.push((s, diff)),
                 }
-                match fact {
-                    Fact::Registered(s) => reg = Some(*s),
-                    Fact::LastHeartbeat(ts) => last = last.max(Some(*ts)),
-                    Fact::Online => online = true,
+                state.registered.retain(|(_, c)| *c != 0);
+            }
+            Fact::Heartbeat(ts) => {
+                if diff <= 0 || state.last.is_some_and(|l| l >= ts) {
+                    return;
+                }
+                state.last = Some(ts);
+                let until = deadline(ts);
+                state.online = until > ctx.now();
+                if state.online && state.timer.is_none() {
+                    state.timer = Some(until);
+                    ctx.wake_at(until);
                 }
             }
-            let live = Liveness {
-                machine_id: m.clone(),
-                last_heartbeat: last,
-                status: status(reg, online),
-                registered: reg.is_some(),
+        },
+        move |_m, state, ctx| {
+            state.timer = None;
+            let Some(until) = state.last.map(deadline) else {
+                return;
             };
-            output.push((live, 1isize));
-        })
-        .map(|(_m, l)| l)
+            state.online = until > ctx.now();
+            if state.online {
+                state.timer = Some(until);
+                ctx.wake_at(until);
+            }
+        },
+        |m, state, out| {
+            let reg = state
+                .registered
+                .iter()
+                .filter(|(_, c)| *c > 0)
+                .map(|(s, _)| *s)
+                .max();
+            if reg.is_none() && state.last.is_none() {
+                return;
+            }
+            let status = status(reg, state.online);
+            out.push(Out::Row(Liveness {
+                machine_id: m.clone(),
+                last_heartbeat: state.last,
+                status,
+                registered: reg.is_some(),
+            }));
+            out.push(Out::Status(m.clone(), status));
+        },
+    )
 }
 
 pub fn row(l: Liveness) -> Row {

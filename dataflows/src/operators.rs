@@ -80,17 +80,6 @@ impl<'s, D: Data, R: Abelian + Data> Temporal<'s, D, R> for VecCollection<'s, Ti
     }
 }
 
-/// Turns a collection whose diffs are aggregates into one counting records, with `count`
-/// saying how many records an aggregate diff stands for (late records are counted, not summed).
-pub fn count_records<'s, D: Data, R: Data>(
-    c: VecCollection<'s, Time, D, R>,
-    count: impl Fn(&R) -> isize + 'static,
-) -> VecCollection<'s, Time, D, isize> {
-    c.inner
-        .map::<Vec<_>, _, _>(move |(d, t, r): (D, Time, R)| (d, t, count(&r)))
-        .as_collection()
-}
-
 /// Keys that each stay until their own expiry time: the state of a keyed operator with a horizon
 /// (dedup fingerprints, first sightings).
 pub struct ExpiringSet<K> {
@@ -210,9 +199,6 @@ impl<'s, D: Data, R: Semigroup + Data> HoldFuture<'s, D, R> for VecCollection<'s
     }
 }
 
-/// Updates of one time, waiting for the frontier, with the capability to answer at that time.
-type Pending<D> = (Capability<Time>, Vec<(D, isize)>);
-
 /// What `keyed_in_time_order` hands the logic for each input record.
 pub struct Emit<'a, O> {
     time: Time,
@@ -309,8 +295,11 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
                 name,
                 move |_cap, _info| {
                     // Updates wait here, by their own time, until the frontier passes that time;
-                    // each entry holds a capability so the output can still be sent at that time.
-                    let mut pending: BTreeMap<Time, Pending<D>> = BTreeMap::new();
+                    // wake-ups are times without records. One capability is held, at the
+                    // earliest pending time, and everything one activation produces goes out in
+                    // one message at it (records carry their own times).
+                    let mut pending: BTreeMap<Time, Vec<(D, isize)>> = BTreeMap::new();
+                    let mut hold: Option<Capability<Time>> = None;
                     let mut out: Vec<(O, Time, isize)> = Vec::new();
                     let mut wake: Vec<Time> = Vec::new();
                     let mut last_frontier: Option<Time> = None;
@@ -318,10 +307,10 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
                         input.for_each_stamp(|cap, data| {
                             for container in data {
                                 for (d, t, r) in container.drain(..) {
-                                    let entry = pending.entry(t).or_insert_with(|| {
-                                        (cap.delayed(&t, output.output_index()), Vec::new())
-                                    });
-                                    entry.1.push((d, r));
+                                    if hold.as_ref().is_none_or(|h| *h.time() > t) {
+                                        hold = Some(cap.delayed(&t, output.output_index()));
+                                    }
+                                    pending.entry(t).or_default().push((d, r));
                                 }
                             }
                         });
@@ -330,7 +319,7 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
                             if frontier.less_equal(entry.key()) {
                                 break;
                             }
-                            let (time, (cap, mut records)) = entry.remove_entry();
+                            let (time, mut records) = entry.remove_entry();
                             records.sort();
                             let mut emit = Emit {
                                 time,
@@ -338,13 +327,18 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
                                 wake: &mut wake,
                             };
                             logic(&mut state, &mut records, &mut emit);
-                            if !out.is_empty() {
-                                output.session(&cap).give_iterator(out.drain(..));
-                            }
-                            // Wake-ups are pending times without records, holding a capability.
                             for t in wake.drain(..) {
-                                pending.entry(t).or_insert_with(|| (cap.delayed(&t), Vec::new()));
+                                pending.entry(t).or_default();
                             }
+                        }
+                        if !out.is_empty()
+                            && let Some(h) = hold.as_ref()
+                        {
+                            output.session(h).give_iterator(out.drain(..));
+                        }
+                        match (pending.keys().next(), hold.as_mut()) {
+                            (Some(t), Some(h)) => h.downgrade(t),
+                            _ => hold = None,
                         }
                         let now = frontier.first().copied().unwrap_or(Time::MAX);
                         if last_frontier != Some(now) {

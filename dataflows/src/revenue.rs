@@ -16,13 +16,16 @@
 //! the old total is retracted and the corrected one published. Totals are kept in the diff field
 //! (`explode` + `count_total`), so state is one record per (machine, day), not per sale.
 
-use differential_dataflow::VecCollection;
-use differential_dataflow::operators::CountTotal;
+use std::collections::BTreeMap;
+
+use differential_dataflow::{AsCollection, VecCollection};
+use timely::dataflow::operators::core::Map;
 use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR};
 use vendflow_protocol::{Cents, MachineId, Timestamp};
 
 use crate::config::Config;
-use crate::operators::{Temporal, Time, as_time, count_records, hash_of};
+use crate::fold::{Ctx, KeyedFold, Summed, sum_by_key, totals};
+use crate::operators::{Time, as_time, hash_of};
 use crate::row::{ColumnType::*, Row, Value, col};
 use crate::sales::SaleLine;
 use crate::views::ViewDef;
@@ -108,7 +111,7 @@ pub struct Revenue<'s> {
     pub too_late: VecCollection<'s, Time, (MachineId, i64)>,
 }
 
-pub fn totals(line: &SaleLine) -> Totals {
+pub fn totals_of(line: &SaleLine) -> Totals {
     (line.amount.0 as isize, line.quantity as isize, 1)
 }
 
@@ -120,70 +123,93 @@ pub fn render<'s>(
     config: &Config,
 ) -> Revenue<'s> {
     let retention = config.revenue_retention_days * MS_PER_DAY;
-    let slot_sales = accepted
-        .clone()
-        .explode(|l| Some(((l.machine_id.clone(), l.slot_number), totals(&l))))
-        .count_total();
+    let by_machine = |k: &(MachineId, i64)| hash_of(&k.0);
+    let today = |day: i64| (as_time(day * MS_PER_DAY), as_time((day + 1) * MS_PER_DAY));
 
-    // Explode to (machine, day) totals before the temporal filter: the retractions it schedules
-    // then merge per machine-day instead of one per sale line.
-    let (live, late) = accepted
+    let slot_sales = totals(sum_by_key(
+        accepted
+            .clone()
+            .map(|l| ((l.machine_id.clone(), l.slot_number), totals_of(&l))),
+        "Revenue: slot sales",
+        |k: &(MachineId, u32)| hash_of(&k.0),
+        |_| (0, Time::MAX),
+    ));
+
+    // Per machine and day, live until the day is `retention` old; later lines are too late.
+    let daily = sum_by_key(
+        accepted
+            .clone()
+            .map(|l| ((l.machine_id.clone(), l.timestamp.day()), totals_of(&l))),
+        "Revenue: machine daily",
+        by_machine,
+        move |(_, day): &(MachineId, i64)| (0, as_time((day + 1) * MS_PER_DAY + retention)),
+    );
+    let too_late = daily
         .clone()
-        .explode(|l| Some(((l.machine_id.clone(), l.timestamp.day()), totals(&l))))
-        .retain_between(move |(_, day): &(MachineId, i64)| {
-            (0, as_time((day + 1) * MS_PER_DAY + retention))
-        });
-    let machine_daily = live.count_total();
-    let too_late = count_records(late, |totals: &Totals| totals.2);
+        .inner
+        .flat_map::<Vec<_>, _, _>(|(s, t, r)| match s {
+            Summed::Late(key, totals) => Some((key, t, r * totals.2)),
+            Summed::Total(..) => None,
+        })
+        .as_collection();
+    let machine_daily = totals(daily);
 
     let location_daily = by_location(machine_daily.clone(), machine_location.clone());
 
-    // Today's hours only: per machine first (one retraction per machine-hour at midnight, not
-    // one per line), then per location.
-    let machine_hourly = accepted
-        .explode(|l| {
+    // Today's hours only: per machine first, then per location.
+    let machine_hourly = totals(sum_by_key(
+        accepted.clone().map(|l| {
             let hour = l.timestamp.0.div_euclid(MS_PER_HOUR) * MS_PER_HOUR;
-            Some(((l.machine_id.clone(), hour), totals(&l)))
-        })
-        .retain_between(|(_, hour): &(MachineId, i64)| {
-            let day = hour.div_euclid(MS_PER_DAY);
-            (as_time(day * MS_PER_DAY), as_time((day + 1) * MS_PER_DAY))
-        })
-        .0
-        .count_total();
+            ((l.machine_id.clone(), hour), totals_of(&l))
+        }),
+        "Revenue: machine hourly",
+        by_machine,
+        move |(_, hour): &(MachineId, i64)| today(hour.div_euclid(MS_PER_DAY)),
+    ));
     let location_hourly = by_location(machine_hourly, machine_location);
 
-    let fleet_today = machine_daily
-        .clone()
-        .explode(|((_m, day), t)| Some((day, t)))
-        .count_total()
-        .retain_between(|(day, _)| (as_time(day * MS_PER_DAY), as_time((day + 1) * MS_PER_DAY)))
-        .0;
+    // The day the ingestion clock is in: a line of that day is never too late for the machine
+    // totals above, so summing the lines directly equals summing those totals.
+    let fleet_today = totals(sum_by_key(
+        accepted.clone().map(|l| (l.timestamp.day(), totals_of(&l))),
+        "Revenue: fleet today",
+        |day: &i64| *day as u64,
+        move |day: &i64| today(*day),
+    ));
+    let machine_today = totals(sum_by_key(
+        accepted.map(|l| ((l.machine_id.clone(), l.timestamp.day()), totals_of(&l))),
+        "Revenue: machine today",
+        by_machine,
+        move |(_, day): &(MachineId, i64)| today(*day),
+    ));
 
-    // Top machines today in two rounds, so that no single reduce re-sorts the whole fleet on
-    // every change: first the top 10 of each of 16 groups, then the top 10 of those.
-    let today = machine_daily
-        .clone()
-        .retain_between(|((_m, day), _)| {
-            (as_time(day * MS_PER_DAY), as_time((day + 1) * MS_PER_DAY))
-        })
-        .0
-        .map(|((m, _day), (cents, _, _))| (-(cents as i64), m));
-    let top_today = today
-        .map(|(neg, m)| (hash_of(&m) % 16, (neg, m)))
-        .reduce_named("Revenue: top per group", |_g, input, output| {
-            for ((neg, m), _) in input.iter().filter(|(_, c)| *c > 0).take(TOP) {
-                output.push(((*neg, (*m).clone()), 1isize));
-            }
-        })
-        .map(|(_g, v)| ((), v))
-        .reduce_named("Revenue: top of fleet", |_k, input, output| {
-            for (rank, ((neg, m), _)) in input.iter().filter(|(_, c)| *c > 0).take(TOP).enumerate()
-            {
-                output.push(((rank + 1, m.clone(), Cents(-neg)), 1isize));
-            }
-        })
-        .map(|((), row)| row);
+    // Top machines today in two rounds, so that no one operator re-sorts the whole fleet: the
+    // top 10 of each of 16 groups (a sorted multiset per group), then the top 10 of those.
+    let top_today = machine_today
+        .map(|((m, day), (cents, _, _))| ((day, hash_of(&m) % 16), (-(cents as i64), m)))
+        .fold_by_key(
+            "Revenue: top per group",
+            |k: &(i64, u64)| k.1,
+            add_to_multiset,
+            |_, _, _| {},
+            |(day, _), set, out| {
+                out.extend(set.keys().take(TOP).map(|v| (*day, v.clone())));
+            },
+        )
+        .fold_by_key(
+            "Revenue: top of fleet",
+            |day: &i64| *day as u64,
+            add_to_multiset,
+            |_, _, _| {},
+            |_, set, out| {
+                out.extend(
+                    set.keys()
+                        .take(TOP)
+                        .enumerate()
+                        .map(|(rank, (neg, m))| (rank + 1, m.clone(), Cents(-neg))),
+                );
+            },
+        );
 
     Revenue {
         machine_daily,
@@ -196,35 +222,103 @@ pub fn render<'s>(
     }
 }
 
+/// A sorted multiset's update (`BTreeMap` of value → count).
+fn add_to_multiset<K, V: Ord, O>(
+    _key: &K,
+    set: &mut BTreeMap<V, isize>,
+    value: V,
+    diff: isize,
+    _ctx: &mut Ctx<'_, K, O>,
+) {
+    match set.entry(value) {
+        std::collections::btree_map::Entry::Occupied(mut o) => {
+            *o.get_mut() += diff;
+            if *o.get() == 0 {
+                o.remove();
+            }
+        }
+        std::collections::btree_map::Entry::Vacant(v) => {
+            v.insert(diff);
+        }
+    }
+}
+
+/// What the location operator hears per machine: its registered location, or a change of one of
+/// its totals.
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+enum ByMachine {
+    Location(String),
+    Totals(i64, Totals),
+}
+
+/// One machine: its locations (a multiset: the registry can retract and replace) and its live
+/// totals by day or hour.
+#[derive(Default, PartialEq)]
+struct Located {
+    locations: Vec<(String, isize)>,
+    totals: BTreeMap<i64, (Totals, isize)>,
+}
+
 /// Re-keys per-machine totals by the machine's location (`UNASSIGNED` for a machine without
-/// one) and sums them. The machine side is arranged once by machine, for both the located and
-/// the unlocated part (a join and an antijoin would each arrange it).
+/// one) and sums them. One fold per machine holds its location and its totals, so a location
+/// change moves all of them (what a join would do) without arranging every total twice.
 fn by_location<'s>(
     by_machine: VecCollection<'s, Time, ((MachineId, i64), Totals)>,
     machine_location: VecCollection<'s, Time, (MachineId, String)>,
 ) -> VecCollection<'s, Time, ((String, i64), Totals)> {
-    let by_machine = by_machine
-        .map(|((m, key), t)| (m, (key, t)))
-        .arrange_by_key();
-    let located = by_machine.clone().join_core(
-        machine_location.clone().arrange_by_key(),
-        |_m, (key, t), loc| Some(((loc.clone(), *key), *t)),
-    );
-    let with_location = by_machine.clone().join_core(
-        machine_location
-            .map(|(m, _)| m)
-            .distinct()
-            .arrange_by_self(),
-        |m, v, ()| Some((m.clone(), *v)),
-    );
-    let unlocated = by_machine
-        .as_collection(|m, v| (m.clone(), *v))
-        .concat(with_location.negate())
-        .map(|(_m, (key, t))| ((UNASSIGNED.to_owned(), key), t));
-    located
-        .concat(unlocated)
-        .explode(|(k, t)| Some((k, t)))
-        .count_total()
+    let located = by_machine
+        .map(|((m, key), t)| (m, ByMachine::Totals(key, t)))
+        .concat(machine_location.map(|(m, l)| (m, ByMachine::Location(l))))
+        .fold_by_key_lean(
+            "Revenue: by location",
+            hash_of::<MachineId>,
+            |_m, state: &mut Located, change, diff, _ctx| match change {
+                ByMachine::Location(l) => {
+                    match state.locations.iter_mut().find(|(x, _)| *x == l) {
+                        Some((_, c)) => *c += diff,
+                        None => state.locations.push((l, diff)),
+                    }
+                    state.locations.retain(|(_, c)| *c != 0);
+                }
+                ByMachine::Totals(key, t) => {
+                    let entry = state.totals.entry(key).or_default();
+                    if diff > 0 {
+                        entry.0 = t;
+                    }
+                    entry.1 += diff;
+                    if entry.1 == 0 {
+                        state.totals.remove(&key);
+                    }
+                }
+            },
+            |_, _, _| {},
+            |_m, state, out| {
+                let located: Vec<(&String, isize)> = state
+                    .locations
+                    .iter()
+                    .filter(|(_, c)| *c > 0)
+                    .map(|(l, c)| (l, *c))
+                    .collect();
+                for (key, (t, _)) in &state.totals {
+                    if located.is_empty() {
+                        out.push(((UNASSIGNED.to_owned(), *key), *t));
+                    }
+                    for (l, c) in &located {
+                        for _ in 0..*c {
+                            out.push((((*l).clone(), *key), *t));
+                        }
+                    }
+                }
+            },
+        );
+    totals(sum_by_key(
+        located,
+        "Revenue: location sums",
+        |k: &(String, i64)| hash_of(&k.0),
+        |_| (0, Time::MAX),
+    ))
 }
 
 fn totals_cells(t: Totals) -> [Value; 3] {
@@ -310,7 +404,7 @@ mod tests {
                     slots
                         .entry((l.machine_id.clone(), l.slot_number))
                         .or_default(),
-                    totals(l),
+                    totals_of(l),
                 );
                 let until = as_time((l.timestamp.day() + 1) * MS_PER_DAY + retention);
                 if until > now && until > *t {
@@ -318,7 +412,7 @@ mod tests {
                         machine_daily
                             .entry((l.machine_id.clone(), l.timestamp.day()))
                             .or_default(),
-                        totals(l),
+                        totals_of(l),
                     );
                 }
             }
@@ -337,7 +431,7 @@ mod tests {
                         location_hourly
                             .entry((location_of(&l.machine_id), hour))
                             .or_default(),
-                        totals(l),
+                        totals_of(l),
                     );
                 }
             }

@@ -17,13 +17,13 @@
 
 use differential_dataflow::VecCollection;
 use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semigroup};
-use differential_dataflow::operators::CountTotal;
 use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR};
 use vendflow_protocol::{Event, MachineId, Timestamp};
 
 use crate::config::Config;
+use crate::fold::{Additive, KeyedFold, sum_by_key, totals};
 use crate::inventory::Level;
-use crate::operators::{ExpiringSet, Keyed, Temporal, Time, as_time, hash_of};
+use crate::operators::{Time, as_time, hash_of};
 use crate::row::{ColumnType::*, OrdF64, Row, Value, col, null};
 use crate::sales::SaleLine;
 use crate::views::ViewDef;
@@ -128,14 +128,6 @@ pub fn forecast(
 )]
 pub struct ByWeekday(pub [i64; 7]);
 
-impl ByWeekday {
-    fn unit(weekday: u8) -> ByWeekday {
-        let mut w = ByWeekday::default();
-        w.0[usize::from(weekday) % 7] = 1;
-        w
-    }
-}
-
 impl IsZero for ByWeekday {
     fn is_zero(&self) -> bool {
         self.0 == [0; 7]
@@ -160,6 +152,14 @@ impl Abelian for ByWeekday {
         }
     }
 }
+impl Additive for ByWeekday {
+    fn add_times(&mut self, o: &Self, times: isize) {
+        for (a, b) in self.0.iter_mut().zip(o.0) {
+            *a += b * times as i64;
+        }
+    }
+}
+
 impl Multiply<isize> for ByWeekday {
     type Output = ByWeekday;
     fn multiply(self, rhs: &isize) -> ByWeekday {
@@ -181,48 +181,57 @@ pub fn render<'s>(
     config: &Config,
 ) -> Stockout<'s> {
     let window = config.demand_days * MS_PER_DAY;
-    // Each sale line counts its units on its weekday; the temporal filter retracts a day's units
-    // when the day leaves the trailing window, so the per-slot sum *is* the weekday profile.
-    let demand = accepted
-        .explode(|l| {
-            Some((
+    let in_window = move |day: i64| (0, as_time(day * MS_PER_DAY + window));
+    // Units per slot and day while the day is in the trailing window, then each slot's days
+    // summed into its weekday profile.
+    let daily = totals(sum_by_key(
+        accepted.map(|l| {
+            (
                 (l.machine_id, l.slot_number, l.timestamp.day()),
                 l.quantity as isize,
-            ))
-        })
-        .retain_between(move |(_, _, day): &(MachineId, u32, i64)| {
-            (0, as_time(day * MS_PER_DAY + window))
-        })
-        .0
-        // Converted to weekday units only after the filter: what it holds for later is a count
-        // per slot and day, not a seven-wide array.
-        .explode(|(m, s, day)| {
-            Some((
-                (m, s),
-                ByWeekday::unit(Timestamp(day * MS_PER_DAY).weekday()),
-            ))
-        })
-        .count_total();
-    // Distinct days with events per machine: each (machine, day) is passed on at its first
-    // sighting and retracted when the day leaves the window.
-    let days_observed = events
-        .map(|e| (e.machine_id, e.timestamp.day()))
-        .keyed_in_time_order(
+            )
+        }),
+        "Stockout: daily demand",
+        |k: &(MachineId, u32, i64)| hash_of(&k.0),
+        move |(_, _, day): &(MachineId, u32, i64)| in_window(*day),
+    ));
+    let demand = totals(sum_by_key(
+        daily.map(|((m, s, day), units)| {
+            let mut profile = ByWeekday::default();
+            profile.0[usize::from(Timestamp(day * MS_PER_DAY).weekday()) % 7] = units as i64;
+            ((m, s), profile)
+        }),
+        "Stockout: weekday profile",
+        |k: &(MachineId, u32)| hash_of(&k.0),
+        |_| (0, Time::MAX),
+    ));
+    // Distinct days with events per machine in the trailing window: a day is seen from its first
+    // event until it leaves the window (one timer per machine-day).
+    let days = events
+        .map(|e| ((e.machine_id, e.timestamp.day()), ()))
+        .fold_by_key_lean(
             "Stockout: days observed",
-            |(m, _): &(MachineId, i64)| hash_of(m),
-            ExpiringSet::default(),
-            move |seen, (m, day), diff, out| {
-                let expires = as_time(day * MS_PER_DAY + window);
-                if diff > 0 && expires > out.time() && seen.insert((m.clone(), day), expires) {
-                    out.give((m, day), 1);
+            |k: &(MachineId, i64)| hash_of(&k.0),
+            move |(_, day), seen: &mut Option<Time>, (), diff, ctx| {
+                let until = in_window(*day).1;
+                if diff > 0 && seen.is_none() && until > ctx.now() {
+                    *seen = Some(until);
+                    ctx.wake_at(until);
                 }
             },
-            ExpiringSet::expire,
-        )
-        .retain_between(move |(_, day): &(MachineId, i64)| (0, as_time(day * MS_PER_DAY + window)))
-        .0
-        .map(|(m, _)| m)
-        .count_total();
+            |_, seen, _| *seen = None,
+            |key, seen, out| {
+                if seen.is_some() {
+                    out.push((key.clone(), ()));
+                }
+            },
+        );
+    let days_observed = totals(sum_by_key(
+        days.map(|((m, _day), ())| (m, 1isize)),
+        "Stockout: days per machine",
+        hash_of::<MachineId>,
+        |_| (0, Time::MAX),
+    ));
     let planned_units = levels.flat_map(|l| {
         l.plan
             .is_some()

@@ -12,7 +12,6 @@
 //! `SUBSCRIBER_BUFFER` changes behind is cut off with [`SubscriptionEnd::Lagged`] rather than
 //! growing the store's memory.
 
-use std::collections::BTreeMap;
 use std::collections::hash_map::Entry;
 use std::sync::mpsc::{Receiver, Sender, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
@@ -442,8 +441,9 @@ fn run(store: ViewStore, rx: Receiver<Captured>, workers: usize) {
             f
         })
         .collect();
-    let mut pending: Vec<BTreeMap<Time, Vec<(Row, isize)>>> =
-        (0..views).map(|_| BTreeMap::new()).collect();
+    // Per view, the captured messages not yet published, as they came (most of a message is
+    // published at once; sorting updates into times one by one cost more than applying them).
+    let mut pending: Vec<Vec<Updates>> = (0..views).map(|_| Vec::new()).collect();
     let mut published: Time = 0;
     loop {
         let first = match rx.recv() {
@@ -455,8 +455,8 @@ fn run(store: ViewStore, rx: Receiver<Captured>, workers: usize) {
                 frontiers[c.view].update_iter(updates);
             }
             Event::Messages(_stamp, updates) => {
-                for (row, t, d) in updates {
-                    pending[c.view].entry(t).or_default().push((row, d));
+                if !updates.is_empty() {
+                    pending[c.view].push(updates);
                 }
             }
         };
@@ -483,7 +483,7 @@ fn run(store: ViewStore, rx: Receiver<Captured>, workers: usize) {
     store.notify();
 }
 
-fn publish(store: &ViewStore, pending: &mut [BTreeMap<Time, Vec<(Row, isize)>>], frontier: Time) {
+fn publish(store: &ViewStore, pending: &mut [Vec<Updates>], frontier: Time) {
     let mut state = store.write();
     let mut changes: Vec<(usize, Change)> = Vec::new();
     let mut watched = vec![false; pending.len()];
@@ -495,26 +495,35 @@ fn publish(store: &ViewStore, pending: &mut [BTreeMap<Time, Vec<(Row, isize)>>],
         // Views nobody subscribes to take their updates straight into the rows; for the others
         // the net change of this publication is collected too.
         let mut net: FastMap<Row, i64> = FastMap::default();
-        while let Some(entry) = queue.first_entry() {
-            if *entry.key() >= frontier {
-                break;
+        let mut apply = |row: Row, d: isize| {
+            if watched[view] {
+                *net.entry(row.clone()).or_default() += d as i64;
             }
-            for (row, d) in entry.remove() {
-                if watched[view] {
-                    *net.entry(row.clone()).or_default() += d as i64;
-                }
-                match rows.entry(row) {
-                    Entry::Occupied(mut o) => {
-                        *o.get_mut() += d as i64;
-                        if *o.get() == 0 {
-                            o.remove();
-                        }
-                    }
-                    Entry::Vacant(v) => {
-                        v.insert(d as i64);
+            match rows.entry(row) {
+                Entry::Occupied(mut o) => {
+                    *o.get_mut() += d as i64;
+                    if *o.get() == 0 {
+                        o.remove();
                     }
                 }
+                Entry::Vacant(v) => {
+                    v.insert(d as i64);
+                }
             }
+        };
+        // Updates at or past the frontier stay for a later publication, in time order.
+        let mut later: Updates = Vec::new();
+        for updates in queue.drain(..) {
+            for (row, t, d) in updates {
+                if t < frontier {
+                    apply(row, d);
+                } else {
+                    later.push((row, t, d));
+                }
+            }
+        }
+        if !later.is_empty() {
+            queue.push(later);
         }
         if !watched[view] {
             continue;

@@ -1,0 +1,418 @@
+//! [`KeyedFold::fold_by_key`]: per-key state folded in ingestion-time order, with timers.
+//!
+//! This is the workhorse of the views. Ingestion time is totally ordered, so a view that is
+//! "some function of each key's records" does not need differential's `reduce` (which arranges
+//! its whole input and its whole output, and re-reads both for every key it touches at every
+//! time). Here each key has one small state `S` in a hash map; the records of one time are
+//! applied in arrival order (so `apply` must not depend on the order of one time's records: sums,
+//! maxima, multisets), and for each key touched the operator emits the difference between the
+//! output it last published for the key and its output now: usually one retraction and one
+//! insertion, nothing when the output did not change.
+//!
+//! Timers replace the temporal filter's scheduled retractions: `apply` can ask for the key to be
+//! woken at a later time (a day leaving retention, a machine falling silent), and the timer runs
+//! at exactly that ingestion time, before any later input. The operator holds one capability, at
+//! the earliest time it still has to act on (a record waiting for the frontier, or a timer), so
+//! timers cost neither progress traffic nor downstream work until they fire.
+//!
+//! The output of a key must be a pure function of its state (`output(&key, &state)`): time enters
+//! the state through `apply` and timers. A key whose state returns to `S::default()` is dropped.
+
+use std::collections::BTreeMap;
+use std::hash::Hash;
+
+use differential_dataflow::{AsCollection, Data, ExchangeData, VecCollection};
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::Operator;
+
+use serde::{Deserialize, Serialize};
+
+use crate::operators::{FastMap, Time};
+
+/// What `apply` and timers can do besides changing the key's state.
+pub struct Ctx<'a, K, O> {
+    now: Time,
+    key: &'a K,
+    direct: &'a mut Vec<(O, Time, isize)>,
+    timers: &'a mut BTreeMap<Time, Vec<K>>,
+}
+
+impl<K: Clone, O> Ctx<'_, K, O> {
+    /// The ingestion time being applied.
+    pub fn now(&self) -> Time {
+        self.now
+    }
+
+    /// Emits a record at the current time outside the key's output (a too-late count, a
+    /// verdict): it is never retracted by the operator.
+    pub fn give(&mut self, record: O, diff: isize) {
+        self.direct.push((record, self.now, diff));
+    }
+
+    /// Runs the timer logic for this key at `time` (if later than now; else at once, after the
+    /// current records).
+    pub fn wake_at(&mut self, time: Time) {
+        self.timers
+            .entry(time.max(self.now))
+            .or_default()
+            .push(self.key.clone());
+    }
+}
+
+pub trait KeyedFold<'s, K: ExchangeData + Hash, V: ExchangeData> {
+    /// Folds each key's records into its state in ingestion-time order and publishes the
+    /// difference of `output` per key and time. Records are routed to workers by `route(key)`.
+    fn fold_by_key<S, O>(
+        self,
+        name: &str,
+        route: impl Fn(&K) -> u64 + 'static,
+        apply: impl FnMut(&K, &mut S, V, isize, &mut Ctx<'_, K, O>) + 'static,
+        timer: impl FnMut(&K, &mut S, &mut Ctx<'_, K, O>) + 'static,
+        output: impl Fn(&K, &S, &mut Vec<O>) + 'static,
+    ) -> VecCollection<'s, Time, O>
+    where
+        S: Default + PartialEq + 'static,
+        O: Data;
+
+    /// Like [`KeyedFold::fold_by_key`], but the output last published for a key is not kept:
+    /// it is computed again from the state before the key's first record of each time. For
+    /// outputs that are cheap to compute and as large as the state (sums), this halves memory.
+    fn fold_by_key_lean<S, O>(
+        self,
+        name: &str,
+        route: impl Fn(&K) -> u64 + 'static,
+        apply: impl FnMut(&K, &mut S, V, isize, &mut Ctx<'_, K, O>) + 'static,
+        timer: impl FnMut(&K, &mut S, &mut Ctx<'_, K, O>) + 'static,
+        output: impl Fn(&K, &S, &mut Vec<O>) + 'static,
+    ) -> VecCollection<'s, Time, O>
+    where
+        S: Default + PartialEq + 'static,
+        O: Data;
+}
+
+/// Emits `-published` and `+after`, skipping what is in both; `published` becomes `after`.
+fn emit_difference<O: Clone + PartialEq>(
+    published: &mut Vec<O>,
+    after: &mut Vec<O>,
+    now: Time,
+    out: &mut Vec<(O, Time, isize)>,
+) {
+    if published == after {
+        after.clear();
+        return;
+    }
+    // As multisets: each published record cancels one equal record of `after`.
+    let mut matched = vec![false; after.len()];
+    for o in published.iter() {
+        match (0..after.len()).find(|&i| !matched[i] && after[i] == *o) {
+            Some(i) => matched[i] = true,
+            None => out.push((o.clone(), now, -1)),
+        }
+    }
+    for (o, m) in after.iter().zip(&matched) {
+        if !m {
+            out.push((o.clone(), now, 1));
+        }
+    }
+    std::mem::swap(published, after);
+    after.clear();
+}
+
+impl<'s, K: ExchangeData + Hash, V: ExchangeData> KeyedFold<'s, K, V>
+    for VecCollection<'s, Time, (K, V)>
+{
+    fn fold_by_key<S, O>(
+        self,
+        name: &str,
+        route: impl Fn(&K) -> u64 + 'static,
+        apply: impl FnMut(&K, &mut S, V, isize, &mut Ctx<'_, K, O>) + 'static,
+        timer: impl FnMut(&K, &mut S, &mut Ctx<'_, K, O>) + 'static,
+        output: impl Fn(&K, &S, &mut Vec<O>) + 'static,
+    ) -> VecCollection<'s, Time, O>
+    where
+        S: Default + PartialEq + 'static,
+        O: Data,
+    {
+        fold(self, name, true, route, apply, timer, output)
+    }
+
+    fn fold_by_key_lean<S, O>(
+        self,
+        name: &str,
+        route: impl Fn(&K) -> u64 + 'static,
+        apply: impl FnMut(&K, &mut S, V, isize, &mut Ctx<'_, K, O>) + 'static,
+        timer: impl FnMut(&K, &mut S, &mut Ctx<'_, K, O>) + 'static,
+        output: impl Fn(&K, &S, &mut Vec<O>) + 'static,
+    ) -> VecCollection<'s, Time, O>
+    where
+        S: Default + PartialEq + 'static,
+        O: Data,
+    {
+        fold(self, name, false, route, apply, timer, output)
+    }
+}
+
+/// The fold operator; `keep` says whether the last published output of each key is kept.
+fn fold<'s, K, V, S, O>(
+    records: VecCollection<'s, Time, (K, V)>,
+    name: &str,
+    keep: bool,
+    route: impl Fn(&K) -> u64 + 'static,
+    mut apply: impl FnMut(&K, &mut S, V, isize, &mut Ctx<'_, K, O>) + 'static,
+    mut timer: impl FnMut(&K, &mut S, &mut Ctx<'_, K, O>) + 'static,
+    output: impl Fn(&K, &S, &mut Vec<O>) + 'static,
+) -> VecCollection<'s, Time, O>
+where
+    K: ExchangeData + Hash,
+    V: ExchangeData,
+    S: Default + PartialEq + 'static,
+    O: Data,
+{
+    {
+        let pact = Exchange::new(move |((k, _v), _t, _r): &((K, V), Time, isize)| route(k));
+        records.inner
+            .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<(O, Time, isize)>>, _, _, _>(
+                pact,
+                name,
+                move |_cap, _info| {
+                    // Each key's state, the output last published for it, and whether it is
+                    // touched at the time being applied.
+                    let mut states: FastMap<K, (S, Vec<O>, bool)> = FastMap::default();
+                    let mut pending: BTreeMap<Time, Vec<((K, V), isize)>> = BTreeMap::new();
+                    let mut timers: BTreeMap<Time, Vec<K>> = BTreeMap::new();
+                    // At or before the earliest pending time or timer, while there is one.
+                    let mut hold: Option<Capability<Time>> = None;
+                    let mut out: Vec<(O, Time, isize)> = Vec::new();
+                    // Keys touched at the time being applied, with (when outputs are not kept)
+                    // their output before it.
+                    let mut touched: Vec<(K, Vec<O>)> = Vec::new();
+                    let mut after = Vec::new();
+                    move |(input, frontier), output_handle| {
+                        input.for_each_stamp(|cap, data| {
+                            for container in data {
+                                for (kv, t, r) in container.drain(..) {
+                                    if hold.as_ref().is_none_or(|h| *h.time() > t) {
+                                        hold = Some(cap.delayed(&t, output_handle.output_index()));
+                                    }
+                                    pending.entry(t).or_default().push((kv, r));
+                                }
+                            }
+                        });
+                        let frontier = frontier.frontier();
+                        let closed = frontier.is_empty();
+                        loop {
+                            let next_input = pending.keys().next().copied();
+                            let next_timer = timers.keys().next().copied();
+                            let Some(now) = next_input.into_iter().chain(next_timer).min() else {
+                                break;
+                            };
+                            if frontier.less_equal(&now) {
+                                break;
+                            }
+                            // Input closed: what is left are timers past the end (retractions
+                            // of everything at shutdown), which nobody reads.
+                            if closed && next_input != Some(now) {
+                                timers.clear();
+                                break;
+                            }
+                            if next_input == Some(now)
+                                && let Some(records) = pending.remove(&now)
+                            {
+                                for ((key, value), diff) in records {
+                                    let (state, _, seen) = match states.get_mut(&key) {
+                                        Some(entry) => entry,
+                                        None => states.entry(key.clone()).or_default(),
+                                    };
+                                    if !*seen {
+                                        *seen = true;
+                                        let mut before = Vec::new();
+                                        if !keep {
+                                            output(&key, state, &mut before);
+                                        }
+                                        touched.push((key.clone(), before));
+                                    }
+                                    let mut ctx = Ctx {
+                                        now,
+                                        key: &key,
+                                        direct: &mut out,
+                                        timers: &mut timers,
+                                    };
+                                    apply(&key, state, value, diff, &mut ctx);
+                                }
+                            }
+                            if next_timer == Some(now)
+                                && let Some(keys) = timers.remove(&now)
+                            {
+                                for key in keys {
+                                    let Some((state, _, seen)) = states.get_mut(&key) else { continue };
+                                    if !*seen {
+                                        *seen = true;
+                                        let mut before = Vec::new();
+                                        if !keep {
+                                            output(&key, state, &mut before);
+                                        }
+                                        touched.push((key.clone(), before));
+                                    }
+                                    let mut ctx = Ctx {
+                                        now,
+                                        key: &key,
+                                        direct: &mut out,
+                                        timers: &mut timers,
+                                    };
+                                    timer(&key, state, &mut ctx);
+                                }
+                            }
+                            for (key, mut before) in touched.drain(..) {
+                                let Some((state, published, seen)) = states.get_mut(&key) else { continue };
+                                *seen = false;
+                                output(&key, state, &mut after);
+                                if keep {
+                                    emit_difference(published, &mut after, now, &mut out);
+                                } else {
+                                    emit_difference(&mut before, &mut after, now, &mut out);
+                                }
+                                if *state == S::default() {
+                                    states.remove(&key);
+                                }
+                            }
+                        }
+                        // Everything this activation produced goes out in one message at the
+                        // held capability: records carry their own times, and one message per
+                        // distinct time (timers fire at many) would cost every operator
+                        // downstream a message each.
+                        if !out.is_empty()
+                            && let Some(h) = hold.as_ref()
+                        {
+                            output_handle.session(h).give_iterator(out.drain(..));
+                        }
+                        let next = pending.keys().next().into_iter().chain(timers.keys().next()).min().copied();
+                        match (next, hold.as_mut()) {
+                            (Some(t), Some(h)) => h.downgrade(&t),
+                            _ => hold = None,
+                        }
+                    }
+                },
+            )
+            .as_collection()
+    }
+}
+
+/// Values that are summed per key: money, units, counts, weekday profiles.
+pub trait Additive: Clone + Default + PartialEq + 'static {
+    /// `self += other × times`.
+    fn add_times(&mut self, other: &Self, times: isize);
+}
+
+impl Additive for isize {
+    fn add_times(&mut self, other: &Self, times: isize) {
+        *self += other * times;
+    }
+}
+
+impl Additive for (isize, isize) {
+    fn add_times(&mut self, o: &Self, times: isize) {
+        self.0 += o.0 * times;
+        self.1 += o.1 * times;
+    }
+}
+
+impl Additive for (isize, isize, isize) {
+    fn add_times(&mut self, o: &Self, times: isize) {
+        self.0 += o.0 * times;
+        self.1 += o.1 * times;
+        self.2 += o.2 * times;
+    }
+}
+
+/// What [`sum_by_key`] publishes: a key's total while it is live, and the records that came
+/// after their key's window had closed (with the record's own diff).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Summed<K, R> {
+    Total(K, R),
+    Late(K, R),
+}
+
+/// One key's sum: what is live, what waits for its window to open, and its pending timer.
+#[derive(Default, PartialEq)]
+struct Sum<R> {
+    live: R,
+    future: R,
+    timer: Option<Time>,
+}
+
+/// Sums `R` per key while ingestion time is within the key's `window` `[from, until)`: the total
+/// appears at `max(now, from)` and is retracted at `until` (the temporal-filter pattern, with
+/// one timer per key instead of one scheduled retraction per record). A record arriving at or
+/// after its key's `until` is `Late`. `until = Time::MAX` keeps a key for ever. The published
+/// total is the sum's current value, like differential's `count_total` on the filtered records.
+pub fn sum_by_key<'s, K, R>(
+    records: VecCollection<'s, Time, (K, R)>,
+    name: &str,
+    route: impl Fn(&K) -> u64 + 'static,
+    window: impl Fn(&K) -> (Time, Time) + Clone + 'static,
+) -> VecCollection<'s, Time, Summed<K, R>>
+where
+    K: ExchangeData + Hash,
+    R: Additive + ExchangeData,
+{
+    fn arm<K: Clone, O, R>(sum: &mut Sum<R>, at: Time, ctx: &mut Ctx<'_, K, O>) {
+        if sum.timer.is_none_or(|t| t > at) {
+            sum.timer = Some(at);
+            ctx.wake_at(at);
+        }
+    }
+    let on_timer = window.clone();
+    records.fold_by_key_lean(
+        name,
+        route,
+        move |key, sum: &mut Sum<R>, r, diff, ctx| {
+            let (from, until) = window(key);
+            let now = ctx.now();
+            if until <= now {
+                ctx.give(Summed::Late(key.clone(), r), diff);
+            } else if now < from {
+                sum.future.add_times(&r, diff);
+                arm(sum, from, ctx);
+            } else {
+                sum.live.add_times(&r, diff);
+                if until != Time::MAX {
+                    arm(sum, until, ctx);
+                }
+            }
+        },
+        move |key, sum, ctx| {
+            let (from, until) = on_timer(key);
+            let now = ctx.now();
+            sum.timer = None;
+            if now >= until {
+                *sum = Sum::default();
+                return;
+            }
+            if now >= from && sum.future != R::default() {
+                let future = std::mem::take(&mut sum.future);
+                sum.live.add_times(&future, 1);
+            }
+            if sum.future != R::default() {
+                arm(sum, from, ctx);
+            } else if sum.live != R::default() && until != Time::MAX {
+                arm(sum, until, ctx);
+            }
+        },
+        |key, sum, out| {
+            if sum.live != R::default() {
+                out.push(Summed::Total(key.clone(), sum.live.clone()));
+            }
+        },
+    )
+}
+
+/// The live totals of a [`sum_by_key`].
+pub fn totals<'s, K: Data, R: Data>(
+    summed: VecCollection<'s, Time, Summed<K, R>>,
+) -> VecCollection<'s, Time, (K, R)> {
+    summed.flat_map(|s| match s {
+        Summed::Total(k, r) => Some((k, r)),
+        Summed::Late(..) => None,
+    })
+}

@@ -1,0 +1,58 @@
+//! The replay path alone (file → decode → dataflows → view store), without writing CSVs: a
+//! quick loop for profiling the engine (`VENDFLOW_PROFILE=1`, `perf record`) that builds without
+//! the SQL and archive crates.
+//!
+//! `cargo run --release -p vendflow-ingest --example replay_profile -- FILE [WORKERS]`
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use vendflow_dataflows::{Config, Engine};
+use vendflow_ingest::file::{ReplayOptions, replay};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let file = args.next().ok_or("usage: replay_profile FILE [WORKERS]")?;
+    let workers = args.next().map_or(Ok(2), |w| w.parse())?;
+    let mut engine = Engine::start(Config {
+        workers,
+        ..Config::default()
+    })?;
+    let store = engine.store();
+    let feeders = engine.feeders().ok_or("feeders")?;
+    let started = Instant::now();
+    let stats = replay(
+        std::path::Path::new(&file),
+        feeders,
+        &ReplayOptions::default(),
+        Arc::new(AtomicU64::new(0)),
+    )?;
+    let read = started.elapsed();
+    if !store.wait_for(stats.end, Duration::from_secs(3600)) {
+        return Err("the views never caught up".into());
+    }
+    let done = started.elapsed();
+    let snapshot = store.snapshot();
+    let rows: usize = vendflow_dataflows::CATALOG
+        .iter()
+        .map(|v| snapshot.rows(v.name).map_or(0, <[_]>::len))
+        .sum();
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let peak = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .unwrap_or_default();
+    println!(
+        "{} events, {workers} workers: input read in {:.2} s, views at the end in {:.2} s ({:.0} events/s); {rows} rows; {peak}",
+        stats.events,
+        read.as_secs_f64(),
+        done.as_secs_f64(),
+        stats.events as f64 / done.as_secs_f64()
+    );
+    engine.shutdown()?;
+    Ok(())
+}
