@@ -153,6 +153,9 @@ impl<'s, K: ExchangeData + Hash, V: ExchangeData> KeyedFold<'s, K, V>
     }
 }
 
+/// A keyed record waiting for its time, with its diff.
+type Record<K, V> = ((K, V), isize);
+
 /// The fold operator; `keep` says whether the last published output of each key is kept.
 fn fold<'s, K, V, S, O>(
     records: VecCollection<'s, Time, (K, V)>,
@@ -179,7 +182,7 @@ where
                     // Each key's state, the output last published for it, and whether it is
                     // touched at the time being applied.
                     let mut states: FastMap<K, (S, Vec<O>, bool)> = FastMap::default();
-                    let mut pending: BTreeMap<Time, Vec<((K, V), isize)>> = BTreeMap::new();
+                    let mut pending: BTreeMap<Time, Vec<Record<K, V>>> = BTreeMap::new();
                     let mut timers: BTreeMap<Time, Vec<K>> = BTreeMap::new();
                     // At or before the earliest pending time or timer, while there is one.
                     let mut hold: Option<Capability<Time>> = None;
