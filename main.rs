@@ -1500,17 +1500,10 @@ fn replay_file(
     for w in &written {
         println!("  {:>9} rows  {}", w.rows, w.path.display());
     }
-    if let Some(kib) = peak_rss_kib() {
-        println!("peak memory {} MiB", kib / 1024);
+    if let Some(bytes) = vendflow_dataflows::peak_rss_bytes() {
+        println!("peak memory {} MiB", bytes >> 20);
     }
     Ok(())
-}
-
-/// This process's peak resident set size (Linux `VmHWM`), in KiB.
-fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn simulate(

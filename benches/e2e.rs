@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use vendflow_benches::{quantile, release_bin};
+use vendflow_benches::{quantile, release_bin, target_dir};
 use vendflow_dataflows::{Config, Engine, Time};
 use vendflow_ingest::file::{ReplayOptions, replay};
 
@@ -70,14 +70,8 @@ fn args() -> anyhow::Result<Args> {
     Ok(a)
 }
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn bench_dir() -> anyhow::Result<PathBuf> {
-    let dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| root().join("target"), PathBuf::from)
-        .join("bench-data");
+    let dir = target_dir().join("bench-data");
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
@@ -85,7 +79,7 @@ fn bench_dir() -> anyhow::Result<PathBuf> {
 fn workload(events: u64) -> anyhow::Result<PathBuf> {
     let path = bench_dir()?.join(format!("workload-{events}.jsonl"));
     if !path.exists() {
-        let script = root().join("benches/workload/gen_workload.py");
+        let script = vendflow_tests::workload_scripts().join("gen_workload.py");
         eprintln!("generating {} with {}", path.display(), script.display());
         let status = Command::new("python3")
             .arg(&script)
@@ -110,7 +104,7 @@ fn duckdb(path: &Path) -> anyhow::Result<(f64, Run)> {
     let Some(python) = vendflow_tests::python_with_duckdb()? else {
         bail!("no Python with duckdb: run tests/install.sh or set VENDFLOW_PYTHON");
     };
-    let script = root().join("benches/workload/reference.py");
+    let script = vendflow_tests::workload_scripts().join("reference.py");
     let out = tempfile::tempdir()?;
     // The script under runpy, so that the peak RSS of its own process can be read at its end.
     let wrapper = "import resource, runpy, sys\n\

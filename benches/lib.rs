@@ -24,13 +24,7 @@ pub fn fleet_stream(machines: usize, hours: i64) -> (Vec<RegistryRecord>, Vec<(u
     (fleet.registry().to_vec(), out)
 }
 
-/// Peak resident set size of this process, in bytes (Linux `VmHWM`).
-pub fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
+pub use vendflow_dataflows::peak_rss_bytes;
 
 /// The `q`-quantile of sorted values.
 pub fn quantile(sorted: &[f64], q: f64) -> f64 {
@@ -41,13 +35,17 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// The build's target directory (`CARGO_TARGET_DIR`, or `target/` in the workspace).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        PathBuf::from,
+    )
+}
+
 /// The release `vendflow` binary the process benchmarks run, or how to build it.
 pub fn release_bin() -> anyhow::Result<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let bin = target.join("release/vendflow");
+    let bin = target_dir().join("release/vendflow");
     if !bin.exists() {
         anyhow::bail!(
             "{} is missing: run `cargo build --release --bins`",

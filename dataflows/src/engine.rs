@@ -198,6 +198,15 @@ impl Feeders {
     }
 }
 
+/// This process's peak resident set size in bytes (Linux `VmHWM`), for the summaries of
+/// `vendflow replay` and the benchmarks.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// A running dataflow and its view store.
 pub struct Engine {
     store: ViewStore,

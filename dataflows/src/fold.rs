@@ -23,12 +23,11 @@ use std::hash::Hash;
 
 use differential_dataflow::{AsCollection, Data, ExchangeData, VecCollection};
 use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
 
 use serde::{Deserialize, Serialize};
 
-use crate::operators::{FastMap, Time};
+use crate::operators::{FastMap, Time, Waiting};
 
 /// What `apply` and timers can do besides changing the key's state.
 pub struct Ctx<'a, K, O> {
@@ -102,16 +101,32 @@ fn emit_difference<O: Clone + PartialEq>(
         after.clear();
         return;
     }
-    // As multisets: each published record cancels one equal record of `after`.
-    let mut matched = vec![false; after.len()];
+    // As multisets: each published record cancels one equal record of `after` (outputs are a
+    // record or two per key; the quadratic scan allocates nothing).
+    let mut matched_beyond_64: Vec<usize> = Vec::new();
+    let mut matched = 0u64;
     for o in published.iter() {
-        match (0..after.len()).find(|&i| !matched[i] && after[i] == *o) {
-            Some(i) => matched[i] = true,
+        let hit = (0..after.len()).find(|&i| {
+            let free = if i < 64 {
+                matched & (1 << i) == 0
+            } else {
+                !matched_beyond_64.contains(&i)
+            };
+            free && after[i] == *o
+        });
+        match hit {
+            Some(i) if i < 64 => matched |= 1 << i,
+            Some(i) => matched_beyond_64.push(i),
             None => out.push((o.clone(), now, -1)),
         }
     }
-    for (o, m) in after.iter().zip(&matched) {
-        if !m {
+    for (i, o) in after.iter().enumerate() {
+        let used = if i < 64 {
+            matched & (1 << i) != 0
+        } else {
+            matched_beyond_64.contains(&i)
+        };
+        if !used {
             out.push((o.clone(), now, 1));
         }
     }
@@ -182,10 +197,9 @@ where
                     // Each key's state, the output last published for it, and whether it is
                     // touched at the time being applied.
                     let mut states: FastMap<K, (S, Vec<O>, bool)> = FastMap::default();
-                    let mut pending: BTreeMap<Time, Vec<Record<K, V>>> = BTreeMap::new();
+                    let mut waiting = Waiting::<Record<K, V>>::new();
+                    // Timers by time; `waiting` holds its capability at or before the first.
                     let mut timers: BTreeMap<Time, Vec<K>> = BTreeMap::new();
-                    // At or before the earliest pending time or timer, while there is one.
-                    let mut hold: Option<Capability<Time>> = None;
                     let mut out: Vec<(O, Time, isize)> = Vec::new();
                     // Keys touched at the time being applied, with (when outputs are not kept)
                     // their output before it.
@@ -195,17 +209,14 @@ where
                         input.for_each_stamp(|cap, data| {
                             for container in data {
                                 for (kv, t, r) in container.drain(..) {
-                                    if hold.as_ref().is_none_or(|h| *h.time() > t) {
-                                        hold = Some(cap.delayed(&t, output_handle.output_index()));
-                                    }
-                                    pending.entry(t).or_default().push((kv, r));
+                                    waiting.push(&cap, output_handle.output_index(), t, (kv, r));
                                 }
                             }
                         });
                         let frontier = frontier.frontier();
                         let closed = frontier.is_empty();
                         loop {
-                            let next_input = pending.keys().next().copied();
+                            let next_input = waiting.first_time();
                             let next_timer = timers.keys().next().copied();
                             let Some(now) = next_input.into_iter().chain(next_timer).min() else {
                                 break;
@@ -220,7 +231,7 @@ where
                                 break;
                             }
                             if next_input == Some(now)
-                                && let Some(records) = pending.remove(&now)
+                                && let Some((_, records)) = waiting.pop_ready(&frontier)
                             {
                                 for ((key, value), diff) in records {
                                     let (state, _, seen) = match states.get_mut(&key) {
@@ -285,15 +296,12 @@ where
                         // distinct time (timers fire at many) would cost every operator
                         // downstream a message each.
                         if !out.is_empty()
-                            && let Some(h) = hold.as_ref()
+                            && let Some(h) = waiting.hold()
                         {
                             output_handle.session(h).give_iterator(out.drain(..));
                         }
-                        let next = pending.keys().next().into_iter().chain(timers.keys().next()).min().copied();
-                        match (next, hold.as_mut()) {
-                            (Some(t), Some(h)) => h.downgrade(&t),
-                            _ => hold = None,
-                        }
+                        let next_timer = timers.keys().next().copied();
+                        waiting.settle(waiting.first_time().into_iter().chain(next_timer).min());
                     }
                 },
             )

@@ -47,7 +47,7 @@ pub mod view_store;
 pub mod views;
 
 pub use config::Config;
-pub use engine::{Batch, Engine, EngineError, Feeder, Feeders};
+pub use engine::{Batch, Engine, EngineError, Feeder, Feeders, peak_rss_bytes};
 pub use errors::ErrorRecord;
 pub use operators::{ExpiringSet, Time};
 pub use row::{ColumnType, Row, Value};

@@ -16,9 +16,10 @@ use differential_dataflow::consolidation::consolidate_updates;
 use differential_dataflow::difference::{Abelian, Semigroup};
 use differential_dataflow::{AsCollection, Data, ExchangeData, VecCollection};
 use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::core::Map;
 use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::{Capability, InputCapability};
+use timely::progress::frontier::AntichainRef;
 
 /// Ingestion time: epoch milliseconds of the source's clock.
 pub type Time = u64;
@@ -199,6 +200,65 @@ impl<'s, D: Data, R: Semigroup + Data> HoldFuture<'s, D, R> for VecCollection<'s
     }
 }
 
+/// Updates waiting for the frontier to pass their time, with one capability held at (or before)
+/// the earliest of them: the input side of the operators that act in ingestion-time order. One
+/// capability instead of one per time keeps progress traffic flat when times are many (timers),
+/// and everything an activation produces can go out in one message at it (records carry their
+/// own times).
+pub(crate) struct Waiting<R> {
+    by_time: BTreeMap<Time, Vec<R>>,
+    hold: Option<Capability<Time>>,
+}
+
+impl<R> Waiting<R> {
+    pub fn new() -> Self {
+        Waiting {
+            by_time: BTreeMap::new(),
+            hold: None,
+        }
+    }
+
+    /// Takes `record` at time `t`, from a message whose capability is `cap`.
+    pub fn push(&mut self, cap: &InputCapability<Time>, output: usize, t: Time, record: R) {
+        if self.hold.as_ref().is_none_or(|h| *h.time() > t) {
+            self.hold = Some(cap.delayed(&t, output));
+        }
+        self.by_time.entry(t).or_default().push(record);
+    }
+
+    /// Makes `t` a time to act at even without records (a wake-up); `t` must not be before the
+    /// time being acted on.
+    pub fn wake_at(&mut self, t: Time) {
+        self.by_time.entry(t).or_default();
+    }
+
+    pub fn first_time(&self) -> Option<Time> {
+        self.by_time.keys().next().copied()
+    }
+
+    /// The records of the earliest time, if the frontier has passed it.
+    pub fn pop_ready(&mut self, frontier: &AntichainRef<'_, Time>) -> Option<(Time, Vec<R>)> {
+        let entry = self.by_time.first_entry()?;
+        if frontier.less_equal(entry.key()) {
+            return None;
+        }
+        Some(entry.remove_entry())
+    }
+
+    /// The capability to send at: at or before every time still to act on.
+    pub fn hold(&self) -> Option<&Capability<Time>> {
+        self.hold.as_ref()
+    }
+
+    /// Moves the held capability to `next` (the earliest time still to act on), or drops it.
+    pub fn settle(&mut self, next: Option<Time>) {
+        match (next, self.hold.as_mut()) {
+            (Some(t), Some(h)) => h.downgrade(&t),
+            _ => self.hold = None,
+        }
+    }
+}
+
 /// What `keyed_in_time_order` hands the logic for each input record.
 pub struct Emit<'a, O> {
     time: Time,
@@ -294,12 +354,9 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
                 pact,
                 name,
                 move |_cap, _info| {
-                    // Updates wait here, by their own time, until the frontier passes that time;
-                    // wake-ups are times without records. One capability is held, at the
-                    // earliest pending time, and everything one activation produces goes out in
-                    // one message at it (records carry their own times).
-                    let mut pending: BTreeMap<Time, Vec<(D, isize)>> = BTreeMap::new();
-                    let mut hold: Option<Capability<Time>> = None;
+                    // Updates wait, by their own time, until the frontier passes that time;
+                    // wake-ups are times without records.
+                    let mut waiting = Waiting::<(D, isize)>::new();
                     let mut out: Vec<(O, Time, isize)> = Vec::new();
                     let mut wake: Vec<Time> = Vec::new();
                     let mut last_frontier: Option<Time> = None;
@@ -307,19 +364,12 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
                         input.for_each_stamp(|cap, data| {
                             for container in data {
                                 for (d, t, r) in container.drain(..) {
-                                    if hold.as_ref().is_none_or(|h| *h.time() > t) {
-                                        hold = Some(cap.delayed(&t, output.output_index()));
-                                    }
-                                    pending.entry(t).or_default().push((d, r));
+                                    waiting.push(&cap, output.output_index(), t, (d, r));
                                 }
                             }
                         });
                         let frontier = frontier.frontier();
-                        while let Some(entry) = pending.first_entry() {
-                            if frontier.less_equal(entry.key()) {
-                                break;
-                            }
-                            let (time, mut records) = entry.remove_entry();
+                        while let Some((time, mut records)) = waiting.pop_ready(&frontier) {
                             records.sort();
                             let mut emit = Emit {
                                 time,
@@ -328,18 +378,15 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
                             };
                             logic(&mut state, &mut records, &mut emit);
                             for t in wake.drain(..) {
-                                pending.entry(t).or_default();
+                                waiting.wake_at(t);
                             }
                         }
                         if !out.is_empty()
-                            && let Some(h) = hold.as_ref()
+                            && let Some(h) = waiting.hold()
                         {
                             output.session(h).give_iterator(out.drain(..));
                         }
-                        match (pending.keys().next(), hold.as_mut()) {
-                            (Some(t), Some(h)) => h.downgrade(t),
-                            _ => hold = None,
-                        }
+                        waiting.settle(waiting.first_time());
                         let now = frontier.first().copied().unwrap_or(Time::MAX);
                         if last_frontier != Some(now) {
                             last_frontier = Some(now);

@@ -41,13 +41,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .iter()
         .map(|v| snapshot.rows(v.name).map_or(0, <[_]>::len))
         .sum();
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let peak = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .unwrap_or_default();
+    let peak = vendflow_dataflows::peak_rss_bytes().unwrap_or(0) >> 20;
     println!(
-        "{} events, {workers} workers: input read in {:.2} s, views at the end in {:.2} s ({:.0} events/s); {rows} rows; {peak}",
+        "{} events, {workers} workers: input read in {:.2} s, views at the end in {:.2} s ({:.0} events/s); {rows} rows; peak RSS {peak} MiB",
         stats.events,
         read.as_secs_f64(),
         done.as_secs_f64(),
