@@ -390,8 +390,8 @@ fn window(machine_id: &MachineId, start: Timestamp, totals: Agg) -> Window {
 pub fn row(w: Window) -> Row {
     let levels = w.levels();
     let t = w.totals;
-    let mut row = Vec::with_capacity(WINDOWS.columns.len());
-    row.extend([
+    let [l0, l1, l2, l3, l4] = levels.map(|l| Value::text(l.as_str()));
+    Row::from([
         Value::text(w.machine_id.as_str()),
         Value::Time(w.start),
         Value::Int(t.heartbeats),
@@ -403,10 +403,13 @@ pub fn row(w: Window) -> Row {
         Value::Int(t.motor_faults),
         Value::opt(t.max_motor_current, Value::Reading),
         Value::opt(t.min_network_signal, Value::Reading),
-    ]);
-    row.extend(levels.iter().map(|l| Value::text(l.as_str())));
-    row.push(Value::text(w.status().as_str()));
-    row.into()
+        l0,
+        l1,
+        l2,
+        l3,
+        l4,
+        Value::text(w.status().as_str()),
+    ])
 }
 
 /// Batch definition of the windows, for oracle tests and the golden scenario.

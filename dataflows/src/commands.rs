@@ -118,7 +118,7 @@ pub fn row((command, answer): (Command, Option<Answer>)) -> Row {
             Value::opt(reason, Value::text),
         ),
     };
-    vec![
+    Row::from([
         Value::text(&command.command_id),
         Value::text(command.machine_id.as_str()),
         Value::text(command.action.type_name()),
@@ -128,8 +128,7 @@ pub fn row((command, answer): (Command, Option<Answer>)) -> Row {
         status,
         acked_at,
         reason,
-    ]
-    .into()
+    ])
 }
 
 #[cfg(test)]

@@ -120,22 +120,21 @@ pub fn render<'s>(
 }
 
 pub fn row(e: ErrorRecord) -> Row {
-    vec![
+    Row::from([
         Value::Time(e.received_at),
         Value::text(e.source),
         Value::text(e.kind),
         Value::text(e.message),
         Value::text(e.raw),
-    ]
-    .into()
+    ])
 }
 
 pub fn count_row(((source, kind), n): ((String, String), isize)) -> Row {
-    vec![Value::text(source), Value::text(kind), Value::Int(n as i64)].into()
+    Row::from([Value::text(source), Value::text(kind), Value::Int(n as i64)])
 }
 
 pub fn too_late_row((view, n): (String, isize)) -> Row {
-    vec![Value::text(view), Value::Int(n as i64)].into()
+    Row::from([Value::text(view), Value::Int(n as i64)])
 }
 
 #[cfg(test)]

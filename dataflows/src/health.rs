@@ -190,14 +190,13 @@ pub fn render<'s>(
 }
 
 pub fn row(h: Health) -> Row {
-    vec![
+    Row::from([
         Value::text(h.machine_id.as_str()),
         Value::Int(h.score),
         Value::text(h.grade()),
         Value::Int(h.alerts),
         Value::text(h.reasons.join("; ")),
-    ]
-    .into()
+    ])
 }
 
 #[cfg(test)]

@@ -173,7 +173,7 @@ pub fn render<'s>(
 }
 
 pub fn row(l: Level) -> Row {
-    vec![
+    Row::from([
         Value::text(l.machine_id.as_str()),
         Value::Int(i64::from(l.slot_number)),
         Value::opt(l.plan.as_ref(), |p| Value::text(&p.product_id)),
@@ -184,8 +184,7 @@ pub fn row(l: Level) -> Row {
         }),
         Value::Bool(l.low_stock()),
         Value::Bool(l.sold_out()),
-    ]
-    .into()
+    ])
 }
 
 /// Batch definition of the levels, for oracle tests.

@@ -61,15 +61,14 @@ pub fn render_events<'s>(
 }
 
 pub fn event_row(e: LeaseEvent) -> Row {
-    vec![
+    Row::from([
         Value::text(&e.lease_id),
         Value::text(&e.client_id),
         Value::text(e.machine_id.as_str()),
         Value::Time(e.at),
         Value::text(e.kind.as_str()),
         e.note.as_deref().map_or(Value::Null, Value::text),
-    ]
-    .into()
+    ])
 }
 
 pub fn render<'s>(
@@ -84,7 +83,7 @@ pub fn render<'s>(
 }
 
 pub fn row(l: Lease) -> Row {
-    vec![
+    Row::from([
         Value::text(&l.lease_id),
         Value::text(&l.client_id),
         Value::text(l.machine_id.as_str()),
@@ -96,8 +95,7 @@ pub fn row(l: Lease) -> Row {
         )),
         Value::text(l.status.as_str()),
         Value::Bool(l.auto_renew),
-    ]
-    .into()
+    ])
 }
 
 #[cfg(test)]

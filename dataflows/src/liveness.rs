@@ -167,13 +167,12 @@ pub fn render<'s>(
 }
 
 pub fn row(l: Liveness) -> Row {
-    vec![
+    Row::from([
         Value::text(l.machine_id.as_str()),
         Value::opt(l.last_heartbeat, Value::Time),
         Value::text(l.status.as_str()),
         Value::Bool(l.registered),
-    ]
-    .into()
+    ])
 }
 
 #[cfg(test)]

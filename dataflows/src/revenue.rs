@@ -354,23 +354,21 @@ pub fn fleet_today_row((day, t): (i64, Totals)) -> Row {
 }
 
 pub fn top_row((rank, m, cents): (usize, MachineId, Cents)) -> Row {
-    vec![
+    Row::from([
         Value::Int(rank as i64),
         Value::text(m.as_str()),
         Value::Money(cents),
-    ]
-    .into()
+    ])
 }
 
 pub fn slot_sales_row(((m, slot), t): ((MachineId, u32), Totals)) -> Row {
-    vec![
+    Row::from([
         Value::text(m.as_str()),
         Value::Int(i64::from(slot)),
         Value::Int(t.1 as i64),
         Value::Int(t.2 as i64),
         Value::Money(Cents(t.0 as i64)),
-    ]
-    .into()
+    ])
 }
 
 #[cfg(test)]

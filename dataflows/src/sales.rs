@@ -141,7 +141,7 @@ pub fn render<'s>(events: VecCollection<'s, Time, Event>, config: &Config) -> Sa
 }
 
 pub fn duplicates_row((machine, count): (MachineId, isize)) -> Row {
-    vec![Value::text(machine.as_str()), Value::Int(count as i64)].into()
+    Row::from([Value::text(machine.as_str()), Value::Int(count as i64)])
 }
 
 /// The batch definition of dedup, for oracle tests: deliveries in ingestion-time order (ties in

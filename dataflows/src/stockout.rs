@@ -273,24 +273,22 @@ pub fn render<'s>(
 }
 
 pub fn row(f: Forecast) -> Row {
-    vec![
+    Row::from([
         Value::text(f.machine_id.as_str()),
         Value::Int(i64::from(f.slot_number)),
         Value::Int(f.units),
         Value::Float(f.daily_demand),
         Value::opt(f.hours_to_empty, Value::Float),
         Value::Bool(f.needs_restock),
-    ]
-    .into()
+    ])
 }
 
 pub fn restock_row((m, slots, first): (MachineId, usize, OrdF64)) -> Row {
-    vec![
+    Row::from([
         Value::text(m.as_str()),
         Value::Int(slots as i64),
         Value::Float(first),
-    ]
-    .into()
+    ])
 }
 
 #[cfg(test)]

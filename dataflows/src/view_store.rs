@@ -12,7 +12,6 @@
 //! `SUBSCRIBER_BUFFER` changes behind is cut off with [`SubscriptionEnd::Lagged`] rather than
 //! growing the store's memory.
 
-use std::collections::hash_map::Entry;
 use std::sync::mpsc::{Receiver, Sender, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -32,13 +31,22 @@ pub const SUBSCRIBER_BUFFER: usize = 1024;
 /// Updates of one view, as they come out of a worker.
 pub(crate) type Updates = Vec<(Row, Time, isize)>;
 
+/// An update with its row's hash, computed on the worker that produced it (hashing is most of
+/// what applying an update costs, and the workers are many where the store thread is one).
+type Hashed = (Row, u64, Time, isize);
+
 /// What a worker's capture sends the store.
 pub(crate) struct Captured {
     view: usize,
-    event: Event<Time, Updates>,
+    message: Message,
 }
 
-/// Capture adapter: tags a worker's events for one view.
+enum Message {
+    Progress(Vec<(Time, i64)>),
+    Updates(Vec<Hashed>),
+}
+
+/// Capture adapter: tags a worker's events for one view and hashes their rows.
 pub(crate) struct ViewPusher {
     pub(crate) view: usize,
     pub(crate) tx: SyncSender<Captured>,
@@ -46,11 +54,174 @@ pub(crate) struct ViewPusher {
 
 impl EventPusher<Time, Updates> for ViewPusher {
     fn push(&mut self, event: Event<Time, Updates>) {
+        let message = match event {
+            Event::Progress(p) => Message::Progress(p),
+            Event::Messages(_, updates) if updates.is_empty() => return,
+            Event::Messages(_, updates) => Message::Updates(
+                updates
+                    .into_iter()
+                    .map(|(row, t, d)| {
+                        let hash = row_hash(&row);
+                        (row, hash, t, d)
+                    })
+                    .collect(),
+            ),
+        };
         // The store going away first only happens at shutdown; nothing to deliver then.
         let _ = self.tx.send(Captured {
             view: self.view,
-            event,
+            message,
         });
+    }
+}
+
+fn row_hash(row: &Row) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0x726f7773).hash_one(row)
+}
+
+/// A row of a view, its multiplicity, and its hash.
+#[derive(Clone)]
+struct Entry {
+    hash: u64,
+    row: Row,
+    count: i64,
+}
+
+/// Groups of up to this many rows are a vector searched from its end (a machine's newest row
+/// is the one most often replaced); larger groups become a hash table.
+const FEW: usize = 32;
+
+/// The rows of one view that share their first column.
+enum Group {
+    Few(Vec<Entry>),
+    Many(hashbrown::HashTable<Entry>),
+}
+
+impl Group {
+    /// Adds `d` to the row's multiplicity; the row leaves the group at 0.
+    fn update(&mut self, row: Row, hash: u64, d: i64) {
+        match self {
+            Group::Few(entries) => {
+                match entries.iter().rposition(|e| e.hash == hash && e.row == row) {
+                    Some(i) => {
+                        entries[i].count += d;
+                        if entries[i].count == 0 {
+                            entries.remove(i);
+                        }
+                    }
+                    None => {
+                        entries.push(Entry {
+                            hash,
+                            row,
+                            count: d,
+                        });
+                        if entries.len() > FEW {
+                            let mut table = hashbrown::HashTable::with_capacity(entries.len() * 2);
+                            for e in entries.drain(..) {
+                                table.insert_unique(e.hash, e, |e: &Entry| e.hash);
+                            }
+                            *self = Group::Many(table);
+                        }
+                    }
+                }
+            }
+            Group::Many(table) => update_table(table, row, hash, d),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Group::Few(entries) => entries.is_empty(),
+            Group::Many(table) => table.is_empty(),
+        }
+    }
+
+    fn entries(&self) -> Box<dyn Iterator<Item = &Entry> + '_> {
+        match self {
+            Group::Few(entries) => Box::new(entries.iter()),
+            Group::Many(table) => Box::new(table.iter()),
+        }
+    }
+}
+
+fn update_table(table: &mut hashbrown::HashTable<Entry>, row: Row, hash: u64, d: i64) {
+    match table.find_entry(hash, |e| e.hash == hash && e.row == row) {
+        Ok(mut found) => {
+            found.get_mut().count += d;
+            if found.get().count == 0 {
+                found.remove();
+            }
+        }
+        Err(_) => {
+            table.insert_unique(
+                hash,
+                Entry {
+                    hash,
+                    row,
+                    count: d,
+                },
+                |e| e.hash,
+            );
+        }
+    }
+}
+
+/// One view's rows, grouped by their first column (a machine's rows together, for point
+/// queries), each with its multiplicity.
+#[derive(Default)]
+struct ViewRows {
+    groups: FastMap<Value, Group>,
+    /// Rows counted once each (not by multiplicity), for sizing copies.
+    distinct: usize,
+}
+
+impl ViewRows {
+    fn update(&mut self, row: Row, hash: u64, d: i64) {
+        if d == 0 {
+            return;
+        }
+        let key = row.first().cloned().unwrap_or(Value::Null);
+        match self.groups.get_mut(&key) {
+            Some(group) => {
+                let before = group.len();
+                group.update(row, hash, d);
+                self.distinct = self.distinct + group.len() - before;
+                if group.is_empty() {
+                    self.groups.remove(&key);
+                }
+            }
+            None => {
+                self.distinct += 1;
+                self.groups.insert(
+                    key,
+                    Group::Few(vec![Entry {
+                        hash,
+                        row,
+                        count: d,
+                    }]),
+                );
+            }
+        }
+    }
+
+    /// Every row and its multiplicity, in no order.
+    fn entries(&self) -> impl Iterator<Item = &Entry> + '_ {
+        self.groups.values().flat_map(Group::entries)
+    }
+
+    /// The rows whose first column is `key`.
+    fn group(&self, key: &Value) -> impl Iterator<Item = &Entry> + '_ {
+        self.groups.get(key).into_iter().flat_map(Group::entries)
+    }
+}
+
+impl Group {
+    fn len(&self) -> usize {
+        match self {
+            Group::Few(entries) => entries.len(),
+            Group::Many(table) => table.len(),
+        }
     }
 }
 
@@ -168,7 +339,7 @@ struct State {
     frontier: Time,
     /// True once the workers are gone and no more changes will come.
     closed: bool,
-    rows: Vec<FastMap<Row, i64>>,
+    rows: Vec<ViewRows>,
     subscribers: Vec<Subscriber>,
     progress: Vec<Sender<(Time, Instant)>>,
 }
@@ -239,25 +410,21 @@ pub struct ViewStore {
 }
 
 /// Each row as often as its multiplicity, in no order.
-fn rows_of(map: &FastMap<Row, i64>) -> Vec<Row> {
-    let mut rows: Vec<Row> = Vec::with_capacity(map.len());
-    rows.extend(rows_where(map, |_| true));
-    rows
+fn rows_of(rows: &ViewRows) -> Vec<Row> {
+    let mut out: Vec<Row> = Vec::with_capacity(rows.distinct);
+    out.extend(repeat(rows.entries()));
+    out
 }
 
-/// The rows `keep` accepts, each as often as its multiplicity, in no order.
-fn rows_where<'a>(
-    map: &'a FastMap<Row, i64>,
-    keep: impl Fn(&Row) -> bool + 'a,
-) -> impl Iterator<Item = Row> + 'a {
-    map.iter()
-        .filter(move |(row, _)| keep(row))
-        .flat_map(|(row, n)| std::iter::repeat_n(row, usize::try_from(*n).unwrap_or(0)))
+/// Each entry's row as often as its multiplicity.
+fn repeat<'a>(entries: impl Iterator<Item = &'a Entry> + 'a) -> impl Iterator<Item = Row> + 'a {
+    entries
+        .flat_map(|e| std::iter::repeat_n(&e.row, usize::try_from(e.count).unwrap_or(0)))
         .cloned()
 }
 
-fn sorted_rows(map: &FastMap<Row, i64>) -> Vec<Row> {
-    let mut rows = rows_of(map);
+fn sorted_rows(rows: &ViewRows) -> Vec<Row> {
+    let mut rows = rows_of(rows);
     rows.sort();
     rows
 }
@@ -267,7 +434,7 @@ impl ViewStore {
         let state = State {
             frontier: 0,
             closed: false,
-            rows: CATALOG.iter().map(|_| FastMap::default()).collect(),
+            rows: CATALOG.iter().map(|_| ViewRows::default()).collect(),
             subscribers: Vec::new(),
             progress: Vec::new(),
         };
@@ -313,22 +480,19 @@ impl ViewStore {
     }
 
     /// The rows of the views `names` whose first column is the text `key` (one machine's rows,
-    /// for its page), as of the same frontier: scanned in place, only those rows copied.
+    /// for its page), as of the same frontier: looked up by key, only those rows copied.
     pub fn snapshot_of_key(&self, names: &[&str], key: &str) -> Snapshot {
+        let key = Value::text(key);
         self.snapshot_with(|def, rows| {
             if !names.contains(&def.name) {
                 return Vec::new();
             }
-            rows_where(
-                rows,
-                |row| matches!(row.first(), Some(Value::Text(t)) if t.as_str() == key),
-            )
-            .collect()
+            repeat(rows.group(&key)).collect()
         })
     }
 
     /// One read of the store: each view's rows as `copy` takes them, at one frontier.
-    fn snapshot_with(&self, copy: impl Fn(&ViewDef, &FastMap<Row, i64>) -> Vec<Row>) -> Snapshot {
+    fn snapshot_with(&self, copy: impl Fn(&ViewDef, &ViewRows) -> Vec<Row>) -> Snapshot {
         let state = self.read();
         Snapshot {
             frontier: state.frontier,
@@ -443,22 +607,18 @@ fn run(store: ViewStore, rx: Receiver<Captured>, workers: usize) {
         .collect();
     // Per view, the captured messages not yet published, as they came (most of a message is
     // published at once; sorting updates into times one by one cost more than applying them).
-    let mut pending: Vec<Vec<Updates>> = (0..views).map(|_| Vec::new()).collect();
+    let mut pending: Vec<Vec<Vec<Hashed>>> = (0..views).map(|_| Vec::new()).collect();
     let mut published: Time = 0;
     loop {
         let first = match rx.recv() {
             Ok(c) => c,
             Err(_) => break,
         };
-        let mut take = |c: Captured| match c.event {
-            Event::Progress(updates) => {
+        let mut take = |c: Captured| match c.message {
+            Message::Progress(updates) => {
                 frontiers[c.view].update_iter(updates);
             }
-            Event::Messages(_stamp, updates) => {
-                if !updates.is_empty() {
-                    pending[c.view].push(updates);
-                }
-            }
+            Message::Updates(updates) => pending[c.view].push(updates),
         };
         take(first);
         while let Ok(c) = rx.try_recv() {
@@ -483,7 +643,7 @@ fn run(store: ViewStore, rx: Receiver<Captured>, workers: usize) {
     store.notify();
 }
 
-fn publish(store: &ViewStore, pending: &mut [Vec<Updates>], frontier: Time) {
+fn publish(store: &ViewStore, pending: &mut [Vec<Vec<Hashed>>], frontier: Time) {
     let mut state = store.write();
     let mut changes: Vec<(usize, Change)> = Vec::new();
     let mut watched = vec![false; pending.len()];
@@ -494,32 +654,19 @@ fn publish(store: &ViewStore, pending: &mut [Vec<Updates>], frontier: Time) {
         let rows = &mut state.rows[view];
         // Views nobody subscribes to take their updates straight into the rows; for the others
         // the net change of this publication is collected too.
-        let mut net: FastMap<Row, i64> = FastMap::default();
-        let mut apply = |row: Row, d: isize| {
-            if watched[view] {
-                *net.entry(row.clone()).or_default() += d as i64;
-            }
-            match rows.entry(row) {
-                Entry::Occupied(mut o) => {
-                    *o.get_mut() += d as i64;
-                    if *o.get() == 0 {
-                        o.remove();
-                    }
-                }
-                Entry::Vacant(v) => {
-                    v.insert(d as i64);
-                }
-            }
-        };
-        // Updates at or past the frontier stay for a later publication, in time order.
-        let mut later: Updates = Vec::new();
+        let mut net: hashbrown::HashTable<Entry> = hashbrown::HashTable::new();
+        // Updates at or past the frontier stay for a later publication.
+        let mut later: Vec<Hashed> = Vec::new();
         for updates in queue.drain(..) {
-            for (row, t, d) in updates {
-                if t < frontier {
-                    apply(row, d);
-                } else {
-                    later.push((row, t, d));
+            for (row, hash, t, d) in updates {
+                if t >= frontier {
+                    later.push((row, hash, t, d));
+                    continue;
                 }
+                if watched[view] {
+                    update_table(&mut net, row.clone(), hash, d as i64);
+                }
+                rows.update(row, hash, d as i64);
             }
         }
         if !later.is_empty() {
@@ -533,14 +680,14 @@ fn publish(store: &ViewStore, pending: &mut [Vec<Updates>], frontier: Time) {
             inserted: Vec::new(),
             deleted: Vec::new(),
         };
-        for (row, d) in net {
-            let target = if d > 0 {
+        for e in net {
+            let target = if e.count > 0 {
                 &mut change.inserted
             } else {
                 &mut change.deleted
             };
-            for _ in 0..d.unsigned_abs() {
-                target.push(row.clone());
+            for _ in 0..e.count.unsigned_abs() {
+                target.push(e.row.clone());
             }
         }
         if !change.inserted.is_empty() || !change.deleted.is_empty() {
