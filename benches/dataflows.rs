@@ -99,7 +99,11 @@ fn liveness_view<'s>(
     r: VecCollection<'s, u64, RegistryRecord>,
     c: &Config,
 ) -> Handle<u64> {
-    liveness::render(e, r, c).probe().0
+    let heartbeats = e.flat_map(|e| {
+        matches!(e.kind, vendflow_protocol::EventKind::Heartbeat(_))
+            .then_some((e.machine_id, e.timestamp))
+    });
+    liveness::render(heartbeats, r, c).probe().0
 }
 
 fn benches(c: &mut Criterion) {

@@ -162,6 +162,10 @@ fn live(bin: &Path, a: &Args) -> anyhow::Result<()> {
             format!("SELECT * FROM inventory WHERE machine_id = '{machine}'"),
         ),
         (
+            "point: one machine's anomaly windows",
+            format!("SELECT * FROM anomaly_windows WHERE machine_id = '{machine}'"),
+        ),
+        (
             "fleet: machines by liveness status",
             "SELECT status, count(*) FROM liveness GROUP BY status".to_owned(),
         ),

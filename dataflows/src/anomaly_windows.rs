@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use vendflow_protocol::{DoorStatus, ErrorCode, Event, EventKind, MachineId, Milli, Timestamp};
 
 use crate::config::Config;
-use crate::operators::{Emit, FastMap, Keyed, Time, as_time, hash_of};
+use crate::operators::{Emit, FastMap, Keyed, Time, as_time, hash_of, split};
 use crate::row::{ColumnType::*, OrdF64, Row, Value, col, null};
 use crate::sales::SaleLine;
 use crate::views::ViewDef;
@@ -236,8 +236,9 @@ fn card_contribution(line: &SaleLine, width: i64) -> Option<(WindowKey, Agg)> {
 
 pub struct Windows<'s> {
     pub windows: VecCollection<'s, Time, Window>,
-    /// Per machine, the levels of its latest window (by event time) still within retention.
-    pub latest: VecCollection<'s, Time, (MachineId, Timestamp, [Level; 5])>,
+    /// Per machine, the levels of its latest window (by event time) still within retention:
+    /// changes only when the levels do (a new window with the same levels publishes nothing).
+    pub latest: VecCollection<'s, Time, (MachineId, [Level; 5])>,
     /// Machines whose events came after their window's retention ended, one per event.
     pub too_late: VecCollection<'s, Time, MachineId>,
 }
@@ -246,7 +247,7 @@ pub struct Windows<'s> {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum Out {
     Window(Window),
-    Latest(MachineId, Timestamp, [Level; 5]),
+    Latest(MachineId, [Level; 5]),
     TooLate(MachineId),
 }
 
@@ -276,7 +277,7 @@ impl State {
                     && start == key.1
                 {
                     self.latest.remove(&key.0);
-                    out.give(Out::Latest(key.0.clone(), start, levels), -1);
+                    out.give(Out::Latest(key.0.clone(), levels), -1);
                 }
             }
         }
@@ -348,10 +349,15 @@ pub fn render<'s>(
                     let latest = (new.start, new.levels());
                     let previous = state.latest.get(machine_id).copied();
                     if previous.is_none_or(|p| p.0 <= latest.0 && p != latest) {
-                        if let Some((s, l)) = previous {
-                            out.give(Out::Latest(machine_id.clone(), s, l), -1);
+                        // Health reads the levels only: a new window start alone is no news.
+                        match previous {
+                            Some((_, l)) if l == latest.1 => {}
+                            Some((_, l)) => {
+                                out.give(Out::Latest(machine_id.clone(), l), -1);
+                                out.give(Out::Latest(machine_id.clone(), latest.1), 1);
+                            }
+                            None => out.give(Out::Latest(machine_id.clone(), latest.1), 1),
                         }
-                        out.give(Out::Latest(machine_id.clone(), latest.0, latest.1), 1);
                         state.latest.insert(machine_id.clone(), latest);
                     }
                 }
@@ -360,15 +366,21 @@ pub fn render<'s>(
         },
         |_, _| {},
     );
-    let windows = out.clone().flat_map(|o| match o {
+    // One pass splits the output three ways (no copy of the whole stream per consumer).
+    let [windows, latest, too_late] = split(out, |o| match o {
+        Out::Window(_) => 0,
+        Out::Latest(..) => 1,
+        Out::TooLate(_) => 2,
+    });
+    let windows = windows.flat_map(|o| match o {
         Out::Window(w) => Some(w),
         _ => None,
     });
-    let latest = out.clone().flat_map(|o| match o {
-        Out::Latest(m, s, l) => Some((m, s, l)),
+    let latest = latest.flat_map(|o| match o {
+        Out::Latest(m, l) => Some((m, l)),
         _ => None,
     });
-    let too_late = out.flat_map(|o| match o {
+    let too_late = too_late.flat_map(|o| match o {
         Out::TooLate(m) => Some(m),
         _ => None,
     });

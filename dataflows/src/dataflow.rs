@@ -12,11 +12,11 @@
 
 use differential_dataflow::VecCollection;
 use differential_dataflow::operators::CountTotal;
-use vendflow_protocol::{Command, Event, RegistryRecord, Timestamp};
+use vendflow_protocol::{Command, Event, EventKind, MachineId, RegistryRecord, Timestamp};
 
 use crate::config::Config;
 use crate::errors::ErrorRecord;
-use crate::operators::Time;
+use crate::operators::{Time, split};
 use crate::row::Row;
 use crate::views::CATALOG;
 use crate::{
@@ -32,6 +32,81 @@ pub(crate) struct Inputs<'s> {
     pub commands: VecCollection<'s, Time, Command>,
     /// One row: the start of the current ingestion hour.
     pub clock: VecCollection<'s, Time, Timestamp>,
+}
+
+/// The events split by what reads them, in one pass: a collection read by several operators is
+/// copied whole for each, so each event is moved to the one view that reads its kind, and the
+/// views that read every event get a small projection instead.
+struct Demuxed<'s> {
+    /// Heartbeats, door and error events (the anomaly windows).
+    telemetry: VecCollection<'s, Time, Event>,
+    sales: VecCollection<'s, Time, Event>,
+    restocks: VecCollection<'s, Time, Event>,
+    /// Command answers.
+    acks: VecCollection<'s, Time, Event>,
+    /// When each machine's heartbeats happened (liveness).
+    heartbeats: VecCollection<'s, Time, (MachineId, Timestamp)>,
+    /// When each event of each machine happened (days observed).
+    seen: VecCollection<'s, Time, (MachineId, Timestamp)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Part {
+    Event(Event),
+    Heartbeat(MachineId, Timestamp),
+    Seen(MachineId, Timestamp),
+}
+
+impl<'s> Demuxed<'s> {
+    const TELEMETRY: usize = 0;
+    const SALES: usize = 1;
+    const RESTOCKS: usize = 2;
+    const ACKS: usize = 3;
+    const HEARTBEATS: usize = 4;
+    const SEEN: usize = 5;
+
+    fn of(events: VecCollection<'s, Time, Event>) -> Self {
+        let parts = events.flat_map(|e| {
+            let seen = Some((Self::SEEN, Part::Seen(e.machine_id.clone(), e.timestamp)));
+            let (part, heartbeat) = match &e.kind {
+                EventKind::Heartbeat(_) => (
+                    Self::TELEMETRY,
+                    Some((
+                        Self::HEARTBEATS,
+                        Part::Heartbeat(e.machine_id.clone(), e.timestamp),
+                    )),
+                ),
+                EventKind::Door(_) | EventKind::Error(_) => (Self::TELEMETRY, None),
+                EventKind::Sale(_) => (Self::SALES, None),
+                EventKind::Restock(_) => (Self::RESTOCKS, None),
+                EventKind::CommandAck(_) => (Self::ACKS, None),
+            };
+            [seen, heartbeat, Some((part, Part::Event(e)))]
+                .into_iter()
+                .flatten()
+        });
+        let [telemetry, sales, restocks, acks, heartbeats, seen] = split(parts, |(i, _)| *i);
+        let events = |c: VecCollection<'s, Time, (usize, Part)>| {
+            c.flat_map(|(_, p)| match p {
+                Part::Event(e) => Some(e),
+                _ => None,
+            })
+        };
+        let instants = |c: VecCollection<'s, Time, (usize, Part)>| {
+            c.flat_map(|(_, p)| match p {
+                Part::Heartbeat(m, ts) | Part::Seen(m, ts) => Some((m, ts)),
+                Part::Event(_) => None,
+            })
+        };
+        Demuxed {
+            telemetry: events(telemetry),
+            sales: events(sales),
+            restocks: events(restocks),
+            acks: events(acks),
+            heartbeats: instants(heartbeats),
+            seen: instants(seen),
+        }
+    }
 }
 
 /// Builds every view; returns their rows in [`CATALOG`] order.
@@ -53,16 +128,21 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
         .clone()
         .flat_map(move |r| inventory::planogram(&r, &plan_config));
 
-    let commands = commands::render(commands, events.clone(), config);
-    let sales = sales::render(events.clone(), config);
+    let events = Demuxed::of(events);
+    let commands = commands::render(commands, events.acks, config);
+    let sales = sales::render(events.sales, config);
     let revenue = revenue::render(sales.accepted.clone(), machine_location, config);
-    let levels = inventory::render(events.clone(), sales.accepted.clone(), plans);
-    let windows = anomaly_windows::render(events.clone(), sales.accepted.clone(), config);
+    let levels = inventory::render(events.restocks, sales.accepted.clone(), plans);
+    let windows = anomaly_windows::render(events.telemetry, sales.accepted.clone(), config);
     let leases = leases::render(registry.clone());
     let lease_events = leases::render_events(registry.clone());
-    let liveness = liveness::render(events.clone(), registry, config);
-    let stockout = stockout::render(events, sales.accepted, levels.clone(), clock, config);
-    let status = liveness.clone().flat_map(|o| match o {
+    let liveness = liveness::render(events.heartbeats, registry, config);
+    let stockout = stockout::render(events.seen, sales.accepted, levels.clone(), clock, config);
+    let [status, liveness] = split(liveness, |o| match o {
+        liveness::Out::Status(..) => 0,
+        liveness::Out::Row(_) => 1,
+    });
+    let status = status.flat_map(|o| match o {
         liveness::Out::Status(m, s) => Some((m, s)),
         liveness::Out::Row(_) => None,
     });

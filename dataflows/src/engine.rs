@@ -272,6 +272,13 @@ impl Engine {
         self.stop_and_join()
     }
 
+    /// Leaves the engine running and frees nothing, for a process that is about to exit (the
+    /// last step of a replay): draining the workers and freeing a gigabyte of state piece by
+    /// piece only costs time when the operating system takes it back at once.
+    pub fn abandon_at_exit(self) {
+        std::mem::forget(self);
+    }
+
     fn stop_and_join(&mut self) -> Result<(), EngineError> {
         self.stop.store(true, Ordering::SeqCst);
         self.feeders = None;

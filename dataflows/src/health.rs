@@ -15,7 +15,7 @@
 
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
-use vendflow_protocol::{MachineId, Timestamp};
+use vendflow_protocol::MachineId;
 
 use crate::anomaly_windows::Level;
 use crate::fold::KeyedFold;
@@ -42,7 +42,8 @@ const MEASURES: [&str; 5] = ["temperature", "door", "card reader", "motor", "net
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Fact {
     Status(Status),
-    Window(Timestamp, [Level; 5]),
+    /// The levels of the machine's latest window.
+    Window([Level; 5]),
     SoldOut,
     LowStock,
     RestockSoon,
@@ -95,12 +96,11 @@ pub fn score(machine_id: MachineId, facts: &[(Fact, i64)]) -> Health {
     let latest = facts
         .iter()
         .filter(|(_, c)| *c > 0)
-        .filter_map(|(f, _)| match f {
-            Fact::Window(start, levels) => Some((*start, *levels)),
+        .find_map(|(f, _)| match f {
+            Fact::Window(levels) => Some(*levels),
             _ => None,
-        })
-        .max();
-    if let Some((_, levels)) = latest {
+        });
+    if let Some(levels) = latest {
         for (name, level) in MEASURES.iter().zip(levels) {
             match level {
                 Level::Normal => {}
@@ -140,12 +140,12 @@ pub fn score(machine_id: MachineId, facts: &[(Fact, i64)]) -> Health {
 }
 
 pub fn facts<'s>(
-    latest_window: VecCollection<'s, Time, (MachineId, Timestamp, [Level; 5])>,
+    latest_window: VecCollection<'s, Time, (MachineId, [Level; 5])>,
     status: VecCollection<'s, Time, (MachineId, Status)>,
     levels: VecCollection<'s, Time, inventory::Level>,
     restock: VecCollection<'s, Time, MachineId>,
 ) -> VecCollection<'s, Time, (MachineId, Fact)> {
-    let windows = latest_window.map(|(m, start, levels)| (m, Fact::Window(start, levels)));
+    let windows = latest_window.map(|(m, levels)| (m, Fact::Window(levels)));
     let status = status.map(|(m, s)| (m, Fact::Status(s)));
     let stock = levels.flat_map(|l| {
         let fact = if l.sold_out() {
@@ -213,9 +213,16 @@ mod tests {
             let mut facts: BTreeMap<MachineId, BTreeMap<Fact, i64>> = BTreeMap::new();
             let mut add =
                 |m: MachineId, f: Fact| *facts.entry(m).or_default().entry(f).or_default() += 1;
+            // The levels of each machine's latest window still within retention.
+            let mut latest: BTreeMap<MachineId, (vendflow_protocol::Timestamp, [Level; 5])> =
+                BTreeMap::new();
             for w in crate::anomaly_windows::oracle(scenario) {
-                let levels = w.levels();
-                add(w.machine_id, Fact::Window(w.start, levels));
+                let candidate = (w.start, w.levels());
+                let slot = latest.entry(w.machine_id).or_insert(candidate);
+                *slot = (*slot).max(candidate);
+            }
+            for (m, (_, levels)) in latest {
+                add(m, Fact::Window(levels));
             }
             for l in crate::liveness::oracle(scenario) {
                 add(l.machine_id, Fact::Status(l.status));
@@ -248,16 +255,13 @@ mod tests {
             &[
                 (Fact::Status(Status::Offline), 1),
                 (
-                    Fact::Window(
-                        Timestamp(0),
-                        [
-                            Level::Critical,
-                            Level::Normal,
-                            Level::Normal,
-                            Level::Warning,
-                            Level::Normal,
-                        ],
-                    ),
+                    Fact::Window([
+                        Level::Critical,
+                        Level::Normal,
+                        Level::Normal,
+                        Level::Warning,
+                        Level::Normal,
+                    ]),
                     1,
                 ),
                 (Fact::SoldOut, 2),

@@ -13,7 +13,7 @@
 
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
-use vendflow_protocol::{Event, EventKind, MachineId, MachineStatus, RegistryRecord, Timestamp};
+use vendflow_protocol::{MachineId, MachineStatus, RegistryRecord, Timestamp};
 
 use crate::config::Config;
 use crate::fold::KeyedFold;
@@ -95,16 +95,13 @@ pub enum Out {
 /// heartbeat (and its row); the machine goes offline when ingestion time reaches
 /// `last + offline_after`, by a timer the machine holds at most one of.
 pub fn render<'s>(
-    events: VecCollection<'s, Time, Event>,
+    heartbeats: VecCollection<'s, Time, (MachineId, Timestamp)>,
     registry: VecCollection<'s, Time, RegistryRecord>,
     config: &Config,
 ) -> VecCollection<'s, Time, Out> {
     let offline_after = config.offline_after_ms;
     let deadline = move |last: Timestamp| as_time(last.0.saturating_add(offline_after));
-    let heartbeats = events.flat_map(|e| {
-        matches!(e.kind, EventKind::Heartbeat(_))
-            .then_some((e.machine_id, Fact::Heartbeat(e.timestamp)))
-    });
+    let heartbeats = heartbeats.map(|(m, ts)| (m, Fact::Heartbeat(ts)));
     let registered = registry.flat_map(|r| match r {
         RegistryRecord::Machine(m) => Some((m.machine_id, Fact::Registered(m.status))),
         _ => None,
@@ -187,7 +184,7 @@ pub(crate) fn oracle(scenario: &crate::testing::Scenario) -> Vec<Liveness> {
         }
     }
     for (_, e) in &scenario.deliveries {
-        if matches!(e.kind, EventKind::Heartbeat(_)) {
+        if matches!(e.kind, vendflow_protocol::EventKind::Heartbeat(_)) {
             let last = &mut machines.entry(e.machine_id.clone()).or_default().1;
             *last = (*last).max(Some(e.timestamp));
         }

@@ -398,3 +398,21 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
             .as_collection()
     }
 }
+
+/// Splits a collection into `N` parts by `route` (`0..N`) in one pass. A collection read by
+/// several operators is copied whole for each of them; split, each record is moved once.
+pub fn split<'s, D: Data, const N: usize>(
+    records: VecCollection<'s, Time, D>,
+    route: impl Fn(&D) -> usize + 'static,
+) -> [VecCollection<'s, Time, D>; N] {
+    use timely::dataflow::operators::vec::Partition;
+    let parts = records.inner.partition(N as u64, move |(d, t, r)| {
+        ((route(&d) % N) as u64, (d, t, r))
+    });
+    let mut parts = parts.into_iter().map(AsCollection::as_collection);
+    std::array::from_fn(|_| {
+        parts
+            .next()
+            .unwrap_or_else(|| unreachable!("partition gives as many streams as asked"))
+    })
+}

@@ -18,7 +18,7 @@
 use differential_dataflow::VecCollection;
 use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semigroup};
 use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR};
-use vendflow_protocol::{Event, MachineId, Timestamp};
+use vendflow_protocol::{MachineId, Timestamp};
 
 use crate::config::Config;
 use crate::fold::{Additive, KeyedFold, sum_by_key, totals};
@@ -173,8 +173,9 @@ pub struct Stockout<'s> {
     pub restock_needed: VecCollection<'s, Time, (MachineId, usize, OrdF64)>,
 }
 
+/// `seen`: when each event of each machine happened (every kind counts as a day observed).
 pub fn render<'s>(
-    events: VecCollection<'s, Time, Event>,
+    seen: VecCollection<'s, Time, (MachineId, Timestamp)>,
     accepted: VecCollection<'s, Time, SaleLine>,
     levels: VecCollection<'s, Time, Level>,
     now: VecCollection<'s, Time, Timestamp>,
@@ -207,25 +208,23 @@ pub fn render<'s>(
     ));
     // Distinct days with events per machine in the trailing window: a day is seen from its first
     // event until it leaves the window (one timer per machine-day).
-    let days = events
-        .map(|e| ((e.machine_id, e.timestamp.day()), ()))
-        .fold_by_key_lean(
-            "Stockout: days observed",
-            |k: &(MachineId, i64)| hash_of(&k.0),
-            move |(_, day), seen: &mut Option<Time>, (), diff, ctx| {
-                let until = in_window(*day).1;
-                if diff > 0 && seen.is_none() && until > ctx.now() {
-                    *seen = Some(until);
-                    ctx.wake_at(until);
-                }
-            },
-            |_, seen, _| *seen = None,
-            |key, seen, out| {
-                if seen.is_some() {
-                    out.push((key.clone(), ()));
-                }
-            },
-        );
+    let days = seen.map(|(m, ts)| ((m, ts.day()), ())).fold_by_key_lean(
+        "Stockout: days observed",
+        |k: &(MachineId, i64)| hash_of(&k.0),
+        move |(_, day), seen: &mut Option<Time>, (), diff, ctx| {
+            let until = in_window(*day).1;
+            if diff > 0 && seen.is_none() && until > ctx.now() {
+                *seen = Some(until);
+                ctx.wake_at(until);
+            }
+        },
+        |_, seen, _| *seen = None,
+        |key, seen, out| {
+            if seen.is_some() {
+                out.push((key.clone(), ()));
+            }
+        },
+    );
     let days_observed = totals(sum_by_key(
         days.map(|((m, _day), ())| (m, 1isize)),
         "Stockout: days per machine",

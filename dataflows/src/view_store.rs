@@ -423,12 +423,6 @@ fn repeat<'a>(entries: impl Iterator<Item = &'a Entry> + 'a) -> impl Iterator<It
         .cloned()
 }
 
-fn sorted_rows(rows: &ViewRows) -> Vec<Row> {
-    let mut rows = rows_of(rows);
-    rows.sort();
-    rows
-}
-
 impl ViewStore {
     fn new() -> Self {
         let state = State {
@@ -462,9 +456,20 @@ impl ViewStore {
         self.read().frontier
     }
 
-    /// Every view as of the same frontier.
+    /// Every view as of the same frontier, each sorted. The rows are copied under the read
+    /// lock and sorted after it is released, the large views on threads of their own.
     pub fn snapshot(&self) -> Snapshot {
-        self.snapshot_with(|_, rows| sorted_rows(rows))
+        let mut snapshot = self.snapshot_with(|_, rows| rows_of(rows));
+        std::thread::scope(|scope| {
+            for (_, rows) in &mut snapshot.views {
+                if rows.len() > 10_000 {
+                    scope.spawn(|| rows.sort_unstable());
+                } else {
+                    rows.sort_unstable();
+                }
+            }
+        });
+        snapshot
     }
 
     /// The views `names` (the others left empty) as of the same frontier, unsorted: what a
@@ -477,6 +482,26 @@ impl ViewStore {
                 Vec::new()
             }
         })
+    }
+
+    /// What a query reads, as of one frontier: per view named, every row (`None`) or only the
+    /// rows whose first column is one of the texts `keys` (looked up, not scanned). Views not
+    /// named are left empty.
+    pub fn snapshot_reads(&self, reads: &[(&str, Option<&[String]>)]) -> Snapshot {
+        self.snapshot_with(
+            |def, rows| match reads.iter().find(|(n, _)| *n == def.name) {
+                None => Vec::new(),
+                Some((_, None)) => rows_of(rows),
+                Some((_, Some(keys))) => {
+                    let mut keys: Vec<&String> = keys.iter().collect();
+                    keys.sort();
+                    keys.dedup();
+                    keys.into_iter()
+                        .flat_map(|k| repeat(rows.group(&Value::text(k))).collect::<Vec<_>>())
+                        .collect()
+                }
+            },
+        )
     }
 
     /// The rows of the views `names` whose first column is the text `key` (one machine's rows,

@@ -494,14 +494,19 @@ impl Sql {
                 "table {table}: {TENANT_TABLES}"
             )));
         }
-        // Snapshot just the views the query reads (all of them if it reads a ready view),
-        // filtered to the caller's rows before anything can scan it.
-        let mut snapshot = self.store.snapshot_of(
-            &live_tables(&plan)
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>(),
-        );
+        // Snapshot just the views the query reads (all of them if it reads a ready view), and
+        // of a view scanned only with `first_column = 'text'`, just those rows (one machine's
+        // rows are a lookup, not a copy of the view); filtered to the caller's rows before
+        // anything can scan it. Filters are found where the optimizer pushed them, on the scans.
+        let reads = match self.ctx.state().optimize(&plan) {
+            Ok(optimized) => live_reads(&optimized),
+            Err(_) => live_reads(&plan),
+        };
+        let reads: Vec<(&str, Option<&[String]>)> = reads
+            .iter()
+            .map(|(name, keys)| (name.as_str(), keys.as_deref()))
+            .collect();
+        let mut snapshot = self.store.snapshot_reads(&reads);
         if let Scope::Tenant(_) = caller.scope {
             snapshot.retain(|def, row| caller.scope.keeps(def, row));
         }
@@ -617,14 +622,26 @@ fn archive_tables(plan: &LogicalPlan) -> Vec<String> {
 }
 
 /// The live views a plan reads; every view if it reads a view defined in SQL.
-fn live_tables(plan: &LogicalPlan) -> Vec<String> {
-    let mut names = Vec::new();
+/// The live views a plan scans, each with the keys its scans select: `None` when some scan of
+/// it reads every row, `Some(keys)` when every scan has `first_column = 'key'` among its filters.
+fn live_reads(plan: &LogicalPlan) -> Vec<(String, Option<Vec<String>>)> {
+    let mut reads: Vec<(String, Option<Vec<String>>)> = Vec::new();
     let mut everything = false;
     let _ = plan.apply_with_subqueries(|node| {
         if let LogicalPlan::TableScan(scan) = node {
             let name = scan.table_name.table();
-            if CATALOG.iter().any(|d| d.name == name) {
-                names.push(name.to_owned());
+            if let Some(def) = CATALOG.iter().find(|d| d.name == name) {
+                let key = scan
+                    .filters
+                    .iter()
+                    .filter_map(|f| text_equality(def, f))
+                    .find(|(column, _)| *column == 0)
+                    .map(|(_, key)| key);
+                match (reads.iter_mut().find(|(n, _)| n == name), key) {
+                    (None, key) => reads.push((name.to_owned(), key.map(|k| vec![k]))),
+                    (Some((_, Some(keys))), Some(key)) => keys.push(key),
+                    (Some((_, keys)), _) => *keys = None,
+                }
             } else if ready_views(true).iter().any(|(v, _)| *v == name) {
                 everything = true;
             }
@@ -632,9 +649,9 @@ fn live_tables(plan: &LogicalPlan) -> Vec<String> {
         Ok(TreeNodeRecursion::Continue)
     });
     if everything {
-        return CATALOG.iter().map(|d| d.name.to_owned()).collect();
+        return CATALOG.iter().map(|d| (d.name.to_owned(), None)).collect();
     }
-    names
+    reads
 }
 
 fn listing(
@@ -827,6 +844,78 @@ mod tests {
             answer.batches.iter().map(|b| b.num_rows()).sum::<usize>(),
             1
         );
+        let _ = engine.shutdown();
+    }
+
+    /// A scan filtered on a view's first column copies only those rows into the query's
+    /// snapshot; a second, unfiltered scan of the same view still reads all of it.
+    #[tokio::test]
+    async fn point_queries_read_only_their_key_and_answer_the_same() {
+        let mut engine = Engine::start(Config::default()).unwrap_or_else(|e| panic!("{e}"));
+        let store = engine.store();
+        let mut feeders = engine.feeders().unwrap_or_else(|| panic!("feeders"));
+        let t0: i64 = 1_700_000_000_000;
+        let events = ["m1", "m2", "m3"]
+            .iter()
+            .map(|m| {
+                let line = format!(
+                    r#"{{"machineId":"{m}","type":"heartbeat","timestamp":{t0},"payload":{{"temperature":4.0}}}}"#
+                );
+                match vendflow_protocol::decode::decode_line(line.as_bytes()).pop() {
+                    Some(Ok(e)) => e,
+                    other => panic!("{other:?}"),
+                }
+            })
+            .collect();
+        let t = t0 as u64;
+        feeders
+            .send(
+                t,
+                vendflow_dataflows::Batch {
+                    events,
+                    ..Default::default()
+                },
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        feeders.advance_all(t + 1).unwrap_or_else(|e| panic!("{e}"));
+        assert!(store.wait_for(t + 1, Duration::from_secs(30)));
+        let sql = Sql::new(store, None, Limits::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let reads = |query: &'static str| {
+            let state = sql.ctx.state();
+            async move {
+                let plan = state
+                    .create_logical_plan(query)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                let optimized = state.optimize(&plan).unwrap_or_else(|e| panic!("{e}"));
+                live_reads(&optimized)
+            }
+        };
+        assert_eq!(
+            reads("SELECT * FROM liveness WHERE machine_id = 'm2'").await,
+            vec![("liveness".to_owned(), Some(vec!["m2".to_owned()]))]
+        );
+        assert_eq!(
+            reads("SELECT count(*) FROM liveness a, liveness b WHERE a.machine_id = 'm2'").await,
+            vec![("liveness".to_owned(), None)]
+        );
+        let count = |query: &'static str| {
+            let sql = &sql;
+            async move {
+                let answer = sql.query(query).await.unwrap_or_else(|e| panic!("{e}"));
+                let json = encode(&answer, "application/json").unwrap_or_else(|e| panic!("{e}"));
+                String::from_utf8_lossy(&json.1).into_owned()
+            }
+        };
+        let one = count("SELECT machine_id FROM liveness WHERE machine_id = 'm2'").await;
+        assert!(one.contains(r#"[{"machine_id":"m2"}]"#), "{one}");
+        let pairs =
+            count("SELECT count(*) AS n FROM liveness a, liveness b WHERE a.machine_id = 'm2'")
+                .await;
+        assert!(pairs.contains(r#"[{"n":3}]"#), "{pairs}");
+        drop(feeders);
         let _ = engine.shutdown();
     }
 

@@ -27,34 +27,54 @@ pub fn write_snapshot(snapshot: &Snapshot, dir: &Path) -> Result<Vec<Written>, S
         move |source| SinkError::Io { path, source }
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let batches = snapshot.batches().map_err(|e| SinkError::Encode {
-        view: "snapshot".into(),
+    // One thread per view: the large views take most of the time, and they are independent.
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = vendflow_dataflows::CATALOG
+            .iter()
+            .map(|def| scope.spawn(move || write_view(snapshot, def.name, dir)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(SinkError::Encode {
+                        view: "csv".into(),
+                        message: "a CSV writer thread panicked".into(),
+                    })
+                })
+            })
+            .collect()
+    })
+}
+
+/// Writes one view of `snapshot` as `<dir>/<view>.csv`.
+fn write_view(snapshot: &Snapshot, view: &'static str, dir: &Path) -> Result<Written, SinkError> {
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| SinkError::Io { path, source }
+    };
+    let encode = |e: &dyn std::fmt::Display| SinkError::Encode {
+        view: view.into(),
         message: e.to_string(),
+    };
+    let batch = snapshot.batch(view).map_err(|e| encode(&e))?;
+    let path = dir.join(format!("{view}.csv"));
+    let tmp = dir.join(format!(".{view}.csv.tmp"));
+    let file = File::create(&tmp).map_err(io(&tmp))?;
+    let mut writer = arrow_csv::WriterBuilder::new()
+        .with_header(true)
+        .build(BufWriter::new(file));
+    writer.write(&batch).map_err(|e| encode(&e))?;
+    let inner = writer.into_inner();
+    let file = inner.into_inner().map_err(|e| SinkError::Io {
+        path: tmp.display().to_string(),
+        source: e.into_error(),
     })?;
-    let mut written = Vec::with_capacity(batches.len());
-    for (def, batch) in batches {
-        let path = dir.join(format!("{}.csv", def.name));
-        let tmp = dir.join(format!(".{}.csv.tmp", def.name));
-        let file = File::create(&tmp).map_err(io(&tmp))?;
-        let mut writer = arrow_csv::WriterBuilder::new()
-            .with_header(true)
-            .build(BufWriter::new(file));
-        writer.write(&batch).map_err(|e| SinkError::Encode {
-            view: def.name.into(),
-            message: e.to_string(),
-        })?;
-        let inner = writer.into_inner();
-        let file = inner.into_inner().map_err(|e| SinkError::Io {
-            path: tmp.display().to_string(),
-            source: e.into_error(),
-        })?;
-        file.sync_all().map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io(&path))?;
-        written.push(Written {
-            view: def.name,
-            path,
-            rows: batch.num_rows(),
-        });
-    }
-    Ok(written)
+    file.sync_all().map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    Ok(Written {
+        view,
+        path,
+        rows: batch.num_rows(),
+    })
 }

@@ -3,9 +3,17 @@
 //! Replay runs one reader thread per engine worker. Every thread reads the whole file but decodes
 //! only its share, in blocks of [`BLOCK_LINES`] lines dealt round-robin, so decoding runs in
 //! parallel without a shared queue. Each thread's ingestion clock is the largest event timestamp
-//! it has seen (rounded up to `tick_ms`), so a replay of a day gives the same views as living
+//! it has seen, rounded *down* to the tick, so a replay of a day gives the same views as living
 //! through it, and the result does not depend on thread scheduling. When every thread is done,
-//! all advance to one common end time, the frontier the caller waits for.
+//! all advance to one common end time (just past the newest event), the frontier the caller
+//! waits for.
+//!
+//! A replay flat out is a bulk load, not a live stream: its tick is [`BULK_TICK_MS`] (5 minutes
+//! of event time), so all events of one 5-minute step are one ingestion time, and each view
+//! changes once per key and step instead of once per event (a machine's 10 heartbeats move its
+//! liveness row once). The clock is rounded down, so no event is judged against a clock later
+//! than its own timestamp (nothing becomes "too late" by the coarser tick); an event is at most
+//! one tick ahead of the clock, within `max_ahead_ms`. Paced (`rate`), the tick is 1 s, as live.
 //!
 //! A line that does not decode becomes an [`ErrorRecord`] with its file and line number; an
 //! envelope line yields one record per event.
@@ -24,16 +32,22 @@ use crate::IngestError;
 
 /// Lines per block dealt to one reader thread.
 pub const BLOCK_LINES: u64 = 1024;
-/// Events per batch sent to the engine.
+/// Events per batch sent to the engine (several batches share an ingestion time).
 const BATCH_EVENTS: usize = 8192;
+/// The ingestion clock's tick when replaying flat out (see the module's documentation); it must
+/// not exceed the engine's `max_ahead_ms` (5 minutes by default).
+pub const BULK_TICK_MS: u64 = 300_000;
+/// The tick when the replay is paced.
+pub const LIVE_TICK_MS: u64 = 1000;
 
 /// Called with each batch's ingestion time as it is sent (freshness measurements).
 pub type SentHook = Arc<dyn Fn(Time) + Send + Sync>;
 
 #[derive(Clone)]
 pub struct ReplayOptions {
-    /// Granularity of the ingestion clock.
-    pub tick_ms: u64,
+    /// Granularity of the ingestion clock; `None`: [`BULK_TICK_MS`] flat out, [`LIVE_TICK_MS`]
+    /// when paced.
+    pub tick_ms: Option<u64>,
     /// Replay the file this many times, each copy `repeat_shift_ms` later in event time and with
     /// its transaction ids suffixed `#k` (so copies are new sales, not re-deliveries).
     pub repeat: u32,
@@ -43,10 +57,21 @@ pub struct ReplayOptions {
     pub rate: Option<f64>,
 }
 
+impl ReplayOptions {
+    /// The ingestion clock's tick in milliseconds.
+    pub fn tick(&self) -> u64 {
+        self.tick_ms.unwrap_or(if self.rate.is_some() {
+            LIVE_TICK_MS
+        } else {
+            BULK_TICK_MS
+        })
+    }
+}
+
 impl Default for ReplayOptions {
     fn default() -> Self {
         ReplayOptions {
-            tick_ms: 1000,
+            tick_ms: None,
             repeat: 1,
             repeat_shift_ms: 0,
             on_sent: None,
@@ -94,13 +119,14 @@ pub fn replay(
                         options,
                         stats: ReplayStats::default(),
                         clock: 0,
+                        newest: 0,
                         batch: Batch::default(),
                         started: std::time::Instant::now(),
                         sent: 0,
                     };
                     let result = reader.read(&path, progress.as_deref());
                     // Even a failed reader takes part in the final advance, so the others finish.
-                    end.fetch_max(reader.clock, Ordering::SeqCst);
+                    end.fetch_max(reader.clock.max(reader.newest), Ordering::SeqCst);
                     barrier.wait();
                     let last = end.load(Ordering::SeqCst) + 1;
                     result?;
@@ -131,6 +157,8 @@ struct Reader {
     options: ReplayOptions,
     stats: ReplayStats,
     clock: Time,
+    /// The newest event timestamp read.
+    newest: Time,
     batch: Batch,
     started: std::time::Instant,
     /// Events sent so far (for pacing).
@@ -173,9 +201,10 @@ impl Reader {
                             if copy > 0 {
                                 shift(&mut event, copy, self.options.repeat_shift_ms);
                             }
-                            let tick = self.options.tick_ms.max(1);
+                            let tick = self.options.tick().max(1);
                             let ts = u64::try_from(event.timestamp.0).unwrap_or(0);
-                            self.clock = self.clock.max(ts.div_ceil(tick) * tick);
+                            self.newest = self.newest.max(ts);
+                            self.clock = self.clock.max(ts - ts % tick);
                             self.stats.events += 1;
                             self.batch.events.push(event);
                         }
