@@ -230,7 +230,10 @@ impl Reader {
     fn refuse(&mut self, name: &str, line_number: u64, error: &DecodeError, raw: &[u8]) {
         self.stats.errors += 1;
         tracing::warn!(file = name, line = line_number, kind = error.kind.as_str(), error = %error, "refused a record");
-        let at = Timestamp(i64::try_from(self.clock).unwrap_or(i64::MAX));
+        // Where in the file's time the line was read: the newest event time so far, to the
+        // second (the bulk clock's 5-minute steps would blur it).
+        let read_at = self.newest.max(self.clock).div_ceil(LIVE_TICK_MS) * LIVE_TICK_MS;
+        let at = Timestamp(i64::try_from(read_at).unwrap_or(i64::MAX));
         let raw = raw.strip_suffix(b"\n").unwrap_or(raw);
         self.batch.errors.push(ErrorRecord::new(
             at,
