@@ -13,7 +13,9 @@
 //! changes once per key and step instead of once per event (a machine's 10 heartbeats move its
 //! liveness row once). The clock is rounded down, so no event is judged against a clock later
 //! than its own timestamp (nothing becomes "too late" by the coarser tick); an event is at most
-//! one tick ahead of the clock, within `max_ahead_ms`. Paced (`rate`), the tick is 1 s, as live.
+//! one tick ahead of the clock, within `max_ahead_ms`. Paced (`rate`), the tick is 1 s and each
+//! batch is an ingestion time of its own (the clock moves 1 ms past it once it is sent), as a live
+//! source's polls are.
 //!
 //! A line that does not decode becomes an [`ErrorRecord`] with its file and line number; an
 //! envelope line yields one record per event.
@@ -37,6 +39,8 @@ const BATCH_EVENTS: usize = 8192;
 /// The ingestion clock's tick when replaying flat out (see the module's documentation); it must
 /// not exceed the engine's `max_ahead_ms` (5 minutes by default).
 pub const BULK_TICK_MS: u64 = 300_000;
+/// Batches per second and reader when the replay is paced.
+const PACED_BATCHES_PER_S: f64 = 50.0;
 /// The tick when the replay is paced.
 pub const LIVE_TICK_MS: u64 = 1000;
 
@@ -179,6 +183,7 @@ impl Reader {
             let mut reader = BufReader::with_capacity(1 << 20, File::open(path).map_err(io)?);
             let mut line = Vec::with_capacity(512);
             let mut number: u64 = 0;
+            let block = self.block_lines();
             loop {
                 line.clear();
                 let n = reader.read_until(b'\n', &mut line).map_err(io)?;
@@ -189,7 +194,7 @@ impl Reader {
                 if let Some(p) = progress {
                     p.fetch_add(n as u64, Ordering::Relaxed);
                 }
-                if ((number - 1) / BLOCK_LINES) % self.of != self.share
+                if ((number - 1) / block) % self.of != self.share
                     || line.iter().all(u8::is_ascii_whitespace)
                 {
                     continue;
@@ -219,10 +224,23 @@ impl Reader {
         self.flush()
     }
 
-    /// Records per batch: large when replaying flat out; when paced, about 20 batches a second.
+    /// Lines per block dealt to one reader: when paced, about 1/50 s of the file each, so that the
+    /// readers' clocks (and the workers' frontiers) stay within one batch of each other; flat
+    /// out, [`BLOCK_LINES`].
+    fn block_lines(&self) -> u64 {
+        match self.options.rate {
+            Some(rate) => ((rate / PACED_BATCHES_PER_S) as u64).clamp(1, BLOCK_LINES),
+            None => BLOCK_LINES,
+        }
+    }
+
+    /// Records per batch: large when replaying flat out; when paced, [`PACED_BATCHES_PER_S`] batches a second
+    /// per reader (a live source polls about that often).
     fn batch_limit(&self) -> usize {
         match self.options.rate {
-            Some(rate) => ((rate / self.of as f64 / 20.0) as usize).clamp(1, BATCH_EVENTS),
+            Some(rate) => {
+                ((rate / self.of as f64 / PACED_BATCHES_PER_S) as usize).clamp(1, BATCH_EVENTS)
+            }
             None => BATCH_EVENTS,
         }
     }
@@ -258,6 +276,12 @@ impl Reader {
         self.feeder.send(self.clock, batch)?;
         if let Some(hook) = &self.options.on_sent {
             hook(self.feeder.time());
+        }
+        if self.options.rate.is_some() {
+            // Paced, as live: a batch is complete once sent (a live source's poll is), so the
+            // views can publish it now instead of when the next second of event time arrives.
+            let next = self.feeder.time() + 1;
+            self.feeder.advance(next)?;
         }
         Ok(())
     }
