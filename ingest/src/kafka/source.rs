@@ -224,6 +224,9 @@ struct Sinks<'a> {
     observer: Option<&'a RegistryObserver>,
 }
 
+/// How long a consumer holds records before handing them to the engine.
+const SEND_EVERY: Duration = Duration::from_millis(20);
+
 fn consume(
     consumer: &BaseConsumer,
     mut feeder: Feeder,
@@ -239,6 +242,15 @@ fn consume(
     let mut batch = Batch::default();
     let mut idle_polls = 0u32;
     let mut last_sample = std::time::Instant::now();
+    // A batch goes to the engine at least every `SEND_EVERY`, as its own ingestion time: the
+    // views publish it then, not when the next tick of the clock arrives.
+    let last_send = std::cell::Cell::new(std::time::Instant::now());
+    let send = |feeder: &mut Feeder, clock: Time, batch: &mut Batch| {
+        last_send.set(std::time::Instant::now());
+        feeder.send(clock, std::mem::take(batch))?;
+        let next = feeder.time() + 1;
+        feeder.advance(next)
+    };
     while !stop.load(Ordering::SeqCst) {
         match consumer.poll(Duration::from_millis(50)) {
             Some(Ok(message)) => {
@@ -250,7 +262,7 @@ fn consume(
                     .unwrap_or_else(|| Timestamp::now().0.max(0) as Time);
                 let at = ts.div_ceil(tick) * tick;
                 if at > clock && !batch.is_empty() {
-                    feeder.send(clock, std::mem::take(&mut batch))?;
+                    send(&mut feeder, clock, &mut batch)?;
                 }
                 clock = clock.max(at);
                 if last_sample.elapsed() >= Duration::from_millis(100) {
@@ -327,8 +339,10 @@ fn consume(
                 if let Ok(mut p) = stats.positions.lock() {
                     p.insert((topic, partition), message.offset() + 1);
                 }
-                if batch.events.len() >= 8192 {
-                    feeder.send(clock, std::mem::take(&mut batch))?;
+                if batch.events.len() >= 8192
+                    || (!batch.is_empty() && last_send.get().elapsed() >= SEND_EVERY)
+                {
+                    send(&mut feeder, clock, &mut batch)?;
                 }
             }
             Some(Err(e)) => {
@@ -338,7 +352,7 @@ fn consume(
             None => {
                 idle_polls += 1;
                 if !batch.is_empty() {
-                    feeder.send(clock, std::mem::take(&mut batch))?;
+                    send(&mut feeder, clock, &mut batch)?;
                 }
                 // Caught up: let time pass with the wall clock (a second behind, so messages
                 // the bridge stamped just now still land at their own time).
