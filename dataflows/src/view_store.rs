@@ -130,11 +130,15 @@ impl Group {
         }
     }
 
-    fn is_empty(&self) -> bool {
+    fn len(&self) -> usize {
         match self {
-            Group::Few(entries) => entries.is_empty(),
-            Group::Many(table) => table.is_empty(),
+            Group::Few(entries) => entries.len(),
+            Group::Many(table) => table.len(),
         }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     fn entries(&self) -> Box<dyn Iterator<Item = &Entry> + '_> {
@@ -213,15 +217,6 @@ impl ViewRows {
     /// The rows whose first column is `key`.
     fn group(&self, key: &Value) -> impl Iterator<Item = &Entry> + '_ {
         self.groups.get(key).into_iter().flat_map(Group::entries)
-    }
-}
-
-impl Group {
-    fn len(&self) -> usize {
-        match self {
-            Group::Few(entries) => entries.len(),
-            Group::Many(table) => table.len(),
-        }
     }
 }
 
@@ -475,13 +470,8 @@ impl ViewStore {
     /// The views `names` (the others left empty) as of the same frontier, unsorted: what a
     /// query reads, without copying or sorting the views it does not touch.
     pub fn snapshot_of(&self, names: &[&str]) -> Snapshot {
-        self.snapshot_with(|def, rows| {
-            if names.contains(&def.name) {
-                rows_of(rows)
-            } else {
-                Vec::new()
-            }
-        })
+        let reads: Vec<(&str, Option<&[String]>)> = names.iter().map(|n| (*n, None)).collect();
+        self.snapshot_reads(&reads)
     }
 
     /// What a query reads, as of one frontier: per view named, every row (`None`) or only the
@@ -505,15 +495,12 @@ impl ViewStore {
     }
 
     /// The rows of the views `names` whose first column is the text `key` (one machine's rows,
-    /// for its page), as of the same frontier: looked up by key, only those rows copied.
+    /// for its page), as of the same frontier.
     pub fn snapshot_of_key(&self, names: &[&str], key: &str) -> Snapshot {
-        let key = Value::text(key);
-        self.snapshot_with(|def, rows| {
-            if !names.contains(&def.name) {
-                return Vec::new();
-            }
-            repeat(rows.group(&key)).collect()
-        })
+        let key = [key.to_owned()];
+        let reads: Vec<(&str, Option<&[String]>)> =
+            names.iter().map(|n| (*n, Some(&key[..]))).collect();
+        self.snapshot_reads(&reads)
     }
 
     /// One read of the store: each view's rows as `copy` takes them, at one frontier.
