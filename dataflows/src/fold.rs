@@ -59,27 +59,23 @@ impl<K: Clone, O> Ctx<'_, K, O> {
     }
 }
 
+/// Whether a fold keeps the output it last published for each key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Published {
+    /// Kept: nothing is computed twice (outputs that are expensive or smaller than the state).
+    Kept,
+    /// Computed again from the state before the key's first record of each time: for outputs
+    /// that are cheap and as large as the state (sums), this halves memory.
+    Recomputed,
+}
+
 pub trait KeyedFold<'s, K: ExchangeData + Hash, V: ExchangeData> {
     /// Folds each key's records into its state in ingestion-time order and publishes the
     /// difference of `output` per key and time. Records are routed to workers by `route(key)`.
     fn fold_by_key<S, O>(
         self,
         name: &str,
-        route: impl Fn(&K) -> u64 + 'static,
-        apply: impl FnMut(&K, &mut S, V, isize, &mut Ctx<'_, K, O>) + 'static,
-        timer: impl FnMut(&K, &mut S, &mut Ctx<'_, K, O>) + 'static,
-        output: impl Fn(&K, &S, &mut Vec<O>) + 'static,
-    ) -> VecCollection<'s, Time, O>
-    where
-        S: Default + PartialEq + 'static,
-        O: Data;
-
-    /// Like [`KeyedFold::fold_by_key`], but the output last published for a key is not kept:
-    /// it is computed again from the state before the key's first record of each time. For
-    /// outputs that are cheap to compute and as large as the state (sums), this halves memory.
-    fn fold_by_key_lean<S, O>(
-        self,
-        name: &str,
+        published: Published,
         route: impl Fn(&K) -> u64 + 'static,
         apply: impl FnMut(&K, &mut S, V, isize, &mut Ctx<'_, K, O>) + 'static,
         timer: impl FnMut(&K, &mut S, &mut Ctx<'_, K, O>) + 'static,
@@ -140,6 +136,7 @@ impl<'s, K: ExchangeData + Hash, V: ExchangeData> KeyedFold<'s, K, V>
     fn fold_by_key<S, O>(
         self,
         name: &str,
+        published: Published,
         route: impl Fn(&K) -> u64 + 'static,
         apply: impl FnMut(&K, &mut S, V, isize, &mut Ctx<'_, K, O>) + 'static,
         timer: impl FnMut(&K, &mut S, &mut Ctx<'_, K, O>) + 'static,
@@ -149,22 +146,15 @@ impl<'s, K: ExchangeData + Hash, V: ExchangeData> KeyedFold<'s, K, V>
         S: Default + PartialEq + 'static,
         O: Data,
     {
-        fold(self, name, true, route, apply, timer, output)
-    }
-
-    fn fold_by_key_lean<S, O>(
-        self,
-        name: &str,
-        route: impl Fn(&K) -> u64 + 'static,
-        apply: impl FnMut(&K, &mut S, V, isize, &mut Ctx<'_, K, O>) + 'static,
-        timer: impl FnMut(&K, &mut S, &mut Ctx<'_, K, O>) + 'static,
-        output: impl Fn(&K, &S, &mut Vec<O>) + 'static,
-    ) -> VecCollection<'s, Time, O>
-    where
-        S: Default + PartialEq + 'static,
-        O: Data,
-    {
-        fold(self, name, false, route, apply, timer, output)
+        fold(
+            self,
+            name,
+            published == Published::Kept,
+            route,
+            apply,
+            timer,
+            output,
+        )
     }
 }
 
@@ -207,11 +197,7 @@ where
                     let mut after = Vec::new();
                     move |(input, frontier), output_handle| {
                         input.for_each_stamp(|cap, data| {
-                            for container in data {
-                                for (kv, t, r) in container.drain(..) {
-                                    waiting.push(&cap, output_handle.output_index(), t, (kv, r));
-                                }
-                            }
+                            waiting.take_all(&cap, output_handle.output_index(), data);
                         });
                         let frontier = frontier.frontier();
                         let closed = frontier.is_empty();
@@ -374,8 +360,9 @@ where
         }
     }
     let on_timer = window.clone();
-    records.fold_by_key_lean(
+    records.fold_by_key(
         name,
+        Published::Recomputed,
         route,
         move |key, sum: &mut Sum<R>, r, diff, ctx| {
             let (from, until) = window(key);

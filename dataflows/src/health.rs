@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use vendflow_protocol::MachineId;
 
 use crate::anomaly_windows::Level;
-use crate::fold::KeyedFold;
+use crate::fold::{KeyedFold, Published};
 use crate::inventory;
 use crate::liveness::Status;
 use crate::operators::{Time, hash_of};
@@ -168,6 +168,7 @@ pub fn render<'s>(
 ) -> VecCollection<'s, Time, Health> {
     facts.fold_by_key(
         "Health",
+        Published::Kept,
         hash_of::<MachineId>,
         |_m, state: &mut Vec<(Fact, i64)>, fact, diff, _ctx| match state
             .binary_search_by(|(f, _)| f.cmp(&fact))

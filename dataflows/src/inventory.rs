@@ -16,7 +16,7 @@ use differential_dataflow::VecCollection;
 use vendflow_protocol::{Event, EventKind, MachineId, RegistryRecord};
 
 use crate::config::Config;
-use crate::fold::KeyedFold;
+use crate::fold::{KeyedFold, Published};
 use crate::operators::{Time, hash_of};
 use crate::row::{ColumnType::*, Row, Value, col, null};
 use crate::sales::SaleLine;
@@ -130,8 +130,9 @@ pub fn render<'s>(
             Change::Units(-i64::from(l.quantity)),
         )
     });
-    plans.concat(restocks).concat(sold).fold_by_key_lean(
+    plans.concat(restocks).concat(sold).fold_by_key(
         "Inventory",
+        Published::Recomputed,
         |k: &(MachineId, u32)| hash_of(&k.0),
         |_k, slot: &mut Slot, change, diff, _ctx| match change {
             Change::Units(u) => {

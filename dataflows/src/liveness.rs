@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use vendflow_protocol::{MachineId, MachineStatus, RegistryRecord, Timestamp};
 
 use crate::config::Config;
-use crate::fold::KeyedFold;
+use crate::fold::{KeyedFold, Published};
 use crate::operators::{Time, as_time, hash_of};
 use crate::row::{ColumnType::*, Row, Value, col, null};
 use crate::views::ViewDef;
@@ -108,6 +108,7 @@ pub fn render<'s>(
     });
     heartbeats.concat(registered).fold_by_key(
         "Liveness",
+        Published::Kept,
         hash_of::<MachineId>,
         move |_m, state: &mut State, fact, diff, ctx| match fact {
             Fact::Registered(s) => {

@@ -226,6 +226,22 @@ impl<R> Waiting<R> {
         self.by_time.entry(t).or_default().push(record);
     }
 
+    /// Takes every update of one stamp's containers, as `for_each_stamp` hands them over.
+    pub fn take_all<'a, D: 'a>(
+        &mut self,
+        cap: &InputCapability<Time>,
+        output: usize,
+        containers: impl Iterator<Item = &'a mut Vec<(D, Time, isize)>>,
+    ) where
+        R: From<(D, isize)>,
+    {
+        for container in containers {
+            for (d, t, r) in container.drain(..) {
+                self.push(cap, output, t, R::from((d, r)));
+            }
+        }
+    }
+
     /// Makes `t` a time to act at even without records (a wake-up); `t` must not be before the
     /// time being acted on.
     pub fn wake_at(&mut self, t: Time) {
@@ -362,11 +378,7 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
                     let mut last_frontier: Option<Time> = None;
                     move |(input, frontier), output| {
                         input.for_each_stamp(|cap, data| {
-                            for container in data {
-                                for (d, t, r) in container.drain(..) {
-                                    waiting.push(&cap, output.output_index(), t, (d, r));
-                                }
-                            }
+                            waiting.take_all(&cap, output.output_index(), data);
                         });
                         let frontier = frontier.frontier();
                         while let Some((time, mut records)) = waiting.pop_ready(&frontier) {

@@ -24,7 +24,7 @@ use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR};
 use vendflow_protocol::{Cents, MachineId, Timestamp};
 
 use crate::config::Config;
-use crate::fold::{Ctx, KeyedFold, Summed, sum_by_key, totals};
+use crate::fold::{Ctx, KeyedFold, Published, Summed, sum_by_key, totals};
 use crate::operators::{Time, as_time, hash_of};
 use crate::row::{ColumnType::*, Row, Value, col};
 use crate::sales::SaleLine;
@@ -189,6 +189,7 @@ pub fn render<'s>(
         .map(|((m, day), (cents, _, _))| ((day, hash_of(&m) % 16), (-(cents as i64), m)))
         .fold_by_key(
             "Revenue: top per group",
+            Published::Kept,
             |k: &(i64, u64)| k.1,
             add_to_multiset,
             |_, _, _| {},
@@ -198,6 +199,7 @@ pub fn render<'s>(
         )
         .fold_by_key(
             "Revenue: top of fleet",
+            Published::Kept,
             |day: &i64| *day as u64,
             add_to_multiset,
             |_, _, _| {},
@@ -271,8 +273,9 @@ fn by_location<'s>(
     let located = by_machine
         .map(|((m, key), t)| (m, ByMachine::Totals(key, t)))
         .concat(machine_location.map(|(m, l)| (m, ByMachine::Location(l))))
-        .fold_by_key_lean(
+        .fold_by_key(
             "Revenue: by location",
+            Published::Recomputed,
             hash_of::<MachineId>,
             |_m, state: &mut Located, change, diff, _ctx| match change {
                 ByMachine::Location(l) => {

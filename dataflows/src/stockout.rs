@@ -21,7 +21,7 @@ use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR};
 use vendflow_protocol::{MachineId, Timestamp};
 
 use crate::config::Config;
-use crate::fold::{Additive, KeyedFold, sum_by_key, totals};
+use crate::fold::{Additive, KeyedFold, Published, sum_by_key, totals};
 use crate::inventory::Level;
 use crate::operators::{Time, as_time, hash_of};
 use crate::row::{ColumnType::*, OrdF64, Row, Value, col, null};
@@ -208,8 +208,9 @@ pub fn render<'s>(
     ));
     // Distinct days with events per machine in the trailing window: a day is seen from its first
     // event until it leaves the window (one timer per machine-day).
-    let days = seen.map(|(m, ts)| ((m, ts.day()), ())).fold_by_key_lean(
+    let days = seen.map(|(m, ts)| ((m, ts.day()), ())).fold_by_key(
         "Stockout: days observed",
+        Published::Recomputed,
         |k: &(MachineId, i64)| hash_of(&k.0),
         move |(_, day), seen: &mut Option<Time>, (), diff, ctx| {
             let until = in_window(*day).1;
