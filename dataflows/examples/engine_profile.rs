@@ -2,7 +2,10 @@
 //! `--profile profiling` for line-level profiles: `valgrind --tool=callgrind`, `perf`).
 //!
 //! `cargo build --profile profiling -p vendflow-dataflows --example engine_profile`
-//! `target/profiling/examples/engine_profile FILE [WORKERS [BATCH_EVENTS]]`
+//! `target/profiling/examples/engine_profile FILE [WORKERS [BATCH_EVENTS [TICK_MS]]]`
+//!
+//! Like a bulk replay, events are stamped with their time rounded down to `TICK_MS` (default five
+//! minutes) and handed over `BATCH_EVENTS` at a time.
 
 use std::io::BufRead;
 use std::time::{Duration, Instant};
@@ -14,9 +17,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let file = args
         .next()
-        .ok_or("usage: engine_profile FILE [WORKERS [BATCH_EVENTS]]")?;
+        .ok_or("usage: engine_profile FILE [WORKERS [BATCH_EVENTS [TICK_MS]]]")?;
     let workers = args.next().map_or(Ok(1), |w| w.parse())?;
     let batch_events: usize = args.next().map_or(Ok(8192), |b| b.parse())?;
+    let tick_ms: u64 = args.next().map_or(Ok(300_000), |t| t.parse())?;
     let mut engine = Engine::start(Config {
         workers,
         ..Config::default()
@@ -25,11 +29,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut feeders = engine.feeders().ok_or("feeders")?;
     let started = Instant::now();
     let reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&file)?);
-    let (mut clock, mut events, mut batch) = (0u64, 0u64, Batch::default());
+    let (mut clock, mut newest, mut events, mut batch) = (0u64, 0u64, 0u64, Batch::default());
     for line in reader.split(b'\n') {
         for event in decode_line(&line?).into_iter().flatten() {
             let ts = u64::try_from(event.timestamp.0).unwrap_or(0);
-            clock = clock.max(ts.div_ceil(1000) * 1000);
+            clock = clock.max(ts / tick_ms * tick_ms);
+            newest = newest.max(ts);
             batch.events.push(event);
             events += 1;
         }
@@ -38,8 +43,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     feeders.send(clock, batch)?;
-    feeders.advance_all(clock + 1)?;
-    if !store.wait_for(clock + 1, Duration::from_secs(3600)) {
+    let end = newest.max(clock) + 1;
+    feeders.advance_all(end)?;
+    if !store.wait_for(end, Duration::from_secs(3600)) {
         return Err("the views never caught up".into());
     }
     println!(
