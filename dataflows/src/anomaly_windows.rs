@@ -501,8 +501,8 @@ mod tests {
         let views = testing::run(&scenario);
         let rows = testing::rows(&views, "anomaly_windows");
         assert_eq!(rows.len(), 2);
-        assert_eq!(rows[0][3], Value::Reading(Milli(9_000)));
-        assert_eq!(rows[0][16], Value::text("critical"));
-        assert_eq!(rows[1][16], Value::text("normal"));
+        assert_eq!(rows[0].cell(3), Value::Reading(Milli(9_000)));
+        assert_eq!(rows[0].cell(16), Value::text("critical"));
+        assert_eq!(rows[1].cell(16), Value::text("normal"));
     }
 }

@@ -257,8 +257,8 @@ mod tests {
             let views = testing::run(&s);
             let expected = oracle(&s);
             assert!(
-                expected.iter().any(|r| r[6] == Value::text("pending"))
-                    && expected.iter().any(|r| r[6] == Value::text("applied")),
+                expected.iter().any(|r| r.cell(6) == Value::text("pending"))
+                    && expected.iter().any(|r| r.cell(6) == Value::text("applied")),
                 "seed {seed}: the scenario must have pending and applied commands"
             );
             let horizon = s.now() as i64 - s.config.command_retention_ms;

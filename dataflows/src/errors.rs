@@ -187,9 +187,9 @@ mod tests {
         let views = testing::run(&scenario);
         let errors = testing::rows(&views, "errors");
         assert_eq!(errors.len(), 2);
-        assert_eq!(errors[0][2], Value::text("syntax"));
-        assert_eq!(errors[1][2], Value::text("unknown_type"));
-        assert_eq!(errors[0][4], Value::text("{oops"));
+        assert_eq!(errors[0].cell(2), Value::text("syntax"));
+        assert_eq!(errors[1].cell(2), Value::text("unknown_type"));
+        assert_eq!(errors[0].cell(4), Value::text("{oops"));
         let counts = testing::rows(&views, "error_counts");
         assert_eq!(
             counts,
@@ -213,13 +213,14 @@ mod tests {
             let got = testing::rows(views, "too_late");
             let dedup = got
                 .iter()
-                .find(|r| r[0] == Value::text("sales"))
-                .map(|r| r[1].clone());
+                .find(|r| r.cell(0) == Value::text("sales"))
+                .map(|r| r.cell(1));
             let expected = (!late.is_empty()).then_some(Value::Int(late.len() as i64));
             assert_eq!(dedup, expected, "seed {seed}");
             saw_late |= !late.is_empty();
             assert!(
-                got.iter().any(|r| r[0] == Value::text("anomaly_windows")),
+                got.iter()
+                    .any(|r| r.cell(0) == Value::text("anomaly_windows")),
                 "seed {seed}: late probes"
             );
         }

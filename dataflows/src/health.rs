@@ -236,7 +236,7 @@ mod tests {
                 }
             }
             for row in testing::rows(views, "restock_needed") {
-                if let Value::Text(m) = &row[0] {
+                if let Value::Text(m) = &row.cell(0) {
                     add(testing::machine(m), Fact::RestockSoon);
                 }
             }

@@ -248,7 +248,7 @@ mod tests {
         let views = testing::run(&scenario);
         let rows = testing::rows(&views, "inventory");
         assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0][4], Value::Int(0));
-        assert_eq!(rows[0][7], Value::Bool(true), "sold out");
+        assert_eq!(rows[0].cell(4), Value::Int(0));
+        assert_eq!(rows[0].cell(7), Value::Bool(true), "sold out");
     }
 }

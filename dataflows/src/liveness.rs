@@ -235,7 +235,7 @@ mod tests {
         );
         let views = testing::run(&scenario);
         let rows = testing::rows(&views, "liveness");
-        assert_eq!(rows[0][2], Value::text("active"), "{rows:?}");
-        assert_eq!(rows[1][2], Value::text("offline"), "{rows:?}");
+        assert_eq!(rows[0].cell(2), Value::text("active"), "{rows:?}");
+        assert_eq!(rows[1].cell(2), Value::text("offline"), "{rows:?}");
     }
 }

@@ -514,11 +514,11 @@ mod tests {
         let views = testing::run(&scenario);
         let rows = testing::rows(&views, "revenue_machine_daily");
         let d0 = day0.div_euclid(MS_PER_DAY);
-        assert_eq!(rows[0][1], Value::Date(d0));
-        assert_eq!(rows[0][2], Value::Money(Cents(650)));
-        assert_eq!(rows[1][2], Value::Money(Cents(300)));
+        assert_eq!(rows[0].cell(1), Value::Date(d0));
+        assert_eq!(rows[0].cell(2), Value::Money(Cents(650)));
+        assert_eq!(rows[1].cell(2), Value::Money(Cents(300)));
         assert_eq!(
-            testing::rows(&views, "revenue_fleet_today")[0][1],
+            testing::rows(&views, "revenue_fleet_today")[0].cell(1),
             Value::Money(Cents(300))
         );
     }

@@ -225,7 +225,7 @@ mod tests {
         let revenue = testing::rows(&views, "revenue_machine_daily");
         assert_eq!(revenue.len(), 1);
         assert_eq!(
-            revenue[0][2],
+            revenue[0].cell(2),
             Value::Money(Cents(300)),
             "two lines of one cart count, the re-delivery does not"
         );

@@ -31,30 +31,49 @@ fn int(v: &Value) -> i64 {
 }
 
 impl FleetSummary {
+    /// The views a summary reads: `store.snapshot_of(FleetSummary::VIEWS)` copies only these.
+    pub const VIEWS: &[&str] = &[
+        "liveness",
+        "health",
+        "revenue_fleet_today",
+        "inventory",
+        "restock_needed",
+        "sale_duplicates",
+        "error_counts",
+    ];
+
     pub fn from_snapshot(s: &Snapshot) -> Result<FleetSummary, StoreError> {
         let mut summary = FleetSummary::default();
         for row in s.rows("liveness")? {
-            match &row[2] {
+            match &row.cell(2) {
                 Value::Text(t) if t == "active" => summary.active += 1,
                 Value::Text(t) if t == "maintenance" => summary.maintenance += 1,
                 _ => summary.offline += 1,
             }
         }
         for row in s.rows("health")? {
-            summary.alerts += int(&row[3]);
-            summary.poor_health += usize::from(row[2] == Value::text("poor"));
+            summary.alerts += int(&row.cell(3));
+            summary.poor_health += usize::from(row.cell(2) == Value::text("poor"));
         }
         summary.revenue_today = s
             .rows("revenue_fleet_today")?
             .first()
-            .map(|r| r[1].render());
+            .map(|r| r.cell(1).render());
         for row in s.rows("inventory")? {
-            summary.low_stock_slots += usize::from(row[6] == Value::Bool(true));
-            summary.sold_out_slots += usize::from(row[7] == Value::Bool(true));
+            summary.low_stock_slots += usize::from(row.cell(6) == Value::Bool(true));
+            summary.sold_out_slots += usize::from(row.cell(7) == Value::Bool(true));
         }
         summary.machines_to_restock = s.rows("restock_needed")?.len();
-        summary.duplicates = s.rows("sale_duplicates")?.iter().map(|r| int(&r[1])).sum();
-        summary.refused_records = s.rows("error_counts")?.iter().map(|r| int(&r[2])).sum();
+        summary.duplicates = s
+            .rows("sale_duplicates")?
+            .iter()
+            .map(|r| int(&r.cell(1)))
+            .sum();
+        summary.refused_records = s
+            .rows("error_counts")?
+            .iter()
+            .map(|r| int(&r.cell(2)))
+            .sum();
         Ok(summary)
     }
 }
@@ -76,5 +95,23 @@ impl fmt::Display for FleetSummary {
             self.duplicates,
             self.refused_records,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The live loops copy only `VIEWS`: a view read but not listed would silently count zero.
+    #[test]
+    fn a_summary_reads_only_the_views_it_lists() {
+        let (_, full) = crate::testing::random_run(0);
+        let listed = full.only(FleetSummary::VIEWS);
+        let summary = FleetSummary::from_snapshot(full).unwrap_or_else(|e| panic!("{e}"));
+        assert_ne!(summary, FleetSummary::default(), "the scenario has a fleet");
+        assert_eq!(
+            FleetSummary::from_snapshot(&listed).unwrap_or_else(|e| panic!("{e}")),
+            summary
+        );
     }
 }

@@ -178,6 +178,8 @@ struct ViewRows {
     groups: FastMap<Value, Group>,
     /// Rows counted once each (not by multiplicity), for sizing copies.
     distinct: usize,
+    /// Rows counted by multiplicity: the view's size as a reader sees it.
+    total: i64,
 }
 
 impl ViewRows {
@@ -185,7 +187,8 @@ impl ViewRows {
         if d == 0 {
             return;
         }
-        let key = row.first().cloned().unwrap_or(Value::Null);
+        self.total += d;
+        let key = row.first().unwrap_or(Value::Null);
         match self.groups.get_mut(&key) {
             Some(group) => {
                 let before = group.len();
@@ -347,6 +350,26 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The same snapshot with every view but `names` left empty.
+    #[cfg(test)]
+    pub(crate) fn only(&self, names: &[&str]) -> Snapshot {
+        Snapshot {
+            frontier: self.frontier,
+            views: self
+                .views
+                .iter()
+                .map(|(def, rows)| {
+                    let kept = if names.contains(&def.name) {
+                        rows.clone()
+                    } else {
+                        Vec::new()
+                    };
+                    (*def, kept)
+                })
+                .collect(),
+        }
+    }
+
     /// A view's rows, sorted (a row appears as often as its multiplicity).
     pub fn rows(&self, name: &str) -> Result<&[Row], StoreError> {
         let (i, _) = find(name).ok_or_else(|| unknown(name))?;
@@ -449,6 +472,17 @@ impl ViewStore {
     /// The published frontier: every ingestion time below it is reflected in every view.
     pub fn frontier(&self) -> Time {
         self.read().frontier
+    }
+
+    /// Each view's number of rows, as of one frontier, without copying any (for `/metrics`).
+    pub fn row_counts(&self) -> (Time, Vec<(&'static str, usize)>) {
+        let state = self.read();
+        let counts = CATALOG
+            .iter()
+            .zip(&state.rows)
+            .map(|(def, rows)| (def.name, usize::try_from(rows.total).unwrap_or(0)))
+            .collect();
+        (state.frontier, counts)
     }
 
     /// Every view as of the same frontier, each sorted. The rows are copied under the read
@@ -621,11 +655,7 @@ fn run(store: ViewStore, rx: Receiver<Captured>, workers: usize) {
     // published at once; sorting updates into times one by one cost more than applying them).
     let mut pending: Vec<Vec<Vec<Hashed>>> = (0..views).map(|_| Vec::new()).collect();
     let mut published: Time = 0;
-    loop {
-        let first = match rx.recv() {
-            Ok(c) => c,
-            Err(_) => break,
-        };
+    while let Ok(first) = rx.recv() {
         let mut take = |c: Captured| match c.message {
             Message::Progress(updates) => {
                 frontiers[c.view].update_iter(updates);
@@ -777,7 +807,7 @@ mod tests {
             .unwrap_or_else(|| panic!("no snapshot"));
         assert_eq!(first.frontier, t + 1);
         assert_eq!(first.inserted.len(), 1);
-        assert_eq!(first.inserted[0][2], Value::Money(Cents(100)));
+        assert_eq!(first.inserted[0].cell(2), Value::Money(Cents(100)));
 
         feeders
             .send(
@@ -803,8 +833,8 @@ mod tests {
             "published once the frontier passed the sale's time"
         );
         assert_eq!(change.deleted.len(), 1, "the old total is retracted");
-        assert_eq!(change.deleted[0][2], Value::Money(Cents(100)));
-        assert_eq!(change.inserted[0][2], Value::Money(Cents(350)));
+        assert_eq!(change.deleted[0].cell(2), Value::Money(Cents(100)));
+        assert_eq!(change.inserted[0].cell(2), Value::Money(Cents(350)));
         assert!(store.subscribe("no_such_view").is_err());
         drop(feeders);
         engine.shutdown().unwrap_or_else(|e| panic!("{e}"));

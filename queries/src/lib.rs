@@ -55,7 +55,7 @@ pub fn cell(value: &Value) -> Json {
 pub fn row_json(view: &ViewDef, row: &Row) -> Json {
     let mut object = Map::new();
     for (column, value) in view.columns.iter().zip(row.iter()) {
-        object.insert(column.name.to_owned(), cell(value));
+        object.insert(column.name.to_owned(), cell(&value));
     }
     Json::Object(object)
 }

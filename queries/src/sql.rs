@@ -174,14 +174,16 @@ impl Scope {
             return true;
         };
         let text = |i: usize| match row.get(i) {
-            Some(vendflow_dataflows::Value::Text(s)) => Some(s.as_str()),
+            Some(vendflow_dataflows::Value::Text(s)) => Some(s),
             _ => None,
         };
         match owner_column(def) {
             None => false,
-            Some(Owner::Machine(i)) => text(i).is_some_and(|m| t.owners.machine_of(m, &t.client)),
-            Some(Owner::Location(i)) => text(i).is_some_and(|l| t.owners.location_of(l, &t.client)),
-            Some(Owner::Client(i)) => text(i) == Some(t.client.as_str()),
+            Some(Owner::Machine(i)) => text(i).is_some_and(|m| t.owners.machine_of(&m, &t.client)),
+            Some(Owner::Location(i)) => {
+                text(i).is_some_and(|l| t.owners.location_of(&l, &t.client))
+            }
+            Some(Owner::Client(i)) => text(i).as_deref() == Some(t.client.as_str()),
         }
     }
 }

@@ -624,7 +624,7 @@ impl Writer {
         let mut days: BTreeMap<i64, Vec<&Row>> = BTreeMap::new();
         for row in rows {
             let day = match row.get(column) {
-                Some(Value::Date(d)) => *d,
+                Some(Value::Date(d)) => d,
                 Some(Value::Time(t)) => t.0.div_euclid(MS_PER_DAY),
                 _ => continue,
             };

@@ -369,7 +369,7 @@ mod tests {
             .rows("slot_sales")
             .unwrap_or_else(|e| panic!("{e}"))
             .iter()
-            .map(|r| match r[3] {
+            .map(|r| match r.cell(3) {
                 Value::Int(n) => n,
                 _ => 0,
             })
@@ -377,7 +377,7 @@ mod tests {
         assert_eq!(lines, 3000);
         let errors = snapshot.rows("errors").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(errors.len(), 1);
-        let source = &errors[0][1];
+        let source = &errors[0].cell(1);
         assert!(
             matches!(source, Value::Text(s) if s.ends_with(":1502")),
             "{source:?}"

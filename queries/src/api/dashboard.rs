@@ -53,10 +53,10 @@ fn machines_in_scope(
         .collect()
 }
 
-fn text(row: &Row, i: usize) -> &str {
+fn text(row: &Row, i: usize) -> String {
     match row.get(i) {
-        Some(Value::Text(t)) => t.as_str(),
-        _ => "",
+        Some(Value::Text(t)) => t.into(),
+        _ => String::new(),
     }
 }
 
@@ -69,7 +69,7 @@ fn money(row: &Row, i: usize) -> i64 {
 
 fn day_of(row: &Row, i: usize) -> Option<i64> {
     match row.get(i) {
-        Some(Value::Date(d)) => Some(*d),
+        Some(Value::Date(d)) => Some(d),
         _ => None,
     }
 }
@@ -92,50 +92,52 @@ pub(super) async fn fleet(
     let today = i64::try_from(snapshot.frontier).unwrap_or(0) / MS_PER_DAY;
     let rows = |view: &str| snapshot.rows(view).unwrap_or_default();
     let liveness = by_machine(&snapshot, "liveness");
-    let mut totals: HashMap<&str, usize> = HashMap::new();
+    let mut totals: HashMap<String, usize> = HashMap::new();
     {
         let registry = state.fleet.read();
         for id in machines.keys() {
             let registered = registry.machines[id].status;
             let live = liveness.get(id.as_str()).map(|r| text(r, 2));
-            *totals.entry(live_status(registered, live)).or_default() += 1;
+            *totals
+                .entry(live_status(registered, live.as_deref()))
+                .or_default() += 1;
         }
     }
     let mut alert_count = 0;
     let mut alerting = 0;
     for r in rows("health") {
-        if machines.contains_key(text(r, 0)) {
+        if machines.contains_key(text(r, 0).as_str()) {
             let n = alerts_of(Some(r)).len();
             alert_count += n;
             alerting += usize::from(n > 0);
         }
     }
-    let mut low: HashMap<&str, (usize, usize)> = HashMap::new();
+    let mut low: HashMap<String, (usize, usize)> = HashMap::new();
     for r in rows("inventory") {
-        if machines.contains_key(text(r, 0)) {
+        if machines.contains_key(text(r, 0).as_str()) {
             let entry = low.entry(text(r, 0)).or_default();
             entry.0 += usize::from(matches!(r.get(6), Some(Value::Bool(true))));
             entry.1 += usize::from(matches!(r.get(7), Some(Value::Bool(true))));
         }
     }
-    let mut low: Vec<(&str, usize, usize)> = low
+    let mut low: Vec<(String, usize, usize)> = low
         .into_iter()
         .filter(|(_, (l, _))| *l > 0)
         .map(|(m, (l, s))| (m, l, s))
         .collect();
-    low.sort_by(|a, b| (b.2, b.1, a.0).cmp(&(a.2, a.1, b.0)));
-    let mut revenue: Vec<(&str, i64)> = rows("revenue_machine_daily")
+    low.sort_by(|a, b| (b.2, b.1, &a.0).cmp(&(a.2, a.1, &b.0)));
+    let mut revenue: Vec<(String, i64)> = rows("revenue_machine_daily")
         .iter()
-        .filter(|r| day_of(r, 1) == Some(today) && machines.contains_key(text(r, 0)))
+        .filter(|r| day_of(r, 1) == Some(today) && machines.contains_key(text(r, 0).as_str()))
         .map(|r| (text(r, 0), money(r, 2)))
         .collect();
     let today_revenue: i64 = revenue.iter().map(|(_, c)| c).sum();
-    revenue.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    revenue.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     let restock: Vec<Json> = rows("restock_needed")
         .iter()
-        .filter(|r| machines.contains_key(text(r, 0)))
+        .filter(|r| machines.contains_key(text(r, 0).as_str()))
         .take(20)
-        .map(|r| json!({"machineId": text(r, 0), "slots": cell(&r[1]), "hoursToFirstEmpty": cell(&r[2])}))
+        .map(|r| json!({"machineId": text(r, 0), "slots": cell(&r.cell(1)), "hoursToFirstEmpty": cell(&r.cell(2))}))
         .collect();
     let count = |s: &str| totals.get(s).copied().unwrap_or(0);
     Ok(axum::Json(json!({
@@ -184,7 +186,7 @@ pub(super) async fn map(
             .and_then(|l| registry.locations.get(l));
         let status = live_status(
             machine.status,
-            liveness.get(id.as_str()).map(|r| text(r, 2)),
+            liveness.get(id.as_str()).map(|r| text(r, 2)).as_deref(),
         );
         let row = health.get(id.as_str()).copied();
         let alerts = alerts_of(row);
@@ -200,10 +202,10 @@ pub(super) async fn map(
         if let Some(r) = row.filter(|_| !alerts.is_empty()) {
             alerting.push((
                 match r.get(1) {
-                    Some(Value::Int(score)) => *score,
+                    Some(Value::Int(score)) => score,
                     _ => i64::MAX,
                 },
-                json!({"machineId": id, "alerts": alerts, "score": cell(&r[1]), "grade": cell(&r[2])}),
+                json!({"machineId": id, "alerts": alerts, "score": cell(&r.cell(1)), "grade": cell(&r.cell(2))}),
             ));
         }
     }
@@ -225,7 +227,7 @@ type Translate =
 /// Machines whose status changed: `status` events.
 fn statuses() -> Translate {
     Box::new(|change, machines| {
-        let before: HashMap<&str, &str> = change
+        let before: HashMap<String, String> = change
             .deleted
             .iter()
             .map(|r| (text(r, 0), text(r, 2)))
@@ -233,13 +235,13 @@ fn statuses() -> Translate {
         change
             .inserted
             .iter()
-            .filter(|r| machines.contains_key(text(r, 0)))
-            .filter(|r| before.get(text(r, 0)) != Some(&text(r, 2)))
+            .filter(|r| machines.contains_key(text(r, 0).as_str()))
+            .filter(|r| before.get(&text(r, 0)) != Some(&text(r, 2)))
             .map(|r| {
                 (
                     "status",
                     json!({"machineId": text(r, 0), "status": text(r, 2),
-                           "previous": before.get(text(r, 0)), "lastHeartbeat": cell(&r[1]),
+                           "previous": before.get(&text(r, 0)), "lastHeartbeat": cell(&r.cell(1)),
                            "time": change.frontier}),
                 )
             })
@@ -250,7 +252,7 @@ fn statuses() -> Translate {
 /// Alerts a machine did not have before: `alert` events.
 fn alerts() -> Translate {
     Box::new(|change, machines| {
-        let before: HashMap<&str, HashSet<String>> = change
+        let before: HashMap<String, HashSet<String>> = change
             .deleted
             .iter()
             .map(|r| (text(r, 0), alerts_of(Some(r)).into_iter().collect()))
@@ -258,18 +260,18 @@ fn alerts() -> Translate {
         change
             .inserted
             .iter()
-            .filter(|r| machines.contains_key(text(r, 0)))
+            .filter(|r| machines.contains_key(text(r, 0).as_str()))
             .filter_map(|r| {
                 let now = alerts_of(Some(r));
                 let new: Vec<&String> = now
                     .iter()
-                    .filter(|a| !before.get(text(r, 0)).is_some_and(|b| b.contains(*a)))
+                    .filter(|a| !before.get(&text(r, 0)).is_some_and(|b| b.contains(*a)))
                     .collect();
                 (!new.is_empty()).then(|| {
                     (
                         "alert",
                         json!({"machineId": text(r, 0), "new": new, "alerts": now,
-                               "score": cell(&r[1]), "grade": cell(&r[2]), "time": change.frontier}),
+                               "score": cell(&r.cell(1)), "grade": cell(&r.cell(2)), "time": change.frontier}),
                     )
                 })
             })

@@ -222,15 +222,15 @@ pub(super) async fn register(
         .into_response())
 }
 
-fn text_of(row: &Row, i: usize) -> Option<&str> {
+fn text_of(row: &Row, i: usize) -> Option<String> {
     match row.get(i) {
-        Some(Value::Text(t)) => Some(t.as_str()),
+        Some(Value::Text(t)) => Some(t.into()),
         _ => None,
     }
 }
 
 /// The rows of a view with one row per machine (`liveness`, `health`), by machine id.
-pub(super) fn by_machine<'a>(snapshot: &'a Snapshot, view: &str) -> HashMap<&'a str, &'a Row> {
+pub(super) fn by_machine<'a>(snapshot: &'a Snapshot, view: &str) -> HashMap<String, &'a Row> {
     snapshot
         .rows(view)
         .map(|rows| {
@@ -247,7 +247,7 @@ fn rows_for<'a>(snapshot: &'a Snapshot, view: &str, machine: &str) -> Vec<&'a Ro
         .rows(view)
         .map(|rows| {
             rows.iter()
-                .filter(|r| text_of(r, 0) == Some(machine))
+                .filter(|r| text_of(r, 0).as_deref() == Some(machine))
                 .collect()
         })
         .unwrap_or_default()
@@ -266,11 +266,11 @@ fn micro(m: Micro) -> f64 {
 }
 
 /// The status an operator sees: maintenance as registered, else the live one.
-pub(super) fn live_status(registered: MachineStatus, liveness: Option<&str>) -> &str {
+pub(super) fn live_status(registered: MachineStatus, liveness: Option<&str>) -> String {
     match (registered, liveness) {
-        (MachineStatus::Maintenance, _) => "maintenance",
-        (_, Some(s)) => s,
-        (_, None) => "offline",
+        (MachineStatus::Maintenance, _) => "maintenance".into(),
+        (_, Some(s)) => s.into(),
+        (_, None) => "offline".into(),
     }
 }
 
@@ -313,14 +313,14 @@ pub(super) fn machine_json(
         .collect();
     let mut slots = rows_for(snapshot, "inventory", id);
     slots.sort_by_key(|r| match r.get(1) {
-        Some(Value::Int(n)) => *n,
+        Some(Value::Int(n)) => n,
         _ => i64::MAX,
     });
     let inventory: Vec<Json> = slots
         .into_iter()
         .map(|r| {
             let slot = match r.get(1) {
-                Some(Value::Int(n)) => *n,
+                Some(Value::Int(n)) => n,
                 _ => -1,
             };
             let price = u32::try_from(slot)
@@ -328,9 +328,9 @@ pub(super) fn machine_json(
                 .and_then(|s| prices.get(&s))
                 .map(|p| Json::String(p.to_string()));
             json!({
-                "slotNumber": slot, "productId": cell(&r[2]), "units": cell(&r[4]),
-                "capacity": cell(&r[3]), "lowStockThreshold": cell(&r[5]),
-                "lowStock": cell(&r[6]), "soldOut": cell(&r[7]), "price": price,
+                "slotNumber": slot, "productId": cell(&r.cell(2)), "units": cell(&r.cell(4)),
+                "capacity": cell(&r.cell(3)), "lowStockThreshold": cell(&r.cell(5)),
+                "lowStock": cell(&r.cell(6)), "soldOut": cell(&r.cell(7)), "price": price,
             })
         })
         .collect();
@@ -341,14 +341,14 @@ pub(super) fn machine_json(
         "model": machine.model,
         "firmwareVersion": machine.firmware_version,
         "registeredAt": machine.registered_at.map(|t| t.to_rfc3339()),
-        "status": live_status(machine.status, liveness.and_then(|r| text_of(r, 2))),
+        "status": live_status(machine.status, liveness.and_then(|r| text_of(r, 2)).as_deref()),
         "registeredStatus": machine.status.as_str(),
-        "lastHeartbeat": liveness.map_or(Json::Null, |r| cell(&r[1])),
-        "temperature": latest.map_or(Json::Null, |w| cell(&w[3])),
-        "temperatureAt": latest.map_or(Json::Null, |w| cell(&w[1])),
+        "lastHeartbeat": liveness.map_or(Json::Null, |r| cell(&r.cell(1))),
+        "temperature": latest.map_or(Json::Null, |w| cell(&w.cell(3))),
+        "temperatureAt": latest.map_or(Json::Null, |w| cell(&w.cell(1))),
         "location": location.map_or(Json::Null, location_json),
         "inventory": inventory,
-        "health": health.map_or(Json::Null, |h| json!({"score": cell(&h[1]), "grade": cell(&h[2])})),
+        "health": health.map_or(Json::Null, |h| json!({"score": cell(&h.cell(1)), "grade": cell(&h.cell(2))})),
         "alertCount": alerts.len(),
         "alerts": alerts,
         "time": snapshot.frontier,
@@ -520,7 +520,7 @@ pub(super) async fn list(
             continue;
         }
         let live = liveness.get(id.as_str());
-        let status = live_status(m.status, live.and_then(|r| text_of(r, 2)));
+        let status = live_status(m.status, live.and_then(|r| text_of(r, 2)).as_deref());
         if params.status.as_deref().is_some_and(|s| s != status) {
             continue;
         }
@@ -533,7 +533,7 @@ pub(super) async fn list(
             "machineId": id, "serialNumber": m.serial_number, "model": m.model,
             "locationId": m.location_id, "clientId": client,
             "region": location.and_then(|l| l.region.clone()), "status": status,
-            "lastHeartbeat": live.map_or(Json::Null, |r| cell(&r[1])),
+            "lastHeartbeat": live.map_or(Json::Null, |r| cell(&r.cell(1))),
             "alertCount": alerts.len(),
         }));
     }
