@@ -61,18 +61,41 @@ pub struct SourceStats {
     pub events: AtomicU64,
     pub errors: AtomicU64,
     pub positions: Mutex<BTreeMap<(String, i32), i64>>,
-    /// A sample of consumed messages' ingestion times (at most one per consumer every 100 ms),
-    /// for measuring freshness: see [`Freshness`].
-    /// (the ingestion time it lands at, the bridge's stamp).
-    pub samples: Mutex<std::collections::VecDeque<(u64, i64)>>,
+    /// A sample of consumed messages (at most one per consumer every 100 ms), for measuring
+    /// freshness: see [`Freshness`].
+    pub samples: Mutex<std::collections::VecDeque<Sample>>,
 }
 
-/// End-to-end freshness: for sampled messages, the wall-clock time from the bridge stamping a
-/// message (its ingestion time) until every view reflects it, over the last minute.
+/// A consumed message whose way to the views is measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sample {
+    /// The ingestion time it lands at.
+    pub at: u64,
+    /// The bridge's stamp (wall clock, ms), when it produced the message to Kafka.
+    pub stamped: i64,
+    /// The wall clock (ms) when the engine's consumer received it.
+    pub received: i64,
+}
+
+/// Freshness percentiles over the last minute, in ms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Percentiles {
+    /// Bridge stamp → every view: the broker's transit and the engine together.
+    pub p50: i64,
+    pub p99: i64,
+    /// Consumer received → every view: the engine alone.
+    pub engine_p50: i64,
+    pub engine_p99: i64,
+    pub samples: usize,
+}
+
+/// Freshness: for sampled messages, the wall-clock time from the bridge stamping a message (its
+/// ingestion time) until every view reflects it, and the part of it after the engine's consumer
+/// received the message, over the last minute.
 #[derive(Default, Debug)]
 pub struct Freshness {
-    /// (measured at, ms), oldest first.
-    recent: std::collections::VecDeque<(i64, i64)>,
+    /// (measured at, stamp → views ms, received → views ms), oldest first.
+    recent: std::collections::VecDeque<(i64, i64, i64)>,
 }
 
 impl Freshness {
@@ -81,9 +104,10 @@ impl Freshness {
     /// Measures the samples the views have passed at `frontier`, at wall-clock `now_ms`.
     pub fn observe(&mut self, stats: &SourceStats, frontier: u64, now_ms: i64) {
         let mut samples = stats.samples.lock().unwrap_or_else(|e| e.into_inner());
-        samples.retain(|&(at, stamped)| {
-            if at < frontier {
-                self.recent.push_back((now_ms, now_ms - stamped));
+        samples.retain(|s| {
+            if s.at < frontier {
+                self.recent
+                    .push_back((now_ms, now_ms - s.stamped, now_ms - s.received));
                 false
             } else {
                 true
@@ -92,21 +116,32 @@ impl Freshness {
         while self
             .recent
             .front()
-            .is_some_and(|(at, _)| *at < now_ms - Self::WINDOW_MS)
+            .is_some_and(|(at, _, _)| *at < now_ms - Self::WINDOW_MS)
         {
             self.recent.pop_front();
         }
     }
 
-    /// (p50, p99, samples) of the latest measurements.
-    pub fn percentiles(&self) -> Option<(i64, i64, usize)> {
-        let mut sorted: Vec<i64> = self.recent.iter().map(|(_, ms)| *ms).collect();
-        if sorted.is_empty() {
+    /// Percentiles of the latest measurements; `None` before the first.
+    pub fn percentiles(&self) -> Option<Percentiles> {
+        if self.recent.is_empty() {
             return None;
         }
-        sorted.sort_unstable();
-        let at = |p: f64| sorted[((sorted.len() - 1) as f64 * p).round() as usize];
-        Some((at(0.5), at(0.99), sorted.len()))
+        let of = |pick: fn(&(i64, i64, i64)) -> i64| {
+            let mut sorted: Vec<i64> = self.recent.iter().map(pick).collect();
+            sorted.sort_unstable();
+            let at = |p: f64| sorted[((sorted.len() - 1) as f64 * p).round() as usize];
+            (at(0.5), at(0.99))
+        };
+        let (p50, p99) = of(|m| m.1);
+        let (engine_p50, engine_p99) = of(|m| m.2);
+        Some(Percentiles {
+            p50,
+            p99,
+            engine_p50,
+            engine_p99,
+            samples: self.recent.len(),
+        })
     }
 }
 
@@ -151,8 +186,8 @@ pub fn start(
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
             // A broker may hold a fetch open for its whole wait, which then adds to every
-            // view's freshness; librdkafka's default is 500 ms.
-            .set("fetch.wait.max.ms", "50")
+            // view's freshness (librdkafka's default is 500 ms; tansu answers at the deadline).
+            .set("fetch.wait.max.ms", "10")
             .create()
             .map_err(KafkaError::client(brokers))
     };
@@ -227,6 +262,12 @@ struct Sinks<'a> {
 /// How long a consumer holds records before handing them to the engine.
 const SEND_EVERY: Duration = Duration::from_millis(20);
 
+/// How far behind the wall clock an idle consumer keeps its ingestion time: a message the
+/// bridge stamped this long ago may still be on its way (bridge → broker → fetch took
+/// p99 137 ms in the brokers bench), and should land at its own time. Later ones land at the
+/// consumer's time.
+const IN_FLIGHT_MS: Time = 250;
+
 fn consume(
     consumer: &BaseConsumer,
     mut feeder: Feeder,
@@ -270,7 +311,11 @@ fn consume(
                     if let Ok(mut s) = stats.samples.lock()
                         && s.len() < 10_000
                     {
-                        s.push_back((clock, ts as i64));
+                        s.push_back(Sample {
+                            at: clock,
+                            stamped: ts as i64,
+                            received: Timestamp::now().0,
+                        });
                     }
                 }
                 let topic = message.topic().to_owned();
@@ -354,11 +399,12 @@ fn consume(
                 if !batch.is_empty() {
                     send(&mut feeder, clock, &mut batch)?;
                 }
-                // Caught up: let time pass with the wall clock (a second behind, so messages
-                // the bridge stamped just now still land at their own time).
+                // Caught up: let time pass with the wall clock (`IN_FLIGHT_MS` behind, so
+                // messages the bridge stamped just now still land at their own time).
                 if idle_polls >= 4 {
-                    let now =
-                        (Timestamp::now().0.max(0) as Time).saturating_sub(1000) / tick * tick;
+                    let now = (Timestamp::now().0.max(0) as Time).saturating_sub(IN_FLIGHT_MS)
+                        / tick
+                        * tick;
                     if now > clock {
                         clock = now;
                     }
@@ -405,7 +451,18 @@ mod tests {
             .samples
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .extend([(1_000, 900), (2_000, 1_950)]);
+            .extend([
+                Sample {
+                    at: 1_000,
+                    stamped: 900,
+                    received: 1_000,
+                },
+                Sample {
+                    at: 2_000,
+                    stamped: 1_950,
+                    received: 2_100,
+                },
+            ]);
         f.observe(&stats, 1_000, 1_100);
         assert_eq!(
             f.percentiles(),
@@ -413,9 +470,17 @@ mod tests {
             "frontier 1000 has not passed time 1000"
         );
         f.observe(&stats, 1_001, 1_200);
-        assert_eq!(f.percentiles(), Some((300, 300, 1)));
+        let p = |p50, p99, engine_p50, engine_p99, samples| Percentiles {
+            p50,
+            p99,
+            engine_p50,
+            engine_p99,
+            samples,
+        };
+        assert_eq!(f.percentiles(), Some(p(300, 300, 200, 200, 1)));
         f.observe(&stats, 5_000, 2_150);
-        assert_eq!(f.percentiles(), Some((300, 300, 2)));
+        // Stamp → views 300 and 200 ms; received → views 200 and 50 ms.
+        assert_eq!(f.percentiles(), Some(p(300, 300, 200, 200, 2)));
         // A minute later the old measurements have left the window.
         f.observe(&stats, 5_000, 70_000);
         assert_eq!(f.percentiles(), None);

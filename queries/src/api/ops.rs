@@ -286,8 +286,8 @@ pub(super) async fn metrics(State(state): State<ApiState>) -> Response {
     if !out.is_empty() && !out.ends_with('\n') {
         out.push('\n');
     }
-    let snapshot = state.store.snapshot();
-    let frontier = snapshot.frontier;
+    // Counted under the store's lock, not copied: a scrape must not hold back publication.
+    let (frontier, rows) = state.store.row_counts();
     let age = (Timestamp::now().0 - i64::try_from(frontier).unwrap_or(0)).max(0) as f64 / 1e3;
     out.push_str(
         "# HELP vendflow_view_frontier_ms Ingestion time (epoch ms) every view is complete up to.\n\
@@ -312,11 +312,9 @@ pub(super) async fn metrics(State(state): State<ApiState>) -> Response {
         );
     }
     out.push_str("# HELP vendflow_view_rows Rows in each view.\n# TYPE vendflow_view_rows gauge\n");
-    for def in CATALOG {
-        let rows = snapshot.rows(def.name).map_or(0, <[_]>::len);
-        let _ = writeln!(out, "vendflow_view_rows{{view=\"{}\"}} {rows}", def.name);
+    for (name, rows) in rows {
+        let _ = writeln!(out, "vendflow_view_rows{{view=\"{name}\"}} {rows}");
     }
-    drop(snapshot);
     out.push_str(
         "# HELP vendflow_devices Machines by live status.\n# TYPE vendflow_devices gauge\n",
     );
