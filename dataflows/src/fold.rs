@@ -26,6 +26,7 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::operators::{FastMap, Time, Waiting};
 
@@ -86,16 +87,15 @@ pub trait KeyedFold<'s, K: ExchangeData + Hash, V: ExchangeData> {
         O: Data;
 }
 
-/// Emits `-published` and `+after`, skipping what is in both; `published` becomes `after`.
+/// Emits `-published` and `+after`, skipping what is in both; whether they differ.
 fn emit_difference<O: Clone + PartialEq>(
-    published: &mut Vec<O>,
-    after: &mut Vec<O>,
+    published: &[O],
+    after: &[O],
     now: Time,
     out: &mut Vec<(O, Time, isize)>,
-) {
+) -> bool {
     if published == after {
-        after.clear();
-        return;
+        return false;
     }
     // As multisets: each published record cancels one equal record of `after` (outputs are a
     // record or two per key; the quadratic scan allocates nothing).
@@ -126,8 +126,7 @@ fn emit_difference<O: Clone + PartialEq>(
             out.push((o.clone(), now, 1));
         }
     }
-    std::mem::swap(published, after);
-    after.clear();
+    true
 }
 
 impl<'s, K: ExchangeData + Hash, V: ExchangeData> KeyedFold<'s, K, V>
@@ -184,9 +183,11 @@ where
                 pact,
                 name,
                 move |_cap, _info| {
-                    // Each key's state, the output last published for it, and whether it is
-                    // touched at the time being applied.
-                    let mut states: FastMap<K, (S, Vec<O>, bool)> = FastMap::default();
+                    // Each key's state and whether it is touched at the time being applied.
+                    let mut states: FastMap<K, (S, bool)> = FastMap::default();
+                    // When kept, the output last published for each key that has one: a record
+                    // or two, inline rather than in an allocation of its own per key.
+                    let mut published: FastMap<K, SmallVec<[O; 1]>> = FastMap::default();
                     let mut waiting = Waiting::<Record<K, V>>::new();
                     // Timers by time; `waiting` holds its capability at or before the first.
                     let mut timers: BTreeMap<Time, Vec<K>> = BTreeMap::new();
@@ -220,7 +221,7 @@ where
                                 && let Some((_, records)) = waiting.pop_ready(&frontier)
                             {
                                 for ((key, value), diff) in records {
-                                    let (state, _, seen) = match states.get_mut(&key) {
+                                    let (state, seen) = match states.get_mut(&key) {
                                         Some(entry) => entry,
                                         None => states.entry(key.clone()).or_default(),
                                     };
@@ -245,7 +246,7 @@ where
                                 && let Some(keys) = timers.remove(&now)
                             {
                                 for key in keys {
-                                    let Some((state, _, seen)) = states.get_mut(&key) else { continue };
+                                    let Some((state, seen)) = states.get_mut(&key) else { continue };
                                     if !*seen {
                                         *seen = true;
                                         let mut before = Vec::new();
@@ -263,15 +264,30 @@ where
                                     timer(&key, state, &mut ctx);
                                 }
                             }
-                            for (key, mut before) in touched.drain(..) {
-                                let Some((state, published, seen)) = states.get_mut(&key) else { continue };
+                            for (key, before) in touched.drain(..) {
+                                let Some((state, seen)) = states.get_mut(&key) else { continue };
                                 *seen = false;
                                 output(&key, state, &mut after);
                                 if keep {
-                                    emit_difference(published, &mut after, now, &mut out);
+                                    let last = published.get(&key).map_or(&[][..], |p| &p[..]);
+                                    if emit_difference(last, &after, now, &mut out) {
+                                        match published.get_mut(&key) {
+                                            _ if after.is_empty() => {
+                                                published.remove(&key);
+                                            }
+                                            Some(last) => {
+                                                last.clear();
+                                                last.extend(after.drain(..));
+                                            }
+                                            None => {
+                                                published.insert(key.clone(), after.drain(..).collect());
+                                            }
+                                        }
+                                    }
                                 } else {
-                                    emit_difference(&mut before, &mut after, now, &mut out);
+                                    emit_difference(&before, &after, now, &mut out);
                                 }
+                                after.clear();
                                 if *state == S::default() {
                                     states.remove(&key);
                                 }
