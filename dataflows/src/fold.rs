@@ -271,17 +271,13 @@ where
                                 if keep {
                                     let last = published.get(&key).map_or(&[][..], |p| &p[..]);
                                     if emit_difference(last, &after, now, &mut out) {
-                                        match published.get_mut(&key) {
-                                            _ if after.is_empty() => {
-                                                published.remove(&key);
-                                            }
-                                            Some(last) => {
-                                                last.clear();
-                                                last.extend(after.drain(..));
-                                            }
-                                            None => {
-                                                published.insert(key.clone(), after.drain(..).collect());
-                                            }
+                                        if after.is_empty() {
+                                            published.remove(&key);
+                                        } else if let Some(last) = published.get_mut(&key) {
+                                            last.clear();
+                                            last.extend(after.drain(..));
+                                        } else {
+                                            published.insert(key.clone(), after.drain(..).collect());
                                         }
                                     }
                                 } else {

@@ -305,16 +305,6 @@ impl<'a> FromIterator<&'a Value> for Row {
     }
 }
 
-impl FromIterator<Value> for Row {
-    fn from_iter<I: IntoIterator<Item = Value>>(cells: I) -> Row {
-        let mut bytes = Vec::with_capacity(64);
-        for v in cells {
-            encode(&mut bytes, &v);
-        }
-        Row(Arc::from(bytes))
-    }
-}
-
 impl<const N: usize> From<[Value; N]> for Row {
     fn from(cells: [Value; N]) -> Row {
         cells.iter().collect()
@@ -323,12 +313,6 @@ impl<const N: usize> From<[Value; N]> for Row {
 
 impl From<Vec<Value>> for Row {
     fn from(cells: Vec<Value>) -> Row {
-        cells.iter().collect()
-    }
-}
-
-impl From<&[Value]> for Row {
-    fn from(cells: &[Value]) -> Row {
         cells.iter().collect()
     }
 }
