@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use vendflow_protocol::{DoorStatus, ErrorCode, Event, EventKind, MachineId, Milli, Timestamp};
 
 use crate::config::Config;
-use crate::operators::{Emit, FastMap, Keyed, Time, as_time, hash_of, split};
+use crate::operators::{Emit, FastMap, Fork, Keyed, Time, as_time, fork, hash_of};
 use crate::row::{ColumnType::*, OrdF64, Row, Value, col, null};
 use crate::sales::SaleLine;
 use crate::views::ViewDef;
@@ -366,23 +366,10 @@ pub fn render<'s>(
         },
         |_, _| {},
     );
-    // One pass splits the output three ways (no copy of the whole stream per consumer).
-    let [windows, latest, too_late] = split(out, |o| match o {
-        Out::Window(_) => 0,
-        Out::Latest(..) => 1,
-        Out::TooLate(_) => 2,
-    });
-    let windows = windows.flat_map(|o| match o {
-        Out::Window(w) => Some(w),
-        _ => None,
-    });
-    let latest = latest.flat_map(|o| match o {
-        Out::Latest(m, l) => Some((m, l)),
-        _ => None,
-    });
-    let too_late = too_late.flat_map(|o| match o {
-        Out::TooLate(m) => Some(m),
-        _ => None,
+    let (windows, latest, too_late) = fork(out, "Windows: split", |o| match o {
+        Out::Window(w) => Fork::A(w),
+        Out::Latest(m, l) => Fork::B((m, l)),
+        Out::TooLate(m) => Fork::C(m),
     });
     Windows {
         windows,

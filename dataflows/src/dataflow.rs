@@ -10,13 +10,18 @@
 //! registry leases ─▶ leases ──────────────────────────────────────────────────────┘
 //! ```
 
-use differential_dataflow::VecCollection;
+use std::convert::Infallible;
+
 use differential_dataflow::operators::CountTotal;
+use differential_dataflow::{AsCollection, VecCollection};
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::progress::operate::FrontierInterest;
 use vendflow_protocol::{Command, Event, EventKind, MachineId, RegistryRecord, Timestamp};
 
 use crate::config::Config;
 use crate::errors::ErrorRecord;
-use crate::operators::{Time, split};
+use crate::operators::{Fork, Time, fork};
 use crate::row::Row;
 use crate::views::CATALOG;
 use crate::{
@@ -50,61 +55,68 @@ struct Demuxed<'s> {
     seen: VecCollection<'s, Time, (MachineId, Timestamp)>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Part {
-    Event(Event),
-    Heartbeat(MachineId, Timestamp),
-    Seen(MachineId, Timestamp),
-}
-
 impl<'s> Demuxed<'s> {
-    const TELEMETRY: usize = 0;
-    const SALES: usize = 1;
-    const RESTOCKS: usize = 2;
-    const ACKS: usize = 3;
-    const HEARTBEATS: usize = 4;
-    const SEEN: usize = 5;
-
+    /// One operator with an output per reader: each event is moved once, to the output of its
+    /// kind, and its instants are copied to the two projections.
     fn of(events: VecCollection<'s, Time, Event>) -> Self {
-        let parts = events.flat_map(|e| {
-            let seen = Some((Self::SEEN, Part::Seen(e.machine_id.clone(), e.timestamp)));
-            let (part, heartbeat) = match &e.kind {
-                EventKind::Heartbeat(_) => (
-                    Self::TELEMETRY,
-                    Some((
-                        Self::HEARTBEATS,
-                        Part::Heartbeat(e.machine_id.clone(), e.timestamp),
-                    )),
-                ),
-                EventKind::Door(_) | EventKind::Error(_) => (Self::TELEMETRY, None),
-                EventKind::Sale(_) => (Self::SALES, None),
-                EventKind::Restock(_) => (Self::RESTOCKS, None),
-                EventKind::CommandAck(_) => (Self::ACKS, None),
-            };
-            [seen, heartbeat, Some((part, Part::Event(e)))]
-                .into_iter()
-                .flatten()
+        type Out<D> = Vec<(D, Time, isize)>;
+        let mut builder = OperatorBuilder::new("Demux events".to_owned(), events.inner.scope());
+        let mut input = builder.new_input(events.inner, Pipeline);
+        builder.set_notify_for(0, FrontierInterest::Never);
+        let (mut telemetry_out, telemetry) = builder.new_output::<Out<Event>>();
+        let (mut sales_out, sales) = builder.new_output::<Out<Event>>();
+        let (mut restocks_out, restocks) = builder.new_output::<Out<Event>>();
+        let (mut acks_out, acks) = builder.new_output::<Out<Event>>();
+        let (mut heartbeats_out, heartbeats) = builder.new_output::<Out<(MachineId, Timestamp)>>();
+        let (mut seen_out, seen) = builder.new_output::<Out<(MachineId, Timestamp)>>();
+        builder.build(move |_| {
+            let mut kinds: [Out<Event>; 4] = Default::default();
+            let (mut beats, mut instants) = (Vec::new(), Vec::new());
+            move |_frontiers| {
+                let mut to_kinds = [
+                    telemetry_out.activate(),
+                    sales_out.activate(),
+                    restocks_out.activate(),
+                    acks_out.activate(),
+                ];
+                let mut to_beats = heartbeats_out.activate();
+                let mut to_instants = seen_out.activate();
+                input.for_each_stamp(|cap, data| {
+                    for container in data {
+                        for (e, t, r) in container.drain(..) {
+                            instants.push(((e.machine_id.clone(), e.timestamp), t, r));
+                            let kind = match &e.kind {
+                                EventKind::Heartbeat(_) => {
+                                    beats.push(((e.machine_id.clone(), e.timestamp), t, r));
+                                    0
+                                }
+                                EventKind::Door(_) | EventKind::Error(_) => 0,
+                                EventKind::Sale(_) => 1,
+                                EventKind::Restock(_) => 2,
+                                EventKind::CommandAck(_) => 3,
+                            };
+                            kinds[kind].push((e, t, r));
+                        }
+                    }
+                    // `give` may leave anything in a buffer: each is cleared for the next message.
+                    for (to, buffer) in to_kinds.iter_mut().zip(&mut kinds) {
+                        to.give(&cap, buffer);
+                        buffer.clear();
+                    }
+                    to_beats.give(&cap, &mut beats);
+                    beats.clear();
+                    to_instants.give(&cap, &mut instants);
+                    instants.clear();
+                });
+            }
         });
-        let [telemetry, sales, restocks, acks, heartbeats, seen] = split(parts, |(i, _)| *i);
-        let events = |c: VecCollection<'s, Time, (usize, Part)>| {
-            c.flat_map(|(_, p)| match p {
-                Part::Event(e) => Some(e),
-                _ => None,
-            })
-        };
-        let instants = |c: VecCollection<'s, Time, (usize, Part)>| {
-            c.flat_map(|(_, p)| match p {
-                Part::Heartbeat(m, ts) | Part::Seen(m, ts) => Some((m, ts)),
-                Part::Event(_) => None,
-            })
-        };
         Demuxed {
-            telemetry: events(telemetry),
-            sales: events(sales),
-            restocks: events(restocks),
-            acks: events(acks),
-            heartbeats: instants(heartbeats),
-            seen: instants(seen),
+            telemetry: telemetry.as_collection(),
+            sales: sales.as_collection(),
+            restocks: restocks.as_collection(),
+            acks: acks.as_collection(),
+            heartbeats: heartbeats.as_collection(),
+            seen: seen.as_collection(),
         }
     }
 }
@@ -138,17 +150,9 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
     let lease_events = leases::render_events(registry.clone());
     let liveness = liveness::render(events.heartbeats, registry, config);
     let stockout = stockout::render(events.seen, sales.accepted, levels.clone(), clock, config);
-    let [status, liveness] = split(liveness, |o| match o {
-        liveness::Out::Status(..) => 0,
-        liveness::Out::Row(_) => 1,
-    });
-    let status = status.flat_map(|o| match o {
-        liveness::Out::Status(m, s) => Some((m, s)),
-        liveness::Out::Row(_) => None,
-    });
-    let liveness = liveness.flat_map(|o| match o {
-        liveness::Out::Row(l) => Some(l),
-        liveness::Out::Status(..) => None,
+    let (status, liveness, _) = fork(liveness, "Liveness: split", |o| match o {
+        liveness::Out::Status(m, s) => Fork::<_, _, Infallible>::A((m, s)),
+        liveness::Out::Row(l) => Fork::B(l),
     });
     let facts = health::facts(
         windows.latest,

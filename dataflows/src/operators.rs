@@ -15,11 +15,13 @@ use std::hash::Hash;
 use differential_dataflow::consolidation::consolidate_updates;
 use differential_dataflow::difference::{Abelian, Semigroup};
 use differential_dataflow::{AsCollection, Data, ExchangeData, VecCollection};
-use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::core::Map;
 use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::{Capability, InputCapability};
 use timely::progress::frontier::AntichainRef;
+use timely::progress::operate::FrontierInterest;
 
 /// Ingestion time: epoch milliseconds of the source's clock.
 pub type Time = u64;
@@ -411,20 +413,59 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
     }
 }
 
-/// Splits a collection into `N` parts by `route` (`0..N`) in one pass. A collection read by
-/// several operators is copied whole for each of them; split, each record is moved once.
-pub fn split<'s, D: Data, const N: usize>(
+/// Where [`fork`] sends a record: one of three outputs, each with its own type.
+pub enum Fork<A, B, C> {
+    A(A),
+    B(B),
+    C(C),
+}
+
+/// The outputs of [`fork`].
+pub type Forked<'s, A, B, C> = (
+    VecCollection<'s, Time, A>,
+    VecCollection<'s, Time, B>,
+    VecCollection<'s, Time, C>,
+);
+
+/// Splits a collection three ways in one pass, each record moved once into the output of its
+/// own type. A collection read by several operators is copied whole for each; splitting by an
+/// index and then unwrapping each part (`partition` and a `flat_map` per part) moves every
+/// record three times and sends it through two operators.
+pub fn fork<'s, D: Data, A: Data, B: Data, C: Data>(
     records: VecCollection<'s, Time, D>,
-    route: impl Fn(&D) -> usize + 'static,
-) -> [VecCollection<'s, Time, D>; N] {
-    use timely::dataflow::operators::vec::Partition;
-    let parts = records.inner.partition(N as u64, move |(d, t, r)| {
-        ((route(&d) % N) as u64, (d, t, r))
+    name: &str,
+    mut route: impl FnMut(D) -> Fork<A, B, C> + 'static,
+) -> Forked<'s, A, B, C> {
+    let mut builder = OperatorBuilder::new(name.to_owned(), records.inner.scope());
+    let mut input = builder.new_input(records.inner, Pipeline);
+    builder.set_notify_for(0, FrontierInterest::Never);
+    let (mut out_a, a) = builder.new_output::<Vec<(A, Time, isize)>>();
+    let (mut out_b, b) = builder.new_output::<Vec<(B, Time, isize)>>();
+    let (mut out_c, c) = builder.new_output::<Vec<(C, Time, isize)>>();
+    builder.build(move |_| {
+        let (mut buf_a, mut buf_b, mut buf_c) = (Vec::new(), Vec::new(), Vec::new());
+        move |_frontiers| {
+            let (mut to_a, mut to_b, mut to_c) =
+                (out_a.activate(), out_b.activate(), out_c.activate());
+            input.for_each_stamp(|cap, data| {
+                for container in data {
+                    for (d, t, r) in container.drain(..) {
+                        match route(d) {
+                            Fork::A(x) => buf_a.push((x, t, r)),
+                            Fork::B(x) => buf_b.push((x, t, r)),
+                            Fork::C(x) => buf_c.push((x, t, r)),
+                        }
+                    }
+                }
+                // `give` may leave anything in a buffer: it is cleared for the next message.
+                to_a.give(&cap, &mut buf_a);
+                buf_a.clear();
+                to_b.give(&cap, &mut buf_b);
+                buf_b.clear();
+                to_c.give(&cap, &mut buf_c);
+                buf_c.clear();
+            });
+        }
     });
-    let mut parts = parts.into_iter().map(AsCollection::as_collection);
-    std::array::from_fn(|_| {
-        parts
-            .next()
-            .unwrap_or_else(|| unreachable!("partition gives as many streams as asked"))
-    })
+    (a.as_collection(), b.as_collection(), c.as_collection())
 }

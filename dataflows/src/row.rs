@@ -452,105 +452,103 @@ pub fn schema(columns: &[Column]) -> SchemaRef {
 }
 
 /// Builds a record batch from rows; a cell whose value does not fit its column is an error.
+///
+/// Row by row: each row's cells are decoded once, in order, into the columns' builders (taking
+/// cell `i` of a row for column `i` would skip over the cells before it, for every column).
 pub fn to_batch<'a>(
     columns: &[Column],
     rows: impl IntoIterator<Item = &'a Row> + Clone,
 ) -> Result<RecordBatch, ArrowError> {
-    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(columns.len());
-    for (i, c) in columns.iter().enumerate() {
-        let cells = rows
-            .clone()
-            .into_iter()
-            .map(|r| r.get(i).unwrap_or(Value::Null));
-        let mismatch = |v: &Value| {
-            ArrowError::InvalidArgumentError(format!("column {} ({:?}) got {v:?}", c.name, c.ty))
-        };
-        let array: ArrayRef = match c.ty {
-            ColumnType::Bool => {
-                let mut b = BooleanBuilder::new();
-                for v in cells {
-                    match &v {
-                        Value::Bool(x) => b.append_value(*x),
-                        Value::Null => b.append_null(),
-                        other => return Err(mismatch(other)),
-                    }
-                }
-                Arc::new(b.finish())
-            }
-            ColumnType::Int => {
-                let mut b = Int64Builder::new();
-                for v in cells {
-                    match &v {
-                        Value::Int(x) => b.append_value(*x),
-                        Value::Null => b.append_null(),
-                        other => return Err(mismatch(other)),
-                    }
-                }
-                Arc::new(b.finish())
-            }
-            ColumnType::Float => {
-                let mut b = Float64Builder::new();
-                for v in cells {
-                    match &v {
-                        Value::Float(x) => b.append_value(x.0),
-                        Value::Null => b.append_null(),
-                        other => return Err(mismatch(other)),
-                    }
-                }
-                Arc::new(b.finish())
-            }
-            ColumnType::Text => {
-                let mut b = StringBuilder::new();
-                for v in cells {
-                    match &v {
-                        Value::Text(x) => b.append_value(x),
-                        Value::Null => b.append_null(),
-                        other => return Err(mismatch(other)),
-                    }
-                }
-                Arc::new(b.finish())
-            }
+    let capacity = rows.clone().into_iter().count();
+    let mut builders = columns
+        .iter()
+        .map(|c| ColumnBuilder::new(c.ty, capacity))
+        .collect::<Result<Vec<_>, _>>()?;
+    for row in rows {
+        let mut cells = row.iter();
+        for (c, b) in columns.iter().zip(&mut builders) {
+            b.append(c, cells.next().unwrap_or(Value::Null))?;
+        }
+    }
+    let arrays = builders.into_iter().map(ColumnBuilder::finish).collect();
+    RecordBatch::try_new(schema(columns), arrays)
+}
+
+/// The Arrow builder of one column.
+enum ColumnBuilder {
+    Bool(BooleanBuilder),
+    Int(Int64Builder),
+    Float(Float64Builder),
+    Text(StringBuilder),
+    Decimal(Decimal128Builder),
+    Time(TimestampMillisecondBuilder),
+    Date(Date32Builder),
+}
+
+impl ColumnBuilder {
+    fn new(ty: ColumnType, rows: usize) -> Result<Self, ArrowError> {
+        Ok(match ty {
+            ColumnType::Bool => Self::Bool(BooleanBuilder::with_capacity(rows)),
+            ColumnType::Int => Self::Int(Int64Builder::with_capacity(rows)),
+            ColumnType::Float => Self::Float(Float64Builder::with_capacity(rows)),
+            ColumnType::Text => Self::Text(StringBuilder::with_capacity(rows, rows * 16)),
             ColumnType::Money | ColumnType::Reading => {
-                let scale = if c.ty == ColumnType::Money { 2 } else { 3 };
-                let mut b = Decimal128Builder::new().with_precision_and_scale(18, scale)?;
-                for v in cells {
-                    match &v {
-                        Value::Money(x) if scale == 2 => b.append_value(i128::from(x.0)),
-                        Value::Reading(x) if scale == 3 => b.append_value(i128::from(x.0)),
-                        Value::Null => b.append_null(),
-                        other => return Err(mismatch(other)),
-                    }
-                }
-                Arc::new(b.finish())
+                let scale = if ty == ColumnType::Money { 2 } else { 3 };
+                Self::Decimal(
+                    Decimal128Builder::with_capacity(rows).with_precision_and_scale(18, scale)?,
+                )
             }
             ColumnType::Time => {
-                let mut b = TimestampMillisecondBuilder::new().with_timezone(UTC);
-                for v in cells {
-                    match &v {
-                        Value::Time(x) => b.append_value(x.0),
-                        Value::Null => b.append_null(),
-                        other => return Err(mismatch(other)),
-                    }
-                }
-                Arc::new(b.finish())
+                Self::Time(TimestampMillisecondBuilder::with_capacity(rows).with_timezone(UTC))
             }
-            ColumnType::Date => {
-                let mut b = Date32Builder::new();
-                for v in cells {
-                    match &v {
-                        Value::Date(d) => b.append_value(
-                            i32::try_from(*d).map_err(|_| mismatch(&Value::Date(*d)))?,
-                        ),
-                        Value::Null => b.append_null(),
-                        other => return Err(mismatch(other)),
-                    }
-                }
-                Arc::new(b.finish())
-            }
-        };
-        arrays.push(array);
+            ColumnType::Date => Self::Date(Date32Builder::with_capacity(rows)),
+        })
     }
-    RecordBatch::try_new(schema(columns), arrays)
+
+    fn append(&mut self, c: &Column, v: Value) -> Result<(), ArrowError> {
+        match (self, v) {
+            (Self::Bool(b), Value::Bool(x)) => b.append_value(x),
+            (Self::Bool(b), Value::Null) => b.append_null(),
+            (Self::Int(b), Value::Int(x)) => b.append_value(x),
+            (Self::Int(b), Value::Null) => b.append_null(),
+            (Self::Float(b), Value::Float(x)) => b.append_value(x.0),
+            (Self::Float(b), Value::Null) => b.append_null(),
+            (Self::Text(b), Value::Text(x)) => b.append_value(x),
+            (Self::Text(b), Value::Null) => b.append_null(),
+            (Self::Decimal(b), Value::Money(x)) if c.ty == ColumnType::Money => {
+                b.append_value(i128::from(x.0))
+            }
+            (Self::Decimal(b), Value::Reading(x)) if c.ty == ColumnType::Reading => {
+                b.append_value(i128::from(x.0))
+            }
+            (Self::Decimal(b), Value::Null) => b.append_null(),
+            (Self::Time(b), Value::Time(x)) => b.append_value(x.0),
+            (Self::Time(b), Value::Null) => b.append_null(),
+            (Self::Date(b), Value::Date(d)) => match i32::try_from(d) {
+                Ok(d) => b.append_value(d),
+                Err(_) => return Err(mismatch(c, &Value::Date(d))),
+            },
+            (Self::Date(b), Value::Null) => b.append_null(),
+            (_, other) => return Err(mismatch(c, &other)),
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> ArrayRef {
+        match self {
+            Self::Bool(mut b) => Arc::new(b.finish()),
+            Self::Int(mut b) => Arc::new(b.finish()),
+            Self::Float(mut b) => Arc::new(b.finish()),
+            Self::Text(mut b) => Arc::new(b.finish()),
+            Self::Decimal(mut b) => Arc::new(b.finish()),
+            Self::Time(mut b) => Arc::new(b.finish()),
+            Self::Date(mut b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+fn mismatch(c: &Column, v: &Value) -> ArrowError {
+    ArrowError::InvalidArgumentError(format!("column {} ({:?}) got {v:?}", c.name, c.ty))
 }
 
 #[cfg(test)]

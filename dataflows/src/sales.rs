@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use vendflow_protocol::{Cents, Event, EventKind, MachineId, Text, Timestamp};
 
 use crate::config::Config;
-use crate::operators::{ExpiringSet, Keyed, Time, as_time, hash_of, split};
+use crate::operators::{ExpiringSet, Fork, Keyed, Time, as_time, fork, hash_of};
 use crate::row::{ColumnType::*, Row, Value, col};
 use crate::views::ViewDef;
 
@@ -124,24 +124,15 @@ pub fn render<'s>(events: VecCollection<'s, Time, Event>, config: &Config) -> Sa
             },
             ExpiringSet::expire,
         );
-    let [accepted, duplicates, too_late] = split(verdicts, |v| match v {
-        Verdict::Accepted(_) => 0,
-        Verdict::Duplicate(_) => 1,
-        Verdict::TooLate(_) => 2,
+    let (accepted, duplicates, too_late) = fork(verdicts, "Sales: split", |v| match v {
+        Verdict::Accepted(line) => Fork::A(line),
+        Verdict::Duplicate(m) => Fork::B(m),
+        Verdict::TooLate(m) => Fork::C(m),
     });
     Sales {
-        accepted: accepted.flat_map(|v| match v {
-            Verdict::Accepted(line) => Some(line),
-            _ => None,
-        }),
-        duplicates: duplicates.flat_map(|v| match v {
-            Verdict::Duplicate(m) => Some(m),
-            _ => None,
-        }),
-        too_late: too_late.flat_map(|v| match v {
-            Verdict::TooLate(m) => Some(m),
-            _ => None,
-        }),
+        accepted,
+        duplicates,
+        too_late,
     }
 }
 
