@@ -26,7 +26,7 @@ use vendflow_protocol::{DoorStatus, ErrorCode, Event, EventKind, MachineId, Mill
 
 use crate::config::Config;
 use crate::operators::{Emit, FastMap, Fork, Keyed, Time, as_time, fork, hash_of};
-use crate::row::{ColumnType::*, OrdF64, Row, Value, col, null};
+use crate::row::{ColumnType::*, Row, RowWriter, col, null};
 use crate::sales::SaleLine;
 use crate::views::ViewDef;
 
@@ -387,28 +387,25 @@ fn window(machine_id: &MachineId, start: Timestamp, totals: Agg) -> Window {
 }
 
 pub fn row(w: Window) -> Row {
-    let levels = w.levels();
-    let t = w.totals;
-    let [l0, l1, l2, l3, l4] = levels.map(|l| Value::text(l.as_str()));
-    Row::from([
-        Value::text(w.machine_id.as_str()),
-        Value::Time(w.start),
-        Value::Int(t.heartbeats),
-        Value::opt(t.max_temperature, Value::Reading),
-        Value::opt(w.avg_temperature(), |f| Value::Float(OrdF64(f))),
-        Value::Int(t.door_opens),
-        Value::Int(t.card_attempts),
-        Value::Int(t.card_errors),
-        Value::Int(t.motor_faults),
-        Value::opt(t.max_motor_current, Value::Reading),
-        Value::opt(t.min_network_signal, Value::Reading),
-        l0,
-        l1,
-        l2,
-        l3,
-        l4,
-        Value::text(w.status().as_str()),
-    ])
+    let t = &w.totals;
+    Row::build(|r| {
+        r.text(w.machine_id.as_str());
+        r.time(w.start);
+        r.int(t.heartbeats);
+        r.opt(t.max_temperature, RowWriter::reading);
+        r.opt(w.avg_temperature(), RowWriter::float);
+        r.int(t.door_opens);
+        r.int(t.card_attempts);
+        r.int(t.card_errors);
+        r.int(t.motor_faults);
+        r.opt(t.max_motor_current, RowWriter::reading);
+        r.opt(t.min_network_signal, RowWriter::reading);
+        let levels = w.levels();
+        for level in levels {
+            r.text(level.as_str());
+        }
+        r.text(levels.into_iter().max().unwrap_or(Level::Normal).as_str());
+    })
 }
 
 /// Batch definition of the windows, for oracle tests and the golden scenario.
@@ -450,6 +447,7 @@ pub(crate) fn oracle(scenario: &crate::testing::Scenario) -> Vec<Window> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::row::Value;
     use crate::testing::{self, Scenario};
 
     #[test]

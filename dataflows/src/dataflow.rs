@@ -21,7 +21,7 @@ use vendflow_protocol::{Command, Event, EventKind, MachineId, RegistryRecord, Ti
 
 use crate::config::Config;
 use crate::errors::ErrorRecord;
-use crate::operators::{Fork, Time, fork};
+use crate::operators::{FastSet, Fork, Time, fork};
 use crate::row::Row;
 use crate::views::CATALOG;
 use crate::{
@@ -51,7 +51,7 @@ struct Demuxed<'s> {
     acks: VecCollection<'s, Time, Event>,
     /// When each machine's heartbeats happened (liveness).
     heartbeats: VecCollection<'s, Time, (MachineId, Timestamp)>,
-    /// When each event of each machine happened (days observed).
+    /// When a machine's events happened (days observed): at least its first event of each day.
     seen: VecCollection<'s, Time, (MachineId, Timestamp)>,
 }
 
@@ -72,6 +72,9 @@ impl<'s> Demuxed<'s> {
         builder.build(move |_| {
             let mut kinds: [Out<Event>; 4] = Default::default();
             let (mut beats, mut instants) = (Vec::new(), Vec::new());
+            // The machines that have had an event of the newest day already passed on: only a
+            // machine's first event of a day tells the days-observed count anything.
+            let (mut today, mut seen_today) = (i64::MIN, FastSet::<MachineId>::default());
             move |_frontiers| {
                 let mut to_kinds = [
                     telemetry_out.activate(),
@@ -84,7 +87,9 @@ impl<'s> Demuxed<'s> {
                 input.for_each_stamp(|cap, data| {
                     for container in data {
                         for (e, t, r) in container.drain(..) {
-                            instants.push(((e.machine_id.clone(), e.timestamp), t, r));
+                            if first_of_day(&mut today, &mut seen_today, &e) || r <= 0 {
+                                instants.push(((e.machine_id.clone(), e.timestamp), t, r));
+                            }
                             let kind = match &e.kind {
                                 EventKind::Heartbeat(_) => {
                                     beats.push(((e.machine_id.clone(), e.timestamp), t, r));
@@ -119,6 +124,21 @@ impl<'s> Demuxed<'s> {
             seen: seen.as_collection(),
         }
     }
+}
+
+/// Whether `event` may be its machine's first of its day: false only for a later event of a
+/// machine on the newest day seen (`today`), once one has been passed on. Passing an event on twice
+/// is harmless (the days-observed fold ignores a day it has); holding one back is safe because
+/// records reach this operator in ingestion-time order, so the first of the day went before it.
+/// Holds the machines of one day only.
+fn first_of_day(today: &mut i64, seen_today: &mut FastSet<MachineId>, event: &Event) -> bool {
+    let day = event.timestamp.day();
+    if day > *today {
+        *today = day;
+        seen_today.clear();
+    }
+    day < *today
+        || (!seen_today.contains(&event.machine_id) && seen_today.insert(event.machine_id.clone()))
 }
 
 /// Builds every view; returns their rows in [`CATALOG`] order.

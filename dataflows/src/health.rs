@@ -22,7 +22,7 @@ use crate::fold::{KeyedFold, Published};
 use crate::inventory;
 use crate::liveness::Status;
 use crate::operators::{Time, hash_of};
-use crate::row::{ColumnType::*, Row, Value, col};
+use crate::row::{ColumnType::*, Row, col};
 use crate::views::ViewDef;
 
 pub const HEALTH: ViewDef = ViewDef {
@@ -191,13 +191,13 @@ pub fn render<'s>(
 }
 
 pub fn row(h: Health) -> Row {
-    Row::from([
-        Value::text(h.machine_id.as_str()),
-        Value::Int(h.score),
-        Value::text(h.grade()),
-        Value::Int(h.alerts),
-        Value::text(h.reasons.join("; ")),
-    ])
+    Row::build(|r| {
+        r.text(h.machine_id.as_str());
+        r.int(h.score);
+        r.text(h.grade());
+        r.int(h.alerts);
+        r.text_joined(&h.reasons, "; ");
+    })
 }
 
 #[cfg(test)]
@@ -205,6 +205,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::row::Value;
     use crate::testing::{self};
 
     #[test]

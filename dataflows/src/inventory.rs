@@ -18,7 +18,7 @@ use vendflow_protocol::{Event, EventKind, MachineId, RegistryRecord};
 use crate::config::Config;
 use crate::fold::{KeyedFold, Published};
 use crate::operators::{Time, hash_of};
-use crate::row::{ColumnType::*, Row, Value, col, null};
+use crate::row::{ColumnType::*, Row, col, null};
 use crate::sales::SaleLine;
 use crate::views::ViewDef;
 
@@ -174,18 +174,17 @@ pub fn render<'s>(
 }
 
 pub fn row(l: Level) -> Row {
-    Row::from([
-        Value::text(l.machine_id.as_str()),
-        Value::Int(i64::from(l.slot_number)),
-        Value::opt(l.plan.as_ref(), |p| Value::text(&p.product_id)),
-        Value::opt(l.plan.as_ref(), |p| Value::Int(i64::from(p.capacity))),
-        Value::Int(l.units),
-        Value::opt(l.plan.as_ref(), |p| {
-            Value::Int(i64::from(p.low_stock_threshold))
-        }),
-        Value::Bool(l.low_stock()),
-        Value::Bool(l.sold_out()),
-    ])
+    Row::build(|r| {
+        r.text(l.machine_id.as_str());
+        r.int(i64::from(l.slot_number));
+        let plan = l.plan.as_ref();
+        r.opt(plan, |r, p| r.text(&p.product_id));
+        r.opt(plan, |r, p| r.int(i64::from(p.capacity)));
+        r.int(l.units);
+        r.opt(plan, |r, p| r.int(i64::from(p.low_stock_threshold)));
+        r.bool(l.low_stock());
+        r.bool(l.sold_out());
+    })
 }
 
 /// Batch definition of the levels, for oracle tests.
@@ -227,6 +226,7 @@ pub(crate) fn oracle(scenario: &crate::testing::Scenario) -> Vec<Level> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::row::Value;
     use crate::testing::{self, Scenario};
 
     #[test]

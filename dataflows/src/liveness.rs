@@ -18,7 +18,7 @@ use vendflow_protocol::{MachineId, MachineStatus, RegistryRecord, Timestamp};
 use crate::config::Config;
 use crate::fold::{KeyedFold, Published};
 use crate::operators::{Time, as_time, hash_of};
-use crate::row::{ColumnType::*, Row, Value, col, null};
+use crate::row::{ColumnType::*, Row, RowWriter, col, null};
 use crate::views::ViewDef;
 
 pub const LIVENESS: ViewDef = ViewDef {
@@ -165,12 +165,12 @@ pub fn render<'s>(
 }
 
 pub fn row(l: Liveness) -> Row {
-    Row::from([
-        Value::text(l.machine_id.as_str()),
-        Value::opt(l.last_heartbeat, Value::Time),
-        Value::text(l.status.as_str()),
-        Value::Bool(l.registered),
-    ])
+    Row::build(|r| {
+        r.text(l.machine_id.as_str());
+        r.opt(l.last_heartbeat, RowWriter::time);
+        r.text(l.status.as_str());
+        r.bool(l.registered);
+    })
 }
 
 #[cfg(test)]
@@ -208,6 +208,7 @@ pub(crate) fn oracle(scenario: &crate::testing::Scenario) -> Vec<Liveness> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::row::Value;
     use crate::testing::{self, Scenario};
 
     #[test]

@@ -365,13 +365,13 @@ pub fn top_row((rank, m, cents): (usize, MachineId, Cents)) -> Row {
 }
 
 pub fn slot_sales_row(((m, slot), t): ((MachineId, u32), Totals)) -> Row {
-    Row::from([
-        Value::text(m.as_str()),
-        Value::Int(i64::from(slot)),
-        Value::Int(t.1 as i64),
-        Value::Int(t.2 as i64),
-        Value::Money(Cents(t.0 as i64)),
-    ])
+    Row::build(|r| {
+        r.text(m.as_str());
+        r.int(i64::from(slot));
+        r.int(t.1 as i64);
+        r.int(t.2 as i64);
+        r.money(Cents(t.0 as i64));
+    })
 }
 
 #[cfg(test)]
