@@ -163,9 +163,11 @@ pub fn facts<'s>(
 
 /// Each machine's facts (a sorted multiset), scored in ingestion-time order: a change that does
 /// not move the score or the reasons publishes nothing.
+/// The fold publishes the view's rows themselves: a retraction is the kept row, not a row built
+/// again from a kept `Health`.
 pub fn render<'s>(
     facts: VecCollection<'s, Time, (MachineId, Fact)>,
-) -> VecCollection<'s, Time, Health> {
+) -> VecCollection<'s, Time, Row> {
     facts.fold_by_key(
         "Health",
         Published::Kept,
@@ -184,7 +186,7 @@ pub fn render<'s>(
         |_, _, _| {},
         |m, state, out| {
             if !state.is_empty() {
-                out.push(score(m.clone(), state));
+                out.push(row(score(m.clone(), state)));
             }
         },
     )

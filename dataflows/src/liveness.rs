@@ -83,11 +83,12 @@ struct State {
     timer: Option<Time>,
 }
 
-/// What the liveness operator publishes: the view's row, and the status alone (for health,
-/// which must not hear about every heartbeat, only about status changes).
+/// What the liveness operator publishes: the view's row (kept as published, so its retraction
+/// is not built again), and the status alone (for health, which must not hear about every
+/// heartbeat, only about status changes).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Out {
-    Row(Liveness),
+    Row(Row),
     Status(MachineId, Status),
 }
 
@@ -153,12 +154,12 @@ pub fn render<'s>(
                 return;
             }
             let status = status(reg, state.online);
-            out.push(Out::Row(Liveness {
+            out.push(Out::Row(row(Liveness {
                 machine_id: m.clone(),
                 last_heartbeat: state.last,
                 status,
                 registered: reg.is_some(),
-            }));
+            })));
             out.push(Out::Status(m.clone(), status));
         },
     )

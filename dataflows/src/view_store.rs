@@ -381,6 +381,19 @@ impl Snapshot {
         batch_of(def, &self.views[i].1)
     }
 
+    /// Rows `range` of a view (in the snapshot's order) as an Arrow batch: parts of a large view
+    /// converted on several threads.
+    pub fn batch_range(
+        &self,
+        name: &str,
+        range: std::ops::Range<usize>,
+    ) -> Result<RecordBatch, StoreError> {
+        let (i, def) = find(name).ok_or_else(|| unknown(name))?;
+        let rows = &self.views[i].1;
+        let end = range.end.min(rows.len());
+        batch_of(def, &rows[range.start.min(end)..end])
+    }
+
     /// A view's rows that `keep` accepts, as an Arrow batch (a query's equality filters on a
     /// key: converting a whole 1.5 M-row view to find one machine's rows is the slow part).
     pub fn batch_where(

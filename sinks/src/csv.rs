@@ -5,7 +5,7 @@
 //! printed as a decimal with two places and instants as RFC 3339 in UTC.
 
 use std::fs::File;
-use std::io::BufWriter;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use vendflow_dataflows::Snapshot;
@@ -47,7 +47,13 @@ pub fn write_snapshot(snapshot: &Snapshot, dir: &Path) -> Result<Vec<Written>, S
     })
 }
 
-/// Writes one view of `snapshot` as `<dir>/<view>.csv`.
+/// Views with more rows than this are converted and encoded in parts, on several threads.
+const ROWS_PER_PART: usize = 50_000;
+/// At most this many parts (threads) per view.
+const MAX_PARTS: usize = 8;
+
+/// Writes one view of `snapshot` as `<dir>/<view>.csv`. A large view is converted to Arrow and
+/// encoded as CSV in parts, each on its own thread, then written in order.
 fn write_view(snapshot: &Snapshot, view: &'static str, dir: &Path) -> Result<Written, SinkError> {
     let io = |path: &Path| {
         let path = path.display().to_string();
@@ -57,24 +63,110 @@ fn write_view(snapshot: &Snapshot, view: &'static str, dir: &Path) -> Result<Wri
         view: view.into(),
         message: e.to_string(),
     };
-    let batch = snapshot.batch(view).map_err(|e| encode(&e))?;
+    let rows = snapshot.rows(view).map_err(|e| encode(&e))?.len();
+    let parts = rows.div_ceil(ROWS_PER_PART).clamp(1, MAX_PARTS);
+    let per_part = rows.div_ceil(parts).max(1);
+    let encoded: Vec<Result<Vec<u8>, SinkError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..parts)
+            .map(|part| {
+                scope.spawn(move || {
+                    let batch = snapshot
+                        .batch_range(view, part * per_part..(part + 1) * per_part)
+                        .map_err(|e| encode(&e))?;
+                    let mut bytes = Vec::new();
+                    let mut writer = arrow_csv::WriterBuilder::new()
+                        .with_header(part == 0)
+                        .build(&mut bytes);
+                    writer.write(&batch).map_err(|e| encode(&e))?;
+                    drop(writer);
+                    Ok(bytes)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(encode(&"a CSV encoder thread panicked")))
+            })
+            .collect()
+    });
     let path = dir.join(format!("{view}.csv"));
     let tmp = dir.join(format!(".{view}.csv.tmp"));
-    let file = File::create(&tmp).map_err(io(&tmp))?;
-    let mut writer = arrow_csv::WriterBuilder::new()
-        .with_header(true)
-        .build(BufWriter::new(file));
-    writer.write(&batch).map_err(|e| encode(&e))?;
-    let inner = writer.into_inner();
-    let file = inner.into_inner().map_err(|e| SinkError::Io {
+    let mut file = BufWriter::new(File::create(&tmp).map_err(io(&tmp))?);
+    for part in encoded {
+        file.write_all(&part?).map_err(io(&tmp))?;
+    }
+    let file = file.into_inner().map_err(|e| SinkError::Io {
         path: tmp.display().to_string(),
         source: e.into_error(),
     })?;
     file.sync_all().map_err(io(&tmp))?;
     std::fs::rename(&tmp, &path).map_err(io(&path))?;
-    Ok(Written {
-        view,
-        path,
-        rows: batch.num_rows(),
-    })
+    Ok(Written { view, path, rows })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use anyhow::Context;
+    use vendflow_dataflows::{Batch, Config, Engine};
+    use vendflow_protocol::decode::decode_line;
+
+    use super::*;
+
+    /// A view large enough to be encoded in parts is the same file as encoded whole: one header,
+    /// every row once, in the snapshot's order.
+    #[test]
+    fn a_large_view_written_in_parts_is_the_view_written_whole() -> anyhow::Result<()> {
+        let machines = ROWS_PER_PART * 2 + 17;
+        let mut engine = Engine::start(Config::default())?;
+        let store = engine.store();
+        let mut feeders = engine.feeders().context("feeders")?;
+        let start = 1_700_000_000_000i64;
+        let events = (0..machines)
+            .flat_map(|i| {
+                let line = format!(
+                    r#"{{"machineId":"m{i:06}","type":"heartbeat","timestamp":{},"payload":{{"temperature":5.5}}}}"#,
+                    start + i as i64
+                );
+                decode_line(line.as_bytes())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let end = (start as u64) + machines as u64 + 1;
+        feeders.send(
+            start as u64,
+            Batch {
+                events,
+                ..Batch::default()
+            },
+        )?;
+        feeders.advance_all(end)?;
+        anyhow::ensure!(
+            store.wait_for(end, Duration::from_secs(120)),
+            "views never caught up"
+        );
+        let snapshot = store.snapshot();
+        let dir = tempfile::tempdir()?;
+        let written = write_snapshot(&snapshot, dir.path())?;
+        let liveness = written
+            .iter()
+            .find(|w| w.view == "liveness")
+            .context("no liveness.csv")?;
+        assert_eq!(liveness.rows, machines);
+        let mut whole = Vec::new();
+        arrow_csv::WriterBuilder::new()
+            .with_header(true)
+            .build(&mut whole)
+            .write(&snapshot.batch("liveness")?)?;
+        let file = std::fs::read(&liveness.path)?;
+        assert_eq!(file.iter().filter(|b| **b == b'\n').count(), machines + 1);
+        assert!(
+            file == whole,
+            "liveness.csv differs from the view written whole"
+        );
+        engine.shutdown()?;
+        Ok(())
+    }
 }
