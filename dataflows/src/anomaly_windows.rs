@@ -19,6 +19,7 @@
 //! only ever added, so a window's whole state is one aggregate, however many events it saw.
 
 use std::collections::BTreeMap;
+use std::collections::hash_map::Entry;
 
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
@@ -255,7 +256,8 @@ enum Out {
 /// when windows leave retention.
 #[derive(Default)]
 struct State {
-    windows: FastMap<WindowKey, Agg>,
+    /// Each live window's aggregate, and the last ingestion time that touched it.
+    windows: FastMap<WindowKey, (Agg, Time)>,
     latest: FastMap<MachineId, (Timestamp, [Level; 5])>,
     expiries: BTreeMap<Time, Vec<WindowKey>>,
 }
@@ -269,7 +271,7 @@ impl State {
                 break;
             }
             for key in entry.remove() {
-                let Some(totals) = self.windows.remove(&key) else {
+                let Some((totals, _)) = self.windows.remove(&key) else {
                     continue;
                 };
                 out.give(Out::Window(window(&key.0, key.1, totals)), -1);
@@ -308,7 +310,8 @@ pub fn render<'s>(
         move |state, records, out| {
             let now = out.time();
             state.expire(now, out);
-            // Each touched window's aggregate before this time, to retract it once.
+            // Each touched window's aggregate before this time, to retract it once (records come
+            // in arrival order: a window's first record of this time notes it).
             let mut before: Vec<(WindowKey, Option<Agg>)> = Vec::new();
             for ((key, agg), diff) in records.drain(..) {
                 if diff <= 0 {
@@ -320,26 +323,30 @@ pub fn render<'s>(
                     out.give(Out::TooLate(key.0), diff);
                     continue;
                 }
-                let entry = state.windows.entry(key.clone());
-                if before.last().is_none_or(|(k, _)| *k != key) {
-                    let old = match &entry {
-                        std::collections::hash_map::Entry::Occupied(o) => Some(*o.get()),
-                        std::collections::hash_map::Entry::Vacant(_) => None,
-                    };
-                    if old.is_none() {
+                let window = match state.windows.entry(key) {
+                    Entry::Occupied(mut o) => {
+                        if o.get().1 != now {
+                            o.get_mut().1 = now;
+                            before.push((o.key().clone(), Some(o.get().0)));
+                        }
+                        &mut o.into_mut().0
+                    }
+                    Entry::Vacant(v) => {
+                        let key = v.key().clone();
                         state.expiries.entry(expires).or_default().push(key.clone());
                         out.wake_at(expires);
+                        before.push((key, None));
+                        &mut v.insert((Agg::default(), now)).0
                     }
-                    before.push((key, old));
-                }
-                let window = entry.or_default();
+                };
                 for _ in 0..diff {
                     window.add(&agg);
                 }
             }
-            // Records are sorted, so a machine's windows are together and in start order.
+            // A machine's touched windows together and in start order.
+            before.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             for (i, ((machine_id, start), old)) in before.iter().enumerate() {
-                let new = state.windows[&(machine_id.clone(), *start)];
+                let (new, _) = state.windows[&(machine_id.clone(), *start)];
                 if let Some(old) = old {
                     out.give(Out::Window(window(machine_id, *start, *old)), -1);
                 }

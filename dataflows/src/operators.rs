@@ -327,6 +327,7 @@ pub trait Keyed<'s, D: ExchangeData> {
             key,
             state,
             move |state, records, emit| {
+                records.sort();
                 for (d, r) in records.drain(..) {
                     logic(state, d, r, emit);
                 }
@@ -335,9 +336,10 @@ pub trait Keyed<'s, D: ExchangeData> {
         )
     }
 
-    /// Like [`Keyed::keyed_in_time_order`], but `logic` gets all records of one time at once
-    /// (sorted), so it can emit one change per key and time instead of one per record; and it
-    /// can ask to run again at a later time ([`Emit::wake_at`]) to retract what expires then.
+    /// Like [`Keyed::keyed_in_time_order`], but `logic` gets all records of one time at once, in
+    /// arrival order (so what it publishes must not depend on their order), so it can emit one
+    /// change per key and time instead of one per record; and it can ask to run again at a later
+    /// time ([`Emit::wake_at`]) to retract what expires then.
     fn keyed_times_in_order<S, O, K>(
         self,
         name: &str,
@@ -384,7 +386,6 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
                         });
                         let frontier = frontier.frontier();
                         while let Some((time, mut records)) = waiting.pop_ready(&frontier) {
-                            records.sort();
                             let mut emit = Emit {
                                 time,
                                 out: &mut out,
