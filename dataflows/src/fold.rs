@@ -187,7 +187,7 @@ where
                     let mut states: FastMap<K, (S, bool)> = FastMap::default();
                     // When kept, the output last published for each key that has one: a record
                     // or two, inline rather than in an allocation of its own per key.
-                    let mut published: FastMap<K, SmallVec<[O; 1]>> = FastMap::default();
+                    let mut published: FastMap<K, SmallVec<[O; 2]>> = FastMap::default();
                     let mut waiting = Waiting::<Record<K, V>>::new();
                     // Timers by time; `waiting` holds its capability at or before the first.
                     let mut timers: BTreeMap<Time, Vec<K>> = BTreeMap::new();
