@@ -54,7 +54,10 @@ fn sales_dedup<'s>(
     _r: VecCollection<'s, u64, RegistryRecord>,
     c: &Config,
 ) -> Handle<u64> {
-    sales::render(e, c).accepted.probe().0
+    sales::render(e.flat_map(sales::SaleLine::of_event), c)
+        .accepted
+        .probe()
+        .0
 }
 
 fn revenue_views<'s>(
@@ -66,7 +69,11 @@ fn revenue_views<'s>(
         RegistryRecord::Machine(m) => m.location_id.map(|l| (m.machine_id, l)),
         _ => None,
     });
-    let v = revenue::render(sales::render(e, c).accepted, loc, c);
+    let v = revenue::render(
+        sales::render(e.flat_map(sales::SaleLine::of_event), c).accepted,
+        loc,
+        c,
+    );
     v.location_daily.probe_with(&Handle::new());
     v.machine_daily.probe().0
 }
@@ -78,9 +85,13 @@ fn inventory_levels<'s>(
 ) -> Handle<u64> {
     let cc = c.clone();
     let plans = r.flat_map(move |r| inventory::planogram(&r, &cc));
-    inventory::render(e.clone(), sales::render(e, c).accepted, plans)
-        .probe()
-        .0
+    inventory::render(
+        e.clone(),
+        sales::render(e.flat_map(sales::SaleLine::of_event), c).accepted,
+        plans,
+    )
+    .probe()
+    .0
 }
 
 fn windows<'s>(
@@ -88,10 +99,18 @@ fn windows<'s>(
     _r: VecCollection<'s, u64, RegistryRecord>,
     c: &Config,
 ) -> Handle<u64> {
-    anomaly_windows::render(e.clone(), sales::render(e, c).accepted, c)
-        .windows
-        .probe()
-        .0
+    let width = c.window_ms;
+    let telemetry = e
+        .clone()
+        .flat_map(move |e| anomaly_windows::contribution(&e, width));
+    anomaly_windows::render(
+        telemetry,
+        sales::render(e.flat_map(sales::SaleLine::of_event), c).accepted,
+        c,
+    )
+    .windows
+    .probe()
+    .0
 }
 
 fn liveness_view<'s>(

@@ -292,17 +292,18 @@ impl State {
 /// Each time a window changes its old row is retracted and the new one inserted. When retention
 /// ends the operator wakes at exactly that time and retracts the window (and its machine's
 /// "latest" row) from its own state: no copy of the output waits for its expiry elsewhere.
+///
+/// `telemetry`: what each heartbeat, door and error event contributes to its window
+/// ([`contribution`]); card sales are added here.
 pub fn render<'s>(
-    events: VecCollection<'s, Time, Event>,
+    telemetry: VecCollection<'s, Time, (WindowKey, Agg)>,
     accepted: VecCollection<'s, Time, SaleLine>,
     config: &Config,
 ) -> Windows<'s> {
     let width = config.window_ms;
     let retention = config.window_retention_ms;
     let until = move |start: Timestamp| as_time(start.0 + width + retention);
-    let contributions = events
-        .flat_map(move |e| contribution(&e, width))
-        .concat(accepted.flat_map(move |l| card_contribution(&l, width)));
+    let contributions = telemetry.concat(accepted.flat_map(move |l| card_contribution(&l, width)));
     let out = contributions.keyed_times_in_order(
         "Windows: fold",
         |((m, _), _): &(WindowKey, Agg)| hash_of(m),

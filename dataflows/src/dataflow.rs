@@ -19,10 +19,12 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::progress::operate::FrontierInterest;
 use vendflow_protocol::{Command, Event, EventKind, MachineId, RegistryRecord, Timestamp};
 
+use crate::anomaly_windows::{Agg, WindowKey};
 use crate::config::Config;
 use crate::errors::ErrorRecord;
 use crate::operators::{FastSet, Fork, Time, fork};
 use crate::row::Row;
+use crate::sales::SaleLine;
 use crate::views::CATALOG;
 use crate::{
     anomaly_windows, commands, errors, health, inventory, leases, liveness, revenue, sales,
@@ -43,9 +45,10 @@ pub(crate) struct Inputs<'s> {
 /// copied whole for each, so each event is moved to the one view that reads its kind, and the
 /// views that read every event get a small projection instead.
 struct Demuxed<'s> {
-    /// Heartbeats, door and error events (the anomaly windows).
-    telemetry: VecCollection<'s, Time, Event>,
-    sales: VecCollection<'s, Time, Event>,
+    /// What heartbeats, door and error events contribute to their anomaly window.
+    telemetry: VecCollection<'s, Time, (WindowKey, Agg)>,
+    /// The sale lines, as delivered (before dedup).
+    sales: VecCollection<'s, Time, SaleLine>,
     restocks: VecCollection<'s, Time, Event>,
     /// Command answers.
     acks: VecCollection<'s, Time, Event>,
@@ -57,31 +60,31 @@ struct Demuxed<'s> {
 
 impl<'s> Demuxed<'s> {
     /// One operator with an output per reader: each event is moved once, to the output of its
-    /// kind, and its instants are copied to the two projections.
-    fn of(events: VecCollection<'s, Time, Event>) -> Self {
+    /// kind as the record its reader takes (a window contribution, a sale line), and its instants
+    /// are copied to the two projections.
+    fn of(events: VecCollection<'s, Time, Event>, window_ms: i64) -> Self {
         type Out<D> = Vec<(D, Time, isize)>;
         let mut builder = OperatorBuilder::new("Demux events".to_owned(), events.inner.scope());
         let mut input = builder.new_input(events.inner, Pipeline);
         builder.set_notify_for(0, FrontierInterest::Never);
-        let (mut telemetry_out, telemetry) = builder.new_output::<Out<Event>>();
-        let (mut sales_out, sales) = builder.new_output::<Out<Event>>();
+        let (mut telemetry_out, telemetry) = builder.new_output::<Out<(WindowKey, Agg)>>();
+        let (mut sales_out, sales) = builder.new_output::<Out<SaleLine>>();
         let (mut restocks_out, restocks) = builder.new_output::<Out<Event>>();
         let (mut acks_out, acks) = builder.new_output::<Out<Event>>();
         let (mut heartbeats_out, heartbeats) = builder.new_output::<Out<(MachineId, Timestamp)>>();
         let (mut seen_out, seen) = builder.new_output::<Out<(MachineId, Timestamp)>>();
         builder.build(move |_| {
-            let mut kinds: [Out<Event>; 4] = Default::default();
+            let (mut contributions, mut lines) = (Vec::new(), Vec::new());
+            let (mut restocks, mut acks) = (Vec::new(), Vec::new());
             let (mut beats, mut instants) = (Vec::new(), Vec::new());
             // The machines that have had an event of the newest day already passed on: only a
             // machine's first event of a day tells the days-observed count anything.
             let (mut today, mut seen_today) = (i64::MIN, FastSet::<MachineId>::default());
             move |_frontiers| {
-                let mut to_kinds = [
-                    telemetry_out.activate(),
-                    sales_out.activate(),
-                    restocks_out.activate(),
-                    acks_out.activate(),
-                ];
+                let mut to_contributions = telemetry_out.activate();
+                let mut to_lines = sales_out.activate();
+                let mut to_restocks = restocks_out.activate();
+                let mut to_acks = acks_out.activate();
                 let mut to_beats = heartbeats_out.activate();
                 let mut to_instants = seen_out.activate();
                 input.for_each_stamp(|cap, data| {
@@ -90,24 +93,36 @@ impl<'s> Demuxed<'s> {
                             if first_of_day(&mut today, &mut seen_today, &e) || r <= 0 {
                                 instants.push(((e.machine_id.clone(), e.timestamp), t, r));
                             }
-                            let kind = match &e.kind {
-                                EventKind::Heartbeat(_) => {
-                                    beats.push(((e.machine_id.clone(), e.timestamp), t, r));
-                                    0
+                            match &e.kind {
+                                EventKind::Heartbeat(_)
+                                | EventKind::Door(_)
+                                | EventKind::Error(_) => {
+                                    if matches!(e.kind, EventKind::Heartbeat(_)) {
+                                        beats.push(((e.machine_id.clone(), e.timestamp), t, r));
+                                    }
+                                    if let Some(c) = anomaly_windows::contribution(&e, window_ms) {
+                                        contributions.push((c, t, r));
+                                    }
                                 }
-                                EventKind::Door(_) | EventKind::Error(_) => 0,
-                                EventKind::Sale(_) => 1,
-                                EventKind::Restock(_) => 2,
-                                EventKind::CommandAck(_) => 3,
-                            };
-                            kinds[kind].push((e, t, r));
+                                EventKind::Sale(_) => {
+                                    if let Some(line) = SaleLine::of_event(e) {
+                                        lines.push((line, t, r));
+                                    }
+                                }
+                                EventKind::Restock(_) => restocks.push((e, t, r)),
+                                EventKind::CommandAck(_) => acks.push((e, t, r)),
+                            }
                         }
                     }
                     // `give` may leave anything in a buffer: each is cleared for the next message.
-                    for (to, buffer) in to_kinds.iter_mut().zip(&mut kinds) {
-                        to.give(&cap, buffer);
-                        buffer.clear();
-                    }
+                    to_contributions.give(&cap, &mut contributions);
+                    contributions.clear();
+                    to_lines.give(&cap, &mut lines);
+                    lines.clear();
+                    to_restocks.give(&cap, &mut restocks);
+                    restocks.clear();
+                    to_acks.give(&cap, &mut acks);
+                    acks.clear();
                     to_beats.give(&cap, &mut beats);
                     beats.clear();
                     to_instants.give(&cap, &mut instants);
@@ -160,7 +175,7 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
         .clone()
         .flat_map(move |r| inventory::planogram(&r, &plan_config));
 
-    let events = Demuxed::of(events);
+    let events = Demuxed::of(events, config.window_ms);
     let commands = commands::render(commands, events.acks, config);
     let sales = sales::render(events.sales, config);
     let revenue = revenue::render(sales.accepted.clone(), machine_location, config);

@@ -41,6 +41,23 @@ pub struct SaleLine {
 }
 
 impl SaleLine {
+    /// The sale line of a sale event, taking its fields instead of copying them.
+    pub fn of_event(event: Event) -> Option<SaleLine> {
+        match event.kind {
+            EventKind::Sale(s) => Some(SaleLine {
+                machine_id: event.machine_id,
+                timestamp: event.timestamp,
+                slot_number: s.slot_number,
+                card: s.is_card(),
+                product_id: s.product_id,
+                amount: s.amount,
+                quantity: s.quantity,
+                transaction_id: s.transaction_id,
+            }),
+            _ => None,
+        }
+    }
+
     pub fn from_event(event: &Event) -> Option<SaleLine> {
         match &event.kind {
             EventKind::Sale(s) => Some(SaleLine {
@@ -94,10 +111,10 @@ fn fingerprint(line: &SaleLine) -> Fingerprint {
     (hash_of(&line.key()), hash_of(&(line.key(), 0x5eed_u32)))
 }
 
-pub fn render<'s>(events: VecCollection<'s, Time, Event>, config: &Config) -> Sales<'s> {
+/// `lines`: the sale lines of the sale events, as delivered ([`SaleLine::of_event`]).
+pub fn render<'s>(lines: VecCollection<'s, Time, SaleLine>, config: &Config) -> Sales<'s> {
     let horizon = config.dedup_horizon_ms;
-    let verdicts = events
-        .flat_map(|e| SaleLine::from_event(&e))
+    let verdicts = lines
         .keyed_in_time_order(
             "Sales: dedup",
             |line: &SaleLine| hash_of(&line.key()),
