@@ -97,6 +97,8 @@ fn demo_takes_telemetry_over_http_into_the_dataflows() -> anyhow::Result<()> {
     };
     let port = vendflow_tests::free_port()?;
     let addr = format!("127.0.0.1:{port}");
+    // Every HTTP check below must finish while the demo runs: 8 s was about what they take
+    // alone, and a loaded CI machine went past it (connection refused on the last query).
     let demo = Command::new(vendflow_bin()?)
         .args([
             "demo",
@@ -105,7 +107,7 @@ fn demo_takes_telemetry_over_http_into_the_dataflows() -> anyhow::Result<()> {
             "--speed",
             "600",
             "--duration",
-            "8",
+            "20",
         ])
         .args(["--every", "1", "--http", &addr])
         .env("RUST_BACKTRACE", "0")
