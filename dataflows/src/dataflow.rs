@@ -93,13 +93,13 @@ impl<'s> Demuxed<'s> {
                             if first_of_day(&mut today, &mut seen_today, &e) || r <= 0 {
                                 instants.push(((e.machine_id.clone(), e.timestamp), t, r));
                             }
+                            if let EventKind::Heartbeat(_) = &e.kind {
+                                beats.push(((e.machine_id.clone(), e.timestamp), t, r));
+                            }
                             match &e.kind {
                                 EventKind::Heartbeat(_)
                                 | EventKind::Door(_)
                                 | EventKind::Error(_) => {
-                                    if matches!(e.kind, EventKind::Heartbeat(_)) {
-                                        beats.push(((e.machine_id.clone(), e.timestamp), t, r));
-                                    }
                                     if let Some(c) = anomaly_windows::contribution(&e, window_ms) {
                                         contributions.push((c, t, r));
                                     }

@@ -58,22 +58,6 @@ impl SaleLine {
         }
     }
 
-    pub fn from_event(event: &Event) -> Option<SaleLine> {
-        match &event.kind {
-            EventKind::Sale(s) => Some(SaleLine {
-                machine_id: event.machine_id.clone(),
-                timestamp: event.timestamp,
-                slot_number: s.slot_number,
-                product_id: s.product_id.clone(),
-                amount: s.amount,
-                quantity: s.quantity,
-                card: s.is_card(),
-                transaction_id: s.transaction_id.clone(),
-            }),
-            _ => None,
-        }
-    }
-
     /// The line's identity.
     pub fn key(&self) -> (&MachineId, &str, u32) {
         (&self.machine_id, &self.transaction_id, self.slot_number)
@@ -166,7 +150,7 @@ pub(crate) fn oracle(
 ) -> (Vec<(Time, SaleLine)>, Vec<MachineId>, Vec<MachineId>) {
     let mut sorted: Vec<(Time, SaleLine)> = deliveries
         .iter()
-        .filter_map(|(t, e)| SaleLine::from_event(e).map(|l| (*t, l)))
+        .filter_map(|(t, e)| SaleLine::of_event(e.clone()).map(|l| (*t, l)))
         .collect();
     sorted.sort();
     let mut live: std::collections::HashMap<(MachineId, Text, u32), Time> = Default::default();
