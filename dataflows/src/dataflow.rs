@@ -22,7 +22,7 @@ use vendflow_protocol::{Command, Event, EventKind, MachineId, RegistryRecord, Ti
 use crate::anomaly_windows::{Agg, WindowKey};
 use crate::config::Config;
 use crate::errors::ErrorRecord;
-use crate::operators::{FastSet, Fork, Time, fork};
+use crate::operators::{FastSet, Fork, Time, fork, ship};
 use crate::row::Row;
 use crate::sales::SaleLine;
 use crate::views::CATALOG;
@@ -114,19 +114,12 @@ impl<'s> Demuxed<'s> {
                             }
                         }
                     }
-                    // `give` may leave anything in a buffer: each is cleared for the next message.
-                    to_contributions.give(&cap, &mut contributions);
-                    contributions.clear();
-                    to_lines.give(&cap, &mut lines);
-                    lines.clear();
-                    to_restocks.give(&cap, &mut restocks);
-                    restocks.clear();
-                    to_acks.give(&cap, &mut acks);
-                    acks.clear();
-                    to_beats.give(&cap, &mut beats);
-                    beats.clear();
-                    to_instants.give(&cap, &mut instants);
-                    instants.clear();
+                    ship(&mut to_contributions, &cap, &mut contributions);
+                    ship(&mut to_lines, &cap, &mut lines);
+                    ship(&mut to_restocks, &cap, &mut restocks);
+                    ship(&mut to_acks, &cap, &mut acks);
+                    ship(&mut to_beats, &cap, &mut beats);
+                    ship(&mut to_instants, &cap, &mut instants);
                 });
             }
         });

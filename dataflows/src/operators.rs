@@ -16,6 +16,7 @@ use differential_dataflow::consolidation::consolidate_updates;
 use differential_dataflow::difference::{Abelian, Semigroup};
 use differential_dataflow::{AsCollection, Data, ExchangeData, VecCollection};
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::channels::pushers::OutputSession;
 use timely::dataflow::operators::core::Map;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
@@ -414,6 +415,17 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
     }
 }
 
+/// Sends `buffer` at `cap` and leaves it empty for the next message (`give` may leave anything in
+/// it).
+pub(crate) fn ship<D: Data>(
+    output: &mut OutputSession<'_, Time, Vec<(D, Time, isize)>>,
+    cap: &InputCapability<Time>,
+    buffer: &mut Vec<(D, Time, isize)>,
+) {
+    output.give(cap, buffer);
+    buffer.clear();
+}
+
 /// Where [`fork`] sends a record: one of three outputs, each with its own type.
 pub enum Fork<A, B, C> {
     A(A),
@@ -458,13 +470,9 @@ pub fn fork<'s, D: Data, A: Data, B: Data, C: Data>(
                         }
                     }
                 }
-                // `give` may leave anything in a buffer: it is cleared for the next message.
-                to_a.give(&cap, &mut buf_a);
-                buf_a.clear();
-                to_b.give(&cap, &mut buf_b);
-                buf_b.clear();
-                to_c.give(&cap, &mut buf_c);
-                buf_c.clear();
+                ship(&mut to_a, &cap, &mut buf_a);
+                ship(&mut to_b, &cap, &mut buf_b);
+                ship(&mut to_c, &cap, &mut buf_c);
             });
         }
     });
