@@ -123,44 +123,7 @@ fn put_int(out: &mut Vec<u8>, v: i64) {
     put_varint(out, ((v << 1) ^ (v >> 63)) as u64);
 }
 
-fn encode(out: &mut Vec<u8>, v: &Value) {
-    match v {
-        Value::Null => out.push(tag::NULL),
-        Value::Bool(false) => out.push(tag::FALSE),
-        Value::Bool(true) => out.push(tag::TRUE),
-        Value::Int(i) => {
-            out.push(tag::INT);
-            put_int(out, *i);
-        }
-        Value::Float(f) => {
-            out.push(tag::FLOAT);
-            out.extend_from_slice(&f.0.to_bits().to_le_bytes());
-        }
-        Value::Text(t) => {
-            out.push(tag::TEXT);
-            put_varint(out, t.len() as u64);
-            out.extend_from_slice(t.as_bytes());
-        }
-        Value::Money(c) => {
-            out.push(tag::MONEY);
-            put_int(out, c.0);
-        }
-        Value::Reading(m) => {
-            out.push(tag::READING);
-            put_int(out, m.0);
-        }
-        Value::Time(t) => {
-            out.push(tag::TIME);
-            put_int(out, t.0);
-        }
-        Value::Date(d) => {
-            out.push(tag::DATE);
-            put_int(out, *d);
-        }
-    }
-}
-
-/// Reads cells off the front of a row's bytes (which only [`encode`] wrote).
+/// Reads cells off the front of a row's bytes (which only [`RowWriter`] wrote).
 struct Cells<'a>(&'a [u8]);
 
 impl Cells<'_> {
@@ -230,7 +193,7 @@ impl Iterator for Cells<'_> {
             }
             tag::TEXT => {
                 let n = self.varint() as usize;
-                // Only `encode` writes rows, from `str`s: the bytes are UTF-8.
+                // Only `RowWriter` writes rows, from `str`s: the bytes are UTF-8.
                 Value::Text(Text::from(
                     std::str::from_utf8(self.bytes(n)).unwrap_or_default(),
                 ))
@@ -326,8 +289,19 @@ impl Row {
 pub struct RowWriter<'a>(&'a mut Vec<u8>);
 
 impl RowWriter<'_> {
+    /// The one encoder of a cell: every other writer is one of its cases.
     pub fn value(&mut self, v: &Value) {
-        encode(self.0, v);
+        match v {
+            Value::Null => self.null(),
+            Value::Bool(b) => self.bool(*b),
+            Value::Int(i) => self.int(*i),
+            Value::Float(f) => self.float(f.0),
+            Value::Text(t) => self.text(t),
+            Value::Money(c) => self.money(*c),
+            Value::Reading(m) => self.reading(*m),
+            Value::Time(t) => self.time(*t),
+            Value::Date(d) => self.date(*d),
+        }
     }
 
     pub fn null(&mut self) {
