@@ -49,8 +49,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("the views never caught up".into());
     }
     println!(
-        "{events} events, {workers} workers: views at the end in {:.2} s",
-        started.elapsed().as_secs_f64()
+        "{events} events, {workers} workers: views at the end in {:.2} s (peak RSS so far {})",
+        started.elapsed().as_secs_f64(),
+        peak_rss()
     );
     // What `vendflow replay` does next, before its CSV writer: a sorted snapshot of every view,
     // each as an Arrow batch.
@@ -67,4 +68,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     engine.shutdown()?;
     Ok(())
+}
+
+/// The process's peak resident set so far, as the kernel counts it (Linux).
+fn peak_rss() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .map(|v| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
 }

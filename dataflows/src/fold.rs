@@ -160,7 +160,170 @@ impl<'s, K: ExchangeData + Hash, V: ExchangeData> KeyedFold<'s, K, V>
 /// A keyed record waiting for its time, with its diff.
 type Record<K, V> = ((K, V), isize);
 
+/// What a fold keeps between activations, apart from the records waiting for their time.
+struct FoldState<K, S, O> {
+    /// Each key's state and whether it is touched at the time being applied.
+    states: FastMap<K, (S, bool)>,
+    /// When kept, the output last published for each key that has one: a record or two, inline
+    /// rather than in an allocation of its own per key.
+    published: FastMap<K, SmallVec<[O; 2]>>,
+    keep: bool,
+    /// Timers by time.
+    timers: BTreeMap<Time, Vec<K>>,
+    /// What goes out at the end of the activation (records carry their own times).
+    out: Vec<(O, Time, isize)>,
+    /// Keys touched at the time being applied, with (when outputs are not kept) their output
+    /// before it.
+    touched: Vec<(K, Vec<O>)>,
+    after: Vec<O>,
+}
+
+/// Marks `key` touched at this time, noting its output before (unless outputs are kept).
+fn touch<K: Clone, S, O>(
+    touched: &mut Vec<(K, Vec<O>)>,
+    keep: bool,
+    key: &K,
+    (state, seen): (&S, &mut bool),
+    output: &impl Fn(&K, &S, &mut Vec<O>),
+) {
+    if !*seen {
+        *seen = true;
+        let mut before = Vec::new();
+        if !keep {
+            output(key, state, &mut before);
+        }
+        touched.push((key.clone(), before));
+    }
+}
+
+impl<K: Clone + Eq + Hash, S: Default + PartialEq, O: Clone + PartialEq> FoldState<K, S, O> {
+    fn new(keep: bool) -> Self {
+        FoldState {
+            states: FastMap::default(),
+            published: FastMap::default(),
+            keep,
+            timers: BTreeMap::new(),
+            out: Vec::new(),
+            touched: Vec::new(),
+            after: Vec::new(),
+        }
+    }
+
+    fn first_timer(&self) -> Option<Time> {
+        self.timers.keys().next().copied()
+    }
+
+    /// Applies one record at `now`.
+    fn apply<V>(
+        &mut self,
+        now: Time,
+        ((key, value), diff): Record<K, V>,
+        apply: &mut impl FnMut(&K, &mut S, V, isize, &mut Ctx<'_, K, O>),
+        output: &impl Fn(&K, &S, &mut Vec<O>),
+    ) {
+        let FoldState {
+            states,
+            touched,
+            keep,
+            out,
+            timers,
+            ..
+        } = self;
+        let (state, seen) = match states.get_mut(&key) {
+            Some(entry) => entry,
+            None => states.entry(key.clone()).or_default(),
+        };
+        touch(touched, *keep, &key, (state, seen), output);
+        let mut ctx = Ctx {
+            now,
+            key: &key,
+            direct: out,
+            timers,
+        };
+        apply(&key, state, value, diff, &mut ctx);
+    }
+
+    /// Runs the timers set for `now` (after its records).
+    fn fire(
+        &mut self,
+        now: Time,
+        timer: &mut impl FnMut(&K, &mut S, &mut Ctx<'_, K, O>),
+        output: &impl Fn(&K, &S, &mut Vec<O>),
+    ) {
+        let Some(keys) = self.timers.remove(&now) else {
+            return;
+        };
+        let FoldState {
+            states,
+            touched,
+            keep,
+            out,
+            timers,
+            ..
+        } = self;
+        for key in keys {
+            let Some((state, seen)) = states.get_mut(&key) else {
+                continue;
+            };
+            touch(touched, *keep, &key, (state, seen), output);
+            let mut ctx = Ctx {
+                now,
+                key: &key,
+                direct: out,
+                timers,
+            };
+            timer(&key, state, &mut ctx);
+        }
+    }
+
+    /// Ends time `now`: publishes the difference of each touched key's output, and drops the
+    /// keys whose state is back to the default.
+    fn publish(&mut self, now: Time, output: &impl Fn(&K, &S, &mut Vec<O>)) {
+        let FoldState {
+            states,
+            published,
+            keep,
+            out,
+            touched,
+            after,
+            ..
+        } = self;
+        for (key, before) in touched.drain(..) {
+            let Some((state, seen)) = states.get_mut(&key) else {
+                continue;
+            };
+            *seen = false;
+            output(&key, state, after);
+            if *keep {
+                let last = published.get(&key).map_or(&[][..], |p| &p[..]);
+                if emit_difference(last, after, now, out) {
+                    if after.is_empty() {
+                        published.remove(&key);
+                    } else if let Some(last) = published.get_mut(&key) {
+                        last.clear();
+                        last.extend(after.drain(..));
+                    } else {
+                        published.insert(key.clone(), after.drain(..).collect());
+                    }
+                }
+            } else {
+                emit_difference(&before, after, now, out);
+            }
+            after.clear();
+            if *state == S::default() {
+                states.remove(&key);
+            }
+        }
+    }
+}
+
 /// The fold operator; `keep` says whether the last published output of each key is kept.
+///
+/// A time's records are applied as they arrive once the frontier has reached that time and
+/// nothing earlier is left to do (the time is *open*): no record can come before it any more, and
+/// the records of one time may be applied in any order. Only the publication waits for the
+/// frontier to pass the time. So a bulk step of many records is not queued whole in every fold
+/// (memory, and a copy of every record); records ahead of the frontier still wait by time.
 fn fold<'s, K, V, S, O>(
     records: VecCollection<'s, Time, (K, V)>,
     name: &str,
@@ -176,135 +339,93 @@ where
     S: Default + PartialEq + 'static,
     O: Data,
 {
-    {
-        let pact = Exchange::new(move |((k, _v), _t, _r): &((K, V), Time, isize)| route(k));
-        records.inner
-            .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<(O, Time, isize)>>, _, _, _>(
-                pact,
-                name,
-                move |_cap, _info| {
-                    // Each key's state and whether it is touched at the time being applied.
-                    let mut states: FastMap<K, (S, bool)> = FastMap::default();
-                    // When kept, the output last published for each key that has one: a record
-                    // or two, inline rather than in an allocation of its own per key.
-                    let mut published: FastMap<K, SmallVec<[O; 2]>> = FastMap::default();
-                    let mut waiting = Waiting::<Record<K, V>>::new();
-                    // Timers by time; `waiting` holds its capability at or before the first.
-                    let mut timers: BTreeMap<Time, Vec<K>> = BTreeMap::new();
-                    let mut out: Vec<(O, Time, isize)> = Vec::new();
-                    // Keys touched at the time being applied, with (when outputs are not kept)
-                    // their output before it.
-                    let mut touched: Vec<(K, Vec<O>)> = Vec::new();
-                    let mut after = Vec::new();
-                    move |(input, frontier), output_handle| {
-                        input.for_each_stamp(|cap, data| {
-                            waiting.take_all(&cap, output_handle.output_index(), data);
-                        });
-                        let frontier = frontier.frontier();
-                        let closed = frontier.is_empty();
-                        loop {
-                            let next_input = waiting.first_time();
-                            let next_timer = timers.keys().next().copied();
-                            let Some(now) = next_input.into_iter().chain(next_timer).min() else {
-                                break;
-                            };
-                            if frontier.less_equal(&now) {
-                                break;
-                            }
-                            // Input closed: what is left are timers past the end (retractions
-                            // of everything at shutdown), which nobody reads.
-                            if closed && next_input != Some(now) {
-                                timers.clear();
-                                break;
-                            }
-                            if next_input == Some(now)
-                                && let Some((_, records)) = waiting.pop_ready(&frontier)
-                            {
-                                for ((key, value), diff) in records {
-                                    let (state, seen) = match states.get_mut(&key) {
-                                        Some(entry) => entry,
-                                        None => states.entry(key.clone()).or_default(),
-                                    };
-                                    if !*seen {
-                                        *seen = true;
-                                        let mut before = Vec::new();
-                                        if !keep {
-                                            output(&key, state, &mut before);
-                                        }
-                                        touched.push((key.clone(), before));
-                                    }
-                                    let mut ctx = Ctx {
-                                        now,
-                                        key: &key,
-                                        direct: &mut out,
-                                        timers: &mut timers,
-                                    };
-                                    apply(&key, state, value, diff, &mut ctx);
-                                }
-                            }
-                            if next_timer == Some(now)
-                                && let Some(keys) = timers.remove(&now)
-                            {
-                                for key in keys {
-                                    let Some((state, seen)) = states.get_mut(&key) else { continue };
-                                    if !*seen {
-                                        *seen = true;
-                                        let mut before = Vec::new();
-                                        if !keep {
-                                            output(&key, state, &mut before);
-                                        }
-                                        touched.push((key.clone(), before));
-                                    }
-                                    let mut ctx = Ctx {
-                                        now,
-                                        key: &key,
-                                        direct: &mut out,
-                                        timers: &mut timers,
-                                    };
-                                    timer(&key, state, &mut ctx);
-                                }
-                            }
-                            for (key, before) in touched.drain(..) {
-                                let Some((state, seen)) = states.get_mut(&key) else { continue };
-                                *seen = false;
-                                output(&key, state, &mut after);
-                                if keep {
-                                    let last = published.get(&key).map_or(&[][..], |p| &p[..]);
-                                    if emit_difference(last, &after, now, &mut out) {
-                                        if after.is_empty() {
-                                            published.remove(&key);
-                                        } else if let Some(last) = published.get_mut(&key) {
-                                            last.clear();
-                                            last.extend(after.drain(..));
-                                        } else {
-                                            published.insert(key.clone(), after.drain(..).collect());
-                                        }
-                                    }
-                                } else {
-                                    emit_difference(&before, &after, now, &mut out);
-                                }
-                                after.clear();
-                                if *state == S::default() {
-                                    states.remove(&key);
-                                }
-                            }
+    let pact = Exchange::new(move |((k, _v), _t, _r): &((K, V), Time, isize)| route(k));
+    records
+        .inner
+        .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<(O, Time, isize)>>, _, _, _>(
+            pact,
+            name,
+            move |_cap, _info| {
+                let mut fold = FoldState::<K, S, O>::new(keep);
+                let mut waiting = Waiting::<Record<K, V>>::new();
+                // The open time, whose records are applied as they arrive.
+                let mut open: Option<Time> = None;
+                move |(input, frontier), output_handle| {
+                    let frontier = frontier.frontier();
+                    let reached = frontier.first().copied();
+                    // Every time before the frontier: its waiting records, then its timers, then
+                    // the publication of its touched keys.
+                    loop {
+                        let next_input = waiting.first_time();
+                        let next_timer = fold.first_timer();
+                        let Some(now) = open.into_iter().chain(next_input).chain(next_timer).min()
+                        else {
+                            break;
+                        };
+                        if frontier.less_equal(&now) {
+                            break;
                         }
-                        // Everything this activation produced goes out in one message at the
-                        // held capability: records carry their own times, and one message per
-                        // distinct time (timers fire at many) would cost every operator
-                        // downstream a message each.
-                        if !out.is_empty()
-                            && let Some(h) = waiting.hold()
+                        // Input closed: what is left are timers past the end (retractions of
+                        // everything at shutdown), which nobody reads.
+                        if reached.is_none() && open != Some(now) && next_input != Some(now) {
+                            fold.timers.clear();
+                            break;
+                        }
+                        if next_input == Some(now)
+                            && let Some((_, records)) = waiting.pop_ready(&frontier)
                         {
-                            output_handle.session(h).give_iterator(out.drain(..));
+                            for record in records {
+                                fold.apply(now, record, &mut apply, &output);
+                            }
                         }
-                        let next_timer = timers.keys().next().copied();
-                        waiting.settle(waiting.first_time().into_iter().chain(next_timer).min());
+                        if next_timer == Some(now) {
+                            fold.fire(now, &mut timer, &output);
+                        }
+                        fold.publish(now, &output);
+                        if open == Some(now) {
+                            open = None;
+                        }
                     }
-                },
-            )
-            .as_collection()
-    }
+                    let index = output_handle.output_index();
+                    input.for_each_stamp(|cap, data| {
+                        for container in data {
+                            for (record, t, diff) in container.drain(..) {
+                                if open != Some(t) {
+                                    // Records at the frontier's time open it when nothing is
+                                    // left before it (a record is never before the frontier).
+                                    let opens = open.is_none()
+                                        && reached == Some(t)
+                                        && waiting.first_time().is_none_or(|w| w >= t)
+                                        && fold.first_timer().is_none_or(|w| w >= t);
+                                    if !opens {
+                                        waiting.push(&cap, index, t, (record, diff));
+                                        continue;
+                                    }
+                                    open = Some(t);
+                                    waiting.hold_at(&cap, index, t);
+                                    for early in waiting.pop_at(t).into_iter().flatten() {
+                                        fold.apply(t, early, &mut apply, &output);
+                                    }
+                                }
+                                fold.apply(t, (record, diff), &mut apply, &output);
+                            }
+                        }
+                    });
+                    // Everything this activation produced goes out in one message at the held
+                    // capability: records carry their own times, and one message per distinct
+                    // time (timers fire at many) would cost every operator downstream a message
+                    // each.
+                    if !fold.out.is_empty()
+                        && let Some(h) = waiting.hold()
+                    {
+                        output_handle.session(h).give_iterator(fold.out.drain(..));
+                    }
+                    let next = open.into_iter().chain(waiting.first_time()).chain(fold.first_timer()).min();
+                    waiting.settle(next);
+                }
+            },
+        )
+        .as_collection()
 }
 
 /// Values that are summed per key: money, units, counts, weekday profiles.

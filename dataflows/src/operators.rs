@@ -223,9 +223,7 @@ impl<R> Waiting<R> {
 
     /// Takes `record` at time `t`, from a message whose capability is `cap`.
     pub fn push(&mut self, cap: &InputCapability<Time>, output: usize, t: Time, record: R) {
-        if self.hold.as_ref().is_none_or(|h| *h.time() > t) {
-            self.hold = Some(cap.delayed(&t, output));
-        }
+        self.hold_at(cap, output, t);
         self.by_time.entry(t).or_default().push(record);
     }
 
@@ -243,6 +241,19 @@ impl<R> Waiting<R> {
                 self.push(cap, output, t, R::from((d, r)));
             }
         }
+    }
+
+    /// Holds a capability at or before `t` (a time acted on without queueing its records).
+    pub fn hold_at(&mut self, cap: &InputCapability<Time>, output: usize, t: Time) {
+        if self.hold.as_ref().is_none_or(|h| *h.time() > t) {
+            self.hold = Some(cap.delayed(&t, output));
+        }
+    }
+
+    /// The records waiting at `t`, if `t` is the earliest time waiting.
+    pub fn pop_at(&mut self, t: Time) -> Option<Vec<R>> {
+        let entry = self.by_time.first_entry()?;
+        (*entry.key() == t).then(|| entry.remove())
     }
 
     /// Makes `t` a time to act at even without records (a wake-up); `t` must not be before the
