@@ -9,14 +9,16 @@
 //! Registering a machine fills each slot of its planogram to capacity; a restock adds the units
 //! loaded; an accepted sale line takes its quantity. A slot nobody planned (no registry, or a slot
 //! code outside the planogram) still shows, with unknown capacity and no flags, so revenue and
-//! stock history replay without a registry. The level lives in the diff field, so state is one
-//! record per slot; an explicit event count in the diff keeps a slot at 0 units visible.
+//! stock history replay without a registry. State is one small record per slot, in a vector per
+//! machine (a fleet has millions of slots: a hash-table entry with its own key per slot cost
+//! three times the memory); a count of changes keeps a slot at 0 units visible.
 
 use differential_dataflow::VecCollection;
-use vendflow_protocol::{Event, EventKind, MachineId, RegistryRecord};
+use smallvec::SmallVec;
+use vendflow_protocol::{Event, EventKind, MachineId, RegistryRecord, Text};
 
 use crate::config::Config;
-use crate::fold::{KeyedFold, Published};
+use crate::fold::{Ctx, KeyedFold, Published};
 use crate::operators::{Time, hash_of};
 use crate::row::{ColumnType::*, Row, col, null};
 use crate::sales::SaleLine;
@@ -42,7 +44,7 @@ pub const INVENTORY: ViewDef = ViewDef {
     Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
 )]
 pub struct Plan {
-    pub product_id: String,
+    pub product_id: Text,
     pub capacity: u32,
     pub low_stock_threshold: u32,
 }
@@ -79,7 +81,7 @@ pub fn planogram(record: &RegistryRecord, config: &Config) -> Vec<((MachineId, u
                     .low_stock_threshold
                     .unwrap_or(s.max_capacity * config.low_stock_percent / 100);
                 let plan = Plan {
-                    product_id: s.product_id.clone(),
+                    product_id: Text::from(s.product_id.as_str()),
                     capacity: s.max_capacity,
                     low_stock_threshold: threshold,
                 };
@@ -100,77 +102,144 @@ enum Change {
 }
 
 /// One slot: units and the number of changes that made them (so that a slot at 0 units stays
-/// visible), and its plans (a multiset: the registry can retract and replace one).
+/// visible), and its plans (a multiset: the registry can retract and replace one; one plan,
+/// inline, is the usual case).
 #[derive(Default, PartialEq)]
 struct Slot {
+    number: u32,
     units: i64,
     changes: i64,
-    plans: Vec<(Plan, isize)>,
+    plans: SmallVec<[(Plan, isize); 1]>,
 }
 
-/// Slot levels folded per slot: a fill to capacity when the slot is planned, a restock's units,
-/// an accepted sale line's quantity; published with the slot's plan (one row per plan, as a
-/// join would), or without one if the slot is not planned.
+impl Slot {
+    fn is_empty(&self) -> bool {
+        self.units == 0 && self.changes == 0 && self.plans.is_empty()
+    }
+
+    /// The slot's rows: one per plan (as a join would), or one without a plan.
+    fn levels(&self, machine_id: &MachineId, out: &mut SmallVec<[Level; 1]>) {
+        if self.units == 0 && self.changes == 0 {
+            return;
+        }
+        let level = |plan| Level {
+            machine_id: machine_id.clone(),
+            slot_number: self.number,
+            plan,
+            units: self.units,
+        };
+        let mut planned = false;
+        for (plan, count) in self.plans.iter().filter(|(_, c)| *c > 0) {
+            planned = true;
+            for _ in 0..*count {
+                out.push(level(Some(plan.clone())));
+            }
+        }
+        if !planned {
+            out.push(level(None));
+        }
+    }
+}
+
+/// One machine's slots, by slot number, and the slots changed at the time being applied with
+/// their rows before it.
+#[derive(Default, PartialEq)]
+struct Machine {
+    slots: Vec<Slot>,
+    changed: Vec<(u32, SmallVec<[Level; 1]>)>,
+}
+
+/// Slot levels folded per machine: a fill to capacity when the slot is planned, a restock's
+/// units, an accepted sale line's quantity. The fold publishes nothing per key; a slot's first
+/// change of a time notes its rows before, and a timer at the same time (which runs after the
+/// time's records) publishes the difference of each changed slot.
 pub fn render<'s>(
     events: VecCollection<'s, Time, Event>,
     accepted: VecCollection<'s, Time, SaleLine>,
     plans: VecCollection<'s, Time, ((MachineId, u32), Plan)>,
 ) -> VecCollection<'s, Time, Level> {
-    let plans = plans.map(|(k, p)| (k, Change::Plan(p)));
+    let plans = plans.map(|((m, s), p)| (m, (s, Change::Plan(p))));
     let restocks = events.flat_map(|e| match &e.kind {
         EventKind::Restock(r) => Some((
-            (e.machine_id.clone(), r.slot_number),
-            Change::Units(i64::from(r.quantity)),
+            e.machine_id.clone(),
+            (r.slot_number, Change::Units(i64::from(r.quantity))),
         )),
         _ => None,
     });
     let sold = accepted.map(|l| {
         (
-            (l.machine_id, l.slot_number),
-            Change::Units(-i64::from(l.quantity)),
+            l.machine_id,
+            (l.slot_number, Change::Units(-i64::from(l.quantity))),
         )
     });
     plans.concat(restocks).concat(sold).fold_by_key(
         "Inventory",
         Published::Recomputed,
-        |k: &(MachineId, u32)| hash_of(&k.0),
-        |_k, slot: &mut Slot, change, diff, _ctx| match change {
-            Change::Units(u) => {
-                slot.units += u * diff as i64;
-                slot.changes += diff as i64;
-            }
-            Change::Plan(p) => {
-                slot.units += i64::from(p.capacity) * diff as i64;
-                slot.changes += diff as i64;
-                match slot.plans.iter_mut().find(|(x, _)| *x == p) {
-                    Some((_, c)) => *c += diff,
-                    None => slot.plans.push((p, diff)),
+        hash_of::<MachineId>,
+        |m, machine: &mut Machine, (number, change), diff, ctx| {
+            let i = match machine.slots.binary_search_by_key(&number, |s| s.number) {
+                Ok(i) => i,
+                Err(i) => {
+                    let slot = Slot {
+                        number,
+                        ..Slot::default()
+                    };
+                    machine.slots.insert(i, slot);
+                    i
                 }
-                slot.plans.retain(|(_, c)| *c != 0);
-            }
-        },
-        |_, _, _| {},
-        |(m, s), slot, out| {
-            if slot.units == 0 && slot.changes == 0 {
-                return;
-            }
-            let level = |plan| Level {
-                machine_id: m.clone(),
-                slot_number: *s,
-                plan,
-                units: slot.units,
             };
-            let planned: Vec<&(Plan, isize)> = slot.plans.iter().filter(|(_, c)| *c > 0).collect();
-            if planned.is_empty() {
-                out.push(level(None));
+            let slot = &mut machine.slots[i];
+            if !machine.changed.iter().any(|(n, _)| *n == number) {
+                if machine.changed.is_empty() {
+                    ctx.wake_at(ctx.now());
+                }
+                let mut before = SmallVec::new();
+                slot.levels(m, &mut before);
+                machine.changed.push((number, before));
             }
-            for (plan, count) in planned {
-                for _ in 0..*count {
-                    out.push(level(Some(plan.clone())));
+            match change {
+                Change::Units(u) => {
+                    slot.units += u * diff as i64;
+                    slot.changes += diff as i64;
+                }
+                Change::Plan(p) => {
+                    slot.units += i64::from(p.capacity) * diff as i64;
+                    slot.changes += diff as i64;
+                    match slot.plans.iter_mut().find(|(x, _)| *x == p) {
+                        Some((_, c)) => *c += diff,
+                        None => slot.plans.push((p, diff)),
+                    }
+                    slot.plans.retain(|(_, c)| *c != 0);
                 }
             }
         },
+        publish_changes,
+        |_, _, _| {},
     )
+}
+
+/// Publishes, for each slot changed at this time, the difference between its rows before and
+/// after; drops slots left empty.
+fn publish_changes(m: &MachineId, machine: &mut Machine, ctx: &mut Ctx<'_, MachineId, Level>) {
+    let mut after = SmallVec::<[Level; 1]>::new();
+    for (number, before) in std::mem::take(&mut machine.changed) {
+        let Ok(i) = machine.slots.binary_search_by_key(&number, |s| s.number) else {
+            continue;
+        };
+        after.clear();
+        machine.slots[i].levels(m, &mut after);
+        if before != after {
+            for level in before {
+                ctx.give(level, -1);
+            }
+            for level in after.drain(..) {
+                ctx.give(level, 1);
+            }
+        }
+        if machine.slots[i].is_empty() {
+            machine.slots.remove(i);
+        }
+    }
 }
 
 pub fn row(l: Level) -> Row {
