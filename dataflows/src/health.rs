@@ -22,7 +22,7 @@ use crate::fold::{KeyedFold, Published};
 use crate::inventory;
 use crate::liveness::Status;
 use crate::operators::{Time, hash_of};
-use crate::row::{ColumnType::*, Row, col};
+use crate::row::{ColumnType::*, Row, Value, col};
 use crate::views::ViewDef;
 
 pub const HEALTH: ViewDef = ViewDef {
@@ -36,6 +36,21 @@ pub const HEALTH: ViewDef = ViewDef {
         col("reasons", Text),
     ],
 };
+
+/// How a row's `reasons` cell joins its reasons (one per alert).
+pub const REASON_SEPARATOR: &str = "; ";
+
+/// The reasons of a `health` row, one per alert, in the order the row lists them.
+pub fn reasons(row: &Row) -> Vec<String> {
+    match HEALTH.get(row, "reasons") {
+        Some(Value::Text(t)) => t
+            .split(REASON_SEPARATOR)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
 
 const MEASURES: [&str; 5] = ["temperature", "door", "card reader", "motor", "network"];
 
@@ -198,7 +213,7 @@ pub fn row(h: Health) -> Row {
         r.int(h.score);
         r.text(h.grade());
         r.int(h.alerts);
-        r.text_joined(&h.reasons, "; ");
+        r.text_joined(&h.reasons, REASON_SEPARATOR);
     })
 }
 
@@ -209,6 +224,27 @@ mod tests {
     use super::*;
     use crate::row::Value;
     use crate::testing::{self};
+
+    #[test]
+    fn a_rows_reasons_read_back_one_per_alert() {
+        let health = Health {
+            machine_id: MachineId::from("m1"),
+            score: 40,
+            alerts: 2,
+            reasons: vec!["temperature critical".into(), "2 slots sold out".into()],
+        };
+        assert_eq!(
+            reasons(&row(health.clone())),
+            ["temperature critical", "2 slots sold out"]
+        );
+        let quiet = Health {
+            reasons: Vec::new(),
+            alerts: 0,
+            score: 100,
+            ..health
+        };
+        assert!(reasons(&row(quiet)).is_empty());
+    }
 
     #[test]
     fn health_matches_batch_oracle_on_random_streams() {

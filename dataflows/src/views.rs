@@ -1,6 +1,6 @@
 //! The catalog of published views: name, meaning and columns of each.
 
-use crate::row::{Column, schema};
+use crate::row::{Column, Row, Value, schema};
 
 /// A published view's definition.
 #[derive(Clone, Copy, Debug)]
@@ -13,6 +13,17 @@ pub struct ViewDef {
 impl ViewDef {
     pub fn schema(&self) -> arrow_schema::SchemaRef {
         schema(self.columns)
+    }
+
+    /// The position of the column called `name`.
+    pub fn column(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+
+    /// The cell of `row` (a row of this view) in the column called `name`; `None` if the view
+    /// has no such column.
+    pub fn get(&self, row: &Row, name: &str) -> Option<Value> {
+        self.column(name).map(|i| row.cell(i))
     }
 }
 

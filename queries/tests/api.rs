@@ -327,7 +327,7 @@ async fn machines_show_live_state_and_maintenance_is_for_operators() {
     h.ingest(
         T0,
         vec![
-            event(&format!(r#"{{"machineId":"{id}","type":"heartbeat","timestamp":{T0},"payload":{{"temperature":9.5,"doorStatus":"closed"}}}}"#)),
+            event(&format!(r#"{{"machineId":"{id}","type":"heartbeat","timestamp":{T0},"payload":{{"temperature":9.5,"doorStatus":"closed","networkSignal":-80}}}}"#)),
             event(&format!(r#"{{"machineId":"{id}","type":"sale","timestamp":{T0},"payload":{{"slotNumber":1,"productId":"cola","amount":2.50,"paymentMethod":"card","transactionId":"t1"}}}}"#)),
         ],
     );
@@ -335,10 +335,13 @@ async fn machines_show_live_state_and_maintenance_is_for_operators() {
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(b["status"], "active", "{b}");
     assert_eq!(b["temperature"], "9.5", "{b}");
-    assert!(
-        b["alerts"].to_string().contains("temperature critical"),
+    // One element per alert (the health view joins its reasons into one cell).
+    assert_eq!(
+        b["alerts"],
+        json!(["temperature critical", "network warning"]),
         "{b}"
     );
+    assert_eq!(b["alertCount"], 2, "{b}");
     let slot1 = &b["inventory"][0];
     assert_eq!(
         (slot1["slotNumber"].as_i64(), slot1["units"].as_i64()),

@@ -277,14 +277,7 @@ pub(super) fn live_status(registered: MachineStatus, liveness: Option<&str>) -> 
 /// The alerts of a `health` row: its reasons, one per alert.
 pub(super) fn alerts_of(health: Option<&Row>) -> Vec<String> {
     health
-        .and_then(|r| text_of(r, 4))
-        .map(|reasons| {
-            reasons
-                .split(", ")
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect()
-        })
+        .map(vendflow_dataflows::health::reasons)
         .unwrap_or_default()
 }
 
