@@ -228,7 +228,7 @@ mod tests {
     #[test]
     fn a_rows_reasons_read_back_one_per_alert() {
         let health = Health {
-            machine_id: MachineId::from("m1"),
+            machine_id: testing::machine("m1"),
             score: 40,
             alerts: 2,
             reasons: vec!["temperature critical".into(), "2 slots sold out".into()],
