@@ -178,24 +178,6 @@ struct FoldState<K, S, O> {
     after: Vec<O>,
 }
 
-/// Marks `key` touched at this time, noting its output before (unless outputs are kept).
-fn touch<K: Clone, S, O>(
-    touched: &mut Vec<(K, Vec<O>)>,
-    keep: bool,
-    key: &K,
-    (state, seen): (&S, &mut bool),
-    output: &impl Fn(&K, &S, &mut Vec<O>),
-) {
-    if !*seen {
-        *seen = true;
-        let mut before = Vec::new();
-        if !keep {
-            output(key, state, &mut before);
-        }
-        touched.push((key.clone(), before));
-    }
-}
-
 impl<K: Clone + Eq + Hash, S: Default + PartialEq, O: Clone + PartialEq> FoldState<K, S, O> {
     fn new(keep: bool) -> Self {
         FoldState {
@@ -221,26 +203,9 @@ impl<K: Clone + Eq + Hash, S: Default + PartialEq, O: Clone + PartialEq> FoldSta
         apply: &mut impl FnMut(&K, &mut S, V, isize, &mut Ctx<'_, K, O>),
         output: &impl Fn(&K, &S, &mut Vec<O>),
     ) {
-        let FoldState {
-            states,
-            touched,
-            keep,
-            out,
-            timers,
-            ..
-        } = self;
-        let (state, seen) = match states.get_mut(&key) {
-            Some(entry) => entry,
-            None => states.entry(key.clone()).or_default(),
-        };
-        touch(touched, *keep, &key, (state, seen), output);
-        let mut ctx = Ctx {
-            now,
-            key: &key,
-            direct: out,
-            timers,
-        };
-        apply(&key, state, value, diff, &mut ctx);
+        self.on_key(now, &key, true, output, |state, ctx| {
+            apply(&key, state, value, diff, ctx)
+        });
     }
 
     /// Runs the timers set for `now` (after its records).
@@ -250,9 +215,23 @@ impl<K: Clone + Eq + Hash, S: Default + PartialEq, O: Clone + PartialEq> FoldSta
         timer: &mut impl FnMut(&K, &mut S, &mut Ctx<'_, K, O>),
         output: &impl Fn(&K, &S, &mut Vec<O>),
     ) {
-        let Some(keys) = self.timers.remove(&now) else {
-            return;
-        };
+        for key in self.timers.remove(&now).unwrap_or_default() {
+            self.on_key(now, &key, false, output, |state, ctx| {
+                timer(&key, state, ctx)
+            });
+        }
+    }
+
+    /// Runs `f` on `key`'s state (created if `create`, else skipped when the key has none),
+    /// after marking the key touched at `now`.
+    fn on_key(
+        &mut self,
+        now: Time,
+        key: &K,
+        create: bool,
+        output: &impl Fn(&K, &S, &mut Vec<O>),
+        f: impl FnOnce(&mut S, &mut Ctx<'_, K, O>),
+    ) {
         let FoldState {
             states,
             touched,
@@ -261,19 +240,26 @@ impl<K: Clone + Eq + Hash, S: Default + PartialEq, O: Clone + PartialEq> FoldSta
             timers,
             ..
         } = self;
-        for key in keys {
-            let Some((state, seen)) = states.get_mut(&key) else {
-                continue;
-            };
-            touch(touched, *keep, &key, (state, seen), output);
-            let mut ctx = Ctx {
-                now,
-                key: &key,
-                direct: out,
-                timers,
-            };
-            timer(&key, state, &mut ctx);
+        let (state, seen) = match states.get_mut(key) {
+            Some(entry) => entry,
+            None if create => states.entry(key.clone()).or_default(),
+            None => return,
+        };
+        if !*seen {
+            *seen = true;
+            let mut before = Vec::new();
+            if !*keep {
+                output(key, state, &mut before);
+            }
+            touched.push((key.clone(), before));
         }
+        let mut ctx = Ctx {
+            now,
+            key,
+            direct: out,
+            timers,
+        };
+        f(state, &mut ctx);
     }
 
     /// Ends time `now`: publishes the difference of each touched key's output, and drops the
