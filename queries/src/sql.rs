@@ -151,11 +151,10 @@ pub enum Owner {
 }
 
 pub fn owner_column(def: &ViewDef) -> Option<Owner> {
-    let at = |name: &str| def.columns.iter().position(|c| c.name == name);
-    at("machine_id")
+    def.column("machine_id")
         .map(Owner::Machine)
-        .or_else(|| at("location_id").map(Owner::Location))
-        .or_else(|| at("client_id").map(Owner::Client))
+        .or_else(|| def.column("location_id").map(Owner::Location))
+        .or_else(|| def.column("client_id").map(Owner::Client))
 }
 
 impl Scope {
@@ -292,7 +291,7 @@ fn text_equality(def: &ViewDef, filter: &Expr) -> Option<(usize, String)> {
         | ScalarValue::LargeUtf8(Some(t)) => t,
         _ => return None,
     };
-    let index = def.columns.iter().position(|c| c.name == column.name)?;
+    let index = def.column(&column.name)?;
     matches!(def.columns[index].ty, ColumnType::Text).then(|| (index, text.clone()))
 }
 

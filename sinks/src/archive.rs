@@ -614,7 +614,7 @@ impl Writer {
         else {
             return Ok(());
         };
-        let Some(column) = def.columns.iter().position(|c| c.name == table.day_column) else {
+        let Some(column) = def.column(table.day_column) else {
             return Ok(());
         };
         let rows = snapshot.rows(table.view).map_err(|e| SinkError::Encode {
