@@ -352,10 +352,12 @@ where
                             break;
                         }
                         // Input closed: what is left are timers past the end (retractions of
-                        // everything at shutdown), which nobody reads.
+                        // everything at shutdown), which nobody reads. Records still waiting
+                        // at later times are applied on the next turn: stopping here would keep
+                        // their capability held and the dataflow would never complete.
                         if reached.is_none() && open != Some(now) && next_input != Some(now) {
                             fold.timers.clear();
-                            break;
+                            continue;
                         }
                         if next_input == Some(now)
                             && let Some((_, records)) = waiting.pop_ready(&frontier)
