@@ -10,24 +10,18 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 use tracing_subscriber::EnvFilter;
-use vendflow_dataflows::ErrorRecord;
-use vendflow_dataflows::{Batch, Config, Engine, FleetSummary};
+use vendflow_dataflows::{Batch, Config, Engine};
 use vendflow_firmware::mqtt as mqtt_sim;
 use vendflow_firmware::{Fault, Fleet, FleetConfig};
 use vendflow_ingest::auth::{Credentials, Verifier};
 use vendflow_ingest::bridge::{self, BridgeConfig, BridgeStats};
 use vendflow_ingest::file::{ReplayOptions, load_registry, replay};
 use vendflow_ingest::kafka::TELEMETRY_TOPIC;
-use vendflow_ingest::kafka::source::{self as kafka_source, Freshness, SourceConfig, SourceStats};
-use vendflow_ingest::mqtt::MqttSourceStats;
-use vendflow_ingest::sim;
-use vendflow_ingest::{Position, Tap};
+use vendflow_protocol::Timestamp;
 use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR};
-use vendflow_protocol::{Event, Timestamp};
-use vendflow_queries::api::fleet::Fleet as Registry;
 use vendflow_queries::auth::{Role, Tenant, Tokens};
-use vendflow_queries::sql::{Limits, Sql};
-use vendflow_sinks::archive::{Archive, ArchiveConfig};
+use vendflow_queries::service::{Access, Service, ServiceConfig, Simulation, Source};
+use vendflow_sinks::archive::ArchiveConfig;
 
 // Timely workers allocate and free many small records across threads; glibc's allocator spends a
 // fifth of the time consolidating its arenas on the replay benchmark, mimalloc does not.
@@ -311,35 +305,18 @@ struct ServeArgs {
     api_rate: u32,
 }
 
-/// (certificate, key) PEM files, and the Postgres endpoint's acceptor for them.
-type Tls = (
-    Option<(PathBuf, PathBuf)>,
-    Option<vendflow_queries::pg::TlsAcceptor>,
-);
-
 impl ServeArgs {
-    /// (certificate, key) when given, and the Postgres endpoint's acceptor for them.
-    fn tls(&self) -> anyhow::Result<Tls> {
-        let pair = self.tls_cert.clone().zip(self.tls_key.clone());
-        let acceptor = pair
-            .as_ref()
-            .map(|(cert, key)| vendflow_queries::pg::tls(cert, key))
-            .transpose()?;
-        Ok((pair, acceptor))
+    /// (certificate, key) when given.
+    fn tls_files(&self) -> Option<(PathBuf, PathBuf)> {
+        self.tls_cert.clone().zip(self.tls_key.clone())
     }
 
-    /// The API's limits: live streams as by default, requests per token as given.
-    fn limits(
-        &self,
-    ) -> (
-        vendflow_queries::api::limits::Streams,
-        vendflow_queries::api::limits::Rate,
-    ) {
-        let rate = self.api_rate.max(1);
-        (
-            vendflow_queries::api::limits::Streams::default(),
-            vendflow_queries::api::limits::Rate::new(rate, rate.saturating_mul(2)),
-        )
+    fn scheme(&self) -> &'static str {
+        if self.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 }
 
@@ -369,38 +346,21 @@ struct ArchiveArgs {
 }
 
 impl ArchiveArgs {
-    fn open(&self, root: Option<PathBuf>, config: &Config) -> anyhow::Result<Option<Archive>> {
-        let Some(root) = root.or_else(|| self.archive.clone()) else {
-            return Ok(None);
-        };
-        let archive = Archive::open(ArchiveConfig {
+    /// The archive's settings, at `root` or --archive (None: no archive).
+    fn config(&self, root: Option<PathBuf>, config: &Config) -> Option<ArchiveConfig> {
+        let root = root.or_else(|| self.archive.clone())?;
+        Some(ArchiveConfig {
             flush_every: Duration::from_secs_f64(self.archive_flush_secs.max(0.05)),
             compact_min_files: self.archive_compact_files,
             raw_retention_days: self.raw_retention_days,
             history_retention_days: self.history_retention_days,
             ..ArchiveConfig::new(&root, config)
         })
-        .with_context(|| format!("cannot open the archive at {}", root.display()))?;
-        Ok(Some(archive))
     }
-}
 
-/// The source tap that hands every record to the archive.
-fn archive_tap(archive: &Archive) -> Tap {
-    let tap = archive.tap();
-    Arc::new(
-        move |at: Position<'_>, events: &[Event], errors: &[ErrorRecord]| {
-            if let Err(e) = tap.record(
-                at.stream,
-                at.offset,
-                at.received_at,
-                events.to_vec(),
-                errors.to_vec(),
-            ) {
-                tracing::error!(stream = at.stream, offset = at.offset, error = %e, "archive: record not handed over");
-            }
-        },
-    )
+    fn snapshot_every(&self) -> Duration {
+        Duration::from_secs_f64(self.archive_snapshot_secs.max(0.1))
+    }
 }
 
 /// `addr`, or any free port on its host when `addr` is taken (told on stderr).
@@ -761,89 +721,6 @@ fn host_port(address: &str) -> anyhow::Result<(String, u16)> {
     Ok((host.to_owned(), port))
 }
 
-/// Moves leases along their lifecycle (renewal notices, renewals, expiry) once a second, on
-/// the views' clock, until `stop`.
-fn spawn_lease_sweeper(
-    registry: Arc<Registry>,
-    store: vendflow_dataflows::ViewStore,
-    stop: Arc<AtomicBool>,
-) -> anyhow::Result<()> {
-    std::thread::Builder::new()
-        .name("vendflow-leases".into())
-        .spawn(move || {
-            while !stop.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_secs(1));
-                let now = vendflow_queries::api::frontier_or_now(&store);
-                if let Err(e) = vendflow_queries::api::sweep_leases(&registry, now) {
-                    tracing::warn!(error = %e, "lease lifecycle not advanced");
-                }
-            }
-        })?;
-    Ok(())
-}
-
-/// `pipeline`, with the archive's counters when there is one, for `/health` and `/metrics`.
-fn pipeline_health(
-    pipeline: vendflow_queries::api::Pipeline,
-    archive: Option<&Archive>,
-) -> Arc<dyn vendflow_queries::api::Health> {
-    let pipeline = match archive {
-        Some(a) => {
-            let stats = a.stats();
-            pipeline.with_archive(Box::new(move || vendflow_queries::api::ArchiveCounters {
-                files: stats.files_written.load(Ordering::Relaxed),
-                events: stats.events_written.load(Ordering::Relaxed),
-                errors: stats.errors.load(Ordering::Relaxed),
-            }))
-        }
-        None => pipeline,
-    };
-    Arc::new(pipeline)
-}
-
-/// Measures the Kafka source's lag every 5 s in the background (it asks the brokers, which may
-/// take seconds; `/health` and `/metrics` read the latest measurement).
-fn spawn_lag_probe(
-    brokers: &str,
-    stats: Arc<SourceStats>,
-    stop: Arc<AtomicBool>,
-) -> anyhow::Result<Arc<std::sync::Mutex<Option<vendflow_queries::api::LagReading>>>> {
-    let latest = Arc::new(std::sync::Mutex::new(None));
-    let (brokers, out) = (brokers.to_owned(), latest.clone());
-    std::thread::Builder::new()
-        .name("vendflow-lag-probe".into())
-        .spawn(move || {
-            let probe = vendflow_ingest::kafka::source::LagProbe::new(&brokers);
-            while !stop.load(Ordering::SeqCst) {
-                let result = match &probe {
-                    Ok(p) => p
-                        .measure(&stats, Duration::from_secs(2))
-                        .map(|parts| {
-                            parts
-                                .into_iter()
-                                .map(|p| (p.topic, p.partition, p.position, p.end))
-                                .collect()
-                        })
-                        .map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                };
-                if let Err(e) = &result {
-                    tracing::warn!(error = %e, "kafka lag not measured");
-                }
-                *out.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some(vendflow_queries::api::LagReading {
-                        taken: Instant::now(),
-                        result,
-                    });
-                let slept = Instant::now();
-                while slept.elapsed() < Duration::from_secs(5) && !stop.load(Ordering::SeqCst) {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
-        })?;
-    Ok(latest)
-}
-
 /// A flag raised by Ctrl-C or SIGTERM.
 fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
@@ -869,201 +746,62 @@ fn run_kafka(config: Config, args: RunArgs) -> anyhow::Result<()> {
         partitions,
         tick_ms,
     } = args;
-    let (tls, pg_tls) = serve.tls()?;
-    let (streams, rate) = serve.limits();
-    let (brokers, out, status_file) = (kafka.as_str(), out.as_deref(), status.as_deref());
-    let stop = stop_flag()?;
-    let archive_args = archive;
-    let archive = archive_args.open(None, &config)?;
-    let mut engine = Engine::start(config)?;
-    let store = engine.store();
-    let sql = Sql::open(
-        store.clone(),
-        archive.as_ref().map(Archive::root),
-        Limits::default(),
-    )?;
-    // The REST API's registry: filled from `fleet-commands` by the source; its own changes go
-    // to `fleet-commands` (the engine reads them back from there, like any registry record).
-    let registry = {
-        let brokers = brokers.to_owned();
-        Arc::new(Registry::new(Arc::new(move |changes| {
-            let text: String = changes
-                .iter()
-                .filter(|(_, diff)| *diff > 0)
-                .map(|(r, _)| r.to_json_line() + "\n")
-                .collect();
-            vendflow_ingest::kafka::load_registry(&brokers, &text)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        })))
-    };
     let _ = insecure_open_api; // clap makes it the alternative to --tokens
-    let tokens = tokens
-        .map(|path| Tokens::open(&path).map(Arc::new))
-        .transpose()?;
-    // The Postgres endpoint takes the same tokens (as passwords), scoped the same way.
-    let pg_access = tokens.clone().map(|tokens| vendflow_queries::pg::Access {
-        tokens,
-        fleet: registry.clone(),
-    });
-    let stats = Arc::new(SourceStats::default());
-    if let Some(addr) = http {
-        let lag = spawn_lag_probe(brokers, stats.clone(), stop.clone())?;
-        let counters = stats.clone();
-        let health = pipeline_health(
-            vendflow_queries::api::Pipeline::new(
-                "kafka",
-                brokers,
-                Box::new(move || vendflow_queries::api::SourceCounters {
-                    messages: counters.messages.load(Ordering::Relaxed),
-                    events: counters.events.load(Ordering::Relaxed),
-                    refused: counters.errors.load(Ordering::Relaxed),
-                }),
-            )
-            .with_lag(Box::new(move || {
-                lag.lock().unwrap_or_else(|e| e.into_inner()).clone()
-            })),
-            archive.as_ref(),
-        );
-        let mut state =
-            vendflow_queries::ApiState::new(store.clone(), sql.clone(), registry.clone())
-                .with_health(health)
-                .with_limits(streams, rate);
-        match &tokens {
-            Some(tokens) => state = state.with_tokens(tokens.clone()),
-            None => eprintln!(
+    let service = ServiceConfig {
+        http,
+        pg,
+        tls: serve.tls_files(),
+        api_rate: serve.api_rate,
+        access: tokens.map_or(Access::Open, Access::Tokens),
+        credentials,
+        archive: archive.config(None, &config),
+        snapshot_every: archive.snapshot_every(),
+        summary_every: Duration::from_secs_f64(every.max(0.1)),
+        out,
+        status,
+        ..ServiceConfig::new(config)
+    };
+    let open = matches!(service.access, Access::Open);
+    let running = Service::start(
+        service,
+        Source::Kafka {
+            brokers: kafka.clone(),
+            partitions,
+            tick_ms,
+        },
+        stop_flag()?,
+    )?;
+    if let Some(addr) = running.http_addr() {
+        if open {
+            eprintln!(
                 "run: WARNING: --insecure-open-api: anyone who reaches {addr} can read and change the fleet"
-            ),
+            );
         }
-        if let Some(path) = credentials.clone() {
-            state = state.with_secrets(Arc::new(move |machine: &str| {
-                Credentials::register(&path, machine).map_err(|e| e.to_string())
-            }));
-        }
-        vendflow_ingest::http::serve(addr, tls.as_ref(), vendflow_queries::app(state), None)?;
-        let scheme = if tls.is_some() { "https" } else { "http" };
+        let scheme = serve.scheme();
         eprintln!(
             "run: REST API on {scheme}://{addr}/api (see /api/openapi.json), views on {scheme}://{addr}/views, SQL at POST {scheme}://{addr}/sql"
         );
     }
-    spawn_lease_sweeper(registry.clone(), store.clone(), stop.clone())?;
-    if let Some(addr) = pg {
-        if pg_access.is_none() {
+    if let Some(addr) = running.pg_addr() {
+        if open {
             eprintln!(
                 "run: WARNING: --insecure-open-api: anyone who reaches {addr} can query every view"
             );
         }
-        let bound = vendflow_queries::pg::spawn(addr, sql.clone(), pg_access, pg_tls)
-            .with_context(|| format!("cannot serve the Postgres protocol on {addr}"))?;
         eprintln!(
             "run: SQL over the Postgres protocol: PGPASSWORD=<token> psql -h {} -p {} -U vendflow",
-            bound.ip(),
-            bound.port()
+            addr.ip(),
+            addr.port()
         );
     }
-    if let Some(a) = &archive {
-        eprintln!("run: archiving to {}", a.root().display());
+    if let Some(root) = running.archive_root() {
+        eprintln!("run: archiving to {}", root.display());
     }
-    let feeders = engine.feeders().context("engine feeders already taken")?;
-    let handles = kafka_source::start(
-        &SourceConfig {
-            brokers: brokers.to_owned(),
-            partitions,
-            tick_ms,
-            registry_observer: Some({
-                let registry = registry.clone();
-                Arc::new(move |record| registry.observe(record))
-            }),
-        },
-        feeders,
-        stats.clone(),
-        archive.as_ref().map(archive_tap),
-        stop.clone(),
-    )?;
-    eprintln!("run: consuming {TELEMETRY_TOPIC} and fleet-commands from {brokers}; Ctrl-C to stop");
-    let every = Duration::from_secs_f64(every.max(0.1));
-    let mut freshness = Freshness::default();
-    let snapshot_every = Duration::from_secs_f64(archive_args.archive_snapshot_secs.max(0.1));
-    let mut last_archived = Instant::now();
-    while !stop.load(Ordering::SeqCst) {
-        // Between summaries, watch the published frontier pass sampled messages.
-        let slept = Instant::now();
-        while slept.elapsed() < every && !stop.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(10));
-            freshness.observe(&stats, store.frontier(), Timestamp::now().0);
-        }
-        // Every view is copied only when the archive or `--out` takes them; the summary reads
-        // a few (the copy holds the store's read lock, and publication waits for it).
-        let archive_due = archive.is_some() && last_archived.elapsed() >= snapshot_every;
-        let snapshot = if archive_due || out.is_some() {
-            store.snapshot()
-        } else {
-            store.snapshot_of(FleetSummary::VIEWS)
-        };
-        let summary = FleetSummary::from_snapshot(&snapshot)?;
-        if let Some(a) = &archive
-            && archive_due
-        {
-            last_archived = Instant::now();
-            a.tap().views(snapshot.clone(), stats.positions_line());
-        }
-        let fresh = freshness.percentiles();
-        println!(
-            "[{}] {summary} | consumed {} messages, {} events, {} refused | {}{}",
-            Timestamp(snapshot.frontier as i64),
-            stats.messages.load(Ordering::Relaxed),
-            stats.events.load(Ordering::Relaxed),
-            stats.errors.load(Ordering::Relaxed),
-            stats.positions_line(),
-            fresh.map_or(String::new(), |f| format!(
-                " | freshness p50 {} ms p99 {} ms (engine p50 {} ms p99 {} ms)",
-                f.p50, f.p99, f.engine_p50, f.engine_p99
-            ))
-        );
-        let mut status_files: Vec<PathBuf> = status_file.map(Into::into).into_iter().collect();
-        if let Some(dir) = out {
-            vendflow_sinks::csv::write_snapshot(&snapshot, dir)?;
-            status_files.push(dir.join("status.json"));
-        }
-        if !status_files.is_empty() {
-            // Freshness: how far the published views are behind the wall clock. Ingestion time
-            // is the bridge's clock when it produced each envelope, so this is the time from
-            // the bridge to a view (plus at most one --every).
-            let lag_ms = Timestamp::now().0 - snapshot.frontier as i64;
-            let status = serde_json::json!({
-                "frontier": snapshot.frontier,
-                "lagMs": lag_ms,
-                // Bridge stamp → every view, over the latest sampled messages.
-                "freshnessP50Ms": fresh.map(|f| f.p50),
-                "freshnessP99Ms": fresh.map(|f| f.p99),
-                // Consumer received → every view: the engine's own part of the above.
-                "engineFreshnessP50Ms": fresh.map(|f| f.engine_p50),
-                "engineFreshnessP99Ms": fresh.map(|f| f.engine_p99),
-                "freshnessSamples": fresh.map_or(0, |f| f.samples),
-                "messages": stats.messages.load(Ordering::Relaxed),
-                "events": stats.events.load(Ordering::Relaxed),
-                "errors": stats.errors.load(Ordering::Relaxed),
-                "positions": stats.positions_line(),
-                "archive": archive.as_ref().map(|a| a.stats().line()),
-                "archived": archive.as_ref().map(|a| {
-                    a.stats().committed.lock().map(|c| c.clone()).unwrap_or_default()
-                }),
-            });
-            for path in status_files {
-                let tmp = path.with_extension("json.tmp");
-                std::fs::write(&tmp, status.to_string())?;
-                std::fs::rename(&tmp, &path)?;
-            }
-        }
+    eprintln!("run: consuming {TELEMETRY_TOPIC} and fleet-commands from {kafka}; Ctrl-C to stop");
+    let stopped = running.run(|tick| println!("{}", tick.line()))?;
+    if let Some((_, line)) = stopped.archive {
+        eprintln!("archive: {line}");
     }
-    for h in handles {
-        let _ = h.join();
-    }
-    if let Some(a) = archive {
-        let stats = a.close()?;
-        eprintln!("archive: {}", stats.line());
-    }
-    engine.shutdown()?;
     eprintln!("run stopped.");
     Ok(())
 }
@@ -1219,135 +957,50 @@ fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
         serve,
         archive,
     } = args;
-    let (tls, pg_tls) = serve.tls()?;
-    let (streams, rate) = serve.limits();
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    if machines == 0 || speed <= 0.0 {
-        bail!("--machines and --speed must be positive");
-    }
-    let stop = stop_flag()?;
-    let archive_args = archive;
+    let scheme = serve.scheme();
     let default_root = std::env::temp_dir().join(format!("vendflow-demo-{}", std::process::id()));
-    let archive = archive_args.open(
-        Some(archive_args.archive.clone().unwrap_or(default_root)),
+    let archive_config = archive.config(
+        Some(archive.archive.clone().unwrap_or(default_root)),
         &config,
-    )?;
-    let mut engine = Engine::start(config)?;
-    let store = engine.store();
-    let sql = Sql::open(
-        store.clone(),
-        archive.as_ref().map(Archive::root),
-        Limits::default(),
-    )?;
-    let mut feeders = engine.feeders().context("engine feeders already taken")?;
-    let mut fleet = Fleet::new(&FleetConfig {
-        machines,
-        seed,
-        ..FleetConfig::default()
-    });
-
-    // The production path from the broker on: a real MQTT broker (in-process), the simulated
-    // machines publishing signed envelopes to it, and the MQTT source verifying and feeding them.
-    let port = match mqtt_port {
-        0 => std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port(),
-        p => p,
-    };
-    let listen: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-    vendflow_ingest::mqtt::start_embedded_broker(listen)
-        .with_context(|| format!("cannot start the embedded MQTT broker on {listen}"))?;
-    let mut credentials = Credentials::default();
-    for (machine, hash) in mqtt_sim::simulated_credentials(&fleet, seed) {
-        credentials.insert(&machine, hash);
-    }
-    // Shared with the REST API: a machine registered there can publish at once.
-    let credentials = Arc::new(std::sync::RwLock::new(credentials));
-    println!(
-        "vendflow demo: {machines} simulated machines at {speed}x from {}, publishing to the embedded MQTT broker on {listen} (Ctrl-C to stop)",
-        fleet.now()
     );
-    let addr = free_or_any(http)?;
-    // The REST API's registry starts as the simulated fleet's; its changes go straight to the
-    // engine (there is no Kafka in the demo) through a clone of worker 0's input.
-    let registry = {
-        let feeder = std::sync::Mutex::new(feeders.feeder(0));
-        Arc::new(Registry::new(Arc::new(move |changes| {
-            let mut feeder = feeder.lock().unwrap_or_else(|e| e.into_inner());
-            let at = feeder.time();
-            feeder
-                .send(
-                    at,
-                    Batch {
-                        registry: changes,
-                        ..Batch::default()
-                    },
-                )
-                .map_err(|e| e.to_string())
-        })))
-    };
-    for record in fleet.registry() {
-        registry.observe(record);
-    }
-    let token_dir = archive
+    let token_dir = archive_config
         .as_ref()
-        .map(|a| a.root().to_path_buf())
+        .map(|a| a.root.clone())
         .unwrap_or_else(std::env::temp_dir);
-    let tokens = Arc::new(Tokens::open(&token_dir.join("tokens.jsonl"))?);
-    let admin_token = tokens.issue(Role::Admin, Tenant::All, Some("vendflow demo"))?;
-    let source_stats = Arc::new(MqttSourceStats::default());
-    let health = {
-        let stats = source_stats.clone();
-        pipeline_health(
-            vendflow_queries::api::Pipeline::new(
-                "mqtt",
-                format!("embedded broker 127.0.0.1:{port}"),
-                Box::new(move || vendflow_queries::api::SourceCounters {
-                    messages: stats.messages.load(Ordering::Relaxed),
-                    events: stats.events.load(Ordering::Relaxed),
-                    refused: stats.refused.load(Ordering::Relaxed),
-                }),
-            ),
-            archive.as_ref(),
-        )
+    let service = ServiceConfig {
+        http: Some(free_or_any(http)?),
+        pg: Some(free_or_any(pg)?),
+        tls: serve.tls_files(),
+        api_rate: serve.api_rate,
+        access: Access::TokensWithAdmin(token_dir.join("tokens.jsonl")),
+        archive: archive_config,
+        snapshot_every: archive.snapshot_every(),
+        summary_every: Duration::from_secs_f64(every.max(0.1)),
+        ..ServiceConfig::new(config)
     };
-    let state = vendflow_queries::ApiState::new(store.clone(), sql.clone(), registry.clone())
-        .with_health(health)
-        .with_limits(streams, rate)
-        .with_tokens(tokens.clone())
-        .with_secrets({
-            let credentials = credentials.clone();
-            Arc::new(move |machine: &str| {
-                let secret = vendflow_ingest::auth::new_secret().map_err(|e| e.to_string())?;
-                credentials
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(
-                        machine,
-                        vendflow_protocol::auth::StoredKey::PublicKey(
-                            vendflow_protocol::auth::PublicKey::of_secret(&secret),
-                        ),
-                    );
-                Ok(secret)
-            })
-        });
-    spawn_lease_sweeper(registry.clone(), store.clone(), stop.clone())?;
-    vendflow_ingest::http::spawn_into_broker(
-        addr,
-        tls.as_ref(),
-        port,
-        Verifier::shared(
-            Some(credentials.clone()),
-            vendflow_ingest::auth::DEFAULT_MAX_SKEW_MS,
-        ),
-        vendflow_queries::app(state),
+    let running = Service::start(
+        service,
+        Source::Simulated(Simulation {
+            machines,
+            speed,
+            seed,
+            mqtt_port,
+            duration: duration.map(|d| Duration::from_secs_f64(d.max(0.0))),
+        }),
+        stop_flag()?,
     )?;
-    let pg_access = vendflow_queries::pg::Access {
-        tokens: tokens.clone(),
-        fleet: registry.clone(),
+    let (Some(addr), Some(pg), Some(mqtt), Some(admin_token)) = (
+        running.http_addr(),
+        running.pg_addr(),
+        running.mqtt_addr(),
+        running.admin_token().map(str::to_owned),
+    ) else {
+        bail!("the demo started without its HTTP, Postgres or MQTT endpoint");
     };
-    let pg = vendflow_queries::pg::spawn(free_or_any(pg)?, sql.clone(), Some(pg_access), pg_tls)
-        .context("cannot serve the Postgres protocol")?;
+    println!(
+        "vendflow demo: {machines} simulated machines at {speed}x from {}, publishing to the embedded MQTT broker on {mqtt} (Ctrl-C to stop)",
+        running.simulated_from().unwrap_or_default()
+    );
     println!(
         "vendflow demo: views on {scheme}://{addr}/views, live: {scheme}://{addr}/views/<name>/subscribe, SQL: POST {scheme}://{addr}/sql; telemetry over HTTP on {scheme}://{addr}/api/telemetry"
     );
@@ -1363,91 +1016,20 @@ fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
         pg.ip(),
         pg.port()
     );
-    if let Some(a) = &archive {
+    if let Some(root) = running.archive_root() {
         println!(
             "vendflow demo: Parquet archive in {} (export: vendflow export --archive {} --from DAY --to DAY --out DIR)",
-            a.root().display(),
-            a.root().display()
+            root.display(),
+            root.display()
         );
     }
-    let tap = archive.as_ref().map(archive_tap);
-    sim::register(&fleet, &mut feeders)?;
-    // The simulated clock is the ingestion clock.
-    let sim_clock = Arc::new(AtomicU64::new(fleet.now().0.max(0) as u64));
-    let source = {
-        let (clock, stats, stop) = (sim_clock.clone(), source_stats.clone(), stop.clone());
-        let verifier = Verifier::shared(
-            Some(credentials),
-            vendflow_ingest::auth::DEFAULT_MAX_SKEW_MS,
-        );
-        std::thread::Builder::new()
-            .name("vendflow-mqtt-source".into())
-            .spawn(move || {
-                vendflow_ingest::mqtt::run(
-                    "127.0.0.1",
-                    port,
-                    "vendflow-demo-source",
-                    verifier,
-                    feeders,
-                    &|| clock.load(Ordering::SeqCst),
-                    &stats,
-                    tap.as_ref(),
-                    &stop,
-                )
-            })?
-    };
-    let mut publisher =
-        mqtt_sim::Publisher::connect("127.0.0.1", port, "vendflow-demo-fleet", seed);
-    let started = Instant::now();
-    let mut last_print = Instant::now();
-    let mut last_archived = Instant::now();
-    let snapshot_every = Duration::from_secs_f64(archive_args.archive_snapshot_secs.max(0.1));
-    let end = Timestamp(i64::MAX / 2);
-    let result = mqtt_sim::run(
-        &mut fleet,
-        &mut publisher,
-        end,
-        Some(speed),
-        &stop,
-        |_| {},
-        |now| {
-            sim_clock.store(now.0.max(0) as u64, Ordering::SeqCst);
-            if duration.is_some_and(|d| started.elapsed().as_secs_f64() >= d) {
-                stop.store(true, Ordering::SeqCst);
-            }
-            if let Some(a) = &archive
-                && last_archived.elapsed() >= snapshot_every
-            {
-                last_archived = Instant::now();
-                a.tap().views(store.snapshot(), String::new());
-            }
-            if last_print.elapsed().as_secs_f64() >= every {
-                last_print = Instant::now();
-                let snapshot = store.snapshot_of(FleetSummary::VIEWS);
-                match FleetSummary::from_snapshot(&snapshot) {
-                    Ok(summary) => println!("[{}] {summary}", Timestamp(snapshot.frontier as i64)),
-                    Err(e) => tracing::error!(error = %e, "cannot summarize the fleet"),
-                }
-            }
-        },
-    );
-    stop.store(true, Ordering::SeqCst);
-    let _ = publisher.finish(Duration::from_secs(2));
-    result?;
-    source
-        .join()
-        .map_err(|_| anyhow::anyhow!("the MQTT source panicked"))??;
-    if let Some(a) = archive {
-        let root = a.root().to_path_buf();
-        let stats = a.close()?;
-        println!("archive {}: {}", root.display(), stats.line());
+    let stopped = running.run(|tick| println!("{}", tick.line()))?;
+    if let Some((root, line)) = stopped.archive {
+        println!("archive {}: {line}", root.display());
     }
-    engine.shutdown()?;
     println!(
         "stopped: {} envelopes received over MQTT, {} events, {} refused.",
-        source_stats.messages.load(Ordering::Relaxed),
-        source_stats.events.load(Ordering::Relaxed),
-        source_stats.refused.load(Ordering::Relaxed)
+        stopped.source.messages, stopped.source.events, stopped.source.refused
     );
     Ok(())
 }

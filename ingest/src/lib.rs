@@ -12,6 +12,7 @@
 //! - [`http`]: `POST /api/telemetry` (axum), into the same topics as the bridge.
 //! - [`kafka`]: topics, client settings, and the Kafka source of the dataflows.
 //! - [`mqtt`]: the MQTT source (embedded mode, no Kafka) and the embedded broker of the demo.
+//! - [`server`]: a network server on a runtime of its own, stopped and joined on request.
 
 pub mod auth;
 pub mod bridge;
@@ -19,6 +20,7 @@ pub mod file;
 pub mod http;
 pub mod kafka;
 pub mod mqtt;
+pub mod server;
 pub mod sim;
 
 /// Where a record was read: its stream (a Kafka topic partition, one run of an MQTT source) and

@@ -10,6 +10,8 @@
 //!   tenant scopes.
 //! - [`pg`]: the Postgres wire protocol over the same engine (`psql`, BI tools).
 //! - `filter`: the `?where=` condition of subscriptions.
+//! - [`service`]: the running service, assembled once (engine, source, servers, registry,
+//!   archive, one ticker, an orderly shutdown): what `vendflow demo` and `vendflow run` start.
 //!
 //! # Views over HTTP
 //! - `POST /sql`: a read-only SQL query over one snapshot of every view (see [`sql`]).
@@ -31,6 +33,7 @@ pub mod auth;
 mod filter;
 pub mod gate;
 pub mod pg;
+pub mod service;
 pub mod sql;
 
 use serde_json::{Map, Value as Json};

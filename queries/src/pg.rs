@@ -59,6 +59,7 @@ use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 pub use pgwire::tokio::TlsAcceptor;
 use pgwire::types::format::FormatOptions;
 use tokio::net::TcpListener;
+use vendflow_ingest::server::{Server, Shutdown};
 
 use crate::ApiState;
 use crate::api::fleet::Fleet;
@@ -676,14 +677,16 @@ pub fn tls(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
 #[error("cannot serve TLS: {0}")]
 pub struct TlsError(String);
 
-/// Serves `sql` over the Postgres protocol on `listener` until the task is dropped; with
-/// `access`, only to holders of a token, each within its tenant; with `tls`, encrypted for
-/// clients that ask (`sslmode=require`).
+/// Serves `sql` over the Postgres protocol on `listener` until `shutdown` (connections already
+/// open are served until they end or the server's grace period is over); with `access`, only to
+/// holders of a token, each within its tenant; with `tls`, encrypted for clients that ask
+/// (`sslmode=require`).
 pub async fn serve(
     listener: TcpListener,
     sql: Arc<Sql>,
     access: Option<Access>,
     tls: Option<TlsAcceptor>,
+    shutdown: Shutdown,
 ) {
     let handlers = Arc::new(Handlers {
         gatekeeper: Arc::new(Gatekeeper {
@@ -699,8 +702,14 @@ pub async fn serve(
             parameters: DefaultServerParameterProvider::default(),
         }),
     });
+    let stopping = shutdown.requested();
+    tokio::pin!(stopping);
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut stopping => return,
+        };
+        match accepted {
             Ok((socket, peer)) => {
                 let (handlers, tls) = (handlers.clone(), tls.clone());
                 tokio::spawn(async move {
@@ -720,31 +729,16 @@ pub async fn serve(
     }
 }
 
-/// Binds `addr` and serves on it from a thread with its own runtime (two workers, so queries
-/// over the wire cannot take more than two cores); returns the bound address (port 0 picks one).
+/// Binds `addr` and serves on it from a runtime of its own (two workers, so queries over the
+/// wire cannot take more than two cores) until the returned [`Server`] is stopped; its
+/// [`Server::addr`] is the bound address (port 0 picks one).
 pub fn spawn(
     addr: SocketAddr,
     sql: Arc<Sql>,
     access: Option<Access>,
     tls: Option<TlsAcceptor>,
-) -> std::io::Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind(addr)?;
-    listener.set_nonblocking(true)?;
-    let local = listener.local_addr()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("vendflow-pgwire")
-        .enable_all()
-        .build()?;
-    std::thread::Builder::new()
-        .name("vendflow-pgwire".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                match TcpListener::from_std(listener) {
-                    Ok(listener) => serve(listener, sql, access, tls).await,
-                    Err(e) => tracing::error!(error = %e, "pgwire: cannot listen"),
-                }
-            });
-        })?;
-    Ok(local)
+) -> std::io::Result<Server> {
+    Server::spawn("vendflow-pgwire", addr, 2, move |listener, shutdown| {
+        serve(listener, sql, access, tls, shutdown)
+    })
 }

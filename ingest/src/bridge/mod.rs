@@ -307,16 +307,18 @@ pub fn run(
     let pending_commands = Arc::new(PendingCommands::default());
     // HTTP first: a bad certificate is a start-up error, and while Kafka is away machines on
     // HTTP are told so (503) rather than left without an answer.
-    if let Some(addr) = config.http {
-        serve_http(
+    // Told to stop when `run` returns, on every path (dropped).
+    let _http = match config.http {
+        Some(addr) => Some(serve_http(
             addr,
             config.tls.as_ref(),
             &config.kafka,
             verifier.clone(),
             pending_commands.clone(),
             stats.clone(),
-        )?;
-    }
+        )?),
+        None => None,
+    };
     let topics = [
         (TELEMETRY_TOPIC, config.partitions),
         (REJECTED_TOPIC, 1),
@@ -504,7 +506,7 @@ fn send_acks(shared: &Mutex<Shared>, client: &Client, stats: &BridgeStats) {
         .store(s.acks.len() as u64, Ordering::Relaxed);
 }
 
-/// Serves `POST /api/telemetry` on `addr` from a thread of its own, into the same topics.
+/// Serves `POST /api/telemetry` on `addr` from a runtime of its own, into the same topics.
 fn serve_http(
     addr: std::net::SocketAddr,
     tls: Option<&(std::path::PathBuf, std::path::PathBuf)>,
@@ -512,7 +514,7 @@ fn serve_http(
     verifier: Arc<Mutex<Verifier>>,
     pending_commands: Arc<PendingCommands>,
     stats: Arc<BridgeStats>,
-) -> Result<(), BridgeError> {
+) -> Result<crate::server::Server, BridgeError> {
     let producer: rdkafka::producer::FutureProducer = client_config(kafka)
         .set("enable.idempotence", "true")
         .set("acks", "all")
@@ -526,8 +528,13 @@ fn serve_http(
         stats,
         rate: crate::http::MachineRate::default(),
     };
-    crate::http::spawn(addr, tls, state, None, axum::Router::new())?;
-    Ok(())
+    Ok(crate::http::spawn(
+        addr,
+        tls,
+        state,
+        None,
+        axum::Router::new(),
+    )?)
 }
 
 fn report_connection_error(e: &ConnectionError, config: &BridgeConfig, backoff: Duration) {

@@ -27,6 +27,7 @@ use vendflow_protocol::Timestamp;
 
 use crate::auth::{Admission, Refusal, Verifier};
 use crate::kafka::{REJECTED_TOPIC, Rejection, TELEMETRY_TOPIC};
+use crate::server::Server;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -47,86 +48,89 @@ pub fn spawn(
     state: Telemetry,
     driver: Option<rumqttc::EventLoop>,
     extra: Router,
-) -> Result<(), ServeError> {
+) -> Result<Server, ServeError> {
     let app = router(Arc::new(state), DEFAULT_BODY_LIMIT).merge(extra);
     serve(addr, tls, app, driver)
 }
 
-/// Serves `app` on `addr` (HTTPS with `tls` = (certificate, key) PEM files) from a thread and
-/// runtime of its own; `driver` is an MQTT event loop a [`Sink::Broker`] client needs polled.
-/// Errors are start-up errors: the address, the certificate.
+/// Serves `app` on `addr` (HTTPS with `tls` = (certificate, key) PEM files) on a runtime of its
+/// own until the returned [`Server`] is stopped; `driver` is an MQTT event loop a
+/// [`Sink::Broker`] client needs polled. Errors are start-up errors: the address, the certificate.
 pub fn serve(
     addr: std::net::SocketAddr,
     tls: Option<&(std::path::PathBuf, std::path::PathBuf)>,
     app: Router,
     driver: Option<rumqttc::EventLoop>,
-) -> Result<(), ServeError> {
-    let listener = std::net::TcpListener::bind(addr).map_err(|e| ServeError::Bind(addr, e))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| ServeError::Bind(addr, e))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| ServeError::Bind(addr, e))?;
+) -> Result<Server, ServeError> {
     let tls = match tls {
         Some((cert, key)) => {
             // ring, the one provider built in; installing twice is harmless.
             let _ = rustls::crypto::ring::default_provider().install_default();
-            let config = runtime
+            let bad = |error| ServeError::Tls {
+                cert: cert.display().to_string(),
+                key: key.display().to_string(),
+                error,
+            };
+            // Reading the PEM files is async in axum-server; no runtime is needed after it.
+            let config = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .map_err(bad)?
                 .block_on(axum_server::tls_rustls::RustlsConfig::from_pem_file(
                     cert, key,
                 ))
-                .map_err(|error| ServeError::Tls {
-                    cert: cert.display().to_string(),
-                    key: key.display().to_string(),
-                    error,
-                })?;
+                .map_err(bad)?;
             Some(config)
         }
         None => None,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
-    std::thread::Builder::new()
-        .name("vendflow-http".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                if let Some(mut eventloop) = driver {
-                    tokio::spawn(async move {
-                        loop {
-                            if let Err(e) = eventloop.poll().await {
-                                tracing::warn!(error = %e, "http → mqtt: broker unavailable; retrying");
-                                tokio::time::sleep(Duration::from_millis(500)).await;
-                            }
+    let server = Server::spawn(
+        "vendflow-http",
+        addr,
+        2,
+        move |listener, shutdown| async move {
+            if let Some(mut eventloop) = driver {
+                tokio::spawn(async move {
+                    loop {
+                        if let Err(e) = eventloop.poll().await {
+                            tracing::warn!(error = %e, "http → mqtt: broker unavailable; retrying");
+                            tokio::time::sleep(Duration::from_millis(500)).await;
                         }
+                    }
+                });
+            }
+            let served = match tls {
+                Some(config) => {
+                    let handle = axum_server::Handle::new();
+                    let stopper = handle.clone();
+                    tokio::spawn(async move {
+                        shutdown.requested().await;
+                        stopper.graceful_shutdown(Some(crate::server::GRACE));
                     });
-                }
-                if let Some(config) = tls {
-                    let served = match axum_server::from_tcp_rustls(listener, config) {
-                        Ok(server) => server.serve(app.into_make_service()).await,
+                    match listener.into_std() {
+                        Ok(listener) => match axum_server::from_tcp_rustls(listener, config) {
+                            Ok(server) => {
+                                server.handle(handle).serve(app.into_make_service()).await
+                            }
+                            Err(e) => Err(e),
+                        },
                         Err(e) => Err(e),
-                    };
-                    if let Err(e) = served {
-                        tracing::error!(error = %e, "https server stopped");
                     }
-                    return;
                 }
-                let listener = match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot serve http");
-                        return;
-                    }
-                };
-                if let Err(e) = axum::serve(listener, app).await {
-                    tracing::error!(error = %e, "http server stopped");
+                None => {
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(shutdown.requested())
+                        .await
                 }
-            });
-        })
-        .map_err(|e| ServeError::Bind(addr, e))?;
-    tracing::info!("serving {scheme}://{addr}");
-    Ok(())
+            };
+            if let Err(e) = served {
+                tracing::error!(error = %e, "{scheme} server stopped");
+            }
+        },
+    )
+    .map_err(|e| ServeError::Bind(addr, e))?;
+    tracing::info!("serving {scheme}://{}", server.addr());
+    Ok(server)
 }
 
 /// Machines on HTTP in the embedded mode: verified like over MQTT, then published to the MQTT
@@ -137,7 +141,7 @@ pub fn spawn_into_broker(
     broker_port: u16,
     verifier: Verifier,
     extra: Router,
-) -> Result<(), ServeError> {
+) -> Result<Server, ServeError> {
     let mut options = rumqttc::MqttOptions::new("vendflow-http", "127.0.0.1", broker_port);
     options.set_max_packet_size(DEFAULT_BODY_LIMIT * 2, DEFAULT_BODY_LIMIT * 2);
     let (client, eventloop) = rumqttc::AsyncClient::new(options, 1024);

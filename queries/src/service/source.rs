@@ -1,0 +1,458 @@
+//! The sources a service plugs in: Kafka (`vendflow run`), or a simulated fleet publishing signed
+//! envelopes to an embedded MQTT broker (`vendflow demo`). Each is started in two steps:
+//! `prepare` (before the servers: the registry, health, where telemetry over HTTP goes) and
+//! `start` (after them: the threads that feed the engine).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use vendflow_dataflows::{Batch, Feeders};
+use vendflow_firmware::mqtt as mqtt_sim;
+use vendflow_firmware::{Fleet, FleetConfig};
+use vendflow_ingest::auth::{Credentials, SharedCredentials, Verifier};
+use vendflow_ingest::kafka::source::{self as kafka_source, SourceConfig, SourceStats};
+use vendflow_ingest::mqtt::MqttSourceStats;
+use vendflow_ingest::server::Server;
+use vendflow_ingest::{Tap, sim};
+use vendflow_protocol::Timestamp;
+
+use super::{ServiceError, Worker, sleep_unless};
+use crate::api::fleet::Fleet as Registry;
+use crate::api::{LagReading, Pipeline, SecretIssuer, SourceCounters};
+
+/// Where the service's events come from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// `machine-telemetry` and `fleet-commands` on these Kafka brokers, every partition from
+    /// the start.
+    Kafka {
+        brokers: String,
+        /// Partitions of `machine-telemetry` if it has to be created.
+        partitions: i32,
+        /// Granularity of the ingestion clock.
+        tick_ms: u64,
+    },
+    /// A simulated fleet on an embedded MQTT broker.
+    Simulated(Simulation),
+}
+
+/// A simulated fleet: `machines` machines from `seed`, at `speed` simulated seconds per second,
+/// publishing to an embedded MQTT broker on 127.0.0.1:`mqtt_port` (0: any free port), for
+/// `duration` (None: until stopped).
+#[derive(Clone, Debug)]
+pub struct Simulation {
+    pub machines: usize,
+    pub speed: f64,
+    pub seed: u64,
+    pub mqtt_port: u16,
+    pub duration: Option<Duration>,
+}
+
+/// Which transport the source is, for the summary line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Kind {
+    Kafka,
+    Mqtt,
+}
+
+impl Source {
+    /// Refuses settings that cannot work, before anything starts.
+    pub(super) fn check(&self) -> Result<(), ServiceError> {
+        match self {
+            Source::Simulated(s) if s.machines == 0 || s.speed.is_nan() || s.speed <= 0.0 => Err(
+                ServiceError::Config("--machines and --speed must be positive".into()),
+            ),
+            Source::Kafka { tick_ms: 0, .. } => Err(ServiceError::Config(
+                "the ingestion clock's tick must be at least 1 ms".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The registry and health of this source, and what `start` will need.
+    pub(super) fn prepare(self, mut feeders: Feeders) -> Result<Prepared, ServiceError> {
+        match self {
+            Source::Kafka {
+                brokers,
+                partitions,
+                tick_ms,
+            } => {
+                // The REST API's registry: filled from `fleet-commands` by the source; its own
+                // changes go to `fleet-commands` (the engine reads them back from there, like
+                // any registry record).
+                let registry = {
+                    let brokers = brokers.clone();
+                    Arc::new(Registry::new(Arc::new(move |changes| {
+                        let text: String = changes
+                            .iter()
+                            .filter(|(_, diff)| *diff > 0)
+                            .map(|(r, _)| r.to_json_line() + "\n")
+                            .collect();
+                        vendflow_ingest::kafka::load_registry(&brokers, &text)
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    })))
+                };
+                let stats = Arc::new(SourceStats::default());
+                let counters: Arc<dyn Fn() -> SourceCounters + Send + Sync> = {
+                    let stats = stats.clone();
+                    Arc::new(move || SourceCounters {
+                        messages: stats.messages.load(Ordering::Relaxed),
+                        events: stats.events.load(Ordering::Relaxed),
+                        refused: stats.errors.load(Ordering::Relaxed),
+                    })
+                };
+                let lag = Arc::new(Mutex::new(None));
+                let pipeline = {
+                    let (counters, lag) = (counters.clone(), lag.clone());
+                    Pipeline::new("kafka", brokers.clone(), Box::new(move || counters())).with_lag(
+                        Box::new(move || lag.lock().unwrap_or_else(|e| e.into_inner()).clone()),
+                    )
+                };
+                let config = SourceConfig {
+                    brokers: brokers.clone(),
+                    partitions,
+                    tick_ms,
+                    registry_observer: Some({
+                        let registry = registry.clone();
+                        Arc::new(move |record| registry.observe(record))
+                    }),
+                };
+                Ok(Prepared {
+                    kind: Kind::Kafka,
+                    registry,
+                    counters,
+                    pipeline: Some(pipeline),
+                    secrets: None,
+                    freshness: Some(stats.clone()),
+                    mqtt: None,
+                    simulated_from: None,
+                    duration: None,
+                    plan: Plan::Kafka {
+                        config,
+                        feeders,
+                        stats,
+                        lag,
+                    },
+                })
+            }
+            Source::Simulated(simulation) => {
+                let fleet = Fleet::new(&FleetConfig {
+                    machines: simulation.machines,
+                    seed: simulation.seed,
+                    ..FleetConfig::default()
+                });
+                // The production path from the broker on: a real MQTT broker (in-process), the
+                // simulated machines publishing signed envelopes to it, and the MQTT source
+                // verifying and feeding them.
+                let port = match simulation.mqtt_port {
+                    0 => free_port()?,
+                    p => p,
+                };
+                let listen: SocketAddr = ([127, 0, 0, 1], port).into();
+                vendflow_ingest::mqtt::start_embedded_broker(listen).map_err(|source| {
+                    ServiceError::Io {
+                        what: format!("cannot start the embedded MQTT broker on {listen}"),
+                        source,
+                    }
+                })?;
+                let mut credentials = Credentials::default();
+                for (machine, hash) in mqtt_sim::simulated_credentials(&fleet, simulation.seed) {
+                    credentials.insert(&machine, hash);
+                }
+                // Shared with the REST API: a machine registered there can publish at once.
+                let credentials = Arc::new(std::sync::RwLock::new(credentials));
+                // The REST API's registry starts as the simulated fleet's; its changes go
+                // straight to the engine (there is no Kafka) through a clone of worker 0's input.
+                let registry = {
+                    let feeder = Mutex::new(feeders.feeder(0));
+                    Arc::new(Registry::new(Arc::new(move |changes| {
+                        let mut feeder = feeder.lock().unwrap_or_else(|e| e.into_inner());
+                        let at = feeder.time();
+                        feeder
+                            .send(
+                                at,
+                                Batch {
+                                    registry: changes,
+                                    ..Batch::default()
+                                },
+                            )
+                            .map_err(|e| e.to_string())
+                    })))
+                };
+                for record in fleet.registry() {
+                    registry.observe(record);
+                }
+                sim::register(&fleet, &mut feeders)?;
+                let stats = Arc::new(MqttSourceStats::default());
+                let counters: Arc<dyn Fn() -> SourceCounters + Send + Sync> = {
+                    let stats = stats.clone();
+                    Arc::new(move || SourceCounters {
+                        messages: stats.messages.load(Ordering::Relaxed),
+                        events: stats.events.load(Ordering::Relaxed),
+                        refused: stats.refused.load(Ordering::Relaxed),
+                    })
+                };
+                let pipeline = {
+                    let counters = counters.clone();
+                    Pipeline::new(
+                        "mqtt",
+                        format!("embedded broker {listen}"),
+                        Box::new(move || counters()),
+                    )
+                };
+                let secrets: SecretIssuer = {
+                    let credentials = credentials.clone();
+                    Arc::new(move |machine: &str| {
+                        let secret =
+                            vendflow_ingest::auth::new_secret().map_err(|e| e.to_string())?;
+                        credentials
+                            .write()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(
+                                machine,
+                                vendflow_protocol::auth::StoredKey::PublicKey(
+                                    vendflow_protocol::auth::PublicKey::of_secret(&secret),
+                                ),
+                            );
+                        Ok(secret)
+                    })
+                };
+                Ok(Prepared {
+                    kind: Kind::Mqtt,
+                    registry,
+                    counters,
+                    pipeline: Some(pipeline),
+                    secrets: Some(secrets),
+                    freshness: None,
+                    mqtt: Some(listen),
+                    simulated_from: Some(fleet.now()),
+                    duration: simulation.duration,
+                    plan: Plan::Simulated {
+                        // The simulated clock is the ingestion clock.
+                        clock: Arc::new(AtomicU64::new(fleet.now().0.max(0) as u64)),
+                        fleet: Box::new(fleet),
+                        feeders,
+                        port,
+                        seed: simulation.seed,
+                        speed: simulation.speed,
+                        stats,
+                        credentials,
+                    },
+                })
+            }
+        }
+    }
+}
+
+/// A source between `prepare` and `start`.
+pub(super) struct Prepared {
+    pub kind: Kind,
+    pub registry: Arc<Registry>,
+    pub counters: Arc<dyn Fn() -> SourceCounters + Send + Sync>,
+    /// Health for `/health` and `/metrics`; taken when there is an HTTP server.
+    pub pipeline: Option<Pipeline>,
+    /// How `POST /api/machines` issues a new machine's secret, when the source decides it.
+    pub secrets: Option<SecretIssuer>,
+    /// Sampled messages, to measure freshness (Kafka).
+    pub freshness: Option<Arc<SourceStats>>,
+    pub mqtt: Option<SocketAddr>,
+    pub simulated_from: Option<Timestamp>,
+    pub duration: Option<Duration>,
+    plan: Plan,
+}
+
+enum Plan {
+    Kafka {
+        config: SourceConfig,
+        feeders: Feeders,
+        stats: Arc<SourceStats>,
+        /// The latest lag measurement, read by `/health`.
+        lag: Arc<Mutex<Option<LagReading>>>,
+    },
+    Simulated {
+        fleet: Box<Fleet>,
+        feeders: Feeders,
+        port: u16,
+        seed: u64,
+        speed: f64,
+        stats: Arc<MqttSourceStats>,
+        credentials: SharedCredentials,
+        clock: Arc<AtomicU64>,
+    },
+}
+
+/// The threads a started source runs.
+pub(super) struct Started {
+    pub workers: Vec<Worker>,
+    pub simulator: Option<Worker>,
+}
+
+impl Prepared {
+    /// Serves `app` on `addr`; with a simulated source, machines' telemetry over HTTP too (into
+    /// the embedded broker, verified like over MQTT).
+    pub fn serve_http(
+        &mut self,
+        addr: SocketAddr,
+        tls: Option<&(std::path::PathBuf, std::path::PathBuf)>,
+        app: axum::Router,
+    ) -> Result<Server, ServiceError> {
+        let server = match &self.plan {
+            Plan::Kafka { .. } => vendflow_ingest::http::serve(addr, tls, app, None)?,
+            Plan::Simulated {
+                port, credentials, ..
+            } => vendflow_ingest::http::spawn_into_broker(
+                addr,
+                tls,
+                *port,
+                Verifier::shared(
+                    Some(credentials.clone()),
+                    vendflow_ingest::auth::DEFAULT_MAX_SKEW_MS,
+                ),
+                app,
+            )?,
+        };
+        Ok(server)
+    }
+
+    /// Starts feeding the engine; `tap` sees every record read.
+    pub fn start(self, tap: Option<Tap>, stop: &Arc<AtomicBool>) -> Result<Started, ServiceError> {
+        let lag_wanted = self.pipeline.is_none();
+        match self.plan {
+            Plan::Kafka {
+                config,
+                feeders,
+                stats,
+                lag,
+            } => {
+                let mut workers = Vec::new();
+                if lag_wanted {
+                    let (brokers, stats, stop) =
+                        (config.brokers.clone(), stats.clone(), stop.clone());
+                    workers.push(Worker::spawn("lag-probe", &stop.clone(), move || {
+                        probe_lag(&brokers, &stats, &lag, &stop);
+                        Ok(())
+                    })?);
+                }
+                let handles = kafka_source::start(&config, feeders, stats, tap, stop.clone())?;
+                for handle in handles {
+                    workers.push(Worker::from_handle("kafka-source", handle));
+                }
+                Ok(Started {
+                    workers,
+                    simulator: None,
+                })
+            }
+            Plan::Simulated {
+                fleet,
+                feeders,
+                port,
+                seed,
+                speed,
+                stats,
+                credentials,
+                clock,
+            } => {
+                let source = {
+                    let (clock, stop_flag) = (clock.clone(), stop.clone());
+                    let verifier = Verifier::shared(
+                        Some(credentials),
+                        vendflow_ingest::auth::DEFAULT_MAX_SKEW_MS,
+                    );
+                    Worker::spawn("mqtt-source", stop, move || {
+                        vendflow_ingest::mqtt::run(
+                            "127.0.0.1",
+                            port,
+                            "vendflow-demo-source",
+                            verifier,
+                            feeders,
+                            &|| clock.load(Ordering::SeqCst),
+                            &stats,
+                            tap.as_ref(),
+                            &stop_flag,
+                        )?;
+                        Ok(())
+                    })?
+                };
+                let simulator = {
+                    let stop_flag = stop.clone();
+                    let mut fleet = fleet;
+                    Worker::spawn("simulator", stop, move || {
+                        let mut publisher = mqtt_sim::Publisher::connect(
+                            "127.0.0.1",
+                            port,
+                            "vendflow-demo-fleet",
+                            seed,
+                        );
+                        let end = Timestamp(i64::MAX / 2);
+                        let result = mqtt_sim::run(
+                            &mut fleet,
+                            &mut publisher,
+                            end,
+                            Some(speed),
+                            &stop_flag,
+                            |_| {},
+                            |now| clock.store(now.0.max(0) as u64, Ordering::SeqCst),
+                        );
+                        // What is in flight has two seconds to be acknowledged.
+                        let _ = publisher.finish(Duration::from_secs(2));
+                        result?;
+                        Ok(())
+                    })?
+                };
+                Ok(Started {
+                    workers: vec![source],
+                    simulator: Some(simulator),
+                })
+            }
+        }
+    }
+}
+
+/// Measures the Kafka source's lag every 5 s until `stop` (it asks the brokers, which may take
+/// seconds; `/health` and `/metrics` read the latest measurement).
+fn probe_lag(
+    brokers: &str,
+    stats: &SourceStats,
+    latest: &Mutex<Option<LagReading>>,
+    stop: &AtomicBool,
+) {
+    let probe = kafka_source::LagProbe::new(brokers);
+    loop {
+        let result = match &probe {
+            Ok(p) => p
+                .measure(stats, Duration::from_secs(2))
+                .map(|parts| {
+                    parts
+                        .into_iter()
+                        .map(|p| (p.topic, p.partition, p.position, p.end))
+                        .collect()
+                })
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, "kafka lag not measured");
+        }
+        *latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(LagReading {
+            taken: std::time::Instant::now(),
+            result,
+        });
+        if sleep_unless(stop, Duration::from_secs(5)) {
+            return;
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+fn free_port() -> Result<u16, ServiceError> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|source| ServiceError::Io {
+            what: "cannot find a free port for the embedded MQTT broker".into(),
+            source,
+        })
+}
