@@ -1125,19 +1125,12 @@ fn simulate(
             seed,
             ..FleetConfig::default()
         },
-        Some("golden") => FleetConfig {
-            machines: 5,
-            seed,
-            slots: 12,
-            fault_rate: 0.0,
-            scripted: vec![
-                (0, Fault::CoolingFailure, 6 * MS_PER_HOUR),
-                (1, Fault::NetworkOutage { hours: 5 }, 8 * MS_PER_HOUR),
-                (2, Fault::SkippedByCrew, 0),
-            ],
-            ..FleetConfig::default()
-        },
-        Some(other) => bail!("unknown scenario {other:?}; the one scenario is `golden`"),
+        Some(name) => FleetConfig::scenario(name, seed).with_context(|| {
+            format!(
+                "unknown scenario {name:?}; the scenarios are {}",
+                FleetConfig::SCENARIOS.join(", ")
+            )
+        })?,
     };
     if hours <= 0 || hours > 24 * 60 {
         bail!("--hours must be between 1 and {}", 24 * 60);

@@ -92,6 +92,32 @@ impl Default for FleetConfig {
     }
 }
 
+impl FleetConfig {
+    /// The named scenarios (`vendflow simulate --scenario NAME`, the golden fixtures).
+    pub const SCENARIOS: &[&str] = &["golden"];
+
+    /// A named scenario with `seed`, or None for an unknown name. `golden`: 5 machines of 12
+    /// slots, no random faults; machine 0 overheats 6 h in, machine 1 is offline for 5 hours
+    /// from 8 h in, and the restock crew skips machine 2.
+    pub fn scenario(name: &str, seed: u64) -> Option<FleetConfig> {
+        match name {
+            "golden" => Some(FleetConfig {
+                machines: 5,
+                seed,
+                slots: 12,
+                fault_rate: 0.0,
+                scripted: vec![
+                    (0, Fault::CoolingFailure, 6 * MS_PER_HOUR),
+                    (1, Fault::NetworkOutage { hours: 5 }, 8 * MS_PER_HOUR),
+                    (2, Fault::SkippedByCrew, 0),
+                ],
+                ..FleetConfig::default()
+            }),
+            _ => None,
+        }
+    }
+}
+
 struct SimSlot {
     number: u32,
     product: &'static str,
