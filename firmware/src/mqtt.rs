@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use rumqttc::{Client, Event, MqttOptions, Outgoing, Packet, QoS};
 use vendflow_protocol::auth::{MachineKey, PublicKey, SecretHash, StoredKey, sign_envelope};
 use vendflow_protocol::command::decode_command;
+use vendflow_protocol::topics::Topic;
 use vendflow_protocol::{AckStatus, Command, CommandAck, Envelope, EventKind, Timestamp};
 
 use crate::fleet::Fleet;
@@ -58,7 +59,7 @@ pub struct Publisher {
 }
 
 /// Where commands for machines arrive.
-pub const COMMANDS_FILTER: &str = "machines/+/commands";
+pub const COMMANDS_FILTER: &str = vendflow_protocol::topics::Topic::Commands.filter();
 
 impl Publisher {
     /// Connects as `client_id` to `host:port`.
@@ -158,15 +159,15 @@ impl Publisher {
                 }),
             }],
         };
-        self.send(&envelope, "acks")
+        self.send(&envelope, Topic::Acks)
     }
 
     /// Signs and publishes one envelope (blocks while the client's queue is full).
     pub fn publish(&mut self, envelope: &Envelope) -> Result<(), PublishError> {
-        self.send(envelope, "telemetry")
+        self.send(envelope, Topic::Telemetry)
     }
 
-    fn send(&mut self, envelope: &Envelope, leaf: &str) -> Result<(), PublishError> {
+    fn send(&mut self, envelope: &Envelope, topic: Topic) -> Result<(), PublishError> {
         let machine = envelope.machine_id.as_str();
         let seed = self.seed;
         self.nonce += 1;
@@ -177,12 +178,7 @@ impl Publisher {
             .or_insert_with(|| MachineKey::from_secret(&simulated_secret(seed, machine)));
         let body = sign_envelope(envelope, key, Timestamp::now().0, &nonce);
         self.client
-            .publish(
-                format!("machines/{machine}/{leaf}"),
-                QoS::AtLeastOnce,
-                false,
-                body,
-            )
+            .publish(topic.of(machine), QoS::AtLeastOnce, false, body)
             .map_err(|e| PublishError::Mqtt(self.address.clone(), e.to_string()))?;
         self.published += 1;
         Ok(())

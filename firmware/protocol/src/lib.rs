@@ -10,6 +10,7 @@
 //! - [`event`]: telemetry events (heartbeat, sale, restock, error, door) and their envelope.
 //! - [`registry`]: machines with their planogram, locations and leases, as registry records.
 //! - [`command`]: commands to machines and their acknowledgements.
+//! - [`topics`]: the MQTT topics of a machine (telemetry, acks, commands).
 //! - [`auth`]: device credentials: envelope signatures (HMAC-SHA256) and token hashes.
 //! - [`decode`]: strict decoding of the envelope, of JSON Lines and of registry files, with a typed
 //!   reason for every failure.
@@ -19,6 +20,7 @@ pub mod command;
 pub mod decode;
 pub mod event;
 pub mod registry;
+pub mod topics;
 pub mod units;
 
 pub use command::{AckStatus, Action, Command, CommandAck};

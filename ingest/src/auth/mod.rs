@@ -18,6 +18,7 @@ use vendflow_dataflows::ExpiringSet;
 use vendflow_protocol::auth::{
     AuthError, PublicKey, SecretHash, Signed, StoredKey, verify_envelope,
 };
+use vendflow_protocol::topics::Topic;
 
 /// Default tolerance between a machine's `sentAt` and the receiver's clock.
 pub const DEFAULT_MAX_SKEW_MS: i64 = 15 * 60 * 1000;
@@ -389,12 +390,9 @@ fn digest_of(bytes: &[u8]) -> [u8; 32] {
 }
 
 /// The machine id in a `machines/<id>/<leaf>` topic.
-pub fn machine_of_topic<'a>(topic: &'a str, leaf: &str) -> Result<&'a str, Refusal> {
-    let mut parts = topic.split('/');
-    match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some("machines"), Some(id), Some(l), None) if l == leaf && !id.is_empty() => Ok(id),
-        _ => Err(Refusal::Topic(topic.to_owned())),
-    }
+pub fn machine_of_topic(topic: &str, kind: Topic) -> Result<&str, Refusal> {
+    kind.machine(topic)
+        .ok_or_else(|| Refusal::Topic(topic.to_owned()))
 }
 
 #[cfg(test)]
@@ -521,11 +519,11 @@ mod tests {
     #[test]
     fn topics_name_the_machine() {
         assert_eq!(
-            machine_of_topic("machines/m1/telemetry", "telemetry"),
+            machine_of_topic("machines/m1/telemetry", Topic::Telemetry),
             Ok("m1")
         );
-        assert!(machine_of_topic("machines//telemetry", "telemetry").is_err());
-        assert!(machine_of_topic("machines/m1/acks", "telemetry").is_err());
-        assert!(machine_of_topic("machines/m1/telemetry/x", "telemetry").is_err());
+        assert!(machine_of_topic("machines//telemetry", Topic::Telemetry).is_err());
+        assert!(machine_of_topic("machines/m1/acks", Topic::Telemetry).is_err());
+        assert!(machine_of_topic("machines/m1/telemetry/x", Topic::Telemetry).is_err());
     }
 }

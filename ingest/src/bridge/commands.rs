@@ -19,6 +19,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use rumqttc::{Client, QoS};
 use vendflow_protocol::command::decode_command;
 use vendflow_protocol::decode::decode_envelope;
+use vendflow_protocol::topics::Topic;
 use vendflow_protocol::{Command, EventKind, Timestamp};
 
 use super::BridgeStats;
@@ -200,7 +201,7 @@ impl Downlink {
         }
         while let Some((offset, command)) = self.outbox.front() {
             if let Some(c) = command {
-                let topic = format!("machines/{}/commands", c.machine_id);
+                let topic = Topic::Commands.of(c.machine_id.as_str());
                 if client
                     .try_publish(topic, QoS::AtLeastOnce, false, c.to_json())
                     .is_err()

@@ -33,6 +33,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rumqttc::{Client, ConnectionError, Event, MqttOptions, Packet, Publish, QoS};
 use vendflow_protocol::Timestamp;
 use vendflow_protocol::auth::Signed;
+use vendflow_protocol::topics::Topic;
 
 use crate::auth::{Admission, Refusal, Verifier, machine_of_topic};
 use crate::kafka::{
@@ -42,8 +43,8 @@ use crate::kafka::{
 
 /// The MQTT subscriptions: telemetry, and machines' answers to commands (the same signed
 /// envelopes, carrying `command_ack` events), both forwarded to `machine-telemetry`.
-pub const TELEMETRY_FILTER: &str = "machines/+/telemetry";
-pub const ACKS_FILTER: &str = "machines/+/acks";
+pub const TELEMETRY_FILTER: &str = Topic::Telemetry.filter();
+pub const ACKS_FILTER: &str = Topic::Acks.filter();
 
 /// The largest packet MQTT can carry (its remaining-length field tops out at 256 MiB).
 const MQTT_MAX_PACKET: usize = 268_435_455;
@@ -558,8 +559,8 @@ fn admit(
     let now = Timestamp::now().0;
     let seq = s.next_seq;
     s.next_seq += 1;
-    let verdict = machine_of_topic(&publish.topic, "telemetry")
-        .or_else(|_| machine_of_topic(&publish.topic, "acks"))
+    let verdict = machine_of_topic(&publish.topic, Topic::Telemetry)
+        .or_else(|_| machine_of_topic(&publish.topic, Topic::Acks))
         .and_then(|machine| {
             if publish.payload.len() > max_payload {
                 return Err(Refusal::TooLarge {

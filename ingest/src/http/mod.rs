@@ -24,6 +24,7 @@ use axum::routing::post;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 use vendflow_protocol::Timestamp;
+use vendflow_protocol::topics::Topic;
 
 use crate::auth::{Admission, Refusal, Verifier};
 use crate::kafka::{REJECTED_TOPIC, Rejection, TELEMETRY_TOPIC};
@@ -186,7 +187,7 @@ impl Sink {
             }
             Sink::Broker(client) => client
                 .publish(
-                    format!("machines/{machine}/telemetry"),
+                    Topic::Telemetry.of(machine),
                     rumqttc::QoS::AtLeastOnce,
                     false,
                     body.to_vec(),

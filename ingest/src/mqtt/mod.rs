@@ -13,6 +13,7 @@ use std::time::Duration;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use vendflow_dataflows::{Batch, ErrorRecord, Feeders, Time};
 use vendflow_protocol::decode::decode_envelope;
+use vendflow_protocol::topics::Topic;
 use vendflow_protocol::{DecodeError, ErrorKind, Timestamp};
 
 use crate::auth::{Admission, Refusal, Verifier, machine_of_topic};
@@ -144,7 +145,7 @@ pub fn run(
                 stats.messages.fetch_add(1, Ordering::Relaxed);
                 let now = clock();
                 let wall = Timestamp::now().0;
-                let verdict = machine_of_topic(&publish.topic, "telemetry")
+                let verdict = machine_of_topic(&publish.topic, Topic::Telemetry)
                     .and_then(|m| verifier.check(m, &publish.payload, wall).map(|a| (m, a)));
                 let mut batch = Batch::default();
                 let mut key = 0;
