@@ -9,6 +9,7 @@
 //! - [`sim`]: the simulated fleet's registry.
 //! - [`auth`]: device credentials file, signature and replay checks (bridge and HTTPS).
 //! - [`bridge`]: MQTT → Kafka, acknowledged to MQTT only once Kafka has the message.
+//! - [`gateway`]: what the bridge's MQTT and HTTP doors share (counters, pending commands).
 //! - [`http`]: `POST /api/telemetry` (axum), into the same topics as the bridge.
 //! - [`kafka`]: topics, client settings, and the Kafka source of the dataflows.
 //! - [`mqtt`]: the MQTT source (embedded mode, no Kafka) and the embedded broker of the demo.
@@ -17,6 +18,7 @@
 pub mod auth;
 pub mod bridge;
 pub mod file;
+pub mod gateway;
 pub mod http;
 pub mod kafka;
 pub mod mqtt;

@@ -9,8 +9,7 @@
 //! restarted bridge still offers them; a machine that had answered before the restart answers
 //! again and the command is no longer offered.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -18,88 +17,11 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use rumqttc::{Client, QoS};
 use vendflow_protocol::command::decode_command;
-use vendflow_protocol::decode::decode_envelope;
 use vendflow_protocol::topics::Topic;
-use vendflow_protocol::{Command, EventKind, Timestamp};
+use vendflow_protocol::{Command, Timestamp};
 
-use super::BridgeStats;
+use crate::gateway::{BridgeStats, PENDING_FOR_MS, PendingCommands};
 use crate::kafka::{COMMANDS_TOPIC, KafkaError, client_config};
-
-/// Unanswered commands kept per machine for HTTP; older ones are dropped (and logged).
-const PENDING_PER_MACHINE: usize = 64;
-/// A pending command older than this (by `issuedAt`) is no longer offered.
-const PENDING_FOR_MS: i64 = 7 * 24 * 3_600_000;
-
-/// Commands sent and not yet answered, per machine.
-#[derive(Default)]
-pub struct PendingCommands {
-    by_machine: Mutex<HashMap<String, VecDeque<Command>>>,
-}
-
-impl PendingCommands {
-    pub fn add(&self, command: Command) {
-        let mut map = self.by_machine.lock().unwrap_or_else(|p| p.into_inner());
-        let queue = map
-            .entry(command.machine_id.as_str().to_owned())
-            .or_default();
-        if queue.iter().any(|c| c.command_id == command.command_id) {
-            return;
-        }
-        queue.push_back(command);
-        if queue.len() > PENDING_PER_MACHINE
-            && let Some(dropped) = queue.pop_front()
-        {
-            tracing::warn!(
-                machine = %dropped.machine_id,
-                command = %dropped.command_id,
-                "more than {PENDING_PER_MACHINE} unanswered commands; no longer offering the oldest"
-            );
-        }
-    }
-
-    /// Forgets the commands `machine` answered in `envelope` (if it answers any).
-    pub fn answered(&self, machine: &str, envelope: &[u8]) {
-        let ids = answered_commands(envelope);
-        if ids.is_empty() {
-            return;
-        }
-        let mut map = self.by_machine.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(queue) = map.get_mut(machine) {
-            queue.retain(|c| !ids.contains(&c.command_id));
-            if queue.is_empty() {
-                map.remove(machine);
-            }
-        }
-    }
-
-    /// What `machine` has not answered yet, as wire JSON, oldest first.
-    pub fn for_machine(&self, machine: &str, now_ms: i64) -> Vec<serde_json::Value> {
-        let map = self.by_machine.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(machine)
-            .into_iter()
-            .flatten()
-            .filter(|c| now_ms < c.issued_at.0.saturating_add(PENDING_FOR_MS))
-            .filter_map(|c| serde_json::from_str(&c.to_json()).ok())
-            .collect()
-    }
-}
-
-/// The command ids a (verified) envelope answers with `command_ack` events.
-pub fn answered_commands(envelope: &[u8]) -> Vec<String> {
-    if !envelope.windows(11).any(|w| w == b"command_ack") {
-        return Vec::new();
-    }
-    let Ok(events) = decode_envelope(envelope) else {
-        return Vec::new();
-    };
-    events
-        .into_iter()
-        .filter_map(|e| match e.ok()?.kind {
-            EventKind::CommandAck(a) => Some(a.command_id),
-            _ => None,
-        })
-        .collect()
-}
 
 /// Reads `machine-commands` and hands each command to the MQTT client.
 pub struct Downlink {
@@ -241,47 +163,5 @@ impl Downlink {
         stats
             .commands_unacknowledged
             .store(self.unacknowledged, Ordering::Relaxed);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use vendflow_protocol::{Action, MachineId, Timestamp};
-
-    fn command(machine: &str, id: &str) -> Command {
-        Command {
-            command_id: id.into(),
-            machine_id: MachineId::parse(machine).unwrap_or_else(|e| panic!("{e}")),
-            issued_at: Timestamp(1_000),
-            action: Action::Reboot,
-        }
-    }
-
-    #[test]
-    fn pending_commands_are_offered_until_answered() {
-        let pending = PendingCommands::default();
-        pending.add(command("mach_00001", "c1"));
-        pending.add(command("mach_00001", "c1"));
-        pending.add(command("mach_00001", "c2"));
-        assert_eq!(pending.for_machine("mach_00001", 2_000).len(), 2);
-        assert!(pending.for_machine("mach_00002", 2_000).is_empty());
-        let ack = br#"{"machineId":"mach_00001","events":[{"type":"command_ack","timestamp":1700000000000,"payload":{"commandId":"c1","status":"applied"}}]}"#;
-        pending.answered("mach_00001", ack);
-        let left = pending.for_machine("mach_00001", 2_000);
-        assert_eq!(left.len(), 1);
-        assert_eq!(left[0]["commandId"], "c2");
-        assert!(
-            pending
-                .for_machine("mach_00001", PENDING_FOR_MS + 1_000)
-                .is_empty()
-        );
-        for i in 0..100 {
-            pending.add(command("mach_00003", &format!("x{i}")));
-        }
-        assert_eq!(
-            pending.for_machine("mach_00003", 2_000).len(),
-            PENDING_PER_MACHINE
-        );
     }
 }

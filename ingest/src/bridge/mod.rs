@@ -20,7 +20,8 @@
 
 mod commands;
 
-pub use commands::{Downlink, PendingCommands, answered_commands};
+pub use crate::gateway::{BridgeStats, PendingCommands, answered_commands};
+pub use commands::Downlink;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -66,126 +67,6 @@ pub struct BridgeConfig {
     pub http: Option<std::net::SocketAddr>,
     /// Serve `http` over TLS with this certificate chain and private key (PEM files).
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
-}
-
-/// Counters, readable while the bridge runs.
-#[derive(Default, Debug)]
-pub struct BridgeStats {
-    pub received: AtomicU64,
-    pub forwarded: AtomicU64,
-    pub rejected: AtomicU64,
-    /// Redeliveries of envelopes already in Kafka: acknowledged, not produced again.
-    pub redelivered: AtomicU64,
-    pub kafka_retries: AtomicU64,
-    pub mqtt_reconnects: AtomicU64,
-    /// Messages produced but not yet acknowledged by Kafka (the bridge's lag).
-    pub inflight: AtomicU64,
-    /// Commands handed to MQTT (`machines/{id}/commands`).
-    pub commands_sent: AtomicU64,
-    /// Records of `machine-commands` that are not valid commands.
-    pub commands_refused: AtomicU64,
-    /// Commands handed to MQTT that the broker has not acknowledged yet.
-    pub commands_unacknowledged: AtomicU64,
-    /// Messages in Kafka whose MQTT acknowledgement waits for the client.
-    pub acks_waiting: AtomicU64,
-}
-
-impl BridgeStats {
-    /// The counters in Prometheus' text format (`GET /metrics`).
-    pub fn prometheus(&self) -> String {
-        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let metrics: [(&str, &str, &str, u64); 11] = [
-            (
-                "received_total",
-                "counter",
-                "MQTT messages received",
-                g(&self.received),
-            ),
-            (
-                "forwarded_total",
-                "counter",
-                "envelopes Kafka acknowledged in machine-telemetry",
-                g(&self.forwarded),
-            ),
-            (
-                "rejected_total",
-                "counter",
-                "envelopes refused (to telemetry-rejected)",
-                g(&self.rejected),
-            ),
-            (
-                "redelivered_total",
-                "counter",
-                "broker redeliveries of envelopes already in Kafka",
-                g(&self.redelivered),
-            ),
-            (
-                "kafka_retries_total",
-                "counter",
-                "produce attempts Kafka refused and the bridge retried",
-                g(&self.kafka_retries),
-            ),
-            (
-                "mqtt_reconnects_total",
-                "counter",
-                "MQTT connection losses",
-                g(&self.mqtt_reconnects),
-            ),
-            (
-                "commands_sent_total",
-                "counter",
-                "commands published on machines/{id}/commands",
-                g(&self.commands_sent),
-            ),
-            (
-                "commands_refused_total",
-                "counter",
-                "machine-commands records that are not valid commands",
-                g(&self.commands_refused),
-            ),
-            (
-                "inflight",
-                "gauge",
-                "messages waiting for Kafka (the bridge's lag)",
-                g(&self.inflight),
-            ),
-            (
-                "acks_waiting",
-                "gauge",
-                "messages in Kafka whose MQTT acknowledgement is not sent yet",
-                g(&self.acks_waiting),
-            ),
-            (
-                "commands_unacknowledged",
-                "gauge",
-                "commands the MQTT broker has not acknowledged yet",
-                g(&self.commands_unacknowledged),
-            ),
-        ];
-        let mut out = String::new();
-        for (name, kind, help, value) in metrics {
-            out.push_str(&format!(
-                "# HELP vendflow_bridge_{name} {help}\n# TYPE vendflow_bridge_{name} {kind}\nvendflow_bridge_{name} {value}\n"
-            ));
-        }
-        out
-    }
-
-    pub fn line(&self) -> String {
-        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        format!(
-            "received {} forwarded {} rejected {} redelivered {} inflight {} kafka_retries {} mqtt_reconnects {} commands_sent {} commands_refused {}",
-            g(&self.received),
-            g(&self.forwarded),
-            g(&self.rejected),
-            g(&self.redelivered),
-            g(&self.inflight),
-            g(&self.kafka_retries),
-            g(&self.mqtt_reconnects),
-            g(&self.commands_sent),
-            g(&self.commands_refused)
-        )
-    }
 }
 
 #[derive(Debug, thiserror::Error)]

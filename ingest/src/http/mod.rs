@@ -216,9 +216,9 @@ pub struct Telemetry {
     pub sink: Sink,
     pub requests: AtomicU64,
     /// Commands the machines have not answered yet, offered in each answer.
-    pub pending_commands: Arc<crate::bridge::PendingCommands>,
+    pub pending_commands: Arc<crate::gateway::PendingCommands>,
     /// The bridge's counters, served at `GET /metrics`.
-    pub stats: Arc<crate::bridge::BridgeStats>,
+    pub stats: Arc<crate::gateway::BridgeStats>,
     /// Requests per machine.
     pub rate: MachineRate,
 }

@@ -17,7 +17,6 @@ use vendflow_protocol::topics::Topic;
 use vendflow_protocol::{DecodeError, ErrorKind, Timestamp};
 
 use crate::auth::{Admission, Refusal, Verifier, machine_of_topic};
-use crate::bridge::TELEMETRY_FILTER;
 use crate::{Position, Tap};
 
 /// Starts an MQTT broker on `listen` in a thread of its own (it blocks); returns once it accepts
@@ -137,8 +136,8 @@ pub fn run(
         };
         match event {
             Event::Incoming(Packet::ConnAck(_)) => {
-                if let Err(e) = client.try_subscribe(TELEMETRY_FILTER, QoS::AtLeastOnce) {
-                    tracing::error!(error = %e, "cannot subscribe {TELEMETRY_FILTER}");
+                if let Err(e) = client.try_subscribe(Topic::Telemetry.filter(), QoS::AtLeastOnce) {
+                    tracing::error!(error = %e, filter = Topic::Telemetry.filter(), "cannot subscribe");
                 }
             }
             Event::Incoming(Packet::Publish(publish)) => {
