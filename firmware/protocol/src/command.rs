@@ -18,7 +18,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::decode::{DecodeError, ErrorKind};
+use crate::error::{DecodeError, ErrorKind};
 use crate::units::{Cents, MachineId, Timestamp};
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -12,19 +12,21 @@
 //! - [`command`]: commands to machines and their acknowledgements.
 //! - [`topics`]: the MQTT topics of a machine (telemetry, acks, commands).
 //! - [`auth`]: device credentials: envelope signatures (HMAC-SHA256) and token hashes.
+//! - [`error`]: why a record was refused ([`DecodeError`], [`ErrorKind`]).
 //! - [`decode`]: strict decoding of the envelope, of JSON Lines and of registry files, with a typed
 //!   reason for every failure.
 
 pub mod auth;
 pub mod command;
 pub mod decode;
+pub mod error;
 pub mod event;
 pub mod registry;
 pub mod topics;
 pub mod units;
 
 pub use command::{AckStatus, Action, Command, CommandAck};
-pub use decode::{DecodeError, ErrorKind};
+pub use error::{DecodeError, ErrorKind};
 pub use event::{
     DoorStatus, Envelope, ErrorCode, ErrorEvent, Event, EventKind, Heartbeat, Restock, Sale,
 };
