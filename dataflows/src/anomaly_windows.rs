@@ -27,9 +27,9 @@ use vendflow_protocol::{DoorStatus, ErrorCode, Event, EventKind, MachineId, Mill
 
 use crate::config::Config;
 use crate::operators::{Emit, FastMap, Fork, Keyed, Time, as_time, fork, hash_of};
+use crate::row::ViewDef;
 use crate::row::{ColumnType::*, Row, RowWriter, col, null};
 use crate::sales::SaleLine;
-use crate::views::ViewDef;
 
 pub const WINDOWS: ViewDef = ViewDef {
     name: "anomaly_windows",

@@ -21,8 +21,8 @@ use vendflow_protocol::{AckStatus, Action, Command, Event, EventKind, MachineId,
 
 use crate::config::Config;
 use crate::operators::{Temporal, Time, as_time};
+use crate::row::ViewDef;
 use crate::row::{ColumnType::*, Row, Value, col, null};
-use crate::views::ViewDef;
 
 pub const COMMANDS: ViewDef = ViewDef {
     name: "commands",

@@ -19,8 +19,8 @@ use vendflow_protocol::{DecodeError, Timestamp};
 
 use crate::config::Config;
 use crate::operators::{Temporal, Time, as_time};
+use crate::row::ViewDef;
 use crate::row::{ColumnType::*, Row, Value, col};
-use crate::views::ViewDef;
 
 pub const ERRORS: ViewDef = ViewDef {
     name: "errors",

@@ -22,8 +22,8 @@ use crate::fold::{KeyedFold, Published};
 use crate::inventory;
 use crate::liveness::Status;
 use crate::operators::{Time, hash_of};
+use crate::row::ViewDef;
 use crate::row::{ColumnType::*, Row, Value, col};
-use crate::views::ViewDef;
 
 pub const HEALTH: ViewDef = ViewDef {
     name: "health",

@@ -20,9 +20,9 @@ use vendflow_protocol::{Event, EventKind, MachineId, RegistryRecord, Text};
 use crate::config::Config;
 use crate::fold::{Ctx, KeyedFold, Published};
 use crate::operators::{Time, hash_of};
+use crate::row::ViewDef;
 use crate::row::{ColumnType::*, Row, col, null};
 use crate::sales::SaleLine;
-use crate::views::ViewDef;
 
 pub const INVENTORY: ViewDef = ViewDef {
     name: "inventory",

@@ -17,8 +17,8 @@ use differential_dataflow::operators::ThresholdTotal;
 use vendflow_protocol::{Lease, LeaseEvent, RegistryRecord};
 
 use crate::operators::Time;
+use crate::row::ViewDef;
 use crate::row::{ColumnType::*, Row, Value, col, null};
-use crate::views::ViewDef;
 
 pub const LEASES: ViewDef = ViewDef {
     name: "leases",

@@ -9,7 +9,8 @@
 //! - [`config`]: horizons and thresholds, with the product's defaults.
 //! - [`engine`]: timely workers, feeders (the input side) and shutdown.
 //! - [`view_store`]: consistent snapshots and subscriptions (the output side).
-//! - [`views`] / [`row`]: the catalog of views, their columns and Arrow schema.
+//! - [`row`]: rows, cells, columns and a view's definition ([`ViewDef`]: its columns by name).
+//! - [`views`]: the catalog of published views.
 //! - `dataflow`: wires the views below into one dataflow.
 //! - [`sales`]: exactly-once sale lines (dedup with a horizon).
 //! - [`revenue`]: revenue per machine / location / fleet per day, top machines, slot sales.

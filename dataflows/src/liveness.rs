@@ -18,8 +18,8 @@ use vendflow_protocol::{MachineId, MachineStatus, RegistryRecord, Timestamp};
 use crate::config::Config;
 use crate::fold::{KeyedFold, Published};
 use crate::operators::{Time, as_time, hash_of};
+use crate::row::ViewDef;
 use crate::row::{ColumnType::*, Row, RowWriter, col, null};
-use crate::views::ViewDef;
 
 pub const LIVENESS: ViewDef = ViewDef {
     name: "liveness",

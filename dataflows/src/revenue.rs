@@ -26,9 +26,9 @@ use vendflow_protocol::{Cents, MachineId, Timestamp};
 use crate::config::Config;
 use crate::fold::{Ctx, KeyedFold, Published, Summed, sum_by_key, totals};
 use crate::operators::{Time, as_time, hash_of};
+use crate::row::ViewDef;
 use crate::row::{ColumnType::*, Row, Value, col};
 use crate::sales::SaleLine;
-use crate::views::ViewDef;
 
 pub const UNASSIGNED: &str = "unassigned";
 

@@ -617,6 +617,31 @@ fn mismatch(c: &Column, v: &Value) -> ArrowError {
     ArrowError::InvalidArgumentError(format!("column {} ({:?}) got {v:?}", c.name, c.ty))
 }
 
+/// A published view's definition.
+#[derive(Clone, Copy, Debug)]
+pub struct ViewDef {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub columns: &'static [Column],
+}
+
+impl ViewDef {
+    pub fn schema(&self) -> arrow_schema::SchemaRef {
+        schema(self.columns)
+    }
+
+    /// The position of the column called `name`.
+    pub fn column(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+
+    /// The cell of `row` (a row of this view) in the column called `name`; `None` if the view
+    /// has no such column.
+    pub fn get(&self, row: &Row, name: &str) -> Option<Value> {
+        self.column(name).map(|i| row.cell(i))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use rand::rngs::SmallRng;

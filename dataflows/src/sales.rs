@@ -24,8 +24,8 @@ use vendflow_protocol::{Cents, Event, EventKind, MachineId, Text, Timestamp};
 
 use crate::config::Config;
 use crate::operators::{ExpiringSet, Fork, Keyed, Time, as_time, fork, hash_of};
+use crate::row::ViewDef;
 use crate::row::{ColumnType::*, Row, Value, col};
-use crate::views::ViewDef;
 
 /// A sale line as the views need it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -24,9 +24,9 @@ use crate::config::Config;
 use crate::fold::{Additive, KeyedFold, Published, sum_by_key, totals};
 use crate::inventory::Level;
 use crate::operators::{Time, as_time, hash_of};
+use crate::row::ViewDef;
 use crate::row::{ColumnType::*, OrdF64, Row, Value, col, null};
 use crate::sales::SaleLine;
-use crate::views::ViewDef;
 
 pub const STOCKOUT: ViewDef = ViewDef {
     name: "stockout_forecast",
