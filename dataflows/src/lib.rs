@@ -21,7 +21,7 @@
 //! - [`health`]: a score per machine with its reasons.
 //! - [`leases`]: the registry's leases (revenue shares are SQL over this and revenue).
 //! - [`errors`]: refused records, their counts, and too-late events.
-//! - [`summary`]: the fleet's headline numbers from one snapshot.
+//! - [`summary`]: the fleet's (or a scope's) headline numbers from one snapshot, computed once.
 //! - `operators`: the temporal filter and the keyed in-time-order operator.
 //! - `fold`: per-key state folded in time order with timers (most views are built on it).
 

@@ -1,80 +1,241 @@
-//! A fleet summary read from one snapshot: what `vendflow demo` prints.
+//! The fleet's headline numbers read from one snapshot, computed here once: the summary line of
+//! `vendflow demo` / `run` (the whole fleet) and `GET /api/dashboard/fleet` (a tenant's or a
+//! region's machines). Columns are read by name.
 
+use std::collections::HashMap;
 use std::fmt;
 
-use crate::row::Value;
+use vendflow_protocol::units::MS_PER_DAY;
+use vendflow_protocol::{Cents, MachineStatus};
+
+use crate::row::{Row, Value, ViewDef};
 use crate::view_store::{Snapshot, StoreError};
 
-/// Headline numbers of the fleet, all as of one frontier.
+/// Which machines a summary covers.
+#[derive(Clone, Copy, Debug)]
+pub enum Scope<'a> {
+    /// Every machine that reports (the summary line): statuses as liveness has them, revenue as
+    /// `revenue_fleet_today` has it.
+    Fleet,
+    /// These machines with their registered status: one registered in maintenance counts as
+    /// such whatever it reports, one that never reported counts as offline; revenue is the sum
+    /// of their `revenue_machine_daily` rows of today.
+    Machines(&'a HashMap<String, MachineStatus>),
+}
+
+/// Headline numbers of the fleet (or of a scope), all as of one frontier.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FleetSummary {
+    /// The day the views' frontier is in (days since the epoch).
+    pub day: i64,
+    pub machines: usize,
     pub active: usize,
     pub offline: usize,
     pub maintenance: usize,
-    /// Sum of the alerts in the health view.
+    /// Sum of the machines' alerts (one per reason in `health`).
     pub alerts: i64,
+    pub machines_with_alerts: usize,
     /// Machines whose latest health grade is `poor`.
     pub poor_health: usize,
-    pub revenue_today: Option<String>,
+    pub revenue_today: Cents,
     pub low_stock_slots: usize,
     pub sold_out_slots: usize,
     pub machines_to_restock: usize,
+    /// Fleet-wide counts (not scoped): duplicate sale lines dropped, records refused.
     pub duplicates: i64,
     pub refused_records: i64,
 }
 
-fn int(v: &Value) -> i64 {
-    match v {
-        Value::Int(i) => *i,
+/// The position of `name` in `view`, which must have it (a test checks every use).
+fn column(view: &ViewDef, name: &str) -> Result<usize, StoreError> {
+    view.column(name)
+        .ok_or_else(|| StoreError::UnknownColumn(view.name, name.to_owned()))
+}
+
+fn int(row: &Row, i: usize) -> i64 {
+    match row.cell(i) {
+        Value::Int(n) => n,
         _ => 0,
     }
 }
 
-impl FleetSummary {
-    /// The views a summary reads: `store.snapshot_of(FleetSummary::VIEWS)` copies only these.
-    pub const VIEWS: &[&str] = &[
-        "liveness",
-        "health",
-        "revenue_fleet_today",
-        "inventory",
-        "restock_needed",
-        "sale_duplicates",
-        "error_counts",
-    ];
+fn text_is(row: &Row, i: usize, text: &str) -> bool {
+    matches!(row.cell(i), Value::Text(t) if t == text)
+}
 
+fn flag(row: &Row, i: usize) -> bool {
+    row.cell(i) == Value::Bool(true)
+}
+
+impl FleetSummary {
+    /// The views a summary of `scope` reads: `store.snapshot_of(FleetSummary::views(scope))`
+    /// copies only these.
+    pub fn views(scope: Scope<'_>) -> &'static [&'static str] {
+        match scope {
+            Scope::Fleet => &[
+                "liveness",
+                "health",
+                "revenue_fleet_today",
+                "inventory",
+                "restock_needed",
+                "sale_duplicates",
+                "error_counts",
+            ],
+            Scope::Machines(_) => &[
+                "liveness",
+                "health",
+                "revenue_machine_daily",
+                "inventory",
+                "restock_needed",
+                "sale_duplicates",
+                "error_counts",
+            ],
+        }
+    }
+
+    /// The summary of the whole fleet.
     pub fn from_snapshot(s: &Snapshot) -> Result<FleetSummary, StoreError> {
-        let mut summary = FleetSummary::default();
-        for row in s.rows("liveness")? {
-            match &row.cell(2) {
-                Value::Text(t) if t == "active" => summary.active += 1,
-                Value::Text(t) if t == "maintenance" => summary.maintenance += 1,
-                _ => summary.offline += 1,
+        FleetSummary::of(s, Scope::Fleet)
+    }
+
+    /// The summary of `scope`.
+    pub fn of(s: &Snapshot, scope: Scope<'_>) -> Result<FleetSummary, StoreError> {
+        use crate::{errors, health, inventory, liveness, revenue, sales, stockout};
+        let day = i64::try_from(s.frontier).unwrap_or(i64::MAX) / MS_PER_DAY;
+        let mut summary = FleetSummary {
+            day,
+            ..FleetSummary::default()
+        };
+        let machine = |view: &ViewDef| column(view, "machine_id");
+        let within = |row: &Row, at: usize| match scope {
+            Scope::Fleet => true,
+            Scope::Machines(m) => {
+                matches!(row.cell(at), Value::Text(t) if m.contains_key(t.as_str()))
+            }
+        };
+
+        let (id, status) = (
+            machine(&liveness::LIVENESS)?,
+            column(&liveness::LIVENESS, "status")?,
+        );
+        let mut count = |status: &str| match status {
+            "active" => summary.active += 1,
+            "maintenance" => summary.maintenance += 1,
+            _ => summary.offline += 1,
+        };
+        match scope {
+            Scope::Fleet => {
+                for row in s.rows(liveness::LIVENESS.name)? {
+                    match row.cell(status) {
+                        Value::Text(t) => count(t.as_str()),
+                        _ => count("offline"),
+                    }
+                }
+            }
+            Scope::Machines(machines) => {
+                let live: HashMap<String, Value> = s
+                    .rows(liveness::LIVENESS.name)?
+                    .iter()
+                    .filter(|r| within(r, id))
+                    .map(|r| (r.cell(id).render(), r.cell(status)))
+                    .collect();
+                for (m, registered) in machines {
+                    match (registered, live.get(m)) {
+                        (MachineStatus::Maintenance, _) => count("maintenance"),
+                        (_, Some(Value::Text(t))) => count(t.as_str()),
+                        _ => count("offline"),
+                    }
+                }
             }
         }
-        for row in s.rows("health")? {
-            summary.alerts += int(&row.cell(3));
-            summary.poor_health += usize::from(row.cell(2) == Value::text("poor"));
+        summary.machines = summary.active + summary.offline + summary.maintenance;
+
+        let (id, grade, alerts) = (
+            machine(&health::HEALTH)?,
+            column(&health::HEALTH, "grade")?,
+            column(&health::HEALTH, "alerts")?,
+        );
+        for row in s
+            .rows(health::HEALTH.name)?
+            .iter()
+            .filter(|r| within(r, id))
+        {
+            let n = int(row, alerts);
+            summary.alerts += n;
+            summary.machines_with_alerts += usize::from(n > 0);
+            summary.poor_health += usize::from(text_is(row, grade, "poor"));
         }
-        summary.revenue_today = s
-            .rows("revenue_fleet_today")?
-            .first()
-            .map(|r| r.cell(1).render());
-        for row in s.rows("inventory")? {
-            summary.low_stock_slots += usize::from(row.cell(6) == Value::Bool(true));
-            summary.sold_out_slots += usize::from(row.cell(7) == Value::Bool(true));
+
+        summary.revenue_today = match scope {
+            Scope::Fleet => {
+                let (day_at, revenue) = (
+                    column(&revenue::FLEET_TODAY, "day")?,
+                    column(&revenue::FLEET_TODAY, "revenue")?,
+                );
+                Cents(
+                    s.rows(revenue::FLEET_TODAY.name)?
+                        .iter()
+                        .filter(|r| r.cell(day_at) == Value::Date(day))
+                        .map(|r| money(r, revenue))
+                        .sum(),
+                )
+            }
+            Scope::Machines(_) => {
+                let (id, day_at, revenue) = (
+                    machine(&revenue::MACHINE_DAILY)?,
+                    column(&revenue::MACHINE_DAILY, "day")?,
+                    column(&revenue::MACHINE_DAILY, "revenue")?,
+                );
+                Cents(
+                    s.rows(revenue::MACHINE_DAILY.name)?
+                        .iter()
+                        .filter(|r| r.cell(day_at) == Value::Date(day) && within(r, id))
+                        .map(|r| money(r, revenue))
+                        .sum(),
+                )
+            }
+        };
+
+        let (id, low, sold_out) = (
+            machine(&inventory::INVENTORY)?,
+            column(&inventory::INVENTORY, "low_stock")?,
+            column(&inventory::INVENTORY, "sold_out")?,
+        );
+        for row in s
+            .rows(inventory::INVENTORY.name)?
+            .iter()
+            .filter(|r| within(r, id))
+        {
+            summary.low_stock_slots += usize::from(flag(row, low));
+            summary.sold_out_slots += usize::from(flag(row, sold_out));
         }
-        summary.machines_to_restock = s.rows("restock_needed")?.len();
+        let id = machine(&stockout::RESTOCK_NEEDED)?;
+        summary.machines_to_restock = s
+            .rows(stockout::RESTOCK_NEEDED.name)?
+            .iter()
+            .filter(|r| within(r, id))
+            .count();
+
+        let dropped = column(&sales::DUPLICATES, "duplicates")?;
         summary.duplicates = s
-            .rows("sale_duplicates")?
+            .rows(sales::DUPLICATES.name)?
             .iter()
-            .map(|r| int(&r.cell(1)))
+            .map(|r| int(r, dropped))
             .sum();
+        let refused = column(&errors::ERROR_COUNTS, "records")?;
         summary.refused_records = s
-            .rows("error_counts")?
+            .rows(errors::ERROR_COUNTS.name)?
             .iter()
-            .map(|r| int(&r.cell(2)))
+            .map(|r| int(r, refused))
             .sum();
         Ok(summary)
+    }
+}
+
+fn money(row: &Row, i: usize) -> i64 {
+    match row.cell(i) {
+        Value::Money(c) => c.0,
+        _ => 0,
     }
 }
 
@@ -88,7 +249,7 @@ impl fmt::Display for FleetSummary {
             self.maintenance,
             self.alerts,
             self.poor_health,
-            self.revenue_today.as_deref().unwrap_or("0.00"),
+            self.revenue_today,
             self.low_stock_slots,
             self.sold_out_slots,
             self.machines_to_restock,
@@ -102,16 +263,48 @@ impl fmt::Display for FleetSummary {
 mod tests {
     use super::*;
 
-    /// The live loops copy only `VIEWS`: a view read but not listed would silently count zero.
+    /// The live loops copy only `views(scope)`: a view read but not listed would silently count
+    /// zero.
     #[test]
     fn a_summary_reads_only_the_views_it_lists() {
         let (_, full) = crate::testing::random_run(0);
-        let listed = full.only(FleetSummary::VIEWS);
-        let summary = FleetSummary::from_snapshot(full).unwrap_or_else(|e| panic!("{e}"));
-        assert_ne!(summary, FleetSummary::default(), "the scenario has a fleet");
-        assert_eq!(
-            FleetSummary::from_snapshot(&listed).unwrap_or_else(|e| panic!("{e}")),
-            summary
+        let machines: HashMap<String, MachineStatus> = HashMap::new();
+        for scope in [Scope::Fleet, Scope::Machines(&machines)] {
+            let listed = full.only(FleetSummary::views(scope));
+            let summary = FleetSummary::of(full, scope).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(
+                FleetSummary::of(&listed, scope).unwrap_or_else(|e| panic!("{e}")),
+                summary
+            );
+        }
+        assert_ne!(
+            FleetSummary::from_snapshot(full).unwrap_or_else(|e| panic!("{e}")),
+            FleetSummary {
+                day: i64::try_from(full.frontier).unwrap_or(0) / MS_PER_DAY,
+                ..FleetSummary::default()
+            },
+            "the scenario has a fleet"
         );
+    }
+
+    /// Scoped to every machine that reports, with none in maintenance, a summary counts what
+    /// the fleet's does: the machines' daily revenue of today adds up to the fleet's.
+    #[test]
+    fn every_machine_in_scope_sums_to_the_fleet() {
+        let (_, full) = crate::testing::random_run(3);
+        let fleet = FleetSummary::from_snapshot(full).unwrap_or_else(|e| panic!("{e}"));
+        let id = crate::liveness::LIVENESS
+            .column("machine_id")
+            .unwrap_or_else(|| panic!("liveness has machine_id"));
+        let machines: HashMap<String, MachineStatus> = full
+            .rows("liveness")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .iter()
+            .map(|r| (r.cell(id).render(), MachineStatus::Active))
+            .collect();
+        let scoped =
+            FleetSummary::of(full, Scope::Machines(&machines)).unwrap_or_else(|e| panic!("{e}"));
+        assert!(fleet.machines > 0 && fleet.revenue_today.0 > 0, "{fleet:?}");
+        assert_eq!(scoped, fleet);
     }
 }

@@ -308,6 +308,8 @@ impl Subscription {
 pub enum StoreError {
     #[error("no view named {0:?}; views are: {1}")]
     UnknownView(String, String),
+    #[error("view {0} has no column {1:?}")]
+    UnknownColumn(&'static str, String),
     #[error("building the arrow batch of {view} failed: {source}")]
     Arrow {
         view: &'static str,

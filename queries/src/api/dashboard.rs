@@ -11,9 +11,10 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 use tokio::sync::mpsc::Sender;
-use vendflow_dataflows::{Change, Row, Subscription, Value};
-use vendflow_protocol::Cents;
+use vendflow_dataflows::summary::Scope;
+use vendflow_dataflows::{Change, FleetSummary, Row, Subscription, Value};
 use vendflow_protocol::units::MS_PER_DAY;
+use vendflow_protocol::{Cents, MachineStatus};
 
 use super::fleet::Fleet;
 use super::machines::{alerts_of, by_machine, live_status};
@@ -82,36 +83,20 @@ pub(super) async fn fleet(
     ApiQuery(Region { region }): ApiQuery<Region>,
 ) -> Result<Response, ApiError> {
     let machines = machines_in_scope(&state.fleet, &auth.0, region.as_deref());
-    let snapshot = state.store.snapshot_of(&[
-        "liveness",
-        "health",
-        "inventory",
-        "revenue_machine_daily",
-        "restock_needed",
-    ]);
-    let today = i64::try_from(snapshot.frontier).unwrap_or(0) / MS_PER_DAY;
-    let rows = |view: &str| snapshot.rows(view).unwrap_or_default();
-    let liveness = by_machine(&snapshot, "liveness");
-    let mut totals: HashMap<String, usize> = HashMap::new();
-    {
+    let statuses: HashMap<String, MachineStatus> = {
         let registry = state.fleet.read();
-        for id in machines.keys() {
-            let registered = registry.machines[id].status;
-            let live = liveness.get(id.as_str()).map(|r| text(r, 2));
-            *totals
-                .entry(live_status(registered, live.as_deref()))
-                .or_default() += 1;
-        }
-    }
-    let mut alert_count = 0;
-    let mut alerting = 0;
-    for r in rows("health") {
-        if machines.contains_key(text(r, 0).as_str()) {
-            let n = alerts_of(Some(r)).len();
-            alert_count += n;
-            alerting += usize::from(n > 0);
-        }
-    }
+        machines
+            .keys()
+            .map(|id| (id.clone(), registry.machines[id].status))
+            .collect()
+    };
+    let scope = Scope::Machines(&statuses);
+    let snapshot = state.store.snapshot_of(FleetSummary::views(scope));
+    let summary = FleetSummary::of(&snapshot, scope)
+        .map_err(|e| ApiError::internal(format!("fleet summary: {e}")))?;
+    let today = summary.day;
+    let rows = |view: &str| snapshot.rows(view).unwrap_or_default();
+    // The lists: the machines with low stock, to restock, and the top sellers today.
     let mut low: HashMap<String, (usize, usize)> = HashMap::new();
     for r in rows("inventory") {
         if machines.contains_key(text(r, 0).as_str()) {
@@ -131,7 +116,6 @@ pub(super) async fn fleet(
         .filter(|r| day_of(r, 1) == Some(today) && machines.contains_key(text(r, 0).as_str()))
         .map(|r| (text(r, 0), money(r, 2)))
         .collect();
-    let today_revenue: i64 = revenue.iter().map(|(_, c)| c).sum();
     revenue.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     let restock: Vec<Json> = rows("restock_needed")
         .iter()
@@ -139,18 +123,17 @@ pub(super) async fn fleet(
         .take(20)
         .map(|r| json!({"machineId": text(r, 0), "slots": cell(&r.cell(1)), "hoursToFirstEmpty": cell(&r.cell(2))}))
         .collect();
-    let count = |s: &str| totals.get(s).copied().unwrap_or(0);
     Ok(axum::Json(json!({
         "region": region,
         "time": snapshot.frontier,
         "day": vendflow_dataflows::Value::Date(today).render(),
         "totals": {
-            "total": machines.len(), "active": count("active"),
-            "maintenance": count("maintenance"), "offline": count("offline"),
+            "total": summary.machines, "active": summary.active,
+            "maintenance": summary.maintenance, "offline": summary.offline,
         },
-        "alertCount": alert_count,
-        "machinesWithAlerts": alerting,
-        "todayRevenue": Cents(today_revenue).to_string(),
+        "alertCount": summary.alerts,
+        "machinesWithAlerts": summary.machines_with_alerts,
+        "todayRevenue": summary.revenue_today.to_string(),
         "lowStockMachines": low.len(),
         "lowStock": low.iter().take(20).map(|(m, l, s)| json!({"machineId": m, "lowSlots": l, "soldOutSlots": s})).collect::<Vec<_>>(),
         "needsRestock": restock,

@@ -81,7 +81,9 @@ pub(super) fn run(
         let snapshot = if archive_due || (tick_due && running.config.out.is_some()) {
             running.store.snapshot()
         } else {
-            running.store.snapshot_of(FleetSummary::VIEWS)
+            running.store.snapshot_of(FleetSummary::views(
+                vendflow_dataflows::summary::Scope::Fleet,
+            ))
         };
         let positions = running
             .freshness
