@@ -640,6 +640,79 @@ impl ViewDef {
     pub fn get(&self, row: &Row, name: &str) -> Option<Value> {
         self.column(name).map(|i| row.cell(i))
     }
+
+    /// `row` (a row of this view), read by column name.
+    pub fn named<'a>(&'a self, row: &'a Row) -> Named<'a> {
+        Named { view: self, row }
+    }
+}
+
+/// A row of a view read by column name: how code outside the dataflows reads views, so that a
+/// column added or moved cannot shift what it reads. A name the view does not have is a bug: it
+/// panics in debug builds (so every test that reaches it fails) and reads as null in release.
+#[derive(Clone, Copy, Debug)]
+pub struct Named<'a> {
+    view: &'a ViewDef,
+    row: &'a Row,
+}
+
+impl<'a> Named<'a> {
+    pub fn row(&self) -> &'a Row {
+        self.row
+    }
+
+    /// The cell in the column called `name`.
+    pub fn get(&self, name: &str) -> Value {
+        match self.view.column(name) {
+            Some(i) => self.row.cell(i),
+            None => {
+                debug_assert!(false, "view {} has no column {name:?}", self.view.name);
+                Value::Null
+            }
+        }
+    }
+
+    pub fn text(&self, name: &str) -> Option<String> {
+        match self.get(name) {
+            Value::Text(t) => Some(t.into()),
+            _ => None,
+        }
+    }
+
+    pub fn int(&self, name: &str) -> Option<i64> {
+        match self.get(name) {
+            Value::Int(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// Money in cents.
+    pub fn cents(&self, name: &str) -> Option<i64> {
+        match self.get(name) {
+            Value::Money(c) => Some(c.0),
+            _ => None,
+        }
+    }
+
+    /// A day, as days since the epoch.
+    pub fn date(&self, name: &str) -> Option<i64> {
+        match self.get(name) {
+            Value::Date(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    pub fn time(&self, name: &str) -> Option<i64> {
+        match self.get(name) {
+            Value::Time(t) => Some(t.0),
+            _ => None,
+        }
+    }
+
+    /// True only for a true boolean.
+    pub fn flag(&self, name: &str) -> bool {
+        self.get(name) == Value::Bool(true)
+    }
 }
 
 #[cfg(test)]
@@ -769,6 +842,41 @@ mod tests {
             sorted_rows.iter().map(Row::to_vec).collect::<Vec<_>>(),
             sorted_values
         );
+    }
+
+    #[test]
+    fn a_named_row_reads_each_column_by_its_name() {
+        const VIEW: ViewDef = ViewDef {
+            name: "test_view",
+            description: "",
+            columns: &[
+                col("machine_id", ColumnType::Text),
+                col("day", ColumnType::Date),
+                col("revenue", ColumnType::Money),
+                col("units", ColumnType::Int),
+                col("sold_out", ColumnType::Bool),
+            ],
+        };
+        let view = &VIEW;
+        let row = Row::from([
+            Value::text("mach_00007"),
+            Value::Date(20_000),
+            Value::Money(vendflow_protocol::Cents(1_250)),
+            Value::Int(3),
+            Value::Bool(true),
+        ]);
+        let named = view.named(&row);
+        assert_eq!(named.text("machine_id").as_deref(), Some("mach_00007"));
+        assert_eq!(named.date("day"), Some(20_000));
+        assert_eq!(named.cents("revenue"), Some(1_250));
+        assert_eq!(named.int("units"), Some(3));
+        assert!(named.flag("sold_out"));
+        // A column of another type reads as absent, not as a wrong value.
+        assert_eq!(named.int("machine_id"), None);
+        assert!(!named.flag("units"));
+        // A name the view lacks is a bug the tests catch.
+        let missing = std::panic::catch_unwind(|| view.named(&row).get("no_such_column"));
+        assert!(missing.is_err(), "debug builds panic on an unknown column");
     }
 
     #[test]

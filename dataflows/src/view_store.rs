@@ -378,6 +378,15 @@ impl Snapshot {
         Ok(&self.views[i].1)
     }
 
+    /// The rows of the view called `name`, each read by column name.
+    pub fn named<'s>(
+        &'s self,
+        name: &str,
+    ) -> Result<impl Iterator<Item = crate::row::Named<'s>> + use<'s>, StoreError> {
+        let (i, def) = find(name).ok_or_else(|| unknown(name))?;
+        Ok(self.views[i].1.iter().map(move |row| def.named(row)))
+    }
+
     pub fn batch(&self, name: &str) -> Result<RecordBatch, StoreError> {
         let (i, def) = find(name).ok_or_else(|| unknown(name))?;
         batch_of(def, &self.views[i].1)

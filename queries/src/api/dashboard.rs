@@ -11,8 +11,12 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 use tokio::sync::mpsc::Sender;
+use vendflow_dataflows::health::HEALTH;
+use vendflow_dataflows::liveness::LIVENESS;
+use vendflow_dataflows::revenue::MACHINE_DAILY;
+use vendflow_dataflows::row::Named;
 use vendflow_dataflows::summary::Scope;
-use vendflow_dataflows::{Change, FleetSummary, Row, Subscription, Value};
+use vendflow_dataflows::{Change, FleetSummary, Subscription, Value};
 use vendflow_protocol::units::MS_PER_DAY;
 use vendflow_protocol::{Cents, MachineStatus};
 
@@ -54,25 +58,8 @@ fn machines_in_scope(
         .collect()
 }
 
-fn text(row: &Row, i: usize) -> String {
-    match row.get(i) {
-        Some(Value::Text(t)) => t.into(),
-        _ => String::new(),
-    }
-}
-
-fn money(row: &Row, i: usize) -> i64 {
-    match row.get(i) {
-        Some(Value::Money(c)) => c.0,
-        _ => 0,
-    }
-}
-
-fn day_of(row: &Row, i: usize) -> Option<i64> {
-    match row.get(i) {
-        Some(Value::Date(d)) => Some(d),
-        _ => None,
-    }
+fn text(row: &Named<'_>, name: &str) -> String {
+    row.text(name).unwrap_or_default()
 }
 
 /// `GET /api/dashboard/fleet?region=`: status totals, alerts, today's revenue, low stock,
@@ -95,15 +82,14 @@ pub(super) async fn fleet(
     let summary = FleetSummary::of(&snapshot, scope)
         .map_err(|e| ApiError::internal(format!("fleet summary: {e}")))?;
     let today = summary.day;
-    let rows = |view: &str| snapshot.rows(view).unwrap_or_default();
+    let rows = |view: &str| snapshot.named(view).into_iter().flatten();
+    let mine = |r: &Named<'_>| machines.contains_key(text(r, "machine_id").as_str());
     // The lists: the machines with low stock, to restock, and the top sellers today.
     let mut low: HashMap<String, (usize, usize)> = HashMap::new();
-    for r in rows("inventory") {
-        if machines.contains_key(text(r, 0).as_str()) {
-            let entry = low.entry(text(r, 0)).or_default();
-            entry.0 += usize::from(matches!(r.get(6), Some(Value::Bool(true))));
-            entry.1 += usize::from(matches!(r.get(7), Some(Value::Bool(true))));
-        }
+    for r in rows("inventory").filter(mine) {
+        let entry = low.entry(text(&r, "machine_id")).or_default();
+        entry.0 += usize::from(r.flag("low_stock"));
+        entry.1 += usize::from(r.flag("sold_out"));
     }
     let mut low: Vec<(String, usize, usize)> = low
         .into_iter()
@@ -112,16 +98,14 @@ pub(super) async fn fleet(
         .collect();
     low.sort_by(|a, b| (b.2, b.1, &a.0).cmp(&(a.2, a.1, &b.0)));
     let mut revenue: Vec<(String, i64)> = rows("revenue_machine_daily")
-        .iter()
-        .filter(|r| day_of(r, 1) == Some(today) && machines.contains_key(text(r, 0).as_str()))
-        .map(|r| (text(r, 0), money(r, 2)))
+        .filter(|r| r.date("day") == Some(today) && mine(r))
+        .map(|r| (text(&r, "machine_id"), r.cents("revenue").unwrap_or(0)))
         .collect();
     revenue.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     let restock: Vec<Json> = rows("restock_needed")
-        .iter()
-        .filter(|r| machines.contains_key(text(r, 0).as_str()))
+        .filter(mine)
         .take(20)
-        .map(|r| json!({"machineId": text(r, 0), "slots": cell(&r.cell(1)), "hoursToFirstEmpty": cell(&r.cell(2))}))
+        .map(|r| json!({"machineId": text(&r, "machine_id"), "slots": cell(&r.get("slots")), "hoursToFirstEmpty": cell(&r.get("hours_to_first_empty"))}))
         .collect();
     Ok(axum::Json(json!({
         "region": region,
@@ -169,7 +153,10 @@ pub(super) async fn map(
             .and_then(|l| registry.locations.get(l));
         let status = live_status(
             machine.status,
-            liveness.get(id.as_str()).map(|r| text(r, 2)).as_deref(),
+            liveness
+                .get(id.as_str())
+                .and_then(|r| r.text("status"))
+                .as_deref(),
         );
         let row = health.get(id.as_str()).copied();
         let alerts = alerts_of(row);
@@ -184,11 +171,8 @@ pub(super) async fn map(
         ]));
         if let Some(r) = row.filter(|_| !alerts.is_empty()) {
             alerting.push((
-                match r.get(1) {
-                    Some(Value::Int(score)) => score,
-                    _ => i64::MAX,
-                },
-                json!({"machineId": id, "alerts": alerts, "score": cell(&r.cell(1)), "grade": cell(&r.cell(2))}),
+                r.int("score").unwrap_or(i64::MAX),
+                json!({"machineId": id, "alerts": alerts, "score": cell(&r.get("score")), "grade": cell(&r.get("grade"))}),
             ));
         }
     }
@@ -210,21 +194,24 @@ type Translate =
 /// Machines whose status changed: `status` events.
 fn statuses() -> Translate {
     Box::new(|change, machines| {
+        let named = |r| LIVENESS.named(r);
         let before: HashMap<String, String> = change
             .deleted
             .iter()
-            .map(|r| (text(r, 0), text(r, 2)))
+            .map(named)
+            .map(|r| (text(&r, "machine_id"), text(&r, "status")))
             .collect();
         change
             .inserted
             .iter()
-            .filter(|r| machines.contains_key(text(r, 0).as_str()))
-            .filter(|r| before.get(&text(r, 0)) != Some(&text(r, 2)))
+            .map(named)
+            .filter(|r| machines.contains_key(text(r, "machine_id").as_str()))
+            .filter(|r| before.get(&text(r, "machine_id")) != Some(&text(r, "status")))
             .map(|r| {
                 (
                     "status",
-                    json!({"machineId": text(r, 0), "status": text(r, 2),
-                           "previous": before.get(&text(r, 0)), "lastHeartbeat": cell(&r.cell(1)),
+                    json!({"machineId": text(&r, "machine_id"), "status": text(&r, "status"),
+                           "previous": before.get(&text(&r, "machine_id")), "lastHeartbeat": cell(&r.get("last_heartbeat")),
                            "time": change.frontier}),
                 )
             })
@@ -235,26 +222,35 @@ fn statuses() -> Translate {
 /// Alerts a machine did not have before: `alert` events.
 fn alerts() -> Translate {
     Box::new(|change, machines| {
+        let named = |r| HEALTH.named(r);
         let before: HashMap<String, HashSet<String>> = change
             .deleted
             .iter()
-            .map(|r| (text(r, 0), alerts_of(Some(r)).into_iter().collect()))
+            .map(named)
+            .map(|r| {
+                (
+                    text(&r, "machine_id"),
+                    alerts_of(Some(r)).into_iter().collect(),
+                )
+            })
             .collect();
         change
             .inserted
             .iter()
-            .filter(|r| machines.contains_key(text(r, 0).as_str()))
+            .map(named)
+            .filter(|r| machines.contains_key(text(r, "machine_id").as_str()))
             .filter_map(|r| {
                 let now = alerts_of(Some(r));
+                let id = text(&r, "machine_id");
                 let new: Vec<&String> = now
                     .iter()
-                    .filter(|a| !before.get(&text(r, 0)).is_some_and(|b| b.contains(*a)))
+                    .filter(|a| !before.get(&id).is_some_and(|b| b.contains(*a)))
                     .collect();
                 (!new.is_empty()).then(|| {
                     (
                         "alert",
-                        json!({"machineId": text(r, 0), "new": new, "alerts": now,
-                               "score": cell(&r.cell(1)), "grade": cell(&r.cell(2)), "time": change.frontier}),
+                        json!({"machineId": id, "new": new, "alerts": now,
+                               "score": cell(&r.get("score")), "grade": cell(&r.get("grade")), "time": change.frontier}),
                     )
                 })
             })
@@ -270,16 +266,17 @@ fn revenue() -> Translate {
         let today = i64::try_from(change.frontier).unwrap_or(0) / MS_PER_DAY;
         let mut out = Vec::new();
         let mut moved: HashMap<(String, i64), i64> = HashMap::new();
-        for r in &change.deleted {
-            if let Some(day) = day_of(r, 1) {
-                known.remove(&(text(r, 0).to_owned(), day));
+        for r in change.deleted.iter().map(|r| MACHINE_DAILY.named(r)) {
+            if let Some(day) = r.date("day") {
+                known.remove(&(text(&r, "machine_id"), day));
             }
         }
-        for r in &change.inserted {
-            if let Some(day) = day_of(r, 1) {
-                let key = (text(r, 0).to_owned(), day);
-                moved.insert(key.clone(), money(r, 2));
-                known.insert(key, money(r, 2));
+        for r in change.inserted.iter().map(|r| MACHINE_DAILY.named(r)) {
+            if let Some(day) = r.date("day") {
+                let key = (text(&r, "machine_id"), day);
+                let cents = r.cents("revenue").unwrap_or(0);
+                moved.insert(key.clone(), cents);
+                known.insert(key, cents);
             }
         }
         let total: i64 = known

@@ -8,7 +8,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value as Json, json};
-use vendflow_dataflows::{Row, Snapshot, Value};
+use vendflow_dataflows::row::Named;
+use vendflow_dataflows::{Snapshot, Value};
 use vendflow_protocol::units::Micro;
 use vendflow_protocol::{
     Cents, Location, LocationType, Machine, MachineId, MachineStatus, RegistryRecord, Slot,
@@ -222,32 +223,23 @@ pub(super) async fn register(
         .into_response())
 }
 
-fn text_of(row: &Row, i: usize) -> Option<String> {
-    match row.get(i) {
-        Some(Value::Text(t)) => Some(t.into()),
-        _ => None,
-    }
-}
-
 /// The rows of a view with one row per machine (`liveness`, `health`), by machine id.
-pub(super) fn by_machine<'a>(snapshot: &'a Snapshot, view: &str) -> HashMap<String, &'a Row> {
+pub(super) fn by_machine<'a>(snapshot: &'a Snapshot, view: &str) -> HashMap<String, Named<'a>> {
     snapshot
-        .rows(view)
+        .named(view)
         .map(|rows| {
-            rows.iter()
-                .filter_map(|r| text_of(r, 0).map(|m| (m, r)))
+            rows.filter_map(|r| r.text("machine_id").map(|m| (m, r)))
                 .collect()
         })
         .unwrap_or_default()
 }
 
-/// Rows of `view` about `machine` (column 0 is `machine_id` in every machine view).
-fn rows_for<'a>(snapshot: &'a Snapshot, view: &str, machine: &str) -> Vec<&'a Row> {
+/// Rows of `view` (a view with a `machine_id` column) about `machine`.
+fn rows_for<'a>(snapshot: &'a Snapshot, view: &str, machine: &str) -> Vec<Named<'a>> {
     snapshot
-        .rows(view)
+        .named(view)
         .map(|rows| {
-            rows.iter()
-                .filter(|r| text_of(r, 0).as_deref() == Some(machine))
+            rows.filter(|r| r.text("machine_id").as_deref() == Some(machine))
                 .collect()
         })
         .unwrap_or_default()
@@ -275,9 +267,9 @@ pub(super) fn live_status(registered: MachineStatus, liveness: Option<&str>) -> 
 }
 
 /// The alerts of a `health` row: its reasons, one per alert.
-pub(super) fn alerts_of(health: Option<&Row>) -> Vec<String> {
+pub(super) fn alerts_of(health: Option<Named<'_>>) -> Vec<String> {
     health
-        .map(vendflow_dataflows::health::reasons)
+        .map(|h| vendflow_dataflows::health::reasons(h.row()))
         .unwrap_or_default()
 }
 
@@ -294,36 +286,27 @@ pub(super) fn machine_json(
     // The latest window (by its start) that had a reading.
     let latest = windows
         .iter()
-        .filter(|w| !matches!(w.get(3), Some(Value::Null) | None))
-        .max_by_key(|w| match w.get(1) {
-            Some(Value::Time(t)) => t.0,
-            _ => i64::MIN,
-        });
+        .filter(|w| w.get("max_temperature") != Value::Null)
+        .max_by_key(|w| w.time("window_start").unwrap_or(i64::MIN));
     let prices: HashMap<u32, Cents> = machine
         .slots
         .iter()
         .map(|s| (s.slot_number, s.price))
         .collect();
     let mut slots = rows_for(snapshot, "inventory", id);
-    slots.sort_by_key(|r| match r.get(1) {
-        Some(Value::Int(n)) => n,
-        _ => i64::MAX,
-    });
+    slots.sort_by_key(|r| r.int("slot_number").unwrap_or(i64::MAX));
     let inventory: Vec<Json> = slots
         .into_iter()
         .map(|r| {
-            let slot = match r.get(1) {
-                Some(Value::Int(n)) => n,
-                _ => -1,
-            };
+            let slot = r.int("slot_number").unwrap_or(-1);
             let price = u32::try_from(slot)
                 .ok()
                 .and_then(|s| prices.get(&s))
                 .map(|p| Json::String(p.to_string()));
             json!({
-                "slotNumber": slot, "productId": cell(&r.cell(2)), "units": cell(&r.cell(4)),
-                "capacity": cell(&r.cell(3)), "lowStockThreshold": cell(&r.cell(5)),
-                "lowStock": cell(&r.cell(6)), "soldOut": cell(&r.cell(7)), "price": price,
+                "slotNumber": slot, "productId": cell(&r.get("product_id")), "units": cell(&r.get("units")),
+                "capacity": cell(&r.get("capacity")), "lowStockThreshold": cell(&r.get("low_stock_threshold")),
+                "lowStock": cell(&r.get("low_stock")), "soldOut": cell(&r.get("sold_out")), "price": price,
             })
         })
         .collect();
@@ -334,14 +317,14 @@ pub(super) fn machine_json(
         "model": machine.model,
         "firmwareVersion": machine.firmware_version,
         "registeredAt": machine.registered_at.map(|t| t.to_rfc3339()),
-        "status": live_status(machine.status, liveness.and_then(|r| text_of(r, 2)).as_deref()),
+        "status": live_status(machine.status, liveness.and_then(|r| r.text("status")).as_deref()),
         "registeredStatus": machine.status.as_str(),
-        "lastHeartbeat": liveness.map_or(Json::Null, |r| cell(&r.cell(1))),
-        "temperature": latest.map_or(Json::Null, |w| cell(&w.cell(3))),
-        "temperatureAt": latest.map_or(Json::Null, |w| cell(&w.cell(1))),
+        "lastHeartbeat": liveness.map_or(Json::Null, |r| cell(&r.get("last_heartbeat"))),
+        "temperature": latest.map_or(Json::Null, |w| cell(&w.get("max_temperature"))),
+        "temperatureAt": latest.map_or(Json::Null, |w| cell(&w.get("window_start"))),
         "location": location.map_or(Json::Null, location_json),
         "inventory": inventory,
-        "health": health.map_or(Json::Null, |h| json!({"score": cell(&h.cell(1)), "grade": cell(&h.cell(2))})),
+        "health": health.map_or(Json::Null, |h| json!({"score": cell(&h.get("score")), "grade": cell(&h.get("grade"))})),
         "alertCount": alerts.len(),
         "alerts": alerts,
         "time": snapshot.frontier,
@@ -513,7 +496,7 @@ pub(super) async fn list(
             continue;
         }
         let live = liveness.get(id.as_str());
-        let status = live_status(m.status, live.and_then(|r| text_of(r, 2)).as_deref());
+        let status = live_status(m.status, live.and_then(|r| r.text("status")).as_deref());
         if params.status.as_deref().is_some_and(|s| s != status) {
             continue;
         }
@@ -526,7 +509,7 @@ pub(super) async fn list(
             "machineId": id, "serialNumber": m.serial_number, "model": m.model,
             "locationId": m.location_id, "clientId": client,
             "region": location.and_then(|l| l.region.clone()), "status": status,
-            "lastHeartbeat": live.map_or(Json::Null, |r| cell(&r.cell(1))),
+            "lastHeartbeat": live.map_or(Json::Null, |r| cell(&r.get("last_heartbeat"))),
             "alertCount": alerts.len(),
         }));
     }

@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value as Json, json};
-use vendflow_dataflows::{CATALOG, Value};
+use vendflow_dataflows::CATALOG;
 use vendflow_protocol::Timestamp;
 
 use super::ApiState;
@@ -240,9 +240,9 @@ impl Health for Pipeline {
 fn devices(state: &ApiState) -> BTreeMap<&'static str, usize> {
     let snapshot = state.store.snapshot_of(&["liveness"]);
     let mut counts = BTreeMap::from([("active", 0), ("offline", 0), ("maintenance", 0)]);
-    for row in snapshot.rows("liveness").unwrap_or_default() {
-        if let Some(Value::Text(s)) = row.get(2)
-            && let Some(n) = counts.get_mut(s.as_str())
+    for row in snapshot.named("liveness").into_iter().flatten() {
+        if let Some(status) = row.text("status")
+            && let Some(n) = counts.get_mut(status.as_str())
         {
             *n += 1;
         }
