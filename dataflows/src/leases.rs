@@ -3,7 +3,7 @@
 //!
 //! ```sql
 //! SELECT DISTINCT lease_id, client_id, machine_id, start_date, end_date, monthly_rate,
-//!        revenue_share_basis_points / 100.0 AS revenue_share_percent, status, auto_renew
+//!        revenue_share_basis_points, status, auto_renew
 //! FROM registry WHERE type = 'lease';
 //! SELECT DISTINCT lease_id, client_id, machine_id, at, event, note
 //! FROM registry WHERE type = 'lease_event'
@@ -30,7 +30,8 @@ pub const LEASES: ViewDef = ViewDef {
         col("start_date", Date),
         col("end_date", Date),
         col("monthly_rate", Money),
-        col("revenue_share_percent", Float),
+        // Hundredths of a percent (1250 = 12.5 %): an integer, like money.
+        col("revenue_share_basis_points", Int),
         col("status", Text),
         col("auto_renew", Bool),
     ],
@@ -90,9 +91,7 @@ pub fn row(l: Lease) -> Row {
         Value::Date(l.start.day()),
         Value::Date(l.end.day()),
         Value::Money(l.monthly_rate),
-        Value::Float(crate::row::OrdF64(
-            l.revenue_share_basis_points as f64 / 100.0,
-        )),
+        Value::Int(l.revenue_share_basis_points),
         Value::text(l.status.as_str()),
         Value::Bool(l.auto_renew),
     ])

@@ -739,20 +739,26 @@ fn ready_views(archived: bool) -> Vec<(&'static str, String)> {
         ),
         (
             // What each lease owes per month: the monthly rate plus its share of the machine's
-            // revenue on the days of the month the lease covers.
+            // revenue on the days of the month the lease covers. The share is computed in
+            // integers, cents × basis points, rounded half up to the cent (floor((x + 5000) /
+            // 10000), exact for either sign): the invoice (`GET /api/leases/{id}/invoices`)
+            // reads this view, so both say the same amount.
             "lease_revenue_share_monthly",
-            "SELECT l.lease_id, l.client_id, l.machine_id, \
-                    CAST(date_trunc('month', CAST(r.day AS TIMESTAMP)) AS DATE) AS month, \
-                    SUM(r.revenue) AS machine_revenue, \
-                    l.revenue_share_percent, \
-                    CAST(SUM(r.revenue) * CAST(l.revenue_share_percent AS DECIMAL(9, 4)) / 100 AS DECIMAL(18, 2)) AS revenue_share, \
-                    l.monthly_rate, \
-                    CAST(l.monthly_rate + SUM(r.revenue) * CAST(l.revenue_share_percent AS DECIMAL(9, 4)) / 100 AS DECIMAL(18, 2)) AS amount_due \
-             FROM leases l JOIN revenue_by_machine_day r \
-               ON r.machine_id = l.machine_id AND r.day >= l.start_date AND r.day <= l.end_date \
-             GROUP BY l.lease_id, l.client_id, l.machine_id, \
-                      CAST(date_trunc('month', CAST(r.day AS TIMESTAMP)) AS DATE), \
-                      l.revenue_share_percent, l.monthly_rate"
+            "SELECT lease_id, client_id, machine_id, month, machine_revenue, \
+                    revenue_share_basis_points, \
+                    CAST(CAST((x - ((x % 10000) + 10000) % 10000) / 10000 AS DECIMAL(18, 0)) / 100 AS DECIMAL(18, 2)) AS revenue_share, \
+                    monthly_rate, \
+                    CAST(monthly_rate + CAST(CAST((x - ((x % 10000) + 10000) % 10000) / 10000 AS DECIMAL(18, 0)) / 100 AS DECIMAL(18, 2)) AS DECIMAL(18, 2)) AS amount_due \
+             FROM (SELECT l.lease_id, l.client_id, l.machine_id, \
+                          CAST(date_trunc('month', CAST(r.day AS TIMESTAMP)) AS DATE) AS month, \
+                          SUM(r.revenue) AS machine_revenue, \
+                          l.revenue_share_basis_points, l.monthly_rate, \
+                          CAST(SUM(r.revenue) * 100 AS BIGINT) * l.revenue_share_basis_points + 5000 AS x \
+                   FROM leases l JOIN revenue_by_machine_day r \
+                     ON r.machine_id = l.machine_id AND r.day >= l.start_date AND r.day <= l.end_date \
+                   GROUP BY l.lease_id, l.client_id, l.machine_id, \
+                            CAST(date_trunc('month', CAST(r.day AS TIMESTAMP)) AS DATE), \
+                            l.revenue_share_basis_points, l.monthly_rate)"
                 .to_owned(),
         ),
     ]
@@ -845,6 +851,79 @@ mod tests {
             answer.batches.iter().map(|b| b.num_rows()).sum::<usize>(),
             1
         );
+        let _ = engine.shutdown();
+    }
+
+    /// A lease's monthly share is cents × basis points rounded half up to the cent, in
+    /// integers: 0.04 × 12.5 % = 0.005 is 0.01, 0.23 × 12.5 % = 0.02875 is 0.03.
+    #[tokio::test]
+    async fn lease_shares_round_half_up_to_the_cent() {
+        let mut engine = Engine::start(Config::default()).unwrap_or_else(|e| panic!("{e}"));
+        let store = engine.store();
+        let mut feeders = engine.feeders().unwrap_or_else(|| panic!("feeders"));
+        let lease = vendflow_protocol::decode::decode_registry(
+            br#"{"type":"lease","leaseId":"L","clientId":"c","machineId":"m1","start":"2024-01-01","end":"2024-12-31","monthlyRate":300,"revenueSharePercent":12.5,"status":"ACTIVE"}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let day = |d: i64| 1_704_067_200_000 + d * vendflow_protocol::units::MS_PER_DAY; // 2024-01-01
+        let mut sent = day(29) as u64;
+        feeders
+            .send(
+                sent,
+                vendflow_dataflows::Batch {
+                    registry: vec![(lease, 1)],
+                    ..Default::default()
+                },
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        // 2024-01-30: 0.04; 2024-02-02: 0.12 and 0.11; each sent on its own day.
+        for (txn, at, amount) in [
+            ("a", day(29), "0.04"),
+            ("b", day(32), "0.12"),
+            ("c", day(32), "0.11"),
+        ] {
+            let line = format!(
+                r#"{{"machineId":"m1","type":"sale","timestamp":{at},"payload":{{"slotNumber":1,"productId":"cola","amount":{amount},"paymentMethod":"card","transactionId":"{txn}"}}}}"#
+            );
+            let event = match vendflow_protocol::decode::decode_line(line.as_bytes()).pop() {
+                Some(Ok(e)) => e,
+                other => panic!("{other:?}"),
+            };
+            sent = sent.max(at as u64);
+            feeders
+                .send(
+                    sent,
+                    vendflow_dataflows::Batch {
+                        events: vec![event],
+                        ..Default::default()
+                    },
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        feeders
+            .advance_all(sent + 1)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(store.wait_for(sent + 1, Duration::from_secs(30)));
+        let sql = Sql::new(store, None, Limits::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let answer = sql
+            .query(
+                "SELECT CAST(month AS VARCHAR) AS month, CAST(machine_revenue AS VARCHAR) AS revenue, \
+                        CAST(revenue_share AS VARCHAR) AS share, CAST(amount_due AS VARCHAR) AS due \
+                 FROM lease_revenue_share_monthly ORDER BY month",
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let json = encode(&answer, "application/json").unwrap_or_else(|e| panic!("{e}"));
+        let json = String::from_utf8_lossy(&json.1).into_owned();
+        assert!(
+            json.contains(
+                r#"[{"month":"2024-01-01","revenue":"0.04","share":"0.01","due":"300.01"},{"month":"2024-02-01","revenue":"0.23","share":"0.03","due":"300.03"}]"#
+            ),
+            "{json}"
+        );
+        drop(feeders);
         let _ = engine.shutdown();
     }
 

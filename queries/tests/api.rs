@@ -692,6 +692,28 @@ async fn leases_validate_move_through_their_lifecycle_and_invoice_from_revenue()
         )
         .await;
     assert_eq!(b["total"].as_str(), Some("300.31"), "{b}");
+    // SQL says the same amounts: the invoice reads this view.
+    let (s, b) = h
+        .call(
+            Method::POST,
+            "/sql",
+            Some(&h.acme_viewer),
+            Some(json!({"sql": format!(
+                "SELECT CAST(month AS VARCHAR) AS month, revenue_share_basis_points AS bp, \
+                        CAST(revenue_share AS VARCHAR) AS share, CAST(amount_due AS VARCHAR) AS due \
+                 FROM lease_revenue_share_monthly WHERE lease_id = '{id}' ORDER BY month"
+            )})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(
+        b["rows"],
+        json!([
+            {"month": "2024-03-01", "bp": 1250, "share": "1.94", "due": "301.94"},
+            {"month": "2024-04-01", "bp": 1250, "share": "0.31", "due": "300.31"},
+        ]),
+        "{b}"
+    );
     for bad in ["", "?month=2024-13", "?month=2023-12"] {
         let (s, b) = h
             .get(&format!("/api/leases/{id}/invoices{bad}"), &h.acme_viewer)

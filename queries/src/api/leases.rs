@@ -618,8 +618,9 @@ pub(super) struct Month {
 }
 
 /// `GET /api/leases/{id}/invoices?month=YYYY-MM`: monthly rate + the machine's revenue in that
-/// month (within the lease's term) × revenue share / 100, from the revenue views (live days,
-/// and archived days when there is an archive). The share rounds half up to the cent.
+/// month (within the lease's term) × revenue share, read from the SQL view
+/// `lease_revenue_share_monthly` (live days, and archived days when there is an archive). The
+/// share rounds half up to the cent.
 pub(super) async fn invoice(
     State(state): State<ApiState>,
     auth: Auth,
@@ -643,37 +644,34 @@ pub(super) async fn invoice(
         )));
     }
     let (from, to) = (first.max(start), next.min(end.succ_opt().unwrap_or(end)));
-    // The machine id passed MachineId's check (letters, digits, _ - . :): no quoting issue.
+    // The amounts are the SQL view's, so the invoice and `lease_revenue_share_monthly` agree to
+    // the cent (one definition of the share and its rounding). A month without revenue has no
+    // row there: nothing shared, the monthly rate due.
     let sql = format!(
-        "SELECT CAST(SUM(revenue) AS VARCHAR) AS revenue, COUNT(*) AS days \
-         FROM revenue_by_machine_day WHERE machine_id = '{}' AND day >= DATE '{from}' AND day < DATE '{to}'",
-        lease.machine_id.as_str()
+        "SELECT CAST(machine_revenue AS VARCHAR), CAST(revenue_share AS VARCHAR), \
+                CAST(amount_due AS VARCHAR) \
+         FROM lease_revenue_share_monthly WHERE lease_id = '{}' AND month = DATE '{first}'",
+        lease.lease_id.replace('\'', "''")
     );
     let answer = state
         .sql
         .query(&sql)
         .await
-        .map_err(|e| ApiError::internal(format!("revenue query: {e}")))?;
-    let revenue = answer
-        .batches
-        .first()
-        .filter(|b| b.num_rows() > 0)
-        .map(|b| b.column(0))
-        .filter(|c| !arrow_array::Array::is_null(c.as_ref(), 0))
-        .and_then(|c| datafusion::arrow::util::display::array_value_to_string(c, 0).ok())
-        .map(|t| Cents::parse(&t).map_err(|e| ApiError::internal(format!("revenue {t:?}: {e}"))))
-        .transpose()?
-        .unwrap_or(Cents(0));
-    let bp = i128::from(lease.revenue_share_basis_points);
-    let share = (i128::from(revenue.0) * bp + 5_000).div_euclid(10_000);
-    let share = Cents(i64::try_from(share).map_err(|_| ApiError::internal("share overflows"))?);
-    let total = Cents(
-        lease
-            .monthly_rate
-            .0
-            .checked_add(share.0)
-            .ok_or_else(|| ApiError::internal("the amount due overflows"))?,
-    );
+        .map_err(|e| ApiError::internal(format!("lease revenue query: {e}")))?;
+    let cents = |column: usize| -> Result<Option<Cents>, ApiError> {
+        answer
+            .batches
+            .iter()
+            .find(|b| b.num_rows() > 0)
+            .map(|b| b.column(column))
+            .filter(|c| !arrow_array::Array::is_null(c.as_ref(), 0))
+            .and_then(|c| datafusion::arrow::util::display::array_value_to_string(c, 0).ok())
+            .map(|t| Cents::parse(&t).map_err(|e| ApiError::internal(format!("amount {t:?}: {e}"))))
+            .transpose()
+    };
+    let revenue = cents(0)?.unwrap_or(Cents(0));
+    let share = cents(1)?.unwrap_or(Cents(0));
+    let total = cents(2)?.unwrap_or(lease.monthly_rate);
     Ok(axum::Json(json!({
         "leaseId": lease.lease_id, "clientId": lease.client_id,
         "machineId": lease.machine_id.as_str(), "month": text,
