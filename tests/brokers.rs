@@ -212,6 +212,9 @@ fn start_engine(
     serving: &Serving,
     log: &Path,
 ) -> anyhow::Result<Daemon> {
+    // Where `POST /api/machines` stores the public keys of machines registered over the API.
+    let credentials = out.with_file_name("engine-credentials.jsonl");
+    let credentials = credentials.display().to_string();
     let out = out.display().to_string();
     let archive = serving.archive.display().to_string();
     let pg = format!("127.0.0.1:{}", serving.pg_port);
@@ -221,6 +224,8 @@ fn start_engine(
         &[
             "run",
             "--insecure-open-api",
+            "--credentials",
+            &credentials,
             "--kafka",
             kafka,
             "--out",
@@ -300,6 +305,59 @@ fn sql_csv(curl: &Path, http: &str, sql: &str, to: &Path) -> anyhow::Result<()> 
 /// `psql -c SQL` against the engine (`run --insecure-open-api`: no password).
 fn psql(program: &Path, port: u16, sql: &str) -> anyhow::Result<(bool, String, String)> {
     vendflow_tests::psql(program, port, None, sql)
+}
+
+/// The REST API's registry writes on `run` go through `fleet-commands` into the engine (one
+/// producer for the process, written from an HTTP handler): a machine registered over the API
+/// gets its slots in `inventory`.
+fn api_registers_through_kafka(
+    psql_bin: &Path,
+    curl: &Path,
+    serving: &Serving,
+) -> anyhow::Result<()> {
+    let port = serving.pg_port;
+    let post = |path: &str, body: &str| {
+        vendflow_tests::curl_post(
+            curl,
+            &["--max-time", "20", "-H", "Content-Type: application/json"],
+            body,
+            &format!("http://{}{path}", serving.http),
+        )
+    };
+    let (code, body) = post(
+        "/api/locations",
+        r#"{"locationId":"loc-api","clientId":"client_api","address":"1 Main St","lat":40.7,"lng":-74.0,"type":"office","region":"north"}"#,
+    )?;
+    assert_eq!(code, "201", "POST /api/locations on run: {body}");
+    let (code, body) = post(
+        "/api/machines",
+        r#"{"serialNumber":"SN-API-1","model":"VX-30","locationId":"loc-api","slots":[{"slotNumber":1,"productId":"cola","maxCapacity":10,"price":2.50},{"slotNumber":2,"productId":"chips","maxCapacity":8,"price":1.75}]}"#,
+    )?;
+    assert_eq!(code, "201", "POST /api/machines on run: {body}");
+    let created: serde_json::Value = serde_json::from_str(&body)?;
+    let machine = created["machineId"]
+        .as_str()
+        .context("the new machine has no id")?
+        .to_owned();
+    let started = Instant::now();
+    loop {
+        let (ok, out, err) = psql(
+            psql_bin,
+            port,
+            &format!("SELECT count(*) FROM inventory WHERE machine_id = '{machine}'"),
+        )?;
+        assert!(ok, "{err}");
+        if out == "2" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the machine registered over the API never reached the engine's inventory: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    Ok(())
 }
 
 /// The analysts' side against a running engine: psql (a live view, a join of two views, the
@@ -1175,6 +1233,8 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
         sorted_rows(&replayed.join("inventory.csv"))?,
         "live inventory differs from the replay"
     );
+    // (After the comparison: the replay knows only the recorded registry.)
+    api_registers_through_kafka(&psql_bin, &curl.program, &serving)?;
 
     // The forged envelope was refused by the bridge that saw it, with the reason.
     let logs: String = (1..=3)

@@ -6,13 +6,13 @@
 //!
 //! # Layout
 //! - [`file`]: JSON Lines files (replay of recorded telemetry) and registry fixture files.
-//! - [`sim`]: the simulated fleet's registry.
 //! - [`auth`]: device credentials file, signature and replay checks (bridge and HTTPS).
 //! - [`bridge`]: MQTT → Kafka, acknowledged to MQTT only once Kafka has the message.
 //! - [`gateway`]: what the bridge's MQTT and HTTP doors share (counters, pending commands).
 //! - [`http`]: `POST /api/telemetry` (axum), into the same topics as the bridge.
 //! - [`kafka`]: topics, client settings, and the Kafka source of the dataflows.
 //! - [`mqtt`]: the MQTT source (embedded mode, no Kafka) and the embedded broker of the demo.
+//! - [`registry`]: the registry log (upserts by key), on Kafka or straight into the engine.
 //! - [`server`]: a network server on a runtime of its own, stopped and joined on request.
 
 pub mod auth;
@@ -22,8 +22,8 @@ pub mod gateway;
 pub mod http;
 pub mod kafka;
 pub mod mqtt;
+pub mod registry;
 pub mod server;
-pub mod sim;
 
 /// Where a record was read: its stream (a Kafka topic partition, one run of an MQTT source) and
 /// its position in it, with the ingestion time it was given.

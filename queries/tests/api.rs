@@ -2,8 +2,8 @@
 //! validation error, each role and tenant refusal, the lease lifecycle on the views' clock, and
 //! invoices from the revenue views.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -12,6 +12,7 @@ use http_body_util::BodyExt;
 use serde_json::{Value as Json, json};
 use tower::ServiceExt;
 use vendflow_dataflows::{Batch, Config, Engine, Feeders};
+use vendflow_ingest::registry::RegistryLog;
 use vendflow_protocol::decode::decode_line;
 use vendflow_protocol::units::MS_PER_DAY;
 use vendflow_protocol::{Event, Timestamp};
@@ -58,19 +59,9 @@ impl Harness {
         let mut engine = Engine::start(Config::default()).unwrap_or_else(|e| panic!("{e}"));
         let store = engine.store();
         let feeders = engine.feeders().unwrap_or_else(|| panic!("feeders taken"));
-        let publisher = Mutex::new(feeders.feeder(0));
-        let fleet = Arc::new(Fleet::new(Arc::new(move |changes| {
-            let mut f = publisher.lock().unwrap_or_else(|e| e.into_inner());
-            let at = f.time();
-            f.send(
-                at,
-                Batch {
-                    registry: changes,
-                    ..Batch::default()
-                },
-            )
-            .map_err(|e| e.to_string())
-        })));
+        let fleet = Arc::new(Fleet::new(Arc::new(RegistryLog::embedded(
+            feeders.feeder(0),
+        ))));
         let sql =
             Sql::open(store.clone(), None, Limits::default()).unwrap_or_else(|e| panic!("{e}"));
         let tokens = Arc::new(Tokens::in_memory());

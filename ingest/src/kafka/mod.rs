@@ -160,54 +160,82 @@ pub fn send_command(
     Ok(delivered.first().copied().unwrap_or((0, -1)))
 }
 
-/// Produces `records` (key, payload) to `topic` with an idempotent producer, all in flight at
-/// once, and waits for every delivery: a failure is reported, never lost. Returns each record's
-/// (partition, offset).
+/// Produces `records` (key, payload) to `topic` with a producer of its own (the CLI's one-shot
+/// commands); see [`Producer::send_all`].
 fn produce_all(
     brokers: &str,
     topic: &str,
     records: &[(String, &str)],
 ) -> Result<Vec<(i32, i64)>, KafkaError> {
-    use rdkafka::error::KafkaError as RdError;
-    use rdkafka::producer::{FutureProducer, FutureRecord};
-    use rdkafka::types::RDKafkaErrorCode;
-    let producer: FutureProducer = client_config(brokers)
-        .set("enable.idempotence", "true")
-        .set("message.timeout.ms", "15000")
-        .create()
-        .map_err(KafkaError::client(brokers))?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(KafkaError::Runtime)?;
-    runtime.block_on(async {
-        let mut deliveries = Vec::new();
-        for (key, payload) in records {
-            let mut record = FutureRecord::to(topic).key(key.as_str()).payload(*payload);
-            loop {
-                match producer.send_result(record) {
-                    Ok(delivery) => {
-                        deliveries.push(delivery);
-                        break;
+    Producer::new(brokers)?.send_all(topic, records)
+}
+
+/// An idempotent producer with the runtime it waits on, made once and kept for a process's
+/// lifetime (a running service's registry writes go through one).
+pub struct Producer {
+    brokers: String,
+    producer: rdkafka::producer::FutureProducer,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Producer {
+    pub fn new(brokers: &str) -> Result<Producer, KafkaError> {
+        let producer = client_config(brokers)
+            .set("enable.idempotence", "true")
+            .set("message.timeout.ms", "15000")
+            .create()
+            .map_err(KafkaError::client(brokers))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(KafkaError::Runtime)?;
+        Ok(Producer {
+            brokers: brokers.to_owned(),
+            producer,
+            runtime,
+        })
+    }
+
+    /// Produces `records` (key, payload) to `topic`, all in flight at once, and waits for every
+    /// delivery: a failure is reported, never lost. Returns each record's (partition, offset).
+    pub fn send_all(
+        &self,
+        topic: &str,
+        records: &[(String, &str)],
+    ) -> Result<Vec<(i32, i64)>, KafkaError> {
+        use rdkafka::error::KafkaError as RdError;
+        use rdkafka::producer::FutureRecord;
+        use rdkafka::types::RDKafkaErrorCode;
+        let (brokers, producer) = (self.brokers.as_str(), &self.producer);
+        self.runtime.block_on(async {
+            let mut deliveries = Vec::new();
+            for (key, payload) in records {
+                let mut record = FutureRecord::to(topic).key(key.as_str()).payload(*payload);
+                loop {
+                    match producer.send_result(record) {
+                        Ok(delivery) => {
+                            deliveries.push(delivery);
+                            break;
+                        }
+                        Err((RdError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                            record = r;
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        Err((e, _)) => return Err(KafkaError::client(brokers)(e)),
                     }
-                    Err((RdError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                        record = r;
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                    Err((e, _)) => return Err(KafkaError::client(brokers)(e)),
                 }
             }
-        }
-        let mut delivered = Vec::new();
-        for delivery in deliveries {
-            match delivery.await {
-                Ok(Ok(d)) => delivered.push((d.partition, d.offset)),
-                Ok(Err((e, _))) => return Err(KafkaError::client(brokers)(e)),
-                Err(_) => return Err(KafkaError::client(brokers)(RdError::Canceled)),
+            let mut delivered = Vec::new();
+            for delivery in deliveries {
+                match delivery.await {
+                    Ok(Ok(d)) => delivered.push((d.partition, d.offset)),
+                    Ok(Err((e, _))) => return Err(KafkaError::client(brokers)(e)),
+                    Err(_) => return Err(KafkaError::client(brokers)(RdError::Canceled)),
+                }
             }
-        }
-        Ok(delivered)
-    })
+            Ok(delivered)
+        })
+    }
 }
 
 /// Creates `topics` (name, partitions) unless they exist.

@@ -16,7 +16,7 @@
 //! rebuild replays the same ingestion times; once a consumer has caught up and sees nothing new,
 //! its worker advances with the wall clock so that time-driven views (liveness, "today") move.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -278,7 +278,7 @@ fn consume(
 ) -> Result<(), vendflow_dataflows::EngineError> {
     // `fleet-commands` is an upsert log: a record replaces the one with the same key, so the
     // engine gets the old record's retraction with the new one (only this consumer reads it).
-    let mut registry: HashMap<String, RegistryRecord> = HashMap::new();
+    let mut registry = crate::registry::Keyed::default();
     let mut clock: Time = 0;
     let mut batch = Batch::default();
     let mut idle_polls = 0u32;
@@ -338,14 +338,7 @@ fn consume(
                             if let Some(observe) = observer {
                                 observe(&record);
                             }
-                            match registry.insert(record.key(), record.clone()) {
-                                Some(old) if old == record => {}
-                                Some(old) => {
-                                    batch.registry.push((old, -1));
-                                    batch.registry.push((record, 1));
-                                }
-                                None => batch.registry.push((record, 1)),
-                            }
+                            registry.upsert(record, &mut batch.registry);
                         }
                         Err(e) => refuse(&e),
                     }

@@ -1,8 +1,8 @@
 //! The registry as the REST API keeps it: locations, machines, leases and lease events by key.
 //!
-//! The API validates a change against this copy, then publishes it as registry records (the
-//! old record's retraction and the new record) into the dataflows: straight to the engine in
-//! the embedded demo, through `fleet-commands` with Kafka. Records that arrive from elsewhere
+//! The API validates a change against this copy, then appends the changed records (upserts) to
+//! the registry log ([`vendflow_ingest::registry::RegistryLog`]): straight to the engine in the
+//! embedded demo, through `fleet-commands` with Kafka. Records that arrive from elsewhere
 //! (a `vendflow registry load`, another API instance, this one's own writes read back from
 //! Kafka) are [`Fleet::observe`]d, so the copy follows the log of record. All writes go
 //! through one lock, so two requests cannot both pass a check that only one may pass (two
@@ -11,12 +11,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use vendflow_ingest::registry::RegistryLog;
 use vendflow_protocol::{Lease, LeaseEvent, Location, Machine, RegistryRecord};
 
 use crate::sql::Owners;
-
-/// Hands registry changes (`+1` a new record, `-1` the one it replaces) to the dataflows.
-pub type Publish = Arc<dyn Fn(Vec<(RegistryRecord, isize)>) -> Result<(), String> + Send + Sync>;
 
 #[derive(Default)]
 pub struct Registry {
@@ -92,23 +90,26 @@ impl Registry {
     }
 }
 
-/// The registry behind a lock, and where its changes go.
+/// The registry behind a lock, and the log its changes go to.
 pub struct Fleet {
     registry: RwLock<Registry>,
-    publish: Publish,
+    log: Option<Arc<RegistryLog>>,
 }
 
 impl Fleet {
-    pub fn new(publish: Publish) -> Fleet {
+    pub fn new(log: Arc<RegistryLog>) -> Fleet {
         Fleet {
             registry: RwLock::new(Registry::default()),
-            publish,
+            log: Some(log),
         }
     }
 
     /// A fleet whose changes go nowhere but this copy (tests of the API alone).
     pub fn detached() -> Fleet {
-        Fleet::new(Arc::new(|_| Ok(())))
+        Fleet {
+            registry: RwLock::new(Registry::default()),
+            log: None,
+        }
     }
 
     pub fn read(&self) -> RwLockReadGuard<'_, Registry> {
@@ -125,27 +126,24 @@ impl Fleet {
         self.write().store(record.clone());
     }
 
-    /// Publishes `records` (each replacing the record with its key) and stores them. Nothing
-    /// is stored if publishing fails.
+    /// Appends the `records` that change something (each replacing the record with its key) to
+    /// the log and stores them. Nothing is stored if the log refuses them.
     pub fn commit(
         &self,
         registry: &mut Registry,
         records: Vec<RegistryRecord>,
     ) -> Result<(), String> {
-        let mut changes = Vec::with_capacity(records.len() * 2);
-        for record in &records {
-            match registry.current(record) {
-                Some(old) if old == *record => continue,
-                Some(old) => changes.push((old, -1)),
-                None => {}
-            }
-            changes.push((record.clone(), 1));
-        }
-        if changes.is_empty() {
+        let changed: Vec<RegistryRecord> = records
+            .into_iter()
+            .filter(|r| registry.current(r).as_ref() != Some(r))
+            .collect();
+        if changed.is_empty() {
             return Ok(());
         }
-        (self.publish)(changes)?;
-        for record in records {
+        if let Some(log) = &self.log {
+            log.append(&changed).map_err(|e| e.to_string())?;
+        }
+        for record in changed {
             registry.store(record);
         }
         Ok(())

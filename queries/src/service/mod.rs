@@ -127,6 +127,8 @@ pub enum ServiceError {
     Kafka(#[from] vendflow_ingest::kafka::KafkaError),
     #[error("{0}")]
     Ingest(#[from] vendflow_ingest::IngestError),
+    #[error("registry: {0}")]
+    Registry(#[from] vendflow_ingest::registry::RegistryLogError),
     #[error("simulated fleet: {0}")]
     Simulation(#[from] vendflow_firmware::mqtt::PublishError),
     #[error("views: {0}")]
@@ -162,6 +164,7 @@ impl ServiceError {
             | ServiceError::Pg(..)
             | ServiceError::Kafka(_)
             | ServiceError::Ingest(_)
+            | ServiceError::Registry(_)
             | ServiceError::Simulation(_)
             | ServiceError::Archive(_)
             | ServiceError::Io { .. } => ErrorClass::External,

@@ -8,14 +8,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use vendflow_dataflows::{Batch, Feeders};
+use vendflow_dataflows::Feeders;
 use vendflow_firmware::mqtt as mqtt_sim;
 use vendflow_firmware::{Fleet, FleetConfig};
+use vendflow_ingest::Tap;
 use vendflow_ingest::auth::{Credentials, SharedCredentials, Verifier};
 use vendflow_ingest::kafka::source::{self as kafka_source, SourceConfig, SourceStats};
 use vendflow_ingest::mqtt::MqttSourceStats;
+use vendflow_ingest::registry::RegistryLog;
 use vendflow_ingest::server::Server;
-use vendflow_ingest::{Tap, sim};
 use vendflow_protocol::Timestamp;
 
 use super::{ServiceError, Worker, sleep_unless};
@@ -80,21 +81,9 @@ impl Source {
                 tick_ms,
             } => {
                 // The REST API's registry: filled from `fleet-commands` by the source; its own
-                // changes go to `fleet-commands` (the engine reads them back from there, like
-                // any registry record).
-                let registry = {
-                    let brokers = brokers.clone();
-                    Arc::new(Registry::new(Arc::new(move |changes| {
-                        let text: String = changes
-                            .iter()
-                            .filter(|(_, diff)| *diff > 0)
-                            .map(|(r, _)| r.to_json_line() + "\n")
-                            .collect();
-                        vendflow_ingest::kafka::load_registry(&brokers, &text)
-                            .map(|_| ())
-                            .map_err(|e| e.to_string())
-                    })))
-                };
+                // changes go to `fleet-commands` through one producer (the engine reads them back
+                // from there, like any registry record).
+                let registry = Arc::new(Registry::new(Arc::new(RegistryLog::kafka(&brokers)?)));
                 let stats = Arc::new(SourceStats::default());
                 let counters: Arc<dyn Fn() -> SourceCounters + Send + Sync> = {
                     let stats = stats.clone();
@@ -164,28 +153,17 @@ impl Source {
                 }
                 // Shared with the REST API: a machine registered there can publish at once.
                 let credentials = Arc::new(std::sync::RwLock::new(credentials));
-                // The REST API's registry starts as the simulated fleet's; its changes go
-                // straight to the engine (there is no Kafka) through a clone of worker 0's input.
-                let registry = {
-                    let feeder = Mutex::new(feeders.feeder(0));
-                    Arc::new(Registry::new(Arc::new(move |changes| {
-                        let mut feeder = feeder.lock().unwrap_or_else(|e| e.into_inner());
-                        let at = feeder.time();
-                        feeder
-                            .send(
-                                at,
-                                Batch {
-                                    registry: changes,
-                                    ..Batch::default()
-                                },
-                            )
-                            .map_err(|e| e.to_string())
-                    })))
-                };
+                // The registry log goes straight to the engine (there is no Kafka), through a
+                // clone of worker 0's input; it starts with the simulated fleet's registry at the
+                // fleet's start, and the REST API's copy with it.
+                let start = fleet.now().0.max(0) as vendflow_dataflows::Time;
+                let log = Arc::new(RegistryLog::embedded(feeders.feeder(0)));
+                log.append_at(start, fleet.registry())?;
+                feeders.advance_all(start)?;
+                let registry = Arc::new(Registry::new(log));
                 for record in fleet.registry() {
                     registry.observe(record);
                 }
-                sim::register(&fleet, &mut feeders)?;
                 let stats = Arc::new(MqttSourceStats::default());
                 let counters: Arc<dyn Fn() -> SourceCounters + Send + Sync> = {
                     let stats = stats.clone();

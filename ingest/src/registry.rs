@@ -1,0 +1,180 @@
+//! The registry log: locations, machines, leases and lease events, with one semantics on every
+//! path. A record replaces the record with the same key ([`RegistryRecord::key`]): an upsert.
+//!
+//! Writers append records to a [`RegistryLog`]: on Kafka, to `fleet-commands` (through one
+//! producer kept for the process's lifetime), from which the Kafka source applies them; in the
+//! embedded mode (the demo, tests), straight to the engine. Either way the records reach the
+//! engine through [`Keyed::upsert`], which turns an upsert into the retraction of the record it
+//! replaces and the new record, so both paths give the dataflows the same changes.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use vendflow_dataflows::{Batch, Feeder, Time};
+use vendflow_protocol::RegistryRecord;
+
+use crate::kafka::{KafkaError, Producer, source::FLEET_COMMANDS_TOPIC};
+
+/// The registry as the engine has it, by key: what an upsert replaces.
+#[derive(Default)]
+pub struct Keyed {
+    records: HashMap<String, RegistryRecord>,
+}
+
+impl Keyed {
+    /// Takes `record` in, pushing the engine's changes onto `out`: the record it replaces
+    /// (`-1`) and itself (`+1`); nothing when it is already there.
+    pub fn upsert(&mut self, record: RegistryRecord, out: &mut Vec<(RegistryRecord, isize)>) {
+        match self.records.insert(record.key(), record.clone()) {
+            Some(old) if old == record => {}
+            Some(old) => {
+                out.push((old, -1));
+                out.push((record, 1));
+            }
+            None => out.push((record, 1)),
+        }
+    }
+}
+
+/// Why a registry write did not land.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryLogError {
+    /// Kafka did not take the records (retryable).
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    /// The engine has stopped (the service is shutting down).
+    #[error(transparent)]
+    Engine(#[from] vendflow_dataflows::EngineError),
+}
+
+/// Where registry records are appended.
+pub enum RegistryLog {
+    /// `fleet-commands` on Kafka.
+    Kafka(Producer),
+    /// Straight into the engine through one worker's input.
+    Embedded(Mutex<(Keyed, Feeder)>),
+}
+
+impl RegistryLog {
+    /// A log on `fleet-commands` of `brokers`, through one producer.
+    pub fn kafka(brokers: &str) -> Result<RegistryLog, KafkaError> {
+        Ok(RegistryLog::Kafka(Producer::new(brokers)?))
+    }
+
+    /// A log applied straight to the engine through `feeder`.
+    pub fn embedded(feeder: Feeder) -> RegistryLog {
+        RegistryLog::Embedded(Mutex::new((Keyed::default(), feeder)))
+    }
+
+    /// Appends `records` (upserts) and returns once the log has them: acknowledged by Kafka, or
+    /// handed to the engine.
+    pub fn append(&self, records: &[RegistryRecord]) -> Result<(), RegistryLogError> {
+        self.append_at(0, records)
+    }
+
+    /// [`RegistryLog::append`], at ingestion time `at` or later (embedded: the time of the
+    /// initial registry of a simulated fleet; Kafka stamps records itself).
+    pub fn append_at(&self, at: Time, records: &[RegistryRecord]) -> Result<(), RegistryLogError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        match self {
+            RegistryLog::Kafka(producer) => {
+                let lines: Vec<String> = records.iter().map(RegistryRecord::to_json_line).collect();
+                let keyed: Vec<(String, &str)> = records
+                    .iter()
+                    .zip(&lines)
+                    .map(|(r, line)| (r.key(), line.as_str()))
+                    .collect();
+                blocking(|| producer.send_all(FLEET_COMMANDS_TOPIC, &keyed))?;
+                Ok(())
+            }
+            RegistryLog::Embedded(state) => {
+                let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+                let (keyed, feeder) = &mut *state;
+                let mut changes = Vec::with_capacity(records.len() * 2);
+                for record in records {
+                    keyed.upsert(record.clone(), &mut changes);
+                }
+                let time = feeder.time().max(at);
+                feeder.send(
+                    time,
+                    Batch {
+                        registry: changes,
+                        ..Batch::default()
+                    },
+                )?;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Runs blocking `work` from any thread. Inside a multi-threaded tokio runtime (an HTTP
+/// handler), through `block_in_place`: the runtime's other tasks keep running, and `work` may
+/// wait on a runtime of its own (the producer's), which is refused from a runtime's thread.
+fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn location(id: &str, address: &str) -> RegistryRecord {
+        let line = format!(
+            r#"{{"type":"location","locationId":"{id}","clientId":"c","address":"{address}","lat":1,"lng":2,"locationType":"office"}}"#
+        );
+        vendflow_protocol::decode::decode_registry(line.as_bytes())
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn an_upsert_retracts_what_it_replaces_once() {
+        let mut keyed = Keyed::default();
+        let mut out = Vec::new();
+        keyed.upsert(location("l1", "1 Main St"), &mut out);
+        keyed.upsert(location("l1", "1 Main St"), &mut out);
+        assert_eq!(
+            out,
+            vec![(location("l1", "1 Main St"), 1)],
+            "the same record again changes nothing"
+        );
+        out.clear();
+        keyed.upsert(location("l1", "2 Main St"), &mut out);
+        assert_eq!(
+            out,
+            vec![
+                (location("l1", "1 Main St"), -1),
+                (location("l1", "2 Main St"), 1)
+            ]
+        );
+    }
+
+    /// An HTTP handler appends on a runtime thread; the Kafka producer waits on a runtime of
+    /// its own, which tokio refuses there unless the wait goes through `block_in_place`.
+    #[test]
+    fn blocking_work_may_wait_on_its_own_runtime_from_a_handler() {
+        let outer = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let answer = outer.block_on(async {
+            tokio::spawn(async {
+                blocking(|| {
+                    let inner = tokio::runtime::Builder::new_current_thread()
+                        .build()
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    inner.block_on(async { 42 })
+                })
+            })
+            .await
+        });
+        assert_eq!(answer.ok(), Some(42));
+    }
+}
