@@ -346,7 +346,8 @@ pub fn verify_envelope(
             nonce.len()
         )));
     }
-    let machine_id = MachineId::parse(&raw.machine_id).map_err(AuthError::Malformed)?;
+    let machine_id =
+        MachineId::parse(&raw.machine_id).map_err(|e| AuthError::Malformed(e.into()))?;
     let bad = || AuthError::BadSignature(machine_id.as_str().to_owned());
     let stored = lookup(machine_id.as_str())
         .ok_or_else(|| AuthError::UnknownMachine(machine_id.as_str().to_owned()))?;

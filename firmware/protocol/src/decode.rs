@@ -323,7 +323,8 @@ fn door(status: &str) -> Result<DoorStatus, DecodeError> {
     }
 }
 
-fn number(field: &str, message: String) -> DecodeError {
+fn number(field: &str, message: impl Into<String>) -> DecodeError {
+    let message: String = message.into();
     DecodeError::new(ErrorKind::Number, format!("payload: {field}: {message}"))
 }
 
@@ -344,7 +345,7 @@ fn timestamp(raw: &RawValue) -> Result<Timestamp, DecodeError> {
     let text = raw.get();
     let bad = |m: String| DecodeError::new(ErrorKind::Timestamp, m);
     let ts = if let Some(s) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
-        Timestamp::parse_rfc3339(s).map_err(bad)?
+        Timestamp::parse_rfc3339(s).map_err(|e| bad(e.into()))?
     } else {
         let ms = parse_decimal(text, 0, Rounding::Exact).map_err(|_| {
             bad(format!(

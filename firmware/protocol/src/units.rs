@@ -22,20 +22,20 @@ pub struct MachineId(Text);
 
 impl MachineId {
     /// Checks and wraps an id.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
         if s.is_empty() || s.len() > 64 {
-            return Err(format!(
+            return Err(ParseError::new(format!(
                 "machine id must be 1 to 64 characters, got {}",
                 s.len()
-            ));
+            )));
         }
         if let Some(c) = s
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')))
         {
-            return Err(format!(
+            return Err(ParseError::new(format!(
                 "machine id contains {c:?}; allowed are letters, digits and _ - . :"
-            ));
+            )));
         }
         Ok(MachineId(Text::from(s)))
     }
@@ -48,6 +48,25 @@ impl MachineId {
 impl fmt::Display for MachineId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// A value that does not parse (an id, a time, a decimal): bad input, with a message that
+/// tells whoever sent it what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParseError(String);
+
+impl ParseError {
+    pub fn new(message: impl Into<String>) -> ParseError {
+        ParseError(message.into())
+    }
+}
+
+/// The message, for errors that carry one (a decoder's [`crate::DecodeError`]).
+impl From<ParseError> for String {
+    fn from(e: ParseError) -> String {
+        e.0
     }
 }
 
@@ -73,25 +92,25 @@ impl Timestamp {
     }
 
     /// Parses RFC 3339 (`2024-01-15T10:28:15Z`, `…+01:00`, fractional seconds allowed).
-    pub fn parse_rfc3339(s: &str) -> Result<Self, String> {
+    pub fn parse_rfc3339(s: &str) -> Result<Self, ParseError> {
         chrono::DateTime::parse_from_rfc3339(s)
             .map(|t| Timestamp(t.timestamp_millis()))
-            .map_err(|e| format!("timestamp {s:?} is not RFC 3339: {e}"))
+            .map_err(|e| ParseError::new(format!("timestamp {s:?} is not RFC 3339: {e}")))
     }
 
     /// Parses a calendar date (`2024-01-15`) as its midnight UTC.
-    pub fn parse_date(s: &str) -> Result<Self, String> {
+    pub fn parse_date(s: &str) -> Result<Self, ParseError> {
         chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
-            .map_err(|e| format!("date {s:?} is not YYYY-MM-DD: {e}"))
+            .map_err(|e| ParseError::new(format!("date {s:?} is not YYYY-MM-DD: {e}")))
             .and_then(|d| {
                 d.and_hms_opt(0, 0, 0)
                     .map(|t| Timestamp(t.and_utc().timestamp_millis()))
-                    .ok_or_else(|| format!("date {s:?} has no midnight"))
+                    .ok_or_else(|| ParseError::new(format!("date {s:?} has no midnight")))
             })
     }
 
     /// Parses either RFC 3339 or a calendar date.
-    pub fn parse_text(s: &str) -> Result<Self, String> {
+    pub fn parse_text(s: &str) -> Result<Self, ParseError> {
         if s.len() == 10 {
             Self::parse_date(s)
         } else {
@@ -152,7 +171,7 @@ pub struct Cents(pub i64);
 
 impl Cents {
     /// Parses `2.50`, `2.5`, `3` or `0.05` exactly; a third decimal place is refused, not rounded.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, ParseError> {
         parse_decimal(text, 2, Rounding::Exact).map(Cents)
     }
 }
@@ -174,7 +193,7 @@ pub struct Milli(pub i64);
 
 impl Milli {
     /// Parses a decimal, rounding half away from zero past the third decimal place.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, ParseError> {
         parse_decimal(text, 3, Rounding::HalfAwayFromZero).map(Milli)
     }
 
@@ -197,7 +216,7 @@ impl fmt::Display for Milli {
 pub struct Micro(pub i64);
 
 impl Micro {
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, ParseError> {
         parse_decimal(text, 6, Rounding::HalfAwayFromZero).map(Micro)
     }
 
@@ -230,7 +249,7 @@ pub enum Rounding {
 /// Parses decimal text (`-12.345`, `3`, `1e2` is refused) into an integer scaled by `10^scale`.
 ///
 /// This never goes through a float, so `0.1 + 0.2` stays `0.3`.
-pub fn parse_decimal(text: &str, scale: u32, rounding: Rounding) -> Result<i64, String> {
+pub fn parse_decimal(text: &str, scale: u32, rounding: Rounding) -> Result<i64, ParseError> {
     let t = text.trim();
     let (negative, digits) = match t.strip_prefix('-') {
         Some(rest) => (true, rest),
@@ -242,10 +261,14 @@ pub fn parse_decimal(text: &str, scale: u32, rounding: Rounding) -> Result<i64, 
     };
     let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
     if int_part.is_empty() || !all_digits(int_part) || !all_digits(frac_part) {
-        return Err(format!("{t:?} is not a plain decimal number"));
+        return Err(ParseError::new(format!(
+            "{t:?} is not a plain decimal number"
+        )));
     }
     if digits.contains('.') && frac_part.is_empty() {
-        return Err(format!("{t:?} is not a plain decimal number"));
+        return Err(ParseError::new(format!(
+            "{t:?} is not a plain decimal number"
+        )));
     }
     let scale = scale as usize;
     let (kept, extra) = if frac_part.len() > scale {
@@ -254,9 +277,11 @@ pub fn parse_decimal(text: &str, scale: u32, rounding: Rounding) -> Result<i64, 
         (frac_part, "")
     };
     if rounding == Rounding::Exact && extra.bytes().any(|b| b != b'0') {
-        return Err(format!("{t:?} has more than {scale} decimal places"));
+        return Err(ParseError::new(format!(
+            "{t:?} has more than {scale} decimal places"
+        )));
     }
-    let overflow = || format!("{t:?} is too large");
+    let overflow = || ParseError::new(format!("{t:?} is too large"));
     let mut value: i64 = 0;
     for b in int_part.bytes().chain(kept.bytes()) {
         value = value

@@ -171,8 +171,18 @@ pub enum Sink {
     Broker(rumqttc::AsyncClient),
 }
 
+/// Why an accepted envelope did not reach its sink: the sink (Kafka, the embedded broker) is
+/// away, so the machine is told to retry (503) and keeps its copy.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("kafka: {0}")]
+    Kafka(rdkafka::error::KafkaError),
+    #[error("mqtt broker: {0}")]
+    Broker(rumqttc::ClientError),
+}
+
 impl Sink {
-    async fn telemetry(&self, machine: &str, body: &Bytes) -> Result<(), String> {
+    async fn telemetry(&self, machine: &str, body: &Bytes) -> Result<(), SinkError> {
         match self {
             Sink::Kafka(producer) => {
                 let record = FutureRecord::to(TELEMETRY_TOPIC)
@@ -183,7 +193,7 @@ impl Sink {
                     .send(record, Duration::from_secs(10))
                     .await
                     .map(|_| ())
-                    .map_err(|(e, _)| e.to_string())
+                    .map_err(|(e, _)| SinkError::Kafka(e))
             }
             Sink::Broker(client) => client
                 .publish(
@@ -193,7 +203,7 @@ impl Sink {
                     body.to_vec(),
                 )
                 .await
-                .map_err(|e| e.to_string()),
+                .map_err(SinkError::Broker),
         }
     }
 
@@ -438,7 +448,7 @@ async fn telemetry(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "UNAVAILABLE",
                 "the telemetry log is unavailable; keep the envelope and retry",
-                json!({"cause": e}),
+                json!({"cause": e.to_string()}),
             ),
         },
         Err(refusal) => {

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use vendflow_ingest::registry::RegistryLog;
+use vendflow_ingest::registry::{RegistryLog, RegistryLogError};
 use vendflow_protocol::{Lease, LeaseEvent, Location, Machine, RegistryRecord};
 
 use crate::sql::Owners;
@@ -132,7 +132,7 @@ impl Fleet {
         &self,
         registry: &mut Registry,
         records: Vec<RegistryRecord>,
-    ) -> Result<(), String> {
+    ) -> Result<(), RegistryLogError> {
         let changed: Vec<RegistryRecord> = records
             .into_iter()
             .filter(|r| registry.current(r).as_ref() != Some(r))
@@ -141,7 +141,7 @@ impl Fleet {
             return Ok(());
         }
         if let Some(log) = &self.log {
-            log.append(&changed).map_err(|e| e.to_string())?;
+            log.append(&changed)?;
         }
         for record in changed {
             registry.store(record);

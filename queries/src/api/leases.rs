@@ -116,7 +116,10 @@ fn next_term_id(id: &str) -> String {
 }
 
 /// Moves every lease along its lifecycle up to `now`; returns how many records it wrote.
-pub fn sweep(fleet: &Fleet, now: Timestamp) -> Result<usize, String> {
+pub fn sweep(
+    fleet: &Fleet,
+    now: Timestamp,
+) -> Result<usize, vendflow_ingest::registry::RegistryLogError> {
     let mut registry = fleet.write();
     let mut written = 0;
     // A renewed term may itself be over already (a clock that jumped): go round until still.
@@ -222,7 +225,7 @@ pub fn sweep(fleet: &Fleet, now: Timestamp) -> Result<usize, String> {
 fn swept(state: &ApiState) -> Result<(), ApiError> {
     sweep(&state.fleet, state.now())
         .map(|_| ())
-        .map_err(ApiError::unavailable)
+        .map_err(ApiError::from)
 }
 
 #[derive(Deserialize)]
@@ -388,7 +391,7 @@ pub(super) async fn create(
                 event(&lease, now, LeaseEventKind::Created, None),
             ],
         )
-        .map_err(ApiError::unavailable)?;
+        .map_err(ApiError::from)?;
     tracing::info!(lease_id = %lease_id, machine_id = %machine_id, token = %auth.0.token_id, "lease signed");
     Ok((
         StatusCode::CREATED,
@@ -477,7 +480,7 @@ fn step(
     let records = change(&registry, &lease, state.now())?;
     fleet
         .commit(&mut registry, records)
-        .map_err(ApiError::unavailable)?;
+        .map_err(ApiError::from)?;
     let lease = visible(&registry, auth, id)?;
     tracing::info!(lease_id = %id, status = lease.status.as_str(), token = %auth.0.token_id, "lease changed");
     Ok(axum::Json(lease_json(&lease)).into_response())

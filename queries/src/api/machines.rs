@@ -209,7 +209,7 @@ pub(super) async fn register(
     };
     fleet
         .commit(&mut registry, vec![RegistryRecord::Machine(machine)])
-        .map_err(ApiError::unavailable)?;
+        .map_err(ApiError::from)?;
     tracing::info!(machine_id = %machine_id.as_str(), token = %auth.0.token_id, "machine registered");
     Ok((
         StatusCode::CREATED,
@@ -422,7 +422,7 @@ pub(super) async fn update(
             &mut registry,
             vec![RegistryRecord::Machine(machine.clone())],
         )
-        .map_err(ApiError::unavailable)?;
+        .map_err(ApiError::from)?;
     drop(registry);
     tracing::info!(machine_id = %id, status = machine.status.as_str(), token = %auth.0.token_id, "machine changed");
     let snapshot = state
@@ -541,6 +541,7 @@ fn coordinate(raw: Option<&RawValue>, limit: i64, field: &str, problems: &mut Pr
                 6,
                 vendflow_protocol::units::Rounding::HalfAwayFromZero,
             )
+            .map_err(String::from)
         });
     match parsed {
         Ok(v) if v.abs() <= limit * 1_000_000 => Micro(v),
@@ -623,7 +624,7 @@ pub(super) async fn add_location(
             &mut registry,
             vec![RegistryRecord::Location(location.clone())],
         )
-        .map_err(ApiError::unavailable)?;
+        .map_err(ApiError::from)?;
     Ok((StatusCode::CREATED, axum::Json(location_json(&location))).into_response())
 }
 

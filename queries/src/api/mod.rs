@@ -46,7 +46,8 @@ pub use leases::sweep as sweep_leases;
 pub use ops::{ArchiveCounters, Health, LagReading, Pipeline, SourceCounters, openapi};
 
 /// Issues a machine's secret (storing only its hash where the machines' verifier reads it).
-pub type SecretIssuer = Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
+pub type SecretIssuer =
+    Arc<dyn Fn(&str) -> Result<String, vendflow_ingest::auth::CredentialsError> + Send + Sync>;
 
 /// "Now" for the lifecycle of leases: the engine's ingestion frontier when it has one.
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
@@ -262,6 +263,15 @@ impl ApiError {
     /// The dataflows did not take a change (the engine stopped, Kafka refused it).
     pub fn unavailable(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+}
+
+/// A registry write the log did not take: the log (Kafka) is away or the engine is stopping,
+/// so the client may retry later (503 with Retry-After).
+impl From<vendflow_ingest::registry::RegistryLogError> for ApiError {
+    fn from(e: vendflow_ingest::registry::RegistryLogError) -> ApiError {
+        ApiError::unavailable(format!("the registry log did not take the change: {e}"))
+            .with_retry_after(5)
     }
 }
 

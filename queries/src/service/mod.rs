@@ -316,7 +316,6 @@ impl Service {
             } else if let Some(path) = config.credentials.clone() {
                 state = state.with_secrets(Arc::new(move |machine: &str| {
                     vendflow_ingest::auth::Credentials::register(&path, machine)
-                        .map_err(|e| e.to_string())
                 }));
             }
             match prepared.serve_http(addr, config.tls.as_ref(), crate::app(state)) {

@@ -184,8 +184,7 @@ impl Source {
                 let secrets: SecretIssuer = {
                     let credentials = credentials.clone();
                     Arc::new(move |machine: &str| {
-                        let secret =
-                            vendflow_ingest::auth::new_secret().map_err(|e| e.to_string())?;
+                        let secret = vendflow_ingest::auth::new_secret()?;
                         credentials
                             .write()
                             .unwrap_or_else(|e| e.into_inner())
