@@ -1,0 +1,65 @@
+//! `GET /metrics`: Prometheus text exposition.
+
+use std::fmt::Write;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use vendflow_dataflows::CATALOG;
+use vendflow_protocol::Timestamp;
+
+use crate::api::ApiState;
+
+use super::health::devices;
+
+/// `GET /metrics`: Prometheus text exposition.
+pub(in crate::api) async fn metrics(State(state): State<ApiState>) -> Response {
+    let mut out = state.health.metrics();
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    // Counted under the store's lock, not copied: a scrape must not hold back publication.
+    let (frontier, rows) = state.store.row_counts();
+    let age = (Timestamp::now().0 - i64::try_from(frontier).unwrap_or(0)).max(0) as f64 / 1e3;
+    out.push_str(
+        "# HELP vendflow_view_frontier_ms Ingestion time (epoch ms) every view is complete up to.\n\
+         # TYPE vendflow_view_frontier_ms gauge\n",
+    );
+    for def in CATALOG {
+        let _ = writeln!(
+            out,
+            "vendflow_view_frontier_ms{{view=\"{}\"}} {frontier}",
+            def.name
+        );
+    }
+    out.push_str(
+        "# HELP vendflow_view_freshness_seconds Wall-clock time since the ingestion time each view reflects (views publish together).\n\
+         # TYPE vendflow_view_freshness_seconds gauge\n",
+    );
+    for def in CATALOG {
+        let _ = writeln!(
+            out,
+            "vendflow_view_freshness_seconds{{view=\"{}\"}} {age}",
+            def.name
+        );
+    }
+    out.push_str("# HELP vendflow_view_rows Rows in each view.\n# TYPE vendflow_view_rows gauge\n");
+    for (name, rows) in rows {
+        let _ = writeln!(out, "vendflow_view_rows{{view=\"{name}\"}} {rows}");
+    }
+    out.push_str(
+        "# HELP vendflow_devices Machines by live status.\n# TYPE vendflow_devices gauge\n",
+    );
+    for (status, n) in devices(&state) {
+        let _ = writeln!(out, "vendflow_devices{{status=\"{status}\"}} {n}");
+    }
+    out.push_str(&state.sql.latency().prometheus());
+    out.push('\n');
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
+}

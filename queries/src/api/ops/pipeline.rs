@@ -1,0 +1,305 @@
+//! The health and metrics of the parts around the engine: its source, the source's lag, the
+//! archive.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use serde_json::{Value as Json, json};
+
+/// What the binary knows about the parts around the engine.
+pub trait Health: Send + Sync {
+    /// Components by name (`brokers`, `sink`, …), each an object with a `status` of `ok` or
+    /// something else that says what is wrong.
+    fn components(&self) -> BTreeMap<String, Json>;
+    /// Prometheus text of the sources and sinks: events in, rejected, lag.
+    fn metrics(&self) -> String;
+}
+
+/// The engine alone (tests, servers without sources of their own).
+pub struct EngineOnly;
+
+impl Health for EngineOnly {
+    fn components(&self) -> BTreeMap<String, Json> {
+        BTreeMap::new()
+    }
+
+    fn metrics(&self) -> String {
+        String::new()
+    }
+}
+
+/// What a source has taken in so far.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SourceCounters {
+    pub messages: u64,
+    pub events: u64,
+    pub refused: u64,
+}
+
+/// The latest lag measurement (taken in the background: it asks the brokers): per partition,
+/// `(topic, partition, the engine's next offset, the log's end)`.
+#[derive(Clone, Debug)]
+pub struct LagReading {
+    pub taken: std::time::Instant,
+    pub result: Result<Vec<(String, i32, i64, i64)>, String>,
+}
+
+/// What the archive has written so far.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ArchiveCounters {
+    pub files: u64,
+    pub events: u64,
+    pub errors: u64,
+}
+
+/// Health and metrics of a running pipeline: its source (`mqtt` in the demo, `kafka` with
+/// `run`), the source's lag when it has one, and the Parquet archive when there is one.
+pub struct Pipeline {
+    pub source: &'static str,
+    /// Where the source reads (broker addresses), for people reading `/health`.
+    pub address: String,
+    pub counters: Box<dyn Fn() -> SourceCounters + Send + Sync>,
+    pub lag: Option<Box<dyn Fn() -> Option<LagReading> + Send + Sync>>,
+    pub archive: Option<Box<dyn Fn() -> ArchiveCounters + Send + Sync>>,
+    /// The archive's error count last seen to change, and when: an error makes the archive
+    /// `failing` for five minutes, not for ever.
+    archive_seen: std::sync::Mutex<(u64, Option<std::time::Instant>)>,
+}
+
+/// Messages of one partition the engine has not read yet.
+fn lag_of((_, _, position, end): &(String, i32, i64, i64)) -> i64 {
+    (end - position).max(0)
+}
+
+/// How old a lag reading may be before the brokers count as unreachable.
+const LAG_STALE: std::time::Duration = std::time::Duration::from_secs(30);
+const ARCHIVE_FAILING_FOR: std::time::Duration = std::time::Duration::from_secs(300);
+
+impl Pipeline {
+    pub fn new(
+        source: &'static str,
+        address: impl Into<String>,
+        counters: Box<dyn Fn() -> SourceCounters + Send + Sync>,
+    ) -> Pipeline {
+        Pipeline {
+            source,
+            address: address.into(),
+            counters,
+            lag: None,
+            archive: None,
+            archive_seen: std::sync::Mutex::new((0, None)),
+        }
+    }
+
+    pub fn with_lag(mut self, lag: Box<dyn Fn() -> Option<LagReading> + Send + Sync>) -> Pipeline {
+        self.lag = Some(lag);
+        self
+    }
+
+    pub fn with_archive(
+        mut self,
+        archive: Box<dyn Fn() -> ArchiveCounters + Send + Sync>,
+    ) -> Pipeline {
+        self.archive = Some(archive);
+        self
+    }
+
+    fn source_json(&self) -> Json {
+        let c = (self.counters)();
+        let mut out = json!({
+            "status": "ok", "address": self.address,
+            "messages": c.messages, "events": c.events, "refused": c.refused,
+        });
+        if let Some(lag) = &self.lag {
+            match lag() {
+                None => out["status"] = json!("starting: lag not measured yet"),
+                Some(reading) => {
+                    let age = reading.taken.elapsed();
+                    match &reading.result {
+                        Err(e) => out["status"] = json!(format!("unreachable: {e}")),
+                        Ok(_) if age > LAG_STALE => {
+                            out["status"] = json!(format!(
+                                "unreachable: no answer from the brokers for {} s",
+                                age.as_secs()
+                            ))
+                        }
+                        Ok(parts) => {
+                            out["lag"] = json!(parts.iter().map(lag_of).sum::<i64>());
+                            out["partitions"] = parts
+                                .iter()
+                                .map(|p @ (topic, partition, at, end)| json!({"topic": topic, "partition": partition, "position": at, "end": end, "lag": lag_of(p)}))
+                                .collect();
+                        }
+                    }
+                    out["lagMeasuredSecondsAgo"] = json!(age.as_secs_f64());
+                }
+            }
+        }
+        out
+    }
+
+    fn archive_json(&self, archive: &(dyn Fn() -> ArchiveCounters + Send + Sync)) -> Json {
+        let a = archive();
+        let mut seen = self.archive_seen.lock().unwrap_or_else(|e| e.into_inner());
+        if a.errors != seen.0 {
+            *seen = (a.errors, Some(std::time::Instant::now()));
+        }
+        let failing = seen.1.is_some_and(|at| at.elapsed() < ARCHIVE_FAILING_FOR);
+        json!({
+            "status": if failing {
+                format!("failing: {} write error(s), the latest {} s ago (see the log)", a.errors, seen.1.map_or(0, |t| t.elapsed().as_secs()))
+            } else {
+                "ok".to_owned()
+            },
+            "filesWritten": a.files, "eventsWritten": a.events, "errors": a.errors,
+        })
+    }
+}
+
+impl Health for Pipeline {
+    fn components(&self) -> BTreeMap<String, Json> {
+        let mut out = BTreeMap::from([(self.source.to_owned(), self.source_json())]);
+        if let Some(archive) = &self.archive {
+            out.insert("archive".to_owned(), self.archive_json(archive.as_ref()));
+        }
+        out
+    }
+
+    fn metrics(&self) -> String {
+        let c = (self.counters)();
+        let source = self.source;
+        let mut out = String::new();
+        for (name, help, value) in [
+            (
+                "messages",
+                "Messages (envelopes) the source consumed.",
+                c.messages,
+            ),
+            (
+                "events",
+                "Events the source fed to the dataflows.",
+                c.events,
+            ),
+            (
+                "refused",
+                "Records the source refused (each is an error record).",
+                c.refused,
+            ),
+        ] {
+            let _ = write!(
+                out,
+                "# HELP vendflow_source_{name}_total {help}\n# TYPE vendflow_source_{name}_total counter\n\
+                 vendflow_source_{name}_total{{source=\"{source}\"}} {value}\n"
+            );
+        }
+        if let Some(Some(LagReading {
+            result: Ok(parts), ..
+        })) = self.lag.as_ref().map(|l| l())
+        {
+            out.push_str(
+                "# HELP vendflow_source_lag_messages Messages in the log the engine has not read yet, per partition.\n\
+                 # TYPE vendflow_source_lag_messages gauge\n",
+            );
+            for p @ (topic, partition, _, _) in &parts {
+                let _ = writeln!(
+                    out,
+                    "vendflow_source_lag_messages{{source=\"{source}\",topic=\"{topic}\",partition=\"{partition}\"}} {}",
+                    lag_of(p)
+                );
+            }
+        }
+        if let Some(archive) = &self.archive {
+            let a = archive();
+            for (name, help, value) in [
+                ("files_written", "Parquet files the archive wrote.", a.files),
+                ("events_written", "Events the archive wrote.", a.events),
+                (
+                    "errors",
+                    "Archive writes that failed (retried at the next flush).",
+                    a.errors,
+                ),
+            ] {
+                let _ = write!(
+                    out,
+                    "# HELP vendflow_archive_{name}_total {help}\n# TYPE vendflow_archive_{name}_total counter\n\
+                     vendflow_archive_{name}_total {value}\n"
+                );
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    #[test]
+    fn a_pipeline_reports_its_source_lag_and_archive() {
+        let lag: Arc<Mutex<Option<LagReading>>> = Arc::new(Mutex::new(None));
+        let errors = Arc::new(AtomicU64::new(0));
+        let (l, e) = (lag.clone(), errors.clone());
+        let pipeline = Pipeline::new(
+            "kafka",
+            "127.0.0.1:9092",
+            Box::new(|| SourceCounters {
+                messages: 7,
+                events: 9,
+                refused: 1,
+            }),
+        )
+        .with_lag(Box::new(move || {
+            l.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        }))
+        .with_archive(Box::new(move || ArchiveCounters {
+            files: 2,
+            events: 9,
+            errors: e.load(Ordering::SeqCst),
+        }));
+        let status = |c: &BTreeMap<String, Json>, part: &str| {
+            c[part]["status"].as_str().unwrap_or_default().to_owned()
+        };
+        // Not measured yet, then measured, then failing, then stale.
+        let c = pipeline.components();
+        assert!(status(&c, "kafka").starts_with("starting"), "{c:?}");
+        *lag.lock().unwrap_or_else(|p| p.into_inner()) = Some(LagReading {
+            taken: Instant::now(),
+            result: Ok(vec![
+                ("machine-telemetry".into(), 0, 10, 15),
+                ("machine-telemetry".into(), 1, 4, 4),
+            ]),
+        });
+        let c = pipeline.components();
+        assert_eq!(status(&c, "kafka"), "ok");
+        assert_eq!(c["kafka"]["lag"], 5);
+        assert_eq!(status(&c, "archive"), "ok");
+        let metrics = pipeline.metrics();
+        for line in [
+            "vendflow_source_messages_total{source=\"kafka\"} 7",
+            "vendflow_source_refused_total{source=\"kafka\"} 1",
+            "vendflow_source_lag_messages{source=\"kafka\",topic=\"machine-telemetry\",partition=\"0\"} 5",
+            "vendflow_archive_files_written_total 2",
+        ] {
+            assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+        }
+        errors.store(1, Ordering::SeqCst);
+        assert!(status(&pipeline.components(), "archive").starts_with("failing: 1 write error"));
+        *lag.lock().unwrap_or_else(|p| p.into_inner()) = Some(LagReading {
+            taken: Instant::now() - Duration::from_secs(60),
+            result: Ok(Vec::new()),
+        });
+        assert!(status(&pipeline.components(), "kafka").starts_with("unreachable"));
+        *lag.lock().unwrap_or_else(|p| p.into_inner()) = Some(LagReading {
+            taken: Instant::now(),
+            result: Err("broker down".into()),
+        });
+        assert_eq!(
+            status(&pipeline.components(), "kafka"),
+            "unreachable: broker down"
+        );
+    }
+}
