@@ -43,6 +43,34 @@ pub type Tap = std::sync::Arc<
         + Sync,
 >;
 
+/// What a source has taken in, under the same names on every source: messages read, events
+/// decoded from them, and records refused (each one became an error record).
+#[derive(Default, Debug)]
+pub struct Counters {
+    pub messages: std::sync::atomic::AtomicU64,
+    pub events: std::sync::atomic::AtomicU64,
+    pub refused: std::sync::atomic::AtomicU64,
+}
+
+impl Counters {
+    pub fn read(&self) -> Counts {
+        use std::sync::atomic::Ordering::Relaxed;
+        Counts {
+            messages: self.messages.load(Relaxed),
+            events: self.events.load(Relaxed),
+            refused: self.refused.load(Relaxed),
+        }
+    }
+}
+
+/// [`Counters`] read at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub messages: u64,
+    pub events: u64,
+    pub refused: u64,
+}
+
 /// Why a source stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {

@@ -17,7 +17,7 @@
 //! its worker advances with the wall clock so that time-driven views (liveness, "today") move.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -57,9 +57,7 @@ pub struct SourceConfig {
 /// What the source has consumed: per (topic, partition), the next offset to read.
 #[derive(Default, Debug)]
 pub struct SourceStats {
-    pub messages: AtomicU64,
-    pub events: AtomicU64,
-    pub errors: AtomicU64,
+    pub counters: crate::Counters,
     pub positions: Mutex<BTreeMap<(String, i32), i64>>,
     /// A sample of consumed messages (at most one per consumer every 100 ms), for measuring
     /// freshness: see [`Freshness`].
@@ -322,11 +320,11 @@ fn consume(
                 let partition = message.partition();
                 let source = format!("kafka:{topic}/{partition}@{}", message.offset());
                 let payload = message.payload().unwrap_or(&[]);
-                stats.messages.fetch_add(1, Ordering::Relaxed);
+                stats.counters.messages.fetch_add(1, Ordering::Relaxed);
                 let received_at = Timestamp(i64::try_from(clock).unwrap_or(i64::MAX));
                 let (events_from, errors_from) = (batch.events.len(), batch.errors.len());
                 let mut refuse = |e: &DecodeError| {
-                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                    stats.counters.refused.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%source, error = %e, "refused a record");
                     batch
                         .errors
@@ -355,7 +353,7 @@ fn consume(
                     for result in decode_line(payload) {
                         match result {
                             Ok(event) => {
-                                stats.events.fetch_add(1, Ordering::Relaxed);
+                                stats.counters.events.fetch_add(1, Ordering::Relaxed);
                                 batch.events.push(event);
                             }
                             Err(e) => refuse(&e),

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
@@ -17,7 +17,7 @@ use vendflow_protocol::topics::Topic;
 use vendflow_protocol::{DecodeError, ErrorKind, Timestamp};
 
 use crate::auth::{Admission, Refusal, Verifier, machine_of_topic};
-use crate::{Position, Tap};
+use crate::{Counters, Position, Tap};
 
 /// Starts an MQTT broker on `listen` in a thread of its own (it blocks); returns once it accepts
 /// connections.
@@ -69,11 +69,18 @@ pub fn start_embedded_broker(listen: SocketAddr) -> Result<(), std::io::Error> {
     Ok(())
 }
 
-#[derive(Default, Debug)]
-pub struct MqttSourceStats {
-    pub messages: AtomicU64,
-    pub events: AtomicU64,
-    pub refused: AtomicU64,
+/// Where the MQTT source reads and what it reports to.
+pub struct MqttSource<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    /// The source's MQTT client id (and the name of its stream in the archive).
+    pub client_id: &'a str,
+    pub verifier: Verifier,
+    /// The source's clock: the wall clock live, the simulated clock in the demo.
+    pub clock: &'a (dyn Fn() -> Time + Sync),
+    pub counters: &'a Counters,
+    /// Sees every message as decoded (the archive).
+    pub tap: Option<&'a Tap>,
 }
 
 fn refusal_kind(r: &Refusal) -> ErrorKind {
@@ -85,21 +92,22 @@ fn refusal_kind(r: &Refusal) -> ErrorKind {
     }
 }
 
-/// Runs the source until `stop`. `clock` is the source's clock (wall clock live, the simulated
-/// clock in the demo): an envelope is ingested at its latest event time, but never later than
-/// the clock, and an idle source advances with the clock. `tap` sees every message as decoded.
-#[allow(clippy::too_many_arguments)]
+/// Runs `source` into `feeders` until `stop`. An envelope is ingested at its latest event time,
+/// but never later than the source's clock, and an idle source advances with the clock.
 pub fn run(
-    host: &str,
-    port: u16,
-    client_id: &str,
-    mut verifier: Verifier,
+    source: MqttSource<'_>,
     mut feeders: Feeders,
-    clock: &dyn Fn() -> Time,
-    stats: &MqttSourceStats,
-    tap: Option<&Tap>,
     stop: &AtomicBool,
 ) -> Result<(), vendflow_dataflows::EngineError> {
+    let MqttSource {
+        host,
+        port,
+        client_id,
+        mut verifier,
+        clock,
+        counters: stats,
+        tap,
+    } = source;
     // MQTT has no replayable positions: each run of the source is its own stream, numbered from 0
     // in the order messages arrive.
     let stream = format!("mqtt-{client_id}-{}", Timestamp::now().0);
@@ -183,7 +191,6 @@ pub fn run(
                         }
                     }
                     Err(refusal) => {
-                        stats.refused.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(topic = %publish.topic, code = refusal.code(), "refused: {refusal}");
                         let e = DecodeError::new(refusal_kind(&refusal), refusal.to_string());
                         batch
@@ -194,6 +201,9 @@ pub fn run(
                 stats
                     .events
                     .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
+                stats
+                    .refused
+                    .fetch_add(batch.errors.len() as u64, Ordering::Relaxed);
                 if let Some(tap) = tap {
                     let position = Position {
                         stream: &stream,

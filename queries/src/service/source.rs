@@ -11,10 +11,11 @@ use std::time::Duration;
 use vendflow_dataflows::Feeders;
 use vendflow_firmware::mqtt as mqtt_sim;
 use vendflow_firmware::{Fleet, FleetConfig};
+use vendflow_ingest::Counters;
 use vendflow_ingest::Tap;
 use vendflow_ingest::auth::{Credentials, SharedCredentials, Verifier};
 use vendflow_ingest::kafka::source::{self as kafka_source, SourceConfig, SourceStats};
-use vendflow_ingest::mqtt::MqttSourceStats;
+use vendflow_ingest::mqtt::MqttSource;
 use vendflow_ingest::registry::RegistryLog;
 use vendflow_ingest::server::Server;
 use vendflow_protocol::Timestamp;
@@ -87,11 +88,7 @@ impl Source {
                 let stats = Arc::new(SourceStats::default());
                 let counters: Arc<dyn Fn() -> SourceCounters + Send + Sync> = {
                     let stats = stats.clone();
-                    Arc::new(move || SourceCounters {
-                        messages: stats.messages.load(Ordering::Relaxed),
-                        events: stats.events.load(Ordering::Relaxed),
-                        refused: stats.errors.load(Ordering::Relaxed),
-                    })
+                    Arc::new(move || stats.counters.read())
                 };
                 let lag = Arc::new(Mutex::new(None));
                 let pipeline = {
@@ -164,14 +161,10 @@ impl Source {
                 for record in fleet.registry() {
                     registry.observe(record);
                 }
-                let stats = Arc::new(MqttSourceStats::default());
+                let stats = Arc::new(Counters::default());
                 let counters: Arc<dyn Fn() -> SourceCounters + Send + Sync> = {
                     let stats = stats.clone();
-                    Arc::new(move || SourceCounters {
-                        messages: stats.messages.load(Ordering::Relaxed),
-                        events: stats.events.load(Ordering::Relaxed),
-                        refused: stats.refused.load(Ordering::Relaxed),
-                    })
+                    Arc::new(move || stats.read())
                 };
                 let pipeline = {
                     let counters = counters.clone();
@@ -255,7 +248,7 @@ enum Plan {
         port: u16,
         seed: u64,
         speed: f64,
-        stats: Arc<MqttSourceStats>,
+        stats: Arc<Counters>,
         credentials: SharedCredentials,
         clock: Arc<AtomicU64>,
     },
@@ -339,17 +332,16 @@ impl Prepared {
                         vendflow_ingest::auth::DEFAULT_MAX_SKEW_MS,
                     );
                     Worker::spawn("mqtt-source", stop, move || {
-                        vendflow_ingest::mqtt::run(
-                            "127.0.0.1",
+                        let source = MqttSource {
+                            host: "127.0.0.1",
                             port,
-                            "vendflow-demo-source",
+                            client_id: "vendflow-demo-source",
                             verifier,
-                            feeders,
-                            &|| clock.load(Ordering::SeqCst),
-                            &stats,
-                            tap.as_ref(),
-                            &stop_flag,
-                        )?;
+                            clock: &|| clock.load(Ordering::SeqCst),
+                            counters: &stats,
+                            tap: tap.as_ref(),
+                        };
+                        vendflow_ingest::mqtt::run(source, feeders, &stop_flag)?;
                         Ok(())
                     })?
                 };

@@ -28,13 +28,8 @@ impl Health for EngineOnly {
     }
 }
 
-/// What a source has taken in so far.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SourceCounters {
-    pub messages: u64,
-    pub events: u64,
-    pub refused: u64,
-}
+/// What a source has taken in so far (messages, events, refused records).
+pub type SourceCounters = vendflow_ingest::Counts;
 
 /// The latest lag measurement (taken in the background: it asks the brokers): per partition,
 /// `(topic, partition, the engine's next offset, the log's end)`.
