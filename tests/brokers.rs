@@ -251,6 +251,50 @@ fn start_engine(
     )
 }
 
+/// The bridge's counter or gauge `vendflow_bridge_<name>` from its `GET /metrics`.
+fn bridge_metric(curl: &Curl, http: &str, name: &str) -> anyhow::Result<u64> {
+    let out = curl
+        .command()
+        .args(["-s", "--max-time", "5", &format!("https://{http}/metrics")])
+        .output()?;
+    let metrics = String::from_utf8_lossy(&out.stdout);
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("vendflow_bridge_{name} ")))
+        .with_context(|| format!("no {name} in the bridge's /metrics:\n{metrics}"))?
+        .trim()
+        .parse()
+        .with_context(|| name.to_owned())
+}
+
+/// Polls `condition` every 100 ms until it holds; fails with `what` after `limit`.
+fn wait_until(
+    what: &str,
+    limit: Duration,
+    mut condition: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        // A condition that cannot be read yet (a daemon still starting) is not met yet.
+        if condition().unwrap_or(false) {
+            return Ok(());
+        }
+        if started.elapsed() > limit {
+            bail!("{what}: not so after {} s", limit.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Messages the engine has consumed so far, from its status file.
+fn engine_messages(out: &Path) -> anyhow::Result<u64> {
+    let status: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("status.json"))?)?;
+    status["messages"]
+        .as_u64()
+        .context("status.json has no message count")
+}
+
 /// Waits until the archive has committed every telemetry message the engine consumed.
 fn wait_archived(out: &Path, engine: &Daemon) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -1131,8 +1175,14 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
     // 1. kill -9 the bridge mid-stream (12 simulated hours over about 6 s), restart it.
     let sent1 = d.join("sent-1.jsonl");
     let publisher = publish(&mqtt, "12", Some("7200"), Some("7:5"), &sent1)?;
-    std::thread::sleep(Duration::from_millis(2500));
+    // Mid-stream: once the bridge has forwarded some of it to Kafka.
+    wait_until(
+        "the bridge forwards the stream",
+        Duration::from_secs(30),
+        || Ok(bridge_metric(&curl, &http, "forwarded_total")? >= 20),
+    )?;
     bridge.kill();
+    // Half a second with no bridge: machines keep publishing into Mosquitto's session.
     std::thread::sleep(Duration::from_millis(500));
     bridge = Daemon::spawn("bridge", &bin, &bridge_args, &d.join("bridge-2.log"))?;
     finish(publisher)?;
@@ -1160,8 +1210,15 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
     // Bad input through the real broker: each refused with its reason and counted as an error
     // record of the engine; nothing else moves (the revenue checks below include none of it).
     bad_input(&mosquitto_pub, mqtt_port, d, &out1, &engine)?;
-    // Refused, and (once the refusals are in Kafka) acknowledged: checked at the end.
-    std::thread::sleep(Duration::from_secs(1));
+    // Refused, and (once the refusals are in Kafka) acknowledged to Mosquitto.
+    wait_until(
+        "the refusals are in Kafka and acknowledged",
+        Duration::from_secs(30),
+        || {
+            Ok(bridge_metric(&curl, &http, "inflight")? == 0
+                && bridge_metric(&curl, &http, "acks_waiting")? == 0)
+        },
+    )?;
 
     // Commands back to machines, and their acknowledgements as a view.
     let sent_commands = command_checks(&curl, &http, &mqtt, &kafka, d, &out1, &engine)?;
@@ -1179,7 +1236,12 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
         "cmd-http-2",
     ])?;
     wait_offered(&curl, &http, d, "mach_00004", "cmd-http-2")?;
-    std::thread::sleep(Duration::from_secs(1)); // its delivery to MQTT committed
+    // Its delivery to MQTT acknowledged (and so its offset committed) before the bridge dies.
+    wait_until(
+        "the bridge's commands are acknowledged by MQTT",
+        Duration::from_secs(30),
+        || Ok(bridge_metric(&curl, &http, "commands_unacknowledged")? == 0),
+    )?;
 
     // 2. Bridge down, machines keep publishing, Mosquitto restarts, bridge back.
     bridge.kill();
@@ -1196,8 +1258,14 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
     // 3. kill -9 the engine while a stream flows and it writes Parquet; a new one rebuilds every
     // view from the log and completes the archive, writing no row twice and skipping none.
     let sent3 = d.join("sent-3.jsonl");
+    let before = engine_messages(&out1)?;
     let publisher = publish(&mqtt, "3", Some("3600"), None, &sent3)?;
-    std::thread::sleep(Duration::from_millis(1500));
+    // Mid-stream: once the engine has consumed some of it.
+    wait_until(
+        "the engine consumes the stream",
+        Duration::from_secs(30),
+        || Ok(engine_messages(&out1)? >= before + 20),
+    )?;
     engine.kill();
     let published3 = finish(publisher)?;
     let out2 = d.join("views-2");
@@ -1250,20 +1318,7 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
     // leaves its message in the broker's inflight window until the next reconnect, and enough
     // of them stall the subscription.)
     // Read from the bridge's own counters (`GET /metrics`, Prometheus text).
-    let metrics = curl
-        .command()
-        .args(["-s", &format!("https://{http}/metrics")])
-        .output()?;
-    let metrics = String::from_utf8_lossy(&metrics.stdout).into_owned();
-    let metric = |name: &str| -> anyhow::Result<u64> {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("vendflow_bridge_{name} ")))
-            .with_context(|| format!("no {name} in /metrics:\n{metrics}"))?
-            .trim()
-            .parse()
-            .context(name.to_owned())
-    };
+    let metric = |name: &str| bridge_metric(&curl, &http, name);
     assert_eq!(
         metric("received_total")?,
         published2 + published3,
