@@ -393,12 +393,6 @@ fn probe_lag(
         let result = match &probe {
             Ok(p) => p
                 .measure(stats, Duration::from_secs(2))
-                .map(|parts| {
-                    parts
-                        .into_iter()
-                        .map(|p| (p.topic, p.partition, p.position, p.end))
-                        .collect()
-                })
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use serde_json::{Value as Json, json};
+use vendflow_ingest::kafka::source::PartitionLag;
 
 /// What the binary knows about the parts around the engine.
 pub trait Health: Send + Sync {
@@ -36,7 +37,7 @@ pub type SourceCounters = vendflow_ingest::Counts;
 #[derive(Clone, Debug)]
 pub struct LagReading {
     pub taken: std::time::Instant,
-    pub result: Result<Vec<(String, i32, i64, i64)>, String>,
+    pub result: Result<Vec<PartitionLag>, String>,
 }
 
 /// What the archive has written so far.
@@ -59,11 +60,6 @@ pub struct Pipeline {
     /// The archive's error count last seen to change, and when: an error makes the archive
     /// `failing` for five minutes, not for ever.
     archive_seen: std::sync::Mutex<(u64, Option<std::time::Instant>)>,
-}
-
-/// Messages of one partition the engine has not read yet.
-fn lag_of((_, _, position, end): &(String, i32, i64, i64)) -> i64 {
-    (end - position).max(0)
 }
 
 /// How old a lag reading may be before the brokers count as unreachable.
@@ -119,10 +115,10 @@ impl Pipeline {
                             ))
                         }
                         Ok(parts) => {
-                            out["lag"] = json!(parts.iter().map(lag_of).sum::<i64>());
+                            out["lag"] = json!(parts.iter().map(PartitionLag::lag).sum::<i64>());
                             out["partitions"] = parts
                                 .iter()
-                                .map(|p @ (topic, partition, at, end)| json!({"topic": topic, "partition": partition, "position": at, "end": end, "lag": lag_of(p)}))
+                                .map(|p| json!({"topic": p.topic, "partition": p.partition, "position": p.position, "end": p.end, "lag": p.lag()}))
                                 .collect();
                         }
                     }
@@ -195,11 +191,13 @@ impl Health for Pipeline {
                 "# HELP vendflow_source_lag_messages Messages in the log the engine has not read yet, per partition.\n\
                  # TYPE vendflow_source_lag_messages gauge\n",
             );
-            for p @ (topic, partition, _, _) in &parts {
+            for p in &parts {
                 let _ = writeln!(
                     out,
-                    "vendflow_source_lag_messages{{source=\"{source}\",topic=\"{topic}\",partition=\"{partition}\"}} {}",
-                    lag_of(p)
+                    "vendflow_source_lag_messages{{source=\"{source}\",topic=\"{}\",partition=\"{}\"}} {}",
+                    p.topic,
+                    p.partition,
+                    p.lag()
                 );
             }
         }
@@ -264,8 +262,18 @@ mod tests {
         *lag.lock().unwrap_or_else(|p| p.into_inner()) = Some(LagReading {
             taken: Instant::now(),
             result: Ok(vec![
-                ("machine-telemetry".into(), 0, 10, 15),
-                ("machine-telemetry".into(), 1, 4, 4),
+                PartitionLag {
+                    topic: "machine-telemetry".into(),
+                    partition: 0,
+                    position: 10,
+                    end: 15,
+                },
+                PartitionLag {
+                    topic: "machine-telemetry".into(),
+                    partition: 1,
+                    position: 4,
+                    end: 4,
+                },
             ]),
         });
         let c = pipeline.components();
