@@ -10,6 +10,8 @@
 //! - [`bridge`]: MQTT → Kafka, acknowledged to MQTT only once Kafka has the message.
 //! - [`gateway`]: what the bridge's MQTT and HTTP doors share (counters, pending commands).
 //! - [`http`]: `POST /api/telemetry` (axum), into the same topics as the bridge.
+//! - `intake`: what every source does with a message once read: split into events and
+//!   counted error records, and shown to the archive's tap at its position.
 //! - [`kafka`]: topics, client settings, and the Kafka source of the dataflows.
 //! - [`mqtt`]: the MQTT source (embedded mode, no Kafka) and the embedded broker of the demo.
 //! - [`registry`]: the registry log (upserts by key), on Kafka or straight into the engine.
@@ -20,6 +22,7 @@ pub mod bridge;
 pub mod file;
 pub mod gateway;
 pub mod http;
+mod intake;
 pub mod kafka;
 pub mod mqtt;
 pub mod registry;

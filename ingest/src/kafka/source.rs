@@ -277,6 +277,7 @@ fn consume(
     // `fleet-commands` is an upsert log: a record replaces the one with the same key, so the
     // engine gets the old record's retraction with the new one (only this consumer reads it).
     let mut registry = crate::registry::Keyed::default();
+    let intake = crate::intake::Intake::new(&stats.counters, tap);
     let mut clock: Time = 0;
     let mut batch = Batch::default();
     let mut idle_polls = 0u32;
@@ -319,17 +320,15 @@ fn consume(
                 let topic = message.topic().to_owned();
                 let partition = message.partition();
                 let source = format!("kafka:{topic}/{partition}@{}", message.offset());
+                let stream = format!("{topic}/{partition}");
                 let payload = message.payload().unwrap_or(&[]);
-                stats.counters.messages.fetch_add(1, Ordering::Relaxed);
                 let received_at = Timestamp(i64::try_from(clock).unwrap_or(i64::MAX));
-                let (events_from, errors_from) = (batch.events.len(), batch.errors.len());
-                let mut refuse = |e: &DecodeError| {
-                    stats.counters.refused.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%source, error = %e, "refused a record");
-                    batch
-                        .errors
-                        .push(ErrorRecord::new(received_at, source.clone(), e, payload));
+                let at = Position {
+                    stream: &stream,
+                    offset: message.offset(),
+                    received_at,
                 };
+                let taken = intake.begin(&batch, &source, at, payload);
                 if topic == FLEET_COMMANDS_TOPIC {
                     match decode_registry(payload) {
                         Ok(record) => {
@@ -338,40 +337,22 @@ fn consume(
                             }
                             registry.upsert(record, &mut batch.registry);
                         }
-                        Err(e) => refuse(&e),
+                        Err(e) => intake.refuse(&mut batch, &taken, &e),
                     }
                 } else if topic == COMMANDS_TOPIC {
                     match decode_command(payload) {
                         Ok(command) => batch.commands.push(command),
-                        Err(e) => refuse(&e),
+                        Err(e) => intake.refuse(&mut batch, &taken, &e),
                     }
                 } else if topic == REJECTED_TOPIC {
+                    // Refused (and counted) by the bridge: recorded here, not counted again.
                     batch
                         .errors
                         .push(rejection_record(payload, received_at, &source));
                 } else {
-                    for result in decode_line(payload) {
-                        match result {
-                            Ok(event) => {
-                                stats.counters.events.fetch_add(1, Ordering::Relaxed);
-                                batch.events.push(event);
-                            }
-                            Err(e) => refuse(&e),
-                        }
-                    }
+                    intake.decoded(&mut batch, &taken, decode_line(payload));
                 }
-                if let Some(tap) = tap {
-                    let position = Position {
-                        stream: &format!("{topic}/{partition}"),
-                        offset: message.offset(),
-                        received_at,
-                    };
-                    tap(
-                        position,
-                        &batch.events[events_from..],
-                        &batch.errors[errors_from..],
-                    );
-                }
+                intake.end(&batch, taken);
                 if let Ok(mut p) = stats.positions.lock() {
                     p.insert((topic, partition), message.offset() + 1);
                 }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
-use vendflow_dataflows::{Batch, ErrorRecord, Feeders, Time};
+use vendflow_dataflows::{Batch, Feeders, Time};
 use vendflow_protocol::decode::decode_envelope;
 use vendflow_protocol::topics::Topic;
 use vendflow_protocol::{DecodeError, ErrorKind, Timestamp};
@@ -105,9 +105,10 @@ pub fn run(
         client_id,
         mut verifier,
         clock,
-        counters: stats,
+        counters,
         tap,
     } = source;
+    let intake = crate::intake::Intake::new(counters, tap);
     // MQTT has no replayable positions: each run of the source is its own stream, numbered from 0
     // in the order messages arrive.
     let stream = format!("mqtt-{client_id}-{}", Timestamp::now().0);
@@ -149,69 +150,50 @@ pub fn run(
                 }
             }
             Event::Incoming(Packet::Publish(publish)) => {
-                stats.messages.fetch_add(1, Ordering::Relaxed);
                 let now = clock();
                 let wall = Timestamp::now().0;
                 let verdict = machine_of_topic(&publish.topic, Topic::Telemetry)
                     .and_then(|m| verifier.check(m, &publish.payload, wall).map(|a| (m, a)));
+                let (key, signed, decoded, refusal) = match verdict {
+                    Ok((machine, Admission::Forward(signed))) => (
+                        machine_key(machine),
+                        signed,
+                        Some(decode_envelope(&publish.payload)),
+                        None,
+                    ),
+                    // A redelivery of what was already forwarded: acknowledged, not taken again.
+                    Ok((machine, _)) => (machine_key(machine), None, None, None),
+                    Err(refusal) => (0, None, None, Some(refusal)),
+                };
+                // The envelope is ingested at its latest event time (never after the clock), and
+                // its records carry that time.
+                if let Some(Ok(results)) = &decoded {
+                    for e in results.iter().flatten() {
+                        let ts = u64::try_from(e.timestamp.0).unwrap_or(0);
+                        time = time.max(ts.min(now));
+                    }
+                }
+                let source = format!("mqtt:{}", publish.topic);
+                let at = Position {
+                    stream: &stream,
+                    offset,
+                    received_at: Timestamp(i64::try_from(time).unwrap_or(i64::MAX)),
+                };
                 let mut batch = Batch::default();
-                let mut key = 0;
-                match verdict {
-                    Ok((machine, admission)) => {
-                        key = machine_key(machine);
-                        if let Admission::Forward(signed) = admission {
-                            match decode_envelope(&publish.payload) {
-                                Ok(results) => {
-                                    for r in results {
-                                        match r {
-                                            Ok(e) => {
-                                                let ts = u64::try_from(e.timestamp.0).unwrap_or(0);
-                                                time = time.max(ts.min(now));
-                                                batch.events.push(e);
-                                            }
-                                            Err(e) => batch.errors.push(error_record(
-                                                time,
-                                                &publish.topic,
-                                                &e,
-                                                &publish.payload,
-                                            )),
-                                        }
-                                    }
-                                }
-                                Err(e) => batch.errors.push(error_record(
-                                    time,
-                                    &publish.topic,
-                                    &e,
-                                    &publish.payload,
-                                )),
-                            }
-                            if let Some(s) = signed {
-                                verifier.forwarded(&s, &publish.payload);
-                            }
-                        }
-                    }
-                    Err(refusal) => {
-                        tracing::warn!(topic = %publish.topic, code = refusal.code(), "refused: {refusal}");
+                let message = intake.begin(&batch, &source, at, &publish.payload);
+                match (decoded, refusal) {
+                    (Some(Ok(results)), _) => intake.decoded(&mut batch, &message, results),
+                    (Some(Err(e)), _) => intake.refuse(&mut batch, &message, &e),
+                    (None, Some(refusal)) => {
                         let e = DecodeError::new(refusal_kind(&refusal), refusal.to_string());
-                        batch
-                            .errors
-                            .push(error_record(time, &publish.topic, &e, &publish.payload));
+                        intake.refuse(&mut batch, &message, &e);
                     }
+                    (None, None) => {}
                 }
-                stats
-                    .events
-                    .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
-                stats
-                    .refused
-                    .fetch_add(batch.errors.len() as u64, Ordering::Relaxed);
-                if let Some(tap) = tap {
-                    let position = Position {
-                        stream: &stream,
-                        offset,
-                        received_at: Timestamp(i64::try_from(time).unwrap_or(i64::MAX)),
-                    };
-                    tap(position, &batch.events, &batch.errors);
+                if let Some(signed) = signed {
+                    verifier.forwarded(&signed, &publish.payload);
                 }
+                intake.end(&batch, message);
                 offset += 1;
                 if !batch.is_empty() {
                     feeders.send_keyed(key, time, batch)?;
@@ -232,13 +214,4 @@ fn machine_key(machine: &str) -> u64 {
     machine.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     })
-}
-
-fn error_record(time: Time, topic: &str, e: &DecodeError, raw: &[u8]) -> ErrorRecord {
-    ErrorRecord::new(
-        Timestamp(i64::try_from(time).unwrap_or(i64::MAX)),
-        format!("mqtt:{topic}"),
-        e,
-        raw,
-    )
 }

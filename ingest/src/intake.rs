@@ -1,0 +1,154 @@
+//! What every source does with a message its transport has read, written once: its decoded
+//! events go into the batch, each failure becomes an error record (counted, logged, kept with
+//! the raw bytes for whoever sent it), and the archive's tap sees the message's events and
+//! errors at its position. The transport decides only what a message is, where it sits and what
+//! time it is ingested at.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use vendflow_dataflows::{Batch, ErrorRecord};
+use vendflow_protocol::{DecodeError, Event};
+
+use crate::{Counters, Position, Tap};
+
+/// A source's counters and tap.
+#[derive(Clone, Copy)]
+pub(crate) struct Intake<'a> {
+    counters: &'a Counters,
+    tap: Option<&'a Tap>,
+}
+
+/// One message being taken in.
+pub(crate) struct Message<'a> {
+    /// Where it came from, for its error records: `kafka:<topic>/<partition>@<offset>`,
+    /// `mqtt:<topic>`.
+    pub source: &'a str,
+    /// Its stream, offset and ingestion time (the tap's position).
+    pub at: Position<'a>,
+    pub raw: &'a [u8],
+    /// Where its records begin in the batch.
+    marks: (usize, usize),
+}
+
+impl<'a> Intake<'a> {
+    pub fn new(counters: &'a Counters, tap: Option<&'a Tap>) -> Intake<'a> {
+        Intake { counters, tap }
+    }
+
+    /// Starts a message whose records will go into `batch` (counted as one message).
+    pub fn begin<'m>(
+        &self,
+        batch: &Batch,
+        source: &'m str,
+        at: Position<'m>,
+        raw: &'m [u8],
+    ) -> Message<'m> {
+        self.counters.messages.fetch_add(1, Relaxed);
+        Message {
+            source,
+            at,
+            raw,
+            marks: (batch.events.len(), batch.errors.len()),
+        }
+    }
+
+    /// The message's decoded `results`: events into `batch`, each failure refused.
+    pub fn decoded(
+        &self,
+        batch: &mut Batch,
+        message: &Message<'_>,
+        results: impl IntoIterator<Item = Result<Event, DecodeError>>,
+    ) {
+        for result in results {
+            match result {
+                Ok(event) => {
+                    self.counters.events.fetch_add(1, Relaxed);
+                    batch.events.push(event);
+                }
+                Err(e) => self.refuse(batch, message, &e),
+            }
+        }
+    }
+
+    /// A record of the message refused: an error record with its reason and raw bytes.
+    pub fn refuse(&self, batch: &mut Batch, message: &Message<'_>, e: &DecodeError) {
+        self.counters.refused.fetch_add(1, Relaxed);
+        tracing::warn!(source = message.source, kind = e.kind.as_str(), error = %e, "refused a record");
+        batch.errors.push(ErrorRecord::new(
+            message.at.received_at,
+            message.source.to_owned(),
+            e,
+            message.raw,
+        ));
+    }
+
+    /// The message is done: the tap sees its events and errors at its position.
+    pub fn end(&self, batch: &Batch, message: Message<'_>) {
+        if let Some(tap) = self.tap {
+            let (events, errors) = message.marks;
+            tap(message.at, &batch.events[events..], &batch.errors[errors..]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use vendflow_protocol::Timestamp;
+    use vendflow_protocol::decode::decode_line;
+
+    use super::*;
+
+    #[test]
+    fn a_message_splits_into_events_and_counted_error_records_and_the_tap_sees_only_it() {
+        let counters = Counters::default();
+        let seen: Arc<Mutex<Vec<(i64, usize, usize)>>> = Arc::default();
+        let tap: Tap = {
+            let seen = seen.clone();
+            Arc::new(
+                move |at: Position<'_>, events: &[Event], errors: &[ErrorRecord]| {
+                    seen.lock().unwrap_or_else(|e| e.into_inner()).push((
+                        at.offset,
+                        events.len(),
+                        errors.len(),
+                    ));
+                },
+            )
+        };
+        let intake = Intake::new(&counters, Some(&tap));
+        let mut batch = Batch::default();
+        let at = |offset| Position {
+            stream: "t/0",
+            offset,
+            received_at: Timestamp(1_000),
+        };
+        for (offset, raw) in [
+            (
+                7,
+                br#"{"machineId":"m1","type":"heartbeat","timestamp":1705305600000,"payload":{}}"#
+                    .as_slice(),
+            ),
+            (8, b"{not json".as_slice()),
+        ] {
+            let message = intake.begin(&batch, "kafka:t/0", at(offset), raw);
+            intake.decoded(&mut batch, &message, decode_line(raw));
+            intake.end(&batch, message);
+        }
+        assert_eq!((batch.events.len(), batch.errors.len()), (1, 1));
+        assert_eq!(batch.errors[0].source, "kafka:t/0");
+        assert_eq!(
+            counters.read(),
+            crate::Counts {
+                messages: 2,
+                events: 1,
+                refused: 1
+            }
+        );
+        assert_eq!(
+            *seen.lock().unwrap_or_else(|e| e.into_inner()),
+            vec![(7, 1, 0), (8, 0, 1)],
+            "the tap sees each message's own records"
+        );
+    }
+}
