@@ -641,6 +641,17 @@ impl ViewDef {
         self.column(name).map(|i| row.cell(i))
     }
 
+    /// The positions of the columns called `names`, resolved once for a pass over many rows
+    /// (where reading each cell by name would search the columns again); `None` if the view
+    /// lacks one.
+    pub fn columns<const N: usize>(&self, names: [&str; N]) -> Option<[usize; N]> {
+        let mut positions = [0; N];
+        for (position, name) in positions.iter_mut().zip(names) {
+            *position = self.column(name)?;
+        }
+        Some(positions)
+    }
+
     /// `row` (a row of this view), read by column name.
     pub fn named<'a>(&'a self, row: &'a Row) -> Named<'a> {
         Named { view: self, row }

@@ -46,10 +46,12 @@ pub struct FleetSummary {
     pub refused_records: i64,
 }
 
-/// The position of `name` in `view`, which must have it (a test checks every use).
-fn column(view: &ViewDef, name: &str) -> Result<usize, StoreError> {
-    view.column(name)
-        .ok_or_else(|| StoreError::UnknownColumn(view.name, name.to_owned()))
+/// The positions of `names` in `view`, which must have them (the tests read every view).
+fn columns<const N: usize>(view: &ViewDef, names: [&str; N]) -> Result<[usize; N], StoreError> {
+    view.columns(names).ok_or_else(|| {
+        let missing = names.iter().find(|n| view.column(n).is_none());
+        StoreError::UnknownColumn(view.name, missing.copied().unwrap_or_default().to_owned())
+    })
 }
 
 fn int(row: &Row, i: usize) -> i64 {
@@ -59,12 +61,11 @@ fn int(row: &Row, i: usize) -> i64 {
     }
 }
 
-fn text_is(row: &Row, i: usize, text: &str) -> bool {
-    matches!(row.cell(i), Value::Text(t) if t == text)
-}
-
-fn flag(row: &Row, i: usize) -> bool {
-    row.cell(i) == Value::Bool(true)
+fn money(row: &Row, i: usize) -> i64 {
+    match row.cell(i) {
+        Value::Money(c) => c.0,
+        _ => 0,
+    }
 }
 
 impl FleetSummary {
@@ -106,7 +107,6 @@ impl FleetSummary {
             day,
             ..FleetSummary::default()
         };
-        let machine = |view: &ViewDef| column(view, "machine_id");
         let within = |row: &Row, at: usize| match scope {
             Scope::Fleet => true,
             Scope::Machines(m) => {
@@ -114,10 +114,7 @@ impl FleetSummary {
             }
         };
 
-        let (id, status) = (
-            machine(&liveness::LIVENESS)?,
-            column(&liveness::LIVENESS, "status")?,
-        );
+        let [id, status] = columns(&liveness::LIVENESS, ["machine_id", "status"])?;
         let mut count = |status: &str| match status {
             "active" => summary.active += 1,
             "maintenance" => summary.maintenance += 1,
@@ -150,11 +147,7 @@ impl FleetSummary {
         }
         summary.machines = summary.active + summary.offline + summary.maintenance;
 
-        let (id, grade, alerts) = (
-            machine(&health::HEALTH)?,
-            column(&health::HEALTH, "grade")?,
-            column(&health::HEALTH, "alerts")?,
-        );
+        let [id, grade, alerts] = columns(&health::HEALTH, ["machine_id", "grade", "alerts"])?;
         for row in s
             .rows(health::HEALTH.name)?
             .iter()
@@ -163,79 +156,60 @@ impl FleetSummary {
             let n = int(row, alerts);
             summary.alerts += n;
             summary.machines_with_alerts += usize::from(n > 0);
-            summary.poor_health += usize::from(text_is(row, grade, "poor"));
+            summary.poor_health += usize::from(row.cell(grade) == Value::text("poor"));
         }
 
-        summary.revenue_today = match scope {
-            Scope::Fleet => {
-                let (day_at, revenue) = (
-                    column(&revenue::FLEET_TODAY, "day")?,
-                    column(&revenue::FLEET_TODAY, "revenue")?,
-                );
-                Cents(
-                    s.rows(revenue::FLEET_TODAY.name)?
-                        .iter()
-                        .filter(|r| r.cell(day_at) == Value::Date(day))
-                        .map(|r| money(r, revenue))
-                        .sum(),
-                )
-            }
-            Scope::Machines(_) => {
-                let (id, day_at, revenue) = (
-                    machine(&revenue::MACHINE_DAILY)?,
-                    column(&revenue::MACHINE_DAILY, "day")?,
-                    column(&revenue::MACHINE_DAILY, "revenue")?,
-                );
-                Cents(
-                    s.rows(revenue::MACHINE_DAILY.name)?
-                        .iter()
-                        .filter(|r| r.cell(day_at) == Value::Date(day) && within(r, id))
-                        .map(|r| money(r, revenue))
-                        .sum(),
-                )
-            }
+        // Today's revenue: the fleet's own view, or the scope's machines' daily rows.
+        let (view, owner) = match scope {
+            Scope::Fleet => (&revenue::FLEET_TODAY, None),
+            Scope::Machines(_) => (
+                &revenue::MACHINE_DAILY,
+                Some(columns(&revenue::MACHINE_DAILY, ["machine_id"])?[0]),
+            ),
         };
-
-        let (id, low, sold_out) = (
-            machine(&inventory::INVENTORY)?,
-            column(&inventory::INVENTORY, "low_stock")?,
-            column(&inventory::INVENTORY, "sold_out")?,
+        let [day_at, revenue] = columns(view, ["day", "revenue"])?;
+        summary.revenue_today = Cents(
+            s.rows(view.name)?
+                .iter()
+                .filter(|r| {
+                    r.cell(day_at) == Value::Date(day) && owner.is_none_or(|i| within(r, i))
+                })
+                .map(|r| money(r, revenue))
+                .sum(),
         );
+
+        let [id, low, sold_out] = columns(
+            &inventory::INVENTORY,
+            ["machine_id", "low_stock", "sold_out"],
+        )?;
         for row in s
             .rows(inventory::INVENTORY.name)?
             .iter()
             .filter(|r| within(r, id))
         {
-            summary.low_stock_slots += usize::from(flag(row, low));
-            summary.sold_out_slots += usize::from(flag(row, sold_out));
+            summary.low_stock_slots += usize::from(row.cell(low) == Value::Bool(true));
+            summary.sold_out_slots += usize::from(row.cell(sold_out) == Value::Bool(true));
         }
-        let id = machine(&stockout::RESTOCK_NEEDED)?;
+        let [id] = columns(&stockout::RESTOCK_NEEDED, ["machine_id"])?;
         summary.machines_to_restock = s
             .rows(stockout::RESTOCK_NEEDED.name)?
             .iter()
             .filter(|r| within(r, id))
             .count();
 
-        let dropped = column(&sales::DUPLICATES, "duplicates")?;
+        let [dropped] = columns(&sales::DUPLICATES, ["duplicates"])?;
         summary.duplicates = s
             .rows(sales::DUPLICATES.name)?
             .iter()
             .map(|r| int(r, dropped))
             .sum();
-        let refused = column(&errors::ERROR_COUNTS, "records")?;
+        let [refused] = columns(&errors::ERROR_COUNTS, ["records"])?;
         summary.refused_records = s
             .rows(errors::ERROR_COUNTS.name)?
             .iter()
             .map(|r| int(r, refused))
             .sum();
         Ok(summary)
-    }
-}
-
-fn money(row: &Row, i: usize) -> i64 {
-    match row.cell(i) {
-        Value::Money(c) => c.0,
-        _ => 0,
     }
 }
 

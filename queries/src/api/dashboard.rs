@@ -12,11 +12,12 @@ use serde::Deserialize;
 use serde_json::{Value as Json, json};
 use tokio::sync::mpsc::Sender;
 use vendflow_dataflows::health::HEALTH;
+use vendflow_dataflows::inventory::INVENTORY;
 use vendflow_dataflows::liveness::LIVENESS;
 use vendflow_dataflows::revenue::MACHINE_DAILY;
 use vendflow_dataflows::row::Named;
 use vendflow_dataflows::summary::Scope;
-use vendflow_dataflows::{Change, FleetSummary, Subscription, Value};
+use vendflow_dataflows::{Change, FleetSummary, Row, Subscription, Value};
 use vendflow_protocol::units::MS_PER_DAY;
 use vendflow_protocol::{Cents, MachineStatus};
 
@@ -84,12 +85,23 @@ pub(super) async fn fleet(
     let today = summary.day;
     let rows = |view: &str| snapshot.named(view).into_iter().flatten();
     let mine = |r: &Named<'_>| machines.contains_key(text(r, "machine_id").as_str());
-    // The lists: the machines with low stock, to restock, and the top sellers today.
+    // The lists: the machines with low stock, to restock, and the top sellers today. The two
+    // large views (a row per slot, per machine-day) are read by positions resolved once.
+    let bug = |view: &str| ApiError::internal(format!("{view} lacks a column the dashboard reads"));
+    let owned = |row: &Row, at: usize| match row.cell(at) {
+        Value::Text(t) if machines.contains_key(t.as_str()) => Some(t),
+        _ => None,
+    };
+    let [id, low_at, sold_at] = INVENTORY
+        .columns(["machine_id", "low_stock", "sold_out"])
+        .ok_or_else(|| bug(INVENTORY.name))?;
     let mut low: HashMap<String, (usize, usize)> = HashMap::new();
-    for r in rows("inventory").filter(mine) {
-        let entry = low.entry(text(&r, "machine_id")).or_default();
-        entry.0 += usize::from(r.flag("low_stock"));
-        entry.1 += usize::from(r.flag("sold_out"));
+    for r in snapshot.rows(INVENTORY.name).unwrap_or_default() {
+        if let Some(machine) = owned(r, id) {
+            let entry = low.entry(machine.into()).or_default();
+            entry.0 += usize::from(r.cell(low_at) == Value::Bool(true));
+            entry.1 += usize::from(r.cell(sold_at) == Value::Bool(true));
+        }
     }
     let mut low: Vec<(String, usize, usize)> = low
         .into_iter()
@@ -97,9 +109,18 @@ pub(super) async fn fleet(
         .map(|(m, (l, s))| (m, l, s))
         .collect();
     low.sort_by(|a, b| (b.2, b.1, &a.0).cmp(&(a.2, a.1, &b.0)));
-    let mut revenue: Vec<(String, i64)> = rows("revenue_machine_daily")
-        .filter(|r| r.date("day") == Some(today) && mine(r))
-        .map(|r| (text(&r, "machine_id"), r.cents("revenue").unwrap_or(0)))
+    let [id, day_at, revenue_at] = MACHINE_DAILY
+        .columns(["machine_id", "day", "revenue"])
+        .ok_or_else(|| bug(MACHINE_DAILY.name))?;
+    let mut revenue: Vec<(String, i64)> = snapshot
+        .rows(MACHINE_DAILY.name)
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r.cell(day_at) == Value::Date(today))
+        .filter_map(|r| match (owned(r, id), r.cell(revenue_at)) {
+            (Some(machine), Value::Money(c)) => Some((machine.into(), c.0)),
+            _ => None,
+        })
         .collect();
     revenue.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     let restock: Vec<Json> = rows("restock_needed")

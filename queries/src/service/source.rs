@@ -289,6 +289,8 @@ impl Prepared {
 
     /// Starts feeding the engine; `tap` sees every record read.
     pub fn start(self, tap: Option<Tap>, stop: &Arc<AtomicBool>) -> Result<Started, ServiceError> {
+        // The lag probe only feeds `/health` and `/metrics`: measured when an HTTP server took
+        // the pipeline's health.
         let lag_wanted = self.pipeline.is_none();
         match self.plan {
             Plan::Kafka {
