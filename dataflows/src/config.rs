@@ -16,6 +16,12 @@ pub struct Config {
     pub window_ms: i64,
     /// How long a closed anomaly window can still be corrected by a late event, and is kept.
     pub window_retention_ms: i64,
+    /// Days of sale lines kept in the on-disk ledger that recognises re-deliveries after the dedup
+    /// horizon (see [`crate::ledger`]).
+    pub ledger_retention_days: i64,
+    /// Where the engine keeps its on-disk state (the sale-line ledger); `None`: a temporary
+    /// directory, removed when the engine stops.
+    pub state_dir: Option<std::path::PathBuf>,
     /// How many days of per-day revenue are kept live (older days live in the Parquet history).
     pub revenue_retention_days: i64,
     /// A machine without a heartbeat for this long is offline.
@@ -41,6 +47,8 @@ impl Default for Config {
         Config {
             workers: 2,
             dedup_horizon_ms: 48 * MS_PER_HOUR,
+            ledger_retention_days: 400,
+            state_dir: None,
             window_ms: 5 * MS_PER_MINUTE,
             window_retention_ms: 48 * MS_PER_HOUR,
             revenue_retention_days: 35,

@@ -22,6 +22,7 @@ use vendflow_protocol::{Command, Event, EventKind, MachineId, RegistryRecord, Ti
 use crate::anomaly_windows::{Agg, WindowKey};
 use crate::config::Config;
 use crate::errors::ErrorRecord;
+use crate::ledger::Ledger;
 use crate::operators::{FastSet, Fork, Time, fork, ship};
 use crate::row::Row;
 use crate::sales::SaleLine;
@@ -39,6 +40,8 @@ pub(crate) struct Inputs<'s> {
     pub commands: VecCollection<'s, Time, Command>,
     /// One row: the start of the current ingestion hour.
     pub clock: VecCollection<'s, Time, Timestamp>,
+    /// This worker's sale-line ledger.
+    pub ledger: Ledger,
 }
 
 /// The events split by what reads them, in one pass: a collection read by several operators is
@@ -157,6 +160,7 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
         errors,
         commands,
         clock,
+        ledger,
     } = inputs;
 
     let machine_location = registry.clone().flat_map(|r| match r {
@@ -170,7 +174,7 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
 
     let events = Demuxed::of(events, config.window_ms);
     let commands = commands::render(commands, events.acks, config);
-    let sales = sales::render(events.sales, config);
+    let sales = sales::render(events.sales, ledger, config);
     let revenue = revenue::render(sales.accepted.clone(), machine_location, config);
     let levels = inventory::render(events.restocks, sales.accepted.clone(), plans);
     let windows = anomaly_windows::render(events.telemetry, sales.accepted.clone(), config);
@@ -220,6 +224,16 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
         (
             "top_machines_today",
             revenue.top_today.map(revenue::top_row),
+        ),
+        (
+            "revenue_corrections",
+            revenue.corrections.map(revenue::correction_row),
+        ),
+        (
+            "revenue_location_corrections",
+            revenue
+                .location_corrections
+                .map(revenue::location_correction_row),
         ),
         (
             "slot_sales",

@@ -28,6 +28,7 @@ use vendflow_protocol::{Command as MachineCommand, Event, RegistryRecord, Timest
 use crate::config::Config;
 use crate::dataflow::{Inputs, build};
 use crate::errors::ErrorRecord;
+use crate::ledger::Ledger;
 use crate::operators::Time;
 use crate::view_store::{self, ViewPusher, ViewStore};
 
@@ -38,6 +39,10 @@ const CHANNEL_DEPTH: usize = 16;
 pub enum EngineError {
     #[error("cannot start the dataflow workers: {0}")]
     Start(String),
+    #[error(transparent)]
+    Ledger(#[from] crate::ledger::LedgerError),
+    #[error("cannot create the engine's state directory: {0}")]
+    StateDir(std::io::Error),
     #[error("a dataflow worker failed: {0}")]
     Worker(String),
     #[error("the engine has stopped; the batch was not ingested")]
@@ -214,11 +219,31 @@ pub struct Engine {
     stop: Arc<AtomicBool>,
     workers: Option<timely_communication::WorkerGuards<()>>,
     store_thread: Option<std::thread::JoinHandle<()>>,
+    /// The state directory when none was configured: removed when the engine is dropped.
+    temporary_state: Option<tempfile::TempDir>,
 }
 
 impl Engine {
     pub fn start(config: Config) -> Result<Engine, EngineError> {
         let workers = config.workers.max(1);
+        let temporary_state = match &config.state_dir {
+            Some(_) => None,
+            None => Some(
+                tempfile::Builder::new()
+                    .prefix("vendflow-state-")
+                    .tempdir()
+                    .map_err(EngineError::StateDir)?,
+            ),
+        };
+        let state_dir = match (&config.state_dir, &temporary_state) {
+            (Some(dir), _) => dir.clone(),
+            (None, Some(t)) => t.path().to_owned(),
+            (None, None) => std::env::temp_dir(),
+        };
+        let ledgers: Vec<Option<Ledger>> = (0..workers)
+            .map(|i| Ledger::for_worker(&state_dir, i).map(Some))
+            .collect::<Result<_, _>>()?;
+        let ledgers = Arc::new(Mutex::new(ledgers));
         let (store, capture_tx, store_thread) = view_store::start(workers);
         let mut senders = Vec::with_capacity(workers);
         let mut receivers = Vec::with_capacity(workers);
@@ -239,11 +264,12 @@ impl Engine {
             let index = worker.index();
             let rx = receivers.lock().ok().and_then(|mut r| r[index].take());
             let tx = capture_tx.lock().map(|t| t.clone()).ok();
-            let (Some(rx), Some(tx)) = (rx, tx) else {
+            let ledger = ledgers.lock().ok().and_then(|mut l| l[index].take());
+            let (Some(rx), Some(tx), Some(ledger)) = (rx, tx, ledger) else {
                 tracing::error!(worker = index, "worker started without its channels");
                 return;
             };
-            run_worker(worker, rx, tx, &config, &worker_stop);
+            run_worker(worker, rx, tx, ledger, &config, &worker_stop);
         })
         .map_err(EngineError::Start)?;
         Ok(Engine {
@@ -255,6 +281,7 @@ impl Engine {
             stop,
             workers: Some(guards),
             store_thread: Some(store_thread),
+            temporary_state,
         })
     }
 
@@ -275,7 +302,9 @@ impl Engine {
     /// Leaves the engine running and frees nothing, for a process that is about to exit (the
     /// last step of a replay): draining the workers and freeing a gigabyte of state piece by
     /// piece only costs time when the operating system takes it back at once.
-    pub fn abandon_at_exit(self) {
+    pub fn abandon_at_exit(mut self) {
+        // The temporary state directory still goes (open files are fine to unlink).
+        drop(self.temporary_state.take());
         std::mem::forget(self);
     }
 
@@ -391,6 +420,7 @@ fn run_worker(
     worker: &mut timely::worker::Worker,
     rx: Receiver<Command>,
     tx: std::sync::mpsc::SyncSender<view_store::Captured>,
+    ledger: Ledger,
     config: &Config,
     stop: &AtomicBool,
 ) {
@@ -411,6 +441,7 @@ fn run_worker(
                 errors: errors_c,
                 commands: commands_c,
                 clock: clock_c,
+                ledger,
             },
             config,
         );

@@ -12,7 +12,8 @@
 //! - [`row`]: rows, cells, columns and a view's definition ([`ViewDef`]: its columns by name).
 //! - [`views`]: the catalog of published views.
 //! - `dataflow`: wires the views below into one dataflow.
-//! - [`sales`]: exactly-once sale lines (dedup with a horizon).
+//! - [`sales`]: exactly-once sale lines (dedup with a horizon in memory, the [`ledger`] on disk
+//!   beyond it).
 //! - [`revenue`]: revenue per machine / location / fleet per day, top machines, slot sales.
 //! - [`inventory`]: units per slot, low-stock and sold-out flags.
 //! - [`anomaly_windows`]: 5-minute sensor windows per machine, classified.
@@ -35,6 +36,7 @@ mod fold;
 pub mod health;
 pub mod inventory;
 pub mod leases;
+pub mod ledger;
 pub mod liveness;
 mod operators;
 pub mod revenue;

@@ -110,19 +110,25 @@ impl<K: Hash + Eq + Clone> ExpiringSet<K> {
         new
     }
 
-    /// Drops every key whose expiry is at or before `now`.
-    pub fn expire(&mut self, now: Time) {
-        self.expire_with(now, |_| {});
+    /// Whether `key` is live.
+    pub fn contains(&self, key: &K) -> bool {
+        self.live.contains(key)
     }
 
-    /// Like [`ExpiringSet::expire`], telling `gone` each key it drops.
-    pub fn expire_with(&mut self, now: Time, mut gone: impl FnMut(&K)) {
+    /// Drops every key whose expiry is at or before `now`.
+    pub fn expire(&mut self, now: Time) {
+        self.expire_with(now, |_, _| {});
+    }
+
+    /// Like [`ExpiringSet::expire`], telling `gone` each key it drops, with its expiry.
+    pub fn expire_with(&mut self, now: Time, mut gone: impl FnMut(Time, &K)) {
         while let Some(entry) = self.expiries.first_entry() {
             if *entry.key() > now {
                 break;
             }
-            for key in entry.remove() {
-                gone(&key);
+            let (expiry, keys) = entry.remove_entry();
+            for key in keys {
+                gone(expiry, &key);
                 self.live.remove(&key);
             }
         }

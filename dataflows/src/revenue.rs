@@ -13,12 +13,22 @@
 //! FROM accepted_sale_lines GROUP BY 1, 2
 //! ```
 //! A late sale (delivered hours later from an offline machine) adds to the day it happened on:
-//! the old total is retracted and the corrected one published. Totals are kept in the diff field
+//! the old total is retracted and the corrected one published. A sale for a day that has already
+//! left `revenue_machine_daily` (older than `revenue_retention_days`) is still counted: it goes to
+//! `revenue_corrections` (and `revenue_location_corrections`), by the day it arrived, and the
+//! archive adds those rows to the day's history, so `revenue_by_machine_day` over SQL includes it.
+//! ```sql
+//! -- revenue_corrections: kept until 2 days after the day they arrived
+//! SELECT machine_id, day(timestamp) AS day, day(arrival) AS arrived, sum(amount), sum(quantity), count(*)
+//! FROM accepted_sale_lines WHERE day(timestamp) left revenue_machine_daily before arrival GROUP BY 1, 2, 3
+//! ``` Totals are kept in the diff field
 //! (`explode` + `count_total`), so state is one record per (machine, day), not per sale.
 
 use std::collections::BTreeMap;
 
-use differential_dataflow::{AsCollection, VecCollection};
+use std::hash::Hash;
+
+use differential_dataflow::{AsCollection, ExchangeData, VecCollection};
 use timely::dataflow::operators::core::Map;
 use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR};
 use vendflow_protocol::{Cents, MachineId, Timestamp};
@@ -87,6 +97,32 @@ pub const TOP_MACHINES_TODAY: ViewDef = ViewDef {
         col("revenue", Money),
     ],
 };
+pub const CORRECTIONS: ViewDef = ViewDef {
+    name: "revenue_corrections",
+    description: "sales for days that had already left revenue_machine_daily, per machine, day and arrival day (added to the history)",
+    columns: &[
+        col("machine_id", Text),
+        col("day", Date),
+        col("arrived", Date),
+        col("revenue", Money),
+        col("units", Int),
+        col("lines", Int),
+    ],
+};
+pub const LOCATION_CORRECTIONS: ViewDef = ViewDef {
+    name: "revenue_location_corrections",
+    description: "sales for days that had already left revenue_location_daily, per location, day and arrival day (added to the history)",
+    columns: &[
+        col("location_id", Text),
+        col("day", Date),
+        col("arrived", Date),
+        col("revenue", Money),
+        col("units", Int),
+        col("lines", Int),
+    ],
+};
+/// Days a correction stays live after the day it arrived (time for the archive to write it).
+pub const CORRECTIONS_KEPT_DAYS: i64 = 2;
 pub const SLOT_SALES: ViewDef = ViewDef {
     name: "slot_sales",
     description: "units, lines and revenue per machine and slot, all time",
@@ -109,6 +145,10 @@ pub struct Revenue<'s> {
     pub slot_sales: VecCollection<'s, Time, ((MachineId, u32), Totals)>,
     /// Lines (counted per machine-day) whose day had already left the live window on arrival.
     pub too_late: VecCollection<'s, Time, (MachineId, i64)>,
+    /// Their totals, keyed by (machine, (day, arrival day)).
+    pub corrections: VecCollection<'s, Time, ((MachineId, (i64, i64)), Totals)>,
+    /// The same by location.
+    pub location_corrections: VecCollection<'s, Time, ((String, (i64, i64)), Totals)>,
 }
 
 pub fn totals_of(line: &SaleLine) -> Totals {
@@ -152,7 +192,29 @@ pub fn render<'s>(
             Summed::Total(..) => None,
         })
         .as_collection();
-    let machine_daily = totals(daily);
+    let machine_daily = totals(daily.clone());
+    let late_lines = daily
+        .inner
+        .flat_map::<Vec<_>, _, _>(|(s, t, r)| match s {
+            Summed::Late((m, day), totals) => {
+                let arrived = i64::try_from(t).unwrap_or(i64::MAX).div_euclid(MS_PER_DAY);
+                Some((((m, (day, arrived)), totals), t, r))
+            }
+            Summed::Total(..) => None,
+        })
+        .as_collection();
+    let corrections = totals(sum_by_key(
+        late_lines,
+        "Revenue: corrections",
+        |k: &(MachineId, (i64, i64))| hash_of(&k.0),
+        |(_, (_, arrived)): &(MachineId, (i64, i64))| {
+            (
+                0,
+                as_time((arrived + 1 + CORRECTIONS_KEPT_DAYS) * MS_PER_DAY),
+            )
+        },
+    ));
+    let location_corrections = by_location(corrections.clone(), machine_location.clone());
 
     let location_daily = by_location(machine_daily.clone(), machine_location.clone());
 
@@ -221,6 +283,8 @@ pub fn render<'s>(
         top_today,
         slot_sales,
         too_late,
+        corrections,
+        location_corrections,
     }
 }
 
@@ -250,26 +314,38 @@ fn add_to_multiset<K, V: Ord, O>(
 #[derive(
     Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
 )]
-enum ByMachine {
+enum ByMachine<K> {
     Location(String),
-    Totals(i64, Totals),
+    Totals(K, Totals),
 }
 
 /// One machine: its locations (a multiset: the registry can retract and replace) and its live
 /// totals by day or hour.
-#[derive(Default, PartialEq)]
-struct Located {
+#[derive(PartialEq)]
+struct Located<K> {
     locations: Vec<(String, isize)>,
-    totals: BTreeMap<i64, (Totals, isize)>,
+    totals: BTreeMap<K, (Totals, isize)>,
+}
+
+impl<K> Default for Located<K> {
+    fn default() -> Self {
+        Located {
+            locations: Vec::new(),
+            totals: BTreeMap::new(),
+        }
+    }
 }
 
 /// Re-keys per-machine totals by the machine's location (`UNASSIGNED` for a machine without
 /// one) and sums them. One fold per machine holds its location and its totals, so a location
 /// change moves all of them (what a join would do) without arranging every total twice.
-fn by_location<'s>(
-    by_machine: VecCollection<'s, Time, ((MachineId, i64), Totals)>,
+fn by_location<'s, K>(
+    by_machine: VecCollection<'s, Time, ((MachineId, K), Totals)>,
     machine_location: VecCollection<'s, Time, (MachineId, String)>,
-) -> VecCollection<'s, Time, ((String, i64), Totals)> {
+) -> VecCollection<'s, Time, ((String, K), Totals)>
+where
+    K: ExchangeData + Hash + Ord + Copy,
+{
     let located = by_machine
         .map(|((m, key), t)| (m, ByMachine::Totals(key, t)))
         .concat(machine_location.map(|(m, l)| (m, ByMachine::Location(l))))
@@ -277,7 +353,7 @@ fn by_location<'s>(
             "Revenue: by location",
             Published::Recomputed,
             hash_of::<MachineId>,
-            |_m, state: &mut Located, change, diff, _ctx| match change {
+            |_m, state: &mut Located<K>, change, diff, _ctx| match change {
                 ByMachine::Location(l) => {
                     match state.locations.iter_mut().find(|(x, _)| *x == l) {
                         Some((_, c)) => *c += diff,
@@ -319,7 +395,7 @@ fn by_location<'s>(
     totals(sum_by_key(
         located,
         "Revenue: location sums",
-        |k: &(String, i64)| hash_of(&k.0),
+        |k: &(String, K)| hash_of(&k.0),
         |_| (0, Time::MAX),
     ))
 }
@@ -340,6 +416,22 @@ pub fn machine_daily_row(((m, day), t): ((MachineId, i64), Totals)) -> Row {
 
 pub fn location_daily_row(((loc, day), t): ((String, i64), Totals)) -> Row {
     let mut row = vec![Value::text(loc), Value::Date(day)];
+    row.extend(totals_cells(t));
+    row.into()
+}
+
+pub fn correction_row(((m, (day, arrived)), t): ((MachineId, (i64, i64)), Totals)) -> Row {
+    let mut row = vec![
+        Value::text(m.as_str()),
+        Value::Date(day),
+        Value::Date(arrived),
+    ];
+    row.extend(totals_cells(t));
+    row.into()
+}
+
+pub fn location_correction_row(((l, (day, arrived)), t): ((String, (i64, i64)), Totals)) -> Row {
+    let mut row = vec![Value::text(l), Value::Date(day), Value::Date(arrived)];
     row.extend(totals_cells(t));
     row.into()
 }
@@ -390,6 +482,7 @@ mod tests {
     #[test]
     fn revenue_views_match_batch_oracle_on_random_streams() {
         let mut hours_seen = 0;
+        let mut corrections_seen = 0;
         for seed in 0..6 {
             let (scenario, views) = testing::random_run(seed);
             let config = &scenario.config;
@@ -417,6 +510,23 @@ mod tests {
                     );
                 }
             }
+            // Lines whose day had left the live view when they arrived: corrections, by the
+            // day they arrived, until two days after it.
+            let mut corrections: BTreeMap<(MachineId, (i64, i64)), Totals> = BTreeMap::new();
+            for (t, l) in &accepted {
+                let until = as_time((l.timestamp.day() + 1) * MS_PER_DAY + retention);
+                let arrived = (*t as i64).div_euclid(MS_PER_DAY);
+                if until <= *t && as_time((arrived + 1 + CORRECTIONS_KEPT_DAYS) * MS_PER_DAY) > now
+                {
+                    add(
+                        corrections
+                            .entry((l.machine_id.clone(), (l.timestamp.day(), arrived)))
+                            .or_default(),
+                        totals_of(l),
+                    );
+                }
+            }
+            corrections_seen += corrections.len();
             let today = (now as i64).div_euclid(MS_PER_DAY);
             let location_of = |m: &MachineId| {
                 locations
@@ -466,6 +576,30 @@ mod tests {
                 machine_daily.into_iter().map(machine_daily_row).collect(),
                 seed,
             );
+            let mut location_corrections: BTreeMap<(String, (i64, i64)), Totals> = BTreeMap::new();
+            for ((m, key), t) in &corrections {
+                add(
+                    location_corrections
+                        .entry((location_of(m), *key))
+                        .or_default(),
+                    *t,
+                );
+            }
+            testing::assert_view(
+                views,
+                "revenue_corrections",
+                corrections.into_iter().map(correction_row).collect(),
+                seed,
+            );
+            testing::assert_view(
+                views,
+                "revenue_location_corrections",
+                location_corrections
+                    .into_iter()
+                    .map(location_correction_row)
+                    .collect(),
+                seed,
+            );
             testing::assert_view(
                 views,
                 "revenue_location_daily",
@@ -499,6 +633,10 @@ mod tests {
         assert!(
             hours_seen > 0,
             "the random streams never sold anything today"
+        );
+        assert!(
+            corrections_seen > 0,
+            "the random streams never delivered a sale after its day left the live view"
         );
     }
 

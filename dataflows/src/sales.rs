@@ -4,8 +4,11 @@
 //! lines under one transaction id, a re-delivery repeats a line exactly. The first delivery of a
 //! line is *accepted*; a later delivery of the same line, while the line is within the dedup
 //! horizon (default 48 h of event time, longer than the machines' 24 h offline buffer), is a
-//! *duplicate*. A line whose event time is already older than the horizon when it arrives can no
-//! longer be checked: it is *too late*, counted, and kept out of revenue.
+//! *duplicate*. When a line's horizon passes, its fingerprint moves from memory to the
+//! [`Ledger`] on disk. A line whose event time is already older than the horizon when it arrives
+//! is *late* (counted in `too_late` as a late arrival) and is checked against the ledger instead:
+//! it counts, in its own event-time day, unless the ledger has it already. No sale is kept out of
+//! revenue for being late; memory holds the horizon's fingerprints only.
 //!
 //! ```sql
 //! -- sale_duplicates
@@ -20,9 +23,11 @@ use std::hash::Hash;
 
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
+use vendflow_protocol::units::MS_PER_DAY;
 use vendflow_protocol::{Cents, Event, EventKind, MachineId, Text, Timestamp};
 
 use crate::config::Config;
+use crate::ledger::{Ledger, LedgerKey};
 use crate::operators::{ExpiringSet, Fork, Keyed, Time, as_time, fork, hash_of};
 use crate::row::ViewDef;
 use crate::row::{ColumnType::*, Row, Value, col};
@@ -64,12 +69,12 @@ impl SaleLine {
     }
 }
 
-/// What dedup decided about one delivery.
+/// What dedup decided about one delivery (a late one gets `Late` as well as its verdict).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum Verdict {
     Accepted(SaleLine),
     Duplicate(MachineId),
-    TooLate(MachineId),
+    Late(MachineId),
 }
 
 pub struct Sales<'s> {
@@ -77,7 +82,8 @@ pub struct Sales<'s> {
     pub accepted: VecCollection<'s, Time, SaleLine>,
     /// One record per duplicate delivery, by machine.
     pub duplicates: VecCollection<'s, Time, MachineId>,
-    /// One record per line that arrived after its dedup horizon.
+    /// One record per line that arrived after its in-memory dedup horizon (judged against the
+    /// ledger, and counted if new: a late arrival, not a lost sale).
     pub too_late: VecCollection<'s, Time, MachineId>,
 }
 
@@ -95,40 +101,108 @@ fn fingerprint(line: &SaleLine) -> Fingerprint {
     (hash_of(&line.key()), hash_of(&(line.key(), 0x5eed_u32)))
 }
 
-/// `lines`: the sale lines of the sale events, as delivered ([`SaleLine::of_event`]).
-pub fn render<'s>(lines: VecCollection<'s, Time, SaleLine>, config: &Config) -> Sales<'s> {
+/// The ledger key of a line: its event-time day and its fingerprint.
+fn ledger_key(line: &SaleLine) -> LedgerKey {
+    let (a, b) = fingerprint(line);
+    (line.timestamp.day(), a, b)
+}
+
+/// Dedup's per-worker state: the horizon's fingerprints in memory, the older ones on disk.
+struct Dedup {
+    memory: ExpiringSet<Fingerprint>,
+    ledger: Ledger,
+    horizon: i64,
+    retention_days: i64,
+    /// The newest day the ledger's retention ran for.
+    trimmed: i64,
+}
+
+impl Dedup {
+    /// Moves the fingerprints whose horizon ended at or before `now` to the ledger.
+    fn expire(&mut self, now: Time) {
+        let horizon = self.horizon;
+        let mut gone: Vec<LedgerKey> = Vec::new();
+        self.memory.expire_with(now, |expiry, (a, b)| {
+            let ts = i64::try_from(expiry).unwrap_or(i64::MAX) - horizon;
+            gone.push((ts.div_euclid(MS_PER_DAY), *a, *b));
+        });
+        if let Err(e) = self.ledger.record(&gone) {
+            // The lines stay counted; only a re-delivery of them would no longer be recognised.
+            tracing::error!(error = %e, lines = gone.len(), "cannot record sale lines in the ledger");
+        }
+        let today = i64::try_from(now)
+            .unwrap_or(i64::MAX)
+            .div_euclid(MS_PER_DAY);
+        if today > self.trimmed {
+            self.trimmed = today;
+            if let Err(e) = self.ledger.forget_before(today - self.retention_days) {
+                tracing::warn!(error = %e, "cannot trim the sale-line ledger");
+            }
+        }
+    }
+
+    /// Whether a late line is new (not in the ledger; now recorded). If the ledger cannot be
+    /// read, the line counts: a possible double count is logged, a lost sale would not be seen.
+    fn late_line_is_new(&mut self, line: &SaleLine) -> bool {
+        match self.ledger.check_and_record(&[ledger_key(line)]) {
+            Ok(fresh) => fresh.first().copied().unwrap_or(true),
+            Err(e) => {
+                tracing::error!(machine_id = %line.machine_id, error = %e, "cannot check a late sale line against the ledger; counted");
+                true
+            }
+        }
+    }
+}
+
+/// `lines`: the sale lines of the sale events, as delivered ([`SaleLine::of_event`]); `ledger`:
+/// this worker's ledger (empty).
+pub fn render<'s>(
+    lines: VecCollection<'s, Time, SaleLine>,
+    ledger: Ledger,
+    config: &Config,
+) -> Sales<'s> {
     let horizon = config.dedup_horizon_ms;
-    let verdicts = lines
-        .keyed_in_time_order(
-            "Sales: dedup",
-            |line: &SaleLine| hash_of(&line.key()),
-            ExpiringSet::<Fingerprint>::default(),
-            move |seen, line, diff, out| {
-                // Deliveries only ever add; a negative diff would be a bug upstream.
-                if diff <= 0 {
-                    tracing::error!(machine_id = %line.machine_id, diff, "sale line retracted before dedup; ignored");
-                    return;
+    let state = Dedup {
+        memory: ExpiringSet::default(),
+        ledger,
+        horizon,
+        retention_days: config.ledger_retention_days,
+        trimmed: i64::MIN,
+    };
+    let verdicts = lines.keyed_in_time_order(
+        "Sales: dedup",
+        |line: &SaleLine| hash_of(&line.key()),
+        state,
+        move |dedup, line, diff, out| {
+            // Deliveries only ever add; a negative diff would be a bug upstream.
+            if diff <= 0 {
+                tracing::error!(machine_id = %line.machine_id, diff, "sale line retracted before dedup; ignored");
+                return;
+            }
+            // Keys whose horizon ends at or before this time go to the ledger before it is judged.
+            dedup.expire(out.time());
+            let expires = as_time(line.timestamp.0.saturating_add(horizon));
+            for _ in 0..diff {
+                let new = if expires <= out.time() {
+                    out.give(Verdict::Late(line.machine_id.clone()), 1);
+                    // The same identity may still be in memory (delivered since, dated later).
+                    !dedup.memory.contains(&fingerprint(&line)) && dedup.late_line_is_new(&line)
+                } else {
+                    dedup.memory.insert(fingerprint(&line), expires)
+                };
+                if new {
+                    out.give(Verdict::Accepted(line.clone()), 1);
+                } else {
+                    out.give(Verdict::Duplicate(line.machine_id.clone()), 1);
                 }
-                // Keys whose horizon ends at or before this time are gone before it is judged.
-                seen.expire(out.time());
-                let expires = as_time(line.timestamp.0.saturating_add(horizon));
-                for _ in 0..diff {
-                    let fp = fingerprint(&line);
-                    if expires <= out.time() {
-                        out.give(Verdict::TooLate(line.machine_id.clone()), 1);
-                    } else if seen.insert(fp, expires) {
-                        out.give(Verdict::Accepted(line.clone()), 1);
-                    } else {
-                        out.give(Verdict::Duplicate(line.machine_id.clone()), 1);
-                    }
-                }
-            },
-            ExpiringSet::expire,
-        );
+            }
+        },
+        Dedup::expire,
+    );
     let (accepted, duplicates, too_late) = fork(verdicts, "Sales: split", |v| match v {
         Verdict::Accepted(line) => Fork::A(line),
         Verdict::Duplicate(m) => Fork::B(m),
-        Verdict::TooLate(m) => Fork::C(m),
+        Verdict::Late(m) => Fork::C(m),
     });
     Sales {
         accepted,
@@ -142,7 +216,9 @@ pub fn duplicates_row((machine, count): (MachineId, isize)) -> Row {
 }
 
 /// The batch definition of dedup, for oracle tests: deliveries in ingestion-time order (ties in
-/// `Ord` order), first delivery of a live key wins.
+/// `Ord` order); a line within its horizon is a duplicate while an earlier delivery's key is live,
+/// a line past its horizon (late) is a duplicate if the same line of the same day was ever
+/// accepted. Returns (accepted, duplicates, late arrivals).
 #[cfg(test)]
 pub(crate) fn oracle(
     deliveries: &[(Time, Event)],
@@ -154,6 +230,7 @@ pub(crate) fn oracle(
         .collect();
     sorted.sort();
     let mut live: std::collections::HashMap<(MachineId, Text, u32), Time> = Default::default();
+    let mut ever: std::collections::HashSet<(MachineId, Text, u32, i64)> = Default::default();
     let (mut accepted, mut dups, mut late) = (vec![], vec![], vec![]);
     for (t, line) in sorted {
         let expires = as_time(line.timestamp.0 + config.dedup_horizon_ms);
@@ -162,13 +239,22 @@ pub(crate) fn oracle(
             line.transaction_id.clone(),
             line.slot_number,
         );
-        if expires <= t {
-            late.push(line.machine_id);
-        } else if live.get(&key).is_some_and(|e| *e > t) {
-            dups.push(line.machine_id);
+        let day = line.timestamp.0.div_euclid(86_400_000);
+        let first = if expires <= t {
+            late.push(line.machine_id.clone());
+            !live.get(&key).is_some_and(|e| *e > t)
+                && !ever.contains(&(key.0.clone(), key.1.clone(), key.2, day))
         } else {
-            live.insert(key, expires);
+            !live.get(&key).is_some_and(|e| *e > t)
+        };
+        if first {
+            if expires > t {
+                live.insert(key.clone(), expires);
+            }
+            ever.insert((key.0, key.1, key.2, day));
             accepted.push((t, line));
+        } else {
+            dups.push(line.machine_id);
         }
     }
     (accepted, dups, late)
@@ -221,5 +307,46 @@ mod tests {
             Value::Money(Cents(300)),
             "two lines of one cart count, the re-delivery does not"
         );
+    }
+
+    #[test]
+    fn a_sale_days_late_counts_in_its_own_day_once() {
+        let mut scenario = Scenario::empty();
+        let day = 86_400_000;
+        let t0 = testing::BASE + 10 * 3_600_000;
+        // Counted at once, re-delivered 3, 10 and 30 days later (after the 48 h in memory).
+        scenario.deliver(t0, testing::sale("m1", t0, 101, 250, "a"));
+        for late in [3, 10, 30] {
+            scenario.deliver(t0 + late * day, testing::sale("m1", t0, 101, 250, "a"));
+        }
+        // First delivered 30 days late (its day is still live), then again a day later.
+        scenario.deliver(t0 + 30 * day, testing::sale("m1", t0, 148, 300, "b"));
+        scenario.deliver(t0 + 31 * day, testing::sale("m1", t0, 148, 300, "b"));
+        // First delivered 40 days late: its day has left the live view (35 days), so it is a
+        // correction; its re-delivery is still recognised.
+        scenario.deliver(t0 + 40 * day, testing::sale("m1", t0, 102, 700, "c"));
+        scenario.deliver(t0 + 40 * day + 1000, testing::sale("m1", t0, 102, 700, "c"));
+        // The clock moves on.
+        scenario.deliver(
+            t0 + 40 * day + 60_000,
+            testing::heartbeat("m1", t0 + 40 * day, 4_000),
+        );
+        let views = testing::run(&scenario);
+        testing::assert_view(
+            &views,
+            "sale_duplicates",
+            vec![duplicates_row((testing::machine("m1"), 5))],
+            0,
+        );
+        let corrections = testing::rows(&views, "revenue_corrections");
+        assert_eq!(corrections.len(), 1, "{corrections:?}");
+        assert_eq!(corrections[0].cell(1), Value::Date(t0.div_euclid(day)));
+        assert_eq!(corrections[0].cell(3), Value::Money(Cents(700)));
+        let late = testing::rows(&views, "too_late");
+        let sales_late = late
+            .iter()
+            .find(|r| r.cell(0) == Value::text("sales"))
+            .map(|r| r.cell(1));
+        assert_eq!(sales_late, Some(Value::Int(7)), "late arrivals are counted");
     }
 }

@@ -231,19 +231,27 @@ impl Scenario {
             };
             // When it reaches us: usually at once (give or take a few seconds of reordering),
             // sometimes hours later from an offline buffer, sometimes twice.
-            let delay = if rng.random_bool(0.08) {
+            // Late deliveries land before the scenario ends, so its last hours hold live windows.
+            let last = end + MS_PER_HOUR / 2;
+            let is_sale = matches!(event.kind, EventKind::Sale(_));
+            let delay = if is_sale && ts < BASE + MS_PER_DAY / 2 && rng.random_bool(0.02) {
+                // Days late (a machine offline over a weekend): after its day left the live
+                // revenue and its line left dedup's memory.
+                last - ts
+            } else if rng.random_bool(0.08) {
                 rng.random_range(MS_PER_HOUR..9 * MS_PER_HOUR)
             } else {
                 rng.random_range(0..30_000)
             };
-            // Late deliveries land before the scenario ends, so its last hours hold live windows.
-            let last = end + MS_PER_HOUR / 2;
             planned.push(((ts + delay).min(last), event.clone()));
-            if matches!(event.kind, EventKind::Sale(_)) && rng.random_bool(0.15) {
-                planned.push((
-                    (ts + rng.random_range(0..10 * MS_PER_HOUR)).min(last),
-                    event,
-                ));
+            if is_sale && rng.random_bool(0.15) {
+                // A re-delivery: hours later, or (rarely) days later, recognised by the ledger.
+                let again = if rng.random_bool(0.1) {
+                    last
+                } else {
+                    ts + rng.random_range(0..10 * MS_PER_HOUR)
+                };
+                planned.push((again.min(last), event));
             }
             if rng.random_bool(0.01) {
                 let raw = b"{\"machineId\":\"m1\",\"type\":\"sale\"";

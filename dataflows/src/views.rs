@@ -9,6 +9,8 @@ pub const CATALOG: &[ViewDef] = &[
     crate::revenue::LOCATION_HOURLY,
     crate::revenue::FLEET_TODAY,
     crate::revenue::TOP_MACHINES_TODAY,
+    crate::revenue::CORRECTIONS,
+    crate::revenue::LOCATION_CORRECTIONS,
     crate::revenue::SLOT_SALES,
     crate::sales::DUPLICATES,
     crate::inventory::INVENTORY,

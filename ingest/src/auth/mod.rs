@@ -378,7 +378,7 @@ impl Verifier {
 
     fn expire(&mut self, now_ms: i64) {
         let seen = &mut self.seen;
-        self.expiry.expire_with(now_ms.max(0) as u64, |key| {
+        self.expiry.expire_with(now_ms.max(0) as u64, |_, key| {
             seen.remove(key);
         });
     }

@@ -1,0 +1,271 @@
+//! The sale-line ledger: the durable record of the sale lines already counted, on disk.
+//!
+//! Dedup ([`crate::sales`]) keeps each line's fingerprint in memory for its horizon (48 h of
+//! event time by default). When a fingerprint leaves memory it is written here, keyed by the
+//! line's event-time day; a line that arrives after its horizon (a machine offline for a week, a
+//! re-sent buffer a month later, an export loaded out of order) is looked up here instead of being
+//! kept out of revenue: if it is absent it is counted, in its own day, and recorded; if present it
+//! is a duplicate. Memory stays bounded: the ledger is a [`redb`] B-tree file with a small page
+//! cache, and days older than [`Ledger::forget_before`] are deleted from it.
+//!
+//! One ledger per worker (dedup routes each line's key to one worker), in the engine's state
+//! directory. The ledger is state derived from the input, like every operator's: the engine
+//! rebuilds its views from the start of its input, so it starts every run with an empty ledger
+//! and nothing in it can count a line of this run as a duplicate of a line from an earlier one.
+//! Commits are not synced to disk one by one (the file is rebuilt on restart anyway); every
+//! [`SYNC_EVERY`] commits one is, so that redb can reuse the pages the others freed.
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, Durability, ReadableDatabase, TableDefinition};
+
+/// A line's identity in the ledger: its event-time day, then its 128-bit fingerprint.
+pub type LedgerKey = (i64, u64, u64);
+
+const LINES: TableDefinition<LedgerKey, ()> = TableDefinition::new("sale_lines");
+
+/// Non-durable commits between two durable ones.
+pub const SYNC_EVERY: u32 = 64;
+
+/// The page cache of one worker's ledger.
+const CACHE_BYTES: usize = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("sale-line ledger {path}: {source}")]
+    Store {
+        path: String,
+        #[source]
+        source: Box<redb::Error>,
+    },
+    #[error("cannot prepare the ledger directory {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One worker's ledger file.
+pub struct Ledger {
+    db: Database,
+    path: PathBuf,
+    commits: u32,
+    /// Lines recorded, for the engine's counters.
+    recorded: u64,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger")
+            .field("path", &self.path)
+            .field("recorded", &self.recorded)
+            .finish()
+    }
+}
+
+impl Ledger {
+    /// Creates an empty ledger at `path`, replacing any file a previous run left there.
+    pub fn create(path: &Path) -> Result<Ledger, LedgerError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| LedgerError::Io {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(LedgerError::Io {
+                    path: path.display().to_string(),
+                    source,
+                });
+            }
+        }
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| store_error(path, e))?;
+        let ledger = Ledger {
+            db,
+            path: path.to_owned(),
+            commits: 0,
+            recorded: 0,
+        };
+        // The table exists from the start, so that a lookup never meets a missing table.
+        ledger.write(|_| Ok(()), Durability::Immediate)?;
+        Ok(ledger)
+    }
+
+    /// The ledger of worker `index` in the engine's state directory `dir`.
+    pub fn for_worker(dir: &Path, index: usize) -> Result<Ledger, LedgerError> {
+        Ledger::create(&dir.join(format!("sale-lines-{index}.redb")))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Lines recorded so far.
+    pub fn recorded(&self) -> u64 {
+        self.recorded
+    }
+
+    /// Records lines counted earlier (fingerprints leaving dedup's memory), in one commit.
+    pub fn record(&mut self, keys: &[LedgerKey]) -> Result<(), LedgerError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let durability = self.next_durability();
+        self.write(
+            |table| {
+                for key in keys {
+                    table.insert(key, ())?;
+                }
+                Ok(())
+            },
+            durability,
+        )?;
+        self.recorded += keys.len() as u64;
+        Ok(())
+    }
+
+    /// For lines that arrived after their horizon, in arrival order: true for each line not in
+    /// the ledger yet (now recorded: it counts), false for one already there (a duplicate,
+    /// including a repeat within `keys`). One commit for all of them.
+    pub fn check_and_record(&mut self, keys: &[LedgerKey]) -> Result<Vec<bool>, LedgerError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let durability = self.next_durability();
+        let mut fresh = Vec::with_capacity(keys.len());
+        self.write(
+            |table| {
+                for key in keys {
+                    let old = table.insert(key, ())?;
+                    fresh.push(old.is_none());
+                }
+                Ok(())
+            },
+            durability,
+        )?;
+        self.recorded += fresh.iter().filter(|f| **f).count() as u64;
+        Ok(fresh)
+    }
+
+    /// Whether a line is in the ledger (for tests and diagnostics).
+    pub fn contains(&self, key: LedgerKey) -> Result<bool, LedgerError> {
+        let found = (|| -> Result<bool, redb::Error> {
+            let read = self.db.begin_read()?;
+            let table = read.open_table(LINES)?;
+            Ok(table.get(key)?.is_some())
+        })();
+        found.map_err(|e| store_error(&self.path, e))
+    }
+
+    /// Deletes the lines of days before `day` (a retention on the ledger itself).
+    pub fn forget_before(&mut self, day: i64) -> Result<u64, LedgerError> {
+        let durability = self.next_durability();
+        let mut removed = 0;
+        self.write(
+            |table| {
+                table.retain_in(..(day, 0, 0), |_, _| {
+                    removed += 1;
+                    false
+                })?;
+                Ok(())
+            },
+            durability,
+        )?;
+        Ok(removed)
+    }
+
+    fn next_durability(&mut self) -> Durability {
+        self.commits += 1;
+        if self.commits.is_multiple_of(SYNC_EVERY) {
+            Durability::Immediate
+        } else {
+            Durability::None
+        }
+    }
+
+    fn write(
+        &self,
+        apply: impl FnOnce(&mut redb::Table<'_, LedgerKey, ()>) -> Result<(), redb::Error>,
+        durability: Durability,
+    ) -> Result<(), LedgerError> {
+        let result = (|| -> Result<(), redb::Error> {
+            let mut txn = self.db.begin_write()?;
+            txn.set_durability(durability)?;
+            {
+                let mut table = txn.open_table(LINES)?;
+                apply(&mut table)?;
+            }
+            txn.commit()?;
+            Ok(())
+        })();
+        result.map_err(|e| store_error(&self.path, e))
+    }
+}
+
+fn store_error(path: &Path, e: impl Into<redb::Error>) -> LedgerError {
+    LedgerError::Store {
+        path: path.display().to_string(),
+        source: Box::new(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_is_new_once_then_a_duplicate_and_old_days_can_be_forgotten() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut ledger = Ledger::for_worker(dir.path(), 0).unwrap_or_else(|e| panic!("{e}"));
+        ledger
+            .record(&[(10, 1, 1), (11, 2, 2)])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let fresh = ledger
+            .check_and_record(&[(10, 1, 1), (10, 1, 2), (10, 1, 2), (12, 3, 3)])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(fresh, [false, true, false, true]);
+        assert_eq!(ledger.recorded(), 4);
+        // Many commits, some durable, some not: every one is visible to the next.
+        for i in 0..(2 * SYNC_EVERY as u64) {
+            ledger
+                .record(&[(20, i, i)])
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        assert!(
+            ledger
+                .contains((20, 5, 5))
+                .unwrap_or_else(|e| panic!("{e}"))
+        );
+        assert_eq!(
+            ledger.forget_before(12).unwrap_or_else(|e| panic!("{e}")),
+            3
+        );
+        assert!(
+            !ledger
+                .contains((10, 1, 1))
+                .unwrap_or_else(|e| panic!("{e}"))
+        );
+        assert!(
+            ledger
+                .contains((12, 3, 3))
+                .unwrap_or_else(|e| panic!("{e}"))
+        );
+    }
+
+    #[test]
+    fn a_new_run_starts_empty() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut first = Ledger::for_worker(dir.path(), 1).unwrap_or_else(|e| panic!("{e}"));
+        first.record(&[(1, 1, 1)]).unwrap_or_else(|e| panic!("{e}"));
+        drop(first);
+        let again = Ledger::for_worker(dir.path(), 1).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!again.contains((1, 1, 1)).unwrap_or_else(|e| panic!("{e}")));
+    }
+}
