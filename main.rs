@@ -10,16 +10,18 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 use tracing_subscriber::EnvFilter;
-use vendflow_dataflows::{Batch, Config, Engine};
+use vendflow_dataflows::Config;
 use vendflow_firmware::mqtt as mqtt_sim;
 use vendflow_firmware::{Fault, Fleet, FleetConfig};
 use vendflow_ingest::auth::{Credentials, Verifier};
 use vendflow_ingest::bridge::{self, BridgeConfig, BridgeStats};
-use vendflow_ingest::file::{ReplayOptions, load_registry, replay};
+use vendflow_ingest::file::ReplayOptions;
+use vendflow_ingest::import::{ColumnMap, CsvImport, convert_csv};
 use vendflow_ingest::kafka::TELEMETRY_TOPIC;
 use vendflow_protocol::Timestamp;
 use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR};
 use vendflow_queries::auth::{Role, Tenant, Tokens};
+use vendflow_queries::service::bulk::{self, BulkLoad};
 use vendflow_queries::service::{Access, Service, ServiceConfig, Simulation, Source};
 use vendflow_sinks::archive::ArchiveConfig;
 
@@ -48,17 +50,74 @@ struct Cli {
     workers: usize,
 }
 
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum SqlFormat {
+    Table,
+    Csv,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum ImportKind {
+    /// A sales export with a header row, one sale line per row.
+    ///
+    /// Example: vendflow import csv sales.csv --archive archive/
+    ///   --map 'machine=Machine,time=Trans Date,transaction=Trans ID,slot=Coil,quantity=Qty,amount=Line Total,payment=Type,location=Location'
+    ///
+    /// Fields: machine, product, transaction, slot, quantity, amount (the line total), time (the
+    /// date, with or without the time of day), clock (a separate time-of-day column), payment,
+    /// location. amount and time are required, and machine unless --machine is given. Money is
+    /// read exactly ($1,234.50, (3.00) for a refund); dates as exports write them (1/31/2022,
+    /// 2022-01-31, Monday, January 31, 2022, with or without 13:05 or 1:05 PM). Refused rows are
+    /// listed with their line numbers and kept in the errors view.
+    Csv {
+        file: PathBuf,
+        /// FIELD=COLUMN pairs, separated by commas (a pair with a comma in its column name is
+        /// quoted whole: "amount=Line, Total").
+        #[arg(long)]
+        map: String,
+        /// The machine of every row (an export of one machine with no machine column).
+        #[arg(long)]
+        machine: Option<String>,
+        /// The time zone of the export's local times (IANA name, e.g. Europe/Paris).
+        #[arg(long, default_value = "UTC")]
+        tz: String,
+        /// Keep the converted sale events (JSON Lines) here (default: a temporary file).
+        #[arg(long)]
+        events: Option<PathBuf>,
+        /// Directory for `<view>.csv` (created if missing).
+        #[arg(long, short, required_unless_present = "archive")]
+        out: Option<PathBuf>,
+        /// Parquet archive directory: raw events, history of the daily views, final snapshot.
+        #[arg(long)]
+        archive: Option<PathBuf>,
+        /// Registry records (machines, locations, leases) as JSON Lines.
+        #[arg(long)]
+        registry: Option<PathBuf>,
+    },
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a simulated fleet through the dataflows and print a fleet summary until Ctrl-C.
     Demo(DemoArgs),
-    /// Replay a JSON Lines telemetry file through the dataflows and write every final view as CSV.
+    /// Replay a JSON Lines telemetry file through the dataflows and write every final view as CSV
+    /// (--out) and/or into the Parquet archive (--archive).
+    ///
+    /// Any order and any span: a file out of time order is judged in its own order (an event
+    /// older than the replay's clock arrives late, as it would live); every sale still counts, in
+    /// its own day. With --archive, the closed days of the daily views land in the history
+    /// tables as the replay goes, so `vendflow sql --archive DIR` covers the whole span.
     Replay {
         /// Events, one per line (or an envelope per line), as recorded or generated.
         file: PathBuf,
         /// Directory for `<view>.csv` (created if missing).
-        #[arg(long, short)]
-        out: PathBuf,
+        #[arg(long, short, required_unless_present = "archive")]
+        out: Option<PathBuf>,
+        /// Parquet archive directory (created if missing): raw events, the history of the daily
+        /// views, and a final snapshot of every view.
+        #[arg(long)]
+        archive: Option<PathBuf>,
         /// Registry records (machines, locations, leases) as JSON Lines.
         #[arg(long)]
         registry: Option<PathBuf>,
@@ -76,6 +135,24 @@ enum Command {
         /// Pace the replay at this many events per second (default: as fast as possible).
         #[arg(long)]
         rate: Option<f64>,
+    },
+    /// Load what operators already have: sales exports (CSV). The sales go through the same
+    /// bulk load as `replay` (any order, any span, every sale in its own day).
+    #[command(subcommand)]
+    Import(ImportKind),
+    /// Run one read-only SQL query over a Parquet archive, without a running engine: the views
+    /// as of the archive's newest snapshot (the end of a `replay --archive`, or the last one a
+    /// server took), the history tables, raw events and the ready views such as
+    /// `revenue_by_machine_day`.
+    Sql {
+        /// The archive directory.
+        #[arg(long)]
+        archive: PathBuf,
+        /// Output: a text table, CSV with a header, or a JSON array of rows.
+        #[arg(long, value_enum, default_value_t = SqlFormat::Table)]
+        format: SqlFormat,
+        /// The query, e.g. "SELECT * FROM revenue_by_machine_day ORDER BY day".
+        query: String,
     },
     /// Bridge machine telemetry from MQTT into Kafka, acknowledging to MQTT only once Kafka has it.
     ///
@@ -485,6 +562,7 @@ fn main() -> anyhow::Result<()> {
         Command::Replay {
             file,
             out,
+            archive,
             registry,
             tick_ms,
             repeat,
@@ -503,10 +581,78 @@ fn main() -> anyhow::Result<()> {
                 tick_ms,
                 repeat,
                 repeat_shift_ms: repeat_shift_hours * MS_PER_HOUR,
-                on_sent: None,
                 rate,
+                ..ReplayOptions::default()
             };
-            replay_file(config, &file, &out, registry.as_deref(), &options)
+            let archive = archive.map(|root| ArchiveConfig::new(root, &config));
+            bulk_load(
+                config,
+                BulkLoad {
+                    file: &file,
+                    registry: registry.as_deref(),
+                    archive,
+                    options,
+                    registry_records: Vec::new(),
+                    errors: Vec::new(),
+                },
+                out.as_deref(),
+            )
+        }
+        Command::Sql {
+            archive,
+            format,
+            query,
+        } => sql_over_archive(&archive, format, &query),
+        Command::Import(ImportKind::Csv {
+            file,
+            map,
+            machine,
+            tz,
+            events,
+            out,
+            archive,
+            registry,
+        }) => {
+            let map = ColumnMap::parse(&map, machine.is_some())?;
+            let import = CsvImport::new(map, machine, Some(&tz))?;
+            let temporary = tempfile::NamedTempFile::new()?;
+            let events_path = events.unwrap_or_else(|| temporary.path().to_owned());
+            let mut writer = std::io::BufWriter::new(
+                std::fs::File::create(&events_path)
+                    .with_context(|| format!("cannot write {}", events_path.display()))?,
+            );
+            let converted = convert_csv(&file, &import, &mut writer)?;
+            writer.flush()?;
+            drop(writer);
+            println!(
+                "{}: {} rows, {} sales, {} refused",
+                file.display(),
+                converted.rows,
+                converted.sales,
+                converted.refused.len()
+            );
+            for r in converted.refused.iter().take(20) {
+                println!("  line {}: {}", r.line, r.reason);
+            }
+            if converted.refused.len() > 20 {
+                println!(
+                    "  … and {} more (all in the errors view)",
+                    converted.refused.len() - 20
+                );
+            }
+            let archive = archive.map(|root| ArchiveConfig::new(root, &config));
+            bulk_load(
+                config,
+                BulkLoad {
+                    file: &events_path,
+                    registry: registry.as_deref(),
+                    archive,
+                    options: ReplayOptions::default(),
+                    registry_records: converted.registry,
+                    errors: converted.errors,
+                },
+                out.as_deref(),
+            )
         }
         Command::Simulate {
             out,
@@ -1034,37 +1180,18 @@ fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn replay_file(
+/// A bulk load (`replay`, `import`) with a progress bar; prints what it did and writes the
+/// final views as CSV to `out`.
+fn bulk_load(
     config: Config,
-    file: &std::path::Path,
-    out: &std::path::Path,
-    registry: Option<&std::path::Path>,
-    options: &ReplayOptions,
+    load: BulkLoad<'_>,
+    out: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
+    let file = load.file;
     let size = std::fs::metadata(file)
         .with_context(|| format!("cannot read {}", file.display()))?
         .len();
-    let mut engine = Engine::start(config)?;
-    let store = engine.store();
-    let mut feeders = engine.feeders().context("engine feeders already taken")?;
-    if let Some(path) = registry {
-        let (records, errors) = load_registry(path)?;
-        if !errors.is_empty() {
-            eprintln!(
-                "warning: {} registry lines refused (see the errors view)",
-                errors.len()
-            );
-        }
-        feeders.send(
-            0,
-            Batch {
-                registry: records.into_iter().map(|r| (r, 1)).collect(),
-                errors,
-                ..Batch::default()
-            },
-        )?;
-    }
-    let bar = ProgressBar::new(size * u64::from(options.repeat.max(1)));
+    let bar = ProgressBar::new(size * u64::from(load.options.repeat.max(1)));
     bar.set_style(
         ProgressStyle::with_template("{spinner} replay [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -1079,21 +1206,28 @@ fn replay_file(
             }
         })
     };
-    let started = Instant::now();
-    let stats = replay(file, feeders, options, progress.clone());
+    let loaded = bulk::load(config, load, progress.clone());
     bar.set_position(progress.load(Ordering::Relaxed));
     bar.finish_and_clear();
     let _ = watcher.join();
-    let stats = stats?;
-    if !store.wait_for(stats.end, Duration::from_secs(3600)) {
-        bail!("the dataflows did not catch up with the input");
+    let loaded = loaded?;
+    if loaded.registry_refused > 0 {
+        eprintln!(
+            "warning: {} registry lines refused (see the errors view)",
+            loaded.registry_refused
+        );
     }
-    let elapsed = started.elapsed();
-    let snapshot = store.snapshot();
-    let written = vendflow_sinks::csv::write_snapshot(&snapshot, out)?;
-    let csv = started.elapsed() - elapsed;
+    let stats = &loaded.stats;
+    let elapsed = loaded.elapsed;
+    let snapshot = loaded.store.snapshot();
+    let written_at = Instant::now();
+    let written = match out {
+        Some(out) => vendflow_sinks::csv::write_snapshot(&snapshot, out)?,
+        None => Vec::new(),
+    };
+    let csv = written_at.elapsed();
     // The process ends right after: no need to drain the workers and free their state.
-    engine.abandon_at_exit();
+    loaded.engine.abandon_at_exit();
     println!(
         "replayed {} events from {} lines in {:.2}s ({:.0} events/s); {} refused; CSVs written in {:.2}s",
         stats.events,
@@ -1106,10 +1240,70 @@ fn replay_file(
     for w in &written {
         println!("  {:>9} rows  {}", w.rows, w.path.display());
     }
+    if let Some((root, line, steps)) = &loaded.archive {
+        println!("archive {}: {line}; {steps} history steps", root.display());
+    }
+    let late = too_late_summary(&snapshot);
+    if !late.is_empty() {
+        println!("late arrivals (counted, see the too_late view): {late}");
+    }
     if let Some(bytes) = vendflow_dataflows::peak_rss_bytes() {
         println!("peak memory {} MiB", bytes >> 20);
     }
     Ok(())
+}
+
+fn sql_over_archive(
+    archive: &std::path::Path,
+    format: SqlFormat,
+    query: &str,
+) -> anyhow::Result<()> {
+    if !archive.join("history").is_dir() {
+        bail!(
+            "{} is not a vendflow archive (no history/ directory); write one with `vendflow replay FILE --archive DIR` or `vendflow demo --archive DIR`",
+            archive.display()
+        );
+    }
+    let (frontier, views) = vendflow_sinks::archive::newest_snapshot(archive)?.unwrap_or_default();
+    let store = vendflow_dataflows::ViewStore::fixed(frontier, views)?;
+    let sql = vendflow_queries::sql::Sql::open(
+        store,
+        Some(archive),
+        vendflow_queries::sql::Limits::default(),
+    )?;
+    let answer = sql.query_blocking(query)?;
+    let mut stdout = std::io::stdout().lock();
+    match format {
+        SqlFormat::Table => writeln!(stdout, "{}", vendflow_queries::sql::render_table(&answer)?)?,
+        SqlFormat::Csv => {
+            stdout.write_all(&vendflow_queries::sql::encode(&answer, "text/csv")?.1)?
+        }
+        SqlFormat::Json => {
+            stdout.write_all(&vendflow_queries::sql::encode(&answer, "application/json")?.1)?
+        }
+    }
+    Ok(())
+}
+
+/// `sales 12, anomaly_windows 3` from the `too_late` view.
+fn too_late_summary(snapshot: &vendflow_dataflows::Snapshot) -> String {
+    let def = &vendflow_dataflows::errors::TOO_LATE;
+    snapshot
+        .rows(def.name)
+        .map(|rows| {
+            rows.iter()
+                .map(|r| {
+                    let n = def.named(r);
+                    format!(
+                        "{} {}",
+                        n.text("view").unwrap_or_default(),
+                        n.int("events").unwrap_or(0)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
 }
 
 fn simulate(

@@ -49,12 +49,24 @@ fn run(registry: &[RegistryRecord], events: &[(u64, Event)], build: Build) {
     });
 }
 
+/// An empty sale-line ledger in the temporary directory (one per dataflow built).
+fn ledger() -> vendflow_dataflows::ledger::Ledger {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "vendflow-bench-ledger-{}-{}.redb",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    vendflow_dataflows::ledger::Ledger::create(&path).unwrap_or_else(|e| panic!("{e}"))
+}
+
 fn sales_dedup<'s>(
     e: VecCollection<'s, u64, Event>,
     _r: VecCollection<'s, u64, RegistryRecord>,
     c: &Config,
 ) -> Handle<u64> {
-    sales::render(e.flat_map(sales::SaleLine::of_event), c)
+    sales::render(e.flat_map(sales::SaleLine::of_event), ledger(), c)
         .accepted
         .probe()
         .0
@@ -70,7 +82,7 @@ fn revenue_views<'s>(
         _ => None,
     });
     let v = revenue::render(
-        sales::render(e.flat_map(sales::SaleLine::of_event), c).accepted,
+        sales::render(e.flat_map(sales::SaleLine::of_event), ledger(), c).accepted,
         loc,
         c,
     );
@@ -87,7 +99,7 @@ fn inventory_levels<'s>(
     let plans = r.flat_map(move |r| inventory::planogram(&r, &cc));
     inventory::render(
         e.clone(),
-        sales::render(e.flat_map(sales::SaleLine::of_event), c).accepted,
+        sales::render(e.flat_map(sales::SaleLine::of_event), ledger(), c).accepted,
         plans,
     )
     .probe()
@@ -105,7 +117,7 @@ fn windows<'s>(
         .flat_map(move |e| anomaly_windows::contribution(&e, width));
     anomaly_windows::render(
         telemetry,
-        sales::render(e.flat_map(sales::SaleLine::of_event), c).accepted,
+        sales::render(e.flat_map(sales::SaleLine::of_event), ledger(), c).accepted,
         c,
     )
     .windows

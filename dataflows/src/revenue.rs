@@ -44,6 +44,8 @@ pub const UNASSIGNED: &str = "unassigned";
 
 /// Accumulated money, units and line count: a diff, summed by differential.
 pub type Totals = (isize, isize, isize);
+/// A correction's key: (machine or location, (day, arrival day)).
+pub type CorrectionKey<K> = (K, (i64, i64));
 
 pub const MACHINE_DAILY: ViewDef = ViewDef {
     name: "revenue_machine_daily",
@@ -146,9 +148,9 @@ pub struct Revenue<'s> {
     /// Lines (counted per machine-day) whose day had already left the live window on arrival.
     pub too_late: VecCollection<'s, Time, (MachineId, i64)>,
     /// Their totals, keyed by (machine, (day, arrival day)).
-    pub corrections: VecCollection<'s, Time, ((MachineId, (i64, i64)), Totals)>,
+    pub corrections: VecCollection<'s, Time, (CorrectionKey<MachineId>, Totals)>,
     /// The same by location.
-    pub location_corrections: VecCollection<'s, Time, ((String, (i64, i64)), Totals)>,
+    pub location_corrections: VecCollection<'s, Time, (CorrectionKey<String>, Totals)>,
 }
 
 pub fn totals_of(line: &SaleLine) -> Totals {

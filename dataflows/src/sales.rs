@@ -242,10 +242,10 @@ pub(crate) fn oracle(
         let day = line.timestamp.0.div_euclid(86_400_000);
         let first = if expires <= t {
             late.push(line.machine_id.clone());
-            !live.get(&key).is_some_and(|e| *e > t)
+            live.get(&key).is_none_or(|e| *e <= t)
                 && !ever.contains(&(key.0.clone(), key.1.clone(), key.2, day))
         } else {
-            !live.get(&key).is_some_and(|e| *e > t)
+            live.get(&key).is_none_or(|e| *e <= t)
         };
         if first {
             if expires > t {

@@ -493,6 +493,26 @@ impl ViewStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// A store that holds `views` as of `frontier` and never changes (closed): the views of an
+    /// archive's snapshot, served without an engine (`vendflow sql --archive`). Views not given
+    /// are empty; an unknown view name is an error.
+    pub fn fixed(frontier: Time, views: Vec<(String, Vec<Row>)>) -> Result<ViewStore, StoreError> {
+        let store = ViewStore::new();
+        {
+            let mut state = store.write();
+            state.frontier = frontier;
+            state.closed = true;
+            for (name, rows) in views {
+                let (index, _) = crate::views::find(&name).ok_or_else(|| unknown(&name))?;
+                for row in rows {
+                    let hash = row_hash(&row);
+                    state.rows[index].update(row, hash, 1);
+                }
+            }
+        }
+        Ok(store)
+    }
+
     /// The published frontier: every ingestion time below it is reflected in every view.
     pub fn frontier(&self) -> Time {
         self.read().frontier

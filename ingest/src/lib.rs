@@ -10,6 +10,7 @@
 //! - [`bridge`]: MQTT → Kafka, acknowledged to MQTT only once Kafka has the message.
 //! - [`gateway`]: what the bridge's MQTT and HTTP doors share (counters, pending commands).
 //! - [`http`]: `POST /api/telemetry` (axum), into the same topics as the bridge.
+//! - [`import`]: operators' sales exports (CSV with a column mapping) into sale events.
 //! - `intake`: what every source does with a message once read: split into events and
 //!   counted error records, and shown to the archive's tap at its position.
 //! - [`kafka`]: topics, client settings, and the Kafka source of the dataflows.
@@ -22,6 +23,7 @@ pub mod bridge;
 pub mod file;
 pub mod gateway;
 pub mod http;
+pub mod import;
 mod intake;
 pub mod kafka;
 pub mod mqtt;

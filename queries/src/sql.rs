@@ -377,6 +377,17 @@ impl Sql {
         self.query_in(&Caller::platform(), sql).await
     }
 
+    /// [`Sql::query`] for a caller outside a runtime (a command-line tool): on a runtime of its
+    /// own, for this query.
+    pub fn query_blocking(&self, sql: &str) -> Result<Answer, QueryError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(failed)?;
+        runtime.block_on(self.query(sql))
+    }
+
     /// Runs the one query of `sql` (as `POST /sql` does) for `caller`.
     pub async fn query_in(&self, caller: &Caller, sql: &str) -> Result<Answer, QueryError> {
         let started = std::time::Instant::now();
@@ -716,13 +727,15 @@ async fn register_archive(ctx: &SessionContext, root: &Path) -> Result<(), Query
 
 /// The analysts' ready views: `(name, SELECT …)`.
 fn ready_views(archived: bool) -> Vec<(&'static str, String)> {
-    // Live days from the views; with an archive, older days from the history.
+    // Live days from the views; with an archive, older days from the history: a day's file
+    // plus the corrections that arrived after it had left the view, summed.
     let with_history = |view: &str, key: &str| {
         let live = format!("SELECT {key}, day, revenue, units, lines FROM {view}");
         if archived {
             format!(
-                "{live} UNION ALL SELECT {key}, day, revenue, units, lines FROM {view}_history \
-                 WHERE day NOT IN (SELECT DISTINCT day FROM {view})"
+                "{live} UNION ALL SELECT {key}, day, CAST(SUM(revenue) AS DECIMAL(18, 2)) AS revenue, \
+                 SUM(units) AS units, SUM(lines) AS lines FROM {view}_history \
+                 WHERE day NOT IN (SELECT DISTINCT day FROM {view}) GROUP BY {key}, day"
             )
         } else {
             live
@@ -767,6 +780,13 @@ fn ready_views(archived: bool) -> Vec<(&'static str, String)> {
 /// The schema `encode` gives an empty answer.
 pub fn empty_schema() -> SchemaRef {
     Arc::new(Schema::new(Vec::<Field>::new()))
+}
+
+/// An answer as a text table, for a terminal.
+pub fn render_table(answer: &Answer) -> Result<String, QueryError> {
+    datafusion::arrow::util::pretty::pretty_format_batches(&answer.batches)
+        .map(|t| t.to_string())
+        .map_err(failed)
 }
 
 /// Encodes an answer for an `Accept` header: (content type, bytes).

@@ -6,6 +6,7 @@
 //! <root>/rejected/date=YYYY-MM-DD/hour=HH/part-<stream>-<from>-<to>.parquet (time received)
 //! <root>/views/<view>/snapshot-<frontier>.parquet                            (the newest N)
 //! <root>/history/<view>/date=YYYY-MM-DD/data.parquet                         (closed days)
+//! <root>/history/<view>/date=YYYY-MM-DD/late-arrived-YYYY-MM-DD.parquet      (later corrections)
 //! <root>/_positions.json                                                     (next input position per stream)
 //! ```
 //!
@@ -84,10 +85,14 @@ pub struct HistoryTable {
     pub view: &'static str,
     /// The `Date` or `Time` column that says which day a row belongs to.
     pub day_column: &'static str,
-    /// How long after the start of its day a row stays in the live view. A day is written while
-    /// it is closed and still whole in the view, so a correction (a late sale) rewrites it and
-    /// the view's own expiry never truncates it.
+    /// How long after the start of its day a row stays in the live view (it leaves at
+    /// `start + kept_ms`). A day is written while it is closed and still whole in the view, so a
+    /// correction (a late sale) rewrites it and the view's own expiry never truncates it.
     pub kept_ms: i64,
+    /// A view of what arrived for a day after it left this one (same columns, plus `arrived`,
+    /// the day the rows arrived): each (day, arrived) becomes its own file beside the day's, and
+    /// SQL sums the day's files.
+    pub corrections: Option<&'static str>,
 }
 
 impl ArchiveConfig {
@@ -106,17 +111,20 @@ impl ArchiveConfig {
                 HistoryTable {
                     view: "revenue_machine_daily",
                     day_column: "day",
-                    kept_ms: config.revenue_retention_days * MS_PER_DAY,
+                    kept_ms: (config.revenue_retention_days + 1) * MS_PER_DAY,
+                    corrections: Some(vendflow_dataflows::revenue::CORRECTIONS.name),
                 },
                 HistoryTable {
                     view: "revenue_location_daily",
                     day_column: "day",
-                    kept_ms: config.revenue_retention_days * MS_PER_DAY,
+                    kept_ms: (config.revenue_retention_days + 1) * MS_PER_DAY,
+                    corrections: Some(vendflow_dataflows::revenue::LOCATION_CORRECTIONS.name),
                 },
                 HistoryTable {
                     view: "anomaly_windows",
                     day_column: "window_start",
                     kept_ms: config.window_retention_ms,
+                    corrections: None,
                 },
             ],
         }
@@ -130,6 +138,56 @@ pub fn history_views() -> Vec<&'static str> {
         .iter()
         .map(|t| t.view)
         .collect()
+}
+
+/// The newest complete snapshot of the views in the archive at `root`: its frontier and each
+/// view's rows (the newest frontier every view has a `snapshot-<frontier>.parquet` for, so a
+/// snapshot interrupted half-way is passed over). `None` when there is none.
+#[allow(clippy::type_complexity)]
+pub fn newest_snapshot(root: &Path) -> Result<Option<(u64, Vec<(String, Vec<Row>)>)>, SinkError> {
+    let mut common: Option<std::collections::BTreeSet<u64>> = None;
+    for def in vendflow_dataflows::CATALOG {
+        let dir = root.join("views").join(def.name);
+        let frontiers: std::collections::BTreeSet<u64> = if dir.is_dir() {
+            parquet_files(&dir)?
+                .iter()
+                .filter_map(|p| {
+                    p.file_name()?
+                        .to_str()?
+                        .strip_prefix("snapshot-")?
+                        .strip_suffix(".parquet")?
+                        .parse()
+                        .ok()
+                })
+                .collect()
+        } else {
+            Default::default()
+        };
+        common = Some(match common {
+            None => frontiers,
+            Some(c) => c.intersection(&frontiers).copied().collect(),
+        });
+    }
+    let Some(frontier) = common.and_then(|c| c.last().copied()) else {
+        return Ok(None);
+    };
+    let mut views = Vec::new();
+    for def in vendflow_dataflows::CATALOG {
+        let path = root
+            .join("views")
+            .join(def.name)
+            .join(format!("snapshot-{frontier:015}.parquet"));
+        let (batches, _) = crate::files::read_parquet(&path)?;
+        let mut rows = Vec::new();
+        for batch in &batches {
+            rows.extend(
+                vendflow_dataflows::row::from_batch(def.columns, batch)
+                    .map_err(|e| encode_error(def.name, &e))?,
+            );
+        }
+        views.push((def.name.to_owned(), rows));
+    }
+    Ok(Some((frontier, views)))
 }
 
 /// What the archive has done, for logs and `/metrics`.
@@ -176,6 +234,8 @@ enum Msg {
     Views {
         snapshot: Box<Snapshot>,
         positions: String,
+        /// Only the history tables (a bulk load's steps), not a snapshot of every view.
+        history_only: bool,
     },
     Flush(SyncSender<Result<(), String>>),
     /// Flush and end the writer thread; later records are refused with [`SinkError::Closed`].
@@ -210,12 +270,40 @@ impl ArchiveTap {
             .map_err(|_| SinkError::Closed)
     }
 
+    /// Hands over a snapshot for the history tables only (its closed days), waiting while the
+    /// writer is busy: a bulk load's steps, each of which must be written (its closed days leave
+    /// the views soon after).
+    pub fn history(&self, snapshot: Snapshot, positions: String) -> Result<(), SinkError> {
+        self.send_views(snapshot, positions, true)
+    }
+
+    /// Like [`ArchiveTap::views`], waiting while the writer is busy instead of skipping.
+    pub fn views_blocking(&self, snapshot: Snapshot, positions: String) -> Result<(), SinkError> {
+        self.send_views(snapshot, positions, false)
+    }
+
+    fn send_views(
+        &self,
+        snapshot: Snapshot,
+        positions: String,
+        history_only: bool,
+    ) -> Result<(), SinkError> {
+        self.tx
+            .send(Msg::Views {
+                snapshot: Box::new(snapshot),
+                positions,
+                history_only,
+            })
+            .map_err(|_| SinkError::Closed)
+    }
+
     /// Hands over a snapshot of the views, with the input positions it reflects. Skipped (with
     /// `false`) when the writer is busy: the next snapshot will do.
     pub fn views(&self, snapshot: Snapshot, positions: String) -> bool {
         match self.tx.try_send(Msg::Views {
             snapshot: Box::new(snapshot),
             positions,
+            history_only: false,
         }) {
             Ok(()) => true,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
@@ -243,12 +331,14 @@ pub struct Archive {
     thread: Option<JoinHandle<()>>,
     stats: Arc<ArchiveStats>,
     root: PathBuf,
+    history: Vec<HistoryTable>,
 }
 
 impl Archive {
     /// Recovers the archive at `config.root` (finishing or undoing what a crash interrupted) and
     /// starts its writer thread.
     pub fn open(config: ArchiveConfig) -> Result<Archive, SinkError> {
+        let history = config.history.clone();
         // Every table's directory exists from the start, so readers can list an empty table.
         let mut dirs = vec![config.root.join("events"), config.root.join("rejected")];
         dirs.extend(
@@ -273,6 +363,7 @@ impl Archive {
             latest_ms: 0,
             last_maintenance: Instant::now(),
             history_written: HashMap::new(),
+            corrections_written: HashMap::new(),
         };
         let thread = std::thread::Builder::new()
             .name("vendflow-archive".into())
@@ -283,6 +374,7 @@ impl Archive {
             thread: Some(thread),
             stats,
             root,
+            history,
         })
     }
 
@@ -292,6 +384,11 @@ impl Archive {
 
     pub fn stats(&self) -> Arc<ArchiveStats> {
         self.stats.clone()
+    }
+
+    /// The aggregate views archived by day, with their horizons.
+    pub fn history_tables(&self) -> &[HistoryTable] {
+        &self.history
     }
 
     pub fn root(&self) -> &Path {
@@ -352,6 +449,8 @@ struct Writer {
     last_maintenance: Instant,
     /// (view, day) → hash of the rows last written, so an unchanged day is not rewritten.
     history_written: HashMap<(&'static str, i64), u64>,
+    /// (view, day, arrived) → hash of the corrections last written.
+    corrections_written: HashMap<(&'static str, i64, i64), u64>,
 }
 
 impl Writer {
@@ -368,8 +467,9 @@ impl Writer {
                 Ok(Msg::Views {
                     snapshot,
                     positions,
+                    history_only,
                 }) => {
-                    if let Err(e) = self.write_views(&snapshot, &positions) {
+                    if let Err(e) = self.write_views(&snapshot, &positions, history_only) {
                         self.failed("cannot write view snapshots", &e);
                     }
                 }
@@ -569,12 +669,23 @@ impl Writer {
     }
 
     /// A snapshot of every view, and the closed days of the history views that changed.
-    fn write_views(&mut self, snapshot: &Snapshot, positions: &str) -> Result<(), SinkError> {
+    fn write_views(
+        &mut self,
+        snapshot: &Snapshot,
+        positions: &str,
+        history_only: bool,
+    ) -> Result<(), SinkError> {
         let frontier = i64::try_from(snapshot.frontier).unwrap_or(i64::MAX);
         let meta = [
             ("vendflow.frontier", frontier.to_string()),
             ("vendflow.positions", positions.to_owned()),
         ];
+        if history_only {
+            for table in self.config.history.clone() {
+                self.write_history(snapshot, &table, frontier, &meta)?;
+            }
+            return Ok(());
+        }
         let batches = snapshot.batches().map_err(|e| SinkError::Encode {
             view: "snapshot".into(),
             message: e.to_string(),
@@ -632,8 +743,9 @@ impl Writer {
         }
         for (day, rows) in days {
             let start = day * MS_PER_DAY;
-            // Closed, and still whole in the view.
-            if frontier < start + MS_PER_DAY || frontier >= start + table.kept_ms {
+            // Closed, and still whole in the view (at a frontier equal to the day's expiry, the
+            // view still holds it: only times before the frontier are reflected).
+            if frontier < start + MS_PER_DAY || frontier > start + table.kept_ms {
                 continue;
             }
             let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -657,7 +769,86 @@ impl Writer {
         }
         // Forget days that can no longer change.
         self.history_written.retain(|(view, day), _| {
-            *view != table.view || frontier < day * MS_PER_DAY + table.kept_ms
+            *view != table.view || frontier <= day * MS_PER_DAY + table.kept_ms
+        });
+        if let Some(corrections) = table.corrections {
+            self.write_corrections(snapshot, table, def, corrections, frontier, meta)?;
+        }
+        Ok(())
+    }
+
+    /// The corrections of `table`'s closed days, one file per (day, arrival day), with the
+    /// table's own columns.
+    fn write_corrections(
+        &mut self,
+        snapshot: &Snapshot,
+        table: &HistoryTable,
+        def: &'static vendflow_dataflows::ViewDef,
+        view: &'static str,
+        frontier: i64,
+        meta: &[(&str, String)],
+    ) -> Result<(), SinkError> {
+        let Some((_, source)) = vendflow_dataflows::views::find(view) else {
+            return Ok(());
+        };
+        let (Some(day_at), Some(arrived_at)) =
+            (source.column(table.day_column), source.column("arrived"))
+        else {
+            return Ok(());
+        };
+        // The table's columns, read from the corrections' rows by name.
+        let columns: Option<Vec<usize>> =
+            def.columns.iter().map(|c| source.column(c.name)).collect();
+        let Some(columns) = columns else {
+            return Ok(());
+        };
+        let rows = snapshot.rows(view).map_err(|e| SinkError::Encode {
+            view: view.into(),
+            message: e.to_string(),
+        })?;
+        let mut groups: BTreeMap<(i64, i64), Vec<Row>> = BTreeMap::new();
+        for row in rows {
+            let (Some(Value::Date(day)), Some(Value::Date(arrived))) =
+                (row.get(day_at), row.get(arrived_at))
+            else {
+                continue;
+            };
+            let projected: Row = columns
+                .iter()
+                .map(|c| row.get(*c).unwrap_or(Value::Null))
+                .collect::<Vec<_>>()
+                .into();
+            groups.entry((day, arrived)).or_default().push(projected);
+        }
+        for ((day, arrived), rows) in groups {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            rows.hash(&mut hasher);
+            let hash = hasher.finish();
+            if self.corrections_written.get(&(table.view, day, arrived)) == Some(&hash) {
+                continue;
+            }
+            let batch =
+                to_batch(def.columns, rows.iter()).map_err(|e| encode_error(def.name, &e))?;
+            let name = format!(
+                "late-arrived-{}.parquet",
+                vendflow_protocol::units::format_day(arrived)
+            );
+            let path = self
+                .config
+                .root
+                .join("history")
+                .join(table.view)
+                .join(date_partition(day))
+                .join(name);
+            write_parquet(&path, &[batch], meta)?;
+            self.corrections_written
+                .insert((table.view, day, arrived), hash);
+            self.stats.history_written.fetch_add(1, Ordering::Relaxed);
+        }
+        // A correction row leaves its view two days after it arrived; forget it a day later.
+        let kept = (vendflow_dataflows::revenue::CORRECTIONS_KEPT_DAYS + 2) * MS_PER_DAY;
+        self.corrections_written.retain(|(v, _, arrived), _| {
+            *v != table.view || frontier < arrived * MS_PER_DAY + kept
         });
         Ok(())
     }
@@ -1069,6 +1260,8 @@ mod tests {
             sale(1, T0, 1),
             sale(2, T0 + HOUR, 2),
             sale(1, T0 + 30 * HOUR, 3),
+            // 40 days late: its day left the live revenue (35 days) long ago.
+            sale(2, T0 - 40 * MS_PER_DAY, 4),
         ];
         let at = (T0 + 31 * HOUR) as u64;
         feeders
@@ -1095,10 +1288,17 @@ mod tests {
         // Day one is closed: its history is written; day two is still open.
         let history = dir.path().join("history/revenue_machine_daily");
         let files = parquet_files(&history).unwrap_or_else(|e| panic!("{e}"));
+        let arrived = vendflow_protocol::units::format_day(at as i64 / MS_PER_DAY);
         assert_eq!(
             files,
-            [history.join(date_partition(day)).join("data.parquet")]
+            [
+                history
+                    .join(date_partition(day - 40))
+                    .join(format!("late-arrived-{arrived}.parquet")),
+                history.join(date_partition(day)).join("data.parquet"),
+            ]
         );
+        let files = &files[1..];
         let (batches, meta) = read_parquet(&files[0]).unwrap_or_else(|e| panic!("{e}"));
         let machines: Vec<String> = batches
             .iter()
@@ -1117,8 +1317,8 @@ mod tests {
         assert_eq!(machines, ["mach_00001", "mach_00002"]);
         assert!(meta.contains(&("vendflow.positions".into(), "t/0=3".into())));
         // Day one of each history table: revenue per machine, per location, and the windows
-        // the sales' card payments opened.
-        assert_eq!(stats.history_written.load(Ordering::Relaxed), 3);
+        // the sales' card payments opened; and the late sale's correction of both revenues.
+        assert_eq!(stats.history_written.load(Ordering::Relaxed), 5);
         let snapshots = parquet_files(&dir.path().join("views")).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(snapshots.len(), vendflow_dataflows::CATALOG.len());
     }

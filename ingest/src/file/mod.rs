@@ -13,7 +13,22 @@
 //! changes once per key and step instead of once per event (a machine's 10 heartbeats move its
 //! liveness row once). The clock is rounded down, so no event is judged against a clock later
 //! than its own timestamp (nothing becomes "too late" by the coarser tick); an event is at most
-//! one tick ahead of the clock, within `max_ahead_ms`. Paced (`rate`), the tick is 1 s and each
+//! one tick ahead of the clock, within `max_ahead_ms`. A batch never spans two ticks: when an
+//! event's tick is past the clock, the batch so far is sent at the old clock first, so a sparse
+//! history (a few sales an hour over months) is judged step by step, not at its newest event.
+//!
+//! **Lateness follows the file's own order of time.** A file in time order (or nearly) is lived
+//! through as it happened. An event older than the clock (an export in machine or product order,
+//! a re-sent buffer appended at the end) arrives late, as it would live: a late sale is checked
+//! against the engine's on-disk ledger and counted in its own day (or in `revenue_corrections`,
+//! which the archive adds to the day's history, if its day has left the live view); other late
+//! events correct their views within the views' horizons and are counted in `too_late` beyond
+//! them. Revenue does not depend on the file's order; no sort pass or spill is needed.
+//!
+//! With a [`Pacer`] (a replay into the archive), the clock stops at every midnight until the
+//! archive has taken a snapshot there, so every day is written to the history whole and final
+//! just before it leaves the daily views. With a [`Tap`], every line goes to the archive's raw events at
+//! its position (one stream per reader). Paced (`rate`), the tick is 1 s and each
 //! batch is an ingestion time of its own (the clock moves 1 ms past it once it is sent), as a live
 //! source's polls are.
 //!
@@ -24,13 +39,14 @@ use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::{Arc, Barrier, Condvar, Mutex};
+use std::time::Duration;
 
 use vendflow_dataflows::{Batch, ErrorRecord, Feeder, Feeders, Time};
 use vendflow_protocol::decode::{decode_line, decode_registry};
 use vendflow_protocol::{DecodeError, Event, RegistryRecord, Timestamp};
 
-use crate::IngestError;
+use crate::{IngestError, Position, Tap};
 
 /// Lines per block dealt to one reader thread.
 pub const BLOCK_LINES: u64 = 1024;
@@ -59,6 +75,78 @@ pub struct ReplayOptions {
     pub on_sent: Option<SentHook>,
     /// Pace the replay at this many events per second in all (default: as fast as possible).
     pub rate: Option<f64>,
+    /// Holds the clock back until the archive has caught up (see [`Pacer`]).
+    pub pacer: Option<Arc<Pacer>>,
+    /// Sees every line read, with its position (`replay-<file>-<reader>of<readers>`, line number).
+    pub tap: Option<Tap>,
+}
+
+/// Holds a replay's clock at each boundary of `step` (a day) until the archive has taken a
+/// snapshot there: a day of the daily views leaves them at a midnight, so the archive's snapshot
+/// *at* that midnight (every time before it done, nothing at or after it ingested) holds the day
+/// whole and final, however fast the file is read. The archiving side calls
+/// [`Pacer::archived`] after each snapshot; readers wait in `allow` and meanwhile advance their
+/// feeders to the boundary, so the frontier (and the next snapshot) reaches it.
+pub struct Pacer {
+    archived: Mutex<Option<Time>>,
+    moved: Condvar,
+    step: Time,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl Pacer {
+    pub fn new(step_ms: u64) -> Pacer {
+        Pacer {
+            archived: Mutex::new(None),
+            moved: Condvar::new(),
+            step: step_ms.max(1),
+            done: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// The first boundary after `t`: where the next snapshot must be taken.
+    pub fn next_boundary(&self, t: Time) -> Time {
+        (t / self.step).saturating_add(1).saturating_mul(self.step)
+    }
+
+    /// The archive has a snapshot at `frontier`. Before any reader has asked for a clock nothing
+    /// was ingested, and the count starts at the first clock asked for instead.
+    pub fn archived(&self, frontier: Time) {
+        let mut a = self.archived.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(x) = a.as_mut() {
+            *x = (*x).max(frontier);
+        }
+        self.moved.notify_all();
+    }
+
+    /// Lets every waiting reader go (the archiving side has stopped).
+    pub fn release(&self) {
+        self.done.store(true, Ordering::SeqCst);
+        self.moved.notify_all();
+    }
+
+    /// Waits until `clock` is before the next boundary after the last snapshot.
+    pub fn allow(&self, feeder: &mut Feeder, clock: Time) -> Result<(), IngestError> {
+        let mut a = self.archived.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            // The first clock anyone asks for starts the count: nothing before it was ingested.
+            let limit = self.next_boundary(*a.get_or_insert(clock));
+            if clock < limit || self.done.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            if feeder.time() < limit {
+                drop(a);
+                feeder.advance(limit)?;
+                a = self.archived.lock().unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            a = self
+                .moved
+                .wait_timeout(a, Duration::from_millis(50))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
 }
 
 impl ReplayOptions {
@@ -80,6 +168,8 @@ impl Default for ReplayOptions {
             repeat_shift_ms: 0,
             on_sent: None,
             rate: None,
+            pacer: None,
+            tap: None,
         }
     }
 }
@@ -134,6 +224,9 @@ pub fn replay(
                     barrier.wait();
                     let last = end.load(Ordering::SeqCst) + 1;
                     result?;
+                    if let Some(pacer) = &reader.options.pacer {
+                        pacer.allow(&mut reader.feeder, last)?;
+                    }
                     reader.feeder.advance(last)?;
                     reader.stats.end = last;
                     Ok::<_, IngestError>(reader.stats)
@@ -182,6 +275,7 @@ impl Reader {
         for copy in 0..self.options.repeat.max(1) {
             let mut reader = BufReader::with_capacity(1 << 20, File::open(path).map_err(io)?);
             let mut line = Vec::with_capacity(512);
+            let mut decoded: Vec<Event> = Vec::new();
             let mut number: u64 = 0;
             let block = self.block_lines();
             loop {
@@ -200,21 +294,41 @@ impl Reader {
                     continue;
                 }
                 self.stats.lines += 1;
+                let errors_before = self.batch.errors.len();
+                decoded.clear();
                 for result in decode_line(&line) {
                     match result {
                         Ok(mut event) => {
                             if copy > 0 {
                                 shift(&mut event, copy, self.options.repeat_shift_ms);
                             }
-                            let tick = self.options.tick().max(1);
-                            let ts = u64::try_from(event.timestamp.0).unwrap_or(0);
-                            self.newest = self.newest.max(ts);
-                            self.clock = self.clock.max(ts - ts % tick);
-                            self.stats.events += 1;
-                            self.batch.events.push(event);
+                            decoded.push(event);
                         }
                         Err(error) => self.refuse(&name, number, &error, &line),
                     }
+                }
+                if let Some(tap) = &self.options.tap {
+                    let stream = format!("replay-{name}-{}of{}", self.share, self.of);
+                    tap(
+                        Position {
+                            stream: &stream,
+                            offset: number as i64,
+                            received_at: Timestamp(i64::try_from(self.clock).unwrap_or(i64::MAX)),
+                        },
+                        &decoded,
+                        &self.batch.errors[errors_before..],
+                    );
+                }
+                let tick = self.options.tick().max(1);
+                for event in decoded.drain(..) {
+                    let ts = u64::try_from(event.timestamp.0).unwrap_or(0);
+                    self.newest = self.newest.max(ts);
+                    let at = ts - ts % tick;
+                    if at > self.clock {
+                        self.move_clock(at)?;
+                    }
+                    self.stats.events += 1;
+                    self.batch.events.push(event);
                 }
                 if self.batch.events.len() + self.batch.errors.len() >= self.batch_limit() {
                     self.flush()?;
@@ -222,6 +336,19 @@ impl Reader {
             }
         }
         self.flush()
+    }
+
+    /// Moves the clock to `at` (later than it): the batch so far goes at the old clock, so none
+    /// of its events is judged at a later one; a pacer may hold the new clock back.
+    fn move_clock(&mut self, at: Time) -> Result<(), IngestError> {
+        if self.options.rate.is_none() && !self.batch.is_empty() {
+            self.flush()?;
+        }
+        if let Some(pacer) = self.options.pacer.clone() {
+            pacer.allow(&mut self.feeder, at)?;
+        }
+        self.clock = at;
+        Ok(())
     }
 
     /// Lines per block dealt to one reader: when paced, about 1/50 s of the file each, so that the

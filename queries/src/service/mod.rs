@@ -18,6 +18,7 @@
 //! holds) and the engine (its workers drain). The one thread not joined is the embedded MQTT
 //! broker's: rumqttd has no way to stop, so it ends with the process.
 
+pub mod bulk;
 mod source;
 mod ticker;
 
@@ -140,6 +141,8 @@ pub enum ServiceError {
     },
     #[error("the {0} thread panicked")]
     Panicked(&'static str),
+    #[error("{0}")]
+    Internal(String),
 }
 
 /// What kind of failure a [`ServiceError`] is, for whoever decides what to do next.
@@ -171,7 +174,8 @@ impl ServiceError {
             ServiceError::Engine(_)
             | ServiceError::Sql(_)
             | ServiceError::Store(_)
-            | ServiceError::Panicked(_) => ErrorClass::Internal,
+            | ServiceError::Panicked(_)
+            | ServiceError::Internal(_) => ErrorClass::Internal,
         }
     }
 }
@@ -516,7 +520,7 @@ fn with_archive(pipeline: Pipeline, archive: Option<&Archive>) -> Arc<dyn crate:
 }
 
 /// The source tap that hands every record to the archive.
-fn archive_tap(archive: &Archive) -> vendflow_ingest::Tap {
+pub(crate) fn archive_tap(archive: &Archive) -> vendflow_ingest::Tap {
     let tap = archive.tap();
     Arc::new(
         move |at: vendflow_ingest::Position<'_>,

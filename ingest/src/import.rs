@@ -1,0 +1,579 @@
+//! Imports of what operators already have: sales exports as CSV (`vendflow import csv`).
+//!
+//! An export has a header and one sale line per row; [`ColumnMap`] says which column holds what
+//! (`--map 'machine=Machine,time=Trans Date,amount=Line Total,…'`). Each good row becomes a
+//! sale event; the file of events then goes through the same bulk load as `vendflow replay`.
+//! A row that cannot be read is refused with its line number and the reason, and becomes an
+//! error record (the `errors` view); nothing is dropped silently.
+//!
+//! - Money is read exactly as text: `12.5`, `$1,234.50`, `(3.00)` or `-3.00` (a refund), at
+//!   most two decimals; never through a float.
+//! - Dates: `1/31/2022`, `2022-01-31`, `31.01.2022`, `Monday, January 31, 2022`, `Jan 31 2022`,
+//!   each with or without a time (`13:05`, `13:05:07`, `1:05 PM`), or RFC 3339; or a date column
+//!   and a separate time-of-day column. Local times are in `--tz` (an IANA zone, default UTC).
+//! - Without a transaction column, a row is its own transaction, named by file and line (so an
+//!   import of the same file twice counts each sale once); without a slot column, slot 0.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::Path;
+
+use chrono::{NaiveDate, NaiveDateTime, NaiveTime, TimeZone};
+use vendflow_dataflows::ErrorRecord;
+use vendflow_protocol::registry::{Machine, MachineStatus};
+use vendflow_protocol::{
+    Cents, DecodeError, ErrorKind, Event, EventKind, MachineId, RegistryRecord, Sale, Timestamp,
+};
+
+use crate::IngestError;
+
+/// What an export's columns hold: field → header name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ColumnMap {
+    pub fields: BTreeMap<Field, String>,
+}
+
+/// The fields a sales export can map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Field {
+    Machine,
+    Product,
+    Transaction,
+    Slot,
+    Quantity,
+    /// The line total.
+    Amount,
+    /// Date, with or without the time of day.
+    Time,
+    /// A separate time-of-day column.
+    Clock,
+    Payment,
+    Location,
+}
+
+impl Field {
+    const ALL: [(&'static str, Field); 10] = [
+        ("machine", Field::Machine),
+        ("product", Field::Product),
+        ("transaction", Field::Transaction),
+        ("slot", Field::Slot),
+        ("quantity", Field::Quantity),
+        ("amount", Field::Amount),
+        ("time", Field::Time),
+        ("clock", Field::Clock),
+        ("payment", Field::Payment),
+        ("location", Field::Location),
+    ];
+
+    fn name(self) -> &'static str {
+        Field::ALL
+            .iter()
+            .find(|(_, f)| *f == self)
+            .map_or("?", |(n, _)| n)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error(
+        "--map: {0} (expected FIELD=COLUMN pairs separated by commas; fields: machine, product, transaction, slot, quantity, amount, time, clock, payment, location)"
+    )]
+    Map(String),
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("unknown time zone {0:?} (an IANA name such as Europe/Paris or America/New_York)")]
+    TimeZone(String),
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+}
+
+impl ColumnMap {
+    /// Parses `machine=Machine,time=Trans Date,…` (a pair whose column name holds a comma is
+    /// quoted whole, as in CSV: `"amount=Line, Total"`).
+    /// `machine` (unless `machine_constant`), `amount` and `time` are required.
+    pub fn parse(text: &str, machine_constant: bool) -> Result<ColumnMap, ImportError> {
+        let mut fields = BTreeMap::new();
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_reader(text.as_bytes());
+        let record = reader
+            .records()
+            .next()
+            .transpose()
+            .map_err(|e| ImportError::Map(e.to_string()))?
+            .unwrap_or_default();
+        for pair in record.iter().filter(|p| !p.trim().is_empty()) {
+            let (key, column) = pair
+                .split_once('=')
+                .ok_or_else(|| ImportError::Map(format!("{pair:?} has no '='")))?;
+            let field = Field::ALL
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(key.trim()))
+                .map(|(_, f)| *f)
+                .ok_or_else(|| ImportError::Map(format!("unknown field {:?}", key.trim())))?;
+            if fields.insert(field, column.trim().to_owned()).is_some() {
+                return Err(ImportError::Map(format!(
+                    "{} is mapped twice",
+                    field.name()
+                )));
+            }
+        }
+        let mut required = vec![Field::Amount, Field::Time];
+        if !machine_constant {
+            required.push(Field::Machine);
+        }
+        for f in required {
+            if !fields.contains_key(&f) {
+                return Err(ImportError::Map(format!("{} is required", f.name())));
+            }
+        }
+        Ok(ColumnMap { fields })
+    }
+}
+
+/// How to read an export.
+#[derive(Clone, Debug)]
+pub struct CsvImport {
+    pub map: ColumnMap,
+    /// The machine of every row, for an export of one machine without a machine column.
+    pub machine: Option<String>,
+    /// The zone of local times in the export.
+    pub tz: chrono_tz::Tz,
+}
+
+impl CsvImport {
+    pub fn new(
+        map: ColumnMap,
+        machine: Option<String>,
+        tz: Option<&str>,
+    ) -> Result<Self, ImportError> {
+        let tz = match tz {
+            None => chrono_tz::UTC,
+            Some(name) => name
+                .parse()
+                .map_err(|_| ImportError::TimeZone(name.to_owned()))?,
+        };
+        Ok(CsvImport { map, machine, tz })
+    }
+}
+
+/// A refused row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    pub line: u64,
+    pub reason: String,
+}
+
+/// What an import read and wrote.
+#[derive(Clone, Debug, Default)]
+pub struct Converted {
+    pub rows: u64,
+    pub sales: u64,
+    pub refused: Vec<Refused>,
+    /// Error records of the refused rows (for the `errors` view).
+    pub errors: Vec<ErrorRecord>,
+    /// One machine record per machine with a location in the export (machine → location).
+    pub registry: Vec<RegistryRecord>,
+}
+
+/// Reads the export at `path` and writes its sales as JSON Lines events to `events`.
+pub fn convert_csv(
+    path: &Path,
+    import: &CsvImport,
+    events: &mut impl Write,
+) -> Result<Converted, ImportError> {
+    let file_error = |message: String| ImportError::File {
+        path: path.display().to_string(),
+        message,
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_path(path)
+        .map_err(|e| file_error(e.to_string()))?;
+    let header = reader
+        .headers()
+        .map_err(|e| file_error(e.to_string()))?
+        .clone();
+    let mut columns: HashMap<Field, usize> = HashMap::new();
+    for (field, name) in &import.map.fields {
+        let index = header
+            .iter()
+            .position(|h| h.trim_start_matches('\u{feff}').eq_ignore_ascii_case(name))
+            .ok_or_else(|| {
+                file_error(format!(
+                    "no column {name:?} (for {}); the header has: {}",
+                    field.name(),
+                    header.iter().collect::<Vec<_>>().join(", ")
+                ))
+            })?;
+        columns.insert(*field, index);
+    }
+    let name = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let mut out = Converted::default();
+    let mut locations: BTreeMap<String, String> = BTreeMap::new();
+    for record in reader.records() {
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => {
+                let line = e.position().map_or(0, |p| p.line());
+                out.refuse(&name, line, ErrorKind::Syntax, e.to_string(), b"");
+                continue;
+            }
+        };
+        out.rows += 1;
+        let line = record.position().map_or(out.rows + 1, |p| p.line());
+        let cell = |f: Field| columns.get(&f).and_then(|i| record.get(*i)).unwrap_or("");
+        match sale_of(&cell, import, &name, line) {
+            Ok((event, location)) => {
+                if let Some(l) = location {
+                    locations.insert(event.machine_id.as_str().to_owned(), l);
+                }
+                writeln!(events, "{}", event.to_json_line())
+                    .map_err(|e| file_error(e.to_string()))?;
+                out.sales += 1;
+            }
+            Err(error) => {
+                let raw = record.iter().collect::<Vec<_>>().join(",");
+                out.refuse(&name, line, error.kind, error.message, raw.as_bytes());
+            }
+        }
+    }
+    for (machine, location) in locations {
+        if let Ok(machine_id) = MachineId::parse(&machine) {
+            out.registry.push(RegistryRecord::Machine(Machine {
+                machine_id,
+                serial_number: machine.clone(),
+                model: "imported".into(),
+                location_id: Some(location),
+                status: MachineStatus::Active,
+                firmware_version: None,
+                slots: Vec::new(),
+                registered_at: None,
+            }));
+        }
+    }
+    Ok(out)
+}
+
+impl Converted {
+    fn refuse(&mut self, file: &str, line: u64, kind: ErrorKind, reason: String, raw: &[u8]) {
+        tracing::warn!(file, line, reason = %reason, "refused an export row");
+        let error = DecodeError::new(kind, reason.clone());
+        self.errors.push(ErrorRecord::new(
+            Timestamp(0),
+            format!("import:{file}:{line}"),
+            &error,
+            raw,
+        ));
+        self.refused.push(Refused { line, reason });
+    }
+}
+
+/// The sale of one row, and its machine's location if the export has one.
+fn sale_of<'a>(
+    cell: &impl Fn(Field) -> &'a str,
+    import: &CsvImport,
+    file: &str,
+    line: u64,
+) -> Result<(Event, Option<String>), DecodeError> {
+    let schema = |m: String| DecodeError::new(ErrorKind::Schema, m);
+    let machine = match &import.machine {
+        Some(m) => m.as_str(),
+        None => cell(Field::Machine),
+    };
+    let machine_id = MachineId::parse(machine)
+        .map_err(|m| DecodeError::new(ErrorKind::MachineId, format!("machine {machine:?}: {m}")))?;
+    let amount = parse_money(cell(Field::Amount)).map_err(|m| {
+        DecodeError::new(
+            ErrorKind::Number,
+            format!("amount {:?}: {m}", cell(Field::Amount)),
+        )
+    })?;
+    let timestamp = parse_time(cell(Field::Time), cell(Field::Clock), import.tz)
+        .map_err(|m| DecodeError::new(ErrorKind::Timestamp, m))?;
+    let quantity = match cell(Field::Quantity) {
+        "" => 1,
+        q => q
+            .parse::<u32>()
+            .ok()
+            .filter(|q| *q > 0)
+            .ok_or_else(|| schema(format!("quantity {q:?} is not a whole number above 0")))?,
+    };
+    let slot_number = match cell(Field::Slot) {
+        "" => 0,
+        s => s
+            .parse::<u32>()
+            .map_err(|_| schema(format!("slot {s:?} is not a whole number")))?,
+    };
+    let product = match cell(Field::Product) {
+        "" => format!("slot-{slot_number}"),
+        p => p.to_owned(),
+    };
+    let transaction = match cell(Field::Transaction) {
+        "" => format!("{file}:{line}"),
+        t => t.to_owned(),
+    };
+    let payment = cell(Field::Payment).to_ascii_lowercase();
+    let payment = match payment.as_str() {
+        "" => "unknown".to_owned(),
+        p if p.contains("cash") || p.contains("coin") || p.contains("bill") => "cash".to_owned(),
+        p if ["card", "credit", "debit", "visa", "mastercard", "amex"]
+            .iter()
+            .any(|c| p.contains(c)) =>
+        {
+            "card".to_owned()
+        }
+        p if ["mobile", "nfc", "apple", "google", "wallet"]
+            .iter()
+            .any(|c| p.contains(c)) =>
+        {
+            "mobile".to_owned()
+        }
+        p => p.to_owned(),
+    };
+    let location = Some(cell(Field::Location))
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned);
+    Ok((
+        Event {
+            machine_id,
+            timestamp,
+            seq: None,
+            kind: EventKind::Sale(Sale {
+                slot_number,
+                product_id: product.into(),
+                amount,
+                quantity,
+                payment_method: payment.into(),
+                transaction_id: transaction.into(),
+            }),
+        },
+        location,
+    ))
+}
+
+/// Money as text, exactly: `12.5`, `$1,234.50`, `-3.00`, `(3.00)`, `€ 4`.
+pub fn parse_money(text: &str) -> Result<Cents, String> {
+    let mut t = text.trim();
+    let mut negative = false;
+    if let Some(inner) = t.strip_prefix('(').and_then(|s| s.strip_suffix(')')) {
+        negative = true;
+        t = inner.trim();
+    }
+    if let Some(rest) = t.strip_prefix('-') {
+        negative = !negative;
+        t = rest.trim();
+    }
+    let t: String = t
+        .chars()
+        .filter(|c| !matches!(c, '$' | '€' | '£' | ',' | ' ' | '\u{a0}'))
+        .collect();
+    if t.is_empty() {
+        return Err("empty".into());
+    }
+    let (whole, fraction) = t.split_once('.').unwrap_or((&t, ""));
+    if fraction.len() > 2 {
+        return Err("more than two decimals".into());
+    }
+    if whole.is_empty() && fraction.is_empty()
+        || !whole.chars().all(|c| c.is_ascii_digit())
+        || !fraction.chars().all(|c| c.is_ascii_digit())
+    {
+        return Err("not a decimal number".into());
+    }
+    let whole: i64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| "too large".to_owned())?
+    };
+    let cents: i64 = format!("{fraction:0<2}").parse().unwrap_or(0);
+    let total = whole
+        .checked_mul(100)
+        .and_then(|w| w.checked_add(cents))
+        .ok_or_else(|| "too large".to_owned())?;
+    Ok(Cents(if negative { -total } else { total }))
+}
+
+const DATE_FORMATS: &[&str] = &[
+    "%Y-%m-%d",
+    "%m/%d/%Y",
+    "%m/%d/%y",
+    "%d.%m.%Y",
+    "%A, %B %d, %Y",
+    "%B %d, %Y",
+    "%b %d, %Y",
+    "%b %d %Y",
+    "%d %B %Y",
+    "%d %b %Y",
+];
+const TIME_FORMATS: &[&str] = &[
+    "%H:%M:%S%.f",
+    "%H:%M:%S",
+    "%H:%M",
+    "%I:%M:%S %p",
+    "%I:%M %p",
+];
+
+/// A local date (and time) in `tz`, or RFC 3339; `clock` is a separate time-of-day cell.
+pub fn parse_time(text: &str, clock: &str, tz: chrono_tz::Tz) -> Result<Timestamp, String> {
+    let text = text.trim();
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(Timestamp(t.timestamp_millis()));
+    }
+    let local = local_time(text, clock.trim())
+        .ok_or_else(|| format!("cannot read {text:?} as a date (and time)"))?;
+    let instant = tz
+        .from_local_datetime(&local)
+        .earliest()
+        .ok_or_else(|| format!("{local} does not exist in {tz} (a clock change)"))?;
+    Ok(Timestamp(instant.timestamp_millis()))
+}
+
+fn local_time(text: &str, clock: &str) -> Option<NaiveDateTime> {
+    let time_of = |t: &str| {
+        TIME_FORMATS
+            .iter()
+            .find_map(|f| NaiveTime::parse_from_str(t, f).ok())
+    };
+    for date_format in DATE_FORMATS {
+        if let Ok(date) = NaiveDate::parse_from_str(text, date_format) {
+            let time = if clock.is_empty() {
+                NaiveTime::MIN
+            } else {
+                time_of(clock)?
+            };
+            return Some(date.and_time(time));
+        }
+        for time_format in TIME_FORMATS {
+            for sep in [" ", "T", ", "] {
+                let format = format!("{date_format}{sep}{time_format}");
+                if let Ok(t) = NaiveDateTime::parse_from_str(text, &format) {
+                    return Some(t);
+                }
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn money_is_read_exactly() {
+        assert_eq!(parse_money("12.5"), Ok(Cents(1250)));
+        assert_eq!(parse_money("$1,234.05"), Ok(Cents(123_405)));
+        assert_eq!(parse_money("(3.00)"), Ok(Cents(-300)));
+        assert_eq!(parse_money("-0.99"), Ok(Cents(-99)));
+        assert_eq!(parse_money("€ 4"), Ok(Cents(400)));
+        assert_eq!(parse_money(".5"), Ok(Cents(50)));
+        assert!(parse_money("1.234").is_err());
+        assert!(parse_money("1.2.3").is_err());
+        assert!(parse_money("").is_err());
+        assert!(parse_money("abc").is_err());
+        assert!(parse_money("99999999999999999999").is_err());
+    }
+
+    #[test]
+    fn dates_in_the_formats_exports_use() {
+        let utc = chrono_tz::UTC;
+        let day = 1_641_081_600_000; // 2022-01-02T00:00:00Z
+        for text in [
+            "1/2/2022",
+            "2022-01-02",
+            "Sunday, January 2, 2022",
+            "January 2, 2022",
+            "02.01.2022",
+        ] {
+            assert_eq!(parse_time(text, "", utc), Ok(Timestamp(day)), "{text}");
+        }
+        let later = day + 13 * 3_600_000 + 5 * 60_000;
+        for text in [
+            "1/2/2022 13:05",
+            "1/2/2022 1:05 PM",
+            "2022-01-02 13:05:00",
+            "2022-01-02T13:05:00Z",
+            "Sunday, January 2, 2022 13:05",
+        ] {
+            assert_eq!(parse_time(text, "", utc), Ok(Timestamp(later)), "{text}");
+        }
+        assert_eq!(parse_time("1/2/2022", "13:05", utc), Ok(Timestamp(later)));
+        // Local time in Tokyo is 9 hours ahead of UTC.
+        let tokyo: chrono_tz::Tz = "Asia/Tokyo".parse().unwrap_or(chrono_tz::UTC);
+        assert_eq!(
+            parse_time("1/2/2022 13:05", "", tokyo),
+            Ok(Timestamp(later - 9 * 3_600_000))
+        );
+        assert!(parse_time("yesterday", "", utc).is_err());
+        assert!(parse_time("13/45/2022", "", utc).is_err());
+    }
+
+    #[test]
+    fn a_map_names_columns_and_says_what_is_missing() {
+        let map = ColumnMap::parse(
+            "machine=Machine,time=Trans Date,\"amount=Line, Total\"",
+            false,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(map.fields[&Field::Amount], "Line, Total");
+        assert_eq!(map.fields[&Field::Time], "Trans Date");
+        let missing = ColumnMap::parse("machine=M,time=T", false);
+        assert!(matches!(missing, Err(ImportError::Map(m)) if m.contains("amount")));
+        assert!(ColumnMap::parse("amount=A,time=T", true).is_ok());
+        assert!(ColumnMap::parse("amount=A,time=T,colour=C", true).is_err());
+    }
+
+    #[test]
+    fn an_export_becomes_sale_events_and_bad_rows_are_refused_with_their_line() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("export.csv");
+        std::fs::write(
+            &path,
+            "Machine,Date,Time,Txn,Coil,Qty,Total,Type,Site\n\
+             VM-1,1/2/2022,13:05,t1,148,2,$3.50,Card,airport\n\
+             VM-1,1/2/2022,13:05,t1,101,1,$1.25,Card,airport\n\
+             VM-2,not a date,,t2,101,1,$1.25,Cash,\n\
+             VM-2,1/3/2022,,t3,101,1,1.255,Cash,\n\
+             VM-2,1/3/2022,9:00 AM,,101,,2,coins,\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let map = ColumnMap::parse(
+            "machine=Machine,time=Date,clock=Time,transaction=Txn,slot=Coil,quantity=Qty,amount=Total,payment=Type,location=Site",
+            false,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let import = CsvImport::new(map, None, None).unwrap_or_else(|e| panic!("{e}"));
+        let mut out = Vec::new();
+        let converted = convert_csv(&path, &import, &mut out).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((converted.rows, converted.sales), (5, 3));
+        let lines: Vec<u64> = converted.refused.iter().map(|r| r.line).collect();
+        assert_eq!(lines, [4, 5]);
+        assert!(converted.refused[1].reason.contains("two decimals"));
+        assert_eq!(converted.errors.len(), 2);
+        assert_eq!(converted.errors[0].source, "import:export.csv:4");
+        let events: Vec<Event> = String::from_utf8_lossy(&out)
+            .lines()
+            .flat_map(|l| vendflow_protocol::decode::decode_line(l.as_bytes()))
+            .collect::<Result<_, _>>()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let sales: Vec<&Sale> = events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::Sale(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sales[0].slot_number, 148);
+        assert_eq!((sales[0].quantity, sales[0].amount), (2, Cents(350)));
+        assert_eq!(sales[0].payment_method.as_str(), "card");
+        assert_eq!(sales[2].transaction_id.as_str(), "export.csv:6");
+        assert_eq!(sales[2].payment_method.as_str(), "cash");
+        assert_eq!(events[2].timestamp, Timestamp(1_641_200_400_000));
+        assert_eq!(converted.registry.len(), 1, "VM-1 is at the airport");
+    }
+}

@@ -1,0 +1,167 @@
+//! Bulk loads: a recorded file (telemetry, or an import converted to it) through the engine,
+//! optionally into the Parquet archive, for `vendflow replay` and `vendflow import`.
+//!
+//! Without an archive, a load ends with the views as of its last event (the caller writes them
+//! as CSV). With one ([`BulkLoad::archive`]), every line also goes to the archive's raw events,
+//! and the load takes a *history step* at every midnight of its clock: the readers stop there
+//! ([`Pacer`]) until the archive has a snapshot at exactly that frontier, in which a day about
+//! to leave the daily views is still whole and final. So a months-long history lands day by day in
+//! `history/`, and `revenue_by_machine_day` over SQL covers all of it. The load ends with a full
+//! snapshot of every view (`views/`), which `vendflow sql --archive` serves as the live views.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use vendflow_dataflows::{Batch, Config, Engine, ViewStore};
+use vendflow_ingest::file::{Pacer, ReplayOptions, ReplayStats, load_registry, replay};
+use vendflow_sinks::archive::{Archive, ArchiveConfig};
+
+use super::{ServiceError, archive_tap};
+
+/// What to load and where.
+pub struct BulkLoad<'a> {
+    pub file: &'a Path,
+    /// Registry records (machines, locations, leases) as JSON Lines, ingested first.
+    pub registry: Option<&'a Path>,
+    pub archive: Option<ArchiveConfig>,
+    pub options: ReplayOptions,
+    /// Registry records and error records to ingest first (an import's machines and refused
+    /// rows).
+    pub registry_records: Vec<vendflow_protocol::RegistryRecord>,
+    pub errors: Vec<vendflow_dataflows::ErrorRecord>,
+}
+
+/// A finished load: the engine (still running, its views final), and what it read.
+pub struct Loaded {
+    pub engine: Engine,
+    pub store: ViewStore,
+    pub stats: ReplayStats,
+    /// From the start of the load until every view reflected the last event.
+    pub elapsed: Duration,
+    /// Registry lines refused (they are in the `errors` view).
+    pub registry_refused: usize,
+    /// The archive's directory, what it wrote, and the history steps taken.
+    pub archive: Option<(PathBuf, String, u64)>,
+}
+
+/// Loads `load.file`; `progress` counts the bytes read.
+pub fn load(
+    config: Config,
+    load: BulkLoad<'_>,
+    progress: Arc<AtomicU64>,
+) -> Result<Loaded, ServiceError> {
+    let started = Instant::now();
+    let mut engine = Engine::start(config)?;
+    let store = engine.store();
+    let mut feeders = engine
+        .feeders()
+        .ok_or_else(|| ServiceError::Internal("engine feeders already taken".into()))?;
+    let mut registry_refused = 0;
+    let mut first = Batch {
+        registry: load.registry_records.into_iter().map(|r| (r, 1)).collect(),
+        errors: load.errors,
+        ..Batch::default()
+    };
+    if let Some(path) = load.registry {
+        let (records, errors) = load_registry(path)?;
+        registry_refused = errors.len();
+        first.registry.extend(records.into_iter().map(|r| (r, 1)));
+        first.errors.extend(errors);
+    }
+    if !first.is_empty() {
+        feeders.send(0, first)?;
+    }
+    let mut options = load.options;
+    let archive = load.archive.map(Archive::open).transpose()?;
+    let steps = Arc::new(AtomicU64::new(0));
+    let mut archiver = None;
+    if let Some(archive) = &archive {
+        let pacer = Arc::new(Pacer::new(
+            u64::try_from(vendflow_protocol::units::MS_PER_DAY).unwrap_or(86_400_000),
+        ));
+        options.pacer = Some(pacer.clone());
+        options.tap = Some(archive_tap(archive));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tap, store, steps, name) = (
+            archive.tap(),
+            store.clone(),
+            steps.clone(),
+            load.file.display().to_string(),
+        );
+        let thread_stop = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("vendflow-bulk-history".into())
+            .spawn(move || {
+                let result = history_steps(&store, &tap, &pacer, &name, &steps, &thread_stop);
+                pacer.release();
+                result
+            })
+            .map_err(|e| ServiceError::Internal(format!("cannot start the archiver: {e}")))?;
+        archiver = Some((stop, handle));
+    }
+    let stats = replay(load.file, feeders, &options, progress);
+    let caught_up = match &stats {
+        Ok(s) => store.wait_for(s.end, Duration::from_secs(24 * 3600)),
+        Err(_) => false,
+    };
+    let elapsed = started.elapsed();
+    if let Some((stop, handle)) = archiver {
+        stop.store(true, Ordering::SeqCst);
+        handle
+            .join()
+            .map_err(|_| ServiceError::Internal("the archiver panicked".into()))??;
+    }
+    let stats = stats?;
+    if !caught_up {
+        return Err(ServiceError::Internal(
+            "the dataflows did not catch up with the input".into(),
+        ));
+    }
+    let archived = match archive {
+        Some(archive) => {
+            let positions = format!("{}@{}", load.file.display(), stats.lines);
+            archive.tap().views_blocking(store.snapshot(), positions)?;
+            let root = archive.root().to_path_buf();
+            let written = archive.close()?;
+            Some((root, written.line(), steps.load(Ordering::Relaxed)))
+        }
+        None => None,
+    };
+    Ok(Loaded {
+        engine,
+        store,
+        stats,
+        elapsed,
+        registry_refused,
+        archive: archived,
+    })
+}
+
+/// Hands the archive a snapshot for its history tables at each boundary the pacer holds the
+/// readers at (each midnight), and tells the pacer; until `stop`.
+fn history_steps(
+    store: &ViewStore,
+    tap: &vendflow_sinks::archive::ArchiveTap,
+    pacer: &Pacer,
+    name: &str,
+    steps: &AtomicU64,
+    stop: &AtomicBool,
+) -> Result<(), ServiceError> {
+    let mut last: Option<u64> = None;
+    loop {
+        let due = last.map_or(0, |l| pacer.next_boundary(l));
+        let reached = store.wait_for(due, Duration::from_millis(20));
+        if reached {
+            let snapshot = store.snapshot();
+            let frontier = snapshot.frontier;
+            tap.history(snapshot, format!("{name}@{frontier}"))?;
+            pacer.archived(frontier);
+            steps.fetch_add(1, Ordering::Relaxed);
+            last = Some(frontier);
+        } else if stop.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+    }
+}
