@@ -656,6 +656,89 @@ fn http_checks(curl: &Curl, http: &str, dir: &Path, record: &Path) -> anyhow::Re
     Ok(())
 }
 
+/// Sale re-deliveries dropped for `machine` so far (the engine's `sale_duplicates` view).
+fn duplicates_of(out: &Path, machine: &str) -> anyhow::Result<i64> {
+    let table = Table::read(&out.join("sale_duplicates.csv"))?;
+    let mut n = 0;
+    for r in table.records() {
+        if r["machine_id"] == machine {
+            n += r["duplicates"].parse::<i64>()?;
+        }
+    }
+    Ok(n)
+}
+
+/// Sales made 3, 10 and 30 days ago (a machine offline that long), first delivered now over
+/// HTTPS, then delivered again over MQTT: through the bridge and Kafka, each must count once, in
+/// the day it was made (past the engine's 48 h dedup memory, so the on-disk ledger decides).
+/// Records what was sent to `record` (both deliveries) for the revenue oracle.
+#[allow(clippy::too_many_arguments)]
+fn late_sales_checks(
+    curl: &Curl,
+    http: &str,
+    mosquitto_pub: &Path,
+    mqtt_port: u16,
+    dir: &Path,
+    record: &Path,
+    out: &Path,
+    engine: &Daemon,
+) -> anyhow::Result<()> {
+    use vendflow_protocol::auth::{MachineKey, sign_envelope};
+    use vendflow_protocol::{Cents, Envelope, Event, EventKind, MachineId, Sale, Timestamp};
+    const MACHINE: &str = "mach_00005";
+    const DAY: i64 = 86_400_000;
+    let before = duplicates_of(out, MACHINE)?;
+    let secret = vendflow_firmware::mqtt::simulated_secret(11, MACHINE);
+    let key = MachineKey::from_secret(&secret);
+    let machine_id = MachineId::parse(MACHINE).map_err(anyhow::Error::msg)?;
+    let now = Timestamp::now().0;
+    let mut sent = String::new();
+    for (i, days) in [3_i64, 10, 30].into_iter().enumerate() {
+        let sale = Event {
+            machine_id: machine_id.clone(),
+            timestamp: Timestamp(now - days * DAY - 3_600_000),
+            seq: None,
+            kind: EventKind::Sale(Sale {
+                slot_number: 148 - i as u32,
+                product_id: "late".into(),
+                amount: Cents(1_000 + 100 * i as i64),
+                quantity: 2,
+                payment_method: "card".into(),
+                transaction_id: format!("late-{days}d").into(),
+            }),
+        };
+        let envelope = Envelope {
+            machine_id: machine_id.clone(),
+            events: vec![sale.clone()],
+        };
+        let first = dir.join(format!("late-{days}d.json"));
+        std::fs::write(
+            &first,
+            sign_envelope(&envelope, &key, now, &format!("late-{days}-1")),
+        )?;
+        let (status, body) = post(curl, http, MACHINE, &secret, &first)?;
+        assert_eq!(status, 200, "{days} days late over HTTPS: {body}");
+        let again = sign_envelope(&envelope, &key, now, &format!("late-{days}-2"));
+        mqtt_pub(
+            mosquitto_pub,
+            mqtt_port,
+            &format!("machines/{MACHINE}/telemetry"),
+            &again,
+        )?;
+        sent.push_str(&(sale.to_json_line() + "\n"));
+        sent.push_str(&(sale.to_json_line() + "\n"));
+    }
+    std::fs::write(record, sent)?;
+    wait_until(
+        "the re-deliveries of the late sales are dropped as duplicates",
+        Duration::from_secs(60),
+        || Ok(duplicates_of(out, MACHINE)? >= before + 3),
+    )
+    .with_context(|| tail(&engine.output()))?;
+    assert_eq!(duplicates_of(out, MACHINE)?, before + 3);
+    Ok(())
+}
+
 fn sorted_rows(path: &Path) -> anyhow::Result<Vec<Vec<String>>> {
     let mut rows = Table::read(path)?.rows;
     rows.sort();
@@ -1206,6 +1289,25 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
         &kafka,
         "http telemetry",
     )?;
+    // Sales 3, 10 and 30 days late, each delivered twice: once in their own days.
+    let sent_late = d.join("sent-late.jsonl");
+    late_sales_checks(
+        &curl,
+        &http,
+        &mosquitto_pub,
+        mqtt_port,
+        d,
+        &sent_late,
+        &out1,
+        &engine,
+    )?;
+    wait_for_revenue(
+        &out1,
+        &oracle(&[&sent1, &sent_http, &sent_late])?,
+        &engine,
+        &kafka,
+        "sales days late",
+    )?;
 
     // Bad input through the real broker: each refused with its reason and counted as an error
     // record of the engine; nothing else moves (the revenue checks below include none of it).
@@ -1250,7 +1352,7 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
     mosquitto.terminate()?;
     mosquitto = start_mosquitto(&mosquitto_bin, d, mqtt_port)?;
     bridge = Daemon::spawn("bridge", &bin, &bridge_args, &d.join("bridge-3.log"))?;
-    let expected = oracle(&[&sent1, &sent_http, &sent_commands, &sent2])?;
+    let expected = oracle(&[&sent1, &sent_http, &sent_late, &sent_commands, &sent2])?;
     wait_offered(&curl, &http, d, "mach_00004", "cmd-http-2")
         .context("a restarted bridge no longer offers a pending command over HTTP")?;
     wait_for_revenue(&out1, &expected, &engine, &kafka, "mosquitto restarted")?;
@@ -1270,7 +1372,14 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
     let published3 = finish(publisher)?;
     let out2 = d.join("views-2");
     engine = start_engine(&bin, &kafka, &out2, &serving, &d.join("engine-2.log"))?;
-    let expected = oracle(&[&sent1, &sent_http, &sent_commands, &sent2, &sent3])?;
+    let expected = oracle(&[
+        &sent1,
+        &sent_http,
+        &sent_late,
+        &sent_commands,
+        &sent2,
+        &sent3,
+    ])?;
     wait_for_revenue(&out2, &expected, &engine, &kafka, "engine rebuilt")?;
     wait_for_registry(&out2, 20, &engine)?;
     wait_archived(&out2, &engine)?;
@@ -1283,6 +1392,7 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
         &all,
         std::fs::read_to_string(&sent1)?
             + &std::fs::read_to_string(&sent_http)?
+            + &std::fs::read_to_string(&sent_late)?
             + &std::fs::read_to_string(&sent_commands)?
             + &std::fs::read_to_string(&sent2)?
             + &std::fs::read_to_string(&sent3)?,

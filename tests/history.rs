@@ -75,7 +75,12 @@ fn same(what: &str, got: &Days, expected: &Days) -> anyhow::Result<()> {
         "{what}: {} of {} machine-days differ:\n{}",
         problems.len(),
         expected.len(),
-        problems.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+        problems
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     Ok(())
 }
@@ -139,7 +144,12 @@ fn a_shuffled_six_month_history_equals_duckdb_per_machine_day() -> anyhow::Resul
         deliveries - lines
     );
     // Late arrivals are counted as such (most of a shuffled file arrives after its horizon).
-    assert!(scalar(&replayed, "SELECT events FROM too_late WHERE view = 'sales'")? > lines / 2);
+    assert!(
+        scalar(
+            &replayed,
+            "SELECT events FROM too_late WHERE view = 'sales'"
+        )? > lines / 2
+    );
 
     // The same sales as an operator's CSV export (machine order, US dates, "$1,234.50").
     let imported = dir.path().join("imported");
@@ -154,7 +164,10 @@ fn a_shuffled_six_month_history_equals_duckdb_per_machine_day() -> anyhow::Resul
     ])?;
     let printed = String::from_utf8_lossy(&out.stdout);
     eprintln!("{printed}");
-    assert!(printed.contains(&format!("{lines} sales, 0 refused")), "{printed}");
+    assert!(
+        printed.contains(&format!("{lines} sales, 0 refused")),
+        "{printed}"
+    );
     same(
         "import of the CSV export",
         &revenue_over_sql(&imported, dir.path(), "imported")?,
