@@ -16,7 +16,7 @@ use vendflow_firmware::{Fault, Fleet, FleetConfig};
 use vendflow_ingest::auth::{Credentials, Verifier};
 use vendflow_ingest::bridge::{self, BridgeConfig, BridgeStats};
 use vendflow_ingest::file::ReplayOptions;
-use vendflow_ingest::import::{ColumnMap, CsvImport, convert_csv};
+use vendflow_ingest::import::{ColumnMap, CsvImport, convert_csv, convert_dex};
 use vendflow_ingest::kafka::TELEMETRY_TOPIC;
 use vendflow_protocol::Timestamp;
 use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR};
@@ -89,6 +89,33 @@ enum ImportKind {
         #[arg(long, short, required_unless_present = "archive")]
         out: Option<PathBuf>,
         /// Parquet archive directory: raw events, history of the daily views, final snapshot.
+        #[arg(long)]
+        archive: Option<PathBuf>,
+        /// Registry records (machines, locations, leases) as JSON Lines.
+        #[arg(long)]
+        registry: Option<PathBuf>,
+    },
+    /// EVA-DTS / DEX audit files, the audit read from every machine (DXS, ST, ID1, VA1, CA2,
+    /// PA1 price per column, PA2 vend counters, EA3 / ID5 read time, SE, DXE).
+    ///
+    /// Consecutive audits of a machine become per-column sales for the period between them
+    /// (`dex_audits`), and with the machine's telemetry (--telemetry) the `reconciliation` view:
+    /// per period and slot, matched, missing in telemetry, missing in the audit, or an amount
+    /// difference. Counter resets and unreadable segments are reported, not guessed.
+    Dex {
+        /// Audit files, in any order.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The machine of every file (default: each audit's serial number, ID101).
+        #[arg(long)]
+        machine: Option<String>,
+        /// The machines' telemetry (JSON Lines) over the same span, loaded with the audits.
+        #[arg(long)]
+        telemetry: Option<PathBuf>,
+        /// Directory for `<view>.csv` (created if missing).
+        #[arg(long, short, required_unless_present = "archive")]
+        out: Option<PathBuf>,
+        /// Parquet archive directory.
         #[arg(long)]
         archive: Option<PathBuf>,
         /// Registry records (machines, locations, leases) as JSON Lines.
@@ -603,6 +630,43 @@ fn main() -> anyhow::Result<()> {
             format,
             query,
         } => sql_over_archive(&archive, format, &query),
+        Command::Import(ImportKind::Dex {
+            files,
+            machine,
+            telemetry,
+            out,
+            archive,
+            registry,
+        }) => {
+            let mut audits = Vec::new();
+            let converted = convert_dex(&files, machine.as_deref(), &mut audits)?;
+            println!(
+                "{} audits read, {} files refused",
+                converted.audits,
+                converted.refused.len()
+            );
+            for (file, reason) in &converted.refused {
+                println!("  {file}: {reason}");
+            }
+            for (file, problem) in &converted.problems {
+                println!("  {file}: {problem}");
+            }
+            let events = tempfile::NamedTempFile::new()?;
+            merge_by_time(&audits, telemetry.as_deref(), events.path())?;
+            let archive = archive.map(|root| ArchiveConfig::new(root, &config));
+            bulk_load(
+                config,
+                BulkLoad {
+                    file: events.path(),
+                    registry: registry.as_deref(),
+                    archive,
+                    options: ReplayOptions::default(),
+                    registry_records: Vec::new(),
+                    errors: Vec::new(),
+                },
+                out.as_deref(),
+            )
+        }
         Command::Import(ImportKind::Csv {
             file,
             map,
@@ -1282,6 +1346,57 @@ fn sql_over_archive(
             stdout.write_all(&vendflow_queries::sql::encode(&answer, "application/json")?.1)?
         }
     }
+    Ok(())
+}
+
+/// Writes the telemetry file's lines in their own order to `to`, each audit event (JSON Lines,
+/// `audits`) just before the first line dated at or after it, so audits and sales are lived
+/// through together.
+fn merge_by_time(
+    audits: &[u8],
+    telemetry: Option<&std::path::Path>,
+    to: &std::path::Path,
+) -> anyhow::Result<()> {
+    use std::io::BufRead;
+    let mut pending: Vec<(i64, &[u8])> = audits
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let at = vendflow_protocol::decode::decode_line(l)
+                .into_iter()
+                .find_map(Result::ok)
+                .map_or(i64::MIN, |e| e.timestamp.0);
+            (at, l)
+        })
+        .collect();
+    pending.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
+    let mut out = std::io::BufWriter::new(std::fs::File::create(to)?);
+    if let Some(path) = telemetry {
+        let reader = std::io::BufReader::new(
+            std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?,
+        );
+        for line in reader.split(b'\n') {
+            let line = line?;
+            let at = vendflow_protocol::decode::decode_line(&line)
+                .into_iter()
+                .find_map(Result::ok)
+                .map(|e| e.timestamp.0);
+            while let Some(a) = at
+                && pending.last().is_some_and(|(t, _)| *t <= a)
+                && let Some((_, audit)) = pending.pop()
+            {
+                out.write_all(audit)?;
+                out.write_all(b"\n")?;
+            }
+            out.write_all(&line)?;
+            out.write_all(b"\n")?;
+        }
+    }
+    while let Some((_, audit)) = pending.pop() {
+        out.write_all(audit)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
     Ok(())
 }
 

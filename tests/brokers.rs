@@ -739,6 +739,57 @@ fn late_sales_checks(
     Ok(())
 }
 
+/// A machine publishes its DEX audit over MQTT (a `dex` event): through the bridge and Kafka it
+/// lands in the engine's `dex_audits` view, one row per column.
+fn dex_over_mqtt(
+    mosquitto_pub: &Path,
+    mqtt_port: u16,
+    out: &Path,
+    engine: &Daemon,
+) -> anyhow::Result<()> {
+    use vendflow_protocol::auth::{MachineKey, sign_envelope};
+    use vendflow_protocol::{Envelope, Event, EventKind, MachineId, Timestamp};
+    const MACHINE: &str = "mach_00006";
+    let audit = vendflow_protocol::dex::parse(
+        "DXS*RST1*VA*V0/6*1\r\nST*001*0001\r\nID1*SN-6*VX\r\nPA1*1*250\r\nPA2*40*10000\r\nPA1*2*175\r\nPA2*12*2100\r\nSE*7*0001\r\nDXE*1*1\r\n",
+    )
+    .map_err(anyhow::Error::msg)?;
+    let key = MachineKey::from_secret(&vendflow_firmware::mqtt::simulated_secret(11, MACHINE));
+    let machine_id = MachineId::parse(MACHINE).map_err(anyhow::Error::msg)?;
+    let now = Timestamp::now();
+    let envelope = Envelope {
+        machine_id: machine_id.clone(),
+        events: vec![Event {
+            machine_id,
+            timestamp: now,
+            seq: None,
+            kind: EventKind::Dex(Box::new(audit)),
+        }],
+    };
+    mqtt_pub(
+        mosquitto_pub,
+        mqtt_port,
+        &format!("machines/{MACHINE}/telemetry"),
+        &sign_envelope(&envelope, &key, now.0, "dex-1"),
+    )?;
+    wait_until(
+        "the audit published over MQTT is in dex_audits",
+        Duration::from_secs(60),
+        || {
+            let Ok(table) = Table::read(&out.join("dex_audits.csv")) else {
+                return Ok(false);
+            };
+            Ok(table
+                .records()
+                .iter()
+                .filter(|r| r["machine_id"] == MACHINE)
+                .count()
+                == 2)
+        },
+    )
+    .with_context(|| tail(&engine.output()))
+}
+
 fn sorted_rows(path: &Path) -> anyhow::Result<Vec<Vec<String>>> {
     let mut rows = Table::read(path)?.rows;
     rows.sort();
@@ -1308,6 +1359,7 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
         &kafka,
         "sales days late",
     )?;
+    dex_over_mqtt(&mosquitto_pub, mqtt_port, &out1, &engine)?;
 
     // Bad input through the real broker: each refused with its reason and counted as an error
     // record of the engine; nothing else moves (the revenue checks below include none of it).

@@ -174,3 +174,139 @@ fn a_shuffled_six_month_history_equals_duckdb_per_machine_day() -> anyhow::Resul
         &expected,
     )
 }
+
+/// A DEX audit of `VM-9` read at `at` (YYMMDD, HHMM) with (column, price, vends, value).
+fn dex_file(
+    path: &Path,
+    date: &str,
+    time: &str,
+    columns: &[(u32, i64, i64, i64)],
+) -> anyhow::Result<()> {
+    let mut text =
+        String::from("DXS*RST0000001*VA*V0/6*1\r\nST*001*0001\r\nID1*VM-9*VX-10\r\nID4*2*840\r\n");
+    let mut segments = 3;
+    for (code, price, vends, value) in columns {
+        text.push_str(&format!("PA1*{code}*{price}\r\nPA2*{vends}*{value}\r\n"));
+        segments += 2;
+    }
+    text.push_str(&format!(
+        "EA3*1*{date}*{time}\r\nSE*{}*0001\r\nDXE*1*1\r\n",
+        segments + 2
+    ));
+    std::fs::write(path, text)?;
+    Ok(())
+}
+
+/// The `reconciliation` rows as (slot, status, telemetry units, audit units).
+fn reconciliation(out: &Path) -> anyhow::Result<Vec<(String, String, String, String)>> {
+    let table = Table::read(&out.join("reconciliation.csv"))?;
+    Ok(table
+        .records()
+        .iter()
+        .map(|r| {
+            (
+                r["slot_number"].to_owned(),
+                r["status"].to_owned(),
+                r["telemetry_units"].to_owned(),
+                r["audit_units"].to_owned(),
+            )
+        })
+        .collect())
+}
+
+#[test]
+fn two_dex_audits_reconcile_against_telemetry_and_a_lost_sale_is_flagged() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    // 2024-01-15 08:00 and 2024-01-16 08:00 UTC.
+    let (a1, a2) = (dir.path().join("a1.dex"), dir.path().join("a2.dex"));
+    dex_file(
+        &a1,
+        "240115",
+        "0800",
+        &[(148, 250, 40, 10_000), (101, 175, 10, 1_750)],
+    )?;
+    dex_file(
+        &a2,
+        "240116",
+        "0800",
+        &[(148, 250, 43, 10_750), (101, 175, 11, 1_925)],
+    )?;
+    let t0: i64 = 1_705_305_600_000;
+    let sale = |ts: i64, slot: u32, qty: u32, cents: i64, txn: &str| {
+        format!(
+            "{{\"machineId\":\"VM-9\",\"type\":\"sale\",\"timestamp\":{ts},\"payload\":{{\"slotNumber\":{slot},\"productId\":\"p{slot}\",\"quantity\":{qty},\"amount\":{}.{:02},\"paymentMethod\":\"card\",\"transactionId\":\"{txn}\"}}}}\n",
+            cents / 100,
+            cents % 100
+        )
+    };
+    let hour = 3_600_000;
+    let lines = [
+        sale(t0 - hour, 148, 1, 250, "before"),
+        sale(t0 + hour, 148, 2, 500, "cart"),
+        sale(t0 + hour, 101, 1, 175, "cart"),
+        sale(t0 + 5 * hour, 148, 1, 250, "later"),
+        sale(t0 + 25 * hour, 148, 1, 250, "after"),
+    ];
+    let all = dir.path().join("sales.jsonl");
+    std::fs::write(&all, lines.concat())?;
+    let out = dir.path().join("matched");
+    let printed = vendflow(&[
+        "import",
+        "dex",
+        &a2.to_string_lossy(),
+        &a1.to_string_lossy(),
+        "--telemetry",
+        &all.to_string_lossy(),
+        "--out",
+        &out.to_string_lossy(),
+    ])?;
+    let printed = String::from_utf8_lossy(&printed.stdout);
+    assert!(
+        printed.contains("2 audits read, 0 files refused"),
+        "{printed}"
+    );
+    assert_eq!(
+        reconciliation(&out)?,
+        [
+            ("101".into(), "matched".into(), "1".into(), "1".into()),
+            ("148".into(), "matched".into(), "3".into(), "3".into()),
+        ]
+    );
+    let audits = Table::read(&out.join("dex_audits.csv"))?;
+    assert_eq!(audits.rows.len(), 4, "two columns, two audits");
+
+    // The same audits against telemetry that lost the 5 o'clock sale.
+    let lost = dir.path().join("lost.jsonl");
+    std::fs::write(
+        &lost,
+        lines
+            .iter()
+            .filter(|l| !l.contains("\"later\""))
+            .cloned()
+            .collect::<String>(),
+    )?;
+    let out = dir.path().join("lost");
+    vendflow(&[
+        "import",
+        "dex",
+        &a1.to_string_lossy(),
+        &a2.to_string_lossy(),
+        "--telemetry",
+        &lost.to_string_lossy(),
+        "--out",
+        &out.to_string_lossy(),
+    ])?;
+    assert_eq!(
+        reconciliation(&out)?,
+        [
+            ("101".into(), "matched".into(), "1".into(), "1".into()),
+            (
+                "148".into(),
+                "missing_in_telemetry".into(),
+                "2".into(),
+                "3".into()
+            ),
+        ]
+    );
+    Ok(())
+}

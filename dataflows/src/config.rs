@@ -22,6 +22,12 @@ pub struct Config {
     /// Where the engine keeps its on-disk state (the sale-line ledger); `None`: a temporary
     /// directory, removed when the engine stops.
     pub state_dir: Option<std::path::PathBuf>,
+    /// Days of DEX audits kept per machine for `dex_audits` and `reconciliation` (its newest
+    /// audit is always kept).
+    pub dex_retention_days: i64,
+    /// How long a machine that has sent no DEX audit keeps its sale lines for reconciliation
+    /// (an audit arrives soon after the sales it covers).
+    pub dex_grace_ms: i64,
     /// How many days of per-day revenue are kept live (older days live in the Parquet history).
     pub revenue_retention_days: i64,
     /// A machine without a heartbeat for this long is offline.
@@ -48,6 +54,8 @@ impl Default for Config {
             workers: 2,
             dedup_horizon_ms: 48 * MS_PER_HOUR,
             ledger_retention_days: 400,
+            dex_retention_days: 35,
+            dex_grace_ms: 48 * MS_PER_HOUR,
             state_dir: None,
             window_ms: 5 * MS_PER_MINUTE,
             window_retention_ms: 48 * MS_PER_HOUR,

@@ -28,7 +28,7 @@ use crate::row::Row;
 use crate::sales::SaleLine;
 use crate::views::CATALOG;
 use crate::{
-    anomaly_windows, commands, errors, health, inventory, leases, liveness, revenue, sales,
+    anomaly_windows, commands, dex, errors, health, inventory, leases, liveness, revenue, sales,
     stockout,
 };
 
@@ -59,6 +59,8 @@ struct Demuxed<'s> {
     heartbeats: VecCollection<'s, Time, (MachineId, Timestamp)>,
     /// When a machine's events happened (days observed): at least its first event of each day.
     seen: VecCollection<'s, Time, (MachineId, Timestamp)>,
+    /// DEX audits, by machine.
+    audits: VecCollection<'s, Time, (MachineId, dex::Read)>,
 }
 
 impl<'s> Demuxed<'s> {
@@ -76,10 +78,12 @@ impl<'s> Demuxed<'s> {
         let (mut acks_out, acks) = builder.new_output::<Out<Event>>();
         let (mut heartbeats_out, heartbeats) = builder.new_output::<Out<(MachineId, Timestamp)>>();
         let (mut seen_out, seen) = builder.new_output::<Out<(MachineId, Timestamp)>>();
+        let (mut audits_out, audits) = builder.new_output::<Out<(MachineId, dex::Read)>>();
         builder.build(move |_| {
             let (mut contributions, mut lines) = (Vec::new(), Vec::new());
             let (mut restocks, mut acks) = (Vec::new(), Vec::new());
             let (mut beats, mut instants) = (Vec::new(), Vec::new());
+            let mut reads = Vec::new();
             // The machines that have had an event of the newest day already passed on: only a
             // machine's first event of a day tells the days-observed count anything.
             let (mut today, mut seen_today) = (i64::MIN, FastSet::<MachineId>::default());
@@ -90,6 +94,7 @@ impl<'s> Demuxed<'s> {
                 let mut to_acks = acks_out.activate();
                 let mut to_beats = heartbeats_out.activate();
                 let mut to_instants = seen_out.activate();
+                let mut to_reads = audits_out.activate();
                 input.for_each_stamp(|cap, data| {
                     for container in data {
                         for (e, t, r) in container.drain(..) {
@@ -114,6 +119,11 @@ impl<'s> Demuxed<'s> {
                                 }
                                 EventKind::Restock(_) => restocks.push((e, t, r)),
                                 EventKind::CommandAck(_) => acks.push((e, t, r)),
+                                EventKind::Dex(audit) => reads.push((
+                                    (e.machine_id.clone(), dex::Read::of(audit, e.timestamp)),
+                                    t,
+                                    r,
+                                )),
                             }
                         }
                     }
@@ -123,6 +133,7 @@ impl<'s> Demuxed<'s> {
                     ship(&mut to_acks, &cap, &mut acks);
                     ship(&mut to_beats, &cap, &mut beats);
                     ship(&mut to_instants, &cap, &mut instants);
+                    ship(&mut to_reads, &cap, &mut reads);
                 });
             }
         });
@@ -133,6 +144,7 @@ impl<'s> Demuxed<'s> {
             acks: acks.as_collection(),
             heartbeats: heartbeats.as_collection(),
             seen: seen.as_collection(),
+            audits: audits.as_collection(),
         }
     }
 }
@@ -181,6 +193,7 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
     let leases = leases::render(registry.clone());
     let lease_events = leases::render_events(registry.clone());
     let liveness = liveness::render(events.heartbeats, registry, config);
+    let dex = dex::render(events.audits, sales.accepted.clone(), config);
     let stockout = stockout::render(events.seen, sales.accepted, levels.clone(), clock, config);
     let (status, liveness, _) = fork(liveness, "Liveness: split", |o| match o {
         liveness::Out::Status(m, s) => Fork::<_, _, Infallible>::A((m, s)),
@@ -255,6 +268,8 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
         ("commands", commands.status.map(commands::row)),
         ("leases", leases.map(leases::row)),
         ("lease_events", lease_events.map(leases::event_row)),
+        ("dex_audits", dex.audits.map(dex::audit_row)),
+        ("reconciliation", dex.reconciliation.map(dex::recon_row)),
     ];
     let mut by_name: std::collections::HashMap<&str, VecCollection<'s, Time, Row>> =
         views.into_iter().collect();

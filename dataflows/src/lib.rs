@@ -20,6 +20,7 @@
 //! - [`liveness`]: last heartbeat and status per machine.
 //! - [`stockout`]: hours until each slot is empty, machines to restock.
 //! - [`health`]: a score per machine with its reasons.
+//! - [`dex`]: the machines' DEX audits per column and period, reconciled with telemetry.
 //! - [`leases`]: the registry's leases (revenue shares are SQL over this and revenue).
 //! - [`errors`]: refused records, their counts, and too-late events.
 //! - [`summary`]: the fleet's (or a scope's) headline numbers from one snapshot, computed once.
@@ -30,6 +31,7 @@ pub mod anomaly_windows;
 pub mod commands;
 pub mod config;
 mod dataflow;
+pub mod dex;
 pub mod engine;
 pub mod errors;
 mod fold;

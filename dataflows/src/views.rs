@@ -25,6 +25,8 @@ pub const CATALOG: &[ViewDef] = &[
     crate::commands::COMMANDS,
     crate::leases::LEASES,
     crate::leases::LEASE_EVENTS,
+    crate::dex::AUDITS,
+    crate::dex::RECONCILIATION,
 ];
 
 /// Looks a view up by name.

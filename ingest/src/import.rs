@@ -577,3 +577,125 @@ mod tests {
         assert_eq!(converted.registry.len(), 1, "VM-1 is at the airport");
     }
 }
+
+/// What a DEX import read.
+#[derive(Clone, Debug, Default)]
+pub struct DexConverted {
+    pub audits: u64,
+    /// Files refused, with the reason.
+    pub refused: Vec<(String, String)>,
+    /// Problems the parser reported in audits it kept, by file.
+    pub problems: Vec<(String, String)>,
+}
+
+/// Reads EVA-DTS / DEX audit files and writes each as a `dex` event (JSON Lines) to `events`:
+/// the machine is `machine`, or the audit's serial number (ID101); the time is when it was read
+/// (EA3, else ID5). A file that is not an audit, or says neither which machine nor when, is
+/// refused with the reason.
+pub fn convert_dex(
+    paths: &[std::path::PathBuf],
+    machine: Option<&str>,
+    events: &mut impl Write,
+) -> Result<DexConverted, ImportError> {
+    let mut out = DexConverted::default();
+    for path in paths {
+        let name = path.display().to_string();
+        let text = match std::fs::read(path) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) => {
+                out.refused.push((name, e.to_string()));
+                continue;
+            }
+        };
+        let audit = match vendflow_protocol::dex::parse(&text) {
+            Ok(a) => a,
+            Err(e) => {
+                out.refused.push((name, e.message));
+                continue;
+            }
+        };
+        let Some(machine) = machine.map(str::to_owned).or_else(|| audit.serial.clone()) else {
+            out.refused.push((
+                name,
+                "no machine: the audit has no ID1 serial; give --machine".into(),
+            ));
+            continue;
+        };
+        let machine_id = match MachineId::parse(&machine) {
+            Ok(m) => m,
+            Err(e) => {
+                out.refused
+                    .push((name, format!("machine {machine:?}: {e}")));
+                continue;
+            }
+        };
+        let Some(read_at) = audit.read_at else {
+            out.refused.push((
+                name,
+                "no read time: the audit has neither EA3 nor ID5".into(),
+            ));
+            continue;
+        };
+        for p in &audit.problems {
+            tracing::warn!(file = %name, problem = %p, "DEX audit");
+            out.problems.push((name.clone(), p.clone()));
+        }
+        let event = Event {
+            machine_id,
+            timestamp: read_at,
+            seq: None,
+            kind: EventKind::Dex(Box::new(audit)),
+        };
+        writeln!(events, "{}", event.to_json_line()).map_err(|e| ImportError::File {
+            path: name.clone(),
+            message: e.to_string(),
+        })?;
+        out.audits += 1;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod dex_tests {
+    use super::*;
+
+    #[test]
+    fn audit_files_become_dex_events_and_bad_ones_are_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let good = dir.path().join("good.dex");
+        std::fs::write(
+            &good,
+            "DXS*X*VA*V0/6*1\nST*001*0001\nID1*VM-7*VX\nID5*240115*1430\nPA1*148*250\nPA2*3*750\nSE*6*0001\nDXE*1*1\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let undated = dir.path().join("undated.dex");
+        std::fs::write(
+            &undated,
+            "DXS*X\nST*001*1\nID1*VM-7\nPA1*1*100\nPA2*1*100\nSE*5*1\nDXE*1*1\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let junk = dir.path().join("junk.dex");
+        std::fs::write(&junk, "not an audit").unwrap_or_else(|e| panic!("{e}"));
+        let mut out = Vec::new();
+        let converted = convert_dex(
+            &[good, undated, junk, dir.path().join("missing.dex")],
+            None,
+            &mut out,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(converted.audits, 1);
+        assert_eq!(converted.refused.len(), 3, "{:?}", converted.refused);
+        assert!(converted.refused[0].1.contains("no read time"));
+        let text = String::from_utf8_lossy(&out);
+        let events: Vec<Event> = vendflow_protocol::decode::decode_line(text.trim().as_bytes())
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(events[0].machine_id.as_str(), "VM-7");
+        assert_eq!(events[0].timestamp, Timestamp(1_705_329_000_000));
+        match &events[0].kind {
+            EventKind::Dex(a) => assert_eq!(a.column("148").and_then(|c| c.vends), Some(3)),
+            other => panic!("{other:?}"),
+        }
+    }
+}

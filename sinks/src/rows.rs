@@ -139,7 +139,7 @@ pub fn events_batch(stream: &str, rows: &[&EventRow]) -> Result<RecordBatch, Arr
                 ec = Some(err.code.as_str());
                 em = Some(err.message.as_str());
             }
-            EventKind::CommandAck(_) => {}
+            EventKind::CommandAck(_) | EventKind::Dex(_) => {}
         }
         slot.append_option(s);
         product.append_option(p);

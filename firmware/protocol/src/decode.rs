@@ -108,6 +108,12 @@ struct RawError<'a> {
 }
 
 #[derive(Deserialize)]
+struct RawDex {
+    /// The audit file's text.
+    audit: String,
+}
+
+#[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RawAck<'a> {
     #[serde(borrow)]
@@ -230,11 +236,19 @@ pub fn decode_event(
                 reason: a.reason.map(Cow::into_owned),
             })
         }
+        "dex" => {
+            let d: RawDex = payload_json(payload)?;
+            let audit = crate::dex::parse(&d.audit).map_err(|mut e| {
+                e.message = format!("payload: {}", e.message);
+                e
+            })?;
+            EventKind::Dex(Box::new(audit))
+        }
         other => {
             return Err(DecodeError::new(
                 ErrorKind::UnknownType,
                 format!(
-                    "unknown event type {other:?}; expected heartbeat, sale, restock, error, door or command_ack"
+                    "unknown event type {other:?}; expected heartbeat, sale, restock, error, door, command_ack or dex"
                 ),
             ));
         }

@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::command::CommandAck;
+use crate::dex::DexAudit;
 use crate::units::{Cents, MachineId, Milli, Text, Timestamp};
 
 /// One telemetry event of one machine, decoded.
@@ -33,6 +34,9 @@ pub enum EventKind {
     Door(DoorStatus),
     /// The machine's answer to a command (see [`crate::command`]).
     CommandAck(CommandAck),
+    /// An EVA-DTS / DEX audit the machine read and sent (see [`crate::dex`]); the event's
+    /// timestamp is when it was read.
+    Dex(Box<DexAudit>),
 }
 
 impl EventKind {
@@ -45,6 +49,7 @@ impl EventKind {
             EventKind::Error(_) => "error",
             EventKind::Door(_) => "door",
             EventKind::CommandAck(_) => "command_ack",
+            EventKind::Dex(_) => "dex",
         }
     }
 }
@@ -218,6 +223,7 @@ impl Event {
                 }
                 p
             }
+            EventKind::Dex(d) => json!({"audit": d.raw}),
         };
         let mut obj = json!({
             "type": self.kind.type_name(),

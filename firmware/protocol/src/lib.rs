@@ -19,6 +19,7 @@
 pub mod auth;
 pub mod command;
 pub mod decode;
+pub mod dex;
 pub mod error;
 pub mod event;
 pub mod registry;
