@@ -77,6 +77,10 @@ fn revenue_views<'s>(
     r: VecCollection<'s, u64, RegistryRecord>,
     c: &Config,
 ) -> Handle<u64> {
+    let zones = r.clone().flat_map(|r| match r {
+        RegistryRecord::Location(l) => l.time_zone.map(|z| (l.location_id, z)),
+        _ => None,
+    });
     let loc = r.flat_map(|r| match r {
         RegistryRecord::Machine(m) => m.location_id.map(|l| (m.machine_id, l)),
         _ => None,
@@ -84,6 +88,7 @@ fn revenue_views<'s>(
     let v = revenue::render(
         sales::render(e.flat_map(sales::SaleLine::of_event), ledger(), c).accepted,
         loc,
+        zones,
         c,
     );
     v.location_daily.probe_with(&Handle::new());

@@ -175,6 +175,10 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
         ledger,
     } = inputs;
 
+    let location_zone = registry.clone().flat_map(|r| match r {
+        RegistryRecord::Location(l) => l.time_zone.map(|z| (l.location_id, z)),
+        _ => None,
+    });
     let machine_location = registry.clone().flat_map(|r| match r {
         RegistryRecord::Machine(m) => m.location_id.map(|l| (m.machine_id, l)),
         _ => None,
@@ -187,7 +191,12 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
     let events = Demuxed::of(events, config.window_ms);
     let commands = commands::render(commands, events.acks, config);
     let sales = sales::render(events.sales, ledger, config);
-    let revenue = revenue::render(sales.accepted.clone(), machine_location, config);
+    let revenue = revenue::render(
+        sales.accepted.clone(),
+        machine_location,
+        location_zone,
+        config,
+    );
     let levels = inventory::render(events.restocks, sales.accepted.clone(), plans);
     let windows = anomaly_windows::render(events.telemetry, sales.accepted.clone(), config);
     let leases = leases::render(registry.clone());
@@ -211,6 +220,7 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
         .too_late
         .map(|_| "sales".to_owned())
         .concat(revenue.too_late.map(|_| "revenue".to_owned()))
+        .concat(revenue.local_too_late.map(|_| "revenue_local".to_owned()))
         .concat(windows.too_late.map(|_| "anomaly_windows".to_owned()))
         .concat(commands.too_late.map(|_| "commands".to_owned()));
     let errors = errors::render(errors, too_late, config);
@@ -237,6 +247,10 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
         (
             "top_machines_today",
             revenue.top_today.map(revenue::top_row),
+        ),
+        (
+            "revenue_machine_local_daily",
+            revenue.machine_local_daily.map(revenue::local_daily_row),
         ),
         (
             "revenue_corrections",

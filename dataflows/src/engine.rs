@@ -663,6 +663,7 @@ mod tests {
                     lng: Micro(0),
                     location_type: LocationType::Office,
                     region: None,
+                    time_zone: None,
                 };
                 (RegistryRecord::Location(location), 1)
             })

@@ -99,6 +99,18 @@ pub const TOP_MACHINES_TODAY: ViewDef = ViewDef {
         col("revenue", Money),
     ],
 };
+pub const MACHINE_LOCAL_DAILY: ViewDef = ViewDef {
+    name: "revenue_machine_local_daily",
+    description: "revenue per machine per day of its location's own calendar (the location's IANA time zone; UTC without one)",
+    columns: &[
+        col("machine_id", Text),
+        col("time_zone", Text),
+        col("day", Date),
+        col("revenue", Money),
+        col("units", Int),
+        col("lines", Int),
+    ],
+};
 pub const CORRECTIONS: ViewDef = ViewDef {
     name: "revenue_corrections",
     description: "sales for days that had already left revenue_machine_daily, per machine, day and arrival day (added to the history)",
@@ -151,6 +163,10 @@ pub struct Revenue<'s> {
     pub corrections: VecCollection<'s, Time, (CorrectionKey<MachineId>, Totals)>,
     /// The same by location.
     pub location_corrections: VecCollection<'s, Time, (CorrectionKey<String>, Totals)>,
+    /// Per machine, (time zone, local day).
+    pub machine_local_daily: VecCollection<'s, Time, ((MachineId, (String, i64)), Totals)>,
+    /// Lines whose local day had already left `machine_local_daily` on arrival.
+    pub local_too_late: VecCollection<'s, Time, MachineId>,
 }
 
 pub fn totals_of(line: &SaleLine) -> Totals {
@@ -162,6 +178,7 @@ const TOP: usize = 10;
 pub fn render<'s>(
     accepted: VecCollection<'s, Time, SaleLine>,
     machine_location: VecCollection<'s, Time, (MachineId, String)>,
+    location_zone: VecCollection<'s, Time, (String, String)>,
     config: &Config,
 ) -> Revenue<'s> {
     let retention = config.revenue_retention_days * MS_PER_DAY;
@@ -219,6 +236,22 @@ pub fn render<'s>(
     let location_corrections = by_location(corrections.clone(), machine_location.clone());
 
     let location_daily = by_location(machine_daily.clone(), machine_location.clone());
+
+    // Per machine and local day: each line in its machine's zone when it arrives.
+    let local = sum_by_key(
+        local_days(accepted.clone(), machine_location.clone(), location_zone),
+        "Revenue: machine local daily",
+        |k: &(MachineId, (String, i64))| hash_of(&k.0),
+        // A local day ends at most 14 h after the UTC day of the same date.
+        move |(_, (_, day)): &(MachineId, (String, i64))| {
+            (0, as_time((day + 2) * MS_PER_DAY + retention))
+        },
+    );
+    let local_too_late = local.clone().flat_map(|s| match s {
+        Summed::Late((m, _), _) => Some(m),
+        Summed::Total(..) => None,
+    });
+    let machine_local_daily = totals(local);
 
     // Today's hours only: per machine first, then per location.
     let machine_hourly = totals(sum_by_key(
@@ -287,7 +320,104 @@ pub fn render<'s>(
         too_late,
         corrections,
         location_corrections,
+        machine_local_daily,
+        local_too_late,
     }
+}
+
+/// What the zone operator hears per location: a machine there, or the location's zone.
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+enum AtLocation {
+    Machine(MachineId),
+    Zone(String),
+}
+
+/// What the local-day operator hears per machine: its zone, or a sale line (time, totals).
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+enum ForMachine {
+    Zone(String),
+    Sale(i64, Totals),
+}
+
+/// A multiset of a few values (a registry record can be retracted and replaced).
+fn count_in<T: PartialEq>(set: &mut Vec<(T, isize)>, value: T, diff: isize) {
+    match set.iter_mut().find(|(x, _)| *x == value) {
+        Some((_, c)) => *c += diff,
+        None => set.push((value, diff)),
+    }
+    set.retain(|(_, c)| *c != 0);
+}
+
+#[derive(Default, PartialEq)]
+struct Zoned {
+    machines: Vec<(MachineId, isize)>,
+    zones: Vec<(String, isize)>,
+}
+
+/// Each accepted line as ((machine, (zone, local day)), totals): the day in its machine's
+/// location's time zone at the time the line arrives (UTC for a machine with no zoned location).
+/// A zone that changes later does not move days already counted.
+fn local_days<'s>(
+    accepted: VecCollection<'s, Time, SaleLine>,
+    machine_location: VecCollection<'s, Time, (MachineId, String)>,
+    location_zone: VecCollection<'s, Time, (String, String)>,
+) -> VecCollection<'s, Time, ((MachineId, (String, i64)), Totals)> {
+    // Which zone each machine is in: per location, its machines and its zone.
+    let machine_zone = machine_location
+        .map(|(m, l)| (l, AtLocation::Machine(m)))
+        .concat(location_zone.map(|(l, z)| (l, AtLocation::Zone(z))))
+        .fold_by_key(
+            "Revenue: machine zones",
+            Published::Kept,
+            hash_of::<String>,
+            |_l, state: &mut Zoned, change, diff, _ctx| match change {
+                AtLocation::Machine(m) => count_in(&mut state.machines, m, diff),
+                AtLocation::Zone(z) => count_in(&mut state.zones, z, diff),
+            },
+            |_, _, _| {},
+            |_l, state, out| {
+                let Some((zone, _)) = state.zones.iter().rev().find(|(_, c)| *c > 0) else {
+                    return;
+                };
+                for (m, c) in &state.machines {
+                    if *c > 0 {
+                        out.push((m.clone(), zone.clone()));
+                    }
+                }
+            },
+        );
+    machine_zone
+        .map(|(m, z)| (m, ForMachine::Zone(z)))
+        .concat(accepted.map(|l| {
+            (
+                l.machine_id.clone(),
+                ForMachine::Sale(l.timestamp.0, totals_of(&l)),
+            )
+        }))
+        .fold_by_key(
+            "Revenue: local days",
+            Published::Kept,
+            hash_of::<MachineId>,
+            |m, zones: &mut Vec<(String, isize)>, input, diff, ctx| match input {
+                ForMachine::Zone(z) => count_in(zones, z, diff),
+                ForMachine::Sale(ts, t) => {
+                    let name = zones
+                        .iter()
+                        .rev()
+                        .find(|(_, c)| *c > 0)
+                        .map_or("UTC", |(z, _)| z.as_str());
+                    let zone: chrono_tz::Tz = name.parse().unwrap_or(chrono_tz::UTC);
+                    let day = vendflow_protocol::registry::local_day(ts, zone);
+                    ctx.give(((m.clone(), (zone.name().to_owned(), day)), t), diff);
+                }
+            },
+            |_, _, _| {},
+            |_, _, _| {},
+        )
 }
 
 /// A sorted multiset's update (`BTreeMap` of value → count).
@@ -422,6 +552,12 @@ pub fn location_daily_row(((loc, day), t): ((String, i64), Totals)) -> Row {
     row.into()
 }
 
+pub fn local_daily_row(((m, (zone, day)), t): ((MachineId, (String, i64)), Totals)) -> Row {
+    let mut row = vec![Value::text(m.as_str()), Value::text(zone), Value::Date(day)];
+    row.extend(totals_cells(t));
+    row.into()
+}
+
 pub fn correction_row(((m, (day, arrived)), t): ((MachineId, (i64, i64)), Totals)) -> Row {
     let mut row = vec![
         Value::text(m.as_str()),
@@ -529,6 +665,25 @@ mod tests {
                 }
             }
             corrections_seen += corrections.len();
+            // No location has a time zone here: local days are UTC days, kept a day longer.
+            let mut local: BTreeMap<(MachineId, (String, i64)), Totals> = BTreeMap::new();
+            for (t, l) in &accepted {
+                let until = as_time((l.timestamp.day() + 2) * MS_PER_DAY + retention);
+                if until > now && until > *t {
+                    add(
+                        local
+                            .entry((l.machine_id.clone(), ("UTC".to_owned(), l.timestamp.day())))
+                            .or_default(),
+                        totals_of(l),
+                    );
+                }
+            }
+            testing::assert_view(
+                views,
+                "revenue_machine_local_daily",
+                local.into_iter().map(local_daily_row).collect(),
+                seed,
+            );
             let today = (now as i64).div_euclid(MS_PER_DAY);
             let location_of = |m: &MachineId| {
                 locations
@@ -639,6 +794,67 @@ mod tests {
         assert!(
             corrections_seen > 0,
             "the random streams never delivered a sale after its day left the live view"
+        );
+    }
+
+    #[test]
+    fn a_machine_in_tokyo_closes_its_day_at_tokyo_midnight() {
+        use vendflow_protocol::{Location, LocationType, Micro, RegistryRecord};
+        let mut scenario = Scenario::empty();
+        scenario.registry.push(RegistryRecord::Location(Location {
+            location_id: "haneda".into(),
+            client_id: "c".into(),
+            address: "Haneda Airport".into(),
+            lat: Micro(35_549_000),
+            lng: Micro(139_779_000),
+            location_type: LocationType::Airport,
+            region: None,
+            time_zone: Some("Asia/Tokyo".into()),
+        }));
+        scenario.register_machine("tokyo", "haneda", &[(1, 10)]);
+        let day0 = testing::BASE.div_euclid(MS_PER_DAY);
+        // 16:00 UTC is 01:00 the next day in Tokyo; 10:00 UTC is 19:00 the same day.
+        let late = testing::BASE + 16 * MS_PER_HOUR;
+        let early = testing::BASE + 10 * MS_PER_HOUR;
+        for (m, ts, txn) in [
+            ("tokyo", late, "a"),
+            ("tokyo", early, "b"),
+            ("nowhere", late, "c"),
+        ] {
+            scenario.deliver(ts, testing::sale(m, ts, 1, 200, txn));
+        }
+        let views = testing::run(&scenario);
+        let mut rows = testing::rows(&views, "revenue_machine_local_daily");
+        rows.sort();
+        let got: Vec<(Value, Value, Value)> = rows
+            .iter()
+            .map(|r| (r.cell(0), r.cell(1), r.cell(2)))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    Value::text("nowhere"),
+                    Value::text("UTC"),
+                    Value::Date(day0)
+                ),
+                (
+                    Value::text("tokyo"),
+                    Value::text("Asia/Tokyo"),
+                    Value::Date(day0)
+                ),
+                (
+                    Value::text("tokyo"),
+                    Value::text("Asia/Tokyo"),
+                    Value::Date(day0 + 1)
+                ),
+            ]
+        );
+        // The UTC view keeps both Tokyo sales on the UTC day.
+        let utc = testing::rows(&views, "revenue_machine_daily");
+        assert!(
+            utc.iter()
+                .any(|r| r.cell(0) == Value::text("tokyo") && r.cell(4) == Value::Int(2))
         );
     }
 

@@ -6,6 +6,7 @@ pub use crate::row::ViewDef;
 pub const CATALOG: &[ViewDef] = &[
     crate::revenue::MACHINE_DAILY,
     crate::revenue::LOCATION_DAILY,
+    crate::revenue::MACHINE_LOCAL_DAILY,
     crate::revenue::LOCATION_HOURLY,
     crate::revenue::FLEET_TODAY,
     crate::revenue::TOP_MACHINES_TODAY,

@@ -204,6 +204,7 @@ impl Fleet {
                 lng: Micro(-74_000_000 + rng.random_range(-200_000..200_000)),
                 location_type: kind,
                 region: Some(REGIONS[l % REGIONS.len()].to_owned()),
+                time_zone: None,
             }));
         }
         let mut machines = Vec::with_capacity(config.machines);

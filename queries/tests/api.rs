@@ -212,6 +212,28 @@ fn error_code(body: &Json) -> &str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn machine_registration_validates_every_field_and_refuses_conflicts() {
     let h = Harness::new();
+    // A location's time zone is an IANA name, checked; it is answered back (UTC by default).
+    let (s, b) = h
+        .post(
+            "/api/locations",
+            &h.admin,
+            json!({"clientId": "acme", "address": "x", "lat": 1, "lng": 1, "timeZone": "Mars/Olympus"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    assert!(
+        b["error"]["details"].to_string().contains("timeZone"),
+        "{b}"
+    );
+    let (s, b) = h
+        .post(
+            "/api/locations",
+            &h.admin,
+            json!({"locationId": "loc-tokyo", "clientId": "acme", "address": "Haneda", "lat": 35.5, "lng": 139.8, "timeZone": "Asia/Tokyo"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    assert_eq!(b["timeZone"], json!("Asia/Tokyo"), "{b}");
     let (s, b) = h.post("/api/machines", &h.admin, json!({})).await;
     assert_eq!(
         (s, error_code(&b)),

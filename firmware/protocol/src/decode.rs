@@ -408,6 +408,8 @@ struct RawLocation {
     location_type: Option<String>,
     #[serde(default)]
     region: Option<String>,
+    #[serde(default)]
+    time_zone: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -501,6 +503,17 @@ pub fn decode_registry(bytes: &[u8]) -> Result<RegistryRecord, DecodeError> {
                 lng: Micro(lng),
                 location_type: LocationType::parse(l.location_type.as_deref().unwrap_or("other")),
                 region: l.region,
+                time_zone: match l.time_zone {
+                    Some(z) => Some(
+                        crate::registry::parse_time_zone(&z)
+                            .map_err(|m| {
+                                DecodeError::new(ErrorKind::Schema, format!("timeZone: {m}"))
+                            })?
+                            .name()
+                            .to_owned(),
+                    ),
+                    None => None,
+                },
             }))
         }
         "machine" => {
@@ -721,6 +734,12 @@ mod tests {
         };
         assert_eq!(l.revenue_share_basis_points, 1250);
         assert!(decode_registry(br#"{"type":"spaceship"}"#).is_err());
+        let zone = decode_registry(br#"{"type":"location","locationId":"l","clientId":"c","lat":1,"lng":2,"timeZone":"Mars/Olympus"}"#);
+        assert!(
+            zone.as_ref()
+                .is_err_and(|e| e.message.contains("unknown time zone")),
+            "{zone:?}"
+        );
         assert!(
             decode_registry(br#"{"type":"lease_event","leaseId":"L","clientId":"c","machineId":"m1","at":"2024-01-01","event":"EXPLODED"}"#)
                 .is_err()
@@ -730,6 +749,7 @@ mod tests {
             r#"{"type":"machine","machineId":"m1","serialNumber":"S","model":"X","locationId":"l1","status":"maintenance","slots":[{"slotNumber":101,"productId":"cola","maxCapacity":10,"price":2.5,"lowStockThreshold":3}]}"#,
             r#"{"type":"lease","leaseId":"L","clientId":"c","machineId":"m1","start":"2024-01-01","end":"2024-12-31","monthlyRate":300,"revenueSharePercent":12.5,"status":"ACTIVE","autoRenew":true}"#,
             r#"{"type":"location","locationId":"l2","clientId":"c","address":"","lat":1,"lng":2,"region":"north"}"#,
+            r#"{"type":"location","locationId":"l3","clientId":"c","address":"Haneda","lat":35.5,"lng":139.8,"timeZone":"Asia/Tokyo"}"#,
             r#"{"type":"machine","machineId":"m2","registeredAt":"2024-01-01T10:00:00Z","slots":[]}"#,
             r#"{"type":"lease_event","leaseId":"L","clientId":"c","machineId":"m1","at":"2024-01-01T00:00:00Z","event":"RENEWED","note":"next term L-2"}"#,
         ] {

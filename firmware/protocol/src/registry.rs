@@ -35,6 +35,37 @@ pub struct Location {
     pub location_type: LocationType,
     /// The operations region the location belongs to (dashboards filter by it).
     pub region: Option<String>,
+    /// The location's IANA time zone (`Asia/Tokyo`): its days and months follow this calendar.
+    /// `None` is UTC.
+    pub time_zone: Option<String>,
+}
+
+impl Location {
+    /// The location's time zone (UTC when it names none).
+    pub fn zone(&self) -> chrono_tz::Tz {
+        self.time_zone
+            .as_deref()
+            .and_then(|z| z.parse().ok())
+            .unwrap_or(chrono_tz::UTC)
+    }
+}
+
+/// An IANA time zone name, checked (`Europe/Paris`, `UTC`).
+pub fn parse_time_zone(name: &str) -> Result<chrono_tz::Tz, String> {
+    name.parse::<chrono_tz::Tz>().map_err(|_| {
+        format!(
+            "unknown time zone {name:?}; expected an IANA name such as Asia/Tokyo or Europe/Paris"
+        )
+    })
+}
+
+/// The local calendar day (days since the epoch) of the instant `ms` in `zone`.
+pub fn local_day(ms: i64, zone: chrono_tz::Tz) -> i64 {
+    use chrono::{Datelike, TimeZone};
+    match zone.timestamp_millis_opt(ms).single() {
+        Some(t) => i64::from(t.date_naive().num_days_from_ce()) - 719_163,
+        None => ms.div_euclid(86_400_000),
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -225,7 +256,7 @@ impl RegistryRecord {
                 "type": "location", "locationId": l.location_id, "clientId": l.client_id,
                 "address": l.address, "lat": decimal(crate::units::trim_decimal(l.lat.0, 6)),
                 "lng": decimal(crate::units::trim_decimal(l.lng.0, 6)), "locationType": l.location_type.as_str(),
-                "region": l.region,
+                "region": l.region, "timeZone": l.time_zone,
             }),
             RegistryRecord::Machine(m) => json!({
                 "type": "machine", "machineId": m.machine_id.as_str(), "serialNumber": m.serial_number,

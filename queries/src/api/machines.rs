@@ -249,7 +249,7 @@ fn location_json(l: &Location) -> Json {
     json!({
         "locationId": l.location_id, "clientId": l.client_id, "address": l.address,
         "lat": micro(l.lat), "lng": micro(l.lng), "type": l.location_type.as_str(),
-        "region": l.region,
+        "region": l.region, "timeZone": l.time_zone.as_deref().unwrap_or("UTC"),
     })
 }
 
@@ -530,6 +530,7 @@ pub(super) struct NewLocation {
     #[serde(rename = "type")]
     location_type: Option<String>,
     region: Option<String>,
+    time_zone: Option<String>,
 }
 
 fn coordinate(raw: Option<&RawValue>, limit: i64, field: &str, problems: &mut Problems) -> Micro {
@@ -595,6 +596,16 @@ pub(super) async fn add_location(
             LocationType::Other
         }
     };
+    let time_zone = match body.time_zone.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(z) => match vendflow_protocol::registry::parse_time_zone(z) {
+            Ok(tz) => Some(tz.name().to_owned()),
+            Err(m) => {
+                problems.add("timeZone", m);
+                None
+            }
+        },
+    };
     if let Some(id) = &body.location_id
         && (id.is_empty() || id.len() > 64)
     {
@@ -618,6 +629,7 @@ pub(super) async fn add_location(
         lng,
         location_type: kind,
         region: body.region.filter(|r| !r.trim().is_empty()),
+        time_zone,
     };
     fleet
         .commit(
