@@ -46,6 +46,8 @@ pub const UNASSIGNED: &str = "unassigned";
 pub type Totals = (isize, isize, isize);
 /// A correction's key: (machine or location, (day, arrival day)).
 pub type CorrectionKey<K> = (K, (i64, i64));
+/// A local day's key: (machine, (time zone, local day)).
+pub type LocalDayKey = (MachineId, (String, i64));
 
 pub const MACHINE_DAILY: ViewDef = ViewDef {
     name: "revenue_machine_daily",
@@ -164,7 +166,7 @@ pub struct Revenue<'s> {
     /// The same by location.
     pub location_corrections: VecCollection<'s, Time, (CorrectionKey<String>, Totals)>,
     /// Per machine, (time zone, local day).
-    pub machine_local_daily: VecCollection<'s, Time, ((MachineId, (String, i64)), Totals)>,
+    pub machine_local_daily: VecCollection<'s, Time, (LocalDayKey, Totals)>,
     /// Lines whose local day had already left `machine_local_daily` on arrival.
     pub local_too_late: VecCollection<'s, Time, MachineId>,
 }
@@ -365,7 +367,7 @@ fn local_days<'s>(
     accepted: VecCollection<'s, Time, SaleLine>,
     machine_location: VecCollection<'s, Time, (MachineId, String)>,
     location_zone: VecCollection<'s, Time, (String, String)>,
-) -> VecCollection<'s, Time, ((MachineId, (String, i64)), Totals)> {
+) -> VecCollection<'s, Time, (LocalDayKey, Totals)> {
     // Which zone each machine is in: per location, its machines and its zone.
     let machine_zone = machine_location
         .map(|(m, l)| (l, AtLocation::Machine(m)))
