@@ -451,6 +451,8 @@ pub fn recon_row(x: ReconRow) -> Row {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use vendflow_protocol::{Event, EventKind};
 
     use super::*;
@@ -504,6 +506,150 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    /// The two views computed the obvious way: every audit of a machine against the one before
+    /// it, and every accepted line (the sales oracle's) in the period between them.
+    #[test]
+    fn dex_views_match_the_oracle_on_random_streams() {
+        use std::collections::BTreeSet;
+        let mut periods = 0;
+        let mut statuses_seen = BTreeSet::new();
+        for seed in 0..6 {
+            let (scenario, views) = testing::random_run(seed);
+            let (accepted, _, _) = crate::sales::oracle(&scenario.deliveries, &scenario.config);
+            let mut audits: BTreeMap<MachineId, BTreeMap<i64, &vendflow_protocol::dex::DexAudit>> =
+                BTreeMap::new();
+            for (_, e) in &scenario.deliveries {
+                if let EventKind::Dex(a) = &e.kind {
+                    audits
+                        .entry(e.machine_id.clone())
+                        .or_default()
+                        .insert(e.timestamp.0, a);
+                }
+            }
+            let (mut audit_rows, mut recon_rows) = (Vec::new(), Vec::new());
+            for (m, reads) in &audits {
+                let mut prev: Option<(i64, &vendflow_protocol::dex::DexAudit)> = None;
+                for (at, cur) in reads {
+                    let mut codes: Vec<&str> =
+                        cur.columns.iter().map(|c| c.code.as_str()).collect();
+                    if let Some((_, p)) = prev {
+                        for c in &p.columns {
+                            if !codes.contains(&c.code.as_str()) {
+                                codes.push(&c.code);
+                            }
+                        }
+                    }
+                    let mut audited: BTreeMap<u32, Option<(i64, i64)>> = BTreeMap::new();
+                    for code in codes {
+                        let c = cur.column(code);
+                        let p = prev.and_then(|(_, p)| p.column(code));
+                        let (counts, note) = match (prev, p, c) {
+                            (None, _, _) => {
+                                (None, "baseline: the machine's first audit".to_owned())
+                            }
+                            (Some(_), Some(p), Some(c)) => {
+                                let (pv, pval, cv, cval) = (
+                                    p.vends.unwrap_or(0),
+                                    p.value.map_or(0, |v| v.0),
+                                    c.vends.unwrap_or(0),
+                                    c.value.map_or(0, |v| v.0),
+                                );
+                                if cv >= pv && cval >= pval {
+                                    (Some((cv - pv, cval - pval)), String::new())
+                                } else if let (Some(v), Some(val)) =
+                                    (c.vends_since_reset, c.value_since_reset)
+                                {
+                                    (
+                                        Some((v, val.0)),
+                                        "counter reset: counted since the reset (PA203, PA204)"
+                                            .to_owned(),
+                                    )
+                                } else {
+                                    (
+                                        Some((cv, cval)),
+                                        "counter reset: counted from zero".to_owned(),
+                                    )
+                                }
+                            }
+                            (Some(_), None, Some(_)) => {
+                                (None, "column not in the previous audit".to_owned())
+                            }
+                            (Some(_), Some(_), None) => {
+                                (None, "column missing from this audit".to_owned())
+                            }
+                            (Some(_), None, None) => (None, String::new()),
+                        };
+                        let slot = code.parse::<u32>().ok();
+                        if prev.is_some()
+                            && let Some(s) = slot
+                        {
+                            audited.insert(s, counts);
+                        }
+                        audit_rows.push(audit_row(AuditRow {
+                            machine_id: m.clone(),
+                            period_start: prev.map(|(t, _)| t),
+                            period_end: *at,
+                            column: code.to_owned(),
+                            slot,
+                            price: c.and_then(|c| c.price).map(|p| p.0),
+                            vends: counts.map(|c| c.0),
+                            value: counts.map(|c| c.1),
+                            note,
+                        }));
+                    }
+                    if let Some((start, _)) = prev {
+                        periods += 1;
+                        let mut telemetry: BTreeMap<u32, (i64, i64)> = BTreeMap::new();
+                        for (_, l) in &accepted {
+                            if l.machine_id == *m && l.timestamp.0 >= start && l.timestamp.0 < *at {
+                                let t = telemetry.entry(l.slot_number).or_default();
+                                t.0 += i64::from(l.quantity);
+                                t.1 += l.amount.0;
+                            }
+                        }
+                        let slots: BTreeSet<u32> =
+                            telemetry.keys().chain(audited.keys()).copied().collect();
+                        for slot in slots {
+                            let t = telemetry.get(&slot).copied().unwrap_or_default();
+                            let a = audited.get(&slot).copied().unwrap_or(Some((0, 0)));
+                            if t == (0, 0) && a == Some((0, 0)) {
+                                continue;
+                            }
+                            let status = match a {
+                                None => Status::AuditUnreadable,
+                                Some((u, _)) if t.0 < u => Status::MissingInTelemetry,
+                                Some((u, _)) if t.0 > u => Status::MissingInAudit,
+                                Some((_, v)) if t.1 != v => Status::AmountDiffers,
+                                Some(_) => Status::Matched,
+                            };
+                            statuses_seen.insert(status);
+                            recon_rows.push(recon_row(ReconRow {
+                                machine_id: m.clone(),
+                                period_start: start,
+                                period_end: *at,
+                                slot,
+                                telemetry_units: t.0,
+                                telemetry_value: t.1,
+                                audit_units: a.map(|x| x.0),
+                                audit_value: a.map(|x| x.1),
+                                status,
+                            }));
+                        }
+                    }
+                    prev = Some((*at, cur));
+                }
+            }
+            testing::assert_view(views, "dex_audits", audit_rows, seed);
+            testing::assert_view(views, "reconciliation", recon_rows, seed);
+        }
+        assert!(periods > 20, "the random streams audit machines");
+        assert!(
+            statuses_seen.contains(&Status::Matched)
+                && statuses_seen.contains(&Status::MissingInTelemetry),
+            "{statuses_seen:?}"
+        );
     }
 
     #[test]

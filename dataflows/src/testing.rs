@@ -161,6 +161,9 @@ impl Scenario {
         }));
 
         let mut planned: Vec<(i64, Event)> = Vec::new();
+        // What the machines physically sold (each sale once, however it was delivered): their
+        // DEX counters.
+        let mut sold: Vec<(String, i64, u32, u32, i64)> = Vec::new();
         let mut ts = BASE + rng.random_range(0..MS_PER_HOUR);
         let end = BASE + 5 * MS_PER_DAY / 2;
         while ts < end {
@@ -234,7 +237,7 @@ impl Scenario {
             // Late deliveries land before the scenario ends, so its last hours hold live windows.
             let last = end + MS_PER_HOUR / 2;
             let is_sale = matches!(event.kind, EventKind::Sale(_));
-            let delay = if is_sale && ts < BASE + MS_PER_DAY / 2 && rng.random_bool(0.02) {
+            let delay = if is_sale && ts < BASE + MS_PER_DAY / 2 && rng.random_bool(0.15) {
                 // Days late (a machine offline over a weekend): after its day left the live
                 // revenue and its line left dedup's memory.
                 last - ts
@@ -243,6 +246,19 @@ impl Scenario {
             } else {
                 rng.random_range(0..30_000)
             };
+            if let EventKind::Sale(sale) = &event.kind {
+                sold.push((
+                    m.clone(),
+                    ts,
+                    sale.slot_number,
+                    sale.quantity,
+                    sale.amount.0,
+                ));
+                // Now and then a sale never reaches us (its machine's DEX counters still have it).
+                if rng.random_bool(0.01) {
+                    continue;
+                }
+            }
             planned.push(((ts + delay).min(last), event.clone()));
             if is_sale && rng.random_bool(0.15) {
                 // A re-delivery: hours later, or (rarely) days later, recognised by the ledger.
@@ -267,6 +283,24 @@ impl Scenario {
                 }
             }
         }
+        // Machines m0..m2 are audited every 10 hours and send the audit when it is read; m2's
+        // board is replaced after its third audit (its counters restart).
+        for m in ["m0", "m1", "m2"] {
+            for k in 1..=5 {
+                let at = BASE + k * 10 * MS_PER_HOUR;
+                let reset_at = (m == "m2" && k > 3).then_some(BASE + 30 * MS_PER_HOUR);
+                let since = reset_at.unwrap_or(i64::MIN);
+                let mut counters: std::collections::BTreeMap<u32, (i64, i64)> = Default::default();
+                for (_, ts, slot, qty, cents) in sold.iter().filter(|x| x.0 == m) {
+                    if *ts < at && *ts >= since {
+                        let c = counters.entry(*slot).or_default();
+                        c.0 += i64::from(*qty);
+                        c.1 += cents;
+                    }
+                }
+                planned.push((at, dex_audit(m, at, &counters, reset_at.is_some())));
+            }
+        }
         planned.sort_by_key(|(at, _)| *at);
         // Ingestion time is the largest delivery clock seen so far, in whole seconds: the clock
         // a replay of this delivery order would have.
@@ -277,6 +311,37 @@ impl Scenario {
             s.deliveries.push((as_time(t), event));
         }
         s
+    }
+}
+
+/// A DEX audit event of machine `m` read at `at`, with (vends, value) per column; `since_reset`
+/// also gives them as the since-reset counters.
+pub fn dex_audit(
+    m: &str,
+    at: i64,
+    counters: &std::collections::BTreeMap<u32, (i64, i64)>,
+    since_reset: bool,
+) -> Event {
+    let mut text = String::from("DXS*RST1*VA*V0/6*1\r\nST*001*0001\r\nID1*SN*VX\r\n");
+    let mut segments = 2;
+    // Every column the machine has, sold or not.
+    for slot in 1..=5 {
+        let (vends, value) = counters.get(&slot).copied().unwrap_or_default();
+        text.push_str(&format!("PA1*{slot}*150\r\n"));
+        if since_reset {
+            text.push_str(&format!("PA2*{vends}*{value}*{vends}*{value}\r\n"));
+        } else {
+            text.push_str(&format!("PA2*{vends}*{value}\r\n"));
+        }
+        segments += 2;
+    }
+    text.push_str(&format!("SE*{}*0001\r\nDXE*1*1\r\n", segments + 1));
+    let audit = vendflow_protocol::dex::parse(&text).unwrap_or_else(|e| panic!("{e}"));
+    Event {
+        machine_id: machine(m),
+        timestamp: Timestamp(at),
+        seq: None,
+        kind: EventKind::Dex(Box::new(audit)),
     }
 }
 
