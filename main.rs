@@ -16,7 +16,7 @@ use vendflow_firmware::{Fault, Fleet, FleetConfig};
 use vendflow_ingest::auth::{Credentials, Verifier};
 use vendflow_ingest::bridge::{self, BridgeConfig, BridgeStats};
 use vendflow_ingest::file::ReplayOptions;
-use vendflow_ingest::import::{ColumnMap, CsvImport, convert_csv, convert_dex};
+use vendflow_ingest::import::{ColumnMap, CsvImport, convert_csv, convert_dex, merge_by_time};
 use vendflow_ingest::kafka::TELEMETRY_TOPIC;
 use vendflow_protocol::Timestamp;
 use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR};
@@ -1346,57 +1346,6 @@ fn sql_over_archive(
             stdout.write_all(&vendflow_queries::sql::encode(&answer, "application/json")?.1)?
         }
     }
-    Ok(())
-}
-
-/// Writes the telemetry file's lines in their own order to `to`, each audit event (JSON Lines,
-/// `audits`) just before the first line dated at or after it, so audits and sales are lived
-/// through together.
-fn merge_by_time(
-    audits: &[u8],
-    telemetry: Option<&std::path::Path>,
-    to: &std::path::Path,
-) -> anyhow::Result<()> {
-    use std::io::BufRead;
-    let mut pending: Vec<(i64, &[u8])> = audits
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let at = vendflow_protocol::decode::decode_line(l)
-                .into_iter()
-                .find_map(Result::ok)
-                .map_or(i64::MIN, |e| e.timestamp.0);
-            (at, l)
-        })
-        .collect();
-    pending.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
-    let mut out = std::io::BufWriter::new(std::fs::File::create(to)?);
-    if let Some(path) = telemetry {
-        let reader = std::io::BufReader::new(
-            std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?,
-        );
-        for line in reader.split(b'\n') {
-            let line = line?;
-            let at = vendflow_protocol::decode::decode_line(&line)
-                .into_iter()
-                .find_map(Result::ok)
-                .map(|e| e.timestamp.0);
-            while let Some(a) = at
-                && pending.last().is_some_and(|(t, _)| *t <= a)
-                && let Some((_, audit)) = pending.pop()
-            {
-                out.write_all(audit)?;
-                out.write_all(b"\n")?;
-            }
-            out.write_all(&line)?;
-            out.write_all(b"\n")?;
-        }
-    }
-    while let Some((_, audit)) = pending.pop() {
-        out.write_all(audit)?;
-        out.write_all(b"\n")?;
-    }
-    out.flush()?;
     Ok(())
 }
 

@@ -55,7 +55,7 @@ impl Default for Config {
             dedup_horizon_ms: 48 * MS_PER_HOUR,
             ledger_retention_days: 400,
             dex_retention_days: 35,
-            dex_grace_ms: 48 * MS_PER_HOUR,
+            dex_grace_ms: 6 * MS_PER_HOUR,
             state_dir: None,
             window_ms: 5 * MS_PER_MINUTE,
             window_retention_ms: 48 * MS_PER_HOUR,

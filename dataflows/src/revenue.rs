@@ -407,12 +407,12 @@ fn local_days<'s>(
             |m, zones: &mut Vec<(String, isize)>, input, diff, ctx| match input {
                 ForMachine::Zone(z) => count_in(zones, z, diff),
                 ForMachine::Sale(ts, t) => {
-                    let name = zones
+                    let zone = zones
                         .iter()
                         .rev()
                         .find(|(_, c)| *c > 0)
-                        .map_or("UTC", |(z, _)| z.as_str());
-                    let zone: chrono_tz::Tz = name.parse().unwrap_or(chrono_tz::UTC);
+                        .and_then(|(z, _)| z.parse::<chrono_tz::Tz>().ok())
+                        .unwrap_or(chrono_tz::UTC);
                     let day = vendflow_protocol::registry::local_day(ts, zone);
                     ctx.give(((m.clone(), (zone.name().to_owned(), day)), t), diff);
                 }
@@ -488,13 +488,7 @@ where
             Published::Recomputed,
             hash_of::<MachineId>,
             |_m, state: &mut Located<K>, change, diff, _ctx| match change {
-                ByMachine::Location(l) => {
-                    match state.locations.iter_mut().find(|(x, _)| *x == l) {
-                        Some((_, c)) => *c += diff,
-                        None => state.locations.push((l, diff)),
-                    }
-                    state.locations.retain(|(_, c)| *c != 0);
-                }
+                ByMachine::Location(l) => count_in(&mut state.locations, l, diff),
                 ByMachine::Totals(key, t) => {
                     let entry = state.totals.entry(key).or_default();
                     if diff > 0 {

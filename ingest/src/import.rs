@@ -655,6 +655,62 @@ pub fn convert_dex(
     Ok(out)
 }
 
+/// Writes the telemetry file's lines in their own order to `to`, each audit event (JSON Lines,
+/// `audits`) just before the first line dated at or after it, so audits and sales are lived
+/// through together.
+pub fn merge_by_time(
+    audits: &[u8],
+    telemetry: Option<&Path>,
+    to: &Path,
+) -> Result<(), ImportError> {
+    use std::io::BufRead;
+    let mut pending: Vec<(i64, &[u8])> = audits
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let at = vendflow_protocol::decode::decode_line(l)
+                .into_iter()
+                .find_map(Result::ok)
+                .map_or(i64::MIN, |e| e.timestamp.0);
+            (at, l)
+        })
+        .collect();
+    pending.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |e: std::io::Error| ImportError::File {
+            path: path.clone(),
+            message: e.to_string(),
+        }
+    };
+    let mut out = std::io::BufWriter::new(std::fs::File::create(to).map_err(io(to))?);
+    if let Some(path) = telemetry {
+        let reader = std::io::BufReader::new(std::fs::File::open(path).map_err(io(path))?);
+        for line in reader.split(b'\n') {
+            let line = line.map_err(io(path))?;
+            let at = vendflow_protocol::decode::decode_line(&line)
+                .into_iter()
+                .find_map(Result::ok)
+                .map(|e| e.timestamp.0);
+            while let Some(a) = at
+                && pending.last().is_some_and(|(t, _)| *t <= a)
+                && let Some((_, audit)) = pending.pop()
+            {
+                out.write_all(audit).map_err(io(to))?;
+                out.write_all(b"\n").map_err(io(to))?;
+            }
+            out.write_all(&line).map_err(io(to))?;
+            out.write_all(b"\n").map_err(io(to))?;
+        }
+    }
+    while let Some((_, audit)) = pending.pop() {
+        out.write_all(audit).map_err(io(to))?;
+        out.write_all(b"\n").map_err(io(to))?;
+    }
+    out.flush().map_err(io(to))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod dex_tests {
     use super::*;

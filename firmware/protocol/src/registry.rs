@@ -62,6 +62,9 @@ pub fn parse_time_zone(name: &str) -> Result<chrono_tz::Tz, String> {
 /// The local calendar day (days since the epoch) of the instant `ms` in `zone`.
 pub fn local_day(ms: i64, zone: chrono_tz::Tz) -> i64 {
     use chrono::{Datelike, TimeZone};
+    if zone == chrono_tz::UTC {
+        return ms.div_euclid(86_400_000);
+    }
     match zone.timestamp_millis_opt(ms).single() {
         Some(t) => i64::from(t.date_naive().num_days_from_ce()) - 719_163,
         None => ms.div_euclid(86_400_000),

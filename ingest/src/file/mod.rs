@@ -276,6 +276,8 @@ impl Reader {
             let mut reader = BufReader::with_capacity(1 << 20, File::open(path).map_err(io)?);
             let mut line = Vec::with_capacity(512);
             let mut decoded: Vec<Event> = Vec::new();
+            // This reader's stream in the archive (its lines' positions are their numbers).
+            let stream = format!("replay-{name}-{}of{}", self.share, self.of);
             let mut number: u64 = 0;
             let block = self.block_lines();
             loop {
@@ -308,7 +310,6 @@ impl Reader {
                     }
                 }
                 if let Some(tap) = &self.options.tap {
-                    let stream = format!("replay-{name}-{}of{}", self.share, self.of);
                     tap(
                         Position {
                             stream: &stream,
