@@ -25,8 +25,9 @@ pub struct Config {
     /// Days of DEX audits kept per machine for `dex_audits` and `reconciliation` (its newest
     /// audit is always kept).
     pub dex_retention_days: i64,
-    /// How long a machine that has sent no DEX audit keeps its sale lines for reconciliation
-    /// (an audit arrives soon after the sales it covers).
+    /// How long a machine that has sent no DEX audit keeps its sale lines for reconciliation:
+    /// a machine sends its audit when it reads it, in order with its sales, so only an audit
+    /// overtaken by the sales after it (another transport) needs them.
     pub dex_grace_ms: i64,
     /// How many days of per-day revenue are kept live (older days live in the Parquet history).
     pub revenue_retention_days: i64,
@@ -55,7 +56,7 @@ impl Default for Config {
             dedup_horizon_ms: 48 * MS_PER_HOUR,
             ledger_retention_days: 400,
             dex_retention_days: 35,
-            dex_grace_ms: 6 * MS_PER_HOUR,
+            dex_grace_ms: 10 * MS_PER_MINUTE,
             state_dir: None,
             window_ms: 5 * MS_PER_MINUTE,
             window_retention_ms: 48 * MS_PER_HOUR,
