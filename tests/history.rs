@@ -30,22 +30,8 @@ fn days(table: &Table) -> anyhow::Result<Days> {
     Ok(out)
 }
 
-/// `revenue_by_machine_day` of the archive, via `vendflow sql`.
-fn revenue_over_sql(archive: &Path, dir: &Path, name: &str) -> anyhow::Result<Days> {
-    let out = vendflow(&[
-        "sql",
-        "--archive",
-        &archive.to_string_lossy(),
-        "--format",
-        "csv",
-        QUERY,
-    ])?;
-    let path = dir.join(format!("{name}.csv"));
-    std::fs::write(&path, &out.stdout)?;
-    days(&Table::read(&path)?)
-}
-
-fn scalar(archive: &Path, query: &str) -> anyhow::Result<i64> {
+/// `vendflow sql --archive ARCHIVE --format csv QUERY`: the answer as CSV text.
+fn sql_csv(archive: &Path, query: &str) -> anyhow::Result<Vec<u8>> {
     let out = vendflow(&[
         "sql",
         "--archive",
@@ -54,7 +40,18 @@ fn scalar(archive: &Path, query: &str) -> anyhow::Result<i64> {
         "csv",
         query,
     ])?;
-    let text = String::from_utf8(out.stdout)?;
+    Ok(out.stdout)
+}
+
+/// `revenue_by_machine_day` of the archive, via `vendflow sql`.
+fn revenue_over_sql(archive: &Path, dir: &Path, name: &str) -> anyhow::Result<Days> {
+    let path = dir.join(format!("{name}.csv"));
+    std::fs::write(&path, sql_csv(archive, QUERY)?)?;
+    days(&Table::read(&path)?)
+}
+
+fn scalar(archive: &Path, query: &str) -> anyhow::Result<i64> {
+    let text = String::from_utf8(sql_csv(archive, query)?)?;
     let value = text.lines().nth(1).context("no row")?.trim();
     Ok(if value.is_empty() { 0 } else { value.parse()? })
 }
