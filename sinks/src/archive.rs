@@ -748,21 +748,13 @@ impl Writer {
             if frontier < start + MS_PER_DAY || frontier > start + table.kept_ms {
                 continue;
             }
-            let mut hasher = std::collections::hash_map::DefaultHasher::new();
-            rows.hash(&mut hasher);
-            let hash = hasher.finish();
+            let hash = hash_rows(&rows);
             if self.history_written.get(&(table.view, day)) == Some(&hash) {
                 continue;
             }
             let batch = to_batch(def.columns, rows.iter().copied())
                 .map_err(|e| encode_error(def.name, &e))?;
-            let path = self
-                .config
-                .root
-                .join("history")
-                .join(table.view)
-                .join(date_partition(day))
-                .join("data.parquet");
+            let path = self.history_file(table.view, day, "data.parquet");
             write_parquet(&path, &[batch], meta)?;
             self.history_written.insert((table.view, day), hash);
             self.stats.history_written.fetch_add(1, Ordering::Relaxed);
@@ -775,6 +767,16 @@ impl Writer {
             self.write_corrections(snapshot, table, def, corrections, frontier, meta)?;
         }
         Ok(())
+    }
+
+    /// `history/<view>/date=<day>/<name>`.
+    fn history_file(&self, view: &str, day: i64, name: &str) -> PathBuf {
+        self.config
+            .root
+            .join("history")
+            .join(view)
+            .join(date_partition(day))
+            .join(name)
     }
 
     /// The corrections of `table`'s closed days, one file per (day, arrival day), with the
@@ -821,9 +823,7 @@ impl Writer {
             groups.entry((day, arrived)).or_default().push(projected);
         }
         for ((day, arrived), rows) in groups {
-            let mut hasher = std::collections::hash_map::DefaultHasher::new();
-            rows.hash(&mut hasher);
-            let hash = hasher.finish();
+            let hash = hash_rows(&rows);
             if self.corrections_written.get(&(table.view, day, arrived)) == Some(&hash) {
                 continue;
             }
@@ -833,13 +833,7 @@ impl Writer {
                 "late-arrived-{}.parquet",
                 vendflow_protocol::units::format_day(arrived)
             );
-            let path = self
-                .config
-                .root
-                .join("history")
-                .join(table.view)
-                .join(date_partition(day))
-                .join(name);
+            let path = self.history_file(table.view, day, &name);
             write_parquet(&path, &[batch], meta)?;
             self.corrections_written
                 .insert((table.view, day, arrived), hash);
@@ -852,6 +846,13 @@ impl Writer {
         });
         Ok(())
     }
+}
+
+/// A fingerprint of a day's rows, to skip rewriting a file whose rows did not change.
+fn hash_rows<R: Hash>(rows: &[R]) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    rows.hash(&mut hasher);
+    hasher.finish()
 }
 
 fn encode_error(what: &str, e: &arrow_schema::ArrowError) -> SinkError {
