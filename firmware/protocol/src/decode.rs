@@ -16,7 +16,10 @@ use serde_json::value::RawValue;
 
 use crate::command::{AckStatus, CommandAck};
 pub use crate::error::{DecodeError, ErrorKind};
-use crate::event::{DoorStatus, ErrorCode, ErrorEvent, Event, EventKind, Heartbeat, Restock, Sale};
+use crate::event::{
+    DoorStatus, ErrorCode, ErrorEvent, Event, EventKind, Heartbeat, Restock, Sale, Settlement,
+    SettlementStatus,
+};
 use crate::registry::{
     Lease, LeaseEvent, LeaseEventKind, LeaseStatus, Location, LocationType, Machine, MachineStatus,
     RegistryRecord, Slot,
@@ -87,6 +90,19 @@ struct RawSale<'a> {
     payment_method: Option<Cow<'a, str>>,
     #[serde(borrow)]
     transaction_id: Cow<'a, str>,
+    #[serde(default)]
+    offline: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawSettlement<'a> {
+    #[serde(borrow)]
+    transaction_id: Cow<'a, str>,
+    #[serde(borrow)]
+    amount: &'a RawValue,
+    #[serde(borrow)]
+    status: Cow<'a, str>,
 }
 
 #[derive(Deserialize)]
@@ -244,11 +260,12 @@ pub fn decode_event(
             })?;
             EventKind::Dex(Box::new(audit))
         }
+        "settlement" => EventKind::Settlement(settlement(payload)?),
         other => {
             return Err(DecodeError::new(
                 ErrorKind::UnknownType,
                 format!(
-                    "unknown event type {other:?}; expected heartbeat, sale, restock, error, door, command_ack or dex"
+                    "unknown event type {other:?}; expected heartbeat, sale, restock, error, door, command_ack, dex or settlement"
                 ),
             ));
         }
@@ -323,6 +340,36 @@ fn sale(payload: &str) -> Result<Sale, DecodeError> {
         quantity,
         payment_method: Text::from(s.payment_method.as_deref().unwrap_or("unknown")),
         transaction_id: Text::from(s.transaction_id.as_ref()),
+        offline: s.offline,
+    })
+}
+
+fn settlement(payload: &str) -> Result<Settlement, DecodeError> {
+    let s: RawSettlement = payload_json(payload)?;
+    let amount = decimal_text("amount", s.amount)
+        .and_then(|t| Cents::parse(t).map_err(|m| number("amount", m)))?;
+    if amount.0 < 0 {
+        return Err(number("amount", format!("{amount} is negative")));
+    }
+    if s.transaction_id.is_empty() {
+        return Err(DecodeError::new(
+            ErrorKind::Schema,
+            "payload: transactionId is empty",
+        ));
+    }
+    let status = SettlementStatus::parse(&s.status).ok_or_else(|| {
+        DecodeError::new(
+            ErrorKind::Schema,
+            format!(
+                "payload: settlement status {:?}; expected settled, declined or reversed",
+                s.status
+            ),
+        )
+    })?;
+    Ok(Settlement {
+        transaction_id: Text::from(s.transaction_id.as_ref()),
+        amount,
+        status,
     })
 }
 
@@ -674,6 +721,42 @@ mod tests {
             .flatten()
             .collect();
         assert_eq!(back, env.events);
+    }
+
+    #[test]
+    fn settlements_and_offline_sales_decode_and_round_trip() {
+        let settled = ok(
+            r#"{"machineId":"m1","type":"settlement","timestamp":"2024-01-15T10:28:15Z","payload":{"transactionId":"t9","amount":"3.50","status":"Approved"}}"#,
+        );
+        let EventKind::Settlement(s) = &settled.kind else {
+            panic!("not a settlement: {settled:?}")
+        };
+        assert_eq!(
+            (s.transaction_id.as_str(), s.amount, s.status),
+            ("t9", Cents(350), SettlementStatus::Settled)
+        );
+        assert_eq!(ok(&settled.to_json_line()), settled);
+        for (word, status) in [
+            ("DECLINED", SettlementStatus::Declined),
+            ("charge-back", SettlementStatus::Reversed),
+            ("refunded", SettlementStatus::Reversed),
+        ] {
+            assert_eq!(SettlementStatus::parse(word), Some(status), "{word}");
+        }
+        let bad = err(
+            r#"{"machineId":"m1","type":"settlement","timestamp":1699999800000,"payload":{"transactionId":"t9","amount":1,"status":"maybe"}}"#,
+        );
+        assert_eq!(bad.kind, ErrorKind::Schema);
+        assert!(bad.message.contains("\"maybe\""), "{}", bad.message);
+        let offline = ok(
+            r#"{"machineId":"m1","type":"sale","timestamp":1699999800000,"payload":{"slotNumber":3,"productId":"p","amount":4,"paymentMethod":"card","transactionId":"t","offline":true}}"#,
+        );
+        let EventKind::Sale(sale) = &offline.kind else {
+            panic!("not a sale")
+        };
+        assert!(sale.offline);
+        assert!(offline.to_json_line().contains(r#""offline":true"#));
+        assert_eq!(ok(&offline.to_json_line()), offline);
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub enum EventKind {
     /// An EVA-DTS / DEX audit the machine read and sent (see [`crate::dex`]); the event's
     /// timestamp is when it was read.
     Dex(Box<DexAudit>),
+    /// A payment processor's verdict on a card transaction (a line of its settlement file); the
+    /// event's timestamp is the transaction's time, its machine the terminal's machine.
+    Settlement(Settlement),
 }
 
 impl EventKind {
@@ -50,6 +53,7 @@ impl EventKind {
             EventKind::Door(_) => "door",
             EventKind::CommandAck(_) => "command_ack",
             EventKind::Dex(_) => "dex",
+            EventKind::Settlement(_) => "settlement",
         }
     }
 }
@@ -97,6 +101,9 @@ pub struct Sale {
     pub quantity: u32,
     pub payment_method: Text,
     pub transaction_id: Text,
+    /// Authorised by the machine alone while offline (store-and-forward, under the card
+    /// terminal's floor limit); the processor may still decline it later.
+    pub offline: bool,
 }
 
 impl Sale {
@@ -106,6 +113,54 @@ impl Sale {
             self.payment_method.as_str(),
             "card" | "contactless" | "credit" | "debit" | "mobile"
         )
+    }
+}
+
+/// One line of a payment processor's settlement file: what became of a card transaction.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Settlement {
+    pub transaction_id: Text,
+    /// The amount the processor settled (or declined, or reversed).
+    pub amount: Cents,
+    pub status: SettlementStatus,
+}
+
+/// The processor's verdict on a transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum SettlementStatus {
+    /// Paid to the operator.
+    Settled,
+    /// Refused by the issuer: the money never came (an offline sale's risk).
+    Declined,
+    /// Paid, then taken back (a refund or a chargeback).
+    Reversed,
+}
+
+impl SettlementStatus {
+    /// Reads the words processors' files use: `settled`, `approved`, `captured`, `paid`;
+    /// `declined`, `failed`, `rejected`, `denied`; `refunded`, `reversed`, `chargeback`.
+    pub fn parse(text: &str) -> Option<SettlementStatus> {
+        let t = text.trim().to_ascii_lowercase().replace(['-', ' '], "_");
+        match t.as_str() {
+            "settled" | "approved" | "captured" | "paid" | "success" | "succeeded" => {
+                Some(SettlementStatus::Settled)
+            }
+            "declined" | "failed" | "rejected" | "denied" | "decline" => {
+                Some(SettlementStatus::Declined)
+            }
+            "refunded" | "reversed" | "chargeback" | "charged_back" | "refund" | "reversal" => {
+                Some(SettlementStatus::Reversed)
+            }
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SettlementStatus::Settled => "settled",
+            SettlementStatus::Declined => "declined",
+            SettlementStatus::Reversed => "reversed",
+        }
     }
 }
 
@@ -199,13 +254,24 @@ impl Event {
                 }
                 Value::Object(p)
             }
-            EventKind::Sale(s) => json!({
-                "slotNumber": s.slot_number,
-                "productId": s.product_id,
-                "amount": serde_json::from_str::<Value>(&s.amount.to_string()).unwrap_or(Value::Null),
-                "quantity": s.quantity,
-                "paymentMethod": s.payment_method,
+            EventKind::Sale(s) => {
+                let mut p = json!({
+                    "slotNumber": s.slot_number,
+                    "productId": s.product_id,
+                    "amount": serde_json::from_str::<Value>(&s.amount.to_string()).unwrap_or(Value::Null),
+                    "quantity": s.quantity,
+                    "paymentMethod": s.payment_method,
+                    "transactionId": s.transaction_id,
+                });
+                if let (true, Value::Object(map)) = (s.offline, &mut p) {
+                    map.insert("offline".into(), true.into());
+                }
+                p
+            }
+            EventKind::Settlement(s) => json!({
                 "transactionId": s.transaction_id,
+                "amount": serde_json::from_str::<Value>(&s.amount.to_string()).unwrap_or(Value::Null),
+                "status": s.status.as_str(),
             }),
             EventKind::Restock(r) => {
                 let mut p = json!({"slotNumber": r.slot_number, "quantity": r.quantity});

@@ -30,6 +30,7 @@ pub use command::{AckStatus, Action, Command, CommandAck};
 pub use error::{DecodeError, ErrorKind};
 pub use event::{
     DoorStatus, Envelope, ErrorCode, ErrorEvent, Event, EventKind, Heartbeat, Restock, Sale,
+    Settlement, SettlementStatus,
 };
 pub use registry::{
     Lease, LeaseEvent, LeaseEventKind, LeaseStatus, Location, LocationType, Machine, MachineStatus,

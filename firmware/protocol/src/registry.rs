@@ -59,6 +59,11 @@ pub fn parse_time_zone(name: &str) -> Result<chrono_tz::Tz, String> {
     })
 }
 
+/// The local calendar day of the instant `ms` in the zone named `zone` (UTC if it is not one).
+pub fn local_day_in(ms: i64, zone: &str) -> i64 {
+    local_day(ms, zone.parse().unwrap_or(chrono_tz::UTC))
+}
+
 /// The local calendar day (days since the epoch) of the instant `ms` in `zone`.
 pub fn local_day(ms: i64, zone: chrono_tz::Tz) -> i64 {
     use chrono::{Datelike, TimeZone};
