@@ -29,6 +29,9 @@ pub struct Config {
     /// a machine sends its audit when it reads it, in order with its sales, so only an audit
     /// overtaken by the sales after it (another transport) needs them.
     pub dex_grace_ms: i64,
+    /// How long a card transaction waits for its settlement line (and its sale lines for their
+    /// settlement) after its last record arrives: processors settle a day or two after a sale.
+    pub settlement_days: i64,
     /// How many days of per-day revenue are kept live (older days live in the Parquet history).
     pub revenue_retention_days: i64,
     /// A machine without a heartbeat for this long is offline.
@@ -61,6 +64,7 @@ impl Default for Config {
             window_ms: 5 * MS_PER_MINUTE,
             window_retention_ms: 48 * MS_PER_HOUR,
             revenue_retention_days: 35,
+            settlement_days: 7,
             offline_after_ms: 120_000,
             low_stock_percent: 20,
             demand_days: 28,

@@ -17,7 +17,9 @@ use differential_dataflow::{AsCollection, VecCollection};
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::progress::operate::FrontierInterest;
-use vendflow_protocol::{Command, Event, EventKind, MachineId, RegistryRecord, Timestamp};
+use vendflow_protocol::{
+    Command, Event, EventKind, MachineId, RegistryRecord, Settlement, Timestamp,
+};
 
 use crate::anomaly_windows::{Agg, WindowKey};
 use crate::config::Config;
@@ -29,7 +31,7 @@ use crate::sales::SaleLine;
 use crate::views::CATALOG;
 use crate::{
     anomaly_windows, commands, dex, errors, health, inventory, leases, liveness, revenue, sales,
-    stockout,
+    settlement, stockout,
 };
 
 /// The dataflow's inputs.
@@ -61,6 +63,8 @@ struct Demuxed<'s> {
     seen: VecCollection<'s, Time, (MachineId, Timestamp)>,
     /// DEX audits, by machine.
     audits: VecCollection<'s, Time, (MachineId, dex::Read)>,
+    /// Payment processors' settlement lines.
+    settlements: VecCollection<'s, Time, (MachineId, Timestamp, Settlement)>,
 }
 
 impl<'s> Demuxed<'s> {
@@ -79,11 +83,13 @@ impl<'s> Demuxed<'s> {
         let (mut heartbeats_out, heartbeats) = builder.new_output::<Out<(MachineId, Timestamp)>>();
         let (mut seen_out, seen) = builder.new_output::<Out<(MachineId, Timestamp)>>();
         let (mut audits_out, audits) = builder.new_output::<Out<(MachineId, dex::Read)>>();
+        let (mut settlements_out, settlements) =
+            builder.new_output::<Out<(MachineId, Timestamp, Settlement)>>();
         builder.build(move |_| {
             let (mut contributions, mut lines) = (Vec::new(), Vec::new());
             let (mut restocks, mut acks) = (Vec::new(), Vec::new());
             let (mut beats, mut instants) = (Vec::new(), Vec::new());
-            let mut reads = Vec::new();
+            let (mut reads, mut verdicts) = (Vec::new(), Vec::new());
             // The machines that have had an event of the newest day already passed on: only a
             // machine's first event of a day tells the days-observed count anything.
             let (mut today, mut seen_today) = (i64::MIN, FastSet::<MachineId>::default());
@@ -95,10 +101,14 @@ impl<'s> Demuxed<'s> {
                 let mut to_beats = heartbeats_out.activate();
                 let mut to_instants = seen_out.activate();
                 let mut to_reads = audits_out.activate();
+                let mut to_verdicts = settlements_out.activate();
                 input.for_each_stamp(|cap, data| {
                     for container in data {
                         for (e, t, r) in container.drain(..) {
-                            if first_of_day(&mut today, &mut seen_today, &e) || r <= 0 {
+                            // A processor's settlement line is not the machine at work.
+                            let activity = !matches!(e.kind, EventKind::Settlement(_));
+                            if activity && (first_of_day(&mut today, &mut seen_today, &e) || r <= 0)
+                            {
                                 instants.push(((e.machine_id.clone(), e.timestamp), t, r));
                             }
                             if let EventKind::Heartbeat(_) = &e.kind {
@@ -124,6 +134,9 @@ impl<'s> Demuxed<'s> {
                                     t,
                                     r,
                                 )),
+                                EventKind::Settlement(s) => {
+                                    verdicts.push(((e.machine_id, e.timestamp, s.clone()), t, r));
+                                }
                             }
                         }
                     }
@@ -134,6 +147,7 @@ impl<'s> Demuxed<'s> {
                     ship(&mut to_beats, &cap, &mut beats);
                     ship(&mut to_instants, &cap, &mut instants);
                     ship(&mut to_reads, &cap, &mut reads);
+                    ship(&mut to_verdicts, &cap, &mut verdicts);
                 });
             }
         });
@@ -145,6 +159,7 @@ impl<'s> Demuxed<'s> {
             heartbeats: heartbeats.as_collection(),
             seen: seen.as_collection(),
             audits: audits.as_collection(),
+            settlements: settlements.as_collection(),
         }
     }
 }
@@ -203,6 +218,14 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
     let lease_events = leases::render_events(registry.clone());
     let liveness = liveness::render(events.heartbeats, registry, config);
     let dex = dex::render(events.audits, sales.accepted.clone(), config);
+    let (settlement_daily, settlement_exceptions, _) = fork(
+        settlement::render(sales.accepted.clone(), events.settlements, config),
+        "Settlement: split",
+        |o| match o {
+            settlement::Out::Daily(d) => Fork::<_, _, Infallible>::A(d),
+            settlement::Out::Exception(x) => Fork::B(x),
+        },
+    );
     let stockout = stockout::render(events.seen, sales.accepted, levels.clone(), clock, config);
     let (status, liveness, _) = fork(liveness, "Liveness: split", |o| match o {
         liveness::Out::Status(m, s) => Fork::<_, _, Infallible>::A((m, s)),
@@ -263,6 +286,10 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
                 .map(revenue::location_correction_row),
         ),
         (
+            "revenue_local_corrections",
+            revenue.local_corrections.map(revenue::local_correction_row),
+        ),
+        (
             "slot_sales",
             revenue.slot_sales.map(revenue::slot_sales_row),
         ),
@@ -284,6 +311,14 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
         ("lease_events", lease_events.map(leases::event_row)),
         ("dex_audits", dex.audits.map(dex::audit_row)),
         ("reconciliation", dex.reconciliation.map(dex::recon_row)),
+        (
+            "settlement_daily",
+            settlement_daily.map(settlement::daily_row),
+        ),
+        (
+            "settlement_exceptions",
+            settlement_exceptions.map(settlement::exception_row),
+        ),
     ];
     let mut by_name: std::collections::HashMap<&str, VecCollection<'s, Time, Row>> =
         views.into_iter().collect();

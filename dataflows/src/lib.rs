@@ -44,6 +44,7 @@ mod operators;
 pub mod revenue;
 pub mod row;
 pub mod sales;
+pub mod settlement;
 pub mod stockout;
 pub mod summary;
 #[cfg(test)]

@@ -43,6 +43,8 @@ pub struct SaleLine {
     pub quantity: u32,
     pub card: bool,
     pub transaction_id: Text,
+    /// Authorised by the machine alone, offline.
+    pub offline: bool,
 }
 
 impl SaleLine {
@@ -54,6 +56,7 @@ impl SaleLine {
                 timestamp: event.timestamp,
                 slot_number: s.slot_number,
                 card: s.is_card(),
+                offline: s.offline,
                 product_id: s.product_id,
                 amount: s.amount,
                 quantity: s.quantity,

@@ -173,7 +173,8 @@ pub struct Stockout<'s> {
     pub restock_needed: VecCollection<'s, Time, (MachineId, usize, OrdF64)>,
 }
 
-/// `seen`: when each event of each machine happened (every kind counts as a day observed).
+/// `seen`: when each event of each machine happened (every kind of its own counts as a day
+/// observed; a processor's settlement line is not the machine's).
 pub fn render<'s>(
     seen: VecCollection<'s, Time, (MachineId, Timestamp)>,
     accepted: VecCollection<'s, Time, SaleLine>,
@@ -317,6 +318,9 @@ mod tests {
             }
             let mut days: BTreeMap<MachineId, BTreeSet<i64>> = BTreeMap::new();
             for (t, e) in &scenario.deliveries {
+                if matches!(e.kind, vendflow_protocol::EventKind::Settlement(_)) {
+                    continue;
+                }
                 let until = as_time(e.timestamp.day() * MS_PER_DAY + window);
                 if until > now && until > *t {
                     days.entry(e.machine_id.clone())

@@ -14,7 +14,8 @@ use rand_chacha::ChaCha8Rng;
 use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR};
 use vendflow_protocol::{
     Cents, Command, DoorStatus, ErrorCode, ErrorEvent, Event, EventKind, Heartbeat, Machine,
-    MachineId, MachineStatus, Milli, RegistryRecord, Restock, Sale, Slot, Timestamp,
+    MachineId, MachineStatus, Milli, RegistryRecord, Restock, Sale, Settlement, SettlementStatus,
+    Slot, Timestamp,
 };
 
 use crate::config::Config;
@@ -43,6 +44,7 @@ pub fn sale(m: &str, ts: i64, slot: u32, cents: i64, txn: &str) -> Event {
             quantity: 1,
             payment_method: "card".into(),
             transaction_id: txn.into(),
+            offline: false,
         }),
     }
 }
@@ -135,6 +137,7 @@ impl Scenario {
             dedup_horizon_ms: 6 * MS_PER_HOUR,
             window_retention_ms: 2 * MS_PER_HOUR,
             revenue_retention_days: 1,
+            settlement_days: 1,
             demand_days: 2,
             error_retention_ms: MS_PER_HOUR,
             ..Config::default()
@@ -164,6 +167,9 @@ impl Scenario {
         // What the machines physically sold (each sale once, however it was delivered): their
         // DEX counters.
         let mut sold: Vec<(String, i64, u32, u32, i64)> = Vec::new();
+        // Card transactions as sold: (machine, id) → (first line's time, total, offline).
+        let mut carts: std::collections::BTreeMap<(String, String), (i64, i64, bool)> =
+            Default::default();
         let mut ts = BASE + rng.random_range(0..MS_PER_HOUR);
         let end = BASE + 5 * MS_PER_DAY / 2;
         while ts < end {
@@ -202,6 +208,8 @@ impl Scenario {
                     payment_method: if rng.random_bool(0.7) { "card" } else { "cash" }.into(),
                     // A small id space per machine makes carts (several slots, one id).
                     transaction_id: format!("t{}", rng.random_range(0..400)).into(),
+                    // Sold while the machine was offline, authorised by its floor limit.
+                    offline: rng.random_bool(0.2),
                 })
             } else if roll < 85 {
                 EventKind::Restock(Restock {
@@ -247,6 +255,12 @@ impl Scenario {
                 rng.random_range(0..30_000)
             };
             if let EventKind::Sale(sale) = &event.kind {
+                if sale.is_card() {
+                    carts
+                        .entry((m.clone(), sale.transaction_id.to_string()))
+                        .or_insert((ts, 0, sale.offline))
+                        .1 += sale.amount.0;
+                }
                 sold.push((
                     m.clone(),
                     ts,
@@ -281,6 +295,67 @@ impl Scenario {
                         ErrorRecord::new(Timestamp(ts), "random:1", &err, raw),
                     ));
                 }
+            }
+        }
+        // The processor's settlement lines, imported hours to days after the sales: most
+        // transactions settled at their total, some at another amount, some declined (the
+        // offline ones are the risk), some settled then reversed, some never settled; a few
+        // lines for transactions telemetry never reported; now and then a file imported twice.
+        let last = end + MS_PER_HOUR / 2;
+        let mut verdicts: Vec<(i64, String, String, i64, SettlementStatus)> = Vec::new();
+        for ((m, txn), (sold_at, total, offline)) in &carts {
+            let at = sold_at
+                + if *offline {
+                    rng.random_range(MS_PER_HOUR..6 * MS_PER_HOUR)
+                } else {
+                    rng.random_range(0..300_000)
+                };
+            let roll = rng.random_range(0..100);
+            let (m, txn) = (m.clone(), txn.clone());
+            if roll < 55 {
+                verdicts.push((at, m, txn, *total, SettlementStatus::Settled));
+            } else if roll < 62 {
+                verdicts.push((at, m, txn, total + 25, SettlementStatus::Settled));
+            } else if roll < 75 {
+                verdicts.push((at, m, txn, *total, SettlementStatus::Declined));
+            } else if roll < 80 {
+                verdicts.push((
+                    at,
+                    m.clone(),
+                    txn.clone(),
+                    *total,
+                    SettlementStatus::Settled,
+                ));
+                verdicts.push((at + MS_PER_HOUR, m, txn, *total, SettlementStatus::Reversed));
+            }
+        }
+        for k in 0..12 {
+            let at = BASE + rng.random_range(0..2 * MS_PER_DAY);
+            let status = if k % 3 == 0 {
+                SettlementStatus::Declined
+            } else {
+                SettlementStatus::Settled
+            };
+            let m = format!("m{}", rng.random_range(0..6));
+            verdicts.push((at, m, format!("x{k}"), 150, status));
+        }
+        // Not settled yet when the scenario ends.
+        verdicts.retain(|v| v.0 < last);
+        for (at, m, txn, cents, status) in verdicts {
+            let event = Event {
+                machine_id: machine(&m),
+                timestamp: Timestamp(at),
+                seq: None,
+                kind: EventKind::Settlement(Settlement {
+                    transaction_id: txn.into(),
+                    amount: Cents(cents),
+                    status,
+                }),
+            };
+            let arrives = at + rng.random_range(2 * MS_PER_HOUR..40 * MS_PER_HOUR);
+            planned.push((arrives.min(last), event.clone()));
+            if rng.random_bool(0.1) {
+                planned.push(((arrives + rng.random_range(0..MS_PER_DAY)).min(last), event));
             }
         }
         // Machines m0..m2 are audited every 10 hours and send the audit when it is read; m2's

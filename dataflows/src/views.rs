@@ -12,6 +12,7 @@ pub const CATALOG: &[ViewDef] = &[
     crate::revenue::TOP_MACHINES_TODAY,
     crate::revenue::CORRECTIONS,
     crate::revenue::LOCATION_CORRECTIONS,
+    crate::revenue::LOCAL_CORRECTIONS,
     crate::revenue::SLOT_SALES,
     crate::sales::DUPLICATES,
     crate::inventory::INVENTORY,
@@ -28,6 +29,8 @@ pub const CATALOG: &[ViewDef] = &[
     crate::leases::LEASE_EVENTS,
     crate::dex::AUDITS,
     crate::dex::RECONCILIATION,
+    crate::settlement::DAILY,
+    crate::settlement::EXCEPTIONS,
 ];
 
 /// Looks a view up by name.

@@ -139,6 +139,10 @@ pub fn events_batch(stream: &str, rows: &[&EventRow]) -> Result<RecordBatch, Arr
                 ec = Some(err.code.as_str());
                 em = Some(err.message.as_str());
             }
+            EventKind::Settlement(st) => {
+                a = Some(i128::from(st.amount.0));
+                tx = Some(st.transaction_id.as_str());
+            }
             EventKind::CommandAck(_) | EventKind::Dex(_) => {}
         }
         slot.append_option(s);

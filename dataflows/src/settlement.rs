@@ -1,0 +1,754 @@
+//! `settlement_daily` and `settlement_exceptions`: card sales as telemetry reported them against a
+//! payment processor's settlement file, transaction by transaction.
+//!
+//! A processor's file says, per card transaction, what became of it: settled (paid), declined
+//! (the issuer refused it: the risk of a sale a machine authorised alone while offline) or
+//! reversed (a refund or a chargeback). Its lines reach the engine as `settlement` events
+//! (`vendflow import settlement`, or published like any event), with the transaction's time and
+//! the machine of the terminal.
+//! ```sql
+//! -- per machine and transaction (card sale lines summed over the cart; the latest verdict wins:
+//! -- reversed over declined over settled)
+//! txn = FULL JOIN (SELECT machine, transaction, min(ts) AS sold_at, sum(amount) AS telemetry,
+//!                         bool_or(offline) FROM accepted card sale lines GROUP BY 1, 2)
+//!               (the settlement lines) USING (machine, transaction)
+//! status = CASE WHEN telemetry IS NULL AND verdict = 'declined' THEN 'declined_unsold'
+//!               WHEN telemetry IS NULL THEN 'missing_in_telemetry'
+//!               WHEN verdict IS NULL   THEN 'unsettled'
+//!               WHEN verdict = 'declined' THEN CASE WHEN offline THEN 'declined_offline' ELSE 'declined' END
+//!               WHEN verdict = 'reversed' THEN 'reversed'
+//!               WHEN settled <> telemetry THEN 'amount_differs' ELSE 'matched' END
+//! -- settlement_daily: per machine and UTC day of the transaction (the sale's day, or the
+//! -- settlement's when telemetry has none), counts and sums by status, for days the processor's
+//! -- file covers (at least one settlement line)
+//! -- settlement_exceptions: the transactions whose status is not matched, unsettled or
+//! -- declined_unsold; review = (status = 'declined_offline')
+//! ```
+//! State: each card transaction is held for `settlement_days` after its last record arrives
+//! (processors settle a day or two after the sale); a record that comes later starts the
+//! transaction afresh. When a transaction's state is dropped its row stays published: the daily
+//! rows and the exceptions are kept for `revenue_retention_days`, like daily revenue. An unsettled
+//! transaction is counted in its day (`missing_in_settlement`), not listed one by one: without a
+//! settlement file every card sale would be.
+
+use std::collections::BTreeMap;
+
+use differential_dataflow::VecCollection;
+use serde::{Deserialize, Serialize};
+use vendflow_protocol::units::MS_PER_DAY;
+use vendflow_protocol::{Cents, MachineId, SettlementStatus, Text, Timestamp};
+
+use crate::config::Config;
+use crate::fold::{KeyedFold, Published};
+use crate::operators::{Time, as_time, hash_of};
+use crate::row::{ColumnType::*, Row, RowWriter, ViewDef, col, null};
+use crate::sales::SaleLine;
+
+pub const DAILY: ViewDef = ViewDef {
+    name: "settlement_daily",
+    description: "per machine and UTC day: card sales reported by telemetry against the payment processor's settlement file (days the file covers)",
+    columns: &[
+        col("machine_id", Text),
+        col("day", Date),
+        col("card_transactions", Int),
+        col("card_value", Money),
+        col("settled_transactions", Int),
+        col("settled_value", Money),
+        col("matched", Int),
+        col("missing_in_settlement", Int),
+        col("missing_in_telemetry", Int),
+        col("amount_differs", Int),
+        col("declined", Int),
+        col("declined_offline", Int),
+        col("reversed", Int),
+        col("difference", Money),
+        col("status", Text),
+    ],
+};
+
+pub const EXCEPTIONS: ViewDef = ViewDef {
+    name: "settlement_exceptions",
+    description: "card transactions on which telemetry and the processor disagree; review marks offline sales the processor later declined",
+    columns: &[
+        col("machine_id", Text),
+        col("transaction_id", Text),
+        col("day", Date),
+        null("sold_at", Time),
+        null("telemetry_value", Money),
+        null("settled_at", Time),
+        null("settled_value", Money),
+        null("settlement_status", Text),
+        col("offline", Bool),
+        col("status", Text),
+        col("review", Bool),
+    ],
+};
+
+/// What reaches a transaction.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum In {
+    /// A card sale line: (event time, cents, offline).
+    Line(i64, i64, bool),
+    /// A settlement line: (its time, cents, verdict).
+    Settlement(i64, i64, SettlementStatus),
+}
+
+/// A transaction's status (see the module's documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Status {
+    Matched,
+    Unsettled,
+    MissingInTelemetry,
+    AmountDiffers,
+    Declined,
+    DeclinedOffline,
+    DeclinedUnsold,
+    Reversed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Matched => "matched",
+            Status::Unsettled => "unsettled",
+            Status::MissingInTelemetry => "missing_in_telemetry",
+            Status::AmountDiffers => "amount_differs",
+            Status::Declined => "declined",
+            Status::DeclinedOffline => "declined_offline",
+            Status::DeclinedUnsold => "declined_unsold",
+            Status::Reversed => "reversed",
+        }
+    }
+
+    /// Listed one by one in `settlement_exceptions`.
+    fn is_exception(self) -> bool {
+        !matches!(
+            self,
+            Status::Matched | Status::Unsettled | Status::DeclinedUnsold
+        )
+    }
+}
+
+/// One transaction as the views see it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TxnRow {
+    pub machine_id: MachineId,
+    pub transaction_id: Text,
+    pub day: i64,
+    pub sold_at: Option<i64>,
+    pub telemetry: Option<i64>,
+    pub settled_at: Option<i64>,
+    pub settled: Option<(i64, SettlementStatus)>,
+    pub offline: bool,
+    pub status: Status,
+}
+
+/// A transaction's records so far.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Txn {
+    /// Earliest line time, card total, lines, any line offline.
+    telemetry: Option<(i64, i64, bool)>,
+    /// The prevailing verdict: (time, cents, verdict).
+    settlement: Option<(i64, i64, SettlementStatus)>,
+    /// Ingestion time after which the state is dropped.
+    expires: Time,
+}
+
+fn rank(s: SettlementStatus) -> u8 {
+    match s {
+        SettlementStatus::Settled => 0,
+        SettlementStatus::Declined => 1,
+        SettlementStatus::Reversed => 2,
+    }
+}
+
+/// The status of a transaction with these records.
+pub fn status(
+    telemetry: Option<(i64, bool)>,
+    settlement: Option<(i64, SettlementStatus)>,
+) -> Status {
+    match (telemetry, settlement) {
+        (None, Some((_, SettlementStatus::Declined))) => Status::DeclinedUnsold,
+        (None, _) => Status::MissingInTelemetry,
+        (Some(_), None) => Status::Unsettled,
+        (Some((_, true)), Some((_, SettlementStatus::Declined))) => Status::DeclinedOffline,
+        (Some(_), Some((_, SettlementStatus::Declined))) => Status::Declined,
+        (Some(_), Some((_, SettlementStatus::Reversed))) => Status::Reversed,
+        (Some((sold, _)), Some((settled, SettlementStatus::Settled))) => {
+            if sold == settled {
+                Status::Matched
+            } else {
+                Status::AmountDiffers
+            }
+        }
+    }
+}
+
+impl Txn {
+    fn row(&self, (machine, txn): &(MachineId, Text)) -> Option<TxnRow> {
+        let at = self
+            .telemetry
+            .map(|t| t.0)
+            .or(self.settlement.map(|s| s.0))?;
+        Some(TxnRow {
+            machine_id: machine.clone(),
+            transaction_id: txn.clone(),
+            day: Timestamp(at).day(),
+            sold_at: self.telemetry.map(|t| t.0),
+            telemetry: self.telemetry.map(|t| t.1),
+            settled_at: self.settlement.map(|s| s.0),
+            settled: self.settlement.map(|s| (s.1, s.2)),
+            offline: self.telemetry.is_some_and(|t| t.2),
+            status: status(
+                self.telemetry.map(|t| (t.1, t.2)),
+                self.settlement.map(|s| (s.1, s.2)),
+            ),
+        })
+    }
+}
+
+/// A machine's transactions of one day, as published.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Day {
+    /// Every transaction row of the day, summed by status (a row is retracted when it changes).
+    counts: BTreeMap<Status, Sums>,
+    /// The exception rows, as a signed multiset: within one time a retraction may arrive
+    /// before its insertion.
+    exceptions: BTreeMap<TxnRow, i64>,
+}
+
+/// Transactions, telemetry cents and settled cents.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Sums {
+    n: i64,
+    telemetry: i64,
+    settled: i64,
+}
+
+/// A row of one of the two views.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Out {
+    Daily(DailyRow),
+    Exception(TxnRow),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DailyRow {
+    pub machine_id: MachineId,
+    pub day: i64,
+    /// (status, transactions, telemetry cents, settled cents), by status.
+    pub counts: Vec<(Status, i64, i64, i64)>,
+}
+
+impl DailyRow {
+    fn count(&self, s: Status) -> i64 {
+        self.counts.iter().filter(|c| c.0 == s).map(|c| c.1).sum()
+    }
+}
+
+/// `lines`: the accepted sale lines; `settlements`: each settlement line with its machine and
+/// time.
+pub fn render<'s>(
+    lines: VecCollection<'s, Time, SaleLine>,
+    settlements: VecCollection<'s, Time, (MachineId, Timestamp, vendflow_protocol::Settlement)>,
+    config: &Config,
+) -> VecCollection<'s, Time, Out> {
+    let hold = as_time(config.settlement_days.saturating_mul(MS_PER_DAY));
+    let input = lines
+        .flat_map(|l| {
+            l.card.then(|| {
+                (
+                    (l.machine_id, l.transaction_id),
+                    In::Line(l.timestamp.0, l.amount.0, l.offline),
+                )
+            })
+        })
+        .concat(settlements.map(|(m, at, s)| {
+            (
+                (m, s.transaction_id),
+                In::Settlement(at.0, s.amount.0, s.status),
+            )
+        }));
+    // Each transaction: its row's changes are given, never retracted when its state is dropped.
+    let changes = input.fold_by_key(
+        "Settlement: match",
+        Published::Recomputed,
+        |k: &(MachineId, Text)| hash_of(&k.0),
+        move |key, txn: &mut Txn, record, diff, ctx| {
+            if diff <= 0 {
+                return;
+            }
+            if txn.expires > 0 && ctx.now() >= txn.expires {
+                // Its timer is due at this very time: the record starts the transaction afresh.
+                *txn = Txn::default();
+            }
+            let before = txn.row(key);
+            match record {
+                In::Line(at, cents, offline) => {
+                    let cents = cents * i64::try_from(diff).unwrap_or(1);
+                    txn.telemetry = Some(match txn.telemetry {
+                        None => (at, cents, offline),
+                        Some((a, c, o)) => (a.min(at), c + cents, o || offline),
+                    });
+                }
+                In::Settlement(at, cents, verdict) => {
+                    // The prevailing line: the highest verdict, then the latest, then the
+                    // largest (so the order of one time's lines does not matter).
+                    let order = |(a, c, v): (i64, i64, SettlementStatus)| (rank(v), a, c);
+                    let replace = txn
+                        .settlement
+                        .is_none_or(|old| order((at, cents, verdict)) > order(old));
+                    if replace {
+                        txn.settlement = Some((at, cents, verdict));
+                    }
+                }
+            }
+            let after = txn.row(key);
+            if before != after {
+                if let Some(b) = before {
+                    ctx.give(b, -1);
+                }
+                if let Some(a) = after {
+                    ctx.give(a, 1);
+                }
+            }
+            txn.expires = ctx.now().saturating_add(hold);
+            ctx.wake_at(txn.expires);
+        },
+        |_, txn, ctx| {
+            if ctx.now() >= txn.expires {
+                *txn = Txn::default();
+            }
+        },
+        |_, _, _| {},
+    );
+    let keep_days = config.revenue_retention_days;
+    changes
+        .map(|row| ((row.machine_id.clone(), row.day), row))
+        .fold_by_key(
+            "Settlement: days",
+            Published::Kept,
+            hash_of::<(MachineId, i64)>,
+            move |(_, day), state: &mut Day, row, diff, ctx| {
+                let today = i64::try_from(ctx.now()).unwrap_or(i64::MAX) / MS_PER_DAY;
+                if *day < today - keep_days {
+                    // Gone from the view (or never in it): neither counted nor uncounted.
+                    return;
+                }
+                let sums = state.counts.entry(row.status).or_default();
+                let d = i64::try_from(diff).unwrap_or(0);
+                sums.n += d;
+                sums.telemetry += d * row.telemetry.unwrap_or(0);
+                sums.settled += d * row.settled.map_or(0, |s| s.0);
+                if *sums == Sums::default() {
+                    state.counts.remove(&row.status);
+                }
+                if row.status.is_exception() {
+                    let n = state.exceptions.entry(row).or_default();
+                    *n += d;
+                    if *n == 0 {
+                        state.exceptions.retain(|_, n| *n != 0);
+                    }
+                }
+                let leaves = (*day + keep_days + 1).saturating_mul(MS_PER_DAY);
+                ctx.wake_at(as_time(leaves));
+            },
+            move |(_, day), state, ctx| {
+                let today = i64::try_from(ctx.now()).unwrap_or(i64::MAX) / MS_PER_DAY;
+                if *day < today - keep_days {
+                    *state = Day::default();
+                }
+            },
+            |(machine, day), state, out| {
+                let settled_any = state
+                    .counts
+                    .iter()
+                    .any(|(s, c)| *s != Status::Unsettled && c.n > 0);
+                if settled_any && state.counts.values().all(|c| c.n >= 0) {
+                    out.push(Out::Daily(DailyRow {
+                        machine_id: machine.clone(),
+                        day: *day,
+                        counts: state
+                            .counts
+                            .iter()
+                            .map(|(s, c)| (*s, c.n, c.telemetry, c.settled))
+                            .collect(),
+                    }));
+                }
+                for (row, n) in &state.exceptions {
+                    for _ in 0..*n {
+                        out.push(Out::Exception(row.clone()));
+                    }
+                }
+            },
+        )
+}
+
+pub fn daily_row(d: DailyRow) -> Row {
+    let sum = |f: fn(&(Status, i64, i64, i64)) -> i64, pick: fn(Status) -> bool| -> i64 {
+        d.counts.iter().filter(|c| pick(c.0)).map(f).sum()
+    };
+    let has_telemetry =
+        |s: Status| !matches!(s, Status::MissingInTelemetry | Status::DeclinedUnsold);
+    let card_n = sum(|c| c.1, has_telemetry);
+    let card_value = sum(|c| c.2, has_telemetry);
+    let paid = |s: Status| {
+        matches!(
+            s,
+            Status::Matched | Status::AmountDiffers | Status::MissingInTelemetry
+        )
+    };
+    let settled_n = sum(|c| c.1, paid);
+    let settled_value = sum(|c| c.3, paid);
+    let all_matched = d
+        .counts
+        .iter()
+        .all(|c| c.0 == Status::Matched || c.0 == Status::DeclinedUnsold);
+    Row::build(|r| {
+        r.text(d.machine_id.as_str());
+        r.date(d.day);
+        r.int(card_n);
+        r.money(Cents(card_value));
+        r.int(settled_n);
+        r.money(Cents(settled_value));
+        r.int(d.count(Status::Matched));
+        r.int(d.count(Status::Unsettled));
+        r.int(d.count(Status::MissingInTelemetry));
+        r.int(d.count(Status::AmountDiffers));
+        r.int(d.count(Status::Declined));
+        r.int(d.count(Status::DeclinedOffline));
+        r.int(d.count(Status::Reversed));
+        r.money(Cents(card_value - settled_value));
+        r.text(if all_matched {
+            "matched"
+        } else {
+            "differences"
+        });
+    })
+}
+
+pub fn exception_row(x: TxnRow) -> Row {
+    Row::build(|r| {
+        r.text(x.machine_id.as_str());
+        r.text(&x.transaction_id);
+        r.date(x.day);
+        r.opt(x.sold_at.map(Timestamp), RowWriter::time);
+        r.opt(x.telemetry.map(Cents), RowWriter::money);
+        r.opt(x.settled_at.map(Timestamp), RowWriter::time);
+        r.opt(x.settled.map(|s| Cents(s.0)), RowWriter::money);
+        r.opt(x.settled.map(|s| s.1.as_str()), |w, s| w.text(s));
+        r.bool(x.offline);
+        r.text(x.status.as_str());
+        r.bool(x.status == Status::DeclinedOffline);
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use vendflow_protocol::{Event, EventKind, Settlement};
+
+    use super::*;
+    use crate::testing::{self, Scenario};
+
+    /// A transaction's records in arrival order: a line (time, cents, offline) or a verdict
+    /// (time, cents, status).
+    #[derive(Clone, Copy)]
+    enum Rec {
+        Line(i64, i64, bool),
+        Verdict(i64, i64, SettlementStatus),
+    }
+
+    /// The views computed the obvious way: each transaction's records in arrival order, cut
+    /// where one arrives `settlement_days` or more after the one before it; each piece is a row.
+    fn oracle(scenario: &Scenario) -> (Vec<Row>, Vec<Row>) {
+        let config = &scenario.config;
+        let hold = config.settlement_days * MS_PER_DAY;
+        let mut records: BTreeMap<(MachineId, String), Vec<(Time, Rec)>> = BTreeMap::new();
+        let (accepted, _, _) = crate::sales::oracle(&scenario.deliveries, config);
+        for (t, l) in accepted.into_iter().filter(|(_, l)| l.card) {
+            records
+                .entry((l.machine_id, l.transaction_id.to_string()))
+                .or_default()
+                .push((t, Rec::Line(l.timestamp.0, l.amount.0, l.offline)));
+        }
+        for (t, e) in &scenario.deliveries {
+            if let EventKind::Settlement(s) = &e.kind {
+                records
+                    .entry((e.machine_id.clone(), s.transaction_id.to_string()))
+                    .or_default()
+                    .push((*t, Rec::Verdict(e.timestamp.0, s.amount.0, s.status)));
+            }
+        }
+        let mut txns: Vec<TxnRow> = Vec::new();
+        for ((m, txn), mut recs) in records {
+            recs.sort_by_key(|(t, _)| *t);
+            let mut pieces: Vec<Vec<Rec>> = Vec::new();
+            let mut last: Option<Time> = None;
+            for (t, r) in recs {
+                let fresh = last.is_none_or(|l| i64::try_from(t - l).unwrap_or(0) >= hold);
+                if fresh {
+                    pieces.push(Vec::new());
+                }
+                if let Some(p) = pieces.last_mut() {
+                    p.push(r);
+                }
+                last = Some(t);
+            }
+            for piece in pieces {
+                let lines: Vec<(i64, i64, bool)> = piece
+                    .iter()
+                    .filter_map(|r| match r {
+                        Rec::Line(a, c, o) => Some((*a, *c, *o)),
+                        Rec::Verdict(..) => None,
+                    })
+                    .collect();
+                let telemetry = (!lines.is_empty()).then(|| {
+                    (
+                        lines.iter().map(|l| l.0).min().unwrap_or(0),
+                        lines.iter().map(|l| l.1).sum::<i64>(),
+                        lines.iter().any(|l| l.2),
+                    )
+                });
+                // reversed > declined > settled, then the latest, then the largest
+                let verdict = piece
+                    .iter()
+                    .filter_map(|r| match r {
+                        Rec::Verdict(a, c, s) => {
+                            let weight = match s {
+                                SettlementStatus::Settled => 0,
+                                SettlementStatus::Declined => 1,
+                                SettlementStatus::Reversed => 2,
+                            };
+                            Some((weight, *a, *c, *s))
+                        }
+                        Rec::Line(..) => None,
+                    })
+                    .max();
+                let st = match (telemetry, verdict) {
+                    (None, Some((_, _, _, SettlementStatus::Declined))) => Status::DeclinedUnsold,
+                    (None, _) => Status::MissingInTelemetry,
+                    (Some(_), None) => Status::Unsettled,
+                    (Some((_, _, off)), Some((_, _, _, SettlementStatus::Declined))) => {
+                        if off {
+                            Status::DeclinedOffline
+                        } else {
+                            Status::Declined
+                        }
+                    }
+                    (Some(_), Some((_, _, _, SettlementStatus::Reversed))) => Status::Reversed,
+                    (Some((_, sold, _)), Some((_, _, paid, _))) if sold == paid => Status::Matched,
+                    (Some(_), Some(_)) => Status::AmountDiffers,
+                };
+                let at = telemetry.map(|t| t.0).or(verdict.map(|v| v.1)).unwrap_or(0);
+                txns.push(TxnRow {
+                    machine_id: m.clone(),
+                    transaction_id: txn.as_str().into(),
+                    day: at.div_euclid(MS_PER_DAY),
+                    sold_at: telemetry.map(|t| t.0),
+                    telemetry: telemetry.map(|t| t.1),
+                    settled_at: verdict.map(|v| v.1),
+                    settled: verdict.map(|v| (v.2, v.3)),
+                    offline: telemetry.is_some_and(|t| t.2),
+                    status: st,
+                });
+            }
+        }
+        // Days leave both views `revenue_retention_days` after they end.
+        let now = i64::try_from(scenario.now()).unwrap_or(0);
+        let kept = |day: i64| (day + config.revenue_retention_days + 1) * MS_PER_DAY > now;
+        let mut days: BTreeMap<(MachineId, i64), Vec<&TxnRow>> = BTreeMap::new();
+        for t in txns.iter().filter(|t| kept(t.day)) {
+            days.entry((t.machine_id.clone(), t.day))
+                .or_default()
+                .push(t);
+        }
+        let mut daily = Vec::new();
+        for ((m, day), rows) in days {
+            if rows.iter().all(|r| r.status == Status::Unsettled) {
+                continue;
+            }
+            let count = |s: Status| rows.iter().filter(|r| r.status == s).count() as i64;
+            let card: Vec<&&TxnRow> = rows.iter().filter(|r| r.telemetry.is_some()).collect();
+            let paid: Vec<&&TxnRow> = rows
+                .iter()
+                .filter(|r| {
+                    matches!(
+                        r.status,
+                        Status::Matched | Status::AmountDiffers | Status::MissingInTelemetry
+                    )
+                })
+                .collect();
+            let card_value: i64 = card.iter().filter_map(|r| r.telemetry).sum();
+            let settled_value: i64 = paid.iter().filter_map(|r| r.settled.map(|s| s.0)).sum();
+            let all_matched = rows
+                .iter()
+                .all(|r| matches!(r.status, Status::Matched | Status::DeclinedUnsold));
+            daily.push(Row::build(|w| {
+                w.text(m.as_str());
+                w.date(day);
+                w.int(card.len() as i64);
+                w.money(Cents(card_value));
+                w.int(paid.len() as i64);
+                w.money(Cents(settled_value));
+                w.int(count(Status::Matched));
+                w.int(count(Status::Unsettled));
+                w.int(count(Status::MissingInTelemetry));
+                w.int(count(Status::AmountDiffers));
+                w.int(count(Status::Declined));
+                w.int(count(Status::DeclinedOffline));
+                w.int(count(Status::Reversed));
+                w.money(Cents(card_value - settled_value));
+                w.text(if all_matched {
+                    "matched"
+                } else {
+                    "differences"
+                });
+            }));
+        }
+        let exceptions = txns
+            .into_iter()
+            .filter(|t| kept(t.day))
+            .filter(|t| {
+                !matches!(
+                    t.status,
+                    Status::Matched | Status::Unsettled | Status::DeclinedUnsold
+                )
+            })
+            .map(exception_row)
+            .collect();
+        (daily, exceptions)
+    }
+
+    #[test]
+    fn settlement_views_match_the_oracle_on_random_streams() {
+        let mut statuses = BTreeSet::new();
+        for seed in 0..6 {
+            let (scenario, views) = testing::random_run(seed);
+            let (daily, exceptions) = oracle(scenario);
+            for r in &exceptions {
+                statuses.insert(EXCEPTIONS.named(r).text("status").unwrap_or_default());
+            }
+            testing::assert_view(views, "settlement_daily", daily, seed);
+            testing::assert_view(views, "settlement_exceptions", exceptions, seed);
+        }
+        for s in [
+            "missing_in_telemetry",
+            "amount_differs",
+            "declined",
+            "declined_offline",
+            "reversed",
+        ] {
+            assert!(statuses.contains(s), "no {s} in {statuses:?}");
+        }
+    }
+
+    fn card(m: &str, ts: i64, slot: u32, cents: i64, txn: &str, offline: bool) -> Event {
+        let mut e = testing::sale(m, ts, slot, cents, txn);
+        if let EventKind::Sale(s) = &mut e.kind {
+            s.payment_method = "card".into();
+            s.offline = offline;
+        }
+        e
+    }
+
+    fn verdict(m: &str, ts: i64, txn: &str, cents: i64, status: SettlementStatus) -> Event {
+        Event {
+            machine_id: testing::machine(m),
+            timestamp: Timestamp(ts),
+            seq: None,
+            kind: EventKind::Settlement(Settlement {
+                transaction_id: txn.into(),
+                amount: Cents(cents),
+                status,
+            }),
+        }
+    }
+
+    /// A cart of two card lines settled at its total; an offline sale declined the next day
+    /// (flagged for review); an online sale paid short; one never settled; a settlement for a
+    /// sale telemetry never saw.
+    #[test]
+    fn a_settlement_file_reconciles_a_machine_day() {
+        let mut s = Scenario::empty();
+        let t0 = testing::BASE + 9 * 3_600_000;
+        let next_day = testing::BASE + MS_PER_DAY + 8 * 3_600_000;
+        s.deliver(t0, card("m1", t0, 1, 250, "cart", false));
+        s.deliver(t0, card("m1", t0 + 1, 148, 300, "cart", false));
+        s.deliver(t0 + 60_000, card("m1", t0 + 60_000, 2, 1_800, "off", true));
+        s.deliver(
+            t0 + 120_000,
+            card("m1", t0 + 120_000, 3, 400, "short", false),
+        );
+        s.deliver(
+            t0 + 180_000,
+            card("m1", t0 + 180_000, 3, 400, "never", false),
+        );
+        let mut cash = testing::sale("m1", t0 + 240_000, 4, 100, "cash");
+        if let EventKind::Sale(sale) = &mut cash.kind {
+            sale.payment_method = "cash".into();
+        }
+        s.deliver(t0 + 240_000, cash);
+        let settled = SettlementStatus::Settled;
+        s.deliver(next_day, verdict("m1", t0 + 5, "cart", 550, settled));
+        s.deliver(
+            next_day,
+            verdict(
+                "m1",
+                t0 + 4_000_000,
+                "off",
+                1_800,
+                SettlementStatus::Declined,
+            ),
+        );
+        s.deliver(next_day, verdict("m1", t0 + 120_000, "short", 350, settled));
+        s.deliver(next_day, verdict("m1", t0 + 300_000, "ghost", 200, settled));
+        // The same file imported again changes nothing.
+        s.deliver(
+            next_day + 1_000,
+            verdict("m1", t0 + 5, "cart", 550, settled),
+        );
+        let views = testing::run(&s);
+        let daily = testing::rows(&views, "settlement_daily");
+        assert_eq!(daily.len(), 1, "{daily:?}");
+        let d = DAILY.named(&daily[0]);
+        let int = |c: &str| d.int(c).unwrap_or(-1);
+        assert_eq!(
+            (
+                int("card_transactions"),
+                int("settled_transactions"),
+                int("matched"),
+                int("missing_in_settlement"),
+                int("missing_in_telemetry"),
+                int("amount_differs"),
+                int("declined_offline"),
+            ),
+            (4, 3, 1, 1, 1, 1, 1)
+        );
+        assert_eq!(d.cents("card_value"), Some(550 + 1_800 + 400 + 400));
+        assert_eq!(d.cents("settled_value"), Some(550 + 350 + 200));
+        assert_eq!(d.text("status").as_deref(), Some("differences"));
+        let mut exceptions: Vec<(String, String, bool)> =
+            testing::rows(&views, "settlement_exceptions")
+                .iter()
+                .map(|r| {
+                    let n = EXCEPTIONS.named(r);
+                    (
+                        n.text("transaction_id").unwrap_or_default(),
+                        n.text("status").unwrap_or_default(),
+                        n.flag("review"),
+                    )
+                })
+                .collect();
+        exceptions.sort();
+        assert_eq!(
+            exceptions,
+            vec![
+                ("ghost".into(), "missing_in_telemetry".into(), false),
+                ("off".into(), "declined_offline".into(), true),
+                ("short".into(), "amount_differs".into(), false),
+            ]
+        );
+    }
+}
