@@ -16,7 +16,9 @@ use vendflow_firmware::{Fault, Fleet, FleetConfig};
 use vendflow_ingest::auth::{Credentials, Verifier};
 use vendflow_ingest::bridge::{self, BridgeConfig, BridgeStats};
 use vendflow_ingest::file::ReplayOptions;
-use vendflow_ingest::import::{ColumnMap, CsvImport, convert_csv, convert_dex, merge_by_time};
+use vendflow_ingest::import::{
+    ColumnMap, CsvImport, convert_csv, convert_dex, convert_settlement, merge_by_time,
+};
 use vendflow_ingest::kafka::TELEMETRY_TOPIC;
 use vendflow_protocol::Timestamp;
 use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR};
@@ -70,30 +72,25 @@ enum ImportKind {
     /// read exactly ($1,234.50, (3.00) for a refund); dates as exports write them (1/31/2022,
     /// 2022-01-31, Monday, January 31, 2022, with or without 13:05 or 1:05 PM). Refused rows are
     /// listed with their line numbers and kept in the errors view.
-    Csv {
-        file: PathBuf,
-        /// FIELD=COLUMN pairs, separated by commas (a pair with a comma in its column name is
-        /// quoted whole: "amount=Line, Total").
+    Csv(TableArgs),
+    /// A payment processor's settlement file: one card transaction per row, with what became of
+    /// it (settled, declined or reversed).
+    ///
+    /// Example: vendflow import settlement settlement.csv --telemetry sales.jsonl --out views/
+    ///   --map 'machine=Terminal,time=Auth Time,transaction=Reference,amount=Amount,status=Result'
+    ///
+    /// Fields: machine, transaction, amount, time, clock, status (all but clock required; machine
+    /// unless --machine is given). Status words: settled / approved / captured / paid, declined /
+    /// failed / rejected, reversed / refunded / chargeback. With the machines' telemetry
+    /// (--telemetry, JSON Lines) loaded alongside, `settlement_daily` compares each machine-day's
+    /// card sales with what the processor paid, and `settlement_exceptions` lists each
+    /// transaction they disagree on; an offline sale the processor declined is marked for review.
+    Settlement {
+        #[command(flatten)]
+        table: TableArgs,
+        /// The machines' telemetry (JSON Lines) over the same span, loaded with the file.
         #[arg(long)]
-        map: String,
-        /// The machine of every row (an export of one machine with no machine column).
-        #[arg(long)]
-        machine: Option<String>,
-        /// The time zone of the export's local times (IANA name, e.g. Europe/Paris).
-        #[arg(long, default_value = "UTC")]
-        tz: String,
-        /// Keep the converted sale events (JSON Lines) here (default: a temporary file).
-        #[arg(long)]
-        events: Option<PathBuf>,
-        /// Directory for `<view>.csv` (created if missing).
-        #[arg(long, short, required_unless_present = "archive")]
-        out: Option<PathBuf>,
-        /// Parquet archive directory: raw events, history of the daily views, final snapshot.
-        #[arg(long)]
-        archive: Option<PathBuf>,
-        /// Registry records (machines, locations, leases) as JSON Lines.
-        #[arg(long)]
-        registry: Option<PathBuf>,
+        telemetry: Option<PathBuf>,
     },
     /// EVA-DTS / DEX audit files, the audit read from every machine (DXS, ST, ID1, VA1, CA2,
     /// PA1 price per column, PA2 vend counters, EA3 / ID5 read time, SE, DXE).
@@ -122,6 +119,34 @@ enum ImportKind {
         #[arg(long)]
         registry: Option<PathBuf>,
     },
+}
+
+/// A CSV file with a header row and a column mapping (`import csv`, `import settlement`).
+#[derive(clap::Args)]
+struct TableArgs {
+    file: PathBuf,
+    /// FIELD=COLUMN pairs, separated by commas (a pair with a comma in its column name is
+    /// quoted whole: "amount=Line, Total").
+    #[arg(long)]
+    map: String,
+    /// The machine of every row (a file of one machine with no machine column).
+    #[arg(long)]
+    machine: Option<String>,
+    /// The time zone of the file's local times (IANA name, e.g. Europe/Paris).
+    #[arg(long, default_value = "UTC")]
+    tz: String,
+    /// Keep the converted events (JSON Lines) here (default: a temporary file).
+    #[arg(long)]
+    events: Option<PathBuf>,
+    /// Directory for `<view>.csv` (created if missing).
+    #[arg(long, short, required_unless_present = "archive")]
+    out: Option<PathBuf>,
+    /// Parquet archive directory: raw events, history of the daily views, final snapshot.
+    #[arg(long)]
+    archive: Option<PathBuf>,
+    /// Registry records (machines, locations, leases) as JSON Lines.
+    #[arg(long)]
+    registry: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -667,56 +692,9 @@ fn main() -> anyhow::Result<()> {
                 out.as_deref(),
             )
         }
-        Command::Import(ImportKind::Csv {
-            file,
-            map,
-            machine,
-            tz,
-            events,
-            out,
-            archive,
-            registry,
-        }) => {
-            let map = ColumnMap::parse(&map, machine.is_some())?;
-            let import = CsvImport::new(map, machine, Some(&tz))?;
-            let temporary = tempfile::NamedTempFile::new()?;
-            let events_path = events.unwrap_or_else(|| temporary.path().to_owned());
-            let mut writer = std::io::BufWriter::new(
-                std::fs::File::create(&events_path)
-                    .with_context(|| format!("cannot write {}", events_path.display()))?,
-            );
-            let converted = convert_csv(&file, &import, &mut writer)?;
-            writer.flush()?;
-            drop(writer);
-            println!(
-                "{}: {} rows, {} sales, {} refused",
-                file.display(),
-                converted.rows,
-                converted.sales,
-                converted.refused.len()
-            );
-            for r in converted.refused.iter().take(20) {
-                println!("  line {}: {}", r.line, r.reason);
-            }
-            if converted.refused.len() > 20 {
-                println!(
-                    "  … and {} more (all in the errors view)",
-                    converted.refused.len() - 20
-                );
-            }
-            let archive = archive.map(|root| ArchiveConfig::new(root, &config));
-            bulk_load(
-                config,
-                BulkLoad {
-                    file: &events_path,
-                    registry: registry.as_deref(),
-                    archive,
-                    options: ReplayOptions::default(),
-                    registry_records: converted.registry,
-                    errors: converted.errors,
-                },
-                out.as_deref(),
-            )
+        Command::Import(ImportKind::Csv(table)) => import_table(config, table, None, false),
+        Command::Import(ImportKind::Settlement { table, telemetry }) => {
+            import_table(config, table, telemetry.as_deref(), true)
         }
         Command::Simulate {
             out,
@@ -1242,6 +1220,71 @@ fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
         stopped.source.messages, stopped.source.events, stopped.source.refused
     );
     Ok(())
+}
+
+/// `import csv` (a sales export) or `import settlement` (a processor's settlement file, with
+/// the machines' telemetry when given): converts the rows, reports the refused ones, and loads
+/// the events like a replay.
+fn import_table(
+    config: Config,
+    table: TableArgs,
+    telemetry: Option<&std::path::Path>,
+    settlement: bool,
+) -> anyhow::Result<()> {
+    let map = ColumnMap::parse(&table.map, table.machine.is_some())?;
+    let import = CsvImport::new(map, table.machine, Some(&table.tz))?;
+    let temporary = tempfile::NamedTempFile::new()?;
+    let events_path = table.events.unwrap_or_else(|| temporary.path().to_owned());
+    let converted = if settlement {
+        // Settlement lines are few (card transactions); they are merged into the telemetry in
+        // time order.
+        let mut lines = Vec::new();
+        let converted = convert_settlement(&table.file, &import, &mut lines)?;
+        merge_by_time(&lines, telemetry, &events_path)?;
+        converted
+    } else {
+        let mut writer = std::io::BufWriter::new(
+            std::fs::File::create(&events_path)
+                .with_context(|| format!("cannot write {}", events_path.display()))?,
+        );
+        let converted = convert_csv(&table.file, &import, &mut writer)?;
+        writer.flush()?;
+        converted
+    };
+    println!(
+        "{}: {} rows, {} {}, {} refused",
+        table.file.display(),
+        converted.rows,
+        converted.events,
+        if settlement {
+            "settlement lines"
+        } else {
+            "sales"
+        },
+        converted.refused.len()
+    );
+    for r in converted.refused.iter().take(20) {
+        println!("  line {}: {}", r.line, r.reason);
+    }
+    if converted.refused.len() > 20 {
+        println!(
+            "  … and {} more (all in the errors view)",
+            converted.refused.len() - 20
+        );
+    }
+    let archive = table.archive.map(|root| ArchiveConfig::new(root, &config));
+    bulk_load(
+        config,
+        BulkLoad {
+            file: &events_path,
+            registry: table.registry.as_deref(),
+            archive,
+            options: ReplayOptions::default(),
+            registry_records: converted.registry,
+            errors: converted.errors,
+        },
+        table.out.as_deref(),
+    )
 }
 
 /// A bulk load (`replay`, `import`) with a progress bar; prints what it did and writes the

@@ -613,6 +613,7 @@ fn http_checks(curl: &Curl, http: &str, dir: &Path, record: &Path) -> anyhow::Re
             quantity: 1,
             payment_method: "card".into(),
             transaction_id: "txn_over_http_1".into(),
+            offline: false,
         }),
     };
     std::fs::write(record, sale.to_json_line() + "\n")?;
@@ -705,6 +706,7 @@ fn late_sales_checks(
                 quantity: 2,
                 payment_method: "card".into(),
                 transaction_id: format!("late-{days}d").into(),
+                offline: false,
             }),
         };
         let envelope = Envelope {

@@ -307,3 +307,119 @@ fn two_dex_audits_reconcile_against_telemetry_and_a_lost_sale_is_flagged() -> an
     );
     Ok(())
 }
+
+/// A payment processor's settlement file against the machine's telemetry: a cart settled at its
+/// total, an offline sale declined (marked for review), one paid short, one never settled, one
+/// the telemetry never reported; a row with a status no processor writes is refused with its line.
+#[test]
+fn a_settlement_file_reconciles_card_sales_and_flags_a_declined_offline_sale() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    // 2024-01-15 09:00 UTC.
+    let t0: i64 = 1_705_309_200_000;
+    let minute = 60_000;
+    let sale = |ts: i64, slot: u32, cents: i64, method: &str, txn: &str, offline: bool| {
+        format!(
+            "{{\"machineId\":\"VM-7\",\"type\":\"sale\",\"timestamp\":{ts},\"payload\":{{\"slotNumber\":{slot},\"productId\":\"p{slot}\",\"amount\":\"{}.{:02}\",\"paymentMethod\":\"{method}\",\"transactionId\":\"{txn}\"{}}}}}\n",
+            cents / 100,
+            cents % 100,
+            if offline { ",\"offline\":true" } else { "" }
+        )
+    };
+    let telemetry = dir.path().join("sales.jsonl");
+    std::fs::write(
+        &telemetry,
+        [
+            sale(t0, 101, 250, "card", "cart", false),
+            sale(t0 + 1, 148, 300, "card", "cart", false),
+            sale(t0 + minute, 102, 1_800, "card", "off", true),
+            sale(t0 + 2 * minute, 103, 400, "contactless", "short", false),
+            sale(t0 + 3 * minute, 103, 400, "card", "never", false),
+            sale(t0 + 4 * minute, 104, 100, "cash", "coins", false),
+        ]
+        .concat(),
+    )?;
+    let file = dir.path().join("settlement.csv");
+    std::fs::write(
+        &file,
+        "Terminal,Auth Time,Reference,Amount,Result\n\
+         VM-7,2024-01-15 09:00,cart,$5.50,APPROVED\n\
+         VM-7,2024-01-15 10:10,off,18.00,Declined\n\
+         VM-7,2024-01-15 09:02,short,3.50,Approved\n\
+         VM-7,2024-01-15 09:05,ghost,2.00,Settled\n\
+         VM-7,2024-01-15 09:06,what,2.00,pending\n",
+    )?;
+    let (out, archive) = (dir.path().join("views"), dir.path().join("archive"));
+    let printed = vendflow(&[
+        "import",
+        "settlement",
+        &file.to_string_lossy(),
+        "--map",
+        "machine=Terminal,time=Auth Time,transaction=Reference,amount=Amount,status=Result",
+        "--telemetry",
+        &telemetry.to_string_lossy(),
+        "--out",
+        &out.to_string_lossy(),
+        "--archive",
+        &archive.to_string_lossy(),
+    ])?;
+    let printed = String::from_utf8_lossy(&printed.stdout);
+    assert!(
+        printed.contains("5 rows, 4 settlement lines, 1 refused") && printed.contains("line 6:"),
+        "{printed}"
+    );
+    let daily = Table::read(&out.join("settlement_daily.csv"))?;
+    let rows = daily.records();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let d = &rows[0];
+    let got: Vec<&str> = [
+        "day",
+        "card_transactions",
+        "card_value",
+        "settled_transactions",
+        "settled_value",
+        "matched",
+        "missing_in_settlement",
+        "missing_in_telemetry",
+        "amount_differs",
+        "declined_offline",
+        "difference",
+        "status",
+    ]
+    .iter()
+    .map(|c| &*d[*c])
+    .collect();
+    assert_eq!(
+        got,
+        [
+            "2024-01-15",
+            "4",
+            "31.50",
+            "3",
+            "11.00",
+            "1",
+            "1",
+            "1",
+            "1",
+            "1",
+            "20.50",
+            "differences"
+        ]
+    );
+    // The exceptions, over SQL from the archive's final snapshot.
+    let answer = String::from_utf8(sql_csv(
+        &archive,
+        "SELECT transaction_id, status, review FROM settlement_exceptions ORDER BY 1",
+    )?)?;
+    assert_eq!(
+        answer.lines().collect::<Vec<_>>(),
+        [
+            "transaction_id,status,review",
+            "ghost,missing_in_telemetry,false",
+            "off,declined_offline,true",
+            "short,amount_differs,false",
+        ],
+        "{answer}"
+    );
+    Ok(())
+}

@@ -568,6 +568,7 @@ impl SimMachine {
                 quantity,
                 payment_method: method.into(),
                 transaction_id: txn.as_str().into(),
+                offline: false,
             };
             if self.offline(t) {
                 self.buffered_sales += 1;

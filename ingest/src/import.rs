@@ -1,4 +1,6 @@
-//! Imports of what operators already have: sales exports as CSV (`vendflow import csv`).
+//! Imports of what operators already have: sales exports as CSV (`vendflow import csv`), and
+//! payment processors' settlement files (`vendflow import settlement`, the same CSV reading with
+//! a `status` column: settled / declined / reversed, in the words processors use).
 //!
 //! An export has a header and one sale line per row; [`ColumnMap`] says which column holds what
 //! (`--map 'machine=Machine,time=Trans Date,amount=Line Total,…'`). Each good row becomes a
@@ -22,7 +24,8 @@ use chrono::{NaiveDate, NaiveDateTime, NaiveTime, TimeZone};
 use vendflow_dataflows::ErrorRecord;
 use vendflow_protocol::registry::{Machine, MachineStatus};
 use vendflow_protocol::{
-    Cents, DecodeError, ErrorKind, Event, EventKind, MachineId, RegistryRecord, Sale, Timestamp,
+    Cents, DecodeError, ErrorKind, Event, EventKind, MachineId, RegistryRecord, Sale, Settlement,
+    SettlementStatus, Timestamp,
 };
 
 use crate::IngestError;
@@ -49,10 +52,12 @@ pub enum Field {
     Clock,
     Payment,
     Location,
+    /// A settlement line's verdict.
+    Status,
 }
 
 impl Field {
-    const ALL: [(&'static str, Field); 10] = [
+    const ALL: [(&'static str, Field); 11] = [
         ("machine", Field::Machine),
         ("product", Field::Product),
         ("transaction", Field::Transaction),
@@ -63,6 +68,7 @@ impl Field {
         ("clock", Field::Clock),
         ("payment", Field::Payment),
         ("location", Field::Location),
+        ("status", Field::Status),
     ];
 
     fn name(self) -> &'static str {
@@ -76,7 +82,7 @@ impl Field {
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
     #[error(
-        "--map: {0} (expected FIELD=COLUMN pairs separated by commas; fields: machine, product, transaction, slot, quantity, amount, time, clock, payment, location)"
+        "--map: {0} (expected FIELD=COLUMN pairs separated by commas; fields: machine, product, transaction, slot, quantity, amount, time, clock, payment, location, status)"
     )]
     Map(String),
     #[error("{path}: {message}")]
@@ -168,7 +174,8 @@ pub struct Refused {
 #[derive(Clone, Debug, Default)]
 pub struct Converted {
     pub rows: u64,
-    pub sales: u64,
+    /// Events written: sale lines, or settlement lines.
+    pub events: u64,
     pub refused: Vec<Refused>,
     /// Error records of the refused rows (for the `errors` view).
     pub errors: Vec<ErrorRecord>,
@@ -181,6 +188,41 @@ pub fn convert_csv(
     path: &Path,
     import: &CsvImport,
     events: &mut impl Write,
+) -> Result<Converted, ImportError> {
+    convert(path, import, events, sale_of)
+}
+
+/// Reads a payment processor's settlement file at `path` (one card transaction per row:
+/// machine, transaction, amount, time, status) and writes its lines as `settlement` events.
+pub fn convert_settlement(
+    path: &Path,
+    import: &CsvImport,
+    events: &mut impl Write,
+) -> Result<Converted, ImportError> {
+    for field in [Field::Transaction, Field::Status] {
+        if !import.map.fields.contains_key(&field) {
+            return Err(ImportError::Map(format!(
+                "{} is required for a settlement file",
+                field.name()
+            )));
+        }
+    }
+    convert(path, import, events, settlement_of)
+}
+
+/// What one row becomes: an event, and its machine's location if the file has one.
+type RowReader = for<'a> fn(
+    &dyn Fn(Field) -> &'a str,
+    &CsvImport,
+    &str,
+    u64,
+) -> Result<(Event, Option<String>), DecodeError>;
+
+fn convert(
+    path: &Path,
+    import: &CsvImport,
+    events: &mut impl Write,
+    read_row: RowReader,
 ) -> Result<Converted, ImportError> {
     let file_error = |message: String| ImportError::File {
         path: path.display().to_string(),
@@ -227,14 +269,14 @@ pub fn convert_csv(
         out.rows += 1;
         let line = record.position().map_or(out.rows + 1, |p| p.line());
         let cell = |f: Field| columns.get(&f).and_then(|i| record.get(*i)).unwrap_or("");
-        match sale_of(&cell, import, &name, line) {
+        match read_row(&cell, import, &name, line) {
             Ok((event, location)) => {
                 if let Some(l) = location {
                     locations.insert(event.machine_id.as_str().to_owned(), l);
                 }
                 writeln!(events, "{}", event.to_json_line())
                     .map_err(|e| file_error(e.to_string()))?;
-                out.sales += 1;
+                out.events += 1;
             }
             Err(error) => {
                 let raw = record.iter().collect::<Vec<_>>().join(",");
@@ -273,14 +315,11 @@ impl Converted {
     }
 }
 
-/// The sale of one row, and its machine's location if the export has one.
-fn sale_of<'a>(
-    cell: &impl Fn(Field) -> &'a str,
+/// The machine, amount and time of a row: the cells every kind of file has.
+fn common<'a>(
+    cell: &dyn Fn(Field) -> &'a str,
     import: &CsvImport,
-    file: &str,
-    line: u64,
-) -> Result<(Event, Option<String>), DecodeError> {
-    let schema = |m: String| DecodeError::new(ErrorKind::Schema, m);
+) -> Result<(MachineId, Cents, Timestamp), DecodeError> {
     let machine = match &import.machine {
         Some(m) => m.as_str(),
         None => cell(Field::Machine),
@@ -295,6 +334,53 @@ fn sale_of<'a>(
     })?;
     let timestamp = parse_time(cell(Field::Time), cell(Field::Clock), import.tz)
         .map_err(|m| DecodeError::new(ErrorKind::Timestamp, m))?;
+    Ok((machine_id, amount, timestamp))
+}
+
+/// The settlement line of one row.
+fn settlement_of<'a>(
+    cell: &dyn Fn(Field) -> &'a str,
+    import: &CsvImport,
+    _file: &str,
+    _line: u64,
+) -> Result<(Event, Option<String>), DecodeError> {
+    let schema = |m: String| DecodeError::new(ErrorKind::Schema, m);
+    let (machine_id, amount, timestamp) = common(cell, import)?;
+    let transaction = cell(Field::Transaction);
+    if transaction.is_empty() {
+        return Err(schema("no transaction id".into()));
+    }
+    let status = SettlementStatus::parse(cell(Field::Status)).ok_or_else(|| {
+        schema(format!(
+            "status {:?}: expected settled (approved, captured, paid), declined (failed, rejected) or reversed (refunded, chargeback)",
+            cell(Field::Status)
+        ))
+    })?;
+    Ok((
+        Event {
+            machine_id,
+            timestamp,
+            seq: None,
+            kind: EventKind::Settlement(Settlement {
+                transaction_id: transaction.into(),
+                // A refund written as a negative amount is still the transaction's amount.
+                amount: Cents(amount.0.abs()),
+                status,
+            }),
+        },
+        None,
+    ))
+}
+
+/// The sale of one row, and its machine's location if the export has one.
+fn sale_of<'a>(
+    cell: &dyn Fn(Field) -> &'a str,
+    import: &CsvImport,
+    file: &str,
+    line: u64,
+) -> Result<(Event, Option<String>), DecodeError> {
+    let schema = |m: String| DecodeError::new(ErrorKind::Schema, m);
+    let (machine_id, amount, timestamp) = common(cell, import)?;
     let quantity = match cell(Field::Quantity) {
         "" => 1,
         q => q
@@ -350,6 +436,7 @@ fn sale_of<'a>(
                 quantity,
                 payment_method: payment.into(),
                 transaction_id: transaction.into(),
+                offline: false,
             }),
         },
         location,
@@ -550,7 +637,7 @@ mod tests {
         let import = CsvImport::new(map, None, None).unwrap_or_else(|e| panic!("{e}"));
         let mut out = Vec::new();
         let converted = convert_csv(&path, &import, &mut out).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!((converted.rows, converted.sales), (5, 3));
+        assert_eq!((converted.rows, converted.events), (5, 3));
         let lines: Vec<u64> = converted.refused.iter().map(|r| r.line).collect();
         assert_eq!(lines, [4, 5]);
         assert!(converted.refused[1].reason.contains("two decimals"));
@@ -575,6 +662,64 @@ mod tests {
         assert_eq!(sales[2].payment_method.as_str(), "cash");
         assert_eq!(events[2].timestamp, Timestamp(1_641_200_400_000));
         assert_eq!(converted.registry.len(), 1, "VM-1 is at the airport");
+    }
+
+    #[test]
+    fn a_settlement_file_becomes_settlement_events_and_bad_rows_are_refused() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("settlement.csv");
+        std::fs::write(
+            &path,
+            "Terminal,Auth Time,Reference,Amount,Result\n\
+             VM-1,2022-01-02 13:05,t1,$4.75,APPROVED\n\
+             VM-1,2022-01-02 14:00,t2,1.50,Declined\n\
+             VM-1,2022-01-03 09:00,t3,(2.00),Chargeback\n\
+             VM-1,2022-01-03 09:30,t4,2.00,pending review\n\
+             VM-1,2022-01-03 09:45,,2.00,settled\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let without_status = ColumnMap::parse(
+            "machine=Terminal,time=Auth Time,transaction=Reference,amount=Amount",
+            false,
+        )
+        .and_then(|map| CsvImport::new(map, None, None))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let refused = convert_settlement(&path, &without_status, &mut Vec::new());
+        assert!(matches!(refused, Err(ImportError::Map(m)) if m.contains("status")));
+        let map = ColumnMap::parse(
+            "machine=Terminal,time=Auth Time,transaction=Reference,amount=Amount,status=Result",
+            false,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let import = CsvImport::new(map, None, None).unwrap_or_else(|e| panic!("{e}"));
+        let mut out = Vec::new();
+        let converted =
+            convert_settlement(&path, &import, &mut out).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((converted.rows, converted.events), (5, 3));
+        let refused: Vec<(u64, bool)> = converted
+            .refused
+            .iter()
+            .map(|r| (r.line, r.reason.contains("pending review")))
+            .collect();
+        assert_eq!(refused, [(5, true), (6, false)]);
+        let verdicts: Vec<(String, i64, SettlementStatus)> = String::from_utf8_lossy(&out)
+            .lines()
+            .flat_map(|l| vendflow_protocol::decode::decode_line(l.as_bytes()))
+            .map(|e| match e.map(|e| e.kind) {
+                Ok(EventKind::Settlement(s)) => {
+                    (s.transaction_id.to_string(), s.amount.0, s.status)
+                }
+                other => panic!("not a settlement: {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            verdicts,
+            [
+                ("t1".to_owned(), 475, SettlementStatus::Settled),
+                ("t2".to_owned(), 150, SettlementStatus::Declined),
+                ("t3".to_owned(), 200, SettlementStatus::Reversed),
+            ]
+        );
     }
 }
 
@@ -655,9 +800,9 @@ pub fn convert_dex(
     Ok(out)
 }
 
-/// Writes the telemetry file's lines in their own order to `to`, each audit event (JSON Lines,
-/// `audits`) just before the first line dated at or after it, so audits and sales are lived
-/// through together.
+/// Writes the telemetry file's lines in their own order to `to`, each of the other events (JSON
+/// Lines, `audits`: DEX audits, settlement lines) just before the first line dated at or after
+/// it, so they and the sales are lived through together.
 pub fn merge_by_time(
     audits: &[u8],
     telemetry: Option<&Path>,

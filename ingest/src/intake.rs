@@ -2,12 +2,13 @@
 //! events go into the batch, each failure becomes an error record (counted, logged, kept with
 //! the raw bytes for whoever sent it), and the archive's tap sees the message's events and
 //! errors at its position. The transport decides only what a message is, where it sits and what
-//! time it is ingested at.
+//! time it is ingested at. Telemetry sources take machines' events only: a `settlement` line
+//! (the payment processor's) is refused here and loaded with `vendflow import settlement`.
 
 use std::sync::atomic::Ordering::Relaxed;
 
 use vendflow_dataflows::{Batch, ErrorRecord};
-use vendflow_protocol::{DecodeError, Event};
+use vendflow_protocol::{DecodeError, ErrorKind, Event, EventKind};
 
 use crate::{Counters, Position, Tap};
 
@@ -61,6 +62,16 @@ impl<'a> Intake<'a> {
     ) {
         for result in results {
             match result {
+                // A processor's verdict is not a machine's to give: sources of telemetry (MQTT,
+                // the Kafka topic the bridge fills) refuse it.
+                Ok(event) if matches!(event.kind, EventKind::Settlement(_)) => self.refuse(
+                    batch,
+                    message,
+                    &DecodeError::new(
+                        ErrorKind::Schema,
+                        "a machine cannot send settlement lines; they come from the payment processor (vendflow import settlement)",
+                    ),
+                ),
                 Ok(event) => {
                     self.counters.events.fetch_add(1, Relaxed);
                     batch.events.push(event);
@@ -130,24 +141,34 @@ mod tests {
                     .as_slice(),
             ),
             (8, b"{not json".as_slice()),
+            (
+                9,
+                br#"{"machineId":"m1","type":"settlement","timestamp":1705305600000,"payload":{"transactionId":"t","amount":1,"status":"declined"}}"#
+                    .as_slice(),
+            ),
         ] {
             let message = intake.begin(&batch, "kafka:t/0", at(offset), raw);
             intake.decoded(&mut batch, &message, decode_line(raw));
             intake.end(&batch, message);
         }
-        assert_eq!((batch.events.len(), batch.errors.len()), (1, 1));
+        assert_eq!((batch.events.len(), batch.errors.len()), (1, 2));
         assert_eq!(batch.errors[0].source, "kafka:t/0");
+        assert!(
+            batch.errors[1].message.contains("settlement"),
+            "a machine cannot settle its own sales: {:?}",
+            batch.errors[1]
+        );
         assert_eq!(
             counters.read(),
             crate::Counts {
-                messages: 2,
+                messages: 3,
                 events: 1,
-                refused: 1
+                refused: 2
             }
         );
         assert_eq!(
             *seen.lock().unwrap_or_else(|e| e.into_inner()),
-            vec![(7, 1, 0), (8, 0, 1)],
+            vec![(7, 1, 0), (8, 0, 1), (9, 0, 1)],
             "the tap sees each message's own records"
         );
     }

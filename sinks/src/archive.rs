@@ -121,6 +121,13 @@ impl ArchiveConfig {
                     corrections: Some(vendflow_dataflows::revenue::LOCATION_CORRECTIONS.name),
                 },
                 HistoryTable {
+                    view: "revenue_machine_local_daily",
+                    day_column: "day",
+                    // A local day leaves the view a day after the UTC day of its date.
+                    kept_ms: (config.revenue_retention_days + 2) * MS_PER_DAY,
+                    corrections: Some(vendflow_dataflows::revenue::LOCAL_CORRECTIONS.name),
+                },
+                HistoryTable {
                     view: "anomaly_windows",
                     day_column: "window_start",
                     kept_ms: config.window_retention_ms,
@@ -1032,6 +1039,7 @@ mod tests {
                 quantity: 1,
                 payment_method: "card".into(),
                 transaction_id: format!("t{txn}").into(),
+                offline: false,
             }),
         }
     }
