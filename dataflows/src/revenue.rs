@@ -137,6 +137,19 @@ pub const LOCATION_CORRECTIONS: ViewDef = ViewDef {
         col("lines", Int),
     ],
 };
+pub const LOCAL_CORRECTIONS: ViewDef = ViewDef {
+    name: "revenue_local_corrections",
+    description: "sales for local days that had already left revenue_machine_local_daily, per machine, time zone, local day and arrival day (added to the history)",
+    columns: &[
+        col("machine_id", Text),
+        col("time_zone", Text),
+        col("day", Date),
+        col("arrived", Date),
+        col("revenue", Money),
+        col("units", Int),
+        col("lines", Int),
+    ],
+};
 /// Days a correction stays live after the day it arrived (time for the archive to write it).
 pub const CORRECTIONS_KEPT_DAYS: i64 = 2;
 pub const SLOT_SALES: ViewDef = ViewDef {
@@ -167,6 +180,9 @@ pub struct Revenue<'s> {
     pub location_corrections: VecCollection<'s, Time, (CorrectionKey<String>, Totals)>,
     /// Per machine, (time zone, local day).
     pub machine_local_daily: VecCollection<'s, Time, (LocalDayKey, Totals)>,
+    /// Lines whose local day had left `machine_local_daily`, per (machine, zone), local day and
+    /// arrival day.
+    pub local_corrections: VecCollection<'s, Time, (CorrectionKey<(MachineId, String)>, Totals)>,
     /// Lines whose local day had already left `machine_local_daily` on arrival.
     pub local_too_late: VecCollection<'s, Time, MachineId>,
 }
@@ -253,6 +269,28 @@ pub fn render<'s>(
         Summed::Late((m, _), _) => Some(m),
         Summed::Total(..) => None,
     });
+    let late_local_lines = local
+        .clone()
+        .inner
+        .flat_map::<Vec<_>, _, _>(|(s, t, r)| match s {
+            Summed::Late((m, (zone, day)), totals) => {
+                let arrived = i64::try_from(t).unwrap_or(i64::MAX).div_euclid(MS_PER_DAY);
+                Some(((((m, zone), (day, arrived)), totals), t, r))
+            }
+            Summed::Total(..) => None,
+        })
+        .as_collection();
+    let local_corrections = totals(sum_by_key(
+        late_local_lines,
+        "Revenue: local corrections",
+        |k: &((MachineId, String), (i64, i64))| hash_of(&k.0.0),
+        |(_, (_, arrived)): &((MachineId, String), (i64, i64))| {
+            (
+                0,
+                as_time((arrived + 1 + CORRECTIONS_KEPT_DAYS) * MS_PER_DAY),
+            )
+        },
+    ));
     let machine_local_daily = totals(local);
 
     // Today's hours only: per machine first, then per location.
@@ -323,6 +361,7 @@ pub fn render<'s>(
         corrections,
         location_corrections,
         machine_local_daily,
+        local_corrections,
         local_too_late,
     }
 }
@@ -564,6 +603,19 @@ pub fn correction_row(((m, (day, arrived)), t): ((MachineId, (i64, i64)), Totals
     row.into()
 }
 
+pub fn local_correction_row(
+    (((m, zone), (day, arrived)), t): (CorrectionKey<(MachineId, String)>, Totals),
+) -> Row {
+    let mut row = vec![
+        Value::text(m.as_str()),
+        Value::text(zone),
+        Value::Date(day),
+        Value::Date(arrived),
+    ];
+    row.extend(totals_cells(t));
+    row.into()
+}
+
 pub fn location_correction_row(((l, (day, arrived)), t): ((String, (i64, i64)), Totals)) -> Row {
     let mut row = vec![Value::text(l), Value::Date(day), Value::Date(arrived)];
     row.extend(totals_cells(t));
@@ -678,6 +730,34 @@ mod tests {
                 views,
                 "revenue_machine_local_daily",
                 local.into_iter().map(local_daily_row).collect(),
+                seed,
+            );
+            // And the local days' own corrections (a day later than the UTC ones).
+            let mut local_corrections: BTreeMap<((MachineId, String), (i64, i64)), Totals> =
+                BTreeMap::new();
+            for (t, l) in &accepted {
+                let until = as_time((l.timestamp.day() + 2) * MS_PER_DAY + retention);
+                let arrived = (*t as i64).div_euclid(MS_PER_DAY);
+                if until <= *t && as_time((arrived + 1 + CORRECTIONS_KEPT_DAYS) * MS_PER_DAY) > now
+                {
+                    add(
+                        local_corrections
+                            .entry((
+                                (l.machine_id.clone(), "UTC".to_owned()),
+                                (l.timestamp.day(), arrived),
+                            ))
+                            .or_default(),
+                        totals_of(l),
+                    );
+                }
+            }
+            testing::assert_view(
+                views,
+                "revenue_local_corrections",
+                local_corrections
+                    .into_iter()
+                    .map(local_correction_row)
+                    .collect(),
                 seed,
             );
             let today = (now as i64).div_euclid(MS_PER_DAY);

@@ -19,7 +19,8 @@ pub enum Scope<'a> {
     Fleet,
     /// These machines with their registered status: one registered in maintenance counts as
     /// such whatever it reports, one that never reported counts as offline; revenue is the sum
-    /// of their `revenue_machine_daily` rows of today.
+    /// of their `revenue_machine_local_daily` rows of their own today (a machine in Tokyo
+    /// starts its day at Tokyo's midnight).
     Machines(&'a HashMap<String, MachineStatus>),
 }
 
@@ -54,6 +55,15 @@ fn columns<const N: usize>(view: &ViewDef, names: [&str; N]) -> Result<[usize; N
     })
 }
 
+/// Whether a `revenue_machine_local_daily` row is of the day its zone is in at `now`.
+pub fn is_local_today(row: &Row, zone_at: usize, day_at: usize, now: i64) -> bool {
+    let zone = match row.cell(zone_at) {
+        Value::Text(z) => z,
+        _ => "UTC".into(),
+    };
+    row.cell(day_at) == Value::Date(vendflow_protocol::registry::local_day_in(now, &zone))
+}
+
 fn int(row: &Row, i: usize) -> i64 {
     match row.cell(i) {
         Value::Int(n) => n,
@@ -85,7 +95,7 @@ impl FleetSummary {
             Scope::Machines(_) => &[
                 "liveness",
                 "health",
-                "revenue_machine_daily",
+                "revenue_machine_local_daily",
                 "inventory",
                 "restock_needed",
                 "sale_duplicates",
@@ -159,24 +169,30 @@ impl FleetSummary {
             summary.poor_health += usize::from(row.cell(grade) == Value::text("poor"));
         }
 
-        // Today's revenue: the fleet's own view, or the scope's machines' daily rows.
-        let (view, owner) = match scope {
-            Scope::Fleet => (&revenue::FLEET_TODAY, None),
-            Scope::Machines(_) => (
-                &revenue::MACHINE_DAILY,
-                Some(columns(&revenue::MACHINE_DAILY, ["machine_id"])?[0]),
-            ),
-        };
-        let [day_at, revenue] = columns(view, ["day", "revenue"])?;
-        summary.revenue_today = Cents(
-            s.rows(view.name)?
-                .iter()
-                .filter(|r| {
-                    r.cell(day_at) == Value::Date(day) && owner.is_none_or(|i| within(r, i))
-                })
-                .map(|r| money(r, revenue))
-                .sum(),
-        );
+        // Today's revenue: the fleet's own view (UTC), or the scope's machines' rows of their
+        // own today (each machine's location's calendar).
+        summary.revenue_today = Cents(match scope {
+            Scope::Fleet => {
+                let view = &revenue::FLEET_TODAY;
+                let [day_at, revenue] = columns(view, ["day", "revenue"])?;
+                s.rows(view.name)?
+                    .iter()
+                    .filter(|r| r.cell(day_at) == Value::Date(day))
+                    .map(|r| money(r, revenue))
+                    .sum()
+            }
+            Scope::Machines(_) => {
+                let view = &revenue::MACHINE_LOCAL_DAILY;
+                let [id, zone_at, day_at, revenue] =
+                    columns(view, ["machine_id", "time_zone", "day", "revenue"])?;
+                let now = i64::try_from(s.frontier).unwrap_or(i64::MAX);
+                s.rows(view.name)?
+                    .iter()
+                    .filter(|r| within(r, id) && is_local_today(r, zone_at, day_at, now))
+                    .map(|r| money(r, revenue))
+                    .sum()
+            }
+        });
 
         let [id, low, sold_out] = columns(
             &inventory::INVENTORY,

@@ -751,8 +751,14 @@ fn ready_views(archived: bool) -> Vec<(&'static str, String)> {
             with_history("revenue_location_daily", "location_id"),
         ),
         (
+            // Days of each machine's own calendar (its location's time zone).
+            "revenue_by_machine_local_day",
+            with_history("revenue_machine_local_daily", "machine_id, time_zone"),
+        ),
+        (
             // What each lease owes per month: the monthly rate plus its share of the machine's
-            // revenue on the days of the month the lease covers. The share is computed in
+            // revenue on the days of the month the lease covers, months and days of the
+            // machine's own calendar (its location's time zone; UTC without one). The share is computed in
             // integers, cents × basis points, rounded half up to the cent (floor((x + 5000) /
             // 10000), exact for either sign): the invoice (`GET /api/leases/{id}/invoices`)
             // reads this view, so both say the same amount.
@@ -767,7 +773,7 @@ fn ready_views(archived: bool) -> Vec<(&'static str, String)> {
                           SUM(r.revenue) AS machine_revenue, \
                           l.revenue_share_basis_points, l.monthly_rate, \
                           CAST(SUM(r.revenue) * 100 AS BIGINT) * l.revenue_share_basis_points + 5000 AS x \
-                   FROM leases l JOIN revenue_by_machine_day r \
+                   FROM leases l JOIN revenue_by_machine_local_day r \
                      ON r.machine_id = l.machine_id AND r.day >= l.start_date AND r.day <= l.end_date \
                    GROUP BY l.lease_id, l.client_id, l.machine_id, \
                             CAST(date_trunc('month', CAST(r.day AS TIMESTAMP)) AS DATE), \

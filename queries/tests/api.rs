@@ -798,6 +798,94 @@ async fn leases_validate_move_through_their_lifecycle_and_invoice_from_revenue()
     assert_eq!(s, StatusCode::BAD_REQUEST);
 }
 
+/// A machine in Tokyo: its invoice months and the dashboard's "today" follow Tokyo's calendar.
+/// A sale at 20:00 UTC on March 31 is April 1 in Tokyo: April's invoice and Tokyo's today.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invoices_and_todays_revenue_follow_the_machines_own_calendar() {
+    let mut h = Harness::new();
+    let (s, b) = h
+        .post(
+            "/api/locations",
+            &h.admin,
+            json!({"locationId": "loc-hnd", "clientId": "acme", "address": "Haneda T3", "lat": 35.55, "lng": 139.78, "type": "airport", "region": "east", "timeZone": "Asia/Tokyo"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let (s, b) = h
+        .post("/api/machines", &h.admin, new_machine("SN-T", "loc-hnd"))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let m = b["machineId"].as_str().unwrap_or_default().to_owned();
+    let (s, b) = h
+        .post(
+            "/api/leases",
+            &h.acme_admin,
+            json!({"machineId": m, "start": "2024-03-01", "end": "2024-06-01", "monthlyRate": 100, "revenueSharePercent": 10}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let id = b["leaseId"].as_str().unwrap_or_default().to_owned();
+    let (s, b) = h
+        .post(
+            &format!("/api/leases/{id}/activate"),
+            &h.acme_admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    h.settle(u64::try_from(T0).unwrap_or(0));
+    let sale = |txn: &str, ts: i64, amount: &str| {
+        event(&format!(
+            r#"{{"machineId":"{m}","type":"sale","timestamp":{ts},"payload":{{"slotNumber":1,"productId":"cola","amount":{amount},"paymentMethod":"card","transactionId":"{txn}"}}}}"#
+        ))
+    };
+    // March 31, 19:00 and April 1, 05:00 in Tokyo.
+    let evening = T0 + 30 * MS_PER_DAY + 10 * 3_600_000;
+    let night = T0 + 30 * MS_PER_DAY + 20 * 3_600_000;
+    h.ingest(
+        night,
+        vec![sale("e", evening, "4.00"), sale("n", night, "8.00")],
+    );
+    for (month, revenue) in [("2024-03", "4.00"), ("2024-04", "8.00")] {
+        let (s, b) = h
+            .get(
+                &format!("/api/leases/{id}/invoices?month={month}"),
+                &h.acme_viewer,
+            )
+            .await;
+        assert_eq!(
+            (s, b["machineRevenue"].as_str()),
+            (StatusCode::OK, Some(revenue)),
+            "{month}: {b}"
+        );
+    }
+    // Tokyo's today is April 1: only the night's sale (UTC's today would hold both).
+    let (s, b) = h.get("/api/dashboard/fleet", &h.acme_viewer).await;
+    assert_eq!(
+        (s, b["todayRevenue"].as_str()),
+        (StatusCode::OK, Some("8.00")),
+        "{b}"
+    );
+    assert_eq!(b["topPerforming"][0]["revenue"], json!("8.00"), "{b}");
+    let (s, b) = h
+        .call(
+            Method::POST,
+            "/sql",
+            Some(&h.acme_viewer),
+            Some(json!({"sql": "SELECT CAST(day AS VARCHAR) AS day, time_zone, CAST(revenue AS VARCHAR) AS revenue FROM revenue_by_machine_local_day ORDER BY day"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(
+        b["rows"],
+        json!([
+            {"day": "2024-03-31", "time_zone": "Asia/Tokyo", "revenue": "4.00"},
+            {"day": "2024-04-01", "time_zone": "Asia/Tokyo", "revenue": "8.00"},
+        ]),
+        "{b}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_is_in_the_openapi_document_and_answers() {
     let h = Harness::new();

@@ -14,11 +14,11 @@ use tokio::sync::mpsc::Sender;
 use vendflow_dataflows::health::HEALTH;
 use vendflow_dataflows::inventory::INVENTORY;
 use vendflow_dataflows::liveness::LIVENESS;
-use vendflow_dataflows::revenue::MACHINE_DAILY;
+use vendflow_dataflows::revenue::MACHINE_LOCAL_DAILY;
 use vendflow_dataflows::row::Named;
 use vendflow_dataflows::summary::Scope;
+use vendflow_dataflows::summary::is_local_today;
 use vendflow_dataflows::{Change, FleetSummary, Row, Subscription, Value};
-use vendflow_protocol::units::MS_PER_DAY;
 use vendflow_protocol::{Cents, MachineStatus};
 
 use super::fleet::Fleet;
@@ -109,14 +109,16 @@ pub(super) async fn fleet(
         .map(|(m, (l, s))| (m, l, s))
         .collect();
     low.sort_by(|a, b| (b.2, b.1, &a.0).cmp(&(a.2, a.1, &b.0)));
-    let [id, day_at, revenue_at] = MACHINE_DAILY
-        .columns(["machine_id", "day", "revenue"])
-        .ok_or_else(|| bug(MACHINE_DAILY.name))?;
+    // Each machine's own today (its location's calendar).
+    let [id, zone_at, day_at, revenue_at] = MACHINE_LOCAL_DAILY
+        .columns(["machine_id", "time_zone", "day", "revenue"])
+        .ok_or_else(|| bug(MACHINE_LOCAL_DAILY.name))?;
+    let now = i64::try_from(snapshot.frontier).unwrap_or(i64::MAX);
     let mut revenue: Vec<(String, i64)> = snapshot
-        .rows(MACHINE_DAILY.name)
+        .rows(MACHINE_LOCAL_DAILY.name)
         .unwrap_or_default()
         .iter()
-        .filter(|r| r.cell(day_at) == Value::Date(today))
+        .filter(|r| is_local_today(r, zone_at, day_at, now))
         .filter_map(|r| match (owned(r, id), r.cell(revenue_at)) {
             (Some(machine), Value::Money(c)) => Some((machine.into(), c.0)),
             _ => None,
@@ -279,30 +281,37 @@ fn alerts() -> Translate {
     })
 }
 
-/// Sales as they land: `revenue` events with the machine's day and the scope's today total.
+/// Sales as they land: `revenue` events with the machine's day (of its own calendar) and the
+/// scope's today total (each machine's own today).
 fn revenue() -> Translate {
-    // (machine, day) → revenue, seeded by the first change (the snapshot).
-    let mut known: HashMap<(String, i64), i64> = HashMap::new();
+    // (machine, zone, local day) → revenue, seeded by the first change (the snapshot).
+    let mut known: HashMap<(String, String, i64), i64> = HashMap::new();
     Box::new(move |change, machines| {
-        let today = i64::try_from(change.frontier).unwrap_or(0) / MS_PER_DAY;
+        let now = i64::try_from(change.frontier).unwrap_or(0);
         let mut out = Vec::new();
         let mut moved: HashMap<(String, i64), i64> = HashMap::new();
-        for r in change.deleted.iter().map(|r| MACHINE_DAILY.named(r)) {
-            if let Some(day) = r.date("day") {
-                known.remove(&(text(&r, "machine_id"), day));
+        let key = |r: &Named<'_>| {
+            r.date("day")
+                .map(|day| (text(r, "machine_id"), text(r, "time_zone"), day))
+        };
+        for r in change.deleted.iter().map(|r| MACHINE_LOCAL_DAILY.named(r)) {
+            if let Some(k) = key(&r) {
+                known.remove(&k);
             }
         }
-        for r in change.inserted.iter().map(|r| MACHINE_DAILY.named(r)) {
-            if let Some(day) = r.date("day") {
-                let key = (text(&r, "machine_id"), day);
+        for r in change.inserted.iter().map(|r| MACHINE_LOCAL_DAILY.named(r)) {
+            if let Some(k) = key(&r) {
                 let cents = r.cents("revenue").unwrap_or(0);
-                moved.insert(key.clone(), cents);
-                known.insert(key, cents);
+                moved.insert((k.0.clone(), k.2), cents);
+                known.insert(k, cents);
             }
         }
         let total: i64 = known
             .iter()
-            .filter(|((m, d), _)| *d == today && machines.contains_key(m))
+            .filter(|((m, zone, d), _)| {
+                machines.contains_key(m)
+                    && *d == vendflow_protocol::registry::local_day_in(now, zone)
+            })
             .map(|(_, c)| c)
             .sum();
         for ((machine, day), cents) in moved {
@@ -375,7 +384,7 @@ pub(super) async fn stream(
     let relays: [(&str, Translate); 3] = [
         ("liveness", statuses()),
         ("health", alerts()),
-        ("revenue_machine_daily", revenue()),
+        ("revenue_machine_local_daily", revenue()),
     ];
     let fleet = state.fleet.clone();
     let who = Arc::new(auth.0);
