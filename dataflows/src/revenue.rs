@@ -934,6 +934,52 @@ mod tests {
         );
     }
 
+    /// A Tokyo sale delivered 40 days late: its local day has left the local view, so it is a
+    /// local correction on Tokyo's date (and a UTC correction on the UTC date).
+    #[test]
+    fn a_sale_after_its_local_day_left_the_view_is_a_local_correction() {
+        use vendflow_protocol::{Location, LocationType, Micro, RegistryRecord};
+        let mut scenario = Scenario::empty();
+        scenario.registry.push(RegistryRecord::Location(Location {
+            location_id: "haneda".into(),
+            client_id: "c".into(),
+            address: "Haneda Airport".into(),
+            lat: Micro(35_549_000),
+            lng: Micro(139_779_000),
+            location_type: LocationType::Airport,
+            region: None,
+            time_zone: Some("Asia/Tokyo".into()),
+        }));
+        scenario.register_machine("tokyo", "haneda", &[(1, 10)]);
+        let day0 = testing::BASE.div_euclid(MS_PER_DAY);
+        // 16:00 UTC on day 0 is 01:00 on day 1 in Tokyo.
+        let sold = testing::BASE + 16 * MS_PER_HOUR;
+        let arrives = testing::BASE + 40 * MS_PER_DAY;
+        scenario.deliver(sold, testing::sale("tokyo", sold, 1, 200, "on-time"));
+        scenario.deliver(arrives, testing::sale("tokyo", sold, 1, 350, "late"));
+        let machine = testing::machine;
+        let views = testing::run(&scenario);
+        let local = testing::rows(&views, "revenue_local_corrections");
+        assert_eq!(
+            local,
+            [local_correction_row((
+                (
+                    (machine("tokyo"), "Asia/Tokyo".to_owned()),
+                    (day0 + 1, day0 + 40)
+                ),
+                (350, 1, 1)
+            ))]
+        );
+        let utc = testing::rows(&views, "revenue_corrections");
+        assert_eq!(
+            utc,
+            [correction_row((
+                (machine("tokyo"), (day0, day0 + 40)),
+                (350, 1, 1)
+            ))]
+        );
+    }
+
     #[test]
     fn late_sale_updates_its_own_day_revenue() {
         let mut scenario = Scenario::empty();
