@@ -733,7 +733,7 @@ mod tests {
                 seed,
             );
             // And the local days' own corrections (a day later than the UTC ones).
-            let mut local_corrections: BTreeMap<((MachineId, String), (i64, i64)), Totals> =
+            let mut local_corrections: BTreeMap<CorrectionKey<(MachineId, String)>, Totals> =
                 BTreeMap::new();
             for (t, l) in &accepted {
                 let until = as_time((l.timestamp.day() + 2) * MS_PER_DAY + retention);

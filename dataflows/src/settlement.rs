@@ -256,12 +256,11 @@ pub fn render<'s>(
     let hold = as_time(config.settlement_days.saturating_mul(MS_PER_DAY));
     let input = lines
         .flat_map(|l| {
-            l.card.then(|| {
-                (
-                    (l.machine_id, l.transaction_id),
-                    In::Line(l.timestamp.0, l.amount.0, l.offline),
-                )
-            })
+            let card = l.card;
+            card.then_some((
+                (l.machine_id, l.transaction_id),
+                In::Line(l.timestamp.0, l.amount.0, l.offline),
+            ))
         })
         .concat(settlements.map(|(m, at, s)| {
             (
