@@ -1325,9 +1325,20 @@ mod tests {
             .collect();
         assert_eq!(machines, ["mach_00001", "mach_00002"]);
         assert!(meta.contains(&("vendflow.positions".into(), "t/0=3".into())));
-        // Day one of each history table: revenue per machine, per location, and the windows
-        // the sales' card payments opened; and the late sale's correction of both revenues.
-        assert_eq!(stats.history_written.load(Ordering::Relaxed), 5);
+        // Day one of each history table: revenue per machine, per location, per machine's local
+        // day, and the windows the sales' card payments opened; and the late sale's correction
+        // of the three revenues.
+        assert_eq!(stats.history_written.load(Ordering::Relaxed), 7);
+        let local = dir.path().join("history/revenue_machine_local_daily");
+        assert_eq!(
+            parquet_files(&local).unwrap_or_else(|e| panic!("{e}")),
+            [
+                local
+                    .join(date_partition(day - 40))
+                    .join(format!("late-arrived-{arrived}.parquet")),
+                local.join(date_partition(day)).join("data.parquet"),
+            ]
+        );
         let snapshots = parquet_files(&dir.path().join("views")).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(snapshots.len(), vendflow_dataflows::CATALOG.len());
     }

@@ -148,9 +148,8 @@ impl SettlementStatus {
             "declined" | "failed" | "rejected" | "denied" | "decline" => {
                 Some(SettlementStatus::Declined)
             }
-            "refunded" | "reversed" | "chargeback" | "charged_back" | "refund" | "reversal" => {
-                Some(SettlementStatus::Reversed)
-            }
+            "refunded" | "reversed" | "chargeback" | "charge_back" | "charged_back" | "refund"
+            | "reversal" => Some(SettlementStatus::Reversed),
             _ => None,
         }
     }
