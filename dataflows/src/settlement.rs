@@ -311,12 +311,18 @@ pub fn render<'s>(
                     ctx.give(a, 1);
                 }
             }
+            // One timer per transaction: a pending one moves itself on when it fires.
+            let armed = txn.expires > ctx.now();
             txn.expires = ctx.now().saturating_add(hold);
-            ctx.wake_at(txn.expires);
+            if !armed {
+                ctx.wake_at(txn.expires);
+            }
         },
         |_, txn, ctx| {
             if ctx.now() >= txn.expires {
                 *txn = Txn::default();
+            } else {
+                ctx.wake_at(txn.expires);
             }
         },
         |_, _, _| {},
