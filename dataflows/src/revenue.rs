@@ -873,8 +873,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_machine_in_tokyo_closes_its_day_at_tokyo_midnight() {
+    /// A scenario with machine `tokyo` at Haneda airport (time zone Asia/Tokyo).
+    fn tokyo() -> Scenario {
         use vendflow_protocol::{Location, LocationType, Micro, RegistryRecord};
         let mut scenario = Scenario::empty();
         scenario.registry.push(RegistryRecord::Location(Location {
@@ -888,6 +888,12 @@ mod tests {
             time_zone: Some("Asia/Tokyo".into()),
         }));
         scenario.register_machine("tokyo", "haneda", &[(1, 10)]);
+        scenario
+    }
+
+    #[test]
+    fn a_machine_in_tokyo_closes_its_day_at_tokyo_midnight() {
+        let mut scenario = tokyo();
         let day0 = testing::BASE.div_euclid(MS_PER_DAY);
         // 16:00 UTC is 01:00 the next day in Tokyo; 10:00 UTC is 19:00 the same day.
         let late = testing::BASE + 16 * MS_PER_HOUR;
@@ -938,19 +944,7 @@ mod tests {
     /// local correction on Tokyo's date (and a UTC correction on the UTC date).
     #[test]
     fn a_sale_after_its_local_day_left_the_view_is_a_local_correction() {
-        use vendflow_protocol::{Location, LocationType, Micro, RegistryRecord};
-        let mut scenario = Scenario::empty();
-        scenario.registry.push(RegistryRecord::Location(Location {
-            location_id: "haneda".into(),
-            client_id: "c".into(),
-            address: "Haneda Airport".into(),
-            lat: Micro(35_549_000),
-            lng: Micro(139_779_000),
-            location_type: LocationType::Airport,
-            region: None,
-            time_zone: Some("Asia/Tokyo".into()),
-        }));
-        scenario.register_machine("tokyo", "haneda", &[(1, 10)]);
+        let mut scenario = tokyo();
         let day0 = testing::BASE.div_euclid(MS_PER_DAY);
         // 16:00 UTC on day 0 is 01:00 on day 1 in Tokyo.
         let sold = testing::BASE + 16 * MS_PER_HOUR;
