@@ -50,6 +50,17 @@ struct Cli {
     /// Timely worker threads.
     #[arg(long, global = true, default_value_t = 2, env = "VENDFLOW_WORKERS")]
     workers: usize,
+    /// Days a card transaction waits for the payment processor's settlement line (and a
+    /// settlement line for its sale). 0 turns the matching off (`settlement_daily` and
+    /// `settlement_exceptions` stay empty) for a fleet that loads no settlement file: it holds
+    /// every card transaction that long.
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 7,
+        env = "VENDFLOW_SETTLEMENT_DAYS"
+    )]
+    settlement_days: i64,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -605,8 +616,12 @@ fn main() -> anyhow::Result<()> {
     if cli.workers == 0 {
         bail!("--workers must be at least 1");
     }
+    if cli.settlement_days < 0 {
+        bail!("--settlement-days must be 0 (off) or more");
+    }
     let config = Config {
         workers: cli.workers,
+        settlement_days: cli.settlement_days,
         ..Config::default()
     };
     match cli.command {

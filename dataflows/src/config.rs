@@ -31,6 +31,7 @@ pub struct Config {
     pub dex_grace_ms: i64,
     /// How long a card transaction waits for its settlement line (and its sale lines for their
     /// settlement) after its last record arrives: processors settle a day or two after a sale.
+    /// 0: no matching (the settlement views stay empty; no card transaction is held).
     pub settlement_days: i64,
     /// How many days of per-day revenue are kept live (older days live in the Parquet history).
     pub revenue_retention_days: i64,

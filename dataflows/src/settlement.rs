@@ -254,19 +254,20 @@ pub fn render<'s>(
     config: &Config,
 ) -> VecCollection<'s, Time, Out> {
     let hold = as_time(config.settlement_days.saturating_mul(MS_PER_DAY));
+    let on = config.settlement_days > 0;
     let input = lines
-        .flat_map(|l| {
-            let card = l.card;
+        .flat_map(move |l| {
+            let card = l.card && on;
             card.then_some((
                 (l.machine_id, l.transaction_id),
                 In::Line(l.timestamp.0, l.amount.0, l.offline),
             ))
         })
-        .concat(settlements.map(|(m, at, s)| {
-            (
+        .concat(settlements.flat_map(move |(m, at, s)| {
+            on.then_some((
                 (m, s.transaction_id),
                 In::Settlement(at.0, s.amount.0, s.status),
-            )
+            ))
         }));
     // Each transaction: its row's changes are given, never retracted when its state is dropped.
     let changes = input.fold_by_key(
@@ -647,6 +648,23 @@ mod tests {
         ] {
             assert!(statuses.contains(s), "no {s} in {statuses:?}");
         }
+    }
+
+    /// `settlement_days = 0`: no transaction is held and the views stay empty.
+    #[test]
+    fn matching_switched_off_holds_nothing() {
+        let mut s = Scenario::empty();
+        s.config.settlement_days = 0;
+        let t0 = testing::BASE + 3_600_000;
+        s.deliver(t0, card("m1", t0, 1, 250, "t", true));
+        s.deliver(
+            t0 + 60_000,
+            verdict("m1", t0, "t", 250, SettlementStatus::Declined),
+        );
+        let views = testing::run(&s);
+        assert!(testing::rows(&views, "settlement_daily").is_empty());
+        assert!(testing::rows(&views, "settlement_exceptions").is_empty());
+        assert_eq!(testing::rows(&views, "revenue_machine_daily").len(), 1);
     }
 
     fn card(m: &str, ts: i64, slot: u32, cents: i64, txn: &str, offline: bool) -> Event {
