@@ -86,7 +86,7 @@ pub const EXCEPTIONS: ViewDef = ViewDef {
 
 /// What reaches a transaction.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum In {
+enum In {
     /// A card sale line: (event time, cents, offline).
     Line(i64, i64, bool),
     /// A settlement line: (its time, cents, verdict).

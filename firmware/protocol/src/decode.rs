@@ -306,23 +306,14 @@ fn heartbeat(payload: &str) -> Result<Heartbeat, DecodeError> {
 
 fn sale(payload: &str) -> Result<Sale, DecodeError> {
     let s: RawSale = payload_json(payload)?;
-    let amount = decimal_text("amount", s.amount)
-        .and_then(|t| Cents::parse(t).map_err(|m| number("amount", m)))?;
-    if amount.0 < 0 {
-        return Err(number("amount", format!("{amount} is negative")));
-    }
+    let amount = amount(s.amount)?;
     if amount > MAX_SALE_LINE {
         return Err(number(
             "amount",
             format!("{amount} is more than one sale line can be ({MAX_SALE_LINE})"),
         ));
     }
-    if s.transaction_id.is_empty() {
-        return Err(DecodeError::new(
-            ErrorKind::Schema,
-            "payload: transactionId is empty",
-        ));
-    }
+    transaction_id(&s.transaction_id)?;
     let quantity = s.quantity.unwrap_or(1);
     if quantity == 0 {
         return Err(number("quantity", "0 units vended".to_owned()));
@@ -344,19 +335,30 @@ fn sale(payload: &str) -> Result<Sale, DecodeError> {
     })
 }
 
-fn settlement(payload: &str) -> Result<Settlement, DecodeError> {
-    let s: RawSettlement = payload_json(payload)?;
-    let amount = decimal_text("amount", s.amount)
+/// A payload's `amount`: money, exactly, never negative.
+fn amount(raw: &RawValue) -> Result<Cents, DecodeError> {
+    let amount = decimal_text("amount", raw)
         .and_then(|t| Cents::parse(t).map_err(|m| number("amount", m)))?;
     if amount.0 < 0 {
         return Err(number("amount", format!("{amount} is negative")));
     }
-    if s.transaction_id.is_empty() {
+    Ok(amount)
+}
+
+fn transaction_id(id: &str) -> Result<(), DecodeError> {
+    if id.is_empty() {
         return Err(DecodeError::new(
             ErrorKind::Schema,
             "payload: transactionId is empty",
         ));
     }
+    Ok(())
+}
+
+fn settlement(payload: &str) -> Result<Settlement, DecodeError> {
+    let s: RawSettlement = payload_json(payload)?;
+    let amount = amount(s.amount)?;
+    transaction_id(&s.transaction_id)?;
     let status = SettlementStatus::parse(&s.status).ok_or_else(|| {
         DecodeError::new(
             ErrorKind::Schema,
