@@ -87,21 +87,73 @@ pub struct ReplayOptions {
 /// whole and final, however fast the file is read. The archiving side calls
 /// [`Pacer::archived`] after each snapshot; readers wait in `allow` and meanwhile advance their
 /// feeders to the boundary, so the frontier (and the next snapshot) reaches it.
+///
+/// The count starts at the earliest first clock of *all* readers: each reader's share of the
+/// file starts at a different time (an export in machine or product order puts one reader in
+/// January and the next in April), so no reader goes past its first boundary until every reader
+/// has asked for its first clock or finished. Starting at whichever reader asked first let the
+/// others run unpaced up to its clock, and the days they crossed reached the history only as far
+/// as a snapshot happened to catch them.
 pub struct Pacer {
-    archived: Mutex<Option<Time>>,
+    state: Mutex<PaceState>,
     moved: Condvar,
     step: Time,
     done: std::sync::atomic::AtomicBool,
 }
 
+#[derive(Default)]
+struct PaceState {
+    /// The newest snapshot's frontier; `None` until every reader has started.
+    archived: Option<Time>,
+    /// Per reader: `true` until it has asked for its first clock or finished.
+    pending: Vec<bool>,
+    /// The earliest first clock asked for so far.
+    start: Option<Time>,
+}
+
+impl PaceState {
+    fn started(&self) -> bool {
+        !self.pending.iter().any(|p| *p)
+    }
+
+    /// Reader `reader` is past its start (with its first clock, if it read any event).
+    fn start_reader(&mut self, reader: usize, clock: Option<Time>) {
+        // Without a reader count, the first clock asked for starts the count.
+        let first = match self.pending.get_mut(reader) {
+            Some(p) => std::mem::replace(p, false),
+            None => self.archived.is_none(),
+        };
+        if let (true, Some(c)) = (first, clock) {
+            self.start = Some(self.start.map_or(c, |s| s.min(c)));
+        }
+        if self.started() && self.archived.is_none() {
+            self.archived = self.start;
+        }
+    }
+}
+
 impl Pacer {
     pub fn new(step_ms: u64) -> Pacer {
         Pacer {
-            archived: Mutex::new(None),
+            state: Mutex::new(PaceState::default()),
             moved: Condvar::new(),
             step: step_ms.max(1),
             done: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Sets the number of readers to wait for before the count starts ([`replay`] does).
+    pub fn readers(&self, readers: usize) {
+        let mut s = self.lock();
+        *s = PaceState {
+            pending: vec![true; readers],
+            ..PaceState::default()
+        };
+        self.moved.notify_all();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PaceState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The first boundary after `t`: where the next snapshot must be taken.
@@ -109,11 +161,11 @@ impl Pacer {
         (t / self.step).saturating_add(1).saturating_mul(self.step)
     }
 
-    /// The archive has a snapshot at `frontier`. Before any reader has asked for a clock nothing
-    /// was ingested, and the count starts at the first clock asked for instead.
+    /// The archive has a snapshot at `frontier`. Before the readers have started nothing was
+    /// ingested, and the count starts at their earliest clock instead.
     pub fn archived(&self, frontier: Time) {
-        let mut a = self.archived.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(x) = a.as_mut() {
+        let mut s = self.lock();
+        if let Some(x) = s.archived.as_mut() {
             *x = (*x).max(frontier);
         }
         self.moved.notify_all();
@@ -125,24 +177,42 @@ impl Pacer {
         self.moved.notify_all();
     }
 
-    /// Waits until `clock` is before the next boundary after the last snapshot.
-    pub fn allow(&self, feeder: &mut Feeder, clock: Time) -> Result<(), IngestError> {
-        let mut a = self.archived.lock().unwrap_or_else(|p| p.into_inner());
+    /// Reader `reader` has read its share: it no longer holds back the start.
+    pub fn finished(&self, reader: usize) {
+        self.lock().start_reader(reader, None);
+        self.moved.notify_all();
+    }
+
+    /// Waits until `clock` is before the next boundary after the last snapshot (and, the
+    /// first time, until every reader has started).
+    pub fn allow(
+        &self,
+        reader: usize,
+        feeder: &mut Feeder,
+        clock: Time,
+    ) -> Result<(), IngestError> {
+        let mut s = self.lock();
+        s.start_reader(reader, Some(clock));
+        self.moved.notify_all();
         loop {
-            // The first clock anyone asks for starts the count: nothing before it was ingested.
-            let limit = self.next_boundary(*a.get_or_insert(clock));
-            if clock < limit || self.done.load(Ordering::SeqCst) {
+            if self.done.load(Ordering::SeqCst) {
                 return Ok(());
             }
-            if feeder.time() < limit {
-                drop(a);
-                feeder.advance(limit)?;
-                a = self.archived.lock().unwrap_or_else(|p| p.into_inner());
-                continue;
+            if let Some(archived) = s.archived {
+                let limit = self.next_boundary(archived);
+                if clock < limit {
+                    return Ok(());
+                }
+                if feeder.time() < limit {
+                    drop(s);
+                    feeder.advance(limit)?;
+                    s = self.lock();
+                    continue;
+                }
             }
-            a = self
+            s = self
                 .moved
-                .wait_timeout(a, Duration::from_millis(50))
+                .wait_timeout(s, Duration::from_millis(50))
                 .map(|(g, _)| g)
                 .unwrap_or_else(|p| p.into_inner().0);
         }
@@ -195,6 +265,9 @@ pub fn replay(
     let threads = feeders.len();
     let barrier = Arc::new(Barrier::new(threads));
     let end = Arc::new(AtomicU64::new(0));
+    if let Some(pacer) = &options.pacer {
+        pacer.readers(threads);
+    }
     let handles: Vec<_> = feeders
         .into_iter()
         .enumerate()
@@ -219,13 +292,16 @@ pub fn replay(
                         sent: 0,
                     };
                     let result = reader.read(&path, progress.as_deref());
+                    if let Some(pacer) = &reader.options.pacer {
+                        pacer.finished(i);
+                    }
                     // Even a failed reader takes part in the final advance, so the others finish.
                     end.fetch_max(reader.clock.max(reader.newest), Ordering::SeqCst);
                     barrier.wait();
                     let last = end.load(Ordering::SeqCst) + 1;
                     result?;
                     if let Some(pacer) = &reader.options.pacer {
-                        pacer.allow(&mut reader.feeder, last)?;
+                        pacer.allow(i, &mut reader.feeder, last)?;
                     }
                     reader.feeder.advance(last)?;
                     reader.stats.end = last;
@@ -346,7 +422,7 @@ impl Reader {
             self.flush()?;
         }
         if let Some(pacer) = self.options.pacer.clone() {
-            pacer.allow(&mut self.feeder, at)?;
+            pacer.allow(self.share as usize, &mut self.feeder, at)?;
         }
         self.clock = at;
         Ok(())
@@ -510,6 +586,71 @@ mod tests {
             matches!(source, Value::Text(s) if s.ends_with(":1502")),
             "{source:?}"
         );
+        engine.shutdown().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// A reader whose share starts in April asks first; the reader whose share starts in
+    /// January must still be held at its first midnight, and the April one until the snapshots
+    /// have reached April (a CI run lost two days of one machine to this race).
+    #[test]
+    fn the_pacer_starts_at_the_earliest_reader_whichever_asks_first() {
+        const DAY: u64 = 86_400_000;
+        let mut engine = Engine::start(Config {
+            workers: 2,
+            ..Config::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut feeders = engine
+            .feeders()
+            .unwrap_or_else(|| panic!("feeders"))
+            .into_vec();
+        let mut january = feeders.remove(0);
+        let mut april = feeders.remove(0);
+        let pacer = Arc::new(Pacer::new(DAY));
+        pacer.readers(2);
+        let late = {
+            let pacer = pacer.clone();
+            std::thread::spawn(move || pacer.allow(1, &mut april, 100 * DAY + 5))
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            !late.is_finished(),
+            "a reader went ahead before the others started"
+        );
+        pacer
+            .allow(0, &mut january, 3 * DAY + 7)
+            .unwrap_or_else(|e| panic!("{e}"));
+        // The January reader may read its day, and is held at the next midnight.
+        let held = {
+            let pacer = pacer.clone();
+            std::thread::spawn(move || {
+                let r = pacer.allow(0, &mut january, 4 * DAY);
+                (r, january)
+            })
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!held.is_finished() && !late.is_finished());
+        // Snapshots at every midnight let the January reader go, and the April one at April.
+        pacer.archived(4 * DAY);
+        let (r, mut january) = held.join().unwrap_or_else(|_| panic!("reader panicked"));
+        r.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            january.time(),
+            4 * DAY,
+            "the held reader advanced its feeder to the boundary"
+        );
+        for day in 5..100 {
+            // The January reader reads on (the engine takes input only while its workers'
+            // clocks stay close).
+            january.advance(day * DAY).unwrap_or_else(|e| panic!("{e}"));
+            std::thread::sleep(Duration::from_millis(1));
+            assert!(!late.is_finished(), "the April reader passed day {day}");
+            pacer.archived(day * DAY);
+        }
+        pacer.archived(100 * DAY);
+        late.join()
+            .unwrap_or_else(|_| panic!("reader panicked"))
+            .unwrap_or_else(|e| panic!("{e}"));
         engine.shutdown().unwrap_or_else(|e| panic!("{e}"));
     }
 }
