@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use vendflow_protocol::auth::{MachineKey, sign_raw};
-use vendflow_tests::{Daemon, artifacts, curl_post, free_port, in_ci, require_program, root};
+use vendflow_tests::{
+    Daemon, artifacts, curl_post, free_port, require_program, root, tools_required,
+};
 
 /// The Node driver, killed when dropped.
 struct Driver {
@@ -112,7 +114,7 @@ fn dashboard_shows_the_fleet_and_follows_alerts_and_sales_live() -> anyhow::Resu
     let driver_dir = root().join("tests/browser");
     if !driver_dir.join("node_modules/playwright-core").exists() {
         let why = "playwright-core is not installed in tests/browser (tests/run-all.sh runs `npm ci` there)";
-        if in_ci() {
+        if tools_required() {
             bail!("{why}");
         }
         eprintln!("skipping: {why}");

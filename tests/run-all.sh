@@ -30,6 +30,9 @@ fi
 # install step is first dry-run, so a step that would fail on a fresh machine fails here too.
 ./tests/install.sh
 echo "== installed in ${SECONDS}s"
+# This script installs every tool the tests use, so under it a missing tool fails a test, never
+# skips it (tests/support.rs: tools_required).
+export VENDFLOW_TOOLS_REQUIRED=1
 export VENDFLOW_PYTHON="${VENDFLOW_VENV:-$HOME/.cache/vendflow/venv}/bin/python"
 
 # The binary embeds queries/web/dist as committed; rebuild it from the sources and say so if the

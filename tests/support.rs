@@ -3,7 +3,7 @@
 //!
 //! The tests run the `vendflow` binary built next to them (`cargo build --bins` first; the test
 //! script does). Anything external they need is installed by `tests/run-all.sh`; under `CI=true`
-//! a missing tool is a failure, never a skip.
+//! or `tests/run-all.sh` a missing tool is a failure, never a skip.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -63,13 +63,13 @@ pub fn vendflow(args: &[&str]) -> anyhow::Result<Output> {
     Ok(out)
 }
 
-/// A Python with `duckdb` and `pyarrow`. Outside CI, `None` means "skip"; under `CI=true` it is an error.
+/// A Python with `duckdb` and `pyarrow`. `None` means "skip", unless [`tools_required`].
 pub fn python_with_duckdb() -> anyhow::Result<Option<PathBuf>> {
     python_with(&["duckdb", "pyarrow"])
 }
 
-/// A Python (`$VENDFLOW_PYTHON`, or `python3`) that can import `modules`. Outside CI, `None`
-/// means "skip"; under `CI=true` it is an error.
+/// A Python (`$VENDFLOW_PYTHON`, or `python3`) that can import `modules`. `None`
+/// means "skip", unless [`tools_required`] (then it is an error).
 pub fn python_with(modules: &[&str]) -> anyhow::Result<Option<PathBuf>> {
     let python = std::env::var("VENDFLOW_PYTHON").unwrap_or_else(|_| "python3".into());
     let import = format!("import {}", modules.join(", "));
@@ -82,7 +82,7 @@ pub fn python_with(modules: &[&str]) -> anyhow::Result<Option<PathBuf>> {
         return Ok(Some(PathBuf::from(python)));
     }
     let names = modules.join(", ");
-    if in_ci() {
+    if tools_required() {
         bail!("{python} cannot import {names}; tests/run-all.sh installs them");
     }
     eprintln!("skipping: {python} has no {names} (run tests/run-all.sh to install them)");
@@ -163,12 +163,15 @@ pub fn fixed(text: &str, scale: u32) -> anyhow::Result<i64> {
     Ok(if neg { -value } else { value })
 }
 
-/// Whether this run is CI (`CI=true`): then a missing tool is a failure, not a skip.
-pub fn in_ci() -> bool {
+/// Whether a missing tool is a failure, not a skip: under `CI=true`, and under
+/// `tests/run-all.sh` (which installs every tool, so a missing one is its bug:
+/// it sets `VENDFLOW_TOOLS_REQUIRED=1`). A bare `cargo test` on a laptop skips instead.
+pub fn tools_required() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
+        || std::env::var("VENDFLOW_TOOLS_REQUIRED").is_ok_and(|v| v == "1")
 }
 
-/// Finds an external program; `None` means skip (outside CI only).
+/// Finds an external program; `None` means skip (only when not [`tools_required`]).
 pub fn require_program(name: &str, candidates: &[PathBuf]) -> anyhow::Result<Option<PathBuf>> {
     let found = candidates.iter().find(|p| p.exists()).cloned().or_else(|| {
         Command::new("which")
@@ -180,7 +183,7 @@ pub fn require_program(name: &str, candidates: &[PathBuf]) -> anyhow::Result<Opt
     });
     match found {
         Some(p) => Ok(Some(p)),
-        None if in_ci() => bail!("{name} is not installed; tests/run-all.sh installs it"),
+        None if tools_required() => bail!("{name} is not installed; tests/run-all.sh installs it"),
         None => {
             eprintln!("skipping: {name} is not installed (tests/run-all.sh installs it)");
             Ok(None)

@@ -246,43 +246,96 @@ mod tests {
         assert!(reasons(&row(quiet)).is_empty());
     }
 
+    /// The batch answer, written from the rule in the module's documentation: the inputs come
+    /// from the other views' oracles (never from the engine's rows) and the score is computed
+    /// here, not with [`score`].
     #[test]
     fn health_matches_batch_oracle_on_random_streams() {
+        const NAMES: [&str; 5] = ["temperature", "door", "card reader", "motor", "network"];
+        #[derive(Default)]
+        struct Machine {
+            status: Option<Status>,
+            window: Option<(vendflow_protocol::Timestamp, [Level; 5])>,
+            sold_out: i64,
+            low: i64,
+            restock: bool,
+        }
         for seed in 0..6 {
             let (scenario, views) = testing::random_run(seed);
-            let mut facts: BTreeMap<MachineId, BTreeMap<Fact, i64>> = BTreeMap::new();
-            let mut add =
-                |m: MachineId, f: Fact| *facts.entry(m).or_default().entry(f).or_default() += 1;
+            let mut machines: BTreeMap<MachineId, Machine> = BTreeMap::new();
             // The levels of each machine's latest window still within retention.
-            let mut latest: BTreeMap<MachineId, (vendflow_protocol::Timestamp, [Level; 5])> =
-                BTreeMap::new();
             for w in crate::anomaly_windows::oracle(scenario) {
+                let m = machines.entry(w.machine_id.clone()).or_default();
                 let candidate = (w.start, w.levels());
-                let slot = latest.entry(w.machine_id).or_insert(candidate);
-                *slot = (*slot).max(candidate);
-            }
-            for (m, (_, levels)) in latest {
-                add(m, Fact::Window(levels));
+                m.window = Some(m.window.map_or(candidate, |c| c.max(candidate)));
             }
             for l in crate::liveness::oracle(scenario) {
-                add(l.machine_id, Fact::Status(l.status));
+                machines.entry(l.machine_id).or_default().status = Some(l.status);
             }
             for l in crate::inventory::oracle(scenario) {
-                if l.sold_out() {
-                    add(l.machine_id, Fact::SoldOut);
-                } else if l.low_stock() {
-                    add(l.machine_id, Fact::LowStock);
+                let Some(plan) = &l.plan else { continue };
+                if l.units <= 0 {
+                    machines.entry(l.machine_id.clone()).or_default().sold_out += 1;
+                } else if l.units <= i64::from(plan.low_stock_threshold) {
+                    machines.entry(l.machine_id.clone()).or_default().low += 1;
                 }
             }
-            for row in testing::rows(views, "restock_needed") {
+            for row in crate::stockout::oracle(scenario).1 {
                 if let Value::Text(m) = &row.cell(0) {
-                    add(testing::machine(m), Fact::RestockSoon);
+                    machines.entry(testing::machine(m)).or_default().restock = true;
                 }
             }
-            let expected = facts
-                .into_iter()
-                .map(|(m, f)| row(score(m, &f.into_iter().collect::<Vec<_>>())))
-                .collect();
+            let mut expected = Vec::new();
+            for (id, m) in machines {
+                let (mut score, mut alerts, mut reasons) = (100i64, 0i64, Vec::<String>::new());
+                match m.status {
+                    Some(Status::Offline) => {
+                        score -= 40;
+                        alerts += 1;
+                        reasons.push("offline".into());
+                    }
+                    Some(Status::Maintenance) => reasons.push("in maintenance".into()),
+                    _ => {}
+                }
+                for (name, level) in NAMES
+                    .iter()
+                    .zip(m.window.map_or([Level::Normal; 5], |w| w.1))
+                {
+                    let (penalty, word) = match level {
+                        Level::Normal => continue,
+                        Level::Warning => (10, "warning"),
+                        Level::Critical => (25, "critical"),
+                    };
+                    score -= penalty;
+                    alerts += 1;
+                    reasons.push(format!("{name} {word}"));
+                }
+                if m.sold_out > 0 {
+                    score -= (5 * m.sold_out).min(20);
+                    alerts += 1;
+                    reasons.push(format!("{} slot(s) sold out", m.sold_out));
+                }
+                if m.low > 0 {
+                    score -= (2 * m.low).min(10);
+                    reasons.push(format!("{} slot(s) low on stock", m.low));
+                }
+                if m.restock {
+                    reasons.push("needs restock within 48 h".into());
+                }
+                let score = score.clamp(0, 100);
+                let grade = match score {
+                    80.. => "good",
+                    50.. => "degraded",
+                    _ => "poor",
+                };
+                expected.push(Row::from([
+                    Value::text(id.as_str()),
+                    Value::Int(score),
+                    Value::text(grade),
+                    Value::Int(alerts),
+                    Value::text(reasons.join("; ")),
+                ]));
+            }
             testing::assert_view(views, "health", expected, seed);
         }
     }

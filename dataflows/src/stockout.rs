@@ -292,10 +292,98 @@ pub fn restock_row((m, slots, first): (MachineId, usize, OrdF64)) -> Row {
     ])
 }
 
+/// The batch answer (`stockout_forecast` rows, `restock_needed` rows), from the accepted sales,
+/// the inventory oracle and the events, walking each slot's hours on its own (not with
+/// [`hours_to_empty`]).
+#[cfg(test)]
+pub(crate) fn oracle(scenario: &crate::testing::Scenario) -> (Vec<Row>, Vec<Row>) {
+    use std::collections::{BTreeMap, BTreeSet};
+    let config = &scenario.config;
+    let now = scenario.now();
+    let window = config.demand_days * MS_PER_DAY;
+
+    let mut demand: BTreeMap<(MachineId, u32), [i64; 7]> = BTreeMap::new();
+    for (t, l) in crate::sales::oracle(&scenario.deliveries, config).0 {
+        let until = as_time(l.timestamp.day() * MS_PER_DAY + window);
+        if until > now && until > t {
+            demand
+                .entry((l.machine_id.clone(), l.slot_number))
+                .or_default()[usize::from(l.timestamp.weekday())] += i64::from(l.quantity);
+        }
+    }
+    let mut days: BTreeMap<MachineId, BTreeSet<i64>> = BTreeMap::new();
+    for (t, e) in &scenario.deliveries {
+        if matches!(e.kind, vendflow_protocol::EventKind::Settlement(_)) {
+            continue;
+        }
+        let until = as_time(e.timestamp.day() * MS_PER_DAY + window);
+        if until > now && until > *t {
+            days.entry(e.machine_id.clone())
+                .or_default()
+                .insert(e.timestamp.day());
+        }
+    }
+    // The hour the forecast starts from: the current ingestion hour.
+    let hour_start = now as i64 - (now as i64).rem_euclid(MS_PER_HOUR);
+    let mut forecasts = Vec::new();
+    let mut restock: BTreeMap<MachineId, (i64, f64)> = BTreeMap::new();
+    for level in crate::inventory::oracle(scenario) {
+        let key = (level.machine_id.clone(), level.slot_number);
+        let (Some(_), Some(by_dow), Some(d)) =
+            (&level.plan, demand.get(&key), days.get(&level.machine_id))
+        else {
+            continue;
+        };
+        let observed = (d.len() as i64).max(1) as f64;
+        let per_day: Vec<f64> = by_dow.iter().map(|u| *u as f64 * 7.0 / observed).collect();
+        // Drain the slot hour by hour, each hour at its weekday's rate, for up to 14 days.
+        let hours = if level.units <= 0 {
+            Some(0.0)
+        } else {
+            let mut left = level.units as f64;
+            let mut found = None;
+            for hour in 0..14 * 24 {
+                let at = Timestamp(hour_start + hour * MS_PER_HOUR);
+                let rate = per_day[usize::from(at.weekday())] / 24.0;
+                if rate >= left {
+                    found = Some(hour as f64 + left / rate);
+                    break;
+                }
+                left -= rate;
+            }
+            found
+        };
+        let needs = hours.is_some_and(|h| h <= config.restock_within_hours);
+        if needs {
+            let h = hours.unwrap_or(0.0);
+            let e = restock.entry(level.machine_id.clone()).or_insert((0, h));
+            e.0 += 1;
+            e.1 = e.1.min(h);
+        }
+        forecasts.push(Row::from([
+            Value::text(level.machine_id.as_str()),
+            Value::Int(i64::from(level.slot_number)),
+            Value::Int(level.units),
+            Value::Float(OrdF64(per_day.iter().sum::<f64>() / 7.0)),
+            Value::opt(hours.map(OrdF64), Value::Float),
+            Value::Bool(needs),
+        ]));
+    }
+    let restock = restock
+        .into_iter()
+        .map(|(m, (n, h))| {
+            Row::from([
+                Value::text(m.as_str()),
+                Value::Int(n),
+                Value::Float(OrdF64(h)),
+            ])
+        })
+        .collect();
+    (forecasts, restock)
+}
+
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, BTreeSet};
-
     use super::*;
     use crate::testing::{self};
 
@@ -303,71 +391,9 @@ mod tests {
     fn stockout_matches_batch_oracle_on_random_streams() {
         for seed in 0..6 {
             let (scenario, views) = testing::random_run(seed);
-            let config = &scenario.config;
-            let now = scenario.now();
-            let window = config.demand_days * MS_PER_DAY;
-
-            let mut demand: BTreeMap<(MachineId, u32), [i64; 7]> = BTreeMap::new();
-            for (t, l) in crate::sales::oracle(&scenario.deliveries, config).0 {
-                let until = as_time(l.timestamp.day() * MS_PER_DAY + window);
-                if until > now && until > t {
-                    demand
-                        .entry((l.machine_id.clone(), l.slot_number))
-                        .or_default()[usize::from(l.timestamp.weekday())] += i64::from(l.quantity);
-                }
-            }
-            let mut days: BTreeMap<MachineId, BTreeSet<i64>> = BTreeMap::new();
-            for (t, e) in &scenario.deliveries {
-                if matches!(e.kind, vendflow_protocol::EventKind::Settlement(_)) {
-                    continue;
-                }
-                let until = as_time(e.timestamp.day() * MS_PER_DAY + window);
-                if until > now && until > *t {
-                    days.entry(e.machine_id.clone())
-                        .or_default()
-                        .insert(e.timestamp.day());
-                }
-            }
-            let clock = Timestamp(now as i64 - (now as i64).rem_euclid(MS_PER_HOUR));
-            let mut forecasts = Vec::new();
-            for level in crate::inventory::oracle(scenario) {
-                let key = (level.machine_id.clone(), level.slot_number);
-                if let (Some(_), Some(by_dow), Some(d)) =
-                    (&level.plan, demand.get(&key), days.get(&level.machine_id))
-                {
-                    forecasts.push(forecast(
-                        level.machine_id,
-                        level.slot_number,
-                        level.units,
-                        by_dow,
-                        d.len() as i64,
-                        clock,
-                        config,
-                    ));
-                }
-            }
-            let mut restock: BTreeMap<MachineId, (usize, OrdF64)> = BTreeMap::new();
-            for f in forecasts.iter().filter(|f| f.needs_restock) {
-                let h = f.hours_to_empty.unwrap_or(OrdF64(0.0));
-                let e = restock.entry(f.machine_id.clone()).or_insert((0, h));
-                e.0 += 1;
-                e.1 = e.1.min(h);
-            }
-            testing::assert_view(
-                views,
-                "stockout_forecast",
-                forecasts.into_iter().map(row).collect(),
-                seed,
-            );
-            testing::assert_view(
-                views,
-                "restock_needed",
-                restock
-                    .into_iter()
-                    .map(|(m, (n, h))| restock_row((m, n, h)))
-                    .collect(),
-                seed,
-            );
+            let (forecasts, restock) = oracle(scenario);
+            testing::assert_view(views, "stockout_forecast", forecasts, seed);
+            testing::assert_view(views, "restock_needed", restock, seed);
         }
     }
 
