@@ -16,7 +16,9 @@
 //! A late event corrects its own window (the old row is retracted, the new one published) for
 //! `window_retention_ms` after the window closed; then the window is retracted and later events
 //! for it are counted as too late. Every measure is a fold (sum, count, max, min) and events are
-//! only ever added, so a window's whole state is one aggregate, however many events it saw.
+//! only ever added, so a window's whole state is one aggregate, however many events it saw, plus
+//! the identities of its events: a re-delivered heartbeat, door or error event is counted once
+//! (and in `event_duplicates`), see [`crate::dedup`].
 
 use std::collections::BTreeMap;
 use std::collections::hash_map::Entry;
@@ -26,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use vendflow_protocol::{DoorStatus, ErrorCode, Event, EventKind, MachineId, Milli, Timestamp};
 
 use crate::config::Config;
+use crate::dedup::{self, Seen};
 use crate::operators::{Emit, FastMap, Fork, Keyed, Time, as_time, fork, hash_of};
 use crate::row::ViewDef;
 use crate::row::{ColumnType::*, Row, RowWriter, col, null};
@@ -185,53 +188,97 @@ impl Window {
 
 pub type WindowKey = (MachineId, Timestamp);
 
+/// The kind of event a window's contribution came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Kind {
+    Heartbeat,
+    Door,
+    Error,
+    CardSale,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Heartbeat => "heartbeat",
+            Kind::Door => "door",
+            Kind::Error => "error",
+            Kind::CardSale => "sale",
+        }
+    }
+}
+
+/// What one event adds to its window, with the event's identity ([`dedup::identity`]; 0 for
+/// a card sale, already deduplicated as a sale line).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Piece {
+    pub agg: Agg,
+    pub id: u64,
+    pub kind: Kind,
+}
+
 /// What one event contributes to its window, if anything.
-pub fn contribution(event: &Event, width: i64) -> Option<(WindowKey, Agg)> {
-    let agg = match &event.kind {
-        EventKind::Heartbeat(h) => Agg {
-            heartbeats: 1,
-            door_opens: i64::from(h.door_status == Some(DoorStatus::Open)),
-            temperature_sum: h.temperature.map_or(0, |t| t.0),
-            temperature_readings: i64::from(h.temperature.is_some()),
-            max_temperature: h.temperature,
-            max_motor_current: h.motor_current,
-            min_network_signal: h.network_signal,
-            ..Agg::default()
-        },
-        EventKind::Door(DoorStatus::Open) => Agg {
-            door_opens: 1,
-            ..Agg::default()
-        },
-        EventKind::Error(e) => match e.code {
-            ErrorCode::CardReadFailure => Agg {
-                card_attempts: 1,
-                card_errors: 1,
+pub fn contribution(event: &Event, width: i64) -> Option<(WindowKey, Piece)> {
+    let (agg, kind) = match &event.kind {
+        EventKind::Heartbeat(h) => (
+            Agg {
+                heartbeats: 1,
+                door_opens: i64::from(h.door_status == Some(DoorStatus::Open)),
+                temperature_sum: h.temperature.map_or(0, |t| t.0),
+                temperature_readings: i64::from(h.temperature.is_some()),
+                max_temperature: h.temperature,
+                max_motor_current: h.motor_current,
+                min_network_signal: h.network_signal,
                 ..Agg::default()
             },
-            ErrorCode::MotorJam | ErrorCode::DispenseFailure => Agg {
-                motor_faults: 1,
+            Kind::Heartbeat,
+        ),
+        EventKind::Door(DoorStatus::Open) => (
+            Agg {
+                door_opens: 1,
                 ..Agg::default()
             },
-            _ => Agg::default(),
-        },
+            Kind::Door,
+        ),
+        EventKind::Error(e) => (
+            match e.code {
+                ErrorCode::CardReadFailure => Agg {
+                    card_attempts: 1,
+                    card_errors: 1,
+                    ..Agg::default()
+                },
+                ErrorCode::MotorJam | ErrorCode::DispenseFailure => Agg {
+                    motor_faults: 1,
+                    ..Agg::default()
+                },
+                _ => Agg::default(),
+            },
+            Kind::Error,
+        ),
         _ => return None,
     };
     let key = (
         event.machine_id.clone(),
         event.timestamp.window_start(width),
     );
-    Some((key, agg))
+    let id = dedup::identity(event);
+    Some((key, Piece { agg, id, kind }))
 }
 
 /// A card sale (deduplicated) is one card-reader attempt in its window.
-fn card_contribution(line: &SaleLine, width: i64) -> Option<(WindowKey, Agg)> {
+fn card_contribution(line: &SaleLine, width: i64) -> Option<(WindowKey, Piece)> {
     line.card.then(|| {
         let key = (line.machine_id.clone(), line.timestamp.window_start(width));
         let agg = Agg {
             card_attempts: 1,
             ..Agg::default()
         };
-        (key, agg)
+        let piece = Piece {
+            agg,
+            id: 0,
+            kind: Kind::CardSale,
+        };
+        (key, piece)
     })
 }
 
@@ -242,6 +289,8 @@ pub struct Windows<'s> {
     pub latest: VecCollection<'s, Time, (MachineId, [Level; 5])>,
     /// Machines whose events came after their window's retention ended, one per event.
     pub too_late: VecCollection<'s, Time, MachineId>,
+    /// Re-delivered events dropped, one per delivery, with their kind.
+    pub duplicates: VecCollection<'s, Time, (MachineId, String)>,
 }
 
 /// What the windows operator emits.
@@ -249,15 +298,23 @@ pub struct Windows<'s> {
 enum Out {
     Window(Window),
     Latest(MachineId, [Level; 5]),
+    Dropped(Dropped),
+}
+
+/// An event that changed no window.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum Dropped {
     TooLate(MachineId),
+    Duplicate(MachineId, Kind),
 }
 
 /// Per worker: each live window's aggregate, each machine's latest window as last emitted, and
 /// when windows leave retention.
 #[derive(Default)]
 struct State {
-    /// Each live window's aggregate, and the last ingestion time that touched it.
-    windows: FastMap<WindowKey, (Agg, Time)>,
+    /// Each live window's aggregate, the last ingestion time that touched it, and the
+    /// identities of its events.
+    windows: FastMap<WindowKey, (Agg, Time, Seen)>,
     latest: FastMap<MachineId, (Timestamp, [Level; 5])>,
     expiries: BTreeMap<Time, Vec<WindowKey>>,
 }
@@ -271,7 +328,7 @@ impl State {
                 break;
             }
             for key in entry.remove() {
-                let Some((totals, _)) = self.windows.remove(&key) else {
+                let Some((totals, _, _)) = self.windows.remove(&key) else {
                     continue;
                 };
                 out.give(Out::Window(window(&key.0, key.1, totals)), -1);
@@ -296,7 +353,7 @@ impl State {
 /// `telemetry`: what each heartbeat, door and error event contributes to its window
 /// ([`contribution`]); card sales are added here.
 pub fn render<'s>(
-    telemetry: VecCollection<'s, Time, (WindowKey, Agg)>,
+    telemetry: VecCollection<'s, Time, (WindowKey, Piece)>,
     accepted: VecCollection<'s, Time, SaleLine>,
     config: &Config,
 ) -> Windows<'s> {
@@ -306,7 +363,7 @@ pub fn render<'s>(
     let contributions = telemetry.concat(accepted.flat_map(move |l| card_contribution(&l, width)));
     let out = contributions.keyed_times_in_order(
         "Windows: fold",
-        |((m, _), _): &(WindowKey, Agg)| hash_of(m),
+        |((m, _), _): &(WindowKey, Piece)| hash_of(m),
         State::default(),
         move |state, records, out| {
             let now = out.time();
@@ -314,40 +371,62 @@ pub fn render<'s>(
             // Each touched window's aggregate before this time, to retract it once (records come
             // in arrival order: a window's first record of this time notes it).
             let mut before: Vec<(WindowKey, Option<Agg>)> = Vec::new();
-            for ((key, agg), diff) in records.drain(..) {
+            for ((key, piece), diff) in records.drain(..) {
                 if diff <= 0 {
                     tracing::error!(machine_id = %key.0, diff, "window input retracted; ignored");
                     continue;
                 }
                 let expires = until(key.1);
                 if expires <= now {
-                    out.give(Out::TooLate(key.0), diff);
+                    out.give(Out::Dropped(Dropped::TooLate(key.0)), diff);
                     continue;
                 }
+                // Identical deliveries of one time arrive as one record with a count: an event
+                // with an identity counts once, the rest are duplicates.
+                let (count, duplicates) = if piece.id == 0 {
+                    (diff, 0)
+                } else {
+                    (1, diff - 1)
+                };
+                if let Some((_, _, seen)) = state.windows.get(&key)
+                    && piece.id != 0
+                    && seen.contains(piece.id)
+                {
+                    out.give(Out::Dropped(Dropped::Duplicate(key.0, piece.kind)), diff);
+                    continue;
+                }
+                let machine = key.0.clone();
                 let window = match state.windows.entry(key) {
                     Entry::Occupied(mut o) => {
                         if o.get().1 != now {
                             o.get_mut().1 = now;
                             before.push((o.key().clone(), Some(o.get().0)));
                         }
-                        &mut o.into_mut().0
+                        o.into_mut()
                     }
                     Entry::Vacant(v) => {
                         let key = v.key().clone();
                         state.expiries.entry(expires).or_default().push(key.clone());
                         out.wake_at(expires);
                         before.push((key, None));
-                        &mut v.insert((Agg::default(), now)).0
+                        v.insert((Agg::default(), now, Seen::default()))
                     }
                 };
-                for _ in 0..diff {
-                    window.add(&agg);
+                window.2.insert(piece.id);
+                for _ in 0..count {
+                    window.0.add(&piece.agg);
+                }
+                if duplicates > 0 {
+                    out.give(
+                        Out::Dropped(Dropped::Duplicate(machine, piece.kind)),
+                        duplicates,
+                    );
                 }
             }
             // A machine's touched windows together and in start order.
             before.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             for (i, ((machine_id, start), old)) in before.iter().enumerate() {
-                let (new, _) = state.windows[&(machine_id.clone(), *start)];
+                let new = state.windows[&(machine_id.clone(), *start)].0;
                 if let Some(old) = old {
                     out.give(Out::Window(window(machine_id, *start, *old)), -1);
                 }
@@ -374,15 +453,24 @@ pub fn render<'s>(
         },
         |_, _| {},
     );
-    let (windows, latest, too_late) = fork(out, "Windows: split", |o| match o {
+    let (windows, latest, dropped) = fork(out, "Windows: split", |o| match o {
         Out::Window(w) => Fork::A(w),
         Out::Latest(m, l) => Fork::B((m, l)),
-        Out::TooLate(m) => Fork::C(m),
+        Out::Dropped(d) => Fork::C(d),
+    });
+    let too_late = dropped.clone().flat_map(|d| match d {
+        Dropped::TooLate(m) => Some(m),
+        Dropped::Duplicate(..) => None,
+    });
+    let duplicates = dropped.flat_map(|d| match d {
+        Dropped::Duplicate(m, kind) => Some((m, kind.as_str().to_owned())),
+        Dropped::TooLate(_) => None,
     });
     Windows {
         windows,
         latest,
         too_late,
+        duplicates,
     }
 }
 
@@ -428,18 +516,27 @@ pub(crate) fn oracle(scenario: &crate::testing::Scenario) -> Vec<Window> {
         until > t && until > now
     };
     let mut per_window: BTreeMap<WindowKey, Agg> = BTreeMap::new();
+    // Every event once: its machine's number for it, or else the whole event (time and payload).
+    let mut counted = std::collections::BTreeSet::new();
     for (t, e) in &scenario.deliveries {
-        if let Some((k, a)) = contribution(e, width)
+        if let Some((k, piece)) = contribution(e, width)
             && alive(*t, k.1)
         {
-            per_window.entry(k).or_default().add(&a);
+            let identity = (
+                e.machine_id.clone(),
+                e.seq,
+                e.seq.is_none().then(|| (e.timestamp, e.kind.clone())),
+            );
+            if counted.insert(identity) {
+                per_window.entry(k).or_default().add(&piece.agg);
+            }
         }
     }
     for (t, l) in crate::sales::oracle(&scenario.deliveries, config).0 {
-        if let Some((k, a)) = card_contribution(&l, width)
+        if let Some((k, piece)) = card_contribution(&l, width)
             && alive(t, k.1)
         {
-            per_window.entry(k).or_default().add(&a);
+            per_window.entry(k).or_default().add(&piece.agg);
         }
     }
     per_window

@@ -12,6 +12,9 @@ pub struct Config {
     pub workers: usize,
     /// Sale lines are deduplicated for this long (longer than the machines' 24 h offline buffer).
     pub dedup_horizon_ms: i64,
+    /// How long (days of event time) a restock is remembered, so that a re-delivery of it is
+    /// not loaded twice ([`crate::dedup`]).
+    pub restock_dedup_days: i64,
     /// Width of the anomaly windows.
     pub window_ms: i64,
     /// How long a closed anomaly window can still be corrected by a late event, and is kept.
@@ -58,6 +61,7 @@ impl Default for Config {
         Config {
             workers: 2,
             dedup_horizon_ms: 48 * MS_PER_HOUR,
+            restock_dedup_days: 35,
             ledger_retention_days: 400,
             dex_retention_days: 35,
             dex_grace_ms: 10 * MS_PER_MINUTE,

@@ -21,7 +21,7 @@ use vendflow_protocol::{
     Command, Event, EventKind, MachineId, RegistryRecord, Settlement, Timestamp,
 };
 
-use crate::anomaly_windows::{Agg, WindowKey};
+use crate::anomaly_windows::{Piece, WindowKey};
 use crate::config::Config;
 use crate::errors::ErrorRecord;
 use crate::ledger::Ledger;
@@ -30,8 +30,8 @@ use crate::row::Row;
 use crate::sales::SaleLine;
 use crate::views::CATALOG;
 use crate::{
-    anomaly_windows, commands, dex, errors, health, inventory, leases, liveness, revenue, sales,
-    settlement, stockout,
+    anomaly_windows, commands, dedup, dex, errors, health, inventory, leases, liveness, revenue,
+    sales, settlement, stockout,
 };
 
 /// The dataflow's inputs.
@@ -51,7 +51,7 @@ pub(crate) struct Inputs<'s> {
 /// views that read every event get a small projection instead.
 struct Demuxed<'s> {
     /// What heartbeats, door and error events contribute to their anomaly window.
-    telemetry: VecCollection<'s, Time, (WindowKey, Agg)>,
+    telemetry: VecCollection<'s, Time, (WindowKey, Piece)>,
     /// The sale lines, as delivered (before dedup).
     sales: VecCollection<'s, Time, SaleLine>,
     restocks: VecCollection<'s, Time, Event>,
@@ -76,7 +76,7 @@ impl<'s> Demuxed<'s> {
         let mut builder = OperatorBuilder::new("Demux events".to_owned(), events.inner.scope());
         let mut input = builder.new_input(events.inner, Pipeline);
         builder.set_notify_for(0, FrontierInterest::Never);
-        let (mut telemetry_out, telemetry) = builder.new_output::<Out<(WindowKey, Agg)>>();
+        let (mut telemetry_out, telemetry) = builder.new_output::<Out<(WindowKey, Piece)>>();
         let (mut sales_out, sales) = builder.new_output::<Out<SaleLine>>();
         let (mut restocks_out, restocks) = builder.new_output::<Out<Event>>();
         let (mut acks_out, acks) = builder.new_output::<Out<Event>>();
@@ -212,7 +212,8 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
         location_zone,
         config,
     );
-    let levels = inventory::render(events.restocks, sales.accepted.clone(), plans);
+    let (restocks, restock_duplicates) = inventory::restocks_once(events.restocks, config);
+    let levels = inventory::render(restocks, sales.accepted.clone(), plans);
     let windows = anomaly_windows::render(events.telemetry, sales.accepted.clone(), config);
     let leases = leases::render(registry.clone());
     let lease_events = leases::render_events(registry.clone());
@@ -249,6 +250,7 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
     let errors = errors::render(errors, too_late, config);
 
     let duplicates = sales.duplicates.count_total();
+    let event_duplicates = windows.duplicates.concat(restock_duplicates).count_total();
 
     let views: Vec<(&'static str, VecCollection<'s, Time, Row>)> = vec![
         (
@@ -294,6 +296,7 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
             revenue.slot_sales.map(revenue::slot_sales_row),
         ),
         ("sale_duplicates", duplicates.map(sales::duplicates_row)),
+        ("event_duplicates", event_duplicates.map(dedup::row)),
         ("inventory", levels.map(inventory::row)),
         ("anomaly_windows", windows.windows.map(anomaly_windows::row)),
         ("liveness", liveness),

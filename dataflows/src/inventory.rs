@@ -15,11 +15,13 @@
 
 use differential_dataflow::VecCollection;
 use smallvec::SmallVec;
+use vendflow_protocol::units::MS_PER_DAY;
 use vendflow_protocol::{Event, EventKind, MachineId, RegistryRecord, Text};
 
 use crate::config::Config;
+use crate::dedup;
 use crate::fold::{Ctx, KeyedFold, Published};
-use crate::operators::{Time, hash_of};
+use crate::operators::{FastMap, Fork, Keyed, Time, fork, hash_of};
 use crate::row::ViewDef;
 use crate::row::{ColumnType::*, Row, col, null};
 use crate::sales::SaleLine;
@@ -139,6 +141,51 @@ impl Slot {
             out.push(level(None));
         }
     }
+}
+
+/// Restocks, each once ([`crate::dedup`]): a machine's restocks are remembered by identity for
+/// `restock_dedup_days` of event time, and a re-delivery meanwhile is dropped. Returns the
+/// restocks to load and the duplicates (machine, `"restock"`).
+pub fn restocks_once<'s>(
+    restocks: VecCollection<'s, Time, Event>,
+    config: &Config,
+) -> (
+    VecCollection<'s, Time, Event>,
+    VecCollection<'s, Time, (MachineId, String)>,
+) {
+    let keep_ms = config.restock_dedup_days.saturating_mul(MS_PER_DAY);
+    // Per machine: (identity, remembered until this ingestion time).
+    let state: FastMap<MachineId, Vec<(u64, i64)>> = FastMap::default();
+    let verdicts = restocks.keyed_in_time_order(
+        "Inventory: restocks once",
+        |e: &Event| hash_of(&e.machine_id),
+        state,
+        move |seen, event, diff, out| {
+            if diff <= 0 {
+                tracing::error!(machine_id = %event.machine_id, diff, "restock retracted before dedup; ignored");
+                return;
+            }
+            let now = i64::try_from(out.time()).unwrap_or(i64::MAX);
+            let id = dedup::identity(&event);
+            let ids = seen.entry(event.machine_id.clone()).or_default();
+            ids.retain(|(_, until)| *until > now);
+            let fresh = !ids.iter().any(|(i, _)| *i == id);
+            let duplicates = if fresh { diff - 1 } else { diff };
+            if duplicates > 0 {
+                out.give(Err(event.machine_id.clone()), duplicates);
+            }
+            if fresh {
+                ids.push((id, event.timestamp.0.saturating_add(keep_ms)));
+                out.give(Ok(event), 1);
+            }
+        },
+        |_, _| {},
+    );
+    let (accepted, duplicates, _) = fork(verdicts, "Inventory: restocks split", |v| match v {
+        Ok(e) => Fork::<_, _, std::convert::Infallible>::A(e),
+        Err(m) => Fork::B((m, "restock".to_owned())),
+    });
+    (accepted, duplicates)
 }
 
 /// One machine's slots, by slot number, and the slots changed at the time being applied with
@@ -269,8 +316,22 @@ pub(crate) fn oracle(scenario: &crate::testing::Scenario) -> Vec<Level> {
     for (k, p) in &plans {
         *units.entry(k.clone()).or_default() += i64::from(p.capacity);
     }
-    for (_, e) in &scenario.deliveries {
+    // A restock counts unless the same one (its machine's number for it, or else the whole
+    // event) was counted within `restock_dedup_days` of its event time before this delivery.
+    let keep = config.restock_dedup_days * vendflow_protocol::units::MS_PER_DAY;
+    let mut counted: BTreeMap<_, i64> = BTreeMap::new();
+    for (t, e) in &scenario.deliveries {
         if let EventKind::Restock(r) = &e.kind {
+            let identity = (
+                e.machine_id.clone(),
+                e.seq,
+                e.seq.is_none().then(|| (e.timestamp, e.kind.clone())),
+            );
+            let now = i64::try_from(*t).unwrap_or(i64::MAX);
+            if counted.get(&identity).is_some_and(|until| *until > now) {
+                continue;
+            }
+            counted.insert(identity, e.timestamp.0 + keep);
             *units
                 .entry((e.machine_id.clone(), r.slot_number))
                 .or_default() += i64::from(r.quantity);

@@ -31,6 +31,7 @@ pub mod anomaly_windows;
 pub mod commands;
 pub mod config;
 mod dataflow;
+pub mod dedup;
 pub mod dex;
 pub mod engine;
 pub mod errors;

@@ -170,6 +170,7 @@ impl Scenario {
         // Card transactions as sold: (machine, id) → (first line's time, total, offline).
         let mut carts: std::collections::BTreeMap<(String, String), (i64, i64, bool)> =
             Default::default();
+        let mut numbered: HashMap<String, u64> = HashMap::new();
         let mut ts = BASE + rng.random_range(0..MS_PER_HOUR);
         let end = BASE + 5 * MS_PER_DAY / 2;
         while ts < end {
@@ -234,10 +235,17 @@ impl Scenario {
                     DoorStatus::Closed
                 })
             };
+            // m0, m2 and m4 number their events (identity by `seq`); the others do not
+            // (identity by content).
+            let seq = (m.ends_with(['0', '2', '4'])).then(|| {
+                let n = numbered.entry(m.clone()).or_insert(0u64);
+                *n += 1;
+                *n
+            });
             let event = Event {
                 machine_id: machine(&m),
                 timestamp: Timestamp(ts),
-                seq: None,
+                seq,
                 kind,
             };
             // When it reaches us: usually at once (give or take a few seconds of reordering),
@@ -273,7 +281,8 @@ impl Scenario {
                     continue;
                 }
             }
-            planned.push(((ts + delay).min(last), event.clone()));
+            let first = (ts + delay).min(last);
+            planned.push((first, event.clone()));
             if is_sale && rng.random_bool(0.15) {
                 // A re-delivery: hours later, or (rarely) days later, recognised by the ledger.
                 let again = if rng.random_bool(0.1) {
@@ -281,7 +290,29 @@ impl Scenario {
                 } else {
                     ts + rng.random_range(0..10 * MS_PER_HOUR)
                 };
-                planned.push((again.min(last), event));
+                planned.push((again.min(last), event.clone()));
+            } else if !is_sale && rng.random_bool(0.12) {
+                // Every kind is re-sent now and then: with the first delivery (one record
+                // counted twice), minutes or hours later (within or past a window's retention),
+                // or days later (a restock within its remembered days).
+                let again = match rng.random_range(0..4) {
+                    0 => first,
+                    1 => first + rng.random_range(0..600_000),
+                    2 => first + rng.random_range(0..4 * MS_PER_HOUR),
+                    _ => first + rng.random_range(0..2 * MS_PER_DAY),
+                };
+                planned.push((again.min(last), event.clone()));
+            }
+            // Two events alike in time and payload are two events when the machine numbers them.
+            if let (Some(n), false) = (event.seq, is_sale)
+                && rng.random_bool(0.03)
+            {
+                let twin = Event {
+                    seq: Some(n + 1),
+                    ..event.clone()
+                };
+                numbered.insert(m.clone(), n + 1);
+                planned.push((first, twin));
             }
             if rng.random_bool(0.01) {
                 let raw = b"{\"machineId\":\"m1\",\"type\":\"sale\"";

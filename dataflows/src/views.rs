@@ -15,6 +15,7 @@ pub const CATALOG: &[ViewDef] = &[
     crate::revenue::LOCAL_CORRECTIONS,
     crate::revenue::SLOT_SALES,
     crate::sales::DUPLICATES,
+    crate::dedup::EVENT_DUPLICATES,
     crate::inventory::INVENTORY,
     crate::anomaly_windows::WINDOWS,
     crate::liveness::LIVENESS,
