@@ -43,6 +43,7 @@ use std::sync::{Arc, Barrier, Condvar, Mutex};
 use std::time::Duration;
 
 use vendflow_dataflows::{Batch, ErrorRecord, Feeder, Feeders, Time};
+use vendflow_protocol::command::{Command, decode_command};
 use vendflow_protocol::decode::{decode_line, decode_registry};
 use vendflow_protocol::{DecodeError, Event, RegistryRecord, Timestamp};
 
@@ -501,25 +502,46 @@ fn shift(event: &mut Event, copy: u32, shift_ms: i64) {
 /// Reads a registry fixture (JSON Lines of registry records). Bad lines come back as error
 /// records, so a typo in one machine does not hide the others.
 pub fn load_registry(path: &Path) -> Result<(Vec<RegistryRecord>, Vec<ErrorRecord>), IngestError> {
+    load_records(path, "registry", decode_registry)
+}
+
+/// Reads commands as sent on `machine-commands` (JSON Lines), to replay them with the events
+/// they caused: the acknowledgements in a recorded file then find their commands. Bad lines
+/// come back as error records.
+pub fn load_commands(path: &Path) -> Result<(Vec<Command>, Vec<ErrorRecord>), IngestError> {
+    load_records(path, "commands", decode_command)
+}
+
+/// One record per non-blank line; a line that does not decode is an error record with its file
+/// and line number (source `<what>:<file>:<line>`).
+fn load_records<T>(
+    path: &Path,
+    what: &str,
+    decode: impl Fn(&[u8]) -> Result<T, DecodeError>,
+) -> Result<(Vec<T>, Vec<ErrorRecord>), IngestError> {
     let io = |source| IngestError::Io {
         path: path.display().to_string(),
         source,
     };
     let reader = BufReader::new(File::open(path).map_err(io)?);
-    let name = path.display().to_string();
+    // The file's name, not its path: a record's source reads the same wherever the file is.
+    let name = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
     let (mut records, mut errors) = (Vec::new(), Vec::new());
     for (i, line) in reader.split(b'\n').enumerate() {
         let line = line.map_err(io)?;
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        match decode_registry(&line) {
+        match decode(&line) {
             Ok(r) => records.push(r),
             Err(e) => {
-                tracing::warn!(file = %name, line = i + 1, error = %e, "refused a registry record");
+                tracing::warn!(file = %name, line = i + 1, error = %e, "refused a {what} record");
                 errors.push(ErrorRecord::new(
                     Timestamp(0),
-                    format!("registry:{name}:{}", i + 1),
+                    format!("{what}:{name}:{}", i + 1),
                     &e,
                     &line,
                 ));

@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use vendflow_dataflows::{Batch, Config, Engine, ViewStore};
-use vendflow_ingest::file::{Pacer, ReplayOptions, ReplayStats, load_registry, replay};
+use vendflow_ingest::file::{
+    Pacer, ReplayOptions, ReplayStats, load_commands, load_registry, replay,
+};
 use vendflow_sinks::archive::{Archive, ArchiveConfig};
 
 use super::{ServiceError, archive_tap};
@@ -25,6 +27,8 @@ pub struct BulkLoad<'a> {
     pub file: &'a Path,
     /// Registry records (machines, locations, leases) as JSON Lines, ingested first.
     pub registry: Option<&'a Path>,
+    /// Commands as sent on `machine-commands` (JSON Lines), ingested first with the registry.
+    pub commands: Option<&'a Path>,
     pub archive: Option<ArchiveConfig>,
     pub options: ReplayOptions,
     /// Registry records and error records to ingest first (an import's machines and refused
@@ -40,8 +44,8 @@ pub struct Loaded {
     pub stats: ReplayStats,
     /// From the start of the load until every view reflected the last event.
     pub elapsed: Duration,
-    /// Registry lines refused (they are in the `errors` view).
-    pub registry_refused: usize,
+    /// Registry and command lines refused (also in `error_counts`), to report to the user.
+    pub refused: Vec<vendflow_dataflows::ErrorRecord>,
     /// The archive's directory, what it wrote, and the history steps taken.
     pub archive: Option<(PathBuf, String, u64)>,
 }
@@ -58,7 +62,7 @@ pub fn load(
     let mut feeders = engine
         .feeders()
         .ok_or_else(|| ServiceError::Internal("engine feeders already taken".into()))?;
-    let mut registry_refused = 0;
+    let mut refused = Vec::new();
     let mut first = Batch {
         registry: load.registry_records.into_iter().map(|r| (r, 1)).collect(),
         errors: load.errors,
@@ -66,8 +70,14 @@ pub fn load(
     };
     if let Some(path) = load.registry {
         let (records, errors) = load_registry(path)?;
-        registry_refused = errors.len();
+        refused.extend(errors.iter().cloned());
         first.registry.extend(records.into_iter().map(|r| (r, 1)));
+        first.errors.extend(errors);
+    }
+    if let Some(path) = load.commands {
+        let (commands, errors) = load_commands(path)?;
+        refused.extend(errors.iter().cloned());
+        first.commands.extend(commands);
         first.errors.extend(errors);
     }
     if !first.is_empty() {
@@ -134,7 +144,7 @@ pub fn load(
         store,
         stats,
         elapsed,
-        registry_refused,
+        refused,
         archive: archived,
     })
 }
