@@ -1,0 +1,1 @@
+SELECT machine_id, sum(revenue) FROM revenue_machine_daily WHERE day > DATE '2024-01-01' GROUP BY 1 ORDER BY 2 DESC LIMIT 10

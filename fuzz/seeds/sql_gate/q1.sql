@@ -1,0 +1,1 @@
+WITH t AS (SELECT * FROM inventory WHERE sold_out) SELECT count(*) FROM t

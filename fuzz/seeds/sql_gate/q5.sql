@@ -1,0 +1,1 @@
+BEGIN; SELECT * FROM leases; COMMIT

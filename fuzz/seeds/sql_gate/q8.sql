@@ -1,0 +1,1 @@
+COPY health TO '/tmp/x'
