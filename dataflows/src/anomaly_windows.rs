@@ -516,17 +516,13 @@ pub(crate) fn oracle(scenario: &crate::testing::Scenario) -> Vec<Window> {
         until > t && until > now
     };
     let mut per_window: BTreeMap<WindowKey, Agg> = BTreeMap::new();
-    // Every event once: its machine's number for it, or else the whole event (time and payload).
+    // Every event once (`testing::naive_identity`).
     let mut counted = std::collections::BTreeSet::new();
     for (t, e) in &scenario.deliveries {
         if let Some((k, piece)) = contribution(e, width)
             && alive(*t, k.1)
         {
-            let identity = (
-                e.machine_id.clone(),
-                e.seq,
-                e.seq.is_none().then(|| (e.timestamp, e.kind.clone())),
-            );
+            let identity = crate::testing::naive_identity(e);
             if counted.insert(identity) {
                 per_window.entry(k).or_default().add(&piece.agg);
             }

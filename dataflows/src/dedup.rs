@@ -127,11 +127,7 @@ mod tests {
             let mut duplicates: BTreeMap<(MachineId, &str), i64> = BTreeMap::new();
             for (t, e) in &scenario.deliveries {
                 let t = i64::try_from(*t).unwrap_or(i64::MAX);
-                let identity = (
-                    e.machine_id.clone(),
-                    e.seq,
-                    e.seq.is_none().then(|| (e.timestamp, e.kind.clone())),
-                );
+                let identity = crate::testing::naive_identity(e);
                 let kind = match &e.kind {
                     EventKind::Heartbeat(_) => "heartbeat",
                     EventKind::Door(DoorStatus::Open) => "door",

@@ -322,11 +322,7 @@ pub(crate) fn oracle(scenario: &crate::testing::Scenario) -> Vec<Level> {
     let mut counted: BTreeMap<_, i64> = BTreeMap::new();
     for (t, e) in &scenario.deliveries {
         if let EventKind::Restock(r) = &e.kind {
-            let identity = (
-                e.machine_id.clone(),
-                e.seq,
-                e.seq.is_none().then(|| (e.timestamp, e.kind.clone())),
-            );
+            let identity = crate::testing::naive_identity(e);
             let now = i64::try_from(*t).unwrap_or(i64::MAX);
             if counted.get(&identity).is_some_and(|until| *until > now) {
                 continue;

@@ -25,6 +25,19 @@ use crate::operators::{Time, as_time};
 use crate::row::Row;
 use crate::view_store::Snapshot;
 
+/// What makes an event the same event, for the oracles, written the obvious way (not with the
+/// engine's fingerprint): its machine and its number when the machine numbers events, else its
+/// machine and the whole event (time and payload).
+pub(crate) type NaiveIdentity = (MachineId, Option<u64>, Option<(Timestamp, EventKind)>);
+
+pub(crate) fn naive_identity(e: &Event) -> NaiveIdentity {
+    (
+        e.machine_id.clone(),
+        e.seq,
+        e.seq.is_none().then(|| (e.timestamp, e.kind.clone())),
+    )
+}
+
 /// Monday 2024-01-15 00:00 UTC.
 pub const BASE: i64 = 1_705_276_800_000;
 
