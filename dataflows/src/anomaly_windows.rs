@@ -388,16 +388,20 @@ pub fn render<'s>(
                 } else {
                     (1, diff - 1)
                 };
-                if let Some((_, _, seen)) = state.windows.get(&key)
-                    && piece.id != 0
-                    && seen.contains(piece.id)
-                {
-                    out.give(Out::Dropped(Dropped::Duplicate(key.0, piece.kind)), diff);
-                    continue;
+                if duplicates > 0 {
+                    out.give(
+                        Out::Dropped(Dropped::Duplicate(key.0.clone(), piece.kind)),
+                        duplicates,
+                    );
                 }
-                let machine = key.0.clone();
                 let window = match state.windows.entry(key) {
                     Entry::Occupied(mut o) => {
+                        // Seen before: the window stays as it is (not even noted as touched).
+                        if o.get().2.contains(piece.id) {
+                            let machine = o.key().0.clone();
+                            out.give(Out::Dropped(Dropped::Duplicate(machine, piece.kind)), count);
+                            continue;
+                        }
                         if o.get().1 != now {
                             o.get_mut().1 = now;
                             before.push((o.key().clone(), Some(o.get().0)));
@@ -415,12 +419,6 @@ pub fn render<'s>(
                 window.2.insert(piece.id);
                 for _ in 0..count {
                     window.0.add(&piece.agg);
-                }
-                if duplicates > 0 {
-                    out.give(
-                        Out::Dropped(Dropped::Duplicate(machine, piece.kind)),
-                        duplicates,
-                    );
                 }
             }
             // A machine's touched windows together and in start order.
