@@ -20,7 +20,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TANSU_VERSION=0.6.0
-TANSU_FEATURES=dynostore
+TANSU_FEATURES=dynostore,libsql
+# The fuzz targets (fuzz/, run briefly by run-all.sh) build with cargo-fuzz on the nightly
+# toolchain that the machine image carries (rustup cannot fetch another one here).
+CARGO_FUZZ_VERSION=0.13.2
 # vite 7 and playwright-core 1.65 need at least this Node.js.
 NODE_MIN=20.19.0
 
@@ -101,11 +104,33 @@ check() {
   done
   # cargo has no dry run for `install`; resolving the pinned version and its feature in the
   # registry is what can break between machines.
-  if out=$(cargo info "tansu@$TANSU_VERSION" 2>&1) && echo "$out" | grep -q "^ *$TANSU_FEATURES "; then
-    echo "check: tansu $TANSU_VERSION with feature $TANSU_FEATURES is in the registry: ok"
+  local feature missing=""
+  if out=$(cargo info "tansu@$TANSU_VERSION" 2>&1); then
+    for feature in ${TANSU_FEATURES//,/ }; do
+      echo "$out" | grep -q "^ *$feature " || missing="$missing $feature"
+    done
   else
-    echo "check: tansu $TANSU_VERSION (feature $TANSU_FEATURES) cannot be resolved:" >&2
+    missing=" (the version itself)"
+  fi
+  if [ -z "$missing" ]; then
+    echo "check: tansu $TANSU_VERSION with features $TANSU_FEATURES is in the registry: ok"
+  else
+    echo "check: tansu $TANSU_VERSION cannot be resolved with:$missing" >&2
     echo "$out" | tail -n 5 | sed 's/^/    /' >&2
+    bad=1
+  fi
+  if out=$(cargo info "cargo-fuzz@$CARGO_FUZZ_VERSION" 2>&1); then
+    echo "check: cargo-fuzz $CARGO_FUZZ_VERSION is in the registry: ok"
+  else
+    echo "check: cargo-fuzz $CARGO_FUZZ_VERSION cannot be resolved:" >&2
+    echo "$out" | tail -n 5 | sed 's/^/    /' >&2
+    bad=1
+  fi
+  if out=$(cargo +nightly --version 2>&1); then
+    echo "check: the nightly toolchain (for cargo fuzz): $out: ok"
+  else
+    echo "check: no nightly toolchain, which cargo fuzz needs:" >&2
+    echo "$out" | tail -n 3 | sed 's/^/    /' >&2
     bad=1
   fi
   [ "$bad" = 0 ] || fail "an install step would fail on a fresh machine (see above)"
@@ -143,15 +168,23 @@ install_missing() {
     echo "$want" >"$stamp"
   fi
 
-  local have=""
-  if command -v tansu >/dev/null; then have=$(tansu --version 2>/dev/null || true); fi
-  case "$have" in
-    *" $TANSU_VERSION"*) ;;
-    *)
-      echo "== installing tansu $TANSU_VERSION (Kafka-protocol broker; about 10 minutes, once per machine)"
-      cargo install --locked --force "tansu@$TANSU_VERSION" --features "$TANSU_FEATURES"
-      ;;
-  esac
+  # tansu --version does not say which storage engines were compiled in, so the install leaves a
+  # stamp of its version and features; a tansu without the stamp's features is installed again.
+  local have="" tansu_stamp="$HOME/.cache/vendflow/tansu.installed"
+  if command -v tansu >/dev/null && [ -f "$tansu_stamp" ]; then have=$(cat "$tansu_stamp"); fi
+  if [ "$have" != "$TANSU_VERSION $TANSU_FEATURES" ]; then
+    echo "== installing tansu $TANSU_VERSION with $TANSU_FEATURES (Kafka-protocol broker; memory and sqlite storage; about 12 minutes, once per machine)"
+    cargo install --locked --force "tansu@$TANSU_VERSION" --features "$TANSU_FEATURES"
+    mkdir -p "$(dirname "$tansu_stamp")"
+    echo "$TANSU_VERSION $TANSU_FEATURES" >"$tansu_stamp"
+  fi
+
+  cargo +nightly --version >/dev/null 2>&1 \
+    || fail "no nightly toolchain: cargo fuzz needs one (rustup toolchain install nightly)"
+  if [ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]; then
+    echo "== installing cargo-fuzz $CARGO_FUZZ_VERSION (about 2 minutes, once per machine)"
+    cargo install --locked --force "cargo-fuzz@$CARGO_FUZZ_VERSION"
+  fi
 
   echo "== npm ci: tests/browser (playwright-core drives Debian's chromium; no browser download)"
   (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)

@@ -8,7 +8,8 @@
 #   and playwright-core (tests/browser); under CI=true it first dry-runs every install step;
 # - the dashboard's own build (queries/web: its committed dist/ is what the binary embeds);
 # - the vendflow binary (the end-to-end tests run the real thing);
-# - then every crate's tests with cargo-nextest (or cargo test where nextest is missing).
+# - then every crate's tests with cargo-nextest (or cargo test where nextest is missing);
+# - then every fuzz target for 15 s (fuzz/run.sh, nightly cargo-fuzz, no sanitizer).
 #
 # CARGO_TARGET_DIR defaults to ~/.cache/vendflow/target so repeated runs reuse compiled dependencies.
 set -euo pipefail
@@ -49,8 +50,19 @@ echo "== built in ${SECONDS}s (since the start)"
 
 export VENDFLOW_ARTIFACTS="${VENDFLOW_ARTIFACTS:-$PWD/artifacts}"
 echo "== testing (the dashboard test keeps its screenshots in $VENDFLOW_ARTIFACTS/dashboard)"
+tests_ok=true
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --locked --no-fail-fast
+  cargo nextest run --workspace --locked --no-fail-fast || tests_ok=false
 else
-  cargo test --workspace --locked --no-fail-fast
+  cargo test --workspace --locked --no-fail-fast || tests_ok=false
 fi
+echo "== tested in ${SECONDS}s (since the start)"
+
+# Every fuzz target briefly (its kept crashing inputs, then 15 s of fuzzing), without the
+# address sanitizer: the targets are safe Rust and look for panics, and the build is a fraction
+# of a sanitizer build. benches/fuzz.sh runs them for minutes each with the sanitizer.
+fuzz_ok=true
+VENDFLOW_FUZZ_SANITIZER=none ./fuzz/run.sh 15 || fuzz_ok=false
+echo "== fuzzed in ${SECONDS}s (since the start)"
+$tests_ok || { echo "== FAILED: tests (see above)" >&2; exit 1; }
+$fuzz_ok || { echo "== FAILED: fuzzing (see above)" >&2; exit 1; }

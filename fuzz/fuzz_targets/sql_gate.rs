@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vendflow_queries::gate::{Admitted, admit};
+use vendflow_sqlgate::{Admitted, admit};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(sql) = std::str::from_utf8(data) else {

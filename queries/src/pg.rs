@@ -392,7 +392,7 @@ impl SimpleQueryHandler for Gatekeeper {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         // The whole text is admitted before any of it runs.
-        let statements = gate::admit(query).map_err(pg_error)?;
+        let statements = gate::admit(query).map_err(|e| pg_error(e.into()))?;
         if statements.is_empty() {
             return Ok(vec![Response::EmptyQuery]);
         }
@@ -433,7 +433,7 @@ impl QueryParser for GateParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        let mut statements = gate::admit(sql).map_err(pg_error)?;
+        let mut statements = gate::admit(sql).map_err(|e| pg_error(e.into()))?;
         let admitted = match statements.len() {
             0 => return Ok(None),
             1 => statements.remove(0),

@@ -119,6 +119,15 @@ pub enum QueryError {
     Failed(String),
 }
 
+impl From<crate::gate::GateError> for QueryError {
+    fn from(e: crate::gate::GateError) -> Self {
+        match e {
+            crate::gate::GateError::Refused(why) => QueryError::Refused(why),
+            crate::gate::GateError::Invalid(why) => QueryError::Invalid(why),
+        }
+    }
+}
+
 const QUERIES_ONLY: &str = "POST /sql takes one query (SELECT, WITH … SELECT, VALUES or EXPLAIN); cursors and session settings are for Postgres sessions";
 
 /// Whose rows a query sees.
@@ -400,7 +409,7 @@ impl Sql {
                 Err(v) if v.is_empty() => Err(QueryError::Invalid("no statement".into())),
                 Err(_) => Err(QueryError::Invalid("one statement per query".into())),
             },
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         };
         self.latency.record(started.elapsed(), result.is_ok());
         result
