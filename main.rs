@@ -1051,6 +1051,12 @@ struct PublishArgs {
     /// (`machines/+/commands`; they are answered during the stream too).
     #[arg(long, default_value_t = 0)]
     linger: u64,
+    /// Keep every message until the platform's delivery receipt for it arrives
+    /// (`machines/{id}/delivered`, sent by `vendflow bridge` once the message is in Kafka), and
+    /// send again what has none after 5 s: what a machine's outbox does, so that nothing is lost
+    /// when the broker dies after acknowledging. Needs a bridge (not the demo's embedded broker).
+    #[arg(long)]
+    receipts: bool,
 }
 
 fn publish(args: PublishArgs) -> anyhow::Result<()> {
@@ -1099,7 +1105,8 @@ fn publish(args: PublishArgs) -> anyhow::Result<()> {
     let (host, port) = host_port(&args.mqtt)?;
     let stop = stop_flag()?;
     let client_id = format!("vendflow-publisher-{}", std::process::id());
-    let mut publisher = mqtt_sim::Publisher::connect(&host, port, &client_id, args.seed);
+    let mut publisher =
+        mqtt_sim::Publisher::connect_with(&host, port, &client_id, args.seed, args.receipts);
     let mut record = match &args.record {
         Some(path) => Some(std::io::BufWriter::new(
             std::fs::File::create(path)
@@ -1146,9 +1153,14 @@ fn publish(args: PublishArgs) -> anyhow::Result<()> {
     }
     let envelopes = publisher.finish(Duration::from_secs(120))?;
     println!(
-        "published {envelopes} envelopes ({events} events) of {} machines in {:.1}s, all acknowledged by {}",
+        "published {envelopes} envelopes ({events} events) of {} machines in {:.1}s, all {} {}",
         args.machines,
         started.elapsed().as_secs_f64(),
+        if args.receipts {
+            "receipted (durable in Kafka) through"
+        } else {
+            "acknowledged by"
+        },
         args.mqtt
     );
     Ok(())

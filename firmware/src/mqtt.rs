@@ -43,7 +43,26 @@ pub enum PublishError {
     Mqtt(String, String),
     #[error("{outstanding} message(s) still unacknowledged by the broker after {waited:?}")]
     Unacknowledged { outstanding: u64, waited: Duration },
+    #[error(
+        "{outstanding} message(s) without a delivery receipt from the platform after {waited:?} (is `vendflow bridge` running?)"
+    )]
+    Undelivered { outstanding: u64, waited: Duration },
 }
+
+/// Messages sent and not yet receipted by the platform (`machines/{id}/delivered`), by receipt:
+/// (topic, payload, last sent). What a machine's outbox holds.
+#[derive(Default)]
+struct Outbox {
+    /// By receipt: (topic, payload, when it is due to be sent again, times sent).
+    unconfirmed: std::collections::HashMap<String, (String, Vec<u8>, Instant, u32)>,
+}
+
+/// How long a message first waits for its receipt before it is sent again; each further wait
+/// doubles, up to a minute.
+const RESEND_AFTER: Duration = Duration::from_secs(5);
+/// Messages sent again at most per second: after an outage the receipts come back over a few
+/// seconds, and sending everything at once would only make the backlog longer.
+const RESEND_PER_SECOND: usize = 2_000;
 
 pub struct Publisher {
     client: Client,
@@ -55,42 +74,103 @@ pub struct Publisher {
     done: Arc<AtomicBool>,
     nonce: u64,
     address: String,
+    /// `Some` when messages leave only on the platform's receipt ([`Publisher::connect_with`]).
+    outbox: Option<Arc<std::sync::Mutex<Outbox>>>,
+    last_resend: Instant,
     commands: std::sync::mpsc::Receiver<Command>,
 }
+
+/// Where the platform's delivery receipts arrive.
+const RECEIPTS: &str = vendflow_protocol::topics::Topic::Delivered.filter();
 
 /// Where commands for machines arrive.
 pub const COMMANDS_FILTER: &str = vendflow_protocol::topics::Topic::Commands.filter();
 
 impl Publisher {
-    /// Connects as `client_id` to `host:port`.
+    /// Connects as `client_id` to `host:port`; a message is done once the broker acknowledged
+    /// it.
     pub fn connect(host: &str, port: u16, client_id: &str, seed: u64) -> Publisher {
+        Self::connect_with(host, port, client_id, seed, false)
+    }
+
+    /// [`Publisher::connect`]; with `receipts`, a message is done only once the platform's
+    /// delivery receipt for it came back on `machines/{id}/delivered` (from `vendflow bridge`,
+    /// once the message is durable in Kafka), and a message without one after 5 s is sent again.
+    pub fn connect_with(
+        host: &str,
+        port: u16,
+        client_id: &str,
+        seed: u64,
+        receipts: bool,
+    ) -> Publisher {
         let mut options = MqttOptions::new(client_id, host, port);
+        // A persistent session, as a machine keeps: after the broker restarts (even from a
+        // `kill -9`, once its persistence file holds the session), what it had not acknowledged
+        // is published again. A clean session would make the client drop those messages.
         options
             .set_keep_alive(Duration::from_secs(15))
+            .set_clean_session(false)
             .set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut connection) = Client::new(options, 256);
         let acked = Arc::new(AtomicU64::new(0));
         let done = Arc::new(AtomicBool::new(false));
         let address = format!("{host}:{port}");
         let (commands_tx, commands) = std::sync::mpsc::channel();
+        let outbox = receipts.then(|| Arc::new(std::sync::Mutex::new(Outbox::default())));
         let driver = {
             let (acked, done, address) = (acked.clone(), done.clone(), address.clone());
+            let outbox = outbox.clone();
             let client = client.clone();
             std::thread::spawn(move || {
                 let mut backoff = Duration::from_millis(100);
+                // Subscriptions due on this connection.
+                let mut filters: Vec<&str> = Vec::new();
                 while !done.load(Ordering::SeqCst) {
+                    while let Some(filter) = filters.last() {
+                        // Receipts at most once: a lost one only means a message sent again,
+                        // and the broker keeps none for a session that is away.
+                        let qos = if *filter == RECEIPTS {
+                            QoS::AtMostOnce
+                        } else {
+                            QoS::AtLeastOnce
+                        };
+                        match client.try_subscribe(*filter, qos) {
+                            Ok(()) => {
+                                filters.pop();
+                            }
+                            Err(rumqttc::ClientError::TryRequest(_)) => break,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot subscribe {filter}");
+                                filters.pop();
+                            }
+                        }
+                    }
                     match connection.recv_timeout(Duration::from_millis(100)) {
                         Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => {
                             acked.fetch_add(1, Ordering::SeqCst);
                         }
                         Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
-                            if let Err(e) = client.try_subscribe(COMMANDS_FILTER, QoS::AtLeastOnce)
-                            {
-                                tracing::warn!(error = %e, "cannot subscribe {COMMANDS_FILTER}");
-                            }
+                            // Subscribed below, as soon as the request channel takes it (it
+                            // may be full of publishes waiting for this very connection).
+                            filters = if outbox.is_some() {
+                                vec![COMMANDS_FILTER, RECEIPTS]
+                            } else {
+                                vec![COMMANDS_FILTER]
+                            };
                         }
                         Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => {
-                            tracing::info!("subscribed {COMMANDS_FILTER}");
+                            tracing::info!("subscribed");
+                        }
+                        Ok(Ok(Event::Incoming(Packet::Publish(p))))
+                            if Topic::Delivered.machine(&p.topic).is_some() =>
+                        {
+                            if let Some(outbox) = &outbox {
+                                let receipts = String::from_utf8_lossy(&p.payload);
+                                let mut outbox = outbox.lock().unwrap_or_else(|e| e.into_inner());
+                                for receipt in receipts.lines() {
+                                    outbox.unconfirmed.remove(receipt);
+                                }
+                            }
                         }
                         Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
                             match decode_command(&p.payload) {
@@ -126,6 +206,8 @@ impl Publisher {
             nonce: 0,
             address,
             commands,
+            outbox,
+            last_resend: Instant::now(),
         }
     }
 
@@ -177,11 +259,69 @@ impl Publisher {
             .entry(machine.to_owned())
             .or_insert_with(|| MachineKey::from_secret(&simulated_secret(seed, machine)));
         let body = sign_envelope(envelope, key, Timestamp::now().0, &nonce);
+        let topic = topic.of(machine);
+        if let Some(outbox) = &self.outbox {
+            outbox
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .unconfirmed
+                .insert(
+                    vendflow_protocol::topics::receipt(body.as_bytes()),
+                    (
+                        topic.clone(),
+                        body.clone().into_bytes(),
+                        Instant::now() + RESEND_AFTER,
+                        1,
+                    ),
+                );
+        }
         self.client
-            .publish(topic.of(machine), QoS::AtLeastOnce, false, body)
+            .publish(topic, QoS::AtLeastOnce, false, body)
             .map_err(|e| PublishError::Mqtt(self.address.clone(), e.to_string()))?;
         self.published += 1;
+        if self.last_resend.elapsed() >= Duration::from_secs(1) {
+            self.resend()?;
+        }
         Ok(())
+    }
+
+    /// Sends again what has waited [`RESEND_AFTER`] for its receipt; answers how many are still
+    /// without one.
+    fn resend(&mut self) -> Result<usize, PublishError> {
+        self.last_resend = Instant::now();
+        let Some(outbox) = &self.outbox else {
+            return Ok(0);
+        };
+        let (due, waiting) = {
+            let mut outbox = outbox.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            let mut due = Vec::new();
+            for (topic, payload, next, sent) in outbox.unconfirmed.values_mut() {
+                if due.len() >= RESEND_PER_SECOND {
+                    break;
+                }
+                if now >= *next {
+                    *next = now
+                        + (RESEND_AFTER * 2u32.pow((*sent).min(4))).min(Duration::from_secs(60));
+                    *sent += 1;
+                    due.push((topic.clone(), payload.clone()));
+                }
+            }
+            (due, outbox.unconfirmed.len())
+        };
+        if !due.is_empty() {
+            tracing::info!(
+                resent = due.len(),
+                waiting,
+                "sending again what has no delivery receipt yet"
+            );
+        }
+        for (topic, payload) in due {
+            self.client
+                .publish(topic, QoS::AtLeastOnce, false, payload)
+                .map_err(|e| PublishError::Mqtt(self.address.clone(), e.to_string()))?;
+        }
+        Ok(waiting)
     }
 
     pub fn published(&self) -> u64 {
@@ -192,9 +332,38 @@ impl Publisher {
         self.acked.load(Ordering::SeqCst)
     }
 
-    /// Waits until the broker acknowledged everything published, then disconnects.
+    /// Waits until the broker acknowledged everything published (with receipts: until the
+    /// platform receipted it, sending again what waits too long), then disconnects.
     pub fn finish(mut self, timeout: Duration) -> Result<u64, PublishError> {
         let started = Instant::now();
+        if self.outbox.is_some() {
+            let mut waiting = self.resend()?;
+            while waiting > 0 && started.elapsed() < timeout {
+                std::thread::sleep(Duration::from_millis(20));
+                waiting = if self.last_resend.elapsed() >= Duration::from_secs(1) {
+                    self.resend()?
+                } else {
+                    self.outbox.as_ref().map_or(0, |o| {
+                        o.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .unconfirmed
+                            .len()
+                    })
+                };
+            }
+            let _ = self.client.disconnect();
+            self.done.store(true, Ordering::SeqCst);
+            if let Some(d) = self.driver.take() {
+                let _ = d.join();
+            }
+            if waiting > 0 {
+                return Err(PublishError::Undelivered {
+                    outstanding: waiting as u64,
+                    waited: started.elapsed(),
+                });
+            }
+            return Ok(self.published);
+        }
         while self.acknowledged() < self.published && started.elapsed() < timeout {
             std::thread::sleep(Duration::from_millis(20));
         }

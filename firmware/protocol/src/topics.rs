@@ -8,6 +8,20 @@ pub enum Topic {
     Telemetry,
     Acks,
     Commands,
+    /// Delivery receipts for a machine (`vendflow bridge` → machine): one per message the
+    /// platform has made durable in Kafka (or refused there with its reason), carrying
+    /// [`receipt`] of that message's payload. A machine's outbox lets a message go on its
+    /// receipt, not on the broker's PUBACK: a broker acknowledges before it has written the
+    /// message down, so a `kill -9` of the broker can lose what it had acknowledged.
+    Delivered,
+}
+
+/// The receipt of an MQTT payload: the first 8 bytes of its SHA-256, in hex. The bridge sends
+/// it on [`Topic::Delivered`] once the payload is durable; the machine matches it against what
+/// it sent.
+pub fn receipt(payload: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(payload)[..8])
 }
 
 impl Topic {
@@ -17,6 +31,7 @@ impl Topic {
             Topic::Telemetry => "telemetry",
             Topic::Acks => "acks",
             Topic::Commands => "commands",
+            Topic::Delivered => "delivered",
         }
     }
 
@@ -26,6 +41,7 @@ impl Topic {
             Topic::Telemetry => "machines/+/telemetry",
             Topic::Acks => "machines/+/acks",
             Topic::Commands => "machines/+/commands",
+            Topic::Delivered => "machines/+/delivered",
         }
     }
 
@@ -54,7 +70,12 @@ mod tests {
 
     #[test]
     fn topics_name_and_parse_one_machine() {
-        for topic in [Topic::Telemetry, Topic::Acks, Topic::Commands] {
+        for topic in [
+            Topic::Telemetry,
+            Topic::Acks,
+            Topic::Commands,
+            Topic::Delivered,
+        ] {
             let name = topic.of("mach_00001");
             assert_eq!(topic.machine(&name), Some("mach_00001"));
             assert_eq!(topic.filter().replace('+', "mach_00001"), name);
@@ -63,5 +84,12 @@ mod tests {
         assert_eq!(Topic::Telemetry.machine("machines/m1/acks"), None);
         assert_eq!(Topic::Telemetry.machine("machines/m1/telemetry/x"), None);
         assert_eq!(Topic::Telemetry.machine("devices/m1/telemetry"), None);
+    }
+
+    #[test]
+    fn a_receipt_names_one_payload() {
+        assert_eq!(receipt(b"{}").len(), 16);
+        assert_eq!(receipt(b"{}"), receipt(b"{}"));
+        assert_ne!(receipt(b"{}"), receipt(b"{ }"));
     }
 }

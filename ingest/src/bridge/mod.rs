@@ -8,6 +8,15 @@
 //! delivers it again to the next bridge on the same session. Redelivery is harmless: the
 //! dataflows deduplicate sale lines.
 //!
+//! The broker's own acknowledgement to a machine (its PUBACK) comes before the broker has
+//! written the message down: Mosquitto killed with `kill -9` loses what it had acknowledged but
+//! not yet handed on or saved. So once a message is durable (in `machine-telemetry`, or refused
+//! into `telemetry-rejected`), the bridge also sends the machine a **delivery receipt** on
+//! `machines/{id}/delivered` ([`vendflow_protocol::topics::receipt`] of the payload; the
+//! receipts due for one machine go in one message, a line each). A machine
+//! lets a message leave its outbox on the receipt and sends again what has none after a while
+//! (`vendflow publish --receipts`); the copy is known here as a redelivery.
+//!
 //! Before forwarding, the bridge checks that the envelope's machine is the topic's and verifies
 //! its signature, freshness and nonce ([`crate::auth::Verifier`]). A refused envelope goes to
 //! `telemetry-rejected` with the reason (and is then acknowledged): never silently away.
@@ -106,6 +115,11 @@ struct Shared {
     /// message in the broker's inflight window until the next reconnect, and enough of them
     /// stall the whole subscription.
     acks: VecDeque<Publish>,
+    /// Delivery receipts due (`machines/{id}/delivered`, the receipt of the payload): one for
+    /// every message made durable, whichever connection it came on. Best effort (QoS 0, at
+    /// most [`MAX_RECEIPTS`] waiting): a machine that misses one sends the message again, and
+    /// the bridge knows it as a redelivery.
+    receipts: VecDeque<(String, String)>,
     retry: Vec<Outgoing>,
     verifier: Arc<Mutex<Verifier>>,
     next_seq: u64,
@@ -158,11 +172,28 @@ impl ProducerContext for Ctx {
     }
 }
 
+/// Receipts waiting for the MQTT client at most (the oldest go first when more are due).
+const MAX_RECEIPTS: usize = 100_000;
+
 impl Shared {
-    /// Moves the done messages at the front of `pending` to `acks`.
+    /// Moves the done messages at the front of `pending` to `acks`, and their receipts to
+    /// `receipts`.
     fn release(&mut self) {
         while self.pending.front().is_some_and(|p| p.done) {
             if let Some(p) = self.pending.pop_front() {
+                let topic = &p.publish.topic;
+                if let Some(machine) = Topic::Telemetry
+                    .machine(topic)
+                    .or_else(|| Topic::Acks.machine(topic))
+                {
+                    if self.receipts.len() >= MAX_RECEIPTS {
+                        self.receipts.pop_front();
+                    }
+                    self.receipts.push_back((
+                        Topic::Delivered.of(machine),
+                        vendflow_protocol::topics::receipt(&p.publish.payload),
+                    ));
+                }
                 // From an earlier connection: the broker redelivers it on this one instead.
                 if p.connection == self.connection {
                     self.acks.push_back(p.publish);
@@ -227,6 +258,7 @@ pub fn run(
     let shared = Arc::new(Mutex::new(Shared {
         pending: VecDeque::new(),
         acks: VecDeque::new(),
+        receipts: VecDeque::new(),
         retry: Vec::new(),
         verifier: verifier.clone(),
         next_seq: 0,
@@ -382,6 +414,34 @@ fn send_acks(shared: &Mutex<Shared>, client: &Client, stats: &BridgeStats) {
             break;
         }
         s.acks.pop_front();
+    }
+    // One message per machine for all its receipts due, one receipt per line: after an outage
+    // thousands are due at once, and a message each would flood the broker and the machines.
+    if !s.receipts.is_empty() {
+        let mut by_machine: std::collections::BTreeMap<String, String> = Default::default();
+        for (topic, receipt) in s.receipts.drain(..) {
+            let lines = by_machine.entry(topic).or_default();
+            if !lines.is_empty() {
+                lines.push('\n');
+            }
+            lines.push_str(&receipt);
+        }
+        let mut unsent = Vec::new();
+        for (topic, lines) in by_machine {
+            if !unsent.is_empty()
+                || client
+                    .try_publish(topic.as_str(), QoS::AtMostOnce, false, lines.as_bytes())
+                    .is_err()
+            {
+                unsent.push((topic, lines));
+            }
+        }
+        // The client's queue is full: what is left goes on the next turn.
+        for (topic, lines) in unsent {
+            for receipt in lines.lines() {
+                s.receipts.push_back((topic.clone(), receipt.to_owned()));
+            }
+        }
     }
     stats
         .acks_waiting
