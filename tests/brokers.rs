@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use vendflow_tests::{
-    Daemon, Table, fixed, free_port, require_program, start_mosquitto, start_tansu, tail, vendflow,
-    vendflow_bin,
+    Daemon, Table, TansuStorage, fixed, free_port, require_program, start_mosquitto, start_tansu,
+    start_tansu_with, tail, vendflow, vendflow_bin,
 };
 
 type Revenue = BTreeMap<(String, String), (i64, i64, i64)>;
@@ -177,6 +177,30 @@ fn publish(
     }
     Ok(Command::new(vendflow_bin()?)
         .args(&args)
+        .env("RUST_BACKTRACE", "0")
+        .stdout(std::process::Stdio::piped())
+        .spawn()?)
+}
+
+/// [`publish`] with `--receipts`: each message kept until the bridge's delivery receipt.
+fn publish_with_receipts(
+    mqtt: &str,
+    hours: &str,
+    speed: &str,
+    record: &Path,
+) -> anyhow::Result<std::process::Child> {
+    Ok(Command::new(vendflow_bin()?)
+        .args([
+            "publish",
+            "--mqtt",
+            mqtt,
+            "--machines",
+            "20",
+            "--hours",
+            hours,
+        ])
+        .args(["--seed", "11", "--speed", speed, "--receipts", "--record"])
+        .arg(record)
         .env("RUST_BACKTRACE", "0")
         .stdout(std::process::Stdio::piped())
         .spawn()?)
@@ -1103,9 +1127,9 @@ fn command_checks(
         .stdout(std::process::Stdio::piped())
         .stderr(std::fs::File::create(&log)?)
         .spawn()?;
-    // The simulated machines have a clean session: commands count from their subscription.
+    // A new session of the simulated machines: commands count from their subscription.
     let started = Instant::now();
-    while !std::fs::read_to_string(&log)?.contains("subscribed machines/+/commands") {
+    while !std::fs::read_to_string(&log)?.contains("subscribed") {
         if started.elapsed() > Duration::from_secs(30) {
             bail!("the simulated machines never subscribed to their commands");
         }
@@ -1496,6 +1520,225 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
         "no acknowledgement waits for MQTT"
     );
     bridge.terminate()?;
+    drop(mosquitto);
+    Ok(())
+}
+
+/// `vendflow run` on `kafka` with only its views (no archive, no SQL), into `out`.
+fn start_plain_engine(bin: &Path, kafka: &str, out: &Path, log: &Path) -> anyhow::Result<Daemon> {
+    let out = out.display().to_string();
+    Daemon::spawn(
+        "engine",
+        bin,
+        &[
+            "run",
+            "--insecure-open-api",
+            "--kafka",
+            kafka,
+            "--out",
+            &out,
+            "--every",
+            "0.5",
+            "--partitions",
+            "3",
+            "--http",
+            &format!("127.0.0.1:{}", free_port()?),
+        ],
+        log,
+    )
+}
+
+/// Dropped re-deliveries per kind, over all machines (the engine's `event_duplicates` and
+/// `sale_duplicates` views).
+fn duplicates_by_kind(out: &Path) -> anyhow::Result<BTreeMap<String, i64>> {
+    let mut by_kind = BTreeMap::new();
+    for r in Table::read(&out.join("event_duplicates.csv"))?.records() {
+        *by_kind.entry(r["kind"].to_owned()).or_default() += r["duplicates"].parse::<i64>()?;
+    }
+    for r in Table::read(&out.join("sale_duplicates.csv"))?.records() {
+        *by_kind.entry("sale".to_owned()).or_default() += r["duplicates"].parse::<i64>()?;
+    }
+    Ok(by_kind)
+}
+
+/// Both brokers `kill -9`ed while the fleet publishes, each restarted with its data: tansu on
+/// its SQLite storage, Mosquitto from its persistence file. The machines keep each message
+/// until the platform's delivery receipt (`publish --receipts`: Mosquitto's PUBACK comes before
+/// it has written the message down, so a `kill -9` loses what it had acknowledged and not yet
+/// handed on; the first version of this test lost ~4,000 of 58,000 envelopes that way). Every
+/// envelope reaches the views once: revenue equals the naive oracle over everything the
+/// machines recorded, inventory (sales and restocks) equals a batch replay of it, and a new
+/// engine that reads the restarted tansu from offset 0 gets the same revenue (the log kept what
+/// it had acknowledged before the kill).
+#[test]
+#[ignore = "not yet reliable (issue 16): after tansu's kill -9 the bridge can keep one message waiting for Kafka forever, which holds back every MQTT acknowledgement and receipt behind it; run with --ignored"]
+fn brokers_killed_with_kill_9_while_the_fleet_publishes_lose_nothing_and_count_nothing_twice()
+-> anyhow::Result<()> {
+    let home = PathBuf::from(std::env::var("HOME").unwrap_or_default());
+    let Some(mosquitto_bin) =
+        require_program("mosquitto", &[PathBuf::from("/usr/sbin/mosquitto")])?
+    else {
+        return Ok(());
+    };
+    let Some(curl) = require_program("curl", &[])? else {
+        return Ok(());
+    };
+    let Some(openssl) = require_program("openssl", &[])? else {
+        return Ok(());
+    };
+    let Some(tansu_bin) = require_program("tansu", &[home.join(".cargo/bin/tansu")])? else {
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let dir = if std::env::var_os("VENDFLOW_KEEP").is_some() {
+        let kept = dir.keep();
+        eprintln!("keeping {}", kept.display());
+        kept
+    } else {
+        dir.path().to_owned()
+    };
+    let d = dir.as_path();
+    let (mqtt_port, kafka_port, http_port) = (free_port()?, free_port()?, free_port()?);
+    let (mqtt, kafka, http) = (
+        format!("127.0.0.1:{mqtt_port}"),
+        format!("127.0.0.1:{kafka_port}"),
+        format!("127.0.0.1:{http_port}"),
+    );
+    let mut mosquitto = start_mosquitto(&mosquitto_bin, d, mqtt_port)?;
+    let mut tansu = start_tansu_with(&tansu_bin, d, kafka_port, TansuStorage::Sqlite)?;
+    let creds = d.join("credentials.jsonl");
+    let creds_text = creds.display().to_string();
+    vendflow(&[
+        "publish",
+        "--mqtt",
+        &mqtt,
+        "--machines",
+        "20",
+        "--seed",
+        "11",
+        "--credentials-out",
+        &creds_text,
+        "--dry-run",
+    ])?;
+    let bin = vendflow_bin()?;
+    let (cert, key) = vendflow_tests::self_signed(&openssl, d)?;
+    let curl = Curl {
+        program: curl,
+        cacert: cert.clone(),
+    };
+    let (cert_text, key_text) = (cert.display().to_string(), key.display().to_string());
+    let bridge = Daemon::spawn(
+        "bridge",
+        &bin,
+        &[
+            "bridge",
+            "--mqtt",
+            &mqtt,
+            "--kafka",
+            &kafka,
+            "--credentials",
+            &creds_text,
+            "--partitions",
+            "3",
+            "--http",
+            &http,
+            "--tls-cert",
+            &cert_text,
+            "--tls-key",
+            &key_text,
+        ],
+        &d.join("bridge-1.log"),
+    )?;
+    wait_for_log(&bridge, "subscribed", Duration::from_secs(30))?;
+    let out1 = d.join("views-1");
+    let engine = start_plain_engine(&bin, &kafka, &out1, &d.join("engine-1.log"))?;
+
+    // 24 simulated hours of 20 machines over about 24 s, with restocks, door and error events.
+    let sent = d.join("sent.jsonl");
+    let publisher = publish_with_receipts(&mqtt, "24", "3600", &sent)?;
+    let started = Instant::now();
+    let forwarded = |n: u64| bridge_metric(&curl, &http, "forwarded_total").map(|f| f >= n);
+    wait_until(
+        "the bridge forwards the stream",
+        Duration::from_secs(30),
+        || forwarded(50),
+    )?;
+
+    // kill -9 tansu mid-stream; the bridge holds what Kafka has not acknowledged (and so has
+    // not acknowledged it to Mosquitto) and produces it again to the restarted broker.
+    tansu.kill();
+    let at_kill = bridge_metric(&curl, &http, "forwarded_total")?;
+    eprintln!("tansu killed with kill -9 after {at_kill} envelopes forwarded");
+    std::thread::sleep(Duration::from_secs(1));
+    tansu = start_tansu_with(&tansu_bin, d, kafka_port, TansuStorage::Sqlite)?;
+    wait_until(
+        "the bridge forwards again after tansu's restart",
+        Duration::from_secs(60),
+        || forwarded(at_kill + 50),
+    )?;
+
+    // kill -9 Mosquitto mid-stream (after its first autosave of every session); the machines
+    // publish again what it had not acknowledged, the bridge's session comes back from its
+    // persistence file.
+    std::thread::sleep(Duration::from_secs(2).saturating_sub(started.elapsed()));
+    mosquitto.kill();
+    let at_kill = bridge_metric(&curl, &http, "forwarded_total")?;
+    eprintln!("mosquitto killed with kill -9 after {at_kill} envelopes forwarded");
+    std::thread::sleep(Duration::from_millis(500));
+    mosquitto = start_mosquitto(&mosquitto_bin, d, mqtt_port)?;
+    let published = finish(publisher)?;
+    assert!(
+        started.elapsed() > Duration::from_secs(5),
+        "the stream ended before both brokers were killed"
+    );
+    eprintln!(
+        "the fleet published {published} envelopes, each kept until the bridge's delivery receipt"
+    );
+
+    let expected = oracle(&[&sent])?;
+    wait_for_revenue(&out1, &expected, &engine, &kafka, "both brokers killed")?;
+    wait_until(
+        "everything the bridge took is in Kafka and acknowledged",
+        Duration::from_secs(60),
+        || {
+            Ok(bridge_metric(&curl, &http, "inflight")? == 0
+                && bridge_metric(&curl, &http, "acks_waiting")? == 0)
+        },
+    )?;
+    // Inventory counts every sale and every restock once: it equals a batch replay of what
+    // the machines recorded (each event once).
+    let replayed = d.join("replayed");
+    vendflow(&[
+        "replay",
+        &sent.display().to_string(),
+        "--out",
+        &replayed.display().to_string(),
+    ])?;
+    let want = sorted_rows(&replayed.join("inventory.csv"))?;
+    wait_until(
+        "live inventory equals the replay",
+        Duration::from_secs(30),
+        || Ok(sorted_rows(&out1.join("inventory.csv"))? == want),
+    )
+    .with_context(|| {
+        format!(
+            "live inventory differs from the replay: {} rows against {}",
+            sorted_rows(&out1.join("inventory.csv")).map_or(0, |r| r.len()),
+            want.len()
+        )
+    })?;
+    eprintln!(
+        "re-deliveries dropped by the engine, by kind: {:?}",
+        duplicates_by_kind(&out1)?
+    );
+
+    // The restarted tansu kept its log: a new engine reading it from offset 0 agrees.
+    drop(engine);
+    let out2 = d.join("views-2");
+    let engine = start_plain_engine(&bin, &kafka, &out2, &d.join("engine-2.log"))?;
+    wait_for_revenue(&out2, &expected, &engine, &kafka, "tansu's log read again")?;
+    drop(bridge);
+    drop(tansu);
     drop(mosquitto);
     Ok(())
 }

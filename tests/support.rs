@@ -291,11 +291,27 @@ impl Daemon {
         log: &Path,
         rust_log: &str,
     ) -> anyhow::Result<Daemon> {
+        Self::spawn_in(name, program, args, log, rust_log, None)
+    }
+
+    /// [`Daemon::spawn_with`] in the working directory `cwd`.
+    pub fn spawn_in(
+        name: &str,
+        program: &Path,
+        args: &[&str],
+        log: &Path,
+        rust_log: &str,
+        cwd: Option<&Path>,
+    ) -> anyhow::Result<Daemon> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)?;
-        let child = Command::new(program)
+        let mut command = Command::new(program);
+        if let Some(cwd) = cwd {
+            command.current_dir(cwd);
+        }
+        let child = command
             .args(args)
             .env("RUST_BACKTRACE", "0")
             .env("RUST_LOG", rust_log)
@@ -371,8 +387,12 @@ pub fn start_mosquitto(program: &Path, dir: &Path, port: u16) -> anyhow::Result<
         format!(
             // `user root`: mosquitto started as root otherwise drops to user `mosquitto`, which
             // cannot write its persistence file into the test's private directory.
+            // `autosave_interval 1`: the in-memory database (sessions, queued messages) is
+            // written every second, not every 30 minutes, so a `kill -9` loses at most the last
+            // second of what was queued for a subscriber that was not connected.
             "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
-             persistence_location {}/\nmax_inflight_messages 200\nmax_queued_messages 0\n{}",
+             persistence_location {}/\nautosave_interval 1\n\
+             max_inflight_messages 200\nmax_queued_messages 0\n{}",
             dir.display(),
             if is_root() { "user root\n" } else { "" }
         ),
@@ -388,16 +408,42 @@ pub fn start_mosquitto(program: &Path, dir: &Path, port: u16) -> anyhow::Result<
     Ok(daemon)
 }
 
+/// Where tansu keeps its log.
+#[derive(Clone, Copy, Debug)]
+pub enum TansuStorage {
+    /// In memory: gone when the process is.
+    Memory,
+    /// In `tansu.db` (SQLite, write-ahead log) in the daemon's directory: a `kill -9` keeps
+    /// every record tansu acknowledged.
+    Sqlite,
+}
+
 /// tansu (a Kafka-protocol broker) on a free port, storing in memory.
 pub fn start_tansu(program: &Path, dir: &Path, port: u16) -> anyhow::Result<Daemon> {
+    start_tansu_with(program, dir, port, TansuStorage::Memory)
+}
+
+/// tansu on `port`, storing as `storage` says (its SQLite file in `dir`, found again by a
+/// restart in the same `dir`).
+pub fn start_tansu_with(
+    program: &Path,
+    dir: &Path,
+    port: u16,
+    storage: TansuStorage,
+) -> anyhow::Result<Daemon> {
     let url = format!("tcp://127.0.0.1:{port}");
-    let daemon = Daemon::spawn_with(
+    // tansu resolves a sqlite:// path against its working directory.
+    let engine = match storage {
+        TansuStorage::Memory => "memory://tansu/",
+        TansuStorage::Sqlite => "sqlite://tansu.db",
+    };
+    let daemon = Daemon::spawn_in(
         "tansu",
         program,
         &[
             "broker",
             "--storage-engine",
-            "memory://tansu/",
+            engine,
             "--listener-url",
             &url,
             "--advertised-listener-url",
@@ -405,6 +451,7 @@ pub fn start_tansu(program: &Path, dir: &Path, port: u16) -> anyhow::Result<Daem
         ],
         &dir.join("tansu.log"),
         "warn",
+        Some(dir),
     )?;
     wait_for_port(port, std::time::Duration::from_secs(20))?;
     Ok(daemon)

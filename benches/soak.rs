@@ -1,0 +1,310 @@
+//! Soak: the production path at a multiple of the fleet's live rate for a long time, on real
+//! brokers (Mosquitto → `vendflow bridge` → tansu → `vendflow run`, release binaries on loopback).
+//! The question is whether anything grows: the backlog (published but not yet in the views) and
+//! the memory of each process must stay flat once the run has warmed up.
+//!
+//! Every `--sample-secs` it records, per process, the resident set (VmRSS, not the peak), the
+//! bridge's envelopes received, forwarded and in flight, and the engine's consumed messages and
+//! how far its frontier is behind the wall clock. At the end it prints the samples as a table and
+//! a verdict: the growth of each from the end of the warm-up (a fifth of the run) to the end.
+//!
+//! `cargo bench -p vendflow-benches --bench soak [-- --machines 50000 --speed 10 --minutes 30
+//!  --sample-secs 30 --tansu sqlite|memory]`. Needs `mosquitto` and `tansu`
+//! (tests/install.sh installs them) and `cargo build --release --bins`.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use vendflow_benches::release_bin;
+use vendflow_tests::{
+    Daemon, TansuStorage, free_port, require_program, start_mosquitto, start_tansu_with,
+};
+
+struct Args {
+    machines: usize,
+    speed: f64,
+    minutes: f64,
+    sample_secs: f64,
+    tansu: TansuStorage,
+}
+
+fn args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        machines: 50_000,
+        speed: 10.0,
+        minutes: 30.0,
+        sample_secs: 30.0,
+        tansu: TansuStorage::Sqlite,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--machines" => a.machines = value()?.parse()?,
+            "--speed" => a.speed = value()?.parse()?,
+            "--minutes" => a.minutes = value()?.parse()?,
+            "--sample-secs" => a.sample_secs = value()?.parse()?,
+            "--tansu" => {
+                a.tansu = match value()?.as_str() {
+                    "sqlite" => TansuStorage::Sqlite,
+                    "memory" => TansuStorage::Memory,
+                    other => bail!("--tansu takes sqlite or memory, not {other}"),
+                }
+            }
+            "--bench" => {}
+            other => {
+                bail!("unknown argument {other} (see the comment at the top of benches/soak.rs)")
+            }
+        }
+    }
+    if a.machines == 0 || a.speed <= 0.0 || a.minutes <= 0.0 || a.sample_secs <= 0.0 {
+        bail!("--machines, --speed, --minutes and --sample-secs must be positive");
+    }
+    Ok(a)
+}
+
+/// Resident set of a running process now, in MiB.
+fn rss_mib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb / 1024)
+}
+
+fn bridge_metric(http: &str, name: &str) -> anyhow::Result<u64> {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "5", &format!("http://{http}/metrics")])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("vendflow_bridge_{name} ")))
+        .with_context(|| format!("no {name} in the bridge's /metrics"))?
+        .trim()
+        .parse()
+        .context("metric value")
+}
+
+#[derive(Clone, Copy, Default)]
+struct Sample {
+    at_s: f64,
+    received: u64,
+    forwarded: u64,
+    inflight: u64,
+    consumed: u64,
+    lag_ms: i64,
+    rss: [u64; 4],
+}
+
+const NAMES: [&str; 4] = ["mosquitto", "tansu", "bridge", "engine"];
+
+fn growth(first: f64, last: f64) -> String {
+    if first <= 0.0 {
+        return format!("{first:.0} → {last:.0}");
+    }
+    format!(
+        "{first:.0} → {last:.0} ({:+.1} %)",
+        (last / first - 1.0) * 100.0
+    )
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = args()?;
+    let bin = release_bin()?;
+    let home = PathBuf::from(std::env::var("HOME").unwrap_or_default());
+    let mosquitto_bin = require_program("mosquitto", &[PathBuf::from("/usr/sbin/mosquitto")])?
+        .context("mosquitto is not installed (tests/install.sh)")?;
+    let tansu_bin = require_program("tansu", &[home.join(".cargo/bin/tansu")])?
+        .context("tansu is not installed (tests/install.sh)")?;
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let (mqtt_port, kafka_port, http_port) = (free_port()?, free_port()?, free_port()?);
+    let (mqtt, kafka, http) = (
+        format!("127.0.0.1:{mqtt_port}"),
+        format!("127.0.0.1:{kafka_port}"),
+        format!("127.0.0.1:{http_port}"),
+    );
+    let mosquitto = start_mosquitto(&mosquitto_bin, d, mqtt_port)?;
+    let tansu = start_tansu_with(&tansu_bin, d, kafka_port, args.tansu)?;
+    let creds = d.join("credentials.jsonl");
+    let machines = args.machines.to_string();
+    let status = Command::new(&bin)
+        .args([
+            "publish",
+            "--mqtt",
+            &mqtt,
+            "--machines",
+            &machines,
+            "--seed",
+            "3",
+        ])
+        .args(["--dry-run", "--credentials-out"])
+        .arg(&creds)
+        .status()?;
+    if !status.success() {
+        bail!("writing credentials failed");
+    }
+    let creds_text = creds.display().to_string();
+    let bridge = Daemon::spawn(
+        "bridge",
+        &bin,
+        &[
+            "bridge",
+            "--mqtt",
+            &mqtt,
+            "--kafka",
+            &kafka,
+            "--credentials",
+            &creds_text,
+            "--partitions",
+            "4",
+            "--http",
+            &http,
+        ],
+        &d.join("bridge.log"),
+    )?;
+    bridge.wait_for_line("subscribed", Duration::from_secs(30))?;
+    let status_path = d.join("status.json");
+    let status_text = status_path.display().to_string();
+    let engine = Daemon::spawn(
+        "engine",
+        &bin,
+        &[
+            "run",
+            "--insecure-open-api",
+            "--kafka",
+            &kafka,
+            "--status",
+            &status_text,
+            "--every",
+            "1",
+            "--partitions",
+            "4",
+            "--http",
+            &format!("127.0.0.1:{}", free_port()?),
+        ],
+        &d.join("engine.log"),
+    )?;
+    let hours = args.minutes * args.speed / 60.0;
+    let mut publisher = Command::new(&bin)
+        .args([
+            "publish",
+            "--mqtt",
+            &mqtt,
+            "--seed",
+            "3",
+            "--machines",
+            &machines,
+        ])
+        // As machines do in production: a message leaves on the platform's receipt.
+        .arg("--receipts")
+        .arg("--speed")
+        .arg(args.speed.to_string())
+        .arg("--hours")
+        .arg(format!("{hours:.6}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    println!(
+        "soak: {} machines at {}× real time for {} min (tansu on {:?}); a sample every {} s",
+        args.machines, args.speed, args.minutes, args.tansu, args.sample_secs
+    );
+    let pids = [
+        mosquitto.child.id(),
+        tansu.child.id(),
+        bridge.child.id(),
+        engine.child.id(),
+    ];
+    let started = Instant::now();
+    let mut samples: Vec<Sample> = Vec::new();
+    let mut next = Duration::from_secs_f64(args.sample_secs);
+    let publisher_done = loop {
+        if let Some(status) = publisher.try_wait()? {
+            break status;
+        }
+        if started.elapsed() >= next {
+            next += Duration::from_secs_f64(args.sample_secs);
+            let status: serde_json::Value = std::fs::read_to_string(&status_path)
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default();
+            let mut rss = [0; 4];
+            for (r, pid) in rss.iter_mut().zip(pids) {
+                *r = rss_mib(pid);
+            }
+            let s = Sample {
+                at_s: started.elapsed().as_secs_f64(),
+                received: bridge_metric(&http, "received_total").unwrap_or(0),
+                forwarded: bridge_metric(&http, "forwarded_total").unwrap_or(0),
+                inflight: bridge_metric(&http, "inflight").unwrap_or(0),
+                consumed: status["messages"].as_u64().unwrap_or(0),
+                lag_ms: status["lagMs"].as_i64().unwrap_or(-1),
+                rss,
+            };
+            println!(
+                "{:>6.0} s  received {:>10}  forwarded {:>10}  in flight {:>6}  consumed {:>10}  backlog {:>8}  frontier {:>7} ms behind  RSS MiB: mosquitto {:>5} tansu {:>5} bridge {:>5} engine {:>5}",
+                s.at_s,
+                s.received,
+                s.forwarded,
+                s.inflight,
+                s.consumed,
+                s.received.saturating_sub(s.consumed),
+                s.lag_ms,
+                s.rss[0],
+                s.rss[1],
+                s.rss[2],
+                s.rss[3]
+            );
+            samples.push(s);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let out = publisher.wait_with_output()?;
+    let said = String::from_utf8_lossy(&out.stdout);
+    if !publisher_done.success() {
+        bail!("the publisher failed: {said}");
+    }
+    println!("publisher: {}", said.trim());
+    if samples.len() < 5 {
+        bail!("too few samples ({}) for a verdict", samples.len());
+    }
+    // Rates and growth after the warm-up (the first fifth of the run).
+    let warm = samples[samples.len() / 5];
+    let last = samples[samples.len() - 1];
+    let secs = (last.at_s - warm.at_s).max(1.0);
+    println!(
+        "after the warm-up ({:.0} s to {:.0} s): received {:.0} envelopes/s, consumed {:.0} messages/s",
+        warm.at_s,
+        last.at_s,
+        (last.received - warm.received) as f64 / secs,
+        last.consumed.saturating_sub(warm.consumed) as f64 / secs
+    );
+    let backlog = |s: &Sample| s.received.saturating_sub(s.consumed) as f64;
+    let tail = &samples[samples.len() / 5..];
+    let max_backlog = tail.iter().map(backlog).fold(0.0, f64::max);
+    println!(
+        "backlog (received by the bridge, not yet consumed by the engine): {}, at most {max_backlog:.0}",
+        growth(backlog(&warm), backlog(&last))
+    );
+    println!(
+        "frontier behind the wall clock, ms: {}",
+        growth(warm.lag_ms as f64, last.lag_ms as f64)
+    );
+    for (i, name) in NAMES.iter().enumerate() {
+        let max = tail.iter().map(|s| s.rss[i]).max().unwrap_or(0);
+        println!(
+            "RSS {name}, MiB: {}, at most {max}",
+            growth(warm.rss[i] as f64, last.rss[i] as f64)
+        );
+    }
+    drop(engine);
+    drop(bridge);
+    drop(tansu);
+    drop(mosquitto);
+    Ok(())
+}
