@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use vendflow_benches::release_bin;
-use vendflow_tests::{Daemon, free_port, require_program, start_mosquitto, start_tansu};
+use vendflow_tests::{
+    Daemon, bridge_metric, free_port, require_program, start_bridge, start_mosquitto, start_tansu,
+};
 
 struct Args {
     burst_machines: usize,
@@ -47,19 +49,6 @@ fn args() -> anyhow::Result<Args> {
         }
     }
     Ok(a)
-}
-
-fn metric(http: &str, name: &str) -> anyhow::Result<u64> {
-    let out = Command::new("curl")
-        .args(["-s", &format!("http://{http}/metrics")])
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("vendflow_bridge_{name} ")))
-        .with_context(|| format!("no {name} in /metrics"))?
-        .trim()
-        .parse()
-        .context("metric value")
 }
 
 /// Peak resident set of a running process, in MiB.
@@ -105,6 +94,7 @@ fn main() -> anyhow::Result<()> {
         .context("mosquitto is not installed")?;
     let tansu_bin = require_program("tansu", &[home.join(".cargo/bin/tansu")])?
         .context("tansu is not installed")?;
+    let curl = require_program("curl", &[])?.context("curl is not installed")?;
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     let (mqtt_port, kafka_port, http_port) = (free_port()?, free_port()?, free_port()?);
@@ -115,50 +105,15 @@ fn main() -> anyhow::Result<()> {
     );
     let _mosquitto = start_mosquitto(&mosquitto_bin, d, mqtt_port)?;
     let _tansu = start_tansu(&tansu_bin, d, kafka_port)?;
-    let creds = d.join("credentials.jsonl");
-    let machines = args.machines.max(args.burst_machines).to_string();
-    let status = Command::new(&bin)
-        .args([
-            "publish",
-            "--mqtt",
-            &mqtt,
-            "--machines",
-            &machines,
-            "--seed",
-            "3",
-        ])
-        .args(["--dry-run", "--credentials-out"])
-        .arg(&creds)
-        .status()?;
-    if !status.success() {
-        bail!("writing credentials failed");
-    }
-    let creds_text = creds.display().to_string();
-    let bridge = Daemon::spawn(
-        "bridge",
+    let bridge = start_bridge(
         &bin,
-        &[
-            "bridge",
-            "--mqtt",
-            &mqtt,
-            "--kafka",
-            &kafka,
-            "--credentials",
-            &creds_text,
-            "--partitions",
-            "4",
-            "--http",
-            &http,
-        ],
-        &d.join("bridge.log"),
+        d,
+        &mqtt,
+        &kafka,
+        args.machines.max(args.burst_machines),
+        4,
+        &http,
     )?;
-    let started = Instant::now();
-    while !bridge.output().contains("subscribed") {
-        if started.elapsed() > Duration::from_secs(30) {
-            bail!("the bridge never subscribed:\n{}", bridge.output());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 
     // 1. Throughput.
     let publisher = Command::new(&bin)
@@ -174,7 +129,7 @@ fn main() -> anyhow::Result<()> {
     let mut publisher = Some(publisher);
     let mut burst = None;
     loop {
-        let forwarded = metric(&http, "forwarded_total")?;
+        let forwarded = bridge_metric(&curl, &http, "forwarded_total")?;
         if forwarded > 0 && first.is_none() {
             first = Some(Instant::now());
         }
@@ -281,7 +236,7 @@ fn main() -> anyhow::Result<()> {
             break;
         }
         std::thread::sleep(Duration::from_millis(500));
-        max_inflight = max_inflight.max(metric(&http, "inflight")?);
+        max_inflight = max_inflight.max(bridge_metric(&curl, &http, "inflight")?);
         if let Some(lag) = status_of().and_then(|s| s["lagMs"].as_i64()) {
             lags.push(lag);
         }

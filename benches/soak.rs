@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use vendflow_benches::release_bin;
 use vendflow_tests::{
-    Daemon, TansuStorage, free_port, require_program, start_mosquitto, start_tansu_with,
+    Daemon, TansuStorage, bridge_metric, free_port, require_program, start_bridge, start_mosquitto,
+    start_tansu_with,
 };
 
 struct Args {
@@ -77,19 +78,6 @@ fn rss_mib(pid: u32) -> u64 {
         .map_or(0, |kb| kb / 1024)
 }
 
-fn bridge_metric(http: &str, name: &str) -> anyhow::Result<u64> {
-    let out = Command::new("curl")
-        .args(["-s", "--max-time", "5", &format!("http://{http}/metrics")])
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("vendflow_bridge_{name} ")))
-        .with_context(|| format!("no {name} in the bridge's /metrics"))?
-        .trim()
-        .parse()
-        .context("metric value")
-}
-
 #[derive(Clone, Copy, Default)]
 struct Sample {
     at_s: f64,
@@ -121,6 +109,7 @@ fn main() -> anyhow::Result<()> {
         .context("mosquitto is not installed (tests/install.sh)")?;
     let tansu_bin = require_program("tansu", &[home.join(".cargo/bin/tansu")])?
         .context("tansu is not installed (tests/install.sh)")?;
+    let curl = require_program("curl", &[])?.context("curl is not installed")?;
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     let (mqtt_port, kafka_port, http_port) = (free_port()?, free_port()?, free_port()?);
@@ -131,44 +120,8 @@ fn main() -> anyhow::Result<()> {
     );
     let mosquitto = start_mosquitto(&mosquitto_bin, d, mqtt_port)?;
     let tansu = start_tansu_with(&tansu_bin, d, kafka_port, args.tansu)?;
-    let creds = d.join("credentials.jsonl");
+    let bridge = start_bridge(&bin, d, &mqtt, &kafka, args.machines, 4, &http)?;
     let machines = args.machines.to_string();
-    let status = Command::new(&bin)
-        .args([
-            "publish",
-            "--mqtt",
-            &mqtt,
-            "--machines",
-            &machines,
-            "--seed",
-            "3",
-        ])
-        .args(["--dry-run", "--credentials-out"])
-        .arg(&creds)
-        .status()?;
-    if !status.success() {
-        bail!("writing credentials failed");
-    }
-    let creds_text = creds.display().to_string();
-    let bridge = Daemon::spawn(
-        "bridge",
-        &bin,
-        &[
-            "bridge",
-            "--mqtt",
-            &mqtt,
-            "--kafka",
-            &kafka,
-            "--credentials",
-            &creds_text,
-            "--partitions",
-            "4",
-            "--http",
-            &http,
-        ],
-        &d.join("bridge.log"),
-    )?;
-    bridge.wait_for_line("subscribed", Duration::from_secs(30))?;
     let status_path = d.join("status.json");
     let status_text = status_path.display().to_string();
     let engine = Daemon::spawn(
@@ -239,9 +192,9 @@ fn main() -> anyhow::Result<()> {
             }
             let s = Sample {
                 at_s: started.elapsed().as_secs_f64(),
-                received: bridge_metric(&http, "received_total").unwrap_or(0),
-                forwarded: bridge_metric(&http, "forwarded_total").unwrap_or(0),
-                inflight: bridge_metric(&http, "inflight").unwrap_or(0),
+                received: bridge_metric(&curl, &http, "received_total").unwrap_or(0),
+                forwarded: bridge_metric(&curl, &http, "forwarded_total").unwrap_or(0),
+                inflight: bridge_metric(&curl, &http, "inflight").unwrap_or(0),
                 consumed: status["messages"].as_u64().unwrap_or(0),
                 lag_ms: status["lagMs"].as_i64().unwrap_or(-1),
                 rss,

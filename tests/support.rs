@@ -481,3 +481,72 @@ pub fn self_signed(openssl: &Path, dir: &Path) -> anyhow::Result<(PathBuf, PathB
     }
     Ok((cert, key))
 }
+
+/// `vendflow bridge` from `mqtt` to `kafka` for `machines` simulated machines (seed 3: their
+/// credentials are written into `dir`), serving plain-HTTP `GET /metrics` on `http`; returns
+/// once its MQTT session has subscribed (from then on the broker keeps the fleet's telemetry).
+/// What the benchmarks of the production path start.
+pub fn start_bridge(
+    bin: &Path,
+    dir: &Path,
+    mqtt: &str,
+    kafka: &str,
+    machines: usize,
+    partitions: u32,
+    http: &str,
+) -> anyhow::Result<Daemon> {
+    let creds = dir.join("credentials.jsonl");
+    let machines = machines.to_string();
+    let status = Command::new(bin)
+        .args([
+            "publish",
+            "--mqtt",
+            mqtt,
+            "--machines",
+            &machines,
+            "--seed",
+            "3",
+        ])
+        .args(["--dry-run", "--credentials-out"])
+        .arg(&creds)
+        .status()?;
+    if !status.success() {
+        bail!("writing the fleet's credentials failed");
+    }
+    let creds = creds.display().to_string();
+    let partitions = partitions.to_string();
+    let bridge = Daemon::spawn(
+        "bridge",
+        bin,
+        &[
+            "bridge",
+            "--mqtt",
+            mqtt,
+            "--kafka",
+            kafka,
+            "--credentials",
+            &creds,
+            "--partitions",
+            &partitions,
+            "--http",
+            http,
+        ],
+        &dir.join("bridge.log"),
+    )?;
+    bridge.wait_for_line("subscribed", std::time::Duration::from_secs(30))?;
+    Ok(bridge)
+}
+
+/// The counter or gauge `vendflow_bridge_<name>` from a bridge's plain-HTTP `GET /metrics`.
+pub fn bridge_metric(curl: &Path, http: &str, name: &str) -> anyhow::Result<u64> {
+    let out = Command::new(curl)
+        .args(["-s", "--max-time", "5", &format!("http://{http}/metrics")])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("vendflow_bridge_{name} ")))
+        .with_context(|| format!("no {name} in the bridge's /metrics"))?
+        .trim()
+        .parse()
+        .with_context(|| format!("the bridge's {name}"))
+}
