@@ -206,6 +206,19 @@ fn publish_with_receipts(
         .spawn()?)
 }
 
+/// The test's directory: removed when the returned guard drops, or, with VENDFLOW_KEEP=1,
+/// kept (the brokers' and processes' logs and the views, for a post-mortem).
+fn test_dir() -> anyhow::Result<(Option<tempfile::TempDir>, PathBuf)> {
+    let dir = tempfile::tempdir()?;
+    if std::env::var_os("VENDFLOW_KEEP").is_some() {
+        let kept = dir.keep();
+        eprintln!("keeping {}", kept.display());
+        return Ok((None, kept));
+    }
+    let path = dir.path().to_owned();
+    Ok((Some(dir), path))
+}
+
 /// Waits for a publisher; returns how many envelopes the broker acknowledged.
 fn finish(publisher: std::process::Child) -> anyhow::Result<u64> {
     let out = publisher.wait_with_output()?;
@@ -1257,15 +1270,7 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
     let Some(python) = vendflow_tests::python_with_duckdb()? else {
         return Ok(());
     };
-    let dir = tempfile::tempdir()?;
-    // VENDFLOW_KEEP=1 keeps the brokers' and processes' logs and the views for a post-mortem.
-    let dir = if std::env::var_os("VENDFLOW_KEEP").is_some() {
-        let kept = dir.keep();
-        eprintln!("keeping {}", kept.display());
-        kept
-    } else {
-        dir.path().to_owned()
-    };
+    let (_guard, dir) = test_dir()?;
     let d = dir.as_path();
     let (mqtt_port, kafka_port) = (free_port()?, free_port()?);
     let mqtt = format!("127.0.0.1:{mqtt_port}");
@@ -1589,14 +1594,7 @@ fn brokers_killed_with_kill_9_while_the_fleet_publishes_lose_nothing_and_count_n
     let Some(tansu_bin) = require_program("tansu", &[home.join(".cargo/bin/tansu")])? else {
         return Ok(());
     };
-    let dir = tempfile::tempdir()?;
-    let dir = if std::env::var_os("VENDFLOW_KEEP").is_some() {
-        let kept = dir.keep();
-        eprintln!("keeping {}", kept.display());
-        kept
-    } else {
-        dir.path().to_owned()
-    };
+    let (_guard, dir) = test_dir()?;
     let d = dir.as_path();
     let (mqtt_port, kafka_port, http_port) = (free_port()?, free_port()?, free_port()?);
     let (mqtt, kafka, http) = (

@@ -336,50 +336,51 @@ impl Publisher {
     /// platform receipted it, sending again what waits too long), then disconnects.
     pub fn finish(mut self, timeout: Duration) -> Result<u64, PublishError> {
         let started = Instant::now();
-        if self.outbox.is_some() {
+        let receipts = self.outbox.is_some();
+        let outstanding = if receipts {
             let mut waiting = self.resend()?;
             while waiting > 0 && started.elapsed() < timeout {
                 std::thread::sleep(Duration::from_millis(20));
                 waiting = if self.last_resend.elapsed() >= Duration::from_secs(1) {
                     self.resend()?
                 } else {
-                    self.outbox.as_ref().map_or(0, |o| {
-                        o.lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .unconfirmed
-                            .len()
-                    })
+                    self.unreceipted()
                 };
             }
-            let _ = self.client.disconnect();
-            self.done.store(true, Ordering::SeqCst);
-            if let Some(d) = self.driver.take() {
-                let _ = d.join();
+            waiting as u64
+        } else {
+            while self.acknowledged() < self.published && started.elapsed() < timeout {
+                std::thread::sleep(Duration::from_millis(20));
             }
-            if waiting > 0 {
-                return Err(PublishError::Undelivered {
-                    outstanding: waiting as u64,
-                    waited: started.elapsed(),
-                });
-            }
-            return Ok(self.published);
-        }
-        while self.acknowledged() < self.published && started.elapsed() < timeout {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let outstanding = self.published.saturating_sub(self.acknowledged());
+            self.published.saturating_sub(self.acknowledged())
+        };
         let _ = self.client.disconnect();
         self.done.store(true, Ordering::SeqCst);
         if let Some(d) = self.driver.take() {
             let _ = d.join();
         }
-        if outstanding > 0 {
-            return Err(PublishError::Unacknowledged {
+        let waited = started.elapsed();
+        match outstanding {
+            0 => Ok(self.published),
+            _ if receipts => Err(PublishError::Undelivered {
                 outstanding,
-                waited: started.elapsed(),
-            });
+                waited,
+            }),
+            _ => Err(PublishError::Unacknowledged {
+                outstanding,
+                waited,
+            }),
         }
-        Ok(self.published)
+    }
+
+    /// Messages sent and not yet receipted by the platform.
+    fn unreceipted(&self) -> usize {
+        self.outbox.as_ref().map_or(0, |o| {
+            o.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .unconfirmed
+                .len()
+        })
     }
 }
 
