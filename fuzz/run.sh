@@ -32,13 +32,15 @@ for t in "${targets[@]}"; do
   if [ -n "$(ls -A "regressions/$t")" ]; then
     echo "== fuzz $t: the kept crashing inputs"
     cargo +nightly fuzz run --release -s "$sanitizer" "$t" "regressions/$t" -- -runs=0 >/dev/null 2>"$cache/$t.log" \
-      || { tail -n 40 "$cache/$t.log" >&2; echo "fuzz $t: a kept crashing input fails again" >&2; exit 1; }
+      || { grep -A3 "panicked at" "$cache/$t.log" | head -n 20 >&2; tail -n 40 "$cache/$t.log" >&2; echo "fuzz $t: a kept crashing input fails again" >&2; exit 1; }
   fi
   echo "== fuzz $t: ${seconds}s"
   if ! cargo +nightly fuzz run --release -s "$sanitizer" "$t" "$corpus" "seeds/$t" -- \
       -max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 -print_final_stats=1 \
       >"$cache/$t.log" 2>&1; then
-    tail -n 60 "$cache/$t.log" >&2
+    # The panic message comes long before libFuzzer's summary: show it first.
+    grep -A3 "panicked at" "$cache/$t.log" | head -n 20 >&2 || true
+    tail -n 40 "$cache/$t.log" >&2
     echo "fuzz $t: FAILED; the input is in fuzz/artifacts/$t/" >&2
     exit 1
   fi

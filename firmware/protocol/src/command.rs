@@ -73,6 +73,11 @@ impl Command {
     }
 }
 
+/// The highest price a command may set. Far above any vending price, and low enough that the
+/// price survives JSON's numbers (an `f64` in most readers) to the cent: a fuzzed
+/// `newPrice` of 25555555555555556 came back from its own wire form as a different amount.
+pub const MAX_PRICE: Cents = Cents(100_000_000);
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RawCommand<'a> {
@@ -104,10 +109,10 @@ pub fn decode_command(bytes: &[u8]) -> Result<Command, DecodeError> {
             })?;
             let new_price = Cents::parse(price.get())
                 .map_err(|m| DecodeError::new(ErrorKind::Number, format!("newPrice: {m}")))?;
-            if new_price.0 <= 0 {
+            if new_price.0 <= 0 || new_price > MAX_PRICE {
                 return Err(DecodeError::new(
                     ErrorKind::Number,
-                    format!("newPrice: {new_price} is not positive"),
+                    format!("newPrice: {new_price} is not between 0.01 and {MAX_PRICE}"),
                 ));
             }
             Action::UpdatePrice {
@@ -179,6 +184,14 @@ mod tests {
             }
         );
         assert_eq!(decode_command(c.to_json().as_bytes()), Ok(c));
+        let dearest = Command {
+            action: Action::UpdatePrice {
+                slot_number: 1,
+                new_price: Cents(MAX_PRICE.0 - 1),
+            },
+            ..decode_command(line.as_bytes()).expect("valid")
+        };
+        assert_eq!(decode_command(dearest.to_json().as_bytes()), Ok(dearest));
         let reboot = r#"{"commandId":"c2","machineId":"mach_00001","issuedAt":5,"type":"REBOOT"}"#;
         assert_eq!(
             decode_command(reboot.as_bytes()).map(|c| c.action),
@@ -195,6 +208,11 @@ mod tests {
             ),
             (
                 r#"{"commandId":"c","machineId":"mach_00001","issuedAt":5,"type":"UPDATE_PRICE","slotNumber":1,"newPrice":-1}"#,
+                ErrorKind::Number,
+            ),
+            (
+                // Found by the `command` fuzz target: it read back as a different amount.
+                r#"{"commandId":"c","machineId":"mach_00001","issuedAt":5,"type":"UPDATE_PRICE","slotNumber":1,"newPrice":25555555555555556}"#,
                 ErrorKind::Number,
             ),
             (

@@ -31,6 +31,11 @@ use crate::units::{Cents, MachineId, Micro, Milli, Rounding, Text, Timestamp, pa
 pub const MAX_SALE_LINE: Cents = Cents(100_000);
 /// The most units one sale line may vend.
 pub const MAX_SALE_QUANTITY: u32 = 100;
+/// The largest amount a settlement (one transaction, a whole cart) may carry.
+pub const MAX_SETTLEMENT: Cents = Cents(10_000_000);
+/// The largest magnitude of a sensor reading (°C, dBm, A): far beyond any real sensor, and small
+/// enough that a reading survives JSON's numbers (an `f64` in most readers) to the thousandth.
+pub const MAX_READING: Milli = Milli(1_000_000_000);
 
 /// Timestamps before 2000-01-01 or after 2100-01-01 are refused: they are almost always seconds
 /// sent where milliseconds belong, or an unset clock.
@@ -291,7 +296,15 @@ fn heartbeat(payload: &str) -> Result<Heartbeat, DecodeError> {
     let reading = |field: &str, raw: Option<&RawValue>| -> Result<Option<Milli>, DecodeError> {
         raw.filter(|r| r.get() != "null")
             .map(|r| {
-                decimal_text(field, r).and_then(|t| Milli::parse(t).map_err(|m| number(field, m)))
+                let value = decimal_text(field, r)
+                    .and_then(|t| Milli::parse(t).map_err(|m| number(field, m)))?;
+                if value.0.unsigned_abs() > MAX_READING.0.unsigned_abs() {
+                    return Err(number(
+                        field,
+                        format!("{value} is out of range (±{MAX_READING})"),
+                    ));
+                }
+                Ok(value)
             })
             .transpose()
     };
@@ -358,6 +371,12 @@ fn transaction_id(id: &str) -> Result<(), DecodeError> {
 fn settlement(payload: &str) -> Result<Settlement, DecodeError> {
     let s: RawSettlement = payload_json(payload)?;
     let amount = amount(s.amount)?;
+    if amount > MAX_SETTLEMENT {
+        return Err(number(
+            "amount",
+            format!("{amount} is more than one transaction can be ({MAX_SETTLEMENT})"),
+        ));
+    }
     transaction_id(&s.transaction_id)?;
     let status = SettlementStatus::parse(&s.status).ok_or_else(|| {
         DecodeError::new(
@@ -779,6 +798,9 @@ mod tests {
         );
         assert_eq!(err(r#"{"machineId":"m1","type":"sale","timestamp":1699999800000,"payload":{"slotNumber":1,"productId":"p","amount":2.505,"transactionId":"t"}}"#).kind, ErrorKind::Number);
         assert_eq!(err(r#"{"machineId":"m1","type":"sale","timestamp":1699999800000,"payload":{"slotNumber":1,"productId":"p","amount":-1,"transactionId":"t"}}"#).kind, ErrorKind::Number);
+        // Values that would not read back the same from their own wire form.
+        assert_eq!(err(r#"{"machineId":"m1","type":"heartbeat","timestamp":1699999800000,"payload":{"temperature":25555555555555.556}}"#).kind, ErrorKind::Number);
+        assert_eq!(err(r#"{"machineId":"m1","type":"settlement","timestamp":1699999800000,"payload":{"transactionId":"t9","amount":25555555555555556,"status":"settled"}}"#).kind, ErrorKind::Number);
         // Implausible lines: a machine cannot book a fortune or a truckload in one line.
         assert_eq!(err(r#"{"machineId":"m1","type":"sale","timestamp":1699999800000,"payload":{"slotNumber":1,"productId":"p","amount":92233720368547758.07,"transactionId":"t"}}"#).kind, ErrorKind::Number);
         assert_eq!(err(r#"{"machineId":"m1","type":"sale","timestamp":1699999800000,"payload":{"slotNumber":1,"productId":"p","amount":1000.01,"transactionId":"t"}}"#).kind, ErrorKind::Number);
