@@ -1053,7 +1053,8 @@ struct PublishArgs {
     linger: u64,
     /// Keep every message until the platform's delivery receipt for it arrives
     /// (`machines/{id}/delivered`, sent by `vendflow bridge` once the message is in Kafka), and
-    /// send again what has none after 5 s: what a machine's outbox does, so that nothing is lost
+    /// send again what has none after a timeout (at least 5 s, adapted to how long receipts
+    /// take, doubled while resends go unanswered): what a machine's outbox does, so that nothing is lost
     /// when the broker dies after acknowledging. Needs a bridge (not the demo's embedded broker).
     #[arg(long)]
     receipts: bool,

@@ -387,11 +387,14 @@ pub fn start_mosquitto(program: &Path, dir: &Path, port: u16) -> anyhow::Result<
         format!(
             // `user root`: mosquitto started as root otherwise drops to user `mosquitto`, which
             // cannot write its persistence file into the test's private directory.
-            // `autosave_interval 1`: the in-memory database (sessions, queued messages) is
-            // written every second, not every 30 minutes, so a `kill -9` loses at most the last
-            // second of what was queued for a subscriber that was not connected.
+            // `autosave_interval 5`: the in-memory database (sessions, queued messages) is
+            // written every 5 s, not every 30 minutes, so a `kill -9` finds the sessions saved.
+            // Each save rewrites the whole file from Mosquitto's one thread: at 1 s, a queue
+            // grown to 145 MB behind a slow subscriber was saved back to back and Mosquitto
+            // delivered ~100 messages a second. What a kill loses since the last save the
+            // machines send again (their delivery receipts).
             "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
-             persistence_location {}/\nautosave_interval 1\n\
+             persistence_location {}/\nautosave_interval 5\n\
              max_inflight_messages 200\nmax_queued_messages 0\n{}",
             dir.display(),
             if is_root() { "user root\n" } else { "" }

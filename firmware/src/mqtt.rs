@@ -49,17 +49,102 @@ pub enum PublishError {
     Undelivered { outstanding: u64, waited: Duration },
 }
 
-/// Messages sent and not yet receipted by the platform (`machines/{id}/delivered`), by receipt:
-/// (topic, payload, last sent). What a machine's outbox holds.
+/// Messages sent and not yet receipted by the platform (`machines/{id}/delivered`), by receipt,
+/// and the timer that says when one is sent again. What a machine's outbox holds.
 #[derive(Default)]
 struct Outbox {
-    /// By receipt: (topic, payload, when it is due to be sent again, times sent).
-    unconfirmed: std::collections::HashMap<String, (String, Vec<u8>, Instant, u32)>,
+    unconfirmed: std::collections::HashMap<String, Unconfirmed>,
+    timer: ResendTimer,
 }
 
-/// How long a message first waits for its receipt before it is sent again; each further wait
-/// doubles, up to a minute.
+struct Unconfirmed {
+    topic: String,
+    payload: Vec<u8>,
+    /// When it was first sent (a receipt for a message sent once measures the round trip).
+    first_sent: Instant,
+    /// When it is due to be sent again.
+    due: Instant,
+    times_sent: u32,
+}
+
+impl Outbox {
+    fn insert(&mut self, receipt: String, topic: String, payload: Vec<u8>) {
+        let now = Instant::now();
+        let due = now + self.timer.timeout();
+        self.unconfirmed.insert(
+            receipt,
+            Unconfirmed {
+                topic,
+                payload,
+                first_sent: now,
+                due,
+                times_sent: 1,
+            },
+        );
+    }
+
+    fn receipted(&mut self, receipt: &str) {
+        if let Some(m) = self.unconfirmed.remove(receipt) {
+            // Karn's rule: only a message sent once says how long a round trip takes.
+            if m.times_sent == 1 {
+                self.timer.sample(m.first_sent.elapsed());
+            }
+        }
+    }
+}
+
+/// When a message without a receipt is sent again: TCP's retransmission timer (RFC 6298) over
+/// the receipts' round trips, never under [`RESEND_AFTER`] nor over [`RESEND_AT_MOST_AFTER`],
+/// doubled while resends go unanswered. A platform that is slow rather than gone (a bridge
+/// catching up behind a restarted Kafka) so sees its backlog grow by the fleet's rate, not by
+/// a copy of everything every few seconds.
+#[derive(Default)]
+struct ResendTimer {
+    /// Smoothed round trip and its variation, once a receipt has been measured.
+    srtt: Option<(Duration, Duration)>,
+    /// Doublings since the last measured round trip, and when the last one was.
+    backoff: u32,
+    last_expiry: Option<Instant>,
+}
+
+impl ResendTimer {
+    fn sample(&mut self, rtt: Duration) {
+        self.srtt = Some(match self.srtt {
+            None => (rtt, rtt / 2),
+            Some((srtt, rttvar)) => {
+                let deviation = srtt.abs_diff(rtt);
+                (srtt * 7 / 8 + rtt / 8, rttvar * 3 / 4 + deviation / 4)
+            }
+        });
+        self.backoff = 0;
+        self.last_expiry = None;
+    }
+
+    fn timeout(&self) -> Duration {
+        let base = self
+            .srtt
+            .map_or(RESEND_AFTER, |(srtt, rttvar)| srtt + rttvar * 4)
+            .max(RESEND_AFTER);
+        (base * 2u32.pow(self.backoff.min(6))).min(RESEND_AT_MOST_AFTER)
+    }
+
+    /// A message waited a whole timeout: the timer doubles, at most once per timeout (it is
+    /// one timer for the connection, as TCP's, not one per message).
+    fn expired(&mut self, now: Instant) {
+        if self
+            .last_expiry
+            .is_none_or(|at| now.duration_since(at) >= self.timeout())
+        {
+            self.backoff = self.backoff.saturating_add(1);
+            self.last_expiry = Some(now);
+        }
+    }
+}
+
+/// The shortest wait for a receipt before a message is sent again.
 const RESEND_AFTER: Duration = Duration::from_secs(5);
+/// The longest.
+const RESEND_AT_MOST_AFTER: Duration = Duration::from_secs(60);
 /// Messages sent again at most per second: after an outage the receipts come back over a few
 /// seconds, and sending everything at once would only make the backlog longer.
 const RESEND_PER_SECOND: usize = 2_000;
@@ -95,7 +180,8 @@ impl Publisher {
 
     /// [`Publisher::connect`]; with `receipts`, a message is done only once the platform's
     /// delivery receipt for it came back on `machines/{id}/delivered` (from `vendflow bridge`,
-    /// once the message is durable in Kafka), and a message without one after 5 s is sent again.
+    /// once the message is durable in Kafka), and a message without one after a timeout (5 s at
+    /// least, adapted to the receipts' round trips; see `ResendTimer`) is sent again.
     pub fn connect_with(
         host: &str,
         port: u16,
@@ -168,7 +254,7 @@ impl Publisher {
                                 let receipts = String::from_utf8_lossy(&p.payload);
                                 let mut outbox = outbox.lock().unwrap_or_else(|e| e.into_inner());
                                 for receipt in receipts.lines() {
-                                    outbox.unconfirmed.remove(receipt);
+                                    outbox.receipted(receipt);
                                 }
                             }
                         }
@@ -261,19 +347,11 @@ impl Publisher {
         let body = sign_envelope(envelope, key, Timestamp::now().0, &nonce);
         let topic = topic.of(machine);
         if let Some(outbox) = &self.outbox {
-            outbox
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .unconfirmed
-                .insert(
-                    vendflow_protocol::topics::receipt(body.as_bytes()),
-                    (
-                        topic.clone(),
-                        body.clone().into_bytes(),
-                        Instant::now() + RESEND_AFTER,
-                        1,
-                    ),
-                );
+            outbox.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                vendflow_protocol::topics::receipt(body.as_bytes()),
+                topic.clone(),
+                body.clone().into_bytes(),
+            );
         }
         self.client
             .publish(topic, QoS::AtLeastOnce, false, body)
@@ -285,7 +363,7 @@ impl Publisher {
         Ok(())
     }
 
-    /// Sends again what has waited [`RESEND_AFTER`] for its receipt; answers how many are still
+    /// Sends again what has waited its timeout for its receipt; answers how many are still
     /// without one.
     fn resend(&mut self) -> Result<usize, PublishError> {
         self.last_resend = Instant::now();
@@ -294,20 +372,24 @@ impl Publisher {
         };
         let (due, waiting) = {
             let mut outbox = outbox.lock().unwrap_or_else(|e| e.into_inner());
+            let Outbox { unconfirmed, timer } = &mut *outbox;
             let now = Instant::now();
+            if unconfirmed.values().any(|m| now >= m.due) {
+                timer.expired(now);
+            }
+            let wait = timer.timeout();
             let mut due = Vec::new();
-            for (topic, payload, next, sent) in outbox.unconfirmed.values_mut() {
+            for m in unconfirmed.values_mut() {
                 if due.len() >= RESEND_PER_SECOND {
                     break;
                 }
-                if now >= *next {
-                    *next = now
-                        + (RESEND_AFTER * 2u32.pow((*sent).min(4))).min(Duration::from_secs(60));
-                    *sent += 1;
-                    due.push((topic.clone(), payload.clone()));
+                if now >= m.due {
+                    m.times_sent += 1;
+                    m.due = now + wait;
+                    due.push((m.topic.clone(), m.payload.clone()));
                 }
             }
-            (due, outbox.unconfirmed.len())
+            (due, unconfirmed.len())
         };
         if !due.is_empty() {
             tracing::info!(
@@ -461,4 +543,58 @@ pub fn serve_commands(
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(answered)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_resend_timer_follows_round_trips_and_backs_off_once_per_timeout() {
+        let mut timer = ResendTimer::default();
+        assert_eq!(timer.timeout(), RESEND_AFTER);
+        // Fast receipts never bring it under the floor.
+        timer.sample(Duration::from_millis(20));
+        assert_eq!(timer.timeout(), RESEND_AFTER);
+        // A platform catching up: receipts take 8 s, so waiting 5 s would send everything twice.
+        for _ in 0..20 {
+            timer.sample(Duration::from_secs(8));
+        }
+        let slow = timer.timeout();
+        assert!(slow >= Duration::from_secs(8), "{slow:?}");
+        // Expiries in quick succession double it once; a timeout later, again.
+        let now = Instant::now();
+        timer.expired(now);
+        timer.expired(now + Duration::from_secs(1));
+        assert_eq!(timer.timeout(), (slow * 2).min(RESEND_AT_MOST_AFTER));
+        timer.expired(now + slow * 2);
+        assert_eq!(timer.timeout(), (slow * 4).min(RESEND_AT_MOST_AFTER));
+        for _ in 0..10 {
+            timer.expired(now + RESEND_AT_MOST_AFTER * 100);
+        }
+        assert_eq!(timer.timeout(), RESEND_AT_MOST_AFTER);
+        // A measured round trip ends the back-off.
+        timer.sample(Duration::from_secs(8));
+        assert!(timer.timeout() < RESEND_AT_MOST_AFTER);
+    }
+
+    #[test]
+    fn only_a_message_sent_once_is_a_round_trip() {
+        let mut outbox = Outbox::default();
+        outbox.insert("a".into(), "t".into(), vec![1]);
+        outbox.insert("b".into(), "t".into(), vec![2]);
+        if let Some(m) = outbox.unconfirmed.get_mut("b") {
+            m.times_sent = 2;
+            m.first_sent -= Duration::from_secs(50);
+        }
+        outbox.receipted("b");
+        assert!(
+            outbox.timer.srtt.is_none(),
+            "a resent message measured nothing"
+        );
+        outbox.receipted("a");
+        assert!(outbox.timer.srtt.is_some());
+        outbox.receipted("unknown");
+        assert!(outbox.unconfirmed.is_empty());
+    }
 }

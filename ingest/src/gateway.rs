@@ -91,8 +91,12 @@ pub struct BridgeStats {
     pub received: AtomicU64,
     pub forwarded: AtomicU64,
     pub rejected: AtomicU64,
-    /// Redeliveries of envelopes already in Kafka: acknowledged, not produced again.
+    /// Broker redeliveries (MQTT DUP) of envelopes already in Kafka: acknowledged, not
+    /// produced again.
     pub redelivered: AtomicU64,
+    /// Envelopes a machine sent again (no delivery receipt reached it) that are already in
+    /// Kafka: acknowledged and receipted, not produced again.
+    pub retransmitted: AtomicU64,
     pub kafka_retries: AtomicU64,
     pub mqtt_reconnects: AtomicU64,
     /// Messages produced but not yet acknowledged by Kafka (the bridge's lag).
@@ -111,7 +115,7 @@ impl BridgeStats {
     /// The counters in Prometheus' text format (`GET /metrics`).
     pub fn prometheus(&self) -> String {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let metrics: [(&str, &str, &str, u64); 11] = [
+        let metrics: [(&str, &str, &str, u64); 12] = [
             (
                 "received_total",
                 "counter",
@@ -135,6 +139,12 @@ impl BridgeStats {
                 "counter",
                 "broker redeliveries of envelopes already in Kafka",
                 g(&self.redelivered),
+            ),
+            (
+                "retransmitted_total",
+                "counter",
+                "machines' retransmissions of envelopes already in Kafka",
+                g(&self.retransmitted),
             ),
             (
                 "kafka_retries_total",
@@ -191,12 +201,14 @@ impl BridgeStats {
     pub fn line(&self) -> String {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "received {} forwarded {} rejected {} redelivered {} inflight {} kafka_retries {} mqtt_reconnects {} commands_sent {} commands_refused {}",
+            "received {} forwarded {} rejected {} redelivered {} retransmitted {} inflight {} acks_waiting {} kafka_retries {} mqtt_reconnects {} commands_sent {} commands_refused {}",
             g(&self.received),
             g(&self.forwarded),
             g(&self.rejected),
             g(&self.redelivered),
+            g(&self.retransmitted),
             g(&self.inflight),
+            g(&self.acks_waiting),
             g(&self.kafka_retries),
             g(&self.mqtt_reconnects),
             g(&self.commands_sent),

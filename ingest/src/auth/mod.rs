@@ -216,11 +216,6 @@ pub enum Refusal {
     },
     #[error("nonce {nonce:?} of machine {machine:?} was already used with different content")]
     Replay { machine: String, nonce: String },
-    #[error(
-        "envelope {nonce:?} of machine {machine:?} was already forwarded (a retransmission or a \
-         replay); not forwarded again"
-    )]
-    Duplicate { machine: String, nonce: String },
     #[error("payload of {bytes} bytes is over the limit of {limit} bytes; send smaller batches")]
     TooLarge { bytes: usize, limit: usize },
     #[error(
@@ -237,7 +232,6 @@ impl Refusal {
             Refusal::Auth(a) => a.code(),
             Refusal::Stale { .. } => "stale",
             Refusal::Replay { .. } => "replay",
-            Refusal::Duplicate { .. } => "duplicate",
             Refusal::TooLarge { .. } => "too_large",
             Refusal::Legacy(_) => "legacy_credentials",
         }

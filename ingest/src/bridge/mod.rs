@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rumqttc::{Client, ConnectionError, Event, MqttOptions, Packet, Publish, QoS};
+use rumqttc::{Client, Event, MqttOptions, Packet, Publish, QoS};
 use vendflow_protocol::Timestamp;
 use vendflow_protocol::auth::Signed;
 use vendflow_protocol::topics::Topic;
@@ -86,6 +86,8 @@ pub enum BridgeError {
     Producer(RdError),
     #[error(transparent)]
     Http(#[from] crate::http::ServeError),
+    #[error("cannot start the MQTT thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// One MQTT message on its way: acknowledged once Kafka has it and everything before it.
@@ -97,6 +99,8 @@ struct Pending {
     done: bool,
     /// For the verifier once durable.
     signed: Option<Signed>,
+    /// When it was taken: the oldest waiting long holds back every acknowledgement behind it.
+    taken: Instant,
 }
 
 /// A produce to (re)try.
@@ -171,6 +175,9 @@ impl ProducerContext for Ctx {
             .store(shared.pending.len() as u64, Ordering::Relaxed);
     }
 }
+
+/// How long the oldest message may wait for Kafka before the bridge says so.
+const STALLED: Duration = Duration::from_secs(30);
 
 /// Receipts waiting for the MQTT client at most (the oldest go first when more are due).
 const MAX_RECEIPTS: usize = 100_000;
@@ -253,7 +260,7 @@ pub fn run(
     if let Some((user, pass)) = &config.mqtt_credentials {
         options.set_credentials(user, pass);
     }
-    let (client, mut connection) = Client::new(options, 1024);
+    let (client, connection) = Client::new(options, 1024);
 
     let shared = Arc::new(Mutex::new(Shared {
         pending: VecDeque::new(),
@@ -294,9 +301,39 @@ pub fn run(
         })
     };
 
+    // The connection is driven by a thread of its own, always polling: rumqttc hands the
+    // broker one request (an acknowledgement, a receipt) per poll, and a loop that polls only
+    // between its own work let thousands of acknowledgements wait (seen: 4,600), which holds
+    // Mosquitto's inflight window shut and starves the bridge of messages.
+    let (events_tx, events) = std::sync::mpsc::sync_channel(EVENT_BATCH);
+    let driver_done = Arc::new(AtomicBool::new(false));
+    let driver = {
+        let (stats, host, port, done) = (
+            stats.clone(),
+            config.mqtt_host.clone(),
+            config.mqtt_port,
+            driver_done.clone(),
+        );
+        std::thread::Builder::new()
+            .name("bridge-mqtt".into())
+            .spawn(move || drive(connection, events_tx, &stats, &host, port, &done))
+            .map_err(BridgeError::Thread)?
+    };
     let mut last_status = Instant::now();
-    let mut backoff = Duration::from_millis(100);
+    let mut subscriptions_due: Vec<&str> = Vec::new();
     while !stop.load(Ordering::SeqCst) {
+        while let Some(filter) = subscriptions_due.last() {
+            match client.try_subscribe(*filter, QoS::AtLeastOnce) {
+                Ok(()) => {
+                    subscriptions_due.pop();
+                }
+                Err(rumqttc::ClientError::TryRequest(_)) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot subscribe {filter}");
+                    subscriptions_due.pop();
+                }
+            }
+        }
         // Retries first, in sequence order, so Kafka sees a machine's envelopes in order.
         let mut retries = {
             let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
@@ -328,79 +365,129 @@ pub fn run(
         if last_status.elapsed() >= Duration::from_secs(10) {
             last_status = Instant::now();
             tracing::info!("bridge: {}", stats.line());
-        }
-        let event = match connection.recv_timeout(Duration::from_millis(100)) {
-            Ok(Ok(event)) => {
-                backoff = Duration::from_millis(100);
-                event
-            }
-            Ok(Err(e)) => {
-                report_connection_error(&e, config, backoff);
-                stats.mqtt_reconnects.fetch_add(1, Ordering::Relaxed);
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
-            }
-            Err(rumqttc::RecvTimeoutError::Timeout) => continue,
-            Err(rumqttc::RecvTimeoutError::Disconnected) => break,
-        };
-        match event {
-            Event::Incoming(Packet::ConnAck(ack)) => {
-                // Packet ids of the previous connection mean nothing now; what was not
-                // acknowledged there comes again.
-                {
-                    let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
-                    s.connection += 1;
-                    s.acks.clear();
-                }
-                tracing::info!(
-                    session_present = ack.session_present,
-                    "connected to mqtt {}:{}",
-                    config.mqtt_host,
-                    config.mqtt_port
+            let s = shared.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(oldest) = s.pending.front().filter(|p| p.taken.elapsed() > STALLED) {
+                tracing::warn!(
+                    topic = %oldest.publish.topic,
+                    seq = oldest.seq,
+                    waited_s = oldest.taken.elapsed().as_secs(),
+                    done = oldest.done,
+                    kafka_in_flight = producer.in_flight_count(),
+                    retries_waiting = s.retry.len(),
+                    "the oldest message still waits for Kafka; every acknowledgement and receipt behind it waits too"
                 );
-                for filter in [TELEMETRY_FILTER, ACKS_FILTER] {
-                    if let Err(e) = client.try_subscribe(filter, QoS::AtLeastOnce) {
-                        tracing::error!(error = %e, "cannot subscribe {filter}");
+            }
+        }
+        let first = match events.recv_timeout(Duration::from_millis(100)) {
+            Ok(event) => event,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        let batch = std::iter::once(first).chain(events.try_iter().take(EVENT_BATCH));
+        for event in batch {
+            match event {
+                Event::Incoming(Packet::ConnAck(ack)) => {
+                    // Packet ids of the previous connection mean nothing now; what was not
+                    // acknowledged there comes again.
+                    {
+                        let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+                        s.connection += 1;
+                        s.acks.clear();
+                    }
+                    tracing::info!(
+                        session_present = ack.session_present,
+                        "connected to mqtt {}:{}",
+                        config.mqtt_host,
+                        config.mqtt_port
+                    );
+                    // Subscribed at the top of the loop, as soon as the client's request channel
+                    // takes it: it may be full of acknowledgements and receipts for this very
+                    // connection, and a subscription dropped here would leave a session without
+                    // one (`session_present=false`) receiving nothing.
+                    subscriptions_due = vec![ACKS_FILTER, TELEMETRY_FILTER];
+                }
+                Event::Incoming(Packet::SubAck(ack)) => {
+                    // From here on the broker keeps telemetry for this session even while the
+                    // bridge is away; before the first subscription it has nowhere to keep it.
+                    tracing::info!(return_codes = ?ack.return_codes, "subscribed");
+                }
+                Event::Incoming(Packet::PubAck(_)) => downlink.acknowledged(&stats),
+                Event::Incoming(Packet::Publish(publish)) => {
+                    stats.received.fetch_add(1, Ordering::Relaxed);
+                    let mut out = {
+                        let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+                        admit(
+                            &mut s,
+                            &stats,
+                            publish,
+                            config.max_payload,
+                            &pending_commands,
+                        )
+                    };
+                    while let Some(o) = out.take() {
+                        if let Err(o) = send(o) {
+                            // Queue full: wait for deliveries, then try the same message again.
+                            producer.poll(Duration::from_millis(10));
+                            out = Some(o);
+                        }
+                        if stop.load(Ordering::SeqCst) {
+                            break;
+                        }
                     }
                 }
+                _ => {}
             }
-            Event::Incoming(Packet::SubAck(ack)) => {
-                // From here on the broker keeps telemetry for this session even while the
-                // bridge is away; before the first subscription it has nowhere to keep it.
-                tracing::info!(return_codes = ?ack.return_codes, "subscribed");
-            }
-            Event::Incoming(Packet::PubAck(_)) => downlink.acknowledged(&stats),
-            Event::Incoming(Packet::Publish(publish)) => {
-                stats.received.fetch_add(1, Ordering::Relaxed);
-                let mut out = {
-                    let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
-                    admit(
-                        &mut s,
-                        &stats,
-                        publish,
-                        config.max_payload,
-                        &pending_commands,
-                    )
-                };
-                while let Some(o) = out.take() {
-                    if let Err(o) = send(o) {
-                        // Queue full: wait for deliveries, then try the same message again.
-                        producer.poll(Duration::from_millis(10));
-                        out = Some(o);
-                    }
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                }
-            }
-            _ => {}
         }
     }
     tracing::info!("bridge stopping: {}", stats.line());
     // Give Kafka a moment for what is in flight; anything not acknowledged stays with the broker.
     let _ = producer.flush(Duration::from_secs(5));
+    // The driver ends once told, or once its connection has no client left.
+    driver_done.store(true, Ordering::SeqCst);
+    let _ = client.disconnect();
+    drop(client);
+    drop(downlink);
+    drop(events);
+    let _ = driver.join();
     Ok(())
+}
+
+/// MQTT events taken per turn of the bridge's loop, and the driver's queue.
+const EVENT_BATCH: usize = 1024;
+
+/// Polls the MQTT connection for ever, handing its events to the bridge's loop (which keeps up:
+/// the queue is bounded, so a slow loop slows the reading, not the memory); reconnects with
+/// backoff. Ends when the loop or every client is gone.
+fn drive(
+    mut connection: rumqttc::Connection,
+    events: std::sync::mpsc::SyncSender<Event>,
+    stats: &BridgeStats,
+    host: &str,
+    port: u16,
+    done: &AtomicBool,
+) {
+    let mut backoff = Duration::from_millis(100);
+    while !done.load(Ordering::SeqCst) {
+        match connection.recv() {
+            Ok(Ok(event)) => {
+                backoff = Duration::from_millis(100);
+                if events.send(event).is_err() {
+                    return;
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(
+                    error = %e,
+                    "mqtt {host}:{port} unavailable; retrying in {} ms",
+                    backoff.as_millis()
+                );
+                stats.mqtt_reconnects.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(rumqttc::RecvError) => return,
+        }
+    }
 }
 
 /// Hands the MQTT client the acknowledgements that are due, in order, as many as its request
@@ -446,6 +533,10 @@ fn send_acks(shared: &Mutex<Shared>, client: &Client, stats: &BridgeStats) {
     stats
         .acks_waiting
         .store(s.acks.len() as u64, Ordering::Relaxed);
+    // Released above: what is left waits for Kafka, or behind one that does.
+    stats
+        .inflight
+        .store(s.pending.len() as u64, Ordering::Relaxed);
 }
 
 /// Serves `POST /api/telemetry` on `addr` from a runtime of its own, into the same topics.
@@ -479,16 +570,6 @@ fn serve_http(
     )?)
 }
 
-fn report_connection_error(e: &ConnectionError, config: &BridgeConfig, backoff: Duration) {
-    tracing::warn!(
-        error = %e,
-        "mqtt {}:{} unavailable; retrying in {} ms",
-        config.mqtt_host,
-        config.mqtt_port,
-        backoff.as_millis()
-    );
-}
-
 /// Checks one message and queues it; returns what to produce.
 fn admit(
     s: &mut Shared,
@@ -514,16 +595,6 @@ fn admit(
                 &publish.payload,
                 now,
             )?;
-            // The same bytes again: the broker redelivering after a reconnect says so (DUP); a
-            // fresh copy is a machine retransmitting or someone replaying, and is reported.
-            if let Admission::AlreadyForwarded { nonce } = &admission
-                && !publish.dup
-            {
-                return Err(Refusal::Duplicate {
-                    machine: machine.to_owned(),
-                    nonce: nonce.clone(),
-                });
-            }
             Ok((machine.to_owned(), admission))
         });
     let (out, signed) = match verdict {
@@ -539,8 +610,18 @@ fn admit(
                 signed,
             )
         }
-        Ok((_, Admission::AlreadyForwarded { .. })) => {
-            stats.redelivered.fetch_add(1, Ordering::Relaxed);
+        // The same bytes again, already durable: the broker redelivering after a reconnect (its
+        // DUP flag), or the machine sending again what it has no delivery receipt for. Either
+        // way it is acknowledged and receipted (again), not produced again. Someone replaying a
+        // captured envelope within the freshness window gains nothing either: it is not
+        // forwarded. (The same nonce with other bytes is a `replay`, refused and reported.)
+        Ok((machine, Admission::AlreadyForwarded { nonce })) => {
+            if publish.dup {
+                stats.redelivered.fetch_add(1, Ordering::Relaxed);
+            } else {
+                stats.retransmitted.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::debug!(machine_id = %machine, %nonce, dup = publish.dup, "already forwarded; receipted again");
             (None, None)
         }
         Err(refusal) => {
@@ -564,6 +645,7 @@ fn admit(
         publish,
         done: out.is_none(),
         signed,
+        taken: Instant::now(),
     });
     stats
         .inflight

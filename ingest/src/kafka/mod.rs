@@ -106,6 +106,11 @@ pub fn client_config(brokers: &str) -> ClientConfig {
         // Quick reconnects with a ceiling: a broker restart costs seconds, not minutes.
         .set("reconnect.backoff.ms", "100")
         .set("reconnect.backoff.max.ms", "5000");
+    // librdkafka's own debug contexts (e.g. `msg,eos,broker`), logged through `tracing`: for a
+    // post-mortem of a produce that never completes.
+    if let Ok(contexts) = std::env::var("VENDFLOW_KAFKA_DEBUG") {
+        config.set("debug", contexts);
+    }
     config
 }
 
