@@ -70,15 +70,20 @@ try {
   });
   const machines = Number(await page.getAttribute("#map", "data-machines"));
   await shot("1-fleet");
-  // A machine with no alert yet (not in the feed), for the overheating step.
-  const feed = await page.textContent("#alerts-feed");
-  const quiet = await page.evaluate(async (feedText) => {
-    const token = sessionStorage.getItem("vendflow-token");
-    const r = await fetch("/api/dashboard/map", { headers: { Authorization: `Bearer ${token}` } });
-    const m = await r.json();
-    const row = m.machines.find(([id, , , , status, alerts]) => alerts === 0 && status === "active" && !feedText.includes(id));
-    return row ? row[0] : null;
-  }, feed);
+  // A machine with no alert yet (not in the feed), for the overheating step. Right after the
+  // start a machine may not be active yet (no heartbeat in the views): ask again until one is.
+  let quiet = null;
+  for (const started = Date.now(); !quiet && Date.now() - started < STEP_MS; ) {
+    const feed = await page.textContent("#alerts-feed");
+    quiet = await page.evaluate(async (feedText) => {
+      const token = sessionStorage.getItem("vendflow-token");
+      const r = await fetch("/api/dashboard/map", { headers: { Authorization: `Bearer ${token}` } });
+      const m = await r.json();
+      const row = m.machines.find(([id, , , , status, alerts]) => alerts === 0 && status === "active" && !feedText.includes(id));
+      return row ? row[0] : null;
+    }, feed);
+    if (!quiet) await page.waitForTimeout(500);
+  }
   if (!quiet) await fail("no active machine without alerts to overheat");
   console.log(`READY ${JSON.stringify({ machines, quiet })}`);
 
