@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use vendflow_benches::release_bin;
 use vendflow_tests::{
-    Daemon, bridge_metric, free_port, require_program, start_bridge, start_mosquitto, start_tansu,
+    Daemon, bridge_metric, free_port, require_mosquitto, require_program, require_tansu,
+    start_bridge, start_mosquitto, start_tansu,
 };
 
 struct Args {
@@ -89,11 +90,8 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
 fn main() -> anyhow::Result<()> {
     let args = args()?;
     let bin = release_bin()?;
-    let home = PathBuf::from(std::env::var("HOME").unwrap_or_default());
-    let mosquitto_bin = require_program("mosquitto", &[PathBuf::from("/usr/sbin/mosquitto")])?
-        .context("mosquitto is not installed")?;
-    let tansu_bin = require_program("tansu", &[home.join(".cargo/bin/tansu")])?
-        .context("tansu is not installed")?;
+    let mosquitto_bin = require_mosquitto()?.context("mosquitto is not installed")?;
+    let tansu_bin = require_tansu()?.context("tansu is not installed")?;
     let curl = require_program("curl", &[])?.context("curl is not installed")?;
     let dir = tempfile::tempdir()?;
     let d = dir.path();

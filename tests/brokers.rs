@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use vendflow_tests::{
-    Daemon, Table, TansuStorage, fixed, free_port, require_program, start_mosquitto, start_tansu,
-    start_tansu_with, tail, vendflow, vendflow_bin,
+    Daemon, Table, TansuStorage, fixed, free_port, require_mosquitto, require_program,
+    require_tansu, start_mosquitto, start_tansu, start_tansu_with, tail, vendflow, vendflow_bin,
 };
 
 type Revenue = BTreeMap<(String, String), (i64, i64, i64)>;
@@ -1265,10 +1265,7 @@ fn wait_for_registry(out: &Path, machines: usize, engine: &Daemon) -> anyhow::Re
 #[test]
 fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts()
 -> anyhow::Result<()> {
-    let home = PathBuf::from(std::env::var("HOME").unwrap_or_default());
-    let Some(mosquitto_bin) =
-        require_program("mosquitto", &[PathBuf::from("/usr/sbin/mosquitto")])?
-    else {
+    let Some(mosquitto_bin) = require_mosquitto()? else {
         return Ok(());
     };
     let Some(mosquitto_pub) = require_program("mosquitto_pub", &[])? else {
@@ -1280,7 +1277,7 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
     let Some(openssl) = require_program("openssl", &[])? else {
         return Ok(());
     };
-    let Some(tansu_bin) = require_program("tansu", &[home.join(".cargo/bin/tansu")])? else {
+    let Some(tansu_bin) = require_tansu()? else {
         return Ok(());
     };
     let Some(psql_bin) = require_program("psql", &[])? else {
@@ -1597,10 +1594,7 @@ fn duplicates_by_kind(out: &Path) -> anyhow::Result<BTreeMap<String, i64>> {
 #[test]
 fn brokers_killed_with_kill_9_while_the_fleet_publishes_lose_nothing_and_count_nothing_twice()
 -> anyhow::Result<()> {
-    let home = PathBuf::from(std::env::var("HOME").unwrap_or_default());
-    let Some(mosquitto_bin) =
-        require_program("mosquitto", &[PathBuf::from("/usr/sbin/mosquitto")])?
-    else {
+    let Some(mosquitto_bin) = require_mosquitto()? else {
         return Ok(());
     };
     let Some(curl) = require_program("curl", &[])? else {
@@ -1609,7 +1603,7 @@ fn brokers_killed_with_kill_9_while_the_fleet_publishes_lose_nothing_and_count_n
     let Some(openssl) = require_program("openssl", &[])? else {
         return Ok(());
     };
-    let Some(tansu_bin) = require_program("tansu", &[home.join(".cargo/bin/tansu")])? else {
+    let Some(tansu_bin) = require_tansu()? else {
         return Ok(());
     };
     let (_guard, dir) = test_dir()?;

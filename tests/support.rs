@@ -171,6 +171,17 @@ pub fn tools_required() -> bool {
         || std::env::var("VENDFLOW_TOOLS_REQUIRED").is_ok_and(|v| v == "1")
 }
 
+/// `mosquitto`, where Debian puts it or on the PATH ([`require_program`]).
+pub fn require_mosquitto() -> anyhow::Result<Option<PathBuf>> {
+    require_program("mosquitto", &[PathBuf::from("/usr/sbin/mosquitto")])
+}
+
+/// `tansu`, where `tests/install.sh` puts it (`cargo install`) or on the PATH.
+pub fn require_tansu() -> anyhow::Result<Option<PathBuf>> {
+    let home = PathBuf::from(std::env::var("HOME").unwrap_or_default());
+    require_program("tansu", &[home.join(".cargo/bin/tansu")])
+}
+
 /// Finds an external program; `None` means skip (only when not [`tools_required`]).
 pub fn require_program(name: &str, candidates: &[PathBuf]) -> anyhow::Result<Option<PathBuf>> {
     let found = candidates.iter().find(|p| p.exists()).cloned().or_else(|| {
