@@ -194,6 +194,9 @@ fn parse_duration_ms(text: &str) -> Option<u64> {
     n.checked_mul(factor)
 }
 
+/// How deep expressions and subqueries may nest in a query.
+pub const MAX_NESTING: usize = 20;
+
 /// Parses `sql` once and admits each of its statements, or refuses the whole text.
 pub fn admit(sql: &str) -> Result<Vec<Admitted>, GateError> {
     if sql.len() > MAX_SQL_BYTES {
@@ -202,7 +205,13 @@ pub fn admit(sql: &str) -> Result<Vec<Admitted>, GateError> {
             sql.len()
         )));
     }
-    let statements = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+    // Nesting is bounded well below sqlparser's default (50): the parser backtracks on
+    // parentheses, and a fuzzed 256-byte text nested ~30 deep took it over 10 s.
+    let parsed = Parser::new(&PostgreSqlDialect {})
+        .with_recursion_limit(MAX_NESTING)
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_statements());
+    let statements = match parsed {
         Ok(s) => s,
         Err(e) => {
             // DataFusion's own statements (CREATE EXTERNAL TABLE, COPY … TO) are not in the
@@ -537,5 +546,20 @@ mod tests {
             admit("BEGIN; SELECT 1; COMMIT").map(|v| v.len()).ok(),
             Some(3)
         );
+    }
+
+    #[test]
+    fn deeply_nested_text_is_refused_quickly() {
+        // Found by the `sql_gate` fuzz target (fuzz/regressions/sql_gate/): over 10 s to parse.
+        let text = include_bytes!(
+            "../../../fuzz/regressions/sql_gate/timeout-551ac8c0b09a8e8d9cc62aab59053882b1761497"
+        );
+        let started = std::time::Instant::now();
+        let _ = admit(&String::from_utf8_lossy(text));
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        let nested = format!("SELECT {}1{}", "(".repeat(40), ")".repeat(40));
+        assert!(matches!(admit(&nested), Err(GateError::Invalid(_))));
+        let fine = format!("SELECT {}1{}", "(".repeat(8), ")".repeat(8));
+        assert!(admit(&fine).is_ok());
     }
 }
