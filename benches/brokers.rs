@@ -12,7 +12,6 @@
 //!  --machines 50000 --seconds 120]`. Needs `mosquitto` and `tansu` (tests/run-all.sh installs
 //! them) and `cargo build --release --bins`.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 

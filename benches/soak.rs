@@ -12,7 +12,6 @@
 //!  --sample-secs 30 --tansu sqlite|memory]`. Needs `mosquitto` and `tansu`
 //! (tests/install.sh installs them) and `cargo build --release --bins`.
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -101,6 +100,24 @@ fn growth(first: f64, last: f64) -> String {
     )
 }
 
+/// A child process killed when dropped.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl KillOnDrop {
+    fn child(&mut self) -> anyhow::Result<&mut std::process::Child> {
+        self.0.as_mut().context("the publisher is gone")
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let args = args()?;
     let bin = release_bin()?;
@@ -142,7 +159,7 @@ fn main() -> anyhow::Result<()> {
         &d.join("engine.log"),
     )?;
     let hours = args.minutes * args.speed / 60.0;
-    let mut publisher = Command::new(&bin)
+    let publisher = Command::new(&bin)
         .args([
             "publish",
             "--mqtt",
@@ -161,6 +178,8 @@ fn main() -> anyhow::Result<()> {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;
+    // Stopped with the bench, whatever ends it (an error, a failed sample, Ctrl-C of cargo).
+    let mut publisher = KillOnDrop(Some(publisher));
     println!(
         "soak: {} machines at {}× real time for {} min (tansu on {:?}); a sample every {} s",
         args.machines, args.speed, args.minutes, args.tansu, args.sample_secs
@@ -175,7 +194,7 @@ fn main() -> anyhow::Result<()> {
     let mut samples: Vec<Sample> = Vec::new();
     let mut next = Duration::from_secs_f64(args.sample_secs);
     let publisher_done = loop {
-        if let Some(status) = publisher.try_wait()? {
+        if let Some(status) = publisher.child()?.try_wait()? {
             break status;
         }
         if started.elapsed() >= next {
@@ -215,7 +234,11 @@ fn main() -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    let out = publisher.wait_with_output()?;
+    let out = publisher
+        .0
+        .take()
+        .context("the publisher is gone")?
+        .wait_with_output()?;
     let said = String::from_utf8_lossy(&out.stdout);
     if !publisher_done.success() {
         bail!("the publisher failed: {said}");
