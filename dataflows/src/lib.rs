@@ -56,7 +56,7 @@ pub mod views;
 pub use config::Config;
 pub use engine::{Batch, Engine, EngineError, Feeder, Feeders, peak_rss_bytes};
 pub use errors::ErrorRecord;
-pub use operators::{ExpiringSet, Time};
+pub use operators::{ExpiringMap, ExpiringSet, Time};
 pub use row::{ColumnType, Row, Value};
 pub use summary::FleetSummary;
 pub use view_store::{Change, Snapshot, StoreError, Subscription, SubscriptionEnd, ViewStore};

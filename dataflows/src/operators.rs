@@ -84,43 +84,49 @@ impl<'s, D: Data, R: Abelian + Data> Temporal<'s, D, R> for VecCollection<'s, Ti
     }
 }
 
-/// Keys that each stay until their own expiry time: the state of a keyed operator with a horizon
-/// (dedup fingerprints, first sightings).
-pub struct ExpiringSet<K> {
-    live: FastSet<K>,
+/// Keys, each with a value, that each stay until their own expiry time: the state of a keyed
+/// operator with a horizon (dedup fingerprints, first sightings, the bridge's nonces).
+pub struct ExpiringMap<K, V> {
+    live: FastMap<K, V>,
     expiries: BTreeMap<Time, Vec<K>>,
 }
 
-impl<K> Default for ExpiringSet<K> {
+impl<K, V> Default for ExpiringMap<K, V> {
     fn default() -> Self {
-        ExpiringSet {
-            live: FastSet::default(),
+        ExpiringMap {
+            live: FastMap::default(),
             expiries: BTreeMap::new(),
         }
     }
 }
 
-impl<K: Hash + Eq + Clone> ExpiringSet<K> {
-    /// Adds `key` until `expires`; false if it is already there.
-    pub fn insert(&mut self, key: K, expires: Time) -> bool {
-        let new = self.live.insert(key.clone());
-        if new {
-            self.expiries.entry(expires).or_default().push(key);
+impl<K: Hash + Eq + Clone, V> ExpiringMap<K, V> {
+    /// Adds `key` with `value` until `expires`; false (and nothing changed) if it is already there.
+    pub fn insert(&mut self, key: K, value: V, expires: Time) -> bool {
+        match self.live.entry(key) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(e) => {
+                self.expiries
+                    .entry(expires)
+                    .or_default()
+                    .push(e.key().clone());
+                e.insert(value);
+                true
+            }
         }
-        new
     }
 
-    /// Whether `key` is live.
-    pub fn contains(&self, key: &K) -> bool {
-        self.live.contains(key)
+    /// The value of `key`, while it is live.
+    pub fn get(&self, key: &K) -> Option<&V> {
+        self.live.get(key)
     }
 
-    /// Drops every key whose expiry is at or before `now`.
-    pub fn expire(&mut self, now: Time) {
-        self.expire_with(now, |_, _| {});
+    /// Whether nothing is live.
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty() && self.expiries.is_empty()
     }
 
-    /// Like [`ExpiringSet::expire`], telling `gone` each key it drops, with its expiry.
+    /// Drops every key whose expiry is at or before `now`, telling `gone` each, with its expiry.
     pub fn expire_with(&mut self, now: Time, mut gone: impl FnMut(Time, &K)) {
         while let Some(entry) = self.expiries.first_entry() {
             if *entry.key() > now {
@@ -132,6 +138,37 @@ impl<K: Hash + Eq + Clone> ExpiringSet<K> {
                 self.live.remove(&key);
             }
         }
+    }
+}
+
+/// Keys that each stay until their own expiry time.
+pub struct ExpiringSet<K>(ExpiringMap<K, ()>);
+
+impl<K> Default for ExpiringSet<K> {
+    fn default() -> Self {
+        ExpiringSet(ExpiringMap::default())
+    }
+}
+
+impl<K: Hash + Eq + Clone> ExpiringSet<K> {
+    /// Adds `key` until `expires`; false if it is already there.
+    pub fn insert(&mut self, key: K, expires: Time) -> bool {
+        self.0.insert(key, (), expires)
+    }
+
+    /// Whether `key` is live.
+    pub fn contains(&self, key: &K) -> bool {
+        self.0.get(key).is_some()
+    }
+
+    /// Drops every key whose expiry is at or before `now`.
+    pub fn expire(&mut self, now: Time) {
+        self.0.expire_with(now, |_, _| {});
+    }
+
+    /// Like [`ExpiringSet::expire`], telling `gone` each key it drops, with its expiry.
+    pub fn expire_with(&mut self, now: Time, gone: impl FnMut(Time, &K)) {
+        self.0.expire_with(now, gone);
     }
 }
 

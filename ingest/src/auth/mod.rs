@@ -9,11 +9,12 @@
 //! and its line is replaced by its public key (the file rewritten) as soon as its firmware
 //! enrols one.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use vendflow_dataflows::ExpiringMap;
 use vendflow_protocol::auth::{
     AuthError, PublicKey, SecretHash, Signed, StoredKey, verify_envelope,
 };
@@ -259,9 +260,7 @@ pub struct Verifier {
     /// (machine, nonce), as a 128-bit digest → digest of the forwarded bytes, while within the
     /// skew window. Fixed-size keys: at 10,000 envelopes/s the window holds 9 M of them, and
     /// two strings per key (kept twice, for expiry) made this the bridge's largest state.
-    seen: HashMap<NonceKey, [u8; 32]>,
-    /// When each key leaves `seen`: ms → keys.
-    expiries: BTreeMap<i64, Vec<NonceKey>>,
+    seen: ExpiringMap<NonceKey, [u8; 32]>,
 }
 
 /// A (machine, nonce) pair as the first 128 bits of its SHA-256: no allocation per envelope,
@@ -296,8 +295,7 @@ impl Verifier {
             credentials,
             max_skew_ms,
             allow_legacy: true,
-            seen: HashMap::new(),
-            expiries: BTreeMap::new(),
+            seen: ExpiringMap::default(),
         }
     }
 
@@ -381,22 +379,12 @@ impl Verifier {
     /// Records a forwarded envelope's nonce, so a redelivery is recognised and a replay refused.
     pub fn forwarded(&mut self, signed: &Signed, bytes: &[u8]) {
         let key = nonce_key(signed.machine_id.as_str(), &signed.nonce);
-        let until = signed.sent_at.saturating_add(self.max_skew_ms);
-        if let std::collections::hash_map::Entry::Vacant(e) = self.seen.entry(key) {
-            e.insert(digest_of(bytes));
-            self.expiries.entry(until).or_default().push(key);
-        }
+        let until = signed.sent_at.saturating_add(self.max_skew_ms).max(0) as u64;
+        self.seen.insert(key, digest_of(bytes), until);
     }
 
     fn expire(&mut self, now_ms: i64) {
-        while let Some(entry) = self.expiries.first_entry() {
-            if *entry.key() > now_ms {
-                break;
-            }
-            for key in entry.remove() {
-                self.seen.remove(&key);
-            }
-        }
+        self.seen.expire_with(now_ms.max(0) as u64, |_, _| {});
     }
 }
 
@@ -530,7 +518,6 @@ mod tests {
         // Past the window the nonce is forgotten (and the envelope is stale anyway).
         v.expire(1_000_000);
         assert!(v.seen.is_empty());
-        assert!(v.expiries.is_empty());
     }
 
     #[test]
