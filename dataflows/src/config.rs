@@ -36,6 +36,9 @@ pub struct Config {
     /// settlement) after its last record arrives: processors settle a day or two after a sale.
     /// 0: no matching (the settlement views stay empty; no card transaction is held).
     pub settlement_days: i64,
+    /// How long a card transaction stays in memory after its last record; for the rest of
+    /// `settlement_days` it waits on disk ([`crate::parked`]).
+    pub settlement_memory_ms: i64,
     /// How many days of per-day revenue are kept live (older days live in the Parquet history).
     pub revenue_retention_days: i64,
     /// A machine without a heartbeat for this long is offline.
@@ -70,6 +73,7 @@ impl Default for Config {
             window_retention_ms: 48 * MS_PER_HOUR,
             revenue_retention_days: 35,
             settlement_days: 7,
+            settlement_memory_ms: MS_PER_DAY,
             offline_after_ms: 120_000,
             low_stock_percent: 20,
             demand_days: 28,

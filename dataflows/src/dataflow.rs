@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::errors::ErrorRecord;
 use crate::ledger::Ledger;
 use crate::operators::{FastSet, Fork, Time, fork, ship};
+use crate::parked::Parked;
 use crate::row::Row;
 use crate::sales::SaleLine;
 use crate::views::CATALOG;
@@ -44,6 +45,8 @@ pub(crate) struct Inputs<'s> {
     pub clock: VecCollection<'s, Time, Timestamp>,
     /// This worker's sale-line ledger.
     pub ledger: Ledger,
+    /// This worker's store of card transactions waiting on disk for their settlement.
+    pub parked: Parked,
 }
 
 /// The events split by what reads them, in one pass: a collection read by several operators is
@@ -188,6 +191,7 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
         commands,
         clock,
         ledger,
+        parked,
     } = inputs;
 
     let location_zone = registry.clone().flat_map(|r| match r {
@@ -220,7 +224,7 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
     let liveness = liveness::render(events.heartbeats, registry, config);
     let dex = dex::render(events.audits, sales.accepted.clone(), config);
     let (settlement_daily, settlement_exceptions, _) = fork(
-        settlement::render(sales.accepted.clone(), events.settlements, config),
+        settlement::render(sales.accepted.clone(), events.settlements, parked, config),
         "Settlement: split",
         |o| match o {
             settlement::Out::Daily(d) => Fork::<_, _, Infallible>::A(d),

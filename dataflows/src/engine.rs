@@ -30,6 +30,7 @@ use crate::dataflow::{Inputs, build};
 use crate::errors::ErrorRecord;
 use crate::ledger::Ledger;
 use crate::operators::Time;
+use crate::parked::Parked;
 use crate::view_store::{self, ViewPusher, ViewStore};
 
 /// Batches waiting per worker before a feeder blocks.
@@ -41,6 +42,8 @@ pub enum EngineError {
     Start(String),
     #[error(transparent)]
     Ledger(#[from] crate::ledger::LedgerError),
+    #[error(transparent)]
+    Parked(#[from] crate::parked::ParkedError),
     #[error("cannot create the engine's state directory: {0}")]
     StateDir(std::io::Error),
     #[error("a dataflow worker failed: {0}")]
@@ -240,9 +243,12 @@ impl Engine {
             (None, Some(t)) => t.path().to_owned(),
             (None, None) => std::env::temp_dir(),
         };
-        let ledgers: Vec<Option<Ledger>> = (0..workers)
-            .map(|i| Ledger::for_worker(&state_dir, i).map(Some))
-            .collect::<Result<_, _>>()?;
+        let mut ledgers: Vec<Option<(Ledger, Parked)>> = Vec::with_capacity(workers);
+        for i in 0..workers {
+            let ledger = Ledger::for_worker(&state_dir, i)?;
+            let parked = Parked::for_worker(&state_dir, "settlement", i)?;
+            ledgers.push(Some((ledger, parked)));
+        }
         let ledgers = Arc::new(Mutex::new(ledgers));
         let (store, capture_tx, store_thread) = view_store::start(workers);
         let mut senders = Vec::with_capacity(workers);
@@ -265,11 +271,11 @@ impl Engine {
             let rx = receivers.lock().ok().and_then(|mut r| r[index].take());
             let tx = capture_tx.lock().map(|t| t.clone()).ok();
             let ledger = ledgers.lock().ok().and_then(|mut l| l[index].take());
-            let (Some(rx), Some(tx), Some(ledger)) = (rx, tx, ledger) else {
+            let (Some(rx), Some(tx), Some((ledger, parked))) = (rx, tx, ledger) else {
                 tracing::error!(worker = index, "worker started without its channels");
                 return;
             };
-            run_worker(worker, rx, tx, ledger, &config, &worker_stop);
+            run_worker(worker, rx, tx, (ledger, parked), &config, &worker_stop);
         })
         .map_err(EngineError::Start)?;
         Ok(Engine {
@@ -420,7 +426,7 @@ fn run_worker(
     worker: &mut timely::worker::Worker,
     rx: Receiver<Command>,
     tx: std::sync::mpsc::SyncSender<view_store::Captured>,
-    ledger: Ledger,
+    (ledger, parked): (Ledger, Parked),
     config: &Config,
     stop: &AtomicBool,
 ) {
@@ -442,6 +448,7 @@ fn run_worker(
                 commands: commands_c,
                 clock: clock_c,
                 ledger,
+                parked,
             },
             config,
         );

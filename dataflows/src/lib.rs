@@ -20,6 +20,8 @@
 //! - [`liveness`]: last heartbeat and status per machine.
 //! - [`stockout`]: hours until each slot is empty, machines to restock.
 //! - [`health`]: a score per machine with its reasons.
+//! - [`settlement`]: card sales against the payment processor's settlement file; transactions
+//!   waiting beyond a day are [`parked`] on disk.
 //! - [`dex`]: the machines' DEX audits per column and period, reconciled with telemetry.
 //! - [`leases`]: the registry's leases (revenue shares are SQL over this and revenue).
 //! - [`errors`]: refused records, their counts, and too-late events.
@@ -42,6 +44,7 @@ pub mod leases;
 pub mod ledger;
 pub mod liveness;
 mod operators;
+pub mod parked;
 pub mod revenue;
 pub mod row;
 pub mod sales;

@@ -26,21 +26,28 @@
 //! ```
 //! State: each card transaction is held for `settlement_days` after its last record arrives
 //! (processors settle a day or two after the sale); a record that comes later starts the
-//! transaction afresh. When a transaction's state is dropped its row stays published: the daily
+//! transaction afresh. It is held in memory for `settlement_memory_ms` (a day) after its last
+//! record, then [`crate::parked`] on disk for the rest of its hold: a week of a fleet's card sales
+//! does not stay in memory, and a settlement line that comes days later takes its transaction
+//! back from disk. When a transaction's state is dropped its row stays published: the daily
 //! rows and the exceptions are kept for `revenue_retention_days`, like daily revenue. An unsettled
 //! transaction is counted in its day (`missing_in_settlement`), not listed one by one: without a
 //! settlement file every card sale would be.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 use vendflow_protocol::units::MS_PER_DAY;
 use vendflow_protocol::{Cents, MachineId, SettlementStatus, Text, Timestamp};
 
 use crate::config::Config;
 use crate::fold::{KeyedFold, Published};
 use crate::operators::{Time, as_time, hash_of};
+use crate::parked::Parked;
 use crate::row::{ColumnType::*, Row, RowWriter, ViewDef, col, null};
 use crate::sales::SaleLine;
 
@@ -152,6 +159,62 @@ struct Txn {
     settlement: Option<(i64, i64, SettlementStatus)>,
     /// Ingestion time after which the state is dropped.
     expires: Time,
+    /// Ingestion time after which the state leaves memory for the parked store.
+    parks: Time,
+}
+
+/// A transaction's key in the parked store: the machine's length, the machine, the transaction.
+fn parked_key((machine, txn): &(MachineId, Text)) -> Vec<u8> {
+    let m = machine.as_str().as_bytes();
+    let mut key = Vec::with_capacity(1 + m.len() + txn.len());
+    key.push(u8::try_from(m.len()).unwrap_or(u8::MAX));
+    key.extend_from_slice(m);
+    key.extend_from_slice(txn.as_bytes());
+    key
+}
+
+impl Txn {
+    /// The parked form: a flags byte, the verdict, then the times and amounts.
+    fn encode(&self) -> Vec<u8> {
+        let (sold, cents, offline) = self.telemetry.unwrap_or_default();
+        let (at, settled, verdict) = self.settlement.unwrap_or((0, 0, SettlementStatus::Settled));
+        let flags = u8::from(self.telemetry.is_some())
+            | u8::from(offline) << 1
+            | u8::from(self.settlement.is_some()) << 2;
+        let mut bytes = Vec::with_capacity(2 + 6 * 8);
+        bytes.push(flags);
+        bytes.push(rank(verdict));
+        for n in [sold, cents, at, settled] {
+            bytes.extend_from_slice(&n.to_le_bytes());
+        }
+        for t in [self.expires, self.parks] {
+            bytes.extend_from_slice(&t.to_le_bytes());
+        }
+        bytes
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Txn> {
+        let (&flags, rest) = bytes.split_first()?;
+        let (&verdict, rest) = rest.split_first()?;
+        let mut words = rest
+            .chunks_exact(8)
+            .map(|w| w.try_into().ok().map(u64::from_le_bytes));
+        let mut next = || words.next().flatten();
+        let [sold, cents, at, settled] = [next()?, next()?, next()?, next()?].map(|n| n as i64);
+        let (expires, parks) = (next()?, next()?);
+        let verdict = match verdict {
+            0 => SettlementStatus::Settled,
+            1 => SettlementStatus::Declined,
+            2 => SettlementStatus::Reversed,
+            _ => return None,
+        };
+        Some(Txn {
+            telemetry: (flags & 1 != 0).then_some((sold, cents, flags & 2 != 0)),
+            settlement: (flags & 4 != 0).then_some((at, settled, verdict)),
+            expires,
+            parks,
+        })
+    }
 }
 
 fn rank(s: SettlementStatus) -> u8 {
@@ -210,11 +273,14 @@ impl Txn {
 /// A machine's transactions of one day, as published.
 #[derive(Clone, Debug, Default, PartialEq)]
 struct Day {
-    /// Every transaction row of the day, summed by status (a row is retracted when it changes).
-    counts: BTreeMap<Status, Sums>,
+    /// Every transaction row of the day, summed by status (a row is retracted when it changes),
+    /// in status order: a status or two per day, inline.
+    counts: SmallVec<[(Status, Sums); 2]>,
     /// The exception rows, as a signed multiset: within one time a retraction may arrive
     /// before its insertion.
     exceptions: BTreeMap<TxnRow, i64>,
+    /// Whether the timer for the day leaving the view is set.
+    armed: bool,
 }
 
 /// Transactions, telemetry cents and settled cents.
@@ -247,13 +313,17 @@ impl DailyRow {
 }
 
 /// `lines`: the accepted sale lines; `settlements`: each settlement line with its machine and
-/// time.
+/// time; `parked`: this worker's store for transactions that left memory (empty).
 pub fn render<'s>(
     lines: VecCollection<'s, Time, SaleLine>,
     settlements: VecCollection<'s, Time, (MachineId, Timestamp, vendflow_protocol::Settlement)>,
+    parked: Parked,
     config: &Config,
 ) -> VecCollection<'s, Time, Out> {
     let hold = as_time(config.settlement_days.saturating_mul(MS_PER_DAY));
+    let in_memory = as_time(config.settlement_memory_ms).min(hold);
+    let parked = Rc::new(RefCell::new(parked));
+    let on_timer_parked = parked.clone();
     let on = config.settlement_days > 0;
     let input = lines
         .flat_map(move |l| {
@@ -278,7 +348,32 @@ pub fn render<'s>(
             if diff <= 0 {
                 return;
             }
-            if txn.expires > 0 && ctx.now() >= txn.expires {
+            let now = ctx.now();
+            if *txn == Txn::default() {
+                // Not in memory: parked on disk, if it has been seen within its hold.
+                let mut store = parked.borrow_mut();
+                if let Err(e) = store.sweep(now) {
+                    tracing::error!(error = %e, "cannot sweep parked settlement transactions");
+                }
+                match store.take(&parked_key(key), now) {
+                    Ok(Some(bytes)) => match Txn::decode(&bytes) {
+                        Some(back) => *txn = back,
+                        None => tracing::error!(
+                            machine_id = %key.0,
+                            transaction_id = %key.1,
+                            "a parked settlement transaction does not decode; started afresh"
+                        ),
+                    },
+                    Ok(None) => {}
+                    Err(e) => tracing::error!(
+                        machine_id = %key.0,
+                        transaction_id = %key.1,
+                        error = %e,
+                        "cannot read parked settlement transactions; started afresh"
+                    ),
+                }
+            }
+            if txn.expires > 0 && now >= txn.expires {
                 // Its timer is due at this very time: the record starts the transaction afresh.
                 *txn = Txn::default();
             }
@@ -312,18 +407,32 @@ pub fn render<'s>(
                     ctx.give(a, 1);
                 }
             }
-            // One timer per transaction: a pending one moves itself on when it fires.
-            let armed = txn.expires > ctx.now();
-            txn.expires = ctx.now().saturating_add(hold);
+            // One timer per transaction, at the time it leaves memory: a pending one moves
+            // itself on when it fires.
+            let armed = txn.parks > now;
+            txn.expires = now.saturating_add(hold);
+            txn.parks = now.saturating_add(in_memory);
             if !armed {
-                ctx.wake_at(txn.expires);
+                ctx.wake_at(txn.parks);
             }
         },
-        |_, txn, ctx| {
-            if ctx.now() >= txn.expires {
+        move |key, txn, ctx| {
+            let now = ctx.now();
+            if now >= txn.expires {
                 *txn = Txn::default();
+            } else if now >= txn.parks {
+                let mut store = on_timer_parked.borrow_mut();
+                match store.park(parked_key(key), txn.encode(), txn.expires) {
+                    Ok(()) => *txn = Txn::default(),
+                    Err(e) => {
+                        // Kept in memory for the rest of its hold instead.
+                        tracing::error!(error = %e, "cannot park a settlement transaction");
+                        txn.parks = txn.expires;
+                        ctx.wake_at(txn.expires);
+                    }
+                }
             } else {
-                ctx.wake_at(txn.expires);
+                ctx.wake_at(txn.parks);
             }
         },
         |_, _, _| {},
@@ -341,13 +450,20 @@ pub fn render<'s>(
                     // Gone from the view (or never in it): neither counted nor uncounted.
                     return;
                 }
-                let sums = state.counts.entry(row.status).or_default();
+                let at = match state.counts.binary_search_by_key(&row.status, |c| c.0) {
+                    Ok(at) => at,
+                    Err(at) => {
+                        state.counts.insert(at, (row.status, Sums::default()));
+                        at
+                    }
+                };
+                let sums = &mut state.counts[at].1;
                 let d = i64::try_from(diff).unwrap_or(0);
                 sums.n += d;
                 sums.telemetry += d * row.telemetry.unwrap_or(0);
                 sums.settled += d * row.settled.map_or(0, |s| s.0);
                 if *sums == Sums::default() {
-                    state.counts.remove(&row.status);
+                    state.counts.remove(at);
                 }
                 if row.status.is_exception() {
                     let n = state.exceptions.entry(row).or_default();
@@ -356,13 +472,19 @@ pub fn render<'s>(
                         state.exceptions.retain(|_, n| *n != 0);
                     }
                 }
-                let leaves = (*day + keep_days + 1).saturating_mul(MS_PER_DAY);
-                ctx.wake_at(as_time(leaves));
+                if !state.armed {
+                    state.armed = true;
+                    let leaves = (*day + keep_days + 1).saturating_mul(MS_PER_DAY);
+                    ctx.wake_at(as_time(leaves));
+                }
             },
             move |(_, day), state, ctx| {
                 let today = i64::try_from(ctx.now()).unwrap_or(i64::MAX) / MS_PER_DAY;
                 if *day < today - keep_days {
                     *state = Day::default();
+                } else {
+                    let leaves = (*day + keep_days + 1).saturating_mul(MS_PER_DAY);
+                    ctx.wake_at(as_time(leaves));
                 }
             },
             |(machine, day), state, out| {
@@ -370,7 +492,7 @@ pub fn render<'s>(
                     .counts
                     .iter()
                     .any(|(s, c)| *s != Status::Unsettled && c.n > 0);
-                if settled_any && state.counts.values().all(|c| c.n >= 0) {
+                if settled_any && state.counts.iter().all(|(_, c)| c.n >= 0) {
                     out.push(Out::Daily(DailyRow {
                         machine_id: machine.clone(),
                         day: *day,
@@ -692,6 +814,53 @@ mod tests {
     /// A cart of two card lines settled at its total; an offline sale declined the next day
     /// (flagged for review); an online sale paid short; one never settled; a settlement for a
     /// sale telemetry never saw.
+    /// A transaction leaves memory a day after its last record and waits on disk for the rest
+    /// of its hold: a settlement three days later still finds its sale; one after the hold
+    /// does not.
+    #[test]
+    fn a_settlement_days_later_finds_its_parked_sale() {
+        let mut s = Scenario::empty();
+        let t0 = testing::BASE + 9 * 3_600_000;
+        s.deliver(t0, card("m1", t0, 1, 250, "later", false));
+        s.deliver(
+            t0 + 1_000,
+            card("m1", t0 + 1_000, 2, 300, "too_late", false),
+        );
+        let settled = SettlementStatus::Settled;
+        // Other sales move the clock on, day after day.
+        for day in 1..10 {
+            let t = t0 + day * MS_PER_DAY;
+            s.deliver(t, card("m2", t, 1, 100, &format!("d{day}"), false));
+        }
+        let three_days = t0 + 3 * MS_PER_DAY + 5_000;
+        s.deliver(three_days, verdict("m1", t0, "later", 250, settled));
+        let nine_days = t0 + 9 * MS_PER_DAY + 5_000;
+        s.deliver(
+            nine_days,
+            verdict("m1", t0 + 1_000, "too_late", 300, settled),
+        );
+        assert!(s.config.settlement_memory_ms < 3 * MS_PER_DAY);
+        assert!(s.config.settlement_days * MS_PER_DAY < 9 * MS_PER_DAY);
+        let views = testing::run(&s);
+        let daily = testing::rows(&views, "settlement_daily");
+        let m1 = daily
+            .iter()
+            .map(|r| DAILY.named(r))
+            .find(|d| d.text("machine_id").as_deref() == Some("m1"))
+            .unwrap_or_else(|| panic!("no m1 day in {daily:?}"));
+        let int = |c: &str| m1.int(c).unwrap_or(-1);
+        assert_eq!(
+            (
+                int("card_transactions"),
+                int("matched"),
+                int("missing_in_settlement"),
+                int("missing_in_telemetry"),
+            ),
+            (2, 1, 1, 1),
+            "{daily:?}"
+        );
+    }
+
     #[test]
     fn a_settlement_file_reconciles_a_machine_day() {
         let mut s = Scenario::empty();

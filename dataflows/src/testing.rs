@@ -151,6 +151,8 @@ impl Scenario {
             window_retention_ms: 2 * MS_PER_HOUR,
             revenue_retention_days: 1,
             settlement_days: 1,
+            // Transactions leave memory for the parked store long before their hold ends.
+            settlement_memory_ms: 2 * MS_PER_HOUR,
             demand_days: 2,
             error_retention_ms: MS_PER_HOUR,
             ..Config::default()
