@@ -305,8 +305,9 @@ impl Converted {
     fn refuse(&mut self, file: &str, line: u64, kind: ErrorKind, reason: String, raw: &[u8]) {
         tracing::warn!(file, line, reason = %reason, "refused an export row");
         let error = DecodeError::new(kind, reason.clone());
+        // Refused now (the row's own time may be what is wrong with it).
         self.errors.push(ErrorRecord::new(
-            Timestamp(0),
+            Timestamp::now(),
             format!("import:{file}:{line}"),
             &error,
             raw,

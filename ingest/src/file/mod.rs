@@ -571,8 +571,11 @@ fn load_records<T>(
             Ok(r) => records.push(r),
             Err(e) => {
                 tracing::warn!(file = %name, line = i + 1, error = %e, "refused a {what} record");
+                // Refused now: a file of registry records or commands has no time of its own,
+                // and a record stamped at 0 would have left the `errors` view (kept a day)
+                // before anyone could read it.
                 errors.push(ErrorRecord::new(
-                    Timestamp(0),
+                    Timestamp::now(),
                     format!("{what}:{name}:{}", i + 1),
                     &e,
                     &line,
@@ -654,6 +657,52 @@ mod tests {
         assert!(
             matches!(source, Value::Text(s) if s.ends_with(":1502")),
             "{source:?}"
+        );
+        engine.shutdown().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// A bad line of a registry file loaded before a replay of older telemetry is in the
+    /// `errors` view at the end, not only counted.
+    #[test]
+    fn a_refused_registry_line_stays_in_the_errors_view() {
+        let mut registry = tempfile::NamedTempFile::new().unwrap_or_else(|e| panic!("{e}"));
+        registry
+            .write_all(b"{\"kind\":\"machine\",\"machineId\":\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (records, errors) = load_registry(registry.path()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((records.len(), errors.len()), (0, 1));
+        let mut telemetry = tempfile::NamedTempFile::new().unwrap_or_else(|e| panic!("{e}"));
+        telemetry
+            .write_all(
+                b"{\"machineId\":\"m1\",\"type\":\"heartbeat\",\"timestamp\":1700000000000,\"payload\":{}}\n",
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut engine = Engine::start(Config::default()).unwrap_or_else(|e| panic!("{e}"));
+        let store = engine.store();
+        let mut feeders = engine.feeders().unwrap_or_else(|| panic!("feeders"));
+        feeders
+            .send(
+                0,
+                Batch {
+                    errors,
+                    ..Batch::default()
+                },
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        let stats = replay(
+            telemetry.path(),
+            feeders,
+            &ReplayOptions::default(),
+            Arc::new(AtomicU64::new(0)),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(store.wait_for(stats.end, Duration::from_secs(60)));
+        let snapshot = store.snapshot();
+        let errors = snapshot.rows("errors").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            matches!(&errors[0].cell(1), Value::Text(s) if s.starts_with("registry:")),
+            "{errors:?}"
         );
         engine.shutdown().unwrap_or_else(|e| panic!("{e}"));
     }
