@@ -79,7 +79,8 @@ enum ImportKind {
     ///
     /// Fields: machine, product, transaction, slot, quantity, amount (the line total), time (the
     /// date, with or without the time of day), clock (a separate time-of-day column), payment,
-    /// location. amount and time are required, and machine unless --machine is given. Money is
+    /// location, offline (yes/no: a card sale the machine authorised alone while offline).
+    /// amount and time are required, and machine unless --machine is given. Money is
     /// read exactly ($1,234.50, (3.00) for a refund); dates as exports write them (1/31/2022,
     /// 2022-01-31, Monday, January 31, 2022, with or without 13:05 or 1:05 PM). Refused rows are
     /// listed with their line numbers and kept in the errors view.

@@ -54,10 +54,13 @@ pub enum Field {
     Location,
     /// A settlement line's verdict.
     Status,
+    /// Whether the machine authorised a card sale alone while offline (yes/no, true/false,
+    /// 1/0, offline/online; empty: no).
+    Offline,
 }
 
 impl Field {
-    const ALL: [(&'static str, Field); 11] = [
+    const ALL: [(&'static str, Field); 12] = [
         ("machine", Field::Machine),
         ("product", Field::Product),
         ("transaction", Field::Transaction),
@@ -69,6 +72,7 @@ impl Field {
         ("payment", Field::Payment),
         ("location", Field::Location),
         ("status", Field::Status),
+        ("offline", Field::Offline),
     ];
 
     fn name(self) -> &'static str {
@@ -425,6 +429,15 @@ fn sale_of<'a>(
     let location = Some(cell(Field::Location))
         .filter(|l| !l.is_empty())
         .map(str::to_owned);
+    let offline = match cell(Field::Offline).trim().to_ascii_lowercase().as_str() {
+        "" | "no" | "n" | "false" | "f" | "0" | "online" => false,
+        "yes" | "y" | "true" | "t" | "1" | "offline" => true,
+        other => {
+            return Err(schema(format!(
+                "offline {other:?} is not yes or no (true/false, 1/0, offline/online)"
+            )));
+        }
+    };
     Ok((
         Event {
             machine_id,
@@ -437,7 +450,7 @@ fn sale_of<'a>(
                 quantity,
                 payment_method: payment.into(),
                 transaction_id: transaction.into(),
-                offline: false,
+                offline,
             }),
         },
         location,
@@ -614,6 +627,45 @@ mod tests {
         assert!(matches!(missing, Err(ImportError::Map(m)) if m.contains("amount")));
         assert!(ColumnMap::parse("amount=A,time=T", true).is_ok());
         assert!(ColumnMap::parse("amount=A,time=T,colour=C", true).is_err());
+    }
+
+    #[test]
+    fn an_offline_column_marks_sales_the_machine_authorised_alone() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("offline.csv");
+        std::fs::write(
+            &path,
+            "Machine,Date,Total,Offline\n\
+             VM-1,2022-01-02 13:05,1.50,Yes\n\
+             VM-1,2022-01-02 13:06,1.50,\n\
+             VM-1,2022-01-02 13:07,1.50,online\n\
+             VM-1,2022-01-02 13:08,1.50,maybe\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let map = ColumnMap::parse(
+            "machine=Machine,time=Date,amount=Total,offline=Offline",
+            false,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let import = CsvImport::new(map, None, None).unwrap_or_else(|e| panic!("{e}"));
+        let mut out = Vec::new();
+        let converted = convert_csv(&path, &import, &mut out).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((converted.rows, converted.events), (4, 3));
+        assert_eq!(converted.refused.len(), 1);
+        assert!(
+            converted.refused[0].reason.contains("\"maybe\""),
+            "{:?}",
+            converted.refused
+        );
+        let offline: Vec<bool> = String::from_utf8_lossy(&out)
+            .lines()
+            .flat_map(|l| vendflow_protocol::decode::decode_line(l.as_bytes()))
+            .filter_map(|e| match e.map(|e| e.kind) {
+                Ok(EventKind::Sale(s)) => Some(s.offline),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(offline, [true, false, false]);
     }
 
     #[test]
