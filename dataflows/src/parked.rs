@@ -190,7 +190,9 @@ impl Parked {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let pending = std::mem::take(&mut self.pending);
+        // In key order: expiries grow with time, so the batch lands at the end of the tree.
+        let mut pending: Vec<_> = std::mem::take(&mut self.pending).into_iter().collect();
+        pending.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         self.write(|values| {
             for ((expires, key), value) in &pending {
                 values.insert((*expires, &key[..]), &value[..])?;
