@@ -80,6 +80,10 @@ pub struct ReplayOptions {
     pub pacer: Option<Arc<Pacer>>,
     /// Sees every line read, with its position (`replay-<file>-<reader>of<readers>`, line number).
     pub tap: Option<Tap>,
+    /// Records refused while loading what came with the file (a registry, commands, an export's
+    /// rows): they go with the replay's first batch, stamped at its ingestion time, so the
+    /// `errors` view (a day of ingestion time) shows them like the file's own refused lines.
+    pub refused_before: Vec<ErrorRecord>,
 }
 
 /// Holds a replay's clock at each boundary of `step` (a day) until the archive has taken a
@@ -241,6 +245,7 @@ impl Default for ReplayOptions {
             rate: None,
             pacer: None,
             tap: None,
+            refused_before: Vec::new(),
         }
     }
 }
@@ -274,7 +279,10 @@ pub fn replay(
         .enumerate()
         .map(|(i, feeder)| {
             let path = path.to_owned();
-            let options = options.clone();
+            let mut options = options.clone();
+            // Reader 0 sends the records refused before the replay, with its first batch.
+            let early = std::mem::take(&mut options.refused_before);
+            let early = if i == 0 { early } else { Vec::new() };
             let progress = (i == 0).then(|| progress.clone());
             let (barrier, end) = (barrier.clone(), end.clone());
             std::thread::Builder::new()
@@ -291,6 +299,7 @@ pub fn replay(
                         batch: Batch::default(),
                         started: std::time::Instant::now(),
                         sent: 0,
+                        early,
                     };
                     let result = reader.read(&path, progress.as_deref());
                     if let Some(pacer) = &reader.options.pacer {
@@ -364,6 +373,8 @@ struct Reader {
     started: std::time::Instant,
     /// Events sent so far (for pacing).
     sent: u64,
+    /// [`ReplayOptions::refused_before`], until the first batch takes them.
+    early: Vec<ErrorRecord>,
 }
 
 impl Reader {
@@ -499,6 +510,11 @@ impl Reader {
     }
 
     fn flush(&mut self) -> Result<(), IngestError> {
+        let at = Timestamp(i64::try_from(self.clock).unwrap_or(i64::MAX));
+        for mut refused in self.early.drain(..) {
+            refused.received_at = at;
+            self.batch.errors.push(refused);
+        }
         if self.batch.is_empty() {
             return Ok(());
         }
@@ -679,20 +695,14 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let mut engine = Engine::start(Config::default()).unwrap_or_else(|e| panic!("{e}"));
         let store = engine.store();
-        let mut feeders = engine.feeders().unwrap_or_else(|| panic!("feeders"));
-        feeders
-            .send(
-                0,
-                Batch {
-                    errors,
-                    ..Batch::default()
-                },
-            )
-            .unwrap_or_else(|e| panic!("{e}"));
+        let feeders = engine.feeders().unwrap_or_else(|| panic!("feeders"));
         let stats = replay(
             telemetry.path(),
             feeders,
-            &ReplayOptions::default(),
+            &ReplayOptions {
+                refused_before: errors,
+                ..ReplayOptions::default()
+            },
             Arc::new(AtomicU64::new(0)),
         )
         .unwrap_or_else(|e| panic!("{e}"));
@@ -703,6 +713,11 @@ mod tests {
         assert!(
             matches!(&errors[0].cell(1), Value::Text(s) if s.starts_with("registry:")),
             "{errors:?}"
+        );
+        // Stamped at the replay's first ingestion time (its clock: the event's 5-minute step).
+        assert_eq!(
+            errors[0].cell(0),
+            Value::Time(Timestamp(1_700_000_000_000 / 300_000 * 300_000))
         );
         engine.shutdown().unwrap_or_else(|e| panic!("{e}"));
     }

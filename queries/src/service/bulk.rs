@@ -65,25 +65,28 @@ pub fn load(
     let mut refused = Vec::new();
     let mut first = Batch {
         registry: load.registry_records.into_iter().map(|r| (r, 1)).collect(),
-        errors: load.errors,
         ..Batch::default()
     };
+    // Refused records of the files that come with the replay go with its first batch, stamped at
+    // its time (see `ReplayOptions::refused_before`).
+    let mut refused_before = load.errors;
     if let Some(path) = load.registry {
         let (records, errors) = load_registry(path)?;
         refused.extend(errors.iter().cloned());
         first.registry.extend(records.into_iter().map(|r| (r, 1)));
-        first.errors.extend(errors);
+        refused_before.extend(errors);
     }
     if let Some(path) = load.commands {
         let (commands, errors) = load_commands(path)?;
         refused.extend(errors.iter().cloned());
         first.commands.extend(commands);
-        first.errors.extend(errors);
+        refused_before.extend(errors);
     }
     if !first.is_empty() {
         feeders.send(0, first)?;
     }
     let mut options = load.options;
+    options.refused_before.extend(refused_before);
     let archive = load.archive.map(Archive::open).transpose()?;
     let steps = Arc::new(AtomicU64::new(0));
     let mut archiver = None;
