@@ -41,9 +41,7 @@ pub enum EngineError {
     #[error("cannot start the dataflow workers: {0}")]
     Start(String),
     #[error(transparent)]
-    Ledger(#[from] crate::ledger::LedgerError),
-    #[error(transparent)]
-    Parked(#[from] crate::parked::ParkedError),
+    StateFile(#[from] crate::state_file::StateFileError),
     #[error("cannot create the engine's state directory: {0}")]
     StateDir(std::io::Error),
     #[error("a dataflow worker failed: {0}")]

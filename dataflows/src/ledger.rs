@@ -13,44 +13,30 @@
 //! rebuilds its views from the start of its input, so it starts every run with an empty ledger
 //! and nothing in it can count a line of this run as a duplicate of a line from an earlier one.
 //! Commits are not synced to disk one by one (the file is rebuilt on restart anyway); every
-//! [`SYNC_EVERY`] commits one is, so that redb can reuse the pages the others freed.
+//! [`crate::state_file::SYNC_EVERY`] commits one is, so that redb can reuse the pages the others freed.
 
 use std::path::{Path, PathBuf};
 
 use redb::{Database, Durability, ReadableDatabase, TableDefinition};
+
+use crate::state_file::{Cadence, StateFileError, create_fresh, store_error};
 
 /// A line's identity in the ledger: its event-time day, then its 128-bit fingerprint.
 pub type LedgerKey = (i64, u64, u64);
 
 const LINES: TableDefinition<LedgerKey, ()> = TableDefinition::new("sale_lines");
 
-/// Non-durable commits between two durable ones.
-pub const SYNC_EVERY: u32 = 64;
-
 /// The page cache of one worker's ledger.
 const CACHE_BYTES: usize = 16 << 20;
 
-#[derive(Debug, thiserror::Error)]
-pub enum LedgerError {
-    #[error("sale-line ledger {path}: {source}")]
-    Store {
-        path: String,
-        #[source]
-        source: Box<redb::Error>,
-    },
-    #[error("cannot prepare the ledger directory {path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
+/// A ledger file that cannot be created, read or written.
+pub type LedgerError = StateFileError;
 
 /// One worker's ledger file.
 pub struct Ledger {
     db: Database,
     path: PathBuf,
-    commits: u32,
+    cadence: Cadence,
     /// Lines recorded, for the engine's counters.
     recorded: u64,
 }
@@ -67,30 +53,11 @@ impl std::fmt::Debug for Ledger {
 impl Ledger {
     /// Creates an empty ledger at `path`, replacing any file a previous run left there.
     pub fn create(path: &Path) -> Result<Ledger, LedgerError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| LedgerError::Io {
-                path: dir.display().to_string(),
-                source,
-            })?;
-        }
-        match std::fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(LedgerError::Io {
-                    path: path.display().to_string(),
-                    source,
-                });
-            }
-        }
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(path)
-            .map_err(|e| store_error(path, e))?;
+        let db = create_fresh(path, CACHE_BYTES)?;
         let ledger = Ledger {
             db,
             path: path.to_owned(),
-            commits: 0,
+            cadence: Cadence::default(),
             recorded: 0,
         };
         // The table exists from the start, so that a lookup never meets a missing table.
@@ -117,7 +84,7 @@ impl Ledger {
         if keys.is_empty() {
             return Ok(());
         }
-        let durability = self.next_durability();
+        let durability = self.cadence.next_commit();
         self.write(
             |table| {
                 for key in keys {
@@ -138,7 +105,7 @@ impl Ledger {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let durability = self.next_durability();
+        let durability = self.cadence.next_commit();
         let mut fresh = Vec::with_capacity(keys.len());
         self.write(
             |table| {
@@ -166,7 +133,7 @@ impl Ledger {
 
     /// Deletes the lines of days before `day` (a retention on the ledger itself).
     pub fn forget_before(&mut self, day: i64) -> Result<u64, LedgerError> {
-        let durability = self.next_durability();
+        let durability = self.cadence.next_commit();
         let mut removed = 0;
         self.write(
             |table| {
@@ -179,15 +146,6 @@ impl Ledger {
             durability,
         )?;
         Ok(removed)
-    }
-
-    fn next_durability(&mut self) -> Durability {
-        self.commits += 1;
-        if self.commits.is_multiple_of(SYNC_EVERY) {
-            Durability::Immediate
-        } else {
-            Durability::None
-        }
     }
 
     fn write(
@@ -209,13 +167,6 @@ impl Ledger {
     }
 }
 
-fn store_error(path: &Path, e: impl Into<redb::Error>) -> LedgerError {
-    LedgerError::Store {
-        path: path.display().to_string(),
-        source: Box::new(e.into()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,7 +184,7 @@ mod tests {
         assert_eq!(fresh, [false, true, false, true]);
         assert_eq!(ledger.recorded(), 4);
         // Many commits, some durable, some not: every one is visible to the next.
-        for i in 0..(2 * SYNC_EVERY as u64) {
+        for i in 0..(2 * crate::state_file::SYNC_EVERY as u64) {
             ledger
                 .record(&[(20, i, i)])
                 .unwrap_or_else(|e| panic!("{e}"));

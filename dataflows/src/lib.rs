@@ -49,6 +49,7 @@ pub mod revenue;
 pub mod row;
 pub mod sales;
 pub mod settlement;
+pub mod state_file;
 pub mod stockout;
 pub mod summary;
 #[cfg(test)]

@@ -17,9 +17,10 @@
 
 use std::path::{Path, PathBuf};
 
-use redb::{Database, Durability, TableDefinition};
+use redb::{Database, TableDefinition};
 
 use crate::operators::{FastMap, Time, hash_of};
+use crate::state_file::{Cadence, StateFileError, create_fresh, store_error};
 
 /// Parked values by (expiry, key): the sweep deletes a range, a lookup knows the expiry from
 /// the index.
@@ -29,26 +30,11 @@ const VALUES: TableDefinition<(u64, &[u8]), &[u8]> = TableDefinition::new("parke
 const FLUSH_AT: usize = 4096;
 /// Ingestion time between two sweeps of expired keys.
 pub const SWEEP_EVERY: Time = 3_600_000;
-/// Non-durable commits between two durable ones (redb reuses freed pages after a durable one).
-const SYNC_EVERY: u32 = 64;
 /// The page cache of one worker's file.
 const CACHE_BYTES: usize = 16 << 20;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ParkedError {
-    #[error("parked state {path}: {source}")]
-    Store {
-        path: String,
-        #[source]
-        source: Box<redb::Error>,
-    },
-    #[error("cannot prepare the state directory {path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
+/// A parked-state file that cannot be created, read or written.
+pub type ParkedError = StateFileError;
 
 /// A key's 128-bit fingerprint: two keys share one with a probability of about 2^-128, so the
 /// index can stand for the keys themselves.
@@ -65,7 +51,7 @@ pub struct Parked {
     /// Every key parked (by fingerprint) → the expiry it was last parked with: where it is.
     index: FastMap<u128, Time>,
     next_sweep: Time,
-    commits: u32,
+    cadence: Cadence,
     parked: u64,
     taken: u64,
 }
@@ -83,33 +69,14 @@ impl std::fmt::Debug for Parked {
 impl Parked {
     /// Creates an empty store at `path`, replacing any file a previous run left there.
     pub fn create(path: &Path) -> Result<Parked, ParkedError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| ParkedError::Io {
-                path: dir.display().to_string(),
-                source,
-            })?;
-        }
-        match std::fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(ParkedError::Io {
-                    path: path.display().to_string(),
-                    source,
-                });
-            }
-        }
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(path)
-            .map_err(|e| store_error(path, e))?;
+        let db = create_fresh(path, CACHE_BYTES)?;
         let mut parked = Parked {
             db,
             path: path.to_owned(),
             pending: FastMap::default(),
             index: FastMap::default(),
             next_sweep: 0,
-            commits: 0,
+            cadence: Cadence::default(),
             parked: 0,
             taken: 0,
         };
@@ -207,12 +174,7 @@ impl Parked {
             &mut redb::Table<'_, (u64, &'static [u8]), &'static [u8]>,
         ) -> Result<(), redb::Error>,
     ) -> Result<(), ParkedError> {
-        self.commits += 1;
-        let durability = if self.commits.is_multiple_of(SYNC_EVERY) {
-            Durability::Immediate
-        } else {
-            Durability::None
-        };
+        let durability = self.cadence.next_commit();
         let result = (|| -> Result<(), redb::Error> {
             let mut txn = self.db.begin_write()?;
             txn.set_durability(durability)?;
@@ -233,13 +195,6 @@ impl Parked {
         let read = self.db.begin_read().unwrap_or_else(|e| panic!("{e}"));
         let table = read.open_table(VALUES).unwrap_or_else(|e| panic!("{e}"));
         table.len().unwrap_or_else(|e| panic!("{e}")) as usize
-    }
-}
-
-fn store_error(path: &Path, e: impl Into<redb::Error>) -> ParkedError {
-    ParkedError::Store {
-        path: path.display().to_string(),
-        source: Box::new(e.into()),
     }
 }
 

@@ -1,0 +1,77 @@
+//! What the engine's on-disk state files share: the sale-line [`crate::ledger`] and the
+//! [`crate::parked`] settlement transactions are each a [`redb`] file per worker, created empty at
+//! every start (the engine rebuilds its views from its input), written with commits that are not
+//! synced one by one.
+
+use std::path::Path;
+
+use redb::{Database, Durability};
+
+/// Non-durable commits between two durable ones (redb reuses the pages the others freed only
+/// after a durable one).
+pub const SYNC_EVERY: u32 = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateFileError {
+    #[error("engine state {path}: {source}")]
+    Store {
+        path: String,
+        #[source]
+        source: Box<redb::Error>,
+    },
+    #[error("cannot prepare the state directory {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Creates an empty database at `path` with a page cache of `cache_bytes`, replacing any file a
+/// previous run left there.
+pub fn create_fresh(path: &Path, cache_bytes: usize) -> Result<Database, StateFileError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| StateFileError::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(StateFileError::Io {
+                path: path.display().to_string(),
+                source,
+            });
+        }
+    }
+    Database::builder()
+        .set_cache_size(cache_bytes)
+        .create(path)
+        .map_err(|e| store_error(path, e))
+}
+
+/// The durability of each next commit: one in [`SYNC_EVERY`] is durable.
+#[derive(Debug, Default)]
+pub struct Cadence {
+    commits: u32,
+}
+
+impl Cadence {
+    pub fn next_commit(&mut self) -> Durability {
+        self.commits += 1;
+        if self.commits.is_multiple_of(SYNC_EVERY) {
+            Durability::Immediate
+        } else {
+            Durability::None
+        }
+    }
+}
+
+pub fn store_error(path: &Path, e: impl Into<redb::Error>) -> StateFileError {
+    StateFileError::Store {
+        path: path.display().to_string(),
+        source: Box::new(e.into()),
+    }
+}
