@@ -7,8 +7,9 @@
 //! 30 card sales a day is 10 M transactions). So a transaction stays in memory for
 //! `settlement_memory_ms` after its last record and is then *parked* here, keyed by its bytes,
 //! with the time its horizon ends; a record for it that comes later takes it back
-//! ([`Parked::take`]). What stays in memory per parked key is 16 bytes (a hash of the key and
-//! its expiry), so a new key costs a disk lookup only when its hash collides.
+//! ([`Parked::take`]). What stays in memory per parked key is 24 bytes (a 128-bit fingerprint of
+//! the key and its expiry, which is where the key is on disk), so a key never parked costs no
+//! disk lookup.
 //!
 //! Like the sale-line ledger this is state derived from the input: one file per worker in the
 //! engine's state directory, created empty at each start (the engine rebuilds its views from its

@@ -438,6 +438,8 @@ pub fn render<'s>(
         |_, _, _| {},
     );
     let keep_days = config.revenue_retention_days;
+    // When a day leaves the views.
+    let leaves = move |day: i64| as_time((day + keep_days + 1).saturating_mul(MS_PER_DAY));
     changes
         .map(|row| ((row.machine_id.clone(), row.day), row))
         .fold_by_key(
@@ -474,8 +476,7 @@ pub fn render<'s>(
                 }
                 if !state.armed {
                     state.armed = true;
-                    let leaves = (*day + keep_days + 1).saturating_mul(MS_PER_DAY);
-                    ctx.wake_at(as_time(leaves));
+                    ctx.wake_at(leaves(*day));
                 }
             },
             move |(_, day), state, ctx| {
@@ -483,8 +484,7 @@ pub fn render<'s>(
                 if *day < today - keep_days {
                     *state = Day::default();
                 } else {
-                    let leaves = (*day + keep_days + 1).saturating_mul(MS_PER_DAY);
-                    ctx.wake_at(as_time(leaves));
+                    ctx.wake_at(leaves(*day));
                 }
             },
             |(machine, day), state, out| {
@@ -811,9 +811,6 @@ mod tests {
         }
     }
 
-    /// A cart of two card lines settled at its total; an offline sale declined the next day
-    /// (flagged for review); an online sale paid short; one never settled; a settlement for a
-    /// sale telemetry never saw.
     /// A transaction leaves memory a day after its last record and waits on disk for the rest
     /// of its hold: a settlement three days later still finds its sale; one after the hold
     /// does not.
@@ -861,6 +858,9 @@ mod tests {
         );
     }
 
+    /// A cart of two card lines settled at its total; an offline sale declined the next day
+    /// (flagged for review); an online sale paid short; one never settled; a settlement for a
+    /// sale telemetry never saw.
     #[test]
     fn a_settlement_file_reconciles_a_machine_day() {
         let mut s = Scenario::empty();

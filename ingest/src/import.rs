@@ -309,9 +309,10 @@ impl Converted {
     fn refuse(&mut self, file: &str, line: u64, kind: ErrorKind, reason: String, raw: &[u8]) {
         tracing::warn!(file, line, reason = %reason, "refused an export row");
         let error = DecodeError::new(kind, reason.clone());
-        // Refused now (the row's own time may be what is wrong with it).
+        // The row's own time may be what is wrong with it: the replay of the converted file
+        // stamps these with its first ingestion time (`ReplayOptions::refused_before`).
         self.errors.push(ErrorRecord::new(
-            Timestamp::now(),
+            Timestamp(0),
             format!("import:{file}:{line}"),
             &error,
             raw,

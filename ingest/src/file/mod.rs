@@ -587,11 +587,10 @@ fn load_records<T>(
             Ok(r) => records.push(r),
             Err(e) => {
                 tracing::warn!(file = %name, line = i + 1, error = %e, "refused a {what} record");
-                // Refused now: a file of registry records or commands has no time of its own,
-                // and a record stamped at 0 would have left the `errors` view (kept a day)
-                // before anyone could read it.
+                // A file of registry records or commands has no time of its own: the replay
+                // stamps these with its first ingestion time (`ReplayOptions::refused_before`).
                 errors.push(ErrorRecord::new(
-                    Timestamp::now(),
+                    Timestamp(0),
                     format!("{what}:{name}:{}", i + 1),
                     &e,
                     &line,
