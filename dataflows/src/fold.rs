@@ -172,9 +172,11 @@ struct FoldState<K, S, O> {
     timers: BTreeMap<Time, Vec<K>>,
     /// What goes out at the end of the activation (records carry their own times).
     out: Vec<(O, Time, isize)>,
-    /// Keys touched at the time being applied, with (when outputs are not kept) their output
-    /// before it.
-    touched: Vec<(K, Vec<O>)>,
+    /// Keys touched at the time being applied, each with where its output before that time
+    /// starts in `before` (when outputs are not kept): one buffer for every key, not an
+    /// allocation per key and time.
+    touched: Vec<(K, usize)>,
+    before: Vec<O>,
     after: Vec<O>,
 }
 
@@ -187,6 +189,7 @@ impl<K: Clone + Eq + Hash, S: Default + PartialEq, O: Clone + PartialEq> FoldSta
             timers: BTreeMap::new(),
             out: Vec::new(),
             touched: Vec::new(),
+            before: Vec::new(),
             after: Vec::new(),
         }
     }
@@ -235,6 +238,7 @@ impl<K: Clone + Eq + Hash, S: Default + PartialEq, O: Clone + PartialEq> FoldSta
         let FoldState {
             states,
             touched,
+            before,
             keep,
             out,
             timers,
@@ -247,11 +251,10 @@ impl<K: Clone + Eq + Hash, S: Default + PartialEq, O: Clone + PartialEq> FoldSta
         };
         if !*seen {
             *seen = true;
-            let mut before = Vec::new();
+            touched.push((key.clone(), before.len()));
             if !*keep {
-                output(key, state, &mut before);
+                output(key, state, before);
             }
-            touched.push((key.clone(), before));
         }
         let mut ctx = Ctx {
             now,
@@ -271,21 +274,24 @@ impl<K: Clone + Eq + Hash, S: Default + PartialEq, O: Clone + PartialEq> FoldSta
             keep,
             out,
             touched,
+            before,
             after,
             ..
         } = self;
-        for (key, before) in touched.drain(..) {
-            let Some((state, seen)) = states.get_mut(&key) else {
+        for i in 0..touched.len() {
+            let (key, start) = &touched[i];
+            let end = touched.get(i + 1).map_or(before.len(), |next| next.1);
+            let Some((state, seen)) = states.get_mut(key) else {
                 continue;
             };
             *seen = false;
-            output(&key, state, after);
+            output(key, state, after);
             if *keep {
-                let last = published.get(&key).map_or(&[][..], |p| &p[..]);
+                let last = published.get(key).map_or(&[][..], |p| &p[..]);
                 if emit_difference(last, after, now, out) {
                     if after.is_empty() {
-                        published.remove(&key);
-                    } else if let Some(last) = published.get_mut(&key) {
+                        published.remove(key);
+                    } else if let Some(last) = published.get_mut(key) {
                         last.clear();
                         last.extend(after.drain(..));
                     } else {
@@ -293,15 +299,27 @@ impl<K: Clone + Eq + Hash, S: Default + PartialEq, O: Clone + PartialEq> FoldSta
                     }
                 }
             } else {
-                emit_difference(&before, after, now, out);
+                emit_difference(&before[*start..end], after, now, out);
             }
             after.clear();
             if *state == S::default() {
-                states.remove(&key);
+                states.remove(key);
             }
+        }
+        touched.clear();
+        before.clear();
+        // A bulk step touches every key once; the next live step touches a few.
+        if touched.capacity() > RETAINED {
+            touched.shrink_to(RETAINED);
+        }
+        if before.capacity() > RETAINED {
+            before.shrink_to(RETAINED);
         }
     }
 }
+
+/// Entries of a fold's per-time buffers kept allocated between times.
+const RETAINED: usize = 4096;
 
 /// The fold operator; `keep` says whether the last published output of each key is kept.
 ///
@@ -452,12 +470,27 @@ pub enum Summed<K, R> {
 }
 
 /// One key's sum: what is live, what waits for its window to open, and its pending timer.
-#[derive(Default, PartialEq)]
+/// Kept small, since there is one per key of every sum (a machine-day, a slot-day): a sum
+/// waiting for its window is rare (a record from the future), so it is boxed, and "no timer"
+/// is `Time::MAX` (never armed: a key kept for ever has no timer) rather than an `Option`.
+#[derive(PartialEq)]
 struct Sum<R> {
     live: R,
-    future: R,
-    timer: Option<Time>,
+    future: Option<Box<R>>,
+    timer: Time,
 }
+
+impl<R: Default> Default for Sum<R> {
+    fn default() -> Self {
+        Sum {
+            live: R::default(),
+            future: None,
+            timer: NO_TIMER,
+        }
+    }
+}
+
+const NO_TIMER: Time = Time::MAX;
 
 /// Sums `R` per key while ingestion time is within the key's `window` `[from, until)`: the total
 /// appears at `max(now, from)` and is retracted at `until` (the temporal-filter pattern, with
@@ -475,8 +508,8 @@ where
     R: Additive + ExchangeData,
 {
     fn arm<K: Clone, O, R>(sum: &mut Sum<R>, at: Time, ctx: &mut Ctx<'_, K, O>) {
-        if sum.timer.is_none_or(|t| t > at) {
-            sum.timer = Some(at);
+        if sum.timer > at {
+            sum.timer = at;
             ctx.wake_at(at);
         }
     }
@@ -491,7 +524,11 @@ where
             if until <= now {
                 ctx.give(Summed::Late(key.clone(), r), diff);
             } else if now < from {
-                sum.future.add_times(&r, diff);
+                let future = sum.future.get_or_insert_with(Box::default);
+                future.add_times(&r, diff);
+                if **future == R::default() {
+                    sum.future = None;
+                }
                 arm(sum, from, ctx);
             } else {
                 sum.live.add_times(&r, diff);
@@ -503,16 +540,17 @@ where
         move |key, sum, ctx| {
             let (from, until) = on_timer(key);
             let now = ctx.now();
-            sum.timer = None;
+            sum.timer = NO_TIMER;
             if now >= until {
                 *sum = Sum::default();
                 return;
             }
-            if now >= from && sum.future != R::default() {
-                let future = std::mem::take(&mut sum.future);
+            if now >= from
+                && let Some(future) = sum.future.take()
+            {
                 sum.live.add_times(&future, 1);
             }
-            if sum.future != R::default() {
+            if sum.future.is_some() {
                 arm(sum, from, ctx);
             } else if sum.live != R::default() && until != Time::MAX {
                 arm(sum, until, ctx);
