@@ -14,6 +14,21 @@ use datafusion::prelude::SessionContext;
 use vendflow_dataflows::row::to_batch;
 use vendflow_dataflows::{Row, ViewDef};
 
+/// Why a subscription's condition was refused: always the caller's input (a 400).
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    #[error("the condition is {0} bytes; at most {MAX_CONDITION_BYTES}")]
+    TooLong(usize),
+    #[error("the condition has {0} terms; at most {MAX_CONDITION_NODES}")]
+    TooManyTerms(usize),
+    #[error("cannot filter {view} by {condition:?}: {source}")]
+    Invalid {
+        view: &'static str,
+        condition: String,
+        source: Box<datafusion::error::DataFusionError>,
+    },
+}
+
 pub struct Filter {
     view: &'static ViewDef,
     predicate: Arc<dyn PhysicalExpr>,
@@ -25,15 +40,14 @@ pub const MAX_CONDITION_BYTES: usize = 1024;
 pub const MAX_CONDITION_NODES: usize = 64;
 
 impl Filter {
-    pub fn new(view: &'static ViewDef, condition: &str) -> Result<Filter, String> {
+    pub fn new(view: &'static ViewDef, condition: &str) -> Result<Filter, FilterError> {
         if condition.len() > MAX_CONDITION_BYTES {
-            return Err(format!(
-                "the condition is {} bytes; at most {MAX_CONDITION_BYTES}",
-                condition.len()
-            ));
+            return Err(FilterError::TooLong(condition.len()));
         }
-        let why = |e: datafusion::error::DataFusionError| {
-            format!("cannot filter {} by {condition:?}: {e}", view.name)
+        let why = |e: datafusion::error::DataFusionError| FilterError::Invalid {
+            view: view.name,
+            condition: condition.to_owned(),
+            source: Box::new(e),
         };
         let schema = DFSchema::try_from(view.schema().as_ref().clone()).map_err(why)?;
         let ctx = SessionContext::new();
@@ -44,9 +58,7 @@ impl Filter {
             Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
         });
         if nodes > MAX_CONDITION_NODES {
-            return Err(format!(
-                "the condition has {nodes} terms; at most {MAX_CONDITION_NODES}"
-            ));
+            return Err(FilterError::TooManyTerms(nodes));
         }
         let predicate = ctx.create_physical_expr(expr, &schema).map_err(why)?;
         Ok(Filter { view, predicate })
@@ -125,8 +137,12 @@ mod tests {
         assert!(Filter::new(view, "machine_id = ").is_err());
         // Bounded cost: a long or deeply built condition is refused up front.
         let many = vec!["units > 1"; 40].join(" OR ");
-        assert!(Filter::new(view, &many).is_err_and(|e| e.contains("terms")));
+        assert!(Filter::new(view, &many).is_err_and(
+            |e| matches!(e, FilterError::TooManyTerms(_)) && e.to_string().contains("terms")
+        ));
         let long = format!("machine_id = '{}'", "x".repeat(MAX_CONDITION_BYTES));
-        assert!(Filter::new(view, &long).is_err_and(|e| e.contains("bytes")));
+        assert!(Filter::new(view, &long).is_err_and(
+            |e| matches!(e, FilterError::TooLong(_)) && e.to_string().contains("bytes")
+        ));
     }
 }

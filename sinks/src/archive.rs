@@ -244,7 +244,7 @@ enum Msg {
         /// Only the history tables (a bulk load's steps), not a snapshot of every view.
         history_only: bool,
     },
-    Flush(SyncSender<Result<(), String>>),
+    Flush(SyncSender<Result<(), SinkError>>),
     /// Flush and end the writer thread; later records are refused with [`SinkError::Closed`].
     Stop,
 }
@@ -421,7 +421,7 @@ impl Archive {
             .map_err(|_| SinkError::Closed)?;
         rx.recv()
             .map_err(|_| SinkError::Closed)?
-            .map_err(SinkError::Flush)
+            .map_err(|e| SinkError::Flush(Box::new(e)))
     }
 
     /// Flushes, stops the writer thread and waits for it. Close after stopping the sources:
@@ -481,7 +481,7 @@ impl Writer {
                     }
                 }
                 Ok(Msg::Flush(done)) => {
-                    let result = self.flush(|_| true).map_err(|e| e.to_string());
+                    let result = self.flush(|_| true);
                     let _ = done.send(result);
                 }
                 Err(RecvTimeoutError::Timeout) => {}

@@ -28,7 +28,7 @@ pub enum SinkError {
     #[error("the archive is closed")]
     Closed,
     #[error("cannot flush the archive: {0}")]
-    Flush(String),
+    Flush(#[source] Box<SinkError>),
     #[error("{0}")]
     Invalid(String),
 }

@@ -142,37 +142,37 @@ impl Setting {
             .find(|s| s.name().eq_ignore_ascii_case(name))
     }
 
-    /// Checks a value for `SET`; the canonical value, or why not.
-    fn check(self, value: &str) -> Result<String, String> {
+    /// Checks a value for `SET`; the canonical value, or which values it takes.
+    fn check(self, value: &str) -> Result<String, &'static str> {
         let v = value.trim();
         let lower = v.to_ascii_lowercase();
         match self {
             Setting::ApplicationName if v.len() <= 64 && !v.chars().any(char::is_control) => {
                 Ok(v.to_owned())
             }
-            Setting::ApplicationName => Err("at most 64 printable characters".into()),
+            Setting::ApplicationName => Err("at most 64 printable characters"),
             Setting::ClientEncoding if matches!(lower.as_str(), "utf8" | "utf-8" | "unicode") => {
                 Ok("UTF8".into())
             }
-            Setting::ClientEncoding => Err("only UTF8 is served".into()),
+            Setting::ClientEncoding => Err("only UTF8 is served"),
             Setting::DateStyle if lower.starts_with("iso") => Ok(v.to_owned()),
-            Setting::DateStyle => Err("only ISO dates are served".into()),
+            Setting::DateStyle => Err("only ISO dates are served"),
             Setting::ExtraFloatDigits => match v.parse::<i32>() {
                 Ok(n) if (-15..=3).contains(&n) => Ok(n.to_string()),
-                _ => Err("a whole number from -15 to 3".into()),
+                _ => Err("a whole number from -15 to 3"),
             },
             Setting::StatementTimeout => parse_duration_ms(v)
                 .map(|ms| ms.to_string())
-                .ok_or_else(|| "milliseconds, or a number with ms, s or min".into()),
+                .ok_or("milliseconds, or a number with ms, s or min"),
             Setting::TimeZone
                 if matches!(lower.as_str(), "utc" | "gmt" | "etc/utc" | "z" | "zulu") =>
             {
                 Ok("UTC".into())
             }
-            Setting::TimeZone => Err("answers are in UTC; only UTC can be set".into()),
+            Setting::TimeZone => Err("answers are in UTC; only UTC can be set"),
             Setting::StandardConformingStrings if lower == "on" => Ok("on".into()),
-            Setting::StandardConformingStrings => Err("only on".into()),
-            _ => Err("it is read-only".into()),
+            Setting::StandardConformingStrings => Err("only on"),
+            _ => Err("it is read-only"),
         }
     }
 }

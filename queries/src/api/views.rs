@@ -82,7 +82,7 @@ pub(super) async fn subscribe(
         .as_deref()
         .map(|c| filter::Filter::new(view, c))
         .transpose()
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_filter", e))?;
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_filter", e.to_string()))?;
     let slot = state.streams.admit(&auth.0.token_id)?;
     let mut subscription = state
         .store
