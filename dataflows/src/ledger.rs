@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 
-use crate::state_file::{Cadence, StateFileError, create_fresh, store_error};
+use crate::state_file::{self, Cadence, StateFileError, create_fresh, store_error};
 
 /// A line's identity in the ledger: its event-time day, then its 128-bit fingerprint.
 pub type LedgerKey = (i64, u64, u64);
@@ -153,17 +153,7 @@ impl Ledger {
         apply: impl FnOnce(&mut redb::Table<'_, LedgerKey, ()>) -> Result<(), redb::Error>,
         durability: Durability,
     ) -> Result<(), LedgerError> {
-        let result = (|| -> Result<(), redb::Error> {
-            let mut txn = self.db.begin_write()?;
-            txn.set_durability(durability)?;
-            {
-                let mut table = txn.open_table(LINES)?;
-                apply(&mut table)?;
-            }
-            txn.commit()?;
-            Ok(())
-        })();
-        result.map_err(|e| store_error(&self.path, e))
+        state_file::write(&self.db, &self.path, LINES, durability, apply)
     }
 }
 

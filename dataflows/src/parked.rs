@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use redb::{Database, TableDefinition};
 
 use crate::operators::{FastMap, Time, hash_of};
-use crate::state_file::{Cadence, StateFileError, create_fresh, store_error};
+use crate::state_file::{self, Cadence, StateFileError, create_fresh};
 
 /// Parked values by (expiry, key): the sweep deletes a range, a lookup knows the expiry from
 /// the index.
@@ -176,17 +176,7 @@ impl Parked {
         ) -> Result<(), redb::Error>,
     ) -> Result<(), ParkedError> {
         let durability = self.cadence.next_commit();
-        let result = (|| -> Result<(), redb::Error> {
-            let mut txn = self.db.begin_write()?;
-            txn.set_durability(durability)?;
-            {
-                let mut values = txn.open_table(VALUES)?;
-                apply(&mut values)?;
-            }
-            txn.commit()?;
-            Ok(())
-        })();
-        result.map_err(|e| store_error(&self.path, e))
+        state_file::write(&self.db, &self.path, VALUES, durability, apply)
     }
 
     /// Keys on disk (for tests).

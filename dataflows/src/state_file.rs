@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use redb::{Database, Durability};
+use redb::{Database, Durability, TableDefinition};
 
 /// Non-durable commits between two durable ones (redb reuses the pages the others freed only
 /// after a durable one).
@@ -67,6 +67,28 @@ impl Cadence {
             Durability::None
         }
     }
+}
+
+/// Applies `apply` to `table` in one write transaction of `db` (the file at `path`), committed
+/// with `durability`.
+pub fn write<K: redb::Key + 'static, V: redb::Value + 'static>(
+    db: &Database,
+    path: &Path,
+    table: TableDefinition<'_, K, V>,
+    durability: Durability,
+    apply: impl FnOnce(&mut redb::Table<'_, K, V>) -> Result<(), redb::Error>,
+) -> Result<(), StateFileError> {
+    let result = (|| -> Result<(), redb::Error> {
+        let mut txn = db.begin_write()?;
+        txn.set_durability(durability)?;
+        {
+            let mut open = txn.open_table(table)?;
+            apply(&mut open)?;
+        }
+        txn.commit()?;
+        Ok(())
+    })();
+    result.map_err(|e| store_error(path, e))
 }
 
 pub fn store_error(path: &Path, e: impl Into<redb::Error>) -> StateFileError {

@@ -566,6 +566,21 @@ fn local_time(text: &str, clock: &str) -> Option<NaiveDateTime> {
 mod tests {
     use super::*;
 
+    /// `text` as the file `name` in a new temporary directory (kept while the guard lives).
+    fn csv_file(name: &str, text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+        (dir, path)
+    }
+
+    /// An import by the column map `map` (no time zone, no location).
+    fn import_by(map: &str) -> CsvImport {
+        ColumnMap::parse(map, false)
+            .and_then(|map| CsvImport::new(map, None, None))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
     #[test]
     fn money_is_read_exactly() {
         assert_eq!(parse_money("12.5"), Ok(Cents(1250)));
@@ -632,23 +647,15 @@ mod tests {
 
     #[test]
     fn an_offline_column_marks_sales_the_machine_authorised_alone() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let path = dir.path().join("offline.csv");
-        std::fs::write(
-            &path,
+        let (_dir, path) = csv_file(
+            "offline.csv",
             "Machine,Date,Total,Offline\n\
              VM-1,2022-01-02 13:05,1.50,Yes\n\
              VM-1,2022-01-02 13:06,1.50,\n\
              VM-1,2022-01-02 13:07,1.50,online\n\
              VM-1,2022-01-02 13:08,1.50,maybe\n",
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let map = ColumnMap::parse(
-            "machine=Machine,time=Date,amount=Total,offline=Offline",
-            false,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let import = CsvImport::new(map, None, None).unwrap_or_else(|e| panic!("{e}"));
+        );
+        let import = import_by("machine=Machine,time=Date,amount=Total,offline=Offline");
         let mut out = Vec::new();
         let converted = convert_csv(&path, &import, &mut out).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((converted.rows, converted.events), (4, 3));
@@ -671,24 +678,18 @@ mod tests {
 
     #[test]
     fn an_export_becomes_sale_events_and_bad_rows_are_refused_with_their_line() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let path = dir.path().join("export.csv");
-        std::fs::write(
-            &path,
+        let (_dir, path) = csv_file(
+            "export.csv",
             "Machine,Date,Time,Txn,Coil,Qty,Total,Type,Site\n\
              VM-1,1/2/2022,13:05,t1,148,2,$3.50,Card,airport\n\
              VM-1,1/2/2022,13:05,t1,101,1,$1.25,Card,airport\n\
              VM-2,not a date,,t2,101,1,$1.25,Cash,\n\
              VM-2,1/3/2022,,t3,101,1,1.255,Cash,\n\
              VM-2,1/3/2022,9:00 AM,,101,,2,coins,\n",
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let map = ColumnMap::parse(
+        );
+        let import = import_by(
             "machine=Machine,time=Date,clock=Time,transaction=Txn,slot=Coil,quantity=Qty,amount=Total,payment=Type,location=Site",
-            false,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let import = CsvImport::new(map, None, None).unwrap_or_else(|e| panic!("{e}"));
+        );
         let mut out = Vec::new();
         let converted = convert_csv(&path, &import, &mut out).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((converted.rows, converted.events), (5, 3));
@@ -720,32 +721,22 @@ mod tests {
 
     #[test]
     fn a_settlement_file_becomes_settlement_events_and_bad_rows_are_refused() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let path = dir.path().join("settlement.csv");
-        std::fs::write(
-            &path,
+        let (_dir, path) = csv_file(
+            "settlement.csv",
             "Terminal,Auth Time,Reference,Amount,Result\n\
              VM-1,2022-01-02 13:05,t1,$4.75,APPROVED\n\
              VM-1,2022-01-02 14:00,t2,1.50,Declined\n\
              VM-1,2022-01-03 09:00,t3,(2.00),Chargeback\n\
              VM-1,2022-01-03 09:30,t4,2.00,pending review\n\
              VM-1,2022-01-03 09:45,,2.00,settled\n",
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let without_status = ColumnMap::parse(
-            "machine=Terminal,time=Auth Time,transaction=Reference,amount=Amount",
-            false,
-        )
-        .and_then(|map| CsvImport::new(map, None, None))
-        .unwrap_or_else(|e| panic!("{e}"));
+        );
+        let without_status =
+            import_by("machine=Terminal,time=Auth Time,transaction=Reference,amount=Amount");
         let refused = convert_settlement(&path, &without_status, &mut Vec::new());
         assert!(matches!(refused, Err(ImportError::Map(m)) if m.contains("status")));
-        let map = ColumnMap::parse(
+        let import = import_by(
             "machine=Terminal,time=Auth Time,transaction=Reference,amount=Amount,status=Result",
-            false,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let import = CsvImport::new(map, None, None).unwrap_or_else(|e| panic!("{e}"));
+        );
         let mut out = Vec::new();
         let converted =
             convert_settlement(&path, &import, &mut out).unwrap_or_else(|e| panic!("{e}"));
