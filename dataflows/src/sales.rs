@@ -101,7 +101,10 @@ pub const DUPLICATES: ViewDef = ViewDef {
 type Fingerprint = (u64, u64);
 
 fn fingerprint(line: &SaleLine) -> Fingerprint {
-    (hash_of(&line.key()), hash_of(&(line.key(), 0x5eed_u32)))
+    // Of the id's text, not of the interned id's own hash: fingerprints are kept in the ledger
+    // on disk, and must stay what earlier versions wrote there.
+    let key = (line.machine_id.as_str(), &*line.transaction_id, line.slot_number);
+    (hash_of(&key), hash_of(&(key, 0x5eed_u32)))
 }
 
 /// The ledger key of a line: its event-time day and its fingerprint.

@@ -346,11 +346,14 @@ pub fn verify_envelope(
             nonce.len()
         )));
     }
+    // The id is checked, but interned only once the machine is known: an unknown sender must
+    // not grow the process's table of machine ids.
+    MachineId::check(&raw.machine_id).map_err(|e| AuthError::Malformed(e.into()))?;
+    let stored = lookup(&raw.machine_id)
+        .ok_or_else(|| AuthError::UnknownMachine(raw.machine_id.to_string()))?;
     let machine_id =
         MachineId::parse(&raw.machine_id).map_err(|e| AuthError::Malformed(e.into()))?;
     let bad = || AuthError::BadSignature(machine_id.as_str().to_owned());
-    let stored = lookup(machine_id.as_str())
-        .ok_or_else(|| AuthError::UnknownMachine(machine_id.as_str().to_owned()))?;
     let events = raw.events.get();
     let signed = |legacy, enrolled| Signed {
         machine_id: machine_id.clone(),

@@ -8,21 +8,51 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// A machine's id as the machine and the registry spell it (`mach_xyz789`, `m00042`).
-///
-/// Ids are 1 to 64 characters of ASCII letters, digits and `_ - . :`, so they are safe in MQTT
-/// topics, Kafka keys, file names and SQL literals.
 /// Short text kept inline (up to 24 bytes) instead of on the heap: ids and codes are cloned into
 /// many dataflow records, and a clone must not cost an allocation.
 pub type Text = compact_str::CompactString;
 
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct MachineId(Text);
+/// A machine's id as the machine and the registry spell it (`mach_xyz789`, `m00042`).
+///
+/// Ids are 1 to 64 characters of ASCII letters, digits and `_ - . :`, so they are safe in MQTT
+/// topics, Kafka keys, file names and SQL literals.
+///
+/// An id is interned: every distinct id is stored once for the life of the process, and a
+/// `MachineId` is a pointer to it (8 bytes). Machine ids are keys of nearly every piece of dataflow
+/// state and of every exchange between workers, so equality is a pointer comparison and the hash is
+/// computed once per id instead of once per record and operator. The hash is a function of the
+/// text alone (a fixed seed), so it is the same in every process and every run (a cluster's
+/// processes route a machine to the same worker). Ordering is by the text, as before interning.
+/// The number of distinct ids a process holds is capped at [`MAX_MACHINE_IDS`]: ids come from
+/// authenticated machines and the registry, and the cap bounds memory if something else floods it.
+#[derive(Clone)]
+pub struct MachineId(&'static Interned);
+
+/// Distinct machine ids one process can hold (80 × the 50,000-machine fleet).
+pub const MAX_MACHINE_IDS: usize = 1 << 22;
+
+struct Interned {
+    text: Box<str>,
+    hash: u64,
+}
+
+type InternMap = std::collections::HashMap<&'static str, &'static Interned, foldhash::fast::RandomState>;
+
+fn interner() -> &'static std::sync::RwLock<InternMap> {
+    static INTERNER: std::sync::OnceLock<std::sync::RwLock<InternMap>> = std::sync::OnceLock::new();
+    INTERNER.get_or_init(Default::default)
+}
 
 impl MachineId {
     /// Checks and wraps an id.
     pub fn parse(s: &str) -> Result<Self, ParseError> {
+        Self::check(s)?;
+        Self::intern(s)
+    }
+
+    /// Checks an id's spelling without interning it (for text that may not come from a machine
+    /// at all, e.g. before a signature is verified).
+    pub fn check(s: &str) -> Result<(), ParseError> {
         if s.is_empty() || s.len() > 64 {
             return Err(ParseError::new(format!(
                 "machine id must be 1 to 64 characters, got {}",
@@ -37,17 +67,91 @@ impl MachineId {
                 "machine id contains {c:?}; allowed are letters, digits and _ - . :"
             )));
         }
-        Ok(MachineId(Text::from(s)))
+        Ok(())
     }
 
-    pub fn as_str(&self) -> &str {
-        &self.0
+    fn intern(s: &str) -> Result<Self, ParseError> {
+        // A poisoned lock only means another thread panicked while holding it; the map itself
+        // is only ever extended by a complete insert.
+        let read = interner().read().unwrap_or_else(|e| e.into_inner());
+        if let Some(&entry) = read.get(s) {
+            return Ok(MachineId(entry));
+        }
+        drop(read);
+        let mut write = interner().write().unwrap_or_else(|e| e.into_inner());
+        if let Some(&entry) = write.get(s) {
+            return Ok(MachineId(entry));
+        }
+        if write.len() >= MAX_MACHINE_IDS {
+            return Err(ParseError::new(format!(
+                "this process already holds {MAX_MACHINE_IDS} distinct machine ids; {s:?} is one too many"
+            )));
+        }
+        use std::hash::BuildHasher;
+        let hash = foldhash::quality::FixedState::with_seed(0x6d61_6368).hash_one(s);
+        let entry: &'static Interned = Box::leak(Box::new(Interned {
+            text: s.into(),
+            hash,
+        }));
+        write.insert(&entry.text, entry);
+        Ok(MachineId(entry))
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        &self.0.text
+    }
+}
+
+impl PartialEq for MachineId {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self.0, other.0)
+    }
+}
+impl Eq for MachineId {}
+
+impl PartialOrd for MachineId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for MachineId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        if std::ptr::eq(self.0, other.0) {
+            std::cmp::Ordering::Equal
+        } else {
+            self.0.text.cmp(&other.0.text)
+        }
+    }
+}
+
+impl std::hash::Hash for MachineId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0.hash);
+    }
+}
+
+impl fmt::Debug for MachineId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("MachineId").field(&self.as_str()).finish()
+    }
+}
+
+impl Serialize for MachineId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for MachineId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        MachineId::parse(&text).map_err(serde::de::Error::custom)
     }
 }
 
 impl fmt::Display for MachineId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -353,5 +457,51 @@ mod tests {
         assert!(MachineId::parse("a/b").is_err());
         assert!(MachineId::parse("+").is_err());
         assert!(MachineId::parse(&"x".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn an_interned_id_behaves_as_its_text() -> Result<(), ParseError> {
+        use std::hash::BuildHasher;
+        let a = MachineId::parse("m_interned_b")?;
+        let b = MachineId::parse(&String::from("m_interned_b"))?;
+        let c = MachineId::parse("m_interned_a")?;
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(a.as_str(), "m_interned_b");
+        assert_eq!(format!("{a} {a:?}"), "m_interned_b MachineId(\"m_interned_b\")");
+        // Ordered by the text, not by when an id was first seen.
+        assert!(c < a);
+        let state = foldhash::fast::FixedState::with_seed(7);
+        assert_eq!(state.hash_one(&a), state.hash_one(&b));
+        assert_ne!(state.hash_one(&a), state.hash_one(&c));
+        // Serialized as the text, and checked when read back.
+        let json = serde_json::to_string(&a).map_err(|e| ParseError::new(e.to_string()))?;
+        assert_eq!(json, "\"m_interned_b\"");
+        let back: MachineId =
+            serde_json::from_str(&json).map_err(|e| ParseError::new(e.to_string()))?;
+        assert_eq!(back, a);
+        assert!(serde_json::from_str::<MachineId>("\"a/b\"").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn ids_interned_by_many_threads_at_once_are_one_id_each() {
+        let ids: Vec<Vec<MachineId>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        (0..2_000)
+                            .filter_map(|i| MachineId::parse(&format!("m_threads_{i}")).ok())
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles.into_iter().filter_map(|h| h.join().ok()).collect()
+        });
+        assert_eq!(ids.len(), 4);
+        for other in &ids[1..] {
+            assert_eq!(other.len(), 2_000);
+            assert!(ids[0].iter().zip(other).all(|(a, b)| std::ptr::eq(a.0, b.0)));
+        }
     }
 }
