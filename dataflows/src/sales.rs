@@ -103,7 +103,11 @@ type Fingerprint = (u64, u64);
 fn fingerprint(line: &SaleLine) -> Fingerprint {
     // Of the id's text, not of the interned id's own hash: fingerprints are kept in the ledger
     // on disk, and must stay what earlier versions wrote there.
-    let key = (line.machine_id.as_str(), &*line.transaction_id, line.slot_number);
+    let key = (
+        line.machine_id.as_str(),
+        &*line.transaction_id,
+        line.slot_number,
+    );
     (hash_of(&key), hash_of(&(key, 0x5eed_u32)))
 }
 
@@ -272,6 +276,30 @@ mod tests {
 
     use super::*;
     use crate::testing::{self, Scenario};
+
+    /// The ledger on disk holds fingerprints: they must not change with how ids are stored in
+    /// memory (the value is what the version before interned machine ids computed).
+    #[test]
+    fn a_lines_fingerprint_is_what_earlier_versions_wrote_to_the_ledger()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let line = SaleLine {
+            machine_id: MachineId::parse("mach_00042")?,
+            timestamp: Timestamp(1_705_314_495_000),
+            slot_number: 148,
+            product_id: "cola".into(),
+            amount: Cents(250),
+            quantity: 1,
+            card: true,
+            transaction_id: "txn_0001".into(),
+            offline: false,
+        };
+        // Before, an id was a `CompactString` in a newtype whose derived hash was the text's.
+        let old_key = (&Text::from("mach_00042"), "txn_0001", 148_u32);
+        let old = (hash_of(&old_key), hash_of(&(old_key, 0x5eed_u32)));
+        assert_eq!(fingerprint(&line), old);
+        assert_eq!(old, (268105218640657908, 14466466781978648908));
+        Ok(())
+    }
 
     #[test]
     fn dedup_matches_first_delivery_oracle_on_random_streams() {

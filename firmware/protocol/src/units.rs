@@ -36,7 +36,8 @@ struct Interned {
     hash: u64,
 }
 
-type InternMap = std::collections::HashMap<&'static str, &'static Interned, foldhash::fast::RandomState>;
+type InternMap =
+    std::collections::HashMap<&'static str, &'static Interned, foldhash::fast::RandomState>;
 
 fn interner() -> &'static std::sync::RwLock<InternMap> {
     static INTERNER: std::sync::OnceLock<std::sync::RwLock<InternMap>> = std::sync::OnceLock::new();
@@ -468,7 +469,10 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_eq!(a.as_str(), "m_interned_b");
-        assert_eq!(format!("{a} {a:?}"), "m_interned_b MachineId(\"m_interned_b\")");
+        assert_eq!(
+            format!("{a} {a:?}"),
+            "m_interned_b MachineId(\"m_interned_b\")"
+        );
         // Ordered by the text, not by when an id was first seen.
         assert!(c < a);
         let state = foldhash::fast::FixedState::with_seed(7);
@@ -501,7 +505,12 @@ mod tests {
         assert_eq!(ids.len(), 4);
         for other in &ids[1..] {
             assert_eq!(other.len(), 2_000);
-            assert!(ids[0].iter().zip(other).all(|(a, b)| std::ptr::eq(a.0, b.0)));
+            assert!(
+                ids[0]
+                    .iter()
+                    .zip(other)
+                    .all(|(a, b)| std::ptr::eq(a.0, b.0))
+            );
         }
     }
 }
