@@ -23,8 +23,8 @@ pub type Text = compact_str::CompactString;
 /// computed once per id instead of once per record and operator. The hash is a function of the
 /// text alone (a fixed seed), so it is the same in every process and every run (a cluster's
 /// processes route a machine to the same worker). Ordering is by the text, as before interning.
-/// The number of distinct ids a process holds is capped at [`MAX_MACHINE_IDS`]: ids come from
-/// authenticated machines and the registry, and the cap bounds memory if something else floods it.
+/// The number of distinct ids a process holds is capped at [`MAX_MACHINE_IDS`], so a flood of
+/// made-up ids (a corrupt file, a sender that is not a machine) cannot grow memory without bound.
 #[derive(Clone)]
 pub struct MachineId(&'static Interned);
 
@@ -39,10 +39,8 @@ struct Interned {
 type InternMap =
     std::collections::HashMap<&'static str, &'static Interned, foldhash::fast::RandomState>;
 
-fn interner() -> &'static std::sync::RwLock<InternMap> {
-    static INTERNER: std::sync::OnceLock<std::sync::RwLock<InternMap>> = std::sync::OnceLock::new();
-    INTERNER.get_or_init(Default::default)
-}
+static INTERNER: std::sync::LazyLock<std::sync::RwLock<InternMap>> =
+    std::sync::LazyLock::new(Default::default);
 
 impl MachineId {
     /// Checks and wraps an id.
@@ -74,12 +72,12 @@ impl MachineId {
     fn intern(s: &str) -> Result<Self, ParseError> {
         // A poisoned lock only means another thread panicked while holding it; the map itself
         // is only ever extended by a complete insert.
-        let read = interner().read().unwrap_or_else(|e| e.into_inner());
+        let read = INTERNER.read().unwrap_or_else(|e| e.into_inner());
         if let Some(&entry) = read.get(s) {
             return Ok(MachineId(entry));
         }
         drop(read);
-        let mut write = interner().write().unwrap_or_else(|e| e.into_inner());
+        let mut write = INTERNER.write().unwrap_or_else(|e| e.into_inner());
         if let Some(&entry) = write.get(s) {
             return Ok(MachineId(entry));
         }
