@@ -19,7 +19,7 @@
 //! up for 600 s after a mismatch, so the log can be read with
 //! `cargo run -p vendflow-ingest --example dump_topic -- <kafka> machine-telemetry 3`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -35,7 +35,9 @@ type Revenue = BTreeMap<(String, String), (i64, i64, i64)>;
 /// Revenue per (machine, day) over distinct sale lines (machine, transaction, slot), first
 /// delivery wins: the definition, computed the obvious way.
 fn oracle(files: &[&Path]) -> anyhow::Result<Revenue> {
-    let mut seen = HashSet::new();
+    // Each sale line's contents by identity: a re-delivery must repeat them, or which copy
+    // counts would depend on the order the engine reads them in (live and replay differ).
+    let mut seen: HashMap<(String, String, i64), (i64, i64)> = HashMap::new();
     let mut revenue = Revenue::new();
     for file in files {
         for line in std::fs::read_to_string(file)?.lines() {
@@ -50,16 +52,29 @@ fn oracle(files: &[&Path]) -> anyhow::Result<Revenue> {
                 .context("transactionId")?
                 .to_owned();
             let slot = p["slotNumber"].as_i64().context("slotNumber")?;
-            if !seen.insert((machine.clone(), txn, slot)) {
-                continue;
+            let cents = fixed(&p["amount"].to_string(), 2)?;
+            let units = p["quantity"].as_i64().unwrap_or(1);
+            match seen.entry((machine.clone(), txn, slot)) {
+                std::collections::hash_map::Entry::Occupied(first) => {
+                    ensure!(
+                        *first.get() == (cents, units),
+                        "the machines sent two different sale lines as {:?} ({:?} then {:?}, in {})",
+                        first.key(),
+                        first.get(),
+                        (cents, units),
+                        file.display()
+                    );
+                    continue;
+                }
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert((cents, units));
+                }
             }
             let ts = v["timestamp"].as_i64().context("timestamp")?;
             let day = chrono::DateTime::from_timestamp_millis(ts)
                 .context("timestamp")?
                 .format("%Y-%m-%d")
                 .to_string();
-            let cents = fixed(&p["amount"].to_string(), 2)?;
-            let units = p["quantity"].as_i64().unwrap_or(1);
             let e = revenue.entry((machine, day)).or_default();
             e.0 += cents;
             e.1 += units;
@@ -571,21 +586,40 @@ fn analyst_checks(
     Ok(())
 }
 
-/// Nothing half-written is visible in the archive.
-fn assert_no_temporaries(archive: &Path) -> anyhow::Result<()> {
+/// Nothing half-written is visible in the archive, and nothing a killed writer left half-written
+/// survives its successor's recovery. The running engine writes its snapshots under hidden
+/// `.tmp` names before renaming them, so a hidden temporary modified since `restarted` is a write
+/// in progress, not a leftover.
+fn assert_no_temporaries(archive: &Path, restarted: std::time::SystemTime) -> anyhow::Result<()> {
     let mut stack = vec![archive.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir)? {
-            let path = entry?.path();
+            let entry = entry?;
+            let path = entry.path();
             if path.is_dir() {
                 stack.push(path);
-            } else {
-                assert!(
-                    path.extension().is_none_or(|e| e != "tmp"),
-                    "a temporary file is left in the archive: {}",
-                    path.display()
-                );
+                continue;
             }
+            if path.extension().is_none_or(|e| e != "tmp") {
+                continue;
+            }
+            let hidden = path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+            assert!(
+                hidden,
+                "a temporary file is visible in the archive: {}",
+                path.display()
+            );
+            // Gone since the listing: it was renamed or removed, as it should be.
+            let Ok(modified) = entry.metadata().and_then(|m| m.modified()) else {
+                continue;
+            };
+            assert!(
+                modified >= restarted,
+                "a temporary file the killed engine left is still in the archive: {}",
+                path.display()
+            );
         }
     }
     Ok(())
@@ -1470,6 +1504,7 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
     engine.kill();
     let published3 = finish(publisher)?;
     let out2 = d.join("views-2");
+    let restarted = std::time::SystemTime::now();
     engine = start_engine(&bin, &kafka, &out2, &serving, &d.join("engine-2.log"))?;
     let expected = oracle(&[
         &sent1,
@@ -1482,7 +1517,7 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
     wait_for_revenue(&out2, &expected, &engine, &kafka, "engine rebuilt")?;
     wait_for_registry(&out2, 20, &engine)?;
     wait_archived(&out2, &engine)?;
-    assert_no_temporaries(&serving.archive)?;
+    assert_no_temporaries(&serving.archive, restarted)?;
     analyst_checks(&psql_bin, &curl.program, &python, &serving, d)?;
 
     // Inventory equals a batch replay of everything the machines sent.
