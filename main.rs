@@ -1083,6 +1083,9 @@ fn publish(args: PublishArgs) -> anyhow::Result<()> {
             .iter()
             .map(|&(m, hours)| (m, Fault::NetworkOutage { hours }, MS_PER_HOUR))
             .collect(),
+        // A fleet published again continues its numbers, as firmware does across restarts
+        // (a thousand numbers a millisecond apart: ids stay below 2^53, exact in JSON readers).
+        first_number: u64::try_from(now).unwrap_or(0).saturating_mul(1000),
         ..FleetConfig::default()
     });
     if let Some(path) = &args.credentials_out {

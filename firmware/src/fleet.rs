@@ -77,6 +77,12 @@ pub struct FleetConfig {
     pub fault_rate: f64,
     /// Faults placed on purpose: (machine index, fault, onset after start in ms).
     pub scripted: Vec<(usize, Fault, i64)>,
+    /// Where each machine's event `seq` and transaction numbers start (the first is this + 1).
+    /// Real firmware keeps its counters across restarts, so a fleet simulated again later must
+    /// not reuse them: a reused transaction id with other contents is a conflicting re-delivery,
+    /// and which copy counts then depends on the order it is read in. `publish` starts from its
+    /// wall clock; files and scenarios start from 0, so they stay the same for the same seed.
+    pub first_number: u64,
 }
 
 impl Default for FleetConfig {
@@ -88,6 +94,7 @@ impl Default for FleetConfig {
             slots: 30,
             fault_rate: 1.0,
             scripted: Vec::new(),
+            first_number: 0,
         }
     }
 }
@@ -290,8 +297,8 @@ impl Fleet {
                 next_hourly: start + mrng.random_range(0..MS_PER_HOUR),
                 rng: mrng,
                 slots,
-                seq: 0,
-                txn: 0,
+                seq: config.first_number,
+                txn: config.first_number,
                 faults,
                 buffer: Vec::new(),
                 buffered_sales: 0,
@@ -619,6 +626,7 @@ impl SimMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
 
     fn run(config: &FleetConfig, hours: i64, step_ms: i64) -> Vec<Envelope> {
         let mut fleet = Fleet::new(config);
@@ -647,6 +655,36 @@ mod tests {
             events(&run(&config, 6, 1_000)),
             events(&run(&config, 6, 3_600_000))
         );
+    }
+
+    #[test]
+    fn a_fleet_simulated_again_later_numbers_on_instead_of_reusing_ids() {
+        let first = FleetConfig {
+            machines: 5,
+            ..FleetConfig::default()
+        };
+        let again = FleetConfig {
+            first_number: 1_000_000,
+            ..first.clone()
+        };
+        let identities = |config: &FleetConfig| {
+            let mut seqs = HashSet::new();
+            let mut txns = HashSet::new();
+            for e in events(&run(config, 6, 60_000)) {
+                seqs.insert((e.machine_id.clone(), e.seq));
+                if let EventKind::Sale(s) = &e.kind {
+                    txns.insert((e.machine_id.clone(), s.transaction_id.to_string()));
+                }
+            }
+            (seqs, txns)
+        };
+        let (seqs1, txns1) = identities(&first);
+        let (seqs2, txns2) = identities(&again);
+        assert!(!txns1.is_empty() && !seqs1.is_empty());
+        assert!(seqs1.is_disjoint(&seqs2), "a seq is reused");
+        assert!(txns1.is_disjoint(&txns2), "a transaction id is reused");
+        // From 0, the numbers are what they always were (the fixtures were made with them).
+        assert!(seqs1.iter().any(|(_, s)| *s == Some(1)));
     }
 
     #[test]
