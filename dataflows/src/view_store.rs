@@ -175,7 +175,9 @@ fn update_table(table: &mut hashbrown::HashTable<Entry>, row: Row, hash: u64, d:
 /// queries), each with its multiplicity.
 #[derive(Default)]
 struct ViewRows {
-    groups: FastMap<Value, Group>,
+    /// By the first cell's encoded bytes ([`Row::first_cell`]): found without decoding the
+    /// cell or allocating a key.
+    groups: FastMap<Box<[u8]>, Group>,
     /// Rows counted once each (not by multiplicity), for sizing copies.
     distinct: usize,
     /// Rows counted by multiplicity: the view's size as a reader sees it.
@@ -188,20 +190,21 @@ impl ViewRows {
             return;
         }
         self.total += d;
-        let key = row.first().unwrap_or(Value::Null);
-        match self.groups.get_mut(&key) {
+        match self.groups.get_mut(row.first_cell()) {
             Some(group) => {
                 let before = group.len();
+                // The key outlives the row, which the group takes (a shared pointer's copy).
+                let key = row.clone();
                 group.update(row, hash, d);
                 self.distinct = self.distinct + group.len() - before;
                 if group.is_empty() {
-                    self.groups.remove(&key);
+                    self.groups.remove(key.first_cell());
                 }
             }
             None => {
                 self.distinct += 1;
                 self.groups.insert(
-                    key,
+                    row.first_cell().into(),
                     Group::Few(vec![Entry {
                         hash,
                         row,
@@ -219,7 +222,50 @@ impl ViewRows {
 
     /// The rows whose first column is `key`.
     fn group(&self, key: &Value) -> impl Iterator<Item = &Entry> + '_ {
-        self.groups.get(key).into_iter().flat_map(Group::entries)
+        let key = Row::from_iter([key]);
+        self.groups
+            .get(key.first_cell())
+            .into_iter()
+            .flat_map(Group::entries)
+    }
+
+    /// Every row as often as its multiplicity, a group's rows together: copied under the
+    /// store's lock, put in order by [`Grouped::sorted`] outside it.
+    fn grouped(&self) -> Grouped {
+        let mut rows = Vec::with_capacity(self.distinct);
+        let mut groups = Vec::with_capacity(self.groups.len());
+        for group in self.groups.values() {
+            let start = rows.len();
+            rows.extend(repeat(group.entries()));
+            groups.push(start..rows.len());
+        }
+        Grouped { rows, groups }
+    }
+}
+
+/// A view's rows with each group's range ([`ViewRows::grouped`]).
+struct Grouped {
+    rows: Vec<Row>,
+    groups: Vec<std::ops::Range<usize>>,
+}
+
+impl Grouped {
+    /// The rows in order. Rows order by their first cell first, so sorting the groups by it
+    /// and each group's few rows within is the whole sort, with one comparison of a short key
+    /// per group pair instead of row comparisons over the whole view.
+    fn sorted(mut self) -> Vec<Row> {
+        let Grouped { rows, groups } = &mut self;
+        groups.retain(|g| !g.is_empty());
+        groups.sort_unstable_by(|a, b| {
+            crate::row::cmp_cells(rows[a.start].first_cell(), rows[b.start].first_cell())
+        });
+        let mut out = Vec::with_capacity(rows.len());
+        for g in groups.iter() {
+            let group = &mut rows[g.clone()];
+            group.sort_unstable();
+            out.extend_from_slice(group);
+        }
+        out
     }
 }
 
@@ -532,17 +578,37 @@ impl ViewStore {
     /// Every view as of the same frontier, each sorted. The rows are copied under the read
     /// lock and sorted after it is released, the large views on threads of their own.
     pub fn snapshot(&self) -> Snapshot {
-        let mut snapshot = self.snapshot_with(|_, rows| rows_of(rows));
-        std::thread::scope(|scope| {
-            for (_, rows) in &mut snapshot.views {
-                if rows.len() > 10_000 {
-                    scope.spawn(|| rows.sort_unstable());
-                } else {
-                    rows.sort_unstable();
-                }
-            }
+        let (frontier, grouped): (Time, Vec<Grouped>) = {
+            let state = self.read();
+            (
+                state.frontier,
+                state.rows.iter().map(ViewRows::grouped).collect(),
+            )
+        };
+        let views = std::thread::scope(|scope| {
+            let sorting: Vec<_> = grouped
+                .into_iter()
+                .map(|g| {
+                    if g.rows.len() > 10_000 {
+                        Err(scope.spawn(|| g.sorted()))
+                    } else {
+                        Ok(g.sorted())
+                    }
+                })
+                .collect();
+            CATALOG
+                .iter()
+                .zip(sorting)
+                .map(|(def, rows)| {
+                    // A sort only panics on a bug; its thread's panic is this one's.
+                    let rows = rows.unwrap_or_else(|t| {
+                        t.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+                    });
+                    (def, rows)
+                })
+                .collect()
         });
-        snapshot
+        Snapshot { frontier, views }
     }
 
     /// The views `names` (the others left empty) as of the same frontier, unsorted: what a
@@ -612,11 +678,11 @@ impl ViewStore {
                 });
             }
         }
-        let (frontier, mut inserted) = {
+        let (frontier, grouped) = {
             let state = self.read();
-            (state.frontier, rows_of(&state.rows[view]))
+            (state.frontier, state.rows[view].grouped())
         };
-        inserted.sort();
+        let inserted = grouped.sorted();
         Ok(Subscription {
             first: Some(Change {
                 frontier,
@@ -822,6 +888,59 @@ mod tests {
     use crate::engine::{Batch, Engine};
     use crate::row::Value;
     use crate::testing;
+
+    /// The grouped copy put in order equals every row, by multiplicity, sorted as `[Value]`s
+    /// sort (the oracle decodes and sorts whole rows; the store sorts groups by their encoded
+    /// first cell and then each group).
+    #[test]
+    fn a_view_in_order_is_its_rows_sorted_as_values() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let texts = [
+            "",
+            "a",
+            "ab",
+            "b",
+            "mach_00010",
+            "mach_0002",
+            "é",
+            "z\u{10ffff}",
+        ];
+        let cell = |rng: &mut rand_chacha::ChaCha8Rng| match rng.random_range(0..5) {
+            0 => Value::Null,
+            1 => Value::Int(rng.random_range(-300..300)),
+            2 => Value::Money(Cents(rng.random_range(-5..5) * 1000)),
+            _ => Value::text(texts[rng.random_range(0..texts.len())]),
+        };
+        let mut rows = super::ViewRows::default();
+        let mut model: std::collections::HashMap<Vec<Value>, i64> = Default::default();
+        for _ in 0..5_000 {
+            let values: Vec<Value> = (0..rng.random_range(1..4))
+                .map(|_| cell(&mut rng))
+                .collect();
+            // Mostly inserts; a retraction only of a row present, as the engine publishes.
+            let present = model.get(&values).copied().unwrap_or(0);
+            let d = if present > 0 && rng.random_bool(0.3) {
+                -1
+            } else {
+                1
+            };
+            *model.entry(values.clone()).or_default() += d;
+            let row = crate::row::Row::from(values);
+            let hash = super::row_hash(&row);
+            rows.update(row, hash, d);
+        }
+        let mut expected: Vec<Vec<Value>> = model
+            .into_iter()
+            .flat_map(|(v, n)| std::iter::repeat_n(v, usize::try_from(n).unwrap_or(0)))
+            .collect();
+        expected.sort();
+        let sorted: Vec<Vec<Value>> = rows.grouped().sorted().iter().map(|r| r.to_vec()).collect();
+        assert_eq!(sorted.len(), expected.len());
+        assert_eq!(sorted, expected);
+        // Groups emptied by retractions are gone.
+        assert!(rows.groups.values().all(|g| !g.is_empty()));
+    }
 
     #[test]
     fn subscription_gets_the_snapshot_then_timestamped_changes() {
