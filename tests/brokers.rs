@@ -455,6 +455,39 @@ fn api_registers_through_kafka(
         std::thread::sleep(Duration::from_millis(300));
     }
 
+    // Taken out of service: the delete is a tombstone on `fleet-commands`, which the engine's
+    // consumer turns into the machine's retraction; then its location can go too.
+    let delete = |path: &str| {
+        vendflow_tests::curl_post(
+            curl,
+            &["--max-time", "20", "-X", "DELETE"],
+            "",
+            &format!("http://{}{path}", serving.http),
+        )
+    };
+    let (code, body) = delete("/api/locations/loc-api")?;
+    assert_eq!(code, "409", "a location with a machine stays: {body}");
+    let (code, body) = delete(&format!("/api/machines/{machine}"))?;
+    assert_eq!(code, "204", "DELETE /api/machines on run: {body}");
+    let started = Instant::now();
+    loop {
+        let (ok, out, err) = psql(
+            psql_bin,
+            port,
+            &format!("SELECT count(*) FROM inventory WHERE machine_id = '{machine}'"),
+        )?;
+        assert!(ok, "{err}");
+        if out == "0" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the machine deleted over the API stayed in the engine's inventory: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (code, body) = delete("/api/locations/loc-api")?;
+    assert_eq!(code, "204", "DELETE /api/locations on run: {body}");
     Ok(())
 }
 

@@ -1,5 +1,7 @@
 //! The registry log: locations, machines, leases and lease events, with one semantics on every
 //! path. A record replaces the record with the same key ([`RegistryRecord::key`]): an upsert.
+//! A delete names a key and removes its record: on Kafka a tombstone (the key with no payload),
+//! as in any compacted upsert log.
 //!
 //! Writers append records to a [`RegistryLog`]: on Kafka, to `fleet-commands` (through one
 //! producer kept for the process's lifetime), from which the Kafka source applies them; in the
@@ -34,6 +36,27 @@ impl Keyed {
             None => out.push((record, 1)),
         }
     }
+
+    /// Removes the record under `key`, pushing its retraction onto `out`; returns it (None, and
+    /// no change, when there is none).
+    pub fn delete(
+        &mut self,
+        key: &str,
+        out: &mut Vec<(RegistryRecord, isize)>,
+    ) -> Option<RegistryRecord> {
+        let old = self.records.remove(key)?;
+        out.push((old.clone(), -1));
+        Some(old)
+    }
+}
+
+/// One change read from the registry log.
+#[derive(Clone, Copy, Debug)]
+pub enum RegistryChange<'a> {
+    /// The record replaces the one with its key.
+    Upsert(&'a RegistryRecord),
+    /// The record under this key ([`RegistryRecord::key`]) is removed.
+    Delete(&'a str),
 }
 
 /// Why a registry write did not land.
@@ -64,6 +87,39 @@ impl RegistryLog {
     /// A log applied straight to the engine through `feeder`.
     pub fn embedded(feeder: Feeder) -> RegistryLog {
         RegistryLog::Embedded(Mutex::new((Keyed::default(), feeder)))
+    }
+
+    /// Deletes the records under `keys` ([`RegistryRecord::key`]) and returns once the log has
+    /// the deletes: tombstones acknowledged by Kafka, or retractions handed to the engine.
+    pub fn delete(&self, keys: &[String]) -> Result<(), RegistryLogError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        match self {
+            RegistryLog::Kafka(producer) => {
+                let tombstones: Vec<(String, Option<&str>)> =
+                    keys.iter().map(|k| (k.clone(), None)).collect();
+                blocking(|| producer.send_keyed(FLEET_COMMANDS_TOPIC, &tombstones))?;
+                Ok(())
+            }
+            RegistryLog::Embedded(state) => {
+                let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+                let (keyed, feeder) = &mut *state;
+                let mut changes = Vec::with_capacity(keys.len());
+                for key in keys {
+                    keyed.delete(key, &mut changes);
+                }
+                let time = feeder.time();
+                feeder.send(
+                    time,
+                    Batch {
+                        registry: changes,
+                        ..Batch::default()
+                    },
+                )?;
+                Ok(())
+            }
+        }
     }
 
     /// Appends `records` (upserts) and returns once the log has them: acknowledged by Kafka, or
@@ -154,6 +210,27 @@ mod tests {
                 (location("l1", "2 Main St"), 1)
             ]
         );
+    }
+
+    #[test]
+    fn a_delete_retracts_the_record_under_its_key_once() {
+        let mut keyed = Keyed::default();
+        let mut out = Vec::new();
+        keyed.upsert(location("l1", "1 Main St"), &mut out);
+        keyed.upsert(location("l2", "2 Main St"), &mut out);
+        out.clear();
+        let key = location("l1", "1 Main St").key();
+        assert_eq!(
+            keyed.delete(&key, &mut out),
+            Some(location("l1", "1 Main St"))
+        );
+        assert_eq!(keyed.delete(&key, &mut out), None, "deleted once");
+        assert_eq!(keyed.delete("location/nowhere", &mut out), None);
+        assert_eq!(out, vec![(location("l1", "1 Main St"), -1)]);
+        // Registered again after the delete: a new record, not a replacement.
+        out.clear();
+        keyed.upsert(location("l1", "3 Main St"), &mut out);
+        assert_eq!(out, vec![(location("l1", "3 Main St"), 1)]);
     }
 
     /// An HTTP handler appends on a runtime thread; the Kafka producer waits on a runtime of

@@ -134,6 +134,121 @@ fn a_service_started_in_process_answers_over_http_and_postgres_and_stops_in_orde
     });
     assert_eq!(count, 6, "liveness over the Postgres protocol");
 
+    // A machine taken out of service: refused while its lease is in force, deleted once the
+    // lease is terminated; it leaves the API and the registry the views join with.
+    let machine = "mach_00005";
+    let delete = |url: &str| -> (u16, Json) {
+        let mut response = agent
+            .delete(url)
+            .header("Authorization", &format!("Bearer {token}"))
+            .call()
+            .expect("DELETE answers");
+        let status = response.status().as_u16();
+        (
+            status,
+            response.body_mut().read_json().unwrap_or(Json::Null),
+        )
+    };
+    let post = |url: &str, body: Json| -> (u16, Json) {
+        let mut response = agent
+            .post(url)
+            .header("Authorization", &format!("Bearer {token}"))
+            .send_json(body)
+            .expect("POST answers");
+        let status = response.status().as_u16();
+        (
+            status,
+            response.body_mut().read_json().unwrap_or(Json::Null),
+        )
+    };
+    let (status, machine_before) = get(
+        &agent,
+        &format!("{base}/api/machines/{machine}"),
+        Some(&token),
+    );
+    assert_eq!(status, 200, "{machine_before}");
+    let location = machine_before["location"]["locationId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the machine's location: {machine_before}"))
+        .to_owned();
+    let (_, leases) = get(
+        &agent,
+        &format!("{base}/api/leases?machineId={machine}"),
+        Some(&token),
+    );
+    let in_force: Vec<String> = leases["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("leases: {leases}"))
+        .iter()
+        .filter(|l| matches!(l["status"].as_str(), Some("ACTIVE" | "DRAFT")))
+        .filter_map(|l| l["leaseId"].as_str().map(str::to_owned))
+        .collect();
+    if !in_force.is_empty() {
+        let (status, body) = delete(&format!("{base}/api/machines/{machine}"));
+        assert_eq!(status, 409, "a machine under lease stays: {body}");
+        assert!(body.to_string().contains("terminate"), "{body}");
+        for lease in &in_force {
+            let (status, body) = post(&format!("{base}/api/leases/{lease}/terminate"), json!({}));
+            assert_eq!(status, 200, "{body}");
+        }
+    }
+    let (status, body) = delete(&format!("{base}/api/machines/{machine}"));
+    assert_eq!(status, 204, "{body}");
+    let (status, _) = get(
+        &agent,
+        &format!("{base}/api/machines/{machine}"),
+        Some(&token),
+    );
+    assert_eq!(status, 404, "a deleted machine is gone from the API");
+    let (status, _) = delete(&format!("{base}/api/machines/{machine}"));
+    assert_eq!(status, 404, "deleted once");
+    let (_, list) = get(&agent, &format!("{base}/api/machines"), Some(&token));
+    assert_eq!(list["total"], 5, "{list}");
+    // The engine has the delete: the machine's rows no longer join with a registered machine.
+    let started = Instant::now();
+    loop {
+        let mut answer = agent
+            .post(&format!("{base}/sql"))
+            .header("Authorization", &format!("Bearer {token}"))
+            .send_json(json!({"sql": format!(
+                "SELECT count(*) AS n FROM inventory WHERE machine_id = '{machine}' AND product_id IS NOT NULL"
+            )}))
+            .expect("POST /sql answers");
+        let body: Json = answer.body_mut().read_json().expect("JSON");
+        if body["rows"][0]["n"] == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the deleted machine's planogram stayed in inventory: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A location is removed only once no machine is at it.
+    let (status, body) = delete(&format!("{base}/api/locations/{location}"));
+    let others = body.to_string();
+    if status == 409 {
+        assert!(others.contains("machine"), "{body}");
+    } else {
+        assert_eq!(
+            status, 204,
+            "the deleted machine was its location's only one: {body}"
+        );
+    }
+    let (status, created) = post(
+        &format!("{base}/api/locations"),
+        json!({"clientId": "acme", "address": "1 Short Lease St", "lat": 1.5, "lng": 2.5}),
+    );
+    assert_eq!(status, 201, "{created}");
+    let new_location = created["locationId"].as_str().expect("an id").to_owned();
+    let (status, body) = delete(&format!("{base}/api/locations/{new_location}"));
+    assert_eq!(status, 204, "{body}");
+    let (_, locations) = get(&agent, &format!("{base}/api/locations"), Some(&token));
+    assert!(
+        !locations.to_string().contains(&new_location),
+        "{locations}"
+    );
+
     // Stopped: every thread joined, the archive closed, nothing listens any more.
     stop.store(true, Ordering::SeqCst);
     let stopped = service

@@ -208,6 +208,18 @@ impl Producer {
         topic: &str,
         records: &[(String, &str)],
     ) -> Result<Vec<(i32, i64)>, KafkaError> {
+        let records: Vec<(String, Option<&str>)> =
+            records.iter().map(|(k, p)| (k.clone(), Some(*p))).collect();
+        self.send_keyed(topic, &records)
+    }
+
+    /// [`Producer::send_all`] where a record may have no payload: a tombstone, which deletes
+    /// its key from an upsert log such as `fleet-commands`.
+    pub fn send_keyed(
+        &self,
+        topic: &str,
+        records: &[(String, Option<&str>)],
+    ) -> Result<Vec<(i32, i64)>, KafkaError> {
         use rdkafka::error::KafkaError as RdError;
         use rdkafka::producer::FutureRecord;
         use rdkafka::types::RDKafkaErrorCode;
@@ -215,7 +227,10 @@ impl Producer {
         self.runtime.block_on(async {
             let mut deliveries = Vec::new();
             for (key, payload) in records {
-                let mut record = FutureRecord::to(topic).key(key.as_str()).payload(*payload);
+                let mut record = FutureRecord::to(topic).key(key.as_str());
+                if let Some(payload) = payload {
+                    record = record.payload(*payload);
+                }
                 loop {
                     match producer.send_result(record) {
                         Ok(delivery) => {

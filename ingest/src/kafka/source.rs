@@ -28,7 +28,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use vendflow_dataflows::{Batch, ErrorRecord, Feeder, Feeders, Time};
 use vendflow_protocol::command::decode_command;
 use vendflow_protocol::decode::{decode_line, decode_registry};
-use vendflow_protocol::{DecodeError, RegistryRecord, Timestamp};
+use vendflow_protocol::{DecodeError, Timestamp};
 
 use crate::{Position, Tap};
 
@@ -42,7 +42,7 @@ pub const FLEET_COMMANDS_TOPIC: &str = "fleet-commands";
 
 /// Told of every registry record read from `fleet-commands` (the REST API keeps its copy of the
 /// registry current with it).
-pub type RegistryObserver = Arc<dyn Fn(&RegistryRecord) + Send + Sync>;
+pub type RegistryObserver = Arc<dyn Fn(crate::registry::RegistryChange<'_>) + Send + Sync>;
 
 #[derive(Clone)]
 pub struct SourceConfig {
@@ -329,11 +329,29 @@ fn consume(
                     received_at,
                 };
                 let taken = intake.begin(&batch, &source, at, payload);
-                if topic == FLEET_COMMANDS_TOPIC {
+                if topic == FLEET_COMMANDS_TOPIC && message.payload().is_none() {
+                    // A tombstone: the key's record is deleted.
+                    match message.key().map(std::str::from_utf8) {
+                        Some(Ok(key)) => {
+                            if let Some(observe) = observer {
+                                observe(crate::registry::RegistryChange::Delete(key));
+                            }
+                            registry.delete(key, &mut batch.registry);
+                        }
+                        _ => intake.refuse(
+                            &mut batch,
+                            &taken,
+                            &vendflow_protocol::DecodeError::new(
+                                vendflow_protocol::ErrorKind::Schema,
+                                "a registry delete (a message with no payload) needs the record's key as its UTF-8 message key",
+                            ),
+                        ),
+                    }
+                } else if topic == FLEET_COMMANDS_TOPIC {
                     match decode_registry(payload) {
                         Ok(record) => {
                             if let Some(observe) = observer {
-                                observe(&record);
+                                observe(crate::registry::RegistryChange::Upsert(&record));
                             }
                             registry.upsert(record, &mut batch.registry);
                         }

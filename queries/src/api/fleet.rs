@@ -4,14 +4,15 @@
 //! the registry log ([`vendflow_ingest::registry::RegistryLog`]): straight to the engine in the
 //! embedded demo, through `fleet-commands` with Kafka. Records that arrive from elsewhere
 //! (a `vendflow registry load`, another API instance, this one's own writes read back from
-//! Kafka) are [`Fleet::observe`]d, so the copy follows the log of record. All writes go
+//! Kafka) are [`Fleet::observe`]d, so the copy follows the log of record. Deletes (a machine
+//! taken out of service, a location closed) go the same way, by key. All writes go
 //! through one lock, so two requests cannot both pass a check that only one may pass (two
 //! leases overlapping on one machine).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use vendflow_ingest::registry::{RegistryLog, RegistryLogError};
+use vendflow_ingest::registry::{RegistryChange, RegistryLog, RegistryLogError};
 use vendflow_protocol::{Lease, LeaseEvent, Location, Machine, RegistryRecord};
 
 use crate::sql::Owners;
@@ -83,6 +84,36 @@ impl Registry {
         }
     }
 
+    /// Removes the record under `key` ([`RegistryRecord::key`]); true if there was one.
+    fn remove(&mut self, key: &str) -> bool {
+        let Some((kind, id)) = key.split_once('/') else {
+            return false;
+        };
+        match kind {
+            "location" => self.locations.remove(id).is_some(),
+            "machine" => match self.machines.remove(id) {
+                Some(m) => {
+                    self.serials.remove(&m.serial_number);
+                    true
+                }
+                None => false,
+            },
+            "lease" => self.leases.remove(id).is_some(),
+            "lease_event" => {
+                let Some(lease) = id.split('/').next() else {
+                    return false;
+                };
+                let Some(events) = self.lease_events.get_mut(lease) else {
+                    return false;
+                };
+                let before = events.len();
+                events.retain(|e| RegistryRecord::LeaseEvent(e.clone()).key() != key);
+                before != events.len()
+            }
+            _ => false,
+        }
+    }
+
     /// The client a machine belongs to: its location's.
     pub fn machine_client(&self, machine_id: &str) -> Option<&str> {
         let location = self.machines.get(machine_id)?.location_id.as_deref()?;
@@ -121,9 +152,31 @@ impl Fleet {
         self.registry.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes in a record read from the log (an upsert; the same record again changes nothing).
-    pub fn observe(&self, record: &RegistryRecord) {
-        self.write().store(record.clone());
+    /// Takes in a change read from the log (the same upsert again, or a delete of a key
+    /// already gone, changes nothing).
+    pub fn observe(&self, change: RegistryChange<'_>) {
+        match change {
+            RegistryChange::Upsert(record) => self.write().store(record.clone()),
+            RegistryChange::Delete(key) => {
+                self.write().remove(key);
+            }
+        }
+    }
+
+    /// Deletes the records under `keys` from the log, then from this copy. Nothing is removed
+    /// if the log refuses the deletes.
+    pub fn delete(
+        &self,
+        registry: &mut Registry,
+        keys: Vec<String>,
+    ) -> Result<(), RegistryLogError> {
+        if let Some(log) = &self.log {
+            log.delete(&keys)?;
+        }
+        for key in keys {
+            registry.remove(&key);
+        }
+        Ok(())
     }
 
     /// Appends the `records` that change something (each replacing the record with its key) to

@@ -12,7 +12,8 @@ use vendflow_dataflows::row::Named;
 use vendflow_dataflows::{Snapshot, Value};
 use vendflow_protocol::units::Micro;
 use vendflow_protocol::{
-    Cents, Location, LocationType, Machine, MachineId, MachineStatus, RegistryRecord, Slot,
+    Cents, LeaseStatus, Location, LocationType, Machine, MachineId, MachineStatus, RegistryRecord,
+    Slot,
 };
 
 use super::{ApiError, ApiJson, ApiQuery, ApiState, Auth, Page};
@@ -434,6 +435,80 @@ pub(super) async fn update(
         body["status"] = json!("maintenance");
     }
     Ok(axum::Json(body).into_response())
+}
+
+/// `DELETE /api/machines/{id}`: takes a machine out of the registry (decommissioned). Its
+/// planogram leaves `inventory`, and telemetry it still sends counts as an unregistered
+/// machine's. Refused while a lease on it is in force (terminate the lease first), so no
+/// invoice loses its machine.
+pub(super) async fn delete(
+    State(state): State<ApiState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    auth.require(Role::Admin, "deleting a machine")?;
+    let fleet = state.fleet.clone();
+    let mut registry = fleet.write();
+    let machine = registry
+        .machines
+        .get(&id)
+        .filter(|_| auth.sees(registry.machine_client(&id)))
+        .cloned()
+        .ok_or_else(|| ApiError::not_found("machine", &id))?;
+    if let Some(lease) = registry.leases.values().find(|l| {
+        l.machine_id == machine.machine_id
+            && matches!(l.status, LeaseStatus::Draft | LeaseStatus::Active)
+    }) {
+        return Err(ApiError::conflict(format!(
+            "machine {id} is under lease {} ({}); terminate it first (POST /api/leases/{}/terminate)",
+            lease.lease_id,
+            lease.status.as_str(),
+            lease.lease_id
+        )));
+    }
+    fleet
+        .delete(&mut registry, vec![RegistryRecord::Machine(machine).key()])
+        .map_err(ApiError::from)?;
+    tracing::info!(machine_id = %id, token = %auth.0.token_id, "machine deleted");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `DELETE /api/locations/{id}`: removes a location that no machine is at any more.
+pub(super) async fn delete_location(
+    State(state): State<ApiState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    auth.require(Role::Admin, "deleting a location")?;
+    let fleet = state.fleet.clone();
+    let mut registry = fleet.write();
+    let location = registry
+        .locations
+        .get(&id)
+        .filter(|l| auth.sees(Some(&l.client_id)))
+        .cloned()
+        .ok_or_else(|| ApiError::not_found("location", &id))?;
+    let at: Vec<&str> = registry
+        .machines
+        .values()
+        .filter(|m| m.location_id.as_deref() == Some(id.as_str()))
+        .map(|m| m.machine_id.as_str())
+        .collect();
+    if !at.is_empty() {
+        return Err(ApiError::conflict(format!(
+            "location {id} still has {} machine(s) ({}); move or delete them first",
+            at.len(),
+            at.join(", ")
+        )));
+    }
+    fleet
+        .delete(
+            &mut registry,
+            vec![RegistryRecord::Location(location).key()],
+        )
+        .map_err(ApiError::from)?;
+    tracing::info!(location_id = %id, token = %auth.0.token_id, "location deleted");
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[derive(Deserialize)]

@@ -151,11 +151,17 @@ pub fn app(state: ApiState) -> Router {
         )
         .route(
             "/api/machines/{id}",
-            get(machines::detail).patch(machines::update),
+            get(machines::detail)
+                .patch(machines::update)
+                .delete(machines::delete),
         )
         .route(
             "/api/locations",
             post(machines::add_location).get(machines::locations),
+        )
+        .route(
+            "/api/locations/{id}",
+            axum::routing::delete(machines::delete_location),
         )
         .route("/api/leases", post(leases::create).get(leases::list))
         .route("/api/leases/{id}", get(leases::detail))

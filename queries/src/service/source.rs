@@ -16,7 +16,7 @@ use vendflow_ingest::Tap;
 use vendflow_ingest::auth::{Credentials, SharedCredentials, Verifier};
 use vendflow_ingest::kafka::source::{self as kafka_source, SourceConfig, SourceStats};
 use vendflow_ingest::mqtt::MqttSource;
-use vendflow_ingest::registry::RegistryLog;
+use vendflow_ingest::registry::{RegistryChange, RegistryLog};
 use vendflow_ingest::server::Server;
 use vendflow_protocol::Timestamp;
 
@@ -159,7 +159,7 @@ impl Source {
                 feeders.advance_all(start)?;
                 let registry = Arc::new(Registry::new(log));
                 for record in fleet.registry() {
-                    registry.observe(record);
+                    registry.observe(RegistryChange::Upsert(record));
                 }
                 let stats = Arc::new(Counters::default());
                 let counters: Arc<dyn Fn() -> SourceCounters + Send + Sync> = {

@@ -70,6 +70,16 @@ const OPS: &[Op] = &[
         params: &[("id", "path", "machine id")],
     },
     Op {
+        method: "delete",
+        path: "/api/machines/{id}",
+        summary: "Take a machine out of the registry (decommissioned); refused while a lease on it is in force",
+        role: Some("admin"),
+        request: None,
+        answer: (204, "None"),
+        errors: &[401, 403, 404, 409],
+        params: &[("id", "path", "machine id")],
+    },
+    Op {
         method: "post",
         path: "/api/locations",
         summary: "Add a client's location",
@@ -88,6 +98,16 @@ const OPS: &[Op] = &[
         answer: (200, "LocationList"),
         errors: &[401],
         params: &[],
+    },
+    Op {
+        method: "delete",
+        path: "/api/locations/{id}",
+        summary: "Remove a location no machine is at",
+        role: Some("admin"),
+        request: None,
+        answer: (204, "None"),
+        errors: &[401, 403, 404, 409],
+        params: &[("id", "path", "location id")],
     },
     Op {
         method: "post",
@@ -351,10 +371,12 @@ pub fn openapi() -> Json {
             "Text" => "text/plain",
             _ => "application/json",
         };
-        responses.insert(
-            op.answer.0.to_string(),
-            json!({"description": "ok", "content": {content_type: {"schema": {"$ref": format!("#/components/schemas/{}", op.answer.1)}}}}),
-        );
+        let answer = if op.answer.1 == "None" {
+            json!({"description": "done; no content"})
+        } else {
+            json!({"description": "ok", "content": {content_type: {"schema": {"$ref": format!("#/components/schemas/{}", op.answer.1)}}}})
+        };
+        responses.insert(op.answer.0.to_string(), answer);
         for code in op.errors {
             responses.insert(
                 code.to_string(),
