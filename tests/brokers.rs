@@ -437,23 +437,8 @@ fn api_registers_through_kafka(
         .as_str()
         .context("the new machine has no id")?
         .to_owned();
-    let started = Instant::now();
-    loop {
-        let (ok, out, err) = psql(
-            psql_bin,
-            port,
-            &format!("SELECT count(*) FROM inventory WHERE machine_id = '{machine}'"),
-        )?;
-        assert!(ok, "{err}");
-        if out == "2" {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the machine registered over the API never reached the engine's inventory: {out}"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    wait_inventory_rows(psql_bin, port, &machine, "2")
+        .context("the machine registered over the API never reached the engine's inventory")?;
 
     // Taken out of service: the delete is a tombstone on `fleet-commands`, which the engine's
     // consumer turns into the machine's retraction; then its location can go too.
@@ -469,26 +454,30 @@ fn api_registers_through_kafka(
     assert_eq!(code, "409", "a location with a machine stays: {body}");
     let (code, body) = delete(&format!("/api/machines/{machine}"))?;
     assert_eq!(code, "204", "DELETE /api/machines on run: {body}");
-    let started = Instant::now();
-    loop {
-        let (ok, out, err) = psql(
-            psql_bin,
-            port,
-            &format!("SELECT count(*) FROM inventory WHERE machine_id = '{machine}'"),
-        )?;
-        assert!(ok, "{err}");
-        if out == "0" {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the machine deleted over the API stayed in the engine's inventory: {out}"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    wait_inventory_rows(psql_bin, port, &machine, "0")
+        .context("the machine deleted over the API stayed in the engine's inventory")?;
     let (code, body) = delete("/api/locations/loc-api")?;
     assert_eq!(code, "204", "DELETE /api/locations on run: {body}");
     Ok(())
+}
+
+/// Waits (30 s at most) until `inventory` has `rows` rows of `machine` over psql.
+fn wait_inventory_rows(
+    psql_bin: &Path,
+    port: u16,
+    machine: &str,
+    rows: &str,
+) -> anyhow::Result<()> {
+    let sql = format!("SELECT count(*) FROM inventory WHERE machine_id = '{machine}'");
+    wait_until(
+        &format!("{rows} inventory rows of {machine}"),
+        Duration::from_secs(30),
+        || {
+            let (ok, out, err) = psql(psql_bin, port, &sql)?;
+            ensure!(ok, "{err}");
+            Ok(out == rows)
+        },
+    )
 }
 
 /// The analysts' side against a running engine: psql (a live view, a join of two views, the

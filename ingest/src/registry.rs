@@ -92,34 +92,9 @@ impl RegistryLog {
     /// Deletes the records under `keys` ([`RegistryRecord::key`]) and returns once the log has
     /// the deletes: tombstones acknowledged by Kafka, or retractions handed to the engine.
     pub fn delete(&self, keys: &[String]) -> Result<(), RegistryLogError> {
-        if keys.is_empty() {
-            return Ok(());
-        }
-        match self {
-            RegistryLog::Kafka(producer) => {
-                let tombstones: Vec<(String, Option<&str>)> =
-                    keys.iter().map(|k| (k.clone(), None)).collect();
-                blocking(|| producer.send_keyed(FLEET_COMMANDS_TOPIC, &tombstones))?;
-                Ok(())
-            }
-            RegistryLog::Embedded(state) => {
-                let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
-                let (keyed, feeder) = &mut *state;
-                let mut changes = Vec::with_capacity(keys.len());
-                for key in keys {
-                    keyed.delete(key, &mut changes);
-                }
-                let time = feeder.time();
-                feeder.send(
-                    time,
-                    Batch {
-                        registry: changes,
-                        ..Batch::default()
-                    },
-                )?;
-                Ok(())
-            }
-        }
+        let changes: Vec<(String, Option<&RegistryRecord>)> =
+            keys.iter().map(|k| (k.clone(), None)).collect();
+        self.write(0, &changes)
     }
 
     /// Appends `records` (upserts) and returns once the log has them: acknowledged by Kafka, or
@@ -131,38 +106,56 @@ impl RegistryLog {
     /// [`RegistryLog::append`], at ingestion time `at` or later (embedded: the time of the
     /// initial registry of a simulated fleet; Kafka stamps records itself).
     pub fn append_at(&self, at: Time, records: &[RegistryRecord]) -> Result<(), RegistryLogError> {
-        if records.is_empty() {
+        let changes: Vec<(String, Option<&RegistryRecord>)> =
+            records.iter().map(|r| (r.key(), Some(r))).collect();
+        self.write(at, &changes)
+    }
+
+    /// Writes upserts (a key and its record) and deletes (a key alone), in order.
+    fn write(
+        &self,
+        at: Time,
+        changes: &[(String, Option<&RegistryRecord>)],
+    ) -> Result<(), RegistryLogError> {
+        if changes.is_empty() {
             return Ok(());
         }
         match self {
             RegistryLog::Kafka(producer) => {
-                let lines: Vec<String> = records.iter().map(RegistryRecord::to_json_line).collect();
-                let keyed: Vec<(String, &str)> = records
+                let lines: Vec<Option<String>> = changes
+                    .iter()
+                    .map(|(_, r)| r.map(RegistryRecord::to_json_line))
+                    .collect();
+                let keyed: Vec<(String, Option<&str>)> = changes
                     .iter()
                     .zip(&lines)
-                    .map(|(r, line)| (r.key(), line.as_str()))
+                    .map(|((key, _), line)| (key.clone(), line.as_deref()))
                     .collect();
-                blocking(|| producer.send_all(FLEET_COMMANDS_TOPIC, &keyed))?;
-                Ok(())
+                blocking(|| producer.send_keyed(FLEET_COMMANDS_TOPIC, &keyed))?;
             }
             RegistryLog::Embedded(state) => {
                 let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
                 let (keyed, feeder) = &mut *state;
-                let mut changes = Vec::with_capacity(records.len() * 2);
-                for record in records {
-                    keyed.upsert(record.clone(), &mut changes);
+                let mut out = Vec::with_capacity(changes.len() * 2);
+                for (key, record) in changes {
+                    match record {
+                        Some(record) => keyed.upsert((*record).clone(), &mut out),
+                        None => {
+                            keyed.delete(key, &mut out);
+                        }
+                    }
                 }
                 let time = feeder.time().max(at);
                 feeder.send(
                     time,
                     Batch {
-                        registry: changes,
+                        registry: out,
                         ..Batch::default()
                     },
                 )?;
-                Ok(())
             }
         }
+        Ok(())
     }
 }
 
