@@ -9,7 +9,7 @@ use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 use vendflow_dataflows::row::Column;
-use vendflow_dataflows::{Snapshot, Value};
+use vendflow_dataflows::{Snapshot, Value, ViewDef};
 
 use crate::SinkError;
 
@@ -32,7 +32,7 @@ pub fn write_snapshot(snapshot: &Snapshot, dir: &Path) -> Result<Vec<Written>, S
     std::thread::scope(|scope| {
         let handles: Vec<_> = vendflow_dataflows::CATALOG
             .iter()
-            .map(|def| scope.spawn(move || write_view(snapshot, def.name, dir)))
+            .map(|def| scope.spawn(move || write_view(snapshot, def, dir)))
             .collect();
         handles
             .into_iter()
@@ -52,7 +52,12 @@ pub fn write_snapshot(snapshot: &Snapshot, dir: &Path) -> Result<Vec<Written>, S
 /// own), row by row straight from the rows' cells: converting to Arrow first and formatting each
 /// array cell through Arrow's formatters cost more than the rest of the file's writing. The text
 /// is what Arrow's CSV writer prints (a test holds the two to the same bytes).
-fn write_view(snapshot: &Snapshot, view: &'static str, dir: &Path) -> Result<Written, SinkError> {
+fn write_view(
+    snapshot: &Snapshot,
+    def: &'static ViewDef,
+    dir: &Path,
+) -> Result<Written, SinkError> {
+    let view = def.name;
     let io = |path: &Path| {
         let path = path.display().to_string();
         move |source| SinkError::Io { path, source }
@@ -61,10 +66,6 @@ fn write_view(snapshot: &Snapshot, view: &'static str, dir: &Path) -> Result<Wri
         view: view.into(),
         message: e.to_string(),
     };
-    let def = vendflow_dataflows::CATALOG
-        .iter()
-        .find(|d| d.name == view)
-        .ok_or_else(|| encode(&format!("no view named {view}")))?;
     let rows = snapshot.rows(view).map_err(|e| encode(&e))?;
     let path = dir.join(format!("{view}.csv"));
     let tmp = dir.join(format!(".{view}.csv.tmp"));
@@ -180,10 +181,13 @@ fn decimal(out: &mut Vec<u8>, value: i64, scale: u32) {
     }
     out.extend_from_slice(itoa::Buffer::new().format(abs / unit).as_bytes());
     out.push(b'.');
-    let fraction = abs % unit;
-    let digits = itoa::Buffer::new().format(fraction).len();
-    out.extend(std::iter::repeat_n(b'0', scale as usize - digits));
-    out.extend_from_slice(itoa::Buffer::new().format(fraction).as_bytes());
+    let mut buffer = itoa::Buffer::new();
+    let fraction = buffer.format(abs % unit).as_bytes();
+    out.extend(std::iter::repeat_n(
+        b'0',
+        (scale as usize).saturating_sub(fraction.len()),
+    ));
+    out.extend_from_slice(fraction);
 }
 
 /// Days since 1970-01-01 to a civil date (proleptic Gregorian; Howard Hinnant's algorithm).
