@@ -190,8 +190,9 @@ enum Command {
         #[arg(long)]
         commands: Option<PathBuf>,
         /// Granularity of the ingestion clock in milliseconds: the events of one tick are
-        /// ingested together. Default: 300000 (5 minutes of event time, a bulk load's steps;
-        /// at most the engine's 5-minute future tolerance), or 1000 with --rate (as live).
+        /// ingested together, and each view changes once per key and tick. Default: 3600000
+        /// (one hour of event time, a bulk load's steps; also the most it takes), or 1000 with
+        /// --rate (as live).
         #[arg(long)]
         tick_ms: Option<u64>,
         /// Replay the file this many times, each copy shifted later in event time (load tests).
@@ -643,11 +644,11 @@ fn main() -> anyhow::Result<()> {
             rate,
         } => {
             if let Some(tick) = tick_ms
-                && (tick == 0 || tick as i64 > config.max_ahead_ms)
+                && !(1..=vendflow_ingest::file::BULK_TICK_MS).contains(&tick)
             {
                 bail!(
-                    "--tick-ms must be between 1 and {} (the engine refuses events dated more than that after its clock)",
-                    config.max_ahead_ms
+                    "--tick-ms must be between 1 and {} (one hour: the finest grain of the hourly views)",
+                    vendflow_ingest::file::BULK_TICK_MS
                 );
             }
             let options = ReplayOptions {

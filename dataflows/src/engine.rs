@@ -102,10 +102,25 @@ impl Feeder {
     /// dated more than [`Config::max_ahead_ms`] after the ingestion time would keep a machine
     /// "active", and pin its windows and dedup state, until that date. It becomes an error
     /// record (kind `timestamp`, in the `errors` view and its counts) instead.
-    pub fn send(&mut self, time: Time, mut batch: Batch) -> Result<(), EngineError> {
+    pub fn send(&mut self, time: Time, batch: Batch) -> Result<(), EngineError> {
+        self.send_step(time, 0, batch)
+    }
+
+    /// Ingests `batch` as one step of a bulk load: its events are dated within `step_ms` after
+    /// `time` (the clock rounded down to the step), so they may be up to the step, or
+    /// [`Config::max_ahead_ms`] if that is longer, ahead of it.
+    pub fn send_step(
+        &mut self,
+        time: Time,
+        step_ms: u64,
+        mut batch: Batch,
+    ) -> Result<(), EngineError> {
         self.time = self.time.max(time);
         let now = i64::try_from(self.time).unwrap_or(i64::MAX);
-        let limit = now.saturating_add(self.max_ahead_ms);
+        let tolerance = self
+            .max_ahead_ms
+            .max(i64::try_from(step_ms).unwrap_or(i64::MAX));
+        let limit = now.saturating_add(tolerance);
         if batch.events.iter().any(|e| e.timestamp.0 > limit) {
             let (ahead, kept): (Vec<Event>, Vec<Event>) = std::mem::take(&mut batch.events)
                 .into_iter()
@@ -113,9 +128,7 @@ impl Feeder {
             batch.events = kept;
             for event in ahead {
                 tracing::warn!(machine_id = %event.machine_id, timestamp = %event.timestamp, "refused an event dated in the future");
-                batch
-                    .errors
-                    .push(future_dated(&event, now, self.max_ahead_ms));
+                batch.errors.push(future_dated(&event, now, tolerance));
             }
         }
         self.tx
