@@ -410,6 +410,9 @@ struct State {
     windows: FastMap<WindowKey, (Packed, Time, Seen)>,
     latest: FastMap<MachineId, (Timestamp, [Level; 5])>,
     expiries: BTreeMap<Time, Vec<WindowKey>>,
+    /// The windows touched at the time being folded, each with its aggregate before that time,
+    /// to retract it once when the time ends.
+    touched: Vec<(WindowKey, Option<Packed>)>,
 }
 
 impl State {
@@ -454,95 +457,100 @@ pub fn render<'s>(
     let retention = config.window_retention_ms;
     let until = move |start: Timestamp| as_time(start.0 + width + retention);
     let contributions = telemetry.concat(accepted.flat_map(move |l| card_contribution(&l, width)));
-    let out = contributions.keyed_times_in_order(
+    let out = contributions.keyed_steps(
         "Windows: fold",
         |((m, _), _): &(WindowKey, Piece)| hash_of(m),
         State::default(),
-        move |state, records, out| {
+        |state, out| state.expire(out.time(), out),
+        move |state, (key, piece), diff, out| {
             let now = out.time();
-            state.expire(now, out);
-            // Each touched window's aggregate before this time, to retract it once (records come
-            // in arrival order: a window's first record of this time notes it).
-            let mut before: Vec<(WindowKey, Option<Packed>)> = Vec::new();
-            for ((key, piece), diff) in records.drain(..) {
-                if diff <= 0 {
-                    tracing::error!(machine_id = %key.0, diff, "window input retracted; ignored");
-                    continue;
-                }
-                let expires = until(key.1);
-                if expires <= now {
-                    out.give(Out::Dropped(Dropped::TooLate(key.0)), diff);
-                    continue;
-                }
-                // Identical deliveries of one time arrive as one record with a count: an event
-                // with an identity counts once, the rest are duplicates.
-                let (count, duplicates) = if piece.id == 0 {
-                    (diff, 0)
-                } else {
-                    (1, diff - 1)
-                };
-                if duplicates > 0 {
-                    out.give(
-                        Out::Dropped(Dropped::Duplicate(key.0.clone(), piece.kind)),
-                        duplicates,
-                    );
-                }
-                let window = match state.windows.entry(key) {
-                    Entry::Occupied(mut o) => {
-                        // Seen before: the window stays as it is (not even noted as touched).
-                        if o.get().2.contains(piece.id) {
-                            let machine = o.key().0.clone();
-                            out.give(Out::Dropped(Dropped::Duplicate(machine, piece.kind)), count);
-                            continue;
-                        }
-                        if o.get().1 != now {
-                            o.get_mut().1 = now;
-                            before.push((o.key().clone(), Some(o.get().0)));
-                        }
-                        o.into_mut()
-                    }
-                    Entry::Vacant(v) => {
-                        let key = v.key().clone();
-                        state.expiries.entry(expires).or_default().push(key.clone());
-                        out.wake_at(expires);
-                        before.push((key, None));
-                        v.insert((Packed::EMPTY, now, Seen::default()))
-                    }
-                };
-                window.2.insert(piece.id);
-                for _ in 0..count {
-                    window.0.add(&piece.agg);
-                }
+            if diff <= 0 {
+                tracing::error!(machine_id = %key.0, diff, "window input retracted; ignored");
+                return;
             }
+            let expires = until(key.1);
+            if expires <= now {
+                out.give(Out::Dropped(Dropped::TooLate(key.0)), diff);
+                return;
+            }
+            // Identical deliveries of one time may arrive as one record with a count: an event
+            // with an identity counts once, the rest are duplicates.
+            let (count, duplicates) = if piece.id == 0 {
+                (diff, 0)
+            } else {
+                (1, diff - 1)
+            };
+            if duplicates > 0 {
+                out.give(
+                    Out::Dropped(Dropped::Duplicate(key.0.clone(), piece.kind)),
+                    duplicates,
+                );
+            }
+            let window = match state.windows.entry(key) {
+                Entry::Occupied(mut o) => {
+                    // Seen before: the window stays as it is (not even noted as touched).
+                    if o.get().2.contains(piece.id) {
+                        let machine = o.key().0.clone();
+                        out.give(Out::Dropped(Dropped::Duplicate(machine, piece.kind)), count);
+                        return;
+                    }
+                    if o.get().1 != now {
+                        o.get_mut().1 = now;
+                        state.touched.push((o.key().clone(), Some(o.get().0)));
+                    }
+                    o.into_mut()
+                }
+                Entry::Vacant(v) => {
+                    let key = v.key().clone();
+                    state.expiries.entry(expires).or_default().push(key.clone());
+                    out.wake_at(expires);
+                    state.touched.push((key, None));
+                    v.insert((Packed::EMPTY, now, Seen::default()))
+                }
+            };
+            window.2.insert(piece.id);
+            for _ in 0..count {
+                window.0.add(&piece.agg);
+            }
+        },
+        |state, out| {
+            let State {
+                windows,
+                latest,
+                touched,
+                ..
+            } = state;
             // A machine's touched windows together and in start order.
-            before.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            for (i, ((machine_id, start), old)) in before.iter().enumerate() {
-                let new = state.windows[&(machine_id.clone(), *start)].0;
+            touched.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            for (i, ((machine_id, start), old)) in touched.iter().enumerate() {
+                let new = windows[&(machine_id.clone(), *start)].0;
                 if let Some(old) = old {
                     out.give(Out::Window(window(machine_id, *start, *old)), -1);
                 }
                 let new = window(machine_id, *start, new);
-                let last_of_machine = before.get(i + 1).is_none_or(|((m, _), _)| m != machine_id);
+                let last_of_machine = touched.get(i + 1).is_none_or(|((m, _), _)| m != machine_id);
                 if last_of_machine {
-                    let latest = (new.start, new.levels());
-                    let previous = state.latest.get(machine_id).copied();
-                    if previous.is_none_or(|p| p.0 <= latest.0 && p != latest) {
+                    let now = (new.start, new.levels());
+                    let previous = latest.get(machine_id).copied();
+                    if previous.is_none_or(|p| p.0 <= now.0 && p != now) {
                         // Health reads the levels only: a new window start alone is no news.
                         match previous {
-                            Some((_, l)) if l == latest.1 => {}
+                            Some((_, l)) if l == now.1 => {}
                             Some((_, l)) => {
                                 out.give(Out::Latest(machine_id.clone(), l), -1);
-                                out.give(Out::Latest(machine_id.clone(), latest.1), 1);
+                                out.give(Out::Latest(machine_id.clone(), now.1), 1);
                             }
-                            None => out.give(Out::Latest(machine_id.clone(), latest.1), 1),
+                            None => out.give(Out::Latest(machine_id.clone(), now.1), 1),
                         }
-                        state.latest.insert(machine_id.clone(), latest);
+                        latest.insert(machine_id.clone(), now);
                     }
                 }
                 out.give(Out::Window(new), 1);
             }
+            touched.clear();
+            // A bulk step touches many windows; a live one a few.
+            touched.shrink_to(4096);
         },
-        |_, _| {},
     );
     let (windows, latest, dropped) = fork(out, "Windows: split", |o| match o {
         Out::Window(w) => Fork::A(w),

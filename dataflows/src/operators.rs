@@ -407,6 +407,28 @@ pub trait Keyed<'s, D: ExchangeData> {
         S: 'static,
         O: Data,
         K: Fn(&D) -> u64 + 'static;
+
+    /// Routes records by `key` and folds them into per-worker `state` in ingestion-time steps,
+    /// without queueing a step's records: when a time opens (every earlier time is done, and no
+    /// record can come before it any more) `begin` runs, then `apply` takes each of its records
+    /// as it arrives (so `apply` must not depend on the order of one time's records), and `end`
+    /// runs once the frontier has passed the time, to publish one change per key touched. A time
+    /// asked for with [`Emit::wake_at`] runs `begin` and `end` even without records. Records
+    /// ahead of the open time wait for theirs. So a bulk step of many records costs the
+    /// operator its state, not a copy of the step.
+    fn keyed_steps<S, O, K>(
+        self,
+        name: &str,
+        key: K,
+        state: S,
+        begin: impl FnMut(&mut S, &mut Emit<'_, O>) + 'static,
+        apply: impl FnMut(&mut S, D, isize, &mut Emit<'_, O>) + 'static,
+        end: impl FnMut(&mut S, &mut Emit<'_, O>) + 'static,
+    ) -> VecCollection<'s, Time, O, isize>
+    where
+        S: 'static,
+        O: Data,
+        K: Fn(&D) -> u64 + 'static;
 }
 
 impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
@@ -466,6 +488,128 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
                 },
             )
             .as_collection()
+    }
+    fn keyed_steps<S, O, K>(
+        self,
+        name: &str,
+        key: K,
+        mut state: S,
+        mut begin: impl FnMut(&mut S, &mut Emit<'_, O>) + 'static,
+        mut apply: impl FnMut(&mut S, D, isize, &mut Emit<'_, O>) + 'static,
+        mut end: impl FnMut(&mut S, &mut Emit<'_, O>) + 'static,
+    ) -> VecCollection<'s, Time, O, isize>
+    where
+        S: 'static,
+        O: Data,
+        K: Fn(&D) -> u64 + 'static,
+    {
+        let pact = Exchange::new(move |(d, _t, _r): &(D, Time, isize)| key(d));
+        self.inner
+            .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<(O, Time, isize)>>, _, _, _>(
+                pact,
+                name,
+                move |_cap, _info| {
+                    // Records ahead of the open time, by time; wake-ups are times without records.
+                    let mut waiting = Waiting::<(D, isize)>::new();
+                    let mut out: Vec<(O, Time, isize)> = Vec::new();
+                    let mut wake: Vec<Time> = Vec::new();
+                    // The open time: begun, taking its records as they arrive.
+                    let mut open: Option<Time> = None;
+                    move |(input, frontier), output| {
+                        let frontier = frontier.frontier();
+                        let reached = frontier.first().copied();
+                        // Every time the frontier has passed: begun (if not open), its waiting
+                        // records applied, ended.
+                        loop {
+                            let Some(now) = open.into_iter().chain(waiting.first_time()).min()
+                            else {
+                                break;
+                            };
+                            if frontier.less_equal(&now) {
+                                break;
+                            }
+                            let mut step = Step::new(now, &mut out, &mut wake, &mut waiting);
+                            if open != Some(now) {
+                                step.run(|e| begin(&mut state, e));
+                            }
+                            for (d, r) in step.waiting.pop_at(now).into_iter().flatten() {
+                                step.run(|e| apply(&mut state, d, r, e));
+                            }
+                            step.run(|e| end(&mut state, e));
+                            open = None;
+                        }
+                        let index = output.output_index();
+                        input.for_each_stamp(|cap, data| {
+                            for container in data {
+                                for (d, t, r) in container.drain(..) {
+                                    if open != Some(t) {
+                                        let opens = open.is_none()
+                                            && reached == Some(t)
+                                            && waiting.first_time().is_none_or(|w| w >= t);
+                                        if !opens {
+                                            waiting.push(&cap, index, t, (d, r));
+                                            continue;
+                                        }
+                                        open = Some(t);
+                                        waiting.hold_at(&cap, index, t);
+                                        let mut step = Step::new(t, &mut out, &mut wake, &mut waiting);
+                                        step.run(|e| begin(&mut state, e));
+                                        for (early, r) in step.waiting.pop_at(t).into_iter().flatten() {
+                                            step.run(|e| apply(&mut state, early, r, e));
+                                        }
+                                    }
+                                    Step::new(t, &mut out, &mut wake, &mut waiting)
+                                        .run(|e| apply(&mut state, d, r, e));
+                                }
+                            }
+                        });
+                        if !out.is_empty()
+                            && let Some(h) = waiting.hold()
+                        {
+                            output.session(h).give_iterator(out.drain(..));
+                        }
+                        waiting.settle(open.into_iter().chain(waiting.first_time()).min());
+                    }
+                },
+            )
+            .as_collection()
+    }
+}
+
+/// One time of [`Keyed::keyed_steps`]: runs its logic there and turns the wake-ups asked for
+/// into times to act at.
+struct Step<'a, O, R> {
+    time: Time,
+    out: &'a mut Vec<(O, Time, isize)>,
+    wake: &'a mut Vec<Time>,
+    waiting: &'a mut Waiting<R>,
+}
+
+impl<'a, O, R> Step<'a, O, R> {
+    fn new(
+        time: Time,
+        out: &'a mut Vec<(O, Time, isize)>,
+        wake: &'a mut Vec<Time>,
+        waiting: &'a mut Waiting<R>,
+    ) -> Self {
+        Step {
+            time,
+            out,
+            wake,
+            waiting,
+        }
+    }
+
+    fn run(&mut self, f: impl FnOnce(&mut Emit<'_, O>)) {
+        let mut emit = Emit {
+            time: self.time,
+            out: self.out,
+            wake: self.wake,
+        };
+        f(&mut emit);
+        for t in self.wake.drain(..) {
+            self.waiting.wake_at(t);
+        }
     }
 }
 
