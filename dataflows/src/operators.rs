@@ -520,11 +520,7 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
                         let reached = frontier.first().copied();
                         // Every time the frontier has passed: begun (if not open), its waiting
                         // records applied, ended.
-                        loop {
-                            let Some(now) = open.into_iter().chain(waiting.first_time()).min()
-                            else {
-                                break;
-                            };
+                        while let Some(now) = open.into_iter().chain(waiting.first_time()).min() {
                             if frontier.less_equal(&now) {
                                 break;
                             }
