@@ -413,7 +413,16 @@ struct State {
     /// The windows touched at the time being folded, each with its aggregate before that time,
     /// to retract it once when the time ends.
     touched: Vec<(WindowKey, Option<Packed>)>,
+    /// How many of `touched` are published (a large time is published in parts).
+    published_upto: usize,
 }
+
+/// Windows published per activation (see [`crate::operators::Keyed::keyed_steps`]).
+#[cfg(not(test))]
+const PUBLISH_CHUNK: usize = 16_384;
+/// Small under test, so that the oracle tests publish their times in several parts.
+#[cfg(test)]
+const PUBLISH_CHUNK: usize = 3;
 
 impl State {
     /// Retracts, at `now`, every window whose retention ends by then, and the "latest" row of a
@@ -518,11 +527,22 @@ pub fn render<'s>(
                 windows,
                 latest,
                 touched,
+                published_upto,
                 ..
             } = state;
-            // A machine's touched windows together and in start order.
-            touched.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            for (i, ((machine_id, start), old)) in touched.iter().enumerate() {
+            let from = *published_upto;
+            if from == 0 {
+                // A machine's touched windows together and in start order.
+                touched.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            }
+            // A part ends with a machine's last touched window: its "latest" row is decided
+            // over all of them.
+            let mut to = touched.len().min(from + PUBLISH_CHUNK);
+            while to < touched.len() && touched[to].0.0 == touched[to - 1].0.0 {
+                to += 1;
+            }
+            *published_upto = to;
+            for (i, ((machine_id, start), old)) in touched.iter().enumerate().take(to).skip(from) {
                 let new = windows[&(machine_id.clone(), *start)].0;
                 if let Some(old) = old {
                     out.give(Out::Window(window(machine_id, *start, *old)), -1);
@@ -547,9 +567,14 @@ pub fn render<'s>(
                 }
                 out.give(Out::Window(new), 1);
             }
+            if to < touched.len() {
+                return false;
+            }
+            *published_upto = 0;
             touched.clear();
             // A bulk step touches many windows; a live one a few.
             touched.shrink_to(4096);
+            true
         },
     );
     let (windows, latest, dropped) = fork(out, "Windows: split", |o| match o {

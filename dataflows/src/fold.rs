@@ -176,6 +176,9 @@ struct FoldState<K, S, O> {
     /// starts in `before` (when outputs are not kept): one buffer for every key, not an
     /// allocation per key and time.
     touched: Vec<(K, usize)>,
+    /// How many of `touched` are published (a large time is published over several
+    /// activations).
+    published_upto: usize,
     before: Vec<O>,
     after: Vec<O>,
 }
@@ -189,6 +192,7 @@ impl<K: Clone + Eq + Hash, S: Default + PartialEq, O: Clone + PartialEq> FoldSta
             timers: BTreeMap::new(),
             out: Vec::new(),
             touched: Vec::new(),
+            published_upto: 0,
             before: Vec::new(),
             after: Vec::new(),
         }
@@ -266,19 +270,24 @@ impl<K: Clone + Eq + Hash, S: Default + PartialEq, O: Clone + PartialEq> FoldSta
     }
 
     /// Ends time `now`: publishes the difference of each touched key's output, and drops the
-    /// keys whose state is back to the default.
-    fn publish(&mut self, now: Time, output: &impl Fn(&K, &S, &mut Vec<O>)) {
+    /// keys whose state is back to the default. Publishes at most `budget` keys; true when every
+    /// touched key is published (call again, after the output has gone, until then).
+    fn publish(&mut self, now: Time, output: &impl Fn(&K, &S, &mut Vec<O>), budget: usize) -> bool {
         let FoldState {
             states,
             published,
             keep,
             out,
             touched,
+            published_upto,
             before,
             after,
             ..
         } = self;
-        for i in 0..touched.len() {
+        let from = *published_upto;
+        let to = touched.len().min(from.saturating_add(budget));
+        *published_upto = to;
+        for i in from..to {
             let (key, start) = &touched[i];
             let end = touched.get(i + 1).map_or(before.len(), |next| next.1);
             let Some((state, seen)) = states.get_mut(key) else {
@@ -306,6 +315,10 @@ impl<K: Clone + Eq + Hash, S: Default + PartialEq, O: Clone + PartialEq> FoldSta
                 states.remove(key);
             }
         }
+        if to < touched.len() {
+            return false;
+        }
+        *published_upto = 0;
         touched.clear();
         before.clear();
         // A bulk step touches every key once; the next live step touches a few.
@@ -315,8 +328,18 @@ impl<K: Clone + Eq + Hash, S: Default + PartialEq, O: Clone + PartialEq> FoldSta
         if before.capacity() > RETAINED {
             before.shrink_to(RETAINED);
         }
+        true
     }
 }
+
+/// Keys a fold publishes per activation: a bulk step touches every key, and publishing them all
+/// at once would hold every view's changes of the step in memory at the same moment; between
+/// chunks the operators downstream (and the view store) take what went out.
+#[cfg(not(test))]
+const PUBLISH_CHUNK: usize = 16_384;
+/// Small under test, so that every oracle test publishes its times over several activations.
+#[cfg(test)]
+const PUBLISH_CHUNK: usize = 3;
 
 /// Entries of a fold's per-time buffers kept allocated between times.
 const RETAINED: usize = 4096;
@@ -344,22 +367,36 @@ where
     O: Data,
 {
     let pact = Exchange::new(move |((k, _v), _t, _r): &((K, V), Time, isize)| route(k));
+    let scope = records.inner.scope();
     records
         .inner
         .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<(O, Time, isize)>>, _, _, _>(
             pact,
             name,
-            move |_cap, _info| {
+            move |_cap, info| {
+                let activator = scope.activator_for(info.address);
                 let mut fold = FoldState::<K, S, O>::new(keep);
                 let mut waiting = Waiting::<Record<K, V>>::new();
                 // The open time, whose records are applied as they arrive.
                 let mut open: Option<Time> = None;
+                // The time being published, when its publication takes several activations.
+                let mut publishing: Option<Time> = None;
                 move |(input, frontier), output_handle| {
                     let frontier = frontier.frontier();
                     let reached = frontier.first().copied();
                     // Every time before the frontier: its waiting records, then its timers, then
                     // the publication of its touched keys.
                     loop {
+                        if let Some(now) = publishing {
+                            if !fold.publish(now, &output, PUBLISH_CHUNK) {
+                                break;
+                            }
+                            publishing = None;
+                            if open == Some(now) {
+                                open = None;
+                            }
+                            continue;
+                        }
                         let next_input = waiting.first_time();
                         let next_timer = fold.first_timer();
                         let Some(now) = open.into_iter().chain(next_input).chain(next_timer).min()
@@ -387,13 +424,15 @@ where
                         if next_timer == Some(now) {
                             fold.fire(now, &mut timer, &output);
                         }
-                        fold.publish(now, &output);
-                        if open == Some(now) {
-                            open = None;
-                        }
+                        publishing = Some(now);
                     }
                     let index = output_handle.output_index();
-                    input.for_each_stamp(|cap, data| {
+                    // While a time is being published, input waits in the channel (records of
+                    // later times; the state must stay as the publication reads it).
+                    if publishing.is_some() {
+                        activator.activate();
+                    } else {
+                        input.for_each_stamp(|cap, data| {
                         for container in data {
                             for (record, t, diff) in container.drain(..) {
                                 if open != Some(t) {
@@ -416,7 +455,8 @@ where
                                 fold.apply(t, (record, diff), &mut apply, &output);
                             }
                         }
-                    });
+                        });
+                    }
                     // Everything this activation produced goes out in one message at the held
                     // capability: records carry their own times, and one message per distinct
                     // time (timers fire at many) would cost every operator downstream a message
@@ -426,7 +466,12 @@ where
                     {
                         output_handle.session(h).give_iterator(fold.out.drain(..));
                     }
-                    let next = open.into_iter().chain(waiting.first_time()).chain(fold.first_timer()).min();
+                    let next = open
+                        .into_iter()
+                        .chain(publishing)
+                        .chain(waiting.first_time())
+                        .chain(fold.first_timer())
+                        .min();
                     waiting.settle(next);
                 }
             },

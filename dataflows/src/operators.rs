@@ -415,7 +415,9 @@ pub trait Keyed<'s, D: ExchangeData> {
     /// runs once the frontier has passed the time, to publish one change per key touched. A time
     /// asked for with [`Emit::wake_at`] runs `begin` and `end` even without records. Records
     /// ahead of the open time wait for theirs. So a bulk step of many records costs the
-    /// operator its state, not a copy of the step.
+    /// operator its state, not a copy of the step. `end` publishes a part of the time's changes
+    /// and returns whether it is done; until it is, it runs again in later activations (after
+    /// the operators downstream have taken the part) and input waits.
     fn keyed_steps<S, O, K>(
         self,
         name: &str,
@@ -423,7 +425,7 @@ pub trait Keyed<'s, D: ExchangeData> {
         state: S,
         begin: impl FnMut(&mut S, &mut Emit<'_, O>) + 'static,
         apply: impl FnMut(&mut S, D, isize, &mut Emit<'_, O>) + 'static,
-        end: impl FnMut(&mut S, &mut Emit<'_, O>) + 'static,
+        end: impl FnMut(&mut S, &mut Emit<'_, O>) -> bool + 'static,
     ) -> VecCollection<'s, Time, O, isize>
     where
         S: 'static,
@@ -496,7 +498,7 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
         mut state: S,
         mut begin: impl FnMut(&mut S, &mut Emit<'_, O>) + 'static,
         mut apply: impl FnMut(&mut S, D, isize, &mut Emit<'_, O>) + 'static,
-        mut end: impl FnMut(&mut S, &mut Emit<'_, O>) + 'static,
+        mut end: impl FnMut(&mut S, &mut Emit<'_, O>) -> bool + 'static,
     ) -> VecCollection<'s, Time, O, isize>
     where
         S: 'static,
@@ -504,23 +506,44 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
         K: Fn(&D) -> u64 + 'static,
     {
         let pact = Exchange::new(move |(d, _t, _r): &(D, Time, isize)| key(d));
+        let scope = self.inner.scope();
         self.inner
             .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<(O, Time, isize)>>, _, _, _>(
                 pact,
                 name,
-                move |_cap, _info| {
+                move |_cap, info| {
+                    let activator = scope.activator_for(info.address);
                     // Records ahead of the open time, by time; wake-ups are times without records.
                     let mut waiting = Waiting::<(D, isize)>::new();
                     let mut out: Vec<(O, Time, isize)> = Vec::new();
                     let mut wake: Vec<Time> = Vec::new();
                     // The open time: begun, taking its records as they arrive.
                     let mut open: Option<Time> = None;
+                    // The time being ended, while `end` has more to publish.
+                    let mut ending: Option<Time> = None;
                     move |(input, frontier), output| {
                         let frontier = frontier.frontier();
                         let reached = frontier.first().copied();
                         // Every time the frontier has passed: begun (if not open), its waiting
                         // records applied, ended.
-                        while let Some(now) = open.into_iter().chain(waiting.first_time()).min() {
+                        loop {
+                            if let Some(now) = ending {
+                                let mut done = false;
+                                Step::new(now, &mut out, &mut wake, &mut waiting)
+                                    .run(|e| done = end(&mut state, e));
+                                if !done {
+                                    break;
+                                }
+                                ending = None;
+                                if open == Some(now) {
+                                    open = None;
+                                }
+                                continue;
+                            }
+                            let Some(now) = open.into_iter().chain(waiting.first_time()).min()
+                            else {
+                                break;
+                            };
                             if frontier.less_equal(&now) {
                                 break;
                             }
@@ -531,10 +554,12 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
                             for (d, r) in step.waiting.pop_at(now).into_iter().flatten() {
                                 step.run(|e| apply(&mut state, d, r, e));
                             }
-                            step.run(|e| end(&mut state, e));
-                            open = None;
+                            ending = Some(now);
                         }
                         let index = output.output_index();
+                        if ending.is_some() {
+                            activator.activate();
+                        } else {
                         input.for_each_stamp(|cap, data| {
                             for container in data {
                                 for (d, t, r) in container.drain(..) {
@@ -559,12 +584,15 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
                                 }
                             }
                         });
+                        }
                         if !out.is_empty()
                             && let Some(h) = waiting.hold()
                         {
                             output.session(h).give_iterator(out.drain(..));
                         }
-                        waiting.settle(open.into_iter().chain(waiting.first_time()).min());
+                        waiting.settle(
+                            ending.into_iter().chain(open).chain(waiting.first_time()).min(),
+                        );
                     }
                 },
             )
