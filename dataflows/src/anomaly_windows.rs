@@ -29,7 +29,7 @@ use vendflow_protocol::{DoorStatus, ErrorCode, Event, EventKind, MachineId, Mill
 
 use crate::config::Config;
 use crate::dedup::{self, Seen};
-use crate::operators::{Emit, FastMap, Fork, Keyed, Time, as_time, fork, hash_of};
+use crate::operators::{Emit, FastMap, Fork, Keyed, PUBLISH_CHUNK, Time, as_time, fork, hash_of};
 use crate::row::ViewDef;
 use crate::row::{ColumnType::*, Row, RowWriter, col, null};
 use crate::sales::SaleLine;
@@ -416,13 +416,6 @@ struct State {
     /// How many of `touched` are published (a large time is published in parts).
     published_upto: usize,
 }
-
-/// Windows published per activation (see [`crate::operators::Keyed::keyed_steps`]).
-#[cfg(not(test))]
-const PUBLISH_CHUNK: usize = 16_384;
-/// Small under test, so that the oracle tests publish their times in several parts.
-#[cfg(test)]
-const PUBLISH_CHUNK: usize = 3;
 
 impl State {
     /// Retracts, at `now`, every window whose retention ends by then, and the "latest" row of a

@@ -28,7 +28,7 @@ use timely::dataflow::operators::generic::Operator;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
-use crate::operators::{FastMap, Time, Waiting};
+use crate::operators::{FastMap, PUBLISH_CHUNK, Time, Waiting};
 
 /// What `apply` and timers can do besides changing the key's state.
 pub struct Ctx<'a, K, O> {
@@ -332,15 +332,6 @@ impl<K: Clone + Eq + Hash, S: Default + PartialEq, O: Clone + PartialEq> FoldSta
     }
 }
 
-/// Keys a fold publishes per activation: a bulk step touches every key, and publishing them all
-/// at once would hold every view's changes of the step in memory at the same moment; between
-/// chunks the operators downstream (and the view store) take what went out.
-#[cfg(not(test))]
-const PUBLISH_CHUNK: usize = 16_384;
-/// Small under test, so that every oracle test publishes its times over several activations.
-#[cfg(test)]
-const PUBLISH_CHUNK: usize = 3;
-
 /// Entries of a fold's per-time buffers kept allocated between times.
 const RETAINED: usize = 4096;
 
@@ -433,28 +424,28 @@ where
                         activator.activate();
                     } else {
                         input.for_each_stamp(|cap, data| {
-                        for container in data {
-                            for (record, t, diff) in container.drain(..) {
-                                if open != Some(t) {
-                                    // Records at the frontier's time open it when nothing is
-                                    // left before it (a record is never before the frontier).
-                                    let opens = open.is_none()
-                                        && reached == Some(t)
-                                        && waiting.first_time().is_none_or(|w| w >= t)
-                                        && fold.first_timer().is_none_or(|w| w >= t);
-                                    if !opens {
-                                        waiting.push(&cap, index, t, (record, diff));
-                                        continue;
+                            for container in data {
+                                for (record, t, diff) in container.drain(..) {
+                                    if open != Some(t) {
+                                        // Records at the frontier's time open it when nothing is
+                                        // left before it (a record is never before the frontier).
+                                        let opens = open.is_none()
+                                            && reached == Some(t)
+                                            && waiting.first_time().is_none_or(|w| w >= t)
+                                            && fold.first_timer().is_none_or(|w| w >= t);
+                                        if !opens {
+                                            waiting.push(&cap, index, t, (record, diff));
+                                            continue;
+                                        }
+                                        open = Some(t);
+                                        waiting.hold_at(&cap, index, t);
+                                        for early in waiting.pop_at(t).into_iter().flatten() {
+                                            fold.apply(t, early, &mut apply, &output);
+                                        }
                                     }
-                                    open = Some(t);
-                                    waiting.hold_at(&cap, index, t);
-                                    for early in waiting.pop_at(t).into_iter().flatten() {
-                                        fold.apply(t, early, &mut apply, &output);
-                                    }
+                                    fold.apply(t, (record, diff), &mut apply, &output);
                                 }
-                                fold.apply(t, (record, diff), &mut apply, &output);
                             }
-                        }
                         });
                     }
                     // Everything this activation produced goes out in one message at the held

@@ -38,6 +38,16 @@ pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomS
 /// A fast hash set for operator state.
 pub type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
+/// Keys an operator publishes per activation when a time has touched many ([`Keyed::keyed_steps`],
+/// the folds): a bulk step touches every key, and publishing them all at once would hold every
+/// view's changes of the step in memory at the same moment; between parts the operators
+/// downstream (and the view store) take what went out.
+#[cfg(not(test))]
+pub(crate) const PUBLISH_CHUNK: usize = 16_384;
+/// Small under test, so that every oracle test publishes its times in several parts.
+#[cfg(test)]
+pub(crate) const PUBLISH_CHUNK: usize = 3;
+
 /// Converts an event-time instant (ms, may be negative in theory) into ingestion time.
 pub fn as_time(ms: i64) -> Time {
     u64::try_from(ms).unwrap_or(0)
@@ -560,30 +570,30 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
                         if ending.is_some() {
                             activator.activate();
                         } else {
-                        input.for_each_stamp(|cap, data| {
-                            for container in data {
-                                for (d, t, r) in container.drain(..) {
-                                    if open != Some(t) {
-                                        let opens = open.is_none()
-                                            && reached == Some(t)
-                                            && waiting.first_time().is_none_or(|w| w >= t);
-                                        if !opens {
-                                            waiting.push(&cap, index, t, (d, r));
-                                            continue;
+                            input.for_each_stamp(|cap, data| {
+                                for container in data {
+                                    for (d, t, r) in container.drain(..) {
+                                        if open != Some(t) {
+                                            let opens = open.is_none()
+                                                && reached == Some(t)
+                                                && waiting.first_time().is_none_or(|w| w >= t);
+                                            if !opens {
+                                                waiting.push(&cap, index, t, (d, r));
+                                                continue;
+                                            }
+                                            open = Some(t);
+                                            waiting.hold_at(&cap, index, t);
+                                            let mut step = Step::new(t, &mut out, &mut wake, &mut waiting);
+                                            step.run(|e| begin(&mut state, e));
+                                            for (early, r) in step.waiting.pop_at(t).into_iter().flatten() {
+                                                step.run(|e| apply(&mut state, early, r, e));
+                                            }
                                         }
-                                        open = Some(t);
-                                        waiting.hold_at(&cap, index, t);
-                                        let mut step = Step::new(t, &mut out, &mut wake, &mut waiting);
-                                        step.run(|e| begin(&mut state, e));
-                                        for (early, r) in step.waiting.pop_at(t).into_iter().flatten() {
-                                            step.run(|e| apply(&mut state, early, r, e));
-                                        }
+                                        Step::new(t, &mut out, &mut wake, &mut waiting)
+                                            .run(|e| apply(&mut state, d, r, e));
                                     }
-                                    Step::new(t, &mut out, &mut wake, &mut waiting)
-                                        .run(|e| apply(&mut state, d, r, e));
                                 }
-                            }
-                        });
+                            });
                         }
                         if !out.is_empty()
                             && let Some(h) = waiting.hold()
