@@ -159,7 +159,7 @@ struct RawDoor<'a> {
 pub fn decode_line(bytes: &[u8]) -> Vec<Result<Event, DecodeError>> {
     let trimmed = trim_ascii(bytes);
     // An envelope has an `events` array; cheap to check before a full parse.
-    if memfind(trimmed, b"\"events\"") {
+    if mentions_events(trimmed) {
         return match decode_envelope(trimmed) {
             Ok(events) => events,
             Err(e) => vec![Err(e)],
@@ -187,6 +187,21 @@ pub fn decode_envelope(bytes: &[u8]) -> Result<Vec<Result<Event, DecodeError>>, 
 /// Decodes one event. With `envelope_machine` the event may omit `machineId`, and if it names
 /// one it must be the envelope's.
 pub fn decode_event(
+    bytes: &[u8],
+    envelope_machine: Option<&MachineId>,
+) -> Result<Event, DecodeError> {
+    // One pass over the text for the events that are nearly all of the traffic; anything else,
+    // and every failure, takes the exact path, which says precisely what is wrong.
+    match decode_event_in_one_pass(bytes, envelope_machine) {
+        Ok(event) => Ok(event),
+        Err(()) => decode_event_exactly(bytes, envelope_machine),
+    }
+}
+
+/// [`decode_event`] without its one-pass shortcut: the payload is read as raw text first and
+/// parsed by its type after. Public for the fuzz target that checks both paths agree.
+#[doc(hidden)]
+pub fn decode_event_exactly(
     bytes: &[u8],
     envelope_machine: Option<&MachineId>,
 ) -> Result<Event, DecodeError> {
@@ -285,6 +300,108 @@ pub fn decode_event(
     })
 }
 
+/// A heartbeat or a sale whose `type` comes before its `payload` (as every machine writes them),
+/// decoded in one pass: the payload is read into its typed form where it stands instead of being
+/// scanned once as raw text and parsed again. `Err(())` sends the event to the exact path (also
+/// for everything this path does not handle), so it decodes exactly what that path decodes.
+fn decode_event_in_one_pass(
+    bytes: &[u8],
+    envelope_machine: Option<&MachineId>,
+) -> Result<Event, ()> {
+    // Text that is not UTF-8 anywhere (even in a field nobody reads) is the exact path's to
+    // refuse; checked once for the line, the strings need no check of their own.
+    let text = std::str::from_utf8(bytes).map_err(|_| ())?;
+    let raw: OnePass = serde_json::from_str(text).map_err(|_| ())?;
+    let machine_id = match (raw.machine_id.as_deref(), envelope_machine) {
+        (None, Some(env)) => env.clone(),
+        (Some(id), Some(env)) if id == env.as_str() => env.clone(),
+        (Some(id), None) => MachineId::parse(id).map_err(|_| ())?,
+        _ => return Err(()),
+    };
+    let timestamp = timestamp(raw.timestamp.ok_or(())?).map_err(|_| ())?;
+    let kind = match raw.payload {
+        Typed::Heartbeat(h) => EventKind::Heartbeat(heartbeat_of(h).map_err(|_| ())?),
+        Typed::Sale(s) => EventKind::Sale(sale_of(s).map_err(|_| ())?),
+        Typed::Other => return Err(()),
+    };
+    Ok(Event {
+        machine_id,
+        timestamp,
+        seq: raw.seq,
+        kind,
+    })
+}
+
+/// An event as [`decode_event_in_one_pass`] reads it.
+struct OnePass<'a> {
+    machine_id: Option<Cow<'a, str>>,
+    timestamp: Option<&'a RawValue>,
+    seq: Option<u64>,
+    payload: Typed<'a>,
+}
+
+/// The payload, typed by the `type` read before it; `Other` for anything else.
+enum Typed<'a> {
+    Heartbeat(RawHeartbeat<'a>),
+    Sale(RawSale<'a>),
+    Other,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for OnePass<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visitor<'a> {
+            type Value = OnePass<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an event object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Self::Value, M::Error> {
+                use serde::de::Error;
+                let mut event = OnePass {
+                    machine_id: None,
+                    timestamp: None,
+                    seq: None,
+                    payload: Typed::Other,
+                };
+                let (mut kind, mut payload) = (None::<Cow<'de, str>>, false);
+                // Any key seen twice, an unknown type or a payload ahead of its type: the exact
+                // path decides.
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        "machineId" if event.machine_id.is_none() => {
+                            event.machine_id = Some(map.next_value()?);
+                        }
+                        "type" if kind.is_none() => kind = Some(map.next_value()?),
+                        "timestamp" if event.timestamp.is_none() => {
+                            event.timestamp = Some(map.next_value()?);
+                        }
+                        "seq" if event.seq.is_none() => event.seq = map.next_value()?,
+                        "payload" if !payload => {
+                            payload = true;
+                            event.payload = match kind.as_deref() {
+                                Some("heartbeat") => Typed::Heartbeat(map.next_value()?),
+                                Some("sale") => Typed::Sale(map.next_value()?),
+                                _ => return Err(M::Error::custom("not on the one-pass path")),
+                            };
+                        }
+                        "machineId" | "type" | "timestamp" | "seq" | "payload" => {
+                            return Err(M::Error::custom("a key twice"));
+                        }
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(event)
+            }
+        }
+        deserializer.deserialize_map(Visitor(std::marker::PhantomData))
+    }
+}
+
 fn payload_json<'a, T: Deserialize<'a>>(payload: &'a str) -> Result<T, DecodeError> {
     serde_json::from_str(payload).map_err(|e| {
         let mut err = DecodeError::json(e);
@@ -294,7 +411,10 @@ fn payload_json<'a, T: Deserialize<'a>>(payload: &'a str) -> Result<T, DecodeErr
 }
 
 fn heartbeat(payload: &str) -> Result<Heartbeat, DecodeError> {
-    let h: RawHeartbeat = payload_json(payload)?;
+    heartbeat_of(payload_json(payload)?)
+}
+
+fn heartbeat_of(h: RawHeartbeat) -> Result<Heartbeat, DecodeError> {
     let reading = |field: &str, raw: Option<&RawValue>| -> Result<Option<Milli>, DecodeError> {
         raw.filter(|r| r.get() != "null")
             .map(|r| {
@@ -320,7 +440,10 @@ fn heartbeat(payload: &str) -> Result<Heartbeat, DecodeError> {
 }
 
 fn sale(payload: &str) -> Result<Sale, DecodeError> {
-    let s: RawSale = payload_json(payload)?;
+    sale_of(payload_json(payload)?)
+}
+
+fn sale_of(s: RawSale) -> Result<Sale, DecodeError> {
     let amount = amount(s.amount)?;
     if amount > MAX_SALE_LINE {
         return Err(number(
@@ -458,8 +581,11 @@ fn trim_ascii(b: &[u8]) -> &[u8] {
     &b[start..end]
 }
 
-fn memfind(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+/// Whether `haystack` holds the text `"events"` (a searcher built once, not per line).
+fn mentions_events(haystack: &[u8]) -> bool {
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"events\""));
+    FINDER.find(haystack).is_some()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -770,6 +896,75 @@ mod tests {
             panic!()
         };
         assert_eq!(s.amount, Cents(275));
+    }
+
+    /// The one-pass shortcut decodes exactly what the exact path decodes, and leaves the rest
+    /// (and every refusal, with its message) to it.
+    #[test]
+    fn the_one_pass_path_agrees_with_the_exact_path() {
+        let hb = r#""type":"heartbeat","timestamp":1699999800000"#;
+        let sale = r#""type":"sale","timestamp":1699999800000"#;
+        let pay =
+            r#""payload":{"slotNumber":3,"productId":"p03","amount":2.75,"transactionId":"t1"}"#;
+        let lines = [
+            format!(
+                r#"{{"machineId":"m1",{hb},"payload":{{"temperature":4.2,"doorStatus":"closed"}}}}"#
+            ),
+            format!(r#"{{"machineId":"m1",{sale},"seq":9,{pay}}}"#),
+            // Taken by the one-pass path, then checked exactly.
+            format!(r#"{{"machineId":"m1",{sale},{pay},"extra":[1,{{"a":null}}]}}"#),
+            format!(r#"{{"machineId":"m\u0031",{hb},"payload":{{"doorStatus":"op\u0065n"}}}}"#),
+            format!(
+                r#"{{"machineId":"m1",{sale},"payload":{{"slotNumber":3,"productId":"p03","amount":"2.75","quantity":2,"transactionId":"t1","offline":true}}}}"#
+            ),
+            // Left to the exact path.
+            format!(r#"{{"machineId":"m1","payload":{{"temperature":4.2}},{hb}}}"#),
+            format!(r#"{{"machineId":"m1",{hb},"payload":null}}"#),
+            format!(r#"{{"machineId":"m1",{hb}}}"#),
+            format!(r#"{{"machineId":"m1",{hb},"type":"sale",{pay}}}"#),
+            format!(r#"{{"machineId":"m1",{hb},"payload":{{}},"payload":{{}}}}"#),
+            format!(r#"{{"machineId":"m1",{hb},"seq":1,"seq":2,"payload":{{}}}}"#),
+            format!(r#"{{"machineId":"m1",{hb},"payload":{{"temperature":4.2,"temperature":5}}}}"#),
+            format!(r#"{{"machineId":"m1",{hb},"payload":{{"temperature":99999999999}}}}"#),
+            format!(r#"{{"machineId":"m 1",{hb},"payload":{{}}}}"#),
+            format!(
+                r#"{{"machineId":"m1",{sale},"payload":{{"slotNumber":3,"productId":"p","amount":2.755,"transactionId":"t"}}}}"#
+            ),
+            format!(
+                r#"{{"machineId":"m1",{sale},"payload":{{"slotNumber":3,"productId":"p","amount":1,"transactionId":""}}}}"#
+            ),
+            r#"{"machineId":"m1","type":"door","timestamp":1699999800000,"payload":{"status":"open"}}"#
+                .to_owned(),
+            r#"{"machineId":"m1","type":"heartbeat","timestamp":1,"payload":{}}"#.to_owned(),
+            format!(r#"{{"machineId":"m1",{hb},"payload":{{}}}} trailing"#),
+            format!(r#"{{{hb},"payload":{{}}}}"#),
+        ];
+        let m1 = MachineId::parse("m1").expect("id");
+        let m2 = MachineId::parse("m2").expect("id");
+        // Not UTF-8 in a field nobody reads: at the top, and inside the payload.
+        let mut outside = lines[0].clone().into_bytes();
+        outside.splice(1..1, b"\"x\":\"\xff\",".iter().copied());
+        let mut inside = lines[0].clone().into_bytes();
+        let at = inside.len() - 2;
+        inside.splice(at..at, b",\"x\":\"\xff\"".iter().copied());
+        let mut taken = 0;
+        for line in lines
+            .iter()
+            .map(|l| l.as_bytes())
+            .chain([&outside[..], &inside[..]])
+        {
+            for envelope in [None, Some(&m1), Some(&m2)] {
+                let exact = decode_event_exactly(line, envelope);
+                if let Ok(event) = decode_event_in_one_pass(line, envelope) {
+                    taken += 1;
+                    assert_eq!(Ok(event), exact, "{}", String::from_utf8_lossy(line));
+                }
+                assert_eq!(decode_event(line, envelope), exact);
+            }
+        }
+        // The five lines meant for it, alone and in their own machine's envelope, and the line
+        // without a machine in either envelope.
+        assert_eq!(taken, 12);
     }
 
     #[test]
