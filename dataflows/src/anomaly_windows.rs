@@ -29,7 +29,9 @@ use vendflow_protocol::{DoorStatus, ErrorCode, Event, EventKind, MachineId, Mill
 
 use crate::config::Config;
 use crate::dedup::{self, Seen};
-use crate::operators::{Emit, FastMap, Fork, Keyed, PUBLISH_CHUNK, Time, as_time, fork, hash_of};
+use crate::operators::{
+    Emit, FastMap, Fork, Keyed, PUBLISH_CHUNK, Time, as_time, fork, hash_of, state_sizes,
+};
 use crate::row::ViewDef;
 use crate::row::{ColumnType::*, Row, RowWriter, col, null};
 use crate::sales::SaleLine;
@@ -525,8 +527,9 @@ pub fn render<'s>(
             } = state;
             let from = *published_upto;
             if from == 0 {
-                // A machine's touched windows together and in start order.
-                touched.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                // A machine's touched windows together and in start order (grouped by the
+                // interned id: no need to compare the ids' text).
+                touched.sort_unstable_by_key(|((m, start), _)| (m.grouping_key(), *start));
             }
             // A part ends with a machine's last touched window: its "latest" row is decided
             // over all of them.
@@ -565,6 +568,10 @@ pub fn render<'s>(
             }
             *published_upto = 0;
             touched.clear();
+            state_sizes::note("Windows: fold", || {
+                let slot = std::mem::size_of::<(WindowKey, (Packed, Time, Seen))>();
+                (windows.len(), windows.capacity() * slot)
+            });
             // A bulk step touches many windows; a live one a few.
             touched.shrink_to(4096);
             true

@@ -641,6 +641,15 @@ mod profile {
                 d.as_secs_f64() * 1000.0
             );
         }
+        if worker == 0 {
+            for (name, keys, bytes) in crate::operators::state_sizes::report().into_iter().take(25)
+            {
+                eprintln!(
+                    "state {:>8.1} MiB peak, {keys:>9} keys (all workers)  {name}",
+                    bytes as f64 / f64::from(1 << 20)
+                );
+            }
+        }
         let mut held: Vec<_> = p.traces.iter().collect();
         held.sort_by_key(|(_, h)| std::cmp::Reverse(h.updates.1));
         for (id, h) in held.into_iter().take(30) {

@@ -28,7 +28,7 @@ use timely::dataflow::operators::generic::Operator;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
-use crate::operators::{FastMap, PUBLISH_CHUNK, Time, Waiting};
+use crate::operators::{FastMap, PUBLISH_CHUNK, Time, Waiting, state_sizes};
 
 /// What `apply` and timers can do besides changing the key's state.
 pub struct Ctx<'a, K, O> {
@@ -196,6 +196,16 @@ impl<K: Clone + Eq + Hash, S: Default + PartialEq, O: Clone + PartialEq> FoldSta
             before: Vec::new(),
             after: Vec::new(),
         }
+    }
+
+    /// Keys held, and the bytes of the tables' slots (shallow, and cheap to tell: a fold
+    /// publishes at every time its timers fire).
+    fn size(&self) -> (usize, usize) {
+        use std::mem::size_of;
+        let bytes = self.states.capacity() * size_of::<(K, (S, bool))>()
+            + self.published.capacity() * size_of::<(K, SmallVec<[O; 2]>)>()
+            + self.timers.len() * size_of::<(Time, Vec<K>)>();
+        (self.states.len(), bytes)
     }
 
     fn first_timer(&self) -> Option<Time> {
@@ -367,6 +377,7 @@ where
             move |_cap, info| {
                 let activator = scope.activator_for(info.address);
                 let mut fold = FoldState::<K, S, O>::new(keep);
+                let name = name.to_owned();
                 let mut waiting = Waiting::<Record<K, V>>::new();
                 // The open time, whose records are applied as they arrive.
                 let mut open: Option<Time> = None;
@@ -382,6 +393,7 @@ where
                             if !fold.publish(now, &output, PUBLISH_CHUNK) {
                                 break;
                             }
+                            state_sizes::note(&name, || fold.size());
                             publishing = None;
                             if open == Some(now) {
                                 open = None;

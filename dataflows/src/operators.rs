@@ -48,6 +48,55 @@ pub(crate) const PUBLISH_CHUNK: usize = 16_384;
 #[cfg(test)]
 pub(crate) const PUBLISH_CHUNK: usize = 3;
 
+/// `VENDFLOW_PROFILE=1`: the largest state each keyed operator held, summed over workers, so a
+/// profile shows where memory goes as well as time. Sizes are shallow (the tables' slots, not
+/// what a state points to on the heap).
+pub(crate) mod state_sizes {
+    use std::collections::{BTreeMap, HashMap};
+    use std::sync::{LazyLock, Mutex};
+    use std::thread::ThreadId;
+
+    /// Per operator name: per worker thread, the peak (keys, bytes).
+    type Peaks = BTreeMap<String, HashMap<ThreadId, (usize, usize)>>;
+
+    static ENABLED: LazyLock<bool> =
+        LazyLock::new(|| std::env::var_os("VENDFLOW_PROFILE").is_some());
+    static PEAKS: LazyLock<Mutex<Peaks>> = LazyLock::new(Default::default);
+
+    /// Notes that `name`, on the calling worker, holds the (keys, bytes) `size` returns (only
+    /// called when profiling).
+    pub(crate) fn note(name: &str, size: impl FnOnce() -> (usize, usize)) {
+        if !*ENABLED {
+            return;
+        }
+        let (keys, bytes) = size();
+        let mut peaks = PEAKS.lock().unwrap_or_else(|e| e.into_inner());
+        let peak = peaks
+            .entry(name.to_owned())
+            .or_default()
+            .entry(std::thread::current().id())
+            .or_default();
+        peak.0 = peak.0.max(keys);
+        peak.1 = peak.1.max(bytes);
+    }
+
+    /// The peaks summed over workers, largest first: (name, keys, bytes).
+    pub(crate) fn report() -> Vec<(String, usize, usize)> {
+        let peaks = PEAKS.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rows: Vec<_> = peaks
+            .iter()
+            .map(|(name, per)| {
+                let (keys, bytes) = per
+                    .values()
+                    .fold((0, 0), |(k, b), (pk, pb)| (k + pk, b + pb));
+                (name.clone(), keys, bytes)
+            })
+            .collect();
+        rows.sort_by_key(|r| std::cmp::Reverse(r.2));
+        rows
+    }
+}
+
 /// Converts an event-time instant (ms, may be negative in theory) into ingestion time.
 pub fn as_time(ms: i64) -> Time {
     u64::try_from(ms).unwrap_or(0)
