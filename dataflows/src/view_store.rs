@@ -252,9 +252,10 @@ struct Grouped {
 impl Grouped {
     /// The rows in order. Rows order by their first cell first, so sorting the groups by it
     /// and each group's few rows within is the whole sort. Groups are sorted by a key of their
-    /// first cell copied next to them ([`crate::row::cell_order_key`]), the rows themselves consulted
-    /// only where two keys tie, and rows are moved into place, not cloned: each row is its own
-    /// allocation, and touching it in a comparison or a reference count is a cache miss.
+    /// first cell copied next to them ([`crate::row::cell_order_key`]), the rows themselves
+    /// consulted only where two keys tie, and rows are moved into place, not cloned: each row
+    /// is its own allocation, and touching it in a comparison or a reference count is a cache
+    /// miss.
     fn sorted(self) -> Vec<Row> {
         let Grouped { rows, groups } = self;
         let mut keyed: Vec<([u64; 2], std::ops::Range<usize>)> = groups
@@ -914,7 +915,7 @@ mod tests {
             "mach_0002",
             "é",
             "z\u{10ffff}",
-            // Longer than the 16 bytes a group's sort key holds: ties decided by the rows.
+            // Longer than the 15 bytes of text a group's sort key holds: ties decided by the rows.
             "machine-00000000",
             "machine-000000001",
             "machine-000000001b",
