@@ -50,8 +50,8 @@ pub fn identity(event: &Event) -> u64 {
 }
 
 /// A small set of identities (a window's events, a machine's recent restocks), sorted. The
-/// first four live inline: a window holds a few heartbeats, and one allocation per window
-/// (grown one id at a time) was the windows' largest cost in time and in the allocator.
+/// first four live inline: a window holds a few heartbeats, and a heap vector per window,
+/// grown one id at a time, cost an allocation and a few reallocations for every window.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Seen(smallvec::SmallVec<[u64; 4]>);
 
