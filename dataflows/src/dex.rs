@@ -31,7 +31,6 @@ use std::collections::BTreeMap;
 
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
-use smallvec::SmallVec;
 use vendflow_protocol::dex::DexAudit;
 use vendflow_protocol::{Cents, MachineId, Timestamp};
 
@@ -125,14 +124,16 @@ enum In {
     Sale(i64, u32, i64, i64),
 }
 
-/// A machine's sale lines of one instant: (slot, units, cents).
-type Lines = SmallVec<[(u32, i64, i64); 1]>;
+/// An accepted sale line: (event time, slot, units, cents).
+type Line = (i64, u32, i64, i64);
 
 #[derive(Default, PartialEq)]
 struct Machine {
     reads: BTreeMap<i64, Read>,
-    /// Accepted sale lines by event time: (slot, units, cents).
-    lines: BTreeMap<i64, Lines>,
+    /// Accepted sale lines in event-time order (lines of one instant in arrival order). A
+    /// vector, not a map by time: most machines hold a line or two (a map's first node is
+    /// ~450 bytes), and lines mostly arrive in time order, so an insert is usually a push.
+    lines: Vec<Line>,
 }
 
 impl Machine {
@@ -151,13 +152,25 @@ impl Machine {
             Some((first, _)) => (*first).min(now - config.dex_grace_ms),
             None => now - config.dex_grace_ms,
         };
-        while self
-            .lines
-            .first_key_value()
-            .is_some_and(|(t, _)| *t < keep_lines)
-        {
-            self.lines.pop_first();
+        let old = self.lines.partition_point(|l| l.0 < keep_lines);
+        if old == self.lines.len() {
+            self.lines = Vec::new();
+        } else if old > 0 {
+            self.lines.drain(..old);
         }
+    }
+
+    /// Adds a line after every line at or before its time.
+    fn add_line(&mut self, line: Line) {
+        let at = self.lines.partition_point(|l| l.0 <= line.0);
+        self.lines.insert(at, line);
+    }
+
+    /// The lines of `from <= time < until`.
+    fn lines_between(&self, from: i64, until: i64) -> &[Line] {
+        let start = self.lines.partition_point(|l| l.0 < from);
+        let end = self.lines.partition_point(|l| l.0 < until).max(start);
+        &self.lines[start..end]
     }
 }
 
@@ -316,12 +329,10 @@ fn outputs(machine: &MachineId, state: &Machine, out: &mut Vec<Out>) {
         }
         if let Some(p) = previous {
             let mut telemetry: BTreeMap<u32, (i64, i64)> = BTreeMap::new();
-            for lines in state.lines.range(p.at..read.at).map(|(_, l)| l) {
-                for (slot, units, cents) in lines {
-                    let t = telemetry.entry(*slot).or_default();
-                    t.0 += units;
-                    t.1 += cents;
-                }
+            for (_, slot, units, cents) in state.lines_between(p.at, read.at) {
+                let t = telemetry.entry(*slot).or_default();
+                t.0 += units;
+                t.1 += cents;
             }
             let mut slots: Vec<u32> = telemetry.keys().copied().collect();
             slots.extend(audit_by_slot.keys().copied());
@@ -390,11 +401,7 @@ pub fn render<'s>(
                         return;
                     }
                     for _ in 0..diff {
-                        state
-                            .lines
-                            .entry(ts)
-                            .or_default()
-                            .push((slot, units, cents));
+                        state.add_line((ts, slot, units, cents));
                     }
                 }
             }
