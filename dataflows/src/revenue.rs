@@ -493,18 +493,19 @@ enum ByMachine<K> {
 }
 
 /// One machine: its locations (a multiset: the registry can retract and replace) and its live
-/// totals by day or hour.
+/// totals by day or hour, in key order. A sorted vector rather than a map: a machine has a day or
+/// an hour or a few live, and a map's first node alone is ~450 bytes.
 #[derive(PartialEq)]
 struct Located<K> {
     locations: Vec<(String, isize)>,
-    totals: BTreeMap<K, (Totals, isize)>,
+    totals: Vec<(K, (Totals, isize))>,
 }
 
 impl<K> Default for Located<K> {
     fn default() -> Self {
         Located {
             locations: Vec::new(),
-            totals: BTreeMap::new(),
+            totals: Vec::new(),
         }
     }
 }
@@ -529,13 +530,23 @@ where
             |_m, state: &mut Located<K>, change, diff, _ctx| match change {
                 ByMachine::Location(l) => count_in(&mut state.locations, l, diff),
                 ByMachine::Totals(key, t) => {
-                    let entry = state.totals.entry(key).or_default();
+                    let at = match state.totals.binary_search_by(|(k, _)| k.cmp(&key)) {
+                        Ok(at) => at,
+                        Err(at) => {
+                            state.totals.insert(at, (key, (Totals::default(), 0)));
+                            at
+                        }
+                    };
+                    let entry = &mut state.totals[at].1;
                     if diff > 0 {
                         entry.0 = t;
                     }
                     entry.1 += diff;
                     if entry.1 == 0 {
-                        state.totals.remove(&key);
+                        state.totals.remove(at);
+                        if state.totals.is_empty() {
+                            state.totals = Vec::new();
+                        }
                     }
                 }
             },
