@@ -16,12 +16,13 @@
 //! collection the source advances each hour, so forecasts refresh as time passes without events.
 
 use differential_dataflow::VecCollection;
-use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semigroup};
 use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR};
 use vendflow_protocol::{MachineId, Timestamp};
 
 use crate::config::Config;
-use crate::fold::{Additive, KeyedFold, Published, sum_by_key, totals};
+use smallvec::SmallVec;
+
+use crate::fold::{KeyedFold, Published, sum_by_key, totals};
 use crate::inventory::Level;
 use crate::operators::{Time, as_time, hash_of};
 use crate::row::ViewDef;
@@ -111,8 +112,7 @@ pub fn forecast(
     }
 }
 
-/// Units sold per weekday (Monday first), carried as a diff so that differential sums a slot's
-/// sales into its profile without keeping a record per weekday or day.
+/// Units sold per weekday (Monday first) over the trailing window: a slot's demand profile.
 #[derive(
     Clone,
     Copy,
@@ -128,42 +128,26 @@ pub fn forecast(
 )]
 pub struct ByWeekday(pub [i64; 7]);
 
-impl IsZero for ByWeekday {
-    fn is_zero(&self) -> bool {
-        self.0 == [0; 7]
-    }
-}
-impl Semigroup for ByWeekday {
-    fn plus_equals(&mut self, o: &Self) {
-        for (a, b) in self.0.iter_mut().zip(o.0) {
-            *a += b;
-        }
-    }
-}
-impl Monoid for ByWeekday {
-    fn zero() -> Self {
-        ByWeekday::default()
-    }
-}
-impl Abelian for ByWeekday {
-    fn negate(&mut self) {
-        for a in &mut self.0 {
-            *a = -*a;
-        }
-    }
-}
-impl Additive for ByWeekday {
-    fn add_times(&mut self, o: &Self, times: isize) {
-        for (a, b) in self.0.iter_mut().zip(o.0) {
-            *a += b * times as i64;
-        }
-    }
+/// One slot's units per day (day number since the epoch), oldest first, while the day is in the
+/// trailing window; `armed`: the time of its pending timer (0: none), the first day's end.
+#[derive(Default, PartialEq)]
+struct SlotDemand {
+    days: SmallVec<[(i64, i64); 1]>,
+    armed: Time,
 }
 
-impl Multiply<isize> for ByWeekday {
-    type Output = ByWeekday;
-    fn multiply(self, rhs: &isize) -> ByWeekday {
-        ByWeekday(self.0.map(|a| a * *rhs as i64))
+impl SlotDemand {
+    fn add(&mut self, day: i64, units: i64) {
+        match self.days.binary_search_by_key(&day, |d| d.0) {
+            Ok(at) => {
+                self.days[at].1 += units;
+                if self.days[at].1 == 0 {
+                    self.days.remove(at);
+                }
+            }
+            Err(at) if units != 0 => self.days.insert(at, (day, units)),
+            Err(_) => {}
+        }
     }
 }
 
@@ -184,29 +168,54 @@ pub fn render<'s>(
 ) -> Stockout<'s> {
     let window = config.demand_days * MS_PER_DAY;
     let in_window = move |day: i64| (0, as_time(day * MS_PER_DAY + window));
-    // Units per slot and day while the day is in the trailing window, then each slot's days
-    // summed into its weekday profile.
-    let daily = totals(sum_by_key(
-        accepted.map(|l| {
+    // Each slot's units per day while the day is in the trailing window, summed into its
+    // weekday profile: one state per slot (its days in a short vector), not one per slot-day.
+    let demand = accepted
+        .map(|l| {
             (
-                (l.machine_id, l.slot_number, l.timestamp.day()),
-                l.quantity as isize,
+                (l.machine_id, l.slot_number),
+                (l.timestamp.day(), i64::from(l.quantity)),
             )
-        }),
-        "Stockout: daily demand",
-        |k: &(MachineId, u32, i64)| hash_of(&k.0),
-        move |(_, _, day): &(MachineId, u32, i64)| in_window(*day),
-    ));
-    let demand = totals(sum_by_key(
-        daily.map(|((m, s, day), units)| {
-            let mut profile = ByWeekday::default();
-            profile.0[usize::from(Timestamp(day * MS_PER_DAY).weekday()) % 7] = units as i64;
-            ((m, s), profile)
-        }),
-        "Stockout: weekday profile",
-        |k: &(MachineId, u32)| hash_of(&k.0),
-        |_| (0, Time::MAX),
-    ));
+        })
+        .fold_by_key(
+            "Stockout: demand by weekday",
+            Published::Recomputed,
+            |k: &(MachineId, u32)| hash_of(&k.0),
+            move |_, slot: &mut SlotDemand, (day, units), diff, ctx| {
+                let until = in_window(day).1;
+                // A day already out of the window is not counted (as a sum's late record).
+                if until <= ctx.now() {
+                    return;
+                }
+                slot.add(day, units * diff as i64);
+                if slot.armed == 0 || until < slot.armed {
+                    slot.armed = until;
+                    ctx.wake_at(until);
+                }
+            },
+            move |_, slot, ctx| {
+                let now = ctx.now();
+                slot.days.retain(|(day, _)| in_window(*day).1 > now);
+                if slot.armed <= now {
+                    slot.armed = 0;
+                }
+                if slot.days.is_empty() {
+                    slot.days = SmallVec::new();
+                } else if slot.armed == 0 {
+                    slot.armed = in_window(slot.days[0].0).1;
+                    ctx.wake_at(slot.armed);
+                }
+            },
+            |key, slot, out| {
+                let mut profile = ByWeekday::default();
+                for (day, units) in &slot.days {
+                    profile.0[usize::from(Timestamp(day * MS_PER_DAY).weekday()) % 7] += units;
+                }
+                if profile != ByWeekday::default() {
+                    out.push((key.clone(), profile));
+                }
+            },
+        );
     // Distinct days with events per machine in the trailing window: a day is seen from its first
     // event until it leaves the window (one timer per machine-day).
     let days = seen.map(|(m, ts)| ((m, ts.day()), ())).fold_by_key(
