@@ -21,7 +21,9 @@ use arrow_schema::ArrowError;
 use timely::dataflow::operators::capture::{Event, EventPusher};
 use timely::progress::frontier::MutableAntichain;
 
-use crate::operators::{FastMap, Time};
+use smallvec::SmallVec;
+
+use crate::operators::Time;
 use crate::row::{Row, Value, to_batch};
 use crate::views::{CATALOG, ViewDef, find};
 
@@ -92,9 +94,10 @@ struct Entry {
 /// is the one most often replaced); larger groups become a hash table.
 const FEW: usize = 32;
 
-/// The rows of one view that share their first column.
+/// The rows of one view that share their first column (never empty: an emptied group is
+/// dropped). A group of one row (a machine's liveness, health, day of revenue) holds it inline.
 enum Group {
-    Few(Vec<Entry>),
+    Few(SmallVec<[Entry; 1]>),
     Many(hashbrown::HashTable<Entry>),
 }
 
@@ -147,6 +150,21 @@ impl Group {
             Group::Many(table) => Box::new(table.iter()),
         }
     }
+
+    /// The first cell its rows share (empty for an empty group, which is never kept).
+    fn first_cell(&self) -> &[u8] {
+        let first = match self {
+            Group::Few(entries) => entries.first(),
+            Group::Many(table) => table.iter().next(),
+        };
+        first.map_or(&[], |e| e.row.first_cell())
+    }
+}
+
+/// The hash of a group's key, its rows' first cell.
+fn cell_hash(cell: &[u8]) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0x67726f7570).hash_one(cell)
 }
 
 fn update_table(table: &mut hashbrown::HashTable<Entry>, row: Row, hash: u64, d: i64) {
@@ -175,9 +193,9 @@ fn update_table(table: &mut hashbrown::HashTable<Entry>, row: Row, hash: u64, d:
 /// queries), each with its multiplicity.
 #[derive(Default)]
 struct ViewRows {
-    /// By the first cell's encoded bytes ([`Row::first_cell`]): found without decoding the
-    /// cell or allocating a key.
-    groups: FastMap<Box<[u8]>, Group>,
+    /// By the first cell's encoded bytes ([`Row::first_cell`]), compared with the group's own
+    /// rows: found without decoding the cell, and no key kept apart from the rows.
+    groups: hashbrown::HashTable<Group>,
     /// Rows counted once each (not by multiplicity), for sizing copies.
     distinct: usize,
     /// Rows counted by multiplicity: the view's size as a reader sees it.
@@ -190,41 +208,47 @@ impl ViewRows {
             return;
         }
         self.total += d;
-        match self.groups.get_mut(row.first_cell()) {
-            Some(group) => {
+        let key = cell_hash(row.first_cell());
+        let found = self
+            .groups
+            .find_entry(key, |g| g.first_cell() == row.first_cell());
+        match found {
+            Ok(mut found) => {
+                let group = found.get_mut();
                 let before = group.len();
-                // The key outlives the row, which the group takes (a shared pointer's copy).
-                let key = row.clone();
                 group.update(row, hash, d);
                 self.distinct = self.distinct + group.len() - before;
                 if group.is_empty() {
-                    self.groups.remove(key.first_cell());
+                    found.remove();
                 }
             }
-            None => {
+            Err(_) => {
                 self.distinct += 1;
-                self.groups.insert(
-                    row.first_cell().into(),
-                    Group::Few(vec![Entry {
-                        hash,
-                        row,
-                        count: d,
-                    }]),
-                );
+                let entry = Entry {
+                    hash,
+                    row,
+                    count: d,
+                };
+                self.groups
+                    .insert_unique(key, Group::Few(smallvec::smallvec![entry]), |g| {
+                        cell_hash(g.first_cell())
+                    });
             }
         }
     }
 
     /// Every row and its multiplicity, in no order.
     fn entries(&self) -> impl Iterator<Item = &Entry> + '_ {
-        self.groups.values().flat_map(Group::entries)
+        self.groups.iter().flat_map(Group::entries)
     }
 
     /// The rows whose first column is `key`.
     fn group(&self, key: &Value) -> impl Iterator<Item = &Entry> + '_ {
         let key = Row::from_iter([key]);
         self.groups
-            .get(key.first_cell())
+            .find(cell_hash(key.first_cell()), |g| {
+                g.first_cell() == key.first_cell()
+            })
             .into_iter()
             .flat_map(Group::entries)
     }
@@ -234,7 +258,7 @@ impl ViewRows {
     fn grouped(&self) -> Grouped {
         let mut rows = Vec::with_capacity(self.distinct);
         let mut groups = Vec::with_capacity(self.groups.len());
-        for group in self.groups.values() {
+        for group in self.groups.iter() {
             let start = rows.len();
             rows.extend(repeat(group.entries()));
             groups.push(start..rows.len());
@@ -954,7 +978,22 @@ mod tests {
         assert_eq!(sorted.len(), expected.len());
         assert_eq!(sorted, expected);
         // Groups emptied by retractions are gone.
-        assert!(rows.groups.values().all(|g| !g.is_empty()));
+        assert!(rows.groups.iter().all(|g| !g.is_empty()));
+        // A point lookup finds exactly the rows whose first cell is the key (groups of one row,
+        // of a few, and tables), and nothing for a key no row has.
+        let mut keys: Vec<Value> = expected.iter().map(|r| r[0].clone()).collect();
+        keys.dedup();
+        assert!(keys.len() > 10);
+        for key in keys {
+            let mut found: Vec<Vec<Value>> = rows
+                .group(&key)
+                .flat_map(|e| std::iter::repeat_n(e.row.to_vec(), e.count as usize))
+                .collect();
+            found.sort();
+            let want: Vec<Vec<Value>> = expected.iter().filter(|r| r[0] == key).cloned().collect();
+            assert_eq!(found, want, "rows of {key:?}");
+        }
+        assert_eq!(rows.group(&Value::text("no such machine")).count(), 0);
     }
 
     #[test]
