@@ -482,7 +482,7 @@ where
         .as_collection()
 }
 
-/// Values that are summed per key: money, units, counts, weekday profiles.
+/// Values that are summed per key: money, units, counts.
 pub trait Additive: Clone + Default + PartialEq + 'static {
     /// `self += other × times`.
     fn add_times(&mut self, other: &Self, times: isize);
