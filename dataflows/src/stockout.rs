@@ -16,12 +16,11 @@
 //! collection the source advances each hour, so forecasts refresh as time passes without events.
 
 use differential_dataflow::VecCollection;
+use smallvec::SmallVec;
 use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR};
 use vendflow_protocol::{MachineId, Timestamp};
 
 use crate::config::Config;
-use smallvec::SmallVec;
-
 use crate::fold::{KeyedFold, Published, sum_by_key, totals};
 use crate::inventory::Level;
 use crate::operators::{Time, as_time, hash_of};

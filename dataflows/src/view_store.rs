@@ -18,10 +18,9 @@ use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
 use arrow_schema::ArrowError;
+use smallvec::SmallVec;
 use timely::dataflow::operators::capture::{Event, EventPusher};
 use timely::progress::frontier::MutableAntichain;
-
-use smallvec::SmallVec;
 
 use crate::operators::Time;
 use crate::row::{Row, Value, to_batch};
