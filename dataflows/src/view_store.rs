@@ -76,9 +76,15 @@ impl EventPusher<Time, Updates> for ViewPusher {
     }
 }
 
-fn row_hash(row: &Row) -> u64 {
+/// The store's hash of a row, or of a group's key (its rows' first cell): fixed, so the
+/// workers that capture rows and the store agree.
+fn store_hash(value: impl std::hash::Hash) -> u64 {
     use std::hash::BuildHasher;
-    foldhash::fast::FixedState::with_seed(0x726f7773).hash_one(row)
+    foldhash::fast::FixedState::with_seed(0x726f7773).hash_one(value)
+}
+
+fn row_hash(row: &Row) -> u64 {
+    store_hash(row)
 }
 
 /// A row of a view, its multiplicity, and its hash.
@@ -162,8 +168,7 @@ impl Group {
 
 /// The hash of a group's key, its rows' first cell.
 fn cell_hash(cell: &[u8]) -> u64 {
-    use std::hash::BuildHasher;
-    foldhash::fast::FixedState::with_seed(0x67726f7570).hash_one(cell)
+    store_hash(cell)
 }
 
 fn update_table(table: &mut hashbrown::HashTable<Entry>, row: Row, hash: u64, d: i64) {
