@@ -9,7 +9,7 @@
 //!   time order, for the two places where a differential `reduce` would retract what it must not
 //!   (first-seen dedup, latest value per key).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::hash::Hash;
 
 use differential_dataflow::consolidation::consolidate_updates;
@@ -147,14 +147,38 @@ impl<'s, D: Data, R: Abelian + Data> Temporal<'s, D, R> for VecCollection<'s, Ti
 /// operator with a horizon (dedup fingerprints, first sightings, the bridge's nonces).
 pub struct ExpiringMap<K, V> {
     live: FastMap<K, V>,
-    expiries: BTreeMap<Time, Vec<K>>,
+    /// Each live key with its expiry, earliest first: one 24-byte slot per key (a fingerprint, a
+    /// nonce), where a map of expiry → keys cost a tree entry and an allocation for nearly every
+    /// key (expiries are to the millisecond, so few keys share one).
+    expiries: BinaryHeap<Expiry<K>>,
+}
+
+/// A key and its expiry, ordered earliest first in the max-heap (the key is not compared: keys
+/// that expire together may leave in any order).
+struct Expiry<K>(Time, K);
+
+impl<K> PartialEq for Expiry<K> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+impl<K> Eq for Expiry<K> {}
+impl<K> PartialOrd for Expiry<K> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl<K> Ord for Expiry<K> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other.0.cmp(&self.0)
+    }
 }
 
 impl<K, V> Default for ExpiringMap<K, V> {
     fn default() -> Self {
         ExpiringMap {
             live: FastMap::default(),
-            expiries: BTreeMap::new(),
+            expiries: BinaryHeap::new(),
         }
     }
 }
@@ -165,10 +189,7 @@ impl<K: Hash + Eq + Clone, V> ExpiringMap<K, V> {
         match self.live.entry(key) {
             std::collections::hash_map::Entry::Occupied(_) => false,
             std::collections::hash_map::Entry::Vacant(e) => {
-                self.expiries
-                    .entry(expires)
-                    .or_default()
-                    .push(e.key().clone());
+                self.expiries.push(Expiry(expires, e.key().clone()));
                 e.insert(value);
                 true
             }
@@ -185,17 +206,18 @@ impl<K: Hash + Eq + Clone, V> ExpiringMap<K, V> {
         self.live.is_empty() && self.expiries.is_empty()
     }
 
-    /// Drops every key whose expiry is at or before `now`, telling `gone` each, with its expiry.
+    /// Drops every key whose expiry is at or before `now`, telling `gone` each, with its expiry
+    /// (earliest expiry first).
     pub fn expire_with(&mut self, now: Time, mut gone: impl FnMut(Time, &K)) {
-        while let Some(entry) = self.expiries.first_entry() {
-            if *entry.key() > now {
-                break;
-            }
-            let (expiry, keys) = entry.remove_entry();
-            for key in keys {
+        while self.expiries.peek().is_some_and(|e| e.0 <= now) {
+            if let Some(Expiry(expiry, key)) = self.expiries.pop() {
                 gone(expiry, &key);
                 self.live.remove(&key);
             }
+        }
+        // A burst of keys (a bulk load's hour) leaves its slots behind once it has expired.
+        if self.expiries.capacity() > 4 * self.expiries.len().max(1024) {
+            self.expiries.shrink_to_fit();
         }
     }
 }
@@ -758,4 +780,34 @@ pub fn fork<'s, D: Data, A: Data, B: Data, C: Data>(
         }
     });
     (a.as_collection(), b.as_collection(), c.as_collection())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keys leave at their own expiry, earliest first, whatever the order they came in; a key is
+    /// refused while it is live and taken again once it has left.
+    #[test]
+    fn expiring_keys_leave_at_their_own_time() {
+        let mut map: ExpiringMap<u32, &str> = ExpiringMap::default();
+        for (key, expires) in [(1, 30), (2, 10), (3, 20), (4, 10), (5, 40)] {
+            assert!(map.insert(key, "v", expires));
+        }
+        assert!(!map.insert(3, "again", 99), "a live key is refused");
+        let mut gone = Vec::new();
+        map.expire_with(9, |at, k| gone.push((at, *k)));
+        assert!(gone.is_empty());
+        map.expire_with(20, |at, k| gone.push((at, *k)));
+        gone.sort_unstable();
+        assert_eq!(gone, [(10, 2), (10, 4), (20, 3)]);
+        assert_eq!(map.get(&1), Some(&"v"));
+        assert_eq!(map.get(&3), None);
+        assert!(map.insert(3, "back", 50), "an expired key is new again");
+        gone.clear();
+        map.expire_with(45, |at, k| gone.push((at, *k)));
+        assert_eq!(gone, [(30, 1), (40, 5)]);
+        map.expire_with(50, |_, _| {});
+        assert!(map.is_empty());
+    }
 }
