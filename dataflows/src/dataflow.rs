@@ -302,7 +302,7 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
         ("sale_duplicates", duplicates.map(sales::duplicates_row)),
         ("event_duplicates", event_duplicates.map(dedup::row)),
         ("inventory", levels.map(inventory::row)),
-        ("anomaly_windows", windows.windows.map(anomaly_windows::row)),
+        ("anomaly_windows", windows.windows),
         ("liveness", liveness),
         ("stockout_forecast", stockout.forecasts.map(stockout::row)),
         (
