@@ -27,7 +27,12 @@ use timely::progress::operate::FrontierInterest;
 /// Ingestion time: epoch milliseconds of the source's clock.
 pub type Time = u64;
 
-/// A stable hash for routing keys to workers.
+/// A hash for routing keys to the workers of this process (the same for equal keys on every
+/// worker). A machine id hashes by its interned address ([`MachineId::stable_hash`] is the one
+/// that holds across processes and runs), so this is not a hash to keep on disk: fingerprints
+/// that are kept hash the id's text.
+///
+/// [`MachineId::stable_hash`]: vendflow_protocol::MachineId::stable_hash
 pub fn hash_of<K: Hash + ?Sized>(key: &K) -> u64 {
     use std::hash::BuildHasher;
     foldhash::quality::FixedState::with_seed(0x76656e64).hash_one(key)
