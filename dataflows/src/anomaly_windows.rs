@@ -433,59 +433,67 @@ struct MachineWindows {
     latest: Option<(Timestamp, [Level; 5])>,
 }
 
+/// Where a machine's window is.
+enum At {
+    Newest,
+    Older(usize),
+}
+
 impl MachineWindows {
-    fn get_mut(&mut self, start: Timestamp) -> Option<&mut Slot> {
+    fn locate(&self, start: Timestamp) -> Option<At> {
         let newest = self.newest.as_ref()?.start;
         if newest == start {
-            return self.newest.as_mut();
+            Some(At::Newest)
+        } else if newest < start {
+            None
+        } else {
+            let i = self.older.binary_search_by_key(&start, |w| w.start).ok()?;
+            Some(At::Older(i))
         }
-        if newest < start {
-            return None;
-        }
-        let i = self.older.binary_search_by_key(&start, |w| w.start).ok()?;
-        self.older.get_mut(i)
     }
 
     fn get(&self, start: Timestamp) -> Option<&Slot> {
-        match &self.newest {
-            Some(newest) if newest.start == start => Some(newest),
-            Some(newest) if newest.start > start => {
-                let i = self.older.binary_search_by_key(&start, |w| w.start).ok()?;
-                self.older.get(i)
-            }
-            _ => None,
+        match self.locate(start)? {
+            At::Newest => self.newest.as_ref(),
+            At::Older(i) => self.older.get(i),
+        }
+    }
+
+    fn get_mut(&mut self, start: Timestamp) -> Option<&mut Slot> {
+        match self.locate(start)? {
+            At::Newest => self.newest.as_mut(),
+            At::Older(i) => self.older.get_mut(i),
         }
     }
 
     /// Adds a window the machine does not have.
-    fn insert(&mut self, slot: Slot) {
-        match &mut self.newest {
-            Some(newest) if newest.start < slot.start => {
-                let older = std::mem::replace(newest, slot);
-                self.older.push_back(older);
-            }
-            Some(_) => {
+    fn insert(&mut self, slot: Slot) -> &mut Slot {
+        match &self.newest {
+            Some(newest) if newest.start > slot.start => {
                 let i = self
                     .older
                     .binary_search_by_key(&slot.start, |w| w.start)
                     .unwrap_or_else(|i| i);
                 self.older.insert(i, slot);
+                &mut self.older[i]
             }
-            None => self.newest = Some(slot),
+            _ => {
+                if let Some(previous) = self.newest.take() {
+                    self.older.push_back(previous);
+                }
+                self.newest.insert(slot)
+            }
         }
     }
 
+    /// Removes a window; the next older one, if any, becomes the newest.
     fn remove(&mut self, start: Timestamp) -> Option<Slot> {
-        match &self.newest {
-            Some(newest) if newest.start == start => {
+        match self.locate(start)? {
+            At::Newest => {
                 let next = self.older.pop_back();
                 std::mem::replace(&mut self.newest, next)
             }
-            Some(_) => {
-                let i = self.older.binary_search_by_key(&start, |w| w.start).ok()?;
-                self.older.remove(i)
-            }
-            None => None,
+            At::Older(i) => self.older.remove(i),
         }
     }
 }
@@ -495,8 +503,6 @@ impl MachineWindows {
 #[derive(Default)]
 struct State {
     machines: FastMap<MachineId, MachineWindows>,
-    /// Live windows, over all machines.
-    live: usize,
     expiries: BTreeMap<Time, Vec<WindowKey>>,
     /// The windows touched at the time being folded, each with where its aggregate before that
     /// time is in `before` ([`NEW`] for a window new at this time), to retract it once when the
@@ -524,7 +530,6 @@ impl State {
                 let Some(slot) = machine.remove(start) else {
                     continue;
                 };
-                self.live -= 1;
                 out.give(
                     Out::Window(row(window(&machine_id, start, slot.totals))),
                     -1,
@@ -608,18 +613,13 @@ pub fn render<'s>(
                 None => {
                     state.expiries.entry(expires).or_default().push(key.clone());
                     out.wake_at(expires);
-                    state.live += 1;
-                    machine.insert(Slot {
+                    let slot = machine.insert(Slot {
                         start: key.1,
                         totals: Packed::EMPTY,
                         at: now,
                         seen: Seen::default(),
                     });
-                    let start = key.1;
                     state.touched.push((key, NEW));
-                    let Some(slot) = machine.get_mut(start) else {
-                        return;
-                    };
                     slot
                 }
             };
@@ -631,7 +631,6 @@ pub fn render<'s>(
         |state, out| {
             let State {
                 machines,
-                live,
                 touched,
                 before,
                 published_upto,
@@ -701,8 +700,12 @@ pub fn render<'s>(
             state_sizes::note("Windows: fold", || {
                 let entry = std::mem::size_of::<(MachineId, MachineWindows)>();
                 let slots: usize = machines.values().map(|m| m.older.capacity()).sum();
+                let live = machines
+                    .values()
+                    .map(|m| usize::from(m.newest.is_some()) + m.older.len())
+                    .sum();
                 (
-                    *live,
+                    live,
                     machines.capacity() * entry + slots * std::mem::size_of::<Slot>(),
                 )
             });
