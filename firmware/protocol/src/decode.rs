@@ -68,15 +68,50 @@ struct RawEvent<'a> {
     payload: Option<&'a RawValue>,
 }
 
+/// A string borrowed from the input where it has no escapes. Serde reads a `Cow<str>` as an
+/// owned `String` unless the field is a bare `#[serde(borrow)]` one (not inside an `Option`,
+/// not a map key): an allocation per key and per string of every event on the hot path.
+#[derive(Debug)]
+struct Str<'a>(Cow<'a, str>);
+
+impl std::ops::Deref for Str<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visitor<'a> {
+            type Value = Str<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Str<'a>, E> {
+                Ok(Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Str<'a>, E> {
+                Ok(Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Str<'a>, E> {
+                Ok(Str(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(Visitor(std::marker::PhantomData))
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RawHeartbeat<'a> {
     #[serde(borrow, default)]
     temperature: Option<&'a RawValue>,
     #[serde(borrow, default)]
-    door_status: Option<Cow<'a, str>>,
+    door_status: Option<Str<'a>>,
     #[serde(borrow, default)]
-    payment_module_status: Option<Cow<'a, str>>,
+    payment_module_status: Option<Str<'a>>,
     #[serde(borrow, default)]
     network_signal: Option<&'a RawValue>,
     #[serde(borrow, default)]
@@ -94,7 +129,7 @@ struct RawSale<'a> {
     #[serde(default)]
     quantity: Option<u32>,
     #[serde(borrow, default)]
-    payment_method: Option<Cow<'a, str>>,
+    payment_method: Option<Str<'a>>,
     #[serde(borrow)]
     transaction_id: Cow<'a, str>,
     #[serde(default)]
@@ -334,7 +369,7 @@ fn decode_event_in_one_pass(
 
 /// An event as [`decode_event_in_one_pass`] reads it.
 struct OnePass<'a> {
-    machine_id: Option<Cow<'a, str>>,
+    machine_id: Option<Str<'a>>,
     timestamp: Option<&'a RawValue>,
     seq: Option<u64>,
     payload: Typed<'a>,
@@ -366,11 +401,11 @@ impl<'de: 'a, 'a> Deserialize<'de> for OnePass<'a> {
                     seq: None,
                     payload: Typed::Other,
                 };
-                let (mut kind, mut payload) = (None::<Cow<'de, str>>, false);
+                let (mut kind, mut payload) = (None::<Str<'de>>, false);
                 // Any key seen twice, an unknown type or a payload ahead of its type: the exact
                 // path decides.
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                    match key.as_ref() {
+                while let Some(key) = map.next_key::<Str<'de>>()? {
+                    match &*key {
                         "machineId" if event.machine_id.is_none() => {
                             event.machine_id = Some(map.next_value()?);
                         }
@@ -433,7 +468,7 @@ fn heartbeat_of(h: RawHeartbeat) -> Result<Heartbeat, DecodeError> {
     Ok(Heartbeat {
         temperature: reading("temperature", h.temperature)?,
         door_status: h.door_status.as_deref().map(door).transpose()?,
-        payment_module_status: h.payment_module_status.map(Cow::into_owned),
+        payment_module_status: h.payment_module_status.map(|s| s.0.into_owned()),
         network_signal: reading("networkSignal", h.network_signal)?,
         motor_current: reading("motorCurrent", h.motor_current)?,
     })
