@@ -149,11 +149,15 @@ impl Group {
         self.len() == 0
     }
 
-    fn entries(&self) -> Box<dyn Iterator<Item = &Entry> + '_> {
-        match self {
-            Group::Few(entries) => Box::new(entries.iter()),
-            Group::Many(table) => Box::new(table.iter()),
-        }
+    /// Its entries, in no order. (Not a boxed iterator: that was an allocation per group on
+    /// every read of a whole view, under the store's lock: 348 K for one snapshot of the 1 M
+    /// workload's views.)
+    fn entries(&self) -> impl Iterator<Item = &Entry> + '_ {
+        let (few, many) = match self {
+            Group::Few(entries) => (Some(entries.iter()), None),
+            Group::Many(table) => (None, Some(table.iter())),
+        };
+        few.into_iter().flatten().chain(many.into_iter().flatten())
     }
 
     /// The first cell its rows share (empty for an empty group, which is never kept).
