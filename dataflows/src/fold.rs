@@ -28,7 +28,7 @@ use timely::dataflow::operators::generic::Operator;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
-use crate::operators::{FastMap, PUBLISH_CHUNK, Time, Waiting, state_sizes};
+use crate::operators::{FastMap, PUBLISH_CHUNK, Time, Waiting, state_sizes, trim};
 
 /// What `apply` and timers can do besides changing the key's state.
 pub struct Ctx<'a, K, O> {
@@ -332,18 +332,11 @@ impl<K: Clone + Eq + Hash, S: Default + PartialEq, O: Clone + PartialEq> FoldSta
         touched.clear();
         before.clear();
         // A bulk step touches every key once; the next live step touches a few.
-        if touched.capacity() > RETAINED {
-            touched.shrink_to(RETAINED);
-        }
-        if before.capacity() > RETAINED {
-            before.shrink_to(RETAINED);
-        }
+        trim(touched);
+        trim(before);
         true
     }
 }
-
-/// Entries of a fold's per-time buffers kept allocated between times.
-const RETAINED: usize = 4096;
 
 /// The fold operator; `keep` says whether the last published output of each key is kept.
 ///
@@ -469,6 +462,7 @@ where
                     {
                         output_handle.session(h).give_iterator(fold.out.drain(..));
                     }
+                    trim(&mut fold.out);
                     let next = open
                         .into_iter()
                         .chain(publishing)

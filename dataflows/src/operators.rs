@@ -566,6 +566,7 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
                         {
                             output.session(h).give_iterator(out.drain(..));
                         }
+                        trim(&mut out);
                         waiting.settle(waiting.first_time());
                         let now = frontier.first().copied().unwrap_or(Time::MAX);
                         if last_frontier != Some(now) {
@@ -676,6 +677,7 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
                         {
                             output.session(h).give_iterator(out.drain(..));
                         }
+                        trim(&mut out);
                         waiting.settle(
                             ending.into_iter().chain(open).chain(waiting.first_time()).min(),
                         );
@@ -720,6 +722,18 @@ impl<'a, O, R> Step<'a, O, R> {
         for t in self.wake.drain(..) {
             self.waiting.wake_at(t);
         }
+    }
+}
+
+/// Entries of an operator's reused buffer kept allocated between activations.
+pub(crate) const RETAINED: usize = 4096;
+
+/// Frees what a bulk step grew `buffer` to: a bulk time's outputs are many, a live step's a
+/// few, and a buffer keeps its largest size for ever otherwise (75 MB of the 1 M replay's
+/// peak heap was such buffers' spare room).
+pub(crate) fn trim<T>(buffer: &mut Vec<T>) {
+    if buffer.capacity() > RETAINED {
+        buffer.shrink_to(RETAINED);
     }
 }
 

@@ -52,7 +52,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         stats.events as f64 / done.as_secs_f64()
     );
     // As `vendflow replay` ends: draining the workers would expire every window and dedup key
-    // at the end of time, work that only pollutes a profile taken of the whole process.
-    engine.abandon_at_exit();
+    // at the end of time, work that only pollutes a profile taken of the whole process. The
+    // operator profile is printed as the workers stop, so with it the engine is shut down.
+    if std::env::var_os("VENDFLOW_PROFILE").is_some() {
+        engine.shutdown()?;
+    } else {
+        engine.abandon_at_exit();
+    }
     Ok(())
 }
