@@ -95,8 +95,30 @@ impl Value {
 /// A window row takes ~150 bytes where 17 `Value`s took 560. The encoding is canonical (one
 /// byte string per list of values), so equality and hashing work on the bytes; ordering
 /// compares the decoded cells, as `[Value]` would.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Row(Arc<[u8]>);
+///
+/// A row is one shared allocation (reference count, length, bytes) behind a one-word pointer:
+/// the view store keeps a pointer per row, and a snapshot or a message one per row copied, so
+/// a thin pointer halves those (`Arc<[u8]>` is two words, and its allocation also carries a
+/// weak count nothing uses).
+#[derive(Clone)]
+pub struct Row(triomphe::ThinArc<(), u8>);
+
+const _: () = assert!(std::mem::size_of::<Row>() == 8);
+
+impl PartialEq for Row {
+    fn eq(&self, other: &Row) -> bool {
+        self.bytes() == other.bytes()
+    }
+}
+
+impl Eq for Row {}
+
+impl std::hash::Hash for Row {
+    /// As the bytes hash (what an `Arc<[u8]>` row hashed as).
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.bytes().hash(state);
+    }
+}
 
 mod tag {
     pub const NULL: u8 = 0;
@@ -208,14 +230,19 @@ impl Iterator for Cells<'_> {
 }
 
 impl Row {
+    /// The encoded cells.
+    fn bytes(&self) -> &[u8] {
+        &self.0.slice
+    }
+
     /// The cells, decoded in order.
     pub fn iter(&self) -> impl Iterator<Item = Value> + '_ {
-        Cells(&self.0)
+        Cells(self.bytes())
     }
 
     /// Cell `i`, if the row has that many.
     pub fn get(&self, i: usize) -> Option<Value> {
-        let mut cells = Cells(&self.0);
+        let mut cells = Cells(self.bytes());
         for _ in 0..i {
             if !cells.skip_cell() {
                 return None;
@@ -231,20 +258,21 @@ impl Row {
 
     /// The first cell (a view's key: the machine, mostly).
     pub fn first(&self) -> Option<Value> {
-        Cells(&self.0).next()
+        Cells(self.bytes()).next()
     }
 
     /// The first cell's encoded bytes (empty for an empty row): a key that costs no decoding
     /// and no allocation. Two rows' first cells are equal exactly when these bytes are (the
     /// encoding is canonical), and [`cmp_cells`] orders them as their values.
     pub fn first_cell(&self) -> &[u8] {
-        let mut rest = Cells(&self.0);
+        let bytes = self.bytes();
+        let mut rest = Cells(bytes);
         rest.skip_cell();
-        &self.0[..self.0.len() - rest.0.len()]
+        &bytes[..bytes.len() - rest.0.len()]
     }
 
     pub fn len(&self) -> usize {
-        let mut cells = Cells(&self.0);
+        let mut cells = Cells(self.bytes());
         let mut n = 0;
         while cells.skip_cell() {
             n += 1;
@@ -253,12 +281,12 @@ impl Row {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.bytes().is_empty()
     }
 
     /// The encoded size in bytes (what the row costs, besides its shared header).
     pub fn encoded_len(&self) -> usize {
-        self.0.len()
+        self.bytes().len()
     }
 
     /// The cells as values.
@@ -289,7 +317,7 @@ impl Row {
             let bytes = borrowed.as_deref_mut().unwrap_or(&mut own);
             bytes.clear();
             cells(&mut RowWriter(bytes));
-            Row(Arc::from(&bytes[..]))
+            Row(triomphe::ThinArc::from_header_and_slice((), bytes))
         })
     }
 }
@@ -401,10 +429,10 @@ impl PartialOrd for Row {
 impl Ord for Row {
     /// Cell by cell, as `[Value]` orders, on the encoded cells (no value is built).
     fn cmp(&self, other: &Row) -> Ordering {
-        if self.0 == other.0 {
+        if self.bytes() == other.bytes() {
             return Ordering::Equal;
         }
-        cmp_cells(&self.0, &other.0)
+        cmp_cells(self.bytes(), other.bytes())
     }
 }
 
