@@ -178,6 +178,15 @@ fn sales_rate(kind: LocationType, t: Timestamp) -> f64 {
     }
 }
 
+/// Why a simulated machine rejects a command (the reason its acknowledgement carries).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Rejected {
+    #[error("machine {0} is not in this fleet")]
+    UnknownMachine(String),
+    #[error("no slot {0} on this machine")]
+    UnknownSlot(u32),
+}
+
 /// A simulated fleet and its clock.
 pub struct Fleet {
     now: Timestamp,
@@ -329,12 +338,12 @@ impl Fleet {
 
     /// Carries out a command on its machine, as the firmware would: a new price applies to the
     /// next sale of that slot. `Err` is the reason to reject it with.
-    pub fn apply(&mut self, command: &vendflow_protocol::Command) -> Result<(), String> {
+    pub fn apply(&mut self, command: &vendflow_protocol::Command) -> Result<(), Rejected> {
         let machine = self
             .machines
             .iter_mut()
             .find(|m| m.id == command.machine_id)
-            .ok_or_else(|| format!("machine {} is not in this fleet", command.machine_id))?;
+            .ok_or_else(|| Rejected::UnknownMachine(command.machine_id.to_string()))?;
         match &command.action {
             vendflow_protocol::Action::UpdatePrice {
                 slot_number,
@@ -344,7 +353,7 @@ impl Fleet {
                     .slots
                     .iter_mut()
                     .find(|s| s.number == *slot_number)
-                    .ok_or_else(|| format!("no slot {slot_number} on this machine"))?;
+                    .ok_or(Rejected::UnknownSlot(*slot_number))?;
                 slot.price = *new_price;
                 Ok(())
             }

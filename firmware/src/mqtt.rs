@@ -307,12 +307,12 @@ impl Publisher {
     pub fn acknowledge(
         &mut self,
         command: &Command,
-        outcome: Result<(), String>,
+        outcome: Result<(), crate::fleet::Rejected>,
         at: Timestamp,
     ) -> Result<(), PublishError> {
         let (status, reason) = match outcome {
             Ok(()) => (AckStatus::Applied, None),
-            Err(reason) => (AckStatus::Rejected, Some(reason)),
+            Err(reason) => (AckStatus::Rejected, Some(reason.to_string())),
         };
         let envelope = Envelope {
             machine_id: command.machine_id.clone(),

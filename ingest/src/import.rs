@@ -23,6 +23,7 @@ use std::path::Path;
 use chrono::{NaiveDate, NaiveDateTime, NaiveTime, TimeZone};
 use vendflow_dataflows::ErrorRecord;
 use vendflow_protocol::registry::{Machine, MachineStatus};
+use vendflow_protocol::units::ParseError;
 use vendflow_protocol::{
     Cents, DecodeError, ErrorKind, Event, EventKind, MachineId, RegistryRecord, Sale, Settlement,
     SettlementStatus, Timestamp,
@@ -339,7 +340,7 @@ fn common<'a>(
         )
     })?;
     let timestamp = parse_time(cell(Field::Time), cell(Field::Clock), import.tz)
-        .map_err(|m| DecodeError::new(ErrorKind::Timestamp, m))?;
+        .map_err(|m| DecodeError::new(ErrorKind::Timestamp, m.to_string()))?;
     Ok((machine_id, amount, timestamp))
 }
 
@@ -459,7 +460,7 @@ fn sale_of<'a>(
 }
 
 /// Money as text, exactly: `12.5`, `$1,234.50`, `-3.00`, `(3.00)`, `€ 4`.
-pub fn parse_money(text: &str) -> Result<Cents, String> {
+pub fn parse_money(text: &str) -> Result<Cents, ParseError> {
     let mut t = text.trim();
     let mut negative = false;
     if let Some(inner) = t.strip_prefix('(').and_then(|s| s.strip_suffix(')')) {
@@ -475,28 +476,28 @@ pub fn parse_money(text: &str) -> Result<Cents, String> {
         .filter(|c| !matches!(c, '$' | '€' | '£' | ',' | ' ' | '\u{a0}'))
         .collect();
     if t.is_empty() {
-        return Err("empty".into());
+        return Err(ParseError::new("empty"));
     }
     let (whole, fraction) = t.split_once('.').unwrap_or((&t, ""));
     if fraction.len() > 2 {
-        return Err("more than two decimals".into());
+        return Err(ParseError::new("more than two decimals"));
     }
     if whole.is_empty() && fraction.is_empty()
         || !whole.chars().all(|c| c.is_ascii_digit())
         || !fraction.chars().all(|c| c.is_ascii_digit())
     {
-        return Err("not a decimal number".into());
+        return Err(ParseError::new("not a decimal number"));
     }
     let whole: i64 = if whole.is_empty() {
         0
     } else {
-        whole.parse().map_err(|_| "too large".to_owned())?
+        whole.parse().map_err(|_| ParseError::new("too large"))?
     };
     let cents: i64 = format!("{fraction:0<2}").parse().unwrap_or(0);
     let total = whole
         .checked_mul(100)
         .and_then(|w| w.checked_add(cents))
-        .ok_or_else(|| "too large".to_owned())?;
+        .ok_or_else(|| ParseError::new("too large"))?;
     Ok(Cents(if negative { -total } else { total }))
 }
 
@@ -521,17 +522,16 @@ const TIME_FORMATS: &[&str] = &[
 ];
 
 /// A local date (and time) in `tz`, or RFC 3339; `clock` is a separate time-of-day cell.
-pub fn parse_time(text: &str, clock: &str, tz: chrono_tz::Tz) -> Result<Timestamp, String> {
+pub fn parse_time(text: &str, clock: &str, tz: chrono_tz::Tz) -> Result<Timestamp, ParseError> {
     let text = text.trim();
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
         return Ok(Timestamp(t.timestamp_millis()));
     }
     let local = local_time(text, clock.trim())
-        .ok_or_else(|| format!("cannot read {text:?} as a date (and time)"))?;
-    let instant = tz
-        .from_local_datetime(&local)
-        .earliest()
-        .ok_or_else(|| format!("{local} does not exist in {tz} (a clock change)"))?;
+        .ok_or_else(|| ParseError::new(format!("cannot read {text:?} as a date (and time)")))?;
+    let instant = tz.from_local_datetime(&local).earliest().ok_or_else(|| {
+        ParseError::new(format!("{local} does not exist in {tz} (a clock change)"))
+    })?;
     Ok(Timestamp(instant.timestamp_millis()))
 }
 

@@ -15,7 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::units::{Cents, MachineId, Micro, Timestamp};
+use crate::units::{Cents, MachineId, Micro, ParseError, Timestamp};
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum RegistryRecord {
@@ -51,11 +51,11 @@ impl Location {
 }
 
 /// An IANA time zone name, checked (`Europe/Paris`, `UTC`).
-pub fn parse_time_zone(name: &str) -> Result<chrono_tz::Tz, String> {
+pub fn parse_time_zone(name: &str) -> Result<chrono_tz::Tz, ParseError> {
     name.parse::<chrono_tz::Tz>().map_err(|_| {
-        format!(
+        ParseError::new(format!(
             "unknown time zone {name:?}; expected an IANA name such as Asia/Tokyo or Europe/Paris"
-        )
+        ))
     })
 }
 

@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value as Json, json};
 use vendflow_dataflows::row::Named;
 use vendflow_dataflows::{Snapshot, Value};
-use vendflow_protocol::units::Micro;
+use vendflow_protocol::units::{Micro, ParseError};
 use vendflow_protocol::{
     Cents, LeaseStatus, Location, LocationType, Machine, MachineId, MachineStatus, RegistryRecord,
     Slot,
@@ -71,14 +71,16 @@ impl Problems {
 }
 
 /// An exact price from a JSON number: `2.50`, at most two decimals, positive.
-pub(super) fn price(raw: &RawValue) -> Result<Cents, String> {
+pub(super) fn price(raw: &RawValue) -> Result<Cents, ParseError> {
     let text = raw.get();
     if text.starts_with('"') {
-        return Err("must be a JSON number like 2.50, not a string".into());
+        return Err(ParseError::new(
+            "must be a JSON number like 2.50, not a string",
+        ));
     }
     let cents = Cents::parse(text)?;
     if cents.0 <= 0 {
-        return Err(format!("must be positive, got {cents}"));
+        return Err(ParseError::new(format!("must be positive, got {cents}")));
     }
     Ok(cents)
 }
@@ -676,7 +678,7 @@ pub(super) async fn add_location(
         Some(z) => match vendflow_protocol::registry::parse_time_zone(z) {
             Ok(tz) => Some(tz.name().to_owned()),
             Err(m) => {
-                problems.add("timeZone", m);
+                problems.add("timeZone", m.to_string());
                 None
             }
         },
