@@ -468,6 +468,12 @@ impl MachineWindows {
 
     /// Adds a window the machine does not have.
     fn insert(&mut self, slot: Slot) -> &mut Slot {
+        // The older windows grow by a quarter, not by doubling: a machine keeps its windows of
+        // the whole retention (576 over 48 h), and a doubled deque is up to half empty slots of
+        // 104 bytes, for every machine.
+        if self.newest.is_some() && self.older.len() == self.older.capacity() {
+            self.older.reserve_exact((self.older.len() / 4).max(2));
+        }
         match &self.newest {
             Some(newest) if newest.start > slot.start => {
                 let i = self
