@@ -201,6 +201,10 @@ enum Command {
         /// Hours between copies with --repeat.
         #[arg(long, default_value_t = 24, hide = true)]
         repeat_shift_hours: i64,
+        /// Minutes between copies with --repeat (instead of --repeat-shift-hours): copies that
+        /// overlap in event time, the same machines at a multiple of their rate.
+        #[arg(long, hide = true)]
+        repeat_shift_minutes: Option<i64>,
         /// Pace the replay at this many events per second (default: as fast as possible).
         #[arg(long)]
         rate: Option<f64>,
@@ -641,6 +645,7 @@ fn main() -> anyhow::Result<()> {
             tick_ms,
             repeat,
             repeat_shift_hours,
+            repeat_shift_minutes,
             rate,
         } => {
             if let Some(tick) = tick_ms
@@ -654,7 +659,8 @@ fn main() -> anyhow::Result<()> {
             let options = ReplayOptions {
                 tick_ms,
                 repeat,
-                repeat_shift_ms: repeat_shift_hours * MS_PER_HOUR,
+                repeat_shift_ms: repeat_shift_minutes
+                    .map_or(repeat_shift_hours * MS_PER_HOUR, |m| m * 60_000),
                 rate,
                 ..ReplayOptions::default()
             };

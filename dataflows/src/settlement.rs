@@ -26,7 +26,7 @@
 //! ```
 //! State: each card transaction is held for `settlement_days` after its last record arrives
 //! (processors settle a day or two after the sale); a record that comes later starts the
-//! transaction afresh. It is held in memory for `settlement_memory_ms` (a day) after its last
+//! transaction afresh. It is held in memory for `settlement_memory_ms` (an hour) after its last
 //! record, then [`crate::parked`] on disk for the rest of its hold: a week of a fleet's card sales
 //! does not stay in memory, and a settlement line that comes days later takes its transaction
 //! back from disk. When a transaction's state is dropped its row stays published: the daily

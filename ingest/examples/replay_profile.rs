@@ -16,8 +16,14 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let file = args.next().ok_or("usage: replay_profile FILE [WORKERS]")?;
+    let file = args
+        .next()
+        .ok_or("usage: replay_profile FILE [WORKERS [REPEAT [SHIFT_MINUTES]]]")?;
     let workers = args.next().map_or(Ok(2), |w| w.parse())?;
+    // As `vendflow replay --repeat N --repeat-shift-minutes M`: the file N times, each copy M
+    // minutes (default a day) after the last.
+    let repeat: u32 = args.next().map_or(Ok(1), |r| r.parse())?;
+    let shift_minutes: i64 = args.next().map_or(Ok(24 * 60), |m| m.parse())?;
     let mut engine = Engine::start(Config {
         workers,
         ..Config::default()
@@ -28,7 +34,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let stats = replay(
         std::path::Path::new(&file),
         feeders,
-        &ReplayOptions::default(),
+        &ReplayOptions {
+            repeat,
+            repeat_shift_ms: shift_minutes * 60_000,
+            ..ReplayOptions::default()
+        },
         Arc::new(AtomicU64::new(0)),
     )?;
     let read = started.elapsed();
