@@ -29,7 +29,7 @@ use vendflow_protocol::{DoorStatus, ErrorCode, Event, EventKind, MachineId, Mill
 use crate::config::Config;
 use crate::dedup::{self, Seen};
 use crate::operators::{
-    Emit, FastMap, Fork, Keyed, PUBLISH_CHUNK, Time, as_time, fork, hash_of, state_sizes,
+    Emit, FastMap, Fork, Keyed, PUBLISH_CHUNK, Time, as_time, fork, hash_of, state_sizes, trim,
 };
 use crate::row::ViewDef;
 use crate::row::{ColumnType::*, Row, RowWriter, col, null};
@@ -716,8 +716,8 @@ pub fn render<'s>(
                 )
             });
             // A bulk step touches many windows; a live one a few.
-            touched.shrink_to(4096);
-            before.shrink_to(4096);
+            trim(touched);
+            trim(before);
             true
         },
     );

@@ -726,7 +726,7 @@ impl<'a, O, R> Step<'a, O, R> {
 }
 
 /// Entries of an operator's reused buffer kept allocated between activations.
-pub(crate) const RETAINED: usize = 4096;
+const RETAINED: usize = 4096;
 
 /// Frees what a bulk step grew `buffer` to: a bulk time's outputs are many, a live step's a
 /// few, and a buffer keeps its largest size for ever otherwise (75 MB of the 1 M replay's
