@@ -480,7 +480,9 @@ pub trait Keyed<'s, D: ExchangeData> {
     /// Like [`Keyed::keyed_in_time_order`], but `logic` gets all records of one time at once, in
     /// arrival order (so what it publishes must not depend on their order), so it can emit one
     /// change per key and time instead of one per record; and it can ask to run again at a later
-    /// time ([`Emit::wake_at`]) to retract what expires then.
+    /// time ([`Emit::wake_at`]) to retract what expires then. A time's output is sent
+    /// [`PUBLISH_CHUNK`] records per activation, the next part after the operators downstream
+    /// have run, so a bulk time is never in flight all at once.
     fn keyed_times_in_order<S, O, K>(
         self,
         name: &str,
@@ -534,15 +536,23 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
         K: Fn(&D) -> u64 + 'static,
     {
         let pact = Exchange::new(move |(d, _t, _r): &(D, Time, isize)| key(d));
+        let scope = self.inner.scope();
         self.inner
             .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<(O, Time, isize)>>, _, _, _>(
                 pact,
                 name,
-                move |_cap, _info| {
+                move |_cap, info| {
+                    let activator = scope.activator_for(info.address);
                     // Updates wait, by their own time, until the frontier passes that time;
                     // wake-ups are times without records.
                     let mut waiting = Waiting::<(D, isize)>::new();
                     let mut out: Vec<(O, Time, isize)> = Vec::new();
+                    // What a time produced beyond one part, sent a part per activation: a bulk
+                    // time's output is every record of it (the sale lines of an hour), and the
+                    // operators downstream (a fork's each reader, with its own copy) should take
+                    // one part before the next is made, not hold copies of all of it at once.
+                    let mut pending: std::collections::VecDeque<(O, Time, isize)> =
+                        std::collections::VecDeque::new();
                     let mut wake: Vec<Time> = Vec::new();
                     let mut last_frontier: Option<Time> = None;
                     move |(input, frontier), output| {
@@ -550,7 +560,14 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
                             waiting.take_all(&cap, output.output_index(), data);
                         });
                         let frontier = frontier.frontier();
-                        while let Some((time, mut records)) = waiting.pop_ready(&frontier) {
+                        // Whether every time the frontier has passed is done (none waits
+                        // behind a pending part): only then may state expire up to it.
+                        let mut caught_up = false;
+                        while pending.is_empty() {
+                            let Some((time, mut records)) = waiting.pop_ready(&frontier) else {
+                                caught_up = true;
+                                break;
+                            };
                             let mut emit = Emit {
                                 time,
                                 out: &mut out,
@@ -560,16 +577,35 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
                             for t in wake.drain(..) {
                                 waiting.wake_at(t);
                             }
+                            if out.len() > PUBLISH_CHUNK {
+                                pending.extend(out.drain(PUBLISH_CHUNK..));
+                            }
                         }
-                        if !out.is_empty()
-                            && let Some(h) = waiting.hold()
-                        {
-                            output.session(h).give_iterator(out.drain(..));
+                        let mut from_pending = false;
+                        if let Some(h) = waiting.hold() {
+                            if !out.is_empty() {
+                                output.session(h).give_iterator(out.drain(..));
+                            } else if !pending.is_empty() {
+                                let part = pending.len().min(PUBLISH_CHUNK);
+                                output.session(h).give_iterator(pending.drain(..part));
+                                from_pending = true;
+                            }
                         }
                         trim(&mut out);
-                        waiting.settle(waiting.first_time());
+                        if pending.is_empty() {
+                            pending.shrink_to(RETAINED);
+                        }
+                        // Again after downstream has taken this part: for the next part, or
+                        // for the times that became ready while parts were going out.
+                        if !pending.is_empty() || from_pending {
+                            activator.activate();
+                        }
+                        // Held at the earliest time still to send or act on (what is pending
+                        // is of times no later than any still waiting).
+                        let next = pending.front().map(|(_, t, _)| *t);
+                        waiting.settle(next.into_iter().chain(waiting.first_time()).min());
                         let now = frontier.first().copied().unwrap_or(Time::MAX);
-                        if last_frontier != Some(now) {
+                        if caught_up && last_frontier != Some(now) {
                             last_frontier = Some(now);
                             expire(&mut state, now);
                         }
