@@ -7,24 +7,35 @@
 //! 30 card sales a day is 10 M transactions). So a transaction stays in memory for
 //! `settlement_memory_ms` after its last record and is then *parked* here, keyed by its bytes,
 //! with the time its horizon ends; a record for it that comes later takes it back
-//! ([`Parked::take`]). What stays in memory per parked key is 24 bytes (a 128-bit fingerprint of
-//! the key and its expiry, which is where the key is on disk), so a key never parked costs no
-//! disk lookup.
+//! ([`Parked::take`]).
+//!
+//! Every new transaction asks whether it is parked, so what is parked must be known without
+//! reading the disk, yet a week of keys must not stay in memory. The keys are grouped by the day
+//! their horizon ends, and each day has a Bloom filter of its keys (about 1.2 bytes a key, 1 %
+//! false positives; an exact index of 128-bit fingerprints was 24 bytes a key plus its table's
+//! slack, gigabytes for a week of the fleet). A key no filter knows costs no disk read; a false
+//! positive costs one. A day's filter starts at the size the previous day ended with and adds a
+//! filter twice as large when it fills; it is dropped, with the day's keys on disk, once every
+//! horizon in it has ended.
 //!
 //! Like the sale-line ledger this is state derived from the input: one file per worker in the
 //! engine's state directory, created empty at each start (the engine rebuilds its views from its
 //! input), commits not synced one by one. Keys whose horizon has ended are deleted by
 //! [`Parked::sweep`], at most once per [`SWEEP_EVERY`] of ingestion time.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use fastbloom::BloomFilter;
 use redb::{Database, TableDefinition};
+use vendflow_protocol::units::MS_PER_DAY;
 
 use crate::operators::{FastMap, Time, hash_of};
 use crate::state_file::{self, Cadence, StateFileError, create_fresh};
 
-/// Parked values by (expiry, key): the sweep deletes a range, a lookup knows the expiry from
-/// the index.
+/// Parked values by (day of expiry, key), each value its expiry (8 bytes, little-endian) and
+/// then the bytes parked: the sweep deletes the days that have ended, a lookup knows the day
+/// from the filter that answered.
 const VALUES: TableDefinition<(u64, &[u8]), &[u8]> = TableDefinition::new("parked");
 
 /// Parks buffered in memory before they are written in one commit.
@@ -33,24 +44,65 @@ const FLUSH_AT: usize = 4096;
 pub const SWEEP_EVERY: Time = 3_600_000;
 /// The page cache of one worker's file.
 const CACHE_BYTES: usize = 16 << 20;
+/// The keys a day's first filter is sized for when no earlier day says better.
+const FIRST_FILTER: usize = 1 << 14;
+/// Each filter's false-positive rate while within its size.
+const FALSE_POSITIVES: f64 = 0.01;
 
 /// A parked-state file that cannot be created, read or written.
 pub type ParkedError = StateFileError;
 
-/// A key's 128-bit fingerprint: two keys share one with a probability of about 2^-128, so the
-/// index can stand for the keys themselves.
-fn fingerprint(key: &[u8]) -> u128 {
-    (u128::from(hash_of(key)) << 64) | u128::from(hash_of(&(key, 0x7061_726b_u32)))
+/// The keys parked with horizons ending in one bucket of time (a day).
+struct Bucket {
+    /// Filters in the order they were added, each with the keys it holds and its size; only
+    /// the last takes new keys.
+    filters: Vec<(BloomFilter, usize, usize)>,
+}
+
+impl Bucket {
+    fn new(size: usize) -> Self {
+        Bucket {
+            filters: vec![Self::filter(size)],
+        }
+    }
+
+    fn filter(size: usize) -> (BloomFilter, usize, usize) {
+        let filter = BloomFilter::with_false_pos(FALSE_POSITIVES).expected_items(size);
+        (filter, 0, size)
+    }
+
+    fn insert(&mut self, hash: u64) {
+        if let Some((_, n, size)) = self.filters.last()
+            && n >= size
+        {
+            let next = size.saturating_mul(2);
+            self.filters.push(Self::filter(next));
+        }
+        if let Some((filter, n, _)) = self.filters.last_mut() {
+            filter.insert_hash(hash);
+            *n += 1;
+        }
+    }
+
+    fn may_hold(&self, hash: u64) -> bool {
+        self.filters.iter().any(|(f, _, _)| f.contains_hash(hash))
+    }
+
+    fn keys(&self) -> usize {
+        self.filters.iter().map(|(_, n, _)| n).sum()
+    }
 }
 
 /// One worker's parked keys.
 pub struct Parked {
     db: Database,
     path: PathBuf,
-    /// Parks not written yet: (expiry, key) → value.
-    pending: FastMap<(Time, Vec<u8>), Vec<u8>>,
-    /// Every key parked (by fingerprint) → the expiry it was last parked with: where it is.
-    index: FastMap<u128, Time>,
+    /// Parks not written yet: key → (expiry, value).
+    pending: FastMap<Vec<u8>, (Time, Vec<u8>)>,
+    /// Per bucket of expiry, the keys parked there.
+    buckets: BTreeMap<u64, Bucket>,
+    /// The width of a bucket: a day (small under test).
+    bucket_ms: Time,
     next_sweep: Time,
     cadence: Cadence,
     parked: u64,
@@ -70,12 +122,17 @@ impl std::fmt::Debug for Parked {
 impl Parked {
     /// Creates an empty store at `path`, replacing any file a previous run left there.
     pub fn create(path: &Path) -> Result<Parked, ParkedError> {
+        Parked::with_buckets(path, MS_PER_DAY.unsigned_abs())
+    }
+
+    fn with_buckets(path: &Path, bucket_ms: Time) -> Result<Parked, ParkedError> {
         let db = create_fresh(path, CACHE_BYTES)?;
         let mut parked = Parked {
             db,
             path: path.to_owned(),
             pending: FastMap::default(),
-            index: FastMap::default(),
+            buckets: BTreeMap::new(),
+            bucket_ms: bucket_ms.max(1),
             next_sweep: 0,
             cadence: Cadence::default(),
             parked: 0,
@@ -96,11 +153,28 @@ impl Parked {
         (self.parked, self.taken)
     }
 
+    fn bucket(&self, expires: Time) -> u64 {
+        expires / self.bucket_ms
+    }
+
     /// Parks `value` under `key` until `expires` (replacing what the key had: a key is parked
     /// again only after it was taken back).
     pub fn park(&mut self, key: Vec<u8>, value: Vec<u8>, expires: Time) -> Result<(), ParkedError> {
-        self.index.insert(fingerprint(&key), expires);
-        self.pending.insert((expires, key), value);
+        let bucket = self.bucket(expires);
+        if !self.buckets.contains_key(&bucket) {
+            // As large as the latest day ended up: days of one fleet are alike.
+            let size = self
+                .buckets
+                .values()
+                .next_back()
+                .map_or(FIRST_FILTER, Bucket::keys)
+                .max(FIRST_FILTER);
+            self.buckets.insert(bucket, Bucket::new(size));
+        }
+        if let Some(b) = self.buckets.get_mut(&bucket) {
+            b.insert(hash_of(&key[..]));
+        }
+        self.pending.insert(key, (expires, value));
         self.parked += 1;
         if self.pending.len() >= FLUSH_AT {
             self.flush()?;
@@ -111,44 +185,59 @@ impl Parked {
     /// Takes `key`'s value back out of the store, if it is parked and its horizon has not ended
     /// by `now`.
     pub fn take(&mut self, key: &[u8], now: Time) -> Result<Option<Vec<u8>>, ParkedError> {
-        let Some(expires) = self.index.remove(&fingerprint(key)) else {
-            return Ok(None);
-        };
-        let entry = (expires, key.to_vec());
-        let found = match self.pending.remove(&entry) {
+        let found = match self.pending.remove(key) {
             Some(found) => Some(found),
             None => {
+                let hash = hash_of(key);
+                // The newest bucket first: a key parked again went to a later one. At most
+                // one bucket holds the key on disk (taking it deletes it).
+                let candidates: Vec<u64> = self
+                    .buckets
+                    .iter()
+                    .rev()
+                    .filter(|(_, b)| b.may_hold(hash))
+                    .map(|(&day, _)| day)
+                    .collect();
                 let mut found = None;
-                self.write(|values| {
-                    if let Some(old) = values.remove((entry.0, &entry.1[..]))? {
-                        found = Some(old.value().to_vec());
-                    }
-                    Ok(())
-                })?;
+                if !candidates.is_empty() {
+                    self.write(|values| {
+                        for day in candidates {
+                            if let Some(old) = values.remove((day, key))? {
+                                found = decode(old.value());
+                                break;
+                            }
+                        }
+                        Ok(())
+                    })?;
+                }
                 found
             }
         };
-        if found.is_none() {
-            tracing::error!(path = %self.path.display(), "a parked key is in the index but not in the store");
-        }
-        Ok(found.filter(|_| expires > now).inspect(|_| self.taken += 1))
+        Ok(found
+            .filter(|(expires, _)| *expires > now)
+            .map(|(_, value)| value)
+            .inspect(|_| self.taken += 1))
     }
 
     /// Deletes the keys whose horizon ended by `now`; does nothing until [`SWEEP_EVERY`] has
-    /// passed since the last sweep.
+    /// passed since the last sweep. A bucket goes once every horizon in it has ended; a key
+    /// whose horizon ended in a bucket still open is refused by [`Parked::take`] meanwhile.
     pub fn sweep(&mut self, now: Time) -> Result<(), ParkedError> {
         if now < self.next_sweep {
             return Ok(());
         }
         self.next_sweep = now.saturating_add(SWEEP_EVERY);
-        if self.index.is_empty() {
+        self.pending.retain(|_, (expires, _)| *expires > now);
+        // Bucket b holds horizons ending in [b, b + 1) buckets' time: all ended when
+        // (b + 1) * width <= now.
+        let open = now / self.bucket_ms;
+        let ended = self.buckets.range(..open).next().is_some();
+        if !ended {
             return Ok(());
         }
-        self.index.retain(|_, expires| *expires > now);
-        self.pending.retain(|(expires, _), _| *expires > now);
-        let end = now.saturating_add(1);
+        self.buckets = self.buckets.split_off(&open);
         self.write(|values| {
-            values.retain_in(..(end, &[][..]), |_, _| false)?;
+            values.retain_in(..(open, &[][..]), |_, _| false)?;
             Ok(())
         })
     }
@@ -159,11 +248,19 @@ impl Parked {
             return Ok(());
         }
         // In key order: expiries grow with time, so the batch lands at the end of the tree.
-        let mut pending: Vec<_> = std::mem::take(&mut self.pending).into_iter().collect();
+        let width = self.bucket_ms;
+        let mut pending: Vec<_> = std::mem::take(&mut self.pending)
+            .into_iter()
+            .map(|(key, (expires, value))| ((expires / width, key), (expires, value)))
+            .collect();
         pending.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         self.write(|values| {
-            for ((expires, key), value) in &pending {
-                values.insert((*expires, &key[..]), &value[..])?;
+            let mut bytes = Vec::new();
+            for ((day, key), (expires, value)) in &pending {
+                bytes.clear();
+                bytes.extend_from_slice(&expires.to_le_bytes());
+                bytes.extend_from_slice(value);
+                values.insert((*day, &key[..]), &bytes[..])?;
             }
             Ok(())
         })
@@ -189,13 +286,21 @@ impl Parked {
     }
 }
 
+/// A stored value: its expiry, then the bytes parked.
+fn decode(stored: &[u8]) -> Option<(Time, Vec<u8>)> {
+    let (expires, value) = stored.split_first_chunk::<8>()?;
+    Some((Time::from_le_bytes(*expires), value.to_vec()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn store() -> (tempfile::TempDir, Parked) {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let parked = Parked::for_worker(dir.path(), "test", 0).unwrap_or_else(|e| panic!("{e}"));
+        // Buckets of 100 ms of expiry, not a day.
+        let parked = Parked::with_buckets(&dir.path().join("test-0.redb"), 100)
+            .unwrap_or_else(|e| panic!("{e}"));
         (dir, parked)
     }
 
@@ -228,9 +333,16 @@ mod tests {
         // "again" comes back and is parked once more, with a later horizon.
         assert_eq!(p.take(b"again", 50)?.as_deref(), Some(&b"2"[..]));
         p.park(b"again".to_vec(), b"3".to_vec(), 500)?;
-        p.sweep(100)?;
-        assert_eq!(p.on_disk(), 0, "the re-parked key is still in the buffer");
-        assert!(!p.index.contains_key(&fingerprint(b"old")));
+        // Expiry 100 is in the bucket [100, 200): it goes once 200 is reached, not before.
+        p.sweep(150)?;
+        assert_eq!(p.on_disk(), 1, "a bucket goes once every horizon in it has ended");
+        assert_eq!(p.take(b"old", 150)?, None, "its horizon ended at 100");
+        p.park(b"old2".to_vec(), b"1".to_vec(), 100)?;
+        p.flush()?;
+        p.next_sweep = 0;
+        p.sweep(200)?;
+        assert_eq!(p.on_disk(), 1, "only the re-parked key, in a later bucket");
+        assert!(!p.buckets.contains_key(&1));
         assert_eq!(p.take(b"again", 400)?.as_deref(), Some(&b"3"[..]));
         // Sweeps are at most one per SWEEP_EVERY of ingestion time.
         p.park(b"late".to_vec(), b"4".to_vec(), 150)?;
@@ -249,8 +361,40 @@ mod tests {
         assert_eq!(p.pending.len(), 10);
         assert_eq!(p.take(&7usize.to_le_bytes(), 5)?, Some(vec![1; 40]));
         p.sweep(1_000)?;
+        assert_eq!(p.on_disk(), 2 * FLUSH_AT - 1, "the bucket [1000, 1100) is still open");
+        p.next_sweep = 0;
+        p.sweep(1_100)?;
         assert_eq!(p.on_disk(), 0);
-        assert!(p.index.is_empty());
+        assert!(p.buckets.is_empty() && p.pending.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn a_full_filter_adds_a_larger_one_and_nothing_parked_is_missed() -> Result<(), ParkedError> {
+        let (_dir, mut p) = store();
+        let n = 3 * FIRST_FILTER;
+        for i in 0..n {
+            p.park(format!("k{i}").into_bytes(), vec![7], 1_050)?;
+        }
+        p.flush()?;
+        let bucket = &p.buckets[&10];
+        assert_eq!(bucket.filters.len(), 2, "{FIRST_FILTER} and then twice that");
+        assert_eq!(bucket.keys(), n);
+        // No false negative: every key parked is known, in the first filter or the second.
+        assert!((0..n).all(|i| bucket.may_hold(hash_of(format!("k{i}").as_bytes()))));
+        // False positives (a disk read each) stay near the filters' rate.
+        let strangers = (0..20_000)
+            .filter(|i| bucket.may_hold(hash_of(format!("x{i}").as_bytes())))
+            .count();
+        assert!(strangers < 20_000 * 3 / 100, "{strangers} false positives");
+        for i in (0..n).step_by(997) {
+            let key = format!("k{i}").into_bytes();
+            assert_eq!(p.take(&key, 1_000)?, Some(vec![7]));
+            assert_eq!(p.take(&key, 1_000)?, None, "taken once");
+        }
+        // The next bucket starts as large as this one ended.
+        p.park(b"next".to_vec(), vec![1], 1_150)?;
+        assert_eq!(p.buckets[&11].filters[0].2, n);
         Ok(())
     }
 }
