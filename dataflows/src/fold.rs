@@ -35,7 +35,7 @@ pub struct Ctx<'a, K, O> {
     now: Time,
     key: &'a K,
     direct: &'a mut Vec<(O, Time, isize)>,
-    timers: &'a mut BTreeMap<Time, Vec<K>>,
+    timers: &'a mut BTreeMap<Time, TimerKeys<K>>,
 }
 
 impl<K: Clone, O> Ctx<'_, K, O> {
@@ -57,6 +57,32 @@ impl<K: Clone, O> Ctx<'_, K, O> {
             .entry(time.max(self.now))
             .or_default()
             .push(self.key.clone());
+    }
+}
+
+/// Keys a chunk of [`TimerKeys`] holds at most.
+const TIMER_CHUNK: usize = 4096;
+
+/// The keys whose timers are set for one time, in chunks of at most [`TIMER_CHUNK`]: a time
+/// that wakes a million keys (a bulk hour's card transactions, an hour later) is never copied
+/// into a list twice its size, and its keys' memory goes chunk by chunk as they fire instead of
+/// staying whole beside the list of keys the firing touches.
+pub struct TimerKeys<K> {
+    chunks: Vec<Vec<K>>,
+}
+
+impl<K> Default for TimerKeys<K> {
+    fn default() -> Self {
+        TimerKeys { chunks: Vec::new() }
+    }
+}
+
+impl<K> TimerKeys<K> {
+    fn push(&mut self, key: K) {
+        match self.chunks.last_mut() {
+            Some(chunk) if chunk.len() < TIMER_CHUNK => chunk.push(key),
+            _ => self.chunks.push(vec![key]),
+        }
     }
 }
 
@@ -169,7 +195,7 @@ struct FoldState<K, S, O> {
     published: FastMap<K, SmallVec<[O; 2]>>,
     keep: bool,
     /// Timers by time.
-    timers: BTreeMap<Time, Vec<K>>,
+    timers: BTreeMap<Time, TimerKeys<K>>,
     /// What goes out at the end of the activation (records carry their own times).
     out: Vec<(O, Time, isize)>,
     /// Keys touched at the time being applied, each with where its output before that time
@@ -204,7 +230,7 @@ impl<K: Clone + Eq + Hash, S: Default + PartialEq, O: Clone + PartialEq> FoldSta
         use std::mem::size_of;
         let bytes = self.states.capacity() * size_of::<(K, (S, bool))>()
             + self.published.capacity() * size_of::<(K, SmallVec<[O; 2]>)>()
-            + self.timers.len() * size_of::<(Time, Vec<K>)>();
+            + self.timers.len() * size_of::<(Time, TimerKeys<K>)>();
         (self.states.len(), bytes)
     }
 
@@ -232,10 +258,13 @@ impl<K: Clone + Eq + Hash, S: Default + PartialEq, O: Clone + PartialEq> FoldSta
         timer: &mut impl FnMut(&K, &mut S, &mut Ctx<'_, K, O>),
         output: &impl Fn(&K, &S, &mut Vec<O>),
     ) {
-        for key in self.timers.remove(&now).unwrap_or_default() {
-            self.on_key(now, &key, false, output, |state, ctx| {
-                timer(&key, state, ctx)
-            });
+        let keys = self.timers.remove(&now).unwrap_or_default();
+        for chunk in keys.chunks {
+            for key in chunk {
+                self.on_key(now, &key, false, output, |state, ctx| {
+                    timer(&key, state, ctx)
+                });
+            }
         }
     }
 
