@@ -549,7 +549,7 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
                     let mut out: Vec<(O, Time, isize)> = Vec::new();
                     // What a time produced beyond one part, sent a part per activation: a bulk
                     // time's output is every record of it (the sale lines of an hour), and the
-                    // operators downstream (a fork's each reader, with its own copy) should take
+                    // operators downstream (each reader of a fork gets its own copy) should take
                     // one part before the next is made, not hold copies of all of it at once.
                     let mut pending: std::collections::VecDeque<(O, Time, isize)> =
                         std::collections::VecDeque::new();

@@ -335,7 +335,11 @@ mod tests {
         p.park(b"again".to_vec(), b"3".to_vec(), 500)?;
         // Expiry 100 is in the bucket [100, 200): it goes once 200 is reached, not before.
         p.sweep(150)?;
-        assert_eq!(p.on_disk(), 1, "a bucket goes once every horizon in it has ended");
+        assert_eq!(
+            p.on_disk(),
+            1,
+            "a bucket goes once every horizon in it has ended"
+        );
         assert_eq!(p.take(b"old", 150)?, None, "its horizon ended at 100");
         p.park(b"old2".to_vec(), b"1".to_vec(), 100)?;
         p.flush()?;
@@ -361,7 +365,11 @@ mod tests {
         assert_eq!(p.pending.len(), 10);
         assert_eq!(p.take(&7usize.to_le_bytes(), 5)?, Some(vec![1; 40]));
         p.sweep(1_000)?;
-        assert_eq!(p.on_disk(), 2 * FLUSH_AT - 1, "the bucket [1000, 1100) is still open");
+        assert_eq!(
+            p.on_disk(),
+            2 * FLUSH_AT - 1,
+            "the bucket [1000, 1100) is still open"
+        );
         p.next_sweep = 0;
         p.sweep(1_100)?;
         assert_eq!(p.on_disk(), 0);
@@ -378,7 +386,11 @@ mod tests {
         }
         p.flush()?;
         let bucket = &p.buckets[&10];
-        assert_eq!(bucket.filters.len(), 2, "{FIRST_FILTER} and then twice that");
+        assert_eq!(
+            bucket.filters.len(),
+            2,
+            "{FIRST_FILTER} and then twice that"
+        );
         assert_eq!(bucket.keys(), n);
         // No false negative: every key parked is known, in the first filter or the second.
         assert!((0..n).all(|i| bucket.may_hold(hash_of(format!("k{i}").as_bytes()))));
