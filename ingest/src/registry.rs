@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use vendflow_dataflows::{Batch, Feeder, Time};
 use vendflow_protocol::RegistryRecord;
 
-use crate::kafka::{KafkaError, Producer, source::FLEET_COMMANDS_TOPIC};
+use crate::kafka::{FLEET_COMMANDS_TOPIC, KafkaError, Producer};
 
 /// The registry as the engine has it, by key: what an upsert replaces.
 #[derive(Default)]

@@ -1,4 +1,4 @@
-//! Kafka: topic names, client configuration, and the source that feeds the dataflows from the
+//! Kafka: topic names (all four defined here), client configuration, and the source that feeds the dataflows from the
 //! `machine-telemetry` log (see [`source`]).
 
 pub mod source;
@@ -16,6 +16,8 @@ pub const TELEMETRY_TOPIC: &str = "machine-telemetry";
 pub const COMMANDS_TOPIC: &str = "machine-commands";
 /// Envelopes the bridge refused, with the reason (one [`Rejection`] per message).
 pub const REJECTED_TOPIC: &str = "telemetry-rejected";
+/// Registry changes (machines, locations, leases), one JSON record per message.
+pub const FLEET_COMMANDS_TOPIC: &str = "fleet-commands";
 
 /// How much of a refused payload a [`Rejection`] keeps.
 pub const REJECTED_PAYLOAD_LIMIT: usize = 16 * 1024;
@@ -136,8 +138,8 @@ pub fn load_registry(brokers: &str, text: &str) -> Result<usize, RegistryLoadErr
     if !problems.is_empty() {
         return Err(RegistryLoadError::Invalid(problems.join("\n")));
     }
-    ensure_topics(brokers, &[(source::FLEET_COMMANDS_TOPIC, 1)])?;
-    produce_all(brokers, source::FLEET_COMMANDS_TOPIC, &records)?;
+    ensure_topics(brokers, &[(FLEET_COMMANDS_TOPIC, 1)])?;
+    produce_all(brokers, FLEET_COMMANDS_TOPIC, &records)?;
     Ok(records.len())
 }
 

@@ -33,12 +33,9 @@ use vendflow_protocol::{DecodeError, Timestamp};
 use crate::{Position, Tap};
 
 use super::{
-    COMMANDS_TOPIC, KafkaError, REJECTED_TOPIC, Rejection, TELEMETRY_TOPIC, client_config,
-    ensure_topics_retrying,
+    COMMANDS_TOPIC, FLEET_COMMANDS_TOPIC, KafkaError, REJECTED_TOPIC, Rejection, TELEMETRY_TOPIC,
+    client_config, ensure_topics_retrying,
 };
-
-/// Registry changes (machines, locations, leases), one JSON record per message.
-pub const FLEET_COMMANDS_TOPIC: &str = "fleet-commands";
 
 /// Told of every registry record read from `fleet-commands` (the REST API keeps its copy of the
 /// registry current with it).
