@@ -21,7 +21,7 @@ use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR};
 use vendflow_protocol::{MachineId, Timestamp};
 
 use crate::config::Config;
-use crate::fold::{KeyedFold, Published, sum_by_key, totals};
+use crate::fold::{KeyedFold, Published};
 use crate::inventory::Level;
 use crate::operators::{Time, as_time, hash_of};
 use crate::row::ViewDef;
@@ -150,6 +150,14 @@ impl SlotDemand {
     }
 }
 
+/// A machine's days with events in the trailing window, in order, and when the earliest leaves
+/// it (its timer; 0 when none is set).
+#[derive(Clone, Debug, Default, PartialEq)]
+struct DaysSeen {
+    days: SmallVec<[i64; 2]>,
+    armed: Time,
+}
+
 pub struct Stockout<'s> {
     pub forecasts: VecCollection<'s, Time, Forecast>,
     /// Per machine: slots running out soon and the hours until the first is empty.
@@ -215,32 +223,46 @@ pub fn render<'s>(
                 }
             },
         );
-    // Distinct days with events per machine in the trailing window: a day is seen from its first
-    // event until it leaves the window (one timer per machine-day).
-    let days = seen.map(|(m, ts)| ((m, ts.day()), ())).fold_by_key(
+    // Distinct days with events per machine in the trailing window: a day counts from its first
+    // event until it leaves the window. One state per machine (its days in a short vector, one
+    // timer at the earliest day's end), not one per machine-day: ten days of a fleet were
+    // 500 K keys.
+    let days_observed = seen.map(|(m, ts)| (m, ts.day())).fold_by_key(
         "Stockout: days observed",
         Published::Recomputed,
-        |k: &(MachineId, i64)| hash_of(&k.0),
-        move |(_, day), seen: &mut Option<Time>, (), diff, ctx| {
-            let until = in_window(*day).1;
-            if diff > 0 && seen.is_none() && until > ctx.now() {
-                *seen = Some(until);
-                ctx.wake_at(until);
+        hash_of::<MachineId>,
+        move |_, seen: &mut DaysSeen, day, diff, ctx| {
+            let until = in_window(day).1;
+            if diff <= 0 || until <= ctx.now() {
+                return;
+            }
+            if let Err(at) = seen.days.binary_search(&day) {
+                seen.days.insert(at, day);
+                if seen.armed == 0 || until < seen.armed {
+                    seen.armed = until;
+                    ctx.wake_at(until);
+                }
             }
         },
-        |_, seen, _| *seen = None,
-        |key, seen, out| {
-            if seen.is_some() {
-                out.push((key.clone(), ()));
+        move |_, seen, ctx| {
+            let now = ctx.now();
+            seen.days.retain(|day| in_window(*day).1 > now);
+            if seen.armed <= now {
+                seen.armed = 0;
+            }
+            if seen.days.is_empty() {
+                seen.days = SmallVec::new();
+            } else if seen.armed == 0 {
+                seen.armed = in_window(seen.days[0]).1;
+                ctx.wake_at(seen.armed);
+            }
+        },
+        |machine, seen, out| {
+            if !seen.days.is_empty() {
+                out.push((machine.clone(), seen.days.len() as isize));
             }
         },
     );
-    let days_observed = totals(sum_by_key(
-        days.map(|((m, _day), ())| (m, 1isize)),
-        "Stockout: days per machine",
-        hash_of::<MachineId>,
-        |_| (0, Time::MAX),
-    ));
     let planned_units = levels.flat_map(|l| {
         l.plan
             .is_some()
