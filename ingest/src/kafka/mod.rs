@@ -1,5 +1,5 @@
-//! Kafka: topic names (all four defined here), client configuration, and the source that feeds the dataflows from the
-//! `machine-telemetry` log (see [`source`]).
+//! Kafka: the four topic names (defined here only), client configuration, and the source that
+//! feeds the dataflows from the `machine-telemetry` log (see [`source`]).
 
 pub mod source;
 
