@@ -21,7 +21,7 @@
 //! - [`stockout`]: hours until each slot is empty, machines to restock.
 //! - [`health`]: a score per machine with its reasons.
 //! - [`settlement`]: card sales against the payment processor's settlement file; transactions
-//!   waiting beyond a day are [`parked`] on disk.
+//!   waiting beyond an hour are [`parked`] on disk (known in memory by a Bloom filter per day).
 //! - [`dex`]: the machines' DEX audits per column and period, reconciled with telemetry.
 //! - [`leases`]: the registry's leases (revenue shares are SQL over this and revenue).
 //! - [`errors`]: refused records, their counts, and too-late events.
