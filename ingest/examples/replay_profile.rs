@@ -2,7 +2,9 @@
 //! quick loop for profiling the engine (`VENDFLOW_PROFILE=1`, `perf record`) that builds without
 //! the SQL and archive crates.
 //!
-//! `cargo run --release -p vendflow-ingest --example replay_profile -- FILE [WORKERS]`
+//! `cargo run --release -p vendflow-ingest --example replay_profile -- FILE [WORKERS [REPEAT
+//! [SHIFT_MINUTES]]]`; with `--features vendflow-ingest/heap-profile`, the system allocator for
+//! heaptrack (`heaptrack …/replay_profile FILE 2 3 3`).
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -11,6 +13,8 @@ use std::time::{Duration, Instant};
 use vendflow_dataflows::{Config, Engine};
 use vendflow_ingest::file::{ReplayOptions, replay};
 
+// With the `heap-profile` feature the system allocator, so that heaptrack sees every allocation.
+#[cfg(not(feature = "heap-profile"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
