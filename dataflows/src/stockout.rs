@@ -21,7 +21,7 @@ use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR};
 use vendflow_protocol::{MachineId, Timestamp};
 
 use crate::config::Config;
-use crate::fold::{KeyedFold, Published};
+use crate::fold::{Ctx, KeyedFold, Published};
 use crate::inventory::Level;
 use crate::operators::{Time, as_time, hash_of};
 use crate::row::ViewDef;
@@ -127,13 +127,75 @@ pub fn forecast(
 )]
 pub struct ByWeekday(pub [i64; 7]);
 
-/// One slot's units per day (day number since the epoch), oldest first, while the day is in the
-/// trailing window; `armed`: the time of its pending timer (0: none), the first day's end.
-#[derive(Default, PartialEq)]
-struct SlotDemand {
-    days: SmallVec<[(i64, i64); 1]>,
+/// Days (day numbers since the epoch) while they are in the trailing window, oldest first, each
+/// with what is kept for it; `armed`: the time of the pending timer (0: none), set at the
+/// earliest day's end. One state per key with its days inline, not one per key-day.
+#[derive(Default)]
+struct Trailing<A: smallvec::Array> {
+    days: SmallVec<A>,
     armed: Time,
 }
+
+impl<A: smallvec::Array> PartialEq for Trailing<A>
+where
+    A::Item: PartialEq,
+{
+    fn eq(&self, other: &Self) -> bool {
+        self.days == other.days && self.armed == other.armed
+    }
+}
+
+/// What [`Trailing`] holds per day: the day, and for demand its units.
+trait Dated {
+    fn day(&self) -> i64;
+}
+
+impl Dated for i64 {
+    fn day(&self) -> i64 {
+        *self
+    }
+}
+
+impl Dated for (i64, i64) {
+    fn day(&self) -> i64 {
+        self.0
+    }
+}
+
+impl<A: smallvec::Array> Trailing<A>
+where
+    A::Item: Dated,
+{
+    /// A day that leaves the window at `until` was added: a timer then, unless an earlier one
+    /// is set.
+    fn arm<K: Clone, O>(&mut self, until: Time, ctx: &mut Ctx<'_, K, O>) {
+        if self.armed == 0 || until < self.armed {
+            self.armed = until;
+            ctx.wake_at(until);
+        }
+    }
+
+    /// A timer fired: drops the days whose window `end` has passed, and sets the next timer at
+    /// the earliest remaining day's end when the one that fired was the one armed.
+    fn expire<K: Clone, O>(&mut self, end: impl Fn(i64) -> Time, ctx: &mut Ctx<'_, K, O>) {
+        let now = ctx.now();
+        self.days.retain(|d| end(d.day()) > now);
+        if self.armed <= now {
+            self.armed = 0;
+        }
+        match self.days.first() {
+            None => self.days = SmallVec::new(),
+            Some(first) if self.armed == 0 => {
+                self.armed = end(first.day());
+                ctx.wake_at(self.armed);
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+/// One slot's units per day.
+type SlotDemand = Trailing<[(i64, i64); 1]>;
 
 impl SlotDemand {
     fn add(&mut self, day: i64, units: i64) {
@@ -150,13 +212,8 @@ impl SlotDemand {
     }
 }
 
-/// A machine's days with events in the trailing window, in order, and when the earliest leaves
-/// it (its timer; 0 when none is set).
-#[derive(Clone, Debug, Default, PartialEq)]
-struct DaysSeen {
-    days: SmallVec<[i64; 2]>,
-    armed: Time,
-}
+/// A machine's days with events.
+type DaysSeen = Trailing<[i64; 2]>;
 
 pub struct Stockout<'s> {
     pub forecasts: VecCollection<'s, Time, Forecast>,
@@ -195,24 +252,9 @@ pub fn render<'s>(
                     return;
                 }
                 slot.add(day, units * diff as i64);
-                if slot.armed == 0 || until < slot.armed {
-                    slot.armed = until;
-                    ctx.wake_at(until);
-                }
+                slot.arm(until, ctx);
             },
-            move |_, slot, ctx| {
-                let now = ctx.now();
-                slot.days.retain(|(day, _)| in_window(*day).1 > now);
-                if slot.armed <= now {
-                    slot.armed = 0;
-                }
-                if slot.days.is_empty() {
-                    slot.days = SmallVec::new();
-                } else if slot.armed == 0 {
-                    slot.armed = in_window(slot.days[0].0).1;
-                    ctx.wake_at(slot.armed);
-                }
-            },
+            move |_, slot, ctx| slot.expire(|day| in_window(day).1, ctx),
             |key, slot, out| {
                 let mut profile = ByWeekday::default();
                 for (day, units) in &slot.days {
@@ -238,25 +280,10 @@ pub fn render<'s>(
             }
             if let Err(at) = seen.days.binary_search(&day) {
                 seen.days.insert(at, day);
-                if seen.armed == 0 || until < seen.armed {
-                    seen.armed = until;
-                    ctx.wake_at(until);
-                }
+                seen.arm(until, ctx);
             }
         },
-        move |_, seen, ctx| {
-            let now = ctx.now();
-            seen.days.retain(|day| in_window(*day).1 > now);
-            if seen.armed <= now {
-                seen.armed = 0;
-            }
-            if seen.days.is_empty() {
-                seen.days = SmallVec::new();
-            } else if seen.armed == 0 {
-                seen.armed = in_window(seen.days[0]).1;
-                ctx.wake_at(seen.armed);
-            }
-        },
+        move |_, seen, ctx| seen.expire(|day| in_window(day).1, ctx),
         |machine, seen, out| {
             if !seen.days.is_empty() {
                 out.push((machine.clone(), seen.days.len() as isize));
