@@ -612,6 +612,15 @@ enum DeviceCommand {
         #[arg(long)]
         credentials: PathBuf,
     },
+    /// Take a machine's key out of the credentials file (a decommissioned machine, a leaked
+    /// secret): a bridge or server following the file refuses its envelopes within a second.
+    /// `DELETE /api/machines/{id}` does the same for a machine deleted through the API.
+    Revoke {
+        machine_id: String,
+        /// Credentials file.
+        #[arg(long)]
+        credentials: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -873,6 +882,25 @@ fn main() -> anyhow::Result<()> {
                 credentials.display()
             );
             println!("{secret}");
+            Ok(())
+        }
+        Command::Device {
+            command:
+                DeviceCommand::Revoke {
+                    machine_id,
+                    credentials,
+                },
+        } => {
+            if !Credentials::revoke(&credentials, &machine_id)? {
+                bail!(
+                    "{machine_id} has no credentials in {}; nothing revoked",
+                    credentials.display()
+                );
+            }
+            eprintln!(
+                "revoked {machine_id}'s key in {}; its envelopes are refused from now on",
+                credentials.display()
+            );
             Ok(())
         }
     }

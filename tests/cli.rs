@@ -68,6 +68,46 @@ fn demo_prints_a_live_fleet_summary_and_stops() {
     assert!(end.ends_with(", 0 refused."), "{text}");
 }
 
+/// `device register` prints a secret once and stores only the public key; `device revoke`
+/// takes the key out, and says so when there was none.
+#[test]
+fn device_credentials_are_registered_and_revoked() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let file = dir.path().join("credentials.jsonl");
+    let file_arg = file.display().to_string();
+    let out = vendflow(&[
+        "device",
+        "register",
+        "mach_00042",
+        "--credentials",
+        &file_arg,
+    ])
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(out.status.success(), "{out:?}");
+    let secret = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(secret.len(), 64, "a 256-bit secret in hex: {secret:?}");
+    let stored = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{e}"));
+    assert!(stored.contains("\"machineId\":\"mach_00042\""), "{stored}");
+    assert!(
+        !stored.contains(&secret),
+        "the secret itself is stored nowhere"
+    );
+
+    let out = vendflow(&["device", "revoke", "mach_00042", "--credentials", &file_arg])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(out.status.success(), "{out:?}");
+    let stored = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!stored.contains("mach_00042"), "{stored}");
+    let again = vendflow(&["device", "revoke", "mach_00042", "--credentials", &file_arg]);
+    let text = format!(
+        "{:#}",
+        again
+            .err()
+            .unwrap_or_else(|| panic!("nothing to revoke is an error"))
+    );
+    assert!(text.contains("no credentials"), "{text}");
+}
+
 #[test]
 fn replay_of_a_missing_file_says_so() {
     let bin = vendflow_bin().unwrap_or_else(|e| panic!("{e:#}"));

@@ -12,6 +12,7 @@ use http_body_util::BodyExt;
 use serde_json::{Value as Json, json};
 use tower::ServiceExt;
 use vendflow_dataflows::{Batch, Config, Engine, Feeders};
+use vendflow_ingest::auth::{Credentials, KeyStore};
 use vendflow_ingest::registry::RegistryLog;
 use vendflow_protocol::decode::decode_line;
 use vendflow_protocol::units::MS_PER_DAY;
@@ -37,6 +38,9 @@ struct Harness {
     acme_admin: String,
     acme_viewer: String,
     globex_viewer: String,
+    /// Where the machines' keys go (`run --credentials`).
+    credentials: std::path::PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 impl Drop for Harness {
@@ -81,12 +85,14 @@ impl Harness {
         );
         let (acme_admin, acme_viewer) = (issue(Role::Admin, "acme"), issue(Role::Viewer, "acme"));
         let globex_viewer = issue(Role::Viewer, "globex");
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let credentials = dir.path().join("credentials.jsonl");
         let clock = Arc::new(AtomicI64::new(T0));
         let c = clock.clone();
         let state = ApiState::new(store, sql, fleet)
             .with_tokens(tokens)
             .with_clock(Arc::new(move || Timestamp(c.load(Ordering::SeqCst))))
-            .with_secrets(Arc::new(|m: &str| Ok(format!("secret-of-{m}"))));
+            .with_keys(KeyStore::File(credentials.clone()));
         Harness {
             engine: Some(engine),
             feeders,
@@ -99,6 +105,8 @@ impl Harness {
             acme_admin,
             acme_viewer,
             globex_viewer,
+            credentials,
+            _dir: dir,
         }
     }
 
@@ -331,6 +339,40 @@ async fn machine_registration_validates_every_field_and_refuses_conflicts() {
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(b["location"]["clientId"], "acme");
     assert_eq!(b["status"], "offline", "{b}");
+
+    // Its key is in the credentials file the bridge follows; deleting the machine revokes it.
+    let keys = || Credentials::load(&h.credentials).unwrap_or_else(|e| panic!("{e}"));
+    assert!(keys().get(&id).is_some(), "the new machine's key is stored");
+    let (s, b) = h
+        .call(
+            Method::DELETE,
+            &format!("/api/machines/{id}"),
+            Some(&h.admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{b}");
+    assert!(
+        keys().get(&id).is_none(),
+        "a deleted machine's key is revoked"
+    );
+    assert_eq!(keys().len(), 0, "{:?}", keys());
+
+    // An id that already has device credentials (`vendflow device register`) is a conflict,
+    // not a server error, and registers once they are revoked.
+    Credentials::register(&h.credentials, "mach_keyed").unwrap_or_else(|e| panic!("{e}"));
+    let mut keyed = new_machine("SN-3", "loc-1");
+    keyed["machineId"] = json!("mach_keyed");
+    let (s, b) = h.post("/api/machines", &h.admin, keyed.clone()).await;
+    assert_eq!(
+        (s, error_code(&b)),
+        (StatusCode::CONFLICT, "conflict"),
+        "{b}"
+    );
+    assert!(b.to_string().contains("revoke"), "{b}");
+    assert!(Credentials::revoke(&h.credentials, "mach_keyed").unwrap_or_else(|e| panic!("{e}")));
+    let (s, b) = h.post("/api/machines", &h.admin, keyed).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

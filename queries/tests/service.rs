@@ -192,6 +192,21 @@ fn a_service_started_in_process_answers_over_http_and_postgres_and_stops_in_orde
             assert_eq!(status, 200, "{body}");
         }
     }
+    // Its envelopes are refused once its key is revoked; none were before.
+    let refused = || -> i64 {
+        let mut answer = agent
+            .post(&format!("{base}/sql"))
+            .header("Authorization", &format!("Bearer {token}"))
+            .send_json(json!({"sql": format!(
+                "SELECT count(*) AS n FROM errors WHERE kind = 'unauthenticated' AND message LIKE '%{machine}%'"
+            )}))
+            .expect("POST /sql answers");
+        let body: Json = answer.body_mut().read_json().expect("JSON");
+        body["rows"][0]["n"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("a count: {body}"))
+    };
+    assert_eq!(refused(), 0, "the machine is accepted while registered");
     let (status, body) = delete(&format!("{base}/api/machines/{machine}"));
     assert_eq!(status, 204, "{body}");
     let (status, _) = get(
@@ -221,6 +236,15 @@ fn a_service_started_in_process_answers_over_http_and_postgres_and_stops_in_orde
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "the deleted machine's planogram stayed in inventory: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The simulated machine goes on publishing: it is now refused at the door, as unknown.
+    let started = Instant::now();
+    while refused() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "a deleted machine's envelopes were still accepted"
         );
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use vendflow_dataflows::ExpiringMap;
@@ -22,6 +23,9 @@ use vendflow_protocol::topics::Topic;
 
 /// Default tolerance between a machine's `sentAt` and the receiver's clock.
 pub const DEFAULT_MAX_SKEW_MS: i64 = 15 * 60 * 1000;
+
+/// How often a verifier looks at its credentials file for machines added or revoked.
+pub const RELOAD_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -40,6 +44,16 @@ pub struct Credentials {
     keys: HashMap<String, StoredKey>,
     /// The file they were loaded from: an enrolment rewrites it.
     path: Option<PathBuf>,
+    /// The file's modification time and length when it was read (to see it change).
+    stamp: Option<Stamp>,
+}
+
+/// What tells a credentials file's versions apart: its modification time and length.
+type Stamp = (SystemTime, u64);
+
+fn stamp_of(path: &Path) -> Option<Stamp> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
 }
 
 impl std::fmt::Debug for Credentials {
@@ -69,6 +83,8 @@ pub enum CredentialsError {
 
 impl Credentials {
     pub fn load(path: &Path) -> Result<Credentials, CredentialsError> {
+        // Taken before the read: a change made while reading shows as a newer stamp.
+        let stamp = stamp_of(path);
         let text = std::fs::read_to_string(path).map_err(|source| CredentialsError::Io {
             path: path.display().to_string(),
             source,
@@ -97,11 +113,17 @@ impl Credentials {
             creds.keys.insert(parsed.machine_id, key);
         }
         creds.path = Some(path.to_owned());
+        creds.stamp = stamp;
         Ok(creds)
     }
 
     pub fn insert(&mut self, machine_id: &str, key: StoredKey) {
         self.keys.insert(machine_id.to_owned(), key);
+    }
+
+    /// Forgets `machine_id`'s key (in memory); whether it had one.
+    pub fn remove(&mut self, machine_id: &str) -> bool {
+        self.keys.remove(machine_id).is_some()
     }
 
     pub fn get(&self, machine_id: &str) -> Option<StoredKey> {
@@ -124,15 +146,52 @@ impl Credentials {
             .count()
     }
 
-    /// A legacy machine proved `key` is its own: store it instead of the hash, and rewrite the
-    /// file this came from (if any), so the hash is gone from disk too.
+    /// A legacy machine proved `key` is its own: store it instead of the hash, and in the file
+    /// this came from (if any), so the hash is gone from disk too. The file is changed as it is
+    /// now, not overwritten with this copy, which may not hold a machine registered a moment ago.
     pub fn enrol(&mut self, machine_id: &str, key: PublicKey) -> Result<(), CredentialsError> {
-        self.keys
-            .insert(machine_id.to_owned(), StoredKey::PublicKey(key));
+        let key = StoredKey::PublicKey(key);
+        self.keys.insert(machine_id.to_owned(), key);
         match self.path.clone() {
-            Some(path) => self.save(&path),
+            Some(path) => Credentials::update(&path, |file| {
+                file.insert(machine_id, key);
+                Ok(true)
+            }),
             None => Ok(()),
         }
+    }
+
+    /// Changes the file at `path` (created if missing) under an exclusive lock (`<file>.lock`),
+    /// as it is on disk: the REST API's process and a bridge both write it, and neither may
+    /// lose the other's change. `change` says whether it changed anything (else nothing is
+    /// written).
+    fn update(
+        path: &Path,
+        change: impl FnOnce(&mut Credentials) -> Result<bool, CredentialsError>,
+    ) -> Result<(), CredentialsError> {
+        let io = |source| CredentialsError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut lock_name = path.file_name().unwrap_or_default().to_owned();
+        lock_name.push(".lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path.with_file_name(lock_name))
+            .map_err(io)?;
+        // Released when `lock` is dropped (and by the OS if this process dies).
+        lock.lock().map_err(io)?;
+        let mut creds = if path.exists() {
+            Credentials::load(path)?
+        } else {
+            Credentials::default()
+        };
+        if change(&mut creds)? {
+            creds.save(path)?;
+        }
+        Ok(())
     }
 
     /// Writes every machine's line to `path` (replacing it), via a temporary file.
@@ -143,7 +202,10 @@ impl Credentials {
         };
         let mut ids: Vec<&String> = self.keys.keys().collect();
         ids.sort();
-        let tmp = path.with_extension("tmp");
+        // Beside the file (a rename stays on one file system), named for this process.
+        let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
+        tmp_name.push(format!(".{}.tmp", std::process::id()));
+        let tmp = path.with_file_name(tmp_name);
         let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
         for id in ids {
             let line = match self.keys[id] {
@@ -169,21 +231,74 @@ impl Credentials {
     /// Issues a new random secret for `machine_id`, adding its public key to the file at `path`
     /// (created if missing). Returns the secret: it is shown once and stored nowhere.
     pub fn register(path: &Path, machine_id: &str) -> Result<String, CredentialsError> {
-        let mut creds = if path.exists() {
-            Credentials::load(path)?
-        } else {
-            Credentials::default()
-        };
-        if creds.get(machine_id).is_some() {
-            return Err(CredentialsError::Exists(machine_id.to_owned()));
-        }
         let secret = new_secret()?;
-        creds.insert(
-            machine_id,
-            StoredKey::PublicKey(PublicKey::of_secret(&secret)),
-        );
-        creds.save(path)?;
+        Credentials::update(path, |creds| {
+            if creds.get(machine_id).is_some() {
+                return Err(CredentialsError::Exists(machine_id.to_owned()));
+            }
+            creds.insert(
+                machine_id,
+                StoredKey::PublicKey(PublicKey::of_secret(&secret)),
+            );
+            Ok(true)
+        })?;
         Ok(secret)
+    }
+
+    /// Removes `machine_id`'s line from the file at `path` (a decommissioned machine, a leaked
+    /// secret): from then on its envelopes are refused as an unknown machine's. Whether it had
+    /// one; a missing file has none.
+    pub fn revoke(path: &Path, machine_id: &str) -> Result<bool, CredentialsError> {
+        if !path.exists() {
+            return Ok(false);
+        }
+        let mut revoked = false;
+        Credentials::update(path, |creds| {
+            revoked = creds.remove(machine_id);
+            Ok(revoked)
+        })?;
+        Ok(revoked)
+    }
+}
+
+/// Where a running server issues and revokes machines' keys: the credentials file a bridge
+/// reads (`run --credentials`), or the credentials an in-process verifier holds (the demo's
+/// embedded broker and HTTPS telemetry).
+#[derive(Clone, Debug)]
+pub enum KeyStore {
+    File(PathBuf),
+    Shared(SharedCredentials),
+}
+
+impl KeyStore {
+    /// A new secret for `machine_id`, its public key stored; the secret itself is stored nowhere.
+    pub fn issue(&self, machine_id: &str) -> Result<String, CredentialsError> {
+        match self {
+            KeyStore::File(path) => Credentials::register(path, machine_id),
+            KeyStore::Shared(credentials) => {
+                let secret = new_secret()?;
+                let mut credentials = credentials.write().unwrap_or_else(|e| e.into_inner());
+                if credentials.get(machine_id).is_some() {
+                    return Err(CredentialsError::Exists(machine_id.to_owned()));
+                }
+                credentials.insert(
+                    machine_id,
+                    StoredKey::PublicKey(PublicKey::of_secret(&secret)),
+                );
+                Ok(secret)
+            }
+        }
+    }
+
+    /// Takes `machine_id`'s key away; whether it had one.
+    pub fn revoke(&self, machine_id: &str) -> Result<bool, CredentialsError> {
+        match self {
+            KeyStore::File(path) => Credentials::revoke(path, machine_id),
+            KeyStore::Shared(credentials) => Ok(credentials
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(machine_id)),
+        }
     }
 }
 
@@ -254,6 +369,9 @@ pub type SharedCredentials = std::sync::Arc<std::sync::RwLock<Credentials>>;
 /// Checks envelopes: machine id, signature, freshness, nonce reuse.
 pub struct Verifier {
     credentials: Option<SharedCredentials>,
+    /// The credentials' file, when they came from one: looked at again every [`RELOAD_EVERY`].
+    watch: Option<Watch>,
+    follow_every: Duration,
     max_skew_ms: i64,
     /// Whether machines still on the first scheme's HMAC are accepted (the migration window).
     allow_legacy: bool,
@@ -266,6 +384,14 @@ pub struct Verifier {
 /// A (machine, nonce) pair as the first 128 bits of its SHA-256: no allocation per envelope,
 /// and a collision (two pairs, one key) would take ~2^64 envelopes.
 type NonceKey = u128;
+
+/// A credentials file a verifier follows.
+struct Watch {
+    path: PathBuf,
+    /// The version it holds.
+    stamp: Option<Stamp>,
+    next_look: Instant,
+}
 
 fn nonce_key(machine: &str, nonce: &str) -> NonceKey {
     use sha2::Digest;
@@ -291,12 +417,33 @@ impl Verifier {
 
     /// A verifier over credentials that may grow while it runs.
     pub fn shared(credentials: Option<SharedCredentials>, max_skew_ms: i64) -> Verifier {
+        // Credentials read from a file are followed: machines added and revoked there (by the
+        // REST API of `run --credentials`, or `vendflow device`) take effect without a restart.
+        let watch = credentials.as_ref().and_then(|c| {
+            let c = c.read().unwrap_or_else(|e| e.into_inner());
+            Some(Watch {
+                path: c.path.clone()?,
+                stamp: c.stamp,
+                next_look: Instant::now() + RELOAD_EVERY,
+            })
+        });
         Verifier {
             credentials,
+            watch,
+            follow_every: RELOAD_EVERY,
             max_skew_ms,
             allow_legacy: true,
             seen: ExpiringMap::default(),
         }
+    }
+
+    /// Looks at the credentials file this often instead of every [`RELOAD_EVERY`].
+    pub fn follow_every(mut self, every: Duration) -> Verifier {
+        self.follow_every = every;
+        if let Some(w) = &mut self.watch {
+            w.next_look = Instant::now() + every;
+        }
+        self
     }
 
     /// Refuses machines that still sign with the first scheme's HMAC (once the fleet has
@@ -306,8 +453,58 @@ impl Verifier {
         self
     }
 
+    /// Reads the credentials file again if it changed since it was read (looked at once per
+    /// [`RELOAD_EVERY`], or now with `now`). A file that cannot be read or parsed keeps the
+    /// machines read before, and says why; whether the credentials changed.
+    fn follow(&mut self, now: bool) -> bool {
+        let (Some(watch), Some(credentials)) = (&mut self.watch, &self.credentials) else {
+            return false;
+        };
+        let at = Instant::now();
+        if !now && at < watch.next_look {
+            return false;
+        }
+        watch.next_look = at + self.follow_every;
+        let stamp = stamp_of(&watch.path);
+        if stamp == watch.stamp {
+            return false;
+        }
+        watch.stamp = stamp;
+        match Credentials::load(&watch.path) {
+            Ok(fresh) => {
+                let mut held = credentials.write().unwrap_or_else(|e| e.into_inner());
+                let added = fresh
+                    .keys
+                    .keys()
+                    .filter(|m| !held.keys.contains_key(*m))
+                    .count();
+                let revoked = held
+                    .keys
+                    .keys()
+                    .filter(|m| !fresh.keys.contains_key(*m))
+                    .count();
+                tracing::info!(path = %watch.path.display(), machines = fresh.len(), added, revoked, "credentials file reloaded");
+                *held = fresh;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(path = %watch.path.display(), error = %e, "cannot reload the credentials file; keeping the machines read before");
+                false
+            }
+        }
+    }
+
     /// Whether `token` is `machine`'s secret (always true without credentials).
-    pub fn token_matches(&self, machine: &str, token: Option<&str>) -> bool {
+    pub fn token_matches(&mut self, machine: &str, token: Option<&str>) -> bool {
+        self.follow(false);
+        if self.verify_token(machine, token) {
+            return true;
+        }
+        // A machine registered a moment ago: look at the file now rather than in a second.
+        self.follow(true) && self.verify_token(machine, token)
+    }
+
+    fn verify_token(&self, machine: &str, token: Option<&str>) -> bool {
         match &self.credentials {
             None => true,
             Some(creds) => token
@@ -334,12 +531,17 @@ impl Verifier {
                 claimed,
             });
         }
+        if self.credentials.is_none() {
+            return Ok(Admission::Forward(None));
+        }
+        self.follow(false);
+        let signed = match self.verify(bytes) {
+            // A machine registered a moment ago: look at the file now rather than in a second.
+            Err(AuthError::UnknownMachine(_)) if self.follow(true) => self.verify(bytes)?,
+            result => result?,
+        };
         let Some(creds) = &self.credentials else {
             return Ok(Admission::Forward(None));
-        };
-        let signed = {
-            let creds = creds.read().unwrap_or_else(|e| e.into_inner());
-            verify_envelope(bytes, |m| creds.get(m))?
         };
         if signed.legacy && !self.allow_legacy {
             return Err(Refusal::Legacy(machine.to_owned()));
@@ -374,6 +576,14 @@ impl Verifier {
             }),
             None => Ok(Admission::Forward(Some(signed))),
         }
+    }
+
+    fn verify(&self, bytes: &[u8]) -> Result<Signed, AuthError> {
+        let Some(creds) = &self.credentials else {
+            return Err(AuthError::Malformed("no credentials".into()));
+        };
+        let creds = creds.read().unwrap_or_else(|e| e.into_inner());
+        verify_envelope(bytes, |m| creds.get(m))
     }
 
     /// Records a forwarded envelope's nonce, so a redelivery is recognised and a replay refused.
@@ -421,6 +631,81 @@ mod tests {
         Verifier::new(Some(creds), 60_000)
     }
 
+    /// The file is the one copy a server and a bridge share: a verifier started before a machine
+    /// was registered accepts it at once, stops accepting one revoked, and keeps what it had
+    /// when the file is broken.
+    #[test]
+    fn a_verifier_follows_machines_added_and_revoked_in_its_file() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("credentials.jsonl");
+        let store = KeyStore::File(path.clone());
+        let first = store.issue("m1").unwrap_or_else(|e| panic!("{e}"));
+        let creds = Credentials::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let mut v = Verifier::new(Some(creds), 60_000).follow_every(Duration::ZERO);
+        let mut nonce = 0;
+        let mut send = |v: &mut Verifier, machine: &str, secret: &str| {
+            nonce += 1;
+            v.check(
+                machine,
+                signed(machine, secret, 1_000, &format!("n{nonce}")).as_bytes(),
+                1_000,
+            )
+        };
+        assert!(matches!(
+            send(&mut v, "m1", &first),
+            Ok(Admission::Forward(Some(_)))
+        ));
+
+        // Registered after the verifier started (POST /api/machines on `run --credentials`).
+        let second = store.issue("m2").unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            send(&mut v, "m2", &second),
+            Ok(Admission::Forward(Some(_)))
+        ));
+        assert!(matches!(
+            store.issue("m2"),
+            Err(CredentialsError::Exists(m)) if m == "m2"
+        ));
+
+        // Revoked (DELETE /api/machines/m1, `vendflow device revoke`).
+        assert!(store.revoke("m1").unwrap_or_else(|e| panic!("{e}")));
+        assert!(!store.revoke("m1").unwrap_or_else(|e| panic!("{e}")));
+        assert_eq!(
+            send(&mut v, "m1", &first),
+            Err(Refusal::Auth(AuthError::UnknownMachine("m1".into())))
+        );
+        assert!(!v.token_matches("m1", Some(&first)));
+        assert!(v.token_matches("m2", Some(&second)));
+
+        // A broken file (a half-written edit by hand) keeps the machines read before.
+        std::fs::write(&path, "{not json\n").unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            send(&mut v, "m2", &second),
+            Ok(Admission::Forward(Some(_)))
+        ));
+        assert!(send(&mut v, "m1", &first).is_err());
+    }
+
+    /// The demo's machines live in memory: issuing and revoking act on the verifier at once.
+    #[test]
+    fn shared_credentials_are_issued_and_revoked_in_place() {
+        let shared: SharedCredentials = Default::default();
+        let mut v = Verifier::shared(Some(shared.clone()), 60_000);
+        let store = KeyStore::Shared(shared);
+        let secret = store.issue("m1").unwrap_or_else(|e| panic!("{e}"));
+        let envelope = signed("m1", &secret, 1_000, "n1");
+        assert!(matches!(
+            v.check("m1", envelope.as_bytes(), 1_000),
+            Ok(Admission::Forward(Some(_)))
+        ));
+        assert!(store.revoke("m1").unwrap_or_else(|e| panic!("{e}")));
+        let again = signed("m1", &secret, 1_000, "n2");
+        assert_eq!(
+            v.check("m1", again.as_bytes(), 1_000),
+            Err(Refusal::Auth(AuthError::UnknownMachine("m1".into())))
+        );
+    }
+
     /// A file of the first scheme: its machine is accepted on the old HMAC (or refused, once
     /// legacy credentials are turned off), and new firmware enrols its public key, which
     /// replaces the hash in the file itself.
@@ -453,12 +738,19 @@ mod tests {
             v.check("m1", old.as_bytes(), 1_000),
             Ok(Admission::Forward(Some(_)))
         ));
+        // Another process (the REST API) registers a machine the verifier has not reloaded yet:
+        // the enrolment below changes the file as it is, so that machine stays in it.
+        Credentials::register(&path, "m9").unwrap_or_else(|e| panic!("{e}"));
         let new = signed("m1", "old", 1_000, "b");
         assert!(matches!(
             v.check("m1", new.as_bytes(), 1_000),
             Ok(Admission::Forward(Some(_)))
         ));
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            text.contains("\"m9\""),
+            "the enrolment kept the machine registered meanwhile: {text}"
+        );
         assert!(
             text.contains(&PublicKey::of_secret("old").to_hex()) && !text.contains(&hash.to_hex()),
             "the file holds the public key, not the hash: {text}"

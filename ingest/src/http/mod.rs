@@ -390,7 +390,7 @@ async fn telemetry(
         );
     };
     let token_ok = {
-        let v = state.verifier.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v = state.verifier.lock().unwrap_or_else(|p| p.into_inner());
         v.token_matches(&machine, header("x-machine-token").as_deref())
     };
     {

@@ -10,6 +10,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value as Json, json};
 use vendflow_dataflows::row::Named;
 use vendflow_dataflows::{Snapshot, Value};
+use vendflow_ingest::auth::CredentialsError;
 use vendflow_protocol::units::{Micro, ParseError};
 use vendflow_protocol::{
     Cents, LeaseStatus, Location, LocationType, Machine, MachineId, MachineStatus, RegistryRecord,
@@ -189,9 +190,13 @@ pub(super) async fn register(
         Some(id) => id,
         None => MachineId::parse(&new_id("mach")?).map_err(ApiError::internal)?,
     };
-    let secret = match &state.secrets {
-        Some(issue) => issue(machine_id.as_str()).map_err(|e| {
-            ApiError::internal(format!("cannot store the machine's credentials: {e}"))
+    let secret = match &state.keys {
+        Some(keys) => keys.issue(machine_id.as_str()).map_err(|e| match e {
+            CredentialsError::Exists(_) => ApiError::conflict(format!(
+                "machine {} already has device credentials; revoke them first (vendflow device revoke)",
+                machine_id.as_str()
+            )),
+            e => ApiError::internal(format!("cannot store the machine's credentials: {e}")),
         })?,
         None => {
             return Err(ApiError::unavailable(
@@ -439,10 +444,10 @@ pub(super) async fn update(
     Ok(axum::Json(body).into_response())
 }
 
-/// `DELETE /api/machines/{id}`: takes a machine out of the registry (decommissioned). Its
-/// planogram leaves `inventory`, and telemetry it still sends counts as an unregistered
-/// machine's. Refused while a lease on it is in force (terminate the lease first), so no
-/// invoice loses its machine.
+/// `DELETE /api/machines/{id}`: takes a machine out of the registry (decommissioned) and
+/// revokes its device key, so its envelopes are refused from then on (the bridge follows the
+/// credentials file). Its planogram leaves `inventory`. Refused while a lease on it is in force
+/// (terminate the lease first), so no invoice loses its machine.
 pub(super) async fn delete(
     State(state): State<ApiState>,
     auth: Auth,
@@ -468,10 +473,18 @@ pub(super) async fn delete(
             lease.lease_id
         )));
     }
+    // The key first: a machine that cannot be revoked stays registered (and the call can be
+    // repeated), rather than leaving the registry while it can still publish.
+    let revoked = match &state.keys {
+        Some(keys) => keys.revoke(&id).map_err(|e| {
+            ApiError::internal(format!("cannot revoke the machine's credentials: {e}"))
+        })?,
+        None => false,
+    };
     fleet
         .delete(&mut registry, vec![RegistryRecord::Machine(machine).key()])
         .map_err(ApiError::from)?;
-    tracing::info!(machine_id = %id, token = %auth.0.token_id, "machine deleted");
+    tracing::info!(machine_id = %id, token = %auth.0.token_id, revoked, "machine deleted");
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

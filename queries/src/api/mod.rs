@@ -41,13 +41,10 @@ use vendflow_protocol::Timestamp;
 use crate::auth::{Principal, Role, Tenant, Tokens};
 use crate::sql::{Scope, Sql, TenantScope};
 use fleet::{ClientAssets, Fleet};
+use vendflow_ingest::auth::KeyStore;
 
 pub use leases::sweep as sweep_leases;
 pub use ops::{ArchiveCounters, Health, LagReading, Pipeline, SourceCounters, openapi};
-
-/// Issues a machine's secret (storing only its hash where the machines' verifier reads it).
-pub type SecretIssuer =
-    Arc<dyn Fn(&str) -> Result<String, vendflow_ingest::auth::CredentialsError> + Send + Sync>;
 
 /// "Now" for the lifecycle of leases: the engine's ingestion frontier when it has one.
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
@@ -61,7 +58,9 @@ pub struct ApiState {
     /// `None`: no access control (every caller is the platform's admin).
     pub tokens: Option<Arc<Tokens>>,
     pub clock: Clock,
-    pub secrets: Option<SecretIssuer>,
+    /// Where `POST /api/machines` issues a machine's key and `DELETE` revokes it (the file the
+    /// bridge follows, or the demo's in-process credentials).
+    pub keys: Option<KeyStore>,
     pub health: Arc<dyn Health>,
     /// Open live streams, by token.
     pub streams: Arc<limits::Streams>,
@@ -80,7 +79,7 @@ impl ApiState {
             fleet,
             tokens: None,
             clock: Arc::new(move || frontier_or_now(&clock_store)),
-            secrets: None,
+            keys: None,
             health: Arc::new(ops::EngineOnly),
             streams: Arc::new(limits::Streams::default()),
             rate: Arc::new(limits::Rate::default()),
@@ -103,8 +102,8 @@ impl ApiState {
         self
     }
 
-    pub fn with_secrets(mut self, secrets: SecretIssuer) -> ApiState {
-        self.secrets = Some(secrets);
+    pub fn with_keys(mut self, keys: KeyStore) -> ApiState {
+        self.keys = Some(keys);
         self
     }
 

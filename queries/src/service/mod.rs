@@ -315,12 +315,10 @@ impl Service {
             if let Some(tokens) = &tokens {
                 state = state.with_tokens(tokens.clone());
             }
-            if let Some(secrets) = prepared.secrets.take() {
-                state = state.with_secrets(secrets);
+            if let Some(keys) = prepared.keys.take() {
+                state = state.with_keys(keys);
             } else if let Some(path) = config.credentials.clone() {
-                state = state.with_secrets(Arc::new(move |machine: &str| {
-                    vendflow_ingest::auth::Credentials::register(&path, machine)
-                }));
+                state = state.with_keys(vendflow_ingest::auth::KeyStore::File(path));
             }
             match prepared.serve_http(addr, config.tls.as_ref(), crate::app(state)) {
                 Ok(server) => running.http = Some(server),

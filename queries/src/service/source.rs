@@ -13,7 +13,7 @@ use vendflow_firmware::mqtt as mqtt_sim;
 use vendflow_firmware::{Fleet, FleetConfig};
 use vendflow_ingest::Counters;
 use vendflow_ingest::Tap;
-use vendflow_ingest::auth::{Credentials, SharedCredentials, Verifier};
+use vendflow_ingest::auth::{Credentials, KeyStore, SharedCredentials, Verifier};
 use vendflow_ingest::kafka::source::{self as kafka_source, SourceConfig, SourceStats};
 use vendflow_ingest::mqtt::MqttSource;
 use vendflow_ingest::registry::{RegistryChange, RegistryLog};
@@ -22,7 +22,7 @@ use vendflow_protocol::Timestamp;
 
 use super::{ServiceError, Worker, sleep_unless};
 use crate::api::fleet::Fleet as Registry;
-use crate::api::{LagReading, Pipeline, SecretIssuer, SourceCounters};
+use crate::api::{LagReading, Pipeline, SourceCounters};
 
 /// Where the service's events come from.
 #[derive(Clone, Debug)]
@@ -111,7 +111,7 @@ impl Source {
                     registry,
                     counters,
                     pipeline: Some(pipeline),
-                    secrets: None,
+                    keys: None,
                     freshness: Some(stats.clone()),
                     mqtt: None,
                     simulated_from: None,
@@ -174,28 +174,12 @@ impl Source {
                         Box::new(move || counters()),
                     )
                 };
-                let secrets: SecretIssuer = {
-                    let credentials = credentials.clone();
-                    Arc::new(move |machine: &str| {
-                        let secret = vendflow_ingest::auth::new_secret()?;
-                        credentials
-                            .write()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(
-                                machine,
-                                vendflow_protocol::auth::StoredKey::PublicKey(
-                                    vendflow_protocol::auth::PublicKey::of_secret(&secret),
-                                ),
-                            );
-                        Ok(secret)
-                    })
-                };
                 Ok(Prepared {
                     kind: Kind::Mqtt,
                     registry,
                     counters,
                     pipeline: Some(pipeline),
-                    secrets: Some(secrets),
+                    keys: Some(KeyStore::Shared(credentials.clone())),
                     freshness: None,
                     mqtt: Some(listen),
                     simulated_from: Some(fleet.now()),
@@ -224,8 +208,8 @@ pub(super) struct Prepared {
     pub counters: Arc<dyn Fn() -> SourceCounters + Send + Sync>,
     /// Health for `/health` and `/metrics`; taken when there is an HTTP server.
     pub pipeline: Option<Pipeline>,
-    /// How `POST /api/machines` issues a new machine's secret, when the source decides it.
-    pub secrets: Option<SecretIssuer>,
+    /// Where `POST /api/machines` issues a new machine's key, when the source decides it.
+    pub keys: Option<KeyStore>,
     /// Sampled messages, to measure freshness (Kafka).
     pub freshness: Option<Arc<SourceStats>>,
     pub mqtt: Option<SocketAddr>,
