@@ -14,7 +14,7 @@ use std::convert::Infallible;
 
 use differential_dataflow::operators::CountTotal;
 use differential_dataflow::{AsCollection, VecCollection};
-use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::progress::operate::FrontierInterest;
 use vendflow_protocol::{
@@ -25,7 +25,7 @@ use crate::anomaly_windows::{Piece, WindowKey};
 use crate::config::Config;
 use crate::errors::ErrorRecord;
 use crate::ledger::Ledger;
-use crate::operators::{FastSet, Fork, Time, fork, ship};
+use crate::operators::{FastSet, Fork, Time, fork, hash_of, ship};
 use crate::parked::Parked;
 use crate::row::Row;
 use crate::sales::SaleLine;
@@ -77,7 +77,10 @@ impl<'s> Demuxed<'s> {
     fn of(events: VecCollection<'s, Time, Event>, window_ms: i64) -> Self {
         type Out<D> = Vec<(D, Time, isize)>;
         let mut builder = OperatorBuilder::new("Demux events".to_owned(), events.inner.scope());
-        let mut input = builder.new_input(events.inner, Pipeline);
+        // Exchanged by machine once, here: every operator after it that routes by the machine
+        // (nearly all of them) then finds its records on its own worker.
+        let by_machine = Exchange::new(|(e, _, _): &(Event, Time, isize)| hash_of(&e.machine_id));
+        let mut input = builder.new_input(events.inner, by_machine);
         builder.set_notify_for(0, FrontierInterest::Never);
         let (mut telemetry_out, telemetry) = builder.new_output::<Out<(WindowKey, Piece)>>();
         let (mut sales_out, sales) = builder.new_output::<Out<SaleLine>>();

@@ -181,7 +181,9 @@ pub fn render<'s>(
     };
     let verdicts = lines.keyed_in_time_order(
         "Sales: dedup",
-        |line: &SaleLine| hash_of(&line.key()),
+        // By the machine alone (the key holds it): the lines are already on their machine's
+        // worker, and stay there for every fold after dedup.
+        |line: &SaleLine| hash_of(&line.machine_id),
         state,
         move |dedup, line, diff, out| {
             // Deliveries only ever add; a negative diff would be a bug upstream.

@@ -445,7 +445,7 @@ pub fn render<'s>(
         .fold_by_key(
             "Settlement: days",
             Published::Kept,
-            hash_of::<(MachineId, i64)>,
+            |k: &(MachineId, i64)| hash_of(&k.0),
             move |(_, day), state: &mut Day, row, diff, ctx| {
                 let today = i64::try_from(ctx.now()).unwrap_or(i64::MAX) / MS_PER_DAY;
                 if *day < today - keep_days {
