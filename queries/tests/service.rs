@@ -192,19 +192,23 @@ fn a_service_started_in_process_answers_over_http_and_postgres_and_stops_in_orde
             assert_eq!(status, 200, "{body}");
         }
     }
-    // Its envelopes are refused once its key is revoked; none were before.
-    let refused = || -> i64 {
+    // `SELECT count(*) AS n …` over HTTP.
+    let count = |sql: String| -> i64 {
         let mut answer = agent
             .post(&format!("{base}/sql"))
             .header("Authorization", &format!("Bearer {token}"))
-            .send_json(json!({"sql": format!(
-                "SELECT count(*) AS n FROM errors WHERE kind = 'unauthenticated' AND message LIKE '%{machine}%'"
-            )}))
+            .send_json(json!({ "sql": sql }))
             .expect("POST /sql answers");
         let body: Json = answer.body_mut().read_json().expect("JSON");
         body["rows"][0]["n"]
             .as_i64()
             .unwrap_or_else(|| panic!("a count: {body}"))
+    };
+    // Its envelopes are refused once its key is revoked; none were before.
+    let refused = || {
+        count(format!(
+            "SELECT count(*) AS n FROM errors WHERE kind = 'unauthenticated' AND message LIKE '%{machine}%'"
+        ))
     };
     assert_eq!(refused(), 0, "the machine is accepted while registered");
     let (status, body) = delete(&format!("{base}/api/machines/{machine}"));
@@ -222,20 +226,15 @@ fn a_service_started_in_process_answers_over_http_and_postgres_and_stops_in_orde
     // The engine has the delete: the machine's rows no longer join with a registered machine.
     let started = Instant::now();
     loop {
-        let mut answer = agent
-            .post(&format!("{base}/sql"))
-            .header("Authorization", &format!("Bearer {token}"))
-            .send_json(json!({"sql": format!(
-                "SELECT count(*) AS n FROM inventory WHERE machine_id = '{machine}' AND product_id IS NOT NULL"
-            )}))
-            .expect("POST /sql answers");
-        let body: Json = answer.body_mut().read_json().expect("JSON");
-        if body["rows"][0]["n"] == 0 {
+        let planned = count(format!(
+            "SELECT count(*) AS n FROM inventory WHERE machine_id = '{machine}' AND product_id IS NOT NULL"
+        ));
+        if planned == 0 {
             break;
         }
         assert!(
             started.elapsed() < Duration::from_secs(30),
-            "the deleted machine's planogram stayed in inventory: {body}"
+            "the deleted machine's planogram stayed in inventory: {planned} slots"
         );
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -231,17 +231,25 @@ impl Credentials {
     /// Issues a new random secret for `machine_id`, adding its public key to the file at `path`
     /// (created if missing). Returns the secret: it is shown once and stored nowhere.
     pub fn register(path: &Path, machine_id: &str) -> Result<String, CredentialsError> {
-        let secret = new_secret()?;
+        let mut secret = String::new();
         Credentials::update(path, |creds| {
-            if creds.get(machine_id).is_some() {
-                return Err(CredentialsError::Exists(machine_id.to_owned()));
-            }
-            creds.insert(
-                machine_id,
-                StoredKey::PublicKey(PublicKey::of_secret(&secret)),
-            );
+            secret = creds.issue(machine_id)?;
             Ok(true)
         })?;
+        Ok(secret)
+    }
+
+    /// A new random secret for `machine_id`, its public key kept (in memory); refused if the
+    /// machine already has credentials.
+    fn issue(&mut self, machine_id: &str) -> Result<String, CredentialsError> {
+        if self.get(machine_id).is_some() {
+            return Err(CredentialsError::Exists(machine_id.to_owned()));
+        }
+        let secret = new_secret()?;
+        self.insert(
+            machine_id,
+            StoredKey::PublicKey(PublicKey::of_secret(&secret)),
+        );
         Ok(secret)
     }
 
@@ -275,18 +283,10 @@ impl KeyStore {
     pub fn issue(&self, machine_id: &str) -> Result<String, CredentialsError> {
         match self {
             KeyStore::File(path) => Credentials::register(path, machine_id),
-            KeyStore::Shared(credentials) => {
-                let secret = new_secret()?;
-                let mut credentials = credentials.write().unwrap_or_else(|e| e.into_inner());
-                if credentials.get(machine_id).is_some() {
-                    return Err(CredentialsError::Exists(machine_id.to_owned()));
-                }
-                credentials.insert(
-                    machine_id,
-                    StoredKey::PublicKey(PublicKey::of_secret(&secret)),
-                );
-                Ok(secret)
-            }
+            KeyStore::Shared(credentials) => credentials
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .issue(machine_id),
         }
     }
 
