@@ -531,17 +531,19 @@ impl Verifier {
                 claimed,
             });
         }
-        if self.credentials.is_none() {
+        // The shared handle (a reference count), so the file can be followed meanwhile.
+        let Some(creds) = self.credentials.clone() else {
             return Ok(Admission::Forward(None));
-        }
-        self.follow(false);
-        let signed = match self.verify(bytes) {
-            // A machine registered a moment ago: look at the file now rather than in a second.
-            Err(AuthError::UnknownMachine(_)) if self.follow(true) => self.verify(bytes)?,
-            result => result?,
         };
-        let Some(creds) = &self.credentials else {
-            return Ok(Admission::Forward(None));
+        let verify = || {
+            let held = creds.read().unwrap_or_else(|e| e.into_inner());
+            verify_envelope(bytes, |m| held.get(m))
+        };
+        self.follow(false);
+        let signed = match verify() {
+            // A machine registered a moment ago: look at the file now rather than in a second.
+            Err(AuthError::UnknownMachine(_)) if self.follow(true) => verify()?,
+            result => result?,
         };
         if signed.legacy && !self.allow_legacy {
             return Err(Refusal::Legacy(machine.to_owned()));
@@ -576,14 +578,6 @@ impl Verifier {
             }),
             None => Ok(Admission::Forward(Some(signed))),
         }
-    }
-
-    fn verify(&self, bytes: &[u8]) -> Result<Signed, AuthError> {
-        let Some(creds) = &self.credentials else {
-            return Err(AuthError::Malformed("no credentials".into()));
-        };
-        let creds = creds.read().unwrap_or_else(|e| e.into_inner());
-        verify_envelope(bytes, |m| creds.get(m))
     }
 
     /// Records a forwarded envelope's nonce, so a redelivery is recognised and a replay refused.
