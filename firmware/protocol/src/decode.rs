@@ -192,15 +192,24 @@ struct RawDoor<'a> {
 /// Decodes one JSON Lines record: either a single event carrying its own `machineId`, or a whole
 /// envelope on one line. Returns one result per event.
 pub fn decode_line(bytes: &[u8]) -> Vec<Result<Event, DecodeError>> {
+    let mut results = Vec::with_capacity(1);
+    decode_line_each(bytes, |r| results.push(r));
+    results
+}
+
+/// [`decode_line`], handing each result to `each` instead of collecting them: a reader of a
+/// file of single events makes no vector per line.
+pub fn decode_line_each(bytes: &[u8], mut each: impl FnMut(Result<Event, DecodeError>)) {
     let trimmed = trim_ascii(bytes);
     // An envelope has an `events` array; cheap to check before a full parse.
     if mentions_events(trimmed) {
-        return match decode_envelope(trimmed) {
-            Ok(events) => events,
-            Err(e) => vec![Err(e)],
-        };
+        match decode_envelope(trimmed) {
+            Ok(events) => events.into_iter().for_each(each),
+            Err(e) => each(Err(e)),
+        }
+    } else {
+        each(decode_event(trimmed, None));
     }
-    vec![decode_event(trimmed, None)]
 }
 
 /// Decodes an envelope `{"machineId": …, "events": […]}`. The outer `Err` means the envelope as a

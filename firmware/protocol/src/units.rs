@@ -62,10 +62,13 @@ impl MachineId {
                 s.len()
             )));
         }
-        if let Some(c) = s
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')))
+        // By bytes: every allowed character is ASCII, and the first byte refused starts the
+        // character to name.
+        if let Some(i) = s
+            .bytes()
+            .position(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':')))
         {
+            let c = s[i..].chars().next().unwrap_or('?');
             return Err(ParseError::new(format!(
                 "machine id contains {c:?}; allowed are letters, digits and _ - . :"
             )));

@@ -50,7 +50,7 @@ use std::time::Duration;
 
 use vendflow_dataflows::{Batch, ErrorRecord, Feeder, Feeders, Time};
 use vendflow_protocol::command::{Command, decode_command};
-use vendflow_protocol::decode::{decode_line, decode_registry};
+use vendflow_protocol::decode::{decode_line_each, decode_registry};
 use vendflow_protocol::{DecodeError, Event, RegistryRecord, Timestamp};
 
 use crate::{IngestError, Position, Tap};
@@ -397,6 +397,7 @@ impl Reader {
             let mut reader = BufReader::with_capacity(1 << 20, File::open(path).map_err(io)?);
             let mut line = Vec::with_capacity(512);
             let mut decoded: Vec<Event> = Vec::new();
+            let mut refused: Vec<DecodeError> = Vec::new();
             // This reader's stream in the archive (its lines' positions are their numbers).
             let stream = format!("replay-{name}-{}of{}", self.share, self.of);
             let mut number: u64 = 0;
@@ -424,16 +425,17 @@ impl Reader {
                 self.stats.lines += 1;
                 let errors_before = self.batch.errors.len();
                 decoded.clear();
-                for result in decode_line(&line) {
-                    match result {
-                        Ok(mut event) => {
-                            if copy > 0 {
-                                shift(&mut event, copy, self.options.repeat_shift_ms);
-                            }
-                            decoded.push(event);
+                decode_line_each(&line, |result| match result {
+                    Ok(mut event) => {
+                        if copy > 0 {
+                            shift(&mut event, copy, self.options.repeat_shift_ms);
                         }
-                        Err(error) => self.refuse(&name, number, &error, &line),
+                        decoded.push(event);
                     }
+                    Err(error) => refused.push(error),
+                });
+                for error in refused.drain(..) {
+                    self.refuse(&name, number, &error, &line);
                 }
                 if let Some(tap) = &self.options.tap {
                     tap(
@@ -524,7 +526,13 @@ impl Reader {
         if self.batch.is_empty() {
             return Ok(());
         }
-        let batch = std::mem::take(&mut self.batch);
+        // The next batch is as large as this one, most likely: made at that size, its events
+        // are not copied again as it grows (doubling from empty copied each event once more).
+        let next = Batch {
+            events: Vec::with_capacity(self.batch.events.len().min(self.batch_limit())),
+            ..Batch::default()
+        };
+        let batch = std::mem::replace(&mut self.batch, next);
         self.sent += batch.events.len() as u64;
         if let Some(rate) = self.options.rate.filter(|r| *r > 0.0) {
             let due = std::time::Duration::from_secs_f64(self.sent as f64 * self.of as f64 / rate);
