@@ -623,7 +623,47 @@ enum DeviceCommand {
     },
 }
 
+/// Exit status of a process whose output pipe was closed (128 + SIGPIPE), as Unix tools
+/// report it.
+const BROKEN_PIPE_STATUS: i32 = 141;
+
+/// `println!` for the results a command prints: when stdout is a pipe its reader closed
+/// (`vendflow replay … | head`), the process ends quietly, as Unix tools do, instead of
+/// panicking; any other failure to write is said on stderr.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        write_out(format_args!($($arg)*))
+    };
+}
+
+fn write_out(line: std::fmt::Arguments<'_>) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{line}") {
+        quit_on_write_error(&e);
+    }
+}
+
+fn quit_on_write_error(e: &std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(BROKEN_PIPE_STATUS);
+    }
+    eprintln!("vendflow: cannot write to stdout: {e}");
+    std::process::exit(1);
+}
+
 fn main() -> anyhow::Result<()> {
+    let result = run();
+    // An answer written into a closed pipe (`vendflow sql … | head`) is not an error to report.
+    if let Err(e) = &result
+        && let Some(io) = e.chain().find_map(|c| c.downcast_ref::<std::io::Error>())
+        && io.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        quit_on_write_error(io);
+    }
+    result
+}
+
+fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env()
@@ -703,16 +743,16 @@ fn main() -> anyhow::Result<()> {
         }) => {
             let mut audits = Vec::new();
             let converted = convert_dex(&files, machine.as_deref(), &mut audits)?;
-            println!(
+            outln!(
                 "{} audits read, {} files refused",
                 converted.audits,
                 converted.refused.len()
             );
             for (file, reason) in &converted.refused {
-                println!("  {file}: {reason}");
+                outln!("  {file}: {reason}");
             }
             for (file, problem) in &converted.problems {
-                println!("  {file}: {problem}");
+                outln!("  {file}: {problem}");
             }
             let events = tempfile::NamedTempFile::new()?;
             merge_by_time(&audits, telemetry.as_deref(), events.path())?;
@@ -864,7 +904,7 @@ fn main() -> anyhow::Result<()> {
                 tenant.as_str(),
                 tokens.display()
             );
-            println!("{token}");
+            outln!("{token}");
             Ok(())
         }
         Command::Device {
@@ -881,7 +921,7 @@ fn main() -> anyhow::Result<()> {
                 "registered {machine_id}; its secret (shown once, stored only as a hash in {}):",
                 credentials.display()
             );
-            println!("{secret}");
+            outln!("{secret}");
             Ok(())
         }
         Command::Device {
@@ -940,7 +980,7 @@ fn send_command(
     let (partition, offset) = vendflow_ingest::kafka::send_command(kafka, &command)
         .with_context(|| format!("sending the command to {kafka}"))?;
     eprintln!("sent to machine-commands/{partition}@{offset}");
-    println!("{}", command.to_json());
+    outln!("{}", command.to_json());
     Ok(())
 }
 
@@ -1044,7 +1084,7 @@ fn run_kafka(config: Config, args: RunArgs) -> anyhow::Result<()> {
         eprintln!("run: archiving to {}", root.display());
     }
     eprintln!("run: consuming {TELEMETRY_TOPIC} and fleet-commands from {kafka}; Ctrl-C to stop");
-    let stopped = running.run(|tick| println!("{}", tick.line()))?;
+    let stopped = running.run(|tick| outln!("{}", tick.line()))?;
     if let Some((_, line)) = stopped.archive {
         eprintln!("archive: {line}");
     }
@@ -1192,7 +1232,7 @@ fn publish(args: PublishArgs) -> anyhow::Result<()> {
         eprintln!("publish: answered {answered} command(s)");
     }
     let envelopes = publisher.finish(Duration::from_secs(120))?;
-    println!(
+    outln!(
         "published {envelopes} envelopes ({events} events) of {} machines in {:.1}s, all {} {}",
         args.machines,
         started.elapsed().as_secs_f64(),
@@ -1259,39 +1299,41 @@ fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
     ) else {
         bail!("the demo started without its HTTP, Postgres or MQTT endpoint");
     };
-    println!(
+    outln!(
         "vendflow demo: {machines} simulated machines at {speed}x from {}, publishing to the embedded MQTT broker on {mqtt} (Ctrl-C to stop)",
         running.simulated_from().unwrap_or_default()
     );
-    println!(
+    outln!(
         "vendflow demo: views on {scheme}://{addr}/views, live: {scheme}://{addr}/views/<name>/subscribe, SQL: POST {scheme}://{addr}/sql; telemetry over HTTP on {scheme}://{addr}/api/telemetry"
     );
-    println!(
+    outln!(
         "vendflow demo: REST API on {scheme}://{addr}/api (documented at {scheme}://{addr}/api/openapi.json); admin token (tenant *): {admin_token}"
     );
-    println!("vendflow demo: dashboard: {scheme}://{addr}/#token={admin_token}");
-    println!(
+    outln!("vendflow demo: dashboard: {scheme}://{addr}/#token={admin_token}");
+    outln!(
         "vendflow demo: try: curl -H 'Authorization: Bearer {admin_token}' {scheme}://{addr}/api/dashboard/fleet"
     );
-    println!(
+    outln!(
         "vendflow demo: SQL for psql and BI tools (a token is the password): PGPASSWORD={admin_token} psql -h {} -p {} -U vendflow -c 'SELECT * FROM revenue_by_location_day'",
         pg.ip(),
         pg.port()
     );
     if let Some(root) = running.archive_root() {
-        println!(
+        outln!(
             "vendflow demo: Parquet archive in {} (export: vendflow export --archive {} --from DAY --to DAY --out DIR)",
             root.display(),
             root.display()
         );
     }
-    let stopped = running.run(|tick| println!("{}", tick.line()))?;
+    let stopped = running.run(|tick| outln!("{}", tick.line()))?;
     if let Some((root, line)) = stopped.archive {
-        println!("archive {}: {line}", root.display());
+        outln!("archive {}: {line}", root.display());
     }
-    println!(
+    outln!(
         "stopped: {} envelopes received over MQTT, {} events, {} refused.",
-        stopped.source.messages, stopped.source.events, stopped.source.refused
+        stopped.source.messages,
+        stopped.source.events,
+        stopped.source.refused
     );
     Ok(())
 }
@@ -1325,7 +1367,7 @@ fn import_table(
         writer.flush()?;
         converted
     };
-    println!(
+    outln!(
         "{}: {} rows, {} {}, {} refused",
         table.file.display(),
         converted.rows,
@@ -1338,10 +1380,10 @@ fn import_table(
         converted.refused.len()
     );
     for r in converted.refused.iter().take(20) {
-        println!("  line {}: {}", r.line, r.reason);
+        outln!("  line {}: {}", r.line, r.reason);
     }
     if converted.refused.len() > 20 {
-        println!(
+        outln!(
             "  … and {} more (all in the errors view)",
             converted.refused.len() - 20
         );
@@ -1416,7 +1458,7 @@ fn bulk_load(
     let csv = written_at.elapsed();
     // The process ends right after: no need to drain the workers and free their state.
     loaded.engine.abandon_at_exit();
-    println!(
+    outln!(
         "replayed {} events from {} lines in {:.2}s ({:.0} events/s); {} refused; CSVs written in {:.2}s",
         stats.events,
         stats.lines,
@@ -1426,17 +1468,17 @@ fn bulk_load(
         csv.as_secs_f64()
     );
     for w in &written {
-        println!("  {:>9} rows  {}", w.rows, w.path.display());
+        outln!("  {:>9} rows  {}", w.rows, w.path.display());
     }
     if let Some((root, line, steps)) = &loaded.archive {
-        println!("archive {}: {line}; {steps} history steps", root.display());
+        outln!("archive {}: {line}; {steps} history steps", root.display());
     }
     let late = too_late_summary(&snapshot);
     if !late.is_empty() {
-        println!("late arrivals (counted, see the too_late view): {late}");
+        outln!("late arrivals (counted, see the too_late view): {late}");
     }
     if let Some(bytes) = vendflow_dataflows::peak_rss_bytes() {
-        println!("peak memory {} MiB", bytes >> 20);
+        outln!("peak memory {} MiB", bytes >> 20);
     }
     Ok(())
 }
@@ -1540,7 +1582,7 @@ fn simulate(
         }
     }
     std::fs::write(out.join("events.jsonl"), events)?;
-    println!(
+    outln!(
         "wrote {count} events over {hours} h ({} days) of {} machines to {}",
         hours as f64 * MS_PER_HOUR as f64 / MS_PER_DAY as f64,
         config.machines,

@@ -124,6 +124,31 @@ fn replay_of_a_missing_file_says_so() {
     );
 }
 
+/// `vendflow replay … | head`: the reader closing the pipe ends the process quietly (status
+/// 141, as Unix tools), not with a panic.
+#[test]
+fn replay_into_a_closed_pipe_ends_quietly() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let events = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fixtures/golden/events.jsonl"
+    );
+    let mut child = Command::new(vendflow_bin()?)
+        .args(["replay", events, "--out"])
+        .arg(dir.path())
+        .env("RUST_BACKTRACE", "0")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    // Closed before anything is written: the first line finds no reader.
+    drop(child.stdout.take());
+    let out = child.wait_with_output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(141), "{err}");
+    Ok(())
+}
+
 /// `demo --http`: machines on HTTP go through the embedded broker into the same dataflows, and
 /// the views are served on the same port.
 /// A valid envelope is acknowledged; one whose sale has fields of the wrong type is accepted by
