@@ -215,6 +215,33 @@ impl SlotDemand {
 /// A machine's days with events.
 type DaysSeen = Trailing<[i64; 2]>;
 
+/// What a slot's fold hears: a sale's units on its day, or the units its plan holds.
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+enum SlotIn {
+    Sold(i64, i64),
+    Planned(i64),
+}
+
+/// A slot's demand in the trailing window and its planned units (a multiset: a plan replaced
+/// within one time is retracted and inserted).
+#[derive(Default, PartialEq)]
+struct Slot {
+    demand: SlotDemand,
+    planned: SmallVec<[(i64, isize); 1]>,
+}
+
+impl Slot {
+    fn plan(&mut self, units: i64, diff: isize) {
+        match self.planned.iter_mut().find(|(u, _)| *u == units) {
+            Some((_, n)) => *n += diff,
+            None => self.planned.push((units, diff)),
+        }
+        self.planned.retain(|(_, n)| *n != 0);
+    }
+}
+
 pub struct Stockout<'s> {
     pub forecasts: VecCollection<'s, Time, Forecast>,
     /// Per machine: slots running out soon and the hours until the first is empty.
@@ -232,36 +259,54 @@ pub fn render<'s>(
 ) -> Stockout<'s> {
     let window = config.demand_days * MS_PER_DAY;
     let in_window = move |day: i64| (0, as_time(day * MS_PER_DAY + window));
+    let planned_units = levels.flat_map(|l| {
+        l.plan
+            .is_some()
+            .then_some(((l.machine_id, l.slot_number), SlotIn::Planned(l.units)))
+    });
     // Each slot's units per day while the day is in the trailing window, summed into its
-    // weekday profile: one state per slot (its days in a short vector), not one per slot-day.
+    // weekday profile, with the slot's planned units: one state per slot (its days in a short
+    // vector). Folded together rather than joined: a join arranged every slot's profile, each
+    // change kept until compaction (462 K updates a worker at ten days of the benchmark), even
+    // for slots no plan will ever meet.
     let demand = accepted
         .map(|l| {
             (
                 (l.machine_id, l.slot_number),
-                (l.timestamp.day(), i64::from(l.quantity)),
+                SlotIn::Sold(l.timestamp.day(), i64::from(l.quantity)),
             )
         })
+        .concat(planned_units)
         .fold_by_key(
             "Stockout: demand by weekday",
             Published::Recomputed,
             |k: &(MachineId, u32)| hash_of(&k.0),
-            move |_, slot: &mut SlotDemand, (day, units), diff, ctx| {
-                let until = in_window(day).1;
-                // A day already out of the window is not counted (as a sum's late record).
-                if until <= ctx.now() {
-                    return;
+            move |_, slot: &mut Slot, input, diff, ctx| match input {
+                SlotIn::Sold(day, units) => {
+                    let until = in_window(day).1;
+                    // A day already out of the window is not counted (as a sum's late record).
+                    if until <= ctx.now() {
+                        return;
+                    }
+                    slot.demand.add(day, units * diff as i64);
+                    slot.demand.arm(until, ctx);
                 }
-                slot.add(day, units * diff as i64);
-                slot.arm(until, ctx);
+                SlotIn::Planned(units) => slot.plan(units, diff),
             },
-            move |_, slot, ctx| slot.expire(|day| in_window(day).1, ctx),
-            |key, slot, out| {
+            move |_, slot, ctx| slot.demand.expire(|day| in_window(day).1, ctx),
+            |(machine, slot_number), slot, out| {
                 let mut profile = ByWeekday::default();
-                for (day, units) in &slot.days {
+                for (day, units) in &slot.demand.days {
                     profile.0[usize::from(Timestamp(day * MS_PER_DAY).weekday()) % 7] += units;
                 }
-                if profile != ByWeekday::default() {
-                    out.push((key.clone(), profile));
+                if profile == ByWeekday::default() {
+                    return;
+                }
+                // One forecast input per plan, as a join of the two would give.
+                for (units, n) in &slot.planned {
+                    for _ in 0..*n {
+                        out.push((machine.clone(), (*slot_number, profile.0, *units)));
+                    }
                 }
             },
         );
@@ -290,16 +335,8 @@ pub fn render<'s>(
             }
         },
     );
-    let planned_units = levels.flat_map(|l| {
-        l.plan
-            .is_some()
-            .then_some(((l.machine_id, l.slot_number), l.units))
-    });
     let config = config.clone();
     let forecasts = demand
-        .join_map(planned_units, |(m, s), by_dow, units| {
-            (m.clone(), (*s, by_dow.0, *units))
-        })
         .join_map(days_observed, |m, (s, by_dow, units), days| {
             ((), (m.clone(), *s, *by_dow, *units, *days as i64))
         })
