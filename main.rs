@@ -643,6 +643,27 @@ fn write_out(line: std::fmt::Arguments<'_>) {
     }
 }
 
+/// [`summary_line`] with `format!`'s arguments.
+macro_rules! summaryln {
+    ($($arg:tt)*) => {
+        summary_line(&format!($($arg)*))
+    };
+}
+
+/// A running service's banner or periodic summary line: a closed or failing stdout does not
+/// stop the service (ending it there would skip its orderly shutdown: the archive's last snapshot, the
+/// consumer's committed positions); it is said once on stderr and the summaries stop.
+fn summary_line(line: &str) {
+    static FAILED: AtomicBool = AtomicBool::new(false);
+    if FAILED.load(Ordering::Relaxed) {
+        return;
+    }
+    if let Err(e) = writeln!(std::io::stdout().lock(), "{line}") {
+        FAILED.store(true, Ordering::Relaxed);
+        eprintln!("vendflow: cannot write the summaries to stdout ({e}); the service goes on");
+    }
+}
+
 fn quit_on_write_error(e: &std::io::Error) -> ! {
     if e.kind() == std::io::ErrorKind::BrokenPipe {
         std::process::exit(BROKEN_PIPE_STATUS);
@@ -1084,7 +1105,7 @@ fn run_kafka(config: Config, args: RunArgs) -> anyhow::Result<()> {
         eprintln!("run: archiving to {}", root.display());
     }
     eprintln!("run: consuming {TELEMETRY_TOPIC} and fleet-commands from {kafka}; Ctrl-C to stop");
-    let stopped = running.run(|tick| outln!("{}", tick.line()))?;
+    let stopped = running.run(|tick| summary_line(&tick.line()))?;
     if let Some((_, line)) = stopped.archive {
         eprintln!("archive: {line}");
     }
@@ -1299,33 +1320,33 @@ fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
     ) else {
         bail!("the demo started without its HTTP, Postgres or MQTT endpoint");
     };
-    outln!(
+    summaryln!(
         "vendflow demo: {machines} simulated machines at {speed}x from {}, publishing to the embedded MQTT broker on {mqtt} (Ctrl-C to stop)",
         running.simulated_from().unwrap_or_default()
     );
-    outln!(
+    summaryln!(
         "vendflow demo: views on {scheme}://{addr}/views, live: {scheme}://{addr}/views/<name>/subscribe, SQL: POST {scheme}://{addr}/sql; telemetry over HTTP on {scheme}://{addr}/api/telemetry"
     );
-    outln!(
+    summaryln!(
         "vendflow demo: REST API on {scheme}://{addr}/api (documented at {scheme}://{addr}/api/openapi.json); admin token (tenant *): {admin_token}"
     );
-    outln!("vendflow demo: dashboard: {scheme}://{addr}/#token={admin_token}");
-    outln!(
+    summaryln!("vendflow demo: dashboard: {scheme}://{addr}/#token={admin_token}");
+    summaryln!(
         "vendflow demo: try: curl -H 'Authorization: Bearer {admin_token}' {scheme}://{addr}/api/dashboard/fleet"
     );
-    outln!(
+    summaryln!(
         "vendflow demo: SQL for psql and BI tools (a token is the password): PGPASSWORD={admin_token} psql -h {} -p {} -U vendflow -c 'SELECT * FROM revenue_by_location_day'",
         pg.ip(),
         pg.port()
     );
     if let Some(root) = running.archive_root() {
-        outln!(
+        summaryln!(
             "vendflow demo: Parquet archive in {} (export: vendflow export --archive {} --from DAY --to DAY --out DIR)",
             root.display(),
             root.display()
         );
     }
-    let stopped = running.run(|tick| outln!("{}", tick.line()))?;
+    let stopped = running.run(|tick| summary_line(&tick.line()))?;
     if let Some((root, line)) = stopped.archive {
         outln!("archive {}: {line}", root.display());
     }

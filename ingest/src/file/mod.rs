@@ -397,7 +397,6 @@ impl Reader {
             let mut reader = BufReader::with_capacity(1 << 20, File::open(path).map_err(io)?);
             let mut line = Vec::with_capacity(512);
             let mut decoded: Vec<Event> = Vec::new();
-            let mut refused: Vec<DecodeError> = Vec::new();
             // This reader's stream in the archive (its lines' positions are their numbers).
             let stream = format!("replay-{name}-{}of{}", self.share, self.of);
             let mut number: u64 = 0;
@@ -432,11 +431,8 @@ impl Reader {
                         }
                         decoded.push(event);
                     }
-                    Err(error) => refused.push(error),
+                    Err(error) => self.refuse(&name, number, &error, &line),
                 });
-                for error in refused.drain(..) {
-                    self.refuse(&name, number, &error, &line);
-                }
                 if let Some(tap) = &self.options.tap {
                     tap(
                         Position {
