@@ -12,19 +12,18 @@ use std::io::Write;
 use tracing_subscriber::EnvFilter;
 use vendflow_dataflows::Config;
 use vendflow_firmware::mqtt as mqtt_sim;
-use vendflow_firmware::{Fault, Fleet, FleetConfig};
-use vendflow_ingest::auth::{Credentials, Verifier};
-use vendflow_ingest::bridge::{self, BridgeConfig, BridgeStats};
+use vendflow_firmware::publish::PublishOptions;
+use vendflow_firmware::simulate::SimulateOptions;
+use vendflow_ingest::auth::Credentials;
+use vendflow_ingest::bridge::{self, BridgeOptions, BridgeStats};
 use vendflow_ingest::file::ReplayOptions;
-use vendflow_ingest::import::{
-    ColumnMap, CsvImport, convert_csv, convert_dex, convert_settlement, merge_by_time,
-};
+use vendflow_ingest::import::{ImportCommand, TableOptions, convert_dex, merge_by_time};
 use vendflow_ingest::kafka::TELEMETRY_TOPIC;
 use vendflow_protocol::Timestamp;
 use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR};
 use vendflow_queries::auth::{Role, Tenant, Tokens};
-use vendflow_queries::service::bulk::{self, BulkLoad};
-use vendflow_queries::service::{Access, Service, ServiceConfig, Simulation, Source};
+use vendflow_queries::service::bulk::{self, BulkLoad, ReplayArgs};
+use vendflow_queries::service::{Access, DemoOptions, RunOptions, Service};
 use vendflow_sinks::archive::ArchiveConfig;
 
 // Timely workers allocate and free many small records across threads; glibc's allocator spends a
@@ -71,100 +70,9 @@ enum SqlFormat {
 }
 
 #[derive(Subcommand)]
-enum ImportKind {
-    /// A sales export with a header row, one sale line per row.
-    ///
-    /// Example: vendflow import csv sales.csv --archive archive/
-    ///   --map 'machine=Machine,time=Trans Date,transaction=Trans ID,slot=Coil,quantity=Qty,amount=Line Total,payment=Type,location=Location'
-    ///
-    /// Fields: machine, product, transaction, slot, quantity, amount (the line total), time (the
-    /// date, with or without the time of day), clock (a separate time-of-day column), payment,
-    /// location, offline (yes/no: a card sale the machine authorised alone while offline).
-    /// amount and time are required, and machine unless --machine is given. Money is
-    /// read exactly ($1,234.50, (3.00) for a refund); dates as exports write them (1/31/2022,
-    /// 2022-01-31, Monday, January 31, 2022, with or without 13:05 or 1:05 PM). Refused rows are
-    /// listed with their line numbers and kept in the errors view.
-    Csv(TableArgs),
-    /// A payment processor's settlement file: one card transaction per row, with what became of
-    /// it (settled, declined or reversed).
-    ///
-    /// Example: vendflow import settlement settlement.csv --telemetry sales.jsonl --out views/
-    ///   --map 'machine=Terminal,time=Auth Time,transaction=Reference,amount=Amount,status=Result'
-    ///
-    /// Fields: machine, transaction, amount, time, clock, status (all but clock required; machine
-    /// unless --machine is given). Status words: settled / approved / captured / paid, declined /
-    /// failed / rejected, reversed / refunded / chargeback. With the machines' telemetry
-    /// (--telemetry, JSON Lines) loaded alongside, `settlement_daily` compares each machine-day's
-    /// card sales with what the processor paid, and `settlement_exceptions` lists each
-    /// transaction they disagree on; an offline sale the processor declined is marked for review.
-    Settlement {
-        #[command(flatten)]
-        table: TableArgs,
-        /// The machines' telemetry (JSON Lines) over the same span, loaded with the file.
-        #[arg(long)]
-        telemetry: Option<PathBuf>,
-    },
-    /// EVA-DTS / DEX audit files, the audit read from every machine (DXS, ST, ID1, VA1, CA2,
-    /// PA1 price per column, PA2 vend counters, EA3 / ID5 read time, SE, DXE).
-    ///
-    /// Consecutive audits of a machine become per-column sales for the period between them
-    /// (`dex_audits`), and with the machine's telemetry (--telemetry) the `reconciliation` view:
-    /// per period and slot, matched, missing in telemetry, missing in the audit, or an amount
-    /// difference. Counter resets and unreadable segments are reported, not guessed.
-    Dex {
-        /// Audit files, in any order.
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
-        /// The machine of every file (default: each audit's serial number, ID101).
-        #[arg(long)]
-        machine: Option<String>,
-        /// The machines' telemetry (JSON Lines) over the same span, loaded with the audits.
-        #[arg(long)]
-        telemetry: Option<PathBuf>,
-        /// Directory for `<view>.csv` (created if missing).
-        #[arg(long, short, required_unless_present = "archive")]
-        out: Option<PathBuf>,
-        /// Parquet archive directory.
-        #[arg(long)]
-        archive: Option<PathBuf>,
-        /// Registry records (machines, locations, leases) as JSON Lines.
-        #[arg(long)]
-        registry: Option<PathBuf>,
-    },
-}
-
-/// A CSV file with a header row and a column mapping (`import csv`, `import settlement`).
-#[derive(clap::Args)]
-struct TableArgs {
-    file: PathBuf,
-    /// FIELD=COLUMN pairs, separated by commas (a pair with a comma in its column name is
-    /// quoted whole: "amount=Line, Total").
-    #[arg(long)]
-    map: String,
-    /// The machine of every row (a file of one machine with no machine column).
-    #[arg(long)]
-    machine: Option<String>,
-    /// The time zone of the file's local times (IANA name, e.g. Europe/Paris).
-    #[arg(long, default_value = "UTC")]
-    tz: String,
-    /// Keep the converted events (JSON Lines) here (default: a temporary file).
-    #[arg(long)]
-    events: Option<PathBuf>,
-    /// Directory for `<view>.csv` (created if missing).
-    #[arg(long, short, required_unless_present = "archive")]
-    out: Option<PathBuf>,
-    /// Parquet archive directory: raw events, history of the daily views, final snapshot.
-    #[arg(long)]
-    archive: Option<PathBuf>,
-    /// Registry records (machines, locations, leases) as JSON Lines.
-    #[arg(long)]
-    registry: Option<PathBuf>,
-}
-
-#[derive(Subcommand)]
 enum Command {
     /// Run a simulated fleet through the dataflows and print a fleet summary until Ctrl-C.
-    Demo(DemoArgs),
+    Demo(DemoOptions),
     /// Replay a JSON Lines telemetry file through the dataflows and write every final view as CSV
     /// (--out) and/or into the Parquet archive (--archive).
     ///
@@ -172,47 +80,11 @@ enum Command {
     /// older than the replay's clock arrives late, as it would live); every sale still counts, in
     /// its own day. With --archive, the closed days of the daily views land in the history
     /// tables as the replay goes, so `vendflow sql --archive DIR` covers the whole span.
-    Replay {
-        /// Events, one per line (or an envelope per line), as recorded or generated.
-        file: PathBuf,
-        /// Directory for `<view>.csv` (created if missing).
-        #[arg(long, short, required_unless_present = "archive")]
-        out: Option<PathBuf>,
-        /// Parquet archive directory (created if missing): raw events, the history of the daily
-        /// views, and a final snapshot of every view.
-        #[arg(long)]
-        archive: Option<PathBuf>,
-        /// Registry records (machines, locations, leases) as JSON Lines.
-        #[arg(long)]
-        registry: Option<PathBuf>,
-        /// Commands sent to the machines (JSON Lines, as on `machine-commands`), so that the
-        /// acknowledgements in the file find their commands in the `commands` view.
-        #[arg(long)]
-        commands: Option<PathBuf>,
-        /// Granularity of the ingestion clock in milliseconds: the events of one tick are
-        /// ingested together, and each view changes once per key and tick. Default: 3600000
-        /// (one hour of event time, a bulk load's steps; also the most it takes), or 1000 with
-        /// --rate (as live).
-        #[arg(long)]
-        tick_ms: Option<u64>,
-        /// Replay the file this many times, each copy shifted later in event time (load tests).
-        #[arg(long, default_value_t = 1, hide = true)]
-        repeat: u32,
-        /// Hours between copies with --repeat.
-        #[arg(long, default_value_t = 24, hide = true)]
-        repeat_shift_hours: i64,
-        /// Minutes between copies with --repeat (instead of --repeat-shift-hours): copies that
-        /// overlap in event time, the same machines at a multiple of their rate.
-        #[arg(long, hide = true)]
-        repeat_shift_minutes: Option<i64>,
-        /// Pace the replay at this many events per second (default: as fast as possible).
-        #[arg(long)]
-        rate: Option<f64>,
-    },
+    Replay(ReplayArgs),
     /// Load what operators already have: sales exports (CSV). The sales go through the same
     /// bulk load as `replay` (any order, any span, every sale in its own day).
     #[command(subcommand)]
-    Import(ImportKind),
+    Import(ImportCommand),
     /// Run one read-only SQL query over a Parquet archive, without a running engine: the views
     /// as of the archive's newest snapshot (the end of a `replay --archive`, or the last one a
     /// server took), the history tables, raw events and the ready views such as
@@ -232,61 +104,14 @@ enum Command {
     /// Subscribes `machines/+/telemetry` (QoS 1, persistent session) and produces each envelope to
     /// `machine-telemetry` keyed by machine id; refused envelopes (wrong machine for the topic, bad
     /// or missing signature, stale, replayed) go to `telemetry-rejected` with the reason.
-    Bridge {
-        /// MQTT broker, HOST:PORT.
-        #[arg(long, default_value = "127.0.0.1:1883")]
-        mqtt: String,
-        /// Kafka bootstrap servers, HOST:PORT[,HOST:PORT…].
-        #[arg(long, default_value = "127.0.0.1:9092")]
-        kafka: String,
-        /// MQTT client id; keep it stable: the broker keeps unacknowledged messages under it.
-        #[arg(long, default_value = "vendflow-bridge")]
-        client_id: String,
-        /// MQTT username (password from VENDFLOW_MQTT_PASSWORD).
-        #[arg(long)]
-        mqtt_user: Option<String>,
-        /// Device credentials (JSON Lines of machineId + publicKey), see `vendflow device
-        /// register`. Lines of the first scheme (machineId + secretSha256) are read too, and
-        /// replaced by the machine's public key when its firmware enrols one.
-        #[arg(long, required_unless_present = "insecure_no_auth")]
-        credentials: Option<PathBuf>,
-        /// Refuse machines that still sign with the first scheme's shared-key HMAC (once the
-        /// fleet has migrated to Ed25519; until then a leaked hash file could sign for them).
-        #[arg(long)]
-        refuse_legacy_credentials: bool,
-        /// Accept unsigned envelopes (trusted test networks only).
-        #[arg(long)]
-        insecure_no_auth: bool,
-        /// Largest accepted difference between an envelope's sentAt and this clock, in seconds.
-        #[arg(long, default_value_t = 900)]
-        max_skew_secs: i64,
-        /// Partitions of `machine-telemetry` if the bridge creates it.
-        #[arg(long, default_value_t = 4)]
-        partitions: i32,
-        /// Messages waiting for Kafka before the bridge stops reading MQTT.
-        #[arg(long, default_value_t = 10_000)]
-        max_inflight: usize,
-        /// Largest MQTT payload forwarded, in KiB; larger ones go to `telemetry-rejected`
-        /// as `too_large` (the same limit as `POST /api/telemetry`).
-        #[arg(long, default_value_t = 256)]
-        max_payload_kib: usize,
-        /// Also accept telemetry over HTTP (`POST /api/telemetry`) on this address, e.g. 127.0.0.1:8080.
-        #[arg(long)]
-        http: Option<std::net::SocketAddr>,
-        /// Serve --http over TLS (HTTPS) with this certificate chain (PEM).
-        #[arg(long, requires_all = ["http", "tls_key"])]
-        tls_cert: Option<PathBuf>,
-        /// The private key of --tls-cert (PEM).
-        #[arg(long, requires = "tls_cert")]
-        tls_key: Option<PathBuf>,
-    },
+    Bridge(BridgeOptions),
     /// Run the dataflows on the Kafka log (`machine-telemetry`, `fleet-commands`,
     /// `machine-commands`, `telemetry-rejected`) until Ctrl-C.
     ///
     /// Reads every partition from the beginning: on restart the views are rebuilt from the log.
-    Run(RunArgs),
+    Run(RunOptions),
     /// Simulated machines publishing signed telemetry over MQTT (load and end-to-end tests).
-    Publish(PublishArgs),
+    Publish(PublishOptions),
     /// Send a command to a machine: produced to Kafka `machine-commands`; the bridge delivers it
     /// on MQTT `machines/{id}/commands` (and offers it to machines polling over HTTP), and the
     /// engine's `commands` view shows it pending until the machine answers.
@@ -342,188 +167,7 @@ enum Command {
         out: PathBuf,
     },
     /// Write a simulated fleet's registry and events as JSON Lines (fixtures, workloads).
-    Simulate {
-        /// Output directory: `registry.jsonl` and `events.jsonl` (in delivery order).
-        #[arg(long, short)]
-        out: PathBuf,
-        #[arg(long, default_value_t = 10)]
-        machines: usize,
-        /// Simulated hours.
-        #[arg(long, default_value_t = 24)]
-        hours: i64,
-        #[arg(long, default_value_t = 7)]
-        seed: u64,
-        /// `golden`: 5 machines with an overheating machine (0), a 5-hour outage (1) and a
-        /// machine the restock crew skips (2), no random faults.
-        #[arg(long)]
-        scenario: Option<String>,
-    },
-}
-
-#[derive(clap::Args)]
-struct RunArgs {
-    /// Kafka bootstrap servers.
-    #[arg(long)]
-    kafka: String,
-    /// Write every view as CSV (and status.json) into this directory at each summary.
-    #[arg(long, short)]
-    out: Option<PathBuf>,
-    /// Write only the status (frontier, lagMs, consumed offsets) as JSON to this file at
-    /// each summary.
-    #[arg(long)]
-    status: Option<PathBuf>,
-    /// Serve the views over HTTP on this address: `GET /views`, `/views/<name>`, live changes
-    /// as Server-Sent Events at `/views/<name>/subscribe`, and SQL at `POST /sql`.
-    #[arg(long)]
-    http: Option<std::net::SocketAddr>,
-    /// Serve SQL over the Postgres wire protocol on this address (`psql -h HOST -p PORT`).
-    #[arg(long)]
-    pg: Option<std::net::SocketAddr>,
-    #[command(flatten)]
-    serve: ServeArgs,
-    /// Tokens file (`vendflow token create`): every HTTP request but /health, /metrics and
-    /// /api/openapi.json needs one of its tokens.
-    #[arg(long, required_unless_present = "insecure_open_api")]
-    tokens: Option<PathBuf>,
-    /// Serve HTTP without access control (trusted networks and tests only).
-    #[arg(long)]
-    insecure_open_api: bool,
-    /// Machine credentials file: `POST /api/machines` stores each new machine's public key
-    /// here (the file the bridge's --credentials reads).
-    #[arg(long)]
-    credentials: Option<PathBuf>,
-    #[command(flatten)]
-    archive: ArchiveArgs,
-    /// Seconds between summaries.
-    #[arg(long, default_value_t = 2.0)]
-    every: f64,
-    /// Partitions of `machine-telemetry` if it has to be created.
-    #[arg(long, default_value_t = 4)]
-    partitions: i32,
-    /// Granularity of the ingestion clock in milliseconds.
-    #[arg(long, default_value_t = 1000)]
-    tick_ms: u64,
-}
-
-#[derive(clap::Args)]
-struct DemoArgs {
-    /// Simulated machines.
-    #[arg(long, default_value_t = 1000)]
-    machines: usize,
-    /// Simulated seconds per wall-clock second.
-    #[arg(long, default_value_t = 60.0)]
-    speed: f64,
-    /// Seed of the simulation (same seed, same fleet, same events).
-    #[arg(long, default_value_t = 7)]
-    seed: u64,
-    /// Seconds between summaries.
-    #[arg(long, default_value_t = 2.0)]
-    every: f64,
-    /// Stop after this many wall-clock seconds (default: run until Ctrl-C).
-    #[arg(long)]
-    duration: Option<f64>,
-    /// Port of the embedded MQTT broker on 127.0.0.1 (0: any free port).
-    #[arg(long, default_value_t = 0)]
-    mqtt_port: u16,
-    /// HTTP address: the views, live subscriptions and `POST /sql`, and telemetry over HTTP
-    /// (`POST /api/telemetry`, the simulated machines' credentials) into the embedded broker.
-    /// If the port is taken, any free port is used and printed.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    http: std::net::SocketAddr,
-    /// Postgres wire protocol address for SQL (`psql`); any free port if taken.
-    #[arg(long, default_value = "127.0.0.1:5433")]
-    pg: std::net::SocketAddr,
-    #[command(flatten)]
-    serve: ServeArgs,
-    #[command(flatten)]
-    archive: ArchiveArgs,
-}
-
-#[derive(clap::Args)]
-struct ServeArgs {
-    /// Serve --http as HTTPS and --pg with TLS with this certificate chain (PEM). Logins over
-    /// the Postgres protocol then need TLS (`sslmode=require`; psql's default `prefer` uses it),
-    /// so tokens never cross the network in clear.
-    #[arg(long, requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// The private key of --tls-cert (PEM).
-    #[arg(long, requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
-    /// Requests per second one token may make to the HTTP API (bursts of twice as many); past
-    /// it, 429 with Retry-After.
-    #[arg(long, default_value_t = vendflow_queries::api::limits::Rate::PER_SECOND)]
-    api_rate: u32,
-}
-
-impl ServeArgs {
-    /// (certificate, key) when given.
-    fn tls_files(&self) -> Option<(PathBuf, PathBuf)> {
-        self.tls_cert.clone().zip(self.tls_key.clone())
-    }
-
-    fn scheme(&self) -> &'static str {
-        if self.tls_cert.is_some() {
-            "https"
-        } else {
-            "http"
-        }
-    }
-}
-
-#[derive(clap::Args)]
-struct ArchiveArgs {
-    /// Write the Parquet archive into this directory: raw events and rejected records by event
-    /// date and hour, snapshots of every view, and the closed days of the revenue and window
-    /// views; SQL then also has `events`, `rejected` and `<view>_history` (the demo defaults to
-    /// a new temporary directory).
-    #[arg(long)]
-    archive: Option<PathBuf>,
-    /// Seconds between archive flushes (each writes one file per hour partition it touches).
-    #[arg(long, default_value_t = 10.0)]
-    archive_flush_secs: f64,
-    /// Seconds between snapshots of the views into the archive (and history updates).
-    #[arg(long, default_value_t = 60.0)]
-    archive_snapshot_secs: f64,
-    /// Compact an hour partition once it holds this many files.
-    #[arg(long, default_value_t = 16)]
-    archive_compact_files: usize,
-    /// Days of raw events and rejected records kept.
-    #[arg(long, default_value_t = 90)]
-    raw_retention_days: i64,
-    /// Days of per-day history kept.
-    #[arg(long, default_value_t = 730)]
-    history_retention_days: i64,
-}
-
-impl ArchiveArgs {
-    /// The archive's settings, at `root` or --archive (None: no archive).
-    fn config(&self, root: Option<PathBuf>, config: &Config) -> Option<ArchiveConfig> {
-        let root = root.or_else(|| self.archive.clone())?;
-        Some(ArchiveConfig {
-            flush_every: Duration::from_secs_f64(self.archive_flush_secs.max(0.05)),
-            compact_min_files: self.archive_compact_files,
-            raw_retention_days: self.raw_retention_days,
-            history_retention_days: self.history_retention_days,
-            ..ArchiveConfig::new(&root, config)
-        })
-    }
-
-    fn snapshot_every(&self) -> Duration {
-        Duration::from_secs_f64(self.archive_snapshot_secs.max(0.1))
-    }
-}
-
-/// `addr`, or any free port on its host when `addr` is taken (told on stderr).
-fn free_or_any(addr: std::net::SocketAddr) -> anyhow::Result<std::net::SocketAddr> {
-    match std::net::TcpListener::bind(addr) {
-        Ok(listener) => Ok(listener.local_addr()?),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            let any = std::net::TcpListener::bind((addr.ip(), 0))?.local_addr()?;
-            eprintln!("{addr} is in use; using {any} instead");
-            Ok(any)
-        }
-        Err(e) => Err(e).with_context(|| format!("cannot listen on {addr}")),
-    }
+    Simulate(SimulateOptions),
 }
 
 fn export(
@@ -706,55 +350,15 @@ fn run() -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Demo(args) => demo(config, args),
-        Command::Replay {
-            file,
-            out,
-            archive,
-            registry,
-            commands,
-            tick_ms,
-            repeat,
-            repeat_shift_hours,
-            repeat_shift_minutes,
-            rate,
-        } => {
-            if let Some(tick) = tick_ms
-                && !(1..=vendflow_ingest::file::BULK_TICK_MS).contains(&tick)
-            {
-                bail!(
-                    "--tick-ms must be between 1 and {} (one hour: the finest grain of the hourly views)",
-                    vendflow_ingest::file::BULK_TICK_MS
-                );
-            }
-            let options = ReplayOptions {
-                tick_ms,
-                repeat,
-                repeat_shift_ms: repeat_shift_minutes
-                    .map_or(repeat_shift_hours * MS_PER_HOUR, |m| m * 60_000),
-                rate,
-                ..ReplayOptions::default()
-            };
-            let archive = archive.map(|root| ArchiveConfig::new(root, &config));
-            bulk_load(
-                config,
-                BulkLoad {
-                    file: &file,
-                    registry: registry.as_deref(),
-                    commands: commands.as_deref(),
-                    archive,
-                    options,
-                    registry_records: Vec::new(),
-                    errors: Vec::new(),
-                },
-                out.as_deref(),
-            )
+        Command::Replay(args) => {
+            bulk_load(config.clone(), args.load(&config)?, args.out.as_deref())
         }
         Command::Sql {
             archive,
             format,
             query,
         } => sql_over_archive(&archive, format, &query),
-        Command::Import(ImportKind::Dex {
+        Command::Import(ImportCommand::Dex {
             files,
             machine,
             telemetry,
@@ -792,43 +396,32 @@ fn run() -> anyhow::Result<()> {
                 out.as_deref(),
             )
         }
-        Command::Import(ImportKind::Csv(table)) => import_table(config, table, None, false),
-        Command::Import(ImportKind::Settlement { table, telemetry }) => {
+        Command::Import(ImportCommand::Csv(table)) => import_table(config, table, None, false),
+        Command::Import(ImportCommand::Settlement { table, telemetry }) => {
             import_table(config, table, telemetry.as_deref(), true)
         }
-        Command::Simulate {
-            out,
-            machines,
-            hours,
-            seed,
-            scenario,
-        } => simulate(&out, machines, hours, seed, scenario.as_deref()),
-        Command::Bridge {
-            mqtt,
-            kafka,
-            client_id,
-            mqtt_user,
-            credentials,
-            insecure_no_auth,
-            refuse_legacy_credentials,
-            max_skew_secs,
-            partitions,
-            max_inflight,
-            max_payload_kib,
-            http,
-            tls_cert,
-            tls_key,
-        } => {
-            let (mqtt_host, mqtt_port) = host_port(&mqtt)?;
-            let credentials = match (credentials, insecure_no_auth) {
-                (Some(path), _) => {
-                    let creds = Credentials::load(&path)?;
+        Command::Simulate(options) => {
+            let wrote = vendflow_firmware::simulate::write_files(&options)?;
+            outln!(
+                "wrote {} events over {} h ({} days) of {} machines to {}",
+                wrote.events,
+                wrote.hours,
+                wrote.hours as f64 * MS_PER_HOUR as f64 / MS_PER_DAY as f64,
+                wrote.machines,
+                options.out.display()
+            );
+            Ok(())
+        }
+        Command::Bridge(options) => {
+            let credentials = match &options.credentials {
+                Some(path) => {
+                    let creds = Credentials::load(path)?;
                     eprintln!(
                         "bridge: {} machine credential(s) from {} ({} still on the legacy shared-key scheme{})",
                         creds.len(),
                         path.display(),
                         creds.legacy(),
-                        if refuse_legacy_credentials {
+                        if options.refuse_legacy_credentials {
                             ", refused"
                         } else {
                             ", accepted until they enrol an Ed25519 key"
@@ -836,31 +429,15 @@ fn run() -> anyhow::Result<()> {
                     );
                     Some(creds)
                 }
-                (None, _) => {
+                None => {
                     eprintln!(
                         "bridge: WARNING --insecure-no-auth: envelopes are not authenticated"
                     );
                     None
                 }
             };
-            let mqtt_credentials = mqtt_user.map(|u| {
-                (
-                    u,
-                    std::env::var("VENDFLOW_MQTT_PASSWORD").unwrap_or_default(),
-                )
-            });
-            let config = BridgeConfig {
-                mqtt_host,
-                mqtt_port,
-                client_id,
-                mqtt_credentials,
-                kafka,
-                partitions,
-                max_inflight: max_inflight.max(1),
-                max_payload: max_payload_kib.saturating_mul(1024),
-                tls: tls_cert.zip(tls_key),
-                http,
-            };
+            let config =
+                options.config(std::env::var("VENDFLOW_MQTT_PASSWORD").unwrap_or_default())?;
             let stop = stop_flag()?;
             let stats = Arc::new(BridgeStats::default());
             eprintln!(
@@ -871,13 +448,7 @@ fn run() -> anyhow::Result<()> {
                 config.kafka,
                 TELEMETRY_TOPIC
             );
-            let verifier = Verifier::new(credentials, max_skew_secs.saturating_mul(1000));
-            let verifier = if refuse_legacy_credentials {
-                verifier.refuse_legacy()
-            } else {
-                verifier
-            };
-            bridge::run(&config, verifier, stats.clone(), &stop)?;
+            bridge::run(&config, options.verifier(credentials), stats.clone(), &stop)?;
             eprintln!("bridge stopped: {}", stats.line());
             Ok(())
         }
@@ -1005,29 +576,6 @@ fn send_command(
     Ok(())
 }
 
-fn parse_outage(text: &str) -> Result<(usize, u32), String> {
-    let (machine, hours) = text
-        .split_once(':')
-        .ok_or_else(|| format!("{text:?} is not MACHINE_INDEX:HOURS, e.g. 7:5"))?;
-    let machine = machine
-        .parse()
-        .map_err(|_| format!("{machine:?} is not a machine index"))?;
-    let hours = hours
-        .parse()
-        .map_err(|_| format!("{hours:?} is not a number of hours"))?;
-    Ok((machine, hours))
-}
-
-fn host_port(address: &str) -> anyhow::Result<(String, u16)> {
-    let (host, port) = address
-        .rsplit_once(':')
-        .with_context(|| format!("{address:?} is not HOST:PORT"))?;
-    let port = port
-        .parse()
-        .with_context(|| format!("{address:?}: port {port:?} is not a number"))?;
-    Ok((host.to_owned(), port))
-}
-
 /// A flag raised by Ctrl-C or SIGTERM.
 fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
@@ -1037,54 +585,17 @@ fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
-fn run_kafka(config: Config, args: RunArgs) -> anyhow::Result<()> {
-    let RunArgs {
-        kafka,
-        out,
-        status,
-        http,
-        pg,
-        serve,
-        tokens,
-        insecure_open_api,
-        credentials,
-        archive,
-        every,
-        partitions,
-        tick_ms,
-    } = args;
-    let _ = insecure_open_api; // clap makes it the alternative to --tokens
-    let service = ServiceConfig {
-        http,
-        pg,
-        tls: serve.tls_files(),
-        api_rate: serve.api_rate,
-        access: tokens.map_or(Access::Open, Access::Tokens),
-        credentials,
-        archive: archive.config(None, &config),
-        snapshot_every: archive.snapshot_every(),
-        summary_every: Duration::from_secs_f64(every.max(0.1)),
-        out,
-        status,
-        ..ServiceConfig::new(config)
-    };
+fn run_kafka(config: Config, options: RunOptions) -> anyhow::Result<()> {
+    let (service, source) = options.service(config);
     let open = matches!(service.access, Access::Open);
-    let running = Service::start(
-        service,
-        Source::Kafka {
-            brokers: kafka.clone(),
-            partitions,
-            tick_ms,
-        },
-        stop_flag()?,
-    )?;
+    let running = Service::start(service, source, stop_flag()?)?;
     if let Some(addr) = running.http_addr() {
         if open {
             eprintln!(
                 "run: WARNING: --insecure-open-api: anyone who reaches {addr} can read and change the fleet"
             );
         }
-        let scheme = serve.scheme();
+        let scheme = options.serve.scheme();
         eprintln!(
             "run: REST API on {scheme}://{addr}/api (see /api/openapi.json), views on {scheme}://{addr}/views, SQL at POST {scheme}://{addr}/sql"
         );
@@ -1104,7 +615,10 @@ fn run_kafka(config: Config, args: RunArgs) -> anyhow::Result<()> {
     if let Some(root) = running.archive_root() {
         eprintln!("run: archiving to {}", root.display());
     }
-    eprintln!("run: consuming {TELEMETRY_TOPIC} and fleet-commands from {kafka}; Ctrl-C to stop");
+    eprintln!(
+        "run: consuming {TELEMETRY_TOPIC} and fleet-commands from {}; Ctrl-C to stop",
+        options.kafka
+    );
     let stopped = running.run(|tick| summary_line(&tick.line()))?;
     if let Some((_, line)) = stopped.archive {
         eprintln!("archive: {line}");
@@ -1113,205 +627,54 @@ fn run_kafka(config: Config, args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[derive(clap::Args)]
-struct PublishArgs {
-    /// MQTT broker, HOST:PORT.
-    #[arg(long, default_value = "127.0.0.1:1883")]
-    mqtt: String,
-    #[arg(long, default_value_t = 20)]
-    machines: usize,
-    /// Simulated hours to publish, ending now (fractions too: 0.05 is 3 minutes).
-    #[arg(long, default_value_t = 6.0)]
-    hours: f64,
-    #[arg(long, default_value_t = 7)]
-    seed: u64,
-    /// Simulated seconds per wall-clock second (default: as fast as the broker takes it).
-    #[arg(long)]
-    speed: Option<f64>,
-    /// Write the fleet's credentials file (public keys) here, for the bridge.
-    #[arg(long)]
-    credentials_out: Option<PathBuf>,
-    /// Write the fleet's registry records here.
-    #[arg(long)]
-    registry_out: Option<PathBuf>,
-    /// Record every published event here as JSON Lines (what an oracle should count).
-    #[arg(long)]
-    record: Option<PathBuf>,
-    /// Only write --credentials-out / --registry-out, publish nothing.
-    #[arg(long)]
-    dry_run: bool,
-    /// Take machine N (0-based) off the network for H hours, one hour into the stream:
-    /// `N:H`. It buffers its sales and flushes them when the network returns.
-    #[arg(long, value_parser = parse_outage)]
-    outage: Vec<(usize, u32)>,
-    /// After the stream, stay connected this many seconds answering commands
-    /// (`machines/+/commands`; they are answered during the stream too).
-    #[arg(long, default_value_t = 0)]
-    linger: u64,
-    /// Keep every message until the platform's delivery receipt for it arrives
-    /// (`machines/{id}/delivered`, sent by `vendflow bridge` once the message is in Kafka), and
-    /// send again what has none after a timeout (at least 5 s, adapted to how long receipts
-    /// take, doubled while resends go unanswered): what a machine's outbox does, so that nothing is lost
-    /// when the broker dies after acknowledging. Needs a bridge (not the demo's embedded broker).
-    #[arg(long)]
-    receipts: bool,
-}
-
-fn publish(args: PublishArgs) -> anyhow::Result<()> {
-    if args.machines == 0 || args.hours.is_nan() || args.hours <= 0.0 {
-        bail!("--machines and --hours must be positive");
-    }
-    let now = Timestamp::now().0;
-    // The simulated span ends now, on a whole minute, so event times are what a live fleet sends.
-    let end = now - now.rem_euclid(60_000);
-    if let Some((machine, hours)) = args.outage.iter().find(|(m, _)| *m >= args.machines) {
-        bail!(
-            "--outage {machine}:{hours}: there are only {} machines",
-            args.machines
-        );
-    }
-    let mut fleet = Fleet::new(&FleetConfig {
-        machines: args.machines,
-        seed: args.seed,
-        start: Timestamp(end - (args.hours * MS_PER_HOUR as f64) as i64),
-        scripted: args
-            .outage
-            .iter()
-            .map(|&(m, hours)| (m, Fault::NetworkOutage { hours }, MS_PER_HOUR))
-            .collect(),
-        // A fleet published again continues its numbers, as firmware does across restarts
-        // (a thousand numbers a millisecond apart: ids stay below 2^53, exact in JSON readers).
-        first_number: u64::try_from(now).unwrap_or(0).saturating_mul(1000),
-        ..FleetConfig::default()
-    });
-    if let Some(path) = &args.credentials_out {
+fn publish(options: PublishOptions) -> anyhow::Result<()> {
+    let (mut fleet, end) = options.fleet(Timestamp::now())?;
+    if let Some(path) = &options.credentials_out {
         let mut creds = Credentials::default();
-        for (machine, hash) in mqtt_sim::simulated_credentials(&fleet, args.seed) {
+        for (machine, hash) in mqtt_sim::simulated_credentials(&fleet, options.seed) {
             creds.insert(&machine, hash);
         }
         creds.save(path)?;
     }
-    if let Some(path) = &args.registry_out {
-        let registry: String = fleet
-            .registry()
-            .iter()
-            .map(|r| r.to_json_line() + "\n")
-            .collect();
-        std::fs::write(path, registry)
-            .with_context(|| format!("cannot write {}", path.display()))?;
+    if let Some(path) = &options.registry_out {
+        vendflow_firmware::publish::write_registry(&fleet, path)?;
     }
-    if args.dry_run {
+    if options.dry_run {
         return Ok(());
     }
-    let (host, port) = host_port(&args.mqtt)?;
+    if options.linger > 0 {
+        eprintln!(
+            "publish: after the stream, answering commands for {} s",
+            options.linger
+        );
+    }
     let stop = stop_flag()?;
-    let client_id = format!("vendflow-publisher-{}", std::process::id());
-    let mut publisher =
-        mqtt_sim::Publisher::connect_with(&host, port, &client_id, args.seed, args.receipts);
-    let mut record = match &args.record {
-        Some(path) => Some(std::io::BufWriter::new(
-            std::fs::File::create(path)
-                .with_context(|| format!("cannot create {}", path.display()))?,
-        )),
-        None => None,
-    };
-    let mut events = 0u64;
-    let mut write_error = None;
-    let started = Instant::now();
-    mqtt_sim::run(
-        &mut fleet,
-        &mut publisher,
-        Timestamp(end),
-        args.speed,
-        &stop,
-        |envelope| {
-            events += envelope.events.len() as u64;
-            if let Some(w) = record.as_mut() {
-                for e in &envelope.events {
-                    if let Err(err) = writeln!(w, "{}", e.to_json_line()) {
-                        write_error.get_or_insert(err);
-                    }
-                }
-            }
-        },
-        |_| {},
-    )?;
-    if let Some(e) = write_error {
-        bail!("cannot record the published events: {e}");
+    let published = vendflow_firmware::publish::publish(&options, &mut fleet, end, &stop)?;
+    if options.linger > 0 {
+        eprintln!("publish: answered {} command(s)", published.answered);
     }
-    if let Some(mut w) = record {
-        w.flush()?;
-    }
-    if args.linger > 0 {
-        eprintln!("publish: answering commands for {} s", args.linger);
-        let answered = mqtt_sim::serve_commands(
-            &mut fleet,
-            &mut publisher,
-            Duration::from_secs(args.linger),
-            &stop,
-        )?;
-        eprintln!("publish: answered {answered} command(s)");
-    }
-    let envelopes = publisher.finish(Duration::from_secs(120))?;
     outln!(
-        "published {envelopes} envelopes ({events} events) of {} machines in {:.1}s, all {} {}",
-        args.machines,
-        started.elapsed().as_secs_f64(),
-        if args.receipts {
+        "published {} envelopes ({} events) of {} machines in {:.1}s, all {} {}",
+        published.envelopes,
+        published.events,
+        options.machines,
+        published.elapsed.as_secs_f64(),
+        if options.receipts {
             "receipted (durable in Kafka) through"
         } else {
             "acknowledged by"
         },
-        args.mqtt
+        options.mqtt
     );
     Ok(())
 }
 
-fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
-    let DemoArgs {
-        machines,
-        speed,
-        seed,
-        every,
-        duration,
-        mqtt_port,
-        http,
-        pg,
-        serve,
-        archive,
-    } = args;
-    let scheme = serve.scheme();
-    let default_root = std::env::temp_dir().join(format!("vendflow-demo-{}", std::process::id()));
-    let archive_config = archive.config(
-        Some(archive.archive.clone().unwrap_or(default_root)),
-        &config,
-    );
-    let token_dir = archive_config
-        .as_ref()
-        .map(|a| a.root.clone())
-        .unwrap_or_else(std::env::temp_dir);
-    let service = ServiceConfig {
-        http: Some(free_or_any(http)?),
-        pg: Some(free_or_any(pg)?),
-        tls: serve.tls_files(),
-        api_rate: serve.api_rate,
-        access: Access::TokensWithAdmin(token_dir.join("tokens.jsonl")),
-        archive: archive_config,
-        snapshot_every: archive.snapshot_every(),
-        summary_every: Duration::from_secs_f64(every.max(0.1)),
-        ..ServiceConfig::new(config)
-    };
-    let running = Service::start(
-        service,
-        Source::Simulated(Simulation {
-            machines,
-            speed,
-            seed,
-            mqtt_port,
-            duration: duration.map(|d| Duration::from_secs_f64(d.max(0.0))),
-        }),
-        stop_flag()?,
-    )?;
+fn demo(config: Config, options: DemoOptions) -> anyhow::Result<()> {
+    let scheme = options.serve.scheme();
+    let (service, source) = options.service(config, |taken, instead| {
+        eprintln!("{taken} is in use; using {instead} instead");
+    })?;
+    let running = Service::start(service, source, stop_flag()?)?;
     let (Some(addr), Some(pg), Some(mqtt), Some(admin_token)) = (
         running.http_addr(),
         running.pg_addr(),
@@ -1321,7 +684,9 @@ fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
         bail!("the demo started without its HTTP, Postgres or MQTT endpoint");
     };
     summaryln!(
-        "vendflow demo: {machines} simulated machines at {speed}x from {}, publishing to the embedded MQTT broker on {mqtt} (Ctrl-C to stop)",
+        "vendflow demo: {} simulated machines at {}x from {}, publishing to the embedded MQTT broker on {mqtt} (Ctrl-C to stop)",
+        options.machines,
+        options.speed,
         running.simulated_from().unwrap_or_default()
     );
     summaryln!(
@@ -1364,30 +729,16 @@ fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
 /// the events like a replay.
 fn import_table(
     config: Config,
-    table: TableArgs,
+    table: TableOptions,
     telemetry: Option<&std::path::Path>,
     settlement: bool,
 ) -> anyhow::Result<()> {
-    let map = ColumnMap::parse(&table.map, table.machine.is_some())?;
-    let import = CsvImport::new(map, table.machine, Some(&table.tz))?;
     let temporary = tempfile::NamedTempFile::new()?;
-    let events_path = table.events.unwrap_or_else(|| temporary.path().to_owned());
-    let converted = if settlement {
-        // Settlement lines are few (card transactions); they are merged into the telemetry in
-        // time order.
-        let mut lines = Vec::new();
-        let converted = convert_settlement(&table.file, &import, &mut lines)?;
-        merge_by_time(&lines, telemetry, &events_path)?;
-        converted
-    } else {
-        let mut writer = std::io::BufWriter::new(
-            std::fs::File::create(&events_path)
-                .with_context(|| format!("cannot write {}", events_path.display()))?,
-        );
-        let converted = convert_csv(&table.file, &import, &mut writer)?;
-        writer.flush()?;
-        converted
-    };
+    let events_path = table
+        .events
+        .clone()
+        .unwrap_or_else(|| temporary.path().to_owned());
+    let converted = table.convert(settlement, telemetry, &events_path)?;
     outln!(
         "{}: {} rows, {} {}, {} refused",
         table.file.display(),
@@ -1555,59 +906,4 @@ fn too_late_summary(snapshot: &vendflow_dataflows::Snapshot) -> String {
                 .join(", ")
         })
         .unwrap_or_default()
-}
-
-fn simulate(
-    out: &std::path::Path,
-    machines: usize,
-    hours: i64,
-    seed: u64,
-    scenario: Option<&str>,
-) -> anyhow::Result<()> {
-    let config = match scenario {
-        None => FleetConfig {
-            machines,
-            seed,
-            ..FleetConfig::default()
-        },
-        Some(name) => FleetConfig::scenario(name, seed).with_context(|| {
-            format!(
-                "unknown scenario {name:?}; the scenarios are {}",
-                FleetConfig::SCENARIOS.join(", ")
-            )
-        })?,
-    };
-    if hours <= 0 || hours > 24 * 60 {
-        bail!("--hours must be between 1 and {}", 24 * 60);
-    }
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let mut fleet = Fleet::new(&config);
-    let registry: String = fleet
-        .registry()
-        .iter()
-        .map(|r| r.to_json_line() + "\n")
-        .collect();
-    std::fs::write(out.join("registry.jsonl"), registry)?;
-    let mut events = String::new();
-    let mut count = 0;
-    let end = config.start.0 + hours * MS_PER_HOUR;
-    let mut t = config.start.0;
-    while t < end {
-        t = (t + 10_000).min(end);
-        for envelope in fleet.advance(Timestamp(t)) {
-            for e in envelope.events {
-                events.push_str(&e.to_json_line());
-                events.push('\n');
-                count += 1;
-            }
-        }
-    }
-    std::fs::write(out.join("events.jsonl"), events)?;
-    outln!(
-        "wrote {count} events over {hours} h ({} days) of {} machines to {}",
-        hours as f64 * MS_PER_HOUR as f64 / MS_PER_DAY as f64,
-        config.machines,
-        out.display()
-    );
-    Ok(())
 }

@@ -7,8 +7,12 @@
 //! # Layout
 //! - [`fleet`]: the registry of a simulated fleet and the machines' behaviour over time.
 //! - [`mqtt`]: simulated machines publishing signed envelopes over real MQTT.
+//! - [`publish`]: `vendflow publish`, a fleet publishing its span up to now over MQTT.
+//! - [`simulate`]: `vendflow simulate`, a fleet's registry and events written to files.
 
 pub mod fleet;
 pub mod mqtt;
+pub mod publish;
+pub mod simulate;
 
 pub use fleet::{Fault, Fleet, FleetConfig};

@@ -41,6 +41,14 @@ pub fn simulated_credentials(fleet: &Fleet, seed: u64) -> Vec<(String, StoredKey
 pub enum PublishError {
     #[error("mqtt {0}: {1}")]
     Mqtt(String, String),
+    /// Options that cannot be carried out (bad input).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot write {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{outstanding} message(s) still unacknowledged by the broker after {waited:?}")]
     Unacknowledged { outstanding: u64, waited: Duration },
     #[error(

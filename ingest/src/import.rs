@@ -84,6 +84,129 @@ impl Field {
     }
 }
 
+/// `vendflow import`: what operators already have.
+#[derive(clap::Subcommand, Clone, Debug)]
+pub enum ImportCommand {
+    /// A sales export with a header row, one sale line per row.
+    ///
+    /// Example: vendflow import csv sales.csv --archive archive/
+    ///   --map 'machine=Machine,time=Trans Date,transaction=Trans ID,slot=Coil,quantity=Qty,amount=Line Total,payment=Type,location=Location'
+    ///
+    /// Fields: machine, product, transaction, slot, quantity, amount (the line total), time (the
+    /// date, with or without the time of day), clock (a separate time-of-day column), payment,
+    /// location, offline (yes/no: a card sale the machine authorised alone while offline).
+    /// amount and time are required, and machine unless --machine is given. Money is
+    /// read exactly ($1,234.50, (3.00) for a refund); dates as exports write them (1/31/2022,
+    /// 2022-01-31, Monday, January 31, 2022, with or without 13:05 or 1:05 PM). Refused rows are
+    /// listed with their line numbers and kept in the errors view.
+    Csv(TableOptions),
+    /// A payment processor's settlement file: one card transaction per row, with what became of
+    /// it (settled, declined or reversed).
+    ///
+    /// Example: vendflow import settlement settlement.csv --telemetry sales.jsonl --out views/
+    ///   --map 'machine=Terminal,time=Auth Time,transaction=Reference,amount=Amount,status=Result'
+    ///
+    /// Fields: machine, transaction, amount, time, clock, status (all but clock required; machine
+    /// unless --machine is given). Status words: settled / approved / captured / paid, declined /
+    /// failed / rejected, reversed / refunded / chargeback. With the machines' telemetry
+    /// (--telemetry, JSON Lines) loaded alongside, `settlement_daily` compares each machine-day's
+    /// card sales with what the processor paid, and `settlement_exceptions` lists each
+    /// transaction they disagree on; an offline sale the processor declined is marked for review.
+    Settlement {
+        #[command(flatten)]
+        table: TableOptions,
+        /// The machines' telemetry (JSON Lines) over the same span, loaded with the file.
+        #[arg(long)]
+        telemetry: Option<std::path::PathBuf>,
+    },
+    /// EVA-DTS / DEX audit files, the audit read from every machine (DXS, ST, ID1, VA1, CA2,
+    /// PA1 price per column, PA2 vend counters, EA3 / ID5 read time, SE, DXE).
+    ///
+    /// Consecutive audits of a machine become per-column sales for the period between them
+    /// (`dex_audits`), and with the machine's telemetry (--telemetry) the `reconciliation` view:
+    /// per period and slot, matched, missing in telemetry, missing in the audit, or an amount
+    /// difference. Counter resets and unreadable segments are reported, not guessed.
+    Dex {
+        /// Audit files, in any order.
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+        /// The machine of every file (default: each audit's serial number, ID101).
+        #[arg(long)]
+        machine: Option<String>,
+        /// The machines' telemetry (JSON Lines) over the same span, loaded with the audits.
+        #[arg(long)]
+        telemetry: Option<std::path::PathBuf>,
+        /// Directory for `<view>.csv` (created if missing).
+        #[arg(long, short, required_unless_present = "archive")]
+        out: Option<std::path::PathBuf>,
+        /// Parquet archive directory.
+        #[arg(long)]
+        archive: Option<std::path::PathBuf>,
+        /// Registry records (machines, locations, leases) as JSON Lines.
+        #[arg(long)]
+        registry: Option<std::path::PathBuf>,
+    },
+}
+
+/// A CSV file with a header row and a column mapping (`import csv`, `import settlement`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct TableOptions {
+    pub file: std::path::PathBuf,
+    /// FIELD=COLUMN pairs, separated by commas (a pair with a comma in its column name is
+    /// quoted whole: "amount=Line, Total").
+    #[arg(long)]
+    pub map: String,
+    /// The machine of every row (a file of one machine with no machine column).
+    #[arg(long)]
+    pub machine: Option<String>,
+    /// The time zone of the file's local times (IANA name, e.g. Europe/Paris).
+    #[arg(long, default_value = "UTC")]
+    pub tz: String,
+    /// Keep the converted events (JSON Lines) here (default: a temporary file).
+    #[arg(long)]
+    pub events: Option<std::path::PathBuf>,
+    /// Directory for `<view>.csv` (created if missing).
+    #[arg(long, short, required_unless_present = "archive")]
+    pub out: Option<std::path::PathBuf>,
+    /// Parquet archive directory: raw events, history of the daily views, final snapshot.
+    #[arg(long)]
+    pub archive: Option<std::path::PathBuf>,
+    /// Registry records (machines, locations, leases) as JSON Lines.
+    #[arg(long)]
+    pub registry: Option<std::path::PathBuf>,
+}
+
+impl TableOptions {
+    /// Converts the file's rows into events written (JSON Lines) to `events`: sale lines, or with
+    /// `settlement` the processor's settlement lines merged in time order into `telemetry` (the
+    /// machines' own events over the same span, when given).
+    pub fn convert(
+        &self,
+        settlement: bool,
+        telemetry: Option<&Path>,
+        events: &Path,
+    ) -> Result<Converted, ImportError> {
+        let map = ColumnMap::parse(&self.map, self.machine.is_some())?;
+        let import = CsvImport::new(map, self.machine.clone(), Some(&self.tz))?;
+        if settlement {
+            // Settlement lines are few (card transactions): held, then merged.
+            let mut lines = Vec::new();
+            let converted = convert_settlement(&self.file, &import, &mut lines)?;
+            merge_by_time(&lines, telemetry, events)?;
+            return Ok(converted);
+        }
+        let cannot_write = |e: std::io::Error| ImportError::File {
+            path: events.display().to_string(),
+            message: format!("cannot write: {e}"),
+        };
+        let mut writer =
+            std::io::BufWriter::new(std::fs::File::create(events).map_err(cannot_write)?);
+        let converted = convert_csv(&self.file, &import, &mut writer)?;
+        writer.flush().map_err(cannot_write)?;
+        Ok(converted)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
     #[error(

@@ -28,9 +28,11 @@
 //! messages waiting for Kafka the bridge also slows its reading.
 
 mod commands;
+mod options;
 
 pub use crate::gateway::{BridgeStats, PendingCommands, answered_commands};
 pub use commands::Downlink;
+pub use options::BridgeOptions;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -88,6 +90,9 @@ pub enum BridgeError {
     Http(#[from] crate::http::ServeError),
     #[error("cannot start the MQTT thread: {0}")]
     Thread(std::io::Error),
+    /// Options that cannot be carried out (bad input).
+    #[error("{0}")]
+    Options(String),
 }
 
 /// One MQTT message on its way: acknowledged once Kafka has it and everything before it.

@@ -22,6 +22,83 @@ use vendflow_sinks::archive::{Archive, ArchiveConfig};
 
 use super::{ServiceError, archive_tap};
 
+/// The options of `vendflow replay`: a recorded file through every view.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ReplayArgs {
+    /// Events, one per line (or an envelope per line), as recorded or generated.
+    pub file: PathBuf,
+    /// Directory for `<view>.csv` (created if missing).
+    #[arg(long, short, required_unless_present = "archive")]
+    pub out: Option<PathBuf>,
+    /// Parquet archive directory (created if missing): raw events, the history of the daily
+    /// views, and a final snapshot of every view.
+    #[arg(long)]
+    pub archive: Option<PathBuf>,
+    /// Registry records (machines, locations, leases) as JSON Lines.
+    #[arg(long)]
+    pub registry: Option<PathBuf>,
+    /// Commands sent to the machines (JSON Lines, as on `machine-commands`), so that the
+    /// acknowledgements in the file find their commands in the `commands` view.
+    #[arg(long)]
+    pub commands: Option<PathBuf>,
+    /// Granularity of the ingestion clock in milliseconds: the events of one tick are
+    /// ingested together, and each view changes once per key and tick. Default: 3600000
+    /// (one hour of event time, a bulk load's steps; also the most it takes), or 1000 with
+    /// --rate (as live).
+    #[arg(long)]
+    pub tick_ms: Option<u64>,
+    /// Replay the file this many times, each copy shifted later in event time (load tests).
+    #[arg(long, default_value_t = 1, hide = true)]
+    pub repeat: u32,
+    /// Hours between copies with --repeat.
+    #[arg(long, default_value_t = 24, hide = true)]
+    pub repeat_shift_hours: i64,
+    /// Minutes between copies with --repeat (instead of --repeat-shift-hours): copies that
+    /// overlap in event time, the same machines at a multiple of their rate.
+    #[arg(long, hide = true)]
+    pub repeat_shift_minutes: Option<i64>,
+    /// Pace the replay at this many events per second (default: as fast as possible).
+    #[arg(long)]
+    pub rate: Option<f64>,
+}
+
+impl ReplayArgs {
+    /// The load these options ask for, with the archive's settings for `engine`.
+    pub fn load(&self, engine: &Config) -> Result<BulkLoad<'_>, ServiceError> {
+        if let Some(tick) = self.tick_ms
+            && !(1..=vendflow_ingest::file::BULK_TICK_MS).contains(&tick)
+        {
+            return Err(ServiceError::Config(format!(
+                "--tick-ms must be between 1 and {} (one hour: the finest grain of the hourly views)",
+                vendflow_ingest::file::BULK_TICK_MS
+            )));
+        }
+        let options = ReplayOptions {
+            tick_ms: self.tick_ms,
+            repeat: self.repeat,
+            repeat_shift_ms: self.repeat_shift_minutes.map_or(
+                self.repeat_shift_hours
+                    .saturating_mul(vendflow_protocol::units::MS_PER_HOUR),
+                |m| m.saturating_mul(60_000),
+            ),
+            rate: self.rate,
+            ..ReplayOptions::default()
+        };
+        Ok(BulkLoad {
+            file: &self.file,
+            registry: self.registry.as_deref(),
+            commands: self.commands.as_deref(),
+            archive: self
+                .archive
+                .as_ref()
+                .map(|root| ArchiveConfig::new(root, engine)),
+            options,
+            registry_records: Vec::new(),
+            errors: Vec::new(),
+        })
+    }
+}
+
 /// What to load and where.
 pub struct BulkLoad<'a> {
     pub file: &'a Path,

@@ -19,6 +19,7 @@
 //! broker's: rumqttd has no way to stop, so it ends with the process.
 
 pub mod bulk;
+mod options;
 mod source;
 mod ticker;
 
@@ -40,6 +41,7 @@ use crate::api::{ApiState, Pipeline, SourceCounters};
 use crate::auth::{Role, Tenant, Tokens};
 use crate::sql::{Limits, Sql};
 
+pub use options::{ArchiveOptions, DemoOptions, RunOptions, ServeOptions};
 pub use source::{Simulation, Source};
 pub use ticker::Tick;
 

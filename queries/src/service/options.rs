@@ -1,0 +1,332 @@
+//! The options of `vendflow run` and `vendflow demo`, declared beside the service they start:
+//! each turns into a [`ServiceConfig`] and a [`Source`], and the two commands differ only there.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use vendflow_dataflows::Config;
+use vendflow_sinks::archive::ArchiveConfig;
+
+use super::{Access, ServiceConfig, ServiceError, Simulation, Source};
+
+/// TLS and the API's rate limit, for both commands.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ServeOptions {
+    /// Serve --http as HTTPS and --pg with TLS with this certificate chain (PEM). Logins over
+    /// the Postgres protocol then need TLS (`sslmode=require`; psql's default `prefer` uses it),
+    /// so tokens never cross the network in clear.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Requests per second one token may make to the HTTP API (bursts of twice as many); past
+    /// it, 429 with Retry-After.
+    #[arg(long, default_value_t = crate::api::limits::Rate::PER_SECOND)]
+    pub api_rate: u32,
+}
+
+impl ServeOptions {
+    /// (certificate, key) when given.
+    pub fn tls_files(&self) -> Option<(PathBuf, PathBuf)> {
+        self.tls_cert.clone().zip(self.tls_key.clone())
+    }
+
+    /// `https` with TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}
+
+/// The Parquet archive of a running service.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ArchiveOptions {
+    /// Write the Parquet archive into this directory: raw events and rejected records by event
+    /// date and hour, snapshots of every view, and the closed days of the revenue and window
+    /// views; SQL then also has `events`, `rejected` and `<view>_history` (the demo defaults to
+    /// a new temporary directory).
+    #[arg(long)]
+    pub archive: Option<PathBuf>,
+    /// Seconds between archive flushes (each writes one file per hour partition it touches).
+    #[arg(long, default_value_t = 10.0)]
+    pub archive_flush_secs: f64,
+    /// Seconds between snapshots of the views into the archive (and history updates).
+    #[arg(long, default_value_t = 60.0)]
+    pub archive_snapshot_secs: f64,
+    /// Compact an hour partition once it holds this many files.
+    #[arg(long, default_value_t = 16)]
+    pub archive_compact_files: usize,
+    /// Days of raw events and rejected records kept.
+    #[arg(long, default_value_t = 90)]
+    pub raw_retention_days: i64,
+    /// Days of per-day history kept.
+    #[arg(long, default_value_t = 730)]
+    pub history_retention_days: i64,
+}
+
+impl ArchiveOptions {
+    /// The archive's settings, at `root` or --archive (None: no archive).
+    pub fn config(&self, root: Option<PathBuf>, engine: &Config) -> Option<ArchiveConfig> {
+        let root = root.or_else(|| self.archive.clone())?;
+        Some(ArchiveConfig {
+            flush_every: Duration::from_secs_f64(self.archive_flush_secs.max(0.05)),
+            compact_min_files: self.archive_compact_files,
+            raw_retention_days: self.raw_retention_days,
+            history_retention_days: self.history_retention_days,
+            ..ArchiveConfig::new(&root, engine)
+        })
+    }
+
+    pub fn snapshot_every(&self) -> Duration {
+        Duration::from_secs_f64(self.archive_snapshot_secs.max(0.1))
+    }
+}
+
+/// `vendflow run`: the dataflows on the Kafka log.
+#[derive(clap::Args, Clone, Debug)]
+pub struct RunOptions {
+    /// Kafka bootstrap servers.
+    #[arg(long)]
+    pub kafka: String,
+    /// Write every view as CSV (and status.json) into this directory at each summary.
+    #[arg(long, short)]
+    pub out: Option<PathBuf>,
+    /// Write only the status (frontier, lagMs, consumed offsets) as JSON to this file at
+    /// each summary.
+    #[arg(long)]
+    pub status: Option<PathBuf>,
+    /// Serve the views over HTTP on this address: `GET /views`, `/views/<name>`, live changes
+    /// as Server-Sent Events at `/views/<name>/subscribe`, and SQL at `POST /sql`.
+    #[arg(long)]
+    pub http: Option<std::net::SocketAddr>,
+    /// Serve SQL over the Postgres wire protocol on this address (`psql -h HOST -p PORT`).
+    #[arg(long)]
+    pub pg: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub serve: ServeOptions,
+    /// Tokens file (`vendflow token create`): every HTTP request but /health, /metrics and
+    /// /api/openapi.json needs one of its tokens.
+    #[arg(long, required_unless_present = "insecure_open_api")]
+    pub tokens: Option<PathBuf>,
+    /// Serve HTTP without access control (trusted networks and tests only).
+    #[arg(long)]
+    pub insecure_open_api: bool,
+    /// Machine credentials file: `POST /api/machines` stores each new machine's public key
+    /// here (the file the bridge's --credentials reads).
+    #[arg(long)]
+    pub credentials: Option<PathBuf>,
+    #[command(flatten)]
+    pub archive: ArchiveOptions,
+    /// Seconds between summaries.
+    #[arg(long, default_value_t = 2.0)]
+    pub every: f64,
+    /// Partitions of `machine-telemetry` if it has to be created.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: i32,
+    /// Granularity of the ingestion clock in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub tick_ms: u64,
+}
+
+impl RunOptions {
+    /// The service and its Kafka source. Without --tokens (clap requires
+    /// --insecure-open-api then) anyone who reaches the ports may use them.
+    pub fn service(&self, engine: Config) -> (ServiceConfig, Source) {
+        let service = ServiceConfig {
+            http: self.http,
+            pg: self.pg,
+            tls: self.serve.tls_files(),
+            api_rate: self.serve.api_rate,
+            access: self.tokens.clone().map_or(Access::Open, Access::Tokens),
+            credentials: self.credentials.clone(),
+            archive: self.archive.config(None, &engine),
+            snapshot_every: self.archive.snapshot_every(),
+            summary_every: Duration::from_secs_f64(self.every.max(0.1)),
+            out: self.out.clone(),
+            status: self.status.clone(),
+            ..ServiceConfig::new(engine)
+        };
+        let source = Source::Kafka {
+            brokers: self.kafka.clone(),
+            partitions: self.partitions,
+            tick_ms: self.tick_ms,
+        };
+        (service, source)
+    }
+}
+
+/// `vendflow demo`: a simulated fleet through the whole service.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DemoOptions {
+    /// Simulated machines.
+    #[arg(long, default_value_t = 1000)]
+    pub machines: usize,
+    /// Simulated seconds per wall-clock second.
+    #[arg(long, default_value_t = 60.0)]
+    pub speed: f64,
+    /// Seed of the simulation (same seed, same fleet, same events).
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Seconds between summaries.
+    #[arg(long, default_value_t = 2.0)]
+    pub every: f64,
+    /// Stop after this many wall-clock seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Port of the embedded MQTT broker on 127.0.0.1 (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    pub mqtt_port: u16,
+    /// HTTP address: the views, live subscriptions and `POST /sql`, and telemetry over HTTP
+    /// (`POST /api/telemetry`, the simulated machines' credentials) into the embedded broker.
+    /// If the port is taken, any free port is used and printed.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http: std::net::SocketAddr,
+    /// Postgres wire protocol address for SQL (`psql`); any free port if taken.
+    #[arg(long, default_value = "127.0.0.1:5433")]
+    pub pg: std::net::SocketAddr,
+    #[command(flatten)]
+    pub serve: ServeOptions,
+    #[command(flatten)]
+    pub archive: ArchiveOptions,
+}
+
+impl DemoOptions {
+    /// The service and its simulated source. The archive defaults to a new directory in the
+    /// system's temporary one, where the admin token's file goes too; a taken HTTP or Postgres
+    /// port is replaced by any free one (`on_moved` hears which).
+    pub fn service(
+        &self,
+        engine: Config,
+        mut on_moved: impl FnMut(std::net::SocketAddr, std::net::SocketAddr),
+    ) -> Result<(ServiceConfig, Source), ServiceError> {
+        let default_root =
+            std::env::temp_dir().join(format!("vendflow-demo-{}", std::process::id()));
+        let archive = self.archive.config(
+            Some(self.archive.archive.clone().unwrap_or(default_root)),
+            &engine,
+        );
+        let token_dir = archive
+            .as_ref()
+            .map(|a| a.root.clone())
+            .unwrap_or_else(std::env::temp_dir);
+        let mut free_or_any = |addr| {
+            let (free, moved) = free_or_any(addr)?;
+            if moved {
+                on_moved(addr, free);
+            }
+            Ok::<_, ServiceError>(free)
+        };
+        let service = ServiceConfig {
+            http: Some(free_or_any(self.http)?),
+            pg: Some(free_or_any(self.pg)?),
+            tls: self.serve.tls_files(),
+            api_rate: self.serve.api_rate,
+            access: Access::TokensWithAdmin(token_dir.join("tokens.jsonl")),
+            archive,
+            snapshot_every: self.archive.snapshot_every(),
+            summary_every: Duration::from_secs_f64(self.every.max(0.1)),
+            ..ServiceConfig::new(engine)
+        };
+        let source = Source::Simulated(Simulation {
+            machines: self.machines,
+            speed: self.speed,
+            seed: self.seed,
+            mqtt_port: self.mqtt_port,
+            duration: self.duration.map(|d| Duration::from_secs_f64(d.max(0.0))),
+        });
+        Ok((service, source))
+    }
+}
+
+/// `addr` when it is free, or any free port on its host when it is taken (and then `true`).
+fn free_or_any(addr: std::net::SocketAddr) -> Result<(std::net::SocketAddr, bool), ServiceError> {
+    let bound = match std::net::TcpListener::bind(addr) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            std::net::TcpListener::bind((addr.ip(), 0)).map(|l| (l, true))
+        }
+        other => other.map(|l| (l, false)),
+    };
+    bound
+        .and_then(|(listener, moved)| Ok((listener.local_addr()?, moved)))
+        .map_err(|e| ServiceError::Config(format!("cannot listen on {addr}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: Command,
+    }
+
+    #[derive(clap::Subcommand)]
+    enum Command {
+        Run(RunOptions),
+        Demo(DemoOptions),
+    }
+
+    fn parse(args: &[&str]) -> Result<Command, clap::Error> {
+        Cli::try_parse_from(std::iter::once("vendflow").chain(args.iter().copied()))
+            .map(|c| c.command)
+    }
+
+    #[test]
+    fn run_needs_tokens_or_an_explicitly_open_api() {
+        assert!(parse(&["run", "--kafka", "k:9092"]).is_err());
+        let Ok(Command::Run(open)) = parse(&["run", "--kafka", "k:9092", "--insecure-open-api"])
+        else {
+            panic!("run with an open API parses");
+        };
+        let (service, source) = open.service(Config::default());
+        assert!(matches!(service.access, Access::Open));
+        assert!(matches!(source, Source::Kafka { ref brokers, .. } if brokers == "k:9092"));
+        let Ok(Command::Run(tokens)) = parse(&[
+            "run",
+            "--kafka",
+            "k:9092",
+            "--tokens",
+            "t.jsonl",
+            "--archive",
+            "a",
+        ]) else {
+            panic!("run with tokens parses");
+        };
+        let (service, _) = tokens.service(Config::default());
+        assert!(matches!(service.access, Access::Tokens(ref p) if p == &PathBuf::from("t.jsonl")));
+        assert_eq!(service.archive.map(|a| a.root), Some(PathBuf::from("a")));
+    }
+
+    #[test]
+    fn a_taken_demo_port_is_replaced_and_told() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = taken.local_addr().expect("addr");
+        let Ok(Command::Demo(demo)) = parse(&[
+            "demo",
+            "--http",
+            &addr.to_string(),
+            "--pg",
+            "127.0.0.1:0",
+            "--archive",
+            "demo-archive",
+        ]) else {
+            panic!("demo parses");
+        };
+        let mut moved = Vec::new();
+        let (service, _) = demo
+            .service(Config::default(), |from, to| moved.push((from, to)))
+            .expect("service");
+        let http = service.http.expect("http");
+        assert_ne!(http, addr);
+        assert_eq!(moved, vec![(addr, http)]);
+        assert!(
+            matches!(service.access, Access::TokensWithAdmin(ref p) if p == &PathBuf::from("demo-archive/tokens.jsonl"))
+        );
+    }
+}
