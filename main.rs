@@ -18,7 +18,7 @@ use vendflow_ingest::auth::Credentials;
 use vendflow_ingest::bridge::{self, BridgeOptions, BridgeStats};
 use vendflow_ingest::file::ReplayOptions;
 use vendflow_ingest::import::{ImportCommand, TableOptions, convert_dex, merge_by_time};
-use vendflow_ingest::kafka::TELEMETRY_TOPIC;
+use vendflow_ingest::kafka::{CommandOptions, TELEMETRY_TOPIC};
 use vendflow_protocol::Timestamp;
 use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR};
 use vendflow_queries::auth::{Role, Tenant, Tokens};
@@ -116,25 +116,7 @@ enum Command {
     /// on MQTT `machines/{id}/commands` (and offers it to machines polling over HTTP), and the
     /// engine's `commands` view shows it pending until the machine answers.
     #[command(name = "command")]
-    Send {
-        /// Kafka bootstrap servers.
-        #[arg(long, default_value = "127.0.0.1:9092")]
-        kafka: String,
-        /// The machine, e.g. mach_00042.
-        #[arg(long)]
-        machine: String,
-        /// UPDATE_PRICE (needs --slot and --price) or REBOOT.
-        #[arg(long = "type", value_name = "TYPE")]
-        kind: String,
-        #[arg(long)]
-        slot: Option<u32>,
-        /// New price, e.g. 2.75.
-        #[arg(long)]
-        price: Option<String>,
-        /// Command id (default: a new unique one).
-        #[arg(long)]
-        id: Option<String>,
-    },
+    Send(CommandOptions),
     /// Access tokens for the REST API, the views, SQL and the dashboard.
     Token {
         #[command(subcommand)]
@@ -470,14 +452,15 @@ fn run() -> anyhow::Result<()> {
             eprintln!("sent {sent} registry record(s) to fleet-commands on {kafka}");
             Ok(())
         }
-        Command::Send {
-            kafka,
-            machine,
-            kind,
-            slot,
-            price,
-            id,
-        } => send_command(&kafka, &machine, &kind, slot, price.as_deref(), id),
+        Command::Send(options) => {
+            let command = options.command(Timestamp::now())?;
+            let (partition, offset) =
+                vendflow_ingest::kafka::send_command(&options.kafka, &command)
+                    .with_context(|| format!("sending the command to {}", options.kafka))?;
+            eprintln!("sent to machine-commands/{partition}@{offset}");
+            outln!("{}", command.to_json());
+            Ok(())
+        }
         Command::Token {
             command:
                 TokenCommand::Create {
@@ -536,44 +519,6 @@ fn run() -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-fn send_command(
-    kafka: &str,
-    machine: &str,
-    kind: &str,
-    slot: Option<u32>,
-    price: Option<&str>,
-    id: Option<String>,
-) -> anyhow::Result<()> {
-    let now = Timestamp::now().0;
-    let command_id = id.unwrap_or_else(|| {
-        format!(
-            "cmd_{now:x}_{:x}",
-            std::process::id() ^ (now as u32).rotate_left(7)
-        )
-    });
-    // Built as wire JSON and decoded, so the CLI accepts exactly what the bridge and engine do.
-    let mut wire = serde_json::json!({
-        "commandId": command_id, "machineId": machine, "issuedAt": now, "type": kind,
-    });
-    if let Some(map) = wire.as_object_mut() {
-        if let Some(slot) = slot {
-            map.insert("slotNumber".into(), slot.into());
-        }
-        if let Some(price) = price {
-            let price: serde_json::Value = serde_json::from_str(price)
-                .map_err(|_| anyhow::anyhow!("--price {price:?} is not a number"))?;
-            map.insert("newPrice".into(), price);
-        }
-    }
-    let command = vendflow_protocol::command::decode_command(wire.to_string().as_bytes())
-        .map_err(|e| anyhow::anyhow!("not a valid command: {e}"))?;
-    let (partition, offset) = vendflow_ingest::kafka::send_command(kafka, &command)
-        .with_context(|| format!("sending the command to {kafka}"))?;
-    eprintln!("sent to machine-commands/{partition}@{offset}");
-    outln!("{}", command.to_json());
-    Ok(())
 }
 
 /// A flag raised by Ctrl-C or SIGTERM.
@@ -860,19 +805,7 @@ fn sql_over_archive(
     format: SqlFormat,
     query: &str,
 ) -> anyhow::Result<()> {
-    if !archive.join("history").is_dir() {
-        bail!(
-            "{} is not a vendflow archive (no history/ directory); write one with `vendflow replay FILE --archive DIR` or `vendflow demo --archive DIR`",
-            archive.display()
-        );
-    }
-    let (frontier, views) = vendflow_sinks::archive::newest_snapshot(archive)?.unwrap_or_default();
-    let store = vendflow_dataflows::ViewStore::fixed(frontier, views)?;
-    let sql = vendflow_queries::sql::Sql::open(
-        store,
-        Some(archive),
-        vendflow_queries::sql::Limits::default(),
-    )?;
+    let sql = vendflow_queries::sql::Sql::over_archive(archive)?;
     let answer = sql.query_blocking(query)?;
     let mut stdout = std::io::stdout().lock();
     match format {

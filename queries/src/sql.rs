@@ -363,6 +363,25 @@ impl Sql {
         })
     }
 
+    /// SQL over a Parquet archive alone, with no engine running (`vendflow sql --archive`): the
+    /// views as of the archive's newest snapshot, its history tables and raw events.
+    pub fn over_archive(archive: &Path) -> Result<Arc<Sql>, QueryError> {
+        if !archive.join("history").is_dir() {
+            return Err(QueryError::Invalid(format!(
+                "{} is not a vendflow archive (no history/ directory); write one with `vendflow replay FILE --archive DIR` or `vendflow demo --archive DIR`",
+                archive.display()
+            )));
+        }
+        let failed = |e: &dyn std::fmt::Display| {
+            QueryError::Failed(format!("archive {}: {e}", archive.display()))
+        };
+        let (frontier, views) = vendflow_sinks::archive::newest_snapshot(archive)
+            .map_err(|e| failed(&e))?
+            .unwrap_or_default();
+        let store = ViewStore::fixed(frontier, views).map_err(|e| failed(&e))?;
+        Sql::open(store, Some(archive), Limits::default())
+    }
+
     /// [`Sql::new`] for callers outside a runtime: nothing in it waits on I/O.
     pub fn open(
         store: ViewStore,

@@ -1,7 +1,10 @@
 //! Kafka: the four topic names (defined here only), client configuration, and the source that
 //! feeds the dataflows from the `machine-telemetry` log (see [`source`]).
 
+mod send;
 pub mod source;
+
+pub use send::{CommandOptions, CommandOptionsError};
 
 use std::time::Duration;
 
