@@ -7,13 +7,16 @@
 //! # Layout
 //! - [`file`]: JSON Lines files (replay of recorded telemetry) and registry fixture files.
 //! - [`auth`]: device credentials file, signature and replay checks (bridge and HTTPS).
-//! - [`bridge`]: MQTT → Kafka, acknowledged to MQTT only once Kafka has the message.
+//! - [`bridge`]: MQTT → Kafka, acknowledged to MQTT only once Kafka has the message (and the
+//!   options of `vendflow bridge`).
 //! - [`gateway`]: what the bridge's MQTT and HTTP doors share (counters, pending commands).
 //! - [`http`]: `POST /api/telemetry` (axum), into the same topics as the bridge.
-//! - [`import`]: operators' sales exports (CSV with a column mapping) into sale events.
+//! - [`import`]: operators' sales exports (CSV with a column mapping) into sale events (and the
+//!   options of `vendflow import`).
 //! - `intake`: what every source does with a message once read: split into events and
 //!   counted error records, and shown to the archive's tap at its position.
-//! - [`kafka`]: topics, client settings, and the Kafka source of the dataflows.
+//! - [`kafka`]: topics, client settings, the Kafka source of the dataflows, and the options of
+//!   `vendflow command`.
 //! - [`mqtt`]: the MQTT source (embedded mode, no Kafka) and the embedded broker of the demo.
 //! - [`registry`]: the registry log (upserts by key), on Kafka or straight into the engine.
 //! - [`server`]: a network server on a runtime of its own, stopped and joined on request.

@@ -11,7 +11,8 @@
 //! - [`pg`]: the Postgres wire protocol over the same engine (`psql`, BI tools).
 //! - `filter`: the `?where=` condition of subscriptions.
 //! - [`service`]: the running service, assembled once (engine, source, servers, registry,
-//!   archive, one ticker, an orderly shutdown): what `vendflow demo` and `vendflow run` start.
+//!   archive, one ticker, an orderly shutdown): what `vendflow demo` and `vendflow run` start,
+//!   with their options (and `vendflow replay`'s, in `service::bulk`).
 //!
 //! # Views over HTTP
 //! - `POST /sql`: a read-only SQL query over one snapshot of every view (see [`sql`]).

@@ -3,7 +3,8 @@
 //! Parquet archive, with one ticker for summaries, status files and archive snapshots.
 //!
 //! `vendflow demo` and `vendflow run` differ only in the [`Source`] they plug in: a simulated
-//! fleet publishing to an embedded MQTT broker, or Kafka. Tests start the same service in-process
+//! fleet publishing to an embedded MQTT broker, or Kafka; their command-line options
+//! ([`RunOptions`], [`DemoOptions`]) turn into a [`ServiceConfig`] and that source. Tests start the same service in-process
 //! (ports 0) and drive it over HTTP and the Postgres protocol.
 //!
 //! # Lifecycle
