@@ -474,6 +474,13 @@ impl Publisher {
     }
 }
 
+/// An MQTT broker's address as the command line gives it, `HOST:PORT` (the host may itself hold
+/// colons, as an IPv6 address does: the port is after the last one).
+pub fn broker_address(text: &str) -> Option<(&str, u16)> {
+    let (host, port) = text.rsplit_once(':')?;
+    Some((host, port.parse().ok()?))
+}
+
 /// Runs `fleet` up to `end`, publishing every envelope; `on_envelope` sees each one first (to
 /// record what was sent), `on_step` the simulated time after each 10-second step.
 /// `pace`: simulated ms per wall ms (None: as fast as the broker takes it).

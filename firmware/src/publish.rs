@@ -140,13 +140,9 @@ pub fn publish(
     end: Timestamp,
     stop: &AtomicBool,
 ) -> Result<Published, PublishError> {
-    let (host, port) = options
-        .mqtt
-        .rsplit_once(':')
-        .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
-        .ok_or_else(|| {
-            PublishError::Invalid(format!("--mqtt {:?} is not HOST:PORT", options.mqtt))
-        })?;
+    let (host, port) = mqtt::broker_address(&options.mqtt).ok_or_else(|| {
+        PublishError::Invalid(format!("--mqtt {:?} is not HOST:PORT", options.mqtt))
+    })?;
     let client_id = format!("vendflow-publisher-{}", std::process::id());
     let mut publisher =
         Publisher::connect_with(host, port, &client_id, options.seed, options.receipts);

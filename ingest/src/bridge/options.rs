@@ -59,11 +59,8 @@ pub struct BridgeOptions {
 impl BridgeOptions {
     /// The bridge's settings; `mqtt_password` goes with `--mqtt-user`.
     pub fn config(&self, mqtt_password: String) -> Result<BridgeConfig, BridgeError> {
-        let (host, port) = self
-            .mqtt
-            .rsplit_once(':')
-            .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
-            .ok_or_else(|| {
+        let (host, port) =
+            vendflow_firmware::mqtt::broker_address(&self.mqtt).ok_or_else(|| {
                 BridgeError::Options(format!("--mqtt {:?} is not HOST:PORT", self.mqtt))
             })?;
         Ok(BridgeConfig {
