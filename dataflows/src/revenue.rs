@@ -583,6 +583,11 @@ where
                     let at = match state.totals.binary_search_by(|(k, _)| k.cmp(&key)) {
                         Ok(at) => at,
                         Err(at) => {
+                            // Most machines hold one day (one hour) at a time: a first entry
+                            // is allocated alone, not with room for three more.
+                            if state.totals.capacity() == 0 {
+                                state.totals.reserve_exact(1);
+                            }
                             state.totals.insert(at, (key, (Totals::default(), 0)));
                             at
                         }
