@@ -232,15 +232,15 @@ fn late_arrival_expectations_show_the_scenario() {
     );
 
     // Late arrivals are counted as such: the Friday sale and heartbeat on Monday, the re-sent
-    // cart and sale, and the two sales 37 days late.
+    // cart and sale, and the three sales 37 days late (the card one also for its window).
     let too_late = rows("too_late.csv");
     let late = |view: &str| -> i64 {
         find(&too_late, "view", view)["events"]
             .parse()
             .unwrap_or_else(|e| panic!("{e}"))
     };
-    assert_eq!(late("sales"), 6, "{too_late:?}");
-    assert_eq!(late("anomaly_windows"), 1, "{too_late:?}");
+    assert_eq!(late("sales"), 7, "{too_late:?}");
+    assert_eq!(late("anomaly_windows"), 2, "{too_late:?}");
     // ... and the re-deliveries were recognised, 3 days late, by the ledger on disk.
     let duplicates = rows("sale_duplicates.csv");
     assert_eq!(find(&duplicates, "machine_id", "m_a")["duplicates"], "3");
@@ -261,10 +261,27 @@ fn late_arrival_expectations_show_the_scenario() {
     // The sales 37 days late still count, as corrections of their own (closed) days: by UTC
     // day, and by the machine's local day.
     let corrections = rows("revenue_corrections.csv");
-    let water = find(&corrections, "machine_id", "m_a");
+    let water_and_cola = find(&corrections, "machine_id", "m_a");
     assert_eq!(
-        (water["day"].as_str(), water["revenue"].as_str()),
-        ("2024-03-02", "1.50")
+        (
+            water_and_cola["day"].as_str(),
+            water_and_cola["revenue"].as_str(),
+            water_and_cola["lines"].as_str()
+        ),
+        ("2024-03-02", "4.00", "2")
+    );
+    // The card sale is also a card-reader attempt of its window, archived long before.
+    let windows = rows("anomaly_window_corrections.csv");
+    assert_eq!(windows.len(), 1, "{windows:?}");
+    let cola = &windows[0];
+    assert_eq!(
+        (
+            cola["machine_id"].as_str(),
+            cola["window_start"].as_str(),
+            cola["arrived"].as_str(),
+            cola["card_attempts"].as_str()
+        ),
+        ("m_a", "2024-03-02T10:00:00Z", "2024-04-08", "1")
     );
     let gum = find(&corrections, "machine_id", "m_t");
     assert_eq!(

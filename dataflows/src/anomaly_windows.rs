@@ -15,24 +15,38 @@
 //!
 //! A late event corrects its own window (the old row is retracted, the new one published) for
 //! `window_retention_ms` after the window closed; then the window is retracted and later events
-//! for it are counted as too late. Every measure is a fold (sum, count, max, min) and events are
+//! for it are counted as too late. A card sale is still counted: a sale's window that had left the
+//! view when the sale arrived (days late, from a machine offline that long) gets the card attempt
+//! in `anomaly_window_corrections`, by the day it arrived, and the archive keeps those rows as
+//! a history table (as `revenue_corrections` does for the days of revenue). Other late events
+//! (heartbeats, doors, errors) have no record of their identity beyond the window, so a
+//! re-delivery could not be told from a first delivery: they stay counted as too late only.
+//! ```sql
+//! -- anomaly_window_corrections: kept until 2 days after the day they arrived
+//! SELECT machine_id, window_start, day(arrival) AS arrived, count(*) AS card_attempts
+//! FROM accepted_card_sale_lines WHERE the window left anomaly_windows before arrival GROUP BY 1, 2, 3
+//! ``` Every measure is a fold (sum, count, max, min) and events are
 //! only ever added, so a window's whole state is one aggregate, however many events it saw, plus
 //! the identities of its events: a re-delivered heartbeat, door or error event is counted once
 //! (and in `event_duplicates`), see [`crate::dedup`].
 
 use std::collections::{BTreeMap, VecDeque};
 
-use differential_dataflow::VecCollection;
+use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
+use timely::dataflow::operators::core::Map;
+use vendflow_protocol::units::MS_PER_DAY;
 use vendflow_protocol::{DoorStatus, ErrorCode, Event, EventKind, MachineId, Milli, Timestamp};
 
 use crate::config::Config;
 use crate::dedup::{self, Seen};
+use crate::fold::{sum_by_key, totals};
 use crate::operators::{
     Emit, FastMap, Fork, Keyed, PUBLISH_CHUNK, Time, as_time, fork, hash_of, state_sizes, trim,
 };
+use crate::revenue::CORRECTIONS_KEPT_DAYS;
 use crate::row::ViewDef;
-use crate::row::{ColumnType::*, Row, RowWriter, col, null};
+use crate::row::{ColumnType::*, Row, RowWriter, Value, col, null};
 use crate::sales::SaleLine;
 
 pub const WINDOWS: ViewDef = ViewDef {
@@ -58,6 +72,20 @@ pub const WINDOWS: ViewDef = ViewDef {
         col("status", Text),
     ],
 };
+
+pub const CORRECTIONS: ViewDef = ViewDef {
+    name: "anomaly_window_corrections",
+    description: "card sales for windows that had already left anomaly_windows when they arrived, per machine, window and arrival day (kept as a history table)",
+    columns: &[
+        col("machine_id", Text),
+        col("window_start", Time),
+        col("arrived", Date),
+        col("card_attempts", Int),
+    ],
+};
+
+/// A window correction's key: (machine, window start, arrival day).
+pub type CorrectionKey = (MachineId, Timestamp, i64);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Level {
@@ -391,6 +419,8 @@ pub struct Windows<'s> {
     pub too_late: VecCollection<'s, Time, MachineId>,
     /// Re-delivered events dropped, one per delivery, with their kind.
     pub duplicates: VecCollection<'s, Time, (MachineId, String)>,
+    /// The `anomaly_window_corrections` rows: card sales whose window had left the view.
+    pub corrections: VecCollection<'s, Time, Row>,
 }
 
 /// What the windows operator emits.
@@ -405,6 +435,8 @@ enum Out {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum Dropped {
     TooLate(MachineId),
+    /// A card sale whose window had left the view: too late for the window, and a correction.
+    LateCard(MachineId, Timestamp),
     Duplicate(MachineId, Kind),
 }
 
@@ -585,7 +617,11 @@ pub fn render<'s>(
             }
             let expires = until(key.1);
             if expires <= now {
-                out.give(Out::Dropped(Dropped::TooLate(key.0)), diff);
+                let dropped = match piece.kind {
+                    Kind::CardSale => Dropped::LateCard(key.0, key.1),
+                    _ => Dropped::TooLate(key.0),
+                };
+                out.give(Out::Dropped(dropped), diff);
                 return;
             }
             // Identical deliveries of one time may arrive as one record with a count: an event
@@ -727,19 +763,54 @@ pub fn render<'s>(
         Out::Dropped(d) => Fork::C(d),
     });
     let too_late = dropped.clone().flat_map(|d| match d {
-        Dropped::TooLate(m) => Some(m),
+        Dropped::TooLate(m) | Dropped::LateCard(m, _) => Some(m),
         Dropped::Duplicate(..) => None,
     });
-    let duplicates = dropped.flat_map(|d| match d {
+    let duplicates = dropped.clone().flat_map(|d| match d {
         Dropped::Duplicate(m, kind) => Some((m, kind.as_str().to_owned())),
-        Dropped::TooLate(_) => None,
+        Dropped::TooLate(_) | Dropped::LateCard(..) => None,
     });
+    // By the ingestion day the sale arrived on, as revenue's corrections are.
+    let late_cards = dropped
+        .inner
+        .flat_map::<Vec<_>, _, _>(|(d, t, r)| match d {
+            Dropped::LateCard(m, start) => {
+                let arrived = i64::try_from(t).unwrap_or(i64::MAX).div_euclid(MS_PER_DAY);
+                Some((((m, start, arrived), 1isize), t, r))
+            }
+            Dropped::TooLate(_) | Dropped::Duplicate(..) => None,
+        })
+        .as_collection();
+    let corrections = totals(sum_by_key(
+        late_cards,
+        "Windows: corrections",
+        |k: &CorrectionKey| hash_of(&k.0),
+        |(_, _, arrived): &CorrectionKey| {
+            (
+                0,
+                as_time((arrived + 1 + CORRECTIONS_KEPT_DAYS) * MS_PER_DAY),
+            )
+        },
+    ))
+    .map(correction_row);
     Windows {
         windows,
         latest,
         too_late,
         duplicates,
+        corrections,
     }
+}
+
+/// An `anomaly_window_corrections` row.
+pub fn correction_row(((m, start, arrived), attempts): (CorrectionKey, isize)) -> Row {
+    vec![
+        Value::text(m.as_str()),
+        Value::Time(start),
+        Value::Date(arrived),
+        Value::Int(i64::try_from(attempts).unwrap_or(i64::MAX)),
+    ]
+    .into()
 }
 
 fn window(machine_id: &MachineId, start: Timestamp, totals: Packed) -> Window {
@@ -813,11 +884,87 @@ pub(crate) fn oracle(scenario: &crate::testing::Scenario) -> Vec<Window> {
         .collect()
 }
 
+/// Batch definition of the window corrections: each accepted card sale line whose window's
+/// retention had ended when it was delivered, by (machine, window, arrival day), while still
+/// kept.
+#[cfg(test)]
+pub(crate) fn corrections_oracle(scenario: &crate::testing::Scenario) -> Vec<Row> {
+    let config = &scenario.config;
+    let now = scenario.now();
+    let width = config.window_ms;
+    let mut counts: BTreeMap<CorrectionKey, isize> = BTreeMap::new();
+    for (t, l) in crate::sales::oracle(&scenario.deliveries, config).0 {
+        let start = l.timestamp.window_start(width);
+        let until = as_time(start.0 + width + config.window_retention_ms);
+        let arrived = i64::try_from(t).unwrap_or(i64::MAX).div_euclid(MS_PER_DAY);
+        let kept = as_time((arrived + 1 + CORRECTIONS_KEPT_DAYS) * MS_PER_DAY);
+        if l.card && until <= t && kept > now {
+            *counts
+                .entry((l.machine_id.clone(), start, arrived))
+                .or_default() += 1;
+        }
+    }
+    counts.into_iter().map(correction_row).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::row::Value;
     use crate::testing::{self, Scenario};
+
+    #[test]
+    fn window_corrections_match_batch_oracle_on_random_streams() {
+        let mut corrected = 0;
+        for seed in 0..6 {
+            let (scenario, views) = testing::random_run(seed);
+            let expected = corrections_oracle(scenario);
+            corrected += expected.len();
+            testing::assert_view(views, "anomaly_window_corrections", expected, seed);
+        }
+        assert!(
+            corrected > 0,
+            "the random streams deliver card sales past their window"
+        );
+    }
+
+    #[test]
+    fn a_card_sale_days_late_is_a_correction_of_its_window_and_too_late() {
+        let mut scenario = Scenario::empty();
+        let t = testing::BASE;
+        scenario.deliver(t, testing::heartbeat("m1", t, 4_000));
+        // Sold at t + 1 s, delivered three days later (a machine offline that long).
+        let late = t + 3 * MS_PER_DAY;
+        scenario.deliver(late, testing::sale("m1", t + 1_000, 2, 250, "tx-1"));
+        scenario.deliver(late + 1, testing::heartbeat("m1", late + 1, 4_000));
+        let views = testing::run(&scenario);
+        let rows = testing::rows(&views, "anomaly_window_corrections");
+        assert_eq!(
+            rows,
+            vec![correction_row((
+                (
+                    testing::machine("m1"),
+                    Timestamp(t),
+                    late.div_euclid(MS_PER_DAY)
+                ),
+                1
+            ))]
+        );
+        // The window itself left the view long ago; the sale still counts in revenue.
+        let windows = testing::rows(&views, "anomaly_windows");
+        assert!(
+            windows
+                .iter()
+                .all(|w| w.cell(1) != Value::Time(Timestamp(t)))
+        );
+        let late_rows = testing::rows(&views, "too_late");
+        assert!(
+            late_rows
+                .iter()
+                .any(|r| r.cell(0) == Value::text("anomaly_windows")),
+            "a late arrival is still counted as one: {late_rows:?}"
+        );
+    }
 
     /// The packed form folds exactly as [`Agg::add`] does, readings absent or at the decoder's
     /// limits included.

@@ -306,6 +306,7 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
         ("event_duplicates", event_duplicates.map(dedup::row)),
         ("inventory", levels.map(inventory::row)),
         ("anomaly_windows", windows.windows),
+        ("anomaly_window_corrections", windows.corrections),
         ("liveness", liveness),
         ("stockout_forecast", stockout.forecasts.map(stockout::row)),
         (

@@ -18,6 +18,7 @@ pub const CATALOG: &[ViewDef] = &[
     crate::dedup::EVENT_DUPLICATES,
     crate::inventory::INVENTORY,
     crate::anomaly_windows::WINDOWS,
+    crate::anomaly_windows::CORRECTIONS,
     crate::liveness::LIVENESS,
     crate::stockout::STOCKOUT,
     crate::stockout::RESTOCK_NEEDED,

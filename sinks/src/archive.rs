@@ -133,6 +133,14 @@ impl ArchiveConfig {
                     kept_ms: config.window_retention_ms,
                     corrections: None,
                 },
+                // Card sales for windows already archived, by the day they arrived: that day
+                // is whole once it is over, and its rows stay until two days later.
+                HistoryTable {
+                    view: vendflow_dataflows::anomaly_windows::CORRECTIONS.name,
+                    day_column: "arrived",
+                    kept_ms: (1 + vendflow_dataflows::revenue::CORRECTIONS_KEPT_DAYS) * MS_PER_DAY,
+                    corrections: None,
+                },
             ],
         }
     }
