@@ -423,3 +423,68 @@ fn a_settlement_file_reconciles_card_sales_and_flags_a_declined_offline_sale() -
     );
     Ok(())
 }
+
+/// The `late-arrivals` scenario replayed into an archive: five and a half weeks with a share
+/// of the file so small that one reader has no line of it. The readers are paced day by day
+/// for the history; a reader with nothing to read used to hold every snapshot back, so the
+/// replay waited for ever. Now it ends, and the archive has each day, the sales 37 days late
+/// in their own days, and the card sale's window correction.
+#[test]
+fn a_late_arrivals_history_replays_into_the_archive_day_by_day() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let archive = dir.path().join("archive");
+    let fixtures = vendflow_tests::root().join("fixtures/late-arrivals");
+    let mut child = std::process::Command::new(vendflow_tests::vendflow_bin()?)
+        .args(["--workers", "2", "replay"])
+        .arg(fixtures.join("events.jsonl"))
+        .arg("--registry")
+        .arg(fixtures.join("registry.jsonl"))
+        .arg("--archive")
+        .arg(&archive)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill()?;
+            anyhow::bail!("the replay into an archive did not end within 60 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    anyhow::ensure!(status.success(), "the replay failed: {status}");
+
+    let text = String::from_utf8(sql_csv(
+        &archive,
+        "SELECT machine_id, CAST(day AS VARCHAR) AS day, CAST(revenue * 100 AS BIGINT) AS cents, \
+         lines FROM revenue_by_machine_day ORDER BY 2, 1",
+    )?)?;
+    let got: Vec<&str> = text.lines().skip(1).collect();
+    assert_eq!(
+        got,
+        [
+            "m_a,2024-03-01,1000,4",
+            "m_t,2024-03-01,300,1",
+            "m_a,2024-03-02,400,2",
+            "m_t,2024-03-03,100,1",
+            "m_a,2024-04-08,275,1",
+            "m_t,2024-04-08,300,1",
+        ],
+        "every sale in its own day, the late ones included"
+    );
+    let text = String::from_utf8(sql_csv(
+        &archive,
+        "SELECT machine_id, CAST(window_start AS VARCHAR) AS window_start, \
+         CAST(arrived AS VARCHAR) AS arrived, card_attempts FROM anomaly_window_corrections_history",
+    )?)?;
+    let got: Vec<&str> = text.lines().skip(1).collect();
+    assert_eq!(got.len(), 1, "{text}");
+    assert!(
+        got[0].starts_with("m_a,2024-03-02T10:00:00") && got[0].ends_with(",2024-04-08,1"),
+        "the card sale 37 days late is a card attempt of its archived window: {text}"
+    );
+    Ok(())
+}

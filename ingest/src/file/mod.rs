@@ -44,7 +44,7 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Condvar, Mutex};
 use std::time::Duration;
 
@@ -120,6 +120,9 @@ struct PaceState {
     pending: Vec<bool>,
     /// The earliest first clock asked for so far.
     start: Option<Time>,
+    /// The furthest boundary a reader has asked to cross (its clock is past it): the readers
+    /// done with their share move their inputs there ([`Pacer::follow`]).
+    crossing: Time,
 }
 
 impl PaceState {
@@ -194,6 +197,31 @@ impl Pacer {
         self.moved.notify_all();
     }
 
+    /// For a reader done with its share while others still read: moves its input to the
+    /// boundary another reader is waiting to cross, so the snapshot there does not wait for it
+    /// (it holds no events for it any more), then waits a moment for the next change. Never
+    /// further than a boundary some reader's clock has passed: the last advance is to the end
+    /// of the file, and the clock row follows worker 0's input.
+    pub fn follow(&self, feeder: &mut Feeder) -> Result<(), IngestError> {
+        let s = self.lock();
+        if feeder.time() < s.crossing {
+            let crossing = s.crossing;
+            drop(s);
+            feeder.advance(crossing)?;
+            return Ok(());
+        }
+        let _unused = self
+            .moved
+            .wait_timeout(s, Duration::from_millis(50))
+            .unwrap_or_else(|p| p.into_inner());
+        Ok(())
+    }
+
+    /// Whether the archiving side has stopped ([`Pacer::release`]).
+    pub fn released(&self) -> bool {
+        self.done.load(Ordering::SeqCst)
+    }
+
     /// Waits until `clock` is before the next boundary after the last snapshot (and, the
     /// first time, until every reader has started).
     pub fn allow(
@@ -213,6 +241,10 @@ impl Pacer {
                 let limit = self.next_boundary(archived);
                 if clock < limit {
                     return Ok(());
+                }
+                if s.crossing < limit {
+                    s.crossing = limit;
+                    self.moved.notify_all();
                 }
                 if feeder.time() < limit {
                     drop(s);
@@ -277,6 +309,7 @@ pub fn replay(
     let threads = feeders.len();
     let barrier = Arc::new(Barrier::new(threads));
     let end = Arc::new(AtomicU64::new(0));
+    let done_reading = Arc::new(AtomicUsize::new(0));
     if let Some(pacer) = &options.pacer {
         pacer.readers(threads);
     }
@@ -290,7 +323,8 @@ pub fn replay(
             let early = std::mem::take(&mut options.refused_before);
             let early = if i == 0 { early } else { Vec::new() };
             let progress = (i == 0).then(|| progress.clone());
-            let (barrier, end) = (barrier.clone(), end.clone());
+            let (barrier, end, done_reading) =
+                (barrier.clone(), end.clone(), done_reading.clone());
             std::thread::Builder::new()
                 .name(format!("vendflow-replay-{i}"))
                 .spawn(move || {
@@ -313,6 +347,18 @@ pub fn replay(
                     }
                     // Even a failed reader takes part in the final advance, so the others finish.
                     end.fetch_max(reader.clock.max(reader.newest), Ordering::SeqCst);
+                    done_reading.fetch_add(1, Ordering::SeqCst);
+                    // Paced, the others may still be crossing days whose snapshots wait for
+                    // every worker's input: this one follows them instead of holding them back
+                    // (a share of a small file can be empty, and stay at its first clock).
+                    if let Some(pacer) = &reader.options.pacer {
+                        while done_reading.load(Ordering::SeqCst) < threads && !pacer.released() {
+                            if let Err(e) = pacer.follow(&mut reader.feeder) {
+                                tracing::error!(error = %e, "a finished replay reader cannot follow the others");
+                                break;
+                            }
+                        }
+                    }
                     barrier.wait();
                     let last = end.load(Ordering::SeqCst) + 1;
                     result?;
