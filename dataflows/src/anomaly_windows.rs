@@ -15,20 +15,22 @@
 //!
 //! A late event corrects its own window (the old row is retracted, the new one published) for
 //! `window_retention_ms` after the window closed; then the window is retracted and later events
-//! for it are counted as too late. A card sale is still counted: a sale's window that had left the
-//! view when the sale arrived (days late, from a machine offline that long) gets the card attempt
-//! in `anomaly_window_corrections`, by the day it arrived, and the archive keeps those rows as
-//! a history table (as `revenue_corrections` does for the days of revenue). Other late events
+//! for it are counted as too late. Every measure is a fold (sum, count, max, min) and events are
+//! only ever added, so a window's whole state is one aggregate, however many events it saw, plus
+//! the identities of its events: a re-delivered heartbeat, door or error event is counted once
+//! (and in `event_duplicates`), see [`crate::dedup`].
+//!
+//! A card sale is counted however late it is: a sale whose window had left the view when it
+//! arrived (days late, from a machine offline that long) is a card-reader attempt of that window
+//! in `anomaly_window_corrections`, by the day it arrived, and the archive keeps those rows as a
+//! history table (as `revenue_corrections` does for the days of revenue). Other late events
 //! (heartbeats, doors, errors) have no record of their identity beyond the window, so a
 //! re-delivery could not be told from a first delivery: they stay counted as too late only.
 //! ```sql
 //! -- anomaly_window_corrections: kept until 2 days after the day they arrived
 //! SELECT machine_id, window_start, day(arrival) AS arrived, count(*) AS card_attempts
 //! FROM accepted_card_sale_lines WHERE the window left anomaly_windows before arrival GROUP BY 1, 2, 3
-//! ``` Every measure is a fold (sum, count, max, min) and events are
-//! only ever added, so a window's whole state is one aggregate, however many events it saw, plus
-//! the identities of its events: a re-delivered heartbeat, door or error event is counted once
-//! (and in `event_duplicates`), see [`crate::dedup`].
+//! ```
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -950,12 +952,18 @@ mod tests {
                 1
             ))]
         );
-        // The window itself left the view long ago; the sale still counts in revenue.
+        // The window itself left the view long ago; the sale still counts in its day's revenue.
         let windows = testing::rows(&views, "anomaly_windows");
         assert!(
             windows
                 .iter()
                 .all(|w| w.cell(1) != Value::Time(Timestamp(t)))
+        );
+        let revenue = testing::rows(&views, "revenue_machine_daily");
+        assert_eq!(revenue.len(), 1, "{revenue:?}");
+        assert_eq!(
+            revenue[0].cell(2),
+            Value::Money(vendflow_protocol::Cents(250))
         );
         let late_rows = testing::rows(&views, "too_late");
         assert!(
