@@ -663,6 +663,8 @@ mod tests {
     use std::io::Write;
     use std::time::Duration;
 
+    use vendflow_dataflows::errors::ERRORS;
+    use vendflow_dataflows::revenue::SLOT_SALES;
     use vendflow_dataflows::{Config, Engine, Value};
 
     use super::*;
@@ -717,17 +719,14 @@ mod tests {
             .rows("slot_sales")
             .unwrap_or_else(|e| panic!("{e}"))
             .iter()
-            .map(|r| match r.cell(3) {
-                Value::Int(n) => n,
-                _ => 0,
-            })
+            .map(|r| SLOT_SALES.named(r).int("lines").unwrap_or(0))
             .sum();
         assert_eq!(lines, 3000);
         let errors = snapshot.rows("errors").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(errors.len(), 1);
-        let source = &errors[0].cell(1);
+        let source = ERRORS.named(&errors[0]).text("source");
         assert!(
-            matches!(source, Value::Text(s) if s.ends_with(":1502")),
+            source.as_ref().is_some_and(|s| s.ends_with(":1502")),
             "{source:?}"
         );
         engine.shutdown().unwrap_or_else(|e| panic!("{e}"));
@@ -766,14 +765,17 @@ mod tests {
         let snapshot = store.snapshot();
         let errors = snapshot.rows("errors").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(errors.len(), 1, "{errors:?}");
+        let error = ERRORS.named(&errors[0]);
         assert!(
-            matches!(&errors[0].cell(1), Value::Text(s) if s.starts_with("registry:")),
+            error
+                .text("source")
+                .is_some_and(|s| s.starts_with("registry:")),
             "{errors:?}"
         );
         // Stamped at the replay's first ingestion time (its clock: the event's hour).
         let tick = BULK_TICK_MS as i64;
         assert_eq!(
-            errors[0].cell(0),
+            error.get("received_at"),
             Value::Time(Timestamp(1_700_000_000_000 / tick * tick))
         );
         engine.shutdown().unwrap_or_else(|e| panic!("{e}"));
