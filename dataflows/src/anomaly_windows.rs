@@ -37,6 +37,7 @@ use std::collections::{BTreeMap, VecDeque};
 use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::operators::core::Map;
+#[cfg(test)]
 use vendflow_protocol::units::MS_PER_DAY;
 use vendflow_protocol::{DoorStatus, ErrorCode, Event, EventKind, MachineId, Milli, Timestamp};
 
@@ -46,7 +47,9 @@ use crate::fold::{sum_by_key, totals};
 use crate::operators::{
     Emit, FastMap, Fork, Keyed, PUBLISH_CHUNK, Time, as_time, fork, hash_of, state_sizes, trim,
 };
+#[cfg(test)]
 use crate::revenue::CORRECTIONS_KEPT_DAYS;
+use crate::revenue::{arrival_day, correction_window};
 use crate::row::ViewDef;
 use crate::row::{ColumnType::*, Row, RowWriter, Value, col, null};
 use crate::sales::SaleLine;
@@ -776,10 +779,7 @@ pub fn render<'s>(
     let late_cards = dropped
         .inner
         .flat_map::<Vec<_>, _, _>(|(d, t, r)| match d {
-            Dropped::LateCard(m, start) => {
-                let arrived = i64::try_from(t).unwrap_or(i64::MAX).div_euclid(MS_PER_DAY);
-                Some((((m, start, arrived), 1isize), t, r))
-            }
+            Dropped::LateCard(m, start) => Some((((m, start, arrival_day(t)), 1isize), t, r)),
             Dropped::TooLate(_) | Dropped::Duplicate(..) => None,
         })
         .as_collection();
@@ -787,12 +787,7 @@ pub fn render<'s>(
         late_cards,
         "Windows: corrections",
         |k: &CorrectionKey| hash_of(&k.0),
-        |(_, _, arrived): &CorrectionKey| {
-            (
-                0,
-                as_time((arrived + 1 + CORRECTIONS_KEPT_DAYS) * MS_PER_DAY),
-            )
-        },
+        |(_, _, arrived): &CorrectionKey| correction_window(*arrived),
     ))
     .map(correction_row);
     Windows {

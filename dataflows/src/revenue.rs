@@ -205,6 +205,20 @@ pub const LOCAL_CORRECTIONS: ViewDef = ViewDef {
 };
 /// Days a correction stays live after the day it arrived (time for the archive to write it).
 pub const CORRECTIONS_KEPT_DAYS: i64 = 2;
+
+/// The UTC day of ingestion time `t`: the day a correction arrived on.
+pub fn arrival_day(t: Time) -> i64 {
+    i64::try_from(t).unwrap_or(i64::MAX).div_euclid(MS_PER_DAY)
+}
+
+/// A correction's window (see [`sum_by_key`]): from now until [`CORRECTIONS_KEPT_DAYS`] after
+/// the day it arrived.
+pub fn correction_window(arrived: i64) -> (Time, Time) {
+    (
+        0,
+        as_time((arrived + 1 + CORRECTIONS_KEPT_DAYS) * MS_PER_DAY),
+    )
+}
 pub const SLOT_SALES: ViewDef = ViewDef {
     name: "slot_sales",
     description: "units, lines and revenue per machine and slot, all time",
@@ -286,10 +300,7 @@ pub fn render<'s>(
     let late_lines = daily
         .inner
         .flat_map::<Vec<_>, _, _>(|(s, t, r)| match s {
-            Summed::Late((m, day), totals) => {
-                let arrived = i64::try_from(t).unwrap_or(i64::MAX).div_euclid(MS_PER_DAY);
-                Some((((m, (day, arrived)), totals), t, r))
-            }
+            Summed::Late((m, day), totals) => Some((((m, (day, arrival_day(t))), totals), t, r)),
             Summed::Total(..) => None,
         })
         .as_collection();
@@ -297,12 +308,7 @@ pub fn render<'s>(
         late_lines,
         "Revenue: corrections",
         |k: &(MachineId, (i64, i64))| hash_of(&k.0),
-        |(_, (_, arrived)): &(MachineId, (i64, i64))| {
-            (
-                0,
-                as_time((arrived + 1 + CORRECTIONS_KEPT_DAYS) * MS_PER_DAY),
-            )
-        },
+        |(_, (_, arrived)): &(MachineId, (i64, i64))| correction_window(*arrived),
     ));
     let location_corrections = by_location(corrections.clone(), machine_location.clone());
 
@@ -325,8 +331,7 @@ pub fn render<'s>(
         .inner
         .flat_map::<Vec<_>, _, _>(|(s, t, r)| match s {
             Summed::Late((m, (zone, day)), totals) => {
-                let arrived = i64::try_from(t).unwrap_or(i64::MAX).div_euclid(MS_PER_DAY);
-                Some(((((m, zone), (day, arrived)), totals), t, r))
+                Some(((((m, zone), (day, arrival_day(t))), totals), t, r))
             }
             Summed::Total(..) => None,
         })
@@ -335,12 +340,7 @@ pub fn render<'s>(
         late_local_lines,
         "Revenue: local corrections",
         |k: &CorrectionKey<(MachineId, Zone)>| hash_of(&k.0.0),
-        |(_, (_, arrived)): &CorrectionKey<(MachineId, Zone)>| {
-            (
-                0,
-                as_time((arrived + 1 + CORRECTIONS_KEPT_DAYS) * MS_PER_DAY),
-            )
-        },
+        |(_, (_, arrived)): &CorrectionKey<(MachineId, Zone)>| correction_window(*arrived),
     ));
     let machine_local_daily = totals(local);
 

@@ -327,6 +327,14 @@ impl Fleet {
         &self.registry
     }
 
+    /// The registry as JSON Lines (what `--registry` of `replay`, `registry load` read).
+    pub fn registry_json_lines(&self) -> String {
+        self.registry
+            .iter()
+            .map(|r| r.to_json_line() + "\n")
+            .collect()
+    }
+
     pub fn now(&self) -> Timestamp {
         self.now
     }

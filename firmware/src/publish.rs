@@ -110,12 +110,7 @@ impl PublishOptions {
 
 /// Writes `fleet`'s registry records (JSON Lines) to `path`.
 pub fn write_registry(fleet: &Fleet, path: &Path) -> Result<(), PublishError> {
-    let registry: String = fleet
-        .registry()
-        .iter()
-        .map(|r| r.to_json_line() + "\n")
-        .collect();
-    std::fs::write(path, registry).map_err(|source| PublishError::Io {
+    std::fs::write(path, fleet.registry_json_lines()).map_err(|source| PublishError::Io {
         path: path.display().to_string(),
         source,
     })

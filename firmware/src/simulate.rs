@@ -74,13 +74,8 @@ pub fn write_files(options: &SimulateOptions) -> Result<Simulated, SimulateError
     let out = &options.out;
     std::fs::create_dir_all(out).map_err(io(out))?;
     let mut fleet = Fleet::new(&config);
-    let registry: String = fleet
-        .registry()
-        .iter()
-        .map(|r| r.to_json_line() + "\n")
-        .collect();
     let registry_path = out.join("registry.jsonl");
-    std::fs::write(&registry_path, registry).map_err(io(&registry_path))?;
+    std::fs::write(&registry_path, fleet.registry_json_lines()).map_err(io(&registry_path))?;
     let mut events = String::new();
     let mut count = 0;
     let end = config.start.0 + hours * MS_PER_HOUR;
