@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
 use tokio::sync::mpsc::Sender;
 use vendflow_dataflows::health::HEALTH;
@@ -22,14 +22,102 @@ use vendflow_dataflows::{Change, FleetSummary, Row, Subscription, Value};
 use vendflow_protocol::{Cents, MachineStatus};
 
 use super::fleet::Fleet;
-use super::machines::{alerts_of, by_machine, live_status};
-use super::{ApiError, ApiQuery, ApiState, Auth};
+use utoipa::{IntoParams, ToSchema};
+
+use super::machines::{HealthScore, alerts_of, by_machine, live_status};
+use super::{ApiError, ApiQuery, ApiState, Auth, ErrorBody, Unauthenticated};
 use crate::auth::Principal;
 use crate::cell;
 
-#[derive(Deserialize, Clone)]
+/// The region the dashboard shows (all of the caller's machines when absent).
+#[derive(Deserialize, Clone, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct Region {
+    /// a region
     region: Option<String>,
+}
+
+/// The fleet summary of the caller's machines, at one frontier of the views.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct FleetBody {
+    region: Option<String>,
+    /// The views' frontier (epoch ms).
+    time: u64,
+    /// The frontier's day (UTC), YYYY-MM-DD.
+    day: String,
+    totals: Totals,
+    /// One per reason in `health`, over all machines.
+    alert_count: i64,
+    machines_with_alerts: usize,
+    /// Each machine's own today (its location's calendar), exact decimal.
+    today_revenue: String,
+    low_stock_machines: usize,
+    /// The 20 machines with the most sold-out, then low, slots.
+    low_stock: Vec<LowStock>,
+    /// Up to 20 machines `restock_needed` lists.
+    needs_restock: Vec<Restock>,
+    /// The 5 machines with the most revenue today.
+    top_performing: Vec<TopMachine>,
+}
+
+/// Machines by status.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Totals {
+    total: usize,
+    active: usize,
+    maintenance: usize,
+    offline: usize,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct LowStock {
+    machine_id: String,
+    low_slots: usize,
+    sold_out_slots: usize,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct Restock {
+    machine_id: String,
+    /// How many of its slots will run out, from `restock_needed`.
+    #[schema(value_type = Option<i64>)]
+    slots: Json,
+    #[schema(value_type = Option<f64>)]
+    hours_to_first_empty: Json,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct TopMachine {
+    machine_id: String,
+    /// Exact decimal.
+    revenue: String,
+}
+
+/// Every machine of the caller's as a compact row, and the machines with alerts.
+#[derive(Serialize, ToSchema)]
+pub(super) struct FleetMap {
+    /// The views' frontier (epoch ms).
+    time: u64,
+    /// The names of each row's cells.
+    columns: [&'static str; 6],
+    /// `[machineId, locationId, lat, lng, status, alertCount]` per machine.
+    #[schema(value_type = Vec<Vec<Value>>)]
+    machines: Vec<Json>,
+    /// Up to 100 machines with alerts, lowest health score first.
+    alerts: Vec<MapAlert>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct MapAlert {
+    machine_id: String,
+    alerts: Vec<String>,
+    #[serde(flatten)]
+    health: HealthScore,
 }
 
 /// The machines `who` sees (in `region`, if given), with their client.
@@ -65,6 +153,19 @@ fn text(row: &Named<'_>, name: &str) -> String {
 
 /// `GET /api/dashboard/fleet?region=`: status totals, alerts, today's revenue, low stock,
 /// machines to restock and the top sellers, over the caller's machines, at one frontier.
+#[utoipa::path(
+    get,
+    path = "/api/dashboard/fleet",
+    operation_id = "getFleet",
+    tag = "dashboard",
+    summary = "Fleet summary: status totals, alerts, today's revenue, low stock, top machines",
+    params(Region),
+    responses(
+        (status = 200, description = "ok", body = FleetBody),
+        (status = 400, description = "invalid query", body = ErrorBody),
+        Unauthenticated,
+    ),
+)]
 pub(super) async fn fleet(
     State(state): State<ApiState>,
     auth: Auth,
@@ -125,33 +226,68 @@ pub(super) async fn fleet(
         })
         .collect();
     revenue.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    let restock: Vec<Json> = rows("restock_needed")
+    let needs_restock = rows("restock_needed")
         .filter(mine)
         .take(20)
-        .map(|r| json!({"machineId": text(&r, "machine_id"), "slots": cell(&r.get("slots")), "hoursToFirstEmpty": cell(&r.get("hours_to_first_empty"))}))
+        .map(|r| Restock {
+            machine_id: text(&r, "machine_id"),
+            slots: cell(&r.get("slots")),
+            hours_to_first_empty: cell(&r.get("hours_to_first_empty")),
+        })
         .collect();
-    Ok(axum::Json(json!({
-        "region": region,
-        "time": snapshot.frontier,
-        "day": vendflow_dataflows::Value::Date(today).render(),
-        "totals": {
-            "total": summary.machines, "active": summary.active,
-            "maintenance": summary.maintenance, "offline": summary.offline,
+    let low_stock_machines = low.len();
+    Ok(axum::Json(FleetBody {
+        region,
+        time: snapshot.frontier,
+        day: vendflow_dataflows::Value::Date(today).render(),
+        totals: Totals {
+            total: summary.machines,
+            active: summary.active,
+            maintenance: summary.maintenance,
+            offline: summary.offline,
         },
-        "alertCount": summary.alerts,
-        "machinesWithAlerts": summary.machines_with_alerts,
-        "todayRevenue": summary.revenue_today.to_string(),
-        "lowStockMachines": low.len(),
-        "lowStock": low.iter().take(20).map(|(m, l, s)| json!({"machineId": m, "lowSlots": l, "soldOutSlots": s})).collect::<Vec<_>>(),
-        "needsRestock": restock,
-        "topPerforming": revenue.iter().take(5).map(|(m, c)| json!({"machineId": m, "revenue": Cents(*c).to_string()})).collect::<Vec<_>>(),
-    }))
+        alert_count: summary.alerts,
+        machines_with_alerts: summary.machines_with_alerts,
+        today_revenue: summary.revenue_today.to_string(),
+        low_stock_machines,
+        low_stock: low
+            .into_iter()
+            .take(20)
+            .map(|(machine_id, low_slots, sold_out_slots)| LowStock {
+                machine_id,
+                low_slots,
+                sold_out_slots,
+            })
+            .collect(),
+        needs_restock,
+        top_performing: revenue
+            .into_iter()
+            .take(5)
+            .map(|(machine_id, c)| TopMachine {
+                machine_id,
+                revenue: Cents(c).to_string(),
+            })
+            .collect(),
+    })
     .into_response())
 }
 
 /// `GET /api/dashboard/map?region=`: every machine of the caller's with its location's
 /// coordinates and live status, as compact rows `[machineId, locationId, lat, lng, status,
 /// alertCount]` (50,000 machines are a few MB), and the machines with alerts, worst first.
+#[utoipa::path(
+    get,
+    path = "/api/dashboard/map",
+    operation_id = "getFleetMap",
+    tag = "dashboard",
+    summary = "Every machine with coordinates and live status, and the machines with alerts",
+    params(Region),
+    responses(
+        (status = 200, description = "ok", body = FleetMap),
+        (status = 400, description = "invalid query", body = ErrorBody),
+        Unauthenticated,
+    ),
+)]
 pub(super) async fn map(
     State(state): State<ApiState>,
     auth: Auth,
@@ -195,18 +331,29 @@ pub(super) async fn map(
         if let Some(r) = row.filter(|_| !alerts.is_empty()) {
             alerting.push((
                 r.int("score").unwrap_or(i64::MAX),
-                json!({"machineId": id, "alerts": alerts, "score": cell(&r.get("score")), "grade": cell(&r.get("grade"))}),
+                MapAlert {
+                    machine_id: id.clone(),
+                    alerts,
+                    health: HealthScore::of(&r),
+                },
             ));
         }
     }
     // Lowest health score first: the worst machines lead the feed.
     alerting.sort_by_key(|(score, _)| *score);
-    Ok(axum::Json(json!({
-        "time": snapshot.frontier,
-        "columns": ["machineId", "locationId", "lat", "lng", "status", "alertCount"],
-        "machines": rows,
-        "alerts": alerting.into_iter().take(100).map(|(_, a)| a).collect::<Vec<_>>(),
-    }))
+    Ok(axum::Json(FleetMap {
+        time: snapshot.frontier,
+        columns: [
+            "machineId",
+            "locationId",
+            "lat",
+            "lng",
+            "status",
+            "alertCount",
+        ],
+        machines: rows,
+        alerts: alerting.into_iter().take(100).map(|(_, a)| a).collect(),
+    })
     .into_response())
 }
 
@@ -374,6 +521,22 @@ async fn relay(
 /// `GET /api/dashboard/stream?region=`: Server-Sent Events `status` (a machine's status
 /// changed), `alert` (a machine has new alerts), `revenue` (a machine's day revenue moved,
 /// with the caller's total for today), only about the caller's machines.
+#[utoipa::path(
+    get,
+    path = "/api/dashboard/stream",
+    operation_id = "streamDashboard",
+    tag = "dashboard",
+    summary = "Server-Sent Events: status, alert and revenue (token also as ?access_token=)",
+    params(
+        Region,
+        ("access_token" = Option<String>, Query, description = "the token, for EventSource"),
+    ),
+    responses(
+        (status = 200, description = "events `hello`, then `status`, `alert` and `revenue`, each a JSON object", body = String, content_type = "text/event-stream"),
+        Unauthenticated,
+        (status = 429, description = "too many open streams for this token", body = ErrorBody),
+    ),
+)]
 pub(super) async fn stream(
     State(state): State<ApiState>,
     auth: Auth,

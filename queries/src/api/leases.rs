@@ -15,9 +15,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{Months, NaiveDate};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 use serde_json::value::RawValue;
-use serde_json::{Value as Json, json};
 use vendflow_protocol::units::{MS_PER_DAY, Rounding, parse_decimal};
 use vendflow_protocol::{
     Cents, Lease, LeaseEvent, LeaseEventKind, LeaseStatus, RegistryRecord, Timestamp,
@@ -25,7 +25,12 @@ use vendflow_protocol::{
 
 use super::fleet::{Fleet, Registry};
 use super::machines::{Problems, price};
-use super::{ApiError, ApiJson, ApiQuery, ApiState, Auth};
+use utoipa::{IntoParams, ToSchema};
+
+use super::{
+    ApiError, ApiJson, ApiQuery, ApiState, Auth, ErrorBody, Invalid, RoleRefused, TooLarge,
+    Unauthenticated,
+};
 use crate::auth::Role;
 
 /// Days before a lease's end that its renewal notice is due.
@@ -44,19 +49,83 @@ fn midnight(d: NaiveDate) -> Timestamp {
     )
 }
 
-fn lease_json(l: &Lease) -> Json {
-    json!({
-        "leaseId": l.lease_id, "clientId": l.client_id, "machineId": l.machine_id.as_str(),
-        "start": date_of(l.start).map(|d| d.to_string()),
-        "end": date_of(l.end).map(|d| d.to_string()),
-        "monthlyRate": l.monthly_rate.to_string(),
-        "revenueSharePercent": vendflow_protocol::units::trim_decimal(l.revenue_share_basis_points, 2),
-        "status": l.status.as_str(), "autoRenew": l.auto_renew,
-    })
+/// A lease.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct LeaseBody {
+    lease_id: String,
+    client_id: String,
+    machine_id: String,
+    /// YYYY-MM-DD
+    start: Option<String>,
+    /// YYYY-MM-DD
+    end: Option<String>,
+    /// Exact decimal, e.g. "450.00"
+    monthly_rate: String,
+    /// Exact decimal, e.g. "12.5"
+    revenue_share_percent: String,
+    /// DRAFT, ACTIVE, RENEWED, EXPIRED or TERMINATED
+    status: &'static str,
+    auto_renew: bool,
+    /// Its lifecycle, oldest first (only in `GET /api/leases/{id}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    events: Option<Vec<LeaseEventBody>>,
 }
 
-fn event_json(e: &LeaseEvent) -> Json {
-    json!({"at": e.at.to_rfc3339(), "event": e.kind.as_str(), "note": e.note})
+impl LeaseBody {
+    fn of(l: &Lease) -> LeaseBody {
+        LeaseBody {
+            lease_id: l.lease_id.clone(),
+            client_id: l.client_id.clone(),
+            machine_id: l.machine_id.as_str().to_owned(),
+            start: date_of(l.start).map(|d| d.to_string()),
+            end: date_of(l.end).map(|d| d.to_string()),
+            monthly_rate: l.monthly_rate.to_string(),
+            revenue_share_percent: vendflow_protocol::units::trim_decimal(
+                l.revenue_share_basis_points,
+                2,
+            ),
+            status: l.status.as_str(),
+            auto_renew: l.auto_renew,
+            events: None,
+        }
+    }
+}
+
+/// A step of a lease's lifecycle.
+#[derive(Serialize, ToSchema)]
+pub(super) struct LeaseEventBody {
+    /// RFC 3339
+    at: String,
+    /// CREATED, ACTIVATED, RENEWAL_NOTICE, RENEWED, EXPIRED or TERMINATED
+    event: &'static str,
+    note: Option<String>,
+}
+
+impl LeaseEventBody {
+    fn of(e: &LeaseEvent) -> LeaseEventBody {
+        LeaseEventBody {
+            at: e.at.to_rfc3339(),
+            event: e.kind.as_str(),
+            note: e.note.clone(),
+        }
+    }
+}
+
+/// Leases the caller sees.
+#[derive(Serialize, ToSchema)]
+pub(super) struct LeaseList {
+    items: Vec<LeaseBody>,
+    total: usize,
+}
+
+/// A signed lease.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct LeaseCreated {
+    lease_id: String,
+    /// DRAFT
+    status: &'static str,
 }
 
 fn event(
@@ -228,21 +297,51 @@ fn swept(state: &ApiState) -> Result<(), ApiError> {
         .map_err(ApiError::from)
 }
 
-#[derive(Deserialize)]
+/// A lease to sign.
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(super) struct NewLease {
+    /// Chosen by the server when absent.
     lease_id: Option<String>,
+    #[schema(required = true)]
     machine_id: Option<String>,
+    /// The machine's location's client (the default).
     client_id: Option<String>,
+    /// YYYY-MM-DD
+    #[schema(required = true, format = Date)]
     start: Option<String>,
+    /// YYYY-MM-DD, at least 3 months after start
+    #[schema(required = true, format = Date)]
     end: Option<String>,
+    /// A JSON number with at most 2 decimals.
+    #[schema(value_type = f64, required = true)]
     monthly_rate: Option<Box<RawValue>>,
+    /// 0 to 100, at most 2 decimals.
+    #[schema(value_type = f64, required = true)]
     revenue_share_percent: Option<Box<RawValue>>,
     #[serde(default)]
     auto_renew: bool,
 }
 
 /// `POST /api/leases` (admin): a DRAFT lease, once it passes every check.
+#[utoipa::path(
+    post,
+    path = "/api/leases",
+    operation_id = "createLease",
+    tag = "leases",
+    summary = "Sign a lease (DRAFT): machine exists, no overlapping active lease, start < end, term of at least 3 months",
+    description = "Needs a token with role admin or above.",
+    request_body = NewLease,
+    responses(
+        (status = 201, description = "signed", body = LeaseCreated),
+        Invalid,
+        Unauthenticated,
+        (status = 403, description = "the token's role or tenant does not allow it", body = ErrorBody),
+        (status = 404, description = "no such machine (or another tenant's)", body = ErrorBody),
+        (status = 409, description = "an active lease overlaps it, or the id is taken", body = ErrorBody),
+        TooLarge,
+    ),
+)]
 pub(super) async fn create(
     State(state): State<ApiState>,
     auth: Auth,
@@ -395,7 +494,10 @@ pub(super) async fn create(
     tracing::info!(lease_id = %lease_id, machine_id = %machine_id, token = %auth.0.token_id, "lease signed");
     Ok((
         StatusCode::CREATED,
-        axum::Json(json!({"leaseId": lease_id, "status": "DRAFT"})),
+        axum::Json(LeaseCreated {
+            lease_id,
+            status: LeaseStatus::Draft.as_str(),
+        }),
     )
         .into_response())
 }
@@ -410,6 +512,20 @@ fn visible(registry: &Registry, auth: &Auth, id: &str) -> Result<Lease, ApiError
         .ok_or_else(|| ApiError::not_found("lease", id))
 }
 
+/// `GET /api/leases/{id}`: a lease and its lifecycle events.
+#[utoipa::path(
+    get,
+    path = "/api/leases/{id}",
+    operation_id = "getLease",
+    tag = "leases",
+    summary = "A lease and its lifecycle events",
+    params(("id" = String, Path, description = "lease id")),
+    responses(
+        (status = 200, description = "ok", body = LeaseBody),
+        Unauthenticated,
+        (status = 404, description = "no such lease (or another tenant's)", body = ErrorBody),
+    ),
+)]
 pub(super) async fn detail(
     State(state): State<ApiState>,
     auth: Auth,
@@ -418,22 +534,42 @@ pub(super) async fn detail(
     swept(&state)?;
     let registry = state.fleet.read();
     let lease = visible(&registry, &auth, &id)?;
-    let mut body = lease_json(&lease);
-    body["events"] = registry
-        .lease_events
-        .get(&id)
-        .map(|e| e.iter().map(event_json).collect())
-        .unwrap_or_else(|| json!([]));
+    let mut body = LeaseBody::of(&lease);
+    body.events = Some(
+        registry
+            .lease_events
+            .get(&id)
+            .map(|e| e.iter().map(LeaseEventBody::of).collect())
+            .unwrap_or_default(),
+    );
     Ok(axum::Json(body).into_response())
 }
 
-#[derive(Deserialize)]
+/// The filters of the lease list.
+#[derive(Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 pub(super) struct LeaseFilter {
+    /// a machine
     machine_id: Option<String>,
+    /// DRAFT, ACTIVE, RENEWED, EXPIRED or TERMINATED
     status: Option<String>,
 }
 
+/// `GET /api/leases?machineId=&status=`: the caller's leases.
+#[utoipa::path(
+    get,
+    path = "/api/leases",
+    operation_id = "listLeases",
+    tag = "leases",
+    summary = "List leases",
+    params(LeaseFilter),
+    responses(
+        (status = 200, description = "ok", body = LeaseList),
+        (status = 400, description = "invalid filter", body = ErrorBody),
+        Unauthenticated,
+    ),
+)]
 pub(super) async fn list(
     State(state): State<ApiState>,
     auth: Auth,
@@ -449,7 +585,7 @@ pub(super) async fn list(
         })?),
     };
     let registry = state.fleet.read();
-    let items: Vec<Json> = registry
+    let items: Vec<LeaseBody> = registry
         .leases
         .values()
         .filter(|l| auth.sees(Some(&l.client_id)))
@@ -460,9 +596,10 @@ pub(super) async fn list(
                 .as_ref()
                 .is_none_or(|m| l.machine_id.as_str() == m)
         })
-        .map(lease_json)
+        .map(LeaseBody::of)
         .collect();
-    Ok(axum::Json(json!({"items": items, "total": items.len()})).into_response())
+    let total = items.len();
+    Ok(axum::Json(LeaseList { items, total }).into_response())
 }
 
 /// Applies a lifecycle step to lease `id`: `change` checks the lease and returns the records.
@@ -483,7 +620,7 @@ fn step(
         .map_err(ApiError::from)?;
     let lease = visible(&registry, auth, id)?;
     tracing::info!(lease_id = %id, status = lease.status.as_str(), token = %auth.0.token_id, "lease changed");
-    Ok(axum::Json(lease_json(&lease)).into_response())
+    Ok(axum::Json(LeaseBody::of(&lease)).into_response())
 }
 
 fn wrong_state(lease: &Lease, action: &str, allowed: &str) -> ApiError {
@@ -495,6 +632,22 @@ fn wrong_state(lease: &Lease, action: &str, allowed: &str) -> ApiError {
 }
 
 /// `POST /api/leases/{id}/activate`: DRAFT → ACTIVE, if no other active lease overlaps it.
+#[utoipa::path(
+    post,
+    path = "/api/leases/{id}/activate",
+    operation_id = "activateLease",
+    tag = "leases",
+    summary = "DRAFT to ACTIVE",
+    description = "Needs a token with role admin or above.",
+    params(("id" = String, Path, description = "lease id")),
+    responses(
+        (status = 200, description = "the lease as changed", body = LeaseBody),
+        Unauthenticated,
+        RoleRefused,
+        (status = 404, description = "no such lease (or another tenant's)", body = ErrorBody),
+        (status = 409, description = "the lease is not in a state this step applies to", body = ErrorBody),
+    ),
+)]
 pub(super) async fn activate(
     State(state): State<ApiState>,
     auth: Auth,
@@ -528,6 +681,22 @@ pub(super) async fn activate(
 
 /// `POST /api/leases/{id}/renew`: ACTIVE → RENEWED now, with the next term of the same length
 /// starting at this one's end.
+#[utoipa::path(
+    post,
+    path = "/api/leases/{id}/renew",
+    operation_id = "renewLease",
+    tag = "leases",
+    summary = "ACTIVE to RENEWED, creating the next term",
+    description = "Needs a token with role admin or above.",
+    params(("id" = String, Path, description = "lease id")),
+    responses(
+        (status = 200, description = "the lease as changed", body = LeaseBody),
+        Unauthenticated,
+        RoleRefused,
+        (status = 404, description = "no such lease (or another tenant's)", body = ErrorBody),
+        (status = 409, description = "the lease is not in a state this step applies to", body = ErrorBody),
+    ),
+)]
 pub(super) async fn renew(
     State(state): State<ApiState>,
     auth: Auth,
@@ -581,13 +750,32 @@ pub(super) async fn renew(
     })
 }
 
-#[derive(Deserialize, Default)]
+/// Why a lease ends early (the body is optional).
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(super) struct Termination {
     reason: Option<String>,
 }
 
 /// `POST /api/leases/{id}/terminate` (`{"reason": …}` optional): DRAFT or ACTIVE → TERMINATED.
+#[utoipa::path(
+    post,
+    path = "/api/leases/{id}/terminate",
+    operation_id = "terminateLease",
+    tag = "leases",
+    summary = "DRAFT or ACTIVE to TERMINATED",
+    description = "Needs a token with role admin or above.",
+    params(("id" = String, Path, description = "lease id")),
+    request_body(content = Option<Termination>, description = "optional: the reason, kept in the lease's events"),
+    responses(
+        (status = 200, description = "the lease as changed", body = LeaseBody),
+        (status = 400, description = "the body is not a termination", body = ErrorBody),
+        Unauthenticated,
+        RoleRefused,
+        (status = 404, description = "no such lease (or another tenant's)", body = ErrorBody),
+        (status = 409, description = "the lease is neither DRAFT nor ACTIVE", body = ErrorBody),
+    ),
+)]
 pub(super) async fn terminate(
     State(state): State<ApiState>,
     auth: Auth,
@@ -615,15 +803,56 @@ pub(super) async fn terminate(
     })
 }
 
-#[derive(Deserialize)]
+/// The invoice's month.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct Month {
+    /// YYYY-MM (required)
     month: Option<String>,
+}
+
+/// A month's invoice of a lease.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct Invoice {
+    lease_id: String,
+    client_id: String,
+    machine_id: String,
+    /// YYYY-MM
+    month: String,
+    /// The part of the month within the lease's term, YYYY-MM-DD.
+    period_start: String,
+    period_end: String,
+    /// Exact decimals, e.g. "450.00".
+    monthly_rate: String,
+    machine_revenue: String,
+    revenue_share_percent: String,
+    /// machineRevenue × revenueSharePercent / 100, rounded half up to the cent.
+    revenue_share: String,
+    total: String,
+    status: &'static str,
+    /// The views' frontier the revenue was read at (epoch ms).
+    time: u64,
 }
 
 /// `GET /api/leases/{id}/invoices?month=YYYY-MM`: monthly rate + the machine's revenue in that
 /// month (within the lease's term) × revenue share, read from the SQL view
 /// `lease_revenue_share_monthly` (live days, and archived days when there is an archive). The
 /// share rounds half up to the cent.
+#[utoipa::path(
+    get,
+    path = "/api/leases/{id}/invoices",
+    operation_id = "getInvoice",
+    tag = "leases",
+    summary = "The invoice of a month: monthlyRate + machine revenue in the month x revenueSharePercent / 100",
+    params(("id" = String, Path, description = "lease id"), Month),
+    responses(
+        (status = 200, description = "ok", body = Invoice),
+        (status = 400, description = "no month, or a month outside the lease's term", body = ErrorBody),
+        Unauthenticated,
+        (status = 404, description = "no such lease (or another tenant's)", body = ErrorBody),
+    ),
+)]
 pub(super) async fn invoice(
     State(state): State<ApiState>,
     auth: Auth,
@@ -675,17 +904,23 @@ pub(super) async fn invoice(
     let revenue = cents(0)?.unwrap_or(Cents(0));
     let share = cents(1)?.unwrap_or(Cents(0));
     let total = cents(2)?.unwrap_or(lease.monthly_rate);
-    Ok(axum::Json(json!({
-        "leaseId": lease.lease_id, "clientId": lease.client_id,
-        "machineId": lease.machine_id.as_str(), "month": text,
-        "periodStart": from.to_string(), "periodEnd": (to.pred_opt().unwrap_or(to)).to_string(),
-        "monthlyRate": lease.monthly_rate.to_string(),
-        "machineRevenue": revenue.to_string(),
-        "revenueSharePercent": vendflow_protocol::units::trim_decimal(lease.revenue_share_basis_points, 2),
-        "revenueShare": share.to_string(),
-        "total": total.to_string(),
-        "status": lease.status.as_str(),
-        "time": answer.time,
-    }))
+    Ok(axum::Json(Invoice {
+        lease_id: lease.lease_id.clone(),
+        client_id: lease.client_id.clone(),
+        machine_id: lease.machine_id.as_str().to_owned(),
+        month: text,
+        period_start: from.to_string(),
+        period_end: (to.pred_opt().unwrap_or(to)).to_string(),
+        monthly_rate: lease.monthly_rate.to_string(),
+        machine_revenue: revenue.to_string(),
+        revenue_share_percent: vendflow_protocol::units::trim_decimal(
+            lease.revenue_share_basis_points,
+            2,
+        ),
+        revenue_share: share.to_string(),
+        total: total.to_string(),
+        status: lease.status.as_str(),
+        time: answer.time,
+    })
     .into_response())
 }

@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Value as Json, json};
 use vendflow_dataflows::row::Named;
@@ -17,7 +17,12 @@ use vendflow_protocol::{
     Slot,
 };
 
-use super::{ApiError, ApiJson, ApiQuery, ApiState, Auth, Page};
+use utoipa::{IntoParams, ToSchema};
+
+use super::{
+    ApiError, ApiJson, ApiQuery, ApiState, Auth, ErrorBody, Invalid, Page, RoleRefused, TooLarge,
+    Unauthenticated,
+};
 use crate::auth::{Role, Tenant};
 use crate::cell;
 
@@ -25,26 +30,51 @@ use crate::cell;
 /// The views a machine's page reads; each has the machine id as its first column.
 pub(super) const MACHINE_VIEWS: [&str; 4] = ["liveness", "inventory", "anomaly_windows", "health"];
 
-#[derive(Deserialize)]
+/// A machine to register.
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(super) struct NewMachine {
+    /// Chosen by the server (`mach_…`) when absent.
     machine_id: Option<String>,
+    #[schema(required = true)]
     serial_number: Option<String>,
+    #[schema(required = true)]
     model: Option<String>,
+    /// A location registered first (`POST /api/locations`).
+    #[schema(required = true)]
     location_id: Option<String>,
     firmware_version: Option<String>,
+    /// At least one.
     #[serde(default)]
+    #[schema(required = true)]
     slots: Vec<NewSlot>,
 }
 
-#[derive(Deserialize)]
+/// A slot of a new machine's planogram.
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(super) struct NewSlot {
     slot_number: u32,
     product_id: String,
+    /// 1 to 1000.
     max_capacity: u32,
+    /// A JSON number with at most 2 decimals, e.g. 2.50.
+    #[schema(value_type = f64)]
     price: Box<RawValue>,
+    /// Below maxCapacity.
     low_stock_threshold: Option<u32>,
+}
+
+/// A registered machine, with its secret (shown once).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct MachineCreated {
+    machine_id: String,
+    status: &'static str,
+    /// RFC 3339
+    registered_at: String,
+    /// The machine's key for signing its envelopes; not shown again.
+    machine_secret: String,
 }
 
 /// Collects field problems, to refuse a request once with all of them.
@@ -96,6 +126,24 @@ fn new_id(prefix: &str) -> Result<String, ApiError> {
 }
 
 /// `POST /api/machines` (admin): validates, registers, issues the machine's secret.
+#[utoipa::path(
+    post,
+    path = "/api/machines",
+    operation_id = "registerMachine",
+    tag = "machines",
+    summary = "Register a machine at a location; answers its secret, shown once",
+    description = "Needs a token with role admin or above.",
+    request_body = NewMachine,
+    responses(
+        (status = 201, description = "registered", body = MachineCreated),
+        Invalid,
+        Unauthenticated,
+        (status = 403, description = "the token's role or tenant does not allow it", body = ErrorBody),
+        (status = 404, description = "no such location (or another tenant's)", body = ErrorBody),
+        (status = 409, description = "the serial number or machine id is taken", body = ErrorBody),
+        TooLarge,
+    ),
+)]
 pub(super) async fn register(
     State(state): State<ApiState>,
     auth: Auth,
@@ -221,12 +269,12 @@ pub(super) async fn register(
     tracing::info!(machine_id = %machine_id.as_str(), token = %auth.0.token_id, "machine registered");
     Ok((
         StatusCode::CREATED,
-        axum::Json(json!({
-            "machineId": machine_id.as_str(),
-            "status": "active",
-            "registeredAt": registered_at.to_rfc3339(),
-            "machineSecret": secret,
-        })),
+        axum::Json(MachineCreated {
+            machine_id: machine_id.as_str().to_owned(),
+            status: "active",
+            registered_at: registered_at.to_rfc3339(),
+            machine_secret: secret,
+        }),
     )
         .into_response())
 }
@@ -253,12 +301,43 @@ fn rows_for<'a>(snapshot: &'a Snapshot, view: &str, machine: &str) -> Vec<Named<
         .unwrap_or_default()
 }
 
-fn location_json(l: &Location) -> Json {
-    json!({
-        "locationId": l.location_id, "clientId": l.client_id, "address": l.address,
-        "lat": micro(l.lat), "lng": micro(l.lng), "type": l.location_type.as_str(),
-        "region": l.region, "timeZone": l.time_zone.as_deref().unwrap_or("UTC"),
-    })
+/// A client's site.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct LocationBody {
+    location_id: String,
+    client_id: String,
+    address: String,
+    lat: f64,
+    lng: f64,
+    /// office, hospital, airport, gym or other
+    #[serde(rename = "type")]
+    location_type: &'static str,
+    region: Option<String>,
+    /// An IANA zone; the machines' local days follow it.
+    time_zone: String,
+}
+
+impl LocationBody {
+    fn of(l: &Location) -> LocationBody {
+        LocationBody {
+            location_id: l.location_id.clone(),
+            client_id: l.client_id.clone(),
+            address: l.address.clone(),
+            lat: micro(l.lat),
+            lng: micro(l.lng),
+            location_type: l.location_type.as_str(),
+            region: l.region.clone(),
+            time_zone: l.time_zone.as_deref().unwrap_or("UTC").to_owned(),
+        }
+    }
+}
+
+/// The caller's locations.
+#[derive(Serialize, ToSchema)]
+pub(super) struct LocationList {
+    items: Vec<LocationBody>,
+    total: usize,
 }
 
 fn micro(m: Micro) -> f64 {
@@ -281,65 +360,156 @@ pub(super) fn alerts_of(health: Option<Named<'_>>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// A machine's page: registry, liveness, latest temperature, inventory, alerts.
-pub(super) fn machine_json(
-    machine: &Machine,
-    location: Option<&Location>,
-    snapshot: &Snapshot,
-) -> Json {
-    let id = machine.machine_id.as_str();
-    let liveness = rows_for(snapshot, "liveness", id).into_iter().next();
-    let health = rows_for(snapshot, "health", id).into_iter().next();
-    let windows = rows_for(snapshot, "anomaly_windows", id);
-    // The latest window (by its start) that had a reading.
-    let latest = windows
-        .iter()
-        .filter(|w| w.get("max_temperature") != Value::Null)
-        .max_by_key(|w| w.time("window_start").unwrap_or(i64::MIN));
-    let prices: HashMap<u32, Cents> = machine
-        .slots
-        .iter()
-        .map(|s| (s.slot_number, s.price))
-        .collect();
-    let mut slots = rows_for(snapshot, "inventory", id);
-    slots.sort_by_key(|r| r.int("slot_number").unwrap_or(i64::MAX));
-    let inventory: Vec<Json> = slots
-        .into_iter()
-        .map(|r| {
-            let slot = r.int("slot_number").unwrap_or(-1);
-            let price = u32::try_from(slot)
-                .ok()
-                .and_then(|s| prices.get(&s))
-                .map(|p| Json::String(p.to_string()));
-            json!({
-                "slotNumber": slot, "productId": cell(&r.get("product_id")), "units": cell(&r.get("units")),
-                "capacity": cell(&r.get("capacity")), "lowStockThreshold": cell(&r.get("low_stock_threshold")),
-                "lowStock": cell(&r.get("low_stock")), "soldOut": cell(&r.get("sold_out")), "price": price,
+/// A machine's page: registry, live status, latest temperature, inventory, alerts, at one
+/// frontier of the views.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct MachineDetail {
+    machine_id: String,
+    serial_number: String,
+    model: String,
+    firmware_version: Option<String>,
+    /// RFC 3339
+    registered_at: Option<String>,
+    /// active, offline (no heartbeat lately) or maintenance
+    status: String,
+    /// active or maintenance, as registered
+    registered_status: &'static str,
+    /// From `liveness`; null before the first heartbeat.
+    #[schema(value_type = Option<String>)]
+    last_heartbeat: Json,
+    /// The highest reading (°C, exact decimal, e.g. "4.2") of the latest anomaly window that
+    /// had one.
+    #[schema(value_type = Option<String>)]
+    temperature: Json,
+    /// That window's start.
+    #[schema(value_type = Option<String>)]
+    temperature_at: Json,
+    location: Option<LocationBody>,
+    inventory: Vec<SlotStock>,
+    health: Option<HealthScore>,
+    alert_count: usize,
+    /// One entry per reason of `health`.
+    alerts: Vec<String>,
+    /// The views' frontier the page was read at (epoch ms).
+    time: u64,
+}
+
+/// A slot's stock, from `inventory`.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct SlotStock {
+    slot_number: i64,
+    #[schema(value_type = Option<String>)]
+    product_id: Json,
+    #[schema(value_type = Option<i64>)]
+    units: Json,
+    #[schema(value_type = Option<i64>)]
+    capacity: Json,
+    #[schema(value_type = Option<i64>)]
+    low_stock_threshold: Json,
+    #[schema(value_type = Option<bool>)]
+    low_stock: Json,
+    #[schema(value_type = Option<bool>)]
+    sold_out: Json,
+    /// The slot's price in the registry, e.g. "2.50".
+    price: Option<String>,
+}
+
+/// A machine's health score and grade, from `health`.
+#[derive(Serialize, ToSchema)]
+pub(super) struct HealthScore {
+    #[schema(value_type = Option<i64>)]
+    score: Json,
+    #[schema(value_type = Option<String>)]
+    grade: Json,
+}
+
+impl HealthScore {
+    pub(super) fn of(row: &Named<'_>) -> HealthScore {
+        HealthScore {
+            score: cell(&row.get("score")),
+            grade: cell(&row.get("grade")),
+        }
+    }
+}
+
+impl MachineDetail {
+    fn of(machine: &Machine, location: Option<&Location>, snapshot: &Snapshot) -> MachineDetail {
+        let id = machine.machine_id.as_str();
+        let liveness = rows_for(snapshot, "liveness", id).into_iter().next();
+        let health = rows_for(snapshot, "health", id).into_iter().next();
+        let windows = rows_for(snapshot, "anomaly_windows", id);
+        // The latest window (by its start) that had a reading.
+        let latest = windows
+            .iter()
+            .filter(|w| w.get("max_temperature") != Value::Null)
+            .max_by_key(|w| w.time("window_start").unwrap_or(i64::MIN));
+        let prices: HashMap<u32, Cents> = machine
+            .slots
+            .iter()
+            .map(|s| (s.slot_number, s.price))
+            .collect();
+        let mut slots = rows_for(snapshot, "inventory", id);
+        slots.sort_by_key(|r| r.int("slot_number").unwrap_or(i64::MAX));
+        let inventory = slots
+            .into_iter()
+            .map(|r| {
+                let slot = r.int("slot_number").unwrap_or(-1);
+                SlotStock {
+                    slot_number: slot,
+                    product_id: cell(&r.get("product_id")),
+                    units: cell(&r.get("units")),
+                    capacity: cell(&r.get("capacity")),
+                    low_stock_threshold: cell(&r.get("low_stock_threshold")),
+                    low_stock: cell(&r.get("low_stock")),
+                    sold_out: cell(&r.get("sold_out")),
+                    price: u32::try_from(slot)
+                        .ok()
+                        .and_then(|s| prices.get(&s))
+                        .map(ToString::to_string),
+                }
             })
-        })
-        .collect();
-    let alerts = alerts_of(health);
-    json!({
-        "machineId": id,
-        "serialNumber": machine.serial_number,
-        "model": machine.model,
-        "firmwareVersion": machine.firmware_version,
-        "registeredAt": machine.registered_at.map(|t| t.to_rfc3339()),
-        "status": live_status(machine.status, liveness.and_then(|r| r.text("status")).as_deref()),
-        "registeredStatus": machine.status.as_str(),
-        "lastHeartbeat": liveness.map_or(Json::Null, |r| cell(&r.get("last_heartbeat"))),
-        "temperature": latest.map_or(Json::Null, |w| cell(&w.get("max_temperature"))),
-        "temperatureAt": latest.map_or(Json::Null, |w| cell(&w.get("window_start"))),
-        "location": location.map_or(Json::Null, location_json),
-        "inventory": inventory,
-        "health": health.map_or(Json::Null, |h| json!({"score": cell(&h.get("score")), "grade": cell(&h.get("grade"))})),
-        "alertCount": alerts.len(),
-        "alerts": alerts,
-        "time": snapshot.frontier,
-    })
+            .collect();
+        let alerts = alerts_of(health);
+        MachineDetail {
+            machine_id: id.to_owned(),
+            serial_number: machine.serial_number.clone(),
+            model: machine.model.clone(),
+            firmware_version: machine.firmware_version.clone(),
+            registered_at: machine.registered_at.map(|t| t.to_rfc3339()),
+            status: live_status(
+                machine.status,
+                liveness.and_then(|r| r.text("status")).as_deref(),
+            ),
+            registered_status: machine.status.as_str(),
+            last_heartbeat: liveness.map_or(Json::Null, |r| cell(&r.get("last_heartbeat"))),
+            temperature: latest.map_or(Json::Null, |w| cell(&w.get("max_temperature"))),
+            temperature_at: latest.map_or(Json::Null, |w| cell(&w.get("window_start"))),
+            location: location.map(LocationBody::of),
+            inventory,
+            health: health.as_ref().map(HealthScore::of),
+            alert_count: alerts.len(),
+            alerts,
+            time: snapshot.frontier,
+        }
+    }
 }
 
 /// `GET /api/machines/{id}`: another tenant's machine is as missing as an unknown one.
+#[utoipa::path(
+    get,
+    path = "/api/machines/{id}",
+    operation_id = "getMachine",
+    tag = "machines",
+    summary = "A machine: status, last heartbeat, temperature, location, inventory, alerts",
+    params(("id" = String, Path, description = "machine id")),
+    responses(
+        (status = 200, description = "ok", body = MachineDetail),
+        Unauthenticated,
+        (status = 404, description = "no such machine (or another tenant's)", body = ErrorBody),
+    ),
+)]
 pub(super) async fn detail(
     State(state): State<ApiState>,
     auth: Auth,
@@ -363,17 +533,37 @@ pub(super) async fn detail(
     let snapshot = state
         .store
         .snapshot_of_key(&MACHINE_VIEWS, machine.machine_id.as_str());
-    Ok(axum::Json(machine_json(&machine, location.as_ref(), &snapshot)).into_response())
+    Ok(axum::Json(MachineDetail::of(&machine, location.as_ref(), &snapshot)).into_response())
 }
 
-#[derive(Deserialize)]
+/// What an operator may change of a machine; at least one of the two.
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(super) struct MachinePatch {
+    /// active or maintenance (offline follows the heartbeats, it is not set by hand)
     status: Option<String>,
     firmware_version: Option<String>,
 }
 
 /// `PATCH /api/machines/{id}` (operator): maintenance on and off; the firmware version.
+#[utoipa::path(
+    patch,
+    path = "/api/machines/{id}",
+    operation_id = "updateMachine",
+    tag = "machines",
+    summary = "Put a machine into maintenance or back; set its firmware version",
+    description = "Needs a token with role operator or above.",
+    params(("id" = String, Path, description = "machine id")),
+    request_body = MachinePatch,
+    responses(
+        (status = 200, description = "the machine as changed", body = MachineDetail),
+        Invalid,
+        Unauthenticated,
+        RoleRefused,
+        (status = 404, description = "no such machine (or another tenant's)", body = ErrorBody),
+        TooLarge,
+    ),
+)]
 pub(super) async fn update(
     State(state): State<ApiState>,
     auth: Auth,
@@ -436,10 +626,10 @@ pub(super) async fn update(
     let snapshot = state
         .store
         .snapshot_of_key(&MACHINE_VIEWS, machine.machine_id.as_str());
-    let mut body = machine_json(&machine, location.as_ref(), &snapshot);
+    let mut body = MachineDetail::of(&machine, location.as_ref(), &snapshot);
     // The views catch up with the change a moment later; the answer shows it already.
     if machine.status == MachineStatus::Maintenance {
-        body["status"] = json!("maintenance");
+        body.status = "maintenance".to_owned();
     }
     Ok(axum::Json(body).into_response())
 }
@@ -448,6 +638,22 @@ pub(super) async fn update(
 /// revokes its device key, so its envelopes are refused from then on (the bridge follows the
 /// credentials file). Its planogram leaves `inventory`. Refused while a lease on it is in force
 /// (terminate the lease first), so no invoice loses its machine.
+#[utoipa::path(
+    delete,
+    path = "/api/machines/{id}",
+    operation_id = "deleteMachine",
+    tag = "machines",
+    summary = "Take a machine out of the registry (decommissioned); refused while a lease on it is in force",
+    description = "Needs a token with role admin or above.",
+    params(("id" = String, Path, description = "machine id")),
+    responses(
+        (status = 204, description = "deleted; its key is revoked"),
+        Unauthenticated,
+        RoleRefused,
+        (status = 404, description = "no such machine (or another tenant's)", body = ErrorBody),
+        (status = 409, description = "a lease on it is in force", body = ErrorBody),
+    ),
+)]
 pub(super) async fn delete(
     State(state): State<ApiState>,
     auth: Auth,
@@ -489,6 +695,22 @@ pub(super) async fn delete(
 }
 
 /// `DELETE /api/locations/{id}`: removes a location that no machine is at any more.
+#[utoipa::path(
+    delete,
+    path = "/api/locations/{id}",
+    operation_id = "deleteLocation",
+    tag = "machines",
+    summary = "Remove a location no machine is at",
+    description = "Needs a token with role admin or above.",
+    params(("id" = String, Path, description = "location id")),
+    responses(
+        (status = 204, description = "deleted"),
+        Unauthenticated,
+        RoleRefused,
+        (status = 404, description = "no such location (or another tenant's)", body = ErrorBody),
+        (status = 409, description = "a machine is still at it", body = ErrorBody),
+    ),
+)]
 pub(super) async fn delete_location(
     State(state): State<ApiState>,
     auth: Auth,
@@ -526,18 +748,69 @@ pub(super) async fn delete_location(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-#[derive(Deserialize)]
+/// The filters and page of the machine list.
+#[derive(Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListParams {
+    /// active, maintenance or offline
     status: Option<String>,
+    /// a location
     location_id: Option<String>,
+    /// a region
     region: Option<String>,
+    /// a client
     client_id: Option<String>,
+    /// 1-based page
     page: Option<usize>,
+    /// 1 to 500, default 50
     page_size: Option<usize>,
 }
 
+/// A machine in the list.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct MachineSummary {
+    machine_id: String,
+    serial_number: String,
+    model: String,
+    location_id: Option<String>,
+    client_id: Option<String>,
+    region: Option<String>,
+    /// active, offline or maintenance
+    status: String,
+    #[schema(value_type = Option<String>)]
+    last_heartbeat: Json,
+    alert_count: usize,
+}
+
+/// A page of machines.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct MachineList {
+    items: Vec<MachineSummary>,
+    page: usize,
+    page_size: usize,
+    /// Machines matching the filters, over all pages.
+    total: usize,
+    /// The views' frontier (epoch ms).
+    time: u64,
+}
+
 /// `GET /api/machines?status=&locationId=&region=&clientId=&page=&pageSize=`.
+#[utoipa::path(
+    get,
+    path = "/api/machines",
+    operation_id = "listMachines",
+    tag = "machines",
+    summary = "List machines, filtered and paginated",
+    params(ListParams),
+    responses(
+        (status = 200, description = "ok", body = MachineList),
+        (status = 400, description = "invalid filter or page", body = ErrorBody),
+        Unauthenticated,
+    ),
+)]
 pub(super) async fn list(
     State(state): State<ApiState>,
     auth: Auth,
@@ -595,31 +868,49 @@ pub(super) async fn list(
             continue;
         }
         let alerts = alerts_of(health.get(id.as_str()).copied());
-        items.push(json!({
-            "machineId": id, "serialNumber": m.serial_number, "model": m.model,
-            "locationId": m.location_id, "clientId": client,
-            "region": location.and_then(|l| l.region.clone()), "status": status,
-            "lastHeartbeat": live.map_or(Json::Null, |r| cell(&r.get("last_heartbeat"))),
-            "alertCount": alerts.len(),
-        }));
+        items.push(MachineSummary {
+            machine_id: id.clone(),
+            serial_number: m.serial_number.clone(),
+            model: m.model.clone(),
+            location_id: m.location_id.clone(),
+            client_id: client.map(str::to_owned),
+            region: location.and_then(|l| l.region.clone()),
+            status,
+            last_heartbeat: live.map_or(Json::Null, |r| cell(&r.get("last_heartbeat"))),
+            alert_count: alerts.len(),
+        });
     }
-    Ok(axum::Json(json!({
-        "items": items, "page": page, "pageSize": size, "total": total, "time": snapshot.frontier,
-    }))
+    Ok(axum::Json(MachineList {
+        items,
+        page,
+        page_size: size,
+        total,
+        time: snapshot.frontier,
+    })
     .into_response())
 }
 
-#[derive(Deserialize)]
+/// A client's site to add.
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(super) struct NewLocation {
+    /// Chosen by the server (`loc_…`) when absent; 1 to 64 characters.
     location_id: Option<String>,
+    /// Required of the platform; a client's token adds to its own client.
     client_id: Option<String>,
+    #[schema(required = true)]
     address: Option<String>,
+    /// Degrees, within ±90.
+    #[schema(value_type = f64, required = true)]
     lat: Option<Box<RawValue>>,
+    /// Degrees, within ±180.
+    #[schema(value_type = f64, required = true)]
     lng: Option<Box<RawValue>>,
+    /// office, hospital, airport, gym or other (the default)
     #[serde(rename = "type")]
     location_type: Option<String>,
     region: Option<String>,
+    /// An IANA zone, e.g. Europe/Paris; UTC when absent.
     time_zone: Option<String>,
 }
 
@@ -648,6 +939,23 @@ fn coordinate(raw: Option<&RawValue>, limit: i64, field: &str, problems: &mut Pr
 }
 
 /// `POST /api/locations` (admin): a client's site; machines are registered at one.
+#[utoipa::path(
+    post,
+    path = "/api/locations",
+    operation_id = "addLocation",
+    tag = "machines",
+    summary = "Add a client's location",
+    description = "Needs a token with role admin or above.",
+    request_body = NewLocation,
+    responses(
+        (status = 201, description = "added", body = LocationBody),
+        Invalid,
+        Unauthenticated,
+        (status = 403, description = "the token's role or tenant does not allow it", body = ErrorBody),
+        (status = 409, description = "the location id is taken", body = ErrorBody),
+        TooLarge,
+    ),
+)]
 pub(super) async fn add_location(
     State(state): State<ApiState>,
     auth: Auth,
@@ -727,17 +1035,29 @@ pub(super) async fn add_location(
             vec![RegistryRecord::Location(location.clone())],
         )
         .map_err(ApiError::from)?;
-    Ok((StatusCode::CREATED, axum::Json(location_json(&location))).into_response())
+    Ok((StatusCode::CREATED, axum::Json(LocationBody::of(&location))).into_response())
 }
 
 /// `GET /api/locations`: the caller's locations.
+#[utoipa::path(
+    get,
+    path = "/api/locations",
+    operation_id = "listLocations",
+    tag = "machines",
+    summary = "The caller's locations",
+    responses(
+        (status = 200, description = "ok", body = LocationList),
+        Unauthenticated,
+    ),
+)]
 pub(super) async fn locations(State(state): State<ApiState>, auth: Auth) -> Response {
     let registry = state.fleet.read();
-    let items: Vec<Json> = registry
+    let items: Vec<LocationBody> = registry
         .locations
         .values()
         .filter(|l| auth.sees(Some(&l.client_id)))
-        .map(location_json)
+        .map(LocationBody::of)
         .collect();
-    axum::Json(json!({ "items": items, "total": items.len() })).into_response()
+    let total = items.len();
+    axum::Json(LocationList { items, total }).into_response()
 }

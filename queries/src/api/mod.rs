@@ -33,8 +33,10 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use serde_json::{Value as Json, json};
+use serde::Serialize;
+use serde_json::Value as Json;
+use utoipa::{IntoResponses, OpenApi, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 use vendflow_dataflows::ViewStore;
 use vendflow_protocol::Timestamp;
 
@@ -141,49 +143,46 @@ pub fn frontier_or_now(store: &ViewStore) -> Timestamp {
     }
 }
 
-/// Every route: the REST API, the views, SQL, health and metrics.
+/// Every route: the REST API, the views, SQL, health and metrics, and the embedded dashboard.
 pub fn app(state: ApiState) -> Router {
-    Router::new()
-        .route(
-            "/api/machines",
-            post(machines::register).get(machines::list),
-        )
-        .route(
-            "/api/machines/{id}",
-            get(machines::detail)
-                .patch(machines::update)
-                .delete(machines::delete),
-        )
-        .route(
-            "/api/locations",
-            post(machines::add_location).get(machines::locations),
-        )
-        .route(
-            "/api/locations/{id}",
-            axum::routing::delete(machines::delete_location),
-        )
-        .route("/api/leases", post(leases::create).get(leases::list))
-        .route("/api/leases/{id}", get(leases::detail))
-        .route("/api/leases/{id}/activate", post(leases::activate))
-        .route("/api/leases/{id}/renew", post(leases::renew))
-        .route("/api/leases/{id}/terminate", post(leases::terminate))
-        .route("/api/leases/{id}/invoices", get(leases::invoice))
-        .route("/api/dashboard/fleet", get(dashboard::fleet))
-        .route("/api/dashboard/map", get(dashboard::map))
-        .route("/api/dashboard/stream", get(dashboard::stream))
-        .route("/api/whoami", get(whoami))
-        .route("/health", get(ops::health))
-        .route("/metrics", get(ops::metrics))
-        .route("/api/openapi.json", get(ops::openapi_json))
-        .route("/views", get(views::catalog))
-        .route("/views/{name}", get(views::snapshot))
-        .route("/views/{name}/subscribe", get(views::subscribe))
-        .route("/sql", post(views::sql))
+    let (documented, _) = documented().split_for_parts();
+    documented
         .merge(web::routes())
         .fallback(no_route)
         .layer(axum::middleware::map_response(web::security_headers))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
+}
+
+/// The API's routes with their OpenAPI operations: one list, so the router and the document
+/// (`GET /api/openapi.json`) cannot disagree.
+pub(crate) fn documented() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::with_openapi(ops::ApiDoc::openapi())
+        .routes(routes!(machines::register, machines::list))
+        .routes(routes!(
+            machines::detail,
+            machines::update,
+            machines::delete
+        ))
+        .routes(routes!(machines::add_location, machines::locations))
+        .routes(routes!(machines::delete_location))
+        .routes(routes!(leases::create, leases::list))
+        .routes(routes!(leases::detail))
+        .routes(routes!(leases::activate))
+        .routes(routes!(leases::renew))
+        .routes(routes!(leases::terminate))
+        .routes(routes!(leases::invoice))
+        .routes(routes!(dashboard::fleet))
+        .routes(routes!(dashboard::map))
+        .routes(routes!(dashboard::stream))
+        .routes(routes!(whoami))
+        .routes(routes!(ops::health::health))
+        .routes(routes!(ops::metrics::metrics))
+        .routes(routes!(ops::openapi::openapi_json))
+        .routes(routes!(views::catalog))
+        .routes(routes!(views::snapshot))
+        .routes(routes!(views::subscribe))
+        .routes(routes!(views::sql))
 }
 
 /// Largest request body the API reads.
@@ -197,11 +196,35 @@ async fn no_route(uri: axum::http::Uri) -> ApiError {
     )
 }
 
-async fn whoami(Auth(who): Auth) -> Response {
-    axum::Json(json!({
-        "role": who.role.as_str(), "tenant": who.tenant.as_str(), "tokenId": who.token_id,
-    }))
-    .into_response()
+/// Who a token is.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct Whoami {
+    /// viewer, operator or admin
+    role: &'static str,
+    /// A client id, or `*` for the platform
+    tenant: String,
+    token_id: String,
+}
+
+/// `GET /api/whoami`: the caller's role and tenant.
+#[utoipa::path(
+    get,
+    path = "/api/whoami",
+    operation_id = "whoami",
+    tag = "access",
+    summary = "The caller's role and tenant",
+    responses(
+        (status = 200, description = "ok", body = Whoami),
+        Unauthenticated,
+    ),
+)]
+async fn whoami(Auth(who): Auth) -> axum::Json<Whoami> {
+    axum::Json(Whoami {
+        role: who.role.as_str(),
+        tenant: who.tenant.as_str().to_owned(),
+        token_id: who.token_id,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -289,16 +312,16 @@ impl IntoResponse for ApiError {
         } else {
             tracing::debug!(code = self.code, %request_id, message = %self.message, "api refusal");
         }
-        let body = json!({
-            "error": {
-                "code": self.code,
-                "message": self.message,
-                "details": self.details,
-                "timestamp": Timestamp::now().to_rfc3339(),
-                "requestId": request_id,
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+                details: self.details,
+                timestamp: Timestamp::now().to_rfc3339(),
+                request_id: request_id.clone(),
             },
-            "success": false,
-        });
+            success: false,
+        };
         let mut response = (
             self.status,
             [("x-request-id", request_id)],
@@ -313,6 +336,58 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+/// The body of every refusal and failure.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+    /// Always false.
+    pub success: bool,
+}
+
+/// What went wrong.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorDetail {
+    /// A stable code: `validation_failed`, `not_found`, `forbidden`, `conflict`, …
+    pub code: &'static str,
+    pub message: String,
+    /// The fields at fault (`[{field, message}]`) or other context; null when there is none.
+    pub details: serde_json::Value,
+    /// RFC 3339
+    pub timestamp: String,
+    /// Also in the `x-request-id` header and the server's log.
+    pub request_id: String,
+}
+
+/// The refusal of a request without a valid token (every route but `/health`, `/metrics` and
+/// the OpenAPI document), for the OpenAPI operations.
+#[derive(IntoResponses)]
+#[response(status = 401, description = "missing or unknown token")]
+#[allow(dead_code)] // describes what `Auth` answers
+pub(crate) struct Unauthenticated(ErrorBody);
+
+/// The refusal of a request whose fields are not valid (each field's problem in `details`),
+/// for the OpenAPI operations.
+#[derive(IntoResponses)]
+#[response(
+    status = 400,
+    description = "invalid request (validation errors in details)"
+)]
+#[allow(dead_code)] // describes what `Problems::check` answers
+pub(crate) struct Invalid(ErrorBody);
+
+/// The refusal of a token whose role is below what the route needs, for the OpenAPI operations.
+#[derive(IntoResponses)]
+#[response(status = 403, description = "the token's role does not allow it")]
+#[allow(dead_code)] // describes what `Auth::require` answers
+pub(crate) struct RoleRefused(ErrorBody);
+
+/// The refusal of a body over [`BODY_LIMIT`], for the OpenAPI operations.
+#[derive(IntoResponses)]
+#[response(status = 413, description = "body too large")]
+#[allow(dead_code)] // describes what `ApiJson` answers
+pub(crate) struct TooLarge(ErrorBody);
 
 /// A JSON body whose problems answer in the API's error shape (400, 413 or 415).
 pub struct ApiJson<T>(pub T);

@@ -10,25 +10,85 @@ use serde_json::{Value as Json, json};
 use vendflow_dataflows::views::find;
 use vendflow_dataflows::{CATALOG, Row, ViewDef};
 
-use super::{ApiError, ApiQuery, ApiState, Auth};
+use serde::Serialize;
+use utoipa::{IntoParams, ToSchema};
+
+use super::{ApiError, ApiQuery, ApiState, Auth, ErrorBody, Unauthenticated};
+
+/// A query as JSON (the body may also be the SQL text itself).
+#[derive(ToSchema)]
+#[allow(dead_code)] // documents the body `sql` reads by hand (JSON or plain text)
+pub(super) struct SqlRequest {
+    sql: String,
+}
 use crate::sql::{Caller, QueryError, Scope};
 use crate::{filter, row_json, type_name};
 
+/// The views the caller may read.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Catalog {
+    views: Vec<ViewInfo>,
+}
+
+/// A view: its name, what it holds, its columns.
+#[derive(Serialize, ToSchema)]
+pub(super) struct ViewInfo {
+    name: &'static str,
+    description: &'static str,
+    columns: Vec<ColumnInfo>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct ColumnInfo {
+    name: &'static str,
+    /// boolean, integer, float, text, money, timestamp, date, …
+    #[serde(rename = "type")]
+    column_type: &'static str,
+    nullable: bool,
+}
+
+/// A view's rows the caller may read, at one frontier.
+#[derive(Serialize, ToSchema)]
+pub(super) struct ViewRows {
+    /// The views' frontier (epoch ms).
+    time: u64,
+    /// One object per row, by column name.
+    #[schema(value_type = Vec<Object>)]
+    rows: Vec<Json>,
+}
+
+/// `GET /views`: the views the caller may read.
+#[utoipa::path(
+    get,
+    path = "/views",
+    operation_id = "listViews",
+    tag = "views",
+    summary = "The views the caller may read",
+    responses(
+        (status = 200, description = "ok", body = Catalog),
+        Unauthenticated,
+    ),
+)]
 pub(super) async fn catalog(State(state): State<ApiState>, auth: Auth) -> Response {
     let scope = state.scope(&auth.0);
-    let views: Vec<Json> = CATALOG
+    let views = CATALOG
         .iter()
         .filter(|v| scope.sees_view(v))
-        .map(|v| {
-            let columns: Vec<Json> = v
+        .map(|v| ViewInfo {
+            name: v.name,
+            description: v.description,
+            columns: v
                 .columns
                 .iter()
-                .map(|c| json!({"name": c.name, "type": type_name(c.ty), "nullable": c.nullable}))
-                .collect();
-            json!({"name": v.name, "description": v.description, "columns": columns})
+                .map(|c| ColumnInfo {
+                    name: c.name,
+                    column_type: type_name(c.ty),
+                    nullable: c.nullable,
+                })
+                .collect(),
         })
         .collect();
-    axum::Json(json!({ "views": views })).into_response()
+    axum::Json(Catalog { views }).into_response()
 }
 
 /// The view named `name`, if the scope may read it.
@@ -44,6 +104,21 @@ fn visible(scope: &Scope, name: &str) -> Result<&'static ViewDef, ApiError> {
     Ok(view)
 }
 
+/// `GET /views/{name}`: a view's rows, the caller's only.
+#[utoipa::path(
+    get,
+    path = "/views/{name}",
+    operation_id = "getView",
+    tag = "views",
+    summary = "A view's rows (the caller's)",
+    params(("name" = String, Path, description = "view name")),
+    responses(
+        (status = 200, description = "ok", body = ViewRows),
+        Unauthenticated,
+        (status = 403, description = "a fleet-wide view, and the token is a client's", body = ErrorBody),
+        (status = 404, description = "no such view", body = ErrorBody),
+    ),
+)]
 pub(super) async fn snapshot(
     State(state): State<ApiState>,
     auth: Auth,
@@ -60,15 +135,44 @@ pub(super) async fn snapshot(
         .filter(|r| scope.keeps(view, r))
         .map(|r| row_json(view, r))
         .collect();
-    Ok(axum::Json(json!({"time": snapshot.frontier, "rows": rows})).into_response())
+    Ok(axum::Json(ViewRows {
+        time: snapshot.frontier,
+        rows,
+    })
+    .into_response())
 }
 
-#[derive(serde::Deserialize)]
+/// What a subscription keeps.
+#[derive(serde::Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct SubscribeParams {
+    /// SQL condition on the view's columns
     #[serde(rename = "where")]
+    #[param(rename = "where")]
     condition: Option<String>,
 }
 
+/// `GET /views/{name}/subscribe?where=`: the view's rows, then its changes, as they happen.
+#[utoipa::path(
+    get,
+    path = "/views/{name}/subscribe",
+    operation_id = "subscribeView",
+    tag = "views",
+    summary = "Server-Sent Events: a view's snapshot then its changes",
+    params(
+        ("name" = String, Path, description = "view name"),
+        SubscribeParams,
+        ("access_token" = Option<String>, Query, description = "the token, for EventSource"),
+    ),
+    responses(
+        (status = 200, description = "an event `snapshot` ({time, inserted}), then `change` ({time, inserted, deleted})", body = String, content_type = "text/event-stream"),
+        (status = 400, description = "the condition is not valid", body = ErrorBody),
+        Unauthenticated,
+        (status = 403, description = "a fleet-wide view, and the token is a client's", body = ErrorBody),
+        (status = 404, description = "no such view", body = ErrorBody),
+        (status = 429, description = "too many open streams for this token", body = ErrorBody),
+    ),
+)]
 pub(super) async fn subscribe(
     State(state): State<ApiState>,
     auth: Auth,
@@ -159,6 +263,29 @@ pub(super) async fn subscribe(
 /// Arrow IPC (`application/vnd.apache.arrow.stream`). Refusals: 403 (not read-only, or a table
 /// outside the tenant's), 400 (not valid SQL, unknown table or column), 408 (over the time
 /// limit).
+#[utoipa::path(
+    post,
+    path = "/sql",
+    operation_id = "querySql",
+    tag = "views",
+    summary = "A read-only SQL query over one snapshot (JSON, CSV or Arrow)",
+    request_body(content(
+        (SqlRequest = "application/json"),
+        (String = "text/plain"),
+    )),
+    responses(
+        (status = 200, description = "`{time, columns, rows}`, or CSV or Arrow IPC as `Accept` asks", content(
+            (Object = "application/json"),
+            (String = "text/csv"),
+            (Vec<u8> = "application/vnd.apache.arrow.stream"),
+        )),
+        (status = 400, description = "not valid SQL, an unknown table or column, or too large a result", body = ErrorBody),
+        Unauthenticated,
+        (status = 403, description = "not read-only, or a table outside the tenant's", body = ErrorBody),
+        (status = 408, description = "over the query time limit", body = ErrorBody),
+        (status = 429, description = "too many queries at once", body = ErrorBody),
+    ),
+)]
 pub(super) async fn sql(
     State(state): State<ApiState>,
     auth: Auth,

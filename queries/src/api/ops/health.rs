@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use serde_json::Value as Json;
+use utoipa::ToSchema;
 use vendflow_protocol::Timestamp;
 
 use crate::api::ApiState;
@@ -24,7 +26,50 @@ pub(super) fn devices(state: &ApiState) -> BTreeMap<&'static str, usize> {
     counts
 }
 
+/// Every part's status.
+#[derive(Serialize, ToSchema)]
+pub(in crate::api) struct HealthReport {
+    /// `ok`, or `degraded` when a component is not ok
+    status: &'static str,
+    engine: EngineHealth,
+    /// The parts around the engine (source, lag, archive), each with its own `status`.
+    #[schema(value_type = Object)]
+    components: BTreeMap<String, Json>,
+    devices: Devices,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct EngineHealth {
+    status: &'static str,
+    /// Ingestion time (epoch ms) every view is complete up to.
+    frontier: u64,
+    /// The frontier as RFC 3339.
+    frontier_time: String,
+}
+
+/// Machines by live status.
+#[derive(Serialize, ToSchema)]
+struct Devices {
+    online: usize,
+    offline: usize,
+    maintenance: usize,
+    total: usize,
+}
+
 /// `GET /health`: 200 when every part is ok, 503 when one is not.
+#[utoipa::path(
+    get,
+    path = "/health",
+    operation_id = "health",
+    tag = "operations",
+    summary = "Engine, brokers, sink; devices online / offline / total (no token)",
+    security(()),
+    responses(
+        (status = 200, description = "every part is ok", body = HealthReport),
+        (status = 503, description = "a component is down", body = HealthReport),
+    ),
+)]
 pub(in crate::api) async fn health(State(state): State<ApiState>) -> Response {
     let frontier = state.store.frontier();
     let components = state.health.components();
@@ -32,20 +77,21 @@ pub(in crate::api) async fn health(State(state): State<ApiState>) -> Response {
         .values()
         .all(|c| c["status"].as_str() == Some("ok"));
     let d = devices(&state);
-    let online = d["active"];
-    let body = json!({
-        "status": if ok { "ok" } else { "degraded" },
-        "engine": {
-            "status": "ok",
-            "frontier": frontier,
-            "frontierTime": Timestamp(i64::try_from(frontier).unwrap_or(0)).to_rfc3339(),
+    let body = HealthReport {
+        status: if ok { "ok" } else { "degraded" },
+        engine: EngineHealth {
+            status: "ok",
+            frontier,
+            frontier_time: Timestamp(i64::try_from(frontier).unwrap_or(0)).to_rfc3339(),
         },
-        "components": components,
-        "devices": {
-            "online": online, "offline": d["offline"], "maintenance": d["maintenance"],
-            "total": d.values().sum::<usize>(),
+        components,
+        devices: Devices {
+            online: d["active"],
+            offline: d["offline"],
+            maintenance: d["maintenance"],
+            total: d.values().sum::<usize>(),
         },
-    });
+    };
     let status = if ok {
         StatusCode::OK
     } else {

@@ -12,6 +12,15 @@ use crate::api::ApiState;
 use super::health::devices;
 
 /// `GET /metrics`: Prometheus text exposition.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operations",
+    summary = "Prometheus metrics (no token)",
+    security(()),
+    responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain")),
+)]
 pub(in crate::api) async fn metrics(State(state): State<ApiState>) -> Response {
     let mut out = state.health.metrics();
     if !out.is_empty() && !out.ends_with('\n') {

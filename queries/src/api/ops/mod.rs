@@ -4,15 +4,13 @@
 //!   service reports them.
 //! - `health`: `GET /health`, every part's status (503 when one is not ok).
 //! - `metrics`: `GET /metrics`, Prometheus text.
-//! - `openapi`: the OpenAPI document of every route (`GET /api/openapi.json`).
+//! - `openapi`: the OpenAPI document, generated from the handlers (`GET /api/openapi.json`).
 
-mod health;
-mod metrics;
-mod openapi;
+pub(in crate::api) mod health;
+pub(in crate::api) mod metrics;
+pub(in crate::api) mod openapi;
 mod pipeline;
 
-pub(in crate::api) use health::health;
-pub(in crate::api) use metrics::metrics;
+pub(in crate::api) use openapi::ApiDoc;
 pub use openapi::openapi;
-pub(in crate::api) use openapi::openapi_json;
 pub use pipeline::{ArchiveCounters, EngineOnly, Health, LagReading, Pipeline, SourceCounters};
