@@ -2,29 +2,28 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 use tracing_subscriber::EnvFilter;
 use vendflow_dataflows::Config;
 use vendflow_firmware::mqtt as mqtt_sim;
 use vendflow_firmware::publish::PublishOptions;
 use vendflow_firmware::simulate::SimulateOptions;
-use vendflow_ingest::auth::Credentials;
+use vendflow_ingest::auth::{Credentials, DeviceCommand};
 use vendflow_ingest::bridge::{self, BridgeOptions, BridgeStats};
 use vendflow_ingest::file::ReplayOptions;
 use vendflow_ingest::import::{ImportCommand, TableOptions, convert_dex, merge_by_time};
-use vendflow_ingest::kafka::{CommandOptions, TELEMETRY_TOPIC};
+use vendflow_ingest::kafka::{CommandOptions, RegistryCommand, TELEMETRY_TOPIC};
 use vendflow_protocol::Timestamp;
 use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR};
-use vendflow_queries::auth::{Role, Tenant, Tokens};
+use vendflow_queries::auth::TokenCommand;
 use vendflow_queries::service::bulk::{self, BulkLoad, ReplayArgs};
 use vendflow_queries::service::{Access, DemoOptions, RunOptions, Service};
 use vendflow_sinks::archive::ArchiveConfig;
+use vendflow_sinks::export::ExportOptions;
 
 // Timely workers allocate and free many small records across threads; glibc's allocator spends a
 // fifth of the time consolidating its arenas on the replay benchmark, mimalloc does not.
@@ -134,119 +133,9 @@ enum Command {
     },
     /// Copy days of the Parquet archive for the data team: raw events, rejected records and the
     /// per-day history tables, same layout, with `manifest.json` (every file, its rows and size).
-    Export {
-        /// The archive (`--archive` of `run` or `demo`).
-        #[arg(long)]
-        archive: PathBuf,
-        /// First day, `YYYY-MM-DD` (UTC).
-        #[arg(long)]
-        from: String,
-        /// Last day, included.
-        #[arg(long)]
-        to: String,
-        /// Where the copy goes (created).
-        #[arg(long)]
-        out: PathBuf,
-    },
+    Export(ExportOptions),
     /// Write a simulated fleet's registry and events as JSON Lines (fixtures, workloads).
     Simulate(SimulateOptions),
-}
-
-fn export(
-    archive: &std::path::Path,
-    from: &str,
-    to: &str,
-    out: &std::path::Path,
-) -> anyhow::Result<()> {
-    let day = |text: &str| {
-        Timestamp::parse_date(text)
-            .map(Timestamp::day)
-            .map_err(|e| anyhow::anyhow!("{text:?} is not a date (YYYY-MM-DD): {e}"))
-    };
-    let (from_day, to_day) = (day(from)?, day(to)?);
-    let bar = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let manifest =
-        vendflow_sinks::export::export(archive, from_day, to_day, out, &mut |p| match p {
-            vendflow_sinks::export::Progress::Total(n) => bar.set_length(n),
-            vendflow_sinks::export::Progress::Copied(n) => bar.inc(n),
-        })?;
-    bar.finish_and_clear();
-    let rows: Vec<String> = manifest
-        .rows()
-        .iter()
-        .map(|(table, rows)| format!("{table} {rows}"))
-        .collect();
-    eprintln!(
-        "exported {from}..={to}: {} files, {} bytes into {} ({}); manifest: {}",
-        manifest.files.len(),
-        manifest.bytes(),
-        out.display(),
-        if rows.is_empty() {
-            "no rows".to_owned()
-        } else {
-            rows.join(", ")
-        },
-        out.join("manifest.json").display()
-    );
-    Ok(())
-}
-
-#[derive(Subcommand)]
-enum RegistryCommand {
-    /// Produce a registry file (JSON Lines of location / machine / lease records, as
-    /// `publish --registry-out` writes) to `fleet-commands`, where the engine reads it. Every
-    /// line is checked first; a file with an invalid line is refused whole, nothing sent.
-    Load {
-        file: PathBuf,
-        /// Kafka bootstrap servers.
-        #[arg(long, default_value = "127.0.0.1:9092")]
-        kafka: String,
-    },
-}
-
-#[derive(Subcommand)]
-enum TokenCommand {
-    /// Create a token: prints it once; the tokens file keeps only its hash, role and tenant.
-    /// A server reading that file (`run --tokens`) accepts the token at once.
-    Create {
-        /// admin (machines, locations, leases), operator (maintenance), viewer (read only).
-        #[arg(long, value_parser = ["admin", "operator", "viewer"])]
-        role: String,
-        /// The client whose machines, leases and rows the token sees, or `*` for the whole
-        /// fleet (the platform's staff).
-        #[arg(long)]
-        tenant: String,
-        /// The tokens file (created if missing).
-        #[arg(long, default_value = "vendflow-tokens.jsonl")]
-        tokens: PathBuf,
-        /// What the token is for (kept in the file).
-        #[arg(long)]
-        note: Option<String>,
-    },
-}
-
-#[derive(Subcommand)]
-enum DeviceCommand {
-    /// Issue a secret for a machine: prints it once and stores only its Ed25519 public key
-    /// (derived from the secret) in --credentials.
-    Register {
-        machine_id: String,
-        /// Credentials file (created if missing).
-        #[arg(long)]
-        credentials: PathBuf,
-    },
-    /// Take a machine's key out of the credentials file (a decommissioned machine, a leaked
-    /// secret): a bridge or server following the file refuses its envelopes within a second.
-    /// `DELETE /api/machines/{id}` does the same for a machine deleted through the API.
-    Revoke {
-        machine_id: String,
-        /// Credentials file.
-        #[arg(long)]
-        credentials: PathBuf,
-    },
 }
 
 /// Exit status of a process whose output pipe was closed (128 + SIGPIPE), as Unix tools
@@ -435,21 +324,13 @@ fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => run_kafka(config, args),
-        Command::Export {
-            archive,
-            from,
-            to,
-            out,
-        } => export(&archive, &from, &to, &out),
+        Command::Export(options) => {
+            eprintln!("{}", options.run()?);
+            Ok(())
+        }
         Command::Publish(args) => publish(args),
-        Command::Registry {
-            command: RegistryCommand::Load { file, kafka },
-        } => {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("cannot read {}", file.display()))?;
-            let sent = vendflow_ingest::kafka::load_registry(&kafka, &text)
-                .with_context(|| format!("loading {}", file.display()))?;
-            eprintln!("sent {sent} registry record(s) to fleet-commands on {kafka}");
+        Command::Registry { command } => {
+            eprintln!("{}", command.run()?);
             Ok(())
         }
         Command::Send(options) => {
@@ -461,61 +342,18 @@ fn run() -> anyhow::Result<()> {
             outln!("{}", command.to_json());
             Ok(())
         }
-        Command::Token {
-            command:
-                TokenCommand::Create {
-                    role,
-                    tenant,
-                    tokens,
-                    note,
-                },
-        } => {
-            let role = Role::parse(&role).context("role")?;
-            let tenant = Tenant::parse(&tenant)?;
-            let token = Tokens::open(&tokens)?.issue(role, tenant.clone(), note.as_deref())?;
-            eprintln!(
-                "created a {} token for tenant {} in {} (shown once):",
-                role.as_str(),
-                tenant.as_str(),
-                tokens.display()
-            );
-            outln!("{token}");
+        Command::Token { command } => {
+            let issued = command.run()?;
+            eprintln!("{}", issued.notice);
+            outln!("{}", issued.token);
             Ok(())
         }
-        Command::Device {
-            command:
-                DeviceCommand::Register {
-                    machine_id,
-                    credentials,
-                },
-        } => {
-            vendflow_protocol::MachineId::parse(&machine_id)
-                .map_err(|e| anyhow::anyhow!("machine id {machine_id:?}: {e}"))?;
-            let secret = Credentials::register(&credentials, &machine_id)?;
-            eprintln!(
-                "registered {machine_id}; its secret (shown once, stored only as a hash in {}):",
-                credentials.display()
-            );
-            outln!("{secret}");
-            Ok(())
-        }
-        Command::Device {
-            command:
-                DeviceCommand::Revoke {
-                    machine_id,
-                    credentials,
-                },
-        } => {
-            if !Credentials::revoke(&credentials, &machine_id)? {
-                bail!(
-                    "{machine_id} has no credentials in {}; nothing revoked",
-                    credentials.display()
-                );
+        Command::Device { command } => {
+            let outcome = command.run()?;
+            eprintln!("{}", outcome.notice);
+            if let Some(secret) = outcome.secret {
+                outln!("{secret}");
             }
-            eprintln!(
-                "revoked {machine_id}'s key in {}; its envelopes are refused from now on",
-                credentials.display()
-            );
             Ok(())
         }
     }
@@ -728,30 +566,7 @@ fn bulk_load(
     load: BulkLoad<'_>,
     out: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
-    let file = load.file;
-    let size = std::fs::metadata(file)
-        .with_context(|| format!("cannot read {}", file.display()))?
-        .len();
-    let bar = ProgressBar::new(size * u64::from(load.options.repeat.max(1)));
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} replay [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let progress = Arc::new(AtomicU64::new(0));
-    let watcher = {
-        let (progress, bar) = (progress.clone(), bar.clone());
-        std::thread::spawn(move || {
-            while !bar.is_finished() {
-                bar.set_position(progress.load(Ordering::Relaxed));
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        })
-    };
-    let loaded = bulk::load(config, load, progress.clone());
-    bar.set_position(progress.load(Ordering::Relaxed));
-    bar.finish_and_clear();
-    let _ = watcher.join();
-    let loaded = loaded?;
+    let loaded = bulk::load_with_progress(config, load)?;
     // A refused registry or command line is a typo the user must see now (the `errors` view
     // keeps the last day of the replay's clock, which a file loaded first may not reach).
     for record in loaded.refused.iter().take(20) {
@@ -763,39 +578,8 @@ fn bulk_load(
             loaded.refused.len() - 20
         );
     }
-    let stats = &loaded.stats;
-    let elapsed = loaded.elapsed;
-    // The snapshot's sort counts as writing: it is only done for the CSVs.
-    let written_at = Instant::now();
-    let snapshot = loaded.store.snapshot();
-    let written = match out {
-        Some(out) => vendflow_sinks::csv::write_snapshot(&snapshot, out)?,
-        None => Vec::new(),
-    };
-    let csv = written_at.elapsed();
-    // The process ends right after: no need to drain the workers and free their state.
-    loaded.engine.abandon_at_exit();
-    outln!(
-        "replayed {} events from {} lines in {:.2}s ({:.0} events/s); {} refused; CSVs written in {:.2}s",
-        stats.events,
-        stats.lines,
-        elapsed.as_secs_f64(),
-        stats.events as f64 / elapsed.as_secs_f64().max(1e-9),
-        stats.errors,
-        csv.as_secs_f64()
-    );
-    for w in &written {
-        outln!("  {:>9} rows  {}", w.rows, w.path.display());
-    }
-    if let Some((root, line, steps)) = &loaded.archive {
-        outln!("archive {}: {line}; {steps} history steps", root.display());
-    }
-    let late = too_late_summary(&snapshot);
-    if !late.is_empty() {
-        outln!("late arrivals (counted, see the too_late view): {late}");
-    }
-    if let Some(bytes) = vendflow_dataflows::peak_rss_bytes() {
-        outln!("peak memory {} MiB", bytes >> 20);
+    for line in loaded.report(out)? {
+        outln!("{line}");
     }
     Ok(())
 }
@@ -818,25 +602,4 @@ fn sql_over_archive(
         }
     }
     Ok(())
-}
-
-/// `sales 12, anomaly_windows 3` from the `too_late` view.
-fn too_late_summary(snapshot: &vendflow_dataflows::Snapshot) -> String {
-    let def = &vendflow_dataflows::errors::TOO_LATE;
-    snapshot
-        .rows(def.name)
-        .map(|rows| {
-            rows.iter()
-                .map(|r| {
-                    let n = def.named(r);
-                    format!(
-                        "{} {}",
-                        n.text("view").unwrap_or_default(),
-                        n.int("events").unwrap_or(0)
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .unwrap_or_default()
 }

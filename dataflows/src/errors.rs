@@ -44,6 +44,27 @@ pub const TOO_LATE: ViewDef = ViewDef {
     columns: &[col("view", Text), col("events", Int)],
 };
 
+/// `sales 12, anomaly_windows 3`: the `too_late` view of `snapshot` in a line (empty when no
+/// event arrived too late).
+pub fn too_late_summary(snapshot: &crate::Snapshot) -> String {
+    snapshot
+        .rows(TOO_LATE.name)
+        .map(|rows| {
+            rows.iter()
+                .map(|r| {
+                    let n = TOO_LATE.named(r);
+                    format!(
+                        "{} {}",
+                        n.text("view").unwrap_or_default(),
+                        n.int("events").unwrap_or(0)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
 /// Raw bytes kept per refused record; the rest is cut (and says so).
 const RAW_LIMIT: usize = 4096;
 

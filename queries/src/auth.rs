@@ -99,6 +99,63 @@ impl Principal {
     }
 }
 
+/// `vendflow token …`: the tokens file, from the command line.
+#[derive(clap::Subcommand)]
+pub enum TokenCommand {
+    /// Create a token: prints it once; the tokens file keeps only its hash, role and tenant.
+    /// A server reading that file (`run --tokens`) accepts the token at once.
+    Create {
+        /// admin (machines, locations, leases), operator (maintenance), viewer (read only).
+        #[arg(long, value_parser = ["admin", "operator", "viewer"])]
+        role: String,
+        /// The client whose machines, leases and rows the token sees, or `*` for the whole
+        /// fleet (the platform's staff).
+        #[arg(long)]
+        tenant: String,
+        /// The tokens file (created if missing).
+        #[arg(long, default_value = "vendflow-tokens.jsonl")]
+        tokens: PathBuf,
+        /// What the token is for (kept in the file).
+        #[arg(long)]
+        note: Option<String>,
+    },
+}
+
+/// A token just created, to show once.
+pub struct Issued {
+    pub token: String,
+    /// What was created, where: `created a viewer token for tenant acme in FILE`.
+    pub notice: String,
+}
+
+impl TokenCommand {
+    pub fn run(self) -> Result<Issued, AuthError> {
+        match self {
+            TokenCommand::Create {
+                role,
+                tenant,
+                tokens,
+                note,
+            } => {
+                let role = Role::parse(&role).ok_or_else(|| {
+                    AuthError::Invalid(format!("role {role:?}: expected admin, operator or viewer"))
+                })?;
+                let tenant = Tenant::parse(&tenant)?;
+                let token = Tokens::open(&tokens)?.issue(role, tenant.clone(), note.as_deref())?;
+                Ok(Issued {
+                    token,
+                    notice: format!(
+                        "created a {} token for tenant {} in {} (shown once):",
+                        role.as_str(),
+                        tenant.as_str(),
+                        tokens.display()
+                    ),
+                })
+            }
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error("cannot read or write the tokens file {path}: {source}")]

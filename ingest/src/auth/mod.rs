@@ -62,8 +62,79 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+/// `vendflow device …`: the machines' keys in a credentials file, from the command line.
+#[derive(clap::Subcommand)]
+pub enum DeviceCommand {
+    /// Issue a secret for a machine: prints it once and stores only its Ed25519 public key
+    /// (derived from the secret) in --credentials.
+    Register {
+        machine_id: String,
+        /// Credentials file (created if missing).
+        #[arg(long)]
+        credentials: PathBuf,
+    },
+    /// Take a machine's key out of the credentials file (a decommissioned machine, a leaked
+    /// secret): a bridge or server following the file refuses its envelopes within a second.
+    /// `DELETE /api/machines/{id}` does the same for a machine deleted through the API.
+    Revoke {
+        machine_id: String,
+        /// Credentials file.
+        #[arg(long)]
+        credentials: PathBuf,
+    },
+}
+
+/// What a device command did: a line for whoever ran it, and a secret to show once.
+pub struct DeviceOutcome {
+    pub notice: String,
+    pub secret: Option<String>,
+}
+
+impl DeviceCommand {
+    pub fn run(self) -> Result<DeviceOutcome, CredentialsError> {
+        match self {
+            DeviceCommand::Register {
+                machine_id,
+                credentials,
+            } => {
+                vendflow_protocol::MachineId::parse(&machine_id).map_err(|e| {
+                    CredentialsError::Invalid(format!("machine id {machine_id:?}: {e}"))
+                })?;
+                let secret = Credentials::register(&credentials, &machine_id)?;
+                Ok(DeviceOutcome {
+                    notice: format!(
+                        "registered {machine_id}; its secret (shown once, stored only as a hash in {}):",
+                        credentials.display()
+                    ),
+                    secret: Some(secret),
+                })
+            }
+            DeviceCommand::Revoke {
+                machine_id,
+                credentials,
+            } => {
+                if !Credentials::revoke(&credentials, &machine_id)? {
+                    return Err(CredentialsError::Invalid(format!(
+                        "{machine_id} has no credentials in {}; nothing revoked",
+                        credentials.display()
+                    )));
+                }
+                Ok(DeviceOutcome {
+                    notice: format!(
+                        "revoked {machine_id}'s key in {}; its envelopes are refused from now on",
+                        credentials.display()
+                    ),
+                    secret: None,
+                })
+            }
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialsError {
+    #[error("{0}")]
+    Invalid(String),
     #[error("cannot read or write {path}: {source}")]
     Io {
         path: String,

@@ -148,10 +148,49 @@ pub fn load_registry(brokers: &str, text: &str) -> Result<usize, RegistryLoadErr
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryLoadError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("nothing was sent; invalid registry records:\n{0}")]
     Invalid(String),
     #[error(transparent)]
     Kafka(#[from] KafkaError),
+}
+
+/// `vendflow registry …`: the registry on Kafka, from the command line.
+#[derive(clap::Subcommand)]
+pub enum RegistryCommand {
+    /// Produce a registry file (JSON Lines of location / machine / lease records, as
+    /// `publish --registry-out` writes) to `fleet-commands`, where the engine reads it. Every
+    /// line is checked first; a file with an invalid line is refused whole, nothing sent.
+    Load {
+        file: std::path::PathBuf,
+        /// Kafka bootstrap servers.
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        kafka: String,
+    },
+}
+
+impl RegistryCommand {
+    /// Runs the command; says what it sent.
+    pub fn run(&self) -> Result<String, RegistryLoadError> {
+        match self {
+            RegistryCommand::Load { file, kafka } => {
+                let text =
+                    std::fs::read_to_string(file).map_err(|source| RegistryLoadError::Read {
+                        path: file.display().to_string(),
+                        source,
+                    })?;
+                let sent = load_registry(kafka, &text)?;
+                Ok(format!(
+                    "sent {sent} registry record(s) from {} to fleet-commands on {kafka}",
+                    file.display()
+                ))
+            }
+        }
+    }
 }
 
 /// Produces `command` to `machine-commands` (keyed by machine id, created if missing) and

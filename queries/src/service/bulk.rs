@@ -127,6 +127,85 @@ pub struct Loaded {
     pub archive: Option<(PathBuf, String, u64)>,
 }
 
+/// [`load`] with a progress bar of the bytes read (on stderr, hidden when it is not a terminal).
+pub fn load_with_progress(config: Config, load: BulkLoad<'_>) -> Result<Loaded, ServiceError> {
+    let size = std::fs::metadata(load.file)
+        .map_err(|source| ServiceError::Io {
+            what: format!("cannot read {}", load.file.display()),
+            source,
+        })?
+        .len();
+    let bar = indicatif::ProgressBar::new(size * u64::from(load.options.repeat.max(1)));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} replay [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let progress = Arc::new(AtomicU64::new(0));
+    let watcher = {
+        let (progress, bar) = (progress.clone(), bar.clone());
+        std::thread::spawn(move || {
+            while !bar.is_finished() {
+                bar.set_position(progress.load(Ordering::Relaxed));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let loaded = self::load(config, load, progress.clone());
+    bar.set_position(progress.load(Ordering::Relaxed));
+    bar.finish_and_clear();
+    let _ = watcher.join();
+    loaded
+}
+
+impl Loaded {
+    /// Writes the final views as CSV into `out` (when given) and says what the load did, a
+    /// line each: events and their rate, each CSV, the archive, late arrivals, peak memory.
+    /// The process is expected to end right after: the engine's workers are not drained.
+    pub fn report(self, out: Option<&Path>) -> Result<Vec<String>, ServiceError> {
+        let (stats, elapsed) = (&self.stats, self.elapsed);
+        // The snapshot's sort counts as writing: it is only done for the CSVs.
+        let written_at = Instant::now();
+        let snapshot = self.store.snapshot();
+        let written = match out {
+            Some(out) => vendflow_sinks::csv::write_snapshot(&snapshot, out)?,
+            None => Vec::new(),
+        };
+        let csv = written_at.elapsed();
+        // The process ends right after: no need to drain the workers and free their state.
+        self.engine.abandon_at_exit();
+        let mut lines = vec![format!(
+            "replayed {} events from {} lines in {:.2}s ({:.0} events/s); {} refused; CSVs written in {:.2}s",
+            stats.events,
+            stats.lines,
+            elapsed.as_secs_f64(),
+            stats.events as f64 / elapsed.as_secs_f64().max(1e-9),
+            stats.errors,
+            csv.as_secs_f64()
+        )];
+        lines.extend(
+            written
+                .iter()
+                .map(|w| format!("  {:>9} rows  {}", w.rows, w.path.display())),
+        );
+        if let Some((root, line, steps)) = &self.archive {
+            lines.push(format!(
+                "archive {}: {line}; {steps} history steps",
+                root.display()
+            ));
+        }
+        let late = vendflow_dataflows::errors::too_late_summary(&snapshot);
+        if !late.is_empty() {
+            lines.push(format!(
+                "late arrivals (counted, see the too_late view): {late}"
+            ));
+        }
+        if let Some(bytes) = vendflow_dataflows::peak_rss_bytes() {
+            lines.push(format!("peak memory {} MiB", bytes >> 20));
+        }
+        Ok(lines)
+    }
+}
+
 /// Loads `load.file`; `progress` counts the bytes read.
 pub fn load(
     config: Config,
