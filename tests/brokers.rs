@@ -1726,6 +1726,7 @@ fn brokers_killed_with_kill_9_while_the_fleet_publishes_lose_nothing_and_count_n
     let sent = d.join("sent.jsonl");
     let publisher = publish_with_receipts(&mqtt, "12", "1800", &sent)?;
     let started = Instant::now();
+    let started_wall = std::time::SystemTime::now();
     let forwarded = |n: u64| bridge_metric(&curl, &http, "forwarded_total").map(|f| f >= n);
     wait_until(
         "the bridge forwards the stream",
@@ -1746,10 +1747,15 @@ fn brokers_killed_with_kill_9_while_the_fleet_publishes_lose_nothing_and_count_n
         || forwarded(at_kill + 50),
     )?;
 
-    // kill -9 Mosquitto mid-stream (after its first autosave of every session); the machines
-    // publish again what it had not acknowledged, the bridge's session comes back from its
-    // persistence file.
-    std::thread::sleep(Duration::from_secs(7).saturating_sub(started.elapsed()));
+    // kill -9 Mosquitto mid-stream, once it has saved every session (an autosave that began
+    // a second or more after the machines connected); the machines publish again what it had
+    // not acknowledged, the bridge's session comes back from its persistence file.
+    let connected = started_wall + Duration::from_secs(1);
+    wait_until(
+        "Mosquitto saves its sessions",
+        Duration::from_secs(30),
+        || Ok(d.join("mosquitto.db").metadata()?.modified()? > connected),
+    )?;
     mosquitto.kill();
     let at_kill = bridge_metric(&curl, &http, "forwarded_total")?;
     eprintln!("mosquitto killed with kill -9 after {at_kill} envelopes forwarded");
