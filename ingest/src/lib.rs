@@ -6,7 +6,8 @@
 //!
 //! # Layout
 //! - [`file`]: JSON Lines files (replay of recorded telemetry) and registry fixture files.
-//! - [`auth`]: device credentials file, signature and replay checks (bridge and HTTPS).
+//! - [`auth`]: device credentials file, signature and replay checks (bridge and HTTPS), and
+//!   `vendflow device register|revoke`.
 //! - [`bridge`]: MQTT → Kafka, acknowledged to MQTT only once Kafka has the message (and the
 //!   options of `vendflow bridge`).
 //! - [`gateway`]: what the bridge's MQTT and HTTP doors share (counters, pending commands).
@@ -16,7 +17,7 @@
 //! - `intake`: what every source does with a message once read: split into events and
 //!   counted error records, and shown to the archive's tap at its position.
 //! - [`kafka`]: topics, client settings, the Kafka source of the dataflows, and the options of
-//!   `vendflow command`.
+//!   `vendflow command` and `vendflow registry load`.
 //! - [`mqtt`]: the MQTT source (embedded mode, no Kafka) and the embedded broker of the demo.
 //! - [`registry`]: the registry log (upserts by key), on Kafka or straight into the engine.
 //! - [`server`]: a network server on a runtime of its own, stopped and joined on request.

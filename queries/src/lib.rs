@@ -4,7 +4,7 @@
 //! # Layout
 //! - [`api`]: the HTTP routes: the REST API (machines, locations, leases, invoices, dashboard),
 //!   health and metrics, the views, their subscriptions and SQL.
-//! - [`auth`]: bearer tokens with a role and a tenant.
+//! - [`auth`]: bearer tokens with a role and a tenant, and `vendflow token create`.
 //! - [`gate`]: the one gate every SQL statement of every protocol passes (parsed once).
 //! - [`sql`]: the DataFusion engine: live views, archive tables, ready views, read-only rules,
 //!   tenant scopes.

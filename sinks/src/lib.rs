@@ -6,7 +6,8 @@
 //!   snapshots and per-day history, written exactly once per input position.
 //! - [`rows`]: the archive's row shapes as Arrow schemas.
 //! - [`files`]: Parquet files written whole (temporary name, rename) and Hive partition names.
-//! - [`export`]: copies a date range of the archive for the data team, with a manifest.
+//! - [`export`]: copies a date range of the archive for the data team, with a manifest
+//!   (`vendflow export`, whose options it declares).
 
 pub mod archive;
 pub mod csv;
