@@ -25,7 +25,7 @@ use vendflow_protocol::{
 
 use super::fleet::{Fleet, Registry};
 use super::machines::{Problems, price};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::{IntoParams, IntoResponses, ToSchema};
 
 use super::{
     ApiError, ApiJson, ApiQuery, ApiState, Auth, ErrorBody, Invalid, RoleRefused, TooLarge,
@@ -623,6 +623,20 @@ fn step(
     Ok(axum::Json(LeaseBody::of(&lease)).into_response())
 }
 
+/// What a lifecycle step (activate, renew) refuses besides the token, for the OpenAPI
+/// operations.
+#[derive(IntoResponses)]
+#[allow(dead_code)] // describes what `step` answers
+enum StepRefusals {
+    #[response(status = 404, description = "no such lease (or another tenant's)")]
+    NotFound(ErrorBody),
+    #[response(
+        status = 409,
+        description = "the lease is not in a state this step applies to"
+    )]
+    WrongState(ErrorBody),
+}
+
 fn wrong_state(lease: &Lease, action: &str, allowed: &str) -> ApiError {
     ApiError::conflict(format!(
         "lease {} is {}; only a {allowed} lease can be {action}",
@@ -644,8 +658,7 @@ fn wrong_state(lease: &Lease, action: &str, allowed: &str) -> ApiError {
         (status = 200, description = "the lease as changed", body = LeaseBody),
         Unauthenticated,
         RoleRefused,
-        (status = 404, description = "no such lease (or another tenant's)", body = ErrorBody),
-        (status = 409, description = "the lease is not in a state this step applies to", body = ErrorBody),
+        StepRefusals,
     ),
 )]
 pub(super) async fn activate(
@@ -693,8 +706,7 @@ pub(super) async fn activate(
         (status = 200, description = "the lease as changed", body = LeaseBody),
         Unauthenticated,
         RoleRefused,
-        (status = 404, description = "no such lease (or another tenant's)", body = ErrorBody),
-        (status = 409, description = "the lease is not in a state this step applies to", body = ErrorBody),
+        StepRefusals,
     ),
 )]
 pub(super) async fn renew(
