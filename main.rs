@@ -1,6 +1,5 @@
 //! The `vendflow` binary: parses the command line and wires the crates together.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -22,6 +21,7 @@ use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR};
 use vendflow_queries::auth::TokenCommand;
 use vendflow_queries::service::bulk::{self, BulkLoad, ReplayArgs};
 use vendflow_queries::service::{Access, DemoOptions, RunOptions, Service};
+use vendflow_queries::sql::ArchiveQuery;
 use vendflow_sinks::archive::ArchiveConfig;
 use vendflow_sinks::export::ExportOptions;
 
@@ -61,13 +61,6 @@ struct Cli {
     settlement_days: i64,
 }
 
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum SqlFormat {
-    Table,
-    Csv,
-    Json,
-}
-
 #[derive(Subcommand)]
 enum Command {
     /// Run a simulated fleet through the dataflows and print a fleet summary until Ctrl-C.
@@ -88,16 +81,7 @@ enum Command {
     /// as of the archive's newest snapshot (the end of a `replay --archive`, or the last one a
     /// server took), the history tables, raw events and the ready views such as
     /// `revenue_by_machine_day`.
-    Sql {
-        /// The archive directory.
-        #[arg(long)]
-        archive: PathBuf,
-        /// Output: a text table, CSV with a header, or a JSON array of rows.
-        #[arg(long, value_enum, default_value_t = SqlFormat::Table)]
-        format: SqlFormat,
-        /// The query, e.g. "SELECT * FROM revenue_by_machine_day ORDER BY day".
-        query: String,
-    },
+    Sql(ArchiveQuery),
     /// Bridge machine telemetry from MQTT into Kafka, acknowledging to MQTT only once Kafka has it.
     ///
     /// Subscribes `machines/+/telemetry` (QoS 1, persistent session) and produces each envelope to
@@ -224,11 +208,11 @@ fn run() -> anyhow::Result<()> {
         Command::Replay(args) => {
             bulk_load(config.clone(), args.load(&config)?, args.out.as_deref())
         }
-        Command::Sql {
-            archive,
-            format,
-            query,
-        } => sql_over_archive(&archive, format, &query),
+        Command::Sql(query) => {
+            let answer = query.run()?;
+            std::io::stdout().lock().write_all(&answer)?;
+            Ok(())
+        }
         Command::Import(ImportCommand::Dex {
             files,
             machine,
@@ -580,26 +564,6 @@ fn bulk_load(
     }
     for line in loaded.report(out)? {
         outln!("{line}");
-    }
-    Ok(())
-}
-
-fn sql_over_archive(
-    archive: &std::path::Path,
-    format: SqlFormat,
-    query: &str,
-) -> anyhow::Result<()> {
-    let sql = vendflow_queries::sql::Sql::over_archive(archive)?;
-    let answer = sql.query_blocking(query)?;
-    let mut stdout = std::io::stdout().lock();
-    match format {
-        SqlFormat::Table => writeln!(stdout, "{}", vendflow_queries::sql::render_table(&answer)?)?,
-        SqlFormat::Csv => {
-            stdout.write_all(&vendflow_queries::sql::encode(&answer, "text/csv")?.1)?
-        }
-        SqlFormat::Json => {
-            stdout.write_all(&vendflow_queries::sql::encode(&answer, "application/json")?.1)?
-        }
     }
     Ok(())
 }

@@ -816,6 +816,43 @@ pub fn empty_schema() -> SchemaRef {
     Arc::new(Schema::new(Vec::<Field>::new()))
 }
 
+/// `vendflow sql`: one read-only query over a Parquet archive, without a running engine.
+#[derive(clap::Args)]
+pub struct ArchiveQuery {
+    /// The archive directory.
+    #[arg(long)]
+    pub archive: std::path::PathBuf,
+    /// Output: a text table, CSV with a header, or a JSON array of rows.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// The query, e.g. "SELECT * FROM revenue_by_machine_day ORDER BY day".
+    pub query: String,
+}
+
+/// How `vendflow sql` prints its answer.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+impl ArchiveQuery {
+    /// The answer, as it is to be printed.
+    pub fn run(&self) -> Result<Vec<u8>, QueryError> {
+        let answer = Sql::over_archive(&self.archive)?.query_blocking(&self.query)?;
+        Ok(match self.format {
+            Format::Table => {
+                let mut text = render_table(&answer)?;
+                text.push('\n');
+                text.into_bytes()
+            }
+            Format::Csv => encode(&answer, "text/csv")?.1,
+            Format::Json => encode(&answer, "application/json")?.1,
+        })
+    }
+}
+
 /// An answer as a text table, for a terminal.
 pub fn render_table(answer: &Answer) -> Result<String, QueryError> {
     datafusion::arrow::util::pretty::pretty_format_batches(&answer.batches)
