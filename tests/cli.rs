@@ -162,8 +162,9 @@ fn demo_takes_telemetry_over_http_into_the_dataflows() -> anyhow::Result<()> {
     };
     let port = vendflow_tests::free_port()?;
     let addr = format!("127.0.0.1:{port}");
-    // Every HTTP check below must finish while the demo runs: 8 s was about what they take
-    // alone, and a loaded CI machine went past it (connection refused on the last query).
+    // The demo runs until the checks below are done and it is stopped (SIGTERM): a fixed
+    // duration raced them on a loaded CI machine (connection refused on a late query). The
+    // duration only bounds a run whose test died.
     let demo = Command::new(vendflow_bin()?)
         .args([
             "demo",
@@ -172,7 +173,7 @@ fn demo_takes_telemetry_over_http_into_the_dataflows() -> anyhow::Result<()> {
             "--speed",
             "600",
             "--duration",
-            "20",
+            "300",
         ])
         .args(["--every", "1", "--http", &addr])
         .env("RUST_BACKTRACE", "0")
@@ -321,6 +322,20 @@ fn demo_takes_telemetry_over_http_into_the_dataflows() -> anyhow::Result<()> {
     assert!(body.contains("read-only"), "{body}");
     let (code, body) = sql("SELECT nope FROM liveness", "application/json")?;
     assert_eq!(code, "400", "{body}");
+    // Stop the demo once a fleet summary has counted the malformed envelope, then wait for its
+    // orderly stop.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !printed
+        .iter()
+        .any(|l| l.contains(" active / ") && l.ends_with("| refused 1"))
+    {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = lines_rx
+            .recv_timeout(left)
+            .with_context(|| format!("no summary counted the refused envelope: {printed:?}"))?;
+        printed.push(line);
+    }
+    Command::new("kill").arg(demo.id().to_string()).status()?;
     demo.wait()?;
     let _ = reader.join();
     printed.extend(lines_rx.try_iter());
