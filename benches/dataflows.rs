@@ -9,20 +9,20 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use differential_dataflow::VecCollection;
 use differential_dataflow::input::Input;
 use timely::dataflow::operators::probe::Handle;
-use vendflow_dataflows::{Config, anomaly_windows, inventory, liveness, revenue, sales};
+use vendflow_dataflows::{Config, Time, anomaly_windows, inventory, liveness, revenue, sales};
 use vendflow_protocol::{Event, RegistryRecord};
 
 type Build = for<'s> fn(
-    VecCollection<'s, u64, Event>,
-    VecCollection<'s, u64, RegistryRecord>,
+    VecCollection<'s, Time, Event>,
+    VecCollection<'s, Time, RegistryRecord>,
     &Config,
-) -> Handle<u64>;
+) -> Handle<Time>;
 
-fn run(registry: &[RegistryRecord], events: &[(u64, Event)], build: Build) {
+fn run(registry: &[RegistryRecord], events: &[(Time, Event)], build: Build) {
     let (registry, events) = (registry.to_vec(), events.to_vec());
     timely::execute_directly(move |worker| {
         let config = Config::default();
-        let (mut ev, mut reg, probe) = worker.dataflow::<u64, _, _>(|scope| {
+        let (mut ev, mut reg, probe) = worker.dataflow::<Time, _, _>(|scope| {
             let (ev, events) = scope.new_collection::<Event, isize>();
             let (reg, registry) = scope.new_collection::<RegistryRecord, isize>();
             (ev, reg, build(events, registry, &config))
@@ -40,7 +40,7 @@ fn run(registry: &[RegistryRecord], events: &[(u64, Event)], build: Build) {
             }
             ev.insert(e.clone());
         }
-        let end = ev.time() + 1;
+        let end = *ev.time() + 1;
         ev.advance_to(end);
         reg.advance_to(end);
         ev.flush();
@@ -62,10 +62,10 @@ fn ledger() -> vendflow_dataflows::ledger::Ledger {
 }
 
 fn sales_dedup<'s>(
-    e: VecCollection<'s, u64, Event>,
-    _r: VecCollection<'s, u64, RegistryRecord>,
+    e: VecCollection<'s, Time, Event>,
+    _r: VecCollection<'s, Time, RegistryRecord>,
     c: &Config,
-) -> Handle<u64> {
+) -> Handle<Time> {
     sales::render(e.flat_map(sales::SaleLine::of_event), ledger(), c)
         .accepted
         .probe()
@@ -73,10 +73,10 @@ fn sales_dedup<'s>(
 }
 
 fn revenue_views<'s>(
-    e: VecCollection<'s, u64, Event>,
-    r: VecCollection<'s, u64, RegistryRecord>,
+    e: VecCollection<'s, Time, Event>,
+    r: VecCollection<'s, Time, RegistryRecord>,
     c: &Config,
-) -> Handle<u64> {
+) -> Handle<Time> {
     let zones = r.clone().flat_map(|r| match r {
         RegistryRecord::Location(l) => l.time_zone.map(|z| (l.location_id, z)),
         _ => None,
@@ -96,10 +96,10 @@ fn revenue_views<'s>(
 }
 
 fn inventory_levels<'s>(
-    e: VecCollection<'s, u64, Event>,
-    r: VecCollection<'s, u64, RegistryRecord>,
+    e: VecCollection<'s, Time, Event>,
+    r: VecCollection<'s, Time, RegistryRecord>,
     c: &Config,
-) -> Handle<u64> {
+) -> Handle<Time> {
     let cc = c.clone();
     let plans = r.flat_map(move |r| inventory::planogram(&r, &cc));
     inventory::render(
@@ -112,10 +112,10 @@ fn inventory_levels<'s>(
 }
 
 fn windows<'s>(
-    e: VecCollection<'s, u64, Event>,
-    _r: VecCollection<'s, u64, RegistryRecord>,
+    e: VecCollection<'s, Time, Event>,
+    _r: VecCollection<'s, Time, RegistryRecord>,
     c: &Config,
-) -> Handle<u64> {
+) -> Handle<Time> {
     let width = c.window_ms;
     let telemetry = e
         .clone()
@@ -131,10 +131,10 @@ fn windows<'s>(
 }
 
 fn liveness_view<'s>(
-    e: VecCollection<'s, u64, Event>,
-    r: VecCollection<'s, u64, RegistryRecord>,
+    e: VecCollection<'s, Time, Event>,
+    r: VecCollection<'s, Time, RegistryRecord>,
     c: &Config,
-) -> Handle<u64> {
+) -> Handle<Time> {
     let heartbeats = e.flat_map(|e| {
         matches!(e.kind, vendflow_protocol::EventKind::Heartbeat(_))
             .then_some((e.machine_id, e.timestamp))

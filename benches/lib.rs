@@ -6,7 +6,7 @@ use vendflow_firmware::{Fleet, FleetConfig};
 use vendflow_protocol::{Event, RegistryRecord, Timestamp};
 
 /// `hours` of a simulated fleet as (delivery time, event), plus its registry.
-pub fn fleet_stream(machines: usize, hours: i64) -> (Vec<RegistryRecord>, Vec<(u64, Event)>) {
+pub fn fleet_stream(machines: usize, hours: i64) -> (Vec<RegistryRecord>, Vec<(Timestamp, Event)>) {
     let config = FleetConfig {
         machines,
         ..FleetConfig::default()
@@ -18,7 +18,7 @@ pub fn fleet_stream(machines: usize, hours: i64) -> (Vec<RegistryRecord>, Vec<(u
     while t < end {
         t += 1000;
         for env in fleet.advance(Timestamp(t)) {
-            out.extend(env.events.into_iter().map(|e| (t as u64, e)));
+            out.extend(env.events.into_iter().map(|e| (Timestamp(t), e)));
         }
     }
     (fleet.registry().to_vec(), out)

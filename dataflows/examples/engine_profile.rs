@@ -11,6 +11,7 @@ use std::io::BufRead;
 use std::time::{Duration, Instant};
 
 use vendflow_dataflows::{Batch, Config, Engine};
+use vendflow_protocol::Timestamp;
 use vendflow_protocol::decode::decode_line;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -20,7 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("usage: engine_profile FILE [WORKERS [BATCH_EVENTS [TICK_MS]]]")?;
     let workers = args.next().map_or(Ok(1), |w| w.parse())?;
     let batch_events: usize = args.next().map_or(Ok(8192), |b| b.parse())?;
-    let tick_ms: u64 = args.next().map_or(Ok(300_000), |t| t.parse())?;
+    let tick_ms: i64 = args.next().map_or(Ok(300_000), |t| t.parse())?;
     let mut engine = Engine::start(Config {
         workers,
         ..Config::default()
@@ -29,11 +30,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut feeders = engine.feeders().ok_or("feeders")?;
     let started = Instant::now();
     let reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&file)?);
-    let (mut clock, mut newest, mut events, mut batch) = (0u64, 0u64, 0u64, Batch::default());
+    let (mut clock, mut newest, mut events, mut batch) =
+        (Timestamp::EPOCH, Timestamp::EPOCH, 0u64, Batch::default());
     for line in reader.split(b'\n') {
         for event in decode_line(&line?).into_iter().flatten() {
-            let ts = u64::try_from(event.timestamp.0).unwrap_or(0);
-            clock = clock.max(ts / tick_ms * tick_ms);
+            let ts = event.timestamp.max(Timestamp::EPOCH);
+            clock = clock.max(ts.window_start(tick_ms));
             newest = newest.max(ts);
             batch.events.push(event);
             events += 1;

@@ -45,7 +45,7 @@ use crate::config::Config;
 use crate::dedup::{self, Seen};
 use crate::fold::{sum_by_key, totals};
 use crate::operators::{
-    Emit, FastMap, Fork, Keyed, PUBLISH_CHUNK, Time, as_time, fork, hash_of, state_sizes, trim,
+    Emit, FastMap, Fork, Keyed, PUBLISH_CHUNK, Time, fork, hash_of, state_sizes, trim,
 };
 #[cfg(test)]
 use crate::revenue::CORRECTIONS_KEPT_DAYS;
@@ -607,7 +607,7 @@ pub fn render<'s>(
 ) -> Windows<'s> {
     let width = config.window_ms;
     let retention = config.window_retention_ms;
-    let until = move |start: Timestamp| as_time(start.0 + width + retention);
+    let until = move |start: Timestamp| start + width + retention;
     let contributions = telemetry.concat(accepted.flat_map(move |l| card_contribution(&l, width)));
     let out = contributions.keyed_steps(
         "Windows: fold",
@@ -848,7 +848,7 @@ pub(crate) fn oracle(scenario: &crate::testing::Scenario) -> Vec<Window> {
     let now = scenario.now();
     let width = config.window_ms;
     let alive = |t: Time, start: Timestamp| {
-        let until = as_time(start.0 + width + config.window_retention_ms);
+        let until = start + width + config.window_retention_ms;
         until > t && until > now
     };
     let mut per_window: BTreeMap<WindowKey, Agg> = BTreeMap::new();
@@ -892,9 +892,9 @@ pub(crate) fn corrections_oracle(scenario: &crate::testing::Scenario) -> Vec<Row
     let mut counts: BTreeMap<CorrectionKey, isize> = BTreeMap::new();
     for (t, l) in crate::sales::oracle(&scenario.deliveries, config).0 {
         let start = l.timestamp.window_start(width);
-        let until = as_time(start.0 + width + config.window_retention_ms);
-        let arrived = i64::try_from(t).unwrap_or(i64::MAX).div_euclid(MS_PER_DAY);
-        let kept = as_time((arrived + 1 + CORRECTIONS_KEPT_DAYS) * MS_PER_DAY);
+        let until = start + width + config.window_retention_ms;
+        let arrived = t.day();
+        let kept = Timestamp((arrived + 1 + CORRECTIONS_KEPT_DAYS) * MS_PER_DAY);
         if l.card && until <= t && kept > now {
             *counts
                 .entry((l.machine_id.clone(), start, arrived))

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use vendflow_protocol::{AckStatus, Action, Command, Event, EventKind, MachineId, Timestamp};
 
 use crate::config::Config;
-use crate::operators::{Temporal, Time, as_time};
+use crate::operators::{Temporal, Time};
 use crate::row::ViewDef;
 use crate::row::{ColumnType::*, Row, Value, col, null};
 
@@ -64,7 +64,7 @@ pub fn render<'s>(
 ) -> Commands<'s> {
     let retention = config.command_retention_ms;
     let (commands, late_commands) = commands
-        .retain_between(move |c: &Command| (0, as_time(c.issued_at.0.saturating_add(retention))));
+        .retain_between(move |c: &Command| (Time::EPOCH, c.issued_at.saturating_add(retention)));
     let commands = commands.map(|c| {
         (
             (c.machine_id.clone(), c.command_id.clone()),
@@ -80,7 +80,7 @@ pub fn render<'s>(
             _ => None,
         })
         .retain_between(move |(_, (at, _, _)): &((MachineId, String), Answer)| {
-            (0, as_time(at.0.saturating_add(retention)))
+            (Time::EPOCH, at.saturating_add(retention))
         });
     let answers = answers.map(|(key, answer)| (key, Item::Answer(answer)));
     let status = commands
@@ -181,11 +181,11 @@ mod tests {
                 action,
             };
             let sent = issued + rng.random_range(0..60_000);
-            s.commands.push((as_time(sent), command.clone()));
+            s.commands.push((Timestamp(sent), command.clone()));
             if rng.random_bool(0.1) {
                 // The same command sent again later.
                 s.commands
-                    .push((as_time(sent + rng.random_range(0..7_200_000)), command));
+                    .push((Timestamp(sent + rng.random_range(0..7_200_000)), command));
             }
             for _ in 0..rng.random_range(0..3) {
                 let from = if rng.random_bool(0.85) {
@@ -217,7 +217,7 @@ mod tests {
     fn oracle(s: &Scenario) -> Vec<Row> {
         let now = s.now();
         let retention = s.config.command_retention_ms;
-        let alive = |at: i64| (now as i64) < at + retention;
+        let alive = |at: i64| now.ms() < at + retention;
         let mut commands: BTreeMap<(MachineId, String), Command> = BTreeMap::new();
         for (_, c) in &s.commands {
             if !alive(c.issued_at.0) {
@@ -261,7 +261,8 @@ mod tests {
                     && expected.iter().any(|r| r.cell(6) == Value::text("applied")),
                 "seed {seed}: the scenario must have pending and applied commands"
             );
-            let horizon = s.now() as i64 - s.config.command_retention_ms;
+            let horizon = s.now().ms() - s.config.command_retention_ms;
+
             assert!(
                 s.commands.iter().any(|(_, c)| c.issued_at.0 <= horizon),
                 "seed {seed}: some commands must have expired"

@@ -128,7 +128,7 @@ mod tests {
             let mut restocks: BTreeMap<_, i64> = BTreeMap::new();
             let mut duplicates: BTreeMap<(MachineId, &str), i64> = BTreeMap::new();
             for (t, e) in &scenario.deliveries {
-                let t = i64::try_from(*t).unwrap_or(i64::MAX);
+                let t = t.ms();
                 let identity = crate::testing::naive_identity(e);
                 let kind = match &e.kind {
                     EventKind::Heartbeat(_) => "heartbeat",

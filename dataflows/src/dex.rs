@@ -389,7 +389,7 @@ pub fn render<'s>(
             if diff <= 0 {
                 return;
             }
-            let now = i64::try_from(ctx.now()).unwrap_or(i64::MAX);
+            let now = ctx.now().ms();
             match record {
                 In::Audit(read) => {
                     state.reads.insert(read.at, *read);

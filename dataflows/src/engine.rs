@@ -112,19 +112,17 @@ impl Feeder {
     pub fn send_step(
         &mut self,
         time: Time,
-        step_ms: u64,
+        step_ms: i64,
         mut batch: Batch,
     ) -> Result<(), EngineError> {
         self.time = self.time.max(time);
-        let now = i64::try_from(self.time).unwrap_or(i64::MAX);
-        let tolerance = self
-            .max_ahead_ms
-            .max(i64::try_from(step_ms).unwrap_or(i64::MAX));
+        let now = self.time;
+        let tolerance = self.max_ahead_ms.max(step_ms);
         let limit = now.saturating_add(tolerance);
-        if batch.events.iter().any(|e| e.timestamp.0 > limit) {
+        if batch.events.iter().any(|e| e.timestamp > limit) {
             let (ahead, kept): (Vec<Event>, Vec<Event>) = std::mem::take(&mut batch.events)
                 .into_iter()
-                .partition(|e| e.timestamp.0 > limit);
+                .partition(|e| e.timestamp > limit);
             batch.events = kept;
             for event in ahead {
                 tracing::warn!(machine_id = %event.machine_id, timestamp = %event.timestamp, "refused an event dated in the future");
@@ -153,19 +151,19 @@ impl Feeder {
 }
 
 /// The error record of an event dated more than `max_ahead_ms` after the ingestion time `now`.
-fn future_dated(event: &Event, now: i64, max_ahead_ms: i64) -> ErrorRecord {
+fn future_dated(event: &Event, now: Time, max_ahead_ms: i64) -> ErrorRecord {
     let error = DecodeError::new(
         ErrorKind::Timestamp,
         format!(
             "event time {} is {} s ahead of the ingestion clock {} (at most {} s are accepted): set the machine's clock",
             event.timestamp,
-            (event.timestamp.0 - now) / 1000,
-            Timestamp(now),
+            (event.timestamp - now) / 1000,
+            now,
             max_ahead_ms / 1000
         ),
     );
     ErrorRecord::new(
-        Timestamp(now),
+        now,
         format!("machine:{}", event.machine_id),
         &error,
         event.to_json_line().as_bytes(),
@@ -268,7 +266,7 @@ impl Engine {
             let (tx, rx) = std::sync::mpsc::sync_channel(CHANNEL_DEPTH);
             senders.push(Feeder {
                 tx,
-                time: 0,
+                time: Time::EPOCH,
                 max_ahead_ms: config.max_ahead_ms,
             });
             receivers.push(Some(rx));
@@ -360,7 +358,7 @@ struct WorkerInputs {
     commands: InputSession<Time, MachineCommand, isize>,
     clock: InputSession<Time, Timestamp, isize>,
     /// Worker 0 owns the clock row; `None` elsewhere.
-    hour: Option<Option<i64>>,
+    hour: Option<Option<Time>>,
 }
 
 impl WorkerInputs {
@@ -374,12 +372,12 @@ impl WorkerInputs {
         self.commands.advance_to(time);
         self.clock.advance_to(time);
         if let Some(hour) = &mut self.hour {
-            let now = time as i64 - (time as i64).rem_euclid(MS_PER_HOUR);
+            let now = time.window_start(MS_PER_HOUR);
             if *hour != Some(now) {
                 if let Some(old) = hour.replace(now) {
-                    self.clock.remove(Timestamp(old));
+                    self.clock.remove(old);
                 }
-                self.clock.insert(Timestamp(now));
+                self.clock.insert(now);
             }
         }
     }
@@ -695,7 +693,7 @@ mod tests {
                 (RegistryRecord::Location(location), 1)
             })
             .collect();
-        let t0: Time = 1_700_000_000_000;
+        let t0 = Timestamp(1_700_000_000_000);
         feeders
             .feeder(0)
             .send(
@@ -751,7 +749,8 @@ mod future_tests {
             heartbeat("m-skewed", t0 + 60_000),
             heartbeat("m-2099", 4_070_908_800_000),
         ];
-        let t = t0 as Time;
+        let t = Timestamp(t0);
+
         feeders
             .send(
                 t,

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use vendflow_protocol::{DecodeError, Timestamp};
 
 use crate::config::Config;
-use crate::operators::{Temporal, Time, as_time};
+use crate::operators::{Temporal, Time};
 use crate::row::ViewDef;
 use crate::row::{ColumnType::*, Row, Value, col};
 
@@ -131,7 +131,7 @@ pub fn render<'s>(
         .map(|e| (e.source_name().to_owned(), e.kind.clone()))
         .count_total();
     let recent = errors
-        .retain_between(move |e: &ErrorRecord| (0, as_time(e.received_at.0 + retention)))
+        .retain_between(move |e: &ErrorRecord| (Time::EPOCH, e.received_at + retention))
         .0;
     Errors {
         recent,
@@ -200,7 +200,7 @@ mod tests {
                 .and_then(Result::err)
                 .unwrap_or_else(|| panic!("{raw} decoded"));
             scenario.errors.push((
-                as_time(t),
+                Timestamp(t),
                 ErrorRecord::new(Timestamp(t), format!("test:{i}"), &err, raw.as_bytes()),
             ));
         }

@@ -165,7 +165,7 @@ pub fn restocks_once<'s>(
                 tracing::error!(machine_id = %event.machine_id, diff, "restock retracted before dedup; ignored");
                 return;
             }
-            let now = i64::try_from(out.time()).unwrap_or(i64::MAX);
+            let now = out.time().ms();
             let id = dedup::identity(&event);
             let ids = seen.entry(event.machine_id.clone()).or_default();
             ids.retain(|(_, until)| *until > now);
@@ -323,7 +323,7 @@ pub(crate) fn oracle(scenario: &crate::testing::Scenario) -> Vec<Level> {
     for (t, e) in &scenario.deliveries {
         if let EventKind::Restock(r) = &e.kind {
             let identity = crate::testing::naive_identity(e);
-            let now = i64::try_from(*t).unwrap_or(i64::MAX);
+            let now = t.ms();
             if counted.get(&identity).is_some_and(|until| *until > now) {
                 continue;
             }

@@ -17,7 +17,7 @@ use vendflow_protocol::{MachineId, MachineStatus, RegistryRecord, Timestamp};
 
 use crate::config::Config;
 use crate::fold::{KeyedFold, Published};
-use crate::operators::{Time, as_time, hash_of};
+use crate::operators::{Time, hash_of};
 use crate::row::ViewDef;
 use crate::row::{ColumnType::*, Row, RowWriter, col, null};
 
@@ -101,7 +101,7 @@ pub fn render<'s>(
     config: &Config,
 ) -> VecCollection<'s, Time, Out> {
     let offline_after = config.offline_after_ms;
-    let deadline = move |last: Timestamp| as_time(last.0.saturating_add(offline_after));
+    let deadline = move |last: Timestamp| last.saturating_add(offline_after);
     let heartbeats = heartbeats.map(|(m, ts)| (m, Fact::Heartbeat(ts)));
     let registered = registry.flat_map(|r| match r {
         RegistryRecord::Machine(m) => Some((m.machine_id, Fact::Registered(m.status))),
@@ -195,7 +195,7 @@ pub(crate) fn oracle(scenario: &crate::testing::Scenario) -> Vec<Liveness> {
         .into_iter()
         .map(|(m, (reg, last))| {
             let online =
-                last.is_some_and(|ts| as_time(ts.0 + scenario.config.offline_after_ms) > now);
+                last.is_some_and(|ts| Timestamp(ts.0 + scenario.config.offline_after_ms) > now);
             Liveness {
                 machine_id: m,
                 last_heartbeat: last,

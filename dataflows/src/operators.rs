@@ -24,8 +24,11 @@ use timely::dataflow::operators::{Capability, InputCapability};
 use timely::progress::frontier::AntichainRef;
 use timely::progress::operate::FrontierInterest;
 
-/// Ingestion time: epoch milliseconds of the source's clock.
-pub type Time = u64;
+/// Ingestion time: the source's clock, as the protocol's [`Timestamp`] (one time type from the
+/// wire to the views; deadlines computed from event times are compared with it directly).
+///
+/// [`Timestamp`]: vendflow_protocol::Timestamp
+pub type Time = vendflow_protocol::Timestamp;
 
 /// A hash for routing keys to the workers of this process (the same for equal keys on every
 /// worker). A machine id hashes by its interned address ([`MachineId::stable_hash`] is the one
@@ -100,11 +103,6 @@ pub(crate) mod state_sizes {
         rows.sort_by_key(|r| std::cmp::Reverse(r.2));
         rows
     }
-}
-
-/// Converts an event-time instant (ms, may be negative in theory) into ingestion time.
-pub fn as_time(ms: i64) -> Time {
-    u64::try_from(ms).unwrap_or(0)
 }
 
 pub trait Temporal<'s, D: Data, R: Abelian + Data> {
@@ -840,6 +838,7 @@ pub fn fork<'s, D: Data, A: Data, B: Data, C: Data>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vendflow_protocol::Timestamp;
 
     /// Keys leave at their own expiry, earliest first, whatever the order they came in; a key is
     /// refused while it is live and taken again once it has left.
@@ -847,22 +846,28 @@ mod tests {
     fn expiring_keys_leave_at_their_own_time() {
         let mut map: ExpiringMap<u32, &str> = ExpiringMap::default();
         for (key, expires) in [(1, 30), (2, 10), (3, 20), (4, 10), (5, 40)] {
-            assert!(map.insert(key, "v", expires));
+            assert!(map.insert(key, "v", Timestamp(expires)));
         }
-        assert!(!map.insert(3, "again", 99), "a live key is refused");
+        assert!(
+            !map.insert(3, "again", Timestamp(99)),
+            "a live key is refused"
+        );
         let mut gone = Vec::new();
-        map.expire_with(9, |at, k| gone.push((at, *k)));
+        map.expire_with(Timestamp(9), |at, k| gone.push((at.ms(), *k)));
         assert!(gone.is_empty());
-        map.expire_with(20, |at, k| gone.push((at, *k)));
+        map.expire_with(Timestamp(20), |at, k| gone.push((at.ms(), *k)));
         gone.sort_unstable();
         assert_eq!(gone, [(10, 2), (10, 4), (20, 3)]);
         assert_eq!(map.get(&1), Some(&"v"));
         assert_eq!(map.get(&3), None);
-        assert!(map.insert(3, "back", 50), "an expired key is new again");
+        assert!(
+            map.insert(3, "back", Timestamp(50)),
+            "an expired key is new again"
+        );
         gone.clear();
-        map.expire_with(45, |at, k| gone.push((at, *k)));
+        map.expire_with(Timestamp(45), |at, k| gone.push((at.ms(), *k)));
         assert_eq!(gone, [(30, 1), (40, 5)]);
-        map.expire_with(50, |_, _| {});
+        map.expire_with(Timestamp(50), |_, _| {});
         assert!(map.is_empty());
     }
 }

@@ -28,10 +28,11 @@ use std::path::{Path, PathBuf};
 
 use fastbloom::BloomFilter;
 use redb::{Database, TableDefinition};
-use vendflow_protocol::units::MS_PER_DAY;
+use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR};
 
 use crate::operators::{FastMap, Time, hash_of};
 use crate::state_file::{self, Cadence, StateFileError, create_fresh};
+use vendflow_protocol::Timestamp;
 
 /// Parked values by (day of expiry, key), each value its expiry (8 bytes, little-endian) and
 /// then the bytes parked: the sweep deletes the days that have ended, a lookup knows the day
@@ -41,7 +42,7 @@ const VALUES: TableDefinition<(u64, &[u8]), &[u8]> = TableDefinition::new("parke
 /// Parks buffered in memory before they are written in one commit.
 const FLUSH_AT: usize = 4096;
 /// Ingestion time between two sweeps of expired keys.
-pub const SWEEP_EVERY: Time = 3_600_000;
+pub const SWEEP_EVERY: i64 = MS_PER_HOUR;
 /// The page cache of one worker's file.
 const CACHE_BYTES: usize = 16 << 20;
 /// The keys a day's first filter is sized for when no earlier day says better.
@@ -102,7 +103,7 @@ pub struct Parked {
     /// Per bucket of expiry, the keys parked there.
     buckets: BTreeMap<u64, Bucket>,
     /// The width of a bucket: a day (small under test).
-    bucket_ms: Time,
+    bucket_ms: i64,
     next_sweep: Time,
     cadence: Cadence,
     parked: u64,
@@ -122,10 +123,10 @@ impl std::fmt::Debug for Parked {
 impl Parked {
     /// Creates an empty store at `path`, replacing any file a previous run left there.
     pub fn create(path: &Path) -> Result<Parked, ParkedError> {
-        Parked::with_buckets(path, MS_PER_DAY.unsigned_abs())
+        Parked::with_buckets(path, MS_PER_DAY)
     }
 
-    fn with_buckets(path: &Path, bucket_ms: Time) -> Result<Parked, ParkedError> {
+    fn with_buckets(path: &Path, bucket_ms: i64) -> Result<Parked, ParkedError> {
         let db = create_fresh(path, CACHE_BYTES)?;
         let mut parked = Parked {
             db,
@@ -133,7 +134,7 @@ impl Parked {
             pending: FastMap::default(),
             buckets: BTreeMap::new(),
             bucket_ms: bucket_ms.max(1),
-            next_sweep: 0,
+            next_sweep: Time::EPOCH,
             cadence: Cadence::default(),
             parked: 0,
             taken: 0,
@@ -153,8 +154,9 @@ impl Parked {
         (self.parked, self.taken)
     }
 
+    /// The bucket of an expiry (an expiry before the epoch is in the first).
     fn bucket(&self, expires: Time) -> u64 {
-        expires / self.bucket_ms
+        (expires.ms() / self.bucket_ms).max(0).unsigned_abs()
     }
 
     /// Parks `value` under `key` until `expires` (replacing what the key had: a key is parked
@@ -230,7 +232,7 @@ impl Parked {
         self.pending.retain(|_, (expires, _)| *expires > now);
         // Bucket b holds horizons ending in [b, b + 1) buckets' time: all ended when
         // (b + 1) * width <= now.
-        let open = now / self.bucket_ms;
+        let open = self.bucket(now);
         let ended = self.buckets.range(..open).next().is_some();
         if !ended {
             return Ok(());
@@ -248,17 +250,16 @@ impl Parked {
             return Ok(());
         }
         // In key order: expiries grow with time, so the batch lands at the end of the tree.
-        let width = self.bucket_ms;
         let mut pending: Vec<_> = std::mem::take(&mut self.pending)
             .into_iter()
-            .map(|(key, (expires, value))| ((expires / width, key), (expires, value)))
+            .map(|(key, (expires, value))| ((self.bucket(expires), key), (expires, value)))
             .collect();
         pending.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         self.write(|values| {
             let mut bytes = Vec::new();
             for ((day, key), (expires, value)) in &pending {
                 bytes.clear();
-                bytes.extend_from_slice(&expires.to_le_bytes());
+                bytes.extend_from_slice(&expires.ms().to_le_bytes());
                 bytes.extend_from_slice(value);
                 values.insert((*day, &key[..]), &bytes[..])?;
             }
@@ -289,7 +290,7 @@ impl Parked {
 /// A stored value: its expiry, then the bytes parked.
 fn decode(stored: &[u8]) -> Option<(Time, Vec<u8>)> {
     let (expires, value) = stored.split_first_chunk::<8>()?;
-    Some((Time::from_le_bytes(*expires), value.to_vec()))
+    Some((Timestamp(i64::from_le_bytes(*expires)), value.to_vec()))
 }
 
 #[cfg(test)]
@@ -307,18 +308,25 @@ mod tests {
     #[test]
     fn a_parked_value_comes_back_once_before_its_horizon_only() -> Result<(), ParkedError> {
         let (_dir, mut p) = store();
-        assert_eq!(p.take(b"a", 0)?, None, "nothing parked yet");
-        p.park(b"a".to_vec(), b"one".to_vec(), 100)?;
-        p.park(b"b".to_vec(), b"two".to_vec(), 100)?;
+        assert_eq!(p.take(b"a", Timestamp(0))?, None, "nothing parked yet");
+        p.park(b"a".to_vec(), b"one".to_vec(), Timestamp(100))?;
+        p.park(b"b".to_vec(), b"two".to_vec(), Timestamp(100))?;
         // From the buffer, then (after a flush) from disk.
-        assert_eq!(p.take(b"a", 10)?.as_deref(), Some(&b"one"[..]));
-        assert_eq!(p.take(b"a", 10)?, None, "taken once");
+        assert_eq!(p.take(b"a", Timestamp(10))?.as_deref(), Some(&b"one"[..]));
+        assert_eq!(p.take(b"a", Timestamp(10))?, None, "taken once");
         p.flush()?;
         assert_eq!(p.on_disk(), 1);
-        assert_eq!(p.take(b"b", 100)?, None, "its horizon ended at 100");
-        p.park(b"c".to_vec(), b"three".to_vec(), 200)?;
+        assert_eq!(
+            p.take(b"b", Timestamp(100))?,
+            None,
+            "its horizon ended at 100"
+        );
+        p.park(b"c".to_vec(), b"three".to_vec(), Timestamp(200))?;
         p.flush()?;
-        assert_eq!(p.take(b"c", 150)?.as_deref(), Some(&b"three"[..]));
+        assert_eq!(
+            p.take(b"c", Timestamp(150))?.as_deref(),
+            Some(&b"three"[..])
+        );
         assert_eq!(p.counts(), (3, 2));
         Ok(())
     }
@@ -327,31 +335,38 @@ mod tests {
     fn the_sweep_deletes_expired_keys_but_not_a_key_parked_again_later() -> Result<(), ParkedError>
     {
         let (_dir, mut p) = store();
-        p.park(b"old".to_vec(), b"1".to_vec(), 100)?;
-        p.park(b"again".to_vec(), b"2".to_vec(), 100)?;
+        p.park(b"old".to_vec(), b"1".to_vec(), Timestamp(100))?;
+        p.park(b"again".to_vec(), b"2".to_vec(), Timestamp(100))?;
         p.flush()?;
         // "again" comes back and is parked once more, with a later horizon.
-        assert_eq!(p.take(b"again", 50)?.as_deref(), Some(&b"2"[..]));
-        p.park(b"again".to_vec(), b"3".to_vec(), 500)?;
+        assert_eq!(p.take(b"again", Timestamp(50))?.as_deref(), Some(&b"2"[..]));
+        p.park(b"again".to_vec(), b"3".to_vec(), Timestamp(500))?;
         // Expiry 100 is in the bucket [100, 200): it goes once 200 is reached, not before.
-        p.sweep(150)?;
+        p.sweep(Timestamp(150))?;
         assert_eq!(
             p.on_disk(),
             1,
             "a bucket goes once every horizon in it has ended"
         );
-        assert_eq!(p.take(b"old", 150)?, None, "its horizon ended at 100");
-        p.park(b"old2".to_vec(), b"1".to_vec(), 100)?;
+        assert_eq!(
+            p.take(b"old", Timestamp(150))?,
+            None,
+            "its horizon ended at 100"
+        );
+        p.park(b"old2".to_vec(), b"1".to_vec(), Timestamp(100))?;
         p.flush()?;
-        p.next_sweep = 0;
-        p.sweep(200)?;
+        p.next_sweep = Time::EPOCH;
+        p.sweep(Timestamp(200))?;
         assert_eq!(p.on_disk(), 1, "only the re-parked key, in a later bucket");
         assert!(!p.buckets.contains_key(&1));
-        assert_eq!(p.take(b"again", 400)?.as_deref(), Some(&b"3"[..]));
+        assert_eq!(
+            p.take(b"again", Timestamp(400))?.as_deref(),
+            Some(&b"3"[..])
+        );
         // Sweeps are at most one per SWEEP_EVERY of ingestion time.
-        p.park(b"late".to_vec(), b"4".to_vec(), 150)?;
-        p.sweep(200)?;
-        assert_eq!(p.take(b"late", 140)?.as_deref(), Some(&b"4"[..]));
+        p.park(b"late".to_vec(), b"4".to_vec(), Timestamp(150))?;
+        p.sweep(Timestamp(200))?;
+        assert_eq!(p.take(b"late", Timestamp(140))?.as_deref(), Some(&b"4"[..]));
         Ok(())
     }
 
@@ -359,19 +374,22 @@ mod tests {
     fn many_parks_are_written_in_commits_of_a_few_thousand() -> Result<(), ParkedError> {
         let (_dir, mut p) = store();
         for i in 0..(2 * FLUSH_AT + 10) {
-            p.park(i.to_le_bytes().to_vec(), vec![1; 40], 1_000)?;
+            p.park(i.to_le_bytes().to_vec(), vec![1; 40], Timestamp(1_000))?;
         }
         assert_eq!(p.on_disk(), 2 * FLUSH_AT);
         assert_eq!(p.pending.len(), 10);
-        assert_eq!(p.take(&7usize.to_le_bytes(), 5)?, Some(vec![1; 40]));
-        p.sweep(1_000)?;
+        assert_eq!(
+            p.take(&7usize.to_le_bytes(), Timestamp(5))?,
+            Some(vec![1; 40])
+        );
+        p.sweep(Timestamp(1_000))?;
         assert_eq!(
             p.on_disk(),
             2 * FLUSH_AT - 1,
             "the bucket [1000, 1100) is still open"
         );
-        p.next_sweep = 0;
-        p.sweep(1_100)?;
+        p.next_sweep = Time::EPOCH;
+        p.sweep(Timestamp(1_100))?;
         assert_eq!(p.on_disk(), 0);
         assert!(p.buckets.is_empty() && p.pending.is_empty());
         Ok(())
@@ -382,7 +400,7 @@ mod tests {
         let (_dir, mut p) = store();
         let n = 3 * FIRST_FILTER;
         for i in 0..n {
-            p.park(format!("k{i}").into_bytes(), vec![7], 1_050)?;
+            p.park(format!("k{i}").into_bytes(), vec![7], Timestamp(1_050))?;
         }
         p.flush()?;
         let bucket = &p.buckets[&10];
@@ -401,11 +419,11 @@ mod tests {
         assert!(strangers < 20_000 * 3 / 100, "{strangers} false positives");
         for i in (0..n).step_by(997) {
             let key = format!("k{i}").into_bytes();
-            assert_eq!(p.take(&key, 1_000)?, Some(vec![7]));
-            assert_eq!(p.take(&key, 1_000)?, None, "taken once");
+            assert_eq!(p.take(&key, Timestamp(1_000))?, Some(vec![7]));
+            assert_eq!(p.take(&key, Timestamp(1_000))?, None, "taken once");
         }
         // The next bucket starts as large as this one ended.
-        p.park(b"next".to_vec(), vec![1], 1_150)?;
+        p.park(b"next".to_vec(), vec![1], Timestamp(1_150))?;
         assert_eq!(p.buckets[&11].filters[0].2, n);
         Ok(())
     }

@@ -35,7 +35,7 @@ use vendflow_protocol::{Cents, MachineId, Timestamp};
 
 use crate::config::Config;
 use crate::fold::{Ctx, KeyedFold, Published, Summed, sum_by_key, totals};
-use crate::operators::{Time, as_time, hash_of};
+use crate::operators::{Time, hash_of};
 use crate::row::ViewDef;
 use crate::row::{ColumnType::*, Row, Value, col};
 use crate::sales::SaleLine;
@@ -208,15 +208,15 @@ pub const CORRECTIONS_KEPT_DAYS: i64 = 2;
 
 /// The UTC day of ingestion time `t`: the day a correction arrived on.
 pub fn arrival_day(t: Time) -> i64 {
-    i64::try_from(t).unwrap_or(i64::MAX).div_euclid(MS_PER_DAY)
+    t.day()
 }
 
 /// A correction's window (see [`sum_by_key`]): from now until [`CORRECTIONS_KEPT_DAYS`] after
 /// the day it arrived.
 pub fn correction_window(arrived: i64) -> (Time, Time) {
     (
-        0,
-        as_time((arrived + 1 + CORRECTIONS_KEPT_DAYS) * MS_PER_DAY),
+        Time::EPOCH,
+        Timestamp::of_day(arrived + 1 + CORRECTIONS_KEPT_DAYS),
     )
 }
 pub const SLOT_SALES: ViewDef = ViewDef {
@@ -268,7 +268,7 @@ pub fn render<'s>(
 ) -> Revenue<'s> {
     let retention = config.revenue_retention_days * MS_PER_DAY;
     let by_machine = |k: &(MachineId, i64)| hash_of(&k.0);
-    let today = |day: i64| (as_time(day * MS_PER_DAY), as_time((day + 1) * MS_PER_DAY));
+    let today = |day: i64| (Timestamp::of_day(day), Timestamp::of_day(day + 1));
 
     let slot_sales = totals(sum_by_key(
         accepted
@@ -276,7 +276,7 @@ pub fn render<'s>(
             .map(|l| ((l.machine_id.clone(), l.slot_number), totals_of(&l))),
         "Revenue: slot sales",
         |k: &(MachineId, u32)| hash_of(&k.0),
-        |_| (0, Time::MAX),
+        |_| (Time::EPOCH, Time::MAX),
     ));
 
     // Per machine and day, live until the day is `retention` old; later lines are too late.
@@ -286,7 +286,7 @@ pub fn render<'s>(
             .map(|l| ((l.machine_id.clone(), l.timestamp.day()), totals_of(&l))),
         "Revenue: machine daily",
         by_machine,
-        move |(_, day): &(MachineId, i64)| (0, as_time((day + 1) * MS_PER_DAY + retention)),
+        move |(_, day): &(MachineId, i64)| (Time::EPOCH, Timestamp::of_day(day + 1) + retention),
     );
     let too_late = daily
         .clone()
@@ -320,7 +320,7 @@ pub fn render<'s>(
         "Revenue: machine local daily",
         |k: &LocalDayKey| hash_of(&k.0),
         // A local day ends at most 14 h after the UTC day of the same date.
-        move |(_, (_, day)): &LocalDayKey| (0, as_time((day + 2) * MS_PER_DAY + retention)),
+        move |(_, (_, day)): &LocalDayKey| (Time::EPOCH, Timestamp::of_day(day + 2) + retention),
     );
     let local_too_late = local.clone().flat_map(|s| match s {
         Summed::Late((m, _), _) => Some(m),
@@ -629,7 +629,7 @@ where
         located,
         "Revenue: location sums",
         |k: &(String, K)| hash_of(&k.0),
-        |_| (0, Time::MAX),
+        |_| (Time::EPOCH, Time::MAX),
     ))
 }
 
@@ -758,7 +758,7 @@ mod tests {
                         .or_default(),
                     totals_of(l),
                 );
-                let until = as_time((l.timestamp.day() + 1) * MS_PER_DAY + retention);
+                let until = Timestamp((l.timestamp.day() + 1) * MS_PER_DAY + retention);
                 if until > now && until > *t {
                     add(
                         machine_daily
@@ -772,9 +772,10 @@ mod tests {
             // day they arrived, until two days after it.
             let mut corrections: BTreeMap<(MachineId, (i64, i64)), Totals> = BTreeMap::new();
             for (t, l) in &accepted {
-                let until = as_time((l.timestamp.day() + 1) * MS_PER_DAY + retention);
-                let arrived = (*t as i64).div_euclid(MS_PER_DAY);
-                if until <= *t && as_time((arrived + 1 + CORRECTIONS_KEPT_DAYS) * MS_PER_DAY) > now
+                let until = Timestamp((l.timestamp.day() + 1) * MS_PER_DAY + retention);
+                let arrived = t.day();
+                if until <= *t
+                    && Timestamp((arrived + 1 + CORRECTIONS_KEPT_DAYS) * MS_PER_DAY) > now
                 {
                     add(
                         corrections
@@ -788,7 +789,7 @@ mod tests {
             // No location has a time zone here: local days are UTC days, kept a day longer.
             let mut local: BTreeMap<(MachineId, (String, i64)), Totals> = BTreeMap::new();
             for (t, l) in &accepted {
-                let until = as_time((l.timestamp.day() + 2) * MS_PER_DAY + retention);
+                let until = Timestamp((l.timestamp.day() + 2) * MS_PER_DAY + retention);
                 if until > now && until > *t {
                     add(
                         local
@@ -808,9 +809,10 @@ mod tests {
             let mut local_corrections: BTreeMap<CorrectionKey<(MachineId, String)>, Totals> =
                 BTreeMap::new();
             for (t, l) in &accepted {
-                let until = as_time((l.timestamp.day() + 2) * MS_PER_DAY + retention);
-                let arrived = (*t as i64).div_euclid(MS_PER_DAY);
-                if until <= *t && as_time((arrived + 1 + CORRECTIONS_KEPT_DAYS) * MS_PER_DAY) > now
+                let until = Timestamp((l.timestamp.day() + 2) * MS_PER_DAY + retention);
+                let arrived = t.day();
+                if until <= *t
+                    && Timestamp((arrived + 1 + CORRECTIONS_KEPT_DAYS) * MS_PER_DAY) > now
                 {
                     add(
                         local_corrections
@@ -832,7 +834,8 @@ mod tests {
                     .collect(),
                 seed,
             );
-            let today = (now as i64).div_euclid(MS_PER_DAY);
+            let today = now.day();
+
             let location_of = |m: &MachineId| {
                 locations
                     .get(m)

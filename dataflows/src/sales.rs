@@ -23,12 +23,11 @@ use std::hash::Hash;
 
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
-use vendflow_protocol::units::MS_PER_DAY;
 use vendflow_protocol::{Cents, Event, EventKind, MachineId, Text, Timestamp};
 
 use crate::config::Config;
 use crate::ledger::{Ledger, LedgerKey};
-use crate::operators::{ExpiringSet, Fork, Keyed, Time, as_time, fork, hash_of};
+use crate::operators::{ExpiringSet, Fork, Keyed, Time, fork, hash_of};
 use crate::row::ViewDef;
 use crate::row::{ColumnType::*, Row, Value, col};
 
@@ -133,16 +132,14 @@ impl Dedup {
         let horizon = self.horizon;
         let mut gone: Vec<LedgerKey> = Vec::new();
         self.memory.expire_with(now, |expiry, (a, b)| {
-            let ts = i64::try_from(expiry).unwrap_or(i64::MAX) - horizon;
-            gone.push((ts.div_euclid(MS_PER_DAY), *a, *b));
+            gone.push(((expiry - horizon).day(), *a, *b));
         });
         if let Err(e) = self.ledger.record(&gone) {
             // The lines stay counted; only a re-delivery of them would no longer be recognised.
             tracing::error!(error = %e, lines = gone.len(), "cannot record sale lines in the ledger");
         }
-        let today = i64::try_from(now)
-            .unwrap_or(i64::MAX)
-            .div_euclid(MS_PER_DAY);
+        let today = now.day();
+
         if today > self.trimmed {
             self.trimmed = today;
             if let Err(e) = self.ledger.forget_before(today - self.retention_days) {
@@ -193,7 +190,7 @@ pub fn render<'s>(
             }
             // Keys whose horizon ends at or before this time go to the ledger before it is judged.
             dedup.expire(out.time());
-            let expires = as_time(line.timestamp.0.saturating_add(horizon));
+            let expires = line.timestamp.saturating_add(horizon);
             for _ in 0..diff {
                 let new = if expires <= out.time() {
                     out.give(Verdict::Late(line.machine_id.clone()), 1);
@@ -245,7 +242,7 @@ pub(crate) fn oracle(
     let mut ever: std::collections::HashSet<(MachineId, Text, u32, i64)> = Default::default();
     let (mut accepted, mut dups, mut late) = (vec![], vec![], vec![]);
     for (t, line) in sorted {
-        let expires = as_time(line.timestamp.0 + config.dedup_horizon_ms);
+        let expires = line.timestamp + config.dedup_horizon_ms;
         let key = (
             line.machine_id.clone(),
             line.transaction_id.clone(),

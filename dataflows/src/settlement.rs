@@ -46,7 +46,7 @@ use vendflow_protocol::{Cents, MachineId, SettlementStatus, Text, Timestamp};
 
 use crate::config::Config;
 use crate::fold::{KeyedFold, Published};
-use crate::operators::{Time, as_time, hash_of};
+use crate::operators::{Time, hash_of};
 use crate::parked::Parked;
 use crate::row::{ColumnType::*, Row, RowWriter, ViewDef, col, null};
 use crate::sales::SaleLine;
@@ -188,7 +188,7 @@ impl Txn {
             bytes.extend_from_slice(&n.to_le_bytes());
         }
         for t in [self.expires, self.parks] {
-            bytes.extend_from_slice(&t.to_le_bytes());
+            bytes.extend_from_slice(&t.ms().to_le_bytes());
         }
         bytes
     }
@@ -201,7 +201,7 @@ impl Txn {
             .map(|w| w.try_into().ok().map(u64::from_le_bytes));
         let mut next = || words.next().flatten();
         let [sold, cents, at, settled] = [next()?, next()?, next()?, next()?].map(|n| n as i64);
-        let (expires, parks) = (next()?, next()?);
+        let (expires, parks) = (Timestamp(next()? as i64), Timestamp(next()? as i64));
         let verdict = match verdict {
             0 => SettlementStatus::Settled,
             1 => SettlementStatus::Declined,
@@ -320,8 +320,9 @@ pub fn render<'s>(
     parked: Parked,
     config: &Config,
 ) -> VecCollection<'s, Time, Out> {
-    let hold = as_time(config.settlement_days.saturating_mul(MS_PER_DAY));
-    let in_memory = as_time(config.settlement_memory_ms).min(hold);
+    let hold = config.settlement_days.saturating_mul(MS_PER_DAY);
+    let in_memory = config.settlement_memory_ms.min(hold);
+
     let parked = Rc::new(RefCell::new(parked));
     let on_timer_parked = parked.clone();
     let on = config.settlement_days > 0;
@@ -373,7 +374,7 @@ pub fn render<'s>(
                     ),
                 }
             }
-            if txn.expires > 0 && now >= txn.expires {
+            if txn.expires > Time::EPOCH && now >= txn.expires {
                 // Its timer is due at this very time: the record starts the transaction afresh.
                 *txn = Txn::default();
             }
@@ -439,7 +440,7 @@ pub fn render<'s>(
     );
     let keep_days = config.revenue_retention_days;
     // When a day leaves the views.
-    let leaves = move |day: i64| as_time((day + keep_days + 1).saturating_mul(MS_PER_DAY));
+    let leaves = move |day: i64| Timestamp((day + keep_days + 1).saturating_mul(MS_PER_DAY));
     changes
         .map(|row| ((row.machine_id.clone(), row.day), row))
         .fold_by_key(
@@ -447,7 +448,7 @@ pub fn render<'s>(
             Published::Kept,
             |k: &(MachineId, i64)| hash_of(&k.0),
             move |(_, day), state: &mut Day, row, diff, ctx| {
-                let today = i64::try_from(ctx.now()).unwrap_or(i64::MAX) / MS_PER_DAY;
+                let today = ctx.now().day();
                 if *day < today - keep_days {
                     // Gone from the view (or never in it): neither counted nor uncounted.
                     return;
@@ -480,7 +481,7 @@ pub fn render<'s>(
                 }
             },
             move |(_, day), state, ctx| {
-                let today = i64::try_from(ctx.now()).unwrap_or(i64::MAX) / MS_PER_DAY;
+                let today = ctx.now().day();
                 if *day < today - keep_days {
                     *state = Day::default();
                 } else {
@@ -615,7 +616,7 @@ mod tests {
             let mut pieces: Vec<Vec<Rec>> = Vec::new();
             let mut last: Option<Time> = None;
             for (t, r) in recs {
-                let fresh = last.is_none_or(|l| i64::try_from(t - l).unwrap_or(0) >= hold);
+                let fresh = last.is_none_or(|l| t - l >= hold);
                 if fresh {
                     pieces.push(Vec::new());
                 }
@@ -684,7 +685,8 @@ mod tests {
             }
         }
         // Days leave both views `revenue_retention_days` after they end.
-        let now = i64::try_from(scenario.now()).unwrap_or(0);
+        let now = scenario.now().ms();
+
         let kept = |day: i64| (day + config.revenue_retention_days + 1) * MS_PER_DAY > now;
         let mut days: BTreeMap<(MachineId, i64), Vec<&TxnRow>> = BTreeMap::new();
         for t in txns.iter().filter(|t| kept(t.day)) {

@@ -23,7 +23,7 @@ use vendflow_protocol::{MachineId, Timestamp};
 use crate::config::Config;
 use crate::fold::{Ctx, KeyedFold, Published};
 use crate::inventory::Level;
-use crate::operators::{Time, as_time, hash_of};
+use crate::operators::{Time, hash_of};
 use crate::row::ViewDef;
 use crate::row::{ColumnType::*, OrdF64, Row, Value, col, null};
 use crate::sales::SaleLine;
@@ -169,7 +169,7 @@ where
     /// A day that leaves the window at `until` was added: a timer then, unless an earlier one
     /// is set.
     fn arm<K: Clone, O>(&mut self, until: Time, ctx: &mut Ctx<'_, K, O>) {
-        if self.armed == 0 || until < self.armed {
+        if self.armed == Time::EPOCH || until < self.armed {
             self.armed = until;
             ctx.wake_at(until);
         }
@@ -181,11 +181,11 @@ where
         let now = ctx.now();
         self.days.retain(|d| end(d.day()) > now);
         if self.armed <= now {
-            self.armed = 0;
+            self.armed = Time::EPOCH;
         }
         match self.days.first() {
             None => self.days = SmallVec::new(),
-            Some(first) if self.armed == 0 => {
+            Some(first) if self.armed == Time::EPOCH => {
                 self.armed = end(first.day());
                 ctx.wake_at(self.armed);
             }
@@ -262,7 +262,8 @@ pub fn render<'s>(
     config: &Config,
 ) -> Stockout<'s> {
     let window = config.demand_days * MS_PER_DAY;
-    let in_window = move |day: i64| (0, as_time(day * MS_PER_DAY + window));
+    let in_window = move |day: i64| (Time::EPOCH, Timestamp::of_day(day) + window);
+
     let planned_units = levels.flat_map(|l| {
         l.plan
             .is_some()
@@ -410,7 +411,7 @@ pub(crate) fn oracle(scenario: &crate::testing::Scenario) -> (Vec<Row>, Vec<Row>
 
     let mut demand: BTreeMap<(MachineId, u32), [i64; 7]> = BTreeMap::new();
     for (t, l) in crate::sales::oracle(&scenario.deliveries, config).0 {
-        let until = as_time(l.timestamp.day() * MS_PER_DAY + window);
+        let until = Timestamp(l.timestamp.day() * MS_PER_DAY + window);
         if until > now && until > t {
             demand
                 .entry((l.machine_id.clone(), l.slot_number))
@@ -422,7 +423,7 @@ pub(crate) fn oracle(scenario: &crate::testing::Scenario) -> (Vec<Row>, Vec<Row>
         if matches!(e.kind, vendflow_protocol::EventKind::Settlement(_)) {
             continue;
         }
-        let until = as_time(e.timestamp.day() * MS_PER_DAY + window);
+        let until = Timestamp(e.timestamp.day() * MS_PER_DAY + window);
         if until > now && until > *t {
             days.entry(e.machine_id.clone())
                 .or_default()
@@ -430,7 +431,8 @@ pub(crate) fn oracle(scenario: &crate::testing::Scenario) -> (Vec<Row>, Vec<Row>
         }
     }
     // The hour the forecast starts from: the current ingestion hour.
-    let hour_start = now as i64 - (now as i64).rem_euclid(MS_PER_HOUR);
+    let hour_start = now.window_start(MS_PER_HOUR).ms();
+
     let mut forecasts = Vec::new();
     let mut restock: BTreeMap<MachineId, (i64, f64)> = BTreeMap::new();
     for level in crate::inventory::oracle(scenario) {

@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use vendflow_protocol::units::MS_PER_DAY;
 use vendflow_protocol::{Cents, MachineStatus};
 
 use crate::row::{Row, Value, ViewDef};
@@ -112,7 +111,7 @@ impl FleetSummary {
     /// The summary of `scope`.
     pub fn of(s: &Snapshot, scope: Scope<'_>) -> Result<FleetSummary, StoreError> {
         use crate::{errors, health, inventory, liveness, revenue, sales, stockout};
-        let day = i64::try_from(s.frontier).unwrap_or(i64::MAX) / MS_PER_DAY;
+        let day = s.frontier.day();
         let mut summary = FleetSummary {
             day,
             ..FleetSummary::default()
@@ -185,7 +184,7 @@ impl FleetSummary {
                 let view = &revenue::MACHINE_LOCAL_DAILY;
                 let [id, zone_at, day_at, revenue] =
                     columns(view, ["machine_id", "time_zone", "day", "revenue"])?;
-                let now = i64::try_from(s.frontier).unwrap_or(i64::MAX);
+                let now = s.frontier.ms();
                 s.rows(view.name)?
                     .iter()
                     .filter(|r| within(r, id) && is_local_today(r, zone_at, day_at, now))
@@ -270,7 +269,8 @@ mod tests {
         assert_ne!(
             FleetSummary::from_snapshot(full).unwrap_or_else(|e| panic!("{e}")),
             FleetSummary {
-                day: i64::try_from(full.frontier).unwrap_or(0) / MS_PER_DAY,
+                day: full.frontier.day(),
+
                 ..FleetSummary::default()
             },
             "the scenario has a fleet"

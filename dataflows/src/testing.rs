@@ -21,7 +21,7 @@ use vendflow_protocol::{
 use crate::config::Config;
 use crate::engine::{Batch, Engine};
 use crate::errors::ErrorRecord;
-use crate::operators::{Time, as_time};
+use crate::operators::Time;
 use crate::row::Row;
 use crate::view_store::Snapshot;
 
@@ -95,7 +95,7 @@ impl Scenario {
     }
 
     pub fn deliver(&mut self, at: i64, event: Event) {
-        self.deliveries.push((as_time(at), event));
+        self.deliveries.push((Timestamp(at), event));
     }
 
     pub fn register_machine(&mut self, id: &str, location: &str, slots: &[(u32, u32)]) {
@@ -126,7 +126,7 @@ impl Scenario {
         d.chain(self.errors.iter().map(|(t, _)| *t))
             .chain(self.commands.iter().map(|(t, _)| *t))
             .max()
-            .unwrap_or(0)
+            .unwrap_or(Time::EPOCH)
     }
 
     pub fn machine_locations(&self) -> HashMap<MachineId, String> {
@@ -337,7 +337,7 @@ impl Scenario {
                 if let Some(err) = err {
                     planned.push((ts, heartbeat("m0", ts, 4_000)));
                     s.errors.push((
-                        as_time(ts),
+                        Timestamp(ts),
                         ErrorRecord::new(Timestamp(ts), "random:1", &err, raw),
                     ));
                 }
@@ -429,7 +429,7 @@ impl Scenario {
         for (at, event) in planned {
             clock = clock.max(at);
             let t = clock + (1000 - clock.rem_euclid(1000)) % 1000;
-            s.deliveries.push((as_time(t), event));
+            s.deliveries.push((Timestamp(t), event));
         }
         s
     }
@@ -476,7 +476,7 @@ pub fn run(scenario: &Scenario) -> Snapshot {
     };
     send(
         &mut feeders,
-        0,
+        Time::EPOCH,
         Batch {
             registry: scenario.registry.iter().map(|r| (r.clone(), 1)).collect(),
             ..Batch::default()

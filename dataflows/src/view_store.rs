@@ -556,7 +556,7 @@ fn repeat<'a>(entries: impl Iterator<Item = &'a Entry> + 'a) -> impl Iterator<It
 impl ViewStore {
     fn new() -> Self {
         let state = State {
-            frontier: 0,
+            frontier: Time::EPOCH,
             closed: false,
             rows: CATALOG.iter().map(|_| ViewRows::default()).collect(),
             subscribers: Vec::new(),
@@ -799,14 +799,14 @@ fn run(store: ViewStore, rx: Receiver<Captured>, workers: usize) {
     let mut frontiers: Vec<MutableAntichain<Time>> = (0..views)
         .map(|_| {
             let mut f = MutableAntichain::new();
-            f.update_iter([(0, workers as i64)]);
+            f.update_iter([(Time::EPOCH, workers as i64)]);
             f
         })
         .collect();
     // Per view, the captured messages not yet published, as they came (most of a message is
     // published at once; sorting updates into times one by one cost more than applying them).
     let mut pending: Vec<Vec<Vec<Hashed>>> = (0..views).map(|_| Vec::new()).collect();
-    let mut published: Time = 0;
+    let mut published = Time::EPOCH;
     while let Ok(first) = rx.recv() {
         let mut take = |c: Captured| match c.message {
             Message::Progress(updates) => {
@@ -925,7 +925,7 @@ fn publish(store: &ViewStore, pending: &mut [Vec<Vec<Hashed>>], frontier: Time) 
 mod tests {
     use std::time::Duration;
 
-    use vendflow_protocol::Cents;
+    use vendflow_protocol::{Cents, Timestamp};
 
     use crate::engine::{Batch, Engine};
     use crate::row::Value;
@@ -1009,8 +1009,8 @@ mod tests {
         let mut engine = Engine::start(crate::Config::default()).unwrap_or_else(|e| panic!("{e}"));
         let store = engine.store();
         let mut feeders = engine.feeders().unwrap_or_else(|| panic!("feeders"));
-        let t = testing::BASE as u64;
-        let sale = |txn: &str, cents| testing::sale("m1", t as i64, 1, cents, txn);
+        let t = Timestamp(testing::BASE);
+        let sale = |txn: &str, cents| testing::sale("m1", t.ms(), 1, cents, txn);
         feeders
             .send(
                 t,
@@ -1077,10 +1077,10 @@ mod tests {
         let mut sub = store
             .subscribe("liveness")
             .unwrap_or_else(|e| panic!("{e}"));
-        let t = testing::BASE as u64;
-        let n = super::SUBSCRIBER_BUFFER as u64 + 10;
+        let t = Timestamp(testing::BASE);
+        let n = super::SUBSCRIBER_BUFFER as i64 + 10;
         for i in 0..n {
-            let hb = testing::heartbeat("m1", (t + i * 1000) as i64, 4_000);
+            let hb = testing::heartbeat("m1", (t + i * 1000).ms(), 4_000);
             feeders
                 .send(
                     t + i * 1000,

@@ -94,13 +94,13 @@ impl RegistryLog {
     pub fn delete(&self, keys: &[String]) -> Result<(), RegistryLogError> {
         let changes: Vec<(String, Option<&RegistryRecord>)> =
             keys.iter().map(|k| (k.clone(), None)).collect();
-        self.write(0, &changes)
+        self.write(Time::EPOCH, &changes)
     }
 
     /// Appends `records` (upserts) and returns once the log has them: acknowledged by Kafka, or
     /// handed to the engine.
     pub fn append(&self, records: &[RegistryRecord]) -> Result<(), RegistryLogError> {
-        self.append_at(0, records)
+        self.append_at(Time::EPOCH, records)
     }
 
     /// [`RegistryLog::append`], at ingestion time `at` or later (embedded: the time of the

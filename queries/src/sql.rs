@@ -200,7 +200,7 @@ const TENANT_TABLES: &str = "tokens scoped to one client read the live views abo
 
 /// The answer: the frontier the views were read at, and the result.
 pub struct Answer {
-    pub time: u64,
+    pub time: i64,
     pub batches: Vec<RecordBatch>,
     pub schema: SchemaRef,
 }
@@ -550,7 +550,7 @@ impl Sql {
         if let Scope::Tenant(_) = caller.scope {
             snapshot.retain(|def, row| caller.scope.keeps(def, row));
         }
-        let time = snapshot.frontier;
+        let time = snapshot.frontier.ms();
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::new(FairSpillPool::new(self.limits.memory_bytes)))
             .build_arc()
@@ -957,7 +957,7 @@ mod tests {
         )
         .unwrap_or_else(|e| panic!("{e}"));
         let day = |d: i64| 1_704_067_200_000 + d * vendflow_protocol::units::MS_PER_DAY; // 2024-01-01
-        let mut sent = day(29) as u64;
+        let mut sent = vendflow_protocol::Timestamp(day(29));
         feeders
             .send(
                 sent,
@@ -980,7 +980,7 @@ mod tests {
                 Some(Ok(e)) => e,
                 other => panic!("{other:?}"),
             };
-            sent = sent.max(at as u64);
+            sent = sent.max(vendflow_protocol::Timestamp(at));
             feeders
                 .send(
                     sent,
@@ -1038,7 +1038,7 @@ mod tests {
                 }
             })
             .collect();
-        let t = t0 as u64;
+        let t = vendflow_protocol::Timestamp(t0);
         feeders
             .send(
                 t,

@@ -29,7 +29,7 @@ struct Harness {
     engine: Option<Engine>,
     feeders: Feeders,
     /// The ingestion time the inputs are at.
-    now: u64,
+    now: Timestamp,
     state: ApiState,
     clock: Arc<AtomicI64>,
     admin: String,
@@ -96,7 +96,7 @@ impl Harness {
         Harness {
             engine: Some(engine),
             feeders,
-            now: 0,
+            now: Timestamp::EPOCH,
             state,
             clock,
             admin,
@@ -154,7 +154,7 @@ impl Harness {
 
     /// Ingests events at ingestion time `at` and waits until the views reflect them.
     fn ingest(&mut self, at: i64, events: Vec<Event>) {
-        let at = u64::try_from(at).unwrap_or(0).max(self.now);
+        let at = Timestamp(at).max(self.now);
         self.feeders
             .send(
                 at,
@@ -167,7 +167,7 @@ impl Harness {
         self.settle(at + 1);
     }
 
-    fn settle(&mut self, to: u64) {
+    fn settle(&mut self, to: Timestamp) {
         let to = to.max(self.now + 1);
         self.now = to;
         self.feeders
@@ -464,7 +464,7 @@ async fn machines_show_live_state_and_maintenance_is_for_operators() {
         "{b}"
     );
     // The change went into the dataflows: the liveness view says so too.
-    h.settle(u64::try_from(T0).unwrap_or(0) + 10);
+    h.settle(Timestamp(T0 + 10));
     let (_, b) = h.get("/views/liveness", &h.viewer).await;
     assert!(b["rows"].to_string().contains("maintenance"), "{b}");
     let (_, b) = h.get("/api/machines?status=maintenance", &h.viewer).await;
@@ -802,7 +802,7 @@ async fn leases_validate_move_through_their_lifecycle_and_invoice_from_revenue()
         "{b}"
     );
     // The lifecycle is in the dataflows: the lease_events view has it.
-    h.settle(u64::try_from(april).unwrap_or(0) + 10);
+    h.settle(Timestamp(april + 10));
     let (_, b) = h.call(Method::POST, "/sql", Some(&h.acme_viewer), Some(json!({"sql": format!("SELECT event FROM lease_events WHERE lease_id = '{id}' ORDER BY event")}))).await;
     assert_eq!(
         b["rows"],
@@ -875,7 +875,7 @@ async fn invoices_and_todays_revenue_follow_the_machines_own_calendar() {
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
-    h.settle(u64::try_from(T0).unwrap_or(0));
+    h.settle(Timestamp(T0));
     let sale = |txn: &str, ts: i64, amount: &str| {
         event(&format!(
             r#"{{"machineId":"{m}","type":"sale","timestamp":{ts},"payload":{{"slotNumber":1,"productId":"cola","amount":{amount},"paymentMethod":"card","transactionId":"{txn}"}}}}"#
@@ -1124,6 +1124,19 @@ async fn dashboard_sums_the_fleet_and_streams_alerts_and_sales_live() {
     ] {
         assert!(text.contains(metric), "{metric} missing:\n{text}");
     }
+    // The frontier is a gauge in epoch milliseconds (a number Prometheus can read), one per view.
+    let frontiers: Vec<i64> = text
+        .lines()
+        .filter(|l| l.starts_with("vendflow_view_frontier_ms{"))
+        .map(|l| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("not a number: {l}"))
+        })
+        .collect();
+    assert_eq!(frontiers.len(), vendflow_dataflows::CATALOG.len(), "{text}");
+    assert!(frontiers.iter().all(|f| *f >= h.now.ms()), "{frontiers:?}");
 }
 
 /// The dashboard page and every file of its build are served, without a token (they hold no

@@ -159,11 +159,13 @@ pub fn history_views() -> Vec<&'static str> {
 /// view's rows (the newest frontier every view has a `snapshot-<frontier>.parquet` for, so a
 /// snapshot interrupted half-way is passed over). `None` when there is none.
 #[allow(clippy::type_complexity)]
-pub fn newest_snapshot(root: &Path) -> Result<Option<(u64, Vec<(String, Vec<Row>)>)>, SinkError> {
-    let mut common: Option<std::collections::BTreeSet<u64>> = None;
+pub fn newest_snapshot(
+    root: &Path,
+) -> Result<Option<(Timestamp, Vec<(String, Vec<Row>)>)>, SinkError> {
+    let mut common: Option<std::collections::BTreeSet<i64>> = None;
     for def in vendflow_dataflows::CATALOG {
         let dir = root.join("views").join(def.name);
-        let frontiers: std::collections::BTreeSet<u64> = if dir.is_dir() {
+        let frontiers: std::collections::BTreeSet<i64> = if dir.is_dir() {
             parquet_files(&dir)?
                 .iter()
                 .filter_map(|p| {
@@ -202,7 +204,7 @@ pub fn newest_snapshot(root: &Path) -> Result<Option<(u64, Vec<(String, Vec<Row>
         }
         views.push((def.name.to_owned(), rows));
     }
-    Ok(Some((frontier, views)))
+    Ok(Some((Timestamp(frontier), views)))
 }
 
 /// What the archive has done, for logs and `/metrics`.
@@ -690,7 +692,7 @@ impl Writer {
         positions: &str,
         history_only: bool,
     ) -> Result<(), SinkError> {
-        let frontier = i64::try_from(snapshot.frontier).unwrap_or(i64::MAX);
+        let frontier = snapshot.frontier.ms();
         let meta = [
             ("vendflow.frontier", frontier.to_string()),
             ("vendflow.positions", positions.to_owned()),
@@ -1280,7 +1282,7 @@ mod tests {
             // 40 days late: its day left the live revenue (35 days) long ago.
             sale(2, T0 - 40 * MS_PER_DAY, 4),
         ];
-        let at = (T0 + 31 * HOUR) as u64;
+        let at = Timestamp(T0 + 31 * HOUR);
         feeders
             .send(
                 at,
@@ -1305,7 +1307,7 @@ mod tests {
         // Day one is closed: its history is written; day two is still open.
         let history = dir.path().join("history/revenue_machine_daily");
         let files = parquet_files(&history).unwrap_or_else(|e| panic!("{e}"));
-        let arrived = vendflow_protocol::units::format_day(at as i64 / MS_PER_DAY);
+        let arrived = vendflow_protocol::units::format_day(at.day());
         assert_eq!(
             files,
             [

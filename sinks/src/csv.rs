@@ -347,6 +347,7 @@ mod tests {
 
     use anyhow::Context;
     use vendflow_dataflows::{Batch, Config, Engine};
+    use vendflow_protocol::Timestamp;
     use vendflow_protocol::decode::decode_line;
 
     use super::*;
@@ -369,9 +370,9 @@ mod tests {
                 decode_line(line.as_bytes())
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let end = (start as u64) + machines as u64 + 1;
+        let end = Timestamp(start + machines as i64 + 1);
         feeders.send(
-            start as u64,
+            Timestamp(start),
             Batch {
                 events,
                 ..Batch::default()

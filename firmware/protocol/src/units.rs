@@ -206,6 +206,31 @@ pub const MS_PER_HOUR: i64 = 3_600_000;
 pub const MS_PER_DAY: i64 = 86_400_000;
 
 impl Timestamp {
+    /// The Unix epoch.
+    pub const EPOCH: Timestamp = Timestamp(0);
+    /// The latest representable instant ("never", for a deadline that is not set).
+    pub const MAX: Timestamp = Timestamp(i64::MAX);
+
+    /// Milliseconds since the epoch.
+    pub const fn ms(self) -> i64 {
+        self.0
+    }
+
+    /// `self + ms`, at most [`Timestamp::MAX`] (a deadline far in the future stays in the future).
+    pub const fn saturating_add(self, ms: i64) -> Timestamp {
+        Timestamp(self.0.saturating_add(ms))
+    }
+
+    /// `self - ms`, at least `i64::MIN` ms.
+    pub const fn saturating_sub(self, ms: i64) -> Timestamp {
+        Timestamp(self.0.saturating_sub(ms))
+    }
+
+    /// The midnight (UTC) that starts `day` (days since the epoch).
+    pub const fn of_day(day: i64) -> Timestamp {
+        Timestamp(day.saturating_mul(MS_PER_DAY))
+    }
+
     /// The wall clock (0 if the system clock is before 1970).
     pub fn now() -> Self {
         Timestamp(
@@ -252,6 +277,17 @@ impl Timestamp {
         Timestamp(self.0 - self.0.rem_euclid(width_ms))
     }
 
+    /// The first multiple of `width_ms` at or after this instant (the end of its window, or
+    /// the instant itself when it starts one).
+    pub fn round_up(self, width_ms: i64) -> Timestamp {
+        let start = self.window_start(width_ms);
+        if start == self {
+            start
+        } else {
+            start.saturating_add(width_ms)
+        }
+    }
+
     /// Day of week, 0 = Monday … 6 = Sunday (1970-01-01 was a Thursday).
     pub fn weekday(self) -> u8 {
         ((self.day() + 3).rem_euclid(7)) as u8
@@ -277,6 +313,109 @@ pub fn format_day(day: i64) -> String {
     match date {
         Some(d) => d.format("%Y-%m-%d").to_string(),
         None => format!("day {day}"),
+    }
+}
+
+/// `t + ms`.
+impl std::ops::Add<i64> for Timestamp {
+    type Output = Timestamp;
+    fn add(self, ms: i64) -> Timestamp {
+        Timestamp(self.0 + ms)
+    }
+}
+
+/// `t - ms`.
+impl std::ops::Sub<i64> for Timestamp {
+    type Output = Timestamp;
+    fn sub(self, ms: i64) -> Timestamp {
+        Timestamp(self.0 - ms)
+    }
+}
+
+/// The milliseconds from `earlier` to `self`.
+impl std::ops::Sub<Timestamp> for Timestamp {
+    type Output = i64;
+    fn sub(self, earlier: Timestamp) -> i64 {
+        self.0 - earlier.0
+    }
+}
+
+/// `Timestamp` is the engine's time as well (timely's and differential's traits, as for `i64`):
+/// ingestion times, deadlines and event times are one type, compared and added without conversion.
+#[cfg(feature = "engine-time")]
+mod engine_time {
+    use super::Timestamp;
+    use timely::order::{PartialOrder, TotalOrder};
+    use timely::progress::timestamp::{PathSummary, Refines};
+
+    impl PartialOrder for Timestamp {
+        #[inline]
+        fn less_equal(&self, other: &Self) -> bool {
+            self.0 <= other.0
+        }
+    }
+
+    impl TotalOrder for Timestamp {}
+
+    /// A path summary is a number of milliseconds added (timely's summaries of integer times).
+    /// The engine's times start at the epoch (an ingestion time is a clock's, never earlier; a
+    /// source that derives one from an event's time takes it no earlier than the epoch), so
+    /// inputs and frontiers start where they did when the engine's time was a `u64`.
+    impl timely::progress::Timestamp for Timestamp {
+        type Summary = Timestamp;
+        fn minimum() -> Self {
+            Timestamp::EPOCH
+        }
+    }
+
+    impl PathSummary<Timestamp> for Timestamp {
+        #[inline]
+        fn results_in(&self, src: &Timestamp) -> Option<Timestamp> {
+            self.0.checked_add(src.0).map(Timestamp)
+        }
+        #[inline]
+        fn followed_by(&self, other: &Timestamp) -> Option<Timestamp> {
+            self.0.checked_add(other.0).map(Timestamp)
+        }
+    }
+
+    impl Refines<()> for Timestamp {
+        fn to_inner(_: ()) -> Timestamp {
+            Timestamp::default()
+        }
+        fn to_outer(self) {}
+        fn summarize(_: Timestamp) {}
+    }
+
+    impl differential_dataflow::lattice::Lattice for Timestamp {
+        #[inline]
+        fn join(&self, other: &Self) -> Self {
+            Timestamp(self.0.max(other.0))
+        }
+        #[inline]
+        fn meet(&self, other: &Self) -> Self {
+            Timestamp(self.0.min(other.0))
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use differential_dataflow::lattice::Lattice;
+
+        #[test]
+        fn a_timestamp_orders_and_joins_as_its_milliseconds() {
+            let (a, b) = (Timestamp(-5), Timestamp(7));
+            assert!(a.less_equal(&b) && !b.less_equal(&a));
+            assert_eq!(a.join(&b), b);
+            assert_eq!(a.meet(&b), a);
+            assert_eq!(Timestamp(3).results_in(&Timestamp(4)), Some(Timestamp(7)));
+            assert_eq!(Timestamp(1).results_in(&Timestamp::MAX), None);
+            assert_eq!(
+                <Timestamp as timely::progress::Timestamp>::minimum(),
+                Timestamp(0)
+            );
+        }
     }
 }
 

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use vendflow_dataflows::ExpiringMap;
+use vendflow_protocol::Timestamp;
 use vendflow_protocol::auth::{
     AuthError, PublicKey, SecretHash, Signed, StoredKey, verify_envelope,
 };
@@ -654,12 +655,12 @@ impl Verifier {
     /// Records a forwarded envelope's nonce, so a redelivery is recognised and a replay refused.
     pub fn forwarded(&mut self, signed: &Signed, bytes: &[u8]) {
         let key = nonce_key(signed.machine_id.as_str(), &signed.nonce);
-        let until = signed.sent_at.saturating_add(self.max_skew_ms).max(0) as u64;
+        let until = Timestamp(signed.sent_at.saturating_add(self.max_skew_ms));
         self.seen.insert(key, digest_of(bytes), until);
     }
 
     fn expire(&mut self, now_ms: i64) {
-        self.seen.expire_with(now_ms.max(0) as u64, |_, _| {});
+        self.seen.expire_with(Timestamp(now_ms), |_, _| {});
     }
 }
 

@@ -44,13 +44,14 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Condvar, Mutex};
 use std::time::Duration;
 
 use vendflow_dataflows::{Batch, ErrorRecord, Feeder, Feeders, Time};
 use vendflow_protocol::command::{Command, decode_command};
 use vendflow_protocol::decode::{decode_line_each, decode_registry};
+use vendflow_protocol::units::MS_PER_HOUR;
 use vendflow_protocol::{DecodeError, Event, RegistryRecord, Timestamp};
 
 use crate::{IngestError, Position, Tap};
@@ -61,11 +62,11 @@ pub const BLOCK_LINES: u64 = 1024;
 const BATCH_EVENTS: usize = 8192;
 /// The ingestion clock's tick when replaying flat out (see the module's documentation), and the
 /// longest tick a replay takes.
-pub const BULK_TICK_MS: u64 = 3_600_000;
+pub const BULK_TICK_MS: i64 = MS_PER_HOUR;
 /// Batches per second and reader when the replay is paced.
 const PACED_BATCHES_PER_S: f64 = 50.0;
 /// The tick when the replay is paced.
-pub const LIVE_TICK_MS: u64 = 1000;
+pub const LIVE_TICK_MS: i64 = 1000;
 
 /// Called with each batch's ingestion time as it is sent (freshness measurements).
 pub type SentHook = Arc<dyn Fn(Time) + Send + Sync>;
@@ -74,7 +75,7 @@ pub type SentHook = Arc<dyn Fn(Time) + Send + Sync>;
 pub struct ReplayOptions {
     /// Granularity of the ingestion clock; `None`: [`BULK_TICK_MS`] flat out, [`LIVE_TICK_MS`]
     /// when paced.
-    pub tick_ms: Option<u64>,
+    pub tick_ms: Option<i64>,
     /// Replay the file this many times, each copy `repeat_shift_ms` later in event time and with
     /// its transaction ids suffixed `#k` (so copies are new sales, not re-deliveries).
     pub repeat: u32,
@@ -108,7 +109,7 @@ pub struct ReplayOptions {
 pub struct Pacer {
     state: Mutex<PaceState>,
     moved: Condvar,
-    step: Time,
+    step: i64,
     done: std::sync::atomic::AtomicBool,
 }
 
@@ -147,7 +148,7 @@ impl PaceState {
 }
 
 impl Pacer {
-    pub fn new(step_ms: u64) -> Pacer {
+    pub fn new(step_ms: i64) -> Pacer {
         Pacer {
             state: Mutex::new(PaceState::default()),
             moved: Condvar::new(),
@@ -172,7 +173,7 @@ impl Pacer {
 
     /// The first boundary after `t`: where the next snapshot must be taken.
     pub fn next_boundary(&self, t: Time) -> Time {
-        (t / self.step).saturating_add(1).saturating_mul(self.step)
+        t.window_start(self.step).saturating_add(self.step)
     }
 
     /// The archive has a snapshot at `frontier`. Before the readers have started nothing was
@@ -264,7 +265,7 @@ impl Pacer {
 
 impl ReplayOptions {
     /// The ingestion clock's tick in milliseconds.
-    pub fn tick(&self) -> u64 {
+    pub fn tick(&self) -> i64 {
         self.tick_ms.unwrap_or(if self.rate.is_some() {
             LIVE_TICK_MS
         } else {
@@ -308,7 +309,7 @@ pub fn replay(
     let feeders = feeders.into_vec();
     let threads = feeders.len();
     let barrier = Arc::new(Barrier::new(threads));
-    let end = Arc::new(AtomicU64::new(0));
+    let end = Arc::new(AtomicI64::new(0));
     let done_reading = Arc::new(AtomicUsize::new(0));
     if let Some(pacer) = &options.pacer {
         pacer.readers(threads);
@@ -334,8 +335,8 @@ pub fn replay(
                         feeder,
                         options,
                         stats: ReplayStats::default(),
-                        clock: 0,
-                        newest: 0,
+                        clock: Time::EPOCH,
+                        newest: Time::EPOCH,
                         batch: Batch::default(),
                         started: std::time::Instant::now(),
                         sent: 0,
@@ -346,7 +347,7 @@ pub fn replay(
                         pacer.finished(i);
                     }
                     // Even a failed reader takes part in the final advance, so the others finish.
-                    end.fetch_max(reader.clock.max(reader.newest), Ordering::SeqCst);
+                    end.fetch_max(reader.clock.max(reader.newest).ms(), Ordering::SeqCst);
                     done_reading.fetch_add(1, Ordering::SeqCst);
                     // Paced, the others may still be crossing days whose snapshots wait for
                     // every worker's input: this one follows them instead of holding them back
@@ -360,7 +361,7 @@ pub fn replay(
                         }
                     }
                     barrier.wait();
-                    let last = end.load(Ordering::SeqCst) + 1;
+                    let last = Timestamp(end.load(Ordering::SeqCst) + 1);
                     result?;
                     if let Some(pacer) = &reader.options.pacer {
                         pacer.allow(i, &mut reader.feeder, last)?;
@@ -484,7 +485,7 @@ impl Reader {
                         Position {
                             stream: &stream,
                             offset: number as i64,
-                            received_at: Timestamp(i64::try_from(self.clock).unwrap_or(i64::MAX)),
+                            received_at: self.clock,
                         },
                         &decoded,
                         &self.batch.errors[errors_before..],
@@ -492,9 +493,11 @@ impl Reader {
                 }
                 let tick = self.options.tick().max(1);
                 for event in decoded.drain(..) {
-                    let ts = u64::try_from(event.timestamp.0).unwrap_or(0);
+                    // An ingestion time is never before the epoch (the engine's times start
+                    // there): an event dated earlier is ingested at the first tick.
+                    let ts = event.timestamp.max(Time::EPOCH);
                     self.newest = self.newest.max(ts);
-                    let at = ts - ts % tick;
+                    let at = ts.window_start(tick);
                     if at > self.clock {
                         self.move_clock(at)?;
                     }
@@ -548,8 +551,7 @@ impl Reader {
         tracing::warn!(file = name, line = line_number, kind = error.kind.as_str(), error = %error, "refused a record");
         // Where in the file's time the line was read: the newest event time so far, to the
         // second (the bulk clock's hour steps would blur it).
-        let read_at = self.newest.max(self.clock).div_ceil(LIVE_TICK_MS) * LIVE_TICK_MS;
-        let at = Timestamp(i64::try_from(read_at).unwrap_or(i64::MAX));
+        let at = (self.newest.max(self.clock) + (LIVE_TICK_MS - 1)).window_start(LIVE_TICK_MS);
         let raw = raw.strip_suffix(b"\n").unwrap_or(raw);
         self.batch.errors.push(ErrorRecord::new(
             at,
@@ -560,7 +562,7 @@ impl Reader {
     }
 
     fn flush(&mut self) -> Result<(), IngestError> {
-        let at = Timestamp(i64::try_from(self.clock).unwrap_or(i64::MAX));
+        let at = self.clock;
         for mut refused in self.early.drain(..) {
             refused.received_at = at;
             self.batch.errors.push(refused);
@@ -773,7 +775,7 @@ mod tests {
             "{errors:?}"
         );
         // Stamped at the replay's first ingestion time (its clock: the event's hour).
-        let tick = BULK_TICK_MS as i64;
+        let tick = BULK_TICK_MS;
         assert_eq!(
             error.get("received_at"),
             Value::Time(Timestamp(1_700_000_000_000 / tick * tick))
@@ -786,7 +788,7 @@ mod tests {
     /// have reached April (a CI run lost two days of one machine to this race).
     #[test]
     fn the_pacer_starts_at_the_earliest_reader_whichever_asks_first() {
-        const DAY: u64 = 86_400_000;
+        const DAY: i64 = 86_400_000;
         let mut engine = Engine::start(Config {
             workers: 2,
             ..Config::default()
@@ -802,7 +804,7 @@ mod tests {
         pacer.readers(2);
         let late = {
             let pacer = pacer.clone();
-            std::thread::spawn(move || pacer.allow(1, &mut april, 100 * DAY + 5))
+            std::thread::spawn(move || pacer.allow(1, &mut april, Timestamp(100 * DAY + 5)))
         };
         std::thread::sleep(Duration::from_millis(100));
         assert!(
@@ -810,36 +812,38 @@ mod tests {
             "a reader went ahead before the others started"
         );
         pacer
-            .allow(0, &mut january, 3 * DAY + 7)
+            .allow(0, &mut january, Timestamp(3 * DAY + 7))
             .unwrap_or_else(|e| panic!("{e}"));
         // The January reader may read its day, and is held at the next midnight.
         let held = {
             let pacer = pacer.clone();
             std::thread::spawn(move || {
-                let r = pacer.allow(0, &mut january, 4 * DAY);
+                let r = pacer.allow(0, &mut january, Timestamp(4 * DAY));
                 (r, january)
             })
         };
         std::thread::sleep(Duration::from_millis(100));
         assert!(!held.is_finished() && !late.is_finished());
         // Snapshots at every midnight let the January reader go, and the April one at April.
-        pacer.archived(4 * DAY);
+        pacer.archived(Timestamp(4 * DAY));
         let (r, mut january) = held.join().unwrap_or_else(|_| panic!("reader panicked"));
         r.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             january.time(),
-            4 * DAY,
+            Timestamp(4 * DAY),
             "the held reader advanced its feeder to the boundary"
         );
         for day in 5..100 {
             // The January reader reads on (the engine takes input only while its workers'
             // clocks stay close).
-            january.advance(day * DAY).unwrap_or_else(|e| panic!("{e}"));
+            january
+                .advance(Timestamp(day * DAY))
+                .unwrap_or_else(|e| panic!("{e}"));
             std::thread::sleep(Duration::from_millis(1));
             assert!(!late.is_finished(), "the April reader passed day {day}");
-            pacer.archived(day * DAY);
+            pacer.archived(Timestamp(day * DAY));
         }
-        pacer.archived(100 * DAY);
+        pacer.archived(Timestamp(100 * DAY));
         late.join()
             .unwrap_or_else(|_| panic!("reader panicked"))
             .unwrap_or_else(|e| panic!("{e}"));

@@ -47,7 +47,7 @@ pub struct SourceConfig {
     /// Partitions of `machine-telemetry` if the source has to create it.
     pub partitions: i32,
     /// Granularity of the ingestion clock.
-    pub tick_ms: u64,
+    pub tick_ms: i64,
     pub registry_observer: Option<RegistryObserver>,
 }
 
@@ -65,7 +65,7 @@ pub struct SourceStats {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sample {
     /// The ingestion time it lands at.
-    pub at: u64,
+    pub at: Time,
     /// The bridge's stamp (wall clock, ms), when it produced the message to Kafka.
     pub stamped: i64,
     /// The wall clock (ms) when the engine's consumer received it.
@@ -97,7 +97,7 @@ impl Freshness {
     const WINDOW_MS: i64 = 60_000;
 
     /// Measures the samples the views have passed at `frontier`, at wall-clock `now_ms`.
-    pub fn observe(&mut self, stats: &SourceStats, frontier: u64, now_ms: i64) {
+    pub fn observe(&mut self, stats: &SourceStats, frontier: Time, now_ms: i64) {
         let mut samples = stats.samples.lock().unwrap_or_else(|e| e.into_inner());
         samples.retain(|s| {
             if s.at < frontier {
@@ -261,12 +261,12 @@ const SEND_EVERY: Duration = Duration::from_millis(20);
 /// bridge stamped this long ago may still be on its way (bridge → broker → fetch took
 /// p99 137 ms in the brokers bench), and should land at its own time. Later ones land at the
 /// consumer's time.
-const IN_FLIGHT_MS: Time = 250;
+const IN_FLIGHT_MS: i64 = 250;
 
 fn consume(
     consumer: &BaseConsumer,
     mut feeder: Feeder,
-    tick: Time,
+    tick: i64,
     stats: &SourceStats,
     Sinks { tap, observer }: Sinks,
     stop: &AtomicBool,
@@ -275,7 +275,7 @@ fn consume(
     // engine gets the old record's retraction with the new one (only this consumer reads it).
     let mut registry = crate::registry::Keyed::default();
     let intake = crate::intake::Intake::new(&stats.counters, tap);
-    let mut clock: Time = 0;
+    let mut clock = Time::EPOCH;
     let mut batch = Batch::default();
     let mut idle_polls = 0u32;
     let mut last_sample = std::time::Instant::now();
@@ -295,9 +295,9 @@ fn consume(
                 let ts = message
                     .timestamp()
                     .to_millis()
-                    .and_then(|t| u64::try_from(t).ok())
-                    .unwrap_or_else(|| Timestamp::now().0.max(0) as Time);
-                let at = ts.div_ceil(tick) * tick;
+                    .filter(|t| *t >= 0)
+                    .map_or_else(Timestamp::now, Timestamp);
+                let at = ts.round_up(tick);
                 if at > clock && !batch.is_empty() {
                     send(&mut feeder, clock, &mut batch)?;
                 }
@@ -309,7 +309,7 @@ fn consume(
                     {
                         s.push_back(Sample {
                             at: clock,
-                            stamped: ts as i64,
+                            stamped: ts.ms(),
                             received: Timestamp::now().0,
                         });
                     }
@@ -319,7 +319,7 @@ fn consume(
                 let source = format!("kafka:{topic}/{partition}@{}", message.offset());
                 let stream = format!("{topic}/{partition}");
                 let payload = message.payload().unwrap_or(&[]);
-                let received_at = Timestamp(i64::try_from(clock).unwrap_or(i64::MAX));
+                let received_at = clock;
                 let at = Position {
                     stream: &stream,
                     offset: message.offset(),
@@ -389,9 +389,9 @@ fn consume(
                 // Caught up: let time pass with the wall clock (`IN_FLIGHT_MS` behind, so
                 // messages the bridge stamped just now still land at their own time).
                 if idle_polls >= 4 {
-                    let now = (Timestamp::now().0.max(0) as Time).saturating_sub(IN_FLIGHT_MS)
-                        / tick
-                        * tick;
+                    let now = Timestamp::now()
+                        .saturating_sub(IN_FLIGHT_MS)
+                        .window_start(tick);
                     if now > clock {
                         clock = now;
                     }
@@ -440,23 +440,23 @@ mod tests {
             .unwrap_or_else(|e| e.into_inner())
             .extend([
                 Sample {
-                    at: 1_000,
+                    at: Timestamp(1_000),
                     stamped: 900,
                     received: 1_000,
                 },
                 Sample {
-                    at: 2_000,
+                    at: Timestamp(2_000),
                     stamped: 1_950,
                     received: 2_100,
                 },
             ]);
-        f.observe(&stats, 1_000, 1_100);
+        f.observe(&stats, Timestamp(1_000), 1_100);
         assert_eq!(
             f.percentiles(),
             None,
             "frontier 1000 has not passed time 1000"
         );
-        f.observe(&stats, 1_001, 1_200);
+        f.observe(&stats, Timestamp(1_001), 1_200);
         let p = |p50, p99, engine_p50, engine_p99, samples| Percentiles {
             p50,
             p99,
@@ -465,11 +465,11 @@ mod tests {
             samples,
         };
         assert_eq!(f.percentiles(), Some(p(300, 300, 200, 200, 1)));
-        f.observe(&stats, 5_000, 2_150);
+        f.observe(&stats, Timestamp(5_000), 2_150);
         // Stamp → views 300 and 200 ms; received → views 200 and 50 ms.
         assert_eq!(f.percentiles(), Some(p(300, 300, 200, 200, 2)));
         // A minute later the old measurements have left the window.
-        f.observe(&stats, 5_000, 70_000);
+        f.observe(&stats, Timestamp(5_000), 70_000);
         assert_eq!(f.percentiles(), None);
     }
 

@@ -119,7 +119,7 @@ pub fn run(
         .set_manual_acks(true)
         .set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut connection) = Client::new(options, 1024);
-    let mut time: Time = 0;
+    let mut time = Time::EPOCH;
     let mut backoff = Duration::from_millis(100);
     while !stop.load(Ordering::SeqCst) {
         let event = match connection.recv_timeout(Duration::from_millis(50)) {
@@ -169,15 +169,14 @@ pub fn run(
                 // its records carry that time.
                 if let Some(Ok(results)) = &decoded {
                     for e in results.iter().flatten() {
-                        let ts = u64::try_from(e.timestamp.0).unwrap_or(0);
-                        time = time.max(ts.min(now));
+                        time = time.max(e.timestamp.min(now));
                     }
                 }
                 let source = format!("mqtt:{}", publish.topic);
                 let at = Position {
                     stream: &stream,
                     offset,
-                    received_at: Timestamp(i64::try_from(time).unwrap_or(i64::MAX)),
+                    received_at: time,
                 };
                 let mut batch = Batch::default();
                 let message = intake.begin(&batch, &source, at, &publish.payload);

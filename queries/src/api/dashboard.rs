@@ -43,7 +43,7 @@ pub(super) struct Region {
 pub(super) struct FleetBody {
     region: Option<String>,
     /// The views' frontier (epoch ms).
-    time: u64,
+    time: i64,
     /// The frontier's day (UTC), YYYY-MM-DD.
     day: String,
     totals: Totals,
@@ -101,7 +101,7 @@ pub(super) struct TopMachine {
 #[derive(Serialize, ToSchema)]
 pub(super) struct FleetMap {
     /// The views' frontier (epoch ms).
-    time: u64,
+    time: i64,
     /// The names of each row's cells.
     columns: [&'static str; 6],
     /// `[machineId, locationId, lat, lng, status, alertCount]` per machine.
@@ -214,7 +214,7 @@ pub(super) async fn fleet(
     let [id, zone_at, day_at, revenue_at] = MACHINE_LOCAL_DAILY
         .columns(["machine_id", "time_zone", "day", "revenue"])
         .ok_or_else(|| bug(MACHINE_LOCAL_DAILY.name))?;
-    let now = i64::try_from(snapshot.frontier).unwrap_or(i64::MAX);
+    let now = snapshot.frontier.ms();
     let mut revenue: Vec<(String, i64)> = snapshot
         .rows(MACHINE_LOCAL_DAILY.name)
         .unwrap_or_default()
@@ -238,7 +238,7 @@ pub(super) async fn fleet(
     let low_stock_machines = low.len();
     Ok(axum::Json(FleetBody {
         region,
-        time: snapshot.frontier,
+        time: snapshot.frontier.ms(),
         day: vendflow_dataflows::Value::Date(today).render(),
         totals: Totals {
             total: summary.machines,
@@ -342,7 +342,7 @@ pub(super) async fn map(
     // Lowest health score first: the worst machines lead the feed.
     alerting.sort_by_key(|(score, _)| *score);
     Ok(axum::Json(FleetMap {
-        time: snapshot.frontier,
+        time: snapshot.frontier.ms(),
         columns: [
             "machineId",
             "locationId",
@@ -434,7 +434,7 @@ fn revenue() -> Translate {
     // (machine, zone, local day) → revenue, seeded by the first change (the snapshot).
     let mut known: HashMap<(String, String, i64), i64> = HashMap::new();
     Box::new(move |change, machines| {
-        let now = i64::try_from(change.frontier).unwrap_or(0);
+        let now = change.frontier.ms();
         let mut out = Vec::new();
         let mut moved: HashMap<(String, i64), i64> = HashMap::new();
         let key = |r: &Named<'_>| {

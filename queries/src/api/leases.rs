@@ -844,7 +844,7 @@ pub(super) struct Invoice {
     total: String,
     status: &'static str,
     /// The views' frontier the revenue was read at (epoch ms).
-    time: u64,
+    time: i64,
 }
 
 /// `GET /api/leases/{id}/invoices?month=YYYY-MM`: monthly rate + the machine's revenue in that

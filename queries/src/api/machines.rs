@@ -392,7 +392,7 @@ pub(super) struct MachineDetail {
     /// One entry per reason of `health`.
     alerts: Vec<String>,
     /// The views' frontier the page was read at (epoch ms).
-    time: u64,
+    time: i64,
 }
 
 /// A slot's stock, from `inventory`.
@@ -491,7 +491,7 @@ impl MachineDetail {
             health: health.as_ref().map(HealthScore::of),
             alert_count: alerts.len(),
             alerts,
-            time: snapshot.frontier,
+            time: snapshot.frontier.ms(),
         }
     }
 }
@@ -794,7 +794,7 @@ pub(super) struct MachineList {
     /// Machines matching the filters, over all pages.
     total: usize,
     /// The views' frontier (epoch ms).
-    time: u64,
+    time: i64,
 }
 
 /// `GET /api/machines?status=&locationId=&region=&clientId=&page=&pageSize=`.
@@ -885,7 +885,7 @@ pub(super) async fn list(
         page,
         page_size: size,
         total,
-        time: snapshot.frontier,
+        time: snapshot.frontier.ms(),
     })
     .into_response())
 }

@@ -138,8 +138,8 @@ impl ApiState {
 /// The views' frontier (ingestion time, epoch ms) once there is one; the wall clock before.
 pub fn frontier_or_now(store: &ViewStore) -> Timestamp {
     match store.frontier() {
-        0 => Timestamp::now(),
-        t => Timestamp(i64::try_from(t).unwrap_or(i64::MAX)),
+        Timestamp::EPOCH => Timestamp::now(),
+        t => t,
     }
 }
 

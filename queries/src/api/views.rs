@@ -51,7 +51,7 @@ pub(super) struct ColumnInfo {
 #[derive(Serialize, ToSchema)]
 pub(super) struct ViewRows {
     /// The views' frontier (epoch ms).
-    time: u64,
+    time: i64,
     /// One object per row, by column name.
     #[schema(value_type = Vec<Object>)]
     rows: Vec<Json>,
@@ -136,7 +136,7 @@ pub(super) async fn snapshot(
         .map(|r| row_json(view, r))
         .collect();
     Ok(axum::Json(ViewRows {
-        time: snapshot.frontier,
+        time: snapshot.frontier.ms(),
         rows,
     })
     .into_response())

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use vendflow_dataflows::{Batch, Config, Engine, ViewStore};
+use vendflow_dataflows::{Batch, Config, Engine, Time, ViewStore};
 use vendflow_ingest::file::{
     Pacer, ReplayOptions, ReplayStats, load_commands, load_registry, replay,
 };
@@ -46,7 +46,7 @@ pub struct ReplayArgs {
     /// (one hour of event time, a bulk load's steps; also the most it takes), or 1000 with
     /// --rate (as live).
     #[arg(long)]
-    pub tick_ms: Option<u64>,
+    pub tick_ms: Option<i64>,
     /// Replay the file this many times, each copy shifted later in event time (load tests).
     #[arg(long, default_value_t = 1, hide = true)]
     pub repeat: u32,
@@ -239,7 +239,7 @@ pub fn load(
         refused_before.extend(errors);
     }
     if !first.is_empty() {
-        feeders.send(0, first)?;
+        feeders.send(Time::EPOCH, first)?;
     }
     let mut options = load.options;
     options.refused_before.extend(refused_before);
@@ -247,9 +247,7 @@ pub fn load(
     let steps = Arc::new(AtomicU64::new(0));
     let mut archiver = None;
     if let Some(archive) = &archive {
-        let pacer = Arc::new(Pacer::new(
-            u64::try_from(vendflow_protocol::units::MS_PER_DAY).unwrap_or(86_400_000),
-        ));
+        let pacer = Arc::new(Pacer::new(vendflow_protocol::units::MS_PER_DAY));
         options.pacer = Some(pacer.clone());
         options.tap = Some(archive_tap(archive));
         let stop = Arc::new(AtomicBool::new(false));
@@ -318,14 +316,14 @@ fn history_steps(
     steps: &AtomicU64,
     stop: &AtomicBool,
 ) -> Result<(), ServiceError> {
-    let mut last: Option<u64> = None;
+    let mut last: Option<Time> = None;
     loop {
-        let due = last.map_or(0, |l| pacer.next_boundary(l));
+        let due = last.map_or(Time::EPOCH, |l| pacer.next_boundary(l));
         let reached = store.wait_for(due, Duration::from_millis(20));
         if reached {
             let snapshot = store.snapshot();
             let frontier = snapshot.frontier;
-            tap.history(snapshot, format!("{name}@{frontier}"))?;
+            tap.history(snapshot, format!("{name}@{}", frontier.ms()))?;
             pacer.archived(frontier);
             steps.fetch_add(1, Ordering::Relaxed);
             last = Some(frontier);

@@ -129,7 +129,7 @@ pub struct RunOptions {
     pub partitions: i32,
     /// Granularity of the ingestion clock in milliseconds.
     #[arg(long, default_value_t = 1000)]
-    pub tick_ms: u64,
+    pub tick_ms: i64,
 }
 
 impl RunOptions {

@@ -4,7 +4,7 @@
 //! `start` (after them: the threads that feed the engine).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,7 +34,7 @@ pub enum Source {
         /// Partitions of `machine-telemetry` if it has to be created.
         partitions: i32,
         /// Granularity of the ingestion clock.
-        tick_ms: u64,
+        tick_ms: i64,
     },
     /// A simulated fleet on an embedded MQTT broker.
     Simulated(Simulation),
@@ -66,7 +66,7 @@ impl Source {
             Source::Simulated(s) if s.machines == 0 || s.speed.is_nan() || s.speed <= 0.0 => Err(
                 ServiceError::Config("--machines and --speed must be positive".into()),
             ),
-            Source::Kafka { tick_ms: 0, .. } => Err(ServiceError::Config(
+            Source::Kafka { tick_ms: ..=0, .. } => Err(ServiceError::Config(
                 "the ingestion clock's tick must be at least 1 ms".into(),
             )),
             _ => Ok(()),
@@ -153,7 +153,7 @@ impl Source {
                 // The registry log goes straight to the engine (there is no Kafka), through a
                 // clone of worker 0's input; it starts with the simulated fleet's registry at the
                 // fleet's start, and the REST API's copy with it.
-                let start = fleet.now().0.max(0) as vendflow_dataflows::Time;
+                let start = fleet.now().max(vendflow_dataflows::Time::EPOCH);
                 let log = Arc::new(RegistryLog::embedded(feeders.feeder(0)));
                 log.append_at(start, fleet.registry())?;
                 feeders.advance_all(start)?;
@@ -186,7 +186,7 @@ impl Source {
                     duration: simulation.duration,
                     plan: Plan::Simulated {
                         // The simulated clock is the ingestion clock.
-                        clock: Arc::new(AtomicU64::new(fleet.now().0.max(0) as u64)),
+                        clock: Arc::new(AtomicI64::new(fleet.now().ms())),
                         fleet: Box::new(fleet),
                         feeders,
                         port,
@@ -234,7 +234,7 @@ enum Plan {
         speed: f64,
         stats: Arc<Counters>,
         credentials: SharedCredentials,
-        clock: Arc<AtomicU64>,
+        clock: Arc<AtomicI64>,
     },
 }
 
@@ -323,7 +323,7 @@ impl Prepared {
                             port,
                             client_id: "vendflow-demo-source",
                             verifier,
-                            clock: &|| clock.load(Ordering::SeqCst),
+                            clock: &|| Timestamp(clock.load(Ordering::SeqCst)),
                             counters: &stats,
                             tap: tap.as_ref(),
                         };
@@ -349,7 +349,7 @@ impl Prepared {
                             Some(speed),
                             &stop_flag,
                             |_| {},
-                            |now| clock.store(now.0.max(0) as u64, Ordering::SeqCst),
+                            |now| clock.store(now.ms(), Ordering::SeqCst),
                         );
                         // What is in flight has two seconds to be acknowledged.
                         let _ = publisher.finish(Duration::from_secs(2));

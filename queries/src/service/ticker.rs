@@ -19,7 +19,7 @@ use crate::api::SourceCounters;
 #[derive(Clone, Debug)]
 pub struct Tick {
     /// The views' published frontier (event time, ms).
-    pub frontier: u64,
+    pub frontier: Timestamp,
     pub summary: FleetSummary,
     pub source: SourceCounters,
     /// Consumed offsets per topic partition (Kafka).
@@ -31,7 +31,7 @@ pub struct Tick {
 impl Tick {
     /// The summary line the binary prints.
     pub fn line(&self) -> String {
-        let mut line = format!("[{}] {}", Timestamp(self.frontier as i64), self.summary);
+        let mut line = format!("[{}] {}", self.frontier, self.summary);
         if let Some(positions) = &self.positions {
             line.push_str(&format!(
                 " | consumed {} messages, {} events, {} refused | {positions}",
@@ -134,10 +134,10 @@ fn write_status(running: &Running, tick: &Tick, paths: &[PathBuf]) -> Result<(),
     // Freshness: how far the published views are behind the wall clock. Ingestion time is the
     // bridge's clock when it produced each envelope, so this is the time from the bridge to a
     // view (plus at most one tick).
-    let lag_ms = Timestamp::now().0 - tick.frontier as i64;
+    let lag_ms = Timestamp::now() - tick.frontier;
     let archive = running.archive.as_ref();
     let status = serde_json::json!({
-        "frontier": tick.frontier,
+        "frontier": tick.frontier.ms(),
         "lagMs": lag_ms,
         // Bridge stamp → every view, over the latest sampled messages.
         "freshnessP50Ms": fresh.map(|f| f.p50),

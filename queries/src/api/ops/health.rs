@@ -8,7 +8,6 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value as Json;
 use utoipa::ToSchema;
-use vendflow_protocol::Timestamp;
 
 use crate::api::ApiState;
 
@@ -43,7 +42,7 @@ pub(in crate::api) struct HealthReport {
 struct EngineHealth {
     status: &'static str,
     /// Ingestion time (epoch ms) every view is complete up to.
-    frontier: u64,
+    frontier: i64,
     /// The frontier as RFC 3339.
     frontier_time: String,
 }
@@ -81,8 +80,8 @@ pub(in crate::api) async fn health(State(state): State<ApiState>) -> Response {
         status: if ok { "ok" } else { "degraded" },
         engine: EngineHealth {
             status: "ok",
-            frontier,
-            frontier_time: Timestamp(i64::try_from(frontier).unwrap_or(0)).to_rfc3339(),
+            frontier: frontier.ms(),
+            frontier_time: frontier.to_rfc3339(),
         },
         components,
         devices: Devices {

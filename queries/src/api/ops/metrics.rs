@@ -28,7 +28,7 @@ pub(in crate::api) async fn metrics(State(state): State<ApiState>) -> Response {
     }
     // Counted under the store's lock, not copied: a scrape must not hold back publication.
     let (frontier, rows) = state.store.row_counts();
-    let age = (Timestamp::now().0 - i64::try_from(frontier).unwrap_or(0)).max(0) as f64 / 1e3;
+    let age = (Timestamp::now() - frontier).max(0) as f64 / 1e3;
     out.push_str(
         "# HELP vendflow_view_frontier_ms Ingestion time (epoch ms) every view is complete up to.\n\
          # TYPE vendflow_view_frontier_ms gauge\n",
@@ -36,8 +36,9 @@ pub(in crate::api) async fn metrics(State(state): State<ApiState>) -> Response {
     for def in CATALOG {
         let _ = writeln!(
             out,
-            "vendflow_view_frontier_ms{{view=\"{}\"}} {frontier}",
-            def.name
+            "vendflow_view_frontier_ms{{view=\"{}\"}} {}",
+            def.name,
+            frontier.ms()
         );
     }
     out.push_str(
