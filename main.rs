@@ -20,7 +20,7 @@ use vendflow_protocol::Timestamp;
 use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR};
 use vendflow_queries::auth::TokenCommand;
 use vendflow_queries::service::bulk::{self, BulkLoad, ReplayArgs};
-use vendflow_queries::service::{Access, DemoOptions, RunOptions, Service};
+use vendflow_queries::service::{DemoOptions, RunOptions, Service};
 use vendflow_queries::sql::ArchiveQuery;
 use vendflow_sinks::archive::ArchiveConfig;
 use vendflow_sinks::export::ExportOptions;
@@ -140,13 +140,6 @@ fn write_out(line: std::fmt::Arguments<'_>) {
     if let Err(e) = writeln!(stdout, "{line}") {
         quit_on_write_error(&e);
     }
-}
-
-/// [`summary_line`] with `format!`'s arguments.
-macro_rules! summaryln {
-    ($($arg:tt)*) => {
-        summary_line(&format!($($arg)*))
-    };
 }
 
 /// A running service's banner or periodic summary line: a closed or failing stdout does not
@@ -354,38 +347,10 @@ fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
 
 fn run_kafka(config: Config, options: RunOptions) -> anyhow::Result<()> {
     let (service, source) = options.service(config);
-    let open = matches!(service.access, Access::Open);
     let running = Service::start(service, source, stop_flag()?)?;
-    if let Some(addr) = running.http_addr() {
-        if open {
-            eprintln!(
-                "run: WARNING: --insecure-open-api: anyone who reaches {addr} can read and change the fleet"
-            );
-        }
-        let scheme = options.serve.scheme();
-        eprintln!(
-            "run: REST API on {scheme}://{addr}/api (see /api/openapi.json), views on {scheme}://{addr}/views, SQL at POST {scheme}://{addr}/sql"
-        );
+    for line in options.banner(&running) {
+        eprintln!("{line}");
     }
-    if let Some(addr) = running.pg_addr() {
-        if open {
-            eprintln!(
-                "run: WARNING: --insecure-open-api: anyone who reaches {addr} can query every view"
-            );
-        }
-        eprintln!(
-            "run: SQL over the Postgres protocol: PGPASSWORD=<token> psql -h {} -p {} -U vendflow",
-            addr.ip(),
-            addr.port()
-        );
-    }
-    if let Some(root) = running.archive_root() {
-        eprintln!("run: archiving to {}", root.display());
-    }
-    eprintln!(
-        "run: consuming {TELEMETRY_TOPIC} and fleet-commands from {}; Ctrl-C to stop",
-        options.kafka
-    );
     let stopped = running.run(|tick| summary_line(&tick.line()))?;
     if let Some((_, line)) = stopped.archive {
         eprintln!("archive: {line}");
@@ -420,63 +385,17 @@ fn publish(options: PublishOptions) -> anyhow::Result<()> {
     if options.linger > 0 {
         eprintln!("publish: answered {} command(s)", published.answered);
     }
-    outln!(
-        "published {} envelopes ({} events) of {} machines in {:.1}s, all {} {}",
-        published.envelopes,
-        published.events,
-        options.machines,
-        published.elapsed.as_secs_f64(),
-        if options.receipts {
-            "receipted (durable in Kafka) through"
-        } else {
-            "acknowledged by"
-        },
-        options.mqtt
-    );
+    outln!("{}", published.summary(&options));
     Ok(())
 }
 
 fn demo(config: Config, options: DemoOptions) -> anyhow::Result<()> {
-    let scheme = options.serve.scheme();
     let (service, source) = options.service(config, |taken, instead| {
         eprintln!("{taken} is in use; using {instead} instead");
     })?;
     let running = Service::start(service, source, stop_flag()?)?;
-    let (Some(addr), Some(pg), Some(mqtt), Some(admin_token)) = (
-        running.http_addr(),
-        running.pg_addr(),
-        running.mqtt_addr(),
-        running.admin_token().map(str::to_owned),
-    ) else {
-        bail!("the demo started without its HTTP, Postgres or MQTT endpoint");
-    };
-    summaryln!(
-        "vendflow demo: {} simulated machines at {}x from {}, publishing to the embedded MQTT broker on {mqtt} (Ctrl-C to stop)",
-        options.machines,
-        options.speed,
-        running.simulated_from().unwrap_or_default()
-    );
-    summaryln!(
-        "vendflow demo: views on {scheme}://{addr}/views, live: {scheme}://{addr}/views/<name>/subscribe, SQL: POST {scheme}://{addr}/sql; telemetry over HTTP on {scheme}://{addr}/api/telemetry"
-    );
-    summaryln!(
-        "vendflow demo: REST API on {scheme}://{addr}/api (documented at {scheme}://{addr}/api/openapi.json); admin token (tenant *): {admin_token}"
-    );
-    summaryln!("vendflow demo: dashboard: {scheme}://{addr}/#token={admin_token}");
-    summaryln!(
-        "vendflow demo: try: curl -H 'Authorization: Bearer {admin_token}' {scheme}://{addr}/api/dashboard/fleet"
-    );
-    summaryln!(
-        "vendflow demo: SQL for psql and BI tools (a token is the password): PGPASSWORD={admin_token} psql -h {} -p {} -U vendflow -c 'SELECT * FROM revenue_by_location_day'",
-        pg.ip(),
-        pg.port()
-    );
-    if let Some(root) = running.archive_root() {
-        summaryln!(
-            "vendflow demo: Parquet archive in {} (export: vendflow export --archive {} --from DAY --to DAY --out DIR)",
-            root.display(),
-            root.display()
-        );
+    for line in options.banner(&running)? {
+        summary_line(&line);
     }
     let stopped = running.run(|tick| summary_line(&tick.line()))?;
     if let Some((root, line)) = stopped.archive {
@@ -506,26 +425,8 @@ fn import_table(
         .clone()
         .unwrap_or_else(|| temporary.path().to_owned());
     let converted = table.convert(settlement, telemetry, &events_path)?;
-    outln!(
-        "{}: {} rows, {} {}, {} refused",
-        table.file.display(),
-        converted.rows,
-        converted.events,
-        if settlement {
-            "settlement lines"
-        } else {
-            "sales"
-        },
-        converted.refused.len()
-    );
-    for r in converted.refused.iter().take(20) {
-        outln!("  line {}: {}", r.line, r.reason);
-    }
-    if converted.refused.len() > 20 {
-        outln!(
-            "  … and {} more (all in the errors view)",
-            converted.refused.len() - 20
-        );
+    for line in converted.report(&table.file, settlement) {
+        outln!("{line}");
     }
     let archive = table.archive.map(|root| ArchiveConfig::new(root, &config));
     bulk_load(
@@ -551,16 +452,8 @@ fn bulk_load(
     out: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     let loaded = bulk::load_with_progress(config, load)?;
-    // A refused registry or command line is a typo the user must see now (the `errors` view
-    // keeps the last day of the replay's clock, which a file loaded first may not reach).
-    for record in loaded.refused.iter().take(20) {
-        eprintln!("refused {}: {}", record.source, record.message);
-    }
-    if loaded.refused.len() > 20 {
-        eprintln!(
-            "... and {} more refused registry or command lines (see the error_counts view)",
-            loaded.refused.len() - 20
-        );
+    for line in loaded.refusals() {
+        eprintln!("{line}");
     }
     for line in loaded.report(out)? {
         outln!("{line}");

@@ -126,6 +126,25 @@ pub struct Published {
     pub elapsed: Duration,
 }
 
+impl Published {
+    /// The line `vendflow publish` ends with.
+    pub fn summary(&self, options: &PublishOptions) -> String {
+        format!(
+            "published {} envelopes ({} events) of {} machines in {:.1}s, all {} {}",
+            self.envelopes,
+            self.events,
+            options.machines,
+            self.elapsed.as_secs_f64(),
+            if options.receipts {
+                "receipted (durable in Kafka) through"
+            } else {
+                "acknowledged by"
+            },
+            options.mqtt
+        )
+    }
+}
+
 /// Publishes `fleet` up to `end` to the broker of `options` (until `stop`), recording the
 /// events if asked, answers commands for `--linger` seconds, and waits until everything sent
 /// is acknowledged (or receipted).

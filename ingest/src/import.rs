@@ -311,6 +311,35 @@ pub struct Converted {
     pub registry: Vec<RegistryRecord>,
 }
 
+impl Converted {
+    /// What a conversion of `file` did, for the user: rows, events and refusals (the first 20
+    /// with their line and reason; every one is in the `errors` view).
+    pub fn report(&self, file: &Path, settlement: bool) -> Vec<String> {
+        let what = if settlement {
+            "settlement lines"
+        } else {
+            "sales"
+        };
+        let mut lines = vec![format!(
+            "{}: {} rows, {} {what}, {} refused",
+            file.display(),
+            self.rows,
+            self.events,
+            self.refused.len()
+        )];
+        lines.extend(
+            (self.refused.iter().take(20)).map(|r| format!("  line {}: {}", r.line, r.reason)),
+        );
+        if self.refused.len() > 20 {
+            lines.push(format!(
+                "  … and {} more (all in the errors view)",
+                self.refused.len() - 20
+            ));
+        }
+        lines
+    }
+}
+
 /// Reads the export at `path` and writes its sales as JSON Lines events to `events`.
 pub fn convert_csv(
     path: &Path,

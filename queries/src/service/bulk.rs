@@ -161,6 +161,22 @@ impl Loaded {
     /// Writes the final views as CSV into `out` (when given) and says what the load did, a
     /// line each: events and their rate, each CSV, the archive, late arrivals, peak memory.
     /// The process is expected to end right after: the engine's workers are not drained.
+    /// The refused registry and command lines, for stderr: a typo the user must see now (the
+    /// `errors` view keeps the last day of the replay's clock, which a file loaded first may
+    /// not reach). The first 20, then how many more.
+    pub fn refusals(&self) -> Vec<String> {
+        let mut lines: Vec<String> = (self.refused.iter().take(20))
+            .map(|r| format!("refused {}: {}", r.source, r.message))
+            .collect();
+        if self.refused.len() > 20 {
+            lines.push(format!(
+                "... and {} more refused registry or command lines (see the error_counts view)",
+                self.refused.len() - 20
+            ));
+        }
+        lines
+    }
+
     pub fn report(self, out: Option<&Path>) -> Result<Vec<String>, ServiceError> {
         let (stats, elapsed) = (&self.stats, self.elapsed);
         // The snapshot's sort counts as writing: it is only done for the CSVs.

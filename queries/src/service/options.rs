@@ -7,7 +7,9 @@ use std::time::Duration;
 use vendflow_dataflows::Config;
 use vendflow_sinks::archive::ArchiveConfig;
 
-use super::{Access, ServiceConfig, ServiceError, Simulation, Source};
+use vendflow_ingest::kafka::TELEMETRY_TOPIC;
+
+use super::{Access, Running, ServiceConfig, ServiceError, Simulation, Source};
 
 /// TLS and the API's rate limit, for both commands.
 #[derive(clap::Args, Clone, Debug)]
@@ -157,6 +159,38 @@ impl RunOptions {
         };
         (service, source)
     }
+
+    /// What `vendflow run` tells its operator once started (stderr): where the API, the views,
+    /// SQL and the archive are, and a warning for each open port when the API is open.
+    pub fn banner(&self, running: &Running) -> Vec<String> {
+        let open = self.tokens.is_none();
+        let scheme = self.serve.scheme();
+        let mut lines = Vec::new();
+        if let Some(addr) = running.http_addr() {
+            if open {
+                lines.push(format!("run: WARNING: --insecure-open-api: anyone who reaches {addr} can read and change the fleet"));
+            }
+            lines.push(format!("run: REST API on {scheme}://{addr}/api (see /api/openapi.json), views on {scheme}://{addr}/views, SQL at POST {scheme}://{addr}/sql"));
+        }
+        if let Some(addr) = running.pg_addr() {
+            if open {
+                lines.push(format!("run: WARNING: --insecure-open-api: anyone who reaches {addr} can query every view"));
+            }
+            lines.push(format!(
+                "run: SQL over the Postgres protocol: PGPASSWORD=<token> psql -h {} -p {} -U vendflow",
+                addr.ip(),
+                addr.port()
+            ));
+        }
+        if let Some(root) = running.archive_root() {
+            lines.push(format!("run: archiving to {}", root.display()));
+        }
+        lines.push(format!(
+            "run: consuming {TELEMETRY_TOPIC} and fleet-commands from {}; Ctrl-C to stop",
+            self.kafka
+        ));
+        lines
+    }
 }
 
 /// `vendflow demo`: a simulated fleet through the whole service.
@@ -239,6 +273,55 @@ impl DemoOptions {
             duration: self.duration.map(|d| Duration::from_secs_f64(d.max(0.0))),
         });
         Ok((service, source))
+    }
+
+    /// What `vendflow demo` prints once started: every endpoint, the admin token, and commands
+    /// to try. An error if the demo came up without one of its endpoints.
+    pub fn banner(&self, running: &Running) -> Result<Vec<String>, ServiceError> {
+        let scheme = self.serve.scheme();
+        let (Some(addr), Some(pg), Some(mqtt), Some(token)) = (
+            running.http_addr(),
+            running.pg_addr(),
+            running.mqtt_addr(),
+            running.admin_token(),
+        ) else {
+            return Err(ServiceError::Config(
+                "the demo started without its HTTP, Postgres or MQTT endpoint".into(),
+            ));
+        };
+        let from = running.simulated_from().unwrap_or_default();
+        let mut lines = vec![
+            format!(
+                "{} simulated machines at {}x from {from}, publishing to the embedded MQTT broker on {mqtt} (Ctrl-C to stop)",
+                self.machines, self.speed
+            ),
+            format!(
+                "views on {scheme}://{addr}/views, live: {scheme}://{addr}/views/<name>/subscribe, SQL: POST {scheme}://{addr}/sql; telemetry over HTTP on {scheme}://{addr}/api/telemetry"
+            ),
+            format!(
+                "REST API on {scheme}://{addr}/api (documented at {scheme}://{addr}/api/openapi.json); admin token (tenant *): {token}"
+            ),
+            format!("dashboard: {scheme}://{addr}/#token={token}"),
+            format!(
+                "try: curl -H 'Authorization: Bearer {token}' {scheme}://{addr}/api/dashboard/fleet"
+            ),
+            format!(
+                "SQL for psql and BI tools (a token is the password): PGPASSWORD={token} psql -h {} -p {} -U vendflow -c 'SELECT * FROM revenue_by_location_day'",
+                pg.ip(),
+                pg.port()
+            ),
+        ];
+        if let Some(root) = running.archive_root() {
+            lines.push(format!(
+                "Parquet archive in {} (export: vendflow export --archive {} --from DAY --to DAY --out DIR)",
+                root.display(),
+                root.display()
+            ));
+        }
+        Ok(lines
+            .into_iter()
+            .map(|l| format!("vendflow demo: {l}"))
+            .collect())
     }
 }
 
