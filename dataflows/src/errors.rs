@@ -46,10 +46,10 @@ pub const TOO_LATE: ViewDef = ViewDef {
 
 /// `sales 12, anomaly_windows 3`: the `too_late` view of `snapshot` in a line (empty when no
 /// event arrived too late).
-pub fn too_late_summary(snapshot: &crate::Snapshot) -> String {
-    snapshot
-        .rows(TOO_LATE.name)
-        .map(|rows| {
+pub fn too_late_summary(store: &crate::ViewStore) -> String {
+    store
+        .sorted_rows(TOO_LATE.name)
+        .map(|(_, rows)| {
             rows.iter()
                 .map(|r| {
                     let n = TOO_LATE.named(r);

@@ -617,6 +617,18 @@ impl ViewStore {
         (state.frontier, counts)
     }
 
+    /// One view's rows, sorted as in [`ViewStore::snapshot`], and the frontier they are as of:
+    /// what writes a finished load's views one by one holds, instead of every view's copy
+    /// (and every view's sort) at once.
+    pub fn sorted_rows(&self, name: &str) -> Result<(Time, Vec<Row>), StoreError> {
+        let (i, _) = find(name).ok_or_else(|| unknown(name))?;
+        let (frontier, grouped) = {
+            let state = self.read();
+            (state.frontier, state.rows[i].grouped())
+        };
+        Ok((frontier, grouped.sorted()))
+    }
+
     /// Every view as of the same frontier, each sorted. The rows are copied under the read
     /// lock and sorted after it is released, the large views on threads of their own.
     pub fn snapshot(&self) -> Snapshot {

@@ -181,9 +181,8 @@ impl Loaded {
         let (stats, elapsed) = (&self.stats, self.elapsed);
         // The snapshot's sort counts as writing: it is only done for the CSVs.
         let written_at = Instant::now();
-        let snapshot = self.store.snapshot();
         let written = match out {
-            Some(out) => vendflow_sinks::csv::write_snapshot(&snapshot, out)?,
+            Some(out) => vendflow_sinks::csv::write_store(&self.store, out)?,
             None => Vec::new(),
         };
         let csv = written_at.elapsed();
@@ -209,7 +208,7 @@ impl Loaded {
                 root.display()
             ));
         }
-        let late = vendflow_dataflows::errors::too_late_summary(&snapshot);
+        let late = vendflow_dataflows::errors::too_late_summary(&self.store);
         if !late.is_empty() {
             lines.push(format!(
                 "late arrivals (counted, see the too_late view): {late}"
