@@ -28,8 +28,8 @@ use super::machines::{Problems, price};
 use utoipa::{IntoParams, IntoResponses, ToSchema};
 
 use super::{
-    ApiError, ApiJson, ApiQuery, ApiState, Auth, ErrorBody, Invalid, RoleRefused, TooLarge,
-    Unauthenticated,
+    ApiError, ApiJson, ApiQuery, ApiState, Auth, ErrorBody, Invalid, RoleOrTenantRefused,
+    RoleRefused, TooLarge, Unauthenticated,
 };
 use crate::auth::Role;
 
@@ -336,7 +336,7 @@ pub(super) struct NewLease {
         (status = 201, description = "signed", body = LeaseCreated),
         Invalid,
         Unauthenticated,
-        (status = 403, description = "the token's role or tenant does not allow it", body = ErrorBody),
+        RoleOrTenantRefused,
         (status = 404, description = "no such machine (or another tenant's)", body = ErrorBody),
         (status = 409, description = "an active lease overlaps it, or the id is taken", body = ErrorBody),
         TooLarge,

@@ -20,8 +20,8 @@ use vendflow_protocol::{
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
-    ApiError, ApiJson, ApiQuery, ApiState, Auth, ErrorBody, Invalid, Page, RoleRefused, TooLarge,
-    Unauthenticated,
+    ApiError, ApiJson, ApiQuery, ApiState, Auth, ErrorBody, Invalid, Page, RoleOrTenantRefused,
+    RoleRefused, TooLarge, Unauthenticated,
 };
 use crate::auth::{Role, Tenant};
 use crate::cell;
@@ -138,7 +138,7 @@ fn new_id(prefix: &str) -> Result<String, ApiError> {
         (status = 201, description = "registered", body = MachineCreated),
         Invalid,
         Unauthenticated,
-        (status = 403, description = "the token's role or tenant does not allow it", body = ErrorBody),
+        RoleOrTenantRefused,
         (status = 404, description = "no such location (or another tenant's)", body = ErrorBody),
         (status = 409, description = "the serial number or machine id is taken", body = ErrorBody),
         TooLarge,
@@ -951,7 +951,7 @@ fn coordinate(raw: Option<&RawValue>, limit: i64, field: &str, problems: &mut Pr
         (status = 201, description = "added", body = LocationBody),
         Invalid,
         Unauthenticated,
-        (status = 403, description = "the token's role or tenant does not allow it", body = ErrorBody),
+        RoleOrTenantRefused,
         (status = 409, description = "the location id is taken", body = ErrorBody),
         TooLarge,
     ),

@@ -383,6 +383,16 @@ pub(crate) struct Invalid(ErrorBody);
 #[allow(dead_code)] // describes what `Auth::require` answers
 pub(crate) struct RoleRefused(ErrorBody);
 
+/// The refusal of a write whose token's role is too low or whose tenant may not touch what it
+/// names (the admin routes that create a machine, a location or a lease).
+#[derive(IntoResponses)]
+#[response(
+    status = 403,
+    description = "the token's role or tenant does not allow it"
+)]
+#[allow(dead_code)] // describes what `Auth::require` and the tenant checks answer
+pub(crate) struct RoleOrTenantRefused(ErrorBody);
+
 /// The refusal of a body over [`BODY_LIMIT`], for the OpenAPI operations.
 #[derive(IntoResponses)]
 #[response(status = 413, description = "body too large")]
