@@ -32,6 +32,7 @@
 //! FROM accepted_card_sale_lines WHERE the window left anomaly_windows before arrival GROUP BY 1, 2, 3
 //! ```
 
+use crate::checkpoint::Durable;
 use std::collections::{BTreeMap, VecDeque};
 
 use differential_dataflow::{AsCollection, VecCollection};
@@ -446,6 +447,7 @@ enum Dropped {
 }
 
 /// One live window of a machine: 104 bytes.
+#[derive(Serialize, Deserialize)]
 struct Slot {
     start: Timestamp,
     totals: Packed,
@@ -461,7 +463,7 @@ struct Slot {
 /// to probe has one entry per machine (50,000, not the 290,000 windows of the benchmark's half
 /// hour or the 29 M of 48 h of retention). The newest window, where nearly every event lands,
 /// is inline in the machine's entry, so the common case reads the entry alone.
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
 struct MachineWindows {
     /// `None` only when the machine has no live window.
     newest: Option<Slot>,
@@ -556,6 +558,28 @@ struct State {
     before: Vec<Packed>,
     /// How many of `touched` are published (a large time is published in parts).
     published_upto: usize,
+}
+
+/// What a checkpoint keeps of the windows: every machine's live windows and their expiries.
+type StateSaved = (
+    FastMap<MachineId, MachineWindows>,
+    BTreeMap<Time, Vec<WindowKey>>,
+);
+
+impl Durable for State {
+    type Saved = StateSaved;
+
+    fn save(&self, out: &mut Vec<u8>) -> Result<(), bincode::Error> {
+        if !self.touched.is_empty() {
+            return Err(crate::checkpoint::not_between_times("the windows", None));
+        }
+        bincode::serialize_into(out, &(&self.machines, &self.expiries))
+    }
+
+    fn restore(&mut self, (machines, expiries): StateSaved) {
+        self.machines = machines;
+        self.expiries = expiries;
+    }
 }
 
 impl State {

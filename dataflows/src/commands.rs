@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 use vendflow_protocol::{AckStatus, Action, Command, Event, EventKind, MachineId, Timestamp};
 
 use crate::config::Config;
-use crate::operators::{Temporal, Time};
+use crate::fold::{KeyedFold, Published};
+use crate::operators::{Temporal, Time, hash_of};
 use crate::row::ViewDef;
 use crate::row::{ColumnType::*, Row, Value, col, null};
 
@@ -43,12 +44,39 @@ pub const COMMANDS: ViewDef = ViewDef {
 /// What a machine answered: (its clock, status, reason).
 pub type Answer = (Timestamp, AckStatus, Option<String>);
 
-/// The command's record and, once it came, its first answer. Commands sort before answers, so
-/// a reduce sees the command first and then the answers in time order.
+/// The command's record and, once it came, its answers. Answers sort in time order.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum Item {
     Command(Command),
     Answer(Answer),
+}
+
+/// A command's items with their counts (a multiset: an item leaves when its retention ends).
+#[derive(Default, PartialEq, Serialize, Deserialize)]
+struct Items(Vec<(Item, isize)>);
+
+impl Items {
+    fn add(&mut self, item: Item, diff: isize) {
+        match self.0.iter().position(|(i, _)| *i == item) {
+            Some(at) => {
+                self.0[at].1 += diff;
+                if self.0[at].1 == 0 {
+                    self.0.remove(at);
+                }
+            }
+            None if diff != 0 => self.0.push((item, diff)),
+            None => {}
+        }
+    }
+
+    /// The least item present (with a positive count) that `pick` accepts.
+    fn first(&self, pick: impl Fn(&Item) -> bool) -> Option<&Item> {
+        self.0
+            .iter()
+            .filter(|(i, n)| *n > 0 && pick(i))
+            .map(|(i, _)| i)
+            .min()
+    }
 }
 
 pub struct Commands<'s> {
@@ -83,19 +111,24 @@ pub fn render<'s>(
             (Time::EPOCH, at.saturating_add(retention))
         });
     let answers = answers.map(|(key, answer)| (key, Item::Answer(answer)));
-    let status = commands
-        .concat(answers)
-        .reduce(|_key, input, output| {
-            let Some((Item::Command(command), _)) = input.first() else {
-                return; // answers to a command this view does not hold
-            };
-            let answer = input.iter().find_map(|(item, _)| match item {
-                Item::Answer(a) => Some(a.clone()),
-                Item::Command(_) => None,
-            });
-            output.push(((command.clone(), answer), 1));
-        })
-        .map(|(_, status)| status);
+    let status = commands.concat(answers).fold_by_key(
+        "Commands: status",
+        Published::Recomputed,
+        |key: &(MachineId, String)| hash_of(key),
+        |_, items: &mut Items, item, diff, _| items.add(item, diff),
+        |_, _, _| {},
+        |_, items, out| {
+            // The first command (answers to a command this view does not hold show nothing),
+            // with its first answer in time order.
+            if let Some(Item::Command(command)) = items.first(|i| matches!(i, Item::Command(_))) {
+                let answer = match items.first(|i| matches!(i, Item::Answer(_))) {
+                    Some(Item::Answer(a)) => Some(a.clone()),
+                    _ => None,
+                };
+                out.push((command.clone(), answer));
+            }
+        },
+    );
     Commands {
         status,
         too_late: late_commands.map(|_| ()).concat(late_answers.map(|_| ())),

@@ -12,7 +12,6 @@
 
 use std::convert::Infallible;
 
-use differential_dataflow::operators::CountTotal;
 use differential_dataflow::{AsCollection, VecCollection};
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
@@ -31,8 +30,8 @@ use crate::row::Row;
 use crate::sales::SaleLine;
 use crate::views::CATALOG;
 use crate::{
-    anomaly_windows, commands, dedup, dex, errors, health, inventory, leases, liveness, revenue,
-    sales, settlement, stockout,
+    anomaly_windows, commands, dedup, dex, errors, fold, health, inventory, leases, liveness,
+    revenue, sales, settlement, stockout,
 };
 
 /// The dataflow's inputs.
@@ -256,8 +255,11 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
         .concat(commands.too_late.map(|_| "commands".to_owned()));
     let errors = errors::render(errors, too_late, config);
 
-    let duplicates = sales.duplicates.count_total();
-    let event_duplicates = windows.duplicates.concat(restock_duplicates).count_total();
+    let duplicates = fold::count_total(sales.duplicates, "Sales: duplicates per machine");
+    let event_duplicates = fold::count_total(
+        windows.duplicates.concat(restock_duplicates),
+        "Events: duplicates per machine and kind",
+    );
 
     let views: Vec<(&'static str, VecCollection<'s, Time, Row>)> = vec![
         (

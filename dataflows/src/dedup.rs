@@ -52,7 +52,7 @@ pub fn identity(event: &Event) -> u64 {
 /// A small set of identities (a window's events, a machine's recent restocks), sorted. The
 /// first four live inline: a window holds a few heartbeats, and a heap vector per window,
 /// grown one id at a time, cost an allocation and a few reallocations for every window.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Seen(smallvec::SmallVec<[u64; 4]>);
 
 impl Seen {

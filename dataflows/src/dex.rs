@@ -127,7 +127,7 @@ enum In {
 /// An accepted sale line: (event time, slot, units, cents).
 type Line = (i64, u32, i64, i64);
 
-#[derive(Default, PartialEq)]
+#[derive(Default, PartialEq, Serialize, Deserialize)]
 struct Machine {
     reads: BTreeMap<i64, Read>,
     /// Accepted sale lines in event-time order (lines of one instant in arrival order). A

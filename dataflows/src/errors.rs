@@ -13,7 +13,6 @@
 //! sent it can be told what was wrong.
 
 use differential_dataflow::VecCollection;
-use differential_dataflow::operators::CountTotal;
 use serde::{Deserialize, Serialize};
 use vendflow_protocol::{DecodeError, Timestamp};
 
@@ -126,17 +125,19 @@ pub fn render<'s>(
     config: &Config,
 ) -> Errors<'s> {
     let retention = config.error_retention_ms;
-    let counts = errors
-        .clone()
-        .map(|e| (e.source_name().to_owned(), e.kind.clone()))
-        .count_total();
+    let counts = crate::fold::count_total(
+        errors
+            .clone()
+            .map(|e| (e.source_name().to_owned(), e.kind.clone())),
+        "Errors: counts",
+    );
     let recent = errors
         .retain_between(move |e: &ErrorRecord| (Time::EPOCH, e.received_at + retention))
         .0;
     Errors {
         recent,
         counts,
-        too_late: too_late.count_total(),
+        too_late: crate::fold::count_total(too_late, "Errors: too late"),
     }
 }
 

@@ -25,9 +25,15 @@ use differential_dataflow::{AsCollection, Data, ExchangeData, VecCollection};
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
+use timely::dataflow::operators::Capability;
 
+use crate::checkpoint;
 use crate::operators::{FastMap, PUBLISH_CHUNK, Time, Waiting, state_sizes, trim};
 
 /// What `apply` and timers can do besides changing the key's state.
@@ -67,6 +73,7 @@ const TIMER_CHUNK: usize = 4096;
 /// that wakes a million keys (a bulk hour's card transactions, an hour later) is never copied
 /// into a list twice its size, and its keys' memory goes chunk by chunk as they fire instead of
 /// staying whole beside the list of keys the firing touches.
+#[derive(Serialize, Deserialize)]
 pub struct TimerKeys<K> {
     chunks: Vec<Vec<K>>,
 }
@@ -109,8 +116,8 @@ pub trait KeyedFold<'s, K: ExchangeData + Hash, V: ExchangeData> {
         output: impl Fn(&K, &S, &mut Vec<O>) + 'static,
     ) -> VecCollection<'s, Time, O>
     where
-        S: Default + PartialEq + 'static,
-        O: Data;
+        S: Default + PartialEq + Serialize + DeserializeOwned + 'static,
+        O: Data + Serialize + DeserializeOwned;
 }
 
 /// Emits `-published` and `+after`, skipping what is in both; whether they differ.
@@ -168,8 +175,8 @@ impl<'s, K: ExchangeData + Hash, V: ExchangeData> KeyedFold<'s, K, V>
         output: impl Fn(&K, &S, &mut Vec<O>) + 'static,
     ) -> VecCollection<'s, Time, O>
     where
-        S: Default + PartialEq + 'static,
-        O: Data,
+        S: Default + PartialEq + Serialize + DeserializeOwned + 'static,
+        O: Data + Serialize + DeserializeOwned,
     {
         fold(
             self,
@@ -386,8 +393,8 @@ fn fold<'s, K, V, S, O>(
 where
     K: ExchangeData + Hash,
     V: ExchangeData,
-    S: Default + PartialEq + 'static,
-    O: Data,
+    S: Default + PartialEq + Serialize + DeserializeOwned + 'static,
+    O: Data + Serialize + DeserializeOwned,
 {
     let pact = Exchange::new(move |((k, _v), _t, _r): &((K, V), Time, isize)| route(k));
     let scope = records.inner.scope();
@@ -396,35 +403,48 @@ where
         .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<(O, Time, isize)>>, _, _, _>(
             pact,
             name,
-            move |_cap, info| {
+            move |cap, info| {
                 let activator = scope.activator_for(info.address);
-                let mut fold = FoldState::<K, S, O>::new(keep);
+                let shared = Rc::new(RefCell::new(FoldOp::<K, V, S, O> {
+                    fold: FoldState::new(keep),
+                    waiting: Waiting::new(),
+                    open: None,
+                    publishing: None,
+                }));
+                let restored: Option<FoldSaved<K, V, S, O>> =
+                    checkpoint::enrol(name, &shared, FoldOp::save);
+                if let Some(saved) = restored {
+                    shared.borrow_mut().restore(saved, cap);
+                    activator.activate();
+                }
                 let name = name.to_owned();
-                let mut waiting = Waiting::<Record<K, V>>::new();
-                // The open time, whose records are applied as they arrive.
-                let mut open: Option<Time> = None;
-                // The time being published, when its publication takes several activations.
-                let mut publishing: Option<Time> = None;
                 move |(input, frontier), output_handle| {
+                    let mut op = shared.borrow_mut();
+                    let FoldOp {
+                        fold,
+                        waiting,
+                        open,
+                        publishing,
+                    } = &mut *op;
                     let frontier = frontier.frontier();
                     let reached = frontier.first().copied();
                     // Every time before the frontier: its waiting records, then its timers, then
                     // the publication of its touched keys.
                     loop {
-                        if let Some(now) = publishing {
+                        if let Some(now) = *publishing {
                             if !fold.publish(now, &output, PUBLISH_CHUNK) {
                                 break;
                             }
                             state_sizes::note(&name, || fold.size());
-                            publishing = None;
-                            if open == Some(now) {
-                                open = None;
+                            *publishing = None;
+                            if *open == Some(now) {
+                                *open = None;
                             }
                             continue;
                         }
                         let next_input = waiting.first_time();
                         let next_timer = fold.first_timer();
-                        let Some(now) = open.into_iter().chain(next_input).chain(next_timer).min()
+                        let Some(now) = open.iter().copied().chain(next_input).chain(next_timer).min()
                         else {
                             break;
                         };
@@ -435,7 +455,7 @@ where
                         // everything at shutdown), which nobody reads. Records still waiting
                         // at later times are applied on the next turn: stopping here would keep
                         // their capability held and the dataflow would never complete.
-                        if reached.is_none() && open != Some(now) && next_input != Some(now) {
+                        if reached.is_none() && *open != Some(now) && next_input != Some(now) {
                             fold.timers.clear();
                             continue;
                         }
@@ -449,7 +469,7 @@ where
                         if next_timer == Some(now) {
                             fold.fire(now, &mut timer, &output);
                         }
-                        publishing = Some(now);
+                        *publishing = Some(now);
                     }
                     let index = output_handle.output_index();
                     // While a time is being published, input waits in the channel (records of
@@ -460,7 +480,7 @@ where
                         input.for_each_stamp(|cap, data| {
                             for container in data {
                                 for (record, t, diff) in container.drain(..) {
-                                    if open != Some(t) {
+                                    if *open != Some(t) {
                                         // Records at the frontier's time open it when nothing is
                                         // left before it (a record is never before the frontier).
                                         let opens = open.is_none()
@@ -471,7 +491,7 @@ where
                                             waiting.push(&cap, index, t, (record, diff));
                                             continue;
                                         }
-                                        open = Some(t);
+                                        *open = Some(t);
                                         waiting.hold_at(&cap, index, t);
                                         for early in waiting.pop_at(t).into_iter().flatten() {
                                             fold.apply(t, early, &mut apply, &output);
@@ -493,8 +513,9 @@ where
                     }
                     trim(&mut fold.out);
                     let next = open
-                        .into_iter()
-                        .chain(publishing)
+                        .iter()
+                        .copied()
+                        .chain(*publishing)
                         .chain(waiting.first_time())
                         .chain(fold.first_timer())
                         .min();
@@ -503,6 +524,73 @@ where
             },
         )
         .as_collection()
+}
+
+/// A fold operator's state between activations, shared with the checkpoint's [`checkpoint::Book`].
+struct FoldOp<K, V, S, O> {
+    fold: FoldState<K, S, O>,
+    waiting: Waiting<Record<K, V>>,
+    /// The open time, whose records are applied as they arrive.
+    open: Option<Time>,
+    /// The time being published, when its publication takes several activations.
+    publishing: Option<Time>,
+}
+
+/// What a checkpoint keeps of a fold (the layout [`FoldOp::save`] writes): each key's state,
+/// the outputs published (when kept), the timers, and the records waiting for later times.
+type FoldSaved<K, V, S, O> = (
+    FastMap<K, (S, bool)>,
+    FastMap<K, SmallVec<[O; 2]>>,
+    BTreeMap<Time, TimerKeys<K>>,
+    BTreeMap<Time, Vec<Record<K, V>>>,
+);
+
+impl<K, V, S, O> FoldOp<K, V, S, O>
+where
+    K: ExchangeData + Hash,
+    V: ExchangeData,
+    S: Serialize,
+    O: Serialize,
+{
+    /// Writes the state (a checkpoint is taken between times: nothing is open or half
+    /// published).
+    fn save(&self, out: &mut Vec<u8>) -> Result<(), bincode::Error> {
+        if self.open.is_some() || self.publishing.is_some() || !self.fold.touched.is_empty() {
+            return Err(checkpoint::not_between_times(
+                "a fold",
+                self.open.or(self.publishing),
+            ));
+        }
+        bincode::serialize_into(
+            out,
+            &(
+                &self.fold.states,
+                &self.fold.published,
+                &self.fold.timers,
+                self.waiting.records(),
+            ),
+        )
+    }
+
+    /// Starts from a checkpoint's state; `cap` (the operator's initial capability) becomes the
+    /// hold for the timers and records it brings.
+    fn restore(
+        &mut self,
+        (states, published, timers, waiting): FoldSaved<K, V, S, O>,
+        cap: Capability<Time>,
+    ) {
+        self.fold.states = states;
+        self.fold.published = published;
+        self.fold.timers = timers;
+        self.waiting.restore(waiting, cap);
+        let next = self
+            .waiting
+            .first_time()
+            .into_iter()
+            .chain(self.fold.timers.keys().next().copied())
+            .min();
+        self.waiting.settle(next);
+    }
 }
 
 /// Values that are summed per key: money, units, counts.
@@ -544,7 +632,7 @@ pub enum Summed<K, R> {
 /// Kept small, since there is one per key of every sum (a machine-day, a slot-day): a sum
 /// waiting for its window is rare (a record from the future), so it is boxed, and "no timer"
 /// is `Time::MAX` (never armed: a key kept for ever has no timer) rather than an `Option`.
-#[derive(PartialEq)]
+#[derive(PartialEq, Serialize, Deserialize)]
 struct Sum<R> {
     live: R,
     future: Option<Box<R>>,
@@ -630,6 +718,52 @@ where
         |key, sum, out| {
             if sum.live != R::default() {
                 out.push(Summed::Total(key.clone(), sum.live.clone()));
+            }
+        },
+    )
+}
+
+/// Each distinct record with its count, while the count is not zero: differential's
+/// `count_total`, as a fold (its state is a count per record, which a checkpoint can save; an
+/// arrangement's is not).
+pub fn count_total<'s, D>(
+    records: VecCollection<'s, Time, D>,
+    name: &str,
+) -> VecCollection<'s, Time, (D, isize)>
+where
+    D: ExchangeData + Hash,
+{
+    records.map(|d| (d, ())).fold_by_key(
+        name,
+        Published::Recomputed,
+        |d: &D| crate::operators::hash_of(d),
+        |_, n: &mut isize, (), diff, _| *n += diff,
+        |_, _, _| {},
+        |d, n, out| {
+            if *n != 0 {
+                out.push((d.clone(), *n));
+            }
+        },
+    )
+}
+
+/// Each record whose count is positive, once: differential's `distinct_total`, as a fold.
+pub fn distinct_total<'s, D>(
+    records: VecCollection<'s, Time, D>,
+    name: &str,
+) -> VecCollection<'s, Time, D>
+where
+    D: ExchangeData + Hash,
+{
+    records.map(|d| (d, ())).fold_by_key(
+        name,
+        Published::Recomputed,
+        |d: &D| crate::operators::hash_of(d),
+        |_, n: &mut isize, (), diff, _| *n += diff,
+        |_, _, _| {},
+        |d, n, out| {
+            if *n > 0 {
+                out.push(d.clone());
             }
         },
     )

@@ -14,6 +14,7 @@
 //! three times the memory); a count of changes keeps a slot at 0 units visible.
 
 use differential_dataflow::VecCollection;
+use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use vendflow_protocol::units::MS_PER_DAY;
 use vendflow_protocol::{Event, EventKind, MachineId, RegistryRecord, Text};
@@ -106,7 +107,7 @@ enum Change {
 /// One slot: units and the number of changes that made them (so that a slot at 0 units stays
 /// visible), and its plans (a multiset: the registry can retract and replace one; one plan,
 /// inline, is the usual case).
-#[derive(Default, PartialEq)]
+#[derive(Default, PartialEq, Serialize, Deserialize)]
 struct Slot {
     number: u32,
     units: i64,
@@ -190,7 +191,7 @@ pub fn restocks_once<'s>(
 
 /// One machine's slots, by slot number, and the slots changed at the time being applied with
 /// their rows before it.
-#[derive(Default, PartialEq)]
+#[derive(Default, PartialEq, Serialize, Deserialize)]
 struct Machine {
     slots: Vec<Slot>,
     changed: Vec<(u32, SmallVec<[Level; 1]>)>,

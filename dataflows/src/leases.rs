@@ -13,7 +13,6 @@
 //! from this view and the revenue views (`lease_revenue_share_monthly`).
 
 use differential_dataflow::VecCollection;
-use differential_dataflow::operators::ThresholdTotal;
 use vendflow_protocol::{Lease, LeaseEvent, RegistryRecord};
 
 use crate::operators::Time;
@@ -53,12 +52,13 @@ pub const LEASE_EVENTS: ViewDef = ViewDef {
 pub fn render_events<'s>(
     registry: VecCollection<'s, Time, RegistryRecord>,
 ) -> VecCollection<'s, Time, LeaseEvent> {
-    registry
-        .flat_map(|r| match r {
+    crate::fold::distinct_total(
+        registry.flat_map(|r| match r {
             RegistryRecord::LeaseEvent(e) => Some(e),
             _ => None,
-        })
-        .distinct_total()
+        }),
+        "Leases: events",
+    )
 }
 
 pub fn event_row(e: LeaseEvent) -> Row {
@@ -75,12 +75,13 @@ pub fn event_row(e: LeaseEvent) -> Row {
 pub fn render<'s>(
     registry: VecCollection<'s, Time, RegistryRecord>,
 ) -> VecCollection<'s, Time, Lease> {
-    registry
-        .flat_map(|r| match r {
+    crate::fold::distinct_total(
+        registry.flat_map(|r| match r {
             RegistryRecord::Lease(l) => Some(l),
             _ => None,
-        })
-        .distinct_total()
+        }),
+        "Leases: leases",
+    )
 }
 
 pub fn row(l: Lease) -> Row {

@@ -27,9 +27,11 @@
 //! - [`errors`]: refused records, their counts, and too-late events.
 //! - [`summary`]: the fleet's (or a scope's) headline numbers from one snapshot, computed once.
 //! - `operators`: the temporal filter and the keyed in-time-order operator.
+//! - [`checkpoint`]: each stateful operator's state as bytes, saved and restored by name.
 //! - `fold`: per-key state folded in time order with timers (most views are built on it).
 
 pub mod anomaly_windows;
+pub mod checkpoint;
 pub mod commands;
 pub mod config;
 mod dataflow;

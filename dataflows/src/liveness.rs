@@ -75,7 +75,7 @@ pub fn status(registered: Option<MachineStatus>, online: bool) -> Status {
 
 /// One machine: its registry statuses (a multiset: the registry can retract), its latest
 /// heartbeat, whether that heartbeat is recent, and the one timer it has pending.
-#[derive(Default, PartialEq)]
+#[derive(Default, PartialEq, Serialize, Deserialize)]
 struct State {
     registered: Vec<(MachineStatus, isize)>,
     last: Option<Timestamp>,

@@ -9,8 +9,10 @@
 //!   time order, for the two places where a differential `reduce` would retract what it must not
 //!   (first-seen dedup, latest value per key).
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::hash::Hash;
+use std::rc::Rc;
 
 use differential_dataflow::consolidation::consolidate_updates;
 use differential_dataflow::difference::{Abelian, Semigroup};
@@ -23,6 +25,8 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::{Capability, InputCapability};
 use timely::progress::frontier::AntichainRef;
 use timely::progress::operate::FrontierInterest;
+
+use crate::checkpoint::{self, Durable};
 
 /// Ingestion time: the source's clock, as the protocol's [`Timestamp`] (one time type from the
 /// wire to the views; deadlines computed from event times are compared with it directly).
@@ -105,7 +109,7 @@ pub(crate) mod state_sizes {
     }
 }
 
-pub trait Temporal<'s, D: Data, R: Abelian + Data> {
+pub trait Temporal<'s, D: ExchangeData, R: Abelian + ExchangeData> {
     /// Keeps each record only while ingestion time is in `[from, until)` as given by `window`.
     /// Returns the kept collection and the records that arrived after their `until`.
     fn retain_between(
@@ -114,7 +118,9 @@ pub trait Temporal<'s, D: Data, R: Abelian + Data> {
     ) -> (VecCollection<'s, Time, D, R>, VecCollection<'s, Time, D, R>);
 }
 
-impl<'s, D: Data, R: Abelian + Data> Temporal<'s, D, R> for VecCollection<'s, Time, D, R> {
+impl<'s, D: ExchangeData, R: Abelian + ExchangeData> Temporal<'s, D, R>
+    for VecCollection<'s, Time, D, R>
+{
     fn retain_between(
         self,
         window: impl Fn(&D) -> (Time, Time) + Clone + 'static,
@@ -225,6 +231,13 @@ impl<K: Hash + Eq + Clone, V> ExpiringMap<K, V> {
     }
 }
 
+impl<K: Clone, V> ExpiringMap<K, V> {
+    /// Every live key with its expiry (for a checkpoint; in no particular order).
+    pub fn entries(&self) -> impl ExactSizeIterator<Item = (&K, Time)> {
+        self.expiries.iter().map(|e| (&e.1, e.0))
+    }
+}
+
 /// Keys that each stay until their own expiry time.
 pub struct ExpiringSet<K>(ExpiringMap<K, ()>);
 
@@ -245,6 +258,11 @@ impl<K: Hash + Eq + Clone> ExpiringSet<K> {
         self.0.get(key).is_some()
     }
 
+    /// Every live key with its expiry (for a checkpoint; in no particular order).
+    pub fn entries(&self) -> impl ExactSizeIterator<Item = (&K, Time)> {
+        self.0.entries()
+    }
+
     /// Drops every key whose expiry is at or before `now`.
     pub fn expire(&mut self, now: Time) {
         self.0.expire_with(now, |_, _| {});
@@ -259,7 +277,7 @@ impl<K: Hash + Eq + Clone> ExpiringSet<K> {
 /// Updates held for one future time, and their count after the last consolidation.
 type Held<D, R> = (Vec<(D, Time, R)>, usize);
 
-pub trait HoldFuture<'s, D: Data, R: Semigroup + Data> {
+pub trait HoldFuture<'s, D: ExchangeData, R: Semigroup + ExchangeData> {
     /// Passes updates at their message's time straight through and holds updates scheduled for
     /// later (a temporal filter's retractions) until the input frontier reaches their time.
     ///
@@ -270,20 +288,33 @@ pub trait HoldFuture<'s, D: Data, R: Semigroup + Data> {
     fn hold_future(self) -> VecCollection<'s, Time, D, R>;
 }
 
-impl<'s, D: Data, R: Semigroup + Data> HoldFuture<'s, D, R> for VecCollection<'s, Time, D, R> {
+impl<'s, D: ExchangeData, R: Semigroup + ExchangeData> HoldFuture<'s, D, R>
+    for VecCollection<'s, Time, D, R>
+{
     fn hold_future(self) -> VecCollection<'s, Time, D, R> {
         self.inner
             .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<(D, Time, R)>>, _, _, _>(
                 timely::dataflow::channels::pact::Pipeline,
                 "Temporal: hold future",
-                |_cap, _info| {
+                |cap, _info| {
                     // Per time: the updates, and their count after the last consolidation. Updates
                     // for the same record and time are merged as they pile up, so what is held
                     // grows with distinct records (machine-days, windows), not with events.
-                    let mut held: BTreeMap<Time, Held<D, R>> = BTreeMap::new();
+                    let held: Rc<RefCell<BTreeMap<Time, Held<D, R>>>> = Rc::default();
                     // A capability at (or before) the earliest held time, while anything is held.
                     let mut hold: Option<Capability<Time>> = None;
+                    let restored: Option<BTreeMap<Time, Held<D, R>>> =
+                        checkpoint::enrol("Temporal: hold future", &held, checkpoint::whole);
+                    if let Some(saved) = restored {
+                        if let Some(first) = saved.keys().next() {
+                            let mut cap = cap;
+                            cap.downgrade(first);
+                            hold = Some(cap);
+                        }
+                        *held.borrow_mut() = saved;
+                    }
                     move |(input, frontier), output| {
+                        let mut held = held.borrow_mut();
                         input.for_each_stamp(|cap, data| {
                             let Some(now) = cap.least().copied() else { return };
                             let mut current = Vec::new();
@@ -402,6 +433,17 @@ impl<R> Waiting<R> {
         Some(entry.remove_entry())
     }
 
+    /// The records waiting, by time (for a checkpoint).
+    pub fn records(&self) -> &BTreeMap<Time, Vec<R>> {
+        &self.by_time
+    }
+
+    /// Starts from a checkpoint's waiting records, holding `cap` (to be settled).
+    pub fn restore(&mut self, by_time: BTreeMap<Time, Vec<R>>, cap: Capability<Time>) {
+        self.by_time = by_time;
+        self.hold = Some(cap);
+    }
+
     /// The capability to send at: at or before every time still to act on.
     pub fn hold(&self) -> Option<&Capability<Time>> {
         self.hold.as_ref()
@@ -457,7 +499,7 @@ pub trait Keyed<'s, D: ExchangeData> {
     ) -> VecCollection<'s, Time, O, isize>
     where
         Self: Sized,
-        S: 'static,
+        S: Durable,
         O: Data,
         K: Fn(&D) -> u64 + 'static,
     {
@@ -490,7 +532,7 @@ pub trait Keyed<'s, D: ExchangeData> {
         expire: impl FnMut(&mut S, Time) + 'static,
     ) -> VecCollection<'s, Time, O, isize>
     where
-        S: 'static,
+        S: Durable,
         O: Data,
         K: Fn(&D) -> u64 + 'static;
 
@@ -514,7 +556,7 @@ pub trait Keyed<'s, D: ExchangeData> {
         end: impl FnMut(&mut S, &mut Emit<'_, O>) -> bool + 'static,
     ) -> VecCollection<'s, Time, O, isize>
     where
-        S: 'static,
+        S: Durable,
         O: Data,
         K: Fn(&D) -> u64 + 'static;
 }
@@ -524,12 +566,12 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
         self,
         name: &str,
         key: K,
-        mut state: S,
+        state: S,
         mut logic: impl FnMut(&mut S, &mut Vec<(D, isize)>, &mut Emit<'_, O>) + 'static,
         mut expire: impl FnMut(&mut S, Time) + 'static,
     ) -> VecCollection<'s, Time, O, isize>
     where
-        S: 'static,
+        S: Durable,
         O: Data,
         K: Fn(&D) -> u64 + 'static,
     {
@@ -539,21 +581,39 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
             .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<(O, Time, isize)>>, _, _, _>(
                 pact,
                 name,
-                move |_cap, info| {
+                move |cap, info| {
                     let activator = scope.activator_for(info.address);
-                    // Updates wait, by their own time, until the frontier passes that time;
-                    // wake-ups are times without records.
-                    let mut waiting = Waiting::<(D, isize)>::new();
+                    let shared = Rc::new(RefCell::new(InOrder {
+                        state,
+                        waiting: Waiting::new(),
+                        pending: std::collections::VecDeque::new(),
+                    }));
+                    let restored: Option<(S::Saved, WaitingSaved<(D, isize)>)> =
+                        checkpoint::enrol(name, &shared, InOrder::save);
+                    if let Some((saved, waiting)) = restored {
+                        let mut op = shared.borrow_mut();
+                        op.state.restore(saved);
+                        op.waiting.restore(waiting, cap);
+                        let next = op.waiting.first_time();
+                        op.waiting.settle(next);
+                        activator.activate();
+                    }
                     let mut out: Vec<(O, Time, isize)> = Vec::new();
-                    // What a time produced beyond one part, sent a part per activation: a bulk
-                    // time's output is every record of it (the sale lines of an hour), and the
-                    // operators downstream (each reader of a fork gets its own copy) should take
-                    // one part before the next is made, not hold copies of all of it at once.
-                    let mut pending: std::collections::VecDeque<(O, Time, isize)> =
-                        std::collections::VecDeque::new();
                     let mut wake: Vec<Time> = Vec::new();
                     let mut last_frontier: Option<Time> = None;
                     move |(input, frontier), output| {
+                        let mut op = shared.borrow_mut();
+                        // Updates wait, by their own time, until the frontier passes that time;
+                        // wake-ups are times without records. What a time produced beyond one
+                        // part is `pending`, sent a part per activation: a bulk time's output is
+                        // every record of it (the sale lines of an hour), and the operators
+                        // downstream (each reader of a fork gets its own copy) should take one
+                        // part before the next is made, not hold copies of all of it at once.
+                        let InOrder {
+                            state,
+                            waiting,
+                            pending,
+                        } = &mut *op;
                         input.for_each_stamp(|cap, data| {
                             waiting.take_all(&cap, output.output_index(), data);
                         });
@@ -571,7 +631,7 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
                                 out: &mut out,
                                 wake: &mut wake,
                             };
-                            logic(&mut state, &mut records, &mut emit);
+                            logic(state, &mut records, &mut emit);
                             for t in wake.drain(..) {
                                 waiting.wake_at(t);
                             }
@@ -605,7 +665,7 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
                         let now = frontier.first().copied().unwrap_or(Time::MAX);
                         if caught_up && last_frontier != Some(now) {
                             last_frontier = Some(now);
-                            expire(&mut state, now);
+                            expire(state, now);
                         }
                     }
                 },
@@ -616,13 +676,13 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
         self,
         name: &str,
         key: K,
-        mut state: S,
+        state: S,
         mut begin: impl FnMut(&mut S, &mut Emit<'_, O>) + 'static,
         mut apply: impl FnMut(&mut S, D, isize, &mut Emit<'_, O>) + 'static,
         mut end: impl FnMut(&mut S, &mut Emit<'_, O>) -> bool + 'static,
     ) -> VecCollection<'s, Time, O, isize>
     where
-        S: 'static,
+        S: Durable,
         O: Data,
         K: Fn(&D) -> u64 + 'static,
     {
@@ -632,50 +692,70 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
             .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<(O, Time, isize)>>, _, _, _>(
                 pact,
                 name,
-                move |_cap, info| {
+                move |cap, info| {
                     let activator = scope.activator_for(info.address);
-                    // Records ahead of the open time, by time; wake-ups are times without records.
-                    let mut waiting = Waiting::<(D, isize)>::new();
+                    let shared = Rc::new(RefCell::new(Steps {
+                        state,
+                        waiting: Waiting::new(),
+                        open: None,
+                        ending: None,
+                    }));
+                    let restored: Option<(S::Saved, WaitingSaved<(D, isize)>)> =
+                        checkpoint::enrol(name, &shared, Steps::save);
+                    if let Some((saved, waiting)) = restored {
+                        let mut op = shared.borrow_mut();
+                        op.state.restore(saved);
+                        op.waiting.restore(waiting, cap);
+                        let next = op.waiting.first_time();
+                        op.waiting.settle(next);
+                        activator.activate();
+                    }
                     let mut out: Vec<(O, Time, isize)> = Vec::new();
                     let mut wake: Vec<Time> = Vec::new();
-                    // The open time: begun, taking its records as they arrive.
-                    let mut open: Option<Time> = None;
-                    // The time being ended, while `end` has more to publish.
-                    let mut ending: Option<Time> = None;
                     move |(input, frontier), output| {
+                        let mut op = shared.borrow_mut();
+                        // Records ahead of the open time wait by time (wake-ups are times
+                        // without records); `open` is the time begun, taking its records as they
+                        // arrive; `ending` the time being ended, while `end` has more to publish.
+                        let Steps {
+                            state,
+                            waiting,
+                            open,
+                            ending,
+                        } = &mut *op;
                         let frontier = frontier.frontier();
                         let reached = frontier.first().copied();
                         // Every time the frontier has passed: begun (if not open), its waiting
                         // records applied, ended.
                         loop {
-                            if let Some(now) = ending {
+                            if let Some(now) = *ending {
                                 let mut done = false;
-                                Step::new(now, &mut out, &mut wake, &mut waiting)
-                                    .run(|e| done = end(&mut state, e));
+                                Step::new(now, &mut out, &mut wake, waiting)
+                                    .run(|e| done = end(state, e));
                                 if !done {
                                     break;
                                 }
-                                ending = None;
-                                if open == Some(now) {
-                                    open = None;
+                                *ending = None;
+                                if *open == Some(now) {
+                                    *open = None;
                                 }
                                 continue;
                             }
-                            let Some(now) = open.into_iter().chain(waiting.first_time()).min()
+                            let Some(now) = open.iter().copied().chain(waiting.first_time()).min()
                             else {
                                 break;
                             };
                             if frontier.less_equal(&now) {
                                 break;
                             }
-                            let mut step = Step::new(now, &mut out, &mut wake, &mut waiting);
-                            if open != Some(now) {
-                                step.run(|e| begin(&mut state, e));
+                            let mut step = Step::new(now, &mut out, &mut wake, waiting);
+                            if *open != Some(now) {
+                                step.run(|e| begin(state, e));
                             }
                             for (d, r) in step.waiting.pop_at(now).into_iter().flatten() {
-                                step.run(|e| apply(&mut state, d, r, e));
+                                step.run(|e| apply(state, d, r, e));
                             }
-                            ending = Some(now);
+                            *ending = Some(now);
                         }
                         let index = output.output_index();
                         if ending.is_some() {
@@ -684,7 +764,7 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
                             input.for_each_stamp(|cap, data| {
                                 for container in data {
                                     for (d, t, r) in container.drain(..) {
-                                        if open != Some(t) {
+                                        if *open != Some(t) {
                                             let opens = open.is_none()
                                                 && reached == Some(t)
                                                 && waiting.first_time().is_none_or(|w| w >= t);
@@ -692,16 +772,16 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
                                                 waiting.push(&cap, index, t, (d, r));
                                                 continue;
                                             }
-                                            open = Some(t);
+                                            *open = Some(t);
                                             waiting.hold_at(&cap, index, t);
-                                            let mut step = Step::new(t, &mut out, &mut wake, &mut waiting);
-                                            step.run(|e| begin(&mut state, e));
+                                            let mut step = Step::new(t, &mut out, &mut wake, waiting);
+                                            step.run(|e| begin(state, e));
                                             for (early, r) in step.waiting.pop_at(t).into_iter().flatten() {
-                                                step.run(|e| apply(&mut state, early, r, e));
+                                                step.run(|e| apply(state, early, r, e));
                                             }
                                         }
-                                        Step::new(t, &mut out, &mut wake, &mut waiting)
-                                            .run(|e| apply(&mut state, d, r, e));
+                                        Step::new(t, &mut out, &mut wake, waiting)
+                                            .run(|e| apply(state, d, r, e));
                                     }
                                 }
                             });
@@ -713,12 +793,55 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
                         }
                         trim(&mut out);
                         waiting.settle(
-                            ending.into_iter().chain(open).chain(waiting.first_time()).min(),
+                            ending.iter().copied().chain(*open).chain(waiting.first_time()).min(),
                         );
                     }
                 },
             )
             .as_collection()
+    }
+}
+
+/// What a checkpoint keeps of a [`Waiting`]: its records by time.
+type WaitingSaved<R> = BTreeMap<Time, Vec<R>>;
+
+/// [`Keyed::keyed_times_in_order`]'s state between activations, shared with the checkpoint.
+struct InOrder<S, D, O> {
+    state: S,
+    waiting: Waiting<(D, isize)>,
+    pending: std::collections::VecDeque<(O, Time, isize)>,
+}
+
+impl<S: Durable, D: ExchangeData, O> InOrder<S, D, O> {
+    /// Writes the state and the records waiting (the layout `(S::Saved, WaitingSaved)`).
+    fn save(&self, out: &mut Vec<u8>) -> Result<(), bincode::Error> {
+        if let Some((_, t, _)) = self.pending.front() {
+            return Err(checkpoint::not_between_times("a keyed operator", Some(*t)));
+        }
+        self.state.save(out)?;
+        bincode::serialize_into(out, self.waiting.records())
+    }
+}
+
+/// [`Keyed::keyed_steps`]'s state between activations, shared with the checkpoint.
+struct Steps<S, D> {
+    state: S,
+    waiting: Waiting<(D, isize)>,
+    open: Option<Time>,
+    ending: Option<Time>,
+}
+
+impl<S: Durable, D: ExchangeData> Steps<S, D> {
+    /// Writes the state and the records waiting (the layout `(S::Saved, WaitingSaved)`).
+    fn save(&self, out: &mut Vec<u8>) -> Result<(), bincode::Error> {
+        if self.open.is_some() || self.ending.is_some() {
+            return Err(checkpoint::not_between_times(
+                "a keyed operator",
+                self.open.or(self.ending),
+            ));
+        }
+        self.state.save(out)?;
+        bincode::serialize_into(out, self.waiting.records())
     }
 }
 

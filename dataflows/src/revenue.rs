@@ -24,6 +24,7 @@
 //! ``` Totals are kept in the diff field
 //! (`explode` + `count_total`), so state is one record per (machine, day), not per sale.
 
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use std::hash::Hash;
@@ -444,7 +445,7 @@ fn count_in<T: PartialEq>(set: &mut Vec<(T, isize)>, value: T, diff: isize) {
     set.retain(|(_, c)| *c != 0);
 }
 
-#[derive(Default, PartialEq)]
+#[derive(Default, PartialEq, Serialize, Deserialize)]
 struct Zoned {
     machines: Vec<(MachineId, isize)>,
     zones: Vec<(String, isize)>,
@@ -545,7 +546,7 @@ enum ByMachine<K> {
 /// One machine: its locations (a multiset: the registry can retract and replace) and its live
 /// totals by day or hour, in key order. A sorted vector rather than a map: a machine has a day or
 /// an hour or a few live, and a map's first node alone is ~450 bytes.
-#[derive(PartialEq)]
+#[derive(PartialEq, Serialize, Deserialize)]
 struct Located<K> {
     locations: Vec<(String, isize)>,
     totals: Vec<(K, (Totals, isize))>,

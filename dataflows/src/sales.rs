@@ -19,6 +19,7 @@
 //! would retract the line it had produced, and the revenue built on it with it. Here the dedup
 //! state expires on its own while the accepted line, once emitted, stays emitted.
 
+use crate::checkpoint::Durable;
 use std::hash::Hash;
 
 use differential_dataflow::VecCollection;
@@ -124,6 +125,31 @@ struct Dedup {
     retention_days: i64,
     /// The newest day the ledger's retention ran for.
     trimmed: i64,
+}
+
+/// What a checkpoint keeps of dedup: the fingerprints in memory with their expiries, and the
+/// newest day trimmed. The ledger is a file of its own, saved beside the checkpoint.
+type DedupSaved = (Vec<(Fingerprint, Time)>, i64);
+
+impl Durable for Dedup {
+    type Saved = DedupSaved;
+
+    fn save(&self, out: &mut Vec<u8>) -> Result<(), bincode::Error> {
+        bincode::serialize_into(
+            out,
+            &(
+                crate::checkpoint::Seq::new(self.memory.entries()),
+                self.trimmed,
+            ),
+        )
+    }
+
+    fn restore(&mut self, (memory, trimmed): DedupSaved) {
+        for (fingerprint, expires) in memory {
+            self.memory.insert(fingerprint, expires);
+        }
+        self.trimmed = trimmed;
+    }
 }
 
 impl Dedup {

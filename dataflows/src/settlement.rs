@@ -151,7 +151,7 @@ pub struct TxnRow {
 }
 
 /// A transaction's records so far.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 struct Txn {
     /// Earliest line time, card total, lines, any line offline.
     telemetry: Option<(i64, i64, bool)>,
@@ -271,7 +271,7 @@ impl Txn {
 }
 
 /// A machine's transactions of one day, as published.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 struct Day {
     /// Every transaction row of the day, summed by status (a row is retracted when it changes),
     /// in status order: a status or two per day, inline.
@@ -284,7 +284,7 @@ struct Day {
 }
 
 /// Transactions, telemetry cents and settled cents.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 struct Sums {
     n: i64,
     telemetry: i64,

@@ -16,14 +16,16 @@
 //! collection the source advances each hour, so forecasts refresh as time passes without events.
 
 use differential_dataflow::VecCollection;
+use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR};
 use vendflow_protocol::{MachineId, Timestamp};
 
+use crate::checkpoint::Durable;
 use crate::config::Config;
 use crate::fold::{Ctx, KeyedFold, Published};
 use crate::inventory::Level;
-use crate::operators::{Time, hash_of};
+use crate::operators::{Emit, FastMap, FastSet, Keyed, PUBLISH_CHUNK, Time, hash_of};
 use crate::row::ViewDef;
 use crate::row::{ColumnType::*, OrdF64, Row, Value, col, null};
 use crate::sales::SaleLine;
@@ -130,7 +132,11 @@ pub struct ByWeekday(pub [i64; 7]);
 /// Days (day numbers since the epoch) while they are in the trailing window, oldest first, each
 /// with what is kept for it; `armed`: the time of the pending timer (0: none), set at the
 /// earliest day's end. One state per key with its days inline, not one per key-day.
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
+#[serde(bound(
+    serialize = "A::Item: Serialize",
+    deserialize = "A::Item: Deserialize<'de>"
+))]
 struct Trailing<A: smallvec::Array> {
     days: SmallVec<A>,
     armed: Time,
@@ -226,7 +232,7 @@ enum SlotIn {
 
 /// A slot's demand in the trailing window and its planned units (a multiset: a plan replaced
 /// within one time is retracted and inserted).
-#[derive(Default, PartialEq)]
+#[derive(Default, PartialEq, Serialize, Deserialize)]
 struct Slot {
     demand: SlotDemand,
     planned: SmallVec<[(i64, isize); 1]>,
@@ -239,6 +245,234 @@ impl Slot {
             None => self.planned.push((units, diff)),
         }
         self.planned.retain(|(_, n)| *n != 0);
+    }
+}
+
+/// A multiset: each value with its count (never zero).
+#[derive(PartialEq, Serialize, Deserialize)]
+struct Counted<T>(Vec<(T, isize)>);
+
+impl<T> Default for Counted<T> {
+    fn default() -> Self {
+        Counted(Vec::new())
+    }
+}
+
+impl<T: PartialEq> Counted<T> {
+    fn add(&mut self, value: T, diff: isize) {
+        match self.0.iter().position(|(v, _)| *v == value) {
+            Some(at) => {
+                self.0[at].1 += diff;
+                if self.0[at].1 == 0 {
+                    self.0.remove(at);
+                }
+            }
+            None if diff != 0 => self.0.push((value, diff)),
+            None => {}
+        }
+    }
+}
+
+/// A slot's forecast input: its number, units sold by weekday, planned units.
+type SlotInput = (u32, [i64; 7], i64);
+
+/// What the forecasts of a shard hear.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum ForecastIn {
+    Demand(MachineId, SlotInput),
+    Days(MachineId, isize),
+    Hour(Timestamp),
+}
+
+/// One machine's forecast inputs: its slots' (a multiset, as a join's input) and its days
+/// observed.
+#[derive(Default, Serialize, Deserialize)]
+struct MachineInputs {
+    slots: Counted<SlotInput>,
+    days: Counted<isize>,
+}
+
+/// A shard's machines and the current hour (a multiset: the clock retracts the old hour and
+/// inserts the new one at the same time).
+#[derive(Default, Serialize, Deserialize)]
+struct Shard {
+    hours: Counted<Timestamp>,
+    machines: FastMap<MachineId, MachineInputs>,
+}
+
+/// The forecasts of a worker's shards. Within a time, each machine touched has its forecasts
+/// before the time noted (all of a shard's machines when its hour changes), and at the time's
+/// end the difference with its forecasts now is published.
+#[derive(Default)]
+struct Forecasts {
+    shards: FastMap<u64, Shard>,
+    /// Machines touched at this time, each with where its forecasts before it start in `before`.
+    touched: Vec<((u64, MachineId), usize)>,
+    touched_set: FastSet<(u64, MachineId)>,
+    /// Shards whose hour changed at this time (every machine of theirs is touched).
+    shards_touched: FastSet<u64>,
+    before: Vec<Forecast>,
+    published_upto: usize,
+}
+
+impl Durable for Forecasts {
+    type Saved = FastMap<u64, Shard>;
+
+    fn save(&self, out: &mut Vec<u8>) -> Result<(), bincode::Error> {
+        if !self.touched.is_empty() {
+            return Err(crate::checkpoint::not_between_times("the forecasts", None));
+        }
+        bincode::serialize_into(out, &self.shards)
+    }
+
+    fn restore(&mut self, shards: Self::Saved) {
+        self.shards = shards;
+    }
+}
+
+/// A machine's forecasts from its inputs at `hour`: one per slot input and day count, as the
+/// join of the two (and of the hour) gave.
+fn machine_forecasts(
+    machine: &MachineId,
+    inputs: &MachineInputs,
+    hours: &Counted<Timestamp>,
+    config: &Config,
+    out: &mut Vec<Forecast>,
+) {
+    for (hour, nh) in &hours.0 {
+        for ((slot, by_dow, units), ns) in &inputs.slots.0 {
+            for (days, nd) in &inputs.days.0 {
+                let n = nh * ns * nd;
+                if n <= 0 {
+                    continue;
+                }
+                let f = forecast(
+                    machine.clone(),
+                    *slot,
+                    *units,
+                    by_dow,
+                    *days as i64,
+                    *hour,
+                    config,
+                );
+                for _ in 1..n {
+                    out.push(f.clone());
+                }
+                out.push(f);
+            }
+        }
+    }
+}
+
+impl Forecasts {
+    /// Notes `machine`'s forecasts before this time, the first time it is touched in it.
+    fn touch(&mut self, shard: u64, machine: &MachineId, config: &Config) {
+        if !self.touched_set.insert((shard, machine.clone())) {
+            return;
+        }
+        let at = self.before.len();
+        if let Some(s) = self.shards.get(&shard)
+            && let Some(inputs) = s.machines.get(machine)
+        {
+            machine_forecasts(machine, inputs, &s.hours, config, &mut self.before);
+        }
+        self.touched.push(((shard, machine.clone()), at));
+    }
+
+    fn apply(&mut self, shard: u64, input: ForecastIn, diff: isize, config: &Config) {
+        match input {
+            ForecastIn::Hour(hour) => {
+                // A new hour changes every forecast of the shard: each machine is touched
+                // before it (once, whatever number of hour records the time brings).
+                if self.shards_touched.insert(shard) {
+                    let machines: Vec<MachineId> = self
+                        .shards
+                        .get(&shard)
+                        .map(|s| s.machines.keys().cloned().collect())
+                        .unwrap_or_default();
+                    for m in &machines {
+                        self.touch(shard, m, config);
+                    }
+                }
+                self.shards.entry(shard).or_default().hours.add(hour, diff);
+            }
+            ForecastIn::Demand(m, input) => {
+                self.touch(shard, &m, config);
+                let s = self.shards.entry(shard).or_default();
+                s.machines.entry(m).or_default().slots.add(input, diff);
+            }
+            ForecastIn::Days(m, days) => {
+                self.touch(shard, &m, config);
+                let s = self.shards.entry(shard).or_default();
+                s.machines.entry(m).or_default().days.add(days, diff);
+            }
+        }
+    }
+
+    /// Publishes the difference of the touched machines' forecasts (a part at a time); true
+    /// when done.
+    fn publish(&mut self, config: &Config, out: &mut Emit<'_, Forecast>) -> bool {
+        let from = self.published_upto;
+        let to = self.touched.len().min(from.saturating_add(PUBLISH_CHUNK));
+        let mut after = Vec::new();
+        for i in from..to {
+            let ((shard, machine), start) = &self.touched[i];
+            let end = self
+                .touched
+                .get(i + 1)
+                .map_or(self.before.len(), |next| next.1);
+            after.clear();
+            let mut gone = false;
+            if let Some(s) = self.shards.get_mut(shard) {
+                if let Some(inputs) = s.machines.get(machine) {
+                    if inputs.slots.0.is_empty() && inputs.days.0.is_empty() {
+                        gone = true;
+                    } else {
+                        machine_forecasts(machine, inputs, &s.hours, config, &mut after);
+                    }
+                }
+                if gone {
+                    s.machines.remove(machine);
+                }
+            }
+            let before = &mut self.before[*start..end];
+            before.sort();
+            after.sort();
+            let (mut b, mut a) = (0, 0);
+            while b < before.len() || a < after.len() {
+                match (before.get(b), after.get(a)) {
+                    (Some(x), Some(y)) if x == y => {
+                        b += 1;
+                        a += 1;
+                    }
+                    (Some(x), Some(y)) if x < y => {
+                        out.give(x.clone(), -1);
+                        b += 1;
+                    }
+                    (Some(x), None) => {
+                        out.give(x.clone(), -1);
+                        b += 1;
+                    }
+                    (_, Some(y)) => {
+                        out.give(y.clone(), 1);
+                        a += 1;
+                    }
+                    (None, None) => break,
+                }
+            }
+        }
+        self.published_upto = to;
+        if to < self.touched.len() {
+            return false;
+        }
+        self.shards
+            .retain(|_, s| !(s.machines.is_empty() && s.hours.0.is_empty()));
+        self.touched.clear();
+        self.touched_set.clear();
+        self.shards_touched.clear();
+        self.before.clear();
+        self.published_upto = 0;
+        true
     }
 }
 
@@ -341,39 +575,56 @@ pub fn render<'s>(
         },
     );
     let config = config.clone();
-    // Every forecast depends on the current hour, so each hour recomputes them all. Joined with
-    // the hour under one key, they were all arranged and recomputed on one worker (1.5 M slots
-    // of a registered 50,000-machine fleet); keyed by a shard of the machine instead, with the
-    // hour copied to every shard, the work spreads over the workers. The shard is the id's
-    // stable hash, the same in every process of a cluster.
-    let forecasts = demand
-        .join_map(days_observed, |m, (s, by_dow, units), days| {
-            (
-                m.stable_hash() % FORECAST_SHARDS,
-                (m.clone(), *s, *by_dow, *units, *days as i64),
-            )
+    // Every forecast depends on the current hour, so each hour recomputes them all. The
+    // forecasts' inputs are kept by a shard of the machine (its stable hash, the same in every
+    // process of a cluster), with the hour copied to every shard, so the work spreads over the
+    // workers. One keyed operator holds, per shard, each machine's forecast inputs and the hour
+    // (it was two differential joins: their arrangements could not be saved in a checkpoint).
+    let shard_of = |m: &MachineId| m.stable_hash() % FORECAST_SHARDS;
+    let inputs = demand
+        .map(move |(m, (s, by_dow, units))| {
+            (shard_of(&m), ForecastIn::Demand(m, (s, by_dow, units)))
         })
-        .join_map(
-            now.flat_map(|t| (0..FORECAST_SHARDS).map(move |shard| (shard, t))),
-            move |_shard, (m, s, by_dow, units, days), now| {
-                forecast(m.clone(), *s, *units, by_dow, *days, *now, &config)
-            },
+        .concat(days_observed.map(move |(m, days)| (shard_of(&m), ForecastIn::Days(m, days))))
+        .concat(
+            now.flat_map(|t| (0..FORECAST_SHARDS).map(move |shard| (shard, ForecastIn::Hour(t)))),
         );
+    let on_publish = config.clone();
+    let forecasts = inputs.keyed_steps(
+        "Stockout: forecasts",
+        |(shard, _): &(u64, ForecastIn)| *shard,
+        Forecasts::default(),
+        |_, _| {},
+        move |state, (shard, input), diff, _| state.apply(shard, input, diff, &config),
+        move |state, out| state.publish(&on_publish, out),
+    );
     let restock_needed = forecasts
         .clone()
         .flat_map(|f| match (f.needs_restock, f.hours_to_empty) {
             (true, Some(h)) => Some((f.machine_id, h)),
             _ => None,
         })
-        .reduce_named("Stockout: machines to restock", |_m, input, output| {
-            let slots: isize = input.iter().map(|(_, c)| *c).sum();
-            let first = input
-                .iter()
-                .find(|(_, c)| *c > 0)
-                .map_or(OrdF64(0.0), |(h, _)| **h);
-            output.push(((slots.max(0) as usize, first), 1isize));
-        })
-        .map(|(m, (slots, first))| (m, slots, first));
+        .fold_by_key(
+            "Stockout: machines to restock",
+            Published::Recomputed,
+            hash_of::<MachineId>,
+            |_, hours: &mut Counted<OrdF64>, h, diff, _| hours.add(h, diff),
+            |_, _, _| {},
+            |m, hours, out| {
+                if hours.0.is_empty() {
+                    return;
+                }
+                let slots: isize = hours.0.iter().map(|(_, c)| *c).sum();
+                let first = hours
+                    .0
+                    .iter()
+                    .filter(|(_, c)| *c > 0)
+                    .map(|(h, _)| *h)
+                    .min()
+                    .unwrap_or(OrdF64(0.0));
+                out.push((m.clone(), slots.max(0) as usize, first));
+            },
+        );
     Stockout {
         forecasts,
         restock_needed,

@@ -1,0 +1,310 @@
+//! Operator state as bytes, for checkpoints (issue 17).
+//!
+//! A checkpoint is taken when the engine is *quiescent at a frontier `t`*: every input has
+//! advanced to `t` and sent nothing at or after it, and every view has been published up to `t`.
+//! Then no record is in flight and no operator holds anything for a time before `t`; what each
+//! stateful operator holds (its keys' states, the outputs it published, its timers, the records
+//! it keeps for later times) is all there is to the dataflow's state, and a new dataflow built
+//! with the same code and given those bytes continues exactly where the old one stood.
+//!
+//! How an operator takes part: while a worker builds its dataflow, a [`Book`] is installed on its
+//! thread ([`Book::building`]). Each stateful operator, when built, calls [`enrol`] with its name
+//! and its state (shared with the operator's logic through an `Rc<RefCell<_>>`): it gets back the
+//! bytes the loaded checkpoint holds for it, if any, to start from, and the book keeps a way to
+//! write the state later. [`Book::save`] writes every enrolled operator's state, in the order the
+//! operators were built, each under its name; names are made unique by their order of building
+//! (the dataflow is built the same way every time by the same version of the code).
+//!
+//! The file that holds the workers' books, its checksum and its version is the engine's
+//! concern; here is what one worker's section is.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("cannot encode the state of {operator}: {source}")]
+    Encode {
+        operator: String,
+        #[source]
+        source: bincode::Error,
+    },
+    #[error(
+        "the checkpoint's state of {operator} cannot be read ({source}); it was written by a different version of the engine, or is damaged"
+    )]
+    Decode {
+        operator: String,
+        #[source]
+        source: bincode::Error,
+    },
+    #[error(
+        "the checkpoint holds state for operators this engine does not have ({names}): it was written by a different version of the engine"
+    )]
+    Unclaimed { names: String },
+    #[error("the checkpoint's worker section is damaged: {0}")]
+    Section(String),
+}
+
+/// Writes an operator's state.
+type Saver = Box<dyn Fn(&mut Vec<u8>) -> Result<(), bincode::Error>>;
+
+/// One worker's stateful operators: what the loaded checkpoint holds for each, and how to write
+/// each one's state now.
+#[derive(Default)]
+pub struct Book {
+    restored: HashMap<String, Vec<u8>>,
+    /// Names handed out so far, with how often (a second operator of the same name is `name#2`).
+    seen: HashMap<String, usize>,
+    savers: Vec<(String, Saver)>,
+    /// States of the checkpoint that did not decode (reported by [`Book::finish`]).
+    errors: Vec<CheckpointError>,
+}
+
+thread_local! {
+    static BUILDING: RefCell<Option<Rc<RefCell<Book>>>> = const { RefCell::new(None) };
+}
+
+/// Uninstalls the book when the build is over (or unwinds).
+pub struct Building(Option<Rc<RefCell<Book>>>);
+
+impl Drop for Building {
+    fn drop(&mut self) {
+        BUILDING.with(|b| *b.borrow_mut() = self.0.take());
+    }
+}
+
+impl Book {
+    /// A book that starts every operator from the state in `section` (one worker's part of a
+    /// checkpoint, as [`Book::save`] wrote it), or empty.
+    pub fn restoring(section: Option<&[u8]>) -> Result<Rc<RefCell<Book>>, CheckpointError> {
+        let mut book = Book::default();
+        if let Some(bytes) = section {
+            let entries: Vec<(String, Vec<u8>)> =
+                bincode::deserialize(bytes).map_err(|e| CheckpointError::Section(e.to_string()))?;
+            book.restored = entries.into_iter().collect();
+        }
+        Ok(Rc::new(RefCell::new(book)))
+    }
+
+    /// Installs `book` on this thread while the returned guard lives: the operators built
+    /// meanwhile enrol in it.
+    pub fn building(book: &Rc<RefCell<Book>>) -> Building {
+        let previous = BUILDING.with(|b| b.borrow_mut().replace(book.clone()));
+        Building(previous)
+    }
+
+    /// After the build: fails if a state of the checkpoint did not decode, or if the checkpoint
+    /// held state that no operator claimed (a checkpoint of another version of the dataflow must
+    /// not start this one half empty).
+    pub fn finish(&mut self) -> Result<(), CheckpointError> {
+        if !self.errors.is_empty() {
+            return Err(self.errors.remove(0));
+        }
+        if self.restored.is_empty() {
+            return Ok(());
+        }
+        let mut names: Vec<&str> = self.restored.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        Err(CheckpointError::Unclaimed {
+            names: names.join(", "),
+        })
+    }
+
+    /// Every enrolled operator's state, in building order, as one worker's section.
+    pub fn save(&self) -> Result<Vec<u8>, CheckpointError> {
+        let mut entries: Vec<(&str, Vec<u8>)> = Vec::with_capacity(self.savers.len());
+        for (name, saver) in &self.savers {
+            let mut bytes = Vec::new();
+            saver(&mut bytes).map_err(|source| CheckpointError::Encode {
+                operator: name.clone(),
+                source,
+            })?;
+            entries.push((name, bytes));
+        }
+        bincode::serialize(&entries).map_err(|source| CheckpointError::Encode {
+            operator: "the worker's section".into(),
+            source,
+        })
+    }
+
+    /// Operators enrolled.
+    pub fn operators(&self) -> usize {
+        self.savers.len()
+    }
+}
+
+/// Enrols an operator named `name` whose state is `state`: returns the state to start from (the
+/// checkpoint's, decoded as `S`, or `None` when there is no checkpoint or no book on this thread,
+/// as in tests that build a dataflow directly; a state that does not decode is kept for
+/// [`Book::finish`] to report, and the operator starts empty). `save` writes the state in the
+/// layout `S` reads (borrowing it: a checkpoint does not copy the state first).
+pub(crate) fn enrol<T, S>(
+    name: &str,
+    state: &Rc<RefCell<T>>,
+    save: impl Fn(&T, &mut Vec<u8>) -> Result<(), bincode::Error> + 'static,
+) -> Option<S>
+where
+    T: 'static,
+    S: DeserializeOwned,
+{
+    let book = BUILDING.with(|b| b.borrow().clone())?;
+    let mut book = book.borrow_mut();
+    let count = book.seen.entry(name.to_owned()).or_default();
+    *count += 1;
+    let unique = if *count == 1 {
+        name.to_owned()
+    } else {
+        format!("{name}#{count}")
+    };
+    let restored = match book.restored.remove(&unique) {
+        Some(bytes) => match bincode::deserialize::<S>(&bytes) {
+            Ok(state) => Some(state),
+            Err(source) => {
+                book.errors.push(CheckpointError::Decode {
+                    operator: unique.clone(),
+                    source,
+                });
+                None
+            }
+        },
+        None => None,
+    };
+    let state = state.clone();
+    book.savers.push((
+        unique,
+        Box::new(move |out: &mut Vec<u8>| save(&state.borrow(), out)),
+    ));
+    restored
+}
+
+/// The per-worker state of a keyed operator ([`crate::operators::Keyed`]), as a checkpoint keeps
+/// it. Any state that serde can write and read is saved whole; a state with parts that are not
+/// data (a handle on a file) says what of it is saved.
+pub trait Durable: 'static {
+    type Saved: DeserializeOwned;
+    fn save(&self, out: &mut Vec<u8>) -> Result<(), bincode::Error>;
+    fn restore(&mut self, saved: Self::Saved);
+}
+
+impl<T: Serialize + DeserializeOwned + 'static> Durable for T {
+    type Saved = T;
+    fn save(&self, out: &mut Vec<u8>) -> Result<(), bincode::Error> {
+        bincode::serialize_into(out, self)
+    }
+    fn restore(&mut self, saved: T) {
+        *self = saved;
+    }
+}
+
+/// An error for a state that cannot be saved now (a checkpoint taken in the middle of a time).
+pub(crate) fn not_between_times(
+    what: &str,
+    time: Option<crate::operators::Time>,
+) -> bincode::Error {
+    Box::new(bincode::ErrorKind::Custom(format!(
+        "{what} is in the middle of time {time:?}: a checkpoint must be taken between times"
+    )))
+}
+
+/// A sequence written from an iterator as it goes (read back as a `Vec`), so that saving a large
+/// state does not copy it first.
+pub(crate) struct Seq<I>(RefCell<Option<I>>);
+
+impl<I> Seq<I> {
+    pub(crate) fn new(items: I) -> Seq<I> {
+        Seq(RefCell::new(Some(items)))
+    }
+}
+
+impl<I> Serialize for Seq<I>
+where
+    I: ExactSizeIterator,
+    I::Item: Serialize,
+{
+    fn serialize<Z: serde::Serializer>(&self, serializer: Z) -> Result<Z::Ok, Z::Error> {
+        match self.0.borrow_mut().take() {
+            Some(items) => serializer.collect_seq(items),
+            None => Err(serde::ser::Error::custom("a sequence is written once")),
+        }
+    }
+}
+
+/// `save` for a state that is saved whole.
+pub(crate) fn whole<T: Serialize>(state: &T, out: &mut Vec<u8>) -> Result<(), bincode::Error> {
+    bincode::serialize_into(out, state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operators_get_back_their_own_state_by_name_and_order() -> Result<(), CheckpointError> {
+        let book = Book::restoring(None)?;
+        let a = Rc::new(RefCell::new(vec![1u32, 2]));
+        let b = Rc::new(RefCell::new(7u64));
+        let c = Rc::new(RefCell::new(vec![9u32]));
+        {
+            let _guard = Book::building(&book);
+            assert_eq!(enrol::<_, Vec<u32>>("fold", &a, whole), None);
+            assert_eq!(enrol::<_, u64>("sum", &b, whole), None);
+            assert_eq!(enrol::<_, Vec<u32>>("fold", &c, whole), None);
+        }
+        a.borrow_mut().push(3);
+        let section = book.borrow().save()?;
+
+        let again = Book::restoring(Some(&section))?;
+        let _guard = Book::building(&again);
+        let (a2, b2, c2) = (
+            Rc::new(RefCell::new(Vec::<u32>::new())),
+            Rc::new(RefCell::new(0u64)),
+            Rc::new(RefCell::new(Vec::<u32>::new())),
+        );
+        assert_eq!(
+            enrol::<_, Vec<u32>>("fold", &a2, whole),
+            Some(vec![1, 2, 3])
+        );
+        assert_eq!(enrol::<_, u64>("sum", &b2, whole), Some(7));
+        assert_eq!(enrol::<_, Vec<u32>>("fold", &c2, whole), Some(vec![9]));
+        again.borrow_mut().finish()
+    }
+
+    #[test]
+    fn state_no_operator_claims_or_of_another_shape_is_refused() -> Result<(), CheckpointError> {
+        let book = Book::restoring(None)?;
+        let a = Rc::new(RefCell::new(5u8));
+        {
+            let _guard = Book::building(&book);
+            assert_eq!(enrol::<_, u8>("gone", &a, whole), None);
+        }
+        let section = book.borrow().save()?;
+        let again = Book::restoring(Some(&section))?;
+        assert!(matches!(
+            again.borrow_mut().finish(),
+            Err(CheckpointError::Unclaimed { .. })
+        ));
+        // The same name, a state that does not decode as the new type.
+        {
+            let _guard = Book::building(&again);
+            let wrong = Rc::new(RefCell::new(String::new()));
+            assert_eq!(enrol::<_, String>("gone", &wrong, whole), None);
+        }
+        assert!(matches!(
+            again.borrow_mut().finish(),
+            Err(CheckpointError::Decode { .. })
+        ));
+        assert!(Book::restoring(Some(b"\x01")).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn without_a_book_nothing_is_enrolled() -> Result<(), CheckpointError> {
+        let a = Rc::new(RefCell::new(1u8));
+        assert_eq!(enrol::<_, u8>("alone", &a, whole), None);
+        Ok(())
+    }
+}
