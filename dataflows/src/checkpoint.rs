@@ -45,6 +45,8 @@ pub enum CheckpointError {
         "the checkpoint holds state for operators this engine does not have ({names}): it was written by a different version of the engine"
     )]
     Unclaimed { names: String },
+    #[error("{0}")]
+    Restore(String),
     #[error("the checkpoint's worker section is damaged: {0}")]
     Section(String),
 }
@@ -233,6 +235,21 @@ where
     }
 }
 
+/// An error of the engine's own state files, as an error of saving a state.
+pub(crate) fn failed(e: impl std::fmt::Display) -> bincode::Error {
+    Box::new(bincode::ErrorKind::Custom(e.to_string()))
+}
+
+/// Reports, from an operator being built, that its checkpoint state cannot be taken up
+/// ([`Book::finish`] fails with it).
+pub(crate) fn refuse(message: String) {
+    if let Some(book) = BUILDING.with(|b| b.borrow().clone()) {
+        book.borrow_mut()
+            .errors
+            .push(CheckpointError::Restore(message));
+    }
+}
+
 /// `save` for a state that is saved whole.
 pub(crate) fn whole<T: Serialize>(state: &T, out: &mut Vec<u8>) -> Result<(), bincode::Error> {
     bincode::serialize_into(out, state)
@@ -299,6 +316,33 @@ mod tests {
         ));
         assert!(Book::restoring(Some(b"\x01")).is_err());
         Ok(())
+    }
+
+    /// The engine's state taken in the middle of a random stream (late, duplicate and
+    /// out-of-order events of every kind, registry, commands, errors), through bytes, into a new
+    /// engine that takes the rest: every view ends as in a run that never stopped.
+    #[test]
+    fn a_run_restarted_from_its_state_ends_with_the_views_of_a_run_that_never_stopped() {
+        use crate::testing::{random_run, rows, run_restarted, steps};
+        for seed in 0..3 {
+            let (scenario, whole) = random_run(seed);
+            let n = steps(scenario).len();
+            for split in [n / 3, 2 * n / 3] {
+                let (restarted, at) = run_restarted(scenario, Some(split));
+                assert!(
+                    at.is_some(),
+                    "seed {seed}: no checkpoint taken at step {split}"
+                );
+                for def in crate::views::CATALOG {
+                    assert_eq!(
+                        rows(&restarted, def.name),
+                        rows(whole, def.name),
+                        "seed {seed}, restarted from a checkpoint at {at:?} (step {split} of {n}): view {}",
+                        def.name
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -25,6 +25,10 @@ use vendflow_protocol::decode::{DecodeError, ErrorKind};
 use vendflow_protocol::units::MS_PER_HOUR;
 use vendflow_protocol::{Command as MachineCommand, Event, RegistryRecord, Timestamp};
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use crate::checkpoint::Book;
 use crate::config::Config;
 use crate::dataflow::{Inputs, build};
 use crate::errors::ErrorRecord;
@@ -48,6 +52,10 @@ pub enum EngineError {
     Worker(String),
     #[error("the engine has stopped; the batch was not ingested")]
     Stopped,
+    #[error("cannot take a checkpoint: {0}")]
+    Checkpoint(String),
+    #[error("cannot start from the checkpoint: {0}")]
+    Restore(String),
 }
 
 /// What a source hands the engine for one ingestion time.
@@ -73,6 +81,27 @@ impl Batch {
 enum Command {
     Batch(Time, Batch),
     Advance(Time),
+    /// Save the worker's state once every view has passed this time (no input is at or after it).
+    Checkpoint(Time, SyncSender<Result<WorkerState, String>>),
+}
+
+/// One worker's part of an [`EngineState`]: its operators' states, and (worker 0) the clock's
+/// hour as of the frontier.
+type WorkerState = (usize, Vec<u8>, Option<Option<Time>>);
+
+/// The engine's state at a frontier: what a checkpoint holds (with the sources' positions,
+/// which are the caller's), and what [`Engine::start_from`] starts from. Taken by
+/// [`Feeders::checkpoint`].
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct EngineState {
+    /// Every ingestion time before it is in the state; nothing at or after it.
+    pub frontier: Time,
+    /// Each worker's operators' states, by worker index.
+    pub workers: Vec<Vec<u8>>,
+    /// Worker 0's clock hour as of the frontier.
+    pub hour: Option<Time>,
+    /// Every view's rows as of the frontier.
+    pub views: Vec<(String, Vec<crate::row::Row>)>,
 }
 
 impl Command {
@@ -81,7 +110,7 @@ impl Command {
             Command::Batch(_, b) => {
                 b.events.len() + b.errors.len() + b.registry.len() + b.commands.len()
             }
-            Command::Advance(_) => 0,
+            Command::Advance(_) | Command::Checkpoint(..) => 0,
         }
     }
 }
@@ -174,14 +203,87 @@ fn future_dated(event: &Event, now: Time, max_ahead_ms: i64) -> ErrorRecord {
 pub struct Feeders {
     feeders: Vec<Feeder>,
     next: usize,
+    store: ViewStore,
 }
 
 impl Feeders {
+    /// Takes the engine's state at `at`: every worker's input moves to `at` (nothing may have
+    /// been sent at or after it), and once every view has passed it each worker saves its
+    /// operators' states; the views are read as of `at`. The source waits meanwhile, so the
+    /// state and the source's position agree.
+    pub fn checkpoint(&mut self, at: Time, timeout: Duration) -> Result<EngineState, EngineError> {
+        if self.feeders.iter().any(|f| f.time > at) {
+            return Err(EngineError::Checkpoint(format!(
+                "input was already sent at {}, after the checkpoint's frontier {at}",
+                self.feeders.iter().map(|f| f.time).max().unwrap_or(at)
+            )));
+        }
+        self.advance_all(at)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(self.feeders.len());
+        for f in &self.feeders {
+            f.tx.send(Command::Checkpoint(at, tx.clone()))
+                .map_err(|_| EngineError::Stopped)?;
+        }
+        drop(tx);
+        let mut workers = vec![Vec::new(); self.feeders.len()];
+        let mut hour = None;
+        for _ in 0..self.feeders.len() {
+            let (index, section, clock) = rx
+                .recv_timeout(timeout)
+                .map_err(|_| {
+                    EngineError::Checkpoint(format!(
+                        "the workers did not reach {at} within {timeout:?}"
+                    ))
+                })?
+                .map_err(EngineError::Checkpoint)?;
+            if let Some(clock) = clock {
+                hour = clock;
+            }
+            if let Some(slot) = workers.get_mut(index) {
+                *slot = section;
+            }
+        }
+        if !self.store.wait_for(at, timeout) || self.store.frontier() != at {
+            return Err(EngineError::Checkpoint(format!(
+                "the views did not stop at {at} (they are at {})",
+                self.store.frontier()
+            )));
+        }
+        let mut views = Vec::with_capacity(crate::views::CATALOG.len());
+        for def in crate::views::CATALOG {
+            let (frontier, rows) = self
+                .store
+                .sorted_rows(def.name)
+                .map_err(|e| EngineError::Checkpoint(e.to_string()))?;
+            if frontier != at {
+                return Err(EngineError::Checkpoint(format!(
+                    "the views moved past {at} while they were read"
+                )));
+            }
+            views.push((def.name.to_owned(), rows));
+        }
+        Ok(EngineState {
+            frontier: at,
+            workers,
+            hour,
+            views,
+        })
+    }
+
     /// Sends to the workers in turn.
     pub fn send(&mut self, time: Time, batch: Batch) -> Result<(), EngineError> {
         let i = self.next % self.feeders.len();
         self.next = self.next.wrapping_add(1);
         self.feeders[i].send(time, batch)
+    }
+
+    /// The latest time any worker's input is at.
+    pub fn time(&self) -> Time {
+        self.feeders
+            .iter()
+            .map(|f| f.time)
+            .max()
+            .unwrap_or(Time::EPOCH)
     }
 
     /// Moves every worker's input to `time`.
@@ -237,7 +339,33 @@ pub struct Engine {
 
 impl Engine {
     pub fn start(config: Config) -> Result<Engine, EngineError> {
+        Engine::start_from(config, None)
+    }
+
+    /// Starts the engine from `state` (a checkpoint's), or empty: its operators hold what they
+    /// held at the state's frontier, its views are as they were, and input continues at that
+    /// frontier. The same code and number of workers must have taken the state.
+    pub fn start_from(config: Config, state: Option<EngineState>) -> Result<Engine, EngineError> {
         let workers = config.workers.max(1);
+        if let Some(state) = &state
+            && state.workers.len() != workers
+        {
+            return Err(EngineError::Restore(format!(
+                "it was taken with {} workers; start with --workers {} (its keys are spread over that many)",
+                state.workers.len(),
+                state.workers.len()
+            )));
+        }
+        let start_time = state.as_ref().map_or(Time::EPOCH, |s| s.frontier);
+        let (sections, hour, views) = match state {
+            Some(s) => (
+                s.workers.into_iter().map(Some).collect(),
+                s.hour,
+                Some((s.frontier, s.views)),
+            ),
+            None => (vec![None; workers], None, None),
+        };
+        let sections = Arc::new(Mutex::new(sections));
         let temporary_state = match &config.state_dir {
             Some(_) => None,
             None => Some(
@@ -259,14 +387,15 @@ impl Engine {
             ledgers.push(Some((ledger, parked)));
         }
         let ledgers = Arc::new(Mutex::new(ledgers));
-        let (store, capture_tx, store_thread) = view_store::start(workers);
+        let (store, capture_tx, store_thread) =
+            view_store::start(workers, views).map_err(|e| EngineError::Restore(e.to_string()))?;
         let mut senders = Vec::with_capacity(workers);
         let mut receivers = Vec::with_capacity(workers);
         for _ in 0..workers {
             let (tx, rx) = std::sync::mpsc::sync_channel(CHANNEL_DEPTH);
             senders.push(Feeder {
                 tx,
-                time: Time::EPOCH,
+                time: start_time,
                 max_ahead_ms: config.max_ahead_ms,
             });
             receivers.push(Some(rx));
@@ -275,24 +404,59 @@ impl Engine {
         let capture_tx = Arc::new(Mutex::new(capture_tx));
         let stop = Arc::new(AtomicBool::new(false));
         let worker_stop = stop.clone();
+        // Each worker says whether its dataflow was built (and took up its state).
+        let (built_tx, built_rx) = std::sync::mpsc::sync_channel::<Result<(), String>>(workers);
+        let built_tx = Arc::new(Mutex::new(built_tx));
         let guards = timely::execute(timely::Config::process(workers), move |worker| {
             let index = worker.index();
             let rx = receivers.lock().ok().and_then(|mut r| r[index].take());
             let tx = capture_tx.lock().map(|t| t.clone()).ok();
             let ledger = ledgers.lock().ok().and_then(|mut l| l[index].take());
-            let (Some(rx), Some(tx), Some((ledger, parked))) = (rx, tx, ledger) else {
+            let built = built_tx.lock().map(|t| t.clone()).ok();
+            let section = sections.lock().ok().and_then(|mut s| s[index].take());
+            let (Some(rx), Some(tx), Some((ledger, parked)), Some(built)) = (rx, tx, ledger, built)
+            else {
                 tracing::error!(worker = index, "worker started without its channels");
                 return;
             };
-            run_worker(worker, rx, tx, (ledger, parked), &config, &worker_stop);
+            let start = Start {
+                at: start_time,
+                section,
+                hour,
+                built,
+            };
+            run_worker(
+                worker,
+                rx,
+                tx,
+                (ledger, parked),
+                start,
+                &config,
+                &worker_stop,
+            );
         })
         .map_err(EngineError::Start)?;
+        let mut failed = None;
+        for _ in 0..workers {
+            match built_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => failed = Some(e),
+                Err(_) => failed = Some("a worker stopped before its dataflow was built".into()),
+            }
+        }
+        if let Some(e) = failed {
+            stop.store(true, Ordering::SeqCst);
+            drop(guards);
+            return Err(EngineError::Restore(e));
+        }
+        let feeders = Feeders {
+            feeders: senders,
+            next: 0,
+            store: store.clone(),
+        };
         Ok(Engine {
             store,
-            feeders: Some(Feeders {
-                feeders: senders,
-                next: 0,
-            }),
+            feeders: Some(feeders),
             stop,
             workers: Some(guards),
             store_thread: Some(store_thread),
@@ -359,6 +523,9 @@ struct WorkerInputs {
     clock: InputSession<Time, Timestamp, isize>,
     /// Worker 0 owns the clock row; `None` elsewhere.
     hour: Option<Option<Time>>,
+    /// When the hour last changed, and what it was before.
+    hour_changed_at: Time,
+    previous_hour: Option<Time>,
 }
 
 impl WorkerInputs {
@@ -374,6 +541,8 @@ impl WorkerInputs {
         if let Some(hour) = &mut self.hour {
             let now = time.window_start(MS_PER_HOUR);
             if *hour != Some(now) {
+                self.previous_hour = *hour;
+                self.hour_changed_at = time;
                 if let Some(old) = hour.replace(now) {
                     self.clock.remove(old);
                 }
@@ -385,6 +554,8 @@ impl WorkerInputs {
     fn apply(&mut self, command: Command) {
         match command {
             Command::Advance(t) => self.advance(t),
+            // Taken by the worker's loop, which runs the dataflow to it.
+            Command::Checkpoint(t, _) => self.advance(t),
             Command::Batch(t, batch) => {
                 self.advance(t);
                 for e in batch.events {
@@ -400,6 +571,16 @@ impl WorkerInputs {
                     self.commands.insert(c);
                 }
             }
+        }
+    }
+
+    /// The clock's hour as the views hold it at frontier `at` (a change made at `at` itself is
+    /// not in them yet).
+    fn hour_as_of(&self, at: Time) -> Option<Time> {
+        match self.hour {
+            Some(hour) if self.hour_changed_at < at => hour,
+            Some(_) => self.previous_hour,
+            None => None,
         }
     }
 
@@ -431,11 +612,21 @@ fn too_far_ahead(
         || behind.map(|(_, n)| n).sum::<usize>() >= MAX_OUTSTANDING_RECORDS
 }
 
+/// Where a worker starts: a checkpoint's frontier, its section and clock hour, or empty; and
+/// where it says whether its dataflow was built.
+struct Start {
+    at: Time,
+    section: Option<Vec<u8>>,
+    hour: Option<Time>,
+    built: SyncSender<Result<(), String>>,
+}
+
 fn run_worker(
     worker: &mut timely::worker::Worker,
     rx: Receiver<Command>,
     tx: std::sync::mpsc::SyncSender<view_store::Captured>,
     (ledger, parked): (Ledger, Parked),
+    start: Start,
     config: &Config,
     stop: &AtomicBool,
 ) {
@@ -443,6 +634,14 @@ fn run_worker(
     let profile = std::env::var_os("VENDFLOW_PROFILE")
         .is_some()
         .then(|| profile::register(worker));
+    let book = match Book::restoring(start.section.as_deref()) {
+        Ok(book) => book,
+        Err(e) => {
+            let _ = start.built.send(Err(e.to_string()));
+            return;
+        }
+    };
+    let building = Book::building(&book);
     let (mut inputs, probe) = worker.dataflow::<Time, _, _>(|scope| {
         let (events, events_c) = scope.new_collection::<Event, isize>();
         let (registry, registry_c) = scope.new_collection::<RegistryRecord, isize>();
@@ -474,11 +673,24 @@ fn run_worker(
             errors,
             commands,
             clock,
-            hour: (index == 0).then_some(None),
+            hour: (index == 0).then_some(start.hour),
+            hour_changed_at: Time::EPOCH,
+            previous_hour: None,
         };
         (inputs, probe)
     });
+    drop(building);
     drop(tx);
+    let finished = book.borrow_mut().finish().map_err(|e| e.to_string());
+    let ok = finished.is_ok();
+    let _ = start.built.send(finished);
+    if !ok {
+        return;
+    }
+    if start.at > Time::EPOCH {
+        inputs.advance(start.at);
+        inputs.flush();
+    }
     // Sources come and go (a replay drops its feeders when the file ends, and its last advance
     // must still be published): only the engine's stop flag ends a worker.
     let mut disconnected = false;
@@ -493,6 +705,14 @@ fn run_worker(
             && !too_far_ahead(&probe, &mut outstanding, *inputs.events.time())
         {
             match rx.try_recv() {
+                Ok(Command::Checkpoint(at, reply)) => {
+                    inputs.advance(at);
+                    inputs.flush();
+                    let saved = checkpoint_worker(worker, &probe, &book, &inputs, at, stop);
+                    let _ = reply.send(saved.map(|section| {
+                        (index, section, inputs.hour.map(|_| inputs.hour_as_of(at)))
+                    }));
+                }
                 Ok(command) => {
                     let records = command.records();
                     inputs.apply(command);
@@ -520,6 +740,30 @@ fn run_worker(
     // Closing the inputs lets the dataflow complete; the store ignores the final retractions.
     drop(inputs);
     while worker.step_or_park(Some(Duration::from_millis(1))) {}
+}
+
+/// Runs the dataflow until every view has passed `at`, then saves this worker's operators.
+fn checkpoint_worker(
+    worker: &mut timely::worker::Worker,
+    probe: &timely::dataflow::operators::probe::Handle<Time>,
+    book: &Rc<RefCell<Book>>,
+    inputs: &WorkerInputs,
+    at: Time,
+    stop: &AtomicBool,
+) -> Result<Vec<u8>, String> {
+    if *inputs.events.time() > at {
+        return Err(format!(
+            "worker input is already at {}, after {at}",
+            inputs.events.time()
+        ));
+    }
+    while probe.less_than(&at) {
+        if stop.load(Ordering::SeqCst) {
+            return Err("the engine is stopping".into());
+        }
+        worker.step_or_park(Some(Duration::from_millis(1)));
+    }
+    book.borrow().save().map_err(|e| e.to_string())
 }
 
 /// `VENDFLOW_PROFILE=1`: time spent in each operator, from timely's own scheduling log, printed

@@ -148,6 +148,21 @@ impl Ledger {
         Ok(removed)
     }
 
+    /// Every line recorded (for a checkpoint), in key order.
+    pub fn keys(&self) -> Result<Vec<LedgerKey>, LedgerError> {
+        use redb::ReadableTable;
+        let keys = (|| -> Result<Vec<LedgerKey>, redb::Error> {
+            let read = self.db.begin_read()?;
+            let table = read.open_table(LINES)?;
+            let mut keys = Vec::new();
+            for entry in table.iter()? {
+                keys.push(entry?.0.value());
+            }
+            Ok(keys)
+        })();
+        keys.map_err(|e| store_error(&self.path, e))
+    }
+
     fn write(
         &self,
         apply: impl FnOnce(&mut redb::Table<'_, LedgerKey, ()>) -> Result<(), redb::Error>,

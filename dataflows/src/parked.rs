@@ -277,6 +277,43 @@ impl Parked {
         state_file::write(&self.db, &self.path, VALUES, durability, apply)
     }
 
+    /// Every key parked, with its expiry and value, and the time of the next sweep (for a
+    /// checkpoint).
+    pub fn entries(&self) -> Result<(Vec<(Vec<u8>, Time, Vec<u8>)>, Time), ParkedError> {
+        use redb::{ReadableDatabase, ReadableTable};
+        let mut entries: Vec<(Vec<u8>, Time, Vec<u8>)> = self
+            .pending
+            .iter()
+            .map(|(k, (expires, v))| (k.clone(), *expires, v.clone()))
+            .collect();
+        let on_disk = (|| -> Result<(), redb::Error> {
+            let read = self.db.begin_read()?;
+            let table = read.open_table(VALUES)?;
+            for entry in table.iter()? {
+                let (key, value) = entry?;
+                if let Some((expires, value)) = decode(value.value()) {
+                    entries.push((key.value().1.to_vec(), expires, value));
+                }
+            }
+            Ok(())
+        })();
+        on_disk.map_err(|e| state_file::store_error(&self.path, e))?;
+        Ok((entries, self.next_sweep))
+    }
+
+    /// Parks a checkpoint's [`Parked::entries`] again (in an empty store).
+    pub fn restore(
+        &mut self,
+        (entries, next_sweep): (Vec<(Vec<u8>, Time, Vec<u8>)>, Time),
+    ) -> Result<(), ParkedError> {
+        for (key, expires, value) in entries {
+            self.park(key, value, expires)?;
+        }
+        self.flush()?;
+        self.next_sweep = next_sweep;
+        Ok(())
+    }
+
     /// Keys on disk (for tests).
     #[cfg(test)]
     fn on_disk(&self) -> usize {

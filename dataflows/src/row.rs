@@ -520,7 +520,14 @@ impl std::fmt::Debug for Row {
 
 impl Serialize for Row {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.iter())
+        use serde::ser::SerializeSeq;
+        // With its length first: formats without delimiters (bincode, for checkpoints and
+        // exchange between processes) need it.
+        let mut seq = s.serialize_seq(Some(self.len()))?;
+        for value in self.iter() {
+            seq.serialize_element(&value)?;
+        }
+        seq.end()
     }
 }
 

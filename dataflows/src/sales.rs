@@ -127,28 +127,35 @@ struct Dedup {
     trimmed: i64,
 }
 
-/// What a checkpoint keeps of dedup: the fingerprints in memory with their expiries, and the
-/// newest day trimmed. The ledger is a file of its own, saved beside the checkpoint.
-type DedupSaved = (Vec<(Fingerprint, Time)>, i64);
+/// What a checkpoint keeps of dedup: the fingerprints in memory with their expiries, the newest
+/// day trimmed, and the ledger's lines.
+type DedupSaved = (Vec<(Fingerprint, Time)>, i64, Vec<LedgerKey>);
 
 impl Durable for Dedup {
     type Saved = DedupSaved;
 
     fn save(&self, out: &mut Vec<u8>) -> Result<(), bincode::Error> {
+        let lines = self.ledger.keys().map_err(crate::checkpoint::failed)?;
         bincode::serialize_into(
             out,
             &(
                 crate::checkpoint::Seq::new(self.memory.entries()),
                 self.trimmed,
+                lines,
             ),
         )
     }
 
-    fn restore(&mut self, (memory, trimmed): DedupSaved) {
+    fn restore(&mut self, (memory, trimmed, lines): DedupSaved) {
         for (fingerprint, expires) in memory {
             self.memory.insert(fingerprint, expires);
         }
         self.trimmed = trimmed;
+        if let Err(e) = self.ledger.record(&lines) {
+            crate::checkpoint::refuse(format!(
+                "cannot record the checkpoint's sale lines in the ledger: {e}"
+            ));
+        }
     }
 }
 
@@ -301,6 +308,26 @@ mod tests {
 
     use super::*;
     use crate::testing::{self, Scenario};
+
+    #[test]
+    fn dedup_state_reads_back_as_it_was_saved() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let mut dedup = Dedup {
+            memory: ExpiringSet::default(),
+            ledger: Ledger::for_worker(dir.path(), 0)?,
+            horizon: 10,
+            retention_days: 3,
+            trimmed: 7,
+        };
+        dedup.memory.insert((1, 2), Time::from(Timestamp(5)));
+        dedup.ledger.record(&[(1, 2, 3)])?;
+        let mut bytes = Vec::new();
+        dedup.save(&mut bytes)?;
+        let saved: DedupSaved = bincode::deserialize(&bytes)?;
+        assert_eq!(saved.0, vec![((1, 2), Timestamp(5))]);
+        assert_eq!((saved.1, saved.2), (7, vec![(1, 2, 3)]));
+        Ok(())
+    }
 
     /// The ledger on disk holds fingerprints: they must not change with how ids are stored in
     /// memory (the value is what the version before interned machine ids computed).

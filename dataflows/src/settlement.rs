@@ -44,6 +44,7 @@ use smallvec::SmallVec;
 use vendflow_protocol::units::MS_PER_DAY;
 use vendflow_protocol::{Cents, MachineId, SettlementStatus, Text, Timestamp};
 
+use crate::checkpoint;
 use crate::config::Config;
 use crate::fold::{KeyedFold, Published};
 use crate::operators::{Time, hash_of};
@@ -324,6 +325,19 @@ pub fn render<'s>(
     let in_memory = config.settlement_memory_ms.min(hold);
 
     let parked = Rc::new(RefCell::new(parked));
+    // The parked transactions are part of the engine's state: a checkpoint keeps them.
+    let restored: Option<(Vec<(Vec<u8>, Time, Vec<u8>)>, Time)> =
+        checkpoint::enrol("Settlement: parked", &parked, |store: &Parked, out| {
+            let entries = store.entries().map_err(checkpoint::failed)?;
+            bincode::serialize_into(out, &entries)
+        });
+    if let Some(saved) = restored
+        && let Err(e) = parked.borrow_mut().restore(saved)
+    {
+        checkpoint::refuse(format!(
+            "cannot park the checkpoint's settlement transactions again: {e}"
+        ));
+    }
     let on_timer_parked = parked.clone();
     let on = config.settlement_days > 0;
     let input = lines

@@ -466,22 +466,16 @@ pub fn dex_audit(
     }
 }
 
-/// Runs a scenario through a real engine and returns the views as of its last ingestion time.
-pub fn run(scenario: &Scenario) -> Snapshot {
-    let mut engine = Engine::start(scenario.config.clone()).unwrap_or_else(|e| panic!("{e}"));
-    let store = engine.store();
-    let mut feeders = engine.feeders().unwrap_or_else(|| panic!("feeders taken"));
-    let send = |f: &mut crate::engine::Feeders, t: Time, b: Batch| {
-        f.send(t, b).unwrap_or_else(|e| panic!("{e}"))
-    };
-    send(
-        &mut feeders,
+/// What a source does with a scenario, in order: each batch is sent at its time and every
+/// worker is then advanced to it.
+pub fn steps(scenario: &Scenario) -> Vec<(Time, Batch)> {
+    let mut steps = vec![(
         Time::EPOCH,
         Batch {
             registry: scenario.registry.iter().map(|r| (r.clone(), 1)).collect(),
             ..Batch::default()
         },
-    );
+    )];
     let mut deliveries = scenario.deliveries.clone();
     deliveries.sort_by_key(|(t, _)| *t);
     let mut errors = scenario.errors.clone();
@@ -497,31 +491,75 @@ pub fn run(scenario: &Scenario) -> Snapshot {
                 batch.errors.push(e);
             }
         }
-        send(&mut feeders, t, batch);
-        feeders.advance_all(t).unwrap_or_else(|e| panic!("{e}"));
+        steps.push((t, batch));
     }
     for (t, c) in scenario.commands.iter().cloned() {
-        send(
-            &mut feeders,
+        steps.push((
             t,
             Batch {
                 commands: vec![c],
                 ..Batch::default()
             },
-        );
-        feeders.advance_all(t).unwrap_or_else(|e| panic!("{e}"));
+        ));
     }
     for (t, e) in errors {
-        send(
-            &mut feeders,
+        steps.push((
             t,
             Batch {
                 errors: vec![e],
                 ..Batch::default()
             },
-        );
-        feeders.advance_all(t).unwrap_or_else(|e| panic!("{e}"));
+        ));
     }
+    steps
+}
+
+/// Runs a scenario through a real engine and returns the views as of its last ingestion time.
+pub fn run(scenario: &Scenario) -> Snapshot {
+    run_restarted(scenario, None).0
+}
+
+/// Runs a scenario; with `split`, the engine stops after that many [`steps`] (moved on to the
+/// first step whose time is later than the one before), its state is taken at the millisecond
+/// after, written and read back as bytes, and a new engine started from it takes the rest.
+/// Returns the views, and the frontier of the checkpoint.
+pub fn run_restarted(scenario: &Scenario, split: Option<usize>) -> (Snapshot, Option<Time>) {
+    let steps = steps(scenario);
+    let split = split.map(|k| {
+        (k.max(1)..steps.len())
+            .find(|&i| steps[i].0 > steps[i - 1].0)
+            .unwrap_or(steps.len())
+    });
+    let feed = |f: &mut crate::engine::Feeders, part: &[(Time, Batch)]| {
+        for (t, batch) in part {
+            f.send(*t, batch.clone()).unwrap_or_else(|e| panic!("{e}"));
+            f.advance_all(*t).unwrap_or_else(|e| panic!("{e}"));
+        }
+    };
+    let mut engine = Engine::start(scenario.config.clone()).unwrap_or_else(|e| panic!("{e}"));
+    let mut feeders = engine.feeders().unwrap_or_else(|| panic!("feeders taken"));
+    let mut checkpoint = None;
+    let rest = match split {
+        None => &steps[..],
+        Some(k) => {
+            feed(&mut feeders, &steps[..k]);
+            let at = steps[k - 1].0.max(feeders.time()) + 1;
+            let state = feeders
+                .checkpoint(at, Duration::from_secs(60))
+                .unwrap_or_else(|e| panic!("{e}"));
+            drop(feeders);
+            engine.shutdown().unwrap_or_else(|e| panic!("{e}"));
+            let bytes = bincode::serialize(&state).unwrap_or_else(|e| panic!("{e}"));
+            let state = bincode::deserialize(&bytes).unwrap_or_else(|e| panic!("{e}"));
+            engine = Engine::start_from(scenario.config.clone(), Some(state))
+                .unwrap_or_else(|e| panic!("{e}"));
+            feeders = engine.feeders().unwrap_or_else(|| panic!("feeders taken"));
+            checkpoint = Some(at);
+            &steps[k..]
+        }
+    };
+    feed(&mut feeders, rest);
+    let store = engine.store();
     let end = scenario.now() + 1;
     feeders.advance_all(end).unwrap_or_else(|e| panic!("{e}"));
     assert!(
@@ -535,7 +573,7 @@ pub fn run(scenario: &Scenario) -> Snapshot {
     );
     drop(feeders);
     engine.shutdown().unwrap_or_else(|e| panic!("{e}"));
-    snapshot
+    (snapshot, checkpoint)
 }
 
 /// The random scenario of `seed` and its views, run once per test process: every oracle test

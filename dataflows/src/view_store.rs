@@ -792,19 +792,35 @@ const CAPTURE_DEPTH: usize = 4096;
 
 pub(crate) fn start(
     workers: usize,
-) -> (ViewStore, SyncSender<Captured>, std::thread::JoinHandle<()>) {
+    from: Option<(Time, Vec<(String, Vec<Row>)>)>,
+) -> Result<(ViewStore, SyncSender<Captured>, std::thread::JoinHandle<()>), StoreError> {
     let store = ViewStore::new();
+    let published = match from {
+        Some((frontier, views)) => {
+            let mut state = store.write();
+            state.frontier = frontier;
+            for (name, rows) in views {
+                let (index, _) = crate::views::find(&name).ok_or_else(|| unknown(&name))?;
+                for row in rows {
+                    let hash = row_hash(&row);
+                    state.rows[index].update(row, hash, 1);
+                }
+            }
+            frontier
+        }
+        None => Time::EPOCH,
+    };
     let (tx, rx) = std::sync::mpsc::sync_channel::<Captured>(CAPTURE_DEPTH);
     let thread_store = store.clone();
     let handle = std::thread::Builder::new()
         .name("vendflow-view-store".into())
-        .spawn(move || run(thread_store, rx, workers))
+        .spawn(move || run(thread_store, rx, workers, published))
         .unwrap_or_else(|e| panic!("cannot start the view store thread: {e}"));
-    (store, tx, handle)
+    Ok((store, tx, handle))
 }
 
 /// The store thread: collect, wait for the frontier, publish.
-fn run(store: ViewStore, rx: Receiver<Captured>, workers: usize) {
+fn run(store: ViewStore, rx: Receiver<Captured>, workers: usize, mut published: Time) {
     let views = CATALOG.len();
     // Each worker's capture holds an initial capability at time 0 that it drops on its first
     // progress report, so every view starts with `workers` counts at 0.
@@ -818,7 +834,6 @@ fn run(store: ViewStore, rx: Receiver<Captured>, workers: usize) {
     // Per view, the captured messages not yet published, as they came (most of a message is
     // published at once; sorting updates into times one by one cost more than applying them).
     let mut pending: Vec<Vec<Vec<Hashed>>> = (0..views).map(|_| Vec::new()).collect();
-    let mut published = Time::EPOCH;
     while let Ok(first) = rx.recv() {
         let mut take = |c: Captured| match c.message {
             Message::Progress(updates) => {
