@@ -521,7 +521,8 @@ pub fn run(scenario: &Scenario) -> Snapshot {
 
 /// Runs a scenario; with `split`, the engine stops after that many [`steps`] (moved on to the
 /// first step whose time is later than the one before), its state is taken at the millisecond
-/// after, written and read back as bytes, and a new engine started from it takes the rest.
+/// after, written to a checkpoint file and read back, and a new engine started from it takes
+/// the rest.
 /// Returns the views, and the frontier of the checkpoint.
 pub fn run_restarted(scenario: &Scenario, split: Option<usize>) -> (Snapshot, Option<Time>) {
     let steps = steps(scenario);
@@ -549,8 +550,22 @@ pub fn run_restarted(scenario: &Scenario, split: Option<usize>) -> (Snapshot, Op
                 .unwrap_or_else(|e| panic!("{e}"));
             drop(feeders);
             engine.shutdown().unwrap_or_else(|e| panic!("{e}"));
-            let bytes = bincode::serialize(&state).unwrap_or_else(|e| panic!("{e}"));
-            let state = bincode::deserialize(&bytes).unwrap_or_else(|e| panic!("{e}"));
+            // Through a checkpoint file and back.
+            let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+            let files = crate::checkpoint::file::CheckpointDir::open(dir.path())
+                .unwrap_or_else(|e| panic!("{e}"));
+            files
+                .write(&crate::checkpoint::file::Checkpoint {
+                    engine: state,
+                    source: Vec::new(),
+                })
+                .unwrap_or_else(|e| panic!("{e}"));
+            let (_, loaded) = files
+                .load_newest()
+                .unwrap_or_else(|e| panic!("{e}"))
+                .checkpoint
+                .unwrap_or_else(|| panic!("the checkpoint just written is not there"));
+            let state = loaded.engine;
             engine = Engine::start_from(scenario.config.clone(), Some(state))
                 .unwrap_or_else(|e| panic!("{e}"));
             feeders = engine.feeders().unwrap_or_else(|| panic!("feeders taken"));

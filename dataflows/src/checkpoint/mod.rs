@@ -18,6 +18,8 @@
 //! The file that holds the workers' books, its checksum and its version is the engine's
 //! concern; here is what one worker's section is.
 
+pub mod file;
+
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -45,6 +47,14 @@ pub enum CheckpointError {
         "the checkpoint holds state for operators this engine does not have ({names}): it was written by a different version of the engine"
     )]
     Unclaimed { names: String },
+    #[error(
+        "the checkpoint's state of {operator} is a {saved_as}, this engine's a {ours}: it was written by a different version of the engine"
+    )]
+    Layout {
+        operator: String,
+        saved_as: String,
+        ours: String,
+    },
     #[error("{0}")]
     Restore(String),
     #[error("the checkpoint's worker section is damaged: {0}")]
@@ -58,10 +68,11 @@ type Saver = Box<dyn Fn(&mut Vec<u8>) -> Result<(), bincode::Error>>;
 /// each one's state now.
 #[derive(Default)]
 pub struct Book {
-    restored: HashMap<String, Vec<u8>>,
+    /// Per operator: the name of the type its state was saved as, and the bytes.
+    restored: HashMap<String, (String, Vec<u8>)>,
     /// Names handed out so far, with how often (a second operator of the same name is `name#2`).
     seen: HashMap<String, usize>,
-    savers: Vec<(String, Saver)>,
+    savers: Vec<(String, &'static str, Saver)>,
     /// States of the checkpoint that did not decode (reported by [`Book::finish`]).
     errors: Vec<CheckpointError>,
 }
@@ -85,9 +96,12 @@ impl Book {
     pub fn restoring(section: Option<&[u8]>) -> Result<Rc<RefCell<Book>>, CheckpointError> {
         let mut book = Book::default();
         if let Some(bytes) = section {
-            let entries: Vec<(String, Vec<u8>)> =
+            let entries: Vec<(String, String, Vec<u8>)> =
                 bincode::deserialize(bytes).map_err(|e| CheckpointError::Section(e.to_string()))?;
-            book.restored = entries.into_iter().collect();
+            book.restored = entries
+                .into_iter()
+                .map(|(name, layout, bytes)| (name, (layout, bytes)))
+                .collect();
         }
         Ok(Rc::new(RefCell::new(book)))
     }
@@ -118,14 +132,14 @@ impl Book {
 
     /// Every enrolled operator's state, in building order, as one worker's section.
     pub fn save(&self) -> Result<Vec<u8>, CheckpointError> {
-        let mut entries: Vec<(&str, Vec<u8>)> = Vec::with_capacity(self.savers.len());
-        for (name, saver) in &self.savers {
+        let mut entries: Vec<(&str, &str, Vec<u8>)> = Vec::with_capacity(self.savers.len());
+        for (name, layout, saver) in &self.savers {
             let mut bytes = Vec::new();
             saver(&mut bytes).map_err(|source| CheckpointError::Encode {
                 operator: name.clone(),
                 source,
             })?;
-            entries.push((name, bytes));
+            entries.push((name, layout, bytes));
         }
         bincode::serialize(&entries).map_err(|source| CheckpointError::Encode {
             operator: "the worker's section".into(),
@@ -162,8 +176,19 @@ where
     } else {
         format!("{name}#{count}")
     };
+    let layout = std::any::type_name::<S>();
     let restored = match book.restored.remove(&unique) {
-        Some(bytes) => match bincode::deserialize::<S>(&bytes) {
+        // The type it was saved as is not this one: bincode is not self-describing, and the
+        // bytes might decode into nonsense.
+        Some((saved_as, _)) if saved_as != layout => {
+            book.errors.push(CheckpointError::Layout {
+                operator: unique.clone(),
+                saved_as,
+                ours: layout.to_owned(),
+            });
+            None
+        }
+        Some((_, bytes)) => match bincode::deserialize::<S>(&bytes) {
             Ok(state) => Some(state),
             Err(source) => {
                 book.errors.push(CheckpointError::Decode {
@@ -178,6 +203,7 @@ where
     let state = state.clone();
     book.savers.push((
         unique,
+        layout,
         Box::new(move |out: &mut Vec<u8>| save(&state.borrow(), out)),
     ));
     restored
@@ -304,7 +330,7 @@ mod tests {
             again.borrow_mut().finish(),
             Err(CheckpointError::Unclaimed { .. })
         ));
-        // The same name, a state that does not decode as the new type.
+        // The same name, a state of another type.
         {
             let _guard = Book::building(&again);
             let wrong = Rc::new(RefCell::new(String::new()));
@@ -312,7 +338,7 @@ mod tests {
         }
         assert!(matches!(
             again.borrow_mut().finish(),
-            Err(CheckpointError::Decode { .. })
+            Err(CheckpointError::Layout { .. })
         ));
         assert!(Book::restoring(Some(b"\x01")).is_err());
         Ok(())

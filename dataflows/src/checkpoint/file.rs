@@ -1,0 +1,398 @@
+//! Checkpoint files in a state directory: the engine's state at a frontier with the source's
+//! position that produced exactly that frontier.
+//!
+//! A file is `checkpoint-<frontier ms>.vfc`:
+//!
+//! | bytes | what |
+//! |---|---|
+//! | 8 | magic `VFCKPT\r\n` |
+//! | 4 | format (little-endian u32) |
+//! | 4 + n | the writer's version: length, then UTF-8 |
+//! | 8 + m | the body: length, then bincode of [`Checkpoint`] |
+//! | 4 | CRC-32 of every byte before it |
+//!
+//! It is written under a temporary name, synced, renamed, and the directory synced; only then
+//! are older checkpoints removed (the newest [`KEEP`] stay). Loading takes the newest file that
+//! is whole: a truncated file, a wrong checksum, an unfinished write (a temporary file) or a body
+//! that does not decode is skipped, logged and counted, and the one before it is used. A whole
+//! file written by another version stops the load with a message saying so: its operators'
+//! states cannot be read by this engine, and starting empty would be a silent wrong answer.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::EngineState;
+
+const MAGIC: &[u8; 8] = b"VFCKPT\r\n";
+const FORMAT: u32 = 1;
+/// Bumped when what an operator saves changes shape without its type's name changing.
+const STATE_LAYOUT: u32 = 1;
+/// Checkpoints kept after a new one is complete: it and the one before.
+pub const KEEP: usize = 2;
+
+/// This engine's version as written in its checkpoints.
+pub fn version() -> String {
+    format!(
+        "vendflow-dataflows {} state {STATE_LAYOUT}",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// Checkpoint files skipped as damaged since the process started (for `/metrics`).
+static SKIPPED: AtomicU64 = AtomicU64::new(0);
+
+pub fn skipped_total() -> u64 {
+    SKIPPED.load(Ordering::Relaxed)
+}
+
+/// What a checkpoint holds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub engine: EngineState,
+    /// The source's position and own state, in its own encoding: reading on from it gives the
+    /// input at and after `engine.frontier`, and nothing before.
+    pub source: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointFileError {
+    #[error("checkpoint directory {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot encode the checkpoint: {0}")]
+    Encode(#[source] bincode::Error),
+    #[error(
+        "{path} was written by {found}; this is {ours}, which cannot read its operators' state. Start the version that wrote it, or move the state directory aside to rebuild from the log"
+    )]
+    Incompatible {
+        path: String,
+        found: String,
+        ours: String,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointFileError + '_ {
+    move |source| CheckpointFileError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// A checkpoint written.
+#[derive(Debug)]
+pub struct Written {
+    pub path: PathBuf,
+    pub bytes: u64,
+}
+
+/// The newest usable checkpoint, and the files skipped on the way to it with why.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub checkpoint: Option<(PathBuf, Checkpoint)>,
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// A state directory's checkpoints.
+pub struct CheckpointDir {
+    dir: PathBuf,
+}
+
+impl CheckpointDir {
+    pub fn open(dir: &Path) -> Result<CheckpointDir, CheckpointFileError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        Ok(CheckpointDir {
+            dir: dir.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes `checkpoint` whole (temporary name, sync, rename, sync of the directory), then
+    /// removes all but the newest [`KEEP`].
+    pub fn write(&self, checkpoint: &Checkpoint) -> Result<Written, CheckpointFileError> {
+        let body = bincode::serialize(checkpoint).map_err(CheckpointFileError::Encode)?;
+        let version = version();
+        let mut bytes = Vec::with_capacity(body.len() + 64);
+        bytes.extend_from_slice(MAGIC);
+        bytes.extend_from_slice(&FORMAT.to_le_bytes());
+        bytes.extend_from_slice(&(version.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(version.as_bytes());
+        bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&body);
+        drop(body);
+        let crc = crc32fast::hash(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+
+        let name = format!(
+            "checkpoint-{:020}.vfc",
+            checkpoint.engine.frontier.ms().max(0)
+        );
+        let path = self.dir.join(&name);
+        let temporary = self.dir.join(format!("{name}.tmp-{}", std::process::id()));
+        let mut file = File::create(&temporary).map_err(io(&temporary))?;
+        file.write_all(&bytes).map_err(io(&temporary))?;
+        file.sync_all().map_err(io(&temporary))?;
+        drop(file);
+        std::fs::rename(&temporary, &path).map_err(io(&path))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.dir))?;
+        self.prune()?;
+        Ok(Written {
+            path,
+            bytes: bytes.len() as u64,
+        })
+    }
+
+    /// Checkpoint files, newest first.
+    fn files(&self) -> Result<Vec<PathBuf>, CheckpointFileError> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .map_err(io(&self.dir))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("checkpoint-") && n.ends_with(".vfc"))
+            })
+            .collect();
+        // The frontier is zero-padded in the name: names sort as frontiers.
+        files.sort();
+        files.reverse();
+        Ok(files)
+    }
+
+    /// Removes checkpoints beyond the newest [`KEEP`], and temporary files of writes that
+    /// never finished.
+    fn prune(&self) -> Result<(), CheckpointFileError> {
+        for old in self.files()?.into_iter().skip(KEEP) {
+            std::fs::remove_file(&old).map_err(io(&old))?;
+        }
+        let ours = format!(".tmp-{}", std::process::id());
+        for entry in std::fs::read_dir(&self.dir)
+            .map_err(io(&self.dir))?
+            .filter_map(Result::ok)
+        {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("checkpoint-")
+                && name.contains(".vfc.tmp-")
+                && !name.ends_with(&ours)
+            {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
+    }
+
+    /// The newest checkpoint that is whole. A damaged one is skipped (logged, counted); one
+    /// written by another version is an error.
+    pub fn load_newest(&self) -> Result<Loaded, CheckpointFileError> {
+        let mut loaded = Loaded::default();
+        for path in self.files()? {
+            match read(&path)? {
+                Ok(checkpoint) => {
+                    loaded.checkpoint = Some((path, checkpoint));
+                    break;
+                }
+                Err(why) => {
+                    tracing::warn!(path = %path.display(), reason = %why, "skipped a damaged checkpoint; trying the one before");
+                    SKIPPED.fetch_add(1, Ordering::Relaxed);
+                    loaded.skipped.push((path, why));
+                }
+            }
+        }
+        Ok(loaded)
+    }
+}
+
+/// Reads one checkpoint file: `Ok(Err(why))` when it is damaged, `Err` when it cannot be read
+/// at all or was written by another version.
+fn read(path: &Path) -> Result<Result<Checkpoint, String>, CheckpointFileError> {
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(io(path))?;
+    let Some((payload, crc)) = bytes.split_last_chunk::<4>() else {
+        return Ok(Err("shorter than a header".into()));
+    };
+    if !payload.starts_with(MAGIC) {
+        return Ok(Err("not a checkpoint file (no magic number)".into()));
+    }
+    if crc32fast::hash(payload) != u32::from_le_bytes(*crc) {
+        return Ok(Err(
+            "the checksum does not match: truncated or damaged".into()
+        ));
+    }
+    let mut rest = &payload[MAGIC.len()..];
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let (head, tail) = rest.split_at_checked(n)?;
+        rest = tail;
+        Some(head)
+    };
+    let format = take(4)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_le_bytes);
+    let version_len = take(4)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_le_bytes);
+    let found = version_len
+        .and_then(|n| take(n as usize))
+        .map(|v| String::from_utf8_lossy(v).into_owned());
+    let (Some(format), Some(found)) = (format, found) else {
+        return Ok(Err("its header is cut short".into()));
+    };
+    let ours = version();
+    if format != FORMAT || found != ours {
+        return Err(CheckpointFileError::Incompatible {
+            path: path.display().to_string(),
+            found: format!("{found} (file format {format})"),
+            ours: format!("{ours} (file format {FORMAT})"),
+        });
+    }
+    let body_len = take(8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes);
+    let Some(body) = body_len
+        .and_then(|n| usize::try_from(n).ok())
+        .and_then(&mut take)
+    else {
+        return Ok(Err("its body is cut short".into()));
+    };
+    Ok(bincode::deserialize(body).map_err(|e| format!("its body does not decode: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Time;
+    use crate::row::{Row, Value};
+
+    fn checkpoint(frontier: i64) -> Checkpoint {
+        Checkpoint {
+            engine: EngineState {
+                frontier: Time::from(vendflow_protocol::Timestamp(frontier)),
+                workers: vec![vec![1, 2, 3], vec![4]],
+                hour: None,
+                views: vec![(
+                    "liveness".into(),
+                    vec![Row::from([Value::text("m1"), Value::Int(frontier)])],
+                )],
+            },
+            source: b"offsets".to_vec(),
+        }
+    }
+
+    fn frontier(loaded: &Loaded) -> Option<i64> {
+        loaded
+            .checkpoint
+            .as_ref()
+            .map(|(_, c)| c.engine.frontier.ms())
+    }
+
+    #[test]
+    fn the_newest_whole_checkpoint_is_loaded_and_two_are_kept() -> Result<(), CheckpointFileError> {
+        let dir = tempfile::tempdir().map_err(io(Path::new("tmp")))?;
+        let store = CheckpointDir::open(dir.path())?;
+        assert!(
+            store.load_newest()?.checkpoint.is_none(),
+            "an empty directory has none"
+        );
+        for t in [1_000, 2_000, 3_000] {
+            store.write(&checkpoint(t))?;
+        }
+        let loaded = store.load_newest()?;
+        assert_eq!(frontier(&loaded), Some(3_000));
+        let (_, c) = loaded
+            .checkpoint
+            .as_ref()
+            .ok_or_else(|| io(dir.path())(std::io::ErrorKind::NotFound.into()))?;
+        assert_eq!(c.engine.workers, vec![vec![1, 2, 3], vec![4]]);
+        assert_eq!(c.engine.views, checkpoint(3_000).engine.views);
+        assert_eq!(c.source, b"offsets");
+        assert_eq!(store.files()?.len(), KEEP, "older checkpoints are removed");
+        Ok(())
+    }
+
+    #[test]
+    fn a_damaged_checkpoint_is_skipped_for_the_one_before() -> Result<(), CheckpointFileError> {
+        let dir = tempfile::tempdir().map_err(io(Path::new("tmp")))?;
+        let store = CheckpointDir::open(dir.path())?;
+        store.write(&checkpoint(1_000))?;
+        let newest = store.write(&checkpoint(2_000))?.path;
+        let whole = std::fs::read(&newest).map_err(io(&newest))?;
+        let before = skipped_total();
+
+        // Truncated (a write cut by a crash that still got renamed).
+        std::fs::write(&newest, &whole[..whole.len() / 2]).map_err(io(&newest))?;
+        let loaded = store.load_newest()?;
+        assert_eq!(frontier(&loaded), Some(1_000));
+        assert_eq!(loaded.skipped.len(), 1);
+        assert!(
+            loaded.skipped[0].1.contains("checksum"),
+            "{:?}",
+            loaded.skipped
+        );
+
+        // One byte changed in the body.
+        let mut flipped = whole.clone();
+        let middle = flipped.len() / 2;
+        flipped[middle] ^= 0x40;
+        std::fs::write(&newest, &flipped).map_err(io(&newest))?;
+        assert_eq!(frontier(&store.load_newest()?), Some(1_000));
+
+        // An interrupted write leaves only a temporary file: it is not a checkpoint.
+        std::fs::remove_file(&newest).map_err(io(&newest))?;
+        let temporary = dir.path().join("checkpoint-00000000000000003000.vfc.tmp-1");
+        std::fs::write(&temporary, &whole[..10]).map_err(io(&temporary))?;
+        let loaded = store.load_newest()?;
+        assert_eq!(frontier(&loaded), Some(1_000));
+        assert!(loaded.skipped.is_empty());
+        assert!(skipped_total() >= before + 2, "skips are counted");
+
+        // Nothing whole at all: nothing to start from (the log is read from its start).
+        let only = dir.path().join("checkpoint-00000000000000001000.vfc");
+        std::fs::write(&only, b"VFCKPT\r\n").map_err(io(&only))?;
+        let loaded = store.load_newest()?;
+        assert!(loaded.checkpoint.is_none());
+        assert_eq!(loaded.skipped.len(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn a_checkpoint_of_another_version_stops_the_load() -> Result<(), CheckpointFileError> {
+        let dir = tempfile::tempdir().map_err(io(Path::new("tmp")))?;
+        let store = CheckpointDir::open(dir.path())?;
+        let path = store.write(&checkpoint(1_000))?.path;
+        let whole = std::fs::read(&path).map_err(io(&path))?;
+        // The same file as another version would write it: its version text, a valid checksum.
+        let ours = version();
+        let theirs = ours.replace("state ", "state 9");
+        let mut other = Vec::new();
+        other.extend_from_slice(MAGIC);
+        other.extend_from_slice(&FORMAT.to_le_bytes());
+        other.extend_from_slice(&(theirs.len() as u32).to_le_bytes());
+        other.extend_from_slice(theirs.as_bytes());
+        let header = MAGIC.len() + 4 + 4 + ours.len();
+        other.extend_from_slice(&whole[header..whole.len() - 4]);
+        let crc = crc32fast::hash(&other);
+        other.extend_from_slice(&crc.to_le_bytes());
+        std::fs::write(&path, &other).map_err(io(&path))?;
+        match store.load_newest() {
+            Err(CheckpointFileError::Incompatible { found, ours, .. }) => {
+                assert!(found.contains(&theirs) && ours.contains(&version()));
+            }
+            other => panic!("expected an incompatible version, got {other:?}"),
+        }
+        Ok(())
+    }
+}
