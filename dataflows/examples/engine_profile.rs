@@ -6,6 +6,9 @@
 //!
 //! Like a bulk replay, events are stamped with their time rounded down to `TICK_MS` (default five
 //! minutes) and handed over `BATCH_EVENTS` at a time.
+//!
+//! With `VENDFLOW_CHECKPOINT_DIR=DIR`, the engine's state at the end is taken, written there as
+//! a checkpoint file and loaded into a second engine: sizes and times of each step are printed.
 
 use std::io::BufRead;
 use std::time::{Duration, Instant};
@@ -68,7 +71,66 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         sorted.as_secs_f64(),
         (at.elapsed() - sorted).as_secs_f64()
     );
+    if let Some(dir) = std::env::var_os("VENDFLOW_CHECKPOINT_DIR") {
+        checkpoint(
+            &mut feeders,
+            end,
+            std::path::Path::new(&dir),
+            workers,
+            events,
+        )?;
+    }
+    drop(feeders);
     engine.shutdown()?;
+    Ok(())
+}
+
+/// Takes the state at `end`, writes it, reads it back and starts an engine from it.
+fn checkpoint(
+    feeders: &mut vendflow_dataflows::Feeders,
+    end: Timestamp,
+    dir: &std::path::Path,
+    workers: usize,
+    events: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use vendflow_dataflows::checkpoint::file::{Checkpoint, CheckpointDir};
+    let at = Instant::now();
+    let state = feeders.checkpoint(end, Duration::from_secs(600))?;
+    let taken = at.elapsed();
+    let operators: usize = state.workers.iter().map(Vec::len).sum();
+    let files = CheckpointDir::open(dir)?;
+    let at = Instant::now();
+    let written = files.write(&Checkpoint {
+        engine: state,
+        source: Vec::new(),
+    })?;
+    let write = at.elapsed();
+    let at = Instant::now();
+    let (_, loaded) = files
+        .load_newest()?
+        .checkpoint
+        .ok_or("the checkpoint is not there")?;
+    let read = at.elapsed();
+    let at = Instant::now();
+    let restored = Engine::start_from(
+        Config {
+            workers,
+            ..Config::default()
+        },
+        Some(loaded.engine),
+    )?;
+    let started = at.elapsed();
+    println!(
+        "checkpoint of {events} events: taken in {:.2} s ({:.1} MB of operator state), written in {:.2} s ({:.1} MB file), read in {:.2} s, an engine started from it in {:.2} s (peak RSS {})",
+        taken.as_secs_f64(),
+        operators as f64 / 1e6,
+        write.as_secs_f64(),
+        written.bytes as f64 / 1e6,
+        read.as_secs_f64(),
+        started.as_secs_f64(),
+        peak_rss()
+    );
+    restored.shutdown()?;
     Ok(())
 }
 

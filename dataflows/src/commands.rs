@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use vendflow_protocol::{AckStatus, Action, Command, Event, EventKind, MachineId, Timestamp};
 
 use crate::config::Config;
-use crate::fold::{KeyedFold, Published};
+use crate::fold::{Counted, KeyedFold, Published};
 use crate::operators::{Temporal, Time, hash_of};
 use crate::row::ViewDef;
 use crate::row::{ColumnType::*, Row, Value, col, null};
@@ -51,32 +51,17 @@ enum Item {
     Answer(Answer),
 }
 
-/// A command's items with their counts (a multiset: an item leaves when its retention ends).
-#[derive(Default, PartialEq, Serialize, Deserialize)]
-struct Items(Vec<(Item, isize)>);
+/// A command's items with their counts (an item leaves when its retention ends).
+type Items = Counted<Item>;
 
-impl Items {
-    fn add(&mut self, item: Item, diff: isize) {
-        match self.0.iter().position(|(i, _)| *i == item) {
-            Some(at) => {
-                self.0[at].1 += diff;
-                if self.0[at].1 == 0 {
-                    self.0.remove(at);
-                }
-            }
-            None if diff != 0 => self.0.push((item, diff)),
-            None => {}
-        }
-    }
-
-    /// The least item present (with a positive count) that `pick` accepts.
-    fn first(&self, pick: impl Fn(&Item) -> bool) -> Option<&Item> {
-        self.0
-            .iter()
-            .filter(|(i, n)| *n > 0 && pick(i))
-            .map(|(i, _)| i)
-            .min()
-    }
+/// The least item present (with a positive count) that `pick` accepts.
+fn first(items: &Items, pick: impl Fn(&Item) -> bool) -> Option<&Item> {
+    items
+        .0
+        .iter()
+        .filter(|(i, n)| *n > 0 && pick(i))
+        .map(|(i, _)| i)
+        .min()
 }
 
 pub struct Commands<'s> {
@@ -120,8 +105,8 @@ pub fn render<'s>(
         |_, items, out| {
             // The first command (answers to a command this view does not hold show nothing),
             // with its first answer in time order.
-            if let Some(Item::Command(command)) = items.first(|i| matches!(i, Item::Command(_))) {
-                let answer = match items.first(|i| matches!(i, Item::Answer(_))) {
+            if let Some(Item::Command(command)) = first(items, |i| matches!(i, Item::Command(_))) {
+                let answer = match first(items, |i| matches!(i, Item::Answer(_))) {
                     Some(Item::Answer(a)) => Some(a.clone()),
                     _ => None,
                 };

@@ -593,6 +593,31 @@ where
     }
 }
 
+/// A multiset: each value with its count (never zero).
+#[derive(PartialEq, Serialize, Deserialize)]
+pub(crate) struct Counted<T>(pub(crate) Vec<(T, isize)>);
+
+impl<T> Default for Counted<T> {
+    fn default() -> Self {
+        Counted(Vec::new())
+    }
+}
+
+impl<T: PartialEq> Counted<T> {
+    pub(crate) fn add(&mut self, value: T, diff: isize) {
+        match self.0.iter().position(|(v, _)| *v == value) {
+            Some(at) => {
+                self.0[at].1 += diff;
+                if self.0[at].1 == 0 {
+                    self.0.remove(at);
+                }
+            }
+            None if diff != 0 => self.0.push((value, diff)),
+            None => {}
+        }
+    }
+}
+
 /// Values that are summed per key: money, units, counts.
 pub trait Additive: Clone + Default + PartialEq + 'static {
     /// `self += other × times`.

@@ -23,7 +23,7 @@ use vendflow_protocol::{MachineId, Timestamp};
 
 use crate::checkpoint::Durable;
 use crate::config::Config;
-use crate::fold::{Ctx, KeyedFold, Published};
+use crate::fold::{Counted, Ctx, KeyedFold, Published};
 use crate::inventory::Level;
 use crate::operators::{Emit, FastMap, FastSet, Keyed, PUBLISH_CHUNK, Time, hash_of};
 use crate::row::ViewDef;
@@ -245,31 +245,6 @@ impl Slot {
             None => self.planned.push((units, diff)),
         }
         self.planned.retain(|(_, n)| *n != 0);
-    }
-}
-
-/// A multiset: each value with its count (never zero).
-#[derive(PartialEq, Serialize, Deserialize)]
-struct Counted<T>(Vec<(T, isize)>);
-
-impl<T> Default for Counted<T> {
-    fn default() -> Self {
-        Counted(Vec::new())
-    }
-}
-
-impl<T: PartialEq> Counted<T> {
-    fn add(&mut self, value: T, diff: isize) {
-        match self.0.iter().position(|(v, _)| *v == value) {
-            Some(at) => {
-                self.0[at].1 += diff;
-                if self.0[at].1 == 0 {
-                    self.0.remove(at);
-                }
-            }
-            None if diff != 0 => self.0.push((value, diff)),
-            None => {}
-        }
     }
 }
 
