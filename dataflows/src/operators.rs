@@ -588,7 +588,7 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
                         waiting: Waiting::new(),
                         pending: std::collections::VecDeque::new(),
                     }));
-                    let restored: Option<(S::Saved, WaitingSaved<(D, isize)>)> =
+                    let restored: Option<KeyedSaved<S, D>> =
                         checkpoint::enrol(name, &shared, InOrder::save);
                     if let Some((saved, waiting)) = restored {
                         let mut op = shared.borrow_mut();
@@ -700,7 +700,7 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
                         open: None,
                         ending: None,
                     }));
-                    let restored: Option<(S::Saved, WaitingSaved<(D, isize)>)> =
+                    let restored: Option<KeyedSaved<S, D>> =
                         checkpoint::enrol(name, &shared, Steps::save);
                     if let Some((saved, waiting)) = restored {
                         let mut op = shared.borrow_mut();
@@ -804,6 +804,9 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
 
 /// What a checkpoint keeps of a [`Waiting`]: its records by time.
 type WaitingSaved<R> = BTreeMap<Time, Vec<R>>;
+
+/// What a checkpoint keeps of a keyed operator: its state and the records waiting.
+type KeyedSaved<S, D> = (<S as Durable>::Saved, WaitingSaved<(D, isize)>);
 
 /// [`Keyed::keyed_times_in_order`]'s state between activations, shared with the checkpoint.
 struct InOrder<S, D, O> {

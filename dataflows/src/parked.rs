@@ -94,6 +94,10 @@ impl Bucket {
     }
 }
 
+/// What a checkpoint keeps of a [`Parked`]: every key with its expiry and value, and the time
+/// of the next sweep.
+pub type ParkedSaved = (Vec<(Vec<u8>, Time, Vec<u8>)>, Time);
+
 /// One worker's parked keys.
 pub struct Parked {
     db: Database,
@@ -279,7 +283,7 @@ impl Parked {
 
     /// Every key parked, with its expiry and value, and the time of the next sweep (for a
     /// checkpoint).
-    pub fn entries(&self) -> Result<(Vec<(Vec<u8>, Time, Vec<u8>)>, Time), ParkedError> {
+    pub fn entries(&self) -> Result<ParkedSaved, ParkedError> {
         use redb::{ReadableDatabase, ReadableTable};
         let mut entries: Vec<(Vec<u8>, Time, Vec<u8>)> = self
             .pending
@@ -302,10 +306,7 @@ impl Parked {
     }
 
     /// Parks a checkpoint's [`Parked::entries`] again (in an empty store).
-    pub fn restore(
-        &mut self,
-        (entries, next_sweep): (Vec<(Vec<u8>, Time, Vec<u8>)>, Time),
-    ) -> Result<(), ParkedError> {
+    pub fn restore(&mut self, (entries, next_sweep): ParkedSaved) -> Result<(), ParkedError> {
         for (key, expires, value) in entries {
             self.park(key, value, expires)?;
         }

@@ -326,7 +326,7 @@ pub fn render<'s>(
 
     let parked = Rc::new(RefCell::new(parked));
     // The parked transactions are part of the engine's state: a checkpoint keeps them.
-    let restored: Option<(Vec<(Vec<u8>, Time, Vec<u8>)>, Time)> =
+    let restored: Option<crate::parked::ParkedSaved> =
         checkpoint::enrol("Settlement: parked", &parked, |store: &Parked, out| {
             let entries = store.entries().map_err(checkpoint::failed)?;
             bincode::serialize_into(out, &entries)

@@ -786,14 +786,18 @@ impl ViewStore {
     }
 }
 
-/// Starts the store thread; returns the store and the sender the workers' captures use.
 /// Captured messages in flight to the store; a worker that gets this far ahead waits for it.
 const CAPTURE_DEPTH: usize = 4096;
 
-pub(crate) fn start(
-    workers: usize,
-    from: Option<(Time, Vec<(String, Vec<Row>)>)>,
-) -> Result<(ViewStore, SyncSender<Captured>, std::thread::JoinHandle<()>), StoreError> {
+/// A started store: the store, where the workers' captures go, and its thread.
+pub(crate) type Started = (ViewStore, SyncSender<Captured>, std::thread::JoinHandle<()>);
+
+/// Views as of a frontier, each by name with its rows (a checkpoint's).
+pub(crate) type ViewsAt = (Time, Vec<(String, Vec<Row>)>);
+
+/// Starts the store thread for `workers`, empty or holding `from`'s views as of its frontier;
+/// returns the store, the sender the workers' captures use, and the thread.
+pub(crate) fn start(workers: usize, from: Option<ViewsAt>) -> Result<Started, StoreError> {
     let store = ViewStore::new();
     let published = match from {
         Some((frontier, views)) => {
