@@ -758,18 +758,11 @@ pub fn count_total<'s, D>(
 where
     D: ExchangeData + Hash,
 {
-    records.map(|d| (d, ())).fold_by_key(
-        name,
-        Published::Recomputed,
-        |d: &D| crate::operators::hash_of(d),
-        |_, n: &mut isize, (), diff, _| *n += diff,
-        |_, _, _| {},
-        |d, n, out| {
-            if *n != 0 {
-                out.push((d.clone(), *n));
-            }
-        },
-    )
+    count_by_record(records, name, |d, n, out| {
+        if n != 0 {
+            out.push((d.clone(), n));
+        }
+    })
 }
 
 /// Each record whose count is positive, once: differential's `distinct_total`, as a fold.
@@ -780,17 +773,30 @@ pub fn distinct_total<'s, D>(
 where
     D: ExchangeData + Hash,
 {
+    count_by_record(records, name, |d, n, out| {
+        if n > 0 {
+            out.push(d.clone());
+        }
+    })
+}
+
+/// A count per distinct record, published as `output` makes of it.
+fn count_by_record<'s, D, O>(
+    records: VecCollection<'s, Time, D>,
+    name: &str,
+    output: impl Fn(&D, isize, &mut Vec<O>) + 'static,
+) -> VecCollection<'s, Time, O>
+where
+    D: ExchangeData + Hash,
+    O: Data + Serialize + DeserializeOwned,
+{
     records.map(|d| (d, ())).fold_by_key(
         name,
         Published::Recomputed,
         |d: &D| crate::operators::hash_of(d),
         |_, n: &mut isize, (), diff, _| *n += diff,
         |_, _, _| {},
-        |d, n, out| {
-            if *n > 0 {
-                out.push(d.clone());
-            }
-        },
+        move |d, n, out| output(d, *n, out),
     )
 }
 

@@ -590,12 +590,9 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
                     }));
                     let restored: Option<KeyedSaved<S, D>> =
                         checkpoint::enrol(name, &shared, InOrder::save);
-                    if let Some((saved, waiting)) = restored {
-                        let mut op = shared.borrow_mut();
-                        op.state.restore(saved);
-                        op.waiting.restore(waiting, cap);
-                        let next = op.waiting.first_time();
-                        op.waiting.settle(next);
+                    if let Some(saved) = restored {
+                        let op = &mut *shared.borrow_mut();
+                        restore_keyed(&mut op.state, &mut op.waiting, saved, cap);
                         activator.activate();
                     }
                     let mut out: Vec<(O, Time, isize)> = Vec::new();
@@ -702,12 +699,9 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
                     }));
                     let restored: Option<KeyedSaved<S, D>> =
                         checkpoint::enrol(name, &shared, Steps::save);
-                    if let Some((saved, waiting)) = restored {
-                        let mut op = shared.borrow_mut();
-                        op.state.restore(saved);
-                        op.waiting.restore(waiting, cap);
-                        let next = op.waiting.first_time();
-                        op.waiting.settle(next);
+                    if let Some(saved) = restored {
+                        let op = &mut *shared.borrow_mut();
+                        restore_keyed(&mut op.state, &mut op.waiting, saved, cap);
                         activator.activate();
                     }
                     let mut out: Vec<(O, Time, isize)> = Vec::new();
@@ -807,6 +801,20 @@ type WaitingSaved<R> = BTreeMap<Time, Vec<R>>;
 
 /// What a checkpoint keeps of a keyed operator: its state and the records waiting.
 type KeyedSaved<S, D> = (<S as Durable>::Saved, WaitingSaved<(D, isize)>);
+
+/// Starts a keyed operator from a checkpoint's state and waiting records; `cap` (its initial
+/// capability) is held at the earliest of them.
+fn restore_keyed<S: Durable, D>(
+    state: &mut S,
+    waiting: &mut Waiting<(D, isize)>,
+    (saved, records): KeyedSaved<S, D>,
+    cap: Capability<Time>,
+) {
+    state.restore(saved);
+    waiting.restore(records, cap);
+    let next = waiting.first_time();
+    waiting.settle(next);
+}
 
 /// [`Keyed::keyed_times_in_order`]'s state between activations, shared with the checkpoint.
 struct InOrder<S, D, O> {

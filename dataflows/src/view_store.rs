@@ -590,13 +590,7 @@ impl ViewStore {
             let mut state = store.write();
             state.frontier = frontier;
             state.closed = true;
-            for (name, rows) in views {
-                let (index, _) = crate::views::find(&name).ok_or_else(|| unknown(&name))?;
-                for row in rows {
-                    let hash = row_hash(&row);
-                    state.rows[index].update(row, hash, 1);
-                }
-            }
+            state.load(views)?;
         }
         Ok(store)
     }
@@ -795,6 +789,20 @@ pub(crate) type Started = (ViewStore, SyncSender<Captured>, std::thread::JoinHan
 /// Views as of a frontier, each by name with its rows (a checkpoint's).
 pub(crate) type ViewsAt = (Time, Vec<(String, Vec<Row>)>);
 
+impl State {
+    /// Adds `views` (by name, each with its rows) to the rows held.
+    fn load(&mut self, views: Vec<(String, Vec<Row>)>) -> Result<(), StoreError> {
+        for (name, rows) in views {
+            let (index, _) = crate::views::find(&name).ok_or_else(|| unknown(&name))?;
+            for row in rows {
+                let hash = row_hash(&row);
+                self.rows[index].update(row, hash, 1);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Starts the store thread for `workers`, empty or holding `from`'s views as of its frontier;
 /// returns the store, the sender the workers' captures use, and the thread.
 pub(crate) fn start(workers: usize, from: Option<ViewsAt>) -> Result<Started, StoreError> {
@@ -803,13 +811,7 @@ pub(crate) fn start(workers: usize, from: Option<ViewsAt>) -> Result<Started, St
         Some((frontier, views)) => {
             let mut state = store.write();
             state.frontier = frontier;
-            for (name, rows) in views {
-                let (index, _) = crate::views::find(&name).ok_or_else(|| unknown(&name))?;
-                for row in rows {
-                    let hash = row_hash(&row);
-                    state.rows[index].update(row, hash, 1);
-                }
-            }
+            state.load(views)?;
             frontier
         }
         None => Time::EPOCH,
