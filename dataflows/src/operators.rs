@@ -34,10 +34,10 @@ use crate::checkpoint::{self, Durable};
 /// [`Timestamp`]: vendflow_protocol::Timestamp
 pub type Time = vendflow_protocol::Timestamp;
 
-/// A hash for routing keys to the workers of this process (the same for equal keys on every
-/// worker). A machine id hashes by its interned address ([`MachineId::stable_hash`] is the one
-/// that holds across processes and runs), so this is not a hash to keep on disk: fingerprints
-/// that are kept hash the id's text.
+/// A hash for routing keys to the workers (the same for equal keys on every worker, in every
+/// process and every run: a machine id hashes as [`MachineId::stable_hash`], the hash of its
+/// text). A checkpoint's operator state is split by it, so a restarted engine must route each
+/// key to the worker that saved it.
 ///
 /// [`MachineId::stable_hash`]: vendflow_protocol::MachineId::stable_hash
 pub fn hash_of<K: Hash + ?Sized>(key: &K) -> u64 {

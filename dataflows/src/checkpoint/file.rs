@@ -29,8 +29,9 @@ use crate::engine::EngineState;
 
 const MAGIC: &[u8; 8] = b"VFCKPT\r\n";
 const FORMAT: u32 = 1;
-/// Bumped when what an operator saves changes shape without its type's name changing.
-const STATE_LAYOUT: u32 = 1;
+/// Bumped when what an operator saves changes shape without its type's name changing, or when
+/// keys are routed to workers differently (2: by the machine id's text, not its address).
+const STATE_LAYOUT: u32 = 2;
 /// Checkpoints kept after a new one is complete: it and the one before.
 pub const KEEP: usize = 2;
 
