@@ -1817,3 +1817,350 @@ fn brokers_killed_with_kill_9_while_the_fleet_publishes_lose_nothing_and_count_n
     drop(mosquitto);
     Ok(())
 }
+
+/// A small seeded generator for the moments the engine is killed (`VENDFLOW_SEED` repeats a
+/// run; the seed is printed).
+struct Moments(u64);
+
+impl Moments {
+    fn from_env() -> Moments {
+        let seed = std::env::var("VENDFLOW_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(7, |d| d.as_nanos() as u64)
+            });
+        eprintln!("kill moments from VENDFLOW_SEED={seed}");
+        Moments(seed | 1)
+    }
+
+    /// A duration in [from, to) ms.
+    fn between(&mut self, from: u64, to: u64) -> Duration {
+        // xorshift64
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        Duration::from_millis(from + self.0 % (to - from).max(1))
+    }
+}
+
+/// An engine's status file (`--out DIR`: `DIR/status.json`).
+fn status_of(out: &Path) -> anyhow::Result<serde_json::Value> {
+    Ok(serde_json::from_str(&std::fs::read_to_string(
+        out.join("status.json"),
+    )?)?)
+}
+
+/// `topic/partition=next …` as a map.
+fn positions_of(line: &str) -> BTreeMap<String, i64> {
+    line.split_whitespace()
+        .filter_map(|p| {
+            let (stream, next) = p.split_once('=')?;
+            Some((stream.to_owned(), next.parse().ok()?))
+        })
+        .collect()
+}
+
+/// `vendflow run` on `kafka`, archiving, writing its views and status into `out` twice a
+/// second; with `state`, checkpointing into it every 2 s.
+fn start_archiving_engine(
+    bin: &Path,
+    kafka: &str,
+    out: &Path,
+    archive: &Path,
+    state: Option<&Path>,
+    log: &Path,
+) -> anyhow::Result<Daemon> {
+    let (out, archive) = (out.display().to_string(), archive.display().to_string());
+    let mut args = vec![
+        "run",
+        "--insecure-open-api",
+        "--kafka",
+        kafka,
+        "--out",
+        &out,
+        "--every",
+        "0.5",
+        "--partitions",
+        "3",
+        "--archive",
+        &archive,
+        "--archive-flush-secs",
+        "1",
+    ];
+    let state = state.map(|s| s.display().to_string());
+    if let Some(state) = &state {
+        args.extend(["--state", state, "--checkpoint-secs", "2"]);
+    }
+    Daemon::spawn("engine", bin, &args, log)
+}
+
+/// The newest checkpoint file in `state`.
+fn newest_checkpoint(state: &Path) -> anyhow::Result<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(state)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "vfc"))
+        .collect();
+    files.sort();
+    files.pop().context("no checkpoint written")
+}
+
+/// The engine `kill -9`ed at three random moments while the fleet publishes a two-day stream
+/// through Mosquitto, the bridge and tansu, and restarted each time from its newest checkpoint
+/// (`--state`, every 2 s); before the third restart the newest checkpoint is damaged, and the
+/// one before it is used. `machine-telemetry` has a retention (15 s) much shorter than the
+/// stream, so no restart can read the log from offset 0: a new engine without state that reads
+/// it after the stream gets only its tail. The restarted engine ends with the views and the
+/// Parquet archive of an engine that was never stopped, its revenue equals the oracle's over
+/// what the machines sent, and each restart read again at most about one checkpoint interval of
+/// the log (its resumed offsets are at or past the offsets it had consumed 4 s before the kill).
+#[test]
+fn an_engine_killed_three_times_restarts_from_its_checkpoints_and_ends_with_the_views_of_one_never_stopped()
+-> anyhow::Result<()> {
+    let Some(mosquitto_bin) = require_mosquitto()? else {
+        return Ok(());
+    };
+    let Some(curl) = require_program("curl", &[])? else {
+        return Ok(());
+    };
+    let Some(tansu_bin) = require_tansu()? else {
+        return Ok(());
+    };
+    let Some(python) = vendflow_tests::python_with_duckdb()? else {
+        return Ok(());
+    };
+    let (_guard, dir) = test_dir()?;
+    let d = dir.as_path();
+    let (mqtt_port, kafka_port, http_port) = (free_port()?, free_port()?, free_port()?);
+    let (mqtt, kafka, http) = (
+        format!("127.0.0.1:{mqtt_port}"),
+        format!("127.0.0.1:{kafka_port}"),
+        format!("127.0.0.1:{http_port}"),
+    );
+    let _mosquitto = start_mosquitto(&mosquitto_bin, d, mqtt_port)?;
+    // tansu deletes records older than a topic's `retention.ms` at each maintenance, here
+    // every second.
+    let _tansu = start_tansu_with(&tansu_bin, d, kafka_port, TansuStorage::SqliteMaintained)?;
+    let bin = vendflow_bin()?;
+    let machines = "4";
+    let creds = d.join("credentials.jsonl");
+    vendflow(&[
+        "publish",
+        "--mqtt",
+        &mqtt,
+        "--machines",
+        machines,
+        "--seed",
+        "11",
+        "--credentials-out",
+        &creds.display().to_string(),
+        "--dry-run",
+    ])?;
+    let bridge = Daemon::spawn(
+        "bridge",
+        &bin,
+        &[
+            "bridge",
+            "--mqtt",
+            &mqtt,
+            "--kafka",
+            &kafka,
+            "--credentials",
+            &creds.display().to_string(),
+            "--partitions",
+            "3",
+            "--http",
+            &http,
+            "--telemetry-retention-secs",
+            "15",
+        ],
+        &d.join("bridge-1.log"),
+    )?;
+    wait_for_log(&bridge, "subscribed", Duration::from_secs(30))?;
+
+    let (out_a, out_b) = (d.join("views-a"), d.join("views-b"));
+    let (archive_a, archive_b, state) = (d.join("archive-a"), d.join("archive-b"), d.join("state"));
+    let engine_a = start_archiving_engine(
+        &bin,
+        &kafka,
+        &out_a,
+        &archive_a,
+        None,
+        &d.join("engine-a.log"),
+    )?;
+    let b_log = d.join("engine-b.log");
+    let mut engine_b =
+        start_archiving_engine(&bin, &kafka, &out_b, &archive_b, Some(&state), &b_log)?;
+
+    // 36 simulated hours (two calendar days or three) of 4 machines over about 40 s.
+    let sent = d.join("sent.jsonl");
+    let publisher = Command::new(&bin)
+        .args([
+            "publish",
+            "--mqtt",
+            &mqtt,
+            "--machines",
+            machines,
+            "--hours",
+            "36",
+        ])
+        .args(["--seed", "11", "--speed", "3240", "--receipts", "--record"])
+        .arg(&sent)
+        .env("RUST_BACKTRACE", "0")
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut moments = Moments::from_env();
+    // What B had consumed, sampled every 250 ms: (when, telemetry positions).
+    let mut consumed: Vec<(Instant, BTreeMap<String, i64>)> = Vec::new();
+    let sample = |consumed: &mut Vec<(Instant, BTreeMap<String, i64>)>| {
+        if let Ok(status) = status_of(&out_b) {
+            let p = positions_of(status["positions"].as_str().unwrap_or_default());
+            consumed.push((Instant::now(), p));
+        }
+    };
+    for kill in 1..=3 {
+        let until = Instant::now() + moments.between(6_000, 10_000);
+        while Instant::now() < until {
+            sample(&mut consumed);
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        // Consumed 4 s before the kill (6 s when the newest checkpoint will be damaged).
+        let back = Duration::from_secs(if kill == 3 { 6 } else { 4 });
+        let before = consumed
+            .iter()
+            .rev()
+            .find(|(at, _)| at.elapsed() >= back)
+            .map(|(_, p)| p.clone())
+            .context("B's consumed offsets were never sampled")?;
+        engine_b.kill();
+        eprintln!(
+            "engine B killed with kill -9 ({kill} of 3); it had consumed {before:?} {} s before",
+            back.as_secs()
+        );
+        if kill == 3 {
+            let newest = newest_checkpoint(&state)?;
+            let len = std::fs::metadata(&newest)?.len();
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&newest)?
+                .set_len(len / 2)?;
+            eprintln!("cut {} to half its length", newest.display());
+        }
+        std::fs::remove_file(out_b.join("status.json")).ok();
+        engine_b = start_archiving_engine(&bin, &kafka, &out_b, &archive_b, Some(&state), &b_log)?;
+        wait_until(
+            "B restarts and writes its status",
+            Duration::from_secs(60),
+            || Ok(status_of(&out_b)?["checkpoints"]["resumedFrom"].is_string()),
+        )
+        .with_context(|| tail(&engine_b.output()))?;
+        let status = status_of(&out_b)?;
+        let resumed = positions_of(
+            status["checkpoints"]["resumedFrom"]
+                .as_str()
+                .unwrap_or_default(),
+        );
+        eprintln!("engine B restarted from the checkpoint at offsets {resumed:?}");
+        for (stream, offset) in &before {
+            let from = resumed.get(stream).copied().unwrap_or(0);
+            ensure!(
+                from >= *offset,
+                "restart {kill}: {stream} resumed at {from}, before the {offset} consumed {} s before the kill: more than a checkpoint interval read again",
+                back.as_secs()
+            );
+        }
+        let skipped = status["checkpoints"]["damagedSkippedAtStart"].as_u64();
+        ensure!(
+            skipped == Some(u64::from(kill == 3)),
+            "restart {kill}: {skipped:?} damaged checkpoints skipped"
+        );
+    }
+    let published = finish(publisher)?;
+    eprintln!("the fleet published {published} envelopes");
+    wait_until(
+        "the bridge has everything in Kafka",
+        Duration::from_secs(60),
+        || Ok(vendflow_tests::bridge_metric(&curl, &http, "inflight")? == 0),
+    )?;
+
+    // Both engines read to the end of the log.
+    let expected = oracle(&[&sent])?;
+    wait_for_revenue(
+        &out_a,
+        &expected,
+        &engine_a,
+        &kafka,
+        "the engine never stopped",
+    )?;
+    wait_for_revenue(
+        &out_b,
+        &expected,
+        &engine_b,
+        &kafka,
+        "the engine killed three times",
+    )?;
+    // Every view, compared when both engines wrote them at the same frontier (views such as
+    // liveness move with the clock).
+    let views: Vec<String> = std::fs::read_dir(&out_a)?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".csv"))
+        .collect();
+    ensure!(views.len() > 20, "only {} views were written", views.len());
+    let mut differ = Vec::new();
+    let started = Instant::now();
+    loop {
+        let frontier = |out: &Path| status_of(out).map(|s| s["frontier"].as_i64());
+        let before = (frontier(&out_a)?, frontier(&out_b)?);
+        differ.clear();
+        for file in &views {
+            if sorted_rows(&out_a.join(file))? != sorted_rows(&out_b.join(file))? {
+                differ.push(file.clone());
+            }
+        }
+        let after = (frontier(&out_a)?, frontier(&out_b)?);
+        let same_moment = before == after && before.0 == before.1;
+        if (same_moment && differ.is_empty()) || started.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ensure!(
+        differ.is_empty(),
+        "the restarted engine's views differ from those of the engine never stopped: {differ:?} (in {} and {})",
+        out_a.display(),
+        out_b.display()
+    );
+    eprintln!(
+        "all {} views of the restarted engine equal those of the engine never stopped",
+        views.len()
+    );
+    let lost = status_of(&out_b)?["checkpoints"].clone();
+    eprintln!("engine B's checkpoints: {lost}");
+
+    // The archives hold the same events, each once.
+    wait_archived(&out_a, &engine_a)?;
+    wait_archived(&out_b, &engine_b)?;
+    let compare = vendflow_tests::root().join("tests/archive_compare.py");
+    let output = vendflow_tests::run_python(&python, &[&compare, &archive_a, &archive_b])?;
+    eprint!("{}", String::from_utf8_lossy(&output.stdout));
+
+    // The log no longer starts at offset 0: an engine without state reading it now gets only
+    // what the retention kept.
+    drop(engine_a);
+    drop(engine_b);
+    let out_c = d.join("views-c");
+    let engine_c = start_plain_engine(&bin, &kafka, &out_c, &d.join("engine-c.log"))?;
+    let everything = status_of(&out_a)?["messages"].as_u64().unwrap_or(0);
+    std::thread::sleep(Duration::from_secs(8));
+    let tail_only = engine_messages(&out_c).with_context(|| tail(&engine_c.output()))?;
+    ensure!(
+        tail_only < everything / 2,
+        "an engine reading the log from its beginning got {tail_only} of {everything} messages: the retention did not delete the head of the log"
+    );
+    eprintln!(
+        "an engine without state reads {tail_only} of the {everything} messages: the retention deleted the rest"
+    );
+    Ok(())
+}

@@ -430,6 +430,9 @@ pub enum TansuStorage {
     /// In `tansu.db` (SQLite, write-ahead log) in the daemon's directory: a `kill -9` keeps
     /// every record tansu acknowledged.
     Sqlite,
+    /// [`TansuStorage::Sqlite`], with tansu's maintenance every second: records older than a
+    /// topic's `retention.ms` are deleted then (the default is every 10 minutes).
+    SqliteMaintained,
 }
 
 /// tansu (a Kafka-protocol broker) on a free port, storing in memory.
@@ -450,6 +453,7 @@ pub fn start_tansu_with(
     let engine = match storage {
         TansuStorage::Memory => "memory://tansu/",
         TansuStorage::Sqlite => "sqlite://tansu.db",
+        TansuStorage::SqliteMaintained => "sqlite://tansu.db?maintenance_interval=1s",
     };
     let daemon = Daemon::spawn_in(
         "tansu",

@@ -199,7 +199,9 @@ fn future_dated(event: &Event, now: Time, max_ahead_ms: i64) -> ErrorRecord {
     )
 }
 
-/// One feeder per worker.
+/// One feeder per worker. A clone shares the workers' channels (a checkpointer holds one beside
+/// the source's).
+#[derive(Clone)]
 pub struct Feeders {
     feeders: Vec<Feeder>,
     next: usize,

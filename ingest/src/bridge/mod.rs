@@ -49,8 +49,8 @@ use vendflow_protocol::topics::Topic;
 
 use crate::auth::{Admission, Refusal, Verifier, machine_of_topic};
 use crate::kafka::{
-    COMMANDS_TOPIC, KafkaError, REJECTED_TOPIC, Rejection, TELEMETRY_TOPIC, client_config,
-    ensure_topics_retrying,
+    COMMANDS_TOPIC, KafkaError, KafkaTopic, REJECTED_TOPIC, Rejection, TELEMETRY_TOPIC,
+    client_config, ensure_topics_retrying,
 };
 
 /// The MQTT subscriptions: telemetry, and machines' answers to commands (the same signed
@@ -71,6 +71,8 @@ pub struct BridgeConfig {
     pub kafka: String,
     /// Partitions of `machine-telemetry` when the bridge creates it.
     pub partitions: i32,
+    /// `retention.ms` of `machine-telemetry` if the bridge creates it (None: the broker's).
+    pub telemetry_retention: Option<Duration>,
     pub max_inflight: usize,
     /// Larger MQTT payloads are refused (`too_large`), not forwarded.
     pub max_payload: usize,
@@ -245,9 +247,10 @@ pub fn run(
         None => None,
     };
     let topics = [
-        (TELEMETRY_TOPIC, config.partitions),
-        (REJECTED_TOPIC, 1),
-        (COMMANDS_TOPIC, 1),
+        KafkaTopic::new(TELEMETRY_TOPIC, config.partitions)
+            .with_retention(config.telemetry_retention),
+        KafkaTopic::new(REJECTED_TOPIC, 1),
+        KafkaTopic::new(COMMANDS_TOPIC, 1),
     ];
     if !ensure_topics_retrying(&config.kafka, &topics, stop) {
         return Ok(());

@@ -38,6 +38,11 @@ pub struct BridgeOptions {
     /// Partitions of `machine-telemetry` if the bridge creates it.
     #[arg(long, default_value_t = 4)]
     pub partitions: i32,
+    /// Retention of `machine-telemetry` in seconds if the bridge creates it (`retention.ms`,
+    /// `cleanup.policy=delete`); default: the broker's. The engine's checkpoints (`vendflow run
+    /// --state`) must be taken more often than this.
+    #[arg(long)]
+    pub telemetry_retention_secs: Option<f64>,
     /// Messages waiting for Kafka before the bridge stops reading MQTT.
     #[arg(long, default_value_t = 10_000)]
     pub max_inflight: usize,
@@ -70,6 +75,9 @@ impl BridgeOptions {
             mqtt_credentials: self.mqtt_user.clone().map(|u| (u, mqtt_password)),
             kafka: self.kafka.clone(),
             partitions: self.partitions,
+            telemetry_retention: self
+                .telemetry_retention_secs
+                .map(|s| std::time::Duration::from_secs_f64(s.max(0.001))),
             max_inflight: self.max_inflight.max(1),
             max_payload: self.max_payload_kib.saturating_mul(1024),
             tls: self.tls_cert.clone().zip(self.tls_key.clone()),

@@ -1,6 +1,7 @@
 //! Kafka: the four topic names (defined here only), client configuration, and the source that
 //! feeds the dataflows from the `machine-telemetry` log (see [`source`]).
 
+pub mod pause;
 mod send;
 pub mod source;
 
@@ -141,7 +142,7 @@ pub fn load_registry(brokers: &str, text: &str) -> Result<usize, RegistryLoadErr
     if !problems.is_empty() {
         return Err(RegistryLoadError::Invalid(problems.join("\n")));
     }
-    ensure_topics(brokers, &[(FLEET_COMMANDS_TOPIC, 1)])?;
+    ensure_topics(brokers, &[KafkaTopic::new(FLEET_COMMANDS_TOPIC, 1)])?;
     produce_all(brokers, FLEET_COMMANDS_TOPIC, &records)?;
     Ok(records.len())
 }
@@ -199,7 +200,7 @@ pub fn send_command(
     brokers: &str,
     command: &vendflow_protocol::Command,
 ) -> Result<(i32, i64), KafkaError> {
-    ensure_topics(brokers, &[(COMMANDS_TOPIC, 1)])?;
+    ensure_topics(brokers, &[KafkaTopic::new(COMMANDS_TOPIC, 1)])?;
     let payload = command.to_json();
     let delivered = produce_all(
         brokers,
@@ -302,14 +303,48 @@ impl Producer {
     }
 }
 
-/// Creates `topics` (name, partitions) unless they exist.
-pub fn ensure_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<(), KafkaError> {
+/// A topic the platform creates when it is missing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KafkaTopic<'a> {
+    pub name: &'a str,
+    pub partitions: i32,
+    /// Its `retention.ms` (with `cleanup.policy=delete`); None: the broker's default.
+    pub retention: Option<Duration>,
+}
+
+impl<'a> KafkaTopic<'a> {
+    pub const fn new(name: &'a str, partitions: i32) -> KafkaTopic<'a> {
+        KafkaTopic {
+            name,
+            partitions,
+            retention: None,
+        }
+    }
+
+    pub fn with_retention(self, retention: Option<Duration>) -> KafkaTopic<'a> {
+        KafkaTopic { retention, ..self }
+    }
+}
+
+/// Creates `topics` unless they exist (an existing topic keeps its settings).
+pub fn ensure_topics(brokers: &str, topics: &[KafkaTopic<'_>]) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> = client_config(brokers)
         .create()
         .map_err(KafkaError::client(brokers))?;
+    let retention: Vec<Option<String>> = topics
+        .iter()
+        .map(|t| t.retention.map(|r| r.as_millis().to_string()))
+        .collect();
     let new: Vec<NewTopic> = topics
         .iter()
-        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+        .zip(&retention)
+        .map(|(topic, retention)| {
+            let new = NewTopic::new(topic.name, topic.partitions, TopicReplication::Fixed(1));
+            match retention {
+                Some(ms) => new.set("cleanup.policy", "delete").set("retention.ms", ms),
+                None => new,
+            }
+        })
         .collect();
     let options = AdminOptions::new()
         .request_timeout(Some(Duration::from_secs(5)))
@@ -344,7 +379,7 @@ pub fn ensure_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<(), KafkaE
 /// until `stop`. Returns false if stopped first.
 pub fn ensure_topics_retrying(
     brokers: &str,
-    topics: &[(&str, i32)],
+    topics: &[KafkaTopic<'_>],
     stop: &std::sync::atomic::AtomicBool,
 ) -> bool {
     let mut backoff = Duration::from_millis(100);

@@ -4,20 +4,27 @@
 //! counted in the `errors` / `error_counts` views next to the ones the engine itself refused.
 //!
 //! One consumer per timely worker, each assigned its share of the partitions (partition `p` goes
-//! to worker `p % workers`), reading from the beginning of the log: the log is the record, so a
-//! restarted engine rebuilds every view from it and reaches the same answer — redelivered
-//! envelopes are deduplicated by the dataflows, nothing is counted twice. Offsets are not
-//! committed to a group; the engine's own position per partition is in [`SourceStats`].
+//! to worker `p % workers`). Without a checkpoint it reads from the beginning of the log: the
+//! log is the record, so an engine started empty rebuilds every view from it. With a
+//! checkpoint ([`Resume`]) each partition continues at the offset the checkpoint's state was
+//! taken at; a [`Pause`] holds every consumer while a checkpoint is taken, so the state and the
+//! offsets agree. Offsets are not committed to a group; the engine's own position per
+//! partition is in [`SourceStats`].
 //!
 //! A [`Tap`] sees every consumed message with its topic, partition and offset: the Parquet
-//! archive skips what it already holds, so reading from the beginning never archives twice.
+//! archive skips what it already holds, so reading again never archives twice. When the
+//! archive's committed position is behind a checkpoint's (it had not flushed when the engine
+//! stopped), reading starts at the archive's, and the messages before the checkpoint's go to the
+//! tap only. `fleet-commands` is always read from its beginning (it is an upsert log, short): the
+//! REST API's copy of the registry and the upsert map are rebuilt from it, and the engine gets
+//! only the records after the checkpoint's offset.
 //!
 //! Ingestion time is the Kafka message timestamp (the bridge stamps its wall clock), so a
 //! rebuild replays the same ingestion times; once a consumer has caught up and sees nothing new,
 //! its worker advances with the wall clock so that time-driven views (liveness, "today") move.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -32,9 +39,10 @@ use vendflow_protocol::{DecodeError, Timestamp};
 
 use crate::{Position, Tap};
 
+use super::pause::Pause;
 use super::{
-    COMMANDS_TOPIC, FLEET_COMMANDS_TOPIC, KafkaError, REJECTED_TOPIC, Rejection, TELEMETRY_TOPIC,
-    client_config, ensure_topics_retrying,
+    COMMANDS_TOPIC, FLEET_COMMANDS_TOPIC, KafkaError, KafkaTopic, REJECTED_TOPIC, Rejection,
+    TELEMETRY_TOPIC, client_config, ensure_topics_retrying,
 };
 
 /// Told of every registry record read from `fleet-commands` (the REST API keeps its copy of the
@@ -49,6 +57,53 @@ pub struct SourceConfig {
     /// Granularity of the ingestion clock.
     pub tick_ms: i64,
     pub registry_observer: Option<RegistryObserver>,
+    /// Where each partition continues (a checkpoint's offsets); empty: from the beginning.
+    pub resume: Resume,
+    /// Holds the consumers while a checkpoint is taken.
+    pub pause: Option<Arc<Pause>>,
+}
+
+/// Where the source continues after a restart from a checkpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resume {
+    /// Per (topic, partition): the next offset the engine takes (the checkpoint's position).
+    pub engine: BTreeMap<(String, i32), i64>,
+    /// Per (topic, partition): where reading starts when that is before the engine's position
+    /// (the archive's committed position): the messages in between go to the tap only.
+    pub read_from: BTreeMap<(String, i32), i64>,
+}
+
+impl Resume {
+    /// Where reading of `topic`/`partition` starts, and the first offset the engine takes.
+    fn start(&self, topic: &str, partition: i32) -> (Offset, i64) {
+        let key = (topic.to_owned(), partition);
+        let engine = self.engine.get(&key).copied().unwrap_or(0);
+        if topic == FLEET_COMMANDS_TOPIC {
+            return (Offset::Beginning, engine);
+        }
+        match (self.read_from.get(&key), self.engine.get(&key)) {
+            (Some(&read), _) if read < engine => (Offset::Offset(read.max(0)), engine),
+            (_, Some(&engine)) => (Offset::Offset(engine), engine),
+            (_, None) => (Offset::Beginning, 0),
+        }
+    }
+}
+
+/// The source's positions as a checkpoint keeps them (JSON: `[["machine-telemetry",0,1234],…]`).
+pub fn positions_to_bytes(positions: &BTreeMap<(String, i32), i64>) -> Vec<u8> {
+    let list: Vec<(&str, i32, i64)> = positions
+        .iter()
+        .map(|((t, p), o)| (t.as_str(), *p, *o))
+        .collect();
+    serde_json::to_vec(&list).unwrap_or_default()
+}
+
+/// Reads what [`positions_to_bytes`] wrote.
+pub fn positions_from_bytes(
+    bytes: &[u8],
+) -> Result<BTreeMap<(String, i32), i64>, serde_json::Error> {
+    let list: Vec<(String, i32, i64)> = serde_json::from_slice(bytes)?;
+    Ok(list.into_iter().map(|(t, p, o)| ((t, p), o)).collect())
 }
 
 /// What the source has consumed: per (topic, partition), the next offset to read.
@@ -59,6 +114,9 @@ pub struct SourceStats {
     /// A sample of consumed messages (at most one per consumer every 100 ms), for measuring
     /// freshness: see [`Freshness`].
     pub samples: Mutex<std::collections::VecDeque<Sample>>,
+    /// Messages the log's retention deleted before the engine read them (a restart whose
+    /// checkpoint is older than the log's first offset): the views miss them.
+    pub lost_to_retention: AtomicU64,
 }
 
 /// A consumed message whose way to the views is measured.
@@ -180,6 +238,9 @@ pub fn start(
             .set("group.id", "vendflow-engine")
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
+            // A checkpoint's offset the retention has deleted: read from the first kept one
+            // (`check_retention` says what was lost), never silently from the end.
+            .set("auto.offset.reset", "earliest")
             // A broker may hold a fetch open for its whole wait, which then adds to every
             // view's freshness (librdkafka's default is 500 ms; tansu answers at the deadline).
             .set("fetch.wait.max.ms", "10")
@@ -187,10 +248,10 @@ pub fn start(
             .map_err(KafkaError::client(brokers))
     };
     let topics = [
-        (TELEMETRY_TOPIC, config.partitions),
-        (FLEET_COMMANDS_TOPIC, 1),
-        (REJECTED_TOPIC, 1),
-        (COMMANDS_TOPIC, 1),
+        KafkaTopic::new(TELEMETRY_TOPIC, config.partitions),
+        KafkaTopic::new(FLEET_COMMANDS_TOPIC, 1),
+        KafkaTopic::new(REJECTED_TOPIC, 1),
+        KafkaTopic::new(COMMANDS_TOPIC, 1),
     ];
     if !ensure_topics_retrying(&brokers, &topics, &stop) {
         return Ok(Vec::new());
@@ -198,26 +259,51 @@ pub fn start(
     let probe = client(&brokers)?;
     let telemetry_partitions =
         partitions_of(&probe, TELEMETRY_TOPIC).map_err(KafkaError::client(&brokers))?;
-    drop(probe);
     let feeders = feeders.into_vec();
     let workers = feeders.len() as i32;
+    let resume = &config.resume;
     tracing::info!(
-        "kafka source: {telemetry_partitions} partition(s) of {TELEMETRY_TOPIC} over {workers} worker(s), from the beginning"
+        "kafka source: {telemetry_partitions} partition(s) of {TELEMETRY_TOPIC} over {workers} worker(s), {}",
+        if resume.engine.is_empty() {
+            "from the beginning".to_owned()
+        } else {
+            format!(
+                "from a checkpoint's offsets ({} partitions)",
+                resume.engine.len()
+            )
+        }
     );
+    if let Ok(mut positions) = stats.positions.lock() {
+        positions.extend(resume.engine.iter().map(|(k, v)| (k.clone(), *v)));
+    }
+    if let Some(pause) = &config.pause {
+        pause.set_consumers(feeders.len());
+    }
     let mut handles = Vec::new();
     for (index, feeder) in feeders.into_iter().enumerate() {
         let consumer = client(&brokers)?;
         let mut assignment = TopicPartitionList::new();
-        for p in (0..telemetry_partitions).filter(|p| p % workers == index as i32) {
+        let mut tap_only = Vec::new();
+        let mut assign = |topic: &str, partition: i32| -> Result<(), KafkaError> {
+            let (from, engine) = resume.start(topic, partition);
+            let first = match from {
+                Offset::Offset(o) => o,
+                _ => 0,
+            };
+            if first < engine {
+                tap_only.push(((topic.to_owned(), partition), engine));
+            }
+            check_retention(&probe, topic, partition, first, engine, &stats);
             assignment
-                .add_partition_offset(TELEMETRY_TOPIC, p, Offset::Beginning)
-                .map_err(KafkaError::client(&brokers))?;
+                .add_partition_offset(topic, partition, from)
+                .map_err(KafkaError::client(&brokers))
+        };
+        for p in (0..telemetry_partitions).filter(|p| p % workers == index as i32) {
+            assign(TELEMETRY_TOPIC, p)?;
         }
         if index == 0 {
             for topic in [FLEET_COMMANDS_TOPIC, REJECTED_TOPIC, COMMANDS_TOPIC] {
-                assignment
-                    .add_partition_offset(topic, 0, Offset::Beginning)
-                    .map_err(KafkaError::client(&brokers))?;
+                assign(topic, 0)?;
             }
         }
         consumer
@@ -228,14 +314,21 @@ pub fn start(
         let tap = tap.clone();
         let tick = config.tick_ms.max(1);
         let observer = config.registry_observer.clone();
+        let pause = config.pause.clone();
         let handle = std::thread::Builder::new()
             .name(format!("vendflow-kafka-{index}"))
             .spawn(move || {
                 let sinks = Sinks {
                     tap: tap.as_ref(),
                     observer: observer.as_ref(),
+                    pause: pause.as_deref(),
                 };
-                if let Err(e) = consume(&consumer, feeder, tick, &stats, sinks, &stop) {
+                let reading = Reading {
+                    tick,
+                    tap_only,
+                    stop: &stop,
+                };
+                if let Err(e) = consume(&consumer, feeder, reading, &stats, sinks) {
                     tracing::error!("kafka consumer {index} stopped: {e}");
                 }
             })
@@ -248,10 +341,87 @@ pub fn start(
     Ok(handles)
 }
 
+/// Says loudly when the log no longer holds what a restart needs: the messages between where
+/// reading starts (`first`) and the log's first retained offset were deleted by its retention.
+/// Those before the engine's position only cost the archive; those after it cost the views.
+fn check_retention(
+    probe: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    first: i64,
+    engine: i64,
+    stats: &SourceStats,
+) {
+    if first == 0 && engine == 0 {
+        return;
+    }
+    let low = match probe.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
+        Ok((low, _)) => low,
+        Err(e) => {
+            tracing::warn!(topic, partition, error = %e, "cannot read the log's first offset; retention not checked");
+            return;
+        }
+    };
+    if low > engine {
+        let lost = (low - engine) as u64;
+        stats.lost_to_retention.fetch_add(lost, Ordering::Relaxed);
+        tracing::error!(
+            topic,
+            partition,
+            checkpoint_offset = engine,
+            log_start = low,
+            lost,
+            "the log's retention deleted messages the checkpoint had not taken: the views miss them (take checkpoints more often than the retention)"
+        );
+    } else if low > first {
+        tracing::warn!(
+            topic,
+            partition,
+            archived_to = first,
+            log_start = low,
+            "the log's retention deleted messages the archive had not written; the archive misses them"
+        );
+    }
+}
+
 /// Where a consumer hands what it read besides the engine.
 struct Sinks<'a> {
     tap: Option<&'a Tap>,
     observer: Option<&'a RegistryObserver>,
+    pause: Option<&'a Pause>,
+}
+
+/// How a consumer reads.
+struct Reading<'a> {
+    /// Granularity of the ingestion clock.
+    tick: i64,
+    /// Partitions read from before the engine's position: below that offset, messages go to
+    /// the tap only.
+    tap_only: Vec<((String, i32), i64)>,
+    stop: &'a AtomicBool,
+}
+
+impl Reading<'_> {
+    /// Whether the message at `offset` of `topic`/`partition` is for the tap only; a partition
+    /// leaves the list once it reaches the engine's position.
+    fn tap_only(&mut self, topic: &str, partition: i32, offset: i64) -> bool {
+        if self.tap_only.is_empty() {
+            return false;
+        }
+        let Some(i) = self
+            .tap_only
+            .iter()
+            .position(|((t, p), _)| t == topic && *p == partition)
+        else {
+            return false;
+        };
+        if offset < self.tap_only[i].1 {
+            true
+        } else {
+            self.tap_only.swap_remove(i);
+            false
+        }
+    }
 }
 
 /// How long a consumer holds records before handing them to the engine.
@@ -266,16 +436,24 @@ const IN_FLIGHT_MS: i64 = 250;
 fn consume(
     consumer: &BaseConsumer,
     mut feeder: Feeder,
-    tick: i64,
+    mut reading: Reading,
     stats: &SourceStats,
-    Sinks { tap, observer }: Sinks,
-    stop: &AtomicBool,
+    Sinks {
+        tap,
+        observer,
+        pause,
+    }: Sinks,
 ) -> Result<(), vendflow_dataflows::EngineError> {
+    let (tick, stop) = (reading.tick, reading.stop);
     // `fleet-commands` is an upsert log: a record replaces the one with the same key, so the
     // engine gets the old record's retraction with the new one (only this consumer reads it).
     let mut registry = crate::registry::Keyed::default();
     let intake = crate::intake::Intake::new(&stats.counters, tap);
-    let mut clock = Time::EPOCH;
+    // Messages for the tap only (before a checkpoint's offsets) are decoded into a batch that
+    // is dropped, and are not counted again.
+    let replayed = crate::Counters::default();
+    let replay = crate::intake::Intake::new(&replayed, tap);
+    let mut clock = feeder.time();
     let mut batch = Batch::default();
     let mut idle_polls = 0u32;
     let mut last_sample = std::time::Instant::now();
@@ -289,6 +467,18 @@ fn consume(
         feeder.advance(next)
     };
     while !stop.load(Ordering::SeqCst) {
+        if let Some(pause) = pause
+            && pause.requested()
+        {
+            // A checkpoint: everything read so far goes to the engine, then this consumer
+            // holds until the state is taken, and continues at the checkpoint's frontier.
+            if !batch.is_empty() {
+                send(&mut feeder, clock, &mut batch)?;
+            }
+            if let Some(at) = pause.hold(feeder.time(), stop) {
+                feeder.advance(at)?;
+            }
+        }
         match consumer.poll(Duration::from_millis(50)) {
             Some(Ok(message)) => {
                 idle_polls = 0;
@@ -298,34 +488,40 @@ fn consume(
                     .filter(|t| *t >= 0)
                     .map_or_else(Timestamp::now, Timestamp);
                 let at = ts.round_up(tick);
-                if at > clock && !batch.is_empty() {
-                    send(&mut feeder, clock, &mut batch)?;
-                }
-                clock = clock.max(at);
-                if last_sample.elapsed() >= Duration::from_millis(100) {
-                    last_sample = std::time::Instant::now();
-                    if let Ok(mut s) = stats.samples.lock()
-                        && s.len() < 10_000
-                    {
-                        s.push_back(Sample {
-                            at: clock,
-                            stamped: ts.ms(),
-                            received: Timestamp::now().0,
-                        });
-                    }
-                }
                 let topic = message.topic().to_owned();
                 let partition = message.partition();
+                let tap_only = reading.tap_only(&topic, partition, message.offset());
+                let mut scratch = Batch::default();
+                let (batch, intake, received_at) = if tap_only {
+                    (&mut scratch, &replay, at)
+                } else {
+                    if at > clock && !batch.is_empty() {
+                        send(&mut feeder, clock, &mut batch)?;
+                    }
+                    clock = clock.max(at);
+                    if last_sample.elapsed() >= Duration::from_millis(100) {
+                        last_sample = std::time::Instant::now();
+                        if let Ok(mut s) = stats.samples.lock()
+                            && s.len() < 10_000
+                        {
+                            s.push_back(Sample {
+                                at: clock,
+                                stamped: ts.ms(),
+                                received: Timestamp::now().0,
+                            });
+                        }
+                    }
+                    (&mut batch, &intake, clock)
+                };
                 let source = format!("kafka:{topic}/{partition}@{}", message.offset());
                 let stream = format!("{topic}/{partition}");
                 let payload = message.payload().unwrap_or(&[]);
-                let received_at = clock;
                 let at = Position {
                     stream: &stream,
                     offset: message.offset(),
                     received_at,
                 };
-                let taken = intake.begin(&batch, &source, at, payload);
+                let taken = intake.begin(batch, &source, at, payload);
                 if topic == FLEET_COMMANDS_TOPIC && message.payload().is_none() {
                     // A tombstone: the key's record is deleted.
                     match message.key().map(std::str::from_utf8) {
@@ -336,7 +532,7 @@ fn consume(
                             registry.delete(key, &mut batch.registry);
                         }
                         _ => intake.refuse(
-                            &mut batch,
+                            batch,
                             &taken,
                             &vendflow_protocol::DecodeError::new(
                                 vendflow_protocol::ErrorKind::Schema,
@@ -352,12 +548,12 @@ fn consume(
                             }
                             registry.upsert(record, &mut batch.registry);
                         }
-                        Err(e) => intake.refuse(&mut batch, &taken, &e),
+                        Err(e) => intake.refuse(batch, &taken, &e),
                     }
                 } else if topic == COMMANDS_TOPIC {
                     match decode_command(payload) {
                         Ok(command) => batch.commands.push(command),
-                        Err(e) => intake.refuse(&mut batch, &taken, &e),
+                        Err(e) => intake.refuse(batch, &taken, &e),
                     }
                 } else if topic == REJECTED_TOPIC {
                     // Refused (and counted) by the bridge: recorded here, not counted again.
@@ -365,16 +561,19 @@ fn consume(
                         .errors
                         .push(rejection_record(payload, received_at, &source));
                 } else {
-                    intake.decoded(&mut batch, &taken, decode_line(payload));
+                    intake.decoded(batch, &taken, decode_line(payload));
                 }
-                intake.end(&batch, taken);
+                intake.end(batch, taken);
+                if tap_only {
+                    continue;
+                }
                 if let Ok(mut p) = stats.positions.lock() {
                     p.insert((topic, partition), message.offset() + 1);
                 }
                 if batch.events.len() >= 8192
                     || (!batch.is_empty() && last_send.get().elapsed() >= SEND_EVERY)
                 {
-                    send(&mut feeder, clock, &mut batch)?;
+                    send(&mut feeder, clock, batch)?;
                 }
             }
             Some(Err(e)) => {

@@ -46,7 +46,10 @@ use fleet::{ClientAssets, Fleet};
 use vendflow_ingest::auth::KeyStore;
 
 pub use leases::sweep as sweep_leases;
-pub use ops::{ArchiveCounters, Health, LagReading, Pipeline, SourceCounters, openapi};
+pub use ops::{
+    ArchiveCounters, CheckpointCounters, Health, LagReading, LatestCheckpoint, Pipeline,
+    SourceCounters, openapi,
+};
 
 /// "Now" for the lifecycle of leases: the engine's ingestion frontier when it has one.
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;

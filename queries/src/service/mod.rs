@@ -20,6 +20,7 @@
 //! broker's: rumqttd has no way to stop, so it ends with the process.
 
 pub mod bulk;
+pub mod checkpoints;
 mod options;
 mod source;
 mod ticker;
@@ -72,6 +73,9 @@ pub struct ServiceConfig {
     pub out: Option<PathBuf>,
     /// Write the status (frontier, lag, positions, freshness) as JSON here at each tick.
     pub status: Option<PathBuf>,
+    /// Checkpoints of the engine's state and the source's offsets (Kafka only): the service
+    /// starts from the newest, and takes one every period.
+    pub checkpoints: Option<checkpoints::CheckpointConfig>,
 }
 
 impl ServiceConfig {
@@ -90,6 +94,7 @@ impl ServiceConfig {
             summary_every: Duration::from_secs(2),
             out: None,
             status: None,
+            checkpoints: None,
         }
     }
 }
@@ -137,6 +142,8 @@ pub enum ServiceError {
     Simulation(#[from] vendflow_firmware::mqtt::PublishError),
     #[error("views: {0}")]
     Store(#[from] vendflow_dataflows::view_store::StoreError),
+    #[error("checkpoints: {0}")]
+    Checkpoint(#[from] vendflow_dataflows::checkpoint::file::CheckpointFileError),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -165,7 +172,11 @@ impl ServiceError {
             ServiceError::Config(_)
             | ServiceError::Tls(_)
             | ServiceError::Tokens(_)
-            | ServiceError::Credentials(_) => ErrorClass::BadInput,
+            | ServiceError::Credentials(_)
+            | ServiceError::Checkpoint(
+                vendflow_dataflows::checkpoint::file::CheckpointFileError::Incompatible { .. },
+            ) => ErrorClass::BadInput,
+            ServiceError::Checkpoint(_) => ErrorClass::External,
             ServiceError::Http(_)
             | ServiceError::Pg(..)
             | ServiceError::Kafka(_)
@@ -246,7 +257,24 @@ impl Service {
     ) -> Result<Running, ServiceError> {
         source.check()?;
         let archive = config.archive.clone().map(Archive::open).transpose()?;
-        let mut engine = Engine::start(config.engine.clone())?;
+        let restored = match (&config.checkpoints, &source) {
+            (None, _) => None,
+            (Some(c), Source::Kafka { .. }) => Some(checkpoints::restore(c, archive.as_ref())?),
+            (Some(_), Source::Simulated(_)) => {
+                return Err(ServiceError::Config(
+                    "checkpoints need a durable source to resume from: use them with Kafka (vendflow run)".into(),
+                ));
+            }
+        };
+        let mut engine_config = config.engine.clone();
+        if let Some(c) = &config.checkpoints {
+            engine_config.state_dir = Some(c.engine_dir());
+        }
+        let (engine_state, resume, checkpointing) = match restored {
+            Some(r) => (r.engine, r.resume, Some((r.dir, r.stats))),
+            None => (None, Default::default(), None),
+        };
+        let mut engine = Engine::start_from(engine_config, engine_state)?;
         let store = engine.store();
         let sql = Sql::open(
             store.clone(),
@@ -256,8 +284,14 @@ impl Service {
         let feeders = engine
             .feeders()
             .ok_or_else(|| ServiceError::Config("the engine's feeders were taken".into()))?;
-        let mut prepared = source.prepare(feeders)?;
+        let pause = checkpointing
+            .as_ref()
+            .map(|_| Arc::new(vendflow_ingest::kafka::pause::Pause::default()));
+        let checkpoint_feeders = checkpointing.as_ref().map(|_| feeders.clone());
+        let mut prepared = source.prepare(feeders, resume, pause.clone())?;
         let registry = prepared.registry.clone();
+        let prepared_source = prepared.freshness.clone();
+        let checkpoint_stats = checkpointing.as_ref().map(|(_, stats)| stats.clone());
         let (tokens, admin_token) = match &config.access {
             Access::Open => (None, None),
             Access::Tokens(path) => (Some(Arc::new(Tokens::open(path)?)), None),
@@ -280,6 +314,7 @@ impl Service {
             counters: prepared.counters.clone(),
             kind: prepared.kind,
             freshness: prepared.freshness.clone(),
+            checkpoints: checkpoint_stats.clone(),
             workers: Vec::new(),
             simulator: None,
             mqtt: prepared.mqtt,
@@ -310,6 +345,12 @@ impl Service {
                 .pipeline
                 .take()
                 .unwrap_or_else(|| Pipeline::new("none", "", Box::new(SourceCounters::default)));
+            let pipeline = match &checkpoint_stats {
+                Some(stats) => {
+                    pipeline.with_checkpoints(checkpoints::counters(stats, prepared_source.clone()))
+                }
+                None => pipeline,
+            };
             let health = with_archive(pipeline, running.archive.as_ref());
             let rate = config.api_rate.max(1);
             let mut state = ApiState::new(store.clone(), sql.clone(), registry.clone())
@@ -357,6 +398,30 @@ impl Service {
             }
             Err(e) => return fail(running, e),
         }
+        if let (Some((dir, stats)), Some(pause), Some(feeders), Some(source)) =
+            (checkpointing, pause, checkpoint_feeders, prepared_source)
+        {
+            let every = config
+                .checkpoints
+                .as_ref()
+                .map_or(Duration::from_secs(60), |c| c.every);
+            let checkpointer = checkpoints::Checkpointer {
+                dir,
+                every,
+                pause,
+                feeders,
+                source,
+                stats,
+            };
+            let stop = stop.clone();
+            match Worker::spawn("checkpoints", &running.stop, move || {
+                checkpointer.run(&stop);
+                Ok(())
+            }) {
+                Ok(w) => running.workers.push(w),
+                Err(e) => return fail(running, e),
+            }
+        }
         Ok(running)
     }
 }
@@ -376,6 +441,7 @@ pub struct Running {
     counters: Arc<dyn Fn() -> SourceCounters + Send + Sync>,
     kind: source::Kind,
     freshness: Option<Arc<vendflow_ingest::kafka::source::SourceStats>>,
+    checkpoints: Option<Arc<checkpoints::CheckpointStats>>,
     /// The source's threads and the background ones, joined at shutdown after the simulator.
     workers: Vec<Worker>,
     simulator: Option<Worker>,
@@ -426,6 +492,11 @@ impl Running {
 
     pub fn archive_root(&self) -> Option<&Path> {
         self.archive.as_ref().map(Archive::root)
+    }
+
+    /// What the checkpoints did (with --state).
+    pub fn checkpoints(&self) -> Option<&Arc<checkpoints::CheckpointStats>> {
+        self.checkpoints.as_ref()
     }
 
     /// The flag that stops the service.

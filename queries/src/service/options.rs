@@ -132,6 +132,16 @@ pub struct RunOptions {
     /// Granularity of the ingestion clock in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub tick_ms: i64,
+    /// Keep the engine's state in this directory: a checkpoint (every view and operator's state
+    /// with the Kafka offsets that produced it) every --checkpoint-secs, and at start the newest
+    /// whole one is loaded and each partition continues from its offset instead of from the
+    /// log's beginning. Without it, every start re-reads the whole log.
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
+    /// Seconds between checkpoints (with --state). A restart re-reads at most about this much
+    /// of the log; the log's retention must be longer.
+    #[arg(long, default_value_t = 60.0, requires = "state")]
+    pub checkpoint_secs: f64,
 }
 
 impl RunOptions {
@@ -150,6 +160,13 @@ impl RunOptions {
             summary_every: Duration::from_secs_f64(self.every.max(0.1)),
             out: self.out.clone(),
             status: self.status.clone(),
+            checkpoints: self
+                .state
+                .clone()
+                .map(|dir| super::checkpoints::CheckpointConfig {
+                    dir,
+                    every: Duration::from_secs_f64(self.checkpoint_secs.max(0.1)),
+                }),
             ..ServiceConfig::new(engine)
         };
         let source = Source::Kafka {
@@ -184,6 +201,32 @@ impl RunOptions {
         }
         if let Some(root) = running.archive_root() {
             lines.push(format!("run: archiving to {}", root.display()));
+        }
+        if let (Some(dir), Some(c)) = (&self.state, running.checkpoints()) {
+            lines.push(match c.restored() {
+                Some(r) => format!(
+                    "run: started from checkpoint {} (frontier {}, offsets {}); a checkpoint every {} s into {}",
+                    r.path.display(),
+                    r.frontier,
+                    r.positions,
+                    self.checkpoint_secs,
+                    dir.display()
+                ),
+                None => format!(
+                    "run: no checkpoint in {}: reading the log from its beginning; a checkpoint every {} s",
+                    dir.display(),
+                    self.checkpoint_secs
+                ),
+            });
+            let skipped = c
+                .skipped_at_start
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if skipped > 0 {
+                lines.push(format!(
+                    "run: WARNING: skipped {skipped} damaged checkpoint(s) in {} (see the log); used the one before",
+                    dir.display()
+                ));
+            }
         }
         lines.push(format!(
             "run: consuming {TELEMETRY_TOPIC} and fleet-commands from {}; Ctrl-C to stop",

@@ -74,7 +74,13 @@ impl Source {
     }
 
     /// The registry and health of this source, and what `start` will need.
-    pub(super) fn prepare(self, mut feeders: Feeders) -> Result<Prepared, ServiceError> {
+    /// A Kafka source continues at `resume`'s offsets, held by `pause` for checkpoints.
+    pub(super) fn prepare(
+        self,
+        mut feeders: Feeders,
+        resume: kafka_source::Resume,
+        pause: Option<Arc<vendflow_ingest::kafka::pause::Pause>>,
+    ) -> Result<Prepared, ServiceError> {
         match self {
             Source::Kafka {
                 brokers,
@@ -105,6 +111,8 @@ impl Source {
                         let registry = registry.clone();
                         Arc::new(move |record| registry.observe(record))
                     }),
+                    resume,
+                    pause,
                 };
                 Ok(Prepared {
                     kind: Kind::Kafka,

@@ -154,6 +154,18 @@ fn write_status(running: &Running, tick: &Tick, paths: &[PathBuf]) -> Result<(),
         "archived": archive.map(|a| {
             a.stats().committed.lock().map(|c| c.clone()).unwrap_or_default()
         }),
+        "checkpoints": running.checkpoints.as_ref().map(|c| {
+            let latest = c.latest();
+            serde_json::json!({
+                "written": c.written.load(Ordering::Relaxed),
+                "failed": c.failed.load(Ordering::Relaxed),
+                "damagedSkippedAtStart": c.skipped_at_start.load(Ordering::Relaxed),
+                "restoredFromFrontierMs": c.restored().map(|r| r.frontier.ms()),
+                "resumedFrom": c.restored().map(|r| r.positions),
+                "latestFrontierMs": latest.as_ref().map(|w| w.frontier.ms()),
+                "latestBytes": latest.as_ref().map(|w| w.bytes),
+            })
+        }),
     });
     for path in paths {
         let tmp = path.with_extension("json.tmp");

@@ -13,4 +13,7 @@ mod pipeline;
 
 pub(in crate::api) use openapi::ApiDoc;
 pub use openapi::openapi;
-pub use pipeline::{ArchiveCounters, EngineOnly, Health, LagReading, Pipeline, SourceCounters};
+pub use pipeline::{
+    ArchiveCounters, CheckpointCounters, EngineOnly, Health, LagReading, LatestCheckpoint,
+    Pipeline, SourceCounters,
+};

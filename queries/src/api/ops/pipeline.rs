@@ -48,6 +48,33 @@ pub struct ArchiveCounters {
     pub errors: u64,
 }
 
+/// What the checkpoints have done (`vendflow run --state`).
+#[derive(Clone, Debug, Default)]
+pub struct CheckpointCounters {
+    pub written: u64,
+    pub failed: u64,
+    /// Damaged checkpoint files skipped at start.
+    pub skipped_at_start: u64,
+    /// The frontier (ms) of the checkpoint this run started from.
+    pub restored_from: Option<i64>,
+    pub latest: Option<LatestCheckpoint>,
+    /// The latest attempt's error, when it failed.
+    pub last_error: Option<String>,
+    /// Messages the log's retention deleted before the engine read them.
+    pub lost_to_retention: u64,
+}
+
+/// The newest checkpoint written.
+#[derive(Clone, Debug)]
+pub struct LatestCheckpoint {
+    pub frontier_ms: i64,
+    pub bytes: u64,
+    pub age: std::time::Duration,
+    /// How long the source was held while the state was taken.
+    pub held: std::time::Duration,
+    pub write: std::time::Duration,
+}
+
 /// Health and metrics of a running pipeline: its source (`mqtt` in the demo, `kafka` with
 /// `run`), the source's lag when it has one, and the Parquet archive when there is one.
 pub struct Pipeline {
@@ -57,6 +84,7 @@ pub struct Pipeline {
     pub counters: Box<dyn Fn() -> SourceCounters + Send + Sync>,
     pub lag: Option<Box<dyn Fn() -> Option<LagReading> + Send + Sync>>,
     pub archive: Option<Box<dyn Fn() -> ArchiveCounters + Send + Sync>>,
+    pub checkpoints: Option<Box<dyn Fn() -> CheckpointCounters + Send + Sync>>,
     /// The archive's error count last seen to change, and when: an error makes the archive
     /// `failing` for five minutes, not for ever.
     archive_seen: std::sync::Mutex<(u64, Option<std::time::Instant>)>,
@@ -78,6 +106,7 @@ impl Pipeline {
             counters,
             lag: None,
             archive: None,
+            checkpoints: None,
             archive_seen: std::sync::Mutex::new((0, None)),
         }
     }
@@ -93,6 +122,39 @@ impl Pipeline {
     ) -> Pipeline {
         self.archive = Some(archive);
         self
+    }
+
+    pub fn with_checkpoints(
+        mut self,
+        checkpoints: Box<dyn Fn() -> CheckpointCounters + Send + Sync>,
+    ) -> Pipeline {
+        self.checkpoints = Some(checkpoints);
+        self
+    }
+
+    fn checkpoints_json(c: &CheckpointCounters) -> Json {
+        let status = match (&c.last_error, c.lost_to_retention) {
+            (Some(e), _) => format!("failing: the latest checkpoint was not taken: {e}"),
+            (None, lost) if lost > 0 => format!(
+                "degraded: the log's retention deleted {lost} message(s) the checkpoint had not taken; the views miss them"
+            ),
+            (None, _) => "ok".to_owned(),
+        };
+        let mut out = json!({
+            "status": status,
+            "written": c.written, "failed": c.failed,
+            "damagedSkippedAtStart": c.skipped_at_start,
+            "restoredFromFrontierMs": c.restored_from,
+            "lostToRetention": c.lost_to_retention,
+        });
+        if let Some(l) = &c.latest {
+            out["latest"] = json!({
+                "frontierMs": l.frontier_ms, "bytes": l.bytes,
+                "ageSeconds": l.age.as_secs_f64(), "heldSeconds": l.held.as_secs_f64(),
+                "writeSeconds": l.write.as_secs_f64(),
+            });
+        }
+        out
     }
 
     fn source_json(&self) -> Json {
@@ -152,6 +214,12 @@ impl Health for Pipeline {
         let mut out = BTreeMap::from([(self.source.to_owned(), self.source_json())]);
         if let Some(archive) = &self.archive {
             out.insert("archive".to_owned(), self.archive_json(archive.as_ref()));
+        }
+        if let Some(checkpoints) = &self.checkpoints {
+            out.insert(
+                "checkpoints".to_owned(),
+                Self::checkpoints_json(&checkpoints()),
+            );
         }
         out
     }
@@ -216,6 +284,30 @@ impl Health for Pipeline {
                     out,
                     "# HELP vendflow_archive_{name}_total {help}\n# TYPE vendflow_archive_{name}_total counter\n\
                      vendflow_archive_{name}_total {value}\n"
+                );
+            }
+        }
+        if let Some(checkpoints) = &self.checkpoints {
+            let c = checkpoints();
+            for (name, kind, help, value) in [
+                ("checkpoints_written_total", "counter", "Checkpoints written.", c.written as f64),
+                ("checkpoints_failed_total", "counter", "Checkpoints that failed (tried again at the next period).", c.failed as f64),
+                ("checkpoints_damaged_skipped_total", "counter", "Damaged checkpoint files skipped at start (the one before was used).", c.skipped_at_start as f64),
+                ("source_lost_to_retention_total", "counter", "Messages the log's retention deleted before the engine read them.", c.lost_to_retention as f64),
+            ]
+            .into_iter()
+            .chain(c.latest.iter().flat_map(|l| {
+                [
+                    ("checkpoint_age_seconds", "gauge", "Seconds since the newest checkpoint was written.", l.age.as_secs_f64()),
+                    ("checkpoint_bytes", "gauge", "Size of the newest checkpoint file.", l.bytes as f64),
+                    ("checkpoint_frontier_ms", "gauge", "Frontier (ingestion time, epoch ms) of the newest checkpoint.", l.frontier_ms as f64),
+                    ("checkpoint_held_seconds", "gauge", "How long the source was held while the newest checkpoint's state was taken.", l.held.as_secs_f64()),
+                    ("checkpoint_write_seconds", "gauge", "How long the newest checkpoint file took to write.", l.write.as_secs_f64()),
+                ]
+            })) {
+                let _ = write!(
+                    out,
+                    "# HELP vendflow_{name} {help}\n# TYPE vendflow_{name} {kind}\nvendflow_{name} {value}\n"
                 );
             }
         }
