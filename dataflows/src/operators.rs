@@ -279,7 +279,7 @@ type Held<D, R> = (Vec<(D, Time, R)>, usize);
 
 pub trait HoldFuture<'s, D: ExchangeData, R: Semigroup + ExchangeData> {
     /// Passes updates at their message's time straight through and holds updates scheduled for
-    /// later (a temporal filter's retractions) until the input frontier reaches their time.
+    /// later (a temporal filter's retractions) until the input frontier has passed their time.
     ///
     /// Without this, every future retraction would sit in the next arrangement's batcher, which
     /// re-examines all pending updates each time it seals a batch: with a 48 h horizon that is
@@ -340,10 +340,16 @@ impl<'s, D: ExchangeData, R: Semigroup + ExchangeData> HoldFuture<'s, D, R>
                                     output.session(&c).give_iterator(current.into_iter());
                                 }
                         });
+                        // A held time goes out once the frontier has passed it, not when it
+                        // reaches it: while the frontier is at `t`, nothing at `t` is in flight
+                        // from here, so the engine's state taken at frontier `t` (a checkpoint)
+                        // holds it here rather than losing it in a channel. The capability
+                        // kept at `t` holds downstream back meanwhile; the sources move their
+                        // input past a time right after sending it.
                         let reached = frontier.frontier().first().copied().unwrap_or(Time::MAX);
                         let Some(h) = hold.as_mut() else { return };
                         while let Some(entry) = held.first_entry() {
-                            if *entry.key() > reached {
+                            if *entry.key() >= reached {
                                 break;
                             }
                             let (time, (updates, _)) = entry.remove_entry();
