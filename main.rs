@@ -345,7 +345,8 @@ fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
-fn run_kafka(config: Config, options: RunOptions) -> anyhow::Result<()> {
+fn run_kafka(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
+    config.cluster = options.cluster()?;
     let (service, source) = options.service(config);
     let running = Service::start(service, source, stop_flag()?)?;
     for line in options.banner(&running) {

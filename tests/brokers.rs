@@ -1897,6 +1897,42 @@ fn start_archiving_engine(
     Daemon::spawn("engine", bin, &args, log)
 }
 
+/// Waits until the engines writing into `a` and `b` have written every view at the same
+/// frontier (views such as liveness move with the clock) and they are equal; the number of
+/// views. Fails with the views that still differ after a minute.
+fn assert_same_views(a: &Path, b: &Path) -> anyhow::Result<usize> {
+    let views: Vec<String> = std::fs::read_dir(a)?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".csv"))
+        .collect();
+    ensure!(views.len() > 20, "only {} views were written", views.len());
+    let mut differ = Vec::new();
+    let started = Instant::now();
+    loop {
+        let frontier = |out: &Path| status_of(out).map(|s| s["frontier"].as_i64());
+        let before = (frontier(a)?, frontier(b)?);
+        differ.clear();
+        for file in &views {
+            if sorted_rows(&a.join(file))? != sorted_rows(&b.join(file))? {
+                differ.push(file.clone());
+            }
+        }
+        let after = (frontier(a)?, frontier(b)?);
+        let same_moment = before == after && before.0 == before.1;
+        if same_moment && differ.is_empty() {
+            return Ok(views.len());
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!(
+                "the views differ: {differ:?} (in {} and {})",
+                a.display(),
+                b.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// The newest checkpoint file in `state`.
 fn newest_checkpoint(state: &Path) -> anyhow::Result<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(state)?
@@ -2101,41 +2137,8 @@ fn an_engine_killed_three_times_restarts_from_its_checkpoints_and_ends_with_the_
         &kafka,
         "the engine killed three times",
     )?;
-    // Every view, compared when both engines wrote them at the same frontier (views such as
-    // liveness move with the clock).
-    let views: Vec<String> = std::fs::read_dir(&out_a)?
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.ends_with(".csv"))
-        .collect();
-    ensure!(views.len() > 20, "only {} views were written", views.len());
-    let mut differ = Vec::new();
-    let started = Instant::now();
-    loop {
-        let frontier = |out: &Path| status_of(out).map(|s| s["frontier"].as_i64());
-        let before = (frontier(&out_a)?, frontier(&out_b)?);
-        differ.clear();
-        for file in &views {
-            if sorted_rows(&out_a.join(file))? != sorted_rows(&out_b.join(file))? {
-                differ.push(file.clone());
-            }
-        }
-        let after = (frontier(&out_a)?, frontier(&out_b)?);
-        let same_moment = before == after && before.0 == before.1;
-        if (same_moment && differ.is_empty()) || started.elapsed() > Duration::from_secs(60) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    ensure!(
-        differ.is_empty(),
-        "the restarted engine's views differ from those of the engine never stopped: {differ:?} (in {} and {})",
-        out_a.display(),
-        out_b.display()
-    );
-    eprintln!(
-        "all {} views of the restarted engine equal those of the engine never stopped",
-        views.len()
-    );
+    let views = assert_same_views(&out_a, &out_b)?;
+    eprintln!("all {views} views of the restarted engine equal those of the engine never stopped");
     let lost = status_of(&out_b)?["checkpoints"].clone();
     eprintln!("engine B's checkpoints: {lost}");
 
@@ -2161,6 +2164,104 @@ fn an_engine_killed_three_times_restarts_from_its_checkpoints_and_ends_with_the_
     );
     eprintln!(
         "an engine without state reads {tail_only} of the {everything} messages: the retention deleted the rest"
+    );
+    Ok(())
+}
+
+/// `vendflow run` as two processes of a timely cluster on loopback (one worker each) gives the
+/// same views as one process with two workers, on the same topics: the partitions are spread
+/// over both processes, and process 0 gathers and serves every view.
+#[test]
+fn two_processes_on_loopback_give_the_views_of_one() -> anyhow::Result<()> {
+    let Some(mosquitto_bin) = require_mosquitto()? else {
+        return Ok(());
+    };
+    let Some(curl) = require_program("curl", &[])? else {
+        return Ok(());
+    };
+    let Some(tansu_bin) = require_tansu()? else {
+        return Ok(());
+    };
+    let (_guard, dir) = test_dir()?;
+    let d = dir.as_path();
+    let (mqtt_port, kafka_port, http_port) = (free_port()?, free_port()?, free_port()?);
+    let (mqtt, kafka, http) = (
+        format!("127.0.0.1:{mqtt_port}"),
+        format!("127.0.0.1:{kafka_port}"),
+        format!("127.0.0.1:{http_port}"),
+    );
+    let _mosquitto = start_mosquitto(&mosquitto_bin, d, mqtt_port)?;
+    let _tansu = start_tansu(&tansu_bin, d, kafka_port)?;
+    let bin = vendflow_bin()?;
+    let _bridge = vendflow_tests::start_bridge(&bin, d, &mqtt, &kafka, 4, 3, &http)?;
+    let sent = d.join("sent.jsonl");
+    let publisher = Command::new(&bin)
+        .args([
+            "publish",
+            "--mqtt",
+            &mqtt,
+            "--machines",
+            "4",
+            "--hours",
+            "24",
+        ])
+        .args(["--seed", "3", "--speed", "4320", "--receipts", "--record"])
+        .arg(&sent)
+        .env("RUST_BACKTRACE", "0")
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let one = d.join("views-one");
+    let alone = start_plain_engine(&bin, &kafka, &one, &d.join("engine-one.log"))?;
+    let peers = format!("127.0.0.1:{},127.0.0.1:{}", free_port()?, free_port()?);
+    let two = d.join("views-two");
+    let two_text = two.display().to_string();
+    let process = |i: &str, out: &[&str]| -> anyhow::Result<Daemon> {
+        let mut args = vec![
+            "--workers",
+            "1",
+            "run",
+            "--insecure-open-api",
+            "--kafka",
+            &kafka,
+            "--every",
+            "0.5",
+            "--partitions",
+            "3",
+            "--processes",
+            "2",
+            "--process",
+            i,
+            "--peers",
+            &peers,
+        ];
+        args.extend(out);
+        Daemon::spawn(
+            "cluster",
+            &bin,
+            &args,
+            &d.join(format!("engine-two-{i}.log")),
+        )
+    };
+    let first = process("0", &["--out", &two_text])?;
+    let second = process("1", &[])?;
+    let published = finish(publisher)?;
+    eprintln!("the fleet published {published} envelopes");
+    wait_until(
+        "the bridge has everything in Kafka",
+        Duration::from_secs(60),
+        || Ok(vendflow_tests::bridge_metric(&curl, &http, "inflight")? == 0),
+    )?;
+    let expected = oracle(&[&sent])?;
+    wait_for_revenue(&one, &expected, &alone, &kafka, "one process")?;
+    wait_for_revenue(&two, &expected, &first, &kafka, "two processes")
+        .with_context(|| tail(&second.output()))?;
+    let views = assert_same_views(&one, &two)?;
+    eprintln!("all {views} views of two processes equal those of one");
+    // The second process read its share of the partitions.
+    ensure!(
+        second.output().contains("over 2 worker(s) (1 here)"),
+        "the second process did not take its share: {}",
+        tail(&second.output())
     );
     Ok(())
 }

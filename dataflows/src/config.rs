@@ -8,8 +8,10 @@ use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR, MS_PER_MINUTE};
 /// older than its horizon is retracted, so memory stays flat on an endless stream.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Timely worker threads.
+    /// Timely worker threads (per process, in a cluster).
     pub workers: usize,
+    /// Run as one process of a timely cluster; None: this process alone.
+    pub cluster: Option<Cluster>,
     /// Sale lines are deduplicated for this long (longer than the machines' 24 h offline buffer).
     pub dedup_horizon_ms: i64,
     /// How long (days of event time) a restock is remembered, so that a re-delivery of it is
@@ -62,10 +64,35 @@ pub struct Config {
     pub max_ahead_ms: i64,
 }
 
+/// One process of a timely cluster: every process runs [`Config::workers`] workers, and the
+/// views are gathered on process 0's store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cluster {
+    /// This process's index in `addresses`.
+    pub process: usize,
+    /// Every process's `host:port`, in process order (timely's hostfile).
+    pub addresses: Vec<String>,
+}
+
+impl Config {
+    /// Processes in the cluster (1 alone).
+    pub fn processes(&self) -> usize {
+        self.cluster
+            .as_ref()
+            .map_or(1, |c| c.addresses.len().max(1))
+    }
+
+    /// This process's index (0 alone).
+    pub fn process(&self) -> usize {
+        self.cluster.as_ref().map_or(0, |c| c.process)
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
             workers: 2,
+            cluster: None,
             dedup_horizon_ms: 48 * MS_PER_HOUR,
             restock_dedup_days: 35,
             ledger_retention_days: 400,

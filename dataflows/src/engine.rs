@@ -358,6 +358,20 @@ impl Engine {
                 state.workers.len()
             )));
         }
+        if let Some(cluster) = &config.cluster {
+            if state.is_some() {
+                return Err(EngineError::Restore(
+                    "checkpoints are not taken or restored in a cluster yet".into(),
+                ));
+            }
+            if cluster.process >= cluster.addresses.len() {
+                return Err(EngineError::Start(format!(
+                    "process {} of a cluster of {}",
+                    cluster.process,
+                    cluster.addresses.len()
+                )));
+            }
+        }
         let start_time = state.as_ref().map_or(Time::EPOCH, |s| s.frontier);
         let (sections, hour, views) = match state {
             Some(s) => (
@@ -409,8 +423,24 @@ impl Engine {
         // Each worker says whether its dataflow was built (and took up its state).
         let (built_tx, built_rx) = std::sync::mpsc::sync_channel::<Result<(), String>>(workers);
         let built_tx = Arc::new(Mutex::new(built_tx));
-        let guards = timely::execute(timely::Config::process(workers), move |worker| {
-            let index = worker.index();
+        let communication = match &config.cluster {
+            None => timely::CommunicationConfig::Process(workers),
+            Some(cluster) => timely::CommunicationConfig::Cluster {
+                threads: workers,
+                process: cluster.process,
+                addresses: cluster.addresses.clone(),
+                report: false,
+                zerocopy: false,
+            },
+        };
+        let timely_config = timely::Config {
+            communication,
+            worker: timely::WorkerConfig::default(),
+        };
+        let guards = timely::execute(timely_config, move |worker| {
+            // In a cluster, worker indices run over every process; this process's workers are
+            // `process * workers ..`, and its channels are by the local index.
+            let index = worker.index() % workers;
             let rx = receivers.lock().ok().and_then(|mut r| r[index].take());
             let tx = capture_tx.lock().map(|t| t.clone()).ok();
             let ledger = ledgers.lock().ok().and_then(|mut l| l[index].take());
@@ -632,7 +662,10 @@ fn run_worker(
     config: &Config,
     stop: &AtomicBool,
 ) {
+    // Global over a cluster's processes (worker 0 owns the clock); channels are local.
     let index = worker.index();
+    let local = index % config.workers.max(1);
+    let gather = config.cluster.is_some();
     let profile = std::env::var_os("VENDFLOW_PROFILE")
         .is_some()
         .then(|| profile::register(worker));
@@ -664,10 +697,20 @@ fn run_worker(
         );
         let probe = timely::dataflow::operators::probe::Handle::new();
         for (view, rows) in views.into_iter().enumerate() {
-            rows.probe_with(&probe).inner.capture_into(ViewPusher {
+            let pusher = ViewPusher {
                 view,
                 tx: tx.clone(),
-            });
+            };
+            if gather {
+                // A cluster serves its views from process 0: every row goes to worker 0.
+                use timely::dataflow::operators::{Exchange, Probe};
+                rows.inner
+                    .exchange(|_| 0)
+                    .probe_with(&probe)
+                    .capture_into(pusher);
+            } else {
+                rows.probe_with(&probe).inner.capture_into(pusher);
+            }
         }
         let inputs = WorkerInputs {
             events,
@@ -712,7 +755,7 @@ fn run_worker(
                     inputs.flush();
                     let saved = checkpoint_worker(worker, &probe, &book, &inputs, at, stop);
                     let _ = reply.send(saved.map(|section| {
-                        (index, section, inputs.hour.map(|_| inputs.hour_as_of(at)))
+                        (local, section, inputs.hour.map(|_| inputs.hour_as_of(at)))
                     }));
                 }
                 Ok(command) => {

@@ -61,6 +61,16 @@ pub struct SourceConfig {
     pub resume: Resume,
     /// Holds the consumers while a checkpoint is taken.
     pub pause: Option<Arc<Pause>>,
+    /// In a cluster: this process's first worker, and the workers of every process. Partitions
+    /// are spread over all of them; the single-partition topics go to worker 0.
+    pub cluster: Option<Share>,
+}
+
+/// This process's part of a cluster's workers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Share {
+    pub first_worker: usize,
+    pub all_workers: usize,
 }
 
 /// Where the source continues after a restart from a checkpoint.
@@ -260,10 +270,15 @@ pub fn start(
     let telemetry_partitions =
         partitions_of(&probe, TELEMETRY_TOPIC).map_err(KafkaError::client(&brokers))?;
     let feeders = feeders.into_vec();
-    let workers = feeders.len() as i32;
+    let share = config.cluster.unwrap_or(Share {
+        first_worker: 0,
+        all_workers: feeders.len(),
+    });
+    let workers = share.all_workers.max(1) as i32;
     let resume = &config.resume;
     tracing::info!(
-        "kafka source: {telemetry_partitions} partition(s) of {TELEMETRY_TOPIC} over {workers} worker(s), {}",
+        "kafka source: {telemetry_partitions} partition(s) of {TELEMETRY_TOPIC} over {workers} worker(s) ({} here), {}",
+        feeders.len(),
         if resume.engine.is_empty() {
             "from the beginning".to_owned()
         } else {
@@ -280,7 +295,8 @@ pub fn start(
         pause.set_consumers(feeders.len());
     }
     let mut handles = Vec::new();
-    for (index, feeder) in feeders.into_iter().enumerate() {
+    for (local, feeder) in feeders.into_iter().enumerate() {
+        let index = share.first_worker + local;
         let consumer = client(&brokers)?;
         let mut assignment = TopicPartitionList::new();
         let mut tap_only = Vec::new();

@@ -256,6 +256,7 @@ impl Service {
         stop: Arc<AtomicBool>,
     ) -> Result<Running, ServiceError> {
         source.check()?;
+        check_cluster(&config, &source)?;
         let archive = config.archive.clone().map(Archive::open).transpose()?;
         let restored = match (&config.checkpoints, &source) {
             (None, _) => None,
@@ -288,7 +289,15 @@ impl Service {
             .as_ref()
             .map(|_| Arc::new(vendflow_ingest::kafka::pause::Pause::default()));
         let checkpoint_feeders = checkpointing.as_ref().map(|_| feeders.clone());
-        let mut prepared = source.prepare(feeders, resume, pause.clone())?;
+        let share = config
+            .engine
+            .cluster
+            .as_ref()
+            .map(|_| vendflow_ingest::kafka::source::Share {
+                first_worker: config.engine.process() * config.engine.workers,
+                all_workers: config.engine.processes() * config.engine.workers,
+            });
+        let mut prepared = source.prepare(feeders, resume, pause.clone(), share)?;
         let registry = prepared.registry.clone();
         let prepared_source = prepared.freshness.clone();
         let checkpoint_stats = checkpointing.as_ref().map(|(_, stats)| stats.clone());
@@ -424,6 +433,35 @@ impl Service {
         }
         Ok(running)
     }
+}
+
+/// Refuses what a cluster cannot do yet, or what only process 0 can (it holds the views).
+fn check_cluster(config: &ServiceConfig, source: &Source) -> Result<(), ServiceError> {
+    if config.engine.cluster.is_none() {
+        return Ok(());
+    }
+    let refuse = |what: &str| Err(ServiceError::Config(what.to_owned()));
+    if matches!(source, Source::Simulated(_)) {
+        return refuse("a cluster runs on Kafka (vendflow run)");
+    }
+    if config.checkpoints.is_some() {
+        return refuse(
+            "--state is not supported in a cluster yet: every process would have to checkpoint at one frontier",
+        );
+    }
+    if config.archive.is_some() {
+        return refuse(
+            "--archive is not supported in a cluster yet: each process reads only its share of the partitions",
+        );
+    }
+    if config.engine.process() != 0
+        && (config.http.is_some() || config.pg.is_some() || config.out.is_some())
+    {
+        return refuse(
+            "the views are gathered on process 0: serve --http, --pg and --out from it, not from this process",
+        );
+    }
+    Ok(())
 }
 
 /// The service, running; see the module's lifecycle.

@@ -142,9 +142,63 @@ pub struct RunOptions {
     /// of the log; the log's retention must be longer.
     #[arg(long, default_value_t = 60.0, requires = "state")]
     pub checkpoint_secs: f64,
+    /// Run as one of this many processes of a timely cluster (each with --workers threads):
+    /// the partitions of `machine-telemetry` are spread over every worker of every process,
+    /// and the views are gathered on process 0, which serves them (--http, --pg, --out).
+    /// Every process is started with the same --processes and --peers, and its own --process.
+    #[arg(long, default_value_t = 1, requires = "process")]
+    pub processes: usize,
+    /// This process's index in the cluster, 0 to --processes - 1.
+    #[arg(long)]
+    pub process: Option<usize>,
+    /// Every process's HOST:PORT for the cluster's own connections, in process order,
+    /// comma-separated (or --hostfile).
+    #[arg(long, value_delimiter = ',', conflicts_with = "hostfile")]
+    pub peers: Vec<String>,
+    /// A file with one HOST:PORT per line, in process order (timely's hostfile).
+    #[arg(long, value_name = "FILE")]
+    pub hostfile: Option<PathBuf>,
 }
 
 impl RunOptions {
+    /// The cluster this process is part of (--processes, --process, --peers or --hostfile);
+    /// None alone.
+    pub fn cluster(&self) -> Result<Option<vendflow_dataflows::config::Cluster>, ServiceError> {
+        let Some(process) = self.process.filter(|_| self.processes > 1) else {
+            return Ok(None);
+        };
+        let addresses: Vec<String> = match &self.hostfile {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|source| ServiceError::Io {
+                    what: format!("cannot read the hostfile {}", path.display()),
+                    source,
+                })?
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned)
+                .collect(),
+            None => self.peers.iter().map(|p| p.trim().to_owned()).collect(),
+        };
+        if addresses.len() != self.processes {
+            return Err(ServiceError::Config(format!(
+                "--processes {} needs one address per process (--peers or --hostfile), got {}",
+                self.processes,
+                addresses.len()
+            )));
+        }
+        if process >= self.processes {
+            return Err(ServiceError::Config(format!(
+                "--process {process} is not one of 0..{}",
+                self.processes
+            )));
+        }
+        Ok(Some(vendflow_dataflows::config::Cluster {
+            process,
+            addresses,
+        }))
+    }
+
     /// The service and its Kafka source. Without --tokens (clap requires
     /// --insecure-open-api then) anyone who reaches the ports may use them.
     pub fn service(&self, engine: Config) -> (ServiceConfig, Source) {
@@ -227,6 +281,13 @@ impl RunOptions {
                     dir.display()
                 ));
             }
+        }
+        if let Some(process) = self.process.filter(|_| self.processes > 1) {
+            lines.push(format!(
+                "run: process {process} of a cluster of {}; the views are gathered on process 0{}",
+                self.processes,
+                if process == 0 { " (this one)" } else { "" }
+            ));
         }
         lines.push(format!(
             "run: consuming {TELEMETRY_TOPIC} and fleet-commands from {}; Ctrl-C to stop",

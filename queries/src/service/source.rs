@@ -28,7 +28,7 @@ use crate::api::{LagReading, Pipeline, SourceCounters};
 #[derive(Clone, Debug)]
 pub enum Source {
     /// `machine-telemetry` and `fleet-commands` on these Kafka brokers, every partition from
-    /// the start.
+    /// the start or from a checkpoint's offsets; in a cluster, this process's share of them.
     Kafka {
         brokers: String,
         /// Partitions of `machine-telemetry` if it has to be created.
@@ -80,6 +80,7 @@ impl Source {
         mut feeders: Feeders,
         resume: kafka_source::Resume,
         pause: Option<Arc<vendflow_ingest::kafka::pause::Pause>>,
+        cluster: Option<kafka_source::Share>,
     ) -> Result<Prepared, ServiceError> {
         match self {
             Source::Kafka {
@@ -113,6 +114,7 @@ impl Source {
                     }),
                     resume,
                     pause,
+                    cluster,
                 };
                 Ok(Prepared {
                     kind: Kind::Kafka,
