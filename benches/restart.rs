@@ -1,8 +1,8 @@
 //! Restart from a checkpoint as the log grows, and a cluster against one process, on real
 //! brokers: Mosquitto → `vendflow bridge` → tansu → `vendflow run`, release binaries on loopback.
 //!
-//! 1. The log grows in steps (each a fleet publishing `--hours` more as fast as the broker takes
-//!    it). After each step an engine with `--state` (checkpoints every 5 s) has caught up and
+//! 1. The log doubles in steps (1, 2, 4… × a fleet publishing `--hours`, as fast as the broker
+//!    takes it). After each step an engine with `--state` (checkpoints every 5 s) has caught up and
 //!    written a checkpoint; it is `kill -9`ed and started again, and the time from the restart
 //!    until it has consumed the whole log again is measured. Beside it, an engine without state
 //!    reads the whole log from offset 0: the time a restart took before checkpoints. The first
@@ -23,7 +23,7 @@ use anyhow::{Context, bail};
 use vendflow_benches::release_bin;
 use vendflow_tests::{
     Daemon, bridge_metric, free_port, require_mosquitto, require_program, require_tansu,
-    start_bridge, start_mosquitto, start_tansu,
+    start_mosquitto, start_tansu,
 };
 
 struct Args {
@@ -131,7 +131,26 @@ fn main() -> anyhow::Result<()> {
     );
     let _mosquitto = start_mosquitto(&mosquitto_bin, d, mqtt_port)?;
     let _tansu = start_tansu(&tansu_bin, d, kafka_port)?;
-    let _bridge = start_bridge(&bin, d, &mqtt, &kafka, args.machines, 4, &http)?;
+    // Unsigned envelopes accepted: each step's fleet has its own seed (new sales), and so its
+    // own keys.
+    let bridge = Daemon::spawn(
+        "bridge",
+        &bin,
+        &[
+            "bridge",
+            "--mqtt",
+            &mqtt,
+            "--kafka",
+            &kafka,
+            "--insecure-no-auth",
+            "--partitions",
+            "4",
+            "--http",
+            &http,
+        ],
+        &d.join("bridge.log"),
+    )?;
+    bridge.wait_for_line("subscribed", Duration::from_secs(30))?;
     let state = d.join("state");
     let state_text = state.display().to_string();
     let checkpointing = ["--state", &state_text, "--checkpoint-secs", "5"];
@@ -142,12 +161,14 @@ fn main() -> anyhow::Result<()> {
     );
     println!("|---|---|---|---|");
     for step in 1..=args.steps {
-        // The log grows by one more stretch of the fleet (a seed per step: new sales).
+        // The log doubles: `hours`, then as much again, then twice that… (a seed per step:
+        // new sales).
+        let hours = args.hours * f64::from(1u32 << step.saturating_sub(2).min(16));
         let out = Command::new(&bin)
             .args(["publish", "--mqtt", &mqtt, "--machines"])
             .arg(args.machines.to_string())
             .arg("--hours")
-            .arg(args.hours.to_string())
+            .arg(hours.to_string())
             .args(["--seed", &step.to_string()])
             .output()?;
         if !out.status.success() {

@@ -516,4 +516,50 @@ mod tests {
             matches!(service.access, Access::TokensWithAdmin(ref p) if p == &PathBuf::from("demo-archive/tokens.jsonl"))
         );
     }
+
+    #[test]
+    fn a_cluster_needs_one_address_per_process_and_a_process_among_them() {
+        let run = |extra: &[&str]| {
+            let mut args = vec!["run", "--kafka", "k:9092", "--insecure-open-api"];
+            args.extend(extra);
+            match parse(&args) {
+                Ok(Command::Run(r)) => r.cluster().map_err(|e| e.to_string()),
+                _ => Err("does not parse".into()),
+            }
+        };
+        assert_eq!(run(&[]), Ok(None), "alone");
+        let two = run(&["--processes", "2", "--process", "1", "--peers", "a:1,b:2"]);
+        assert_eq!(
+            two,
+            Ok(Some(vendflow_dataflows::config::Cluster {
+                process: 1,
+                addresses: vec!["a:1".into(), "b:2".into()],
+            }))
+        );
+        let short = run(&["--processes", "3", "--process", "0", "--peers", "a:1,b:2"]);
+        assert!(short.is_err_and(|e| e.contains("one address per process")));
+        let outside = run(&["--processes", "2", "--process", "2", "--peers", "a:1,b:2"]);
+        assert!(outside.is_err_and(|e| e.contains("--process 2")));
+        assert!(
+            parse(&[
+                "run",
+                "--kafka",
+                "k",
+                "--insecure-open-api",
+                "--processes",
+                "2"
+            ])
+            .is_err(),
+            "--processes needs --process"
+        );
+        let dir = tempfile::tempdir().expect("dir");
+        let hostfile = dir.path().join("hosts");
+        std::fs::write(&hostfile, "# the cluster\nh0:2101\n\nh1:2101\n").expect("write");
+        let hosts = hostfile.display().to_string();
+        let from_file = run(&["--processes", "2", "--process", "0", "--hostfile", &hosts]);
+        assert_eq!(
+            from_file.map(|c| c.map(|c| c.addresses)),
+            Ok(Some(vec!["h0:2101".into(), "h1:2101".into()]))
+        );
+    }
 }
