@@ -324,6 +324,74 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_pipeline_reports_its_checkpoints_and_says_when_the_latest_failed() {
+        let state: Arc<Mutex<CheckpointCounters>> = Arc::default();
+        let s = state.clone();
+        let pipeline = Pipeline::new("kafka", "k:9092", Box::new(SourceCounters::default))
+            .with_checkpoints(Box::new(move || {
+                s.lock().unwrap_or_else(|e| e.into_inner()).clone()
+            }));
+        assert_eq!(pipeline.components()["checkpoints"]["status"], "ok");
+        assert!(
+            !pipeline.metrics().contains("vendflow_checkpoint_bytes"),
+            "none written yet"
+        );
+        *state.lock().unwrap_or_else(|e| e.into_inner()) = CheckpointCounters {
+            written: 3,
+            failed: 1,
+            skipped_at_start: 1,
+            restored_from: Some(1_000),
+            latest: Some(LatestCheckpoint {
+                frontier_ms: 9_000,
+                bytes: 1_234,
+                age: Duration::from_secs(2),
+                held: Duration::from_millis(100),
+                write: Duration::from_millis(300),
+            }),
+            last_error: None,
+            lost_to_retention: 0,
+        };
+        let metrics = pipeline.metrics();
+        for line in [
+            "vendflow_checkpoints_written_total 3",
+            "vendflow_checkpoints_failed_total 1",
+            "vendflow_checkpoints_damaged_skipped_total 1",
+            "vendflow_source_lost_to_retention_total 0",
+            "vendflow_checkpoint_bytes 1234",
+            "vendflow_checkpoint_frontier_ms 9000",
+            "vendflow_checkpoint_held_seconds 0.1",
+        ] {
+            assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+        }
+        let health = &pipeline.components()["checkpoints"];
+        assert_eq!(
+            (
+                &health["status"],
+                &health["latest"]["bytes"],
+                &health["restoredFromFrontierMs"]
+            ),
+            (&json!("ok"), &json!(1_234), &json!(1_000))
+        );
+        state.lock().unwrap_or_else(|e| e.into_inner()).last_error = Some("disk full".into());
+        let status = pipeline.components()["checkpoints"]["status"].clone();
+        assert!(
+            status
+                .as_str()
+                .is_some_and(|s| s.starts_with("failing") && s.contains("disk full"))
+        );
+        let mut c = state.lock().unwrap_or_else(|e| e.into_inner());
+        c.last_error = None;
+        c.lost_to_retention = 7;
+        drop(c);
+        let status = pipeline.components()["checkpoints"]["status"].clone();
+        assert!(
+            status
+                .as_str()
+                .is_some_and(|s| s.starts_with("degraded") && s.contains('7'))
+        );
+    }
+
+    #[test]
     fn a_pipeline_reports_its_source_lag_and_archive() {
         let lag: Arc<Mutex<Option<LagReading>>> = Arc::new(Mutex::new(None));
         let errors = Arc::new(AtomicU64::new(0));
