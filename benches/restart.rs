@@ -123,12 +123,14 @@ fn main() -> anyhow::Result<()> {
     let curl = require_program("curl", &[])?.context("curl is not installed")?;
     let dir = tempfile::tempdir()?;
     let d = dir.path();
-    let (mqtt_port, kafka_port, http_port) = (free_port()?, free_port()?, free_port()?);
-    let (mqtt, kafka, http) = (
-        format!("127.0.0.1:{mqtt_port}"),
-        format!("127.0.0.1:{kafka_port}"),
-        format!("127.0.0.1:{http_port}"),
-    );
+    let vendflow_tests::Loopback {
+        mqtt_port,
+        kafka_port,
+        mqtt,
+        kafka,
+        http,
+        ..
+    } = vendflow_tests::Loopback::new()?;
     let _mosquitto = start_mosquitto(&mosquitto_bin, d, mqtt_port)?;
     let _tansu = start_tansu(&tansu_bin, d, kafka_port)?;
     // Unsigned envelopes accepted: each step's fleet has its own seed (new sales), and so its

@@ -127,12 +127,14 @@ fn main() -> anyhow::Result<()> {
     let curl = require_program("curl", &[])?.context("curl is not installed")?;
     let dir = tempfile::tempdir()?;
     let d = dir.path();
-    let (mqtt_port, kafka_port, http_port) = (free_port()?, free_port()?, free_port()?);
-    let (mqtt, kafka, http) = (
-        format!("127.0.0.1:{mqtt_port}"),
-        format!("127.0.0.1:{kafka_port}"),
-        format!("127.0.0.1:{http_port}"),
-    );
+    let vendflow_tests::Loopback {
+        mqtt_port,
+        kafka_port,
+        mqtt,
+        kafka,
+        http,
+        ..
+    } = vendflow_tests::Loopback::new()?;
     let mosquitto = start_mosquitto(&mosquitto_bin, d, mqtt_port)?;
     let tansu = start_tansu_with(&tansu_bin, d, kafka_port, args.tansu)?;
     let bridge = start_bridge(&bin, d, &mqtt, &kafka, args.machines, 4, &http)?;

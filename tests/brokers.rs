@@ -1665,12 +1665,14 @@ fn brokers_killed_with_kill_9_while_the_fleet_publishes_lose_nothing_and_count_n
     };
     let (_guard, dir) = test_dir()?;
     let d = dir.as_path();
-    let (mqtt_port, kafka_port, http_port) = (free_port()?, free_port()?, free_port()?);
-    let (mqtt, kafka, http) = (
-        format!("127.0.0.1:{mqtt_port}"),
-        format!("127.0.0.1:{kafka_port}"),
-        format!("127.0.0.1:{http_port}"),
-    );
+    let vendflow_tests::Loopback {
+        mqtt_port,
+        kafka_port,
+        mqtt,
+        kafka,
+        http,
+        ..
+    } = vendflow_tests::Loopback::new()?;
     let mut mosquitto = start_mosquitto(&mosquitto_bin, d, mqtt_port)?;
     let mut tansu = start_tansu_with(&tansu_bin, d, kafka_port, TansuStorage::Sqlite)?;
     let creds = d.join("credentials.jsonl");
@@ -1969,12 +1971,14 @@ fn an_engine_killed_three_times_restarts_from_its_checkpoints_and_ends_with_the_
     };
     let (_guard, dir) = test_dir()?;
     let d = dir.as_path();
-    let (mqtt_port, kafka_port, http_port) = (free_port()?, free_port()?, free_port()?);
-    let (mqtt, kafka, http) = (
-        format!("127.0.0.1:{mqtt_port}"),
-        format!("127.0.0.1:{kafka_port}"),
-        format!("127.0.0.1:{http_port}"),
-    );
+    let vendflow_tests::Loopback {
+        mqtt_port,
+        kafka_port,
+        mqtt,
+        kafka,
+        http,
+        ..
+    } = vendflow_tests::Loopback::new()?;
     let _mosquitto = start_mosquitto(&mosquitto_bin, d, mqtt_port)?;
     // tansu deletes records older than a topic's `retention.ms` at each maintenance, here
     // every second.
@@ -2184,12 +2188,14 @@ fn two_processes_on_loopback_give_the_views_of_one() -> anyhow::Result<()> {
     };
     let (_guard, dir) = test_dir()?;
     let d = dir.as_path();
-    let (mqtt_port, kafka_port, http_port) = (free_port()?, free_port()?, free_port()?);
-    let (mqtt, kafka, http) = (
-        format!("127.0.0.1:{mqtt_port}"),
-        format!("127.0.0.1:{kafka_port}"),
-        format!("127.0.0.1:{http_port}"),
-    );
+    let vendflow_tests::Loopback {
+        mqtt_port,
+        kafka_port,
+        mqtt,
+        kafka,
+        http,
+        ..
+    } = vendflow_tests::Loopback::new()?;
     let _mosquitto = start_mosquitto(&mosquitto_bin, d, mqtt_port)?;
     let _tansu = start_tansu(&tansu_bin, d, kafka_port)?;
     let bin = vendflow_bin()?;

@@ -264,6 +264,32 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
+/// Free loopback ports for MQTT, Kafka and an HTTP endpoint, and their `127.0.0.1:PORT`
+/// addresses: what every test and bench on the real brokers starts with.
+pub struct Loopback {
+    pub mqtt_port: u16,
+    pub kafka_port: u16,
+    pub http_port: u16,
+    pub mqtt: String,
+    pub kafka: String,
+    pub http: String,
+}
+
+impl Loopback {
+    pub fn new() -> anyhow::Result<Loopback> {
+        let (mqtt_port, kafka_port, http_port) = (free_port()?, free_port()?, free_port()?);
+        let at = |port: u16| format!("127.0.0.1:{port}");
+        Ok(Loopback {
+            mqtt: at(mqtt_port),
+            kafka: at(kafka_port),
+            http: at(http_port),
+            mqtt_port,
+            kafka_port,
+            http_port,
+        })
+    }
+}
+
 /// Waits until something accepts connections on `port`.
 pub fn wait_for_port(port: u16, timeout: std::time::Duration) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
