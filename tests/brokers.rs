@@ -2153,6 +2153,38 @@ fn an_engine_killed_three_times_restarts_from_its_checkpoints_and_ends_with_the_
     let output = vendflow_tests::run_python(&python, &[&compare, &archive_a, &archive_b])?;
     eprint!("{}", String::from_utf8_lossy(&output.stdout));
 
+    // An orderly stop (SIGTERM) takes a last checkpoint: the next start reads nothing again.
+    let telemetry = |line: &str| {
+        positions_of(line)
+            .into_iter()
+            .filter(|(stream, _)| stream.starts_with("machine-telemetry/"))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let at_stop = telemetry(status_of(&out_b)?["positions"].as_str().unwrap_or_default());
+    engine_b.terminate()?;
+    ensure!(
+        engine_b.output().contains("checkpoint taken at the stop"),
+        "no checkpoint at the stop: {}",
+        tail(&engine_b.output())
+    );
+    std::fs::remove_file(out_b.join("status.json")).ok();
+    engine_b = start_archiving_engine(&bin, &kafka, &out_b, &archive_b, Some(&state), &b_log)?;
+    wait_until(
+        "B starts again after its stop",
+        Duration::from_secs(60),
+        || Ok(status_of(&out_b)?["checkpoints"]["resumedFrom"].is_string()),
+    )?;
+    let resumed = telemetry(
+        status_of(&out_b)?["checkpoints"]["resumedFrom"]
+            .as_str()
+            .unwrap_or_default(),
+    );
+    ensure!(
+        resumed == at_stop,
+        "after an orderly stop the engine resumed at {resumed:?}, not where it stopped ({at_stop:?})"
+    );
+    eprintln!("after an orderly stop the engine resumed where it stopped: {resumed:?}");
+
     // The log no longer starts at offset 0: an engine without state reading it now gets only
     // what the retention kept.
     drop(engine_a);

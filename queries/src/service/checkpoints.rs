@@ -13,8 +13,11 @@
 //!   read and the engine's state is taken at that frontier; the consumers go on, and the
 //!   checkpoint is written (temporary name, sync, rename; the previous one is kept). A failure is
 //!   logged and counted, and the next period tries again.
-//! - **Stop**: the thread ends with the stop flag; the newest checkpoint on disk is what the next
-//!   start continues from (at most one period of the log is read again).
+//! - **Stop**: the thread ends with the stop flag. An orderly stop (Ctrl-C, SIGTERM) then takes
+//!   one last checkpoint while the source still runs ([`Checkpointer::last`]; the source has a
+//!   stop flag of its own, raised after it), so the next start reads nothing again. After a
+//!   crash the newest checkpoint on disk is where the next start continues (at most one period
+//!   of the log is read again).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -171,6 +174,8 @@ pub fn restore(
 
 /// How long the consumers may take to hold, and the engine to reach the frontier.
 const HOLD_TIMEOUT: Duration = Duration::from_secs(30);
+/// At a stop, a source that does not hold soon is not waited for long.
+const LAST_HOLD_TIMEOUT: Duration = Duration::from_secs(10);
 const TAKE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Takes a checkpoint every period until stopped.
@@ -184,31 +189,53 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    pub fn run(mut self, stop: &AtomicBool) {
-        while !sleep_unless(stop, self.every) {
-            if let Err(e) = self.take(stop) {
+    /// Takes a checkpoint every period until `stop`; shared with [`Checkpointer::last`].
+    pub fn run(this: &Mutex<Checkpointer>, stop: &AtomicBool) {
+        let every = this.lock().unwrap_or_else(|e| e.into_inner()).every;
+        while !sleep_unless(stop, every) {
+            let mut c = this.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = c.take(HOLD_TIMEOUT, stop) {
                 if stop.load(Ordering::SeqCst) {
                     return;
                 }
-                self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "checkpoint not taken; trying again at the next period");
-                *self
-                    .stats
-                    .last_error
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = Some(e);
+                c.failed(e);
             }
         }
     }
 
+    /// The checkpoint of an orderly stop, while the source still runs (`source_stop` not raised
+    /// yet): the next start re-reads nothing.
+    pub fn last(this: &Mutex<Checkpointer>, source_stop: &AtomicBool) {
+        let mut c = this.lock().unwrap_or_else(|e| e.into_inner());
+        match c.take(LAST_HOLD_TIMEOUT, source_stop) {
+            Ok(w) => {
+                tracing::info!(frontier = %w.frontier, path = %w.path.display(), "checkpoint taken at the stop")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no checkpoint at the stop; the next start continues from the one before");
+                c.failed(e);
+            }
+        }
+    }
+
+    fn failed(&self, e: String) {
+        self.stats.failed.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(error = %e, "checkpoint not taken; trying again at the next period");
+        *self
+            .stats
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(e);
+    }
+
     /// Holds the source, takes the engine's state at its frontier with the positions, lets the
     /// source go on, and writes the checkpoint.
-    pub fn take(&mut self, stop: &AtomicBool) -> Result<Written, String> {
+    pub fn take(&mut self, hold: Duration, stop: &AtomicBool) -> Result<Written, String> {
         let started = Instant::now();
         let (feeders, source) = (&mut self.feeders, &self.source);
         let (frontier, taken) = self
             .pause
-            .with_held(HOLD_TIMEOUT, stop, |at| {
+            .with_held(hold, stop, |at| {
                 let positions = source
                     .positions
                     .lock()

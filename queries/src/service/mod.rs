@@ -324,6 +324,8 @@ impl Service {
             kind: prepared.kind,
             freshness: prepared.freshness.clone(),
             checkpoints: checkpoint_stats.clone(),
+            last_checkpoint: None,
+            source_stop: Arc::new(AtomicBool::new(false)),
             workers: Vec::new(),
             simulator: None,
             mqtt: prepared.mqtt,
@@ -400,7 +402,13 @@ impl Service {
             Err(e) => return fail(running, e),
         }
         let tap = running.archive.as_ref().map(archive_tap);
-        match prepared.start(tap, &stop) {
+        // With checkpoints the source stops after the service, once the last one is taken.
+        let source_stop = if checkpointing.is_some() {
+            running.source_stop.clone()
+        } else {
+            stop.clone()
+        };
+        match prepared.start(tap, &source_stop) {
             Ok(started) => {
                 running.workers.extend(started.workers);
                 running.simulator = started.simulator;
@@ -414,17 +422,18 @@ impl Service {
                 .checkpoints
                 .as_ref()
                 .map_or(Duration::from_secs(60), |c| c.every);
-            let checkpointer = checkpoints::Checkpointer {
+            let checkpointer = Arc::new(std::sync::Mutex::new(checkpoints::Checkpointer {
                 dir,
                 every,
                 pause,
                 feeders,
                 source,
                 stats,
-            };
+            }));
+            running.last_checkpoint = Some(checkpointer.clone());
             let stop = stop.clone();
             match Worker::spawn("checkpoints", &running.stop, move || {
-                checkpointer.run(&stop);
+                checkpoints::Checkpointer::run(&checkpointer, &stop);
                 Ok(())
             }) {
                 Ok(w) => running.workers.push(w),
@@ -480,6 +489,10 @@ pub struct Running {
     kind: source::Kind,
     freshness: Option<Arc<vendflow_ingest::kafka::source::SourceStats>>,
     checkpoints: Option<Arc<checkpoints::CheckpointStats>>,
+    /// Takes the checkpoint of an orderly stop (with --state).
+    last_checkpoint: Option<Arc<std::sync::Mutex<checkpoints::Checkpointer>>>,
+    /// Stops the source: raised with `stop`, or after the last checkpoint.
+    source_stop: Arc<AtomicBool>,
     /// The source's threads and the background ones, joined at shutdown after the simulator.
     workers: Vec<Worker>,
     simulator: Option<Worker>,
@@ -572,6 +585,10 @@ impl Running {
         if let Some(simulator) = self.simulator.take() {
             keep(simulator.join());
         }
+        if let Some(checkpointer) = self.last_checkpoint.take() {
+            checkpoints::Checkpointer::last(&checkpointer, &self.source_stop);
+        }
+        self.source_stop.store(true, Ordering::SeqCst);
         for worker in self.workers.drain(..) {
             keep(worker.join());
         }
@@ -602,6 +619,7 @@ impl Drop for Running {
         // Dropped without `shutdown` (a panic, an early return): everything is told to stop;
         // the engine's own drop stops its workers.
         self.stop.store(true, Ordering::SeqCst);
+        self.source_stop.store(true, Ordering::SeqCst);
     }
 }
 
