@@ -689,3 +689,59 @@ fn sleep_unless(stop: &AtomicBool, time: Duration) -> bool {
     }
     stop.load(Ordering::SeqCst)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_refuses_what_it_cannot_do_yet_and_only_process_0_serves_views() {
+        let kafka = Source::Kafka {
+            brokers: "k:9092".into(),
+            partitions: 4,
+            tick_ms: 1000,
+        };
+        let in_cluster = |process: usize| {
+            ServiceConfig::new(Config {
+                cluster: Some(vendflow_dataflows::config::Cluster {
+                    process,
+                    addresses: vec!["a:1".into(), "b:2".into()],
+                }),
+                ..Config::default()
+            })
+        };
+        let refused = |config: ServiceConfig, source: &Source, why: &str| {
+            let e = check_cluster(&config, source).expect_err(why);
+            assert!(e.to_string().contains(why), "{e}");
+            assert_eq!(e.class(), ErrorClass::BadInput);
+        };
+        assert!(check_cluster(&in_cluster(0), &kafka).is_ok());
+        assert!(check_cluster(&ServiceConfig::new(Config::default()), &kafka).is_ok());
+        let mut served = in_cluster(0);
+        served.out = Some("views".into());
+        assert!(check_cluster(&served, &kafka).is_ok(), "process 0 serves");
+        let mut elsewhere = in_cluster(1);
+        elsewhere.out = Some("views".into());
+        refused(elsewhere, &kafka, "gathered on process 0");
+        let mut state = in_cluster(0);
+        state.checkpoints = Some(checkpoints::CheckpointConfig {
+            dir: "state".into(),
+            every: Duration::from_secs(60),
+        });
+        refused(state, &kafka, "--state is not supported in a cluster");
+        let mut archive = in_cluster(0);
+        archive.archive = Some(vendflow_sinks::archive::ArchiveConfig::new(
+            "a",
+            &Config::default(),
+        ));
+        refused(archive, &kafka, "--archive is not supported in a cluster");
+        let simulated = Source::Simulated(Simulation {
+            machines: 1,
+            speed: 1.0,
+            seed: 1,
+            mqtt_port: 0,
+            duration: None,
+        });
+        refused(in_cluster(0), &simulated, "a cluster runs on Kafka");
+    }
+}
