@@ -198,6 +198,7 @@ impl Checkpointer {
                 if stop.load(Ordering::SeqCst) {
                     return;
                 }
+                tracing::warn!(error = %e, "checkpoint not taken; trying again at the next period");
                 c.failed(e);
             }
         }
@@ -218,9 +219,9 @@ impl Checkpointer {
         }
     }
 
+    /// Counts a failure and keeps its message for `/health`.
     fn failed(&self, e: String) {
         self.stats.failed.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(error = %e, "checkpoint not taken; trying again at the next period");
         *self
             .stats
             .last_error
