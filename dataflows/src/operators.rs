@@ -980,6 +980,55 @@ mod tests {
     use super::*;
     use vendflow_protocol::Timestamp;
 
+    /// A checkpoint is taken at a frontier `t`: nothing at `t` may be in a channel then, or it
+    /// is in no operator's state and a restart loses it. So the temporal filter lets an update
+    /// scheduled at `t` go only once the frontier has passed `t`, not when it reaches it.
+    #[test]
+    fn a_held_update_leaves_once_the_frontier_has_passed_its_time_not_when_it_reaches_it() {
+        use std::cell::RefCell;
+        use std::rc::Rc;
+
+        use differential_dataflow::input::Input;
+
+        timely::execute_directly(|worker| {
+            let seen: Rc<RefCell<Vec<(u32, Time, isize)>>> = Rc::default();
+            let probe = timely::dataflow::operators::probe::Handle::new();
+            let mut input = worker.dataflow::<Time, _, _>(|scope| {
+                let (input, records) = scope.new_collection::<u32, isize>();
+                let seen = seen.clone();
+                let (kept, _) = records.retain_between(|_| (Timestamp(0), Timestamp(10)));
+                kept.inspect(move |(d, t, r)| seen.borrow_mut().push((*d, *t, *r)))
+                    .probe_with(&probe);
+                input
+            });
+            input.insert(7);
+            let mut run_to =
+                |input: &mut differential_dataflow::input::InputSession<Time, u32, isize>,
+                 t: i64| {
+                    input.advance_to(Timestamp(t));
+                    input.flush();
+                    while probe.less_than(&Timestamp(t)) {
+                        worker.step();
+                    }
+                    for _ in 0..10 {
+                        worker.step();
+                    }
+                };
+            run_to(&mut input, 10);
+            assert_eq!(
+                *seen.borrow(),
+                vec![(7, Timestamp(0), 1)],
+                "at frontier 10 the retraction at 10 is still held"
+            );
+            run_to(&mut input, 11);
+            assert_eq!(
+                *seen.borrow(),
+                vec![(7, Timestamp(0), 1), (7, Timestamp(10), -1)],
+                "past 10 it has gone out at its own time"
+            );
+        });
+    }
+
     /// Keys leave at their own expiry, earliest first, whatever the order they came in; a key is
     /// refused while it is live and taken again once it has left.
     #[test]
