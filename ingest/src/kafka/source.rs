@@ -208,14 +208,19 @@ impl Freshness {
     }
 }
 
+/// Positions as `topic/partition=next` pairs, the way the status and the summary line show them.
+pub fn positions_line(positions: &BTreeMap<(String, i32), i64>) -> String {
+    positions
+        .iter()
+        .map(|((t, part), o)| format!("{t}/{part}={o}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 impl SourceStats {
     /// Offsets consumed so far, as `topic/partition=next` pairs.
     pub fn positions_line(&self) -> String {
-        let p = self.positions.lock().unwrap_or_else(|e| e.into_inner());
-        p.iter()
-            .map(|((t, part), o)| format!("{t}/{part}={o}"))
-            .collect::<Vec<_>>()
-            .join(" ")
+        positions_line(&self.positions.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// The next offset of `topic`/`partition` (0 if nothing consumed).

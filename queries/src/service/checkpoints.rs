@@ -154,11 +154,7 @@ pub fn restore(
         partitions = engine.len(),
         "starting from a checkpoint"
     );
-    let positions = engine
-        .iter()
-        .map(|((t, p), o)| format!("{t}/{p}={o}"))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let positions = vendflow_ingest::kafka::source::positions_line(&engine);
     *stats.restored.lock().unwrap_or_else(|e| e.into_inner()) = Some(Restart {
         frontier,
         path,
