@@ -1865,6 +1865,51 @@ fn positions_of(line: &str) -> BTreeMap<String, i64> {
         .collect()
 }
 
+/// The bridge from `mqtt` to `kafka` (serving `http`) for `machines` machines of seed 11, with
+/// a retention of 15 s on `machine-telemetry`.
+fn start_retaining_bridge(
+    bin: &Path,
+    d: &Path,
+    [mqtt, kafka, http]: [&str; 3],
+    machines: &str,
+) -> anyhow::Result<Daemon> {
+    let creds = d.join("credentials.jsonl");
+    vendflow(&[
+        "publish",
+        "--mqtt",
+        mqtt,
+        "--machines",
+        machines,
+        "--seed",
+        "11",
+        "--credentials-out",
+        &creds.display().to_string(),
+        "--dry-run",
+    ])?;
+    let bridge = Daemon::spawn(
+        "bridge",
+        bin,
+        &[
+            "bridge",
+            "--mqtt",
+            mqtt,
+            "--kafka",
+            kafka,
+            "--credentials",
+            &creds.display().to_string(),
+            "--partitions",
+            "3",
+            "--http",
+            http,
+            "--telemetry-retention-secs",
+            "15",
+        ],
+        &d.join("bridge-1.log"),
+    )?;
+    wait_for_log(&bridge, "subscribed", Duration::from_secs(30))?;
+    Ok(bridge)
+}
+
 /// `vendflow run` on `kafka`, archiving, writing its views and status into `out` twice a
 /// second; with `state`, checkpointing into it every 2 s.
 fn start_archiving_engine(
@@ -1985,40 +2030,7 @@ fn an_engine_killed_three_times_restarts_from_its_checkpoints_and_ends_with_the_
     let _tansu = start_tansu_with(&tansu_bin, d, kafka_port, TansuStorage::SqliteMaintained)?;
     let bin = vendflow_bin()?;
     let machines = "4";
-    let creds = d.join("credentials.jsonl");
-    vendflow(&[
-        "publish",
-        "--mqtt",
-        &mqtt,
-        "--machines",
-        machines,
-        "--seed",
-        "11",
-        "--credentials-out",
-        &creds.display().to_string(),
-        "--dry-run",
-    ])?;
-    let bridge = Daemon::spawn(
-        "bridge",
-        &bin,
-        &[
-            "bridge",
-            "--mqtt",
-            &mqtt,
-            "--kafka",
-            &kafka,
-            "--credentials",
-            &creds.display().to_string(),
-            "--partitions",
-            "3",
-            "--http",
-            &http,
-            "--telemetry-retention-secs",
-            "15",
-        ],
-        &d.join("bridge-1.log"),
-    )?;
-    wait_for_log(&bridge, "subscribed", Duration::from_secs(30))?;
+    let _bridge = start_retaining_bridge(&bin, d, [&mqtt, &kafka, &http], machines)?;
 
     let (out_a, out_b) = (d.join("views-a"), d.join("views-b"));
     let (archive_a, archive_b, state) = (d.join("archive-a"), d.join("archive-b"), d.join("state"));
@@ -2204,11 +2216,17 @@ fn an_engine_killed_three_times_restarts_from_its_checkpoints_and_ends_with_the_
     Ok(())
 }
 
-/// `vendflow run` as two processes of a timely cluster on loopback (one worker each) gives the
-/// same views as one process with two workers, on the same topics: the partitions are spread
-/// over both processes, and process 0 gathers and serves every view.
+/// `vendflow run` as two processes of a timely cluster on loopback (one worker each, each with
+/// its own `--state`, checkpoints every 2 s) gives the same views as one process with two
+/// workers, on the same topics, although both processes are `kill -9`ed at two random moments
+/// and restarted. The partitions are spread over both processes, process 0 gathers and serves
+/// every view, and each restart starts both processes from the newest checkpoint frontier they
+/// both have: before the second restart process 1's newest checkpoint is deleted, so they agree
+/// on an older one and process 0 sets its newer one aside. `machine-telemetry` keeps 15 s of
+/// a 40 s stream, so a restart that did not come back from its checkpoints would miss data.
 #[test]
-fn two_processes_on_loopback_give_the_views_of_one() -> anyhow::Result<()> {
+fn two_processes_on_loopback_give_the_views_of_one_across_kills_and_restarts_from_their_checkpoints()
+-> anyhow::Result<()> {
     let Some(mosquitto_bin) = require_mosquitto()? else {
         return Ok(());
     };
@@ -2229,31 +2247,19 @@ fn two_processes_on_loopback_give_the_views_of_one() -> anyhow::Result<()> {
         ..
     } = vendflow_tests::Loopback::new()?;
     let _mosquitto = start_mosquitto(&mosquitto_bin, d, mqtt_port)?;
-    let _tansu = start_tansu(&tansu_bin, d, kafka_port)?;
+    let _tansu = start_tansu_with(&tansu_bin, d, kafka_port, TansuStorage::SqliteMaintained)?;
     let bin = vendflow_bin()?;
-    let _bridge = vendflow_tests::start_bridge(&bin, d, &mqtt, &kafka, 4, 3, &http)?;
-    let sent = d.join("sent.jsonl");
-    let publisher = Command::new(&bin)
-        .args([
-            "publish",
-            "--mqtt",
-            &mqtt,
-            "--machines",
-            "4",
-            "--hours",
-            "24",
-        ])
-        .args(["--seed", "3", "--speed", "4320", "--receipts", "--record"])
-        .arg(&sent)
-        .env("RUST_BACKTRACE", "0")
-        .stdout(std::process::Stdio::piped())
-        .spawn()?;
+    let machines = "4";
+    let _bridge = start_retaining_bridge(&bin, d, [&mqtt, &kafka, &http], machines)?;
     let one = d.join("views-one");
     let alone = start_plain_engine(&bin, &kafka, &one, &d.join("engine-one.log"))?;
     let peers = format!("127.0.0.1:{},127.0.0.1:{}", free_port()?, free_port()?);
     let two = d.join("views-two");
     let two_text = two.display().to_string();
-    let process = |i: &str, out: &[&str]| -> anyhow::Result<Daemon> {
+    let state = |i: usize| d.join(format!("state-{i}"));
+    // Each start logs to its own file.
+    let process = |i: usize, start: usize| -> anyhow::Result<Daemon> {
+        let (index, state) = (i.to_string(), state(i).display().to_string());
         let mut args = vec![
             "--workers",
             "1",
@@ -2268,20 +2274,92 @@ fn two_processes_on_loopback_give_the_views_of_one() -> anyhow::Result<()> {
             "--processes",
             "2",
             "--process",
-            i,
+            &index,
             "--peers",
             &peers,
+            "--state",
+            &state,
+            "--checkpoint-secs",
+            "2",
         ];
-        args.extend(out);
+        if i == 0 {
+            args.extend(["--out", &two_text]);
+        }
         Daemon::spawn(
             "cluster",
             &bin,
             &args,
-            &d.join(format!("engine-two-{i}.log")),
+            &d.join(format!("engine-two-{i}-{start}.log")),
         )
     };
-    let first = process("0", &["--out", &two_text])?;
-    let second = process("1", &[])?;
+    let mut cluster = [process(0, 0)?, process(1, 0)?];
+
+    // 36 simulated hours of 4 machines over about 40 s.
+    let sent = d.join("sent.jsonl");
+    let publisher = Command::new(&bin)
+        .args(["publish", "--mqtt", &mqtt, "--machines", machines])
+        .args([
+            "--hours",
+            "36",
+            "--seed",
+            "11",
+            "--speed",
+            "3240",
+            "--receipts",
+            "--record",
+        ])
+        .arg(&sent)
+        .env("RUST_BACKTRACE", "0")
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut moments = Moments::from_env();
+    for kill in 1..=2 {
+        std::thread::sleep(moments.between(8_000, 12_000));
+        // One process dies; the other cannot go on without it.
+        cluster[1].kill();
+        std::thread::sleep(Duration::from_millis(500));
+        cluster[0].kill();
+        let newest = [newest_checkpoint(&state(0))?, newest_checkpoint(&state(1))?];
+        eprintln!(
+            "both processes killed with kill -9 ({kill} of 2); newest checkpoints {newest:?}"
+        );
+        if kill == 2 {
+            std::fs::remove_file(&newest[1])?;
+            eprintln!(
+                "deleted process 1's newest checkpoint {}",
+                newest[1].display()
+            );
+        }
+        std::fs::remove_file(two.join("status.json")).ok();
+        cluster = [process(0, kill)?, process(1, kill)?];
+        wait_until(
+            "process 0 restarts and writes its status",
+            Duration::from_secs(60),
+            || Ok(status_of(&two)?["checkpoints"]["resumedFrom"].is_string()),
+        )
+        .with_context(|| tail(&cluster[0].output()) + &tail(&cluster[1].output()))?;
+        let from = status_of(&two)?["checkpoints"]["restoredFromFrontierMs"].as_i64();
+        let from = from.context("process 0 did not say where it restarted from")?;
+        // Both processes started from their own files at the frontier they agreed on.
+        let name = format!("{from:020}");
+        for (i, p) in cluster.iter().enumerate() {
+            let line = p.wait_for_line("starting from a checkpoint", Duration::from_secs(30))?;
+            ensure!(
+                line.contains(&name),
+                "restart {kill}: process {i} did not start at frontier {from}: {line}"
+            );
+        }
+        if kill == 2 {
+            let set_aside = std::fs::read_dir(state(0).join("superseded"))
+                .map(|d| d.count())
+                .unwrap_or(0);
+            ensure!(
+                set_aside >= 1,
+                "process 0 kept a checkpoint process 1 does not have"
+            );
+        }
+        eprintln!("restart {kill}: both processes resumed from the checkpoint at {from}");
+    }
     let published = finish(publisher)?;
     eprintln!("the fleet published {published} envelopes");
     wait_until(
@@ -2291,15 +2369,22 @@ fn two_processes_on_loopback_give_the_views_of_one() -> anyhow::Result<()> {
     )?;
     let expected = oracle(&[&sent])?;
     wait_for_revenue(&one, &expected, &alone, &kafka, "one process")?;
-    wait_for_revenue(&two, &expected, &first, &kafka, "two processes")
-        .with_context(|| tail(&second.output()))?;
+    wait_for_revenue(&two, &expected, &cluster[0], &kafka, "two processes")
+        .with_context(|| tail(&cluster[1].output()))?;
     let views = assert_same_views(&one, &two)?;
-    eprintln!("all {views} views of two processes equal those of one");
-    // The second process read its share of the partitions.
+    eprintln!("all {views} views of two processes killed twice equal those of one never stopped");
+    // The second process read its share of the partitions, and both took checkpoints.
     ensure!(
-        second.output().contains("over 2 worker(s) (1 here)"),
+        cluster[1].output().contains("over 2 worker(s) (1 here)"),
         "the second process did not take its share: {}",
-        tail(&second.output())
+        tail(&cluster[1].output())
     );
+    for (i, p) in cluster.iter().enumerate() {
+        ensure!(
+            p.output().contains("cluster checkpoint written"),
+            "process {i} wrote no checkpoint after its last start: {}",
+            tail(&p.output())
+        );
+    }
     Ok(())
 }

@@ -62,6 +62,9 @@ pub struct Config {
     /// An event dated more than this after the ingestion time is refused (a machine's clock
     /// cannot keep state alive into the future).
     pub max_ahead_ms: i64,
+    /// In a cluster with checkpoints: the step of the grid of ingestion times at which they may
+    /// be taken (see [`crate::aligned`]). None: no cluster checkpoints.
+    pub checkpoint_grid_ms: Option<i64>,
 }
 
 /// One process of a timely cluster: every process runs [`Config::workers`] workers, and the
@@ -111,6 +114,7 @@ impl Default for Config {
             error_retention_ms: MS_PER_DAY,
             command_retention_ms: 7 * MS_PER_DAY,
             max_ahead_ms: 5 * MS_PER_MINUTE,
+            checkpoint_grid_ms: None,
         }
     }
 }

@@ -83,6 +83,10 @@ enum Command {
     Advance(Time),
     /// Save the worker's state once every view has passed this time (no input is at or after it).
     Checkpoint(Time, SyncSender<Result<WorkerState, String>>),
+    /// The source positions of the input sent so far (cluster checkpoints take them).
+    Positions(crate::aligned::Positions),
+    /// Global worker 0: request a cluster checkpoint at the next boundary after its input time.
+    Request,
 }
 
 /// One worker's part of an [`EngineState`]: its operators' states, and (worker 0) the clock's
@@ -110,7 +114,10 @@ impl Command {
             Command::Batch(_, b) => {
                 b.events.len() + b.errors.len() + b.registry.len() + b.commands.len()
             }
-            Command::Advance(_) | Command::Checkpoint(..) => 0,
+            Command::Advance(_)
+            | Command::Checkpoint(..)
+            | Command::Positions(_)
+            | Command::Request => 0,
         }
     }
 }
@@ -176,6 +183,14 @@ impl Feeder {
 
     pub fn time(&self) -> Time {
         self.time
+    }
+
+    /// Records where the source stands after what it sent: the next offset per partition it
+    /// reads. A cluster checkpoint saves the positions of exactly the input before its frontier.
+    pub fn mark(&mut self, positions: crate::aligned::Positions) -> Result<(), EngineError> {
+        self.tx
+            .send(Command::Positions(positions))
+            .map_err(|_| EngineError::Stopped)
     }
 }
 
@@ -245,31 +260,22 @@ impl Feeders {
                 *slot = section;
             }
         }
-        if !self.store.wait_for(at, timeout) || self.store.frontier() != at {
-            return Err(EngineError::Checkpoint(format!(
-                "the views did not stop at {at} (they are at {})",
-                self.store.frontier()
-            )));
-        }
-        let mut views = Vec::with_capacity(crate::views::CATALOG.len());
-        for def in crate::views::CATALOG {
-            let (frontier, rows) = self
-                .store
-                .sorted_rows(def.name)
-                .map_err(|e| EngineError::Checkpoint(e.to_string()))?;
-            if frontier != at {
-                return Err(EngineError::Checkpoint(format!(
-                    "the views moved past {at} while they were read"
-                )));
-            }
-            views.push((def.name.to_owned(), rows));
-        }
         Ok(EngineState {
             frontier: at,
             workers,
             hour,
-            views,
+            views: views_at(&self.store, at, timeout)?,
         })
+    }
+
+    /// Asks for a cluster checkpoint at the next boundary of the grid (process 0 only: its
+    /// first worker is the cluster's worker 0, which decides; see [`crate::aligned`]).
+    pub fn request_checkpoint(&self) -> Result<(), EngineError> {
+        let first = self.feeders.first().ok_or(EngineError::Stopped)?;
+        first
+            .tx
+            .send(Command::Request)
+            .map_err(|_| EngineError::Stopped)
     }
 
     /// Sends to the workers in turn.
@@ -328,6 +334,34 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Every view's rows as of `at`, once the store has reached it (the workers must be holding
+/// there).
+pub fn views_at(
+    store: &ViewStore,
+    at: Time,
+    timeout: Duration,
+) -> Result<Vec<(String, Vec<crate::row::Row>)>, EngineError> {
+    if !store.wait_for(at, timeout) || store.frontier() != at {
+        return Err(EngineError::Checkpoint(format!(
+            "the views did not stop at {at} (they are at {})",
+            store.frontier()
+        )));
+    }
+    let mut views = Vec::with_capacity(crate::views::CATALOG.len());
+    for def in crate::views::CATALOG {
+        let (frontier, rows) = store
+            .sorted_rows(def.name)
+            .map_err(|e| EngineError::Checkpoint(e.to_string()))?;
+        if frontier != at {
+            return Err(EngineError::Checkpoint(format!(
+                "the views moved past {at} while they were read"
+            )));
+        }
+        views.push((def.name.to_owned(), rows));
+    }
+    Ok(views)
+}
+
 /// A running dataflow and its view store.
 pub struct Engine {
     store: ViewStore,
@@ -337,6 +371,8 @@ pub struct Engine {
     store_thread: Option<std::thread::JoinHandle<()>>,
     /// The state directory when none was configured: removed when the engine is dropped.
     temporary_state: Option<tempfile::TempDir>,
+    /// Cluster checkpoints' sections (with a checkpoint grid), once.
+    aligned: Option<crate::aligned::Aligned>,
 }
 
 impl Engine {
@@ -359,11 +395,6 @@ impl Engine {
             )));
         }
         if let Some(cluster) = &config.cluster {
-            if state.is_some() {
-                return Err(EngineError::Restore(
-                    "checkpoints are not taken or restored in a cluster yet".into(),
-                ));
-            }
             if cluster.process >= cluster.addresses.len() {
                 return Err(EngineError::Start(format!(
                     "process {} of a cluster of {}",
@@ -417,6 +448,17 @@ impl Engine {
             receivers.push(Some(rx));
         }
         let receivers = Arc::new(Mutex::new(receivers));
+        let released = Arc::new(std::sync::atomic::AtomicI64::new(start_time.ms()));
+        let (sections_tx, aligned) = match config.checkpoint_grid_ms {
+            Some(_) => {
+                let (tx, rx) = std::sync::mpsc::sync_channel(workers);
+                (
+                    Some(Arc::new(Mutex::new(tx))),
+                    Some(crate::aligned::Aligned::new(rx, released.clone())),
+                )
+            }
+            None => (None, None),
+        };
         let capture_tx = Arc::new(Mutex::new(capture_tx));
         let stop = Arc::new(AtomicBool::new(false));
         let worker_stop = stop.clone();
@@ -451,11 +493,27 @@ impl Engine {
                 tracing::error!(worker = index, "worker started without its channels");
                 return;
             };
+            let gate = match (config.checkpoint_grid_ms, &sections_tx) {
+                (Some(step), Some(tx)) => tx.lock().ok().map(|tx| {
+                    (
+                        crate::aligned::Gate {
+                            step,
+                            decided_through: start_time,
+                            asked: Default::default(),
+                            decides: worker.index() == 0,
+                            released: released.clone(),
+                        },
+                        tx.clone(),
+                    )
+                }),
+                _ => None,
+            };
             let start = Start {
                 at: start_time,
                 section,
                 hour,
                 built,
+                gate,
             };
             run_worker(
                 worker,
@@ -493,7 +551,14 @@ impl Engine {
             workers: Some(guards),
             store_thread: Some(store_thread),
             temporary_state,
+            aligned,
         })
+    }
+
+    /// Where this process's workers hand their parts of cluster checkpoints (with
+    /// [`Config::checkpoint_grid_ms`]), once.
+    pub fn aligned(&mut self) -> Option<crate::aligned::Aligned> {
+        self.aligned.take()
     }
 
     pub fn store(&self) -> ViewStore {
@@ -553,6 +618,11 @@ struct WorkerInputs {
     errors: InputSession<Time, ErrorRecord, isize>,
     commands: InputSession<Time, MachineCommand, isize>,
     clock: InputSession<Time, Timestamp, isize>,
+    /// Cluster checkpoint requests: held by global worker 0 only (its input time is then the
+    /// stream's frontier on every worker).
+    requests: Option<InputSession<Time, Time, isize>>,
+    /// The source positions of the input taken so far.
+    positions: crate::aligned::Positions,
     /// Worker 0 owns the clock row; `None` elsewhere.
     hour: Option<Option<Time>>,
     /// When the hour last changed, and what it was before.
@@ -570,6 +640,9 @@ impl WorkerInputs {
         self.errors.advance_to(time);
         self.commands.advance_to(time);
         self.clock.advance_to(time);
+        if let Some(requests) = &mut self.requests {
+            requests.advance_to(time);
+        }
         if let Some(hour) = &mut self.hour {
             let now = time.window_start(MS_PER_HOUR);
             if *hour != Some(now) {
@@ -588,6 +661,9 @@ impl WorkerInputs {
             Command::Advance(t) => self.advance(t),
             // Taken by the worker's loop, which runs the dataflow to it.
             Command::Checkpoint(t, _) => self.advance(t),
+            Command::Positions(p) => self.positions.extend(p),
+            // Taken by the worker's loop (its gate records the request).
+            Command::Request => {}
             Command::Batch(t, batch) => {
                 self.advance(t);
                 for e in batch.events {
@@ -622,6 +698,13 @@ impl WorkerInputs {
         self.errors.flush();
         self.commands.flush();
         self.clock.flush();
+        if let Some(requests) = &mut self.requests {
+            requests.flush();
+        }
+    }
+
+    fn time(&self) -> Time {
+        *self.events.time()
     }
 }
 
@@ -651,6 +734,8 @@ struct Start {
     section: Option<Vec<u8>>,
     hour: Option<Time>,
     built: SyncSender<Result<(), String>>,
+    /// Cluster checkpoints: the grid's gate, and where the sections go.
+    gate: Option<(crate::aligned::Gate, SyncSender<crate::aligned::Section>)>,
 }
 
 fn run_worker(
@@ -677,7 +762,25 @@ fn run_worker(
         }
     };
     let building = Book::building(&book);
+    let mut gate = start.gate;
+    let request_probe = timely::dataflow::operators::probe::Handle::<Time>::new();
     let (mut inputs, probe) = worker.dataflow::<Time, _, _>(|scope| {
+        let (requests, requests_c) = scope.new_collection::<Time, isize>();
+        if let Some((gate, _)) = &gate {
+            // Every worker sees every request; the probe says which have all arrived.
+            use timely::dataflow::operators::vec::Broadcast;
+            use timely::dataflow::operators::{Inspect, Probe};
+            let asked = gate.asked.clone();
+            requests_c
+                .inner
+                .broadcast()
+                .inspect(move |(b, _, diff): &(Time, Time, isize)| {
+                    if *diff > 0 {
+                        asked.borrow_mut().insert(*b);
+                    }
+                })
+                .probe_with(&request_probe);
+        }
         let (events, events_c) = scope.new_collection::<Event, isize>();
         let (registry, registry_c) = scope.new_collection::<RegistryRecord, isize>();
         let (errors, errors_c) = scope.new_collection::<ErrorRecord, isize>();
@@ -718,6 +821,8 @@ fn run_worker(
             errors,
             commands,
             clock,
+            requests: (index == 0 && gate.is_some()).then_some(requests),
+            positions: Default::default(),
             hour: (index == 0).then_some(start.hour),
             hour_changed_at: Time::EPOCH,
             previous_hour: None,
@@ -758,7 +863,43 @@ fn run_worker(
                         (local, section, inputs.hour.map(|_| inputs.hour_as_of(at)))
                     }));
                 }
+                Ok(Command::Request) => {
+                    if let Some((gate, _)) = &mut gate
+                        && gate.decides
+                    {
+                        let b = crate::aligned::next_boundary(inputs.time(), gate.step);
+                        if let Some(requests) = &mut inputs.requests {
+                            requests.insert(b);
+                        }
+                        gate.asked.borrow_mut().insert(b);
+                    }
+                }
                 Ok(command) => {
+                    if let Some(gate) = &mut gate {
+                        let need = match &command {
+                            Command::Batch(t, _) => Some((*t).max(inputs.time())),
+                            Command::Advance(t) if *t > inputs.time() => {
+                                Some(Timestamp(t.ms().saturating_sub(1)))
+                            }
+                            _ => None,
+                        };
+                        if let Some(need) = need {
+                            let held = Held {
+                                worker,
+                                probe: &probe,
+                                requests: &request_probe,
+                                book: &book,
+                                local,
+                                stop,
+                            };
+                            if let Err(e) = held.pass(&mut inputs, gate, need) {
+                                if !stop.load(Ordering::SeqCst) {
+                                    tracing::error!(worker = index, error = %e, "cluster checkpoint failed; this worker stops");
+                                }
+                                break;
+                            }
+                        }
+                    }
                     let records = command.records();
                     inputs.apply(command);
                     applied += 1;
@@ -785,6 +926,76 @@ fn run_worker(
     // Closing the inputs lets the dataflow complete; the store ignores the final retractions.
     drop(inputs);
     while worker.step_or_park(Some(Duration::from_millis(1))) {}
+}
+
+/// A worker at the grid's boundaries (see [`crate::aligned`]).
+struct Held<'a> {
+    worker: &'a mut timely::worker::Worker,
+    probe: &'a timely::dataflow::operators::probe::Handle<Time>,
+    requests: &'a timely::dataflow::operators::probe::Handle<Time>,
+    book: &'a Rc<RefCell<Book>>,
+    local: usize,
+    stop: &'a AtomicBool,
+}
+
+impl Held<'_> {
+    /// Returns once every boundary up to `need` is decided, saving at the requested ones.
+    fn pass(
+        self,
+        inputs: &mut WorkerInputs,
+        (gate, sections): &mut (crate::aligned::Gate, SyncSender<crate::aligned::Section>),
+        need: Time,
+    ) -> Result<(), String> {
+        use crate::aligned::Next;
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                return Err("the engine is stopping".into());
+            }
+            let known = self
+                .requests
+                .with_frontier(|f| f.to_owned().elements().first().copied());
+            match gate.next(need, known) {
+                Next::Pass => return Ok(()),
+                Next::Wait(b) => {
+                    if inputs.time() < b {
+                        inputs.advance(b);
+                        inputs.flush();
+                    }
+                    self.worker.step_or_park(Some(Duration::from_millis(1)));
+                }
+                Next::Save(b) => {
+                    inputs.advance(b);
+                    inputs.flush();
+                    let state = checkpoint_worker(
+                        self.worker,
+                        self.probe,
+                        self.book,
+                        inputs,
+                        b,
+                        self.stop,
+                    )?;
+                    let section = crate::aligned::Section {
+                        at: b,
+                        worker: self.local,
+                        state,
+                        hour: inputs.hour.map(|_| inputs.hour_as_of(b)),
+                        positions: inputs.positions.clone(),
+                    };
+                    sections
+                        .send(section)
+                        .map_err(|_| "nobody collects the checkpoint's sections".to_string())?;
+                    gate.saved(b);
+                    // The collector reads the views at `b`: nothing may move past it meanwhile.
+                    while !gate.released(b) {
+                        if self.stop.load(Ordering::SeqCst) {
+                            return Err("the engine is stopping".into());
+                        }
+                        self.worker.step_or_park(Some(Duration::from_millis(1)));
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Runs the dataflow until every view has passed `at`, then saves this worker's operators.

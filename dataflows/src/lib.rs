@@ -30,6 +30,7 @@
 //! - [`checkpoint`]: each stateful operator's state as bytes, saved and restored by name.
 //! - `fold`: per-key state folded in time order with timers (most views are built on it).
 
+pub mod aligned;
 pub mod anomaly_windows;
 pub mod checkpoint;
 pub mod commands;

@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::EngineState;
+use crate::operators::Time;
 
 const MAGIC: &[u8; 8] = b"VFCKPT\r\n";
 const FORMAT: u32 = 1;
@@ -67,6 +68,8 @@ pub enum CheckpointFileError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path} cannot be read ({why}); move it aside to start from the one before")]
+    Damaged { path: String, why: String },
     #[error("cannot encode the checkpoint: {0}")]
     Encode(#[source] bincode::Error),
     #[error(
@@ -101,6 +104,7 @@ pub struct Loaded {
 }
 
 /// A state directory's checkpoints.
+#[derive(Clone, Debug)]
 pub struct CheckpointDir {
     dir: PathBuf,
 }
@@ -195,6 +199,71 @@ impl CheckpointDir {
         Ok(())
     }
 
+    /// The frontiers of the whole checkpoints (checksum and version checked; the body is not
+    /// decoded), newest first, and the damaged ones skipped (logged, counted).
+    pub fn whole(
+        &self,
+    ) -> Result<(Vec<(Time, PathBuf)>, Vec<(PathBuf, String)>), CheckpointFileError> {
+        let (mut whole, mut skipped) = (Vec::new(), Vec::new());
+        for path in self.files()? {
+            let frontier = path.file_name().and_then(|n| n.to_str()).and_then(|n| {
+                n.strip_prefix("checkpoint-")?
+                    .strip_suffix(".vfc")?
+                    .parse::<i64>()
+                    .ok()
+            });
+            let mut bytes = Vec::new();
+            File::open(&path)
+                .and_then(|mut f| f.read_to_end(&mut bytes))
+                .map_err(io(&path))?;
+            let why = match (frontier, body(&path, &bytes)?) {
+                (Some(ms), Ok(_)) => {
+                    whole.push((vendflow_protocol::Timestamp(ms), path));
+                    continue;
+                }
+                (None, _) => "its name does not say its frontier".to_owned(),
+                (_, Err(why)) => why,
+            };
+            tracing::warn!(path = %path.display(), reason = %why, "skipped a damaged checkpoint");
+            SKIPPED.fetch_add(1, Ordering::Relaxed);
+            skipped.push((path, why));
+        }
+        Ok((whole, skipped))
+    }
+
+    /// Loads the checkpoint at `path` (one [`CheckpointDir::whole`] listed).
+    pub fn load(&self, path: &Path) -> Result<Checkpoint, CheckpointFileError> {
+        read(path)?.map_err(|why| CheckpointFileError::Damaged {
+            path: path.display().to_string(),
+            why,
+        })
+    }
+
+    /// Moves the checkpoints newer than `keep` (all of them with None) into `superseded/`: a
+    /// cluster restarted from an older frontier must never take them for its own later.
+    pub fn set_aside_newer_than(&self, keep: Option<Time>) -> Result<usize, CheckpointFileError> {
+        let aside = self.dir.join("superseded");
+        let mut moved = 0;
+        for path in self.files()? {
+            let newer = match keep {
+                None => true,
+                Some(keep) => {
+                    path.file_name().and_then(|n| n.to_str())
+                        > Some(format!("checkpoint-{:020}.vfc", keep.ms().max(0)).as_str())
+                }
+            };
+            if newer {
+                std::fs::create_dir_all(&aside).map_err(io(&aside))?;
+                if let Some(name) = path.file_name() {
+                    let to = aside.join(name);
+                    std::fs::rename(&path, &to).map_err(io(&to))?;
+                    moved += 1;
+                }
+            }
+        }
+        Ok(moved)
+    }
+
     /// The newest checkpoint that is whole. A damaged one is skipped (logged, counted); one
     /// written by another version is an error.
     pub fn load_newest(&self) -> Result<Loaded, CheckpointFileError> {
@@ -223,6 +292,16 @@ fn read(path: &Path) -> Result<Result<Checkpoint, String>, CheckpointFileError> 
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
         .map_err(io(path))?;
+    Ok(match body(path, &bytes)? {
+        Ok(body) => {
+            bincode::deserialize(body).map_err(|e| format!("its body does not decode: {e}"))
+        }
+        Err(why) => Err(why),
+    })
+}
+
+/// The body of a checkpoint file's bytes, once its checksum and version are checked.
+fn body<'a>(path: &Path, bytes: &'a [u8]) -> Result<Result<&'a [u8], String>, CheckpointFileError> {
     let Some((payload, crc)) = bytes.split_last_chunk::<4>() else {
         return Ok(Err("shorter than a header".into()));
     };
@@ -269,7 +348,7 @@ fn read(path: &Path) -> Result<Result<Checkpoint, String>, CheckpointFileError> 
     else {
         return Ok(Err("its body is cut short".into()));
     };
-    Ok(bincode::deserialize(body).map_err(|e| format!("its body does not decode: {e}")))
+    Ok(Ok(body))
 }
 
 #[cfg(test)]

@@ -44,6 +44,7 @@ use super::{
     COMMANDS_TOPIC, FLEET_COMMANDS_TOPIC, KafkaError, KafkaTopic, REJECTED_TOPIC, Rejection,
     TELEMETRY_TOPIC, client_config, ensure_topics_retrying,
 };
+use vendflow_dataflows::aligned::Positions;
 
 /// Told of every registry record read from `fleet-commands` (the REST API keeps its copy of the
 /// registry current with it).
@@ -64,6 +65,9 @@ pub struct SourceConfig {
     /// In a cluster: this process's first worker, and the workers of every process. Partitions
     /// are spread over all of them; the single-partition topics go to worker 0.
     pub cluster: Option<Share>,
+    /// Cluster checkpoints: each consumer tells its worker the positions of what it sent
+    /// ([`vendflow_dataflows::Feeder::mark`]), instead of being held.
+    pub mark_positions: bool,
 }
 
 /// This process's part of a cluster's workers.
@@ -336,6 +340,18 @@ pub fn start(
         let tick = config.tick_ms.max(1);
         let observer = config.registry_observer.clone();
         let pause = config.pause.clone();
+        // The positions this consumer's worker saves: its partitions', from where it resumes.
+        let marks = config.mark_positions.then(|| {
+            let mine: Positions = resume
+                .engine
+                .iter()
+                .filter(|((topic, partition), _)| {
+                    assignment.find_partition(topic, *partition).is_some()
+                })
+                .map(|(k, v)| (k.clone(), *v))
+                .collect();
+            mine
+        });
         let handle = std::thread::Builder::new()
             .name(format!("vendflow-kafka-{index}"))
             .spawn(move || {
@@ -348,6 +364,7 @@ pub fn start(
                     tick,
                     tap_only,
                     stop: &stop,
+                    marks: std::cell::RefCell::new(marks.map(|m| (m, true))),
                 };
                 if let Err(e) = consume(&consumer, feeder, reading, &stats, sinks) {
                     tracing::error!("kafka consumer {index} stopped: {e}");
@@ -420,6 +437,9 @@ struct Reading<'a> {
     /// the tap only.
     tap_only: Vec<((String, i32), i64)>,
     stop: &'a AtomicBool,
+    /// With cluster checkpoints: this consumer's positions, and whether they changed since its
+    /// worker was last told.
+    marks: std::cell::RefCell<Option<(Positions, bool)>>,
 }
 
 impl Reading<'_> {
@@ -481,12 +501,24 @@ fn consume(
     // A batch goes to the engine at least every `SEND_EVERY`, as its own ingestion time: the
     // views publish it then, not when the next tick of the clock arrives.
     let last_send = std::cell::Cell::new(std::time::Instant::now());
+    let marks = std::mem::take(&mut reading.marks);
+    let marks = &marks;
     let send = |feeder: &mut Feeder, clock: Time, batch: &mut Batch| {
         last_send.set(std::time::Instant::now());
         feeder.send(clock, std::mem::take(batch))?;
+        if let Some((positions, changed)) = marks.borrow_mut().as_mut()
+            && std::mem::take(changed)
+        {
+            feeder.mark(positions.clone())?;
+        }
         let next = feeder.time() + 1;
         feeder.advance(next)
     };
+    // Where this consumer starts, for a checkpoint taken before it sends anything.
+    if let Some((positions, changed)) = marks.borrow_mut().as_mut() {
+        *changed = false;
+        feeder.mark(positions.clone())?;
+    }
     while !stop.load(Ordering::SeqCst) {
         if let Some(pause) = pause
             && pause.requested()
@@ -587,6 +619,10 @@ fn consume(
                 intake.end(batch, taken);
                 if tap_only {
                     continue;
+                }
+                if let Some((positions, changed)) = marks.borrow_mut().as_mut() {
+                    positions.insert((topic.clone(), partition), message.offset() + 1);
+                    *changed = true;
                 }
                 if let Ok(mut p) = stats.positions.lock() {
                     p.insert((topic, partition), message.offset() + 1);

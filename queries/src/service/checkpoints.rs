@@ -25,8 +25,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use vendflow_dataflows::aligned::{Aligned, agree_frontier};
 use vendflow_dataflows::checkpoint::file::{Checkpoint, CheckpointDir};
 use vendflow_dataflows::engine::EngineState;
+use vendflow_dataflows::view_store::ViewStore;
 use vendflow_dataflows::{Feeders, Time};
 use vendflow_ingest::kafka::pause::Pause;
 use vendflow_ingest::kafka::source::{
@@ -131,6 +133,17 @@ pub fn restore(
             stats,
         });
     };
+    resumed(path, checkpoint, archive, stats, dir)
+}
+
+/// Where a service starts from `checkpoint` (at `path`).
+fn resumed(
+    path: PathBuf,
+    checkpoint: Checkpoint,
+    archive: Option<&Archive>,
+    stats: Arc<CheckpointStats>,
+    dir: CheckpointDir,
+) -> Result<Restored, ServiceError> {
     let engine = positions_from_bytes(&checkpoint.source).map_err(|e| {
         ServiceError::Config(format!(
             "{}: the source's positions do not decode ({e}); move the file aside to use the one before",
@@ -166,6 +179,66 @@ pub fn restore(
         resume: Resume { engine, read_from },
         stats,
     })
+}
+
+/// Opens `config`'s directory in a cluster: the processes agree on the newest frontier every
+/// one of them has whole ([`agree_frontier`]), and each loads its own checkpoint at it. Its
+/// checkpoints newer than that are set aside (`superseded/`); with no common frontier every
+/// process starts empty (logged).
+pub fn restore_in_cluster(
+    config: &CheckpointConfig,
+    engine: &vendflow_dataflows::Config,
+) -> Result<Restored, ServiceError> {
+    let dir = CheckpointDir::open(&config.dir).map_err(ServiceError::Checkpoint)?;
+    let (whole, skipped) = dir.whole().map_err(ServiceError::Checkpoint)?;
+    let stats = Arc::new(CheckpointStats::default());
+    stats
+        .skipped_at_start
+        .store(skipped.len() as u64, Ordering::Relaxed);
+    let ours: Vec<Time> = whole.iter().map(|(t, _)| *t).collect();
+    tracing::info!(
+        process = engine.process(),
+        checkpoints = ours.len(),
+        "agreeing with the cluster's other processes on where to start"
+    );
+    let agreed = agree_frontier(engine, &ours)?;
+    let set_aside = dir
+        .set_aside_newer_than(agreed)
+        .map_err(ServiceError::Checkpoint)?;
+    let Some((frontier, path)) = agreed.and_then(|a| whole.into_iter().find(|(t, _)| *t == a))
+    else {
+        if !ours.is_empty() {
+            tracing::warn!(
+                dir = %config.dir.display(),
+                set_aside,
+                "no checkpoint frontier is whole on every process: the engine starts empty and reads the log from its beginning (the files are in superseded/)"
+            );
+        } else {
+            tracing::info!(dir = %config.dir.display(), "no checkpoint: the engine starts empty and reads the log from its beginning");
+        }
+        return Ok(Restored {
+            dir,
+            engine: None,
+            resume: Resume::default(),
+            stats,
+        });
+    };
+    if set_aside > 0 {
+        tracing::warn!(
+            set_aside,
+            frontier = %frontier,
+            "newer checkpoints of this process are not on every process: set aside in superseded/"
+        );
+    }
+    let checkpoint = dir.load(&path).map_err(ServiceError::Checkpoint)?;
+    if checkpoint.engine.frontier != frontier {
+        return Err(ServiceError::Config(format!(
+            "{}: its name says frontier {frontier} and its state {}; move it aside",
+            path.display(),
+            checkpoint.engine.frontier
+        )));
+    }
+    resumed(path, checkpoint, None, stats, dir)
 }
 
 /// How long the consumers may take to hold, and the engine to reach the frontier.
@@ -276,6 +349,166 @@ impl Checkpointer {
             .unwrap_or_else(|e| e.into_inner()) = None;
         *self.stats.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(written.clone());
         Ok(written)
+    }
+}
+
+/// Takes a cluster's checkpoints on this process: process 0 asks for one every period (its
+/// first worker picks the grid's next boundary); every worker of every process saves at that
+/// boundary and hands its section here; the views are read at it, the workers released, and
+/// the file written. See [`vendflow_dataflows::aligned`].
+pub struct Collector {
+    pub dir: CheckpointDir,
+    pub every: Duration,
+    /// Process 0 asks (through its first worker); the others only collect.
+    pub feeders: Option<Feeders>,
+    pub aligned: Aligned,
+    pub store: ViewStore,
+    /// This process's workers.
+    pub workers: usize,
+    pub stats: Arc<CheckpointStats>,
+}
+
+impl Collector {
+    pub fn run(self, stop: &AtomicBool) {
+        let mut asked: Option<Instant> = None;
+        let mut last = Instant::now();
+        let mut sections: Vec<vendflow_dataflows::aligned::Section> = Vec::new();
+        let mut started: Option<Instant> = None;
+        while !stop.load(Ordering::SeqCst) {
+            if let Some(feeders) = &self.feeders {
+                // Asked again when an answer is long overdue (e.g. the request was lost when
+                // the workers stopped at a failure).
+                let overdue = asked.is_some_and(|t| t.elapsed() > self.every * 4 + TAKE_TIMEOUT);
+                if (asked.is_none() && last.elapsed() >= self.every) || overdue {
+                    match feeders.request_checkpoint() {
+                        Ok(()) => asked = Some(Instant::now()),
+                        Err(e) => tracing::warn!(error = %e, "cannot ask for a checkpoint"),
+                    }
+                }
+            }
+            let section = match self
+                .aligned
+                .sections
+                .recv_timeout(Duration::from_millis(50))
+            {
+                Ok(s) => s,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            };
+            started.get_or_insert_with(Instant::now);
+            if sections.first().is_some_and(|s| s.at != section.at) {
+                // A worker at another boundary: the earlier one cannot complete.
+                let at = sections[0].at;
+                self.failed(format!(
+                    "only {} of {} workers saved at {at}",
+                    sections.len(),
+                    self.workers
+                ));
+                self.aligned.release(at);
+                sections.clear();
+            }
+            sections.push(section);
+            if sections.len() < self.workers {
+                continue;
+            }
+            let at = sections[0].at;
+            let held_since = started.take().unwrap_or_else(Instant::now);
+            let taken = self.assemble(std::mem::take(&mut sections));
+            // The workers go on as soon as the views are read.
+            self.aligned.release(at);
+            let held = held_since.elapsed();
+            asked = None;
+            last = Instant::now();
+            match taken.and_then(|(engine, positions)| self.write(engine, &positions, held)) {
+                Ok(w) => tracing::info!(
+                    frontier = %w.frontier,
+                    bytes = w.bytes,
+                    held_ms = held.as_millis() as u64,
+                    write_ms = w.write.as_millis() as u64,
+                    "cluster checkpoint written"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, frontier = %at, "cluster checkpoint not written; the next period tries again");
+                    self.failed(e);
+                }
+            }
+        }
+    }
+
+    /// This process's state at the sections' boundary: its workers' sections in order, and
+    /// every view as of the boundary (the workers hold there until released).
+    fn assemble(
+        &self,
+        mut sections: Vec<vendflow_dataflows::aligned::Section>,
+    ) -> Result<(EngineState, BTreeMap<(String, i32), i64>), String> {
+        sections.sort_by_key(|s| s.worker);
+        let at = sections.first().map(|s| s.at).ok_or("no sections")?;
+        if sections.iter().enumerate().any(|(i, s)| s.worker != i) {
+            return Err(format!("the sections at {at} are not one per worker"));
+        }
+        let views = vendflow_dataflows::engine::views_at(&self.store, at, TAKE_TIMEOUT)
+            .map_err(|e| e.to_string())?;
+        let mut positions = BTreeMap::new();
+        let mut hour = None;
+        let mut workers = Vec::with_capacity(sections.len());
+        for s in sections {
+            positions.extend(s.positions);
+            if let Some(h) = s.hour {
+                hour = h;
+            }
+            workers.push(s.state);
+        }
+        Ok((
+            EngineState {
+                frontier: at,
+                workers,
+                hour,
+                views,
+            },
+            positions,
+        ))
+    }
+
+    fn write(
+        &self,
+        engine: EngineState,
+        positions: &BTreeMap<(String, i32), i64>,
+        held: Duration,
+    ) -> Result<Written, String> {
+        let frontier = engine.frontier;
+        let writing = Instant::now();
+        let written = self
+            .dir
+            .write(&Checkpoint {
+                engine,
+                source: positions_to_bytes(positions),
+            })
+            .map_err(|e| e.to_string())?;
+        let written = Written {
+            frontier,
+            path: written.path,
+            bytes: written.bytes,
+            held,
+            write: writing.elapsed(),
+            at: Instant::now(),
+        };
+        self.stats.written.fetch_add(1, Ordering::Relaxed);
+        *self
+            .stats
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
+        *self.stats.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(written.clone());
+        Ok(written)
+    }
+
+    fn failed(&self, e: String) {
+        self.stats.failed.fetch_add(1, Ordering::Relaxed);
+        *self
+            .stats
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(e);
     }
 }
 

@@ -258,8 +258,19 @@ impl Service {
         source.check()?;
         check_cluster(&config, &source)?;
         let archive = config.archive.clone().map(Archive::open).transpose()?;
+        let mut engine_config = config.engine.clone();
+        let clustered = engine_config.cluster.is_some();
+        if let Some(c) = &config.checkpoints {
+            engine_config.state_dir = Some(c.engine_dir());
+            if clustered {
+                engine_config.checkpoint_grid_ms = Some(grid_step(c.every));
+            }
+        }
         let restored = match (&config.checkpoints, &source) {
             (None, _) => None,
+            (Some(c), Source::Kafka { .. }) if clustered => {
+                Some(checkpoints::restore_in_cluster(c, &engine_config)?)
+            }
             (Some(c), Source::Kafka { .. }) => Some(checkpoints::restore(c, archive.as_ref())?),
             (Some(_), Source::Simulated(_)) => {
                 return Err(ServiceError::Config(
@@ -267,10 +278,6 @@ impl Service {
                 ));
             }
         };
-        let mut engine_config = config.engine.clone();
-        if let Some(c) = &config.checkpoints {
-            engine_config.state_dir = Some(c.engine_dir());
-        }
         let (engine_state, resume, checkpointing) = match restored {
             Some(r) => (r.engine, r.resume, Some((r.dir, r.stats))),
             None => (None, Default::default(), None),
@@ -285,9 +292,13 @@ impl Service {
         let feeders = engine
             .feeders()
             .ok_or_else(|| ServiceError::Config("the engine's feeders were taken".into()))?;
+        // One process holds its consumers for a checkpoint; a cluster's workers stop at the
+        // grid's boundaries instead, with the positions their consumers mark.
         let pause = checkpointing
             .as_ref()
+            .filter(|_| !clustered)
             .map(|_| Arc::new(vendflow_ingest::kafka::pause::Pause::default()));
+        let aligned = engine.aligned();
         let checkpoint_feeders = checkpointing.as_ref().map(|_| feeders.clone());
         let share = config
             .engine
@@ -297,7 +308,8 @@ impl Service {
                 first_worker: config.engine.process() * config.engine.workers,
                 all_workers: config.engine.processes() * config.engine.workers,
             });
-        let mut prepared = source.prepare(feeders, resume, pause.clone(), share)?;
+        let mut prepared =
+            source.prepare(feeders, resume, pause.clone(), share, aligned.is_some())?;
         let registry = prepared.registry.clone();
         let prepared_source = prepared.freshness.clone();
         let checkpoint_stats = checkpointing.as_ref().map(|(_, stats)| stats.clone());
@@ -403,7 +415,7 @@ impl Service {
         }
         let tap = running.archive.as_ref().map(archive_tap);
         // With checkpoints the source stops after the service, once the last one is taken.
-        let source_stop = if checkpointing.is_some() {
+        let source_stop = if checkpointing.is_some() && !clustered {
             running.source_stop.clone()
         } else {
             stop.clone()
@@ -414,6 +426,30 @@ impl Service {
                 running.simulator = started.simulator;
             }
             Err(e) => return fail(running, e),
+        }
+        if let (Some((dir, stats)), Some(aligned)) = (&checkpointing, aligned) {
+            let collector = checkpoints::Collector {
+                dir: dir.clone(),
+                every: config
+                    .checkpoints
+                    .as_ref()
+                    .map_or(Duration::from_secs(60), |c| c.every),
+                feeders: checkpoint_feeders
+                    .clone()
+                    .filter(|_| config.engine.process() == 0),
+                aligned,
+                store: store.clone(),
+                workers: config.engine.workers.max(1),
+                stats: stats.clone(),
+            };
+            let stop = stop.clone();
+            match Worker::spawn("checkpoints", &running.stop, move || {
+                collector.run(&stop);
+                Ok(())
+            }) {
+                Ok(w) => running.workers.push(w),
+                Err(e) => return fail(running, e),
+            }
         }
         if let (Some((dir, stats)), Some(pause), Some(feeders), Some(source)) =
             (checkpointing, pause, checkpoint_feeders, prepared_source)
@@ -444,6 +480,12 @@ impl Service {
     }
 }
 
+/// The grid of a cluster's checkpoints (see [`vendflow_dataflows::aligned`]): a checkpoint asked
+/// for lands at most one step later, and workers run at most one step ahead of worker 0.
+fn grid_step(every: Duration) -> i64 {
+    (every.as_millis() as i64).clamp(100, 1_000)
+}
+
 /// Refuses what a cluster cannot do yet, or what only process 0 can (it holds the views).
 fn check_cluster(config: &ServiceConfig, source: &Source) -> Result<(), ServiceError> {
     if config.engine.cluster.is_none() {
@@ -452,11 +494,6 @@ fn check_cluster(config: &ServiceConfig, source: &Source) -> Result<(), ServiceE
     let refuse = |what: &str| Err(ServiceError::Config(what.to_owned()));
     if matches!(source, Source::Simulated(_)) {
         return refuse("a cluster runs on Kafka (vendflow run)");
-    }
-    if config.checkpoints.is_some() {
-        return refuse(
-            "--state is not supported in a cluster yet: every process would have to checkpoint at one frontier",
-        );
     }
     if config.archive.is_some() {
         return refuse(
@@ -728,7 +765,10 @@ mod tests {
             dir: "state".into(),
             every: Duration::from_secs(60),
         });
-        refused(state, &kafka, "--state is not supported in a cluster");
+        assert!(
+            check_cluster(&state, &kafka).is_ok(),
+            "a cluster takes checkpoints at one frontier"
+        );
         let mut archive = in_cluster(0);
         archive.archive = Some(vendflow_sinks::archive::ArchiveConfig::new(
             "a",

@@ -81,6 +81,7 @@ impl Source {
         resume: kafka_source::Resume,
         pause: Option<Arc<vendflow_ingest::kafka::pause::Pause>>,
         cluster: Option<kafka_source::Share>,
+        mark_positions: bool,
     ) -> Result<Prepared, ServiceError> {
         match self {
             Source::Kafka {
@@ -115,6 +116,7 @@ impl Source {
                     resume,
                     pause,
                     cluster,
+                    mark_positions,
                 };
                 Ok(Prepared {
                     kind: Kind::Kafka,
