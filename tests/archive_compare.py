@@ -2,6 +2,9 @@
 
 usage: archive_compare.py ARCHIVE_A ARCHIVE_B
 
+Either may be several archives separated by commas (a cluster's processes, each archiving the
+partitions it reads): their records are taken together.
+
 For `events` and `rejected`: each archive holds every input position (stream, offset) at most
 once per record, and both hold the same records (as multisets) on every column but the time a
 record was received (and `rejected`'s partitions, by that time), which depends on when an engine read the log, not on the log. Prints what
@@ -14,16 +17,21 @@ import duckdb
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-a, b = Path(sys.argv[1]), Path(sys.argv[2])
+a = [Path(p) for p in sys.argv[1].split(",")]
+b = [Path(p) for p in sys.argv[2].split(",")]
 con = duckdb.connect()
 failed = []
 
 
-def load(root: Path, table: str):
-    files = list((root / table).rglob("*.parquet"))
-    if not files:
+def load(roots: list, table: str):
+    parts = [
+        ds.dataset(str(root / table), format="parquet", partitioning="hive").to_table()
+        for root in roots
+        if list((root / table).rglob("*.parquet"))
+    ]
+    if not parts:
         return None
-    t = ds.dataset(str(root / table), format="parquet", partitioning="hive").to_table()
+    t = pa.concat_tables(parts, promote_options="default")
     # `rejected` is partitioned by the time received: its date and hour go with it.
     received = {"date", "hour"} if table == "rejected" else set()
     keep = [c for c in t.column_names if "received" not in c and c not in received]

@@ -351,10 +351,15 @@ fn engine_messages(out: &Path) -> anyhow::Result<u64> {
 
 /// Waits until the archive has committed every telemetry message the engine consumed.
 fn wait_archived(out: &Path, engine: &Daemon) -> anyhow::Result<()> {
+    wait_archived_by(&out.join("status.json"), engine)
+}
+
+/// [`wait_archived`] for an engine writing its status into `status` (`--status FILE`).
+fn wait_archived_by(status: &Path, engine: &Daemon) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut last = String::new();
     while started.elapsed() < Duration::from_secs(60) {
-        if let Ok(text) = std::fs::read_to_string(out.join("status.json")) {
+        if let Ok(text) = std::fs::read_to_string(status) {
             let status: serde_json::Value = serde_json::from_str(&text)?;
             let positions = status["positions"].as_str().unwrap_or_default();
             let telemetry: Vec<(String, i64)> = positions
@@ -2224,6 +2229,8 @@ fn an_engine_killed_three_times_restarts_from_its_checkpoints_and_ends_with_the_
 /// both have: before the second restart process 1's newest checkpoint is deleted, so they agree
 /// on an older one and process 0 sets its newer one aside. `machine-telemetry` keeps 15 s of
 /// a 40 s stream, so a restart that did not come back from its checkpoints would miss data.
+/// Each process archives the partitions it reads (`--archive`): together the two archives hold
+/// the records of the single process's archive, none twice.
 #[test]
 fn two_processes_on_loopback_give_the_views_of_one_across_kills_and_restarts_from_their_checkpoints()
 -> anyhow::Result<()> {
@@ -2234,6 +2241,9 @@ fn two_processes_on_loopback_give_the_views_of_one_across_kills_and_restarts_fro
         return Ok(());
     };
     let Some(tansu_bin) = require_tansu()? else {
+        return Ok(());
+    };
+    let Some(python) = vendflow_tests::python_with_duckdb()? else {
         return Ok(());
     };
     let (_guard, dir) = test_dir()?;
@@ -2252,14 +2262,27 @@ fn two_processes_on_loopback_give_the_views_of_one_across_kills_and_restarts_fro
     let machines = "4";
     let _bridge = start_retaining_bridge(&bin, d, [&mqtt, &kafka, &http], machines)?;
     let one = d.join("views-one");
-    let alone = start_plain_engine(&bin, &kafka, &one, &d.join("engine-one.log"))?;
+    let archive_one = d.join("archive-one");
+    let alone = start_archiving_engine(
+        &bin,
+        &kafka,
+        &one,
+        &archive_one,
+        None,
+        &d.join("engine-one.log"),
+    )?;
     let peers = format!("127.0.0.1:{},127.0.0.1:{}", free_port()?, free_port()?);
     let two = d.join("views-two");
     let two_text = two.display().to_string();
     let state = |i: usize| d.join(format!("state-{i}"));
+    let archive = |i: usize| d.join(format!("archive-two-{i}"));
+    // Process 1 serves nothing; it writes its status (consumed and archived offsets) to a file.
+    let status_1 = d.join("status-1.json");
+    let status_1_text = status_1.display().to_string();
     // Each start logs to its own file.
     let process = |i: usize, start: usize| -> anyhow::Result<Daemon> {
         let (index, state) = (i.to_string(), state(i).display().to_string());
+        let archive = archive(i).display().to_string();
         let mut args = vec![
             "--workers",
             "1",
@@ -2281,9 +2304,15 @@ fn two_processes_on_loopback_give_the_views_of_one_across_kills_and_restarts_fro
             &state,
             "--checkpoint-secs",
             "2",
+            "--archive",
+            &archive,
+            "--archive-flush-secs",
+            "1",
         ];
         if i == 0 {
             args.extend(["--out", &two_text]);
+        } else {
+            args.extend(["--status", &status_1_text]);
         }
         Daemon::spawn(
             "cluster",
@@ -2386,5 +2415,14 @@ fn two_processes_on_loopback_give_the_views_of_one_across_kills_and_restarts_fro
             tail(&p.output())
         );
     }
+
+    // The two processes' archives together hold the single process's records, none twice.
+    wait_archived(&one, &alone)?;
+    wait_archived(&two, &cluster[0])?;
+    wait_archived_by(&status_1, &cluster[1])?;
+    let compare = vendflow_tests::root().join("tests/archive_compare.py");
+    let both = format!("{},{}", archive(0).display(), archive(1).display());
+    let output = vendflow_tests::run_python(&python, &[&compare, &archive_one, Path::new(&both)])?;
+    eprint!("{}", String::from_utf8_lossy(&output.stdout));
     Ok(())
 }

@@ -394,14 +394,14 @@ impl Engine {
                 state.workers.len()
             )));
         }
-        if let Some(cluster) = &config.cluster {
-            if cluster.process >= cluster.addresses.len() {
-                return Err(EngineError::Start(format!(
-                    "process {} of a cluster of {}",
-                    cluster.process,
-                    cluster.addresses.len()
-                )));
-            }
+        if let Some(cluster) = &config.cluster
+            && cluster.process >= cluster.addresses.len()
+        {
+            return Err(EngineError::Start(format!(
+                "process {} of a cluster of {}",
+                cluster.process,
+                cluster.addresses.len()
+            )));
         }
         let start_time = state.as_ref().map_or(Time::EPOCH, |s| s.frontier);
         let (sections, hour, views) = match state {

@@ -652,3 +652,183 @@ pub fn assert_view(snapshot: &Snapshot, view: &str, mut expected: Vec<Row>, seed
         );
     }
 }
+
+/// A free port on loopback (for an in-process cluster).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Starts one engine per config at once (a cluster's processes connect to each other while
+/// they start).
+fn start_cluster(configs: Vec<(Config, Option<crate::engine::EngineState>)>) -> Vec<Engine> {
+    std::thread::scope(|s| {
+        let starting: Vec<_> = configs
+            .into_iter()
+            .map(|(config, state)| s.spawn(move || Engine::start_from(config, state)))
+            .collect();
+        starting
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| panic!("an engine's start panicked"))
+                    .unwrap_or_else(|e| panic!("{e}"))
+            })
+            .collect()
+    })
+}
+
+/// Stops a cluster's engines at once.
+fn stop_cluster(engines: Vec<Engine>) {
+    std::thread::scope(|s| {
+        for engine in engines {
+            s.spawn(move || engine.shutdown().unwrap_or_else(|e| panic!("{e}")));
+        }
+    });
+}
+
+/// A thread that takes the first cluster checkpoint of `engine` the way the service does: its
+/// workers' sections, the views at their boundary, then the release.
+fn collect_one(engine: &mut Engine) -> std::thread::JoinHandle<(Time, crate::engine::EngineState)> {
+    let aligned = engine
+        .aligned()
+        .unwrap_or_else(|| panic!("no checkpoint grid"));
+    let store = engine.store();
+    std::thread::spawn(move || {
+        let mut sections = Vec::new();
+        while sections.len() < CLUSTER_WORKERS {
+            let s: crate::aligned::Section = aligned
+                .sections
+                .recv_timeout(Duration::from_secs(120))
+                .unwrap_or_else(|e| panic!("no section: {e}"));
+            sections.push(s);
+        }
+        sections.sort_by_key(|s| s.worker);
+        let at = sections[0].at;
+        assert!(
+            sections.iter().all(|s| s.at == at),
+            "sections at two boundaries"
+        );
+        let views = crate::engine::views_at(&store, at, Duration::from_secs(120))
+            .unwrap_or_else(|e| panic!("{e}"));
+        aligned.release(at);
+        let hour = sections.iter().find_map(|s| s.hour).flatten();
+        let state = crate::engine::EngineState {
+            frontier: at,
+            workers: sections.into_iter().map(|s| s.state).collect(),
+            hour,
+            views,
+        };
+        (at, state)
+    })
+}
+
+/// Workers per process in [`run_cluster_restarted`].
+const CLUSTER_WORKERS: usize = 2;
+
+/// Runs a scenario on a cluster of two processes (here, on loopback) of two workers each, with
+/// the grid of cluster checkpoints (`grid_ms`). After `split` [`steps`] process 0 asks for a
+/// checkpoint; every worker saves at the grid's next boundary while the input goes on to the
+/// end. Then both processes stop, agree on the frontier to start from (process 0 also has a
+/// newer one, process 1 has not), start again from their own states and take the input from
+/// that boundary on. Returns process 0's views and the checkpoint's frontier.
+pub fn run_cluster_restarted(scenario: &Scenario, split: usize, grid_ms: i64) -> (Snapshot, Time) {
+    // Each step at the time a source would send it (a feeder's time only moves forward).
+    let mut high = Time::EPOCH;
+    let steps: Vec<(Time, Batch)> = steps(scenario)
+        .into_iter()
+        .map(|(t, b)| {
+            high = high.max(t);
+            (high, b)
+        })
+        .collect();
+    let addresses = vec![
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    ];
+    let config = |process: usize| Config {
+        workers: CLUSTER_WORKERS,
+        cluster: Some(crate::config::Cluster {
+            process,
+            addresses: addresses.clone(),
+        }),
+        checkpoint_grid_ms: Some(grid_ms),
+        ..scenario.config.clone()
+    };
+    let end = scenario.now() + 1;
+    let feed = |engines: &mut [Engine], part: &[(Time, Batch)], ask_after: Option<usize>| {
+        let mut feeders: Vec<_> = engines
+            .iter_mut()
+            .map(|e| e.feeders().unwrap_or_else(|| panic!("feeders taken")))
+            .collect();
+        for (i, (t, batch)) in part.iter().enumerate() {
+            feeders[i % 2]
+                .send(*t, batch.clone())
+                .unwrap_or_else(|e| panic!("{e}"));
+            for f in &mut feeders {
+                f.advance_all(*t).unwrap_or_else(|e| panic!("{e}"));
+            }
+            if ask_after == Some(i) {
+                feeders[0]
+                    .request_checkpoint()
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
+        for f in &mut feeders {
+            f.advance_all(end).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let store = engines[0].store();
+        assert!(
+            store.wait_for(end, Duration::from_secs(120)),
+            "views did not reach {end}"
+        );
+        store.snapshot()
+    };
+
+    let mut engines = start_cluster(vec![(config(0), None), (config(1), None)]);
+    let collectors: Vec<_> = engines.iter_mut().map(collect_one).collect();
+    feed(&mut engines, &steps, Some(split));
+    let states: Vec<(Time, crate::engine::EngineState)> = collectors
+        .into_iter()
+        .map(|c| c.join().unwrap_or_else(|_| panic!("a collector panicked")))
+        .collect();
+    stop_cluster(engines);
+    let at = states[0].0;
+    assert!(
+        states.iter().all(|(t, _)| *t == at),
+        "processes saved at two frontiers"
+    );
+
+    // They agree on the newest frontier both have.
+    let agreed: Vec<Option<Time>> = std::thread::scope(|s| {
+        let asks: Vec<_> = [vec![at, at + grid_ms], vec![at]]
+            .into_iter()
+            .enumerate()
+            .map(|(p, ours)| {
+                let config = config(p);
+                s.spawn(move || crate::aligned::agree_frontier(&config, &ours))
+            })
+            .collect();
+        asks.into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| panic!("agreement panicked"))
+                    .unwrap_or_else(|e| panic!("{e}"))
+            })
+            .collect()
+    });
+    assert_eq!(agreed, vec![Some(at), Some(at)]);
+
+    let restarted = states
+        .into_iter()
+        .enumerate()
+        .map(|(p, (_, state))| (config(p), Some(state)))
+        .collect();
+    let mut engines = start_cluster(restarted);
+    let rest: Vec<(Time, Batch)> = steps.into_iter().filter(|(t, _)| *t >= at).collect();
+    let snapshot = feed(&mut engines, &rest, None);
+    stop_cluster(engines);
+    (snapshot, at)
+}

@@ -103,6 +103,14 @@ pub struct Loaded {
     pub skipped: Vec<(PathBuf, String)>,
 }
 
+/// The whole checkpoints of a directory (frontier and file, newest first) and the damaged ones
+/// with why.
+#[derive(Debug, Default)]
+pub struct Whole {
+    pub checkpoints: Vec<(Time, PathBuf)>,
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
 /// A state directory's checkpoints.
 #[derive(Clone, Debug)]
 pub struct CheckpointDir {
@@ -201,9 +209,7 @@ impl CheckpointDir {
 
     /// The frontiers of the whole checkpoints (checksum and version checked; the body is not
     /// decoded), newest first, and the damaged ones skipped (logged, counted).
-    pub fn whole(
-        &self,
-    ) -> Result<(Vec<(Time, PathBuf)>, Vec<(PathBuf, String)>), CheckpointFileError> {
+    pub fn whole(&self) -> Result<Whole, CheckpointFileError> {
         let (mut whole, mut skipped) = (Vec::new(), Vec::new());
         for path in self.files()? {
             let frontier = path.file_name().and_then(|n| n.to_str()).and_then(|n| {
@@ -228,7 +234,10 @@ impl CheckpointDir {
             SKIPPED.fetch_add(1, Ordering::Relaxed);
             skipped.push((path, why));
         }
-        Ok((whole, skipped))
+        Ok(Whole {
+            checkpoints: whole,
+            skipped,
+        })
     }
 
     /// Loads the checkpoint at `path` (one [`CheckpointDir::whole`] listed).

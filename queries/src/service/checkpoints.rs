@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use vendflow_dataflows::aligned::{Aligned, agree_frontier};
+use vendflow_dataflows::aligned::{Aligned, Positions, agree_frontier};
 use vendflow_dataflows::checkpoint::file::{Checkpoint, CheckpointDir};
 use vendflow_dataflows::engine::EngineState;
 use vendflow_dataflows::view_store::ViewStore;
@@ -188,9 +188,13 @@ fn resumed(
 pub fn restore_in_cluster(
     config: &CheckpointConfig,
     engine: &vendflow_dataflows::Config,
+    archive: Option<&Archive>,
 ) -> Result<Restored, ServiceError> {
     let dir = CheckpointDir::open(&config.dir).map_err(ServiceError::Checkpoint)?;
-    let (whole, skipped) = dir.whole().map_err(ServiceError::Checkpoint)?;
+    let vendflow_dataflows::checkpoint::file::Whole {
+        checkpoints: whole,
+        skipped,
+    } = dir.whole().map_err(ServiceError::Checkpoint)?;
     let stats = Arc::new(CheckpointStats::default());
     stats
         .skipped_at_start
@@ -238,7 +242,7 @@ pub fn restore_in_cluster(
             checkpoint.engine.frontier
         )));
     }
-    resumed(path, checkpoint, None, stats, dir)
+    resumed(path, checkpoint, archive, stats, dir)
 }
 
 /// How long the consumers may take to hold, and the engine to reach the frontier.
@@ -440,7 +444,7 @@ impl Collector {
     fn assemble(
         &self,
         mut sections: Vec<vendflow_dataflows::aligned::Section>,
-    ) -> Result<(EngineState, BTreeMap<(String, i32), i64>), String> {
+    ) -> Result<(EngineState, Positions), String> {
         sections.sort_by_key(|s| s.worker);
         let at = sections.first().map(|s| s.at).ok_or("no sections")?;
         if sections.iter().enumerate().any(|(i, s)| s.worker != i) {

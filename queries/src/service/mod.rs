@@ -268,9 +268,11 @@ impl Service {
         }
         let restored = match (&config.checkpoints, &source) {
             (None, _) => None,
-            (Some(c), Source::Kafka { .. }) if clustered => {
-                Some(checkpoints::restore_in_cluster(c, &engine_config)?)
-            }
+            (Some(c), Source::Kafka { .. }) if clustered => Some(checkpoints::restore_in_cluster(
+                c,
+                &engine_config,
+                archive.as_ref(),
+            )?),
             (Some(c), Source::Kafka { .. }) => Some(checkpoints::restore(c, archive.as_ref())?),
             (Some(_), Source::Simulated(_)) => {
                 return Err(ServiceError::Config(
@@ -494,11 +496,6 @@ fn check_cluster(config: &ServiceConfig, source: &Source) -> Result<(), ServiceE
     let refuse = |what: &str| Err(ServiceError::Config(what.to_owned()));
     if matches!(source, Source::Simulated(_)) {
         return refuse("a cluster runs on Kafka (vendflow run)");
-    }
-    if config.archive.is_some() {
-        return refuse(
-            "--archive is not supported in a cluster yet: each process reads only its share of the partitions",
-        );
     }
     if config.engine.process() != 0
         && (config.http.is_some() || config.pg.is_some() || config.out.is_some())
@@ -732,7 +729,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_cluster_refuses_what_it_cannot_do_yet_and_only_process_0_serves_views() {
+    fn a_cluster_runs_on_kafka_and_only_process_0_serves_views() {
         let kafka = Source::Kafka {
             brokers: "k:9092".into(),
             partitions: 4,
@@ -769,12 +766,15 @@ mod tests {
             check_cluster(&state, &kafka).is_ok(),
             "a cluster takes checkpoints at one frontier"
         );
-        let mut archive = in_cluster(0);
+        let mut archive = in_cluster(1);
         archive.archive = Some(vendflow_sinks::archive::ArchiveConfig::new(
             "a",
             &Config::default(),
         ));
-        refused(archive, &kafka, "--archive is not supported in a cluster");
+        assert!(
+            check_cluster(&archive, &kafka).is_ok(),
+            "each process archives its share"
+        );
         let simulated = Source::Simulated(Simulation {
             machines: 1,
             speed: 1.0,

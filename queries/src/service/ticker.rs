@@ -72,7 +72,11 @@ pub(super) fn run(
             break;
         }
         let tick_due = last_tick.elapsed() >= every;
-        let archive_due = running.archive.is_some() && last_archived.elapsed() >= snapshot_every;
+        // In a cluster the views are on process 0: only it archives them (every process
+        // archives the raw records of its partitions).
+        let archive_due = running.archive.is_some()
+            && running.config.engine.process() == 0
+            && last_archived.elapsed() >= snapshot_every;
         if !tick_due && !archive_due {
             continue;
         }
