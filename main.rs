@@ -345,8 +345,32 @@ fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
+/// A timely thread that panics leaves the views frozen behind a service that still answers; in a
+/// cluster it is how a lost peer shows (timely's connection threads panic when a socket
+/// closes). The process exits instead, with the reason, so that whoever supervises it starts it
+/// again: from its checkpoints, with `--state`.
+fn exit_when_an_engine_thread_dies(clustered: bool) {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        let name = std::thread::current().name().map(str::to_owned);
+        if !name.as_deref().is_some_and(|n| n.starts_with("timely:")) {
+            return;
+        }
+        let why = if clustered {
+            "the cluster lost a process (or a worker failed): this process stops too; start every process again (with --state they resume from the newest checkpoint they all have)"
+        } else {
+            "an engine worker failed: the process stops rather than serve views that no longer move; start it again (with --state it resumes from its newest checkpoint)"
+        };
+        tracing::error!(thread = name.as_deref().unwrap_or_default(), "{why}");
+        eprintln!("vendflow run: {why}");
+        std::process::exit(1);
+    }));
+}
+
 fn run_kafka(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
     config.cluster = options.cluster()?;
+    exit_when_an_engine_thread_dies(config.cluster.is_some());
     let (service, source) = options.service(config);
     let running = Service::start(service, source, stop_flag()?)?;
     for line in options.banner(&running) {

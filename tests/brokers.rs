@@ -2224,8 +2224,9 @@ fn an_engine_killed_three_times_restarts_from_its_checkpoints_and_ends_with_the_
 /// `vendflow run` as two processes of a timely cluster on loopback (one worker each, each with
 /// its own `--state`, checkpoints every 2 s) gives the same views as one process with two
 /// workers, on the same topics, although both processes are `kill -9`ed at two random moments
-/// and restarted. The partitions are spread over both processes, process 0 gathers and serves
-/// every view, and each restart starts both processes from the newest checkpoint frontier they
+/// and restarted (process 1 is killed; process 0 must stop by itself with the reason). The
+/// partitions are spread over both processes, process 0 gathers and serves every view, and each
+/// restart starts both processes from the newest checkpoint frontier they
 /// both have: before the second restart process 1's newest checkpoint is deleted, so they agree
 /// on an older one and process 0 sets its newer one aside. `machine-telemetry` keeps 15 s of
 /// a 40 s stream, so a restart that did not come back from its checkpoints would miss data.
@@ -2344,10 +2345,25 @@ fn two_processes_on_loopback_give_the_views_of_one_across_kills_and_restarts_fro
     let mut moments = Moments::from_env();
     for kill in 1..=2 {
         std::thread::sleep(moments.between(8_000, 12_000));
-        // One process dies; the other cannot go on without it.
+        // One process dies; the other cannot go on without it, and says so and stops.
         cluster[1].kill();
-        std::thread::sleep(Duration::from_millis(500));
-        cluster[0].kill();
+        let lost = Instant::now();
+        let exited = loop {
+            if let Some(status) = cluster[0].child.try_wait()? {
+                break status;
+            }
+            ensure!(
+                lost.elapsed() < Duration::from_secs(20),
+                "process 0 went on without process 1: {}",
+                tail(&cluster[0].output())
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        ensure!(
+            !exited.success() && cluster[0].output().contains("the cluster lost a process"),
+            "process 0 did not stop with the reason: {exited}; {}",
+            tail(&cluster[0].output())
+        );
         let newest = [newest_checkpoint(&state(0))?, newest_checkpoint(&state(1))?];
         eprintln!(
             "both processes killed with kill -9 ({kill} of 2); newest checkpoints {newest:?}"

@@ -269,13 +269,16 @@ impl Feeders {
     }
 
     /// Asks for a cluster checkpoint at the next boundary of the grid (process 0 only: its
-    /// first worker is the cluster's worker 0, which decides; see [`crate::aligned`]).
-    pub fn request_checkpoint(&self) -> Result<(), EngineError> {
+    /// first worker is the cluster's worker 0, which decides; see [`crate::aligned`]). False
+    /// when that worker's channel is full: ask again later (never blocks, so a collector that
+    /// a waiting worker needs is never stuck here).
+    pub fn request_checkpoint(&self) -> Result<bool, EngineError> {
         let first = self.feeders.first().ok_or(EngineError::Stopped)?;
-        first
-            .tx
-            .send(Command::Request)
-            .map_err(|_| EngineError::Stopped)
+        match first.tx.try_send(Command::Request) {
+            Ok(()) => Ok(true),
+            Err(std::sync::mpsc::TrySendError::Full(_)) => Ok(false),
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => Err(EngineError::Stopped),
+        }
     }
 
     /// Sends to the workers in turn.

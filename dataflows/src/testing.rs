@@ -771,9 +771,13 @@ pub fn run_cluster_restarted(scenario: &Scenario, split: usize, grid_ms: i64) ->
                 f.advance_all(*t).unwrap_or_else(|e| panic!("{e}"));
             }
             if ask_after == Some(i) {
-                feeders[0]
+                // Waits for room in worker 0's channel.
+                while !feeders[0]
                     .request_checkpoint()
-                    .unwrap_or_else(|e| panic!("{e}"));
+                    .unwrap_or_else(|e| panic!("{e}"))
+                {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
             }
         }
         for f in &mut feeders {

@@ -385,7 +385,8 @@ impl Collector {
                 let overdue = asked.is_some_and(|t| t.elapsed() > self.every * 4 + TAKE_TIMEOUT);
                 if (asked.is_none() && last.elapsed() >= self.every) || overdue {
                     match feeders.request_checkpoint() {
-                        Ok(()) => asked = Some(Instant::now()),
+                        Ok(true) => asked = Some(Instant::now()),
+                        Ok(false) => {}
                         Err(e) => tracing::warn!(error = %e, "cannot ask for a checkpoint"),
                     }
                 }

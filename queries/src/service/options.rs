@@ -135,7 +135,9 @@ pub struct RunOptions {
     /// Keep the engine's state in this directory: a checkpoint (every view and operator's state
     /// with the Kafka offsets that produced it) every --checkpoint-secs, and at start the newest
     /// whole one is loaded and each partition continues from its offset instead of from the
-    /// log's beginning. Without it, every start re-reads the whole log.
+    /// log's beginning. Without it, every start re-reads the whole log. In a cluster give every
+    /// process its own directory: they checkpoint at one frontier and, at start, agree on the
+    /// newest one they all have.
     #[arg(long, value_name = "DIR")]
     pub state: Option<PathBuf>,
     /// Seconds between checkpoints (with --state). A restart re-reads at most about this much
@@ -145,7 +147,8 @@ pub struct RunOptions {
     /// Run as one of this many processes of a timely cluster (each with --workers threads):
     /// the partitions of `machine-telemetry` are spread over every worker of every process,
     /// and the views are gathered on process 0, which serves them (--http, --pg, --out).
-    /// Every process is started with the same --processes and --peers, and its own --process.
+    /// Every process is started with the same --processes and --peers, and its own --process;
+    /// each keeps its own --state and --archive (its own partitions).
     #[arg(long, default_value_t = 1, requires = "process")]
     pub processes: usize,
     /// This process's index in the cluster, 0 to --processes - 1.
