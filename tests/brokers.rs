@@ -2366,7 +2366,7 @@ fn two_processes_on_loopback_give_the_views_of_one_across_kills_and_restarts_fro
         );
         let newest = [newest_checkpoint(&state(0))?, newest_checkpoint(&state(1))?];
         eprintln!(
-            "both processes killed with kill -9 ({kill} of 2); newest checkpoints {newest:?}"
+            "process 1 killed with kill -9 ({kill} of 2), process 0 stopped by itself ({exited}); newest checkpoints {newest:?}"
         );
         if kill == 2 {
             std::fs::remove_file(&newest[1])?;
