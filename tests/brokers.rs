@@ -1870,6 +1870,31 @@ fn positions_of(line: &str) -> BTreeMap<String, i64> {
         .collect()
 }
 
+/// Mosquitto, tansu on SQLite (its maintenance, every second, deletes what a topic's
+/// `retention.ms` drops) and [`start_retaining_bridge`], on free loopback ports: the ports, and
+/// the three daemons (stopped when dropped).
+fn start_retaining_brokers(
+    [mosquitto_bin, tansu_bin]: [&Path; 2],
+    d: &Path,
+    machines: &str,
+) -> anyhow::Result<(vendflow_tests::Loopback, [Daemon; 3])> {
+    let ports = vendflow_tests::Loopback::new()?;
+    let mosquitto = start_mosquitto(mosquitto_bin, d, ports.mqtt_port)?;
+    let tansu = start_tansu_with(
+        tansu_bin,
+        d,
+        ports.kafka_port,
+        TansuStorage::SqliteMaintained,
+    )?;
+    let bridge = start_retaining_bridge(
+        &vendflow_bin()?,
+        d,
+        [&ports.mqtt, &ports.kafka, &ports.http],
+        machines,
+    )?;
+    Ok((ports, [mosquitto, tansu, bridge]))
+}
+
 /// The bridge from `mqtt` to `kafka` (serving `http`) for `machines` machines of seed 11, with
 /// a retention of 15 s on `machine-telemetry`.
 fn start_retaining_bridge(
@@ -2021,21 +2046,14 @@ fn an_engine_killed_three_times_restarts_from_its_checkpoints_and_ends_with_the_
     };
     let (_guard, dir) = test_dir()?;
     let d = dir.as_path();
-    let vendflow_tests::Loopback {
-        mqtt_port,
-        kafka_port,
-        mqtt,
-        kafka,
-        http,
-        ..
-    } = vendflow_tests::Loopback::new()?;
-    let _mosquitto = start_mosquitto(&mosquitto_bin, d, mqtt_port)?;
-    // tansu deletes records older than a topic's `retention.ms` at each maintenance, here
-    // every second.
-    let _tansu = start_tansu_with(&tansu_bin, d, kafka_port, TansuStorage::SqliteMaintained)?;
-    let bin = vendflow_bin()?;
     let machines = "4";
-    let _bridge = start_retaining_bridge(&bin, d, [&mqtt, &kafka, &http], machines)?;
+    let (
+        vendflow_tests::Loopback {
+            mqtt, kafka, http, ..
+        },
+        _brokers,
+    ) = start_retaining_brokers([&mosquitto_bin, &tansu_bin], d, machines)?;
+    let bin = vendflow_bin()?;
 
     let (out_a, out_b) = (d.join("views-a"), d.join("views-b"));
     let (archive_a, archive_b, state) = (d.join("archive-a"), d.join("archive-b"), d.join("state"));
@@ -2249,19 +2267,14 @@ fn two_processes_on_loopback_give_the_views_of_one_across_kills_and_restarts_fro
     };
     let (_guard, dir) = test_dir()?;
     let d = dir.as_path();
-    let vendflow_tests::Loopback {
-        mqtt_port,
-        kafka_port,
-        mqtt,
-        kafka,
-        http,
-        ..
-    } = vendflow_tests::Loopback::new()?;
-    let _mosquitto = start_mosquitto(&mosquitto_bin, d, mqtt_port)?;
-    let _tansu = start_tansu_with(&tansu_bin, d, kafka_port, TansuStorage::SqliteMaintained)?;
-    let bin = vendflow_bin()?;
     let machines = "4";
-    let _bridge = start_retaining_bridge(&bin, d, [&mqtt, &kafka, &http], machines)?;
+    let (
+        vendflow_tests::Loopback {
+            mqtt, kafka, http, ..
+        },
+        _brokers,
+    ) = start_retaining_brokers([&mosquitto_bin, &tansu_bin], d, machines)?;
+    let bin = vendflow_bin()?;
     let one = d.join("views-one");
     let archive_one = d.join("archive-one");
     let alone = start_archiving_engine(
@@ -2426,7 +2439,7 @@ fn two_processes_on_loopback_give_the_views_of_one_across_kills_and_restarts_fro
     );
     for (i, p) in cluster.iter().enumerate() {
         ensure!(
-            p.output().contains("cluster checkpoint written"),
+            p.output().contains("checkpoint written"),
             "process {i} wrote no checkpoint after its last start: {}",
             tail(&p.output())
         );

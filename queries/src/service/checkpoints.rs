@@ -96,6 +96,12 @@ impl CheckpointStats {
             .clone()
     }
 
+    /// Counts a failure and keeps its message for `/health`.
+    pub fn record_failure(&self, e: String) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+    }
+
     pub fn restored(&self) -> Option<Restart> {
         self.restored
             .lock()
@@ -272,7 +278,7 @@ impl Checkpointer {
                     return;
                 }
                 tracing::warn!(error = %e, "checkpoint not taken; trying again at the next period");
-                c.failed(e);
+                c.stats.record_failure(e);
             }
         }
     }
@@ -287,19 +293,9 @@ impl Checkpointer {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "no checkpoint at the stop; the next start continues from the one before");
-                c.failed(e);
+                c.stats.record_failure(e);
             }
         }
-    }
-
-    /// Counts a failure and keeps its message for `/health`.
-    fn failed(&self, e: String) {
-        self.stats.failed.fetch_add(1, Ordering::Relaxed);
-        *self
-            .stats
-            .last_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(e);
     }
 
     /// Holds the source, takes the engine's state at its frontier with the positions, lets the
@@ -307,7 +303,7 @@ impl Checkpointer {
     pub fn take(&mut self, hold: Duration, stop: &AtomicBool) -> Result<Written, String> {
         let started = Instant::now();
         let (feeders, source) = (&mut self.feeders, &self.source);
-        let (frontier, taken) = self
+        let (_, taken) = self
             .pause
             .with_held(hold, stop, |at| {
                 let positions = source
@@ -321,39 +317,52 @@ impl Checkpointer {
             })
             .map_err(|e| e.to_string())?;
         let (engine, positions) = taken.map_err(|e| e.to_string())?;
-        let held = started.elapsed();
-        let writing = Instant::now();
-        let written = self
-            .dir
-            .write(&Checkpoint {
-                engine,
-                source: positions_to_bytes(&positions),
-            })
-            .map_err(|e| e.to_string())?;
-        let written = Written {
-            frontier,
-            path: written.path,
-            bytes: written.bytes,
-            held,
-            write: writing.elapsed(),
-            at: Instant::now(),
-        };
-        tracing::info!(
-            frontier = %frontier,
-            bytes = written.bytes,
-            held_ms = held.as_millis() as u64,
-            write_ms = written.write.as_millis() as u64,
-            "checkpoint written"
-        );
-        self.stats.written.fetch_add(1, Ordering::Relaxed);
-        *self
-            .stats
-            .last_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = None;
-        *self.stats.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(written.clone());
-        Ok(written)
+        write(
+            &self.dir,
+            &self.stats,
+            engine,
+            &positions,
+            started.elapsed(),
+        )
     }
+}
+
+/// Writes a checkpoint of `engine` with the source's `positions` (the state was taken with the
+/// input held for `held`), logs it and counts it.
+fn write(
+    dir: &CheckpointDir,
+    stats: &CheckpointStats,
+    engine: EngineState,
+    positions: &Positions,
+    held: Duration,
+) -> Result<Written, String> {
+    let frontier = engine.frontier;
+    let writing = Instant::now();
+    let written = dir
+        .write(&Checkpoint {
+            engine,
+            source: positions_to_bytes(positions),
+        })
+        .map_err(|e| e.to_string())?;
+    let written = Written {
+        frontier,
+        path: written.path,
+        bytes: written.bytes,
+        held,
+        write: writing.elapsed(),
+        at: Instant::now(),
+    };
+    tracing::info!(
+        frontier = %frontier,
+        bytes = written.bytes,
+        held_ms = held.as_millis() as u64,
+        write_ms = written.write.as_millis() as u64,
+        "checkpoint written"
+    );
+    stats.written.fetch_add(1, Ordering::Relaxed);
+    *stats.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    *stats.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(written.clone());
+    Ok(written)
 }
 
 /// Takes a cluster's checkpoints on this process: process 0 asks for one every period (its
@@ -404,7 +413,7 @@ impl Collector {
             if sections.first().is_some_and(|s| s.at != section.at) {
                 // A worker at another boundary: the earlier one cannot complete.
                 let at = sections[0].at;
-                self.failed(format!(
+                self.stats.record_failure(format!(
                     "only {} of {} workers saved at {at}",
                     sections.len(),
                     self.workers
@@ -424,18 +433,12 @@ impl Collector {
             let held = held_since.elapsed();
             asked = None;
             last = Instant::now();
-            match taken.and_then(|(engine, positions)| self.write(engine, &positions, held)) {
-                Ok(w) => tracing::info!(
-                    frontier = %w.frontier,
-                    bytes = w.bytes,
-                    held_ms = held.as_millis() as u64,
-                    write_ms = w.write.as_millis() as u64,
-                    "cluster checkpoint written"
-                ),
-                Err(e) => {
-                    tracing::warn!(error = %e, frontier = %at, "cluster checkpoint not written; the next period tries again");
-                    self.failed(e);
-                }
+            let written = taken.and_then(|(engine, positions)| {
+                write(&self.dir, &self.stats, engine, &positions, held)
+            });
+            if let Err(e) = written {
+                tracing::warn!(error = %e, frontier = %at, "cluster checkpoint not written; the next period tries again");
+                self.stats.record_failure(e);
             }
         }
     }
@@ -472,48 +475,6 @@ impl Collector {
             },
             positions,
         ))
-    }
-
-    fn write(
-        &self,
-        engine: EngineState,
-        positions: &BTreeMap<(String, i32), i64>,
-        held: Duration,
-    ) -> Result<Written, String> {
-        let frontier = engine.frontier;
-        let writing = Instant::now();
-        let written = self
-            .dir
-            .write(&Checkpoint {
-                engine,
-                source: positions_to_bytes(positions),
-            })
-            .map_err(|e| e.to_string())?;
-        let written = Written {
-            frontier,
-            path: written.path,
-            bytes: written.bytes,
-            held,
-            write: writing.elapsed(),
-            at: Instant::now(),
-        };
-        self.stats.written.fetch_add(1, Ordering::Relaxed);
-        *self
-            .stats
-            .last_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = None;
-        *self.stats.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(written.clone());
-        Ok(written)
-    }
-
-    fn failed(&self, e: String) {
-        self.stats.failed.fetch_add(1, Ordering::Relaxed);
-        *self
-            .stats
-            .last_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(e);
     }
 }
 
