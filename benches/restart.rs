@@ -9,9 +9,7 @@
 //!    should stay flat as the log grows, the second grows with it.
 //! 2. Throughput on the final log: one process with 2 workers against a cluster of 2 processes
 //!    with 1 worker each (`--processes 2`), each reading the whole log from offset 0 (events/s
-//!    from start to caught up); then the cluster again with checkpoints (`--state` per process,
-//!    every 5 s: what the grid and the checkpoints cost), and a restart of both processes from
-//!    their checkpoints after a `kill -9`.
+//!    from start to caught up).
 //!
 //! `cargo bench -p vendflow-benches --bench restart [-- --machines 2000 --hours 1 --steps 3]`.
 //! Needs `mosquitto` and `tansu` (tests/run-all.sh installs them) and
@@ -236,7 +234,7 @@ fn main() -> anyhow::Result<()> {
     let alone = until_consumed(&one_status, total, started, &one)?;
     one.kill();
     let peers = format!("127.0.0.1:{},127.0.0.1:{}", free_port()?, free_port()?);
-    let cluster = |i: &str, extra: &[&str]| -> anyhow::Result<Daemon> {
+    let cluster = |i: &str| -> anyhow::Result<Daemon> {
         let log = d.join(format!("cluster-{i}.log"));
         let mut args = vec![
             "--workers",
@@ -260,12 +258,11 @@ fn main() -> anyhow::Result<()> {
         if i == "0" {
             args.extend(["--status", &status]);
         }
-        args.extend(extra);
         Daemon::spawn("cluster", &bin, &args, &log)
     };
     let _ = std::fs::remove_file(d.join("cluster.json"));
     let started = Instant::now();
-    let (first, second) = (cluster("0", &[])?, cluster("1", &[])?);
+    let (first, second) = (cluster("0")?, cluster("1")?);
     // Process 0's status lists only its own partitions: wait until it has those, then until the
     // second's log says it consumed its own (its summary line carries its positions).
     let spread = until_cluster_consumed(&d.join("cluster.json"), &second, total, started)?;
@@ -274,70 +271,6 @@ fn main() -> anyhow::Result<()> {
         "throughput over {total} telemetry messages from offset 0: 1 process × 2 workers {alone:.1} s ({:.0}/s); 2 processes × 1 worker {spread:.1} s ({:.0}/s)",
         total as f64 / alone,
         total as f64 / spread
-    );
-
-    // The cluster with checkpoints: from offset 0, then both killed and restarted.
-    let states = [d.join("cluster-state-0"), d.join("cluster-state-1")];
-    let state_args = |i: usize| {
-        vec![
-            "--state".to_owned(),
-            states[i].display().to_string(),
-            "--checkpoint-secs".to_owned(),
-            "5".to_owned(),
-        ]
-    };
-    let checkpointed = |i: usize| -> anyhow::Result<Daemon> {
-        let extra = state_args(i);
-        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-        cluster(&i.to_string(), &extra)
-    };
-    let _ = std::fs::remove_file(d.join("cluster.json"));
-    let started = Instant::now();
-    let (mut first, mut second) = (checkpointed(0)?, checkpointed(1)?);
-    let with_state = until_cluster_consumed(&d.join("cluster.json"), &second, total, started)?;
-    // A checkpoint of both after they caught up, then kill -9 and a restart.
-    let caught = std::time::SystemTime::now();
-    let newest = |state: &Path| -> Option<(std::time::SystemTime, u64)> {
-        std::fs::read_dir(state)
-            .ok()?
-            .filter_map(|e| e.ok())
-            .filter(|e| e.path().extension().is_some_and(|x| x == "vfc"))
-            .filter_map(|e| {
-                let m = e.metadata().ok()?;
-                Some((m.modified().ok()?, m.len()))
-            })
-            .max()
-    };
-    let waited = Instant::now();
-    while !states
-        .iter()
-        .all(|s| newest(s).is_some_and(|(m, _)| m > caught))
-    {
-        if waited.elapsed() > Duration::from_secs(120) {
-            bail!("the cluster wrote no checkpoint in 2 minutes after catching up");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let sizes: Vec<u64> = states
-        .iter()
-        .filter_map(|s| newest(s))
-        .map(|(_, n)| n)
-        .collect();
-    second.kill();
-    first.kill();
-    let _ = std::fs::remove_file(d.join("cluster.json"));
-    let restarted = Instant::now();
-    let (first, second) = (checkpointed(0)?, checkpointed(1)?);
-    let restart = until_cluster_consumed(&d.join("cluster.json"), &second, total, restarted)?;
-    drop((first, second));
-    println!(
-        "2 processes × 1 worker with checkpoints every 5 s: from offset 0 {with_state:.1} s ({:.0}/s); restart of both from their checkpoints → caught up {restart:.1} s; checkpoints {} MB",
-        total as f64 / with_state,
-        sizes
-            .iter()
-            .map(|n| format!("{:.1}", *n as f64 / 1e6))
-            .collect::<Vec<_>>()
-            .join(" + ")
     );
     Ok(())
 }
