@@ -1871,12 +1871,14 @@ fn positions_of(line: &str) -> BTreeMap<String, i64> {
 }
 
 /// Mosquitto, tansu on SQLite (its maintenance, every second, deletes what a topic's
-/// `retention.ms` drops) and [`start_retaining_bridge`], on free loopback ports: the ports, and
-/// the three daemons (stopped when dropped).
+/// `retention.ms` drops) and [`start_retaining_bridge`] with a retention of `retention_secs`
+/// on `machine-telemetry`, on free loopback ports: the ports, and the three daemons (stopped
+/// when dropped).
 fn start_retaining_brokers(
     [mosquitto_bin, tansu_bin]: [&Path; 2],
     d: &Path,
     machines: &str,
+    retention_secs: u32,
 ) -> anyhow::Result<(vendflow_tests::Loopback, [Daemon; 3])> {
     let ports = vendflow_tests::Loopback::new()?;
     let mosquitto = start_mosquitto(mosquitto_bin, d, ports.mqtt_port)?;
@@ -1891,17 +1893,19 @@ fn start_retaining_brokers(
         d,
         [&ports.mqtt, &ports.kafka, &ports.http],
         machines,
+        retention_secs,
     )?;
     Ok((ports, [mosquitto, tansu, bridge]))
 }
 
 /// The bridge from `mqtt` to `kafka` (serving `http`) for `machines` machines of seed 11, with
-/// a retention of 15 s on `machine-telemetry`.
+/// a retention of `retention_secs` on `machine-telemetry`.
 fn start_retaining_bridge(
     bin: &Path,
     d: &Path,
     [mqtt, kafka, http]: [&str; 3],
     machines: &str,
+    retention_secs: u32,
 ) -> anyhow::Result<Daemon> {
     let creds = d.join("credentials.jsonl");
     vendflow(&[
@@ -1932,7 +1936,7 @@ fn start_retaining_bridge(
             "--http",
             http,
             "--telemetry-retention-secs",
-            "15",
+            &retention_secs.to_string(),
         ],
         &d.join("bridge-1.log"),
     )?;
@@ -2052,7 +2056,7 @@ fn an_engine_killed_three_times_restarts_from_its_checkpoints_and_ends_with_the_
             mqtt, kafka, http, ..
         },
         _brokers,
-    ) = start_retaining_brokers([&mosquitto_bin, &tansu_bin], d, machines)?;
+    ) = start_retaining_brokers([&mosquitto_bin, &tansu_bin], d, machines, 15)?;
     let bin = vendflow_bin()?;
 
     let (out_a, out_b) = (d.join("views-a"), d.join("views-b"));
@@ -2246,8 +2250,10 @@ fn an_engine_killed_three_times_restarts_from_its_checkpoints_and_ends_with_the_
 /// partitions are spread over both processes, process 0 gathers and serves every view, and each
 /// restart starts both processes from the newest checkpoint frontier they
 /// both have: before the second restart process 1's newest checkpoint is deleted, so they agree
-/// on an older one and process 0 sets its newer one aside. `machine-telemetry` keeps 15 s of
-/// a 40 s stream, so a restart that did not come back from its checkpoints would miss data.
+/// on an older one and process 0 sets its newer one aside. `machine-telemetry` keeps 30 s of
+/// a 40 s stream, so a restart that did not come back from its checkpoints would miss data
+/// (30 s, not 15 s as for one process: a loaded machine takes seconds to form the cluster
+/// again, and falling back to the older checkpoint adds one interval).
 /// Each process archives the partitions it reads (`--archive`): together the two archives hold
 /// the records of the single process's archive, none twice.
 #[test]
@@ -2273,7 +2279,7 @@ fn two_processes_on_loopback_give_the_views_of_one_across_kills_and_restarts_fro
             mqtt, kafka, http, ..
         },
         _brokers,
-    ) = start_retaining_brokers([&mosquitto_bin, &tansu_bin], d, machines)?;
+    ) = start_retaining_brokers([&mosquitto_bin, &tansu_bin], d, machines, 30)?;
     let bin = vendflow_bin()?;
     let one = d.join("views-one");
     let archive_one = d.join("archive-one");
@@ -2357,7 +2363,13 @@ fn two_processes_on_loopback_give_the_views_of_one_across_kills_and_restarts_fro
         .spawn()?;
     let mut moments = Moments::from_env();
     for kill in 1..=2 {
-        std::thread::sleep(moments.between(8_000, 12_000));
+        // Both processes have checkpointed since this start (a loaded machine may take a
+        // while to form the cluster), then run on for a random moment before the kill.
+        for (i, p) in cluster.iter().enumerate() {
+            p.wait_for_line("checkpoint written", Duration::from_secs(90))
+                .with_context(|| format!("process {i} before kill {kill}"))?;
+        }
+        std::thread::sleep(moments.between(2_000, 6_000));
         // One process dies; the other cannot go on without it, and says so and stops.
         cluster[1].kill();
         let lost = Instant::now();
@@ -2427,6 +2439,18 @@ fn two_processes_on_loopback_give_the_views_of_one_across_kills_and_restarts_fro
     )?;
     let expected = oracle(&[&sent])?;
     wait_for_revenue(&one, &expected, &alone, &kafka, "one process")?;
+    // The engine says when a restart came back later than the log keeps: the views then miss
+    // data, and the test's timing (not the engine) is what failed.
+    for start in 0..=2 {
+        for i in 0..2 {
+            let log = std::fs::read_to_string(d.join(format!("engine-two-{i}-{start}.log")))?;
+            ensure!(
+                !log.contains("retention deleted messages the checkpoint had not taken"),
+                "process {i} restarted (start {start}) after the retention had deleted what its checkpoint had not taken: this machine took longer to restart than the test allows; {}",
+                tail(&log)
+            );
+        }
+    }
     wait_for_revenue(&two, &expected, &cluster[0], &kafka, "two processes")
         .with_context(|| tail(&cluster[1].output()))?;
     let views = assert_same_views(&one, &two)?;
