@@ -24,6 +24,9 @@ TANSU_FEATURES=dynostore,libsql
 # The fuzz targets (fuzz/, run briefly by run-all.sh) build with cargo-fuzz on the nightly
 # toolchain that the machine image carries (rustup cannot fetch another one here).
 CARGO_FUZZ_VERSION=0.13.2
+# The controller's core (firmware/controller) is checked for a bare-metal ESP32-C3-class target
+# (no_std): rustup adds the target's standard library (about 20 MB, once per machine).
+BARE_METAL_TARGET=riscv32imc-unknown-none-elf
 # vite 7 and playwright-core 1.65 need at least this Node.js.
 NODE_MIN=20.19.0
 
@@ -133,6 +136,13 @@ check() {
     echo "$out" | tail -n 3 | sed 's/^/    /' >&2
     bad=1
   fi
+  if out=$(rustup target list 2>&1) && echo "$out" | grep -q "^$BARE_METAL_TARGET"; then
+    echo "check: rustup knows the target $BARE_METAL_TARGET: ok"
+  else
+    echo "check: rustup cannot add the target $BARE_METAL_TARGET:" >&2
+    echo "$out" | tail -n 3 | sed 's/^/    /' >&2
+    bad=1
+  fi
   [ "$bad" = 0 ] || fail "an install step would fail on a fresh machine (see above)"
 }
 
@@ -184,6 +194,11 @@ install_missing() {
   if [ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]; then
     echo "== installing cargo-fuzz $CARGO_FUZZ_VERSION (about 2 minutes, once per machine)"
     cargo install --locked --force "cargo-fuzz@$CARGO_FUZZ_VERSION"
+  fi
+
+  if ! rustup target list --installed | grep -qx "$BARE_METAL_TARGET"; then
+    echo "== adding the Rust target $BARE_METAL_TARGET (the controller's core is checked for it)"
+    rustup target add "$BARE_METAL_TARGET" || fail "rustup target add $BARE_METAL_TARGET failed"
   fi
 
   echo "== npm ci: tests/browser (playwright-core drives Debian's chromium; no browser download)"

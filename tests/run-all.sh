@@ -8,7 +8,8 @@
 #   and playwright-core (tests/browser); under CI=true it first dry-runs every install step;
 # - the dashboard's own build (queries/web: its committed dist/ is what the binary embeds);
 # - the vendflow binary (the end-to-end tests run the real thing);
-# - then every crate's tests with cargo-nextest (or cargo test where nextest is missing);
+# - then every crate's tests with cargo-nextest (or cargo test where nextest is missing), and the
+#   controller's no_std core checked for a bare-metal target;
 # - then every fuzz target for 15 s (fuzz/run.sh, nightly cargo-fuzz, no sanitizer).
 #
 # CARGO_TARGET_DIR defaults to ~/.cache/vendflow/target so repeated runs reuse compiled dependencies.
@@ -57,6 +58,11 @@ else
   cargo test --workspace --locked --no-fail-fast || tests_ok=false
 fi
 echo "== tested in ${SECONDS}s (since the start)"
+
+# The controller's core must build without std for the machine's own hardware.
+echo "== checking firmware/controller for riscv32imc-unknown-none-elf (no_std)"
+cargo check --locked -p vendflow-controller --lib --no-default-features \
+  --target riscv32imc-unknown-none-elf || tests_ok=false
 
 # Every fuzz target briefly (its kept crashing inputs, then 15 s of fuzzing), without the
 # address sanitizer: the targets are safe Rust and look for panics, and the build is a fraction

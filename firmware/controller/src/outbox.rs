@@ -1,0 +1,332 @@
+//! The durable outbox: what the machine has to tell the platform, kept on flash until the
+//! platform has it.
+//!
+//! # Format
+//! An append-only log of records, each
+//! `len: u32 LE | crc: u32 LE | seq: u64 LE | kind: u8 | body: len bytes`, where `crc` is the
+//! CRC-32 of `seq`, `kind` and `body`. `kind` 0 is an event for the platform (`seq` is the
+//! machine's event number, strictly increasing, never reused); kind 1 marks every event up to
+//! `seq` as acknowledged (it has no body).
+//!
+//! # Power loss at any byte
+//! A write cut short leaves a record whose length runs past the end of the log or whose
+//! checksum does not match; [`Outbox::open`] reads records up to the first such one, and
+//! truncates the log there (the torn tail). An event is acknowledged to its producer only once
+//! its record is synced (the fsync policy: [`Outbox::push`] with `durable` syncs before it
+//! returns, and every acknowledgement marker is synced), so a torn tail only ever holds what
+//! was never promised.
+//!
+//! # Acknowledgement and truncation
+//! Events are sent oldest first ([`Outbox::pending`]). Only when the platform acknowledges them
+//! (MQTT QoS 1 PUBACK, the HTTP `ack`) does [`Outbox::ack`] append a marker; once the log holds
+//! more than [`COMPACT_AT`] bytes of acknowledged records, it is rewritten with the pending ones
+//! only, atomically ([`Log::replace`]). A marker is kept at the head so the numbering goes on
+//! where it was.
+
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+
+/// A compaction happens when acknowledged records take more than this many bytes.
+pub const COMPACT_AT: u64 = 64 * 1024;
+
+const HEADER: usize = 4 + 4 + 8 + 1;
+const EVENT: u8 = 0;
+const ACKED: u8 = 1;
+
+/// Where the outbox lives: a file on the host, a flash partition on the machine.
+pub trait Log {
+    type Error: core::fmt::Debug;
+    /// The whole log.
+    fn read_all(&mut self) -> Result<Vec<u8>, Self::Error>;
+    /// Appends at the end (not yet durable).
+    fn append(&mut self, bytes: &[u8]) -> Result<(), Self::Error>;
+    /// Makes everything appended so far durable.
+    fn sync(&mut self) -> Result<(), Self::Error>;
+    /// Cuts the log to `len` bytes, durably.
+    fn truncate(&mut self, len: u64) -> Result<(), Self::Error>;
+    /// Replaces the whole log, atomically: after a power cut it holds the old bytes or the
+    /// new ones, whole.
+    fn replace(&mut self, bytes: &[u8]) -> Result<(), Self::Error>;
+}
+
+/// The outbox's errors: only its storage's.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError<E: core::fmt::Debug> {
+    #[error("the outbox's storage failed: {0:?}")]
+    Storage(E),
+    #[error("an event of {0} bytes is larger than a record may be")]
+    TooLarge(usize),
+}
+
+/// An event waiting for the platform's acknowledgement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub seq: u64,
+    pub body: Vec<u8>,
+}
+
+/// What [`Outbox::open`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Opened {
+    /// Events read back (acknowledged or not).
+    pub records: usize,
+    /// Bytes of a torn or damaged tail that were cut off.
+    pub torn_bytes: u64,
+}
+
+/// The outbox over its log.
+pub struct Outbox<L: Log> {
+    log: L,
+    pending: VecDeque<Entry>,
+    /// Every event up to it is acknowledged.
+    acked: u64,
+    /// The last event number given.
+    last: u64,
+    /// The log's length, and how much of it is acknowledged records.
+    len: u64,
+    acked_bytes: u64,
+}
+
+/// One record's bytes.
+fn encode(seq: u64, kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(HEADER + body.len());
+    bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&[0; 4]);
+    bytes.extend_from_slice(&seq.to_le_bytes());
+    bytes.push(kind);
+    bytes.extend_from_slice(body);
+    let crc = crc32fast::hash(&bytes[8..]);
+    bytes[4..8].copy_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+/// A record read back: its kind, seq, body and length in bytes.
+struct Read<'a> {
+    kind: u8,
+    seq: u64,
+    body: &'a [u8],
+    size: usize,
+}
+
+/// The record at the start of `bytes`, if whole and intact.
+fn decode(bytes: &[u8]) -> Option<Read<'_>> {
+    let header = bytes.get(..HEADER)?;
+    let len = u32::from_le_bytes(header[0..4].try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(header[4..8].try_into().ok()?);
+    let size = HEADER.checked_add(len)?;
+    let record = bytes.get(..size)?;
+    if crc32fast::hash(&record[8..]) != crc {
+        return None;
+    }
+    let seq = u64::from_le_bytes(record[8..16].try_into().ok()?);
+    let kind = record[16];
+    if kind != EVENT && kind != ACKED {
+        return None;
+    }
+    Some(Read {
+        kind,
+        seq,
+        body: &record[HEADER..],
+        size,
+    })
+}
+
+impl<L: Log> Outbox<L> {
+    /// Reads the log back, cuts off a torn tail, and holds the events not yet acknowledged.
+    pub fn open(mut log: L) -> Result<(Outbox<L>, Opened), OutboxError<L::Error>> {
+        let bytes = log.read_all().map_err(OutboxError::Storage)?;
+        let mut at = 0usize;
+        let (mut acked, mut last) = (0u64, 0u64);
+        let mut events: VecDeque<Entry> = VecDeque::new();
+        let mut records = 0;
+        while let Some(r) = decode(&bytes[at..]) {
+            match r.kind {
+                EVENT => {
+                    // Numbers only go up: anything else is damage, like a bad checksum.
+                    if r.seq <= last.max(acked) {
+                        break;
+                    }
+                    last = r.seq;
+                    records += 1;
+                    events.push_back(Entry {
+                        seq: r.seq,
+                        body: r.body.to_vec(),
+                    });
+                }
+                _ => {
+                    acked = acked.max(r.seq);
+                    last = last.max(r.seq);
+                }
+            }
+            at += r.size;
+        }
+        let torn_bytes = (bytes.len() - at) as u64;
+        if torn_bytes > 0 {
+            log.truncate(at as u64).map_err(OutboxError::Storage)?;
+        }
+        let mut acked_bytes = 0u64;
+        let mut pending = VecDeque::new();
+        for e in events {
+            if e.seq <= acked {
+                acked_bytes += (HEADER + e.body.len()) as u64;
+            } else {
+                pending.push_back(e);
+            }
+        }
+        let outbox = Outbox {
+            log,
+            pending,
+            acked,
+            last,
+            len: at as u64,
+            acked_bytes,
+        };
+        Ok((
+            outbox,
+            Opened {
+                records,
+                torn_bytes,
+            },
+        ))
+    }
+
+    /// Appends an event; with `durable`, it is on flash when this returns (a sale, a refund:
+    /// whatever a customer's money depends on). Returns its number.
+    pub fn push(&mut self, body: &[u8], durable: bool) -> Result<u64, OutboxError<L::Error>> {
+        if body.len() > u32::MAX as usize - HEADER {
+            return Err(OutboxError::TooLarge(body.len()));
+        }
+        let seq = self.last + 1;
+        let bytes = encode(seq, EVENT, body);
+        self.log.append(&bytes).map_err(OutboxError::Storage)?;
+        if durable {
+            self.log.sync().map_err(OutboxError::Storage)?;
+        }
+        self.last = seq;
+        self.len += bytes.len() as u64;
+        self.pending.push_back(Entry {
+            seq,
+            body: body.to_vec(),
+        });
+        Ok(seq)
+    }
+
+    /// Makes every event pushed so far durable.
+    pub fn sync(&mut self) -> Result<(), OutboxError<L::Error>> {
+        self.log.sync().map_err(OutboxError::Storage)
+    }
+
+    /// The events the platform has not acknowledged, oldest first.
+    pub fn pending(&self) -> impl Iterator<Item = &Entry> {
+        self.pending.iter()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// The last event number given (0 before the first).
+    pub fn last_seq(&self) -> u64 {
+        self.last
+    }
+
+    /// Every event up to it is acknowledged.
+    pub fn acked_through(&self) -> u64 {
+        self.acked
+    }
+
+    /// The log's size in bytes.
+    pub fn bytes(&self) -> u64 {
+        self.len
+    }
+
+    /// The platform has every event up to `through`: recorded durably, forgotten, and the log
+    /// compacted when enough of it is acknowledged.
+    pub fn ack(&mut self, through: u64) -> Result<(), OutboxError<L::Error>> {
+        let through = through.min(self.last);
+        if through <= self.acked {
+            return Ok(());
+        }
+        let marker = encode(through, ACKED, &[]);
+        self.log.append(&marker).map_err(OutboxError::Storage)?;
+        self.log.sync().map_err(OutboxError::Storage)?;
+        self.acked = through;
+        self.len += marker.len() as u64;
+        self.acked_bytes += marker.len() as u64;
+        while self.pending.front().is_some_and(|e| e.seq <= through) {
+            if let Some(e) = self.pending.pop_front() {
+                self.acked_bytes += (HEADER + e.body.len()) as u64;
+            }
+        }
+        if self.acked_bytes > COMPACT_AT {
+            self.compact()?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites the log with a marker (so numbering continues) and the pending events.
+    pub fn compact(&mut self) -> Result<(), OutboxError<L::Error>> {
+        let mut bytes = encode(self.acked, ACKED, &[]);
+        for e in &self.pending {
+            bytes.extend_from_slice(&encode(e.seq, EVENT, &e.body));
+        }
+        self.log.replace(&bytes).map_err(OutboxError::Storage)?;
+        self.len = bytes.len() as u64;
+        self.acked_bytes = 0;
+        Ok(())
+    }
+
+    /// The log underneath (to read it in tests).
+    pub fn log_mut(&mut self) -> &mut L {
+        &mut self.log
+    }
+}
+
+/// A log in memory: for tests, and for a machine with nothing durable (which then loses its
+/// outbox at a power cut).
+#[derive(Clone, Debug, Default)]
+pub struct MemoryLog {
+    pub bytes: Vec<u8>,
+    /// How many bytes are durable (a power cut keeps these).
+    pub synced: usize,
+}
+
+impl MemoryLog {
+    /// The log after a power cut: only what was synced.
+    pub fn after_power_cut(&self) -> MemoryLog {
+        MemoryLog {
+            bytes: self.bytes[..self.synced].to_vec(),
+            synced: self.synced,
+        }
+    }
+}
+
+impl Log for MemoryLog {
+    type Error = core::convert::Infallible;
+
+    fn read_all(&mut self) -> Result<Vec<u8>, Self::Error> {
+        Ok(self.bytes.clone())
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> Result<(), Self::Error> {
+        self.bytes.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), Self::Error> {
+        self.synced = self.bytes.len();
+        Ok(())
+    }
+
+    fn truncate(&mut self, len: u64) -> Result<(), Self::Error> {
+        self.bytes.truncate(len as usize);
+        self.synced = self.synced.min(self.bytes.len());
+        Ok(())
+    }
+
+    fn replace(&mut self, bytes: &[u8]) -> Result<(), Self::Error> {
+        self.bytes = bytes.to_vec();
+        self.synced = self.bytes.len();
+        Ok(())
+    }
+}

@@ -1,0 +1,227 @@
+//! The outbox survives a power cut at any byte: a recorded log is cut at every offset and
+//! opened again, in memory and in a real file.
+
+use std::collections::BTreeMap;
+
+use vendflow_controller::file::FileLog;
+use vendflow_controller::outbox::{Log, MemoryLog, Outbox};
+
+/// A log as a machine writes it: events (durable), acknowledgements, a compaction, more
+/// events. Returns the bytes, and for each event its seq, body and the offset where its record
+/// ends; for each marker the offset where it ends and what it acknowledges.
+struct Recorded {
+    bytes: Vec<u8>,
+    events: Vec<(u64, Vec<u8>, usize)>,
+    acks: Vec<(usize, u64)>,
+}
+
+fn record() -> Recorded {
+    let (mut outbox, _) = Outbox::open(MemoryLog::default()).expect("an empty log opens");
+    let mut events = Vec::new();
+    let mut acks = Vec::new();
+    let push =
+        |outbox: &mut Outbox<MemoryLog>, events: &mut Vec<(u64, Vec<u8>, usize)>, i: usize| {
+            let body = format!(
+                "{{\"type\":\"sale\",\"n\":{i},\"pad\":\"{}\"}}",
+                "x".repeat(i % 7)
+            )
+            .into_bytes();
+            let seq = outbox.push(&body, true).expect("pushed");
+            events.push((seq, body, outbox.bytes() as usize));
+        };
+    for i in 0..12 {
+        push(&mut outbox, &mut events, i);
+    }
+    outbox.ack(5).expect("acked");
+    acks.push((outbox.bytes() as usize, 5));
+    for i in 12..20 {
+        push(&mut outbox, &mut events, i);
+    }
+    outbox.ack(9).expect("acked");
+    acks.push((outbox.bytes() as usize, 9));
+    push(&mut outbox, &mut events, 20);
+    Recorded {
+        bytes: outbox.log_mut().bytes.clone(),
+        events,
+        acks,
+    }
+}
+
+/// What must be pending after a cut at `k`: every event whose record ended by `k`, minus those
+/// acknowledged by a marker that ended by `k`.
+fn expected(r: &Recorded, k: usize) -> BTreeMap<u64, Vec<u8>> {
+    let acked = r
+        .acks
+        .iter()
+        .filter(|(end, _)| *end <= k)
+        .map(|(_, through)| *through)
+        .max()
+        .unwrap_or(0);
+    r.events
+        .iter()
+        .filter(|(seq, _, end)| *end <= k && *seq > acked)
+        .map(|(seq, body, _)| (*seq, body.clone()))
+        .collect()
+}
+
+fn check_reopened<L: Log>(r: &Recorded, k: usize, open: impl Fn() -> L) -> anyhow::Result<()> {
+    let (mut outbox, opened) = Outbox::open(open()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pending: BTreeMap<u64, Vec<u8>> =
+        outbox.pending().map(|e| (e.seq, e.body.clone())).collect();
+    anyhow::ensure!(
+        pending == expected(r, k),
+        "cut at {k}: pending {:?}",
+        pending.keys().collect::<Vec<_>>()
+    );
+    // The torn tail was cut off exactly at the last whole record.
+    let whole = r
+        .events
+        .iter()
+        .map(|(_, _, end)| *end)
+        .chain(r.acks.iter().map(|(end, _)| *end))
+        .filter(|end| *end <= k)
+        .max()
+        .unwrap_or(0);
+    anyhow::ensure!(
+        opened.torn_bytes as usize == k - whole,
+        "cut at {k}: {} torn bytes, expected {}",
+        opened.torn_bytes,
+        k - whole
+    );
+    // Numbering goes on after the last event it had, and the next open sees the new event.
+    let last = r
+        .events
+        .iter()
+        .filter(|(_, _, end)| *end <= k)
+        .map(|(seq, _, _)| *seq)
+        .max()
+        .unwrap_or(0);
+    let seq = outbox
+        .push(b"after", true)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    anyhow::ensure!(
+        seq == last + 1,
+        "cut at {k}: the next event is {seq}, not {}",
+        last + 1
+    );
+    drop(outbox);
+    let (again, opened) = Outbox::open(open()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    anyhow::ensure!(opened.torn_bytes == 0, "cut at {k}: torn again");
+    let mut want = expected(r, k);
+    want.insert(seq, b"after".to_vec());
+    let got: BTreeMap<u64, Vec<u8>> = again.pending().map(|e| (e.seq, e.body.clone())).collect();
+    anyhow::ensure!(got == want, "cut at {k}: after a push and a reopen");
+    Ok(())
+}
+
+#[test]
+fn a_log_cut_at_every_byte_keeps_every_whole_record_and_nothing_else() -> anyhow::Result<()> {
+    let r = record();
+    assert!(
+        r.bytes.len() > 500,
+        "the recorded log is too small to mean much"
+    );
+    for k in 0..=r.bytes.len() {
+        let log = std::cell::RefCell::new(MemoryLog {
+            bytes: r.bytes[..k].to_vec(),
+            synced: k,
+        });
+        // The same log is opened twice (before and after a push): share it.
+        let shared = SharedLog(&log);
+        check_reopened(&r, k, || shared.clone())?;
+    }
+    Ok(())
+}
+
+#[test]
+fn a_file_cut_at_every_byte_keeps_every_whole_record_and_nothing_else() -> anyhow::Result<()> {
+    let r = record();
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("outbox.log");
+    for k in 0..=r.bytes.len() {
+        std::fs::write(&path, &r.bytes[..k])?;
+        check_reopened(&r, k, || FileLog::open(&path).expect("the file opens"))?;
+    }
+    Ok(())
+}
+
+#[test]
+fn a_damaged_byte_ends_the_log_there_and_compaction_keeps_the_numbering() -> anyhow::Result<()> {
+    let r = record();
+    // A flipped bit in the 15th event's body: it and everything after are dropped.
+    let (_, _, end14) = r.events[13];
+    let mut bytes = r.bytes.clone();
+    bytes[end14 + 20] ^= 0x10;
+    let (outbox, opened) = Outbox::open(MemoryLog {
+        synced: bytes.len(),
+        bytes,
+    })
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert_eq!(opened.torn_bytes as usize, r.bytes.len() - end14);
+    assert_eq!(outbox.last_seq(), 14);
+
+    // Everything acknowledged, then compacted: an empty log but for the marker, and the next
+    // event is numbered after the last one ever given.
+    let (mut outbox, _) = Outbox::open(MemoryLog {
+        bytes: r.bytes.clone(),
+        synced: r.bytes.len(),
+    })
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let last = outbox.last_seq();
+    outbox.ack(last).map_err(|e| anyhow::anyhow!("{e}"))?;
+    outbox.compact().map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert!(outbox.is_empty());
+    assert!(outbox.bytes() < 32, "compacted to {} bytes", outbox.bytes());
+    let bytes = outbox.log_mut().bytes.clone();
+    let (mut reopened, _) = Outbox::open(MemoryLog {
+        synced: bytes.len(),
+        bytes,
+    })
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert_eq!(
+        reopened
+            .push(b"next", true)
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        last + 1
+    );
+    Ok(())
+}
+
+#[test]
+fn only_what_was_synced_survives_a_power_cut() -> anyhow::Result<()> {
+    let (mut outbox, _) = Outbox::open(MemoryLog::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    outbox
+        .push(b"sale", true)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    outbox
+        .push(b"heartbeat", false)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cut = outbox.log_mut().after_power_cut();
+    let (after, _) = Outbox::open(cut).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let bodies: Vec<&[u8]> = after.pending().map(|e| e.body.as_slice()).collect();
+    assert_eq!(bodies, vec![b"sale".as_slice()]);
+    Ok(())
+}
+
+/// A [`MemoryLog`] two outboxes open one after the other.
+#[derive(Clone)]
+struct SharedLog<'a>(&'a std::cell::RefCell<MemoryLog>);
+
+impl Log for SharedLog<'_> {
+    type Error = std::convert::Infallible;
+    fn read_all(&mut self) -> Result<Vec<u8>, Self::Error> {
+        self.0.borrow_mut().read_all()
+    }
+    fn append(&mut self, bytes: &[u8]) -> Result<(), Self::Error> {
+        self.0.borrow_mut().append(bytes)
+    }
+    fn sync(&mut self) -> Result<(), Self::Error> {
+        self.0.borrow_mut().sync()
+    }
+    fn truncate(&mut self, len: u64) -> Result<(), Self::Error> {
+        self.0.borrow_mut().truncate(len)
+    }
+    fn replace(&mut self, bytes: &[u8]) -> Result<(), Self::Error> {
+        self.0.borrow_mut().replace(bytes)
+    }
+}
