@@ -10,7 +10,7 @@
 //! # Layout
 //! - [`vend`]: the vend cycle as a state machine: a cart, payment (online, or offline under
 //!   the floor limit), dispensing confirmed by the drop sensor with one retry, a refund for
-//!   what did not drop, a receipt.
+//!   what did not drop, a receipt; and the platform's commands, applied once per id.
 //! - [`outbox`]: the durable outbox: an append-only log of checksummed, numbered records that
 //!   survives power loss at any byte, replays oldest first and forgets a record only after the
 //!   platform acknowledged it.

@@ -22,6 +22,13 @@
 //!   dropped) and a refund record (those that did not); the customer gets a receipt whose code
 //!   is the transaction id.
 //!
+//! **Commands** from the platform ([`Command`]: price, planogram, reboot, an app order to
+//! dispense, a firmware update) are applied once per command id and answered; a command
+//! delivered again gets the same answer. What would change a cart under way waits until the
+//! machine is idle; an order waiting for idle reserves its units; a firmware image is installed
+//! only when its SHA-256 matches the command's, on the next idle, and answered by the boot that
+//! runs it.
+//!
 //! The machine performs the [`Action`]s in the order given: records go to the durable outbox
 //! before the next action (so a sale is on flash before its receipt is shown). A power cut
 //! mid-dispense is finished at the next boot by [`Vend::reboot`], which refunds what was paid
@@ -73,6 +80,8 @@ pub enum Method {
     Card,
     Contactless,
     Mobile,
+    /// Paid elsewhere (an app order, [`Command::Dispense`]).
+    App,
 }
 
 impl Method {
@@ -82,6 +91,7 @@ impl Method {
             Method::Card => "card",
             Method::Contactless => "contactless",
             Method::Mobile => "mobile",
+            Method::App => "app",
         }
     }
 }
@@ -125,6 +135,52 @@ pub enum Input {
     Synced,
     /// The crew loaded units into a slot (it also clears a jam).
     Restock { slot: u32, quantity: u32 },
+    /// A command from the platform (delivered at least once).
+    Command { id: String, command: Command },
+    /// A firmware image asked for by [`Action::Fetch`] was downloaded: its SHA-256 (None when
+    /// the download failed).
+    Fetched {
+        id: String,
+        sha256: Option<[u8; 32]>,
+    },
+}
+
+/// What the platform may ask of a machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    UpdatePrice {
+        slot: u32,
+        price: Cents,
+    },
+    /// The whole planogram at once; a slot keeping its product keeps its stock.
+    SetPlanogram(Vec<PlanSlot>),
+    Reboot,
+    /// An order paid elsewhere: reserve, dispense, answer with what dropped.
+    Dispense {
+        order: String,
+        slot: u32,
+        quantity: u32,
+    },
+    UpdateFirmware {
+        version: String,
+        url: String,
+        sha256: [u8; 32],
+    },
+}
+
+/// One slot of a planogram command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlanSlot {
+    pub code: u32,
+    pub product: String,
+    pub price: Cents,
+}
+
+/// A command's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    Applied,
+    Rejected(String),
 }
 
 /// What the customer is told.
@@ -176,6 +232,8 @@ pub enum Record {
     /// Units of one slot delivered under a transaction (a cart line).
     Sale {
         txn: Txn,
+        /// The app order it delivers ([`Command::Dispense`]); its transaction id on the wire.
+        order: Option<String>,
         slot: u32,
         product: String,
         /// Line total.
@@ -189,6 +247,7 @@ pub enum Record {
     /// for a voided approval, which delivered nothing).
     Refund {
         txn: Txn,
+        order: Option<String>,
         slot: Option<u32>,
         amount: Cents,
         quantity: u32,
@@ -240,6 +299,22 @@ pub enum Action {
     },
     /// Connect and send the outbox (answer with [`Input::Synced`] once it is empty).
     Sync,
+    /// Answer a command (again, when it is delivered again).
+    Answer {
+        id: String,
+        answer: Answer,
+    },
+    /// Download a firmware image (answer with [`Input::Fetched`]).
+    Fetch {
+        id: String,
+        url: String,
+    },
+    /// Write the verified image and restart into it (then [`Vend::reboot`]).
+    Install {
+        version: String,
+    },
+    /// Restart the controller (then [`Vend::reboot`]).
+    Restart,
 }
 
 /// A cart line: a slot and how many units.
@@ -253,6 +328,8 @@ pub struct Line {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Delivery {
     pub txn: Txn,
+    /// An app order's id and its command's id (answered when the order is delivered).
+    pub order: Option<(String, String)>,
     pub method: Method,
     pub offline: bool,
     pub lines: Vec<Line>,
@@ -267,6 +344,8 @@ pub struct Delivery {
     pub since: Millis,
     /// Unit prices at payment (a price change mid-cart does not change what was paid).
     pub prices: Vec<Cents>,
+    /// Units delivered so far, over every line.
+    pub delivered: u32,
 }
 
 /// Where the cycle is.
@@ -303,7 +382,32 @@ pub struct Vend {
     pub next_sync: Millis,
     /// Approvals the customer was told timed out: voided if they arrive.
     pub abandoned: Vec<(Txn, Cents)>,
+    /// The firmware version running.
+    pub firmware: String,
+    /// The last commands answered (a command delivered again gets the same answer).
+    pub answers: Vec<(String, Answer)>,
+    /// Commands waiting for the machine to be idle (a price or planogram change never lands
+    /// mid-cart; an order waits for the customer at the machine), in arrival order. Their units
+    /// are reserved: a customer cannot buy what an order waits for.
+    pub deferred: Vec<(String, Command)>,
+    /// A firmware update being fetched or verified, waiting for idle.
+    pub staged: Option<Staged>,
+    /// An update installed and not yet answered (answered by the boot that runs it).
+    pub installing: Option<(String, String)>,
 }
+
+/// A firmware update on its way.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Staged {
+    pub id: String,
+    pub version: String,
+    pub sha256: [u8; 32],
+    /// Downloaded and its hash checked.
+    pub verified: bool,
+}
+
+/// Commands remembered with their answers.
+const ANSWERS_KEPT: usize = 64;
 
 impl Vend {
     /// A machine at its first boot with `slots`.
@@ -318,6 +422,11 @@ impl Vend {
             next_txn: 1,
             next_sync: 0,
             abandoned: Vec::new(),
+            firmware: String::from("1.0.0"),
+            answers: Vec::new(),
+            deferred: Vec::new(),
+            staged: None,
+            installing: None,
         }
     }
 
@@ -425,8 +534,202 @@ impl Vend {
                     out.push(Action::Show(Message::UnknownSlot(slot)));
                 }
             }
+            Input::Command { id, command } => self.command(id, command, &mut out),
+            Input::Fetched { id, sha256 } => self.fetched(id, sha256, &mut out),
+        }
+        if self.phase == Phase::Idle {
+            self.when_idle(now, &mut out);
         }
         out
+    }
+
+    fn answer(&mut self, id: String, answer: Answer, out: &mut Vec<Action>) {
+        if self.answers.len() >= ANSWERS_KEPT {
+            self.answers.remove(0);
+        }
+        self.answers.push((id.clone(), answer.clone()));
+        out.push(Action::Answer { id, answer });
+    }
+
+    /// Units of a slot that waiting orders hold.
+    fn reserved(&self, code: u32) -> u32 {
+        self.deferred
+            .iter()
+            .map(|(_, c)| match c {
+                Command::Dispense { slot, quantity, .. } if *slot == code => *quantity,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// A command: answered again if it was answered, ignored while it is under way, otherwise
+    /// checked (a bad one is rejected at once) and applied now or when the machine is idle.
+    fn command(&mut self, id: String, command: Command, out: &mut Vec<Action>) {
+        if let Some((_, answer)) = self.answers.iter().find(|(i, _)| *i == id) {
+            let answer = answer.clone();
+            return out.push(Action::Answer { id, answer });
+        }
+        let delivering = matches!(&self.phase, Phase::Dispensing(d) if d.order.as_ref().is_some_and(|(_, c)| *c == id));
+        if delivering
+            || self.deferred.iter().any(|(i, _)| *i == id)
+            || self.staged.as_ref().is_some_and(|s| s.id == id)
+            || self.installing.as_ref().is_some_and(|(i, _)| *i == id)
+        {
+            return;
+        }
+        let refused = match &command {
+            Command::UpdatePrice { slot, .. } if self.slot(*slot).is_none() => {
+                Some(alloc::format!("no slot {slot}"))
+            }
+            Command::SetPlanogram(slots) => {
+                let mut codes: Vec<u32> = slots.iter().map(|s| s.code).collect();
+                codes.sort_unstable();
+                let before = codes.len();
+                codes.dedup();
+                (codes.len() != before).then(|| String::from("a slot code appears twice"))
+            }
+            Command::Dispense { slot, quantity, .. } => match self.slot(*slot) {
+                None => Some(alloc::format!("no slot {slot}")),
+                Some(_) if *quantity == 0 || *quantity > MAX_CART_UNITS => Some(alloc::format!(
+                    "an order is 1 to {MAX_CART_UNITS} units, not {quantity}"
+                )),
+                Some(s) if s.jammed => Some(alloc::format!("slot {slot} is out of service")),
+                Some(s) if s.stock < self.in_cart(*slot) + self.reserved(*slot) + quantity => {
+                    Some(alloc::format!("slot {slot} has too few units"))
+                }
+                Some(_) => None,
+            },
+            Command::UpdateFirmware { version, .. } if *version == self.firmware => {
+                return self.answer(id, Answer::Applied, out);
+            }
+            Command::UpdateFirmware { .. } if self.staged.is_some() => {
+                Some(String::from("another firmware update is under way"))
+            }
+            _ => None,
+        };
+        if let Some(reason) = refused {
+            return self.answer(id, Answer::Rejected(reason), out);
+        }
+        if let Command::UpdateFirmware {
+            version,
+            url,
+            sha256,
+        } = command
+        {
+            self.staged = Some(Staged {
+                id: id.clone(),
+                version,
+                sha256,
+                verified: false,
+            });
+            return out.push(Action::Fetch { id, url });
+        }
+        self.deferred.push((id, command));
+    }
+
+    fn fetched(&mut self, id: String, sha256: Option<[u8; 32]>, out: &mut Vec<Action>) {
+        let Some(staged) = self.staged.as_mut().filter(|s| s.id == id && !s.verified) else {
+            return;
+        };
+        match sha256 {
+            Some(h) if h == staged.sha256 => staged.verified = true,
+            Some(_) => {
+                self.staged = None;
+                self.answer(
+                    id,
+                    Answer::Rejected(String::from(
+                        "the image's SHA-256 does not match the command's",
+                    )),
+                    out,
+                );
+            }
+            None => {
+                self.staged = None;
+                self.answer(
+                    id,
+                    Answer::Rejected(String::from("the download failed")),
+                    out,
+                );
+            }
+        }
+    }
+
+    /// What waits for the machine to be idle: deferred commands in order (an order starts a
+    /// delivery, and the rest wait again), then a verified firmware image.
+    fn when_idle(&mut self, now: Millis, out: &mut Vec<Action>) {
+        while self.phase == Phase::Idle && !self.deferred.is_empty() {
+            let (id, command) = self.deferred.remove(0);
+            match command {
+                Command::UpdatePrice { slot, price } => {
+                    match self.slot_mut(slot) {
+                        Some(s) => {
+                            s.price = price;
+                            self.answer(id, Answer::Applied, out);
+                        }
+                        // A planogram applied meanwhile removed the slot.
+                        None => {
+                            self.answer(id, Answer::Rejected(alloc::format!("no slot {slot}")), out)
+                        }
+                    }
+                }
+                Command::SetPlanogram(plan) => {
+                    let slots = plan
+                        .into_iter()
+                        .map(|p| {
+                            let kept = self
+                                .slot(p.code)
+                                .filter(|s| s.product == p.product)
+                                .map_or((0, false), |s| (s.stock, s.jammed));
+                            Slot {
+                                code: p.code,
+                                product: p.product,
+                                price: p.price,
+                                stock: kept.0,
+                                jammed: kept.1,
+                            }
+                        })
+                        .collect();
+                    self.slots = slots;
+                    self.answer(id, Answer::Applied, out);
+                }
+                Command::Reboot => {
+                    self.answer(id, Answer::Applied, out);
+                    out.push(Action::Restart);
+                    return;
+                }
+                Command::Dispense {
+                    order,
+                    slot,
+                    quantity,
+                } => {
+                    let usable = self
+                        .slot(slot)
+                        .is_some_and(|s| !s.jammed && s.stock >= quantity);
+                    if !usable {
+                        self.answer(
+                            id,
+                            Answer::Rejected(alloc::format!(
+                                "slot {slot} can no longer deliver {quantity}"
+                            )),
+                            out,
+                        );
+                        continue;
+                    }
+                    let txn = self.new_txn();
+                    self.cart = alloc::vec![Line { slot, quantity }];
+                    self.start_delivery(now, txn, Method::App, false, Some((order, id)), out);
+                }
+                Command::UpdateFirmware { .. } => {}
+            }
+        }
+        if self.phase == Phase::Idle
+            && let Some(staged) = self.staged.take_if(|s| s.verified)
+        {
+            self.installing = Some((staged.id, staged.version.clone()));
+            out.push(Action::Install {
+                version: staged.version,
+            });
+        }
     }
 
     fn select(&mut self, now: Millis, code: u32, out: &mut Vec<Action>) {
@@ -437,7 +740,7 @@ impl Vend {
         let Some(slot) = self.slot(code) else {
             return out.push(Action::Show(Message::UnknownSlot(code)));
         };
-        if slot.jammed || slot.stock <= self.in_cart(code) {
+        if slot.jammed || slot.stock <= self.in_cart(code) + self.reserved(code) {
             return out.push(Action::Show(Message::SoldOut(code)));
         }
         if self.cart_units() >= MAX_CART_UNITS {
@@ -482,7 +785,7 @@ impl Vend {
         }
         self.offline_sales += 1;
         let txn = self.new_txn();
-        self.start_delivery(now, txn, method, true, out);
+        self.start_delivery(now, txn, method, true, None, out);
     }
 
     fn authorised(&mut self, now: Millis, txn: Txn, approved: bool, out: &mut Vec<Action>) {
@@ -493,7 +796,7 @@ impl Vend {
                 ..
             } if waiting == txn => {
                 if approved {
-                    self.start_delivery(now, txn, method, false, out);
+                    self.start_delivery(now, txn, method, false, None, out);
                 } else {
                     self.phase = Phase::AwaitingPayment { since: now };
                     out.push(Action::Show(Message::Declined));
@@ -507,6 +810,7 @@ impl Vend {
                         out.push(Action::Void { txn, amount });
                         out.push(Action::Record(Record::Refund {
                             txn,
+                            order: None,
                             slot: None,
                             amount,
                             quantity: 0,
@@ -524,6 +828,7 @@ impl Vend {
         txn: Txn,
         method: Method,
         offline: bool,
+        order: Option<(String, String)>,
         out: &mut Vec<Action>,
     ) {
         let lines = core::mem::take(&mut self.cart);
@@ -535,8 +840,10 @@ impl Vend {
             self.phase = Phase::Idle;
             return out.push(Action::Show(Message::CartEmpty));
         };
+        let paid_elsewhere = order.is_some();
         let delivery = Delivery {
             txn,
+            order,
             method,
             offline,
             lines,
@@ -546,12 +853,15 @@ impl Vend {
             retried: false,
             since: now,
             prices,
+            delivered: 0,
         };
-        out.push(Action::Charge {
-            txn,
-            amount: delivery.paid(),
-            offline,
-        });
+        if !paid_elsewhere {
+            out.push(Action::Charge {
+                txn,
+                amount: delivery.paid(),
+                offline,
+            });
+        }
         self.phase = Phase::Dispensing(delivery);
         out.push(Action::Vend { slot: first });
     }
@@ -564,6 +874,7 @@ impl Vend {
         let line = d.lines[d.line];
         if fell {
             d.dropped += 1;
+            d.delivered += 1;
             d.retried = false;
             if let Some(s) = self.slots.iter_mut().find(|s| s.code == line.slot) {
                 s.stock = s.stock.saturating_sub(1);
@@ -600,9 +911,25 @@ impl Vend {
             return;
         }
         let (txn, total) = (d.txn, d.paid());
+        let delivered: u32 = d.delivered;
+        let ordered: u32 = d.lines.iter().map(|l| l.quantity).sum();
+        let order = d.order.take();
         self.phase = Phase::Idle;
-        out.push(Action::Receipt { txn, total });
-        out.push(Action::Show(Message::Thanks(txn)));
+        match order {
+            // The app shows its own receipt; the platform hears what was delivered.
+            Some((_, id)) if delivered == ordered => self.answer(id, Answer::Applied, out),
+            Some((_, id)) => self.answer(
+                id,
+                Answer::Rejected(alloc::format!(
+                    "delivered {delivered} of {ordered} units; the rest is refunded"
+                )),
+                out,
+            ),
+            None => {
+                out.push(Action::Receipt { txn, total });
+                out.push(Action::Show(Message::Thanks(txn)));
+            }
+        }
     }
 
     /// Records the current line (what dropped as a sale, what did not as a refund) and moves to
@@ -713,6 +1040,19 @@ impl Vend {
                 d.dropped = 0;
                 d.failed = 0;
             }
+            if let Some((_, id)) = d.order.take() {
+                let ordered: u32 = d.lines.iter().map(|l| l.quantity).sum();
+                let reason = alloc::format!(
+                    "the power went: delivered {} of {ordered} units; the rest is refunded",
+                    d.delivered
+                );
+                self.answer(id, Answer::Rejected(reason), &mut out);
+            }
+        }
+        // The image installed before this boot is running: the update is applied.
+        if let Some((id, version)) = self.installing.take() {
+            self.firmware = version;
+            self.answer(id, Answer::Applied, &mut out);
         }
         out
     }
@@ -742,6 +1082,7 @@ fn line_records(
     if d.dropped > 0 {
         out.push(Action::Record(Record::Sale {
             txn: d.txn,
+            order: d.order.as_ref().map(|(o, _)| o.clone()),
             slot: line.slot,
             product,
             amount: price * Cents::from(d.dropped),
@@ -753,6 +1094,7 @@ fn line_records(
     if failed > 0 {
         out.push(Action::Record(Record::Refund {
             txn: d.txn,
+            order: d.order.as_ref().map(|(o, _)| o.clone()),
             slot: Some(line.slot),
             amount: price * Cents::from(failed),
             quantity: failed,

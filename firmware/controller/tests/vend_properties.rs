@@ -35,7 +35,22 @@ enum Move {
     Network(bool),
     Restock(u32, u32),
     PowerCut,
+    /// A command (ids from a small pool, so some are delivered again).
+    Command(u8, Cmd),
+    /// The download asked for by the last fetch: the right image, a wrong one, or a failure.
+    Fetched(u8),
 }
+
+#[derive(Clone, Debug)]
+enum Cmd {
+    Price(u32, Cents),
+    Planogram,
+    Reboot,
+    Dispense(u32, u32),
+    Firmware,
+}
+
+const IMAGE: [u8; 32] = [7; 32];
 
 fn moves() -> impl Strategy<Value = Move> {
     // Codes 101..=104 exist (one is pricey, one starts empty); 999 does not.
@@ -53,6 +68,14 @@ fn moves() -> impl Strategy<Value = Move> {
         2 => any::<bool>().prop_map(Move::Network),
         1 => (code, 0u32..5).prop_map(|(c, q)| Move::Restock(c, q)),
         1 => Just(Move::PowerCut),
+        2 => (0u8..6, prop_oneof![
+            (prop_oneof![101u32..=104, Just(999u32)], 100u64..3_000).prop_map(|(c, p)| Cmd::Price(c, p)),
+            Just(Cmd::Planogram),
+            Just(Cmd::Reboot),
+            (prop_oneof![101u32..=104, Just(999u32)], 0u32..4).prop_map(|(c, q)| Cmd::Dispense(c, q)),
+            Just(Cmd::Firmware),
+        ]).prop_map(|(id, c)| Move::Command(id, c)),
+        1 => (0u8..3).prop_map(Move::Fetched),
     ]
 }
 
@@ -94,6 +117,15 @@ struct World {
     offline_since_sync: u32,
     syncing: bool,
     online: bool,
+    /// Every answer given per command id: a command is applied once, so its answers agree.
+    answers: BTreeMap<String, vendflow_controller::vend::Answer>,
+    /// The app order being delivered: its transaction and command id.
+    app_order: Option<(Txn, String)>,
+    /// The fetch awaiting its download, and the downloads that matched.
+    fetching: Option<String>,
+    verified: Vec<String>,
+    /// The controller asked to restart (a reboot command, a firmware install).
+    restart: bool,
 }
 
 impl World {
@@ -140,8 +172,45 @@ impl World {
                     self.dispensing = Some(txn);
                 }
                 Action::Vend { .. } => {
+                    if self.dispensing.is_none()
+                        && let vendflow_controller::vend::Phase::Dispensing(d) = &vend.phase
+                        && let Some((_, id)) = &d.order
+                    {
+                        // An app order: paid elsewhere, for the units it asked for.
+                        self.paid.insert(d.txn, d.paid());
+                        self.units_paid
+                            .insert(d.txn, d.lines.iter().map(|l| l.quantity).sum());
+                        self.dispensing = Some(d.txn);
+                        self.app_order = Some((d.txn, id.clone()));
+                    }
                     prop_assert!(self.dispensing.is_some(), "vended with nothing paid");
                     self.vending = true;
+                }
+                Action::Answer { id, answer } => {
+                    if let Some(before) = self.answers.get(&id) {
+                        prop_assert_eq!(before, &answer, "command {} answered differently", id);
+                    }
+                    if self.app_order.as_ref().is_some_and(|(_, c)| *c == id) {
+                        self.app_order = None;
+                        self.dispensing = None;
+                        self.vending = false;
+                    }
+                    self.answers.insert(id, answer);
+                }
+                Action::Fetch { id, .. } => self.fetching = Some(id),
+                Action::Install { .. } => {
+                    prop_assert!(
+                        vend.installing
+                            .as_ref()
+                            .is_some_and(|(id, _)| self.verified.contains(id)),
+                        "installed an image whose hash was not checked"
+                    );
+                    prop_assert!(self.dispensing.is_none(), "installed mid-delivery");
+                    self.restart = true;
+                }
+                Action::Restart => {
+                    prop_assert!(self.dispensing.is_none(), "restarted mid-delivery");
+                    self.restart = true;
                 }
                 Action::Void { txn, amount } => {
                     prop_assert_eq!(
@@ -254,20 +323,70 @@ fn run(moves: Vec<Move>) -> Result<(), TestCaseError> {
                 slot: c,
                 quantity: q,
             },
+            Move::Command(n, cmd) => {
+                use vendflow_controller::vend::{Command, PlanSlot};
+                let command = match cmd {
+                    Cmd::Price(slot, price) => Command::UpdatePrice { slot, price },
+                    Cmd::Planogram => Command::SetPlanogram(vec![
+                        PlanSlot {
+                            code: 101,
+                            product: "cola".into(),
+                            price: 275,
+                        },
+                        PlanSlot {
+                            code: 102,
+                            product: "crisps".into(),
+                            price: 200,
+                        },
+                        PlanSlot {
+                            code: 105,
+                            product: "juice".into(),
+                            price: 325,
+                        },
+                    ]),
+                    Cmd::Reboot => Command::Reboot,
+                    Cmd::Dispense(slot, quantity) => Command::Dispense {
+                        order: format!("order_{n}"),
+                        slot,
+                        quantity,
+                    },
+                    Cmd::Firmware => Command::UpdateFirmware {
+                        version: format!("2.{n}.0"),
+                        url: format!("https://example.test/fw/{n}"),
+                        sha256: IMAGE,
+                    },
+                };
+                vendflow_controller::vend::Input::Command {
+                    id: format!("cmd_{n}"),
+                    command,
+                }
+            }
+            Move::Fetched(how) => {
+                let Some(id) = w.fetching.take() else {
+                    continue;
+                };
+                let sha256 = match how {
+                    0 => Some(IMAGE),
+                    1 => Some([8; 32]),
+                    _ => None,
+                };
+                if how == 0 {
+                    w.verified.push(id.clone());
+                }
+                vendflow_controller::vend::Input::Fetched { id, sha256 }
+            }
             Move::PowerCut => {
                 // The unit being vended at the cut counts as not delivered; the payment
                 // network may still answer what was asked before it.
-                let actions = vend.reboot();
-                w.vending = false;
-                w.dispensing = None;
-                w.take(&vend, actions)?;
-                w.online = false;
-                w.check_settled(None)?;
+                reboot(&mut vend, &mut w)?;
                 continue;
             }
         };
         let actions = vend.handle(w.now, input);
         w.take(&vend, actions)?;
+        if std::mem::take(&mut w.restart) {
+            reboot(&mut vend, &mut w)?;
+        }
         // The platform acknowledges a sync when the link is up.
         if w.syncing && w.online {
             w.syncing = false;
@@ -289,6 +408,18 @@ fn run(moves: Vec<Move>) -> Result<(), TestCaseError> {
     prop_assert!(w.dispensing.is_none(), "a delivery never finished");
     w.check_settled(None)?;
     Ok(())
+}
+
+/// A power cut or a restart: what the controller finishes at boot.
+fn reboot(vend: &mut Vend, w: &mut World) -> Result<(), TestCaseError> {
+    w.vending = false;
+    w.fetching = None;
+    let actions = vend.reboot();
+    w.take(vend, actions)?;
+    w.dispensing = None;
+    w.app_order = None;
+    w.online = false;
+    w.check_settled(None)
 }
 
 proptest! {
@@ -351,4 +482,182 @@ fn offline_sales_stop_at_the_floor_limit_and_after_fifty_until_a_sync() {
         sold.iter()
             .any(|a| matches!(a, Action::Charge { offline: true, .. }))
     );
+}
+
+fn one_slot(stock: u32) -> Vend {
+    Vend::new(vec![Slot {
+        code: 1,
+        product: "cola".into(),
+        price: 250,
+        stock,
+        jammed: false,
+    }])
+}
+
+/// A price change that arrives while a customer pays waits until the cart is delivered: the
+/// customer is charged what the terminal asked for.
+#[test]
+fn a_price_change_waits_for_the_cart_under_way() {
+    use vendflow_controller::vend::{Answer, Command, Input};
+    let mut vend = one_slot(5);
+    vend.handle(0, Input::Network(true));
+    vend.handle(0, Input::Select(1));
+    vend.handle(0, Input::Checkout);
+    let asked = vend.handle(0, Input::Present(Method::Card));
+    let Some(Action::Authorise { txn, amount, .. }) = asked.first().cloned() else {
+        panic!("no authorisation: {asked:?}");
+    };
+    assert_eq!(amount, 250);
+    let price = Command::UpdatePrice {
+        slot: 1,
+        price: 300,
+    };
+    let waiting = vend.handle(
+        10,
+        Input::Command {
+            id: "cmd_p".into(),
+            command: price.clone(),
+        },
+    );
+    assert!(waiting.is_empty(), "answered mid-cart: {waiting:?}");
+    let approved = vend.handle(
+        20,
+        Input::Authorised {
+            txn,
+            approved: true,
+        },
+    );
+    assert!(approved.contains(&Action::Charge {
+        txn,
+        amount: 250,
+        offline: false
+    }));
+    let done = vend.handle(30, Input::Dropped(true));
+    assert!(done.contains(&Action::Receipt { txn, total: 250 }));
+    assert!(done.contains(&Action::Answer {
+        id: "cmd_p".into(),
+        answer: Answer::Applied
+    }));
+    assert_eq!(vend.slots[0].price, 300);
+    // Delivered again: answered again, applied once.
+    let again = vend.handle(
+        40,
+        Input::Command {
+            id: "cmd_p".into(),
+            command: price,
+        },
+    );
+    assert_eq!(
+        again,
+        vec![Action::Answer {
+            id: "cmd_p".into(),
+            answer: Answer::Applied
+        }]
+    );
+}
+
+/// An app order that must wait for a customer at the machine holds its units: the customer
+/// cannot buy them meanwhile, and the order is delivered and answered next.
+#[test]
+fn an_order_reserves_its_units_while_it_waits() {
+    use vendflow_controller::vend::{Answer, Command, Input, Message, Record};
+    let mut vend = one_slot(3);
+    vend.handle(0, Input::Select(1));
+    let order = Command::Dispense {
+        order: "order_9".into(),
+        slot: 1,
+        quantity: 2,
+    };
+    let waiting = vend.handle(
+        1,
+        Input::Command {
+            id: "cmd_o".into(),
+            command: order,
+        },
+    );
+    assert!(waiting.is_empty(), "{waiting:?}");
+    // One unit in the cart and two held for the order: nothing more to sell.
+    assert_eq!(
+        vend.handle(2, Input::Select(1)),
+        vec![Action::Show(Message::SoldOut(1))]
+    );
+    // The customer gives up: the order goes at once.
+    let started = vend.handle(3, Input::Cancel);
+    assert!(started.contains(&Action::Vend { slot: 1 }), "{started:?}");
+    assert!(!started.iter().any(|a| matches!(a, Action::Charge { .. })));
+    vend.handle(4, Input::Dropped(true));
+    let done = vend.handle(5, Input::Dropped(true));
+    assert!(done.iter().any(|a| matches!(a,
+        Action::Record(Record::Sale { order: Some(o), quantity: 2, amount: 500, method: Method::App, .. }) if o == "order_9")));
+    assert!(done.contains(&Action::Answer {
+        id: "cmd_o".into(),
+        answer: Answer::Applied
+    }));
+    assert_eq!(vend.slots[0].stock, 1);
+}
+
+/// A firmware image whose SHA-256 does not match is refused; a matching one is installed when
+/// the machine is idle and answered by the boot that runs it.
+#[test]
+fn firmware_is_installed_only_when_its_hash_matches_and_answered_after_the_reboot() {
+    use vendflow_controller::vend::{Answer, Command, Input};
+    let mut vend = one_slot(3);
+    let update = |v: &str| Command::UpdateFirmware {
+        version: v.into(),
+        url: "https://example.test/fw".into(),
+        sha256: IMAGE,
+    };
+    let fetch = vend.handle(
+        0,
+        Input::Command {
+            id: "cmd_bad".into(),
+            command: update("2.0.0"),
+        },
+    );
+    assert!(matches!(&fetch[..], [Action::Fetch { .. }]), "{fetch:?}");
+    let refused = vend.handle(
+        1,
+        Input::Fetched {
+            id: "cmd_bad".into(),
+            sha256: Some([0; 32]),
+        },
+    );
+    assert!(matches!(
+        &refused[..],
+        [Action::Answer {
+            answer: Answer::Rejected(_),
+            ..
+        }]
+    ));
+    assert_eq!(vend.firmware, "1.0.0");
+
+    vend.handle(2, Input::Select(1));
+    vend.handle(
+        3,
+        Input::Command {
+            id: "cmd_good".into(),
+            command: update("2.0.0"),
+        },
+    );
+    let verified = vend.handle(
+        4,
+        Input::Fetched {
+            id: "cmd_good".into(),
+            sha256: Some(IMAGE),
+        },
+    );
+    assert!(verified.is_empty(), "installed mid-cart: {verified:?}");
+    let installed = vend.handle(5, Input::Cancel);
+    assert!(installed.contains(&Action::Install {
+        version: "2.0.0".into()
+    }));
+    let booted = vend.reboot();
+    assert_eq!(
+        booted,
+        vec![Action::Answer {
+            id: "cmd_good".into(),
+            answer: Answer::Applied
+        }]
+    );
+    assert_eq!(vend.firmware, "2.0.0");
 }
