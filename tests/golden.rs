@@ -172,6 +172,26 @@ fn golden_expectations_show_the_scenario() {
             .any(|r| r["machine_id"] == "mach_00002" && r["sold_out"] == "true"),
         "a sold-out slot"
     );
+
+    // mach_00003 refunded a jammed unit (its refund re-sent: counted once) and voided a late
+    // card approval.
+    let refunds = read("refunds.csv");
+    let row = refunds
+        .records()
+        .into_iter()
+        .find(|r| r["machine_id"] == "mach_00003")
+        .unwrap_or_else(|| panic!("no refunds for mach_00003"));
+    assert_eq!(
+        (row["refunds"], row["units"], row["amount"]),
+        ("2", "1", "14.50"),
+        "the jam once and the void"
+    );
+
+    // Every machine numbers its events; none was lost, not even mach_00001's outage buffer.
+    assert!(
+        read("sequence_gaps.csv").records().is_empty(),
+        "no event number is missing"
+    );
 }
 
 /// The `late-arrivals` expectations, each what `fixtures/late-arrivals/make.py` set up.

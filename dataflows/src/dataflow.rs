@@ -31,7 +31,7 @@ use crate::sales::SaleLine;
 use crate::views::CATALOG;
 use crate::{
     anomaly_windows, commands, dedup, dex, errors, fold, health, inventory, leases, liveness,
-    revenue, sales, settlement, stockout,
+    refunds, revenue, sales, sequence_gaps, settlement, stockout,
 };
 
 /// The dataflow's inputs.
@@ -59,6 +59,8 @@ struct Demuxed<'s> {
     restocks: VecCollection<'s, Time, Event>,
     /// Command answers.
     acks: VecCollection<'s, Time, Event>,
+    /// Refunds the machines made.
+    refunds: VecCollection<'s, Time, Event>,
     /// When each machine's heartbeats happened (liveness).
     heartbeats: VecCollection<'s, Time, (MachineId, Timestamp)>,
     /// When a machine's events happened (days observed): at least its first event of each day.
@@ -85,6 +87,7 @@ impl<'s> Demuxed<'s> {
         let (mut sales_out, sales) = builder.new_output::<Out<SaleLine>>();
         let (mut restocks_out, restocks) = builder.new_output::<Out<Event>>();
         let (mut acks_out, acks) = builder.new_output::<Out<Event>>();
+        let (mut refunds_out, refunds) = builder.new_output::<Out<Event>>();
         let (mut heartbeats_out, heartbeats) = builder.new_output::<Out<(MachineId, Timestamp)>>();
         let (mut seen_out, seen) = builder.new_output::<Out<(MachineId, Timestamp)>>();
         let (mut audits_out, audits) = builder.new_output::<Out<(MachineId, dex::Read)>>();
@@ -93,6 +96,7 @@ impl<'s> Demuxed<'s> {
         builder.build(move |_| {
             let (mut contributions, mut lines) = (Vec::new(), Vec::new());
             let (mut restocks, mut acks) = (Vec::new(), Vec::new());
+            let mut refunds = Vec::new();
             let (mut beats, mut instants) = (Vec::new(), Vec::new());
             let (mut reads, mut verdicts) = (Vec::new(), Vec::new());
             // The machines that have had an event of the newest day already passed on: only a
@@ -103,6 +107,7 @@ impl<'s> Demuxed<'s> {
                 let mut to_lines = sales_out.activate();
                 let mut to_restocks = restocks_out.activate();
                 let mut to_acks = acks_out.activate();
+                let mut to_refunds = refunds_out.activate();
                 let mut to_beats = heartbeats_out.activate();
                 let mut to_instants = seen_out.activate();
                 let mut to_reads = audits_out.activate();
@@ -134,6 +139,7 @@ impl<'s> Demuxed<'s> {
                                 }
                                 EventKind::Restock(_) => restocks.push((e, t, r)),
                                 EventKind::CommandAck(_) => acks.push((e, t, r)),
+                                EventKind::Refund(_) => refunds.push((e, t, r)),
                                 EventKind::Dex(audit) => reads.push((
                                     (e.machine_id.clone(), dex::Read::of(audit, e.timestamp)),
                                     t,
@@ -149,6 +155,7 @@ impl<'s> Demuxed<'s> {
                     ship(&mut to_lines, &cap, &mut lines);
                     ship(&mut to_restocks, &cap, &mut restocks);
                     ship(&mut to_acks, &cap, &mut acks);
+                    ship(&mut to_refunds, &cap, &mut refunds);
                     ship(&mut to_beats, &cap, &mut beats);
                     ship(&mut to_instants, &cap, &mut instants);
                     ship(&mut to_reads, &cap, &mut reads);
@@ -161,6 +168,7 @@ impl<'s> Demuxed<'s> {
             sales: sales.as_collection(),
             restocks: restocks.as_collection(),
             acks: acks.as_collection(),
+            refunds: refunds.as_collection(),
             heartbeats: heartbeats.as_collection(),
             seen: seen.as_collection(),
             audits: audits.as_collection(),
@@ -209,8 +217,10 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
         .clone()
         .flat_map(move |r| inventory::planogram(&r, &plan_config));
 
+    let gaps = sequence_gaps::render(events.clone());
     let events = Demuxed::of(events, config.window_ms);
     let commands = commands::render(commands, events.acks, config);
+    let (refunds, refunds_too_late) = refunds::render(events.refunds, config);
     let sales = sales::render(events.sales, ledger, config);
     let revenue = revenue::render(
         sales.accepted.clone(),
@@ -252,7 +262,8 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
         .concat(revenue.too_late.map(|_| "revenue".to_owned()))
         .concat(revenue.local_too_late.map(|_| "revenue_local".to_owned()))
         .concat(windows.too_late.map(|_| "anomaly_windows".to_owned()))
-        .concat(commands.too_late.map(|_| "commands".to_owned()));
+        .concat(commands.too_late.map(|_| "commands".to_owned()))
+        .concat(refunds_too_late.map(|_| "refunds".to_owned()));
     let errors = errors::render(errors, too_late, config);
 
     let duplicates = fold::count_total(sales.duplicates, "Sales: duplicates per machine");
@@ -332,6 +343,8 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
             "settlement_exceptions",
             settlement_exceptions.map(settlement::exception_row),
         ),
+        ("refunds", refunds.map(refunds::row)),
+        ("sequence_gaps", gaps.map(sequence_gaps::row)),
     ];
     let mut by_name: std::collections::HashMap<&str, VecCollection<'s, Time, Row>> =
         views.into_iter().collect();

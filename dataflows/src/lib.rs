@@ -23,6 +23,8 @@
 //! - [`settlement`]: card sales against the payment processor's settlement file; transactions
 //!   waiting beyond an hour are [`parked`] on disk (known in memory by a Bloom filter per day).
 //! - [`dex`]: the machines' DEX audits per column and period, reconciled with telemetry.
+//! - [`refunds`]: the money machines gave back, per machine and day, each refund once.
+//! - [`sequence_gaps`]: per machine, the event numbers never received.
 //! - [`leases`]: the registry's leases (revenue shares are SQL over this and revenue).
 //! - [`errors`]: refused records, their counts, and too-late events.
 //! - [`summary`]: the fleet's (or a scope's) headline numbers from one snapshot, computed once.
@@ -48,9 +50,11 @@ pub mod ledger;
 pub mod liveness;
 mod operators;
 pub mod parked;
+pub mod refunds;
 pub mod revenue;
 pub mod row;
 pub mod sales;
+pub mod sequence_gaps;
 pub mod settlement;
 pub mod state_file;
 pub mod stockout;

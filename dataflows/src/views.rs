@@ -33,6 +33,8 @@ pub const CATALOG: &[ViewDef] = &[
     crate::dex::RECONCILIATION,
     crate::settlement::DAILY,
     crate::settlement::EXCEPTIONS,
+    crate::refunds::REFUNDS,
+    crate::sequence_gaps::SEQUENCE_GAPS,
 ];
 
 /// Looks a view up by name.

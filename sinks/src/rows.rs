@@ -143,6 +143,13 @@ pub fn events_batch(stream: &str, rows: &[&EventRow]) -> Result<RecordBatch, Arr
                 a = Some(i128::from(st.amount.0));
                 tx = Some(st.transaction_id.as_str());
             }
+            EventKind::Refund(r) => {
+                s = r.slot_number.map(i64::from);
+                q = Some(i64::from(r.quantity));
+                a = Some(i128::from(r.amount.0));
+                tx = Some(r.transaction_id.as_str());
+                em = Some(r.reason.as_str());
+            }
             EventKind::CommandAck(_) | EventKind::Dex(_) => {}
         }
         slot.append_option(s);

@@ -17,8 +17,8 @@ use serde_json::value::RawValue;
 use crate::command::{AckStatus, CommandAck};
 pub use crate::error::{DecodeError, ErrorKind};
 use crate::event::{
-    DoorStatus, ErrorCode, ErrorEvent, Event, EventKind, Heartbeat, Restock, Sale, Settlement,
-    SettlementStatus,
+    DoorStatus, ErrorCode, ErrorEvent, Event, EventKind, Heartbeat, Refund, Restock, Sale,
+    Settlement, SettlementStatus,
 };
 use crate::registry::{
     Lease, LeaseEvent, LeaseEventKind, LeaseStatus, Location, LocationType, Machine, MachineStatus,
@@ -145,6 +145,20 @@ struct RawSettlement<'a> {
     amount: &'a RawValue,
     #[serde(borrow)]
     status: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawRefund<'a> {
+    #[serde(borrow)]
+    transaction_id: Cow<'a, str>,
+    #[serde(default)]
+    slot_number: Option<u32>,
+    #[serde(borrow)]
+    amount: &'a RawValue,
+    quantity: u32,
+    #[serde(borrow)]
+    reason: Cow<'a, str>,
 }
 
 #[derive(Deserialize)]
@@ -327,6 +341,7 @@ pub fn decode_event_exactly(
             EventKind::Dex(Box::new(audit))
         }
         "settlement" => EventKind::Settlement(settlement(payload)?),
+        "refund" => EventKind::Refund(refund(payload)?),
         other => {
             return Err(DecodeError::new(
                 ErrorKind::UnknownType,
@@ -560,6 +575,40 @@ fn settlement(payload: &str) -> Result<Settlement, DecodeError> {
         transaction_id: Text::from(s.transaction_id.as_ref()),
         amount,
         status,
+    })
+}
+
+fn refund(payload: &str) -> Result<Refund, DecodeError> {
+    let r: RawRefund = payload_json(payload)?;
+    let amount = amount(r.amount)?;
+    if amount > MAX_SETTLEMENT {
+        return Err(number(
+            "amount",
+            format!("{amount} is more than one transaction can be ({MAX_SETTLEMENT})"),
+        ));
+    }
+    transaction_id(&r.transaction_id)?;
+    if r.quantity > MAX_SALE_QUANTITY {
+        return Err(number(
+            "quantity",
+            format!(
+                "{} units in one refund; at most {MAX_SALE_QUANTITY}",
+                r.quantity
+            ),
+        ));
+    }
+    if r.reason.is_empty() || r.reason.len() > 64 {
+        return Err(DecodeError::new(
+            ErrorKind::Schema,
+            "payload: reason must be 1 to 64 characters",
+        ));
+    }
+    Ok(Refund {
+        transaction_id: Text::from(r.transaction_id.as_ref()),
+        slot_number: r.slot_number,
+        amount,
+        quantity: r.quantity,
+        reason: Text::from(r.reason.as_ref()),
     })
 }
 
@@ -1029,6 +1078,43 @@ mod tests {
             .flatten()
             .collect();
         assert_eq!(back, env.events);
+    }
+
+    #[test]
+    fn refunds_decode_and_round_trip() {
+        let jam = ok(
+            r#"{"machineId":"m1","type":"refund","timestamp":1699999800000,"seq":7,"payload":{"transactionId":"txn_1_4","slotNumber":148,"amount":2.50,"quantity":1,"reason":"jam"}}"#,
+        );
+        let EventKind::Refund(r) = &jam.kind else {
+            panic!("not a refund: {jam:?}")
+        };
+        assert_eq!(
+            (
+                r.transaction_id.as_str(),
+                r.slot_number,
+                r.amount,
+                r.quantity,
+                r.reason.as_str()
+            ),
+            ("txn_1_4", Some(148), Cents(250), 1, "jam")
+        );
+        assert_eq!(ok(&jam.to_json_line()), jam);
+        // A voided late approval names no slot and no units.
+        let void = ok(
+            r#"{"machineId":"m1","type":"refund","timestamp":1699999800000,"payload":{"transactionId":"t","amount":"12.00","quantity":0,"reason":"late_approval"}}"#,
+        );
+        assert_eq!(ok(&void.to_json_line()), void);
+        for bad in [
+            r#""amount":-1,"quantity":1,"reason":"jam""#,
+            r#""amount":1,"quantity":1,"reason":"""#,
+            r#""amount":1,"quantity":1000,"reason":"jam""#,
+            r#""amount":1,"reason":"jam""#,
+        ] {
+            let line = format!(
+                r#"{{"machineId":"m1","type":"refund","timestamp":1699999800000,"payload":{{"transactionId":"t",{bad}}}}}"#
+            );
+            assert!(decode_line(line.as_bytes())[0].is_err(), "{line}");
+        }
     }
 
     #[test]

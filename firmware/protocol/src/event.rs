@@ -40,6 +40,8 @@ pub enum EventKind {
     /// A payment processor's verdict on a card transaction (a line of its settlement file); the
     /// event's timestamp is the transaction's time, its machine the terminal's machine.
     Settlement(Settlement),
+    /// Money the machine gave back (see [`Refund`]).
+    Refund(Refund),
 }
 
 impl EventKind {
@@ -54,6 +56,7 @@ impl EventKind {
             EventKind::CommandAck(_) => "command_ack",
             EventKind::Dex(_) => "dex",
             EventKind::Settlement(_) => "settlement",
+            EventKind::Refund(_) => "refund",
         }
     }
 }
@@ -114,6 +117,20 @@ impl Sale {
             "card" | "contactless" | "credit" | "debit" | "mobile"
         )
     }
+}
+
+/// Money a machine gave back: units of a cart line that were paid for and did not drop (a
+/// jam, a power cut mid-cart), or a card approval that came after the customer was told it
+/// timed out (voided: `slot_number` is None and `quantity` 0). Its identity is
+/// `(machine_id, transaction_id, slot_number, reason)`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Refund {
+    pub transaction_id: Text,
+    pub slot_number: Option<u32>,
+    pub amount: Cents,
+    pub quantity: u32,
+    /// `jam`, `power_loss`, `late_approval`, or the machine's own word.
+    pub reason: Text,
 }
 
 /// One line of a payment processor's settlement file: what became of a card transaction.
@@ -272,6 +289,18 @@ impl Event {
                 "amount": serde_json::from_str::<Value>(&s.amount.to_string()).unwrap_or(Value::Null),
                 "status": s.status.as_str(),
             }),
+            EventKind::Refund(r) => {
+                let mut p = json!({
+                    "transactionId": r.transaction_id,
+                    "amount": serde_json::from_str::<Value>(&r.amount.to_string()).unwrap_or(Value::Null),
+                    "quantity": r.quantity,
+                    "reason": r.reason,
+                });
+                if let (Some(slot), Value::Object(map)) = (r.slot_number, &mut p) {
+                    map.insert("slotNumber".into(), slot.into());
+                }
+                p
+            }
             EventKind::Restock(r) => {
                 let mut p = json!({"slotNumber": r.slot_number, "quantity": r.quantity});
                 if let (Some(id), Value::Object(map)) = (&r.product_id, &mut p) {

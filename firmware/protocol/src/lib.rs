@@ -29,8 +29,8 @@ pub mod units;
 pub use command::{AckStatus, Action, Command, CommandAck};
 pub use error::{DecodeError, ErrorKind};
 pub use event::{
-    DoorStatus, Envelope, ErrorCode, ErrorEvent, Event, EventKind, Heartbeat, Restock, Sale,
-    Settlement, SettlementStatus,
+    DoorStatus, Envelope, ErrorCode, ErrorEvent, Event, EventKind, Heartbeat, Refund, Restock,
+    Sale, Settlement, SettlementStatus,
 };
 pub use registry::{
     Lease, LeaseEvent, LeaseEventKind, LeaseStatus, Location, LocationType, Machine, MachineStatus,
