@@ -6,11 +6,14 @@
 //!
 //! # Layout
 //! - [`fleet`]: the registry of a simulated fleet and the machines' behaviour over time.
+//! - [`machine`]: one machine on the host: the controller's core (`vendflow-controller`) with
+//!   its outbox in a file, speaking the wire protocol.
 //! - [`mqtt`]: simulated machines publishing signed envelopes over real MQTT.
 //! - [`publish`]: `vendflow publish`, a fleet publishing its span up to now over MQTT.
 //! - [`simulate`]: `vendflow simulate`, a fleet's registry and events written to files.
 
 pub mod fleet;
+pub mod machine;
 pub mod mqtt;
 pub mod publish;
 pub mod simulate;

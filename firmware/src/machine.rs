@@ -1,0 +1,377 @@
+//! One vending machine on the host: the controller's core ([`vendflow_controller::vend`]) with
+//! its durable outbox in a file, speaking the wire protocol of [`vendflow_protocol`].
+//!
+//! # Lifecycle
+//! - [`Machine::open`] reads the outbox back (a torn tail from a power cut is cut off) and
+//!   boots the controller: a cart that was being dispensed when the power went is finished by
+//!   refunding what was not delivered ([`vendflow_controller::vend::Vend::reboot`]).
+//! - [`Machine::handle`] passes one input to the controller and performs its actions in order:
+//!   a record becomes a protocol event numbered by the outbox (`seq`) and is appended — synced
+//!   before the next action for money (sales, refunds) and command answers, so a receipt is
+//!   never shown for a sale that is not on disk; other actions are returned for the caller (the
+//!   simulated hardware, the payment network, the display) to carry out.
+//! - [`Machine::envelope`] is what to send next (the oldest pending events); the platform's
+//!   acknowledgement ([`Machine::acknowledged`]) is the only thing that removes them.
+//!
+//! What is not here yet: the controller's own state (stock, offline count, boot count) is kept
+//! in memory by the caller across [`Machine::reopen`]; on a real controller it would be
+//! snapshotted beside the outbox.
+
+use std::path::{Path, PathBuf};
+
+use vendflow_controller::file::FileLog;
+use vendflow_controller::outbox::{Opened, Outbox, OutboxError};
+use vendflow_controller::vend::{Action, Answer, Input, Millis, Record, Vend};
+use vendflow_protocol::{
+    AckStatus, Cents, CommandAck, Envelope, ErrorCode, ErrorEvent, Event, EventKind, MachineId,
+    Refund, Restock, Sale, Text, Timestamp,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    #[error("the outbox {path}: {source}")]
+    Outbox {
+        path: PathBuf,
+        source: OutboxError<std::io::Error>,
+    },
+    #[error("the outbox {path} cannot be opened: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("an outbox record does not decode as an event: {0}")]
+    Record(String),
+}
+
+/// A machine: its id, its controller and its outbox.
+pub struct Machine {
+    pub id: MachineId,
+    pub vend: Vend,
+    outbox: Outbox<FileLog>,
+    path: PathBuf,
+}
+
+impl Machine {
+    /// Boots `vend` with the outbox at `path`: what the boot finishes (refunds of a cut cart, a
+    /// firmware update's answer) is recorded first.
+    pub fn open(
+        id: MachineId,
+        vend: Vend,
+        path: &Path,
+        now: Millis,
+    ) -> Result<(Machine, Opened, Vec<Action>), MachineError> {
+        let log = FileLog::open(path).map_err(|source| MachineError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        let (outbox, opened) = Outbox::open(log).map_err(|source| MachineError::Outbox {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut machine = Machine {
+            id,
+            vend,
+            outbox,
+            path: path.to_owned(),
+        };
+        let booted = machine.vend.reboot();
+        let rest = machine.perform(now, booted)?;
+        Ok((machine, opened, rest))
+    }
+
+    /// The machine after a power cut: the controller as it was (the caller kept it), the outbox
+    /// as the file holds it.
+    pub fn reopen(self, now: Millis) -> Result<(Machine, Opened, Vec<Action>), MachineError> {
+        let Machine { id, vend, path, .. } = self;
+        Machine::open(id, vend, &path, now)
+    }
+
+    /// One input: records are appended; the other actions are returned in order.
+    pub fn handle(&mut self, now: Millis, input: Input) -> Result<Vec<Action>, MachineError> {
+        let actions = self.vend.handle(now, input);
+        self.perform(now, actions)
+    }
+
+    /// A heartbeat, appended without a sync of its own (the next sale's sync carries it).
+    pub fn heartbeat(
+        &mut self,
+        now: Millis,
+        kind: vendflow_protocol::Heartbeat,
+    ) -> Result<u64, MachineError> {
+        self.append(now, EventKind::Heartbeat(kind), false)
+    }
+
+    fn perform(&mut self, now: Millis, actions: Vec<Action>) -> Result<Vec<Action>, MachineError> {
+        let mut rest = Vec::new();
+        for action in actions {
+            match action {
+                Action::Record(record) => {
+                    self.append(now, kind_of(&record), true)?;
+                }
+                Action::Answer { id, answer } => {
+                    let (status, reason) = match &answer {
+                        Answer::Applied => (AckStatus::Applied, None),
+                        Answer::Rejected(r) => (AckStatus::Rejected, Some(r.clone())),
+                    };
+                    let ack = CommandAck {
+                        command_id: id.clone(),
+                        status,
+                        reason,
+                    };
+                    self.append(now, EventKind::CommandAck(ack), true)?;
+                    rest.push(Action::Answer { id, answer });
+                }
+                other => rest.push(other),
+            }
+        }
+        Ok(rest)
+    }
+
+    /// Appends one event numbered with the outbox's next number.
+    fn append(&mut self, now: Millis, kind: EventKind, durable: bool) -> Result<u64, MachineError> {
+        let seq = self.outbox.last_seq() + 1;
+        let event = Event {
+            machine_id: self.id.clone(),
+            timestamp: Timestamp(now),
+            seq: Some(seq),
+            kind,
+        };
+        let body = event.body_json().to_string();
+        let given = self
+            .outbox
+            .push(body.as_bytes(), durable)
+            .map_err(|source| MachineError::Outbox {
+                path: self.path.clone(),
+                source,
+            })?;
+        debug_assert_eq!(given, seq);
+        Ok(seq)
+    }
+
+    /// Up to `max` of the oldest events not yet acknowledged, as one envelope, with the number
+    /// of the last one (to acknowledge); None when everything was acknowledged.
+    pub fn envelope(&self, max: usize) -> Result<Option<(Envelope, u64)>, MachineError> {
+        let mut events = Vec::new();
+        let mut last = 0;
+        for entry in self.outbox.pending().take(max) {
+            let line = format!(
+                "{{\"machineId\":\"{}\",{}",
+                self.id.as_str(),
+                std::str::from_utf8(&entry.body)
+                    .map_err(|e| MachineError::Record(e.to_string()))?
+                    .trim_start_matches('{')
+            );
+            let event = vendflow_protocol::decode::decode_line(line.as_bytes())
+                .into_iter()
+                .next()
+                .ok_or_else(|| MachineError::Record("nothing decoded".into()))?
+                .map_err(|e| MachineError::Record(e.to_string()))?;
+            events.push(event);
+            last = entry.seq;
+        }
+        Ok((!events.is_empty()).then(|| {
+            (
+                Envelope {
+                    machine_id: self.id.clone(),
+                    events,
+                },
+                last,
+            )
+        }))
+    }
+
+    /// The platform has every event up to `seq`.
+    pub fn acknowledged(&mut self, seq: u64) -> Result<(), MachineError> {
+        self.outbox.ack(seq).map_err(|source| MachineError::Outbox {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Events waiting for the platform.
+    pub fn pending(&self) -> usize {
+        self.outbox.pending().count()
+    }
+}
+
+/// A controller record as a protocol event.
+fn kind_of(record: &Record) -> EventKind {
+    match record {
+        Record::Sale {
+            txn,
+            order,
+            slot,
+            product,
+            amount,
+            quantity,
+            method,
+            offline,
+        } => EventKind::Sale(Sale {
+            slot_number: *slot,
+            product_id: Text::from(product.as_str()),
+            amount: cents(*amount),
+            quantity: *quantity,
+            payment_method: Text::from(method.as_str()),
+            transaction_id: Text::from(order.clone().unwrap_or_else(|| txn.to_string()).as_str()),
+            offline: *offline,
+        }),
+        Record::Refund {
+            txn,
+            order,
+            slot,
+            amount,
+            quantity,
+            reason,
+        } => EventKind::Refund(Refund {
+            transaction_id: Text::from(order.clone().unwrap_or_else(|| txn.to_string()).as_str()),
+            slot_number: *slot,
+            amount: cents(*amount),
+            quantity: *quantity,
+            reason: Text::from(reason.as_str()),
+        }),
+        Record::DispenseFailure { txn, slot } => EventKind::Error(ErrorEvent {
+            code: ErrorCode::DispenseFailure,
+            message: format!("slot {slot} did not drop twice ({txn}); the slot is out of service"),
+        }),
+        Record::Restock { slot, quantity } => EventKind::Restock(Restock {
+            slot_number: *slot,
+            quantity: *quantity,
+            product_id: None,
+        }),
+    }
+}
+
+fn cents(amount: u64) -> Cents {
+    Cents(i64::try_from(amount).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use vendflow_controller::vend::{Method, Slot};
+
+    use super::*;
+
+    /// 2025-11-24 16:00 UTC.
+    const T0: Millis = 1_764_000_000_000;
+
+    fn vend() -> Vend {
+        Vend::new(vec![
+            Slot {
+                code: 101,
+                product: "cola".into(),
+                price: 250,
+                stock: 5,
+                jammed: false,
+            },
+            Slot {
+                code: 148,
+                product: "chips".into(),
+                price: 175,
+                stock: 5,
+                jammed: false,
+            },
+        ])
+    }
+
+    /// A cart of three units: one drops, the next jams (refunded with the rest of its line),
+    /// then the power goes mid-vend of the second line; after the reboot the outbox holds every
+    /// event, numbered 1, 2, 3, … with no gap, the money adds up, and the events decode as the
+    /// platform reads them.
+    #[test]
+    fn a_cart_cut_by_a_power_loss_is_refunded_and_every_event_is_numbered_once()
+    -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("outbox.log");
+        let (mut m, _, _) = Machine::open(
+            MachineId::parse("mach_00042").map_err(anyhow::Error::msg)?,
+            vend(),
+            &path,
+            T0,
+        )?;
+        m.heartbeat(T0, vendflow_protocol::Heartbeat::default())?;
+        for (t, input) in [
+            Input::Select(101),
+            Input::Select(101),
+            Input::Select(148),
+            Input::Checkout,
+            Input::Present(Method::Card), // offline: approved by the machine ($6.75)
+            Input::Dropped(true),
+            Input::Dropped(false),
+            Input::Dropped(false), // jammed: the second cola is refunded
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            m.handle(T0 + 2_000 + t as i64, input)?;
+        }
+        // The chips are being vended when the power goes: the controller boots again from the
+        // state it kept and the outbox file.
+        let (m, opened, _) = m.reopen(T0 + 9_000)?;
+        assert_eq!(opened.torn_bytes, 0);
+        let (envelope, last) = m
+            .envelope(100)?
+            .ok_or_else(|| anyhow::anyhow!("nothing to send"))?;
+        let seqs: Vec<u64> = envelope.events.iter().filter_map(|e| e.seq).collect();
+        assert_eq!(
+            seqs,
+            (1..=last).collect::<Vec<_>>(),
+            "numbered without a gap"
+        );
+        let (mut sold, mut refunded) = (0, 0);
+        for e in &envelope.events {
+            match &e.kind {
+                EventKind::Sale(s) => {
+                    assert!(s.offline);
+                    sold += s.amount.0;
+                }
+                EventKind::Refund(r) => refunded += r.amount.0,
+                _ => {}
+            }
+        }
+        assert_eq!(
+            (sold, refunded),
+            (250, 250 + 175),
+            "paid 6.75: one cola sold, one cola and the chips refunded"
+        );
+        assert!(
+            envelope.events.iter().any(
+                |e| matches!(&e.kind, EventKind::Refund(r) if r.reason.as_str() == "power_loss")
+            )
+        );
+        assert!(envelope.events.iter().any(
+            |e| matches!(&e.kind, EventKind::Error(x) if x.code == ErrorCode::DispenseFailure)
+        ));
+        Ok(())
+    }
+
+    /// Acknowledged events leave the outbox for good; the rest are sent again after a restart.
+    #[test]
+    fn only_the_platforms_acknowledgement_removes_events() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("outbox.log");
+        let id = MachineId::parse("mach_00043").map_err(anyhow::Error::msg)?;
+        let (mut m, _, _) = Machine::open(id, vend(), &path, T0)?;
+        for t in 0..10 {
+            m.heartbeat(T0 + t * 30_000, vendflow_protocol::Heartbeat::default())?;
+        }
+        m.handle(
+            T0 + 1,
+            Input::Restock {
+                slot: 101,
+                quantity: 3,
+            },
+        )?;
+        let (first, last) = m
+            .envelope(4)?
+            .ok_or_else(|| anyhow::anyhow!("nothing to send"))?;
+        assert_eq!((first.events.len(), last), (4, 4));
+        m.acknowledged(last)?;
+        let (m, _, _) = m.reopen(T0 + 400_000)?;
+        let (rest, last) = m
+            .envelope(100)?
+            .ok_or_else(|| anyhow::anyhow!("nothing to send"))?;
+        assert_eq!(rest.events.first().and_then(|e| e.seq), Some(5));
+        assert_eq!(last, 11);
+        Ok(())
+    }
+}
