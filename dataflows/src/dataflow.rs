@@ -61,6 +61,8 @@ struct Demuxed<'s> {
     acks: VecCollection<'s, Time, Event>,
     /// Refunds the machines made.
     refunds: VecCollection<'s, Time, Event>,
+    /// Each numbered event's machine and number (`seq`).
+    numbered: VecCollection<'s, Time, (MachineId, u64)>,
     /// When each machine's heartbeats happened (liveness).
     heartbeats: VecCollection<'s, Time, (MachineId, Timestamp)>,
     /// When a machine's events happened (days observed): at least its first event of each day.
@@ -88,6 +90,7 @@ impl<'s> Demuxed<'s> {
         let (mut restocks_out, restocks) = builder.new_output::<Out<Event>>();
         let (mut acks_out, acks) = builder.new_output::<Out<Event>>();
         let (mut refunds_out, refunds) = builder.new_output::<Out<Event>>();
+        let (mut numbered_out, numbered) = builder.new_output::<Out<(MachineId, u64)>>();
         let (mut heartbeats_out, heartbeats) = builder.new_output::<Out<(MachineId, Timestamp)>>();
         let (mut seen_out, seen) = builder.new_output::<Out<(MachineId, Timestamp)>>();
         let (mut audits_out, audits) = builder.new_output::<Out<(MachineId, dex::Read)>>();
@@ -96,7 +99,7 @@ impl<'s> Demuxed<'s> {
         builder.build(move |_| {
             let (mut contributions, mut lines) = (Vec::new(), Vec::new());
             let (mut restocks, mut acks) = (Vec::new(), Vec::new());
-            let mut refunds = Vec::new();
+            let (mut refunds, mut numbers) = (Vec::new(), Vec::new());
             let (mut beats, mut instants) = (Vec::new(), Vec::new());
             let (mut reads, mut verdicts) = (Vec::new(), Vec::new());
             // The machines that have had an event of the newest day already passed on: only a
@@ -108,6 +111,7 @@ impl<'s> Demuxed<'s> {
                 let mut to_restocks = restocks_out.activate();
                 let mut to_acks = acks_out.activate();
                 let mut to_refunds = refunds_out.activate();
+                let mut to_numbers = numbered_out.activate();
                 let mut to_beats = heartbeats_out.activate();
                 let mut to_instants = seen_out.activate();
                 let mut to_reads = audits_out.activate();
@@ -120,6 +124,9 @@ impl<'s> Demuxed<'s> {
                             if activity && (first_of_day(&mut today, &mut seen_today, &e) || r <= 0)
                             {
                                 instants.push(((e.machine_id.clone(), e.timestamp), t, r));
+                            }
+                            if let Some(seq) = e.seq {
+                                numbers.push(((e.machine_id.clone(), seq), t, r));
                             }
                             if let EventKind::Heartbeat(_) = &e.kind {
                                 beats.push(((e.machine_id.clone(), e.timestamp), t, r));
@@ -156,6 +163,7 @@ impl<'s> Demuxed<'s> {
                     ship(&mut to_restocks, &cap, &mut restocks);
                     ship(&mut to_acks, &cap, &mut acks);
                     ship(&mut to_refunds, &cap, &mut refunds);
+                    ship(&mut to_numbers, &cap, &mut numbers);
                     ship(&mut to_beats, &cap, &mut beats);
                     ship(&mut to_instants, &cap, &mut instants);
                     ship(&mut to_reads, &cap, &mut reads);
@@ -169,6 +177,7 @@ impl<'s> Demuxed<'s> {
             restocks: restocks.as_collection(),
             acks: acks.as_collection(),
             refunds: refunds.as_collection(),
+            numbered: numbered.as_collection(),
             heartbeats: heartbeats.as_collection(),
             seen: seen.as_collection(),
             audits: audits.as_collection(),
@@ -217,8 +226,8 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
         .clone()
         .flat_map(move |r| inventory::planogram(&r, &plan_config));
 
-    let gaps = sequence_gaps::render(events.clone());
     let events = Demuxed::of(events, config.window_ms);
+    let gaps = sequence_gaps::render(events.numbered);
     let commands = commands::render(commands, events.acks, config);
     let (refunds, refunds_too_late) = refunds::render(events.refunds, config);
     let sales = sales::render(events.sales, ledger, config);

@@ -20,7 +20,7 @@
 
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
-use vendflow_protocol::{Event, MachineId};
+use vendflow_protocol::MachineId;
 
 use crate::fold::{KeyedFold, Published};
 use crate::operators::{Time, hash_of};
@@ -73,10 +73,12 @@ impl Received {
 /// (machine, first missing, last missing).
 pub type Gap = (MachineId, u64, u64);
 
-/// The gaps in each machine's numbering, from every event that carries a `seq`.
-pub fn render<'s>(events: VecCollection<'s, Time, Event>) -> VecCollection<'s, Time, Gap> {
-    events
-        .flat_map(|e| e.seq.map(|seq| (e.machine_id, seq)))
+/// The gaps in each machine's numbering, from every event that carries a `seq` (its machine
+/// and number).
+pub fn render<'s>(
+    numbered: VecCollection<'s, Time, (MachineId, u64)>,
+) -> VecCollection<'s, Time, Gap> {
+    numbered
         .fold_by_key(
             "Sequence gaps: per machine",
             Published::Kept,
