@@ -938,22 +938,8 @@ impl Vend {
         let Phase::Dispensing(d) = &mut self.phase else {
             return;
         };
-        let line = d.lines[d.line];
         let price = d.prices[d.line];
-        let product = self
-            .slots
-            .iter()
-            .find(|s| s.code == line.slot)
-            .map(|s| s.product.clone())
-            .unwrap_or_default();
-        out.extend(line_records(
-            d,
-            line,
-            price,
-            product,
-            d.failed,
-            RefundReason::Jam,
-        ));
+        out.extend(line_records(&self.slots, d, d.failed, RefundReason::Jam));
         if d.failed > 0 {
             out.push(Action::Show(Message::Refunded(
                 price * Cents::from(d.failed),
@@ -1019,20 +1005,10 @@ impl Vend {
         }
         if let Phase::Dispensing(mut d) = phase {
             while d.line < d.lines.len() {
-                let line = d.lines[d.line];
-                let price = d.prices[d.line];
-                let product = self
-                    .slots
-                    .iter()
-                    .find(|s| s.code == line.slot)
-                    .map(|s| s.product.clone())
-                    .unwrap_or_default();
-                let failed = line.quantity - d.dropped;
+                let failed = d.lines[d.line].quantity - d.dropped;
                 out.extend(line_records(
+                    &self.slots,
                     &d,
-                    line,
-                    price,
-                    product,
                     failed,
                     RefundReason::PowerLoss,
                 ));
@@ -1069,15 +1045,15 @@ impl Delivery {
     }
 }
 
-/// A finished line's records: a sale for what dropped, a refund for `failed` units.
-fn line_records(
-    d: &Delivery,
-    line: Line,
-    price: Cents,
-    product: String,
-    failed: u32,
-    reason: RefundReason,
-) -> Vec<Action> {
+/// The current line's records once it is over: a sale for what dropped, a refund for `failed`
+/// units (at the prices paid).
+fn line_records(slots: &[Slot], d: &Delivery, failed: u32, reason: RefundReason) -> Vec<Action> {
+    let (line, price) = (d.lines[d.line], d.prices[d.line]);
+    let product = slots
+        .iter()
+        .find(|s| s.code == line.slot)
+        .map(|s| s.product.clone())
+        .unwrap_or_default();
     let mut out = Vec::new();
     if d.dropped > 0 {
         out.push(Action::Record(Record::Sale {

@@ -552,16 +552,22 @@ fn transaction_id(id: &str) -> Result<(), DecodeError> {
     Ok(())
 }
 
-fn settlement(payload: &str) -> Result<Settlement, DecodeError> {
-    let s: RawSettlement = payload_json(payload)?;
-    let amount = amount(s.amount)?;
+/// A whole transaction's `amount` (a settlement, a refund), and its `transactionId` checked.
+fn transaction(raw: &RawValue, id: &str) -> Result<Cents, DecodeError> {
+    let amount = amount(raw)?;
     if amount > MAX_SETTLEMENT {
         return Err(number(
             "amount",
             format!("{amount} is more than one transaction can be ({MAX_SETTLEMENT})"),
         ));
     }
-    transaction_id(&s.transaction_id)?;
+    transaction_id(id)?;
+    Ok(amount)
+}
+
+fn settlement(payload: &str) -> Result<Settlement, DecodeError> {
+    let s: RawSettlement = payload_json(payload)?;
+    let amount = transaction(s.amount, &s.transaction_id)?;
     let status = SettlementStatus::parse(&s.status).ok_or_else(|| {
         DecodeError::new(
             ErrorKind::Schema,
@@ -580,14 +586,7 @@ fn settlement(payload: &str) -> Result<Settlement, DecodeError> {
 
 fn refund(payload: &str) -> Result<Refund, DecodeError> {
     let r: RawRefund = payload_json(payload)?;
-    let amount = amount(r.amount)?;
-    if amount > MAX_SETTLEMENT {
-        return Err(number(
-            "amount",
-            format!("{amount} is more than one transaction can be ({MAX_SETTLEMENT})"),
-        ));
-    }
-    transaction_id(&r.transaction_id)?;
+    let amount = transaction(r.amount, &r.transaction_id)?;
     if r.quantity > MAX_SALE_QUANTITY {
         return Err(number(
             "quantity",
