@@ -115,7 +115,6 @@ mod tests {
     use proptest::prelude::*;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
-    use vendflow_protocol::Timestamp;
 
     use super::*;
     use crate::testing::{self, Scenario, heartbeat, sale};
@@ -166,7 +165,6 @@ mod tests {
                 }
             }
         }
-        let _ = Timestamp(0);
         s
     }
 
