@@ -415,9 +415,7 @@ fn publish(options: PublishOptions) -> anyhow::Result<()> {
 }
 
 fn demo(config: Config, options: DemoOptions) -> anyhow::Result<()> {
-    let (service, source) = options.service(config, |taken, instead| {
-        eprintln!("{taken} is in use; using {instead} instead");
-    })?;
+    let (service, source) = options.service(config);
     let running = Service::start(service, source, stop_flag()?)?;
     for line in options.banner(&running)? {
         summary_line(&line);

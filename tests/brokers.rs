@@ -2004,8 +2004,26 @@ fn assert_same_views(a: &Path, b: &Path) -> anyhow::Result<usize> {
             return Ok(views.len());
         }
         if started.elapsed() > Duration::from_secs(60) {
+            let mut shown = String::new();
+            for file in &differ {
+                let (left, right) = (sorted_rows(&a.join(file))?, sorted_rows(&b.join(file))?);
+                let only = |x: &[Vec<String>], y: &[Vec<String>]| -> Vec<String> {
+                    x.iter()
+                        .filter(|r| !y.contains(r))
+                        .take(6)
+                        .map(|r| r.join(","))
+                        .collect()
+                };
+                shown.push_str(&format!(
+                    "\n{file}: {} rows against {}; only in the first: {:#?}; only in the second: {:#?}",
+                    left.len(),
+                    right.len(),
+                    only(&left, &right),
+                    only(&right, &left)
+                ));
+            }
             bail!(
-                "the views differ: {differ:?} (in {} and {})",
+                "the views differ: {differ:?} (in {} and {}){shown}",
                 a.display(),
                 b.display()
             );

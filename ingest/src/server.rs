@@ -29,6 +29,49 @@ impl Shutdown {
     }
 }
 
+/// Where a server listens: an address, and whether any free port on its host will do when
+/// that one is taken (`vendflow demo`'s defaults, so that two demos can run side by side).
+/// The fallback happens at the bind itself: a check made earlier could be overtaken by
+/// another process between the check and the bind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listen {
+    pub addr: SocketAddr,
+    pub any_port_if_taken: bool,
+}
+
+impl Listen {
+    /// `addr`, or any free port on its host if it is taken.
+    pub fn or_any_port(addr: SocketAddr) -> Listen {
+        Listen {
+            addr,
+            any_port_if_taken: true,
+        }
+    }
+
+    /// Binds, falling back to any free port when allowed.
+    pub fn bind(self) -> std::io::Result<std::net::TcpListener> {
+        match std::net::TcpListener::bind(self.addr) {
+            Err(e) if self.any_port_if_taken && e.kind() == std::io::ErrorKind::AddrInUse => {
+                let listener = std::net::TcpListener::bind((self.addr.ip(), 0))?;
+                if let Ok(instead) = listener.local_addr() {
+                    tracing::warn!(taken = %self.addr, %instead, "address in use; listening on another port");
+                }
+                Ok(listener)
+            }
+            other => other,
+        }
+    }
+}
+
+impl From<SocketAddr> for Listen {
+    fn from(addr: SocketAddr) -> Listen {
+        Listen {
+            addr,
+            any_port_if_taken: false,
+        }
+    }
+}
+
 /// A server on a runtime and thread of its own.
 pub struct Server {
     addr: SocketAddr,
@@ -41,7 +84,7 @@ impl Server {
     /// `name`. `serve` should stop accepting once `shutdown` resolves.
     pub fn spawn<F, Fut>(
         name: &str,
-        addr: SocketAddr,
+        addr: impl Into<Listen>,
         workers: usize,
         serve: F,
     ) -> std::io::Result<Server>
@@ -49,7 +92,7 @@ impl Server {
         F: FnOnce(tokio::net::TcpListener, Shutdown) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + 'static,
     {
-        let listener = std::net::TcpListener::bind(addr)?;
+        let listener = addr.into().bind()?;
         listener.set_nonblocking(true)?;
         let local = listener.local_addr()?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -121,7 +164,7 @@ mod tests {
     fn a_stopped_server_no_longer_accepts_and_its_thread_is_joined() {
         let server = Server::spawn(
             "test-server",
-            ([127, 0, 0, 1], 0).into(),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
             1,
             |listener, shutdown| async move {
                 let accept = async {

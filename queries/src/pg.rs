@@ -733,7 +733,7 @@ pub async fn serve(
 /// wire cannot take more than two cores) until the returned [`Server`] is stopped; its
 /// [`Server::addr`] is the bound address (port 0 picks one).
 pub fn spawn(
-    addr: SocketAddr,
+    addr: impl Into<vendflow_ingest::server::Listen>,
     sql: Arc<Sql>,
     access: Option<Access>,
     tls: Option<TlsAcceptor>,

@@ -43,8 +43,8 @@ fn a_service_started_in_process_answers_over_http_and_postgres_and_stops_in_orde
         ..Config::default()
     };
     let config = ServiceConfig {
-        http: Some(([127, 0, 0, 1], 0).into()),
-        pg: Some(([127, 0, 0, 1], 0).into()),
+        http: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into()),
+        pg: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into()),
         access: Access::TokensWithAdmin(dir.path().join("tokens.jsonl")),
         archive: Some(ArchiveConfig::new(dir.path().join("archive"), &engine)),
         snapshot_every: Duration::from_millis(500),

@@ -58,11 +58,12 @@ pub fn spawn(
 /// own until the returned [`Server`] is stopped; `driver` is an MQTT event loop a
 /// [`Sink::Broker`] client needs polled. Errors are start-up errors: the address, the certificate.
 pub fn serve(
-    addr: std::net::SocketAddr,
+    addr: impl Into<crate::server::Listen>,
     tls: Option<&(std::path::PathBuf, std::path::PathBuf)>,
     app: Router,
     driver: Option<rumqttc::EventLoop>,
 ) -> Result<Server, ServeError> {
+    let addr: crate::server::Listen = addr.into();
     let tls = match tls {
         Some((cert, key)) => {
             // ring, the one provider built in; installing twice is harmless.
@@ -129,7 +130,7 @@ pub fn serve(
             }
         },
     )
-    .map_err(|e| ServeError::Bind(addr, e))?;
+    .map_err(|e| ServeError::Bind(addr.addr, e))?;
     tracing::info!("serving {scheme}://{}", server.addr());
     Ok(server)
 }
@@ -137,7 +138,7 @@ pub fn serve(
 /// Machines on HTTP in the embedded mode: verified like over MQTT, then published to the MQTT
 /// broker on 127.0.0.1:`broker_port`, from which the MQTT source takes them like any machine's.
 pub fn spawn_into_broker(
-    addr: std::net::SocketAddr,
+    addr: impl Into<crate::server::Listen>,
     tls: Option<&(std::path::PathBuf, std::path::PathBuf)>,
     broker_port: u16,
     verifier: Verifier,

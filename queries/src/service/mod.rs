@@ -32,7 +32,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use vendflow_dataflows::{Config, Engine, EngineError, ViewStore};
-use vendflow_ingest::server::Server;
+use vendflow_ingest::server::{Listen, Server};
 use vendflow_protocol::Timestamp;
 use vendflow_sinks::SinkError;
 use vendflow_sinks::archive::{Archive, ArchiveConfig};
@@ -53,9 +53,9 @@ pub struct ServiceConfig {
     pub engine: Config,
     /// The REST API, the views, SQL over HTTP and the dashboard (and, with a simulated source,
     /// machines' telemetry over HTTP); port 0 picks one.
-    pub http: Option<std::net::SocketAddr>,
+    pub http: Option<Listen>,
     /// SQL over the Postgres protocol; port 0 picks one.
-    pub pg: Option<std::net::SocketAddr>,
+    pub pg: Option<Listen>,
     /// (certificate chain, key) PEM files: HTTPS, and TLS for the Postgres endpoint.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Requests per second one token may make to the HTTP API (bursts of twice as many).
@@ -401,7 +401,7 @@ impl Service {
             });
             match crate::pg::spawn(addr, sql.clone(), access, pg_tls) {
                 Ok(server) => running.pg = Some(server),
-                Err(e) => return fail(running, ServiceError::Pg(addr, e)),
+                Err(e) => return fail(running, ServiceError::Pg(addr.addr, e)),
             }
         }
         let sweeper = {

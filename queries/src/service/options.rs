@@ -9,6 +9,8 @@ use vendflow_sinks::archive::ArchiveConfig;
 
 use vendflow_ingest::kafka::TELEMETRY_TOPIC;
 
+use vendflow_ingest::server::Listen;
+
 use super::{Access, Running, ServiceConfig, ServiceError, Simulation, Source};
 
 /// TLS and the API's rate limit, for both commands.
@@ -206,8 +208,8 @@ impl RunOptions {
     /// --insecure-open-api then) anyone who reaches the ports may use them.
     pub fn service(&self, engine: Config) -> (ServiceConfig, Source) {
         let service = ServiceConfig {
-            http: self.http,
-            pg: self.pg,
+            http: self.http.map(Listen::from),
+            pg: self.pg.map(Listen::from),
             tls: self.serve.tls_files(),
             api_rate: self.serve.api_rate,
             access: self.tokens.clone().map_or(Access::Open, Access::Tokens),
@@ -338,12 +340,9 @@ pub struct DemoOptions {
 impl DemoOptions {
     /// The service and its simulated source. The archive defaults to a new directory in the
     /// system's temporary one, where the admin token's file goes too; a taken HTTP or Postgres
-    /// port is replaced by any free one (`on_moved` hears which).
-    pub fn service(
-        &self,
-        engine: Config,
-        mut on_moved: impl FnMut(std::net::SocketAddr, std::net::SocketAddr),
-    ) -> Result<(ServiceConfig, Source), ServiceError> {
+    /// port is replaced by any free one when the service binds it ([`DemoOptions::banner`]
+    /// says which).
+    pub fn service(&self, engine: Config) -> (ServiceConfig, Source) {
         let default_root =
             std::env::temp_dir().join(format!("vendflow-demo-{}", std::process::id()));
         let archive = self.archive.config(
@@ -354,16 +353,9 @@ impl DemoOptions {
             .as_ref()
             .map(|a| a.root.clone())
             .unwrap_or_else(std::env::temp_dir);
-        let mut free_or_any = |addr| {
-            let (free, moved) = free_or_any(addr)?;
-            if moved {
-                on_moved(addr, free);
-            }
-            Ok::<_, ServiceError>(free)
-        };
         let service = ServiceConfig {
-            http: Some(free_or_any(self.http)?),
-            pg: Some(free_or_any(self.pg)?),
+            http: Some(Listen::or_any_port(self.http)),
+            pg: Some(Listen::or_any_port(self.pg)),
             tls: self.serve.tls_files(),
             api_rate: self.serve.api_rate,
             access: Access::TokensWithAdmin(token_dir.join("tokens.jsonl")),
@@ -379,7 +371,7 @@ impl DemoOptions {
             mqtt_port: self.mqtt_port,
             duration: self.duration.map(|d| Duration::from_secs_f64(d.max(0.0))),
         });
-        Ok((service, source))
+        (service, source)
     }
 
     /// What `vendflow demo` prints once started: every endpoint, the admin token, and commands
@@ -397,7 +389,12 @@ impl DemoOptions {
             ));
         };
         let from = running.simulated_from().unwrap_or_default();
-        let mut lines = vec![
+        let mut lines: Vec<String> = [(self.http, addr), (self.pg, pg)]
+            .into_iter()
+            .filter(|(asked, got)| asked.port() != 0 && asked != got)
+            .map(|(asked, got)| format!("{asked} is in use; using {got} instead"))
+            .collect();
+        lines.extend([
             format!(
                 "{} simulated machines at {}x from {from}, publishing to the embedded MQTT broker on {mqtt} (Ctrl-C to stop)",
                 self.machines, self.speed
@@ -417,7 +414,7 @@ impl DemoOptions {
                 pg.ip(),
                 pg.port()
             ),
-        ];
+        ]);
         if let Some(root) = running.archive_root() {
             lines.push(format!(
                 "Parquet archive in {} (export: vendflow export --archive {} --from DAY --to DAY --out DIR)",
@@ -430,19 +427,6 @@ impl DemoOptions {
             .map(|l| format!("vendflow demo: {l}"))
             .collect())
     }
-}
-
-/// `addr` when it is free, or any free port on its host when it is taken (and then `true`).
-fn free_or_any(addr: std::net::SocketAddr) -> Result<(std::net::SocketAddr, bool), ServiceError> {
-    let bound = match std::net::TcpListener::bind(addr) {
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            std::net::TcpListener::bind((addr.ip(), 0)).map(|l| (l, true))
-        }
-        other => other.map(|l| (l, false)),
-    };
-    bound
-        .and_then(|(listener, moved)| Ok((listener.local_addr()?, moved)))
-        .map_err(|e| ServiceError::Config(format!("cannot listen on {addr}: {e}")))
 }
 
 #[cfg(test)]
@@ -493,8 +477,11 @@ mod tests {
         assert_eq!(service.archive.map(|a| a.root), Some(PathBuf::from("a")));
     }
 
+    /// A demo's port that another process holds is replaced when the demo binds it (not by a
+    /// check beforehand, which a second demo starting at the same moment could overtake); a
+    /// `run`'s port never is.
     #[test]
-    fn a_taken_demo_port_is_replaced_and_told() {
+    fn a_taken_demo_port_is_replaced_at_the_bind() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = taken.local_addr().expect("addr");
         let Ok(Command::Demo(demo)) = parse(&[
@@ -508,16 +495,28 @@ mod tests {
         ]) else {
             panic!("demo parses");
         };
-        let mut moved = Vec::new();
-        let (service, _) = demo
-            .service(Config::default(), |from, to| moved.push((from, to)))
-            .expect("service");
+        let (service, _) = demo.service(Config::default());
         let http = service.http.expect("http");
-        assert_ne!(http, addr);
-        assert_eq!(moved, vec![(addr, http)]);
+        assert_eq!(http, Listen::or_any_port(addr));
+        let bound = http.bind().expect("any free port instead");
+        assert_ne!(bound.local_addr().expect("addr"), addr);
         assert!(
             matches!(service.access, Access::TokensWithAdmin(ref p) if p == &PathBuf::from("demo-archive/tokens.jsonl"))
         );
+        let Ok(Command::Run(run)) = parse(&[
+            "run",
+            "--kafka",
+            "k:9092",
+            "--insecure-open-api",
+            "--http",
+            &addr.to_string(),
+        ]) else {
+            panic!("run parses");
+        };
+        let (service, _) = run.service(Config::default());
+        let http = service.http.expect("http");
+        assert!(!http.any_port_if_taken);
+        assert!(http.bind().is_err(), "a run's taken port is an error");
     }
 
     #[test]

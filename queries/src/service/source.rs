@@ -261,7 +261,7 @@ impl Prepared {
     /// the embedded broker, verified like over MQTT).
     pub fn serve_http(
         &mut self,
-        addr: SocketAddr,
+        addr: vendflow_ingest::server::Listen,
         tls: Option<&(std::path::PathBuf, std::path::PathBuf)>,
         app: axum::Router,
     ) -> Result<Server, ServiceError> {
