@@ -384,18 +384,59 @@ fn run_kafka(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn publish(options: PublishOptions) -> anyhow::Result<()> {
-    let (mut fleet, end) = options.fleet(Timestamp::now())?;
+/// `--credentials-out` and `--registry-out` of `vendflow publish`.
+fn publish_setup(
+    fleet: &vendflow_firmware::Fleet,
+    options: &PublishOptions,
+) -> anyhow::Result<()> {
     if let Some(path) = &options.credentials_out {
         let mut creds = Credentials::default();
-        for (machine, hash) in mqtt_sim::simulated_credentials(&fleet, options.seed) {
+        for (machine, hash) in mqtt_sim::simulated_credentials(fleet, options.seed) {
             creds.insert(&machine, hash);
         }
         creds.save(path)?;
     }
     if let Some(path) = &options.registry_out {
-        vendflow_firmware::publish::write_registry(&fleet, path)?;
+        vendflow_firmware::publish::write_registry(fleet, path)?;
     }
+    Ok(())
+}
+
+/// `vendflow publish --controllers`: the real controller on every machine.
+fn publish_controllers(options: PublishOptions) -> anyhow::Result<()> {
+    let (mut controllers, end) = options.controllers(Timestamp::now())?;
+    publish_setup(controllers.fleet(), &options)?;
+    if options.dry_run {
+        return Ok(());
+    }
+    let stop = stop_flag()?;
+    let published =
+        vendflow_firmware::publish::publish_controllers(&options, &mut controllers, end, &stop)?;
+    let t = &controllers.tally;
+    eprintln!(
+        "publish: {} customers, {} receipts, {} units sold (${:.2}, {} offline sales), {} refunds (${:.2}), {} declined, {} jams, {} outages, {} power cuts",
+        t.customers,
+        t.receipts,
+        t.units_sold,
+        t.sold_cents as f64 / 100.0,
+        t.offline_sales,
+        t.refunds,
+        t.refunded_cents as f64 / 100.0,
+        t.declined,
+        t.jams,
+        t.outages,
+        t.power_cuts
+    );
+    outln!("{}", published.summary(&options));
+    Ok(())
+}
+
+fn publish(options: PublishOptions) -> anyhow::Result<()> {
+    if options.controllers {
+        return publish_controllers(options);
+    }
+    let (mut fleet, end) = options.fleet(Timestamp::now())?;
+    publish_setup(&fleet, &options)?;
     if options.dry_run {
         return Ok(());
     }

@@ -214,6 +214,7 @@ impl Scenario {
                     motor_current: rng
                         .random_bool(0.5)
                         .then(|| Milli(100 * rng.random_range(4..21))),
+                    controller: None,
                 })
             } else if roll < 80 {
                 EventKind::Sale(Sale {

@@ -125,13 +125,21 @@ impl FleetConfig {
     }
 }
 
-struct SimSlot {
-    number: u32,
-    product: &'static str,
-    price: Cents,
-    capacity: u32,
-    stock: u32,
-    popularity: f64,
+pub(crate) struct SimSlot {
+    pub(crate) number: u32,
+    pub(crate) product: &'static str,
+    pub(crate) price: Cents,
+    pub(crate) capacity: u32,
+    pub(crate) stock: u32,
+    /// How often customers choose it, relative to the machine's other slots.
+    pub(crate) popularity: f64,
+}
+
+/// A machine of the fleet as a controller is set up from it.
+pub(crate) struct Planogram<'a> {
+    pub(crate) id: &'a MachineId,
+    pub(crate) location_type: LocationType,
+    pub(crate) slots: &'a [SimSlot],
 }
 
 struct SimMachine {
@@ -156,9 +164,9 @@ struct SimMachine {
 }
 
 /// Peak transactions per hour of any location type (for thinning the Poisson process).
-const MAX_RATE: f64 = 6.0;
+pub(crate) const MAX_RATE: f64 = 6.0;
 
-fn sales_rate(kind: LocationType, t: Timestamp) -> f64 {
+pub(crate) fn sales_rate(kind: LocationType, t: Timestamp) -> f64 {
     let hour = t.hour();
     let weekend = t.weekday() >= 5;
     match kind {
@@ -339,6 +347,16 @@ impl Fleet {
         self.now
     }
 
+    /// Each machine's id, location type and slots, in fleet order (what a fleet of
+    /// controllers is built from).
+    pub(crate) fn planograms(&self) -> impl Iterator<Item = Planogram<'_>> {
+        self.machines.iter().map(|m| Planogram {
+            id: &m.id,
+            location_type: m.location_type,
+            slots: &m.slots,
+        })
+    }
+
     /// The simulated machines' ids, in fleet order.
     pub fn machine_ids(&self) -> impl Iterator<Item = &str> {
         self.machines.iter().map(|m| m.id.as_str())
@@ -392,7 +410,7 @@ impl Fleet {
     }
 }
 
-fn exp_ms(rng: &mut ChaCha8Rng, per_hour: f64) -> i64 {
+pub(crate) fn exp_ms(rng: &mut ChaCha8Rng, per_hour: f64) -> i64 {
     let u: f64 = rng.random_range(f64::EPSILON..1.0);
     ((-u.ln() / per_hour) * MS_PER_HOUR as f64) as i64 + 1
 }
@@ -501,6 +519,7 @@ impl SimMachine {
                 payment_module_status: Some(if card_failing { "degraded" } else { "ok" }.into()),
                 network_signal: Some(Milli(signal)),
                 motor_current: Some(Milli(motor - motor % 10)),
+                controller: None,
             }),
         );
     }

@@ -5,6 +5,8 @@
 //! clock that can run faster than real time.
 //!
 //! # Layout
+//! - [`controlled`]: a fleet of controllers: each simulated machine runs the real controller
+//!   core and outbox; customers, payments, sensors, outages and power cuts are simulated.
 //! - [`fleet`]: the registry of a simulated fleet and the machines' behaviour over time.
 //! - [`machine`]: one machine on the host: the controller's core (`vendflow-controller`) with
 //!   its outbox in a file, speaking the wire protocol.
@@ -12,6 +14,7 @@
 //! - [`publish`]: `vendflow publish`, a fleet publishing its span up to now over MQTT.
 //! - [`simulate`]: `vendflow simulate`, a fleet's registry and events written to files.
 
+pub mod controlled;
 pub mod fleet;
 pub mod machine;
 pub mod mqtt;

@@ -20,7 +20,7 @@
 use std::path::{Path, PathBuf};
 
 use vendflow_controller::file::FileLog;
-use vendflow_controller::outbox::{Opened, Outbox, OutboxError};
+use vendflow_controller::outbox::{Log, MemoryLog, Opened, Outbox, OutboxError};
 use vendflow_controller::vend::{Action, Answer, Input, Millis, Record, Vend};
 use vendflow_protocol::{
     AckStatus, Cents, CommandAck, Envelope, ErrorCode, ErrorEvent, Event, EventKind, MachineId,
@@ -29,11 +29,8 @@ use vendflow_protocol::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum MachineError {
-    #[error("the outbox {path}: {source}")]
-    Outbox {
-        path: PathBuf,
-        source: OutboxError<std::io::Error>,
-    },
+    #[error("the outbox {path}: {message}")]
+    Outbox { path: String, message: String },
     #[error("the outbox {path} cannot be opened: {source}")]
     Open {
         path: PathBuf,
@@ -43,15 +40,17 @@ pub enum MachineError {
     Record(String),
 }
 
-/// A machine: its id, its controller and its outbox.
-pub struct Machine {
+/// A machine: its id, its controller and its outbox (a file, or memory for a simulated
+/// fleet of thousands).
+pub struct Machine<L: Log = FileLog> {
     pub id: MachineId,
     pub vend: Vend,
-    outbox: Outbox<FileLog>,
-    path: PathBuf,
+    outbox: Outbox<L>,
+    /// Where the outbox is, for errors.
+    place: String,
 }
 
-impl Machine {
+impl Machine<FileLog> {
     /// Boots `vend` with the outbox at `path`: what the boot finishes (refunds of a cut cart, a
     /// firmware update's answer) is recorded first.
     pub fn open(
@@ -64,26 +63,77 @@ impl Machine {
             path: path.to_owned(),
             source,
         })?;
-        let (outbox, opened) = Outbox::open(log).map_err(|source| MachineError::Outbox {
-            path: path.to_owned(),
-            source,
-        })?;
+        Machine::boot(id, vend, log, path.display().to_string(), now)
+    }
+
+    /// The machine after a power cut: the controller as it was (the caller kept it), the outbox
+    /// as the file holds it.
+    pub fn reopen(self, now: Millis) -> Result<(Machine, Opened, Vec<Action>), MachineError> {
+        let Machine { id, vend, place, .. } = self;
+        Machine::open(id, vend, Path::new(&place), now)
+    }
+}
+
+impl Machine<MemoryLog> {
+    /// A machine whose outbox is in memory (a simulated one).
+    pub fn in_memory(
+        id: MachineId,
+        vend: Vend,
+        now: Millis,
+    ) -> Result<(Self, Vec<Action>), MachineError> {
+        let place = format!("in memory ({id})");
+        let (machine, _, actions) = Machine::boot(id, vend, MemoryLog::default(), place, now)?;
+        Ok((machine, actions))
+    }
+
+    /// The power goes and comes back: what was not synced is gone from the log, the
+    /// controller boots again (the caller's `vend` is what it had kept).
+    pub fn power_cut(self, now: Millis) -> Result<(Self, Opened, Vec<Action>), MachineError> {
+        let Machine {
+            id,
+            vend,
+            mut outbox,
+            place,
+        } = self;
+        let log = outbox.log_mut().after_power_cut();
+        Machine::boot(id, vend, log, place, now)
+    }
+}
+
+impl<L: Log> Machine<L>
+where
+    L::Error: std::fmt::Debug,
+{
+    /// Opens the outbox over `log` (a torn tail is cut off) and boots `vend`.
+    pub fn boot(
+        id: MachineId,
+        vend: Vend,
+        log: L,
+        place: String,
+        now: Millis,
+    ) -> Result<(Self, Opened, Vec<Action>), MachineError> {
+        let (outbox, opened) = Outbox::open(log).map_err(|e| outbox_error(&place, e))?;
         let mut machine = Machine {
             id,
             vend,
             outbox,
-            path: path.to_owned(),
+            place,
         };
         let booted = machine.vend.reboot();
         let rest = machine.perform(now, booted)?;
         Ok((machine, opened, rest))
     }
 
-    /// The machine after a power cut: the controller as it was (the caller kept it), the outbox
-    /// as the file holds it.
-    pub fn reopen(self, now: Millis) -> Result<(Machine, Opened, Vec<Action>), MachineError> {
-        let Machine { id, vend, path, .. } = self;
-        Machine::open(id, vend, &path, now)
+    /// A restart without a power cut (a `REBOOT` command, a firmware install): everything in
+    /// the log stays; the controller boots.
+    pub fn restart(&mut self, now: Millis) -> Result<Vec<Action>, MachineError> {
+        let booted = self.vend.reboot();
+        self.perform(now, booted)
+    }
+
+    /// Compacts the outbox once acknowledged records take more than `bytes`.
+    pub fn compact_at(&mut self, bytes: u64) {
+        self.outbox.set_compact_at(bytes);
     }
 
     /// One input: records are appended; the other actions are returned in order.
@@ -92,7 +142,8 @@ impl Machine {
         self.perform(now, actions)
     }
 
-    /// A heartbeat, appended without a sync of its own (the next sale's sync carries it).
+    /// A heartbeat, appended without a sync of its own (the next sale's sync, or the sync
+    /// before anything is sent, carries it).
     pub fn heartbeat(
         &mut self,
         now: Millis,
@@ -107,6 +158,7 @@ impl Machine {
             match action {
                 Action::Record(record) => {
                     self.append(now, kind_of(&record), true)?;
+                    rest.push(Action::Record(record));
                 }
                 Action::Answer { id, answer } => {
                     let (status, reason) = match &answer {
@@ -140,17 +192,24 @@ impl Machine {
         let given = self
             .outbox
             .push(body.as_bytes(), durable)
-            .map_err(|source| MachineError::Outbox {
-                path: self.path.clone(),
-                source,
-            })?;
+            .map_err(|e| outbox_error(&self.place, e))?;
         debug_assert_eq!(given, seq);
         Ok(seq)
     }
 
     /// Up to `max` of the oldest events not yet acknowledged, as one envelope, with the number
     /// of the last one (to acknowledge); None when everything was acknowledged.
-    pub fn envelope(&self, max: usize) -> Result<Option<(Envelope, u64)>, MachineError> {
+    ///
+    /// The outbox is synced first: an event leaves the machine only once it is durable, so a
+    /// power cut can never give a number the platform has seen to another event (heartbeats
+    /// are appended without a sync of their own).
+    pub fn envelope(&mut self, max: usize) -> Result<Option<(Envelope, u64)>, MachineError> {
+        if self.outbox.is_empty() {
+            return Ok(None);
+        }
+        self.outbox
+            .sync()
+            .map_err(|e| outbox_error(&self.place, e))?;
         let mut events = Vec::new();
         let mut last = 0;
         for entry in self.outbox.pending().take(max) {
@@ -182,15 +241,26 @@ impl Machine {
 
     /// The platform has every event up to `seq`.
     pub fn acknowledged(&mut self, seq: u64) -> Result<(), MachineError> {
-        self.outbox.ack(seq).map_err(|source| MachineError::Outbox {
-            path: self.path.clone(),
-            source,
-        })
+        self.outbox
+            .ack(seq)
+            .map_err(|e| outbox_error(&self.place, e))
     }
 
     /// Events waiting for the platform.
     pub fn pending(&self) -> usize {
         self.outbox.pending().count()
+    }
+
+    /// The number of the last event recorded.
+    pub fn last_seq(&self) -> u64 {
+        self.outbox.last_seq()
+    }
+}
+
+fn outbox_error<E: std::fmt::Debug>(place: &str, e: OutboxError<E>) -> MachineError {
+    MachineError::Outbox {
+        path: place.to_owned(),
+        message: e.to_string(),
     }
 }
 
@@ -306,7 +376,7 @@ mod tests {
         }
         // The chips are being vended when the power goes: the controller boots again from the
         // state it kept and the outbox file.
-        let (m, opened, _) = m.reopen(T0 + 9_000)?;
+        let (mut m, opened, _) = m.reopen(T0 + 9_000)?;
         assert_eq!(opened.torn_bytes, 0);
         let (envelope, last) = m
             .envelope(100)?
@@ -366,7 +436,7 @@ mod tests {
             .ok_or_else(|| anyhow::anyhow!("nothing to send"))?;
         assert_eq!((first.events.len(), last), (4, 4));
         m.acknowledged(last)?;
-        let (m, _, _) = m.reopen(T0 + 400_000)?;
+        let (mut m, _, _) = m.reopen(T0 + 400_000)?;
         let (rest, last) = m
             .envelope(100)?
             .ok_or_else(|| anyhow::anyhow!("nothing to send"))?;

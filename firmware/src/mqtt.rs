@@ -107,7 +107,7 @@ impl Outbox {
 /// catching up behind a restarted Kafka) so sees its backlog grow by the fleet's rate, not by
 /// a copy of everything every few seconds.
 #[derive(Default)]
-struct ResendTimer {
+pub(crate) struct ResendTimer {
     /// Smoothed round trip and its variation, once a receipt has been measured.
     srtt: Option<(Duration, Duration)>,
     /// Doublings since the last measured round trip, and when the last one was.
@@ -116,7 +116,7 @@ struct ResendTimer {
 }
 
 impl ResendTimer {
-    fn sample(&mut self, rtt: Duration) {
+    pub(crate) fn sample(&mut self, rtt: Duration) {
         self.srtt = Some(match self.srtt {
             None => (rtt, rtt / 2),
             Some((srtt, rttvar)) => {
@@ -128,7 +128,7 @@ impl ResendTimer {
         self.last_expiry = None;
     }
 
-    fn timeout(&self) -> Duration {
+    pub(crate) fn timeout(&self) -> Duration {
         let base = self
             .srtt
             .map_or(RESEND_AFTER, |(srtt, rttvar)| srtt + rttvar * 4)
@@ -138,7 +138,7 @@ impl ResendTimer {
 
     /// A message waited a whole timeout: the timer doubles, at most once per timeout (it is
     /// one timer for the connection, as TCP's, not one per message).
-    fn expired(&mut self, now: Instant) {
+    pub(crate) fn expired(&mut self, now: Instant) {
         if self
             .last_expiry
             .is_none_or(|at| now.duration_since(at) >= self.timeout())
@@ -197,6 +197,34 @@ impl Publisher {
         seed: u64,
         receipts: bool,
     ) -> Publisher {
+        Self::connect_as(host, port, client_id, seed, receipts, None)
+    }
+
+    /// [`Publisher::connect`] for machines with outboxes of their own: every delivery receipt
+    /// the platform sends (`machines/{id}/delivered`) is passed on to `receipts` and nothing
+    /// is sent again by the publisher (the machines send again what is not acknowledged).
+    /// Publish with [`Publisher::publish_tracked`].
+    pub fn connect_forwarding(
+        host: &str,
+        port: u16,
+        client_id: &str,
+        seed: u64,
+    ) -> (Publisher, std::sync::mpsc::Receiver<String>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        (
+            Self::connect_as(host, port, client_id, seed, false, Some(tx)),
+            rx,
+        )
+    }
+
+    fn connect_as(
+        host: &str,
+        port: u16,
+        client_id: &str,
+        seed: u64,
+        receipts: bool,
+        forward: Option<std::sync::mpsc::Sender<String>>,
+    ) -> Publisher {
         let mut options = MqttOptions::new(client_id, host, port);
         // A persistent session, as a machine keeps: after the broker restarts (even from a
         // `kill -9`, once its persistence file holds the session), what it had not acknowledged
@@ -246,7 +274,7 @@ impl Publisher {
                         Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
                             // Subscribed below, as soon as the request channel takes it (it
                             // may be full of publishes waiting for this very connection).
-                            filters = if outbox.is_some() {
+                            filters = if outbox.is_some() || forward.is_some() {
                                 vec![COMMANDS_FILTER, RECEIPTS]
                             } else {
                                 vec![COMMANDS_FILTER]
@@ -258,6 +286,12 @@ impl Publisher {
                         Ok(Ok(Event::Incoming(Packet::Publish(p))))
                             if Topic::Delivered.machine(&p.topic).is_some() =>
                         {
+                            if let Some(forward) = &forward {
+                                let receipts = String::from_utf8_lossy(&p.payload);
+                                for receipt in receipts.lines() {
+                                    let _ = forward.send(receipt.to_owned());
+                                }
+                            }
                             if let Some(outbox) = &outbox {
                                 let receipts = String::from_utf8_lossy(&p.payload);
                                 let mut outbox = outbox.lock().unwrap_or_else(|e| e.into_inner());
@@ -343,7 +377,25 @@ impl Publisher {
         self.send(envelope, Topic::Telemetry)
     }
 
-    fn send(&mut self, envelope: &Envelope, topic: Topic) -> Result<(), PublishError> {
+    /// Signs and publishes one envelope of a machine with its own outbox; returns the receipt
+    /// the platform will answer with once it is durable (see [`Publisher::connect_forwarding`]).
+    pub fn publish_tracked(&mut self, envelope: &Envelope) -> Result<String, PublishError> {
+        let body = self.sign(envelope);
+        let receipt = vendflow_protocol::topics::receipt(body.as_bytes());
+        self.client
+            .publish(
+                Topic::Telemetry.of(envelope.machine_id.as_str()),
+                QoS::AtLeastOnce,
+                false,
+                body,
+            )
+            .map_err(|e| PublishError::Mqtt(self.address.clone(), e.to_string()))?;
+        self.published += 1;
+        Ok(receipt)
+    }
+
+    /// The envelope signed with its machine's key, with a new nonce.
+    fn sign(&mut self, envelope: &Envelope) -> String {
         let machine = envelope.machine_id.as_str();
         let seed = self.seed;
         self.nonce += 1;
@@ -352,8 +404,12 @@ impl Publisher {
             .keys
             .entry(machine.to_owned())
             .or_insert_with(|| MachineKey::from_secret(&simulated_secret(seed, machine)));
-        let body = sign_envelope(envelope, key, Timestamp::now().0, &nonce);
-        let topic = topic.of(machine);
+        sign_envelope(envelope, key, Timestamp::now().0, &nonce)
+    }
+
+    fn send(&mut self, envelope: &Envelope, topic: Topic) -> Result<(), PublishError> {
+        let body = self.sign(envelope);
+        let topic = topic.of(envelope.machine_id.as_str());
         if let Some(outbox) = &self.outbox {
             outbox.lock().unwrap_or_else(|e| e.into_inner()).insert(
                 vendflow_protocol::topics::receipt(body.as_bytes()),

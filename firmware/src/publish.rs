@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use vendflow_protocol::Timestamp;
 use vendflow_protocol::units::MS_PER_HOUR;
 
+use crate::controlled::Controllers;
+use crate::controlled::ControlledConfig;
 use crate::mqtt::{self, PublishError, Publisher};
 use crate::{Fault, Fleet, FleetConfig};
 
@@ -59,6 +61,30 @@ pub struct PublishOptions {
     /// when the broker dies after acknowledging. Needs a bridge (not the demo's embedded broker).
     #[arg(long)]
     pub receipts: bool,
+    /// Run the real controller on every machine (`vendflow-controller`: the vend cycle and its
+    /// durable outbox) instead of the event simulator: customers fill carts and pay, cards are
+    /// declined, units jam and are refunded, machines lose their network (see
+    /// `--outage-share`) and their power. Each machine sends its outbox oldest first and
+    /// forgets an event only on the platform's delivery receipt (so it needs
+    /// `vendflow bridge`); what is not receipted in time it sends again.
+    #[arg(long)]
+    pub controllers: bool,
+    /// With --controllers: seconds between a machine's heartbeats.
+    #[arg(long, default_value_t = 30, requires = "controllers")]
+    pub heartbeat_secs: u32,
+    /// With --controllers: the share of machines that lose their network once, for a random
+    /// time of up to --max-outage-hours (ending at least an hour before the span does).
+    #[arg(long, default_value_t = 0.1, requires = "controllers")]
+    pub outage_share: f64,
+    #[arg(long, default_value_t = 24.0, requires = "controllers")]
+    pub max_outage_hours: f64,
+    /// With --controllers: the share of machines whose power is cut once.
+    #[arg(long, default_value_t = 0.02, requires = "controllers")]
+    pub power_cut_share: f64,
+    /// With --controllers: a machine sends what its outbox holds at most once per this many
+    /// simulated seconds (0: at once). Fewer, larger envelopes for a long span at full speed.
+    #[arg(long, default_value_t = 0, requires = "controllers")]
+    pub batch_secs: u32,
 }
 
 /// `N:H` of `--outage`.
@@ -76,6 +102,42 @@ fn parse_outage(text: &str) -> Result<(usize, u32), String> {
 }
 
 impl PublishOptions {
+    /// The fleet of controllers to publish (`--controllers`), and the end of its span.
+    pub fn controllers(
+        &self,
+        now: Timestamp,
+    ) -> Result<(Controllers, Timestamp), PublishError> {
+        if self.machines == 0 || self.hours.is_nan() || self.hours <= 0.0 {
+            return Err(PublishError::Invalid(
+                "--machines and --hours must be positive".into(),
+            ));
+        }
+        if !self.outage.is_empty() {
+            return Err(PublishError::Invalid(
+                "--outage is for the event simulator; with --controllers use --outage-share".into(),
+            ));
+        }
+        let share = |name: &str, x: f64| {
+            if (0.0..=1.0).contains(&x) {
+                Ok(x)
+            } else {
+                Err(PublishError::Invalid(format!("{name} {x} is not between 0 and 1")))
+            }
+        };
+        let end = now.0 - now.0.rem_euclid(60_000);
+        let start = Timestamp(end - (self.hours * MS_PER_HOUR as f64) as i64);
+        let mut config = ControlledConfig::new(self.machines, self.seed, start, Timestamp(end));
+        config.heartbeat_ms = i64::from(self.heartbeat_secs.max(1)) * 1000;
+        config.outages = share("--outage-share", self.outage_share)?;
+        config.power_cuts = share("--power-cut-share", self.power_cut_share)?;
+        config.max_outage_ms = (self.max_outage_hours.max(0.0) * MS_PER_HOUR as f64) as i64;
+        config.first_number = u64::try_from(now.0).unwrap_or(0).saturating_mul(1000);
+        config.batch_ms = i64::from(self.batch_secs) * 1000;
+        let fleet = Controllers::new(config)
+            .map_err(|e| PublishError::Invalid(format!("the controllers cannot start: {e}")))?;
+        Ok((fleet, Timestamp(end)))
+    }
+
     /// The fleet to publish and the end of its span: the whole minute before `now`. Its machines'
     /// numbers continue from `now`, as firmware's do across restarts.
     pub fn fleet(&self, now: Timestamp) -> Result<(Fleet, Timestamp), PublishError> {
@@ -135,7 +197,7 @@ impl Published {
             self.events,
             options.machines,
             self.elapsed.as_secs_f64(),
-            if options.receipts {
+            if options.receipts || options.controllers {
                 "receipted (durable in Kafka) through"
             } else {
                 "acknowledged by"
@@ -215,6 +277,149 @@ pub fn publish(
         answered,
         elapsed: started.elapsed(),
     })
+}
+
+/// Publishes a fleet of controllers (`--controllers`) up to `end`: the simulated clock runs
+/// at `--speed` (or as fast as the machines' outboxes drain), every machine sends what its
+/// outbox holds, forgets it on the platform's delivery receipt and sends again what waits too
+/// long (the resend timer follows the receipts' round trips, as TCP's does). Commands from
+/// the platform go to the machines' controllers, whose answers are events of their outboxes.
+/// Ends once every outbox is empty, or fails after [`FINISH_TIMEOUT`] of waiting at the end.
+pub fn publish_controllers(
+    options: &PublishOptions,
+    fleet: &mut Controllers,
+    end: Timestamp,
+    stop: &AtomicBool,
+) -> Result<Published, PublishError> {
+    let (host, port) = mqtt::broker_address(&options.mqtt).ok_or_else(|| {
+        PublishError::Invalid(format!("--mqtt {:?} is not HOST:PORT", options.mqtt))
+    })?;
+    let client_id = format!("vendflow-controllers-{}", std::process::id());
+    let (mut publisher, receipts) =
+        Publisher::connect_forwarding(host, port, &client_id, options.seed);
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| PublishError::Io { path, source }
+    };
+    let mut record = match &options.record {
+        Some(path) => Some((
+            std::io::BufWriter::new(std::fs::File::create(path).map_err(io(path))?),
+            path,
+        )),
+        None => None,
+    };
+    let machine_error = |e: crate::machine::MachineError| PublishError::Invalid(e.to_string());
+    let started = Instant::now();
+    let begin = fleet.now();
+    let mut timer = mqtt::ResendTimer::default();
+    // Receipt → (machine, last event number, when it was sent).
+    let mut sent: std::collections::HashMap<String, (usize, u64, Instant)> = Default::default();
+    let (mut events, mut write_error) = (0u64, None);
+    let mut reached_end: Option<Instant> = None;
+    let mut last_report = Instant::now();
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let elapsed = started.elapsed();
+        let target = match options.speed {
+            Some(speed) => begin.0 + (elapsed.as_secs_f64() * speed * 1000.0) as i64,
+            // As fast as the machines are receipted: a simulated minute a round.
+            None => fleet.now().0 + 60_000,
+        }
+        .min(end.0);
+        fleet.advance(Timestamp(target)).map_err(machine_error)?;
+        for command in publisher.take_commands() {
+            let id = command.command_id.clone();
+            let machine = command.machine_id.clone();
+            if let Some(command) = controller_command(&command.action)
+                && !fleet.command(&machine, id, command).map_err(machine_error)?
+            {
+                tracing::warn!(machine_id = %machine, "a command for a machine not in this fleet");
+            }
+        }
+        let wall = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+        let resend_after = u64::try_from(timer.timeout().as_millis()).unwrap_or(u64::MAX);
+        let ready = fleet
+            .ready(wall, resend_after, target >= end.0, |e| {
+                events += 1;
+                if let Some((w, _)) = record.as_mut()
+                    && let Err(err) = writeln!(w, "{}", e.to_json_line())
+                {
+                    write_error.get_or_insert(err);
+                }
+            })
+            .map_err(machine_error)?;
+        for (i, envelope, last) in ready {
+            let receipt = publisher.publish_tracked(&envelope)?;
+            sent.insert(receipt, (i, last, Instant::now()));
+        }
+        for receipt in receipts.try_iter() {
+            if let Some((i, last, at)) = sent.remove(&receipt) {
+                timer.sample(at.elapsed());
+                fleet.acknowledged(i, last).map_err(machine_error)?;
+            }
+        }
+        // Sends that were overtaken (sent again since) no longer wait for their receipts.
+        if sent.len() > 4 * fleet.len() + 1024 {
+            let stale = timer.timeout() * 4;
+            sent.retain(|_, (_, _, at)| at.elapsed() < stale);
+        }
+        if sent.values().any(|(_, _, at)| at.elapsed() >= timer.timeout()) {
+            timer.expired(Instant::now());
+        }
+        if last_report.elapsed() >= Duration::from_secs(5) {
+            last_report = Instant::now();
+            tracing::info!(
+                simulated = %fleet.now(),
+                pending = fleet.pending(),
+                offline = fleet.offline(),
+                "controllers publishing"
+            );
+        }
+        if target >= end.0 {
+            if fleet.pending() == 0 {
+                break;
+            }
+            let since = *reached_end.get_or_insert_with(Instant::now);
+            if since.elapsed() > FINISH_TIMEOUT {
+                return Err(PublishError::Undelivered {
+                    outstanding: fleet.pending() as u64,
+                    waited: since.elapsed(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        } else if options.speed.is_some() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    if let Some((mut w, path)) = record {
+        match write_error {
+            Some(e) => return Err(io(path)(e)),
+            None => w.flush().map_err(io(path))?,
+        }
+    }
+    let envelopes = publisher.finish(FINISH_TIMEOUT)?;
+    Ok(Published {
+        envelopes,
+        events,
+        answered: 0,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// A platform command as the controller takes it (None for one it does not know).
+fn controller_command(
+    action: &vendflow_protocol::Action,
+) -> Option<vendflow_controller::vend::Command> {
+    use vendflow_controller::vend::Command;
+    match action {
+        vendflow_protocol::Action::UpdatePrice {
+            slot_number,
+            new_price,
+        } => Some(Command::UpdatePrice {
+            slot: *slot_number,
+            price: u64::try_from(new_price.0).ok()?,
+        }),
+        vendflow_protocol::Action::Reboot => Some(Command::Reboot),
+    }
 }
 
 #[cfg(test)]

@@ -85,6 +85,8 @@ pub struct Outbox<L: Log> {
     /// The log's length, and how much of it is acknowledged records.
     len: u64,
     acked_bytes: u64,
+    /// Compaction threshold ([`COMPACT_AT`] unless set).
+    compact_at: u64,
 }
 
 /// One record's bytes.
@@ -180,6 +182,7 @@ impl<L: Log> Outbox<L> {
             last,
             len: at as u64,
             acked_bytes,
+            compact_at: COMPACT_AT,
         };
         Ok((
             outbox,
@@ -258,7 +261,7 @@ impl<L: Log> Outbox<L> {
                 self.acked_bytes += (HEADER + e.body.len()) as u64;
             }
         }
-        if self.acked_bytes > COMPACT_AT {
+        if self.acked_bytes > self.compact_at {
             self.compact()?;
         }
         Ok(())
@@ -277,6 +280,12 @@ impl<L: Log> Outbox<L> {
     }
 
     /// The log underneath (to read it in tests).
+    /// Compacts once acknowledged records take more than `bytes` (a controller with little
+    /// RAM for its log's page cache, or a simulator holding thousands of logs in memory).
+    pub fn set_compact_at(&mut self, bytes: u64) {
+        self.compact_at = bytes;
+    }
+
     pub fn log_mut(&mut self) -> &mut L {
         &mut self.log
     }
@@ -292,6 +301,20 @@ pub struct MemoryLog {
 }
 
 impl MemoryLog {
+    /// An empty log whose first event will be numbered `after + 1` (a machine's numbers go on
+    /// from where its previous log left them).
+    pub fn with_first_number(after: u64) -> MemoryLog {
+        let bytes = if after > 0 {
+            encode(after, ACKED, &[])
+        } else {
+            Vec::new()
+        };
+        MemoryLog {
+            synced: bytes.len(),
+            bytes,
+        }
+    }
+
     /// The log after a power cut: only what was synced.
     pub fn after_power_cut(&self) -> MemoryLog {
         MemoryLog {

@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use crate::command::{AckStatus, CommandAck};
 pub use crate::error::{DecodeError, ErrorKind};
 use crate::event::{
-    DoorStatus, ErrorCode, ErrorEvent, Event, EventKind, Heartbeat, Refund, Restock, Sale,
+    ControllerStatus, DoorStatus, ErrorCode, ErrorEvent, Event, EventKind, Heartbeat, Refund, Restock, Sale,
     Settlement, SettlementStatus,
 };
 use crate::registry::{
@@ -116,6 +116,10 @@ struct RawHeartbeat<'a> {
     network_signal: Option<&'a RawValue>,
     #[serde(borrow, default)]
     motor_current: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    firmware_version: Option<Str<'a>>,
+    #[serde(default)]
+    uptime_secs: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -495,6 +499,12 @@ fn heartbeat_of(h: RawHeartbeat) -> Result<Heartbeat, DecodeError> {
         payment_module_status: h.payment_module_status.map(|s| s.0.into_owned()),
         network_signal: reading("networkSignal", h.network_signal)?,
         motor_current: reading("motorCurrent", h.motor_current)?,
+        controller: (h.firmware_version.is_some() || h.uptime_secs.is_some()).then(|| {
+            Box::new(ControllerStatus {
+                firmware_version: h.firmware_version.map(|v| Text::from(v.0.as_ref())),
+                uptime_secs: h.uptime_secs,
+            })
+        }),
     })
 }
 

@@ -74,6 +74,18 @@ pub struct Heartbeat {
     pub network_signal: Option<Milli>,
     /// Vend motor current in mA.
     pub motor_current: Option<Milli>,
+    /// The controller's firmware version and uptime, when it says (boxed: the event stays as
+    /// small as a heartbeat without them).
+    pub controller: Option<Box<ControllerStatus>>,
+}
+
+/// What a controller's heartbeat says of the controller itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ControllerStatus {
+    /// `firmwareVersion`.
+    pub firmware_version: Option<Text>,
+    /// `uptimeSecs`: seconds since the controller booted.
+    pub uptime_secs: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -267,6 +279,14 @@ impl Event {
                 }
                 if let Some(c) = h.motor_current {
                     p.insert("motorCurrent".into(), decimal(c));
+                }
+                if let Some(c) = &h.controller {
+                    if let Some(v) = &c.firmware_version {
+                        p.insert("firmwareVersion".into(), v.as_str().into());
+                    }
+                    if let Some(u) = c.uptime_secs {
+                        p.insert("uptimeSecs".into(), u.into());
+                    }
                 }
                 Value::Object(p)
             }

@@ -29,7 +29,7 @@ pub mod units;
 pub use command::{AckStatus, Action, Command, CommandAck};
 pub use error::{DecodeError, ErrorKind};
 pub use event::{
-    DoorStatus, Envelope, ErrorCode, ErrorEvent, Event, EventKind, Heartbeat, Refund, Restock,
+    ControllerStatus, DoorStatus, Envelope, ErrorCode, ErrorEvent, Event, EventKind, Heartbeat, Refund, Restock,
     Sale, Settlement, SettlementStatus,
 };
 pub use registry::{

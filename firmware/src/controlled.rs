@@ -1,0 +1,830 @@
+//! A fleet of controllers: every simulated machine runs the real controller core
+//! ([`vendflow_controller::vend`]) with its outbox ([`crate::machine::Machine`]), and only the
+//! world around it is simulated: customers who fill a cart and pay (or give up), the payment
+//! network, the drop sensor (a jam now and then), the service crew, network outages and power
+//! cuts.
+//!
+//! The machines, their planograms, locations and leases are those of a [`Fleet`] of the same
+//! seed (so the registry is the same), and customers arrive at the fleet's rates by location
+//! type and hour. Every machine draws from its own seeded RNG and wakes on its own schedule, so
+//! a run is the same however time is sliced into [`Controllers::advance`] calls.
+//!
+//! What leaves a machine is what its outbox holds, oldest first ([`Controllers::ready`]); the
+//! platform's acknowledgement ([`Controllers::acknowledged`]) is the only thing that removes it.
+//! A machine that is offline (an outage) sends nothing, sells by card up to the controller's
+//! offline rules, and sends what it kept when the network returns. A power cut loses what was
+//! not yet synced to the log; nothing sent is ever renumbered (the outbox syncs before sending).
+
+use std::collections::{BinaryHeap, VecDeque};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use vendflow_controller::outbox::MemoryLog;
+use vendflow_controller::vend::{
+    Action, Input, Message, Method, Millis, Record, Slot as ControllerSlot, Vend,
+};
+use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR};
+use vendflow_protocol::{
+    ControllerStatus, DoorStatus, Envelope, Heartbeat, LocationType, MachineId, Milli, Text,
+    Timestamp,
+};
+
+use crate::fleet::{Fleet, FleetConfig, MAX_RATE, exp_ms, sales_rate};
+use crate::machine::{Machine, MachineError};
+
+/// The firmware the simulated controllers run.
+pub const FIRMWARE_VERSION: &str = "3.0.0";
+
+/// Events per envelope at most.
+pub const ENVELOPE_EVENTS: usize = 200;
+
+/// No customer comes in the last minutes of the span.
+const CLOSING_MS: Millis = 5 * 60_000;
+
+/// Acknowledged bytes an in-memory outbox keeps before it compacts (a file keeps 64 KiB).
+const COMPACT_AT: u64 = 4 * 1024;
+
+/// How the world around the controllers behaves.
+#[derive(Clone, Debug)]
+pub struct ControlledConfig {
+    pub machines: usize,
+    pub seed: u64,
+    pub slots: u32,
+    /// The simulated clock's start.
+    pub start: Timestamp,
+    /// Outages and power cuts happen before this (the end of the span), so that by then every
+    /// machine is back online and can send what it kept.
+    pub end: Timestamp,
+    pub heartbeat_ms: Millis,
+    /// Customers an hour, relative to the fleet's rates by location type and hour (1.0: the
+    /// same).
+    pub demand: f64,
+    /// Chance that a unit does not drop (each try; a unit that fails twice is refunded).
+    pub jam: f64,
+    /// Chance that the payment network declines a card.
+    pub decline: f64,
+    /// Share of machines that lose their network once, for up to `max_outage_ms`.
+    pub outages: f64,
+    pub max_outage_ms: Millis,
+    /// Share of machines whose power is cut once, at a random moment.
+    pub power_cuts: f64,
+    /// Each machine's first event number is after this (event numbers never repeat across
+    /// runs of the same machine ids: use the time the run starts).
+    pub first_number: u64,
+    /// A machine online sends what its outbox holds at most once per this much simulated
+    /// time (0: as soon as it has something); what waits for an acknowledgement is sent again
+    /// on the caller's timer regardless.
+    pub batch_ms: Millis,
+}
+
+impl ControlledConfig {
+    /// `machines` controllers over `start..end`, with the default world.
+    pub fn new(machines: usize, seed: u64, start: Timestamp, end: Timestamp) -> ControlledConfig {
+        ControlledConfig {
+            machines,
+            seed,
+            slots: 30,
+            start,
+            end,
+            heartbeat_ms: 30_000,
+            demand: 1.0,
+            jam: 0.01,
+            decline: 0.04,
+            outages: 0.1,
+            max_outage_ms: 24 * MS_PER_HOUR,
+            power_cuts: 0.02,
+            first_number: 0,
+            batch_ms: 0,
+        }
+    }
+}
+
+/// What the fleet's customers, payments and machines did, counted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub customers: u64,
+    /// Carts paid (a receipt printed).
+    pub receipts: u64,
+    /// Units sold, and their amount in cents (sale records, online and offline).
+    pub units_sold: u64,
+    pub sold_cents: u64,
+    pub offline_sales: u64,
+    /// Refund records and their amount.
+    pub refunds: u64,
+    pub refunded_cents: u64,
+    /// Money taken (online captures and offline charges), and approvals given back.
+    pub charged_cents: u64,
+    pub voided_cents: u64,
+    pub declined: u64,
+    pub jams: u64,
+    pub restocks: u64,
+    pub heartbeats: u64,
+    pub outages: u64,
+    pub power_cuts: u64,
+    /// Customers turned away: sold out, over the floor limit, the offline limit reached.
+    pub turned_away: u64,
+}
+
+/// One machine and the world it sees.
+struct Unit {
+    machine: Machine<MemoryLog>,
+    rng: ChaCha8Rng,
+    location_type: LocationType,
+    /// Per slot (in planogram order): how often it is chosen, and what a full slot holds.
+    popularity: Vec<f64>,
+    capacity: Vec<u32>,
+    booted_at: Millis,
+    next_customer: Millis,
+    next_heartbeat: Millis,
+    next_visit: Millis,
+    /// Inputs due at a time (the customer's next press, the network's answer, the sensor).
+    due: VecDeque<(Millis, Input)>,
+    /// The network's outage, if it has one.
+    outage: Option<(Millis, Millis)>,
+    power_cut: Option<Millis>,
+    online: bool,
+    /// The controller asked to sync: answered once the outbox is empty and the machine online.
+    sync_wanted: bool,
+    /// What was sent and not yet acknowledged: the last event number, and when (wall clock of
+    /// the caller, in ms) it was sent.
+    in_flight: Option<(u64, u64)>,
+    /// Events up to this number were given out once already (for recording what was sent).
+    given_through: u64,
+    /// The customer declined once already (they try another card once).
+    retried: bool,
+    /// When (simulated) it last sent something new.
+    last_sent: Millis,
+    /// The controller asked to restart (a command, a firmware install): when it does.
+    restart: Option<Millis>,
+}
+
+/// The fleet of controllers and its simulated clock.
+pub struct Controllers {
+    now: Millis,
+    units: Vec<Unit>,
+    /// When each machine next wakes: (time, index), earliest first.
+    wakes: BinaryHeap<std::cmp::Reverse<(Millis, usize)>>,
+    fleet: Fleet,
+    config: ControlledConfig,
+    pub tally: Tally,
+}
+
+impl Controllers {
+    pub fn new(config: ControlledConfig) -> Result<Controllers, MachineError> {
+        let fleet = Fleet::new(&FleetConfig {
+            machines: config.machines,
+            seed: config.seed,
+            start: config.start,
+            slots: config.slots,
+            first_number: config.first_number,
+            ..FleetConfig::default()
+        });
+        let start = config.start.0;
+        let span = (config.end.0 - start).max(1);
+        let mut units = Vec::with_capacity(config.machines);
+        let mut wakes = BinaryHeap::with_capacity(config.machines);
+        for (i, plan) in fleet.planograms().enumerate() {
+            let mut rng = ChaCha8Rng::seed_from_u64(
+                config.seed ^ 0xC0_47_20_11 ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            );
+            let slots: Vec<ControllerSlot> = plan
+                .slots
+                .iter()
+                .map(|s| ControllerSlot {
+                    code: s.number,
+                    product: s.product.to_owned(),
+                    price: u64::try_from(s.price.0).unwrap_or(0),
+                    stock: s.stock,
+                    jammed: false,
+                })
+                .collect();
+            let mut vend = Vend::new(slots);
+            vend.firmware = FIRMWARE_VERSION.to_owned();
+            // Transaction ids are `txn_{boot}_{n}`: a run's boots start at its start second, so
+            // a fleet simulated again later does not reuse them.
+            vend.boot = u32::try_from(config.first_number / 1_000_000).unwrap_or(0);
+            let log = MemoryLog::with_first_number(config.first_number);
+            let (mut machine, _, actions) = Machine::boot(
+                plan.id.clone(),
+                vend,
+                log,
+                format!("in memory ({})", plan.id),
+                start,
+            )?;
+            machine.compact_at(COMPACT_AT);
+            // An outage ends at least an hour before the end of the span.
+            let room = span - MS_PER_HOUR;
+            let outage = (rng.random_bool(config.outages.clamp(0.0, 1.0)) && room > MS_PER_HOUR / 4)
+                .then(|| {
+                    let longest = config.max_outage_ms.min(room).max(MS_PER_HOUR / 4);
+                    let length = rng.random_range(MS_PER_HOUR / 4..=longest);
+                    let from = start + rng.random_range(0..=room - length);
+                    (from, from + length)
+                });
+            let power_cut = rng
+                .random_bool(config.power_cuts.clamp(0.0, 1.0))
+                .then(|| start + rng.random_range(0..span));
+            let mut unit = Unit {
+                machine,
+                location_type: plan.location_type,
+                popularity: plan.slots.iter().map(|s| s.popularity).collect(),
+                capacity: plan.slots.iter().map(|s| s.capacity).collect(),
+                booted_at: start,
+                next_customer: start + exp_ms(&mut rng, MAX_RATE * config.demand.max(1e-6)),
+                next_heartbeat: start + rng.random_range(0..config.heartbeat_ms.max(1)),
+                next_visit: start + rng.random_range(0..MS_PER_DAY),
+                due: VecDeque::new(),
+                outage,
+                power_cut,
+                online: false,
+                sync_wanted: false,
+                in_flight: None,
+                given_through: config.first_number,
+                retried: false,
+                restart: None,
+                last_sent: Millis::MIN,
+                rng,
+            };
+            let mut tally = Tally::default();
+            unit.carry_out(start, actions, &config, &mut tally);
+            wakes.push(std::cmp::Reverse((start, i)));
+            units.push(unit);
+        }
+        Ok(Controllers {
+            now: start,
+            units,
+            wakes,
+            fleet,
+            config,
+            tally: Tally::default(),
+        })
+    }
+
+    /// The fleet whose registry and credentials these machines have.
+    pub fn fleet(&self) -> &Fleet {
+        &self.fleet
+    }
+
+    pub fn now(&self) -> Timestamp {
+        Timestamp(self.now)
+    }
+
+    pub fn len(&self) -> usize {
+        self.units.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.units.is_empty()
+    }
+
+    /// Runs every machine up to `to` (simulated ms).
+    pub fn advance(&mut self, to: Timestamp) -> Result<(), MachineError> {
+        while let Some(&std::cmp::Reverse((at, i))) = self.wakes.peek() {
+            if at > to.0 {
+                break;
+            }
+            self.wakes.pop();
+            let Some(unit) = self.units.get_mut(i) else {
+                continue;
+            };
+            let next = unit.wake(at, &self.config, &mut self.tally)?;
+            self.wakes.push(std::cmp::Reverse((next.max(at + 1), i)));
+        }
+        self.now = self.now.max(to.0);
+        Ok(())
+    }
+
+    /// What machines send now: for each one online with events waiting and nothing in flight
+    /// (or in flight for longer than `resend_after_ms` of the caller's clock `wall_ms`), its
+    /// oldest events as one envelope, with the machine's index and the number of its last
+    /// event (to acknowledge). `first_time` gets the events never given out before (what an
+    /// oracle should count). With `flush` (the span is over), machines send what they hold
+    /// without waiting for their next batch.
+    pub fn ready(
+        &mut self,
+        wall_ms: u64,
+        resend_after_ms: u64,
+        flush: bool,
+        mut first_time: impl FnMut(&vendflow_protocol::Event),
+    ) -> Result<Vec<(usize, Envelope, u64)>, MachineError> {
+        let mut out = Vec::new();
+        for (i, unit) in self.units.iter_mut().enumerate() {
+            if !unit.online {
+                continue;
+            }
+            match unit.in_flight {
+                Some((_, sent)) if wall_ms.saturating_sub(sent) < resend_after_ms => continue,
+                Some(_) => {}
+                None if !flush
+                    && self.now.saturating_sub(unit.last_sent) < self.config.batch_ms =>
+                {
+                    continue;
+                }
+                None => unit.last_sent = self.now,
+            }
+            let Some((envelope, last)) = unit.machine.envelope(ENVELOPE_EVENTS)? else {
+                continue;
+            };
+            for e in &envelope.events {
+                if e.seq.is_some_and(|s| s > unit.given_through) {
+                    first_time(e);
+                }
+            }
+            unit.given_through = unit.given_through.max(last);
+            unit.in_flight = Some((last, wall_ms));
+            out.push((i, envelope, last));
+        }
+        Ok(out)
+    }
+
+    /// The platform has machine `i`'s events up to `seq`.
+    pub fn acknowledged(&mut self, i: usize, seq: u64) -> Result<(), MachineError> {
+        let Some(unit) = self.units.get_mut(i) else {
+            return Ok(());
+        };
+        unit.machine.acknowledged(seq)?;
+        if unit.in_flight.is_some_and(|(last, _)| last <= seq) {
+            unit.in_flight = None;
+        }
+        if unit.sync_wanted && unit.online && unit.machine.pending() == 0 {
+            unit.sync_wanted = false;
+            let actions = unit.machine.handle(self.now, Input::Synced)?;
+            unit.carry_out(self.now, actions, &self.config, &mut self.tally);
+        }
+        Ok(())
+    }
+
+    /// A command from the platform for the machine `id`, handled at the fleet's clock; false
+    /// when no machine of the fleet has that id.
+    pub fn command(
+        &mut self,
+        id: &MachineId,
+        command_id: String,
+        command: vendflow_controller::vend::Command,
+    ) -> Result<bool, MachineError> {
+        let Some(unit) = self.units.iter_mut().find(|u| &u.machine.id == id) else {
+            return Ok(false);
+        };
+        let input = Input::Command {
+            id: command_id,
+            command,
+        };
+        let actions = unit.machine.handle(self.now, input)?;
+        unit.carry_out(self.now, actions, &self.config, &mut self.tally);
+        Ok(true)
+    }
+
+    /// Events every machine still holds for the platform.
+    pub fn pending(&self) -> usize {
+        self.units.iter().map(|u| u.machine.pending()).sum()
+    }
+
+    /// Machines offline now.
+    pub fn offline(&self) -> usize {
+        self.units.iter().filter(|u| !u.online).count()
+    }
+
+    /// The controllers, in fleet order (for tests and inspection).
+    pub fn vends(&self) -> impl Iterator<Item = &Vend> {
+        self.units.iter().map(|u| &u.machine.vend)
+    }
+}
+
+impl Unit {
+    /// Everything due by `now`; returns when the machine next needs waking.
+    fn wake(
+        &mut self,
+        now: Millis,
+        config: &ControlledConfig,
+        tally: &mut Tally,
+    ) -> Result<Millis, MachineError> {
+        // The power goes: what was not synced is lost, the controller boots again.
+        if self.power_cut.is_some_and(|t| t <= now) {
+            self.power_cut = None;
+            tally.power_cuts += 1;
+            let stand_in = placeholder(&self.machine.id, now)?;
+            let machine = std::mem::replace(&mut self.machine, stand_in);
+            let (mut machine, _, actions) = machine.power_cut(now)?;
+            machine.compact_at(COMPACT_AT);
+            self.machine = machine;
+            self.booted_at = now;
+            self.online = false;
+            self.in_flight = None;
+            // The cart's customer has gone; the network's answers for it will not come.
+            self.due.clear();
+            self.carry_out(now, actions, config, tally);
+        }
+        if self.restart.is_some_and(|t| t <= now) {
+            self.restart = None;
+            let actions = self.machine.restart(now)?;
+            self.booted_at = now;
+            self.online = false;
+            self.in_flight = None;
+            self.carry_out(now, actions, config, tally);
+        }
+        let should_be_online = !self.outage.is_some_and(|(from, to)| from <= now && now < to);
+        if should_be_online != self.online {
+            if !should_be_online {
+                tally.outages += 1;
+            }
+            self.online = should_be_online;
+            if !should_be_online {
+                self.in_flight = None;
+            }
+            self.input(now, Input::Network(should_be_online), config, tally)?;
+        }
+        while let Some((at, _)) = self.due.front() {
+            if *at > now {
+                break;
+            }
+            let Some((_, input)) = self.due.pop_front() else {
+                break;
+            };
+            self.input(now, input, config, tally)?;
+        }
+        if self.next_customer <= now {
+            let rate = sales_rate(self.location_type, Timestamp(now)) / MAX_RATE;
+            // The last customers come 5 minutes before the end, so every cart is done by then.
+            let open = now < config.end.0 - CLOSING_MS;
+            if open && self.rng.random_bool(rate.clamp(0.0, 1.0)) {
+                self.customer(now, tally);
+            }
+            self.next_customer += exp_ms(&mut self.rng, MAX_RATE * config.demand.max(1e-6));
+        }
+        if self.next_heartbeat <= now {
+            self.heartbeat(now)?;
+            tally.heartbeats += 1;
+            self.next_heartbeat += config.heartbeat_ms.max(1);
+        }
+        if self.next_visit <= now {
+            self.visit(now, config, tally)?;
+            self.next_visit += MS_PER_DAY;
+        }
+        self.input(now, Input::Tick, config, tally)?;
+        let mut next = self
+            .next_customer
+            .min(self.next_heartbeat)
+            .min(self.next_visit);
+        if let Some((at, _)) = self.due.front() {
+            next = next.min(*at);
+        }
+        if let Some((from, to)) = self.outage {
+            for t in [from, to] {
+                if t > now {
+                    next = next.min(t);
+                }
+            }
+        }
+        for t in self.power_cut.iter().chain(&self.restart) {
+            next = next.min((*t).max(now + 1));
+        }
+        // A machine mid-cart or offline checks its timers every second.
+        if !matches!(self.machine.vend.phase, vendflow_controller::vend::Phase::Idle)
+            || !self.online
+        {
+            next = next.min(now + 1_000);
+        }
+        Ok(next)
+    }
+
+    fn input(
+        &mut self,
+        now: Millis,
+        input: Input,
+        config: &ControlledConfig,
+        tally: &mut Tally,
+    ) -> Result<(), MachineError> {
+        let actions = self.machine.handle(now, input)?;
+        self.carry_out(now, actions, config, tally);
+        Ok(())
+    }
+
+    fn later(&mut self, at: Millis, input: Input) {
+        let i = self.due.partition_point(|(t, _)| *t <= at);
+        self.due.insert(i, (at, input));
+    }
+
+    /// A customer walks up: one to three units of what the machine has, then pays.
+    fn customer(&mut self, now: Millis, tally: &mut Tally) {
+        if !matches!(self.machine.vend.phase, vendflow_controller::vend::Phase::Idle)
+            || !self.due.is_empty()
+        {
+            return;
+        }
+        tally.customers += 1;
+        self.retried = false;
+        let units = match self.rng.random_range(0..100) {
+            0..80 => 1,
+            80..95 => 2,
+            _ => 3,
+        };
+        let mut at = now;
+        let slots = &self.machine.vend.slots;
+        let weights: Vec<f64> = slots
+            .iter()
+            .zip(&self.popularity)
+            .map(|(s, p)| if s.stock > 0 && !s.jammed { *p } else { 0.0 })
+            .collect();
+        let total: f64 = weights.iter().sum();
+        if total <= 0.0 {
+            tally.turned_away += 1;
+            return;
+        }
+        let mut picks = Vec::with_capacity(units);
+        for _ in 0..units {
+            let mut r = self.rng.random_range(0.0..total);
+            let mut chosen = None;
+            for (s, w) in slots.iter().zip(&weights) {
+                if r < *w {
+                    chosen = Some(s.code);
+                    break;
+                }
+                r -= w;
+            }
+            if let Some(code) = chosen.or_else(|| slots.last().map(|s| s.code)) {
+                picks.push(code);
+            }
+        }
+        for code in picks {
+            at += self.rng.random_range(1_000..4_000);
+            self.later(at, Input::Select(code));
+        }
+        at += self.rng.random_range(1_000..3_000);
+        self.later(at, Input::Checkout);
+        let method = match self.rng.random_range(0..100) {
+            0..55 => Method::Card,
+            55..85 => Method::Contactless,
+            _ => Method::Mobile,
+        };
+        at += self.rng.random_range(2_000..6_000);
+        self.later(at, Input::Present(method));
+    }
+
+    fn heartbeat(&mut self, now: Millis) -> Result<(), MachineError> {
+        let open = !self.online && self.rng.random_bool(0.001);
+        let heartbeat = Heartbeat {
+            temperature: Some(Milli(self.rng.random_range(30..45) * 100)),
+            door_status: Some(if open {
+                DoorStatus::Open
+            } else {
+                DoorStatus::Closed
+            }),
+            payment_module_status: Some(if self.online { "ok" } else { "offline" }.into()),
+            network_signal: Some(Milli(-1000 * self.rng.random_range(55..80))),
+            motor_current: Some(Milli(self.rng.random_range(40..90) * 10)),
+            controller: Some(Box::new(ControllerStatus {
+                firmware_version: Some(Text::from(self.machine.vend.firmware.as_str())),
+                uptime_secs: Some(u64::try_from((now - self.booted_at) / 1000).unwrap_or(0)),
+            })),
+        };
+        self.machine.heartbeat(now, heartbeat)?;
+        Ok(())
+    }
+
+    /// The crew's daily visit: slots under a third full (or jammed) are filled.
+    fn visit(
+        &mut self,
+        now: Millis,
+        config: &ControlledConfig,
+        tally: &mut Tally,
+    ) -> Result<(), MachineError> {
+        if !matches!(self.machine.vend.phase, vendflow_controller::vend::Phase::Idle) {
+            return Ok(());
+        }
+        let fills: Vec<(u32, u32)> = self
+            .machine
+            .vend
+            .slots
+            .iter()
+            .zip(&self.capacity)
+            .filter(|(s, cap)| s.jammed || s.stock * 3 < **cap)
+            .map(|(s, cap)| (s.code, cap.saturating_sub(s.stock)))
+            .filter(|(_, q)| *q > 0)
+            .collect();
+        for (slot, quantity) in fills {
+            self.input(now, Input::Restock { slot, quantity }, config, tally)?;
+        }
+        Ok(())
+    }
+
+    /// What the controller asked for: the simulated payment network, sensor and customer
+    /// answer it later.
+    fn carry_out(
+        &mut self,
+        now: Millis,
+        actions: Vec<Action>,
+        config: &ControlledConfig,
+        tally: &mut Tally,
+    ) {
+        for action in actions {
+            match action {
+                Action::Authorise { txn, .. } => {
+                    let approved = !self.rng.random_bool(config.decline.clamp(0.0, 1.0));
+                    let after = self.rng.random_range(800..3_000);
+                    self.later(now + after, Input::Authorised { txn, approved });
+                }
+                Action::Vend { .. } => {
+                    let dropped = !self.rng.random_bool(config.jam.clamp(0.0, 1.0));
+                    if !dropped {
+                        tally.jams += 1;
+                    }
+                    let after = self.rng.random_range(800..2_000);
+                    self.later(now + after, Input::Dropped(dropped));
+                }
+                Action::Show(Message::Declined) => {
+                    tally.declined += 1;
+                    if self.retried {
+                        self.later(now + 2_000, Input::Cancel);
+                    } else {
+                        self.retried = true;
+                        self.later(now + 4_000, Input::Present(Method::Card));
+                    }
+                }
+                Action::Show(
+                    Message::OverFloorLimit | Message::OfflineLimitReached | Message::TimedOut,
+                ) => {
+                    tally.turned_away += 1;
+                    self.later(now + 2_000, Input::Cancel);
+                }
+                Action::Show(Message::SoldOut(_) | Message::UnknownSlot(_) | Message::CartFull) => {
+                }
+                Action::Show(_) => {}
+                Action::Receipt { .. } => tally.receipts += 1,
+                Action::Record(Record::Sale {
+                    amount,
+                    quantity,
+                    offline,
+                    ..
+                }) => {
+                    tally.units_sold += u64::from(quantity);
+                    tally.sold_cents += amount;
+                    if offline {
+                        tally.offline_sales += 1;
+                    }
+                }
+                Action::Record(Record::Refund { amount, .. }) => {
+                    tally.refunds += 1;
+                    tally.refunded_cents += amount;
+                }
+                Action::Record(Record::Restock { .. }) => tally.restocks += 1,
+                Action::Record(_) => {}
+                Action::Sync => self.sync_wanted = true,
+                Action::Restart | Action::Install { .. } => {
+                    self.restart = Some(now + 5_000);
+                }
+                Action::Charge { amount, .. } => tally.charged_cents += amount,
+                Action::Void { amount, .. } => tally.voided_cents += amount,
+                Action::Answer { .. }
+                | Action::Fetch { .. } => {}
+            }
+        }
+        if self.online && self.sync_wanted && self.machine.pending() == 0 {
+            self.sync_wanted = false;
+            self.later(now, Input::Synced);
+        }
+    }
+}
+
+/// A machine with nothing, standing in for a moment while the real one goes through a power
+/// cut.
+fn placeholder(id: &MachineId, now: Millis) -> Result<Machine<MemoryLog>, MachineError> {
+    let (machine, _) = Machine::in_memory(id.clone(), Vend::new(Vec::new()), now)?;
+    Ok(machine)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use vendflow_protocol::EventKind;
+
+    use super::*;
+
+    /// 2025-11-24 16:00 UTC.
+    const T0: i64 = 1_764_000_000_000;
+
+    /// What a platform that loses some acknowledgements (the machine sends again) receives.
+    #[derive(Default)]
+    struct Platform {
+        seqs: BTreeMap<usize, BTreeSet<u64>>,
+        /// Sale lines by (machine, transaction, slot): amount; a line received twice must be
+        /// the same line.
+        sales: BTreeMap<(usize, String, u32), i64>,
+        refunds: BTreeMap<(usize, String, Option<u32>, String), i64>,
+        firmware: BTreeSet<String>,
+        deliveries: u64,
+    }
+
+    fn run(machines: usize, hours: i64, lose: f64) -> anyhow::Result<(Controllers, Platform)> {
+        let end = Timestamp(T0 + hours * MS_PER_HOUR);
+        let mut config = ControlledConfig::new(machines, 5, Timestamp(T0), end);
+        config.outages = 0.3;
+        config.power_cuts = 0.2;
+        config.jam = 0.05;
+        config.first_number = 1_000;
+        // Batches of up to an hour: what is kept at the end is flushed.
+        config.batch_ms = 1_800_000;
+        let mut fleet = Controllers::new(config)?;
+        let mut platform = Platform::default();
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let mut wall = 0u64;
+        let mut first = 0u64;
+        let mut t = T0;
+        loop {
+            t = (t + 60_000).min(end.0);
+            fleet.advance(Timestamp(t))?;
+            wall += 1_000;
+            for (i, envelope, last) in fleet.ready(wall, 5_000, t == end.0, |_| first += 1)? {
+                for e in &envelope.events {
+                    if let Some(seq) = e.seq {
+                        platform.seqs.entry(i).or_default().insert(seq);
+                    }
+                    match &e.kind {
+                        EventKind::Sale(s) => {
+                            let key = (i, s.transaction_id.to_string(), s.slot_number);
+                            let before = platform.sales.insert(key, s.amount.0);
+                            assert!(before.is_none_or(|a| a == s.amount.0));
+                        }
+                        EventKind::Refund(r) => {
+                            let key = (
+                                i,
+                                r.transaction_id.to_string(),
+                                r.slot_number,
+                                r.reason.to_string(),
+                            );
+                            platform.refunds.insert(key, r.amount.0);
+                        }
+                        EventKind::Heartbeat(h) => {
+                            if let Some(v) = h.controller.as_ref().and_then(|c| c.firmware_version.clone()) {
+                                platform.firmware.insert(v.to_string());
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                platform.deliveries += 1;
+                // The acknowledgement is lost now and then: the machine sends it all again.
+                if !rng.random_bool(lose) {
+                    fleet.acknowledged(i, last)?;
+                }
+            }
+            if t == end.0 && fleet.pending() == 0 {
+                break;
+            }
+            assert!(wall < 10_000_000, "the outboxes never emptied");
+        }
+        assert!(first > 0);
+        Ok((fleet, platform))
+    }
+
+    /// Controllers with outages of up to a day, power cuts and lost acknowledgements: every
+    /// sale and refund reaches the platform once (by its identity), event numbers have no
+    /// gap, and the money adds up: what was charged is what was sold plus what was refunded
+    /// (less the late approvals given back).
+    #[test]
+    fn every_sale_and_refund_reaches_the_platform_and_the_numbers_have_no_gap()
+    -> anyhow::Result<()> {
+        let (fleet, platform) = run(60, 30, 0.1)?;
+        let t = &fleet.tally;
+        assert!(t.outages > 5 && t.power_cuts > 3, "{t:?}");
+        assert!(t.receipts > 500 && t.offline_sales > 10 && t.jams > 10, "{t:?}");
+        assert!(t.refunds > 5 && t.declined > 10, "{t:?}");
+        let sold: i64 = platform.sales.values().sum();
+        let refunded: i64 = platform.refunds.values().sum();
+        assert_eq!(u64::try_from(sold)?, t.sold_cents, "{t:?}");
+        assert_eq!(u64::try_from(refunded)?, t.refunded_cents, "{t:?}");
+        assert_eq!(
+            t.charged_cents,
+            t.sold_cents + t.refunded_cents - t.voided_cents,
+            "{t:?}"
+        );
+        for (machine, seqs) in &platform.seqs {
+            let (first, last) = (seqs.first().copied(), seqs.last().copied());
+            let (Some(first), Some(last)) = (first, last) else {
+                continue;
+            };
+            assert_eq!(first, 1_001, "machine {machine} numbers from its first number");
+            assert_eq!(
+                seqs.len() as u64,
+                last - first + 1,
+                "machine {machine}: a gap in {first}..={last}"
+            );
+        }
+        assert!(platform.deliveries > 0);
+        assert_eq!(platform.firmware, BTreeSet::from([FIRMWARE_VERSION.to_owned()]));
+        for vend in fleet.vends() {
+            assert_eq!(vend.phase, vendflow_controller::vend::Phase::Idle);
+            assert!(vend.offline_sales <= vendflow_controller::vend::MAX_OFFLINE_SALES);
+        }
+        Ok(())
+    }
+
+    /// The same seed gives the same fleet, however time is sliced.
+    #[test]
+    fn a_run_is_the_same_for_the_same_seed() -> anyhow::Result<()> {
+        let (a, _) = run(10, 6, 0.0)?;
+        let (b, _) = run(10, 6, 0.0)?;
+        assert_eq!(a.tally, b.tally);
+        Ok(())
+    }
+}
