@@ -258,6 +258,22 @@ fn run() -> anyhow::Result<()> {
                 wrote.machines,
                 options.out.display()
             );
+            if let Some((t, took)) = &wrote.controllers {
+                outln!(
+                    "controllers: {} customers, {} receipts, {} units sold, {} refunds, {} declined, {} jams, {} outages, {} power cuts; simulated in {:.1} s ({:.0}x real time, peak RSS {} MB)",
+                    t.customers,
+                    t.receipts,
+                    t.units_sold,
+                    t.refunds,
+                    t.declined,
+                    t.jams,
+                    t.outages,
+                    t.power_cuts,
+                    took.as_secs_f64(),
+                    wrote.hours as f64 * 3600.0 / took.as_secs_f64().max(1e-9),
+                    vendflow_dataflows::peak_rss_bytes().unwrap_or(0) / 1_000_000
+                );
+            }
             Ok(())
         }
         Command::Bridge(options) => {

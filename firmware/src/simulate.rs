@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use vendflow_protocol::Timestamp;
 use vendflow_protocol::units::MS_PER_HOUR;
 
+use crate::controlled::{ControlledConfig, Controllers};
 use crate::{Fleet, FleetConfig};
 
 /// The longest span one call simulates: 60 days.
@@ -28,6 +29,14 @@ pub struct SimulateOptions {
     /// machine the restock crew skips (2), no random faults.
     #[arg(long)]
     pub scenario: Option<String>,
+    /// Run the real controller on every machine (as `vendflow publish --controllers`), with a
+    /// platform that acknowledges every envelope at once; `events.jsonl` holds what the
+    /// machines sent, each event once, and the run says how fast the fleet was simulated.
+    #[arg(long, conflicts_with = "scenario")]
+    pub controllers: bool,
+    /// With --controllers: seconds between a machine's heartbeats.
+    #[arg(long, default_value_t = 30, requires = "controllers")]
+    pub heartbeat_secs: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +45,8 @@ pub enum SimulateError {
     UnknownScenario(String),
     #[error("--hours must be between 1 and {MAX_HOURS}, got {0}")]
     Hours(i64),
+    #[error("the controllers failed: {0}")]
+    Controllers(String),
     #[error("cannot write {path}: {source}")]
     Io {
         path: String,
@@ -49,11 +60,16 @@ pub struct Simulated {
     pub events: usize,
     pub machines: usize,
     pub hours: i64,
+    /// With `--controllers`: what the fleet did, and the wall time the simulation took.
+    pub controllers: Option<(crate::controlled::Tally, std::time::Duration)>,
 }
 
 /// Simulates the fleet of `options` for its hours and writes `registry.jsonl` and
 /// `events.jsonl` into its directory (created if missing).
 pub fn write_files(options: &SimulateOptions) -> Result<Simulated, SimulateError> {
+    if options.controllers {
+        return write_controllers(options);
+    }
     let config = match &options.scenario {
         None => FleetConfig {
             machines: options.machines,
@@ -96,11 +112,73 @@ pub fn write_files(options: &SimulateOptions) -> Result<Simulated, SimulateError
         events: count,
         machines: config.machines,
         hours,
+        controllers: None,
+    })
+}
+
+/// `--controllers`: the fleet of controllers over the span, every envelope acknowledged as
+/// soon as it is sent; events are written as they are first sent (streamed, not held).
+fn write_controllers(options: &SimulateOptions) -> Result<Simulated, SimulateError> {
+    use std::io::Write;
+    let hours = options.hours;
+    if !(1..=MAX_HOURS).contains(&hours) {
+        return Err(SimulateError::Hours(hours));
+    }
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| SimulateError::Io { path, source }
+    };
+    let out = &options.out;
+    std::fs::create_dir_all(out).map_err(io(out))?;
+    let start = FleetConfig::default().start;
+    let end = Timestamp(start.0 + hours * MS_PER_HOUR);
+    let mut config = ControlledConfig::new(options.machines, options.seed, start, end);
+    config.heartbeat_ms = i64::from(options.heartbeat_secs.max(1)) * 1000;
+    let started = std::time::Instant::now();
+    let failed = |e: crate::machine::MachineError| SimulateError::Controllers(e.to_string());
+    let mut fleet = Controllers::new(config).map_err(failed)?;
+    let registry_path = out.join("registry.jsonl");
+    std::fs::write(&registry_path, fleet.fleet().registry_json_lines())
+        .map_err(io(&registry_path))?;
+    let events_path = out.join("events.jsonl");
+    let mut events =
+        std::io::BufWriter::new(std::fs::File::create(&events_path).map_err(io(&events_path))?);
+    let (mut count, mut write_error) = (0, None);
+    let mut t = start.0;
+    loop {
+        t = (t + 60_000).min(end.0);
+        fleet.advance(Timestamp(t)).map_err(failed)?;
+        let ready = fleet
+            .ready(0, u64::MAX, t == end.0, |e| {
+                count += 1;
+                if let Err(err) = writeln!(events, "{}", e.to_json_line()) {
+                    write_error.get_or_insert(err);
+                }
+            })
+            .map_err(failed)?;
+        for (i, _, last) in ready {
+            fleet.acknowledged(i, last).map_err(failed)?;
+        }
+        if t == end.0 && fleet.pending() == 0 {
+            break;
+        }
+    }
+    if let Some(e) = write_error {
+        return Err(io(&events_path)(e));
+    }
+    events.flush().map_err(io(&events_path))?;
+    Ok(Simulated {
+        events: count,
+        machines: options.machines,
+        hours,
+        controllers: Some((fleet.tally.clone(), started.elapsed())),
     })
 }
 
 #[cfg(test)]
 mod tests {
+    use anyhow::Context;
+
     use super::*;
 
     fn options(out: &Path) -> SimulateOptions {
@@ -110,7 +188,41 @@ mod tests {
             hours: 2,
             seed: 7,
             scenario: None,
+            controllers: false,
+            heartbeat_secs: 30,
         }
+    }
+
+    /// `--controllers` writes what the controllers sent, each event once, numbered without a
+    /// gap per machine, and decodable as the platform reads it.
+    #[test]
+    fn controllers_write_every_event_once() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let mut o = options(dir.path());
+        o.controllers = true;
+        o.machines = 20;
+        let wrote = write_files(&o)?;
+        let (tally, _) = wrote.controllers.clone().context("a tally")?;
+        assert!(tally.receipts > 0 && tally.heartbeats > 0, "{tally:?}");
+        let text = std::fs::read_to_string(dir.path().join("events.jsonl"))?;
+        let mut seqs: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+        for line in text.lines() {
+            let event = vendflow_protocol::decode::decode_line(line.as_bytes())
+                .into_iter()
+                .next()
+                .context("an event")??;
+            seqs.entry(event.machine_id.to_string())
+                .or_default()
+                .push(event.seq.context("numbered")?);
+        }
+        assert_eq!(seqs.len(), 20);
+        for (machine, mut s) in seqs {
+            s.sort_unstable();
+            let n = s.len() as u64;
+            assert_eq!(s.last().copied(), Some(s[0] + n - 1), "{machine}: a gap or a repeat");
+        }
+        assert_eq!(wrote.events, text.lines().count());
+        Ok(())
     }
 
     #[test]
