@@ -1861,7 +1861,9 @@ fn refund_oracle(file: &Path) -> anyhow::Result<BTreeMap<(String, String), (i64,
 /// 1,000 machines each running the real controller (`vendflow publish --controllers`: the
 /// vend cycle and its outbox, customers, declines, jams refunded, power cuts, and a tenth of
 /// the machines off the network for up to 24 h), 26 simulated hours through Mosquitto, the
-/// bridge and tansu into the engine; Mosquitto is killed with `kill -9` mid-stream. Every sale
+/// bridge and tansu into the engine; Mosquitto is killed with `kill -9` mid-stream, then five
+/// commands of every kind go to five machines (one firmware image with the wrong hash). Every
+/// command is answered by its machine's controller as it should be, every sale
 /// the machines made is counted once in revenue, every refund is in `refunds`, and
 /// `sequence_gaps` is empty: no event of any machine was lost.
 #[test]
@@ -1954,7 +1956,7 @@ fn a_thousand_controllers_with_outages_and_a_broker_restart_lose_no_event() -> a
     let publisher = Command::new(&bin)
         .args(["publish", "--mqtt", &mqtt])
         .args(fleet)
-        .args(["--speed", "2340", "--record"])
+        .args(["--speed", "2340", "--linger", "15", "--record"])
         .arg(&sent)
         .env("RUST_BACKTRACE", "0")
         .env("RUST_LOG", "vendflow_firmware=info")
@@ -1981,6 +1983,32 @@ fn a_thousand_controllers_with_outages_and_a_broker_restart_lose_no_event() -> a
     eprintln!("mosquitto killed with kill -9 after {at_kill} envelopes forwarded");
     std::thread::sleep(Duration::from_millis(500));
     mosquitto = start_mosquitto(&mosquitto_bin, d, mqtt_port)?;
+    // The platform's commands reach the controllers through Kafka, the bridge and Mosquitto:
+    // each is applied (or refused) by the machine's own controller and answered from its outbox.
+    let url = "https://updates.example/vendflow-3.1.0.bin";
+    let right = {
+        let out = Command::new("sh")
+            .args(["-c", &format!("printf %s '{url}' | sha256sum")])
+            .output()?;
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .context("sha256sum")?
+            .to_owned()
+    };
+    let wrong = "ab".repeat(32);
+    let commands: [(&str, &str, Vec<&str>, &str); 5] = [
+        ("cmd_price", "mach_00001", vec!["--type", "UPDATE_PRICE", "--slot", "1", "--price", "3.10"], "applied"),
+        ("cmd_plan", "mach_00002", vec!["--type", "SET_PLANOGRAM", "--planogram", "1:cola:2.50,2:water:1.50,3:chips:1.75"], "applied"),
+        ("cmd_order", "mach_00003", vec!["--type", "DISPENSE", "--order", "ord_e2e", "--slot", "1", "--quantity", "1"], "applied"),
+        ("cmd_update", "mach_00004", vec!["--type", "UPDATE_FIRMWARE", "--version", "3.1.0", "--url", url, "--sha256", &right], "applied"),
+        ("cmd_bad_image", "mach_00005", vec!["--type", "UPDATE_FIRMWARE", "--version", "3.1.1", "--url", url, "--sha256", &wrong], "rejected"),
+    ];
+    for (id, machine, args, _) in &commands {
+        let mut all = vec!["command", "--kafka", &kafka, "--machine", machine, "--id", id];
+        all.extend(args.iter().copied());
+        vendflow(&all)?;
+    }
     let output = publisher.wait_with_output()?;
     let said = String::from_utf8_lossy(&output.stderr);
     ensure!(
@@ -2019,6 +2047,17 @@ fn a_thousand_controllers_with_outages_and_a_broker_restart_lose_no_event() -> a
             Ok(got == refunds)
         },
     )?;
+    for (id, machine, _, status) in &commands {
+        wait_for_command(&out, id, status, &engine)
+            .with_context(|| format!("{machine}'s command {id}"))?;
+    }
+    eprintln!(
+        "commands answered by the controllers: {:?}",
+        commands
+            .iter()
+            .map(|(id, ..)| (id, command_status(&out, id)))
+            .collect::<Vec<_>>()
+    );
     let gaps = Table::read(&out.join("sequence_gaps.csv"))?;
     ensure!(
         gaps.rows.is_empty(),

@@ -126,7 +126,10 @@ pub fn row((command, answer): (Command, Option<Answer>)) -> Row {
             slot_number,
             new_price,
         } => (Value::Int(i64::from(slot_number)), Value::Money(new_price)),
-        Action::Reboot => (Value::Null, Value::Null),
+        Action::Dispense { slot_number, .. } => (Value::Int(i64::from(slot_number)), Value::Null),
+        Action::Reboot | Action::SetPlanogram { .. } | Action::UpdateFirmware { .. } => {
+            (Value::Null, Value::Null)
+        }
     };
     let (status, acked_at, reason) = match answer {
         None => (Value::text("pending"), Value::Null, Value::Null),

@@ -674,8 +674,12 @@ impl Unit {
                 }
                 Action::Charge { amount, .. } => tally.charged_cents += amount,
                 Action::Void { amount, .. } => tally.voided_cents += amount,
-                Action::Answer { .. }
-                | Action::Fetch { .. } => {}
+                Action::Fetch { id, url } => {
+                    // The simulated update server: the image at a URL is the URL's own bytes.
+                    let sha256 = Some(simulated_image_sha256(&url));
+                    self.later(now + 10_000, Input::Fetched { id, sha256 });
+                }
+                Action::Answer { .. } => {}
             }
         }
         if self.online && self.sync_wanted && self.machine.pending() == 0 {
@@ -683,6 +687,13 @@ impl Unit {
             self.later(now, Input::Synced);
         }
     }
+}
+
+/// The SHA-256 of the firmware image the simulated update server holds at `url`: the URL's
+/// own bytes (so a test can say which hash is right: `printf %s URL | sha256sum`).
+pub fn simulated_image_sha256(url: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(url.as_bytes()).into()
 }
 
 /// A machine with nothing, standing in for a moment while the real one goes through a power

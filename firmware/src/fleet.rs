@@ -193,6 +193,8 @@ pub enum Rejected {
     UnknownMachine(String),
     #[error("no slot {0} on this machine")]
     UnknownSlot(u32),
+    #[error("{0} is not carried out by the event simulator (run `publish --controllers`)")]
+    Unsupported(&'static str),
 }
 
 /// A simulated fleet and its clock.
@@ -384,6 +386,7 @@ impl Fleet {
                 Ok(())
             }
             vendflow_protocol::Action::Reboot => Ok(()),
+            other => Err(Rejected::Unsupported(other.type_name())),
         }
     }
 

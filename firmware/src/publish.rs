@@ -284,7 +284,7 @@ pub fn publish(
 /// outbox holds, forgets it on the platform's delivery receipt and sends again what waits too
 /// long (the resend timer follows the receipts' round trips, as TCP's does). Commands from
 /// the platform go to the machines' controllers, whose answers are events of their outboxes.
-/// Ends once every outbox is empty, or fails after [`FINISH_TIMEOUT`] of waiting at the end.
+/// Ends once every outbox is empty (and `--linger` seconds have passed since), or fails after [`FINISH_TIMEOUT`] of waiting at the end.
 pub fn publish_controllers(
     options: &PublishOptions,
     fleet: &mut Controllers,
@@ -316,6 +316,7 @@ pub fn publish_controllers(
     let mut sent: std::collections::HashMap<String, (usize, u64, Instant)> = Default::default();
     let (mut events, mut write_error) = (0u64, None);
     let mut reached_end: Option<Instant> = None;
+    let mut drained: Option<Instant> = None;
     let mut last_report = Instant::now();
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
         let elapsed = started.elapsed();
@@ -329,10 +330,15 @@ pub fn publish_controllers(
         for command in publisher.take_commands() {
             let id = command.command_id.clone();
             let machine = command.machine_id.clone();
-            if let Some(command) = controller_command(&command.action)
-                && !fleet.command(&machine, id, command).map_err(machine_error)?
-            {
-                tracing::warn!(machine_id = %machine, "a command for a machine not in this fleet");
+            match controller_command(&command.action) {
+                Some(command) => {
+                    if !fleet.command(&machine, id, command).map_err(machine_error)? {
+                        tracing::warn!(machine_id = %machine, "a command for a machine not in this fleet");
+                    }
+                }
+                None => {
+                    tracing::warn!(machine_id = %machine, command_id = %id, "a command with a negative price; ignored")
+                }
             }
         }
         let wall = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
@@ -375,9 +381,16 @@ pub fn publish_controllers(
             );
         }
         if target >= end.0 {
+            // Drained; with `--linger`, the machines stay connected answering commands.
             if fleet.pending() == 0 {
-                break;
+                let since = *drained.get_or_insert_with(Instant::now);
+                if since.elapsed() >= Duration::from_secs(options.linger) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
             }
+            drained = None;
             let since = *reached_end.get_or_insert_with(Instant::now);
             if since.elapsed() > FINISH_TIMEOUT {
                 return Err(PublishError::Undelivered {
@@ -419,6 +432,36 @@ fn controller_command(
             price: u64::try_from(new_price.0).ok()?,
         }),
         vendflow_protocol::Action::Reboot => Some(Command::Reboot),
+        vendflow_protocol::Action::SetPlanogram { slots } => Some(Command::SetPlanogram(
+            slots
+                .iter()
+                .map(|s| {
+                    Some(vendflow_controller::vend::PlanSlot {
+                        code: s.slot_number,
+                        product: s.product_id.clone(),
+                        price: u64::try_from(s.price.0).ok()?,
+                    })
+                })
+                .collect::<Option<Vec<_>>>()?,
+        )),
+        vendflow_protocol::Action::Dispense {
+            order_id,
+            slot_number,
+            quantity,
+        } => Some(Command::Dispense {
+            order: order_id.clone(),
+            slot: *slot_number,
+            quantity: *quantity,
+        }),
+        vendflow_protocol::Action::UpdateFirmware {
+            version,
+            url,
+            sha256,
+        } => Some(Command::UpdateFirmware {
+            version: version.clone(),
+            url: url.clone(),
+            sha256: *sha256,
+        }),
     }
 }
 

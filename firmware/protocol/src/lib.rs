@@ -26,7 +26,7 @@ pub mod registry;
 pub mod topics;
 pub mod units;
 
-pub use command::{AckStatus, Action, Command, CommandAck};
+pub use command::{AckStatus, Action, Command, CommandAck, PlanogramSlot};
 pub use error::{DecodeError, ErrorKind};
 pub use event::{
     ControllerStatus, DoorStatus, Envelope, ErrorCode, ErrorEvent, Event, EventKind, Heartbeat, Refund, Restock,

@@ -13,7 +13,8 @@ pub struct CommandOptions {
     /// The machine, e.g. mach_00042.
     #[arg(long)]
     pub machine: String,
-    /// UPDATE_PRICE (needs --slot and --price) or REBOOT.
+    /// UPDATE_PRICE (--slot, --price), REBOOT, SET_PLANOGRAM (--planogram), DISPENSE
+    /// (--order, --slot, --quantity) or UPDATE_FIRMWARE (--version, --url, --sha256).
     #[arg(long = "type", value_name = "TYPE")]
     pub kind: String,
     #[arg(long)]
@@ -21,6 +22,22 @@ pub struct CommandOptions {
     /// New price, e.g. 2.75.
     #[arg(long)]
     pub price: Option<String>,
+    /// The whole planogram, SLOT:PRODUCT:PRICE,… e.g. `1:cola:2.50,2:chips:1.75`.
+    #[arg(long)]
+    pub planogram: Option<String>,
+    /// DISPENSE: the order paid elsewhere (an app's order id).
+    #[arg(long)]
+    pub order: Option<String>,
+    /// DISPENSE: units of the slot (default 1).
+    #[arg(long)]
+    pub quantity: Option<u32>,
+    /// UPDATE_FIRMWARE: the version, the image's URL and its SHA-256 (64 hex digits).
+    #[arg(long)]
+    pub version: Option<String>,
+    #[arg(long)]
+    pub url: Option<String>,
+    #[arg(long)]
+    pub sha256: Option<String>,
     /// Command id (default: a new unique one).
     #[arg(long)]
     pub id: Option<String>,
@@ -31,6 +48,8 @@ pub struct CommandOptions {
 pub enum CommandOptionsError {
     #[error("--price {0:?} is not a number")]
     Price(String),
+    #[error("--planogram {0:?}: each slot is SLOT:PRODUCT:PRICE, e.g. 1:cola:2.50")]
+    Planogram(String),
     #[error("not a valid command: {0}")]
     Invalid(#[from] DecodeError),
 }
@@ -61,9 +80,45 @@ impl CommandOptions {
                     .ok_or_else(|| CommandOptionsError::Price(price.clone()))?;
                 map.insert("newPrice".into(), price);
             }
+            if let Some(plan) = &self.planogram {
+                map.insert("planogram".into(), planogram_json(plan)?);
+            }
+            for (field, value) in [
+                ("orderId", &self.order),
+                ("version", &self.version),
+                ("url", &self.url),
+                ("sha256", &self.sha256),
+            ] {
+                if let Some(v) = value {
+                    map.insert(field.into(), v.as_str().into());
+                }
+            }
+            if let Some(q) = self.quantity {
+                map.insert("quantity".into(), q.into());
+            }
         }
         Ok(decode_command(wire.to_string().as_bytes())?)
     }
+}
+
+/// `SLOT:PRODUCT:PRICE,…` as the wire's `planogram` array.
+fn planogram_json(text: &str) -> Result<serde_json::Value, CommandOptionsError> {
+    let bad = || CommandOptionsError::Planogram(text.to_owned());
+    let mut slots = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let mut fields = part.splitn(3, ':');
+        let (Some(slot), Some(product), Some(price)) = (fields.next(), fields.next(), fields.next())
+        else {
+            return Err(bad());
+        };
+        let slot: u32 = slot.trim().parse().map_err(|_| bad())?;
+        let price: serde_json::Value = serde_json::from_str(price.trim())
+            .ok()
+            .filter(serde_json::Value::is_number)
+            .ok_or_else(bad)?;
+        slots.push(serde_json::json!({"slotNumber": slot, "productId": product.trim(), "price": price}));
+    }
+    Ok(slots.into())
 }
 
 #[cfg(test)]
@@ -77,6 +132,12 @@ mod tests {
             kind: kind.into(),
             slot,
             price: price.map(str::to_owned),
+            planogram: None,
+            order: None,
+            quantity: None,
+            version: None,
+            url: None,
+            sha256: None,
             id: Some("cmd_1".into()),
         }
     }
@@ -100,5 +161,30 @@ mod tests {
             Err(CommandOptionsError::Invalid(_))
         ));
         assert!(options("REBOOT", None, None).command(now).is_ok());
+    }
+
+    #[test]
+    fn planograms_orders_and_firmware_are_built_and_checked() {
+        let now = Timestamp(1_705_305_600_000);
+        let mut plan = options("SET_PLANOGRAM", None, None);
+        plan.planogram = Some("1:cola:2.50, 148:chips:1.75".into());
+        let wire: serde_json::Value =
+            serde_json::from_str(&plan.command(now).expect("a planogram").to_json()).expect("json");
+        assert_eq!(wire["planogram"][1]["slotNumber"], 148);
+        plan.planogram = Some("1:cola".into());
+        assert!(matches!(plan.command(now), Err(CommandOptionsError::Planogram(_))));
+        let mut order = options("DISPENSE", Some(3), None);
+        order.order = Some("ord_9".into());
+        order.quantity = Some(2);
+        assert!(order.command(now).is_ok());
+        order.quantity = Some(50);
+        assert!(matches!(order.command(now), Err(CommandOptionsError::Invalid(_))));
+        let mut update = options("UPDATE_FIRMWARE", None, None);
+        update.version = Some("3.1.0".into());
+        update.url = Some("https://u.example/3.1.0.bin".into());
+        update.sha256 = Some("ab".repeat(32));
+        assert!(update.command(now).is_ok());
+        update.sha256 = Some("ab".into());
+        assert!(matches!(update.command(now), Err(CommandOptionsError::Invalid(_))));
     }
 }
