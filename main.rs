@@ -347,6 +347,10 @@ fn run() -> anyhow::Result<()> {
             if let Some(secret) = outcome.secret {
                 outln!("{secret}");
             }
+            if let Some((rendered, payload)) = outcome.qr {
+                outln!("{rendered}");
+                outln!("{payload}");
+            }
             Ok(())
         }
     }
@@ -401,10 +405,7 @@ fn run_kafka(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
 }
 
 /// `--credentials-out` and `--registry-out` of `vendflow publish`.
-fn publish_setup(
-    fleet: &vendflow_firmware::Fleet,
-    options: &PublishOptions,
-) -> anyhow::Result<()> {
+fn publish_setup(fleet: &vendflow_firmware::Fleet, options: &PublishOptions) -> anyhow::Result<()> {
     if let Some(path) = &options.credentials_out {
         let mut creds = Credentials::default();
         for (machine, hash) in mqtt_sim::simulated_credentials(fleet, options.seed) {

@@ -1867,8 +1867,7 @@ fn refund_oracle(file: &Path) -> anyhow::Result<BTreeMap<(String, String), (i64,
 /// the machines made is counted once in revenue, every refund is in `refunds`, and
 /// `sequence_gaps` is empty: no event of any machine was lost.
 #[test]
-fn a_thousand_controllers_with_outages_and_a_broker_restart_lose_no_event() -> anyhow::Result<()>
-{
+fn a_thousand_controllers_with_outages_and_a_broker_restart_lose_no_event() -> anyhow::Result<()> {
     let Some(mosquitto_bin) = require_mosquitto()? else {
         return Ok(());
     };
@@ -1998,14 +1997,79 @@ fn a_thousand_controllers_with_outages_and_a_broker_restart_lose_no_event() -> a
     };
     let wrong = "ab".repeat(32);
     let commands: [(&str, &str, Vec<&str>, &str); 5] = [
-        ("cmd_price", "mach_00001", vec!["--type", "UPDATE_PRICE", "--slot", "1", "--price", "3.10"], "applied"),
-        ("cmd_plan", "mach_00002", vec!["--type", "SET_PLANOGRAM", "--planogram", "1:cola:2.50,2:water:1.50,3:chips:1.75"], "applied"),
-        ("cmd_order", "mach_00003", vec!["--type", "DISPENSE", "--order", "ord_e2e", "--slot", "1", "--quantity", "1"], "applied"),
-        ("cmd_update", "mach_00004", vec!["--type", "UPDATE_FIRMWARE", "--version", "3.1.0", "--url", url, "--sha256", &right], "applied"),
-        ("cmd_bad_image", "mach_00005", vec!["--type", "UPDATE_FIRMWARE", "--version", "3.1.1", "--url", url, "--sha256", &wrong], "rejected"),
+        (
+            "cmd_price",
+            "mach_00001",
+            vec!["--type", "UPDATE_PRICE", "--slot", "1", "--price", "3.10"],
+            "applied",
+        ),
+        (
+            "cmd_plan",
+            "mach_00002",
+            vec![
+                "--type",
+                "SET_PLANOGRAM",
+                "--planogram",
+                "1:cola:2.50,2:water:1.50,3:chips:1.75",
+            ],
+            "applied",
+        ),
+        (
+            "cmd_order",
+            "mach_00003",
+            vec![
+                "--type",
+                "DISPENSE",
+                "--order",
+                "ord_e2e",
+                "--slot",
+                "1",
+                "--quantity",
+                "1",
+            ],
+            "applied",
+        ),
+        (
+            "cmd_update",
+            "mach_00004",
+            vec![
+                "--type",
+                "UPDATE_FIRMWARE",
+                "--version",
+                "3.1.0",
+                "--url",
+                url,
+                "--sha256",
+                &right,
+            ],
+            "applied",
+        ),
+        (
+            "cmd_bad_image",
+            "mach_00005",
+            vec![
+                "--type",
+                "UPDATE_FIRMWARE",
+                "--version",
+                "3.1.1",
+                "--url",
+                url,
+                "--sha256",
+                &wrong,
+            ],
+            "rejected",
+        ),
     ];
     for (id, machine, args, _) in &commands {
-        let mut all = vec!["command", "--kafka", &kafka, "--machine", machine, "--id", id];
+        let mut all = vec![
+            "command",
+            "--kafka",
+            &kafka,
+            "--machine",
+            machine,
+            "--id",
+            id,
+        ];
         all.extend(args.iter().copied());
         vendflow(&all)?;
     }
@@ -2021,7 +2085,10 @@ fn a_thousand_controllers_with_outages_and_a_broker_restart_lose_no_event() -> a
         .lines()
         .find(|l| l.starts_with("publish: ") && l.contains("customers"))
         .context("publish printed no tally")?;
-    eprintln!("{tally}\n{}", String::from_utf8_lossy(&output.stdout).trim());
+    eprintln!(
+        "{tally}\n{}",
+        String::from_utf8_lossy(&output.stdout).trim()
+    );
 
     let expected = oracle(&[&sent])?;
     ensure!(

@@ -14,6 +14,103 @@ fn help_lists_the_commands() {
     }
 }
 
+/// `device provision`: the machine is registered (its public key in the credentials file) and
+/// its bundle written privately, with the planogram the registry gives it, and shown as a QR
+/// code whose payload is the same bundle. A controller booted from the bundle signs envelopes
+/// the platform's key for it verifies. A second provisioning of the same machine is refused.
+#[test]
+fn a_provisioned_controller_boots_from_its_bundle_and_signs_what_the_platform_accepts()
+-> anyhow::Result<()> {
+    use vendflow_protocol::auth::{
+        MachineKey, PublicKey, StoredKey, sign_envelope, verify_envelope,
+    };
+    use vendflow_protocol::provision::Bundle;
+    let dir = tempfile::tempdir()?;
+    let registry = dir.path().join("registry.jsonl");
+    let creds = dir.path().join("credentials.jsonl");
+    let bundle_path = dir.path().join("mach_00003.json");
+    let text = |p: &std::path::Path| p.display().to_string();
+    vendflow(&[
+        "publish",
+        "--machines",
+        "5",
+        "--registry-out",
+        &text(&registry),
+        "--dry-run",
+    ])?;
+    let out = vendflow(&[
+        "device",
+        "provision",
+        "mach_00003",
+        "--credentials",
+        &text(&creds),
+        "--mqtt",
+        "mqtt.example:8883",
+        "--registry",
+        &text(&registry),
+        "--out",
+        &text(&bundle_path),
+    ])?;
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let payload = printed
+        .lines()
+        .find(|l| l.starts_with("VFP1:"))
+        .ok_or_else(|| anyhow::anyhow!("no QR payload printed:\n{printed}"))?;
+    assert!(
+        printed.contains('\u{2580}') || printed.contains('\u{2588}'),
+        "a QR code is drawn"
+    );
+    let bundle = Bundle::from_json(&std::fs::read(&bundle_path)?)?;
+    assert_eq!(Bundle::from_qr_payload(payload)?, bundle);
+    assert_eq!(bundle.planogram.len(), 30, "the registry's planogram");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&bundle_path)?.permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the bundle holds a secret");
+    }
+    // The controller boots from the bundle and sends a heartbeat, signed with its secret.
+    let now = 1_764_000_000_000;
+    let (mut machine, _, _) = vendflow_firmware::machine::Machine::provisioned(
+        &bundle,
+        &dir.path().join("outbox.log"),
+        now,
+    )?;
+    machine.heartbeat(now, vendflow_protocol::Heartbeat::default())?;
+    let (envelope, _) = machine
+        .envelope(10)?
+        .ok_or_else(|| anyhow::anyhow!("nothing to send"))?;
+    let signed = sign_envelope(
+        &envelope,
+        &MachineKey::from_secret(&bundle.secret),
+        now,
+        "n1",
+    );
+    let line = std::fs::read_to_string(&creds)?;
+    let stored: serde_json::Value = serde_json::from_str(line.trim())?;
+    assert_eq!(stored["machineId"], "mach_00003");
+    let key = PublicKey::from_hex(stored["publicKey"].as_str().unwrap_or_default())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let verified = verify_envelope(signed.as_bytes(), |m| {
+        (m == "mach_00003").then_some(StoredKey::PublicKey(key))
+    });
+    assert!(verified.is_ok(), "{verified:?}");
+    // Provisioned once: a second bundle for it is refused, and the first is kept.
+    let again = vendflow(&[
+        "device",
+        "provision",
+        "mach_00003",
+        "--credentials",
+        &text(&creds),
+        "--mqtt",
+        "mqtt.example:8883",
+        "--out",
+        &text(&dir.path().join("again.json")),
+    ]);
+    assert!(again.is_err(), "a machine is provisioned once");
+    assert!(bundle_path.exists());
+    Ok(())
+}
+
 #[test]
 fn demo_prints_a_live_fleet_summary_and_stops() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));

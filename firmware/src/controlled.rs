@@ -214,7 +214,8 @@ impl Controllers {
             machine.compact_at(COMPACT_AT);
             // An outage ends at least an hour before the end of the span.
             let room = span - MS_PER_HOUR;
-            let outage = (rng.random_bool(config.outages.clamp(0.0, 1.0)) && room > MS_PER_HOUR / 4)
+            let outage = (rng.random_bool(config.outages.clamp(0.0, 1.0))
+                && room > MS_PER_HOUR / 4)
                 .then(|| {
                     let longest = config.max_outage_ms.min(room).max(MS_PER_HOUR / 4);
                     let length = rng.random_range(MS_PER_HOUR / 4..=longest);
@@ -422,7 +423,9 @@ impl Unit {
             self.in_flight = None;
             self.carry_out(now, actions, config, tally);
         }
-        let should_be_online = !self.outage.is_some_and(|(from, to)| from <= now && now < to);
+        let should_be_online = !self
+            .outage
+            .is_some_and(|(from, to)| from <= now && now < to);
         if should_be_online != self.online {
             if !should_be_online {
                 tally.outages += 1;
@@ -479,8 +482,10 @@ impl Unit {
             next = next.min((*t).max(now + 1));
         }
         // A machine mid-cart or offline checks its timers every second.
-        if !matches!(self.machine.vend.phase, vendflow_controller::vend::Phase::Idle)
-            || !self.online
+        if !matches!(
+            self.machine.vend.phase,
+            vendflow_controller::vend::Phase::Idle
+        ) || !self.online
         {
             next = next.min(now + 1_000);
         }
@@ -506,8 +511,10 @@ impl Unit {
 
     /// A customer walks up: one to three units of what the machine has, then pays.
     fn customer(&mut self, now: Millis, tally: &mut Tally) {
-        if !matches!(self.machine.vend.phase, vendflow_controller::vend::Phase::Idle)
-            || !self.due.is_empty()
+        if !matches!(
+            self.machine.vend.phase,
+            vendflow_controller::vend::Phase::Idle
+        ) || !self.due.is_empty()
         {
             return;
         }
@@ -588,7 +595,10 @@ impl Unit {
         config: &ControlledConfig,
         tally: &mut Tally,
     ) -> Result<(), MachineError> {
-        if !matches!(self.machine.vend.phase, vendflow_controller::vend::Phase::Idle) {
+        if !matches!(
+            self.machine.vend.phase,
+            vendflow_controller::vend::Phase::Idle
+        ) {
             return Ok(());
         }
         let fills: Vec<(u32, u32)> = self
@@ -766,7 +776,11 @@ mod tests {
                             platform.refunds.insert(key, r.amount.0);
                         }
                         EventKind::Heartbeat(h) => {
-                            if let Some(v) = h.controller.as_ref().and_then(|c| c.firmware_version.clone()) {
+                            if let Some(v) = h
+                                .controller
+                                .as_ref()
+                                .and_then(|c| c.firmware_version.clone())
+                            {
                                 platform.firmware.insert(v.to_string());
                             }
                         }
@@ -793,12 +807,15 @@ mod tests {
     /// gap, and the money adds up: what was charged is what was sold plus what was refunded
     /// (less the late approvals given back).
     #[test]
-    fn every_sale_and_refund_reaches_the_platform_and_the_numbers_have_no_gap()
-    -> anyhow::Result<()> {
+    fn every_sale_and_refund_reaches_the_platform_and_the_numbers_have_no_gap() -> anyhow::Result<()>
+    {
         let (fleet, platform) = run(60, 30, 0.1)?;
         let t = &fleet.tally;
         assert!(t.outages > 5 && t.power_cuts > 3, "{t:?}");
-        assert!(t.receipts > 500 && t.offline_sales > 10 && t.jams > 10, "{t:?}");
+        assert!(
+            t.receipts > 500 && t.offline_sales > 10 && t.jams > 10,
+            "{t:?}"
+        );
         assert!(t.refunds > 5 && t.declined > 10, "{t:?}");
         let sold: i64 = platform.sales.values().sum();
         let refunded: i64 = platform.refunds.values().sum();
@@ -814,7 +831,10 @@ mod tests {
             let (Some(first), Some(last)) = (first, last) else {
                 continue;
             };
-            assert_eq!(first, 1_001, "machine {machine} numbers from its first number");
+            assert_eq!(
+                first, 1_001,
+                "machine {machine} numbers from its first number"
+            );
             assert_eq!(
                 seqs.len() as u64,
                 last - first + 1,
@@ -822,7 +842,10 @@ mod tests {
             );
         }
         assert!(platform.deliveries > 0);
-        assert_eq!(platform.firmware, BTreeSet::from([FIRMWARE_VERSION.to_owned()]));
+        assert_eq!(
+            platform.firmware,
+            BTreeSet::from([FIRMWARE_VERSION.to_owned()])
+        );
         for vend in fleet.vends() {
             assert_eq!(vend.phase, vendflow_controller::vend::Phase::Idle);
             assert!(vend.offline_sales <= vendflow_controller::vend::MAX_OFFLINE_SALES);

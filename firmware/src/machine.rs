@@ -66,10 +66,36 @@ impl Machine<FileLog> {
         Machine::boot(id, vend, log, path.display().to_string(), now)
     }
 
+    /// A new controller set up from its provisioning bundle (`vendflow device provision`),
+    /// with its outbox at `path`: the bundle's planogram, every slot empty until the crew's
+    /// first restock. It boots at once; its first heartbeat is what says it is installed.
+    pub fn provisioned(
+        bundle: &vendflow_protocol::provision::Bundle,
+        path: &Path,
+        now: Millis,
+    ) -> Result<(Machine, Opened, Vec<Action>), MachineError> {
+        let id = MachineId::parse(&bundle.machine_id)
+            .map_err(|e| MachineError::Record(format!("the bundle's machine id: {e}")))?;
+        let slots = bundle
+            .planogram
+            .iter()
+            .map(|s| vendflow_controller::vend::Slot {
+                code: s.slot_number,
+                product: s.product_id.clone(),
+                price: u64::try_from(s.price_cents).unwrap_or(0),
+                stock: 0,
+                jammed: false,
+            })
+            .collect();
+        Machine::open(id, Vend::new(slots), path, now)
+    }
+
     /// The machine after a power cut: the controller as it was (the caller kept it), the outbox
     /// as the file holds it.
     pub fn reopen(self, now: Millis) -> Result<(Machine, Opened, Vec<Action>), MachineError> {
-        let Machine { id, vend, place, .. } = self;
+        let Machine {
+            id, vend, place, ..
+        } = self;
         Machine::open(id, vend, Path::new(&place), now)
     }
 }

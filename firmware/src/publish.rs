@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use vendflow_protocol::Timestamp;
 use vendflow_protocol::units::MS_PER_HOUR;
 
-use crate::controlled::Controllers;
 use crate::controlled::ControlledConfig;
+use crate::controlled::Controllers;
 use crate::mqtt::{self, PublishError, Publisher};
 use crate::{Fault, Fleet, FleetConfig};
 
@@ -103,10 +103,7 @@ fn parse_outage(text: &str) -> Result<(usize, u32), String> {
 
 impl PublishOptions {
     /// The fleet of controllers to publish (`--controllers`), and the end of its span.
-    pub fn controllers(
-        &self,
-        now: Timestamp,
-    ) -> Result<(Controllers, Timestamp), PublishError> {
+    pub fn controllers(&self, now: Timestamp) -> Result<(Controllers, Timestamp), PublishError> {
         if self.machines == 0 || self.hours.is_nan() || self.hours <= 0.0 {
             return Err(PublishError::Invalid(
                 "--machines and --hours must be positive".into(),
@@ -121,7 +118,9 @@ impl PublishOptions {
             if (0.0..=1.0).contains(&x) {
                 Ok(x)
             } else {
-                Err(PublishError::Invalid(format!("{name} {x} is not between 0 and 1")))
+                Err(PublishError::Invalid(format!(
+                    "{name} {x} is not between 0 and 1"
+                )))
             }
         };
         let end = now.0 - now.0.rem_euclid(60_000);
@@ -332,7 +331,10 @@ pub fn publish_controllers(
             let machine = command.machine_id.clone();
             match controller_command(&command.action) {
                 Some(command) => {
-                    if !fleet.command(&machine, id, command).map_err(machine_error)? {
+                    if !fleet
+                        .command(&machine, id, command)
+                        .map_err(machine_error)?
+                    {
                         tracing::warn!(machine_id = %machine, "a command for a machine not in this fleet");
                     }
                 }
@@ -368,7 +370,10 @@ pub fn publish_controllers(
             let stale = timer.timeout() * 4;
             sent.retain(|_, (_, _, at)| at.elapsed() < stale);
         }
-        if sent.values().any(|(_, _, at)| at.elapsed() >= timer.timeout()) {
+        if sent
+            .values()
+            .any(|(_, _, at)| at.elapsed() >= timer.timeout())
+        {
             timer.expired(Instant::now());
         }
         if last_report.elapsed() >= Duration::from_secs(5) {

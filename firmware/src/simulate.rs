@@ -219,7 +219,11 @@ mod tests {
         for (machine, mut s) in seqs {
             s.sort_unstable();
             let n = s.len() as u64;
-            assert_eq!(s.last().copied(), Some(s[0] + n - 1), "{machine}: a gap or a repeat");
+            assert_eq!(
+                s.last().copied(),
+                Some(s[0] + n - 1),
+                "{machine}: a gap or a repeat"
+            );
         }
         assert_eq!(wrote.events, text.lines().count());
         Ok(())

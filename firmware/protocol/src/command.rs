@@ -45,7 +45,9 @@ pub enum Action {
     },
     Reboot,
     /// The machine's whole planogram.
-    SetPlanogram { slots: Vec<PlanogramSlot> },
+    SetPlanogram {
+        slots: Vec<PlanogramSlot>,
+    },
     /// An order paid elsewhere: `quantity` units of `slot_number`.
     Dispense {
         order_id: String,
@@ -279,14 +281,16 @@ pub fn decode_command(bytes: &[u8]) -> Result<Command, DecodeError> {
             Action::SetPlanogram { slots }
         }
         "DISPENSE" => {
-            let slot_number = raw.slot_number.ok_or_else(|| {
-                DecodeError::new(ErrorKind::Schema, "DISPENSE needs slotNumber")
-            })?;
+            let slot_number = raw
+                .slot_number
+                .ok_or_else(|| DecodeError::new(ErrorKind::Schema, "DISPENSE needs slotNumber"))?;
             let quantity = raw.quantity.unwrap_or(1);
             if !(1..=MAX_DISPENSE_UNITS).contains(&quantity) {
                 return Err(DecodeError::new(
                     ErrorKind::Number,
-                    format!("DISPENSE: quantity {quantity} is not between 1 and {MAX_DISPENSE_UNITS}"),
+                    format!(
+                        "DISPENSE: quantity {quantity} is not between 1 and {MAX_DISPENSE_UNITS}"
+                    ),
                 ));
             }
             Action::Dispense {

@@ -17,8 +17,8 @@ use serde_json::value::RawValue;
 use crate::command::{AckStatus, CommandAck};
 pub use crate::error::{DecodeError, ErrorKind};
 use crate::event::{
-    ControllerStatus, DoorStatus, ErrorCode, ErrorEvent, Event, EventKind, Heartbeat, Refund, Restock, Sale,
-    Settlement, SettlementStatus,
+    ControllerStatus, DoorStatus, ErrorCode, ErrorEvent, Event, EventKind, Heartbeat, Refund,
+    Restock, Sale, Settlement, SettlementStatus,
 };
 use crate::registry::{
     Lease, LeaseEvent, LeaseEventKind, LeaseStatus, Location, LocationType, Machine, MachineStatus,

@@ -74,6 +74,28 @@ pub enum DeviceCommand {
         #[arg(long)]
         credentials: PathBuf,
     },
+    /// Register a new machine and write its provisioning bundle (its id, a new secret, the
+    /// broker and HTTP endpoints, its planogram from --registry) to --out, readable by its
+    /// owner only; print the bundle as a QR code (and its text payload) for the installer.
+    /// The controller boots from the bundle and starts publishing.
+    Provision {
+        machine_id: String,
+        /// Credentials file (created if missing); the machine's public key is added.
+        #[arg(long)]
+        credentials: PathBuf,
+        /// The MQTT broker the machine publishes to, HOST:PORT.
+        #[arg(long)]
+        mqtt: String,
+        /// Telemetry over HTTP, e.g. https://api.example/api/telemetry.
+        #[arg(long)]
+        http: Option<String>,
+        /// Registry records (JSON Lines, as `registry load` reads): the machine's planogram.
+        #[arg(long)]
+        registry: Option<PathBuf>,
+        /// Where the bundle is written.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Take a machine's key out of the credentials file (a decommissioned machine, a leaked
     /// secret): a bridge or server following the file refuses its envelopes within a second.
     /// `DELETE /api/machines/{id}` does the same for a machine deleted through the API.
@@ -85,10 +107,12 @@ pub enum DeviceCommand {
     },
 }
 
-/// What a device command did: a line for whoever ran it, and a secret to show once.
+/// What a device command did: a line for whoever ran it, and a secret to show once, or a
+/// provisioning bundle's QR code (rendered for a terminal, and its text payload).
 pub struct DeviceOutcome {
     pub notice: String,
     pub secret: Option<String>,
+    pub qr: Option<(String, String)>,
 }
 
 impl DeviceCommand {
@@ -108,8 +132,24 @@ impl DeviceCommand {
                         credentials.display()
                     ),
                     secret: Some(secret),
+                    qr: None,
                 })
             }
+            DeviceCommand::Provision {
+                machine_id,
+                credentials,
+                mqtt,
+                http,
+                registry,
+                out,
+            } => provision(
+                &machine_id,
+                &credentials,
+                mqtt,
+                http,
+                registry.as_deref(),
+                &out,
+            ),
             DeviceCommand::Revoke {
                 machine_id,
                 credentials,
@@ -126,10 +166,114 @@ impl DeviceCommand {
                         credentials.display()
                     ),
                     secret: None,
+                    qr: None,
                 })
             }
         }
     }
+}
+
+/// `vendflow device provision`: the bundle is checked as the controller will read it before
+/// the machine is registered, so a bad address or planogram registers nothing.
+fn provision(
+    machine_id: &str,
+    credentials: &Path,
+    mqtt: String,
+    http: Option<String>,
+    registry: Option<&Path>,
+    out: &Path,
+) -> Result<DeviceOutcome, CredentialsError> {
+    use vendflow_protocol::provision::{BUNDLE_VERSION, Bundle, BundleSlot};
+    let planogram = match registry {
+        None => Vec::new(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| CredentialsError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let machine = text
+                .lines()
+                .filter_map(|l| vendflow_protocol::decode::decode_registry(l.as_bytes()).ok())
+                .find_map(|r| match r {
+                    vendflow_protocol::RegistryRecord::Machine(m)
+                        if m.machine_id.as_str() == machine_id =>
+                    {
+                        Some(m)
+                    }
+                    _ => None,
+                })
+                .ok_or_else(|| {
+                    CredentialsError::Invalid(format!(
+                        "{machine_id} is not a machine of {}",
+                        path.display()
+                    ))
+                })?;
+            machine
+                .slots
+                .iter()
+                .map(|s| BundleSlot {
+                    slot_number: s.slot_number,
+                    product_id: s.product_id.to_string(),
+                    price_cents: s.price.0,
+                    capacity: s.max_capacity,
+                })
+                .collect()
+        }
+    };
+    let placeholder = "0".repeat(64);
+    let mut bundle = Bundle {
+        version: BUNDLE_VERSION,
+        machine_id: machine_id.to_owned(),
+        secret: placeholder,
+        mqtt,
+        http,
+        planogram,
+    };
+    Bundle::from_json(bundle.to_json().as_bytes())
+        .map_err(|e| CredentialsError::Invalid(e.to_string()))?;
+    if out.exists() {
+        return Err(CredentialsError::Invalid(format!(
+            "{} exists; a bundle is never overwritten (it holds a machine's secret)",
+            out.display()
+        )));
+    }
+    bundle.secret = Credentials::register(credentials, machine_id)?;
+    let io = |source| CredentialsError::Io {
+        path: out.display().to_string(),
+        source,
+    };
+    {
+        use std::io::Write;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options.open(out).map_err(io)?;
+        file.write_all(bundle.to_json().as_bytes()).map_err(io)?;
+        file.sync_all().map_err(io)?;
+    }
+    let payload = bundle.qr_payload();
+    let rendered =
+        qrcode::QrCode::with_error_correction_level(payload.as_bytes(), qrcode::EcLevel::L)
+            .map(|code| {
+                code.render::<qrcode::render::unicode::Dense1x2>()
+                    .quiet_zone(true)
+                    .build()
+            })
+            .unwrap_or_else(|e| format!("(the payload does not fit a QR code: {e}; use the file)"));
+    Ok(DeviceOutcome {
+        notice: format!(
+            "registered {machine_id} in {}; its bundle (with its secret: keep it private) is {} ({} slots); the QR code holds the same",
+            credentials.display(),
+            out.display(),
+            bundle.planogram.len()
+        ),
+        secret: None,
+        qr: Some((rendered, payload)),
+    })
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -107,7 +107,8 @@ fn planogram_json(text: &str) -> Result<serde_json::Value, CommandOptionsError> 
     let mut slots = Vec::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let mut fields = part.splitn(3, ':');
-        let (Some(slot), Some(product), Some(price)) = (fields.next(), fields.next(), fields.next())
+        let (Some(slot), Some(product), Some(price)) =
+            (fields.next(), fields.next(), fields.next())
         else {
             return Err(bad());
         };
@@ -116,7 +117,9 @@ fn planogram_json(text: &str) -> Result<serde_json::Value, CommandOptionsError> 
             .ok()
             .filter(serde_json::Value::is_number)
             .ok_or_else(bad)?;
-        slots.push(serde_json::json!({"slotNumber": slot, "productId": product.trim(), "price": price}));
+        slots.push(
+            serde_json::json!({"slotNumber": slot, "productId": product.trim(), "price": price}),
+        );
     }
     Ok(slots.into())
 }
@@ -172,19 +175,28 @@ mod tests {
             serde_json::from_str(&plan.command(now).expect("a planogram").to_json()).expect("json");
         assert_eq!(wire["planogram"][1]["slotNumber"], 148);
         plan.planogram = Some("1:cola".into());
-        assert!(matches!(plan.command(now), Err(CommandOptionsError::Planogram(_))));
+        assert!(matches!(
+            plan.command(now),
+            Err(CommandOptionsError::Planogram(_))
+        ));
         let mut order = options("DISPENSE", Some(3), None);
         order.order = Some("ord_9".into());
         order.quantity = Some(2);
         assert!(order.command(now).is_ok());
         order.quantity = Some(50);
-        assert!(matches!(order.command(now), Err(CommandOptionsError::Invalid(_))));
+        assert!(matches!(
+            order.command(now),
+            Err(CommandOptionsError::Invalid(_))
+        ));
         let mut update = options("UPDATE_FIRMWARE", None, None);
         update.version = Some("3.1.0".into());
         update.url = Some("https://u.example/3.1.0.bin".into());
         update.sha256 = Some("ab".repeat(32));
         assert!(update.command(now).is_ok());
         update.sha256 = Some("ab".into());
-        assert!(matches!(update.command(now), Err(CommandOptionsError::Invalid(_))));
+        assert!(matches!(
+            update.command(now),
+            Err(CommandOptionsError::Invalid(_))
+        ));
     }
 }
