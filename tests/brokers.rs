@@ -1695,35 +1695,8 @@ fn brokers_killed_with_kill_9_while_the_fleet_publishes_lose_nothing_and_count_n
         "--dry-run",
     ])?;
     let bin = vendflow_bin()?;
-    let (cert, key) = vendflow_tests::self_signed(&openssl, d)?;
-    let curl = Curl {
-        program: curl,
-        cacert: cert.clone(),
-    };
-    let (cert_text, key_text) = (cert.display().to_string(), key.display().to_string());
-    let bridge = Daemon::spawn(
-        "bridge",
-        &bin,
-        &[
-            "bridge",
-            "--mqtt",
-            &mqtt,
-            "--kafka",
-            &kafka,
-            "--credentials",
-            &creds_text,
-            "--partitions",
-            "3",
-            "--http",
-            &http,
-            "--tls-cert",
-            &cert_text,
-            "--tls-key",
-            &key_text,
-        ],
-        &d.join("bridge-1.log"),
-    )?;
-    wait_for_log(&bridge, "subscribed", Duration::from_secs(30))?;
+    let (bridge, curl) =
+        start_tls_bridge(&bin, d, &openssl, curl, [&mqtt, &kafka, &http], &creds_text)?;
     let out1 = d.join("views-1");
     let engine = start_plain_engine(&bin, &kafka, &out1, &d.join("engine-1.log"))?;
 
@@ -1825,6 +1798,41 @@ fn brokers_killed_with_kill_9_while_the_fleet_publishes_lose_nothing_and_count_n
     Ok(())
 }
 
+/// `vendflow bridge` with 3 partitions and its HTTP endpoint on TLS (a certificate made with
+/// `openssl`), logging to `bridge-1.log`, once subscribed; and curl trusting that certificate.
+fn start_tls_bridge(
+    bin: &Path,
+    d: &Path,
+    openssl: &Path,
+    curl: PathBuf,
+    [mqtt, kafka, http]: [&str; 3],
+    credentials: &str,
+) -> anyhow::Result<(Daemon, Curl)> {
+    let (cert, key) = vendflow_tests::self_signed(openssl, d)?;
+    let (cert_text, key_text) = (cert.display().to_string(), key.display().to_string());
+    let bridge = vendflow_tests::spawn_bridge(
+        bin,
+        &d.join("bridge-1.log"),
+        [mqtt, kafka, credentials],
+        3,
+        &[
+            "--http",
+            http,
+            "--tls-cert",
+            &cert_text,
+            "--tls-key",
+            &key_text,
+        ],
+    )?;
+    Ok((
+        bridge,
+        Curl {
+            program: curl,
+            cacert: cert,
+        },
+    ))
+}
+
 /// Refunds per (machine, day) over distinct refunds (machine, transaction, slot, reason): how
 /// many and how much, the obvious way.
 fn refund_oracle(file: &Path) -> anyhow::Result<BTreeMap<(String, String), (i64, i64)>> {
@@ -1918,35 +1926,8 @@ fn a_thousand_controllers_with_outages_and_a_broker_restart_lose_no_event() -> a
     dry.push("--dry-run");
     vendflow(&dry)?;
     let bin = vendflow_bin()?;
-    let (cert, key) = vendflow_tests::self_signed(&openssl, d)?;
-    let curl = Curl {
-        program: curl,
-        cacert: cert.clone(),
-    };
-    let (cert_text, key_text) = (cert.display().to_string(), key.display().to_string());
-    let bridge = Daemon::spawn(
-        "bridge",
-        &bin,
-        &[
-            "bridge",
-            "--mqtt",
-            &mqtt,
-            "--kafka",
-            &kafka,
-            "--credentials",
-            &creds_text,
-            "--partitions",
-            "3",
-            "--http",
-            &http,
-            "--tls-cert",
-            &cert_text,
-            "--tls-key",
-            &key_text,
-        ],
-        &d.join("bridge-1.log"),
-    )?;
-    wait_for_log(&bridge, "subscribed", Duration::from_secs(30))?;
+    let (bridge, curl) =
+        start_tls_bridge(&bin, d, &openssl, curl, [&mqtt, &kafka, &http], &creds_text)?;
     let out = d.join("views");
     let engine = start_plain_engine(&bin, &kafka, &out, &d.join("engine.log"))?;
 
@@ -2237,28 +2218,18 @@ fn start_retaining_bridge(
         &creds.display().to_string(),
         "--dry-run",
     ])?;
-    let bridge = Daemon::spawn(
-        "bridge",
+    vendflow_tests::spawn_bridge(
         bin,
+        &d.join("bridge-1.log"),
+        [mqtt, kafka, &creds.display().to_string()],
+        3,
         &[
-            "bridge",
-            "--mqtt",
-            mqtt,
-            "--kafka",
-            kafka,
-            "--credentials",
-            &creds.display().to_string(),
-            "--partitions",
-            "3",
             "--http",
             http,
             "--telemetry-retention-secs",
             &retention_secs.to_string(),
         ],
-        &d.join("bridge-1.log"),
-    )?;
-    wait_for_log(&bridge, "subscribed", Duration::from_secs(30))?;
-    Ok(bridge)
+    )
 }
 
 /// `vendflow run` on `kafka`, archiving, writing its views and status into `out` twice a

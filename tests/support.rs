@@ -557,26 +557,39 @@ pub fn start_bridge(
     if !status.success() {
         bail!("writing the fleet's credentials failed");
     }
-    let creds = creds.display().to_string();
-    let partitions = partitions.to_string();
-    let bridge = Daemon::spawn(
-        "bridge",
+    spawn_bridge(
         bin,
-        &[
-            "bridge",
-            "--mqtt",
-            mqtt,
-            "--kafka",
-            kafka,
-            "--credentials",
-            &creds,
-            "--partitions",
-            &partitions,
-            "--http",
-            http,
-        ],
         &dir.join("bridge.log"),
-    )?;
+        [mqtt, kafka, &creds.display().to_string()],
+        partitions,
+        &["--http", http],
+    )
+}
+
+/// `vendflow bridge` from the broker `mqtt` to `kafka` with the machines' `credentials`,
+/// producing to `partitions` partitions, with `extra` options, logging to `log`; returned once
+/// it has subscribed.
+pub fn spawn_bridge(
+    bin: &Path,
+    log: &Path,
+    [mqtt, kafka, credentials]: [&str; 3],
+    partitions: u32,
+    extra: &[&str],
+) -> anyhow::Result<Daemon> {
+    let partitions = partitions.to_string();
+    let mut args = vec![
+        "bridge",
+        "--mqtt",
+        mqtt,
+        "--kafka",
+        kafka,
+        "--credentials",
+        credentials,
+        "--partitions",
+        &partitions,
+    ];
+    args.extend(extra);
+    let bridge = Daemon::spawn("bridge", bin, &args, log)?;
     bridge.wait_for_line("subscribed", std::time::Duration::from_secs(30))?;
     Ok(bridge)
 }

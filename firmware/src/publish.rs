@@ -206,6 +206,53 @@ impl Published {
     }
 }
 
+/// `--record`: every event as a JSON line; a write error is kept and reported at the end (the
+/// stream goes on: what was published is published).
+struct Recorder {
+    out: Option<(std::io::BufWriter<std::fs::File>, PathBuf)>,
+    error: Option<std::io::Error>,
+}
+
+impl Recorder {
+    fn open(path: Option<&Path>) -> Result<Recorder, PublishError> {
+        let out = match path {
+            Some(path) => Some((
+                std::io::BufWriter::new(
+                    std::fs::File::create(path).map_err(|source| io_error(path, source))?,
+                ),
+                path.to_owned(),
+            )),
+            None => None,
+        };
+        Ok(Recorder { out, error: None })
+    }
+
+    fn write(&mut self, event: &vendflow_protocol::Event) {
+        if let Some((w, _)) = self.out.as_mut()
+            && let Err(err) = writeln!(w, "{}", event.to_json_line())
+        {
+            self.error.get_or_insert(err);
+        }
+    }
+
+    fn finish(self) -> Result<(), PublishError> {
+        let Some((mut w, path)) = self.out else {
+            return Ok(());
+        };
+        match self.error {
+            Some(e) => Err(io_error(&path, e)),
+            None => w.flush().map_err(|e| io_error(&path, e)),
+        }
+    }
+}
+
+fn io_error(path: &Path, source: std::io::Error) -> PublishError {
+    PublishError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
 /// Publishes `fleet` up to `end` to the broker of `options` (until `stop`), recording the
 /// events if asked, answers commands for `--linger` seconds, and waits until everything sent
 /// is acknowledged (or receipted).
@@ -221,19 +268,8 @@ pub fn publish(
     let client_id = format!("vendflow-publisher-{}", std::process::id());
     let mut publisher =
         Publisher::connect_with(host, port, &client_id, options.seed, options.receipts);
-    let io = |path: &Path| {
-        let path = path.display().to_string();
-        move |source| PublishError::Io { path, source }
-    };
-    let mut record = match &options.record {
-        Some(path) => Some((
-            std::io::BufWriter::new(std::fs::File::create(path).map_err(io(path))?),
-            path,
-        )),
-        None => None,
-    };
+    let mut record = Recorder::open(options.record.as_deref())?;
     let mut events = 0u64;
-    let mut write_error = None;
     let started = Instant::now();
     mqtt::run(
         fleet,
@@ -243,22 +279,13 @@ pub fn publish(
         stop,
         |envelope| {
             events += envelope.events.len() as u64;
-            if let Some((w, _)) = record.as_mut() {
-                for e in &envelope.events {
-                    if let Err(err) = writeln!(w, "{}", e.to_json_line()) {
-                        write_error.get_or_insert(err);
-                    }
-                }
+            for e in &envelope.events {
+                record.write(e);
             }
         },
         |_| {},
     )?;
-    if let Some((mut w, path)) = record {
-        match write_error {
-            Some(e) => return Err(io(path)(e)),
-            None => w.flush().map_err(io(path))?,
-        }
-    }
+    record.finish()?;
     let answered = if options.linger > 0 {
         mqtt::serve_commands(
             fleet,
@@ -296,24 +323,14 @@ pub fn publish_controllers(
     let client_id = format!("vendflow-controllers-{}", std::process::id());
     let (mut publisher, receipts) =
         Publisher::connect_forwarding(host, port, &client_id, options.seed);
-    let io = |path: &Path| {
-        let path = path.display().to_string();
-        move |source| PublishError::Io { path, source }
-    };
-    let mut record = match &options.record {
-        Some(path) => Some((
-            std::io::BufWriter::new(std::fs::File::create(path).map_err(io(path))?),
-            path,
-        )),
-        None => None,
-    };
+    let mut record = Recorder::open(options.record.as_deref())?;
     let machine_error = |e: crate::machine::MachineError| PublishError::Invalid(e.to_string());
     let started = Instant::now();
     let begin = fleet.now();
     let mut timer = mqtt::ResendTimer::default();
     // Receipt → (machine, last event number, when it was sent).
     let mut sent: std::collections::HashMap<String, (usize, u64, Instant)> = Default::default();
-    let (mut events, mut write_error) = (0u64, None);
+    let mut events = 0u64;
     let mut reached_end: Option<Instant> = None;
     let mut drained: Option<Instant> = None;
     let mut last_report = Instant::now();
@@ -348,11 +365,7 @@ pub fn publish_controllers(
         let ready = fleet
             .ready(wall, resend_after, target >= end.0, |e| {
                 events += 1;
-                if let Some((w, _)) = record.as_mut()
-                    && let Err(err) = writeln!(w, "{}", e.to_json_line())
-                {
-                    write_error.get_or_insert(err);
-                }
+                record.write(e);
             })
             .map_err(machine_error)?;
         for (i, envelope, last) in ready {
@@ -408,12 +421,7 @@ pub fn publish_controllers(
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    if let Some((mut w, path)) = record {
-        match write_error {
-            Some(e) => return Err(io(path)(e)),
-            None => w.flush().map_err(io(path))?,
-        }
-    }
+    record.finish()?;
     let envelopes = publisher.finish(FINISH_TIMEOUT)?;
     Ok(Published {
         envelopes,

@@ -80,15 +80,7 @@ pub fn write_files(options: &SimulateOptions) -> Result<Simulated, SimulateError
             .ok_or_else(|| SimulateError::UnknownScenario(name.clone()))?,
     };
     let hours = options.hours;
-    if !(1..=MAX_HOURS).contains(&hours) {
-        return Err(SimulateError::Hours(hours));
-    }
-    let io = |path: &Path| {
-        let path = path.display().to_string();
-        move |source| SimulateError::Io { path, source }
-    };
-    let out = &options.out;
-    std::fs::create_dir_all(out).map_err(io(out))?;
+    let out = prepare(options)?;
     let mut fleet = Fleet::new(&config);
     let registry_path = out.join("registry.jsonl");
     std::fs::write(&registry_path, fleet.registry_json_lines()).map_err(io(&registry_path))?;
@@ -116,20 +108,27 @@ pub fn write_files(options: &SimulateOptions) -> Result<Simulated, SimulateError
     })
 }
 
+/// Checks the span and creates the output directory.
+fn prepare(options: &SimulateOptions) -> Result<&Path, SimulateError> {
+    if !(1..=MAX_HOURS).contains(&options.hours) {
+        return Err(SimulateError::Hours(options.hours));
+    }
+    std::fs::create_dir_all(&options.out).map_err(io(&options.out))?;
+    Ok(&options.out)
+}
+
+/// The error of an I/O on `path`.
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SimulateError {
+    let path = path.display().to_string();
+    move |source| SimulateError::Io { path, source }
+}
+
 /// `--controllers`: the fleet of controllers over the span, every envelope acknowledged as
 /// soon as it is sent; events are written as they are first sent (streamed, not held).
 fn write_controllers(options: &SimulateOptions) -> Result<Simulated, SimulateError> {
     use std::io::Write;
     let hours = options.hours;
-    if !(1..=MAX_HOURS).contains(&hours) {
-        return Err(SimulateError::Hours(hours));
-    }
-    let io = |path: &Path| {
-        let path = path.display().to_string();
-        move |source| SimulateError::Io { path, source }
-    };
-    let out = &options.out;
-    std::fs::create_dir_all(out).map_err(io(out))?;
+    let out = prepare(options)?;
     let start = FleetConfig::default().start;
     let end = Timestamp(start.0 + hours * MS_PER_HOUR);
     let mut config = ControlledConfig::new(options.machines, options.seed, start, end);
