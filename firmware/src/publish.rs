@@ -78,6 +78,10 @@ pub struct PublishOptions {
     pub outage_share: f64,
     #[arg(long, default_value_t = 24.0, requires = "controllers")]
     pub max_outage_hours: f64,
+    /// With --controllers: the chance that a unit does not drop at a try (a unit that fails
+    /// its retry too is refunded, and its slot goes out of service until restocked).
+    #[arg(long, default_value_t = 0.01, requires = "controllers")]
+    pub jam_share: f64,
     /// With --controllers: the share of machines whose power is cut once.
     #[arg(long, default_value_t = 0.02, requires = "controllers")]
     pub power_cut_share: f64,
@@ -129,6 +133,7 @@ impl PublishOptions {
         config.heartbeat_ms = i64::from(self.heartbeat_secs.max(1)) * 1000;
         config.outages = share("--outage-share", self.outage_share)?;
         config.power_cuts = share("--power-cut-share", self.power_cut_share)?;
+        config.jam = share("--jam-share", self.jam_share)?;
         config.max_outage_ms = (self.max_outage_hours.max(0.0) * MS_PER_HOUR as f64) as i64;
         config.first_number = u64::try_from(now.0).unwrap_or(0).saturating_mul(1000);
         config.batch_ms = i64::from(self.batch_secs) * 1000;

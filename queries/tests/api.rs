@@ -952,6 +952,7 @@ async fn every_route_is_in_the_openapi_document_and_answers() {
         ("/api/dashboard/map", &["get"]),
         ("/api/dashboard/stream", &["get"]),
         ("/api/whoami", &["get"]),
+        ("/api/receipts/{machine_id}/{transaction_id}", &["get"]),
         ("/health", &["get"]),
         ("/metrics", &["get"]),
         ("/api/openapi.json", &["get"]),
@@ -1020,7 +1021,9 @@ async fn every_route_is_in_the_openapi_document_and_answers() {
         {
             let uri = path
                 .replace("{id}", if path.contains("leases") { "nope" } else { &m })
-                .replace("{name}", "liveness");
+                .replace("{name}", "liveness")
+                .replace("{machine_id}", &m)
+                .replace("{transaction_id}", "txn_1_1");
             if uri.ends_with("subscribe") || uri.ends_with("stream") {
                 continue; // streams never end; tested elsewhere
             }
@@ -1035,6 +1038,15 @@ async fn every_route_is_in_the_openapi_document_and_answers() {
     }
     let (s, b) = h.get("/api/nothing", &h.admin).await;
     assert_eq!((s, error_code(&b)), (StatusCode::NOT_FOUND, "no_route"));
+    // Receipts come from the archive: a server without one says so; a bad code is refused
+    // before any query.
+    let (s, b) = h.get(&format!("/api/receipts/{m}/txn_1_1"), &h.admin).await;
+    assert_eq!(
+        (s, error_code(&b)),
+        (StatusCode::SERVICE_UNAVAILABLE, "no_archive")
+    );
+    let (s, _) = h.get(&format!("/api/receipts/{m}/a%20b"), &h.admin).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

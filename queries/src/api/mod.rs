@@ -21,6 +21,7 @@ mod leases;
 pub mod limits;
 mod machines;
 mod ops;
+mod receipts;
 mod views;
 pub mod web;
 
@@ -175,6 +176,7 @@ pub(crate) fn documented() -> OpenApiRouter<ApiState> {
         .routes(routes!(leases::renew))
         .routes(routes!(leases::terminate))
         .routes(routes!(leases::invoice))
+        .routes(routes!(receipts::receipt))
         .routes(routes!(dashboard::fleet))
         .routes(routes!(dashboard::map))
         .routes(routes!(dashboard::stream))
