@@ -1730,17 +1730,13 @@ fn brokers_killed_with_kill_9_while_the_fleet_publishes_lose_nothing_and_count_n
     // kill -9 Mosquitto mid-stream, once it has saved every session (an autosave that began
     // a second or more after the machines connected); the machines publish again what it had
     // not acknowledged, the bridge's session comes back from its persistence file.
-    let connected = started_wall + Duration::from_secs(1);
-    wait_until(
-        "Mosquitto saves its sessions",
-        Duration::from_secs(30),
-        || Ok(d.join("mosquitto.db").metadata()?.modified()? > connected),
+    mosquitto = kill_mosquitto_once_saved(
+        mosquitto,
+        (&mosquitto_bin, mqtt_port),
+        d,
+        started_wall,
+        (&curl, &http),
     )?;
-    mosquitto.kill();
-    let at_kill = bridge_metric(&curl, &http, "forwarded_total")?;
-    eprintln!("mosquitto killed with kill -9 after {at_kill} envelopes forwarded");
-    std::thread::sleep(Duration::from_millis(500));
-    mosquitto = start_mosquitto(&mosquitto_bin, d, mqtt_port)?;
     let published = finish(publisher)?;
     assert!(
         started.elapsed() > Duration::from_secs(5),
@@ -1796,6 +1792,29 @@ fn brokers_killed_with_kill_9_while_the_fleet_publishes_lose_nothing_and_count_n
     drop(tansu);
     drop(mosquitto);
     Ok(())
+}
+
+/// `kill -9` Mosquitto once it has saved its sessions (an autosave a second or more after
+/// `since`, when the machines had connected) and start it again on its data; says how many
+/// envelopes the bridge had forwarded by then.
+fn kill_mosquitto_once_saved(
+    mut mosquitto: Daemon,
+    (program, port): (&Path, u16),
+    d: &Path,
+    since: std::time::SystemTime,
+    (curl, http): (&Curl, &str),
+) -> anyhow::Result<Daemon> {
+    let connected = since + Duration::from_secs(1);
+    wait_until(
+        "Mosquitto saves its sessions",
+        Duration::from_secs(30),
+        || Ok(d.join("mosquitto.db").metadata()?.modified()? > connected),
+    )?;
+    mosquitto.kill();
+    let at_kill = bridge_metric(curl, http, "forwarded_total")?;
+    eprintln!("mosquitto killed with kill -9 after {at_kill} envelopes forwarded");
+    std::thread::sleep(Duration::from_millis(500));
+    start_mosquitto(program, d, port)
 }
 
 /// `vendflow bridge` with 3 partitions and its HTTP endpoint on TLS (a certificate made with
@@ -2062,17 +2081,13 @@ fn a_thousand_controllers_with_outages_and_a_broker_restart_lose_no_event() -> a
     )?;
     // kill -9 Mosquitto once it has saved the sessions; the machines send again what has no
     // receipt, the bridge's session comes back from Mosquitto's persistence file.
-    let connected = started_wall + Duration::from_secs(1);
-    wait_until(
-        "Mosquitto saves its sessions",
-        Duration::from_secs(30),
-        || Ok(d.join("mosquitto.db").metadata()?.modified()? > connected),
+    mosquitto = kill_mosquitto_once_saved(
+        mosquitto,
+        (&mosquitto_bin, mqtt_port),
+        d,
+        started_wall,
+        (&curl, &http),
     )?;
-    mosquitto.kill();
-    let at_kill = bridge_metric(&curl, &http, "forwarded_total")?;
-    eprintln!("mosquitto killed with kill -9 after {at_kill} envelopes forwarded");
-    std::thread::sleep(Duration::from_millis(500));
-    mosquitto = start_mosquitto(&mosquitto_bin, d, mqtt_port)?;
     // The platform's commands reach the controllers through Kafka, the bridge and Mosquitto:
     // each is applied (or refused) by the machine's own controller and answered from its outbox.
     let url = "https://updates.example/vendflow-3.1.0.bin";

@@ -38,19 +38,21 @@ fn a_provisioned_controller_boots_from_its_bundle_and_signs_what_the_platform_ac
         &text(&registry),
         "--dry-run",
     ])?;
-    let out = vendflow(&[
-        "device",
-        "provision",
-        "mach_00003",
-        "--credentials",
-        &text(&creds),
-        "--mqtt",
-        "mqtt.example:8883",
-        "--registry",
-        &text(&registry),
-        "--out",
-        &text(&bundle_path),
-    ])?;
+    let creds_text = text(&creds);
+    let provision = |extra: &[&str]| {
+        let mut args = vec![
+            "device",
+            "provision",
+            "mach_00003",
+            "--credentials",
+            &creds_text,
+            "--mqtt",
+            "mqtt.example:8883",
+        ];
+        args.extend(extra);
+        vendflow(&args)
+    };
+    let out = provision(&["--registry", &text(&registry), "--out", &text(&bundle_path)])?;
     let printed = String::from_utf8_lossy(&out.stdout);
     let payload = printed
         .lines()
@@ -95,17 +97,7 @@ fn a_provisioned_controller_boots_from_its_bundle_and_signs_what_the_platform_ac
     });
     assert!(verified.is_ok(), "{verified:?}");
     // Provisioned once: a second bundle for it is refused, and the first is kept.
-    let again = vendflow(&[
-        "device",
-        "provision",
-        "mach_00003",
-        "--credentials",
-        &text(&creds),
-        "--mqtt",
-        "mqtt.example:8883",
-        "--out",
-        &text(&dir.path().join("again.json")),
-    ]);
+    let again = provision(&["--out", &text(&dir.path().join("again.json"))]);
     assert!(again.is_err(), "a machine is provisioned once");
     assert!(bundle_path.exists());
     Ok(())

@@ -403,11 +403,7 @@ impl Unit {
         if self.power_cut.is_some_and(|t| t <= now) {
             self.power_cut = None;
             tally.power_cuts += 1;
-            let stand_in = placeholder(&self.machine.id, now)?;
-            let machine = std::mem::replace(&mut self.machine, stand_in);
-            let (mut machine, _, actions) = machine.power_cut(now)?;
-            machine.compact_at(COMPACT_AT);
-            self.machine = machine;
+            let (_, actions) = self.machine.power_cut(now)?;
             self.booted_at = now;
             self.online = false;
             self.in_flight = None;
@@ -656,8 +652,6 @@ impl Unit {
                     tally.turned_away += 1;
                     self.later(now + 2_000, Input::Cancel);
                 }
-                Action::Show(Message::SoldOut(_) | Message::UnknownSlot(_) | Message::CartFull) => {
-                }
                 Action::Show(_) => {}
                 Action::Receipt { .. } => tally.receipts += 1,
                 Action::Record(Record::Sale {
@@ -704,13 +698,6 @@ impl Unit {
 pub fn simulated_image_sha256(url: &str) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(url.as_bytes()).into()
-}
-
-/// A machine with nothing, standing in for a moment while the real one goes through a power
-/// cut.
-fn placeholder(id: &MachineId, now: Millis) -> Result<Machine<MemoryLog>, MachineError> {
-    let (machine, _) = Machine::in_memory(id.clone(), Vend::new(Vec::new()), now)?;
-    Ok(machine)
 }
 
 #[cfg(test)]

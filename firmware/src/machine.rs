@@ -101,28 +101,14 @@ impl Machine<FileLog> {
 }
 
 impl Machine<MemoryLog> {
-    /// A machine whose outbox is in memory (a simulated one).
-    pub fn in_memory(
-        id: MachineId,
-        vend: Vend,
-        now: Millis,
-    ) -> Result<(Self, Vec<Action>), MachineError> {
-        let place = format!("in memory ({id})");
-        let (machine, _, actions) = Machine::boot(id, vend, MemoryLog::default(), place, now)?;
-        Ok((machine, actions))
-    }
-
     /// The power goes and comes back: what was not synced is gone from the log, the
-    /// controller boots again (the caller's `vend` is what it had kept).
-    pub fn power_cut(self, now: Millis) -> Result<(Self, Opened, Vec<Action>), MachineError> {
-        let Machine {
-            id,
-            vend,
-            mut outbox,
-            place,
-        } = self;
-        let log = outbox.log_mut().after_power_cut();
-        Machine::boot(id, vend, log, place, now)
+    /// controller boots again (its `vend` is what it had kept).
+    pub fn power_cut(&mut self, now: Millis) -> Result<(Opened, Vec<Action>), MachineError> {
+        let log = self.outbox.log_mut().after_power_cut();
+        let (mut outbox, opened) = Outbox::open(log).map_err(|e| outbox_error(&self.place, e))?;
+        outbox.set_compact_at(self.outbox.compacts_at());
+        self.outbox = outbox;
+        Ok((opened, self.restart(now)?))
     }
 }
 

@@ -106,6 +106,13 @@ fn parse_outage(text: &str) -> Result<(usize, u32), String> {
 }
 
 impl PublishOptions {
+    /// `--mqtt` as host and port.
+    fn broker(&self) -> Result<(&str, u16), PublishError> {
+        mqtt::broker_address(&self.mqtt).ok_or_else(|| {
+            PublishError::Invalid(format!("--mqtt {:?} is not HOST:PORT", self.mqtt))
+        })
+    }
+
     /// The fleet of controllers to publish (`--controllers`), and the end of its span.
     pub fn controllers(&self, now: Timestamp) -> Result<(Controllers, Timestamp), PublishError> {
         if self.machines == 0 || self.hours.is_nan() || self.hours <= 0.0 {
@@ -267,9 +274,7 @@ pub fn publish(
     end: Timestamp,
     stop: &AtomicBool,
 ) -> Result<Published, PublishError> {
-    let (host, port) = mqtt::broker_address(&options.mqtt).ok_or_else(|| {
-        PublishError::Invalid(format!("--mqtt {:?} is not HOST:PORT", options.mqtt))
-    })?;
+    let (host, port) = options.broker()?;
     let client_id = format!("vendflow-publisher-{}", std::process::id());
     let mut publisher =
         Publisher::connect_with(host, port, &client_id, options.seed, options.receipts);
@@ -322,9 +327,7 @@ pub fn publish_controllers(
     end: Timestamp,
     stop: &AtomicBool,
 ) -> Result<Published, PublishError> {
-    let (host, port) = mqtt::broker_address(&options.mqtt).ok_or_else(|| {
-        PublishError::Invalid(format!("--mqtt {:?} is not HOST:PORT", options.mqtt))
-    })?;
+    let (host, port) = options.broker()?;
     let client_id = format!("vendflow-controllers-{}", std::process::id());
     let (mut publisher, receipts) =
         Publisher::connect_forwarding(host, port, &client_id, options.seed);

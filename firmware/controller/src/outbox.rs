@@ -286,6 +286,11 @@ impl<L: Log> Outbox<L> {
         self.compact_at = bytes;
     }
 
+    /// The compaction threshold ([`Outbox::set_compact_at`]).
+    pub fn compacts_at(&self) -> u64 {
+        self.compact_at
+    }
+
     pub fn log_mut(&mut self) -> &mut L {
         &mut self.log
     }

@@ -14,7 +14,7 @@ use serde_json::Value as Json;
 use utoipa::ToSchema;
 
 use super::{ApiError, ApiState, Auth, ErrorBody, Unauthenticated};
-use crate::sql::{Caller, QueryError};
+use crate::sql::Caller;
 
 /// One line of a cart: units of one slot delivered.
 #[derive(Serialize, ToSchema)]
@@ -149,20 +149,7 @@ pub(super) async fn receipt(
         key: auth.0.token_id.clone(),
         scope: state.scope(&auth.0),
     };
-    let answer = state
-        .sql
-        .query_in(&caller, &sql)
-        .await
-        .map_err(|e| match e {
-            QueryError::Busy(_) => {
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "busy", e.to_string())
-                    .with_retry_after(1)
-            }
-            QueryError::Timeout(_) => {
-                ApiError::new(StatusCode::REQUEST_TIMEOUT, "timeout", e.to_string())
-            }
-            _ => ApiError::internal(e.to_string()),
-        })?;
+    let answer = state.sql.query_in(&caller, &sql).await?;
     let (_, bytes) = crate::sql::encode(&answer, "application/json")
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let body: Json =

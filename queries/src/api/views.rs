@@ -313,7 +313,16 @@ pub(super) async fn sql(
         key: auth.0.token_id.clone(),
         scope: state.scope(&auth.0),
     };
-    let answer = state.sql.query_in(&caller, &text).await.map_err(|e| {
+    let answer = state.sql.query_in(&caller, &text).await?;
+    let (content_type, bytes) =
+        crate::sql::encode(&answer, &accept).map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(([(axum::http::header::CONTENT_TYPE, content_type)], bytes).into_response())
+}
+
+/// A query's failure as the API answers it: refused 403, bad SQL or too large a result 400,
+/// timed out 408, busy 429 (retry in a second), failed 500.
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> ApiError {
         let (status, code) = match e {
             QueryError::Refused(_) => (StatusCode::FORBIDDEN, "refused"),
             QueryError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_sql"),
@@ -326,8 +335,5 @@ pub(super) async fn sql(
             QueryError::Failed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "query_failed"),
         };
         ApiError::new(status, code, e.to_string())
-    })?;
-    let (content_type, bytes) =
-        crate::sql::encode(&answer, &accept).map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok(([(axum::http::header::CONTENT_TYPE, content_type)], bytes).into_response())
+    }
 }
