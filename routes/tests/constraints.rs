@@ -1,0 +1,445 @@
+//! Every constraint of a plan, checked by a naive checker of its own (its own distance, its own
+//! schedule, its own loads), on seeded random fleets: crews per region and in all, stops per
+//! shift, shift length, every urgent machine visited once, every machine once at most, loads
+//! equal to what each slot will lack at the arrival. Then the same after a re-plan mid-shift.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use vendflow_routes::{Depot, Need, Options, Plan, Shift, Stop, plan, replan};
+
+const HOUR: i64 = 3_600_000;
+const DAY: i64 = 24 * HOUR;
+
+fn depots() -> Vec<Depot> {
+    vec![
+        Depot {
+            region: "north".into(),
+            lat: 40.85,
+            lng: -73.95,
+        },
+        Depot {
+            region: "south".into(),
+            lat: 40.60,
+            lng: -74.00,
+        },
+        // "east" has no depot: its crews start from the middle of its stops.
+    ]
+}
+
+fn stops(seed: u64, n: usize) -> Vec<Stop> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..n)
+        .map(|i| {
+            let region = ["north", "south", "east"][i % 3];
+            let (lat0, lng0) = match region {
+                "north" => (40.85, -73.95),
+                "south" => (40.60, -74.00),
+                _ => (40.70, -73.80),
+            };
+            let needs = (1..=rng.random_range(1..6))
+                .map(|slot| {
+                    let capacity = rng.random_range(6..15);
+                    Need {
+                        slot_number: slot,
+                        product_id: ["cola", "water", "chips", "candy"][rng.random_range(0..4)]
+                            .into(),
+                        capacity,
+                        units: rng.random_range(0..=capacity),
+                        daily_demand: rng.random_range(0.0..12.0),
+                    }
+                })
+                .collect();
+            Stop {
+                machine_id: format!("mach_{i:05}"),
+                region: region.into(),
+                lat: lat0 + rng.random_range(-0.08..0.08),
+                lng: lng0 + rng.random_range(-0.08..0.08),
+                hours_to_empty: if rng.random_bool(0.3) {
+                    rng.random_range(0.0..14.0)
+                } else {
+                    rng.random_range(14.0..48.0)
+                },
+                needs,
+            }
+        })
+        .collect()
+}
+
+fn options() -> Options {
+    Options {
+        crews: 9,
+        stops_per_crew: 12,
+        generations: 150,
+        ..Options::default()
+    }
+}
+
+/// Metres on the road between two points, computed here without the crate's code.
+fn road_m(a: (f64, f64), b: (f64, f64), factor: f64) -> f64 {
+    let r = 6_371_008.8_f64;
+    let (p1, p2) = (a.0.to_radians(), b.0.to_radians());
+    let (dp, dl) = (p2 - p1, (b.1 - a.1).to_radians());
+    let h = (dp / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
+    (2.0 * r * h.sqrt().asin() * factor).round()
+}
+
+/// What a slot lacks `days` from now, computed here.
+fn lacks(n: &Need, days: f64) -> i64 {
+    let left = (n.units as f64 - n.daily_demand * days).max(0.0).floor() as i64;
+    n.capacity - left
+}
+
+/// Checks every rule of `plan` for the machines `stops` at `now`; `fixed` visits must be unchanged.
+fn check(plan: &Plan, stops: &[Stop], depots: &[Depot], now: i64, o: &Options) {
+    let by_id: HashMap<&str, &Stop> = stops.iter().map(|s| (s.machine_id.as_str(), s)).collect();
+    let end = plan.shift_end_ms;
+    assert_eq!(
+        end - plan.shift_start_ms,
+        i64::from(o.shift_minutes) * 60_000
+    );
+    // Crews: per region at most its share, in all at most the fleet's.
+    let mut per_region: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut names = HashSet::new();
+    for r in &plan.routes {
+        *per_region.entry(r.region.as_str()).or_default() += 1;
+        assert!(names.insert(r.crew.clone()), "crew {} twice", r.crew);
+        assert!(r.crew.starts_with(&r.region), "{} in {}", r.crew, r.region);
+    }
+    assert!(
+        plan.crews.values().sum::<usize>() <= o.crews,
+        "{:?}",
+        plan.crews
+    );
+    for (region, used) in &per_region {
+        assert!(
+            *used <= plan.crews[*region],
+            "{region}: {used} crews of {:?}",
+            plan.crews
+        );
+    }
+    // Each machine once at most; stops per shift; the schedule, driven again here.
+    let mut visited: HashSet<&str> = HashSet::new();
+    for r in &plan.routes {
+        assert!(!r.visits.is_empty(), "an empty route {}", r.crew);
+        assert!(
+            r.visits.len() <= o.stops_per_crew,
+            "{} has {} stops",
+            r.crew,
+            r.visits.len()
+        );
+        if let Some(d) = depots.iter().find(|d| d.region == r.region) {
+            assert_eq!(
+                (r.depot.lat, r.depot.lng),
+                (d.lat, d.lng),
+                "{} starts elsewhere",
+                r.crew
+            );
+        }
+        let mut at = (r.depot.lat, r.depot.lng);
+        let mut t = r.start_ms as f64;
+        let mut total = 0.0;
+        let mut first_ahead = true;
+        for v in &r.visits {
+            if v.arrive_ms > now && first_ahead {
+                // A crew is free from now at the earliest (the re-planner's model: at its last stop).
+                first_ahead = false;
+                t = t.max(now as f64);
+            }
+            assert!(
+                visited.insert(v.machine_id.as_str()),
+                "{} visited twice",
+                v.machine_id
+            );
+            assert_eq!(
+                by_id.get(v.machine_id.as_str()).map(|s| &s.region),
+                Some(&r.region),
+                "{} out of region",
+                v.machine_id
+            );
+            let leg = road_m(at, (v.lat, v.lng), o.road_factor);
+            assert!(
+                (leg - v.leg_m).abs() <= 1.0,
+                "{}: leg {} vs {leg}",
+                v.machine_id,
+                v.leg_m
+            );
+            total += leg;
+            t += leg / (o.speed_kmh / 3.6) * 1000.0;
+            if v.arrive_ms <= now {
+                t = v.arrive_ms as f64;
+            } else {
+                // Ahead of the crew: the schedule is this shift's. (Behind: as it was planned.)
+                assert!(
+                    (v.arrive_ms as f64 - t).abs() < 2_000.0,
+                    "{}: arrives {} vs {t}",
+                    v.machine_id,
+                    v.arrive_ms
+                );
+                let s = by_id[v.machine_id.as_str()];
+                let days = (v.arrive_ms - now).max(0) as f64 / DAY as f64;
+                let expected: Vec<(u32, i64)> = s
+                    .needs
+                    .iter()
+                    .map(|n| (n.slot_number, lacks(n, days)))
+                    .filter(|(_, u)| *u > 0)
+                    .collect();
+                let got: Vec<(u32, i64)> =
+                    v.loads.iter().map(|l| (l.slot_number, l.units)).collect();
+                assert_eq!(got, expected, "{}: loads", v.machine_id);
+                for l in &v.loads {
+                    let n = s
+                        .needs
+                        .iter()
+                        .find(|n| n.slot_number == l.slot_number)
+                        .expect("a slot of the machine");
+                    assert_eq!(l.product_id, n.product_id);
+                    assert!(l.units <= n.capacity);
+                }
+            }
+            t = t.max(v.arrive_ms as f64);
+            t += (v.depart_ms - v.arrive_ms) as f64;
+            at = (v.lat, v.lng);
+        }
+        let home = road_m(at, (r.depot.lat, r.depot.lng), o.road_factor);
+        total += home;
+        assert!(
+            (total - r.distance_m).abs() <= 1.0 + r.visits.len() as f64,
+            "{}: {} m vs {total}",
+            r.crew,
+            r.distance_m
+        );
+        assert!(
+            r.back_ms <= end,
+            "{} back at {} after the shift's end {end}",
+            r.crew,
+            r.back_ms
+        );
+    }
+    // Every machine once: in a route or unassigned.
+    for u in &plan.unassigned {
+        assert!(
+            !visited.contains(u.machine_id.as_str()),
+            "{} both visited and unassigned",
+            u.machine_id
+        );
+    }
+    let accounted: HashSet<&str> = visited
+        .iter()
+        .copied()
+        .chain(plan.unassigned.iter().map(|u| u.machine_id.as_str()))
+        .collect();
+    for s in stops {
+        assert!(
+            accounted.contains(s.machine_id.as_str()),
+            "{} neither visited nor unassigned",
+            s.machine_id
+        );
+    }
+}
+
+fn urgent(stops: &[Stop], now: i64, end: i64) -> Vec<&str> {
+    stops
+        .iter()
+        .filter(|s| now as f64 + s.hours_to_empty * HOUR as f64 <= end as f64)
+        .map(|s| s.machine_id.as_str())
+        .collect()
+}
+
+#[test]
+fn every_urgent_machine_is_visited_once_within_every_crews_limits() {
+    let o = options();
+    for seed in 0..3 {
+        let stops = stops(seed, 90);
+        let now = 20_000 * DAY + 6 * HOUR;
+        let shift = Shift::next(now, 8, &o);
+        let p = plan(&depots(), &stops, shift, &o).expect("a plan");
+        check(&p, &stops, &depots(), now, &o);
+        let visited: HashSet<&str> = p
+            .routes
+            .iter()
+            .flat_map(|r| r.visits.iter().map(|v| v.machine_id.as_str()))
+            .collect();
+        for m in urgent(&stops, now, p.shift_end_ms) {
+            assert!(
+                visited.contains(m),
+                "seed {seed}: urgent {m} not visited: {:?}",
+                p.unassigned
+            );
+        }
+        // 90 stops, 9 crews of 12: most optional ones fit too.
+        assert!(p.visits() >= 80, "seed {seed}: {} visits", p.visits());
+    }
+}
+
+#[test]
+fn more_urgent_machines_than_crews_can_reach_are_listed_with_the_reason() {
+    let o = Options {
+        crews: 1,
+        stops_per_crew: 5,
+        ..options()
+    };
+    let mut stops = stops(3, 20);
+    for s in &mut stops {
+        s.hours_to_empty = 0.0;
+        s.region = "north".into();
+    }
+    let p = plan(&depots(), &stops, Shift::next(20_000 * DAY, 8, &o), &o).expect("a plan");
+    check(&p, &stops, &depots(), 20_000 * DAY, &o);
+    assert_eq!(p.visits(), 5);
+    assert_eq!(p.unassigned.len(), 15);
+    assert!(
+        p.unassigned
+            .iter()
+            .all(|u| u.urgent && u.reason.contains("room")),
+        "{:?}",
+        p.unassigned
+    );
+}
+
+#[test]
+fn bad_input_is_an_error_not_a_plan() {
+    let mut stops = stops(1, 3);
+    stops[1].lat = 123.0;
+    let err = plan(&depots(), &stops, Shift::next(0, 8, &options()), &options())
+        .expect_err("off the map");
+    assert!(err.to_string().contains("mach_00001"), "{err}");
+    let o = Options {
+        crews: 0,
+        ..options()
+    };
+    assert!(plan(&depots(), &[], Shift::next(0, 8, &o), &o).is_err());
+}
+
+#[test]
+fn a_replan_keeps_what_is_behind_inserts_new_urgent_machines_and_lets_a_finished_crew_help() {
+    let o = options();
+    let all = stops(11, 120);
+    let (first, later) = all.split_at(75);
+    let start = 20_000 * DAY + 8 * HOUR;
+    let p = plan(
+        &depots(),
+        first,
+        Shift {
+            now_ms: start - 2 * HOUR,
+            start_ms: start,
+        },
+        &o,
+    )
+    .expect("a plan");
+    check(&p, first, &depots(), start - 2 * HOUR, &o);
+
+    // Three hours into the shift: what is behind each crew is done. One crew's machines ahead
+    // were all restocked by someone else (it has finished early); five new machines need a visit
+    // now, and so does everything else still ahead.
+    let now = start + 3 * HOUR;
+    let busiest = p
+        .routes
+        .iter()
+        .max_by_key(|r| r.visits.iter().filter(|v| v.arrive_ms > now).count())
+        .expect("a route");
+    let idle = p
+        .routes
+        .iter()
+        .find(|r| {
+            r.crew != busiest.crew
+                && r.region == busiest.region
+                && r.visits.iter().any(|v| v.arrive_ms > now)
+        })
+        .expect("a second crew in the region");
+    let gone: HashSet<&str> = idle
+        .visits
+        .iter()
+        .filter(|v| v.arrive_ms > now)
+        .map(|v| v.machine_id.as_str())
+        .collect();
+    let mut needing: Vec<Stop> = first
+        .iter()
+        .filter(|s| !gone.contains(s.machine_id.as_str()))
+        .cloned()
+        .collect();
+    let mut new: Vec<Stop> = later.iter().take(5).cloned().collect();
+    for s in &mut new {
+        s.hours_to_empty = 1.0;
+        s.region = busiest.region.clone();
+    }
+    needing.extend(new.iter().cloned());
+    // The machines behind the crews are done and need nothing now.
+    let behind: HashSet<&str> = p
+        .routes
+        .iter()
+        .flat_map(|r| r.visits.iter().filter(|v| v.arrive_ms <= now))
+        .map(|v| v.machine_id.as_str())
+        .collect();
+    needing.retain(|s| !behind.contains(s.machine_id.as_str()));
+
+    let q = replan(&p, &depots(), &needing, now, &o).expect("a re-plan");
+    // Behind every crew: unchanged.
+    for r in &p.routes {
+        let before: Vec<_> = r.visits.iter().filter(|v| v.arrive_ms <= now).collect();
+        let after = q.routes.iter().find(|x| x.crew == r.crew);
+        match after {
+            Some(x) => assert_eq!(
+                before,
+                x.visits.iter().take(before.len()).collect::<Vec<_>>(),
+                "{}",
+                r.crew
+            ),
+            None => assert!(before.is_empty(), "{} lost its past", r.crew),
+        }
+    }
+    let mut known = needing.clone();
+    known.extend(
+        first
+            .iter()
+            .filter(|s| behind.contains(s.machine_id.as_str()))
+            .cloned(),
+    );
+    check(&q, &known, &depots(), now, &o);
+    let visited: HashSet<&str> = q
+        .routes
+        .iter()
+        .flat_map(|r| r.visits.iter().map(|v| v.machine_id.as_str()))
+        .collect();
+    for s in &new {
+        assert!(
+            visited.contains(s.machine_id.as_str()),
+            "new urgent {} not inserted: {:?}",
+            s.machine_id,
+            q.unassigned
+        );
+    }
+    for m in &gone {
+        assert!(
+            !visited.contains(m),
+            "{m} no longer needs a visit but is still planned"
+        );
+    }
+    // The crew that finished early took work from another crew, and reaches it sooner.
+    let helper = q
+        .routes
+        .iter()
+        .find(|r| r.crew == idle.crew)
+        .expect("the idle crew's route");
+    let taken: Vec<_> = helper.visits.iter().filter(|v| v.arrive_ms > now).collect();
+    assert!(
+        !taken.is_empty(),
+        "the finished crew took nothing: {helper:?}"
+    );
+    for v in taken {
+        let was = p
+            .routes
+            .iter()
+            .flat_map(|r| &r.visits)
+            .find(|w| w.machine_id == v.machine_id);
+        if let Some(was) = was {
+            assert!(
+                v.arrive_ms < was.arrive_ms.max(now + 1)
+                    || new.iter().any(|n| n.machine_id == v.machine_id),
+                "{} later than planned",
+                v.machine_id
+            );
+        }
+    }
+}
