@@ -252,6 +252,8 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
             settlement::Out::Exception(x) => Fork::B(x),
         },
     );
+    // The planned views' collection: it never holds a row (the planner writes to the store).
+    let planned = clock.clone().flat_map(|_| None::<Row>);
     let stockout = stockout::render(events.seen, sales.accepted, levels.clone(), clock, config);
     let (status, liveness, _) = fork(liveness, "Liveness: split", |o| match o {
         liveness::Out::Status(m, s) => Fork::<_, _, Infallible>::A((m, s)),
@@ -354,6 +356,9 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
         ),
         ("refunds", refunds.map(refunds::row)),
         ("sequence_gaps", gaps.map(sequence_gaps::row)),
+        // Planned by the service, not computed here (see `routes`): empty in the dataflow.
+        ("restock_routes", planned.clone()),
+        ("restock_loads", planned),
     ];
     let mut by_name: std::collections::HashMap<&str, VecCollection<'s, Time, Row>> =
         views.into_iter().collect();

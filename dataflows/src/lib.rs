@@ -25,6 +25,7 @@
 //! - [`dex`]: the machines' DEX audits per column and period, reconciled with telemetry.
 //! - [`refunds`]: the money machines gave back, per machine and day, each refund once.
 //! - [`sequence_gaps`]: per machine, the event numbers never received.
+//! - [`routes`]: restock routes and loads, planned outside the dataflow and published here.
 //! - [`leases`]: the registry's leases (revenue shares are SQL over this and revenue).
 //! - [`errors`]: refused records, their counts, and too-late events.
 //! - [`summary`]: the fleet's (or a scope's) headline numbers from one snapshot, computed once.
@@ -52,6 +53,7 @@ mod operators;
 pub mod parked;
 pub mod refunds;
 pub mod revenue;
+pub mod routes;
 pub mod row;
 pub mod sales;
 pub mod sequence_gaps;

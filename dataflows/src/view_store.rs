@@ -318,6 +318,9 @@ pub struct Change {
     pub frontier: Time,
     pub inserted: Vec<Row>,
     pub deleted: Vec<Row>,
+    /// The store's publication number (a planned view's replacement is one too, at the same
+    /// frontier): what tells a subscriber which changes its snapshot already holds.
+    seq: u64,
 }
 
 /// Why a subscription stopped.
@@ -339,8 +342,8 @@ pub enum SubscriptionEnd {
 pub struct Subscription {
     /// The snapshot, handed out first.
     first: Option<Change>,
-    /// Changes published at or below this frontier are in the snapshot.
-    since: Time,
+    /// Changes numbered up to this one are in the snapshot.
+    since: u64,
     rx: futures::channel::mpsc::Receiver<Arc<Change>>,
     lagged: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -354,7 +357,7 @@ impl Subscription {
         }
         loop {
             match self.rx.next().await {
-                Some(c) if c.frontier <= self.since => continue,
+                Some(c) if c.seq <= self.since => continue,
                 Some(c) => return Ok(c),
                 None => return Err(self.end()),
             }
@@ -374,7 +377,7 @@ impl Subscription {
         loop {
             use futures::channel::mpsc::TryRecvError;
             match self.rx.try_recv() {
-                Ok(c) if c.frontier <= self.since => continue,
+                Ok(c) if c.seq <= self.since => continue,
                 Ok(c) => return Ok(Some(c)),
                 Err(TryRecvError::Closed) => return Err(self.end()),
                 Err(TryRecvError::Empty) if Instant::now() >= deadline => return Ok(None),
@@ -398,6 +401,8 @@ pub enum StoreError {
     UnknownView(String, String),
     #[error("view {0} has no column {1:?}")]
     UnknownColumn(&'static str, String),
+    #[error("view {0} is maintained by the dataflow: only planned views can be replaced")]
+    NotPlanned(String),
     #[error("building the arrow batch of {view} failed: {source}")]
     Arrow {
         view: &'static str,
@@ -430,6 +435,8 @@ struct State {
     rows: Vec<ViewRows>,
     subscribers: Vec<Subscriber>,
     progress: Vec<Sender<(Time, Instant)>>,
+    /// Publications so far (each [`Change`]'s `seq`).
+    published: u64,
 }
 
 /// Consistent snapshot of every view, as of one frontier.
@@ -561,6 +568,7 @@ impl ViewStore {
             rows: CATALOG.iter().map(|_| ViewRows::default()).collect(),
             subscribers: Vec::new(),
             progress: Vec::new(),
+            published: 0,
         };
         ViewStore {
             state: Arc::new((RwLock::new(state), Mutex::new(()), Condvar::new())),
@@ -708,6 +716,66 @@ impl ViewStore {
         }
     }
 
+    /// Replaces every row of the view `name` with `rows`, as of the current frontier: how a view
+    /// planned outside the dataflow ([`crate::routes`]) is published. Subscribers get the
+    /// difference as one change. A view the dataflow maintains is refused: its rows would be
+    /// overwritten by the next publication's updates.
+    pub fn replace(&self, name: &str, rows: Vec<Row>) -> Result<(), StoreError> {
+        let (view, def) = find(name).ok_or_else(|| unknown(name))?;
+        if !crate::routes::PLANNED.contains(&def.name) {
+            return Err(StoreError::NotPlanned(def.name.to_owned()));
+        }
+        let mut state = self.write();
+        let mut net: hashbrown::HashTable<Entry> = hashbrown::HashTable::new();
+        for e in state.rows[view].entries() {
+            update_table(&mut net, e.row.clone(), e.hash, -e.count);
+        }
+        for row in rows {
+            let hash = row_hash(&row);
+            update_table(&mut net, row, hash, 1);
+        }
+        let mut change = Change {
+            frontier: state.frontier,
+            inserted: Vec::new(),
+            deleted: Vec::new(),
+            seq: state.published + 1,
+        };
+        for e in net {
+            let target = if e.count > 0 {
+                &mut change.inserted
+            } else {
+                &mut change.deleted
+            };
+            for _ in 0..e.count.unsigned_abs() {
+                target.push(e.row.clone());
+            }
+            state.rows[view].update(e.row, e.hash, e.count);
+        }
+        if change.inserted.is_empty() && change.deleted.is_empty() {
+            return Ok(());
+        }
+        state.published += 1;
+        change.inserted.sort();
+        change.deleted.sort();
+        let change = Arc::new(change);
+        state.subscribers.retain_mut(|s| {
+            if s.view != view {
+                return true;
+            }
+            match s.tx.try_send(change.clone()) {
+                Ok(()) => true,
+                Err(e) if e.is_full() => {
+                    s.lagged.store(true, std::sync::atomic::Ordering::SeqCst);
+                    false
+                }
+                Err(_) => false,
+            }
+        });
+        drop(state);
+        self.notify();
+        Ok(())
+    }
+
     /// Subscribes to a view: the first change holds the current rows, then one change per publication.
     pub fn subscribe(&self, name: &str) -> Result<Subscription, StoreError> {
         let (view, _) = find(name).ok_or_else(|| unknown(name))?;
@@ -726,9 +794,9 @@ impl ViewStore {
                 });
             }
         }
-        let (frontier, grouped) = {
+        let (frontier, seq, grouped) = {
             let state = self.read();
-            (state.frontier, state.rows[view].grouped())
+            (state.frontier, state.published, state.rows[view].grouped())
         };
         let inserted = grouped.sorted();
         Ok(Subscription {
@@ -736,8 +804,9 @@ impl ViewStore {
                 frontier,
                 inserted,
                 deleted: Vec::new(),
+                seq,
             }),
-            since: frontier,
+            since: seq,
             rx,
             lagged,
         })
@@ -906,6 +975,7 @@ fn publish(store: &ViewStore, pending: &mut [Vec<Vec<Hashed>>], frontier: Time) 
             frontier,
             inserted: Vec::new(),
             deleted: Vec::new(),
+            seq: state.published + 1,
         };
         for e in net {
             let target = if e.count > 0 {
@@ -924,6 +994,7 @@ fn publish(store: &ViewStore, pending: &mut [Vec<Vec<Hashed>>], frontier: Time) 
         }
     }
     state.frontier = frontier;
+    state.published += 1;
     let changes: Vec<(usize, Arc<Change>)> = changes
         .into_iter()
         .map(|(view, change)| (view, Arc::new(change)))
@@ -1035,6 +1106,56 @@ mod tests {
             assert_eq!(found, want, "rows of {key:?}");
         }
         assert_eq!(rows.group(&Value::text("no such machine")).count(), 0);
+    }
+
+    #[test]
+    fn a_planned_view_is_replaced_whole_and_its_subscribers_get_the_difference() {
+        use crate::row::Row;
+        let engine = Engine::start(crate::Config::default()).unwrap_or_else(|e| panic!("{e}"));
+        let store = engine.store();
+        let loads = |rows: &[(&str, i64)]| -> Vec<Row> {
+            rows.iter()
+                .map(|(m, units)| {
+                    Row::from_iter(&[
+                        Value::text(m),
+                        Value::text("north-01"),
+                        Value::Int(1),
+                        Value::text("cola"),
+                        Value::Int(*units),
+                    ])
+                })
+                .collect()
+        };
+        store
+            .replace("restock_loads", loads(&[("m1", 4), ("m2", 6)]))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut sub = store
+            .subscribe("restock_loads")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let first = sub
+            .next_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("no snapshot"));
+        assert_eq!(first.inserted.len(), 2);
+        store
+            .replace("restock_loads", loads(&[("m2", 6), ("m3", 1)]))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let change = sub
+            .next_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("no change"));
+        assert_eq!(change.deleted, loads(&[("m1", 4)]), "only what left");
+        assert_eq!(change.inserted, loads(&[("m3", 1)]), "only what came");
+        let (_, rows) = store
+            .sorted_rows("restock_loads")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(rows, loads(&[("m2", 6), ("m3", 1)]));
+        let refused = store.replace("inventory", Vec::new());
+        assert!(
+            matches!(refused, Err(super::StoreError::NotPlanned(_))),
+            "a view the dataflow maintains cannot be overwritten: {refused:?}"
+        );
+        engine.shutdown().unwrap_or_else(|e| panic!("{e}"));
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub const CATALOG: &[ViewDef] = &[
     crate::settlement::EXCEPTIONS,
     crate::refunds::REFUNDS,
     crate::sequence_gaps::SEQUENCE_GAPS,
+    crate::routes::ROUTES,
+    crate::routes::LOADS,
 ];
 
 /// Looks a view up by name.

@@ -183,6 +183,8 @@ pub(crate) fn sales_rate(kind: LocationType, t: Timestamp) -> f64 {
             if weekend { base * 0.7 } else { base }
         }
         LocationType::Other => 2.0,
+        // No machine sells at a depot.
+        LocationType::Warehouse => 0.0,
     }
 }
 

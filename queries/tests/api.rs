@@ -953,6 +953,9 @@ async fn every_route_is_in_the_openapi_document_and_answers() {
         ("/api/dashboard/stream", &["get"]),
         ("/api/whoami", &["get"]),
         ("/api/receipts/{machine_id}/{transaction_id}", &["get"]),
+        ("/api/routes", &["get"]),
+        ("/api/routes/{crew}/sheet.csv", &["get"]),
+        ("/api/routes/{crew}/sheet", &["get"]),
         ("/health", &["get"]),
         ("/metrics", &["get"]),
         ("/api/openapi.json", &["get"]),
@@ -1023,7 +1026,8 @@ async fn every_route_is_in_the_openapi_document_and_answers() {
                 .replace("{id}", if path.contains("leases") { "nope" } else { &m })
                 .replace("{name}", "liveness")
                 .replace("{machine_id}", &m)
-                .replace("{transaction_id}", "txn_1_1");
+                .replace("{transaction_id}", "txn_1_1")
+                .replace("{crew}", "north-01");
             if uri.ends_with("subscribe") || uri.ends_with("stream") {
                 continue; // streams never end; tested elsewhere
             }
@@ -1047,6 +1051,15 @@ async fn every_route_is_in_the_openapi_document_and_answers() {
     );
     let (s, _) = h.get(&format!("/api/receipts/{m}/a%20b"), &h.admin).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
+    // Routes come from the service's planner: an API without one says so.
+    for uri in ["/api/routes", "/api/routes/north-01/sheet.csv"] {
+        let (s, b) = h.get(uri, &h.admin).await;
+        assert_eq!(
+            (s, error_code(&b)),
+            (StatusCode::SERVICE_UNAVAILABLE, "no_planner"),
+            "{uri}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

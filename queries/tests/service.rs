@@ -291,3 +291,237 @@ fn a_service_started_in_process_answers_over_http_and_postgres_and_stops_in_orde
         );
     }
 }
+
+/// The route planner inside a running service: a plan appears in `GET /api/routes`, in the views
+/// `restock_routes` / `restock_loads` over SQL, as a crew's CSV sheet and printable page; every
+/// crew keeps within its stops, the shift and the fleet's crews; a warehouse registered through
+/// the API becomes its region's depot; a tenant's token sees only its machines' stops.
+#[test]
+fn restock_routes_are_planned_served_as_views_and_sheets_and_scoped_to_tenants() {
+    use vendflow_queries::auth::{Role, Tenant, Tokens};
+    use vendflow_queries::service::planner::RouteConfig;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let tokens_file = dir.path().join("tokens.jsonl");
+    let tokens = Tokens::open(&tokens_file).expect("a tokens file");
+    let admin = tokens
+        .issue(Role::Admin, Tenant::All, None)
+        .expect("an admin token");
+    let tenant = tokens
+        .issue(
+            Role::Viewer,
+            Tenant::parse("client_00").expect("a tenant"),
+            None,
+        )
+        .expect("a tenant token");
+    drop(tokens);
+    let config = ServiceConfig {
+        http: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into()),
+        access: Access::Tokens(tokens_file),
+        summary_every: Duration::from_millis(500),
+        routes: Some(RouteConfig {
+            options: vendflow_routes::Options {
+                crews: 6,
+                stops_per_crew: 8,
+                time_limit_secs: 2,
+                ..vendflow_routes::Options::default()
+            },
+            shift_start_hour: 8,
+            // One plan for the whole test once there is something to plan (an empty one is
+            // tried again within 10 s), so every read below sees the same plan.
+            every: Duration::from_secs(3600),
+        }),
+        ..ServiceConfig::new(Config::default())
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = Service::start(
+        config,
+        Source::Simulated(Simulation {
+            machines: 150,
+            speed: 3600.0,
+            seed: 5,
+            mqtt_port: 0,
+            duration: None,
+        }),
+        stop.clone(),
+    )
+    .expect("the service starts");
+    let base = format!("http://{}", running.http_addr().expect("an HTTP address"));
+    let registry = running.registry().clone();
+    let service = std::thread::spawn(move || running.run(|_| {}));
+    let agent = agent();
+    let post = |url: &str, token: &str, body: Json| -> (u16, Json) {
+        let mut response = agent
+            .post(url)
+            .header("Authorization", &format!("Bearer {token}"))
+            .send_json(body)
+            .expect("POST answers");
+        let status = response.status().as_u16();
+        (
+            status,
+            response.body_mut().read_json().unwrap_or(Json::Null),
+        )
+    };
+    // The north region's depot, before the first plan.
+    let (status, body) = post(
+        &format!("{base}/api/locations"),
+        &admin,
+        json!({"locationId": "depot_north", "clientId": "ops", "address": "1 Depot Rd",
+               "lat": 40.75, "lng": -73.95, "type": "warehouse", "region": "north"}),
+    );
+    assert_eq!(status, 201, "{body}");
+
+    let started = Instant::now();
+    let plan = loop {
+        let (status, body) = get(&agent, &format!("{base}/api/routes"), Some(&admin));
+        if status == 200 && body["crews"].as_array().is_some_and(|c| !c.is_empty()) {
+            break body;
+        }
+        assert!(
+            status == 200 || status == 503,
+            "GET /api/routes: {status} {body}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no restock plan with a crew: {status} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let crews = plan["crews"].as_array().expect("crews");
+    assert!(crews.len() <= 6, "{} crews of 6", crews.len());
+    let shift_end = plan["shiftEnd"]
+        .as_str()
+        .expect("the shift's end")
+        .to_owned();
+    let mut machines = std::collections::HashSet::new();
+    let (mut stops, mut units) = (0, 0);
+    for crew in crews {
+        let visits = crew["stops"].as_array().expect("stops");
+        assert!(!visits.is_empty() && visits.len() <= 8, "{crew}");
+        assert!(
+            crew["back"].as_str().expect("back") <= shift_end.as_str(),
+            "{crew}"
+        );
+        if crew["region"] == "north" {
+            assert_eq!(
+                (crew["depotLat"].as_f64(), crew["depotLng"].as_f64()),
+                (Some(40.75), Some(-73.95)),
+                "{crew}"
+            );
+        }
+        let mut last = String::new();
+        for v in visits {
+            let machine = v["machineId"].as_str().expect("a machine").to_owned();
+            assert!(
+                registry.read().machines.contains_key(&machine),
+                "{machine} is registered"
+            );
+            assert!(machines.insert(machine.clone()), "{machine} visited twice");
+            let arrive = v["arrive"].as_str().expect("arrive").to_owned();
+            assert!(arrive > last, "arrivals in order: {crew}");
+            last = arrive;
+            units += v["loads"]
+                .as_array()
+                .expect("loads")
+                .iter()
+                .map(|l| l["units"].as_i64().expect("units"))
+                .sum::<i64>();
+            stops += 1;
+        }
+        let kit: i64 = crew["kit"]
+            .as_array()
+            .expect("kit")
+            .iter()
+            .map(|k| k["units"].as_i64().expect("units"))
+            .sum();
+        let loads: i64 = visits
+            .iter()
+            .flat_map(|v| v["loads"].as_array().expect("loads"))
+            .map(|l| l["units"].as_i64().expect("units"))
+            .sum();
+        assert_eq!(kit, loads, "the van's kit is its stops' loads: {crew}");
+    }
+
+    // The same plan in the views, over SQL.
+    let sql = |token: &str, sql: &str| -> Json {
+        let (status, body) = post(&format!("{base}/sql"), token, json!({ "sql": sql }));
+        assert_eq!(status, 200, "{sql}: {body}");
+        body["rows"][0].clone()
+    };
+    let row = sql(
+        &admin,
+        "SELECT count(*) AS n FROM restock_routes WHERE crew IS NOT NULL",
+    );
+    assert_eq!(row["n"], stops, "{row}");
+    let row = sql(&admin, "SELECT sum(units) AS n FROM restock_loads");
+    assert_eq!(row["n"].as_i64().unwrap_or(0), units, "{row}");
+
+    // A crew's sheet, as CSV and as a page.
+    let crew = crews[0]["crew"].as_str().expect("a crew name");
+    let mut response = agent
+        .get(&format!("{base}/api/routes/{crew}/sheet.csv"))
+        .header("Authorization", &format!("Bearer {admin}"))
+        .call()
+        .expect("the sheet");
+    assert_eq!(response.status().as_u16(), 200);
+    let csv = response.body_mut().read_to_string().expect("text");
+    let n = crews[0]["stops"].as_array().map_or(0, Vec::len);
+    assert_eq!(
+        csv.lines().count(),
+        n + 3,
+        "a header, the depot twice and each stop:\n{csv}"
+    );
+    assert!(csv.starts_with("stop,machine_id,"), "{csv}");
+    let mut response = agent
+        .get(&format!("{base}/api/routes/{crew}/sheet"))
+        .header("Authorization", &format!("Bearer {admin}"))
+        .call()
+        .expect("the page");
+    let page = response.body_mut().read_to_string().expect("HTML");
+    assert!(
+        page.contains(&format!("Route {crew}")) && page.contains("Load at the depot"),
+        "{page}"
+    );
+    let (status, _) = get(
+        &agent,
+        &format!("{base}/api/routes/nobody-99/sheet.csv"),
+        Some(&admin),
+    );
+    assert_eq!(status, 404);
+    let (status, _) = get(
+        &agent,
+        &format!("{base}/api/routes?date=tomorrow"),
+        Some(&admin),
+    );
+    assert_eq!(status, 400);
+
+    // A tenant sees its machines' stops only, in the API and in the views.
+    let (status, mine) = get(&agent, &format!("{base}/api/routes"), Some(&tenant));
+    assert_eq!(status, 200, "{mine}");
+    let mut own = 0;
+    for crew in mine["crews"].as_array().expect("crews") {
+        for v in crew["stops"].as_array().expect("stops") {
+            let machine = v["machineId"].as_str().expect("a machine");
+            assert_eq!(
+                registry.read().machine_client(machine),
+                Some("client_00"),
+                "{machine} is another client's"
+            );
+            own += 1;
+        }
+    }
+    let row = sql(
+        &tenant,
+        "SELECT count(*) AS n FROM restock_routes WHERE crew IS NOT NULL",
+    );
+    assert_eq!(row["n"], own, "{row}");
+    assert!(
+        own < stops,
+        "the tenant sees fewer stops ({own}) than the fleet ({stops})"
+    );
+
+    stop.store(true, Ordering::SeqCst);
+    service
+        .join()
+        .expect("the service thread")
+        .expect("an orderly stop");
+}

@@ -246,9 +246,8 @@ impl Options {
         if !(self.road_factor.is_finite() && self.road_factor >= 1.0) {
             return bad("the road factor must be at least 1");
         }
-        if !(self.service_minutes.is_finite() && self.service_minutes >= 0.0)
-            || !(self.seconds_per_unit.is_finite() && self.seconds_per_unit >= 0.0)
-        {
+        let valid = |v: f64| v.is_finite() && v >= 0.0;
+        if !valid(self.service_minutes) || !valid(self.seconds_per_unit) {
             return bad("service times must be 0 or more");
         }
         Ok(())
@@ -279,8 +278,8 @@ impl Stop {
             .collect()
     }
 
-    /// Minutes at the stop: the fixed part and the loading of what it lacks when the shift begins.
-    fn service_secs(&self, shift: &Shift, options: &Options) -> f64 {
+    /// Seconds at the stop: the fixed part and the loading of what it lacks when the shift begins.
+    pub fn service_secs(&self, shift: &Shift, options: &Options) -> f64 {
         let units: i64 = self
             .loads_at(shift.now_ms, shift.departure_ms())
             .iter()

@@ -7,7 +7,7 @@
 //! crew of the region. Then a crew with nothing left ahead (it finished early) takes, one by one,
 //! the nearest stop of another crew that it would reach sooner than that crew would.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::geo::Roads;
 use crate::solve::drive;
@@ -91,12 +91,27 @@ pub fn replan(
             .then(a.hours_to_empty.total_cmp(&b.hours_to_empty))
             .then(a.machine_id.cmp(&b.machine_id))
     });
+    // Crews per region: the shares the current needs call for, and never fewer than a region
+    // already has on the road (a region that needed none at the last plan may need some now).
+    let mut needed: BTreeMap<String, usize> = BTreeMap::new();
+    for stop in stops {
+        *needed.entry(stop.region.clone()).or_default() += 1;
+    }
+    for n in needed.values_mut() {
+        *n = n.div_ceil(options.stops_per_crew);
+    }
+    let mut given = crate::share_crews(&needed, options.crews);
+    for crew in &crews {
+        let used = crews.iter().filter(|c| c.region == crew.region).count();
+        let g = given.entry(crew.region.clone()).or_default();
+        *g = (*g).max(used);
+    }
     let mut unassigned = Vec::new();
     for stop in new {
         if insert(&mut crews, stop, &shift, options) {
             continue;
         }
-        if let Some(crew) = idle_crew(previous, &crews, depots, &stop.region, &shift) {
+        if let Some(crew) = idle_crew(&given, &crews, stops, depots, &stop.region, &shift) {
             crews.push(crew);
             if insert(&mut crews, stop, &shift, options) {
                 continue;
@@ -135,7 +150,7 @@ pub fn replan(
         planned_at_ms: now_ms,
         routes,
         unassigned,
-        crews: previous.crews.clone(),
+        crews: given,
     })
 }
 
@@ -202,13 +217,14 @@ fn insert<'s>(crews: &mut [Crew<'s>], stop: &'s Stop, shift: &Shift, options: &O
 
 /// A crew of `region` the plan gave it but that has no route yet, leaving its depot now.
 fn idle_crew<'s>(
-    previous: &Plan,
+    given: &BTreeMap<String, usize>,
     crews: &[Crew<'s>],
+    stops: &[Stop],
     depots: &[Depot],
     region: &str,
     shift: &Shift,
 ) -> Option<Crew<'s>> {
-    let given = previous.crews.get(region).copied().unwrap_or(0);
+    let given = given.get(region).copied().unwrap_or(0);
     let used: Vec<&Crew> = crews.iter().filter(|c| c.region == region).collect();
     if used.len() >= given {
         return None;
@@ -216,8 +232,12 @@ fn idle_crew<'s>(
     let depot = depots
         .iter()
         .find(|d| d.region == region)
-        .or_else(|| used.first().map(|c| &c.depot))?
-        .clone();
+        .or_else(|| used.first().map(|c| &c.depot))
+        .cloned()
+        .unwrap_or_else(|| {
+            let mine: Vec<&Stop> = stops.iter().filter(|s| s.region == region).collect();
+            crate::depot_of(depots, region, &mine)
+        });
     let names: HashSet<&str> = used.iter().map(|c| c.crew.as_str()).collect();
     let crew = (1..)
         .map(|k| format!("{region}-{k:02}"))

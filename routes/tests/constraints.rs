@@ -443,3 +443,34 @@ fn a_replan_keeps_what_is_behind_inserts_new_urgent_machines_and_lets_a_finished
         }
     }
 }
+
+#[test]
+fn a_replan_of_a_shift_with_no_crew_out_yet_sends_idle_crews() {
+    let o = options();
+    let start = 20_000 * DAY + 8 * HOUR;
+    let empty = plan(
+        &depots(),
+        &[],
+        Shift {
+            now_ms: start - HOUR,
+            start_ms: start,
+        },
+        &o,
+    )
+    .expect("an empty plan");
+    assert!(empty.routes.is_empty());
+    let mut stops = stops(21, 30);
+    for s in &mut stops {
+        s.hours_to_empty = 2.0;
+    }
+    let now = start + HOUR;
+    let q = replan(&empty, &depots(), &stops, now, &o).expect("a re-plan");
+    check(&q, &stops, &depots(), now, &o);
+    assert_eq!(
+        q.visits(),
+        30,
+        "every urgent machine gets a crew: {:?}",
+        q.unassigned
+    );
+    assert!(q.crews.values().sum::<usize>() <= o.crews, "{:?}", q.crews);
+}

@@ -82,6 +82,8 @@ pub enum LocationType {
     Hospital,
     Airport,
     Gym,
+    /// A depot: where restock crews load, and start and end their shift (one per region).
+    Warehouse,
     Other,
 }
 
@@ -92,6 +94,7 @@ impl LocationType {
             "hospital" => LocationType::Hospital,
             "airport" => LocationType::Airport,
             "gym" => LocationType::Gym,
+            "warehouse" => LocationType::Warehouse,
             _ => LocationType::Other,
         }
     }
@@ -102,6 +105,7 @@ impl LocationType {
             LocationType::Hospital => "hospital",
             LocationType::Airport => "airport",
             LocationType::Gym => "gym",
+            LocationType::Warehouse => "warehouse",
             LocationType::Other => "other",
         }
     }

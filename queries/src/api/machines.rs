@@ -310,7 +310,7 @@ pub(super) struct LocationBody {
     address: String,
     lat: f64,
     lng: f64,
-    /// office, hospital, airport, gym or other
+    /// office, hospital, airport, gym, warehouse (a depot) or other
     #[serde(rename = "type")]
     location_type: &'static str,
     region: Option<String>,
@@ -906,7 +906,7 @@ pub(super) struct NewLocation {
     /// Degrees, within ±180.
     #[schema(value_type = f64, required = true)]
     lng: Option<Box<RawValue>>,
-    /// office, hospital, airport, gym or other (the default)
+    /// office, hospital, airport, gym, warehouse (a depot) or other (the default)
     #[serde(rename = "type")]
     location_type: Option<String>,
     region: Option<String>,
@@ -985,11 +985,13 @@ pub(super) async fn add_location(
     let lng = coordinate(body.lng.as_deref(), 180, "lng", &mut problems);
     let kind = match body.location_type.as_deref() {
         None => LocationType::Other,
-        Some(t @ ("office" | "hospital" | "airport" | "gym" | "other")) => LocationType::parse(t),
+        Some(t @ ("office" | "hospital" | "airport" | "gym" | "warehouse" | "other")) => {
+            LocationType::parse(t)
+        }
         Some(other) => {
             problems.add(
                 "type",
-                format!("type {other:?}; expected office, hospital, airport, gym or other"),
+                format!("type {other:?}; expected office, hospital, airport, gym, warehouse (a depot) or other"),
             );
             LocationType::Other
         }

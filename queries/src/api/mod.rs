@@ -22,6 +22,7 @@ pub mod limits;
 mod machines;
 mod ops;
 mod receipts;
+mod routes;
 mod views;
 pub mod web;
 
@@ -72,6 +73,8 @@ pub struct ApiState {
     pub streams: Arc<limits::Streams>,
     /// Requests per token.
     pub rate: Arc<limits::Rate>,
+    /// The restock planner (`GET /api/routes`); none: routes are not planned here.
+    pub routes: Option<Arc<crate::service::planner::Planner>>,
 }
 
 impl ApiState {
@@ -89,7 +92,13 @@ impl ApiState {
             health: Arc::new(ops::EngineOnly),
             streams: Arc::new(limits::Streams::default()),
             rate: Arc::new(limits::Rate::default()),
+            routes: None,
         }
+    }
+
+    pub fn with_routes(mut self, planner: Arc<crate::service::planner::Planner>) -> ApiState {
+        self.routes = Some(planner);
+        self
     }
 
     pub fn with_limits(mut self, streams: limits::Streams, rate: limits::Rate) -> ApiState {
@@ -177,6 +186,9 @@ pub(crate) fn documented() -> OpenApiRouter<ApiState> {
         .routes(routes!(leases::terminate))
         .routes(routes!(leases::invoice))
         .routes(routes!(receipts::receipt))
+        .routes(routes!(routes::routes))
+        .routes(routes!(routes::sheet_csv))
+        .routes(routes!(routes::sheet_page))
         .routes(routes!(dashboard::fleet))
         .routes(routes!(dashboard::map))
         .routes(routes!(dashboard::stream))

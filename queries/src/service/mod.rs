@@ -22,6 +22,7 @@
 pub mod bulk;
 pub mod checkpoints;
 mod options;
+pub mod planner;
 mod source;
 mod ticker;
 
@@ -76,6 +77,9 @@ pub struct ServiceConfig {
     /// Checkpoints of the engine's state and the source's offsets (Kafka only): the service
     /// starts from the newest, and takes one every period.
     pub checkpoints: Option<checkpoints::CheckpointConfig>,
+    /// Restock routes: planned every period into `restock_routes` / `restock_loads` and
+    /// `GET /api/routes` (None: no planner).
+    pub routes: Option<planner::RouteConfig>,
 }
 
 impl ServiceConfig {
@@ -95,6 +99,7 @@ impl ServiceConfig {
             out: None,
             status: None,
             checkpoints: None,
+            routes: None,
         }
     }
 }
@@ -346,6 +351,7 @@ impl Service {
             simulated_from: prepared.simulated_from,
             config: config.clone(),
             deadline: prepared.duration.map(|d| Instant::now() + d),
+            planner: Arc::new(planner::Planner::default()),
         };
         // From here on, a start-up error stops what was started (`running` is dropped through
         // `fail`, which shuts it down).
@@ -379,6 +385,7 @@ impl Service {
             let health = with_archive(pipeline, running.archive.as_ref());
             let rate = config.api_rate.max(1);
             let mut state = ApiState::new(store.clone(), sql.clone(), registry.clone())
+                .with_routes(running.planner.clone())
                 .with_health(health)
                 .with_limits(Streams::default(), Rate::new(rate, rate.saturating_mul(2)));
             if let Some(tokens) = &tokens {
@@ -414,6 +421,26 @@ impl Service {
         match sweeper {
             Ok(w) => running.workers.push(w),
             Err(e) => return fail(running, e),
+        }
+        // In a cluster the views are on process 0: only it plans.
+        if let Some(routes) = config
+            .routes
+            .clone()
+            .filter(|_| config.engine.process() == 0)
+        {
+            let (planner, registry, store, stop) = (
+                running.planner.clone(),
+                registry.clone(),
+                store.clone(),
+                stop.clone(),
+            );
+            match Worker::spawn("routes", &running.stop, move || {
+                planner.run(&routes, &store, &registry, &stop);
+                Ok(())
+            }) {
+                Ok(w) => running.workers.push(w),
+                Err(e) => return fail(running, e),
+            }
         }
         let tap = running.archive.as_ref().map(archive_tap);
         // With checkpoints the source stops after the service, once the last one is taken.
@@ -535,6 +562,8 @@ pub struct Running {
     config: ServiceConfig,
     /// When the simulation's duration is over.
     deadline: Option<Instant>,
+    /// The latest restock plan (empty without a planner).
+    planner: Arc<planner::Planner>,
 }
 
 impl Running {
@@ -573,6 +602,11 @@ impl Running {
 
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    /// The restock planner's latest plan.
+    pub fn planner(&self) -> &Arc<planner::Planner> {
+        &self.planner
     }
 
     pub fn archive_root(&self) -> Option<&Path> {

@@ -90,6 +90,66 @@ impl ArchiveOptions {
     }
 }
 
+/// Restock routes, for both commands.
+#[derive(clap::Args, Clone, Debug)]
+pub struct RouteOptions {
+    /// Restock crews in the whole fleet, shared among the regions by how many machines each
+    /// needs visited. Each region's crews start and end at its depot: its location of type
+    /// `warehouse` (without one, the middle of its machines).
+    #[arg(long, default_value_t = 200, value_parser = at_least_one)]
+    pub crews: usize,
+    /// The most machines one crew restocks in a shift.
+    #[arg(long, default_value_t = 20, value_parser = at_least_one)]
+    pub stops_per_crew: usize,
+    /// The hour (UTC, 0 to 23) the crews' shift starts.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(0..24))]
+    pub shift_start_hour: u32,
+    /// Hours from leaving the depot to being back.
+    #[arg(long, default_value_t = 8.0, value_parser = shift_hours)]
+    pub shift_hours: f64,
+    /// Seconds between restock plans (`restock_routes`, `GET /api/routes`): before the shift
+    /// each plan is made afresh, during it the crews' routes are re-planned around what they
+    /// have done. 0 turns the planner off.
+    #[arg(long, default_value_t = 300.0)]
+    pub replan_secs: f64,
+    /// Seconds the routing solver may take for the whole fleet (more: shorter routes).
+    #[arg(long, default_value_t = 30)]
+    pub routing_secs: usize,
+}
+
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{text:?} is not a whole number of 1 or more")),
+    }
+}
+
+fn shift_hours(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(h) if h > 0.0 && h <= 24.0 => Ok(h),
+        _ => Err(format!(
+            "{text:?}: a shift lasts more than 0 and at most 24 hours"
+        )),
+    }
+}
+
+impl RouteOptions {
+    /// The planner's settings (None with --replan-secs 0).
+    pub fn config(&self) -> Option<super::planner::RouteConfig> {
+        (self.replan_secs > 0.0).then(|| super::planner::RouteConfig {
+            options: vendflow_routes::Options {
+                crews: self.crews,
+                stops_per_crew: self.stops_per_crew,
+                shift_minutes: (self.shift_hours * 60.0).round().max(1.0) as u32,
+                time_limit_secs: self.routing_secs.max(1),
+                ..vendflow_routes::Options::default()
+            },
+            shift_start_hour: self.shift_start_hour,
+            every: Duration::from_secs_f64(self.replan_secs.max(1.0)),
+        })
+    }
+}
+
 /// `vendflow run`: the dataflows on the Kafka log.
 #[derive(clap::Args, Clone, Debug)]
 pub struct RunOptions {
@@ -125,6 +185,8 @@ pub struct RunOptions {
     pub credentials: Option<PathBuf>,
     #[command(flatten)]
     pub archive: ArchiveOptions,
+    #[command(flatten)]
+    pub routes: RouteOptions,
     /// Seconds between summaries.
     #[arg(long, default_value_t = 2.0)]
     pub every: f64,
@@ -226,6 +288,7 @@ impl RunOptions {
                     dir,
                     every: Duration::from_secs_f64(self.checkpoint_secs.max(0.1)),
                 }),
+            routes: self.routes.config(),
             ..ServiceConfig::new(engine)
         };
         let source = Source::Kafka {
@@ -335,6 +398,8 @@ pub struct DemoOptions {
     pub serve: ServeOptions,
     #[command(flatten)]
     pub archive: ArchiveOptions,
+    #[command(flatten)]
+    pub routes: RouteOptions,
 }
 
 impl DemoOptions {
@@ -362,6 +427,7 @@ impl DemoOptions {
             archive,
             snapshot_every: self.archive.snapshot_every(),
             summary_every: Duration::from_secs_f64(self.every.max(0.1)),
+            routes: self.routes.config(),
             ..ServiceConfig::new(engine)
         };
         let source = Source::Simulated(Simulation {
