@@ -14,6 +14,11 @@ use vrp_core::rosomaxa::utils::{Parallelism, TimeQuota};
 use crate::geo::Roads;
 use crate::{Depot, Options, Route, RouteError, Shift, Stop, Unassigned, Visit};
 
+/// The solver's progress messages, to `tracing` (it prints them on stdout by default).
+fn solver_log() -> InfoLogger {
+    Arc::new(|message: &str| tracing::trace!(target: "vendflow_routes::solver", "{message}"))
+}
+
 /// A stop's weight in the unassigned objective: an urgent one left out costs a hundred optional ones.
 const URGENT_WEIGHT: f64 = 100.0;
 
@@ -229,13 +234,14 @@ fn solve_orders(
             .add_vehicles(vehicles.into_iter())
             .with_goal(goal)
             .with_transport_cost(transport)
+            .with_logger(solver_log())
             .build()?,
     );
     let environment = Arc::new(Environment::new(
         Arc::new(DefaultRandom::default()),
         Some(Arc::new(TimeQuota::new(secs as Float))),
         Parallelism::default(),
-        Arc::new(|message: &str| tracing::trace!(target: "vendflow_routes::solver", "{message}")),
+        solver_log(),
         false,
     ));
     let config = VrpConfigBuilder::new(problem.clone())

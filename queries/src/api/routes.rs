@@ -82,12 +82,15 @@ pub(super) struct UnassignedBody {
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct RoutesBody {
-    /// The shift's day (YYYY-MM-DD, UTC), start and end.
-    date: String,
-    shift_start: String,
-    shift_end: String,
+    /// The shift's day (YYYY-MM-DD, UTC), start and end; null while there is no plan.
+    date: Option<String>,
+    shift_start: Option<String>,
+    shift_end: Option<String>,
     /// The views' time the plan was made or last re-planned at.
-    planned_at: String,
+    planned_at: Option<String>,
+    /// Why there is no plan: no planner on this server, or none made yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
     crews: Vec<CrewBody>,
     /// Machines that need a visit and have none this shift, with the reason.
     unassigned: Vec<UnassignedBody>,
@@ -215,11 +218,10 @@ fn shift_date(plan: &Plan) -> String {
     description = "The planner's latest plan (re-planned every --replan-secs: during the shift around what the crews have done). A tenant's token sees only its machines' stops.",
     params(RoutesQuery),
     responses(
-        (status = 200, description = "the plan", body = RoutesBody),
+        (status = 200, description = "the plan (with no crew and a `message` when this server plans no routes or has made no plan yet)", body = RoutesBody),
         (status = 400, description = "not a date", body = ErrorBody),
         Unauthenticated,
         (status = 404, description = "no plan for that date", body = ErrorBody),
-        (status = 503, description = "no planner, or no plan yet", body = ErrorBody),
     ),
 )]
 pub(super) async fn routes(
@@ -231,7 +233,24 @@ pub(super) async fn routes(
         chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d")
             .map_err(|_| ApiError::invalid(format!("date {d:?} is not YYYY-MM-DD")))?;
     }
-    let plan = latest(&state)?;
+    let plan = match latest(&state) {
+        Ok(plan) => plan,
+        // No plan to show is an answer, not a failure: an empty plan that says why (a page
+        // polling for routes does not fail before the first plan).
+        Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => {
+            let body = RoutesBody {
+                date: None,
+                shift_start: None,
+                shift_end: None,
+                planned_at: None,
+                message: Some(e.message),
+                crews: Vec::new(),
+                unassigned: Vec::new(),
+            };
+            return Ok(axum::Json(body).into_response());
+        }
+        Err(e) => return Err(e),
+    };
     let date = shift_date(&plan);
     if query.date.as_ref().is_some_and(|d| *d != date) {
         return Err(ApiError::new(
@@ -247,10 +266,11 @@ pub(super) async fn routes(
     let in_region = |r: &str| query.region.as_deref().is_none_or(|q| q == r);
     unassigned.retain(|u| in_region(&u.region));
     let body = RoutesBody {
-        date,
-        shift_start: rfc3339(plan.shift_start_ms),
-        shift_end: rfc3339(plan.shift_end_ms),
-        planned_at: rfc3339(plan.planned_at_ms),
+        date: Some(date),
+        shift_start: Some(rfc3339(plan.shift_start_ms)),
+        shift_end: Some(rfc3339(plan.shift_end_ms)),
+        planned_at: Some(rfc3339(plan.planned_at_ms)),
+        message: None,
         crews: routes
             .iter()
             .filter(|r| in_region(&r.region))
@@ -336,11 +356,8 @@ pub(super) async fn sheet_page(
     let (route, plan) = crew_route(&state, &auth, &crew)?;
     let mut html = String::new();
     html.push_str(&format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Route {crew}</title><style>\
-         body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse;width:100%;margin-bottom:1.5em}}\
-         td,th{{border:1px solid #999;padding:4px 6px;text-align:left;vertical-align:top}}\
-         .urgent{{font-weight:bold}}@media print{{.hint{{display:none}}}}</style></head><body>\
-         <p class=\"hint\">Print this page for the crew (Ctrl+P).</p><h1>Route {crew}</h1><p>Region {region}. Shift {start} to {end} (UTC). Depot at {lat:.5}, {lng:.5}; \
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Route {crew}</title></head><body>\
+         <h1>Route {crew}</h1><p>Region {region}. Shift {start} to {end} (UTC). Depot at {lat:.5}, {lng:.5}; \
          leave {leave}, back {back}; {km:.1} km, {stops} stops. Planned at {planned}.</p>",
         crew = escape(&route.crew),
         region = escape(&route.region),
@@ -354,7 +371,7 @@ pub(super) async fn sheet_page(
         stops = route.visits.len(),
         planned = clock(plan.planned_at_ms),
     ));
-    html.push_str("<h2>Load at the depot</h2><table><tr><th>product</th><th>units</th></tr>");
+    html.push_str("<h2>Load at the depot</h2><table border=\"1\" cellpadding=\"4\" cellspacing=\"0\"><tr><th>product</th><th>units</th></tr>");
     for k in kit(&route) {
         html.push_str(&format!(
             "<tr><td>{}</td><td>{}</td></tr>",
@@ -363,14 +380,13 @@ pub(super) async fn sheet_page(
         ));
     }
     html.push_str(
-        "</table><h2>Stops</h2><table><tr><th>#</th><th>machine</th><th>arrive</th><th>km</th>\
+        "</table><h2>Stops</h2><table border=\"1\" cellpadding=\"4\" cellspacing=\"0\" width=\"100%\"><tr><th>#</th><th>machine</th><th>arrive</th><th>km</th>\
          <th>runs out in (h)</th><th>load</th><th>done</th></tr>",
     );
     for (i, v) in route.visits.iter().enumerate() {
         html.push_str(&format!(
-            "<tr class=\"{class}\"><td>{n}</td><td>{machine}<br><small>{lat:.5}, {lng:.5}</small></td>\
+            "<tr><td>{n}</td><td>{machine}<br><small>{lat:.5}, {lng:.5}</small></td>\
              <td>{arrive}</td><td>{km:.1}</td><td>{hours:.1}{urgent}</td><td>{loads}</td><td>&#9744;</td></tr>",
-            class = if v.urgent { "urgent" } else { "" },
             n = i + 1,
             machine = escape(&v.machine_id),
             lat = v.lat,
@@ -378,7 +394,7 @@ pub(super) async fn sheet_page(
             arrive = clock(v.arrive_ms),
             km = v.leg_m / 1000.0,
             hours = v.hours_to_empty,
-            urgent = if v.urgent { " (urgent)" } else { "" },
+            urgent = if v.urgent { " <b>urgent</b>" } else { "" },
             loads = escape(&vendflow_routes::sheet::loads_text(&v.loads)).replace("; ", "<br>"),
         ));
     }

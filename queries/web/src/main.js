@@ -237,6 +237,85 @@ async function loadMap(fit = false) {
   }
 }
 
+// ---------------------------------------------------------------- restock routes
+
+let routeLayer = null;
+
+// A crew's colour, the same at every reload.
+function crewColour(crew) {
+  let h = 0;
+  for (const c of crew) h = (h * 31 + c.charCodeAt(0)) % 360;
+  return `hsl(${h}, 70%, 40%)`;
+}
+
+// Opens a crew's sheet (the page, or the CSV as a download): fetched with the token, as the
+// API needs it in a header.
+async function openSheet(crew, csv) {
+  const path = `/api/routes/${encodeURIComponent(crew)}/sheet${csv ? ".csv" : ""}`;
+  const response = await fetch(path, { headers: token() ? { Authorization: `Bearer ${token()}` } : {} });
+  if (!response.ok) throw new ApiError(response.status, await response.json().catch(() => null));
+  const url = URL.createObjectURL(await response.blob());
+  if (csv) {
+    const a = document.createElement("a");
+    a.href = url;
+    a.download = `route-${crew}.csv`;
+    a.click();
+  } else {
+    window.open(url, "_blank");
+  }
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+}
+
+function sheetLink(crew, label, csv) {
+  const a = document.createElement("a");
+  a.href = "#/";
+  a.textContent = label;
+  a.addEventListener("click", (e) => {
+    e.preventDefault();
+    openSheet(crew, csv).catch(problem);
+  });
+  return a;
+}
+
+// The restock plan on the map (one line per crew: depot, stops in order, depot) and as a list.
+async function loadRoutes() {
+  const plan = await api(withRegion("/api/routes"));
+  if (plan.message) {
+    // No planner on this server, or no plan yet.
+    $("routes-count").textContent = "";
+    fill($("routes"), [], plan.message);
+    return;
+  }
+  if (!map) return;
+  if (routeLayer) routeLayer.remove();
+  routeLayer = L.layerGroup().addTo(map);
+  const items = [];
+  for (const c of plan.crews) {
+    const line = [[c.depotLat, c.depotLng], ...c.stops.map((s) => [s.lat, s.lng]), [c.depotLat, c.depotLng]];
+    L.polyline(line, { color: crewColour(c.crew), weight: 2, opacity: 0.8 })
+      .bindTooltip(`${c.crew}: ${c.stops.length} stops, ${c.distanceKm} km, back ${c.back.slice(11, 16)}`)
+      .addTo(routeLayer);
+    L.circleMarker([c.depotLat, c.depotLng], { radius: 6, color: "#333", fillColor: "#fff", fillOpacity: 1 })
+      .bindTooltip(`depot ${c.region}`)
+      .addTo(routeLayer);
+    const li = document.createElement("li");
+    const urgent = c.stops.filter((s) => s.urgent).length;
+    li.append(
+      document.createTextNode(`${c.crew}: ${c.stops.length} stops (${urgent} urgent), ${c.distanceKm} km · `),
+      sheetLink(c.crew, "sheet", false),
+      document.createTextNode(" · "),
+      sheetLink(c.crew, "csv", true),
+    );
+    items.push(li);
+  }
+  $("map").dataset.routes = String(plan.crews.length);
+  const left = plan.unassigned.length ? `, ${plan.unassigned.length} machine(s) without a visit` : "";
+  $("routes-count").textContent = `shift of ${plan.date}: ${plan.crews.length} crew(s)${left}`;
+  fill($("routes"), items, "no machine needs a visit");
+}
+
+const refreshRoutes = coalesce(loadRoutes, 30000);
+
 function feedItem(machineId, text, time) {
   const li = document.createElement("li");
   li.className = "alert";
@@ -359,6 +438,7 @@ function machineChanged(machineId, change) {
   }
   refreshSummary();
   refreshMap();
+  refreshRoutes();
   if (machineId === shownMachine) refreshMachine();
 }
 
@@ -425,6 +505,7 @@ async function route() {
       $("fleet").hidden = false;
       await Promise.all([loadSummary(), loadMap(true), loadRevenueChart()]);
       map.invalidateSize();
+      await loadRoutes();
     }
   } catch (e) {
     problem(e);
