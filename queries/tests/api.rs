@@ -1056,9 +1056,18 @@ async fn every_route_is_in_the_openapi_document_and_answers() {
     let (s, b) = h.get("/api/routes", &h.admin).await;
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(b["crews"], json!([]), "{b}");
-    assert!(b["message"].as_str().unwrap_or_default().contains("--replan-secs 0"), "{b}");
+    assert!(
+        b["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("--replan-secs 0"),
+        "{b}"
+    );
     let (s, b) = h.get("/api/routes/north-01/sheet.csv", &h.admin).await;
-    assert_eq!((s, error_code(&b)), (StatusCode::SERVICE_UNAVAILABLE, "no_planner"));
+    assert_eq!(
+        (s, error_code(&b)),
+        (StatusCode::SERVICE_UNAVAILABLE, "no_planner")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -491,6 +491,21 @@ fn restock_routes_are_planned_served_as_views_and_sheets_and_scoped_to_tenants()
     );
     assert_eq!(status, 400);
 
+    // What the planner did, in /metrics.
+    let mut response = agent
+        .get(&format!("{base}/metrics"))
+        .call()
+        .expect("metrics");
+    let metrics = response.body_mut().read_to_string().expect("text");
+    assert!(
+        metrics.contains(&format!("vendflow_routes_visits {stops}\n")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("vendflow_routes_failed_total 0\n"),
+        "{metrics}"
+    );
+
     // A tenant sees its machines' stops only, in the API and in the views.
     let (status, mine) = get(&agent, &format!("{base}/api/routes"), Some(&tenant));
     assert_eq!(status, 200, "{mine}");

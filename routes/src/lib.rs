@@ -19,10 +19,12 @@
 //! # Layout
 //! - [`geo`]: distances on the map (haversine, times a road factor) and travel times.
 //! - [`solve`]: one region's routing problem through vrp-core.
+//! - `improve`: a local search (2-opt, relocate, swap) that polishes the solver's routes.
 //! - [`replan`]: a plan kept up to date during the shift.
 //! - [`sheet`]: a crew's route sheet as CSV.
 
 pub mod geo;
+mod improve;
 mod replan;
 pub mod sheet;
 mod solve;
@@ -380,10 +382,10 @@ pub fn plan(
             }));
             continue;
         }
-        // The time limit is shared by region size; at least a second each.
-        let secs = (options.time_limit_secs * stops.len())
-            .div_ceil(total_stops.max(1))
-            .max(1);
+        // The time limit is shared by region size; at least a tenth of a second each.
+        let secs = (options.time_limit_secs as f64 * stops.len() as f64
+            / total_stops.max(1) as f64)
+            .max(0.1);
         let (routes, unassigned) = solve::region(&depot, &stops, given, shift, options, secs)?;
         plan.routes.extend(routes);
         plan.unassigned.extend(unassigned);

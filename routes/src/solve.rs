@@ -11,7 +11,10 @@ use vrp_core::prelude::*;
 use vrp_core::rosomaxa::evolution::TelemetryMode;
 use vrp_core::rosomaxa::utils::{Parallelism, TimeQuota};
 
+use std::time::Instant;
+
 use crate::geo::Roads;
+use crate::improve::{Limits, Matrix, improve};
 use crate::{Depot, Options, Route, RouteError, Shift, Stop, Unassigned, Visit};
 
 /// The solver's progress messages, to `tracing` (it prints them on stdout by default).
@@ -63,14 +66,14 @@ pub(crate) fn drive(
     (visits, metres, t.round() as i64)
 }
 
-/// Routes `stops` with `crews` crews from `depot`, the solver given `secs` seconds.
+/// Routes `stops` with `crews` crews from `depot` in about `secs` seconds.
 pub(crate) fn region(
     depot: &Depot,
     stops: &[&Stop],
     crews: usize,
     shift: Shift,
     options: &Options,
-    secs: usize,
+    secs: f64,
 ) -> Result<(Vec<Route>, Vec<Unassigned>), RouteError> {
     let region = depot.region.clone();
     let failed = |e: GenericError| RouteError::Solver {
@@ -96,14 +99,56 @@ pub(crate) fn region(
             .collect();
         return Ok((Vec::new(), left));
     }
-    let (orders, left) =
-        solve_orders(depot, stops, crews, shift, options, secs, available).map_err(failed)?;
-    let mut orders: Vec<Vec<&Stop>> = orders
+    // The region's points: the depot is point 0, stop i is point i + 1.
+    let roads = Roads::new(options);
+    let points: Vec<(f64, f64)> = std::iter::once((depot.lat, depot.lng))
+        .chain(stops.iter().map(|s| (s.lat, s.lng)))
+        .collect();
+    let n = points.len();
+    let mut metres = Vec::with_capacity(n * n);
+    for &a in &points {
+        for &b in &points {
+            metres.push(roads.metres(a, b));
+        }
+    }
+    let matrix = Matrix {
+        n,
+        secs: metres.iter().map(|&m| roads.secs(m)).collect(),
+        metres,
+        service: std::iter::once(0.0)
+            .chain(stops.iter().map(|s| s.service_secs(&shift, options)))
+            .collect(),
+    };
+    // The region's time: nine tenths to the solver, the rest (at most) to polishing its routes
+    // (which mostly needs far less).
+    let until = Instant::now() + std::time::Duration::from_secs_f64(secs);
+    let solver_secs = secs * 0.9;
+    let (orders, left) = solve_orders(
+        &matrix,
+        stops,
+        crews,
+        shift,
+        options,
+        solver_secs,
+        available,
+    )
+    .map_err(failed)?;
+    let mut routes: Vec<Vec<usize>> = orders
+        .into_iter()
+        .map(|o| o.into_iter().map(|i| i + 1).collect())
+        .collect();
+    let limits = Limits {
+        stops: options.stops_per_crew,
+        secs: available,
+    };
+    let saved = improve(&mut routes, &matrix, &limits, until);
+    tracing::debug!(region = %depot.region, saved_m = saved, "routes polished");
+    let mut orders: Vec<Vec<&Stop>> = routes
         .into_iter()
         .map(|order| {
             order
                 .into_iter()
-                .filter_map(|i| stops.get(i).copied())
+                .filter_map(|p| p.checked_sub(1).and_then(|i| stops.get(i)).copied())
                 .collect::<Vec<&Stop>>()
         })
         .filter(|order| !order.is_empty())
@@ -149,28 +194,18 @@ pub(crate) fn region(
 /// The solver's answer for one region: each crew's stops in order, and the stops left out (as
 /// indices into `stops`).
 fn solve_orders(
-    depot: &Depot,
+    matrix: &Matrix,
     stops: &[&Stop],
     crews: usize,
     shift: Shift,
     options: &Options,
-    secs: usize,
+    secs: f64,
     available: f64,
 ) -> GenericResult<(Vec<Vec<usize>>, Vec<usize>)> {
-    let roads = Roads::new(options);
-    let points: Vec<(f64, f64)> = std::iter::once((depot.lat, depot.lng))
-        .chain(stops.iter().map(|s| (s.lat, s.lng)))
-        .collect();
-    let n = points.len();
-    let mut distances = Vec::with_capacity(n * n);
-    for &a in &points {
-        for &b in &points {
-            distances.push(roads.metres(a, b));
-        }
-    }
-    let durations: Vec<f64> = distances.iter().map(|&m| roads.secs(m)).collect();
-    let transport: Arc<dyn TransportCost> =
-        Arc::new(SimpleTransportCost::new(durations, distances)?);
+    let transport: Arc<dyn TransportCost> = Arc::new(SimpleTransportCost::new(
+        matrix.secs.clone(),
+        matrix.metres.clone(),
+    )?);
 
     // Location i + 1 is stop i; the depot is location 0.
     let weights: Vec<f64> = std::iter::once(0.0)
@@ -248,7 +283,8 @@ fn solve_orders(
         .set_environment(environment)
         .set_telemetry_mode(TelemetryMode::None)
         .prebuild()?
-        .with_max_time(Some(secs))
+        // The quota above stops it (the evolution's own limit takes whole seconds only).
+        .with_max_time(None)
         .with_max_generations(Some(options.generations))
         .build()?;
     let solution = Solver::new(problem, config).solve()?;

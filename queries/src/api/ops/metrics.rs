@@ -62,6 +62,28 @@ pub(in crate::api) async fn metrics(State(state): State<ApiState>) -> Response {
     for (status, n) in devices(&state) {
         let _ = writeln!(out, "vendflow_devices{{status=\"{status}\"}} {n}");
     }
+    if let Some(planner) = &state.routes {
+        use std::sync::atomic::Ordering;
+        let plan = planner.latest();
+        let _ = write!(
+            out,
+            "# HELP vendflow_routes_plans_total Restock plans made (and re-plans).\n\
+             # TYPE vendflow_routes_plans_total counter\nvendflow_routes_plans_total {}\n\
+             # HELP vendflow_routes_failed_total Restock plans that failed (logged).\n\
+             # TYPE vendflow_routes_failed_total counter\nvendflow_routes_failed_total {}\n\
+             # HELP vendflow_routes_crews Crews with a route in the latest plan.\n\
+             # TYPE vendflow_routes_crews gauge\nvendflow_routes_crews {}\n\
+             # HELP vendflow_routes_visits Machines visited in the latest plan.\n\
+             # TYPE vendflow_routes_visits gauge\nvendflow_routes_visits {}\n\
+             # HELP vendflow_routes_unassigned Machines that need a visit and have none this shift.\n\
+             # TYPE vendflow_routes_unassigned gauge\nvendflow_routes_unassigned {}\n",
+            planner.planned.load(Ordering::Relaxed),
+            planner.failed.load(Ordering::Relaxed),
+            plan.as_ref().map_or(0, |p| p.routes.len()),
+            plan.as_ref().map_or(0, |p| p.visits()),
+            plan.as_ref().map_or(0, |p| p.unassigned.len()),
+        );
+    }
     out.push_str(&state.sql.latency().prometheus());
     out.push('\n');
     (
