@@ -69,6 +69,10 @@ try {
     timeout: STEP_MS,
   });
   const machines = Number(await page.getAttribute("#map", "data-machines"));
+  // The restock routes panel: the crews of the plan, or why there is none yet.
+  await page
+    .waitForFunction(() => document.querySelectorAll("#routes li").length > 0, null, { timeout: STEP_MS })
+    .catch(() => fail("the restock routes panel stayed empty"));
   await shot("1-fleet");
   // A machine with no alert yet (not in the feed), for the overheating step. Right after the
   // start a machine may not be active yet (no heartbeat in the views): ask again until one is.
