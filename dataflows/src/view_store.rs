@@ -734,43 +734,14 @@ impl ViewStore {
             let hash = row_hash(&row);
             update_table(&mut net, row, hash, 1);
         }
-        let mut change = Change {
-            frontier: state.frontier,
-            inserted: Vec::new(),
-            deleted: Vec::new(),
-            seq: state.published + 1,
-        };
-        for e in net {
-            let target = if e.count > 0 {
-                &mut change.inserted
-            } else {
-                &mut change.deleted
-            };
-            for _ in 0..e.count.unsigned_abs() {
-                target.push(e.row.clone());
-            }
-            state.rows[view].update(e.row, e.hash, e.count);
+        for e in &net {
+            state.rows[view].update(e.row.clone(), e.hash, e.count);
         }
-        if change.inserted.is_empty() && change.deleted.is_empty() {
+        let Some(change) = change_of(net, state.frontier, state.published + 1) else {
             return Ok(());
-        }
+        };
         state.published += 1;
-        change.inserted.sort();
-        change.deleted.sort();
-        let change = Arc::new(change);
-        state.subscribers.retain_mut(|s| {
-            if s.view != view {
-                return true;
-            }
-            match s.tx.try_send(change.clone()) {
-                Ok(()) => true,
-                Err(e) if e.is_full() => {
-                    s.lagged.store(true, std::sync::atomic::Ordering::SeqCst);
-                    false
-                }
-                Err(_) => false,
-            }
-        });
+        deliver(&mut state.subscribers, &[(view, Arc::new(change))]);
         drop(state);
         self.notify();
         Ok(())
@@ -939,9 +910,59 @@ fn run(store: ViewStore, rx: Receiver<Captured>, workers: usize, mut published: 
     store.notify();
 }
 
+/// The net updates `net` as one change (its rows in order), if it changes anything.
+fn change_of(net: hashbrown::HashTable<Entry>, frontier: Time, seq: u64) -> Option<Change> {
+    let mut change = Change {
+        frontier,
+        inserted: Vec::new(),
+        deleted: Vec::new(),
+        seq,
+    };
+    for e in net {
+        let target = if e.count > 0 {
+            &mut change.inserted
+        } else {
+            &mut change.deleted
+        };
+        for _ in 0..e.count.unsigned_abs() {
+            target.push(e.row.clone());
+        }
+    }
+    if change.inserted.is_empty() && change.deleted.is_empty() {
+        return None;
+    }
+    change.inserted.sort();
+    change.deleted.sort();
+    Some(change)
+}
+
+/// Sends each subscriber its view's changes; one too far behind is cut off (it learns why).
+fn deliver(subscribers: &mut Vec<Subscriber>, changes: &[(usize, Arc<Change>)]) {
+    subscribers.retain_mut(|s| {
+        for (view, change) in changes {
+            if *view != s.view {
+                continue;
+            }
+            match s.tx.try_send(change.clone()) {
+                Ok(()) => {}
+                Err(e) if e.is_full() => {
+                    s.lagged.store(true, std::sync::atomic::Ordering::SeqCst);
+                    tracing::warn!(
+                        view = CATALOG[s.view].name,
+                        "subscriber cut off: too far behind"
+                    );
+                    return false;
+                }
+                Err(_) => return false,
+            }
+        }
+        true
+    });
+}
+
 fn publish(store: &ViewStore, pending: &mut [Vec<Vec<Hashed>>], frontier: Time) {
     let mut state = store.write();
-    let mut changes: Vec<(usize, Change)> = Vec::new();
+    let mut changes: Vec<(usize, Arc<Change>)> = Vec::new();
     let mut watched = vec![false; pending.len()];
     for s in &state.subscribers {
         watched[s.view] = true;
@@ -971,54 +992,13 @@ fn publish(store: &ViewStore, pending: &mut [Vec<Vec<Hashed>>], frontier: Time) 
         if !watched[view] {
             continue;
         }
-        let mut change = Change {
-            frontier,
-            inserted: Vec::new(),
-            deleted: Vec::new(),
-            seq: state.published + 1,
-        };
-        for e in net {
-            let target = if e.count > 0 {
-                &mut change.inserted
-            } else {
-                &mut change.deleted
-            };
-            for _ in 0..e.count.unsigned_abs() {
-                target.push(e.row.clone());
-            }
-        }
-        if !change.inserted.is_empty() || !change.deleted.is_empty() {
-            change.inserted.sort();
-            change.deleted.sort();
-            changes.push((view, change));
+        if let Some(change) = change_of(net, frontier, state.published + 1) {
+            changes.push((view, Arc::new(change)));
         }
     }
     state.frontier = frontier;
     state.published += 1;
-    let changes: Vec<(usize, Arc<Change>)> = changes
-        .into_iter()
-        .map(|(view, change)| (view, Arc::new(change)))
-        .collect();
-    state.subscribers.retain_mut(|s| {
-        for (view, change) in &changes {
-            if *view != s.view {
-                continue;
-            }
-            match s.tx.try_send(change.clone()) {
-                Ok(()) => {}
-                Err(e) if e.is_full() => {
-                    s.lagged.store(true, std::sync::atomic::Ordering::SeqCst);
-                    tracing::warn!(
-                        view = CATALOG[s.view].name,
-                        "subscriber cut off: too far behind"
-                    );
-                    return false;
-                }
-                Err(_) => return false,
-            }
-        }
-        true
-    });
+    deliver(&mut state.subscribers, &changes);
     let now = Instant::now();
     state.progress.retain(|p| p.send((frontier, now)).is_ok());
     drop(state);

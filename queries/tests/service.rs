@@ -35,6 +35,20 @@ fn get(agent: &ureq::Agent, url: &str, token: Option<&str>) -> (u16, Json) {
     )
 }
 
+/// (status, JSON body) of a POST with a token.
+fn post(agent: &ureq::Agent, url: &str, token: &str, body: Json) -> (u16, Json) {
+    let mut response = agent
+        .post(url)
+        .header("Authorization", &format!("Bearer {token}"))
+        .send_json(body)
+        .expect("POST answers");
+    let status = response.status().as_u16();
+    (
+        status,
+        response.body_mut().read_json().unwrap_or(Json::Null),
+    )
+}
+
 #[test]
 fn a_service_started_in_process_answers_over_http_and_postgres_and_stops_in_order() {
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -149,18 +163,7 @@ fn a_service_started_in_process_answers_over_http_and_postgres_and_stops_in_orde
             response.body_mut().read_json().unwrap_or(Json::Null),
         )
     };
-    let post = |url: &str, body: Json| -> (u16, Json) {
-        let mut response = agent
-            .post(url)
-            .header("Authorization", &format!("Bearer {token}"))
-            .send_json(body)
-            .expect("POST answers");
-        let status = response.status().as_u16();
-        (
-            status,
-            response.body_mut().read_json().unwrap_or(Json::Null),
-        )
-    };
+    let post = |url: &str, body: Json| post(&agent, url, &token, body);
     let (status, machine_before) = get(
         &agent,
         &format!("{base}/api/machines/{machine}"),
@@ -349,18 +352,7 @@ fn restock_routes_are_planned_served_as_views_and_sheets_and_scoped_to_tenants()
     let registry = running.registry().clone();
     let service = std::thread::spawn(move || running.run(|_| {}));
     let agent = agent();
-    let post = |url: &str, token: &str, body: Json| -> (u16, Json) {
-        let mut response = agent
-            .post(url)
-            .header("Authorization", &format!("Bearer {token}"))
-            .send_json(body)
-            .expect("POST answers");
-        let status = response.status().as_u16();
-        (
-            status,
-            response.body_mut().read_json().unwrap_or(Json::Null),
-        )
-    };
+    let post = |url: &str, token: &str, body: Json| post(&agent, url, token, body);
     // The north region's depot, before the first plan.
     let (status, body) = post(
         &format!("{base}/api/locations"),
