@@ -19,7 +19,8 @@
 //! # Layout
 //! - [`geo`]: distances on the map (haversine, times a road factor) and travel times.
 //! - [`solve`]: one region's routing problem through vrp-core.
-//! - `improve`: a local search (2-opt, relocate, swap) that polishes the solver's routes.
+//! - `improve`: a local search (2-opt, relocate, or-opt, 2-opt*, swap) that polishes the
+//!   solver's routes.
 //! - [`replan`]: a plan kept up to date during the shift.
 //! - [`sheet`]: a crew's route sheet as CSV.
 
@@ -30,6 +31,8 @@ pub mod sheet;
 mod solve;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 pub use replan::replan;
 use serde::{Deserialize, Serialize};
@@ -114,12 +117,19 @@ pub struct Shift {
 }
 
 impl Shift {
-    /// The shift of `now`: today's from `start_hour` (UTC) if it has not ended, else tomorrow's.
+    /// The shift of `now`: the one under way (yesterday's, for a shift past midnight), else
+    /// today's from `start_hour` (UTC) if it has not ended, else tomorrow's.
     pub fn next(now_ms: i64, start_hour: u32, options: &Options) -> Shift {
         const DAY: i64 = 86_400_000;
+        let length = i64::from(options.shift_minutes) * 60_000;
         let today = now_ms.div_euclid(DAY) * DAY + i64::from(start_hour) * 3_600_000;
-        let end = today + i64::from(options.shift_minutes) * 60_000;
-        let start_ms = if now_ms < end { today } else { today + DAY };
+        let start_ms = if now_ms < today - DAY + length {
+            today - DAY
+        } else if now_ms < today + length {
+            today
+        } else {
+            today + DAY
+        };
         Shift { now_ms, start_ms }
     }
 
@@ -203,14 +213,14 @@ impl Plan {
     pub fn visits(&self) -> usize {
         self.routes.iter().map(|r| r.visits.len()).sum()
     }
+}
 
-    /// Units to load per product for one crew: its van's kit for the shift.
-    pub fn kit(&self, crew: &str) -> BTreeMap<String, i64> {
+impl Route {
+    /// Units to load per product: the crew's van kit for the shift (its stops' loads summed).
+    pub fn kit(&self) -> BTreeMap<String, i64> {
         let mut kit = BTreeMap::new();
-        for route in self.routes.iter().filter(|r| r.crew == crew) {
-            for load in route.visits.iter().flat_map(|v| &v.loads) {
-                *kit.entry(load.product_id.clone()).or_insert(0) += load.units;
-            }
+        for load in self.visits.iter().flat_map(|v| &v.loads) {
+            *kit.entry(load.product_id.clone()).or_insert(0) += load.units;
         }
         kit
     }
@@ -343,9 +353,33 @@ pub fn plan(
     shift: Shift,
     options: &Options,
 ) -> Result<Plan, RouteError> {
+    plan_until(
+        depots,
+        stops,
+        shift,
+        options,
+        &Arc::new(AtomicBool::new(false)),
+    )
+}
+
+/// [`plan`], cut short once `stop` is raised (the service's shutdown): the solver then answers
+/// with the best routes it has found so far.
+pub fn plan_until(
+    depots: &[Depot],
+    stops: &[Stop],
+    shift: Shift,
+    options: &Options,
+    stop: &Arc<AtomicBool>,
+) -> Result<Plan, RouteError> {
     options.check()?;
     for stop in stops {
         stop.check()?;
+    }
+    if let Some(d) = depots.iter().find(|d| !geo::on_map(d.lat, d.lng)) {
+        return Err(RouteError::Input(format!(
+            "the depot of region {} is off the map ({}, {})",
+            d.region, d.lat, d.lng
+        )));
     }
     let mut by_region: BTreeMap<&str, Vec<&Stop>> = BTreeMap::new();
     let mut seen = std::collections::HashSet::new();
@@ -386,7 +420,8 @@ pub fn plan(
         let secs = (options.time_limit_secs as f64 * stops.len() as f64
             / total_stops.max(1) as f64)
             .max(0.1);
-        let (routes, unassigned) = solve::region(&depot, &stops, given, shift, options, secs)?;
+        let (routes, unassigned) =
+            solve::region(&depot, &stops, given, shift, options, secs, stop)?;
         plan.routes.extend(routes);
         plan.unassigned.extend(unassigned);
     }
@@ -486,6 +521,15 @@ mod tests {
         assert_eq!(
             Shift::next(day + 17 * 3_600_000, 8, &o).start_ms,
             day + 86_400_000 + 8 * 3_600_000
+        );
+        // A night shift from 20:00: at 02:00 the one that began yesterday is under way.
+        assert_eq!(
+            Shift::next(day + 2 * 3_600_000, 20, &o).start_ms,
+            day - 4 * 3_600_000
+        );
+        assert_eq!(
+            Shift::next(day + 5 * 3_600_000, 20, &o).start_ms,
+            day + 20 * 3_600_000
         );
     }
 }

@@ -1,5 +1,5 @@
 //! A crew's route sheet: one CSV row per stop, in order, with the arrival time, what to load
-//! there, and the depot at both ends; the van's kit (units per product) is [`crate::Plan::kit`].
+//! there, and the depot at both ends; the van's kit (units per product) is [`crate::Route::kit`].
 
 use crate::Route;
 

@@ -9,13 +9,26 @@ use std::sync::Arc;
 
 use vrp_core::prelude::*;
 use vrp_core::rosomaxa::evolution::TelemetryMode;
-use vrp_core::rosomaxa::utils::{Parallelism, TimeQuota};
+use vrp_core::rosomaxa::utils::{Parallelism, Quota, TimeQuota};
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::geo::Roads;
 use crate::improve::{Limits, Matrix, improve};
 use crate::{Depot, Options, Route, RouteError, Shift, Stop, Unassigned, Visit};
+
+/// The solver's time, cut short when the caller stops.
+struct Budget {
+    time: TimeQuota,
+    stop: Arc<AtomicBool>,
+}
+
+impl Quota for Budget {
+    fn is_reached(&self) -> bool {
+        self.time.is_reached() || self.stop.load(Ordering::Relaxed)
+    }
+}
 
 /// The solver's progress messages, to `tracing` (it prints them on stdout by default).
 fn solver_log() -> InfoLogger {
@@ -74,6 +87,7 @@ pub(crate) fn region(
     shift: Shift,
     options: &Options,
     secs: f64,
+    stop: &Arc<AtomicBool>,
 ) -> Result<(Vec<Route>, Vec<Unassigned>), RouteError> {
     let region = depot.region.clone();
     let failed = |e: GenericError| RouteError::Solver {
@@ -123,16 +137,12 @@ pub(crate) fn region(
     // (which mostly needs far less).
     let until = Instant::now() + std::time::Duration::from_secs_f64(secs);
     let solver_secs = secs * 0.9;
-    let (orders, left) = solve_orders(
-        &matrix,
-        stops,
-        crews,
-        shift,
-        options,
-        solver_secs,
-        available,
-    )
-    .map_err(failed)?;
+    let budget = Budget {
+        time: TimeQuota::new(solver_secs as Float),
+        stop: stop.clone(),
+    };
+    let (orders, left) =
+        solve_orders(&matrix, stops, crews, shift, options, budget, available).map_err(failed)?;
     let mut routes: Vec<Vec<usize>> = orders
         .into_iter()
         .map(|o| o.into_iter().map(|i| i + 1).collect())
@@ -199,7 +209,7 @@ fn solve_orders(
     crews: usize,
     shift: Shift,
     options: &Options,
-    secs: f64,
+    budget: Budget,
     available: f64,
 ) -> GenericResult<(Vec<Vec<usize>>, Vec<usize>)> {
     let transport: Arc<dyn TransportCost> = Arc::new(SimpleTransportCost::new(
@@ -274,7 +284,7 @@ fn solve_orders(
     );
     let environment = Arc::new(Environment::new(
         Arc::new(DefaultRandom::default()),
-        Some(Arc::new(TimeQuota::new(secs as Float))),
+        Some(Arc::new(budget)),
         Parallelism::default(),
         solver_log(),
         false,

@@ -330,24 +330,34 @@ fn a_replan_keeps_what_is_behind_inserts_new_urgent_machines_and_lets_a_finished
     .expect("a plan");
     check(&p, first, &depots(), start - 2 * HOUR, &o);
 
-    // Three hours into the shift: what is behind each crew is done. One crew's machines ahead
+    // Into the shift: what is behind each crew is done. One crew's machines ahead
     // were all restocked by someone else (it has finished early); five new machines need a visit
     // now, and so does everything else still ahead.
-    let now = start + 3 * HOUR;
-    let busiest = p
-        .routes
-        .iter()
-        .max_by_key(|r| r.visits.iter().filter(|v| v.arrive_ms > now).count())
-        .expect("a route");
-    let idle = p
-        .routes
-        .iter()
-        .find(|r| {
-            r.crew != busiest.crew
-                && r.region == busiest.region
-                && r.visits.iter().any(|v| v.arrive_ms > now)
+    // (90 minutes in, in the region with the most crews that still have stops ahead: the solver
+    // is randomized, so the test picks its crews from the plan it got.)
+    let now = start + 90 * 60_000;
+    let ahead = |r: &vendflow_routes::Route| r.visits.iter().filter(|v| v.arrive_ms > now).count();
+    let region = ["north", "south", "east"]
+        .into_iter()
+        .max_by_key(|g| {
+            p.routes
+                .iter()
+                .filter(|r| r.region == *g && ahead(r) >= 1)
+                .count()
         })
-        .expect("a second crew in the region");
+        .expect("a region");
+    let mut busy: Vec<&vendflow_routes::Route> = p
+        .routes
+        .iter()
+        .filter(|r| r.region == region && ahead(r) >= 1)
+        .collect();
+    busy.sort_by_key(|r| std::cmp::Reverse(ahead(r)));
+    assert!(
+        busy.len() >= 2,
+        "two crews with stops ahead in {region}: {:?}",
+        p.crews
+    );
+    let (busiest, idle) = (busy[0], busy[1]);
     let gone: HashSet<&str> = idle
         .visits
         .iter()
@@ -416,32 +426,16 @@ fn a_replan_keeps_what_is_behind_inserts_new_urgent_machines_and_lets_a_finished
             "{m} no longer needs a visit but is still planned"
         );
     }
-    // The crew that finished early took work from another crew, and reaches it sooner.
+    // The crew that finished early took work (from another crew, or a new machine). Which
+    // stops it takes depends on the others' schedules after the insertions, so the test checks
+    // that it works, and (above) that every limit still holds.
     let helper = q
         .routes
         .iter()
         .find(|r| r.crew == idle.crew)
         .expect("the idle crew's route");
-    let taken: Vec<_> = helper.visits.iter().filter(|v| v.arrive_ms > now).collect();
-    assert!(
-        !taken.is_empty(),
-        "the finished crew took nothing: {helper:?}"
-    );
-    for v in taken {
-        let was = p
-            .routes
-            .iter()
-            .flat_map(|r| &r.visits)
-            .find(|w| w.machine_id == v.machine_id);
-        if let Some(was) = was {
-            assert!(
-                v.arrive_ms < was.arrive_ms.max(now + 1)
-                    || new.iter().any(|n| n.machine_id == v.machine_id),
-                "{} later than planned",
-                v.machine_id
-            );
-        }
-    }
+    let taken = helper.visits.iter().filter(|v| v.arrive_ms > now).count();
+    assert!(taken > 0, "the finished crew took nothing: {helper:?}");
 }
 
 #[test]
@@ -473,4 +467,147 @@ fn a_replan_of_a_shift_with_no_crew_out_yet_sends_idle_crews() {
         q.unassigned
     );
     assert!(q.crews.values().sum::<usize>() <= o.crews, "{:?}", q.crews);
+}
+
+#[test]
+fn a_raised_stop_cuts_the_solver_short_with_a_valid_plan() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let o = Options {
+        time_limit_secs: 120,
+        generations: usize::MAX,
+        ..options()
+    };
+    let stops = stops(9, 90);
+    let now = 20_000 * DAY + 6 * HOUR;
+    let stop = Arc::new(AtomicBool::new(false));
+    let raise = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            stop.store(true, Ordering::SeqCst);
+        })
+    };
+    let started = std::time::Instant::now();
+    let p = vendflow_routes::plan_until(&depots(), &stops, Shift::next(now, 8, &o), &o, &stop)
+        .expect("a plan");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "took {:?} of a 120 s budget",
+        started.elapsed()
+    );
+    raise.join().expect("the thread");
+    check(&p, &stops, &depots(), now, &o);
+}
+
+#[test]
+fn a_finished_crew_takes_the_stops_it_reaches_sooner_than_their_crew() {
+    use vendflow_routes::{Route, Visit};
+    let o = options();
+    let start = 20_000 * DAY + 8 * HOUR;
+    let now = start + HOUR;
+    let depot = Depot {
+        region: "north".into(),
+        lat: 40.70,
+        lng: -74.00,
+    };
+    // Crew A has six stops ahead along a street going east; crew B is done, at the street's end.
+    let stop = |i: usize, lng: f64| Stop {
+        machine_id: format!("m{i}"),
+        region: "north".into(),
+        lat: 40.70,
+        lng,
+        hours_to_empty: 30.0,
+        needs: Vec::new(),
+    };
+    let street: Vec<Stop> = (1..=6).map(|i| stop(i, -74.0 + 0.01 * i as f64)).collect();
+    let visit = |s: &Stop, arrive_ms: i64| Visit {
+        machine_id: s.machine_id.clone(),
+        lat: s.lat,
+        lng: s.lng,
+        urgent: false,
+        hours_to_empty: s.hours_to_empty,
+        arrive_ms,
+        depart_ms: arrive_ms + 600_000,
+        leg_m: 0.0,
+        loads: Vec::new(),
+    };
+    let route = |crew: &str, visits: Vec<Visit>| Route {
+        crew: crew.into(),
+        region: "north".into(),
+        depot: depot.clone(),
+        visits,
+        start_ms: start,
+        distance_m: 0.0,
+        back_ms: start + 6 * HOUR,
+    };
+    let done = stop(7, -73.935);
+    let previous = Plan {
+        shift_start_ms: start,
+        shift_end_ms: start + 8 * HOUR,
+        planned_at_ms: start - HOUR,
+        routes: vec![
+            route(
+                "north-01",
+                street
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| visit(s, now + (i as i64 + 1) * 900_000))
+                    .collect(),
+            ),
+            route(
+                "north-02",
+                vec![Visit {
+                    leg_m: road_m((depot.lat, depot.lng), (done.lat, done.lng), o.road_factor),
+                    ..visit(&done, now - 700_000)
+                }],
+            ),
+        ],
+        unassigned: Vec::new(),
+        crews: [("north".to_owned(), 2)].into_iter().collect(),
+    };
+    let q = replan(&previous, std::slice::from_ref(&depot), &street, now, &o).expect("a re-plan");
+    check(
+        &q,
+        &street
+            .iter()
+            .cloned()
+            .chain([done.clone()])
+            .collect::<Vec<_>>(),
+        std::slice::from_ref(&depot),
+        now,
+        &o,
+    );
+    // When crew A would reach each stop with all six, from the depot now (computed here).
+    let mut a_at = HashMap::new();
+    let (mut t, mut at) = (now as f64, (depot.lat, depot.lng));
+    for s in &street {
+        t += road_m(at, (s.lat, s.lng), o.road_factor) / (o.speed_kmh / 3.6) * 1000.0;
+        a_at.insert(s.machine_id.clone(), t);
+        t += o.service_minutes * 60_000.0;
+        at = (s.lat, s.lng);
+    }
+    let b = q
+        .routes
+        .iter()
+        .find(|r| r.crew == "north-02")
+        .expect("crew B");
+    let taken: Vec<&Visit> = b.visits.iter().filter(|v| v.arrive_ms > now).collect();
+    assert!(
+        taken.iter().any(|v| v.machine_id == "m6"),
+        "B takes the stop beside it: {b:?}"
+    );
+    for v in &taken {
+        assert!(
+            (v.arrive_ms as f64) < a_at[&v.machine_id],
+            "{} is no sooner with B",
+            v.machine_id
+        );
+    }
+    let a = q
+        .routes
+        .iter()
+        .find(|r| r.crew == "north-01")
+        .expect("crew A");
+    assert_eq!(a.visits.len() + taken.len(), 6, "every stop once: {q:?}");
 }

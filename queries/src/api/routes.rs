@@ -156,11 +156,9 @@ fn visible(state: &ApiState, auth: &Auth, plan: &Plan) -> (Vec<Route>, Vec<Unass
 }
 
 fn kit(route: &Route) -> Vec<KitBody> {
-    let mut kit = std::collections::BTreeMap::new();
-    for l in route.visits.iter().flat_map(|v| &v.loads) {
-        *kit.entry(l.product_id.clone()).or_insert(0) += l.units;
-    }
-    kit.into_iter()
+    route
+        .kit()
+        .into_iter()
         .map(|(product_id, units)| KitBody { product_id, units })
         .collect()
 }

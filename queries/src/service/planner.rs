@@ -42,8 +42,6 @@ pub struct Planner {
     /// Plans made and failed (for `/metrics` and the tests).
     pub planned: std::sync::atomic::AtomicU64,
     pub failed: std::sync::atomic::AtomicU64,
-    /// The configured period, for the API's "no plan yet" message.
-    pub every: RwLock<Option<Duration>>,
 }
 
 impl Planner {
@@ -64,6 +62,7 @@ impl Planner {
         config: &RouteConfig,
         store: &ViewStore,
         fleet: &Fleet,
+        stop: &Arc<AtomicBool>,
     ) -> Result<Option<Arc<Plan>>, RouteError> {
         let snapshot = store.snapshot_of(&["inventory", "stockout_forecast", "restock_needed"]);
         let now = snapshot.frontier.ms();
@@ -86,7 +85,7 @@ impl Planner {
             {
                 vendflow_routes::replan(&p, &depots, &stops, now, &config.options)?
             }
-            _ => vendflow_routes::plan(&depots, &stops, shift, &config.options)?,
+            _ => vendflow_routes::plan_until(&depots, &stops, shift, &config.options, stop)?,
         };
         plan.unassigned.extend(unroutable);
         let plan = Arc::new(plan);
@@ -101,10 +100,14 @@ impl Planner {
     }
 
     /// Plans every `config.every` until `stop`; the first plan as soon as the views hold rows.
-    pub fn run(&self, config: &RouteConfig, store: &ViewStore, fleet: &Fleet, stop: &AtomicBool) {
-        if let Ok(mut every) = self.every.write() {
-            *every = Some(config.every);
-        }
+    /// A solve under way stops early (with its best routes so far) once `stop` is raised.
+    pub fn run(
+        &self,
+        config: &RouteConfig,
+        store: &ViewStore,
+        fleet: &Fleet,
+        stop: &Arc<AtomicBool>,
+    ) {
         let mut next = Instant::now();
         while !stop.load(Ordering::SeqCst) {
             if Instant::now() < next {
@@ -112,7 +115,7 @@ impl Planner {
                 continue;
             }
             let started = Instant::now();
-            match self.plan_once(config, store, fleet) {
+            match self.plan_once(config, store, fleet, stop) {
                 Ok(Some(plan)) => {
                     self.planned.fetch_add(1, Ordering::Relaxed);
                     // Nothing to restock yet (a fleet just started): look again sooner.
