@@ -17,8 +17,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use vendflow_routes::geo::Roads;
-use vendflow_routes::{Depot, Need, Options, Shift, Stop, plan};
+use vendflow_routes::{Depot, Matrix, Need, Options, Shift, Stop, plan};
 
 const HOUR: i64 = 3_600_000;
 
@@ -92,33 +91,22 @@ fn main() -> anyhow::Result<()> {
     let planned = plan(&depots, &stops, shift, &options)?;
     let took = started.elapsed().as_secs_f64();
 
-    // The same problem for OR-Tools, region by region, with the numbers vendflow's solver used.
-    let roads = Roads::new(&options);
+    // The same problem for OR-Tools, region by region, with the numbers vendflow's solver used
+    // (its own matrix; OR-Tools takes integers, so seconds are rounded up).
     let available = ((shift.end_ms(&options) - shift.departure_ms()) / 1000 - 1).max(0);
     let mut instance = Vec::new();
     for depot in &depots {
         let mine: Vec<&Stop> = stops.iter().filter(|s| s.region == depot.region).collect();
-        let points: Vec<(f64, f64)> = std::iter::once((depot.lat, depot.lng))
-            .chain(mine.iter().map(|s| (s.lat, s.lng)))
-            .collect();
-        let distances: Vec<Vec<i64>> = points
-            .iter()
-            .map(|&a| points.iter().map(|&b| roads.metres(a, b) as i64).collect())
-            .collect();
-        let durations: Vec<Vec<i64>> = distances
-            .iter()
-            .map(|row| {
-                row.iter()
-                    .map(|&m| roads.secs(m as f64).ceil() as i64)
-                    .collect()
-            })
-            .collect();
-        let service: Vec<i64> = std::iter::once(0)
-            .chain(
-                mine.iter()
-                    .map(|s| s.service_secs(&shift, &options).ceil() as i64),
-            )
-            .collect();
+        let m = Matrix::of(depot, &mine, &shift, &options);
+        let rows = |cells: &[f64], round: fn(f64) -> f64| -> Vec<Vec<i64>> {
+            cells
+                .chunks(m.n)
+                .map(|row| row.iter().map(|&c| round(c) as i64).collect())
+                .collect()
+        };
+        let distances = rows(&m.metres, f64::round);
+        let durations = rows(&m.secs, f64::ceil);
+        let service: Vec<i64> = m.service.iter().map(|s| s.ceil() as i64).collect();
         let urgent: Vec<bool> = std::iter::once(false)
             .chain(mine.iter().map(|s| s.urgent(&shift, &options)))
             .collect();

@@ -9,16 +9,44 @@
 
 use std::time::Instant;
 
+use crate::geo::Roads;
+use crate::{Depot, Options, Shift, Stop};
+
 /// Road metres and driving seconds between a region's points (the depot is point 0, stop `i`
-/// point `i + 1`), and each point's service seconds.
-pub(crate) struct Matrix {
+/// point `i + 1`), and each point's service seconds: the numbers the solver and the polish work
+/// on (and the routing bench gives OR-Tools).
+pub struct Matrix {
     pub n: usize,
+    /// Row-major, `n × n`.
     pub metres: Vec<f64>,
     pub secs: Vec<f64>,
     pub service: Vec<f64>,
 }
 
 impl Matrix {
+    /// The matrix of `depot` and `stops` for `shift`.
+    pub fn of(depot: &Depot, stops: &[&Stop], shift: &Shift, options: &Options) -> Matrix {
+        let roads = Roads::new(options);
+        let points: Vec<(f64, f64)> = std::iter::once((depot.lat, depot.lng))
+            .chain(stops.iter().map(|s| (s.lat, s.lng)))
+            .collect();
+        let n = points.len();
+        let mut metres = Vec::with_capacity(n * n);
+        for &a in &points {
+            for &b in &points {
+                metres.push(roads.metres(a, b));
+            }
+        }
+        Matrix {
+            n,
+            secs: metres.iter().map(|&m| roads.secs(m)).collect(),
+            metres,
+            service: std::iter::once(0.0)
+                .chain(stops.iter().map(|s| s.service_secs(shift, options)))
+                .collect(),
+        }
+    }
+
     fn d(&self, a: usize, b: usize) -> f64 {
         self.metres[a * self.n + b]
     }

@@ -34,6 +34,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
+pub use improve::Matrix;
 pub use replan::replan;
 use serde::{Deserialize, Serialize};
 
@@ -275,27 +276,30 @@ impl Stop {
 
     /// What each slot will lack at `at_ms`: capacity less the units expected left then.
     pub fn loads_at(&self, now_ms: i64, at_ms: i64) -> Vec<Load> {
-        let days = ((at_ms - now_ms).max(0)) as f64 / 86_400_000.0;
-        self.needs
-            .iter()
-            .filter_map(|n| {
-                let left = (n.units as f64 - n.daily_demand.max(0.0) * days).max(0.0);
-                let units = (n.capacity - left.floor() as i64).clamp(0, n.capacity.max(0));
-                (units > 0).then(|| Load {
-                    slot_number: n.slot_number,
-                    product_id: n.product_id.clone(),
-                    units,
-                })
+        self.lacking(now_ms, at_ms)
+            .map(|(n, units)| Load {
+                slot_number: n.slot_number,
+                product_id: n.product_id.clone(),
+                units,
             })
             .collect()
+    }
+
+    /// Each slot that will lack units at `at_ms`, and how many (the one formula of a load).
+    fn lacking(&self, now_ms: i64, at_ms: i64) -> impl Iterator<Item = (&Need, i64)> + '_ {
+        let days = ((at_ms - now_ms).max(0)) as f64 / 86_400_000.0;
+        self.needs.iter().filter_map(move |n| {
+            let left = (n.units as f64 - n.daily_demand.max(0.0) * days).max(0.0);
+            let units = (n.capacity - left.floor() as i64).clamp(0, n.capacity.max(0));
+            (units > 0).then_some((n, units))
+        })
     }
 
     /// Seconds at the stop: the fixed part and the loading of what it lacks when the shift begins.
     pub fn service_secs(&self, shift: &Shift, options: &Options) -> f64 {
         let units: i64 = self
-            .loads_at(shift.now_ms, shift.departure_ms())
-            .iter()
-            .map(|l| l.units)
+            .lacking(shift.now_ms, shift.departure_ms())
+            .map(|(_, units)| units)
             .sum();
         options.service_minutes * 60.0 + units as f64 * options.seconds_per_unit
     }

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::geo::Roads;
-use crate::solve::drive;
+use crate::solve::{drive, timing};
 use crate::{Depot, Options, Plan, Route, RouteError, Shift, Stop, Unassigned, Visit};
 
 /// One crew during the re-plan.
@@ -38,7 +38,7 @@ impl<'s> Crew<'s> {
         if self.behind.len() + ahead.len() > options.stops_per_crew {
             return None;
         }
-        let (_, metres, back) = self.drive(ahead, shift, options);
+        let (metres, back) = timing(&self.depot, self.from, self.free_ms, ahead, shift, options);
         (back <= shift.end_ms(options)).then_some(metres)
     }
 }

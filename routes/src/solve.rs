@@ -48,11 +48,65 @@ pub(crate) fn drive(
     shift: &Shift,
     options: &Options,
 ) -> (Vec<Visit>, f64, i64) {
+    let mut visits = Vec::with_capacity(stops.len());
+    let (metres, back_ms) = walk(
+        depot,
+        from,
+        start_ms,
+        stops,
+        shift,
+        options,
+        |stop, arrive_ms, depart_ms, leg| {
+            visits.push(Visit {
+                machine_id: stop.machine_id.clone(),
+                lat: stop.lat,
+                lng: stop.lng,
+                urgent: stop.urgent(shift, options),
+                hours_to_empty: stop.hours_to_empty,
+                arrive_ms,
+                depart_ms,
+                leg_m: leg,
+                loads: stop.loads_at(shift.now_ms, arrive_ms),
+            });
+        },
+    );
+    (visits, metres, back_ms)
+}
+
+/// [`drive`]'s metres and return time alone, with nothing allocated (what a feasibility check needs).
+pub(crate) fn timing(
+    depot: &Depot,
+    from: (f64, f64),
+    start_ms: i64,
+    stops: &[&Stop],
+    shift: &Shift,
+    options: &Options,
+) -> (f64, i64) {
+    walk(
+        depot,
+        from,
+        start_ms,
+        stops,
+        shift,
+        options,
+        |_, _, _, _| {},
+    )
+}
+
+/// The one schedule: each stop's (arrival, departure, leg) to `at_stop`; the metres and the return.
+fn walk(
+    depot: &Depot,
+    from: (f64, f64),
+    start_ms: i64,
+    stops: &[&Stop],
+    shift: &Shift,
+    options: &Options,
+    mut at_stop: impl FnMut(&Stop, i64, i64, f64),
+) -> (f64, i64) {
     let roads = Roads::new(options);
     let mut t = start_ms as f64;
     let mut at = from;
     let mut metres = 0.0;
-    let mut visits = Vec::with_capacity(stops.len());
     for stop in stops {
         let here = (stop.lat, stop.lng);
         let leg = roads.metres(at, here);
@@ -60,23 +114,13 @@ pub(crate) fn drive(
         t += roads.secs(leg) * 1000.0;
         let arrive_ms = t.round() as i64;
         t += stop.service_secs(shift, options) * 1000.0;
-        visits.push(Visit {
-            machine_id: stop.machine_id.clone(),
-            lat: stop.lat,
-            lng: stop.lng,
-            urgent: stop.urgent(shift, options),
-            hours_to_empty: stop.hours_to_empty,
-            arrive_ms,
-            depart_ms: t.round() as i64,
-            leg_m: leg,
-            loads: stop.loads_at(shift.now_ms, arrive_ms),
-        });
+        at_stop(stop, arrive_ms, t.round() as i64, leg);
         at = here;
     }
     let home = roads.metres(at, (depot.lat, depot.lng));
     metres += home;
     t += roads.secs(home) * 1000.0;
-    (visits, metres, t.round() as i64)
+    (metres, t.round() as i64)
 }
 
 /// Routes `stops` with `crews` crews from `depot` in about `secs` seconds.
@@ -113,26 +157,7 @@ pub(crate) fn region(
             .collect();
         return Ok((Vec::new(), left));
     }
-    // The region's points: the depot is point 0, stop i is point i + 1.
-    let roads = Roads::new(options);
-    let points: Vec<(f64, f64)> = std::iter::once((depot.lat, depot.lng))
-        .chain(stops.iter().map(|s| (s.lat, s.lng)))
-        .collect();
-    let n = points.len();
-    let mut metres = Vec::with_capacity(n * n);
-    for &a in &points {
-        for &b in &points {
-            metres.push(roads.metres(a, b));
-        }
-    }
-    let matrix = Matrix {
-        n,
-        secs: metres.iter().map(|&m| roads.secs(m)).collect(),
-        metres,
-        service: std::iter::once(0.0)
-            .chain(stops.iter().map(|s| s.service_secs(&shift, options)))
-            .collect(),
-    };
+    let matrix = Matrix::of(depot, stops, &shift, options);
     // The region's time: nine tenths to the solver, the rest (at most) to polishing its routes
     // (which mostly needs far less).
     let until = Instant::now() + std::time::Duration::from_secs_f64(secs);

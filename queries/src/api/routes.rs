@@ -280,14 +280,18 @@ pub(super) async fn routes(
 }
 
 /// One crew's route as the caller may see it.
-fn crew_route(state: &ApiState, auth: &Auth, crew: &str) -> Result<(Route, Plan), ApiError> {
+fn crew_route(
+    state: &ApiState,
+    auth: &Auth,
+    crew: &str,
+) -> Result<(Route, std::sync::Arc<Plan>), ApiError> {
     let plan = latest(state)?;
     let (routes, _) = visible(state, auth, &plan);
     let route = routes
         .into_iter()
         .find(|r| r.crew == crew)
         .ok_or_else(|| ApiError::not_found("crew", crew))?;
-    Ok((route, (*plan).clone()))
+    Ok((route, plan))
 }
 
 #[utoipa::path(
