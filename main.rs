@@ -100,6 +100,9 @@ enum Command {
     /// engine's `commands` view shows it pending until the machine answers.
     #[command(name = "command")]
     Send(CommandOptions),
+    /// Demand forecasts: `forecast backtest` scores the engine's forecast on a sales history.
+    #[command(subcommand)]
+    Forecast(vendflow_forecast::ForecastCommand),
     /// Access tokens for the REST API, the views, SQL and the dashboard.
     Token {
         #[command(subcommand)]
@@ -333,6 +336,11 @@ fn run() -> anyhow::Result<()> {
                     .with_context(|| format!("sending the command to {}", options.kafka))?;
             eprintln!("sent to machine-commands/{partition}@{offset}");
             outln!("{}", command.to_json());
+            Ok(())
+        }
+        Command::Forecast(vendflow_forecast::ForecastCommand::Backtest(args)) => {
+            let report = vendflow_forecast::backtest_command(&args)?;
+            outln!("{report}");
             Ok(())
         }
         Command::Token { command } => {
