@@ -4,16 +4,28 @@
 //! -- demand per slot and day of week over the trailing `demand_days` (28) days
 //! WITH demand AS (SELECT machine_id, slot_number, dow(timestamp) AS dow, sum(quantity) AS units
 //!                 FROM accepted_sale_lines WHERE day(timestamp) > today - 28 GROUP BY 1, 2, 3),
-//!      observed AS (SELECT machine_id, count(DISTINCT day(timestamp)) AS days
-//!                 FROM events WHERE day(timestamp) > today - 28 GROUP BY 1)
-//! SELECT machine_id, slot_number, units, sum(demand.units) / observed.days AS daily_demand,
-//!        hours_to_empty(units, 7 * demand.units[dow] / observed.days, now()) AS hours_to_empty
-//! FROM inventory JOIN demand JOIN observed   -- planned slots that sold in the window
+//!      observed AS (SELECT machine_id, dow(day) AS dow, count(DISTINCT day(timestamp)) AS days
+//!                 FROM events WHERE day(timestamp) > today - 28 GROUP BY 1, 2),
+//!      -- the machine's weekday index: its average on a weekday over its average across them
+//!      machine AS (SELECT machine_id, dow, sum(units) / days / avg(sum(units) / days) OVER w AS idx
+//!                 FROM demand JOIN observed GROUP BY machine_id, dow),
+//!      -- the slot's level: its units over its observed days, each weighed by its index
+//!      rates AS (SELECT machine_id, slot_number, dow,
+//!                       idx * sum(units) OVER slot / sum(days * idx) OVER slot AS per_day ...)
+//! SELECT machine_id, slot_number, units, avg(per_day) AS daily_demand,
+//!        hours_to_empty(units, per_day[dow], now()) AS hours_to_empty
+//! FROM inventory JOIN rates   -- planned slots that sold in the window
 //! -- restock_needed: machines with a slot empty within `restock_within_hours` (48)
 //! ```
+//! The demand model is [`vendflow_forecast::weekday_rates`]: a slot's level times its machine's
+//! weekday index, pooled over the machine's planned slots that sold in the window (an office's
+//! quiet weekend shows in a slot that sells twice a week). `vendflow forecast backtest` scores
+//! it against the naive 30-day average and the slot's own weekday profile (the model before
+//! it) on a months-long history: README, "Demand forecast".
+//!
 //! The forecast walks forward hour by hour from the current ingestion hour, draining each hour
-//! at that weekday's rate (a day-of-week profile), up to 14 days. "Now" is a one-row clock
-//! collection the source advances each hour, so forecasts refresh as time passes without events.
+//! at that weekday's rate, up to 14 days. "Now" is a one-row clock collection the source
+//! advances each hour, so forecasts refresh as time passes without events.
 
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
@@ -56,12 +68,6 @@ pub const RESTOCK_NEEDED: ViewDef = ViewDef {
 /// The longest forecast, in hours; beyond it a slot counts as not running out.
 const HORIZON_HOURS: usize = 14 * 24;
 
-/// Units per day, by weekday, learnt from `units_by_dow` over `days_observed` days.
-pub fn daily_rates(units_by_dow: &[i64; 7], days_observed: i64) -> [f64; 7] {
-    let days = days_observed.max(1) as f64;
-    units_by_dow.map(|u| u as f64 * 7.0 / days)
-}
-
 /// Hours from `now` until `units` are sold at the given weekday rates, if within 14 days.
 pub fn hours_to_empty(units: i64, rates: &[f64; 7], now: Timestamp) -> Option<f64> {
     if units <= 0 {
@@ -92,17 +98,16 @@ pub struct Forecast {
     pub needs_restock: bool,
 }
 
+/// A slot's forecast from its units left and its rates per weekday.
 pub fn forecast(
     machine_id: MachineId,
     slot_number: u32,
     units: i64,
-    by_dow: &[i64; 7],
-    days: i64,
+    rates: &[f64; 7],
     now: Timestamp,
     config: &Config,
 ) -> Forecast {
-    let rates = daily_rates(by_dow, days);
-    let hours = hours_to_empty(units, &rates, now);
+    let hours = hours_to_empty(units, rates, now);
     Forecast {
         machine_id,
         slot_number,
@@ -255,16 +260,33 @@ type SlotInput = (u32, [i64; 7], i64);
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum ForecastIn {
     Demand(MachineId, SlotInput),
-    Days(MachineId, isize),
+    Days(MachineId, [i64; 7]),
     Hour(Timestamp),
 }
 
 /// One machine's forecast inputs: its slots' (a multiset, as a join's input) and its days
-/// observed.
+/// observed by weekday.
 #[derive(Default, Serialize, Deserialize)]
 struct MachineInputs {
     slots: Counted<SlotInput>,
-    days: Counted<isize>,
+    days: Counted<[i64; 7]>,
+}
+
+impl MachineInputs {
+    /// The machine's units by weekday: each slot that has a forecast input, once.
+    fn units_by_weekday(&self) -> [i64; 7] {
+        let mut units = [0i64; 7];
+        let mut counted: SmallVec<[u32; 32]> = SmallVec::new();
+        for ((slot, by_dow, _), n) in &self.slots.0 {
+            if *n > 0 && !counted.contains(slot) {
+                counted.push(*slot);
+                for (total, u) in units.iter_mut().zip(by_dow) {
+                    *total += u;
+                }
+            }
+        }
+        units
+    }
 }
 
 /// A shard's machines and the current hour (a multiset: the clock retracts the old hour and
@@ -314,6 +336,7 @@ fn machine_forecasts(
     config: &Config,
     out: &mut Vec<Forecast>,
 ) {
+    let machine_units = inputs.units_by_weekday();
     for (hour, nh) in &hours.0 {
         for ((slot, by_dow, units), ns) in &inputs.slots.0 {
             for (days, nd) in &inputs.days.0 {
@@ -321,15 +344,8 @@ fn machine_forecasts(
                 if n <= 0 {
                     continue;
                 }
-                let f = forecast(
-                    machine.clone(),
-                    *slot,
-                    *units,
-                    by_dow,
-                    *days as i64,
-                    *hour,
-                    config,
-                );
+                let rates = vendflow_forecast::weekday_rates(by_dow, &machine_units, days);
+                let f = forecast(machine.clone(), *slot, *units, &rates, *hour, config);
                 for _ in 1..n {
                     out.push(f.clone());
                 }
@@ -524,8 +540,8 @@ pub fn render<'s>(
                 }
             },
         );
-    // Distinct days with events per machine in the trailing window: a day counts from its first
-    // event until it leaves the window. One state per machine (its days in a short vector, one
+    // Distinct days with events per machine in the trailing window, counted by weekday: a day
+    // counts from its first event until it leaves the window. One state per machine (its days in a short vector, one
     // timer at the earliest day's end), not one per machine-day: ten days of a fleet were
     // 500 K keys.
     let days_observed = seen.map(|(m, ts)| (m, ts.day())).fold_by_key(
@@ -545,7 +561,11 @@ pub fn render<'s>(
         move |_, seen, ctx| seen.expire(|day| in_window(day).1, ctx),
         |machine, seen, out| {
             if !seen.days.is_empty() {
-                out.push((machine.clone(), seen.days.len() as isize));
+                let mut by_weekday = [0i64; 7];
+                for day in &seen.days {
+                    by_weekday[usize::from(Timestamp(day * MS_PER_DAY).weekday()) % 7] += 1;
+                }
+                out.push((machine.clone(), by_weekday));
             }
         },
     );
@@ -659,17 +679,64 @@ pub(crate) fn oracle(scenario: &crate::testing::Scenario) -> (Vec<Row>, Vec<Row>
     // The hour the forecast starts from: the current ingestion hour.
     let hour_start = now.window_start(MS_PER_HOUR).ms();
 
+    let levels = crate::inventory::oracle(scenario);
+    // What is forecast: planned slots that sold in the window, of machines with observed days.
+    let forecast_for = |level: &crate::inventory::Level| {
+        let key = (level.machine_id.clone(), level.slot_number);
+        match (&level.plan, demand.get(&key), days.get(&level.machine_id)) {
+            (Some(_), Some(by_dow), Some(d)) => Some((*by_dow, d)),
+            _ => None,
+        }
+    };
+    // Each machine's units by weekday over those slots (each slot once).
+    let mut machine_units: BTreeMap<MachineId, (BTreeSet<u32>, [i64; 7])> = BTreeMap::new();
+    for level in &levels {
+        if let Some((by_dow, _)) = forecast_for(level) {
+            let m = machine_units.entry(level.machine_id.clone()).or_default();
+            if m.0.insert(level.slot_number) {
+                for w in 0..7 {
+                    m.1[w] += by_dow[w];
+                }
+            }
+        }
+    }
+
     let mut forecasts = Vec::new();
     let mut restock: BTreeMap<MachineId, (i64, f64)> = BTreeMap::new();
-    for level in crate::inventory::oracle(scenario) {
-        let key = (level.machine_id.clone(), level.slot_number);
-        let (Some(_), Some(by_dow), Some(d)) =
-            (&level.plan, demand.get(&key), days.get(&level.machine_id))
-        else {
+    for level in levels {
+        let Some((by_dow, d)) = forecast_for(&level) else {
             continue;
         };
-        let observed = (d.len() as i64).max(1) as f64;
-        let per_day: Vec<f64> = by_dow.iter().map(|u| *u as f64 * 7.0 / observed).collect();
+        // Days observed per weekday; the machine's average per observed weekday, and its index
+        // (that average over the mean of the averages; 1 for a weekday not observed).
+        let mut observed = [0i64; 7];
+        for day in d {
+            observed[usize::from(Timestamp(day * MS_PER_DAY).weekday())] += 1;
+        }
+        let units = machine_units.get(&level.machine_id).map_or([0; 7], |m| m.1);
+        let averages: Vec<f64> = (0..7)
+            .filter(|w| observed[*w] > 0)
+            .map(|w| units[w] as f64 / observed[w] as f64)
+            .collect();
+        let mean = averages.iter().sum::<f64>() / averages.len().max(1) as f64;
+        let index: Vec<f64> = (0..7)
+            .map(|w| {
+                if observed[w] > 0 && mean > 0.0 {
+                    units[w] as f64 / observed[w] as f64 / mean
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        // The slot's level: its units over its index-weighed observed days.
+        let sold: i64 = by_dow.iter().sum();
+        let index_days: f64 = (0..7).map(|w| observed[w] as f64 * index[w]).sum();
+        let level_per_day = if sold > 0 && index_days > 0.0 {
+            sold as f64 / index_days
+        } else {
+            0.0
+        };
+        let per_day: Vec<f64> = index.iter().map(|i| level_per_day * i).collect();
         // Drain the slot hour by hour, each hour at its weekday's rate, for up to 14 days.
         let hours = if level.units <= 0 {
             Some(0.0)
@@ -733,11 +800,13 @@ mod tests {
 
     #[test]
     fn forecast_follows_the_weekday_profile() {
-        // Sells 24 a day on Mondays only; Monday 00:00 with 12 left: empty at noon.
+        // The machine sells on Mondays only (one week observed), the slot 24 of it: Monday
+        // 00:00 with 12 left, empty at noon.
         let monday = Timestamp::parse_rfc3339("2024-01-15T00:00:00Z").unwrap_or_default();
         let mut by_dow = [0; 7];
         by_dow[0] = 24;
-        let rates = daily_rates(&by_dow, 7);
+        let rates = vendflow_forecast::weekday_rates(&by_dow, &[240, 0, 0, 0, 0, 0, 0], &[1; 7]);
+        assert_eq!(rates[0], 24.0);
         assert_eq!(hours_to_empty(12, &rates, monday), Some(12.0));
         // On Tuesday nothing sells until next Monday.
         let tuesday = Timestamp(monday.0 + MS_PER_DAY);

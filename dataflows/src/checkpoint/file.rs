@@ -31,8 +31,9 @@ use crate::operators::Time;
 const MAGIC: &[u8; 8] = b"VFCKPT\r\n";
 const FORMAT: u32 = 1;
 /// Bumped when what an operator saves changes shape without its type's name changing, or when
-/// keys are routed to workers differently (2: by the machine id's text, not its address).
-const STATE_LAYOUT: u32 = 2;
+/// keys are routed to workers differently (2: by the machine id's text, not its address; 3: the
+/// stockout forecast's days observed by weekday).
+const STATE_LAYOUT: u32 = 3;
 /// Checkpoints kept after a new one is complete: it and the one before.
 pub const KEEP: usize = 2;
 
