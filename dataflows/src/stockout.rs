@@ -694,8 +694,8 @@ pub(crate) fn oracle(scenario: &crate::testing::Scenario) -> (Vec<Row>, Vec<Row>
         if let Some((by_dow, _)) = forecast_for(level) {
             let m = machine_units.entry(level.machine_id.clone()).or_default();
             if m.0.insert(level.slot_number) {
-                for w in 0..7 {
-                    m.1[w] += by_dow[w];
+                for (total, units) in m.1.iter_mut().zip(by_dow) {
+                    *total += units;
                 }
             }
         }
