@@ -19,6 +19,9 @@ Deterministic for a seed. Timestamps are UTC epoch milliseconds.
 --locations: demand shaped as a real fleet's, for the forecast backtest, and a registry
   OUT_DIR/registry.jsonl  one location per machine, with its type (office, hospital, airport,
                           gym, other), and the machine with its coils.
+  OUT_DIR/expected.csv    machine, coil, day (YYYY-MM-DD), the units the generator expects the
+                          coil to sell that day (the mean it draws from): the best any forecast
+                          of the mean could say, for the backtest's noise floor.
   Each location type has its weekday profile (an office sells little at weekends and on public
   holidays, an airport peaks on Mondays and Fridays) and its volume (the fleet simulator's
   rates); each machine its own volume around its type's (log-normal),
@@ -43,6 +46,9 @@ DAY_MS = 86_400_000
 
 lines = []  # (ts, machine, txn, coil, product, qty, amount_cents, method)
 registry = []
+expected = []  # (machine, coil, day, expected units)
+CART = [1, 1, 1, 2, 3]  # coils a customer picks (a coil picked twice is one line)
+QTY = [1, 1, 1, 1, 2, 3]
 
 # Mean 1 over the week, Monday first.
 PROFILES = {
@@ -113,18 +119,24 @@ def shaped_machine(m):
             weights.append(w)
         closed = 0.15 if kind == "office" and day.date() in HOLIDAYS else 1.0
         lam = base * profile[day.weekday()] * (1 + growth * d / 365) * closed
-        for _ in range(poisson(max(0.0, lam))):
+        lam = max(0.0, lam)
+        total = sum(weights)
+        for c, w in zip(coils, weights):
+            # A coil's lines per transaction: the chance that one of the picks is it.
+            lines_per_txn = sum(1 - (1 - w / total) ** n for n in CART) / len(CART)
+            expected.append((machine, c, day.date().isoformat(), lam * lines_per_txn * sum(QTY) / len(QTY)))
+        for _ in range(poisson(lam)):
             ts = int(day.timestamp() * 1000) + rnd.randrange(DAY_MS)
             txn_no += 1
             txn = "%s-%06d" % (machine, txn_no)
             method = "card" if rnd.random() < 0.6 else "cash"
             chosen = []
-            for _ in range(rnd.choice([1, 1, 1, 2, 3])):
+            for _ in range(rnd.choice(CART)):
                 c = rnd.choices(coils, weights)[0]
                 if c not in chosen:
                     chosen.append(c)
             for coil in chosen:
-                qty = rnd.choice([1, 1, 1, 1, 2, 3])
+                qty = rnd.choice(QTY)
                 lines.append((ts, machine, txn, coil, "P%d" % coil, qty, price[coil] * qty, method))
 
 
@@ -191,4 +203,9 @@ if a.locations:
     with open(os.path.join(a.out, "registry.jsonl"), "w") as f:
         for r in registry:
             f.write(json.dumps(r) + "\n")
+    with open(os.path.join(a.out, "expected.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["machine_id", "slot_number", "day", "expected_units"])
+        for machine, coil, day, units in expected:
+            w.writerow([machine, coil, day, "%.6f" % units])
 print("%d lines, %d deliveries" % (len(lines), len(deliveries)))
