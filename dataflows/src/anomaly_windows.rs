@@ -421,6 +421,9 @@ pub struct Windows<'s> {
     /// Per machine, the levels of its latest window (by event time) still within retention:
     /// changes only when the levels do (a new window with the same levels publishes nothing).
     pub latest: VecCollection<'s, Time, (MachineId, [Level; 5])>,
+    /// Each window's readings per signal ([`crate::signals::readings`]) when they change: the
+    /// old retracted, the new added; not retracted when the window leaves retention.
+    pub readings: VecCollection<'s, Time, (MachineId, crate::signals::Reading)>,
     /// Machines whose events came after their window's retention ended, one per event.
     pub too_late: VecCollection<'s, Time, MachineId>,
     /// Re-delivered events dropped, one per delivery, with their kind.
@@ -433,8 +436,16 @@ pub struct Windows<'s> {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum Out {
     Window(Row),
-    Latest(MachineId, [Level; 5]),
+    Side(Side),
     Dropped(Dropped),
+}
+
+/// The windows operator's typed outputs beside the rows.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum Side {
+    Latest(MachineId, [Level; 5]),
+    /// A window's readings, when they changed (never retracted when the window expires).
+    Reading(MachineId, crate::signals::Reading),
 }
 
 /// An event that changed no window.
@@ -605,7 +616,7 @@ impl State {
                     && latest == start
                 {
                     machine.latest = None;
-                    out.give(Out::Latest(machine_id.clone(), levels), -1);
+                    out.give(Out::Side(Side::Latest(machine_id.clone(), levels)), -1);
                 }
                 if machine.newest.is_none() && machine.latest.is_none() {
                     self.machines.remove(&machine_id);
@@ -738,6 +749,24 @@ pub fn render<'s>(
                     let Some(slot) = machine.get(*start) else {
                         continue;
                     };
+                    let readings = crate::signals::readings(&slot.totals.unpack());
+                    let old_readings = before
+                        .get(*old)
+                        .map(|o| crate::signals::readings(&o.unpack()));
+                    if old_readings.as_ref() != Some(&readings) {
+                        if let Some(old) = old_readings.filter(|r| r.iter().any(Option::is_some)) {
+                            out.give(
+                                Out::Side(Side::Reading(machine_id.clone(), (*start, old))),
+                                -1,
+                            );
+                        }
+                        if readings.iter().any(Option::is_some) {
+                            out.give(
+                                Out::Side(Side::Reading(machine_id.clone(), (*start, readings))),
+                                1,
+                            );
+                        }
+                    }
                     if let Some(old) = before.get(*old) {
                         out.give(Out::Window(row(window(machine_id, *start, *old))), -1);
                     }
@@ -754,10 +783,10 @@ pub fn render<'s>(
                     match previous {
                         Some((_, l)) if l == now.1 => {}
                         Some((_, l)) => {
-                            out.give(Out::Latest(machine_id.clone(), l), -1);
-                            out.give(Out::Latest(machine_id.clone(), now.1), 1);
+                            out.give(Out::Side(Side::Latest(machine_id.clone(), l)), -1);
+                            out.give(Out::Side(Side::Latest(machine_id.clone(), now.1)), 1);
                         }
-                        None => out.give(Out::Latest(machine_id.clone(), now.1), 1),
+                        None => out.give(Out::Side(Side::Latest(machine_id.clone(), now.1)), 1),
                     }
                     machine.latest = Some(now);
                 }
@@ -786,10 +815,18 @@ pub fn render<'s>(
             true
         },
     );
-    let (windows, latest, dropped) = fork(out, "Windows: split", |o| match o {
+    let (windows, side, dropped) = fork(out, "Windows: split", |o| match o {
         Out::Window(w) => Fork::A(w),
-        Out::Latest(m, l) => Fork::B((m, l)),
+        Out::Side(s) => Fork::B(s),
         Out::Dropped(d) => Fork::C(d),
+    });
+    let latest = side.clone().flat_map(|s| match s {
+        Side::Latest(m, l) => Some((m, l)),
+        Side::Reading(..) => None,
+    });
+    let readings = side.flat_map(|s| match s {
+        Side::Reading(m, r) => Some((m, r)),
+        Side::Latest(..) => None,
     });
     let too_late = dropped.clone().flat_map(|d| match d {
         Dropped::TooLate(m) | Dropped::LateCard(m, _) => Some(m),
@@ -817,6 +854,7 @@ pub fn render<'s>(
     Windows {
         windows,
         latest,
+        readings,
         too_late,
         duplicates,
         corrections,
@@ -867,14 +905,21 @@ pub fn row(w: Window) -> Row {
 /// Batch definition of the windows, for oracle tests and the golden scenario.
 #[cfg(test)]
 pub(crate) fn oracle(scenario: &crate::testing::Scenario) -> Vec<Window> {
-    use std::collections::BTreeMap;
     let config = &scenario.config;
     let now = scenario.now();
+    every_window_oracle(scenario)
+        .into_iter()
+        .filter(|w| w.start + config.window_ms + config.window_retention_ms > now)
+        .collect()
+}
+
+/// Every window the scenario had, expired or not, with its events delivered before it expired.
+#[cfg(test)]
+pub(crate) fn every_window_oracle(scenario: &crate::testing::Scenario) -> Vec<Window> {
+    use std::collections::BTreeMap;
+    let config = &scenario.config;
     let width = config.window_ms;
-    let alive = |t: Time, start: Timestamp| {
-        let until = start + width + config.window_retention_ms;
-        until > t && until > now
-    };
+    let alive = |t: Time, start: Timestamp| start + width + config.window_retention_ms > t;
     let mut per_window: BTreeMap<WindowKey, Agg> = BTreeMap::new();
     // Every event once (`testing::naive_identity`).
     let mut counted = std::collections::BTreeSet::new();

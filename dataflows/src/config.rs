@@ -54,6 +54,12 @@ pub struct Config {
     pub demand_days: i64,
     /// A machine needs restocking when a slot will run out within this many hours.
     pub restock_within_hours: f64,
+    /// Days of a machine's own readings its signal baselines are learnt from.
+    pub signal_baseline_days: i64,
+    /// Hours of baseline a signal needs before its anomalies are judged.
+    pub signal_min_baseline_hours: i64,
+    /// Readings (5-minute windows) an hour needs for its mean to be judged.
+    pub signal_min_readings: u32,
     /// How long individual error records stay in the `errors` view (counts are kept forever).
     pub error_retention_ms: i64,
     /// How long a command (by its `issuedAt`) and an acknowledgement (by its timestamp) are kept
@@ -111,6 +117,9 @@ impl Default for Config {
             low_stock_percent: 20,
             demand_days: 28,
             restock_within_hours: 48.0,
+            signal_baseline_days: 30,
+            signal_min_baseline_hours: 72,
+            signal_min_readings: 6,
             error_retention_ms: MS_PER_DAY,
             command_retention_ms: 7 * MS_PER_DAY,
             max_ahead_ms: 5 * MS_PER_MINUTE,

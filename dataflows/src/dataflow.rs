@@ -31,7 +31,7 @@ use crate::sales::SaleLine;
 use crate::views::CATALOG;
 use crate::{
     anomaly_windows, commands, dedup, dex, errors, fold, health, inventory, leases, liveness,
-    refunds, revenue, sales, sequence_gaps, settlement, stockout,
+    refunds, revenue, sales, sequence_gaps, settlement, signals, stockout,
 };
 
 /// The dataflow's inputs.
@@ -240,6 +240,7 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
     let (restocks, restock_duplicates) = inventory::restocks_once(events.restocks, config);
     let levels = inventory::render(restocks, sales.accepted.clone(), plans);
     let windows = anomaly_windows::render(events.telemetry, sales.accepted.clone(), config);
+    let signals = signals::render(windows.readings, config);
     let leases = leases::render(registry.clone());
     let lease_events = leases::render_events(registry.clone());
     let liveness = liveness::render(events.heartbeats, registry, config);
@@ -264,6 +265,7 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
         status,
         levels.clone(),
         stockout.restock_needed.clone().map(|(m, _, _)| m),
+        signals.anomalies.clone(),
     );
     let health = health::render(facts);
 
@@ -331,6 +333,14 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
         ("inventory", levels.map(inventory::row)),
         ("anomaly_windows", windows.windows),
         ("anomaly_window_corrections", windows.corrections),
+        (
+            "signal_baselines",
+            signals.baselines.map(signals::baseline_row),
+        ),
+        (
+            "signal_anomalies",
+            signals.anomalies.map(signals::anomaly_row),
+        ),
         ("liveness", liveness),
         ("stockout_forecast", stockout.forecasts.map(stockout::row)),
         (

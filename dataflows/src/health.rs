@@ -4,7 +4,8 @@
 //! SELECT machine_id,
 //!        100 - 40 * (status = 'offline')
 //!            - sum(per measure of the latest window: 10 if warning, 25 if critical)
-//!            - least(20, 5 * sold_out_slots) - least(10, 2 * low_stock_slots) AS score,
+//!            - least(20, 5 * sold_out_slots) - least(10, 2 * low_stock_slots)
+//!            - 10 per signal with an hour in signal_anomalies AS score,
 //!        reasons
 //! FROM liveness LEFT JOIN latest_window LEFT JOIN inventory ... GROUP BY machine_id
 //! ```
@@ -24,6 +25,7 @@ use crate::liveness::Status;
 use crate::operators::{Time, hash_of};
 use crate::row::ViewDef;
 use crate::row::{ColumnType::*, Row, Value, col};
+use crate::signals;
 
 pub const HEALTH: ViewDef = ViewDef {
     name: "health",
@@ -62,6 +64,9 @@ pub enum Fact {
     SoldOut,
     LowStock,
     RestockSoon,
+    /// An hour of the last two days when a signal (its index in [`signals::SIGNALS`]) was more
+    /// than 3 deviations from the machine's own mean.
+    Unusual(usize),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -146,6 +151,14 @@ pub fn score(machine_id: MachineId, facts: &[(Fact, i64)]) -> Health {
     if count(&Fact::RestockSoon) > 0 {
         reasons.push("needs restock within 48 h".to_owned());
     }
+    for (s, name) in signals::SIGNALS.iter().enumerate() {
+        let hours = count(&Fact::Unusual(s));
+        if hours > 0 {
+            score -= 10;
+            alerts += 1;
+            reasons.push(format!("{name} unusual for this machine ({hours} h)"));
+        }
+    }
     Health {
         machine_id,
         score: score.clamp(0, 100),
@@ -159,6 +172,7 @@ pub fn facts<'s>(
     status: VecCollection<'s, Time, (MachineId, Status)>,
     levels: VecCollection<'s, Time, inventory::Level>,
     restock: VecCollection<'s, Time, MachineId>,
+    unusual: VecCollection<'s, Time, signals::Anomaly>,
 ) -> VecCollection<'s, Time, (MachineId, Fact)> {
     let windows = latest_window.map(|(m, levels)| (m, Fact::Window(levels)));
     let status = status.map(|(m, s)| (m, Fact::Status(s)));
@@ -173,7 +187,12 @@ pub fn facts<'s>(
         fact.map(|f| (l.machine_id, f))
     });
     let restock = restock.map(|m| (m, Fact::RestockSoon));
-    windows.concat(status).concat(stock).concat(restock)
+    let unusual = unusual.map(|a| (a.machine_id, Fact::Unusual(a.signal)));
+    windows
+        .concat(status)
+        .concat(stock)
+        .concat(restock)
+        .concat(unusual)
 }
 
 /// Each machine's facts (a sorted multiset), scored in ingestion-time order: a change that does
@@ -259,6 +278,8 @@ mod tests {
             sold_out: i64,
             low: i64,
             restock: bool,
+            /// Unusual hours per signal name.
+            unusual: BTreeMap<String, i64>,
         }
         for seed in 0..6 {
             let (scenario, views) = testing::random_run(seed);
@@ -283,6 +304,12 @@ mod tests {
             for row in crate::stockout::oracle(scenario).1 {
                 if let Value::Text(m) = &row.cell(0) {
                     machines.entry(testing::machine(m)).or_default().restock = true;
+                }
+            }
+            for row in crate::signals::oracle(scenario).1 {
+                if let (Value::Text(m), Value::Text(signal)) = (&row.cell(0), &row.cell(1)) {
+                    let m = machines.entry(testing::machine(m)).or_default();
+                    *m.unusual.entry(signal.to_string()).or_default() += 1;
                 }
             }
             let mut expected = Vec::new();
@@ -321,6 +348,19 @@ mod tests {
                 }
                 if m.restock {
                     reasons.push("needs restock within 48 h".into());
+                }
+                for signal in [
+                    "temperature",
+                    "motor_current",
+                    "card_error_rate",
+                    "door_opens",
+                    "network_signal",
+                ] {
+                    if let Some(hours) = m.unusual.get(signal) {
+                        score -= 10;
+                        alerts += 1;
+                        reasons.push(format!("{signal} unusual for this machine ({hours} h)"));
+                    }
                 }
                 let score = score.clamp(0, 100);
                 let grade = match score {

@@ -19,6 +19,8 @@
 //! - [`anomaly_windows`]: 5-minute sensor windows per machine, classified.
 //! - [`liveness`]: last heartbeat and status per machine.
 //! - [`stockout`]: hours until each slot is empty, machines to restock.
+//! - [`signals`]: each machine's readings against its own 30-day baseline: rolling averages and
+//!   hours more than 3 deviations from its mean.
 //! - [`health`]: a score per machine with its reasons.
 //! - [`settlement`]: card sales against the payment processor's settlement file; transactions
 //!   waiting beyond an hour are [`parked`] on disk (known in memory by a Bloom filter per day).
@@ -58,6 +60,7 @@ pub mod row;
 pub mod sales;
 pub mod sequence_gaps;
 pub mod settlement;
+pub mod signals;
 pub mod state_file;
 pub mod stockout;
 pub mod summary;

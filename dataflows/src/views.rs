@@ -19,6 +19,8 @@ pub const CATALOG: &[ViewDef] = &[
     crate::inventory::INVENTORY,
     crate::anomaly_windows::WINDOWS,
     crate::anomaly_windows::CORRECTIONS,
+    crate::signals::BASELINES,
+    crate::signals::ANOMALIES,
     crate::liveness::LIVENESS,
     crate::stockout::STOCKOUT,
     crate::stockout::RESTOCK_NEEDED,
