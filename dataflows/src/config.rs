@@ -60,6 +60,11 @@ pub struct Config {
     pub signal_min_baseline_hours: i64,
     /// Readings (5-minute windows) an hour needs for its mean to be judged.
     pub signal_min_readings: u32,
+    /// A silent machine is listed in `zero_sales` once it would normally have sold this many
+    /// units since its last sale...
+    pub zero_sales_expected_units: f64,
+    /// ...on a weekday when it usually sells at least this many.
+    pub zero_sales_min_daily_units: f64,
     /// How long individual error records stay in the `errors` view (counts are kept forever).
     pub error_retention_ms: i64,
     /// How long a command (by its `issuedAt`) and an acknowledgement (by its timestamp) are kept
@@ -120,6 +125,8 @@ impl Default for Config {
             signal_baseline_days: 30,
             signal_min_baseline_hours: 72,
             signal_min_readings: 6,
+            zero_sales_expected_units: 5.0,
+            zero_sales_min_daily_units: 10.0,
             error_retention_ms: MS_PER_DAY,
             command_retention_ms: 7 * MS_PER_DAY,
             max_ahead_ms: 5 * MS_PER_MINUTE,

@@ -5,7 +5,7 @@
 //!        100 - 40 * (status = 'offline')
 //!            - sum(per measure of the latest window: 10 if warning, 25 if critical)
 //!            - least(20, 5 * sold_out_slots) - least(10, 2 * low_stock_slots)
-//!            - 10 per signal with an hour in signal_anomalies AS score,
+//!            - 10 per signal with an hour in signal_anomalies - 15 if in zero_sales AS score,
 //!        reasons
 //! FROM liveness LEFT JOIN latest_window LEFT JOIN inventory ... GROUP BY machine_id
 //! ```
@@ -67,6 +67,8 @@ pub enum Fact {
     /// An hour of the last two days when a signal (its index in [`signals::SIGNALS`]) was more
     /// than 3 deviations from the machine's own mean.
     Unusual(usize),
+    /// Silent for longer than its sales history allows (`zero_sales`).
+    Silent,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -151,6 +153,11 @@ pub fn score(machine_id: MachineId, facts: &[(Fact, i64)]) -> Health {
     if count(&Fact::RestockSoon) > 0 {
         reasons.push("needs restock within 48 h".to_owned());
     }
+    if count(&Fact::Silent) > 0 {
+        score -= 15;
+        alerts += 1;
+        reasons.push("no sales for longer than usual".to_owned());
+    }
     for (s, name) in signals::SIGNALS.iter().enumerate() {
         let hours = count(&Fact::Unusual(s));
         if hours > 0 {
@@ -173,6 +180,7 @@ pub fn facts<'s>(
     levels: VecCollection<'s, Time, inventory::Level>,
     restock: VecCollection<'s, Time, MachineId>,
     unusual: VecCollection<'s, Time, signals::Anomaly>,
+    silent: VecCollection<'s, Time, MachineId>,
 ) -> VecCollection<'s, Time, (MachineId, Fact)> {
     let windows = latest_window.map(|(m, levels)| (m, Fact::Window(levels)));
     let status = status.map(|(m, s)| (m, Fact::Status(s)));
@@ -193,6 +201,7 @@ pub fn facts<'s>(
         .concat(stock)
         .concat(restock)
         .concat(unusual)
+        .concat(silent.map(|m| (m, Fact::Silent)))
 }
 
 /// Each machine's facts (a sorted multiset), scored in ingestion-time order: a change that does
@@ -280,6 +289,7 @@ mod tests {
             restock: bool,
             /// Unusual hours per signal name.
             unusual: BTreeMap<String, i64>,
+            silent: bool,
         }
         for seed in 0..6 {
             let (scenario, views) = testing::random_run(seed);
@@ -304,6 +314,11 @@ mod tests {
             for row in crate::stockout::oracle(scenario).1 {
                 if let Value::Text(m) = &row.cell(0) {
                     machines.entry(testing::machine(m)).or_default().restock = true;
+                }
+            }
+            for row in crate::zero_sales::oracle(scenario) {
+                if let Value::Text(m) = &row.cell(0) {
+                    machines.entry(testing::machine(m)).or_default().silent = true;
                 }
             }
             for row in crate::signals::oracle(scenario).1 {
@@ -348,6 +363,11 @@ mod tests {
                 }
                 if m.restock {
                     reasons.push("needs restock within 48 h".into());
+                }
+                if m.silent {
+                    score -= 15;
+                    alerts += 1;
+                    reasons.push("no sales for longer than usual".into());
                 }
                 for signal in [
                     "temperature",

@@ -21,6 +21,7 @@
 //! - [`stockout`]: hours until each slot is empty, machines to restock.
 //! - [`signals`]: each machine's readings against its own 30-day baseline: rolling averages and
 //!   hours more than 3 deviations from its mean.
+//! - [`zero_sales`]: machines silent for longer than their own sales history allows.
 //! - [`health`]: a score per machine with its reasons.
 //! - [`settlement`]: card sales against the payment processor's settlement file; transactions
 //!   waiting beyond an hour are [`parked`] on disk (known in memory by a Bloom filter per day).
@@ -68,6 +69,7 @@ pub mod summary;
 mod testing;
 pub mod view_store;
 pub mod views;
+pub mod zero_sales;
 
 pub use config::Config;
 pub use engine::{Batch, Engine, EngineError, Feeder, Feeders, peak_rss_bytes};

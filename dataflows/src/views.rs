@@ -21,6 +21,7 @@ pub const CATALOG: &[ViewDef] = &[
     crate::anomaly_windows::CORRECTIONS,
     crate::signals::BASELINES,
     crate::signals::ANOMALIES,
+    crate::zero_sales::ZERO_SALES,
     crate::liveness::LIVENESS,
     crate::stockout::STOCKOUT,
     crate::stockout::RESTOCK_NEEDED,
