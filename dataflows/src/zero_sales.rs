@@ -127,6 +127,12 @@ impl Sales {
             return None;
         }
         let profile = self.profile();
+        let usual: [f64; 7] = std::array::from_fn(|w| profile[w].iter().sum());
+        // A machine that sells less than the minimum every weekday is never listed (most
+        // machines of a short history, at the cost of a sum).
+        if usual.iter().all(|u| *u < config.zero_sales_min_daily_units) {
+            return None;
+        }
         let mut expected = 0.0;
         let mut from = self.last_sale;
         for _ in 0..LOOK_AHEAD_HOURS {
@@ -135,7 +141,7 @@ impl Sales {
             let w = usize::from(from.weekday());
             let share = (end.0 - from.0) as f64 / MS_PER_HOUR as f64;
             expected += profile[w][usize::from(from.hour()) % 24] * share;
-            let usual: f64 = profile[w].iter().sum();
+            let usual = usual[w];
             if expected >= config.zero_sales_expected_units
                 && usual >= config.zero_sales_min_daily_units
             {
