@@ -16,10 +16,11 @@
 //!      -- of the last `signal_baseline_days` (30) days
 //!      baseline AS (SELECT machine_id, signal, avg(mean) AS mean_30d, stddev_pop(mean) AS std_30d,
 //!                          count(*) AS baseline_hours FROM hours WHERE final GROUP BY 1, 2)
-//! -- signal_baselines
-//! SELECT machine_id, signal, avg(reading) over the newest hour, the 24 h and the 7 days up to
-//!        it, mean_30d, std_30d, baseline_hours FROM readings JOIN baseline ...
-//! -- signal_anomalies: recent hours (not yet final: the last ~2 days) with at least
+//! -- signal_baselines: as of the newest complete hour (before the machine's current one, which
+//! -- is still filling: the rows change once an hour, not with every heartbeat)
+//! SELECT machine_id, signal, avg(reading) over that hour, the 24 h and the 7 days up to it,
+//!        mean_30d, std_30d, baseline_hours FROM readings JOIN baseline ...
+//! -- signal_anomalies: recent complete hours (not yet final: the last ~2 days) with at least
 //! -- `signal_min_readings` (6) readings,
 //! -- against a baseline of at least `signal_min_baseline_hours` (72)
 //! SELECT machine_id, signal, hour, mean AS value, mean_30d, std_30d,
@@ -283,14 +284,25 @@ pub enum Judged {
 
 /// A machine's rows from its history.
 fn judge(machine: &MachineId, h: &History, config: &Config, out: &mut Vec<Judged>) {
+    // The machine's current hour (its newest with a reading): still filling, so the rows speak
+    // of the hours before it, and change once an hour rather than with every heartbeat.
+    let Some(current) = h
+        .hours
+        .iter()
+        .rev()
+        .find(|x| x.counts.iter().any(|c| *c > 0))
+        .map(|x| x.hour)
+    else {
+        return;
+    };
     for s in 0..5 {
         let (mean, std, baseline_hours) = h.baseline(s);
-        // The newest hour with a reading of the signal, and the averages up to it.
+        // The newest complete hour with a reading of the signal, and the averages up to it.
         let Some(newest) = h
             .hours
             .iter()
             .rev()
-            .find(|x| x.counts[s] > 0)
+            .find(|x| x.hour < current && x.counts[s] > 0)
             .map(|x| x.hour)
         else {
             continue;
@@ -336,7 +348,7 @@ fn judge(machine: &MachineId, h: &History, config: &Config, out: &mut Vec<Judged
             continue;
         }
         let std = std.max(MIN_STD[s]);
-        for x in &h.hours {
+        for x in h.hours.iter().filter(|x| x.hour < current) {
             let Some(value) = x.mean(s) else { continue };
             if x.counts[s] < config.signal_min_readings {
                 continue;
@@ -465,8 +477,21 @@ pub(crate) fn oracle(scenario: &crate::testing::Scenario) -> (Vec<Row>, Vec<Row>
             }
         }
     }
+    // Each machine's current hour: its newest not yet final with any reading.
+    let mut current: BTreeMap<MachineId, i64> = BTreeMap::new();
+    for ((machine, _), hours) in &hours {
+        for h in hours.keys() {
+            if (h + 1) * hour_ms + config.window_retention_ms > now.0 {
+                let c = current.entry(machine.clone()).or_insert(*h);
+                *c = (*c).max(*h);
+            }
+        }
+    }
     let (mut baselines, mut anomalies) = (Vec::new(), Vec::new());
     for ((machine, s), hours) in hours {
+        let Some(&current) = current.get(&machine) else {
+            continue;
+        };
         let scale = SCALE[s];
         let is_final = |h: i64| (h + 1) * hour_ms + config.window_retention_ms <= now.0;
         let day_of = |h: i64| (h * hour_ms).div_euclid(MS_PER_DAY);
@@ -497,9 +522,10 @@ pub(crate) fn oracle(scenario: &crate::testing::Scenario) -> (Vec<Row>, Vec<Row>
                 (squares / f64::from(count) - mean * mean).max(0.0).sqrt(),
             )
         });
+        // Complete recent hours: not final, before the current one.
         let recent: Vec<(i64, i64, u64)> = hours
             .iter()
-            .filter(|(h, _)| !is_final(**h))
+            .filter(|(h, _)| !is_final(**h) && **h < current)
             .map(|(h, (sum, n))| (*h, *sum, *n))
             .collect();
         let Some(newest) = recent.iter().map(|r| r.0).max() else {
@@ -595,7 +621,8 @@ mod tests {
         let readings = 6 * 288;
         for i in 0..readings {
             let t = start + i * five;
-            let warm = i >= readings - 24;
+            // The two hours before the last (still filling) one.
+            let warm = (readings - 36..readings - 12).contains(&i);
             // ±0.1 °C around 4.0 within each hour, or 4.9 for the last two hours.
             let temperature = if warm { 4_900 } else { 3_900 + 100 * (i % 3) };
             scenario.deliver(t, testing::heartbeat("fridge", t, temperature));
