@@ -16,19 +16,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
+use vendflow_benches::arg;
 use vendflow_forecast::{Method, Options, backtest, history};
-
-fn arg(name: &str, default: u64) -> anyhow::Result<u64> {
-    let args: Vec<String> = std::env::args().collect();
-    match args.iter().position(|a| a == name) {
-        Some(i) => args
-            .get(i + 1)
-            .with_context(|| format!("{name} needs a value"))?
-            .parse()
-            .with_context(|| format!("{name} takes a whole number")),
-        None => Ok(default),
-    }
-}
 
 fn python(python: &Path, args: &[&str]) -> anyhow::Result<String> {
     let out = std::process::Command::new(python)

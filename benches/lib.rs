@@ -26,6 +26,20 @@ pub fn fleet_stream(machines: usize, hours: i64) -> (Vec<RegistryRecord>, Vec<(T
 
 pub use vendflow_dataflows::peak_rss_bytes;
 
+/// A bench's `--name N` argument (a whole number), or `default`.
+pub fn arg(name: &str, default: u64) -> anyhow::Result<u64> {
+    use anyhow::Context;
+    let args: Vec<String> = std::env::args().collect();
+    match args.iter().position(|a| a == name) {
+        Some(i) => args
+            .get(i + 1)
+            .with_context(|| format!("{name} needs a value"))?
+            .parse()
+            .with_context(|| format!("{name} takes a whole number")),
+        None => Ok(default),
+    }
+}
+
 /// The `q`-quantile of sorted values.
 pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {

@@ -17,21 +17,10 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use vendflow_benches::arg;
 use vendflow_routes::{Depot, Matrix, Need, Options, Shift, Stop, plan};
 
 const HOUR: i64 = 3_600_000;
-
-fn arg(name: &str, default: u64) -> anyhow::Result<u64> {
-    let args: Vec<String> = std::env::args().collect();
-    match args.iter().position(|a| a == name) {
-        Some(i) => args
-            .get(i + 1)
-            .with_context(|| format!("{name} needs a value"))?
-            .parse()
-            .with_context(|| format!("{name} takes a whole number")),
-        None => Ok(default),
-    }
-}
 
 fn fleet(stops: usize, regions: usize, seed: u64) -> (Vec<Depot>, Vec<Stop>) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
