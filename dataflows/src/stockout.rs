@@ -541,9 +541,9 @@ pub fn render<'s>(
             },
         );
     // Distinct days with events per machine in the trailing window, counted by weekday: a day
-    // counts from its first event until it leaves the window. One state per machine (its days in a short vector, one
-    // timer at the earliest day's end), not one per machine-day: ten days of a fleet were
-    // 500 K keys.
+    // counts from its first event until it leaves the window. One state per machine (its days
+    // in a short vector, one timer at the earliest day's end), not one per machine-day: ten
+    // days of a fleet were 500 K keys.
     let days_observed = seen.map(|(m, ts)| (m, ts.day())).fold_by_key(
         "Stockout: days observed",
         Published::Recomputed,
