@@ -624,6 +624,9 @@ struct WorkerInputs {
     /// Cluster checkpoint requests: held by global worker 0 only (its input time is then the
     /// stream's frontier on every worker).
     requests: Option<InputSession<Time, Time, isize>>,
+    /// Cluster checkpoints: moved past a boundary once this worker has saved there (and only
+    /// then; [`WorkerInputs::advance`] leaves it alone).
+    saved: Option<InputSession<Time, (), isize>>,
     /// The source positions of the input taken so far.
     positions: crate::aligned::Positions,
     /// Worker 0 owns the clock row; `None` elsewhere.
@@ -767,6 +770,8 @@ fn run_worker(
     let building = Book::building(&book);
     let mut gate = start.gate;
     let request_probe = timely::dataflow::operators::probe::Handle::<Time>::new();
+    let saved_probe = timely::dataflow::operators::probe::Handle::<Time>::new();
+    let linger = crate::aligned::slow_save(config);
     let (mut inputs, probe) = worker.dataflow::<Time, _, _>(|scope| {
         let (requests, requests_c) = scope.new_collection::<Time, isize>();
         if let Some((gate, _)) = &gate {
@@ -783,6 +788,13 @@ fn run_worker(
                     }
                 })
                 .probe_with(&request_probe);
+        }
+        // Every worker moves its `saved` input past a boundary once it has saved there: the
+        // probe says when the whole cluster has.
+        let (saved, saved_c) = scope.new_collection::<(), isize>();
+        if gate.is_some() {
+            use timely::dataflow::operators::Probe;
+            saved_c.inner.probe_with(&saved_probe);
         }
         let (events, events_c) = scope.new_collection::<Event, isize>();
         let (registry, registry_c) = scope.new_collection::<RegistryRecord, isize>();
@@ -825,6 +837,7 @@ fn run_worker(
             commands,
             clock,
             requests: (index == 0 && gate.is_some()).then_some(requests),
+            saved: gate.is_some().then_some(saved),
             positions: Default::default(),
             hour: (index == 0).then_some(start.hour),
             hour_changed_at: Time::EPOCH,
@@ -861,7 +874,8 @@ fn run_worker(
                 Ok(Command::Checkpoint(at, reply)) => {
                     inputs.advance(at);
                     inputs.flush();
-                    let saved = checkpoint_worker(worker, &probe, &book, &inputs, at, stop);
+                    let saved =
+                        checkpoint_worker(worker, &probe, &book, &inputs, at, stop, Duration::ZERO);
                     let _ = reply.send(saved.map(|section| {
                         (local, section, inputs.hour.map(|_| inputs.hour_as_of(at)))
                     }));
@@ -891,6 +905,8 @@ fn run_worker(
                                 worker,
                                 probe: &probe,
                                 requests: &request_probe,
+                                saved: &saved_probe,
+                                linger,
                                 book: &book,
                                 local,
                                 stop,
@@ -936,6 +952,9 @@ struct Held<'a> {
     worker: &'a mut timely::worker::Worker,
     probe: &'a timely::dataflow::operators::probe::Handle<Time>,
     requests: &'a timely::dataflow::operators::probe::Handle<Time>,
+    saved: &'a timely::dataflow::operators::probe::Handle<Time>,
+    /// How long to keep running between reaching a boundary and saving (tests only).
+    linger: Duration,
     book: &'a Rc<RefCell<Book>>,
     local: usize,
     stop: &'a AtomicBool,
@@ -976,6 +995,7 @@ impl Held<'_> {
                         inputs,
                         b,
                         self.stop,
+                        self.linger,
                     )?;
                     let section = crate::aligned::Section {
                         at: b,
@@ -988,8 +1008,17 @@ impl Held<'_> {
                         .send(section)
                         .map_err(|_| "nobody collects the checkpoint's sections".to_string())?;
                     gate.saved(b);
+                    let after = Timestamp(b.ms().saturating_add(1));
+                    if let Some(saved) = &mut inputs.saved {
+                        saved.advance_to(after);
+                        saved.flush();
+                    }
                     // The collector reads the views at `b`: nothing may move past it meanwhile.
-                    while !gate.released(b) {
+                    // Nor may any input at `b` or later be taken before every worker of every
+                    // process has saved: its records would reach a worker still waiting to save
+                    // (another process learns of the views' progress sooner or later), and that
+                    // worker would save them, to be counted again after a restart.
+                    while !gate.released(b) || self.saved.less_than(&after) {
                         if self.stop.load(Ordering::SeqCst) {
                             return Err("the engine is stopping".into());
                         }
@@ -1009,6 +1038,7 @@ fn checkpoint_worker(
     inputs: &WorkerInputs,
     at: Time,
     stop: &AtomicBool,
+    linger: Duration,
 ) -> Result<Vec<u8>, String> {
     if *inputs.events.time() > at {
         return Err(format!(
@@ -1020,6 +1050,11 @@ fn checkpoint_worker(
         if stop.load(Ordering::SeqCst) {
             return Err("the engine is stopping".into());
         }
+        worker.step_or_park(Some(Duration::from_millis(1)));
+    }
+    // Tests only: a worker slow to save, still running its dataflow meanwhile.
+    let until = std::time::Instant::now() + linger;
+    while std::time::Instant::now() < until {
         worker.step_or_park(Some(Duration::from_millis(1)));
     }
     book.borrow().save().map_err(|e| e.to_string())

@@ -744,7 +744,15 @@ const CLUSTER_WORKERS: usize = 2;
 /// end. Then both processes stop, agree on the frontier to start from (process 0 also has a
 /// newer one, process 1 has not), start again from their own states and take the input from
 /// that boundary on. Returns process 0's views and the checkpoint's frontier.
-pub fn run_cluster_restarted(scenario: &Scenario, split: usize, grid_ms: i64) -> (Snapshot, Time) {
+///
+/// With `slow_save`, process 1's workers keep running that long between reaching the boundary
+/// and saving there, while process 0 (with the cluster's worker 0) is as quick as it can be.
+pub fn run_cluster_restarted(
+    scenario: &Scenario,
+    split: usize,
+    grid_ms: i64,
+    slow_save: Option<Duration>,
+) -> (Snapshot, Time) {
     // Each step at the time a source would send it (a feeder's time only moves forward).
     let mut high = Time::EPOCH;
     let steps: Vec<(Time, Batch)> = steps(scenario)
@@ -758,6 +766,11 @@ pub fn run_cluster_restarted(scenario: &Scenario, split: usize, grid_ms: i64) ->
         format!("127.0.0.1:{}", free_port()),
         format!("127.0.0.1:{}", free_port()),
     ];
+    if let Some(d) = slow_save
+        && let Ok(mut slow) = crate::aligned::SLOW_SAVES.lock()
+    {
+        slow.push((addresses[1].clone(), d));
+    }
     let config = |process: usize| Config {
         workers: CLUSTER_WORKERS,
         cluster: Some(crate::config::Cluster {
