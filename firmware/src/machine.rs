@@ -6,16 +6,20 @@
 //!   boots the controller: a cart that was being dispensed when the power went is finished by
 //!   refunding what was not delivered ([`vendflow_controller::vend::Vend::reboot`]).
 //! - [`Machine::handle`] passes one input to the controller and performs its actions in order:
-//!   a record becomes a protocol event numbered by the outbox (`seq`) and is appended — synced
-//!   before the next action for money (sales, refunds) and command answers, so a receipt is
-//!   never shown for a sale that is not on disk; other actions are returned for the caller (the
-//!   simulated hardware, the payment network, the display) to carry out.
+//!   a record (a sale, a refund, a command's answer) becomes a protocol event numbered by the
+//!   outbox (`seq`) and is appended; then the controller's state after the input is committed
+//!   beside them with one sync ([`Outbox::commit`]), before the other actions are returned for
+//!   the caller (the simulated hardware, the payment network, the display) to carry out. So a
+//!   receipt is never shown for a sale that is not on disk, and the stock, the offline count,
+//!   the boot count and a cart being dispensed are on disk with the events they led to.
 //! - [`Machine::envelope`] is what to send next (the oldest pending events); the platform's
 //!   acknowledgement ([`Machine::acknowledged`]) is the only thing that removes them.
 //!
-//! What is not here yet: the controller's own state (stock, offline count, boot count) is kept
-//! in memory by the caller across [`Machine::reopen`]; on a real controller it would be
-//! snapshotted beside the outbox.
+//! After a power cut ([`Machine::reopen`], [`Machine::power_cut`]) the controller is what its
+//! log's newest state says, not what the caller had in memory: a step the power cut short is
+//! taken back whole (its events are cut off, the state is the one before it), and the boot
+//! refunds what a cart had paid for and not delivered. A log with no state yet (a machine that
+//! never took an input) boots the controller it was given.
 
 use std::path::{Path, PathBuf};
 
@@ -38,6 +42,11 @@ pub enum MachineError {
     },
     #[error("an outbox record does not decode as an event: {0}")]
     Record(String),
+    #[error("the outbox {path} holds a controller state this firmware cannot use: {source}")]
+    Snapshot {
+        path: String,
+        source: vendflow_controller::vend::SnapshotError,
+    },
 }
 
 /// A machine: its id, its controller and its outbox (a file, or memory for a simulated
@@ -90,8 +99,8 @@ impl Machine<FileLog> {
         Machine::open(id, Vend::new(slots), path, now)
     }
 
-    /// The machine after a power cut: the controller as it was (the caller kept it), the outbox
-    /// as the file holds it.
+    /// The machine after a power cut: the outbox as the file holds it, and the controller as
+    /// its newest state there says (the one in memory only if the log has none).
     pub fn reopen(self, now: Millis) -> Result<(Machine, Opened, Vec<Action>), MachineError> {
         let Machine {
             id, vend, place, ..
@@ -101,13 +110,16 @@ impl Machine<FileLog> {
 }
 
 impl Machine<MemoryLog> {
-    /// The power goes and comes back: what was not synced is gone from the log, the
-    /// controller boots again (its `vend` is what it had kept).
+    /// The power goes and comes back: what was not synced is gone from the log, and the
+    /// controller boots again from the newest state the log holds (memory is lost too).
     pub fn power_cut(&mut self, now: Millis) -> Result<(Opened, Vec<Action>), MachineError> {
         let log = self.outbox.log_mut().after_power_cut();
         let (mut outbox, opened) = Outbox::open(log).map_err(|e| outbox_error(&self.place, e))?;
         outbox.set_compact_at(self.outbox.compacts_at());
         self.outbox = outbox;
+        if let Some(vend) = restored(&opened, &self.place)? {
+            self.vend = vend;
+        }
         Ok((opened, self.restart(now)?))
     }
 }
@@ -116,7 +128,8 @@ impl<L: Log> Machine<L>
 where
     L::Error: std::fmt::Debug,
 {
-    /// Opens the outbox over `log` (a torn tail is cut off) and boots `vend`.
+    /// Opens the outbox over `log` (a torn tail and an unfinished step are cut off) and boots
+    /// the controller its newest state holds, or `vend` when it holds none.
     pub fn boot(
         id: MachineId,
         vend: Vend,
@@ -125,6 +138,7 @@ where
         now: Millis,
     ) -> Result<(Self, Opened, Vec<Action>), MachineError> {
         let (outbox, opened) = Outbox::open(log).map_err(|e| outbox_error(&place, e))?;
+        let vend = restored(&opened, &place)?.unwrap_or(vend);
         let mut machine = Machine {
             id,
             vend,
@@ -164,12 +178,16 @@ where
         self.append(now, EventKind::Heartbeat(kind), false)
     }
 
+    /// Appends the step's records, commits the controller's state with them, and returns the
+    /// other actions.
     fn perform(&mut self, now: Millis, actions: Vec<Action>) -> Result<Vec<Action>, MachineError> {
         let mut rest = Vec::new();
+        let mut recorded = false;
         for action in actions {
             match action {
                 Action::Record(record) => {
                     self.append(now, kind_of(&record), true)?;
+                    recorded = true;
                     rest.push(Action::Record(record));
                 }
                 Action::Answer { id, answer } => {
@@ -183,16 +201,24 @@ where
                         reason,
                     };
                     self.append(now, EventKind::CommandAck(ack), true)?;
+                    recorded = true;
                     rest.push(Action::Answer { id, answer });
                 }
                 other => rest.push(other),
             }
         }
+        let state = self.vend.snapshot();
+        if recorded || self.outbox.state() != Some(state.as_slice()) {
+            self.outbox
+                .commit(&state)
+                .map_err(|e| outbox_error(&self.place, e))?;
+        }
         Ok(rest)
     }
 
-    /// Appends one event numbered with the outbox's next number.
-    fn append(&mut self, now: Millis, kind: EventKind, durable: bool) -> Result<u64, MachineError> {
+    /// Appends one event numbered with the outbox's next number: a step's (committed with the
+    /// controller's state), or one that stands alone (a heartbeat, not synced on its own).
+    fn append(&mut self, now: Millis, kind: EventKind, step: bool) -> Result<u64, MachineError> {
         let seq = self.outbox.last_seq() + 1;
         let event = Event {
             machine_id: self.id.clone(),
@@ -201,10 +227,12 @@ where
             kind,
         };
         let body = event.body_json().to_string();
-        let given = self
-            .outbox
-            .push(body.as_bytes(), durable)
-            .map_err(|e| outbox_error(&self.place, e))?;
+        let given = if step {
+            self.outbox.push_step(body.as_bytes())
+        } else {
+            self.outbox.push(body.as_bytes(), false)
+        }
+        .map_err(|e| outbox_error(&self.place, e))?;
         debug_assert_eq!(given, seq);
         Ok(seq)
     }
@@ -267,6 +295,19 @@ where
     pub fn last_seq(&self) -> u64 {
         self.outbox.last_seq()
     }
+}
+
+/// The controller the log's newest state holds, if it holds one.
+fn restored(opened: &Opened, place: &str) -> Result<Option<Vend>, MachineError> {
+    opened
+        .state
+        .as_deref()
+        .map(Vend::restore)
+        .transpose()
+        .map_err(|source| MachineError::Snapshot {
+            path: place.to_owned(),
+            source,
+        })
 }
 
 fn outbox_error<E: std::fmt::Debug>(place: &str, e: OutboxError<E>) -> MachineError {
@@ -423,6 +464,76 @@ mod tests {
         assert!(envelope.events.iter().any(
             |e| matches!(&e.kind, EventKind::Error(x) if x.code == ErrorCode::DispenseFailure)
         ));
+        Ok(())
+    }
+
+    /// The power goes mid-cart, and with it the controller's memory (here: overwritten with
+    /// garbage). The controller that boots is the one its log's newest state holds: the unit
+    /// that dropped is sold, the one that did not is refunded, and the stock, the offline count
+    /// and the boot count go on from what was on flash.
+    #[test]
+    fn after_a_power_cut_the_controller_is_what_its_log_holds_not_what_memory_had()
+    -> anyhow::Result<()> {
+        let (mut m, _, _) = Machine::boot(
+            MachineId::parse("mach_00043").map_err(anyhow::Error::msg)?,
+            vend(),
+            MemoryLog::default(),
+            "memory".into(),
+            T0,
+        )?;
+        for (t, input) in [
+            Input::Select(101),
+            Input::Select(101),
+            Input::Checkout,
+            Input::Present(Method::Card), // offline: approved by the machine
+            Input::Dropped(true),         // the first cola drops; the power goes on the second
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            m.handle(T0 + 1_000 + t as i64, input)?;
+        }
+        let on_flash = m.vend.clone();
+        assert_eq!(on_flash.slots[0].stock, 4);
+        assert_eq!(on_flash.offline_sales, 1);
+        m.vend.slots[0].stock = 99;
+        m.vend.offline_sales = 50;
+        m.vend.boot = 7;
+        let (opened, _) = m.power_cut(T0 + 9_000)?;
+        assert_eq!(opened.unfinished, 0);
+        assert_eq!(m.vend.slots[0].stock, 4, "the stock on flash");
+        assert_eq!(m.vend.offline_sales, 1, "the offline sales on flash");
+        assert_eq!(
+            m.vend.boot,
+            on_flash.boot + 1,
+            "the boot count on flash, plus this boot"
+        );
+        let (envelope, _) = m
+            .envelope(100)?
+            .ok_or_else(|| anyhow::anyhow!("nothing to send"))?;
+        let sold: Vec<u32> = envelope
+            .events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::Sale(s) => Some(s.quantity),
+                _ => None,
+            })
+            .collect();
+        let refunded: Vec<(u32, &str)> = envelope
+            .events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::Refund(r) => Some((r.quantity, r.reason.as_str())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sold, vec![1]);
+        assert_eq!(refunded, vec![(1, "power_loss")]);
+        // The state after the boot is on flash too: a second cut changes nothing but the boot.
+        let booted = m.vend.clone();
+        m.power_cut(T0 + 10_000)?;
+        assert_eq!(m.vend.slots, booted.slots);
+        assert_eq!(m.vend.boot, booted.boot + 1);
         Ok(())
     }
 

@@ -4,23 +4,35 @@
 //! # Format
 //! An append-only log of records, each
 //! `len: u32 LE | crc: u32 LE | seq: u64 LE | kind: u8 | body: len bytes`, where `crc` is the
-//! CRC-32 of `seq`, `kind` and `body`. `kind` 0 is an event for the platform (`seq` is the
-//! machine's event number, strictly increasing, never reused); kind 1 marks every event up to
-//! `seq` as acknowledged (it has no body).
+//! CRC-32 of `seq`, `kind` and `body`. The kinds:
+//! - 0, an *event* for the platform (`seq` is the machine's event number, strictly increasing,
+//!   never reused), whole once written (a heartbeat);
+//! - 3, an event of a *step*: one input's records (a sale, a refund, a command's answer), which
+//!   stand only once the step's state follows them;
+//! - 2, the controller's *state* after a step (its body is [`crate::vend::Vend::snapshot`];
+//!   `seq` is the last event it has seen);
+//! - 1, every event up to `seq` is acknowledged (no body).
+//!
+//! # State and events together ([`Outbox::commit`])
+//! A step appends its events without a sync, then its state, then syncs once: after a power cut
+//! the log holds the step whole or not at all. [`Outbox::open`] returns the newest state, and cuts
+//! off step events that no state follows (a step the power cut short: nothing of it was sent or
+//! shown, and its numbers are given again).
 //!
 //! # Power loss at any byte
 //! A write cut short leaves a record whose length runs past the end of the log or whose
 //! checksum does not match; [`Outbox::open`] reads records up to the first such one, and
 //! truncates the log there (the torn tail). An event is acknowledged to its producer only once
 //! its record is synced (the fsync policy: [`Outbox::push`] with `durable` syncs before it
-//! returns, and every acknowledgement marker is synced), so a torn tail only ever holds what
-//! was never promised.
+//! returns, [`Outbox::commit`] syncs a step with its state, and every acknowledgement marker is
+//! synced), so a torn tail only ever holds what was never promised.
 //!
 //! # Acknowledgement and truncation
 //! Events are sent oldest first ([`Outbox::pending`]). Only when the platform acknowledges them
 //! (MQTT QoS 1 PUBACK, the HTTP `ack`) does [`Outbox::ack`] append a marker; once the log holds
-//! more than [`COMPACT_AT`] bytes of acknowledged records, it is rewritten with the pending ones
-//! only, atomically ([`Log::replace`]). A marker is kept at the head so the numbering goes on
+//! more than [`COMPACT_AT`] bytes of acknowledged records and older states, and at least as
+//! many as it holds live, it is rewritten with the pending ones and the newest state only,
+//! atomically ([`Log::replace`]). A marker is kept at the head so the numbering goes on
 //! where it was.
 
 use alloc::collections::VecDeque;
@@ -32,6 +44,8 @@ pub const COMPACT_AT: u64 = 64 * 1024;
 const HEADER: usize = 4 + 4 + 8 + 1;
 const EVENT: u8 = 0;
 const ACKED: u8 = 1;
+const STATE: u8 = 2;
+const STEP: u8 = 3;
 
 /// Where the outbox lives: a file on the host, a flash partition on the machine.
 pub trait Log {
@@ -72,6 +86,10 @@ pub struct Opened {
     pub records: usize,
     /// Bytes of a torn or damaged tail that were cut off.
     pub torn_bytes: u64,
+    /// Events of a step that no state followed (the power went mid-step), cut off.
+    pub unfinished: usize,
+    /// The newest state committed ([`Outbox::commit`]), if any.
+    pub state: Option<Vec<u8>>,
 }
 
 /// The outbox over its log.
@@ -87,6 +105,10 @@ pub struct Outbox<L: Log> {
     acked_bytes: u64,
     /// Compaction threshold ([`COMPACT_AT`] unless set).
     compact_at: u64,
+    /// The newest state committed, the last event number it has seen, and its record's size.
+    state: Option<(Vec<u8>, u64, u64)>,
+    /// Step events not yet committed (numbers after the state's).
+    uncommitted: bool,
 }
 
 /// One record's bytes.
@@ -122,7 +144,7 @@ fn decode(bytes: &[u8]) -> Option<Read<'_>> {
     }
     let seq = u64::from_le_bytes(record[8..16].try_into().ok()?);
     let kind = record[16];
-    if kind != EVENT && kind != ACKED {
+    if kind > STEP {
         return None;
     }
     Some(Read {
@@ -134,63 +156,101 @@ fn decode(bytes: &[u8]) -> Option<Read<'_>> {
 }
 
 impl<L: Log> Outbox<L> {
-    /// Reads the log back, cuts off a torn tail, and holds the events not yet acknowledged.
+    /// Reads the log back, cuts off a torn tail and an unfinished step, and holds the events
+    /// not yet acknowledged and the newest state.
     pub fn open(mut log: L) -> Result<(Outbox<L>, Opened), OutboxError<L::Error>> {
         let bytes = log.read_all().map_err(OutboxError::Storage)?;
+        // First the intact records, in order, with where each starts.
+        let mut records: Vec<(usize, Read<'_>)> = Vec::new();
         let mut at = 0usize;
-        let (mut acked, mut last) = (0u64, 0u64);
-        let mut events: VecDeque<Entry> = VecDeque::new();
-        let mut records = 0;
+        let mut high = 0u64;
         while let Some(r) = decode(&bytes[at..]) {
             match r.kind {
-                EVENT => {
-                    // Numbers only go up: anything else is damage, like a bad checksum.
-                    if r.seq <= last.max(acked) {
-                        break;
-                    }
-                    last = r.seq;
-                    records += 1;
-                    events.push_back(Entry {
-                        seq: r.seq,
-                        body: r.body.to_vec(),
-                    });
-                }
-                _ => {
-                    acked = acked.max(r.seq);
-                    last = last.max(r.seq);
-                }
+                // Numbers only go up: anything else is damage, like a bad checksum.
+                EVENT | STEP if r.seq <= high => break,
+                EVENT | STEP | ACKED => high = high.max(r.seq),
+                // A state covers events already written.
+                _ if r.seq > high => break,
+                _ => {}
             }
-            at += r.size;
+            let size = r.size;
+            records.push((at, r));
+            at += size;
         }
         let torn_bytes = (bytes.len() - at) as u64;
-        if torn_bytes > 0 {
-            log.truncate(at as u64).map_err(OutboxError::Storage)?;
+        // Step events after the newest state belong to a step the power cut short.
+        let committed = records
+            .iter()
+            .rev()
+            .find(|(_, r)| r.kind == STATE)
+            .map_or(0, |(_, r)| r.seq);
+        let keep = records
+            .iter()
+            .position(|(_, r)| r.kind == STEP && r.seq > committed)
+            .unwrap_or(records.len());
+        let unfinished = records[keep..]
+            .iter()
+            .filter(|(_, r)| r.kind == STEP || r.kind == EVENT)
+            .count();
+        let end = records.get(keep).map_or(at, |(start, _)| *start);
+        records.truncate(keep);
+        if end < bytes.len() {
+            log.truncate(end as u64).map_err(OutboxError::Storage)?;
         }
+        let (mut acked, mut last) = (0u64, 0u64);
+        let mut events: Vec<&Read<'_>> = Vec::new();
+        let mut state: Option<(Vec<u8>, u64, u64)> = None;
         let mut acked_bytes = 0u64;
-        let mut pending = VecDeque::new();
-        for e in events {
-            if e.seq <= acked {
-                acked_bytes += (HEADER + e.body.len()) as u64;
-            } else {
-                pending.push_back(e);
+        for (_, r) in &records {
+            match r.kind {
+                EVENT | STEP => {
+                    last = r.seq;
+                    events.push(r);
+                }
+                ACKED => {
+                    acked = acked.max(r.seq);
+                    last = last.max(r.seq);
+                    acked_bytes += r.size as u64;
+                }
+                _ => {
+                    // An older state is garbage, like an acknowledged event.
+                    if let Some((_, _, size)) = &state {
+                        acked_bytes += size;
+                    }
+                    state = Some((r.body.to_vec(), r.seq, r.size as u64));
+                }
             }
         }
+        let mut pending = VecDeque::new();
+        let records = events.len();
+        for r in events {
+            if r.seq <= acked {
+                acked_bytes += r.size as u64;
+            } else {
+                pending.push_back(Entry {
+                    seq: r.seq,
+                    body: r.body.to_vec(),
+                });
+            }
+        }
+        let opened = Opened {
+            records,
+            torn_bytes,
+            unfinished,
+            state: state.as_ref().map(|(body, ..)| body.clone()),
+        };
         let outbox = Outbox {
             log,
             pending,
             acked,
             last,
-            len: at as u64,
+            len: end as u64,
             acked_bytes,
             compact_at: COMPACT_AT,
+            state,
+            uncommitted: false,
         };
-        Ok((
-            outbox,
-            Opened {
-                records,
-                torn_bytes,
-            },
-        ))
+        Ok((outbox, opened))
     }
 
     /// Appends an event; with `durable`, it is on flash when this returns (a sale, a refund:
@@ -212,6 +272,50 @@ impl<L: Log> Outbox<L> {
             body: body.to_vec(),
         });
         Ok(seq)
+    }
+
+    /// Appends an event of the step under way, not yet durable: it stands once the step is
+    /// committed ([`Outbox::commit`]), and a power cut before that takes it back. Returns its
+    /// number.
+    pub fn push_step(&mut self, body: &[u8]) -> Result<u64, OutboxError<L::Error>> {
+        if body.len() > u32::MAX as usize - HEADER {
+            return Err(OutboxError::TooLarge(body.len()));
+        }
+        let seq = self.last + 1;
+        let bytes = encode(seq, STEP, body);
+        self.log.append(&bytes).map_err(OutboxError::Storage)?;
+        self.last = seq;
+        self.len += bytes.len() as u64;
+        self.uncommitted = true;
+        self.pending.push_back(Entry {
+            seq,
+            body: body.to_vec(),
+        });
+        Ok(seq)
+    }
+
+    /// Ends a step: appends the controller's `state` after it and syncs, so the step's events
+    /// and the state they led to are on flash together. A failed commit leaves the step
+    /// unfinished: the machine must restart from its log ([`Outbox::open`]).
+    pub fn commit(&mut self, state: &[u8]) -> Result<(), OutboxError<L::Error>> {
+        if state.len() > u32::MAX as usize - HEADER {
+            return Err(OutboxError::TooLarge(state.len()));
+        }
+        let bytes = encode(self.last, STATE, state);
+        self.log.append(&bytes).map_err(OutboxError::Storage)?;
+        self.log.sync().map_err(OutboxError::Storage)?;
+        self.len += bytes.len() as u64;
+        if let Some((_, _, size)) = &self.state {
+            self.acked_bytes += size;
+        }
+        self.state = Some((state.to_vec(), self.last, bytes.len() as u64));
+        self.uncommitted = false;
+        self.maybe_compact()
+    }
+
+    /// The newest state committed.
+    pub fn state(&self) -> Option<&[u8]> {
+        self.state.as_ref().map(|(body, ..)| body.as_slice())
     }
 
     /// Makes every event pushed so far durable.
@@ -261,17 +365,41 @@ impl<L: Log> Outbox<L> {
                 self.acked_bytes += (HEADER + e.body.len()) as u64;
             }
         }
-        if self.acked_bytes > self.compact_at {
+        self.maybe_compact()
+    }
+
+    /// Compacts once the garbage (acknowledged events, markers, older states) is more than the
+    /// threshold and at least as large as what is still live, so that rewriting costs at most
+    /// what was appended since the last rewrite (a machine offline for a day, with a day of
+    /// pending events, is not rewritten at every step).
+    fn maybe_compact(&mut self) -> Result<(), OutboxError<L::Error>> {
+        let live = self.len.saturating_sub(self.acked_bytes);
+        if self.acked_bytes > self.compact_at && self.acked_bytes >= live {
             self.compact()?;
         }
         Ok(())
     }
 
-    /// Rewrites the log with a marker (so numbering continues) and the pending events.
+    /// Rewrites the log with a marker (so numbering continues), the pending events and the
+    /// newest state where it stood among them. Not in the middle of a step (then it waits for
+    /// the commit).
     pub fn compact(&mut self) -> Result<(), OutboxError<L::Error>> {
+        if self.uncommitted {
+            return Ok(());
+        }
         let mut bytes = encode(self.acked, ACKED, &[]);
+        let mut state = self.state.as_ref();
         for e in &self.pending {
+            if let Some((body, seq, _)) = state
+                && *seq < e.seq
+            {
+                bytes.extend_from_slice(&encode(*seq, STATE, body));
+                state = None;
+            }
             bytes.extend_from_slice(&encode(e.seq, EVENT, &e.body));
+        }
+        if let Some((body, seq, _)) = state {
+            bytes.extend_from_slice(&encode(*seq, STATE, body));
         }
         self.log.replace(&bytes).map_err(OutboxError::Storage)?;
         self.len = bytes.len() as u64;

@@ -37,6 +37,7 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
+use serde::{Deserialize, Serialize};
 
 /// The machine's clock: UTC epoch milliseconds.
 pub type Millis = i64;
@@ -62,7 +63,7 @@ const ABANDONED_KEPT: usize = 16;
 
 /// A transaction's id: the machine's boot count and a counter within that boot, so ids never
 /// repeat across reboots (the boot count is kept in the snapshot).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Txn {
     pub boot: u32,
     pub n: u32,
@@ -75,7 +76,7 @@ impl fmt::Display for Txn {
 }
 
 /// How the customer pays; all go through the card terminal.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Method {
     Card,
     Contactless,
@@ -97,7 +98,7 @@ impl Method {
 }
 
 /// One selection of the machine: its coil code, what it holds and for how much.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Slot {
     /// The machine's own selection code (e.g. 1–30 or 101–148).
     pub code: u32,
@@ -146,7 +147,7 @@ pub enum Input {
 }
 
 /// What the platform may ask of a machine.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     UpdatePrice {
         slot: u32,
@@ -169,7 +170,7 @@ pub enum Command {
 }
 
 /// One slot of a planogram command.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlanSlot {
     pub code: u32,
     pub product: String,
@@ -177,7 +178,7 @@ pub struct PlanSlot {
 }
 
 /// A command's answer.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Answer {
     Applied,
     Rejected(String),
@@ -318,14 +319,14 @@ pub enum Action {
 }
 
 /// A cart line: a slot and how many units.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Line {
     pub slot: u32,
     pub quantity: u32,
 }
 
 /// A paid cart being delivered.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delivery {
     pub txn: Txn,
     /// An app order's id and its command's id (answered when the order is delivered).
@@ -349,7 +350,7 @@ pub struct Delivery {
 }
 
 /// Where the cycle is.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Phase {
     Idle,
     Selecting {
@@ -368,7 +369,7 @@ pub enum Phase {
 }
 
 /// One machine's vend controller.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Vend {
     pub slots: Vec<Slot>,
     pub cart: Vec<Line>,
@@ -397,7 +398,7 @@ pub struct Vend {
 }
 
 /// A firmware update on its way.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Staged {
     pub id: String,
     pub version: String,
@@ -409,7 +410,42 @@ pub struct Staged {
 /// Commands remembered with their answers.
 const ANSWERS_KEPT: usize = 64;
 
+/// The version of [`Vend::snapshot`]'s layout: a snapshot of another version is refused.
+pub const SNAPSHOT_VERSION: u8 = 1;
+
+/// A snapshot that cannot be read back.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("the controller's snapshot is empty")]
+    Empty,
+    #[error(
+        "the controller's snapshot has layout version {0}, this firmware reads version {SNAPSHOT_VERSION}"
+    )]
+    Version(u8),
+    #[error("the controller's snapshot is damaged: {0}")]
+    Damaged(postcard::Error),
+}
+
 impl Vend {
+    /// The whole controller state as bytes (a version byte, then the state): what the machine
+    /// writes beside its outbox's records so that a power cut loses neither ([`Vend::restore`]).
+    pub fn snapshot(&self) -> Vec<u8> {
+        let mut bytes = alloc::vec![SNAPSHOT_VERSION];
+        // Encoding into a Vec cannot fail; if it did, the version byte alone is refused as
+        // damaged on restore, never read as some other state.
+        bytes.extend(postcard::to_allocvec(self).unwrap_or_default());
+        bytes
+    }
+
+    /// The state a [`Vend::snapshot`] holds.
+    pub fn restore(bytes: &[u8]) -> Result<Vend, SnapshotError> {
+        let (&version, rest) = bytes.split_first().ok_or(SnapshotError::Empty)?;
+        if version != SNAPSHOT_VERSION {
+            return Err(SnapshotError::Version(version));
+        }
+        postcard::from_bytes(rest).map_err(SnapshotError::Damaged)
+    }
+
     /// A machine at its first boot with `slots`.
     pub fn new(slots: Vec<Slot>) -> Vend {
         Vend {

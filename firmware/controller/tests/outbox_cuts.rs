@@ -225,3 +225,175 @@ impl Log for SharedLog<'_> {
         self.0.borrow_mut().replace(bytes)
     }
 }
+
+/// A log of steps (events, then the controller's state) with heartbeats between them and
+/// acknowledgements: per step its events and where its state record ends; per heartbeat where
+/// it ends.
+struct Steps {
+    bytes: Vec<u8>,
+    /// (seq, body, where the record that makes it stand ends: its step's state, or itself).
+    events: Vec<(u64, Vec<u8>, usize)>,
+    /// (where the state record ends, the state).
+    states: Vec<(usize, Vec<u8>)>,
+    acks: Vec<(usize, u64)>,
+}
+
+fn record_steps() -> Steps {
+    let (mut outbox, _) = Outbox::open(MemoryLog::default()).expect("an empty log opens");
+    let (mut events, mut states, mut acks) = (Vec::new(), Vec::new(), Vec::new());
+    for step in 0..10usize {
+        let mut made = Vec::new();
+        for line in 0..(1 + step % 3) {
+            let body =
+                format!("{{\"type\":\"sale\",\"step\":{step},\"line\":{line}}}").into_bytes();
+            made.push((outbox.push_step(&body).expect("pushed"), body));
+        }
+        let state = format!("stock after step {step}: {}", "x".repeat(step)).into_bytes();
+        outbox.commit(&state).expect("committed");
+        let end = outbox.bytes() as usize;
+        states.push((end, state));
+        events.extend(made.into_iter().map(|(seq, body)| (seq, body, end)));
+        if step % 2 == 1 {
+            let body = format!("{{\"type\":\"heartbeat\",\"after\":{step}}}").into_bytes();
+            let seq = outbox.push(&body, false).expect("pushed");
+            events.push((seq, body, outbox.bytes() as usize));
+        }
+        if step == 4 {
+            outbox.ack(3).expect("acked");
+            acks.push((outbox.bytes() as usize, 3));
+        }
+    }
+    // The last step is cut short by the end of the recording: its events stand on nothing.
+    outbox
+        .push_step(b"{\"type\":\"sale\",\"unfinished\":true}")
+        .expect("pushed");
+    Steps {
+        bytes: outbox.log_mut().bytes.clone(),
+        events,
+        states,
+        acks,
+    }
+}
+
+#[test]
+fn a_log_of_steps_cut_at_every_byte_keeps_whole_steps_with_their_state_and_nothing_else()
+-> anyhow::Result<()> {
+    let r = record_steps();
+    for k in 0..=r.bytes.len() {
+        let (mut outbox, opened) = Outbox::open(MemoryLog {
+            bytes: r.bytes[..k].to_vec(),
+            synced: k,
+        })
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let acked = r
+            .acks
+            .iter()
+            .filter(|(end, _)| *end <= k)
+            .map(|(_, through)| *through)
+            .max()
+            .unwrap_or(0);
+        let want: BTreeMap<u64, Vec<u8>> = r
+            .events
+            .iter()
+            .filter(|(seq, _, end)| *end <= k && *seq > acked)
+            .map(|(seq, body, _)| (*seq, body.clone()))
+            .collect();
+        let got: BTreeMap<u64, Vec<u8>> =
+            outbox.pending().map(|e| (e.seq, e.body.clone())).collect();
+        anyhow::ensure!(
+            got == want,
+            "cut at {k}: pending {:?}, expected {:?}",
+            got.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>()
+        );
+        let state = r
+            .states
+            .iter()
+            .filter(|(end, _)| *end <= k)
+            .map(|(_, s)| s.clone())
+            .next_back();
+        anyhow::ensure!(opened.state == state, "cut at {k}: the wrong state");
+        anyhow::ensure!(
+            outbox.state() == state.as_deref(),
+            "cut at {k}: the outbox holds another state than it opened with"
+        );
+        // The numbers of an unfinished step are given again; none of a standing event is.
+        let last = r
+            .events
+            .iter()
+            .filter(|(_, _, end)| *end <= k)
+            .map(|(seq, _, _)| *seq)
+            .max()
+            .unwrap_or(0)
+            .max(acked);
+        let next = outbox
+            .push_step(b"next")
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        anyhow::ensure!(
+            next == last + 1,
+            "cut at {k}: next event {next}, not {}",
+            last + 1
+        );
+    }
+    // The whole recording: its last step had no state, so its one event is cut off.
+    let (_, opened) = Outbox::open(MemoryLog {
+        bytes: r.bytes.clone(),
+        synced: r.bytes.len(),
+    })
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert_eq!(opened.unfinished, 1);
+    Ok(())
+}
+
+#[test]
+fn compaction_keeps_the_newest_state_where_it_stood_among_the_pending_events() -> anyhow::Result<()>
+{
+    let (mut outbox, _) = Outbox::open(MemoryLog::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let e = |r: Result<u64, _>| {
+        r.map_err(|e: vendflow_controller::outbox::OutboxError<_>| anyhow::anyhow!("{e}"))
+    };
+    e(outbox.push_step(b"sale 1"))?;
+    outbox
+        .commit(b"state 1")
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    e(outbox.push_step(b"sale 2"))?;
+    outbox
+        .commit(b"state 2")
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let heartbeat = e(outbox.push(b"heartbeat", false))?;
+    outbox.ack(1).map_err(|e| anyhow::anyhow!("{e}"))?;
+    outbox.compact().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let bytes = outbox.log_mut().bytes.clone();
+    let (mut reopened, opened) = Outbox::open(MemoryLog {
+        synced: bytes.len(),
+        bytes,
+    })
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert_eq!(opened.state.as_deref(), Some(b"state 2".as_slice()));
+    assert_eq!(opened.unfinished, 0);
+    let pending: Vec<(u64, &[u8])> = reopened
+        .pending()
+        .map(|e| (e.seq, e.body.as_slice()))
+        .collect();
+    assert_eq!(
+        pending,
+        vec![
+            (2, b"sale 2".as_slice()),
+            (heartbeat, b"heartbeat".as_slice())
+        ]
+    );
+    // A step after the compaction whose event reached flash and whose state did not: the
+    // event goes, its number is given again, the state before it stays.
+    e(reopened.push_step(b"sale 4"))?;
+    let bytes = reopened.log_mut().bytes.clone();
+    let (mut after, opened) = Outbox::open(MemoryLog {
+        synced: bytes.len(),
+        bytes,
+    })
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert_eq!(opened.unfinished, 1);
+    assert_eq!(opened.state.as_deref(), Some(b"state 2".as_slice()));
+    assert_eq!(after.last_seq(), heartbeat);
+    assert_eq!(e(after.push_step(b"sale 4 again"))?, heartbeat + 1);
+    Ok(())
+}

@@ -410,8 +410,17 @@ fn run(moves: Vec<Move>) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// A power cut or a restart: what the controller finishes at boot.
+/// A power cut or a restart: what the controller finishes at boot. It boots from its snapshot's
+/// bytes, as a machine does from its outbox (which must give the same state back).
 fn reboot(vend: &mut Vend, w: &mut World) -> Result<(), TestCaseError> {
+    let restored = Vend::restore(&vend.snapshot())
+        .map_err(|e| TestCaseError::fail(format!("the snapshot does not read back: {e}")))?;
+    prop_assert_eq!(
+        &restored,
+        &*vend,
+        "the snapshot does not give the state back"
+    );
+    *vend = restored;
     w.vending = false;
     w.fetching = None;
     let actions = vend.reboot();
@@ -660,4 +669,24 @@ fn firmware_is_installed_only_when_its_hash_matches_and_answered_after_the_reboo
         }]
     );
     assert_eq!(vend.firmware, "2.0.0");
+}
+
+/// A snapshot of another layout, an empty one or a damaged one is refused, never read as some
+/// other state.
+#[test]
+fn a_snapshot_of_another_version_or_damaged_is_refused() {
+    use vendflow_controller::vend::{SNAPSHOT_VERSION, SnapshotError};
+    let vend = Vend::new(slots());
+    let bytes = vend.snapshot();
+    assert_eq!(bytes[0], SNAPSHOT_VERSION);
+    assert_eq!(Vend::restore(&bytes), Ok(vend));
+    assert_eq!(Vend::restore(&[]), Err(SnapshotError::Empty));
+    let mut other = bytes.clone();
+    other[0] = SNAPSHOT_VERSION + 1;
+    assert_eq!(
+        Vend::restore(&other),
+        Err(SnapshotError::Version(SNAPSHOT_VERSION + 1))
+    );
+    let cut = &bytes[..bytes.len() / 2];
+    assert!(matches!(Vend::restore(cut), Err(SnapshotError::Damaged(_))));
 }
