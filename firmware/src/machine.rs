@@ -164,7 +164,19 @@ where
 
     /// One input: records are appended; the other actions are returned in order.
     pub fn handle(&mut self, now: Millis, input: Input) -> Result<Vec<Action>, MachineError> {
+        // A clock tick that asks for nothing changed nothing (every change a tick makes comes
+        // with an action: a message, a vend, a sync): nothing to commit. It is by far the most
+        // frequent input, and encoding the state for it cost the fleet simulation ~30 %.
+        let quiet_tick = matches!(input, Input::Tick);
         let actions = self.vend.handle(now, input);
+        if quiet_tick && actions.is_empty() {
+            debug_assert_eq!(
+                self.outbox.state().map(<[u8]>::to_vec),
+                Some(self.vend.snapshot()),
+                "a tick without an action changed the controller"
+            );
+            return Ok(actions);
+        }
         self.perform(now, actions)
     }
 
