@@ -3,11 +3,12 @@
 //!
 //! `benches/workload/gen_history.py --locations` writes the history (offices quiet at weekends
 //! and on public holidays, airports busiest on Mondays and Fridays, volumes at the fleet
-//! simulator's rates, product swaps, summer drinks, trends), its registry and the demand it drew
-//! from. `vendflow_forecast` scores every method day by day (as `vendflow forecast backtest`
-//! does); `benches/workload/forecast_reference.py` scores the naive method again with DuckDB
-//! (they must agree) and the generator's own expected demand: no forecast of the mean does
-//! better than that, so it is the most any method can gain over the naive average.
+//! simulator's rates, product swaps, summer drinks, trends), its registry, its holiday calendar
+//! and the demand it drew from. `vendflow_forecast` scores every method day by day (as
+//! `vendflow forecast backtest --holidays` does); `benches/workload/forecast_reference.py`
+//! scores the naive method again with DuckDB (they must agree) and the generator's own expected
+//! demand: no forecast of the mean does better than that, so it is the most any method can gain
+//! over the naive average.
 //!
 //! `cargo bench -p vendflow-benches --bench forecast -- [--machines N] [--days N] [--seed N]`
 //! (needs the test venv: `tests/install.sh`).
@@ -65,7 +66,14 @@ fn main() -> anyhow::Result<()> {
     )?;
     let read_secs = started.elapsed().as_secs_f64();
     let started = Instant::now();
-    let report = backtest::run(&history, &Options::default());
+    let holidays = vendflow_forecast::read_holidays(&data.join("holidays.txt"))?;
+    let report = backtest::run(
+        &history,
+        &Options {
+            holidays,
+            ..Options::default()
+        },
+    );
     let run_secs = started.elapsed().as_secs_f64();
     println!("{}", report.table());
 
@@ -116,7 +124,7 @@ fn main() -> anyhow::Result<()> {
         gain(engine),
         gain(engine) / gain(floor) * 100.0
     );
-    for m in [Method::Recency, Method::Median] {
+    for m in [Method::Recency, Method::Median, Method::Holidays] {
         if let Some(w) = wape(m) {
             println!(
                 "{}: WAPE {:.1} %, {:.1} % under naive.",

@@ -142,13 +142,15 @@ fn the_backtest_beats_the_naive_average_and_scores_it_as_duckdb_does() -> anyhow
         report["slots"]
     );
 
-    // The table a person reads.
+    // The table a person reads, with the generator's holiday calendar: one more step.
     let text = vendflow(&[
         "forecast",
         "backtest",
         &history.to_string_lossy(),
         "--registry",
         &data.join("registry.jsonl").to_string_lossy(),
+        "--holidays",
+        &data.join("holidays.txt").to_string_lossy(),
     ])?;
     let text = String::from_utf8(text.stdout)?;
     for expected in [
@@ -156,6 +158,7 @@ fn the_backtest_beats_the_naive_average_and_scores_it_as_duckdb_does() -> anyhow
         "naive: 30-day average",
         "machine weekday index (engine)",
         "office",
+        "+ holidays",
     ] {
         anyhow::ensure!(text.contains(expected), "no {expected:?} in\n{text}");
     }
@@ -236,6 +239,23 @@ fn bad_lines_are_counted_and_shown_and_an_unusable_history_says_why() -> anyhow:
             &bad_registry.to_string_lossy(),
         ],
         "line 1",
+    )?;
+    let bad_holidays = dir.path().join("holidays.txt");
+    std::fs::write(
+        &bad_holidays,
+        "# two holidays\n2024-01-01\n\n2024-13-45 # no such day\n",
+    )?;
+    fails(
+        &[
+            "forecast",
+            "backtest",
+            &path,
+            "--warmup-days",
+            "7",
+            "--holidays",
+            &bad_holidays.to_string_lossy(),
+        ],
+        "line 4: not a holiday",
     )?;
     Ok(())
 }

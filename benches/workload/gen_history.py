@@ -19,6 +19,8 @@ Deterministic for a seed. Timestamps are UTC epoch milliseconds.
 --locations: demand shaped as a real fleet's, for the forecast backtest, and a registry
   OUT_DIR/registry.jsonl  one location per machine, with its type (office, hospital, airport,
                           gym, other), and the machine with its coils.
+  OUT_DIR/holidays.txt    the public holidays the offices keep (one date a line), for
+                          `vendflow forecast backtest --holidays`.
   OUT_DIR/expected.csv    machine, coil, day (YYYY-MM-DD), the units the generator expects the
                           coil to sell that day (the mean it draws from): the best any forecast
                           of the mean could say, for the backtest's noise floor.
@@ -208,4 +210,8 @@ if a.locations:
         w.writerow(["machine_id", "slot_number", "day", "expected_units"])
         for machine, coil, day, units in expected:
             w.writerow([machine, coil, day, "%.6f" % units])
+    with open(os.path.join(a.out, "holidays.txt"), "w") as f:
+        f.write("# US federal holidays (the calendar the generator's offices keep)\n")
+        for day in sorted(HOLIDAYS):
+            f.write(day.isoformat() + "\n")
 print("%d lines, %d deliveries" % (len(lines), len(deliveries)))

@@ -23,6 +23,8 @@ pub struct Options {
     /// Days from the history's start before the first scored day.
     pub warmup_days: usize,
     pub methods: Vec<Method>,
+    /// Holidays, as days since the epoch (UTC): the holidays step runs only with some.
+    pub holidays: std::collections::BTreeSet<i64>,
 }
 
 impl Default for Options {
@@ -30,6 +32,7 @@ impl Default for Options {
         Options {
             warmup_days: crate::model::LONG_DAYS,
             methods: Method::ALL.to_vec(),
+            holidays: Default::default(),
         }
     }
 }
@@ -135,7 +138,7 @@ fn median(mut values: Vec<f64>) -> Option<f64> {
 
 /// The weekday index of each location type over the window before each day: every machine of
 /// the type pooled (its units and observed days).
-fn location_indexes(history: &History) -> BTreeMap<LocationType, Vec<[f64; 7]>> {
+fn location_indexes(history: &History, holidays: &[bool]) -> BTreeMap<LocationType, Vec<[f64; 7]>> {
     let w0 = history.weekday_of_0();
     let mut out = BTreeMap::new();
     let mut types: Vec<LocationType> = history
@@ -163,6 +166,9 @@ fn location_indexes(history: &History) -> BTreeMap<LocationType, Vec<[f64; 7]>> 
             .map(|d| {
                 let (mut u, mut n) = ([0i64; 7], [0i64; 7]);
                 for day in d.saturating_sub(LONG_DAYS)..d {
+                    if holidays.get(day).copied().unwrap_or(false) {
+                        continue;
+                    }
                     u[(w0 + day) % 7] += units[day];
                     n[(w0 + day) % 7] += machines[day];
                 }
@@ -174,6 +180,53 @@ fn location_indexes(history: &History) -> BTreeMap<LocationType, Vec<[f64; 7]>> 
     out
 }
 
+/// A holiday's effect learned so far, per location type (None: machines without one) and day
+/// `d`: Σ units on the holidays before `d` / Σ what the same machines sold on average on the
+/// same weekday in the 4 weeks before each (holidays left out), leaned toward 1 by
+/// [`HOLIDAY_PRIOR_UNITS`]. Pooled over the type: one machine sees a handful of holidays a year.
+fn holiday_factors(
+    history: &History,
+    holidays: &[bool],
+) -> BTreeMap<Option<LocationType>, Vec<f64>> {
+    let mut sums: BTreeMap<Option<LocationType>, Vec<(f64, f64)>> = BTreeMap::new();
+    for m in &history.machines {
+        let per_day = sums
+            .entry(m.location_type)
+            .or_insert_with(|| vec![(0.0, 0.0); history.days]);
+        for h in (0..history.days).filter(|h| holidays.get(*h).copied().unwrap_or(false)) {
+            let before: Vec<f64> = (1..=4)
+                .filter_map(|k| h.checked_sub(7 * k))
+                .filter(|day| *day >= m.first_day && !holidays.get(*day).copied().unwrap_or(false))
+                .map(|day| f64::from(m.units[day]))
+                .collect();
+            if h < m.first_day || before.is_empty() {
+                continue;
+            }
+            per_day[h].0 += f64::from(m.units[h]);
+            per_day[h].1 += before.iter().sum::<f64>() / before.len() as f64;
+        }
+    }
+    sums.into_iter()
+        .map(|(t, per_day)| {
+            let (mut actual, mut expected) = (0.0, 0.0);
+            let factors = per_day
+                .iter()
+                .map(|(a, e)| {
+                    // The factor for day d is what the holidays before d showed.
+                    let f = (actual + HOLIDAY_PRIOR_UNITS) / (expected + HOLIDAY_PRIOR_UNITS);
+                    actual += a;
+                    expected += e;
+                    f
+                })
+                .collect();
+            (t, factors)
+        })
+        .collect()
+}
+
+/// Units of evidence a holiday factor needs before it moves far from 1.
+pub const HOLIDAY_PRIOR_UNITS: f64 = 50.0;
+
 /// Scores every method on `history`.
 pub fn run(history: &History, options: &Options) -> Report {
     let methods: Vec<Method> = options
@@ -181,11 +234,24 @@ pub fn run(history: &History, options: &Options) -> Report {
         .iter()
         .copied()
         .filter(|m| {
-            *m != Method::LocationType || history.machines.iter().any(|m| m.location_type.is_some())
+            (*m != Method::LocationType
+                || history.machines.iter().any(|m| m.location_type.is_some()))
+                && (*m != Method::Holidays || !options.holidays.is_empty())
         })
         .collect();
     let w0 = history.weekday_of_0();
-    let locations = location_indexes(history);
+    let holidays: Vec<bool> = (0..history.days)
+        .map(|d| options.holidays.contains(&(history.start_day + d as i64)))
+        .collect();
+    let locations = location_indexes(history, &[]);
+    let (workdays, factors) = if methods.contains(&Method::Holidays) {
+        (
+            location_indexes(history, &holidays),
+            holiday_factors(history, &holidays),
+        )
+    } else {
+        (BTreeMap::new(), BTreeMap::new())
+    };
     let mut total = vec![Sums::default(); methods.len()];
     let mut by_location: BTreeMap<String, (usize, Vec<Sums>)> = BTreeMap::new();
     let mut per_slot = Vec::new();
@@ -198,28 +264,29 @@ pub fn run(history: &History, options: &Options) -> Report {
             .entry(kind.clone().unwrap_or_else(|| "unknown".into()))
             .or_insert_with(|| (0, vec![Sums::default(); methods.len()]));
         group.0 += 1;
-        let dispersions: Vec<f64> = if methods.contains(&Method::Median) {
-            (0..history.days)
-                .map(|d| {
-                    if d < first {
-                        return 1.0;
-                    }
-                    dispersion(
-                        machine
-                            .slots
-                            .iter()
-                            .filter(|s| s.first_sale < d)
-                            .map(|s| s.units.as_slice()),
-                        &machine.units,
-                        machine.first_day,
-                        w0,
-                        d,
-                    )
-                })
-                .collect()
-        } else {
-            vec![1.0; history.days]
-        };
+        let dispersions: Vec<f64> =
+            if methods.contains(&Method::Median) || methods.contains(&Method::Holidays) {
+                (0..history.days)
+                    .map(|d| {
+                        if d < first {
+                            return 1.0;
+                        }
+                        dispersion(
+                            machine
+                                .slots
+                                .iter()
+                                .filter(|s| s.first_sale < d)
+                                .map(|s| s.units.as_slice()),
+                            &machine.units,
+                            machine.first_day,
+                            w0,
+                            d,
+                        )
+                    })
+                    .collect()
+            } else {
+                vec![1.0; history.days]
+            };
         for slot in &machine.slots {
             let mut own = vec![Sums::default(); methods.len()];
             let start = first.max(slot.first_sale + 1).max(machine.first_day + 1);
@@ -233,7 +300,16 @@ pub fn run(history: &History, options: &Options) -> Report {
                         .location_type
                         .and_then(|t| locations.get(&t))
                         .and_then(|i| i.get(d).copied()),
+                    location_workdays: machine
+                        .location_type
+                        .and_then(|t| workdays.get(&t))
+                        .and_then(|i| i.get(d).copied()),
                     dispersion: *dispersion,
+                    holidays: &holidays,
+                    holiday_factor: factors
+                        .get(&machine.location_type)
+                        .and_then(|f| f.get(d).copied())
+                        .unwrap_or(1.0),
                 };
                 let actual = f64::from(slot.units[d]);
                 for (i, method) in methods.iter().enumerate() {
@@ -424,6 +500,7 @@ fn short(m: Method) -> &'static str {
         Method::Recency => "+recency",
         Method::Trend => "+trend",
         Method::Median => "median",
+        Method::Holidays => "+holidays",
     }
 }
 
@@ -432,4 +509,96 @@ fn serde_method(m: Method) -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::{MachineSeries, SlotSeries};
+    use vendflow_protocol::MachineId;
+
+    /// Two office machines of one slot over 20 weeks from a Monday: 10 units a weekday, 1 a
+    /// weekend day, and 1 on the holidays, every fourth Monday from week 3.
+    fn offices() -> (History, std::collections::BTreeSet<i64>) {
+        // 2024-01-01 is a Monday.
+        let start_day = vendflow_protocol::Timestamp::parse_date("2024-01-01")
+            .map(|t| t.day())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let days = 140;
+        let holidays: Vec<usize> = (3..20).step_by(4).map(|week| week * 7).collect();
+        let units: Vec<u32> = (0..days)
+            .map(|d| match d % 7 {
+                _ if holidays.contains(&d) => 1,
+                5 | 6 => 1,
+                _ => 10,
+            })
+            .collect();
+        let machine = |id: &str| MachineSeries {
+            machine_id: MachineId::parse(id).unwrap_or_else(|e| panic!("{e}")),
+            location_type: Some(LocationType::Office),
+            first_day: 0,
+            units: units.clone(),
+            slots: vec![SlotSeries {
+                slot_number: 101,
+                first_sale: 0,
+                units: units.clone(),
+            }],
+        };
+        let history = History {
+            start_day,
+            days,
+            machines: vec![machine("m1"), machine("m2")],
+            stats: Default::default(),
+        };
+        let calendar = holidays.iter().map(|d| start_day + *d as i64).collect();
+        (history, calendar)
+    }
+
+    #[test]
+    fn holidays_learn_what_they_do_to_a_location_type_from_the_ones_before() {
+        let (history, calendar) = offices();
+        let marks: Vec<bool> = (0..history.days)
+            .map(|d| calendar.contains(&(history.start_day + d as i64)))
+            .collect();
+        let factors = holiday_factors(&history, &marks);
+        let office = &factors[&Some(LocationType::Office)];
+        // Nothing known before the first holiday (day 21); after it, 2 units where 20 were
+        // expected, leaned toward 1 by the prior.
+        assert_eq!(office[21], 1.0);
+        let after_one = (2.0 + HOLIDAY_PRIOR_UNITS) / (20.0 + HOLIDAY_PRIOR_UNITS);
+        assert!((office[22] - after_one).abs() < 1e-12, "{}", office[22]);
+        // It keeps falling as holidays go by.
+        assert!(office[139] < office[60] && office[60] < office[22]);
+    }
+
+    #[test]
+    fn the_holidays_step_forecasts_a_holiday_low_and_the_monday_after_it_as_a_monday() {
+        let (history, calendar) = offices();
+        let run = |holidays| {
+            run(
+                &history,
+                &Options {
+                    warmup_days: 56,
+                    methods: vec![Method::Median, Method::Holidays],
+                    holidays,
+                },
+            )
+        };
+        let without = run(Default::default());
+        assert_eq!(without.scores.len(), 1, "no calendar, no holidays step");
+        let with = run(calendar);
+        let wape = |m: Method| {
+            with.scores
+                .iter()
+                .find(|s| s.method == m)
+                .and_then(|s| s.wape)
+                .unwrap_or(f64::NAN)
+        };
+        assert!(
+            wape(Method::Holidays) < 0.6 * wape(Method::Median),
+            "holidays {} against median {}",
+            wape(Method::Holidays),
+            wape(Method::Median)
+        );
+    }
 }

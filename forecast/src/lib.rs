@@ -29,6 +29,12 @@ pub enum ForecastError {
         line: usize,
         message: String,
     },
+    #[error("{file} line {line}: not a holiday: {message}")]
+    Holidays {
+        file: String,
+        line: usize,
+        message: String,
+    },
     #[error("the history has no events")]
     Empty,
     #[error(
@@ -73,12 +79,43 @@ pub struct BacktestArgs {
     /// whole window from then on).
     #[arg(long, default_value_t = model::LONG_DAYS)]
     pub warmup_days: usize,
+    /// A holiday calendar: one date (YYYY-MM-DD) a line, `#` starts a comment. Adds the
+    /// holidays step: holidays are left out of the level and the weekday index, and a holiday's
+    /// forecast is scaled by what the holidays before it did to machines of the same location
+    /// type.
+    #[arg(long)]
+    pub holidays: Option<PathBuf>,
     /// Also write each slot's scores, per method, to this CSV file.
     #[arg(long)]
     pub per_slot: Option<PathBuf>,
     /// Print the report as JSON rather than a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A holiday calendar: the days (since the epoch, UTC) of its dates, one a line; blank lines
+/// and `#` comments are skipped; a line that is not a date is an error naming it.
+pub fn read_holidays(
+    path: &std::path::Path,
+) -> Result<std::collections::BTreeSet<i64>, ForecastError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ForecastError::Io(file.clone(), e))?;
+    let mut days = std::collections::BTreeSet::new();
+    for (i, line) in text.lines().enumerate() {
+        let date = line.split('#').next().unwrap_or("").trim();
+        if date.is_empty() {
+            continue;
+        }
+        let t = vendflow_protocol::Timestamp::parse_date(date).map_err(|e| {
+            ForecastError::Holidays {
+                file: file.clone(),
+                line: i + 1,
+                message: e.to_string(),
+            }
+        })?;
+        days.insert(t.day());
+    }
+    Ok(days)
 }
 
 /// Runs `vendflow forecast backtest`: the report, as text (or JSON).
@@ -90,10 +127,15 @@ pub fn backtest_command(args: &BacktestArgs) -> Result<String, ForecastError> {
             warmup: args.warmup_days,
         });
     }
+    let holidays = match &args.holidays {
+        Some(path) => read_holidays(path)?,
+        None => Default::default(),
+    };
     let report = backtest::run(
         &history,
         &Options {
             warmup_days: args.warmup_days,
+            holidays,
             ..Options::default()
         },
     );

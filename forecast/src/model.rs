@@ -88,10 +88,14 @@ pub enum Method {
     /// absolute error WAPE counts. Stock planning keeps the mean (a slot drains at its mean
     /// rate); this is the number to quote for "how many will it sell tomorrow".
     Median,
+    /// A holiday calendar on top of the median point: holidays are left out of the level and
+    /// the weekday index, and a holiday's forecast is scaled by what holidays did to machines
+    /// of the same location type before it (needs `--holidays`).
+    Holidays,
 }
 
 impl Method {
-    pub const ALL: [Method; 7] = [
+    pub const ALL: [Method; 8] = [
         Method::Naive,
         Method::SlotWeekday,
         Method::MachineWeekday,
@@ -99,6 +103,7 @@ impl Method {
         Method::Recency,
         Method::Trend,
         Method::Median,
+        Method::Holidays,
     ];
 
     pub fn name(self) -> &'static str {
@@ -110,6 +115,7 @@ impl Method {
             Method::Recency => "+ recency weighting",
             Method::Trend => "+ trend",
             Method::Median => "recency, median point",
+            Method::Holidays => "+ holidays",
         }
     }
 
@@ -118,7 +124,7 @@ impl Method {
         match self {
             Method::Naive => NAIVE_DAYS,
             Method::SlotWeekday | Method::MachineWeekday | Method::LocationType => WINDOW_DAYS,
-            Method::Recency | Method::Trend | Method::Median => LONG_DAYS,
+            Method::Recency | Method::Trend | Method::Median | Method::Holidays => LONG_DAYS,
         }
     }
 }
@@ -147,9 +153,16 @@ pub struct Inputs<'a> {
     pub weekday_of_0: usize,
     /// The weekday index of the machine's location type over the window before `d`, if known.
     pub location_index: Option<[f64; 7]>,
+    /// The same over the window's days that are not holidays (with a holiday calendar).
+    pub location_workdays: Option<[f64; 7]>,
     /// The machine's dispersion over the window before `d` (variance over mean of its slots'
     /// daily units around the engine's rates; 1 is Poisson): see [`dispersion`].
     pub dispersion: f64,
+    /// Per day of the series, whether it is a holiday (empty: no calendar).
+    pub holidays: &'a [bool],
+    /// What a holiday does to the machine's sales, as a factor (learned from the holidays before
+    /// the day, pooled over the machine's location type; 1 when nothing is known).
+    pub holiday_factor: f64,
 }
 
 impl Inputs<'_> {
@@ -162,10 +175,30 @@ impl Inputs<'_> {
         d.saturating_sub(n).max(self.first_day)..d
     }
 
+    fn holiday(&self, day: usize) -> bool {
+        self.holidays.get(day).copied().unwrap_or(false)
+    }
+
+    /// The observed days of the `n` before `d`, holidays left out when `workdays`.
+    fn days(&self, d: usize, n: usize, workdays: bool) -> impl Iterator<Item = usize> + '_ {
+        self.observed(d, n)
+            .filter(move |day| !(workdays && self.holiday(*day)))
+    }
+
     /// Units by weekday of `series`, and observed days by weekday, over the `n` days before `d`.
     fn by_weekday(&self, series: &[u32], d: usize, n: usize) -> ([i64; 7], [i64; 7]) {
+        self.by_weekday_of(series, d, n, false)
+    }
+
+    fn by_weekday_of(
+        &self,
+        series: &[u32],
+        d: usize,
+        n: usize,
+        workdays: bool,
+    ) -> ([i64; 7], [i64; 7]) {
         let (mut units, mut days) = ([0i64; 7], [0i64; 7]);
-        for day in self.observed(d, n) {
+        for day in self.days(d, n, workdays) {
             let w = self.weekday(day);
             units[w] += i64::from(series.get(day).copied().unwrap_or(0));
             days[w] += 1;
@@ -173,11 +206,17 @@ impl Inputs<'_> {
         (units, days)
     }
 
-    /// The machine's index over the long window, leaned toward its location type's when known.
-    fn index(&self, d: usize) -> [f64; 7] {
-        let (units, days) = self.by_weekday(self.machine, d, LONG_DAYS);
+    /// The machine's index over the long window, leaned toward its location type's when known
+    /// (holidays left out when `workdays`).
+    fn index(&self, d: usize, workdays: bool) -> [f64; 7] {
+        let (units, days) = self.by_weekday_of(self.machine, d, LONG_DAYS, workdays);
         let own = weekday_index(&units, &days);
-        match self.location_index {
+        let pooled = if workdays {
+            self.location_workdays
+        } else {
+            self.location_index
+        };
+        match pooled {
             Some(pooled) => {
                 let n = units.iter().sum::<i64>() as f64;
                 let k = LOCATION_PRIOR_UNITS;
@@ -189,10 +228,10 @@ impl Inputs<'_> {
 
     /// The recency-weighted level over the long window at `index`, and the level of the days
     /// `from..to` days before `d` (unweighted), for the trend.
-    fn weighted_level(&self, d: usize, index: &[f64; 7]) -> f64 {
+    fn weighted_level(&self, d: usize, index: &[f64; 7], workdays: bool) -> f64 {
         let decay = 0.5f64.powf(1.0 / HALF_LIFE_DAYS);
         let (mut units, mut weight) = (0.0, 0.0);
-        for day in self.observed(d, LONG_DAYS) {
+        for day in self.days(d, LONG_DAYS, workdays) {
             let w = decay.powi((d - 1 - day) as i32);
             units += w * f64::from(self.slot.get(day).copied().unwrap_or(0));
             weight += w * index[self.weekday(day)];
@@ -233,17 +272,17 @@ impl Inputs<'_> {
                 weekday_rates(&slot, &machine, &days)[target]
             }
             Method::LocationType => {
-                let index = self.index(d);
+                let index = self.index(d, false);
                 let (slot, days) = self.by_weekday(self.slot, d, WINDOW_DAYS);
                 level_rates(slot.iter().sum::<i64>() as f64, &days, &index)[target]
             }
             Method::Recency => {
-                let index = self.index(d);
-                self.weighted_level(d, &index) * index[target]
+                let index = self.index(d, false);
+                self.weighted_level(d, &index, false) * index[target]
             }
             Method::Trend => {
-                let index = self.index(d);
-                let level = self.weighted_level(d, &index);
+                let index = self.index(d, false);
+                let level = self.weighted_level(d, &index, false);
                 let recent = self.plain_level(self.observed(d, 14), &index);
                 let older = self.plain_level(
                     d.saturating_sub(42).max(self.first_day)..d.saturating_sub(14),
@@ -261,6 +300,16 @@ impl Inputs<'_> {
                 level * trend * index[target]
             }
             Method::Median => median(self.forecast(Method::Recency, d), self.dispersion),
+            Method::Holidays => {
+                let index = self.index(d, true);
+                let mean = self.weighted_level(d, &index, true) * index[target];
+                let factor = if self.holiday(d) {
+                    self.holiday_factor
+                } else {
+                    1.0
+                };
+                median(mean * factor, self.dispersion)
+            }
         }
     }
 }
@@ -280,7 +329,10 @@ pub fn dispersion<'a>(
         first_day,
         weekday_of_0,
         location_index: None,
+        location_workdays: None,
         dispersion: 1.0,
+        holidays: &[],
+        holiday_factor: 1.0,
     };
     let (mut squares, mut mean) = (0.0, 0.0);
     for slot in slots {
