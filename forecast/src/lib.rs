@@ -61,8 +61,8 @@ pub enum ForecastCommand {
     /// Prints WAPE (Σ|forecast − actual| / Σ actual), MAPE (over the slot-days that sold), bias
     /// and the median of the slots' own scores, for the naive 30-day average, a slot's own
     /// weekday profile, the engine's model (the slot's level times its machine's weekday index),
-    /// and the steps weighed on top of it (location type, recency weighting, trend), overall and
-    /// per location type. The history is vendflow's JSON Lines telemetry (`vendflow import csv`
+    /// and the steps weighed on top of it (location type, recency weighting, trend, the median
+    /// point, and a holiday calendar with `--holidays`), overall and per location type. The history is vendflow's JSON Lines telemetry (`vendflow import csv`
     /// turns an operator's export into it), in any order; each sale line counts once.
     Backtest(BacktestArgs),
 }
