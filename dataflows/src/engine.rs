@@ -1016,7 +1016,7 @@ impl Held<'_> {
                     // The collector reads the views at `b`: nothing may move past it meanwhile.
                     // Nor may any input at `b` or later be taken before every worker of every
                     // process has saved: its records would reach a worker still waiting to save
-                    // (another process learns of the views' progress sooner or later), and that
+                    // (one process may learn that the views passed `b` before another), and that
                     // worker would save them, to be counted again after a restart.
                     while !gate.released(b) || self.saved.less_than(&after) {
                         if self.stop.load(Ordering::SeqCst) {
