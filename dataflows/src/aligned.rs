@@ -274,6 +274,7 @@ fn common_newest(processes: usize, seen: &[(usize, Vec<i64>)]) -> Result<Option<
 mod tests {
     use std::cell::RefCell;
     use std::rc::Rc;
+    use std::time::Duration;
 
     use super::*;
 
@@ -342,25 +343,33 @@ mod tests {
         );
     }
 
+    /// Runs seed's random stream on a cluster restarted from a checkpoint in its middle
+    /// ([`crate::testing::run_cluster_restarted`], process 1 slow to save by `slow`), and checks
+    /// every view against one process that never stopped.
+    fn restarted_cluster_has_the_views_of_one_process(seed: u64, slow: Option<Duration>) {
+        use crate::testing::{random_run, rows, run_cluster_restarted, steps};
+        let (scenario, whole) = random_run(seed);
+        let n = steps(scenario).len();
+        let (restarted, at) = run_cluster_restarted(scenario, n / 2, 60_000, slow);
+        for def in crate::views::CATALOG {
+            assert_eq!(
+                rows(&restarted, def.name),
+                rows(whole, def.name),
+                "seed {seed}, a cluster restarted from its checkpoint at {at} (process 1 slow \
+                 to save: {slow:?}): view {}",
+                def.name
+            );
+        }
+    }
+
     /// A cluster of two processes (two workers each) checkpoints in the middle of a random
     /// stream (late, duplicate and out-of-order events of every kind, registry, commands,
     /// errors) while its input goes on, stops, agrees on where to start, and starts again from
     /// each process's state: every view ends as in one process that never stopped.
     #[test]
     fn a_cluster_restarted_from_its_checkpoint_ends_with_the_views_of_one_process_never_stopped() {
-        use crate::testing::{random_run, rows, run_cluster_restarted, steps};
         for seed in [1, 4] {
-            let (scenario, whole) = random_run(seed);
-            let n = steps(scenario).len();
-            let (restarted, at) = run_cluster_restarted(scenario, n / 2, 60_000, None);
-            for def in crate::views::CATALOG {
-                assert_eq!(
-                    rows(&restarted, def.name),
-                    rows(whole, def.name),
-                    "seed {seed}, a cluster restarted from its checkpoint at {at}: view {}",
-                    def.name
-                );
-            }
+            restarted_cluster_has_the_views_of_one_process(seed, None);
         }
     }
 
@@ -372,24 +381,7 @@ mod tests {
     /// duplicates.)
     #[test]
     fn a_process_slow_to_save_saves_nothing_another_process_took_after_the_boundary() {
-        use crate::testing::{random_run, rows, run_cluster_restarted, steps};
-        let seed = 1;
-        let (scenario, whole) = random_run(seed);
-        let n = steps(scenario).len();
-        let (restarted, at) = run_cluster_restarted(
-            scenario,
-            n / 2,
-            60_000,
-            Some(std::time::Duration::from_millis(500)),
-        );
-        for def in crate::views::CATALOG {
-            assert_eq!(
-                rows(&restarted, def.name),
-                rows(whole, def.name),
-                "seed {seed}, process 0 slow to save at {at}: view {}",
-                def.name
-            );
-        }
+        restarted_cluster_has_the_views_of_one_process(1, Some(Duration::from_millis(500)));
     }
 
     #[test]

@@ -47,16 +47,19 @@ fn record() -> Recorded {
     }
 }
 
-/// What must be pending after a cut at `k`: every event whose record ended by `k`, minus those
-/// acknowledged by a marker that ended by `k`.
-fn expected(r: &Recorded, k: usize) -> BTreeMap<u64, Vec<u8>> {
-    let acked = r
-        .acks
-        .iter()
+/// What the acknowledgement markers that ended by `k` acknowledge.
+fn acked_by(acks: &[(usize, u64)], k: usize) -> u64 {
+    acks.iter()
         .filter(|(end, _)| *end <= k)
         .map(|(_, through)| *through)
         .max()
-        .unwrap_or(0);
+        .unwrap_or(0)
+}
+
+/// What must be pending after a cut at `k`: every event whose record ended by `k`, minus those
+/// acknowledged by a marker that ended by `k`.
+fn expected(r: &Recorded, k: usize) -> BTreeMap<u64, Vec<u8>> {
+    let acked = acked_by(&r.acks, k);
     r.events
         .iter()
         .filter(|(seq, _, end)| *end <= k && *seq > acked)
@@ -285,13 +288,7 @@ fn a_log_of_steps_cut_at_every_byte_keeps_whole_steps_with_their_state_and_nothi
             synced: k,
         })
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let acked = r
-            .acks
-            .iter()
-            .filter(|(end, _)| *end <= k)
-            .map(|(_, through)| *through)
-            .max()
-            .unwrap_or(0);
+        let acked = acked_by(&r.acks, k);
         let want: BTreeMap<u64, Vec<u8>> = r
             .events
             .iter()
