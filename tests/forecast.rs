@@ -226,35 +226,33 @@ fn bad_lines_are_counted_and_shown_and_an_unusable_history_says_why() -> anyhow:
         &["forecast", "backtest", &empty.to_string_lossy()],
         "no events",
     )?;
-    let bad_registry = dir.path().join("registry.jsonl");
-    std::fs::write(&bad_registry, "{\"type\":\"spaceship\"}\n")?;
-    fails(
-        &[
-            "forecast",
-            "backtest",
-            &path,
-            "--warmup-days",
-            "7",
-            "--registry",
-            &bad_registry.to_string_lossy(),
-        ],
+    // A bad line of a side file (`--registry`, `--holidays`) is named in the message.
+    let bad_file = |option: &str, name: &str, text: &str, says: &str| -> anyhow::Result<()> {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text)?;
+        fails(
+            &[
+                "forecast",
+                "backtest",
+                &path,
+                "--warmup-days",
+                "7",
+                option,
+                &file.to_string_lossy(),
+            ],
+            says,
+        )
+    };
+    bad_file(
+        "--registry",
+        "registry.jsonl",
+        "{\"type\":\"spaceship\"}\n",
         "line 1",
     )?;
-    let bad_holidays = dir.path().join("holidays.txt");
-    std::fs::write(
-        &bad_holidays,
+    bad_file(
+        "--holidays",
+        "holidays.txt",
         "# two holidays\n2024-01-01\n\n2024-13-45 # no such day\n",
-    )?;
-    fails(
-        &[
-            "forecast",
-            "backtest",
-            &path,
-            "--warmup-days",
-            "7",
-            "--holidays",
-            &bad_holidays.to_string_lossy(),
-        ],
         "line 4: not a holiday",
     )?;
     Ok(())

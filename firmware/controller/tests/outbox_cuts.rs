@@ -56,6 +56,17 @@ fn acked_by(acks: &[(usize, u64)], k: usize) -> u64 {
         .unwrap_or(0)
 }
 
+/// The newest number among the events that stand after a cut at `k` (their record, or their
+/// step's state, ended by `k`).
+fn last_standing(events: &[(u64, Vec<u8>, usize)], k: usize) -> u64 {
+    events
+        .iter()
+        .filter(|(_, _, end)| *end <= k)
+        .map(|(seq, _, _)| *seq)
+        .max()
+        .unwrap_or(0)
+}
+
 /// What must be pending after a cut at `k`: every event whose record ended by `k`, minus those
 /// acknowledged by a marker that ended by `k`.
 fn expected(r: &Recorded, k: usize) -> BTreeMap<u64, Vec<u8>> {
@@ -92,13 +103,7 @@ fn check_reopened<L: Log>(r: &Recorded, k: usize, open: impl Fn() -> L) -> anyho
         k - whole
     );
     // Numbering goes on after the last event it had, and the next open sees the new event.
-    let last = r
-        .events
-        .iter()
-        .filter(|(_, _, end)| *end <= k)
-        .map(|(seq, _, _)| *seq)
-        .max()
-        .unwrap_or(0);
+    let last = last_standing(&r.events, k);
     let seq = outbox
         .push(b"after", true)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -315,14 +320,7 @@ fn a_log_of_steps_cut_at_every_byte_keeps_whole_steps_with_their_state_and_nothi
             "cut at {k}: the outbox holds another state than it opened with"
         );
         // The numbers of an unfinished step are given again; none of a standing event is.
-        let last = r
-            .events
-            .iter()
-            .filter(|(_, _, end)| *end <= k)
-            .map(|(seq, _, _)| *seq)
-            .max()
-            .unwrap_or(0)
-            .max(acked);
+        let last = last_standing(&r.events, k).max(acked);
         let next = outbox
             .push_step(b"next")
             .map_err(|e| anyhow::anyhow!("{e}"))?;
