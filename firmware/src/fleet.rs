@@ -83,7 +83,61 @@ pub struct FleetConfig {
     /// and which copy counts then depends on the order it is read in. `publish` starts from its
     /// wall clock; files and scenarios start from 0, so they stay the same for the same seed.
     pub first_number: u64,
+    /// Time between a machine's heartbeats (30 s; a long history for the maintenance model is
+    /// simulated with fewer).
+    pub heartbeat_ms: i64,
+    /// Wear-out failures with days of warning, and drifts that come to nothing (off by default).
+    pub wear: Option<Wear>,
 }
+
+/// Wear-out failures over a long history: what the maintenance model learns from.
+///
+/// A failure (a cooling failure, a worn motor or a failing card reader, one in three each) is
+/// preceded by 3–10 days of slow degradation: the temperature creeps up to 3 °C, the motor
+/// current up to 0.3 A, card reads fail up to 15 % more often. At the failure the fault itself
+/// begins (as a [`Fault`] does), and a day later the machine is repaired. A drift is the same
+/// creep over 1–4 days, 30–80 % as far, held for up to a week and then gone, with no failure:
+/// what makes a warning uncertain.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Wear {
+    /// Failures per machine per year.
+    pub failures_per_year: f64,
+    /// Drifts per machine per year.
+    pub drifts_per_year: f64,
+    /// Failures and drifts are drawn over this many days from the start.
+    pub days: u32,
+}
+
+/// A failure the simulator caused (the labels of the maintenance model).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Failure {
+    pub machine_id: MachineId,
+    pub fault: Fault,
+    /// When the degradation began (its first sign).
+    pub warning_from: Timestamp,
+    /// When the machine failed.
+    pub at: Timestamp,
+    /// When it was repaired.
+    pub repaired: Timestamp,
+}
+
+/// Degradation of one machine: a failure's warning, the failure and its repair; or a drift.
+#[derive(Clone, Debug)]
+struct Episode {
+    fault: Fault,
+    from: i64,
+    /// Full effect from here: the failure, or the drift's plateau.
+    peak: i64,
+    until: i64,
+    /// How far the drift goes (1 for a failure's warning).
+    scale: f64,
+    fails: bool,
+}
+
+/// The largest warning per kind: temperature in milli-°C, motor current in mA, card failures.
+const WARN_TEMPERATURE: f64 = 3_000.0;
+const WARN_MOTOR: f64 = 300.0;
+const WARN_CARD: f64 = 0.15;
 
 impl Default for FleetConfig {
     fn default() -> Self {
@@ -95,6 +149,8 @@ impl Default for FleetConfig {
             fault_rate: 1.0,
             scripted: Vec::new(),
             first_number: 0,
+            heartbeat_ms: HEARTBEAT_MS,
+            wear: None,
         }
     }
 }
@@ -153,6 +209,8 @@ struct SimMachine {
     next_sale: i64,
     next_hourly: i64,
     faults: Vec<(Fault, i64)>,
+    wear: Vec<Episode>,
+    heartbeat_ms: i64,
     temperature: i64,
     /// Events produced while the network is down, delivered when it returns.
     buffer: Vec<Event>,
@@ -308,12 +366,18 @@ impl Fleet {
                     faults.push((*fault, start + after));
                 }
             }
+            let wear = config
+                .wear
+                .as_ref()
+                .map(|w| episodes(w, config.seed, i, start))
+                .unwrap_or_default();
             let first_sale = start + exp_ms(&mut mrng, MAX_RATE);
+            let heartbeat_ms = config.heartbeat_ms.max(1_000);
             machines.push(SimMachine {
                 id,
                 location_type: location_types[location.min(locations - 1)],
                 temperature: mrng.random_range(3_000..4_500),
-                next_heartbeat: start + mrng.random_range(0..HEARTBEAT_MS),
+                next_heartbeat: start + mrng.random_range(0..heartbeat_ms),
                 next_sale: first_sale,
                 next_hourly: start + mrng.random_range(0..MS_PER_HOUR),
                 rng: mrng,
@@ -321,6 +385,8 @@ impl Fleet {
                 seq: config.first_number,
                 txn: config.first_number,
                 faults,
+                wear,
+                heartbeat_ms,
                 buffer: Vec::new(),
                 buffered_sales: 0,
                 outbox: Vec::new(),
@@ -359,6 +425,23 @@ impl Fleet {
             location_type: m.location_type,
             slots: &m.slots,
         })
+    }
+
+    /// The failures wear caused ([`FleetConfig::wear`]), in machine order, each machine's in
+    /// time order: known from the start, whether or not the fleet has reached them.
+    pub fn failures(&self) -> Vec<Failure> {
+        self.machines
+            .iter()
+            .flat_map(|m| {
+                m.wear.iter().filter(|e| e.fails).map(|e| Failure {
+                    machine_id: m.id.clone(),
+                    fault: e.fault,
+                    warning_from: Timestamp(e.from),
+                    at: Timestamp(e.peak),
+                    repaired: Timestamp(e.until),
+                })
+            })
+            .collect()
     }
 
     /// The simulated machines' ids, in fleet order.
@@ -415,6 +498,58 @@ impl Fleet {
     }
 }
 
+/// One machine's wear: failures and drifts one after another, each from its own draw of a
+/// generator of its own (the machine's other draws stay as they are without wear).
+fn episodes(wear: &Wear, seed: u64, machine: usize, start: i64) -> Vec<Episode> {
+    let mut rng = ChaCha8Rng::seed_from_u64(
+        seed ^ 0x5745_4152 ^ (machine as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
+    );
+    let per_hour = (wear.failures_per_year + wear.drifts_per_year) / (365.0 * 24.0);
+    let end = start + i64::from(wear.days) * MS_PER_DAY;
+    let mut out = Vec::new();
+    if per_hour <= 0.0 {
+        return out;
+    }
+    let mut t = start;
+    loop {
+        t += exp_ms(&mut rng, per_hour);
+        if t >= end {
+            return out;
+        }
+        let fault = match rng.random_range(0..3) {
+            0 => Fault::CoolingFailure,
+            1 => Fault::MotorWear,
+            _ => Fault::CardReaderDegradation,
+        };
+        let fails = rng.random_bool(wear.failures_per_year / (365.0 * 24.0) / per_hour);
+        let episode = if fails {
+            let warning = rng.random_range(3 * MS_PER_DAY..=10 * MS_PER_DAY);
+            Episode {
+                fault,
+                from: t - warning,
+                peak: t,
+                until: t + MS_PER_DAY,
+                scale: 1.0,
+                fails,
+            }
+        } else {
+            let rise = rng.random_range(MS_PER_DAY..=4 * MS_PER_DAY);
+            let hold = rng.random_range(0..=7 * MS_PER_DAY);
+            Episode {
+                fault,
+                from: t - rise,
+                peak: t,
+                until: t + hold,
+                scale: rng.random_range(0.3..=0.8),
+                fails,
+            }
+        };
+        // The next one starts after this one is over.
+        t = episode.until;
+        out.push(episode);
+    }
+}
+
 pub(crate) fn exp_ms(rng: &mut ChaCha8Rng, per_hour: f64) -> i64 {
     let u: f64 = rng.random_range(f64::EPSILON..1.0);
     ((-u.ln() / per_hour) * MS_PER_HOUR as f64) as i64 + 1
@@ -422,11 +557,41 @@ pub(crate) fn exp_ms(rng: &mut ChaCha8Rng, per_hour: f64) -> i64 {
 
 impl SimMachine {
     fn fault_since(&self, t: i64, kind: fn(&Fault) -> bool) -> Option<i64> {
+        let failed = self
+            .wear
+            .iter()
+            .filter(|e| e.fails && kind(&e.fault) && e.peak <= t && t < e.until)
+            .map(|e| (e.fault, e.peak));
         self.faults
             .iter()
+            .copied()
+            .chain(failed)
             .filter(|(f, onset)| kind(f) && *onset <= t)
             .map(|(_, onset)| t - onset)
             .max()
+    }
+
+    /// How far wear has moved this machine's readings at `t`: the fraction of the largest
+    /// warning, per kind (temperature, motor, card reader).
+    fn worn(&self, t: i64) -> [f64; 3] {
+        let mut worn = [0.0; 3];
+        for e in &self.wear {
+            if t < e.from || t >= e.until {
+                continue;
+            }
+            let ramp = if t >= e.peak {
+                1.0
+            } else {
+                (t - e.from) as f64 / (e.peak - e.from).max(1) as f64
+            };
+            let k = match e.fault {
+                Fault::CoolingFailure => 0,
+                Fault::MotorWear => 1,
+                _ => 2,
+            };
+            worn[k] = f64::max(worn[k], ramp * e.scale);
+        }
+        worn
     }
 
     fn offline(&self, t: i64) -> bool {
@@ -457,7 +622,7 @@ impl SimMachine {
             }
             if next == self.next_heartbeat {
                 self.heartbeat(next);
-                self.next_heartbeat += HEARTBEAT_MS + self.rng.random_range(-500..=500);
+                self.next_heartbeat += self.heartbeat_ms + self.rng.random_range(-500..=500);
             } else if next == self.next_sale {
                 if self.rng.random_bool(
                     (sales_rate(self.location_type, Timestamp(next)) / MAX_RATE).min(1.0),
@@ -501,10 +666,12 @@ impl SimMachine {
         let drift = self.rng.random_range(-150..=150);
         self.temperature = (self.temperature + drift).clamp(2_800, 4_800);
         let mut temperature = self.temperature;
+        let worn = self.worn(t);
+        temperature += (worn[0] * WARN_TEMPERATURE) as i64;
         if let Some(since) = self.fault_since(t, |f| matches!(f, Fault::CoolingFailure)) {
             temperature += (since * 2_500 / MS_PER_HOUR).min(10_000);
         }
-        let mut motor = 600 + self.rng.random_range(0..400);
+        let mut motor = 600 + self.rng.random_range(0..400) + (worn[1] * WARN_MOTOR) as i64;
         if let Some(since) = self.fault_since(t, |f| matches!(f, Fault::MotorWear)) {
             motor += (since * 200 / MS_PER_HOUR).min(1_500);
         }
@@ -564,7 +731,7 @@ impl SimMachine {
         if method != "cash" {
             let failure = self
                 .fault_since(t, |f| matches!(f, Fault::CardReaderDegradation))
-                .map_or(0.002, |since| {
+                .map_or(0.002 + self.worn(t)[2] * WARN_CARD, |since| {
                     (0.05 + since as f64 / MS_PER_HOUR as f64 * 0.05).min(0.6)
                 });
             if self.rng.random_bool(failure) {

@@ -21,4 +21,4 @@ pub mod mqtt;
 pub mod publish;
 pub mod simulate;
 
-pub use fleet::{Fault, Fleet, FleetConfig};
+pub use fleet::{Failure, Fault, Fleet, FleetConfig, Wear};
