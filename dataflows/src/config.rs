@@ -76,6 +76,8 @@ pub struct Config {
     /// In a cluster with checkpoints: the step of the grid of ingestion times at which they may
     /// be taken (see [`crate::aligned`]). None: no cluster checkpoints.
     pub checkpoint_grid_ms: Option<i64>,
+    /// The failure model of `maintenance_candidates` (`--maintenance-model`; the built-in one).
+    pub maintenance: std::sync::Arc<crate::maintenance::Model>,
 }
 
 /// One process of a timely cluster: every process runs [`Config::workers`] workers, and the
@@ -131,6 +133,7 @@ impl Default for Config {
             command_retention_ms: 7 * MS_PER_DAY,
             max_ahead_ms: 5 * MS_PER_MINUTE,
             checkpoint_grid_ms: None,
+            maintenance: crate::maintenance::Model::builtin(),
         }
     }
 }

@@ -31,7 +31,7 @@ use crate::sales::SaleLine;
 use crate::views::CATALOG;
 use crate::{
     anomaly_windows, commands, dedup, dex, errors, fold, health, inventory, leases, liveness,
-    refunds, revenue, sales, sequence_gaps, settlement, signals, stockout, zero_sales,
+    maintenance, refunds, revenue, sales, sequence_gaps, settlement, signals, stockout, zero_sales,
 };
 
 /// The dataflow's inputs.
@@ -241,6 +241,7 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
     let levels = inventory::render(restocks, sales.accepted.clone(), plans);
     let windows = anomaly_windows::render(events.telemetry, sales.accepted.clone(), config);
     let signals = signals::render(windows.readings, config);
+    let candidates = maintenance::render(signals.baselines.clone(), config);
     let silent = zero_sales::render(sales.accepted.clone(), config);
     let leases = leases::render(registry.clone());
     let lease_events = leases::render_events(registry.clone());
@@ -268,6 +269,7 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
         stockout.restock_needed.clone().map(|(m, _, _)| m),
         signals.anomalies.clone(),
         silent.clone().map(|s| s.machine_id),
+        health::failure_likely(candidates.clone(), config.maintenance.horizon_days),
     );
     let health = health::render(facts);
 
@@ -344,6 +346,7 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
             signals.anomalies.map(signals::anomaly_row),
         ),
         ("zero_sales", silent.map(zero_sales::row)),
+        ("maintenance_candidates", candidates.map(maintenance::row)),
         ("liveness", liveness),
         ("stockout_forecast", stockout.forecasts.map(stockout::row)),
         (

@@ -5,7 +5,8 @@
 //!        100 - 40 * (status = 'offline')
 //!            - sum(per measure of the latest window: 10 if warning, 25 if critical)
 //!            - least(20, 5 * sold_out_slots) - least(10, 2 * low_stock_slots)
-//!            - 10 per signal with an hour in signal_anomalies - 15 if in zero_sales AS score,
+//!            - 10 per signal with an hour in signal_anomalies - 15 if in zero_sales
+//!            - 20 if flagged in maintenance_candidates AS score,
 //!        reasons
 //! FROM liveness LEFT JOIN latest_window LEFT JOIN inventory ... GROUP BY machine_id
 //! ```
@@ -69,6 +70,12 @@ pub enum Fact {
     Unusual(usize),
     /// Silent for longer than its sales history allows (`zero_sales`).
     Silent,
+    /// Flagged in `maintenance_candidates`: its probability of failing within the model's
+    /// horizon (days), in whole percent.
+    FailureLikely {
+        percent: u8,
+        days: u32,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -158,6 +165,15 @@ pub fn score(machine_id: MachineId, facts: &[(Fact, i64)]) -> Health {
         alerts += 1;
         reasons.push("no sales for longer than usual".to_owned());
     }
+    for (fact, c) in facts {
+        if let (Fact::FailureLikely { percent, days }, 1..) = (fact, c) {
+            score -= 20;
+            alerts += 1;
+            reasons.push(format!(
+                "may fail within {days} days ({percent} %): see maintenance_candidates"
+            ));
+        }
+    }
     for (s, name) in signals::SIGNALS.iter().enumerate() {
         let hours = count(&Fact::Unusual(s));
         if hours > 0 {
@@ -181,6 +197,7 @@ pub fn facts<'s>(
     restock: VecCollection<'s, Time, MachineId>,
     unusual: VecCollection<'s, Time, signals::Anomaly>,
     silent: VecCollection<'s, Time, MachineId>,
+    failing: VecCollection<'s, Time, (MachineId, Fact)>,
 ) -> VecCollection<'s, Time, (MachineId, Fact)> {
     let windows = latest_window.map(|(m, levels)| (m, Fact::Window(levels)));
     let status = status.map(|(m, s)| (m, Fact::Status(s)));
@@ -202,6 +219,24 @@ pub fn facts<'s>(
         .concat(restock)
         .concat(unusual)
         .concat(silent.map(|m| (m, Fact::Silent)))
+        .concat(failing)
+}
+
+/// The machines `maintenance_candidates` flags, as facts.
+pub fn failure_likely<'s>(
+    candidates: VecCollection<'s, Time, crate::maintenance::Candidate>,
+    horizon_days: u32,
+) -> VecCollection<'s, Time, (MachineId, Fact)> {
+    candidates.flat_map(move |c| {
+        c.flagged.then(|| {
+            let percent = (c.probability.0 * 100.0).floor().clamp(0.0, 100.0) as u8;
+            let fact = Fact::FailureLikely {
+                percent,
+                days: horizon_days,
+            };
+            (c.machine_id, fact)
+        })
+    })
 }
 
 /// Each machine's facts (a sorted multiset), scored in ingestion-time order: a change that does
@@ -290,6 +325,8 @@ mod tests {
             /// Unusual hours per signal name.
             unusual: BTreeMap<String, i64>,
             silent: bool,
+            /// Flagged by the maintenance model: its probability.
+            failing: Option<f64>,
         }
         for seed in 0..6 {
             let (scenario, views) = testing::random_run(seed);
@@ -319,6 +356,13 @@ mod tests {
             for row in crate::zero_sales::oracle(scenario) {
                 if let Value::Text(m) = &row.cell(0) {
                     machines.entry(testing::machine(m)).or_default().silent = true;
+                }
+            }
+            for row in crate::maintenance::oracle(scenario) {
+                if let (Value::Text(m), Value::Float(p), Value::Bool(true)) =
+                    (&row.cell(0), &row.cell(2), &row.cell(3))
+                {
+                    machines.entry(testing::machine(m)).or_default().failing = Some(p.0);
                 }
             }
             for row in crate::signals::oracle(scenario).1 {
@@ -368,6 +412,15 @@ mod tests {
                     score -= 15;
                     alerts += 1;
                     reasons.push("no sales for longer than usual".into());
+                }
+                if let Some(p) = m.failing {
+                    score -= 20;
+                    alerts += 1;
+                    reasons.push(format!(
+                        "may fail within {} days ({} %): see maintenance_candidates",
+                        scenario.config.maintenance.horizon_days,
+                        (p * 100.0) as u8
+                    ));
                 }
                 for signal in [
                     "temperature",

@@ -52,6 +52,7 @@ pub mod inventory;
 pub mod leases;
 pub mod ledger;
 pub mod liveness;
+pub mod maintenance;
 mod operators;
 pub mod parked;
 pub mod refunds;

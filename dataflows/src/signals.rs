@@ -93,7 +93,7 @@ pub const SIGNALS: [&str; 5] = [
 const SCALE: [f64; 5] = [1e3, 1e3, 1e6, 1e3, 1e3];
 
 /// The smallest deviation an anomaly is measured against, per signal (in its unit).
-const MIN_STD: [f64; 5] = [0.2, 0.05, 0.005, 0.2, 1.0];
+pub const MIN_STD: [f64; 5] = [0.2, 0.05, 0.005, 0.2, 1.0];
 
 /// How far from its mean an hour must be, in deviations.
 pub const Z_LIMIT: f64 = 3.0;

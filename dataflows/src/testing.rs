@@ -161,6 +161,14 @@ impl Scenario {
             // Silences of an hour or so: alarms raised and cleared all through the stream.
             zero_sales_expected_units: 1.5,
             zero_sales_min_daily_units: 5.0,
+            // Keener than the trained model, so that short random streams list and flag
+            // machines both ways.
+            maintenance: std::sync::Arc::new(crate::maintenance::Model {
+                intercept: -1.0,
+                weights: vec![1.0, 0.5, 1.0, 0.5, 1.0, 0.5],
+                trained: None,
+                ..(*crate::maintenance::Model::builtin()).clone()
+            }),
             ..Config::default()
         };
         for (i, loc) in ["loc-a", "loc-a", "loc-b"].iter().enumerate() {

@@ -22,6 +22,7 @@ pub const CATALOG: &[ViewDef] = &[
     crate::signals::BASELINES,
     crate::signals::ANOMALIES,
     crate::zero_sales::ZERO_SALES,
+    crate::maintenance::CANDIDATES,
     crate::liveness::LIVENESS,
     crate::stockout::STOCKOUT,
     crate::stockout::RESTOCK_NEEDED,
