@@ -59,6 +59,20 @@ struct Cli {
         env = "VENDFLOW_SETTLEMENT_DAYS"
     )]
     settlement_days: i64,
+    /// The failure model of `maintenance_candidates` (JSON, from `vendflow maintenance train`);
+    /// without it, the model this build carries.
+    #[arg(long, global = true, env = "VENDFLOW_MAINTENANCE_MODEL")]
+    maintenance_model: Option<std::path::PathBuf>,
+}
+
+/// `vendflow maintenance …`
+#[derive(Subcommand)]
+enum MaintenanceCommand {
+    /// Learn the failure model of `maintenance_candidates` from a simulated history whose
+    /// failures are known (wear with days of warning, drifts that come to nothing), through the
+    /// engine's own `signal_baselines`; print its precision and recall on held-out days next
+    /// to the fixed 3-deviation rule, and write it with --out.
+    Train(vendflow_ingest::maintenance::TrainOptions),
 }
 
 #[derive(Subcommand)]
@@ -103,6 +117,10 @@ enum Command {
     /// Demand forecasts: `forecast backtest` scores the engine's forecast on a sales history.
     #[command(subcommand)]
     Forecast(vendflow_forecast::ForecastCommand),
+    /// Predictive maintenance: `maintenance train` fits the model that ranks machines by their
+    /// probability of failing within 7 days.
+    #[command(subcommand)]
+    Maintenance(MaintenanceCommand),
     /// Access tokens for the REST API, the views, SQL and the dashboard.
     Token {
         #[command(subcommand)]
@@ -194,9 +212,14 @@ fn run() -> anyhow::Result<()> {
     if cli.settlement_days < 0 {
         bail!("--settlement-days must be 0 (off) or more");
     }
+    let maintenance = match &cli.maintenance_model {
+        Some(path) => std::sync::Arc::new(vendflow_dataflows::maintenance::Model::load(path)?),
+        None => vendflow_dataflows::maintenance::Model::builtin(),
+    };
     let config = Config {
         workers: cli.workers,
         settlement_days: cli.settlement_days,
+        maintenance,
         ..Config::default()
     };
     match cli.command {
@@ -341,6 +364,25 @@ fn run() -> anyhow::Result<()> {
         Command::Forecast(vendflow_forecast::ForecastCommand::Backtest(args)) => {
             let report = vendflow_forecast::backtest_command(&args)?;
             outln!("{report}");
+            Ok(())
+        }
+        Command::Maintenance(MaintenanceCommand::Train(options)) => {
+            let bar = indicatif::ProgressBar::new(u64::from(options.days));
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "simulating {pos}/{len} days [{bar:30}] {elapsed} (eta {eta})",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let report =
+                vendflow_ingest::maintenance::train(&options, config.workers, |day, _| {
+                    bar.set_position(u64::from(day));
+                })?;
+            bar.finish_and_clear();
+            outln!("{report}");
+            if let Some(out) = &options.out {
+                outln!("wrote {}", out.display());
+            }
             Ok(())
         }
         Command::Token { command } => {

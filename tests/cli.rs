@@ -668,3 +668,96 @@ fn demo_postgres_endpoint_takes_tokens_as_passwords() -> anyhow::Result<()> {
     drop(demo);
     Ok(())
 }
+
+/// `maintenance train`: a short simulated history through the engine gives a model file that
+/// says what it was trained on and how it scored, and that `--maintenance-model` runs with;
+/// options that leave nothing to train on, and a model file that does not fit, are refused
+/// with the reason.
+#[test]
+fn maintenance_train_writes_a_model_that_the_engine_then_runs() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let model = dir.path().join("model.json");
+    let model_arg = model.to_string_lossy().into_owned();
+    let out = vendflow(&[
+        "--workers",
+        "1",
+        "maintenance",
+        "train",
+        "--machines",
+        "40",
+        "--days",
+        "36",
+        "--holdout-days",
+        "14",
+        "--failures-per-year",
+        "24",
+        "--out",
+        &model_arg,
+    ])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "trained on days 1..22",
+        "held out days 23..36",
+        "fixed rule",
+        "precision",
+    ] {
+        assert!(text.contains(line), "{line:?} in:\n{text}");
+    }
+    let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&model)?)?;
+    let trained = &written["trained"];
+    assert_eq!(trained["machines"], 40, "{written}");
+    assert!(trained["train_positives"].as_u64() > Some(0), "{written}");
+    assert!(trained["holdout_failures"].as_u64() > Some(0), "{written}");
+    // The engine runs with it: a replay of a simulated day lists the view.
+    let events = dir.path().join("sim");
+    vendflow(&[
+        "simulate",
+        "--machines",
+        "3",
+        "--hours",
+        "2",
+        "--out",
+        &events.to_string_lossy(),
+    ])?;
+    let views = dir.path().join("views");
+    vendflow(&[
+        "--maintenance-model",
+        &model_arg,
+        "replay",
+        &events.join("events.jsonl").to_string_lossy(),
+        "--out",
+        &views.to_string_lossy(),
+    ])?;
+    let header = std::fs::read_to_string(views.join("maintenance_candidates.csv"))?;
+    assert!(header.starts_with("machine_id,hour_start,failure_probability,flagged,reasons"));
+
+    let bin = vendflow_bin()?;
+    let refused = Command::new(&bin)
+        .args([
+            "maintenance",
+            "train",
+            "--days",
+            "30",
+            "--holdout-days",
+            "20",
+        ])
+        .output()?;
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("leaves too few of --days 30"), "{err}");
+    std::fs::write(&model, "{\"version\": 2}")?;
+    let refused = Command::new(&bin)
+        .args([
+            "--maintenance-model",
+            &model_arg,
+            "replay",
+            "x.jsonl",
+            "--out",
+            "never",
+        ])
+        .output()?;
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("is not a model file"), "{err}");
+    Ok(())
+}

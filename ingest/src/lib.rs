@@ -18,6 +18,8 @@
 //!   counted error records, and shown to the archive's tap at its position.
 //! - [`kafka`]: topics, client settings, the Kafka source of the dataflows, and the options of
 //!   `vendflow command` and `vendflow registry load`.
+//! - [`maintenance`]: `vendflow maintenance train`: a simulated history with known failures
+//!   through the engine, the failure model of `maintenance_candidates` fitted and scored.
 //! - [`mqtt`]: the MQTT source (embedded mode, no Kafka) and the embedded broker of the demo.
 //! - [`registry`]: the registry log (upserts by key), on Kafka or straight into the engine.
 //! - [`server`]: a network server on a runtime of its own, stopped and joined on request.
@@ -30,6 +32,7 @@ pub mod http;
 pub mod import;
 mod intake;
 pub mod kafka;
+pub mod maintenance;
 pub mod mqtt;
 pub mod registry;
 pub mod server;
