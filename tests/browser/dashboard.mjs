@@ -73,6 +73,10 @@ try {
   await page
     .waitForFunction(() => document.querySelectorAll("#routes li").length > 0, null, { timeout: STEP_MS })
     .catch(() => fail("the restock routes panel stayed empty"));
+  // The maintenance candidates panel: the machines the failure model lists, or that none is.
+  await page
+    .waitForFunction(() => document.querySelectorAll("#maintenance li").length > 0, null, { timeout: STEP_MS })
+    .catch(() => fail("the maintenance candidates panel stayed empty"));
   await shot("1-fleet");
   // A machine with no alert yet (not in the feed), for the overheating step. Right after the
   // start a machine may not be active yet (no heartbeat in the views): ask again until one is.

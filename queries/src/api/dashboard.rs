@@ -59,6 +59,20 @@ pub(super) struct FleetBody {
     needs_restock: Vec<Restock>,
     /// The 5 machines with the most revenue today.
     top_performing: Vec<TopMachine>,
+    /// Up to 20 machines `maintenance_candidates` lists, the likeliest to fail first.
+    maintenance: Vec<MaintenanceCandidate>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct MaintenanceCandidate {
+    machine_id: String,
+    /// Of failing within the model's horizon (7 days), 0–1.
+    failure_probability: f64,
+    /// Over the model's threshold (70 %).
+    flagged: bool,
+    /// The signals that raised it, most first.
+    reasons: Vec<String>,
 }
 
 /// Machines by status.
@@ -180,7 +194,9 @@ pub(super) async fn fleet(
             .collect()
     };
     let scope = Scope::Machines(&statuses);
-    let snapshot = state.store.snapshot_of(FleetSummary::views(scope));
+    let mut views = FleetSummary::views(scope).to_vec();
+    views.push(vendflow_dataflows::maintenance::CANDIDATES.name);
+    let snapshot = state.store.snapshot_of(&views);
     let summary = FleetSummary::of(&snapshot, scope)
         .map_err(|e| ApiError::internal(format!("fleet summary: {e}")))?;
     let today = summary.day;
@@ -235,6 +251,28 @@ pub(super) async fn fleet(
             hours_to_first_empty: cell(&r.get("hours_to_first_empty")),
         })
         .collect();
+    let mut maintenance: Vec<MaintenanceCandidate> = rows("maintenance_candidates")
+        .filter(mine)
+        .map(|r| MaintenanceCandidate {
+            machine_id: text(&r, "machine_id"),
+            failure_probability: match r.get("failure_probability") {
+                Value::Float(p) => p.0,
+                _ => 0.0,
+            },
+            flagged: r.get("flagged") == Value::Bool(true),
+            reasons: text(&r, "reasons")
+                .split(vendflow_dataflows::maintenance::REASON_SEPARATOR)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        })
+        .collect();
+    maintenance.sort_by(|a, b| {
+        b.failure_probability
+            .total_cmp(&a.failure_probability)
+            .then_with(|| a.machine_id.cmp(&b.machine_id))
+    });
+    maintenance.truncate(20);
     let low_stock_machines = low.len();
     Ok(axum::Json(FleetBody {
         region,
@@ -268,6 +306,7 @@ pub(super) async fn fleet(
                 revenue: Cents(c).to_string(),
             })
             .collect(),
+        maintenance,
     })
     .into_response())
 }

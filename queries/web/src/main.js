@@ -175,6 +175,16 @@ async function loadSummary() {
     "no machine runs out within the forecast horizon",
   );
   fill(
+    $("maintenance"),
+    (f.maintenance || []).map((m) =>
+      listItem(
+        m.machineId,
+        `${Math.round(100 * m.failureProbability)} %${m.flagged ? " (flagged)" : ""}: ${m.reasons.join("; ") || "several small deviations"}`,
+      ),
+    ),
+    "no machine's signals point to a failure",
+  );
+  fill(
     $("top-machines"),
     f.topPerforming.map((m) => listItem(m.machineId, money(m.revenue))),
     "no sales yet today",
