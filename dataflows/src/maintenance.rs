@@ -74,8 +74,8 @@ pub const FEATURES: [&str; 6] = [
     "card_error_rate_z_7d",
 ];
 
-/// How a row's `reasons` cell joins its reasons (as `health` does).
-pub const REASON_SEPARATOR: &str = "; ";
+/// How a row's `reasons` cell joins its reasons: as `health` does, so readers split both alike.
+pub use crate::health::REASON_SEPARATOR;
 
 /// The model file this build carries (`vendflow maintenance train` wrote it).
 const BUILTIN: &str = include_str!("maintenance_model.json");
