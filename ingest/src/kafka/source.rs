@@ -309,14 +309,40 @@ pub fn start(
         let consumer = client(&brokers)?;
         let mut assignment = TopicPartitionList::new();
         let mut tap_only = Vec::new();
+        let mut continuity = Continuity::default();
+        // Partitions read from their beginning: where that is now.
+        let mut from_start: Vec<((String, i32), i64)> = Vec::new();
         let mut assign = |topic: &str, partition: i32| -> Result<(), KafkaError> {
-            let (from, engine) = resume.start(topic, partition);
+            let (mut from, mut engine) = resume.start(topic, partition);
+            if from == Offset::Beginning && topic != FLEET_COMMANDS_TOPIC {
+                // The log's first kept offset, as a position: a checkpoint taken before this
+                // consumer reads anything then says where it stood (not "nothing"), so a
+                // restart after the retention has moved on says what it lost instead of
+                // silently reading from a later beginning.
+                match probe.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
+                    Ok((low, _)) => {
+                        // The engine starts there too: what the log deleted before this
+                        // start was never the engine's to miss.
+                        (from, engine) = (Offset::Offset(low), low);
+                        from_start.push(((topic.to_owned(), partition), low));
+                    }
+                    Err(e) => {
+                        tracing::warn!(topic, partition, error = %e, "cannot read the log's first offset; reading from its beginning")
+                    }
+                }
+            }
             let first = match from {
                 Offset::Offset(o) => o,
                 _ => 0,
             };
             if first < engine {
                 tap_only.push(((topic.to_owned(), partition), engine));
+            }
+            if topic == TELEMETRY_TOPIC {
+                // From a position, the first message must be at it; from the beginning (the
+                // first offset unknown), whatever the log still keeps is the beginning.
+                let resumed = matches!(from, Offset::Offset(_)).then_some(first);
+                continuity.watch(topic, partition, resumed, engine);
             }
             check_retention(&probe, topic, partition, first, engine, &stats);
             assignment
@@ -334,6 +360,9 @@ pub fn start(
         consumer
             .assign(&assignment)
             .map_err(KafkaError::client(&brokers))?;
+        if let Ok(mut positions) = stats.positions.lock() {
+            positions.extend(from_start.iter().cloned());
+        }
         let stats = stats.clone();
         let stop = stop.clone();
         let tap = tap.clone();
@@ -349,6 +378,7 @@ pub fn start(
                     assignment.find_partition(topic, *partition).is_some()
                 })
                 .map(|(k, v)| (k.clone(), *v))
+                .chain(from_start)
                 .collect();
             mine
         });
@@ -363,6 +393,7 @@ pub fn start(
                 let reading = Reading {
                     tick,
                     tap_only,
+                    continuity,
                     stop: &stop,
                     marks: std::cell::RefCell::new(marks.map(|m| (m, true))),
                 };
@@ -436,6 +467,8 @@ struct Reading<'a> {
     /// Partitions read from before the engine's position: below that offset, messages go to
     /// the tap only.
     tap_only: Vec<((String, i32), i64)>,
+    /// Whether each telemetry partition's offsets follow on without a hole.
+    continuity: Continuity,
     stop: &'a AtomicBool,
     /// With cluster checkpoints: this consumer's positions, and whether they changed since its
     /// worker was last told.
@@ -461,6 +494,65 @@ impl Reading<'_> {
         } else {
             self.tap_only.swap_remove(i);
             false
+        }
+    }
+}
+
+/// The next offset each telemetry partition must deliver. `machine-telemetry` is neither
+/// compacted nor written in transactions, so its offsets follow on one by one: a hole means
+/// the log's retention deleted messages before this consumer read them (librdkafka then
+/// resets an out-of-range position to the first kept offset, `auto.offset.reset`). That can
+/// happen after the start-up check ([`check_retention`]: deletion goes on while a restart
+/// catches up) or at any time to a consumer that falls further behind than the retention;
+/// either way it is said and counted, never silent.
+#[derive(Default)]
+struct Continuity {
+    /// (topic, partition), the next offset expected (unknown until the first message of a
+    /// partition read from its beginning), and the engine's first offset.
+    partitions: Vec<((String, i32), Option<i64>, i64)>,
+}
+
+impl Continuity {
+    fn watch(&mut self, topic: &str, partition: i32, first: Option<i64>, engine: i64) {
+        self.partitions
+            .push(((topic.to_owned(), partition), first, engine));
+    }
+
+    /// Notes the message at `offset`; says and counts what a hole before it lost.
+    fn check(&mut self, topic: &str, partition: i32, offset: i64, stats: &SourceStats) {
+        let Some((_, expected, engine)) = self
+            .partitions
+            .iter_mut()
+            .find(|((t, p), _, _)| t == topic && *p == partition)
+        else {
+            return;
+        };
+        let from = expected.unwrap_or(offset);
+        *expected = Some(offset.saturating_add(1).max(from));
+        if offset <= from {
+            return;
+        }
+        // The hole [from, offset): what of it the engine had still to take is lost to the
+        // views; what lies before the engine's position only to the archive.
+        let lost = (offset - from.max(*engine)).max(0) as u64;
+        if lost > 0 {
+            stats.lost_to_retention.fetch_add(lost, Ordering::Relaxed);
+            tracing::error!(
+                topic,
+                partition,
+                expected = from,
+                got = offset,
+                lost,
+                "the log's retention deleted messages the checkpoint had not taken: the views miss them (take checkpoints more often than the retention, and keep the engine within it)"
+            );
+        } else {
+            tracing::warn!(
+                topic,
+                partition,
+                expected = from,
+                got = offset,
+                "the log's retention deleted messages the archive had not written; the archive misses them"
+            );
         }
     }
 }
@@ -543,6 +635,9 @@ fn consume(
                 let at = ts.round_up(tick);
                 let topic = message.topic().to_owned();
                 let partition = message.partition();
+                reading
+                    .continuity
+                    .check(&topic, partition, message.offset(), stats);
                 let tap_only = reading.tap_only(&topic, partition, message.offset());
                 let mut scratch = Batch::default();
                 let (batch, intake, received_at) = if tap_only {
@@ -685,6 +780,40 @@ fn rejection_record(payload: &[u8], received_at: Timestamp, source: &str) -> Err
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hole_in_a_partitions_offsets_is_counted_as_lost_to_retention() {
+        let stats = SourceStats::default();
+        let lost = || stats.lost_to_retention.load(Ordering::Relaxed);
+        let mut c = Continuity::default();
+        // Resumed: the archive reads from 10, the engine's checkpoint took up to 15.
+        c.watch(TELEMETRY_TOPIC, 0, Some(10), 15);
+        // From the beginning: whatever comes first is the beginning.
+        c.watch(TELEMETRY_TOPIC, 1, None, 0);
+        for offset in [10, 11, 12] {
+            c.check(TELEMETRY_TOPIC, 0, offset, &stats);
+        }
+        c.check(TELEMETRY_TOPIC, 1, 100, &stats);
+        c.check(TELEMETRY_TOPIC, 1, 101, &stats);
+        c.check("fleet-commands", 0, 7, &stats);
+        c.check("fleet-commands", 0, 70, &stats);
+        assert_eq!(lost(), 0, "no hole yet");
+        // 13 and 14 were only the archive's; 15..20 were the engine's.
+        c.check(TELEMETRY_TOPIC, 0, 20, &stats);
+        assert_eq!(lost(), 5);
+        // A consumer fallen behind the retention mid-stream.
+        c.check(TELEMETRY_TOPIC, 1, 150, &stats);
+        assert_eq!(lost(), 5 + 48);
+        // The same offset again (a re-fetch) is no hole.
+        c.check(TELEMETRY_TOPIC, 1, 150, &stats);
+        c.check(TELEMETRY_TOPIC, 1, 151, &stats);
+        assert_eq!(lost(), 53);
+        // A hole only the archive had to fill.
+        let mut c = Continuity::default();
+        c.watch(TELEMETRY_TOPIC, 0, Some(0), 40);
+        c.check(TELEMETRY_TOPIC, 0, 30, &stats);
+        assert_eq!(lost(), 53);
+    }
 
     #[test]
     fn freshness_counts_a_message_once_the_views_pass_its_time() {

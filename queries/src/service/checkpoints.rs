@@ -357,6 +357,7 @@ fn write(
         bytes = written.bytes,
         held_ms = held.as_millis() as u64,
         write_ms = written.write.as_millis() as u64,
+        positions = %vendflow_ingest::kafka::source::positions_line(positions),
         "checkpoint written"
     );
     stats.written.fetch_add(1, Ordering::Relaxed);
