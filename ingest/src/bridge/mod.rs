@@ -498,18 +498,19 @@ fn drive(
     }
 }
 
-/// Hands the MQTT client the acknowledgements that are due, in order, as many as its request
+/// Hands the MQTT client the delivery receipts, then the acknowledgements, that are due (the
+/// acknowledgements in order), as many as its request
 /// channel takes; the rest wait for the next turn of the event loop (never dropped).
 fn send_acks(shared: &Mutex<Shared>, client: &Client, stats: &BridgeStats) {
     let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
     // Redeliveries of what is already in Kafka are done as soon as they are admitted.
     s.release();
-    while let Some(publish) = s.acks.front() {
-        if client.try_ack(publish).is_err() {
-            break;
-        }
-        s.acks.pop_front();
-    }
+    // Receipts first: a machine without its receipt sends the message again, and each copy
+    // is one more message to take and acknowledge. Behind a backlog of acknowledgements (the
+    // client hands the broker one request per turn of its loop, and reads up to ten packets in
+    // one) receipts once waited for minutes, the machines resent everything, and the resends
+    // grew the backlog: the bridge stopped forwarding (seen on a loaded 2-core machine, 40,000
+    // acknowledgements waiting). They are few requests (one per machine) and end the resends.
     // One message per machine for all its receipts due, one receipt per line: after an outage
     // thousands are due at once, and a message each would flood the broker and the machines.
     if !s.receipts.is_empty() {
@@ -537,6 +538,12 @@ fn send_acks(shared: &Mutex<Shared>, client: &Client, stats: &BridgeStats) {
                 s.receipts.push_back((topic.clone(), receipt.to_owned()));
             }
         }
+    }
+    while let Some(publish) = s.acks.front() {
+        if client.try_ack(publish).is_err() {
+            break;
+        }
+        s.acks.pop_front();
     }
     stats
         .acks_waiting
