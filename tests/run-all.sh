@@ -55,7 +55,9 @@ tests_ok=true
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast || tests_ok=false
 else
-  cargo test --workspace --locked --no-fail-fast || tests_ok=false
+  cargo test --workspace --locked --no-fail-fast --exclude vendflow-tests || tests_ok=false
+  # The end-to-end tests one at a time, as .config/nextest.toml runs the real-broker ones.
+  cargo test -p vendflow-tests --locked --no-fail-fast -- --test-threads=1 || tests_ok=false
 fi
 echo "== tested in ${SECONDS}s (since the start)"
 
