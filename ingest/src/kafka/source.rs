@@ -431,23 +431,38 @@ fn check_retention(
             return;
         }
     };
-    if low > engine {
-        let lost = (low - engine) as u64;
+    report_deleted(stats, topic, partition, first, low, engine);
+}
+
+/// Says and counts what the log's retention deleted, offsets `from..to` of a partition whose
+/// engine takes from `engine`: what of it the engine had still to take is lost to the views
+/// (an error, counted); what lies before the engine's position only to the archive (a warning).
+fn report_deleted(
+    stats: &SourceStats,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    to: i64,
+    engine: i64,
+) {
+    let lost = (to - from.max(engine)).max(0) as u64;
+    if lost > 0 {
         stats.lost_to_retention.fetch_add(lost, Ordering::Relaxed);
         tracing::error!(
             topic,
             partition,
-            checkpoint_offset = engine,
-            log_start = low,
+            engine_from = engine,
+            deleted_from = from,
+            deleted_to = to,
             lost,
-            "the log's retention deleted messages the checkpoint had not taken: the views miss them (take checkpoints more often than the retention)"
+            "the log's retention deleted messages the checkpoint had not taken: the views miss them (take checkpoints more often than the retention, and keep the engine within it)"
         );
-    } else if low > first {
+    } else if to > from {
         tracing::warn!(
             topic,
             partition,
-            archived_to = first,
-            log_start = low,
+            deleted_from = from,
+            deleted_to = to,
             "the log's retention deleted messages the archive had not written; the archive misses them"
         );
     }
@@ -529,31 +544,7 @@ impl Continuity {
         };
         let from = expected.unwrap_or(offset);
         *expected = Some(offset.saturating_add(1).max(from));
-        if offset <= from {
-            return;
-        }
-        // The hole [from, offset): what of it the engine had still to take is lost to the
-        // views; what lies before the engine's position only to the archive.
-        let lost = (offset - from.max(*engine)).max(0) as u64;
-        if lost > 0 {
-            stats.lost_to_retention.fetch_add(lost, Ordering::Relaxed);
-            tracing::error!(
-                topic,
-                partition,
-                expected = from,
-                got = offset,
-                lost,
-                "the log's retention deleted messages the checkpoint had not taken: the views miss them (take checkpoints more often than the retention, and keep the engine within it)"
-            );
-        } else {
-            tracing::warn!(
-                topic,
-                partition,
-                expected = from,
-                got = offset,
-                "the log's retention deleted messages the archive had not written; the archive misses them"
-            );
-        }
+        report_deleted(stats, topic, partition, from, offset, *engine);
     }
 }
 
