@@ -60,10 +60,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let peak = vendflow_dataflows::peak_rss_bytes().unwrap_or(0) >> 20;
     println!(
         "{} events, {workers} workers: input read in {:.2} s, views at the end in {:.2} s ({:.0} events/s); {rows} rows; peak RSS {peak} MiB ({engine_peak} MiB before the snapshot)",
-        stats.events,
+        stats.counts.events,
         read.as_secs_f64(),
         done.as_secs_f64(),
-        stats.events as f64 / done.as_secs_f64()
+        stats.counts.events as f64 / done.as_secs_f64()
     );
     // As `vendflow replay` ends: draining the workers would expire every window and dedup key
     // at the end of time, work that only pollutes a profile taken of the whole process. The

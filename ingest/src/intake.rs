@@ -3,7 +3,8 @@
 //! the raw bytes for whoever sent it), and the archive's tap sees the message's events and
 //! errors at its position. The transport decides only what a message is, where it sits and what
 //! time it is ingested at. Telemetry sources take machines' events only: a `settlement` line
-//! (the payment processor's) is refused here and loaded with `vendflow import settlement`.
+//! (the payment processor's) is refused here and loaded with `vendflow import settlement`,
+//! whose converted file the file source replays ([`Intake::trusting_settlements`]).
 
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -17,30 +18,58 @@ use crate::{Counters, Position, Tap};
 pub(crate) struct Intake<'a> {
     counters: &'a Counters,
     tap: Option<&'a Tap>,
+    /// Whether `settlement` lines are taken (a file the operator replays) or refused (a
+    /// machine's telemetry).
+    settlements: bool,
 }
 
 /// One message being taken in.
 pub(crate) struct Message<'a> {
     /// Where it came from, for its error records: `kafka:<topic>/<partition>@<offset>`,
-    /// `mqtt:<topic>`.
-    pub source: &'a str,
+    /// `mqtt:<topic>`, `replay:<file>:<line>` (formatted only when a record is refused).
+    pub source: &'a dyn std::fmt::Display,
     /// Its stream, offset and ingestion time (the tap's position).
     pub at: Position<'a>,
     pub raw: &'a [u8],
+    /// The time its error records carry: its ingestion time, unless the source knows better
+    /// ([`Message::refused_at`]).
+    refused_at: vendflow_protocol::Timestamp,
     /// Where its records begin in the batch.
     marks: (usize, usize),
 }
 
+impl Message<'_> {
+    /// Error records of this message carry `at` instead of its ingestion time (a bulk replay's
+    /// clock steps by the hour; where in the file's time a bad line was read is finer).
+    pub fn refused_at(mut self, at: vendflow_protocol::Timestamp) -> Self {
+        self.refused_at = at;
+        self
+    }
+}
+
 impl<'a> Intake<'a> {
     pub fn new(counters: &'a Counters, tap: Option<&'a Tap>) -> Intake<'a> {
-        Intake { counters, tap }
+        Intake {
+            counters,
+            tap,
+            settlements: false,
+        }
+    }
+
+    /// Takes `settlement` lines as events: a file the operator replays (`vendflow import
+    /// settlement` writes the processor's lines as one), not a machine's telemetry.
+    pub fn trusting_settlements(self) -> Intake<'a> {
+        Intake {
+            settlements: true,
+            ..self
+        }
     }
 
     /// Starts a message whose records will go into `batch` (counted as one message).
     pub fn begin<'m>(
         &self,
         batch: &Batch,
-        source: &'m str,
+        source: &'m dyn std::fmt::Display,
         at: Position<'m>,
         raw: &'m [u8],
     ) -> Message<'m> {
@@ -49,6 +78,7 @@ impl<'a> Intake<'a> {
             source,
             at,
             raw,
+            refused_at: at.received_at,
             marks: (batch.events.len(), batch.errors.len()),
         }
     }
@@ -61,36 +91,44 @@ impl<'a> Intake<'a> {
         results: impl IntoIterator<Item = Result<Event, DecodeError>>,
     ) {
         for result in results {
-            match result {
-                // A processor's verdict is not a machine's to give: sources of telemetry (MQTT,
-                // the Kafka topic the bridge fills) refuse it.
-                Ok(event) if matches!(event.kind, EventKind::Settlement(_)) => self.refuse(
-                    batch,
-                    message,
-                    &DecodeError::new(
-                        ErrorKind::Schema,
-                        "a machine cannot send settlement lines; they come from the payment processor (vendflow import settlement)",
-                    ),
+            self.take(batch, message, result);
+        }
+    }
+
+    /// One decoded result of the message: an event into `batch`, or a failure refused.
+    pub fn take(
+        &self,
+        batch: &mut Batch,
+        message: &Message<'_>,
+        result: Result<Event, DecodeError>,
+    ) {
+        match result {
+            // A processor's verdict is not a machine's to give: sources of telemetry (MQTT,
+            // the Kafka topic the bridge fills) refuse it.
+            Ok(event) if !self.settlements && matches!(event.kind, EventKind::Settlement(_)) => self.refuse(
+                batch,
+                message,
+                &DecodeError::new(
+                    ErrorKind::Schema,
+                    "a machine cannot send settlement lines; they come from the payment processor (vendflow import settlement)",
                 ),
-                Ok(event) => {
-                    self.counters.events.fetch_add(1, Relaxed);
-                    batch.events.push(event);
-                }
-                Err(e) => self.refuse(batch, message, &e),
+            ),
+            Ok(event) => {
+                self.counters.events.fetch_add(1, Relaxed);
+                batch.events.push(event);
             }
+            Err(e) => self.refuse(batch, message, &e),
         }
     }
 
     /// A record of the message refused: an error record with its reason and raw bytes.
     pub fn refuse(&self, batch: &mut Batch, message: &Message<'_>, e: &DecodeError) {
         self.counters.refused.fetch_add(1, Relaxed);
-        tracing::warn!(source = message.source, kind = e.kind.as_str(), error = %e, "refused a record");
-        batch.errors.push(ErrorRecord::new(
-            message.at.received_at,
-            message.source.to_owned(),
-            e,
-            message.raw,
-        ));
+        let source = message.source.to_string();
+        tracing::warn!(source, kind = e.kind.as_str(), error = %e, "refused a record");
+        batch
+            .errors
+            .push(ErrorRecord::new(message.refused_at, source, e, message.raw));
     }
 
     /// The message is done: the tap sees its events and errors at its position.
@@ -147,7 +185,7 @@ mod tests {
                     .as_slice(),
             ),
         ] {
-            let message = intake.begin(&batch, "kafka:t/0", at(offset), raw);
+            let message = intake.begin(&batch, &"kafka:t/0", at(offset), raw);
             intake.decoded(&mut batch, &message, decode_line(raw));
             intake.end(&batch, message);
         }

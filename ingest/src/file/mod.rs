@@ -54,6 +54,7 @@ use vendflow_protocol::decode::{decode_line_each, decode_registry};
 use vendflow_protocol::units::MS_PER_HOUR;
 use vendflow_protocol::{DecodeError, Event, RegistryRecord, Timestamp};
 
+use crate::intake::Intake;
 use crate::{IngestError, Position, Tap};
 
 /// Lines per block dealt to one reader thread.
@@ -292,9 +293,9 @@ impl Default for ReplayOptions {
 /// What a replay read.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReplayStats {
-    pub lines: u64,
-    pub events: u64,
-    pub errors: u64,
+    /// Under every source's names: a message is a line (blank lines are not counted), an event
+    /// one of its events (an envelope line has several), refused one record refused.
+    pub counts: crate::Counts,
     /// The frontier to wait for: every event is ingested before it.
     pub end: Time,
 }
@@ -334,7 +335,6 @@ pub fn replay(
                         of: threads as u64,
                         feeder,
                         options,
-                        stats: ReplayStats::default(),
                         clock: Time::EPOCH,
                         newest: Time::EPOCH,
                         batch: Batch::default(),
@@ -342,7 +342,8 @@ pub fn replay(
                         sent: 0,
                         early,
                     };
-                    let result = reader.read(&path, progress.as_deref());
+                    let counters = crate::Counters::default();
+                    let result = reader.read(&path, progress.as_deref(), &counters);
                     if let Some(pacer) = &reader.options.pacer {
                         pacer.finished(i);
                     }
@@ -367,8 +368,10 @@ pub fn replay(
                         pacer.allow(i, &mut reader.feeder, last)?;
                     }
                     reader.feeder.advance(last)?;
-                    reader.stats.end = last;
-                    Ok::<_, IngestError>(reader.stats)
+                    Ok::<_, IngestError>(ReplayStats {
+                        counts: counters.read(),
+                        end: last,
+                    })
                 })
                 .map_err(|e| IngestError::Thread(e.to_string()))
         })
@@ -378,9 +381,9 @@ pub fn replay(
         let stats = h
             .join()
             .map_err(|_| IngestError::Thread("a replay reader panicked".into()))??;
-        total.lines += stats.lines;
-        total.events += stats.events;
-        total.errors += stats.errors;
+        total.counts.messages += stats.counts.messages;
+        total.counts.events += stats.counts.events;
+        total.counts.refused += stats.counts.refused;
         total.end = total.end.max(stats.end);
     }
     Ok(total)
@@ -418,7 +421,6 @@ struct Reader {
     of: u64,
     feeder: Feeder,
     options: ReplayOptions,
-    stats: ReplayStats,
     clock: Time,
     /// The newest event timestamp read.
     newest: Time,
@@ -431,7 +433,13 @@ struct Reader {
 }
 
 impl Reader {
-    fn read(&mut self, path: &Path, progress: Option<&AtomicU64>) -> Result<(), IngestError> {
+    /// Reads this reader's share of `path` (every copy of it), counting into `counters`.
+    fn read(
+        &mut self,
+        path: &Path,
+        progress: Option<&AtomicU64>,
+        counters: &crate::Counters,
+    ) -> Result<(), IngestError> {
         let io = |source| IngestError::Io {
             path: path.display().to_string(),
             source,
@@ -443,9 +451,13 @@ impl Reader {
         for copy in 0..self.options.repeat.max(1) {
             let mut reader = BufReader::with_capacity(1 << 20, File::open(path).map_err(io)?);
             let mut line = Vec::with_capacity(512);
-            let mut decoded: Vec<Event> = Vec::new();
+            // One line's records, taken in by the intake (and shown to the tap) before they
+            // join the batch: an envelope line's events may span ticks of the clock.
+            let mut taken = Batch::default();
             // This reader's stream in the archive (its lines' positions are their numbers).
             let stream = format!("replay-{name}-{}of{}", self.share, self.of);
+            let tap = self.options.tap.clone();
+            let intake = Intake::new(counters, tap.as_ref()).trusting_settlements();
             let mut number: u64 = 0;
             let block = self.block_lines();
             loop {
@@ -468,31 +480,37 @@ impl Reader {
                 if !ours || line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                self.stats.lines += 1;
-                let errors_before = self.batch.errors.len();
-                decoded.clear();
-                decode_line_each(&line, |result| match result {
-                    Ok(mut event) => {
+                let source = LineOf {
+                    file: &name,
+                    number,
+                };
+                let raw = line.strip_suffix(b"\n").unwrap_or(&line);
+                let at = Position {
+                    stream: &stream,
+                    offset: number as i64,
+                    received_at: self.clock,
+                };
+                // Where in the file's time a bad line was read: the newest event time so far,
+                // to the second (the bulk clock's hour steps would blur it).
+                let refused_at =
+                    (self.newest.max(self.clock) + (LIVE_TICK_MS - 1)).window_start(LIVE_TICK_MS);
+                let message = intake
+                    .begin(&taken, &source, at, raw)
+                    .refused_at(refused_at);
+                let shift_ms = self.options.repeat_shift_ms;
+                decode_line_each(&line, |result| {
+                    let result = result.map(|mut event| {
                         if copy > 0 {
-                            shift(&mut event, copy, self.options.repeat_shift_ms);
+                            shift(&mut event, copy, shift_ms);
                         }
-                        decoded.push(event);
-                    }
-                    Err(error) => self.refuse(&name, number, &error, &line),
+                        event
+                    });
+                    intake.take(&mut taken, &message, result);
                 });
-                if let Some(tap) = &self.options.tap {
-                    tap(
-                        Position {
-                            stream: &stream,
-                            offset: number as i64,
-                            received_at: self.clock,
-                        },
-                        &decoded,
-                        &self.batch.errors[errors_before..],
-                    );
-                }
+                intake.end(&taken, message);
+                self.batch.errors.append(&mut taken.errors);
                 let tick = self.options.tick().max(1);
-                for event in decoded.drain(..) {
+                for event in taken.events.drain(..) {
                     // An ingestion time is never before the epoch (the engine's times start
                     // there): an event dated earlier is ingested at the first tick.
                     let ts = event.timestamp.max(Time::EPOCH);
@@ -501,7 +519,6 @@ impl Reader {
                     if at > self.clock {
                         self.move_clock(at)?;
                     }
-                    self.stats.events += 1;
                     self.batch.events.push(event);
                 }
                 if self.batch.events.len() + self.batch.errors.len() >= self.batch_limit() {
@@ -546,21 +563,6 @@ impl Reader {
         }
     }
 
-    fn refuse(&mut self, name: &str, line_number: u64, error: &DecodeError, raw: &[u8]) {
-        self.stats.errors += 1;
-        tracing::warn!(file = name, line = line_number, kind = error.kind.as_str(), error = %error, "refused a record");
-        // Where in the file's time the line was read: the newest event time so far, to the
-        // second (the bulk clock's hour steps would blur it).
-        let at = (self.newest.max(self.clock) + (LIVE_TICK_MS - 1)).window_start(LIVE_TICK_MS);
-        let raw = raw.strip_suffix(b"\n").unwrap_or(raw);
-        self.batch.errors.push(ErrorRecord::new(
-            at,
-            format!("replay:{name}:{line_number}"),
-            error,
-            raw,
-        ));
-    }
-
     fn flush(&mut self) -> Result<(), IngestError> {
         let at = self.clock;
         for mut refused in self.early.drain(..) {
@@ -596,6 +598,18 @@ impl Reader {
             self.feeder.advance(next)?;
         }
         Ok(())
+    }
+}
+
+/// A line of a replayed file, as its error records name it: `replay:<file>:<line number>`.
+struct LineOf<'a> {
+    file: &'a str,
+    number: u64,
+}
+
+impl std::fmt::Display for LineOf<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "replay:{}:{}", self.file, self.number)
     }
 }
 
@@ -699,6 +713,12 @@ mod tests {
             if i == 1500 {
                 text.push_str("{\"machineId\":\"m1\",\"type\":\"sale\"\n");
             }
+            if i == 2000 {
+                // Blank lines are not messages; a processor's settlement line in a file the
+                // operator replays is taken (a machine could not send one).
+                text.push_str("\n  \n");
+                text.push_str("{\"machineId\":\"m0\",\"type\":\"settlement\",\"timestamp\":1700000000000,\"payload\":{\"transactionId\":\"t0\",\"amount\":1.25,\"status\":\"settled\"}}\n");
+            }
         }
         file.write_all(text.as_bytes())
             .unwrap_or_else(|e| panic!("{e}"));
@@ -713,7 +733,14 @@ mod tests {
             progress.clone(),
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!((stats.events, stats.errors), (3000, 1));
+        assert_eq!(
+            stats.counts,
+            crate::Counts {
+                messages: 3002,
+                events: 3001,
+                refused: 1
+            }
+        );
         assert_eq!(progress.load(Ordering::SeqCst), text.len() as u64);
         assert!(store.wait_for(stats.end, Duration::from_secs(60)));
         let snapshot = store.snapshot();
@@ -730,6 +757,12 @@ mod tests {
         assert!(
             source.as_ref().is_some_and(|s| s.ends_with(":1502")),
             "{source:?}"
+        );
+        // Dated where in the file's time it was read (the newest event before it, to the
+        // second), not at the bulk clock's hour.
+        assert_eq!(
+            ERRORS.named(&errors[0]).time("received_at"),
+            Some(1_700_000_000_000 + 1500 * 1000)
         );
         engine.shutdown().unwrap_or_else(|e| panic!("{e}"));
     }

@@ -190,11 +190,11 @@ impl Loaded {
         self.engine.abandon_at_exit();
         let mut lines = vec![format!(
             "replayed {} events from {} lines in {:.2}s ({:.0} events/s); {} refused; CSVs written in {:.2}s",
-            stats.events,
-            stats.lines,
+            stats.counts.events,
+            stats.counts.messages,
             elapsed.as_secs_f64(),
-            stats.events as f64 / elapsed.as_secs_f64().max(1e-9),
-            stats.errors,
+            stats.counts.events as f64 / elapsed.as_secs_f64().max(1e-9),
+            stats.counts.refused,
             csv.as_secs_f64()
         )];
         lines.extend(
@@ -303,7 +303,7 @@ pub fn load(
     }
     let archived = match archive {
         Some(archive) => {
-            let positions = format!("{}@{}", load.file.display(), stats.lines);
+            let positions = format!("{}@{}", load.file.display(), stats.counts.messages);
             archive.tap().views_blocking(store.snapshot(), positions)?;
             let root = archive.root().to_path_buf();
             let written = archive.close()?;
