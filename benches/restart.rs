@@ -10,6 +10,10 @@
 //! 2. Throughput on the final log: one process with 2 workers against a cluster of 2 processes
 //!    with 1 worker each (`--processes 2`), each reading the whole log from offset 0 (events/s
 //!    from start to caught up).
+//! 3. What a checkpoint of the final log's state costs, one process with 2 workers against each
+//!    process of the cluster (with `--state`, once caught up): its size, how long the consumers
+//!    were held while the state was taken, and the file's write, from the engines' own
+//!    `checkpoint written` log lines.
 //!
 //! `cargo bench -p vendflow-benches --bench restart [-- --machines 2000 --hours 1 --steps 3]`.
 //! Needs `mosquitto` and `tansu` (tests/run-all.sh installs them) and
@@ -158,6 +162,7 @@ fn main() -> anyhow::Result<()> {
     let checkpointing = ["--state", &state_text, "--checkpoint-secs", "5"];
     let (mut kept, mut kept_status) = engine(&bin, &kafka, d, "checkpointed", &checkpointing)?;
     let mut total = 0u64;
+    let mut kept_checkpoint = None;
     println!(
         "| log (telemetry messages) | restart from checkpoint → caught up | rebuild from offset 0 → caught up | checkpoint size |"
     );
@@ -195,24 +200,9 @@ fn main() -> anyhow::Result<()> {
         }
         until_consumed(&kept_status, total, Instant::now(), &kept)?;
         // A checkpoint taken after the engine caught up, then kill -9 and a restart.
-        let caught = std::time::SystemTime::now();
-        loop {
-            let newest = std::fs::read_dir(&state)?
-                .filter_map(|e| e.ok())
-                .filter(|e| e.path().extension().is_some_and(|x| x == "vfc"))
-                .filter_map(|e| e.metadata().ok()?.modified().ok())
-                .max();
-            if newest.is_some_and(|m| m > caught) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let size: u64 = std::fs::read_dir(&state)?
-            .filter_map(|e| e.ok())
-            .filter(|e| e.path().extension().is_some_and(|x| x == "vfc"))
-            .filter_map(|e| e.metadata().ok().map(|m| m.len()))
-            .max()
-            .unwrap_or(0);
+        let newest = checkpoint_after_catch_up(&kept)?;
+        kept_checkpoint = Some(newest);
+        let size = newest.bytes;
         kept.kill();
         let restarted = Instant::now();
         (kept, kept_status) = engine(&bin, &kafka, d, "checkpointed", &checkpointing)?;
@@ -234,7 +224,7 @@ fn main() -> anyhow::Result<()> {
     let alone = until_consumed(&one_status, total, started, &one)?;
     one.kill();
     let peers = format!("127.0.0.1:{},127.0.0.1:{}", free_port()?, free_port()?);
-    let cluster = |i: &str| -> anyhow::Result<Daemon> {
+    let cluster = |i: &str, extra: &[&str]| -> anyhow::Result<Daemon> {
         let log = d.join(format!("cluster-{i}.log"));
         let mut args = vec![
             "--workers",
@@ -258,11 +248,12 @@ fn main() -> anyhow::Result<()> {
         if i == "0" {
             args.extend(["--status", &status]);
         }
+        args.extend(extra);
         Daemon::spawn("cluster", &bin, &args, &log)
     };
     let _ = std::fs::remove_file(d.join("cluster.json"));
     let started = Instant::now();
-    let (first, second) = (cluster("0")?, cluster("1")?);
+    let (first, second) = (cluster("0", &[])?, cluster("1", &[])?);
     // Process 0's status lists only its own partitions: wait until it has those, then until the
     // second's log says it consumed its own (its summary line carries its positions).
     let spread = until_cluster_consumed(&d.join("cluster.json"), &second, total, started)?;
@@ -272,7 +263,108 @@ fn main() -> anyhow::Result<()> {
         total as f64 / alone,
         total as f64 / spread
     );
+
+    // What a checkpoint of the whole log's state costs: the single process's (taken above),
+    // then each process of a checkpointing cluster once it has caught up.
+    let _ = std::fs::remove_file(d.join("cluster.json"));
+    let started = Instant::now();
+    let (first, second) = (
+        cluster(
+            "0",
+            &[
+                "--state",
+                &d.join("cluster-state-0").display().to_string(),
+                "--checkpoint-secs",
+                "5",
+            ],
+        )?,
+        cluster(
+            "1",
+            &[
+                "--state",
+                &d.join("cluster-state-1").display().to_string(),
+                "--checkpoint-secs",
+                "5",
+            ],
+        )?,
+    );
+    until_cluster_consumed(&d.join("cluster.json"), &second, total, started)?;
+    let parts = [
+        checkpoint_after_catch_up(&first)?,
+        checkpoint_after_catch_up(&second)?,
+    ];
+    drop((first, second));
+    println!(
+        "checkpoint of the state after {total} telemetry messages (the engines' own log lines):"
+    );
+    println!("| engine | bytes | consumers held | written in |");
+    println!("|---|---|---|---|");
+    if let Some(c) = kept_checkpoint {
+        println!("| 1 process × 2 workers | {} |", c.row());
+    }
+    for (i, c) in parts.iter().enumerate() {
+        println!("| cluster, process {i} of 2 (1 worker) | {} |", c.row());
+    }
     Ok(())
+}
+
+/// One `checkpoint written` line of an engine's log.
+#[derive(Clone, Copy, Debug)]
+struct Logged {
+    bytes: u64,
+    held_ms: u64,
+    write_ms: u64,
+}
+
+impl Logged {
+    fn row(&self) -> String {
+        format!(
+            "{:.1} MB | {} ms | {} ms",
+            self.bytes as f64 / 1e6,
+            self.held_ms,
+            self.write_ms
+        )
+    }
+}
+
+/// Every `checkpoint written` line of `log`, oldest first.
+fn checkpoints_logged(log: &str) -> Vec<Logged> {
+    let field = |line: &str, name: &str| -> Option<u64> {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))?
+            .parse()
+            .ok()
+    };
+    log.lines()
+        .filter(|l| l.contains("checkpoint written"))
+        .filter_map(|l| {
+            Some(Logged {
+                bytes: field(l, "bytes")?,
+                held_ms: field(l, "held_ms")?,
+                write_ms: field(l, "write_ms")?,
+            })
+        })
+        .collect()
+}
+
+/// The second checkpoint `engine` writes from now on (it has caught up: the state of the whole
+/// log; the first may have been under way before it had).
+fn checkpoint_after_catch_up(engine: &Daemon) -> anyhow::Result<Logged> {
+    let before = checkpoints_logged(&engine.output()).len();
+    let started = Instant::now();
+    loop {
+        if let Some(c) = checkpoints_logged(&engine.output()).get(before + 1) {
+            return Ok(*c);
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            bail!(
+                "{} wrote no checkpoint in 5 minutes:\n{}",
+                engine.name,
+                vendflow_tests::tail(&engine.output())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Waits until both processes of the cluster together consumed `total` telemetry messages: the

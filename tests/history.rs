@@ -424,6 +424,134 @@ fn a_settlement_file_reconciles_card_sales_and_flags_a_declined_offline_sale() -
     Ok(())
 }
 
+/// The real controller's own offline sales (a machine off the network approves a card alone, up
+/// to its floor limit and its count of offline sales) reach reconciliation with their flag: of a
+/// fleet's card transactions settled by the processor, those declined that the controller made
+/// offline are `declined_offline` and marked for review, those declined that it authorised online
+/// are `declined`, and everything else settled at the telemetry's total matches.
+#[test]
+fn the_controllers_offline_sales_the_processor_declined_are_marked_for_review() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let sim = dir.path().join("fleet");
+    vendflow(&[
+        "simulate",
+        "--controllers",
+        "--machines",
+        "40",
+        "--hours",
+        "30",
+        "--seed",
+        "5",
+        "--heartbeat-secs",
+        "1800",
+        "--out",
+        &sim.to_string_lossy(),
+    ])?;
+    let telemetry = sim.join("events.jsonl");
+    // Card transactions as the controllers sent them: (machine, transaction) -> (first line's
+    // time, total cents, made offline).
+    let mut card: BTreeMap<(String, String), (i64, i64, bool)> = BTreeMap::new();
+    for line in std::fs::read_to_string(&telemetry)?.lines() {
+        let event: serde_json::Value = serde_json::from_str(line)?;
+        if event["type"] != "sale" {
+            continue;
+        }
+        let p = &event["payload"];
+        let method = p["paymentMethod"].as_str().unwrap_or("");
+        if !["card", "contactless", "credit", "debit", "mobile"].contains(&method) {
+            continue;
+        }
+        let key = (
+            event["machineId"].as_str().context("machineId")?.to_owned(),
+            p["transactionId"]
+                .as_str()
+                .context("transactionId")?
+                .to_owned(),
+        );
+        let ts = event["timestamp"].as_i64().context("timestamp")?;
+        let cents = vendflow_tests::fixed(&p["amount"].to_string(), 2)?;
+        let offline = p["offline"].as_bool().unwrap_or(false);
+        let t = card.entry(key).or_insert((ts, 0, false));
+        t.0 = t.0.min(ts);
+        t.1 += cents;
+        t.2 |= offline;
+    }
+    let offline: Vec<_> = card
+        .iter()
+        .filter(|(_, t)| t.2)
+        .map(|(k, _)| k.clone())
+        .collect();
+    let online: Vec<_> = card
+        .iter()
+        .filter(|(_, t)| !t.2)
+        .map(|(k, _)| k.clone())
+        .collect();
+    anyhow::ensure!(
+        offline.len() >= 10 && online.len() >= 100,
+        "the fleet made {} offline and {} online card transactions: too few to test with",
+        offline.len(),
+        online.len()
+    );
+    // Every fourth offline transaction and every fiftieth online one declined.
+    let declined_offline: std::collections::BTreeSet<_> =
+        offline.iter().step_by(4).cloned().collect();
+    let declined_online: std::collections::BTreeSet<_> =
+        online.iter().step_by(50).cloned().collect();
+    let mut csv = String::from("Terminal,Auth Time,Reference,Amount,Result\n");
+    for (key, (ts, cents, _)) in &card {
+        let at = chrono::DateTime::from_timestamp_millis(*ts).context("time")?;
+        let result = if declined_offline.contains(key) || declined_online.contains(key) {
+            "Declined"
+        } else {
+            "Approved"
+        };
+        csv.push_str(&format!(
+            "{},{},{},{}.{:02},{result}\n",
+            key.0,
+            at.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+            key.1,
+            cents / 100,
+            cents % 100
+        ));
+    }
+    let file = dir.path().join("settlement.csv");
+    std::fs::write(&file, csv)?;
+    let out = dir.path().join("views");
+    vendflow(&[
+        "import",
+        "settlement",
+        &file.to_string_lossy(),
+        "--map",
+        "machine=Terminal,time=Auth Time,transaction=Reference,amount=Amount,status=Result",
+        "--telemetry",
+        &telemetry.to_string_lossy(),
+        "--out",
+        &out.to_string_lossy(),
+    ])?;
+    let exceptions = Table::read(&out.join("settlement_exceptions.csv"))?;
+    let mut by_status: BTreeMap<(String, String), std::collections::BTreeSet<(String, String)>> =
+        BTreeMap::new();
+    for r in exceptions.records() {
+        by_status
+            .entry((r["status"].to_owned(), r["review"].to_owned()))
+            .or_default()
+            .insert((r["machine_id"].to_owned(), r["transaction_id"].to_owned()));
+    }
+    let expected = BTreeMap::from([
+        (("declined".to_owned(), "false".to_owned()), declined_online),
+        (
+            ("declined_offline".to_owned(), "true".to_owned()),
+            declined_offline,
+        ),
+    ]);
+    assert_eq!(
+        by_status, expected,
+        "exceptions by (status, review): the declined offline sales for review, the declined online ones not, nothing else"
+    );
+    Ok(())
+}
+
 /// The `late-arrivals` scenario replayed into an archive: five and a half weeks with a share
 /// of the file so small that one reader has no line of it. The readers are paced day by day
 /// for the history; a reader with nothing to read used to hold every snapshot back, so the
