@@ -552,6 +552,102 @@ fn the_controllers_offline_sales_the_processor_declined_are_marked_for_review() 
     Ok(())
 }
 
+/// Controllers off the network for longer than they keep events (up to 40 hours against 24)
+/// drop the oldest and declare them: replayed, `sequence_gaps` lists exactly the numbers
+/// missing from what they sent, and every one of them is declared (`declared_dropped` equals
+/// `missing`), so the loss is visible and explained; no gap is left unexplained.
+#[test]
+fn controllers_offline_past_24_hours_declare_what_they_dropped_and_the_gaps_say_so()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let sim = dir.path().join("fleet");
+    vendflow(&[
+        "simulate",
+        "--controllers",
+        "--machines",
+        "30",
+        "--hours",
+        "72",
+        "--seed",
+        "3",
+        "--heartbeat-secs",
+        "1800",
+        "--outage-share",
+        "0.5",
+        "--max-outage-hours",
+        "40",
+        "--out",
+        &sim.to_string_lossy(),
+    ])?;
+    let telemetry = sim.join("events.jsonl");
+    // What the machines sent: every machine's numbers, and the ranges they declared dropped.
+    let mut sent: BTreeMap<String, std::collections::BTreeSet<u64>> = BTreeMap::new();
+    let mut declared: BTreeMap<String, std::collections::BTreeSet<u64>> = BTreeMap::new();
+    for line in std::fs::read_to_string(&telemetry)?.lines() {
+        let event: serde_json::Value = serde_json::from_str(line)?;
+        let machine = event["machineId"].as_str().context("machineId")?.to_owned();
+        if let Some(seq) = event["seq"].as_u64() {
+            sent.entry(machine.clone()).or_default().insert(seq);
+        }
+        if event["type"] == "dropped" {
+            let p = &event["payload"];
+            let (a, b) = (
+                p["firstSeq"].as_u64().context("firstSeq")?,
+                p["lastSeq"].as_u64().context("lastSeq")?,
+            );
+            declared.entry(machine).or_default().extend(a..=b);
+        }
+    }
+    anyhow::ensure!(
+        !declared.is_empty(),
+        "no machine was offline past 24 hours: nothing to test"
+    );
+    let out = dir.path().join("views");
+    vendflow(&[
+        "replay",
+        &telemetry.to_string_lossy(),
+        "--out",
+        &out.to_string_lossy(),
+    ])?;
+    let gaps = Table::read(&out.join("sequence_gaps.csv"))?;
+    let mut missing_in_view: BTreeMap<String, std::collections::BTreeSet<u64>> = BTreeMap::new();
+    for r in gaps.records() {
+        let (a, b): (u64, u64) = (r["first_missing"].parse()?, r["last_missing"].parse()?);
+        assert_eq!(
+            r["declared_dropped"], r["missing"],
+            "every missing number declared: {r:?}"
+        );
+        missing_in_view
+            .entry(r["machine_id"].to_owned())
+            .or_default()
+            .extend(a..=b);
+    }
+    // The naive answer: per machine, the numbers between its lowest and highest sent that it
+    // did not send; each of them declared.
+    let mut missing: BTreeMap<String, std::collections::BTreeSet<u64>> = BTreeMap::new();
+    for (machine, seqs) in &sent {
+        let (Some(&lo), Some(&hi)) = (seqs.first(), seqs.last()) else {
+            continue;
+        };
+        let gone: std::collections::BTreeSet<u64> =
+            (lo..=hi).filter(|n| !seqs.contains(n)).collect();
+        if !gone.is_empty() {
+            let said = declared.get(machine).cloned().unwrap_or_default();
+            assert!(
+                gone.is_subset(&said),
+                "{machine}: lost numbers it did not declare"
+            );
+            missing.insert(machine.clone(), gone);
+        }
+    }
+    assert!(
+        !missing.is_empty(),
+        "no gap between numbers sent: the test shows nothing"
+    );
+    assert_eq!(missing_in_view, missing);
+    Ok(())
+}
+
 /// The `late-arrivals` scenario replayed into an archive: five and a half weeks with a share
 /// of the file so small that one reader has no line of it. The readers are paced day by day
 /// for the history; a reader with nothing to read used to hold every snapshot back, so the

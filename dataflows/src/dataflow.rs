@@ -61,8 +61,9 @@ struct Demuxed<'s> {
     acks: VecCollection<'s, Time, Event>,
     /// Refunds the machines made.
     refunds: VecCollection<'s, Time, Event>,
-    /// Each numbered event's machine and number (`seq`).
-    numbered: VecCollection<'s, Time, (MachineId, u64)>,
+    /// Each numbered event's machine and number (`seq`), and the numbers a machine declared
+    /// it dropped.
+    numbered: VecCollection<'s, Time, (MachineId, sequence_gaps::Mark)>,
     /// When each machine's heartbeats happened (liveness).
     heartbeats: VecCollection<'s, Time, (MachineId, Timestamp)>,
     /// When a machine's events happened (days observed): at least its first event of each day.
@@ -90,7 +91,8 @@ impl<'s> Demuxed<'s> {
         let (mut restocks_out, restocks) = builder.new_output::<Out<Event>>();
         let (mut acks_out, acks) = builder.new_output::<Out<Event>>();
         let (mut refunds_out, refunds) = builder.new_output::<Out<Event>>();
-        let (mut numbered_out, numbered) = builder.new_output::<Out<(MachineId, u64)>>();
+        let (mut numbered_out, numbered) =
+            builder.new_output::<Out<(MachineId, sequence_gaps::Mark)>>();
         let (mut heartbeats_out, heartbeats) = builder.new_output::<Out<(MachineId, Timestamp)>>();
         let (mut seen_out, seen) = builder.new_output::<Out<(MachineId, Timestamp)>>();
         let (mut audits_out, audits) = builder.new_output::<Out<(MachineId, dex::Read)>>();
@@ -126,7 +128,8 @@ impl<'s> Demuxed<'s> {
                                 instants.push(((e.machine_id.clone(), e.timestamp), t, r));
                             }
                             if let Some(seq) = e.seq {
-                                numbers.push(((e.machine_id.clone(), seq), t, r));
+                                let mark = sequence_gaps::Mark::Received(seq);
+                                numbers.push(((e.machine_id.clone(), mark), t, r));
                             }
                             if let EventKind::Heartbeat(_) = &e.kind {
                                 beats.push(((e.machine_id.clone(), e.timestamp), t, r));
@@ -154,6 +157,11 @@ impl<'s> Demuxed<'s> {
                                 )),
                                 EventKind::Settlement(s) => {
                                     verdicts.push(((e.machine_id, e.timestamp, s.clone()), t, r));
+                                }
+                                EventKind::Dropped(d) => {
+                                    let mark =
+                                        sequence_gaps::Mark::Dropped(d.first_seq, d.last_seq);
+                                    numbers.push(((e.machine_id, mark), t, r));
                                 }
                             }
                         }

@@ -13,6 +13,8 @@ fn main() -> anyhow::Result<()> {
         scenario: None,
         controllers: true,
         heartbeat_secs: 30,
+        outage_share: 0.1,
+        max_outage_hours: 24.0,
     };
     let started = std::time::Instant::now();
     let done = vendflow_firmware::simulate::write_files(&options)?;

@@ -13,7 +13,12 @@
 //!   receipt is never shown for a sale that is not on disk, and the stock, the offline count,
 //!   the boot count and a cart being dispensed are on disk with the events they led to.
 //! - [`Machine::envelope`] is what to send next (the oldest pending events); the platform's
-//!   acknowledgement ([`Machine::acknowledged`]) is the only thing that removes them.
+//!   acknowledgement ([`Machine::acknowledged`]) removes them. The one other way out is age:
+//!   the machine keeps [`KEEP_MS`] (24 hours) of events it could not deliver; older ones make
+//!   room, and a `dropped` event numbered like the others declares their numbers to the
+//!   platform, appended and synced before they are forgotten ([`Machine::expire`], at every
+//!   heartbeat: a machine beats on while it is offline), so `sequence_gaps` shows that loss as
+//!   declared.
 //!
 //! After a power cut ([`Machine::reopen`], [`Machine::power_cut`]) the controller is what its
 //! log's newest state says, not what the caller had in memory: a step the power cut short is
@@ -49,6 +54,16 @@ pub enum MachineError {
     },
 }
 
+/// How long a machine keeps an event the platform has not acknowledged (the product's offline
+/// rule: up to 24 hours of events are kept).
+pub const KEEP_MS: i64 = 24 * 3_600_000;
+
+/// How often [`Machine::expire`] looks at the oldest events.
+const EXPIRY_CHECK_MS: i64 = 600_000;
+
+/// The reason a `dropped` declaration gives.
+pub const DROPPED_REASON: &str = "kept_24h";
+
 /// A machine: its id, its controller and its outbox (a file, or memory for a simulated
 /// fleet of thousands).
 pub struct Machine<L: Log = FileLog> {
@@ -57,6 +72,8 @@ pub struct Machine<L: Log = FileLog> {
     outbox: Outbox<L>,
     /// Where the outbox is, for errors.
     place: String,
+    /// When [`Machine::expire`] looks again.
+    next_expiry_check: Millis,
 }
 
 impl Machine<FileLog> {
@@ -144,6 +161,7 @@ where
             vend,
             outbox,
             place,
+            next_expiry_check: 0,
         };
         let booted = machine.vend.reboot();
         let rest = machine.perform(now, booted)?;
@@ -187,7 +205,55 @@ where
         now: Millis,
         kind: vendflow_protocol::Heartbeat,
     ) -> Result<u64, MachineError> {
+        self.expire(now)?;
         self.append(now, EventKind::Heartbeat(kind), false)
+    }
+
+    /// Gives up on the events older than [`KEEP_MS`] that the platform has not acknowledged
+    /// (at most every ten minutes): a `dropped` event declaring their numbers is appended and
+    /// synced first, then they are forgotten. Returns the declaration, if one was made.
+    ///
+    /// A power cut between the two leaves them in the log with the declaration; the next look
+    /// declares them again (the platform takes the ranges as a set).
+    pub fn expire(
+        &mut self,
+        now: Millis,
+    ) -> Result<Option<vendflow_protocol::Dropped>, MachineError> {
+        if now < self.next_expiry_check {
+            return Ok(None);
+        }
+        self.next_expiry_check = now + EXPIRY_CHECK_MS;
+        let oldest_kept = now - KEEP_MS;
+        let mut old = None::<(u64, u64)>;
+        // Pending events are in the order they were made: the old ones are a prefix.
+        for entry in self.outbox.pending() {
+            if self.event_of(entry)?.timestamp.0 >= oldest_kept {
+                break;
+            }
+            old = Some((old.map_or(entry.seq, |(first, _)| first), entry.seq));
+        }
+        let Some((first_seq, last_seq)) = old else {
+            return Ok(None);
+        };
+        let declared = vendflow_protocol::Dropped {
+            first_seq,
+            last_seq,
+            reason: DROPPED_REASON.into(),
+        };
+        self.append(now, EventKind::Dropped(declared.clone()), false)?;
+        self.outbox
+            .sync()
+            .map_err(|e| outbox_error(&self.place, e))?;
+        self.outbox
+            .forget(last_seq)
+            .map_err(|e| outbox_error(&self.place, e))?;
+        tracing::warn!(
+            machine_id = %self.id,
+            first_seq,
+            last_seq,
+            "events kept 24 h without the platform's acknowledgement dropped and declared"
+        );
+        Ok(Some(declared))
     }
 
     /// Appends the step's records, commits the controller's state with them, and returns the
@@ -265,19 +331,7 @@ where
         let mut events = Vec::new();
         let mut last = 0;
         for entry in self.outbox.pending().take(max) {
-            let line = format!(
-                "{{\"machineId\":\"{}\",{}",
-                self.id.as_str(),
-                std::str::from_utf8(&entry.body)
-                    .map_err(|e| MachineError::Record(e.to_string()))?
-                    .trim_start_matches('{')
-            );
-            let event = vendflow_protocol::decode::decode_line(line.as_bytes())
-                .into_iter()
-                .next()
-                .ok_or_else(|| MachineError::Record("nothing decoded".into()))?
-                .map_err(|e| MachineError::Record(e.to_string()))?;
-            events.push(event);
+            events.push(self.event_of(entry)?);
             last = entry.seq;
         }
         Ok((!events.is_empty()).then(|| {
@@ -289,6 +343,22 @@ where
                 last,
             )
         }))
+    }
+
+    /// An outbox record as the event it is.
+    fn event_of(&self, entry: &vendflow_controller::outbox::Entry) -> Result<Event, MachineError> {
+        let line = format!(
+            "{{\"machineId\":\"{}\",{}",
+            self.id.as_str(),
+            std::str::from_utf8(&entry.body)
+                .map_err(|e| MachineError::Record(e.to_string()))?
+                .trim_start_matches('{')
+        );
+        vendflow_protocol::decode::decode_line(line.as_bytes())
+            .into_iter()
+            .next()
+            .ok_or_else(|| MachineError::Record("nothing decoded".into()))?
+            .map_err(|e| MachineError::Record(e.to_string()))
     }
 
     /// The platform has every event up to `seq`.
@@ -577,6 +647,101 @@ mod tests {
             .ok_or_else(|| anyhow::anyhow!("nothing to send"))?;
         assert_eq!(rest.events.first().and_then(|e| e.seq), Some(5));
         assert_eq!(last, 11);
+        Ok(())
+    }
+
+    /// A machine that cannot reach the platform for 30 hours keeps 24 hours of events: older
+    /// ones are dropped, and a `dropped` event declares exactly their numbers before they go,
+    /// so every number is either delivered or declared; the log says the same after a restart.
+    #[test]
+    fn events_kept_24_hours_unacknowledged_are_dropped_and_declared() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("outbox.log");
+        let id = MachineId::parse("mach_00044").map_err(anyhow::Error::msg)?;
+        let (mut m, _, _) = Machine::open(id, vend(), &path, T0)?;
+        // One heartbeat every 5 minutes for 30 hours; a delivery acknowledged at hour 1.
+        let beat = 300_000;
+        let mut declared = Vec::new();
+        let mut made = std::collections::BTreeMap::new();
+        let mut delivered = 0;
+        for k in 0..(30 * 12) {
+            let now = T0 + k * beat;
+            if k == 12 {
+                let (_, last) = m
+                    .envelope(usize::MAX)?
+                    .ok_or_else(|| anyhow::anyhow!("nothing"))?;
+                m.acknowledged(last)?;
+                delivered = last;
+            }
+            let before = m.last_seq();
+            let seq = m.heartbeat(now, vendflow_protocol::Heartbeat::default())?;
+            if seq > before + 1 {
+                // The heartbeat looked at the oldest events first and declared some dropped.
+                made.insert(before + 1, now);
+            }
+            made.insert(seq, now);
+            if let Some(d) = m.expire(now)? {
+                declared.push(d);
+            }
+        }
+        let (pending, _) = m
+            .envelope(usize::MAX)?
+            .ok_or_else(|| anyhow::anyhow!("nothing"))?;
+        let declarations: Vec<_> = pending
+            .events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::Dropped(d) => Some((e.seq, d.first_seq, d.last_seq)),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            declared.is_empty(),
+            "expire() right after a heartbeat waits its ten minutes"
+        );
+        assert!(
+            !declarations.is_empty(),
+            "30 hours offline: something must be dropped"
+        );
+        // The first hour's numbers were delivered; every later one is pending or declared dropped, never
+        // both, and nothing pending is older than 24 h.
+        let end = T0 + (30 * 12 - 1) * beat;
+        let mut dropped = std::collections::BTreeSet::new();
+        for (own, first, last) in &declarations {
+            assert!(last < &own.unwrap_or(0));
+            dropped.extend(*first..=*last);
+        }
+        let pending_seqs: std::collections::BTreeSet<u64> =
+            pending.events.iter().filter_map(|e| e.seq).collect();
+        assert!(dropped.is_disjoint(&pending_seqs));
+        let all: std::collections::BTreeSet<u64> = (delivered + 1..=m.last_seq()).collect();
+        assert_eq!(
+            dropped
+                .union(&pending_seqs)
+                .copied()
+                .collect::<std::collections::BTreeSet<_>>(),
+            all
+        );
+        for e in &pending.events {
+            assert!(
+                e.timestamp.0 >= end - KEEP_MS - EXPIRY_CHECK_MS,
+                "event {:?} kept beyond 24 h",
+                e.seq
+            );
+        }
+        for seq in &dropped {
+            assert!(
+                made.get(seq)
+                    .is_some_and(|at| *at < end - KEEP_MS + EXPIRY_CHECK_MS + beat),
+                "event {seq} dropped before it was 24 h old"
+            );
+        }
+        // After a restart the log holds the same.
+        let (mut m, _, _) = m.reopen(end)?;
+        let (again, _) = m
+            .envelope(usize::MAX)?
+            .ok_or_else(|| anyhow::anyhow!("nothing"))?;
+        assert_eq!(again.events, pending.events);
         Ok(())
     }
 }

@@ -76,6 +76,8 @@ pub struct PublishOptions {
     /// time of up to --max-outage-hours (ending at least an hour before the span does).
     #[arg(long, default_value_t = 0.1, requires = "controllers")]
     pub outage_share: f64,
+    /// The longest outage. A machine keeps 24 hours of events it could not deliver: past that
+    /// it drops the oldest and declares their numbers (`sequence_gaps`, `declared_dropped`).
     #[arg(long, default_value_t = 24.0, requires = "controllers")]
     pub max_outage_hours: f64,
     /// With --controllers: the chance that a unit does not drop at a try (a unit that fails

@@ -37,6 +37,14 @@ pub struct SimulateOptions {
     /// With --controllers: seconds between a machine's heartbeats.
     #[arg(long, default_value_t = 30, requires = "controllers")]
     pub heartbeat_secs: u32,
+    /// With --controllers: the share of machines that lose their network once, for a random
+    /// time of up to --max-outage-hours.
+    #[arg(long, default_value_t = 0.1, requires = "controllers")]
+    pub outage_share: f64,
+    /// The longest outage. A machine keeps 24 hours of events it could not deliver: past that
+    /// it drops the oldest and declares their numbers (`sequence_gaps`, `declared_dropped`).
+    #[arg(long, default_value_t = 24.0, requires = "controllers")]
+    pub max_outage_hours: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +53,8 @@ pub enum SimulateError {
     UnknownScenario(String),
     #[error("--hours must be between 1 and {MAX_HOURS}, got {0}")]
     Hours(i64),
+    #[error("{0}")]
+    Invalid(String),
     #[error("the controllers failed: {0}")]
     Controllers(String),
     #[error("cannot write {path}: {source}")]
@@ -133,6 +143,14 @@ fn write_controllers(options: &SimulateOptions) -> Result<Simulated, SimulateErr
     let end = Timestamp(start.0 + hours * MS_PER_HOUR);
     let mut config = ControlledConfig::new(options.machines, options.seed, start, end);
     config.heartbeat_ms = i64::from(options.heartbeat_secs.max(1)) * 1000;
+    if !(0.0..=1.0).contains(&options.outage_share) {
+        return Err(SimulateError::Invalid(format!(
+            "--outage-share {} is not between 0 and 1",
+            options.outage_share
+        )));
+    }
+    config.outages = options.outage_share;
+    config.max_outage_ms = (options.max_outage_hours.max(0.0) * MS_PER_HOUR as f64) as i64;
     let started = std::time::Instant::now();
     let failed = |e: crate::machine::MachineError| SimulateError::Controllers(e.to_string());
     let mut fleet = Controllers::new(config).map_err(failed)?;
@@ -189,6 +207,8 @@ mod tests {
             scenario: None,
             controllers: false,
             heartbeat_secs: 30,
+            outage_share: 0.1,
+            max_outage_hours: 24.0,
         }
     }
 

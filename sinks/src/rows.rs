@@ -150,6 +150,8 @@ pub fn events_batch(stream: &str, rows: &[&EventRow]) -> Result<RecordBatch, Arr
                 tx = Some(r.transaction_id.as_str());
                 em = Some(r.reason.as_str());
             }
+            // Its numbers are in the payload column.
+            EventKind::Dropped(d) => em = Some(d.reason.as_str()),
             EventKind::CommandAck(_) | EventKind::Dex(_) => {}
         }
         slot.append_option(s);

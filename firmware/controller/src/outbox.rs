@@ -368,6 +368,14 @@ impl<L: Log> Outbox<L> {
         self.maybe_compact()
     }
 
+    /// Gives up on every event up to `through` without the platform's acknowledgement: the
+    /// machine kept them as long as it may, and has declared them dropped (a `dropped` event,
+    /// pushed and synced before this). On flash it is the acknowledgement's marker: either way
+    /// they are never sent again, and the numbering goes on after them.
+    pub fn forget(&mut self, through: u64) -> Result<(), OutboxError<L::Error>> {
+        self.ack(through)
+    }
+
     /// Compacts once the garbage (acknowledged events, markers, older states) is more than the
     /// threshold and at least as large as what is still live, so that rewriting costs at most
     /// what was appended since the last rewrite (a machine offline for a day, with a day of

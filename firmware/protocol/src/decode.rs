@@ -17,8 +17,8 @@ use serde_json::value::RawValue;
 use crate::command::{AckStatus, CommandAck};
 pub use crate::error::{DecodeError, ErrorKind};
 use crate::event::{
-    ControllerStatus, DoorStatus, ErrorCode, ErrorEvent, Event, EventKind, Heartbeat, Refund,
-    Restock, Sale, Settlement, SettlementStatus,
+    ControllerStatus, DoorStatus, Dropped, ErrorCode, ErrorEvent, Event, EventKind, Heartbeat,
+    Refund, Restock, Sale, Settlement, SettlementStatus,
 };
 use crate::registry::{
     Lease, LeaseEvent, LeaseEventKind, LeaseStatus, Location, LocationType, Machine, MachineStatus,
@@ -191,6 +191,15 @@ struct RawDex {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
+struct RawDropped<'a> {
+    first_seq: u64,
+    last_seq: u64,
+    #[serde(borrow)]
+    reason: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct RawAck<'a> {
     #[serde(borrow)]
     command_id: Cow<'a, str>,
@@ -346,11 +355,12 @@ pub fn decode_event_exactly(
         }
         "settlement" => EventKind::Settlement(settlement(payload)?),
         "refund" => EventKind::Refund(refund(payload)?),
+        "dropped" => EventKind::Dropped(dropped(payload, raw.seq)?),
         other => {
             return Err(DecodeError::new(
                 ErrorKind::UnknownType,
                 format!(
-                    "unknown event type {other:?}; expected heartbeat, sale, restock, error, door, command_ack, dex or settlement"
+                    "unknown event type {other:?}; expected heartbeat, sale, restock, error, door, command_ack, dex, settlement, refund or dropped"
                 ),
             ));
         }
@@ -618,6 +628,37 @@ fn refund(payload: &str) -> Result<Refund, DecodeError> {
         amount,
         quantity: r.quantity,
         reason: Text::from(r.reason.as_ref()),
+    })
+}
+
+/// A declaration of dropped events: a range of numbers before its own.
+fn dropped(payload: &str, seq: Option<u64>) -> Result<Dropped, DecodeError> {
+    let d: RawDropped = payload_json(payload)?;
+    if d.first_seq == 0 || d.first_seq > d.last_seq {
+        return Err(DecodeError::new(
+            ErrorKind::Schema,
+            format!(
+                "payload: dropped numbers {}..={}; expected 1 <= firstSeq <= lastSeq",
+                d.first_seq, d.last_seq
+            ),
+        ));
+    }
+    if seq.is_some_and(|own| d.last_seq >= own) {
+        return Err(DecodeError::new(
+            ErrorKind::Schema,
+            "payload: a machine can only declare numbers before the declaration's own seq dropped",
+        ));
+    }
+    if d.reason.is_empty() || d.reason.len() > 64 {
+        return Err(DecodeError::new(
+            ErrorKind::Schema,
+            "payload: reason must be 1 to 64 characters",
+        ));
+    }
+    Ok(Dropped {
+        first_seq: d.first_seq,
+        last_seq: d.last_seq,
+        reason: Text::from(d.reason.as_ref()),
     })
 }
 
@@ -1087,6 +1128,45 @@ mod tests {
             .flatten()
             .collect();
         assert_eq!(back, env.events);
+    }
+
+    #[test]
+    fn a_declaration_of_dropped_events_decodes_round_trips_and_names_only_earlier_numbers() {
+        let d = ok(
+            r#"{"machineId":"m1","type":"dropped","timestamp":1699999800000,"seq":90,"payload":{"firstSeq":3,"lastSeq":41,"reason":"kept_24h"}}"#,
+        );
+        let EventKind::Dropped(x) = &d.kind else {
+            panic!("not a declaration: {d:?}")
+        };
+        assert_eq!(
+            (x.first_seq, x.last_seq, x.reason.as_str()),
+            (3, 41, "kept_24h")
+        );
+        assert_eq!(ok(&d.to_json_line()), d);
+        for (bad, why) in [
+            (
+                r#""seq":90,"payload":{"firstSeq":0,"lastSeq":4,"reason":"x"}"#,
+                "firstSeq",
+            ),
+            (
+                r#""seq":90,"payload":{"firstSeq":5,"lastSeq":4,"reason":"x"}"#,
+                "firstSeq",
+            ),
+            (
+                r#""seq":90,"payload":{"firstSeq":5,"lastSeq":90,"reason":"x"}"#,
+                "own seq",
+            ),
+            (
+                r#""seq":90,"payload":{"firstSeq":5,"lastSeq":6,"reason":""}"#,
+                "reason",
+            ),
+            (r#""payload":{"firstSeq":5,"reason":"x"}"#, "lastSeq"),
+        ] {
+            let line =
+                format!(r#"{{"machineId":"m1","type":"dropped","timestamp":1699999800000,{bad}}}"#);
+            let e = err(&line);
+            assert!(e.message.contains(why), "{line}: {e}");
+        }
     }
 
     #[test]

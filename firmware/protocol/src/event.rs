@@ -42,6 +42,8 @@ pub enum EventKind {
     Settlement(Settlement),
     /// Money the machine gave back (see [`Refund`]).
     Refund(Refund),
+    /// Events the machine gave up on (see [`Dropped`]).
+    Dropped(Dropped),
 }
 
 impl EventKind {
@@ -57,6 +59,7 @@ impl EventKind {
             EventKind::Dex(_) => "dex",
             EventKind::Settlement(_) => "settlement",
             EventKind::Refund(_) => "refund",
+            EventKind::Dropped(_) => "dropped",
         }
     }
 }
@@ -142,6 +145,18 @@ pub struct Refund {
     pub amount: Cents,
     pub quantity: u32,
     /// `jam`, `power_loss`, `late_approval`, or the machine's own word.
+    pub reason: Text,
+}
+
+/// Events a machine removed from its outbox without the platform's acknowledgement: numbers
+/// `first_seq..=last_seq` will never arrive. A controller keeps 24 hours of events while it cannot
+/// reach the platform; older ones make room, and this declaration (an event of its own, with its
+/// own `seq`) says so, so the platform's `sequence_gaps` shows the loss as declared, not unknown.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Dropped {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// Why, in the machine's words (e.g. `kept_24h`).
     pub reason: Text,
 }
 
@@ -321,6 +336,11 @@ impl Event {
                 }
                 p
             }
+            EventKind::Dropped(d) => json!({
+                "firstSeq": d.first_seq,
+                "lastSeq": d.last_seq,
+                "reason": d.reason,
+            }),
             EventKind::Restock(r) => {
                 let mut p = json!({"slotNumber": r.slot_number, "quantity": r.quantity});
                 if let (Some(id), Value::Object(map)) = (&r.product_id, &mut p) {

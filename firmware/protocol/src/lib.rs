@@ -30,8 +30,8 @@ pub mod units;
 pub use command::{AckStatus, Action, Command, CommandAck, PlanogramSlot};
 pub use error::{DecodeError, ErrorKind};
 pub use event::{
-    ControllerStatus, DoorStatus, Envelope, ErrorCode, ErrorEvent, Event, EventKind, Heartbeat,
-    Refund, Restock, Sale, Settlement, SettlementStatus,
+    ControllerStatus, DoorStatus, Dropped, Envelope, ErrorCode, ErrorEvent, Event, EventKind,
+    Heartbeat, Refund, Restock, Sale, Settlement, SettlementStatus,
 };
 pub use registry::{
     Lease, LeaseEvent, LeaseEventKind, LeaseStatus, Location, LocationType, Machine, MachineStatus,
