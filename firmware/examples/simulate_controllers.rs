@@ -15,6 +15,7 @@ fn main() -> anyhow::Result<()> {
         heartbeat_secs: 30,
         outage_share: 0.1,
         max_outage_hours: 24.0,
+        keep_hours: 24,
     };
     let started = std::time::Instant::now();
     let done = vendflow_firmware::simulate::write_files(&options)?;

@@ -75,6 +75,8 @@ pub struct ControlledConfig {
     /// time (0: as soon as it has something); what waits for an acknowledgement is sent again
     /// on the caller's timer regardless.
     pub batch_ms: Millis,
+    /// How long a machine keeps an event it could not deliver ([`crate::machine::KEEP_MS`]).
+    pub keep_ms: Millis,
 }
 
 impl ControlledConfig {
@@ -95,6 +97,7 @@ impl ControlledConfig {
             power_cuts: 0.02,
             first_number: 0,
             batch_ms: 0,
+            keep_ms: crate::machine::KEEP_MS,
         }
     }
 }
@@ -212,6 +215,7 @@ impl Controllers {
                 start,
             )?;
             machine.compact_at(COMPACT_AT);
+            machine.keep(config.keep_ms);
             // An outage ends at least an hour before the end of the span.
             let room = span - MS_PER_HOUR;
             let outage = (rng.random_bool(config.outages.clamp(0.0, 1.0))

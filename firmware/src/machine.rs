@@ -61,9 +61,6 @@ pub const KEEP_MS: i64 = 24 * 3_600_000;
 /// How often [`Machine::expire`] looks at the oldest events.
 const EXPIRY_CHECK_MS: i64 = 600_000;
 
-/// The reason a `dropped` declaration gives.
-pub const DROPPED_REASON: &str = "kept_24h";
-
 /// A machine: its id, its controller and its outbox (a file, or memory for a simulated
 /// fleet of thousands).
 pub struct Machine<L: Log = FileLog> {
@@ -74,6 +71,8 @@ pub struct Machine<L: Log = FileLog> {
     place: String,
     /// When [`Machine::expire`] looks again.
     next_expiry_check: Millis,
+    /// How long an undelivered event is kept ([`KEEP_MS`] unless set).
+    keep_ms: Millis,
 }
 
 impl Machine<FileLog> {
@@ -162,6 +161,7 @@ where
             outbox,
             place,
             next_expiry_check: 0,
+            keep_ms: KEEP_MS,
         };
         let booted = machine.vend.reboot();
         let rest = machine.perform(now, booted)?;
@@ -173,6 +173,13 @@ where
     pub fn restart(&mut self, now: Millis) -> Result<Vec<Action>, MachineError> {
         let booted = self.vend.reboot();
         self.perform(now, booted)
+    }
+
+    /// Keeps undelivered events `ms` instead of [`KEEP_MS`]: a simulation many times faster
+    /// than real time stretches the network's delays by as much in the machines' time (a
+    /// resend a minute later at 500× is 8 simulated hours).
+    pub fn keep(&mut self, ms: Millis) {
+        self.keep_ms = ms.max(EXPIRY_CHECK_MS);
     }
 
     /// Compacts the outbox once acknowledged records take more than `bytes`.
@@ -209,7 +216,7 @@ where
         self.append(now, EventKind::Heartbeat(kind), false)
     }
 
-    /// Gives up on the events older than [`KEEP_MS`] that the platform has not acknowledged
+    /// Gives up on the events older than [`KEEP_MS`] (or [`Machine::keep`]) that the platform has not acknowledged
     /// (at most every ten minutes): a `dropped` event declaring their numbers is appended and
     /// synced first, then they are forgotten. Returns the declaration, if one was made.
     ///
@@ -223,7 +230,7 @@ where
             return Ok(None);
         }
         self.next_expiry_check = now + EXPIRY_CHECK_MS;
-        let oldest_kept = now - KEEP_MS;
+        let oldest_kept = now - self.keep_ms;
         let mut old = None::<(u64, u64)>;
         // Pending events are in the order they were made: the old ones are a prefix.
         for entry in self.outbox.pending() {
@@ -238,7 +245,7 @@ where
         let declared = vendflow_protocol::Dropped {
             first_seq,
             last_seq,
-            reason: DROPPED_REASON.into(),
+            reason: format!("kept_{}h", self.keep_ms / 3_600_000).into(),
         };
         self.append(now, EventKind::Dropped(declared.clone()), false)?;
         self.outbox
@@ -251,7 +258,8 @@ where
             machine_id = %self.id,
             first_seq,
             last_seq,
-            "events kept 24 h without the platform's acknowledgement dropped and declared"
+            keep_hours = self.keep_ms / 3_600_000,
+            "events kept too long without the platform's acknowledgement dropped and declared"
         );
         Ok(Some(declared))
     }

@@ -80,6 +80,13 @@ pub struct PublishOptions {
     /// it drops the oldest and declares their numbers (`sequence_gaps`, `declared_dropped`).
     #[arg(long, default_value_t = 24.0, requires = "controllers")]
     pub max_outage_hours: f64,
+    /// With --controllers: hours a machine keeps events it could not deliver; older ones are
+    /// dropped and declared (`sequence_gaps`, `declared_dropped`). The product's rule is 24. A
+    /// run many times faster than real time stretches the network's delays by as much in the
+    /// machines' time (a resend a minute later at 500x is 8 simulated hours): a test that
+    /// checks nothing is lost keeps longer.
+    #[arg(long, default_value_t = 24, requires = "controllers")]
+    pub keep_hours: u32,
     /// With --controllers: the chance that a unit does not drop at a try (a unit that fails
     /// its retry too is refunded, and its slot goes out of service until restocked).
     #[arg(long, default_value_t = 0.01, requires = "controllers")]
@@ -146,6 +153,7 @@ impl PublishOptions {
         config.max_outage_ms = (self.max_outage_hours.max(0.0) * MS_PER_HOUR as f64) as i64;
         config.first_number = u64::try_from(now.0).unwrap_or(0).saturating_mul(1000);
         config.batch_ms = i64::from(self.batch_secs) * 1000;
+        config.keep_ms = i64::from(self.keep_hours.max(1)) * MS_PER_HOUR;
         let fleet = Controllers::new(config)
             .map_err(|e| PublishError::Invalid(format!("the controllers cannot start: {e}")))?;
         Ok((fleet, Timestamp(end)))

@@ -45,6 +45,13 @@ pub struct SimulateOptions {
     /// it drops the oldest and declares their numbers (`sequence_gaps`, `declared_dropped`).
     #[arg(long, default_value_t = 24.0, requires = "controllers")]
     pub max_outage_hours: f64,
+    /// With --controllers: hours a machine keeps events it could not deliver; older ones are
+    /// dropped and declared (`sequence_gaps`, `declared_dropped`). The product's rule is 24. A
+    /// run many times faster than real time stretches the network's delays by as much in the
+    /// machines' time (a resend a minute later at 500x is 8 simulated hours): a test that
+    /// checks nothing is lost keeps longer.
+    #[arg(long, default_value_t = 24, requires = "controllers")]
+    pub keep_hours: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +158,7 @@ fn write_controllers(options: &SimulateOptions) -> Result<Simulated, SimulateErr
     }
     config.outages = options.outage_share;
     config.max_outage_ms = (options.max_outage_hours.max(0.0) * MS_PER_HOUR as f64) as i64;
+    config.keep_ms = i64::from(options.keep_hours.max(1)) * MS_PER_HOUR;
     let started = std::time::Instant::now();
     let failed = |e: crate::machine::MachineError| SimulateError::Controllers(e.to_string());
     let mut fleet = Controllers::new(config).map_err(failed)?;
@@ -209,6 +217,7 @@ mod tests {
             heartbeat_secs: 30,
             outage_share: 0.1,
             max_outage_hours: 24.0,
+            keep_hours: 24,
         }
     }
 
