@@ -224,8 +224,10 @@ fn main() -> anyhow::Result<()> {
     let alone = until_consumed(&one_status, total, started, &one)?;
     one.kill();
     let peers = format!("127.0.0.1:{},127.0.0.1:{}", free_port()?, free_port()?);
-    let cluster = |i: &str, extra: &[&str]| -> anyhow::Result<Daemon> {
-        let log = d.join(format!("cluster-{i}.log"));
+    // Each run of the cluster logs to files of its own (a daemon's log is appended to, and
+    // the second's log is read for how far it got).
+    let cluster = |run: &str, i: &str, extra: &[&str]| -> anyhow::Result<Daemon> {
+        let log = d.join(format!("{run}-{i}.log"));
         let mut args = vec![
             "--workers",
             "1",
@@ -253,7 +255,7 @@ fn main() -> anyhow::Result<()> {
     };
     let _ = std::fs::remove_file(d.join("cluster.json"));
     let started = Instant::now();
-    let (first, second) = (cluster("0", &[])?, cluster("1", &[])?);
+    let (first, second) = (cluster("cluster", "0", &[])?, cluster("cluster", "1", &[])?);
     // Process 0's status lists only its own partitions: wait until it has those, then until the
     // second's log says it consumed its own (its summary line carries its positions).
     let spread = until_cluster_consumed(&d.join("cluster.json"), &second, total, started)?;
@@ -270,6 +272,7 @@ fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let (first, second) = (
         cluster(
+            "checkpointing",
             "0",
             &[
                 "--state",
@@ -279,6 +282,7 @@ fn main() -> anyhow::Result<()> {
             ],
         )?,
         cluster(
+            "checkpointing",
             "1",
             &[
                 "--state",
