@@ -308,6 +308,34 @@ fn two_dex_audits_reconcile_against_telemetry_and_a_lost_sale_is_flagged() -> an
     Ok(())
 }
 
+/// `vendflow import settlement FILE` of a processor's file with the columns
+/// `Terminal,Auth Time,Reference,Amount,Result`, against `telemetry`, views into `out`.
+fn import_settlement(
+    file: &Path,
+    telemetry: &Path,
+    out: &Path,
+    extra: &[&str],
+) -> anyhow::Result<std::process::Output> {
+    let (file, telemetry, out) = (
+        file.to_string_lossy(),
+        telemetry.to_string_lossy(),
+        out.to_string_lossy(),
+    );
+    let mut args = vec![
+        "import",
+        "settlement",
+        &file,
+        "--map",
+        "machine=Terminal,time=Auth Time,transaction=Reference,amount=Amount,status=Result",
+        "--telemetry",
+        &telemetry,
+        "--out",
+        &out,
+    ];
+    args.extend(extra);
+    vendflow(&args)
+}
+
 /// A payment processor's settlement file against the machine's telemetry: a cart settled at its
 /// total, an offline sale declined (marked for review), one paid short, one never settled, one
 /// the telemetry never reported; a row with a status no processor writes is refused with its line.
@@ -350,19 +378,12 @@ fn a_settlement_file_reconciles_card_sales_and_flags_a_declined_offline_sale() -
          VM-7,2024-01-15 09:06,what,2.00,pending\n",
     )?;
     let (out, archive) = (dir.path().join("views"), dir.path().join("archive"));
-    let printed = vendflow(&[
-        "import",
-        "settlement",
-        &file.to_string_lossy(),
-        "--map",
-        "machine=Terminal,time=Auth Time,transaction=Reference,amount=Amount,status=Result",
-        "--telemetry",
-        &telemetry.to_string_lossy(),
-        "--out",
-        &out.to_string_lossy(),
-        "--archive",
-        &archive.to_string_lossy(),
-    ])?;
+    let printed = import_settlement(
+        &file,
+        &telemetry,
+        &out,
+        &["--archive", &archive.to_string_lossy()],
+    )?;
     let printed = String::from_utf8_lossy(&printed.stdout);
     assert!(
         printed.contains("5 rows, 4 settlement lines, 1 refused") && printed.contains("line 6:"),
@@ -518,17 +539,7 @@ fn the_controllers_offline_sales_the_processor_declined_are_marked_for_review() 
     let file = dir.path().join("settlement.csv");
     std::fs::write(&file, csv)?;
     let out = dir.path().join("views");
-    vendflow(&[
-        "import",
-        "settlement",
-        &file.to_string_lossy(),
-        "--map",
-        "machine=Terminal,time=Auth Time,transaction=Reference,amount=Amount,status=Result",
-        "--telemetry",
-        &telemetry.to_string_lossy(),
-        "--out",
-        &out.to_string_lossy(),
-    ])?;
+    import_settlement(&file, &telemetry, &out, &[])?;
     let exceptions = Table::read(&out.join("settlement_exceptions.csv"))?;
     let mut by_status: BTreeMap<(String, String), std::collections::BTreeSet<(String, String)>> =
         BTreeMap::new();

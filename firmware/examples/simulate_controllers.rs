@@ -12,10 +12,7 @@ fn main() -> anyhow::Result<()> {
         seed: 7,
         scenario: None,
         controllers: true,
-        heartbeat_secs: 30,
-        outage_share: 0.1,
-        max_outage_hours: 24.0,
-        keep_hours: 24,
+        world: vendflow_firmware::controlled::WorldOptions::default(),
     };
     let started = std::time::Instant::now();
     let done = vendflow_firmware::simulate::write_files(&options)?;

@@ -79,6 +79,58 @@ pub struct ControlledConfig {
     pub keep_ms: Millis,
 }
 
+/// The options of `--controllers` runs that shape the machines' world, the same for `publish`
+/// and `simulate`.
+#[derive(Clone, Debug, PartialEq, clap::Args)]
+pub struct WorldOptions {
+    /// With --controllers: seconds between a machine's heartbeats.
+    #[arg(long, default_value_t = 30, requires = "controllers")]
+    pub heartbeat_secs: u32,
+    /// With --controllers: the share of machines that lose their network once, for a random
+    /// time of up to --max-outage-hours (ending at least an hour before the span does).
+    #[arg(long, default_value_t = 0.1, requires = "controllers")]
+    pub outage_share: f64,
+    /// The longest outage. A machine keeps 24 hours of events it could not deliver: past that
+    /// it drops the oldest and declares their numbers (`sequence_gaps`, `declared_dropped`).
+    #[arg(long, default_value_t = 24.0, requires = "controllers")]
+    pub max_outage_hours: f64,
+    /// With --controllers: hours a machine keeps events it could not deliver; older ones are
+    /// dropped and declared (`sequence_gaps`, `declared_dropped`). The product's rule is 24. A
+    /// run many times faster than real time stretches the network's delays by as much in the
+    /// machines' time (a resend a minute later at 500x is 8 simulated hours): a test that
+    /// checks nothing is lost keeps longer.
+    #[arg(long, default_value_t = 24, requires = "controllers")]
+    pub keep_hours: u32,
+}
+
+impl Default for WorldOptions {
+    fn default() -> Self {
+        WorldOptions {
+            heartbeat_secs: 30,
+            outage_share: 0.1,
+            max_outage_hours: 24.0,
+            keep_hours: 24,
+        }
+    }
+}
+
+impl WorldOptions {
+    /// Sets them on `config`; an outage share outside 0..=1 is refused with the reason.
+    pub fn apply(&self, config: &mut ControlledConfig) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.outage_share) {
+            return Err(format!(
+                "--outage-share {} is not between 0 and 1",
+                self.outage_share
+            ));
+        }
+        config.heartbeat_ms = i64::from(self.heartbeat_secs.max(1)) * 1000;
+        config.outages = self.outage_share;
+        config.max_outage_ms = (self.max_outage_hours.max(0.0) * MS_PER_HOUR as f64) as i64;
+        config.keep_ms = i64::from(self.keep_hours.max(1)) * MS_PER_HOUR;
+        Ok(())
+    }
+}
+
 impl ControlledConfig {
     /// `machines` controllers over `start..end`, with the default world.
     pub fn new(machines: usize, seed: u64, start: Timestamp, end: Timestamp) -> ControlledConfig {

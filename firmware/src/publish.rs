@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use vendflow_protocol::Timestamp;
 use vendflow_protocol::units::MS_PER_HOUR;
 
-use crate::controlled::ControlledConfig;
 use crate::controlled::Controllers;
+use crate::controlled::{ControlledConfig, WorldOptions};
 use crate::mqtt::{self, PublishError, Publisher};
 use crate::{Fault, Fleet, FleetConfig};
 
@@ -69,24 +69,9 @@ pub struct PublishOptions {
     /// `vendflow bridge`); what is not receipted in time it sends again.
     #[arg(long)]
     pub controllers: bool,
-    /// With --controllers: seconds between a machine's heartbeats.
-    #[arg(long, default_value_t = 30, requires = "controllers")]
-    pub heartbeat_secs: u32,
-    /// With --controllers: the share of machines that lose their network once, for a random
-    /// time of up to --max-outage-hours (ending at least an hour before the span does).
-    #[arg(long, default_value_t = 0.1, requires = "controllers")]
-    pub outage_share: f64,
-    /// The longest outage. A machine keeps 24 hours of events it could not deliver: past that
-    /// it drops the oldest and declares their numbers (`sequence_gaps`, `declared_dropped`).
-    #[arg(long, default_value_t = 24.0, requires = "controllers")]
-    pub max_outage_hours: f64,
-    /// With --controllers: hours a machine keeps events it could not deliver; older ones are
-    /// dropped and declared (`sequence_gaps`, `declared_dropped`). The product's rule is 24. A
-    /// run many times faster than real time stretches the network's delays by as much in the
-    /// machines' time (a resend a minute later at 500x is 8 simulated hours): a test that
-    /// checks nothing is lost keeps longer.
-    #[arg(long, default_value_t = 24, requires = "controllers")]
-    pub keep_hours: u32,
+    /// The controllers' world (heartbeats, outages, the outbox's keep), as `simulate` takes it.
+    #[command(flatten)]
+    pub world: WorldOptions,
     /// With --controllers: the chance that a unit does not drop at a try (a unit that fails
     /// its retry too is refunded, and its slot goes out of service until restocked).
     #[arg(long, default_value_t = 0.01, requires = "controllers")]
@@ -146,14 +131,13 @@ impl PublishOptions {
         let end = now.0 - now.0.rem_euclid(60_000);
         let start = Timestamp(end - (self.hours * MS_PER_HOUR as f64) as i64);
         let mut config = ControlledConfig::new(self.machines, self.seed, start, Timestamp(end));
-        config.heartbeat_ms = i64::from(self.heartbeat_secs.max(1)) * 1000;
-        config.outages = share("--outage-share", self.outage_share)?;
+        self.world
+            .apply(&mut config)
+            .map_err(PublishError::Invalid)?;
         config.power_cuts = share("--power-cut-share", self.power_cut_share)?;
         config.jam = share("--jam-share", self.jam_share)?;
-        config.max_outage_ms = (self.max_outage_hours.max(0.0) * MS_PER_HOUR as f64) as i64;
         config.first_number = u64::try_from(now.0).unwrap_or(0).saturating_mul(1000);
         config.batch_ms = i64::from(self.batch_secs) * 1000;
-        config.keep_ms = i64::from(self.keep_hours.max(1)) * MS_PER_HOUR;
         let fleet = Controllers::new(config)
             .map_err(|e| PublishError::Invalid(format!("the controllers cannot start: {e}")))?;
         Ok((fleet, Timestamp(end)))

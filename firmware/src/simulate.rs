@@ -34,24 +34,9 @@ pub struct SimulateOptions {
     /// machines sent, each event once, and the run says how fast the fleet was simulated.
     #[arg(long, conflicts_with = "scenario")]
     pub controllers: bool,
-    /// With --controllers: seconds between a machine's heartbeats.
-    #[arg(long, default_value_t = 30, requires = "controllers")]
-    pub heartbeat_secs: u32,
-    /// With --controllers: the share of machines that lose their network once, for a random
-    /// time of up to --max-outage-hours.
-    #[arg(long, default_value_t = 0.1, requires = "controllers")]
-    pub outage_share: f64,
-    /// The longest outage. A machine keeps 24 hours of events it could not deliver: past that
-    /// it drops the oldest and declares their numbers (`sequence_gaps`, `declared_dropped`).
-    #[arg(long, default_value_t = 24.0, requires = "controllers")]
-    pub max_outage_hours: f64,
-    /// With --controllers: hours a machine keeps events it could not deliver; older ones are
-    /// dropped and declared (`sequence_gaps`, `declared_dropped`). The product's rule is 24. A
-    /// run many times faster than real time stretches the network's delays by as much in the
-    /// machines' time (a resend a minute later at 500x is 8 simulated hours): a test that
-    /// checks nothing is lost keeps longer.
-    #[arg(long, default_value_t = 24, requires = "controllers")]
-    pub keep_hours: u32,
+    /// The controllers' world (heartbeats, outages, the outbox's keep), as `publish` takes it.
+    #[command(flatten)]
+    pub world: crate::controlled::WorldOptions,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,16 +134,10 @@ fn write_controllers(options: &SimulateOptions) -> Result<Simulated, SimulateErr
     let start = FleetConfig::default().start;
     let end = Timestamp(start.0 + hours * MS_PER_HOUR);
     let mut config = ControlledConfig::new(options.machines, options.seed, start, end);
-    config.heartbeat_ms = i64::from(options.heartbeat_secs.max(1)) * 1000;
-    if !(0.0..=1.0).contains(&options.outage_share) {
-        return Err(SimulateError::Invalid(format!(
-            "--outage-share {} is not between 0 and 1",
-            options.outage_share
-        )));
-    }
-    config.outages = options.outage_share;
-    config.max_outage_ms = (options.max_outage_hours.max(0.0) * MS_PER_HOUR as f64) as i64;
-    config.keep_ms = i64::from(options.keep_hours.max(1)) * MS_PER_HOUR;
+    options
+        .world
+        .apply(&mut config)
+        .map_err(SimulateError::Invalid)?;
     let started = std::time::Instant::now();
     let failed = |e: crate::machine::MachineError| SimulateError::Controllers(e.to_string());
     let mut fleet = Controllers::new(config).map_err(failed)?;
@@ -214,10 +193,7 @@ mod tests {
             seed: 7,
             scenario: None,
             controllers: false,
-            heartbeat_secs: 30,
-            outage_share: 0.1,
-            max_outage_hours: 24.0,
-            keep_hours: 24,
+            world: crate::controlled::WorldOptions::default(),
         }
     }
 
