@@ -67,6 +67,18 @@ struct Cli {
 
 /// `vendflow maintenance …`
 #[derive(Subcommand)]
+enum DeviceCli {
+    #[command(flatten)]
+    Credentials(DeviceCommand),
+    /// Run one machine from its provisioning bundle: the real controller with its outbox in a
+    /// file (a restart resumes from it; nothing synced is lost to a kill), publishing signed
+    /// envelopes to the bundle's broker and forgetting them only on the platform's delivery
+    /// receipt (`vendflow bridge`); commands are applied and answered. Customers, the payment
+    /// network and the drop sensor are simulated.
+    Run(vendflow_firmware::device::DeviceRunOptions),
+}
+
+#[derive(Subcommand)]
 enum MaintenanceCommand {
     /// Learn the failure model of `maintenance_candidates` from a simulated history whose
     /// failures are known (wear with days of warning, drifts that come to nothing), through the
@@ -126,10 +138,10 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
-    /// Device credentials.
+    /// Machines: their credentials and provisioning bundles, and a machine run from its bundle.
     Device {
         #[command(subcommand)]
-        command: DeviceCommand,
+        command: DeviceCli,
     },
     /// The fleet registry (locations, machines with their planogram, leases) on Kafka.
     Registry {
@@ -393,7 +405,17 @@ fn run() -> anyhow::Result<()> {
             outln!("{}", issued.token);
             Ok(())
         }
-        Command::Device { command } => {
+        Command::Device {
+            command: DeviceCli::Run(options),
+        } => {
+            let stop = stop_flag()?;
+            let run = vendflow_firmware::device::run_device(&options, &stop)?;
+            outln!("{}", run.summary());
+            Ok(())
+        }
+        Command::Device {
+            command: DeviceCli::Credentials(command),
+        } => {
             let outcome = command.run()?;
             eprintln!("{}", outcome.notice);
             if let Some(secret) = outcome.secret {
@@ -474,7 +496,9 @@ fn publish_setup(fleet: &vendflow_firmware::Fleet, options: &PublishOptions) -> 
 /// `vendflow publish --controllers`: the real controller on every machine.
 fn publish_controllers(options: PublishOptions) -> anyhow::Result<()> {
     let (mut controllers, end) = options.controllers(Timestamp::now())?;
-    publish_setup(controllers.fleet(), &options)?;
+    if let Some(fleet) = controllers.fleet() {
+        publish_setup(fleet, &options)?;
+    }
     if options.dry_run {
         return Ok(());
     }

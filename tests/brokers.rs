@@ -2254,6 +2254,205 @@ fn a_thousand_controllers_with_outages_and_a_broker_restart_lose_no_event() -> a
     Ok(())
 }
 
+/// `vendflow device run`: one machine booted from its provisioning bundle, its outbox in a
+/// file, signing with the bundle's secret, through Mosquitto, the bridge and Kafka. It is killed
+/// with `kill -9` in the middle of its day and started again from the same outbox: every sale
+/// it recorded (before the kill and after) is in revenue once, no event number is missing, and
+/// a command sent while it runs is applied by its controller and answered.
+#[test]
+fn a_machine_run_from_its_bundle_and_killed_resumes_from_its_outbox_and_loses_nothing()
+-> anyhow::Result<()> {
+    let Some(mosquitto_bin) = require_mosquitto()? else {
+        return Ok(());
+    };
+    let Some(curl) = require_program("curl", &[])? else {
+        return Ok(());
+    };
+    let Some(openssl) = require_program("openssl", &[])? else {
+        return Ok(());
+    };
+    let Some(tansu_bin) = require_tansu()? else {
+        return Ok(());
+    };
+    let (_guard, dir) = test_dir()?;
+    let d = dir.as_path();
+    let vendflow_tests::Loopback {
+        mqtt_port,
+        kafka_port,
+        mqtt,
+        kafka,
+        http,
+        ..
+    } = vendflow_tests::Loopback::new()?;
+    let _mosquitto = start_mosquitto(&mosquitto_bin, d, mqtt_port)?;
+    let _tansu = start_tansu(&tansu_bin, d, kafka_port)?;
+    let text = |p: &Path| p.display().to_string();
+    let (registry, creds, bundle) = (
+        d.join("registry.jsonl"),
+        d.join("credentials.jsonl"),
+        d.join("mach_00000.json"),
+    );
+    vendflow(&[
+        "publish",
+        "--machines",
+        "1",
+        "--registry-out",
+        &text(&registry),
+        "--dry-run",
+    ])?;
+    vendflow(&[
+        "device",
+        "provision",
+        "mach_00000",
+        "--credentials",
+        &text(&creds),
+        "--mqtt",
+        &mqtt,
+        "--registry",
+        &text(&registry),
+        "--out",
+        &text(&bundle),
+    ])?;
+    let bin = vendflow_bin()?;
+    let (_bridge, curl) = start_tls_bridge(
+        &bin,
+        d,
+        &openssl,
+        curl,
+        [&mqtt, &kafka, &http],
+        &text(&creds),
+    )?;
+    let out = d.join("views");
+    let engine = Daemon::spawn(
+        "engine",
+        &bin,
+        &[
+            "run",
+            "--insecure-open-api",
+            "--kafka",
+            &kafka,
+            "--out",
+            &text(&out),
+            "--every",
+            "0.5",
+            "--partitions",
+            "3",
+        ],
+        &d.join("engine.log"),
+    )?;
+    let (outbox, sent) = (d.join("outbox.log"), d.join("sent.jsonl"));
+    let device = |hours: &str| {
+        Command::new(&bin)
+            .args(["device", "run", &text(&bundle), "--outbox", &text(&outbox)])
+            .args([
+                "--hours",
+                hours,
+                "--speed",
+                "3000",
+                "--location-type",
+                "office",
+            ])
+            .arg("--record")
+            .arg(&sent)
+            .env("RUST_BACKTRACE", "0")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+    };
+    // 26 simulated hours at 3,000x; killed once it has sold and the bridge has forwarded some.
+    let mut first = device("26")?;
+    let recorded = || -> anyhow::Result<usize> {
+        Ok(std::fs::read_to_string(&sent)?
+            .lines()
+            .filter(|l| l.contains(r#""type":"sale""#))
+            .count())
+    };
+    wait_until(
+        "the machine sells and the bridge forwards",
+        Duration::from_secs(60),
+        || Ok(recorded()? >= 5 && bridge_metric(&curl, &http, "forwarded_total")? >= 3),
+    )?;
+    first.kill()?;
+    let killed = first.wait_with_output()?;
+    ensure!(!killed.status.success(), "the machine was killed");
+    let before = recorded()?;
+    ensure!(
+        std::fs::metadata(&outbox)?.len() > 0,
+        "the outbox file holds the machine's log"
+    );
+    // Started again on the same outbox, for the last 22 hours of the day (after where it was).
+    let second = device("22")?;
+    wait_until(
+        "the machine is back and publishing",
+        Duration::from_secs(60),
+        || Ok(recorded()? > before),
+    )?;
+    vendflow(&[
+        "command",
+        "--kafka",
+        &kafka,
+        "--machine",
+        "mach_00000",
+        "--id",
+        "cmd_device_price",
+        "--type",
+        "UPDATE_PRICE",
+        "--slot",
+        "1",
+        "--price",
+        "3.10",
+    ])?;
+    let output = second.wait_with_output()?;
+    let said = String::from_utf8_lossy(&output.stdout);
+    ensure!(
+        output.status.success(),
+        "device run failed: {}\n{said}\n{}",
+        output.status,
+        tail(&String::from_utf8_lossy(&output.stderr))
+    );
+    ensure!(
+        said.contains("machine mach_00000:") && said.contains(" 0 waiting in "),
+        "the machine delivered everything its outbox held:\n{said}"
+    );
+    eprintln!("{}", said.trim());
+    let expected = oracle(&[&sent])?;
+    let sales: i64 = expected.values().map(|(_, _, lines)| lines).sum();
+    ensure!(
+        sales > 20 && expected.len() >= 2,
+        "too few sales: {expected:?}"
+    );
+    wait_for_revenue(
+        &out,
+        &expected,
+        &engine,
+        &kafka,
+        "a machine killed and restarted",
+    )?;
+    wait_for_command(&out, "cmd_device_price", "applied", &engine)?;
+    let gaps = Table::read(&out.join("sequence_gaps.csv"))?;
+    ensure!(
+        gaps.rows.is_empty(),
+        "events were lost: {:?}",
+        gaps.rows.iter().take(10).collect::<Vec<_>>()
+    );
+    // The restarted machine numbered on from its file: no number stands for two events.
+    let mut by_seq: HashMap<u64, String> = HashMap::new();
+    for line in std::fs::read_to_string(&sent)?.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        let seq = v["seq"].as_u64().context("an event without seq")?;
+        let first = by_seq.entry(seq).or_insert_with(|| line.to_owned());
+        ensure!(
+            first == line,
+            "event #{seq} is two events:\n{first}\n{line}"
+        );
+    }
+    eprintln!(
+        "{sales} sale lines ({before} recorded before the kill) in revenue once; {} events numbered once; no sequence gap",
+        by_seq.len()
+    );
+    Ok(())
+}
+
 /// A small seeded generator for the moments the engine is killed (`VENDFLOW_SEED` repeats a
 /// run; the seed is printed).
 struct Moments(u64);

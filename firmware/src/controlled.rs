@@ -19,7 +19,8 @@ use std::collections::{BinaryHeap, VecDeque};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use vendflow_controller::outbox::MemoryLog;
+use vendflow_controller::file::FileLog;
+use vendflow_controller::outbox::{Log, MemoryLog};
 use vendflow_controller::vend::{
     Action, Input, Message, Method, Millis, Record, Slot as ControllerSlot, Vend,
 };
@@ -30,7 +31,7 @@ use vendflow_protocol::{
 };
 
 use crate::fleet::{Fleet, FleetConfig, MAX_RATE, exp_ms, sales_rate};
-use crate::machine::{Machine, MachineError};
+use crate::machine::{Machine, MachineError, PowerCut};
 
 /// The firmware the simulated controllers run.
 pub const FIRMWARE_VERSION: &str = "3.0.0";
@@ -101,6 +102,13 @@ pub struct WorldOptions {
     /// checks nothing is lost keeps longer.
     #[arg(long, default_value_t = 24, requires = "controllers")]
     pub keep_hours: u32,
+    /// With --controllers: the chance that a unit does not drop at a try (a unit that fails
+    /// its retry too is refunded, and its slot goes out of service until restocked).
+    #[arg(long, default_value_t = 0.01, requires = "controllers")]
+    pub jam_share: f64,
+    /// With --controllers: the share of machines whose power is cut once.
+    #[arg(long, default_value_t = 0.02, requires = "controllers")]
+    pub power_cut_share: f64,
 }
 
 impl Default for WorldOptions {
@@ -110,21 +118,28 @@ impl Default for WorldOptions {
             outage_share: 0.1,
             max_outage_hours: 24.0,
             keep_hours: 24,
+            jam_share: 0.01,
+            power_cut_share: 0.02,
         }
     }
 }
 
 impl WorldOptions {
-    /// Sets them on `config`; an outage share outside 0..=1 is refused with the reason.
+    /// Sets them on `config`; a share outside 0..=1 is refused with the reason.
     pub fn apply(&self, config: &mut ControlledConfig) -> Result<(), String> {
-        if !(0.0..=1.0).contains(&self.outage_share) {
-            return Err(format!(
-                "--outage-share {} is not between 0 and 1",
-                self.outage_share
-            ));
+        for (name, share) in [
+            ("--outage-share", self.outage_share),
+            ("--jam-share", self.jam_share),
+            ("--power-cut-share", self.power_cut_share),
+        ] {
+            if !(0.0..=1.0).contains(&share) {
+                return Err(format!("{name} {share} is not between 0 and 1"));
+            }
         }
         config.heartbeat_ms = i64::from(self.heartbeat_secs.max(1)) * 1000;
         config.outages = self.outage_share;
+        config.jam = self.jam_share;
+        config.power_cuts = self.power_cut_share;
         config.max_outage_ms = (self.max_outage_hours.max(0.0) * MS_PER_HOUR as f64) as i64;
         config.keep_ms = i64::from(self.keep_hours.max(1)) * MS_PER_HOUR;
         Ok(())
@@ -181,8 +196,8 @@ pub struct Tally {
 }
 
 /// One machine and the world it sees.
-struct Unit {
-    machine: Machine<MemoryLog>,
+struct Unit<L: Log> {
+    machine: Machine<L>,
     rng: ChaCha8Rng,
     location_type: LocationType,
     /// Per slot (in planogram order): how often it is chosen, and what a full slot holds.
@@ -214,17 +229,18 @@ struct Unit {
 }
 
 /// The fleet of controllers and its simulated clock.
-pub struct Controllers {
+pub struct Controllers<L: Log = MemoryLog> {
     now: Millis,
-    units: Vec<Unit>,
+    units: Vec<Unit<L>>,
     /// When each machine next wakes: (time, index), earliest first.
     wakes: BinaryHeap<std::cmp::Reverse<(Millis, usize)>>,
-    fleet: Fleet,
+    /// The fleet whose machines these are (none for a machine booted from its bundle).
+    fleet: Option<Fleet>,
     config: ControlledConfig,
     pub tally: Tally,
 }
 
-impl Controllers {
+impl Controllers<MemoryLog> {
     pub fn new(config: ControlledConfig) -> Result<Controllers, MachineError> {
         let fleet = Fleet::new(&FleetConfig {
             machines: config.machines,
@@ -311,15 +327,80 @@ impl Controllers {
             now: start,
             units,
             wakes,
-            fleet,
+            fleet: Some(fleet),
             config,
             tally: Tally::default(),
         })
     }
+}
 
-    /// The fleet whose registry and credentials these machines have.
-    pub fn fleet(&self) -> &Fleet {
-        &self.fleet
+impl Controllers<FileLog> {
+    /// One machine booted from its provisioning bundle (`vendflow device provision`), its
+    /// outbox in the file at `outbox` (read back if it exists: a restart resumes where the
+    /// machine stood), in the simulated world of `config` from its `start` on: customers at the
+    /// rates of the machine's `location`, the crew's visit at once (a new machine's slots are
+    /// empty) and then daily, no outage or power cut of the simulation's own (the process is
+    /// the machine: stop it, cut its network, kill it).
+    pub fn provisioned(
+        bundle: &vendflow_protocol::provision::Bundle,
+        outbox: &std::path::Path,
+        location: LocationType,
+        config: ControlledConfig,
+    ) -> Result<Controllers<FileLog>, MachineError> {
+        let start = config.start.0;
+        let (mut machine, _, actions) = Machine::provisioned(bundle, outbox, start)?;
+        machine.keep(config.keep_ms);
+        if machine.vend.firmware.is_empty() {
+            machine.vend.firmware = FIRMWARE_VERSION.to_owned();
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0xB0_07);
+        let popularity = (0..bundle.planogram.len())
+            .map(|_| rng.random_range(0.2..1.0))
+            .collect();
+        let capacity = bundle.planogram.iter().map(|s| s.capacity).collect();
+        let mut unit = Unit {
+            machine,
+            location_type: location,
+            popularity,
+            capacity,
+            booted_at: start,
+            next_customer: start + exp_ms(&mut rng, MAX_RATE * config.demand.max(1e-6)),
+            next_heartbeat: start,
+            next_visit: start,
+            due: VecDeque::new(),
+            outage: None,
+            power_cut: None,
+            online: false,
+            sync_wanted: false,
+            in_flight: None,
+            given_through: 0,
+            retried: false,
+            restart: None,
+            last_sent: Millis::MIN,
+            rng,
+        };
+        let mut tally = Tally::default();
+        unit.carry_out(start, actions, &config, &mut tally);
+        Ok(Controllers {
+            now: start,
+            units: vec![unit],
+            wakes: BinaryHeap::from([std::cmp::Reverse((start, 0))]),
+            fleet: None,
+            config,
+            tally,
+        })
+    }
+}
+
+impl<L: Log> Controllers<L>
+where
+    Machine<L>: PowerCut,
+    L::Error: std::fmt::Debug,
+{
+    /// The fleet whose registry and credentials these machines have (none for a machine
+    /// booted from its bundle).
+    pub fn fleet(&self) -> Option<&Fleet> {
+        self.fleet.as_ref()
     }
 
     pub fn now(&self) -> Timestamp {
@@ -431,6 +512,11 @@ impl Controllers {
         Ok(true)
     }
 
+    /// The number of machine `i`'s newest event (0 if it has none, or no such machine).
+    pub fn last_seq(&self, i: usize) -> u64 {
+        self.units.get(i).map_or(0, |u| u.machine.last_seq())
+    }
+
     /// Events every machine still holds for the platform.
     pub fn pending(&self) -> usize {
         self.units.iter().map(|u| u.machine.pending()).sum()
@@ -447,7 +533,11 @@ impl Controllers {
     }
 }
 
-impl Unit {
+impl<L: Log> Unit<L>
+where
+    Machine<L>: PowerCut,
+    L::Error: std::fmt::Debug,
+{
     /// Everything due by `now`; returns when the machine next needs waking.
     fn wake(
         &mut self,
@@ -777,6 +867,72 @@ mod tests {
         refunds: BTreeMap<(usize, String, Option<u32>, String), i64>,
         firmware: BTreeSet<String>,
         deliveries: u64,
+    }
+
+    /// A machine booted from its bundle keeps its outbox in the file: it is stocked at once,
+    /// sells, and a new process on the same file resumes with the same stock, the same events
+    /// waiting and the numbering continued; a power cut reads the file back the same way.
+    #[test]
+    fn a_machine_from_its_bundle_resumes_from_its_outbox_file() -> anyhow::Result<()> {
+        use vendflow_protocol::provision::{BUNDLE_VERSION, Bundle, BundleSlot};
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("outbox.log");
+        let bundle = Bundle {
+            version: BUNDLE_VERSION,
+            machine_id: "mach_00042".into(),
+            secret: "s".repeat(43),
+            mqtt: "127.0.0.1:1883".into(),
+            http: None,
+            planogram: (1..=4)
+                .map(|n| BundleSlot {
+                    slot_number: n,
+                    product_id: format!("p{n}"),
+                    price_cents: 150 + i64::from(n),
+                    capacity: 10,
+                })
+                .collect(),
+        };
+        let config = |from: i64| {
+            let mut c = ControlledConfig::new(1, 3, Timestamp(from), Timestamp(i64::MAX / 4));
+            c.outages = 0.0;
+            c.power_cuts = 0.0;
+            c.demand = 4.0;
+            c
+        };
+        let mut first = Controllers::provisioned(&bundle, &path, LocationType::Office, config(T0))?;
+        first.advance(Timestamp(T0 + 10 * MS_PER_HOUR))?;
+        let stock = |c: &Controllers<FileLog>| -> Vec<u32> {
+            c.vends()
+                .flat_map(|v| v.slots.iter().map(|s| s.stock))
+                .collect()
+        };
+        let (made, waiting, left) = (first.last_seq(0), first.pending(), stock(&first));
+        assert!(
+            first.tally.units_sold > 0 && first.tally.restocks > 0,
+            "{:?}",
+            first.tally
+        );
+        assert!(
+            made > 0 && waiting as u64 == made,
+            "nothing was acknowledged"
+        );
+        drop(first);
+        let later = T0 + 11 * MS_PER_HOUR;
+        let mut again =
+            Controllers::provisioned(&bundle, &path, LocationType::Office, config(later))?;
+        assert_eq!(stock(&again), left, "the stock as the log holds it");
+        assert!(again.last_seq(0) >= made && again.pending() >= waiting);
+        assert!(!again.units[0].machine.vend.firmware.is_empty());
+        again.advance(Timestamp(later + 3 * MS_PER_HOUR))?;
+        let before_cut = again.last_seq(0);
+        assert!(before_cut > made, "numbering continues");
+        let (opened, _) = again.units[0].machine.power_cut(later + 3 * MS_PER_HOUR)?;
+        assert!(opened.state.is_some());
+        assert!(
+            again.last_seq(0) >= before_cut,
+            "synced events survive the cut"
+        );
+        Ok(())
     }
 
     fn run(machines: usize, hours: i64, lose: f64) -> anyhow::Result<(Controllers, Platform)> {

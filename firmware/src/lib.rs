@@ -15,6 +15,7 @@
 //! - [`simulate`]: `vendflow simulate`, a fleet's registry and events written to files.
 
 pub mod controlled;
+pub mod device;
 pub mod fleet;
 pub mod machine;
 pub mod mqtt;

@@ -125,18 +125,30 @@ impl Machine<FileLog> {
     }
 }
 
-impl Machine<MemoryLog> {
-    /// The power goes and comes back: what was not synced is gone from the log, and the
-    /// controller boots again from the newest state the log holds (memory is lost too).
-    pub fn power_cut(&mut self, now: Millis) -> Result<(Opened, Vec<Action>), MachineError> {
+/// The power goes and comes back: what was not synced is gone from the log, and the controller
+/// boots again from the newest state the log holds (memory is lost too).
+pub trait PowerCut {
+    fn power_cut(&mut self, now: Millis) -> Result<(Opened, Vec<Action>), MachineError>;
+}
+
+impl PowerCut for Machine<MemoryLog> {
+    /// Simulated: the log keeps what was synced ([`MemoryLog::after_power_cut`]).
+    fn power_cut(&mut self, now: Millis) -> Result<(Opened, Vec<Action>), MachineError> {
         let log = self.outbox.log_mut().after_power_cut();
-        let (mut outbox, opened) = Outbox::open(log).map_err(|e| outbox_error(&self.place, e))?;
-        outbox.set_compact_at(self.outbox.compacts_at());
-        self.outbox = outbox;
-        if let Some(vend) = restored(&opened, &self.place)? {
-            self.vend = vend;
-        }
-        Ok((opened, self.restart(now)?))
+        self.reboot_from(log, now)
+    }
+}
+
+impl PowerCut for Machine<FileLog> {
+    /// The file read back as a new boot reads it (every step is synced before its actions are
+    /// carried out, so it holds what the controller committed).
+    fn power_cut(&mut self, now: Millis) -> Result<(Opened, Vec<Action>), MachineError> {
+        let path = Path::new(&self.place);
+        let log = FileLog::open(path).map_err(|source| MachineError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        self.reboot_from(log, now)
     }
 }
 
@@ -173,6 +185,18 @@ where
     pub fn restart(&mut self, now: Millis) -> Result<Vec<Action>, MachineError> {
         let booted = self.vend.reboot();
         self.perform(now, booted)
+    }
+
+    /// The outbox opened again over `log` (what a power cut left of it) and the controller
+    /// booted from its newest state.
+    fn reboot_from(&mut self, log: L, now: Millis) -> Result<(Opened, Vec<Action>), MachineError> {
+        let (mut outbox, opened) = Outbox::open(log).map_err(|e| outbox_error(&self.place, e))?;
+        outbox.set_compact_at(self.outbox.compacts_at());
+        self.outbox = outbox;
+        if let Some(vend) = restored(&opened, &self.place)? {
+            self.vend = vend;
+        }
+        Ok((opened, self.restart(now)?))
     }
 
     /// Keeps undelivered events `ms` instead of [`KEEP_MS`]: a simulation many times faster

@@ -197,7 +197,7 @@ impl Publisher {
         seed: u64,
         receipts: bool,
     ) -> Publisher {
-        Self::connect_as(host, port, client_id, seed, receipts, None)
+        Self::connect_as(host, port, client_id, seed, receipts, None, None)
     }
 
     /// [`Publisher::connect`] for machines with outboxes of their own: every delivery receipt
@@ -210,11 +210,22 @@ impl Publisher {
         client_id: &str,
         seed: u64,
     ) -> (Publisher, std::sync::mpsc::Receiver<String>) {
+        Self::connect_forwarding_for(host, port, client_id, seed, None)
+    }
+
+    /// [`Publisher::connect_forwarding`]; with `machine`, subscribed to that machine's receipts
+    /// and commands only (what one machine may read on a broker with per-machine access
+    /// rules), not every machine's.
+    pub fn connect_forwarding_for(
+        host: &str,
+        port: u16,
+        client_id: &str,
+        seed: u64,
+        machine: Option<&str>,
+    ) -> (Publisher, std::sync::mpsc::Receiver<String>) {
         let (tx, rx) = std::sync::mpsc::channel();
-        (
-            Self::connect_as(host, port, client_id, seed, false, Some(tx)),
-            rx,
-        )
+        let publisher = Self::connect_as(host, port, client_id, seed, false, Some(tx), machine);
+        (publisher, rx)
     }
 
     fn connect_as(
@@ -224,7 +235,12 @@ impl Publisher {
         seed: u64,
         receipts: bool,
         forward: Option<std::sync::mpsc::Sender<String>>,
+        machine: Option<&str>,
     ) -> Publisher {
+        let (commands_filter, receipts_filter) = match machine {
+            Some(m) => (Topic::Commands.of(m), Topic::Delivered.of(m)),
+            None => (COMMANDS_FILTER.to_owned(), RECEIPTS.to_owned()),
+        };
         let mut options = MqttOptions::new(client_id, host, port);
         // A persistent session, as a machine keeps: after the broker restarts (even from a
         // `kill -9`, once its persistence file holds the session), what it had not acknowledged
@@ -247,11 +263,13 @@ impl Publisher {
                 let mut backoff = Duration::from_millis(100);
                 // Subscriptions due on this connection.
                 let mut filters: Vec<&str> = Vec::new();
+                let (commands_filter, receipts_filter) =
+                    (commands_filter.as_str(), receipts_filter.as_str());
                 while !done.load(Ordering::SeqCst) {
                     while let Some(filter) = filters.last() {
                         // Receipts at most once: a lost one only means a message sent again,
                         // and the broker keeps none for a session that is away.
-                        let qos = if *filter == RECEIPTS {
+                        let qos = if *filter == receipts_filter {
                             QoS::AtMostOnce
                         } else {
                             QoS::AtLeastOnce
@@ -275,9 +293,9 @@ impl Publisher {
                             // Subscribed below, as soon as the request channel takes it (it
                             // may be full of publishes waiting for this very connection).
                             filters = if outbox.is_some() || forward.is_some() {
-                                vec![COMMANDS_FILTER, RECEIPTS]
+                                vec![commands_filter, receipts_filter]
                             } else {
-                                vec![COMMANDS_FILTER]
+                                vec![commands_filter]
                             };
                         }
                         Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => {
@@ -337,6 +355,12 @@ impl Publisher {
             outbox,
             last_resend: Instant::now(),
         }
+    }
+
+    /// Signs `machine`'s envelopes with `key` (a provisioned machine's own) instead of the
+    /// simulated fleet's secret.
+    pub fn sign_as(&mut self, machine: &str, key: MachineKey) {
+        self.keys.insert(machine.to_owned(), key);
     }
 
     /// Commands received since the last call.

@@ -69,16 +69,10 @@ pub struct PublishOptions {
     /// `vendflow bridge`); what is not receipted in time it sends again.
     #[arg(long)]
     pub controllers: bool,
-    /// The controllers' world (heartbeats, outages, the outbox's keep), as `simulate` takes it.
+    /// The controllers' world (heartbeats, outages, the outbox's keep, jams, power cuts), as
+    /// `simulate` takes it.
     #[command(flatten)]
     pub world: WorldOptions,
-    /// With --controllers: the chance that a unit does not drop at a try (a unit that fails
-    /// its retry too is refunded, and its slot goes out of service until restocked).
-    #[arg(long, default_value_t = 0.01, requires = "controllers")]
-    pub jam_share: f64,
-    /// With --controllers: the share of machines whose power is cut once.
-    #[arg(long, default_value_t = 0.02, requires = "controllers")]
-    pub power_cut_share: f64,
     /// With --controllers: a machine sends what its outbox holds at most once per this many
     /// simulated seconds (0: at once). Fewer, larger envelopes for a long span at full speed.
     #[arg(long, default_value_t = 0, requires = "controllers")]
@@ -119,23 +113,12 @@ impl PublishOptions {
                 "--outage is for the event simulator; with --controllers use --outage-share".into(),
             ));
         }
-        let share = |name: &str, x: f64| {
-            if (0.0..=1.0).contains(&x) {
-                Ok(x)
-            } else {
-                Err(PublishError::Invalid(format!(
-                    "{name} {x} is not between 0 and 1"
-                )))
-            }
-        };
         let end = now.0 - now.0.rem_euclid(60_000);
         let start = Timestamp(end - (self.hours * MS_PER_HOUR as f64) as i64);
         let mut config = ControlledConfig::new(self.machines, self.seed, start, Timestamp(end));
         self.world
             .apply(&mut config)
             .map_err(PublishError::Invalid)?;
-        config.power_cuts = share("--power-cut-share", self.power_cut_share)?;
-        config.jam = share("--jam-share", self.jam_share)?;
         config.first_number = u64::try_from(now.0).unwrap_or(0).saturating_mul(1000);
         config.batch_ms = i64::from(self.batch_secs) * 1000;
         let fleet = Controllers::new(config)
@@ -221,13 +204,29 @@ struct Recorder {
 
 impl Recorder {
     fn open(path: Option<&Path>) -> Result<Recorder, PublishError> {
+        Recorder::opened(path, false)
+    }
+
+    /// With `durable`, the file is appended to and every line flushed as it is written: a
+    /// machine killed and started again records on after what it recorded before.
+    fn opened(path: Option<&Path>, durable: bool) -> Result<Recorder, PublishError> {
         let out = match path {
-            Some(path) => Some((
-                std::io::BufWriter::new(
-                    std::fs::File::create(path).map_err(|source| io_error(path, source))?,
-                ),
-                path.to_owned(),
-            )),
+            Some(path) => {
+                let file = if durable {
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                } else {
+                    std::fs::File::create(path)
+                };
+                let file = file.map_err(|source| io_error(path, source))?;
+                let capacity = if durable { 0 } else { 8 * 1024 };
+                Some((
+                    std::io::BufWriter::with_capacity(capacity, file),
+                    path.to_owned(),
+                ))
+            }
             None => None,
         };
         Ok(Recorder { out, error: None })
@@ -321,11 +320,60 @@ pub fn publish_controllers(
     end: Timestamp,
     stop: &AtomicBool,
 ) -> Result<Published, PublishError> {
-    let (host, port) = options.broker()?;
-    let client_id = format!("vendflow-controllers-{}", std::process::id());
+    let link = Link {
+        mqtt: &options.mqtt,
+        client_id: format!("vendflow-controllers-{}", std::process::id()),
+        seed: options.seed,
+        key: None,
+        speed: options.speed,
+        record: options.record.as_deref(),
+        durable_record: false,
+        linger: options.linger,
+    };
+    run_controllers(&link, fleet, end, stop)
+}
+
+/// How controllers reach the platform: the broker, the client, the keys they sign with, and
+/// how their clock runs.
+pub struct Link<'a> {
+    /// The MQTT broker, HOST:PORT.
+    pub mqtt: &'a str,
+    pub client_id: String,
+    /// Machines sign with the simulated fleet's secret of this seed...
+    pub seed: u64,
+    /// ...except this one, which signs with its own (a provisioned machine's) and then reads
+    /// only its own receipts and commands.
+    pub key: Option<(String, vendflow_protocol::auth::MachineKey)>,
+    /// Simulated seconds per wall-clock second (None: as fast as receipts come back).
+    pub speed: Option<f64>,
+    /// Every event as it is first sent, as JSON Lines.
+    pub record: Option<&'a Path>,
+    /// The record appended to and flushed line by line (a machine that may be killed).
+    pub durable_record: bool,
+    /// Seconds to stay connected once everything is delivered, answering commands.
+    pub linger: u64,
+}
+
+/// Runs `fleet` up to `end` over `link` (see [`publish_controllers`]).
+pub fn run_controllers<L: vendflow_controller::outbox::Log>(
+    link: &Link,
+    fleet: &mut Controllers<L>,
+    end: Timestamp,
+    stop: &AtomicBool,
+) -> Result<Published, PublishError>
+where
+    crate::machine::Machine<L>: crate::machine::PowerCut,
+    L::Error: std::fmt::Debug,
+{
+    let (host, port) = mqtt::broker_address(link.mqtt)
+        .ok_or_else(|| PublishError::Invalid(format!("{:?} is not HOST:PORT", link.mqtt)))?;
+    let only = link.key.as_ref().map(|(machine, _)| machine.as_str());
     let (mut publisher, receipts) =
-        Publisher::connect_forwarding(host, port, &client_id, options.seed);
-    let mut record = Recorder::open(options.record.as_deref())?;
+        Publisher::connect_forwarding_for(host, port, &link.client_id, link.seed, only);
+    if let Some((machine, key)) = &link.key {
+        publisher.sign_as(machine, key.clone());
+    }
+    let mut record = Recorder::opened(link.record, link.durable_record)?;
     let machine_error = |e: crate::machine::MachineError| PublishError::Invalid(e.to_string());
     let started = Instant::now();
     let begin = fleet.now();
@@ -338,7 +386,7 @@ pub fn publish_controllers(
     let mut last_report = Instant::now();
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
         let elapsed = started.elapsed();
-        let target = match options.speed {
+        let target = match link.speed {
             Some(speed) => begin.0 + (elapsed.as_secs_f64() * speed * 1000.0) as i64,
             // As fast as the machines are receipted: a simulated minute a round.
             None => fleet.now().0 + 60_000,
@@ -404,7 +452,7 @@ pub fn publish_controllers(
             // Drained; with `--linger`, the machines stay connected answering commands.
             if fleet.pending() == 0 {
                 let since = *drained.get_or_insert_with(Instant::now);
-                if since.elapsed() >= Duration::from_secs(options.linger) {
+                if since.elapsed() >= Duration::from_secs(link.linger) {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(20));
@@ -419,7 +467,7 @@ pub fn publish_controllers(
                 });
             }
             std::thread::sleep(Duration::from_millis(20));
-        } else if options.speed.is_some() {
+        } else if link.speed.is_some() {
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -34,7 +34,8 @@ pub struct SimulateOptions {
     /// machines sent, each event once, and the run says how fast the fleet was simulated.
     #[arg(long, conflicts_with = "scenario")]
     pub controllers: bool,
-    /// The controllers' world (heartbeats, outages, the outbox's keep), as `publish` takes it.
+    /// The controllers' world (heartbeats, outages, the outbox's keep, jams, power cuts), as
+    /// `publish` takes it.
     #[command(flatten)]
     pub world: crate::controlled::WorldOptions,
 }
@@ -142,8 +143,8 @@ fn write_controllers(options: &SimulateOptions) -> Result<Simulated, SimulateErr
     let failed = |e: crate::machine::MachineError| SimulateError::Controllers(e.to_string());
     let mut fleet = Controllers::new(config).map_err(failed)?;
     let registry_path = out.join("registry.jsonl");
-    std::fs::write(&registry_path, fleet.fleet().registry_json_lines())
-        .map_err(io(&registry_path))?;
+    let registry = fleet.fleet().map(Fleet::registry_json_lines);
+    std::fs::write(&registry_path, registry.unwrap_or_default()).map_err(io(&registry_path))?;
     let events_path = out.join("events.jsonl");
     let mut events =
         std::io::BufWriter::new(std::fs::File::create(&events_path).map_err(io(&events_path))?);
