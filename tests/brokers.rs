@@ -1656,16 +1656,7 @@ fn duplicates_by_kind(out: &Path) -> anyhow::Result<BTreeMap<String, i64>> {
 #[test]
 fn brokers_killed_with_kill_9_while_the_fleet_publishes_lose_nothing_and_count_nothing_twice()
 -> anyhow::Result<()> {
-    let Some(mosquitto_bin) = require_mosquitto()? else {
-        return Ok(());
-    };
-    let Some(curl) = require_program("curl", &[])? else {
-        return Ok(());
-    };
-    let Some(openssl) = require_program("openssl", &[])? else {
-        return Ok(());
-    };
-    let Some(tansu_bin) = require_tansu()? else {
+    let Some([mosquitto_bin, curl, openssl, tansu_bin]) = tls_path_tools()? else {
         return Ok(());
     };
     let (_guard, dir) = test_dir()?;
@@ -1819,6 +1810,21 @@ fn kill_mosquitto_once_saved(
 
 /// `vendflow bridge` with 3 partitions and its HTTP endpoint on TLS (a certificate made with
 /// `openssl`), logging to `bridge-1.log`, once subscribed; and curl trusting that certificate.
+/// Mosquitto, curl, openssl and tansu: what a test through the TLS bridge needs (`None` where a
+/// missing one may be skipped; under `CI=true` a missing one fails the test).
+fn tls_path_tools() -> anyhow::Result<Option<[PathBuf; 4]>> {
+    let found = (
+        require_mosquitto()?,
+        require_program("curl", &[])?,
+        require_program("openssl", &[])?,
+        require_tansu()?,
+    );
+    let (Some(mosquitto), Some(curl), Some(openssl), Some(tansu)) = found else {
+        return Ok(None);
+    };
+    Ok(Some([mosquitto, curl, openssl, tansu]))
+}
+
 fn start_tls_bridge(
     bin: &Path,
     d: &Path,
@@ -1978,16 +1984,7 @@ fn refund_oracle(file: &Path) -> anyhow::Result<BTreeMap<(String, String), (i64,
 /// `sequence_gaps` is empty: no event of any machine was lost.
 #[test]
 fn a_thousand_controllers_with_outages_and_a_broker_restart_lose_no_event() -> anyhow::Result<()> {
-    let Some(mosquitto_bin) = require_mosquitto()? else {
-        return Ok(());
-    };
-    let Some(curl) = require_program("curl", &[])? else {
-        return Ok(());
-    };
-    let Some(openssl) = require_program("openssl", &[])? else {
-        return Ok(());
-    };
-    let Some(tansu_bin) = require_tansu()? else {
+    let Some([mosquitto_bin, curl, openssl, tansu_bin]) = tls_path_tools()? else {
         return Ok(());
     };
     let (_guard, dir) = test_dir()?;
@@ -2262,16 +2259,7 @@ fn a_thousand_controllers_with_outages_and_a_broker_restart_lose_no_event() -> a
 #[test]
 fn a_machine_run_from_its_bundle_and_killed_resumes_from_its_outbox_and_loses_nothing()
 -> anyhow::Result<()> {
-    let Some(mosquitto_bin) = require_mosquitto()? else {
-        return Ok(());
-    };
-    let Some(curl) = require_program("curl", &[])? else {
-        return Ok(());
-    };
-    let Some(openssl) = require_program("openssl", &[])? else {
-        return Ok(());
-    };
-    let Some(tansu_bin) = require_tansu()? else {
+    let Some([mosquitto_bin, curl, openssl, tansu_bin]) = tls_path_tools()? else {
         return Ok(());
     };
     let (_guard, dir) = test_dir()?;

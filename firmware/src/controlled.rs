@@ -297,26 +297,20 @@ impl Controllers<MemoryLog> {
             let power_cut = rng
                 .random_bool(config.power_cuts.clamp(0.0, 1.0))
                 .then(|| start + rng.random_range(0..span));
+            let next_customer = start + exp_ms(&mut rng, MAX_RATE * config.demand.max(1e-6));
+            let next_heartbeat = start + rng.random_range(0..config.heartbeat_ms.max(1));
+            let next_visit = start + rng.random_range(0..MS_PER_DAY);
             let mut unit = Unit {
-                machine,
                 location_type: plan.location_type,
                 popularity: plan.slots.iter().map(|s| s.popularity).collect(),
                 capacity: plan.slots.iter().map(|s| s.capacity).collect(),
-                booted_at: start,
-                next_customer: start + exp_ms(&mut rng, MAX_RATE * config.demand.max(1e-6)),
-                next_heartbeat: start + rng.random_range(0..config.heartbeat_ms.max(1)),
-                next_visit: start + rng.random_range(0..MS_PER_DAY),
-                due: VecDeque::new(),
+                next_customer,
+                next_heartbeat,
+                next_visit,
                 outage,
                 power_cut,
-                online: false,
-                sync_wanted: false,
-                in_flight: None,
                 given_through: config.first_number,
-                retried: false,
-                restart: None,
-                last_sent: Millis::MIN,
-                rng,
+                ..Unit::booted(machine, rng, start)
             };
             let mut tally = Tally::default();
             unit.carry_out(start, actions, &config, &mut tally);
@@ -358,26 +352,14 @@ impl Controllers<FileLog> {
             .map(|_| rng.random_range(0.2..1.0))
             .collect();
         let capacity = bundle.planogram.iter().map(|s| s.capacity).collect();
+        let next_customer = start + exp_ms(&mut rng, MAX_RATE * config.demand.max(1e-6));
+        // The crew's first visit and the first heartbeat at once: it is being installed.
         let mut unit = Unit {
-            machine,
             location_type: location,
             popularity,
             capacity,
-            booted_at: start,
-            next_customer: start + exp_ms(&mut rng, MAX_RATE * config.demand.max(1e-6)),
-            next_heartbeat: start,
-            next_visit: start,
-            due: VecDeque::new(),
-            outage: None,
-            power_cut: None,
-            online: false,
-            sync_wanted: false,
-            in_flight: None,
-            given_through: 0,
-            retried: false,
-            restart: None,
-            last_sent: Millis::MIN,
-            rng,
+            next_customer,
+            ..Unit::booted(machine, rng, start)
         };
         let mut tally = Tally::default();
         unit.carry_out(start, actions, &config, &mut tally);
@@ -530,6 +512,35 @@ where
     /// The controllers, in fleet order (for tests and inspection).
     pub fn vends(&self) -> impl Iterator<Item = &Vend> {
         self.units.iter().map(|u| &u.machine.vend)
+    }
+}
+
+impl<L: Log> Unit<L> {
+    /// A machine booted at `start` with nothing due: everything it does is due at once, it is
+    /// offline until its network says otherwise, and it has no planogram weights, outage or
+    /// power cut of its own yet.
+    fn booted(machine: Machine<L>, rng: ChaCha8Rng, start: Millis) -> Unit<L> {
+        Unit {
+            machine,
+            rng,
+            location_type: LocationType::Other,
+            popularity: Vec::new(),
+            capacity: Vec::new(),
+            booted_at: start,
+            next_customer: start,
+            next_heartbeat: start,
+            next_visit: start,
+            due: VecDeque::new(),
+            outage: None,
+            power_cut: None,
+            online: false,
+            sync_wanted: false,
+            in_flight: None,
+            given_through: 0,
+            retried: false,
+            restart: None,
+            last_sent: Millis::MIN,
+        }
     }
 }
 
