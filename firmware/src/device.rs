@@ -96,6 +96,35 @@ pub fn run_device(
     stop: &AtomicBool,
 ) -> Result<DeviceRun, PublishError> {
     let invalid = PublishError::Invalid;
+    let share = |name: &str, x: f64| {
+        if (0.0..=1.0).contains(&x) {
+            Ok(x)
+        } else {
+            Err(invalid(format!("{name} {x} is not between 0 and 1")))
+        }
+    };
+    let jam = share("--jam-share", options.jam_share)?;
+    if !options.speed.is_finite() || options.speed <= 0.0 {
+        return Err(invalid(format!(
+            "--speed {} must be positive",
+            options.speed
+        )));
+    }
+    if options.hours.is_some_and(|h| !h.is_finite() || h <= 0.0) {
+        return Err(invalid("--hours must be positive".into()));
+    }
+    if options.hours.is_none() && options.speed != 1.0 {
+        return Err(invalid(
+            "--speed needs --hours: without it the machine runs in real time from now".into(),
+        ));
+    }
+    let location = LocationType::parse(&options.location_type);
+    if location == LocationType::Other && options.location_type != "other" {
+        return Err(invalid(format!(
+            "--location-type {:?}: one of office, hospital, airport, gym, warehouse, other",
+            options.location_type
+        )));
+    }
     let text = std::fs::read(&options.bundle).map_err(|source| PublishError::Io {
         path: options.bundle.display().to_string(),
         source,
@@ -106,29 +135,6 @@ pub fn run_device(
         .outbox
         .clone()
         .unwrap_or_else(|| beside(&options.bundle, "outbox"));
-    let share = |name: &str, x: f64| {
-        if (0.0..=1.0).contains(&x) {
-            Ok(x)
-        } else {
-            Err(invalid(format!("{name} {x} is not between 0 and 1")))
-        }
-    };
-    if !options.speed.is_finite() || options.speed <= 0.0 {
-        return Err(invalid(format!(
-            "--speed {} must be positive",
-            options.speed
-        )));
-    }
-    if options.hours.is_some_and(|h| !h.is_finite() || h <= 0.0) {
-        return Err(invalid("--hours must be positive".into()));
-    }
-    let location = LocationType::parse(&options.location_type);
-    if location == LocationType::Other && options.location_type != "other" {
-        return Err(invalid(format!(
-            "--location-type {:?}: one of office, hospital, airport, gym, warehouse, other",
-            options.location_type
-        )));
-    }
     let now = Timestamp::now();
     let (start, end) = match options.hours {
         // The span ends on the minute before now, so no event is from the future.
@@ -141,7 +147,7 @@ pub fn run_device(
     let mut config = ControlledConfig::new(1, options.seed, Timestamp(start), Timestamp(end));
     config.heartbeat_ms = i64::from(options.heartbeat_secs.max(1)) * 1000;
     config.keep_ms = i64::from(options.keep_hours.max(1)) * MS_PER_HOUR;
-    config.jam = share("--jam-share", options.jam_share)?;
+    config.jam = jam;
     config.outages = 0.0;
     config.power_cuts = 0.0;
     let mut machine = Controllers::provisioned(&bundle, &outbox, location, config)
@@ -180,4 +186,55 @@ fn beside(path: &Path, extension: &str) -> PathBuf {
     name.push(".");
     name.push(extension);
     PathBuf::from(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        options: DeviceRunOptions,
+    }
+
+    fn refused(args: &[&str]) -> String {
+        let cli = Cli::try_parse_from(std::iter::once("run").chain(args.iter().copied()));
+        match cli.map(|c| run_device(&c.options, &AtomicBool::new(true))) {
+            Ok(Err(e)) => e.to_string(),
+            Ok(Ok(_)) => "ran".into(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// Bad options and a bad bundle are refused with what is wrong, before anything starts.
+    #[test]
+    fn bad_options_and_bundles_are_refused_with_the_reason() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let bundle = dir.path().join("b.json");
+        let path = bundle.display().to_string();
+        assert!(refused(&[&path]).contains("b.json"), "a missing bundle");
+        std::fs::write(&bundle, "{}")?;
+        assert!(refused(&[&path]).contains("not a provisioning bundle"));
+        for (args, says) in [
+            (
+                vec!["--speed", "0", "--hours", "1"],
+                "--speed 0 must be positive",
+            ),
+            (vec!["--speed", "60"], "--speed needs --hours"),
+            (vec!["--hours=-1"], "--hours must be positive"),
+            (vec!["--location-type", "moon"], "--location-type \"moon\""),
+            (
+                vec!["--jam-share", "2"],
+                "--jam-share 2 is not between 0 and 1",
+            ),
+        ] {
+            let mut all = vec![path.as_str()];
+            all.extend(args);
+            let said = refused(&all);
+            assert!(said.contains(says), "{all:?}: {said}");
+        }
+        Ok(())
+    }
 }

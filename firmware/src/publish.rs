@@ -233,10 +233,13 @@ impl Recorder {
     }
 
     fn write(&mut self, event: &vendflow_protocol::Event) {
-        if let Some((w, _)) = self.out.as_mut()
-            && let Err(err) = writeln!(w, "{}", event.to_json_line())
-        {
-            self.error.get_or_insert(err);
+        if let Some((w, _)) = self.out.as_mut() {
+            // One write per line: unbuffered, a kill never leaves half a line to append to.
+            let mut line = event.to_json_line();
+            line.push('\n');
+            if let Err(err) = w.write_all(line.as_bytes()) {
+                self.error.get_or_insert(err);
+            }
         }
     }
 
@@ -365,8 +368,9 @@ where
     crate::machine::Machine<L>: crate::machine::PowerCut,
     L::Error: std::fmt::Debug,
 {
-    let (host, port) = mqtt::broker_address(link.mqtt)
-        .ok_or_else(|| PublishError::Invalid(format!("{:?} is not HOST:PORT", link.mqtt)))?;
+    let (host, port) = mqtt::broker_address(link.mqtt).ok_or_else(|| {
+        PublishError::Invalid(format!("the MQTT broker {:?} is not HOST:PORT", link.mqtt))
+    })?;
     let only = link.key.as_ref().map(|(machine, _)| machine.as_str());
     let (mut publisher, receipts) =
         Publisher::connect_forwarding_for(host, port, &link.client_id, link.seed, only);
