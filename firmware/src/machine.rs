@@ -20,7 +20,7 @@
 //!   heartbeat: a machine beats on while it is offline), so `sequence_gaps` shows that loss as
 //!   declared.
 //!
-//! After a power cut ([`Machine::reopen`], [`Machine::power_cut`]) the controller is what its
+//! After a power cut ([`Machine::reopen`], [`PowerCut::power_cut`]) the controller is what its
 //! log's newest state says, not what the caller had in memory: a step the power cut short is
 //! taken back whole (its events are cut off, the state is the one before it), and the boot
 //! refunds what a cart had paid for and not delivered. A log with no state yet (a machine that
