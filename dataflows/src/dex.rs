@@ -36,7 +36,7 @@ use vendflow_protocol::{Cents, MachineId, Timestamp};
 
 use crate::config::Config;
 use crate::fold::{KeyedFold, Published};
-use crate::operators::{Fork, Time, fork, hash_of};
+use crate::operators::{Fork, Time, fork, hash_of, insert_tight};
 use crate::row::{ColumnType::*, Row, RowWriter, ViewDef, col, null};
 use crate::sales::SaleLine;
 
@@ -163,7 +163,7 @@ impl Machine {
     /// Adds a line after every line at or before its time.
     fn add_line(&mut self, line: Line) {
         let at = self.lines.partition_point(|l| l.0 <= line.0);
-        self.lines.insert(at, line);
+        insert_tight(&mut self.lines, at, line);
     }
 
     /// The lines of `from <= time < until`.

@@ -22,7 +22,7 @@ use vendflow_protocol::{Event, EventKind, MachineId, RegistryRecord, Text};
 use crate::config::Config;
 use crate::dedup;
 use crate::fold::{Ctx, KeyedFold, Published};
-use crate::operators::{FastMap, Fork, Keyed, Time, fork, hash_of};
+use crate::operators::{FastMap, Fork, Keyed, Time, fork, hash_of, insert_tight};
 use crate::row::ViewDef;
 use crate::row::{ColumnType::*, Row, col, null};
 use crate::sales::SaleLine;
@@ -232,7 +232,7 @@ pub fn render<'s>(
                         number,
                         ..Slot::default()
                     };
-                    machine.slots.insert(i, slot);
+                    insert_tight(&mut machine.slots, i, slot);
                     i
                 }
             };

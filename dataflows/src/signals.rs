@@ -46,7 +46,7 @@ use vendflow_protocol::{MachineId, Timestamp};
 use crate::anomaly_windows::Agg;
 use crate::config::Config;
 use crate::fold::{KeyedFold, Published};
-use crate::operators::{Time, hash_of};
+use crate::operators::{Time, hash_of, insert_tight};
 use crate::row::ViewDef;
 use crate::row::{ColumnType::*, OrdF64, Row, Value, col, null};
 
@@ -168,7 +168,8 @@ impl History {
         let (at, new) = match self.hours.binary_search_by_key(&hour, |h| h.hour) {
             Ok(at) => (at, false),
             Err(at) => {
-                self.hours.insert(
+                insert_tight(
+                    &mut self.hours,
                     at,
                     Hour {
                         hour,
@@ -204,7 +205,8 @@ impl History {
             let at = match self.days.binary_search_by_key(&day, |d| d.day) {
                 Ok(at) => at,
                 Err(at) => {
-                    self.days.insert(
+                    insert_tight(
+                        &mut self.days,
                         at,
                         Day {
                             day,

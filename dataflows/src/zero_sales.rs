@@ -28,7 +28,7 @@ use vendflow_protocol::{MachineId, Timestamp};
 
 use crate::config::Config;
 use crate::fold::{KeyedFold, Published};
-use crate::operators::{Time, hash_of};
+use crate::operators::{Time, hash_of, insert_tight};
 use crate::row::ViewDef;
 use crate::row::{ColumnType::*, OrdF64, Row, Value, col};
 use crate::sales::SaleLine;
@@ -83,7 +83,7 @@ impl Sales {
             let at = match self.days.binary_search_by_key(&day, |d| d.0) {
                 Ok(at) => at,
                 Err(at) => {
-                    self.days.insert(at, (day, [0; 24]));
+                    insert_tight(&mut self.days, at, (day, [0; 24]));
                     at
                 }
             };

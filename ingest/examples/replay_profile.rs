@@ -53,10 +53,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The sorted snapshot adds its copies to the peak (~40 MiB on the 1 M workload).
     let engine_peak = vendflow_dataflows::peak_rss_bytes().unwrap_or(0) >> 20;
     let snapshot = store.snapshot();
-    let rows: usize = vendflow_dataflows::CATALOG
+    let per_view: Vec<(&str, usize)> = vendflow_dataflows::CATALOG
         .iter()
-        .map(|v| snapshot.rows(v.name).map_or(0, <[_]>::len))
-        .sum();
+        .map(|v| (v.name, snapshot.rows(v.name).map_or(0, <[_]>::len)))
+        .collect();
+    let rows: usize = per_view.iter().map(|(_, n)| n).sum();
+    if std::env::var_os("VENDFLOW_ROWS").is_some() {
+        for (view, n) in &per_view {
+            eprintln!("{n:>10} {view}");
+        }
+    }
     let peak = vendflow_dataflows::peak_rss_bytes().unwrap_or(0) >> 20;
     println!(
         "{} events, {workers} workers: input read in {:.2} s, views at the end in {:.2} s ({:.0} events/s); {rows} rows; peak RSS {peak} MiB ({engine_peak} MiB before the snapshot)",
