@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use vendflow_tests::{
     Daemon, Table, TansuStorage, fixed, free_port, require_mosquitto, require_program,
-    require_tansu, start_mosquitto, start_tansu, start_tansu_with, tail, vendflow, vendflow_bin,
+    require_tansu, start_mosquitto, start_mosquitto_tls, start_tansu, start_tansu_with, tail,
+    vendflow, vendflow_bin,
 };
 
 type Revenue = BTreeMap<(String, String), (i64, i64, i64)>;
@@ -2255,7 +2256,9 @@ fn a_thousand_controllers_with_outages_and_a_broker_restart_lose_no_event() -> a
 /// file, signing with the bundle's secret, through Mosquitto, the bridge and Kafka. It is killed
 /// with `kill -9` in the middle of its day and started again from the same outbox: every sale
 /// it recorded (before the kill and after) is in revenue once, no event number is missing, and
-/// a command sent while it runs is applied by its controller and answered.
+/// a command sent while it runs is applied by its controller and answered. The second run
+/// speaks MQTT over TLS (`--tls-ca`, Mosquitto's TLS listener) to the same broker, and its
+/// session, queued commands and receipts carry over from the plain connection.
 #[test]
 fn a_machine_run_from_its_bundle_and_killed_resumes_from_its_outbox_and_loses_nothing()
 -> anyhow::Result<()> {
@@ -2272,7 +2275,17 @@ fn a_machine_run_from_its_bundle_and_killed_resumes_from_its_outbox_and_loses_no
         http,
         ..
     } = vendflow_tests::Loopback::new()?;
-    let _mosquitto = start_mosquitto(&mosquitto_bin, d, mqtt_port)?;
+    // The broker's TLS listener has a certificate of its own (the bridge's HTTPS another).
+    let mqtt_tls_dir = d.join("mqtt-tls");
+    std::fs::create_dir_all(&mqtt_tls_dir)?;
+    let (mqtt_cert, mqtt_key) = vendflow_tests::self_signed(&openssl, &mqtt_tls_dir)?;
+    let mqtt_tls_port = free_port()?;
+    let _mosquitto = start_mosquitto_tls(
+        &mosquitto_bin,
+        d,
+        mqtt_port,
+        Some((mqtt_tls_port, &mqtt_cert, &mqtt_key)),
+    )?;
     let _tansu = start_tansu(&tansu_bin, d, kafka_port)?;
     let text = |p: &Path| p.display().to_string();
     let (registry, creds, bundle) = (
@@ -2329,9 +2342,10 @@ fn a_machine_run_from_its_bundle_and_killed_resumes_from_its_outbox_and_loses_no
         &d.join("engine.log"),
     )?;
     let (outbox, sent) = (d.join("outbox.log"), d.join("sent.jsonl"));
-    let device = |hours: &str| {
+    let device = |hours: &str, tls: &[&str]| {
         Command::new(&bin)
             .args(["device", "run", &text(&bundle), "--outbox", &text(&outbox)])
+            .args(tls)
             .args([
                 "--hours",
                 hours,
@@ -2348,7 +2362,7 @@ fn a_machine_run_from_its_bundle_and_killed_resumes_from_its_outbox_and_loses_no
             .spawn()
     };
     // 26 simulated hours at 3,000x; killed once it has sold and the bridge has forwarded some.
-    let mut first = device("26")?;
+    let mut first = device("26", &[])?;
     let recorded = || -> anyhow::Result<usize> {
         Ok(std::fs::read_to_string(&sent)?
             .lines()
@@ -2368,8 +2382,13 @@ fn a_machine_run_from_its_bundle_and_killed_resumes_from_its_outbox_and_loses_no
         std::fs::metadata(&outbox)?.len() > 0,
         "the outbox file holds the machine's log"
     );
-    // Started again on the same outbox, for the last 22 hours of the day (after where it was).
-    let second = device("22")?;
+    // Started again on the same outbox, for the last 22 hours of the day (after where it was),
+    // this time over TLS.
+    let tls_broker = format!("127.0.0.1:{mqtt_tls_port}");
+    let second = device(
+        "22",
+        &["--mqtt", &tls_broker, "--tls-ca", &text(&mqtt_cert)],
+    )?;
     wait_until(
         "the machine is back and publishing",
         Duration::from_secs(60),

@@ -418,7 +418,26 @@ impl Drop for Daemon {
 
 /// Mosquitto on a free port, with persistence in `dir` (a restart keeps sessions and queues).
 pub fn start_mosquitto(program: &Path, dir: &Path, port: u16) -> anyhow::Result<Daemon> {
+    start_mosquitto_tls(program, dir, port, None)
+}
+
+/// [`start_mosquitto`], with a second listener that speaks MQTT over TLS: (its port, the
+/// certificate and key in PEM).
+pub fn start_mosquitto_tls(
+    program: &Path,
+    dir: &Path,
+    port: u16,
+    tls: Option<(u16, &Path, &Path)>,
+) -> anyhow::Result<Daemon> {
     let conf = dir.join("mosquitto.conf");
+    // A listener's settings follow its `listener` line, so the TLS one comes last.
+    let tls_listener = tls.map_or(String::new(), |(port, cert, key)| {
+        format!(
+            "listener {port} 127.0.0.1\ncertfile {}\nkeyfile {}\n",
+            cert.display(),
+            key.display()
+        )
+    });
     std::fs::write(
         &conf,
         format!(
@@ -432,7 +451,7 @@ pub fn start_mosquitto(program: &Path, dir: &Path, port: u16) -> anyhow::Result<
             // machines send again (their delivery receipts).
             "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
              persistence_location {}/\nautosave_interval 5\n\
-             max_inflight_messages 200\nmax_queued_messages 0\n{}",
+             max_inflight_messages 200\nmax_queued_messages 0\n{}{tls_listener}",
             dir.display(),
             if is_root() { "user root\n" } else { "" }
         ),
@@ -445,6 +464,9 @@ pub fn start_mosquitto(program: &Path, dir: &Path, port: u16) -> anyhow::Result<
         &dir.join("mosquitto.log"),
     )?;
     wait_for_port(port, std::time::Duration::from_secs(10))?;
+    if let Some((port, ..)) = tls {
+        wait_for_port(port, std::time::Duration::from_secs(10))?;
+    }
     Ok(daemon)
 }
 

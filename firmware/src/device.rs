@@ -30,6 +30,11 @@ pub struct DeviceRunOptions {
     /// The MQTT broker, HOST:PORT (default: the bundle's).
     #[arg(long)]
     pub mqtt: Option<String>,
+    /// Speak MQTT over TLS, trusting only the certificates in this PEM file (the broker's own,
+    /// or the CA that signed it); the broker's host name or IP address must be in its
+    /// certificate. Without it, plain TCP.
+    #[arg(long, value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
     /// Run this many simulated hours, ending now, then deliver what the outbox holds and stop
     /// (default: run from now on in real time until Ctrl-C).
     #[arg(long)]
@@ -125,6 +130,12 @@ pub fn run_device(
             options.location_type
         )));
     }
+    let tls = match &options.tls_ca {
+        Some(ca) => {
+            Some(crate::mqtt::tls_to_broker(ca).map_err(|e| invalid(format!("--tls-ca: {e}")))?)
+        }
+        None => None,
+    };
     let text = std::fs::read(&options.bundle).map_err(|source| PublishError::Io {
         path: options.bundle.display().to_string(),
         source,
@@ -167,8 +178,9 @@ pub fn run_device(
         record: options.record.as_deref(),
         durable_record: true,
         linger: 0,
+        tls,
     };
-    tracing::info!(machine_id = %bundle.machine_id, outbox = %outbox.display(), broker = mqtt, "machine booted");
+    tracing::info!(machine_id = %bundle.machine_id, outbox = %outbox.display(), broker = mqtt, tls = options.tls_ca.is_some(), "machine booted");
     let published = run_controllers(&link, &mut machine, Timestamp(end), stop)?;
     Ok(DeviceRun {
         machine_id: bundle.machine_id,
@@ -217,6 +229,10 @@ mod tests {
         assert!(refused(&[&path]).contains("b.json"), "a missing bundle");
         std::fs::write(&bundle, "{}")?;
         assert!(refused(&[&path]).contains("not a provisioning bundle"));
+        let missing_ca = dir.path().join("none.pem").display().to_string();
+        let no_certificate = dir.path().join("key.pem");
+        std::fs::write(&no_certificate, "not a certificate\n")?;
+        let no_certificate = no_certificate.display().to_string();
         for (args, says) in [
             (
                 vec!["--speed", "0", "--hours", "1"],
@@ -228,6 +244,13 @@ mod tests {
             (
                 vec!["--jam-share", "2"],
                 "--jam-share 2 is not between 0 and 1",
+            ),
+            // A TLS trust file that is missing, or holds no certificate, stops the machine
+            // before it connects (it would otherwise fail every handshake, silently retrying).
+            (vec!["--tls-ca", &missing_ca], "--tls-ca: cannot read"),
+            (
+                vec!["--tls-ca", &no_certificate],
+                "holds no PEM certificate",
             ),
         ] {
             let mut all = vec![path.as_str()];

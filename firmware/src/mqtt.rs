@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use rumqttc::{Client, Event, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{Client, Event, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport};
 use vendflow_protocol::auth::{MachineKey, PublicKey, SecretHash, StoredKey, sign_envelope};
 use vendflow_protocol::command::decode_command;
 use vendflow_protocol::topics::Topic;
@@ -197,7 +197,7 @@ impl Publisher {
         seed: u64,
         receipts: bool,
     ) -> Publisher {
-        Self::connect_as(host, port, client_id, seed, receipts, None, None)
+        Self::connect_as(host, port, client_id, (seed, None), receipts, None, None)
     }
 
     /// [`Publisher::connect`] for machines with outboxes of their own: every delivery receipt
@@ -210,21 +210,25 @@ impl Publisher {
         client_id: &str,
         seed: u64,
     ) -> (Publisher, std::sync::mpsc::Receiver<String>) {
-        Self::connect_forwarding_for(host, port, client_id, seed, None)
+        Self::connect_forwarding_for(host, port, client_id, seed, None, None)
     }
 
     /// [`Publisher::connect_forwarding`]; with `machine`, subscribed to that machine's receipts
     /// and commands only (what one machine may read on a broker with per-machine access
     /// rules), not every machine's.
+    /// With `tls`, the connection is TLS, the broker verified as the configuration says
+    /// ([`tls_to_broker`]).
     pub fn connect_forwarding_for(
         host: &str,
         port: u16,
         client_id: &str,
         seed: u64,
         machine: Option<&str>,
+        tls: Option<Arc<rustls::ClientConfig>>,
     ) -> (Publisher, std::sync::mpsc::Receiver<String>) {
         let (tx, rx) = std::sync::mpsc::channel();
-        let publisher = Self::connect_as(host, port, client_id, seed, false, Some(tx), machine);
+        let publisher =
+            Self::connect_as(host, port, client_id, (seed, tls), false, Some(tx), machine);
         (publisher, rx)
     }
 
@@ -232,7 +236,7 @@ impl Publisher {
         host: &str,
         port: u16,
         client_id: &str,
-        seed: u64,
+        (seed, tls): (u64, Option<Arc<rustls::ClientConfig>>),
         receipts: bool,
         forward: Option<std::sync::mpsc::Sender<String>>,
         machine: Option<&str>,
@@ -249,6 +253,9 @@ impl Publisher {
             .set_keep_alive(Duration::from_secs(15))
             .set_clean_session(false)
             .set_max_packet_size(1 << 20, 1 << 20);
+        if let Some(config) = tls {
+            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
+        }
         let (client, mut connection) = Client::new(options, 256);
         let acked = Arc::new(AtomicU64::new(0));
         let done = Arc::new(AtomicBool::new(false));
@@ -552,6 +559,39 @@ impl Publisher {
                 .len()
         })
     }
+}
+
+/// A client configuration for MQTT over TLS that trusts the certificates in `ca_pem` (PEM, one
+/// or more; a broker's own self-signed certificate, or the CA that signed it) and no other: a
+/// machine talks to its own platform's broker, not to anyone a public CA vouches for. The
+/// broker's name (HOST of HOST:PORT, a DNS name or an IP address) must be in its certificate.
+pub fn tls_to_broker(ca_pem: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let shown = ca_pem.display();
+    let mut roots = rustls::RootCertStore::empty();
+    let certificates = CertificateDer::pem_file_iter(ca_pem)
+        .map_err(|e| format!("cannot read the CA certificates in {shown}: {e}"))?;
+    for certificate in certificates {
+        let certificate =
+            certificate.map_err(|e| format!("{shown} is not a PEM certificate file: {e}"))?;
+        roots
+            .add(certificate)
+            .map_err(|e| format!("{shown} holds a certificate that cannot be trusted: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err(format!(
+            "{shown} holds no PEM certificate (BEGIN CERTIFICATE)"
+        ));
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("cannot set up TLS: {e}"))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// An MQTT broker's address as the command line gives it, `HOST:PORT` (the host may itself hold

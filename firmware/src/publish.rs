@@ -332,6 +332,7 @@ pub fn publish_controllers(
         record: options.record.as_deref(),
         durable_record: false,
         linger: options.linger,
+        tls: None,
     };
     run_controllers(&link, fleet, end, stop)
 }
@@ -355,6 +356,8 @@ pub struct Link<'a> {
     pub durable_record: bool,
     /// Seconds to stay connected once everything is delivered, answering commands.
     pub linger: u64,
+    /// MQTT over TLS with this configuration ([`mqtt::tls_to_broker`]); None: plain TCP.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// Runs `fleet` up to `end` over `link` (see [`publish_controllers`]).
@@ -372,8 +375,14 @@ where
         PublishError::Invalid(format!("the MQTT broker {:?} is not HOST:PORT", link.mqtt))
     })?;
     let only = link.key.as_ref().map(|(machine, _)| machine.as_str());
-    let (mut publisher, receipts) =
-        Publisher::connect_forwarding_for(host, port, &link.client_id, link.seed, only);
+    let (mut publisher, receipts) = Publisher::connect_forwarding_for(
+        host,
+        port,
+        &link.client_id,
+        link.seed,
+        only,
+        link.tls.clone(),
+    );
     if let Some((machine, key)) = &link.key {
         publisher.sign_as(machine, key.clone());
     }
