@@ -2275,10 +2275,11 @@ fn a_machine_run_from_its_bundle_and_killed_resumes_from_its_outbox_and_loses_no
         http,
         ..
     } = vendflow_tests::Loopback::new()?;
-    // The broker's TLS listener has a certificate of its own (the bridge's HTTPS another).
+    // The broker's TLS listener has a certificate of its own, signed by a CA the machine
+    // trusts (the bridge's HTTPS has another).
     let mqtt_tls_dir = d.join("mqtt-tls");
     std::fs::create_dir_all(&mqtt_tls_dir)?;
-    let (mqtt_cert, mqtt_key) = vendflow_tests::self_signed(&openssl, &mqtt_tls_dir)?;
+    let (mqtt_ca, mqtt_cert, mqtt_key) = vendflow_tests::ca_signed(&openssl, &mqtt_tls_dir)?;
     let mqtt_tls_port = free_port()?;
     let _mosquitto = start_mosquitto_tls(
         &mosquitto_bin,
@@ -2385,10 +2386,7 @@ fn a_machine_run_from_its_bundle_and_killed_resumes_from_its_outbox_and_loses_no
     // Started again on the same outbox, for the last 22 hours of the day (after where it was),
     // this time over TLS.
     let tls_broker = format!("127.0.0.1:{mqtt_tls_port}");
-    let second = device(
-        "22",
-        &["--mqtt", &tls_broker, "--tls-ca", &text(&mqtt_cert)],
-    )?;
+    let second = device("22", &["--mqtt", &tls_broker, "--tls-ca", &text(&mqtt_ca)])?;
     wait_until(
         "the machine is back and publishing",
         Duration::from_secs(60),

@@ -548,6 +548,91 @@ pub fn self_signed(openssl: &Path, dir: &Path) -> anyhow::Result<(PathBuf, PathB
     Ok((cert, key))
 }
 
+/// A certificate authority and a server certificate it signed for 127.0.0.1, made with
+/// `openssl` in `dir`: (the CA's certificate, the server's certificate, its key), PEM. A client
+/// that trusts the CA accepts the server (rustls takes no self-signed server certificate as
+/// its own trust anchor).
+pub fn ca_signed(openssl: &Path, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
+    let [ca, ca_key, cert, key, request, extensions] = [
+        "ca.pem",
+        "ca-key.pem",
+        "server.pem",
+        "server-key.pem",
+        "server.csr",
+        "server.ext",
+    ]
+    .map(|name| dir.join(name));
+    std::fs::write(
+        &extensions,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )?;
+    let run = |args: &[&str], what: &str| -> anyhow::Result<()> {
+        let status = Command::new(openssl)
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .status()?;
+        if !status.success() {
+            bail!("openssl could not make {what}");
+        }
+        Ok(())
+    };
+    let text = |p: &PathBuf| p.display().to_string();
+    run(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=vendflow test CA",
+            "-keyout",
+            &text(&ca_key),
+            "-out",
+            &text(&ca),
+        ],
+        "a CA",
+    )?;
+    run(
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            &text(&key),
+            "-out",
+            &text(&request),
+        ],
+        "a certificate request",
+    )?;
+    run(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &text(&request),
+            "-CA",
+            &text(&ca),
+            "-CAkey",
+            &text(&ca_key),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &text(&extensions),
+            "-out",
+            &text(&cert),
+        ],
+        "a server certificate",
+    )?;
+    Ok((ca, cert, key))
+}
+
 /// `vendflow bridge` from `mqtt` to `kafka` for `machines` simulated machines (seed 3: their
 /// credentials are written into `dir`), serving plain-HTTP `GET /metrics` on `http`; returns
 /// once its MQTT session has subscribed (from then on the broker keeps the fleet's telemetry).

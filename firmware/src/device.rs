@@ -30,9 +30,9 @@ pub struct DeviceRunOptions {
     /// The MQTT broker, HOST:PORT (default: the bundle's).
     #[arg(long)]
     pub mqtt: Option<String>,
-    /// Speak MQTT over TLS, trusting only the certificates in this PEM file (the broker's own,
-    /// or the CA that signed it); the broker's host name or IP address must be in its
-    /// certificate. Without it, plain TCP.
+    /// Speak MQTT over TLS, trusting only the CA certificates in this PEM file: the CA that
+    /// signed the broker's certificate (a self-signed server certificate is not accepted as
+    /// its own CA), whose host name or IP address must be the broker's. Without it, plain TCP.
     #[arg(long, value_name = "PEM")]
     pub tls_ca: Option<PathBuf>,
     /// Run this many simulated hours, ending now, then deliver what the outbox holds and stop

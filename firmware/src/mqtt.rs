@@ -561,10 +561,11 @@ impl Publisher {
     }
 }
 
-/// A client configuration for MQTT over TLS that trusts the certificates in `ca_pem` (PEM, one
-/// or more; a broker's own self-signed certificate, or the CA that signed it) and no other: a
-/// machine talks to its own platform's broker, not to anyone a public CA vouches for. The
-/// broker's name (HOST of HOST:PORT, a DNS name or an IP address) must be in its certificate.
+/// A client configuration for MQTT over TLS that trusts the CA certificates in `ca_pem` (PEM,
+/// one or more) and no other: a machine talks to its own platform's broker, not to anyone a
+/// public CA vouches for. The broker's certificate must be signed by one of them (webpki takes
+/// no self-signed server certificate as its own anchor: `CaUsedAsEndEntity`), and name the
+/// broker (HOST of HOST:PORT, a DNS name or an IP address).
 pub fn tls_to_broker(ca_pem: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, String> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
