@@ -49,12 +49,39 @@ pub enum PublishError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{outstanding} message(s) still unacknowledged by the broker after {waited:?}")]
-    Unacknowledged { outstanding: u64, waited: Duration },
+    #[error("{outstanding} message(s) still unacknowledged by the broker after {waited:?}{}", why(.broker))]
+    Unacknowledged {
+        outstanding: u64,
+        waited: Duration,
+        /// The broker's last connection error, when it was not connected at the end.
+        broker: Option<String>,
+    },
     #[error(
-        "{outstanding} message(s) without a delivery receipt from the platform after {waited:?} (is `vendflow bridge` running?)"
+        "{outstanding} message(s) without a delivery receipt from the platform after {waited:?}{}",
+        why_undelivered(.broker)
     )]
-    Undelivered { outstanding: u64, waited: Duration },
+    Undelivered {
+        outstanding: u64,
+        waited: Duration,
+        /// The broker's last connection error, when it was not connected at the end.
+        broker: Option<String>,
+    },
+}
+
+/// What a timeout says of the broker: why it could not be reached, when it could not (a TLS
+/// certificate it does not trust, a refused connection), rather than a guess.
+fn why(broker: &Option<String>) -> String {
+    broker.as_ref().map_or_else(String::new, |e| {
+        format!(": the broker could not be reached ({e})")
+    })
+}
+
+/// [`why`], or else the likeliest reason a connected broker gave no receipts.
+fn why_undelivered(broker: &Option<String>) -> String {
+    match broker {
+        Some(_) => why(broker),
+        None => " (is `vendflow bridge` running?)".to_owned(),
+    }
 }
 
 /// Messages sent and not yet receipted by the platform (`machines/{id}/delivered`), by receipt,
@@ -171,6 +198,9 @@ pub struct Publisher {
     outbox: Option<Arc<std::sync::Mutex<Outbox>>>,
     last_resend: Instant,
     commands: std::sync::mpsc::Receiver<Command>,
+    /// The last connection error since the broker last accepted the connection (None while
+    /// connected).
+    broker_error: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// Where the platform's delivery receipts arrive.
@@ -259,11 +289,13 @@ impl Publisher {
         let (client, mut connection) = Client::new(options, 256);
         let acked = Arc::new(AtomicU64::new(0));
         let done = Arc::new(AtomicBool::new(false));
+        let broker_error = Arc::new(std::sync::Mutex::new(None));
         let address = format!("{host}:{port}");
         let (commands_tx, commands) = std::sync::mpsc::channel();
         let outbox = receipts.then(|| Arc::new(std::sync::Mutex::new(Outbox::default())));
         let driver = {
             let (acked, done, address) = (acked.clone(), done.clone(), address.clone());
+            let broker_error = broker_error.clone();
             let outbox = outbox.clone();
             let client = client.clone();
             std::thread::spawn(move || {
@@ -297,6 +329,9 @@ impl Publisher {
                             acked.fetch_add(1, Ordering::SeqCst);
                         }
                         Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
+                            if let Ok(mut e) = broker_error.lock() {
+                                *e = None;
+                            }
                             // Subscribed below, as soon as the request channel takes it (it
                             // may be full of publishes waiting for this very connection).
                             filters = if outbox.is_some() || forward.is_some() {
@@ -339,6 +374,9 @@ impl Publisher {
                         Ok(Ok(_)) => backoff = Duration::from_millis(100),
                         Ok(Err(e)) => {
                             tracing::warn!(error = %e, "mqtt {address} unavailable; retrying in {} ms", backoff.as_millis());
+                            if let Ok(mut last) = broker_error.lock() {
+                                *last = Some(format!("{address}: {e}"));
+                            }
                             std::thread::sleep(backoff);
                             backoff = (backoff * 2).min(Duration::from_secs(2));
                         }
@@ -361,7 +399,13 @@ impl Publisher {
             commands,
             outbox,
             last_resend: Instant::now(),
+            broker_error,
         }
+    }
+
+    /// Why the broker cannot be reached, while it cannot (its last connection error).
+    pub fn broker_error(&self) -> Option<String> {
+        self.broker_error.lock().ok().and_then(|e| e.clone())
     }
 
     /// Signs `machine`'s envelopes with `key` (a provisioned machine's own) instead of the
@@ -542,10 +586,12 @@ impl Publisher {
             _ if receipts => Err(PublishError::Undelivered {
                 outstanding,
                 waited,
+                broker: self.broker_error(),
             }),
             _ => Err(PublishError::Unacknowledged {
                 outstanding,
                 waited,
+                broker: self.broker_error(),
             }),
         }
     }
@@ -684,6 +730,7 @@ pub fn serve_commands(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vendflow_protocol::MachineId;
 
     #[test]
     fn the_resend_timer_follows_round_trips_and_backs_off_once_per_timeout() {
@@ -712,6 +759,34 @@ mod tests {
         // A measured round trip ends the back-off.
         timer.sample(Duration::from_secs(8));
         assert!(timer.timeout() < RESEND_AT_MOST_AFTER);
+    }
+
+    /// A machine that cannot reach its broker says why when it gives up (here nothing listens;
+    /// a certificate the machine does not trust is said the same way), not that the bridge
+    /// may be down.
+    #[test]
+    fn a_timeout_names_the_brokers_connection_error() -> Result<(), Box<dyn std::error::Error>> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut publisher = Publisher::connect_with("127.0.0.1", port, "unreachable", 1, true);
+        publisher.publish(&Envelope {
+            machine_id: MachineId::parse("mach_unreachable")?,
+            events: Vec::new(),
+        })?;
+        std::thread::sleep(Duration::from_millis(300));
+        let said = match publisher.finish(Duration::from_millis(200)) {
+            Err(e @ PublishError::Undelivered { .. }) => e.to_string(),
+            other => return Err(format!("expected a timeout: {other:?}").into()),
+        };
+        assert!(
+            said.contains(&format!(
+                "the broker could not be reached (127.0.0.1:{port}: "
+            )),
+            "{said}"
+        );
+        assert!(!said.contains("vendflow bridge"), "{said}");
+        Ok(())
     }
 
     #[test]

@@ -477,6 +477,7 @@ where
                 return Err(PublishError::Undelivered {
                     outstanding: fleet.pending() as u64,
                     waited: since.elapsed(),
+                    broker: publisher.broker_error(),
                 });
             }
             std::thread::sleep(Duration::from_millis(20));
