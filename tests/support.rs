@@ -526,25 +526,27 @@ pub fn start_tansu_with(
 /// A self-signed certificate for 127.0.0.1, made with `openssl`: (certificate, key).
 pub fn self_signed(openssl: &Path, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     let (cert, key) = (dir.join("tls-cert.pem"), dir.join("tls-key.pem"));
-    let status = Command::new(openssl)
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .args([
+    run_openssl(
+        openssl,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
             "-subj",
             "/CN=127.0.0.1",
             "-addext",
             "subjectAltName=IP:127.0.0.1",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(std::process::Stdio::null())
-        .status()?;
-    if !status.success() {
-        bail!("openssl could not make a certificate");
-    }
+            "-keyout",
+            &text(&key),
+            "-out",
+            &text(&cert),
+        ],
+        "a certificate",
+    )?;
     Ok((cert, key))
 }
 
@@ -566,71 +568,38 @@ pub fn ca_signed(openssl: &Path, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf
         &extensions,
         "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
     )?;
-    let run = |args: &[&str], what: &str| -> anyhow::Result<()> {
-        let status = Command::new(openssl)
-            .args(args)
-            .stderr(std::process::Stdio::null())
-            .status()?;
-        if !status.success() {
-            bail!("openssl could not make {what}");
-        }
-        Ok(())
-    };
-    let text = |p: &PathBuf| p.display().to_string();
-    run(
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=vendflow test CA",
-            "-keyout",
-            &text(&ca_key),
-            "-out",
-            &text(&ca),
-        ],
-        "a CA",
-    )?;
-    run(
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            &text(&key),
-            "-out",
-            &text(&request),
-        ],
-        "a certificate request",
-    )?;
-    run(
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &text(&request),
-            "-CA",
-            &text(&ca),
-            "-CAkey",
-            &text(&ca_key),
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            &text(&extensions),
-            "-out",
-            &text(&cert),
-        ],
-        "a server certificate",
-    )?;
+    #[rustfmt::skip]
+    let steps: [(&[&str], &str); 3] = [
+        (&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+           "-subj", "/CN=vendflow test CA", "-keyout", &text(&ca_key), "-out", &text(&ca)],
+         "a CA"),
+        (&["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+           "-keyout", &text(&key), "-out", &text(&request)],
+         "a certificate request"),
+        (&["x509", "-req", "-in", &text(&request), "-CA", &text(&ca), "-CAkey", &text(&ca_key),
+           "-CAcreateserial", "-days", "2", "-extfile", &text(&extensions), "-out", &text(&cert)],
+         "a server certificate"),
+    ];
+    for (args, what) in steps {
+        run_openssl(openssl, args, what)?;
+    }
     Ok((ca, cert, key))
+}
+
+/// `openssl ARGS`, quietly; an error says it could not make `what`.
+fn run_openssl(openssl: &Path, args: &[&str], what: &str) -> anyhow::Result<()> {
+    let status = Command::new(openssl)
+        .args(args)
+        .stderr(std::process::Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!("openssl could not make {what}");
+    }
+    Ok(())
+}
+
+fn text(path: &Path) -> String {
+    path.display().to_string()
 }
 
 /// `vendflow bridge` from `mqtt` to `kafka` for `machines` simulated machines (seed 3: their

@@ -203,6 +203,15 @@ pub struct Publisher {
     broker_error: Arc<std::sync::Mutex<Option<String>>>,
 }
 
+/// Who connects and how: the session's client id, the seed of the fleet whose secrets sign,
+/// the one machine whose topics alone are read (None: every machine's), and TLS.
+struct Session<'a> {
+    client_id: &'a str,
+    seed: u64,
+    machine: Option<&'a str>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
 /// Where the platform's delivery receipts arrive.
 const RECEIPTS: &str = vendflow_protocol::topics::Topic::Delivered.filter();
 
@@ -227,7 +236,13 @@ impl Publisher {
         seed: u64,
         receipts: bool,
     ) -> Publisher {
-        Self::connect_as(host, port, client_id, (seed, None), receipts, None, None)
+        let session = Session {
+            client_id,
+            seed,
+            machine: None,
+            tls: None,
+        };
+        Self::connect_as(host, port, session, receipts, None)
     }
 
     /// [`Publisher::connect`] for machines with outboxes of their own: every delivery receipt
@@ -257,19 +272,27 @@ impl Publisher {
         tls: Option<Arc<rustls::ClientConfig>>,
     ) -> (Publisher, std::sync::mpsc::Receiver<String>) {
         let (tx, rx) = std::sync::mpsc::channel();
-        let publisher =
-            Self::connect_as(host, port, client_id, (seed, tls), false, Some(tx), machine);
+        let session = Session {
+            client_id,
+            seed,
+            machine,
+            tls,
+        };
+        let publisher = Self::connect_as(host, port, session, false, Some(tx));
         (publisher, rx)
     }
 
     fn connect_as(
         host: &str,
         port: u16,
-        client_id: &str,
-        (seed, tls): (u64, Option<Arc<rustls::ClientConfig>>),
+        Session {
+            client_id,
+            seed,
+            machine,
+            tls,
+        }: Session<'_>,
         receipts: bool,
         forward: Option<std::sync::mpsc::Sender<String>>,
-        machine: Option<&str>,
     ) -> Publisher {
         let (commands_filter, receipts_filter) = match machine {
             Some(m) => (Topic::Commands.of(m), Topic::Delivered.of(m)),
