@@ -44,6 +44,11 @@ pub struct Config {
     /// card sales in memory is hundreds of megabytes (1.5 M transactions a day for 50,000
     /// machines; the 1 M benchmark's rate is 9.5 M), an hour of them a few percent of that.
     pub settlement_memory_ms: i64,
+    /// At most this many card transactions in memory per worker: past it, a transaction is
+    /// parked as soon as its record is applied. A live fleet stays under it (50,000 machines
+    /// sell ~62,000 card transactions an hour), but a bulk load or a catch-up applies hours of
+    /// them at one ingestion time, and their hour in memory would be gigabytes.
+    pub settlement_memory_transactions: usize,
     /// How many days of per-day revenue are kept live (older days live in the Parquet history).
     pub revenue_retention_days: i64,
     /// A machine without a heartbeat for this long is offline.
@@ -120,6 +125,7 @@ impl Default for Config {
             revenue_retention_days: 35,
             settlement_days: 7,
             settlement_memory_ms: MS_PER_HOUR,
+            settlement_memory_transactions: 25_000,
             offline_after_ms: 120_000,
             low_stock_percent: 20,
             demand_days: 28,

@@ -16,7 +16,8 @@
 //! timers cost neither progress traffic nor downstream work until they fire.
 //!
 //! The output of a key must be a pure function of its state (`output(&key, &state)`): time enters
-//! the state through `apply` and timers. A key whose state returns to `S::default()` is dropped.
+//! the state through `apply` and timers. A key whose state returns to `S::default()` is dropped
+//! (so the default's output must be empty).
 
 use std::collections::BTreeMap;
 use std::hash::Hash;
@@ -299,9 +300,11 @@ impl<K: Clone + Eq + Hash, S: Default + PartialEq, O: Clone + PartialEq> FoldSta
             None if create => states.entry(key.clone()).or_default(),
             None => return,
         };
-        if !*seen {
+        let first = !*seen;
+        let start = before.len();
+        if first {
             *seen = true;
-            touched.push((key.clone(), before.len()));
+            touched.push((key.clone(), start));
             if !*keep {
                 output(key, state, before);
             }
@@ -313,6 +316,14 @@ impl<K: Clone + Eq + Hash, S: Default + PartialEq, O: Clone + PartialEq> FoldSta
             timers,
         };
         f(state, &mut ctx);
+        // A key first touched now that had no output and is back to the default has nothing
+        // to publish (the default's output is empty): it leaves the table at once rather than
+        // when the time is published, so a bulk time that moves most of its keys elsewhere (a
+        // settlement transaction parked on disk) never holds them all in memory.
+        if first && !*keep && before.len() == start && *state == S::default() {
+            states.remove(key);
+            touched.pop();
+        }
     }
 
     /// Ends time `now`: publishes the difference of each touched key's output, and drops the

@@ -29,7 +29,9 @@
 //! transaction afresh. It is held in memory for `settlement_memory_ms` (an hour) after its last
 //! record, then [`crate::parked`] on disk for the rest of its hold: a week of a fleet's card sales
 //! does not stay in memory, and a settlement line that comes days later takes its transaction
-//! back from disk. When a transaction's state is dropped its row stays published: the daily
+//! back from disk. A worker keeps at most `settlement_memory_transactions` in memory: past that a
+//! transaction is parked as soon as its record is applied, so a bulk load (hours of card sales at
+//! one ingestion time) or ten times the rate holds no more than a live fleet's hour. When a transaction's state is dropped its row stays published: the daily
 //! rows and the exceptions are kept for `revenue_retention_days`, like daily revenue. An unsettled
 //! transaction is counted in its day (`missing_in_settlement`), not listed one by one: without a
 //! settlement file every card sale would be.
@@ -339,6 +341,11 @@ pub fn render<'s>(
         ));
     }
     let on_timer_parked = parked.clone();
+    // Transactions in this worker's memory, against `settlement_memory_transactions` (those a
+    // checkpoint brings back are not counted: it only ever lets a few more stay).
+    let budget = config.settlement_memory_transactions;
+    let held = Rc::new(std::cell::Cell::new(0usize));
+    let on_timer_held = held.clone();
     let on = config.settlement_days > 0;
     let input = lines
         .flat_map(move |l| {
@@ -364,7 +371,8 @@ pub fn render<'s>(
                 return;
             }
             let now = ctx.now();
-            if *txn == Txn::default() {
+            let in_memory_before = *txn != Txn::default();
+            if !in_memory_before {
                 // Not in memory: parked on disk, if it has been seen within its hold.
                 let mut store = parked.borrow_mut();
                 if let Err(e) = store.sweep(now) {
@@ -422,11 +430,30 @@ pub fn render<'s>(
                     ctx.give(a, 1);
                 }
             }
-            // One timer per transaction, at the time it leaves memory: a pending one moves
-            // itself on when it fires.
-            let armed = txn.parks > now;
+            // A transaction taken back from disk has no timer, whatever its parking time says
+            // (one parked when memory was full had its time still ahead).
+            let armed = in_memory_before && txn.parks > now;
             txn.expires = now.saturating_add(hold);
             txn.parks = now.saturating_add(in_memory);
+            if !in_memory_before {
+                held.set(held.get() + 1);
+            }
+            if held.get() > budget {
+                // Memory is full: to disk at once (a pending timer finds nothing to do).
+                match parked
+                    .borrow_mut()
+                    .park(parked_key(key), txn.encode(), txn.expires)
+                {
+                    Ok(()) => {
+                        *txn = Txn::default();
+                        held.set(held.get().saturating_sub(1));
+                        return;
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot park a settlement transaction"),
+                }
+            }
+            // One timer per transaction, at the time it leaves memory: a pending one moves
+            // itself on when it fires.
             if !armed {
                 ctx.wake_at(txn.parks);
             }
@@ -435,10 +462,14 @@ pub fn render<'s>(
             let now = ctx.now();
             if now >= txn.expires {
                 *txn = Txn::default();
+                on_timer_held.set(on_timer_held.get().saturating_sub(1));
             } else if now >= txn.parks {
                 let mut store = on_timer_parked.borrow_mut();
                 match store.park(parked_key(key), txn.encode(), txn.expires) {
-                    Ok(()) => *txn = Txn::default(),
+                    Ok(()) => {
+                        *txn = Txn::default();
+                        on_timer_held.set(on_timer_held.get().saturating_sub(1));
+                    }
                     Err(e) => {
                         // Kept in memory for the rest of its hold instead.
                         tracing::error!(error = %e, "cannot park a settlement transaction");
@@ -786,6 +817,60 @@ mod tests {
         ] {
             assert!(statuses.contains(s), "no {s} in {statuses:?}");
         }
+    }
+
+    /// One transaction in memory per worker: every other is parked on disk as soon as its record
+    /// is applied and taken back by its next (a cart's other line, its verdict, a late line);
+    /// the views are the oracle's all the same.
+    #[test]
+    fn settlement_views_match_the_oracle_with_one_transaction_in_memory() {
+        for seed in 0..3 {
+            let mut scenario = Scenario::random(seed);
+            scenario.config.settlement_memory_transactions = 1;
+            let views = testing::run(&scenario);
+            let (daily, exceptions) = oracle(&scenario);
+            testing::assert_view(&views, "settlement_daily", daily, seed);
+            testing::assert_view(&views, "settlement_exceptions", exceptions, seed);
+        }
+    }
+
+    /// A bulk time of sixty card transactions (carts of two lines among them, a verdict for one
+    /// in the same time) against a memory of two per worker: the rest go to disk at once and
+    /// the next day's settlement file finds every one of them.
+    #[test]
+    fn a_bulk_time_over_the_memory_budget_settles_every_transaction() {
+        let mut s = Scenario::empty();
+        s.config.settlement_memory_transactions = 2;
+        let t0 = testing::BASE + 9 * 3_600_000;
+        let next_day = t0 + MS_PER_DAY;
+        let settled = SettlementStatus::Settled;
+        let mut total = 0;
+        for i in 0..60 {
+            let m = format!("m{}", i % 3);
+            let txn = format!("t{i}");
+            let at = t0 + i;
+            s.deliver(t0, card(&m, at, 1, 100 + i, &txn, false));
+            let mut cents = 100 + i;
+            if i % 4 == 0 {
+                s.deliver(t0, card(&m, at, 148, 50, &txn, false));
+                cents += 50;
+            }
+            total += cents;
+            let when = if i == 7 { t0 } else { next_day };
+            s.deliver(when, verdict(&m, at, &txn, cents, settled));
+        }
+        let views = testing::run(&s);
+        let daily = testing::rows(&views, "settlement_daily");
+        let (mut n, mut matched, mut value) = (0, 0, 0);
+        for r in &daily {
+            let d = DAILY.named(r);
+            n += d.int("card_transactions").unwrap_or(-1);
+            matched += d.int("matched").unwrap_or(-1);
+            value += d.cents("settled_value").unwrap_or(-1);
+        }
+        assert_eq!((n, matched, value), (60, 60, total), "{daily:?}");
+        let exceptions = testing::rows(&views, "settlement_exceptions");
+        assert!(exceptions.is_empty(), "{exceptions:?}");
     }
 
     /// `settlement_days = 0`: no transaction is held and the views stay empty.
