@@ -59,6 +59,16 @@ struct Cli {
         env = "VENDFLOW_SETTLEMENT_DAYS"
     )]
     settlement_days: i64,
+    /// Card transactions each worker keeps in memory while they wait for their settlement line;
+    /// the rest wait on disk in the state directory. The default holds a live 50,000-machine
+    /// fleet's hour of card sales; a bulk load or catch-up parks what is past it at once.
+    #[arg(
+        long,
+        global = true,
+        default_value_t = vendflow_dataflows::Config::default().settlement_memory_transactions,
+        env = "VENDFLOW_SETTLEMENT_MEMORY_TRANSACTIONS"
+    )]
+    settlement_memory_transactions: usize,
     /// The failure model of `maintenance_candidates` (JSON, from `vendflow maintenance train`);
     /// without it, the model this build carries.
     #[arg(long, global = true, env = "VENDFLOW_MAINTENANCE_MODEL")]
@@ -233,6 +243,7 @@ fn run() -> anyhow::Result<()> {
     let config = Config {
         workers: cli.workers,
         settlement_days: cli.settlement_days,
+        settlement_memory_transactions: cli.settlement_memory_transactions,
         maintenance,
         ..Config::default()
     };

@@ -28,10 +28,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // minutes (default a day) after the last.
     let repeat: u32 = args.next().map_or(Ok(1), |r| r.parse())?;
     let shift_minutes: i64 = args.next().map_or(Ok(24 * 60), |m| m.parse())?;
-    let mut engine = Engine::start(Config {
+    let mut config = Config {
         workers,
         ..Config::default()
-    })?;
+    };
+    // As `vendflow --settlement-memory-transactions N`.
+    if let Some(n) = std::env::var_os("VENDFLOW_SETTLEMENT_MEMORY_TRANSACTIONS") {
+        config.settlement_memory_transactions = n.to_string_lossy().parse()?;
+    }
+    let mut engine = Engine::start(config)?;
     let store = engine.store();
     let feeders = engine.feeders().ok_or("feeders")?;
     let started = Instant::now();
