@@ -32,8 +32,9 @@ const MAGIC: &[u8; 8] = b"VFCKPT\r\n";
 const FORMAT: u32 = 1;
 /// Bumped when what an operator saves changes shape without its type's name changing, or when
 /// keys are routed to workers differently (2: by the machine id's text, not its address; 3: the
-/// stockout forecast's days observed by weekday).
-const STATE_LAYOUT: u32 = 3;
+/// stockout forecast's days observed by weekday; 4: a settlement day's exceptions boxed when it
+/// has any).
+const STATE_LAYOUT: u32 = 4;
 /// Checkpoints kept after a new one is complete: it and the one before.
 pub const KEEP: usize = 2;
 
