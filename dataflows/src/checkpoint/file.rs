@@ -35,8 +35,12 @@ const FORMAT: u32 = 1;
 /// stockout forecast's days observed by weekday; 4: a settlement day's exceptions boxed when it
 /// has any).
 const STATE_LAYOUT: u32 = 4;
-/// Checkpoints kept after a new one is complete: it and the one before.
-pub const KEEP: usize = 2;
+/// Checkpoints kept after a new one is complete: it and the two before. In a cluster a process
+/// can be one checkpoint ahead of another that died while writing its own (the frontier had
+/// passed on both); if that one's newest is then lost as well (cut short, damaged), keeping two
+/// would leave the processes no frontier in common, and the cluster would read its whole log
+/// again. A cluster test met exactly this on a loaded machine.
+pub const KEEP: usize = 3;
 
 /// This engine's version as written in its checkpoints.
 pub fn version() -> String {
@@ -391,26 +395,32 @@ mod tests {
     }
 
     #[test]
-    fn the_newest_whole_checkpoint_is_loaded_and_two_are_kept() -> Result<(), CheckpointFileError> {
+    fn the_newest_whole_checkpoint_is_loaded_and_three_are_kept() -> Result<(), CheckpointFileError>
+    {
         let dir = tempfile::tempdir().map_err(io(Path::new("tmp")))?;
         let store = CheckpointDir::open(dir.path())?;
         assert!(
             store.load_newest()?.checkpoint.is_none(),
             "an empty directory has none"
         );
-        for t in [1_000, 2_000, 3_000] {
+        for t in [1_000, 2_000, 3_000, 4_000] {
             store.write(&checkpoint(t))?;
         }
         let loaded = store.load_newest()?;
-        assert_eq!(frontier(&loaded), Some(3_000));
+        assert_eq!(frontier(&loaded), Some(4_000));
         let (_, c) = loaded
             .checkpoint
             .as_ref()
             .ok_or_else(|| io(dir.path())(std::io::ErrorKind::NotFound.into()))?;
         assert_eq!(c.engine.workers, vec![vec![1, 2, 3], vec![4]]);
-        assert_eq!(c.engine.views, checkpoint(3_000).engine.views);
+        assert_eq!(c.engine.views, checkpoint(4_000).engine.views);
         assert_eq!(c.source, b"offsets");
-        assert_eq!(store.files()?.len(), KEEP, "older checkpoints are removed");
+        assert_eq!(KEEP, 3);
+        assert_eq!(
+            store.files()?.len(),
+            KEEP,
+            "the oldest checkpoint is removed"
+        );
         Ok(())
     }
 
