@@ -65,7 +65,7 @@ struct Cli {
     #[arg(
         long,
         global = true,
-        default_value_t = vendflow_dataflows::Config::default().settlement_memory_transactions,
+        default_value_t = vendflow_dataflows::config::SETTLEMENT_MEMORY_TRANSACTIONS,
         env = "VENDFLOW_SETTLEMENT_MEMORY_TRANSACTIONS"
     )]
     settlement_memory_transactions: usize,

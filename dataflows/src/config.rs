@@ -110,6 +110,9 @@ impl Config {
     }
 }
 
+/// The default of [`Config::settlement_memory_transactions`].
+pub const SETTLEMENT_MEMORY_TRANSACTIONS: usize = 100_000;
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -126,7 +129,7 @@ impl Default for Config {
             revenue_retention_days: 35,
             settlement_days: 7,
             settlement_memory_ms: MS_PER_HOUR,
-            settlement_memory_transactions: 100_000,
+            settlement_memory_transactions: SETTLEMENT_MEMORY_TRANSACTIONS,
             offline_after_ms: 120_000,
             low_stock_percent: 20,
             demand_days: 28,

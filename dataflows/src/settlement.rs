@@ -31,7 +31,8 @@
 //! does not stay in memory, and a settlement line that comes days later takes its transaction
 //! back from disk. A worker keeps at most `settlement_memory_transactions` in memory: past that a
 //! transaction is parked as soon as its record is applied, so a bulk load (hours of card sales at
-//! one ingestion time) or ten times the rate holds no more than a live fleet's hour. When a transaction's state is dropped its row stays published: the daily
+//! one ingestion time) or ten times the rate holds no more than a live fleet's hour. When a
+//! transaction's state is dropped its row stays published: the daily
 //! rows and the exceptions are kept for `revenue_retention_days`, like daily revenue. An unsettled
 //! transaction is counted in its day (`missing_in_settlement`), not listed one by one: without a
 //! settlement file every card sale would be.
@@ -346,7 +347,7 @@ pub fn render<'s>(
     }
     let on_timer_parked = parked.clone();
     // Transactions in this worker's memory, against `settlement_memory_transactions` (those a
-    // checkpoint brings back are not counted: it only ever lets a few more stay).
+    // checkpoint brings back are not counted: after a restart at most the limit more stay).
     let budget = config.settlement_memory_transactions;
     let held = Rc::new(std::cell::Cell::new(0usize));
     let on_timer_held = held.clone();
