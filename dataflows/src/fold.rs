@@ -820,3 +820,41 @@ pub fn totals<'s, K: Data, R: Data>(
         Summed::Late(..) => None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sets a key's state to the record's value; the output is the state unless it is 0.
+    fn set(_: &u32, state: &mut i64, value: i64, _: isize, _: &mut Ctx<'_, u32, i64>) {
+        *state = value;
+    }
+
+    fn output(_: &u32, state: &i64, out: &mut Vec<i64>) {
+        if *state != 0 {
+            out.push(*state);
+        }
+    }
+
+    /// A key first touched at a time that is back to its default at once (a settlement
+    /// transaction parked on disk) leaves the table then, not when the time is published; a
+    /// key that had output waits for the publication, which retracts it.
+    #[test]
+    fn a_key_back_to_its_default_on_its_first_touch_leaves_the_table_at_once() {
+        let mut fold = FoldState::<u32, i64, i64>::new(false);
+        let t0 = Time::EPOCH;
+        fold.apply(t0, ((1, 0), 1), &mut set, &output);
+        assert_eq!((fold.states.len(), fold.touched.len()), (0, 0));
+        fold.apply(t0, ((2, 7), 1), &mut set, &output);
+        assert_eq!((fold.states.len(), fold.touched.len()), (1, 1));
+        assert!(fold.publish(t0, &output, usize::MAX));
+        assert_eq!(std::mem::take(&mut fold.out), vec![(7, t0, 1)]);
+
+        let t1 = t0.saturating_add(1);
+        fold.apply(t1, ((2, 0), 1), &mut set, &output);
+        assert_eq!(fold.states.len(), 1, "its output 7 is still to retract");
+        assert!(fold.publish(t1, &output, usize::MAX));
+        assert_eq!(std::mem::take(&mut fold.out), vec![(7, t1, -1)]);
+        assert!(fold.states.is_empty());
+    }
+}
