@@ -167,6 +167,22 @@ struct Txn {
     parks: Time,
 }
 
+/// Moves a transaction out of memory to the parked store until its hold ends, counting it out
+/// of `held`; on an error it stays in memory as it was.
+fn park(
+    store: &RefCell<Parked>,
+    held: &std::cell::Cell<usize>,
+    key: &(MachineId, Text),
+    txn: &mut Txn,
+) -> Result<(), crate::parked::ParkedError> {
+    store
+        .borrow_mut()
+        .park(parked_key(key), txn.encode(), txn.expires)?;
+    *txn = Txn::default();
+    held.set(held.get().saturating_sub(1));
+    Ok(())
+}
+
 /// A transaction's key in the parked store: the machine's length, the machine, the transaction.
 fn parked_key((machine, txn): &(MachineId, Text)) -> Vec<u8> {
     let m = machine.as_str().as_bytes();
@@ -445,15 +461,8 @@ pub fn render<'s>(
             }
             if held.get() > budget {
                 // Memory is full: to disk at once (a pending timer finds nothing to do).
-                match parked
-                    .borrow_mut()
-                    .park(parked_key(key), txn.encode(), txn.expires)
-                {
-                    Ok(()) => {
-                        *txn = Txn::default();
-                        held.set(held.get().saturating_sub(1));
-                        return;
-                    }
+                match park(&parked, &held, key, txn) {
+                    Ok(()) => return,
                     Err(e) => tracing::error!(error = %e, "cannot park a settlement transaction"),
                 }
             }
@@ -469,12 +478,8 @@ pub fn render<'s>(
                 *txn = Txn::default();
                 on_timer_held.set(on_timer_held.get().saturating_sub(1));
             } else if now >= txn.parks {
-                let mut store = on_timer_parked.borrow_mut();
-                match store.park(parked_key(key), txn.encode(), txn.expires) {
-                    Ok(()) => {
-                        *txn = Txn::default();
-                        on_timer_held.set(on_timer_held.get().saturating_sub(1));
-                    }
+                match park(&on_timer_parked, &on_timer_held, key, txn) {
+                    Ok(()) => {}
                     Err(e) => {
                         // Kept in memory for the rest of its hold instead.
                         tracing::error!(error = %e, "cannot park a settlement transaction");
