@@ -16,9 +16,10 @@
 //!   acknowledgement ([`Machine::acknowledged`]) removes them. The one other way out is age:
 //!   the machine keeps [`KEEP_MS`] (24 hours) of events it could not deliver; older ones make
 //!   room, and a `dropped` event numbered like the others declares their numbers to the
-//!   platform, appended and synced before they are forgotten ([`Machine::expire`], at every
-//!   heartbeat: a machine beats on while it is offline), so `sequence_gaps` shows that loss as
-//!   declared.
+//!   platform, appended and synced before they are forgotten, so `sequence_gaps` shows that
+//!   loss as declared. The rule is the core's ([`Outbox::expire`], `no_std`); the host looks at
+//!   every heartbeat ([`Machine::expire`]: a machine beats on while it is offline) and writes
+//!   the declaration as a protocol event.
 //!
 //! After a power cut ([`Machine::reopen`], [`PowerCut::power_cut`]) the controller is what its
 //! log's newest state says, not what the caller had in memory: a step the power cut short is
@@ -29,7 +30,7 @@
 use std::path::{Path, PathBuf};
 
 use vendflow_controller::file::FileLog;
-use vendflow_controller::outbox::{Log, MemoryLog, Opened, Outbox, OutboxError};
+use vendflow_controller::outbox::{ExpireError, Log, MemoryLog, Opened, Outbox, OutboxError};
 use vendflow_controller::vend::{Action, Answer, Input, Millis, Record, Vend};
 use vendflow_protocol::{
     AckStatus, Cents, CommandAck, Envelope, ErrorCode, ErrorEvent, Event, EventKind, MachineId,
@@ -54,12 +55,9 @@ pub enum MachineError {
     },
 }
 
-/// How long a machine keeps an event the platform has not acknowledged (the product's offline
-/// rule: up to 24 hours of events are kept).
-pub const KEEP_MS: i64 = 24 * 3_600_000;
-
-/// How often [`Machine::expire`] looks at the oldest events.
-const EXPIRY_CHECK_MS: i64 = 600_000;
+/// How long a machine keeps an event the platform has not acknowledged: the core's
+/// [`vendflow_controller::outbox::KEEP_MS`] (24 hours).
+pub use vendflow_controller::outbox::KEEP_MS;
 
 /// A machine: its id, its controller and its outbox (a file, or memory for a simulated
 /// fleet of thousands).
@@ -69,10 +67,6 @@ pub struct Machine<L: Log = FileLog> {
     outbox: Outbox<L>,
     /// Where the outbox is, for errors.
     place: String,
-    /// When [`Machine::expire`] looks again.
-    next_expiry_check: Millis,
-    /// How long an undelivered event is kept ([`KEEP_MS`] unless set).
-    keep_ms: Millis,
 }
 
 impl Machine<FileLog> {
@@ -172,8 +166,6 @@ where
             vend,
             outbox,
             place,
-            next_expiry_check: 0,
-            keep_ms: KEEP_MS,
         };
         let booted = machine.vend.reboot();
         let rest = machine.perform(now, booted)?;
@@ -192,6 +184,7 @@ where
     fn reboot_from(&mut self, log: L, now: Millis) -> Result<(Opened, Vec<Action>), MachineError> {
         let (mut outbox, opened) = Outbox::open(log).map_err(|e| outbox_error(&self.place, e))?;
         outbox.set_compact_at(self.outbox.compacts_at());
+        outbox.set_keep(self.outbox.keeps());
         self.outbox = outbox;
         if let Some(vend) = restored(&opened, &self.place)? {
             self.vend = vend;
@@ -203,7 +196,7 @@ where
     /// than real time stretches the network's delays by as much in the machines' time (a
     /// resend a minute later at 500× is 8 simulated hours).
     pub fn keep(&mut self, ms: Millis) {
-        self.keep_ms = ms.max(EXPIRY_CHECK_MS);
+        self.outbox.set_keep(ms);
     }
 
     /// Compacts the outbox once acknowledged records take more than `bytes`.
@@ -240,52 +233,50 @@ where
         self.append(now, EventKind::Heartbeat(kind), false)
     }
 
-    /// Gives up on the events older than [`KEEP_MS`] (or [`Machine::keep`]) that the platform has not acknowledged
-    /// (at most every ten minutes): a `dropped` event declaring their numbers is appended and
-    /// synced first, then they are forgotten. Returns the declaration, if one was made.
-    ///
-    /// A power cut between the two leaves them in the log with the declaration; the next look
-    /// declares them again (the platform takes the ranges as a set).
+    /// Gives up on the events older than [`KEEP_MS`] (or [`Machine::keep`]) that the platform
+    /// has not acknowledged: the core's rule ([`Outbox::expire`], at most every ten minutes),
+    /// with the declaration written as a `dropped` event. Returns the declaration, if one was
+    /// made.
     pub fn expire(
         &mut self,
         now: Millis,
     ) -> Result<Option<vendflow_protocol::Dropped>, MachineError> {
-        if now < self.next_expiry_check {
-            return Ok(None);
-        }
-        self.next_expiry_check = now + EXPIRY_CHECK_MS;
-        let oldest_kept = now - self.keep_ms;
-        let mut old = None::<(u64, u64)>;
-        // Pending events are in the order they were made: the old ones are a prefix.
-        for entry in self.outbox.pending() {
-            if self.event_of(entry)?.timestamp.0 >= oldest_kept {
-                break;
-            }
-            old = Some((old.map_or(entry.seq, |(first, _)| first), entry.seq));
-        }
-        let Some((first_seq, last_seq)) = old else {
+        let keep_hours = self.outbox.keeps() / 3_600_000;
+        let reason: Text = format!("kept_{keep_hours}h").into();
+        let (id, place) = (&self.id, &self.place);
+        let expired = self
+            .outbox
+            .expire(
+                now,
+                |entry| event_of(id, entry).map(|e| e.timestamp.0),
+                |first_seq, last_seq, seq| {
+                    let declared = vendflow_protocol::Dropped {
+                        first_seq,
+                        last_seq,
+                        reason: reason.clone(),
+                    };
+                    event_body(id, now, seq, EventKind::Dropped(declared))
+                },
+            )
+            .map_err(|e| match e {
+                ExpireError::Outbox(e) => outbox_error(place, e),
+                ExpireError::Time { error, .. } => error,
+            })?;
+        let Some(expired) = expired else {
             return Ok(None);
         };
-        let declared = vendflow_protocol::Dropped {
-            first_seq,
-            last_seq,
-            reason: format!("kept_{}h", self.keep_ms / 3_600_000).into(),
-        };
-        self.append(now, EventKind::Dropped(declared.clone()), false)?;
-        self.outbox
-            .sync()
-            .map_err(|e| outbox_error(&self.place, e))?;
-        self.outbox
-            .forget(last_seq)
-            .map_err(|e| outbox_error(&self.place, e))?;
         tracing::warn!(
             machine_id = %self.id,
-            first_seq,
-            last_seq,
-            keep_hours = self.keep_ms / 3_600_000,
+            first_seq = expired.first_seq,
+            last_seq = expired.last_seq,
+            keep_hours,
             "events kept too long without the platform's acknowledgement dropped and declared"
         );
-        Ok(Some(declared))
+        Ok(Some(vendflow_protocol::Dropped {
+            first_seq: expired.first_seq,
+            last_seq: expired.last_seq,
+            reason,
+        }))
     }
 
     /// Appends the step's records, commits the controller's state with them, and returns the
@@ -330,17 +321,11 @@ where
     /// controller's state), or one that stands alone (a heartbeat, not synced on its own).
     fn append(&mut self, now: Millis, kind: EventKind, step: bool) -> Result<u64, MachineError> {
         let seq = self.outbox.last_seq() + 1;
-        let event = Event {
-            machine_id: self.id.clone(),
-            timestamp: Timestamp(now),
-            seq: Some(seq),
-            kind,
-        };
-        let body = event.body_json().to_string();
+        let body = event_body(&self.id, now, seq, kind);
         let given = if step {
-            self.outbox.push_step(body.as_bytes())
+            self.outbox.push_step(&body)
         } else {
-            self.outbox.push(body.as_bytes(), false)
+            self.outbox.push(&body, false)
         }
         .map_err(|e| outbox_error(&self.place, e))?;
         debug_assert_eq!(given, seq);
@@ -363,7 +348,7 @@ where
         let mut events = Vec::new();
         let mut last = 0;
         for entry in self.outbox.pending().take(max) {
-            events.push(self.event_of(entry)?);
+            events.push(event_of(&self.id, entry)?);
             last = entry.seq;
         }
         Ok((!events.is_empty()).then(|| {
@@ -375,22 +360,6 @@ where
                 last,
             )
         }))
-    }
-
-    /// An outbox record as the event it is.
-    fn event_of(&self, entry: &vendflow_controller::outbox::Entry) -> Result<Event, MachineError> {
-        let line = format!(
-            "{{\"machineId\":\"{}\",{}",
-            self.id.as_str(),
-            std::str::from_utf8(&entry.body)
-                .map_err(|e| MachineError::Record(e.to_string()))?
-                .trim_start_matches('{')
-        );
-        vendflow_protocol::decode::decode_line(line.as_bytes())
-            .into_iter()
-            .next()
-            .ok_or_else(|| MachineError::Record("nothing decoded".into()))?
-            .map_err(|e| MachineError::Record(e.to_string()))
     }
 
     /// The platform has every event up to `seq`.
@@ -409,6 +378,37 @@ where
     pub fn last_seq(&self) -> u64 {
         self.outbox.last_seq()
     }
+}
+
+/// An event's body in the outbox: the event without its machine id (every record is the
+/// machine's own).
+fn event_body(id: &MachineId, now: Millis, seq: u64, kind: EventKind) -> Vec<u8> {
+    let event = Event {
+        machine_id: id.clone(),
+        timestamp: Timestamp(now),
+        seq: Some(seq),
+        kind,
+    };
+    event.body_json().to_string().into_bytes()
+}
+
+/// An outbox record as the event it is.
+fn event_of(
+    id: &MachineId,
+    entry: &vendflow_controller::outbox::Entry,
+) -> Result<Event, MachineError> {
+    let line = format!(
+        "{{\"machineId\":\"{}\",{}",
+        id.as_str(),
+        std::str::from_utf8(&entry.body)
+            .map_err(|e| MachineError::Record(e.to_string()))?
+            .trim_start_matches('{')
+    );
+    vendflow_protocol::decode::decode_line(line.as_bytes())
+        .into_iter()
+        .next()
+        .ok_or_else(|| MachineError::Record("nothing decoded".into()))?
+        .map_err(|e| MachineError::Record(e.to_string()))
 }
 
 /// The controller the log's newest state holds, if it holds one.
@@ -484,6 +484,7 @@ fn cents(amount: u64) -> Cents {
 
 #[cfg(test)]
 mod tests {
+    use vendflow_controller::outbox::EXPIRY_CHECK_MS;
     use vendflow_controller::vend::{Method, Slot};
 
     use super::*;

@@ -34,12 +34,29 @@
 //! many as it holds live, it is rewritten with the pending ones and the newest state only,
 //! atomically ([`Log::replace`]). A marker is kept at the head so the numbering goes on
 //! where it was.
+//!
+//! # Events kept too long ([`Outbox::expire`])
+//! The one other way out is age, the product's offline rule: a machine keeps [`KEEP_MS`] (24
+//! hours) of events it could not deliver. Older ones make room: an event declaring their
+//! numbers is pushed and synced first, then they are forgotten like acknowledged ones, so the
+//! platform learns of the loss (its `sequence_gaps` view) instead of finding a hole. A power cut
+//! between the two leaves them in the log with the declaration; the next look declares them
+//! again (the platform takes the ranges as a set).
 
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
+use crate::vend::Millis;
+
 /// A compaction happens when acknowledged records take more than this many bytes.
 pub const COMPACT_AT: u64 = 64 * 1024;
+
+/// How long a machine keeps an event the platform has not acknowledged (the product's offline
+/// rule: up to 24 hours of events are kept).
+pub const KEEP_MS: Millis = 24 * 3_600_000;
+
+/// How often [`Outbox::expire`] looks at the oldest events.
+pub const EXPIRY_CHECK_MS: Millis = 600_000;
 
 const HEADER: usize = 4 + 4 + 8 + 1;
 const EVENT: u8 = 0;
@@ -70,6 +87,25 @@ pub enum OutboxError<E: core::fmt::Debug> {
     Storage(E),
     #[error("an event of {0} bytes is larger than a record may be")]
     TooLarge(usize),
+}
+
+/// [`Outbox::expire`]'s errors: the storage's, or an event whose time its reader could not
+/// tell.
+#[derive(Debug, thiserror::Error)]
+pub enum ExpireError<S: core::fmt::Debug, E: core::fmt::Debug> {
+    #[error(transparent)]
+    Outbox(#[from] OutboxError<S>),
+    #[error("the time of the outbox's event {seq} cannot be read: {error:?}")]
+    Time { seq: u64, error: E },
+}
+
+/// Events [`Outbox::expire`] gave up on: their numbers, and the number of the event that
+/// declared them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expired {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub declared_by: u64,
 }
 
 /// An event waiting for the platform's acknowledgement.
@@ -109,6 +145,10 @@ pub struct Outbox<L: Log> {
     state: Option<(Vec<u8>, u64, u64)>,
     /// Step events not yet committed (numbers after the state's).
     uncommitted: bool,
+    /// How long an event is kept unacknowledged ([`KEEP_MS`] unless set), and when
+    /// [`Outbox::expire`] looks again.
+    keep_ms: Millis,
+    next_expiry_check: Millis,
 }
 
 /// One record's bytes.
@@ -249,6 +289,8 @@ impl<L: Log> Outbox<L> {
             compact_at: COMPACT_AT,
             state,
             uncommitted: false,
+            keep_ms: KEEP_MS,
+            next_expiry_check: Millis::MIN,
         };
         Ok((outbox, opened))
     }
@@ -374,6 +416,60 @@ impl<L: Log> Outbox<L> {
     /// they are never sent again, and the numbering goes on after them.
     pub fn forget(&mut self, through: u64) -> Result<(), OutboxError<L::Error>> {
         self.ack(through)
+    }
+
+    /// The offline keep rule: at most every [`EXPIRY_CHECK_MS`] (the first call always looks),
+    /// the pending events made before `now` minus the keep period ([`KEEP_MS`] unless
+    /// [`Outbox::set_keep`]) are given up. `made_at` tells an event's time from its body (the
+    /// outbox does not read bodies); pending events are in the order they were made, so the old
+    /// ones are a prefix. `declaration(first, last, seq)` is the body of the event, numbered
+    /// `seq`, that declares `first..=last` dropped: it is pushed and synced before they are
+    /// forgotten. None when nothing was old enough (or it was not yet time to look).
+    pub fn expire<E: core::fmt::Debug>(
+        &mut self,
+        now: Millis,
+        made_at: impl Fn(&Entry) -> Result<Millis, E>,
+        declaration: impl FnOnce(u64, u64, u64) -> Vec<u8>,
+    ) -> Result<Option<Expired>, ExpireError<L::Error, E>> {
+        if now < self.next_expiry_check {
+            return Ok(None);
+        }
+        self.next_expiry_check = now.saturating_add(EXPIRY_CHECK_MS);
+        let oldest_kept = now.saturating_sub(self.keep_ms);
+        let mut old = None::<(u64, u64)>;
+        for entry in &self.pending {
+            let at = made_at(entry).map_err(|error| ExpireError::Time {
+                seq: entry.seq,
+                error,
+            })?;
+            if at >= oldest_kept {
+                break;
+            }
+            old = Some((old.map_or(entry.seq, |(first, _)| first), entry.seq));
+        }
+        let Some((first_seq, last_seq)) = old else {
+            return Ok(None);
+        };
+        let body = declaration(first_seq, last_seq, self.last + 1);
+        let declared_by = self.push(&body, true)?;
+        self.forget(last_seq)?;
+        Ok(Some(Expired {
+            first_seq,
+            last_seq,
+            declared_by,
+        }))
+    }
+
+    /// Keeps unacknowledged events `ms` instead of [`KEEP_MS`] (at least [`EXPIRY_CHECK_MS`]):
+    /// a simulation many times faster than real time stretches the network's delays by as much
+    /// in the machines' time.
+    pub fn set_keep(&mut self, ms: Millis) {
+        self.keep_ms = ms.max(EXPIRY_CHECK_MS);
+    }
+
+    /// How long an unacknowledged event is kept ([`Outbox::set_keep`]).
+    pub fn keeps(&self) -> Millis {
+        self.keep_ms
     }
 
     /// Compacts once the garbage (acknowledged events, markers, older states) is more than the
