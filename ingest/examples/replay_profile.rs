@@ -3,7 +3,8 @@
 //! the SQL and archive crates.
 //!
 //! `cargo run --release -p vendflow-ingest --example replay_profile -- FILE [WORKERS [REPEAT
-//! [SHIFT_MINUTES]]]`; with `--features vendflow-ingest/heap-profile`, the system allocator for
+//! [SHIFT_MINUTES]]]`; `VENDFLOW_CSV_OUT=DIR` also writes the views' CSVs there, as `vendflow
+//! replay --out DIR` does; with `--features vendflow-ingest/heap-profile`, the system allocator for
 //! heaptrack (`heaptrack …/replay_profile FILE 2 3 3`).
 
 use std::sync::Arc;
@@ -67,6 +68,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for (view, n) in &per_view {
             eprintln!("{n:>10} {view}");
         }
+    }
+    // As `vendflow replay --out DIR` ends: every view as CSV (to profile that phase too).
+    if let Some(dir) = std::env::var_os("VENDFLOW_CSV_OUT") {
+        let at = Instant::now();
+        let written = vendflow_sinks::csv::write_store(&store, std::path::Path::new(&dir))?;
+        eprintln!(
+            "{} CSVs written in {:.2} s",
+            written.len(),
+            at.elapsed().as_secs_f64()
+        );
     }
     let peak = vendflow_dataflows::peak_rss_bytes().unwrap_or(0) >> 20;
     println!(
