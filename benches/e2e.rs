@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo build --release --bins && cargo bench -p vendflow-benches --bench e2e
-//! cargo bench -p vendflow-benches --bench e2e -- --events 200000 --skip-10x --skip-freshness
+//! cargo bench -p vendflow-benches --bench e2e -- --events 200000 --skip-10x --skip-freshness --rounds 1
 //! ```
 //! One run prints, each measured now on this machine (it is shared and noisy, so the ratios are
 //! what matter):
@@ -10,7 +10,10 @@
 //!    peak RSS of its process);
 //! 2. `vendflow replay FILE --out DIR --workers 1`, then `--workers 2`: the release binary as a
 //!    user runs it, every view, CSVs written; wall time of the whole process and the peak RSS it
-//!    reports; the ratios to DuckDB and the speed-up of the second worker;
+//!    reports; the ratios to DuckDB and the speed-up of the second worker. Steps 1 and 2 are
+//!    taken `--rounds` times (default 3), alternating, and each figure is the median of its
+//!    rounds, with their spread: on a shared machine one round's DuckDB time alone ranged
+//!    0.56–1.04 s between sessions;
 //! 3. the same binary with `--repeat 10` (ten copies of the file a day apart: ten times the events
 //!    through the same 50,000 machines): its peak RSS against the 1× run's; then the same ten
 //!    copies three minutes apart (the machines at ten times their rate within about an hour, so
@@ -45,6 +48,7 @@ struct Args {
     freshness_events: u64,
     skip_10x: bool,
     skip_freshness: bool,
+    rounds: usize,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -55,6 +59,7 @@ fn args() -> anyhow::Result<Args> {
         freshness_events: 120_000,
         skip_10x: false,
         skip_freshness: false,
+        rounds: 3,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -66,6 +71,7 @@ fn args() -> anyhow::Result<Args> {
             "--freshness-events" => a.freshness_events = value("--freshness-events")?.parse()?,
             "--skip-10x" => a.skip_10x = true,
             "--skip-freshness" => a.skip_freshness = true,
+            "--rounds" => a.rounds = value("--rounds")?.parse::<usize>()?.max(1),
             // cargo bench passes --bench; criterion-style filters are not ours.
             _ => {}
         }
@@ -232,6 +238,23 @@ fn freshness(path: &Path, rate: f64) -> anyhow::Result<(f64, f64, usize)> {
     Ok((quantile(&ms, 0.5), quantile(&ms, 0.99), ms.len()))
 }
 
+/// The median of a few figures.
+fn median(figures: &[f64]) -> f64 {
+    let mut sorted = figures.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    quantile(&sorted, 0.5)
+}
+
+/// "median of N rounds, min–max", or nothing for one round.
+fn spread(figures: &[f64], rounds: usize) -> String {
+    if rounds < 2 {
+        return String::new();
+    }
+    let lo = figures.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = figures.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("(median of {rounds}: {lo:.2}–{hi:.2} s)")
+}
+
 fn verdict(ok: bool) -> &'static str {
     if ok { "met" } else { "NOT met" }
 }
@@ -242,22 +265,56 @@ fn main() -> anyhow::Result<()> {
     let path = workload(args.events)?;
     println!("workload   {} ({} events)", path.display(), args.events);
 
-    let (duck, duck_run) = duckdb(&path)?;
+    // DuckDB, one worker, two workers, round after round; each figure the median of its rounds.
+    let (mut duck_own, mut duck_wall, mut duck_peak) = (Vec::new(), Vec::new(), Vec::new());
+    let mut walls = [Vec::new(), Vec::new()];
+    let mut peaks = [Vec::new(), Vec::new()];
+    let mut events = 0;
+    for round in 1..=args.rounds {
+        let (own, run) = duckdb(&path)?;
+        duck_own.push(own);
+        duck_wall.push(run.wall);
+        duck_peak.push(run.peak_mib);
+        let mut line = format!("round {round}: DuckDB {own:.2} s");
+        for (k, workers) in [1, 2].into_iter().enumerate() {
+            let (run, n) = vendflow(&bin, &path, workers, 1, None)?;
+            events = n;
+            line.push_str(&format!(
+                ", {workers} worker{} {:.2} s",
+                if workers == 1 { "" } else { "s" },
+                run.wall
+            ));
+            walls[k].push(run.wall);
+            peaks[k].push(run.peak_mib);
+        }
+        eprintln!("{line}");
+    }
+    let duck = median(&duck_own);
+    let duck_run = Run {
+        wall: median(&duck_wall),
+        peak_mib: median(&duck_peak),
+    };
     println!(
-        "DuckDB     reference.py {duck:>6.2} s (process {:.2} s)                      peak RSS {:>6.0} MiB",
-        duck_run.wall, duck_run.peak_mib
+        "DuckDB     reference.py {duck:>6.2} s (process {:.2} s)                      peak RSS {:>6.0} MiB   {}",
+        duck_run.wall,
+        duck_run.peak_mib,
+        spread(&duck_own, args.rounds)
     );
     let mut runs = Vec::new();
-    for workers in [1, 2] {
-        let (run, events) = vendflow(&bin, &path, workers, 1, None)?;
+    for (k, workers) in [1, 2].into_iter().enumerate() {
+        let run = Run {
+            wall: median(&walls[k]),
+            peak_mib: median(&peaks[k]),
+        };
         println!(
-            "vendflow   replay, {workers} worker{} {:>6.2} s = {:>5.2}x DuckDB  {:>9.0} events/s  peak RSS {:>6.0} MiB = {:.2}x DuckDB",
+            "vendflow   replay, {workers} worker{} {:>6.2} s = {:>5.2}x DuckDB  {:>9.0} events/s  peak RSS {:>6.0} MiB = {:.2}x DuckDB   {}",
             if workers == 1 { " " } else { "s" },
             run.wall,
             run.wall / duck,
             events as f64 / run.wall,
             run.peak_mib,
             run.peak_mib / duck_run.peak_mib,
+            spread(&walls[k], args.rounds)
         );
         runs.push(run);
     }

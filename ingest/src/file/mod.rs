@@ -679,6 +679,8 @@ mod tests {
     use std::io::Write;
     use std::time::Duration;
 
+    use anyhow::Context;
+
     use vendflow_dataflows::errors::ERRORS;
     use vendflow_dataflows::revenue::SLOT_SALES;
     use vendflow_dataflows::{Config, Engine, Value};
@@ -765,6 +767,72 @@ mod tests {
             Some(1_700_000_000_000 + 1500 * 1000)
         );
         engine.shutdown().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Lines across the 1 MiB read buffer's end, a line longer than the buffer and a last line
+    /// without a newline are each read whole, once, by the reader whose line it is.
+    #[test]
+    fn lines_across_the_read_buffer_and_longer_than_it_are_read_whole() -> anyhow::Result<()> {
+        let mut file = tempfile::NamedTempFile::new()?;
+        let line = |i: i64| {
+            format!(
+                "{{\"machineId\":\"m{}\",\"type\":\"sale\",\"timestamp\":{},\"payload\":{{\"slotNumber\":{},\"productId\":\"p\",\"amount\":1.25,\"transactionId\":\"t{i}\"}}}}",
+                i % 50,
+                1_700_000_000_000i64 + i * 100,
+                1 + i % 9
+            )
+        };
+        let mut text = String::new();
+        let sales = 20_000;
+        for i in 0..sales {
+            text.push_str(&line(i));
+            text.push('\n');
+            if i == 7_000 {
+                // 1.5 MB: longer than the 1 MiB read buffer.
+                text.push_str(&format!(
+                    "{{\"machineId\":\"m1\",\"type\":\"sale\",\"pad\":\"{}\"}}\n",
+                    "x".repeat(1_500_000)
+                ));
+            }
+        }
+        text.push_str(&line(sales));
+        file.write_all(text.as_bytes())?;
+        let mut engine = Engine::start(Config::default())?;
+        let store = engine.store();
+        let feeders = engine.feeders().context("feeders")?;
+        let progress = Arc::new(AtomicU64::new(0));
+        let stats = replay(
+            file.path(),
+            feeders,
+            &ReplayOptions::default(),
+            progress.clone(),
+        )?;
+        assert_eq!(
+            stats.counts,
+            crate::Counts {
+                messages: sales as u64 + 2,
+                events: sales as u64 + 1,
+                refused: 1
+            }
+        );
+        assert_eq!(progress.load(Ordering::SeqCst), text.len() as u64);
+        anyhow::ensure!(store.wait_for(stats.end, Duration::from_secs(60)));
+        let snapshot = store.snapshot();
+        let lines: i64 = snapshot
+            .rows("slot_sales")?
+            .iter()
+            .map(|r| SLOT_SALES.named(r).int("lines").unwrap_or(0))
+            .sum();
+        assert_eq!(lines, sales + 1);
+        let errors = snapshot.rows("errors")?;
+        assert_eq!(errors.len(), 1);
+        let source = ERRORS.named(&errors[0]).text("source");
+        assert!(
+            source.as_ref().is_some_and(|s| s.ends_with(":7002")),
+            "{source:?}"
+        );
+        engine.shutdown()?;
+        Ok(())
     }
 
     /// A bad line of a registry file loaded before a replay of older telemetry is in the
