@@ -2257,12 +2257,17 @@ fn a_thousand_controllers_with_outages_and_a_broker_restart_lose_no_event() -> a
 /// with `kill -9` in the middle of its day and started again from the same outbox: every sale
 /// it recorded (before the kill and after) is in revenue once, no event number is missing, and
 /// a command sent while it runs is applied by its controller and answered. The second run
-/// speaks MQTT over TLS (`--tls-ca`, Mosquitto's TLS listener) to the same broker, and its
-/// session, queued commands and receipts carry over from the plain connection.
+/// speaks MQTT over TLS (`--tls-ca`, Mosquitto's TLS listener) to the same broker, proving who
+/// it is with its own client certificate (`--tls-cert`, `--tls-key`: the listener refuses a
+/// client without one, checked with `mosquitto_pub`), and its session, queued commands and
+/// receipts carry over from the plain connection.
 #[test]
 fn a_machine_run_from_its_bundle_and_killed_resumes_from_its_outbox_and_loses_nothing()
 -> anyhow::Result<()> {
     let Some([mosquitto_bin, curl, openssl, tansu_bin]) = tls_path_tools()? else {
+        return Ok(());
+    };
+    let Some(mosquitto_pub) = require_program("mosquitto_pub", &[])? else {
         return Ok(());
     };
     let (_guard, dir) = test_dir()?;
@@ -2280,12 +2285,16 @@ fn a_machine_run_from_its_bundle_and_killed_resumes_from_its_outbox_and_loses_no
     let mqtt_tls_dir = d.join("mqtt-tls");
     std::fs::create_dir_all(&mqtt_tls_dir)?;
     let (mqtt_ca, mqtt_cert, mqtt_key) = vendflow_tests::ca_signed(&openssl, &mqtt_tls_dir)?;
+    // The machine's own certificate, signed by the same CA, which the listener asks clients for.
+    let (machine_cert, machine_key) =
+        vendflow_tests::client_signed(&openssl, &mqtt_tls_dir, "mach_00000")?;
     let mqtt_tls_port = free_port()?;
     let _mosquitto = start_mosquitto_tls(
         &mosquitto_bin,
         d,
         mqtt_port,
         Some((mqtt_tls_port, &mqtt_cert, &mqtt_key)),
+        Some(&mqtt_ca),
     )?;
     let _tansu = start_tansu(&tansu_bin, d, kafka_port)?;
     let text = |p: &Path| p.display().to_string();
@@ -2386,7 +2395,43 @@ fn a_machine_run_from_its_bundle_and_killed_resumes_from_its_outbox_and_loses_no
     // Started again on the same outbox, for the last 22 hours of the day (after where it was),
     // this time over TLS.
     let tls_broker = format!("127.0.0.1:{mqtt_tls_port}");
-    let second = device("22", &["--mqtt", &tls_broker, "--tls-ca", &text(&mqtt_ca)])?;
+    // The TLS listener takes no client without a certificate its CA signed (and one with it:
+    // the refusal is the missing certificate's). The probe publishes nothing the platform reads.
+    let port_text = mqtt_tls_port.to_string();
+    let ca_text = text(&mqtt_ca);
+    let probe = |certificate: &[&str]| {
+        Command::new(&mosquitto_pub)
+            .args(["-h", "127.0.0.1", "-p", &port_text, "--cafile", &ca_text])
+            .args(certificate)
+            .args(["-t", "probes/tls", "-m", "{}", "-q", "1"])
+            .output()
+    };
+    let anonymous = probe(&[])?;
+    ensure!(
+        !anonymous.status.success(),
+        "a client without a certificate was let in: {}",
+        String::from_utf8_lossy(&anonymous.stderr)
+    );
+    let (cert_text, key_text) = (text(&machine_cert), text(&machine_key));
+    let identified = probe(&["--cert", &cert_text, "--key", &key_text])?;
+    ensure!(
+        identified.status.success(),
+        "a client with its certificate was refused: {}",
+        String::from_utf8_lossy(&identified.stderr)
+    );
+    let second = device(
+        "22",
+        &[
+            "--mqtt",
+            &tls_broker,
+            "--tls-ca",
+            &text(&mqtt_ca),
+            "--tls-cert",
+            &text(&machine_cert),
+            "--tls-key",
+            &text(&machine_key),
+        ],
+    )?;
     wait_until(
         "the machine is back and publishing",
         Duration::from_secs(60),

@@ -418,7 +418,7 @@ impl Drop for Daemon {
 
 /// Mosquitto on a free port, with persistence in `dir` (a restart keeps sessions and queues).
 pub fn start_mosquitto(program: &Path, dir: &Path, port: u16) -> anyhow::Result<Daemon> {
-    start_mosquitto_tls(program, dir, port, None)
+    start_mosquitto_tls(program, dir, port, None, None)
 }
 
 /// [`start_mosquitto`], with a second listener that speaks MQTT over TLS: (its port, the
@@ -428,12 +428,21 @@ pub fn start_mosquitto_tls(
     dir: &Path,
     port: u16,
     tls: Option<(u16, &Path, &Path)>,
+    client_ca: Option<&Path>,
 ) -> anyhow::Result<Daemon> {
     let conf = dir.join("mosquitto.conf");
-    // A listener's settings follow its `listener` line, so the TLS one comes last.
+    // A listener's settings follow its `listener` line, so the TLS one comes last. With
+    // `client_ca`, it takes only clients with a certificate that CA signed, and a client's
+    // certificate name is its MQTT user.
     let tls_listener = tls.map_or(String::new(), |(port, cert, key)| {
+        let clients = client_ca.map_or(String::new(), |ca| {
+            format!(
+                "cafile {}\nrequire_certificate true\nuse_identity_as_username true\n",
+                ca.display()
+            )
+        });
         format!(
-            "listener {port} 127.0.0.1\ncertfile {}\nkeyfile {}\n",
+            "listener {port} 127.0.0.1\ncertfile {}\nkeyfile {}\n{clients}",
             cert.display(),
             key.display()
         )
@@ -584,6 +593,38 @@ pub fn ca_signed(openssl: &Path, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf
         run_openssl(openssl, args, what)?;
     }
     Ok((ca, cert, key))
+}
+
+/// A client certificate named `name` (its CN) and its key, signed by the CA [`ca_signed`] made
+/// in `dir`: (certificate, key).
+pub fn client_signed(openssl: &Path, dir: &Path, name: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let [ca, ca_key, cert, key, request, extensions] = [
+        "ca.pem".to_owned(),
+        "ca-key.pem".to_owned(),
+        format!("{name}.pem"),
+        format!("{name}-key.pem"),
+        format!("{name}.csr"),
+        format!("{name}.ext"),
+    ]
+    .map(|file| dir.join(file));
+    std::fs::write(
+        &extensions,
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    )?;
+    let subject = format!("/CN={name}");
+    #[rustfmt::skip]
+    let steps: [(&[&str], &str); 2] = [
+        (&["req", "-newkey", "rsa:2048", "-nodes", "-subj", &subject,
+           "-keyout", &text(&key), "-out", &text(&request)],
+         "a client certificate request"),
+        (&["x509", "-req", "-in", &text(&request), "-CA", &text(&ca), "-CAkey", &text(&ca_key),
+           "-CAcreateserial", "-days", "2", "-extfile", &text(&extensions), "-out", &text(&cert)],
+         "a client certificate"),
+    ];
+    for (args, what) in steps {
+        run_openssl(openssl, args, what)?;
+    }
+    Ok((cert, key))
 }
 
 /// `openssl ARGS`, quietly; an error says it could not make `what`.

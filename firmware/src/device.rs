@@ -35,6 +35,13 @@ pub struct DeviceRunOptions {
     /// its own CA), whose host name or IP address must be the broker's. Without it, plain TCP.
     #[arg(long, value_name = "PEM")]
     pub tls_ca: Option<PathBuf>,
+    /// With --tls-ca: the machine's own certificate (PEM; signed by a CA the broker trusts),
+    /// for a broker that asks each client for one (Mosquitto's `require_certificate`).
+    #[arg(long, value_name = "PEM", requires_all = ["tls_ca", "tls_key"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Run this many simulated hours, ending now, then deliver what the outbox holds and stop
     /// (default: run from now on in real time until Ctrl-C).
     #[arg(long)]
@@ -132,7 +139,15 @@ pub fn run_device(
     }
     let tls = match &options.tls_ca {
         Some(ca) => {
-            Some(crate::mqtt::tls_to_broker(ca).map_err(|e| invalid(format!("--tls-ca: {e}")))?)
+            let client = options.tls_cert.as_deref().zip(options.tls_key.as_deref());
+            Some(crate::mqtt::tls_to_broker(ca, client).map_err(|e| {
+                let option = if client.is_some() {
+                    "--tls-ca/--tls-cert/--tls-key"
+                } else {
+                    "--tls-ca"
+                };
+                invalid(format!("{option}: {e}"))
+            })?)
         }
         None => None,
     };
@@ -180,7 +195,7 @@ pub fn run_device(
         linger: 0,
         tls,
     };
-    tracing::info!(machine_id = %bundle.machine_id, outbox = %outbox.display(), broker = mqtt, tls = options.tls_ca.is_some(), "machine booted");
+    tracing::info!(machine_id = %bundle.machine_id, outbox = %outbox.display(), broker = mqtt, tls = options.tls_ca.is_some(), client_certificate = options.tls_cert.is_some(), "machine booted");
     let published = run_controllers(&link, &mut machine, Timestamp(end), stop)?;
     Ok(DeviceRun {
         machine_id: bundle.machine_id,
@@ -252,6 +267,13 @@ mod tests {
                 vec!["--tls-ca", &no_certificate],
                 "holds no PEM certificate",
             ),
+            // A client certificate goes with its key, over TLS.
+            (vec!["--tls-cert", &no_certificate], "--tls-ca"),
+            (
+                vec!["--tls-ca", &missing_ca, "--tls-cert", &no_certificate],
+                "--tls-key",
+            ),
+            (vec!["--tls-key", &no_certificate], "--tls-cert"),
         ] {
             let mut all = vec![path.as_str()];
             all.extend(args);

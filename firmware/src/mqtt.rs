@@ -635,9 +635,18 @@ impl Publisher {
 /// public CA vouches for. The broker's certificate must be signed by one of them (webpki takes
 /// no self-signed server certificate as its own anchor: `CaUsedAsEndEntity`), and name the
 /// broker (HOST of HOST:PORT, a DNS name or an IP address).
-pub fn tls_to_broker(ca_pem: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, String> {
-    use rustls::pki_types::CertificateDer;
+///
+/// With `client` (a certificate chain and its private key, PEM), the machine proves who it is
+/// to a broker that asks for a client certificate (Mosquitto's `require_certificate`, and with
+/// `use_identity_as_username` the certificate's name is the machine's MQTT user): the broker
+/// then refuses any connection without a certificate its CA signed, before a single packet of
+/// MQTT.
+pub fn tls_to_broker(
+    ca_pem: &std::path::Path,
+    client: Option<(&std::path::Path, &std::path::Path)>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
     use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let shown = ca_pem.display();
     let mut roots = rustls::RootCertStore::empty();
     let certificates = CertificateDer::pem_file_iter(ca_pem)
@@ -659,8 +668,34 @@ pub fn tls_to_broker(ca_pem: &std::path::Path) -> Result<Arc<rustls::ClientConfi
     ))
     .with_safe_default_protocol_versions()
     .map_err(|e| format!("cannot set up TLS: {e}"))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    .with_root_certificates(roots);
+    let config = match client {
+        None => config.with_no_client_auth(),
+        Some((cert_pem, key_pem)) => {
+            let shown = cert_pem.display();
+            let chain = CertificateDer::pem_file_iter(cert_pem)
+                .map_err(|e| format!("cannot read the client certificate {shown}: {e}"))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("{shown} is not a PEM certificate file: {e}"))?;
+            if chain.is_empty() {
+                return Err(format!(
+                    "{shown} holds no PEM certificate (BEGIN CERTIFICATE)"
+                ));
+            }
+            let key = PrivateKeyDer::from_pem_file(key_pem).map_err(|e| {
+                format!(
+                    "{} holds no PEM private key (BEGIN PRIVATE KEY): {e}",
+                    key_pem.display()
+                )
+            })?;
+            config.with_client_auth_cert(chain, key).map_err(|e| {
+                format!(
+                    "the client certificate {shown} does not go with the key {}: {e}",
+                    key_pem.display()
+                )
+            })?
+        }
+    };
     Ok(Arc::new(config))
 }
 
