@@ -578,29 +578,44 @@ pub fn ca_signed(openssl: &Path, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf
         "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
     )?;
     #[rustfmt::skip]
-    let steps: [(&[&str], &str); 3] = [
+    let steps: [(&[&str], &str); 2] = [
         (&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
            "-subj", "/CN=vendflow test CA", "-keyout", &text(&ca_key), "-out", &text(&ca)],
          "a CA"),
         (&["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
            "-keyout", &text(&key), "-out", &text(&request)],
          "a certificate request"),
-        (&["x509", "-req", "-in", &text(&request), "-CA", &text(&ca), "-CAkey", &text(&ca_key),
-           "-CAcreateserial", "-days", "2", "-extfile", &text(&extensions), "-out", &text(&cert)],
-         "a server certificate"),
     ];
     for (args, what) in steps {
         run_openssl(openssl, args, what)?;
     }
+    signed_by_ca(
+        openssl,
+        dir,
+        [&request, &extensions, &cert],
+        "a server certificate",
+    )?;
     Ok((ca, cert, key))
+}
+
+/// `request` signed by the CA [`ca_signed`] made in `dir`, with `extensions`, into `cert`.
+fn signed_by_ca(
+    openssl: &Path,
+    dir: &Path,
+    [request, extensions, cert]: [&Path; 3],
+    what: &str,
+) -> anyhow::Result<()> {
+    let (ca, ca_key) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
+    #[rustfmt::skip]
+    let args = ["x509", "-req", "-in", &text(request), "-CA", &text(&ca), "-CAkey", &text(&ca_key),
+        "-CAcreateserial", "-days", "2", "-extfile", &text(extensions), "-out", &text(cert)];
+    run_openssl(openssl, &args, what)
 }
 
 /// A client certificate named `name` (its CN) and its key, signed by the CA [`ca_signed`] made
 /// in `dir`: (certificate, key).
 pub fn client_signed(openssl: &Path, dir: &Path, name: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
-    let [ca, ca_key, cert, key, request, extensions] = [
-        "ca.pem".to_owned(),
-        "ca-key.pem".to_owned(),
+    let [cert, key, request, extensions] = [
         format!("{name}.pem"),
         format!("{name}-key.pem"),
         format!("{name}.csr"),
@@ -613,17 +628,15 @@ pub fn client_signed(openssl: &Path, dir: &Path, name: &str) -> anyhow::Result<(
     )?;
     let subject = format!("/CN={name}");
     #[rustfmt::skip]
-    let steps: [(&[&str], &str); 2] = [
-        (&["req", "-newkey", "rsa:2048", "-nodes", "-subj", &subject,
-           "-keyout", &text(&key), "-out", &text(&request)],
-         "a client certificate request"),
-        (&["x509", "-req", "-in", &text(&request), "-CA", &text(&ca), "-CAkey", &text(&ca_key),
-           "-CAcreateserial", "-days", "2", "-extfile", &text(&extensions), "-out", &text(&cert)],
-         "a client certificate"),
-    ];
-    for (args, what) in steps {
-        run_openssl(openssl, args, what)?;
-    }
+    let args = ["req", "-newkey", "rsa:2048", "-nodes", "-subj", &subject,
+        "-keyout", &text(&key), "-out", &text(&request)];
+    run_openssl(openssl, &args, "a client certificate request")?;
+    signed_by_ca(
+        openssl,
+        dir,
+        [&request, &extensions, &cert],
+        "a client certificate",
+    )?;
     Ok((cert, key))
 }
 

@@ -546,7 +546,7 @@ mod tests {
     /// and after 9999, texts to quote, nulls), formatted as Arrow's CSV writer formats them.
     #[test]
     fn every_cell_is_printed_as_arrow_prints_it() -> anyhow::Result<()> {
-        use vendflow_dataflows::row::{ColumnType as T, to_batch};
+        use vendflow_dataflows::row::ColumnType as T;
         use vendflow_protocol::{Cents, Milli, Timestamp};
         let col = |name, ty| Column {
             name,
@@ -637,15 +637,23 @@ mod tests {
                 cell(7, Value::Date(days[pick(7) % days.len()])),
             ]));
         }
+        written_as_arrow_writes(&columns, &rows)
+    }
+
+    /// Our CSV of `rows` is the text Arrow's CSV writer gives for their batch.
+    fn written_as_arrow_writes(
+        columns: &[Column],
+        rows: &[vendflow_dataflows::Row],
+    ) -> anyhow::Result<()> {
         let mut ours = Vec::new();
-        if write_rows(&mut ours, &columns, &rows).is_err() {
+        if write_rows(&mut ours, columns, rows).is_err() {
             anyhow::bail!("a cell was refused");
         }
         let mut arrow = Vec::new();
         arrow_csv::WriterBuilder::new()
             .with_header(true)
             .build(&mut arrow)
-            .write(&to_batch(&columns, &rows)?)?;
+            .write(&vendflow_dataflows::row::to_batch(columns, rows)?)?;
         assert_eq!(String::from_utf8(ours)?, String::from_utf8(arrow)?);
         Ok(())
     }
@@ -654,7 +662,7 @@ mod tests {
     /// which the `csv` crate (and so Arrow) writes as `""` so that the line is not blank.
     #[test]
     fn a_record_of_one_empty_field_is_written_as_arrow_writes_it() -> anyhow::Result<()> {
-        use vendflow_dataflows::row::{ColumnType as T, to_batch};
+        use vendflow_dataflows::row::ColumnType as T;
         let columns = [Column {
             name: "t",
             ty: T::Text,
@@ -666,16 +674,6 @@ mod tests {
             .chain([vec![Value::Null]])
             .map(vendflow_dataflows::Row::from)
             .collect();
-        let mut ours = Vec::new();
-        if write_rows(&mut ours, &columns, &rows).is_err() {
-            anyhow::bail!("a cell was refused");
-        }
-        let mut arrow = Vec::new();
-        arrow_csv::WriterBuilder::new()
-            .with_header(true)
-            .build(&mut arrow)
-            .write(&to_batch(&columns, &rows)?)?;
-        assert_eq!(String::from_utf8(ours)?, String::from_utf8(arrow)?);
-        Ok(())
+        written_as_arrow_writes(&columns, &rows)
     }
 }

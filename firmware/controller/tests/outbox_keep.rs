@@ -24,6 +24,17 @@ fn declaration(first: u64, last: u64, seq: u64) -> Vec<u8> {
     format!("dropped {first}..={last} as {seq}").into_bytes()
 }
 
+/// An outbox in memory holding `bodies`, none acknowledged.
+fn holding(bodies: &[&[u8]]) -> anyhow::Result<Outbox<MemoryLog>> {
+    let (mut outbox, _) = Outbox::open(MemoryLog::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for body in bodies {
+        outbox
+            .push(body, false)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    Ok(outbox)
+}
+
 fn pending<L: Log>(outbox: &Outbox<L>) -> Vec<(u64, String)> {
     outbox
         .pending()
@@ -34,13 +45,9 @@ fn pending<L: Log>(outbox: &Outbox<L>) -> Vec<(u64, String)> {
 #[test]
 fn events_older_than_a_day_are_declared_then_forgotten_and_younger_ones_stay() -> anyhow::Result<()>
 {
-    let (mut outbox, _) = Outbox::open(MemoryLog::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
     // Offline: an event every 6 hours for 30 hours, none acknowledged.
-    for k in 0..=5 {
-        outbox
-            .push(&made(k * 6 * HOUR), false)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
+    let bodies: Vec<Vec<u8>> = (0..=5).map(|k| made(k * 6 * HOUR)).collect();
+    let mut outbox = holding(&bodies.iter().map(Vec::as_slice).collect::<Vec<_>>())?;
     let now = 30 * HOUR;
     let expired = outbox
         .expire(now, made_at, declaration)
@@ -71,10 +78,7 @@ fn events_older_than_a_day_are_declared_then_forgotten_and_younger_ones_stay() -
 
 #[test]
 fn the_rule_looks_at_most_every_ten_minutes() -> anyhow::Result<()> {
-    let (mut outbox, _) = Outbox::open(MemoryLog::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    outbox
-        .push(&made(0), false)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut outbox = holding(&[&made(0)])?;
     const MINUTE: i64 = 60_000;
     let first_look = KEEP_MS - 5 * MINUTE;
     assert_eq!(
@@ -186,13 +190,7 @@ fn a_power_cut_between_the_declaration_and_the_forgetting_declares_them_again() 
 
 #[test]
 fn an_event_whose_time_cannot_be_read_is_an_error_and_changes_nothing() -> anyhow::Result<()> {
-    let (mut outbox, _) = Outbox::open(MemoryLog::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    outbox
-        .push(&made(0), false)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    outbox
-        .push(b"garbage", false)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut outbox = holding(&[&made(0), b"garbage"])?;
     let result = outbox.expire(30 * HOUR, made_at, declaration);
     assert!(
         matches!(&result, Err(ExpireError::Time { seq: 2, .. })),
@@ -205,14 +203,11 @@ fn an_event_whose_time_cannot_be_read_is_an_error_and_changes_nothing() -> anyho
 
 #[test]
 fn a_shorter_keep_period_is_at_least_the_check_interval() -> anyhow::Result<()> {
-    let (mut outbox, _) = Outbox::open(MemoryLog::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut outbox = holding(&[&made(0)])?;
     assert_eq!(outbox.keeps(), KEEP_MS);
     outbox.set_keep(1);
     assert_eq!(outbox.keeps(), EXPIRY_CHECK_MS);
     outbox.set_keep(2 * HOUR);
-    outbox
-        .push(&made(0), false)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let expired = outbox
         .expire(2 * HOUR + 1, made_at, declaration)
         .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -687,6 +687,24 @@ mod tests {
 
     use super::*;
 
+    /// `path` replayed with the default options into a new engine: the engine, its store, what
+    /// was read, and the bytes read.
+    fn replayed(
+        path: &Path,
+    ) -> anyhow::Result<(
+        Engine,
+        vendflow_dataflows::ViewStore,
+        ReplayStats,
+        Arc<AtomicU64>,
+    )> {
+        let mut engine = Engine::start(Config::default())?;
+        let store = engine.store();
+        let feeders = engine.feeders().context("feeders")?;
+        let progress = Arc::new(AtomicU64::new(0));
+        let stats = replay(path, feeders, &ReplayOptions::default(), progress.clone())?;
+        Ok((engine, store, stats, progress))
+    }
+
     #[test]
     fn skip_line_consumes_one_line_across_buffer_refills() -> std::io::Result<()> {
         let text = b"first line is long\nb\n\nlast without newline";
@@ -724,17 +742,8 @@ mod tests {
         }
         file.write_all(text.as_bytes())
             .unwrap_or_else(|e| panic!("{e}"));
-        let mut engine = Engine::start(Config::default()).unwrap_or_else(|e| panic!("{e}"));
-        let store = engine.store();
-        let feeders = engine.feeders().unwrap_or_else(|| panic!("feeders"));
-        let progress = Arc::new(AtomicU64::new(0));
-        let stats = replay(
-            file.path(),
-            feeders,
-            &ReplayOptions::default(),
-            progress.clone(),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let (engine, store, stats, progress) =
+            replayed(file.path()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             stats.counts,
             crate::Counts {
@@ -797,16 +806,7 @@ mod tests {
         }
         text.push_str(&line(sales));
         file.write_all(text.as_bytes())?;
-        let mut engine = Engine::start(Config::default())?;
-        let store = engine.store();
-        let feeders = engine.feeders().context("feeders")?;
-        let progress = Arc::new(AtomicU64::new(0));
-        let stats = replay(
-            file.path(),
-            feeders,
-            &ReplayOptions::default(),
-            progress.clone(),
-        )?;
+        let (engine, store, stats, progress) = replayed(file.path())?;
         assert_eq!(
             stats.counts,
             crate::Counts {
