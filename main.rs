@@ -569,6 +569,9 @@ fn demo(config: Config, options: DemoOptions) -> anyhow::Result<()> {
     if let Some((root, line)) = stopped.archive {
         outln!("archive {}: {line}", root.display());
     }
+    if let Some(line) = stopped.simulator {
+        outln!("{line}");
+    }
     outln!(
         "stopped: {} envelopes received over MQTT, {} events, {} refused.",
         stopped.source.messages,

@@ -157,6 +157,73 @@ fn demo_prints_a_live_fleet_summary_and_stops() {
     assert!(end.ends_with(", 0 refused."), "{text}");
 }
 
+/// `demo --controllers`: every simulated machine runs the real controller (the vend cycle and
+/// its outbox) and publishes over the embedded broker's MQTT; the demo's source sends the
+/// delivery receipts its outboxes wait for. Machines come alive and sell, nothing is refused,
+/// and the outboxes let go of what was receipted (without the receipts every event would still
+/// wait at the end).
+#[test]
+fn demo_with_controllers_runs_the_machines_own_code_over_mqtt() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let archive = dir.path().join("archive");
+    let out = vendflow(&[
+        "demo",
+        "--controllers",
+        "--machines",
+        "200",
+        "--speed",
+        "300",
+        "--duration",
+        "8",
+        "--every",
+        "1",
+        "--http",
+        "127.0.0.1:0",
+        "--pg",
+        "127.0.0.1:0",
+        "--archive",
+        &archive.display().to_string(),
+    ])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let summaries: Vec<&str> = text.lines().filter(|l| l.contains(" active / ")).collect();
+    let last = summaries.last().copied().unwrap_or_default();
+    anyhow::ensure!(
+        summaries.len() >= 2 && !last.contains("machines 0 active"),
+        "the controllers come alive:\n{text}"
+    );
+    anyhow::ensure!(
+        !last.contains("revenue today $0.00"),
+        "the controllers sell: {last}"
+    );
+    // "controllers: 200 machines sent E events in V envelopes; W wait for their delivery
+    // receipt": the outboxes let go of what the source receipted (only the last moments' wait).
+    let numbers = |line: &str| -> Vec<u64> {
+        line.split(|c: char| !c.is_ascii_digit())
+            .filter_map(|n| n.parse().ok())
+            .collect()
+    };
+    let report = text
+        .lines()
+        .find(|l| l.starts_with("controllers: "))
+        .unwrap_or_default();
+    let (sent, waiting) = match numbers(report)[..] {
+        [_, sent, _, waiting] => (sent, waiting),
+        _ => anyhow::bail!("no controllers' report:\n{text}"),
+    };
+    anyhow::ensure!(
+        sent > 0 && waiting * 5 < sent,
+        "the controllers' outboxes were receipted: {report}"
+    );
+    let end = text.lines().last().unwrap_or_default();
+    anyhow::ensure!(
+        end.starts_with("stopped: ")
+            && !end.starts_with("stopped: 0 envelopes")
+            && end.ends_with(", 0 refused."),
+        "{text}"
+    );
+    Ok(())
+}
+
 /// `device register` prints a secret once and stores only the public key; `device revoke`
 /// takes the key out, and says so when there was none.
 #[test]

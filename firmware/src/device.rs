@@ -194,6 +194,7 @@ pub fn run_device(
         durable_record: true,
         linger: 0,
         tls,
+        clock: None,
     };
     tracing::info!(machine_id = %bundle.machine_id, outbox = %outbox.display(), broker = mqtt, tls = options.tls_ca.is_some(), client_certificate = options.tls_cert.is_some(), "machine booted");
     let published = run_controllers(&link, &mut machine, Timestamp(end), stop)?;

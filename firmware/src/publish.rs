@@ -333,6 +333,7 @@ pub fn publish_controllers(
         durable_record: false,
         linger: options.linger,
         tls: None,
+        clock: None,
     };
     run_controllers(&link, fleet, end, stop)
 }
@@ -358,6 +359,8 @@ pub struct Link<'a> {
     pub linger: u64,
     /// MQTT over TLS with this configuration ([`mqtt::tls_to_broker`]); None: plain TCP.
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// Where the simulated clock is told, in ms, as it moves (the demo's ingestion clock).
+    pub clock: Option<&'a std::sync::atomic::AtomicI64>,
 }
 
 /// Runs `fleet` up to `end` over `link` (see [`publish_controllers`]).
@@ -406,6 +409,9 @@ where
         }
         .min(end.0);
         fleet.advance(Timestamp(target)).map_err(machine_error)?;
+        if let Some(clock) = link.clock {
+            clock.store(fleet.now().0, std::sync::atomic::Ordering::SeqCst);
+        }
         for command in publisher.take_commands() {
             let id = command.command_id.clone();
             let machine = command.machine_id.clone();

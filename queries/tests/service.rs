@@ -74,6 +74,7 @@ fn a_service_started_in_process_answers_over_http_and_postgres_and_stops_in_orde
             seed: 11,
             mqtt_port: 0,
             duration: None,
+            controllers: false,
         }),
         stop.clone(),
     )
@@ -344,6 +345,7 @@ fn restock_routes_are_planned_served_as_views_and_sheets_and_scoped_to_tenants()
             seed: 5,
             mqtt_port: 0,
             duration: None,
+            controllers: false,
         }),
         stop.clone(),
     )

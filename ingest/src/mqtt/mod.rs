@@ -81,6 +81,14 @@ pub struct MqttSource<'a> {
     pub counters: &'a Counters,
     /// Sees every message as decoded (the archive).
     pub tap: Option<&'a Tap>,
+    /// Sends each machine a delivery receipt ([`vendflow_protocol::topics::receipt`] on
+    /// `machines/{id}/delivered`) once its message is in the engine's input, as `vendflow
+    /// bridge` does once it is in Kafka: what a controller's outbox waits for before it lets an
+    /// event go (the demo with `--controllers`).
+    pub receipts: bool,
+    /// Set once the broker has taken the source's subscription: from then on it keeps every
+    /// machine's telemetry for the source (a message published before it has no subscriber).
+    pub subscribed: Option<&'a AtomicBool>,
 }
 
 fn refusal_kind(r: &Refusal) -> ErrorKind {
@@ -107,6 +115,8 @@ pub fn run(
         clock,
         counters,
         tap,
+        receipts,
+        subscribed,
     } = source;
     let intake = crate::intake::Intake::new(counters, tap);
     // MQTT has no replayable positions: each run of the source is its own stream, numbered from 0
@@ -147,6 +157,11 @@ pub fn run(
             Event::Incoming(Packet::ConnAck(_)) => {
                 if let Err(e) = client.try_subscribe(Topic::Telemetry.filter(), QoS::AtLeastOnce) {
                     tracing::error!(error = %e, filter = Topic::Telemetry.filter(), "cannot subscribe");
+                }
+            }
+            Event::Incoming(Packet::SubAck(_)) => {
+                if let Some(flag) = subscribed {
+                    flag.store(true, Ordering::SeqCst);
                 }
             }
             Event::Incoming(Packet::Publish(publish)) => {
@@ -197,9 +212,22 @@ pub fn run(
                 if !batch.is_empty() {
                     feeders.send_keyed(key, time, batch)?;
                 }
-                // In the engine's input now: acknowledge.
+                // In the engine's input now: acknowledge, and receipt (a refused message too:
+                // sending it again would not change its verdict).
                 if let Err(e) = client.try_ack(&publish) {
                     tracing::debug!(error = %e, "mqtt ack not sent; the broker will redeliver");
+                }
+                if receipts && let Ok(machine) = machine_of_topic(&publish.topic, Topic::Telemetry)
+                {
+                    let receipt = vendflow_protocol::topics::receipt(&publish.payload);
+                    if let Err(e) = client.try_publish(
+                        Topic::Delivered.of(machine),
+                        QoS::AtLeastOnce,
+                        false,
+                        receipt,
+                    ) {
+                        tracing::debug!(error = %e, "delivery receipt not sent; the machine will send again");
+                    }
                 }
             }
             _ => {}

@@ -347,6 +347,7 @@ impl Service {
             source_stop: Arc::new(AtomicBool::new(false)),
             workers: Vec::new(),
             simulator: None,
+            simulator_report: None,
             mqtt: prepared.mqtt,
             simulated_from: prepared.simulated_from,
             config: config.clone(),
@@ -453,6 +454,7 @@ impl Service {
             Ok(started) => {
                 running.workers.extend(started.workers);
                 running.simulator = started.simulator;
+                running.simulator_report = started.report;
             }
             Err(e) => return fail(running, e),
         }
@@ -557,6 +559,7 @@ pub struct Running {
     /// The source's threads and the background ones, joined at shutdown after the simulator.
     workers: Vec<Worker>,
     simulator: Option<Worker>,
+    simulator_report: Option<Arc<std::sync::Mutex<Option<String>>>>,
     mqtt: Option<std::net::SocketAddr>,
     simulated_from: Option<Timestamp>,
     config: ServiceConfig,
@@ -674,6 +677,10 @@ impl Running {
         let stopped = Stopped {
             source: (self.counters)(),
             archive: archived,
+            simulator: self
+                .simulator_report
+                .as_ref()
+                .and_then(|r| r.lock().unwrap_or_else(|e| e.into_inner()).take()),
         };
         match first {
             Some(e) => Err(e),
@@ -697,6 +704,8 @@ pub struct Stopped {
     pub source: SourceCounters,
     /// The archive's directory and what it wrote.
     pub archive: Option<(PathBuf, String)>,
+    /// What the demo's simulator said when it stopped.
+    pub simulator: Option<String>,
 }
 
 /// `pipeline` with the archive's counters when there is one, for `/health` and `/metrics`.
@@ -815,6 +824,7 @@ mod tests {
             seed: 1,
             mqtt_port: 0,
             duration: None,
+            controllers: false,
         });
         refused(in_cluster(0), &simulated, "a cluster runs on Kafka");
     }

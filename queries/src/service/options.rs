@@ -386,6 +386,13 @@ pub struct DemoOptions {
     /// Port of the embedded MQTT broker on 127.0.0.1 (0: any free port).
     #[arg(long, default_value_t = 0)]
     pub mqtt_port: u16,
+    /// Run the real controller on every simulated machine (`vendflow-controller`: the vend
+    /// cycle, offline payments, the outbox that keeps each event until the platform's
+    /// delivery receipt), as `publish --controllers` does, instead of the event simulator:
+    /// customers fill carts and pay, cards are declined, units jam and are refunded. The demo's
+    /// MQTT source sends the receipts once an envelope is in the engine's input.
+    #[arg(long)]
+    pub controllers: bool,
     /// HTTP address: the views, live subscriptions and `POST /sql`, and telemetry over HTTP
     /// (`POST /api/telemetry`, the simulated machines' credentials) into the embedded broker.
     /// If the port is taken, any free port is used and printed.
@@ -436,6 +443,7 @@ impl DemoOptions {
             seed: self.seed,
             mqtt_port: self.mqtt_port,
             duration: self.duration.map(|d| Duration::from_secs_f64(d.max(0.0))),
+            controllers: self.controllers,
         });
         (service, source)
     }

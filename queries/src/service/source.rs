@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use vendflow_dataflows::Feeders;
+use vendflow_firmware::controlled::{ControlledConfig, Controllers};
 use vendflow_firmware::mqtt as mqtt_sim;
+use vendflow_firmware::publish::{Link, run_controllers};
 use vendflow_firmware::{Fleet, FleetConfig};
 use vendflow_ingest::Counters;
 use vendflow_ingest::Tap;
@@ -50,6 +52,9 @@ pub struct Simulation {
     pub seed: u64,
     pub mqtt_port: u16,
     pub duration: Option<Duration>,
+    /// The machines run the real controller ([`vendflow_firmware::controlled`]) instead of the
+    /// event simulator, and the source sends them delivery receipts.
+    pub controllers: bool,
 }
 
 /// Which transport the source is, for the summary line.
@@ -206,6 +211,7 @@ impl Source {
                         speed: simulation.speed,
                         stats,
                         credentials,
+                        controllers: simulation.controllers.then_some(simulation.machines),
                     },
                 })
             }
@@ -247,13 +253,22 @@ enum Plan {
         stats: Arc<Counters>,
         credentials: SharedCredentials,
         clock: Arc<AtomicI64>,
+        /// With `--controllers`: how many machines run the real controller.
+        controllers: Option<usize>,
     },
 }
+
+/// The controllers' span in the demo (customers stop at its end; outages and power cuts fall
+/// within it): a year of simulated time, longer than any demo runs.
+const CONTROLLED_SPAN_MS: i64 = 365 * 86_400_000;
 
 /// The threads a started source runs.
 pub(super) struct Started {
     pub workers: Vec<Worker>,
     pub simulator: Option<Worker>,
+    /// What the simulator says when it stops (the demo's controllers: what they sent, and what
+    /// waits for its receipt).
+    pub report: Option<Arc<Mutex<Option<String>>>>,
 }
 
 impl Prepared {
@@ -311,6 +326,7 @@ impl Prepared {
                 Ok(Started {
                     workers,
                     simulator: None,
+                    report: None,
                 })
             }
             Plan::Simulated {
@@ -322,9 +338,14 @@ impl Prepared {
                 stats,
                 credentials,
                 clock,
+                controllers,
             } => {
+                // Set once the source's subscription is in place: a controller's first messages
+                // before it would find no subscriber, and wait for their resend.
+                let subscribed = Arc::new(AtomicBool::new(false));
                 let source = {
                     let (clock, stop_flag) = (clock.clone(), stop.clone());
+                    let subscribed = subscribed.clone();
                     let verifier = Verifier::shared(
                         Some(credentials),
                         vendflow_ingest::auth::DEFAULT_MAX_SKEW_MS,
@@ -338,12 +359,65 @@ impl Prepared {
                             clock: &|| Timestamp(clock.load(Ordering::SeqCst)),
                             counters: &stats,
                             tap: tap.as_ref(),
+                            receipts: controllers.is_some(),
+                            subscribed: Some(&subscribed),
                         };
                         vendflow_ingest::mqtt::run(source, feeders, &stop_flag)?;
                         Ok(())
                     })?
                 };
-                let simulator = {
+                let report = Arc::new(Mutex::new(None));
+                let simulator = if let Some(machines) = controllers {
+                    let (stop_flag, report) = (stop.clone(), report.clone());
+                    // The same machines, planograms and keys as the event simulator's fleet of
+                    // this seed (the registry and the credentials above are its), from its start.
+                    let start = fleet.now();
+                    let mut config = ControlledConfig::new(
+                        machines,
+                        seed,
+                        start,
+                        Timestamp(start.0 + CONTROLLED_SPAN_MS),
+                    );
+                    config.slots = FleetConfig::default().slots;
+                    Worker::spawn("simulator", stop, move || {
+                        let waiting = std::time::Instant::now();
+                        while !subscribed.load(Ordering::SeqCst)
+                            && waiting.elapsed() < Duration::from_secs(10)
+                            && !stop_flag.load(Ordering::SeqCst)
+                        {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        let mut machines = Controllers::new(config).map_err(|e| {
+                            ServiceError::Internal(format!("the controllers cannot start: {e}"))
+                        })?;
+                        let address = format!("127.0.0.1:{port}");
+                        let link = Link {
+                            mqtt: &address,
+                            client_id: "vendflow-demo-controllers".into(),
+                            seed,
+                            key: None,
+                            speed: Some(speed),
+                            record: None,
+                            durable_record: false,
+                            linger: 0,
+                            tls: None,
+                            clock: Some(&clock),
+                        };
+                        let end = Timestamp(start.0 + CONTROLLED_SPAN_MS);
+                        let published = run_controllers(&link, &mut machines, end, &stop_flag)
+                            .map_err(|e| {
+                                ServiceError::Internal(format!("the controllers stopped: {e}"))
+                            })?;
+                        *report.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
+                            "controllers: {} machines sent {} events in {} envelopes; {} wait for their delivery receipt",
+                            machines.len(),
+                            published.events,
+                            published.envelopes,
+                            machines.pending()
+                        ));
+                        Ok(())
+                    })?
+                } else {
                     let stop_flag = stop.clone();
                     let mut fleet = fleet;
                     Worker::spawn("simulator", stop, move || {
@@ -372,6 +446,7 @@ impl Prepared {
                 Ok(Started {
                     workers: vec![source],
                     simulator: Some(simulator),
+                    report: Some(report),
                 })
             }
         }
