@@ -645,23 +645,14 @@ pub fn tls_to_broker(
     ca_pem: &std::path::Path,
     client: Option<(&std::path::Path, &std::path::Path)>,
 ) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::PrivateKeyDer;
     use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let shown = ca_pem.display();
     let mut roots = rustls::RootCertStore::empty();
-    let certificates = CertificateDer::pem_file_iter(ca_pem)
-        .map_err(|e| format!("cannot read the CA certificates in {shown}: {e}"))?;
-    for certificate in certificates {
-        let certificate =
-            certificate.map_err(|e| format!("{shown} is not a PEM certificate file: {e}"))?;
+    for certificate in pem_certificates(ca_pem, "the CA certificates in")? {
         roots
             .add(certificate)
             .map_err(|e| format!("{shown} holds a certificate that cannot be trusted: {e}"))?;
-    }
-    if roots.is_empty() {
-        return Err(format!(
-            "{shown} holds no PEM certificate (BEGIN CERTIFICATE)"
-        ));
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -673,15 +664,7 @@ pub fn tls_to_broker(
         None => config.with_no_client_auth(),
         Some((cert_pem, key_pem)) => {
             let shown = cert_pem.display();
-            let chain = CertificateDer::pem_file_iter(cert_pem)
-                .map_err(|e| format!("cannot read the client certificate {shown}: {e}"))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("{shown} is not a PEM certificate file: {e}"))?;
-            if chain.is_empty() {
-                return Err(format!(
-                    "{shown} holds no PEM certificate (BEGIN CERTIFICATE)"
-                ));
-            }
+            let chain = pem_certificates(cert_pem, "the client certificate")?;
             let key = PrivateKeyDer::from_pem_file(key_pem).map_err(|e| {
                 format!(
                     "{} holds no PEM private key (BEGIN PRIVATE KEY): {e}",
@@ -697,6 +680,27 @@ pub fn tls_to_broker(
         }
     };
     Ok(Arc::new(config))
+}
+
+/// Every certificate in the PEM file at `path` (at least one); `what` names the file in the
+/// error for one that cannot be read.
+fn pem_certificates(
+    path: &std::path::Path,
+    what: &str,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let shown = path.display();
+    let certificates = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read {what} {shown}: {e}"))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{shown} is not a PEM certificate file: {e}"))?;
+    if certificates.is_empty() {
+        return Err(format!(
+            "{shown} holds no PEM certificate (BEGIN CERTIFICATE)"
+        ));
+    }
+    Ok(certificates)
 }
 
 /// An MQTT broker's address as the command line gives it, `HOST:PORT` (the host may itself hold
