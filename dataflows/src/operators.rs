@@ -500,46 +500,14 @@ pub trait Keyed<'s, D: ExchangeData> {
         name: &str,
         key: K,
         state: S,
-        mut logic: impl FnMut(&mut S, D, isize, &mut Emit<'_, O>) + 'static,
+        logic: impl FnMut(&mut S, D, isize, &mut Emit<'_, O>) + 'static,
         expire: impl FnMut(&mut S, Time) + 'static,
     ) -> VecCollection<'s, Time, O, isize>
     where
         Self: Sized,
         S: Durable,
         O: Data,
-        K: Fn(&D) -> u64 + 'static,
-    {
-        self.keyed_times_in_order(
-            name,
-            key,
-            state,
-            move |state, records, emit| {
-                records.sort();
-                for (d, r) in records.drain(..) {
-                    logic(state, d, r, emit);
-                }
-            },
-            expire,
-        )
-    }
-
-    /// Like [`Keyed::keyed_in_time_order`], but `logic` gets all records of one time at once, in
-    /// arrival order (so what it publishes must not depend on their order), so it can emit one
-    /// change per key and time instead of one per record; and it can ask to run again at a later
-    /// time ([`Emit::wake_at`]) to retract what expires then. A time's output is sent
-    /// [`PUBLISH_CHUNK`] records per activation, the next part after the operators downstream
-    /// have run, so a bulk time is never in flight all at once.
-    fn keyed_times_in_order<S, O, K>(
-        self,
-        name: &str,
-        key: K,
-        state: S,
-        logic: impl FnMut(&mut S, &mut Vec<(D, isize)>, &mut Emit<'_, O>) + 'static,
-        expire: impl FnMut(&mut S, Time) + 'static,
-    ) -> VecCollection<'s, Time, O, isize>
-    where
-        S: Durable,
-        O: Data,
+        D: Ord,
         K: Fn(&D) -> u64 + 'static;
 
     /// Routes records by `key` and folds them into per-worker `state` in ingestion-time steps,
@@ -568,17 +536,18 @@ pub trait Keyed<'s, D: ExchangeData> {
 }
 
 impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
-    fn keyed_times_in_order<S, O, K>(
+    fn keyed_in_time_order<S, O, K>(
         self,
         name: &str,
         key: K,
         state: S,
-        mut logic: impl FnMut(&mut S, &mut Vec<(D, isize)>, &mut Emit<'_, O>) + 'static,
+        mut logic: impl FnMut(&mut S, D, isize, &mut Emit<'_, O>) + 'static,
         mut expire: impl FnMut(&mut S, Time) + 'static,
     ) -> VecCollection<'s, Time, O, isize>
     where
         S: Durable,
         O: Data,
+        D: Ord,
         K: Fn(&D) -> u64 + 'static,
     {
         let pact = Exchange::new(move |(d, _t, _r): &(D, Time, isize)| key(d));
@@ -592,7 +561,7 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
                     let shared = Rc::new(RefCell::new(InOrder {
                         state,
                         waiting: Waiting::new(),
-                        pending: std::collections::VecDeque::new(),
+                        current: None,
                     }));
                     let restored: Option<KeyedSaved<S, D>> =
                         checkpoint::enrol(name, &shared, InOrder::save);
@@ -607,63 +576,69 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
                     move |(input, frontier), output| {
                         let mut op = shared.borrow_mut();
                         // Updates wait, by their own time, until the frontier passes that time;
-                        // wake-ups are times without records. What a time produced beyond one
-                        // part is `pending`, sent a part per activation: a bulk time's output is
-                        // every record of it (the sale lines of an hour), and the operators
-                        // downstream (each reader of a fork gets its own copy) should take one
-                        // part before the next is made, not hold copies of all of it at once.
+                        // wake-ups are times without records. A ready time's records are sorted
+                        // and judged `PUBLISH_CHUNK` at a time, one part per activation, the
+                        // next after the operators downstream have taken this part's output:
+                        // a bulk time is every record of it (the sale lines of an hour), and
+                        // its output judged whole, then queued, was two more copies of it in
+                        // memory at once (each reader of a fork downstream gets its own).
                         let InOrder {
                             state,
                             waiting,
-                            pending,
+                            current,
                         } = &mut *op;
                         input.for_each_stamp(|cap, data| {
                             waiting.take_all(&cap, output.output_index(), data);
                         });
                         let frontier = frontier.frontier();
-                        // Whether every time the frontier has passed is done (none waits
-                        // behind a pending part): only then may state expire up to it.
+                        // Whether every time the frontier has passed is done (none is being
+                        // judged): only then may state expire up to it.
                         let mut caught_up = false;
-                        while pending.is_empty() {
-                            let Some((time, mut records)) = waiting.pop_ready(&frontier) else {
-                                caught_up = true;
+                        let mut judged = 0;
+                        while judged < PUBLISH_CHUNK {
+                            if current.is_none() {
+                                let Some((time, mut records)) = waiting.pop_ready(&frontier)
+                                else {
+                                    caught_up = true;
+                                    break;
+                                };
+                                records.sort();
+                                *current = Some((time, records.into_iter()));
+                            }
+                            let Some((time, records)) = current.as_mut() else {
                                 break;
                             };
                             let mut emit = Emit {
-                                time,
+                                time: *time,
                                 out: &mut out,
                                 wake: &mut wake,
                             };
-                            logic(state, &mut records, &mut emit);
+                            for (d, r) in records.by_ref().take(PUBLISH_CHUNK - judged) {
+                                logic(state, d, r, &mut emit);
+                                judged += 1;
+                            }
                             for t in wake.drain(..) {
                                 waiting.wake_at(t);
                             }
-                            if out.len() > PUBLISH_CHUNK {
-                                pending.extend(out.drain(PUBLISH_CHUNK..));
+                            if records.len() == 0 {
+                                *current = None;
+                                // A wake-up is a time too, even without records.
+                                judged += 1;
                             }
                         }
-                        let mut from_pending = false;
                         if let Some(h) = waiting.hold() {
                             if !out.is_empty() {
                                 output.session(h).give_iterator(out.drain(..));
-                            } else if !pending.is_empty() {
-                                let part = pending.len().min(PUBLISH_CHUNK);
-                                output.session(h).give_iterator(pending.drain(..part));
-                                from_pending = true;
                             }
                         }
                         trim(&mut out);
-                        if pending.is_empty() {
-                            pending.shrink_to(RETAINED);
-                        }
-                        // Again after downstream has taken this part: for the next part, or
-                        // for the times that became ready while parts were going out.
-                        if !pending.is_empty() || from_pending {
+                        // Again after downstream has taken this part: for the rest of the time
+                        // being judged, or the times that became ready meanwhile.
+                        if !caught_up {
                             activator.activate();
                         }
-                        // Held at the earliest time still to send or act on (what is pending
-                        // is of times no later than any still waiting).
-                        let next = pending.front().map(|(_, t, _)| *t);
+                        // Held at the earliest time still to judge or act on.
+                        let next = current.as_ref().map(|(t, _)| *t);
                         waiting.settle(next.into_iter().chain(waiting.first_time()).min());
                         let now = frontier.first().copied().unwrap_or(Time::MAX);
                         if caught_up && last_frontier != Some(now) {
@@ -822,17 +797,18 @@ fn restore_keyed<S: Durable, D>(
     waiting.settle(next);
 }
 
-/// [`Keyed::keyed_times_in_order`]'s state between activations, shared with the checkpoint.
-struct InOrder<S, D, O> {
+/// [`Keyed::keyed_in_time_order`]'s state between activations, shared with the checkpoint.
+struct InOrder<S, D> {
     state: S,
     waiting: Waiting<(D, isize)>,
-    pending: std::collections::VecDeque<(O, Time, isize)>,
+    /// The time being judged, and its records not judged yet (in order).
+    current: Option<(Time, std::vec::IntoIter<(D, isize)>)>,
 }
 
-impl<S: Durable, D: ExchangeData, O> InOrder<S, D, O> {
+impl<S: Durable, D: ExchangeData> InOrder<S, D> {
     /// Writes the state and the records waiting (the layout `(S::Saved, WaitingSaved)`).
     fn save(&self, out: &mut Vec<u8>) -> Result<(), bincode::Error> {
-        if let Some((_, t, _)) = self.pending.front() {
+        if let Some((t, _)) = &self.current {
             return Err(checkpoint::not_between_times("a keyed operator", Some(*t)));
         }
         self.state.save(out)?;
