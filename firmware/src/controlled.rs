@@ -30,7 +30,7 @@ use vendflow_protocol::{
     Timestamp,
 };
 
-use crate::fleet::{Fleet, FleetConfig, MAX_RATE, exp_ms, sales_rate};
+use crate::fleet::{Condition, Fleet, FleetConfig, MAX_RATE, exp_ms, sales_rate};
 use crate::machine::{Machine, MachineError, PowerCut};
 
 /// The firmware the simulated controllers run.
@@ -226,6 +226,11 @@ struct Unit<L: Log> {
     last_sent: Millis,
     /// The controller asked to restart (a command, a firmware install): when it does.
     restart: Option<Millis>,
+    /// What the fleet's faults and wear do to this machine's hardware now (its sensors' drift,
+    /// its motor's jams), updated before each wake-up; none for a machine booted from its bundle.
+    condition: Condition,
+    /// The crew skips this machine now (a fault of the fleet's).
+    skipped: bool,
 }
 
 /// The fleet of controllers and its simulated clock.
@@ -407,6 +412,10 @@ where
             let Some(unit) = self.units.get_mut(i) else {
                 continue;
             };
+            if let Some(fleet) = &self.fleet {
+                unit.condition = fleet.condition(i, Timestamp(at));
+                unit.skipped = fleet.skipped_by_crew(i, Timestamp(at));
+            }
             let next = unit.wake(at, &self.config, &mut self.tally)?;
             self.wakes.push(std::cmp::Reverse((next.max(at + 1), i)));
         }
@@ -540,6 +549,8 @@ impl<L: Log> Unit<L> {
             retried: false,
             restart: None,
             last_sent: Millis::MIN,
+            condition: Condition::default(),
+            skipped: false,
         }
     }
 }
@@ -722,16 +733,27 @@ where
 
     fn heartbeat(&mut self, now: Millis) -> Result<(), MachineError> {
         let open = !self.online && self.rng.random_bool(0.001);
+        // A failing compressor or a wearing motor shows in the readings as the fleet's event
+        // simulator shows it (the same onsets and ramps: `Fleet::condition`).
+        let temperature = self.rng.random_range(30..45) * 100 + self.condition.temperature;
+        let motor = self.rng.random_range(40..90) * 10 + self.condition.motor;
         let heartbeat = Heartbeat {
-            temperature: Some(Milli(self.rng.random_range(30..45) * 100)),
+            temperature: Some(Milli(temperature - temperature % 100)),
             door_status: Some(if open {
                 DoorStatus::Open
             } else {
                 DoorStatus::Closed
             }),
-            payment_module_status: Some(if self.online { "ok" } else { "offline" }.into()),
+            payment_module_status: Some(
+                match (self.online, self.condition.card_failing) {
+                    (false, _) => "offline",
+                    (true, true) => "degraded",
+                    (true, false) => "ok",
+                }
+                .into(),
+            ),
             network_signal: Some(Milli(-1000 * self.rng.random_range(55..80))),
-            motor_current: Some(Milli(self.rng.random_range(40..90) * 10)),
+            motor_current: Some(Milli(motor - motor % 10)),
             controller: Some(Box::new(ControllerStatus {
                 firmware_version: Some(Text::from(self.machine.vend.firmware.as_str())),
                 uptime_secs: Some(u64::try_from((now - self.booted_at) / 1000).unwrap_or(0)),
@@ -748,10 +770,12 @@ where
         config: &ControlledConfig,
         tally: &mut Tally,
     ) -> Result<(), MachineError> {
-        if !matches!(
-            self.machine.vend.phase,
-            vendflow_controller::vend::Phase::Idle
-        ) {
+        if self.skipped
+            || !matches!(
+                self.machine.vend.phase,
+                vendflow_controller::vend::Phase::Idle
+            )
+        {
             return Ok(());
         }
         let fills: Vec<(u32, u32)> = self
@@ -787,7 +811,8 @@ where
                     self.later(now + after, Input::Authorised { txn, approved });
                 }
                 Action::Vend { .. } => {
-                    let dropped = !self.rng.random_bool(config.jam.clamp(0.0, 1.0));
+                    let jam = config.jam + self.condition.jam.unwrap_or(0.0);
+                    let dropped = !self.rng.random_bool(jam.clamp(0.0, 1.0));
                     if !dropped {
                         tally.jams += 1;
                     }
@@ -1069,6 +1094,94 @@ mod tests {
         let (a, _) = run(10, 6, 0.0)?;
         let (b, _) = run(10, 6, 0.0)?;
         assert_eq!(a.tally, b.tally);
+        Ok(())
+    }
+
+    /// The fleet's faults reach the controllers' hardware: a machine whose compressor fails
+    /// reports the temperature climbing from the fault's onset, one whose motor wears draws
+    /// more current and jams (dispense failures), as the event simulator's machine of the same
+    /// seed does; machines without a fault stay in their normal range.
+    #[test]
+    fn the_fleets_faults_show_in_the_controllers_readings() -> anyhow::Result<()> {
+        let machines = 150;
+        let hours = 26;
+        let end = T0 + hours * MS_PER_HOUR;
+        let mut config = ControlledConfig::new(machines, 11, Timestamp(T0), Timestamp(end));
+        config.outages = 0.0;
+        config.power_cuts = 0.0;
+        config.jam = 0.0;
+        config.demand = 3.0;
+        config.batch_ms = 600_000;
+        let mut fleet = Controllers::new(config)?;
+        let fleet_of = |c: &Controllers| -> anyhow::Result<Vec<Condition>> {
+            let f = c.fleet().ok_or_else(|| anyhow::anyhow!("no fleet"))?;
+            Ok((0..machines).map(|i| f.condition(i, Timestamp(end))).collect())
+        };
+        let at_end = fleet_of(&fleet)?;
+        let hot: Vec<usize> = (0..machines)
+            .filter(|i| at_end[*i].temperature >= 5_000)
+            .collect();
+        let worn: Vec<usize> = (0..machines)
+            .filter(|i| at_end[*i].jam.is_some_and(|j| j >= 0.2))
+            .collect();
+        anyhow::ensure!(
+            !hot.is_empty() && !worn.is_empty(),
+            "the seed gives no faults"
+        );
+        // Per machine: the hottest reading, the highest motor current, dispense failures.
+        let mut hottest = vec![i64::MIN; machines];
+        let mut motor = vec![i64::MIN; machines];
+        let mut failures = vec![0u32; machines];
+        let mut wall = 0;
+        let mut t = T0;
+        while t < end {
+            t = (t + 60_000).min(end);
+            fleet.advance(Timestamp(t))?;
+            wall += 1_000;
+            for (i, envelope, last) in fleet.ready(wall, 5_000, t == end, |_| {})? {
+                for e in &envelope.events {
+                    match &e.kind {
+                        EventKind::Heartbeat(h) => {
+                            if let Some(v) = h.temperature {
+                                hottest[i] = hottest[i].max(v.0);
+                            }
+                            if let Some(v) = h.motor_current {
+                                motor[i] = motor[i].max(v.0);
+                            }
+                        }
+                        EventKind::Error(x)
+                            if x.code == vendflow_protocol::ErrorCode::DispenseFailure =>
+                        {
+                            failures[i] += 1;
+                        }
+                        _ => {}
+                    }
+                }
+                fleet.acknowledged(i, last)?;
+            }
+        }
+        for i in &hot {
+            assert!(hottest[*i] >= 8_000, "machine {i}: hottest {}", hottest[*i]);
+        }
+        for i in &worn {
+            assert!(motor[*i] >= 1_500, "machine {i}: motor {}", motor[*i]);
+        }
+        let healthy: Vec<usize> = (0..machines)
+            .filter(|i| {
+                at_end[*i]
+                    == Condition {
+                        card_failure: at_end[*i].card_failure,
+                        ..Condition::default()
+                    }
+            })
+            .collect();
+        assert!(healthy.len() > machines / 2);
+        for i in &healthy {
+            assert!(hottest[*i] < 4_500 && motor[*i] < 900, "machine {i}");
+            assert_eq!(failures[*i], 0, "machine {i} jammed without a worn motor");
+        }
+        let worn_failures: u32 = worn.iter().map(|i| failures[*i]).sum();
+        assert!(worn_failures > 0, "worn motors never jammed");
         Ok(())
     }
 }

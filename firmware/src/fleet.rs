@@ -50,6 +50,21 @@ const PRODUCTS: &[(&str, i64)] = &[
     ("mints", 100),
 ];
 
+/// How a machine's faults and wear move its hardware at one moment ([`Fleet::condition`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Condition {
+    /// Added to the cabinet's temperature, milli-degrees Celsius.
+    pub temperature: i64,
+    /// Added to the vend motor's current, milliamperes.
+    pub motor: i64,
+    /// Chance that reading a card fails.
+    pub card_failure: f64,
+    /// The card reader is failing (the payment module reports it degraded).
+    pub card_failing: bool,
+    /// Chance that a vend jams, once the motor is wearing out (None before).
+    pub jam: Option<f64>,
+}
+
 /// A fault a machine can develop.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Fault {
@@ -417,6 +432,24 @@ impl Fleet {
         self.now
     }
 
+    /// How machine `machine`'s faults and wear move its hardware at `t` (the default for a
+    /// machine not in the fleet): what a fleet of controllers reads from its simulated sensors,
+    /// so that its heartbeats, jams and card reads show the same failures, with the same onsets,
+    /// as this fleet's events do.
+    pub fn condition(&self, machine: usize, t: Timestamp) -> Condition {
+        self.machines
+            .get(machine)
+            .map_or_else(Condition::default, |m| m.condition(t.0))
+    }
+
+    /// Whether the crew skips machine `machine` at `t` (a [`Fault::SkippedByCrew`]).
+    pub fn skipped_by_crew(&self, machine: usize, t: Timestamp) -> bool {
+        self.machines.get(machine).is_some_and(|m| {
+            m.fault_since(t.0, |f| matches!(f, Fault::SkippedByCrew))
+                .is_some()
+        })
+    }
+
     /// Each machine's id, location type and slots, in fleet order (what a fleet of
     /// controllers is built from).
     pub(crate) fn planograms(&self) -> impl Iterator<Item = Planogram<'_>> {
@@ -594,6 +627,25 @@ impl SimMachine {
         worn
     }
 
+    fn condition(&self, t: i64) -> Condition {
+        let worn = self.worn(t);
+        let since = |kind: fn(&Fault) -> bool| self.fault_since(t, kind);
+        let cooling = since(|f| matches!(f, Fault::CoolingFailure));
+        let motor = since(|f| matches!(f, Fault::MotorWear));
+        let card = since(|f| matches!(f, Fault::CardReaderDegradation));
+        Condition {
+            temperature: (worn[0] * WARN_TEMPERATURE) as i64
+                + cooling.map_or(0, |since| (since * 2_500 / MS_PER_HOUR).min(10_000)),
+            motor: (worn[1] * WARN_MOTOR) as i64
+                + motor.map_or(0, |since| (since * 200 / MS_PER_HOUR).min(1_500)),
+            card_failure: card.map_or(0.002 + worn[2] * WARN_CARD, |since| {
+                (0.05 + since as f64 / MS_PER_HOUR as f64 * 0.05).min(0.6)
+            }),
+            card_failing: card.is_some(),
+            jam: motor.map(|since| (since as f64 / MS_PER_HOUR as f64 * 0.03).min(0.4)),
+        }
+    }
+
     fn offline(&self, t: i64) -> bool {
         self.faults.iter().any(|(f, onset)| match f {
             Fault::NetworkOutage { hours } => {
@@ -665,19 +717,10 @@ impl SimMachine {
     fn heartbeat(&mut self, t: i64) {
         let drift = self.rng.random_range(-150..=150);
         self.temperature = (self.temperature + drift).clamp(2_800, 4_800);
-        let mut temperature = self.temperature;
-        let worn = self.worn(t);
-        temperature += (worn[0] * WARN_TEMPERATURE) as i64;
-        if let Some(since) = self.fault_since(t, |f| matches!(f, Fault::CoolingFailure)) {
-            temperature += (since * 2_500 / MS_PER_HOUR).min(10_000);
-        }
-        let mut motor = 600 + self.rng.random_range(0..400) + (worn[1] * WARN_MOTOR) as i64;
-        if let Some(since) = self.fault_since(t, |f| matches!(f, Fault::MotorWear)) {
-            motor += (since * 200 / MS_PER_HOUR).min(1_500);
-        }
-        let card_failing = self
-            .fault_since(t, |f| matches!(f, Fault::CardReaderDegradation))
-            .is_some();
+        let condition = self.condition(t);
+        let temperature = self.temperature + condition.temperature;
+        let motor = 600 + self.rng.random_range(0..400) + condition.motor;
+        let card_failing = condition.card_failing;
         let signal = -1_000 * self.rng.random_range(55..72);
         if self.offline(t) {
             // No network, no heartbeat: liveness must notice the silence.
@@ -729,12 +772,7 @@ impl SimMachine {
             _ => "cash",
         };
         if method != "cash" {
-            let failure = self
-                .fault_since(t, |f| matches!(f, Fault::CardReaderDegradation))
-                .map_or(0.002 + self.worn(t)[2] * WARN_CARD, |since| {
-                    (0.05 + since as f64 / MS_PER_HOUR as f64 * 0.05).min(0.6)
-                });
-            if self.rng.random_bool(failure) {
+            if self.rng.random_bool(self.condition(t).card_failure) {
                 self.emit(
                     t,
                     EventKind::Error(ErrorEvent {
@@ -745,10 +783,8 @@ impl SimMachine {
                 return;
             }
         }
-        if let Some(since) = self.fault_since(t, |f| matches!(f, Fault::MotorWear))
-            && self
-                .rng
-                .random_bool((since as f64 / MS_PER_HOUR as f64 * 0.03).min(0.4))
+        if let Some(jam) = self.condition(t).jam
+            && self.rng.random_bool(jam)
         {
             self.emit(
                 t,
