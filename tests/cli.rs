@@ -103,12 +103,14 @@ fn a_provisioned_controller_boots_from_its_bundle_and_signs_what_the_platform_ac
     Ok(())
 }
 
+/// `demo --event-simulator`: the event simulator instead of the controllers (the default).
 #[test]
 fn demo_prints_a_live_fleet_summary_and_stops() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let archive = dir.path().join("archive");
     let out = vendflow(&[
         "demo",
+        "--event-simulator",
         "--machines",
         "200",
         "--speed",
@@ -157,7 +159,7 @@ fn demo_prints_a_live_fleet_summary_and_stops() {
     assert!(end.ends_with(", 0 refused."), "{text}");
 }
 
-/// `demo --controllers`: every simulated machine runs the real controller (the vend cycle and
+/// `demo` (by default): every simulated machine runs the real controller (the vend cycle and
 /// its outbox) and publishes over the embedded broker's MQTT; the demo's source sends the
 /// delivery receipts its outboxes wait for. Machines come alive and sell, nothing is refused,
 /// and the outboxes let go of what was receipted (without the receipts every event would still
@@ -168,7 +170,6 @@ fn demo_with_controllers_runs_the_machines_own_code_over_mqtt() -> anyhow::Resul
     let archive = dir.path().join("archive");
     let out = vendflow(&[
         "demo",
-        "--controllers",
         "--machines",
         "200",
         "--speed",

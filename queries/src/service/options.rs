@@ -386,12 +386,19 @@ pub struct DemoOptions {
     /// Port of the embedded MQTT broker on 127.0.0.1 (0: any free port).
     #[arg(long, default_value_t = 0)]
     pub mqtt_port: u16,
-    /// Run the real controller on every simulated machine (`vendflow-controller`: the vend
-    /// cycle, offline payments, the outbox that keeps each event until the platform's
-    /// delivery receipt), as `publish --controllers` does, instead of the event simulator:
-    /// customers fill carts and pay, cards are declined, units jam and are refunded. The demo's
-    /// MQTT source sends the receipts once an envelope is in the engine's input.
+    /// Run the event simulator instead of the real controller. By default every simulated
+    /// machine runs the real controller (`vendflow-controller`: the vend cycle, offline
+    /// payments, the outbox that keeps each event until the platform's delivery receipt), as
+    /// `publish --controllers` does: customers fill carts and pay, cards are declined, units
+    /// jam and are refunded, and the fleet's faults (a failing compressor, a wearing motor,
+    /// a failing card reader) show in the machines' readings. The demo's MQTT source sends the
+    /// receipts once an envelope is in the engine's input. The event simulator emits events
+    /// without a controller (and re-delivers buffers after outages, twice at times).
     #[arg(long)]
+    pub event_simulator: bool,
+    /// The default (the real controller on every machine); kept so that earlier command lines
+    /// still run.
+    #[arg(long, hide = true, conflicts_with = "event_simulator")]
     pub controllers: bool,
     /// HTTP address: the views, live subscriptions and `POST /sql`, and telemetry over HTTP
     /// (`POST /api/telemetry`, the simulated machines' credentials) into the embedded broker.
@@ -443,7 +450,7 @@ impl DemoOptions {
             seed: self.seed,
             mqtt_port: self.mqtt_port,
             duration: self.duration.map(|d| Duration::from_secs_f64(d.max(0.0))),
-            controllers: self.controllers,
+            controllers: !self.event_simulator,
         });
         (service, source)
     }
