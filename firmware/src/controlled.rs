@@ -193,6 +193,8 @@ pub struct Tally {
     pub power_cuts: u64,
     /// Customers turned away: sold out, over the floor limit, the offline limit reached.
     pub turned_away: u64,
+    /// Cards the terminal could not read (the customer presented again).
+    pub read_failures: u64,
 }
 
 /// One machine and the world it sees.
@@ -728,6 +730,16 @@ where
             _ => Method::Mobile,
         };
         at += self.rng.random_range(2_000..6_000);
+        // A failing reader (the fleet's fault, `Fleet::condition`) fails to read now and then;
+        // the customer presents again.
+        if self
+            .rng
+            .random_bool(self.condition.card_failure.clamp(0.0, 1.0))
+        {
+            tally.read_failures += 1;
+            self.later(at, Input::ReadFailed);
+            at += 3_000;
+        }
         self.later(at, Input::Present(method));
     }
 
@@ -1132,6 +1144,7 @@ mod tests {
         let mut hottest = vec![i64::MIN; machines];
         let mut motor = vec![i64::MIN; machines];
         let mut failures = vec![0u32; machines];
+        let mut unread = vec![0u32; machines];
         let mut wall = 0;
         let mut t = T0;
         while t < end {
@@ -1153,6 +1166,11 @@ mod tests {
                             if x.code == vendflow_protocol::ErrorCode::DispenseFailure =>
                         {
                             failures[i] += 1;
+                        }
+                        EventKind::Error(x)
+                            if x.code == vendflow_protocol::ErrorCode::CardReadFailure =>
+                        {
+                            unread[i] += 1;
                         }
                         _ => {}
                     }
@@ -1182,6 +1200,18 @@ mod tests {
         }
         let worn_failures: u32 = worn.iter().map(|i| failures[*i]).sum();
         assert!(worn_failures > 0, "worn motors never jammed");
+        // A failing card reader: many more unread cards than the healthy readers' 0.2 %.
+        let failing: Vec<usize> = (0..machines).filter(|i| at_end[*i].card_failing).collect();
+        anyhow::ensure!(!failing.is_empty(), "the seed gives no failing reader");
+        let per_machine = |set: &[usize]| {
+            set.iter().map(|i| f64::from(unread[*i])).sum::<f64>() / set.len().max(1) as f64
+        };
+        assert!(
+            per_machine(&failing) > 5.0 * per_machine(&healthy).max(0.2),
+            "failing readers {} a machine, healthy {}",
+            per_machine(&failing),
+            per_machine(&healthy)
+        );
         Ok(())
     }
 }

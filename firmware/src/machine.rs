@@ -470,6 +470,10 @@ fn kind_of(record: &Record) -> EventKind {
             code: ErrorCode::DispenseFailure,
             message: format!("slot {slot} did not drop twice ({txn}); the slot is out of service"),
         }),
+        Record::ReadFailure => EventKind::Error(ErrorEvent {
+            code: ErrorCode::CardReadFailure,
+            message: "card read failed".into(),
+        }),
         Record::Restock { slot, quantity } => EventKind::Restock(Restock {
             slot_number: *slot,
             quantity: *quantity,

@@ -124,6 +124,9 @@ pub enum Input {
     Cancel,
     /// A card, phone or watch at the terminal.
     Present(Method),
+    /// The terminal could not read what was presented (a worn or failing reader); the customer
+    /// may present it again.
+    ReadFailed,
     /// The payment network's answer to [`Action::Authorise`].
     Authorised { txn: Txn, approved: bool },
     /// The drop sensor after an [`Action::Vend`]: whether a unit fell.
@@ -196,6 +199,8 @@ pub enum Message {
     Busy,
     Cancelled,
     Declined,
+    /// The card could not be read: present it again.
+    ReadFailed,
     TimedOut,
     /// Offline, and this sale is above the floor limit.
     OverFloorLimit,
@@ -263,6 +268,9 @@ pub enum Record {
         slot: u32,
         quantity: u32,
     },
+    /// The payment terminal could not read what a customer presented (a failing reader shows
+    /// as many of these).
+    ReadFailure,
 }
 
 /// What the machine must do, in order.
@@ -544,6 +552,13 @@ impl Vend {
                 _ => out.push(Action::Show(Message::Busy)),
             },
             Input::Present(method) => self.present(now, method, &mut out),
+            Input::ReadFailed => {
+                // Only a reader asked for a payment reads; the cart stays as it is.
+                if let Phase::AwaitingPayment { .. } = self.phase {
+                    out.push(Action::Record(Record::ReadFailure));
+                    out.push(Action::Show(Message::ReadFailed));
+                }
+            }
             Input::Authorised { txn, approved } => self.authorised(now, txn, approved, &mut out),
             Input::Dropped(fell) => {
                 if let Phase::Dispensing(_) = self.phase {

@@ -27,6 +27,8 @@ enum Move {
     Checkout,
     Cancel,
     Present(u8),
+    /// The terminal fails to read what was presented.
+    ReadFailed,
     /// The payment network answers the oldest request it has not answered.
     Answer(bool),
     /// The drop sensor answers the last vend.
@@ -61,6 +63,7 @@ fn moves() -> impl Strategy<Value = Move> {
         3 => Just(Move::Checkout),
         1 => Just(Move::Cancel),
         3 => (0u8..3).prop_map(Move::Present),
+        1 => Just(Move::ReadFailed),
         3 => any::<bool>().prop_map(Move::Answer),
         6 => prop_oneof![4 => Just(true), 1 => Just(false)].prop_map(Move::Drop),
         2 => prop_oneof![Just(1_000i64), Just(6_000), Just(20_000), Just(70_000), Just(400_000)]
@@ -287,6 +290,7 @@ fn run(moves: Vec<Move>) -> Result<(), TestCaseError> {
             Move::Checkout => vendflow_controller::vend::Input::Checkout,
             Move::Cancel => vendflow_controller::vend::Input::Cancel,
             Move::Present(i) => vendflow_controller::vend::Input::Present(methods[i as usize]),
+            Move::ReadFailed => vendflow_controller::vend::Input::ReadFailed,
             Move::Answer(approved) => {
                 if w.asked.is_empty() {
                     continue;
@@ -490,6 +494,35 @@ fn offline_sales_stop_at_the_floor_limit_and_after_fifty_until_a_sync() {
     assert!(
         sold.iter()
             .any(|a| matches!(a, Action::Charge { offline: true, .. }))
+    );
+}
+
+/// A card the terminal cannot read is recorded (a failing reader's error events) and the cart
+/// waits for the customer to present again; a read failure outside a payment records nothing.
+#[test]
+fn a_card_read_failure_is_recorded_and_the_cart_waits_for_another_try() {
+    use vendflow_controller::vend::{Input, Message, Record};
+    let mut vend = one_slot(5);
+    let now = 1_000;
+    assert!(vend.handle(now, Input::ReadFailed).is_empty(), "idle: no payment asked for");
+    vend.handle(now, Input::Select(1));
+    vend.handle(now, Input::Checkout);
+    let failed = vend.handle(now, Input::ReadFailed);
+    assert_eq!(
+        failed,
+        vec![
+            Action::Record(Record::ReadFailure),
+            Action::Show(Message::ReadFailed)
+        ]
+    );
+    vend.handle(now, Input::Network(false));
+    let mut actions = vend.handle(now + 1_000, Input::Present(Method::Card));
+    while actions.iter().any(|a| matches!(a, Action::Vend { .. })) {
+        actions = vend.handle(now + 2_000, Input::Dropped(true));
+    }
+    assert!(
+        actions.iter().any(|a| matches!(a, Action::Receipt { .. })),
+        "sold on the second try: {actions:?}"
     );
 }
 
