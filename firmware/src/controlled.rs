@@ -80,34 +80,34 @@ pub struct ControlledConfig {
     pub keep_ms: Millis,
 }
 
-/// The options of `--controllers` runs that shape the machines' world, the same for `publish`
-/// and `simulate`.
+/// The options of controller runs that shape the machines' world, the same for `publish
+/// --controllers` and `simulate` (each refuses them when it runs the event simulator).
 #[derive(Clone, Debug, PartialEq, clap::Args)]
 pub struct WorldOptions {
-    /// With --controllers: seconds between a machine's heartbeats.
-    #[arg(long, default_value_t = 30, requires = "controllers")]
+    /// Controllers only: seconds between a machine's heartbeats.
+    #[arg(long, default_value_t = 30)]
     pub heartbeat_secs: u32,
-    /// With --controllers: the share of machines that lose their network once, for a random
+    /// Controllers only: the share of machines that lose their network once, for a random
     /// time of up to --max-outage-hours (ending at least an hour before the span does).
-    #[arg(long, default_value_t = 0.1, requires = "controllers")]
+    #[arg(long, default_value_t = 0.1)]
     pub outage_share: f64,
     /// The longest outage. A machine keeps 24 hours of events it could not deliver: past that
     /// it drops the oldest and declares their numbers (`sequence_gaps`, `declared_dropped`).
-    #[arg(long, default_value_t = 24.0, requires = "controllers")]
+    #[arg(long, default_value_t = 24.0)]
     pub max_outage_hours: f64,
-    /// With --controllers: hours a machine keeps events it could not deliver; older ones are
+    /// Controllers only: hours a machine keeps events it could not deliver; older ones are
     /// dropped and declared (`sequence_gaps`, `declared_dropped`). The product's rule is 24. A
     /// run many times faster than real time stretches the network's delays by as much in the
     /// machines' time (a resend a minute later at 500x is 8 simulated hours): a test that
     /// checks nothing is lost keeps longer.
-    #[arg(long, default_value_t = 24, requires = "controllers")]
+    #[arg(long, default_value_t = 24)]
     pub keep_hours: u32,
-    /// With --controllers: the chance that a unit does not drop at a try (a unit that fails
+    /// Controllers only: the chance that a unit does not drop at a try (a unit that fails
     /// its retry too is refunded, and its slot goes out of service until restocked).
-    #[arg(long, default_value_t = 0.01, requires = "controllers")]
+    #[arg(long, default_value_t = 0.01)]
     pub jam_share: f64,
-    /// With --controllers: the share of machines whose power is cut once.
-    #[arg(long, default_value_t = 0.02, requires = "controllers")]
+    /// Controllers only: the share of machines whose power is cut once.
+    #[arg(long, default_value_t = 0.02)]
     pub power_cut_share: f64,
 }
 

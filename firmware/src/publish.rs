@@ -134,6 +134,11 @@ impl PublishOptions {
                 "--machines and --hours must be positive".into(),
             ));
         }
+        if self.world != crate::controlled::WorldOptions::default() {
+            return Err(PublishError::Invalid(
+                "the world's options (--heartbeat-secs, --outage-share, --max-outage-hours, --keep-hours, --jam-share, --power-cut-share) shape the controllers: add --controllers".into(),
+            ));
+        }
         if let Some((machine, hours)) = self.outage.iter().find(|(m, _)| *m >= self.machines) {
             return Err(PublishError::Invalid(format!(
                 "--outage {machine}:{hours}: there are only {} machines",

@@ -29,10 +29,17 @@ pub struct SimulateOptions {
     /// machine the restock crew skips (2), no random faults.
     #[arg(long)]
     pub scenario: Option<String>,
-    /// Run the real controller on every machine (as `vendflow publish --controllers`), with a
-    /// platform that acknowledges every envelope at once; `events.jsonl` holds what the
-    /// machines sent, each event once, and the run says how fast the fleet was simulated.
-    #[arg(long, conflicts_with = "scenario")]
+    /// Run the event simulator instead of the real controller. By default every machine runs
+    /// the real controller (as `vendflow publish --controllers`), with a platform that
+    /// acknowledges every envelope at once; `events.jsonl` holds what the machines sent, each
+    /// event once, and the run says how fast the fleet was simulated. The event simulator
+    /// (also what `--scenario` runs) emits events without a controller, with re-deliveries
+    /// after outages.
+    #[arg(long)]
+    pub event_simulator: bool,
+    /// The default (the real controller on every machine); kept so that earlier command lines
+    /// still run.
+    #[arg(long, hide = true, conflicts_with_all = ["scenario", "event_simulator"])]
     pub controllers: bool,
     /// The controllers' world (heartbeats, outages, the outbox's keep, jams, power cuts), as
     /// `publish` takes it.
@@ -57,6 +64,14 @@ pub enum SimulateError {
     },
 }
 
+impl SimulateOptions {
+    /// Whether the machines run the real controller: unless `--event-simulator` or a
+    /// `--scenario` (an event-simulator script) says otherwise.
+    pub fn runs_controllers(&self) -> bool {
+        !self.event_simulator && self.scenario.is_none()
+    }
+}
+
 /// What [`write_files`] wrote.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Simulated {
@@ -70,8 +85,13 @@ pub struct Simulated {
 /// Simulates the fleet of `options` for its hours and writes `registry.jsonl` and
 /// `events.jsonl` into its directory (created if missing).
 pub fn write_files(options: &SimulateOptions) -> Result<Simulated, SimulateError> {
-    if options.controllers {
+    if options.runs_controllers() {
         return write_controllers(options);
+    }
+    if options.world != crate::controlled::WorldOptions::default() {
+        return Err(SimulateError::Invalid(
+            "the world's options (--heartbeat-secs, --outage-share, --max-outage-hours, --keep-hours, --jam-share, --power-cut-share) shape the controllers; the event simulator and --scenario do not take them".into(),
+        ));
     }
     let config = match &options.scenario {
         None => FleetConfig {
@@ -193,9 +213,35 @@ mod tests {
             hours: 2,
             seed: 7,
             scenario: None,
+            event_simulator: true,
             controllers: false,
             world: crate::controlled::WorldOptions::default(),
         }
+    }
+
+    /// The controllers run unless `--event-simulator` or a scenario says otherwise, and the
+    /// event simulator refuses the controllers' world options instead of ignoring them.
+    #[test]
+    fn controllers_are_the_default_and_the_event_simulator_refuses_their_options() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            options: SimulateOptions,
+        }
+        use clap::Parser;
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from([&["simulate", "--out", "x"], args].concat()).map(|c| c.options)
+        };
+        let runs = |args: &[&str]| parse(args).map(|o| o.runs_controllers()).ok();
+        assert_eq!(runs(&[]), Some(true));
+        assert_eq!(runs(&["--controllers", "--heartbeat-secs", "10"]), Some(true));
+        assert_eq!(runs(&["--event-simulator"]), Some(false));
+        assert_eq!(runs(&["--scenario", "golden"]), Some(false));
+        assert!(parse(&["--controllers", "--event-simulator"]).is_err());
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut o = options(dir.path());
+        o.world.jam_share = 0.5;
+        assert!(matches!(write_files(&o), Err(SimulateError::Invalid(_))));
     }
 
     /// `--controllers` writes what the controllers sent, each event once, numbered without a
@@ -204,7 +250,7 @@ mod tests {
     fn controllers_write_every_event_once() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let mut o = options(dir.path());
-        o.controllers = true;
+        o.event_simulator = false;
         o.machines = 20;
         let wrote = write_files(&o)?;
         let (tally, _) = wrote.controllers.clone().context("a tally")?;
