@@ -504,7 +504,7 @@ fn publish_setup(fleet: &vendflow_firmware::Fleet, options: &PublishOptions) -> 
     Ok(())
 }
 
-/// `vendflow publish --controllers`: the real controller on every machine.
+/// `vendflow publish`: the real controller on every machine.
 fn publish_controllers(options: PublishOptions) -> anyhow::Result<()> {
     let (mut controllers, end) = options.controllers(Timestamp::now())?;
     if let Some(fleet) = controllers.fleet() {
@@ -536,7 +536,7 @@ fn publish_controllers(options: PublishOptions) -> anyhow::Result<()> {
 }
 
 fn publish(options: PublishOptions) -> anyhow::Result<()> {
-    if options.controllers {
+    if options.runs_controllers() {
         return publish_controllers(options);
     }
     let (mut fleet, end) = options.fleet(Timestamp::now())?;

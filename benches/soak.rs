@@ -164,6 +164,7 @@ fn main() -> anyhow::Result<()> {
     let publisher = Command::new(&bin)
         .args([
             "publish",
+            "--event-simulator",
             "--mqtt",
             &mqtt,
             "--seed",

@@ -174,6 +174,7 @@ fn publish(
 ) -> anyhow::Result<std::process::Child> {
     let mut args = vec![
         "publish".to_owned(),
+        "--event-simulator".to_owned(),
         "--mqtt".into(),
         mqtt.into(),
         "--machines".into(),
@@ -208,6 +209,7 @@ fn publish_with_receipts(
     Ok(Command::new(vendflow_bin()?)
         .args([
             "publish",
+            "--event-simulator",
             "--mqtt",
             mqtt,
             "--machines",
@@ -1201,6 +1203,7 @@ fn command_checks(
     let publisher = Command::new(vendflow_bin()?)
         .args([
             "publish",
+            "--event-simulator",
             "--mqtt",
             mqtt,
             "--machines",
@@ -1360,6 +1363,7 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
     let registry_text = d.join("registry.jsonl").display().to_string();
     vendflow(&[
         "publish",
+        "--event-simulator",
         "--mqtt",
         &mqtt,
         "--machines",
@@ -1676,6 +1680,7 @@ fn brokers_killed_with_kill_9_while_the_fleet_publishes_lose_nothing_and_count_n
     let creds_text = creds.display().to_string();
     vendflow(&[
         "publish",
+        "--event-simulator",
         "--mqtt",
         &mqtt,
         "--machines",
@@ -1983,6 +1988,103 @@ fn refund_oracle(file: &Path) -> anyhow::Result<BTreeMap<(String, String), (i64,
 /// machines recorded them, every sale
 /// the machines made is counted once in revenue, every refund is in `refunds`, and
 /// `sequence_gaps` is empty: no event of any machine was lost.
+/// `publish` runs the real controller on every machine by default, each letting go of an event
+/// once the broker acknowledged it (its PUBACK): against a bare Mosquitto (no bridge, so no
+/// delivery receipts) the run ends with every outbox empty, and a subscriber has every event the
+/// machines recorded as sent (machine and number), the fleet's faults among them.
+#[test]
+fn controllers_publish_to_a_bare_broker_and_let_go_of_what_it_acknowledged() -> anyhow::Result<()>
+{
+    let Some(mosquitto_bin) = require_mosquitto()? else {
+        return Ok(());
+    };
+    let Some(mosquitto_sub) = require_program("mosquitto_sub", &[])? else {
+        return Ok(());
+    };
+    let Some(mosquitto_pub) = require_program("mosquitto_pub", &[])? else {
+        return Ok(());
+    };
+    let (_guard, dir) = test_dir()?;
+    let d = dir.as_path();
+    let port = free_port()?;
+    let _mosquitto = start_mosquitto(&mosquitto_bin, d, port)?;
+    let got = d.join("got.txt");
+    /// Stops the subscriber however the test ends.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _subscriber = Killed(
+        Command::new(&mosquitto_sub)
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+            .args(["-t", "machines/+/telemetry"])
+            .stdout(std::fs::File::create(&got)?)
+            .stderr(std::process::Stdio::null())
+            .spawn()?,
+    );
+    // The subscription is in place once a message published after it arrives.
+    let probe = Instant::now();
+    while std::fs::metadata(&got)?.len() == 0 {
+        ensure!(probe.elapsed() < Duration::from_secs(20), "mosquitto_sub never subscribed");
+        let _ = Command::new(&mosquitto_pub)
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+            .args(["-t", "machines/probe/telemetry", "-m", "{}"])
+            .status();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let sent = d.join("sent.jsonl");
+    let out = Command::new(vendflow_bin()?)
+        .args(["publish", "--mqtt", &format!("127.0.0.1:{port}")])
+        .args(["--machines", "40", "--hours", "4", "--seed", "5", "--record"])
+        .arg(&sent)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "publish failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = |v: &serde_json::Value, machine: &serde_json::Value| -> Option<(String, u64)> {
+        Some((machine.as_str()?.to_owned(), v.get("seq")?.as_u64()?))
+    };
+    let mut recorded = std::collections::BTreeSet::new();
+    for line in std::fs::read_to_string(&sent)?.lines() {
+        let e: serde_json::Value = serde_json::from_str(line)?;
+        recorded.insert(key(&e, &e["machineId"]).context("a recorded event without its number")?);
+    }
+    ensure!(recorded.len() > 1_000, "{} events recorded", recorded.len());
+    let received = |text: &str| -> std::collections::BTreeSet<(String, u64)> {
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .flat_map(|envelope| {
+                let machine = envelope["machineId"].clone();
+                envelope["events"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(move |e| key(&e, &machine))
+            })
+            .collect()
+    };
+    // What the broker acknowledged has reached the subscriber, or is on its way.
+    let waiting = Instant::now();
+    let missing = loop {
+        let have = received(&std::fs::read_to_string(&got)?);
+        let missing = recorded.difference(&have).count();
+        if missing == 0 || waiting.elapsed() > Duration::from_secs(30) {
+            break missing;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    ensure!(missing == 0, "{missing} of {} sent events never reached the subscriber", recorded.len());
+    let summary = String::from_utf8_lossy(&out.stderr);
+    ensure!(summary.contains("units sold"), "the controllers' summary: {summary}");
+    Ok(())
+}
+
 #[test]
 fn a_thousand_controllers_with_outages_and_a_broker_restart_lose_no_event() -> anyhow::Result<()> {
     let Some([mosquitto_bin, curl, openssl, tansu_bin]) = tls_path_tools()? else {
@@ -2010,6 +2112,8 @@ fn a_thousand_controllers_with_outages_and_a_broker_restart_lose_no_event() -> a
         "--seed",
         "23",
         "--controllers",
+        // Each event is forgotten only once the bridge has it in Kafka (not on the PUBACK).
+        "--receipts",
         "--heartbeat-secs",
         "1800",
         "--batch-secs",
@@ -2305,6 +2409,7 @@ fn a_machine_run_from_its_bundle_and_killed_resumes_from_its_outbox_and_loses_no
     );
     vendflow(&[
         "publish",
+        "--event-simulator",
         "--machines",
         "1",
         "--registry-out",
@@ -2596,6 +2701,7 @@ fn start_retaining_bridge(
     let creds = d.join("credentials.jsonl");
     vendflow(&[
         "publish",
+        "--event-simulator",
         "--mqtt",
         mqtt,
         "--machines",
@@ -2772,6 +2878,7 @@ fn an_engine_killed_three_times_restarts_from_its_checkpoints_and_ends_with_the_
     let publisher = Command::new(&bin)
         .args([
             "publish",
+            "--event-simulator",
             "--mqtt",
             &mqtt,
             "--machines",
@@ -3041,7 +3148,7 @@ fn two_processes_on_loopback_give_the_views_of_one_across_kills_and_restarts_fro
     // 36 simulated hours of 4 machines over about 40 s.
     let sent = d.join("sent.jsonl");
     let publisher = Command::new(&bin)
-        .args(["publish", "--mqtt", &mqtt, "--machines", machines])
+        .args(["publish", "--event-simulator", "--mqtt", &mqtt, "--machines", machines])
         .args([
             "--hours",
             "36",

@@ -35,6 +35,7 @@ NODE_MIN=20.19.0
 apt_lines=(
   "mosquitto|mosquitto"
   "mosquitto_pub|mosquitto-clients"
+  "mosquitto_sub|mosquitto-clients"
   "curl|curl"
   "openssl|openssl"
   "psql|postgresql-client"

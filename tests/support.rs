@@ -674,6 +674,7 @@ pub fn start_bridge(
     let status = Command::new(bin)
         .args([
             "publish",
+            "--event-simulator",
             "--mqtt",
             mqtt,
             "--machines",

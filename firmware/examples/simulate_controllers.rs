@@ -1,4 +1,4 @@
-//! Times the controller fleet simulation alone (`vendflow simulate --controllers` without the
+//! Times the controller fleet simulation alone (`vendflow simulate` without the
 //! CLI): `cargo run --release -p vendflow-firmware --example simulate_controllers -- MACHINES HOURS DIR`.
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -11,7 +11,8 @@ fn main() -> anyhow::Result<()> {
         hours,
         seed: 7,
         scenario: None,
-        controllers: true,
+        event_simulator: false,
+        controllers: false,
         world: vendflow_firmware::controlled::WorldOptions::default(),
     };
     let started = std::time::Instant::now();

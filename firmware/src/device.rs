@@ -195,6 +195,8 @@ pub fn run_device(
         linger: 0,
         tls,
         clock: None,
+        // A machine in the field forgets an event only once the platform has it in Kafka.
+        acks: crate::mqtt::Acks::Receipts,
     };
     tracing::info!(machine_id = %bundle.machine_id, outbox = %outbox.display(), broker = mqtt, tls = options.tls_ca.is_some(), client_certificate = options.tls_cert.is_some(), "machine booted");
     let published = run_controllers(&link, &mut machine, Timestamp(end), stop)?;

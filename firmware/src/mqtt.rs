@@ -201,6 +201,22 @@ pub struct Publisher {
     /// The last connection error since the broker last accepted the connection (None while
     /// connected).
     broker_error: Arc<std::sync::Mutex<Option<String>>>,
+    /// With [`Acks::PubAck`]: every QoS 1 publish in the order it was asked for, with the
+    /// receipt of a tracked one, until the event loop gives it its packet id.
+    asked: Option<Arc<std::sync::Mutex<std::collections::VecDeque<Option<String>>>>>,
+}
+
+/// What tells a machine with its own outbox that a message it sent is the platform's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Acks {
+    /// The platform's delivery receipt (`machines/{id}/delivered`), which `vendflow bridge`
+    /// sends once the message is durable in Kafka (and the demo's MQTT source once it is in
+    /// the engine's input).
+    Receipts,
+    /// The broker's PUBACK: the broker has the message (MQTT QoS 1). Any broker gives it; what
+    /// happens after depends on the broker's persistence and on whoever reads the topic.
+    #[default]
+    Puback,
 }
 
 /// Who connects and how: the session's client id, the seed of the fleet whose secrets sign,
@@ -210,6 +226,13 @@ struct Session<'a> {
     seed: u64,
     machine: Option<&'a str>,
     tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// Where a forwarding publisher passes acknowledgements on: receipts as the platform sends
+/// them, or (with `asked`) the receipts of the messages the broker acknowledged.
+struct Forward {
+    to: std::sync::mpsc::Sender<String>,
+    asked: Option<Arc<std::sync::Mutex<std::collections::VecDeque<Option<String>>>>>,
 }
 
 /// Where the platform's delivery receipts arrive.
@@ -255,7 +278,7 @@ impl Publisher {
         client_id: &str,
         seed: u64,
     ) -> (Publisher, std::sync::mpsc::Receiver<String>) {
-        Self::connect_forwarding_for(host, port, client_id, seed, None, None)
+        Self::connect_forwarding_for(host, port, client_id, seed, None, None, Acks::Receipts)
     }
 
     /// [`Publisher::connect_forwarding`]; with `machine`, subscribed to that machine's receipts
@@ -263,6 +286,8 @@ impl Publisher {
     /// rules), not every machine's.
     /// With `tls`, the connection is TLS, the broker verified as the configuration says
     /// ([`tls_to_broker`]).
+    /// With `acks` [`Acks::PubAck`], what is passed on is the receipt of each tracked message
+    /// the broker acknowledged (its PUBACK), and no receipt topic is read.
     pub fn connect_forwarding_for(
         host: &str,
         port: u16,
@@ -270,6 +295,7 @@ impl Publisher {
         seed: u64,
         machine: Option<&str>,
         tls: Option<Arc<rustls::ClientConfig>>,
+        acks: Acks,
     ) -> (Publisher, std::sync::mpsc::Receiver<String>) {
         let (tx, rx) = std::sync::mpsc::channel();
         let session = Session {
@@ -278,7 +304,11 @@ impl Publisher {
             machine,
             tls,
         };
-        let publisher = Self::connect_as(host, port, session, false, Some(tx));
+        let forward = Forward {
+            to: tx,
+            asked: (acks == Acks::Puback).then(Arc::default),
+        };
+        let publisher = Self::connect_as(host, port, session, false, Some(forward));
         (publisher, rx)
     }
 
@@ -292,8 +322,10 @@ impl Publisher {
             tls,
         }: Session<'_>,
         receipts: bool,
-        forward: Option<std::sync::mpsc::Sender<String>>,
+        forward: Option<Forward>,
     ) -> Publisher {
+        let asked = forward.as_ref().and_then(|f| f.asked.clone());
+        let by_puback = asked.is_some();
         let (commands_filter, receipts_filter) = match machine {
             Some(m) => (Topic::Commands.of(m), Topic::Delivered.of(m)),
             None => (COMMANDS_FILTER.to_owned(), RECEIPTS.to_owned()),
@@ -323,6 +355,10 @@ impl Publisher {
             let client = client.clone();
             std::thread::spawn(move || {
                 let mut backoff = Duration::from_millis(100);
+                // With PUBACKs as the acknowledgement: the receipt of each tracked publish the
+                // event loop has sent, by packet id, until the broker acknowledges it. A publish
+                // sent again after a reconnection keeps its packet id (and its entry).
+                let mut in_flight: std::collections::HashMap<u16, String> = Default::default();
                 // Subscriptions due on this connection.
                 let mut filters: Vec<&str> = Vec::new();
                 let (commands_filter, receipts_filter) =
@@ -348,8 +384,26 @@ impl Publisher {
                         }
                     }
                     match connection.recv_timeout(Duration::from_millis(100)) {
-                        Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => {
+                        Ok(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
                             acked.fetch_add(1, Ordering::SeqCst);
+                            if let Some(receipt) = in_flight.remove(&ack.pkid)
+                                && let Some(forward) = &forward
+                            {
+                                let _ = forward.to.send(receipt);
+                            }
+                        }
+                        Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid))))
+                            if forward.as_ref().is_some_and(|f| f.asked.is_some())
+                                && !in_flight.contains_key(&pkid) =>
+                        {
+                            // The event loop sends requests in the order they were asked for.
+                            let next = forward
+                                .as_ref()
+                                .and_then(|f| f.asked.as_ref())
+                                .and_then(|a| a.lock().unwrap_or_else(|e| e.into_inner()).pop_front());
+                            if let Some(Some(receipt)) = next {
+                                in_flight.insert(pkid, receipt);
+                            }
                         }
                         Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
                             if let Ok(mut e) = broker_error.lock() {
@@ -357,7 +411,7 @@ impl Publisher {
                             }
                             // Subscribed below, as soon as the request channel takes it (it
                             // may be full of publishes waiting for this very connection).
-                            filters = if outbox.is_some() || forward.is_some() {
+                            filters = if outbox.is_some() || (forward.is_some() && !by_puback) {
                                 vec![commands_filter, receipts_filter]
                             } else {
                                 vec![commands_filter]
@@ -369,10 +423,10 @@ impl Publisher {
                         Ok(Ok(Event::Incoming(Packet::Publish(p))))
                             if Topic::Delivered.machine(&p.topic).is_some() =>
                         {
-                            if let Some(forward) = &forward {
+                            if let Some(forward) = forward.as_ref().filter(|f| f.asked.is_none()) {
                                 let receipts = String::from_utf8_lossy(&p.payload);
                                 for receipt in receipts.lines() {
-                                    let _ = forward.send(receipt.to_owned());
+                                    let _ = forward.to.send(receipt.to_owned());
                                 }
                             }
                             if let Some(outbox) = &outbox {
@@ -423,6 +477,19 @@ impl Publisher {
             outbox,
             last_resend: Instant::now(),
             broker_error,
+            asked,
+        }
+    }
+
+    /// Notes a QoS 1 publish about to be asked of the client (with the receipt of a tracked
+    /// one), when PUBACKs are the acknowledgement: before the request, so the event loop never
+    /// sends one the queue does not know.
+    fn asking(&self, receipt: Option<String>) {
+        if let Some(asked) = &self.asked {
+            asked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push_back(receipt);
         }
     }
 
@@ -480,6 +547,7 @@ impl Publisher {
     pub fn publish_tracked(&mut self, envelope: &Envelope) -> Result<String, PublishError> {
         let body = self.sign(envelope);
         let receipt = vendflow_protocol::topics::receipt(body.as_bytes());
+        self.asking(Some(receipt.clone()));
         self.client
             .publish(
                 Topic::Telemetry.of(envelope.machine_id.as_str()),
@@ -515,6 +583,7 @@ impl Publisher {
                 body.clone().into_bytes(),
             );
         }
+        self.asking(None);
         self.client
             .publish(topic, QoS::AtLeastOnce, false, body)
             .map_err(|e| PublishError::Mqtt(self.address.clone(), e.to_string()))?;
@@ -561,6 +630,7 @@ impl Publisher {
             );
         }
         for (topic, payload) in due {
+            self.asking(None);
             self.client
                 .publish(topic, QoS::AtLeastOnce, false, payload)
                 .map_err(|e| PublishError::Mqtt(self.address.clone(), e.to_string()))?;

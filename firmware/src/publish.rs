@@ -57,25 +57,33 @@ pub struct PublishOptions {
     /// Keep every message until the platform's delivery receipt for it arrives
     /// (`machines/{id}/delivered`, sent by `vendflow bridge` once the message is in Kafka), and
     /// send again what has none after a timeout (at least 5 s, adapted to how long receipts
-    /// take, doubled while resends go unanswered): what a machine's outbox does, so that nothing is lost
-    /// when the broker dies after acknowledging. Needs a bridge (not the demo's embedded broker).
+    /// take, doubled while resends go unanswered), so that nothing is lost when the broker dies
+    /// after acknowledging. Needs a bridge (not the demo's embedded broker). Without it, a
+    /// machine's outbox lets go of what the broker acknowledged (its PUBACK), and the event
+    /// simulator of what its client handed over.
     #[arg(long)]
     pub receipts: bool,
-    /// Run the real controller on every machine (`vendflow-controller`: the vend cycle and its
-    /// durable outbox) instead of the event simulator: customers fill carts and pay, cards are
-    /// declined, units jam and are refunded, machines lose their network (see
-    /// `--outage-share`) and their power. Each machine sends its outbox oldest first and
-    /// forgets an event only on the platform's delivery receipt (so it needs
-    /// `vendflow bridge`); what is not receipted in time it sends again.
+    /// Run the event simulator instead of the real controller. By default every machine runs
+    /// the real controller (`vendflow-controller`: the vend cycle and its durable outbox):
+    /// customers fill carts and pay, cards are declined or not read, units jam and are
+    /// refunded, machines lose their network (see `--outage-share`) and their power, and the
+    /// fleet's faults show in their readings. Each machine sends its outbox oldest first,
+    /// forgets an event on the broker's PUBACK (or, with `--receipts`, the platform's
+    /// delivery receipt) and sends again what is not acknowledged in time. The event
+    /// simulator emits events without a controller (`--outage` scripts its outages).
     #[arg(long)]
+    pub event_simulator: bool,
+    /// The default (the real controller on every machine); kept so that earlier command lines
+    /// still run.
+    #[arg(long, hide = true, conflicts_with = "event_simulator")]
     pub controllers: bool,
     /// The controllers' world (heartbeats, outages, the outbox's keep, jams, power cuts), as
     /// `simulate` takes it.
     #[command(flatten)]
     pub world: WorldOptions,
-    /// With --controllers: a machine sends what its outbox holds at most once per this many
+    /// Controllers only: a machine sends what its outbox holds at most once per this many
     /// simulated seconds (0: at once). Fewer, larger envelopes for a long span at full speed.
-    #[arg(long, default_value_t = 0, requires = "controllers")]
+    #[arg(long, default_value_t = 0)]
     pub batch_secs: u32,
 }
 
@@ -94,6 +102,11 @@ fn parse_outage(text: &str) -> Result<(usize, u32), String> {
 }
 
 impl PublishOptions {
+    /// Whether the machines run the real controller (unless `--event-simulator`).
+    pub fn runs_controllers(&self) -> bool {
+        !self.event_simulator
+    }
+
     /// `--mqtt` as host and port.
     fn broker(&self) -> Result<(&str, u16), PublishError> {
         mqtt::broker_address(&self.mqtt).ok_or_else(|| {
@@ -110,7 +123,7 @@ impl PublishOptions {
         }
         if !self.outage.is_empty() {
             return Err(PublishError::Invalid(
-                "--outage is for the event simulator; with --controllers use --outage-share".into(),
+                "--outage scripts the event simulator (--event-simulator); the controllers take --outage-share".into(),
             ));
         }
         let end = now.0 - now.0.rem_euclid(60_000);
@@ -134,9 +147,9 @@ impl PublishOptions {
                 "--machines and --hours must be positive".into(),
             ));
         }
-        if self.world != crate::controlled::WorldOptions::default() {
+        if self.world != crate::controlled::WorldOptions::default() || self.batch_secs != 0 {
             return Err(PublishError::Invalid(
-                "the world's options (--heartbeat-secs, --outage-share, --max-outage-hours, --keep-hours, --jam-share, --power-cut-share) shape the controllers: add --controllers".into(),
+                "the world's options (--heartbeat-secs, --outage-share, --max-outage-hours, --keep-hours, --jam-share, --power-cut-share) and --batch-secs shape the controllers; the event simulator (--event-simulator) does not take them".into(),
             ));
         }
         if let Some((machine, hours)) = self.outage.iter().find(|(m, _)| *m >= self.machines) {
@@ -339,6 +352,11 @@ pub fn publish_controllers(
         linger: options.linger,
         tls: None,
         clock: None,
+        acks: if options.receipts {
+            mqtt::Acks::Receipts
+        } else {
+            mqtt::Acks::Puback
+        },
     };
     run_controllers(&link, fleet, end, stop)
 }
@@ -366,6 +384,9 @@ pub struct Link<'a> {
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     /// Where the simulated clock is told, in ms, as it moves (the demo's ingestion clock).
     pub clock: Option<&'a std::sync::atomic::AtomicI64>,
+    /// What lets a machine forget what it sent: the platform's receipts, or the broker's
+    /// PUBACK.
+    pub acks: mqtt::Acks,
 }
 
 /// Runs `fleet` up to `end` over `link` (see [`publish_controllers`]).
@@ -390,6 +411,7 @@ where
         link.seed,
         only,
         link.tls.clone(),
+        link.acks,
     );
     if let Some((machine, key)) = &link.key {
         publisher.sign_as(machine, key.clone());
@@ -485,10 +507,19 @@ where
             drained = None;
             let since = *reached_end.get_or_insert_with(Instant::now);
             if since.elapsed() > FINISH_TIMEOUT {
-                return Err(PublishError::Undelivered {
-                    outstanding: fleet.pending() as u64,
-                    waited: since.elapsed(),
-                    broker: publisher.broker_error(),
+                let (outstanding, waited, broker) =
+                    (fleet.pending() as u64, since.elapsed(), publisher.broker_error());
+                return Err(match link.acks {
+                    mqtt::Acks::Receipts => PublishError::Undelivered {
+                        outstanding,
+                        waited,
+                        broker,
+                    },
+                    mqtt::Acks::Puback => PublishError::Unacknowledged {
+                        outstanding,
+                        waited,
+                        broker,
+                    },
                 });
             }
             std::thread::sleep(Duration::from_millis(20));

@@ -402,6 +402,8 @@ impl Prepared {
                             linger: 0,
                             tls: None,
                             clock: Some(&clock),
+                            // The demo's MQTT source receipts what is in the engine's input.
+                            acks: vendflow_firmware::mqtt::Acks::Receipts,
                         };
                         let end = Timestamp(start.0 + CONTROLLED_SPAN_MS);
                         let published = run_controllers(&link, &mut machines, end, &stop_flag)
