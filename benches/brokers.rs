@@ -116,7 +116,15 @@ fn main() -> anyhow::Result<()> {
 
     // 1. Throughput.
     let publisher = Command::new(&bin)
-        .args(["publish", "--event-simulator", "--mqtt", &mqtt, "--seed", "3", "--machines"])
+        .args([
+            "publish",
+            "--event-simulator",
+            "--mqtt",
+            &mqtt,
+            "--seed",
+            "3",
+            "--machines",
+        ])
         .arg(args.burst_machines.to_string())
         .arg("--hours")
         .arg(args.burst_hours.to_string())

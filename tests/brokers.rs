@@ -1993,8 +1993,7 @@ fn refund_oracle(file: &Path) -> anyhow::Result<BTreeMap<(String, String), (i64,
 /// delivery receipts) the run ends with every outbox empty, and a subscriber has every event the
 /// machines recorded as sent (machine and number), the fleet's faults among them.
 #[test]
-fn controllers_publish_to_a_bare_broker_and_let_go_of_what_it_acknowledged() -> anyhow::Result<()>
-{
+fn controllers_publish_to_a_bare_broker_and_let_go_of_what_it_acknowledged() -> anyhow::Result<()> {
     let Some(mosquitto_bin) = require_mosquitto()? else {
         return Ok(());
     };
@@ -2028,7 +2027,10 @@ fn controllers_publish_to_a_bare_broker_and_let_go_of_what_it_acknowledged() -> 
     // The subscription is in place once a message published after it arrives.
     let probe = Instant::now();
     while std::fs::metadata(&got)?.len() == 0 {
-        ensure!(probe.elapsed() < Duration::from_secs(20), "mosquitto_sub never subscribed");
+        ensure!(
+            probe.elapsed() < Duration::from_secs(20),
+            "mosquitto_sub never subscribed"
+        );
         let _ = Command::new(&mosquitto_pub)
             .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
             .args(["-t", "machines/probe/telemetry", "-m", "{}"])
@@ -2038,7 +2040,15 @@ fn controllers_publish_to_a_bare_broker_and_let_go_of_what_it_acknowledged() -> 
     let sent = d.join("sent.jsonl");
     let out = Command::new(vendflow_bin()?)
         .args(["publish", "--mqtt", &format!("127.0.0.1:{port}")])
-        .args(["--machines", "40", "--hours", "4", "--seed", "5", "--record"])
+        .args([
+            "--machines",
+            "40",
+            "--hours",
+            "4",
+            "--seed",
+            "5",
+            "--record",
+        ])
         .arg(&sent)
         .output()?;
     ensure!(
@@ -2079,9 +2089,16 @@ fn controllers_publish_to_a_bare_broker_and_let_go_of_what_it_acknowledged() -> 
         }
         std::thread::sleep(Duration::from_millis(500));
     };
-    ensure!(missing == 0, "{missing} of {} sent events never reached the subscriber", recorded.len());
+    ensure!(
+        missing == 0,
+        "{missing} of {} sent events never reached the subscriber",
+        recorded.len()
+    );
     let summary = String::from_utf8_lossy(&out.stderr);
-    ensure!(summary.contains("units sold"), "the controllers' summary: {summary}");
+    ensure!(
+        summary.contains("units sold"),
+        "the controllers' summary: {summary}"
+    );
     Ok(())
 }
 
@@ -3148,7 +3165,14 @@ fn two_processes_on_loopback_give_the_views_of_one_across_kills_and_restarts_fro
     // 36 simulated hours of 4 machines over about 40 s.
     let sent = d.join("sent.jsonl");
     let publisher = Command::new(&bin)
-        .args(["publish", "--event-simulator", "--mqtt", &mqtt, "--machines", machines])
+        .args([
+            "publish",
+            "--event-simulator",
+            "--mqtt",
+            &mqtt,
+            "--machines",
+            machines,
+        ])
         .args([
             "--hours",
             "36",

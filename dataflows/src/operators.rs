@@ -626,10 +626,10 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
                                 judged += 1;
                             }
                         }
-                        if let Some(h) = waiting.hold() {
-                            if !out.is_empty() {
-                                output.session(h).give_iterator(out.drain(..));
-                            }
+                        if let Some(h) = waiting.hold()
+                            && !out.is_empty()
+                        {
+                            output.session(h).give_iterator(out.drain(..));
                         }
                         trim(&mut out);
                         // Again after downstream has taken this part: for the rest of the time

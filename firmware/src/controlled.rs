@@ -1127,7 +1127,9 @@ mod tests {
         let mut fleet = Controllers::new(config)?;
         let fleet_of = |c: &Controllers| -> anyhow::Result<Vec<Condition>> {
             let f = c.fleet().ok_or_else(|| anyhow::anyhow!("no fleet"))?;
-            Ok((0..machines).map(|i| f.condition(i, Timestamp(end))).collect())
+            Ok((0..machines)
+                .map(|i| f.condition(i, Timestamp(end)))
+                .collect())
         };
         let at_end = fleet_of(&fleet)?;
         let hot: Vec<usize> = (0..machines)

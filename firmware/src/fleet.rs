@@ -771,17 +771,15 @@ impl SimMachine {
             60..85 => "contactless",
             _ => "cash",
         };
-        if method != "cash" {
-            if self.rng.random_bool(self.condition(t).card_failure) {
-                self.emit(
-                    t,
-                    EventKind::Error(ErrorEvent {
-                        code: ErrorCode::CardReadFailure,
-                        message: "card read failed".into(),
-                    }),
-                );
-                return;
-            }
+        if method != "cash" && self.rng.random_bool(self.condition(t).card_failure) {
+            self.emit(
+                t,
+                EventKind::Error(ErrorEvent {
+                    code: ErrorCode::CardReadFailure,
+                    message: "card read failed".into(),
+                }),
+            );
+            return;
         }
         if let Some(jam) = self.condition(t).jam
             && self.rng.random_bool(jam)

@@ -397,10 +397,13 @@ impl Publisher {
                                 && !in_flight.contains_key(&pkid) =>
                         {
                             // The event loop sends requests in the order they were asked for.
-                            let next = forward
-                                .as_ref()
-                                .and_then(|f| f.asked.as_ref())
-                                .and_then(|a| a.lock().unwrap_or_else(|e| e.into_inner()).pop_front());
+                            let next =
+                                forward
+                                    .as_ref()
+                                    .and_then(|f| f.asked.as_ref())
+                                    .and_then(|a| {
+                                        a.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
+                                    });
                             if let Some(Some(receipt)) = next {
                                 in_flight.insert(pkid, receipt);
                             }

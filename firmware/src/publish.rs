@@ -507,8 +507,11 @@ where
             drained = None;
             let since = *reached_end.get_or_insert_with(Instant::now);
             if since.elapsed() > FINISH_TIMEOUT {
-                let (outstanding, waited, broker) =
-                    (fleet.pending() as u64, since.elapsed(), publisher.broker_error());
+                let (outstanding, waited, broker) = (
+                    fleet.pending() as u64,
+                    since.elapsed(),
+                    publisher.broker_error(),
+                );
                 return Err(match link.acks {
                     mqtt::Acks::Receipts => PublishError::Undelivered {
                         outstanding,

@@ -234,7 +234,10 @@ mod tests {
         };
         let runs = |args: &[&str]| parse(args).map(|o| o.runs_controllers()).ok();
         assert_eq!(runs(&[]), Some(true));
-        assert_eq!(runs(&["--controllers", "--heartbeat-secs", "10"]), Some(true));
+        assert_eq!(
+            runs(&["--controllers", "--heartbeat-secs", "10"]),
+            Some(true)
+        );
         assert_eq!(runs(&["--event-simulator"]), Some(false));
         assert_eq!(runs(&["--scenario", "golden"]), Some(false));
         assert!(parse(&["--controllers", "--event-simulator"]).is_err());

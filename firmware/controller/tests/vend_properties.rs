@@ -504,7 +504,10 @@ fn a_card_read_failure_is_recorded_and_the_cart_waits_for_another_try() {
     use vendflow_controller::vend::{Input, Message, Record};
     let mut vend = one_slot(5);
     let now = 1_000;
-    assert!(vend.handle(now, Input::ReadFailed).is_empty(), "idle: no payment asked for");
+    assert!(
+        vend.handle(now, Input::ReadFailed).is_empty(),
+        "idle: no payment asked for"
+    );
     vend.handle(now, Input::Select(1));
     vend.handle(now, Input::Checkout);
     let failed = vend.handle(now, Input::ReadFailed);
