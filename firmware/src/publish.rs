@@ -329,10 +329,11 @@ pub fn publish(
     })
 }
 
-/// Publishes a fleet of controllers (`--controllers`) up to `end`: the simulated clock runs
-/// at `--speed` (or as fast as the machines' outboxes drain), every machine sends what its
-/// outbox holds, forgets it on the platform's delivery receipt and sends again what waits too
-/// long (the resend timer follows the receipts' round trips, as TCP's does). Commands from
+/// Publishes a fleet of controllers (the default) up to `end`: the simulated clock runs at
+/// `--speed` (or as fast as the machines' outboxes drain), every machine sends what its outbox
+/// holds, forgets it on the broker's PUBACK (with `--receipts`, on the platform's delivery
+/// receipt) and sends again what waits too long (the resend timer follows the
+/// acknowledgements' round trips, as TCP's does). Commands from
 /// the platform go to the machines' controllers, whose answers are events of their outboxes.
 /// Ends once every outbox is empty (and `--linger` seconds have passed since), or fails after [`FINISH_TIMEOUT`] of waiting at the end.
 pub fn publish_controllers(
