@@ -311,12 +311,13 @@ fn run() -> anyhow::Result<()> {
             );
             if let Some((t, took)) = &wrote.controllers {
                 outln!(
-                    "controllers: {} customers, {} receipts, {} units sold, {} refunds, {} declined, {} jams, {} outages, {} power cuts; simulated in {:.1} s ({:.0}x real time, peak RSS {} MB)",
+                    "controllers: {} customers, {} receipts, {} units sold, {} refunds, {} declined, {} cards not read, {} jams, {} outages, {} power cuts; simulated in {:.1} s ({:.0}x real time, peak RSS {} MB)",
                     t.customers,
                     t.receipts,
                     t.units_sold,
                     t.refunds,
                     t.declined,
+                    t.read_failures,
                     t.jams,
                     t.outages,
                     t.power_cuts,
@@ -518,7 +519,7 @@ fn publish_controllers(options: PublishOptions) -> anyhow::Result<()> {
         vendflow_firmware::publish::publish_controllers(&options, &mut controllers, end, &stop)?;
     let t = &controllers.tally;
     eprintln!(
-        "publish: {} customers, {} receipts, {} units sold (${:.2}, {} offline sales), {} refunds (${:.2}), {} declined, {} jams, {} outages, {} power cuts",
+        "publish: {} customers, {} receipts, {} units sold (${:.2}, {} offline sales), {} refunds (${:.2}), {} declined, {} cards not read, {} jams, {} outages, {} power cuts",
         t.customers,
         t.receipts,
         t.units_sold,
@@ -527,6 +528,7 @@ fn publish_controllers(options: PublishOptions) -> anyhow::Result<()> {
         t.refunds,
         t.refunded_cents as f64 / 100.0,
         t.declined,
+        t.read_failures,
         t.jams,
         t.outages,
         t.power_cuts

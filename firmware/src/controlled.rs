@@ -80,8 +80,8 @@ pub struct ControlledConfig {
     pub keep_ms: Millis,
 }
 
-/// The options of controller runs that shape the machines' world, the same for `publish
-/// --controllers` and `simulate` (each refuses them when it runs the event simulator).
+/// The options of controller runs that shape the machines' world, the same for `publish` and
+/// `simulate` (each refuses them when it runs the event simulator).
 #[derive(Clone, Debug, PartialEq, clap::Args)]
 pub struct WorldOptions {
     /// Controllers only: seconds between a machine's heartbeats.

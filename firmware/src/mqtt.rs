@@ -201,7 +201,7 @@ pub struct Publisher {
     /// The last connection error since the broker last accepted the connection (None while
     /// connected).
     broker_error: Arc<std::sync::Mutex<Option<String>>>,
-    /// With [`Acks::PubAck`]: every QoS 1 publish in the order it was asked for, with the
+    /// With [`Acks::Puback`]: every QoS 1 publish in the order it was asked for, with the
     /// receipt of a tracked one, until the event loop gives it its packet id.
     asked: Option<Arc<std::sync::Mutex<std::collections::VecDeque<Option<String>>>>>,
 }
@@ -286,7 +286,7 @@ impl Publisher {
     /// rules), not every machine's.
     /// With `tls`, the connection is TLS, the broker verified as the configuration says
     /// ([`tls_to_broker`]).
-    /// With `acks` [`Acks::PubAck`], what is passed on is the receipt of each tracked message
+    /// With `acks` [`Acks::Puback`], what is passed on is the receipt of each tracked message
     /// the broker acknowledged (its PUBACK), and no receipt topic is read.
     pub fn connect_forwarding_for(
         host: &str,
