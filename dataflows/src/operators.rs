@@ -620,7 +620,7 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
                             for t in wake.drain(..) {
                                 waiting.wake_at(t);
                             }
-                            if records.len() == 0 {
+                            if records.as_slice().is_empty() {
                                 *current = None;
                                 // A wake-up is a time too, even without records.
                                 judged += 1;

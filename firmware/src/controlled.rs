@@ -125,6 +125,15 @@ impl Default for WorldOptions {
 }
 
 impl WorldOptions {
+    /// Refuses options given to a run of the event simulator (which would ignore them): only
+    /// the defaults pass.
+    pub fn only_for_controllers(&self) -> Result<(), String> {
+        if *self == WorldOptions::default() {
+            return Ok(());
+        }
+        Err("the world's options (--heartbeat-secs, --outage-share, --max-outage-hours, --keep-hours, --jam-share, --power-cut-share) shape the controllers; the event simulator (--event-simulator, --scenario) does not take them".into())
+    }
+
     /// Sets them on `config`; a share outside 0..=1 is refused with the reason.
     pub fn apply(&self, config: &mut ControlledConfig) -> Result<(), String> {
         for (name, share) in [
@@ -229,10 +238,9 @@ struct Unit<L: Log> {
     /// The controller asked to restart (a command, a firmware install): when it does.
     restart: Option<Millis>,
     /// What the fleet's faults and wear do to this machine's hardware now (its sensors' drift,
-    /// its motor's jams), updated before each wake-up; none for a machine booted from its bundle.
+    /// its motor's jams, the crew skipping it), updated before each wake-up; none for a machine
+    /// booted from its bundle.
     condition: Condition,
-    /// The crew skips this machine now (a fault of the fleet's).
-    skipped: bool,
 }
 
 /// The fleet of controllers and its simulated clock.
@@ -416,7 +424,6 @@ where
             };
             if let Some(fleet) = &self.fleet {
                 unit.condition = fleet.condition(i, Timestamp(at));
-                unit.skipped = fleet.skipped_by_crew(i, Timestamp(at));
             }
             let next = unit.wake(at, &self.config, &mut self.tally)?;
             self.wakes.push(std::cmp::Reverse((next.max(at + 1), i)));
@@ -552,7 +559,6 @@ impl<L: Log> Unit<L> {
             restart: None,
             last_sent: Millis::MIN,
             condition: Condition::default(),
-            skipped: false,
         }
     }
 }
@@ -782,7 +788,7 @@ where
         config: &ControlledConfig,
         tally: &mut Tally,
     ) -> Result<(), MachineError> {
-        if self.skipped
+        if self.condition.skipped_by_crew
             || !matches!(
                 self.machine.vend.phase,
                 vendflow_controller::vend::Phase::Idle
@@ -898,7 +904,8 @@ pub fn simulated_image_sha256(url: &str) -> [u8; 32] {
 mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
-    use vendflow_protocol::EventKind;
+    use anyhow::Context;
+    use vendflow_protocol::{Envelope, EventKind};
 
     use super::*;
 
@@ -995,58 +1002,72 @@ mod tests {
         let mut fleet = Controllers::new(config)?;
         let mut platform = Platform::default();
         let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let first = drive(&mut fleet, end.0, |i, envelope| {
+            for e in &envelope.events {
+                if let Some(seq) = e.seq {
+                    platform.seqs.entry(i).or_default().insert(seq);
+                }
+                match &e.kind {
+                    EventKind::Sale(s) => {
+                        let key = (i, s.transaction_id.to_string(), s.slot_number);
+                        let before = platform.sales.insert(key, s.amount.0);
+                        assert!(before.is_none_or(|a| a == s.amount.0));
+                    }
+                    EventKind::Refund(r) => {
+                        let key = (
+                            i,
+                            r.transaction_id.to_string(),
+                            r.slot_number,
+                            r.reason.to_string(),
+                        );
+                        platform.refunds.insert(key, r.amount.0);
+                    }
+                    EventKind::Heartbeat(h) => {
+                        if let Some(v) = h
+                            .controller
+                            .as_ref()
+                            .and_then(|c| c.firmware_version.clone())
+                        {
+                            platform.firmware.insert(v.to_string());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            platform.deliveries += 1;
+            // The acknowledgement is lost now and then: the machine sends it all again.
+            !rng.random_bool(lose)
+        })?;
+        assert!(first > 0);
+        Ok((fleet, platform))
+    }
+
+    /// Runs `fleet` to `end` a simulated minute (a wall-clock second) per round, until every
+    /// outbox is empty at the end: each envelope goes to `receive` (the machine's index), which
+    /// says whether its acknowledgement reaches the machine. Returns the events given out for
+    /// the first time.
+    fn drive(
+        fleet: &mut Controllers,
+        end: Millis,
+        mut receive: impl FnMut(usize, &Envelope) -> bool,
+    ) -> anyhow::Result<u64> {
         let mut wall = 0u64;
         let mut first = 0u64;
         let mut t = T0;
         loop {
-            t = (t + 60_000).min(end.0);
+            t = (t + 60_000).min(end);
             fleet.advance(Timestamp(t))?;
             wall += 1_000;
-            for (i, envelope, last) in fleet.ready(wall, 5_000, t == end.0, |_| first += 1)? {
-                for e in &envelope.events {
-                    if let Some(seq) = e.seq {
-                        platform.seqs.entry(i).or_default().insert(seq);
-                    }
-                    match &e.kind {
-                        EventKind::Sale(s) => {
-                            let key = (i, s.transaction_id.to_string(), s.slot_number);
-                            let before = platform.sales.insert(key, s.amount.0);
-                            assert!(before.is_none_or(|a| a == s.amount.0));
-                        }
-                        EventKind::Refund(r) => {
-                            let key = (
-                                i,
-                                r.transaction_id.to_string(),
-                                r.slot_number,
-                                r.reason.to_string(),
-                            );
-                            platform.refunds.insert(key, r.amount.0);
-                        }
-                        EventKind::Heartbeat(h) => {
-                            if let Some(v) = h
-                                .controller
-                                .as_ref()
-                                .and_then(|c| c.firmware_version.clone())
-                            {
-                                platform.firmware.insert(v.to_string());
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-                platform.deliveries += 1;
-                // The acknowledgement is lost now and then: the machine sends it all again.
-                if !rng.random_bool(lose) {
+            for (i, envelope, last) in fleet.ready(wall, 5_000, t == end, |_| first += 1)? {
+                if receive(i, &envelope) {
                     fleet.acknowledged(i, last)?;
                 }
             }
-            if t == end.0 && fleet.pending() == 0 {
-                break;
+            if t == end && fleet.pending() == 0 {
+                return Ok(first);
             }
-            assert!(wall < 10_000_000, "the outboxes never emptied");
+            anyhow::ensure!(wall < 10_000_000, "the outboxes never emptied");
         }
-        assert!(first > 0);
-        Ok((fleet, platform))
     }
 
     /// Controllers with outages of up to a day, power cuts and lost acknowledgements: every
@@ -1125,13 +1146,10 @@ mod tests {
         config.demand = 3.0;
         config.batch_ms = 600_000;
         let mut fleet = Controllers::new(config)?;
-        let fleet_of = |c: &Controllers| -> anyhow::Result<Vec<Condition>> {
-            let f = c.fleet().ok_or_else(|| anyhow::anyhow!("no fleet"))?;
-            Ok((0..machines)
-                .map(|i| f.condition(i, Timestamp(end)))
-                .collect())
-        };
-        let at_end = fleet_of(&fleet)?;
+        let world = fleet.fleet().context("no fleet")?;
+        let at_end: Vec<Condition> = (0..machines)
+            .map(|i| world.condition(i, Timestamp(end)))
+            .collect();
         let hot: Vec<usize> = (0..machines)
             .filter(|i| at_end[*i].temperature >= 5_000)
             .collect();
@@ -1147,39 +1165,32 @@ mod tests {
         let mut motor = vec![i64::MIN; machines];
         let mut failures = vec![0u32; machines];
         let mut unread = vec![0u32; machines];
-        let mut wall = 0;
-        let mut t = T0;
-        while t < end {
-            t = (t + 60_000).min(end);
-            fleet.advance(Timestamp(t))?;
-            wall += 1_000;
-            for (i, envelope, last) in fleet.ready(wall, 5_000, t == end, |_| {})? {
-                for e in &envelope.events {
-                    match &e.kind {
-                        EventKind::Heartbeat(h) => {
-                            if let Some(v) = h.temperature {
-                                hottest[i] = hottest[i].max(v.0);
-                            }
-                            if let Some(v) = h.motor_current {
-                                motor[i] = motor[i].max(v.0);
-                            }
+        drive(&mut fleet, end, |i, envelope| {
+            for e in &envelope.events {
+                match &e.kind {
+                    EventKind::Heartbeat(h) => {
+                        if let Some(v) = h.temperature {
+                            hottest[i] = hottest[i].max(v.0);
                         }
-                        EventKind::Error(x)
-                            if x.code == vendflow_protocol::ErrorCode::DispenseFailure =>
-                        {
-                            failures[i] += 1;
+                        if let Some(v) = h.motor_current {
+                            motor[i] = motor[i].max(v.0);
                         }
-                        EventKind::Error(x)
-                            if x.code == vendflow_protocol::ErrorCode::CardReadFailure =>
-                        {
-                            unread[i] += 1;
-                        }
-                        _ => {}
                     }
+                    EventKind::Error(x)
+                        if x.code == vendflow_protocol::ErrorCode::DispenseFailure =>
+                    {
+                        failures[i] += 1;
+                    }
+                    EventKind::Error(x)
+                        if x.code == vendflow_protocol::ErrorCode::CardReadFailure =>
+                    {
+                        unread[i] += 1;
+                    }
+                    _ => {}
                 }
-                fleet.acknowledged(i, last)?;
             }
-        }
+            true
+        })?;
         for i in &hot {
             assert!(hottest[*i] >= 8_000, "machine {i}: hottest {}", hottest[*i]);
         }

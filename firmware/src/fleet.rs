@@ -63,6 +63,8 @@ pub struct Condition {
     pub card_failing: bool,
     /// Chance that a vend jams, once the motor is wearing out (None before).
     pub jam: Option<f64>,
+    /// The restock crew skips the machine ([`Fault::SkippedByCrew`]).
+    pub skipped_by_crew: bool,
 }
 
 /// A fault a machine can develop.
@@ -442,14 +444,6 @@ impl Fleet {
             .map_or_else(Condition::default, |m| m.condition(t.0))
     }
 
-    /// Whether the crew skips machine `machine` at `t` (a [`Fault::SkippedByCrew`]).
-    pub fn skipped_by_crew(&self, machine: usize, t: Timestamp) -> bool {
-        self.machines.get(machine).is_some_and(|m| {
-            m.fault_since(t.0, |f| matches!(f, Fault::SkippedByCrew))
-                .is_some()
-        })
-    }
-
     /// Each machine's id, location type and slots, in fleet order (what a fleet of
     /// controllers is built from).
     pub(crate) fn planograms(&self) -> impl Iterator<Item = Planogram<'_>> {
@@ -643,6 +637,7 @@ impl SimMachine {
             }),
             card_failing: card.is_some(),
             jam: motor.map(|since| (since as f64 / MS_PER_HOUR as f64 * 0.03).min(0.4)),
+            skipped_by_crew: since(|f| matches!(f, Fault::SkippedByCrew)).is_some(),
         }
     }
 
@@ -771,7 +766,8 @@ impl SimMachine {
             60..85 => "contactless",
             _ => "cash",
         };
-        if method != "cash" && self.rng.random_bool(self.condition(t).card_failure) {
+        let condition = self.condition(t);
+        if method != "cash" && self.rng.random_bool(condition.card_failure) {
             self.emit(
                 t,
                 EventKind::Error(ErrorEvent {
@@ -781,7 +777,7 @@ impl SimMachine {
             );
             return;
         }
-        if let Some(jam) = self.condition(t).jam
+        if let Some(jam) = condition.jam
             && self.rng.random_bool(jam)
         {
             self.emit(
@@ -828,11 +824,7 @@ impl SimMachine {
 
     fn hourly(&mut self, t: i64) {
         let hour = Timestamp(t).hour();
-        if !(8..17).contains(&hour)
-            || self
-                .fault_since(t, |f| matches!(f, Fault::SkippedByCrew))
-                .is_some()
-        {
+        if !(8..17).contains(&hour) || self.condition(t).skipped_by_crew {
             return;
         }
         let low = self

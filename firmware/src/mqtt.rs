@@ -325,7 +325,6 @@ impl Publisher {
         forward: Option<Forward>,
     ) -> Publisher {
         let asked = forward.as_ref().and_then(|f| f.asked.clone());
-        let by_puback = asked.is_some();
         let (commands_filter, receipts_filter) = match machine {
             Some(m) => (Topic::Commands.of(m), Topic::Delivered.of(m)),
             None => (COMMANDS_FILTER.to_owned(), RECEIPTS.to_owned()),
@@ -353,6 +352,7 @@ impl Publisher {
             let broker_error = broker_error.clone();
             let outbox = outbox.clone();
             let client = client.clone();
+            let asked = asked.clone();
             std::thread::spawn(move || {
                 let mut backoff = Duration::from_millis(100);
                 // With PUBACKs as the acknowledgement: the receipt of each tracked publish the
@@ -393,17 +393,13 @@ impl Publisher {
                             }
                         }
                         Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid))))
-                            if forward.as_ref().is_some_and(|f| f.asked.is_some())
-                                && !in_flight.contains_key(&pkid) =>
+                            if !in_flight.contains_key(&pkid) =>
                         {
+                            backoff = Duration::from_millis(100);
                             // The event loop sends requests in the order they were asked for.
-                            let next =
-                                forward
-                                    .as_ref()
-                                    .and_then(|f| f.asked.as_ref())
-                                    .and_then(|a| {
-                                        a.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
-                                    });
+                            let next = asked.as_ref().and_then(|a| {
+                                a.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
+                            });
                             if let Some(Some(receipt)) = next {
                                 in_flight.insert(pkid, receipt);
                             }
@@ -414,7 +410,8 @@ impl Publisher {
                             }
                             // Subscribed below, as soon as the request channel takes it (it
                             // may be full of publishes waiting for this very connection).
-                            filters = if outbox.is_some() || (forward.is_some() && !by_puback) {
+                            filters = if outbox.is_some() || (forward.is_some() && asked.is_none())
+                            {
                                 vec![commands_filter, receipts_filter]
                             } else {
                                 vec![commands_filter]
@@ -426,7 +423,7 @@ impl Publisher {
                         Ok(Ok(Event::Incoming(Packet::Publish(p))))
                             if Topic::Delivered.machine(&p.topic).is_some() =>
                         {
-                            if let Some(forward) = forward.as_ref().filter(|f| f.asked.is_none()) {
+                            if let Some(forward) = forward.as_ref().filter(|_| asked.is_none()) {
                                 let receipts = String::from_utf8_lossy(&p.payload);
                                 for receipt in receipts.lines() {
                                     let _ = forward.to.send(receipt.to_owned());

@@ -147,9 +147,12 @@ impl PublishOptions {
                 "--machines and --hours must be positive".into(),
             ));
         }
-        if self.world != crate::controlled::WorldOptions::default() || self.batch_secs != 0 {
+        self.world
+            .only_for_controllers()
+            .map_err(PublishError::Invalid)?;
+        if self.batch_secs != 0 {
             return Err(PublishError::Invalid(
-                "the world's options (--heartbeat-secs, --outage-share, --max-outage-hours, --keep-hours, --jam-share, --power-cut-share) and --batch-secs shape the controllers; the event simulator (--event-simulator) does not take them".into(),
+                "--batch-secs shapes the controllers; the event simulator (--event-simulator) does not take it".into(),
             ));
         }
         if let Some((machine, hours)) = self.outage.iter().find(|(m, _)| *m >= self.machines) {

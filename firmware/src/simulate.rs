@@ -88,11 +88,10 @@ pub fn write_files(options: &SimulateOptions) -> Result<Simulated, SimulateError
     if options.runs_controllers() {
         return write_controllers(options);
     }
-    if options.world != crate::controlled::WorldOptions::default() {
-        return Err(SimulateError::Invalid(
-            "the world's options (--heartbeat-secs, --outage-share, --max-outage-hours, --keep-hours, --jam-share, --power-cut-share) shape the controllers; the event simulator and --scenario do not take them".into(),
-        ));
-    }
+    options
+        .world
+        .only_for_controllers()
+        .map_err(SimulateError::Invalid)?;
     let config = match &options.scenario {
         None => FleetConfig {
             machines: options.machines,
