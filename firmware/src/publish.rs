@@ -206,7 +206,7 @@ impl Published {
             self.events,
             options.machines,
             self.elapsed.as_secs_f64(),
-            if options.receipts || options.controllers {
+            if options.receipts {
                 "receipted (durable in Kafka) through"
             } else {
                 "acknowledged by"
