@@ -165,6 +165,8 @@ fn wait_for_log(daemon: &Daemon, needle: &str, timeout: Duration) -> anyhow::Res
     daemon.wait_for_line(needle, timeout).map(|_| ())
 }
 
+/// `vendflow publish` of 20 controllers (the machines' own code; each forgets an event on the
+/// broker's PUBACK), recording what they sent; `outage` scripts one machine's (`N:H`).
 fn publish(
     mqtt: &str,
     hours: &str,
@@ -174,7 +176,6 @@ fn publish(
 ) -> anyhow::Result<std::process::Child> {
     let mut args = vec![
         "publish".to_owned(),
-        "--event-simulator".to_owned(),
         "--mqtt".into(),
         mqtt.into(),
         "--machines".into(),
@@ -1201,13 +1202,13 @@ fn command_checks(
     );
     wait_for_command(out, "cmd-http-1", "applied", engine)?;
 
-    // Machines on MQTT: simulated ones, answering while they publish and a while after.
+    // Machines on MQTT: controllers, each applying its commands and answering, while they
+    // publish and a while after.
     let record = dir.join("sent-commands.jsonl");
     let log = dir.join("publish-commands.log");
     let publisher = Command::new(vendflow_bin()?)
         .args([
             "publish",
-            "--event-simulator",
             "--mqtt",
             mqtt,
             "--machines",
@@ -1367,7 +1368,6 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
     let registry_text = d.join("registry.jsonl").display().to_string();
     vendflow(&[
         "publish",
-        "--event-simulator",
         "--mqtt",
         &mqtt,
         "--machines",

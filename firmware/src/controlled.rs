@@ -67,6 +67,9 @@ pub struct ControlledConfig {
     /// Share of machines that lose their network once, for up to `max_outage_ms`.
     pub outages: f64,
     pub max_outage_ms: Millis,
+    /// Outages scripted instead of drawn: machine (0-based) and length, each starting an hour
+    /// into the span (`publish --outage N:H`).
+    pub scripted_outages: Vec<(usize, Millis)>,
     /// Share of machines whose power is cut once, at a random moment.
     pub power_cuts: f64,
     /// Each machine's first event number is after this (event numbers never repeat across
@@ -170,6 +173,7 @@ impl ControlledConfig {
             decline: 0.04,
             outages: 0.1,
             max_outage_ms: 24 * MS_PER_HOUR,
+            scripted_outages: Vec::new(),
             power_cuts: 0.02,
             first_number: 0,
             batch_ms: 0,
@@ -309,6 +313,12 @@ impl Controllers<MemoryLog> {
                     let from = start + rng.random_range(0..=room - length);
                     (from, from + length)
                 });
+            // A scripted outage replaces the drawn one (drawn all the same: the other machines'
+            // draws do not move).
+            let outage = match config.scripted_outages.iter().find(|(m, _)| *m == i) {
+                Some(&(_, length)) => Some((start + MS_PER_HOUR, start + MS_PER_HOUR + length)),
+                None => outage,
+            };
             let power_cut = rng
                 .random_bool(config.power_cuts.clamp(0.0, 1.0))
                 .then(|| start + rng.random_range(0..span));

@@ -47,7 +47,8 @@ pub struct PublishOptions {
     #[arg(long)]
     pub dry_run: bool,
     /// Take machine N (0-based) off the network for H hours, one hour into the stream:
-    /// `N:H`. It buffers its sales and flushes them when the network returns.
+    /// `N:H` (instead of an outage drawn by `--outage-share`). It keeps its events and sends
+    /// them when the network returns. A controller's outage must end before the stream does.
     #[arg(long, value_parser = parse_outage)]
     pub outage: Vec<(usize, u32)>,
     /// After the stream, stay connected this many seconds answering commands
@@ -70,7 +71,7 @@ pub struct PublishOptions {
     /// fleet's faults show in their readings. Each machine sends its outbox oldest first,
     /// forgets an event on the broker's PUBACK (or, with `--receipts`, the platform's
     /// delivery receipt) and sends again what is not acknowledged in time. The event
-    /// simulator emits events without a controller (`--outage` scripts its outages).
+    /// simulator emits events without a controller.
     #[arg(long)]
     pub event_simulator: bool,
     /// The default (the real controller on every machine); kept so that earlier command lines
@@ -107,6 +108,17 @@ impl PublishOptions {
         !self.event_simulator
     }
 
+    /// Refuses an `--outage` of a machine the fleet does not have.
+    fn outages_fit(&self) -> Result<(), PublishError> {
+        match self.outage.iter().find(|(m, _)| *m >= self.machines) {
+            Some((machine, hours)) => Err(PublishError::Invalid(format!(
+                "--outage {machine}:{hours}: there are only {} machines",
+                self.machines
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// `--mqtt` as host and port.
     fn broker(&self) -> Result<(&str, u16), PublishError> {
         mqtt::broker_address(&self.mqtt).ok_or_else(|| {
@@ -121,10 +133,16 @@ impl PublishOptions {
                 "--machines and --hours must be positive".into(),
             ));
         }
-        if !self.outage.is_empty() {
-            return Err(PublishError::Invalid(
-                "--outage scripts the event simulator (--event-simulator); the controllers take --outage-share".into(),
-            ));
+        self.outages_fit()?;
+        if let Some((machine, hours)) = self
+            .outage
+            .iter()
+            .find(|(_, hours)| 1.0 + f64::from(*hours) >= self.hours)
+        {
+            return Err(PublishError::Invalid(format!(
+                "--outage {machine}:{hours}: a controller's outage starts an hour into the stream and must end before it does (--hours {})",
+                self.hours
+            )));
         }
         let end = now.0 - now.0.rem_euclid(60_000);
         let start = Timestamp(end - (self.hours * MS_PER_HOUR as f64) as i64);
@@ -132,6 +150,11 @@ impl PublishOptions {
         self.world
             .apply(&mut config)
             .map_err(PublishError::Invalid)?;
+        config.scripted_outages = self
+            .outage
+            .iter()
+            .map(|&(machine, hours)| (machine, i64::from(hours) * MS_PER_HOUR))
+            .collect();
         config.first_number = u64::try_from(now.0).unwrap_or(0).saturating_mul(1000);
         config.batch_ms = i64::from(self.batch_secs) * 1000;
         let fleet = Controllers::new(config)
@@ -155,12 +178,7 @@ impl PublishOptions {
                 "--batch-secs shapes the controllers; the event simulator (--event-simulator) does not take it".into(),
             ));
         }
-        if let Some((machine, hours)) = self.outage.iter().find(|(m, _)| *m >= self.machines) {
-            return Err(PublishError::Invalid(format!(
-                "--outage {machine}:{hours}: there are only {} machines",
-                self.machines
-            )));
-        }
+        self.outages_fit()?;
         let end = now.0 - now.0.rem_euclid(60_000);
         let fleet = Fleet::new(&FleetConfig {
             machines: self.machines,
@@ -619,6 +637,45 @@ mod tests {
             e.map(|e| e.to_string()),
             Some("--outage 2:5: there are only 2 machines".to_owned())
         );
+        let e = beyond.controllers(Timestamp(1_705_305_600_000)).err();
+        assert_eq!(
+            e.map(|e| e.to_string()),
+            Some("--outage 2:5: there are only 2 machines".to_owned())
+        );
+        let too_long = parse(&["--machines", "3", "--hours", "6", "--outage", "2:5"])
+            .expect("parses")
+            .controllers(Timestamp(1_705_305_600_000))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(too_long.contains("must end before it does"), "{too_long}");
+    }
+
+    /// A controller scripted off the network is offline from an hour into the stream for its
+    /// hours, and only it (no outage is drawn here).
+    #[test]
+    fn a_scripted_outage_takes_that_controller_off_the_network() -> anyhow::Result<()> {
+        let options = parse(&[
+            "--machines",
+            "4",
+            "--hours",
+            "6",
+            "--outage",
+            "2:3",
+            "--outage-share",
+            "0",
+            "--power-cut-share",
+            "0",
+        ])?;
+        let (mut fleet, end) = options.controllers(Timestamp(1_705_305_600_000))?;
+        let start = end.0 - 6 * MS_PER_HOUR;
+        let mut offline = Vec::new();
+        for minutes in [30, 90, 200, 230, 250, 350] {
+            fleet.advance(Timestamp(start + minutes * 60_000))?;
+            offline.push(fleet.offline());
+        }
+        assert_eq!(offline, [0, 1, 1, 1, 0, 0]);
+        Ok(())
     }
 
     #[test]
