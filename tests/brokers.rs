@@ -2451,7 +2451,6 @@ fn a_machine_run_from_its_bundle_and_killed_resumes_from_its_outbox_and_loses_no
     );
     vendflow(&[
         "publish",
-        "--event-simulator",
         "--machines",
         "1",
         "--registry-out",
@@ -2743,7 +2742,6 @@ fn start_retaining_bridge(
     let creds = d.join("credentials.jsonl");
     vendflow(&[
         "publish",
-        "--event-simulator",
         "--mqtt",
         mqtt,
         "--machines",
@@ -2915,12 +2913,13 @@ fn an_engine_killed_three_times_restarts_from_its_checkpoints_and_ends_with_the_
     let mut engine_b =
         start_archiving_engine(&bin, &kafka, &out_b, &archive_b, Some(&state), &b_log)?;
 
-    // 36 simulated hours (two calendar days or three) of 4 machines over about 40 s.
+    // 36 simulated hours (two calendar days or three) of 4 controllers over about 40 s (they
+    // keep what is not receipted for 72 simulated hours: a resend seconds late is hours of
+    // their time at this speed).
     let sent = d.join("sent.jsonl");
     let publisher = Command::new(&bin)
         .args([
             "publish",
-            "--event-simulator",
             "--mqtt",
             &mqtt,
             "--machines",
@@ -2928,7 +2927,8 @@ fn an_engine_killed_three_times_restarts_from_its_checkpoints_and_ends_with_the_
             "--hours",
             "36",
         ])
-        .args(["--seed", "11", "--speed", "3240", "--receipts", "--record"])
+        .args(["--seed", "11", "--speed", "3240", "--receipts"])
+        .args(["--keep-hours", "72", "--record"])
         .arg(&sent)
         .env("RUST_BACKTRACE", "0")
         .stdout(std::process::Stdio::piped())
@@ -3187,17 +3187,10 @@ fn two_processes_on_loopback_give_the_views_of_one_across_kills_and_restarts_fro
     };
     let mut cluster = [process(0, 0)?, process(1, 0)?];
 
-    // 36 simulated hours of 4 machines over about 40 s.
+    // 36 simulated hours of 4 controllers over about 40 s.
     let sent = d.join("sent.jsonl");
     let publisher = Command::new(&bin)
-        .args([
-            "publish",
-            "--event-simulator",
-            "--mqtt",
-            &mqtt,
-            "--machines",
-            machines,
-        ])
+        .args(["publish", "--mqtt", &mqtt, "--machines", machines])
         .args([
             "--hours",
             "36",
@@ -3206,6 +3199,8 @@ fn two_processes_on_loopback_give_the_views_of_one_across_kills_and_restarts_fro
             "--speed",
             "3240",
             "--receipts",
+            "--keep-hours",
+            "72",
             "--record",
         ])
         .arg(&sent)

@@ -674,7 +674,6 @@ pub fn start_bridge(
     let status = Command::new(bin)
         .args([
             "publish",
-            "--event-simulator",
             "--mqtt",
             mqtt,
             "--machines",
