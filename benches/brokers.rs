@@ -116,15 +116,7 @@ fn main() -> anyhow::Result<()> {
 
     // 1. Throughput.
     let publisher = Command::new(&bin)
-        .args([
-            "publish",
-            "--event-simulator",
-            "--mqtt",
-            &mqtt,
-            "--seed",
-            "3",
-            "--machines",
-        ])
+        .args(["publish", "--mqtt", &mqtt, "--seed", "3", "--machines"])
         .arg(args.burst_machines.to_string())
         .arg("--hours")
         .arg(args.burst_hours.to_string())
@@ -217,7 +209,6 @@ fn main() -> anyhow::Result<()> {
     let live = Command::new(&bin)
         .args([
             "publish",
-            "--event-simulator",
             "--mqtt",
             &mqtt,
             "--seed",

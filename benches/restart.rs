@@ -172,13 +172,7 @@ fn main() -> anyhow::Result<()> {
         // new sales).
         let hours = args.hours * f64::from(1u32 << step.saturating_sub(2).min(16));
         let out = Command::new(&bin)
-            .args([
-                "publish",
-                "--event-simulator",
-                "--mqtt",
-                &mqtt,
-                "--machines",
-            ])
+            .args(["publish", "--mqtt", &mqtt, "--machines"])
             .arg(args.machines.to_string())
             .arg("--hours")
             .arg(hours.to_string())

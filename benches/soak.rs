@@ -164,7 +164,6 @@ fn main() -> anyhow::Result<()> {
     let publisher = Command::new(&bin)
         .args([
             "publish",
-            "--event-simulator",
             "--mqtt",
             &mqtt,
             "--seed",

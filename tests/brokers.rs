@@ -2023,7 +2023,7 @@ fn refund_oracle(file: &Path) -> anyhow::Result<BTreeMap<(String, String), (i64,
     Ok(out)
 }
 
-/// 1,000 machines each running the real controller (`vendflow publish --controllers`: the
+/// 1,000 machines each running the real controller (`vendflow publish`: the
 /// vend cycle and its outbox, customers, declines, jams refunded, power cuts, and a tenth of
 /// the machines off the network for up to 24 h), 26 simulated hours through Mosquitto, the
 /// bridge and tansu into the engine; Mosquitto is killed with `kill -9` mid-stream, then five
@@ -2172,7 +2172,6 @@ fn a_thousand_controllers_with_outages_and_a_broker_restart_lose_no_event() -> a
         "26",
         "--seed",
         "23",
-        "--controllers",
         // Each event is forgotten only once the bridge has it in Kafka (not on the PUBACK).
         "--receipts",
         "--heartbeat-secs",
@@ -2351,7 +2350,7 @@ fn a_thousand_controllers_with_outages_and_a_broker_restart_lose_no_event() -> a
     let said = String::from_utf8_lossy(&output.stderr);
     ensure!(
         output.status.success(),
-        "publish --controllers failed: {}\n{}",
+        "publish failed: {}\n{}",
         output.status,
         tail(&said)
     );

@@ -39,8 +39,12 @@ pub const FIRMWARE_VERSION: &str = "3.0.0";
 /// Events per envelope at most.
 pub const ENVELOPE_EVENTS: usize = 200;
 
-/// No customer comes in the last minutes of the span.
-const CLOSING_MS: Millis = 5 * 60_000;
+/// No customer comes in the last minutes of the span (so that every cart is done by its end):
+/// five minutes, or half of a span shorter than ten minutes, but at least one (a cart takes
+/// seconds to half a minute).
+fn closing_ms(span: Millis) -> Millis {
+    (5 * 60_000).min((span / 2).max(60_000))
+}
 
 /// Acknowledged bytes an in-memory outbox keeps before it compacts (a file keeps 64 KiB).
 const COMPACT_AT: u64 = 4 * 1024;
@@ -629,8 +633,8 @@ where
         }
         if self.next_customer <= now {
             let rate = sales_rate(self.location_type, Timestamp(now)) / MAX_RATE;
-            // The last customers come 5 minutes before the end, so every cart is done by then.
-            let open = now < config.end.0 - CLOSING_MS;
+            // The last customers come minutes before the end, so every cart is done by then.
+            let open = now < config.end.0 - closing_ms(config.end.0 - config.start.0);
             if open && self.rng.random_bool(rate.clamp(0.0, 1.0)) {
                 self.customer(now, tally);
             }
@@ -1132,6 +1136,29 @@ mod tests {
     }
 
     /// The same seed gives the same fleet, however time is sliced.
+    /// A span of a few minutes (a bench's live run) still has customers, and every cart they
+    /// began is done by its end.
+    #[test]
+    fn a_short_span_sells_and_ends_with_every_cart_done() -> anyhow::Result<()> {
+        let end = T0 + 3 * 60_000;
+        let mut config = ControlledConfig::new(2_000, 5, Timestamp(T0), Timestamp(end));
+        config.outages = 0.0;
+        config.power_cuts = 0.0;
+        let mut fleet = Controllers::new(config)?;
+        drive(&mut fleet, end, |_, _| true)?;
+        anyhow::ensure!(
+            fleet.tally.receipts > 0,
+            "no sale in 3 minutes of 2,000 machines: {:?}",
+            fleet.tally
+        );
+        let busy = fleet
+            .vends()
+            .filter(|v| !matches!(v.phase, vendflow_controller::vend::Phase::Idle))
+            .count();
+        anyhow::ensure!(busy == 0, "{busy} machines are mid-cart at the end");
+        Ok(())
+    }
+
     #[test]
     fn a_run_is_the_same_for_the_same_seed() -> anyhow::Result<()> {
         let (a, _) = run(10, 6, 0.0)?;

@@ -270,7 +270,9 @@ pub enum Rejected {
     UnknownMachine(String),
     #[error("no slot {0} on this machine")]
     UnknownSlot(u32),
-    #[error("{0} is not carried out by the event simulator (run `publish --controllers`)")]
+    #[error(
+        "{0} is not carried out by the event simulator (the controllers carry it out: `publish` without `--event-simulator`)"
+    )]
     Unsupported(&'static str),
 }
 

@@ -30,7 +30,7 @@ pub struct SimulateOptions {
     #[arg(long)]
     pub scenario: Option<String>,
     /// Run the event simulator instead of the real controller. By default every machine runs
-    /// the real controller (as `vendflow publish --controllers`), with a platform that
+    /// the real controller (as `vendflow publish` does), with a platform that
     /// acknowledges every envelope at once; `events.jsonl` holds what the machines sent, each
     /// event once, and the run says how fast the fleet was simulated. The event simulator
     /// (also what `--scenario` runs) emits events without a controller, with re-deliveries

@@ -389,7 +389,7 @@ pub struct DemoOptions {
     /// Run the event simulator instead of the real controller. By default every simulated
     /// machine runs the real controller (`vendflow-controller`: the vend cycle, offline
     /// payments, the outbox that keeps each event until the platform's delivery receipt), as
-    /// `publish --controllers` does: customers fill carts and pay, cards are declined, units
+    /// `publish` does: customers fill carts and pay, cards are declined, units
     /// jam and are refunded, and the fleet's faults (a failing compressor, a wearing motor,
     /// a failing card reader) show in the machines' readings. The demo's MQTT source sends the
     /// receipts once an envelope is in the engine's input. The event simulator emits events
