@@ -311,7 +311,7 @@ fn run() -> anyhow::Result<()> {
             );
             if let Some((t, took)) = &wrote.controllers {
                 outln!(
-                    "controllers: {} customers, {} receipts, {} units sold, {} refunds, {} declined, {} cards not read, {} jams, {} outages, {} power cuts; simulated in {:.1} s ({:.0}x real time, peak RSS {} MB)",
+                    "controllers: {} customers, {} receipts, {} units sold, {} refunds, {} declined, {} cards not read, {} jams, {} outages, {} power cuts ({} mid-write); simulated in {:.1} s ({:.0}x real time, peak RSS {} MB)",
                     t.customers,
                     t.receipts,
                     t.units_sold,
@@ -321,6 +321,7 @@ fn run() -> anyhow::Result<()> {
                     t.jams,
                     t.outages,
                     t.power_cuts,
+                    t.torn_writes,
                     took.as_secs_f64(),
                     wrote.hours as f64 * 3600.0 / took.as_secs_f64().max(1e-9),
                     vendflow_dataflows::peak_rss_bytes().unwrap_or(0) / 1_000_000
@@ -519,7 +520,7 @@ fn publish_controllers(options: PublishOptions) -> anyhow::Result<()> {
         vendflow_firmware::publish::publish_controllers(&options, &mut controllers, end, &stop)?;
     let t = &controllers.tally;
     eprintln!(
-        "publish: {} customers, {} receipts, {} units sold (${:.2}, {} offline sales), {} refunds (${:.2}), {} declined, {} cards not read, {} jams, {} outages, {} power cuts",
+        "publish: {} customers, {} receipts, {} units sold (${:.2}, {} offline sales), {} refunds (${:.2}), {} declined, {} cards not read, {} jams, {} outages, {} power cuts ({} mid-write)",
         t.customers,
         t.receipts,
         t.units_sold,
@@ -531,7 +532,8 @@ fn publish_controllers(options: PublishOptions) -> anyhow::Result<()> {
         t.read_failures,
         t.jams,
         t.outages,
-        t.power_cuts
+        t.power_cuts,
+        t.torn_writes
     );
     outln!("{}", published.summary(&options));
     Ok(())

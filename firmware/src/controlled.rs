@@ -46,6 +46,10 @@ fn closing_ms(span: Millis) -> Millis {
     (5 * 60_000).min((span / 2).max(60_000))
 }
 
+/// The most bytes of a heartbeat's record that reach storage when the power fails while it is
+/// written (a heartbeat's record is shorter than this: some cuts leave it whole).
+const TORN_WRITE_MAX: usize = 400;
+
 /// Acknowledged bytes an in-memory outbox keeps before it compacts (a file keeps 64 KiB).
 const COMPACT_AT: u64 = 4 * 1024;
 
@@ -208,6 +212,8 @@ pub struct Tally {
     pub heartbeats: u64,
     pub outages: u64,
     pub power_cuts: u64,
+    /// Power cuts that left a record cut short (found and cut off at the next boot).
+    pub torn_writes: u64,
     /// Customers turned away: sold out, over the floor limit, the offline limit reached.
     pub turned_away: u64,
     /// Cards the terminal could not read (the customer presented again).
@@ -589,11 +595,19 @@ where
         config: &ControlledConfig,
         tally: &mut Tally,
     ) -> Result<Millis, MachineError> {
-        // The power goes: what was not synced is lost, the controller boots again.
+        // The power goes while the controller writes a heartbeat's record: none of it, a part
+        // or all of it reaches storage. The controller boots again from what is there (a torn
+        // record is cut off; what was neither synced nor written is lost).
         if self.power_cut.is_some_and(|t| t <= now) {
             self.power_cut = None;
             tally.power_cuts += 1;
-            let (_, actions) = self.machine.power_cut(now)?;
+            let written = self.rng.random_range(0..=TORN_WRITE_MAX);
+            self.machine.power_fails_after(written);
+            self.heartbeat(now)?;
+            let (opened, actions) = self.machine.power_cut(now)?;
+            if opened.torn_bytes > 0 {
+                tally.torn_writes += 1;
+            }
             self.booted_at = now;
             self.online = false;
             self.in_flight = None;
@@ -1094,6 +1108,8 @@ mod tests {
         let (fleet, platform) = run(60, 30, 0.1)?;
         let t = &fleet.tally;
         assert!(t.outages > 5 && t.power_cuts > 3, "{t:?}");
+        // Some cuts came in the middle of a record, which the boot after them cut off.
+        assert!(t.torn_writes > 0 && t.torn_writes < t.power_cuts, "{t:?}");
         assert!(
             t.receipts > 500 && t.offline_sales > 10 && t.jams > 10,
             "{t:?}"

@@ -123,9 +123,17 @@ impl Machine<FileLog> {
 /// boots again from the newest state the log holds (memory is lost too).
 pub trait PowerCut {
     fn power_cut(&mut self, now: Millis) -> Result<(Opened, Vec<Action>), MachineError>;
+
+    /// The power is about to fail during a write: `bytes` more bytes reach storage, then none
+    /// (cut a record short at any byte; [`PowerCut::power_cut`] then boots from what is there).
+    fn power_fails_after(&mut self, bytes: usize);
 }
 
 impl PowerCut for Machine<MemoryLog> {
+    fn power_fails_after(&mut self, bytes: usize) {
+        self.outbox.log_mut().power_fails_after(bytes);
+    }
+
     /// Simulated: the log keeps what was synced ([`MemoryLog::after_power_cut`]).
     fn power_cut(&mut self, now: Millis) -> Result<(Opened, Vec<Action>), MachineError> {
         let log = self.outbox.log_mut().after_power_cut();
@@ -134,6 +142,10 @@ impl PowerCut for Machine<MemoryLog> {
 }
 
 impl PowerCut for Machine<FileLog> {
+    fn power_fails_after(&mut self, bytes: usize) {
+        self.outbox.log_mut().power_fails_after(bytes);
+    }
+
     /// The file read back as a new boot reads it (every step is synced before its actions are
     /// carried out, so it holds what the controller committed).
     fn power_cut(&mut self, now: Millis) -> Result<(Opened, Vec<Action>), MachineError> {

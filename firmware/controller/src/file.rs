@@ -13,6 +13,8 @@ use crate::outbox::Log;
 pub struct FileLog {
     path: PathBuf,
     file: File,
+    /// A simulated power failure on its way ([`FileLog::power_fails_after`]).
+    fuse: Option<usize>,
 }
 
 impl FileLog {
@@ -25,7 +27,19 @@ impl FileLog {
         Ok(FileLog {
             path: path.to_path_buf(),
             file,
+            fuse: None,
         })
+    }
+
+    /// Simulates a power failure during a write: `bytes` more bytes reach the file, then none
+    /// (a record cut short at any byte); a truncation or a replacement after it does not
+    /// happen. The file is read back as a new boot reads it ([`FileLog::open`] again).
+    pub fn power_fails_after(&mut self, bytes: usize) {
+        self.fuse = Some(bytes);
+    }
+
+    fn dead(&self) -> bool {
+        self.fuse == Some(0)
     }
 
     fn sync_dir(&self) -> std::io::Result<()> {
@@ -52,7 +66,15 @@ impl Log for FileLog {
     }
 
     fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.file.write_all(bytes)
+        let reach = match self.fuse.as_mut() {
+            Some(left) => {
+                let n = (*left).min(bytes.len());
+                *left -= n;
+                n
+            }
+            None => bytes.len(),
+        };
+        self.file.write_all(&bytes[..reach])
     }
 
     fn sync(&mut self) -> std::io::Result<()> {
@@ -60,11 +82,17 @@ impl Log for FileLog {
     }
 
     fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+        if self.dead() {
+            return Ok(());
+        }
         self.file.set_len(len)?;
         self.file.sync_all()
     }
 
     fn replace(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if self.dead() {
+            return Ok(());
+        }
         let mut name = self.path.as_os_str().to_os_string();
         name.push(".tmp");
         let tmp = PathBuf::from(name);

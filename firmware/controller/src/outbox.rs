@@ -535,6 +535,9 @@ pub struct MemoryLog {
     pub bytes: Vec<u8>,
     /// How many bytes are durable (a power cut keeps these).
     pub synced: usize,
+    /// A power failure on its way ([`MemoryLog::power_fails_after`]): the bytes that still
+    /// reach storage before it.
+    pub fuse: Option<usize>,
 }
 
 impl MemoryLog {
@@ -549,15 +552,37 @@ impl MemoryLog {
         MemoryLog {
             synced: bytes.len(),
             bytes,
+            fuse: None,
         }
     }
 
-    /// The log after a power cut: only what was synced.
+    /// The power fails while the controller writes: `bytes` more bytes reach storage, then
+    /// none (a record cut short at any byte, or not begun, or whole). Until the power cut
+    /// ([`MemoryLog::after_power_cut`]) later writes are lost, and so is a truncation or a
+    /// replacement once the power is gone.
+    pub fn power_fails_after(&mut self, bytes: usize) {
+        self.fuse = Some(bytes);
+    }
+
+    /// The log after a power cut: what was synced, or with a power failure that came during a
+    /// write ([`MemoryLog::power_fails_after`]), everything that reached storage before it,
+    /// synced or not (a torn record among it).
     pub fn after_power_cut(&self) -> MemoryLog {
+        let kept = if self.fuse.is_some() {
+            self.bytes.len()
+        } else {
+            self.synced
+        };
         MemoryLog {
-            bytes: self.bytes[..self.synced].to_vec(),
-            synced: self.synced,
+            bytes: self.bytes[..kept].to_vec(),
+            synced: kept,
+            fuse: None,
         }
+    }
+
+    /// Whether the power has gone (a failure came and its bytes are written).
+    fn dead(&self) -> bool {
+        self.fuse == Some(0)
     }
 }
 
@@ -569,7 +594,15 @@ impl Log for MemoryLog {
     }
 
     fn append(&mut self, bytes: &[u8]) -> Result<(), Self::Error> {
-        self.bytes.extend_from_slice(bytes);
+        let reach = match self.fuse.as_mut() {
+            Some(left) => {
+                let n = (*left).min(bytes.len());
+                *left -= n;
+                n
+            }
+            None => bytes.len(),
+        };
+        self.bytes.extend_from_slice(&bytes[..reach]);
         Ok(())
     }
 
@@ -579,12 +612,18 @@ impl Log for MemoryLog {
     }
 
     fn truncate(&mut self, len: u64) -> Result<(), Self::Error> {
+        if self.dead() {
+            return Ok(());
+        }
         self.bytes.truncate(len as usize);
         self.synced = self.synced.min(self.bytes.len());
         Ok(())
     }
 
     fn replace(&mut self, bytes: &[u8]) -> Result<(), Self::Error> {
+        if self.dead() {
+            return Ok(());
+        }
         self.bytes = bytes.to_vec();
         self.synced = self.bytes.len();
         Ok(())

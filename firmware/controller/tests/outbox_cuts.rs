@@ -133,6 +133,7 @@ fn a_log_cut_at_every_byte_keeps_every_whole_record_and_nothing_else() -> anyhow
         let log = std::cell::RefCell::new(MemoryLog {
             bytes: r.bytes[..k].to_vec(),
             synced: k,
+            ..Default::default()
         });
         // The same log is opened twice (before and after a push): share it.
         let shared = SharedLog(&log);
@@ -163,6 +164,7 @@ fn a_damaged_byte_ends_the_log_there_and_compaction_keeps_the_numbering() -> any
     let (outbox, opened) = Outbox::open(MemoryLog {
         synced: bytes.len(),
         bytes,
+        ..Default::default()
     })
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     assert_eq!(opened.torn_bytes as usize, r.bytes.len() - end14);
@@ -173,6 +175,7 @@ fn a_damaged_byte_ends_the_log_there_and_compaction_keeps_the_numbering() -> any
     let (mut outbox, _) = Outbox::open(MemoryLog {
         bytes: r.bytes.clone(),
         synced: r.bytes.len(),
+        ..Default::default()
     })
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     let last = outbox.last_seq();
@@ -184,6 +187,7 @@ fn a_damaged_byte_ends_the_log_there_and_compaction_keeps_the_numbering() -> any
     let (mut reopened, _) = Outbox::open(MemoryLog {
         synced: bytes.len(),
         bytes,
+        ..Default::default()
     })
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     assert_eq!(
@@ -291,6 +295,7 @@ fn a_log_of_steps_cut_at_every_byte_keeps_whole_steps_with_their_state_and_nothi
         let (mut outbox, opened) = Outbox::open(MemoryLog {
             bytes: r.bytes[..k].to_vec(),
             synced: k,
+            ..Default::default()
         })
         .map_err(|e| anyhow::anyhow!("{e}"))?;
         let acked = acked_by(&r.acks, k);
@@ -334,6 +339,7 @@ fn a_log_of_steps_cut_at_every_byte_keeps_whole_steps_with_their_state_and_nothi
     let (_, opened) = Outbox::open(MemoryLog {
         bytes: r.bytes.clone(),
         synced: r.bytes.len(),
+        ..Default::default()
     })
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     assert_eq!(opened.unfinished, 1);
@@ -362,6 +368,7 @@ fn compaction_keeps_the_newest_state_where_it_stood_among_the_pending_events() -
     let (mut reopened, opened) = Outbox::open(MemoryLog {
         synced: bytes.len(),
         bytes,
+        ..Default::default()
     })
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     assert_eq!(opened.state.as_deref(), Some(b"state 2".as_slice()));
@@ -384,11 +391,56 @@ fn compaction_keeps_the_newest_state_where_it_stood_among_the_pending_events() -
     let (mut after, opened) = Outbox::open(MemoryLog {
         synced: bytes.len(),
         bytes,
+        ..Default::default()
     })
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     assert_eq!(opened.unfinished, 1);
     assert_eq!(opened.state.as_deref(), Some(b"state 2".as_slice()));
     assert_eq!(after.last_seq(), heartbeat);
     assert_eq!(e(after.push_step(b"sale 4 again"))?, heartbeat + 1);
+    Ok(())
+}
+
+/// A power failure during a write ([`MemoryLog::power_fails_after`], what the simulated fleet's
+/// power cuts do): the bytes that reached storage stay, synced or not, a record cut short among
+/// them; the next boot cuts it off and numbers on after the last whole record. Whatever comes
+/// after the failure (a write, a truncation) does not reach storage.
+#[test]
+fn a_power_failure_mid_write_leaves_a_torn_record_that_the_next_boot_cuts_off() -> anyhow::Result<()>
+{
+    let e = |r: Result<u64, _>| {
+        r.map_err(|e: vendflow_controller::outbox::OutboxError<_>| anyhow::anyhow!("{e}"))
+    };
+    let (mut outbox, _) = Outbox::open(MemoryLog::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    e(outbox.push(b"heartbeat 1", true))?;
+    e(outbox.push(b"heartbeat 2", false))?;
+    let whole = outbox.log_mut().bytes.len();
+    outbox.log_mut().power_fails_after(10);
+    e(outbox.push(b"heartbeat 3", true))?;
+    e(outbox.push(b"heartbeat 4", true))?;
+    let log = outbox.log_mut();
+    assert_eq!(log.bytes.len(), whole + 10, "only 10 bytes reached storage");
+    log.truncate(0).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    assert_eq!(
+        log.bytes.len(),
+        whole + 10,
+        "no truncation once the power is gone"
+    );
+    let (mut reopened, opened) =
+        Outbox::open(log.after_power_cut()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert_eq!(opened.torn_bytes, 10);
+    let pending: Vec<(u64, &[u8])> = reopened
+        .pending()
+        .map(|e| (e.seq, e.body.as_slice()))
+        .collect();
+    // The second heartbeat was not synced, but it reached storage whole: it stays.
+    assert_eq!(
+        pending,
+        vec![
+            (1, b"heartbeat 1".as_slice()),
+            (2, b"heartbeat 2".as_slice())
+        ]
+    );
+    assert_eq!(e(reopened.push(b"heartbeat 3 again", true))?, 3);
     Ok(())
 }
