@@ -1151,7 +1151,6 @@ mod tests {
         Ok(())
     }
 
-    /// The same seed gives the same fleet, however time is sliced.
     /// A span of a few minutes (a bench's live run) still has customers, and every cart they
     /// began is done by its end.
     #[test]
@@ -1175,6 +1174,7 @@ mod tests {
         Ok(())
     }
 
+    /// The same seed gives the same fleet, however time is sliced.
     #[test]
     fn a_run_is_the_same_for_the_same_seed() -> anyhow::Result<()> {
         let (a, _) = run(10, 6, 0.0)?;
