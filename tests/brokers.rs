@@ -221,8 +221,10 @@ fn controllers_with_receipts(
         .args(["--seed", "11", "--speed", speed, "--receipts"])
         // A resend after a broker's kill comes seconds later, hours of the machines' time at
         // this speed: they keep longer than the product's 24 h (this test is about nothing
-        // being lost, not about the keep), and a tenth of the tries jam (refunds).
-        .args(["--keep-hours", "72", "--jam-share", "0.1", "--record"])
+        // being lost, not about the keep); a tenth of the tries jam (refunds), and a fifth of
+        // the machines lose power in the middle of a write.
+        .args(["--keep-hours", "72", "--jam-share", "0.1"])
+        .args(["--power-cut-share", "0.2", "--record"])
         .arg(record)
         .env("RUST_BACKTRACE", "0")
         // Its resends, in the test's output.
