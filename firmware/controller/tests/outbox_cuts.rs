@@ -373,13 +373,9 @@ fn compaction_keeps_the_newest_state_where_it_stood_among_the_pending_events() -
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     assert_eq!(opened.state.as_deref(), Some(b"state 2".as_slice()));
     assert_eq!(opened.unfinished, 0);
-    let pending: Vec<(u64, &[u8])> = reopened
-        .pending()
-        .map(|e| (e.seq, e.body.as_slice()))
-        .collect();
     assert_eq!(
-        pending,
-        vec![
+        pending_of(&reopened),
+        [
             (2, b"sale 2".as_slice()),
             (heartbeat, b"heartbeat".as_slice())
         ]
@@ -429,18 +425,22 @@ fn a_power_failure_mid_write_leaves_a_torn_record_that_the_next_boot_cuts_off() 
     let (mut reopened, opened) =
         Outbox::open(log.after_power_cut()).map_err(|e| anyhow::anyhow!("{e}"))?;
     assert_eq!(opened.torn_bytes, 10);
-    let pending: Vec<(u64, &[u8])> = reopened
-        .pending()
-        .map(|e| (e.seq, e.body.as_slice()))
-        .collect();
     // The second heartbeat was not synced, but it reached storage whole: it stays.
     assert_eq!(
-        pending,
-        vec![
+        pending_of(&reopened),
+        [
             (1, b"heartbeat 1".as_slice()),
             (2, b"heartbeat 2".as_slice())
         ]
     );
     assert_eq!(e(reopened.push(b"heartbeat 3 again", true))?, 3);
     Ok(())
+}
+
+/// An outbox's pending events: number and body.
+fn pending_of<L: Log>(outbox: &Outbox<L>) -> Vec<(u64, &[u8])> {
+    outbox
+        .pending()
+        .map(|e| (e.seq, e.body.as_slice()))
+        .collect()
 }
