@@ -207,7 +207,7 @@ pub struct Publisher {
 }
 
 /// What tells a machine with its own outbox that a message it sent is the platform's.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Acks {
     /// The platform's delivery receipt (`machines/{id}/delivered`), which `vendflow bridge`
     /// sends once the message is durable in Kafka (and the demo's MQTT source once it is in
@@ -215,7 +215,6 @@ pub enum Acks {
     Receipts,
     /// The broker's PUBACK: the broker has the message (MQTT QoS 1). Any broker gives it; what
     /// happens after depends on the broker's persistence and on whoever reads the topic.
-    #[default]
     Puback,
 }
 
