@@ -69,6 +69,16 @@ struct Cli {
         env = "VENDFLOW_SETTLEMENT_MEMORY_TRANSACTIONS"
     )]
     settlement_memory_transactions: usize,
+    /// Minutes an anomaly window stays in memory after it closes; for the rest of its 48 h
+    /// retention it waits on disk in the state directory, where a late event takes it back.
+    /// 2880 or more keeps every window in memory.
+    #[arg(
+        long,
+        global = true,
+        default_value_t = vendflow_dataflows::config::WINDOW_MEMORY_MINUTES,
+        env = "VENDFLOW_WINDOW_MEMORY_MINUTES"
+    )]
+    window_memory_minutes: i64,
     /// The failure model of `maintenance_candidates` (JSON, from `vendflow maintenance train`);
     /// without it, the model this build carries.
     #[arg(long, global = true, env = "VENDFLOW_MAINTENANCE_MODEL")]
@@ -236,6 +246,9 @@ fn run() -> anyhow::Result<()> {
     if cli.settlement_days < 0 {
         bail!("--settlement-days must be 0 (off) or more");
     }
+    if cli.window_memory_minutes < 0 {
+        bail!("--window-memory-minutes must be 0 or more");
+    }
     let maintenance = match &cli.maintenance_model {
         Some(path) => std::sync::Arc::new(vendflow_dataflows::maintenance::Model::load(path)?),
         None => vendflow_dataflows::maintenance::Model::builtin(),
@@ -244,6 +257,7 @@ fn run() -> anyhow::Result<()> {
         workers: cli.workers,
         settlement_days: cli.settlement_days,
         settlement_memory_transactions: cli.settlement_memory_transactions,
+        window_memory_ms: cli.window_memory_minutes.saturating_mul(60_000),
         maintenance,
         ..Config::default()
     };

@@ -61,6 +61,25 @@ fn ledger() -> vendflow_dataflows::ledger::Ledger {
     vendflow_dataflows::ledger::Ledger::create(&path).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// A store for the windows that leave memory (none do in this bench's span).
+fn parked_windows(
+    c: &Config,
+) -> (
+    vendflow_dataflows::parked::Parked,
+    std::sync::Arc<anomaly_windows::ParkedCounts>,
+) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "vendflow-bench-windows-{}-{}.redb",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let store = vendflow_dataflows::parked::Parked::with_buckets(&path, c.window_ms)
+        .unwrap_or_else(|e| panic!("{e}"));
+    (store, Default::default())
+}
+
 fn sales_dedup<'s>(
     e: VecCollection<'s, Time, Event>,
     _r: VecCollection<'s, Time, RegistryRecord>,
@@ -123,6 +142,7 @@ fn windows<'s>(
     anomaly_windows::render(
         telemetry,
         sales::render(e.flat_map(sales::SaleLine::of_event), ledger(), c).accepted,
+        parked_windows(c),
         c,
     )
     .windows

@@ -20,6 +20,12 @@
 //! the identities of its events: a re-delivered heartbeat, door or error event is counted once
 //! (and in `event_duplicates`), see [`crate::dedup`].
 //!
+//! A window stays in the operator's memory for `window_memory_ms` (30 minutes) after it closes,
+//! then waits on disk ([`crate::parked`], keyed by its start and machine, with its aggregate and
+//! its events' identities) for the rest of its retention: a late event takes it back into memory
+//! for a window's width, and when its retention ends it is retracted from there. Nearly every
+//! event lands within seconds; 48 h of windows in memory would be 29 M for 50,000 machines.
+//!
 //! A card sale is counted however late it is: a sale whose window had left the view when it
 //! arrived (days late, from a machine offline that long) is a card-reader attempt of that window
 //! in `anomaly_window_corrections`, by the day it arrived, and the archive keeps those rows as a
@@ -32,8 +38,13 @@
 //! FROM accepted_card_sale_lines WHERE the window left anomaly_windows before arrival GROUP BY 1, 2, 3
 //! ```
 
-use crate::checkpoint::Durable;
+use crate::checkpoint::{self, Durable};
+use crate::parked::Parked;
+use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
@@ -554,12 +565,12 @@ impl MachineWindows {
     }
 }
 
-/// Per worker: each machine's live windows and latest levels as last emitted, and when windows
-/// leave retention.
+/// Per worker: each machine's windows in memory and latest levels as last emitted, and when
+/// each window in memory is due to leave it (for disk, or at the end of its retention).
 #[derive(Default)]
 struct State {
     machines: FastMap<MachineId, MachineWindows>,
-    expiries: BTreeMap<Time, Vec<WindowKey>>,
+    due: BTreeMap<Time, Vec<WindowKey>>,
     /// The windows touched at the time being folded, each with where its aggregate before that
     /// time is in `before` ([`NEW`] for a window new at this time), to retract it once when the
     /// time ends. A bulk load's hour touches every window and most are new: 24 bytes each
@@ -571,7 +582,8 @@ struct State {
     published_upto: usize,
 }
 
-/// What a checkpoint keeps of the windows: every machine's live windows and their expiries.
+/// What a checkpoint keeps of the windows: every machine's windows in memory and when each is
+/// due (those on disk are the parked store's part of the checkpoint).
 type StateSaved = (
     FastMap<MachineId, MachineWindows>,
     BTreeMap<Time, Vec<WindowKey>>,
@@ -584,20 +596,162 @@ impl Durable for State {
         if !self.touched.is_empty() {
             return Err(crate::checkpoint::not_between_times("the windows", None));
         }
-        bincode::serialize_into(out, &(&self.machines, &self.expiries))
+        bincode::serialize_into(out, &(&self.machines, &self.due))
     }
 
-    fn restore(&mut self, (machines, expiries): StateSaved) {
+    fn restore(&mut self, (machines, due): StateSaved) {
         self.machines = machines;
-        self.expiries = expiries;
+        self.due = due;
     }
 }
 
+/// Windows that left memory for disk, came back to it for a late event, and ended their
+/// retention on disk: over every worker of an engine ([`crate::engine::Engine::parked_windows`]).
+#[derive(Debug, Default)]
+pub struct ParkedCounts {
+    pub parked: AtomicU64,
+    pub taken_back: AtomicU64,
+    pub ended_on_disk: AtomicU64,
+}
+
+impl ParkedCounts {
+    /// (parked, taken back, ended on disk) so far.
+    pub fn get(&self) -> (u64, u64, u64) {
+        (
+            self.parked.load(Relaxed),
+            self.taken_back.load(Relaxed),
+            self.ended_on_disk.load(Relaxed),
+        )
+    }
+}
+
+/// How windows leave memory: to `store` once `memory` has passed since they closed (unless
+/// their retention ends first), for the rest of their retention.
+struct Parking {
+    counts: Arc<ParkedCounts>,
+    store: Rc<RefCell<Parked>>,
+    width: i64,
+    memory: i64,
+    retention: i64,
+}
+
+impl Parking {
+    fn expires(&self, start: Timestamp) -> Time {
+        start + self.width + self.retention
+    }
+
+    /// When a window, in memory at `now`, is next due: when it should leave memory (a window
+    /// taken back from disk stays a window's width), or when its retention ends.
+    fn due(&self, start: Timestamp, now: Time) -> Time {
+        let leaves = (start + self.width + self.memory).max(now.saturating_add(self.width));
+        leaves.min(self.expires(start))
+    }
+
+    /// Whether the window may be on disk at `now` (it has been due to leave memory).
+    fn may_be_parked(&self, start: Timestamp, now: Time) -> bool {
+        self.memory < self.retention && start + self.width + self.memory <= now
+    }
+}
+
+/// A parked window's key: its start (big-endian, so a day's windows are together), then the
+/// machine's id.
+fn parked_key(machine_id: &MachineId, start: Timestamp) -> Vec<u8> {
+    let id = machine_id.as_str().as_bytes();
+    let mut key = Vec::with_capacity(8 + id.len());
+    key.extend_from_slice(&start.0.to_be_bytes());
+    key.extend_from_slice(id);
+    key
+}
+
+fn parked_key_of(key: &[u8]) -> Option<WindowKey> {
+    let (start, id) = key.split_first_chunk::<8>()?;
+    let machine_id = MachineId::parse(std::str::from_utf8(id).ok()?).ok()?;
+    Some((machine_id, Timestamp(i64::from_be_bytes(*start))))
+}
+
+/// A parked window's aggregate and identities: 44 bytes of fixed fields, then the identities
+/// as a count and ascending deltas, each a LEB128 varint (a machine's `seq` numbers are close:
+/// a byte or two each).
+fn parked_value(totals: &Packed, seen: &Seen) -> Vec<u8> {
+    let ids = seen.ids();
+    let mut out = Vec::with_capacity(44 + 1 + 2 * ids.len() + 8);
+    out.extend_from_slice(&totals.temperature_sum.to_le_bytes());
+    for c in totals.counts {
+        out.extend_from_slice(&c.to_le_bytes());
+    }
+    for r in [
+        totals.max_temperature,
+        totals.max_motor_current,
+        totals.min_network_signal,
+    ] {
+        out.extend_from_slice(&r.to_le_bytes());
+    }
+    let varint = |out: &mut Vec<u8>, mut v: u64| {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    };
+    varint(&mut out, ids.len() as u64);
+    let mut previous = 0u64;
+    for &id in ids {
+        varint(&mut out, id.wrapping_sub(previous));
+        previous = id;
+    }
+    out
+}
+
+fn parked_value_of(bytes: &[u8]) -> Option<(Packed, Seen)> {
+    let (sum, mut rest) = bytes.split_first_chunk::<8>()?;
+    let mut u32s = [0u32; 6];
+    for c in &mut u32s {
+        let (b, r) = rest.split_first_chunk::<4>()?;
+        *c = u32::from_le_bytes(*b);
+        rest = r;
+    }
+    let mut i32s = [0i32; 3];
+    for c in &mut i32s {
+        let (b, r) = rest.split_first_chunk::<4>()?;
+        *c = i32::from_le_bytes(*b);
+        rest = r;
+    }
+    let mut varint = || -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&b, r) = rest.split_first()?;
+            rest = r;
+            v |= u64::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                return Some(v);
+            }
+        }
+        None
+    };
+    let n = varint()?;
+    let mut seen = Seen::default();
+    let mut id = 0u64;
+    for _ in 0..n {
+        id = id.wrapping_add(varint()?);
+        seen.insert(id);
+    }
+    let [max_temperature, max_motor_current, min_network_signal] = i32s;
+    let totals = Packed {
+        temperature_sum: i64::from_le_bytes(*sum),
+        counts: u32s,
+        max_temperature,
+        max_motor_current,
+        min_network_signal,
+    };
+    Some((totals, seen))
+}
+
 impl State {
-    /// Retracts, at `now`, every window whose retention ends by then, and the "latest" row of a
+    /// At `now`: parks every window in memory that is due to leave it, and retracts every
+    /// window whose retention ends by then (in memory or on disk), with the "latest" row of a
     /// machine whose last window that was.
-    fn expire(&mut self, now: Time, out: &mut Emit<'_, Out>) {
-        while let Some(entry) = self.expiries.first_entry() {
+    fn expire(&mut self, now: Time, parking: &Parking, out: &mut Emit<'_, Out>) {
+        while let Some(entry) = self.due.first_entry() {
             if *entry.key() > now {
                 break;
             }
@@ -608,20 +762,75 @@ impl State {
                 let Some(slot) = machine.remove(start) else {
                     continue;
                 };
-                out.give(
-                    Out::Window(row(window(&machine_id, start, slot.totals))),
-                    -1,
-                );
-                if let Some((latest, levels)) = machine.latest
-                    && latest == start
-                {
-                    machine.latest = None;
-                    out.give(Out::Side(Side::Latest(machine_id.clone(), levels)), -1);
+                let expires = parking.expires(start);
+                if expires > now {
+                    let value = parked_value(&slot.totals, &slot.seen);
+                    let parked = parking.store.borrow_mut().park(
+                        parked_key(&machine_id, start),
+                        value,
+                        expires,
+                    );
+                    match parked {
+                        Ok(()) => {
+                            parking.counts.parked.fetch_add(1, Relaxed);
+                            out.wake_at(expires);
+                        }
+                        Err(e) => {
+                            // Kept in memory for the rest of its retention instead.
+                            tracing::error!(error = %e, "cannot park an anomaly window");
+                            machine.insert(slot);
+                            self.due
+                                .entry(expires)
+                                .or_default()
+                                .push((machine_id.clone(), start));
+                            out.wake_at(expires);
+                        }
+                    }
+                    if machine.newest.is_none() && machine.latest.is_none() {
+                        self.machines.remove(&machine_id);
+                    }
+                    continue;
                 }
-                if machine.newest.is_none() && machine.latest.is_none() {
-                    self.machines.remove(&machine_id);
+                self.retract(machine_id, start, slot.totals, out);
+            }
+        }
+        let ended = parking.store.borrow_mut().take_ended(now);
+        match ended {
+            Ok(ended) => {
+                for (key, value) in ended {
+                    match (parked_key_of(&key), parked_value_of(&value)) {
+                        (Some((machine_id, start)), Some((totals, _))) => {
+                            parking.counts.ended_on_disk.fetch_add(1, Relaxed);
+                            self.retract(machine_id, start, totals, out);
+                        }
+                        _ => tracing::error!("a parked anomaly window does not decode; dropped"),
+                    }
                 }
             }
+            Err(e) => tracing::error!(error = %e, "cannot read the parked anomaly windows"),
+        }
+    }
+
+    /// Retracts a window that left retention, and its machine's "latest" row if it was the one.
+    fn retract(
+        &mut self,
+        machine_id: MachineId,
+        start: Timestamp,
+        totals: Packed,
+        out: &mut Emit<'_, Out>,
+    ) {
+        out.give(Out::Window(row(window(&machine_id, start, totals))), -1);
+        let Some(machine) = self.machines.get_mut(&machine_id) else {
+            return;
+        };
+        if let Some((latest, levels)) = machine.latest
+            && latest == start
+        {
+            machine.latest = None;
+            out.give(Out::Side(Side::Latest(machine_id.clone(), levels)), -1);
+        }
+        if machine.newest.is_none() && machine.latest.is_none() {
+            self.machines.remove(&machine_id);
         }
     }
 }
@@ -638,24 +847,45 @@ impl State {
 pub fn render<'s>(
     telemetry: VecCollection<'s, Time, (WindowKey, Piece)>,
     accepted: VecCollection<'s, Time, SaleLine>,
+    (parked, counts): (Parked, Arc<ParkedCounts>),
     config: &Config,
 ) -> Windows<'s> {
     let width = config.window_ms;
-    let retention = config.window_retention_ms;
-    let until = move |start: Timestamp| start + width + retention;
+    let store = Rc::new(RefCell::new(parked));
+    // The windows on disk are part of the engine's state: a checkpoint keeps them.
+    let restored: Option<crate::parked::ParkedSaved> =
+        checkpoint::enrol("Windows: parked", &store, |store: &Parked, out| {
+            let entries = store.entries().map_err(checkpoint::failed)?;
+            bincode::serialize_into(out, &entries)
+        });
+    if let Some(saved) = restored
+        && let Err(e) = store.borrow_mut().restore(saved)
+    {
+        checkpoint::refuse(format!(
+            "cannot park the checkpoint's anomaly windows again: {e}"
+        ));
+    }
+    let parking = Rc::new(Parking {
+        counts,
+        store,
+        width,
+        memory: config.window_memory_ms,
+        retention: config.window_retention_ms,
+    });
+    let on_begin = parking.clone();
     let contributions = telemetry.concat(accepted.flat_map(move |l| card_contribution(&l, width)));
     let out = contributions.keyed_steps(
         "Windows: fold",
         |((m, _), _): &(WindowKey, Piece)| hash_of(m),
         State::default(),
-        |state, out| state.expire(out.time(), out),
+        move |state, out| state.expire(out.time(), &on_begin, out),
         move |state, (key, piece), diff, out| {
             let now = out.time();
             if diff <= 0 {
                 tracing::error!(machine_id = %key.0, diff, "window input retracted; ignored");
                 return;
             }
-            let expires = until(key.1);
+            let expires = parking.expires(key.1);
             if expires <= now {
                 let dropped = match piece.kind {
                     Kind::CardSale => Dropped::LateCard(key.0, key.1),
@@ -678,6 +908,39 @@ pub fn render<'s>(
                 );
             }
             let machine = state.machines.entry(key.0.clone()).or_default();
+            if machine.locate(key.1).is_none() && parking.may_be_parked(key.1, now) {
+                // Closed long ago: on disk, if it had events. Back in memory for a while.
+                let taken = parking
+                    .store
+                    .borrow_mut()
+                    .take(&parked_key(&key.0, key.1), now);
+                let back = match taken {
+                    Ok(found) => found.and_then(|bytes| {
+                        let back = parked_value_of(&bytes);
+                        if back.is_none() {
+                            tracing::error!(machine_id = %key.0, "a parked anomaly window does not decode; started afresh");
+                        }
+                        back
+                    }),
+                    Err(e) => {
+                        tracing::error!(machine_id = %key.0, error = %e, "cannot read the parked anomaly windows; started afresh");
+                        None
+                    }
+                };
+                if let Some((totals, seen)) = back {
+                    parking.counts.taken_back.fetch_add(1, Relaxed);
+                    let due = parking.due(key.1, now);
+                    state.due.entry(due).or_default().push(key.clone());
+                    out.wake_at(due);
+                    machine.insert(Slot {
+                        start: key.1,
+                        totals,
+                        // Not touched at this time yet: noted as touched below.
+                        at: Time::EPOCH,
+                        seen,
+                    });
+                }
+            }
             let slot = match machine.get_mut(key.1) {
                 Some(slot) => {
                     // Seen before: the window stays as it is (not even noted as touched).
@@ -693,8 +956,9 @@ pub fn render<'s>(
                     slot
                 }
                 None => {
-                    state.expiries.entry(expires).or_default().push(key.clone());
-                    out.wake_at(expires);
+                    let due = parking.due(key.1, now);
+                    state.due.entry(due).or_default().push(key.clone());
+                    out.wake_at(due);
                     let slot = machine.insert(Slot {
                         start: key.1,
                         totals: Packed::EMPTY,
@@ -978,6 +1242,7 @@ mod tests {
     use super::*;
     use crate::row::Value;
     use crate::testing::{self, Scenario};
+    use vendflow_protocol::units::MS_PER_HOUR;
 
     #[test]
     fn window_corrections_match_batch_oracle_on_random_streams() {
@@ -1036,6 +1301,127 @@ mod tests {
                 .any(|r| r.cell(0) == Value::text("anomaly_windows")),
             "a late arrival is still counted as one: {late_rows:?}"
         );
+    }
+
+    /// A window closed longer ago than `window_memory_ms` waits on disk; a late event takes it
+    /// back with its aggregate and its events' identities (a re-delivery is still a duplicate);
+    /// at the end of its retention it is retracted from disk.
+    #[test]
+    fn a_window_closed_long_ago_waits_on_disk_and_a_late_event_takes_it_back() {
+        let mut scenario = Scenario::empty();
+        let t = testing::BASE;
+        let first = testing::heartbeat("m1", t, 4_000);
+        scenario.deliver(t, first.clone());
+        scenario.deliver(
+            t + MS_PER_HOUR,
+            testing::heartbeat("m1", t + MS_PER_HOUR, 4_000),
+        );
+        // Three hours on (the window has been on disk since t + 35 min): a heartbeat of that
+        // window from a buffer, and the first one again.
+        let late = t + 3 * MS_PER_HOUR;
+        scenario.deliver(late, testing::heartbeat("m1", t + 30_000, 9_000));
+        scenario.deliver(late, first);
+        scenario.deliver(
+            late + MS_PER_HOUR,
+            testing::heartbeat("m1", late + MS_PER_HOUR, 4_000),
+        );
+        let (views, _, (parked, taken_back, ended)) = testing::run_parking(&scenario, None);
+        let windows = testing::rows(&views, "anomaly_windows");
+        let first_window: Vec<_> = windows
+            .iter()
+            .filter(|w| w.cell(1) == Value::Time(Timestamp(t)))
+            .collect();
+        assert_eq!(first_window.len(), 1, "{windows:?}");
+        assert_eq!(
+            first_window[0].cell(2),
+            Value::Int(2),
+            "both heartbeats, once each"
+        );
+        assert_eq!(first_window[0].cell(11), Value::text("critical"), "9 °C");
+        assert_eq!(
+            testing::rows(&views, "event_duplicates"),
+            vec![dedup::row((
+                (testing::machine("m1"), "heartbeat".into()),
+                1
+            ))],
+            "the identities came back from disk"
+        );
+        assert_eq!(windows.len(), 3, "{windows:?}");
+        assert!(taken_back >= 1, "taken back {taken_back}");
+        assert!(
+            parked >= 3,
+            "the first window twice and the second once at least: {parked}"
+        );
+        assert_eq!(ended, 0);
+        // Two days on, every window has ended, those on disk from there.
+        let end = t + 3 * MS_PER_DAY;
+        scenario.deliver(end, testing::heartbeat("m1", end, 4_000));
+        let (views, _, (_, _, ended)) = testing::run_parking(&scenario, None);
+        let windows = testing::rows(&views, "anomaly_windows");
+        assert_eq!(windows.len(), 1, "only the newest: {windows:?}");
+        assert_eq!(ended, 3, "three windows ended on disk");
+    }
+
+    /// Parked windows survive a checkpoint: the random streams (late, duplicate and
+    /// out-of-order events of every kind, windows on disk after 20 minutes) give the oracle's
+    /// windows through a restart, with windows parked and taken back on both sides of it.
+    #[test]
+    fn parked_windows_match_the_oracle_through_a_restart() {
+        let mut taken = 0;
+        for seed in [2, 5] {
+            let scenario = Scenario::random(seed);
+            let steps = testing::steps(&scenario).len();
+            let (views, at, (parked, taken_back, ended)) =
+                testing::run_parking(&scenario, Some(steps / 2));
+            assert!(at.is_some());
+            assert!(
+                parked > 0 && ended > 0,
+                "seed {seed}: {parked} parked, {ended} ended"
+            );
+            taken += taken_back;
+            testing::assert_view(
+                &views,
+                "anomaly_windows",
+                oracle(&scenario).into_iter().map(row).collect(),
+                seed,
+            );
+        }
+        assert!(taken > 0, "late events took windows back from disk");
+    }
+
+    #[test]
+    fn a_parked_window_decodes_to_what_was_parked() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        for _ in 0..500 {
+            let totals = Packed {
+                temperature_sum: rng.random(),
+                counts: std::array::from_fn(|_| rng.random()),
+                max_temperature: rng.random(),
+                max_motor_current: NO_READING,
+                min_network_signal: rng.random(),
+            };
+            let mut seen = Seen::default();
+            let base: u64 = rng.random();
+            for _ in 0..rng.random_range(0..20) {
+                // Close numbers (a machine's seq) or anything (a content hash).
+                seen.insert(if rng.random() {
+                    base.wrapping_add(rng.random_range(0..50))
+                } else {
+                    rng.random()
+                });
+            }
+            let bytes = parked_value(&totals, &seen);
+            assert_eq!(parked_value_of(&bytes), Some((totals, seen.clone())));
+            assert_eq!(
+                parked_value_of(&bytes[..bytes.len() - 1]),
+                None,
+                "cut short"
+            );
+        }
+        let m = testing::machine("m-7");
+        let key = parked_key(&m, Timestamp(-300_000));
+        assert_eq!(parked_key_of(&key), Some((m, Timestamp(-300_000))));
     }
 
     /// The packed form folds exactly as [`Agg::add`] does, readings absent or at the decoder's

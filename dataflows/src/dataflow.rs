@@ -33,6 +33,7 @@ use crate::{
     anomaly_windows, commands, dedup, dex, errors, fold, health, inventory, leases, liveness,
     maintenance, refunds, revenue, sales, sequence_gaps, settlement, signals, stockout, zero_sales,
 };
+use std::sync::Arc;
 
 /// The dataflow's inputs.
 pub(crate) struct Inputs<'s> {
@@ -42,10 +43,39 @@ pub(crate) struct Inputs<'s> {
     pub commands: VecCollection<'s, Time, Command>,
     /// One row: the start of the current ingestion hour.
     pub clock: VecCollection<'s, Time, Timestamp>,
-    /// This worker's sale-line ledger.
+    /// This worker's files of state on disk.
+    pub stores: Stores,
+}
+
+/// One worker's state on disk (each a file in the state directory, created empty at start).
+pub(crate) struct Stores {
+    /// The sale-line ledger.
     pub ledger: Ledger,
-    /// This worker's store of card transactions waiting on disk for their settlement.
-    pub parked: Parked,
+    /// Card transactions waiting for their settlement.
+    pub settlement: Parked,
+    /// Anomaly windows closed long enough to leave memory, for the rest of their retention,
+    /// and the engine's count of them.
+    pub windows: (Parked, Arc<anomaly_windows::ParkedCounts>),
+}
+
+impl Stores {
+    /// Worker `index`'s stores in the state directory `dir`.
+    pub fn for_worker(
+        dir: &std::path::Path,
+        index: usize,
+        config: &Config,
+        counts: &Arc<anomaly_windows::ParkedCounts>,
+    ) -> Result<Stores, crate::state_file::StateFileError> {
+        Ok(Stores {
+            ledger: Ledger::for_worker(dir, index)?,
+            settlement: Parked::for_worker(dir, "settlement", index)?,
+            // Windows end on their width's grid, so a bucket holds one start's windows.
+            windows: (
+                Parked::for_worker_by(dir, "windows", index, config.window_ms)?,
+                counts.clone(),
+            ),
+        })
+    }
 }
 
 /// The events split by what reads them, in one pass: a collection read by several operators is
@@ -217,8 +247,12 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
         errors,
         commands,
         clock,
-        ledger,
-        parked,
+        stores:
+            Stores {
+                ledger,
+                settlement: parked,
+                windows: parked_windows,
+            },
     } = inputs;
 
     let location_zone = registry.clone().flat_map(|r| match r {
@@ -247,7 +281,12 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
     );
     let (restocks, restock_duplicates) = inventory::restocks_once(events.restocks, config);
     let levels = inventory::render(restocks, sales.accepted.clone(), plans);
-    let windows = anomaly_windows::render(events.telemetry, sales.accepted.clone(), config);
+    let windows = anomaly_windows::render(
+        events.telemetry,
+        sales.accepted.clone(),
+        parked_windows,
+        config,
+    );
     let signals = signals::render(windows.readings, config);
     let candidates = maintenance::render(signals.baselines.clone(), config);
     let silent = zero_sales::render(sales.accepted.clone(), config);

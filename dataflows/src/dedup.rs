@@ -60,6 +60,11 @@ impl Seen {
         id != 0 && self.0.binary_search(&id).is_ok()
     }
 
+    /// The identities, in ascending order.
+    pub fn ids(&self) -> &[u64] {
+        &self.0
+    }
+
     /// Adds `id`; false if it was there (a duplicate). 0 is never recorded and always new.
     pub fn insert(&mut self, id: u64) -> bool {
         if id == 0 {

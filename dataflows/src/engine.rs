@@ -30,11 +30,9 @@ use std::rc::Rc;
 
 use crate::checkpoint::Book;
 use crate::config::Config;
-use crate::dataflow::{Inputs, build};
+use crate::dataflow::{Inputs, Stores, build};
 use crate::errors::ErrorRecord;
-use crate::ledger::Ledger;
 use crate::operators::Time;
-use crate::parked::Parked;
 use crate::view_store::{self, ViewPusher, ViewStore};
 
 /// Batches waiting per worker before a feeder blocks.
@@ -376,6 +374,7 @@ pub struct Engine {
     temporary_state: Option<tempfile::TempDir>,
     /// Cluster checkpoints' sections (with a checkpoint grid), once.
     aligned: Option<crate::aligned::Aligned>,
+    parked_windows: Arc<crate::anomaly_windows::ParkedCounts>,
 }
 
 impl Engine {
@@ -430,11 +429,15 @@ impl Engine {
             (None, Some(t)) => t.path().to_owned(),
             (None, None) => std::env::temp_dir(),
         };
-        let mut ledgers: Vec<Option<(Ledger, Parked)>> = Vec::with_capacity(workers);
+        let parked_windows = Arc::new(crate::anomaly_windows::ParkedCounts::default());
+        let mut ledgers: Vec<Option<Stores>> = Vec::with_capacity(workers);
         for i in 0..workers {
-            let ledger = Ledger::for_worker(&state_dir, i)?;
-            let parked = Parked::for_worker(&state_dir, "settlement", i)?;
-            ledgers.push(Some((ledger, parked)));
+            ledgers.push(Some(Stores::for_worker(
+                &state_dir,
+                i,
+                &config,
+                &parked_windows,
+            )?));
         }
         let ledgers = Arc::new(Mutex::new(ledgers));
         let (store, capture_tx, store_thread) =
@@ -491,8 +494,7 @@ impl Engine {
             let ledger = ledgers.lock().ok().and_then(|mut l| l[index].take());
             let built = built_tx.lock().map(|t| t.clone()).ok();
             let section = sections.lock().ok().and_then(|mut s| s[index].take());
-            let (Some(rx), Some(tx), Some((ledger, parked)), Some(built)) = (rx, tx, ledger, built)
-            else {
+            let (Some(rx), Some(tx), Some(stores), Some(built)) = (rx, tx, ledger, built) else {
                 tracing::error!(worker = index, "worker started without its channels");
                 return;
             };
@@ -518,15 +520,7 @@ impl Engine {
                 built,
                 gate,
             };
-            run_worker(
-                worker,
-                rx,
-                tx,
-                (ledger, parked),
-                start,
-                &config,
-                &worker_stop,
-            );
+            run_worker(worker, rx, tx, stores, start, &config, &worker_stop);
         })
         .map_err(EngineError::Start)?;
         let mut failed = None;
@@ -555,7 +549,14 @@ impl Engine {
             store_thread: Some(store_thread),
             temporary_state,
             aligned,
+            parked_windows,
         })
+    }
+
+    /// Anomaly windows that left memory for disk, came back for a late event, and ended their
+    /// retention on disk, over this process's workers so far.
+    pub fn parked_windows(&self) -> (u64, u64, u64) {
+        self.parked_windows.get()
     }
 
     /// Where this process's workers hand their parts of cluster checkpoints (with
@@ -748,7 +749,7 @@ fn run_worker(
     worker: &mut timely::worker::Worker,
     rx: Receiver<Command>,
     tx: std::sync::mpsc::SyncSender<view_store::Captured>,
-    (ledger, parked): (Ledger, Parked),
+    stores: Stores,
     start: Start,
     config: &Config,
     stop: &AtomicBool,
@@ -808,8 +809,7 @@ fn run_worker(
                 errors: errors_c,
                 commands: commands_c,
                 clock: clock_c,
-                ledger,
-                parked,
+                stores,
             },
             config,
         );

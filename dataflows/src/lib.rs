@@ -24,7 +24,8 @@
 //! - [`zero_sales`]: machines silent for longer than their own sales history allows.
 //! - [`health`]: a score per machine with its reasons.
 //! - [`settlement`]: card sales against the payment processor's settlement file; transactions
-//!   waiting beyond an hour are [`parked`] on disk (known in memory by a Bloom filter per day).
+//!   waiting beyond an hour are [`parked`] on disk (known in memory by a Bloom filter per day);
+//!   [`anomaly_windows`] closed for half an hour wait there too.
 //! - [`dex`]: the machines' DEX audits per column and period, reconciled with telemetry.
 //! - [`refunds`]: the money machines gave back, per machine and day, each refund once.
 //! - [`sequence_gaps`]: per machine, the event numbers never received.

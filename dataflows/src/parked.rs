@@ -58,12 +58,18 @@ struct Bucket {
     /// Filters in the order they were added, each with the keys it holds and its size; only
     /// the last takes new keys.
     filters: Vec<(BloomFilter, usize, usize)>,
+    /// The earliest horizon parked here that [`Parked::take_ended`] has not taken, and the
+    /// latest of all: so that it reads the disk only when something has ended.
+    earliest: Time,
+    latest: Time,
 }
 
 impl Bucket {
     fn new(size: usize) -> Self {
         Bucket {
             filters: vec![Self::filter(size)],
+            earliest: Time::MAX,
+            latest: Time::EPOCH,
         }
     }
 
@@ -98,6 +104,9 @@ impl Bucket {
 /// of the next sweep.
 pub type ParkedSaved = (Vec<(Vec<u8>, Time, Vec<u8>)>, Time);
 
+/// Keys and their values, taken out of a store.
+pub type Taken = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// One worker's parked keys.
 pub struct Parked {
     db: Database,
@@ -130,7 +139,9 @@ impl Parked {
         Parked::with_buckets(path, MS_PER_DAY)
     }
 
-    fn with_buckets(path: &Path, bucket_ms: i64) -> Result<Parked, ParkedError> {
+    /// Creates an empty store at `path` whose keys are grouped by `bucket_ms` of expiry (each
+    /// group with its own filters, dropped once its horizons have all ended).
+    pub fn with_buckets(path: &Path, bucket_ms: i64) -> Result<Parked, ParkedError> {
         let db = create_fresh(path, CACHE_BYTES)?;
         let mut parked = Parked {
             db,
@@ -151,6 +162,16 @@ impl Parked {
     /// The store of worker `index` for `what` (a file name stem) in the state directory `dir`.
     pub fn for_worker(dir: &Path, what: &str, index: usize) -> Result<Parked, ParkedError> {
         Parked::create(&dir.join(format!("{what}-{index}.redb")))
+    }
+
+    /// The store of worker `index` for `what`, its keys grouped by `bucket_ms` of expiry.
+    pub fn for_worker_by(
+        dir: &Path,
+        what: &str,
+        index: usize,
+        bucket_ms: i64,
+    ) -> Result<Parked, ParkedError> {
+        Parked::with_buckets(&dir.join(format!("{what}-{index}.redb")), bucket_ms)
     }
 
     /// Keys parked and taken back so far.
@@ -179,6 +200,8 @@ impl Parked {
         }
         if let Some(b) = self.buckets.get_mut(&bucket) {
             b.insert(hash_of(&key[..]));
+            b.earliest = b.earliest.min(expires);
+            b.latest = b.latest.max(expires);
         }
         self.pending.insert(key, (expires, value));
         self.parked += 1;
@@ -246,6 +269,54 @@ impl Parked {
             values.retain_in(..(open, &[][..]), |_, _| false)?;
             Ok(())
         })
+    }
+
+    /// Takes out every key whose horizon ended by `now`, with its value, in key order: for a
+    /// state whose end must be told (a window's row retracted), where [`Parked::sweep`] forgets.
+    /// Reads the disk only when a bucket holding ended horizons is still there.
+    pub fn take_ended(&mut self, now: Time) -> Result<Taken, ParkedError> {
+        let open = self.bucket(now);
+        if !self.buckets.range(..=open).any(|(_, b)| b.earliest <= now) {
+            return Ok(Vec::new());
+        }
+        let mut ended: Taken = Vec::new();
+        let gone: Vec<Vec<u8>> = self
+            .pending
+            .iter()
+            .filter(|(_, (expires, _))| *expires <= now)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in gone {
+            if let Some((_, value)) = self.pending.remove(&key) {
+                ended.push((key, value));
+            }
+        }
+        let mut on_disk = Vec::new();
+        self.write(|values| {
+            let upper = open.saturating_add(1);
+            let due = values.extract_from_if(..(upper, &[][..]), |_, stored| {
+                decode_expiry(stored).is_some_and(|e| e <= now)
+            })?;
+            for entry in due {
+                let (key, stored) = entry?;
+                if let Some((_, value)) = decode(stored.value()) {
+                    on_disk.push((key.value().1.to_vec(), value));
+                }
+            }
+            Ok(())
+        })?;
+        ended.extend(on_disk);
+        // What remains of these buckets ends after `now`; a bucket whose horizons have all
+        // ended is empty now, and goes with its filters.
+        self.buckets.retain(|&b, bucket| {
+            if b > open {
+                return true;
+            }
+            bucket.earliest = now.saturating_add(1);
+            bucket.latest > now
+        });
+        ended.sort_unstable();
+        Ok(ended)
     }
 
     /// Writes the buffered parks in one commit.
@@ -323,6 +394,12 @@ impl Parked {
         let table = read.open_table(VALUES).unwrap_or_else(|e| panic!("{e}"));
         table.len().unwrap_or_else(|e| panic!("{e}")) as usize
     }
+}
+
+/// A stored value's expiry.
+fn decode_expiry(stored: &[u8]) -> Option<Time> {
+    let (expires, _) = stored.split_first_chunk::<8>()?;
+    Some(Timestamp(i64::from_le_bytes(*expires)))
 }
 
 /// A stored value: its expiry, then the bytes parked.
@@ -405,6 +482,42 @@ mod tests {
         p.park(b"late".to_vec(), b"4".to_vec(), Timestamp(150))?;
         p.sweep(Timestamp(200))?;
         assert_eq!(p.take(b"late", Timestamp(140))?.as_deref(), Some(&b"4"[..]));
+        Ok(())
+    }
+
+    #[test]
+    fn ended_keys_come_out_with_their_values_once_from_memory_and_disk() -> Result<(), ParkedError>
+    {
+        let (_dir, mut p) = store();
+        p.park(b"a".to_vec(), b"1".to_vec(), Timestamp(100))?;
+        p.park(b"b".to_vec(), b"2".to_vec(), Timestamp(150))?;
+        p.park(b"c".to_vec(), b"3".to_vec(), Timestamp(250))?;
+        p.flush()?;
+        p.park(b"d".to_vec(), b"4".to_vec(), Timestamp(120))?;
+        assert_eq!(p.take_ended(Timestamp(99))?, vec![], "nothing has ended");
+        assert_eq!(
+            p.take_ended(Timestamp(120))?,
+            vec![
+                (b"a".to_vec(), b"1".to_vec()),
+                (b"d".to_vec(), b"4".to_vec())
+            ],
+            "on disk and still buffered, each at its own expiry, not its bucket's"
+        );
+        assert_eq!(p.on_disk(), 2);
+        assert_eq!(p.take(b"a", Timestamp(50))?, None, "taken out once");
+        assert_eq!(
+            p.take_ended(Timestamp(300))?,
+            vec![
+                (b"b".to_vec(), b"2".to_vec()),
+                (b"c".to_vec(), b"3".to_vec())
+            ]
+        );
+        assert_eq!(p.on_disk(), 0);
+        assert!(
+            p.buckets.keys().all(|&b| b >= 3),
+            "the buckets that ended are dropped"
+        );
+        assert_eq!(p.take_ended(Timestamp(1_000))?, vec![]);
         Ok(())
     }
 

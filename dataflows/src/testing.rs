@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR};
+use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR, MS_PER_MINUTE};
 use vendflow_protocol::{
     Cents, Command, DoorStatus, ErrorCode, ErrorEvent, Event, EventKind, Heartbeat, Machine,
     MachineId, MachineStatus, Milli, RegistryRecord, Restock, Sale, Settlement, SettlementStatus,
@@ -149,6 +149,9 @@ impl Scenario {
             workers: 2,
             dedup_horizon_ms: 6 * MS_PER_HOUR,
             window_retention_ms: 2 * MS_PER_HOUR,
+            // Windows leave memory for disk long before their retention ends, and late events
+            // take them back.
+            window_memory_ms: 20 * MS_PER_MINUTE,
             revenue_retention_days: 1,
             settlement_days: 1,
             // Transactions leave memory for the parked store long before their hold ends.
@@ -540,7 +543,21 @@ pub fn run(scenario: &Scenario) -> Snapshot {
 /// the rest.
 /// Returns the views, and the frontier of the checkpoint.
 pub fn run_restarted(scenario: &Scenario, split: Option<usize>) -> (Snapshot, Option<Time>) {
+    let (snapshot, checkpoint, _) = run_parking(scenario, split);
+    (snapshot, checkpoint)
+}
+
+/// [`run_restarted`], and the anomaly windows its engines parked on disk, took back and ended
+/// on disk ([`Engine::parked_windows`]).
+pub fn run_parking(
+    scenario: &Scenario,
+    split: Option<usize>,
+) -> (Snapshot, Option<Time>, (u64, u64, u64)) {
     let steps = steps(scenario);
+    let mut parked = (0, 0, 0);
+    let mut add = |(a, b, c): (u64, u64, u64)| {
+        parked = (parked.0 + a, parked.1 + b, parked.2 + c);
+    };
     let split = split.map(|k| {
         (k.max(1)..steps.len())
             .find(|&i| steps[i].0 > steps[i - 1].0)
@@ -564,6 +581,7 @@ pub fn run_restarted(scenario: &Scenario, split: Option<usize>) -> (Snapshot, Op
                 .checkpoint(at, Duration::from_secs(60))
                 .unwrap_or_else(|e| panic!("{e}"));
             drop(feeders);
+            add(engine.parked_windows());
             engine.shutdown().unwrap_or_else(|e| panic!("{e}"));
             // Through a checkpoint file and back.
             let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -602,8 +620,9 @@ pub fn run_restarted(scenario: &Scenario, split: Option<usize>) -> (Snapshot, Op
         "the store must stop at the last input time"
     );
     drop(feeders);
+    add(engine.parked_windows());
     engine.shutdown().unwrap_or_else(|e| panic!("{e}"));
-    (snapshot, checkpoint)
+    (snapshot, checkpoint, parked)
 }
 
 /// The random scenario of `seed` and its views, run once per test process: every oracle test
