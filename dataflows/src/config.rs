@@ -26,6 +26,11 @@ pub struct Config {
     /// every event lands in its window within seconds; 48 h of 5-minute windows in memory are
     /// 29 M windows for 50,000 machines. At least the retention: never on disk.
     pub window_memory_ms: i64,
+    /// Whether the view store keeps the rows of closed windows older than `window_memory_ms`
+    /// on disk ([`crate::cold_rows`]): a live engine does (48 h of windows are 29 M rows for
+    /// 50,000 machines). A bulk load, which writes every row out at its end, keeps them in
+    /// memory: moving each row to disk and back would cost it time and save nothing at its peak.
+    pub cold_views: bool,
     /// Days of sale lines kept in the on-disk ledger that recognises re-deliveries after the dedup
     /// horizon (see [`crate::ledger`]).
     pub ledger_retention_days: i64,
@@ -135,6 +140,7 @@ impl Default for Config {
             window_ms: 5 * MS_PER_MINUTE,
             window_retention_ms: 48 * MS_PER_HOUR,
             window_memory_ms: WINDOW_MEMORY_MINUTES * MS_PER_MINUTE,
+            cold_views: true,
             revenue_retention_days: 35,
             settlement_days: 7,
             settlement_memory_ms: MS_PER_HOUR,

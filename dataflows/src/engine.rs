@@ -335,6 +335,24 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// The views that keep their old rows on disk in `dir`: `anomaly_windows`, whose windows leave
+/// the dataflow's memory after `window_memory_ms` (48 h of them are 29 M rows for 50,000
+/// machines).
+fn cold_views(
+    dir: &std::path::Path,
+    config: &Config,
+) -> Result<Vec<crate::cold_rows::ColdRows>, EngineError> {
+    if !config.cold_views || config.window_memory_ms >= config.window_retention_ms {
+        return Ok(Vec::new());
+    }
+    let spec = crate::cold_rows::ColdSpec {
+        view: crate::anomaly_windows::WINDOWS.name,
+        time_column: 1,
+        after_ms: config.window_ms.saturating_add(config.window_memory_ms),
+    };
+    Ok(vec![crate::cold_rows::ColdRows::create(dir, spec)?])
+}
+
 /// Every view's rows as of `at`, once the store has reached it (the workers must be holding
 /// there).
 pub fn views_at(
@@ -441,7 +459,8 @@ impl Engine {
         }
         let ledgers = Arc::new(Mutex::new(ledgers));
         let (store, capture_tx, store_thread) =
-            view_store::start(workers, views).map_err(|e| EngineError::Restore(e.to_string()))?;
+            view_store::start(workers, views, cold_views(&state_dir, &config)?)
+                .map_err(|e| EngineError::Restore(e.to_string()))?;
         let mut senders = Vec::with_capacity(workers);
         let mut receivers = Vec::with_capacity(workers);
         for _ in 0..workers {

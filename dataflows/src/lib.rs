@@ -40,6 +40,7 @@
 pub mod aligned;
 pub mod anomaly_windows;
 pub mod checkpoint;
+pub mod cold_rows;
 pub mod commands;
 pub mod config;
 mod dataflow;

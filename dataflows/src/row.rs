@@ -293,6 +293,25 @@ impl Row {
     pub fn to_vec(&self) -> Vec<Value> {
         self.iter().collect()
     }
+
+    /// The row's encoding, to keep it on disk ([`Row::from_encoded`] reads it back).
+    pub(crate) fn encoded(&self) -> &[u8] {
+        self.bytes()
+    }
+
+    /// The row [`Row::encoded`] gave these bytes for. (Bytes that are not one decode as
+    /// whatever cells they spell, never a panic.)
+    pub(crate) fn from_encoded(bytes: &[u8]) -> Row {
+        Row(triomphe::ThinArc::from_header_and_slice((), bytes))
+    }
+
+    /// Cell `i` if it is a time (without decoding the cells before it).
+    pub(crate) fn time_at(&self, i: usize) -> Option<Timestamp> {
+        match self.get(i)? {
+            Value::Time(t) => Some(t),
+            _ => None,
+        }
+    }
 }
 
 impl<'a> FromIterator<&'a Value> for Row {

@@ -22,6 +22,7 @@ use smallvec::SmallVec;
 use timely::dataflow::operators::capture::{Event, EventPusher};
 use timely::progress::frontier::MutableAntichain;
 
+use crate::cold_rows::{self, ColdReader, ColdRows};
 use crate::operators::Time;
 use crate::row::{Row, Value, to_batch};
 use crate::views::{CATALOG, ViewDef, find};
@@ -201,6 +202,9 @@ fn update_table(table: &mut hashbrown::HashTable<Entry>, row: Row, hash: u64, d:
 /// queries), each with its multiplicity.
 #[derive(Default)]
 struct ViewRows {
+    /// A view that keeps its old rows on disk: those rows (the rest of this struct is what is
+    /// in memory).
+    cold: Option<Box<ColdRows>>,
     /// By the first cell's encoded bytes ([`Row::first_cell`]), compared with the group's own
     /// rows: found without decoding the cell, and no key kept apart from the rows.
     groups: hashbrown::HashTable<Group>,
@@ -245,18 +249,109 @@ impl ViewRows {
         }
     }
 
+    /// Applies a retraction to a row held in memory, or gives it back (for the disk).
+    fn retract_held(&mut self, row: Row, hash: u64, d: i64) -> Option<(Row, u64, i64)> {
+        let held = self
+            .groups
+            .find(cell_hash(row.first_cell()), |g| {
+                g.first_cell() == row.first_cell()
+            })
+            .is_some_and(|g| g.entries().any(|e| e.hash == hash && e.row == row));
+        if held {
+            self.update(row, hash, d);
+            None
+        } else {
+            Some((row, hash, d))
+        }
+    }
+
+    /// Takes out of memory the rows `cold` says belong on disk at `frontier`, with their
+    /// multiplicities.
+    fn take_cold(&mut self, cold: &ColdRows, frontier: Time) -> Vec<(Row, u64, i64)> {
+        let mut moved = Vec::new();
+        let mut take = |e: &Entry| {
+            let out = cold.is_cold(&e.row, frontier);
+            if out {
+                moved.push((e.row.clone(), e.hash, e.count));
+            }
+            !out
+        };
+        self.groups.retain(|group| {
+            match group {
+                Group::Few(entries) => entries.retain(|e| take(e)),
+                Group::Many(table) => table.retain(|e| take(e)),
+            }
+            !group.is_empty()
+        });
+        self.distinct -= moved.len();
+        self.total -= moved.iter().map(|(_, _, d)| d).sum::<i64>();
+        moved
+    }
+
+    /// After a publication's updates: the retractions memory did not hold applied on disk
+    /// (those the disk does not hold either stay in memory, to meet their insertion), and,
+    /// when a sweep is due, the rows that turned cold moved there. On a disk error everything
+    /// stays in memory.
+    fn settle_cold(&mut self, missed: Vec<(Row, u64, i64)>, frontier: Time) {
+        let Some(mut cold) = self.cold.take() else {
+            for (row, hash, d) in missed {
+                self.update(row, hash, d);
+            }
+            return;
+        };
+        let sweep = frontier >= cold.next_sweep;
+        if sweep {
+            cold.next_sweep = frontier.saturating_add(cold_rows::SWEEP_EVERY_MS);
+        }
+        if !missed.is_empty() || sweep {
+            let moved = if sweep {
+                self.take_cold(&cold, frontier)
+            } else {
+                Vec::new()
+            };
+            match cold.apply(&missed, &moved) {
+                Ok(held) => {
+                    for ((row, hash, d), on_disk) in missed.into_iter().zip(held) {
+                        if !on_disk {
+                            self.update(row, hash, d);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, view = cold.spec.view, "cannot keep rows on disk; kept in memory");
+                    for (row, hash, d) in missed.into_iter().chain(moved) {
+                        self.update(row, hash, d);
+                    }
+                }
+            }
+        }
+        self.cold = Some(cold);
+    }
+
+    /// A read of its rows on disk as of now, if it keeps any there.
+    fn cold_reader(&self) -> Option<ColdReader> {
+        let cold = self.cold.as_ref()?;
+        cold.reader()
+            .inspect_err(|e| {
+                tracing::error!(error = %e, view = cold.spec.view, "cannot read the rows on disk");
+            })
+            .ok()
+    }
+
+    /// Rows counted by multiplicity, in memory and on disk.
+    fn total(&self) -> i64 {
+        self.total + self.cold.as_ref().map_or(0, |c| c.total)
+    }
+
     /// Every row and its multiplicity, in no order.
     fn entries(&self) -> impl Iterator<Item = &Entry> + '_ {
         self.groups.iter().flat_map(Group::entries)
     }
 
-    /// The rows whose first column is `key`.
-    fn group(&self, key: &Value) -> impl Iterator<Item = &Entry> + '_ {
-        let key = Row::from_iter([key]);
+    /// The rows whose first cell's encoding is `cell`.
+    fn group_of<'a>(&'a self, cell: &[u8]) -> impl Iterator<Item = &'a Entry> + 'a {
         self.groups
-            .find(cell_hash(key.first_cell()), |g| {
-                g.first_cell() == key.first_cell()
-            })
+            .find(cell_hash(cell), |g| g.first_cell() == cell)
             .into_iter()
             .flat_map(Group::entries)
     }
@@ -560,6 +655,21 @@ fn repeat<'a>(entries: impl Iterator<Item = &'a Entry> + 'a) -> impl Iterator<It
         .cloned()
 }
 
+/// `sorted` (rows in memory, in order) with the rows on disk `cold` reads, all in order.
+fn with_cold(mut sorted: Vec<Row>, cold: Option<ColdReader>) -> Vec<Row> {
+    let Some(cold) = cold else {
+        return sorted;
+    };
+    let held = sorted.len();
+    if let Err(e) = cold.all(&mut sorted) {
+        tracing::error!(error = %e, "cannot read the rows on disk");
+    }
+    if sorted.len() > held {
+        sorted.sort_unstable();
+    }
+    sorted
+}
+
 impl ViewStore {
     fn new() -> Self {
         let state = State {
@@ -603,6 +713,12 @@ impl ViewStore {
         Ok(store)
     }
 
+    /// Rows of the view `name` held in memory (not on disk), counted once each.
+    #[cfg(test)]
+    fn in_memory(&self, name: &str) -> usize {
+        find(name).map_or(0, |(i, _)| self.read().rows[i].distinct)
+    }
+
     /// The published frontier: every ingestion time below it is reflected in every view.
     pub fn frontier(&self) -> Time {
         self.read().frontier
@@ -614,7 +730,7 @@ impl ViewStore {
         let counts = CATALOG
             .iter()
             .zip(&state.rows)
-            .map(|(def, rows)| (def.name, usize::try_from(rows.total).unwrap_or(0)))
+            .map(|(def, rows)| (def.name, usize::try_from(rows.total()).unwrap_or(0)))
             .collect();
         (state.frontier, counts)
     }
@@ -624,29 +740,37 @@ impl ViewStore {
     /// (and every view's sort) at once.
     pub fn sorted_rows(&self, name: &str) -> Result<(Time, Vec<Row>), StoreError> {
         let (i, _) = find(name).ok_or_else(|| unknown(name))?;
-        let (frontier, grouped) = {
+        let (frontier, grouped, cold) = {
             let state = self.read();
-            (state.frontier, state.rows[i].grouped())
+            (
+                state.frontier,
+                state.rows[i].grouped(),
+                state.rows[i].cold_reader(),
+            )
         };
-        Ok((frontier, grouped.sorted()))
+        Ok((frontier, with_cold(grouped.sorted(), cold)))
     }
 
     /// Every view as of the same frontier, each sorted. The rows are copied under the read
     /// lock and sorted after it is released, the large views on threads of their own.
     pub fn snapshot(&self) -> Snapshot {
-        let (frontier, grouped): (Time, Vec<Grouped>) = {
+        let (frontier, grouped): (Time, Vec<(Grouped, Option<ColdReader>)>) = {
             let state = self.read();
             (
                 state.frontier,
-                state.rows.iter().map(ViewRows::grouped).collect(),
+                state
+                    .rows
+                    .iter()
+                    .map(|rows| (rows.grouped(), rows.cold_reader()))
+                    .collect(),
             )
         };
         let views = std::thread::scope(|scope| {
             let sorting: Vec<_> = grouped
                 .into_iter()
-                .map(|g| {
-                    if g.rows.len() > 10_000 {
-                        Err(scope.spawn(|| g.sorted()))
+                .map(|(g, cold)| {
+                    if g.rows.len() > 10_000 || cold.is_some() {
+                        Err(scope.spawn(|| with_cold(g.sorted(), cold)))
                     } else {
                         Ok(g.sorted())
                     }
@@ -676,22 +800,55 @@ impl ViewStore {
 
     /// What a query reads, as of one frontier: per view named, every row (`None`) or only the
     /// rows whose first column is one of the texts `keys` (looked up, not scanned). Views not
-    /// named are left empty.
+    /// named are left empty. Rows on disk are read after the store's lock is released, from a
+    /// read of the disk taken under it.
     pub fn snapshot_reads(&self, reads: &[(&str, Option<&[String]>)]) -> Snapshot {
-        self.snapshot_with(
-            |def, rows| match reads.iter().find(|(n, _)| *n == def.name) {
-                None => Vec::new(),
-                Some((_, None)) => rows_of(rows),
-                Some((_, Some(keys))) => {
-                    let mut keys: Vec<&String> = keys.iter().collect();
-                    keys.sort();
-                    keys.dedup();
-                    keys.into_iter()
-                        .flat_map(|k| repeat(rows.group(&Value::text(k))).collect::<Vec<_>>())
-                        .collect()
-                }
-            },
-        )
+        let asked = |def: &ViewDef| reads.iter().find(|(n, _)| *n == def.name).map(|r| r.1);
+        // Each key once, as a first cell's encoding.
+        let cells = |keys: &[String]| -> Vec<Row> {
+            let mut keys: Vec<&String> = keys.iter().collect();
+            keys.sort();
+            keys.dedup();
+            keys.into_iter()
+                .map(|k| Row::from_iter([&Value::text(k)]))
+                .collect()
+        };
+        let (frontier, mut views, readers) = {
+            let state = self.read();
+            let mut views = Vec::with_capacity(CATALOG.len());
+            let mut readers = Vec::with_capacity(CATALOG.len());
+            for (def, rows) in CATALOG.iter().zip(&state.rows) {
+                let (copied, reader) = match asked(def) {
+                    None => (Vec::new(), None),
+                    Some(None) => (rows_of(rows), rows.cold_reader()),
+                    Some(Some(keys)) => {
+                        let copied = cells(keys)
+                            .iter()
+                            .flat_map(|k| repeat(rows.group_of(k.first_cell())).collect::<Vec<_>>())
+                            .collect();
+                        (copied, rows.cold_reader())
+                    }
+                };
+                views.push((def, copied));
+                readers.push(reader);
+            }
+            (state.frontier, views, readers)
+        };
+        for ((def, rows), reader) in views.iter_mut().zip(readers) {
+            let Some(reader) = reader else {
+                continue;
+            };
+            let read = match asked(def) {
+                Some(Some(keys)) => cells(keys)
+                    .iter()
+                    .try_for_each(|k| reader.group(k.first_cell(), rows)),
+                _ => reader.all(rows),
+            };
+            if let Err(e) = read {
+                tracing::error!(error = %e, view = def.name, "cannot read the rows on disk");
+            }
+        }
+        Snapshot { frontier, views }
     }
 
     /// The rows of the views `names` whose first column is the text `key` (one machine's rows,
@@ -701,19 +858,6 @@ impl ViewStore {
         let reads: Vec<(&str, Option<&[String]>)> =
             names.iter().map(|n| (*n, Some(&key[..]))).collect();
         self.snapshot_reads(&reads)
-    }
-
-    /// One read of the store: each view's rows as `copy` takes them, at one frontier.
-    fn snapshot_with(&self, copy: impl Fn(&ViewDef, &ViewRows) -> Vec<Row>) -> Snapshot {
-        let state = self.read();
-        Snapshot {
-            frontier: state.frontier,
-            views: CATALOG
-                .iter()
-                .zip(&state.rows)
-                .map(|(def, rows)| (def, copy(def, rows)))
-                .collect(),
-        }
     }
 
     /// Replaces every row of the view `name` with `rows`, as of the current frontier: how a view
@@ -765,11 +909,16 @@ impl ViewStore {
                 });
             }
         }
-        let (frontier, seq, grouped) = {
+        let (frontier, seq, grouped, cold) = {
             let state = self.read();
-            (state.frontier, state.published, state.rows[view].grouped())
+            (
+                state.frontier,
+                state.published,
+                state.rows[view].grouped(),
+                state.rows[view].cold_reader(),
+            )
         };
-        let inserted = grouped.sorted();
+        let inserted = with_cold(grouped.sorted(), cold);
         Ok(Subscription {
             first: Some(Change {
                 frontier,
@@ -845,13 +994,29 @@ impl State {
 
 /// Starts the store thread for `workers`, empty or holding `from`'s views as of its frontier;
 /// returns the store, the sender the workers' captures use, and the thread.
-pub(crate) fn start(workers: usize, from: Option<ViewsAt>) -> Result<Started, StoreError> {
+/// `cold`: the views that keep their old rows on disk, each with its (empty) file.
+pub(crate) fn start(
+    workers: usize,
+    from: Option<ViewsAt>,
+    cold: Vec<ColdRows>,
+) -> Result<Started, StoreError> {
     let store = ViewStore::new();
+    {
+        let mut state = store.write();
+        for c in cold {
+            let (index, _) = find(c.spec.view).ok_or_else(|| unknown(c.spec.view))?;
+            state.rows[index].cold = Some(Box::new(c));
+        }
+    }
     let published = match from {
         Some((frontier, views)) => {
             let mut state = store.write();
             state.frontier = frontier;
             state.load(views)?;
+            // The checkpoint's old rows to disk at once.
+            for rows in &mut state.rows {
+                rows.settle_cold(Vec::new(), frontier);
+            }
             frontier
         }
         None => Time::EPOCH,
@@ -974,6 +1139,8 @@ fn publish(store: &ViewStore, pending: &mut [Vec<Vec<Hashed>>], frontier: Time) 
         let mut net: hashbrown::HashTable<Entry> = hashbrown::HashTable::new();
         // Updates at or past the frontier stay for a later publication.
         let mut later: Vec<Hashed> = Vec::new();
+        let cold = rows.cold.is_some();
+        let mut missed = Vec::new();
         for updates in queue.drain(..) {
             for (row, hash, t, d) in updates {
                 if t >= frontier {
@@ -983,8 +1150,15 @@ fn publish(store: &ViewStore, pending: &mut [Vec<Vec<Hashed>>], frontier: Time) 
                 if watched[view] {
                     update_table(&mut net, row.clone(), hash, d as i64);
                 }
+                if cold && d < 0 {
+                    missed.extend(rows.retract_held(row, hash, d as i64));
+                    continue;
+                }
                 rows.update(row, hash, d as i64);
             }
+        }
+        if cold {
+            rows.settle_cold(missed, frontier);
         }
         if !later.is_empty() {
             queue.push(later);
@@ -1077,15 +1251,17 @@ mod tests {
         keys.dedup();
         assert!(keys.len() > 10);
         for key in keys {
+            let cell = crate::row::Row::from_iter([&key]);
             let mut found: Vec<Vec<Value>> = rows
-                .group(&key)
+                .group_of(cell.first_cell())
                 .flat_map(|e| std::iter::repeat_n(e.row.to_vec(), e.count as usize))
                 .collect();
             found.sort();
             let want: Vec<Vec<Value>> = expected.iter().filter(|r| r[0] == key).cloned().collect();
             assert_eq!(found, want, "rows of {key:?}");
         }
-        assert_eq!(rows.group(&Value::text("no such machine")).count(), 0);
+        let none = crate::row::Row::from_iter([&Value::text("no such machine")]);
+        assert_eq!(rows.group_of(none.first_cell()).count(), 0);
     }
 
     #[test]
@@ -1135,6 +1311,105 @@ mod tests {
             matches!(refused, Err(super::StoreError::NotPlanned(_))),
             "a view the dataflow maintains cannot be overwritten: {refused:?}"
         );
+        engine.shutdown().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// `anomaly_windows` keeps its windows closed for longer than `window_memory_ms` on disk:
+    /// every read (a whole view sorted, a point query, a count, a subscription's first change)
+    /// sees them, memory holds only the newest, and a late event corrects one on disk.
+    #[test]
+    fn old_windows_are_read_from_disk_by_every_kind_of_read() {
+        use vendflow_protocol::units::{MS_PER_HOUR, MS_PER_MINUTE};
+        let config = crate::Config {
+            window_memory_ms: 20 * MS_PER_MINUTE,
+            ..crate::Config::default()
+        };
+        let mut engine = Engine::start(config).unwrap_or_else(|e| panic!("{e}"));
+        let store = engine.store();
+        let mut feeders = engine.feeders().unwrap_or_else(|| panic!("feeders"));
+        let t = testing::BASE;
+        let mut send = |at: i64, events: Vec<vendflow_protocol::Event>| {
+            feeders
+                .send(
+                    Timestamp(at),
+                    Batch {
+                        events,
+                        ..Batch::default()
+                    },
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+            feeders
+                .advance_all(Timestamp(at + 1))
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert!(store.wait_for(Timestamp(at + 1), Duration::from_secs(30)));
+        };
+        // Four hours of a window an hour for m1, and one for m2.
+        for h in 0..4 {
+            let at = t + h * MS_PER_HOUR;
+            send(at, vec![testing::heartbeat("m1", at, 4_000)]);
+        }
+        send(
+            t + 4 * MS_PER_HOUR,
+            vec![testing::heartbeat("m2", t + 4 * MS_PER_HOUR, 4_000)],
+        );
+        let view = "anomaly_windows";
+        let (_, all) = store.sorted_rows(view).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(all.len(), 5);
+        assert!(all.is_sorted(), "rows on disk merged in order");
+        assert!(
+            store.in_memory(view) <= 2,
+            "only the windows of the last 20 minutes in memory: {}",
+            store.in_memory(view)
+        );
+        let counts = store.row_counts().1;
+        assert!(counts.contains(&(view, 5)), "{counts:?}");
+        let m1 = store.snapshot_of_key(&[view], "m1");
+        assert_eq!(
+            m1.rows(view).unwrap_or_else(|e| panic!("{e}")).len(),
+            4,
+            "a point query reads the machine's rows on disk"
+        );
+        assert!(
+            m1.rows(view)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .iter()
+                .all(|r| r.cell(0) == Value::text("m1"))
+        );
+        assert_eq!(store.snapshot().rows(view).map(<[_]>::len).ok(), Some(5));
+        let mut sub = store.subscribe(view).unwrap_or_else(|e| panic!("{e}"));
+        let first = sub
+            .next_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("no snapshot"));
+        assert_eq!(first.inserted, all);
+        // A late heartbeat of the first window: its row on disk is replaced.
+        send(
+            t + 5 * MS_PER_HOUR,
+            vec![testing::heartbeat("m1", t + 1_000, 9_000)],
+        );
+        let (_, all) = store.sorted_rows(view).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(all.len(), 5, "{all:?}");
+        let first_window = all
+            .iter()
+            .find(|r| r.cell(1) == Value::Time(Timestamp(t)))
+            .unwrap_or_else(|| panic!("the first window is there: {all:?}"));
+        assert_eq!(first_window.cell(2), Value::Int(2));
+        let change = loop {
+            let c = sub
+                .next_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("{e}"))
+                .unwrap_or_else(|| panic!("no change"));
+            if !c.deleted.is_empty() {
+                break c;
+            }
+        };
+        assert_eq!(
+            change.deleted[0].cell(2),
+            Value::Int(1),
+            "the old row retracted"
+        );
+        drop(sub);
+        drop(feeders);
         engine.shutdown().unwrap_or_else(|e| panic!("{e}"));
     }
 

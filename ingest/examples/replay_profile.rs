@@ -29,8 +29,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // minutes (default a day) after the last.
     let repeat: u32 = args.next().map_or(Ok(1), |r| r.parse())?;
     let shift_minutes: i64 = args.next().map_or(Ok(24 * 60), |m| m.parse())?;
+    // As `vendflow replay`: a bulk load keeps its views in memory.
     let mut config = Config {
         workers,
+        cold_views: false,
         ..Config::default()
     };
     // As `vendflow --settlement-memory-transactions N`.

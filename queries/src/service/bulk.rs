@@ -228,6 +228,11 @@ pub fn load(
     progress: Arc<AtomicU64>,
 ) -> Result<Loaded, ServiceError> {
     let started = Instant::now();
+    // Every row is written out at the end: the store keeps them in memory meanwhile.
+    let config = Config {
+        cold_views: false,
+        ..config
+    };
     let mut engine = Engine::start(config)?;
     let store = engine.store();
     let mut feeders = engine

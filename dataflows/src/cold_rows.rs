@@ -1,0 +1,202 @@
+//! The rows of a view that are old enough to be read rarely, on disk: the view store's cold
+//! part.
+//!
+//! `anomaly_windows` keeps a window's row for 48 h after the window closes, so a live
+//! 50,000-machine fleet's view is 29 M rows, where nearly every query and every change is about
+//! its last half hour. Rows whose time column is older than a view's `after_ms` (behind the
+//! store's frontier) move here, into a [`redb`] file in the engine's state directory keyed by
+//! (first cell, row): a machine's rows are one range, read for a point query. A retraction of a
+//! row that is not in memory (the window's late correction, the end of its retention) is applied
+//! here. Writes happen under the store's write lock, in the commit that publishes a frontier;
+//! a reader takes a read transaction under the read lock, so what it reads after the lock is
+//! released is the disk as of the frontier it copied the memory at.
+//!
+//! Like the other state files it is derived: created empty at each start, rebuilt with the views
+//! (a checkpoint holds the views' rows, cold ones included).
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::operators::Time;
+use crate::row::Row;
+use crate::state_file::{self, Cadence, StateFileError, create_fresh};
+
+/// Rows by (first cell, whole row), each with its multiplicity.
+const ROWS: TableDefinition<(&[u8], &[u8]), i64> = TableDefinition::new("rows");
+
+/// Ingestion time between two sweeps of a view's rows in memory for rows that turned cold.
+pub const SWEEP_EVERY_MS: i64 = 60_000;
+
+/// The page cache of a view's file.
+const CACHE_BYTES: usize = 16 << 20;
+
+/// Which rows of a view go to disk: those whose cell `time_column` (a time) is `after_ms` or
+/// more behind the store's frontier.
+#[derive(Clone, Debug)]
+pub struct ColdSpec {
+    pub view: &'static str,
+    pub time_column: usize,
+    pub after_ms: i64,
+}
+
+/// One view's rows on disk.
+pub(crate) struct ColdRows {
+    db: Database,
+    path: PathBuf,
+    pub(crate) spec: ColdSpec,
+    /// Rows on disk counted by multiplicity, and once each.
+    pub(crate) total: i64,
+    pub(crate) distinct: usize,
+    /// The frontier at which the rows in memory are next swept for cold ones.
+    pub(crate) next_sweep: Time,
+    cadence: Cadence,
+}
+
+impl ColdRows {
+    /// An empty file for `spec`'s view in `dir`, replacing what a previous run left there.
+    pub fn create(dir: &Path, spec: ColdSpec) -> Result<ColdRows, StateFileError> {
+        let path = dir.join(format!("view-{}.redb", spec.view));
+        let db = create_fresh(&path, CACHE_BYTES)?;
+        let mut cold = ColdRows {
+            db,
+            path,
+            spec,
+            total: 0,
+            distinct: 0,
+            next_sweep: Time::EPOCH,
+            cadence: Cadence::default(),
+        };
+        // The table exists from the start: a reader never meets a missing one.
+        cold.write(|_| Ok(()))?;
+        Ok(cold)
+    }
+
+    /// Whether `row` belongs on disk at `frontier`.
+    pub fn is_cold(&self, row: &Row, frontier: Time) -> bool {
+        row.time_at(self.spec.time_column)
+            .is_some_and(|t| t.ms().saturating_add(self.spec.after_ms) <= frontier.ms())
+    }
+
+    /// Applies `retractions` to the rows on disk that hold them and adds `moved` (rows leaving
+    /// memory, with their hashes and multiplicities), in one commit. Says for each retraction
+    /// whether the disk held its row (those it did not belong to memory). On an error nothing
+    /// was applied.
+    pub fn apply(
+        &mut self,
+        retractions: &[(Row, u64, i64)],
+        moved: &[(Row, u64, i64)],
+    ) -> Result<Vec<bool>, StateFileError> {
+        let mut held = Vec::with_capacity(retractions.len());
+        let (mut total, mut distinct) = (self.total, self.distinct as i64);
+        self.write(|table| {
+            for (row, _, d) in retractions {
+                let key = (row.first_cell(), row.encoded());
+                let Some(count) = table.get(key)?.map(|c| c.value()) else {
+                    held.push(false);
+                    continue;
+                };
+                held.push(true);
+                let now = count + d;
+                if now == 0 {
+                    table.remove(key)?;
+                    distinct -= 1;
+                } else {
+                    table.insert(key, now)?;
+                }
+                total += d;
+            }
+            for (row, _, d) in moved {
+                let key = (row.first_cell(), row.encoded());
+                let count = table.get(key)?.map_or(0, |c| c.value());
+                let now = count + d;
+                match (count, now) {
+                    (0, 0) => {}
+                    (0, _) => {
+                        distinct += 1;
+                        table.insert(key, now)?;
+                    }
+                    (_, 0) => {
+                        distinct -= 1;
+                        table.remove(key)?;
+                    }
+                    _ => {
+                        table.insert(key, now)?;
+                    }
+                }
+                total += d;
+            }
+            Ok(())
+        })?;
+        self.total = total;
+        self.distinct = usize::try_from(distinct).unwrap_or(0);
+        Ok(held)
+    }
+
+    fn write(
+        &mut self,
+        apply: impl FnOnce(
+            &mut redb::Table<'_, (&'static [u8], &'static [u8]), i64>,
+        ) -> Result<(), redb::Error>,
+    ) -> Result<(), StateFileError> {
+        let durability = self.cadence.next_commit();
+        state_file::write(&self.db, &self.path, ROWS, durability, apply)
+    }
+
+    /// A read of the rows on disk as they are now (to be read after the store's lock is
+    /// released).
+    pub fn reader(&self) -> Result<ColdReader, StateFileError> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| state_file::store_error(&self.path, e))?;
+        Ok(ColdReader {
+            txn,
+            path: self.path.clone(),
+            distinct: self.distinct,
+        })
+    }
+}
+
+/// The rows on disk of one view as of one frontier.
+pub(crate) struct ColdReader {
+    txn: ReadTransaction,
+    path: PathBuf,
+    distinct: usize,
+}
+
+impl ColdReader {
+    /// Every row, as often as its multiplicity, in the disk's order.
+    pub fn all(&self, out: &mut Vec<Row>) -> Result<(), StateFileError> {
+        out.reserve(self.distinct);
+        self.read(out, None)
+    }
+
+    /// The rows whose first cell is `first_cell` (encoded), as often as their multiplicity.
+    pub fn group(&self, first_cell: &[u8], out: &mut Vec<Row>) -> Result<(), StateFileError> {
+        self.read(out, Some(first_cell))
+    }
+
+    fn read(&self, out: &mut Vec<Row>, group: Option<&[u8]>) -> Result<(), StateFileError> {
+        let result = (|| -> Result<(), redb::Error> {
+            let table = self.txn.open_table(ROWS)?;
+            let entries = match group {
+                None => table.iter()?,
+                Some(cell) => table.range((cell, &[][..])..)?,
+            };
+            for entry in entries {
+                let (key, count) = entry?;
+                let (cell, row) = key.value();
+                if group.is_some_and(|g| g != cell) {
+                    break;
+                }
+                let row = Row::from_encoded(row);
+                for _ in 0..count.value().max(0) {
+                    out.push(row.clone());
+                }
+            }
+            Ok(())
+        })();
+        result.map_err(|e| state_file::store_error(&self.path, e))
+    }
+}
