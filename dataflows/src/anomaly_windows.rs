@@ -38,7 +38,7 @@
 //! FROM accepted_card_sale_lines WHERE the window left anomaly_windows before arrival GROUP BY 1, 2, 3
 //! ```
 
-use crate::checkpoint::{self, Durable};
+use crate::checkpoint::Durable;
 use crate::parked::Parked;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
@@ -851,20 +851,7 @@ pub fn render<'s>(
     config: &Config,
 ) -> Windows<'s> {
     let width = config.window_ms;
-    let store = Rc::new(RefCell::new(parked));
-    // The windows on disk are part of the engine's state: a checkpoint keeps them.
-    let restored: Option<crate::parked::ParkedSaved> =
-        checkpoint::enrol("Windows: parked", &store, |store: &Parked, out| {
-            let entries = store.entries().map_err(checkpoint::failed)?;
-            bincode::serialize_into(out, &entries)
-        });
-    if let Some(saved) = restored
-        && let Err(e) = store.borrow_mut().restore(saved)
-    {
-        checkpoint::refuse(format!(
-            "cannot park the checkpoint's anomaly windows again: {e}"
-        ));
-    }
+    let store = parked.enrolled("Windows: parked", "anomaly windows");
     let parking = Rc::new(Parking {
         counts,
         store,

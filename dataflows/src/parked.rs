@@ -23,13 +23,16 @@
 //! input), commits not synced one by one. Keys whose horizon has ended are deleted by
 //! [`Parked::sweep`], at most once per [`SWEEP_EVERY`] of ingestion time.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use fastbloom::BloomFilter;
 use redb::{Database, TableDefinition};
 use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR};
 
+use crate::checkpoint;
 use crate::operators::{FastMap, Time, hash_of};
 use crate::state_file::{self, Cadence, StateFileError, create_fresh};
 use vendflow_protocol::Timestamp;
@@ -374,6 +377,24 @@ impl Parked {
         })();
         on_disk.map_err(|e| state_file::store_error(&self.path, e))?;
         Ok((entries, self.next_sweep))
+    }
+
+    /// The store shared by an operator's logic, enrolled in the worker's checkpoint as `name`
+    /// (what is parked is part of the engine's state), and started from what the loaded
+    /// checkpoint parked there; `what` names its contents in the refusal when that fails.
+    pub(crate) fn enrolled(self, name: &str, what: &str) -> Rc<RefCell<Parked>> {
+        let store = Rc::new(RefCell::new(self));
+        let restored: Option<ParkedSaved> =
+            checkpoint::enrol(name, &store, |store: &Parked, out| {
+                let entries = store.entries().map_err(checkpoint::failed)?;
+                bincode::serialize_into(out, &entries)
+            });
+        if let Some(saved) = restored
+            && let Err(e) = store.borrow_mut().restore(saved)
+        {
+            checkpoint::refuse(format!("cannot park the checkpoint's {what} again: {e}"));
+        }
+        store
     }
 
     /// Parks a checkpoint's [`Parked::entries`] again (in an empty store).

@@ -47,7 +47,6 @@ use smallvec::SmallVec;
 use vendflow_protocol::units::MS_PER_DAY;
 use vendflow_protocol::{Cents, MachineId, SettlementStatus, Text, Timestamp};
 
-use crate::checkpoint;
 use crate::config::Config;
 use crate::fold::{KeyedFold, Published};
 use crate::operators::{Time, hash_of};
@@ -347,20 +346,7 @@ pub fn render<'s>(
     let hold = config.settlement_days.saturating_mul(MS_PER_DAY);
     let in_memory = config.settlement_memory_ms.min(hold);
 
-    let parked = Rc::new(RefCell::new(parked));
-    // The parked transactions are part of the engine's state: a checkpoint keeps them.
-    let restored: Option<crate::parked::ParkedSaved> =
-        checkpoint::enrol("Settlement: parked", &parked, |store: &Parked, out| {
-            let entries = store.entries().map_err(checkpoint::failed)?;
-            bincode::serialize_into(out, &entries)
-        });
-    if let Some(saved) = restored
-        && let Err(e) = parked.borrow_mut().restore(saved)
-    {
-        checkpoint::refuse(format!(
-            "cannot park the checkpoint's settlement transactions again: {e}"
-        ));
-    }
+    let parked = parked.enrolled("Settlement: parked", "settlement transactions");
     let on_timer_parked = parked.clone();
     // Transactions in this worker's memory, against `settlement_memory_transactions` (those a
     // checkpoint brings back are not counted: after a restart at most the limit more stay).
