@@ -2509,7 +2509,10 @@ fn a_machine_run_from_its_bundle_and_killed_resumes_from_its_outbox_and_loses_no
                 "--speed",
                 "3000",
                 "--location-type",
-                "office",
+                // Sells every day and around the clock: the span ends at the wall clock, and an
+                // office sells next to nothing at night or on a weekend (a run at 02:48 on a
+                // Saturday sold on one day only).
+                "airport",
             ])
             .arg("--record")
             .arg(&sent)
@@ -2614,10 +2617,9 @@ fn a_machine_run_from_its_bundle_and_killed_resumes_from_its_outbox_and_loses_no
     eprintln!("{}", said.trim());
     let expected = oracle(&[&sent])?;
     let sales: i64 = expected.values().map(|(_, _, lines)| lines).sum();
-    ensure!(
-        sales > 20 && expected.len() >= 2,
-        "too few sales: {expected:?}"
-    );
+    // The span crosses midnight, but how much of the second day it holds depends on the hour
+    // the test runs: the days are not counted.
+    ensure!(sales > 20, "too few sales: {expected:?}");
     wait_for_revenue(
         &out,
         &expected,
