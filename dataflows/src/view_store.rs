@@ -290,8 +290,9 @@ impl ViewRows {
 
     /// After a publication's updates: the retractions memory did not hold applied on disk
     /// (those the disk does not hold either stay in memory, to meet their insertion), and,
-    /// when a sweep is due, the rows that turned cold moved there. On a disk error everything
-    /// stays in memory.
+    /// when a sweep is due, the rows that turned cold moved there. On a disk error (logged) the
+    /// rows to move stay in memory and the retractions are kept there too, where one of a row
+    /// on disk does not meet it.
     fn settle_cold(&mut self, missed: Vec<(Row, u64, i64)>, frontier: Time) {
         let Some(mut cold) = self.cold.take() else {
             for (row, hash, d) in missed {
