@@ -63,7 +63,7 @@ use crate::operators::{
 use crate::revenue::CORRECTIONS_KEPT_DAYS;
 use crate::revenue::{arrival_day, correction_window};
 use crate::row::ViewDef;
-use crate::row::{ColumnType::*, Row, RowWriter, Value, col, null};
+use crate::row::{ColumnType::*, Row, RowWriter, Value, col, null, put_varint, take_varint};
 use crate::sales::SaleLine;
 
 pub const WINDOWS: ViewDef = ViewDef {
@@ -686,17 +686,10 @@ fn parked_value(totals: &Packed, seen: &Seen) -> Vec<u8> {
     ] {
         out.extend_from_slice(&r.to_le_bytes());
     }
-    let varint = |out: &mut Vec<u8>, mut v: u64| {
-        while v >= 0x80 {
-            out.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        out.push(v as u8);
-    };
-    varint(&mut out, ids.len() as u64);
+    put_varint(&mut out, ids.len() as u64);
     let mut previous = 0u64;
     for &id in ids {
-        varint(&mut out, id.wrapping_sub(previous));
+        put_varint(&mut out, id.wrapping_sub(previous));
         previous = id;
     }
     out
@@ -716,23 +709,11 @@ fn parked_value_of(bytes: &[u8]) -> Option<(Packed, Seen)> {
         *c = i32::from_le_bytes(*b);
         rest = r;
     }
-    let mut varint = || -> Option<u64> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let (&b, r) = rest.split_first()?;
-            rest = r;
-            v |= u64::from(b & 0x7f) << shift;
-            if b < 0x80 {
-                return Some(v);
-            }
-        }
-        None
-    };
-    let n = varint()?;
+    let n = take_varint(&mut rest)?;
     let mut seen = Seen::default();
     let mut id = 0u64;
     for _ in 0..n {
-        id = id.wrapping_add(varint()?);
+        id = id.wrapping_add(take_varint(&mut rest)?);
         seen.insert(id);
     }
     let [max_temperature, max_motor_current, min_network_signal] = i32s;

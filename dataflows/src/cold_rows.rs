@@ -90,41 +90,28 @@ impl ColdRows {
         let mut held = Vec::with_capacity(retractions.len());
         let (mut total, mut distinct) = (self.total, self.distinct as i64);
         self.write(|table| {
-            for (row, _, d) in retractions {
+            let mut add = |row: &Row, d: i64, only_held: bool| -> Result<bool, redb::Error> {
                 let key = (row.first_cell(), row.encoded());
-                let Some(count) = table.get(key)?.map(|c| c.value()) else {
-                    held.push(false);
-                    continue;
-                };
-                held.push(true);
-                let now = count + d;
+                let count = table.get(key)?.map(|c| c.value());
+                if count.is_none() && only_held {
+                    return Ok(false);
+                }
+                let before = count.unwrap_or(0);
+                let now = before + d;
                 if now == 0 {
                     table.remove(key)?;
-                    distinct -= 1;
                 } else {
                     table.insert(key, now)?;
                 }
+                distinct += i64::from(now != 0) - i64::from(before != 0);
                 total += d;
+                Ok(true)
+            };
+            for (row, _, d) in retractions {
+                held.push(add(row, *d, true)?);
             }
             for (row, _, d) in moved {
-                let key = (row.first_cell(), row.encoded());
-                let count = table.get(key)?.map_or(0, |c| c.value());
-                let now = count + d;
-                match (count, now) {
-                    (0, 0) => {}
-                    (0, _) => {
-                        distinct += 1;
-                        table.insert(key, now)?;
-                    }
-                    (_, 0) => {
-                        distinct -= 1;
-                        table.remove(key)?;
-                    }
-                    _ => {
-                        table.insert(key, now)?;
-                    }
-                }
-                total += d;
+                add(row, *d, false)?;
             }
             Ok(())
         })?;
