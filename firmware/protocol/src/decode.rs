@@ -1342,6 +1342,10 @@ mod tests {
             r#"{"type":"location","locationId":"l3","clientId":"c","address":"Haneda","lat":35.5,"lng":139.8,"timeZone":"Asia/Tokyo"}"#,
             r#"{"type":"machine","machineId":"m2","registeredAt":"2024-01-01T10:00:00Z","slots":[]}"#,
             r#"{"type":"lease_event","leaseId":"L","clientId":"c","machineId":"m1","at":"2024-01-01T00:00:00Z","event":"RENEWED","note":"next term L-2"}"#,
+            // Small fractions: a float would print these as `-8e-6`, which does not read back.
+            r#"{"type":"location","locationId":"lo","clientId":"c","lat":-0.0000082,"lng":"0.00001"}"#,
+            r#"{"type":"machine","machineId":"m3","slots":[{"slotNumber":1,"productId":"p","maxCapacity":1,"price":0.01}]}"#,
+            r#"{"type":"lease","leaseId":"L","clientId":"c","machineId":"m1","start":"2024-01-01","end":"2024-12-31","monthlyRate":0.01,"revenueSharePercent":0.01}"#,
         ] {
             let record = decode_registry(line.as_bytes()).expect(line);
             assert_eq!(

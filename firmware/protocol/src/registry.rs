@@ -297,7 +297,28 @@ impl RegistryRecord {
                 "event": e.kind.as_str(), "note": e.note,
             }),
         };
-        value.to_string()
+        let mut line = Vec::new();
+        let mut writer = serde_json::Serializer::with_formatter(&mut line, PlainDecimals);
+        match serde::Serialize::serialize(&value, &mut writer) {
+            Ok(()) => String::from_utf8(line).unwrap_or_else(|_| value.to_string()),
+            Err(_) => value.to_string(),
+        }
+    }
+}
+
+/// Writes a fractional number as plain decimal text (`-0.000008`, never `-8e-6`): the decoder reads
+/// decimals exactly and refuses exponents, so a record must read back as it was written (found by
+/// fuzzing: a latitude of -0.0000082). Every decimal here is small enough (coordinates, prices
+/// below [`crate::command::MAX_PRICE`], percents) that the float's shortest text is the decimal's.
+struct PlainDecimals;
+
+impl serde_json::ser::Formatter for PlainDecimals {
+    fn write_f64<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        value: f64,
+    ) -> std::io::Result<()> {
+        write!(writer, "{value}")
     }
 }
 
