@@ -146,13 +146,16 @@ pub fn load_with_progress(config: Config, load: BulkLoad<'_>) -> Result<Loaded, 
         std::thread::spawn(move || {
             while !bar.is_finished() {
                 bar.set_position(progress.load(Ordering::Relaxed));
-                std::thread::sleep(Duration::from_millis(100));
+                // Woken at the end rather than slept out: a sleep here kept every load 0.1 s
+                // longer than its work (6 % of the 1 M benchmark's replay at two workers).
+                std::thread::park_timeout(Duration::from_millis(100));
             }
         })
     };
     let loaded = self::load(config, load, progress.clone());
     bar.set_position(progress.load(Ordering::Relaxed));
     bar.finish_and_clear();
+    watcher.thread().unpark();
     let _ = watcher.join();
     loaded
 }
