@@ -9,7 +9,9 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use differential_dataflow::VecCollection;
 use differential_dataflow::input::Input;
 use timely::dataflow::operators::probe::Handle;
-use vendflow_dataflows::{Config, Time, anomaly_windows, inventory, liveness, revenue, sales};
+use vendflow_dataflows::{
+    Config, FanOut, Time, anomaly_windows, inventory, liveness, revenue, sales,
+};
 use vendflow_protocol::{Event, RegistryRecord};
 
 type Build = for<'s> fn(
@@ -104,14 +106,20 @@ fn revenue_views<'s>(
         RegistryRecord::Machine(m) => m.location_id.map(|l| (m.machine_id, l)),
         _ => None,
     });
-    let v = revenue::render(
-        sales::render(e.flat_map(sales::SaleLine::of_event), ledger(), c).accepted,
-        loc,
-        zones,
-        c,
-    );
+    let mut accepted = accepted_lines(e, c);
+    let v = revenue::render(&mut accepted, loc, zones, c);
+    accepted.finish();
     v.location_daily.probe_with(&Handle::new());
     v.machine_daily.probe().0
+}
+
+/// The accepted sale lines of `e`, for the view under test to take its projections from.
+fn accepted_lines<'s>(
+    e: VecCollection<'s, Time, Event>,
+    c: &Config,
+) -> FanOut<'s, sales::SaleLine> {
+    let accepted = sales::render(e.flat_map(sales::SaleLine::of_event), ledger(), c).accepted;
+    FanOut::new(accepted, "Sales: to readers")
 }
 
 fn inventory_levels<'s>(
@@ -121,13 +129,10 @@ fn inventory_levels<'s>(
 ) -> Handle<Time> {
     let cc = c.clone();
     let plans = r.flat_map(move |r| inventory::planogram(&r, &cc));
-    inventory::render(
-        e.clone(),
-        sales::render(e.flat_map(sales::SaleLine::of_event), ledger(), c).accepted,
-        plans,
-    )
-    .probe()
-    .0
+    let mut accepted = accepted_lines(e.clone(), c);
+    let levels = inventory::render(e, &mut accepted, plans);
+    accepted.finish();
+    levels.probe().0
 }
 
 fn windows<'s>(
@@ -139,15 +144,10 @@ fn windows<'s>(
     let telemetry = e
         .clone()
         .flat_map(move |e| anomaly_windows::contribution(&e, width));
-    anomaly_windows::render(
-        telemetry,
-        sales::render(e.flat_map(sales::SaleLine::of_event), ledger(), c).accepted,
-        parked_windows(c),
-        c,
-    )
-    .windows
-    .probe()
-    .0
+    let mut accepted = accepted_lines(e, c);
+    let windows = anomaly_windows::render(telemetry, &mut accepted, parked_windows(c), c);
+    accepted.finish();
+    windows.windows.probe().0
 }
 
 fn liveness_view<'s>(

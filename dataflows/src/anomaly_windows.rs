@@ -827,7 +827,7 @@ impl State {
 /// ([`contribution`]); card sales are added here.
 pub fn render<'s>(
     telemetry: VecCollection<'s, Time, (WindowKey, Piece)>,
-    accepted: VecCollection<'s, Time, SaleLine>,
+    accepted: &mut crate::operators::FanOut<'s, SaleLine>,
     (parked, counts): (Parked, Arc<ParkedCounts>),
     config: &Config,
 ) -> Windows<'s> {
@@ -841,7 +841,7 @@ pub fn render<'s>(
         retention: config.window_retention_ms,
     });
     let on_begin = parking.clone();
-    let contributions = telemetry.concat(accepted.flat_map(move |l| card_contribution(&l, width)));
+    let contributions = telemetry.concat(accepted.flat_map(move |l| card_contribution(l, width)));
     let out = contributions.keyed_steps(
         "Windows: fold",
         |((m, _), _): &(WindowKey, Piece)| hash_of(m),

@@ -24,7 +24,7 @@ use crate::anomaly_windows::{Piece, WindowKey};
 use crate::config::Config;
 use crate::errors::ErrorRecord;
 use crate::ledger::Ledger;
-use crate::operators::{FastSet, Fork, Time, fork, hash_of, ship};
+use crate::operators::{FanOut, FastSet, Fork, Time, fork, hash_of, ship};
 use crate::parked::Parked;
 use crate::row::Row;
 use crate::sales::SaleLine;
@@ -273,29 +273,21 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
     let commands = commands::render(commands, events.acks, config);
     let (refunds, refunds_too_late) = refunds::render(events.refunds, config);
     let sales = sales::render(events.sales, ledger, config);
-    let revenue = revenue::render(
-        sales.accepted.clone(),
-        machine_location,
-        location_zone,
-        config,
-    );
+    // Every reader of the accepted lines takes its projection from one operator.
+    let mut accepted = FanOut::new(sales.accepted, "Sales: to readers");
+    let revenue = revenue::render(&mut accepted, machine_location, location_zone, config);
     let (restocks, restock_duplicates) = inventory::restocks_once(events.restocks, config);
-    let levels = inventory::render(restocks, sales.accepted.clone(), plans);
-    let windows = anomaly_windows::render(
-        events.telemetry,
-        sales.accepted.clone(),
-        parked_windows,
-        config,
-    );
+    let levels = inventory::render(restocks, &mut accepted, plans);
+    let windows = anomaly_windows::render(events.telemetry, &mut accepted, parked_windows, config);
     let signals = signals::render(windows.readings, config);
     let candidates = maintenance::render(signals.baselines.clone(), config);
-    let silent = zero_sales::render(sales.accepted.clone(), config);
+    let silent = zero_sales::render(&mut accepted, config);
     let leases = leases::render(registry.clone());
     let lease_events = leases::render_events(registry.clone());
     let liveness = liveness::render(events.heartbeats, registry, config);
-    let dex = dex::render(events.audits, sales.accepted.clone(), config);
+    let dex = dex::render(events.audits, &mut accepted, config);
     let (settlement_daily, settlement_exceptions, _) = fork(
-        settlement::render(sales.accepted.clone(), events.settlements, parked, config),
+        settlement::render(&mut accepted, events.settlements, parked, config),
         "Settlement: split",
         |o| match o {
             settlement::Out::Daily(d) => Fork::<_, _, Infallible>::A(d),
@@ -304,7 +296,8 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
     );
     // The planned views' collection: it never holds a row (the planner writes to the store).
     let planned = clock.clone().flat_map(|_| None::<Row>);
-    let stockout = stockout::render(events.seen, sales.accepted, levels.clone(), clock, config);
+    let stockout = stockout::render(events.seen, &mut accepted, levels.clone(), clock, config);
+    accepted.finish();
     let (status, liveness, _) = fork(liveness, "Liveness: split", |o| match o {
         liveness::Out::Status(m, s) => Fork::<_, _, Infallible>::A((m, s)),
         liveness::Out::Row(l) => Fork::B(l),

@@ -364,7 +364,7 @@ fn outputs(machine: &MachineId, state: &Machine, out: &mut Vec<Out>) {
 /// `audits`: each `dex` event's machine and audit; `accepted`: the deduplicated sale lines.
 pub fn render<'s>(
     audits: VecCollection<'s, Time, (MachineId, Read)>,
-    accepted: VecCollection<'s, Time, SaleLine>,
+    accepted: &mut crate::operators::FanOut<'s, SaleLine>,
     config: &Config,
 ) -> Dex<'s> {
     let config = config.clone();
@@ -372,7 +372,7 @@ pub fn render<'s>(
         .map(|(m, r)| (m, In::Audit(Box::new(r))))
         .concat(accepted.map(|l| {
             (
-                l.machine_id,
+                l.machine_id.clone(),
                 In::Sale(
                     l.timestamp.0,
                     l.slot_number,

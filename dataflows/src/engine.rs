@@ -1093,6 +1093,10 @@ mod profile {
     #[derive(Default)]
     pub struct Profile {
         names: HashMap<usize, String>,
+        /// Operator names by address, and each channel's (scope, source, target): an output read
+        /// by several operators is copied for every reader but the last.
+        by_addr: HashMap<Vec<usize>, String>,
+        channels: Vec<(Vec<usize>, (usize, usize), usize)>,
         started: HashMap<usize, Duration>,
         spent: HashMap<usize, (Duration, u64)>,
         /// Per arranging operator: updates held in its trace (now, peak) and its batcher's
@@ -1122,6 +1126,11 @@ mod profile {
                     match event {
                         TimelyEvent::Operates(o) => {
                             p.names.insert(o.id, o.name.clone());
+                            p.by_addr.insert(o.addr.clone(), o.name.clone());
+                        }
+                        TimelyEvent::Channels(c) => {
+                            p.channels
+                                .push((c.scope_addr.clone(), c.source, c.target.0));
                         }
                         TimelyEvent::Schedule(s) => match s.start_stop {
                             StartStop::Start => {
@@ -1190,6 +1199,40 @@ mod profile {
             .map(|(id, (d, n))| (*d, *n, p.names.get(id).cloned().unwrap_or_default(), *id))
             .collect();
         rows.sort_by_key(|r| std::cmp::Reverse(r.0));
+        if worker == 0 {
+            // Outputs with several readers: each reader but the last gets a copy of every message.
+            // By (scope, source operator and port): the target operators.
+            type Output<'a> = (&'a [usize], (usize, usize));
+            let mut readers: HashMap<Output<'_>, Vec<usize>> = HashMap::new();
+            for (scope, source, target) in &p.channels {
+                readers.entry((scope, *source)).or_default().push(*target);
+            }
+            let name = |scope: &[usize], index: usize| {
+                let mut addr = scope.to_vec();
+                addr.push(index);
+                p.by_addr
+                    .get(&addr)
+                    .cloned()
+                    .unwrap_or_else(|| format!("{addr:?}"))
+            };
+            let mut fanned: Vec<String> = readers
+                .iter()
+                .filter(|(_, targets)| targets.len() > 1)
+                .map(|((scope, (op, port)), targets)| {
+                    let to: Vec<String> = targets.iter().map(|t| name(scope, *t)).collect();
+                    format!(
+                        "{} output {port} read by {}: {}",
+                        name(scope, *op),
+                        to.len(),
+                        to.join(", ")
+                    )
+                })
+                .collect();
+            fanned.sort();
+            for line in fanned {
+                eprintln!("fan-out  {line}");
+            }
+        }
         for (d, n, name, id) in rows.into_iter().take(25) {
             eprintln!(
                 "worker {worker} {:>9.1} ms {n:>7} runs  {name} ({id})",

@@ -203,7 +203,7 @@ struct Machine {
 /// time's records) publishes the difference of each changed slot.
 pub fn render<'s>(
     events: VecCollection<'s, Time, Event>,
-    accepted: VecCollection<'s, Time, SaleLine>,
+    accepted: &mut crate::operators::FanOut<'s, SaleLine>,
     plans: VecCollection<'s, Time, ((MachineId, u32), Plan)>,
 ) -> VecCollection<'s, Time, Level> {
     let plans = plans.map(|((m, s), p)| (m, (s, Change::Plan(p))));
@@ -216,7 +216,7 @@ pub fn render<'s>(
     });
     let sold = accepted.map(|l| {
         (
-            l.machine_id,
+            l.machine_id.clone(),
             (l.slot_number, Change::Units(-i64::from(l.quantity))),
         )
     });

@@ -77,7 +77,7 @@ pub mod zero_sales;
 pub use config::Config;
 pub use engine::{Batch, Engine, EngineError, Feeder, Feeders, peak_rss_bytes};
 pub use errors::ErrorRecord;
-pub use operators::{ExpiringMap, ExpiringSet, Time};
+pub use operators::{ExpiringMap, ExpiringSet, FanOut, Time};
 pub use row::{ColumnType, Row, Value};
 pub use summary::FleetSummary;
 pub use view_store::{Change, Snapshot, StoreError, Subscription, SubscriptionEnd, ViewStore};

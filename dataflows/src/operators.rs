@@ -962,6 +962,100 @@ pub fn fork<'s, D: Data, A: Data, B: Data, C: Data>(
     (a.as_collection(), b.as_collection(), c.as_collection())
 }
 
+/// One reader of a collection that many operators read, each through its own projection:
+/// [`FanOut::flat_map`] and [`FanOut::map`] add an output per reader, [`FanOut::finish`] builds
+/// the operator. Every reader of a collection is otherwise sent a copy of every message (timely
+/// clones the container for all readers but the last): the accepted sale lines had twelve
+/// readers, so each line was copied eleven times, whole, for readers that each keep a few of its
+/// fields. Here each record is read once, by reference, and each reader is sent only its
+/// projection.
+pub struct FanOut<'s, D: Data> {
+    builder: OperatorBuilder<'s, Time>,
+    records: VecCollection<'s, Time, D>,
+    readers: Vec<Box<dyn Project<D>>>,
+}
+
+/// One output of a [`FanOut`]: its projection and where it sends it.
+trait Project<D> {
+    fn read(&mut self, cap: &InputCapability<Time>, records: &[(D, Time, isize)]);
+}
+
+struct Projection<T: Data, F> {
+    output: timely::dataflow::channels::pushers::Output<Time, Vec<(T, Time, isize)>>,
+    project: F,
+    buffer: Vec<(T, Time, isize)>,
+}
+
+impl<D, T: Data, I: IntoIterator<Item = T>, F: FnMut(&D) -> I> Project<D> for Projection<T, F> {
+    fn read(&mut self, cap: &InputCapability<Time>, records: &[(D, Time, isize)]) {
+        for (d, t, r) in records {
+            for x in (self.project)(d) {
+                self.buffer.push((x, *t, *r));
+            }
+        }
+        if !self.buffer.is_empty() {
+            ship(&mut self.output.activate(), cap, &mut self.buffer);
+        }
+        trim(&mut self.buffer);
+    }
+}
+
+impl<'s, D: Data> FanOut<'s, D> {
+    pub fn new(records: VecCollection<'s, Time, D>, name: &str) -> Self {
+        FanOut {
+            builder: OperatorBuilder::new(name.to_owned(), records.inner.scope()),
+            records,
+            readers: Vec::new(),
+        }
+    }
+
+    /// A reader's collection: each record's projection, any number of records (as
+    /// `VecCollection::flat_map`, but from a reference).
+    pub fn flat_map<T: Data, I: IntoIterator<Item = T> + 'static>(
+        &mut self,
+        project: impl FnMut(&D) -> I + 'static,
+    ) -> VecCollection<'s, Time, T> {
+        let (output, stream) = self.builder.new_output::<Vec<(T, Time, isize)>>();
+        self.readers.push(Box::new(Projection {
+            output,
+            project,
+            buffer: Vec::new(),
+        }));
+        stream.as_collection()
+    }
+
+    /// A reader's collection: one projection per record.
+    pub fn map<T: Data>(
+        &mut self,
+        mut project: impl FnMut(&D) -> T + 'static,
+    ) -> VecCollection<'s, Time, T> {
+        self.flat_map(move |d| Some(project(d)))
+    }
+
+    /// Builds the operator: no reader can be added after.
+    pub fn finish(self) {
+        let FanOut {
+            mut builder,
+            records,
+            mut readers,
+        } = self;
+        let mut input = builder.new_input(records.inner, Pipeline);
+        builder.set_notify_for(0, FrontierInterest::Never);
+        builder.build(move |_| {
+            move |_frontiers| {
+                input.for_each_stamp(|cap, data| {
+                    for container in data {
+                        for reader in &mut readers {
+                            reader.read(&cap, container);
+                        }
+                        container.clear();
+                    }
+                });
+            }
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

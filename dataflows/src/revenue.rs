@@ -262,7 +262,7 @@ pub fn totals_of(line: &SaleLine) -> Totals {
 const TOP: usize = 10;
 
 pub fn render<'s>(
-    accepted: VecCollection<'s, Time, SaleLine>,
+    accepted: &mut crate::operators::FanOut<'s, SaleLine>,
     machine_location: VecCollection<'s, Time, (MachineId, String)>,
     location_zone: VecCollection<'s, Time, (String, String)>,
     config: &Config,
@@ -272,9 +272,7 @@ pub fn render<'s>(
     let today = |day: i64| (Timestamp::of_day(day), Timestamp::of_day(day + 1));
 
     let slot_sales = totals(sum_by_key(
-        accepted
-            .clone()
-            .map(|l| ((l.machine_id.clone(), l.slot_number), totals_of(&l))),
+        accepted.map(|l| ((l.machine_id.clone(), l.slot_number), totals_of(l))),
         "Revenue: slot sales",
         |k: &(MachineId, u32)| hash_of(&k.0),
         |_| (Time::EPOCH, Time::MAX),
@@ -282,9 +280,7 @@ pub fn render<'s>(
 
     // Per machine and day, live until the day is `retention` old; later lines are too late.
     let daily = sum_by_key(
-        accepted
-            .clone()
-            .map(|l| ((l.machine_id.clone(), l.timestamp.day()), totals_of(&l))),
+        accepted.map(|l| ((l.machine_id.clone(), l.timestamp.day()), totals_of(l))),
         "Revenue: machine daily",
         by_machine,
         move |(_, day): &(MachineId, i64)| (Time::EPOCH, Timestamp::of_day(day + 1) + retention),
@@ -317,7 +313,7 @@ pub fn render<'s>(
 
     // Per machine and local day: each line in its machine's zone when it arrives.
     let local = sum_by_key(
-        local_days(accepted.clone(), machine_location.clone(), location_zone),
+        local_days(accepted, machine_location.clone(), location_zone),
         "Revenue: machine local daily",
         |k: &LocalDayKey| hash_of(&k.0),
         // A local day ends at most 14 h after the UTC day of the same date.
@@ -347,9 +343,9 @@ pub fn render<'s>(
 
     // Today's hours only: per machine first, then per location.
     let machine_hourly = totals(sum_by_key(
-        accepted.clone().map(|l| {
+        accepted.map(|l| {
             let hour = l.timestamp.0.div_euclid(MS_PER_HOUR) * MS_PER_HOUR;
-            ((l.machine_id.clone(), hour), totals_of(&l))
+            ((l.machine_id.clone(), hour), totals_of(l))
         }),
         "Revenue: machine hourly",
         by_machine,
@@ -360,13 +356,13 @@ pub fn render<'s>(
     // The day the ingestion clock is in: a line of that day is never too late for the machine
     // totals above, so summing the lines directly equals summing those totals.
     let fleet_today = totals(sum_by_key(
-        accepted.clone().map(|l| (l.timestamp.day(), totals_of(&l))),
+        accepted.map(|l| (l.timestamp.day(), totals_of(l))),
         "Revenue: fleet today",
         |day: &i64| *day as u64,
         move |day: &i64| today(*day),
     ));
     let machine_today = totals(sum_by_key(
-        accepted.map(|l| ((l.machine_id.clone(), l.timestamp.day()), totals_of(&l))),
+        accepted.map(|l| ((l.machine_id.clone(), l.timestamp.day()), totals_of(l))),
         "Revenue: machine today",
         by_machine,
         move |(_, day): &(MachineId, i64)| today(*day),
@@ -455,7 +451,7 @@ struct Zoned {
 /// location's time zone at the time the line arrives (UTC for a machine with no zoned location).
 /// A zone that changes later does not move days already counted.
 fn local_days<'s>(
-    accepted: VecCollection<'s, Time, SaleLine>,
+    accepted: &mut crate::operators::FanOut<'s, SaleLine>,
     machine_location: VecCollection<'s, Time, (MachineId, String)>,
     location_zone: VecCollection<'s, Time, (String, String)>,
 ) -> VecCollection<'s, Time, (LocalDayKey, Totals)> {
@@ -488,7 +484,7 @@ fn local_days<'s>(
         .concat(accepted.map(|l| {
             (
                 l.machine_id.clone(),
-                ForMachine::Sale(l.timestamp.0, totals_of(&l)),
+                ForMachine::Sale(l.timestamp.0, totals_of(l)),
             )
         }))
         .fold_by_key(

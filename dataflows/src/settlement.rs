@@ -338,7 +338,7 @@ impl DailyRow {
 /// `lines`: the accepted sale lines; `settlements`: each settlement line with its machine and
 /// time; `parked`: this worker's store for transactions that left memory (empty).
 pub fn render<'s>(
-    lines: VecCollection<'s, Time, SaleLine>,
+    lines: &mut crate::operators::FanOut<'s, SaleLine>,
     settlements: VecCollection<'s, Time, (MachineId, Timestamp, vendflow_protocol::Settlement)>,
     parked: Parked,
     config: &Config,
@@ -357,10 +357,12 @@ pub fn render<'s>(
     let input = lines
         .flat_map(move |l| {
             let card = l.card && on;
-            card.then_some((
-                (l.machine_id, l.transaction_id),
-                In::Line(l.timestamp.0, l.amount.0, l.offline),
-            ))
+            card.then(|| {
+                (
+                    (l.machine_id.clone(), l.transaction_id.clone()),
+                    In::Line(l.timestamp.0, l.amount.0, l.offline),
+                )
+            })
         })
         .concat(settlements.flat_map(move |(m, at, s)| {
             on.then_some((

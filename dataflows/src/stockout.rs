@@ -481,7 +481,7 @@ const FORECAST_SHARDS: u64 = 256;
 
 pub fn render<'s>(
     seen: VecCollection<'s, Time, (MachineId, Timestamp)>,
-    accepted: VecCollection<'s, Time, SaleLine>,
+    accepted: &mut crate::operators::FanOut<'s, SaleLine>,
     levels: VecCollection<'s, Time, Level>,
     now: VecCollection<'s, Time, Timestamp>,
     config: &Config,
@@ -502,7 +502,7 @@ pub fn render<'s>(
     let demand = accepted
         .map(|l| {
             (
-                (l.machine_id, l.slot_number),
+                (l.machine_id.clone(), l.slot_number),
                 SlotIn::Sold(l.timestamp.day(), i64::from(l.quantity)),
             )
         })

@@ -154,12 +154,12 @@ impl Sales {
 }
 
 pub fn render<'s>(
-    accepted: VecCollection<'s, Time, SaleLine>,
+    accepted: &mut crate::operators::FanOut<'s, SaleLine>,
     config: &Config,
 ) -> VecCollection<'s, Time, Silence> {
     let (on_apply, on_timer, on_output) = (config.clone(), config.clone(), config.clone());
     accepted
-        .map(|l| (l.machine_id, (l.timestamp, i64::from(l.quantity))))
+        .map(|l| (l.machine_id.clone(), (l.timestamp, i64::from(l.quantity))))
         .fold_by_key(
             "Zero sales",
             Published::Recomputed,
