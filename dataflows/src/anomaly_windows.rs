@@ -1052,13 +1052,10 @@ pub fn render<'s>(
         Out::Side(s) => Fork::B(s),
         Out::Dropped(d) => Fork::C(d),
     });
-    let latest = side.clone().flat_map(|s| match s {
-        Side::Latest(m, l) => Some((m, l)),
-        Side::Reading(..) => None,
-    });
-    let readings = side.flat_map(|s| match s {
-        Side::Reading(m, r) => Some((m, r)),
-        Side::Latest(..) => None,
+    // Split again rather than read twice: each reader of a collection gets a copy of it.
+    let (latest, readings, _) = fork(side, "Windows: side split", |s| match s {
+        Side::Latest(m, l) => Fork::<_, _, std::convert::Infallible>::A((m, l)),
+        Side::Reading(m, r) => Fork::B((m, r)),
     });
     let too_late = dropped.clone().flat_map(|d| match d {
         Dropped::TooLate(m) | Dropped::LateCard(m, _) => Some(m),

@@ -277,7 +277,11 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
     let mut accepted = FanOut::new(sales.accepted, "Sales: to readers");
     let revenue = revenue::render(&mut accepted, machine_location, location_zone, config);
     let (restocks, restock_duplicates) = inventory::restocks_once(events.restocks, config);
-    let levels = inventory::render(restocks, &mut accepted, plans);
+    // Its three readers take their projections from one operator.
+    let mut levels = FanOut::new(
+        inventory::render(restocks, &mut accepted, plans),
+        "Inventory: to readers",
+    );
     let windows = anomaly_windows::render(events.telemetry, &mut accepted, parked_windows, config);
     let signals = signals::render(windows.readings, config);
     let candidates = maintenance::render(signals.baselines.clone(), config);
@@ -296,7 +300,7 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
     );
     // The planned views' collection: it never holds a row (the planner writes to the store).
     let planned = clock.clone().flat_map(|_| None::<Row>);
-    let stockout = stockout::render(events.seen, &mut accepted, levels.clone(), clock, config);
+    let stockout = stockout::render(events.seen, &mut accepted, &mut levels, clock, config);
     accepted.finish();
     let (status, liveness, _) = fork(liveness, "Liveness: split", |o| match o {
         liveness::Out::Status(m, s) => Fork::<_, _, Infallible>::A((m, s)),
@@ -305,13 +309,15 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
     let facts = health::facts(
         windows.latest,
         status,
-        levels.clone(),
+        &mut levels,
         stockout.restock_needed.clone().map(|(m, _, _)| m),
         signals.anomalies.clone(),
         silent.clone().map(|s| s.machine_id),
         health::failure_likely(candidates.clone(), config.maintenance.horizon_days),
     );
     let health = health::render(facts);
+    let inventory = levels.map(inventory::row);
+    levels.finish();
 
     let too_late = sales
         .too_late
@@ -374,7 +380,7 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
         ),
         ("sale_duplicates", duplicates.map(sales::duplicates_row)),
         ("event_duplicates", event_duplicates.map(dedup::row)),
-        ("inventory", levels.map(inventory::row)),
+        ("inventory", inventory),
         ("anomaly_windows", windows.windows),
         ("anomaly_window_corrections", windows.corrections),
         (

@@ -193,7 +193,7 @@ pub fn score(machine_id: MachineId, facts: &[(Fact, i64)]) -> Health {
 pub fn facts<'s>(
     latest_window: VecCollection<'s, Time, (MachineId, [Level; 5])>,
     status: VecCollection<'s, Time, (MachineId, Status)>,
-    levels: VecCollection<'s, Time, inventory::Level>,
+    levels: &mut crate::operators::FanOut<'s, inventory::Level>,
     restock: VecCollection<'s, Time, MachineId>,
     unusual: VecCollection<'s, Time, signals::Anomaly>,
     silent: VecCollection<'s, Time, MachineId>,
@@ -209,7 +209,7 @@ pub fn facts<'s>(
         } else {
             None
         };
-        fact.map(|f| (l.machine_id, f))
+        fact.map(|f| (l.machine_id.clone(), f))
     });
     let restock = restock.map(|m| (m, Fact::RestockSoon));
     let unusual = unusual.map(|a| (a.machine_id, Fact::Unusual(a.signal)));

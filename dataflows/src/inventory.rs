@@ -290,7 +290,7 @@ fn publish_changes(m: &MachineId, machine: &mut Machine, ctx: &mut Ctx<'_, Machi
     }
 }
 
-pub fn row(l: Level) -> Row {
+pub fn row(l: &Level) -> Row {
     Row::build(|r| {
         r.text(l.machine_id.as_str());
         r.int(i64::from(l.slot_number));
@@ -360,7 +360,7 @@ mod tests {
     fn inventory_matches_batch_oracle_on_random_streams() {
         for seed in 0..6 {
             let (scenario, views) = testing::random_run(seed);
-            let expected = oracle(scenario).into_iter().map(row).collect();
+            let expected = oracle(scenario).iter().map(row).collect();
             testing::assert_view(views, "inventory", expected, seed);
         }
     }

@@ -482,7 +482,7 @@ const FORECAST_SHARDS: u64 = 256;
 pub fn render<'s>(
     seen: VecCollection<'s, Time, (MachineId, Timestamp)>,
     accepted: &mut crate::operators::FanOut<'s, SaleLine>,
-    levels: VecCollection<'s, Time, Level>,
+    levels: &mut crate::operators::FanOut<'s, Level>,
     now: VecCollection<'s, Time, Timestamp>,
     config: &Config,
 ) -> Stockout<'s> {
@@ -490,9 +490,12 @@ pub fn render<'s>(
     let in_window = move |day: i64| (Time::EPOCH, Timestamp::of_day(day) + window);
 
     let planned_units = levels.flat_map(|l| {
-        l.plan
-            .is_some()
-            .then_some(((l.machine_id, l.slot_number), SlotIn::Planned(l.units)))
+        l.plan.is_some().then(|| {
+            (
+                (l.machine_id.clone(), l.slot_number),
+                SlotIn::Planned(l.units),
+            )
+        })
     });
     // Each slot's units per day while the day is in the trailing window, summed into its
     // weekday profile, with the slot's planned units: one state per slot (its days in a short
