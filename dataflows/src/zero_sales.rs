@@ -56,6 +56,11 @@ pub struct Sales {
     last_sale: Timestamp,
     /// Whether the ingestion clock has passed the alarm time (as of the last input or wake-up).
     alarmed: bool,
+    /// Whether the alarm is to be judged again at the end of this time's sales (set by the
+    /// first of them): once per machine and time, not once per sale, since each judgement
+    /// reads every hour of the trailing window. Never set between times (not checkpointed).
+    #[serde(skip)]
+    judging: bool,
 }
 
 /// A `zero_sales` row's values.
@@ -167,19 +172,26 @@ pub fn render<'s>(
             move |_, sales: &mut Sales, (ts, units), diff, ctx| {
                 sales.add(ts, units * diff as i64, on_apply.demand_days);
                 sales.alarmed = false;
-                if let Some((at, _, _)) = sales.alarm(&on_apply) {
-                    if at <= ctx.now() {
-                        sales.alarmed = true;
-                    } else {
-                        ctx.wake_at(at);
-                    }
+                if !sales.judging {
+                    sales.judging = true;
+                    // Now, after this time's records.
+                    ctx.wake_at(ctx.now());
                 }
             },
+            // Judged after this time's sales: alarmed now, or woken again at the alarm time.
             // Woken at an alarm time: the alarm holds if the silence it was for still does.
             move |_, sales, ctx| {
-                sales.alarmed = sales
-                    .alarm(&on_timer)
-                    .is_some_and(|(at, _, _)| at <= ctx.now());
+                let judging = std::mem::take(&mut sales.judging);
+                sales.alarmed = match sales.alarm(&on_timer) {
+                    Some((at, _, _)) if at <= ctx.now() => true,
+                    Some((at, _, _)) => {
+                        if judging {
+                            ctx.wake_at(at);
+                        }
+                        false
+                    }
+                    None => false,
+                };
             },
             move |machine, sales, out| {
                 if !sales.alarmed {
