@@ -970,6 +970,11 @@ pub fn fork<'s, D: Data, A: Data, B: Data, C: Data>(
 /// fields. Here each record is read once, by reference, and each reader is sent only its
 /// projection.
 pub struct FanOut<'s, D: Data> {
+    /// `None` once built.
+    parts: Option<FanOutParts<'s, D>>,
+}
+
+struct FanOutParts<'s, D: Data> {
     builder: OperatorBuilder<'s, Time>,
     records: VecCollection<'s, Time, D>,
     readers: Vec<Box<dyn Project<D>>>,
@@ -1003,9 +1008,11 @@ impl<D, T: Data, I: IntoIterator<Item = T>, F: FnMut(&D) -> I> Project<D> for Pr
 impl<'s, D: Data> FanOut<'s, D> {
     pub fn new(records: VecCollection<'s, Time, D>, name: &str) -> Self {
         FanOut {
-            builder: OperatorBuilder::new(name.to_owned(), records.inner.scope()),
-            records,
-            readers: Vec::new(),
+            parts: Some(FanOutParts {
+                builder: OperatorBuilder::new(name.to_owned(), records.inner.scope()),
+                records,
+                readers: Vec::new(),
+            }),
         }
     }
 
@@ -1015,8 +1022,11 @@ impl<'s, D: Data> FanOut<'s, D> {
         &mut self,
         project: impl FnMut(&D) -> I + 'static,
     ) -> VecCollection<'s, Time, T> {
-        let (output, stream) = self.builder.new_output::<Vec<(T, Time, isize)>>();
-        self.readers.push(Box::new(Projection {
+        let Some(parts) = self.parts.as_mut() else {
+            unreachable!("a fan-out is built only when it is finished or dropped");
+        };
+        let (output, stream) = parts.builder.new_output::<Vec<(T, Time, isize)>>();
+        parts.readers.push(Box::new(Projection {
             output,
             project,
             buffer: Vec::new(),
@@ -1032,13 +1042,20 @@ impl<'s, D: Data> FanOut<'s, D> {
         self.flat_map(move |d| Some(project(d)))
     }
 
-    /// Builds the operator: no reader can be added after.
-    pub fn finish(self) {
-        let FanOut {
+    /// Builds the operator (so does dropping it): no reader can be added after.
+    pub fn finish(mut self) {
+        self.build();
+    }
+
+    fn build(&mut self) {
+        let Some(FanOutParts {
             mut builder,
             records,
             mut readers,
-        } = self;
+        }) = self.parts.take()
+        else {
+            return;
+        };
         let mut input = builder.new_input(records.inner, Pipeline);
         builder.set_notify_for(0, FrontierInterest::Never);
         builder.build(move |_| {
@@ -1053,6 +1070,14 @@ impl<'s, D: Data> FanOut<'s, D> {
                 });
             }
         });
+    }
+}
+
+/// Built when dropped, if not finished: an operator builder dropped unbuilt would leave its
+/// readers reading an operator that does not exist.
+impl<D: Data> Drop for FanOut<'_, D> {
+    fn drop(&mut self) {
+        self.build();
     }
 }
 
@@ -1121,6 +1146,70 @@ mod tests {
                 "past 10 it has gone out at its own time"
             );
         });
+    }
+
+    /// Each reader of a fan-out gets its own projection of every record, at the record's own
+    /// time and with its diff, and the records reach nobody else whole; a fan-out dropped
+    /// without `finish` is built all the same.
+    #[test]
+    fn a_fan_out_gives_each_reader_its_projection_of_every_record() {
+        use std::cell::RefCell;
+        use std::rc::Rc;
+
+        use differential_dataflow::input::Input;
+
+        type Seen<T> = Rc<RefCell<Vec<(T, Time, isize)>>>;
+        for finish in [true, false] {
+            timely::execute_directly(move |worker| {
+                let (doubled, words): (Seen<u32>, Seen<String>) = Default::default();
+                let probe = timely::dataflow::operators::probe::Handle::new();
+                let mut input = worker.dataflow::<Time, _, _>(|scope| {
+                    let (input, records) = scope.new_collection::<u32, isize>();
+                    let mut fan = FanOut::new(records, "test fan-out");
+                    let (d, w) = (doubled.clone(), words.clone());
+                    fan.map(|n| n * 2)
+                        .inspect(move |(x, t, r)| d.borrow_mut().push((*x, *t, *r)))
+                        .probe_with(&probe);
+                    // Odd records only, each twice.
+                    fan.flat_map(|n| {
+                        let word = format!("n{n}");
+                        (n % 2 == 1)
+                            .then(|| [word.clone(), word])
+                            .into_iter()
+                            .flatten()
+                    })
+                    .inspect(move |(x, t, r)| w.borrow_mut().push((x.clone(), *t, *r)))
+                    .probe_with(&probe);
+                    if finish {
+                        fan.finish();
+                    }
+                    input
+                });
+                input.insert(1);
+                input.insert(2);
+                input.advance_to(Timestamp(5));
+                input.remove(1);
+                input.advance_to(Timestamp(6));
+                input.flush();
+                while probe.less_than(&Timestamp(6)) {
+                    worker.step();
+                }
+                let mut d = doubled.borrow().clone();
+                d.sort();
+                assert_eq!(
+                    d,
+                    vec![
+                        (2, Timestamp(0), 1),
+                        (2, Timestamp(5), -1),
+                        (4, Timestamp(0), 1)
+                    ]
+                );
+                let mut w = words.borrow().clone();
+                w.sort();
+                let n1 = |t: i64, r: isize| ("n1".to_owned(), Timestamp(t), r);
+                assert_eq!(w, vec![n1(0, 1), n1(0, 1), n1(5, -1), n1(5, -1)]);
+            });
+        }
     }
 
     /// Keys leave at their own expiry, earliest first, whatever the order they came in; a key is
