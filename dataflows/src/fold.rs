@@ -821,6 +821,23 @@ pub fn totals<'s, K: Data, R: Data>(
     })
 }
 
+/// Keyed values, as [`split_late`] gives them.
+pub type Pairs<'s, K, R> = VecCollection<'s, Time, (K, R)>;
+
+/// A sum's totals and its late records apart, each record moved once: a sum read by a reader of
+/// its totals and by readers of its late records was copied whole for each.
+pub fn split_late<'s, K: Data, R: Data>(
+    summed: VecCollection<'s, Time, Summed<K, R>>,
+    name: &str,
+) -> (Pairs<'s, K, R>, Pairs<'s, K, R>) {
+    use crate::operators::{Fork, fork};
+    let (totals, late, _) = fork(summed, name, |s| match s {
+        Summed::Total(k, r) => Fork::<_, _, std::convert::Infallible>::A((k, r)),
+        Summed::Late(k, r) => Fork::B((k, r)),
+    });
+    (totals, late)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -35,7 +35,7 @@ use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR};
 use vendflow_protocol::{Cents, MachineId, Timestamp};
 
 use crate::config::Config;
-use crate::fold::{Ctx, KeyedFold, Published, Summed, sum_by_key, totals};
+use crate::fold::{Ctx, KeyedFold, Published, split_late, sum_by_key, totals};
 use crate::operators::{Time, hash_of};
 use crate::row::ViewDef;
 use crate::row::{ColumnType::*, Row, Value, col};
@@ -285,20 +285,16 @@ pub fn render<'s>(
         by_machine,
         move |(_, day): &(MachineId, i64)| (Time::EPOCH, Timestamp::of_day(day + 1) + retention),
     );
-    let too_late = daily
+    let (machine_daily, daily_late) = split_late(daily, "Revenue: machine daily split");
+    let too_late = daily_late
         .clone()
         .inner
-        .flat_map::<Vec<_>, _, _>(|(s, t, r)| match s {
-            Summed::Late(key, totals) => Some((key, t, r * totals.2)),
-            Summed::Total(..) => None,
-        })
+        .flat_map::<Vec<_>, _, _>(|(((m, day), totals), t, r)| Some(((m, day), t, r * totals.2)))
         .as_collection();
-    let machine_daily = totals(daily.clone());
-    let late_lines = daily
+    let late_lines = daily_late
         .inner
-        .flat_map::<Vec<_>, _, _>(|(s, t, r)| match s {
-            Summed::Late((m, day), totals) => Some((((m, (day, arrival_day(t))), totals), t, r)),
-            Summed::Total(..) => None,
+        .flat_map::<Vec<_>, _, _>(|(((m, day), totals), t, r)| {
+            Some((((m, (day, arrival_day(t))), totals), t, r))
         })
         .as_collection();
     let corrections = totals(sum_by_key(
@@ -319,18 +315,12 @@ pub fn render<'s>(
         // A local day ends at most 14 h after the UTC day of the same date.
         move |(_, (_, day)): &LocalDayKey| (Time::EPOCH, Timestamp::of_day(day + 2) + retention),
     );
-    let local_too_late = local.clone().flat_map(|s| match s {
-        Summed::Late((m, _), _) => Some(m),
-        Summed::Total(..) => None,
-    });
-    let late_local_lines = local
-        .clone()
+    let (machine_local_daily, local_late) = split_late(local, "Revenue: machine local daily split");
+    let local_too_late = local_late.clone().map(|((m, _), _)| m);
+    let late_local_lines = local_late
         .inner
-        .flat_map::<Vec<_>, _, _>(|(s, t, r)| match s {
-            Summed::Late((m, (zone, day)), totals) => {
-                Some(((((m, zone), (day, arrival_day(t))), totals), t, r))
-            }
-            Summed::Total(..) => None,
+        .flat_map::<Vec<_>, _, _>(|(((m, (zone, day)), totals), t, r)| {
+            Some(((((m, zone), (day, arrival_day(t))), totals), t, r))
         })
         .as_collection();
     let local_corrections = totals(sum_by_key(
@@ -339,7 +329,6 @@ pub fn render<'s>(
         |k: &CorrectionKey<(MachineId, Zone)>| hash_of(&k.0.0),
         |(_, (_, arrived)): &CorrectionKey<(MachineId, Zone)>| correction_window(*arrived),
     ));
-    let machine_local_daily = totals(local);
 
     // Today's hours only: per machine first, then per location.
     let machine_hourly = totals(sum_by_key(
