@@ -289,12 +289,12 @@ pub fn render<'s>(
     let too_late = daily_late
         .clone()
         .inner
-        .flat_map::<Vec<_>, _, _>(|(((m, day), totals), t, r)| Some(((m, day), t, r * totals.2)))
+        .map::<Vec<_>, _, _>(|(((m, day), totals), t, r)| ((m, day), t, r * totals.2))
         .as_collection();
     let late_lines = daily_late
         .inner
-        .flat_map::<Vec<_>, _, _>(|(((m, day), totals), t, r)| {
-            Some((((m, (day, arrival_day(t))), totals), t, r))
+        .map::<Vec<_>, _, _>(|(((m, day), totals), t, r)| {
+            (((m, (day, arrival_day(t))), totals), t, r)
         })
         .as_collection();
     let corrections = totals(sum_by_key(
@@ -319,8 +319,8 @@ pub fn render<'s>(
     let local_too_late = local_late.clone().map(|((m, _), _)| m);
     let late_local_lines = local_late
         .inner
-        .flat_map::<Vec<_>, _, _>(|(((m, (zone, day)), totals), t, r)| {
-            Some(((((m, zone), (day, arrival_day(t))), totals), t, r))
+        .map::<Vec<_>, _, _>(|(((m, (zone, day)), totals), t, r)| {
+            ((((m, zone), (day, arrival_day(t))), totals), t, r)
         })
         .as_collection();
     let local_corrections = totals(sum_by_key(
