@@ -23,7 +23,6 @@ use std::collections::BTreeMap;
 use std::hash::Hash;
 
 use differential_dataflow::{AsCollection, Data, ExchangeData, VecCollection};
-use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 
 use std::cell::RefCell;
@@ -407,7 +406,8 @@ where
     S: Default + PartialEq + Serialize + DeserializeOwned + 'static,
     O: Data + Serialize + DeserializeOwned,
 {
-    let pact = Exchange::new(move |((k, _v), _t, _r): &((K, V), Time, isize)| route(k));
+    let pact =
+        crate::operators::by_route(move |((k, _v), _t, _r): &((K, V), Time, isize)| route(k));
     let scope = records.inner.scope();
     records
         .inner

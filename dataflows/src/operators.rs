@@ -17,12 +17,18 @@ use std::rc::Rc;
 use differential_dataflow::consolidation::consolidate_updates;
 use differential_dataflow::difference::{Abelian, Semigroup};
 use differential_dataflow::{AsCollection, Data, ExchangeData, VecCollection};
-use timely::dataflow::channels::pact::{Exchange, Pipeline};
+
+use timely::communication::Push;
+use timely::container::{CapacityContainerBuilder, ContainerBuilder, PushInto};
+use timely::dataflow::channels::Message;
+use timely::dataflow::channels::pact::{DistributorPact, ParallelizationContract, Pipeline};
 use timely::dataflow::channels::pushers::OutputSession;
+use timely::dataflow::channels::pushers::exchange::Distributor;
 use timely::dataflow::operators::core::Map;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::{Capability, InputCapability};
+use timely::progress::Stamp;
 use timely::progress::frontier::AntichainRef;
 use timely::progress::operate::FrontierInterest;
 
@@ -43,6 +49,89 @@ pub type Time = vendflow_protocol::Timestamp;
 pub fn hash_of<K: Hash + ?Sized>(key: &K) -> u64 {
     use std::hash::BuildHasher;
     foldhash::quality::FixedState::with_seed(0x76656e64).hash_one(key)
+}
+
+/// An exchange by `route` that passes a message on whole when all of its records go to the same
+/// worker, instead of copying each record into that worker's buffer: what [`Exchange`] does,
+/// for the same destinations, without the copy where the data is already where it belongs. The
+/// events are exchanged by machine once, early (the demux), so nearly every message reaching an
+/// operator keyed by machine after it is already on its machine's worker. Records of mixed
+/// destinations are distributed one by one, as [`Exchange`] does.
+pub(crate) fn by_route<D, F>(route: F) -> impl ParallelizationContract<Time, Vec<(D, Time, isize)>>
+where
+    D: ExchangeData,
+    F: FnMut(&(D, Time, isize)) -> u64 + 'static,
+{
+    DistributorPact(move |peers| LocalFirst {
+        builders: std::iter::repeat_with(Default::default)
+            .take(peers)
+            .collect(),
+        route,
+    })
+}
+
+/// The distributor of [`by_route`].
+struct LocalFirst<D, F> {
+    builders: Vec<CapacityContainerBuilder<Vec<D>>>,
+    route: F,
+}
+
+impl<D, F: FnMut(&D) -> u64> LocalFirst<D, F> {
+    fn target(&mut self, d: &D) -> usize {
+        // Every destination of `Exchange`: the hash modulo the peers (a mask for a power of two
+        // is the same number).
+        ((self.route)(d) % self.builders.len() as u64) as usize
+    }
+}
+
+impl<D, F: FnMut(&D) -> u64> Distributor<Vec<D>> for LocalFirst<D, F> {
+    fn partition<T: Clone, P: Push<Message<T, Vec<D>>>>(
+        &mut self,
+        container: &mut Vec<D>,
+        stamp: &Stamp<T>,
+        pushers: &mut [P],
+    ) {
+        let Some(first) = container.first() else {
+            return;
+        };
+        let to = self.target(first);
+        let mut whole = true;
+        for d in &container[1..] {
+            if self.target(d) != to {
+                whole = false;
+                break;
+            }
+        }
+        if whole {
+            Message::push_at(container, stamp.clone(), &mut pushers[to]);
+            return;
+        }
+        for d in container.drain(..) {
+            let to = self.target(&d);
+            self.builders[to].push_into(d);
+            while let Some(produced) = self.builders[to].extract() {
+                Message::push_at(produced, stamp.clone(), &mut pushers[to]);
+            }
+        }
+    }
+
+    fn flush<T: Clone, P: Push<Message<T, Vec<D>>>>(
+        &mut self,
+        stamp: &Stamp<T>,
+        pushers: &mut [P],
+    ) {
+        for (builder, pusher) in self.builders.iter_mut().zip(pushers.iter_mut()) {
+            while let Some(container) = builder.finish() {
+                Message::push_at(container, stamp.clone(), pusher);
+            }
+        }
+    }
+
+    fn relax(&mut self) {
+        for builder in &mut self.builders {
+            builder.relax();
+        }
+    }
 }
 
 /// A fast hash map for operator state (foldhash, not SipHash: keys are not attacker-chosen).
@@ -550,7 +639,7 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
         D: Ord,
         K: Fn(&D) -> u64 + 'static,
     {
-        let pact = Exchange::new(move |(d, _t, _r): &(D, Time, isize)| key(d));
+        let pact = by_route(move |(d, _t, _r): &(D, Time, isize)| key(d));
         let scope = self.inner.scope();
         self.inner
             .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<(O, Time, isize)>>, _, _, _>(
@@ -664,7 +753,7 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
         O: Data,
         K: Fn(&D) -> u64 + 'static,
     {
-        let pact = Exchange::new(move |(d, _t, _r): &(D, Time, isize)| key(d));
+        let pact = by_route(move |(d, _t, _r): &(D, Time, isize)| key(d));
         let scope = self.inner.scope();
         self.inner
             .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<(O, Time, isize)>>, _, _, _>(
@@ -1085,6 +1174,54 @@ impl<D: Data> Drop for FanOut<'_, D> {
 mod tests {
     use super::*;
     use vendflow_protocol::Timestamp;
+
+    /// A pusher that keeps what it is given.
+    struct Kept(Vec<Vec<u64>>);
+
+    impl Push<Message<u64, Vec<u64>>> for Kept {
+        fn push(&mut self, message: &mut Option<Message<u64, Vec<u64>>>) {
+            if let Some(m) = message.take() {
+                self.0.push(m.data);
+            }
+        }
+    }
+
+    /// A message whose records all go to one worker reaches it whole (the same vector, not a
+    /// copy); a mixed one is split record by record; either way every record reaches the worker
+    /// its route names, once.
+    #[test]
+    fn a_message_for_one_worker_goes_whole_and_a_mixed_one_record_by_record() {
+        let mut local = LocalFirst {
+            builders: (0..3)
+                .map(|_| CapacityContainerBuilder::default())
+                .collect(),
+            route: |d: &u64| *d,
+        };
+        let mut pushers = [Kept(Vec::new()), Kept(Vec::new()), Kept(Vec::new())];
+        let stamp = Stamp::from_elem(0u64);
+        let mut uniform: Vec<u64> = vec![4, 1, 7, 4];
+        let address = uniform.as_ptr();
+        local.partition(&mut uniform, &stamp, &mut pushers);
+        assert!(uniform.is_empty());
+        assert_eq!(pushers[1].0, vec![vec![4, 1, 7, 4]]);
+        assert_eq!(pushers[1].0[0].as_ptr(), address, "moved, not copied");
+        let mut mixed: Vec<u64> = (0..10).collect();
+        local.partition(&mut mixed, &stamp, &mut pushers);
+        local.partition(&mut Vec::new(), &stamp, &mut pushers);
+        local.flush(&stamp, &mut pushers);
+        for (worker, kept) in pushers.iter().enumerate() {
+            let mut got: Vec<u64> = kept
+                .0
+                .iter()
+                .skip(usize::from(worker == 1))
+                .flatten()
+                .copied()
+                .collect();
+            got.sort_unstable();
+            let want: Vec<u64> = (0..10).filter(|d| *d as usize % 3 == worker).collect();
+            assert_eq!(got, want, "worker {worker}");
+        }
+    }
 
     #[test]
     fn a_state_vector_grows_one_entry_at_a_time_up_to_four_and_keeps_its_order() {

@@ -142,8 +142,17 @@ mod tag {
 /// benchmark's 290 K window rows). Every text in the list is always written this way, and no
 /// other text is, so the encoding stays canonical.
 const WORDS: [&str; 11] = [
-    "normal", "warning", "critical", "active", "offline", "good", "degraded", "poor", "UTC",
-    "matched", "unsettled",
+    "normal",
+    "warning",
+    "critical",
+    "active",
+    "offline",
+    "good",
+    "degraded",
+    "poor",
+    "UTC",
+    "matched",
+    "unsettled",
 ];
 
 /// Where `text` is in [`WORDS`].
@@ -1112,7 +1121,12 @@ mod tests {
             assert!(Row::from([Value::text(cut)]) < rows[0] || cut == word);
         }
         assert!(LONGEST_WORD >= WORDS.iter().map(|w| w.len()).max().unwrap_or(0));
-        assert!(WORDS.iter().enumerate().all(|(i, w)| word_of(w) == Some(i as u8)));
+        assert!(
+            WORDS
+                .iter()
+                .enumerate()
+                .all(|(i, w)| word_of(w) == Some(i as u8))
+        );
         // An index no writer writes decodes as an empty text, never a panic.
         assert_eq!(
             Row::from_encoded(&[tag::WORD, 200]).to_vec(),
