@@ -594,6 +594,7 @@ pub fn render<'s>(
         Forecasts::default(),
         |_, _| {},
         move |state, (shard, input), diff, _| state.apply(shard, input, diff, &config),
+        |_, _| {},
         move |state, out| state.publish(&on_publish, out),
     );
     let restock_needed = forecasts
