@@ -989,8 +989,10 @@ pub(crate) fn insert_tight<T>(vec: &mut Vec<T>, at: usize, item: T) {
 /// Records whose state is looked up ([`Keyed::keyed_steps`]'s `warm`) before they are applied.
 const WARM: usize = 16;
 
-/// Entries of an operator's reused buffer kept allocated between activations.
-const RETAINED: usize = 4096;
+/// Entries of an operator's reused buffer kept allocated between activations: enough for a
+/// live step's few records. (4,096 kept ~10 MiB more at the 1 M replay's peak, over the
+/// hundreds of such buffers of two workers' operators, for no gain in speed.)
+const RETAINED: usize = 256;
 
 /// Frees what a bulk step grew `buffer` to: a bulk time's outputs are many, a live step's a
 /// few, and a buffer keeps its largest size for ever otherwise (75 MB of the 1 M replay's
