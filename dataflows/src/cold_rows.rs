@@ -84,8 +84,8 @@ impl ColdRows {
     /// was applied.
     pub fn apply(
         &mut self,
-        retractions: &[(Row, u64, i64)],
-        moved: &[(Row, u64, i64)],
+        retractions: &[(Row, u32, i64)],
+        moved: &[(Row, u32, i64)],
     ) -> Result<Vec<bool>, StateFileError> {
         let mut held = Vec::with_capacity(retractions.len());
         let (mut total, mut distinct) = (self.total, self.distinct as i64);

@@ -612,6 +612,8 @@ pub trait Keyed<'s, D: ExchangeData> {
     /// record will touch, for the next [`WARM`] records before they are applied: a state larger
     /// than the cache then misses for several records at once instead of one after the other
     /// (a no-op where the state is small).
+    // Its name, route and state, and the four steps of a time: each is its own closure.
+    #[allow(clippy::too_many_arguments)]
     fn keyed_steps<S, O, K>(
         self,
         name: &str,
@@ -743,6 +745,8 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
             )
             .as_collection()
     }
+    // Its name, route and state, and the four steps of a time: each is its own closure.
+    #[allow(clippy::too_many_arguments)]
     fn keyed_steps<S, O, K>(
         self,
         name: &str,
