@@ -17,7 +17,6 @@ use std::rc::Rc;
 use differential_dataflow::consolidation::consolidate_updates;
 use differential_dataflow::difference::{Abelian, Semigroup};
 use differential_dataflow::{AsCollection, Data, ExchangeData, VecCollection};
-
 use timely::communication::Push;
 use timely::container::{CapacityContainerBuilder, ContainerBuilder, PushInto};
 use timely::dataflow::channels::Message;
@@ -52,11 +51,13 @@ pub fn hash_of<K: Hash + ?Sized>(key: &K) -> u64 {
 }
 
 /// An exchange by `route` that passes a message on whole when all of its records go to the same
-/// worker, instead of copying each record into that worker's buffer: what [`Exchange`] does,
-/// for the same destinations, without the copy where the data is already where it belongs. The
-/// events are exchanged by machine once, early (the demux), so nearly every message reaching an
-/// operator keyed by machine after it is already on its machine's worker. Records of mixed
-/// destinations are distributed one by one, as [`Exchange`] does.
+/// worker, instead of copying each record into that worker's buffer: what timely's
+/// [`Exchange`](timely::dataflow::channels::pact::Exchange) does, for the same destinations,
+/// without the copy where the data is already where it belongs. The events are exchanged by
+/// machine once, early (the demux), so nearly every message reaching an operator keyed by
+/// machine after it is already on its machine's worker. Records of mixed destinations are
+/// distributed one by one, as `Exchange` does. A whole message may overtake records of its
+/// time buffered for the same worker: no operator depends on the order of one time's records.
 pub(crate) fn by_route<D, F>(route: F) -> impl ParallelizationContract<Time, Vec<(D, Time, isize)>>
 where
     D: ExchangeData,

@@ -138,9 +138,9 @@ mod tag {
 
 /// Texts most view rows repeat (a window's five levels and its status, a machine's grade and
 /// liveness): written as a tag and an index, two bytes where `normal` took eight. Six of a
-/// window row's cells are levels, so this is about 40 of its ~110 bytes (11 MB of the 1 M
-/// benchmark's 290 K window rows). Every text in the list is always written this way, and no
-/// other text is, so the encoding stays canonical.
+/// window row's cells are levels, so this is about 40 of its ~110 bytes (9 MB of the 1 M
+/// benchmark's peak heap). Every text in the list is always written this way, and no other
+/// text is, so the encoding stays canonical. At most 256 of them (an index is one byte).
 const WORDS: [&str; 11] = [
     "normal",
     "warning",
@@ -157,24 +157,25 @@ const WORDS: [&str; 11] = [
 
 /// Where `text` is in [`WORDS`].
 fn word_of(text: &str) -> Option<u8> {
-    Some(match text {
-        "normal" => 0,
-        "warning" => 1,
-        "critical" => 2,
-        "active" => 3,
-        "offline" => 4,
-        "good" => 5,
-        "degraded" => 6,
-        "poor" => 7,
-        "UTC" => 8,
-        "matched" => 9,
-        "unsettled" => 10,
-        _ => return None,
-    })
+    if text.len() > LONGEST_WORD {
+        return None;
+    }
+    // Eleven lengths compared, a few bytes for the one of the same length.
+    let i = WORDS.iter().position(|w| *w == text)?;
+    u8::try_from(i).ok()
 }
 
 /// The longest text in [`WORDS`].
-const LONGEST_WORD: usize = 9;
+const LONGEST_WORD: usize = {
+    let (mut i, mut longest) = (0, 0);
+    while i < WORDS.len() {
+        if WORDS[i].len() > longest {
+            longest = WORDS[i].len();
+        }
+        i += 1;
+    }
+    longest
+};
 
 /// Appends `v` as a LEB128 varint (7 bits a byte, low first).
 pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
