@@ -50,6 +50,17 @@ pub fn hash_of<K: Hash + ?Sized>(key: &K) -> u64 {
     foldhash::quality::FixedState::with_seed(0x76656e64).hash_one(key)
 }
 
+/// The worker, of `peers`, that an exchange by machine ([`hash_of`] the [`MachineId`]) sends
+/// the machine whose [`MachineId::stable_hash`] is `stable_hash` to, as timely's exchange picks
+/// it (the hash modulo the workers).
+///
+/// [`MachineId`]: vendflow_protocol::MachineId
+/// [`MachineId::stable_hash`]: vendflow_protocol::MachineId::stable_hash
+pub fn machine_worker(stable_hash: u64, peers: usize) -> usize {
+    // A machine id hashes as its stable hash written alone, as the number does.
+    (hash_of(&stable_hash) % peers.max(1) as u64) as usize
+}
+
 /// An exchange by `route` that passes a message on whole when all of its records go to the same
 /// worker, instead of copying each record into that worker's buffer: what timely's
 /// [`Exchange`](timely::dataflow::channels::pact::Exchange) does, for the same destinations,
@@ -105,6 +116,10 @@ impl<D, F: FnMut(&D) -> u64> Distributor<Vec<D>> for LocalFirst<D, F> {
         }
         if whole {
             Message::push_at(container, stamp.clone(), &mut pushers[to]);
+            // What the pusher hands back is the sender's to reuse, and must be empty as
+            // `Exchange` leaves it: a pusher to another process serializes the records and
+            // hands the same ones back (reused, they were sent again at a later time).
+            container.clear();
             return;
         }
         for d in container.drain(..) {
@@ -1205,6 +1220,55 @@ mod tests {
         fn push(&mut self, message: &mut Option<Message<u64, Vec<u64>>>) {
             if let Some(m) = message.take() {
                 self.0.push(m.data);
+            }
+        }
+    }
+
+    /// A pusher to another process: it serializes the records and hands the message back as
+    /// it was.
+    struct Serialized(Vec<Vec<u64>>);
+
+    impl Push<Message<u64, Vec<u64>>> for Serialized {
+        fn push(&mut self, message: &mut Option<Message<u64, Vec<u64>>>) {
+            if let Some(m) = message {
+                self.0.push(m.data.clone());
+            }
+        }
+    }
+
+    /// The sender gets its vector back empty, as from `Exchange`, even from a pusher that hands
+    /// the records back: reused, they were sent again at a later time (a cluster's workers
+    /// panicked on records older than their message).
+    #[test]
+    fn a_message_moved_whole_leaves_the_sender_an_empty_vector() {
+        let mut local = LocalFirst {
+            builders: (0..2)
+                .map(|_| CapacityContainerBuilder::default())
+                .collect(),
+            route: |d: &u64| *d,
+        };
+        let mut pushers = [Serialized(Vec::new()), Serialized(Vec::new())];
+        let stamp = Stamp::from_elem(0u64);
+        let mut message: Vec<u64> = vec![3, 5, 7];
+        local.partition(&mut message, &stamp, &mut pushers);
+        assert!(message.is_empty(), "{message:?}");
+        assert_eq!(pushers[1].0, vec![vec![3, 5, 7]]);
+        assert!(pushers[0].0.is_empty());
+    }
+
+    /// A source that routes by the id's text alone (a replay reader) picks the worker the
+    /// exchange by machine picks.
+    #[test]
+    fn a_machine_goes_to_the_worker_its_text_names() {
+        for n in 0..2_000 {
+            let text = format!("m{n:05}");
+            let id = vendflow_protocol::MachineId::parse(&text).expect("a valid id");
+            for peers in 1..=6 {
+                assert_eq!(
+                    machine_worker(vendflow_protocol::MachineId::stable_hash_of(&text), peers),
+                    (hash_of(&id) % peers as u64) as usize,
+                    "{text} of {peers}"
+                );
             }
         }
     }

@@ -52,7 +52,7 @@ use vendflow_dataflows::{Batch, ErrorRecord, Feeder, Feeders, Time};
 use vendflow_protocol::command::{Command, decode_command};
 use vendflow_protocol::decode::{decode_line_each, decode_registry};
 use vendflow_protocol::units::MS_PER_HOUR;
-use vendflow_protocol::{DecodeError, Event, RegistryRecord, Timestamp};
+use vendflow_protocol::{DecodeError, Event, MachineId, RegistryRecord, Timestamp};
 
 use crate::intake::Intake;
 use crate::{IngestError, Position, Tap};
@@ -389,31 +389,106 @@ pub fn replay(
     Ok(total)
 }
 
-/// Consumes one line (through its `\n`, or to the end of the file) without copying it; the
-/// bytes consumed, 0 at the end of the file.
-fn skip_line(reader: &mut impl BufRead) -> std::io::Result<usize> {
-    let mut skipped = 0;
-    loop {
-        let buf = match reader.fill_buf() {
-            Ok(buf) => buf,
+/// Reads the next line (through its `\n`, or to the end of the file) into `line` if `take`
+/// says it is this reader's, judging it where it lies in the read buffer: a line that is not
+/// taken is consumed without being copied (that copy was half of a reader's time). The bytes
+/// consumed, 0 at the end of the file, and whether the line was taken.
+fn next_line(
+    reader: &mut impl BufRead,
+    line: &mut Vec<u8>,
+    take: impl FnOnce(&[u8]) -> bool,
+) -> std::io::Result<(usize, bool)> {
+    let start = line.len();
+    let buf = loop {
+        match reader.fill_buf() {
+            Ok(buf) => break buf,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
-        };
-        if buf.is_empty() {
-            return Ok(skipped);
         }
-        match memchr::memchr(b'\n', buf) {
-            Some(i) => {
-                reader.consume(i + 1);
-                return Ok(skipped + i + 1);
-            }
-            None => {
-                let n = buf.len();
-                reader.consume(n);
-                skipped += n;
-            }
-        }
+    };
+    if buf.is_empty() {
+        return Ok((0, false));
     }
+    if let Some(i) = memchr::memchr(b'\n', buf) {
+        let whole = &buf[..=i];
+        let taken = take(whole);
+        if taken {
+            line.extend_from_slice(whole);
+        }
+        reader.consume(i + 1);
+        return Ok((i + 1, taken));
+    }
+    // Across the end of the read buffer (or the last line of a file without a final newline):
+    // copied out to be judged.
+    let n = reader.read_until(b'\n', line)?;
+    let taken = take(&line[start..]);
+    if !taken {
+        line.truncate(start);
+    }
+    Ok((n, taken))
+}
+
+/// Lines of one reader read ahead of decoding them (at most [`GROUP_LINES`]).
+#[derive(Default)]
+struct Group {
+    /// The lines, one after the other.
+    bytes: Vec<u8>,
+    /// Each line's end in `bytes`, and its number in the file.
+    lines: Vec<(usize, u64)>,
+}
+
+impl Group {
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.lines.clear();
+    }
+
+    fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    /// [`next_line`], kept as line `number` if taken; the bytes consumed, 0 at the end.
+    fn next(
+        &mut self,
+        reader: &mut impl BufRead,
+        number: u64,
+        take: impl FnOnce(&[u8]) -> bool,
+    ) -> std::io::Result<usize> {
+        let (n, taken) = next_line(reader, &mut self.bytes, take)?;
+        if taken {
+            self.lines.push((self.bytes.len(), number));
+        }
+        Ok(n)
+    }
+
+    /// Each line's number and text (with its newline, if it had one).
+    fn lines(&self) -> impl Iterator<Item = (u64, &[u8])> {
+        let starts = std::iter::once(0).chain(self.lines.iter().map(|&(end, _)| end));
+        starts
+            .zip(&self.lines)
+            .map(|(start, &(end, number))| (number, &self.bytes[start..end]))
+    }
+}
+
+/// Lines a reader reads ahead of decoding them, to look their machines up together.
+const GROUP_LINES: usize = 16;
+
+/// The `machineId` of a line that starts with it, as encoders write a telemetry line
+/// (`{"machineId":"m00042",…`, spaces allowed around the punctuation), when it has no escapes:
+/// enough to route the line without decoding it. `None` for any other line.
+fn leading_machine_id(line: &[u8]) -> Option<&str> {
+    fn after<'a>(rest: &'a [u8], token: &[u8]) -> Option<&'a [u8]> {
+        rest.trim_ascii_start().strip_prefix(token)
+    }
+    let rest = after(line, b"{")?;
+    let rest = after(rest, b"\"machineId\"")?;
+    let rest = after(rest, b":")?;
+    let rest = after(rest, b"\"")?;
+    let id = &rest[..memchr::memchr(b'"', rest)?];
+    if id.contains(&b'\\') {
+        return None;
+    }
+    std::str::from_utf8(id).ok()
 }
 
 struct Reader {
@@ -450,7 +525,7 @@ impl Reader {
         );
         for copy in 0..self.options.repeat.max(1) {
             let mut reader = BufReader::with_capacity(1 << 20, File::open(path).map_err(io)?);
-            let mut line = Vec::with_capacity(512);
+            let mut group = Group::default();
             // One line's records, taken in by the intake (and shown to the tap) before they
             // join the batch: an envelope line's events may span ticks of the clock.
             let mut taken = Batch::default();
@@ -460,69 +535,90 @@ impl Reader {
             let intake = Intake::new(counters, tap.as_ref()).trusting_settlements();
             let mut number: u64 = 0;
             let block = self.block_lines();
-            loop {
-                // Every reader walks the whole file; another reader's lines are skipped in the
-                // read buffer, not copied out (that copy was half of a reader's time).
-                let ours = (number / block) % self.of == self.share;
-                let n = if ours {
-                    line.clear();
-                    reader.read_until(b'\n', &mut line).map_err(io)?
-                } else {
-                    skip_line(&mut reader).map_err(io)?
-                };
-                if n == 0 {
-                    break;
-                }
-                number += 1;
-                if let Some(p) = progress {
-                    p.fetch_add(n as u64, Ordering::Relaxed);
-                }
-                if !ours || line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                let source = LineOf {
-                    file: &name,
-                    number,
-                };
-                let raw = line.strip_suffix(b"\n").unwrap_or(&line);
-                let at = Position {
-                    stream: &stream,
-                    offset: number as i64,
-                    received_at: self.clock,
-                };
-                // Where in the file's time a bad line was read: the newest event time so far,
-                // to the second (the bulk clock's hour steps would blur it).
-                let refused_at =
-                    (self.newest.max(self.clock) + (LIVE_TICK_MS - 1)).window_start(LIVE_TICK_MS);
-                let message = intake
-                    .begin(&taken, &source, at, raw)
-                    .refused_at(refused_at);
-                let shift_ms = self.options.repeat_shift_ms;
-                decode_line_each(&line, |result| {
-                    let result = result.map(|mut event| {
-                        if copy > 0 {
-                            shift(&mut event, copy, shift_ms);
-                        }
-                        event
-                    });
-                    intake.take(&mut taken, &message, result);
-                });
-                intake.end(&taken, message);
-                self.batch.errors.append(&mut taken.errors);
-                let tick = self.options.tick().max(1);
-                for event in taken.events.drain(..) {
-                    // An ingestion time is never before the epoch (the engine's times start
-                    // there): an event dated earlier is ingested at the first tick.
-                    let ts = event.timestamp.max(Time::EPOCH);
-                    self.newest = self.newest.max(ts);
-                    let at = ts.window_start(tick);
-                    if at > self.clock {
-                        self.move_clock(at)?;
+            // With a reader for every worker, each takes the lines of its worker's machines:
+            // the events then stay on the worker that reads them (the dataflows exchange every
+            // event to its machine's worker first). Any other line, and every line otherwise,
+            // goes by its number, in blocks. Paced, too: each reader keeps to the rate by the
+            // events it sent, and shares that differ from one stretch of the file to the next
+            // would set the readers' clocks, and every view's frontier, apart.
+            let by_machine = self.options.rate.is_none()
+                && self.of > 1
+                && self.feeder.peers() == self.of as usize;
+            let mut at_end = false;
+            while !at_end {
+                // A group of this reader's lines, read before any is decoded: their machines
+                // are looked up together (each lookup a cache miss in a table of every machine,
+                // and misses made together overlap), and found at once when decoded.
+                group.clear();
+                while group.len() < GROUP_LINES {
+                    let by_number = (number / block) % self.of == self.share;
+                    let feeder = &self.feeder;
+                    let n = group
+                        .next(&mut reader, number + 1, |l| match leading_machine_id(l) {
+                            Some(id) if by_machine => {
+                                feeder.is_home_of(MachineId::stable_hash_of(id))
+                            }
+                            _ => by_number,
+                        })
+                        .map_err(io)?;
+                    if n == 0 {
+                        at_end = true;
+                        break;
                     }
-                    self.batch.events.push(event);
+                    number += 1;
+                    if let Some(p) = progress {
+                        p.fetch_add(n as u64, Ordering::Relaxed);
+                    }
                 }
-                if self.batch.events.len() + self.batch.errors.len() >= self.batch_limit() {
-                    self.flush()?;
+                MachineId::warm(group.lines().filter_map(|(_, l)| leading_machine_id(l)));
+                for (number, line) in group.lines() {
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    let source = LineOf {
+                        file: &name,
+                        number,
+                    };
+                    let raw = line.strip_suffix(b"\n").unwrap_or(line);
+                    let at = Position {
+                        stream: &stream,
+                        offset: number as i64,
+                        received_at: self.clock,
+                    };
+                    // Where in the file's time a bad line was read: the newest event time so far,
+                    // to the second (the bulk clock's hour steps would blur it).
+                    let refused_at = (self.newest.max(self.clock) + (LIVE_TICK_MS - 1))
+                        .window_start(LIVE_TICK_MS);
+                    let message = intake
+                        .begin(&taken, &source, at, raw)
+                        .refused_at(refused_at);
+                    let shift_ms = self.options.repeat_shift_ms;
+                    decode_line_each(line, |result| {
+                        let result = result.map(|mut event| {
+                            if copy > 0 {
+                                shift(&mut event, copy, shift_ms);
+                            }
+                            event
+                        });
+                        intake.take(&mut taken, &message, result);
+                    });
+                    intake.end(&taken, message);
+                    self.batch.errors.append(&mut taken.errors);
+                    let tick = self.options.tick().max(1);
+                    for event in taken.events.drain(..) {
+                        // An ingestion time is never before the epoch (the engine's times start
+                        // there): an event dated earlier is ingested at the first tick.
+                        let ts = event.timestamp.max(Time::EPOCH);
+                        self.newest = self.newest.max(ts);
+                        let at = ts.window_start(tick);
+                        if at > self.clock {
+                            self.move_clock(at)?;
+                        }
+                        self.batch.events.push(event);
+                    }
+                    if self.batch.events.len() + self.batch.errors.len() >= self.batch_limit() {
+                        self.flush()?;
+                    }
                 }
             }
         }
@@ -706,17 +802,122 @@ mod tests {
     }
 
     #[test]
-    fn skip_line_consumes_one_line_across_buffer_refills() -> std::io::Result<()> {
+    fn a_line_is_judged_whole_and_copied_only_when_taken() -> std::io::Result<()> {
         let text = b"first line is long\nb\n\nlast without newline";
-        // A 4-byte buffer: every line spans several refills.
+        // A 4-byte buffer: every line but one spans several refills.
         let mut r = BufReader::with_capacity(4, &text[..]);
-        assert_eq!(skip_line(&mut r)?, 19);
-        let mut rest = Vec::new();
-        r.read_until(b'\n', &mut rest)?;
-        assert_eq!(rest, b"b\n");
-        assert_eq!(skip_line(&mut r)?, 1);
-        assert_eq!(skip_line(&mut r)?, 20);
-        assert_eq!(skip_line(&mut r)?, 0);
+        let mut line = Vec::new();
+        let mut seen = Vec::new();
+        let mut judge = |l: &[u8], take: bool| {
+            seen.push(l.to_vec());
+            take
+        };
+        assert_eq!(
+            next_line(&mut r, &mut line, |l| judge(l, false))?,
+            (19, false)
+        );
+        assert!(line.is_empty(), "a line not taken is not kept");
+        assert_eq!(next_line(&mut r, &mut line, |l| judge(l, true))?, (2, true));
+        assert_eq!(line, b"b\n");
+        // Taken lines are appended; one not taken leaves them as they were.
+        assert_eq!(next_line(&mut r, &mut line, |l| judge(l, true))?, (1, true));
+        assert_eq!(line, b"b\n\n");
+        assert_eq!(
+            next_line(&mut r, &mut line, |l| judge(l, false))?,
+            (20, false)
+        );
+        assert_eq!(line, b"b\n\n");
+        assert_eq!(next_line(&mut r, &mut line, |_| true)?, (0, false));
+        assert_eq!(
+            seen,
+            [
+                &b"first line is long\n"[..],
+                b"b\n",
+                b"\n",
+                b"last without newline"
+            ],
+            "each line is judged whole"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_line_is_routed_by_the_machine_id_it_starts_with() {
+        for (line, id) in [
+            (
+                &br#"{"machineId":"m00042","type":"sale"}"#[..],
+                Some("m00042"),
+            ),
+            (
+                br#"  { "machineId" : "m-7:a.b" , "events": []}"#,
+                Some("m-7:a.b"),
+            ),
+            // Escaped: only decoding says which id it is.
+            (br#"{"machineId":"m\u0030","type":"sale"}"#, None),
+            // Not first, not a string, not an object, unfinished: not routed by the machine.
+            (br#"{"type":"sale","machineId":"m1"}"#, None),
+            (br#"{"machineId":42}"#, None),
+            (br#"["machineId","m1"]"#, None),
+            (br#"{"machineId":"m1"#, None),
+            (b"", None),
+        ] {
+            assert_eq!(
+                leading_machine_id(line),
+                id,
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
+
+    /// With a reader for each of three workers, each takes the lines of its worker's machines
+    /// (and lines without a machine in front by their number): every line is read once, and
+    /// the views are those of a single reader.
+    #[test]
+    fn each_reader_takes_its_workers_machines_and_every_line_is_read_once() -> anyhow::Result<()> {
+        let mut file = tempfile::NamedTempFile::new()?;
+        let mut text = String::new();
+        for i in 0..4_000i64 {
+            let (m, t) = (i % 37, 1_700_000_000_000 + i * 500);
+            text.push_str(&match i % 5 {
+                0 => format!("{{\"machineId\":\"m{m}\",\"events\":[{{\"type\":\"heartbeat\",\"timestamp\":{t}}},{{\"type\":\"sale\",\"timestamp\":{t},\"payload\":{{\"slotNumber\":2,\"productId\":\"p\",\"amount\":0.5,\"transactionId\":\"e{i}\"}}}}]}}\n"),
+                1 => format!("{{\"type\":\"sale\",\"machineId\":\"m{m}\",\"timestamp\":{t},\"payload\":{{\"slotNumber\":1,\"productId\":\"p\",\"amount\":1.25,\"transactionId\":\"t{i}\"}}}}\n"),
+                2 => "{\"machineId\":\"m1\",\"type\":\"sale\"\n\n".to_owned(),
+                _ => format!("{{\"machineId\":\"m{m}\",\"type\":\"sale\",\"timestamp\":{t},\"payload\":{{\"slotNumber\":1,\"productId\":\"p\",\"amount\":1.25,\"transactionId\":\"t{i}\"}}}}\n"),
+            });
+        }
+        file.write_all(text.as_bytes())?;
+        let run =
+            |workers: usize| -> anyhow::Result<(crate::Counts, Vec<vendflow_dataflows::Row>)> {
+                let mut engine = Engine::start(Config {
+                    workers,
+                    ..Config::default()
+                })?;
+                let store = engine.store();
+                let feeders = engine.feeders().context("feeders")?;
+                let stats = replay(
+                    file.path(),
+                    feeders,
+                    &ReplayOptions::default(),
+                    Arc::new(AtomicU64::new(0)),
+                )?;
+                anyhow::ensure!(store.wait_for(stats.end, Duration::from_secs(60)));
+                let snapshot = store.snapshot();
+                let mut rows = snapshot.rows("slot_sales")?.to_vec();
+                rows.sort();
+                engine.shutdown()?;
+                Ok((stats.counts, rows))
+            };
+        let (counts, rows) = run(3)?;
+        assert_eq!(
+            counts,
+            crate::Counts {
+                messages: 4_000,
+                events: 4_000 / 5 * 2 + 4_000 / 5 * 3,
+                refused: 4_000 / 5
+            }
+        );
+        assert_eq!(run(1)?, (counts, rows));
         Ok(())
     }
 
@@ -769,11 +970,13 @@ mod tests {
             source.as_ref().is_some_and(|s| s.ends_with(":1502")),
             "{source:?}"
         );
-        // Dated where in the file's time it was read (the newest event before it, to the
-        // second), not at the bulk clock's hour.
-        assert_eq!(
-            ERRORS.named(&errors[0]).time("received_at"),
-            Some(1_700_000_000_000 + 1500 * 1000)
+        // Dated where in the file's time it was read (the newest event its reader read before
+        // it, to the second: of m1, or of one of the machines after it, each second a machine
+        // of seven), not at the bulk clock's hour.
+        let received = ERRORS.named(&errors[0]).time("received_at").unwrap_or(0);
+        assert!(
+            (1_700_000_000_000 + 1494 * 1000..=1_700_000_000_000 + 1500 * 1000).contains(&received),
+            "{received}"
         );
         engine.shutdown().unwrap_or_else(|e| panic!("{e}"));
     }
