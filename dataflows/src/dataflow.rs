@@ -196,17 +196,17 @@ impl<'s> Demuxed<'s> {
                                 }
                             }
                         }
+                        ship(&mut to_contributions, &cap, &mut contributions);
+                        ship(&mut to_lines, &cap, &mut lines);
+                        ship(&mut to_restocks, &cap, &mut restocks);
+                        ship(&mut to_acks, &cap, &mut acks);
+                        ship(&mut to_refunds, &cap, &mut refunds);
+                        ship(&mut to_numbers, &cap, &mut numbers);
+                        ship(&mut to_beats, &cap, &mut beats);
+                        ship(&mut to_instants, &cap, &mut instants);
+                        ship(&mut to_reads, &cap, &mut reads);
+                        ship(&mut to_verdicts, &cap, &mut verdicts);
                     }
-                    ship(&mut to_contributions, &cap, &mut contributions);
-                    ship(&mut to_lines, &cap, &mut lines);
-                    ship(&mut to_restocks, &cap, &mut restocks);
-                    ship(&mut to_acks, &cap, &mut acks);
-                    ship(&mut to_refunds, &cap, &mut refunds);
-                    ship(&mut to_numbers, &cap, &mut numbers);
-                    ship(&mut to_beats, &cap, &mut beats);
-                    ship(&mut to_instants, &cap, &mut instants);
-                    ship(&mut to_reads, &cap, &mut reads);
-                    ship(&mut to_verdicts, &cap, &mut verdicts);
                 });
             }
         });

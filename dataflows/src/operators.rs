@@ -1025,13 +1025,19 @@ pub(crate) fn trim<T>(buffer: &mut Vec<T>) {
     }
 }
 
-/// Sends `buffer` at `cap` and leaves it empty for the next message (`give` may leave anything in
-/// it).
+/// Sends `buffer` at `cap`, unless it is empty, and leaves it empty for the next message
+/// (`give` may leave anything in it). Operators ship what each input message made before
+/// reading the next: a worker that fell behind finds many messages of one time at once, and
+/// buffers of all of them together left the cache before they were sent (the demux took twice
+/// as long in such runs).
 pub(crate) fn ship<D: Data>(
     output: &mut OutputSession<'_, Time, Vec<(D, Time, isize)>>,
     cap: &InputCapability<Time>,
     buffer: &mut Vec<(D, Time, isize)>,
 ) {
+    if buffer.is_empty() {
+        return;
+    }
     output.give(cap, buffer);
     buffer.clear();
 }
@@ -1079,10 +1085,10 @@ pub fn fork<'s, D: Data, A: Data, B: Data, C: Data>(
                             Fork::C(x) => buf_c.push((x, t, r)),
                         }
                     }
+                    ship(&mut to_a, &cap, &mut buf_a);
+                    ship(&mut to_b, &cap, &mut buf_b);
+                    ship(&mut to_c, &cap, &mut buf_c);
                 }
-                ship(&mut to_a, &cap, &mut buf_a);
-                ship(&mut to_b, &cap, &mut buf_b);
-                ship(&mut to_c, &cap, &mut buf_c);
             });
         }
     });

@@ -60,6 +60,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let done = started.elapsed();
     // The sorted snapshot adds its copies to the peak (~40 MiB on the 1 M workload).
     let engine_peak = vendflow_dataflows::peak_rss_bytes().unwrap_or(0) >> 20;
+    // As `vendflow replay --out DIR` ends, before the snapshot (whose copies would
+    // add to the peak): every view as CSV, to profile that phase too.
+    if let Some(dir) = std::env::var_os("VENDFLOW_CSV_OUT") {
+        let at = Instant::now();
+        let written = vendflow_sinks::csv::write_store(&store, std::path::Path::new(&dir))?;
+        eprintln!(
+            "{} CSVs written in {:.2} s; peak RSS {} MiB",
+            written.len(),
+            at.elapsed().as_secs_f64(),
+            vendflow_dataflows::peak_rss_bytes().unwrap_or(0) >> 20
+        );
+    }
     let snapshot = store.snapshot();
     let per_view: Vec<(&str, usize)> = vendflow_dataflows::CATALOG
         .iter()
@@ -70,16 +82,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for (view, n) in &per_view {
             eprintln!("{n:>10} {view}");
         }
-    }
-    // As `vendflow replay --out DIR` ends: every view as CSV (to profile that phase too).
-    if let Some(dir) = std::env::var_os("VENDFLOW_CSV_OUT") {
-        let at = Instant::now();
-        let written = vendflow_sinks::csv::write_store(&store, std::path::Path::new(&dir))?;
-        eprintln!(
-            "{} CSVs written in {:.2} s",
-            written.len(),
-            at.elapsed().as_secs_f64()
-        );
     }
     let peak = vendflow_dataflows::peak_rss_bytes().unwrap_or(0) >> 20;
     println!(
