@@ -128,7 +128,7 @@ struct Spares(Arc<Mutex<Vec<Vec<Event>>>>);
 
 /// Emptied vectors a worker keeps for its sources ([`Spares`]), and the most events one may
 /// have room for (a replay's batches have 8,192; a larger one is let go).
-const SPARE_BATCHES: usize = 4;
+const SPARE_BATCHES: usize = 2;
 const SPARE_EVENTS: usize = 16_384;
 
 impl Spares {
