@@ -120,40 +120,9 @@ impl Command {
     }
 }
 
-/// Event vectors a worker has emptied, for its sources' next batches: a batch is about a
-/// megabyte, and one allocated afresh each time came from pages the allocator had handed back
-/// to the kernel (a fault for every page: a tenth of a bulk load's time went to page faults).
-#[derive(Clone, Default)]
-struct Spares(Arc<Mutex<Vec<Vec<Event>>>>);
-
-/// Emptied vectors a worker keeps for its sources ([`Spares`]), and the most events one may
-/// have room for (a replay's batches have 8,192; a larger one is let go).
-const SPARE_BATCHES: usize = 2;
-const SPARE_EVENTS: usize = 16_384;
-
-impl Spares {
-    /// Keeps `events` (emptied) for a next batch, if there is room.
-    fn keep(&self, mut events: Vec<Event>) {
-        if events.capacity() == 0 || events.capacity() > SPARE_EVENTS {
-            return;
-        }
-        events.clear();
-        if let Ok(mut spares) = self.0.lock()
-            && spares.len() < SPARE_BATCHES
-        {
-            spares.push(events);
-        }
-    }
-
-    fn take(&self) -> Option<Vec<Event>> {
-        self.0.lock().ok()?.pop()
-    }
-}
-
 /// A source's handle to one worker's input. A clone shares the worker's channel.
 #[derive(Clone)]
 pub struct Feeder {
-    spares: Spares,
     tx: SyncSender<Command>,
     time: Time,
     /// How far ahead of the ingestion time an event may be dated ([`Config::max_ahead_ms`]).
@@ -176,18 +145,6 @@ impl Feeder {
     /// The workers over every process: [`Feeder::is_home_of`] is true for one of them.
     pub fn peers(&self) -> usize {
         self.peers
-    }
-
-    /// An empty vector for a next batch's events, with room for at least `capacity`: one the
-    /// worker has emptied if it kept one, else a new one.
-    pub fn batch_events(&self, capacity: usize) -> Vec<Event> {
-        match self.spares.take() {
-            Some(mut events) => {
-                events.reserve(capacity);
-                events
-            }
-            None => Vec::with_capacity(capacity),
-        }
     }
 
     /// Ingests `batch` at `time` (or at the feeder's current time, if that is later).
@@ -523,7 +480,6 @@ impl Engine {
                 .map_err(|e| EngineError::Restore(e.to_string()))?;
         let mut senders = Vec::with_capacity(workers);
         let mut receivers = Vec::with_capacity(workers);
-        let spares: Arc<Vec<Spares>> = Arc::new((0..workers).map(|_| Spares::default()).collect());
         // Worker indices run over every process of a cluster (this one's are
         // `process * workers ..`).
         let (first_worker, peers) = match &config.cluster {
@@ -533,7 +489,6 @@ impl Engine {
         for i in 0..workers {
             let (tx, rx) = std::sync::mpsc::sync_channel(CHANNEL_DEPTH);
             senders.push(Feeder {
-                spares: spares[i].clone(),
                 tx,
                 time: start_time,
                 max_ahead_ms: config.max_ahead_ms,
@@ -603,7 +558,6 @@ impl Engine {
                 _ => None,
             };
             let start = Start {
-                spares: spares[index].clone(),
                 at: start_time,
                 section,
                 hour,
@@ -725,8 +679,6 @@ struct WorkerInputs {
     /// When the hour last changed, and what it was before.
     hour_changed_at: Time,
     previous_hour: Option<Time>,
-    /// Emptied event vectors, back to the sources.
-    spares: Spares,
 }
 
 impl WorkerInputs {
@@ -765,11 +717,9 @@ impl WorkerInputs {
             Command::Request => {}
             Command::Batch(t, batch) => {
                 self.advance(t);
-                let mut events = batch.events;
-                for e in events.drain(..) {
+                for e in batch.events {
                     self.events.insert(e);
                 }
-                self.spares.keep(events);
                 for e in batch.errors {
                     self.errors.insert(e);
                 }
@@ -831,8 +781,6 @@ fn too_far_ahead(
 /// Where a worker starts: a checkpoint's frontier, its section and clock hour, or empty; and
 /// where it says whether its dataflow was built.
 struct Start {
-    /// Where this worker leaves the event vectors of batches it has taken in.
-    spares: Spares,
     at: Time,
     section: Option<Vec<u8>>,
     hour: Option<Time>,
@@ -938,7 +886,6 @@ fn run_worker(
             hour: (index == 0).then_some(start.hour),
             hour_changed_at: Time::EPOCH,
             previous_hour: None,
-            spares: start.spares.clone(),
         };
         (inputs, probe)
     });
@@ -1348,53 +1295,6 @@ mod tests {
     use vendflow_protocol::units::Micro;
 
     use super::*;
-
-    /// The vector of a batch's events comes back to the source, empty, once the worker has
-    /// taken the events in: the next batch reuses it (but never one too large to keep).
-    #[test]
-    fn a_batchs_event_vector_comes_back_for_the_next_batch() {
-        let fail = |e: &dyn std::fmt::Display| -> ! { panic!("{e}") };
-        let mut engine = Engine::start(Config {
-            workers: 1,
-            ..Config::default()
-        })
-        .unwrap_or_else(|e| fail(&e));
-        let store = engine.store();
-        let mut feeder = engine
-            .feeders()
-            .and_then(|f| f.into_vec().pop())
-            .unwrap_or_else(|| panic!("a feeder"));
-        let t0 = Timestamp(1_700_000_000_000);
-        let heartbeat = |m: &str| Event {
-            machine_id: vendflow_protocol::MachineId::parse(m).unwrap_or_else(|e| fail(&e)),
-            timestamp: t0,
-            seq: None,
-            kind: vendflow_protocol::EventKind::Heartbeat(Default::default()),
-        };
-        let mut events = feeder.batch_events(100);
-        let address = events.as_ptr();
-        events.push(heartbeat("m1"));
-        let batch = |events| Batch {
-            events,
-            ..Batch::default()
-        };
-        feeder.send(t0, batch(events)).unwrap_or_else(|e| fail(&e));
-        let mut large = Vec::with_capacity(SPARE_EVENTS + 1);
-        large.push(heartbeat("m2"));
-        feeder.send(t0, batch(large)).unwrap_or_else(|e| fail(&e));
-        feeder.advance(t0 + 1).unwrap_or_else(|e| fail(&e));
-        assert!(store.wait_for(t0 + 1, std::time::Duration::from_secs(30)));
-        let next = feeder.batch_events(10);
-        assert!(next.is_empty());
-        assert_eq!(next.as_ptr(), address, "the same vector");
-        assert!(next.capacity() >= 100);
-        assert_eq!(
-            feeder.batch_events(10).capacity(),
-            10,
-            "the large one was let go"
-        );
-        engine.shutdown().unwrap_or_else(|e| fail(&e));
-    }
 
     /// A batch larger than the flow-control limit, all at one time (a big fleet's registry at
     /// start-up), must not stop the worker from taking the command that moves time on.

@@ -671,7 +671,7 @@ impl Reader {
         // The next batch is as large as this one, most likely: made at that size, its events
         // are not copied again as it grows (doubling from empty copied each event once more).
         let next = Batch {
-            events: (self.feeder).batch_events(self.batch.events.len().min(self.batch_limit())),
+            events: Vec::with_capacity(self.batch.events.len().min(self.batch_limit())),
             ..Batch::default()
         };
         let batch = std::mem::replace(&mut self.batch, next);
