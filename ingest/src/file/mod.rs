@@ -433,8 +433,9 @@ fn next_line(
 struct Group {
     /// The lines, one after the other.
     bytes: Vec<u8>,
-    /// Each line's end in `bytes`, and its number in the file.
-    lines: Vec<(usize, u64)>,
+    /// Each line's end in `bytes`, its number in the file, and where in `bytes` its leading
+    /// machine id is ([`leading_machine_id`]), if it has one.
+    lines: Vec<(usize, u64, Option<std::ops::Range<usize>>)>,
 }
 
 impl Group {
@@ -447,26 +448,43 @@ impl Group {
         self.lines.len()
     }
 
-    /// [`next_line`], kept as line `number` if taken; the bytes consumed, 0 at the end.
+    /// [`next_line`], kept as line `number` if `take` says so, given the line's leading machine
+    /// id (found once, for the routing and for [`Group::machine_ids`]); the bytes consumed, 0 at
+    /// the end.
     fn next(
         &mut self,
         reader: &mut impl BufRead,
         number: u64,
-        take: impl FnOnce(&[u8]) -> bool,
+        take: impl FnOnce(Option<&str>) -> bool,
     ) -> std::io::Result<usize> {
-        let (n, taken) = next_line(reader, &mut self.bytes, take)?;
+        let start = self.bytes.len();
+        let mut id_at = None;
+        let (n, taken) = next_line(reader, &mut self.bytes, |line| {
+            let id = leading_machine_id(line);
+            id_at = id.map(|id| {
+                let from = start + (id.as_ptr().addr() - line.as_ptr().addr());
+                from..from + id.len()
+            });
+            take(id)
+        })?;
         if taken {
-            self.lines.push((self.bytes.len(), number));
+            self.lines.push((self.bytes.len(), number, id_at));
         }
         Ok(n)
     }
 
     /// Each line's number and text (with its newline, if it had one).
     fn lines(&self) -> impl Iterator<Item = (u64, &[u8])> {
-        let starts = std::iter::once(0).chain(self.lines.iter().map(|&(end, _)| end));
+        let starts = std::iter::once(0).chain(self.lines.iter().map(|&(end, ..)| end));
         starts
             .zip(&self.lines)
-            .map(|(start, &(end, number))| (number, &self.bytes[start..end]))
+            .map(|(start, &(end, number, _))| (number, &self.bytes[start..end]))
+    }
+
+    /// The lines' leading machine ids.
+    fn machine_ids(&self) -> impl Iterator<Item = &str> {
+        (self.lines.iter())
+            .filter_map(|(_, _, id)| std::str::from_utf8(self.bytes.get(id.clone()?)?).ok())
     }
 }
 
@@ -554,7 +572,7 @@ impl Reader {
                     let by_number = (number / block) % self.of == self.share;
                     let feeder = &self.feeder;
                     let n = group
-                        .next(&mut reader, number + 1, |l| match leading_machine_id(l) {
+                        .next(&mut reader, number + 1, |id| match id {
                             Some(id) if by_machine => {
                                 feeder.is_home_of(MachineId::stable_hash_of(id))
                             }
@@ -570,7 +588,7 @@ impl Reader {
                         p.fetch_add(n as u64, Ordering::Relaxed);
                     }
                 }
-                MachineId::warm(group.lines().filter_map(|(_, l)| leading_machine_id(l)));
+                MachineId::warm(group.machine_ids());
                 for (number, line) in group.lines() {
                     if line.iter().all(u8::is_ascii_whitespace) {
                         continue;
@@ -838,6 +856,41 @@ mod tests {
             ],
             "each line is judged whole"
         );
+        Ok(())
+    }
+
+    /// A group keeps the lines taken, each with its number and its leading machine id, found
+    /// once for the routing, whether the line lay whole in the read buffer or across its end.
+    #[test]
+    fn a_group_keeps_its_lines_and_their_machine_ids() -> std::io::Result<()> {
+        let text = b"{\"machineId\":\"a1\",\"type\":\"sale\"}\n{\"type\":\"x\"}\n{\"machineId\":\"skip\"}\n{ \"machineId\" : \"b2\" }";
+        for capacity in [4, 1 << 10] {
+            let mut r = BufReader::with_capacity(capacity, &text[..]);
+            let mut group = Group::default();
+            let mut seen = Vec::new();
+            for number in 1..=4 {
+                let n = group.next(&mut r, number, |id| {
+                    seen.push(id.map(str::to_owned));
+                    id != Some("skip")
+                })?;
+                assert!(n > 0);
+            }
+            assert_eq!(group.next(&mut r, 5, |_| true)?, 0, "the end");
+            assert_eq!(
+                seen,
+                [Some("a1"), None, Some("skip"), Some("b2")].map(|s| s.map(str::to_owned))
+            );
+            let lines: Vec<(u64, &[u8])> = group.lines().collect();
+            assert_eq!(
+                lines,
+                [
+                    (1, &b"{\"machineId\":\"a1\",\"type\":\"sale\"}\n"[..]),
+                    (2, b"{\"type\":\"x\"}\n"),
+                    (4, b"{ \"machineId\" : \"b2\" }"),
+                ]
+            );
+            assert_eq!(group.machine_ids().collect::<Vec<_>>(), ["a1", "b2"]);
+        }
         Ok(())
     }
 
