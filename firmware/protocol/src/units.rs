@@ -55,13 +55,15 @@ static INTERNED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize
 const SHARDS: usize = 64;
 
 thread_local! {
-    /// The ids this thread interned or found, up to [`NEAR_IDS`] of them (about 4 MB).
+    /// The ids this thread interned or found, up to [`NEAR_IDS`] of them (at most about 4 MB
+    /// a thread that parses ids: the replay readers, a source's threads).
     static NEAR: std::cell::RefCell<std::collections::HashMap<Text, MachineId, foldhash::fast::RandomState>> =
         std::cell::RefCell::default();
 }
 
-/// The most ids one thread keeps at hand ([`NEAR`]): more than twice a 50,000-machine fleet.
-const NEAR_IDS: usize = 1 << 17;
+/// The most ids one thread keeps at hand ([`NEAR`]): more than twice a 50,000-machine fleet,
+/// and the most a table of 2^17 slots holds (7/8 of them) before it doubles.
+const NEAR_IDS: usize = (1 << 17) / 8 * 7;
 
 #[derive(Default)]
 #[repr(align(128))]
@@ -811,6 +813,10 @@ mod tests {
                 MachineId::parse(&text(n)).expect("a valid id");
             }
             assert_eq!(NEAR.with_borrow(|near| near.len()), NEAR_IDS);
+            assert!(
+                NEAR.with_borrow(|near| near.capacity()) <= NEAR_IDS,
+                "full, the table has not doubled its slots"
+            );
             for n in [0, NEAR_IDS - 1, NEAR_IDS, NEAR_IDS + 9] {
                 MachineId::warm(std::iter::once(text(n).as_str()));
                 let id = MachineId::parse(&text(n)).expect("a valid id");
