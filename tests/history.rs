@@ -660,8 +660,7 @@ fn controllers_offline_past_24_hours_declare_what_they_dropped_and_the_gaps_say_
 }
 
 /// The `late-arrivals` scenario replayed into an archive: five and a half weeks with a share
-/// of the file so small that one reader has no line of it (three readers, each taking its
-/// worker's machines, and two machines in the file). The readers are paced day by day
+/// of the file so small that one reader has no line of it. The readers are paced day by day
 /// for the history; a reader with nothing to read used to hold every snapshot back, so the
 /// replay waited for ever. Now it ends, and the archive has each day, the sales 37 days late
 /// in their own days, and the card sale's window correction.
@@ -671,7 +670,7 @@ fn a_late_arrivals_history_replays_into_the_archive_day_by_day() -> anyhow::Resu
     let archive = dir.path().join("archive");
     let fixtures = vendflow_tests::root().join("fixtures/late-arrivals");
     let mut child = std::process::Command::new(vendflow_tests::vendflow_bin()?)
-        .args(["--workers", "3", "replay"])
+        .args(["--workers", "2", "replay"])
         .arg(fixtures.join("events.jsonl"))
         .arg("--registry")
         .arg(fixtures.join("registry.jsonl"))

@@ -13,6 +13,7 @@
 use std::convert::Infallible;
 
 use differential_dataflow::{AsCollection, VecCollection};
+use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::progress::operate::FrontierInterest;
 use vendflow_protocol::{
@@ -23,7 +24,7 @@ use crate::anomaly_windows::{Piece, WindowKey};
 use crate::config::Config;
 use crate::errors::ErrorRecord;
 use crate::ledger::Ledger;
-use crate::operators::{FanOut, FastSet, Fork, Time, by_route, fork, hash_of, ship};
+use crate::operators::{FanOut, FastSet, Fork, Time, fork, hash_of, ship};
 use crate::parked::Parked;
 use crate::row::Row;
 use crate::sales::SaleLine;
@@ -111,10 +112,8 @@ impl<'s> Demuxed<'s> {
         type Out<D> = Vec<(D, Time, isize)>;
         let mut builder = OperatorBuilder::new("Demux events".to_owned(), events.inner.scope());
         // Exchanged by machine once, here: every operator after it that routes by the machine
-        // (nearly all of them) then finds its records on its own worker. A source that sends
-        // each worker its own machines' events (a replay's readers, `Feeder::is_home_of`) has
-        // its messages passed on whole.
-        let by_machine = by_route(|(e, _, _): &(Event, Time, isize)| hash_of(&e.machine_id));
+        // (nearly all of them) then finds its records on its own worker.
+        let by_machine = Exchange::new(|(e, _, _): &(Event, Time, isize)| hash_of(&e.machine_id));
         let mut input = builder.new_input(events.inner, by_machine);
         builder.set_notify_for(0, FrontierInterest::Never);
         let (mut telemetry_out, telemetry) = builder.new_output::<Out<(WindowKey, Piece)>>();

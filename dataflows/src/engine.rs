@@ -127,26 +127,9 @@ pub struct Feeder {
     time: Time,
     /// How far ahead of the ingestion time an event may be dated ([`Config::max_ahead_ms`]).
     max_ahead_ms: i64,
-    /// The worker this input belongs to (its index over every process of a cluster).
-    worker: usize,
-    /// The workers over every process.
-    peers: usize,
 }
 
 impl Feeder {
-    /// Whether this worker keeps the state of the machine whose
-    /// [`stable_hash`](vendflow_protocol::MachineId::stable_hash) is `stable_hash`: the
-    /// dataflows exchange each event to that worker first, so a source that sends a worker only
-    /// its own machines' events saves them that move (a replay's readers do).
-    pub fn is_home_of(&self, stable_hash: u64) -> bool {
-        crate::operators::machine_worker(stable_hash, self.peers) == self.worker
-    }
-
-    /// The workers over every process: [`Feeder::is_home_of`] is true for one of them.
-    pub fn peers(&self) -> usize {
-        self.peers
-    }
-
     /// Ingests `batch` at `time` (or at the feeder's current time, if that is later).
     ///
     /// Every source feeds through here, so this is where a machine's clock is bounded: an event
@@ -480,20 +463,12 @@ impl Engine {
                 .map_err(|e| EngineError::Restore(e.to_string()))?;
         let mut senders = Vec::with_capacity(workers);
         let mut receivers = Vec::with_capacity(workers);
-        // Worker indices run over every process of a cluster (this one's are
-        // `process * workers ..`).
-        let (first_worker, peers) = match &config.cluster {
-            None => (0, workers),
-            Some(c) => (c.process * workers, c.addresses.len() * workers),
-        };
-        for i in 0..workers {
+        for _ in 0..workers {
             let (tx, rx) = std::sync::mpsc::sync_channel(CHANNEL_DEPTH);
             senders.push(Feeder {
                 tx,
                 time: start_time,
                 max_ahead_ms: config.max_ahead_ms,
-                worker: first_worker + i,
-                peers,
             });
             receivers.push(Some(rx));
         }

@@ -50,17 +50,6 @@ pub fn hash_of<K: Hash + ?Sized>(key: &K) -> u64 {
     foldhash::quality::FixedState::with_seed(0x76656e64).hash_one(key)
 }
 
-/// The worker, of `peers`, that an exchange by machine ([`hash_of`] the [`MachineId`]) sends
-/// the machine whose [`MachineId::stable_hash`] is `stable_hash` to, as timely's exchange picks
-/// it (the hash modulo the workers).
-///
-/// [`MachineId`]: vendflow_protocol::MachineId
-/// [`MachineId::stable_hash`]: vendflow_protocol::MachineId::stable_hash
-pub fn machine_worker(stable_hash: u64, peers: usize) -> usize {
-    // A machine id hashes as its stable hash written alone, as the number does.
-    (hash_of(&stable_hash) % peers.max(1) as u64) as usize
-}
-
 /// An exchange by `route` that passes a message on whole when all of its records go to the same
 /// worker, instead of copying each record into that worker's buffer: what timely's
 /// [`Exchange`](timely::dataflow::channels::pact::Exchange) does, for the same destinations,
@@ -1260,23 +1249,6 @@ mod tests {
         assert!(message.is_empty(), "{message:?}");
         assert_eq!(pushers[1].0, vec![vec![3, 5, 7]]);
         assert!(pushers[0].0.is_empty());
-    }
-
-    /// A source that routes by the id's text alone (a replay reader) picks the worker the
-    /// exchange by machine picks.
-    #[test]
-    fn a_machine_goes_to_the_worker_its_text_names() {
-        for n in 0..2_000 {
-            let text = format!("m{n:05}");
-            let id = vendflow_protocol::MachineId::parse(&text).expect("a valid id");
-            for peers in 1..=6 {
-                assert_eq!(
-                    machine_worker(vendflow_protocol::MachineId::stable_hash_of(&text), peers),
-                    (hash_of(&id) % peers as u64) as usize,
-                    "{text} of {peers}"
-                );
-            }
-        }
     }
 
     /// A message whose records all go to one worker reaches it whole (the same vector, not a

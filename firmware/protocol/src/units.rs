@@ -79,9 +79,8 @@ fn shard_of(s: &str) -> &'static Shard {
 impl MachineId {
     /// Checks and wraps an id.
     pub fn parse(s: &str) -> Result<Self, ParseError> {
-        // Found in this thread's own table first: no lock, one hash, and (as a replay reader
-        // takes only its worker's machines) half the ids in a table of its own. An id in it
-        // passed the check when it was first interned.
+        // Found in this thread's own table first: no lock, one hash. An id in it passed the
+        // check when it was first interned.
         if let Some(id) = NEAR.with_borrow(|near| near.get(s).cloned()) {
             return Ok(id);
         }
@@ -150,7 +149,8 @@ impl MachineId {
                 "this process already holds {MAX_MACHINE_IDS} distinct machine ids; {s:?} is one too many"
             )));
         }
-        let hash = Self::stable_hash_of(s);
+        use std::hash::BuildHasher;
+        let hash = foldhash::quality::FixedState::with_seed(0x6d61_6368).hash_one(s);
         let entry: &'static Interned = Box::leak(Box::new(Interned {
             text: s.into(),
             hash,
@@ -167,13 +167,6 @@ impl MachineId {
     /// in every process and every run, unlike the [`Hash`](std::hash::Hash) impl.
     pub fn stable_hash(&self) -> u64 {
         self.0.hash
-    }
-
-    /// [`stable_hash`](Self::stable_hash) of the id spelled `s`, without interning it: a
-    /// replay reader routes a line to its machine's worker by the id's text before decoding it.
-    pub fn stable_hash_of(s: &str) -> u64 {
-        use std::hash::BuildHasher;
-        foldhash::quality::FixedState::with_seed(0x6d61_6368).hash_one(s)
     }
 
     /// A number equal for equal ids and different for different ones within this process (the
@@ -757,8 +750,6 @@ mod tests {
         // Pinned: workers are chosen by this hash, and a checkpoint's state is split by it; a
         // change here must change the checkpoints' state layout too.
         assert_eq!(h.0, vec![PINNED_MACH_00042]);
-        // The text alone gives the same hash (a replay reader routes lines by it).
-        assert_eq!(MachineId::stable_hash_of("mach_00042"), PINNED_MACH_00042);
     }
 
     #[test]
