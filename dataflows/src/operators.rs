@@ -1219,6 +1219,16 @@ mod tests {
         }
     }
 
+    /// A distributor over `peers` workers that routes a number to the worker it names.
+    fn local_first(peers: usize) -> LocalFirst<u64, impl FnMut(&u64) -> u64> {
+        LocalFirst {
+            builders: (0..peers)
+                .map(|_| CapacityContainerBuilder::default())
+                .collect(),
+            route: |d: &u64| *d,
+        }
+    }
+
     /// A pusher to another process: it serializes the records and hands the message back as
     /// it was.
     struct Serialized(Vec<Vec<u64>>);
@@ -1236,12 +1246,7 @@ mod tests {
     /// panicked on records older than their message).
     #[test]
     fn a_message_moved_whole_leaves_the_sender_an_empty_vector() {
-        let mut local = LocalFirst {
-            builders: (0..2)
-                .map(|_| CapacityContainerBuilder::default())
-                .collect(),
-            route: |d: &u64| *d,
-        };
+        let mut local = local_first(2);
         let mut pushers = [Serialized(Vec::new()), Serialized(Vec::new())];
         let stamp = Stamp::from_elem(0u64);
         let mut message: Vec<u64> = vec![3, 5, 7];
@@ -1256,12 +1261,7 @@ mod tests {
     /// its route names, once.
     #[test]
     fn a_message_for_one_worker_goes_whole_and_a_mixed_one_record_by_record() {
-        let mut local = LocalFirst {
-            builders: (0..3)
-                .map(|_| CapacityContainerBuilder::default())
-                .collect(),
-            route: |d: &u64| *d,
-        };
+        let mut local = local_first(3);
         let mut pushers = [Kept(Vec::new()), Kept(Vec::new()), Kept(Vec::new())];
         let stamp = Stamp::from_elem(0u64);
         let mut uniform: Vec<u64> = vec![4, 1, 7, 4];

@@ -428,9 +428,8 @@ fn next_line(
 struct Group {
     /// The lines, one after the other.
     bytes: Vec<u8>,
-    /// Each line's end in `bytes`, its number in the file, and where in `bytes` its leading
-    /// machine id is ([`leading_machine_id`]), if it has one.
-    lines: Vec<(usize, u64, Option<std::ops::Range<usize>>)>,
+    /// Each line's end in `bytes`, and its number in the file.
+    lines: Vec<(usize, u64)>,
 }
 
 impl Group {
@@ -443,39 +442,32 @@ impl Group {
         self.lines.len()
     }
 
-    /// [`next_line`], kept as line `number` if `take`, with where its leading machine id is
-    /// (for [`Group::machine_ids`]); the bytes consumed, 0 at the end.
+    /// [`next_line`], kept as line `number` if `take`; the bytes consumed, 0 at the end.
     fn next(
         &mut self,
         reader: &mut impl BufRead,
         number: u64,
         take: bool,
     ) -> std::io::Result<usize> {
-        let start = self.bytes.len();
         let (n, taken) = next_line(reader, &mut self.bytes, take)?;
         if taken {
-            let line = &self.bytes[start..];
-            let id_at = leading_machine_id(line).map(|id| {
-                let from = start + (id.as_ptr().addr() - line.as_ptr().addr());
-                from..from + id.len()
-            });
-            self.lines.push((self.bytes.len(), number, id_at));
+            self.lines.push((self.bytes.len(), number));
         }
         Ok(n)
     }
 
     /// Each line's number and text (with its newline, if it had one).
     fn lines(&self) -> impl Iterator<Item = (u64, &[u8])> {
-        let starts = std::iter::once(0).chain(self.lines.iter().map(|&(end, ..)| end));
+        let starts = std::iter::once(0).chain(self.lines.iter().map(|&(end, _)| end));
         starts
             .zip(&self.lines)
-            .map(|(start, &(end, number, _))| (number, &self.bytes[start..end]))
+            .map(|(start, &(end, number))| (number, &self.bytes[start..end]))
     }
 
-    /// The lines' leading machine ids.
+    /// The lines' leading machine ids ([`leading_machine_id`]).
     fn machine_ids(&self) -> impl Iterator<Item = &str> {
-        (self.lines.iter())
-            .filter_map(|(_, _, id)| std::str::from_utf8(self.bytes.get(id.clone()?)?).ok())
+        self.lines()
+            .filter_map(|(_, line)| leading_machine_id(line))
     }
 }
 
