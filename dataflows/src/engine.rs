@@ -386,6 +386,8 @@ pub struct Engine {
     store: ViewStore,
     feeders: Option<Feeders>,
     stop: Arc<AtomicBool>,
+    /// Set by [`Engine::release_state`]: the workers drop their dataflows.
+    release: Arc<AtomicBool>,
     workers: Option<timely_communication::WorkerGuards<()>>,
     store_thread: Option<std::thread::JoinHandle<()>>,
     /// The state directory when none was configured: removed when the engine is dropped.
@@ -487,6 +489,8 @@ impl Engine {
         let capture_tx = Arc::new(Mutex::new(capture_tx));
         let stop = Arc::new(AtomicBool::new(false));
         let worker_stop = stop.clone();
+        let release = Arc::new(AtomicBool::new(false));
+        let worker_release = release.clone();
         // Each worker says whether its dataflow was built (and took up its state).
         let (built_tx, built_rx) = std::sync::mpsc::sync_channel::<Result<(), String>>(workers);
         let built_tx = Arc::new(Mutex::new(built_tx));
@@ -539,7 +543,15 @@ impl Engine {
                 built,
                 gate,
             };
-            run_worker(worker, rx, tx, stores, start, &config, &worker_stop);
+            run_worker(
+                worker,
+                rx,
+                tx,
+                stores,
+                start,
+                &config,
+                (&worker_stop, &worker_release),
+            );
         })
         .map_err(EngineError::Start)?;
         let mut failed = None;
@@ -564,6 +576,7 @@ impl Engine {
             store,
             feeders: Some(feeders),
             stop,
+            release,
             workers: Some(guards),
             store_thread: Some(store_thread),
             temporary_state,
@@ -591,6 +604,14 @@ impl Engine {
     /// The feeders, once: whoever takes them is the engine's source.
     pub fn feeders(&mut self) -> Option<Feeders> {
         self.feeders.take()
+    }
+
+    /// For a finished bulk load whose views are all with the store
+    /// ([`ViewStore::wait_for_received`] of its last time): the workers drop their dataflows,
+    /// and with them every operator's state, while the store applies the last updates and the
+    /// views are written out. The engine takes no input after this; the store stays readable.
+    pub fn release_state(&self) {
+        self.release.store(true, Ordering::SeqCst);
     }
 
     /// Stops the workers and the store thread; the store stays readable.
@@ -771,7 +792,7 @@ fn run_worker(
     stores: Stores,
     start: Start,
     config: &Config,
-    stop: &AtomicBool,
+    (stop, release): (&AtomicBool, &AtomicBool),
 ) {
     // Global over a cluster's processes (worker 0 owns the clock); channels are local.
     let index = worker.index();
@@ -877,10 +898,14 @@ fn run_worker(
         inputs.flush();
     }
     // Sources come and go (a replay drops its feeders when the file ends, and its last advance
-    // must still be published): only the engine's stop flag ends a worker.
+    // must still be published): only the engine's stop flag, or a finished bulk load's release,
+    // ends a worker.
     let mut disconnected = false;
     let mut outstanding: Vec<(Time, usize)> = Vec::new();
     while !stop.load(Ordering::SeqCst) {
+        if release.load(Ordering::SeqCst) {
+            break;
+        }
         let mut applied = 0;
         // Flow control: take new input only while the views are at most a few ingestion times
         // behind it, so a fast source waits in its bounded channel instead of piling records up
@@ -963,7 +988,14 @@ fn run_worker(
     }
     // Closing the inputs lets the dataflow complete; the store ignores the final retractions.
     drop(inputs);
-    while worker.step_or_park(Some(Duration::from_millis(1))) {}
+    while !release.load(Ordering::SeqCst) && worker.step_or_park(Some(Duration::from_millis(1))) {}
+    // A finished bulk load (`Engine::release_state`): every view is with the store. The
+    // operators' state goes now, beside the store's last work and the CSVs, and the thread ends
+    // (its allocator then gives the memory back to the system). Not drained: another worker
+    // may have dropped its dataflow already, and this one would never complete.
+    for dataflow in worker.installed_dataflows() {
+        worker.drop_dataflow(dataflow);
+    }
 }
 
 /// A worker at the grid's boundaries (see [`crate::aligned`]).

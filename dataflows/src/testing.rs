@@ -610,6 +610,13 @@ pub fn run_parking(
     let store = engine.store();
     let end = scenario.now() + 1;
     feeders.advance_all(end).unwrap_or_else(|e| panic!("{e}"));
+    // As a bulk load ends: the workers drop their state as soon as the store has every
+    // update, so every oracle test also checks that nothing is lost by that.
+    assert!(
+        store.wait_for_received(end, Duration::from_secs(60)),
+        "views did not reach {end}"
+    );
+    engine.release_state();
     assert!(
         store.wait_for(end, Duration::from_secs(60)),
         "views did not reach {end}"

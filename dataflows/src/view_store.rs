@@ -12,6 +12,7 @@
 //! `SUBSCRIBER_BUFFER` changes behind is cut off with [`SubscriptionEnd::Lagged`] rather than
 //! growing the store's memory.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -662,6 +663,10 @@ fn batch_of(def: &'static ViewDef, rows: &[Row]) -> Result<RecordBatch, StoreErr
 #[derive(Clone)]
 pub struct ViewStore {
     state: Arc<(RwLock<State>, Mutex<()>, Condvar)>,
+    /// All ingestion times below this have every view's updates with the store, applied or
+    /// not yet (the workers have nothing more of them to send). Outside the lock, which the
+    /// store holds while it applies them.
+    received: Arc<AtomicI64>,
 }
 
 /// Each row as often as its multiplicity, in no order.
@@ -705,6 +710,7 @@ impl ViewStore {
         };
         ViewStore {
             state: Arc::new((RwLock::new(state), Mutex::new(()), Condvar::new())),
+            received: Arc::new(AtomicI64::new(Time::EPOCH.ms())),
         }
     }
 
@@ -964,15 +970,35 @@ impl ViewStore {
 
     /// Waits until the frontier reaches `time` (or the store closes); false on timeout.
     pub fn wait_for(&self, time: Time, timeout: Duration) -> bool {
+        self.wait_until(timeout, || {
+            let state = self.read();
+            (state.frontier >= time || state.closed).then_some(state.frontier >= time)
+        })
+    }
+
+    /// Waits until the store has every view's updates of all times before `time` (applied or
+    /// not yet): the workers have sent all they will of them. False if it did not within
+    /// `timeout`, or the store closed first.
+    pub fn wait_for_received(&self, time: Time, timeout: Duration) -> bool {
+        let received = || self.received.load(Ordering::SeqCst) >= time.ms();
+        self.wait_until(timeout, || {
+            // The lock only when needed: the store holds it while it applies the updates.
+            if received() {
+                return Some(true);
+            }
+            let closed = self.read().closed;
+            closed.then(received)
+        })
+    }
+
+    /// Waits until `done` says how it ended, or `timeout` (false).
+    fn wait_until(&self, timeout: Duration, done: impl Fn() -> Option<bool>) -> bool {
         let deadline = Instant::now() + timeout;
         let (_, lock, cvar) = &*self.state;
         let mut guard = lock.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            {
-                let state = self.read();
-                if state.frontier >= time || state.closed {
-                    return state.frontier >= time;
-                }
+            if let Some(result) = done() {
+                return result;
             }
             let now = Instant::now();
             if now >= deadline {
@@ -1033,6 +1059,7 @@ pub(crate) fn start(
     }
     let published = match from {
         Some((frontier, views)) => {
+            store.received.store(frontier.ms(), Ordering::SeqCst);
             let mut state = store.write();
             state.frontier = frontier;
             state.load(views)?;
@@ -1087,6 +1114,9 @@ fn run(store: ViewStore, rx: Receiver<Captured>, workers: usize, mut published: 
         // An empty frontier means the inputs were closed: every scheduled retraction would now
         // fire at once. That is shutdown, not news; the store keeps the last real state.
         if frontier > published && frontier != Time::MAX {
+            // Told before applying them: a bulk load frees the workers' state meanwhile.
+            store.received.store(frontier.ms(), Ordering::SeqCst);
+            store.notify();
             publish(&store, &mut pending, frontier);
             published = frontier;
         }

@@ -293,7 +293,17 @@ pub fn load(
     }
     let stats = replay(load.file, feeders, &options, progress);
     let caught_up = match &stats {
-        Ok(s) => store.wait_for(s.end, Duration::from_secs(24 * 3600)),
+        Ok(s) => {
+            let patience = Duration::from_secs(24 * 3600);
+            // Once the store has every view's updates, the workers' state is no longer
+            // needed: it goes while the store applies them (the peak of a load's memory was
+            // the two side by side).
+            let received = store.wait_for_received(s.end, patience);
+            if received {
+                engine.release_state();
+            }
+            received && store.wait_for(s.end, patience)
+        }
         Err(_) => false,
     };
     let elapsed = started.elapsed();
