@@ -386,7 +386,7 @@ pub struct Engine {
     store: ViewStore,
     feeders: Option<Feeders>,
     stop: Arc<AtomicBool>,
-    /// Set by [`Engine::release_state`]: the workers drop their dataflows.
+    /// Set by [`Engine::finish_load`]: the workers drop their dataflows.
     release: Arc<AtomicBool>,
     workers: Option<timely_communication::WorkerGuards<()>>,
     store_thread: Option<std::thread::JoinHandle<()>>,
@@ -606,12 +606,17 @@ impl Engine {
         self.feeders.take()
     }
 
-    /// For a finished bulk load whose views are all with the store
-    /// ([`ViewStore::wait_for_received`] of its last time): the workers drop their dataflows,
-    /// and with them every operator's state, while the store applies the last updates and the
-    /// views are written out. The engine takes no input after this; the store stays readable.
-    pub fn release_state(&self) {
+    /// Ends a bulk load whose inputs went up to `end`: once the store has every view's updates
+    /// before it ([`ViewStore::wait_for_received`]), the workers drop their dataflows, and with
+    /// them every operator's state, while the store applies those updates and the views are
+    /// written out. True once the views are at `end` (each wait within `timeout`). The engine
+    /// takes no input after this; the store stays readable.
+    pub fn finish_load(&self, end: Time, timeout: Duration) -> bool {
+        if !self.store.wait_for_received(end, timeout) {
+            return false;
+        }
         self.release.store(true, Ordering::SeqCst);
+        self.store.wait_for(end, timeout)
     }
 
     /// Stops the workers and the store thread; the store stays readable.
@@ -989,7 +994,7 @@ fn run_worker(
     // Closing the inputs lets the dataflow complete; the store ignores the final retractions.
     drop(inputs);
     while !release.load(Ordering::SeqCst) && worker.step_or_park(Some(Duration::from_millis(1))) {}
-    // A finished bulk load (`Engine::release_state`): every view is with the store. The
+    // A finished bulk load (`Engine::finish_load`): every view is with the store. The
     // operators' state goes now, beside the store's last work and the CSVs, and the thread ends
     // (its allocator then gives the memory back to the system). Not drained: another worker
     // may have dropped its dataflow already, and this one would never complete.

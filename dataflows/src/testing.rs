@@ -613,12 +613,7 @@ pub fn run_parking(
     // As a bulk load ends: the workers drop their state as soon as the store has every
     // update, so every oracle test also checks that nothing is lost by that.
     assert!(
-        store.wait_for_received(end, Duration::from_secs(60)),
-        "views did not reach {end}"
-    );
-    engine.release_state();
-    assert!(
-        store.wait_for(end, Duration::from_secs(60)),
+        engine.finish_load(end, Duration::from_secs(60)),
         "views did not reach {end}"
     );
     let snapshot = store.snapshot();

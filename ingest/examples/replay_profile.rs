@@ -55,10 +55,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     let read = started.elapsed();
     // As `vendflow replay`: the workers' state goes once the store has every update.
-    if store.wait_for_received(stats.end, Duration::from_secs(3600)) {
-        engine.release_state();
-    }
-    if !store.wait_for(stats.end, Duration::from_secs(3600)) {
+    if !engine.finish_load(stats.end, Duration::from_secs(3600)) {
         return Err("the views never caught up".into());
     }
     let done = started.elapsed();

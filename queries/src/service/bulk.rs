@@ -293,17 +293,9 @@ pub fn load(
     }
     let stats = replay(load.file, feeders, &options, progress);
     let caught_up = match &stats {
-        Ok(s) => {
-            let patience = Duration::from_secs(24 * 3600);
-            // Once the store has every view's updates, the workers' state is no longer
-            // needed: it goes while the store applies them (the peak of a load's memory was
-            // the two side by side).
-            let received = store.wait_for_received(s.end, patience);
-            if received {
-                engine.release_state();
-            }
-            received && store.wait_for(s.end, patience)
-        }
+        // The workers' state goes while the store applies the last updates (the peak of a
+        // load's memory was the two side by side).
+        Ok(s) => engine.finish_load(s.end, Duration::from_secs(24 * 3600)),
         Err(_) => false,
     };
     let elapsed = started.elapsed();
