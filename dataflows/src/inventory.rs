@@ -160,6 +160,7 @@ pub fn restocks_once<'s>(
     let verdicts = restocks.keyed_in_time_order(
         "Inventory: restocks once",
         |e: &Event| hash_of(&e.machine_id),
+        Event::cmp,
         state,
         move |seen, event, diff, out| {
             if diff <= 0 {

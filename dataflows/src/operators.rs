@@ -586,13 +586,16 @@ impl<O> Emit<'_, O> {
 
 pub trait Keyed<'s, D: ExchangeData> {
     /// Routes records by `key` and presents them to `logic` in ingestion-time order (records of
-    /// the same time in their `Ord` order, so the result does not depend on arrival order within
-    /// a time), with per-worker `state`. After each completed time, `expire` is called with the new
-    /// frontier so that state past its horizon can be dropped.
+    /// the same time in `order`, a total order, so the result does not depend on arrival order
+    /// within a time), with per-worker `state`. After each completed time, `expire` is called
+    /// with the new frontier so that state past its horizon can be dropped.
+    // Its name, route, order and state, and two steps: each is its own closure.
+    #[allow(clippy::too_many_arguments)]
     fn keyed_in_time_order<S, O, K>(
         self,
         name: &str,
         key: K,
+        order: impl Fn(&D, &D) -> std::cmp::Ordering + 'static,
         state: S,
         logic: impl FnMut(&mut S, D, isize, &mut Emit<'_, O>) + 'static,
         expire: impl FnMut(&mut S, Time) + 'static,
@@ -640,6 +643,7 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
         self,
         name: &str,
         key: K,
+        order: impl Fn(&D, &D) -> std::cmp::Ordering + 'static,
         state: S,
         mut logic: impl FnMut(&mut S, D, isize, &mut Emit<'_, O>) + 'static,
         mut expire: impl FnMut(&mut S, Time) + 'static,
@@ -704,7 +708,9 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
                                 };
                                 // Equal records are the same record: an unstable sort gives the
                                 // same order, without a stable sort's buffer of half of them.
-                                records.sort_unstable();
+                                records.sort_unstable_by(|(a, ra), (b, rb)| {
+                                    order(a, b).then(ra.cmp(rb))
+                                });
                                 *current = Some((time, records.into_iter()));
                             }
                             let Some((time, records)) = current.as_mut() else {

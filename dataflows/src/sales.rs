@@ -70,6 +70,29 @@ impl SaleLine {
     pub fn key(&self) -> (&MachineId, &str, u32) {
         (&self.machine_id, &self.transaction_id, self.slot_number)
     }
+
+    /// The order dedup judges one time's lines in: a machine's lines together (machines in the
+    /// order of their interned entries, not of their ids' text, which a compare had to read
+    /// from memory of its own), and one machine's lines in their `Ord` order. Only the order of
+    /// one identity's deliveries decides anything (which is first), and that is `Ord`'s.
+    fn judging_order(a: &SaleLine, b: &SaleLine) -> std::cmp::Ordering {
+        fn rest(l: &SaleLine) -> (Timestamp, u32, &Text, Cents, u32, bool, &Text, bool) {
+            (
+                l.timestamp,
+                l.slot_number,
+                &l.product_id,
+                l.amount,
+                l.quantity,
+                l.card,
+                &l.transaction_id,
+                l.offline,
+            )
+        }
+        (a.machine_id
+            .grouping_key()
+            .cmp(&b.machine_id.grouping_key()))
+        .then_with(|| rest(a).cmp(&rest(b)))
+    }
 }
 
 /// What dedup decided about one delivery (a late one gets `Late` as well as its verdict).
@@ -214,6 +237,7 @@ pub fn render<'s>(
         // By the machine alone (the key holds it): the lines are already on their machine's
         // worker, and stay there for every fold after dedup.
         |line: &SaleLine| hash_of(&line.machine_id),
+        SaleLine::judging_order,
         state,
         move |dedup, line, diff, out| {
             // Deliveries only ever add; a negative diff would be a bug upstream.
@@ -369,6 +393,48 @@ mod tests {
             let expected: Vec<Row> = expected.into_iter().map(duplicates_row).collect();
             testing::assert_view(views, "sale_duplicates", expected, seed);
         }
+    }
+
+    /// Dedup's order is a total order that puts one machine's lines in `Ord` order: the order
+    /// of one identity's deliveries, which decides which is first, is `Ord`'s.
+    #[test]
+    fn judging_order_is_ords_within_a_machine() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let lines: Vec<SaleLine> = (0..400)
+            .map(|_| {
+                let m = ["m1", "m2", "m10", "a"][rng.random_range(0..4)];
+                let mut line = SaleLine::of_event(testing::sale(
+                    m,
+                    rng.random_range(0..3),
+                    rng.random_range(1..3),
+                    rng.random_range(1..3) * 100,
+                    ["t1", "t2"][rng.random_range(0..2)],
+                ))
+                .unwrap_or_else(|| panic!("a sale"));
+                line.card = rng.random_bool(0.5);
+                line.offline = rng.random_bool(0.5);
+                line.quantity = rng.random_range(1..3);
+                line
+            })
+            .collect();
+        for a in &lines {
+            for b in &lines {
+                let judged = SaleLine::judging_order(a, b);
+                assert_eq!(judged == std::cmp::Ordering::Equal, a == b);
+                assert_eq!(judged, SaleLine::judging_order(b, a).reverse());
+                if a.machine_id == b.machine_id {
+                    assert_eq!(judged, a.cmp(b), "{a:?} against {b:?}");
+                }
+            }
+        }
+        let mut sorted = lines.clone();
+        sorted.sort_unstable_by(SaleLine::judging_order);
+        assert!(
+            sorted
+                .windows(2)
+                .all(|w| SaleLine::judging_order(&w[0], &w[1]).is_le())
+        );
     }
 
     #[test]
