@@ -944,10 +944,9 @@ pub fn render<'s>(
                 slot.totals.add(&piece.agg);
             }
         },
-        // The machine's windows looked up ahead of its records: the table is larger than the
-        // cache, and lookups made together overlap their misses.
-        // The window itself is read too: a card sale, judged after its hour's dedup, lands in
-        // an older window of its machine, whose deque is memory of its own.
+        // The window a record lands in, looked up ahead of its record: the table is larger than
+        // the cache, and lookups made together overlap their misses. A card sale, judged after
+        // its hour's dedup, lands in an older window of its machine, memory of its own.
         |state, ((m, start), _)| {
             std::hint::black_box(
                 state

@@ -73,25 +73,13 @@ impl SaleLine {
 
     /// The order dedup judges one time's lines in: a machine's lines together (machines in the
     /// order of their interned entries, not of their ids' text, which a compare had to read
-    /// from memory of its own), and one machine's lines in their `Ord` order. Only the order of
-    /// one identity's deliveries decides anything (which is first), and that is `Ord`'s.
+    /// from memory of its own), and one machine's lines in their `Ord` order (whose compare of
+    /// two equal ids is of their entries' addresses). Only the order of one identity's
+    /// deliveries decides anything (which is first), and that is `Ord`'s.
     fn judging_order(a: &SaleLine, b: &SaleLine) -> std::cmp::Ordering {
-        fn rest(l: &SaleLine) -> (Timestamp, u32, &Text, Cents, u32, bool, &Text, bool) {
-            (
-                l.timestamp,
-                l.slot_number,
-                &l.product_id,
-                l.amount,
-                l.quantity,
-                l.card,
-                &l.transaction_id,
-                l.offline,
-            )
-        }
-        (a.machine_id
-            .grouping_key()
-            .cmp(&b.machine_id.grouping_key()))
-        .then_with(|| rest(a).cmp(&rest(b)))
+        (a.machine_id.grouping_key())
+            .cmp(&b.machine_id.grouping_key())
+            .then_with(|| a.cmp(b))
     }
 }
 

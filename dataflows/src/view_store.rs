@@ -1231,31 +1231,19 @@ fn publish_from(
             }
         }
         let watched = &watched;
-        // Taken by the other thread, or back by this one if that thread cannot start.
-        let theirs = std::sync::Mutex::new(theirs);
-        fn take<T>(m: &std::sync::Mutex<Vec<T>>) -> Vec<T> {
-            std::mem::take(&mut *m.lock().unwrap_or_else(|e| e.into_inner()))
-        }
         std::thread::scope(|scope| {
+            // As the store's own thread: a process that cannot start a thread cannot go on.
             let other = std::thread::Builder::new()
                 .name("vendflow-view-apply".into())
-                .spawn_scoped(scope, || apply_views(take(&theirs), frontier, watched, seq));
-            match other {
-                Ok(other) => {
-                    let mut changes = apply_views(mine, frontier, watched, seq);
-                    match other.join() {
-                        Ok(more) => changes.extend(more),
-                        // The store thread would have panicked the same way on its own.
-                        Err(panic) => std::panic::resume_unwind(panic),
-                    }
-                    changes
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot start a thread to apply views; applying them on one");
-                    mine.append(&mut take(&theirs));
-                    apply_views(mine, frontier, watched, seq)
-                }
+                .spawn_scoped(scope, || apply_views(theirs, frontier, watched, seq))
+                .unwrap_or_else(|e| panic!("cannot start a thread to apply views: {e}"));
+            let mut changes = apply_views(mine, frontier, watched, seq);
+            match other.join() {
+                Ok(more) => changes.extend(more),
+                // The store thread would have panicked the same way on its own.
+                Err(panic) => std::panic::resume_unwind(panic),
             }
+            changes
         })
     };
     // Subscribers hear their views' changes in the catalog's order, however they were applied.
