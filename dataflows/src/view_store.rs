@@ -382,49 +382,60 @@ impl ViewRows {
 
     /// Every row as often as its multiplicity, a group's rows together: copied under the
     /// store's lock, put in order by [`Grouped::sorted`] outside it.
-    fn grouped(&self) -> Grouped {
+    fn grouped(&self) -> Grouped<Row> {
+        self.grouped_by(Row::clone)
+    }
+
+    /// [`ViewRows::grouped`] without the copies: references to the rows, for a reader that
+    /// holds the store's lock while it reads them (each copy is a reference count on the row's
+    /// own allocation, a cache miss).
+    fn grouped_refs(&self) -> Grouped<&Row> {
+        self.grouped_by(|row| row)
+    }
+
+    fn grouped_by<'a, R>(&'a self, mut each: impl FnMut(&'a Row) -> R) -> Grouped<R> {
         let mut rows = Vec::with_capacity(self.distinct);
         let mut groups = Vec::with_capacity(self.groups.len());
         for group in self.groups.iter() {
             let start = rows.len();
-            rows.extend(repeat(group.entries()));
+            rows.extend(repeat(group.entries()).map(&mut each));
             groups.push(start..rows.len());
         }
         Grouped { rows, groups }
     }
 }
 
-/// A view's rows with each group's range ([`ViewRows::grouped`]).
-struct Grouped {
-    rows: Vec<Row>,
+/// A view's rows (or references to them) with each group's range ([`ViewRows::grouped`]).
+struct Grouped<R> {
+    rows: Vec<R>,
     groups: Vec<std::ops::Range<usize>>,
 }
 
-impl Grouped {
+impl<R: std::borrow::Borrow<Row>> Grouped<R> {
     /// The rows in order. Rows order by their first cell first, so sorting the groups by it
     /// and each group's few rows within is the whole sort. Groups are sorted by a key of their
     /// first cell copied next to them ([`crate::row::cell_order_key`]), the rows themselves
     /// consulted only where two keys tie, and rows are moved into place, not cloned: each row
     /// is its own allocation, and touching it in a comparison or a reference count is a cache
     /// miss.
-    fn sorted(self) -> Vec<Row> {
+    fn sorted(self) -> Vec<R> {
         let Grouped { rows, groups } = self;
+        let first = |at: usize| rows[at].borrow().first_cell();
         let mut keyed: Vec<([u64; 2], std::ops::Range<usize>)> = groups
             .into_iter()
             .filter(|g| !g.is_empty())
-            .map(|g| (crate::row::cell_order_key(rows[g.start].first_cell()), g))
+            .map(|g| (crate::row::cell_order_key(first(g.start)), g))
             .collect();
         keyed.sort_unstable_by(|(ka, a), (kb, b)| {
-            ka.cmp(kb).then_with(|| {
-                crate::row::cmp_cells(rows[a.start].first_cell(), rows[b.start].first_cell())
-            })
+            ka.cmp(kb)
+                .then_with(|| crate::row::cmp_cells(first(a.start), first(b.start)))
         });
-        let mut rows: Vec<Option<Row>> = rows.into_iter().map(Some).collect();
+        let mut rows: Vec<Option<R>> = rows.into_iter().map(Some).collect();
         let mut out = Vec::with_capacity(rows.len());
         for (_, g) in keyed {
             let at = out.len();
             out.extend(rows[g].iter_mut().filter_map(Option::take));
-            out[at..].sort_unstable();
+            out[at..].sort_unstable_by(|a, b| a.borrow().cmp(b.borrow()));
         }
         out
     }
@@ -672,15 +683,13 @@ pub struct ViewStore {
 /// Each row as often as its multiplicity, in no order.
 fn rows_of(rows: &ViewRows) -> Vec<Row> {
     let mut out: Vec<Row> = Vec::with_capacity(rows.distinct);
-    out.extend(repeat(rows.entries()));
+    out.extend(repeat(rows.entries()).cloned());
     out
 }
 
 /// Each entry's row as often as its multiplicity.
-fn repeat<'a>(entries: impl Iterator<Item = &'a Entry> + 'a) -> impl Iterator<Item = Row> + 'a {
-    entries
-        .flat_map(|e| std::iter::repeat_n(&e.row, usize::try_from(e.count).unwrap_or(0)))
-        .cloned()
+fn repeat<'a>(entries: impl Iterator<Item = &'a Entry> + 'a) -> impl Iterator<Item = &'a Row> + 'a {
+    entries.flat_map(|e| std::iter::repeat_n(&e.row, usize::try_from(e.count).unwrap_or(0)))
 }
 
 /// `sorted` (rows in memory, in order) with the rows on disk `cold` reads, all in order.
@@ -780,10 +789,36 @@ impl ViewStore {
         Ok((frontier, with_cold(grouped.sorted(), cold)))
     }
 
+    /// Calls `read` with the frontier and every row of the view `name` in order, without copying
+    /// the rows in memory: `read` runs under the store's read lock (a publication waits for it
+    /// to return), for a reader of a store that no longer changes (a finished load writing its
+    /// CSVs). Rows on disk are read in too.
+    pub fn with_sorted_rows<T>(
+        &self,
+        name: &str,
+        read: impl FnOnce(Time, &[&Row]) -> T,
+    ) -> Result<T, StoreError> {
+        let (i, _) = find(name).ok_or_else(|| unknown(name))?;
+        let state = self.read();
+        let rows = &state.rows[i];
+        let mut cold = Vec::new();
+        if let Some(reader) = rows.cold_reader()
+            && let Err(e) = reader.all(&mut cold)
+        {
+            tracing::error!(error = %e, view = name, "cannot read the rows on disk");
+        }
+        let mut sorted = rows.grouped_refs().sorted();
+        if !cold.is_empty() {
+            sorted.extend(cold.iter());
+            sorted.sort_unstable();
+        }
+        Ok(read(state.frontier, &sorted))
+    }
+
     /// Every view as of the same frontier, each sorted. The rows are copied under the read
     /// lock and sorted after it is released, the large views on threads of their own.
     pub fn snapshot(&self) -> Snapshot {
-        let (frontier, grouped): (Time, Vec<(Grouped, Option<ColdReader>)>) = {
+        let (frontier, grouped): (Time, Vec<(Grouped<Row>, Option<ColdReader>)>) = {
             let state = self.read();
             (
                 state.frontier,
@@ -853,7 +888,11 @@ impl ViewStore {
                     Some(Some(keys)) => {
                         let copied = cells(keys)
                             .iter()
-                            .flat_map(|k| repeat(rows.group_of(k.first_cell())).collect::<Vec<_>>())
+                            .flat_map(|k| {
+                                repeat(rows.group_of(k.first_cell()))
+                                    .cloned()
+                                    .collect::<Vec<_>>()
+                            })
                             .collect();
                         (copied, rows.cold_reader())
                     }
@@ -1509,6 +1548,12 @@ mod tests {
         let (_, all) = store.sorted_rows(view).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(all.len(), 5);
         assert!(all.is_sorted(), "rows on disk merged in order");
+        let read_in_place = store
+            .with_sorted_rows(view, |_, rows| {
+                rows.iter().map(|r| (*r).clone()).collect::<Vec<_>>()
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(read_in_place, all, "read in place as copied, disk included");
         assert!(
             store.in_memory(view) <= 2,
             "only the windows of the last 20 minutes in memory: {}",
@@ -1542,6 +1587,15 @@ mod tests {
         );
         let (_, all) = store.sorted_rows(view).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(all.len(), 5, "{all:?}");
+        let read_in_place = store
+            .with_sorted_rows(view, |_, rows| {
+                rows.iter().map(|r| (*r).clone()).collect::<Vec<_>>()
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            read_in_place, all,
+            "read in place as copied after a correction on disk"
+        );
         let first_window = all
             .iter()
             .find(|r| r.cell(1) == Value::Time(Timestamp(t)))
@@ -1629,6 +1683,15 @@ mod tests {
                         .to_vec()
                 })
                 .collect();
+            for (view, copied) in CATALOG.iter().zip(&rows) {
+                // Groups of several rows, rows of several copies: read in place as copied.
+                let in_place = store
+                    .with_sorted_rows(view.name, |_, rows| {
+                        rows.iter().map(|r| (*r).clone()).collect::<Vec<_>>()
+                    })
+                    .unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(&in_place, copied, "{}", view.name);
+            }
             (rows, left, changes, snapshot.frontier)
         };
         let total: usize = pending().iter().flatten().map(Vec::len).sum();

@@ -4,12 +4,13 @@
 //! written under a temporary name and renamed, so a reader never sees half a file. Money is
 //! printed as a decimal with two places and instants as RFC 3339 in UTC.
 
+use std::borrow::Borrow;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use vendflow_dataflows::row::Column;
-use vendflow_dataflows::{Snapshot, Value, ViewDef, ViewStore};
+use vendflow_dataflows::{Row, Snapshot, Value, ViewDef, ViewStore};
 
 use crate::SinkError;
 
@@ -57,8 +58,10 @@ pub fn write_snapshot(snapshot: &Snapshot, dir: &Path) -> Result<Vec<Written>, S
 }
 
 /// Writes every view of `store` into `dir` like [`write_snapshot`], for a store that no longer
-/// changes (a finished load): each view is copied and sorted only when its turn comes, on
-/// [`STORE_WRITERS`] threads, the largest views first, and let go once written. A snapshot of
+/// changes (a finished load): each view is sorted only when its turn comes, on
+/// [`STORE_WRITERS`] threads, the largest views first, and let go once written; the rows are
+/// read in place under the store's read lock, not copied (a copy of a row is a reference count
+/// on its own allocation: a cache miss for each of a million rows). A snapshot of
 /// every view at once (and every view's sort side by side) was the peak of a replay's memory,
 /// ~60 MiB above the engine's state at 1 M events.
 pub fn write_store(store: &ViewStore, dir: &Path) -> Result<Vec<Written>, SinkError> {
@@ -85,13 +88,14 @@ pub fn write_store(store: &ViewStore, dir: &Path) -> Result<Vec<Written>, SinkEr
                             return Ok(());
                         };
                         let def = &vendflow_dataflows::CATALOG[i];
-                        let (_, rows) =
-                            store.sorted_rows(def.name).map_err(|e| SinkError::Encode {
+                        let w = store
+                            .with_sorted_rows(def.name, |_, rows| {
+                                write_view(rows, def, dir, PART_ROWS)
+                            })
+                            .map_err(|e| SinkError::Encode {
                                 view: def.name.into(),
                                 message: e.to_string(),
-                            })?;
-                        let w = write_view(&rows, def, dir, PART_ROWS)?;
-                        drop(rows);
+                            })??;
                         written
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
@@ -122,8 +126,8 @@ const STORE_WRITERS: usize = 2;
 /// converting to Arrow first and formatting each array cell through Arrow's formatters cost
 /// more than the rest of the file's writing. The text is what Arrow's CSV writer prints (a test
 /// holds the two to the same bytes).
-fn write_view(
-    rows: &[vendflow_dataflows::Row],
+fn write_view<R: Borrow<Row> + Sync>(
+    rows: &[R],
     def: &'static ViewDef,
     dir: &Path,
     part_rows: usize,
@@ -184,10 +188,10 @@ fn write_view(
 
 /// Writes `rows` of `def` (after its header, if `header`) to a new file at `path`; the file,
 /// written through and positioned at its end.
-fn write_part(
+fn write_part<R: Borrow<Row>>(
     path: &Path,
     def: &ViewDef,
-    rows: &[vendflow_dataflows::Row],
+    rows: &[R],
     header: bool,
 ) -> Result<File, SinkError> {
     let io = |source| SinkError::Io {
@@ -234,13 +238,13 @@ fn write_rows<W: Write>(
 }
 
 /// Rows of a view, each cell formatted by [`Lines::cell`].
-fn write_body<W: Write>(
+fn write_body<W: Write, R: Borrow<Row>>(
     out: &mut Lines<'_, W>,
     columns: &[Column],
-    rows: &[vendflow_dataflows::Row],
+    rows: &[R],
 ) -> Result<(), RowsError> {
     for row in rows {
-        let mut cells = row.iter();
+        let mut cells = row.borrow().iter();
         for (k, column) in columns.iter().enumerate() {
             let value = cells.next().unwrap_or(Value::Null);
             out.cell(k, columns.len(), column, &value).ok_or_else(|| {
