@@ -405,6 +405,9 @@ impl ViewRows {
     }
 }
 
+/// A view's rows copied out of memory, and a read of those on disk, to be put in order.
+type ToSort = (Grouped<Row>, Option<ColdReader>);
+
 /// A view's rows (or references to them) with each group's range ([`ViewRows::grouped`]).
 struct Grouped<R> {
     rows: Vec<R>,
@@ -818,7 +821,7 @@ impl ViewStore {
     /// Every view as of the same frontier, each sorted. The rows are copied under the read
     /// lock and sorted after it is released, the large views on threads of their own.
     pub fn snapshot(&self) -> Snapshot {
-        let (frontier, grouped): (Time, Vec<(Grouped<Row>, Option<ColdReader>)>) = {
+        let (frontier, grouped): (Time, Vec<ToSort>) = {
             let state = self.read();
             (
                 state.frontier,
