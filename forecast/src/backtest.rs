@@ -16,7 +16,9 @@ use serde::Serialize;
 use vendflow_protocol::registry::LocationType;
 
 use crate::history::{History, ReadStats};
-use crate::model::{Inputs, LONG_DAYS, Method, dispersion, weekday_index};
+use crate::model::{
+    INDEX_DAYS, Inputs, LONG_DAYS, Method, WINDOW_DAYS, demand, dispersion, weekday_index,
+};
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -227,6 +229,59 @@ fn holiday_factors(
 /// Units of evidence a holiday factor needs before it moves far from 1.
 pub const HOLIDAY_PRIOR_UNITS: f64 = 50.0;
 
+/// The engine's forecasts ([`demand`]) of each of `machine`'s slots (in its order) on each
+/// day from `first`: the model sees the machine's days before the day (from its first) and
+/// the slots that had sold before it, as the engine sees the days its windows hold.
+fn engine_forecasts(
+    history: &History,
+    machine: &crate::history::MachineSeries,
+    first: usize,
+    holidays: &[bool],
+) -> Vec<Vec<f64>> {
+    let epoch = |day: usize| history.start_day + day as i64;
+    let holiday = |day: i64| {
+        usize::try_from(day - history.start_day)
+            .ok()
+            .and_then(|d| holidays.get(d).copied())
+            .unwrap_or(false)
+    };
+    let mut out = vec![vec![0.0; history.days]; machine.slots.len()];
+    for d in first.max(machine.first_day + 1)..history.days {
+        let from = d.saturating_sub(INDEX_DAYS as usize).max(machine.first_day);
+        let days: Vec<(i64, i64)> = (from..d)
+            .map(|day| (epoch(day), i64::from(machine.units[day])))
+            .collect();
+        let from = d.saturating_sub(WINDOW_DAYS).max(machine.first_day);
+        let (mut at, mut sold): (Vec<usize>, Vec<Vec<(i64, i64)>>) = (Vec::new(), Vec::new());
+        for (i, slot) in machine.slots.iter().enumerate() {
+            if slot.first_sale < d {
+                at.push(i);
+                sold.push(
+                    (from..d)
+                        .filter(|day| slot.units[*day] > 0)
+                        .map(|day| (epoch(day), i64::from(slot.units[day])))
+                        .collect(),
+                );
+            }
+        }
+        let slots: Vec<&[(i64, i64)]> = sold.iter().map(Vec::as_slice).collect();
+        let model = demand(
+            epoch(d),
+            &days,
+            &slots,
+            WINDOW_DAYS as i64,
+            INDEX_DAYS,
+            holiday,
+        );
+        for (k, i) in at.iter().enumerate() {
+            if let Some(f) = out.get_mut(*i).and_then(|slot| slot.get_mut(d)) {
+                *f = model.point(k, epoch(d), holiday(epoch(d)));
+            }
+        }
+    }
+    out
+}
+
 /// Scores every method on `history`.
 pub fn run(history: &History, options: &Options) -> Report {
     let methods: Vec<Method> = options
@@ -287,7 +342,12 @@ pub fn run(history: &History, options: &Options) -> Report {
             } else {
                 vec![1.0; history.days]
             };
-        for slot in &machine.slots {
+        let engine = if methods.contains(&Method::Engine) {
+            engine_forecasts(history, machine, first, &holidays)
+        } else {
+            Vec::new()
+        };
+        for (slot_at, slot) in machine.slots.iter().enumerate() {
             let mut own = vec![Sums::default(); methods.len()];
             let start = first.max(slot.first_sale + 1).max(machine.first_day + 1);
             for (d, dispersion) in dispersions.iter().enumerate().skip(start) {
@@ -310,6 +370,10 @@ pub fn run(history: &History, options: &Options) -> Report {
                         .get(&machine.location_type)
                         .and_then(|f| f.get(d).copied())
                         .unwrap_or(1.0),
+                    engine: engine
+                        .get(slot_at)
+                        .and_then(|f| f.get(d).copied())
+                        .unwrap_or(0.0),
                 };
                 let actual = f64::from(slot.units[d]);
                 for (i, method) in methods.iter().enumerate() {
@@ -501,6 +565,7 @@ fn short(m: Method) -> &'static str {
         Method::Trend => "+trend",
         Method::Median => "median",
         Method::Holidays => "+holidays",
+        Method::Engine => "engine",
     }
 }
 
@@ -579,13 +644,13 @@ mod tests {
                 &history,
                 &Options {
                     warmup_days: 56,
-                    methods: vec![Method::Median, Method::Holidays],
+                    methods: vec![Method::Median, Method::Holidays, Method::Engine],
                     holidays,
                 },
             )
         };
         let without = run(Default::default());
-        assert_eq!(without.scores.len(), 1, "no calendar, no holidays step");
+        assert_eq!(without.scores.len(), 2, "no calendar, no holidays step");
         let with = run(calendar);
         let wape = |m: Method| {
             with.scores
@@ -598,6 +663,13 @@ mod tests {
             wape(Method::Holidays) < 0.6 * wape(Method::Median),
             "holidays {} against median {}",
             wape(Method::Holidays),
+            wape(Method::Median)
+        );
+        // The engine learns the holidays from each machine's own.
+        assert!(
+            wape(Method::Engine) < 0.6 * wape(Method::Median),
+            "engine {} against median {}",
+            wape(Method::Engine),
             wape(Method::Median)
         );
     }

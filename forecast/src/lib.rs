@@ -1,6 +1,6 @@
 //! vendflow's demand forecast and the backtest that proves it.
 //!
-//! - [`model`]: the forecasting methods; [`model::weekday_rates`] is the one the engine's
+//! - [`model`]: the forecasting methods; [`model::demand`] is the one the engine's
 //!   `stockout_forecast` (and so `restock_needed` and the restock routes) runs.
 //! - [`history`]: a sales history (JSON Lines telemetry, any order, re-deliveries counted once)
 //!   as daily series per slot and machine.
@@ -17,7 +17,7 @@ pub mod history;
 pub mod model;
 
 pub use backtest::{Options, Report};
-pub use model::{Method, weekday_index, weekday_rates};
+pub use model::{Demand, Method, demand, empty_threshold, weekday_index, weekday_rates};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForecastError {

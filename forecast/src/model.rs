@@ -4,11 +4,14 @@
 //! trailing window, and the days the machine was observed in it: a day without a sale on an
 //! observed day is a real zero, a day before the machine was first seen is not a day at all.
 //!
-//! [`weekday_rates`] is the method the engine's `stockout_forecast` runs (the backtest's
-//! `machine weekday`): a slot's level times its machine's weekday index. The others are the
-//! baseline the product's design document names (the naive 30-day average), the engine's former
-//! method (a slot's own weekday profile), and the steps the backtest weighs on top of the pooled
-//! index (location type, recency, trend), each with its measured effect in the README.
+//! [`demand`] is the model the engine's `stockout_forecast` runs (the backtest's `engine`): a
+//! slot's recency-weighted level times its machine's weekday index, learnt from working days,
+//! with the machine's own holiday factor, as a negative binomial whose median is the point
+//! forecast. The others are the baseline the product's design document names (the naive
+//! 30-day average), the engine's former methods (a slot's own weekday profile, then
+//! [`weekday_rates`]), and the steps the backtest weighs on top of the pooled index (location
+//! type, recency, trend, median, a location type's holidays), each with its measured effect in
+//! the README.
 
 use serde::Serialize;
 
@@ -65,6 +68,230 @@ fn level_rates(units: f64, days: &[i64; 7], index: &[f64; 7]) -> [f64; 7] {
     index.map(|i| level * i)
 }
 
+/// Days of a machine's sales its weekday index and holiday factor are learnt from, in the
+/// engine's model ([`demand`]): sixteen weeks (the backtest: 0.3 points of WAPE over eight).
+pub const INDEX_DAYS: i64 = 112;
+/// Units of evidence a machine's own holiday factor needs before it moves far from 1.
+pub const OWN_HOLIDAY_PRIOR_UNITS: f64 = 20.0;
+
+/// The weekday (Monday 0) of a day since the epoch (1970-01-01 was a Thursday).
+pub fn weekday_of_day(day: i64) -> usize {
+    (day + 3).rem_euclid(7) as usize
+}
+
+/// What the engine's model ([`demand`]) learns of one machine's slots.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Demand {
+    /// Per slot, in the order given: its mean units on each weekday (Monday first) that is not a
+    /// holiday.
+    pub rates: Vec<[f64; 7]>,
+    /// What a holiday does to the machine's sales: a factor on the rates.
+    pub holiday_factor: f64,
+    /// The variance over the mean of its slots' daily units around their rates (1: Poisson),
+    /// to two decimals; a day's units are a negative binomial of that mean and dispersion.
+    pub dispersion: f64,
+}
+
+impl Demand {
+    /// Slot `slot`'s mean units on `day` (a holiday or not).
+    pub fn mean(&self, slot: usize, day: i64, holiday: bool) -> f64 {
+        let rate = self.rates.get(slot).map_or(0.0, |r| r[weekday_of_day(day)]);
+        if holiday {
+            rate * self.holiday_factor
+        } else {
+            rate
+        }
+    }
+
+    /// Slot `slot`'s point forecast of its units on `day`: the median of the day's demand, the
+    /// number that minimises the absolute error (what the backtest scores).
+    pub fn point(&self, slot: usize, day: i64, holiday: bool) -> f64 {
+        median(self.mean(slot, day, holiday), self.dispersion)
+    }
+}
+
+/// The engine's demand model (`stockout_forecast`, and so `restock_needed` and the restock
+/// routes; the backtest's `engine` row), for one machine:
+///
+/// - the **weekday index** from the machine's working days (holidays left out) over the
+///   `index_days` before `end`: its average on a weekday over its average across weekdays;
+/// - each slot's **level**: its units over the `level_days` before `end`, each day weighed by
+///   recency (half-life [`HALF_LIFE_DAYS`]) and by its weekday's index, holidays left out; the
+///   slot's rate on a weekday is its level times that weekday's index;
+/// - the **holiday factor**: what the machine sold on the holidays in the index window over its
+///   average on their weekdays, leaned toward 1 by [`OWN_HOLIDAY_PRIOR_UNITS`];
+/// - the **dispersion** of its slots' daily units around their rates (for the median).
+///
+/// `machine`: the machine's observed days (a day since the epoch, the units every slot of it
+/// sold that day), a day with no sale included with 0; `slots`: each slot's (day, units). The
+/// days used are those in `end - n .. end`; a day counts once (a repeated one is summed).
+pub fn demand(
+    end: i64,
+    machine: &[(i64, i64)],
+    slots: &[&[(i64, i64)]],
+    level_days: i64,
+    index_days: i64,
+    holiday: impl Fn(i64) -> bool,
+) -> Demand {
+    let in_index = |day: i64| day >= end - index_days && day < end;
+    let in_level = |day: i64| day >= end - level_days && day < end;
+    let (mut units, mut days) = ([0i64; 7], [0i64; 7]);
+    let mut observed: Vec<(i64, i64)> = machine
+        .iter()
+        .copied()
+        .filter(|(day, _)| in_index(*day))
+        .collect();
+    observed.sort_by_key(|d| d.0);
+    observed.dedup_by(|b, a| {
+        if a.0 == b.0 {
+            a.1 += b.1;
+            true
+        } else {
+            false
+        }
+    });
+    for &(day, u) in &observed {
+        if !holiday(day) {
+            let w = weekday_of_day(day);
+            units[w] += u.max(0);
+            days[w] += 1;
+        }
+    }
+    let index = weekday_index(&units, &days);
+    let (mut actual, mut expected) = (0.0, 0.0);
+    for &(day, u) in &observed {
+        let w = weekday_of_day(day);
+        if holiday(day) && days[w] > 0 {
+            actual += u.max(0) as f64;
+            expected += units[w] as f64 / days[w] as f64;
+        }
+    }
+    let holiday_factor = (actual + OWN_HOLIDAY_PRIOR_UNITS) / (expected + OWN_HOLIDAY_PRIOR_UNITS);
+    // The level's days: the observed working days of its window, with their recency weights.
+    let decay = 0.5f64.powf(1.0 / HALF_LIFE_DAYS);
+    let level: Vec<(i64, f64)> = observed
+        .iter()
+        .filter(|(day, _)| in_level(*day) && !holiday(*day))
+        .map(|(day, _)| (*day, decay.powi((end - 1 - day) as i32)))
+        .collect();
+    let weight: f64 = level
+        .iter()
+        .map(|(day, w)| w * index[weekday_of_day(*day)])
+        .sum();
+    let mut rates = Vec::with_capacity(slots.len());
+    let (mut squares, mut mean) = (0.0, 0.0);
+    for slot in slots {
+        // The slot's units on each of the level's days (a sale on a holiday or outside the
+        // window is not one of them).
+        let mut sold_days = vec![0.0; level.len()];
+        for (day, u) in slot.iter() {
+            if let Ok(at) = level.binary_search_by_key(day, |(d, _)| *d) {
+                sold_days[at] += *u as f64;
+            }
+        }
+        let weighted: f64 = level.iter().zip(&sold_days).map(|((_, w), u)| w * u).sum();
+        let r = if weighted > 0.0 && weight > 0.0 {
+            let l = weighted / weight;
+            index.map(|i| l * i)
+        } else {
+            [0.0; 7]
+        };
+        for ((day, _), x) in level.iter().zip(&sold_days) {
+            let rate = r[weekday_of_day(*day)];
+            squares += (x - rate) * (x - rate);
+            mean += rate;
+        }
+        rates.push(r);
+    }
+    let dispersion = if mean > 0.0 {
+        ((squares / mean).clamp(1.0, 20.0) * 100.0).round() / 100.0
+    } else {
+        1.0
+    };
+    Demand {
+        rates,
+        holiday_factor,
+        dispersion,
+    }
+}
+
+/// P(X ≤ `k`) for a count of this mean and variance-to-mean ratio (Poisson at 1, else the
+/// negative binomial).
+pub fn cdf(k: i64, mean: f64, dispersion: f64) -> f64 {
+    if mean <= 0.0 || !mean.is_finite() {
+        return 1.0;
+    }
+    if k < 0 {
+        return 0.0;
+    }
+    let (mut p, poisson) = if dispersion <= 1.0 + 1e-9 {
+        ((-mean).exp(), true)
+    } else {
+        let r = mean / (dispersion - 1.0);
+        ((1.0 / dispersion).powf(r), false)
+    };
+    let mut total = p;
+    for i in 0..k {
+        let i = i as f64;
+        p *= if poisson {
+            mean / (i + 1.0)
+        } else {
+            let r = mean / (dispersion - 1.0);
+            (i + r) / (i + 1.0) * (1.0 - 1.0 / dispersion)
+        };
+        total += p;
+    }
+    total.min(1.0)
+}
+
+thread_local! {
+    /// [`empty_threshold`]'s answers by units and dispersion (two decimals in the model: a
+    /// few thousand pairs in a fleet).
+    static THRESHOLDS: std::cell::RefCell<hashbrown::HashMap<(i64, u64), f64, foldhash::fast::RandomState>> =
+        Default::default();
+}
+
+/// The mean demand at which a slot with `units` left is as likely as not to be empty: the
+/// smallest mean whose median ([`median`]) is `units` or more. Over a span of days the units
+/// are the sum of each day's, a negative binomial of the same dispersion with the days' means
+/// summed, so a slot's median time to empty is when its expected demand since now reaches
+/// this. 0 for a slot with nothing left.
+pub fn empty_threshold(units: i64, dispersion: f64) -> f64 {
+    if units <= 0 {
+        return 0.0;
+    }
+    let key = (units, dispersion.to_bits());
+    if let Some(t) = THRESHOLDS.with(|t| t.borrow().get(&key).copied()) {
+        return t;
+    }
+    // median ≥ units ⇔ P(X ≤ units − 1) < 1/2, which falls as the mean grows.
+    let below = |mean: f64| cdf(units - 1, mean, dispersion) >= 0.5;
+    let (mut lo, mut hi) = (0.0, units as f64 + 1.0);
+    while below(hi) && hi < 1e9 {
+        lo = hi;
+        hi *= 2.0;
+    }
+    for _ in 0..64 {
+        let mid = 0.5 * (lo + hi);
+        if mid <= lo || mid >= hi {
+            break;
+        }
+        if below(mid) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    THRESHOLDS.with(|t| {
+        let mut t = t.borrow_mut();
+        if t.len() >= 1 << 16 {
+            t.clear();
+        }
+        t.insert(key, hi);
+    });
+    hi
+}
+
 /// A method the backtest scores. Each after `SlotWeekday` adds one thing to the one before it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -74,7 +301,7 @@ pub enum Method {
     /// The slot's own weekday profile over 28 days (the engine's method before the backtest).
     SlotWeekday,
     /// The slot's level times its machine's weekday index, over 28 days ([`weekday_rates`],
-    /// the engine's method).
+    /// the engine's method until session 61).
     MachineWeekday,
     /// The machine's index over 56 days, leaned toward its location type's (by how little the
     /// machine sold): needs the registry.
@@ -92,10 +319,14 @@ pub enum Method {
     /// the weekday index, and a holiday's forecast is scaled by what holidays did to machines
     /// of the same location type before it (needs `--holidays`).
     Holidays,
+    /// The engine's model ([`demand`]): the machine's weekday index over sixteen weeks of
+    /// working days, the slot's recency-weighted level over four, the machine's own holiday
+    /// factor, and the median point. Holidays are known only with a calendar.
+    Engine,
 }
 
 impl Method {
-    pub const ALL: [Method; 8] = [
+    pub const ALL: [Method; 9] = [
         Method::Naive,
         Method::SlotWeekday,
         Method::MachineWeekday,
@@ -104,18 +335,20 @@ impl Method {
         Method::Trend,
         Method::Median,
         Method::Holidays,
+        Method::Engine,
     ];
 
     pub fn name(self) -> &'static str {
         match self {
             Method::Naive => "naive: 30-day average",
             Method::SlotWeekday => "slot's own weekday profile",
-            Method::MachineWeekday => "machine weekday index (engine)",
+            Method::MachineWeekday => "machine weekday index",
             Method::LocationType => "+ location type",
             Method::Recency => "+ recency weighting",
             Method::Trend => "+ trend",
             Method::Median => "recency, median point",
             Method::Holidays => "+ holidays",
+            Method::Engine => "engine (own holidays, median)",
         }
     }
 
@@ -125,6 +358,7 @@ impl Method {
             Method::Naive => NAIVE_DAYS,
             Method::SlotWeekday | Method::MachineWeekday | Method::LocationType => WINDOW_DAYS,
             Method::Recency | Method::Trend | Method::Median | Method::Holidays => LONG_DAYS,
+            Method::Engine => INDEX_DAYS as usize,
         }
     }
 }
@@ -163,6 +397,9 @@ pub struct Inputs<'a> {
     /// What a holiday does to the machine's sales, as a factor (learned from the holidays before
     /// the day, pooled over the machine's location type; 1 when nothing is known).
     pub holiday_factor: f64,
+    /// The engine's forecast of the day ([`Method::Engine`]): its model learns from every slot
+    /// of the machine (the dispersion), so the caller computes it with [`demand`].
+    pub engine: f64,
 }
 
 impl Inputs<'_> {
@@ -310,6 +547,7 @@ impl Inputs<'_> {
                 };
                 median(mean * factor, self.dispersion)
             }
+            Method::Engine => self.engine,
         }
     }
 }
@@ -333,6 +571,7 @@ pub fn dispersion<'a>(
         dispersion: 1.0,
         holidays: &[],
         holiday_factor: 1.0,
+        engine: 0.0,
     };
     let (mut squares, mut mean) = (0.0, 0.0);
     for slot in slots {
@@ -432,5 +671,88 @@ mod tests {
         // P(1) = 0.25, so P(≤1) = 0.5 and the median is 1.
         assert_eq!(median(2.0, 2.0), 1.0);
         assert_eq!(median(f64::NAN, 1.0), 0.0);
+    }
+
+    #[test]
+    fn the_engine_model_learns_weekdays_from_working_days_and_holidays_from_its_own() {
+        // Four weeks of an office machine from Monday 2024-01-01 (epoch day 19723): 100 a
+        // weekday, 10 a weekend day; the slot sells a tenth of it. Monday the 15th is a
+        // holiday: the machine sold 20 on it.
+        let monday = 19723;
+        let holiday = monday + 14;
+        let machine: Vec<(i64, i64)> = (0..28)
+            .map(|d| {
+                let day = monday + d;
+                let units = match (day == holiday, weekday_of_day(day) < 5) {
+                    (true, _) => 20,
+                    (false, true) => 100,
+                    (false, false) => 10,
+                };
+                (day, units)
+            })
+            .collect();
+        let slot: Vec<(i64, i64)> = machine.iter().map(|(d, u)| (*d, u / 10)).collect();
+        let end = monday + 28;
+        let model = demand(end, &machine, &[&slot], 28, INDEX_DAYS, |d| d == holiday);
+        // The index left the holiday out: a Monday is like any weekday.
+        let rates = model.rates[0];
+        assert!((rates[0] - 10.0).abs() < 1e-9, "{rates:?}");
+        assert!((rates[1] - 10.0).abs() < 1e-9 && (rates[5] - 1.0).abs() < 1e-9);
+        // 20 sold where 100 were expected, leaned toward 1 by the prior.
+        let factor = (20.0 + OWN_HOLIDAY_PRIOR_UNITS) / (100.0 + OWN_HOLIDAY_PRIOR_UNITS);
+        assert!((model.holiday_factor - factor).abs() < 1e-12);
+        assert!((model.mean(0, end, true) - 10.0 * factor).abs() < 1e-9);
+        // The slot sold exactly its rates: no more spread than Poisson.
+        assert_eq!(model.dispersion, 1.0);
+        // Without the calendar the holiday is a poor Monday.
+        let plain = demand(end, &machine, &[&slot], 28, INDEX_DAYS, |_| false);
+        assert!(plain.rates[0][0] < plain.rates[0][1]);
+        assert_eq!(plain.holiday_factor, 1.0);
+        // Days outside the windows do not count; a slot that sold nothing has no rates.
+        let later = demand(end + 200, &machine, &[&slot, &[]], 28, INDEX_DAYS, |_| {
+            false
+        });
+        assert_eq!(later.rates, vec![[0.0; 7]; 2]);
+    }
+
+    #[test]
+    fn recent_days_weigh_more_in_the_level() {
+        // A machine observed every day of two weeks; the slot sold 1 a day in the first and 3
+        // in the second: the level is nearer 3 than the average 2.
+        let machine: Vec<(i64, i64)> = (0..14).map(|d| (19723 + d, 10)).collect();
+        let slot: Vec<(i64, i64)> = (0..14)
+            .map(|d| (19723 + d, if d < 7 { 1 } else { 3 }))
+            .collect();
+        let model = demand(19723 + 14, &machine, &[&slot], 28, INDEX_DAYS, |_| false);
+        let level = model.rates[0][0];
+        assert!(level > 2.1 && level < 3.0, "{level}");
+    }
+
+    #[test]
+    fn a_slot_is_as_likely_as_not_empty_at_the_threshold() {
+        // Poisson: P(0) = e^-m is 1/2 at m = ln 2.
+        assert!((empty_threshold(1, 1.0) - std::f64::consts::LN_2).abs() < 1e-9);
+        assert_eq!(empty_threshold(0, 1.0), 0.0);
+        for dispersion in [1.0, 1.5, 3.0, 20.0] {
+            for units in [1, 2, 5, 12, 40] {
+                let t = empty_threshold(units, dispersion);
+                assert!(median(t * (1.0 + 1e-9), dispersion) >= units as f64);
+                assert!(median(t * (1.0 - 1e-6), dispersion) < units as f64);
+                // Asked again (the cache), the same answer.
+                assert_eq!(empty_threshold(units, dispersion), t);
+            }
+        }
+        // The more dispersed the demand, the more of it it takes to be as likely as not empty.
+        assert!(empty_threshold(5, 3.0) > empty_threshold(5, 1.0));
+    }
+
+    #[test]
+    fn the_cdf_sums_the_probabilities() {
+        // Poisson(2): P(≤ 2) = e^-2 (1 + 2 + 2).
+        assert!((cdf(2, 2.0, 1.0) - 5.0 * (-2.0f64).exp()).abs() < 1e-12);
+        // NB(r = 2, q = 1/2) (mean 2, dispersion 2): P(0) = 1/4, P(1) = 1/4.
+        assert!((cdf(1, 2.0, 2.0) - 0.5).abs() < 1e-12);
+        assert_eq!(cdf(-1, 2.0, 1.0), 0.0);
+        assert_eq!(cdf(3, 0.0, 1.0), 1.0);
     }
 }
