@@ -83,6 +83,13 @@ struct Cli {
     /// without it, the model this build carries.
     #[arg(long, global = true, env = "VENDFLOW_MAINTENANCE_MODEL")]
     maintenance_model: Option<std::path::PathBuf>,
+    /// Public holidays for the stockout forecast: one date (YYYY-MM-DD, UTC) a line, `#`
+    /// comments. Holidays are left out of each machine's weekday pattern and each slot's
+    /// demand level, and a holiday's demand is scaled by what the machine sold on the holidays
+    /// before it (an office that closes on them does not run out over them). Without it,
+    /// every day is a working day.
+    #[arg(long, global = true, env = "VENDFLOW_HOLIDAYS", value_name = "FILE")]
+    holidays: Option<std::path::PathBuf>,
 }
 
 /// `vendflow maintenance …`
@@ -253,8 +260,16 @@ fn run() -> anyhow::Result<()> {
         Some(path) => std::sync::Arc::new(vendflow_dataflows::maintenance::Model::load(path)?),
         None => vendflow_dataflows::maintenance::Model::builtin(),
     };
+    let holidays = match &cli.holidays {
+        Some(path) => std::sync::Arc::new(
+            vendflow_forecast::read_holidays(path)
+                .with_context(|| format!("--holidays {}", path.display()))?,
+        ),
+        None => Default::default(),
+    };
     let config = Config {
         workers: cli.workers,
+        holidays,
         settlement_days: cli.settlement_days,
         settlement_memory_transactions: cli.settlement_memory_transactions,
         window_memory_ms: cli.window_memory_minutes.saturating_mul(60_000),

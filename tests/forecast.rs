@@ -1,6 +1,6 @@
 //! Forecasts that prove themselves (issue 19): `vendflow forecast backtest` on a history with
 //! location-type weekday patterns. Its naive row equals DuckDB's independent scoring of the same
-//! method; the engine's model beats it overall and by far on offices; no method beats the
+//! method; the engine's model is 20 % under it overall and far more on offices; no method beats the
 //! generator's own expected demand by more than chance (no look-ahead); bad lines are counted
 //! and shown, never fatal.
 
@@ -67,6 +67,8 @@ fn the_backtest_beats_the_naive_average_and_scores_it_as_duckdb_does() -> anyhow
         &history.to_string_lossy(),
         "--registry",
         &data.join("registry.jsonl").to_string_lossy(),
+        "--holidays",
+        &data.join("holidays.txt").to_string_lossy(),
         "--per-slot",
         &per_slot.to_string_lossy(),
         "--json",
@@ -104,16 +106,20 @@ fn the_backtest_beats_the_naive_average_and_scores_it_as_duckdb_does() -> anyhow
         report["read"]
     );
 
-    // The engine's model: its machine's weekday index lifts it well clear of the naive average,
-    // most of all where the weekdays differ most (offices).
+    // The engine's model (what `stockout_forecast` runs): its machine's weekday index, its own
+    // holidays and the median point take it at least 20 % under the naive average's error
+    // (the issue's goal), most of all where the weekdays differ most (offices); the pooled
+    // index alone (its model before) already lifts it well clear.
     let naive_wape = wape(&report, "naive")?;
-    let engine = wape(&report, "machine_weekday")?;
+    let engine = wape(&report, "engine")?;
     anyhow::ensure!(
-        engine <= 0.88 * naive_wape,
+        engine <= 0.80 * naive_wape,
         "engine WAPE {engine} against naive {naive_wape}"
     );
-    anyhow::ensure!(wape(&report, "slot_weekday")? > engine);
-    let office = location_wape(&report, "office", "machine_weekday")?;
+    let pooled = wape(&report, "machine_weekday")?;
+    anyhow::ensure!(pooled <= 0.88 * naive_wape && engine < pooled);
+    anyhow::ensure!(wape(&report, "slot_weekday")? > pooled);
+    let office = location_wape(&report, "office", "engine")?;
     let office_naive = location_wape(&report, "office", "naive")?;
     anyhow::ensure!(
         office <= 0.8 * office_naive,
@@ -156,7 +162,8 @@ fn the_backtest_beats_the_naive_average_and_scores_it_as_duckdb_does() -> anyhow
     for expected in [
         "WAPE vs naive",
         "naive: 30-day average",
-        "machine weekday index (engine)",
+        "machine weekday index",
+        "engine (own holidays, median)",
         "office",
         "+ holidays",
     ] {

@@ -66,8 +66,15 @@ pub struct Config {
     pub offline_after_ms: i64,
     /// Default low-stock threshold, percent of capacity, for slots that set none.
     pub low_stock_percent: u32,
-    /// Trailing days of sales the stockout forecast learns demand from.
+    /// Trailing days of sales the stockout forecast learns a slot's level from.
     pub demand_days: i64,
+    /// Trailing days of a machine's sales the stockout forecast learns its weekday index and
+    /// its holiday factor from (at least `demand_days`).
+    pub demand_index_days: i64,
+    /// Holidays (days since the epoch, UTC; `--holidays FILE`): left out of the forecast's
+    /// weekday index and levels, and a holiday's demand is scaled by what the machine's
+    /// holidays before it did. Empty: no calendar.
+    pub holidays: std::sync::Arc<std::collections::BTreeSet<i64>>,
     /// A machine needs restocking when a slot will run out within this many hours.
     pub restock_within_hours: f64,
     /// Days of a machine's own readings its signal baselines are learnt from.
@@ -148,6 +155,8 @@ impl Default for Config {
             offline_after_ms: 120_000,
             low_stock_percent: 20,
             demand_days: 28,
+            demand_index_days: vendflow_forecast::model::INDEX_DAYS,
+            holidays: Default::default(),
             restock_within_hours: 48.0,
             signal_baseline_days: 30,
             signal_min_baseline_hours: 72,

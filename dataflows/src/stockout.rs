@@ -41,6 +41,7 @@ use crate::operators::{Emit, FastMap, FastSet, Keyed, PUBLISH_CHUNK, Time, hash_
 use crate::row::ViewDef;
 use crate::row::{ColumnType::*, OrdF64, Row, Value, col, null};
 use crate::sales::SaleLine;
+use vendflow_forecast::Demand;
 
 pub const STOCKOUT: ViewDef = ViewDef {
     name: "stockout_forecast",
@@ -68,15 +69,25 @@ pub const RESTOCK_NEEDED: ViewDef = ViewDef {
 /// The longest forecast, in hours; beyond it a slot counts as not running out.
 const HORIZON_HOURS: usize = 14 * 24;
 
-/// Hours from `now` until `units` are sold at the given weekday rates, if within 14 days.
-pub fn hours_to_empty(units: i64, rates: &[f64; 7], now: Timestamp) -> Option<f64> {
+/// Hours from the start of `now`'s hour until a slot with `units` left is as likely as not to
+/// be empty (its median time to empty), if within 14 days: each hour drains its share of its
+/// day's mean demand (a holiday's at the machine's holiday factor) until the demand expected
+/// since then reaches [`vendflow_forecast::empty_threshold`].
+pub fn hours_to_empty(
+    units: i64,
+    demand: &Demand,
+    slot: usize,
+    now: Timestamp,
+    holiday: impl Fn(i64) -> bool,
+) -> Option<f64> {
     if units <= 0 {
         return Some(0.0);
     }
-    let mut remaining = units as f64;
+    let mut remaining = vendflow_forecast::empty_threshold(units, demand.dispersion);
     let mut t = Timestamp(now.0 - now.0.rem_euclid(MS_PER_HOUR));
     for hour in 0..HORIZON_HOURS {
-        let per_hour = rates[usize::from(t.weekday())] / 24.0;
+        let day = t.day();
+        let per_hour = demand.mean(slot, day, holiday(day)) / 24.0;
         if per_hour >= remaining {
             return Some(hour as f64 + remaining / per_hour);
         }
@@ -98,16 +109,20 @@ pub struct Forecast {
     pub needs_restock: bool,
 }
 
-/// A slot's forecast from its units left and its rates per weekday.
+/// Slot `slot` of `demand`'s forecast from its units left.
 pub fn forecast(
     machine_id: MachineId,
     slot_number: u32,
     units: i64,
-    rates: &[f64; 7],
+    demand: &Demand,
+    slot: usize,
     now: Timestamp,
     config: &Config,
 ) -> Forecast {
-    let hours = hours_to_empty(units, rates, now);
+    let hours = hours_to_empty(units, demand, slot, now, |day| {
+        config.holidays.contains(&day)
+    });
+    let rates = demand.rates.get(slot).copied().unwrap_or_default();
     Forecast {
         machine_id,
         slot_number,
@@ -117,22 +132,6 @@ pub fn forecast(
         needs_restock: hours.is_some_and(|h| h <= config.restock_within_hours),
     }
 }
-
-/// Units sold per weekday (Monday first) over the trailing window: a slot's demand profile.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    serde::Serialize,
-    serde::Deserialize,
-)]
-pub struct ByWeekday(pub [i64; 7]);
 
 /// Days (day numbers since the epoch) while they are in the trailing window, oldest first, each
 /// with what is kept for it; `armed`: the time of the pending timer (0: none), set at the
@@ -223,8 +222,21 @@ impl SlotDemand {
     }
 }
 
-/// A machine's days with events.
-type DaysSeen = Trailing<[i64; 2]>;
+/// A machine's days with events, each with the units it sold on it (every slot).
+type DaysSeen = Trailing<[(i64, i64); 2]>;
+
+/// A day's units, by day (a slot's in the level window, a machine's in the index window).
+pub type Days = SmallVec<[(i64, i64); 2]>;
+type DaysSlice = [(i64, i64)];
+
+/// What a machine's days fold hears: an event on a day, or units sold on it.
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+enum DayIn {
+    Seen(i64),
+    Sold(i64, i64),
+}
 
 /// What a slot's fold hears: a sale's units on its day, or the units its plan holds.
 #[derive(
@@ -253,40 +265,23 @@ impl Slot {
     }
 }
 
-/// A slot's forecast input: its number, units sold by weekday, planned units.
-type SlotInput = (u32, [i64; 7], i64);
+/// A slot's forecast input: its number, units sold per day in the level window, planned units.
+type SlotInput = (u32, Days, i64);
 
 /// What the forecasts of a shard hear.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum ForecastIn {
     Demand(MachineId, SlotInput),
-    Days(MachineId, [i64; 7]),
+    Days(MachineId, Days),
     Hour(Timestamp),
 }
 
 /// One machine's forecast inputs: its slots' (a multiset, as a join's input) and its days
-/// observed by weekday.
+/// observed with their units.
 #[derive(Default, Serialize, Deserialize)]
 struct MachineInputs {
     slots: Counted<SlotInput>,
-    days: Counted<[i64; 7]>,
-}
-
-impl MachineInputs {
-    /// The machine's units by weekday: each slot that has a forecast input, once.
-    fn units_by_weekday(&self) -> [i64; 7] {
-        let mut units = [0i64; 7];
-        let mut counted: SmallVec<[u32; 32]> = SmallVec::new();
-        for ((slot, by_dow, _), n) in &self.slots.0 {
-            if *n > 0 && !counted.contains(slot) {
-                counted.push(*slot);
-                for (total, u) in units.iter_mut().zip(by_dow) {
-                    *total += u;
-                }
-            }
-        }
-        units
-    }
+    days: Counted<Days>,
 }
 
 /// A shard's machines and the current hour (a multiset: the clock retracts the old hour and
@@ -327,8 +322,9 @@ impl Durable for Forecasts {
     }
 }
 
-/// A machine's forecasts from its inputs at `hour`: one per slot input and day count, as the
-/// join of the two (and of the hour) gave.
+/// A machine's forecasts from its inputs at `hour`: one per slot input and day record, as the
+/// join of the two (and of the hour) gave. The model ([`vendflow_forecast::demand`]) learns
+/// from every slot of the machine at once (their dispersion), each slot once, by slot number.
 fn machine_forecasts(
     machine: &MachineId,
     inputs: &MachineInputs,
@@ -336,16 +332,38 @@ fn machine_forecasts(
     config: &Config,
     out: &mut Vec<Forecast>,
 ) {
-    let machine_units = inputs.units_by_weekday();
+    let mut slots: SmallVec<[(u32, &DaysSlice); 32]> = SmallVec::new();
+    for ((slot, days, _), n) in &inputs.slots.0 {
+        if *n > 0 {
+            slots.push((*slot, days.as_slice()));
+        }
+    }
+    slots.sort_by_key(|(slot, _)| *slot);
+    slots.dedup_by_key(|(slot, _)| *slot);
+    let sold: SmallVec<[&DaysSlice; 32]> = slots.iter().map(|(_, days)| *days).collect();
+    let holiday = |day: i64| config.holidays.contains(&day);
     for (hour, nh) in &hours.0 {
-        for ((slot, by_dow, units), ns) in &inputs.slots.0 {
-            for (days, nd) in &inputs.days.0 {
+        for (days, nd) in &inputs.days.0 {
+            if nh * nd <= 0 {
+                continue;
+            }
+            let demand = vendflow_forecast::demand(
+                hour.day() + 1,
+                days,
+                &sold,
+                config.demand_days,
+                config.demand_index_days.max(config.demand_days),
+                holiday,
+            );
+            for ((slot, _, units), ns) in &inputs.slots.0 {
                 let n = nh * ns * nd;
                 if n <= 0 {
                     continue;
                 }
-                let rates = vendflow_forecast::weekday_rates(by_dow, &machine_units, days);
-                let f = forecast(machine.clone(), *slot, *units, &rates, *hour, config);
+                let Ok(at) = slots.binary_search_by_key(slot, |(s, _)| *s) else {
+                    continue;
+                };
+                let f = forecast(machine.clone(), *slot, *units, &demand, at, *hour, config);
                 for _ in 1..n {
                     out.push(f.clone());
                 }
@@ -488,6 +506,10 @@ pub fn render<'s>(
 ) -> Stockout<'s> {
     let window = config.demand_days * MS_PER_DAY;
     let in_window = move |day: i64| (Time::EPOCH, Timestamp::of_day(day) + window);
+    // The machine's days are kept for its weekday index and holiday factor, at least as long
+    // as a slot's.
+    let index_window = config.demand_index_days.max(config.demand_days) * MS_PER_DAY;
+    let in_index = move |day: i64| Timestamp::of_day(day) + index_window;
 
     let planned_units = levels.flat_map(|l| {
         l.plan.is_some().then(|| {
@@ -497,9 +519,8 @@ pub fn render<'s>(
             )
         })
     });
-    // Each slot's units per day while the day is in the trailing window, summed into its
-    // weekday profile, with the slot's planned units: one state per slot (its days in a short
-    // vector). Folded together rather than joined: a join arranged every slot's profile, each
+    // Each slot's units per day while the day is in the trailing window, with the slot's
+    // planned units: one state per slot (its days in a short vector). Folded together rather than joined: a join arranged every slot's profile, each
     // change kept until compaction (462 K updates a worker at ten days of the benchmark), even
     // for slots no plan will ever meet.
     let demand = accepted
@@ -511,7 +532,7 @@ pub fn render<'s>(
         })
         .concat(planned_units)
         .fold_by_key(
-            "Stockout: demand by weekday",
+            "Stockout: demand by day",
             Published::Recomputed,
             |k: &(MachineId, u32)| hash_of(&k.0),
             move |_, slot: &mut Slot, input, diff, ctx| match input {
@@ -528,50 +549,61 @@ pub fn render<'s>(
             },
             move |_, slot, ctx| slot.demand.expire(|day| in_window(day).1, ctx),
             |(machine, slot_number), slot, out| {
-                let mut profile = ByWeekday::default();
-                for (day, units) in &slot.demand.days {
-                    profile.0[usize::from(Timestamp(day * MS_PER_DAY).weekday()) % 7] += units;
-                }
-                if profile == ByWeekday::default() {
+                if slot.demand.days.is_empty() {
                     return;
                 }
                 // One forecast input per plan, as a join of the two would give.
                 for (units, n) in &slot.planned {
                     for _ in 0..*n {
-                        out.push((machine.clone(), (*slot_number, profile.0, *units)));
+                        let days: Days = slot.demand.days.iter().copied().collect();
+                        out.push((machine.clone(), (*slot_number, days, *units)));
                     }
                 }
             },
         );
-    // Distinct days with events per machine in the trailing window, counted by weekday: a day
-    // counts from its first event until it leaves the window. One state per machine (its days
-    // in a short vector, one timer at the earliest day's end), not one per machine-day: ten
-    // days of a fleet were 500 K keys.
-    let days_observed = seen.map(|(m, ts)| (m, ts.day())).fold_by_key(
-        "Stockout: days observed",
-        Published::Recomputed,
-        hash_of::<MachineId>,
-        move |_, seen: &mut DaysSeen, day, diff, ctx| {
-            let until = in_window(day).1;
-            if diff <= 0 || until <= ctx.now() {
-                return;
-            }
-            if let Err(at) = seen.days.binary_search(&day) {
-                seen.days.insert(at, day);
-                seen.arm(until, ctx);
-            }
-        },
-        move |_, seen, ctx| seen.expire(|day| in_window(day).1, ctx),
-        |machine, seen, out| {
-            if !seen.days.is_empty() {
-                let mut by_weekday = [0i64; 7];
-                for day in &seen.days {
-                    by_weekday[usize::from(Timestamp(day * MS_PER_DAY).weekday()) % 7] += 1;
+    // Days with events per machine in the index window, each with the units the machine sold
+    // on it (every slot): a day counts from its first event until it leaves the window. One
+    // state per machine (its days in a short vector, one timer at the earliest day's end), not
+    // one per machine-day: ten days of a fleet were 500 K keys.
+    let sold = accepted.map(|l| {
+        (
+            l.machine_id.clone(),
+            DayIn::Sold(l.timestamp.day(), i64::from(l.quantity)),
+        )
+    });
+    let days_observed = seen
+        .map(|(m, ts)| (m, DayIn::Seen(ts.day())))
+        .concat(sold)
+        .fold_by_key(
+            "Stockout: days observed",
+            Published::Recomputed,
+            hash_of::<MachineId>,
+            move |_, seen: &mut DaysSeen, input, diff, ctx| {
+                let (day, units) = match input {
+                    // An event observes its day; its retraction does not take that back.
+                    DayIn::Seen(day) if diff > 0 => (day, 0),
+                    DayIn::Seen(_) => return,
+                    DayIn::Sold(day, units) => (day, units * diff as i64),
+                };
+                let until = in_index(day);
+                if until <= ctx.now() {
+                    return;
                 }
-                out.push((machine.clone(), by_weekday));
-            }
-        },
-    );
+                match seen.days.binary_search_by_key(&day, |d| d.0) {
+                    Ok(at) => seen.days[at].1 += units,
+                    Err(at) => {
+                        seen.days.insert(at, (day, units));
+                        seen.arm(until, ctx);
+                    }
+                }
+            },
+            move |_, seen, ctx| seen.expire(in_index, ctx),
+            |machine, seen, out| {
+                if !seen.days.is_empty() {
+                    out.push((machine.clone(), seen.days.iter().copied().collect::<Days>()));
+                }
+            },
+        );
     let config = config.clone();
     // Every forecast depends on the current hour, so each hour recomputes them all. The
     // forecasts' inputs are kept by a shard of the machine (its stable hash, the same in every
@@ -580,9 +612,7 @@ pub fn render<'s>(
     // (it was two differential joins: their arrangements could not be saved in a checkpoint).
     let shard_of = |m: &MachineId| m.stable_hash() % FORECAST_SHARDS;
     let inputs = demand
-        .map(move |(m, (s, by_dow, units))| {
-            (shard_of(&m), ForecastIn::Demand(m, (s, by_dow, units)))
-        })
+        .map(move |(m, (s, days, units))| (shard_of(&m), ForecastIn::Demand(m, (s, days, units))))
         .concat(days_observed.map(move |(m, days)| (shard_of(&m), ForecastIn::Days(m, days))))
         .concat(
             now.flat_map(|t| (0..FORECAST_SHARDS).map(move |shard| (shard, ForecastIn::Hour(t)))),
@@ -654,102 +684,190 @@ pub fn restock_row((m, slots, first): (MachineId, usize, OrdF64)) -> Row {
 /// [`hours_to_empty`]).
 #[cfg(test)]
 pub(crate) fn oracle(scenario: &crate::testing::Scenario) -> (Vec<Row>, Vec<Row>) {
-    use std::collections::{BTreeMap, BTreeSet};
+    use std::collections::BTreeMap;
     let config = &scenario.config;
     let now = scenario.now();
     let window = config.demand_days * MS_PER_DAY;
+    let index_window = config.demand_index_days.max(config.demand_days) * MS_PER_DAY;
+    let holiday = |day: i64| config.holidays.contains(&day);
+    let weekday = |day: i64| usize::from(Timestamp(day * MS_PER_DAY).weekday());
+    // A record counts while its day is in its window, if it arrived before the day left it.
+    let counts = |day: i64, width: i64, t: Timestamp| {
+        let until = Timestamp(day * MS_PER_DAY + width);
+        until > now && until > t
+    };
 
-    let mut demand: BTreeMap<(MachineId, u32), [i64; 7]> = BTreeMap::new();
+    // Each slot's units per day in the level window; each machine's days with events in the
+    // index window, with the units it sold on each.
+    let mut demand: BTreeMap<(MachineId, u32), BTreeMap<i64, i64>> = BTreeMap::new();
+    let mut days: BTreeMap<MachineId, BTreeMap<i64, i64>> = BTreeMap::new();
     for (t, l) in crate::sales::oracle(&scenario.deliveries, config).0 {
-        let until = Timestamp(l.timestamp.day() * MS_PER_DAY + window);
-        if until > now && until > t {
-            demand
+        let day = l.timestamp.day();
+        if counts(day, window, t) {
+            *demand
                 .entry((l.machine_id.clone(), l.slot_number))
-                .or_default()[usize::from(l.timestamp.weekday())] += i64::from(l.quantity);
+                .or_default()
+                .entry(day)
+                .or_default() += i64::from(l.quantity);
+        }
+        if counts(day, index_window, t) {
+            *days
+                .entry(l.machine_id.clone())
+                .or_default()
+                .entry(day)
+                .or_default() += i64::from(l.quantity);
         }
     }
-    let mut days: BTreeMap<MachineId, BTreeSet<i64>> = BTreeMap::new();
     for (t, e) in &scenario.deliveries {
         if matches!(e.kind, vendflow_protocol::EventKind::Settlement(_)) {
             continue;
         }
-        let until = Timestamp(e.timestamp.day() * MS_PER_DAY + window);
-        if until > now && until > *t {
+        if counts(e.timestamp.day(), index_window, *t) {
             days.entry(e.machine_id.clone())
                 .or_default()
-                .insert(e.timestamp.day());
+                .entry(e.timestamp.day())
+                .or_default();
         }
     }
-    // The hour the forecast starts from: the current ingestion hour.
+    // The hour the forecast starts from: the current ingestion hour; the windows end with its
+    // day.
     let hour_start = now.window_start(MS_PER_HOUR).ms();
+    let end = Timestamp(hour_start).day() + 1;
 
     let levels = crate::inventory::oracle(scenario);
     // What is forecast: planned slots that sold in the window, of machines with observed days.
     let forecast_for = |level: &crate::inventory::Level| {
         let key = (level.machine_id.clone(), level.slot_number);
         match (&level.plan, demand.get(&key), days.get(&level.machine_id)) {
-            (Some(_), Some(by_dow), Some(d)) => Some((*by_dow, d)),
+            (Some(_), Some(sold), Some(_)) => Some(sold),
             _ => None,
         }
     };
-    // Each machine's units by weekday over those slots (each slot once).
-    let mut machine_units: BTreeMap<MachineId, (BTreeSet<u32>, [i64; 7])> = BTreeMap::new();
+    // Each machine's forecast slots, by number.
+    let mut slots: BTreeMap<MachineId, BTreeMap<u32, &BTreeMap<i64, i64>>> = BTreeMap::new();
     for level in &levels {
-        if let Some((by_dow, _)) = forecast_for(level) {
-            let m = machine_units.entry(level.machine_id.clone()).or_default();
-            if m.0.insert(level.slot_number) {
-                for (total, units) in m.1.iter_mut().zip(by_dow) {
-                    *total += units;
-                }
-            }
+        if let Some(sold) = forecast_for(level) {
+            slots
+                .entry(level.machine_id.clone())
+                .or_default()
+                .insert(level.slot_number, sold);
         }
     }
-
-    let mut forecasts = Vec::new();
-    let mut restock: BTreeMap<MachineId, (i64, f64)> = BTreeMap::new();
-    for level in levels {
-        let Some((by_dow, d)) = forecast_for(&level) else {
-            continue;
-        };
-        // Days observed per weekday; the machine's average per observed weekday, and its index
-        // (that average over the mean of the averages; 1 for a weekday not observed).
-        let mut observed = [0i64; 7];
-        for day in d {
-            observed[usize::from(Timestamp(day * MS_PER_DAY).weekday())] += 1;
-        }
-        let units = machine_units.get(&level.machine_id).map_or([0; 7], |m| m.1);
-        let averages: Vec<f64> = (0..7)
-            .filter(|w| observed[*w] > 0)
-            .map(|w| units[w] as f64 / observed[w] as f64)
+    // Each machine's model, worked out here on its own: its weekday index over the working
+    // days of the index window, its holiday factor, each slot's recency-weighted level and
+    // rates, the dispersion of its slots' days around them.
+    struct Model {
+        rates: BTreeMap<u32, [f64; 7]>,
+        factor: f64,
+        dispersion: f64,
+    }
+    let mut models: BTreeMap<MachineId, Model> = BTreeMap::new();
+    for (machine, machine_slots) in &slots {
+        let observed: Vec<(i64, i64)> = days[machine]
+            .iter()
+            .filter(|(d, _)| **d >= end - config.demand_index_days.max(config.demand_days))
+            .filter(|(d, _)| **d < end)
+            .map(|(d, u)| (*d, *u))
             .collect();
-        let mean = averages.iter().sum::<f64>() / averages.len().max(1) as f64;
+        let (mut units, mut count) = ([0i64; 7], [0i64; 7]);
+        for (d, u) in &observed {
+            if !holiday(*d) {
+                units[weekday(*d)] += u.max(&0);
+                count[weekday(*d)] += 1;
+            }
+        }
+        let averages: Vec<f64> = (0..7)
+            .filter(|w| count[*w] > 0)
+            .map(|w| units[w].max(0) as f64 / count[w] as f64)
+            .collect();
+        let sum: f64 = averages.iter().sum();
         let index: Vec<f64> = (0..7)
             .map(|w| {
-                if observed[w] > 0 && mean > 0.0 {
-                    units[w] as f64 / observed[w] as f64 / mean
+                if count[w] > 0 && sum > 0.0 {
+                    units[w].max(0) as f64 / count[w] as f64 / (sum / averages.len() as f64)
                 } else {
                     1.0
                 }
             })
             .collect();
-        // The slot's level: its units over its index-weighed observed days.
-        let sold: i64 = by_dow.iter().sum();
-        let index_days: f64 = (0..7).map(|w| observed[w] as f64 * index[w]).sum();
-        let level_per_day = if sold > 0 && index_days > 0.0 {
-            sold as f64 / index_days
+        let (mut actual, mut expected) = (0.0, 0.0);
+        for (d, u) in &observed {
+            if holiday(*d) && count[weekday(*d)] > 0 {
+                actual += *u.max(&0) as f64;
+                expected += units[weekday(*d)] as f64 / count[weekday(*d)] as f64;
+            }
+        }
+        let prior = vendflow_forecast::model::OWN_HOLIDAY_PRIOR_UNITS;
+        let factor = (actual + prior) / (expected + prior);
+        let level_days: Vec<(i64, f64)> = observed
+            .iter()
+            .filter(|(d, _)| *d >= end - config.demand_days && !holiday(*d))
+            .map(|(d, _)| {
+                let age = (end - 1 - d) as i32;
+                (
+                    *d,
+                    0.5f64
+                        .powf(1.0 / vendflow_forecast::model::HALF_LIFE_DAYS)
+                        .powi(age),
+                )
+            })
+            .collect();
+        let weight: f64 = level_days.iter().map(|(d, w)| w * index[weekday(*d)]).sum();
+        let mut rates = BTreeMap::new();
+        let (mut squares, mut mean) = (0.0, 0.0);
+        for (slot, sold) in machine_slots {
+            let on = |d: &i64| sold.get(d).copied().unwrap_or(0) as f64;
+            let weighted: f64 = level_days.iter().map(|(d, w)| w * on(d)).sum();
+            let r: [f64; 7] = if weighted > 0.0 && weight > 0.0 {
+                std::array::from_fn(|w| weighted / weight * index[w])
+            } else {
+                [0.0; 7]
+            };
+            for (d, _) in &level_days {
+                let rate = r[weekday(*d)];
+                squares += (on(d) - rate) * (on(d) - rate);
+                mean += rate;
+            }
+            rates.insert(*slot, r);
+        }
+        let dispersion = if mean > 0.0 {
+            ((squares / mean).clamp(1.0, 20.0) * 100.0).round() / 100.0
         } else {
-            0.0
+            1.0
         };
-        let per_day: Vec<f64> = index.iter().map(|i| level_per_day * i).collect();
-        // Drain the slot hour by hour, each hour at its weekday's rate, for up to 14 days.
+        models.insert(
+            machine.clone(),
+            Model {
+                rates,
+                factor,
+                dispersion,
+            },
+        );
+    }
+
+    let mut forecasts = Vec::new();
+    let mut restock: BTreeMap<MachineId, (i64, f64)> = BTreeMap::new();
+    for level in levels {
+        if forecast_for(&level).is_none() {
+            continue;
+        }
+        let model = &models[&level.machine_id];
+        let per_day = model.rates[&level.slot_number];
+        // Drain the slot hour by hour, each hour its share of its day's mean (a holiday's at
+        // the factor), until the demand since the hour's start makes the slot as likely as not
+        // empty, for up to 14 days.
         let hours = if level.units <= 0 {
             Some(0.0)
         } else {
-            let mut left = level.units as f64;
+            let mut left = vendflow_forecast::empty_threshold(level.units, model.dispersion);
             let mut found = None;
             for hour in 0..14 * 24 {
                 let at = Timestamp(hour_start + hour * MS_PER_HOUR);
-                let rate = per_day[usize::from(at.weekday())] / 24.0;
+                let mut rate = per_day[usize::from(at.weekday())];
+                if holiday(at.day()) {
+                    rate *= model.factor;
+                }
+                let rate = rate / 24.0;
                 if rate >= left {
                     found = Some(hour as f64 + left / rate);
                     break;
@@ -803,19 +921,54 @@ mod tests {
     }
 
     #[test]
-    fn forecast_follows_the_weekday_profile() {
-        // The machine sells on Mondays only (one week observed), the slot 24 of it: Monday
-        // 00:00 with 12 left, empty at noon.
+    fn forecast_follows_the_weekday_profile_and_the_holidays() {
+        // The machine was observed every day of the week before and sold on the Monday only,
+        // the slot 24 of it: on Monday 00:00 with 12 left it is as likely as not empty once the
+        // demand since then reaches the threshold of 12 (Poisson: a little under 12).
         let monday = Timestamp::parse_rfc3339("2024-01-15T00:00:00Z").unwrap_or_default();
-        let mut by_dow = [0; 7];
-        by_dow[0] = 24;
-        let rates = vendflow_forecast::weekday_rates(&by_dow, &[240, 0, 0, 0, 0, 0, 0], &[1; 7]);
-        assert_eq!(rates[0], 24.0);
-        assert_eq!(hours_to_empty(12, &rates, monday), Some(12.0));
+        let first = monday.day() - 7;
+        let days: Vec<(i64, i64)> = (0..7)
+            .map(|d| (first + d, if d == 0 { 240 } else { 0 }))
+            .collect();
+        let model =
+            vendflow_forecast::demand(monday.day(), &days, &[&[(first, 24)], &[]], 28, 112, |_| {
+                false
+            });
+        let rate = model.rates[0][0];
+        assert!(
+            (rate - 24.0).abs() < 1e-9 && model.rates[0][1] == 0.0,
+            "{:?}",
+            model.rates
+        );
+        assert_eq!(model.dispersion, 1.0);
+        let threshold = vendflow_forecast::empty_threshold(12, 1.0);
+        assert!(threshold > 11.0 && threshold < 12.0, "{threshold}");
+        let close = |h: Option<f64>, expected: f64| {
+            assert!(
+                h.is_some_and(|h| (h - expected).abs() < 1e-9),
+                "{h:?} against {expected}"
+            );
+        };
+        close(
+            hours_to_empty(12, &model, 0, monday, |_| false),
+            threshold * 24.0 / rate,
+        );
         // On Tuesday nothing sells until next Monday.
         let tuesday = Timestamp(monday.0 + MS_PER_DAY);
-        assert_eq!(hours_to_empty(12, &rates, tuesday), Some(6.0 * 24.0 + 12.0));
-        assert_eq!(hours_to_empty(12, &[0.0; 7], monday), None);
-        assert_eq!(hours_to_empty(0, &rates, monday), Some(0.0));
+        close(
+            hours_to_empty(12, &model, 0, tuesday, |_| false),
+            6.0 * 24.0 + threshold * 24.0 / rate,
+        );
+        // A Monday that is a holiday sells at the machine's holiday factor: at a half, twice
+        // as long.
+        let mut half = model.clone();
+        half.holiday_factor = 0.5;
+        close(
+            hours_to_empty(12, &half, 0, monday, |d| d == monday.day()),
+            2.0 * threshold * 24.0 / rate,
+        );
+        // A slot that did not sell does not run out; an empty one is empty now.
+        assert_eq!(hours_to_empty(12, &model, 1, monday, |_| false), None);
+        assert_eq!(hours_to_empty(0, &model, 0, monday, |_| false), Some(0.0));
     }
 }

@@ -157,6 +157,11 @@ impl Scenario {
             // Transactions leave memory for the parked store long before their hold ends.
             settlement_memory_ms: 2 * MS_PER_HOUR,
             demand_days: 2,
+            // The machines' days are kept a day longer than the slots', and the second day is
+            // a holiday (left out of the levels and the weekday index, its sales teach the
+            // holiday factor).
+            demand_index_days: 3,
+            holidays: std::sync::Arc::new([BASE / MS_PER_DAY + 1].into()),
             error_retention_ms: MS_PER_HOUR,
             signal_baseline_days: 1,
             signal_min_baseline_hours: 3,
