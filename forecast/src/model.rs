@@ -14,6 +14,7 @@
 //! the README.
 
 use serde::Serialize;
+use smallvec::SmallVec;
 
 /// Per-weekday daily units of one slot (Monday first): the slot's level times its machine's
 /// weekday index.
@@ -122,9 +123,9 @@ impl Demand {
 ///   average on their weekdays, leaned toward 1 by [`OWN_HOLIDAY_PRIOR_UNITS`];
 /// - the **dispersion** of its slots' daily units around their rates (for the median).
 ///
-/// `machine`: the machine's observed days (a day since the epoch, the units every slot of it
-/// sold that day), a day with no sale included with 0; `slots`: each slot's (day, units). The
-/// days used are those in `end - n .. end`; a day counts once (a repeated one is summed).
+/// `machine`: the machine's observed days, ascending, each once (a day since the epoch, the
+/// units every slot of it sold that day), a day with no sale included with 0; `slots`: each
+/// slot's (day, units). The days used are those in `end - n .. end`.
 pub fn demand(
     end: i64,
     machine: &[(i64, i64)],
@@ -136,21 +137,12 @@ pub fn demand(
     let in_index = |day: i64| day >= end - index_days && day < end;
     let in_level = |day: i64| day >= end - level_days && day < end;
     let (mut units, mut days) = ([0i64; 7], [0i64; 7]);
-    let mut observed: Vec<(i64, i64)> = machine
-        .iter()
-        .copied()
-        .filter(|(day, _)| in_index(*day))
-        .collect();
-    observed.sort_by_key(|d| d.0);
-    observed.dedup_by(|b, a| {
-        if a.0 == b.0 {
-            a.1 += b.1;
-            true
-        } else {
-            false
-        }
-    });
-    for &(day, u) in &observed {
+    debug_assert!(
+        machine.windows(2).all(|w| w[0].0 < w[1].0),
+        "days ascending, once"
+    );
+    let observed = || machine.iter().copied().filter(|(day, _)| in_index(*day));
+    for (day, u) in observed() {
         if !holiday(day) {
             let w = weekday_of_day(day);
             units[w] += u.max(0);
@@ -159,7 +151,7 @@ pub fn demand(
     }
     let index = weekday_index(&units, &days);
     let (mut actual, mut expected) = (0.0, 0.0);
-    for &(day, u) in &observed {
+    for (day, u) in observed() {
         let w = weekday_of_day(day);
         if holiday(day) && days[w] > 0 {
             actual += u.max(0) as f64;
@@ -169,10 +161,9 @@ pub fn demand(
     let holiday_factor = (actual + OWN_HOLIDAY_PRIOR_UNITS) / (expected + OWN_HOLIDAY_PRIOR_UNITS);
     // The level's days: the observed working days of its window, with their recency weights.
     let decay = 0.5f64.powf(1.0 / HALF_LIFE_DAYS);
-    let level: Vec<(i64, f64)> = observed
-        .iter()
+    let level: SmallVec<[(i64, f64); 32]> = observed()
         .filter(|(day, _)| in_level(*day) && !holiday(*day))
-        .map(|(day, _)| (*day, decay.powi((end - 1 - day) as i32)))
+        .map(|(day, _)| (day, decay.powi((end - 1 - day) as i32)))
         .collect();
     let weight: f64 = level
         .iter()
@@ -180,10 +171,12 @@ pub fn demand(
         .sum();
     let mut rates = Vec::with_capacity(slots.len());
     let (mut squares, mut mean) = (0.0, 0.0);
+    let mut sold_days: SmallVec<[f64; 32]> = SmallVec::new();
     for slot in slots {
         // The slot's units on each of the level's days (a sale on a holiday or outside the
         // window is not one of them).
-        let mut sold_days = vec![0.0; level.len()];
+        sold_days.clear();
+        sold_days.resize(level.len(), 0.0);
         for (day, u) in slot.iter() {
             if let Ok(at) = level.binary_search_by_key(day, |(d, _)| *d) {
                 sold_days[at] += *u as f64;
