@@ -72,7 +72,8 @@ const HORIZON_HOURS: usize = 14 * 24;
 /// Hours from the start of `now`'s hour until a slot with `units` left is as likely as not to
 /// be empty (its median time to empty), if within 14 days: each hour drains its share of its
 /// day's mean demand (a holiday's at the machine's holiday factor) until the demand expected
-/// since then reaches [`vendflow_forecast::empty_threshold`].
+/// since then reaches [`vendflow_forecast::empty_threshold`]. A day at a time: its hours drain
+/// alike.
 pub fn hours_to_empty(
     units: i64,
     demand: &Demand,
@@ -84,15 +85,20 @@ pub fn hours_to_empty(
         return Some(0.0);
     }
     let mut remaining = vendflow_forecast::empty_threshold(units, demand.dispersion);
-    let mut t = Timestamp(now.0 - now.0.rem_euclid(MS_PER_HOUR));
-    for hour in 0..HORIZON_HOURS {
-        let day = t.day();
+    let start = Timestamp(now.0 - now.0.rem_euclid(MS_PER_HOUR));
+    let (mut day, mut left_today) = (start.day(), 24 - usize::from(start.hour()));
+    let mut elapsed = 0;
+    while elapsed < HORIZON_HOURS {
+        let hours = left_today.min(HORIZON_HOURS - elapsed);
         let per_hour = demand.mean(slot, day, holiday(day)) / 24.0;
-        if per_hour >= remaining {
-            return Some(hour as f64 + remaining / per_hour);
+        let span = per_hour * hours as f64;
+        if per_hour > 0.0 && span >= remaining {
+            return Some(elapsed as f64 + remaining / per_hour);
         }
-        remaining -= per_hour;
-        t = Timestamp(t.0 + MS_PER_HOUR);
+        remaining -= span;
+        elapsed += hours;
+        day += 1;
+        left_today = 24;
     }
     None
 }
@@ -861,18 +867,24 @@ pub(crate) fn oracle(scenario: &crate::testing::Scenario) -> (Vec<Row>, Vec<Row>
         } else {
             let mut left = vendflow_forecast::empty_threshold(level.units, model.dispersion);
             let mut found = None;
-            for hour in 0..14 * 24 {
-                let at = Timestamp(hour_start + hour * MS_PER_HOUR);
+            // Day by day from the current hour: the first day has its remaining hours, the
+            // last what is left of the 14 days.
+            let mut hour = 0;
+            let mut at = Timestamp(hour_start);
+            while hour < 14 * 24 {
+                let hours = (24 - usize::from(at.hour())).min(14 * 24 - hour);
                 let mut rate = per_day[usize::from(at.weekday())];
                 if holiday(at.day()) {
                     rate *= model.factor;
                 }
                 let rate = rate / 24.0;
-                if rate >= left {
+                if rate > 0.0 && rate * hours as f64 >= left {
                     found = Some(hour as f64 + left / rate);
                     break;
                 }
-                left -= rate;
+                left -= rate * hours as f64;
+                hour += hours;
+                at = Timestamp(at.0 + hours as i64 * MS_PER_HOUR);
             }
             found
         };

@@ -75,9 +75,9 @@ pub const INDEX_DAYS: i64 = 112;
 /// Units of evidence a machine's own holiday factor needs before it moves far from 1.
 pub const OWN_HOLIDAY_PRIOR_UNITS: f64 = 20.0;
 
-/// The weekday (Monday 0) of a day since the epoch (1970-01-01 was a Thursday).
+/// The weekday (Monday 0) of a day since the epoch.
 pub fn weekday_of_day(day: i64) -> usize {
-    (day + 3).rem_euclid(7) as usize
+    usize::from(vendflow_protocol::Timestamp::of_day(day).weekday())
 }
 
 /// What the engine's model ([`demand`]) learns of one machine's slots.
