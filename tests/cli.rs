@@ -829,3 +829,78 @@ fn maintenance_train_writes_a_model_that_the_engine_then_runs() -> anyhow::Resul
     assert!(err.contains("is not a model file"), "{err}");
     Ok(())
 }
+
+/// `--holidays` reaches the stockout forecast: the golden scenario's two days (08:00 on
+/// 2024-01-15 to 08:00 the next day) named holidays leave the machines no working day to learn
+/// a level from, so no slot with units left is forecast to run out; without the calendar the
+/// same replay forecasts them. A date that is not
+/// one is refused with its file and line.
+#[test]
+fn a_holiday_calendar_reaches_the_stockout_forecast() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let fixtures = vendflow_tests::root().join("fixtures/golden");
+    let (events, registry) = (
+        fixtures.join("events.jsonl").to_string_lossy().into_owned(),
+        fixtures
+            .join("registry.jsonl")
+            .to_string_lossy()
+            .into_owned(),
+    );
+    let calendar = dir.path().join("holidays.txt");
+    std::fs::write(
+        &calendar,
+        "# Martin Luther King Jr. Day\n2024-01-15\n2024-01-16 # and the day after\n",
+    )?;
+    let calendar = calendar.to_string_lossy().into_owned();
+    let forecast = |holidays: Option<&str>, out: &str| -> anyhow::Result<Vec<(i64, String)>> {
+        let out = dir.path().join(out);
+        let out_arg = out.to_string_lossy().into_owned();
+        let mut args = Vec::new();
+        if let Some(file) = holidays {
+            args.extend(["--holidays", file]);
+        }
+        args.extend([
+            "replay",
+            &events,
+            "--registry",
+            &registry,
+            "--out",
+            &out_arg,
+        ]);
+        vendflow(&args)?;
+        let table = vendflow_tests::Table::read(&out.join("stockout_forecast.csv"))?;
+        let (units, hours) = (table.col("units")?, table.col("hours_to_empty")?);
+        table
+            .rows
+            .iter()
+            .map(|r| Ok((r[units].parse()?, r[hours].clone())))
+            .collect()
+    };
+    let plain = forecast(None, "plain")?;
+    let with = forecast(Some(&calendar), "holidays")?;
+    assert_eq!(plain.len(), with.len());
+    let stocked = |rows: &[(i64, String)]| {
+        rows.iter()
+            .filter(|(units, hours)| *units > 0 && !hours.is_empty())
+            .count()
+    };
+    assert!(stocked(&plain) > 10, "{plain:?}");
+    assert_eq!(stocked(&with), 0, "{with:?}");
+    // Empty slots are empty either way.
+    let empty = |rows: &[(i64, String)]| rows.iter().filter(|(u, h)| *u <= 0 && h == "0.0").count();
+    assert_eq!(empty(&plain), empty(&with));
+
+    let bad = dir.path().join("bad.txt");
+    std::fs::write(&bad, "2024-01-01\n2024-02-30\n")?;
+    let refused = Command::new(vendflow_bin()?)
+        .arg("--holidays")
+        .arg(&bad)
+        .args(["replay", &events, "--out"])
+        .arg(dir.path().join("never"))
+        .env("RUST_BACKTRACE", "0")
+        .output()?;
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("bad.txt line 2: not a holiday"), "{err}");
+    Ok(())
+}
