@@ -344,6 +344,10 @@ fn machine_forecasts(
             slots.push((*slot, days.as_slice()));
         }
     }
+    if slots.is_empty() {
+        // A machine without a planned slot that sold (every machine, without a registry).
+        return;
+    }
     slots.sort_by_key(|(slot, _)| *slot);
     slots.dedup_by_key(|(slot, _)| *slot);
     let sold: SmallVec<[&DaysSlice; 32]> = slots.iter().map(|(_, days)| *days).collect();
