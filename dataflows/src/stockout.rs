@@ -1,31 +1,29 @@
 //! `stockout`: when each slot will run empty, and which machines need a restock visit.
 //!
 //! ```sql
-//! -- demand per slot and day of week over the trailing `demand_days` (28) days
-//! WITH demand AS (SELECT machine_id, slot_number, dow(timestamp) AS dow, sum(quantity) AS units
-//!                 FROM accepted_sale_lines WHERE day(timestamp) > today - 28 GROUP BY 1, 2, 3),
-//!      observed AS (SELECT machine_id, dow(day) AS dow, count(DISTINCT day(timestamp)) AS days
-//!                 FROM events WHERE day(timestamp) > today - 28 GROUP BY 1, 2),
-//!      -- the machine's weekday index: its average on a weekday over its average across them
-//!      machine AS (SELECT machine_id, dow, sum(units) / days / avg(sum(units) / days) OVER w AS idx
-//!                 FROM demand JOIN observed GROUP BY machine_id, dow),
-//!      -- the slot's level: its units over its observed days, each weighed by its index
-//!      rates AS (SELECT machine_id, slot_number, dow,
-//!                       idx * sum(units) OVER slot / sum(days * idx) OVER slot AS per_day ...)
-//! SELECT machine_id, slot_number, units, avg(per_day) AS daily_demand,
-//!        hours_to_empty(units, per_day[dow], now()) AS hours_to_empty
-//! FROM inventory JOIN rates   -- planned slots that sold in the window
+//! -- each slot's units per day over the trailing `demand_days` (28) days
+//! WITH slot_days AS (SELECT machine_id, slot_number, day(timestamp) AS day, sum(quantity) AS units
+//!                    FROM accepted_sale_lines WHERE day(timestamp) > today - 28 GROUP BY 1, 2, 3),
+//!      -- each machine's days with events over `demand_index_days` (112), with what it sold
+//!      machine_days AS (SELECT machine_id, day(timestamp) AS day, sum(quantity) AS units
+//!                       FROM events LEFT JOIN accepted_sale_lines ... GROUP BY 1, 2)
+//! SELECT machine_id, slot_number, units,
+//!        avg(rate) AS daily_demand,               -- forecast::demand(machine_days, slot_days)
+//!        median_time_to_empty(units, rates, holiday_factor, dispersion, now()) AS hours_to_empty
+//! FROM inventory JOIN slot_days JOIN machine_days  -- planned slots that sold in the window
 //! -- restock_needed: machines with a slot empty within `restock_within_hours` (48)
 //! ```
-//! The demand model is [`vendflow_forecast::weekday_rates`]: a slot's level times its machine's
-//! weekday index, pooled over the machine's planned slots that sold in the window (an office's
-//! quiet weekend shows in a slot that sells twice a week). `vendflow forecast backtest` scores
-//! it against the naive 30-day average and the slot's own weekday profile (the model before
-//! it) on a months-long history: README, "Demand forecast".
+//! The demand model is [`vendflow_forecast::demand`] (the backtest's `engine` row): the
+//! machine's weekday index from its working days, each slot's recency-weighted level times it,
+//! a holiday (`Config::holidays`) at the machine's own holiday factor, and a negative binomial
+//! at the machine's dispersion. A slot's `hours_to_empty` is its median time to empty: when the
+//! demand expected since the current hour reaches [`vendflow_forecast::empty_threshold`].
+//! `vendflow forecast backtest` scores the model against the naive 30-day average and the
+//! engine's former models on a months-long history: README, "Demand forecast".
 //!
-//! The forecast walks forward hour by hour from the current ingestion hour, draining each hour
-//! at that weekday's rate, up to 14 days. "Now" is a one-row clock collection the source
-//! advances each hour, so forecasts refresh as time passes without events.
+//! The forecast walks forward a day at a time from the current ingestion hour, up to 14 days.
+//! "Now" is a one-row clock collection the source advances each hour, so forecasts refresh as
+//! time passes without events.
 
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
@@ -530,9 +528,10 @@ pub fn render<'s>(
         })
     });
     // Each slot's units per day while the day is in the trailing window, with the slot's
-    // planned units: one state per slot (its days in a short vector). Folded together rather than joined: a join arranged every slot's profile, each
-    // change kept until compaction (462 K updates a worker at ten days of the benchmark), even
-    // for slots no plan will ever meet.
+    // planned units: one state per slot (its days in a short vector). Folded together rather
+    // than joined: a join arranged every slot's profile, each change kept until compaction
+    // (462 K updates a worker at ten days of the benchmark), even for slots no plan will ever
+    // meet.
     let demand = accepted
         .map(|l| {
             (
