@@ -562,10 +562,10 @@ pub fn render<'s>(
                     return;
                 }
                 // One forecast input per plan, as a join of the two would give.
+                let days: Days = slot.demand.days.iter().copied().collect();
                 for (units, n) in &slot.planned {
                     for _ in 0..*n {
-                        let days: Days = slot.demand.days.iter().copied().collect();
-                        out.push((machine.clone(), (*slot_number, days, *units)));
+                        out.push((machine.clone(), (*slot_number, days.clone(), *units)));
                     }
                 }
             },

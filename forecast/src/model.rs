@@ -208,33 +208,44 @@ pub fn demand(
     }
 }
 
-/// P(X ≤ `k`) for a count of this mean and variance-to-mean ratio (Poisson at 1, else the
-/// negative binomial).
+/// P(X = 0), P(X = 1), … for a count of this mean and variance-to-mean ratio: Poisson at 1,
+/// else the negative binomial of that mean and variance; each from the one before.
+fn probabilities(mean: f64, dispersion: f64) -> impl Iterator<Item = f64> {
+    let poisson = dispersion <= 1.0 + 1e-9;
+    let r = if poisson {
+        0.0
+    } else {
+        mean / (dispersion - 1.0)
+    };
+    let first = if poisson {
+        (-mean).exp()
+    } else {
+        (1.0 / dispersion).powf(r)
+    };
+    let mut k = 0.0;
+    std::iter::successors(Some(first), move |p| {
+        let ratio = if poisson {
+            mean / (k + 1.0)
+        } else {
+            (k + r) / (k + 1.0) * (1.0 - 1.0 / dispersion)
+        };
+        k += 1.0;
+        Some(p * ratio)
+    })
+}
+
+/// P(X ≤ `k`) for a count of this mean and variance-to-mean ratio (see [`probabilities`]).
 pub fn cdf(k: i64, mean: f64, dispersion: f64) -> f64 {
     if mean <= 0.0 || !mean.is_finite() {
         return 1.0;
     }
-    if k < 0 {
+    let Ok(k) = usize::try_from(k) else {
         return 0.0;
-    }
-    let (mut p, poisson) = if dispersion <= 1.0 + 1e-9 {
-        ((-mean).exp(), true)
-    } else {
-        let r = mean / (dispersion - 1.0);
-        ((1.0 / dispersion).powf(r), false)
     };
-    let mut total = p;
-    for i in 0..k {
-        let i = i as f64;
-        p *= if poisson {
-            mean / (i + 1.0)
-        } else {
-            let r = mean / (dispersion - 1.0);
-            (i + r) / (i + 1.0) * (1.0 - 1.0 / dispersion)
-        };
-        total += p;
-    }
-    total.min(1.0)
+    probabilities(mean, dispersion)
+        .take(k.saturating_add(1))
+        .sum::<f64>()
+        .min(1.0)
 }
 
 thread_local! {
@@ -586,32 +597,20 @@ pub fn dispersion<'a>(
     }
 }
 
-/// The median of a count with this mean and variance-to-mean ratio: Poisson at 1, else the
-/// negative binomial of that mean and variance.
+/// The median of a count with this mean and variance-to-mean ratio (see [`probabilities`]).
 pub fn median(mean: f64, dispersion: f64) -> f64 {
     if mean <= 0.0 || !mean.is_finite() {
         return 0.0;
     }
-    // P(X = 0) and the ratio P(k + 1) / P(k) as a function of k.
-    let (mut p, step): (f64, Box<dyn Fn(f64) -> f64>) = if dispersion <= 1.0 + 1e-9 {
-        ((-mean).exp(), Box::new(move |k| mean / (k + 1.0)))
-    } else {
-        let r = mean / (dispersion - 1.0);
-        let q = r / (r + mean);
-        (
-            q.powf(r),
-            Box::new(move |k| (k + r) / (k + 1.0) * (1.0 - q)),
-        )
-    };
-    let mut cdf = p;
-    let mut k = 0.0;
-    // Far beyond any slot's day; the loop ends long before.
-    while cdf < 0.5 && k < 10_000.0 {
-        p *= step(k);
-        k += 1.0;
+    let mut cdf = 0.0;
+    // Far beyond any slot's day; the walk ends long before.
+    for (k, p) in probabilities(mean, dispersion).take(10_001).enumerate() {
         cdf += p;
+        if cdf >= 0.5 {
+            return k as f64;
+        }
     }
-    k
+    10_000.0
 }
 
 #[cfg(test)]
