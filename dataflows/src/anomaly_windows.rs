@@ -494,6 +494,10 @@ struct MachineWindows {
     latest: Option<(Timestamp, [Level; 5])>,
 }
 
+/// A machine's first room for older windows: the default half hour a closed window stays in
+/// memory, in 5-minute windows.
+const FIRST_OLDER: usize = 6;
+
 /// Where a machine's window is.
 enum At {
     Newest,
@@ -531,9 +535,12 @@ impl MachineWindows {
     fn insert(&mut self, slot: Slot) -> &mut Slot {
         // The older windows grow by a quarter, not by doubling: a machine keeps its windows of
         // the whole retention (576 over 48 h), and a doubled deque is up to half empty slots of
-        // 104 bytes, for every machine.
+        // 104 bytes, for every machine. The first growth is the six windows of the half hour a
+        // closed window stays in memory by default (growing by two, a machine's deque was
+        // reallocated three times in its first half hour).
         if self.newest.is_some() && self.older.len() == self.older.capacity() {
-            self.older.reserve_exact((self.older.len() / 4).max(2));
+            self.older
+                .reserve_exact((self.older.len() / 4).max(FIRST_OLDER));
         }
         match &self.newest {
             Some(newest) if newest.start > slot.start => {

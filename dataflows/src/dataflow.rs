@@ -150,6 +150,10 @@ impl<'s> Demuxed<'s> {
                 let mut to_verdicts = settlements_out.activate();
                 input.for_each_stamp(|cap, data| {
                     for container in data {
+                        // Nearly every event is a heartbeat: room for the container's records
+                        // at once, instead of growing from nothing for each container.
+                        contributions.reserve(container.len());
+                        beats.reserve(container.len());
                         for (e, t, r) in container.drain(..) {
                             // A processor's settlement line is not the machine at work.
                             let activity = !matches!(e.kind, EventKind::Settlement(_));

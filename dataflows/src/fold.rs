@@ -522,7 +522,10 @@ where
                     {
                         output_handle.session(h).give_iterator(fold.out.drain(..));
                     }
-                    trim(&mut fold.out);
+                    // A publication in parts keeps its buffer's room for the next part.
+                    if publishing.is_none() {
+                        trim(&mut fold.out);
+                    }
                     let next = open
                         .iter()
                         .copied()

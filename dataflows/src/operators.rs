@@ -495,8 +495,19 @@ impl<R> Waiting<R> {
         R: From<(D, isize)>,
     {
         for container in containers {
-            for (d, t, r) in container.drain(..) {
-                self.push(cap, output, t, R::from((d, r)));
+            let mut records = container.drain(..);
+            while let Some((d, t, r)) = records.next() {
+                // A run of records of one time (a container holds one time, mostly) goes into
+                // its time's queue with one lookup, and with room made for the whole run.
+                self.hold_at(cap, output, t);
+                let queue = self.by_time.entry(t).or_default();
+                queue.reserve(records.len() + 1);
+                queue.push(R::from((d, r)));
+                while records.as_slice().first().is_some_and(|(_, u, _)| *u == t) {
+                    if let Some((d, _, r)) = records.next() {
+                        queue.push(R::from((d, r)));
+                    }
+                }
             }
         }
     }
@@ -739,7 +750,10 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
                         {
                             output.session(h).give_iterator(out.drain(..));
                         }
-                        trim(&mut out);
+                        // A time judged in parts keeps its buffer's room for the next part.
+                        if caught_up {
+                            trim(&mut out);
+                        }
                         // Again after downstream has taken this part: for the rest of the time
                         // being judged, or the times that became ready meanwhile.
                         if !caught_up {
@@ -883,7 +897,10 @@ impl<'s, D: ExchangeData> Keyed<'s, D> for VecCollection<'s, Time, D, isize> {
                         {
                             output.session(h).give_iterator(out.drain(..));
                         }
-                        trim(&mut out);
+                        // A publication in parts keeps its buffer's room for the next part.
+                        if ending.is_none() {
+                            trim(&mut out);
+                        }
                         waiting.settle(
                             ending.iter().copied().chain(*open).chain(waiting.first_time()).min(),
                         );
