@@ -78,7 +78,7 @@ pub use config::Config;
 pub use engine::{Batch, Engine, EngineError, Feeder, Feeders, peak_rss_bytes};
 pub use errors::ErrorRecord;
 pub use operators::{ExpiringMap, ExpiringSet, FanOut, Time};
-pub use row::{ColumnType, Row, Value};
+pub use row::{CellRef, ColumnType, Row, Value};
 pub use summary::FleetSummary;
 pub use view_store::{Change, Snapshot, StoreError, Subscription, SubscriptionEnd, ViewStore};
 pub use views::{CATALOG, ViewDef};

@@ -208,7 +208,7 @@ fn put_int(out: &mut Vec<u8>, v: i64) {
 /// Reads cells off the front of a row's bytes (which only [`RowWriter`] wrote).
 struct Cells<'a>(&'a [u8]);
 
-impl Cells<'_> {
+impl<'a> Cells<'a> {
     fn varint(&mut self) -> u64 {
         let mut v = 0u64;
         let mut shift = 0;
@@ -235,7 +235,7 @@ impl Cells<'_> {
     }
 
     /// The text of a text cell whose tag (`TEXT` or `WORD`) was just read.
-    fn text_bytes(&mut self, tag: u8) -> &[u8] {
+    fn text_bytes(&mut self, tag: u8) -> &'a [u8] {
         if tag == tag::WORD {
             self.word().as_bytes()
         } else {
@@ -244,7 +244,7 @@ impl Cells<'_> {
         }
     }
 
-    fn bytes(&mut self, n: usize) -> &[u8] {
+    fn bytes(&mut self, n: usize) -> &'a [u8] {
         let n = n.min(self.0.len());
         let (head, rest) = self.0.split_at(n);
         self.0 = rest;
@@ -275,37 +275,72 @@ impl Cells<'_> {
         }
         true
     }
+
+    /// The next cell as it stands in the row (its text borrowed).
+    fn next_ref(&mut self) -> Option<CellRef<'a>> {
+        let (&t, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(match t {
+            tag::FALSE => CellRef::Bool(false),
+            tag::TRUE => CellRef::Bool(true),
+            tag::INT => CellRef::Int(self.int()),
+            tag::FLOAT => {
+                let mut bits = [0u8; 8];
+                bits.copy_from_slice(self.bytes(8));
+                CellRef::Float(OrdF64(f64::from_bits(u64::from_le_bytes(bits))))
+            }
+            tag::TEXT => {
+                let n = self.varint() as usize;
+                // Only `RowWriter` writes rows, from `str`s: the bytes are UTF-8.
+                CellRef::Text(std::str::from_utf8(self.bytes(n)).unwrap_or_default())
+            }
+            tag::WORD => CellRef::Text(self.word()),
+            tag::MONEY => CellRef::Money(Cents(self.int())),
+            tag::READING => CellRef::Reading(Milli(self.int())),
+            tag::TIME => CellRef::Time(Timestamp(self.int())),
+            tag::DATE => CellRef::Date(self.int()),
+            _ => CellRef::Null,
+        })
+    }
 }
 
 impl Iterator for Cells<'_> {
     type Item = Value;
 
     fn next(&mut self) -> Option<Value> {
-        let (&t, rest) = self.0.split_first()?;
-        self.0 = rest;
-        Some(match t {
-            tag::FALSE => Value::Bool(false),
-            tag::TRUE => Value::Bool(true),
-            tag::INT => Value::Int(self.int()),
-            tag::FLOAT => {
-                let mut bits = [0u8; 8];
-                bits.copy_from_slice(self.bytes(8));
-                Value::Float(OrdF64(f64::from_bits(u64::from_le_bytes(bits))))
-            }
-            tag::TEXT => {
-                let n = self.varint() as usize;
-                // Only `RowWriter` writes rows, from `str`s: the bytes are UTF-8.
-                Value::Text(Text::from(
-                    std::str::from_utf8(self.bytes(n)).unwrap_or_default(),
-                ))
-            }
-            tag::WORD => Value::Text(Text::from(self.word())),
-            tag::MONEY => Value::Money(Cents(self.int())),
-            tag::READING => Value::Reading(Milli(self.int())),
-            tag::TIME => Value::Time(Timestamp(self.int())),
-            tag::DATE => Value::Date(self.int()),
-            _ => Value::Null,
-        })
+        self.next_ref().map(CellRef::to_value)
+    }
+}
+
+/// A cell as it stands in its row: a [`Value`] whose text is borrowed, not copied (what a
+/// writer that only prints the cell needs).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum CellRef<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(OrdF64),
+    Text(&'a str),
+    Money(Cents),
+    Reading(Milli),
+    Time(Timestamp),
+    Date(i64),
+}
+
+impl CellRef<'_> {
+    /// The cell as a value of its own.
+    pub fn to_value(self) -> Value {
+        match self {
+            CellRef::Null => Value::Null,
+            CellRef::Bool(b) => Value::Bool(b),
+            CellRef::Int(i) => Value::Int(i),
+            CellRef::Float(f) => Value::Float(f),
+            CellRef::Text(t) => Value::Text(Text::from(t)),
+            CellRef::Money(c) => Value::Money(c),
+            CellRef::Reading(m) => Value::Reading(m),
+            CellRef::Time(t) => Value::Time(t),
+            CellRef::Date(d) => Value::Date(d),
+        }
     }
 }
 
@@ -318,6 +353,12 @@ impl Row {
     /// The cells, decoded in order.
     pub fn iter(&self) -> impl Iterator<Item = Value> + '_ {
         Cells(self.bytes())
+    }
+
+    /// The cells in order, their text borrowed from the row.
+    pub fn cell_refs(&self) -> impl Iterator<Item = CellRef<'_>> + '_ {
+        let mut cells = Cells(self.bytes());
+        std::iter::from_fn(move || cells.next_ref())
     }
 
     /// Cell `i`, if the row has that many.
@@ -1208,6 +1249,9 @@ mod tests {
             }
             assert_eq!(row.get(values.len()), None);
             assert_eq!(row.cell(values.len()), Value::Null);
+            // Borrowed, the same cells.
+            let borrowed: Vec<Value> = row.cell_refs().map(CellRef::to_value).collect();
+            assert_eq!(borrowed, *values);
         }
         for pair in rows.windows(2) {
             let (a, b) = (Row::from(pair[0].clone()), Row::from(pair[1].clone()));

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use vendflow_dataflows::row::Column;
-use vendflow_dataflows::{Row, Snapshot, Value, ViewDef, ViewStore};
+use vendflow_dataflows::{CellRef, Row, Snapshot, ViewDef, ViewStore};
 
 use crate::SinkError;
 
@@ -244,10 +244,12 @@ fn write_body<W: Write, R: Borrow<Row>>(
     rows: &[R],
 ) -> Result<(), RowsError> {
     for row in rows {
-        let mut cells = row.borrow().iter();
+        // The cells as they stand in the row: text printed from the row's own bytes, not copied
+        // into a value first.
+        let mut cells = row.borrow().cell_refs();
         for (k, column) in columns.iter().enumerate() {
-            let value = cells.next().unwrap_or(Value::Null);
-            out.cell(k, columns.len(), column, &value).ok_or_else(|| {
+            let value = cells.next().unwrap_or(CellRef::Null);
+            out.cell(k, columns.len(), column, value).ok_or_else(|| {
                 RowsError::Cell(format!(
                     "column {} ({:?}) got {value:?}",
                     column.name, column.ty
@@ -315,7 +317,7 @@ impl<'w, W: Write> Lines<'w, W> {
     /// Appends `value` (the `k`th of `fields` cells) as Arrow's CSV writer prints a cell of
     /// `column`'s Arrow type (see [`vendflow_dataflows::row::to_batch`]); None when the value
     /// does not fit the column.
-    fn cell(&mut self, k: usize, fields: usize, column: &Column, value: &Value) -> Option<()> {
+    fn cell(&mut self, k: usize, fields: usize, column: &Column, value: CellRef<'_>) -> Option<()> {
         use vendflow_dataflows::ColumnType as T;
         if k > 0 {
             self.buf.push(b',');
@@ -323,20 +325,22 @@ impl<'w, W: Write> Lines<'w, W> {
         let out = &mut self.buf;
         match (column.ty, value) {
             // Arrow's default null is an empty field.
-            (_, Value::Null) if fields == 1 => out.extend_from_slice(b"\"\""),
-            (_, Value::Null) => {}
-            (T::Bool, Value::Bool(b)) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
-            (T::Int, Value::Int(i)) => {
-                out.extend_from_slice(itoa::Buffer::new().format(*i).as_bytes())
+            (_, CellRef::Null) if fields == 1 => out.extend_from_slice(b"\"\""),
+            (_, CellRef::Null) => {}
+            (T::Bool, CellRef::Bool(b)) => {
+                out.extend_from_slice(if b { b"true" } else { b"false" })
             }
-            (T::Float, Value::Float(f)) => {
+            (T::Int, CellRef::Int(i)) => {
+                out.extend_from_slice(itoa::Buffer::new().format(i).as_bytes())
+            }
+            (T::Float, CellRef::Float(f)) => {
                 out.extend_from_slice(ryu::Buffer::new().format(f.0).as_bytes())
             }
-            (T::Text, Value::Text(t)) => self.text(t.as_bytes(), fields),
-            (T::Money, Value::Money(c)) => decimal(out, c.0, 2),
-            (T::Reading, Value::Reading(m)) => decimal(out, m.0, 3),
-            (T::Time, Value::Time(t)) => instant(out, t.0)?,
-            (T::Date, Value::Date(d)) => day(out, *d)?,
+            (T::Text, CellRef::Text(t)) => self.text(t.as_bytes(), fields),
+            (T::Money, CellRef::Money(c)) => decimal(out, c.0, 2),
+            (T::Reading, CellRef::Reading(m)) => decimal(out, m.0, 3),
+            (T::Time, CellRef::Time(t)) => instant(out, t.0)?,
+            (T::Date, CellRef::Date(d)) => day(out, d)?,
             _ => return None,
         }
         Some(())
@@ -457,6 +461,7 @@ mod tests {
     use vendflow_protocol::decode::decode_line;
 
     use super::*;
+    use vendflow_dataflows::Value;
 
     /// A large view's file is the bytes Arrow's CSV writer gives for the view's batch: one
     /// header, every row once, in the snapshot's order.
