@@ -424,11 +424,15 @@ impl<R: std::borrow::Borrow<Row>> Grouped<R> {
     fn sorted(self) -> Vec<R> {
         let Grouped { rows, groups } = self;
         let first = |at: usize| rows[at].borrow().first_cell();
-        let mut keyed: Vec<([u64; 2], std::ops::Range<usize>)> = groups
-            .into_iter()
-            .filter(|g| !g.is_empty())
-            .map(|g| (crate::row::cell_order_key(first(g.start)), g))
-            .collect();
+        // Room for every group at once: a filtered iterator tells `collect` nothing of its
+        // length, and a view of 50,000 machines' groups grew by doubling (copies, fresh pages).
+        let mut keyed: Vec<([u64; 2], std::ops::Range<usize>)> = Vec::with_capacity(groups.len());
+        keyed.extend(
+            groups
+                .into_iter()
+                .filter(|g| !g.is_empty())
+                .map(|g| (crate::row::cell_order_key(first(g.start)), g)),
+        );
         keyed.sort_unstable_by(|(ka, a), (kb, b)| {
             ka.cmp(kb)
                 .then_with(|| crate::row::cmp_cells(first(a.start), first(b.start)))
