@@ -904,3 +904,95 @@ fn a_holiday_calendar_reaches_the_stockout_forecast() -> anyhow::Result<()> {
     assert!(err.contains("bad.txt line 2: not a holiday"), "{err}");
     Ok(())
 }
+
+/// An engine started without `--state-dir` keeps its state in a new directory under the system's
+/// temporary one and removes it when it ends; killed with `kill -9`, it cannot, and the next
+/// engine to start without one removes it (once it is a minute old: its lock is free).
+#[test]
+fn the_state_of_a_killed_engine_is_reclaimed_by_the_next() -> anyhow::Result<()> {
+    use std::time::{Duration, Instant, SystemTime};
+    let dir = tempfile::tempdir()?;
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp)?;
+    let events = dir.path().join("events.jsonl");
+    let lines: String = (0..200)
+        .map(|i| {
+            format!(
+                "{{\"machineId\":\"m{:03}\",\"type\":\"heartbeat\",\"timestamp\":{},\"payload\":{{\"temperature\":5.0,\"doorStatus\":\"closed\"}}}}\n",
+                i % 7,
+                1_700_000_000_000_i64 + i * 1000
+            )
+        })
+        .collect();
+    std::fs::write(&events, lines)?;
+    let state_dirs = || -> anyhow::Result<Vec<std::path::PathBuf>> {
+        let mut dirs = Vec::new();
+        for entry in std::fs::read_dir(&tmp)? {
+            let path = entry?.path();
+            if path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vendflow-state-"))
+            {
+                dirs.push(path);
+            }
+        }
+        Ok(dirs)
+    };
+    // A paced replay (two events a second) stands for a long-running engine.
+    let mut running = Command::new(vendflow_bin()?)
+        .args(["replay", &events.to_string_lossy(), "--rate", "2", "--out"])
+        .arg(dir.path().join("never"))
+        .env("TMPDIR", &tmp)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let started = Instant::now();
+    let killed = loop {
+        if let [one] = state_dirs()?.as_slice()
+            && one.join("owner.lock").exists()
+        {
+            break one.clone();
+        }
+        if let Some(status) = running.try_wait()? {
+            anyhow::bail!("the paced replay ended ({status}) before it was killed");
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "the engine made no state directory under {}",
+            tmp.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    running.kill()?;
+    running.wait()?;
+    assert!(killed.exists(), "kill -9 leaves the state directory behind");
+    let out = dir.path().join("out");
+    let replay = |what: &str| -> anyhow::Result<()> {
+        let done = Command::new(vendflow_bin()?)
+            .args(["replay", &events.to_string_lossy(), "--out"])
+            .arg(&out)
+            .env("TMPDIR", &tmp)
+            .env("RUST_LOG", "info")
+            .output()?;
+        anyhow::ensure!(
+            done.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&done.stderr)
+        );
+        Ok(())
+    };
+    // Under a minute old, it may be an engine setting up: kept.
+    replay("a replay beside a new directory")?;
+    assert!(killed.exists(), "a new directory is not reclaimed");
+    std::fs::File::options()
+        .write(true)
+        .open(killed.join("owner.lock"))?
+        .set_modified(SystemTime::now() - Duration::from_secs(120))?;
+    replay("a replay after a killed engine")?;
+    assert_eq!(
+        state_dirs()?,
+        Vec::<std::path::PathBuf>::new(),
+        "the killed engine's directory is reclaimed, the replay's own removed"
+    );
+    Ok(())
+}

@@ -390,8 +390,9 @@ pub struct Engine {
     release: Arc<AtomicBool>,
     workers: Option<timely_communication::WorkerGuards<()>>,
     store_thread: Option<std::thread::JoinHandle<()>>,
-    /// The state directory when none was configured: removed when the engine is dropped.
-    temporary_state: Option<tempfile::TempDir>,
+    /// The state directory when none was configured: removed when the engine is dropped, or
+    /// by the next engine to start if this process dies first.
+    temporary_state: Option<crate::temporary_state::TemporaryState>,
     /// Cluster checkpoints' sections (with a checkpoint grid), once.
     aligned: Option<crate::aligned::Aligned>,
     parked_windows: Arc<crate::anomaly_windows::ParkedCounts>,
@@ -438,10 +439,7 @@ impl Engine {
         let temporary_state = match &config.state_dir {
             Some(_) => None,
             None => Some(
-                tempfile::Builder::new()
-                    .prefix("vendflow-state-")
-                    .tempdir()
-                    .map_err(EngineError::StateDir)?,
+                crate::temporary_state::TemporaryState::create().map_err(EngineError::StateDir)?,
             ),
         };
         let state_dir = match (&config.state_dir, &temporary_state) {
