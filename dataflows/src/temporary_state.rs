@@ -55,13 +55,14 @@ impl TemporaryState {
     fn create_in(parent: &Path) -> io::Result<TemporaryState> {
         let dir = tempfile::Builder::new().prefix(PREFIX).tempdir_in(parent)?;
         let lock = File::create(dir.path().join(LOCK))?;
-        lock.try_lock().map_err(|e| match e {
-            std::fs::TryLockError::Error(e) => e,
-            std::fs::TryLockError::WouldBlock => io::Error::new(
-                io::ErrorKind::WouldBlock,
-                "a new state directory's lock is held by another process",
-            ),
-        })?;
+        // A file system without locks is no reason not to start: the directory is then never
+        // reclaimed by another engine (its lock cannot be taken either), only removed at the end.
+        if let Err(e) = lock.try_lock() {
+            tracing::warn!(
+                dir = %dir.path().display(), error = %e,
+                "cannot lock the temporary state directory: if this process is killed, no later engine will remove it"
+            );
+        }
         Ok(TemporaryState { _lock: lock, dir })
     }
 
