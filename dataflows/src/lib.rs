@@ -68,7 +68,7 @@ pub mod signals;
 pub mod state_file;
 pub mod stockout;
 pub mod summary;
-pub mod temporary_state;
+mod temporary_state;
 #[cfg(test)]
 mod testing;
 pub mod view_store;

@@ -1,7 +1,7 @@
-//! The state directory of an engine started without one (`--state-dir`): a new directory in the
-//! system's temporary one, removed when the engine stops, and reclaimed by the next engine that
-//! starts without one if its process died before it could remove it (`kill -9`, the kernel's
-//! out-of-memory killer, a power cut). Without that, every such death left its directory
+//! The state directory of an engine started without one (`--state`, `Config::state_dir`): a new
+//! directory in the system's temporary one, removed when the engine stops, and reclaimed by the
+//! next engine that starts without one if its process died before it could remove it (`kill -9`,
+//! the kernel's out-of-memory killer, a power cut). Without that, every such death left its directory
 //! behind: the sale-line ledger, the parked windows and the cold view rows of a long run, up to
 //! gigabytes of redb files that nothing would ever read again.
 //!
@@ -95,7 +95,7 @@ pub fn reclaim_abandoned(parent: &Path, grace: Duration) -> Reclaimed {
         if !abandoned(&dir, grace) {
             continue;
         }
-        let bytes = size_of(&dir);
+        let bytes = bytes_under(&dir);
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => {
                 reclaimed.dirs += 1;
@@ -126,7 +126,7 @@ fn abandoned(dir: &Path, grace: Duration) -> bool {
 }
 
 /// The bytes of the files under `dir` (for the log line).
-fn size_of(dir: &Path) -> u64 {
+fn bytes_under(dir: &Path) -> u64 {
     let mut total = 0;
     let mut stack: Vec<PathBuf> = vec![dir.to_owned()];
     while let Some(at) = stack.pop() {
