@@ -1085,11 +1085,18 @@ pub fn fork<'s, D: Data, A: Data, B: Data, C: Data>(
     let (mut out_c, c) = builder.new_output::<Vec<(C, Time, isize)>>();
     builder.build(move |_| {
         let (mut buf_a, mut buf_b, mut buf_c) = (Vec::new(), Vec::new(), Vec::new());
+        let mut last = (0, 0, 0);
         move |_frontiers| {
             let (mut to_a, mut to_b, mut to_c) =
                 (out_a.activate(), out_b.activate(), out_c.activate());
             input.for_each_stamp(|cap, data| {
                 for container in data {
+                    // Room for the container's records in each output it feeds, at once
+                    // (each buffer comes back from the last message without any).
+                    let n = container.len();
+                    buf_a.reserve(n.min(last.0));
+                    buf_b.reserve(n.min(last.1));
+                    buf_c.reserve(n.min(last.2));
                     for (d, t, r) in container.drain(..) {
                         match route(d) {
                             Fork::A(x) => buf_a.push((x, t, r)),
@@ -1097,6 +1104,9 @@ pub fn fork<'s, D: Data, A: Data, B: Data, C: Data>(
                             Fork::C(x) => buf_c.push((x, t, r)),
                         }
                     }
+                    // What each output took of this container: of the next, about as much.
+                    let grown = |k: usize| if k == 0 { 0 } else { n };
+                    last = (grown(buf_a.len()), grown(buf_b.len()), grown(buf_c.len()));
                     ship(&mut to_a, &cap, &mut buf_a);
                     ship(&mut to_b, &cap, &mut buf_b);
                     ship(&mut to_c, &cap, &mut buf_c);
@@ -1138,6 +1148,9 @@ struct Projection<T: Data, F> {
 
 impl<D, T: Data, I: IntoIterator<Item = T>, F: FnMut(&D) -> I> Project<D> for Projection<T, F> {
     fn read(&mut self, cap: &InputCapability<Time>, records: &[(D, Time, isize)]) {
+        // Room for one projection per record at once: the buffer comes back from the last
+        // message without any (timely takes it whole), and grew by doubling for each message.
+        self.buffer.reserve(records.len());
         for (d, t, r) in records {
             for x in (self.project)(d) {
                 self.buffer.push((x, *t, *r));
