@@ -580,6 +580,20 @@ impl PartialOrd for Row {
     }
 }
 
+impl Row {
+    /// [`Ord::cmp`] for two rows whose first `first` bytes are the same first cell (rows of one
+    /// view store group): only the cells after it are compared (a machine id's text, the same
+    /// in every row of its group, was decoded and compared in every comparison).
+    pub(crate) fn cmp_after_first(&self, other: &Row, first: usize) -> Ordering {
+        let (a, b) = (self.bytes(), other.bytes());
+        debug_assert_eq!(a.get(..first), b.get(..first));
+        match (a.get(first..), b.get(first..)) {
+            (Some(a), Some(b)) => cmp_cells(a, b),
+            _ => self.cmp(other),
+        }
+    }
+}
+
 impl Ord for Row {
     /// Cell by cell, as `[Value]` orders, on the encoded cells (no value is built).
     fn cmp(&self, other: &Row) -> Ordering {
@@ -1102,6 +1116,28 @@ mod tests {
             }
         }
         assert!(decided > 30_000, "{decided}");
+    }
+
+    /// Rows of one group (the same first cell) order the same from the cell after it as
+    /// whole: the naive order of their values.
+    #[test]
+    fn rows_of_one_group_order_from_their_second_cell_as_whole() {
+        let mut rng = SmallRng::seed_from_u64(17);
+        for _ in 0..20_000 {
+            let first = random_value(&mut rng);
+            let values = |rng: &mut SmallRng| {
+                let n = rng.random_range(0..4);
+                let mut v = vec![first.clone()];
+                v.extend((0..n).map(|_| random_value(rng)));
+                v
+            };
+            let (a, b) = (values(&mut rng), values(&mut rng));
+            let (ra, rb) = (Row::from(a.clone()), Row::from(b.clone()));
+            let len = ra.first_cell().len();
+            assert_eq!(rb.first_cell().len(), len);
+            assert_eq!(ra.cmp_after_first(&rb, len), a.cmp(&b), "{a:?} against {b:?}");
+            assert_eq!(ra.cmp_after_first(&ra, len), std::cmp::Ordering::Equal);
+        }
     }
 
     /// A batch read back gives the rows it was written from, for every column type.

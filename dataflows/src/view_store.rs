@@ -442,7 +442,11 @@ impl<R: std::borrow::Borrow<Row>> Grouped<R> {
         for (_, g) in keyed {
             let at = out.len();
             out.extend(rows[g].iter_mut().filter_map(Option::take));
-            out[at..].sort_unstable_by(|a, b| a.borrow().cmp(b.borrow()));
+            // A group's rows share their first cell: compared from the cell after it.
+            if let Some(row) = out.get(at) {
+                let first = row.borrow().first_cell().len();
+                out[at..].sort_unstable_by(|a, b| a.borrow().cmp_after_first(b.borrow(), first));
+            }
         }
         out
     }
