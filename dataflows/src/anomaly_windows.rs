@@ -57,7 +57,7 @@ use crate::config::Config;
 use crate::dedup::{self, Seen};
 use crate::fold::{sum_by_key, totals};
 use crate::operators::{
-    Emit, FastMap, Fork, Keyed, PUBLISH_CHUNK, Time, fork, hash_of, state_sizes, trim,
+    Emit, FastMap, Fork, Keyed, PUBLISH_CHUNK, Time, fork, hash_of, room_for_one, state_sizes, trim,
 };
 #[cfg(test)]
 use crate::revenue::CORRECTIONS_KEPT_DAYS;
@@ -587,6 +587,8 @@ struct State {
     before: Vec<Packed>,
     /// How many of `touched` are published (a large time is published in parts).
     published_upto: usize,
+    /// Workers over every process (the machines table's sizing: [`room_for_one`]).
+    peers: usize,
 }
 
 /// What a checkpoint keeps of the windows: every machine's windows in memory and when each is
@@ -848,11 +850,15 @@ pub fn render<'s>(
         retention: config.window_retention_ms,
     });
     let on_begin = parking.clone();
+    let peers = telemetry.inner.scope().peers();
     let contributions = telemetry.concat(accepted.flat_map(move |l| card_contribution(l, width)));
     let out = contributions.keyed_steps(
         "Windows: fold",
         |((m, _), _): &(WindowKey, Piece)| hash_of(m),
-        State::default(),
+        State {
+            peers,
+            ..State::default()
+        },
         move |state, out| state.expire(out.time(), &on_begin, out),
         move |state, (key, piece), diff, out| {
             let now = out.time();
@@ -882,6 +888,7 @@ pub fn render<'s>(
                     duplicates,
                 );
             }
+            room_for_one(&mut state.machines, state.peers);
             let machine = state.machines.entry(key.0.clone()).or_default();
             // The arithmetic first: in a bulk load's hours nothing is parked, and the lookup
             // below finds the window anyway.

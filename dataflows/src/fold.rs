@@ -34,7 +34,7 @@ use smallvec::SmallVec;
 use timely::dataflow::operators::Capability;
 
 use crate::checkpoint;
-use crate::operators::{FastMap, PUBLISH_CHUNK, Time, Waiting, state_sizes, trim};
+use crate::operators::{FastMap, PUBLISH_CHUNK, Time, Waiting, room_for_one, state_sizes, trim};
 
 /// What `apply` and timers can do besides changing the key's state.
 pub struct Ctx<'a, K, O> {
@@ -214,10 +214,12 @@ struct FoldState<K, S, O> {
     published_upto: usize,
     before: Vec<O>,
     after: Vec<O>,
+    /// Workers over every process (the tables' sizing: [`room_for_one`]).
+    peers: usize,
 }
 
 impl<K: Clone + Eq + Hash, S: Default + PartialEq, O: Clone + PartialEq> FoldState<K, S, O> {
-    fn new(keep: bool) -> Self {
+    fn new(keep: bool, peers: usize) -> Self {
         FoldState {
             states: FastMap::default(),
             published: FastMap::default(),
@@ -228,6 +230,7 @@ impl<K: Clone + Eq + Hash, S: Default + PartialEq, O: Clone + PartialEq> FoldSta
             published_upto: 0,
             before: Vec::new(),
             after: Vec::new(),
+            peers,
         }
     }
 
@@ -292,11 +295,15 @@ impl<K: Clone + Eq + Hash, S: Default + PartialEq, O: Clone + PartialEq> FoldSta
             keep,
             out,
             timers,
+            peers,
             ..
         } = self;
         let (state, seen) = match states.get_mut(key) {
             Some(entry) => entry,
-            None if create => states.entry(key.clone()).or_default(),
+            None if create => {
+                room_for_one(states, *peers);
+                states.entry(key.clone()).or_default()
+            }
             None => return,
         };
         let first = !*seen;
@@ -338,6 +345,7 @@ impl<K: Clone + Eq + Hash, S: Default + PartialEq, O: Clone + PartialEq> FoldSta
             published_upto,
             before,
             after,
+            peers,
             ..
         } = self;
         let from = *published_upto;
@@ -360,6 +368,7 @@ impl<K: Clone + Eq + Hash, S: Default + PartialEq, O: Clone + PartialEq> FoldSta
                         last.clear();
                         last.extend(after.drain(..));
                     } else {
+                        room_for_one(published, *peers);
                         published.insert(key.clone(), after.drain(..).collect());
                     }
                 }
@@ -417,7 +426,7 @@ where
             move |cap, info| {
                 let activator = scope.activator_for(info.address);
                 let shared = Rc::new(RefCell::new(FoldOp::<K, V, S, O> {
-                    fold: FoldState::new(keep),
+                    fold: FoldState::new(keep, scope.peers()),
                     waiting: Waiting::new(),
                     open: None,
                     publishing: None,
@@ -861,7 +870,7 @@ mod tests {
     /// key that had output waits for the publication, which retracts it.
     #[test]
     fn a_key_back_to_its_default_on_its_first_touch_leaves_the_table_at_once() {
-        let mut fold = FoldState::<u32, i64, i64>::new(false);
+        let mut fold = FoldState::<u32, i64, i64>::new(false, 1);
         let t0 = Time::EPOCH;
         fold.apply(t0, ((1, 0), 1), &mut set, &output);
         assert_eq!((fold.states.len(), fold.touched.len()), (0, 0));

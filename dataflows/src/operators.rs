@@ -141,6 +141,28 @@ impl<D, F: FnMut(&D) -> u64> Distributor<Vec<D>> for LocalFirst<D, F> {
 
 /// A fast hash map for operator state (foldhash, not SipHash: keys are not attacker-chosen).
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// Makes room in `map` for one more key, ahead of an insert. A table that already holds an
+/// eighth of the machines one worker has (the machine ids this process has seen, over the
+/// `peers` workers that share them) is sized for all of them at once, rather than doubling its
+/// way there: each doubling moved every entry and faulted in a fresh table (a fold's table
+/// growth was ~5 % of a 1 M replay's samples). State keyed by machine (or by machine and day,
+/// slot, transaction) reaches that size anyway; a table that stays smaller never gets here.
+pub(crate) fn room_for_one<K: Eq + std::hash::Hash, V>(map: &mut FastMap<K, V>, peers: usize) {
+    if map.len() < map.capacity() {
+        return;
+    }
+    let per_worker = vendflow_protocol::MachineId::interned() / peers.max(1);
+    if let Some(more) = room_wanted(map.len(), per_worker) {
+        map.reserve(more);
+    }
+}
+
+/// The keys to make room for in a full table of `len` keys ([`room_for_one`]), or None to let
+/// it grow as it does.
+fn room_wanted(len: usize, per_worker: usize) -> Option<usize> {
+    (len >= per_worker / 8 && len < per_worker).then(|| per_worker - len)
+}
+
 /// A fast hash set for operator state.
 pub type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
@@ -1243,6 +1265,29 @@ impl<D: Data> Drop for FanOut<'_, D> {
 mod tests {
     use super::*;
     use vendflow_protocol::Timestamp;
+
+    /// A table reaching an eighth of a worker's machines is sized for all of them; a smaller
+    /// or a larger one grows as it does.
+    #[test]
+    fn a_table_of_machines_is_sized_for_the_fleet_once_it_is_an_eighth_of_it() {
+        assert_eq!(room_wanted(3_584, 25_000), Some(21_416));
+        assert_eq!(room_wanted(3_124, 25_000), None);
+        assert_eq!(room_wanted(28_672, 25_000), None);
+        assert_eq!(room_wanted(0, 0), None);
+        assert_eq!(room_wanted(7, 0), None);
+        // Sized once: the table then holds the fleet without growing.
+        let mut map: FastMap<u64, ()> = FastMap::default();
+        for k in 0..3_584 {
+            map.insert(k, ());
+        }
+        while map.len() < map.capacity() {
+            map.insert(map.len() as u64, ());
+        }
+        if let Some(more) = room_wanted(map.len(), 25_000) {
+            map.reserve(more);
+        }
+        assert!(map.capacity() >= 25_000, "{}", map.capacity());
+    }
 
     /// A pusher that keeps what it is given.
     struct Kept(Vec<Vec<u64>>);

@@ -1135,7 +1135,11 @@ mod tests {
             let (ra, rb) = (Row::from(a.clone()), Row::from(b.clone()));
             let len = ra.first_cell().len();
             assert_eq!(rb.first_cell().len(), len);
-            assert_eq!(ra.cmp_after_first(&rb, len), a.cmp(&b), "{a:?} against {b:?}");
+            assert_eq!(
+                ra.cmp_after_first(&rb, len),
+                a.cmp(&b),
+                "{a:?} against {b:?}"
+            );
             assert_eq!(ra.cmp_after_first(&ra, len), std::cmp::Ordering::Equal);
         }
     }

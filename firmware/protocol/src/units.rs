@@ -163,6 +163,12 @@ impl MachineId {
         &self.0.text
     }
 
+    /// How many distinct machine ids this process holds (every id ever parsed here; never
+    /// fewer over time): how large a fleet the process has seen, for sizing per-machine state.
+    pub fn interned() -> usize {
+        INTERNED.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// A hash of the id's text (a fixed seed, computed once when the id is interned): the same
     /// in every process and every run, unlike the [`Hash`](std::hash::Hash) impl.
     pub fn stable_hash(&self) -> u64 {
