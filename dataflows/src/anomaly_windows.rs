@@ -518,7 +518,7 @@ impl MachineWindows {
             // every few minutes is the norm): one slot read, where a search read several, each
             // a cache miss in a machine's deque (a card sale, judged after its hour's dedup,
             // lands in an older window).
-            let back = (newest.0 - start.0) / width.max(1);
+            let back = newest.0.saturating_sub(start.0) / width.max(1);
             let guess = usize::try_from(back)
                 .ok()
                 .and_then(|back| self.older.len().checked_sub(back));
@@ -1461,6 +1461,8 @@ mod tests {
                 let expected = starts.contains(&k).then_some(start);
                 assert_eq!(found, expected, "window {k} of {starts:?}");
             }
+            // A start the machine cannot have, as far back as time goes: not found, no overflow.
+            assert!(machine.get(Timestamp(i64::MIN), width).is_none());
         }
     }
 

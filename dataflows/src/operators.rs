@@ -141,6 +141,7 @@ impl<D, F: FnMut(&D) -> u64> Distributor<Vec<D>> for LocalFirst<D, F> {
 
 /// A fast hash map for operator state (foldhash, not SipHash: keys are not attacker-chosen).
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Makes room in `map` for one more key, ahead of an insert. A table that already holds an
 /// eighth of the machines one worker has (the machine ids this process has seen, over the
 /// `peers` workers that share them) is sized for all of them at once, rather than doubling its
