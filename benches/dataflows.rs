@@ -107,7 +107,7 @@ fn revenue_views<'s>(
         _ => None,
     });
     let mut accepted = accepted_lines(e, c);
-    let v = revenue::render(&mut accepted, loc, zones, c);
+    let v = revenue::render(&mut accepted, loc, zones, c, None);
     accepted.finish();
     v.location_daily.probe_with(&Handle::new());
     v.machine_daily.probe().0

@@ -51,11 +51,13 @@ pub(crate) struct Inputs<'s> {
 pub(crate) struct Stores {
     /// The sale-line ledger.
     pub ledger: Ledger,
-    /// Card transactions waiting for their settlement.
-    pub settlement: Parked,
+    /// Card transactions waiting for their settlement, and machines' closed settlement days.
+    pub settlement: (Parked, Parked),
     /// Anomaly windows closed long enough to leave memory, for the rest of their retention,
     /// and the engine's count of them.
     pub windows: (Parked, Arc<anomaly_windows::ParkedCounts>),
+    /// Machines' closed days of revenue, for the rest of their retention (UTC days, local days).
+    pub revenue_days: revenue::DayStores,
 }
 
 impl Stores {
@@ -68,11 +70,18 @@ impl Stores {
     ) -> Result<Stores, crate::state_file::StateFileError> {
         Ok(Stores {
             ledger: Ledger::for_worker(dir, index)?,
-            settlement: Parked::for_worker(dir, "settlement", index)?,
+            settlement: (
+                Parked::for_worker(dir, "settlement", index)?,
+                Parked::for_worker_cold(dir, "settlement-days", index)?,
+            ),
             // Windows end on their width's grid, so a bucket holds one start's windows.
             windows: (
                 Parked::for_worker_by(dir, "windows", index, config.window_ms)?,
                 counts.clone(),
+            ),
+            revenue_days: (
+                Parked::for_worker_cold(dir, "revenue-days", index)?,
+                Parked::for_worker_cold(dir, "revenue-local-days", index)?,
             ),
         })
     }
@@ -256,6 +265,7 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
                 ledger,
                 settlement: parked,
                 windows: parked_windows,
+                revenue_days,
             },
     } = inputs;
 
@@ -279,7 +289,13 @@ pub(crate) fn build<'s>(inputs: Inputs<'s>, config: &Config) -> Vec<VecCollectio
     let sales = sales::render(events.sales, ledger, config);
     // Every reader of the accepted lines takes its projection from one operator.
     let mut accepted = FanOut::new(sales.accepted, "Sales: to readers");
-    let revenue = revenue::render(&mut accepted, machine_location, location_zone, config);
+    let revenue = revenue::render(
+        &mut accepted,
+        machine_location,
+        location_zone,
+        config,
+        Some(revenue_days),
+    );
     let (restocks, restock_duplicates) = inventory::restocks_once(events.restocks, config);
     // Its three readers take their projections from one operator.
     let mut levels = FanOut::new(

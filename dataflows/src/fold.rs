@@ -35,6 +35,7 @@ use timely::dataflow::operators::Capability;
 
 use crate::checkpoint;
 use crate::operators::{FastMap, PUBLISH_CHUNK, Time, Waiting, room_for_one, state_sizes, trim};
+use crate::parked::Parked;
 
 /// What `apply` and timers can do besides changing the key's state.
 pub struct Ctx<'a, K, O> {
@@ -42,6 +43,8 @@ pub struct Ctx<'a, K, O> {
     key: &'a K,
     direct: &'a mut Vec<(O, Time, isize)>,
     timers: &'a mut BTreeMap<Time, TimerKeys<K>>,
+    /// What [`Ctx::park_until`] asked for the key, if anything.
+    park: Option<Time>,
 }
 
 impl<K: Clone, O> Ctx<'_, K, O> {
@@ -64,7 +67,20 @@ impl<K: Clone, O> Ctx<'_, K, O> {
             .or_default()
             .push(self.key.clone());
     }
+
+    /// Asks for the key's state to leave memory for the fold's store on disk once this time is
+    /// published, until `until` (exclusive): a record for the key or a timer of it before then
+    /// takes it back first, as if it had never left; from `until` it is forgotten, so a key
+    /// that still has output must have a timer before `until` that ends it. In a fold without
+    /// a store (see [`Parking`]) the key stays in memory.
+    pub fn park_until(&mut self, until: Time) {
+        self.park = Some(until);
+    }
 }
+
+/// A fold's store on disk for the keys its logic parks ([`Ctx::park_until`]): state that is
+/// kept for a long horizon but rarely touched again (a machine's closed days).
+pub type Parking = Option<crate::parked::Parked>;
 
 /// Keys a chunk of [`TimerKeys`] holds at most.
 const TIMER_CHUNK: usize = 4096;
@@ -118,6 +134,45 @@ pub trait KeyedFold<'s, K: ExchangeData + Hash, V: ExchangeData> {
     where
         S: Default + PartialEq + Serialize + DeserializeOwned + 'static,
         O: Data + Serialize + DeserializeOwned;
+
+    /// [`KeyedFold::fold_by_key`] set up with a store for the keys its logic parks.
+    fn fold_with<S, O>(
+        self,
+        setup: Setup<'_>,
+        route: impl Fn(&K) -> u64 + 'static,
+        apply: impl FnMut(&K, &mut S, V, isize, &mut Ctx<'_, K, O>) + 'static,
+        timer: impl FnMut(&K, &mut S, &mut Ctx<'_, K, O>) + 'static,
+        output: impl Fn(&K, &S, &mut Vec<O>) + 'static,
+    ) -> VecCollection<'s, Time, O>
+    where
+        S: Default + PartialEq + Serialize + DeserializeOwned + 'static,
+        O: Data + Serialize + DeserializeOwned;
+}
+
+/// How a fold is set up: its name, whether it keeps the output it last published for each key,
+/// and its store for the keys it parks ([`Ctx::park_until`]).
+pub struct Setup<'a> {
+    name: &'a str,
+    keep: bool,
+    parking: Parking,
+}
+
+impl<'a> Setup<'a> {
+    pub fn new(name: &'a str, published: Published) -> Self {
+        Setup {
+            name,
+            keep: published == Published::Kept,
+            parking: None,
+        }
+    }
+
+    /// With `store` for the keys the fold parks (None: they stay in memory).
+    pub fn parking(self, store: Parking) -> Self {
+        Setup {
+            parking: store,
+            ..self
+        }
+    }
 }
 
 /// Emits `-published` and `+after`, skipping what is in both; whether they differ.
@@ -180,13 +235,27 @@ impl<'s, K: ExchangeData + Hash, V: ExchangeData> KeyedFold<'s, K, V>
     {
         fold(
             self,
-            name,
-            published == Published::Kept,
+            Setup::new(name, published),
             route,
             apply,
             timer,
             output,
         )
+    }
+
+    fn fold_with<S, O>(
+        self,
+        setup: Setup<'_>,
+        route: impl Fn(&K) -> u64 + 'static,
+        apply: impl FnMut(&K, &mut S, V, isize, &mut Ctx<'_, K, O>) + 'static,
+        timer: impl FnMut(&K, &mut S, &mut Ctx<'_, K, O>) + 'static,
+        output: impl Fn(&K, &S, &mut Vec<O>) + 'static,
+    ) -> VecCollection<'s, Time, O>
+    where
+        S: Default + PartialEq + Serialize + DeserializeOwned + 'static,
+        O: Data + Serialize + DeserializeOwned,
+    {
+        fold(self, setup, route, apply, timer, output)
     }
 }
 
@@ -216,9 +285,18 @@ struct FoldState<K, S, O> {
     after: Vec<O>,
     /// Workers over every process (the tables' sizing: [`room_for_one`]).
     peers: usize,
+    /// Where parked keys wait ([`Ctx::park_until`]), if the fold has a store.
+    store: Option<Rc<RefCell<Parked>>>,
+    /// The keys asked to park at the time being applied, each until when.
+    parking: Vec<(K, Time)>,
 }
 
-impl<K: Clone + Eq + Hash, S: Default + PartialEq, O: Clone + PartialEq> FoldState<K, S, O> {
+impl<K, S, O> FoldState<K, S, O>
+where
+    K: Clone + Eq + Hash + Serialize + DeserializeOwned,
+    S: Default + PartialEq + Serialize + DeserializeOwned,
+    O: Clone + PartialEq + Serialize + DeserializeOwned,
+{
     fn new(keep: bool, peers: usize) -> Self {
         FoldState {
             states: FastMap::default(),
@@ -231,6 +309,8 @@ impl<K: Clone + Eq + Hash, S: Default + PartialEq, O: Clone + PartialEq> FoldSta
             before: Vec::new(),
             after: Vec::new(),
             peers,
+            store: None,
+            parking: Vec::new(),
         }
     }
 
@@ -288,6 +368,9 @@ impl<K: Clone + Eq + Hash, S: Default + PartialEq, O: Clone + PartialEq> FoldSta
         output: &impl Fn(&K, &S, &mut Vec<O>),
         f: impl FnOnce(&mut S, &mut Ctx<'_, K, O>),
     ) {
+        if self.store.is_some() && !self.states.contains_key(key) {
+            self.unpark(key, now);
+        }
         let FoldState {
             states,
             touched,
@@ -296,6 +379,8 @@ impl<K: Clone + Eq + Hash, S: Default + PartialEq, O: Clone + PartialEq> FoldSta
             out,
             timers,
             peers,
+            store,
+            parking,
             ..
         } = self;
         let (state, seen) = match states.get_mut(key) {
@@ -320,8 +405,14 @@ impl<K: Clone + Eq + Hash, S: Default + PartialEq, O: Clone + PartialEq> FoldSta
             key,
             direct: out,
             timers,
+            park: None,
         };
         f(state, &mut ctx);
+        if let Some(until) = ctx.park
+            && store.is_some()
+        {
+            parking.push((key.clone(), until));
+        }
         // A key first touched now that had no output and is back to the default has nothing
         // to publish (the default's output is empty): it leaves the table at once rather than
         // when the time is published, so a bulk time that moves most of its keys elsewhere (a
@@ -383,6 +474,15 @@ impl<K: Clone + Eq + Hash, S: Default + PartialEq, O: Clone + PartialEq> FoldSta
         if to < touched.len() {
             return false;
         }
+        if !self.parking.is_empty() {
+            self.park(now);
+        }
+        let FoldState {
+            touched,
+            published_upto,
+            before,
+            ..
+        } = self;
         *published_upto = 0;
         touched.clear();
         before.clear();
@@ -390,6 +490,76 @@ impl<K: Clone + Eq + Hash, S: Default + PartialEq, O: Clone + PartialEq> FoldSta
         trim(touched);
         trim(before);
         true
+    }
+
+    /// Moves the keys asked to park at `now` (just published) to the store with their
+    /// published output: a key that a disk error keeps is kept in memory (logged), as it was.
+    fn park(&mut self, now: Time) {
+        let Some(store) = &self.store else {
+            self.parking.clear();
+            return;
+        };
+        let mut store = store.borrow_mut();
+        for (key, until) in self.parking.drain(..) {
+            let Some((state, _)) = self.states.get(&key) else {
+                // Back to its default: gone already.
+                continue;
+            };
+            let kept = self.published.get(&key).map_or(&[][..], |p| &p[..]);
+            let parked = bincode::serialize(&key).and_then(|k| {
+                let v = bincode::serialize(&(state, kept))?;
+                Ok((k, v))
+            });
+            let result = match parked {
+                Ok((k, v)) => store.park(k, v, until).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match result {
+                Ok(()) => {
+                    self.states.remove(&key);
+                    self.published.remove(&key);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot park a fold's key on disk; kept in memory")
+                }
+            }
+        }
+        if let Err(e) = store.sweep(now) {
+            tracing::error!(error = %e, "cannot sweep a fold's parked keys");
+        }
+    }
+
+    /// Takes `key` back from the store if it is parked there, with its published output.
+    fn unpark(&mut self, key: &K, now: Time) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let Ok(bytes) = bincode::serialize(key) else {
+            return;
+        };
+        let taken = store.borrow_mut().take(&bytes, now);
+        let value = match taken {
+            Ok(Some(value)) => value,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read a fold's parked key; it starts again");
+                return;
+            }
+        };
+        match bincode::deserialize::<(S, Vec<O>)>(&value) {
+            Ok((state, kept)) => {
+                room_for_one(&mut self.states, self.peers);
+                self.states.insert(key.clone(), (state, false));
+                if !kept.is_empty() {
+                    room_for_one(&mut self.published, self.peers);
+                    self.published
+                        .insert(key.clone(), kept.into_iter().collect());
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "a fold's parked key cannot be read; it starts again");
+            }
+        }
     }
 }
 
@@ -402,8 +572,11 @@ impl<K: Clone + Eq + Hash, S: Default + PartialEq, O: Clone + PartialEq> FoldSta
 /// (memory, and a copy of every record); records ahead of the frontier still wait by time.
 fn fold<'s, K, V, S, O>(
     records: VecCollection<'s, Time, (K, V)>,
-    name: &str,
-    keep: bool,
+    Setup {
+        name,
+        keep,
+        parking,
+    }: Setup<'_>,
     route: impl Fn(&K) -> u64 + 'static,
     mut apply: impl FnMut(&K, &mut S, V, isize, &mut Ctx<'_, K, O>) + 'static,
     mut timer: impl FnMut(&K, &mut S, &mut Ctx<'_, K, O>) + 'static,
@@ -425,8 +598,12 @@ where
             name,
             move |cap, info| {
                 let activator = scope.activator_for(info.address);
+                let mut fold = FoldState::new(keep, scope.peers());
+                // Enrolled in the checkpoint beside the fold: what is parked is its state too.
+                fold.store =
+                    parking.map(|p| p.enrolled(&format!("{name}: parked"), "parked keys"));
                 let shared = Rc::new(RefCell::new(FoldOp::<K, V, S, O> {
-                    fold: FoldState::new(keep, scope.peers()),
+                    fold,
                     waiting: Waiting::new(),
                     open: None,
                     publishing: None,
@@ -714,16 +891,65 @@ where
     K: ExchangeData + Hash,
     R: Additive + ExchangeData,
 {
+    sum_by_key_parking(records, name, route, window, None)
+}
+
+/// Where a [`sum_by_key_parking`] parks its quiet keys: the store, and for each key the
+/// ingestion time from which it is quiet (its day over, and the time late records usually take
+/// to come after it).
+pub struct ParkSums<K> {
+    pub store: Parked,
+    pub quiet_from: Box<dyn Fn(&K) -> Time>,
+}
+
+/// [`sum_by_key`] whose keys wait on disk from their `quiet_from` time until their `until`: a
+/// machine's closed days are kept for weeks and rarely change. A record for a parked key (a sale
+/// days late) takes it back and it is parked again once that time is published; its timer at
+/// `until` takes it back to retract its total. The same output as [`sum_by_key`].
+pub fn sum_by_key_parking<'s, K, R>(
+    records: VecCollection<'s, Time, (K, R)>,
+    name: &str,
+    route: impl Fn(&K) -> u64 + 'static,
+    window: impl Fn(&K) -> (Time, Time) + Clone + 'static,
+    park: Option<ParkSums<K>>,
+) -> VecCollection<'s, Time, Summed<K, R>>
+where
+    K: ExchangeData + Hash,
+    R: Additive + ExchangeData,
+{
     fn arm<K: Clone, O, R>(sum: &mut Sum<R>, at: Time, ctx: &mut Ctx<'_, K, O>) {
         if sum.timer > at {
             sum.timer = at;
             ctx.wake_at(at);
         }
     }
+    /// Arms a live key's next timer: its quiet time while that is ahead, else its end, and
+    /// once quiet asks for it to be parked until just after its end (whose timer takes it back).
+    fn arm_live<K: Clone, O, R>(
+        sum: &mut Sum<R>,
+        quiet: Option<Time>,
+        until: Time,
+        ctx: &mut Ctx<'_, K, O>,
+    ) {
+        match quiet.filter(|q| *q < until) {
+            Some(quiet) if quiet > ctx.now() => arm(sum, quiet, ctx),
+            Some(_) => {
+                arm(sum, until, ctx);
+                ctx.park_until(until.saturating_add(1));
+            }
+            None => arm(sum, until, ctx),
+        }
+    }
+    let (store, quiet_from) = match park {
+        Some(ParkSums { store, quiet_from }) => (Some(store), Some(Rc::new(quiet_from))),
+        None => (None, None),
+    };
     let on_timer = window.clone();
-    records.fold_by_key(
-        name,
-        Published::Recomputed,
+    let quiet_on_timer = quiet_from.clone();
+    let setup = Setup::new(name, Published::Recomputed).parking(store);
+    fold(
+        records,
+        setup,
         route,
         move |key, sum: &mut Sum<R>, r, diff, ctx| {
             let (from, until) = window(key);
@@ -740,7 +966,8 @@ where
             } else {
                 sum.live.add_times(&r, diff);
                 if until != Time::MAX {
-                    arm(sum, until, ctx);
+                    let quiet = quiet_from.as_ref().map(|q| q(key));
+                    arm_live(sum, quiet, until, ctx);
                 }
             }
         },
@@ -760,7 +987,8 @@ where
             if sum.future.is_some() {
                 arm(sum, from, ctx);
             } else if sum.live != R::default() && until != Time::MAX {
-                arm(sum, until, ctx);
+                let quiet = quiet_on_timer.as_ref().map(|q| q(key));
+                arm_live(sum, quiet, until, ctx);
             }
         },
         |key, sum, out| {
@@ -853,6 +1081,7 @@ pub fn split_late<'s, K: Data, R: Data>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vendflow_protocol::Timestamp;
 
     /// Sets a key's state to the record's value; the output is the state unless it is 0.
     fn set(_: &u32, state: &mut i64, value: i64, _: isize, _: &mut Ctx<'_, u32, i64>) {
@@ -885,5 +1114,135 @@ mod tests {
         assert!(fold.publish(t1, &output, usize::MAX));
         assert_eq!(std::mem::take(&mut fold.out), vec![(7, t1, -1)]);
         assert!(fold.states.is_empty());
+    }
+
+    /// A key parked when its time is published leaves memory with its published output; a
+    /// record or a timer for it takes both back (the output changes from what was published
+    /// before it left), and a key whose horizon passed on disk starts afresh.
+    #[test]
+    fn a_parked_key_comes_back_with_its_state_and_output_for_a_record_or_its_timer() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = Parked::create(&dir.path().join("fold.redb")).unwrap_or_else(|e| panic!("{e}"));
+        let store = Rc::new(RefCell::new(store));
+        let mut fold = FoldState::<u32, i64, i64>::new(true, 1);
+        fold.store = Some(store.clone());
+        let t = Timestamp;
+        let mut add = |k: &u32, s: &mut i64, v: i64, _: isize, ctx: &mut Ctx<'_, u32, i64>| {
+            *s += v;
+            if *k == 1 {
+                ctx.wake_at(t(50));
+            }
+            ctx.park_until(t(if *k == 1 { 100 } else { 60 }));
+        };
+        let mut end = |_: &u32, s: &mut i64, _: &mut Ctx<'_, u32, i64>| *s = 0;
+        let mut step = |fold: &mut FoldState<u32, i64, i64>, now: i64, records: &[(u32, i64)]| {
+            for &(k, v) in records {
+                fold.apply(t(now), ((k, v), 1), &mut add, &output);
+            }
+            fold.fire(t(now), &mut end, &output);
+            assert!(fold.publish(t(now), &output, usize::MAX));
+            let mut out = std::mem::take(&mut fold.out);
+            out.sort();
+            out
+        };
+
+        assert_eq!(
+            step(&mut fold, 0, &[(1, 5), (2, 3)]),
+            vec![(3, t(0), 1), (5, t(0), 1)]
+        );
+        assert!(
+            fold.states.is_empty() && fold.published.is_empty(),
+            "both parked"
+        );
+        assert_eq!(store.borrow().counts(), (2, 0));
+
+        // A late record: back with its state 5 and its published 5.
+        assert_eq!(
+            step(&mut fold, 10, &[(1, 2)]),
+            vec![(5, t(10), -1), (7, t(10), 1)]
+        );
+        assert_eq!(store.borrow().counts(), (3, 1));
+        assert!(fold.states.is_empty(), "parked again");
+
+        // Its timer takes it back to end it.
+        assert_eq!(step(&mut fold, 50, &[]), vec![(7, t(50), -1)]);
+        assert_eq!(store.borrow().counts(), (3, 2));
+        assert!(fold.states.is_empty() && fold.published.is_empty());
+
+        // Key 2 was parked until 60: at 70 it is gone, and its key starts from nothing.
+        assert_eq!(step(&mut fold, 70, &[(2, 1)]), vec![(1, t(70), 1)]);
+        assert_eq!(store.borrow().counts(), (4, 2));
+    }
+
+    /// A sum that parks its quiet keys publishes exactly what one that keeps them does, on
+    /// random records for days in and out of their window, late ones included.
+    #[test]
+    fn a_sum_that_parks_its_quiet_days_publishes_what_one_that_keeps_them_does() {
+        use differential_dataflow::input::Input;
+        use rand::{Rng, SeedableRng};
+        use vendflow_protocol::units::MS_PER_HOUR;
+
+        type Seen = std::sync::Arc<std::sync::Mutex<Vec<(Summed<(u32, i64), isize>, Time, isize)>>>;
+        const DAY: i64 = 24 * MS_PER_HOUR;
+        for seed in 0..4u64 {
+            let (kept, parked): (Seen, Seen) = Default::default();
+            let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+            let path = dir.path().join("sums.redb");
+            let (k2, p2) = (kept.clone(), parked.clone());
+            timely::execute_directly(move |worker| {
+                let probe = timely::dataflow::operators::probe::Handle::new();
+                let window = |(_, day): &(u32, i64)| (Time::EPOCH, Timestamp((day + 3) * DAY));
+                let mut input = worker.dataflow::<Time, _, _>(|scope| {
+                    let (input, records) = scope.new_collection::<((u32, i64), isize), isize>();
+                    let store = Parked::create(&path).unwrap_or_else(|e| panic!("{e}"));
+                    let park = ParkSums {
+                        store,
+                        quiet_from: Box::new(|(_, day): &(u32, i64)| {
+                            Timestamp((day + 1) * DAY + MS_PER_HOUR)
+                        }),
+                    };
+                    let route = |k: &(u32, i64)| u64::from(k.0);
+                    sum_by_key(records.clone(), "kept", route, window)
+                        .inspect(move |x| {
+                            k2.lock().unwrap_or_else(|e| e.into_inner()).push(x.clone())
+                        })
+                        .probe_with(&probe);
+                    sum_by_key_parking(records, "parked", route, window, Some(park))
+                        .inspect(move |x| {
+                            p2.lock().unwrap_or_else(|e| e.into_inner()).push(x.clone())
+                        })
+                        .probe_with(&probe);
+                    input
+                });
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+                let mut now = 0;
+                for _ in 0..400 {
+                    now += rng.random_range(0..4 * MS_PER_HOUR);
+                    let today = now / DAY;
+                    // Mostly today's, some days late (a few past their window), some retracted.
+                    let day = today - [0, 0, 0, 0, 1, 2, 4][rng.random_range(0..7)];
+                    let key = (rng.random_range(0..5u32), day);
+                    let diff = if rng.random_range(0..10) == 0 { -1 } else { 1 };
+                    input.update((key, rng.random_range(1..100i64) as isize), diff);
+                    input.advance_to(Timestamp(now + 1));
+                    input.flush();
+                    while probe.less_than(&Timestamp(now + 1)) {
+                        worker.step();
+                    }
+                }
+                drop(input);
+                while worker.step() {}
+            });
+            let consolidated = |out: &Seen| {
+                let mut all = std::collections::BTreeMap::new();
+                for (x, t, r) in out.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                    *all.entry((*t, x.clone())).or_insert(0) += r;
+                }
+                all.retain(|_, r| *r != 0);
+                all
+            };
+            assert_eq!(consolidated(&parked), consolidated(&kept), "seed {seed}");
+            assert!(!consolidated(&kept).is_empty());
+        }
     }
 }

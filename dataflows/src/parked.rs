@@ -48,6 +48,8 @@ const FLUSH_AT: usize = 4096;
 pub const SWEEP_EVERY: i64 = MS_PER_HOUR;
 /// The page cache of one worker's file.
 const CACHE_BYTES: usize = 16 << 20;
+/// The page cache of a file of keys rarely read back ([`Parked::for_worker_cold`]).
+const COLD_CACHE_BYTES: usize = 1 << 20;
 /// The keys a day's first filter is sized for when no earlier day says better.
 const FIRST_FILTER: usize = 1 << 14;
 /// Each filter's false-positive rate while within its size.
@@ -145,7 +147,12 @@ impl Parked {
     /// Creates an empty store at `path` whose keys are grouped by `bucket_ms` of expiry (each
     /// group with its own filters, dropped once its horizons have all ended).
     pub fn with_buckets(path: &Path, bucket_ms: i64) -> Result<Parked, ParkedError> {
-        let db = create_fresh(path, CACHE_BYTES)?;
+        Parked::with_cache(path, bucket_ms, CACHE_BYTES)
+    }
+
+    /// [`Parked::with_buckets`] with a page cache of `cache_bytes`.
+    fn with_cache(path: &Path, bucket_ms: i64, cache_bytes: usize) -> Result<Parked, ParkedError> {
+        let db = create_fresh(path, cache_bytes)?;
         let mut parked = Parked {
             db,
             path: path.to_owned(),
@@ -165,6 +172,14 @@ impl Parked {
     /// The store of worker `index` for `what` (a file name stem) in the state directory `dir`.
     pub fn for_worker(dir: &Path, what: &str, index: usize) -> Result<Parked, ParkedError> {
         Parked::create(&dir.join(format!("{what}-{index}.redb")))
+    }
+
+    /// The store of worker `index` for `what` whose keys are written once and rarely read back
+    /// (a machine's closed days, taken back by a sale days late): a small page cache, since
+    /// every page it caches is one that was just written.
+    pub fn for_worker_cold(dir: &Path, what: &str, index: usize) -> Result<Parked, ParkedError> {
+        let path = dir.join(format!("{what}-{index}.redb"));
+        Parked::with_cache(&path, MS_PER_DAY, COLD_CACHE_BYTES)
     }
 
     /// The store of worker `index` for `what`, its keys grouped by `bucket_ms` of expiry.

@@ -35,8 +35,11 @@ use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR};
 use vendflow_protocol::{Cents, MachineId, Timestamp};
 
 use crate::config::Config;
-use crate::fold::{Ctx, KeyedFold, Published, split_late, sum_by_key, totals};
+use crate::fold::{
+    Ctx, KeyedFold, ParkSums, Published, split_late, sum_by_key, sum_by_key_parking, totals,
+};
 use crate::operators::{Time, hash_of};
+use crate::parked::Parked;
 use crate::row::ViewDef;
 use crate::row::{ColumnType::*, Row, Value, col};
 use crate::sales::SaleLine;
@@ -204,6 +207,10 @@ pub const LOCAL_CORRECTIONS: ViewDef = ViewDef {
         col("lines", Int),
     ],
 };
+/// How long after the UTC day of the same date a local day may end: 12 h (UTC−12, the latest
+/// zone), with room to spare.
+const LOCAL_DAY_LAG: i64 = 14 * MS_PER_HOUR;
+
 /// Days a correction stays live after the day it arrived (time for the archive to write it).
 pub const CORRECTIONS_KEPT_DAYS: i64 = 2;
 
@@ -261,13 +268,20 @@ pub fn totals_of(line: &SaleLine) -> Totals {
 
 const TOP: usize = 10;
 
+/// Where the machines' closed days wait ([`Config::day_memory_ms`]): the UTC days' store and
+/// the local days'.
+pub type DayStores = (Parked, Parked);
+
 pub fn render<'s>(
     accepted: &mut crate::operators::FanOut<'s, SaleLine>,
     machine_location: VecCollection<'s, Time, (MachineId, String)>,
     location_zone: VecCollection<'s, Time, (String, String)>,
     config: &Config,
+    day_stores: Option<DayStores>,
 ) -> Revenue<'s> {
     let retention = config.revenue_retention_days * MS_PER_DAY;
+    let memory = config.day_memory_ms;
+    let (utc_store, local_store) = day_stores.unzip();
     let by_machine = |k: &(MachineId, i64)| hash_of(&k.0);
     let today = |day: i64| (Timestamp::of_day(day), Timestamp::of_day(day + 1));
 
@@ -279,11 +293,19 @@ pub fn render<'s>(
     ));
 
     // Per machine and day, live until the day is `retention` old; later lines are too late.
-    let daily = sum_by_key(
+    // A machine-day is quiet `memory` after its day: it waits on disk for the rest of its
+    // retention.
+    let daily = sum_by_key_parking(
         accepted.map(|l| ((l.machine_id.clone(), l.timestamp.day()), totals_of(l))),
         "Revenue: machine daily",
         by_machine,
         move |(_, day): &(MachineId, i64)| (Time::EPOCH, Timestamp::of_day(day + 1) + retention),
+        utc_store.map(|store| ParkSums {
+            store,
+            quiet_from: Box::new(move |(_, day): &(MachineId, i64)| {
+                Timestamp::of_day(day + 1) + memory
+            }),
+        }),
     );
     let (machine_daily, daily_late) = split_late(daily, "Revenue: machine daily split");
     let too_late = daily_late
@@ -308,12 +330,18 @@ pub fn render<'s>(
     let location_daily = by_location(machine_daily.clone(), machine_location.clone());
 
     // Per machine and local day: each line in its machine's zone when it arrives.
-    let local = sum_by_key(
+    let local = sum_by_key_parking(
         local_days(accepted, machine_location.clone(), location_zone),
         "Revenue: machine local daily",
         |k: &LocalDayKey| hash_of(&k.0),
         // A local day ends at most 14 h after the UTC day of the same date.
         move |(_, (_, day)): &LocalDayKey| (Time::EPOCH, Timestamp::of_day(day + 2) + retention),
+        local_store.map(|store| ParkSums {
+            store,
+            quiet_from: Box::new(move |(_, (_, day)): &LocalDayKey| {
+                Timestamp::of_day(day + 1) + LOCAL_DAY_LAG + memory
+            }),
+        }),
     );
     let (machine_local_daily, local_late) = split_late(local, "Revenue: machine local daily split");
     let local_too_late = local_late.clone().map(|((m, _), _)| m);

@@ -48,7 +48,7 @@ use vendflow_protocol::units::MS_PER_DAY;
 use vendflow_protocol::{Cents, MachineId, SettlementStatus, Text, Timestamp};
 
 use crate::config::Config;
-use crate::fold::{KeyedFold, Published};
+use crate::fold::{KeyedFold, Published, Setup};
 use crate::operators::{Time, hash_of};
 use crate::parked::Parked;
 use crate::row::{ColumnType::*, Row, RowWriter, ViewDef, col, null};
@@ -336,11 +336,12 @@ impl DailyRow {
 }
 
 /// `lines`: the accepted sale lines; `settlements`: each settlement line with its machine and
-/// time; `parked`: this worker's store for transactions that left memory (empty).
+/// time; `parked`: this worker's stores (empty) for transactions that left memory and for
+/// machine-days that did ([`Config::day_memory_ms`]).
 pub fn render<'s>(
     lines: &mut crate::operators::FanOut<'s, SaleLine>,
     settlements: VecCollection<'s, Time, (MachineId, Timestamp, vendflow_protocol::Settlement)>,
-    parked: Parked,
+    (parked, parked_days): (Parked, Parked),
     config: &Config,
 ) -> VecCollection<'s, Time, Out> {
     let hold = config.settlement_days.saturating_mul(MS_PER_DAY);
@@ -484,11 +485,15 @@ pub fn render<'s>(
     let keep_days = config.revenue_retention_days;
     // When a day leaves the views.
     let leaves = move |day: i64| Timestamp((day + keep_days + 1).saturating_mul(MS_PER_DAY));
+    // When a day is quiet (settlement lines still come for it a day or two later, each taking
+    // it back from disk for a moment), if before it leaves.
+    let memory = config.day_memory_ms;
+    let quiet =
+        move |day: i64| Some(Timestamp::of_day(day + 1) + memory).filter(|q| *q < leaves(day));
     changes
         .map(|row| ((row.machine_id.clone(), row.day), row))
-        .fold_by_key(
-            "Settlement: days",
-            Published::Kept,
+        .fold_with(
+            Setup::new("Settlement: days", Published::Kept).parking(Some(parked_days)),
             |k: &(MachineId, i64)| hash_of(&k.0),
             move |(_, day), state: &mut Day, row, diff, ctx| {
                 let today = ctx.now().day();
@@ -522,17 +527,25 @@ pub fn render<'s>(
                         }
                     }
                 }
+                // Its first timer: when it is quiet (it parks then), or when it leaves.
+                let now = ctx.now();
                 if !state.armed {
                     state.armed = true;
-                    ctx.wake_at(leaves(*day));
+                    ctx.wake_at(quiet(*day).filter(|q| *q > now).unwrap_or(leaves(*day)));
+                }
+                if quiet(*day).is_some_and(|q| q <= now) {
+                    ctx.park_until(leaves(*day).saturating_add(1));
                 }
             },
             move |(_, day), state, ctx| {
-                let today = ctx.now().day();
-                if *day < today - keep_days {
+                let now = ctx.now();
+                if *day < now.day() - keep_days {
                     *state = Day::default();
                 } else {
                     ctx.wake_at(leaves(*day));
+                    if quiet(*day).is_some_and(|q| q <= now) {
+                        ctx.park_until(leaves(*day).saturating_add(1));
+                    }
                 }
             },
             |(machine, day), state, out| {

@@ -153,6 +153,9 @@ impl Scenario {
             // take them back.
             window_memory_ms: 20 * MS_PER_MINUTE,
             revenue_retention_days: 1,
+            // Machine-days leave memory for disk an hour after their day, and late sales take
+            // them back.
+            day_memory_ms: MS_PER_HOUR,
             settlement_days: 1,
             // Transactions leave memory for the parked store long before their hold ends.
             settlement_memory_ms: 2 * MS_PER_HOUR,
