@@ -79,6 +79,16 @@ struct Cli {
         env = "VENDFLOW_WINDOW_MEMORY_MINUTES"
     )]
     window_memory_minutes: i64,
+    /// Minutes after its day ends that a machine's day of revenue and of settlement stays in
+    /// memory; for the rest of its 35 days it waits on disk in the state directory, where a
+    /// late sale or settlement line takes it back.
+    #[arg(
+        long,
+        global = true,
+        default_value_t = vendflow_dataflows::config::DAY_MEMORY_MINUTES,
+        env = "VENDFLOW_DAY_MEMORY_MINUTES"
+    )]
+    day_memory_minutes: i64,
     /// The failure model of `maintenance_candidates` (JSON, from `vendflow maintenance train`);
     /// without it, the model this build carries.
     #[arg(long, global = true, env = "VENDFLOW_MAINTENANCE_MODEL")]
@@ -256,6 +266,9 @@ fn run() -> anyhow::Result<()> {
     if cli.window_memory_minutes < 0 {
         bail!("--window-memory-minutes must be 0 or more");
     }
+    if cli.day_memory_minutes < 0 {
+        bail!("--day-memory-minutes must be 0 or more");
+    }
     let maintenance = match &cli.maintenance_model {
         Some(path) => std::sync::Arc::new(vendflow_dataflows::maintenance::Model::load(path)?),
         None => vendflow_dataflows::maintenance::Model::builtin(),
@@ -273,6 +286,7 @@ fn run() -> anyhow::Result<()> {
         settlement_days: cli.settlement_days,
         settlement_memory_transactions: cli.settlement_memory_transactions,
         window_memory_ms: cli.window_memory_minutes.saturating_mul(60_000),
+        day_memory_ms: cli.day_memory_minutes.saturating_mul(60_000),
         maintenance,
         ..Config::default()
     };

@@ -135,6 +135,9 @@ impl Config {
 /// The default of [`Config::window_memory_ms`], in minutes.
 pub const WINDOW_MEMORY_MINUTES: i64 = 30;
 
+/// The default of [`Config::day_memory_ms`], in minutes.
+pub const DAY_MEMORY_MINUTES: i64 = 60;
+
 /// The default of [`Config::settlement_memory_transactions`].
 pub const SETTLEMENT_MEMORY_TRANSACTIONS: usize = 100_000;
 
@@ -154,7 +157,7 @@ impl Default for Config {
             window_memory_ms: WINDOW_MEMORY_MINUTES * MS_PER_MINUTE,
             cold_views: true,
             revenue_retention_days: 35,
-            day_memory_ms: MS_PER_HOUR,
+            day_memory_ms: DAY_MEMORY_MINUTES * MS_PER_MINUTE,
             settlement_days: 7,
             settlement_memory_ms: MS_PER_HOUR,
             settlement_memory_transactions: SETTLEMENT_MEMORY_TRANSACTIONS,
