@@ -34,7 +34,9 @@ pub type LedgerError = StateFileError;
 
 /// One worker's ledger file.
 pub struct Ledger {
-    db: Database,
+    /// Created by the first write: a run whose lines never leave dedup's horizon (a replay of
+    /// less than two days) costs no file.
+    db: Option<Database>,
     path: PathBuf,
     cadence: Cadence,
     /// Lines recorded, for the engine's counters.
@@ -53,16 +55,14 @@ impl std::fmt::Debug for Ledger {
 impl Ledger {
     /// Creates an empty ledger at `path`, replacing any file a previous run left there.
     pub fn create(path: &Path) -> Result<Ledger, LedgerError> {
-        let db = create_fresh(path, CACHE_BYTES)?;
-        let ledger = Ledger {
-            db,
+        // What a previous run left there goes now; the file is created when first written.
+        state_file::remove_stale(path)?;
+        Ok(Ledger {
+            db: None,
             path: path.to_owned(),
             cadence: Cadence::default(),
             recorded: 0,
-        };
-        // The table exists from the start, so that a lookup never meets a missing table.
-        ledger.write(|_| Ok(()), Durability::Immediate)?;
-        Ok(ledger)
+        })
     }
 
     /// The ledger of worker `index` in the engine's state directory `dir`.
@@ -124,7 +124,10 @@ impl Ledger {
     /// Whether a line is in the ledger (for tests and diagnostics).
     pub fn contains(&self, key: LedgerKey) -> Result<bool, LedgerError> {
         let found = (|| -> Result<bool, redb::Error> {
-            let read = self.db.begin_read()?;
+            let Some(db) = &self.db else {
+                return Ok(false);
+            };
+            let read = db.begin_read()?;
             let table = read.open_table(LINES)?;
             Ok(table.get(key)?.is_some())
         })();
@@ -133,6 +136,9 @@ impl Ledger {
 
     /// Deletes the lines of days before `day` (a retention on the ledger itself).
     pub fn forget_before(&mut self, day: i64) -> Result<u64, LedgerError> {
+        if self.db.is_none() {
+            return Ok(0);
+        }
         let durability = self.cadence.next_commit();
         let mut removed = 0;
         self.write(
@@ -152,7 +158,10 @@ impl Ledger {
     pub fn keys(&self) -> Result<Vec<LedgerKey>, LedgerError> {
         use redb::ReadableTable;
         let keys = (|| -> Result<Vec<LedgerKey>, redb::Error> {
-            let read = self.db.begin_read()?;
+            let Some(db) = &self.db else {
+                return Ok(Vec::new());
+            };
+            let read = db.begin_read()?;
             let table = read.open_table(LINES)?;
             let mut keys = Vec::new();
             for entry in table.iter()? {
@@ -164,11 +173,15 @@ impl Ledger {
     }
 
     fn write(
-        &self,
+        &mut self,
         apply: impl FnOnce(&mut redb::Table<'_, LedgerKey, ()>) -> Result<(), redb::Error>,
         durability: Durability,
     ) -> Result<(), LedgerError> {
-        state_file::write(&self.db, &self.path, LINES, durability, apply)
+        let db = match &mut self.db {
+            Some(db) => db,
+            none => none.insert(create_fresh(&self.path, CACHE_BYTES)?),
+        };
+        state_file::write(db, &self.path, LINES, durability, apply)
     }
 }
 
@@ -221,7 +234,18 @@ mod tests {
         let mut first = Ledger::for_worker(dir.path(), 1).unwrap_or_else(|e| panic!("{e}"));
         first.record(&[(1, 1, 1)]).unwrap_or_else(|e| panic!("{e}"));
         drop(first);
-        let again = Ledger::for_worker(dir.path(), 1).unwrap_or_else(|e| panic!("{e}"));
+        let mut again = Ledger::for_worker(dir.path(), 1).unwrap_or_else(|e| panic!("{e}"));
         assert!(!again.contains((1, 1, 1)).unwrap_or_else(|e| panic!("{e}")));
+        // Nothing recorded yet: no file, nothing to forget or to save.
+        assert!(!again.path().exists());
+        assert_eq!(again.forget_before(10).unwrap_or_else(|e| panic!("{e}")), 0);
+        assert!(again.keys().unwrap_or_else(|e| panic!("{e}")).is_empty());
+        assert!(!again.path().exists());
+        again.record(&[(2, 2, 2)]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(again.path().exists());
+        assert_eq!(
+            again.keys().unwrap_or_else(|e| panic!("{e}")),
+            vec![(2, 2, 2)]
+        );
     }
 }

@@ -114,7 +114,10 @@ pub type Taken = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// One worker's parked keys.
 pub struct Parked {
-    db: Database,
+    /// Created by the first write: a store nothing is parked in (a run too short for any key to
+    /// leave memory) costs no file.
+    db: Option<Database>,
+    cache_bytes: usize,
     path: PathBuf,
     /// Parks not written yet: key → (expiry, value).
     pending: FastMap<Vec<u8>, (Time, Vec<u8>)>,
@@ -152,9 +155,11 @@ impl Parked {
 
     /// [`Parked::with_buckets`] with a page cache of `cache_bytes`.
     fn with_cache(path: &Path, bucket_ms: i64, cache_bytes: usize) -> Result<Parked, ParkedError> {
-        let db = create_fresh(path, cache_bytes)?;
-        let mut parked = Parked {
-            db,
+        // What a previous run left there goes now; the file is created when first written.
+        state_file::remove_stale(path)?;
+        Ok(Parked {
+            db: None,
+            cache_bytes,
             path: path.to_owned(),
             pending: FastMap::default(),
             buckets: BTreeMap::new(),
@@ -163,10 +168,7 @@ impl Parked {
             cadence: Cadence::default(),
             parked: 0,
             taken: 0,
-        };
-        // The table exists from the start, so that a lookup never meets a missing table.
-        parked.write(|_| Ok(()))?;
-        Ok(parked)
+        })
     }
 
     /// The store of worker `index` for `what` (a file name stem) in the state directory `dir`.
@@ -367,7 +369,11 @@ impl Parked {
         ) -> Result<(), redb::Error>,
     ) -> Result<(), ParkedError> {
         let durability = self.cadence.next_commit();
-        state_file::write(&self.db, &self.path, VALUES, durability, apply)
+        let db = match &mut self.db {
+            Some(db) => db,
+            none => none.insert(create_fresh(&self.path, self.cache_bytes)?),
+        };
+        state_file::write(db, &self.path, VALUES, durability, apply)
     }
 
     /// Every key parked, with its expiry and value, and the time of the next sweep (for a
@@ -380,7 +386,10 @@ impl Parked {
             .map(|(k, (expires, v))| (k.clone(), *expires, v.clone()))
             .collect();
         let on_disk = (|| -> Result<(), redb::Error> {
-            let read = self.db.begin_read()?;
+            let Some(db) = &self.db else {
+                return Ok(());
+            };
+            let read = db.begin_read()?;
             let table = read.open_table(VALUES)?;
             for entry in table.iter()? {
                 let (key, value) = entry?;
@@ -426,7 +435,10 @@ impl Parked {
     #[cfg(test)]
     fn on_disk(&self) -> usize {
         use redb::{ReadableDatabase, ReadableTableMetadata};
-        let read = self.db.begin_read().unwrap_or_else(|e| panic!("{e}"));
+        let Some(db) = &self.db else {
+            return 0;
+        };
+        let read = db.begin_read().unwrap_or_else(|e| panic!("{e}"));
         let table = read.open_table(VALUES).unwrap_or_else(|e| panic!("{e}"));
         table.len().unwrap_or_else(|e| panic!("{e}")) as usize
     }
@@ -454,6 +466,28 @@ mod tests {
         let parked = Parked::with_buckets(&dir.path().join("test-0.redb"), 100)
             .unwrap_or_else(|e| panic!("{e}"));
         (dir, parked)
+    }
+
+    /// A store nothing is parked in has no file (a previous run's is removed at once); the
+    /// first park's commit creates it, and what a checkpoint reads of either is what was parked.
+    #[test]
+    fn a_store_has_a_file_once_something_is_parked_in_it() -> Result<(), ParkedError> {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("stale-0.redb");
+        std::fs::write(&path, b"a previous run's file").unwrap_or_else(|e| panic!("{e}"));
+        let mut p = Parked::create(&path)?;
+        assert!(!path.exists(), "the stale file is gone");
+        assert_eq!(p.take(b"a", Timestamp(0))?, None);
+        p.sweep(Timestamp(MS_PER_DAY * 10))?;
+        assert!(p.take_ended(Timestamp(MS_PER_DAY * 10))?.is_empty());
+        assert!(p.entries()?.0.is_empty());
+        assert!(!path.exists(), "nothing parked, no file");
+        p.park(b"a".to_vec(), b"one".to_vec(), Timestamp(MS_PER_DAY * 20))?;
+        p.flush()?;
+        assert!(path.exists());
+        assert_eq!(p.on_disk(), 1);
+        assert_eq!(p.entries()?.0.len(), 1);
+        Ok(())
     }
 
     #[test]

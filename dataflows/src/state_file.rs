@@ -30,6 +30,16 @@ pub enum StateFileError {
 /// Creates an empty database at `path` with a page cache of `cache_bytes`, replacing any file a
 /// previous run left there.
 pub fn create_fresh(path: &Path, cache_bytes: usize) -> Result<Database, StateFileError> {
+    remove_stale(path)?;
+    Database::builder()
+        .set_cache_size(cache_bytes)
+        .create(path)
+        .map_err(|e| store_error(path, e))
+}
+
+/// Removes what a previous run left at `path` (its directory is created if missing), for a
+/// store created later ([`create_fresh`]) or never.
+pub fn remove_stale(path: &Path) -> Result<(), StateFileError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|source| StateFileError::Io {
             path: dir.display().to_string(),
@@ -46,10 +56,7 @@ pub fn create_fresh(path: &Path, cache_bytes: usize) -> Result<Database, StateFi
             });
         }
     }
-    Database::builder()
-        .set_cache_size(cache_bytes)
-        .create(path)
-        .map_err(|e| store_error(path, e))
+    Ok(())
 }
 
 /// The durability of each next commit: one in [`SYNC_EVERY`] is durable.
