@@ -303,7 +303,7 @@ pub fn render<'s>(
         utc_store.map(|store| ParkSums {
             store,
             quiet_from: Box::new(move |(_, day): &(MachineId, i64)| {
-                Timestamp::of_day(day + 1) + memory
+                Timestamp::of_day(day + 1).saturating_add(memory)
             }),
         }),
     );
@@ -339,7 +339,9 @@ pub fn render<'s>(
         local_store.map(|store| ParkSums {
             store,
             quiet_from: Box::new(move |(_, (_, day)): &LocalDayKey| {
-                Timestamp::of_day(day + 1) + LOCAL_DAY_LAG + memory
+                Timestamp::of_day(day + 1)
+                    .saturating_add(LOCAL_DAY_LAG)
+                    .saturating_add(memory)
             }),
         }),
     );

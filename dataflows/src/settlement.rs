@@ -488,8 +488,9 @@ pub fn render<'s>(
     // When a day is quiet (settlement lines still come for it a day or two later, each taking
     // it back from disk for a moment), if before it leaves.
     let memory = config.day_memory_ms;
-    let quiet =
-        move |day: i64| Some(Timestamp::of_day(day + 1) + memory).filter(|q| *q < leaves(day));
+    let quiet = move |day: i64| {
+        Some(Timestamp::of_day(day + 1).saturating_add(memory)).filter(|q| *q < leaves(day))
+    };
     changes
         .map(|row| ((row.machine_id.clone(), row.day), row))
         .fold_with(
