@@ -19,8 +19,9 @@
 //! horizon in it has ended.
 //!
 //! Like the sale-line ledger this is state derived from the input: one file per worker in the
-//! engine's state directory, created empty at each start (the engine rebuilds its views from its
-//! input), commits not synced one by one. Keys whose horizon has ended are deleted by
+//! engine's state directory, empty at each start (the engine rebuilds its views from its input;
+//! a previous run's file is removed, and the new one is created by the first park), commits not
+//! synced one by one. Keys whose horizon has ended are deleted by
 //! [`Parked::sweep`], at most once per [`SWEEP_EVERY`] of ingestion time.
 
 use std::cell::RefCell;
