@@ -132,8 +132,12 @@ pub trait KeyedFold<'s, K: ExchangeData + Hash, V: ExchangeData> {
         output: impl Fn(&K, &S, &mut Vec<O>) + 'static,
     ) -> VecCollection<'s, Time, O>
     where
+        Self: Sized,
         S: Default + PartialEq + Serialize + DeserializeOwned + 'static,
-        O: Data + Serialize + DeserializeOwned;
+        O: Data + Serialize + DeserializeOwned,
+    {
+        self.fold_with(Setup::new(name, published), route, apply, timer, output)
+    }
 
     /// [`KeyedFold::fold_by_key`] set up with a store for the keys its logic parks.
     fn fold_with<S, O>(
@@ -220,29 +224,6 @@ fn emit_difference<O: Clone + PartialEq>(
 impl<'s, K: ExchangeData + Hash, V: ExchangeData> KeyedFold<'s, K, V>
     for VecCollection<'s, Time, (K, V)>
 {
-    fn fold_by_key<S, O>(
-        self,
-        name: &str,
-        published: Published,
-        route: impl Fn(&K) -> u64 + 'static,
-        apply: impl FnMut(&K, &mut S, V, isize, &mut Ctx<'_, K, O>) + 'static,
-        timer: impl FnMut(&K, &mut S, &mut Ctx<'_, K, O>) + 'static,
-        output: impl Fn(&K, &S, &mut Vec<O>) + 'static,
-    ) -> VecCollection<'s, Time, O>
-    where
-        S: Default + PartialEq + Serialize + DeserializeOwned + 'static,
-        O: Data + Serialize + DeserializeOwned,
-    {
-        fold(
-            self,
-            Setup::new(name, published),
-            route,
-            apply,
-            timer,
-            output,
-        )
-    }
-
     fn fold_with<S, O>(
         self,
         setup: Setup<'_>,
