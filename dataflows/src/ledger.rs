@@ -15,11 +15,11 @@
 //! Commits are not synced to disk one by one (the file is rebuilt on restart anyway); every
 //! [`crate::state_file::SYNC_EVERY`] commits one is, so that redb can reuse the pages the others freed.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use redb::{Database, Durability, ReadableDatabase, TableDefinition};
+use redb::{Durability, ReadableDatabase, TableDefinition};
 
-use crate::state_file::{self, Cadence, StateFileError, create_fresh, store_error};
+use crate::state_file::{Cadence, LazyDb, StateFileError, store_error};
 
 /// A line's identity in the ledger: its event-time day, then its 128-bit fingerprint.
 pub type LedgerKey = (i64, u64, u64);
@@ -36,8 +36,7 @@ pub type LedgerError = StateFileError;
 pub struct Ledger {
     /// Created by the first write: a run whose lines never leave dedup's horizon (a replay of
     /// less than two days) costs no file.
-    db: Option<Database>,
-    path: PathBuf,
+    db: LazyDb,
     cadence: Cadence,
     /// Lines recorded, for the engine's counters.
     recorded: u64,
@@ -46,7 +45,7 @@ pub struct Ledger {
 impl std::fmt::Debug for Ledger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ledger")
-            .field("path", &self.path)
+            .field("path", &self.db.path())
             .field("recorded", &self.recorded)
             .finish()
     }
@@ -55,11 +54,8 @@ impl std::fmt::Debug for Ledger {
 impl Ledger {
     /// Creates an empty ledger at `path`, replacing any file a previous run left there.
     pub fn create(path: &Path) -> Result<Ledger, LedgerError> {
-        // What a previous run left there goes now; the file is created when first written.
-        state_file::remove_stale(path)?;
         Ok(Ledger {
-            db: None,
-            path: path.to_owned(),
+            db: LazyDb::open(path, CACHE_BYTES)?,
             cadence: Cadence::default(),
             recorded: 0,
         })
@@ -71,7 +67,7 @@ impl Ledger {
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.db.path()
     }
 
     /// Lines recorded so far.
@@ -124,19 +120,19 @@ impl Ledger {
     /// Whether a line is in the ledger (for tests and diagnostics).
     pub fn contains(&self, key: LedgerKey) -> Result<bool, LedgerError> {
         let found = (|| -> Result<bool, redb::Error> {
-            let Some(db) = &self.db else {
+            let Some(db) = self.db.written() else {
                 return Ok(false);
             };
             let read = db.begin_read()?;
             let table = read.open_table(LINES)?;
             Ok(table.get(key)?.is_some())
         })();
-        found.map_err(|e| store_error(&self.path, e))
+        found.map_err(|e| store_error(self.db.path(), e))
     }
 
     /// Deletes the lines of days before `day` (a retention on the ledger itself).
     pub fn forget_before(&mut self, day: i64) -> Result<u64, LedgerError> {
-        if self.db.is_none() {
+        if self.db.written().is_none() {
             return Ok(0);
         }
         let durability = self.cadence.next_commit();
@@ -158,7 +154,7 @@ impl Ledger {
     pub fn keys(&self) -> Result<Vec<LedgerKey>, LedgerError> {
         use redb::ReadableTable;
         let keys = (|| -> Result<Vec<LedgerKey>, redb::Error> {
-            let Some(db) = &self.db else {
+            let Some(db) = self.db.written() else {
                 return Ok(Vec::new());
             };
             let read = db.begin_read()?;
@@ -169,7 +165,7 @@ impl Ledger {
             }
             Ok(keys)
         })();
-        keys.map_err(|e| store_error(&self.path, e))
+        keys.map_err(|e| store_error(self.db.path(), e))
     }
 
     fn write(
@@ -177,11 +173,7 @@ impl Ledger {
         apply: impl FnOnce(&mut redb::Table<'_, LedgerKey, ()>) -> Result<(), redb::Error>,
         durability: Durability,
     ) -> Result<(), LedgerError> {
-        let db = match &mut self.db {
-            Some(db) => db,
-            none => none.insert(create_fresh(&self.path, CACHE_BYTES)?),
-        };
-        state_file::write(db, &self.path, LINES, durability, apply)
+        self.db.write(LINES, durability, apply)
     }
 }
 

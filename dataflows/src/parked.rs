@@ -26,16 +26,16 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::rc::Rc;
 
 use fastbloom::BloomFilter;
-use redb::{Database, TableDefinition};
+use redb::TableDefinition;
 use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR};
 
 use crate::checkpoint;
 use crate::operators::{FastMap, Time, hash_of};
-use crate::state_file::{self, Cadence, StateFileError, create_fresh};
+use crate::state_file::{self, Cadence, LazyDb, StateFileError};
 use vendflow_protocol::Timestamp;
 
 /// Parked values by (day of expiry, key), each value its expiry (8 bytes, little-endian) and
@@ -117,9 +117,7 @@ pub type Taken = Vec<(Vec<u8>, Vec<u8>)>;
 pub struct Parked {
     /// Created by the first write: a store nothing is parked in (a run too short for any key to
     /// leave memory) costs no file.
-    db: Option<Database>,
-    cache_bytes: usize,
-    path: PathBuf,
+    db: LazyDb,
     /// Parks not written yet: key → (expiry, value).
     pending: FastMap<Vec<u8>, (Time, Vec<u8>)>,
     /// Per bucket of expiry, the keys parked there.
@@ -135,7 +133,7 @@ pub struct Parked {
 impl std::fmt::Debug for Parked {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Parked")
-            .field("path", &self.path)
+            .field("path", &self.db.path())
             .field("parked", &self.parked)
             .field("taken", &self.taken)
             .finish()
@@ -156,12 +154,8 @@ impl Parked {
 
     /// [`Parked::with_buckets`] with a page cache of `cache_bytes`.
     fn with_cache(path: &Path, bucket_ms: i64, cache_bytes: usize) -> Result<Parked, ParkedError> {
-        // What a previous run left there goes now; the file is created when first written.
-        state_file::remove_stale(path)?;
         Ok(Parked {
-            db: None,
-            cache_bytes,
-            path: path.to_owned(),
+            db: LazyDb::open(path, cache_bytes)?,
             pending: FastMap::default(),
             buckets: BTreeMap::new(),
             bucket_ms: bucket_ms.max(1),
@@ -370,11 +364,7 @@ impl Parked {
         ) -> Result<(), redb::Error>,
     ) -> Result<(), ParkedError> {
         let durability = self.cadence.next_commit();
-        let db = match &mut self.db {
-            Some(db) => db,
-            none => none.insert(create_fresh(&self.path, self.cache_bytes)?),
-        };
-        state_file::write(db, &self.path, VALUES, durability, apply)
+        self.db.write(VALUES, durability, apply)
     }
 
     /// Every key parked, with its expiry and value, and the time of the next sweep (for a
@@ -387,7 +377,7 @@ impl Parked {
             .map(|(k, (expires, v))| (k.clone(), *expires, v.clone()))
             .collect();
         let on_disk = (|| -> Result<(), redb::Error> {
-            let Some(db) = &self.db else {
+            let Some(db) = self.db.written() else {
                 return Ok(());
             };
             let read = db.begin_read()?;
@@ -400,7 +390,7 @@ impl Parked {
             }
             Ok(())
         })();
-        on_disk.map_err(|e| state_file::store_error(&self.path, e))?;
+        on_disk.map_err(|e| state_file::store_error(self.db.path(), e))?;
         Ok((entries, self.next_sweep))
     }
 
@@ -436,7 +426,7 @@ impl Parked {
     #[cfg(test)]
     fn on_disk(&self) -> usize {
         use redb::{ReadableDatabase, ReadableTableMetadata};
-        let Some(db) = &self.db else {
+        let Some(db) = self.db.written() else {
             return 0;
         };
         let read = db.begin_read().unwrap_or_else(|e| panic!("{e}"));

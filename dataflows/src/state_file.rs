@@ -1,9 +1,9 @@
 //! What the engine's on-disk state files share: the sale-line [`crate::ledger`] and the
-//! [`crate::parked`] settlement transactions are each a [`redb`] file per worker, created empty at
-//! every start (the engine rebuilds its views from its input), written with commits that are not
-//! synced one by one.
+//! [`crate::parked`] stores are each a [`redb`] file per worker, empty at every start (the engine
+//! rebuilds its views from its input; the file is created by its first write, [`LazyDb`]),
+//! written with commits that are not synced one by one.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use redb::{Database, Durability, TableDefinition};
 
@@ -39,7 +39,7 @@ pub fn create_fresh(path: &Path, cache_bytes: usize) -> Result<Database, StateFi
 
 /// Removes what a previous run left at `path` (its directory is created if missing), for a
 /// store created later ([`create_fresh`]) or never.
-pub fn remove_stale(path: &Path) -> Result<(), StateFileError> {
+fn remove_stale(path: &Path) -> Result<(), StateFileError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|source| StateFileError::Io {
             path: dir.display().to_string(),
@@ -57,6 +57,50 @@ pub fn remove_stale(path: &Path) -> Result<(), StateFileError> {
         }
     }
     Ok(())
+}
+
+/// A store's database, created by its first write: a store nothing is ever written to (a run
+/// too short for any state to leave memory) costs no file. What a previous run left at its path
+/// is removed when the store is opened.
+pub struct LazyDb {
+    db: Option<Database>,
+    path: PathBuf,
+    cache_bytes: usize,
+}
+
+impl LazyDb {
+    /// The store at `path`, with a page cache of `cache_bytes` once it exists.
+    pub fn open(path: &Path, cache_bytes: usize) -> Result<LazyDb, StateFileError> {
+        remove_stale(path)?;
+        Ok(LazyDb {
+            db: None,
+            path: path.to_owned(),
+            cache_bytes,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The database, once something was written to it.
+    pub fn written(&self) -> Option<&Database> {
+        self.db.as_ref()
+    }
+
+    /// [`write`] to the database, creating it first if this is the first write.
+    pub fn write<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &mut self,
+        table: TableDefinition<'_, K, V>,
+        durability: Durability,
+        apply: impl FnOnce(&mut redb::Table<'_, K, V>) -> Result<(), redb::Error>,
+    ) -> Result<(), StateFileError> {
+        let db = match &mut self.db {
+            Some(db) => db,
+            none => none.insert(create_fresh(&self.path, self.cache_bytes)?),
+        };
+        write(db, &self.path, table, durability, apply)
+    }
 }
 
 /// The durability of each next commit: one in [`SYNC_EVERY`] is durable.
