@@ -18,30 +18,45 @@ pub type Text = compact_str::CompactString;
 /// topics, Kafka keys, file names and SQL literals.
 ///
 /// An id is interned: every distinct id is stored once for the life of the process, and a
-/// `MachineId` is a pointer to it (8 bytes). Machine ids are keys of nearly every piece of dataflow
-/// state and of every exchange between workers, so equality is a pointer comparison, and
-/// [`Hash`](std::hash::Hash) hashes the pointer: hashing an id reads no memory (reading the
-/// interned entry was a cache miss per record and operator, 13 % of a replay's CPU). That hash
-/// is the same for the same id within a process (its workers agree on a machine's worker) but
-/// not across processes or runs: whatever must agree beyond the process (routing between the
-/// processes of a cluster, anything kept on disk) uses [`MachineId::stable_hash`], a function of
-/// the text alone, or the text itself. Ordering is by the text, as before interning.
+/// `MachineId` is its number in the process's table of ids with a 32-bit hash of its text (8
+/// bytes). Machine ids are keys of nearly every piece of dataflow state and of every exchange
+/// between workers, so equality compares the numbers and [`Hash`](std::hash::Hash) hashes the
+/// hash held in the id: hashing an id reads no memory (reading an interned entry elsewhere in
+/// memory for its hash was a cache miss per record and operator, ~6 % of a replay's CPU). The
+/// hash is a function of the text alone, the same in every process and every run: keys route to
+/// the same worker across the processes of a cluster and across a restart from a checkpoint
+/// ([`MachineId::stable_hash`]). Ordering is by the text, as before interning.
 /// The number of distinct ids a process holds is capped at [`MAX_MACHINE_IDS`], so a flood of
 /// made-up ids (a corrupt file, a sender that is not a machine) cannot grow memory without bound.
 #[derive(Clone)]
-pub struct MachineId(&'static Interned);
+pub struct MachineId {
+    /// Where the text is in [`TEXTS`].
+    index: u32,
+    /// The text's hash ([`MachineId::stable_hash`]).
+    hash: u32,
+}
 
 /// Distinct machine ids one process can hold (80 × the 50,000-machine fleet).
 pub const MAX_MACHINE_IDS: usize = 1 << 22;
 
-struct Interned {
-    text: Box<str>,
-    hash: u64,
-}
+/// Ids per block of [`TEXTS`].
+const TEXTS_BLOCK: usize = 1 << 12;
+
+/// Every interned id's text by its number, in blocks made as the ids come: the whole table made
+/// at once would be [`MAX_MACHINE_IDS`] slots, where a fleet fills a few blocks. A block's slot is
+/// set once, under its shard's lock, before the id is handed out.
+static TEXTS: std::sync::LazyLock<Box<[std::sync::OnceLock<Block>]>> =
+    std::sync::LazyLock::new(|| {
+        (0..MAX_MACHINE_IDS.div_ceil(TEXTS_BLOCK))
+            .map(|_| std::sync::OnceLock::new())
+            .collect()
+    });
+
+type Block = Box<[std::sync::OnceLock<&'static str>]>;
 
 /// Keyed by the id's text held in the table's own slot (inline up to 24 bytes, as every fleet's
 /// ids are): a lookup reads the slot it lands on, not a string elsewhere in memory as well.
-type InternMap = std::collections::HashMap<Text, &'static Interned, foldhash::fast::RandomState>;
+type InternMap = std::collections::HashMap<Text, MachineId, foldhash::fast::RandomState>;
 
 /// The interned ids in shards, each behind its own lock on its own cache line: a file's replay
 /// readers intern every line's id at once, and with one lock each read lock taken moved that
@@ -133,34 +148,52 @@ impl MachineId {
         // is only ever extended by a complete insert.
         let shard = &shard_of(s).0;
         let read = shard.read().unwrap_or_else(|e| e.into_inner());
-        if let Some(&entry) = read.get(s) {
-            return Ok(MachineId(entry));
+        if let Some(id) = read.get(s) {
+            return Ok(id.clone());
         }
         drop(read);
         let mut write = shard.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(&entry) = write.get(s) {
-            return Ok(MachineId(entry));
+        if let Some(id) = write.get(s) {
+            return Ok(id.clone());
         }
         // A place taken before the id is made: the count never passes the limit.
         use std::sync::atomic::Ordering::Relaxed;
-        if INTERNED.fetch_add(1, Relaxed) >= MAX_MACHINE_IDS {
+        let index = INTERNED.fetch_add(1, Relaxed);
+        let (Some(block), Ok(number)) = (TEXTS.get(index / TEXTS_BLOCK), u32::try_from(index))
+        else {
             INTERNED.fetch_sub(1, Relaxed);
             return Err(ParseError::new(format!(
                 "this process already holds {MAX_MACHINE_IDS} distinct machine ids; {s:?} is one too many"
             )));
+        };
+        let text: &'static str = Box::leak(Box::<str>::from(s));
+        let block = block.get_or_init(|| {
+            (0..TEXTS_BLOCK)
+                .map(|_| std::sync::OnceLock::new())
+                .collect()
+        });
+        if let Some(slot) = block.get(index % TEXTS_BLOCK) {
+            // Each number is taken once (the counter above), so the slot is empty.
+            let _ = slot.set(text);
         }
         use std::hash::BuildHasher;
-        let hash = foldhash::quality::FixedState::with_seed(0x6d61_6368).hash_one(s);
-        let entry: &'static Interned = Box::leak(Box::new(Interned {
-            text: s.into(),
+        // The low half of the text's 64-bit hash (what `stable_hash` was before ids held it).
+        let hash = foldhash::quality::FixedState::with_seed(0x6d61_6368).hash_one(s) as u32;
+        let id = MachineId {
+            index: number,
             hash,
-        }));
-        write.insert(Text::from(s), entry);
-        Ok(MachineId(entry))
+        };
+        write.insert(Text::from(s), id.clone());
+        Ok(id)
     }
 
     pub fn as_str(&self) -> &'static str {
-        &self.0.text
+        let index = self.index as usize;
+        // Always set: an id is only made once its text is in the table.
+        TEXTS
+            .get(index / TEXTS_BLOCK)
+            .and_then(|block| block.get()?.get(index % TEXTS_BLOCK)?.get().copied())
+            .unwrap_or("")
     }
 
     /// How many distinct machine ids this process holds (every id ever parsed here; never
@@ -172,20 +205,20 @@ impl MachineId {
     /// A hash of the id's text (a fixed seed, computed once when the id is interned): the same
     /// in every process and every run, unlike the [`Hash`](std::hash::Hash) impl.
     pub fn stable_hash(&self) -> u64 {
-        self.0.hash
+        u64::from(self.hash)
     }
 
     /// A number equal for equal ids and different for different ones within this process (the
-    /// interned entry's address): to group records by machine without reading the ids' text, as
+    /// id's number in the table): to group records by machine without reading the ids' text, as
     /// ordering by id does. Not an order to show or to keep across runs.
     pub fn grouping_key(&self) -> usize {
-        std::ptr::from_ref(self.0).addr()
+        self.index as usize
     }
 }
 
 impl PartialEq for MachineId {
     fn eq(&self, other: &Self) -> bool {
-        std::ptr::eq(self.0, other.0)
+        self.index == other.index
     }
 }
 impl Eq for MachineId {}
@@ -197,21 +230,22 @@ impl PartialOrd for MachineId {
 }
 impl Ord for MachineId {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        if std::ptr::eq(self.0, other.0) {
+        if self.index == other.index {
             std::cmp::Ordering::Equal
         } else {
-            self.0.text.cmp(&other.0.text)
+            self.as_str().cmp(other.as_str())
         }
     }
 }
 
 impl std::hash::Hash for MachineId {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        // The hash of the id's text, computed once: keys route to the same worker in every
-        // process and every run, so an operator's state saved in a checkpoint is found by the
-        // worker that gets the key's records after a restart (the address did not: a restarted
-        // engine sent a machine to a new worker, which counted it again from zero).
-        state.write_u64(self.stable_hash());
+        // The hash of the id's text, computed once and held in the id: keys route to the same
+        // worker in every process and every run, so an operator's state saved in a checkpoint
+        // is found by the worker that gets the key's records after a restart (the address did
+        // not: a restarted engine sent a machine to a new worker, which counted it again from
+        // zero), and hashing reads no memory.
+        state.write_u32(self.hash);
     }
 }
 
@@ -728,7 +762,9 @@ mod tests {
         }
     }
 
-    const PINNED_MACH_00042: u64 = 1_016_069_282_482_128_108;
+    /// The low half of the text's 64-bit hash, 1_016_069_282_482_128_108 (what ids hashed as
+    /// before they held their hash).
+    const PINNED_MACH_00042: u64 = 1_016_069_282_482_128_108 & 0xffff_ffff;
 
     /// Records the words a value hashes as.
     #[derive(Default)]
@@ -743,6 +779,9 @@ mod tests {
         }
         fn write_u64(&mut self, n: u64) {
             self.0.push(n);
+        }
+        fn write_u32(&mut self, n: u32) {
+            self.0.push(u64::from(n));
         }
     }
 
@@ -858,7 +897,8 @@ mod tests {
         // The stable hash is the text's, in every process and run (this value must not change).
         assert_eq!(a.stable_hash(), b.stable_hash());
         assert_ne!(a.stable_hash(), c.stable_hash());
-        assert_eq!(a.stable_hash(), 13_105_135_119_126_493_499);
+        assert_eq!(a.stable_hash(), 13_105_135_119_126_493_499 & 0xffff_ffff);
+        assert_eq!(state.hash_one(&a), state.hash_one(a.stable_hash() as u32));
         // Serialized as the text, and checked when read back.
         let json = serde_json::to_string(&a).map_err(|e| ParseError::new(e.to_string()))?;
         assert_eq!(json, "\"m_interned_b\"");
@@ -890,7 +930,7 @@ mod tests {
                 ids[0]
                     .iter()
                     .zip(other)
-                    .all(|(a, b)| std::ptr::eq(a.0, b.0))
+                    .all(|(a, b)| a == b && a.grouping_key() == b.grouping_key())
             );
         }
     }
