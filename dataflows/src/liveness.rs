@@ -57,8 +57,10 @@ pub struct Liveness {
     pub registered: bool,
 }
 
+/// What the fold hears of a machine: the demux sends each heartbeat as one (no operator of
+/// its own to wrap 80 % of the events), and the registry's records are mapped here.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-enum Fact {
+pub enum Fact {
     Registered(MachineStatus),
     Heartbeat(Timestamp),
 }
@@ -96,13 +98,12 @@ pub enum Out {
 /// heartbeat (and its row); the machine goes offline when ingestion time reaches
 /// `last + offline_after`, by a timer the machine holds at most one of.
 pub fn render<'s>(
-    heartbeats: VecCollection<'s, Time, (MachineId, Timestamp)>,
+    heartbeats: VecCollection<'s, Time, (MachineId, Fact)>,
     registry: VecCollection<'s, Time, RegistryRecord>,
     config: &Config,
 ) -> VecCollection<'s, Time, Out> {
     let offline_after = config.offline_after_ms;
     let deadline = move |last: Timestamp| last.saturating_add(offline_after);
-    let heartbeats = heartbeats.map(|(m, ts)| (m, Fact::Heartbeat(ts)));
     let registered = registry.flat_map(|r| match r {
         RegistryRecord::Machine(m) => Some((m.machine_id, Fact::Registered(m.status))),
         _ => None,
