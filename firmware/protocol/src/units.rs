@@ -203,7 +203,7 @@ impl MachineId {
     }
 
     /// A hash of the id's text (a fixed seed, computed once when the id is interned): the same
-    /// in every process and every run, unlike the [`Hash`](std::hash::Hash) impl.
+    /// in every process and every run; what the [`Hash`](std::hash::Hash) impl hashes.
     pub fn stable_hash(&self) -> u64 {
         u64::from(self.hash)
     }
