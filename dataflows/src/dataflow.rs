@@ -24,7 +24,7 @@ use crate::anomaly_windows::{Piece, WindowKey};
 use crate::config::Config;
 use crate::errors::ErrorRecord;
 use crate::ledger::Ledger;
-use crate::operators::{FanOut, FastSet, Fork, Time, fork, hash_of, ship};
+use crate::operators::{FanOut, Fork, MachineSet, Time, fork, hash_of, ship};
 use crate::parked::Parked;
 use crate::row::Row;
 use crate::sales::SaleLine;
@@ -146,7 +146,7 @@ impl<'s> Demuxed<'s> {
             let (mut reads, mut verdicts) = (Vec::new(), Vec::new());
             // The machines that have had an event of the newest day already passed on: only a
             // machine's first event of a day tells the days-observed count anything.
-            let (mut today, mut seen_today) = (i64::MIN, FastSet::<MachineId>::default());
+            let (mut today, mut seen_today) = (i64::MIN, MachineSet::default());
             move |_frontiers| {
                 let mut to_contributions = telemetry_out.activate();
                 let mut to_lines = sales_out.activate();
@@ -244,14 +244,13 @@ impl<'s> Demuxed<'s> {
 /// is harmless (the days-observed fold ignores a day it has); holding one back is safe because
 /// records reach this operator in ingestion-time order, so the first of the day went before it.
 /// Holds the machines of one day only.
-fn first_of_day(today: &mut i64, seen_today: &mut FastSet<MachineId>, event: &Event) -> bool {
+fn first_of_day(today: &mut i64, seen_today: &mut MachineSet, event: &Event) -> bool {
     let day = event.timestamp.day();
     if day > *today {
         *today = day;
         seen_today.clear();
     }
-    day < *today
-        || (!seen_today.contains(&event.machine_id) && seen_today.insert(event.machine_id.clone()))
+    day < *today || seen_today.insert(&event.machine_id)
 }
 
 /// Builds every view; returns their rows in [`CATALOG`] order.
