@@ -210,7 +210,8 @@ impl MachineId {
 
     /// A number equal for equal ids and different for different ones within this process (the
     /// id's number in the table): to group records by machine without reading the ids' text, as
-    /// ordering by id does. Not an order to show or to keep across runs.
+    /// ordering by id does. Not an order to show or to keep across runs. The numbers are dense,
+    /// 0 to [`MachineId::interned`] − 1: a set of machines can be a bit per number.
     pub fn grouping_key(&self) -> usize {
         self.index as usize
     }
