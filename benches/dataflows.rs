@@ -157,7 +157,7 @@ fn liveness_view<'s>(
 ) -> Handle<Time> {
     let heartbeats = e.flat_map(|e| {
         matches!(e.kind, vendflow_protocol::EventKind::Heartbeat(_))
-            .then_some((e.machine_id, liveness::Fact::Heartbeat(e.timestamp)))
+            .then_some((e.machine_id, e.timestamp))
     });
     liveness::render(heartbeats, r, c).probe().0
 }

@@ -104,7 +104,7 @@ struct Demuxed<'s> {
     /// it dropped.
     numbered: VecCollection<'s, Time, (MachineId, sequence_gaps::Mark)>,
     /// When each machine's heartbeats happened (liveness).
-    heartbeats: VecCollection<'s, Time, (MachineId, liveness::Fact)>,
+    heartbeats: VecCollection<'s, Time, (MachineId, Timestamp)>,
     /// When a machine's events happened (days observed): at least its first event of each day.
     seen: VecCollection<'s, Time, (MachineId, Timestamp)>,
     /// DEX audits, by machine.
@@ -132,8 +132,7 @@ impl<'s> Demuxed<'s> {
         let (mut refunds_out, refunds) = builder.new_output::<Out<Event>>();
         let (mut numbered_out, numbered) =
             builder.new_output::<Out<(MachineId, sequence_gaps::Mark)>>();
-        let (mut heartbeats_out, heartbeats) =
-            builder.new_output::<Out<(MachineId, liveness::Fact)>>();
+        let (mut heartbeats_out, heartbeats) = builder.new_output::<Out<(MachineId, Timestamp)>>();
         let (mut seen_out, seen) = builder.new_output::<Out<(MachineId, Timestamp)>>();
         let (mut audits_out, audits) = builder.new_output::<Out<(MachineId, dex::Read)>>();
         let (mut settlements_out, settlements) =
@@ -176,8 +175,7 @@ impl<'s> Demuxed<'s> {
                                 numbers.push(((e.machine_id.clone(), mark), t, r));
                             }
                             if let EventKind::Heartbeat(_) = &e.kind {
-                                let fact = liveness::Fact::Heartbeat(e.timestamp);
-                                beats.push(((e.machine_id.clone(), fact), t, r));
+                                beats.push(((e.machine_id.clone(), e.timestamp), t, r));
                             }
                             match &e.kind {
                                 EventKind::Heartbeat(_)
