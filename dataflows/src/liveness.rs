@@ -244,6 +244,9 @@ pub fn newest_beats<'s>(
 /// which time's list. A machine's entry is looked up by that number and checked against the
 /// list (a stale place is simply not used: the machine gets a new entry, and the fold still
 /// keeps the newest). The per-machine places are a process's numbers: never saved.
+/// A time's heartbeats: each machine's newest.
+type Beats = Vec<(MachineId, Timestamp)>;
+
 #[derive(Default)]
 struct Newest {
     /// Per time: its number (for [`Newest::places`]) and its machines' newest heartbeats.
@@ -272,7 +275,7 @@ impl Newest {
             next_number,
             places,
         } = self;
-        let mut current: Option<(Time, u32, &mut Vec<(MachineId, Timestamp)>)> = None;
+        let mut current: Option<(Time, u32, &mut Beats)> = None;
         for ((m, ts), t, r) in records {
             if r <= 0 {
                 continue;
@@ -390,6 +393,8 @@ mod tests {
         }
     }
 
+    type Seen = Rc<RefCell<Vec<((MachineId, Fact), Time, isize)>>>;
+
     /// The newest heartbeat of each machine at each time, against a naive max over the
     /// delivered records: heartbeats of several times in one batch (interleaved, so a machine's
     /// place in one time's list is taken by another's), duplicates delivered with a count, and
@@ -401,7 +406,6 @@ mod tests {
         use differential_dataflow::input::Input;
         use rand::{Rng, SeedableRng};
 
-        type Seen = Rc<RefCell<Vec<((MachineId, Fact), Time, isize)>>>;
         for seed in 0..8u64 {
             timely::execute_directly(move |worker| {
                 let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
@@ -472,7 +476,7 @@ mod tests {
         use differential_dataflow::input::Input;
 
         timely::execute_directly(|worker| {
-            let seen: Rc<RefCell<Vec<((MachineId, Fact), Time, isize)>>> = Rc::default();
+            let seen: Seen = Rc::default();
             let probe = timely::dataflow::operators::probe::Handle::new();
             let mut input = worker.dataflow::<Time, _, _>(|scope| {
                 let (input, beats) = scope.new_collection::<(MachineId, Timestamp), isize>();
