@@ -184,7 +184,7 @@ pub fn render<'s>(
 ///
 /// Heartbeats are held per time until the input frontier has passed it (so the engine's state
 /// at a frontier holds them here, enrolled in checkpoints, never in a channel). A machine's
-/// place in its time's list is found by its interned number, not a hash: [`Newest`]. Records
+/// place in its time's list is found by its interned number, not a hash ([`Newest`]). Records
 /// with a diff of 0 or less (a retraction) tell the fold nothing and are not passed on, as the
 /// fold ignored them.
 pub fn newest_beats<'s>(
@@ -197,7 +197,7 @@ pub fn newest_beats<'s>(
         .unary_frontier::<Builder, _, _, _>(Pipeline, "Liveness: newest beats", |cap, _info| {
             let held: Rc<RefCell<Newest>> = Rc::default();
             let mut hold: Option<Capability<Time>> = None;
-            let restored: Option<BTreeMap<Time, Vec<(MachineId, Timestamp)>>> =
+            let restored: Option<BTreeMap<Time, Beats>> =
                 checkpoint::enrol("Liveness: newest beats", &held, |n: &Newest, out| {
                     checkpoint::whole(&n.by_time, out)
                 });
@@ -239,26 +239,25 @@ pub fn newest_beats<'s>(
         .as_collection()
 }
 
-/// The heartbeats held by [`newest_beats`]: per time, one entry per machine with its newest
-/// heartbeat; and per machine (by [`MachineId::grouping_key`], dense), where its entry is in
-/// which time's list. A machine's entry is looked up by that number and checked against the
-/// list (a stale place is simply not used: the machine gets a new entry, and the fold still
-/// keeps the newest). The per-machine places are a process's numbers: never saved.
 /// A time's heartbeats: each machine's newest.
 type Beats = Vec<(MachineId, Timestamp)>;
 
+/// The heartbeats held by [`newest_beats`]: per time, one entry per machine with its newest
+/// heartbeat; and per machine (by [`MachineId::grouping_key`], dense: 200 KB for 50,000
+/// machines), the place of its entry in the list of the time it last had a heartbeat at. A
+/// place is used only when the entry there, in the list of the time at hand, is the machine's:
+/// a place from another time's list (times interleave in a live stream) or a stale one is
+/// passed over and the machine gets an entry of its own (a second entry of a machine in one
+/// time's list is harmless: the fold keeps the newest). The places are the process's numbers:
+/// never saved.
 #[derive(Default)]
 struct Newest {
-    /// Per time: its number (for [`Newest::places`]) and its machines' newest heartbeats.
-    by_time: BTreeMap<Time, Vec<(MachineId, Timestamp)>>,
-    numbers: BTreeMap<Time, u32>,
-    next_number: u32,
-    /// Per machine: (its time's number, its place in that time's list).
-    places: Vec<(u32, u32)>,
+    by_time: BTreeMap<Time, Beats>,
+    places: Vec<u32>,
 }
 
 impl Newest {
-    fn restore(&mut self, saved: BTreeMap<Time, Vec<(MachineId, Timestamp)>>) {
+    fn restore(&mut self, saved: BTreeMap<Time, Beats>) {
         self.by_time = saved;
     }
 
@@ -269,63 +268,48 @@ impl Newest {
         records: impl Iterator<Item = ((MachineId, Timestamp), Time, isize)>,
         mut at: impl FnMut(Time),
     ) {
-        let Newest {
-            by_time,
-            numbers,
-            next_number,
-            places,
-        } = self;
-        let mut current: Option<(Time, u32, &mut Beats)> = None;
+        let Newest { by_time, places } = self;
+        let mut current: Option<(Time, &mut Beats)> = None;
         for ((m, ts), t, r) in records {
             if r <= 0 {
                 continue;
             }
-            let (number, beats) = match &mut current {
-                Some((time, number, beats)) if *time == t => (*number, &mut **beats),
+            let beats = match &mut current {
+                Some((time, beats)) if *time == t => &mut **beats,
                 _ => {
                     at(t);
-                    let number = *numbers.entry(t).or_insert_with(|| {
-                        // 0 is never a time's number: a machine's place starts as (0, 0).
-                        *next_number = next_number.wrapping_add(1).max(1);
-                        *next_number
-                    });
                     // One time's list borrowed at a time: the run before it is done with.
                     current = None;
-                    let beats = by_time.entry(t).or_default();
-                    let (_, _, beats) = current.insert((t, number, beats));
-                    (number, &mut **beats)
+                    let (_, beats) = current.insert((t, by_time.entry(t).or_default()));
+                    &mut **beats
                 }
             };
             let i = m.grouping_key();
             if i >= places.len() {
                 // Room for every id interned so far: grows with the fleet, not per heartbeat.
                 let wanted = MachineId::interned().max(i + 1);
-                places.resize(wanted, (0, 0));
+                places.resize(wanted, u32::MAX);
             }
-            let (n, place) = places[i];
-            if n == number
-                && let Some((held, newest)) = beats.get_mut(place as usize)
+            if let Some((held, newest)) = beats.get_mut(places[i] as usize)
                 && *held == m
             {
                 *newest = (*newest).max(ts);
                 continue;
             }
             if let Ok(place) = u32::try_from(beats.len()) {
-                places[i] = (number, place);
+                places[i] = place;
             }
             beats.push((m, ts));
         }
     }
 
     /// The earliest time held, with its heartbeats, if it is before `frontier`.
-    fn take_before(&mut self, frontier: Time) -> Option<(Time, Vec<(MachineId, Timestamp)>)> {
+    fn take_before(&mut self, frontier: Time) -> Option<(Time, Beats)> {
         let entry = self.by_time.first_entry()?;
         if *entry.key() >= frontier {
             return None;
         }
-        let (time, beats) = entry.remove_entry();
-        self.numbers.remove(&time);
-        Some((time, beats))
+        Some(entry.remove_entry())
     }
 
     fn first_time(&self) -> Option<Time> {
