@@ -104,8 +104,8 @@ pub enum Out {
 
 /// Liveness per machine, folded in ingestion-time order. A heartbeat moves the machine's last
 /// heartbeat (and its row); the machine goes offline when ingestion time reaches
-/// `last + offline_after`, by a timer the machine holds at most one of.
-/// `heartbeats`: when each machine's heartbeats happened, as delivered.
+/// `last + offline_after`, by a timer the machine holds at most one of. `heartbeats`: when each
+/// machine's heartbeats happened, as delivered.
 pub fn render<'s>(
     heartbeats: VecCollection<'s, Time, (MachineId, Timestamp)>,
     registry: VecCollection<'s, Time, RegistryRecord>,
