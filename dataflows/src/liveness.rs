@@ -18,14 +18,14 @@ use std::rc::Rc;
 use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::InputCapability;
 use timely::dataflow::operators::generic::Operator;
 use vendflow_protocol::{MachineId, MachineStatus, RegistryRecord, Timestamp};
 
 use crate::checkpoint;
 use crate::config::Config;
 use crate::fold::{KeyedFold, Published};
-use crate::operators::{Time, hash_of};
+use crate::operators::{Time, Waiting, hash_of};
 use crate::row::ViewDef;
 use crate::row::{ColumnType::*, Row, RowWriter, col, null};
 
@@ -182,9 +182,10 @@ pub fn render<'s>(
 /// heartbeats of the 1 M benchmark, each a probe of the fold's table of machines (larger than
 /// the cache) and a record through its exchange, become one record per machine.
 ///
-/// Heartbeats are held per time until the input frontier has passed it (so the engine's state
-/// at a frontier holds them here, enrolled in checkpoints, never in a channel). A machine's
-/// place in its time's list is found by its interned number, not a hash ([`Newest`]). Records
+/// Heartbeats wait per time until the input frontier has passed it ([`Waiting`], as the folds'
+/// records do: the engine's state at a frontier holds them here, enrolled in checkpoints, never
+/// in a channel). A machine's place in its time's list is found by its interned number, not a
+/// hash ([`Newest`]). Records
 /// with a diff of 0 or less (a retraction) tell the fold nothing and are not passed on, as the
 /// fold ignored them.
 pub fn newest_beats<'s>(
@@ -195,45 +196,40 @@ pub fn newest_beats<'s>(
     heartbeats
         .inner
         .unary_frontier::<Builder, _, _, _>(Pipeline, "Liveness: newest beats", |cap, _info| {
-            let held: Rc<RefCell<Newest>> = Rc::default();
-            let mut hold: Option<Capability<Time>> = None;
+            let held = Rc::new(RefCell::new(Newest {
+                waiting: Waiting::new(),
+                places: Vec::new(),
+            }));
             let restored: Option<BTreeMap<Time, Beats>> =
                 checkpoint::enrol("Liveness: newest beats", &held, |n: &Newest, out| {
-                    checkpoint::whole(&n.by_time, out)
+                    checkpoint::whole(n.waiting.records(), out)
                 });
             if let Some(saved) = restored {
-                if let Some(first) = saved.keys().next() {
-                    let mut cap = cap;
-                    cap.downgrade(first);
-                    hold = Some(cap);
-                }
-                held.borrow_mut().restore(saved);
+                let waiting = &mut held.borrow_mut().waiting;
+                waiting.restore(saved, cap);
+                waiting.settle(waiting.first_time());
             }
             move |(input, frontier), output| {
-                let mut held = held.borrow_mut();
+                let Newest { waiting, places } = &mut *held.borrow_mut();
                 input.for_each_stamp(|cap, data| {
                     for container in data {
-                        held.note_all(container.drain(..), |t| {
-                            if hold.as_ref().is_none_or(|h| *h.time() > t) {
-                                hold = Some(cap.delayed(&t, output.output_index()));
-                            }
-                        });
+                        note_all(waiting, places, &cap, output.output_index(), container);
                     }
                 });
-                let reached = frontier.frontier().first().copied().unwrap_or(Time::MAX);
-                let Some(h) = hold.as_mut() else { return };
-                while let Some((time, beats)) = held.take_before(reached) {
-                    let at = h.delayed(&time);
-                    output.session(&at).give_iterator(
-                        beats
-                            .into_iter()
-                            .map(|(m, ts)| ((m, Fact::Heartbeat(ts)), time, 1)),
-                    );
+                // Records carry their own times: every ready time in one message, at the
+                // capability held at (or before) the earliest.
+                let frontier = frontier.frontier();
+                if let Some(h) = waiting.hold().cloned() {
+                    let mut session = output.session(&h);
+                    while let Some((time, beats)) = waiting.pop_ready(&frontier) {
+                        session.give_iterator(
+                            beats
+                                .into_iter()
+                                .map(move |(m, ts)| ((m, Fact::Heartbeat(ts)), time, 1)),
+                        );
+                    }
                 }
-                match held.first_time() {
-                    Some(next) => h.downgrade(&next),
-                    None => hold = None,
-                }
+                waiting.settle(waiting.first_time());
             }
         })
         .as_collection()
@@ -242,48 +238,35 @@ pub fn newest_beats<'s>(
 /// A time's heartbeats: each machine's newest.
 type Beats = Vec<(MachineId, Timestamp)>;
 
-/// The heartbeats held by [`newest_beats`]: per time, one entry per machine with its newest
-/// heartbeat; and per machine (by [`MachineId::grouping_key`], dense: 200 KB for 50,000
-/// machines), the place of its entry in the list of the time it last had a heartbeat at. A
-/// place is used only when the entry there, in the list of the time at hand, is the machine's:
-/// a place from another time's list (times interleave in a live stream) or a stale one is
-/// passed over and the machine gets an entry of its own (a second entry of a machine in one
-/// time's list is harmless: the fold keeps the newest). The places are the process's numbers:
-/// never saved.
-#[derive(Default)]
+/// What [`newest_beats`] holds: the heartbeats of each time not yet passed on, one entry per
+/// machine with its newest heartbeat; and per machine (by [`MachineId::grouping_key`], dense:
+/// 200 KB for 50,000 machines, 16 MB at the id cap), the place of its entry in the list of the
+/// time it last had a heartbeat at. The places are the process's numbers: never saved.
 struct Newest {
-    by_time: BTreeMap<Time, Beats>,
+    waiting: Waiting<(MachineId, Timestamp)>,
     places: Vec<u32>,
 }
 
-impl Newest {
-    fn restore(&mut self, saved: BTreeMap<Time, Beats>) {
-        self.by_time = saved;
-    }
-
-    /// Heartbeats as delivered (a machine's, when, at which time, how many); `at` hears each
-    /// time they are at, once per run of records of one time (a container holds one, mostly).
-    fn note_all(
-        &mut self,
-        records: impl Iterator<Item = ((MachineId, Timestamp), Time, isize)>,
-        mut at: impl FnMut(Time),
-    ) {
-        let Newest { by_time, places } = self;
-        let mut current: Option<(Time, &mut Beats)> = None;
-        for ((m, ts), t, r) in records {
+/// Takes one container of heartbeats as delivered (a machine's, when, at which time, how
+/// many). A machine's place is used only when the entry there, in the list of the time at
+/// hand, is the machine's: a place from another time's list (times interleave in a live
+/// stream) or a stale one is passed over and the machine gets an entry of its own (a second
+/// entry of a machine in one time's list is harmless: the fold keeps the newest). A time's list
+/// is looked up once per run of its records (a container holds one time, mostly).
+fn note_all(
+    waiting: &mut Waiting<(MachineId, Timestamp)>,
+    places: &mut Vec<u32>,
+    cap: &InputCapability<Time>,
+    output: usize,
+    container: &mut Vec<((MachineId, Timestamp), Time, isize)>,
+) {
+    let mut records = container.drain(..).peekable();
+    while let Some(&(_, t, _)) = records.peek() {
+        let beats = waiting.queue_at(cap, output, t);
+        while let Some(((m, ts), _, r)) = records.next_if(|(_, u, _)| *u == t) {
             if r <= 0 {
                 continue;
             }
-            let beats = match &mut current {
-                Some((time, beats)) if *time == t => &mut **beats,
-                _ => {
-                    at(t);
-                    // One time's list borrowed at a time: the run before it is done with.
-                    current = None;
-                    let (_, beats) = current.insert((t, by_time.entry(t).or_default()));
-                    &mut **beats
-                }
-            };
             let i = m.grouping_key();
             if i >= places.len() {
                 // Room for every id interned so far: grows with the fleet, not per heartbeat.
@@ -301,19 +284,6 @@ impl Newest {
             }
             beats.push((m, ts));
         }
-    }
-
-    /// The earliest time held, with its heartbeats, if it is before `frontier`.
-    fn take_before(&mut self, frontier: Time) -> Option<(Time, Beats)> {
-        let entry = self.by_time.first_entry()?;
-        if *entry.key() >= frontier {
-            return None;
-        }
-        Some(entry.remove_entry())
-    }
-
-    fn first_time(&self) -> Option<Time> {
-        self.by_time.keys().next().copied()
     }
 }
 

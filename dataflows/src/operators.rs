@@ -549,6 +549,13 @@ impl<R> Waiting<R> {
         self.by_time.entry(t).or_default().push(record);
     }
 
+    /// The records waiting at `t` (none yet, if it is new), to add to or change in place,
+    /// from a message whose capability is `cap`.
+    pub fn queue_at(&mut self, cap: &InputCapability<Time>, output: usize, t: Time) -> &mut Vec<R> {
+        self.hold_at(cap, output, t);
+        self.by_time.entry(t).or_default()
+    }
+
     /// Takes every update of one stamp's containers, as `for_each_stamp` hands them over.
     pub fn take_all<'a, D: 'a>(
         &mut self,
