@@ -185,9 +185,8 @@ pub fn render<'s>(
 /// Heartbeats wait per time until the input frontier has passed it ([`Waiting`], as the folds'
 /// records do: the engine's state at a frontier holds them here, enrolled in checkpoints, never
 /// in a channel). A machine's place in its time's list is found by its interned number, not a
-/// hash ([`Newest`]). Records
-/// with a diff of 0 or less (a retraction) tell the fold nothing and are not passed on, as the
-/// fold ignored them.
+/// hash ([`Newest`]). Records with a diff of 0 or less (a retraction) tell the fold nothing and
+/// are not passed on, as the fold ignored them.
 pub fn newest_beats<'s>(
     heartbeats: VecCollection<'s, Time, (MachineId, Timestamp)>,
 ) -> VecCollection<'s, Time, (MachineId, Fact)> {
