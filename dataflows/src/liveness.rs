@@ -347,6 +347,31 @@ mod tests {
     }
 
     type Seen = Rc<RefCell<Vec<((MachineId, Fact), Time, isize)>>>;
+    type BeatsInput =
+        differential_dataflow::input::InputSession<Time, (MachineId, Timestamp), isize>;
+
+    /// [`newest_beats`] alone on `worker`: its input, what it passed on, and a probe of it.
+    fn newest_beats_on(
+        worker: &mut timely::worker::Worker,
+    ) -> (
+        BeatsInput,
+        Seen,
+        timely::dataflow::operators::probe::Handle<Time>,
+    ) {
+        use differential_dataflow::input::Input;
+
+        let seen: Seen = Rc::default();
+        let probe = timely::dataflow::operators::probe::Handle::new();
+        let input = worker.dataflow::<Time, _, _>(|scope| {
+            let (input, beats) = scope.new_collection::<(MachineId, Timestamp), isize>();
+            let seen = seen.clone();
+            newest_beats(beats)
+                .inspect(move |(d, t, r)| seen.borrow_mut().push((d.clone(), *t, *r)))
+                .probe_with(&probe);
+            input
+        });
+        (input, seen, probe)
+    }
 
     /// The newest heartbeat of each machine at each time, against a naive max over the
     /// delivered records: heartbeats of several times in one batch (interleaved, so a machine's
@@ -356,22 +381,12 @@ mod tests {
     fn newest_beats_are_each_time_s_newest_heartbeat_of_each_machine() {
         use std::collections::BTreeMap;
 
-        use differential_dataflow::input::Input;
         use rand::{Rng, SeedableRng};
 
         for seed in 0..8u64 {
             timely::execute_directly(move |worker| {
                 let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-                let seen: Seen = Rc::default();
-                let probe = timely::dataflow::operators::probe::Handle::new();
-                let mut input = worker.dataflow::<Time, _, _>(|scope| {
-                    let (input, beats) = scope.new_collection::<(MachineId, Timestamp), isize>();
-                    let seen = seen.clone();
-                    newest_beats(beats)
-                        .inspect(move |(d, t, r)| seen.borrow_mut().push((d.clone(), *t, *r)))
-                        .probe_with(&probe);
-                    input
-                });
+                let (mut input, seen, probe) = newest_beats_on(worker);
                 let machines: Vec<MachineId> = (0..12)
                     .map(|i| MachineId::parse(&format!("newest-{seed}-{i}")))
                     .collect::<Result<_, _>>()
@@ -426,19 +441,8 @@ mod tests {
     /// Within one batch of one time a machine's heartbeats become one record.
     #[test]
     fn a_time_s_heartbeats_become_one_record_per_machine() {
-        use differential_dataflow::input::Input;
-
         timely::execute_directly(|worker| {
-            let seen: Seen = Rc::default();
-            let probe = timely::dataflow::operators::probe::Handle::new();
-            let mut input = worker.dataflow::<Time, _, _>(|scope| {
-                let (input, beats) = scope.new_collection::<(MachineId, Timestamp), isize>();
-                let seen = seen.clone();
-                newest_beats(beats)
-                    .inspect(move |(d, t, r)| seen.borrow_mut().push((d.clone(), *t, *r)))
-                    .probe_with(&probe);
-                input
-            });
+            let (mut input, seen, probe) = newest_beats_on(worker);
             let (a, b) = (
                 MachineId::parse("one-record-a").expect("id"),
                 MachineId::parse("one-record-b").expect("id"),

@@ -545,8 +545,7 @@ impl<R> Waiting<R> {
 
     /// Takes `record` at time `t`, from a message whose capability is `cap`.
     pub fn push(&mut self, cap: &InputCapability<Time>, output: usize, t: Time, record: R) {
-        self.hold_at(cap, output, t);
-        self.by_time.entry(t).or_default().push(record);
+        self.queue_at(cap, output, t).push(record);
     }
 
     /// The records waiting at `t` (none yet, if it is new), to add to or change in place,
