@@ -25,7 +25,7 @@ use vendflow_protocol::{MachineId, MachineStatus, RegistryRecord, Timestamp};
 use crate::checkpoint;
 use crate::config::Config;
 use crate::fold::{KeyedFold, Published};
-use crate::operators::{Time, Waiting, hash_of};
+use crate::operators::{Time, Waiting, hash_of, room_for_machines};
 use crate::row::ViewDef;
 use crate::row::{ColumnType::*, Row, RowWriter, col, null};
 
@@ -267,11 +267,7 @@ fn note_all(
                 continue;
             }
             let i = m.grouping_key();
-            if i >= places.len() {
-                // Room for every id interned so far: grows with the fleet, not per heartbeat.
-                let wanted = MachineId::interned().max(i + 1);
-                places.resize(wanted, u32::MAX);
-            }
+            room_for_machines(places, i, 1, u32::MAX);
             if let Some((held, newest)) = beats.get_mut(places[i] as usize)
                 && *held == m
             {

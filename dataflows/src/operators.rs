@@ -184,11 +184,7 @@ impl MachineSet {
     pub(crate) fn insert(&mut self, machine: &MachineId) -> bool {
         let i = machine.grouping_key();
         let (word, bit) = (i / 64, 1u64 << (i % 64));
-        if word >= self.words.len() {
-            // Room for every id interned so far: the words grow with the fleet, not per id.
-            let wanted = MachineId::interned().max(i + 1).div_ceil(64);
-            self.words.resize(wanted, 0);
-        }
+        room_for_machines(&mut self.words, word, 64, 0);
         let absent = self.words[word] & bit == 0;
         self.words[word] |= bit;
         absent
@@ -205,6 +201,24 @@ impl MachineSet {
     /// Empties the set, keeping its room.
     pub(crate) fn clear(&mut self) {
         self.words.fill(0);
+    }
+}
+
+/// Makes `table`, one entry per `ids_per_entry` interned machine ids (by
+/// [`MachineId::grouping_key`]), long enough for entry `entry`, filling new entries with `fill`:
+/// room for every id interned so far at once, so a table indexed by machine grows with the
+/// fleet, not one id at a time.
+pub(crate) fn room_for_machines<T: Clone>(
+    table: &mut Vec<T>,
+    entry: usize,
+    ids_per_entry: usize,
+    fill: T,
+) {
+    if entry >= table.len() {
+        let wanted = MachineId::interned()
+            .div_ceil(ids_per_entry.max(1))
+            .max(entry + 1);
+        table.resize(wanted, fill);
     }
 }
 
