@@ -84,8 +84,25 @@ struct Sample {
     forwarded: u64,
     inflight: u64,
     consumed: u64,
+    /// Events in the consumed messages (a machine's envelope carries what its outbox held).
+    events: u64,
     lag_ms: i64,
     rss: [u64; 4],
+}
+
+/// The first row's `n` of the engine's answer to `sql` (`POST /sql`).
+fn engine_count(curl: &std::path::Path, http: &str, sql: &str) -> anyhow::Result<u64> {
+    let body = serde_json::json!({ "sql": sql }).to_string();
+    let out = Command::new(curl)
+        .args(["-s", "--max-time", "30", "-X", "POST"])
+        .args(["-H", "content-type: application/json", "-d", &body])
+        .arg(format!("http://{http}/sql"))
+        .output()?;
+    let answer: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("the engine's answer to /sql")?;
+    answer["rows"][0]["n"]
+        .as_u64()
+        .with_context(|| format!("no count in the engine's answer: {answer}"))
 }
 
 const NAMES: [&str; 4] = ["mosquitto", "tansu", "bridge", "engine"];
@@ -141,6 +158,7 @@ fn main() -> anyhow::Result<()> {
     let machines = args.machines.to_string();
     let status_path = d.join("status.json");
     let status_text = status_path.display().to_string();
+    let engine_http = format!("127.0.0.1:{}", free_port()?);
     let engine = Daemon::spawn(
         "engine",
         &bin,
@@ -156,7 +174,7 @@ fn main() -> anyhow::Result<()> {
             "--partitions",
             "4",
             "--http",
-            &format!("127.0.0.1:{}", free_port()?),
+            &engine_http,
         ],
         &d.join("engine.log"),
     )?;
@@ -215,6 +233,7 @@ fn main() -> anyhow::Result<()> {
                 forwarded: bridge_metric(&curl, &http, "forwarded_total").unwrap_or(0),
                 inflight: bridge_metric(&curl, &http, "inflight").unwrap_or(0),
                 consumed: status["messages"].as_u64().unwrap_or(0),
+                events: status["events"].as_u64().unwrap_or(0),
                 lag_ms: status["lagMs"].as_i64().unwrap_or(-1),
                 rss,
             };
@@ -254,11 +273,12 @@ fn main() -> anyhow::Result<()> {
     let last = samples[samples.len() - 1];
     let secs = (last.at_s - warm.at_s).max(1.0);
     println!(
-        "after the warm-up ({:.0} s to {:.0} s): received {:.0} envelopes/s, consumed {:.0} messages/s",
+        "after the warm-up ({:.0} s to {:.0} s): received {:.0} envelopes/s, consumed {:.0} messages/s ({:.0} events/s)",
         warm.at_s,
         last.at_s,
         (last.received - warm.received) as f64 / secs,
-        last.consumed.saturating_sub(warm.consumed) as f64 / secs
+        last.consumed.saturating_sub(warm.consumed) as f64 / secs,
+        last.events.saturating_sub(warm.events) as f64 / secs
     );
     let backlog = |s: &Sample| s.received.saturating_sub(s.consumed) as f64;
     let tail = &samples[samples.len() / 5..];
@@ -278,6 +298,21 @@ fn main() -> anyhow::Result<()> {
             growth(warm.rss[i] as f64, last.rss[i] as f64)
         );
     }
+    // Re-deliveries the engine recognised (an envelope sent again after its receipt was
+    // late carries events already counted): what the path carried beyond the fleet's events.
+    let duplicates = |view: &str| {
+        engine_count(
+            &curl,
+            &engine_http,
+            &format!("select coalesce(sum(duplicates), 0) as n from {view}"),
+        )
+    };
+    println!(
+        "engine: {} events consumed; dropped as re-deliveries: {} events of other kinds, {} sale lines",
+        last.events,
+        duplicates("event_duplicates")?,
+        duplicates("sale_duplicates")?
+    );
     drop(engine);
     drop(bridge);
     drop(tansu);
