@@ -5,8 +5,9 @@
 //!
 //! Every `--sample-secs` it records, per process, the resident set (VmRSS, not the peak), the
 //! bridge's envelopes received, forwarded and in flight, and the engine's consumed messages and
-//! how far its frontier is behind the wall clock. At the end it prints the samples as a table and
-//! a verdict: the growth of each from the end of the warm-up (a fifth of the run) to the end.
+//! events and how far its frontier is behind the wall clock. At the end it prints the samples as
+//! a table and a verdict: the growth of each from the end of the warm-up (a fifth of the run) to
+//! the end, and the re-deliveries the engine dropped (events sent again after a late receipt).
 //!
 //! `cargo bench -p vendflow-benches --bench soak [-- --machines 50000 --speed 10 --minutes 30
 //!  --sample-secs 30 --tansu sqlite|memory]`. Needs `mosquitto` and `tansu`
