@@ -267,6 +267,8 @@ pub struct Controllers<L: Log = MemoryLog> {
     fleet: Option<Fleet>,
     config: ControlledConfig,
     pub tally: Tally,
+    /// Envelopes sent again: their events had waited longer than the caller's resend timeout.
+    resent: u64,
 }
 
 impl Controllers<MemoryLog> {
@@ -359,6 +361,7 @@ impl Controllers<MemoryLog> {
             fleet: Some(fleet),
             config,
             tally: Tally::default(),
+            resent: 0,
         })
     }
 }
@@ -405,6 +408,7 @@ impl Controllers<FileLog> {
             fleet: None,
             config,
             tally,
+            resent: 0,
         })
     }
 }
@@ -466,10 +470,12 @@ where
         mut first_time: impl FnMut(&vendflow_protocol::Event),
     ) -> Result<Vec<(usize, Envelope, u64)>, MachineError> {
         let mut out = Vec::new();
+        let mut resent = 0;
         for (i, unit) in self.units.iter_mut().enumerate() {
             if !unit.online {
                 continue;
             }
+            let again = unit.in_flight.is_some();
             match unit.in_flight {
                 Some((_, sent)) if wall_ms.saturating_sub(sent) < resend_after_ms => continue,
                 Some(_) => {}
@@ -490,9 +496,17 @@ where
             }
             unit.given_through = unit.given_through.max(last);
             unit.in_flight = Some((last, wall_ms));
+            resent += u64::from(again);
             out.push((i, envelope, last));
         }
+        self.resent += resent;
         Ok(out)
+    }
+
+    /// Envelopes [`Controllers::ready`] gave out again because the one before had no
+    /// acknowledgement within the resend timeout.
+    pub fn resent(&self) -> u64 {
+        self.resent
     }
 
     /// The platform has machine `i`'s events up to `seq`.
@@ -1096,6 +1110,34 @@ mod tests {
             }
             anyhow::ensure!(wall < 10_000_000, "the outboxes never emptied");
         }
+    }
+
+    /// Without outages or power cuts, every acknowledgement lost is one envelope sent again
+    /// (the same events, once the resend timeout has passed), and none is sent again when
+    /// none is lost.
+    #[test]
+    fn each_lost_acknowledgement_is_one_envelope_sent_again() -> anyhow::Result<()> {
+        for lose in [0.0, 0.2] {
+            let end = Timestamp(T0 + 6 * MS_PER_HOUR);
+            let mut config = ControlledConfig::new(20, 5, Timestamp(T0), end);
+            config.outages = 0.0;
+            config.power_cuts = 0.0;
+            let mut fleet = Controllers::new(config)?;
+            let mut rng = ChaCha8Rng::seed_from_u64(11);
+            let (mut lost, mut seen) = (0u64, BTreeSet::new());
+            drive(&mut fleet, end.0, |i, envelope| {
+                for e in &envelope.events {
+                    seen.insert((i, e.seq));
+                }
+                let kept = !rng.random_bool(lose);
+                lost += u64::from(!kept);
+                kept
+            })?;
+            assert_eq!(fleet.resent(), lost, "lose {lose}");
+            assert_eq!(lost > 0, lose > 0.0, "lose {lose}");
+            assert!(!seen.is_empty());
+        }
+        Ok(())
     }
 
     /// Controllers with outages of up to a day, power cuts and lost acknowledgements: every

@@ -213,6 +213,50 @@ pub struct Published {
     /// Commands answered after the stream (`--linger`).
     pub answered: usize,
     pub elapsed: Duration,
+    /// With receipts: envelopes sent again for want of one, and the receipts' round trips.
+    pub receipts: Option<Receipts>,
+}
+
+/// How the platform's receipts came back to a fleet of controllers.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Receipts {
+    /// Envelopes sent again: the one before had no receipt within the resend timeout.
+    pub resent: u64,
+    /// Sent → receipt taken, for the envelopes receipted: median and 99th percentile, in ms.
+    pub p50_ms: u64,
+    pub p99_ms: u64,
+}
+
+/// Round trips counted by the millisecond up to a minute (the longest resend timeout), longer
+/// ones in the last count.
+struct RoundTrips(Vec<u64>);
+
+impl RoundTrips {
+    fn new() -> Self {
+        RoundTrips(vec![0; 60_001])
+    }
+
+    fn add(&mut self, rtt: Duration) {
+        let ms = usize::try_from(rtt.as_millis()).unwrap_or(usize::MAX);
+        let last = self.0.len() - 1;
+        if let Some(n) = self.0.get_mut(ms.min(last)) {
+            *n += 1;
+        }
+    }
+
+    /// The round trip at quantile `q` (0 when none was counted).
+    fn quantile(&self, q: f64) -> u64 {
+        let total: u64 = self.0.iter().sum();
+        let rank = ((total as f64 * q).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (ms, n) in self.0.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return ms as u64;
+            }
+        }
+        0
+    }
 }
 
 impl Published {
@@ -230,7 +274,12 @@ impl Published {
                 "acknowledged by"
             },
             options.mqtt
-        )
+        ) + &self.receipts.map_or(String::new(), |r| {
+            format!(
+                "; receipts after p50 {} ms, p99 {} ms; {} envelopes sent again for want of one",
+                r.p50_ms, r.p99_ms, r.resent
+            )
+        })
     }
 }
 
@@ -347,6 +396,7 @@ pub fn publish(
         events,
         answered,
         elapsed: started.elapsed(),
+        receipts: None,
     })
 }
 
@@ -443,6 +493,7 @@ where
     let started = Instant::now();
     let begin = fleet.now();
     let mut timer = mqtt::ResendTimer::default();
+    let mut round_trips = RoundTrips::new();
     // Receipt → (machine, last event number, when it was sent).
     let mut sent: std::collections::HashMap<String, (usize, u64, Instant)> = Default::default();
     let mut events = 0u64;
@@ -493,6 +544,7 @@ where
         for receipt in receipts.try_iter() {
             if let Some((i, last, at)) = sent.remove(&receipt) {
                 timer.sample(at.elapsed());
+                round_trips.add(at.elapsed());
                 fleet.acknowledged(i, last).map_err(machine_error)?;
             }
         }
@@ -559,6 +611,11 @@ where
         events,
         answered: 0,
         elapsed: started.elapsed(),
+        receipts: matches!(link.acks, mqtt::Acks::Receipts).then(|| Receipts {
+            resent: fleet.resent(),
+            p50_ms: round_trips.quantile(0.5),
+            p99_ms: round_trips.quantile(0.99),
+        }),
     })
 }
 
@@ -613,6 +670,20 @@ fn controller_command(
 mod tests {
     use super::*;
     use clap::Parser;
+
+    #[test]
+    fn round_trips_give_their_quantiles_by_the_millisecond() {
+        let mut rtts = RoundTrips::new();
+        assert_eq!(rtts.quantile(0.5), 0);
+        for ms in 1..=100u64 {
+            rtts.add(Duration::from_millis(ms));
+        }
+        // Past the longest timeout: counted at a minute.
+        rtts.add(Duration::from_secs(3600));
+        assert_eq!(rtts.quantile(0.5), 51);
+        assert_eq!(rtts.quantile(0.99), 100);
+        assert_eq!(rtts.quantile(1.0), 60_000);
+    }
 
     #[derive(clap::Parser)]
     struct Cli {
