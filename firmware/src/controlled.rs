@@ -475,17 +475,20 @@ where
             if !unit.online {
                 continue;
             }
-            let again = unit.in_flight.is_some();
-            match unit.in_flight {
+            // Sent again: what was in flight waited out the timeout.
+            let again = match unit.in_flight {
                 Some((_, sent)) if wall_ms.saturating_sub(sent) < resend_after_ms => continue,
-                Some(_) => {}
+                Some(_) => true,
                 None if !flush
                     && self.now.saturating_sub(unit.last_sent) < self.config.batch_ms =>
                 {
                     continue;
                 }
-                None => unit.last_sent = self.now,
-            }
+                None => {
+                    unit.last_sent = self.now;
+                    false
+                }
+            };
             let Some((envelope, last)) = unit.machine.envelope(ENVELOPE_EVENTS)? else {
                 continue;
             };

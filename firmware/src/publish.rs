@@ -543,8 +543,9 @@ where
         }
         for receipt in receipts.try_iter() {
             if let Some((i, last, at)) = sent.remove(&receipt) {
-                timer.sample(at.elapsed());
-                round_trips.add(at.elapsed());
+                let rtt = at.elapsed();
+                timer.sample(rtt);
+                round_trips.add(rtt);
                 fleet.acknowledged(i, last).map_err(machine_error)?;
             }
         }
