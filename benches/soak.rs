@@ -10,7 +10,10 @@
 //! the end, and the re-deliveries the engine dropped (events sent again after a late receipt).
 //!
 //! `cargo bench -p vendflow-benches --bench soak [-- --machines 50000 --speed 10 --minutes 30
-//!  --sample-secs 30 --tansu sqlite|memory]`. Needs `mosquitto` and `tansu`
+//!  --sample-secs 30 --warm-up-minutes M --tansu sqlite|memory]`. The fleet's simulated hours end
+//! now (`publish --hours`, here minutes × speed / 60), so a run faster than real time is a fleet
+//! catching up: at 10× for 30 minutes its events start 5 hours behind the wall clock, by which
+//! the engine judges its horizons (windows leave memory 30 minutes after they close). Needs `mosquitto` and `tansu`
 //! (tests/install.sh installs them) and `cargo build --release --bins`.
 
 use std::process::{Command, Stdio};
@@ -28,6 +31,8 @@ struct Args {
     speed: f64,
     minutes: f64,
     sample_secs: f64,
+    /// Growth is measured from here on (None: the first fifth of the run).
+    warm_up_minutes: Option<f64>,
     tansu: TansuStorage,
 }
 
@@ -37,6 +42,7 @@ fn args() -> anyhow::Result<Args> {
         speed: 10.0,
         minutes: 30.0,
         sample_secs: 30.0,
+        warm_up_minutes: None,
         tansu: TansuStorage::Sqlite,
     };
     let mut it = std::env::args().skip(1);
@@ -47,6 +53,7 @@ fn args() -> anyhow::Result<Args> {
             "--speed" => a.speed = value()?.parse()?,
             "--minutes" => a.minutes = value()?.parse()?,
             "--sample-secs" => a.sample_secs = value()?.parse()?,
+            "--warm-up-minutes" => a.warm_up_minutes = Some(value()?.parse()?),
             "--tansu" => {
                 a.tansu = match value()?.as_str() {
                     "sqlite" => TansuStorage::Sqlite,
@@ -62,6 +69,11 @@ fn args() -> anyhow::Result<Args> {
     }
     if a.machines == 0 || a.speed <= 0.0 || a.minutes <= 0.0 || a.sample_secs <= 0.0 {
         bail!("--machines, --speed, --minutes and --sample-secs must be positive");
+    }
+    if a.warm_up_minutes
+        .is_some_and(|w| !(0.0..a.minutes).contains(&w))
+    {
+        bail!("--warm-up-minutes must be at least 0 and less than --minutes");
     }
     Ok(a)
 }
@@ -202,7 +214,7 @@ fn main() -> anyhow::Result<()> {
     // Stopped with the bench, whatever ends it (an error, a failed sample, Ctrl-C of cargo).
     let mut publisher = KillOnDrop(Some(publisher));
     println!(
-        "soak: {} machines at {}× real time for {} min (tansu on {:?}); a sample every {} s",
+        "soak: {} machines at {}× real time for {} min ({hours:.1} h of event time, ending now; tansu on {:?}); a sample every {} s",
         args.machines, args.speed, args.minutes, args.tansu, args.sample_secs
     );
     let pids = [
@@ -269,8 +281,15 @@ fn main() -> anyhow::Result<()> {
     if samples.len() < 5 {
         bail!("too few samples ({}) for a verdict", samples.len());
     }
-    // Rates and growth after the warm-up (the first fifth of the run).
-    let warm = samples[samples.len() / 5];
+    // Rates and growth after the warm-up (`--warm-up-minutes`, or the first fifth of the run).
+    let first = match args.warm_up_minutes {
+        Some(m) => samples
+            .iter()
+            .position(|s| s.at_s >= m * 60.0)
+            .unwrap_or(samples.len() - 1),
+        None => samples.len() / 5,
+    };
+    let warm = samples[first];
     let last = samples[samples.len() - 1];
     let secs = (last.at_s - warm.at_s).max(1.0);
     println!(
@@ -282,7 +301,7 @@ fn main() -> anyhow::Result<()> {
         last.events.saturating_sub(warm.events) as f64 / secs
     );
     let backlog = |s: &Sample| s.received.saturating_sub(s.consumed) as f64;
-    let tail = &samples[samples.len() / 5..];
+    let tail = &samples[first..];
     let max_backlog = tail.iter().map(backlog).fold(0.0, f64::max);
     println!(
         "backlog (received by the bridge, not yet consumed by the engine): {}, at most {max_backlog:.0}",
