@@ -243,6 +243,9 @@ struct Unit<L: Log> {
     /// What was sent and not yet acknowledged: the last event number, and when (wall clock of
     /// the caller, in ms) it was sent.
     in_flight: Option<(u64, u64)>,
+    /// When what is in flight is sent again ([`Resend::Adaptive`]): this machine's own
+    /// retransmission timer over its own round trips, as a machine's firmware keeps one.
+    resend: crate::mqtt::ResendTimer,
     /// Events up to this number were given out once already (for recording what was sent).
     given_through: u64,
     /// The customer declined once already (they try another card once).
@@ -255,6 +258,20 @@ struct Unit<L: Log> {
     /// its motor's jams, the crew skipping it), updated before each wake-up; none for a machine
     /// booted from its bundle.
     condition: Condition,
+}
+
+/// When [`Controllers::ready`] sends again what a machine has in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resend {
+    /// After this many ms of the caller's clock (`u64::MAX`: never).
+    After(u64),
+    /// When the machine's own timer says: TCP's retransmission timer (RFC 6298) over that
+    /// machine's round trips ([`Controllers::round_trip`]), doubled while its resends go
+    /// unanswered. One timer per machine, as each machine's firmware has, not one for the
+    /// fleet: fed by every machine's receipts at once, a shared timer followed the last few
+    /// round trips only, and a fleet whose receipts slowed down sent a quarter of its
+    /// envelopes again.
+    Adaptive,
 }
 
 /// The fleet of controllers and its simulated clock.
@@ -457,7 +474,7 @@ where
     }
 
     /// What machines send now: for each one online with events waiting and nothing in flight
-    /// (or in flight for longer than `resend_after_ms` of the caller's clock `wall_ms`), its
+    /// (or in flight for longer than `resend` says, on the caller's clock `wall_ms`), its
     /// oldest events as one envelope, with the machine's index and the number of its last
     /// event (to acknowledge). `first_time` gets the events never given out before (what an
     /// oracle should count). With `flush` (the span is over), machines send what they hold
@@ -465,20 +482,30 @@ where
     pub fn ready(
         &mut self,
         wall_ms: u64,
-        resend_after_ms: u64,
+        resend: Resend,
         flush: bool,
         mut first_time: impl FnMut(&vendflow_protocol::Event),
     ) -> Result<Vec<(usize, Envelope, u64)>, MachineError> {
         let mut out = Vec::new();
         let mut resent = 0;
+        let now = std::time::Instant::now();
         for (i, unit) in self.units.iter_mut().enumerate() {
             if !unit.online {
                 continue;
             }
+            let resend_after_ms = match resend {
+                Resend::After(ms) => ms,
+                Resend::Adaptive => {
+                    u64::try_from(unit.resend.timeout().as_millis()).unwrap_or(u64::MAX)
+                }
+            };
             // Sent again: what was in flight waited out the timeout.
             let again = match unit.in_flight {
                 Some((_, sent)) if wall_ms.saturating_sub(sent) < resend_after_ms => continue,
-                Some(_) => true,
+                Some(_) => {
+                    unit.resend.expired(now);
+                    true
+                }
                 None if !flush
                     && self.now.saturating_sub(unit.last_sent) < self.config.batch_ms =>
                 {
@@ -510,6 +537,14 @@ where
     /// acknowledgement within the resend timeout.
     pub fn resent(&self) -> u64 {
         self.resent
+    }
+
+    /// An envelope of machine `i` was acknowledged `rtt` after it was sent: a sample for its
+    /// resend timer ([`Resend::Adaptive`]).
+    pub fn round_trip(&mut self, i: usize, rtt: std::time::Duration) {
+        if let Some(unit) = self.units.get_mut(i) {
+            unit.resend.sample(rtt);
+        }
     }
 
     /// The platform has machine `i`'s events up to `seq`.
@@ -591,6 +626,7 @@ impl<L: Log> Unit<L> {
             online: false,
             sync_wanted: false,
             in_flight: None,
+            resend: crate::mqtt::ResendTimer::default(),
             given_through: 0,
             retried: false,
             restart: None,
@@ -1103,7 +1139,9 @@ mod tests {
             t = (t + 60_000).min(end);
             fleet.advance(Timestamp(t))?;
             wall += 1_000;
-            for (i, envelope, last) in fleet.ready(wall, 5_000, t == end, |_| first += 1)? {
+            for (i, envelope, last) in
+                fleet.ready(wall, Resend::After(5_000), t == end, |_| first += 1)?
+            {
                 if receive(i, &envelope) {
                     fleet.acknowledged(i, last)?;
                 }
@@ -1137,6 +1175,39 @@ mod tests {
             assert_eq!(fleet.resent(), lost, "lose {lose}");
             assert_eq!(lost > 0, lose > 0.0, "lose {lose}");
         }
+        Ok(())
+    }
+
+    /// With [`Resend::Adaptive`] each machine waits by its own round trips: one whose receipts
+    /// take 20 s is not sent again at 10 s because another's take 1 s, and one whose envelope
+    /// goes unanswered waits twice as long before the next copy.
+    #[test]
+    fn each_machine_waits_by_its_own_round_trips() -> anyhow::Result<()> {
+        use std::time::Duration;
+        let end = Timestamp(T0 + 6 * MS_PER_HOUR);
+        let mut config = ControlledConfig::new(2, 5, Timestamp(T0), end);
+        config.outages = 0.0;
+        config.power_cuts = 0.0;
+        let mut fleet = Controllers::new(config)?;
+        fleet.advance(Timestamp(T0 + MS_PER_HOUR))?;
+        for _ in 0..8 {
+            fleet.round_trip(0, Duration::from_secs(1));
+            fleet.round_trip(1, Duration::from_secs(20));
+        }
+        let mut sent_at = |wall: u64| -> anyhow::Result<Vec<usize>> {
+            Ok(fleet
+                .ready(wall, Resend::Adaptive, true, |_| {})?
+                .into_iter()
+                .map(|(i, _, _)| i)
+                .collect())
+        };
+        assert_eq!(sent_at(0)?, [0, 1], "both have events waiting");
+        // Machine 0 waits its floor of 5 s; machine 1 about 25 s (20 s and four variations).
+        assert_eq!(sent_at(10_000)?, [0]);
+        // Machine 0's copy went unanswered: its timer doubled to 10 s.
+        assert_eq!(sent_at(16_000)?, Vec::<usize>::new());
+        assert_eq!(sent_at(30_000)?, [0, 1]);
+        assert_eq!(fleet.resent(), 3);
         Ok(())
     }
 

@@ -179,7 +179,7 @@ impl ResendTimer {
 /// The shortest wait for a receipt before a message is sent again.
 const RESEND_AFTER: Duration = Duration::from_secs(5);
 /// The longest.
-const RESEND_AT_MOST_AFTER: Duration = Duration::from_secs(60);
+pub(crate) const RESEND_AT_MOST_AFTER: Duration = Duration::from_secs(60);
 /// Messages sent again at most per second: after an outage the receipts come back over a few
 /// seconds, and sending everything at once would only make the backlog longer.
 const RESEND_PER_SECOND: usize = 2_000;

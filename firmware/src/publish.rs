@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use vendflow_protocol::Timestamp;
 use vendflow_protocol::units::MS_PER_HOUR;
 
-use crate::controlled::Controllers;
 use crate::controlled::{ControlledConfig, WorldOptions};
+use crate::controlled::{Controllers, Resend};
 use crate::mqtt::{self, PublishError, Publisher};
 use crate::{Fault, Fleet, FleetConfig};
 
@@ -403,7 +403,7 @@ pub fn publish(
 /// Publishes a fleet of controllers (the default) up to `end`: the simulated clock runs at
 /// `--speed` (or as fast as the machines' outboxes drain), every machine sends what its outbox
 /// holds, forgets it on the broker's PUBACK (with `--receipts`, on the platform's delivery
-/// receipt) and sends again what waits too long (the resend timer follows the
+/// receipt) and sends again what waits too long (each machine's resend timer follows its own
 /// acknowledgements' round trips, as TCP's does). Commands from
 /// the platform go to the machines' controllers, whose answers are events of their outboxes.
 /// Ends once every outbox is empty (and `--linger` seconds have passed since), or fails after [`FINISH_TIMEOUT`] of waiting at the end.
@@ -492,7 +492,6 @@ where
     let machine_error = |e: crate::machine::MachineError| PublishError::Invalid(e.to_string());
     let started = Instant::now();
     let begin = fleet.now();
-    let mut timer = mqtt::ResendTimer::default();
     let mut round_trips = RoundTrips::new();
     // Receipt → (machine, last event number, when it was sent).
     let mut sent: std::collections::HashMap<String, (usize, u64, Instant)> = Default::default();
@@ -530,9 +529,8 @@ where
             }
         }
         let wall = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
-        let resend_after = u64::try_from(timer.timeout().as_millis()).unwrap_or(u64::MAX);
         let ready = fleet
-            .ready(wall, resend_after, target >= end.0, |e| {
+            .ready(wall, Resend::Adaptive, target >= end.0, |e| {
                 events += 1;
                 record.write(e);
             })
@@ -544,21 +542,16 @@ where
         for receipt in receipts.try_iter() {
             if let Some((i, last, at)) = sent.remove(&receipt) {
                 let rtt = at.elapsed();
-                timer.sample(rtt);
+                fleet.round_trip(i, rtt);
                 round_trips.add(rtt);
                 fleet.acknowledged(i, last).map_err(machine_error)?;
             }
         }
         // Sends that were overtaken (sent again since) no longer wait for their receipts.
+        // (Each machine's timer waits at most `RESEND_AT_MOST_AFTER`.)
         if sent.len() > 4 * fleet.len() + 1024 {
-            let stale = timer.timeout() * 4;
+            let stale = mqtt::RESEND_AT_MOST_AFTER * 4;
             sent.retain(|_, (_, _, at)| at.elapsed() < stale);
-        }
-        if sent
-            .values()
-            .any(|(_, _, at)| at.elapsed() >= timer.timeout())
-        {
-            timer.expired(Instant::now());
         }
         if last_report.elapsed() >= Duration::from_secs(5) {
             last_report = Instant::now();

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use vendflow_protocol::Timestamp;
 use vendflow_protocol::units::MS_PER_HOUR;
 
-use crate::controlled::{ControlledConfig, Controllers};
+use crate::controlled::{ControlledConfig, Controllers, Resend};
 use crate::{Fleet, FleetConfig};
 
 /// The longest span one call simulates: 60 days.
@@ -173,7 +173,7 @@ fn write_controllers(options: &SimulateOptions) -> Result<Simulated, SimulateErr
         t = (t + 60_000).min(end.0);
         fleet.advance(Timestamp(t)).map_err(failed)?;
         let ready = fleet
-            .ready(0, u64::MAX, t == end.0, |e| {
+            .ready(0, Resend::After(u64::MAX), t == end.0, |e| {
                 count += 1;
                 if let Err(err) = writeln!(events, "{}", e.to_json_line()) {
                     write_error.get_or_insert(err);
