@@ -13,8 +13,8 @@
 //!  --sample-secs 30 --warm-up-minutes M --tansu sqlite|memory]`. The fleet's simulated hours end
 //! now (`publish --hours`, here minutes × speed / 60), so a run faster than real time is a fleet
 //! catching up: at 10× for 30 minutes its events start 5 hours behind the wall clock, by which
-//! the engine judges its horizons (windows leave memory 30 minutes after they close). Needs `mosquitto` and `tansu`
-//! (tests/install.sh installs them) and `cargo build --release --bins`.
+//! the engine judges its horizons (windows leave memory 30 minutes after they close). Needs
+//! `mosquitto` and `tansu` (tests/install.sh installs them) and `cargo build --release --bins`.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
