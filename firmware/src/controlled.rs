@@ -493,17 +493,20 @@ where
             if !unit.online {
                 continue;
             }
-            let resend_after_ms = match resend {
-                Resend::After(ms) => ms,
-                Resend::Adaptive => {
-                    u64::try_from(unit.resend.timeout().as_millis()).unwrap_or(u64::MAX)
-                }
-            };
             // Sent again: what was in flight waited out the timeout.
             let again = match unit.in_flight {
-                Some((_, sent)) if wall_ms.saturating_sub(sent) < resend_after_ms => continue,
-                Some(_) => {
-                    unit.resend.expired(now);
+                Some((_, sent)) => {
+                    let waited = wall_ms.saturating_sub(sent);
+                    match resend {
+                        Resend::After(ms) if waited < ms => continue,
+                        Resend::After(_) => {}
+                        Resend::Adaptive
+                            if u128::from(waited) < unit.resend.timeout().as_millis() =>
+                        {
+                            continue;
+                        }
+                        Resend::Adaptive => unit.resend.expired(now),
+                    }
                     true
                 }
                 None if !flush

@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use vendflow_protocol::Timestamp;
 use vendflow_protocol::units::MS_PER_HOUR;
 
-use crate::controlled::{ControlledConfig, WorldOptions};
-use crate::controlled::{Controllers, Resend};
+use crate::controlled::{ControlledConfig, Controllers, Resend, WorldOptions};
 use crate::mqtt::{self, PublishError, Publisher};
 use crate::{Fault, Fleet, FleetConfig};
 

@@ -325,7 +325,16 @@ pub fn run(
         );
         std::thread::Builder::new()
             .name("bridge-mqtt".into())
-            .spawn(move || drive(connection, events_tx, &stats, &host, port, &done))
+            .spawn(move || {
+                drive(
+                    connection,
+                    |event| events_tx.send(event).is_ok(),
+                    Some(&stats.mqtt_reconnects),
+                    &host,
+                    port,
+                    &done,
+                )
+            })
             .map_err(BridgeError::Thread)?
     };
     let mut last_status = Instant::now();
@@ -492,31 +501,13 @@ impl ReceiptsConnection {
         if let Some((user, pass)) = &config.mqtt_credentials {
             options.set_credentials(user, pass);
         }
-        let (client, mut connection) = Client::new(options, 1024);
+        let (client, connection) = Client::new(options, 1024);
         let done = Arc::new(AtomicBool::new(false));
         let driver = {
             let (done, host, port) = (done.clone(), config.mqtt_host.clone(), config.mqtt_port);
             std::thread::Builder::new()
                 .name("bridge-receipts".into())
-                .spawn(move || {
-                    let mut backoff = Duration::from_millis(100);
-                    while !done.load(Ordering::SeqCst) {
-                        match connection.recv() {
-                            Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) => return,
-                            Ok(Ok(_)) => backoff = Duration::from_millis(100),
-                            Ok(Err(e)) => {
-                                tracing::warn!(
-                                    error = %e,
-                                    "mqtt {host}:{port} unavailable for receipts; retrying in {} ms",
-                                    backoff.as_millis()
-                                );
-                                std::thread::sleep(backoff);
-                                backoff = (backoff * 2).min(Duration::from_secs(5));
-                            }
-                            Err(rumqttc::RecvError) => return,
-                        }
-                    }
-                })
+                .spawn(move || drive(connection, |_| true, None, &host, port, &done))
                 .map_err(BridgeError::Thread)?
         };
         Ok(ReceiptsConnection {
@@ -537,13 +528,14 @@ impl ReceiptsConnection {
 /// MQTT events taken per turn of the bridge's loop, and the driver's queue.
 const EVENT_BATCH: usize = 1024;
 
-/// Polls the MQTT connection for ever, handing its events to the bridge's loop (which keeps up:
-/// the queue is bounded, so a slow loop slows the reading, not the memory); reconnects with
-/// backoff. Ends when the loop or every client is gone.
+/// Polls an MQTT connection for ever, handing its events to `take` (the bridge's loop, through a
+/// bounded queue: a slow loop slows the reading, not the memory), reconnecting with backoff and
+/// counting each loss in `reconnects`. Ends once `done`, when `take` says no more, or when
+/// every client is gone.
 fn drive(
     mut connection: rumqttc::Connection,
-    events: std::sync::mpsc::SyncSender<Event>,
-    stats: &BridgeStats,
+    mut take: impl FnMut(Event) -> bool,
+    reconnects: Option<&AtomicU64>,
     host: &str,
     port: u16,
     done: &AtomicBool,
@@ -553,7 +545,7 @@ fn drive(
         match connection.recv() {
             Ok(Ok(event)) => {
                 backoff = Duration::from_millis(100);
-                if events.send(event).is_err() {
+                if !take(event) {
                     return;
                 }
             }
@@ -563,7 +555,9 @@ fn drive(
                     "mqtt {host}:{port} unavailable; retrying in {} ms",
                     backoff.as_millis()
                 );
-                stats.mqtt_reconnects.fetch_add(1, Ordering::Relaxed);
+                if let Some(reconnects) = reconnects {
+                    reconnects.fetch_add(1, Ordering::Relaxed);
+                }
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
