@@ -60,6 +60,16 @@ pub const ACKS_FILTER: &str = Topic::Acks.filter();
 
 /// The largest packet MQTT can carry (its remaining-length field tops out at 256 MiB).
 const MQTT_MAX_PACKET: usize = 268_435_455;
+/// The producer's default `linger.ms` (`--linger-ms`), librdkafka's being 5.
+///
+/// An idempotent librdkafka producer (2.12) sends a partition's next produce request only once
+/// fewer than five of its messages are in flight, so with batches of five or more it waits for
+/// each answer; while it waits, a message whose linger has passed makes its broker thread poll
+/// with no timeout, over and over, until the answer comes. With 5 ms and a
+/// broker that answers in tens of milliseconds under load, that thread took a third of a core
+/// at 10× the 50,000-machine rate; with 50 ms, half as much (`benches/README.md`, session 72).
+/// A message waits up to this long more before Kafka has it.
+pub const DEFAULT_LINGER_MS: u32 = 50;
 
 #[derive(Clone, Debug)]
 pub struct BridgeConfig {
@@ -74,6 +84,8 @@ pub struct BridgeConfig {
     /// `retention.ms` of `machine-telemetry` if the bridge creates it (None: the broker's).
     pub telemetry_retention: Option<Duration>,
     pub max_inflight: usize,
+    /// The producer's `linger.ms`: how long it gathers messages into one request.
+    pub linger_ms: u32,
     /// Larger MQTT payloads are refused (`too_large`), not forwarded.
     pub max_payload: usize,
     /// Also accept `POST /api/telemetry` here (see [`crate::http`]).
@@ -285,7 +297,7 @@ pub fn run(
         .set("acks", "all")
         // No delivery timeout: a message leaves the bridge only into Kafka.
         .set("message.timeout.ms", "0")
-        .set("linger.ms", "5")
+        .set("linger.ms", config.linger_ms.to_string())
         .set("queue.buffering.max.messages", "100000")
         .create_with_context(Ctx {
             shared: shared.clone(),

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use super::{BridgeConfig, BridgeError};
+use super::{BridgeConfig, BridgeError, DEFAULT_LINGER_MS};
 use crate::auth::{Credentials, Verifier};
 
 /// Bridge machine telemetry from MQTT into Kafka (`vendflow bridge`).
@@ -46,6 +46,11 @@ pub struct BridgeOptions {
     /// Messages waiting for Kafka before the bridge stops reading MQTT.
     #[arg(long, default_value_t = 10_000)]
     pub max_inflight: usize,
+    /// How long the Kafka producer gathers messages into one request, in milliseconds
+    /// (librdkafka's `linger.ms`). Longer: fewer, larger requests, less CPU in the bridge and
+    /// the broker; each message waits up to this long more before Kafka has it.
+    #[arg(long, default_value_t = DEFAULT_LINGER_MS, env = "VENDFLOW_BRIDGE_LINGER_MS")]
+    pub linger_ms: u32,
     /// Largest MQTT payload forwarded, in KiB; larger ones go to `telemetry-rejected`
     /// as `too_large` (the same limit as `POST /api/telemetry`).
     #[arg(long, default_value_t = 256)]
@@ -79,6 +84,7 @@ impl BridgeOptions {
                 .telemetry_retention_secs
                 .map(|s| std::time::Duration::from_secs_f64(s.max(0.001))),
             max_inflight: self.max_inflight.max(1),
+            linger_ms: self.linger_ms,
             max_payload: self.max_payload_kib.saturating_mul(1024),
             tls: self.tls_cert.clone().zip(self.tls_key.clone()),
             http: self.http,
@@ -125,6 +131,8 @@ mod tests {
             "0",
             "--max-payload-kib",
             "4",
+            "--linger-ms",
+            "7",
         ])
         .expect("parses");
         let config = options.config("pw".into()).expect("config");
@@ -138,6 +146,12 @@ mod tests {
         );
         assert_eq!(config.max_inflight, 1, "at least one message in flight");
         assert_eq!(config.max_payload, 4096);
+        assert_eq!(config.linger_ms, 7);
+        let default = parse(&["--insecure-no-auth"]).expect("parses");
+        assert_eq!(
+            default.config(String::new()).map(|c| c.linger_ms).ok(),
+            Some(DEFAULT_LINGER_MS)
+        );
         let bad = parse(&["--insecure-no-auth", "--mqtt", "no-port"]).expect("parses");
         assert_eq!(
             bad.config(String::new()).err().map(|e| e.to_string()),
