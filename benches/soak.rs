@@ -3,11 +3,13 @@
 //! The question is whether anything grows: the backlog (published but not yet in the views) and
 //! the memory of each process must stay flat once the run has warmed up.
 //!
-//! Every `--sample-secs` it records, per process, the resident set (VmRSS, not the peak), the
-//! bridge's envelopes received, forwarded and in flight, and the engine's consumed messages and
-//! events and how far its frontier is behind the wall clock. At the end it prints the samples as
-//! a table and a verdict: the growth of each from the end of the warm-up (a fifth of the run) to
-//! the end, and the re-deliveries the engine dropped (events sent again after a late receipt).
+//! Every `--sample-secs` it records, per process, the resident set (VmRSS, not the peak) and the
+//! CPU time used, the bridge's envelopes received, forwarded and in flight, and the engine's
+//! consumed messages and events and how far its frontier is behind the wall clock. At the end it
+//! prints the samples as a table and a verdict: the growth of each from the end of the warm-up (a
+//! fifth of the run) to the end, each process's share of the CPU over that time (the simulated
+//! fleet's too: it runs on the same cores), and the re-deliveries the engine dropped (events sent
+//! again after a late receipt).
 //!
 //! `cargo bench -p vendflow-benches --bench soak [-- --machines 50000 --speed 10 --minutes 30
 //!  --sample-secs 30 --warm-up-minutes M --tansu sqlite|memory]`. The fleet's simulated hours end
@@ -90,6 +92,20 @@ fn rss_mib(pid: u32) -> u64 {
         .map_or(0, |kb| kb / 1024)
 }
 
+/// CPU time a running process has used so far (user and system, every thread), in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    // Fields 14 and 15 of /proc/PID/stat, counted after the command name (which may hold
+    // spaces and parentheses, so from its last ')'), in clock ticks: USER_HZ, 100 on Linux.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let fields: Vec<&str> = s.get(s.rfind(')')? + 1..)?.split_whitespace().collect();
+            let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
+            Some((ticks(11)? + ticks(12)?) as f64 / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
 #[derive(Clone, Copy, Default)]
 struct Sample {
     at_s: f64,
@@ -101,6 +117,8 @@ struct Sample {
     events: u64,
     lag_ms: i64,
     rss: [u64; 4],
+    /// CPU seconds so far of each of [`NAMES`], then of the publisher (the simulated fleet).
+    cpu: [f64; 5],
 }
 
 /// The first row's `n` of the engine's answer to `sql` (`POST /sql`).
@@ -223,6 +241,7 @@ fn main() -> anyhow::Result<()> {
         bridge.child.id(),
         engine.child.id(),
     ];
+    let publisher_pid = publisher.child()?.id();
     let started = Instant::now();
     let mut samples: Vec<Sample> = Vec::new();
     let mut next = Duration::from_secs_f64(args.sample_secs);
@@ -240,6 +259,10 @@ fn main() -> anyhow::Result<()> {
             for (r, pid) in rss.iter_mut().zip(pids) {
                 *r = rss_mib(pid);
             }
+            let mut cpu = [0.0; 5];
+            for (c, pid) in cpu.iter_mut().zip(pids.into_iter().chain([publisher_pid])) {
+                *c = cpu_secs(pid);
+            }
             let s = Sample {
                 at_s: started.elapsed().as_secs_f64(),
                 received: bridge_metric(&curl, &http, "received_total").unwrap_or(0),
@@ -249,6 +272,7 @@ fn main() -> anyhow::Result<()> {
                 events: status["events"].as_u64().unwrap_or(0),
                 lag_ms: status["lagMs"].as_i64().unwrap_or(-1),
                 rss,
+                cpu,
             };
             println!(
                 "{:>6.0} s  received {:>10}  forwarded {:>10}  in flight {:>6}  consumed {:>10}  backlog {:>8}  frontier {:>7} ms behind  RSS MiB: mosquitto {:>5} tansu {:>5} bridge {:>5} engine {:>5}",
@@ -318,6 +342,20 @@ fn main() -> anyhow::Result<()> {
             growth(warm.rss[i] as f64, last.rss[i] as f64)
         );
     }
+    // Where the CPU went: the path's processes and the simulated fleet share these cores.
+    let shares: Vec<String> = NAMES
+        .iter()
+        .chain(&["publisher"])
+        .zip(warm.cpu.iter().zip(last.cpu))
+        .map(|(name, (w, l))| format!("{name} {:.0} %", (l - w) / secs * 100.0))
+        .collect();
+    let total: f64 = warm.cpu.iter().zip(last.cpu).map(|(w, l)| l - w).sum();
+    println!(
+        "CPU after the warm-up, % of one core: {}; together {:.0} % of {} cores",
+        shares.join(", "),
+        total / secs * 100.0,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
     // Re-deliveries the engine recognised (an envelope sent again after its receipt was
     // late carries events already counted): what the path carried beyond the fleet's events.
     let duplicates = |view: &str| {
