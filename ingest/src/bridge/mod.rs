@@ -65,10 +65,10 @@ const MQTT_MAX_PACKET: usize = 268_435_455;
 /// An idempotent librdkafka producer (2.12) sends a partition's next produce request only once
 /// fewer than five of its messages are in flight, so with batches of five or more it waits for
 /// each answer; while it waits, a message whose linger has passed makes its broker thread poll
-/// with no timeout, over and over, until the answer comes. With 5 ms and a
-/// broker that answers in tens of milliseconds under load, that thread took a third of a core
-/// at 10× the 50,000-machine rate; with 50 ms, half as much (`benches/README.md`, session 72).
-/// A message waits up to this long more before Kafka has it.
+/// with no timeout, over and over, until the answer comes. With 5 ms and a broker that answers
+/// in tens of milliseconds under load, that thread took a third of a core at 10× the
+/// 50,000-machine rate; with 50 ms, half as much per envelope (`benches/README.md`, session
+/// 72). A message waits up to this long more before Kafka has it.
 pub const DEFAULT_LINGER_MS: u32 = 50;
 
 #[derive(Clone, Debug)]
