@@ -147,10 +147,21 @@ mod tests {
         assert_eq!(config.max_inflight, 1, "at least one message in flight");
         assert_eq!(config.max_payload, 4096);
         assert_eq!(config.linger_ms, 7);
-        let default = parse(&["--insecure-no-auth"]).expect("parses");
+        // The declared default, not a parse: VENDFLOW_BRIDGE_LINGER_MS in the test's
+        // environment would take its place in a parse.
+        let declared = <Cli as clap::CommandFactory>::command()
+            .get_arguments()
+            .find(|a| a.get_id() == "linger_ms")
+            .map(|a| {
+                a.get_default_values()
+                    .iter()
+                    .map(|v| v.to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+            });
         assert_eq!(
-            default.config(String::new()).map(|c| c.linger_ms).ok(),
-            Some(DEFAULT_LINGER_MS)
+            declared,
+            Some(vec![DEFAULT_LINGER_MS.to_string()]),
+            "--linger-ms defaults to DEFAULT_LINGER_MS"
         );
         let bad = parse(&["--insecure-no-auth", "--mqtt", "no-port"]).expect("parses");
         assert_eq!(
