@@ -334,6 +334,7 @@ fn run() -> anyhow::Result<()> {
                     options: ReplayOptions::default(),
                     registry_records: Vec::new(),
                     errors: Vec::new(),
+                    state: None,
                 },
                 out.as_deref(),
             )
@@ -657,6 +658,7 @@ fn import_table(
             options: ReplayOptions::default(),
             registry_records: converted.registry,
             errors: converted.errors,
+            state: None,
         },
         table.out.as_deref(),
     )

@@ -3332,3 +3332,184 @@ fn two_processes_on_loopback_give_the_views_of_one_across_kills_and_restarts_fro
     eprint!("{}", String::from_utf8_lossy(&output.stdout));
     Ok(())
 }
+
+/// A day of the 20 machines' history (`vendflow simulate`, moved in time to end ten minutes
+/// before the live stream begins), written to `path` as a history export would hold it. Its
+/// transaction ids and event numbers are made distinct from the live controllers' (two
+/// simulations of one machine number their sales alike; one machine's history and its live
+/// stream do not). The history's last event time.
+fn history_before(d: &Path, live_start_ms: i64, path: &Path) -> anyhow::Result<i64> {
+    let sim = d.join("simulated");
+    vendflow(&[
+        "simulate",
+        "--out",
+        &sim.display().to_string(),
+        "--machines",
+        "20",
+        "--hours",
+        "24",
+        "--seed",
+        "7",
+    ])?;
+    let text = std::fs::read_to_string(sim.join("events.jsonl"))?;
+    let mut events: Vec<serde_json::Value> = text
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let last = events
+        .iter()
+        .filter_map(|e| e["timestamp"].as_i64())
+        .max()
+        .context("an empty history")?;
+    let shift = live_start_ms - 10 * 60_000 - last;
+    let mut out = String::new();
+    for e in &mut events {
+        let ts = e["timestamp"].as_i64().context("timestamp")?;
+        e["timestamp"] = (ts + shift).into();
+        if let Some(seq) = e["seq"].as_i64() {
+            e["seq"] = (seq + 1_000_000_000).into();
+        }
+        if let Some(txn) = e["payload"]["transactionId"].as_str() {
+            e["payload"]["transactionId"] = format!("history_{txn}").into();
+        }
+        out.push_str(&serde_json::to_string(e)?);
+        out.push('\n');
+    }
+    std::fs::write(path, out)?;
+    Ok(last + shift)
+}
+
+/// A live engine started from a history file's state: `vendflow replay HISTORY --state S`
+/// writes the engine's state at the file's end as a checkpoint (with no log positions), and
+/// `vendflow run --state S` starts from it and reads the Kafka log from its beginning while 20
+/// controllers publish two hours through Mosquitto, the bridge and tansu. Revenue equals the
+/// naive oracle over the history and what the machines sent: the history's days are there,
+/// and the live sales add to them, each once. A second history load into that directory is
+/// refused (it would make the engine read its log again).
+#[test]
+fn a_live_engine_started_from_a_replayed_history_counts_the_history_and_the_log_once()
+-> anyhow::Result<()> {
+    let Some(mosquitto_bin) = require_mosquitto()? else {
+        return Ok(());
+    };
+    let Some(tansu_bin) = require_tansu()? else {
+        return Ok(());
+    };
+    let bin = vendflow_bin()?;
+    let (_guard, dir) = test_dir()?;
+    let d = dir.as_path();
+    // The live stream: two hours of the machines' time ending now, at 600× (12 s).
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    let live_start = now_ms - 2 * 3_600_000;
+    let history = d.join("history.jsonl");
+    let history_end = history_before(d, live_start, &history)?;
+    let state = d.join("state");
+    let state_text = state.display().to_string();
+    let loaded = vendflow(&[
+        "--workers",
+        "2",
+        "replay",
+        &history.display().to_string(),
+        "--state",
+        &state_text,
+    ])?;
+    let said = String::from_utf8_lossy(&loaded.stdout);
+    ensure!(
+        said.contains("state at the file's end written to"),
+        "the replay did not say where the state went: {said}"
+    );
+    let again = Command::new(&bin)
+        .args([
+            "replay",
+            &history.display().to_string(),
+            "--state",
+            &state_text,
+        ])
+        .env("RUST_BACKTRACE", "0")
+        .output()?;
+    let refusal = String::from_utf8_lossy(&again.stderr);
+    ensure!(
+        !again.status.success() && refusal.contains("already holds checkpoints"),
+        "a second history load into the engine's state directory was not refused: {refusal}"
+    );
+
+    let vendflow_tests::Loopback {
+        mqtt_port,
+        kafka_port,
+        mqtt,
+        kafka,
+        ..
+    } = vendflow_tests::Loopback::new()?;
+    let _mosquitto = start_mosquitto(&mosquitto_bin, d, mqtt_port)?;
+    let _tansu = start_tansu(&tansu_bin, d, kafka_port)?;
+    let creds = d.join("credentials.jsonl");
+    let creds_text = creds.display().to_string();
+    vendflow(&[
+        "publish",
+        "--mqtt",
+        &mqtt,
+        "--machines",
+        "20",
+        "--seed",
+        "11",
+        "--credentials-out",
+        &creds_text,
+        "--dry-run",
+    ])?;
+    let _bridge = vendflow_tests::spawn_bridge(
+        &bin,
+        &d.join("bridge-1.log"),
+        [&mqtt, &kafka, &creds_text],
+        3,
+        &[],
+    )?;
+    let out = d.join("out");
+    std::fs::create_dir_all(&out)?;
+    let engine = Daemon::spawn(
+        "engine",
+        &bin,
+        &[
+            "--workers",
+            "2",
+            "run",
+            "--insecure-open-api",
+            "--kafka",
+            &kafka,
+            "--out",
+            &out.display().to_string(),
+            "--every",
+            "0.5",
+            "--partitions",
+            "3",
+            "--state",
+            &state_text,
+            "--checkpoint-secs",
+            "2",
+            "--http",
+            &format!("127.0.0.1:{}", free_port()?),
+        ],
+        &d.join("engine.log"),
+    )?;
+    let live = d.join("live.jsonl");
+    finish(publish(&mqtt, "2", Some("600"), None, &live)?)?;
+
+    let expected = oracle(&[&history, &live])?;
+    let from_history = oracle(&[&history])?;
+    let from_live = oracle(&[&live])?;
+    ensure!(
+        from_history.keys().any(|k| !from_live.contains_key(k))
+            && from_history.keys().any(|k| from_live.contains_key(k)),
+        "the history should have machine-days of its own and days the live stream adds to"
+    );
+    wait_for_revenue(&out, &expected, &engine, &kafka, "history + live")?;
+    let status = status_of(&out)?;
+    ensure!(
+        status["checkpoints"]["restoredFromFrontierMs"].as_i64() == Some(history_end + 1),
+        "the engine did not start from the history's state (its end {}): {}",
+        history_end + 1,
+        status["checkpoints"]
+    );
+    Ok(())
+}

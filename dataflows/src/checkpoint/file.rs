@@ -174,6 +174,12 @@ impl CheckpointDir {
         })
     }
 
+    /// Whether the directory holds any checkpoint file (whole or not): an engine's state
+    /// directory, which a history load must not write into.
+    pub fn holds_checkpoints(&self) -> Result<bool, CheckpointFileError> {
+        Ok(!self.files()?.is_empty())
+    }
+
     /// Checkpoint files, newest first.
     fn files(&self) -> Result<Vec<PathBuf>, CheckpointFileError> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)

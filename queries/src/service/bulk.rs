@@ -8,12 +8,18 @@
 //! to leave the daily views is still whole and final. So a months-long history lands day by day in
 //! `history/`, and `revenue_by_machine_day` over SQL covers all of it. The load ends with a full
 //! snapshot of every view (`views/`), which `vendflow sql --archive` serves as the live views.
+//!
+//! With a state directory ([`BulkLoad::state`], `vendflow replay --state DIR`), the load ends
+//! with a checkpoint of the engine at its last event instead of letting go of the workers'
+//! state: a live engine (`vendflow run --state DIR`) starts from the history's state and reads
+//! the Kafka log from its beginning (the checkpoint holds no log positions).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use vendflow_dataflows::checkpoint::file::{Checkpoint, CheckpointDir};
 use vendflow_dataflows::{Batch, Config, Engine, Time, ViewStore};
 use vendflow_ingest::file::{
     Pacer, ReplayOptions, ReplayStats, load_commands, load_registry, replay,
@@ -28,7 +34,7 @@ pub struct ReplayArgs {
     /// Events, one per line (or an envelope per line), as recorded or generated.
     pub file: PathBuf,
     /// Directory for `<view>.csv` (created if missing).
-    #[arg(long, short, required_unless_present = "archive")]
+    #[arg(long, short, required_unless_present_any = ["archive", "state"])]
     pub out: Option<PathBuf>,
     /// Parquet archive directory (created if missing): raw events, the history of the daily
     /// views, and a final snapshot of every view.
@@ -60,6 +66,15 @@ pub struct ReplayArgs {
     /// Pace the replay at this many events per second (default: as fast as possible).
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Write the engine's state at the end of the file into this directory, as the checkpoint
+    /// `vendflow run --state DIR` starts from: a live engine that begins with the history's
+    /// state (its days, windows, baselines, sale lines and parked state) and reads the Kafka
+    /// log from its beginning, so the log should start where the file ends (a sale line or
+    /// event in both is recognised as a re-delivery within the dedup horizons). The directory
+    /// must hold no checkpoint yet; start `run` with the same --workers. Not with --archive,
+    /// --registry or --commands: a live engine takes its registry and commands from Kafka.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["archive", "registry", "commands"])]
+    pub state: Option<PathBuf>,
 }
 
 impl ReplayArgs {
@@ -95,6 +110,7 @@ impl ReplayArgs {
             options,
             registry_records: Vec::new(),
             errors: Vec::new(),
+            state: self.state.as_deref(),
         })
     }
 }
@@ -112,6 +128,9 @@ pub struct BulkLoad<'a> {
     /// rows).
     pub registry_records: Vec<vendflow_protocol::RegistryRecord>,
     pub errors: Vec<vendflow_dataflows::ErrorRecord>,
+    /// Where to write the engine's state at the end, as a checkpoint a live engine starts
+    /// from (a directory that holds no checkpoint yet).
+    pub state: Option<&'a Path>,
 }
 
 /// A finished load: the engine (still running, its views final), and what it read.
@@ -125,6 +144,11 @@ pub struct Loaded {
     pub refused: Vec<vendflow_dataflows::ErrorRecord>,
     /// The archive's directory, what it wrote, and the history steps taken.
     pub archive: Option<(PathBuf, String, u64)>,
+    /// The checkpoint of the state written (`--state`), its size, and how long taking and
+    /// writing it took.
+    pub state: Option<(PathBuf, u64, Duration)>,
+    /// The workers the state was taken with (`run` must start with as many).
+    pub workers: usize,
 }
 
 /// [`load`] with a progress bar of the bytes read (on stderr, hidden when it is not a terminal).
@@ -211,6 +235,17 @@ impl Loaded {
                 root.display()
             ));
         }
+        if let Some((path, bytes, took)) = &self.state {
+            let dir = path.parent().unwrap_or(path);
+            lines.push(format!(
+                "state at the file's end written to {} ({:.1} MiB in {:.2}s): `vendflow --workers {} run --state {} ...` starts from it and reads the Kafka log from its beginning",
+                path.display(),
+                *bytes as f64 / (1u64 << 20) as f64,
+                took.as_secs_f64(),
+                self.workers,
+                dir.display()
+            ));
+        }
         let late = vendflow_dataflows::errors::too_late_summary(&self.store);
         if !late.is_empty() {
             lines.push(format!(
@@ -231,6 +266,9 @@ pub fn load(
     progress: Arc<AtomicU64>,
 ) -> Result<Loaded, ServiceError> {
     let started = Instant::now();
+    // Refused before the load, not after an hour of it.
+    let state = load.state.map(empty_state_dir).transpose()?;
+    let workers = config.workers.max(1);
     // Every row is written out at the end: the store keeps them in memory meanwhile.
     let config = Config {
         cold_views: false,
@@ -291,12 +329,27 @@ pub fn load(
             .map_err(|e| ServiceError::Internal(format!("cannot start the archiver: {e}")))?;
         archiver = Some((stop, handle));
     }
+    // A clone of the feeders takes the checkpoint once the readers are done.
+    let mut checkpointing = state.map(|dir| (dir, feeders.clone()));
     let stats = replay(load.file, feeders, &options, progress);
-    let caught_up = match &stats {
+    let mut written = None;
+    let caught_up = match (&stats, checkpointing.as_mut()) {
+        (Ok(s), Some((dir, feeders))) => {
+            // The checkpoint waits for every view to pass the end, as `finish_load` does.
+            let state = feeders.checkpoint(s.end, Duration::from_secs(24 * 3600))?;
+            let writing = Instant::now();
+            let file = dir.write(&Checkpoint {
+                engine: state,
+                // No log positions: the live engine reads the log from its beginning.
+                source: vendflow_ingest::kafka::source::positions_to_bytes(&Default::default()),
+            })?;
+            written = Some((file.path, file.bytes, writing.elapsed()));
+            true
+        }
         // The workers' state goes while the store applies the last updates (the peak of a
         // load's memory was the two side by side).
-        Ok(s) => engine.finish_load(s.end, Duration::from_secs(24 * 3600)),
-        Err(_) => false,
+        (Ok(s), None) => engine.finish_load(s.end, Duration::from_secs(24 * 3600)),
+        (Err(_), _) => false,
     };
     let elapsed = started.elapsed();
     if let Some((stop, handle)) = archiver {
@@ -328,7 +381,23 @@ pub fn load(
         elapsed,
         refused,
         archive: archived,
+        state: written,
+        workers,
     })
+}
+
+/// Opens `dir` for a history load's state: refused when it already holds checkpoints (an
+/// engine's state directory: a live engine would start from the history and read its log from
+/// the beginning again).
+fn empty_state_dir(dir: &Path) -> Result<CheckpointDir, ServiceError> {
+    let opened = CheckpointDir::open(dir)?;
+    if opened.holds_checkpoints()? {
+        return Err(ServiceError::Config(format!(
+            "{} already holds checkpoints: a history load writes the first state of a new engine; give it an empty directory (an engine that has run keeps its own state there)",
+            dir.display()
+        )));
+    }
+    Ok(opened)
 }
 
 /// Hands the archive a snapshot for its history tables at each boundary the pacer holds the
