@@ -17,6 +17,15 @@
 //! catching up: at 10× for 30 minutes its events start 5 hours behind the wall clock, by which
 //! the engine judges its horizons (windows leave memory 30 minutes after they close). Needs
 //! `mosquitto` and `tansu` (tests/install.sh installs them) and `cargo build --release --bins`.
+//!
+//! `--history-hours H` starts the engine from H hours of the same fleet's history instead of
+//! empty: `vendflow simulate` of the fleet (heartbeats every 5 minutes), moved in time to end a
+//! minute before the live stream begins, loaded with `vendflow replay --state` into the
+//! checkpoint `vendflow run --state` starts from. State that fills with the fleet's days (a
+//! slot's first sale, a machine's baselines per hour of the day) is then full when the soak
+//! starts, and what still grows is what the run itself adds. The history's transaction ids and
+//! event numbers are made distinct from the live controllers' (a machine's live counters would
+//! go on from its history's; two simulations of one machine start both at 1).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -36,6 +45,8 @@ struct Args {
     /// Growth is measured from here on (None: the first fifth of the run).
     warm_up_minutes: Option<f64>,
     tansu: TansuStorage,
+    /// Hours of the fleet's history the engine starts from (0: it starts empty).
+    history_hours: u32,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -46,6 +57,7 @@ fn args() -> anyhow::Result<Args> {
         sample_secs: 30.0,
         warm_up_minutes: None,
         tansu: TansuStorage::Sqlite,
+        history_hours: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -56,6 +68,7 @@ fn args() -> anyhow::Result<Args> {
             "--minutes" => a.minutes = value()?.parse()?,
             "--sample-secs" => a.sample_secs = value()?.parse()?,
             "--warm-up-minutes" => a.warm_up_minutes = Some(value()?.parse()?),
+            "--history-hours" => a.history_hours = value()?.parse()?,
             "--tansu" => {
                 a.tansu = match value()?.as_str() {
                     "sqlite" => TansuStorage::Sqlite,
@@ -78,6 +91,97 @@ fn args() -> anyhow::Result<Args> {
         bail!("--warm-up-minutes must be at least 0 and less than --minutes");
     }
     Ok(a)
+}
+
+/// `hours` of the fleet's history (`machines` of seed 3, as the soak's publisher), ending a
+/// minute before `live_start_ms`, loaded into a checkpoint in `state` with `vendflow replay
+/// --state`. Prints what each step took.
+fn load_history(
+    bin: &std::path::Path,
+    d: &std::path::Path,
+    machines: usize,
+    hours: u32,
+    live_start_ms: i64,
+    state: &std::path::Path,
+) -> anyhow::Result<()> {
+    use std::io::{BufRead, Write};
+    let sim = d.join("history-simulated");
+    let started = Instant::now();
+    let out = Command::new(bin)
+        .args(["simulate", "--out"])
+        .arg(&sim)
+        .args([
+            "--machines",
+            &machines.to_string(),
+            "--hours",
+            &hours.to_string(),
+        ])
+        .args(["--seed", "3", "--heartbeat-secs", "300"])
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "vendflow simulate failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    println!(
+        "history: simulated {hours} h of {machines} machines in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    let simulated = sim.join("events.jsonl");
+    // The last event time, then every line moved (one pass each; the file is gigabytes).
+    let mut last = i64::MIN;
+    for line in std::io::BufReader::new(std::fs::File::open(&simulated)?).lines() {
+        let e: serde_json::Value = serde_json::from_str(&line?)?;
+        last = last.max(
+            e["timestamp"]
+                .as_i64()
+                .context("an event without its time")?,
+        );
+    }
+    let shift = live_start_ms - 60_000 - last;
+    let history = d.join("history.jsonl");
+    let mut to = std::io::BufWriter::new(std::fs::File::create(&history)?);
+    for line in std::io::BufReader::new(std::fs::File::open(&simulated)?).lines() {
+        let mut e: serde_json::Value = serde_json::from_str(&line?)?;
+        let ts = e["timestamp"]
+            .as_i64()
+            .context("an event without its time")?;
+        e["timestamp"] = (ts + shift).into();
+        if let Some(seq) = e["seq"].as_i64() {
+            e["seq"] = (seq + 1_000_000_000).into();
+        }
+        if let Some(txn) = e["payload"]["transactionId"].as_str() {
+            e["payload"]["transactionId"] = format!("history_{txn}").into();
+        }
+        serde_json::to_writer(&mut to, &e)?;
+        to.write_all(b"\n")?;
+    }
+    to.flush()?;
+    drop(to);
+    std::fs::remove_dir_all(&sim)?;
+    let started = Instant::now();
+    let out = Command::new(bin)
+        .args(["--workers", "2", "replay"])
+        .arg(&history)
+        .arg("--state")
+        .arg(state)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "vendflow replay --state failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::fs::remove_file(&history)?;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        println!("history: {line}");
+    }
+    println!(
+        "history: loaded into the engine's state in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// Resident set of a running process now, in MiB.
@@ -190,26 +294,39 @@ fn main() -> anyhow::Result<()> {
     let status_path = d.join("status.json");
     let status_text = status_path.display().to_string();
     let engine_http = format!("127.0.0.1:{}", free_port()?);
-    let engine = Daemon::spawn(
-        "engine",
-        &bin,
-        &[
-            "run",
-            "--insecure-open-api",
-            "--kafka",
-            &kafka,
-            "--status",
-            &status_text,
-            "--every",
-            "1",
-            "--partitions",
-            "4",
-            "--http",
-            &engine_http,
-        ],
-        &d.join("engine.log"),
-    )?;
     let hours = args.minutes * args.speed / 60.0;
+    let state = d.join("state");
+    let state_text = state.display().to_string();
+    let mut engine_args = vec!["--workers", "2", "run"];
+    if args.history_hours > 0 {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis() as i64;
+        let live_start_ms = now_ms - (hours * 3_600_000.0) as i64;
+        load_history(
+            &bin,
+            d,
+            args.machines,
+            args.history_hours,
+            live_start_ms,
+            &state,
+        )?;
+        engine_args.extend(["--state", &state_text]);
+    }
+    engine_args.extend([
+        "--insecure-open-api",
+        "--kafka",
+        &kafka,
+        "--status",
+        &status_text,
+        "--every",
+        "1",
+        "--partitions",
+        "4",
+        "--http",
+        &engine_http,
+    ]);
+    let engine = Daemon::spawn("engine", &bin, &engine_args, &d.join("engine.log"))?;
     let publisher = Command::new(&bin)
         .args([
             "publish",
@@ -232,8 +349,17 @@ fn main() -> anyhow::Result<()> {
     // Stopped with the bench, whatever ends it (an error, a failed sample, Ctrl-C of cargo).
     let mut publisher = KillOnDrop(Some(publisher));
     println!(
-        "soak: {} machines at {}× real time for {} min ({hours:.1} h of event time, ending now; tansu on {:?}); a sample every {} s",
-        args.machines, args.speed, args.minutes, args.tansu, args.sample_secs
+        "soak: {} machines at {}× real time for {} min ({hours:.1} h of event time, ending now; tansu on {:?}); a sample every {} s; the engine starts from {}",
+        args.machines,
+        args.speed,
+        args.minutes,
+        args.tansu,
+        args.sample_secs,
+        if args.history_hours > 0 {
+            format!("{} h of the fleet's history", args.history_hours)
+        } else {
+            "nothing".to_owned()
+        }
     );
     let pids = [
         mosquitto.child.id(),
