@@ -19,7 +19,7 @@
 //! states cannot be read by this engine, and starting empty would be a silent wrong answer.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -138,29 +138,47 @@ impl CheckpointDir {
     }
 
     /// Writes `checkpoint` whole (temporary name, sync, rename, sync of the directory), then
-    /// removes all but the newest [`KEEP`].
+    /// removes all but the newest [`KEEP`]. The body is encoded straight into the file: a
+    /// fleet's state is gigabytes, and a copy of it in memory (two, with the file's bytes) was
+    /// the peak of every checkpoint.
     pub fn write(&self, checkpoint: &Checkpoint) -> Result<Written, CheckpointFileError> {
-        let body = bincode::serialize(checkpoint).map_err(CheckpointFileError::Encode)?;
+        let body_len = bincode::serialized_size(checkpoint).map_err(CheckpointFileError::Encode)?;
         let version = version();
-        let mut bytes = Vec::with_capacity(body.len() + 64);
-        bytes.extend_from_slice(MAGIC);
-        bytes.extend_from_slice(&FORMAT.to_le_bytes());
-        bytes.extend_from_slice(&(version.len() as u32).to_le_bytes());
-        bytes.extend_from_slice(version.as_bytes());
-        bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        bytes.extend_from_slice(&body);
-        drop(body);
-        let crc = crc32fast::hash(&bytes);
-        bytes.extend_from_slice(&crc.to_le_bytes());
-
         let name = format!(
             "checkpoint-{:020}.vfc",
             checkpoint.engine.frontier.ms().max(0)
         );
         let path = self.dir.join(&name);
         let temporary = self.dir.join(format!("{name}.tmp-{}", std::process::id()));
-        let mut file = File::create(&temporary).map_err(io(&temporary))?;
-        file.write_all(&bytes).map_err(io(&temporary))?;
+        let file = File::create(&temporary).map_err(io(&temporary))?;
+        let mut out = Checksummed {
+            inner: BufWriter::with_capacity(1 << 20, file),
+            crc: crc32fast::Hasher::new(),
+            bytes: 0,
+        };
+        let header = (|| {
+            out.write_all(MAGIC)?;
+            out.write_all(&FORMAT.to_le_bytes())?;
+            out.write_all(&(version.len() as u32).to_le_bytes())?;
+            out.write_all(version.as_bytes())?;
+            out.write_all(&body_len.to_le_bytes())
+        })();
+        header.map_err(io(&temporary))?;
+        bincode::serialize_into(&mut out, checkpoint).map_err(|e| match *e {
+            bincode::ErrorKind::Io(e) => io(&temporary)(e),
+            _ => CheckpointFileError::Encode(e),
+        })?;
+        let Checksummed {
+            mut inner,
+            crc,
+            bytes,
+        } = out;
+        inner
+            .write_all(&crc.finalize().to_le_bytes())
+            .map_err(io(&temporary))?;
+        let file = inner
+            .into_inner()
+            .map_err(|e| io(&temporary)(e.into_error()))?;
         file.sync_all().map_err(io(&temporary))?;
         drop(file);
         std::fs::rename(&temporary, &path).map_err(io(&path))?;
@@ -170,7 +188,7 @@ impl CheckpointDir {
         self.prune()?;
         Ok(Written {
             path,
-            bytes: bytes.len() as u64,
+            bytes: bytes + 4,
         })
     }
 
@@ -232,11 +250,7 @@ impl CheckpointDir {
                     .parse::<i64>()
                     .ok()
             });
-            let mut bytes = Vec::new();
-            File::open(&path)
-                .and_then(|mut f| f.read_to_end(&mut bytes))
-                .map_err(io(&path))?;
-            let why = match (frontier, body(&path, &bytes)?) {
+            let why = match (frontier, check(&path)?) {
                 (Some(ms), Ok(_)) => {
                     whole.push((vendflow_protocol::Timestamp(ms), path));
                     continue;
@@ -308,35 +322,76 @@ impl CheckpointDir {
     }
 }
 
-/// Reads one checkpoint file: `Ok(Err(why))` when it is damaged, `Err` when it cannot be read
-/// at all or was written by another version.
-fn read(path: &Path) -> Result<Result<Checkpoint, String>, CheckpointFileError> {
-    let mut bytes = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(io(path))?;
-    Ok(match body(path, &bytes)? {
-        Ok(body) => {
-            bincode::deserialize(body).map_err(|e| format!("its body does not decode: {e}"))
-        }
-        Err(why) => Err(why),
-    })
+/// A writer that counts and checksums what passes through it.
+struct Checksummed<W> {
+    inner: W,
+    crc: crc32fast::Hasher,
+    bytes: u64,
 }
 
-/// The body of a checkpoint file's bytes, once its checksum and version are checked.
-fn body<'a>(path: &Path, bytes: &'a [u8]) -> Result<Result<&'a [u8], String>, CheckpointFileError> {
-    let Some((payload, crc)) = bytes.split_last_chunk::<4>() else {
+impl<W: Write> Write for Checksummed<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Reads one checkpoint file: `Ok(Err(why))` when it is damaged, `Err` when it cannot be read
+/// at all or was written by another version. The file is checked in one pass and decoded in a
+/// second, never held whole in memory.
+fn read(path: &Path) -> Result<Result<Checkpoint, String>, CheckpointFileError> {
+    let (offset, len) = match check(path)? {
+        Ok(body) => body,
+        Err(why) => return Ok(Err(why)),
+    };
+    let mut file = File::open(path).map_err(io(path))?;
+    file.seek(SeekFrom::Start(offset)).map_err(io(path))?;
+    let body = BufReader::with_capacity(1 << 20, file).take(len);
+    Ok(bincode::deserialize_from(body).map_err(|e| format!("its body does not decode: {e}")))
+}
+
+/// The longest header a file of this format has: the magic number, the format, a version's
+/// length and text (a few dozen bytes), the body's length.
+const HEADER_MAX: usize = 4096;
+
+/// Checks a checkpoint file, reading it once: its magic number, its checksum, its version and
+/// its body's length. Where its body starts, and its length.
+fn check(path: &Path) -> Result<Result<(u64, u64), String>, CheckpointFileError> {
+    let mut file = File::open(path).map_err(io(path))?;
+    let len = file.metadata().map_err(io(path))?.len();
+    let Some(payload_len) = len.checked_sub(4) else {
         return Ok(Err("shorter than a header".into()));
     };
-    if !payload.starts_with(MAGIC) {
+    let mut crc = crc32fast::Hasher::new();
+    let mut head = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = payload_len;
+    while left > 0 {
+        let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let chunk = &mut buf[..n];
+        file.read_exact(chunk).map_err(io(path))?;
+        crc.update(chunk);
+        let keep = (HEADER_MAX - head.len()).min(n);
+        head.extend_from_slice(&chunk[..keep]);
+        left -= n as u64;
+    }
+    let mut stored = [0u8; 4];
+    file.read_exact(&mut stored).map_err(io(path))?;
+    if !head.starts_with(MAGIC) {
         return Ok(Err("not a checkpoint file (no magic number)".into()));
     }
-    if crc32fast::hash(payload) != u32::from_le_bytes(*crc) {
+    if crc.finalize() != u32::from_le_bytes(stored) {
         return Ok(Err(
             "the checksum does not match: truncated or damaged".into()
         ));
     }
-    let mut rest = &payload[MAGIC.len()..];
+    let mut rest = &head[MAGIC.len()..];
     let mut take = |n: usize| -> Option<&[u8]> {
         let (head, tail) = rest.split_at_checked(n)?;
         rest = tail;
@@ -362,16 +417,17 @@ fn body<'a>(path: &Path, bytes: &'a [u8]) -> Result<Result<&'a [u8], String>, Ch
             ours: format!("{ours} (file format {FORMAT})"),
         });
     }
-    let body_len = take(8)
+    let Some(body_len) = take(8)
         .and_then(|b| b.try_into().ok())
-        .map(u64::from_le_bytes);
-    let Some(body) = body_len
-        .and_then(|n| usize::try_from(n).ok())
-        .and_then(&mut take)
+        .map(u64::from_le_bytes)
     else {
-        return Ok(Err("its body is cut short".into()));
+        return Ok(Err("its header is cut short".into()));
     };
-    Ok(Ok(body))
+    let offset = (head.len() - rest.len()) as u64;
+    if offset.saturating_add(body_len) > payload_len {
+        return Ok(Err("its body is cut short".into()));
+    }
+    Ok(Ok((offset, body_len)))
 }
 
 #[cfg(test)]
