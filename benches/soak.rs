@@ -23,7 +23,8 @@
 //! minute before the live stream begins, loaded with `vendflow replay --state` into the
 //! checkpoint `vendflow run --state` starts from. State that fills with the fleet's days (a
 //! slot's first sale, a machine's baselines per hour of the day) is then full when the soak
-//! starts, and what still grows is what the run itself adds. The history's transaction ids and
+//! starts, and what still grows is what the run itself adds. The engine then checkpoints into
+//! that directory every 10 minutes (`--checkpoint-secs 600`). The history's transaction ids and
 //! event numbers are made distinct from the live controllers' (a machine's live counters would
 //! go on from its history's; two simulations of one machine start both at 1).
 
@@ -311,7 +312,9 @@ fn main() -> anyhow::Result<()> {
             live_start_ms,
             &state,
         )?;
-        engine_args.extend(["--state", &state_text]);
+        // A warm fleet's checkpoint is gigabytes (benches/README.md, soak): one every 10
+        // minutes, not the default minute, or the bench would measure the checkpoints.
+        engine_args.extend(["--state", &state_text, "--checkpoint-secs", "600"]);
     }
     engine_args.extend([
         "--insecure-open-api",
