@@ -54,11 +54,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         mib(views_total)
     );
     let mut operators: Vec<(String, u64)> = operators.into_iter().collect();
-    operators.sort_by(|a, b| b.1.cmp(&a.1));
+    operators.sort_by_key(|o| std::cmp::Reverse(o.1));
     for (name, bytes) in operators.iter().take(top) {
         println!("  operator {:>10.1} MiB  {name}", mib(*bytes));
     }
-    views.sort_by(|a, b| b.2.cmp(&a.2));
+    views.sort_by_key(|v| std::cmp::Reverse(v.2));
     for (name, rows, bytes) in views.iter().take(top) {
         println!(
             "  view     {:>10.1} MiB  {rows:>10} rows  {name}",

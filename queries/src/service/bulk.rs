@@ -145,7 +145,7 @@ pub struct Loaded {
     /// The archive's directory, what it wrote, and the history steps taken.
     pub archive: Option<(PathBuf, String, u64)>,
     /// The checkpoint of the state written (`--state`), its size, and how long taking and
-    /// writing it took.
+    /// writing it took (after `elapsed`).
     pub state: Option<(PathBuf, u64, Duration)>,
     /// The workers the state was taken with (`run` must start with as many).
     pub workers: usize,
@@ -238,7 +238,7 @@ impl Loaded {
         if let Some((path, bytes, took)) = &self.state {
             let dir = path.parent().unwrap_or(path);
             lines.push(format!(
-                "state at the file's end written to {} ({:.1} MiB in {:.2}s): `vendflow --workers {} run --state {} ...` starts from it and reads the Kafka log from its beginning",
+                "state at the file's end written to {} ({:.1} MiB, taken and written in {:.2}s): `vendflow --workers {} run --state {} ...` starts from it and reads the Kafka log from its beginning",
                 path.display(),
                 *bytes as f64 / (1u64 << 20) as f64,
                 took.as_secs_f64(),
@@ -333,25 +333,28 @@ pub fn load(
     let mut checkpointing = state.map(|dir| (dir, feeders.clone()));
     let stats = replay(load.file, feeders, &options, progress);
     let mut written = None;
+    let mut elapsed = None;
     let caught_up = match (&stats, checkpointing.as_mut()) {
         (Ok(s), Some((dir, feeders))) => {
-            // The checkpoint waits for every view to pass the end, as `finish_load` does.
+            // The load's time ends with every view at the end, before the state is taken.
+            let caught_up = store.wait_for(s.end, Duration::from_secs(24 * 3600));
+            elapsed = Some(started.elapsed());
+            let taking = Instant::now();
             let state = feeders.checkpoint(s.end, Duration::from_secs(24 * 3600))?;
-            let writing = Instant::now();
             let file = dir.write(&Checkpoint {
                 engine: state,
                 // No log positions: the live engine reads the log from its beginning.
                 source: vendflow_ingest::kafka::source::positions_to_bytes(&Default::default()),
             })?;
-            written = Some((file.path, file.bytes, writing.elapsed()));
-            true
+            written = Some((file.path, file.bytes, taking.elapsed()));
+            caught_up
         }
         // The workers' state goes while the store applies the last updates (the peak of a
         // load's memory was the two side by side).
         (Ok(s), None) => engine.finish_load(s.end, Duration::from_secs(24 * 3600)),
         (Err(_), _) => false,
     };
-    let elapsed = started.elapsed();
+    let elapsed = elapsed.unwrap_or_else(|| started.elapsed());
     if let Some((stop, handle)) = archiver {
         stop.store(true, Ordering::SeqCst);
         handle
