@@ -105,7 +105,6 @@ fn load_history(
     live_start_ms: i64,
     state: &std::path::Path,
 ) -> anyhow::Result<()> {
-    use std::io::{BufRead, Write};
     let sim = d.join("history-simulated");
     let started = Instant::now();
     let out = Command::new(bin)
@@ -129,37 +128,8 @@ fn load_history(
         "history: simulated {hours} h of {machines} machines in {:.0} s",
         started.elapsed().as_secs_f64()
     );
-    let simulated = sim.join("events.jsonl");
-    // The last event time, then every line moved (one pass each; the file is gigabytes).
-    let mut last = i64::MIN;
-    for line in std::io::BufReader::new(std::fs::File::open(&simulated)?).lines() {
-        let e: serde_json::Value = serde_json::from_str(&line?)?;
-        last = last.max(
-            e["timestamp"]
-                .as_i64()
-                .context("an event without its time")?,
-        );
-    }
-    let shift = live_start_ms - 60_000 - last;
     let history = d.join("history.jsonl");
-    let mut to = std::io::BufWriter::new(std::fs::File::create(&history)?);
-    for line in std::io::BufReader::new(std::fs::File::open(&simulated)?).lines() {
-        let mut e: serde_json::Value = serde_json::from_str(&line?)?;
-        let ts = e["timestamp"]
-            .as_i64()
-            .context("an event without its time")?;
-        e["timestamp"] = (ts + shift).into();
-        if let Some(seq) = e["seq"].as_i64() {
-            e["seq"] = (seq + 1_000_000_000).into();
-        }
-        if let Some(txn) = e["payload"]["transactionId"].as_str() {
-            e["payload"]["transactionId"] = format!("history_{txn}").into();
-        }
-        serde_json::to_writer(&mut to, &e)?;
-        to.write_all(b"\n")?;
-    }
-    to.flush()?;
-    drop(to);
+    vendflow_tests::history_ending_at(&sim.join("events.jsonl"), live_start_ms - 60_000, &history)?;
     std::fs::remove_dir_all(&sim)?;
     let started = Instant::now();
     let out = Command::new(bin)

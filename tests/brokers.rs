@@ -3333,11 +3333,9 @@ fn two_processes_on_loopback_give_the_views_of_one_across_kills_and_restarts_fro
     Ok(())
 }
 
-/// A day of the 20 machines' history (`vendflow simulate`, moved in time to end ten minutes
-/// before the live stream begins), written to `path` as a history export would hold it. Its
-/// transaction ids and event numbers are made distinct from the live controllers' (two
-/// simulations of one machine number their sales alike; one machine's history and its live
-/// stream do not). The history's last event time.
+/// A day of the 20 machines' history (`vendflow simulate`), moved in time to end ten minutes
+/// before the live stream begins, written to `path` ([`vendflow_tests::history_ending_at`]).
+/// The history's last event time.
 fn history_before(d: &Path, live_start_ms: i64, path: &Path) -> anyhow::Result<i64> {
     let sim = d.join("simulated");
     vendflow(&[
@@ -3351,32 +3349,9 @@ fn history_before(d: &Path, live_start_ms: i64, path: &Path) -> anyhow::Result<i
         "--seed",
         "7",
     ])?;
-    let text = std::fs::read_to_string(sim.join("events.jsonl"))?;
-    let mut events: Vec<serde_json::Value> = text
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()?;
-    let last = events
-        .iter()
-        .filter_map(|e| e["timestamp"].as_i64())
-        .max()
-        .context("an empty history")?;
-    let shift = live_start_ms - 10 * 60_000 - last;
-    let mut out = String::new();
-    for e in &mut events {
-        let ts = e["timestamp"].as_i64().context("timestamp")?;
-        e["timestamp"] = (ts + shift).into();
-        if let Some(seq) = e["seq"].as_i64() {
-            e["seq"] = (seq + 1_000_000_000).into();
-        }
-        if let Some(txn) = e["payload"]["transactionId"].as_str() {
-            e["payload"]["transactionId"] = format!("history_{txn}").into();
-        }
-        out.push_str(&serde_json::to_string(e)?);
-        out.push('\n');
-    }
-    std::fs::write(path, out)?;
-    Ok(last + shift)
+    let end = live_start_ms - 10 * 60_000;
+    vendflow_tests::history_ending_at(&sim.join("events.jsonl"), end, path)?;
+    Ok(end)
 }
 
 /// A live engine started from a history file's state: `vendflow replay HISTORY --state S`

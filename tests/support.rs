@@ -737,3 +737,37 @@ pub fn bridge_metric(curl: &Path, http: &str, name: &str) -> anyhow::Result<u64>
         .parse()
         .with_context(|| format!("the bridge's {name}"))
 }
+
+/// `vendflow simulate`'s `events.jsonl` (`simulated`) moved in time to end at `end_ms`, written
+/// to `to` as a history export of the same machines would hold it. Its transaction ids and event
+/// numbers are made distinct from a live run of the same simulated machines: two simulations of
+/// one machine number their sales and events alike from 1, where one machine's history and its
+/// live stream do not. Two passes over the file (it can be gigabytes), never held whole.
+pub fn history_ending_at(simulated: &Path, end_ms: i64, to: &Path) -> anyhow::Result<()> {
+    use std::io::{BufRead, Write};
+    let lines = || -> anyhow::Result<_> {
+        Ok(std::io::BufReader::new(std::fs::File::open(simulated)?).lines())
+    };
+    let time = |e: &serde_json::Value| e["timestamp"].as_i64().context("an event without its time");
+    let mut last = None;
+    for line in lines()? {
+        let t = time(&serde_json::from_str(&line?)?)?;
+        last = Some(last.map_or(t, |l: i64| l.max(t)));
+    }
+    let shift = end_ms - last.context("an empty history")?;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(to)?);
+    for line in lines()? {
+        let mut e: serde_json::Value = serde_json::from_str(&line?)?;
+        e["timestamp"] = (time(&e)? + shift).into();
+        if let Some(seq) = e["seq"].as_i64() {
+            e["seq"] = (seq + 1_000_000_000).into();
+        }
+        if let Some(txn) = e["payload"]["transactionId"].as_str() {
+            e["payload"]["transactionId"] = format!("history_{txn}").into();
+        }
+        serde_json::to_writer(&mut out, &e)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(())
+}
