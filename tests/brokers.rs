@@ -233,6 +233,25 @@ fn controllers_with_receipts(
         .spawn()?)
 }
 
+/// The public keys of `machines` simulated machines of seed 11 (the fleet [`publish`] runs), as
+/// the bridge reads them, written to `d/credentials.jsonl`: its path.
+fn fleet_credentials(d: &Path, mqtt: &str, machines: &str) -> anyhow::Result<String> {
+    let creds = d.join("credentials.jsonl").display().to_string();
+    vendflow(&[
+        "publish",
+        "--mqtt",
+        mqtt,
+        "--machines",
+        machines,
+        "--seed",
+        "11",
+        "--credentials-out",
+        &creds,
+        "--dry-run",
+    ])?;
+    Ok(creds)
+}
+
 /// The test's directory: removed when the returned guard drops, or, with VENDFLOW_KEEP=1,
 /// kept (the brokers' and processes' logs and the views, for a post-mortem).
 fn test_dir() -> anyhow::Result<(Option<tempfile::TempDir>, PathBuf)> {
@@ -1684,20 +1703,7 @@ fn brokers_killed_with_kill_9_while_the_fleet_publishes_lose_nothing_and_count_n
     } = vendflow_tests::Loopback::new()?;
     let mut mosquitto = start_mosquitto(&mosquitto_bin, d, mqtt_port)?;
     let mut tansu = start_tansu_with(&tansu_bin, d, kafka_port, TansuStorage::Sqlite)?;
-    let creds = d.join("credentials.jsonl");
-    let creds_text = creds.display().to_string();
-    vendflow(&[
-        "publish",
-        "--mqtt",
-        &mqtt,
-        "--machines",
-        "20",
-        "--seed",
-        "11",
-        "--credentials-out",
-        &creds_text,
-        "--dry-run",
-    ])?;
+    let creds_text = fleet_credentials(d, &mqtt, "20")?;
     let bin = vendflow_bin()?;
     let (bridge, curl) =
         start_tls_bridge(&bin, d, &openssl, curl, [&mqtt, &kafka, &http], &creds_text)?;
@@ -2742,23 +2748,11 @@ fn start_retaining_bridge(
     machines: &str,
     retention_secs: u32,
 ) -> anyhow::Result<Daemon> {
-    let creds = d.join("credentials.jsonl");
-    vendflow(&[
-        "publish",
-        "--mqtt",
-        mqtt,
-        "--machines",
-        machines,
-        "--seed",
-        "11",
-        "--credentials-out",
-        &creds.display().to_string(),
-        "--dry-run",
-    ])?;
+    let creds = fleet_credentials(d, mqtt, machines)?;
     vendflow_tests::spawn_bridge(
         bin,
         &d.join("bridge-1.log"),
-        [mqtt, kafka, &creds.display().to_string()],
+        [mqtt, kafka, &creds],
         3,
         &[
             "--http",
@@ -3419,20 +3413,7 @@ fn a_live_engine_started_from_a_replayed_history_counts_the_history_and_the_log_
     } = vendflow_tests::Loopback::new()?;
     let _mosquitto = start_mosquitto(&mosquitto_bin, d, mqtt_port)?;
     let _tansu = start_tansu(&tansu_bin, d, kafka_port)?;
-    let creds = d.join("credentials.jsonl");
-    let creds_text = creds.display().to_string();
-    vendflow(&[
-        "publish",
-        "--mqtt",
-        &mqtt,
-        "--machines",
-        "20",
-        "--seed",
-        "11",
-        "--credentials-out",
-        &creds_text,
-        "--dry-run",
-    ])?;
+    let creds_text = fleet_credentials(d, &mqtt, "20")?;
     let _bridge = vendflow_tests::spawn_bridge(
         &bin,
         &d.join("bridge-1.log"),
