@@ -793,7 +793,7 @@ fn run_worker(
     rx: Receiver<Command>,
     tx: std::sync::mpsc::SyncSender<view_store::Captured>,
     stores: Stores,
-    start: Start,
+    mut start: Start,
     config: &Config,
     (stop, release): (&AtomicBool, &AtomicBool),
 ) {
@@ -804,7 +804,7 @@ fn run_worker(
     let profile = std::env::var_os("VENDFLOW_PROFILE")
         .is_some()
         .then(|| profile::register(worker));
-    let book = match Book::restoring(start.section.as_deref()) {
+    let book = match Book::restoring(start.section.take()) {
         Ok(book) => book,
         Err(e) => {
             let _ = start.built.send(Err(e.to_string()));

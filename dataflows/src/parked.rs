@@ -367,31 +367,13 @@ impl Parked {
         self.db.write(VALUES, durability, apply)
     }
 
-    /// Every key parked, with its expiry and value, and the time of the next sweep (for a
-    /// checkpoint).
-    pub fn entries(&self) -> Result<ParkedSaved, ParkedError> {
-        use redb::{ReadableDatabase, ReadableTable};
-        let mut entries: Vec<(Vec<u8>, Time, Vec<u8>)> = self
-            .pending
-            .iter()
-            .map(|(k, (expires, v))| (k.clone(), *expires, v.clone()))
-            .collect();
-        let on_disk = (|| -> Result<(), redb::Error> {
-            let Some(db) = self.db.written() else {
-                return Ok(());
-            };
-            let read = db.begin_read()?;
-            let table = read.open_table(VALUES)?;
-            for entry in table.iter()? {
-                let (key, value) = entry?;
-                if let Some((expires, value)) = decode(value.value()) {
-                    entries.push((key.value().1.to_vec(), expires, value));
-                }
-            }
-            Ok(())
-        })();
-        on_disk.map_err(|e| state_file::store_error(self.db.path(), e))?;
-        Ok((entries, self.next_sweep))
+    /// Every key parked, with its expiry and value, and the time of the next sweep: what a
+    /// checkpoint saves of the store, read back.
+    #[cfg(test)]
+    fn entries(&self) -> ParkedSaved {
+        bincode::serialize(&Saving(self))
+            .and_then(|bytes| bincode::deserialize(&bytes))
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// The store shared by an operator's logic, enrolled in the worker's checkpoint as `name`
@@ -399,27 +381,36 @@ impl Parked {
     /// checkpoint parked there; `what` names its contents in the refusal when that fails.
     pub(crate) fn enrolled(self, name: &str, what: &str) -> Rc<RefCell<Parked>> {
         let store = Rc::new(RefCell::new(self));
-        let restored: Option<ParkedSaved> =
-            checkpoint::enrol(name, &store, |store: &Parked, out| {
-                let entries = store.entries().map_err(checkpoint::failed)?;
-                bincode::serialize_into(out, &entries)
-            });
-        if let Some(saved) = restored
-            && let Err(e) = store.borrow_mut().restore(saved)
-        {
+        let restored = checkpoint::enrol_reading::<_, ParkedSaved, _>(
+            name,
+            &store,
+            |store: &Parked, out| bincode::serialize_into(out, &Saving(store)),
+            |bytes| store.borrow_mut().restore(bytes),
+        );
+        if let Some(Err(e)) = restored {
             checkpoint::refuse(format!("cannot park the checkpoint's {what} again: {e}"));
         }
         store
     }
 
-    /// Parks a checkpoint's [`Parked::entries`] again (in an empty store).
-    pub fn restore(&mut self, (entries, next_sweep): ParkedSaved) -> Result<(), ParkedError> {
-        for (key, expires, value) in entries {
-            self.park(key, value, expires)?;
+    /// Parks a checkpoint's entries ([`Saving`]'s bytes) again, in an empty store, each as it
+    /// is decoded: a day of a fleet's closed windows is gigabytes, and decoded into a list
+    /// first it was all in memory twice more. `Err` when the bytes do not decode, `Ok(Err)`
+    /// when the store cannot take an entry.
+    fn restore(&mut self, bytes: &[u8]) -> Result<Result<(), ParkedError>, bincode::Error> {
+        use serde::de::DeserializeSeed;
+        let mut failed = None;
+        let mut decoder = bincode::Deserializer::from_slice(bytes, checkpoint::bincode_options());
+        let read = Restoring {
+            store: self,
+            failed: &mut failed,
         }
-        self.flush()?;
-        self.next_sweep = next_sweep;
-        Ok(())
+        .deserialize(&mut decoder);
+        if let Some(e) = failed {
+            return Ok(Err(e));
+        }
+        self.next_sweep = read?;
+        Ok(self.flush())
     }
 
     /// Keys on disk (for tests).
@@ -435,6 +426,130 @@ impl Parked {
     }
 }
 
+/// A store as its checkpoint saves it: a [`ParkedSaved`]'s bytes, written as the store is read.
+/// A day of a fleet's closed windows is gigabytes; gathered into entries of their own first,
+/// each with two allocations, they took about twice that again while a checkpoint was taken.
+struct Saving<'a>(&'a Parked);
+
+/// [`Saving`]'s entries: those waiting for a commit, then those on disk.
+struct SavingEntries<'a>(&'a Parked);
+
+impl serde::Serialize for Saving<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serde::Serialize::serialize(&(SavingEntries(self.0), self.0.next_sweep), s)
+    }
+}
+
+impl serde::Serialize for SavingEntries<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
+        use serde::ser::{Error, SerializeSeq};
+        let store = self.0;
+        let fail = |e: redb::Error| S::Error::custom(state_file::store_error(store.db.path(), e));
+        let table = match store.db.written() {
+            None => None,
+            Some(db) => {
+                let read = db.begin_read().map_err(|e| fail(e.into()))?;
+                Some(read.open_table(VALUES).map_err(|e| fail(e.into()))?)
+            }
+        };
+        let on_disk = match &table {
+            Some(t) => t.len().map_err(|e| fail(e.into()))?,
+            None => 0,
+        };
+        let len = usize::try_from(on_disk)
+            .ok()
+            .and_then(|n| n.checked_add(store.pending.len()))
+            .ok_or_else(|| S::Error::custom("more parked entries than this machine can count"))?;
+        let mut seq = s.serialize_seq(Some(len))?;
+        // The same shape as a `ParkedSaved` entry: a slice of bytes writes as a `Vec<u8>` does.
+        for (key, (expires, value)) in &store.pending {
+            seq.serialize_element(&(&key[..], expires, &value[..]))?;
+        }
+        if let Some(table) = &table {
+            for entry in table.iter().map_err(|e| fail(e.into()))? {
+                let (key, stored) = entry.map_err(|e| fail(e.into()))?;
+                let stored = stored.value();
+                let Some((expires, value)) = decode_borrowed(stored) else {
+                    return Err(S::Error::custom(format!(
+                        "a value parked in {} is {} bytes, shorter than its expiry",
+                        store.db.path().display(),
+                        stored.len()
+                    )));
+                };
+                seq.serialize_element(&(key.value().1, expires, value))?;
+            }
+        }
+        seq.end()
+    }
+}
+
+/// Reads a [`ParkedSaved`]'s bytes into a store, parking each entry as it is decoded; gives the
+/// time of the next sweep. A store that cannot take an entry stops the read, its error in
+/// `failed`.
+struct Restoring<'a> {
+    store: &'a mut Parked,
+    failed: &'a mut Option<ParkedError>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Restoring<'_> {
+    type Value = Time;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Time, D::Error> {
+        d.deserialize_tuple(2, self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Restoring<'_> {
+    type Value = Time;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a parked store's entries and the time of its next sweep")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Time, A::Error> {
+        use serde::de::Error;
+        let entries = RestoringEntries {
+            store: self.store,
+            failed: self.failed,
+        };
+        seq.next_element_seed(entries)?
+            .ok_or_else(|| A::Error::invalid_length(0, &self))?;
+        seq.next_element()?
+            .ok_or_else(|| A::Error::invalid_length(1, &"the time of the next sweep"))
+    }
+}
+
+/// [`Restoring`]'s entries.
+struct RestoringEntries<'a> {
+    store: &'a mut Parked,
+    failed: &'a mut Option<ParkedError>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for RestoringEntries<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for RestoringEntries<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a parked store's entries: key, expiry, value")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some((key, expires, value)) = seq.next_element::<(Vec<u8>, Time, Vec<u8>)>()? {
+            if let Err(e) = self.store.park(key, value, expires) {
+                *self.failed = Some(e);
+                return Err(serde::de::Error::custom("the store cannot take an entry"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A stored value's expiry.
 fn decode_expiry(stored: &[u8]) -> Option<Time> {
     let (expires, _) = stored.split_first_chunk::<8>()?;
@@ -443,8 +558,13 @@ fn decode_expiry(stored: &[u8]) -> Option<Time> {
 
 /// A stored value: its expiry, then the bytes parked.
 fn decode(stored: &[u8]) -> Option<(Time, Vec<u8>)> {
+    decode_borrowed(stored).map(|(expires, value)| (expires, value.to_vec()))
+}
+
+/// [`decode`], the bytes parked borrowed.
+fn decode_borrowed(stored: &[u8]) -> Option<(Time, &[u8])> {
     let (expires, value) = stored.split_first_chunk::<8>()?;
-    Some((Timestamp(i64::from_le_bytes(*expires)), value.to_vec()))
+    Some((Timestamp(i64::from_le_bytes(*expires)), value))
 }
 
 #[cfg(test)]
@@ -471,13 +591,50 @@ mod tests {
         assert_eq!(p.take(b"a", Timestamp(0))?, None);
         p.sweep(Timestamp(MS_PER_DAY * 10))?;
         assert!(p.take_ended(Timestamp(MS_PER_DAY * 10))?.is_empty());
-        assert!(p.entries()?.0.is_empty());
+        assert!(p.entries().0.is_empty());
         assert!(!path.exists(), "nothing parked, no file");
         p.park(b"a".to_vec(), b"one".to_vec(), Timestamp(MS_PER_DAY * 20))?;
         p.flush()?;
         assert!(path.exists());
         assert_eq!(p.on_disk(), 1);
-        assert_eq!(p.entries()?.0.len(), 1);
+        assert_eq!(p.entries().0.len(), 1);
+        Ok(())
+    }
+
+    /// A checkpoint saves what waits for a commit and what is on disk, each with its expiry,
+    /// and a store restored from it gives back the same values until their horizons.
+    #[test]
+    fn a_store_restored_from_its_checkpoint_holds_what_it_held() -> Result<(), ParkedError> {
+        let (_dir, mut p) = store();
+        let mut parked: Vec<(Vec<u8>, Time, Vec<u8>)> = (0..500u32)
+            .map(|i| {
+                let key = format!("key {i}").into_bytes();
+                let value = vec![i as u8; (i % 37) as usize];
+                (key, Timestamp(1_000 + i64::from(i % 7) * 100), value)
+            })
+            .collect();
+        for (i, (key, expires, value)) in parked.iter().enumerate() {
+            p.park(key.clone(), value.clone(), *expires)?;
+            // Most on disk, the last ones still waiting for a commit.
+            if i == 400 {
+                p.flush()?;
+            }
+        }
+        assert!(p.on_disk() > 0 && p.on_disk() < parked.len());
+        let (mut saved, next_sweep) = p.entries();
+        saved.sort();
+        parked.sort();
+        assert_eq!(saved, parked);
+        let (_other, mut q) = store();
+        let bytes = bincode::serialize(&Saving(&p)).unwrap_or_else(|e| panic!("{e}"));
+        q.restore(&bytes).unwrap_or_else(|e| panic!("{e}"))?;
+        let (_cut, mut cut) = store();
+        assert!(cut.restore(&bytes[..bytes.len() - 3]).is_err(), "cut short");
+        assert_eq!(q.on_disk(), parked.len());
+        assert_eq!(q.entries().1, next_sweep);
+        for (key, expires, value) in &parked {
+            assert_eq!(q.take(key, Timestamp(expires.0 - 1))?.as_ref(), Some(value));
+        }
         Ok(())
     }
 
