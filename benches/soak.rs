@@ -470,6 +470,28 @@ fn main() -> anyhow::Result<()> {
         duplicates("event_duplicates")?,
         duplicates("sale_duplicates")?
     );
+    // Each checkpoint the engine wrote, from its log: what it cost the path.
+    let log = std::fs::read_to_string(d.join("engine.log")).unwrap_or_default();
+    for line in log.lines().filter(|l| l.contains("checkpoint written")) {
+        let field = |name: &str| -> Option<f64> {
+            let at = line.find(&format!("{name}="))? + name.len() + 1;
+            let digits: String = line[at..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse().ok()
+        };
+        if let (Some(bytes), Some(held), Some(write)) =
+            (field("bytes"), field("held_ms"), field("write_ms"))
+        {
+            println!(
+                "engine checkpoint: {:.0} MiB, consumers held {:.1} s, written in {:.1} s",
+                bytes / f64::from(1 << 20),
+                held / 1e3,
+                write / 1e3
+            );
+        }
+    }
     drop(engine);
     drop(bridge);
     drop(tansu);

@@ -43,7 +43,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .views
         .iter()
         .map(|(name, rows)| {
-            let bytes = rows.iter().map(|r| r.encoded_len() as u64).sum();
+            let bytes = rows.rows.iter().map(|r| r.encoded_len() as u64).sum();
             (name.clone(), rows.len(), bytes)
         })
         .collect();

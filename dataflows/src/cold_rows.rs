@@ -15,6 +15,7 @@
 //! (a checkpoint holds the views' rows, cold ones included).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -42,7 +43,9 @@ pub struct ColdSpec {
 
 /// One view's rows on disk.
 pub(crate) struct ColdRows {
-    db: Database,
+    /// Shared with the reads taken of it ([`ColdReader`]): a checkpoint's read of the rows
+    /// outlives the engine when the state is written after it stopped.
+    db: Arc<Database>,
     path: PathBuf,
     pub(crate) spec: ColdSpec,
     /// Rows on disk counted by multiplicity, and once each.
@@ -57,7 +60,7 @@ impl ColdRows {
     /// An empty file for `spec`'s view in `dir`, replacing what a previous run left there.
     pub fn create(dir: &Path, spec: ColdSpec) -> Result<ColdRows, StateFileError> {
         let path = dir.join(format!("view-{}.redb", spec.view));
-        let db = create_fresh(&path, CACHE_BYTES)?;
+        let db = Arc::new(create_fresh(&path, CACHE_BYTES)?);
         let mut cold = ColdRows {
             db,
             path,
@@ -139,6 +142,7 @@ impl ColdRows {
             .map_err(|e| state_file::store_error(&self.path, e))?;
         Ok(ColdReader {
             txn,
+            _db: self.db.clone(),
             path: self.path.clone(),
             distinct: self.distinct,
         })
@@ -148,6 +152,8 @@ impl ColdRows {
 /// The rows on disk of one view as of one frontier.
 pub(crate) struct ColdReader {
     txn: ReadTransaction,
+    /// The file stays open while it is read (a read of a closed database fails).
+    _db: Arc<Database>,
     path: PathBuf,
     distinct: usize,
 }
@@ -165,6 +171,23 @@ impl ColdReader {
     }
 
     fn read(&self, out: &mut Vec<Row>, group: Option<&[u8]>) -> Result<(), StateFileError> {
+        self.visit(group, |row| {
+            out.push(row);
+            true
+        })
+    }
+
+    /// Calls `each` with every row (of `group`, if given) as often as its multiplicity, in the
+    /// disk's order, until it returns false; no row is kept.
+    pub fn for_each(&self, each: impl FnMut(Row) -> bool) -> Result<(), StateFileError> {
+        self.visit(None, each)
+    }
+
+    fn visit(
+        &self,
+        group: Option<&[u8]>,
+        mut each: impl FnMut(Row) -> bool,
+    ) -> Result<(), StateFileError> {
         let result = (|| -> Result<(), redb::Error> {
             let table = self.txn.open_table(ROWS)?;
             let entries = match group {
@@ -179,7 +202,9 @@ impl ColdReader {
                 }
                 let row = Row::from_encoded(row);
                 for _ in 0..count.value().max(0) {
-                    out.push(row.clone());
+                    if !each(row.clone()) {
+                        return Ok(());
+                    }
                 }
             }
             Ok(())

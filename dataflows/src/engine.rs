@@ -102,8 +102,8 @@ pub struct EngineState {
     pub workers: Vec<Vec<u8>>,
     /// Worker 0's clock hour as of the frontier.
     pub hour: Option<Time>,
-    /// Every view's rows as of the frontier.
-    pub views: Vec<(String, Vec<crate::row::Row>)>,
+    /// Every view's rows as of the frontier (those on disk read as the state is written).
+    pub views: Vec<(String, crate::view_store::CheckpointRows)>,
 }
 
 impl Command {
@@ -354,12 +354,12 @@ fn cold_views(
 }
 
 /// Every view's rows as of `at`, once the store has reached it (the workers must be holding
-/// there).
+/// there); the rows on disk as a read of the disk at `at`, read when the state is written.
 pub fn views_at(
     store: &ViewStore,
     at: Time,
     timeout: Duration,
-) -> Result<Vec<(String, Vec<crate::row::Row>)>, EngineError> {
+) -> Result<Vec<(String, crate::view_store::CheckpointRows)>, EngineError> {
     if !store.wait_for(at, timeout) || store.frontier() != at {
         return Err(EngineError::Checkpoint(format!(
             "the views did not stop at {at} (they are at {})",
@@ -369,7 +369,7 @@ pub fn views_at(
     let mut views = Vec::with_capacity(crate::views::CATALOG.len());
     for def in crate::views::CATALOG {
         let (frontier, rows) = store
-            .sorted_rows(def.name)
+            .checkpoint_rows(def.name)
             .map_err(|e| EngineError::Checkpoint(e.to_string()))?;
         if frontier != at {
             return Err(EngineError::Checkpoint(format!(
@@ -431,7 +431,14 @@ impl Engine {
             Some(s) => (
                 s.workers.into_iter().map(Some).collect(),
                 s.hour,
-                Some((s.frontier, s.views)),
+                Some((
+                    s.frontier,
+                    s.views
+                        .into_iter()
+                        .map(|(name, rows)| rows.into_rows().map(|rows| (name, rows)))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| EngineError::Restore(e.to_string()))?,
+                )),
             ),
             None => (vec![None; workers], None, None),
         };

@@ -551,6 +551,119 @@ pub enum StoreError {
     },
 }
 
+/// Why a view's rows cannot be taken for a checkpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointRowsError {
+    #[error(transparent)]
+    Store(StoreError),
+    #[error("cannot read the view's rows on disk: {0}")]
+    Disk(#[from] crate::state_file::StateFileError),
+}
+
+/// A view's rows as of one frontier, as a checkpoint takes them: those in memory (in no
+/// particular order) and a read of those on disk ([`crate::cold_rows`]), which is read as the
+/// checkpoint is written. A day of a fleet's closed windows is millions of rows on disk; they
+/// were read into memory and sorted while the engine's consumers were held, then copied into
+/// the file. Read back from a file, every row is in `rows`.
+#[derive(Clone, Default)]
+pub struct CheckpointRows {
+    pub rows: Vec<Row>,
+    cold: Option<Arc<TakenCold>>,
+}
+
+/// A read of a view's rows on disk, and how many it holds (by multiplicity) as of that read.
+struct TakenCold {
+    reader: ColdReader,
+    len: usize,
+    view: &'static str,
+}
+
+impl CheckpointRows {
+    pub fn new(rows: Vec<Row>) -> CheckpointRows {
+        CheckpointRows { rows, cold: None }
+    }
+
+    /// Every row, those on disk read into memory.
+    pub fn into_rows(self) -> Result<Vec<Row>, CheckpointRowsError> {
+        let CheckpointRows { mut rows, cold } = self;
+        if let Some(cold) = cold {
+            rows.reserve(cold.len);
+            cold.reader.for_each(|row| {
+                rows.push(row);
+                true
+            })?;
+        }
+        Ok(rows)
+    }
+
+    /// Rows, counted by multiplicity, those on disk included.
+    pub fn len(&self) -> usize {
+        self.rows.len() + self.cold.as_ref().map_or(0, |c| c.len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl std::fmt::Debug for CheckpointRows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointRows")
+            .field("rows", &self.rows)
+            .field("on_disk", &self.cold.as_ref().map(|c| c.len))
+            .finish()
+    }
+}
+
+impl serde::Serialize for CheckpointRows {
+    /// As a `Vec<Row>`: those in memory, then those on disk as they are read.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeSeq};
+        let mut seq = s.serialize_seq(Some(self.len()))?;
+        for row in &self.rows {
+            seq.serialize_element(row)?;
+        }
+        if let Some(cold) = &self.cold {
+            let (mut read, mut failed) = (0, None);
+            let disk = cold.reader.for_each(|row| {
+                read += 1;
+                if read > cold.len {
+                    return false;
+                }
+                match seq.serialize_element(&row) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        failed = Some(e);
+                        false
+                    }
+                }
+            });
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            disk.map_err(S::Error::custom)?;
+            if read != cold.len {
+                let held = if read > cold.len {
+                    "more".to_owned()
+                } else {
+                    read.to_string()
+                };
+                return Err(S::Error::custom(format!(
+                    "view {}'s rows on disk: {held} read where {} were counted",
+                    cold.view, cold.len
+                )));
+            }
+        }
+        seq.end()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for CheckpointRows {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<CheckpointRows, D::Error> {
+        <Vec<Row> as serde::Deserialize>::deserialize(d).map(CheckpointRows::new)
+    }
+}
+
 fn unknown(name: &str) -> StoreError {
     StoreError::UnknownView(
         name.to_owned(),
@@ -798,6 +911,33 @@ impl ViewStore {
             )
         };
         Ok((frontier, with_cold(grouped.sorted(), cold)))
+    }
+
+    /// The rows of the view `name` as a checkpoint takes them ([`CheckpointRows`]): those in
+    /// memory copied (pointers, in no order), those on disk as a read of the disk, taken
+    /// under the store's lock. A disk that cannot be read fails the checkpoint.
+    pub fn checkpoint_rows(
+        &self,
+        name: &str,
+    ) -> Result<(Time, CheckpointRows), CheckpointRowsError> {
+        let (i, _) = find(name).ok_or_else(|| CheckpointRowsError::Store(unknown(name)))?;
+        let state = self.read();
+        let rows = &state.rows[i];
+        let cold = match &rows.cold {
+            Some(c) if c.total > 0 => Some(Arc::new(TakenCold {
+                reader: c.reader()?,
+                len: usize::try_from(c.total).unwrap_or(0),
+                view: c.spec.view,
+            })),
+            _ => None,
+        };
+        Ok((
+            state.frontier,
+            CheckpointRows {
+                rows: rows_of(rows),
+                cold,
+            },
+        ))
     }
 
     /// Calls `read` with the frontier and every row of the view `name` in order, without copying
@@ -1626,6 +1766,24 @@ mod tests {
             Value::Int(1),
             "the old row retracted"
         );
+        // A checkpoint's take: the rows in memory, and a read of the disk that later changes
+        // do not move; written, every row of the view once.
+        let (_, taken) = store
+            .checkpoint_rows(view)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(taken.len(), 5);
+        assert!(taken.rows.len() <= 2, "the disk's rows are not copied");
+        send(
+            t + 6 * MS_PER_HOUR,
+            vec![testing::heartbeat("m1", t + 2_000, 7_000)],
+        );
+        let bytes = bincode::serialize(&taken).unwrap_or_else(|e| panic!("{e}"));
+        let mut written: Vec<crate::row::Row> =
+            bincode::deserialize(&bytes).unwrap_or_else(|e| panic!("{e}"));
+        written.sort();
+        assert_eq!(written, all, "as of the take, not of the later correction");
+        let (_, now) = store.sorted_rows(view).unwrap_or_else(|e| panic!("{e}"));
+        assert_ne!(now, all, "the later correction is on disk");
         drop(sub);
         drop(feeders);
         engine.shutdown().unwrap_or_else(|e| panic!("{e}"));

@@ -141,9 +141,10 @@ impl CheckpointDir {
     /// Writes `checkpoint` whole (temporary name, sync, rename, sync of the directory), then
     /// removes all but the newest [`KEEP`]. The body is encoded straight into the file: a
     /// fleet's state is gigabytes, and a copy of it in memory (two, with the file's bytes) was
-    /// the peak of every checkpoint.
+    /// the peak of every checkpoint. Its length, which the header holds, is written in its
+    /// place once the body is: measured first, the body was encoded twice, and a view's rows
+    /// on disk read twice.
     pub fn write(&self, checkpoint: &Checkpoint) -> Result<Written, CheckpointFileError> {
-        let body_len = bincode::serialized_size(checkpoint).map_err(CheckpointFileError::Encode)?;
         let version = version();
         let name = format!(
             "checkpoint-{:020}.vfc",
@@ -162,24 +163,38 @@ impl CheckpointDir {
             out.write_all(&FORMAT.to_le_bytes())?;
             out.write_all(&(version.len() as u32).to_le_bytes())?;
             out.write_all(version.as_bytes())?;
-            out.write_all(&body_len.to_le_bytes())
+            // The body's length, written below; outside the checksum until then.
+            out.inner.write_all(&[0; 8])
         })();
         header.map_err(io(&temporary))?;
+        let (header_crc, length_at) = (
+            std::mem::replace(&mut out.crc, crc32fast::Hasher::new()),
+            out.bytes,
+        );
+        out.bytes = 0;
         bincode::serialize_into(&mut out, checkpoint).map_err(|e| match *e {
             bincode::ErrorKind::Io(e) => io(&temporary)(e),
             _ => CheckpointFileError::Encode(e),
         })?;
         let Checksummed {
             mut inner,
-            crc,
-            bytes,
+            crc: body_crc,
+            bytes: body_len,
         } = out;
+        // The checksum of the whole: the header's, its length, then the body's.
+        let mut crc = header_crc;
+        crc.update(&body_len.to_le_bytes());
+        crc.combine(&body_crc);
+        let bytes = length_at + 8 + body_len;
         inner
             .write_all(&crc.finalize().to_le_bytes())
             .map_err(io(&temporary))?;
-        let file = inner
+        let mut file = inner
             .into_inner()
             .map_err(|e| io(&temporary)(e.into_error()))?;
+        file.seek(SeekFrom::Start(length_at))
+            .and_then(|_| file.write_all(&body_len.to_le_bytes()))
+            .map_err(io(&temporary))?;
         file.sync_all().map_err(io(&temporary))?;
         drop(file);
         std::fs::rename(&temporary, &path).map_err(io(&path))?;
@@ -445,7 +460,10 @@ mod tests {
                 hour: None,
                 views: vec![(
                     "liveness".into(),
-                    vec![Row::from([Value::text("m1"), Value::Int(frontier)])],
+                    crate::view_store::CheckpointRows::new(vec![Row::from([
+                        Value::text("m1"),
+                        Value::Int(frontier),
+                    ])]),
                 )],
             },
             source: b"offsets".to_vec(),
@@ -478,7 +496,11 @@ mod tests {
             .as_ref()
             .ok_or_else(|| io(dir.path())(std::io::ErrorKind::NotFound.into()))?;
         assert_eq!(c.engine.workers, vec![vec![1, 2, 3], vec![4]]);
-        assert_eq!(c.engine.views, checkpoint(4_000).engine.views);
+        let rows = |c: &Checkpoint| -> Vec<(String, Vec<Row>)> {
+            let views = c.engine.views.iter();
+            views.map(|(n, r)| (n.clone(), r.rows.clone())).collect()
+        };
+        assert_eq!(rows(c), rows(&checkpoint(4_000)));
         assert_eq!(c.source, b"offsets");
         assert_eq!(KEEP, 3);
         assert_eq!(

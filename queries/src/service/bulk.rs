@@ -144,9 +144,9 @@ pub struct Loaded {
     pub refused: Vec<vendflow_dataflows::ErrorRecord>,
     /// The archive's directory, what it wrote, and the history steps taken.
     pub archive: Option<(PathBuf, String, u64)>,
-    /// The checkpoint of the state written (`--state`), its size, and how long taking and
-    /// writing it took (after `elapsed`).
-    pub state: Option<(PathBuf, u64, Duration)>,
+    /// The checkpoint of the state written (`--state`), its size, and how long taking the
+    /// state and writing it took (after `elapsed`).
+    pub state: Option<(PathBuf, u64, Duration, Duration)>,
     /// The workers the state was taken with (`run` must start with as many).
     pub workers: usize,
 }
@@ -235,13 +235,14 @@ impl Loaded {
                 root.display()
             ));
         }
-        if let Some((path, bytes, took)) = &self.state {
+        if let Some((path, bytes, taken, write)) = &self.state {
             let dir = path.parent().unwrap_or(path);
             lines.push(format!(
-                "state at the file's end written to {} ({:.1} MiB, taken and written in {:.2}s): `vendflow --workers {} run --state {} ...` starts from it and reads the Kafka log from its beginning",
+                "state at the file's end written to {} ({:.1} MiB, taken in {:.2}s, written in {:.2}s): `vendflow --workers {} run --state {} ...` starts from it and reads the Kafka log from its beginning",
                 path.display(),
                 *bytes as f64 / (1u64 << 20) as f64,
-                took.as_secs_f64(),
+                taken.as_secs_f64(),
+                write.as_secs_f64(),
                 self.workers,
                 dir.display()
             ));
@@ -341,12 +342,13 @@ pub fn load(
             elapsed = Some(started.elapsed());
             let taking = Instant::now();
             let state = feeders.checkpoint(s.end, Duration::from_secs(24 * 3600))?;
+            let taken = taking.elapsed();
             let file = dir.write(&Checkpoint {
                 engine: state,
                 // No log positions: the live engine reads the log from its beginning.
                 source: vendflow_ingest::kafka::source::positions_to_bytes(&Default::default()),
             })?;
-            written = Some((file.path, file.bytes, taking.elapsed()));
+            written = Some((file.path, file.bytes, taken, taking.elapsed() - taken));
             caught_up
         }
         // The workers' state goes while the store applies the last updates (the peak of a
