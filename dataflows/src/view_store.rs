@@ -587,11 +587,7 @@ impl CheckpointRows {
     pub fn into_rows(self) -> Result<Vec<Row>, CheckpointRowsError> {
         let CheckpointRows { mut rows, cold } = self;
         if let Some(cold) = cold {
-            rows.reserve(cold.len);
-            cold.reader.for_each(|row| {
-                rows.push(row);
-                true
-            })?;
+            cold.reader.all(&mut rows)?;
         }
         Ok(rows)
     }
