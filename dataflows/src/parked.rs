@@ -540,8 +540,11 @@ impl<'de> serde::de::Visitor<'de> for RestoringEntries<'_> {
     }
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while let Some((key, expires, value)) = seq.next_element::<(Vec<u8>, Time, Vec<u8>)>()? {
-            if let Err(e) = self.store.park(key, value, expires) {
+        // Byte strings, which bincode reads in one piece: the same bytes as the `Vec<u8>`s
+        // they were written as, which it reads a byte at a time.
+        type Entry = (serde_bytes::ByteBuf, Time, serde_bytes::ByteBuf);
+        while let Some((key, expires, value)) = seq.next_element::<Entry>()? {
+            if let Err(e) = self.store.park(key.into_vec(), value.into_vec(), expires) {
                 *self.failed = Some(e);
                 return Err(serde::de::Error::custom("the store cannot take an entry"));
             }
