@@ -32,6 +32,12 @@ pub const SWEEP_EVERY_MS: i64 = 60_000;
 /// The page cache of a view's file.
 const CACHE_BYTES: usize = 16 << 20;
 
+/// The order of rows on disk (by first cell, then the whole row, each as bytes), for sorting
+/// what is written there.
+pub(crate) fn disk_order(a: &Row, b: &Row) -> std::cmp::Ordering {
+    (a.first_cell(), a.encoded()).cmp(&(b.first_cell(), b.encoded()))
+}
+
 /// Which rows of a view go to disk: those whose cell `time_column` (a time) is `after_ms` or
 /// more behind the store's frontier.
 #[derive(Clone, Debug)]
@@ -84,11 +90,30 @@ impl ColdRows {
     /// Applies `retractions` to the rows on disk that hold them and adds `moved` (rows leaving
     /// memory, with their hashes and multiplicities), in one commit. Says for each retraction
     /// whether the disk held its row (those it did not belong to memory). On an error nothing
-    /// was applied.
+    /// was applied. Either list is best in [`disk_order`]: a B-tree written in key order
+    /// reads and splits each page once, not once per row.
     pub fn apply(
         &mut self,
         retractions: &[(Row, u32, i64)],
         moved: &[(Row, u32, i64)],
+    ) -> Result<Vec<bool>, StateFileError> {
+        self.write_rows(
+            retractions.iter().map(|(row, _, d)| (row, *d)),
+            moved.iter().map(|(row, _, d)| (row, *d)),
+        )
+    }
+
+    /// Adds `rows` (each once; a row given twice counts twice), in one commit: a checkpoint's
+    /// rows that are cold when the engine starts from it, best in [`disk_order`].
+    pub fn add(&mut self, rows: &[Row]) -> Result<(), StateFileError> {
+        self.write_rows(std::iter::empty(), rows.iter().map(|row| (row, 1)))
+            .map(drop)
+    }
+
+    fn write_rows<'r>(
+        &mut self,
+        retractions: impl ExactSizeIterator<Item = (&'r Row, i64)>,
+        moved: impl Iterator<Item = (&'r Row, i64)>,
     ) -> Result<Vec<bool>, StateFileError> {
         let mut held = Vec::with_capacity(retractions.len());
         let (mut total, mut distinct) = (self.total, self.distinct as i64);
@@ -110,11 +135,11 @@ impl ColdRows {
                 total += d;
                 Ok(true)
             };
-            for (row, _, d) in retractions {
-                held.push(add(row, *d, true)?);
+            for (row, d) in retractions {
+                held.push(add(row, d, true)?);
             }
-            for (row, _, d) in moved {
-                add(row, *d, false)?;
+            for (row, d) in moved {
+                add(row, d, false)?;
             }
             Ok(())
         })?;

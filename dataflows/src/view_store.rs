@@ -316,7 +316,7 @@ impl ViewRows {
     /// when a sweep is due, the rows that turned cold moved there. On a disk error (logged) the
     /// rows to move stay in memory and the retractions are kept there too, where one of a row
     /// on disk does not meet it.
-    fn settle_cold(&mut self, missed: Vec<(Row, u32, i64)>, frontier: Time) {
+    fn settle_cold(&mut self, mut missed: Vec<(Row, u32, i64)>, frontier: Time) {
         let Some(mut cold) = self.cold.take() else {
             for (row, hash, d) in missed {
                 self.update(row, hash, d);
@@ -328,11 +328,14 @@ impl ViewRows {
             cold.next_sweep = frontier.saturating_add(cold_rows::SWEEP_EVERY_MS);
         }
         if !missed.is_empty() || sweep {
-            let moved = if sweep {
+            let mut moved = if sweep {
                 self.take_cold(&cold, frontier)
             } else {
                 Vec::new()
             };
+            // Both taken out of memory in hash order: written in the disk's.
+            missed.sort_unstable_by(|a, b| cold_rows::disk_order(&a.0, &b.0));
+            moved.sort_unstable_by(|a, b| cold_rows::disk_order(&a.0, &b.0));
             match cold.apply(&missed, &moved) {
                 Ok(held) => {
                     for ((row, hash, d), on_disk) in missed.into_iter().zip(held) {
@@ -349,6 +352,44 @@ impl ViewRows {
                 }
             }
         }
+        self.cold = Some(cold);
+    }
+
+    /// Takes a checkpoint's `rows` of this view as of `frontier`. In a view that keeps its old
+    /// rows on disk, those that are old at `frontier` go straight there, in the disk's order and
+    /// [`RESTORE_BATCH`] to a commit, each batch let go once written: they never enter memory's
+    /// groups. (Loaded into memory first and then swept out, a restart held every row of the
+    /// checkpoint in memory's tables, and wrote them in one commit in hash order.) On a disk
+    /// error (logged) the rows not yet written stay in memory.
+    fn restore(&mut self, rows: Vec<Row>, frontier: Time) {
+        let Some(mut cold) = self.cold.take() else {
+            for row in rows {
+                let hash = row_hash(&row);
+                self.update(row, hash, 1);
+            }
+            return;
+        };
+        let (mut old, warm): (Vec<Row>, Vec<Row>) = rows
+            .into_iter()
+            .partition(|row| cold.is_cold(row, frontier));
+        for row in warm {
+            let hash = row_hash(&row);
+            self.update(row, hash, 1);
+        }
+        // Descending, so that each batch splits off the end in the disk's order, reversed.
+        old.sort_unstable_by(|a, b| cold_rows::disk_order(b, a));
+        while !old.is_empty() {
+            let mut batch = old.split_off(old.len().saturating_sub(RESTORE_BATCH));
+            batch.reverse();
+            if let Err(e) = cold.add(&batch) {
+                tracing::error!(error = %e, view = cold.spec.view, "cannot keep a checkpoint's old rows on disk; kept in memory");
+                for row in batch.into_iter().chain(old.drain(..)) {
+                    let hash = row_hash(&row);
+                    self.update(row, hash, 1);
+                }
+            }
+        }
+        cold.next_sweep = frontier.saturating_add(cold_rows::SWEEP_EVERY_MS);
         self.cold = Some(cold);
     }
 
@@ -1204,6 +1245,10 @@ impl ViewStore {
     }
 }
 
+/// Rows of a checkpoint written to a view's file per commit as an engine starts from it (a
+/// few in tests, so that a restore takes several).
+const RESTORE_BATCH: usize = if cfg!(test) { 3 } else { 100_000 };
+
 /// Captured messages in flight to the store; a worker that gets this far ahead waits for it.
 const CAPTURE_DEPTH: usize = 4096;
 
@@ -1243,26 +1288,46 @@ pub(crate) fn start(
             state.rows[index].cold = Some(Box::new(c));
         }
     }
-    let published = match from {
+    // The checkpoint's views, by index (an unknown name fails the start, before any thread).
+    let restore = match from {
         Some((frontier, views)) => {
-            store.received.store(frontier.ms(), Ordering::SeqCst);
-            let mut state = store.write();
-            state.frontier = frontier;
-            state.load(views)?;
-            // The checkpoint's old rows to disk at once.
-            for rows in &mut state.rows {
-                rows.settle_cold(Vec::new(), frontier);
+            let mut indexed = Vec::with_capacity(views.len());
+            for (name, rows) in views {
+                let (index, _) = find(&name).ok_or_else(|| unknown(&name))?;
+                indexed.push((index, rows));
             }
-            frontier
+            store.received.store(frontier.ms(), Ordering::SeqCst);
+            Some((frontier, indexed))
         }
-        None => Time::EPOCH,
+        None => None,
     };
+    let published = restore
+        .as_ref()
+        .map_or(Time::EPOCH, |(frontier, _)| *frontier);
     let (tx, rx) = std::sync::mpsc::sync_channel::<Captured>(CAPTURE_DEPTH);
     let thread_store = store.clone();
+    let (locked_tx, locked) = std::sync::mpsc::channel::<()>();
     let handle = std::thread::Builder::new()
         .name("vendflow-view-store".into())
-        .spawn(move || run(thread_store, rx, workers, published))
+        .spawn(move || {
+            // The checkpoint's rows are put in place on this thread, under the write lock,
+            // while the workers restore their operators beside it (one after the other, a
+            // restart took the sum of both); no read sees the store before they are all there.
+            {
+                let mut state = thread_store.write();
+                let _ = locked_tx.send(());
+                if let Some((frontier, views)) = restore {
+                    state.frontier = frontier;
+                    for (index, rows) in views {
+                        state.rows[index].restore(rows, frontier);
+                    }
+                }
+            }
+            run(thread_store, rx, workers, published)
+        })
         .unwrap_or_else(|e| panic!("cannot start the view store thread: {e}"));
+    // Once the thread holds the lock (or has died, which joining it reports).
+    let _ = locked.recv();
     Ok((store, tx, handle))
 }
 
@@ -1783,6 +1848,83 @@ mod tests {
         drop(sub);
         drop(feeders);
         engine.shutdown().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// A store started from a checkpoint puts the view's old rows straight on disk (in several
+    /// commits) and the rest in memory: every read sees all of them once, as often as the
+    /// checkpoint held each, and a retraction of a row on disk is applied there.
+    #[test]
+    fn a_checkpoints_old_rows_start_on_disk() -> Result<(), Box<dyn std::error::Error>> {
+        use crate::cold_rows::{ColdRows, ColdSpec};
+        use crate::row::Row;
+        let dir = tempfile::tempdir()?;
+        let view = "anomaly_windows";
+        let cold = ColdRows::create(
+            dir.path(),
+            ColdSpec {
+                view,
+                time_column: 1,
+                after_ms: 1_000,
+            },
+        )?;
+        let row = |m: &str, at: i64, n: i64| {
+            Row::from([Value::text(m), Value::Time(Timestamp(at)), Value::Int(n)])
+        };
+        // Old (at or before 9,000 with the frontier at 10,000): nine rows of three machines,
+        // one of them twice; new: two.
+        let mut rows: Vec<Row> = (0..9)
+            .map(|i| row(["m1", "m2", "m3"][i % 3], 1_000 * i as i64, i as i64))
+            .collect();
+        rows.push(row("m2", 1_000, 1));
+        rows.push(row("m1", 9_500, 7));
+        rows.push(row("m3", 9_900, 8));
+        rows.reverse();
+        let mut expected = rows.clone();
+        expected.sort();
+        let (store, tx, thread) = super::start(
+            1,
+            Some((Timestamp(10_000), vec![(view.into(), rows)])),
+            vec![cold],
+        )?;
+        assert_eq!(store.in_memory(view), 2, "only the new rows in memory");
+        let (_, all) = store.sorted_rows(view)?;
+        assert_eq!(all, expected);
+        assert!(store.row_counts().1.contains(&(view, 12)));
+        let m2 = store.snapshot_of_key(&[view], "m2");
+        assert_eq!(
+            m2.rows(view)?.len(),
+            4,
+            "m2's three rows, one of them twice"
+        );
+        // The old row held twice, retracted once, at the next frontier.
+        let retracted = row("m2", 1_000, 1);
+        let (index, _) = super::find(view).ok_or("no such view")?;
+        tx.send(super::Captured {
+            view: index,
+            message: super::Message::Updates(vec![(
+                retracted.clone(),
+                super::row_hash(&retracted),
+                Timestamp(10_000),
+                -1,
+            )]),
+        })?;
+        for v in 0..super::CATALOG.len() {
+            tx.send(super::Captured {
+                view: v,
+                message: super::Message::Progress(vec![
+                    (Timestamp::EPOCH, -1),
+                    (Timestamp(10_001), 1),
+                ]),
+            })?;
+        }
+        assert!(store.wait_for(Timestamp(10_001), Duration::from_secs(10)));
+        let (_, now) = store.sorted_rows(view)?;
+        assert_eq!(now.len(), 11);
+        assert_eq!(now.iter().filter(|r| **r == retracted).count(), 1);
+        assert_eq!(store.in_memory(view), 2, "applied on disk");
+        drop(tx);
+        thread.join().map_err(|_| "the store's thread panicked")?;
+        Ok(())
     }
 
     /// A publication applied on two threads leaves every view as one thread does, keeps the
