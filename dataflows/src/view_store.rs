@@ -363,19 +363,13 @@ impl ViewRows {
     /// error (logged) the rows not yet written stay in memory.
     fn restore(&mut self, rows: Vec<Row>, frontier: Time) {
         let Some(mut cold) = self.cold.take() else {
-            for row in rows {
-                let hash = row_hash(&row);
-                self.update(row, hash, 1);
-            }
+            rows.into_iter().for_each(|row| self.insert(row));
             return;
         };
         let (mut old, warm): (Vec<Row>, Vec<Row>) = rows
             .into_iter()
             .partition(|row| cold.is_cold(row, frontier));
-        for row in warm {
-            let hash = row_hash(&row);
-            self.update(row, hash, 1);
-        }
+        warm.into_iter().for_each(|row| self.insert(row));
         // Descending, so that each batch splits off the end in the disk's order, reversed.
         old.sort_unstable_by(|a, b| cold_rows::disk_order(b, a));
         while !old.is_empty() {
@@ -383,14 +377,20 @@ impl ViewRows {
             batch.reverse();
             if let Err(e) = cold.add(&batch) {
                 tracing::error!(error = %e, view = cold.spec.view, "cannot keep a checkpoint's old rows on disk; kept in memory");
-                for row in batch.into_iter().chain(old.drain(..)) {
-                    let hash = row_hash(&row);
-                    self.update(row, hash, 1);
-                }
+                batch
+                    .into_iter()
+                    .chain(old.drain(..))
+                    .for_each(|row| self.insert(row));
             }
         }
         cold.next_sweep = frontier.saturating_add(cold_rows::SWEEP_EVERY_MS);
         self.cold = Some(cold);
+    }
+
+    /// Adds `row` once, in memory.
+    fn insert(&mut self, row: Row) {
+        let hash = row_hash(&row);
+        self.update(row, hash, 1);
     }
 
     /// A read of its rows on disk as of now, if it keeps any there.
@@ -1259,14 +1259,12 @@ pub(crate) type Started = (ViewStore, SyncSender<Captured>, std::thread::JoinHan
 pub(crate) type ViewsAt = (Time, Vec<(String, Vec<Row>)>);
 
 impl State {
-    /// Adds `views` (by name, each with its rows) to the rows held.
+    /// Adds `views` (by name, each with its rows) to the rows held, as of the store's frontier.
     fn load(&mut self, views: Vec<(String, Vec<Row>)>) -> Result<(), StoreError> {
         for (name, rows) in views {
             let (index, _) = crate::views::find(&name).ok_or_else(|| unknown(&name))?;
-            for row in rows {
-                let hash = row_hash(&row);
-                self.rows[index].update(row, hash, 1);
-            }
+            let frontier = self.frontier;
+            self.rows[index].restore(rows, frontier);
         }
         Ok(())
     }
