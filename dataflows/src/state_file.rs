@@ -241,13 +241,14 @@ mod tests {
     /// every round written) and reads back what it committed.
     #[test]
     fn a_scratch_file_replaces_a_stale_one_and_keeps_its_commits() -> Result<(), StateFileError> {
-        let dir = tempfile::tempdir().map_err(|source| StateFileError::Io {
-            path: "tempdir".into(),
-            source,
-        })?;
+        let io = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| StateFileError::Io { path, source }
+        };
+        let dir = tempfile::tempdir().map_err(io(Path::new("tempdir")))?;
         let path = dir.path().join("state").join("scratch.redb");
-        std::fs::create_dir_all(dir.path().join("state")).ok();
-        std::fs::write(&path, b"left by a previous run").ok();
+        std::fs::create_dir_all(dir.path().join("state")).map_err(io(dir.path()))?;
+        std::fs::write(&path, b"left by a previous run").map_err(io(&path))?;
         let db = create_fresh(&path, 1 << 20)?;
         let mut cadence = Cadence::default();
         let value = [7u8; 1000];

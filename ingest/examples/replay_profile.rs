@@ -4,7 +4,8 @@
 //!
 //! `cargo run --release -p vendflow-ingest --example replay_profile -- FILE [WORKERS [REPEAT
 //! [SHIFT_MINUTES]]]`; `VENDFLOW_CSV_OUT=DIR` also writes the views' CSVs there, as `vendflow
-//! replay --out DIR` does; with `--features vendflow-ingest/heap-profile`, the system allocator for
+//! replay --out DIR` does, and `VENDFLOW_COLD_VIEWS=1` keeps old rows on disk as a live engine
+//! does; with `--features vendflow-ingest/heap-profile`, the system allocator for
 //! heaptrack (`heaptrack …/replay_profile FILE 2 3 3`).
 
 use std::sync::Arc;
@@ -29,10 +30,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // minutes (default a day) after the last.
     let repeat: u32 = args.next().map_or(Ok(1), |r| r.parse())?;
     let shift_minutes: i64 = args.next().map_or(Ok(24 * 60), |m| m.parse())?;
-    // As `vendflow replay`: a bulk load keeps its views in memory.
+    // As `vendflow replay`: a bulk load keeps its views in memory (`VENDFLOW_COLD_VIEWS=1`: old
+    // rows on disk, as a live engine keeps them).
     let mut config = Config {
         workers,
-        cold_views: false,
+        cold_views: std::env::var_os("VENDFLOW_COLD_VIEWS").is_some_and(|v| v == "1"),
         ..Config::default()
     };
     // As `vendflow --settlement-memory-transactions N`.
