@@ -1,8 +1,9 @@
 //! What the engine's on-disk state files share: the sale-line [`crate::ledger`] and the
-//! [`crate::parked`] stores are each a [`redb`] file per worker, empty at every start (the engine
-//! rebuilds its views from its input; the file is created by its first write, [`LazyDb`]),
-//! written with commits that are not synced one by one, on a [`Scratch`] file that is never
-//! synced at all.
+//! [`crate::parked`] stores are each a [`redb`] file per worker, and a view's old rows one file of
+//! the view store's ([`crate::cold_rows`]); each is empty at every start (a checkpoint's entries
+//! are written back into it; a store's file is created by its first write, [`LazyDb`]),
+//! written on a `Scratch` file, whose syncs do nothing: one commit in [`SYNC_EVERY`] is durable
+//! for redb's page reuse, and none waits for the disk.
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -10,8 +11,8 @@ use std::path::{Path, PathBuf};
 use redb::backends::FileBackend;
 use redb::{BackendError, Database, Durability, StorageBackend, TableDefinition};
 
-/// Non-durable commits between two durable ones (redb reuses the pages the others freed only
-/// after a durable one).
+/// Non-durable commits between two durable ones (redb reuses the pages of a durable commit that
+/// the others freed only after another durable one).
 pub const SYNC_EVERY: u32 = 64;
 
 #[derive(Debug, thiserror::Error)]
