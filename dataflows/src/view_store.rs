@@ -904,10 +904,10 @@ impl ViewStore {
     pub fn fixed(frontier: Time, views: Vec<(String, Vec<Row>)>) -> Result<ViewStore, StoreError> {
         let store = ViewStore::new();
         {
+            let views = by_index(views)?;
             let mut state = store.write();
-            state.frontier = frontier;
             state.closed = true;
-            state.load(views)?;
+            state.restore(frontier, views);
         }
         Ok(store)
     }
@@ -1258,15 +1258,23 @@ pub(crate) type Started = (ViewStore, SyncSender<Captured>, std::thread::JoinHan
 /// Views as of a frontier, each by name with its rows (a checkpoint's).
 pub(crate) type ViewsAt = (Time, Vec<(String, Vec<Row>)>);
 
+/// `views` (by name, each with its rows) by their index in the catalog; an unknown name is an
+/// error.
+fn by_index(views: Vec<(String, Vec<Row>)>) -> Result<Vec<(usize, Vec<Row>)>, StoreError> {
+    views
+        .into_iter()
+        .map(|(name, rows)| Ok((find(&name).ok_or_else(|| unknown(&name))?.0, rows)))
+        .collect()
+}
+
 impl State {
-    /// Adds `views` (by name, each with its rows) to the rows held, as of the store's frontier.
-    fn load(&mut self, views: Vec<(String, Vec<Row>)>) -> Result<(), StoreError> {
-        for (name, rows) in views {
-            let (index, _) = crate::views::find(&name).ok_or_else(|| unknown(&name))?;
-            let frontier = self.frontier;
+    /// Holds `views` (by index, each with its rows) as of `frontier`
+    /// ([`ViewRows::restore`]).
+    fn restore(&mut self, frontier: Time, views: Vec<(usize, Vec<Row>)>) {
+        self.frontier = frontier;
+        for (index, rows) in views {
             self.rows[index].restore(rows, frontier);
         }
-        Ok(())
     }
 }
 
@@ -1289,11 +1297,7 @@ pub(crate) fn start(
     // The checkpoint's views, by index (an unknown name fails the start, before any thread).
     let restore = match from {
         Some((frontier, views)) => {
-            let mut indexed = Vec::with_capacity(views.len());
-            for (name, rows) in views {
-                let (index, _) = find(&name).ok_or_else(|| unknown(&name))?;
-                indexed.push((index, rows));
-            }
+            let indexed = by_index(views)?;
             store.received.store(frontier.ms(), Ordering::SeqCst);
             Some((frontier, indexed))
         }
@@ -1315,10 +1319,7 @@ pub(crate) fn start(
                 let mut state = thread_store.write();
                 let _ = locked_tx.send(());
                 if let Some((frontier, views)) = restore {
-                    state.frontier = frontier;
-                    for (index, rows) in views {
-                        state.rows[index].restore(rows, frontier);
-                    }
+                    state.restore(frontier, views);
                 }
             }
             run(thread_store, rx, workers, published)
