@@ -1335,7 +1335,11 @@ mod tests {
             late + MS_PER_HOUR,
             testing::heartbeat("m1", late + MS_PER_HOUR, 4_000),
         );
-        let (views, _, (parked, taken_back, ended)) = testing::run_parking(&scenario, None);
+        let testing::Run {
+            views,
+            parked: (parked, taken_back, ended),
+            ..
+        } = testing::run_parking(&scenario, None);
         let windows = testing::rows(&views, "anomaly_windows");
         let first_window: Vec<_> = windows
             .iter()
@@ -1366,7 +1370,11 @@ mod tests {
         // Two days on, every window has ended, those on disk from there.
         let end = t + 3 * MS_PER_DAY;
         scenario.deliver(end, testing::heartbeat("m1", end, 4_000));
-        let (views, _, (_, _, ended)) = testing::run_parking(&scenario, None);
+        let testing::Run {
+            views,
+            parked: (_, _, ended),
+            ..
+        } = testing::run_parking(&scenario, None);
         let windows = testing::rows(&views, "anomaly_windows");
         assert_eq!(windows.len(), 1, "only the newest: {windows:?}");
         assert_eq!(ended, 3, "three windows ended on disk");
@@ -1381,8 +1389,12 @@ mod tests {
         for seed in [2, 5] {
             let scenario = Scenario::random(seed);
             let steps = testing::steps(&scenario).len();
-            let (views, at, (parked, taken_back, ended)) =
-                testing::run_parking(&scenario, Some(steps / 2));
+            let testing::Run {
+                views,
+                checkpoint: at,
+                parked: (parked, taken_back, ended),
+                ..
+            } = testing::run_parking(&scenario, Some(steps / 2));
             assert!(at.is_some());
             assert!(
                 parked > 0 && ended > 0,

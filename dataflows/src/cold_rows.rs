@@ -18,9 +18,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
+use vendflow_protocol::units::MS_PER_DAY;
 
 use crate::operators::Time;
-use crate::row::Row;
+use crate::row::{Row, Value};
 use crate::state_file::{self, Cadence, StateFileError, create_fresh};
 
 /// Rows by (first cell, whole row), each with its multiplicity.
@@ -38,8 +39,9 @@ pub(crate) fn disk_order(a: &Row, b: &Row) -> std::cmp::Ordering {
     (a.first_cell(), a.encoded()).cmp(&(b.first_cell(), b.encoded()))
 }
 
-/// Which rows of a view go to disk: those whose cell `time_column` (a time) is `after_ms` or
-/// more behind the store's frontier.
+/// Which rows of a view go to disk: those whose cell `time_column` is `after_ms` or more behind
+/// the store's frontier. The cell is a time (a window's start) or a day, which counts as the
+/// instant it ends (a machine's day of revenue).
 #[derive(Clone, Debug)]
 pub struct ColdSpec {
     pub view: &'static str,
@@ -83,8 +85,12 @@ impl ColdRows {
 
     /// Whether `row` belongs on disk at `frontier`.
     pub fn is_cold(&self, row: &Row, frontier: Time) -> bool {
-        row.time_at(self.spec.time_column)
-            .is_some_and(|t| t.ms().saturating_add(self.spec.after_ms) <= frontier.ms())
+        let at = match row.get(self.spec.time_column) {
+            Some(Value::Time(t)) => t.ms(),
+            Some(Value::Date(day)) => day.saturating_add(1).saturating_mul(MS_PER_DAY),
+            _ => return false,
+        };
+        at.saturating_add(self.spec.after_ms) <= frontier.ms()
     }
 
     /// Applies `retractions` to the rows on disk that hold them and adds `moved` (rows leaving

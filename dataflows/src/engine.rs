@@ -22,7 +22,7 @@ use std::time::Duration;
 use differential_dataflow::input::{Input, InputSession};
 use timely::dataflow::operators::capture::Capture;
 use vendflow_protocol::decode::{DecodeError, ErrorKind};
-use vendflow_protocol::units::MS_PER_HOUR;
+use vendflow_protocol::units::{MS_PER_DAY, MS_PER_HOUR};
 use vendflow_protocol::{Command as MachineCommand, Event, RegistryRecord, Timestamp};
 
 use std::cell::RefCell;
@@ -357,22 +357,53 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// The views that keep their old rows on disk in `dir`: `anomaly_windows`, whose windows leave
-/// the dataflow's memory after `window_memory_ms` (48 h of them are 29 M rows for 50,000
-/// machines).
+/// The views that keep their old rows on disk in `dir`, each once its rows have left the
+/// dataflow's memory:
+/// - `anomaly_windows`, after `window_memory_ms` (48 h of windows are 29 M rows for 50,000
+///   machines);
+/// - `revenue_machine_daily` and `revenue_machine_local_daily`, after `day_memory_ms` (35 days
+///   are 1.75 M rows each). A local day ends up to 12 hours after the UTC day of the same date
+///   (UTC-12), so its rows wait that much longer.
 fn cold_views(
     dir: &std::path::Path,
     config: &Config,
 ) -> Result<Vec<crate::cold_rows::ColdRows>, EngineError> {
-    if !config.cold_views || config.window_memory_ms >= config.window_retention_ms {
+    use crate::cold_rows::{ColdRows, ColdSpec};
+    if !config.cold_views {
         return Ok(Vec::new());
     }
-    let spec = crate::cold_rows::ColdSpec {
-        view: crate::anomaly_windows::WINDOWS.name,
-        time_column: 1,
-        after_ms: config.window_ms.saturating_add(config.window_memory_ms),
-    };
-    Ok(vec![crate::cold_rows::ColdRows::create(dir, spec)?])
+    let mut specs = Vec::new();
+    if config.window_memory_ms < config.window_retention_ms {
+        specs.push(ColdSpec {
+            view: crate::anomaly_windows::WINDOWS.name,
+            time_column: column(&crate::anomaly_windows::WINDOWS, "window_start")?,
+            after_ms: config.window_ms.saturating_add(config.window_memory_ms),
+        });
+    }
+    if config.day_memory_ms < config.revenue_retention_days.saturating_mul(MS_PER_DAY) {
+        for (def, late) in [
+            (&crate::revenue::MACHINE_DAILY, 0),
+            (&crate::revenue::MACHINE_LOCAL_DAILY, 12 * MS_PER_HOUR),
+        ] {
+            specs.push(ColdSpec {
+                view: def.name,
+                time_column: column(def, "day")?,
+                after_ms: config.day_memory_ms.saturating_add(late),
+            });
+        }
+    }
+    specs
+        .into_iter()
+        .map(|spec| Ok(ColdRows::create(dir, spec)?))
+        .collect()
+}
+
+/// Where `def`'s column `name` is.
+fn column(def: &crate::row::ViewDef, name: &str) -> Result<usize, EngineError> {
+    def.columns
+        .iter()
+        .position(|c| c.name == name)
+        .ok_or_else(|| EngineError::Start(format!("{} has no column {name}", def.name)))
 }
 
 /// Every view's rows as of `at`, once the store has reached it (the workers must be holding

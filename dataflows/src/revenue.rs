@@ -1100,4 +1100,80 @@ mod tests {
             Value::Money(Cents(300))
         );
     }
+
+    /// In a live engine a machine's days keep their rows on disk once the day has been over for
+    /// `day_memory_ms` (a local day 12 hours more); a late sale for such a day changes its row
+    /// there, and the views read as they do with every row in memory.
+    #[test]
+    fn old_days_keep_their_rows_on_disk_and_a_late_sale_changes_them_there() {
+        let mut scenario = tokyo();
+        assert!(scenario.config.cold_views);
+        scenario.config.day_memory_ms = MS_PER_HOUR;
+        let midnight = testing::BASE.div_euclid(MS_PER_DAY) * MS_PER_DAY;
+        // 10:00 UTC (19:00 in Tokyo) on days 0 to 3, each sale delivered when made.
+        for day in 0..4 {
+            let ts = midnight + day * MS_PER_DAY + 10 * MS_PER_HOUR;
+            for m in ["tokyo", "nowhere"] {
+                scenario.deliver(ts, testing::sale(m, ts, 1, 200, &format!("{m}-{day}")));
+            }
+        }
+        // Day 1's sale from a buffer, delivered on day 3 at 11:00, when day 1's rows have been
+        // on disk for a day.
+        let sold = midnight + MS_PER_DAY + 10 * MS_PER_HOUR + 60_000;
+        let arrives = midnight + 3 * MS_PER_DAY + 11 * MS_PER_HOUR;
+        scenario.deliver(arrives, testing::sale("tokyo", sold, 1, 350, "late"));
+
+        let run = testing::run_parking(&scenario, None);
+        // At 11:00 on day 3 the UTC days 0 to 2 have been over for an hour or more, the local
+        // days 0 and 1 for thirteen hours or more: both machines' rows of those days are on
+        // disk, but for Tokyo's day 1, whose old row the late sale retracted there and whose new
+        // row waits in memory for the store's next sweep (a minute on). The card sales' windows
+        // are on disk too.
+        let mut on_disk = run.on_disk.clone();
+        on_disk.sort();
+        assert_eq!(
+            on_disk,
+            [
+                ("anomaly_windows", 4),
+                ("revenue_machine_daily", 5),
+                ("revenue_machine_local_daily", 3)
+            ]
+        );
+        let lines = |view: &str, lines_column: usize| {
+            let mut rows: Vec<(Value, Value)> = testing::rows(&run.views, view)
+                .iter()
+                .filter(|r| r.cell(0) == Value::text("tokyo"))
+                .map(|r| (r.cell(lines_column - 3), r.cell(lines_column)))
+                .collect();
+            rows.sort();
+            rows
+        };
+        let day0 = midnight / MS_PER_DAY;
+        let expected: Vec<(Value, Value)> = (0..4)
+            .map(|d| {
+                (
+                    Value::Date(day0 + d),
+                    Value::Int(if d == 1 { 2 } else { 1 }),
+                )
+            })
+            .collect();
+        assert_eq!(lines("revenue_machine_daily", 4), expected);
+        assert_eq!(lines("revenue_machine_local_daily", 5), expected);
+        assert!(
+            testing::rows(&run.views, "revenue_corrections").is_empty(),
+            "the late sale's day is still in the view"
+        );
+
+        // The same views with every row in memory.
+        scenario.config.cold_views = false;
+        let in_memory = testing::run_parking(&scenario, None);
+        assert!(in_memory.on_disk.is_empty());
+        for view in ["revenue_machine_daily", "revenue_machine_local_daily"] {
+            let mut cold = testing::rows(&run.views, view);
+            let mut warm = testing::rows(&in_memory.views, view);
+            cold.sort();
+            warm.sort();
+            assert_eq!(cold, warm, "{view}");
+        }
+    }
 }

@@ -430,14 +430,6 @@ impl Row {
     pub(crate) fn from_encoded(bytes: &[u8]) -> Row {
         Row(triomphe::ThinArc::from_header_and_slice((), bytes))
     }
-
-    /// Cell `i` if it is a time (without decoding the cells before it).
-    pub(crate) fn time_at(&self, i: usize) -> Option<Timestamp> {
-        match self.get(i)? {
-            Value::Time(t) => Some(t),
-            _ => None,
-        }
-    }
 }
 
 impl<'a> FromIterator<&'a Value> for Row {

@@ -551,16 +551,24 @@ pub fn run(scenario: &Scenario) -> Snapshot {
 /// the rest.
 /// Returns the views, and the frontier of the checkpoint.
 pub fn run_restarted(scenario: &Scenario, split: Option<usize>) -> (Snapshot, Option<Time>) {
-    let (snapshot, checkpoint, _) = run_parking(scenario, split);
-    (snapshot, checkpoint)
+    let run = run_parking(scenario, split);
+    (run.views, run.checkpoint)
 }
 
-/// [`run_restarted`], and the anomaly windows its engines parked on disk, took back and ended
-/// on disk ([`Engine::parked_windows`]).
-pub fn run_parking(
-    scenario: &Scenario,
-    split: Option<usize>,
-) -> (Snapshot, Option<Time>, (u64, u64, u64)) {
+/// What [`run_parking`] saw.
+pub struct Run {
+    pub views: Snapshot,
+    /// The frontier of the checkpoint, when the run was split.
+    pub checkpoint: Option<Time>,
+    /// The anomaly windows its engines parked on disk, took back and ended on disk
+    /// ([`Engine::parked_windows`]).
+    pub parked: (u64, u64, u64),
+    /// The rows each view kept on disk at the end ([`crate::view_store::ViewStore::rows_on_disk`]).
+    pub on_disk: Vec<(&'static str, usize)>,
+}
+
+/// [`run_restarted`], and what its engines kept on disk.
+pub fn run_parking(scenario: &Scenario, split: Option<usize>) -> Run {
     let steps = steps(scenario);
     let mut parked = (0, 0, 0);
     let mut add = |(a, b, c): (u64, u64, u64)| {
@@ -629,10 +637,16 @@ pub fn run_parking(
         snapshot.frontier, end,
         "the store must stop at the last input time"
     );
+    let on_disk = store.rows_on_disk();
     drop(feeders);
     add(engine.parked_windows());
     engine.shutdown().unwrap_or_else(|e| panic!("{e}"));
-    (snapshot, checkpoint, parked)
+    Run {
+        views: snapshot,
+        checkpoint,
+        parked,
+        on_disk,
+    }
 }
 
 /// The random scenario of `seed` and its views, run once per test process: every oracle test

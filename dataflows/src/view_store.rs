@@ -934,6 +934,20 @@ impl ViewStore {
         (state.frontier, counts)
     }
 
+    /// The views that keep their old rows on disk ([`crate::cold_rows`]), each with how many
+    /// of its rows are there (by multiplicity) at the published frontier.
+    pub fn rows_on_disk(&self) -> Vec<(&'static str, usize)> {
+        let state = self.read();
+        CATALOG
+            .iter()
+            .zip(&state.rows)
+            .filter_map(|(def, rows)| {
+                let cold = rows.cold.as_ref()?;
+                Some((def.name, usize::try_from(cold.total).unwrap_or(0)))
+            })
+            .collect()
+    }
+
     /// One view's rows, sorted as in [`ViewStore::snapshot`], and the frontier they are as of:
     /// what writes a finished load's views one by one holds, instead of every view's copy
     /// (and every view's sort) at once.

@@ -57,6 +57,13 @@ pub(in crate::api) async fn metrics(State(state): State<ApiState>) -> Response {
         let _ = writeln!(out, "vendflow_view_rows{{view=\"{name}\"}} {rows}");
     }
     out.push_str(
+        "# HELP vendflow_view_rows_on_disk Rows of a view kept on disk, of vendflow_view_rows (views that keep their old rows there).\n\
+         # TYPE vendflow_view_rows_on_disk gauge\n",
+    );
+    for (name, rows) in state.store.rows_on_disk() {
+        let _ = writeln!(out, "vendflow_view_rows_on_disk{{view=\"{name}\"}} {rows}");
+    }
+    out.push_str(
         "# HELP vendflow_devices Machines by live status.\n# TYPE vendflow_devices gauge\n",
     );
     for (status, n) in devices(&state) {
