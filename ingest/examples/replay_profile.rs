@@ -75,6 +75,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             vendflow_dataflows::peak_rss_bytes().unwrap_or(0) >> 20
         );
     }
+    for (view, n) in store.rows_on_disk() {
+        eprintln!("{n:>10} rows of {view} on disk");
+    }
     let snapshot = store.snapshot();
     let per_view: Vec<(&str, usize)> = vendflow_dataflows::CATALOG
         .iter()

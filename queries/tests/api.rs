@@ -1170,6 +1170,21 @@ async fn dashboard_sums_the_fleet_and_streams_alerts_and_sales_live() {
         .collect();
     assert_eq!(frontiers.len(), vendflow_dataflows::CATALOG.len(), "{text}");
     assert!(frontiers.iter().all(|f| *f >= h.now.ms()), "{frontiers:?}");
+    // A live engine keeps old rows of these views on disk, and says how many (none yet).
+    let mut on_disk: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("vendflow_view_rows_on_disk{view=\""))
+        .collect();
+    on_disk.sort();
+    assert_eq!(
+        on_disk,
+        [
+            "anomaly_windows\"} 0",
+            "revenue_machine_daily\"} 0",
+            "revenue_machine_local_daily\"} 0"
+        ],
+        "{text}"
+    );
 }
 
 /// The dashboard page and every file of its build are served, without a token (they hold no
