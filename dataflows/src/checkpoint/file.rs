@@ -36,8 +36,8 @@ const FORMAT: u32 = 1;
 /// has any; 5: the windows' timers are when each leaves memory, and their parked store; 6: the
 /// stockout forecast's inputs are units per day, a machine's days carry its units; 7: a machine
 /// id hashes as the 32-bit hash it holds; 8: a view row is its encoded bytes, not a list of
-/// values).
-const STATE_LAYOUT: u32 = 8;
+/// values; 9: zero sales counts a machine's hour in 16 bits).
+const STATE_LAYOUT: u32 = 9;
 /// Checkpoints kept after a new one is complete: it and the two before. In a cluster a process
 /// can be one checkpoint ahead of another that died while writing its own (the frontier had
 /// passed on both); if that one's newest is then lost as well (cut short, damaged), keeping two
