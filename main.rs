@@ -71,7 +71,8 @@ struct Cli {
     settlement_memory_transactions: usize,
     /// Minutes an anomaly window stays in memory after it closes; for the rest of its 48 h
     /// retention it waits on disk in the state directory, where a late event takes it back.
-    /// 2880 or more keeps every window in memory.
+    /// In `run` and `demo` its `anomaly_windows` row goes to disk too. 2880 or more keeps every
+    /// window in memory.
     #[arg(
         long,
         global = true,
@@ -81,7 +82,9 @@ struct Cli {
     window_memory_minutes: i64,
     /// Minutes after its day ends that a machine's day of revenue and of settlement stays in
     /// memory; for the rest of its 35 days it waits on disk in the state directory, where a
-    /// late sale or settlement line takes it back.
+    /// late sale or settlement line takes it back. In `run` and `demo` its rows in
+    /// `revenue_machine_daily` and `revenue_machine_local_daily` go to disk too (a local day's
+    /// 12 hours later).
     #[arg(
         long,
         global = true,

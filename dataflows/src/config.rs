@@ -26,10 +26,12 @@ pub struct Config {
     /// every event lands in its window within seconds; 48 h of 5-minute windows in memory are
     /// 29 M windows for 50,000 machines. At least the retention: never on disk.
     pub window_memory_ms: i64,
-    /// Whether the view store keeps the rows of closed windows older than `window_memory_ms`
-    /// on disk ([`crate::cold_rows`]): a live engine does (48 h of windows are 29 M rows for
-    /// 50,000 machines). A bulk load, which writes every row out at its end, keeps them in
-    /// memory: moving each row to disk and back would cost it time and save nothing at its peak.
+    /// Whether the view store keeps old rows on disk ([`crate::cold_rows`]): those of closed
+    /// windows older than `window_memory_ms` (48 h of windows are 29 M rows for 50,000 machines)
+    /// and of machine-days over for longer than `day_memory_ms` (35 days of revenue are 1.75 M
+    /// rows per view). A live engine does. A bulk load, which writes every row out at its end,
+    /// keeps them in memory: moving each row to disk and back would cost it time and save
+    /// little at its peak.
     pub cold_views: bool,
     /// Days of sale lines kept in the on-disk ledger that recognises re-deliveries after the dedup
     /// horizon (see [`crate::ledger`]).
@@ -64,8 +66,10 @@ pub struct Config {
     pub revenue_retention_days: i64,
     /// How long after its day has ended a machine's per-day revenue stays in memory; for the
     /// rest of `revenue_retention_days` it waits on disk ([`crate::parked`]), where a late sale
-    /// takes it back. A fleet's machine-days are 50,000 a day, five weeks of them are kept, and
-    /// nearly every sale lands on its day within minutes. At least the retention: never on disk.
+    /// takes it back; with `cold_views`, so do its rows in the two machine revenue views (a
+    /// local day's 12 hours later). A fleet's machine-days are 50,000 a day, five weeks of them
+    /// are kept, and nearly every sale lands on its day within minutes. At least the retention:
+    /// never on disk.
     pub day_memory_ms: i64,
     /// A machine without a heartbeat for this long is offline.
     pub offline_after_ms: i64,

@@ -1118,7 +1118,7 @@ mod tests {
             }
         }
         // Day 1's sale from a buffer, delivered on day 3 at 11:00, when day 1's rows have been
-        // on disk for a day.
+        // on disk since 01:00 (UTC) and 13:00 (local) on day 2.
         let sold = midnight + MS_PER_DAY + 10 * MS_PER_HOUR + 60_000;
         let arrives = midnight + 3 * MS_PER_DAY + 11 * MS_PER_HOUR;
         scenario.deliver(arrives, testing::sale("tokyo", sold, 1, 350, "late"));
@@ -1139,11 +1139,12 @@ mod tests {
                 ("revenue_machine_local_daily", 3)
             ]
         );
-        let lines = |view: &str, lines_column: usize| {
+        // Tokyo's (day, lines) in a view with those columns.
+        let lines = |view: &str, day: usize, lines: usize| {
             let mut rows: Vec<(Value, Value)> = testing::rows(&run.views, view)
                 .iter()
                 .filter(|r| r.cell(0) == Value::text("tokyo"))
-                .map(|r| (r.cell(lines_column - 3), r.cell(lines_column)))
+                .map(|r| (r.cell(day), r.cell(lines)))
                 .collect();
             rows.sort();
             rows
@@ -1157,8 +1158,8 @@ mod tests {
                 )
             })
             .collect();
-        assert_eq!(lines("revenue_machine_daily", 4), expected);
-        assert_eq!(lines("revenue_machine_local_daily", 5), expected);
+        assert_eq!(lines("revenue_machine_daily", 1, 4), expected);
+        assert_eq!(lines("revenue_machine_local_daily", 2, 5), expected);
         assert!(
             testing::rows(&run.views, "revenue_corrections").is_empty(),
             "the late sale's day is still in the view"
