@@ -400,9 +400,7 @@ fn cold_views(
 
 /// Where `def`'s column `name` is.
 fn column(def: &crate::row::ViewDef, name: &str) -> Result<usize, EngineError> {
-    def.columns
-        .iter()
-        .position(|c| c.name == name)
+    def.column(name)
         .ok_or_else(|| EngineError::Start(format!("{} has no column {name}", def.name)))
 }
 
