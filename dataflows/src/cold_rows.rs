@@ -3,11 +3,12 @@
 //!
 //! `anomaly_windows` keeps a window's row for 48 h after the window closes, so a live
 //! 50,000-machine fleet's view is 29 M rows, where nearly every query and every change is about
-//! its last half hour. Rows whose time column is older than a view's `after_ms` (behind the
-//! store's frontier) move here, into a [`redb`] file in the engine's state directory keyed by
-//! (first cell, row): a machine's rows are one range, read for a point query. A retraction of a
-//! row that is not in memory (the window's late correction, the end of its retention) is applied
-//! here. Writes happen under the store's write lock, in the commit that publishes a frontier;
+//! its last half hour; the machine revenue views keep 35 days of machine-days, where nearly
+//! every change is today's. Rows whose time column (a day counts as the instant it ends) is
+//! older than a view's `after_ms` (behind the store's frontier) move here, into a [`redb`] file
+//! in the engine's state directory keyed by (first cell, row): a machine's rows are one range,
+//! read for a point query. A retraction of a row that is not in memory (a late correction, the
+//! end of the row's retention) is applied here. Writes happen under the store's write lock, in the commit that publishes a frontier;
 //! a reader takes a read transaction under the read lock, so what it reads after the lock is
 //! released is the disk as of the frontier it copied the memory at.
 //!
