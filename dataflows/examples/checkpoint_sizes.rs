@@ -31,9 +31,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let mut operators: BTreeMap<String, u64> = BTreeMap::new();
     let mut workers_total = 0;
-    for section in &checkpoint.engine.workers {
-        workers_total += section.len() as u64;
-        let entries: Vec<(String, String, Vec<u8>)> = bincode::deserialize(section)?;
+    for section in checkpoint.engine.workers {
+        workers_total += section.len();
+        let section = section.into_bytes()?;
+        let entries: Vec<(String, String, Vec<u8>)> = bincode::deserialize(&section)?;
         for (name, _layout, bytes) in entries {
             *operators.entry(name).or_default() += bytes.len() as u64;
         }

@@ -97,7 +97,7 @@ fn checkpoint(
     let at = Instant::now();
     let state = feeders.checkpoint(end, Duration::from_secs(600))?;
     let taken = at.elapsed();
-    let operators: usize = state.workers.iter().map(Vec::len).sum();
+    let operators: u64 = state.workers.iter().map(|s| s.len()).sum();
     let files = CheckpointDir::open(dir)?;
     let at = Instant::now();
     let written = files.write(&Checkpoint {

@@ -59,7 +59,7 @@ pub struct Section {
     /// The worker's index within its process.
     pub worker: usize,
     /// Its operators' states.
-    pub state: Vec<u8>,
+    pub state: crate::checkpoint::Section,
     /// Global worker 0's clock hour as of `at` (None on other workers).
     pub hour: Option<Option<Time>>,
     /// The positions of the input it took before `at`.

@@ -615,7 +615,7 @@ type StateSaved = (
 impl Durable for State {
     type Saved = StateSaved;
 
-    fn save(&self, out: &mut Vec<u8>) -> Result<(), bincode::Error> {
+    fn save(&self, out: &mut crate::checkpoint::SectionOut) -> Result<(), bincode::Error> {
         if !self.touched.is_empty() {
             return Err(crate::checkpoint::not_between_times("the windows", None));
         }

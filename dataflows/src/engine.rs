@@ -89,43 +89,21 @@ enum Command {
 
 /// One worker's part of an [`EngineState`]: its operators' states, and (worker 0) the clock's
 /// hour as of the frontier.
-type WorkerState = (usize, Vec<u8>, Option<Option<Time>>);
+type WorkerState = (usize, crate::checkpoint::Section, Option<Option<Time>>);
 
 /// The engine's state at a frontier: what a checkpoint holds (with the sources' positions,
 /// which are the caller's), and what [`Engine::start_from`] starts from. Taken by
 /// [`Feeders::checkpoint`].
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct EngineState {
     /// Every ingestion time before it is in the state; nothing at or after it.
     pub frontier: Time,
     /// Each worker's operators' states, by worker index.
-    #[serde(with = "sections_as_bytes")]
-    pub workers: Vec<Vec<u8>>,
+    pub workers: Vec<crate::checkpoint::Section>,
     /// Worker 0's clock hour as of the frontier.
     pub hour: Option<Time>,
     /// Every view's rows as of the frontier (those on disk read as the state is written).
     pub views: Vec<(String, crate::view_store::CheckpointRows)>,
-}
-
-/// The workers' sections as byte strings: serde's `Vec<u8>` is a sequence, which bincode
-/// reads a byte at a time (each byte a `read_exact` through the file's reader: 100 MB/s, most
-/// of a restart's read of its checkpoint); a byte string is one read of its length. Both are
-/// the same bytes in bincode (a length, then the bytes), so files written before read as they
-/// did.
-mod sections_as_bytes {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(sections: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(sections.iter().map(|b| serde_bytes::Bytes::new(b)))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
-        let sections = Vec::<serde_bytes::ByteBuf>::deserialize(d)?;
-        Ok(sections
-            .into_iter()
-            .map(serde_bytes::ByteBuf::into_vec)
-            .collect())
-    }
 }
 
 impl Command {
@@ -262,7 +240,8 @@ impl Feeders {
                 .map_err(|_| EngineError::Stopped)?;
         }
         drop(tx);
-        let mut workers = vec![Vec::new(); self.feeders.len()];
+        let mut workers: Vec<crate::checkpoint::Section> =
+            (0..self.feeders.len()).map(|_| Vec::new().into()).collect();
         let mut hour = None;
         for _ in 0..self.feeders.len() {
             let (index, section, clock) = rx
@@ -480,7 +459,13 @@ impl Engine {
         let start_time = state.as_ref().map_or(Time::EPOCH, |s| s.frontier);
         let (sections, hour, views) = match state {
             Some(s) => (
-                s.workers.into_iter().map(Some).collect(),
+                // A section taken from a running engine (in a test, or a cluster's) is read
+                // back from its file; one read from a checkpoint is in memory already.
+                s.workers
+                    .into_iter()
+                    .map(|section| section.into_bytes().map(Some))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| EngineError::Restore(format!("a worker's section: {e}")))?,
                 s.hour,
                 Some((
                     s.frontier,
@@ -564,6 +549,7 @@ impl Engine {
             communication,
             worker: timely::WorkerConfig::default(),
         };
+        let spill = state_dir.clone();
         let guards = timely::execute(timely_config, move |worker| {
             // In a cluster, worker indices run over every process; this process's workers are
             // `process * workers ..`, and its channels are by the local index.
@@ -595,6 +581,7 @@ impl Engine {
             let start = Start {
                 at: start_time,
                 section,
+                spill: spill.clone(),
                 hour,
                 built,
                 gate,
@@ -840,6 +827,8 @@ fn too_far_ahead(
 struct Start {
     at: Time,
     section: Option<Vec<u8>>,
+    /// Where this worker writes its sections of checkpoints (the engine's state directory).
+    spill: std::path::PathBuf,
     hour: Option<Time>,
     built: SyncSender<Result<(), String>>,
     /// Cluster checkpoints: the grid's gate, and where the sections go.
@@ -979,8 +968,14 @@ fn run_worker(
                 Ok(Command::Checkpoint(at, reply)) => {
                     inputs.advance(at);
                     inputs.flush();
-                    let saved =
-                        checkpoint_worker(worker, &probe, &book, &inputs, at, stop, Duration::ZERO);
+                    let saved = checkpoint_worker(
+                        worker,
+                        (&probe, &book, &start.spill),
+                        &inputs,
+                        at,
+                        stop,
+                        Duration::ZERO,
+                    );
                     let _ = reply.send(saved.map(|section| {
                         (local, section, inputs.hour.map(|_| inputs.hour_as_of(at)))
                     }));
@@ -1013,6 +1008,7 @@ fn run_worker(
                                 saved: &saved_probe,
                                 linger,
                                 book: &book,
+                                spill: &start.spill,
                                 local,
                                 stop,
                             };
@@ -1068,6 +1064,8 @@ struct Held<'a> {
     /// How long to keep running between reaching a boundary and saving (tests only).
     linger: Duration,
     book: &'a Rc<RefCell<Book>>,
+    /// Where the worker's sections are written.
+    spill: &'a std::path::Path,
     local: usize,
     stop: &'a AtomicBool,
 }
@@ -1102,8 +1100,7 @@ impl Held<'_> {
                     inputs.flush();
                     let state = checkpoint_worker(
                         self.worker,
-                        self.probe,
-                        self.book,
+                        (self.probe, self.book, self.spill),
                         inputs,
                         b,
                         self.stop,
@@ -1142,16 +1139,20 @@ impl Held<'_> {
     }
 }
 
-/// Runs the dataflow until every view has passed `at`, then saves this worker's operators.
+/// Runs the dataflow until every view has passed `at`, then saves this worker's operators (into
+/// a file in `spill`, the engine's state directory).
 fn checkpoint_worker(
     worker: &mut timely::worker::Worker,
-    probe: &timely::dataflow::operators::probe::Handle<Time>,
-    book: &Rc<RefCell<Book>>,
+    (probe, book, spill): (
+        &timely::dataflow::operators::probe::Handle<Time>,
+        &Rc<RefCell<Book>>,
+        &std::path::Path,
+    ),
     inputs: &WorkerInputs,
     at: Time,
     stop: &AtomicBool,
     linger: Duration,
-) -> Result<Vec<u8>, String> {
+) -> Result<crate::checkpoint::Section, String> {
     if *inputs.events.time() > at {
         return Err(format!(
             "worker input is already at {}, after {at}",
@@ -1169,7 +1170,7 @@ fn checkpoint_worker(
     while std::time::Instant::now() < until {
         worker.step_or_park(Some(Duration::from_millis(1)));
     }
-    book.borrow().save().map_err(|e| e.to_string())
+    book.borrow().save(spill).map_err(|e| e.to_string())
 }
 
 /// `VENDFLOW_PROFILE=1`: time spent in each operator, from timely's own scheduling log, printed
@@ -1389,17 +1390,20 @@ mod tests {
         };
         let state = EngineState {
             frontier: before.frontier,
-            workers: workers.clone(),
+            workers: workers.iter().cloned().map(Into::into).collect(),
             hour: before.hour,
             views: Vec::new(),
         };
         let bytes = bincode::serialize(&before)?;
         assert_eq!(bincode::serialize(&state)?, bytes);
+        let in_memory = |state: EngineState| -> std::io::Result<Vec<Vec<u8>>> {
+            state.workers.into_iter().map(|s| s.into_bytes()).collect()
+        };
         let from_slice: EngineState = bincode::deserialize(&bytes)?;
-        assert_eq!(from_slice.workers, workers);
+        assert_eq!(in_memory(from_slice)?, workers);
         let from_reader: EngineState = bincode::deserialize_from(std::io::Cursor::new(&bytes))?;
-        assert_eq!(from_reader.workers, workers);
         assert_eq!(from_reader.frontier, before.frontier);
+        assert_eq!(in_memory(from_reader)?, workers);
         // A section cut short is an error, not a shorter section.
         assert!(bincode::deserialize::<EngineState>(&bytes[..bytes.len() - 20]).is_err());
         Ok(())

@@ -735,7 +735,7 @@ where
 {
     /// Writes the state (a checkpoint is taken between times: nothing is open or half
     /// published).
-    fn save(&self, out: &mut Vec<u8>) -> Result<(), bincode::Error> {
+    fn save(&self, out: &mut crate::checkpoint::SectionOut) -> Result<(), bincode::Error> {
         if self.open.is_some() || self.publishing.is_some() || !self.fold.touched.is_empty() {
             return Err(checkpoint::not_between_times(
                 "a fold",

@@ -1025,7 +1025,7 @@ struct InOrder<S, D> {
 
 impl<S: Durable, D: ExchangeData> InOrder<S, D> {
     /// Writes the state and the records waiting (the layout `(S::Saved, WaitingSaved)`).
-    fn save(&self, out: &mut Vec<u8>) -> Result<(), bincode::Error> {
+    fn save(&self, out: &mut crate::checkpoint::SectionOut) -> Result<(), bincode::Error> {
         if let Some((t, _)) = &self.current {
             return Err(checkpoint::not_between_times("a keyed operator", Some(*t)));
         }
@@ -1044,7 +1044,7 @@ struct Steps<S, D> {
 
 impl<S: Durable, D: ExchangeData> Steps<S, D> {
     /// Writes the state and the records waiting (the layout `(S::Saved, WaitingSaved)`).
-    fn save(&self, out: &mut Vec<u8>) -> Result<(), bincode::Error> {
+    fn save(&self, out: &mut crate::checkpoint::SectionOut) -> Result<(), bincode::Error> {
         if self.open.is_some() || self.ending.is_some() {
             return Err(checkpoint::not_between_times(
                 "a keyed operator",

@@ -145,7 +145,7 @@ type DedupSaved = (Vec<(Fingerprint, Time)>, i64, Vec<LedgerKey>);
 impl Durable for Dedup {
     type Saved = DedupSaved;
 
-    fn save(&self, out: &mut Vec<u8>) -> Result<(), bincode::Error> {
+    fn save(&self, out: &mut crate::checkpoint::SectionOut) -> Result<(), bincode::Error> {
         let lines = self.ledger.keys().map_err(crate::checkpoint::failed)?;
         bincode::serialize_into(
             out,
@@ -333,8 +333,7 @@ mod tests {
         };
         dedup.memory.insert((1, 2), Time::from(Timestamp(5)));
         dedup.ledger.record(&[(1, 2, 3)])?;
-        let mut bytes = Vec::new();
-        dedup.save(&mut bytes)?;
+        let bytes = crate::checkpoint::saved_bytes(|out| dedup.save(out))?;
         let saved: DedupSaved = bincode::deserialize(&bytes)?;
         assert_eq!(saved.0, vec![((1, 2), Timestamp(5))]);
         assert_eq!((saved.1, saved.2), (7, vec![(1, 2, 3)]));

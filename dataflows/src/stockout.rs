@@ -314,7 +314,7 @@ struct Forecasts {
 impl Durable for Forecasts {
     type Saved = FastMap<u64, Shard>;
 
-    fn save(&self, out: &mut Vec<u8>) -> Result<(), bincode::Error> {
+    fn save(&self, out: &mut crate::checkpoint::SectionOut) -> Result<(), bincode::Error> {
         if !self.touched.is_empty() {
             return Err(crate::checkpoint::not_between_times("the forecasts", None));
         }

@@ -61,7 +61,7 @@ pub fn skipped_total() -> u64 {
 }
 
 /// What a checkpoint holds.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub engine: EngineState,
     /// The source's position and own state, in its own encoding: reading on from it gives the
@@ -96,6 +96,23 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointFileError + '_ {
         path: path.display().to_string(),
         source,
     }
+}
+
+/// `checkpoint` in bincode, as `bincode::serialize_into` writes it (bincode has no framing of a
+/// struct: its fields one after the other), with each worker's section copied from where it is
+/// (a file, for a state taken from a running engine) rather than read into memory first.
+fn encode_body(out: &mut impl Write, checkpoint: &Checkpoint) -> bincode::Result<()> {
+    let engine = &checkpoint.engine;
+    bincode::serialize_into(&mut *out, &engine.frontier)?;
+    // A sequence's length, then each section as a byte string: its length, then its bytes.
+    bincode::serialize_into(&mut *out, &(engine.workers.len() as u64))?;
+    for section in &engine.workers {
+        bincode::serialize_into(&mut *out, &section.len())?;
+        section.write_to(out)?;
+    }
+    bincode::serialize_into(&mut *out, &engine.hour)?;
+    bincode::serialize_into(&mut *out, &engine.views)?;
+    bincode::serialize_into(&mut *out, &checkpoint.source)
 }
 
 /// A checkpoint written.
@@ -172,7 +189,7 @@ impl CheckpointDir {
             out.bytes,
         );
         out.bytes = 0;
-        bincode::serialize_into(&mut out, checkpoint).map_err(|e| match *e {
+        encode_body(&mut out, checkpoint).map_err(|e| match *e {
             bincode::ErrorKind::Io(e) => io(&temporary)(e),
             _ => CheckpointFileError::Encode(e),
         })?;
@@ -456,7 +473,7 @@ mod tests {
         Checkpoint {
             engine: EngineState {
                 frontier: Time::from(vendflow_protocol::Timestamp(frontier)),
-                workers: vec![vec![1, 2, 3], vec![4]],
+                workers: vec![vec![1, 2, 3].into(), vec![4].into()],
                 hour: None,
                 views: vec![(
                     "liveness".into(),
@@ -495,7 +512,14 @@ mod tests {
             .checkpoint
             .as_ref()
             .ok_or_else(|| io(dir.path())(std::io::ErrorKind::NotFound.into()))?;
-        assert_eq!(c.engine.workers, vec![vec![1, 2, 3], vec![4]]);
+        let sections: Vec<Vec<u8>> = (c.engine.workers.iter())
+            .map(|s| {
+                let mut bytes = Vec::new();
+                s.write_to(&mut bytes).map(|()| bytes)
+            })
+            .collect::<Result<_, _>>()
+            .map_err(io(dir.path()))?;
+        assert_eq!(sections, vec![vec![1, 2, 3], vec![4]]);
         let rows = |c: &Checkpoint| -> Vec<(String, Vec<Row>)> {
             let views = c.engine.views.iter();
             views.map(|(n, r)| (n.clone(), r.rows.clone())).collect()
@@ -508,6 +532,75 @@ mod tests {
             KEEP,
             "the oldest checkpoint is removed"
         );
+        Ok(())
+    }
+
+    /// A worker's section taken from a running engine is in a file of its own: the checkpoint's
+    /// file copies it from there, and holds the bytes it would with the section in memory.
+    #[test]
+    fn sections_in_files_are_copied_into_the_checkpoint_as_they_are()
+    -> Result<(), Box<dyn std::error::Error>> {
+        use std::cell::RefCell;
+        use std::rc::Rc;
+
+        use crate::checkpoint::{Book, Section, enrol, whole};
+        let dir = tempfile::tempdir()?;
+        let book = Book::restoring(None)?;
+        // Larger than the section's buffer, so that it is written out in several parts.
+        let big: Vec<u64> = (0..400_000).collect();
+        let states = (
+            Rc::new(RefCell::new(big.clone())),
+            Rc::new(RefCell::new(String::from("small"))),
+        );
+        {
+            let _guard = Book::building(&book);
+            assert_eq!(enrol::<_, Vec<u64>>("fold", &states.0, whole), None);
+            assert_eq!(enrol::<_, String>("sum", &states.1, whole), None);
+        }
+        let spilled = book.borrow().save(dir.path())?;
+        assert!(spilled.len() > 3_200_000, "{spilled:?}");
+        assert!(format!("{spilled:?}").contains("in a file"));
+        // Nothing is left in the directory by the section: its file has no name.
+        let store = CheckpointDir::open(dir.path())?;
+        let mut taken = checkpoint(5_000);
+        taken.engine.workers = vec![spilled, vec![9, 9].into()];
+        let path = store.write(&taken)?.path;
+        let names: Vec<_> = std::fs::read_dir(dir.path())?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()?;
+        assert_eq!(names.len(), 1, "{names:?}");
+
+        // The same checkpoint with its sections in memory: the same body, byte for byte.
+        let mut in_memory = checkpoint(5_000);
+        let sections = std::mem::take(&mut taken.engine.workers);
+        in_memory.engine.workers = sections
+            .into_iter()
+            .map(|s| s.into_bytes().map(Section::from))
+            .collect::<Result<_, _>>()?;
+        let file = std::fs::read(&path)?;
+        let body = bincode::serialize(&in_memory)?;
+        assert_eq!(
+            &file[file.len() - 4 - body.len()..file.len() - 4],
+            &body[..]
+        );
+
+        // Read back, the section restores its operators' states.
+        let loaded = store.load(&path)?;
+        let first = loaded
+            .engine
+            .workers
+            .into_iter()
+            .next()
+            .ok_or("no section")?;
+        let again = Book::restoring(Some(first.into_bytes()?))?;
+        let _guard = Book::building(&again);
+        let (a, b) = (
+            Rc::new(RefCell::new(Vec::<u64>::new())),
+            Rc::new(RefCell::new(String::new())),
+        );
+        assert_eq!(enrol::<_, Vec<u64>>("fold", &a, whole), Some(big));
+        assert_eq!(enrol::<_, String>("sum", &b, whole), Some("small".into()));
+        again.borrow_mut().finish()?;
         Ok(())
     }
 

@@ -59,10 +59,115 @@ pub enum CheckpointError {
     Restore(String),
     #[error("the checkpoint's worker section is damaged: {0}")]
     Section(String),
+    #[error("cannot write a worker's section of the checkpoint in {0}: {1}")]
+    Spill(String, #[source] std::io::Error),
 }
 
 /// Writes an operator's state.
-type Saver = Box<dyn Fn(&mut Vec<u8>) -> Result<(), bincode::Error>>;
+type Saver = Box<dyn Fn(&mut SectionOut) -> Result<(), bincode::Error>>;
+
+/// Where a worker writes its section ([`Book::save`]): a file of its own, through a buffer.
+pub type SectionOut = std::io::BufWriter<std::fs::File>;
+
+/// One worker's section of a checkpoint: its operators' states as [`Book::save`] wrote them.
+/// Taken from a running engine, it is in an unnamed file beside the engine's state (gone when
+/// the section is dropped), and copied from there into the checkpoint's file: held in memory,
+/// the sections were as large as the state itself while a checkpoint was written (a gigabyte
+/// at a warm fleet's size, every ten minutes). Read back from a checkpoint, it is in memory.
+/// In bincode it is a byte string either way (a length, then the bytes).
+pub struct Section(SectionData);
+
+enum SectionData {
+    Bytes(Vec<u8>),
+    File { file: std::fs::File, len: u64 },
+}
+
+impl Section {
+    /// The section's length in bytes.
+    pub fn len(&self) -> u64 {
+        match &self.0 {
+            SectionData::Bytes(b) => b.len() as u64,
+            SectionData::File { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Copies the section's bytes into `out`, from its file a buffer at a time.
+    pub fn write_to(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        use std::io::{Read, Seek, SeekFrom};
+        match &self.0 {
+            SectionData::Bytes(b) => out.write_all(b),
+            SectionData::File { file, len } => {
+                let mut file = file;
+                file.seek(SeekFrom::Start(0))?;
+                let copied = std::io::copy(&mut file.take(*len), out)?;
+                if copied != *len {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("a checkpoint section's file ended after {copied} of {len} bytes"),
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The section's bytes in memory (read from its file, if it has one).
+    pub fn into_bytes(self) -> std::io::Result<Vec<u8>> {
+        match self.0 {
+            SectionData::Bytes(b) => Ok(b),
+            SectionData::File { len, .. } => {
+                let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+                self.write_to(&mut bytes)?;
+                Ok(bytes)
+            }
+        }
+    }
+}
+
+impl From<Vec<u8>> for Section {
+    fn from(bytes: Vec<u8>) -> Section {
+        Section(SectionData::Bytes(bytes))
+    }
+}
+
+impl std::fmt::Debug for Section {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let place = match &self.0 {
+            SectionData::Bytes(_) => "in memory",
+            SectionData::File { .. } => "in a file",
+        };
+        write!(f, "Section({} bytes {place})", self.len())
+    }
+}
+
+/// As a byte string (serde's `Vec<u8>` is a sequence, which bincode reads a byte at a time:
+/// 100 MB/s, most of a restart's read of its checkpoint; a byte string is one read of its
+/// length, and the same bytes in bincode). A section in a file is read into memory for this:
+/// the checkpoint's file copies it instead ([`file::CheckpointDir::write`]).
+impl Serialize for Section {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            SectionData::Bytes(b) => s.serialize_bytes(b),
+            SectionData::File { .. } => {
+                let mut bytes = Vec::new();
+                self.write_to(&mut bytes)
+                    .map_err(serde::ser::Error::custom)?;
+                s.serialize_bytes(&bytes)
+            }
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Section {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Section, D::Error> {
+        let bytes = serde_bytes::ByteBuf::deserialize(d)?;
+        Ok(Section::from(bytes.into_vec()))
+    }
+}
 
 /// One worker's stateful operators: what the loaded checkpoint holds for each, and how to write
 /// each one's state now.
@@ -145,27 +250,41 @@ impl Book {
     /// of a `Vec<(String, String, Vec<u8>)>` in bincode, each operator's state written straight
     /// into its place. (Saved into buffers of their own first, the states were all in memory
     /// twice while a checkpoint was taken: gigabytes, at a day of a fleet's closed windows.)
-    pub fn save(&self) -> Result<Vec<u8>, CheckpointError> {
+    /// The section is written into an unnamed file in `dir` (the engine's state directory),
+    /// not into memory.
+    pub fn save(&self, dir: &std::path::Path) -> Result<Section, CheckpointError> {
+        use std::io::{Seek, SeekFrom, Write};
         fn encode(operator: &str) -> impl FnOnce(bincode::Error) -> CheckpointError + '_ {
             move |source| CheckpointError::Encode {
                 operator: operator.to_owned(),
                 source,
             }
         }
-        let mut out = Vec::new();
+        let io = |e: std::io::Error| CheckpointError::Spill(dir.display().to_string(), e);
+        let file = tempfile::tempfile_in(dir).map_err(io)?;
+        let mut out = SectionOut::with_capacity(1 << 20, file);
         bincode::serialize_into(&mut out, &(self.savers.len() as u64))
             .map_err(encode("the worker's section"))?;
+        // Where each state's length goes, and the length, written once the whole is.
+        let mut lengths = Vec::with_capacity(self.savers.len());
         for (name, layout, saver) in &self.savers {
             bincode::serialize_into(&mut out, &(name, layout))
                 .map_err(encode("the worker's section"))?;
             // A `Vec<u8>`'s length (a u64, little-endian: bincode's default), then its bytes.
-            let at = out.len();
-            out.extend_from_slice(&[0; 8]);
+            let at = out.stream_position().map_err(io)?;
+            out.write_all(&[0; 8]).map_err(io)?;
             saver(&mut out).map_err(encode(name))?;
-            let len = (out.len() - at - 8) as u64;
-            out[at..at + 8].copy_from_slice(&len.to_le_bytes());
+            let end = out.stream_position().map_err(io)?;
+            lengths.push((at, end - at - 8));
         }
-        Ok(out)
+        let len = out.stream_position().map_err(io)?;
+        let mut file = out.into_inner().map_err(|e| io(e.into_error()))?;
+        for (at, n) in lengths {
+            file.seek(SeekFrom::Start(at))
+                .and_then(|_| file.write_all(&n.to_le_bytes()))
+                .map_err(io)?;
+        }
+        Ok(Section(SectionData::File { file, len }))
     }
 
     /// Operators enrolled.
@@ -182,7 +301,7 @@ impl Book {
 pub(crate) fn enrol<T, S>(
     name: &str,
     state: &Rc<RefCell<T>>,
-    save: impl Fn(&T, &mut Vec<u8>) -> Result<(), bincode::Error> + 'static,
+    save: impl Fn(&T, &mut SectionOut) -> Result<(), bincode::Error> + 'static,
 ) -> Option<S>
 where
     T: 'static,
@@ -197,7 +316,7 @@ where
 pub(crate) fn enrol_reading<T, S, R>(
     name: &str,
     state: &Rc<RefCell<T>>,
-    save: impl Fn(&T, &mut Vec<u8>) -> Result<(), bincode::Error> + 'static,
+    save: impl Fn(&T, &mut SectionOut) -> Result<(), bincode::Error> + 'static,
     read: impl FnOnce(&[u8]) -> Result<R, bincode::Error>,
 ) -> Option<R>
 where
@@ -244,7 +363,7 @@ where
     book.savers.push((
         unique,
         layout,
-        Box::new(move |out: &mut Vec<u8>| save(&state.borrow(), out)),
+        Box::new(move |out: &mut SectionOut| save(&state.borrow(), out)),
     ));
     restored
 }
@@ -262,13 +381,13 @@ pub(crate) fn bincode_options() -> impl bincode::Options {
 /// data (a handle on a file) says what of it is saved.
 pub trait Durable: 'static {
     type Saved: DeserializeOwned;
-    fn save(&self, out: &mut Vec<u8>) -> Result<(), bincode::Error>;
+    fn save(&self, out: &mut SectionOut) -> Result<(), bincode::Error>;
     fn restore(&mut self, saved: Self::Saved);
 }
 
 impl<T: Serialize + DeserializeOwned + 'static> Durable for T {
     type Saved = T;
-    fn save(&self, out: &mut Vec<u8>) -> Result<(), bincode::Error> {
+    fn save(&self, out: &mut SectionOut) -> Result<(), bincode::Error> {
         bincode::serialize_into(out, self)
     }
     fn restore(&mut self, saved: T) {
@@ -325,13 +444,37 @@ pub(crate) fn refuse(message: String) {
 }
 
 /// `save` for a state that is saved whole.
-pub(crate) fn whole<T: Serialize>(state: &T, out: &mut Vec<u8>) -> Result<(), bincode::Error> {
+pub(crate) fn whole<T: Serialize>(state: &T, out: &mut SectionOut) -> Result<(), bincode::Error> {
     bincode::serialize_into(out, state)
+}
+
+/// What `save` writes, read back (for tests of an operator's state).
+#[cfg(test)]
+pub(crate) fn saved_bytes(
+    save: impl FnOnce(&mut SectionOut) -> Result<(), bincode::Error>,
+) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+    use std::io::{Read, Seek};
+    let mut out = SectionOut::new(tempfile::tempfile()?);
+    save(&mut out)?;
+    let mut file = out.into_inner().map_err(|e| e.into_error())?;
+    file.rewind()?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The book's section, in memory.
+    fn saved(book: &Rc<RefCell<Book>>) -> Result<Vec<u8>, CheckpointError> {
+        let dir = tempfile::tempdir().map_err(|e| CheckpointError::Spill("tmp".into(), e))?;
+        let section = book.borrow().save(dir.path())?;
+        section
+            .into_bytes()
+            .map_err(|e| CheckpointError::Spill("tmp".into(), e))
+    }
 
     #[test]
     fn operators_get_back_their_own_state_by_name_and_order() -> Result<(), CheckpointError> {
@@ -346,7 +489,7 @@ mod tests {
             assert_eq!(enrol::<_, Vec<u32>>("fold", &c, whole), None);
         }
         a.borrow_mut().push(3);
-        let section = book.borrow().save()?;
+        let section = saved(&book)?;
 
         let again = Book::restoring(Some(section))?;
         let _guard = Book::building(&again);
@@ -380,7 +523,7 @@ mod tests {
                 assert_eq!(enrol::<_, Vec<String>>("fold", state, whole), None);
             }
         }
-        let section = book.borrow().save()?;
+        let section = saved(&book)?;
         let layout = std::any::type_name::<Vec<String>>().to_owned();
         let naive: Vec<(String, String, Vec<u8>)> = states
             .iter()
@@ -405,7 +548,7 @@ mod tests {
             let _guard = Book::building(&book);
             assert_eq!(enrol::<_, u8>("gone", &a, whole), None);
         }
-        let section = book.borrow().save()?;
+        let section = saved(&book)?;
         let again = Book::restoring(Some(section))?;
         assert!(matches!(
             again.borrow_mut().finish(),
