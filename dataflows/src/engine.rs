@@ -457,15 +457,9 @@ impl Engine {
             )));
         }
         let start_time = state.as_ref().map_or(Time::EPOCH, |s| s.frontier);
-        let (sections, hour, views) = match state {
+        let (sections, hour, views): (Vec<Option<crate::checkpoint::Section>>, _, _) = match state {
             Some(s) => (
-                // A section taken from a running engine (in a test, or a cluster's) is read
-                // back from its file; one read from a checkpoint is in memory already.
-                s.workers
-                    .into_iter()
-                    .map(|section| section.into_bytes().map(Some))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| EngineError::Restore(format!("a worker's section: {e}")))?,
+                s.workers.into_iter().map(Some).collect(),
                 s.hour,
                 Some((
                     s.frontier,
@@ -476,7 +470,7 @@ impl Engine {
                         .map_err(|e| EngineError::Restore(e.to_string()))?,
                 )),
             ),
-            None => (vec![None; workers], None, None),
+            None => ((0..workers).map(|_| None).collect(), None, None),
         };
         let sections = Arc::new(Mutex::new(sections));
         let temporary_state = match &config.state_dir {
@@ -826,7 +820,7 @@ fn too_far_ahead(
 /// where it says whether its dataflow was built.
 struct Start {
     at: Time,
-    section: Option<Vec<u8>>,
+    section: Option<crate::checkpoint::Section>,
     /// Where this worker writes its sections of checkpoints (the engine's state directory).
     spill: std::path::PathBuf,
     hour: Option<Time>,

@@ -385,8 +385,51 @@ fn read(path: &Path) -> Result<Result<Checkpoint, String>, CheckpointFileError> 
     };
     let mut file = File::open(path).map_err(io(path))?;
     file.seek(SeekFrom::Start(offset)).map_err(io(path))?;
-    let body = BufReader::with_capacity(1 << 20, file).take(len);
-    Ok(bincode::deserialize_from(body).map_err(|e| format!("its body does not decode: {e}")))
+    let mut body = BufReader::with_capacity(1 << 20, file);
+    Ok(decode_body(&mut body, path, offset, len)
+        .map_err(|e| format!("its body does not decode: {e}")))
+}
+
+/// The body [`encode_body`] wrote, `len` bytes at `offset` of the file at `path` (`input` is
+/// there): each worker's section left in the file, as its place there (with a handle of its
+/// own), to be read by its operators as they start; the rest decoded.
+fn decode_body(
+    input: &mut BufReader<File>,
+    path: &Path,
+    offset: u64,
+    len: u64,
+) -> Result<Checkpoint, String> {
+    let end = offset + len;
+    let text = |e: bincode::Error| e.to_string();
+    let frontier: Time = bincode::deserialize_from(&mut *input).map_err(text)?;
+    let workers: u64 = bincode::deserialize_from(&mut *input).map_err(text)?;
+    let mut sections = Vec::new();
+    for _ in 0..workers {
+        let n: u64 = bincode::deserialize_from(&mut *input).map_err(text)?;
+        let at = input.stream_position().map_err(|e| e.to_string())?;
+        if n > end.saturating_sub(at) {
+            return Err(format!("a worker's section of {n} bytes at {at} of {end}"));
+        }
+        let own = File::open(path).map_err(|e| e.to_string())?;
+        sections.push(crate::checkpoint::Section::in_file(own, at, n));
+        input
+            .seek_relative(i64::try_from(n).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let at = input.stream_position().map_err(|e| e.to_string())?;
+    let mut rest = input.take(end.saturating_sub(at));
+    let hour: Option<Time> = bincode::deserialize_from(&mut rest).map_err(text)?;
+    let views = bincode::deserialize_from(&mut rest).map_err(text)?;
+    let source = bincode::deserialize_from(&mut rest).map_err(text)?;
+    Ok(Checkpoint {
+        engine: EngineState {
+            frontier,
+            workers: sections,
+            hour,
+            views,
+        },
+        source,
+    })
 }
 
 /// The longest header a file of this format has: the magic number, the format, a version's
@@ -592,7 +635,8 @@ mod tests {
             .into_iter()
             .next()
             .ok_or("no section")?;
-        let again = Book::restoring(Some(first.into_bytes()?))?;
+        assert!(format!("{first:?}").contains("in a file"), "{first:?}");
+        let again = Book::restoring(Some(first))?;
         let _guard = Book::building(&again);
         let (a, b) = (
             Rc::new(RefCell::new(Vec::<u64>::new())),

@@ -70,19 +70,31 @@ type Saver = Box<dyn Fn(&mut SectionOut) -> Result<(), bincode::Error>>;
 pub type SectionOut = std::io::BufWriter<std::fs::File>;
 
 /// One worker's section of a checkpoint: its operators' states as [`Book::save`] wrote them.
-/// Taken from a running engine, it is in an unnamed file beside the engine's state (gone when
-/// the section is dropped), and copied from there into the checkpoint's file: held in memory,
-/// the sections were as large as the state itself while a checkpoint was written (a gigabyte
-/// at a warm fleet's size, every ten minutes). Read back from a checkpoint, it is in memory.
-/// In bincode it is a byte string either way (a length, then the bytes).
+/// It stays in a file, never in memory whole: taken from a running engine, it is in an unnamed
+/// file beside the engine's state (gone when the section is dropped), and copied from there
+/// into the checkpoint's file; read back from a checkpoint, it is a place in that file, and each
+/// operator reads its own state from there ([`Book::restoring`]). Held in memory, the sections
+/// were as large as the state itself while a checkpoint was written or read (a gigabyte at a
+/// warm fleet's size). In bincode it is a byte string (a length, then the bytes).
 pub struct Section(SectionData);
 
 enum SectionData {
     Bytes(Vec<u8>),
-    File { file: std::fs::File, len: u64 },
+    /// `len` bytes of `file` from `at`. The handle is the section's own (its position is moved
+    /// by reads).
+    File {
+        file: std::fs::File,
+        at: u64,
+        len: u64,
+    },
 }
 
 impl Section {
+    /// A section that is `len` bytes of `file` from `at`.
+    pub fn in_file(file: std::fs::File, at: u64, len: u64) -> Section {
+        Section(SectionData::File { file, at, len })
+    }
+
     /// The section's length in bytes.
     pub fn len(&self) -> u64 {
         match &self.0 {
@@ -97,13 +109,10 @@ impl Section {
 
     /// Copies the section's bytes into `out`, from its file a buffer at a time.
     pub fn write_to(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
-        use std::io::{Read, Seek, SeekFrom};
         match &self.0 {
             SectionData::Bytes(b) => out.write_all(b),
-            SectionData::File { file, len } => {
-                let mut file = file;
-                file.seek(SeekFrom::Start(0))?;
-                let copied = std::io::copy(&mut file.take(*len), out)?;
+            SectionData::File { len, .. } => {
+                let copied = std::io::copy(&mut self.reader(0..*len)?, out)?;
                 if copied != *len {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::UnexpectedEof,
@@ -113,6 +122,41 @@ impl Section {
                 Ok(())
             }
         }
+    }
+
+    /// The bytes of `range` (of the section), read from its file.
+    fn read(&self, range: std::ops::Range<u64>) -> std::io::Result<std::borrow::Cow<'_, [u8]>> {
+        use std::io::Read;
+        match &self.0 {
+            SectionData::Bytes(b) => {
+                let place = usize::try_from(range.start).unwrap_or(usize::MAX)
+                    ..usize::try_from(range.end).unwrap_or(usize::MAX);
+                b.get(place)
+                    .map(std::borrow::Cow::Borrowed)
+                    .ok_or_else(|| outside(&range, b.len() as u64))
+            }
+            SectionData::File { .. } => {
+                let n = usize::try_from(range.end - range.start)
+                    .map_err(|_| outside(&range, self.len()))?;
+                let mut bytes = vec![0; n];
+                self.reader(range)?.read_exact(&mut bytes)?;
+                Ok(std::borrow::Cow::Owned(bytes))
+            }
+        }
+    }
+
+    /// A reader of `range` of a section in a file.
+    fn reader(&self, range: std::ops::Range<u64>) -> std::io::Result<impl std::io::Read + '_> {
+        use std::io::{Read, Seek, SeekFrom};
+        let SectionData::File { file, at, len } = &self.0 else {
+            return Err(std::io::Error::other("a section in memory has no file"));
+        };
+        if range.start > range.end || range.end > *len {
+            return Err(outside(&range, *len));
+        }
+        let mut file = file;
+        file.seek(SeekFrom::Start(at + range.start))?;
+        Ok(file.take(range.end - range.start))
     }
 
     /// The section's bytes in memory (read from its file, if it has one).
@@ -126,6 +170,85 @@ impl Section {
             }
         }
     }
+
+    /// Each operator's entry: its name, the type its state was saved as, and where its state's
+    /// bytes are in the section. Read from the section's file a buffer at a time, skipping the
+    /// states themselves.
+    fn entries(&self) -> Result<Vec<(String, String, std::ops::Range<u64>)>, String> {
+        use std::io::{BufReader, Read, Seek, SeekFrom};
+        if let SectionData::Bytes(section) = &self.0 {
+            // Each state's bytes borrowed where they are (a `Vec<u8>` and a `&[u8]` are written
+            // alike), and kept as their place in the section.
+            let entries: Vec<(String, String, &[u8])> =
+                bincode::deserialize(section).map_err(|e| e.to_string())?;
+            let base = section.as_ptr() as usize;
+            return Ok(entries
+                .into_iter()
+                .map(|(name, layout, bytes)| {
+                    let at = (bytes.as_ptr() as usize - base) as u64;
+                    (name, layout, at..at + bytes.len() as u64)
+                })
+                .collect());
+        }
+        let SectionData::File {
+            file,
+            at: base,
+            len,
+        } = &self.0
+        else {
+            return Err("a section neither in memory nor in a file".into());
+        };
+        let len = *len;
+        let mut file = file;
+        file.seek(SeekFrom::Start(*base))
+            .map_err(|e| e.to_string())?;
+        let mut input = BufReader::with_capacity(64 << 10, file);
+        // Where `input` is in the section.
+        let mut at = 0u64;
+        let word = |input: &mut BufReader<&std::fs::File>, at: &mut u64| {
+            let mut bytes = [0; 8];
+            if len - *at < 8 {
+                return Err(format!("the section ends at {len}, in an entry at {at}"));
+            }
+            input.read_exact(&mut bytes).map_err(|e| e.to_string())?;
+            *at += 8;
+            Ok::<_, String>(u64::from_le_bytes(bytes))
+        };
+        let count = word(&mut input, &mut at)?;
+        let mut entries = Vec::new();
+        for _ in 0..count {
+            let text = |input: &mut BufReader<&std::fs::File>, at: &mut u64| {
+                let n = word(input, at)?;
+                if n > len - *at {
+                    return Err(format!("a name of {n} bytes at {at} of {len}"));
+                }
+                let mut bytes = vec![0; n as usize];
+                input.read_exact(&mut bytes).map_err(|e| e.to_string())?;
+                *at += n;
+                String::from_utf8(bytes).map_err(|e| e.to_string())
+            };
+            let name = text(&mut input, &mut at)?;
+            let layout = text(&mut input, &mut at)?;
+            let n = word(&mut input, &mut at)?;
+            if n > len - at {
+                return Err(format!("a state of {n} bytes at {at} of {len}"));
+            }
+            entries.push((name, layout, at..at + n));
+            // Past the state: within the buffer, or by moving the file.
+            input
+                .seek_relative(i64::try_from(n).map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+            at += n;
+        }
+        Ok(entries)
+    }
+}
+
+fn outside(range: &std::ops::Range<u64>, len: u64) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        format!("bytes {range:?} of a checkpoint section of {len}"),
+    )
 }
 
 impl From<Vec<u8>> for Section {
@@ -173,12 +296,12 @@ impl<'de> serde::Deserialize<'de> for Section {
 /// each one's state now.
 #[derive(Default)]
 pub struct Book {
-    /// The loaded checkpoint's section for this worker; the operators' states are read from it
-    /// in place, and it is let go once the last is claimed.
-    section: Vec<u8>,
+    /// The loaded checkpoint's section for this worker; each operator reads its state from it
+    /// when it enrols, and it is let go once the last has.
+    section: Option<Section>,
     /// Per operator: the name of the type its state was saved as, and where its bytes are in
     /// `section`.
-    restored: HashMap<String, (String, std::ops::Range<usize>)>,
+    restored: HashMap<String, (String, std::ops::Range<u64>)>,
     /// Names handed out so far, with how often (a second operator of the same name is `name#2`).
     seen: HashMap<String, usize>,
     savers: Vec<(String, &'static str, Saver)>,
@@ -202,22 +325,16 @@ impl Drop for Building {
 impl Book {
     /// A book that starts every operator from the state in `section` (one worker's part of a
     /// checkpoint, as [`Book::save`] wrote it), or empty.
-    pub fn restoring(section: Option<Vec<u8>>) -> Result<Rc<RefCell<Book>>, CheckpointError> {
+    pub fn restoring(section: Option<Section>) -> Result<Rc<RefCell<Book>>, CheckpointError> {
         let mut book = Book::default();
         if let Some(section) = section {
-            // Each state's bytes borrowed where they are (a `Vec<u8>` and a `&[u8]` are written
-            // alike), and kept as their place in the section.
-            let entries: Vec<(String, String, &[u8])> = bincode::deserialize(&section)
-                .map_err(|e| CheckpointError::Section(e.to_string()))?;
-            let base = section.as_ptr() as usize;
-            book.restored = entries
+            book.restored = section
+                .entries()
+                .map_err(CheckpointError::Section)?
                 .into_iter()
-                .map(|(name, layout, bytes)| {
-                    let at = bytes.as_ptr() as usize - base;
-                    (name, (layout, at..at + bytes.len()))
-                })
+                .map(|(name, layout, place)| (name, (layout, place)))
                 .collect();
-            book.section = section;
+            book.section = Some(section);
         }
         Ok(Rc::new(RefCell::new(book)))
     }
@@ -284,7 +401,7 @@ impl Book {
                 .and_then(|_| file.write_all(&n.to_le_bytes()))
                 .map_err(io)?;
         }
-        Ok(Section(SectionData::File { file, len }))
+        Ok(Section::in_file(file, 0, len))
     }
 
     /// Operators enrolled.
@@ -344,20 +461,33 @@ where
             });
             None
         }
-        Some((_, place)) => match read(&book.section[place]) {
-            Ok(state) => Some(state),
-            Err(source) => {
-                book.errors.push(CheckpointError::Decode {
-                    operator: unique.clone(),
-                    source,
-                });
-                None
+        Some((_, place)) => {
+            // This operator's state alone, read from the section's file.
+            let bytes = match &book.section {
+                Some(section) => section.read(place).map_err(|e| e.to_string()),
+                None => Err("no section".into()),
+            };
+            match bytes.map(|bytes| read(&bytes)) {
+                Ok(Ok(state)) => Some(state),
+                Ok(Err(source)) => {
+                    book.errors.push(CheckpointError::Decode {
+                        operator: unique.clone(),
+                        source,
+                    });
+                    None
+                }
+                Err(e) => {
+                    book.errors.push(CheckpointError::Section(format!(
+                        "the state of {unique}: {e}"
+                    )));
+                    None
+                }
             }
-        },
+        }
         None => None,
     };
     if book.restored.is_empty() {
-        book.section = Vec::new();
+        book.section = None;
     }
     let state = state.clone();
     book.savers.push((
@@ -491,7 +621,7 @@ mod tests {
         a.borrow_mut().push(3);
         let section = saved(&book)?;
 
-        let again = Book::restoring(Some(section))?;
+        let again = Book::restoring(Some(section.into()))?;
         let _guard = Book::building(&again);
         let (a2, b2, c2) = (
             Rc::new(RefCell::new(Vec::<u32>::new())),
@@ -549,7 +679,7 @@ mod tests {
             assert_eq!(enrol::<_, u8>("gone", &a, whole), None);
         }
         let section = saved(&book)?;
-        let again = Book::restoring(Some(section))?;
+        let again = Book::restoring(Some(section.into()))?;
         assert!(matches!(
             again.borrow_mut().finish(),
             Err(CheckpointError::Unclaimed { .. })
@@ -564,7 +694,61 @@ mod tests {
             again.borrow_mut().finish(),
             Err(CheckpointError::Layout { .. })
         ));
-        assert!(Book::restoring(Some(b"\x01".to_vec())).is_err());
+        assert!(Book::restoring(Some(b"\x01".to_vec().into())).is_err());
+        Ok(())
+    }
+
+    /// A section left in its checkpoint's file is read entry by entry: a file cut short, or
+    /// with a length past its end, is refused with an error, never a panic or a huge buffer.
+    #[test]
+    fn a_section_in_a_file_that_is_cut_short_is_refused() -> Result<(), Box<dyn std::error::Error>>
+    {
+        use std::io::Write;
+        let book = Book::restoring(None)?;
+        let a = Rc::new(RefCell::new(vec![7u64; 1000]));
+        {
+            let _guard = Book::building(&book);
+            assert_eq!(enrol::<_, Vec<u64>>("fold", &a, whole), None);
+        }
+        let bytes = saved(&book)?;
+        let in_file = |bytes: &[u8], at: u64, len: u64| -> std::io::Result<Section> {
+            let mut file = tempfile::tempfile()?;
+            file.write_all(&[0xAB; 3])?;
+            file.write_all(bytes)?;
+            Ok(Section::in_file(file, at, len))
+        };
+        // Whole, three bytes into its file: it restores.
+        let n = bytes.len() as u64;
+        let again = Book::restoring(Some(in_file(&bytes, 3, n)?))?;
+        {
+            let _guard = Book::building(&again);
+            let b = Rc::new(RefCell::new(Vec::<u64>::new()));
+            assert_eq!(enrol::<_, Vec<u64>>("fold", &b, whole), Some(vec![7; 1000]));
+        }
+        again.borrow_mut().finish()?;
+        // Cut short: in the state, in the name, before the count.
+        for len in [n - 1, 12, 3] {
+            assert!(
+                Book::restoring(Some(in_file(&bytes, 3, len)?)).is_err(),
+                "{len}"
+            );
+        }
+        // A state's length past the section's end.
+        // (The state is a vector's length and its 1,000 words; its own length is before it.)
+        let mut long = bytes.clone();
+        let at = long.len() - (8 + 8 * 1000) - 8;
+        long[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(Book::restoring(Some(in_file(&long, 3, n)?)).is_err());
+        // A section that says it is longer than its file: its operator's read fails.
+        let past = Book::restoring(Some(in_file(&bytes[..bytes.len() - 8], 3, n)?));
+        if let Ok(past) = past {
+            {
+                let _guard = Book::building(&past);
+                let b = Rc::new(RefCell::new(Vec::<u64>::new()));
+                assert_eq!(enrol::<_, Vec<u64>>("fold", &b, whole), None);
+            }
+            assert!(past.borrow_mut().finish().is_err());
+        }
         Ok(())
     }
 
