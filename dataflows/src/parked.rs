@@ -381,11 +381,11 @@ impl Parked {
     /// checkpoint parked there; `what` names its contents in the refusal when that fails.
     pub(crate) fn enrolled(self, name: &str, what: &str) -> Rc<RefCell<Parked>> {
         let store = Rc::new(RefCell::new(self));
-        let restored = checkpoint::enrol_reading::<_, ParkedSaved, _>(
+        let restored = checkpoint::enrol_streaming::<_, ParkedSaved, _>(
             name,
             &store,
             |store: &Parked, out| bincode::serialize_into(out, &Saving(store)),
-            |bytes| store.borrow_mut().restore(bytes),
+            |input| store.borrow_mut().restore(input),
         );
         if let Some(Err(e)) = restored {
             checkpoint::refuse(format!("cannot park the checkpoint's {what} again: {e}"));
@@ -393,14 +393,18 @@ impl Parked {
         store
     }
 
-    /// Parks a checkpoint's entries ([`Saving`]'s bytes) again, in an empty store, each as it
-    /// is decoded: a day of a fleet's closed windows is gigabytes, and decoded into a list
-    /// first it was all in memory twice more. `Err` when the bytes do not decode, `Ok(Err)`
-    /// when the store cannot take an entry.
-    fn restore(&mut self, bytes: &[u8]) -> Result<Result<(), ParkedError>, bincode::Error> {
+    /// Parks a checkpoint's entries ([`Saving`]'s bytes, read from `input`) again, in an empty
+    /// store, each as it is decoded: a day of a fleet's closed windows is gigabytes, and
+    /// decoded into a list first (or read into memory as bytes first) it was all in memory
+    /// once or twice more. `Err` when the bytes do not decode, `Ok(Err)` when the store cannot
+    /// take an entry.
+    fn restore(
+        &mut self,
+        input: &mut impl std::io::Read,
+    ) -> Result<Result<(), ParkedError>, bincode::Error> {
         use serde::de::DeserializeSeed;
         let mut failed = None;
-        let mut decoder = bincode::Deserializer::from_slice(bytes, checkpoint::bincode_options());
+        let mut decoder = bincode::Deserializer::with_reader(input, checkpoint::bincode_options());
         let read = Restoring {
             store: self,
             failed: &mut failed,
@@ -630,9 +634,13 @@ mod tests {
         assert_eq!(saved, parked);
         let (_other, mut q) = store();
         let bytes = bincode::serialize(&Saving(&p)).unwrap_or_else(|e| panic!("{e}"));
-        q.restore(&bytes).unwrap_or_else(|e| panic!("{e}"))?;
+        q.restore(&mut &bytes[..])
+            .unwrap_or_else(|e| panic!("{e}"))?;
         let (_cut, mut cut) = store();
-        assert!(cut.restore(&bytes[..bytes.len() - 3]).is_err(), "cut short");
+        assert!(
+            cut.restore(&mut &bytes[..bytes.len() - 3]).is_err(),
+            "cut short"
+        );
         assert_eq!(q.on_disk(), parked.len());
         assert_eq!(q.entries().1, next_sweep);
         for (key, expires, value) in &parked {

@@ -146,7 +146,10 @@ impl Section {
     }
 
     /// A reader of `range` of a section in a file.
-    fn reader(&self, range: std::ops::Range<u64>) -> std::io::Result<impl std::io::Read + '_> {
+    fn reader(
+        &self,
+        range: std::ops::Range<u64>,
+    ) -> std::io::Result<std::io::Take<&std::fs::File>> {
         use std::io::{Read, Seek, SeekFrom};
         let SectionData::File { file, at, len } = &self.0 else {
             return Err(std::io::Error::other("a section in memory has no file"));
@@ -157,6 +160,21 @@ impl Section {
         let mut file = file;
         file.seek(SeekFrom::Start(at + range.start))?;
         Ok(file.take(range.end - range.start))
+    }
+
+    /// A reader of `range` (one operator's state): the bytes in memory, or a buffered read of
+    /// the file.
+    fn state(&self, range: std::ops::Range<u64>) -> std::io::Result<StateReader<'_>> {
+        match &self.0 {
+            SectionData::Bytes(_) => match self.read(range)? {
+                std::borrow::Cow::Borrowed(bytes) => Ok(StateReader::Slice(bytes)),
+                std::borrow::Cow::Owned(_) => Err(std::io::Error::other("a section in memory")),
+            },
+            SectionData::File { .. } => Ok(StateReader::File(std::io::BufReader::with_capacity(
+                1 << 20,
+                self.reader(range)?,
+            ))),
+        }
     }
 
     /// The section's bytes in memory (read from its file, if it has one).
@@ -241,6 +259,29 @@ impl Section {
             at += n;
         }
         Ok(entries)
+    }
+}
+
+/// One operator's state as it is read from its section ([`enrol_streaming`]): from memory, or
+/// from the section's file a buffer at a time.
+pub(crate) enum StateReader<'a> {
+    Slice(&'a [u8]),
+    File(std::io::BufReader<std::io::Take<&'a std::fs::File>>),
+}
+
+impl std::io::Read for StateReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            StateReader::Slice(s) => s.read(buf),
+            StateReader::File(f) => f.read(buf),
+        }
+    }
+
+    fn read_exact(&mut self, buf: &mut [u8]) -> std::io::Result<()> {
+        match self {
+            StateReader::Slice(s) => s.read_exact(buf),
+            StateReader::File(f) => f.read_exact(buf),
+        }
     }
 }
 
@@ -427,14 +468,36 @@ where
     enrol_reading::<T, S, S>(name, state, save, |bytes| bincode::deserialize::<S>(bytes))
 }
 
-/// [`enrol`] for a state too large to be decoded whole before it is taken up: `read` gets the
-/// checkpoint's bytes of it (written as `S` is) and takes them up as it decodes them, returning
-/// what the operator starts from.
+/// [`enrol`] for a state that is taken up as it is decoded: `read` gets the checkpoint's bytes
+/// of it (written as `S` is), in memory, and returns what the operator starts from.
 pub(crate) fn enrol_reading<T, S, R>(
     name: &str,
     state: &Rc<RefCell<T>>,
     save: impl Fn(&T, &mut SectionOut) -> Result<(), bincode::Error> + 'static,
     read: impl FnOnce(&[u8]) -> Result<R, bincode::Error>,
+) -> Option<R>
+where
+    T: 'static,
+    S: DeserializeOwned,
+{
+    use std::io::Read;
+    enrol_streaming::<T, S, R>(name, state, save, |input| match input {
+        StateReader::Slice(bytes) => read(bytes),
+        StateReader::File(file) => {
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes)?;
+            read(&bytes)
+        }
+    })
+}
+
+/// [`enrol`] for a state too large to be in memory as bytes while it is taken up (a day of a
+/// fleet's parked windows): `read` decodes it from the checkpoint as it goes.
+pub(crate) fn enrol_streaming<T, S, R>(
+    name: &str,
+    state: &Rc<RefCell<T>>,
+    save: impl Fn(&T, &mut SectionOut) -> Result<(), bincode::Error> + 'static,
+    read: impl FnOnce(&mut StateReader<'_>) -> Result<R, bincode::Error>,
 ) -> Option<R>
 where
     T: 'static,
@@ -463,11 +526,13 @@ where
         }
         Some((_, place)) => {
             // This operator's state alone, read from the section's file.
-            let bytes = match &book.section {
-                Some(section) => section.read(place).map_err(|e| e.to_string()),
+            let read = match &book.section {
+                Some(section) => (section.state(place))
+                    .map_err(|e| e.to_string())
+                    .map(|mut input| read(&mut input)),
                 None => Err("no section".into()),
             };
-            match bytes.map(|bytes| read(&bytes)) {
+            match read {
                 Ok(Ok(state)) => Some(state),
                 Ok(Err(source)) => {
                     book.errors.push(CheckpointError::Decode {
