@@ -124,27 +124,6 @@ impl Section {
         }
     }
 
-    /// The bytes of `range` (of the section), read from its file.
-    fn read(&self, range: std::ops::Range<u64>) -> std::io::Result<std::borrow::Cow<'_, [u8]>> {
-        use std::io::Read;
-        match &self.0 {
-            SectionData::Bytes(b) => {
-                let place = usize::try_from(range.start).unwrap_or(usize::MAX)
-                    ..usize::try_from(range.end).unwrap_or(usize::MAX);
-                b.get(place)
-                    .map(std::borrow::Cow::Borrowed)
-                    .ok_or_else(|| outside(&range, b.len() as u64))
-            }
-            SectionData::File { .. } => {
-                let n = usize::try_from(range.end - range.start)
-                    .map_err(|_| outside(&range, self.len()))?;
-                let mut bytes = vec![0; n];
-                self.reader(range)?.read_exact(&mut bytes)?;
-                Ok(std::borrow::Cow::Owned(bytes))
-            }
-        }
-    }
-
     /// A reader of `range` of a section in a file.
     fn reader(
         &self,
@@ -166,10 +145,13 @@ impl Section {
     /// the file.
     fn state(&self, range: std::ops::Range<u64>) -> std::io::Result<StateReader<'_>> {
         match &self.0 {
-            SectionData::Bytes(_) => match self.read(range)? {
-                std::borrow::Cow::Borrowed(bytes) => Ok(StateReader::Slice(bytes)),
-                std::borrow::Cow::Owned(_) => Err(std::io::Error::other("a section in memory")),
-            },
+            SectionData::Bytes(b) => {
+                let place = usize::try_from(range.start).unwrap_or(usize::MAX)
+                    ..usize::try_from(range.end).unwrap_or(usize::MAX);
+                b.get(place)
+                    .map(StateReader::Slice)
+                    .ok_or_else(|| outside(&range, b.len() as u64))
+            }
             SectionData::File { .. } => Ok(StateReader::File(std::io::BufReader::with_capacity(
                 1 << 20,
                 self.reader(range)?,
