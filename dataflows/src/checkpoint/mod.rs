@@ -447,28 +447,14 @@ where
     T: 'static,
     S: DeserializeOwned,
 {
-    enrol_reading::<T, S, S>(name, state, save, |bytes| bincode::deserialize::<S>(bytes))
-}
-
-/// [`enrol`] for a state that is taken up as it is decoded: `read` gets the checkpoint's bytes
-/// of it (written as `S` is), in memory, and returns what the operator starts from.
-pub(crate) fn enrol_reading<T, S, R>(
-    name: &str,
-    state: &Rc<RefCell<T>>,
-    save: impl Fn(&T, &mut SectionOut) -> Result<(), bincode::Error> + 'static,
-    read: impl FnOnce(&[u8]) -> Result<R, bincode::Error>,
-) -> Option<R>
-where
-    T: 'static,
-    S: DeserializeOwned,
-{
     use std::io::Read;
-    enrol_streaming::<T, S, R>(name, state, save, |input| match input {
-        StateReader::Slice(bytes) => read(bytes),
+    // From a slice (bincode is fastest there): the state's bytes read out of the file first.
+    enrol_streaming::<T, S, S>(name, state, save, |input| match input {
+        StateReader::Slice(bytes) => bincode::deserialize(bytes),
         StateReader::File(file) => {
             let mut bytes = Vec::new();
             file.read_to_end(&mut bytes)?;
-            read(&bytes)
+            bincode::deserialize(&bytes)
         }
     })
 }
