@@ -864,6 +864,7 @@ pub fn render<'s>(
         retention: config.window_retention_ms,
     });
     let on_begin = parking.clone();
+    let gauge = state_sizes::gauge("Windows: fold");
     let peers = telemetry.inner.scope().peers();
     let contributions = telemetry.concat(accepted.flat_map(move |l| card_contribution(l, width)));
     let out = contributions.keyed_steps(
@@ -1071,7 +1072,7 @@ pub fn render<'s>(
             *published_upto = 0;
             touched.clear();
             before.clear();
-            state_sizes::note("Windows: fold", || {
+            gauge.set({
                 let entry = std::mem::size_of::<(MachineId, MachineWindows)>();
                 let slots: usize = machines.values().map(|m| m.older.capacity()).sum();
                 let live = machines

@@ -426,6 +426,7 @@ pub struct Engine {
     /// Cluster checkpoints' sections (with a checkpoint grid), once.
     aligned: Option<crate::aligned::Aligned>,
     parked_windows: Arc<crate::anomaly_windows::ParkedCounts>,
+    operator_state: crate::operators::state_sizes::OperatorState,
 }
 
 impl Engine {
@@ -485,6 +486,8 @@ impl Engine {
             (None, None) => std::env::temp_dir(),
         };
         let parked_windows = Arc::new(crate::anomaly_windows::ParkedCounts::default());
+        let operator_state = crate::operators::state_sizes::OperatorState::default();
+        let worker_gauges = operator_state.clone();
         let mut ledgers: Vec<Option<Stores>> = Vec::with_capacity(workers);
         for i in 0..workers {
             ledgers.push(Some(Stores::for_worker(
@@ -575,6 +578,7 @@ impl Engine {
             let start = Start {
                 at: start_time,
                 section,
+                gauges: worker_gauges.clone(),
                 spill: spill.clone(),
                 hour,
                 built,
@@ -619,6 +623,7 @@ impl Engine {
             temporary_state,
             aligned,
             parked_windows,
+            operator_state,
         })
     }
 
@@ -626,6 +631,11 @@ impl Engine {
     /// retention on disk, over this process's workers so far.
     pub fn parked_windows(&self) -> (u64, u64, u64) {
         self.parked_windows.get()
+    }
+
+    /// What each keyed operator holds now, over this process's workers (its `/metrics`).
+    pub fn operator_state(&self) -> crate::operators::state_sizes::OperatorState {
+        self.operator_state.clone()
     }
 
     /// Where this process's workers hand their parts of cluster checkpoints (with
@@ -821,6 +831,8 @@ fn too_far_ahead(
 struct Start {
     at: Time,
     section: Option<crate::checkpoint::Section>,
+    /// Where this worker's operators tell what they hold.
+    gauges: crate::operators::state_sizes::OperatorState,
     /// Where this worker writes its sections of checkpoints (the engine's state directory).
     spill: std::path::PathBuf,
     hour: Option<Time>,
@@ -853,6 +865,7 @@ fn run_worker(
         }
     };
     let building = Book::building(&book);
+    let gauges = start.gauges.building();
     let mut gate = start.gate;
     let request_probe = timely::dataflow::operators::probe::Handle::<Time>::new();
     let saved_probe = timely::dataflow::operators::probe::Handle::<Time>::new();
@@ -929,6 +942,7 @@ fn run_worker(
         };
         (inputs, probe)
     });
+    drop(gauges);
     drop(building);
     drop(tx);
     let finished = book.borrow_mut().finish().map_err(|e| e.to_string());

@@ -595,7 +595,7 @@ where
                     shared.borrow_mut().restore(saved, cap);
                     activator.activate();
                 }
-                let name = name.to_owned();
+                let gauge = state_sizes::gauge(name);
                 move |(input, frontier), output_handle| {
                     let mut op = shared.borrow_mut();
                     let FoldOp {
@@ -613,7 +613,7 @@ where
                             if !fold.publish(now, &output, PUBLISH_CHUNK) {
                                 break;
                             }
-                            state_sizes::note(&name, || fold.size());
+                            gauge.set(fold.size());
                             *publishing = None;
                             if *open == Some(now) {
                                 *open = None;

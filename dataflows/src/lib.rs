@@ -78,6 +78,7 @@ pub mod zero_sales;
 pub use config::Config;
 pub use engine::{Batch, Engine, EngineError, Feeder, Feeders, peak_rss_bytes};
 pub use errors::ErrorRecord;
+pub use operators::state_sizes::OperatorState;
 pub use operators::{ExpiringMap, ExpiringSet, FanOut, Time};
 pub use row::{CellRef, ColumnType, Row, Value};
 pub use summary::FleetSummary;

@@ -232,12 +232,16 @@ pub(crate) const PUBLISH_CHUNK: usize = 16_384;
 #[cfg(test)]
 pub(crate) const PUBLISH_CHUNK: usize = 3;
 
-/// `VENDFLOW_PROFILE=1`: the largest state each keyed operator held, summed over workers, so a
-/// profile shows where memory goes as well as time. Sizes are shallow (the tables' slots, not
-/// what a state points to on the heap).
-pub(crate) mod state_sizes {
+/// The state each keyed operator holds (the folds' keys and the bytes of their tables' slots),
+/// per worker, now: kept by the engine ([`crate::engine::Engine::operator_state`]) and read by
+/// its `/metrics`; and with `VENDFLOW_PROFILE=1`, the largest each held, summed over workers,
+/// so a profile shows where memory goes as well as time. Sizes are shallow (the tables' slots,
+/// not what a state points to on the heap).
+pub mod state_sizes {
+    use std::cell::RefCell;
     use std::collections::{BTreeMap, HashMap};
-    use std::sync::{LazyLock, Mutex};
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    use std::sync::{Arc, LazyLock, Mutex, Weak};
     use std::thread::ThreadId;
 
     /// Per operator name: per worker thread, the peak (keys, bytes).
@@ -247,21 +251,88 @@ pub(crate) mod state_sizes {
         LazyLock::new(|| std::env::var_os("VENDFLOW_PROFILE").is_some());
     static PEAKS: LazyLock<Mutex<Peaks>> = LazyLock::new(Default::default);
 
-    /// Notes that `name`, on the calling worker, holds the (keys, bytes) `size` returns (only
-    /// called when profiling).
-    pub(crate) fn note(name: &str, size: impl FnOnce() -> (usize, usize)) {
-        if !*ENABLED {
-            return;
+    /// One operator's state on one worker, as it last told it.
+    #[derive(Debug, Default)]
+    pub struct Gauge {
+        name: String,
+        keys: AtomicUsize,
+        bytes: AtomicUsize,
+    }
+
+    impl Gauge {
+        /// The operator now holds (keys, bytes) `size`.
+        pub(crate) fn set(&self, (keys, bytes): (usize, usize)) {
+            self.keys.store(keys, Relaxed);
+            self.bytes.store(bytes, Relaxed);
+            if *ENABLED {
+                let mut peaks = PEAKS.lock().unwrap_or_else(|e| e.into_inner());
+                let peak = peaks
+                    .entry(self.name.clone())
+                    .or_default()
+                    .entry(std::thread::current().id())
+                    .or_default();
+                peak.0 = peak.0.max(keys);
+                peak.1 = peak.1.max(bytes);
+            }
         }
-        let (keys, bytes) = size();
-        let mut peaks = PEAKS.lock().unwrap_or_else(|e| e.into_inner());
-        let peak = peaks
-            .entry(name.to_owned())
-            .or_default()
-            .entry(std::thread::current().id())
-            .or_default();
-        peak.0 = peak.0.max(keys);
-        peak.1 = peak.1.max(bytes);
+    }
+
+    /// An engine's gauges, over its workers; an operator's goes when its dataflow does.
+    #[derive(Clone, Debug, Default)]
+    pub struct OperatorState(Arc<Mutex<Vec<Weak<Gauge>>>>);
+
+    impl OperatorState {
+        /// Per operator name, (keys, bytes) summed over the workers whose dataflow is up, by
+        /// name.
+        pub fn current(&self) -> Vec<(String, usize, usize)> {
+            let mut gauges = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            gauges.retain(|g| g.strong_count() > 0);
+            let mut sums: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+            for gauge in gauges.iter().filter_map(Weak::upgrade) {
+                let sum = sums.entry(gauge.name.clone()).or_default();
+                sum.0 += gauge.keys.load(Relaxed);
+                sum.1 += gauge.bytes.load(Relaxed);
+            }
+            sums.into_iter().map(|(n, (k, b))| (n, k, b)).collect()
+        }
+
+        /// Installs these gauges on this thread while the returned guard lives: the operators
+        /// built meanwhile take theirs from them ([`gauge`]).
+        pub(crate) fn building(&self) -> Building {
+            Building(BUILDING.with(|b| b.borrow_mut().replace(self.clone())))
+        }
+    }
+
+    thread_local! {
+        static BUILDING: RefCell<Option<OperatorState>> = const { RefCell::new(None) };
+    }
+
+    /// Uninstalls the gauges when the build is over (or unwinds).
+    pub(crate) struct Building(Option<OperatorState>);
+
+    impl Drop for Building {
+        fn drop(&mut self) {
+            BUILDING.with(|b| *b.borrow_mut() = self.0.take());
+        }
+    }
+
+    /// The gauge of operator `name` on this worker, in the engine's gauges when it is being
+    /// built under [`OperatorState::building`] (else read by nobody but the profile).
+    pub(crate) fn gauge(name: &str) -> Arc<Gauge> {
+        let gauge = Arc::new(Gauge {
+            name: name.to_owned(),
+            ..Gauge::default()
+        });
+        BUILDING.with(|b| {
+            if let Some(state) = b.borrow().as_ref() {
+                state
+                    .0
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(Arc::downgrade(&gauge));
+            }
+        });
+        gauge
     }
 
     /// The peaks summed over workers, largest first: (name, keys, bytes).
@@ -278,6 +349,40 @@ pub(crate) mod state_sizes {
             .collect();
         rows.sort_by_key(|r| std::cmp::Reverse(r.2));
         rows
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn an_engines_gauges_sum_its_workers_and_forget_a_dropped_operator() {
+            let engine = OperatorState::default();
+            let other = OperatorState::default();
+            let (a, b, c) = {
+                let _building = engine.building();
+                (gauge("Fold"), gauge("Fold"), gauge("Other"))
+            };
+            // Built outside the engine's build, or under another engine's: not this one's.
+            let outside = gauge("Fold");
+            let theirs = {
+                let _building = other.building();
+                gauge("Fold")
+            };
+            for (g, size) in [(&a, (3, 300)), (&b, (4, 400)), (&c, (1, 10))] {
+                g.set(size);
+            }
+            outside.set((100, 100));
+            theirs.set((50, 50));
+            assert_eq!(
+                engine.current(),
+                [("Fold".to_owned(), 7, 700), ("Other".to_owned(), 1, 10)]
+            );
+            a.set((5, 500));
+            drop(c);
+            assert_eq!(engine.current(), [("Fold".to_owned(), 9, 900)]);
+            assert_eq!(other.current(), [("Fold".to_owned(), 50, 50)]);
+        }
     }
 }
 

@@ -499,6 +499,17 @@ fn restock_routes_are_planned_served_as_views_and_sheets_and_scoped_to_tenants()
         metrics.contains("vendflow_routes_failed_total 0\n"),
         "{metrics}"
     );
+    // What the engine's operators hold: the inventory fold has a key per machine it was told of.
+    let keys = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("vendflow_operator_state_keys{operator=\"Inventory\"} "))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(keys.is_some_and(|k| k > 0), "{metrics}");
+    let bytes = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("vendflow_operator_state_bytes{operator=\"Inventory\"} "))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(bytes.is_some_and(|b| b > 0), "{metrics}");
 
     // A tenant sees its machines' stops only, in the API and in the views.
     let (status, mine) = get(&agent, &format!("{base}/api/routes"), Some(&tenant));

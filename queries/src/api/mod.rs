@@ -75,6 +75,9 @@ pub struct ApiState {
     pub rate: Arc<limits::Rate>,
     /// The restock planner (`GET /api/routes`); none: routes are not planned here.
     pub routes: Option<Arc<crate::service::planner::Planner>>,
+    /// What the engine's keyed operators hold (`/metrics`); none: an API without an engine of
+    /// its own in this process.
+    pub operators: Option<vendflow_dataflows::OperatorState>,
 }
 
 impl ApiState {
@@ -93,7 +96,13 @@ impl ApiState {
             streams: Arc::new(limits::Streams::default()),
             rate: Arc::new(limits::Rate::default()),
             routes: None,
+            operators: None,
         }
+    }
+
+    pub fn with_operators(mut self, operators: vendflow_dataflows::OperatorState) -> ApiState {
+        self.operators = Some(operators);
+        self
     }
 
     pub fn with_routes(mut self, planner: Arc<crate::service::planner::Planner>) -> ApiState {

@@ -329,6 +329,7 @@ impl Service {
                 (Some(tokens), Some(admin))
             }
         };
+        let operators = engine.operator_state();
         let mut running = Running {
             engine: Some(engine),
             store: store.clone(),
@@ -387,6 +388,7 @@ impl Service {
             let rate = config.api_rate.max(1);
             let mut state = ApiState::new(store.clone(), sql.clone(), registry.clone())
                 .with_routes(running.planner.clone())
+                .with_operators(operators)
                 .with_health(health)
                 .with_limits(Streams::default(), Rate::new(rate, rate.saturating_mul(2)));
             if let Some(tokens) = &tokens {

@@ -63,6 +63,29 @@ pub(in crate::api) async fn metrics(State(state): State<ApiState>) -> Response {
     for (name, rows) in state.store.rows_on_disk() {
         let _ = writeln!(out, "vendflow_view_rows_on_disk{{view=\"{name}\"}} {rows}");
     }
+    if let Some(operators) = &state.operators {
+        let sizes = operators.current();
+        out.push_str(
+            "# HELP vendflow_operator_state_keys Keys each keyed operator of the engine holds in memory, over its workers.\n\
+             # TYPE vendflow_operator_state_keys gauge\n",
+        );
+        for (name, keys, _) in &sizes {
+            let _ = writeln!(
+                out,
+                "vendflow_operator_state_keys{{operator=\"{name}\"}} {keys}"
+            );
+        }
+        out.push_str(
+            "# HELP vendflow_operator_state_bytes Bytes of each keyed operator's tables in memory, over its workers (their slots, not what a state points to on the heap).\n\
+             # TYPE vendflow_operator_state_bytes gauge\n",
+        );
+        for (name, _, bytes) in &sizes {
+            let _ = writeln!(
+                out,
+                "vendflow_operator_state_bytes{{operator=\"{name}\"}} {bytes}"
+            );
+        }
+    }
     out.push_str(
         "# HELP vendflow_devices Machines by live status.\n# TYPE vendflow_devices gauge\n",
     );
