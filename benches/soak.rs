@@ -9,10 +9,12 @@
 //! prints the samples as a table and a verdict: the growth of each from the end of the warm-up (a
 //! fifth of the run) to the end, each process's share of the CPU over that time (the simulated
 //! fleet's too: it runs on the same cores), and the re-deliveries the engine dropped (events sent
-//! again after a late receipt).
+//! again after a late receipt), and what grew inside the engine (its `/metrics`: each view's
+//! rows, of them on disk, and each keyed operator's keys and table bytes; every sample of them
+//! with `--state-csv FILE`).
 //!
 //! `cargo bench -p vendflow-benches --bench soak [-- --machines 50000 --speed 10 --minutes 30
-//!  --sample-secs 30 --warm-up-minutes M --tansu sqlite|memory]`. The fleet's simulated hours end
+//!  --sample-secs 30 --warm-up-minutes M --tansu sqlite|memory --state-csv FILE]`. The fleet's simulated hours end
 //! now (`publish --hours`, here minutes × speed / 60), so a run faster than real time is a fleet
 //! catching up: at 10× for 30 minutes its events start 5 hours behind the wall clock, by which
 //! the engine judges its horizons (windows leave memory 30 minutes after they close). Needs
@@ -48,6 +50,9 @@ struct Args {
     tansu: TansuStorage,
     /// Hours of the fleet's history the engine starts from (0: it starts empty).
     history_hours: u32,
+    /// Where to write every sample of the engine's state (its views' rows, its operators'
+    /// keys and bytes), one column each, beside its RSS.
+    state_csv: Option<std::path::PathBuf>,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -59,6 +64,7 @@ fn args() -> anyhow::Result<Args> {
         warm_up_minutes: None,
         tansu: TansuStorage::Sqlite,
         history_hours: 0,
+        state_csv: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -70,6 +76,7 @@ fn args() -> anyhow::Result<Args> {
             "--sample-secs" => a.sample_secs = value()?.parse()?,
             "--warm-up-minutes" => a.warm_up_minutes = Some(value()?.parse()?),
             "--history-hours" => a.history_hours = value()?.parse()?,
+            "--state-csv" => a.state_csv = Some(value()?.into()),
             "--tansu" => {
                 a.tansu = match value()?.as_str() {
                     "sqlite" => TansuStorage::Sqlite,
@@ -179,6 +186,38 @@ fn cpu_secs(pid: u32) -> f64 {
             Some((ticks(11)? + ticks(12)?) as f64 / 100.0)
         })
         .unwrap_or(0.0)
+}
+
+/// The engine's gauges of what it holds, from its `/metrics`: rows per view (`rows …`), of
+/// them on disk (`on disk …`), and keys and bytes per keyed operator (`keys …`, `bytes …`).
+/// Empty if the engine did not answer.
+fn engine_state(curl: &std::path::Path, http: &str) -> std::collections::BTreeMap<String, u64> {
+    let out = Command::new(curl)
+        .args(["-s", "--max-time", "10"])
+        .arg(format!("http://{http}/metrics"))
+        .output();
+    let text = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let mut gauges = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        for (prefix, short) in [
+            ("vendflow_view_rows{view=\"", "rows"),
+            ("vendflow_view_rows_on_disk{view=\"", "on disk"),
+            ("vendflow_operator_state_keys{operator=\"", "keys"),
+            ("vendflow_operator_state_bytes{operator=\"", "bytes"),
+        ] {
+            let Some(rest) = line.strip_prefix(prefix) else {
+                continue;
+            };
+            if let Some((name, value)) = rest.split_once("\"} ")
+                && let Ok(v) = value.trim().parse::<u64>()
+            {
+                gauges.insert(format!("{short} {name}"), v);
+            }
+        }
+    }
+    gauges
 }
 
 #[derive(Clone, Copy, Default)]
@@ -343,6 +382,8 @@ fn main() -> anyhow::Result<()> {
     let publisher_pid = publisher.child()?.id();
     let started = Instant::now();
     let mut samples: Vec<Sample> = Vec::new();
+    // The engine's gauges at each sample.
+    let mut states: Vec<std::collections::BTreeMap<String, u64>> = Vec::new();
     let mut next = Duration::from_secs_f64(args.sample_secs);
     let publisher_done = loop {
         if let Some(status) = publisher.child()?.try_wait()? {
@@ -388,6 +429,7 @@ fn main() -> anyhow::Result<()> {
                 s.rss[3]
             );
             samples.push(s);
+            states.push(engine_state(&curl, &engine_http));
         }
         std::thread::sleep(Duration::from_millis(200));
     };
@@ -455,6 +497,50 @@ fn main() -> anyhow::Result<()> {
         total / secs * 100.0,
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
+    // What grew inside the engine: its views' rows and its operators' tables.
+    let (warm_state, last_state) = (&states[first], &states[states.len() - 1]);
+    let mut grown: Vec<(&String, u64, u64, u64)> = last_state
+        .iter()
+        .map(|(name, &l)| {
+            let w = warm_state.get(name).copied().unwrap_or(0);
+            let max = states[first..]
+                .iter()
+                .filter_map(|s| s.get(name).copied())
+                .max()
+                .unwrap_or(l);
+            (name, w, l, max)
+        })
+        .filter(|(_, w, l, _)| l > w)
+        .collect();
+    grown.sort_by_key(|(name, w, l, _)| (!name.starts_with("bytes"), std::cmp::Reverse(l - w)));
+    println!(
+        "engine state that grew after the warm-up (from /metrics; bytes are the tables' slots):"
+    );
+    for (name, w, l, max) in grown.iter().take(25) {
+        println!(
+            "  {name:<48} {}, at most {max}",
+            growth(*w as f64, *l as f64)
+        );
+    }
+    if let Some(path) = &args.state_csv {
+        let names: std::collections::BTreeSet<&String> =
+            states.iter().flat_map(|s| s.keys()).collect();
+        let mut csv = String::from("at_s,engine_rss_mib");
+        for name in &names {
+            csv.push(',');
+            csv.push_str(&name.replace(',', ";"));
+        }
+        csv.push('\n');
+        for (sample, state) in samples.iter().zip(&states) {
+            csv.push_str(&format!("{:.0},{}", sample.at_s, sample.rss[3]));
+            for name in &names {
+                csv.push_str(&format!(",{}", state.get(*name).copied().unwrap_or(0)));
+            }
+            csv.push('\n');
+        }
+        std::fs::write(path, csv).with_context(|| format!("writing {}", path.display()))?;
+        println!("engine state at every sample: {}", path.display());
+    }
     // Re-deliveries the engine recognised (an envelope sent again after its receipt was
     // late carries events already counted): what the path carried beyond the fleet's events.
     let duplicates = |view: &str| {
