@@ -775,7 +775,7 @@ where
 }
 
 /// A multiset: each value with its count (never zero).
-#[derive(PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Counted<T>(pub(crate) Vec<(T, isize)>);
 
 impl<T> Default for Counted<T> {

@@ -165,9 +165,6 @@ fn room_wanted(len: usize, per_worker: usize) -> Option<usize> {
     (len >= per_worker / 8 && len < per_worker).then(|| per_worker - len)
 }
 
-/// A fast hash set for operator state.
-pub type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
-
 /// A set of machines as one bit per interned id ([`MachineId::grouping_key`]): membership is a
 /// bit test in a few kilobytes (6 KB for a 50,000-machine fleet, 512 KB at the cap of
 /// [`vendflow_protocol::units::MAX_MACHINE_IDS`]), no hash and no probe of a table larger than
@@ -1215,7 +1212,7 @@ const WARM: usize = 16;
 /// Entries of an operator's reused buffer kept allocated between activations: enough for a
 /// live step's few records. (4,096 kept ~10 MiB more at the 1 M replay's peak, over the
 /// hundreds of such buffers of two workers' operators, for no gain in speed.)
-const RETAINED: usize = 256;
+pub(crate) const RETAINED: usize = 256;
 
 /// Frees what a bulk step grew `buffer` to: a bulk time's outputs are many, a live step's a
 /// few, and a buffer keeps its largest size for ever otherwise (75 MB of the 1 M replay's
