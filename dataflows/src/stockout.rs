@@ -459,10 +459,13 @@ impl Forecasts {
     /// when done.
     fn publish(&mut self, config: &Config, out: &mut Emit<'_, Forecast>) -> bool {
         let from = self.published_upto;
-        let to = self.touched.len().min(from.saturating_add(PUBLISH_CHUNK));
+        // A part ends at PUBLISH_CHUNK machines or changes, whichever comes first: an hour
+        // changes nearly every forecast, two updates for each of a machine's slots.
+        let (mut to, mut changes) = (from, 0);
         let (mut after, mut unchanged) = (Vec::new(), Vec::new());
-        for i in from..to {
-            let ((shard, machine), noted) = &self.touched[i];
+        while to < self.touched.len() && to - from < PUBLISH_CHUNK && changes < PUBLISH_CHUNK {
+            let ((shard, machine), noted) = &self.touched[to];
+            to += 1;
             after.clear();
             unchanged.clear();
             let mut gone = false;
@@ -499,14 +502,17 @@ impl Forecasts {
                     (Some(x), Some(y)) if x < y => {
                         out.give(x.clone(), -1);
                         b += 1;
+                        changes += 1;
                     }
                     (Some(x), None) => {
                         out.give(x.clone(), -1);
                         b += 1;
+                        changes += 1;
                     }
                     (_, Some(y)) => {
                         out.give(y.clone(), 1);
                         a += 1;
+                        changes += 1;
                     }
                     (None, None) => break,
                 }
