@@ -65,25 +65,32 @@ pub(in crate::api) async fn metrics(State(state): State<ApiState>) -> Response {
     }
     if let Some(operators) = &state.operators {
         let sizes = operators.current();
-        out.push_str(
-            "# HELP vendflow_operator_state_keys Keys each keyed operator of the engine holds in memory, over its workers.\n\
-             # TYPE vendflow_operator_state_keys gauge\n",
-        );
-        for (name, keys, _) in &sizes {
-            let _ = writeln!(
+        type Pick = fn(&(String, usize, usize)) -> usize;
+        let gauges: [(&str, &str, Pick); 2] = [
+            (
+                "keys",
+                "Keys each keyed operator of the engine holds in memory, over its workers.",
+                |s| s.1,
+            ),
+            (
+                "bytes",
+                "Bytes of each keyed operator's tables in memory, over its workers (their slots, not what a state points to on the heap).",
+                |s| s.2,
+            ),
+        ];
+        for (gauge, help, pick) in gauges {
+            let _ = write!(
                 out,
-                "vendflow_operator_state_keys{{operator=\"{name}\"}} {keys}"
+                "# HELP vendflow_operator_state_{gauge} {help}\n# TYPE vendflow_operator_state_{gauge} gauge\n"
             );
-        }
-        out.push_str(
-            "# HELP vendflow_operator_state_bytes Bytes of each keyed operator's tables in memory, over its workers (their slots, not what a state points to on the heap).\n\
-             # TYPE vendflow_operator_state_bytes gauge\n",
-        );
-        for (name, _, bytes) in &sizes {
-            let _ = writeln!(
-                out,
-                "vendflow_operator_state_bytes{{operator=\"{name}\"}} {bytes}"
-            );
+            for size in &sizes {
+                let _ = writeln!(
+                    out,
+                    "vendflow_operator_state_{gauge}{{operator=\"{}\"}} {}",
+                    size.0,
+                    pick(size)
+                );
+            }
         }
     }
     out.push_str(
