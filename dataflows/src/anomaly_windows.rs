@@ -1072,7 +1072,7 @@ pub fn render<'s>(
             *published_upto = 0;
             touched.clear();
             before.clear();
-            gauge.set({
+            gauge.set_with(|| {
                 let entry = std::mem::size_of::<(MachineId, MachineWindows)>();
                 let slots: usize = machines.values().map(|m| m.older.capacity()).sum();
                 let live = machines

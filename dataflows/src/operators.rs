@@ -237,7 +237,7 @@ pub(crate) const PUBLISH_CHUNK: usize = 3;
 pub mod state_sizes {
     use std::cell::RefCell;
     use std::collections::{BTreeMap, HashMap};
-    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
     use std::sync::{Arc, LazyLock, Mutex, Weak};
     use std::thread::ThreadId;
 
@@ -254,9 +254,26 @@ pub mod state_sizes {
         name: String,
         keys: AtomicUsize,
         bytes: AtomicUsize,
+        /// When [`Gauge::set_with`] next measures (ms since [`STARTED`]).
+        next_ms: AtomicU64,
     }
 
+    /// What [`Gauge::set_with`] counts its milliseconds from (its first call in the process).
+    static STARTED: LazyLock<std::time::Instant> = LazyLock::new(std::time::Instant::now);
+
     impl Gauge {
+        /// Sets what `size` measures, at most once a second (at every call when profiling):
+        /// for a size that takes a walk over the state to tell, which a live engine's every
+        /// publication need not pay.
+        pub(crate) fn set_with(&self, size: impl FnOnce() -> (usize, usize)) {
+            let now = STARTED.elapsed().as_millis() as u64;
+            if !*ENABLED && now < self.next_ms.load(Relaxed) {
+                return;
+            }
+            self.next_ms.store(now + 1_000, Relaxed);
+            self.set(size());
+        }
+
         /// The operator now holds (keys, bytes) `size`.
         pub(crate) fn set(&self, (keys, bytes): (usize, usize)) {
             self.keys.store(keys, Relaxed);
