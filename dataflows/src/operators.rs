@@ -527,6 +527,14 @@ impl<K: Clone, V> ExpiringMap<K, V> {
     pub fn entries(&self) -> impl ExactSizeIterator<Item = (&K, Time)> {
         self.expiries.iter().map(|e| (&e.1, e.0))
     }
+
+    /// (live keys, bytes of the table's and the expiry heap's slots), for a gauge
+    /// ([`state_sizes`]): what a key points to on the heap is not counted.
+    pub fn size(&self) -> (usize, usize) {
+        let bytes = self.live.capacity() * std::mem::size_of::<(K, V)>()
+            + self.expiries.capacity() * std::mem::size_of::<Expiry<K>>();
+        (self.live.len(), bytes)
+    }
 }
 
 /// Keys that each stay until their own expiry time.
@@ -557,6 +565,11 @@ impl<K: Hash + Eq + Clone> ExpiringSet<K> {
     /// Drops every key whose expiry is at or before `now`.
     pub fn expire(&mut self, now: Time) {
         self.0.expire_with(now, |_, _| {});
+    }
+
+    /// (live keys, bytes of their slots), as [`ExpiringMap::size`].
+    pub fn size(&self) -> (usize, usize) {
+        self.0.size()
     }
 
     /// Like [`ExpiringSet::expire`], telling `gone` each key it drops, with its expiry.
@@ -1708,9 +1721,16 @@ mod tests {
     #[test]
     fn expiring_keys_leave_at_their_own_time() {
         let mut map: ExpiringMap<u32, &str> = ExpiringMap::default();
+        assert_eq!(map.size(), (0, 0));
         for (key, expires) in [(1, 30), (2, 10), (3, 20), (4, 10), (5, 40)] {
             assert!(map.insert(key, "v", Timestamp(expires)));
         }
+        // Five keys, each a table slot and a heap slot at least.
+        let (keys, bytes) = map.size();
+        assert_eq!(keys, 5);
+        assert!(
+            bytes >= 5 * (std::mem::size_of::<(u32, &str)>() + std::mem::size_of::<Expiry<u32>>())
+        );
         assert!(
             !map.insert(3, "again", Timestamp(99)),
             "a live key is refused"
@@ -1732,5 +1752,6 @@ mod tests {
         assert_eq!(gone, [(30, 1), (40, 5)]);
         map.expire_with(Timestamp(50), |_, _| {});
         assert!(map.is_empty());
+        assert_eq!(map.size().0, 0);
     }
 }

@@ -28,7 +28,7 @@ use vendflow_protocol::{Cents, Event, EventKind, MachineId, Text, Timestamp};
 
 use crate::config::Config;
 use crate::ledger::{Ledger, LedgerKey};
-use crate::operators::{ExpiringSet, Fork, Keyed, Time, fork, hash_of};
+use crate::operators::{ExpiringSet, Fork, Keyed, Time, fork, hash_of, state_sizes};
 use crate::row::ViewDef;
 use crate::row::{ColumnType::*, Row, Value, col};
 
@@ -220,6 +220,8 @@ pub fn render<'s>(
         retention_days: config.ledger_retention_days,
         trimmed: i64::MIN,
     };
+    // The horizon's fingerprints: they fill for `horizon` of event time, then hold steady.
+    let gauge = state_sizes::gauge("Sales: dedup");
     let verdicts = lines.keyed_in_time_order(
         "Sales: dedup",
         // By the machine alone (the key holds it): the lines are already on their machine's
@@ -251,7 +253,10 @@ pub fn render<'s>(
                 }
             }
         },
-        Dedup::expire,
+        move |dedup, now| {
+            dedup.expire(now);
+            gauge.set(dedup.memory.size());
+        },
     );
     let (accepted, duplicates, too_late) = fork(verdicts, "Sales: split", |v| match v {
         Verdict::Accepted(line) => Fork::A(line),

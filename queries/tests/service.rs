@@ -510,6 +510,12 @@ fn restock_routes_are_planned_served_as_views_and_sheets_and_scoped_to_tenants()
         .find_map(|l| l.strip_prefix("vendflow_operator_state_bytes{operator=\"Inventory\"} "))
         .and_then(|n| n.parse::<u64>().ok());
     assert!(bytes.is_some_and(|b| b > 0), "{metrics}");
+    // And the sales dedup holds the fingerprints of the lines its horizon has not passed.
+    let lines = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("vendflow_operator_state_keys{operator=\"Sales: dedup\"} "))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(lines.is_some_and(|k| k > 0), "{metrics}");
 
     // A tenant sees its machines' stops only, in the API and in the views.
     let (status, mine) = get(&agent, &format!("{base}/api/routes"), Some(&tenant));
