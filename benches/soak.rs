@@ -11,7 +11,8 @@
 //! fleet's too: it runs on the same cores), and the re-deliveries the engine dropped (events sent
 //! again after a late receipt), and what grew inside the engine (its `/metrics`: each view's
 //! rows, of them on disk, and each keyed operator's keys and table bytes; every sample of them
-//! with `--state-csv FILE`).
+//! with `--state-csv FILE`), and what Mosquitto says of its own heap and the messages it holds
+//! (its `$SYS` tree, through `mosquitto_sub`): its RSS keeps its heap's high-water mark.
 //!
 //! `cargo bench -p vendflow-benches --bench soak [-- --machines 50000 --speed 10 --minutes 30
 //!  --sample-secs 30 --warm-up-minutes M --tansu sqlite|memory --state-csv FILE]`. The fleet's simulated hours end
@@ -226,13 +227,86 @@ struct Sample {
     received: u64,
     forwarded: u64,
     inflight: u64,
+    /// The bridge's nonce window: envelopes' nonces held to recognise a redelivery, and the
+    /// bytes of their tables (the bridge's state with a horizon, `--max-skew-secs`).
+    nonces: u64,
+    nonce_bytes: u64,
     consumed: u64,
     /// Events in the consumed messages (a machine's envelope carries what its outbox held).
     events: u64,
     lag_ms: i64,
     rss: [u64; 4],
+    /// Mosquitto's own count of its heap, and the messages it holds (queued for subscribers,
+    /// in flight, retained), from its `$SYS` tree: what of its RSS is live.
+    mosquitto: MosquittoSys,
     /// CPU seconds so far of each of [`NAMES`], then of the publisher (the simulated fleet).
     cpu: [f64; 5],
+}
+
+/// What Mosquitto says of itself in `$SYS` (published every 10 s by default).
+#[derive(Clone, Copy, Default)]
+struct MosquittoSys {
+    heap_bytes: u64,
+    stored_messages: u64,
+    stored_bytes: u64,
+}
+
+/// The latest of Mosquitto's `$SYS` figures, kept by a `mosquitto_sub` child and a thread
+/// reading its lines (`topic value`).
+struct MosquittoWatch {
+    latest: std::sync::Arc<std::sync::Mutex<MosquittoSys>>,
+    _child: KillOnDrop,
+}
+
+impl MosquittoWatch {
+    const TOPICS: [&str; 3] = [
+        "$SYS/broker/heap/current",
+        "$SYS/broker/store/messages/count",
+        "$SYS/broker/store/messages/bytes",
+    ];
+
+    fn start(program: &std::path::Path, port: u16) -> anyhow::Result<Self> {
+        let mut command = Command::new(program);
+        command.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-v"]);
+        for topic in Self::TOPICS {
+            command.args(["-t", topic]);
+        }
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting mosquitto_sub for Mosquitto's $SYS figures")?;
+        let stdout = child.stdout.take().context("mosquitto_sub's output")?;
+        let latest = std::sync::Arc::new(std::sync::Mutex::new(MosquittoSys::default()));
+        let writer = latest.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let Some((topic, value)) = line.split_once(' ') else {
+                    continue;
+                };
+                let Ok(value) = value.trim().parse::<u64>() else {
+                    continue;
+                };
+                let Ok(mut latest) = writer.lock() else { break };
+                match topic {
+                    t if t == Self::TOPICS[0] => latest.heap_bytes = value,
+                    t if t == Self::TOPICS[1] => latest.stored_messages = value,
+                    t if t == Self::TOPICS[2] => latest.stored_bytes = value,
+                    _ => {}
+                }
+            }
+        });
+        Ok(Self {
+            latest,
+            _child: KillOnDrop(Some(child)),
+        })
+    }
+
+    fn now(&self) -> MosquittoSys {
+        self.latest.lock().map(|l| *l).unwrap_or_default()
+    }
 }
 
 /// The first row's `n` of the engine's answer to `sql` (`POST /sql`).
@@ -287,6 +361,8 @@ fn main() -> anyhow::Result<()> {
         require_mosquitto()?.context("mosquitto is not installed (tests/install.sh)")?;
     let tansu_bin = require_tansu()?.context("tansu is not installed (tests/install.sh)")?;
     let curl = require_program("curl", &[])?.context("curl is not installed")?;
+    let mosquitto_sub = require_program("mosquitto_sub", &[])?
+        .context("mosquitto_sub is not installed (tests/install.sh)")?;
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     let vendflow_tests::Loopback {
@@ -298,6 +374,7 @@ fn main() -> anyhow::Result<()> {
         ..
     } = vendflow_tests::Loopback::new()?;
     let mosquitto = start_mosquitto(&mosquitto_bin, d, mqtt_port)?;
+    let mosquitto_sys = MosquittoWatch::start(&mosquitto_sub, mqtt_port)?;
     let tansu = start_tansu_with(&tansu_bin, d, kafka_port, args.tansu)?;
     let bridge = start_bridge(&bin, d, &mqtt, &kafka, args.machines, 4, &http)?;
     let machines = args.machines.to_string();
@@ -408,14 +485,17 @@ fn main() -> anyhow::Result<()> {
                 received: bridge_metric(&curl, &http, "received_total").unwrap_or(0),
                 forwarded: bridge_metric(&curl, &http, "forwarded_total").unwrap_or(0),
                 inflight: bridge_metric(&curl, &http, "inflight").unwrap_or(0),
+                nonces: bridge_metric(&curl, &http, "nonces").unwrap_or(0),
+                nonce_bytes: bridge_metric(&curl, &http, "nonce_bytes").unwrap_or(0),
                 consumed: status["messages"].as_u64().unwrap_or(0),
                 events: status["events"].as_u64().unwrap_or(0),
                 lag_ms: status["lagMs"].as_i64().unwrap_or(-1),
                 rss,
+                mosquitto: mosquitto_sys.now(),
                 cpu,
             };
             println!(
-                "{:>6.0} s  received {:>10}  forwarded {:>10}  in flight {:>6}  consumed {:>10}  backlog {:>8}  frontier {:>7} ms behind  RSS MiB: mosquitto {:>5} tansu {:>5} bridge {:>5} engine {:>5}",
+                "{:>6.0} s  received {:>10}  forwarded {:>10}  in flight {:>6}  consumed {:>10}  backlog {:>8}  frontier {:>7} ms behind  RSS MiB: mosquitto {:>5} tansu {:>5} bridge {:>5} engine {:>5}  mosquitto heap {:>5} MiB, holds {:>8} messages  bridge nonces {:>8}",
                 s.at_s,
                 s.received,
                 s.forwarded,
@@ -426,7 +506,10 @@ fn main() -> anyhow::Result<()> {
                 s.rss[0],
                 s.rss[1],
                 s.rss[2],
-                s.rss[3]
+                s.rss[3],
+                s.mosquitto.heap_bytes >> 20,
+                s.mosquitto.stored_messages,
+                s.nonces
             );
             samples.push(s);
             states.push(engine_state(&curl, &engine_http));
@@ -483,6 +566,36 @@ fn main() -> anyhow::Result<()> {
             growth(warm.rss[i] as f64, last.rss[i] as f64)
         );
     }
+    let mib = |b: u64| (b >> 20) as f64;
+    println!(
+        "bridge's nonce window: {} nonces, {} MiB of table slots; at most {} nonces",
+        growth(warm.nonces as f64, last.nonces as f64),
+        growth(mib(warm.nonce_bytes), mib(last.nonce_bytes)),
+        tail.iter().map(|s| s.nonces).max().unwrap_or(0),
+    );
+    // Mosquitto's RSS keeps the high-water mark of its heap (the allocator does not hand
+    // freed pages back): its own figures say whether the growth is live, and what it is.
+    println!(
+        "Mosquitto's heap ($SYS), MiB: {}, at most {:.0}; messages it holds: {}, at most {} ({:.0} MiB at most)",
+        growth(
+            mib(warm.mosquitto.heap_bytes),
+            mib(last.mosquitto.heap_bytes)
+        ),
+        tail.iter()
+            .map(|s| mib(s.mosquitto.heap_bytes))
+            .fold(0.0, f64::max),
+        growth(
+            warm.mosquitto.stored_messages as f64,
+            last.mosquitto.stored_messages as f64
+        ),
+        tail.iter()
+            .map(|s| s.mosquitto.stored_messages)
+            .max()
+            .unwrap_or(0),
+        tail.iter()
+            .map(|s| mib(s.mosquitto.stored_bytes))
+            .fold(0.0, f64::max),
+    );
     // Where the CPU went: the path's processes and the simulated fleet share these cores.
     let shares: Vec<String> = NAMES
         .iter()

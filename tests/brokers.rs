@@ -1626,6 +1626,14 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
         "the restarted bridge received more (or less) than was published while it was down and after"
     );
     assert_eq!(metric("forwarded_total")?, published2 + published3);
+    // Every envelope it forwarded was signed and is within the skew window: its nonce is held,
+    // and the gauge says so.
+    assert_eq!(
+        metric("nonces")?,
+        published2 + published3,
+        "the nonce window's gauge"
+    );
+    assert!(metric("nonce_bytes")? > 0);
     assert_eq!(metric("inflight")?, 0, "nothing waits for Kafka");
     assert_eq!(
         metric("acks_waiting")?,

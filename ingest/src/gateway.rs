@@ -109,13 +109,16 @@ pub struct BridgeStats {
     pub commands_unacknowledged: AtomicU64,
     /// Messages in Kafka whose MQTT acknowledgement waits for the client.
     pub acks_waiting: AtomicU64,
+    /// Nonces the verifier holds for its skew window, and the bytes of their tables' slots.
+    pub nonces: AtomicU64,
+    pub nonce_bytes: AtomicU64,
 }
 
 impl BridgeStats {
     /// The counters in Prometheus' text format (`GET /metrics`).
     pub fn prometheus(&self) -> String {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let metrics: [(&str, &str, &str, u64); 12] = [
+        let metrics: [(&str, &str, &str, u64); 14] = [
             (
                 "received_total",
                 "counter",
@@ -181,6 +184,18 @@ impl BridgeStats {
                 "gauge",
                 "messages in Kafka whose MQTT acknowledgement is not sent yet",
                 g(&self.acks_waiting),
+            ),
+            (
+                "nonces",
+                "gauge",
+                "envelope nonces held to recognise a redelivery within the skew window",
+                g(&self.nonces),
+            ),
+            (
+                "nonce_bytes",
+                "gauge",
+                "bytes of the nonce window's table slots",
+                g(&self.nonce_bytes),
             ),
             (
                 "commands_unacknowledged",

@@ -638,6 +638,14 @@ impl NonceWindow {
         }
     }
 
+    /// (nonces held, bytes of their tables' slots), for the bridge's `/metrics`.
+    fn size(&self) -> (usize, usize) {
+        let slot = std::mem::size_of::<(NonceKey, [u8; 32])>() + 1;
+        self.buckets.iter().fold((0, 0), |(n, b), (_, m)| {
+            (n + m.len(), b + m.capacity() * slot)
+        })
+    }
+
     /// Drops the buckets whose minute has ended by `now_ms`.
     fn expire(&mut self, now_ms: i64) {
         while let Some(&(minute, _)) = self.buckets.front() {
@@ -867,6 +875,12 @@ impl Verifier {
 
     fn expire(&mut self, now_ms: i64) {
         self.seen.expire(now_ms);
+    }
+
+    /// (nonces held for the skew window, bytes of their tables' slots): the bridge's one state
+    /// with a horizon, flat once a window's worth of envelopes has passed.
+    pub fn nonce_window_size(&self) -> (usize, usize) {
+        self.seen.size()
     }
 }
 
@@ -1106,6 +1120,12 @@ mod tests {
             vec![4, 5, 6]
         );
         assert_eq!(w.len(), 10_002);
+        let (held, bytes) = w.size();
+        assert_eq!(held, 10_002, "the gauge counts every bucket's nonces");
+        assert!(
+            bytes >= 10_002 * 48,
+            "each held nonce has a 48-byte slot at least"
+        );
         w.expire(6 * minute - 1);
         assert_eq!(w.get(&30_000), None, "its minute is over");
         assert_eq!(w.get(&7), Some(&[1; 32]), "kept to the end of its minute");

@@ -179,10 +179,13 @@ impl ProducerContext for Ctx {
         if let Some(p) = pending.iter_mut().find(|p| p.seq == out.seq) {
             p.done = true;
             if let Some(signed) = p.signed.take() {
-                verifier
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .forwarded(&signed, &out.payload);
+                let mut verifier = verifier.lock().unwrap_or_else(|e| e.into_inner());
+                verifier.forwarded(&signed, &out.payload);
+                let (nonces, bytes) = verifier.nonce_window_size();
+                self.stats.nonces.store(nonces as u64, Ordering::Relaxed);
+                self.stats
+                    .nonce_bytes
+                    .store(bytes as u64, Ordering::Relaxed);
             }
         }
         if out.topic == TELEMETRY_TOPIC {
