@@ -236,11 +236,31 @@ struct Sample {
     events: u64,
     lag_ms: i64,
     rss: [u64; 4],
+    /// Bytes free on the soak's disk (the brokers' logs, the engine's state and checkpoints).
+    disk_free: u64,
     /// Mosquitto's own count of its heap, and the messages it holds (queued for subscribers,
     /// in flight, retained), from its `$SYS` tree: what of its RSS is live.
     mosquitto: MosquittoSys,
     /// CPU seconds so far of each of [`NAMES`], then of the publisher (the simulated fleet).
     cpu: [f64; 5],
+}
+
+/// Bytes available to an unprivileged writer on the filesystem of `dir` (`df`).
+fn free_disk(dir: &std::path::Path) -> Option<u64> {
+    let out = Command::new("df").arg("-Pk").arg(dir).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let kib: u64 = text
+        .lines()
+        .nth(1)?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+fn gib(bytes: u64) -> f64 {
+    bytes as f64 / f64::from(1 << 30)
 }
 
 /// What Mosquitto says of itself in `$SYS` (published every 10 s by default).
@@ -373,10 +393,10 @@ fn main() -> anyhow::Result<()> {
         http,
         ..
     } = vendflow_tests::Loopback::new()?;
-    let mosquitto = start_mosquitto(&mosquitto_bin, d, mqtt_port)?;
+    let mut mosquitto = start_mosquitto(&mosquitto_bin, d, mqtt_port)?;
     let mosquitto_sys = MosquittoWatch::start(&mosquitto_sub, mqtt_port)?;
-    let tansu = start_tansu_with(&tansu_bin, d, kafka_port, args.tansu)?;
-    let bridge = start_bridge(&bin, d, &mqtt, &kafka, args.machines, 4, &http)?;
+    let mut tansu = start_tansu_with(&tansu_bin, d, kafka_port, args.tansu)?;
+    let mut bridge = start_bridge(&bin, d, &mqtt, &kafka, args.machines, 4, &http)?;
     let machines = args.machines.to_string();
     let status_path = d.join("status.json");
     let status_text = status_path.display().to_string();
@@ -415,7 +435,7 @@ fn main() -> anyhow::Result<()> {
         "--http",
         &engine_http,
     ]);
-    let engine = Daemon::spawn("engine", &bin, &engine_args, &d.join("engine.log"))?;
+    let mut engine = Daemon::spawn("engine", &bin, &engine_args, &d.join("engine.log"))?;
     let publisher = Command::new(&bin)
         .args([
             "publish",
@@ -466,6 +486,20 @@ fn main() -> anyhow::Result<()> {
         if let Some(status) = publisher.child()?.try_wait()? {
             break status;
         }
+        // A process of the path that has exited ends the soak there, with what it said: the
+        // samples after it would measure nothing, and its files go with the soak's directory.
+        for daemon in [&mut mosquitto, &mut tansu, &mut bridge, &mut engine] {
+            if let Some(status) = daemon.child.try_wait()? {
+                let log = std::fs::read_to_string(&daemon.log).unwrap_or_default();
+                bail!(
+                    "{} exited ({status}) {:.0} s into the soak, with {} free on the soak's disk; its log ends:\n{}",
+                    daemon.name,
+                    started.elapsed().as_secs_f64(),
+                    free_disk(d).map_or("?".to_owned(), |b| format!("{:.1} GiB", gib(b))),
+                    vendflow_tests::tail(&log)
+                );
+            }
+        }
         if started.elapsed() >= next {
             next += Duration::from_secs_f64(args.sample_secs);
             let status: serde_json::Value = std::fs::read_to_string(&status_path)
@@ -492,10 +526,11 @@ fn main() -> anyhow::Result<()> {
                 lag_ms: status["lagMs"].as_i64().unwrap_or(-1),
                 rss,
                 mosquitto: mosquitto_sys.now(),
+                disk_free: free_disk(d).unwrap_or(0),
                 cpu,
             };
             println!(
-                "{:>6.0} s  received {:>10}  forwarded {:>10}  in flight {:>6}  consumed {:>10}  backlog {:>8}  frontier {:>7} ms behind  RSS MiB: mosquitto {:>5} tansu {:>5} bridge {:>5} engine {:>5}  mosquitto heap {:>5} MiB, holds {:>8} messages  bridge nonces {:>8}",
+                "{:>6.0} s  received {:>10}  forwarded {:>10}  in flight {:>6}  consumed {:>10}  backlog {:>8}  frontier {:>7} ms behind  RSS MiB: mosquitto {:>5} tansu {:>5} bridge {:>5} engine {:>5}  mosquitto heap {:>5} MiB, holds {:>8} messages  bridge nonces {:>8}  disk free {:>5.1} GiB",
                 s.at_s,
                 s.received,
                 s.forwarded,
@@ -509,7 +544,8 @@ fn main() -> anyhow::Result<()> {
                 s.rss[3],
                 s.mosquitto.heap_bytes >> 20,
                 s.mosquitto.stored_messages,
-                s.nonces
+                s.nonces,
+                gib(s.disk_free)
             );
             samples.push(s);
             states.push(engine_state(&curl, &engine_http));
@@ -572,6 +608,14 @@ fn main() -> anyhow::Result<()> {
         growth(warm.nonces as f64, last.nonces as f64),
         growth(mib(warm.nonce_bytes), mib(last.nonce_bytes)),
         tail.iter().map(|s| s.nonces).max().unwrap_or(0),
+    );
+    println!(
+        "disk free beside the soak's files, GiB: {:.1} → {:.1}, at least {:.1}",
+        gib(warm.disk_free),
+        gib(last.disk_free),
+        tail.iter()
+            .map(|s| gib(s.disk_free))
+            .fold(f64::MAX, f64::min)
     );
     // Mosquitto's RSS keeps the high-water mark of its heap (the allocator does not hand
     // freed pages back): its own figures say whether the growth is live, and what it is.
