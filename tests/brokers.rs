@@ -3356,6 +3356,36 @@ fn history_before(d: &Path, live_start_ms: i64, path: &Path) -> anyhow::Result<i
     Ok(end)
 }
 
+/// Hours of a live stream ending at `now_ms` that leave the history before it (24 hours, ending
+/// 10 minutes before the stream) 4 to 22 hours into its last UTC day: two, or up to eight near
+/// midnight. With two at 02:05 the history ended on the day before the stream's only day, the
+/// two shared no machine-day, and the test's own premise failed (CI at that hour).
+fn live_hours(now_ms: i64) -> i64 {
+    const HOUR: i64 = 3_600_000;
+    (2..)
+        .find(|h| {
+            let history_end = now_ms - h * HOUR - 10 * 60_000;
+            (4 * HOUR..=22 * HOUR).contains(&history_end.rem_euclid(24 * HOUR))
+        })
+        .unwrap_or(2)
+}
+
+#[test]
+fn a_live_stream_leaves_its_history_well_inside_a_day() {
+    const HOUR: i64 = 3_600_000;
+    let midnight = 1_796_688_000_000; // 2026-12-08T00:00:00Z
+    // At 02:05 two hours would end the history at 23:55 the day before.
+    assert_eq!(live_hours(midnight + 2 * HOUR + 5 * 60_000), 4);
+    assert_eq!(live_hours(midnight + 12 * HOUR), 2);
+    for minute in 0..24 * 60 {
+        let now = midnight + minute * 60_000;
+        let hours = live_hours(now);
+        let end = (now - hours * HOUR - 10 * 60_000).rem_euclid(24 * HOUR);
+        assert!((2..=8).contains(&hours), "{hours} hours at minute {minute}");
+        assert!((4 * HOUR..=22 * HOUR).contains(&end), "minute {minute}");
+    }
+}
+
 /// A live engine started from a history file's state: `vendflow replay HISTORY --state S`
 /// writes the engine's state at the file's end as a checkpoint (with no log positions), and
 /// `vendflow run --state S` starts from it and reads the Kafka log from its beginning while 20
@@ -3375,11 +3405,13 @@ fn a_live_engine_started_from_a_replayed_history_counts_the_history_and_the_log_
     let bin = vendflow_bin()?;
     let (_guard, dir) = test_dir()?;
     let d = dir.as_path();
-    // The live stream: two hours of the machines' time ending now, at 600× (12 s).
+    // The live stream: two hours of the machines' time ending now, at 600× (12 s), or more
+    // near a UTC midnight (see `live_hours`).
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as i64;
-    let live_start = now_ms - 2 * 3_600_000;
+    let hours = live_hours(now_ms);
+    let live_start = now_ms - hours * 3_600_000;
     let history = d.join("history.jsonl");
     let history_end = history_before(d, live_start, &history)?;
     let state = d.join("state");
@@ -3457,7 +3489,13 @@ fn a_live_engine_started_from_a_replayed_history_counts_the_history_and_the_log_
         &d.join("engine.log"),
     )?;
     let live = d.join("live.jsonl");
-    finish(publish(&mqtt, "2", Some("600"), None, &live)?)?;
+    finish(publish(
+        &mqtt,
+        &hours.to_string(),
+        Some("600"),
+        None,
+        &live,
+    )?)?;
 
     let expected = oracle(&[&history, &live])?;
     let from_history = oracle(&[&history])?;
