@@ -1626,12 +1626,16 @@ fn machines_to_views_through_real_brokers_exactly_once_across_kills_and_restarts
         "the restarted bridge received more (or less) than was published while it was down and after"
     );
     assert_eq!(metric("forwarded_total")?, published2 + published3);
-    // Every envelope it forwarded was signed and is within the skew window: its nonce is held,
-    // and the gauge says so.
-    assert_eq!(
-        metric("nonces")?,
-        published2 + published3,
-        "the nonce window's gauge"
+    // Every envelope it forwarded from MQTT was signed and is within the skew window: its
+    // nonce is held, and the gauge says so. The window also holds the heartbeats posted over
+    // HTTPS to this bridge while a machine polled for its command (the verifier is shared; one
+    // every 300 ms until it is offered, 2,640 nonces for 2,639 envelopes in one run), far fewer
+    // than a gauge counting each nonce twice would add.
+    let mqtt_envelopes = published2 + published3;
+    let nonces = metric("nonces")?;
+    assert!(
+        (mqtt_envelopes..mqtt_envelopes + mqtt_envelopes / 2).contains(&nonces),
+        "the nonce window's gauge: {nonces} nonces for {mqtt_envelopes} envelopes from MQTT"
     );
     assert!(metric("nonce_bytes")? > 0);
     assert_eq!(metric("inflight")?, 0, "nothing waits for Kafka");
